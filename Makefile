@@ -1,0 +1,36 @@
+# One command for people and CI. Every target creates/updates the venv first.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test check bench fmt browser-deps clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m demo
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check taskrt tests bench demo
+	$(VENV)/bin/ruff format --check taskrt tests bench demo
+	$(VENV)/bin/mypy
+
+browser-deps:
+	@bash scripts/browser-deps.sh
+
+test: $(STAMP) check browser-deps
+	PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format taskrt tests bench demo
+	$(VENV)/bin/ruff check --fix taskrt tests bench demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,89 @@
+"""taskrt: an asyncio-native background-task runtime.
+
+Bounded worker pools run jobs under timeouts that really cancel, retry them by
+policy, persist every job's state to SQLite, and push progress to subscribers
+as it happens. See README.md for a tour.
+"""
+
+from .clock import Clock, FakeClock, SystemClock
+from .context import JobContext
+from .definitions import Hooks, Task, TaskCall, TaskSpec
+from .errors import (
+    DuplicateJobId,
+    Fatal,
+    InvalidOption,
+    InvalidTransition,
+    JobNotFound,
+    JobTimeout,
+    OwnershipError,
+    PoolNotFound,
+    QueueFull,
+    Retry,
+    RuntimeNotStarted,
+    SerializationError,
+    StoreError,
+    TaskNotFound,
+    TaskrtError,
+    ValidationError,
+)
+from .models import (
+    TERMINAL,
+    AttemptInfo,
+    AttemptOutcome,
+    Event,
+    EventType,
+    JobInfo,
+    JobStatus,
+    Page,
+    PoolStatistics,
+    Stats,
+)
+from .pool import Pool
+from .retry import RetryPolicy, parse_duration, parse_retry
+from .runtime import JobStream, Runtime, Transaction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TERMINAL",
+    "AttemptInfo",
+    "AttemptOutcome",
+    "Clock",
+    "DuplicateJobId",
+    "Event",
+    "EventType",
+    "FakeClock",
+    "Fatal",
+    "Hooks",
+    "InvalidOption",
+    "InvalidTransition",
+    "JobContext",
+    "JobInfo",
+    "JobNotFound",
+    "JobStatus",
+    "JobStream",
+    "JobTimeout",
+    "OwnershipError",
+    "Page",
+    "Pool",
+    "PoolNotFound",
+    "PoolStatistics",
+    "QueueFull",
+    "Retry",
+    "RetryPolicy",
+    "Runtime",
+    "RuntimeNotStarted",
+    "SerializationError",
+    "Stats",
+    "StoreError",
+    "SystemClock",
+    "Task",
+    "TaskCall",
+    "TaskSpec",
+    "TaskrtError",
+    "Transaction",
+    "ValidationError",
+    "__version__",
+    "parse_duration",
+    "parse_retry",
+]

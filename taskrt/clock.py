@@ -1,0 +1,112 @@
+"""Time as an object, so that tests of delays, backoff and cron do not sleep.
+
+The runtime never reads the clock or sleeps on its own: it asks its ``Clock``
+for ``now()`` (epoch seconds) and to ``call_at`` a time. ``FakeClock`` moves only
+when a test calls ``advance``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` in the event loop once ``now() >= when``."""
+        ...
+
+
+class SystemClock:
+    """The wall clock, with timers on the running event loop."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        loop = asyncio.get_running_loop()
+        return loop.call_later(max(0.0, when - time.time()), callback)
+
+
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """A clock that moves only when told to; timers fire in time order."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._now = start
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
+        self._counter = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        timer = _FakeTimer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._counter), timer))
+        return timer
+
+    async def advance(self, seconds: float, *, step: float | None = None) -> None:
+        """Move time forward, firing due timers in order and letting the loop run.
+
+        With ``step``, time moves in increments of ``step`` seconds so that work
+        started by one timer can schedule the next before time jumps past it.
+        """
+        target = self._now + seconds
+        while True:
+            nxt = self._timers[0][0] if self._timers else None
+            stop = target if step is None else min(target, self._now + step)
+            if nxt is not None and nxt <= stop:
+                stop = max(self._now, nxt)
+            self._now = max(self._now, stop)
+            while self._timers and self._timers[0][0] <= self._now:
+                _, _, timer = heapq.heappop(self._timers)
+                if not timer.cancelled:
+                    timer.callback()
+            await settle()
+            if self._now >= target and not (self._timers and self._timers[0][0] <= self._now):
+                return
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let the event loop run ready callbacks for a few rounds."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def sleep(clock: Clock, seconds: float) -> None:
+    """Sleep on ``clock`` (a fake clock sleeps until advanced)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    handle = clock.call_at(clock.now() + seconds, wake)
+    try:
+        await fut
+    finally:
+        handle.cancel()

@@ -1,0 +1,290 @@
+"""Task specifications, and the decorator front end that makes them.
+
+A ``TaskSpec`` is the one description of a task the runtime understands. The
+``@rt.task`` decorator, Yao JSON files and Anchor YAML files
+(``taskrt.taskfiles``) are front ends that all produce a ``TaskSpec``.
+
+Handler calling conventions (``TaskSpec.call``):
+
+- ``"context"``: ``handler(job: JobContext, *args, **kwargs)``;
+- ``"id"``: ``handler(job_id, *args, **kwargs)`` (Yao style: report progress with
+  ``await rt.progress(job_id, ...)``);
+- ``"plain"``: ``handler(*args, **kwargs)``.
+
+``detect_call`` picks one from the handler's first parameter when the caller
+does not say.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Literal, ParamSpec, TypeVar
+
+from .errors import InvalidOption, ValidationError
+from .retry import NO_DELAY, RetryPolicy, parse_attempts, parse_duration, parse_retry
+
+CallStyle = Literal["context", "id", "plain"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_CONTEXT_NAMES = {"job", "ctx", "context"}
+_ID_NAMES = {"job_id", "task_id", "id"}
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """Per-task callbacks. Each may be sync or async; one that raises is logged.
+
+    - ``next_id()`` -> int: supplies the job's id (Yao ``event.next``);
+    - ``on_add(id)``, ``on_success(id, result)``, ``on_error(id, error)`` (once,
+      when the job finally fails), ``on_progress(id, current, total, message)``;
+    - ``on_failed(job, tx)``: runs inside the transaction that writes FAILURE;
+      what it writes through ``tx`` commits atomically with the failure.
+    """
+
+    next_id: Callable[[], Any] | None = None
+    on_add: Callable[..., Any] | None = None
+    on_success: Callable[..., Any] | None = None
+    on_error: Callable[..., Any] | None = None
+    on_progress: Callable[..., Any] | None = None
+    on_failed: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything the runtime needs to know about one task."""
+
+    name: str
+    handler: Callable[..., Any]
+    pool: str = "default"
+    attempts: int | None = 1
+    retry: RetryPolicy = NO_DELAY
+    timeout: float | None = None
+    priority: int = 0
+    call: CallStyle = "context"
+    hooks: Hooks = field(default_factory=Hooks)
+    parameters: dict[str, Any] | None = None
+    validator: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None
+    description: str = ""
+    display_name: str = ""
+    source: str | None = None
+    # Pool settings a task file may carry (Yao: worker_nums, size).
+    pool_concurrency: int | None = None
+    pool_capacity: int | None = None
+    # Cron declared with the task (Anchor ``cronjob``); the scheduler reads it.
+    cron: str | None = None
+    cron_tz: str = "UTC"
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+    def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``ValidationError`` when the arguments do not fit the task."""
+        if self.validator is not None:
+            self.validator(args, kwargs)
+            return
+        _bind_check(self, args, kwargs)
+
+
+def _bind_check(spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        sig = inspect.signature(spec.handler)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if spec.call != "plain" and params and params[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        params = params[1:]
+    try:
+        sig.replace(parameters=params).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ValidationError(spec.name, str(exc)) from None
+
+
+def detect_call(handler: Callable[..., Any]) -> CallStyle:
+    """The calling convention of ``handler``, from its first parameter."""
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return "plain"
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return "plain"
+    first = params[0]
+    annotation = first.annotation
+    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if name.endswith("JobContext") or first.name in _CONTEXT_NAMES:
+        return "context"
+    if first.name in _ID_NAMES:
+        return "id"
+    return "plain"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-call overrides (``task.options(...)``); ``None`` means the task's default."""
+
+    delay: float | None = None
+    run_at: float | None = None
+    priority: int | None = None
+    unique_key: str | None = None
+    attempts: int | None | Literal["default"] = "default"
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    metadata: dict[str, Any] | None = None
+    job_id: int | None = None
+
+
+def make_options(
+    *,
+    delay: Any = None,
+    run_at: Any = None,
+    priority: Any = None,
+    unique_key: Any = None,
+    attempts: Any = "default",
+    retry: Any = None,
+    timeout: Any = None,
+    metadata: Any = None,
+    job_id: Any = None,
+) -> Options:
+    """Validated ``Options``; every bad value raises ``InvalidOption`` naming the field."""
+    from datetime import datetime
+
+    if delay is not None:
+        delay = parse_duration(delay, field="delay")
+    if run_at is not None:
+        if isinstance(run_at, datetime):
+            if run_at.tzinfo is None:
+                raise InvalidOption("run_at", "expected a timezone-aware datetime")
+            run_at = run_at.timestamp()
+        elif isinstance(run_at, bool) or not isinstance(run_at, int | float):
+            raise InvalidOption("run_at", f"expected a datetime or epoch seconds, found {run_at!r}")
+        run_at = float(run_at)
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise InvalidOption("priority", f"expected an integer, found {priority!r}")
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+        raise InvalidOption("unique_key", f"expected a non-empty string, found {unique_key!r}")
+    if attempts != "default":
+        attempts = parse_attempts(attempts)
+    retry_policy = None if retry is None else parse_retry(retry)
+    if timeout is not None:
+        timeout = parse_duration(timeout, field="timeout")
+        if timeout <= 0:
+            raise InvalidOption("timeout", "expected a positive duration")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
+    if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 1):
+        raise InvalidOption("job_id", f"expected a positive integer, found {job_id!r}")
+    return Options(
+        delay=delay,
+        run_at=run_at,
+        priority=priority,
+        unique_key=unique_key,
+        attempts=attempts,
+        retry=retry_policy,
+        timeout=timeout,
+        metadata=None if metadata is None else dict(metadata),
+        job_id=job_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCall:
+    """A task with per-call options, as made by ``task.options(...)``."""
+
+    spec: TaskSpec
+    opts: Options
+
+    def options(self, **overrides: Any) -> TaskCall:
+        """The same call with more overrides (later ones win)."""
+        merged = {
+            name: getattr(self.opts, name)
+            for name in Options.__dataclass_fields__
+            if getattr(self.opts, name) not in (None, "default")
+        }
+        merged.update(overrides)
+        return TaskCall(self.spec, make_options(**merged))
+
+
+class Task(Generic[P, R]):
+    """What ``@rt.task`` returns: still callable as the plain function.
+
+    ``task.options(delay=5, priority=9)`` gives a ``TaskCall`` to pass to
+    ``pool.add``; ``task.spec`` is the ``TaskSpec``.
+    """
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.__wrapped__ = spec.handler
+        self.__doc__ = spec.handler.__doc__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.spec.handler(*args, **kwargs)
+        return result
+
+    def options(self, **overrides: Any) -> TaskCall:
+        return TaskCall(self.spec, make_options(**overrides))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.spec.name!r} pool={self.spec.pool!r}>"
+
+
+def make_spec(
+    handler: Callable[..., Any],
+    *,
+    name: str | None = None,
+    pool: str = "default",
+    attempts: Any = 1,
+    retry: Any = None,
+    timeout: Any = None,
+    priority: int = 0,
+    call: CallStyle | None = None,
+    hooks: Hooks | None = None,
+    parameters: dict[str, Any] | None = None,
+    description: str | None = None,
+    source: str | None = None,
+    **extra: Any,
+) -> TaskSpec:
+    """A validated ``TaskSpec`` from decorator-style arguments."""
+    task_name = name or getattr(handler, "__name__", None)
+    if not task_name or not isinstance(task_name, str):
+        raise InvalidOption("name", "a task needs a name", source=source)
+    if not callable(handler):
+        raise InvalidOption("handler", f"expected a callable, found {handler!r}", source=source)
+    if not isinstance(pool, str) or not pool:
+        raise InvalidOption("pool", f"expected a non-empty string, found {pool!r}", source=source)
+    timeout_s = None if timeout is None else parse_duration(timeout, field="timeout", source=source)
+    if timeout_s is not None and timeout_s <= 0:
+        raise InvalidOption("timeout", "expected a positive duration", source=source)
+    if call is not None and call not in ("context", "id", "plain"):
+        raise InvalidOption("call", f"expected 'context', 'id' or 'plain', found {call!r}", source=source)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidOption("priority", f"expected an integer, found {priority!r}", source=source)
+    return TaskSpec(
+        name=task_name,
+        handler=handler,
+        pool=pool,
+        attempts=parse_attempts(attempts, source=source),
+        retry=parse_retry(retry, source=source),
+        timeout=timeout_s,
+        priority=priority,
+        call=call or detect_call(handler),
+        hooks=hooks or Hooks(),
+        parameters=parameters,
+        description=description if description is not None else (inspect.getdoc(handler) or ""),
+        source=source,
+        **extra,
+    )
+
+
+def with_validator(spec: TaskSpec, validator: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> TaskSpec:
+    return replace(spec, validator=validator)

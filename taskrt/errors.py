@@ -1,0 +1,195 @@
+"""The error tree. Everything taskrt raises on purpose is a ``TaskrtError``.
+
+``Fatal`` and ``Retry`` are the two exceptions a *handler* raises to steer the
+runtime; they are not errors of taskrt's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskrtError(Exception):
+    """Base class of every error taskrt raises on purpose."""
+
+    code = "taskrt_error"
+    http_status = 500
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": str(self)}
+
+
+class InvalidOption(TaskrtError, ValueError):
+    """An option or definition field has a value that is not allowed."""
+
+    code = "invalid_option"
+    http_status = 422
+
+    def __init__(self, field: str, message: str, *, source: str | None = None) -> None:
+        self.field = field
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "field": self.field}
+
+
+class ValidationError(TaskrtError, ValueError):
+    """The arguments of a job do not fit its task's parameters."""
+
+    code = "validation_error"
+    http_status = 422
+
+    def __init__(self, task: str, message: str, *, parameter: str | None = None) -> None:
+        self.task = task
+        self.parameter = parameter
+        where = f" parameter {parameter!r}" if parameter else ""
+        super().__init__(f"task {task!r}{where}: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "task": self.task, "parameter": self.parameter}
+
+
+class SerializationError(TaskrtError, ValueError):
+    """A value (arguments, metadata, a result) cannot be stored as JSON."""
+
+    code = "not_serializable"
+    http_status = 422
+
+    def __init__(self, what: str, detail: str) -> None:
+        self.what = what
+        super().__init__(f"{what} is not JSON-serialisable: {detail}")
+
+
+class TaskNotFound(TaskrtError, LookupError):
+    code = "task_not_found"
+    http_status = 404
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no task named {name!r}")
+
+
+class PoolNotFound(TaskrtError, LookupError):
+    code = "pool_not_found"
+    http_status = 404
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no pool named {name!r}")
+
+
+class JobNotFound(TaskrtError, LookupError):
+    code = "job_not_found"
+    http_status = 404
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id}")
+
+
+class DuplicateJobId(TaskrtError):
+    """A ``next_id`` hook returned an id that exists or is not above the last one."""
+
+    code = "duplicate_job_id"
+    http_status = 409
+
+    def __init__(self, job_id: int, last_id: int) -> None:
+        self.job_id = job_id
+        self.last_id = last_id
+        super().__init__(
+            f"job id {job_id} is already used or not above the last id {last_id}; "
+            "ids strictly increase and are never reused"
+        )
+
+
+class InvalidTransition(TaskrtError):
+    """The job's status does not allow what was asked (e.g. retrying a running job)."""
+
+    code = "invalid_transition"
+    http_status = 409
+
+    def __init__(self, job_id: int, status: str, action: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.action = action
+        super().__init__(f"cannot {action} job {job_id}: it is {status}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "job_id": self.job_id, "status": self.status}
+
+
+class QueueFull(TaskrtError):
+    """The pool's waiting capacity is reached; nothing was stored."""
+
+    code = "queue_full"
+    http_status = 503
+
+    def __init__(self, pool: str, capacity: int) -> None:
+        self.pool = pool
+        self.capacity = capacity
+        super().__init__(f"pool {pool!r} is full: {capacity} jobs are waiting")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "pool": self.pool, "capacity": self.capacity}
+
+
+class StoreError(TaskrtError):
+    """The database failed; the original error is the ``__cause__``."""
+
+    code = "store_error"
+
+
+class OwnershipError(TaskrtError):
+    """Another live runtime with workers owns this database."""
+
+    code = "database_owned"
+    http_status = 409
+
+    def __init__(self, path: str, owner: str, expires_at: float) -> None:
+        self.path = path
+        self.owner = owner
+        self.expires_at = expires_at
+        super().__init__(
+            f"{path} is owned by another runtime with workers ({owner}); "
+            "open it with workers=False to add and read jobs, or stop the other process"
+        )
+
+
+class RuntimeNotStarted(TaskrtError):
+    code = "not_started"
+
+    def __init__(self, what: str = "this") -> None:
+        super().__init__(f"{what} needs a started runtime: use `async with runtime:`")
+
+
+class JobTimeout(TaskrtError, TimeoutError):
+    """An attempt ran past its timeout and was cancelled."""
+
+    code = "timeout"
+
+    def __init__(self, job_id: int, timeout: float) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        super().__init__(f"job {job_id} timed out after {timeout:g}s")
+
+
+class Fatal(Exception):  # noqa: N818 - the name is the product's contract
+    """Raised by a handler: fail the job now, with no further attempt."""
+
+
+class Retry(Exception):  # noqa: N818
+    """Raised by a handler: try again after ``delay`` seconds.
+
+    With ``record_error=False`` the attempt is not recorded as an error and the
+    error hook does not fire (Anchor's retry without an error event). The retry
+    still counts as an attempt.
+    """
+
+    def __init__(
+        self, message: str = "retry requested", *, delay: float | None = None, record_error: bool = True
+    ) -> None:
+        super().__init__(message)
+        self.delay = delay
+        self.record_error = record_error

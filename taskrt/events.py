@@ -1,0 +1,212 @@
+"""In-memory publish/subscribe of job events, with bounded subscriber buffers.
+
+Design notes (cited where they apply):
+
+1. ``publish`` never waits. It appends to each matching subscriber's buffer and
+   sets that subscriber's wake-up flag; a slow subscriber cannot slow a worker.
+2. A buffer holds at most ``maxsize`` events. When it is full, progress is
+   treated as state: a new progress event replaces the pending progress event
+   of the same job, or else the oldest pending progress event is dropped
+   (``dropped`` counts them). Lifecycle events (added, started, retrying) and
+   terminal events are never conflated. If a buffer fills up with lifecycle
+   events alone (four times ``maxsize``), the subscription is closed with
+   ``overflowed = True`` so the consumer can start again from a snapshot; a
+   terminal event is never silently lost.
+3. The broker keeps a small replay window of each recent job's events (the last
+   ``replay`` events of the last ``replay_jobs`` jobs), so a reconnecting
+   stream can resume after a known sequence number without a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+
+from .models import Event, EventType
+
+DEFAULT_BUFFER = 256
+DEFAULT_REPLAY = 128
+DEFAULT_REPLAY_JOBS = 4096
+
+
+class Subscription:
+    """A bounded queue of events for one consumer; iterate it with ``async for``."""
+
+    __slots__ = (
+        "_broker",
+        "_buffer",
+        "_wake",
+        "closed",
+        "dropped",
+        "job_id",
+        "matches",
+        "maxsize",
+        "overflowed",
+    )
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        job_id: int | None,
+        matches: Callable[[Event], bool] | None,
+        maxsize: int,
+    ) -> None:
+        self._broker = broker
+        self._buffer: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self.job_id = job_id
+        self.matches = matches
+        self.maxsize = maxsize
+        self.closed = False
+        self.overflowed = False
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def push(self, event: Event) -> None:
+        """Buffer one event (design note 2)."""
+        if self.closed:
+            return
+        buf = self._buffer
+        if len(buf) >= self.maxsize:
+            if event.type is EventType.PROGRESS:
+                for i in range(len(buf) - 1, -1, -1):
+                    old = buf[i]
+                    if old.job_id == event.job_id and old.type is EventType.PROGRESS:
+                        buf[i] = event
+                        self.dropped += 1
+                        self._broker.dropped += 1
+                        return
+            if not self._drop_oldest_progress():
+                if len(buf) >= 4 * self.maxsize and not event.terminal:
+                    self.overflowed = True
+                    self.close()
+                    return
+        buf.append(event)
+        self._wake.set()
+
+    def _drop_oldest_progress(self) -> bool:
+        buf = self._buffer
+        for i, old in enumerate(buf):
+            if old.type is EventType.PROGRESS:
+                del buf[i]
+                self.dropped += 1
+                self._broker.dropped += 1
+                return True
+        return False
+
+    def get_nowait(self) -> Event | None:
+        if self._buffer:
+            return self._buffer.popleft()
+        return None
+
+    async def get(self) -> Event | None:
+        """The next event, or ``None`` once the subscription is closed and drained."""
+        while not self._buffer:
+            if self.closed:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._broker._remove(self)
+        self._wake.set()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.get()
+            if event is None:
+                return
+            yield event
+
+
+class Broker:
+    """Routes events to subscribers of one job, or of many (by a predicate)."""
+
+    def __init__(
+        self,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        replay: int = DEFAULT_REPLAY,
+        replay_jobs: int = DEFAULT_REPLAY_JOBS,
+    ) -> None:
+        self.buffer = buffer
+        self.replay = replay
+        self.replay_jobs = replay_jobs
+        self._by_job: dict[int, set[Subscription]] = {}
+        self._wide: set[Subscription] = set()
+        self._history: OrderedDict[int, deque[Event]] = OrderedDict()
+        self.published = 0
+        self.dropped = 0
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._wide) + sum(len(s) for s in self._by_job.values())
+
+    def subscribe(
+        self,
+        job_id: int | None = None,
+        *,
+        matches: Callable[[Event], bool] | None = None,
+        maxsize: int | None = None,
+    ) -> Subscription:
+        sub = Subscription(self, job_id=job_id, matches=matches, maxsize=maxsize or self.buffer)
+        if job_id is not None:
+            self._by_job.setdefault(job_id, set()).add(sub)
+        else:
+            self._wide.add(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        if sub.job_id is None:
+            self._wide.discard(sub)
+            return
+        subs = self._by_job.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_job[sub.job_id]
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every matching subscriber without waiting (note 1)."""
+        self.published += 1
+        history = self._history.get(event.job_id)
+        if history is None:
+            history = self._history[event.job_id] = deque(maxlen=self.replay)
+            if len(self._history) > self.replay_jobs:
+                self._history.popitem(last=False)
+        history.append(event)
+        subs = self._by_job.get(event.job_id)
+        if subs:
+            for sub in tuple(subs):
+                sub.push(event)
+                if event.terminal:
+                    sub.close()
+        for sub in tuple(self._wide):
+            if sub.matches is None or sub.matches(event):
+                sub.push(event)
+
+    def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
+        """Events of ``job_id`` after ``seq``, or ``None`` when the window lost some (note 3)."""
+        history = self._history.get(job_id)
+        if history is None:
+            return None
+        if not history or history[0].seq > seq + 1:
+            return None if not history or history[-1].seq > seq else []
+        return [e for e in history if e.seq > seq]
+
+    def close_all(self) -> None:
+        for subs in list(self._by_job.values()):
+            for sub in list(subs):
+                sub.close()
+        for sub in list(self._wide):
+            sub.close()

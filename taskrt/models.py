@@ -1,0 +1,240 @@
+"""Plain values: job statuses, job records, attempts, events and statistics.
+
+Everything here is a frozen dataclass or an enum. A change returns a new value
+(``dataclasses.replace``); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """A job's status. The wire names are Yao's."""
+
+    WAITING = "WAITING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCESS, JobStatus.FAILURE, JobStatus.CANCELLED}
+)
+
+# The one table of allowed transitions. RUNNING -> WAITING is a retry, a
+# recovery after a crash or a shutdown; FAILURE/CANCELLED -> WAITING is a
+# manual retry.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.WAITING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILURE}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.WAITING, JobStatus.SUCCESS, JobStatus.FAILURE, JobStatus.CANCELLED}
+    ),
+    JobStatus.SUCCESS: frozenset(),
+    JobStatus.FAILURE: frozenset({JobStatus.WAITING}),
+    JobStatus.CANCELLED: frozenset({JobStatus.WAITING}),
+}
+
+
+def can_transition(old: JobStatus, new: JobStatus) -> bool:
+    return new in TRANSITIONS[old]
+
+
+class EventType(StrEnum):
+    """What happened to a job. ``snapshot`` is sent first to a new subscriber."""
+
+    SNAPSHOT = "snapshot"
+    ADDED = "added"
+    STARTED = "started"
+    PROGRESS = "progress"
+    RETRYING = "retrying"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_EVENTS
+
+
+TERMINAL_EVENTS: frozenset[EventType] = frozenset(
+    {EventType.SUCCESS, EventType.FAILURE, EventType.CANCELLED}
+)
+
+STATUS_EVENT: dict[JobStatus, EventType] = {
+    JobStatus.SUCCESS: EventType.SUCCESS,
+    JobStatus.FAILURE: EventType.FAILURE,
+    JobStatus.CANCELLED: EventType.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A snapshot of one job, as stored and as seen by callers."""
+
+    id: int
+    task: str
+    pool: str
+    status: JobStatus
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    max_attempts: int | None = 1
+    current: float = 0
+    total: float = 0
+    message: str = ""
+    result: Any = None
+    error: str | None = None
+    priority: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    unique_key: str | None = None
+    created_at: float = 0.0
+    run_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    timeout: float | None = None
+    recoveries: int = 0
+    seq: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the shape of the HTTP API's job object)."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["args"] = list(self.args)
+        return data
+
+    def progress_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "current": self.current,
+            "total": self.total,
+            "message": self.message,
+            "percent": percent(self.current, self.total),
+        }
+
+
+def percent(current: float, total: float) -> float | None:
+    if not total:
+        return None
+    return max(0.0, min(100.0, 100.0 * current / total))
+
+
+class AttemptOutcome(StrEnum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    RETRY = "retry"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """The record of one execution of a job."""
+
+    job_id: int
+    number: int
+    started_at: float
+    finished_at: float | None = None
+    outcome: AttemptOutcome = AttemptOutcome.RUNNING
+    error: str | None = None
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = self.outcome.value
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One transition or progress report of one job.
+
+    ``seq`` increases by one for every event of the same job, across restarts,
+    so a subscriber can tell whether it missed something.
+    """
+
+    job_id: int
+    seq: int
+    type: EventType
+    task: str
+    pool: str
+    status: JobStatus
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "seq": self.seq,
+            "type": self.type.value,
+            "task": self.task,
+            "pool": self.pool,
+            "status": self.status.value,
+            "at": self.at,
+            **self.data,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of one pool; the tests, the HTTP route and the metrics read it."""
+
+    name: str
+    concurrency: int
+    capacity: int | None
+    waiting: int
+    running: int
+    paused: bool = False
+    processed: int = 0
+    failed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts by status and durations over finished jobs in a time window."""
+
+    counts: dict[str, int]
+    total: int
+    success_rate: float | None
+    mean_duration: float | None
+    p95_duration: float | None
+    since: float | None = None
+    until: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a job listing; pass ``cursor`` back to get the next one."""
+
+    jobs: list[JobInfo]
+    cursor: str | None

@@ -1,0 +1,585 @@
+"""Task parameters: one JSON Schema per task, and the validator that checks a job's arguments.
+
+``attach(spec)`` gives a spec its ``parameters`` (a JSON Schema) and its
+``validator(args, kwargs)``. The runtime calls it when a task is registered and
+runs the validator in ``add``, before anything is stored.
+
+Design notes (cited as "note N" where they apply):
+
+1. **Two sources of a schema.** An explicit schema (Anchor's ``parameters``, or
+   ``parameters=`` on the decorator) wins. Without one, the schema is derived
+   from the handler's type hints, skipping the first parameter of ``"context"``
+   and ``"id"`` handlers (the job context or id, not an argument).
+2. **How arguments meet a schema.** A derived schema is checked the way Python
+   calls the handler: the arguments are bound to the signature first (so
+   arity errors read like Python's), then each parameter is validated against
+   its own sub-schema, and the error names that parameter. An explicit schema of
+   ``type: object`` describes *keyword* arguments: a job passes them as keywords
+   or as one positional object (``add("SendEmail", {"userId": 1})``). An explicit
+   ``type: array`` schema describes the positional arguments; any other explicit
+   schema describes exactly one argument.
+3. **Draft 2020-12,** unless the schema names another draft in ``$schema``.
+   ``format`` is asserted for the formats that need no extra package (``date``,
+   ``time``, ``email``, ``ipv4``, ``ipv6``, ``uuid``, ``regex``) and for the
+   integer widths Anchor uses (``int32``, ``int64``); other formats annotate.
+4. **Type hints understood:** ``int``, ``float``, ``str``, ``bool``, ``None``,
+   ``list[X]``/``Sequence[X]``/``set[X]``/``tuple[...]``, ``dict[str, X]``/
+   ``Mapping``, ``X | None``/``Optional``/``Union``, ``Literal``, ``Enum``,
+   ``TypedDict``, dataclasses and ``Annotated[X, {...extra schema...}]``.
+   Anything else (``Any``, a class, a hint that does not resolve) adds no
+   constraint: the derived schema never rejects what the hint cannot describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from jsonschema import FormatChecker, validators
+from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.protocols import Validator
+
+from .definitions import TaskSpec
+from .errors import InvalidOption, ValidationError
+
+__all__ = [
+    "FORMAT_CHECKER",
+    "attach",
+    "bind_check",
+    "check_schema",
+    "schema_for_type",
+    "schema_from_handler",
+    "validator_for",
+]
+
+DRAFT = validators.Draft202012Validator
+_MAX_MESSAGE = 300
+
+FORMAT_CHECKER = FormatChecker()
+
+
+@FORMAT_CHECKER.checks("int32")
+def _is_int32(instance: object) -> bool:
+    if isinstance(instance, bool) or not isinstance(instance, int):
+        return True
+    return -(2**31) <= instance < 2**31
+
+
+@FORMAT_CHECKER.checks("int64")
+def _is_int64(instance: object) -> bool:
+    if isinstance(instance, bool) or not isinstance(instance, int):
+        return True
+    return -(2**63) <= instance < 2**63
+
+
+ArgsValidator = Callable[[tuple[Any, ...], dict[str, Any]], None]
+
+
+def attach(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with ``parameters`` and ``validator`` filled in (note 1).
+
+    A spec that already has both is returned unchanged, so attaching twice is
+    harmless. An explicit schema that is not a valid JSON Schema raises
+    ``InvalidOption`` naming the ``parameters`` field.
+    """
+    if spec.parameters is not None and spec.validator is not None:
+        return spec
+    if spec.parameters is None:
+        schema, validator = _from_signature(spec)
+        return replace(spec, parameters=schema, validator=spec.validator or validator)
+    problem = check_schema(spec.parameters)
+    if problem is None and not isinstance(spec.parameters, Mapping):
+        problem = "expected a JSON Schema object"
+    if problem is not None:
+        raise InvalidOption("parameters", problem, source=spec.source)
+    return replace(spec, validator=_explicit_validator(spec, spec.parameters))
+
+
+def check_schema(schema: object) -> str | None:
+    """``None`` when ``schema`` is a valid JSON Schema, else what is wrong with it."""
+    if not isinstance(schema, Mapping):
+        return f"expected a JSON Schema object, found {type(schema).__name__}"
+    declared = schema.get("$schema")
+    if declared is not None and (not isinstance(declared, str) or declared not in _KNOWN_DRAFTS):
+        return _clip(f"unknown $schema {declared!r}; expected one of the JSON Schema drafts")
+    cls = validators.validator_for(schema, default=DRAFT)
+    try:
+        cls.check_schema(dict(schema))
+    except SchemaError as exc:
+        where = _render_path(list(exc.absolute_path))
+        return _clip(f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}")
+    except Exception as exc:  # a pathological schema the meta-schema check trips on
+        return _clip(f"invalid JSON Schema: {exc}")
+    return None
+
+
+_KNOWN_DRAFTS = frozenset(
+    uri
+    for cls in (
+        validators.Draft202012Validator,
+        validators.Draft201909Validator,
+        validators.Draft7Validator,
+        validators.Draft6Validator,
+        validators.Draft4Validator,
+        validators.Draft3Validator,
+    )
+    for uri in (cls.META_SCHEMA["$schema"], cls.META_SCHEMA["$schema"].rstrip("#"))
+)
+
+
+def validator_for(schema: Mapping[str, Any] | bool) -> Validator:
+    """A compiled validator for ``schema`` (note 3)."""
+    cls = validators.validator_for(schema, default=DRAFT)
+    return cls(schema, format_checker=FORMAT_CHECKER)
+
+
+# -- explicit schemas (note 2) ------------------------------------------------
+
+
+def _explicit_validator(spec: TaskSpec, schema: Mapping[str, Any]) -> ArgsValidator:
+    compiled = validator_for(schema)
+    shape = _shape(schema)
+    task = spec.name
+    bind = bind_check(spec)
+
+    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if shape == "object":
+            if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+                instance: Any = dict(args[0])
+            elif args:
+                raise ValidationError(
+                    task,
+                    f"takes keyword arguments (or one object), found {len(args)} positional "
+                    "argument(s)",
+                )
+            else:
+                instance = kwargs
+            _check_object(task, compiled, instance)
+        elif shape == "array":
+            if kwargs:
+                name = sorted(kwargs)[0]
+                raise ValidationError(task, "takes positional arguments only", parameter=name)
+            _check_array(task, compiled, list(args))
+        else:
+            if kwargs or len(args) != 1:
+                raise ValidationError(
+                    task, f"takes exactly one argument, found {len(args) + len(kwargs)}"
+                )
+            _check_value(task, compiled, args[0], parameter=None)
+        if bind is not None:
+            bind(args, kwargs)
+
+    return validate
+
+
+def _shape(schema: Mapping[str, Any]) -> str:
+    kind = schema.get("type")
+    if kind == "object" or (kind is None and "properties" in schema):
+        return "object"
+    if kind == "array":
+        return "array"
+    return "value"
+
+
+def _check_object(task: str, compiled: Validator, instance: dict[str, Any]) -> None:
+    error = best_match(compiled.iter_errors(instance))
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    if path:
+        raise ValidationError(task, _message(error.message, path[1:]), parameter=str(path[0]))
+    parameter = _root_parameter(error.validator, error.validator_value, error.schema, instance)
+    raise ValidationError(task, _clip(error.message), parameter=parameter)
+
+
+def _check_array(task: str, compiled: Validator, instance: list[Any]) -> None:
+    error = best_match(compiled.iter_errors(instance))
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    if path:
+        raise ValidationError(
+            task, _message(error.message, path[1:]), parameter=f"argument {path[0]}"
+        )
+    raise ValidationError(task, _clip(error.message))
+
+
+def _check_value(task: str, compiled: Validator, value: Any, *, parameter: str | None) -> None:
+    error = best_match(compiled.iter_errors(value))
+    if error is not None:
+        raise ValidationError(
+            task, _message(error.message, list(error.absolute_path)), parameter=parameter
+        )
+
+
+def _root_parameter(
+    keyword: object, value: object, schema: object, instance: Mapping[str, Any]
+) -> str | None:
+    """The property a root-level error is about (a missing or an unexpected one)."""
+    if keyword == "required" and isinstance(value, list):
+        missing = [name for name in value if name not in instance]
+        return str(missing[0]) if missing else None
+    if keyword in ("additionalProperties", "unevaluatedProperties") and isinstance(schema, Mapping):
+        known = set(schema.get("properties", {}) or {})
+        patterns = list((schema.get("patternProperties") or {}).keys())
+        extra = sorted(
+            key
+            for key in instance
+            if key not in known and not any(_safe_search(p, key) for p in patterns)
+        )
+        return extra[0] if extra else None
+    if keyword == "dependentRequired" and isinstance(value, Mapping):
+        for trigger, needed in value.items():
+            if trigger in instance and isinstance(needed, list):
+                for name in needed:
+                    if name not in instance:
+                        return str(name)
+    return None
+
+
+def _safe_search(pattern: str, text: str) -> bool:
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return False
+
+
+# -- derived schemas (notes 2 and 4) ------------------------------------------
+
+
+def schema_from_handler(handler: Callable[..., Any], *, skip_first: bool) -> dict[str, Any]:
+    """The JSON Schema of ``handler``'s arguments, from its type hints."""
+    return _derive(handler, skip_first=skip_first)[0]
+
+
+def _signature_params(
+    handler: Callable[..., Any], *, skip_first: bool
+) -> tuple[inspect.Signature, list[inspect.Parameter]] | None:
+    try:
+        sig = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    if (
+        skip_first
+        and params
+        and params[0].kind
+        in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ):
+        params = params[1:]
+    return sig.replace(parameters=params), params
+
+
+def _derive(
+    handler: Callable[..., Any], *, skip_first: bool
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], inspect.Signature | None]:
+    found = _signature_params(handler, skip_first=skip_first)
+    if found is None:
+        return {}, {}, None
+    sig, params = found
+    hints = _hints(handler)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    order: list[str] = []
+    extra: Any = False
+    per_param: dict[str, dict[str, Any]] = {}
+    for param in params:
+        hint = hints.get(param.name, inspect.Parameter.empty)
+        item = {} if hint is inspect.Parameter.empty else schema_for_type(hint)
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = item if item else True
+            per_param[param.name] = item
+            continue
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            per_param[param.name] = item
+            properties[param.name] = {"type": "array", "items": item} if item else {"type": "array"}
+            continue
+        schema = dict(item)
+        if param.default is not inspect.Parameter.empty:
+            if _is_json(param.default):
+                schema["default"] = param.default
+        else:
+            required.append(param.name)
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            order.append(param.name)
+        properties[param.name] = schema
+        per_param[param.name] = item
+    result: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        result["required"] = required
+    result["additionalProperties"] = extra
+    if order:
+        # Positional order, for clients that pass arguments as a list.
+        result["x-positional"] = order
+    return result, per_param, sig
+
+
+def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
+    schema, per_param, sig = _derive(spec.handler, skip_first=spec.call != "plain")
+    task = spec.name
+    if sig is None:
+        # No signature to bind (a builtin, say): accept anything.
+        return schema, lambda args, kwargs: None
+    compiled = {name: validator_for(item) for name, item in per_param.items() if item}
+    kinds = {name: p.kind for name, p in sig.parameters.items()}
+
+    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        bound = _bind(task, sig, args, kwargs)
+        for name, value in bound.arguments.items():
+            check = compiled.get(name)
+            if check is None:
+                continue
+            kind = kinds[name]
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                for index, item in enumerate(value):
+                    _check_value(task, check, item, parameter=f"{name}[{index}]")
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                for key, item in value.items():
+                    _check_value(task, check, item, parameter=key)
+            else:
+                _check_value(task, check, value, parameter=name)
+
+    return schema, validate
+
+
+def bind_check(spec: TaskSpec) -> ArgsValidator | None:
+    """A check that the arguments bind to ``spec.handler`` (``None`` when anything binds)."""
+    found = _signature_params(spec.handler, skip_first=spec.call != "plain")
+    if found is None:
+        return None
+    sig, params = found
+    if any(
+        p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in params
+    ):
+        # Takes anything: binding cannot fail, and is skipped.
+        return None
+    task = spec.name
+
+    def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        _bind(task, sig, args, kwargs)
+
+    return bind
+
+
+_QUOTED = re.compile(r"'([^']+)'")
+
+
+def _bind(
+    task: str, sig: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> inspect.BoundArguments:
+    try:
+        return sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        text = str(exc)
+        match = _QUOTED.search(text)
+        raise ValidationError(task, text, parameter=match.group(1) if match else None) from None
+
+
+def _hints(handler: Callable[..., Any]) -> dict[str, Any]:
+    target: Any = handler
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = inspect.getattr_static(type(target), "__call__", None)
+        if inspect.isfunction(call):
+            target = call
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:
+        pass
+    # Some hint does not resolve: keep the ones that do, one by one.
+    raw = getattr(target, "__annotations__", None)
+    if not isinstance(raw, Mapping):
+        return {}
+    namespace = getattr(inspect.unwrap(target), "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, annotation in raw.items():
+        if not isinstance(annotation, str):
+            hints[name] = annotation
+            continue
+        try:
+            hints[name] = eval(annotation, dict(namespace))
+        except Exception:
+            continue
+    return hints
+
+
+_SCALARS: dict[Any, dict[str, Any]] = {
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    str: {"type": "string"},
+    bool: {"type": "boolean"},
+    type(None): {"type": "null"},
+    None: {"type": "null"},
+}
+
+
+def schema_for_type(hint: Any, _seen: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """The JSON Schema of one type hint; ``{}`` (no constraint) when unknown (note 4)."""
+    if id(hint) in _seen or len(_seen) > 20:
+        return {}  # recursive or absurdly deep: stop describing
+    seen = _seen | {id(hint)}
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is None:
+        try:
+            if hint in _SCALARS:
+                return dict(_SCALARS[hint])
+        except TypeError:  # an unhashable object used as a hint
+            return {}
+    if origin in (typing.Required, typing.NotRequired):
+        # Their meaning is in the TypedDict's __required_keys__ already.
+        return schema_for_type(args[0], seen)
+    if origin is typing.Annotated:
+        base = schema_for_type(args[0], seen)
+        for extra in args[1:]:
+            if isinstance(extra, Mapping) and _is_json(extra):
+                base.update(extra)
+        return base
+    if origin is typing.Literal:
+        values = [v.value if isinstance(v, enum.Enum) else v for v in args]
+        return {"enum": values} if _is_json(values) else {}
+    if origin is typing.Union or origin is types.UnionType:
+        options = [schema_for_type(a, seen) for a in args]
+        if any(not o for o in options):
+            return {}
+        return {"anyOf": options}
+    if origin in (list, set, frozenset) or _is_abc(origin, "Sequence", "Set", "Iterable"):
+        schema: dict[str, Any] = {"type": "array"}
+        if args:
+            item = schema_for_type(args[0], seen)
+            if item:
+                schema["items"] = item
+        if origin in (set, frozenset) or _is_abc(origin, "Set"):
+            schema["uniqueItems"] = True
+        return schema
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            item = schema_for_type(args[0], seen)
+            return {"type": "array", "items": item} if item else {"type": "array"}
+        if args == ((),):
+            return {"type": "array", "maxItems": 0}
+        items = [schema_for_type(a, seen) for a in args]
+        return {
+            "type": "array",
+            "prefixItems": items,
+            "minItems": len(items),
+            "maxItems": len(items),
+        }
+    if origin is dict or _is_abc(origin, "Mapping", "MutableMapping"):
+        schema = {"type": "object"}
+        if len(args) == 2:
+            value = schema_for_type(args[1], seen)
+            if value:
+                schema["additionalProperties"] = value
+        return schema
+    if hint in (list, tuple, set, frozenset):
+        return {"type": "array"}
+    if hint is dict:
+        return {"type": "object"}
+    if isinstance(hint, type):
+        if issubclass(hint, enum.Enum):
+            values = [member.value for member in hint]
+            return {"enum": values} if _is_json(values) else {}
+        if typing.is_typeddict(hint):
+            return _typeddict_schema(hint, seen)
+        if dataclasses.is_dataclass(hint):
+            return _dataclass_schema(hint, seen)
+        if issubclass(hint, bool):
+            return {"type": "boolean"}
+        if issubclass(hint, int):
+            return {"type": "integer"}
+        if issubclass(hint, float):
+            return {"type": "number"}
+        if issubclass(hint, str):
+            return {"type": "string"}
+    return {}
+
+
+def _is_abc(origin: Any, *names: str) -> bool:
+    import collections.abc as abc
+
+    return any(origin is getattr(abc, name) for name in names)
+
+
+def _typeddict_schema(hint: type, seen: frozenset[int]) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(hint, include_extras=True)
+    except Exception:
+        hints = dict(getattr(hint, "__annotations__", {}))
+    required_keys: frozenset[str] = getattr(hint, "__required_keys__", frozenset(hints))
+    properties = {name: schema_for_type(h, seen) for name, h in hints.items()}
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    required = [name for name in hints if name in required_keys]
+    if required:
+        schema["required"] = required
+    schema["additionalProperties"] = False
+    return schema
+
+
+def _dataclass_schema(hint: type, seen: frozenset[int]) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(hint, include_extras=True)
+    except Exception:
+        hints = {}
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for item in dataclasses.fields(hint):
+        if not item.init:
+            continue
+        sub = schema_for_type(hints.get(item.name, Any), seen)
+        if item.default is not dataclasses.MISSING:
+            if _is_json(item.default):
+                sub = {**sub, "default": item.default}
+        elif item.default_factory is dataclasses.MISSING:
+            required.append(item.name)
+        properties[item.name] = sub
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    schema["additionalProperties"] = False
+    return schema
+
+
+# -- small helpers -------------------------------------------------------------
+
+
+def _is_json(value: Any, depth: int = 0) -> bool:
+    if depth > 50:
+        return False
+    if value is None or isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, list | tuple):
+        return all(_is_json(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _render_path(path: list[Any]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(message: str, rest: list[Any]) -> str:
+    where = _render_path(rest)
+    return _clip(f"at {where}: {message}" if where else message)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."

@@ -1,0 +1,399 @@
+"""Bounded worker pools: queues, slots, timeouts that really cancel.
+
+Design notes:
+
+1. **Wake, don't poll.** A pool has no worker loop. ``push`` and the end of an
+   attempt call ``_dispatch``, which starts jobs while a slot is free: highest
+   priority first, then oldest (lowest id). Delayed jobs sit in a second heap
+   ordered by ``run_at``; one clock timer wakes the pool for the earliest.
+2. **One task per attempt.** Each attempt runs in its own asyncio task, so that
+   cancelling a job (or its timeout) cancels exactly that coroutine.
+3. **Timeouts really cancel.** At the deadline the attempt's task is cancelled
+   and the attempt is a timeout, even if the handler swallows the cancellation
+   and returns. A handler that ignores cancellation for ``abandon_after``
+   seconds more is abandoned: the job is marked at once, but the slot stays
+   taken until the coroutine returns, so the pool never runs more than
+   ``concurrency`` handlers.
+4. **Sync handlers** run in the pool's thread pool (``concurrency`` threads).
+   A thread cannot be interrupted: at a timeout or cancel the job is marked at
+   once and ``job.cancelled`` turns true so the handler may stop early; the
+   slot stays taken until the thread returns (note 3), so no more threads run
+   than the pool's concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import heapq
+import inspect
+import itertools
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .clock import TimerHandle
+from .context import JobContext, JobState
+from .errors import InvalidOption
+from .models import JobStatus, PoolStatistics
+
+if TYPE_CHECKING:
+    from .definitions import Task, TaskCall
+    from .runtime import Runtime, Transaction
+
+DEFAULT_CONCURRENCY = 10
+
+
+class Outcome:
+    """How one attempt ended (internal)."""
+
+    __slots__ = ("error", "kind", "result", "tb")
+
+    def __init__(
+        self,
+        kind: str,
+        result: Any = None,
+        error: BaseException | None = None,
+        tb: str | None = None,
+    ) -> None:
+        self.kind = kind  # success | error | timeout | cancelled | shutdown
+        self.result = result
+        self.error = error
+        self.tb = tb
+
+
+class Pool:
+    """A named, bounded set of workers. Get one with ``rt.pool(name, ...)``."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        name: str,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        capacity: int | None = None,
+    ) -> None:
+        _check_limits(concurrency, capacity)
+        self._rt = rt
+        self.name = name
+        self.concurrency = concurrency
+        self.capacity = capacity
+        self.paused = False
+        self._ready: list[tuple[int, int, JobState]] = []
+        self._delayed: list[tuple[float, int, JobState]] = []
+        self._queued: dict[int, JobState] = {}
+        self._running: dict[int, JobState] = {}
+        self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
+        self._pending = 0  # adds in flight, counted against capacity
+        self._timer: TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_size = 0
+        self._stopping = False
+        self._order = itertools.count()
+        self.processed = 0
+        self.failed = 0
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name!r} concurrency={self.concurrency} capacity={self.capacity}>"
+
+    # -- the public face -------------------------------------------------------
+
+    async def add(
+        self,
+        task: Task[Any, Any] | TaskCall | str,
+        /,
+        *args: Any,
+        tx: Transaction | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Add one job; returns its id once the job is committed to disk."""
+        ids = await self._rt._add(self, task, [(args, kwargs)], tx=tx)
+        return ids[0]
+
+    async def add_many(
+        self,
+        task: Task[Any, Any] | TaskCall | str,
+        items: Iterable[Sequence[Any] | Mapping[str, Any]],
+        /,
+        *,
+        tx: Transaction | None = None,
+    ) -> list[int]:
+        """Add many jobs in one commit: each item is a tuple of args or a dict of kwargs."""
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        for item in items:
+            if isinstance(item, Mapping):
+                calls.append(((), dict(item)))
+            elif isinstance(item, Sequence) and not isinstance(item, str | bytes):
+                calls.append((tuple(item), {}))
+            else:
+                raise InvalidOption("items", f"expected tuples of args or dicts of kwargs, found {item!r}")
+        return await self._rt._add(self, task, calls, tx=tx)
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            name=self.name,
+            concurrency=self.concurrency,
+            capacity=self.capacity,
+            waiting=len(self._queued),
+            running=len(self._running),
+            paused=self.paused,
+            processed=self.processed,
+            failed=self.failed,
+        )
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queued)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def set_concurrency(self, concurrency: int) -> None:
+        _check_limits(concurrency, self.capacity)
+        self.concurrency = concurrency
+        self._dispatch()
+
+    def set_capacity(self, capacity: int | None) -> None:
+        _check_limits(self.concurrency, capacity)
+        self.capacity = capacity
+
+    def pause(self) -> None:
+        """Stop starting jobs (running ones go on); ``add`` still accepts."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._dispatch()
+
+    # -- queueing (note 1) ------------------------------------------------------
+
+    def push(self, state: JobState) -> None:
+        info = state.info_
+        self._queued[info.id] = state
+        if info.run_at > self._rt.clock.now():
+            heapq.heappush(self._delayed, (info.run_at, info.id, state))
+            self._arm(info.run_at)
+        else:
+            heapq.heappush(self._ready, (-info.priority, info.id, state))
+        self._dispatch()
+
+    def remove(self, state: JobState) -> bool:
+        """Take a waiting job out of the queue (the heaps skip it lazily)."""
+        return self._queued.pop(state.id, None) is not None
+
+    def _arm(self, when: float) -> None:
+        if self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._rt.clock.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._dispatch()
+
+    def _promote_due(self) -> None:
+        now = self._rt.clock.now()
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, job_id, state = heapq.heappop(delayed)
+            if self._queued.get(job_id) is state:
+                heapq.heappush(self._ready, (-state.info_.priority, job_id, state))
+        if delayed:
+            self._arm(delayed[0][0])
+
+    def _dispatch(self) -> None:
+        if self.paused or self._stopping or not self._rt._workers_on:
+            return
+        if self._delayed:
+            self._promote_due()
+        ready = self._ready
+        queued = self._queued
+        while ready and len(self._running) + self._held < self.concurrency:
+            _, job_id, state = heapq.heappop(ready)
+            if queued.get(job_id) is not state:
+                continue
+            del queued[job_id]
+            self._start(state)
+
+    # -- running (notes 2-4) ------------------------------------------------------
+
+    def _start(self, state: JobState) -> None:
+        self._running[state.id] = state
+        self._rt._on_start(state)
+        state.task_handle = asyncio.create_task(self._execute(state), name=f"taskrt-job-{state.id}")
+
+    async def _execute(self, state: JobState) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = state.info_.timeout
+        if timeout is not None:
+            state.watchdog = loop.call_later(timeout, self._expire, state)
+        outcome: Outcome
+        try:
+            result = await self._call(state, loop)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not (state.cancel_requested or state.timed_out or state.shutdown):
+                raise
+            if task is not None:
+                task.uncancel()
+            outcome = self._interrupted(state)
+        except Exception as exc:
+            if state.timed_out or state.cancel_requested or state.shutdown:
+                outcome = self._interrupted(state)
+            else:
+                outcome = Outcome("error", error=exc, tb=_format_tb(exc))
+        else:
+            if state.timed_out or state.cancel_requested or state.shutdown:
+                # The handler swallowed the cancellation: it is still what we asked.
+                outcome = self._interrupted(state)
+            else:
+                outcome = Outcome("success", result=result)
+        finally:
+            if state.watchdog is not None:
+                state.watchdog.cancel()
+                state.watchdog = None
+        if state.abandoned:
+            self._release_held()
+            return
+        self._finish(state, outcome)
+
+    def _interrupted(self, state: JobState) -> Outcome:
+        if state.timed_out:
+            from .errors import JobTimeout
+
+            err = JobTimeout(state.id, state.info_.timeout or 0.0)
+            return Outcome("timeout", error=err)
+        if state.cancel_requested:
+            return Outcome("cancelled")
+        return Outcome("shutdown")
+
+    def _finish(self, state: JobState, outcome: Outcome) -> None:
+        self._running.pop(state.id, None)
+        state.task_handle = None
+        if outcome.kind == "success":
+            self.processed += 1
+        elif outcome.kind in ("error", "timeout"):
+            self.failed += 1
+        self._rt._on_attempt_end(state, outcome)
+        self._dispatch()
+
+    async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
+        spec = state.spec
+        info = state.info_
+        first: tuple[Any, ...]
+        if spec.call == "context":
+            first = (JobContext(self._rt, state, loop),)
+        elif spec.call == "id":
+            first = (info.id,)
+        else:
+            first = ()
+        if spec.is_async:
+            return await spec.handler(*first, *info.args, **info.kwargs)
+        return await self._call_in_thread(state, loop, first)
+
+    async def _call_in_thread(
+        self, state: JobState, loop: asyncio.AbstractEventLoop, first: tuple[Any, ...]
+    ) -> Any:
+        info = state.info_
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, state.spec.handler, *first, *info.args, **info.kwargs)
+        cfut = self._thread_pool().submit(call)
+        try:
+            result = await asyncio.wrap_future(cfut)
+        except asyncio.CancelledError:
+            if not cfut.done():
+                # The thread runs on: its slot stays taken until it returns (note 4).
+                self._held += 1
+                cfut.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release_held))
+            raise
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def _thread_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None or self._executor_size < self.concurrency:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+            self._executor_size = self.concurrency
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix=f"taskrt-{self.name}"
+            )
+        return self._executor
+
+    def _release_held(self) -> None:
+        self._held -= 1
+        self._dispatch()
+
+    def _expire(self, state: JobState) -> None:
+        state.watchdog = None
+        state.timed_out = True
+        self._interrupt(state)
+
+    def cancel_running(self, state: JobState) -> None:
+        state.cancel_requested = True
+        self._interrupt(state)
+
+    def _interrupt(self, state: JobState) -> None:
+        task = state.task_handle
+        if task is None or task.done():
+            return
+        task.cancel()
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._rt.abandon_after, self._abandon, state, task)
+
+    def _abandon(self, state: JobState, task: asyncio.Task[None]) -> None:
+        """The handler ignored cancellation: mark the job now, keep the slot (note 3)."""
+        if task.done() or state.task_handle is not task:
+            return
+        state.abandoned = True
+        self._held += 1
+        self._finish(state, self._interrupted(state))
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def stop_dispatching(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+
+    def running_tasks(self) -> list[asyncio.Task[None]]:
+        return [s.task_handle for s in self._running.values() if s.task_handle is not None]
+
+    def interrupt_all_for_shutdown(self) -> None:
+        for state in list(self._running.values()):
+            state.shutdown = True
+            task = state.task_handle
+            if task is not None and not task.done():
+                task.cancel()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._queued.clear()
+        self._ready.clear()
+        self._delayed.clear()
+        self._stopping = False
+
+
+def _check_limits(concurrency: Any, capacity: Any) -> None:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidOption("concurrency", f"expected a positive integer, found {concurrency!r}")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+        raise InvalidOption("capacity", f"expected a positive integer or None, found {capacity!r}")
+
+
+def _format_tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+__all__ = ["DEFAULT_CONCURRENCY", "JobStatus", "Outcome", "Pool"]

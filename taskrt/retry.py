@@ -1,0 +1,158 @@
+"""Durations and retry policies: pure functions of their inputs.
+
+A retry policy answers one question: after attempt ``n`` failed, how long to
+wait before attempt ``n + 1``. Three shapes are accepted everywhere a policy is
+(decorator, ``options``, task files, HTTP):
+
+- a fixed delay: ``"200ms"``, ``"30s"``, ``"1h30m"`` or a number of seconds;
+- a list: ``"1m,2m,4m"`` or ``[60, 120, 240]``; the last delay repeats;
+- exponential: ``{"base": 1, "factor": 2, "cap": 300, "jitter": 0.1}``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidOption
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: Any, *, field: str = "duration", source: str | None = None) -> float:
+    """Seconds from ``"200ms"``, ``"30s"``, ``"1h30m"``, ``"1d"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise InvalidOption(field, f"expected a duration like '30s', found {value!r}", source=source)
+    if isinstance(value, int | float):
+        if value < 0:
+            raise InvalidOption(field, f"a duration cannot be negative, found {value!r}", source=source)
+        return float(value)
+    if not isinstance(value, str):
+        raise InvalidOption(
+            field, f"expected a duration like '30s', found {type(value).__name__}", source=source
+        )
+    text = value.strip().lower()
+    if not text:
+        raise InvalidOption(field, "expected a duration like '30s', found an empty string", source=source)
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise InvalidOption(
+            field,
+            f"bad duration {value!r}: expected a number with a unit ms, s, m, h or d "
+            "(e.g. '200ms', '30s', '1h30m')",
+            source=source,
+        )
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long to wait between attempts.
+
+    ``delays`` is used when given (the last one repeats); otherwise the delay is
+    ``base * factor ** (attempt - 1)``, capped at ``cap``, spread by ``jitter``
+    (a fraction: 0.1 means +-10 %).
+    """
+
+    delays: tuple[float, ...] = ()
+    base: float = 0.0
+    factor: float = 1.0
+    cap: float | None = None
+    jitter: float = 0.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if self.delays:
+            return self.delays[min(attempt, len(self.delays)) - 1]
+        value = self.base * self.factor ** max(0, attempt - 1)
+        if self.cap is not None:
+            value = min(value, self.cap)
+        if self.jitter:
+            spread = value * self.jitter
+            value += (rng or random).uniform(-spread, spread)
+        return max(0.0, value)
+
+    def describe(self) -> str | dict[str, Any]:
+        if self.delays:
+            return ",".join(f"{d:g}s" for d in self.delays)
+        return {"base": self.base, "factor": self.factor, "cap": self.cap, "jitter": self.jitter}
+
+
+NO_DELAY = RetryPolicy()
+
+
+def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) -> RetryPolicy:
+    """A ``RetryPolicy`` from any of the accepted shapes (see the module docstring)."""
+    if value is None:
+        return NO_DELAY
+    if isinstance(value, RetryPolicy):
+        return value
+    if isinstance(value, str) and "," in value:
+        parts = [p for p in (s.strip() for s in value.split(",")) if p]
+        if not parts:
+            raise InvalidOption(field, f"empty delay list {value!r}", source=source)
+        return RetryPolicy(
+            delays=tuple(parse_duration(p, field=field, source=source) for p in parts)
+        )
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return RetryPolicy(delays=(parse_duration(value, field=field, source=source),))
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if not value:
+            raise InvalidOption(field, "empty delay list", source=source)
+        return RetryPolicy(
+            delays=tuple(parse_duration(p, field=f"{field}[{i}]", source=source) for i, p in enumerate(value))
+        )
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"base", "factor", "cap", "jitter"}
+        if unknown:
+            raise InvalidOption(
+                field,
+                f"unknown key(s) {sorted(unknown)}; expected base, factor, cap, jitter",
+                source=source,
+            )
+        base = parse_duration(value.get("base", 1), field=f"{field}.base", source=source)
+        factor = value.get("factor", 2)
+        if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 1:
+            raise InvalidOption(f"{field}.factor", f"expected a number >= 1, found {factor!r}", source=source)
+        cap = value.get("cap")
+        jitter = value.get("jitter", 0)
+        if not isinstance(jitter, int | float) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
+            raise InvalidOption(
+                f"{field}.jitter", f"expected a fraction between 0 and 1, found {jitter!r}", source=source
+            )
+        return RetryPolicy(
+            base=base,
+            factor=float(factor),
+            cap=None if cap is None else parse_duration(cap, field=f"{field}.cap", source=source),
+            jitter=float(jitter),
+        )
+    raise InvalidOption(
+        field,
+        f"expected a duration, a list of durations or {{base, factor, cap, jitter}}, found {value!r}",
+        source=source,
+    )
+
+
+def parse_attempts(value: Any, *, field: str = "attempts", source: str | None = None) -> int | None:
+    """``None`` for unlimited (given as ``None`` or ``-1``), else a positive int."""
+    if value is None or value == -1:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOption(
+            field, f"expected a positive integer, or -1 for unlimited, found {value!r}", source=source
+        )
+    return value

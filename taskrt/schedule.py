@@ -1,0 +1,403 @@
+"""Cron maths as pure functions of time; the only module that imports croniter.
+
+Nothing here reads the clock: every function takes the instant it reasons from
+(``after``) and returns aware UTC datetimes. Time zone rules come from
+``zoneinfo``. Errors are ``CronError`` with the offending ``.field``.
+
+Design notes (cited where they apply, pinned by tests/test_schedule.py):
+
+1. Six fields put SECONDS FIRST, as in Anchor and SAQ:
+   ``second minute hour day-of-month month day-of-week``. ``"*/30 * * * * *"``
+   fires every 30 s, ``"0 0 2 * * *"`` daily at 02:00:00. croniter's own
+   six-field form puts seconds last, so we pass ``second_at_beginning=True``.
+2. Cron fields are wall-clock times in the schedule's zone. Across DST:
+   a wall time that does not exist (the spring-forward gap) is SKIPPED, and a
+   wall time that happens twice (fall-back) fires ONCE, at its first
+   occurrence; during the repeated hour's second pass nothing fires. croniter
+   does neither (it moves a missing slot to the end of the gap and fires a
+   repeated one twice), so we run croniter on naive wall times and map each
+   wall time to an instant ourselves.
+3. ``"@every 30s"`` slots are multiples of the interval counted from
+   1970-01-01T00:00Z, whatever the zone: a pure function of time, so a
+   restart never shifts them. Arithmetic is in integer microseconds.
+4. When day-of-month and day-of-week are both restricted, either one matches
+   (classic cron). Hashed and random values (``H``, ``R``) are refused: they
+   would make a schedule depend on something other than time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
+
+from .errors import InvalidOption, TaskrtError
+from .retry import parse_duration
+
+__all__ = [
+    "CronError",
+    "CronSpec",
+    "next_fire",
+    "next_fire_ts",
+    "parse_cron",
+    "validate_cron",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+    "@minutely": "* * * * *",
+}
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_SYNTAX = "*, lists a,b, ranges a-b and steps */n"
+
+# croniter splits fields on ASCII whitespace only; so do we.
+_TOKENS = re.compile(r"\S+", re.ASCII)
+_WORDS = re.compile(r"[a-z]+", re.ASCII)
+_NUMBERS = re.compile(r"\d+", re.ASCII)
+_NTH = re.compile(r"#\d+$", re.ASCII)
+
+
+class CronError(TaskrtError, ValueError):
+    """A cron expression or its time zone is not valid.
+
+    ``field`` is ``"second"``, ``"minute"``, ``"hour"``, ``"day of month"``,
+    ``"month"``, ``"day of week"``, ``"expression"`` (the whole of it) or
+    ``"timezone"``.
+    """
+
+    code = "invalid_cron"
+    http_status = 422
+
+    def __init__(self, expression: str, field: str, message: str) -> None:
+        self.expression = expression
+        self.field = field
+        super().__init__(f"cron expression {expression!r}: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "expression": self.expression, "field": self.field}
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    words: tuple[str, ...]  # names and letters the field accepts besides numbers
+    expected: str
+
+    def describe(self) -> str:
+        return f"expected {self.expected}, with {_SYNTAX}"
+
+
+_SECOND = _Field("second", 0, 59, (), "0-59")
+_FIVE = (
+    _Field("minute", 0, 59, (), "0-59"),
+    _Field("hour", 0, 23, (), "0-23"),
+    _Field("day of month", 1, 31, ("l", "w"), "1-31, L (last day) or nW (nearest weekday)"),
+    _Field("month", 1, 12, _MONTHS, "1-12 or jan-dec"),
+    _Field(
+        "day of week",
+        0,
+        7,
+        (*_DAYS, "l"),
+        "0-7 (0 and 7 are Sunday), sun-sat, d#n (n 1-5) or Ld (last d of the month)",
+    ),
+)
+_SIX = (_SECOND, *_FIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class CronSpec:
+    """A parsed, validated schedule. Build one with ``parse_cron``.
+
+    ``seconds`` is true for six fields (seconds first, note 1); ``every`` is
+    the interval in seconds of an ``"@every ..."`` schedule, else ``None``.
+    """
+
+    expression: str
+    tz: str = "UTC"
+    seconds: bool = False
+    every: float | None = None
+
+    def next_fire(self, after: datetime) -> datetime:
+        """The first slot strictly after ``after`` (aware, any zone), in UTC."""
+        start = _as_utc(after, "after")
+        if self.every is not None:
+            return _every_slots(self.every, start)[0]
+        return next(_cron_slots(self, start))
+
+    def fires_between(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
+        """The slots in ``(after, until]``, oldest first, at most ``limit`` of them."""
+        start = _as_utc(after, "after")
+        end = _as_utc(until, "until")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidOption("limit", f"expected a whole number >= 0, found {limit!r}")
+        if limit == 0 or end <= start:
+            return []
+        if self.every is not None:
+            first, step = _every_slots(self.every, start)
+            count = min(limit, (end - first) // step + 1)
+            return [first + i * step for i in range(max(count, 0))]
+        slots: list[datetime] = []
+        for slot in _cron_slots(self, start):
+            if slot > end:
+                break
+            slots.append(slot)
+            if len(slots) == limit:
+                break
+        return slots
+
+
+def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
+    """Validate ``expression`` and ``tz``; raise ``CronError`` naming the bad field."""
+    if not isinstance(expression, str):
+        raise CronError(
+            repr(expression), "expression", f"expected a string, found {type(expression).__name__}"
+        )
+    _zone(expression, tz)
+    text = expression.strip().lower()
+    if not text:
+        raise CronError(expression, "expression", f"is empty; {_FIELD_COUNT}")
+    if text.startswith("@every"):
+        return CronSpec(expression, tz, False, _parse_every(expression, text[len("@every") :]))
+    if text.startswith("@"):
+        if text not in _ALIASES:
+            names = ", ".join(_ALIASES)
+            raise CronError(
+                expression,
+                "expression",
+                f"unknown alias {text!r}: expected one of {names} or '@every <duration>'",
+            )
+        return CronSpec(expression, tz, False, None)
+    tokens = _TOKENS.findall(expression)
+    fields: tuple[_Field, ...]
+    if len(tokens) == 5:
+        fields = _FIVE
+    elif len(tokens) == 6:
+        fields = _SIX
+    else:
+        raise CronError(expression, "expression", f"{_FIELD_COUNT}, found {len(tokens)}")
+    for position, (field, token) in enumerate(zip(fields, tokens, strict=True)):
+        _check_field(expression, field, token, position, len(tokens))
+    try:
+        croniter.expand(text, second_at_beginning=len(tokens) == 6, strict=True)
+    except CroniterError as exc:
+        # Each field is valid on its own (checked above); what is left is how
+        # they combine: a day of month that no month of the month field has.
+        if "never occur" not in str(exc):  # no other case is known; keep croniter's words
+            raise CronError(expression, "expression", str(exc)) from exc
+        dom, month = tokens[-3], tokens[-2]
+        raise CronError(
+            expression,
+            "day of month",
+            f"day of month field {dom!r} never occurs in month field {month!r}; "
+            "expected a day that exists in at least one of those months",
+        ) from exc
+    return CronSpec(expression, tz, len(tokens) == 6, None)
+
+
+def validate_cron(expression: str, tz: str = "UTC") -> None:
+    """Raise ``CronError`` unless ``expression`` and ``tz`` make a valid schedule."""
+    parse_cron(expression, tz)
+
+
+def next_fire(expression: str, *, after: datetime, tz: str = "UTC") -> datetime:
+    """The first slot of ``expression`` strictly after ``after``, as an aware UTC datetime."""
+    return parse_cron(expression, tz).next_fire(after)
+
+
+def next_fire_ts(spec: CronSpec, after_ts: float) -> float:
+    """``spec.next_fire`` on epoch seconds (microsecond resolution)."""
+    return spec.next_fire(datetime.fromtimestamp(after_ts, UTC)).timestamp()
+
+
+# -- parsing -------------------------------------------------------------------
+
+_FIELD_COUNT = (
+    "expected 5 fields (minute hour day-of-month month day-of-week), "
+    "6 with seconds first (second minute hour day-of-month month day-of-week), "
+    "an alias like @daily or '@every <duration>'"
+)
+
+
+def _parse_every(expression: str, rest: str) -> float:
+    text = rest.strip()
+    if not text:
+        raise CronError(expression, "expression", "@every needs a duration, e.g. '@every 30s'")
+    try:
+        seconds = parse_duration(text, field="@every")
+    except InvalidOption as exc:
+        raise CronError(expression, "expression", str(exc)) from exc
+    if round(seconds * 1_000_000) < 1:
+        raise CronError(
+            expression, "expression", f"@every needs a positive duration, found {text!r}"
+        )
+    return seconds
+
+
+def _check_field(expression: str, field: _Field, token: str, position: int, count: int) -> None:
+    """Refuse a bad field with a message naming it and its range.
+
+    Values, names and steps are checked here; croniter then judges the shape
+    of the field alone (the other fields set to ``*``).
+    """
+
+    def bad(detail: str) -> CronError:
+        return CronError(expression, field.name, f"{field.name} field {token!r}: {detail}")
+
+    for part in token.lower().split(","):
+        if not part:
+            raise bad(f"empty list item; {field.describe()}")
+        base, slash, step = part.partition("/")
+        if slash:
+            span = field.high - field.low + 1
+            if not step.isascii() or not step.isdigit() or not 1 <= int(step) <= span:
+                raise bad(f"step {step!r} must be a whole number 1-{span}")
+        if field.name == "day of week":
+            base = _NTH.sub("", base)  # "5#3": the 3rd Friday; croniter checks n
+        for word in _WORDS.findall(base):
+            if word in ("h", "r"):
+                raise bad("hashed and random values (H, R) are not supported (design note 4)")
+            if word not in field.words:
+                raise bad(f"unknown name {word!r}; {field.describe()}")
+        for number in _NUMBERS.findall(base):
+            if not field.low <= int(number) <= field.high:
+                raise bad(f"{number} is out of range; {field.describe()}")
+    fields = ["*"] * count
+    fields[position] = token
+    try:
+        croniter.expand(" ".join(fields).lower(), second_at_beginning=count == 6)
+    except CroniterError as exc:
+        raise bad(field.describe()) from exc
+
+
+def _zone(expression: str, tz: str) -> tzinfo:
+    if tz == "UTC":  # no tz database needed for the default
+        return UTC
+    if isinstance(tz, str) and tz:
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    raise CronError(
+        expression,
+        "timezone",
+        f"unknown time zone {tz!r}: expected an IANA name like 'Europe/Berlin' or 'UTC'",
+    )
+
+
+def _as_utc(moment: datetime, name: str) -> datetime:
+    if not isinstance(moment, datetime) or moment.utcoffset() is None:
+        raise InvalidOption(name, f"expected an aware datetime (with tzinfo), found {moment!r}")
+    return moment.astimezone(UTC)
+
+
+# -- @every (note 3) --------------------------------------------------------------
+
+
+def _every_slots(every: float, after: datetime) -> tuple[datetime, timedelta]:
+    """The first slot after ``after`` and the interval, both exact to the microsecond."""
+    step = round(every * 1_000_000)
+    elapsed = (after - _EPOCH) // _MICROSECOND
+    return _EPOCH + (elapsed // step + 1) * step * _MICROSECOND, step * _MICROSECOND
+
+
+# -- cron fields in a time zone (note 2) -----------------------------------------
+
+
+def _cron_slots(spec: CronSpec, after: datetime) -> Iterator[datetime]:
+    """Every slot strictly after ``after`` (UTC), in order, as UTC datetimes."""
+    zone = _zone(spec.expression, spec.tz)
+    text = spec.expression.strip().lower()
+    cron = croniter(
+        _ALIASES.get(text, text),
+        _wall_start(after, zone),
+        ret_type=datetime,
+        second_at_beginning=spec.seconds,
+    )
+    while True:
+        try:
+            wall = cron.get_next(datetime)
+        except CroniterBadDateError as exc:
+            raise CronError(spec.expression, "expression", f"never fires: {exc}") from exc
+        except CroniterBadCronError as exc:  # a CronSpec built by hand, not by parse_cron
+            raise CronError(spec.expression, "expression", str(exc)) from exc
+        instant = _first_instant(wall, zone)
+        if instant is None:
+            # In the spring-forward gap: skipped. Resume at the gap's end
+            # rather than stepping through it slot by slot.
+            cron.set_current(_gap_end(wall, zone) - _MICROSECOND, force=True)
+        elif instant > after:
+            yield instant
+
+
+def _first_instant(wall: datetime, zone: tzinfo) -> datetime | None:
+    """The first instant showing the naive ``wall`` time in ``zone``; None in a gap."""
+    instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if instant.astimezone(zone).replace(tzinfo=None) != wall:
+        return None
+    return instant
+
+
+def _wall_start(after: datetime, zone: tzinfo) -> datetime:
+    """The naive wall time to search from: slots at later wall times are due."""
+    local = after.astimezone(zone)
+    wall = local.replace(tzinfo=None)
+    first = _offset(local.replace(fold=0))
+    second = _offset(local)
+    if local.fold == 0 or first == second:
+        return wall
+    # `after` is in the second pass of a repeated hour: each wall time of that
+    # hour fired in the first pass, so search from the end of the repetition.
+    change = _offset_change(after - (first - second), after, zone)
+    return (change + first).replace(tzinfo=None) - _MICROSECOND
+
+
+def _gap_end(wall: datetime, zone: tzinfo) -> datetime:
+    """The first existing wall time after ``wall``, which is in a gap."""
+    before = _offset(wall.replace(tzinfo=zone, fold=0))
+    after = _offset(wall.replace(tzinfo=zone, fold=1))
+    low = (wall - after).replace(tzinfo=UTC)
+    high = (wall - before).replace(tzinfo=UTC)
+    return _offset_change(low, high, zone).astimezone(zone).replace(tzinfo=None)
+
+
+def _offset_change(low: datetime, high: datetime, zone: tzinfo) -> datetime:
+    """The instant in ``(low, high]`` where ``zone``'s UTC offset changes.
+
+    Transitions fall on whole seconds, so this bisects on epoch seconds.
+    """
+    lo = math.floor(low.timestamp())
+    hi = math.ceil(high.timestamp())
+    start = _offset(datetime.fromtimestamp(lo, zone))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _offset(datetime.fromtimestamp(mid, zone)) == start:
+            lo = mid
+        else:
+            hi = mid
+    return datetime.fromtimestamp(hi, UTC)
+
+
+def _offset(moment: datetime) -> timedelta:
+    offset = moment.utcoffset()
+    if offset is None:  # pragma: no cover - every caller passes an aware datetime
+        raise ValueError(f"{moment!r} has no UTC offset")
+    return offset

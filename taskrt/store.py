@@ -1,0 +1,761 @@
+"""Persistence of jobs, attempts and the ownership lease in SQLite.
+
+This is the only module that imports aiosqlite and holds every SQL statement.
+
+Design notes:
+
+1. **Group commit.** Writes are queued as operations; one writer task takes
+   everything queued and applies it in one transaction, in one trip to
+   aiosqlite's connection thread (``Connection._execute`` runs a function there;
+   aiosqlite is pinned below its next minor for that reason). While one batch
+   is being written, the next one gathers, so many concurrent ``add`` calls
+   share one commit.
+2. **Ids.** Job ids come from SQLite's AUTOINCREMENT sequence, read and advanced
+   inside the write transaction, so ids strictly increase across processes and
+   are never reused, even after rows are deleted. An explicit id (a task's
+   ``next_id`` hook) must be above the sequence.
+3. **Progress is state.** Progress updates are coalesced per job in memory and
+   written with the next batch (at most ``progress_interval`` later); terminal
+   writes are never coalesced, and progress writes only touch RUNNING rows so a
+   late flush cannot undo a final state.
+4. **Transitions.** Every status update names the statuses it may come from
+   (``models.TRANSITIONS``) in its WHERE clause; the store refuses any other.
+5. **Durability.** WAL journal. ``synchronous="normal"`` survives a process
+   crash (a power loss may lose the last commits); ``"full"`` survives power loss.
+6. **Reads** use a second connection (WAL readers never block the writer), except
+   for ``:memory:`` databases, which exist per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiosqlite
+
+from .errors import DuplicateJobId, StoreError
+from .models import (
+    TRANSITIONS,
+    AttemptInfo,
+    AttemptOutcome,
+    JobInfo,
+    JobStatus,
+)
+
+log = logging.getLogger("taskrt.store")
+
+Synchronous = Literal["normal", "full", "off"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    status TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '[]',
+    kwargs TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER,
+    current REAL NOT NULL DEFAULT 0,
+    total REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    error TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    unique_key TEXT,
+    created_at REAL NOT NULL,
+    run_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    timeout REAL,
+    retry TEXT,
+    recoveries INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL DEFAULT 0,
+    external INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_live ON jobs(unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'RUNNING');
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
+CREATE INDEX IF NOT EXISTS jobs_pool ON jobs(pool, status, id);
+CREATE INDEX IF NOT EXISTS jobs_task ON jobs(task, status, id);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE INDEX IF NOT EXISTS jobs_external ON jobs(id) WHERE external = 1;
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    traceback TEXT,
+    PRIMARY KEY (job_id, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+JOB_COLUMNS = (
+    "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
+    "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
+    "finished_at, timeout, retry, recoveries, seq"
+)
+
+_INSERT_JOB = (
+    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
+    "unique_key, created_at, run_at, timeout, retry, seq, external) "
+    "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
+)
+
+_PROGRESS = (
+    "UPDATE jobs SET current = ?, total = ?, message = ?, seq = MAX(seq, ?) "
+    "WHERE id = ? AND status = 'RUNNING'"
+)
+
+
+def _from(*statuses: JobStatus) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
+
+
+def _sources(target: JobStatus) -> str:
+    """SQL list of the statuses ``target`` may be reached from (note 4)."""
+    return _from(*(s for s, nexts in TRANSITIONS.items() if target in nexts))
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A job to insert; ``job_id`` is set only when a ``next_id`` hook chose it."""
+
+    task: str
+    pool: str
+    args_json: str
+    kwargs_json: str
+    max_attempts: int | None
+    priority: int
+    metadata_json: str
+    unique_key: str | None
+    created_at: float
+    run_at: float
+    timeout: float | None
+    retry_json: str | None
+    job_id: int | None = None
+    external: bool = False
+
+
+@dataclass(slots=True)
+class InsertResult:
+    job_id: int
+    created: bool
+
+
+@dataclass(slots=True)
+class _Batch:
+    inserts: list[tuple[NewJob, asyncio.Future[InsertResult]]] = field(default_factory=list)
+    statements: list[tuple[str, tuple[Any, ...], asyncio.Future[int] | None]] = field(
+        default_factory=list
+    )
+
+
+class Store:
+    """SQLite persistence with group commit (see the module notes)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: Synchronous = "normal",
+        progress_interval: float = 0.05,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if synchronous not in ("normal", "full", "off"):
+            raise ValueError(f"synchronous must be 'normal', 'full' or 'off', not {synchronous!r}")
+        self.path = path
+        self.synchronous = synchronous
+        self.progress_interval = progress_interval
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._batch = _Batch()
+        self._progress: dict[int, tuple[float, float, str, int]] = {}
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self.batches = 0
+        self.rows_written = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def memory(self) -> bool:
+        return self.path == ":memory:" or self.path.startswith("file::memory:")
+
+    async def open(self) -> None:
+        try:
+            self._db = await self._connect()
+            await self._db.executescript(SCHEMA)
+            self._reader = self._db if self.memory else await self._connect()
+        except sqlite3.Error as exc:
+            await self._close_connections()
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name="taskrt-store-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if not self.memory:
+            await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        await db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    async def close(self) -> None:
+        """Write everything queued, then close the connections."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        if self._reader is not None and self._reader is not self._db:
+            await self._reader.close()
+        if self._db is not None:
+            await self._db.close()
+        self._reader = None
+        self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return self._reader
+
+    # -- queued writes (note 1) ---------------------------------------------
+
+    def insert(self, job: NewJob) -> asyncio.Future[InsertResult]:
+        fut: asyncio.Future[InsertResult] = asyncio.get_running_loop().create_future()
+        self._batch.inserts.append((job, fut))
+        self._wake.set()
+        return fut
+
+    def write(self, sql: str, params: tuple[Any, ...], *, wait: bool = False) -> asyncio.Future[int] | None:
+        """Queue one statement; with ``wait`` return a future of its rowcount."""
+        fut: asyncio.Future[int] | None = None
+        if wait:
+            fut = asyncio.get_running_loop().create_future()
+        self._batch.statements.append((sql, params, fut))
+        self._wake.set()
+        return fut
+
+    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
+        """Coalesced write-behind of a job's progress (note 3)."""
+        self._progress[job_id] = (current, total, message, seq)
+        if self._progress_timer is None:
+            loop = asyncio.get_running_loop()
+            self._progress_timer = loop.call_later(self.progress_interval, self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        self._progress_timer = None
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed."""
+        fut = self.write("SELECT 1", (), wait=True)
+        if self._progress:
+            self._wake.set()
+        assert fut is not None
+        await fut
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._batch = self._batch, _Batch()
+            progress: dict[int, tuple[float, float, str, int]] = {}
+            if self._progress and (self._progress_timer is None or batch.inserts or batch.statements):
+                progress, self._progress = self._progress, {}
+                if self._progress_timer is not None:
+                    self._progress_timer.cancel()
+                    self._progress_timer = None
+            if batch.inserts or batch.statements or progress:
+                await self._apply(batch, progress)
+            if self._closing and not self._batch.inserts and not self._batch.statements:
+                if self._progress:
+                    progress, self._progress = self._progress, {}
+                    await self._apply(_Batch(), progress)
+                return
+
+    async def _apply(self, batch: _Batch, progress: dict[int, tuple[float, float, str, int]]) -> None:
+        async with self._write_lock:
+            try:
+                results = await self.db._execute(self._apply_sync, batch, progress)
+            except Exception as exc:
+                error = StoreError(f"write to {self.path!r} failed: {exc}")
+                error.__cause__ = exc
+                log.exception("taskrt: a write batch failed")
+                for _, fut in batch.inserts:
+                    if not fut.done():
+                        fut.set_exception(error)
+                for _, _, sfut in batch.statements:
+                    if sfut is not None and not sfut.done():
+                        sfut.set_exception(error)
+                return
+        self.batches += 1
+        inserted, counts = results
+        for (_, fut), res in zip(batch.inserts, inserted, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+        for (_, _, sfut), count in zip(batch.statements, counts, strict=True):
+            if sfut is not None and not sfut.done():
+                sfut.set_result(count)
+
+    def _apply_sync(
+        self, batch: _Batch, progress: dict[int, tuple[float, float, str, int]]
+    ) -> tuple[list[InsertResult | BaseException], list[int]]:
+        """Runs in the connection's thread: the whole batch in one transaction."""
+        conn = self.db._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = _insert_jobs(conn, [job for job, _ in batch.inserts])
+            if progress:
+                conn.executemany(
+                    _PROGRESS,
+                    [(c, t, m, s, job_id) for job_id, (c, t, m, s) in progress.items()],
+                )
+            counts: list[int] = []
+            for sql, params, _ in batch.statements:
+                counts.append(conn.execute(sql, params).rowcount)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.rows_written += len(batch.inserts) + len(batch.statements) + len(progress)
+        return inserted, counts
+
+    # -- transactions --------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """An exclusive write transaction on the writer connection.
+
+        The group-commit writer waits while it is open; keep it short.
+        """
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            conn = Connection(db)
+            try:
+                yield conn
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            else:
+                await db.execute("COMMIT")
+
+    async def insert_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[InsertResult]:
+        """Insert jobs inside an open transaction (transactional enqueue)."""
+        results = await self.db._execute(_insert_jobs, self.db._conn, list(jobs))
+        out: list[InsertResult] = []
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+            out.append(res)
+        return out
+
+    # -- reads ---------------------------------------------------------------
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            rows = await self.reader.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
+        return list(rows)
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def get_job(self, job_id: int) -> JobInfo | None:
+        row = await self.fetch_one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else row_to_job(row)
+
+    async def get_jobs(self, ids: Iterable[int]) -> list[JobInfo]:
+        ids = list(ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self.fetch_all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
+        return [row_to_job(r) for r in rows]
+
+    async def waiting_jobs(self) -> list[JobInfo]:
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'WAITING' ORDER BY id"
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def list_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[JobInfo]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status:
+            where.append(f"status IN ({','.join('?' * len(status))})")
+            params.extend(s.value for s in status)
+        if pool is not None:
+            where.append("pool = ?")
+            params.append(pool)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        for key, value in (metadata or {}).items():
+            where.append("json_extract(metadata, ?) = ?")
+            params.append(_json_path(key))
+            params.append(value if not isinstance(value, bool) else int(value))
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def attempts(self, job_id: int) -> list[AttemptInfo]:
+        rows = await self.fetch_all(
+            "SELECT job_id, number, started_at, finished_at, outcome, error, traceback "
+            "FROM attempts WHERE job_id = ? ORDER BY number",
+            (job_id,),
+        )
+        return [
+            AttemptInfo(
+                job_id=r["job_id"],
+                number=r["number"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+                outcome=AttemptOutcome(r["outcome"]),
+                error=r["error"],
+                traceback=r["traceback"],
+            )
+            for r in rows
+        ]
+
+    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
+        where, params = _window("created_at", since, until)
+        counts = {
+            r["status"]: r["n"]
+            for r in await self.fetch_all(
+                f"SELECT status, count(*) AS n FROM jobs {where} GROUP BY status", params
+            )
+        }
+        fwhere, fparams = _window("finished_at", since, until)
+        cond = "status = 'SUCCESS' AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+        fclause = f"{fwhere} AND {cond}" if fwhere else f"WHERE {cond}"
+        agg = await self.fetch_one(
+            f"SELECT count(*) AS n, avg(finished_at - started_at) AS mean FROM jobs {fclause}",
+            fparams,
+        )
+        n = agg["n"] if agg else 0
+        p95 = None
+        if n:
+            offset = max(0, min(n - 1, int(round(0.95 * n)) - 1))
+            row = await self.fetch_one(
+                f"SELECT finished_at - started_at AS d FROM jobs {fclause} "
+                "ORDER BY d LIMIT 1 OFFSET ?",
+                [*fparams, offset],
+            )
+            p95 = row["d"] if row else None
+        return {"counts": counts, "mean": agg["mean"] if agg else None, "p95": p95}
+
+    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
+        """Jobs another process added or changed (``external = 1``), with their cancel flag."""
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(row_to_job(r), bool(r["cancel_requested"])) for r in rows]
+
+    async def count_waiting(self, pool: str) -> int:
+        row = await self.fetch_one(
+            "SELECT count(*) AS n FROM jobs WHERE pool = ? AND status = 'WAITING'", (pool,)
+        )
+        return int(row["n"]) if row else 0
+
+    async def last_id(self) -> int:
+        row = await self.fetch_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")
+        return int(row["seq"]) if row else 0
+
+
+class Connection:
+    """The application's handle on a write transaction (``rt.transaction()``)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self.jobs: list[Any] = []
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one statement in the transaction; returns its rows (if any)."""
+        try:
+            return list(await self._db.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{exc} (in: {sql})") from exc
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        try:
+            await self._db.executemany(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{exc} (in: {sql})") from exc
+
+
+def _insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[InsertResult | BaseException]:
+    """Assign ids from the AUTOINCREMENT sequence and insert (note 2)."""
+    if not jobs:
+        return []
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+    last = int(row[0]) if row else 0
+    results: list[InsertResult | BaseException] = []
+    rows: list[tuple[Any, ...]] = []
+    keys: dict[str, int] = {}
+    for job in jobs:
+        if job.unique_key is not None:
+            existing = keys.get(job.unique_key)
+            if existing is None:
+                found = conn.execute(
+                    "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')",
+                    (job.unique_key,),
+                ).fetchone()
+                existing = None if found is None else int(found[0])
+            if existing is not None:
+                results.append(InsertResult(existing, False))
+                continue
+        if job.job_id is not None:
+            if job.job_id <= last:
+                results.append(DuplicateJobId(job.job_id, last))
+                continue
+            job_id = job.job_id
+        else:
+            job_id = last + 1
+        last = job_id
+        if job.unique_key is not None:
+            keys[job.unique_key] = job_id
+        rows.append(
+            (
+                job_id,
+                job.task,
+                job.pool,
+                job.args_json,
+                job.kwargs_json,
+                job.max_attempts,
+                job.priority,
+                job.metadata_json,
+                job.unique_key,
+                job.created_at,
+                job.run_at,
+                job.timeout,
+                job.retry_json,
+                1 if job.external else 0,
+            )
+        )
+        results.append(InsertResult(job_id, True))
+    conn.executemany(_INSERT_JOB, rows)
+    return results
+
+
+def _json_path(key: str) -> str:
+    return "$." + '"' + key.replace('"', '\\"') + '"'
+
+
+def _window(column: str, since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        where.append(f"{column} < ?")
+        params.append(until)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def row_to_job(row: sqlite3.Row) -> JobInfo:
+    return JobInfo(
+        id=row["id"],
+        task=row["task"],
+        pool=row["pool"],
+        status=JobStatus(row["status"]),
+        args=tuple(json.loads(row["args"])),
+        kwargs=json.loads(row["kwargs"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        current=row["current"],
+        total=row["total"],
+        message=row["message"],
+        result=_loads(row["result"]),
+        error=row["error"],
+        priority=row["priority"],
+        metadata=json.loads(row["metadata"]),
+        unique_key=row["unique_key"],
+        created_at=row["created_at"],
+        run_at=row["run_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        timeout=row["timeout"],
+        recoveries=row["recoveries"],
+        seq=row["seq"],
+    )
+
+
+# -- statements used by the runtime (note 4: each names its source statuses) --
+
+SQL_START = (
+    "UPDATE jobs SET status = 'RUNNING', attempts = ?, started_at = ?, seq = ?, error = NULL "
+    f"WHERE id = ? AND status IN {_sources(JobStatus.RUNNING)}"
+)
+SQL_ATTEMPT_START = (
+    "INSERT OR REPLACE INTO attempts (job_id, number, started_at, outcome) VALUES (?, ?, ?, 'running')"
+)
+SQL_ATTEMPT_END = (
+    "UPDATE attempts SET finished_at = ?, outcome = ?, error = ?, traceback = ? "
+    "WHERE job_id = ? AND number = ?"
+)
+SQL_SUCCESS = (
+    "UPDATE jobs SET status = 'SUCCESS', result = ?, finished_at = ?, current = ?, total = ?, "
+    f"message = ?, seq = ?, error = NULL WHERE id = ? AND status IN {_sources(JobStatus.SUCCESS)}"
+)
+SQL_FAILURE = (
+    "UPDATE jobs SET status = 'FAILURE', error = ?, finished_at = ?, current = ?, total = ?, "
+    f"message = ?, seq = ?, attempts = ? WHERE id = ? AND status IN {_sources(JobStatus.FAILURE)}"
+)
+SQL_CANCELLED = (
+    "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = ?, cancel_requested = 0, "
+    f"error = ? WHERE id = ? AND status IN {_sources(JobStatus.CANCELLED)}"
+)
+SQL_WAITING = (
+    "UPDATE jobs SET status = 'WAITING', run_at = ?, error = ?, seq = ?, attempts = ?, "
+    "max_attempts = ?, finished_at = NULL, started_at = NULL, current = ?, total = ?, message = ? "
+    f"WHERE id = ? AND status IN {_sources(JobStatus.WAITING)}"
+)
+SQL_CLEAR_EXTERNAL = "UPDATE jobs SET external = 0, cancel_requested = 0 WHERE id = ?"
+SQL_CLEAR_EXTERNAL_KEEP_CANCEL = "UPDATE jobs SET external = 0 WHERE id = ?"
+SQL_REQUEST_CANCEL = (
+    "UPDATE jobs SET cancel_requested = 1, external = 1 WHERE id = ? AND status = 'RUNNING'"
+)
+SQL_CANCEL_WAITING_EXTERNAL = (
+    "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = seq + 1, external = 1 "
+    "WHERE id = ? AND status = 'WAITING'"
+)
+SQL_RETRY_EXTERNAL = (
+    "UPDATE jobs SET status = 'WAITING', run_at = ?, max_attempts = ?, finished_at = NULL, "
+    "started_at = NULL, seq = seq + 1, external = 1 "
+    f"WHERE id = ? AND status IN {_sources(JobStatus.WAITING)} AND status != 'RUNNING'"
+)
+SQL_RECOVER = (
+    "UPDATE jobs SET status = 'WAITING', recoveries = recoveries + 1, seq = seq + 1 "
+    "WHERE status = 'RUNNING' AND recoveries < ?"
+)
+SQL_ORPHAN = (
+    "UPDATE jobs SET status = 'FAILURE', finished_at = ?, seq = seq + 1, "
+    "error = 'orphaned: the job was running when its process died ' || (recoveries + 1) || ' times' "
+    "WHERE status = 'RUNNING'"
+)
+SQL_INTERRUPT_ATTEMPTS = (
+    "UPDATE attempts SET outcome = 'interrupted', finished_at = ?, "
+    "error = 'the process stopped during this attempt' WHERE outcome = 'running'"
+)
+SQL_CLEANUP = "DELETE FROM jobs WHERE finished_at < ? AND status IN ({})"
+SQL_CLEANUP_ATTEMPTS = "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
+
+
+async def take_lease(store: Store, owner: str, now: float, ttl: float) -> tuple[bool, str, float]:
+    """Take or renew the ownership lease; returns (taken, current owner, expiry)."""
+
+    def work(conn: sqlite3.Connection) -> tuple[bool, str, float]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT owner, expires_at FROM lease WHERE id = 1").fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                conn.execute("COMMIT")
+                return False, str(row[0]), float(row[1])
+            conn.execute(
+                "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, ?, ?)",
+                (owner, now + ttl),
+            )
+            conn.execute("COMMIT")
+            return True, owner, now + ttl
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async with store._write_lock:
+        try:
+            result: tuple[bool, str, float] = await store.db._execute(work, store.db._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot take the ownership lease of {store.path!r}: {exc}") from exc
+    return result
+
+
+async def release_lease(store: Store, owner: str) -> None:
+    async with store._write_lock:
+        await store.db.execute("DELETE FROM lease WHERE id = 1 AND owner = ?", (owner,))
+
+
+async def run_script(store: Store, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+    """Run statements in one transaction, now (used at start-up and for cleanup)."""
+
+    def work(conn: sqlite3.Connection) -> list[int]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts = [conn.execute(sql, params).rowcount for sql, params in statements]
+            conn.execute("COMMIT")
+            return counts
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async with store._write_lock:
+        try:
+            result: list[int] = await store.db._execute(work, store.db._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"write to {store.path!r} failed: {exc}") from exc
+    return result

@@ -1,0 +1,723 @@
+"""Anchor task files: a YAML document with a ``tasks:`` list.
+
+Each task's arguments are one object described by its ``parameters`` JSON
+Schema; a job passes them as keyword arguments (or as one positional object).
+
+Where the handler comes from, first match wins:
+
+1. ``process: pkg.module.function`` -- called as ``function(**params)``, after
+   the job context or id when its first parameter asks for one (the same
+   rule as decorated tasks, ``definitions.detect_call``).
+2. the *executor* object given to the loader: a method
+   ``execute_<snake_name>`` or ``execute_<Name>`` (``SendEmail`` ->
+   ``execute_send_email`` or ``execute_SendEmail``), called as
+   ``method(params)``, plus ``job=<JobContext>`` when it has a ``job``
+   parameter. ``params`` is a dict, or an instance of the class the method's
+   first parameter is annotated with when that class has ``from_dict`` (as
+   the classes ``taskrt generate`` writes do) or is a dataclass.
+
+With ``events: [onFailed]`` the failure hook is ``hooks.onFailed`` (a dotted
+path) or the executor's ``on_<snake_name>_failed`` / ``on_<Name>_failed``,
+called as ``hook(job_id, params, tx)`` inside the transaction that records
+the failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import params as parameters_module
+from ..definitions import Hooks, TaskSpec, detect_call
+from ..errors import TaskrtError
+from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
+from .common import (
+    MISSING,
+    accepts_keyword,
+    callable_at,
+    duration_at,
+    integer_at,
+    is_async,
+    string_at,
+)
+from .problems import FieldPath, Report, describe
+
+__all__ = [
+    "CRON_FIELDS",
+    "EVENTS",
+    "FIELDS",
+    "RETRY_FIELDS",
+    "executor_names",
+    "load_anchor",
+    "snake_case",
+]
+
+FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "parameters",
+        "retryPolicy",
+        "cronjob",
+        "events",
+        "timeout",
+        "process",
+        "hooks",
+        "pool",
+        "priority",
+    }
+)
+TOP_FIELDS = frozenset({"tasks"})
+RETRY_FIELDS = frozenset({"interval", "maxAttempts"})
+CRON_FIELDS = frozenset({"cronExpression", "timezone"})
+EVENTS = frozenset({"onFailed"})
+HOOK_FIELDS = frozenset({"onFailed"})
+DEFAULT_TIMEOUT_S = 3600.0
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Bounds on what a YAML document may expand to: aliases can make a small file
+# describe an enormous tree ("billion laughs"); we walk the tree before
+# building it and refuse past these.
+MAX_NODES = 50_000
+MAX_DEPTH = 100
+
+Located = tuple[TaskSpec, int | None]
+
+
+def snake_case(name: str) -> str:
+    """``SendEmail`` -> ``send_email``, ``deleteOpaqueKey`` -> ``delete_opaque_key``."""
+    text = re.sub(r"[^A-Za-z0-9]+", "_", name)
+    text = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", text)
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", text)
+    return text.strip("_").lower()
+
+
+def executor_names(name: str, kind: str) -> list[str]:
+    """Method names tried on the executor: ``kind`` is ``"execute"`` or ``"failed"``."""
+    forms = list(dict.fromkeys([snake_case(name), name]))
+    if kind == "execute":
+        return [f"execute_{form}" for form in forms]
+    return [f"on_{form}_failed" for form in forms]
+
+
+def load_anchor(
+    text: str, *, report: Report, root: Path | None, executor: object | None
+) -> list[Located]:
+    """The specs of one Anchor file with the line of each task's name.
+
+    Tasks with problems are left out; their problems are in ``report``.
+    """
+    data = _parse(text, report)
+    if data is MISSING:
+        return []
+    if not isinstance(data, Mapping):
+        report.wrong_type((), data, "a mapping with a 'tasks:' list")
+        return []
+    report.unknown_fields((), data, TOP_FIELDS)
+    tasks = data.get("tasks", MISSING)
+    if tasks is MISSING:
+        report.add(("tasks",), "missing field 'tasks': a list of task definitions", line=1)
+        return []
+    if not isinstance(tasks, list):
+        report.wrong_type(("tasks",), tasks, "a list of task definitions")
+        return []
+    out: list[Located] = []
+    snakes: dict[str, str] = {}
+    for index, item in enumerate(tasks):
+        path: FieldPath = ("tasks", index)
+        if not isinstance(item, Mapping):
+            report.wrong_type(path, item, "a task definition (a mapping with 'name:')")
+            continue
+        name = item.get("name")
+        if isinstance(name, str):
+            other = snakes.setdefault(snake_case(name), name)
+            if other != name:
+                report.add(
+                    (*path, "name"),
+                    f"task {name!r} and task {other!r} have the same snake_case name "
+                    f"{snake_case(name)!r}: their executor methods would clash",
+                    found=name,
+                    expected="task names that differ in more than case and underscores",
+                )
+        before = len(report.problems)
+        spec = _task(item, path, report=report, root=root, executor=executor)
+        if spec is not None and len(report.problems) == before:
+            out.append((spec, report.line_of((*path, "name"))))
+    return out
+
+
+# -- parsing, with the line of every key ---------------------------------------
+
+
+def _parse(text: str, report: Report) -> Any:
+    try:
+        loader = yaml.SafeLoader(text)
+    except Exception as exc:  # the reader refuses some characters outright
+        report.add((), f"not valid YAML: {_yaml_message(exc)}", line=_yaml_line(exc))
+        return MISSING
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            report.add((), "the file is empty: expected a mapping with a 'tasks:' list", line=1)
+            return MISSING
+        lines: dict[FieldPath, int] = {}
+        if not _walk(node, lines):
+            report.add(
+                (),
+                f"the document is too large or too deep once its aliases are expanded "
+                f"(more than {MAX_NODES} values or {MAX_DEPTH} levels)",
+                line=1,
+            )
+            return MISSING
+        report.lines = lines
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        report.add((), f"not valid YAML: {_yaml_message(exc)}", line=_yaml_line(exc))
+        return MISSING
+    except Exception as exc:  # PyYAML raises ValueError for dates like 2024-13-45, etc.
+        report.add((), f"not valid YAML: {type(exc).__name__}: {exc}", line=None)
+        return MISSING
+    finally:
+        loader.dispose()
+
+
+def _yaml_line(exc: BaseException) -> int | None:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is None:
+        position = getattr(exc, "position", None)
+        return None if position is None else None
+    return int(mark.line) + 1
+
+
+def _yaml_message(exc: BaseException) -> str:
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    if problem:
+        return f"{context}, {problem}" if context else str(problem)
+    return " ".join(str(exc).split())[:200]
+
+
+def _walk(root: yaml.Node, lines: dict[FieldPath, int]) -> bool:
+    """Record lines by path; ``False`` when the tree is past the bounds."""
+    budget = MAX_NODES
+    stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        budget -= 1
+        if budget < 0 or len(path) > MAX_DEPTH:
+            return False
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    child: FieldPath = (*path, str(key.value))
+                    lines.setdefault(child, key.start_mark.line + 1)
+                else:
+                    child = (*path, "?")
+                    stack.append((key, child))
+                stack.append((value, child))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, index)
+                lines.setdefault(child, item.start_mark.line + 1)
+                stack.append((item, child))
+    return True
+
+
+# -- one task ------------------------------------------------------------------
+
+
+def _task(
+    item: Mapping[Any, Any],
+    path: FieldPath,
+    *,
+    report: Report,
+    root: Path | None,
+    executor: object | None,
+) -> TaskSpec | None:
+    report.unknown_fields(path, item, FIELDS)
+    name = item.get("name", MISSING)
+    if name is MISSING:
+        report.add((*path, "name"), "missing field 'name'", expected="a task name")
+        return None
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        expected = "a name made of letters, digits and '_' (e.g. SendEmail)"
+        report.add(
+            (*path, "name"),
+            f"bad task name {describe(name)}: expected {expected}",
+            found=name,
+            expected=expected,
+        )
+        return None
+
+    description = ""
+    if "description" in item and item["description"] is not None:
+        description = string_at(report, (*path, "description"), item["description"]) or ""
+
+    schema = _parameters(item.get("parameters", MISSING), (*path, "parameters"), report)
+    attempts, retry = _retry(item.get("retryPolicy", MISSING), (*path, "retryPolicy"), report)
+    cron, cron_tz = _cron(item.get("cronjob", MISSING), (*path, "cronjob"), report)
+    wants_failed = _events(item.get("events", MISSING), (*path, "events"), report)
+
+    timeout = DEFAULT_TIMEOUT_S
+    if "timeout" in item:
+        found = duration_at(report, (*path, "timeout"), item["timeout"])
+        if found is not None and found <= 0:
+            report.add((*path, "timeout"), "expected a positive duration", found=item["timeout"])
+        elif found is not None:
+            timeout = found
+
+    pool = "default"
+    if "pool" in item:
+        pool = string_at(report, (*path, "pool"), item["pool"], expected="a pool name") or pool
+    priority = 0
+    if "priority" in item:
+        value = item["priority"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            report.wrong_type((*path, "priority"), value, "an integer")
+        else:
+            priority = value
+
+    handler, call, hook, target = _handler(
+        item, path, name, wants_failed, report=report, root=root, executor=executor
+    )
+    if handler is None or schema is None:
+        return None
+    spec = TaskSpec(
+        name=name,
+        handler=handler,
+        pool=pool,
+        attempts=attempts,
+        retry=retry,
+        timeout=timeout,
+        priority=priority,
+        call=call,
+        hooks=Hooks(on_failed=hook),
+        parameters=schema,
+        description=description,
+        display_name=name,
+        source=report.file,
+        cron=cron,
+        cron_tz=cron_tz,
+    )
+    spec = parameters_module.attach(spec)
+    if target is not None:
+        spec = _with_bind_check(spec, target, detect_call(target))
+    return spec
+
+
+def _parameters(value: Any, path: FieldPath, report: Report) -> dict[str, Any] | None:
+    if value is MISSING or value is None:
+        return {"type": "object", "properties": {}}
+    if not isinstance(value, Mapping):
+        report.wrong_type(path, value, "a JSON Schema (a mapping with type: object)")
+        return None
+    bad = _not_json(value, path)
+    if bad is not None:
+        where, found = bad
+        report.add(
+            where,
+            f"{describe(found)} is not a JSON value (quote it to make it a string)",
+            found=found,
+            expected="JSON values only",
+        )
+        return None
+    problem = parameters_module.check_schema(value)
+    if problem is not None:
+        report.add(path, problem, found="a schema", expected="a valid JSON Schema (draft 2020-12)")
+        return None
+    if value.get("type") != "object":
+        report.add(
+            (*path, "type"),
+            f"expected type: object (a task's parameters are one object), "
+            f"found {describe(value.get('type'))}",
+            found=value.get("type"),
+            expected="object",
+        )
+        return None
+    return dict(value)
+
+
+def _not_json(value: Any, path: FieldPath) -> tuple[FieldPath, Any] | None:
+    """The first place holding something JSON cannot carry (a date, a non-string key)."""
+    if value is None or isinstance(value, bool | int | str):
+        return None
+    if isinstance(value, float):
+        return None if value == value and abs(value) != float("inf") else (path, value)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _not_json(item, (*path, index))
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return ((*path, str(key)), key)
+            found = _not_json(item, (*path, key))
+            if found is not None:
+                return found
+        return None
+    return (path, value)
+
+
+def _retry(value: Any, path: FieldPath, report: Report) -> tuple[int | None, RetryPolicy]:
+    if value is MISSING or value is None:
+        return 1, NO_DELAY
+    if not isinstance(value, Mapping):
+        report.wrong_type(path, value, "a mapping with interval and maxAttempts")
+        return 1, NO_DELAY
+    report.unknown_fields(path, value, RETRY_FIELDS)
+    attempts: int | None = 1
+    retry = NO_DELAY
+    expected_interval = "a duration like '30s' or a list like '1m,2m,4m'"
+    if "interval" not in value:
+        report.add((*path, "interval"), f"missing field 'interval': {expected_interval}")
+    else:
+        interval = value["interval"]
+        try:
+            retry = parse_retry(interval, field="interval")
+        except TaskrtError:
+            report.add(
+                (*path, "interval"),
+                f"bad interval {describe(interval)}: expected {expected_interval}",
+                found=interval,
+                expected=expected_interval,
+            )
+    expected_max = "a positive number of attempts, or -1 for unlimited"
+    if "maxAttempts" not in value:
+        report.add((*path, "maxAttempts"), f"missing field 'maxAttempts': {expected_max}")
+    else:
+        found = value["maxAttempts"]
+        try:
+            attempts = parse_attempts(found, field="maxAttempts")
+        except TaskrtError:
+            report.wrong_type((*path, "maxAttempts"), found, expected_max)
+    return attempts, retry
+
+
+def _cron(value: Any, path: FieldPath, report: Report) -> tuple[str | None, str]:
+    if value is MISSING or value is None:
+        return None, "UTC"
+    if not isinstance(value, Mapping):
+        report.wrong_type(path, value, "a mapping with cronExpression")
+        return None, "UTC"
+    report.unknown_fields(path, value, CRON_FIELDS)
+    tz = "UTC"
+    if "timezone" in value:
+        tz = string_at(report, (*path, "timezone"), value["timezone"], expected="a time zone name")
+        if tz is None:
+            return None, "UTC"
+    expression = value.get("cronExpression", MISSING)
+    if expression is MISSING:
+        report.add(
+            (*path, "cronExpression"),
+            "missing field 'cronExpression' (six fields, seconds first, e.g. '0 0 2 * * *')",
+        )
+        return None, tz
+    if not isinstance(expression, str):
+        report.wrong_type((*path, "cronExpression"), expression, "a cron expression string")
+        return None, tz
+    from ..schedule import parse_cron  # the scheduler's module owns cron
+
+    try:
+        parse_cron(expression, tz)
+    except TaskrtError as exc:
+        field = getattr(exc, "field", "")
+        where = (*path, "timezone") if field in ("tz", "timezone", "zone") else (*path, "cronExpression")
+        report.add(
+            where,
+            f"bad cron expression {expression!r}: {exc}",
+            found=expression,
+            expected="six fields, seconds first: second minute hour day month weekday",
+        )
+        return None, tz
+    except Exception as exc:
+        report.add((*path, "cronExpression"), f"bad cron expression {expression!r}: {exc}")
+        return None, tz
+    return expression, tz
+
+
+def _events(value: Any, path: FieldPath, report: Report) -> bool:
+    if value is MISSING or value is None:
+        return False
+    if not isinstance(value, list):
+        report.wrong_type(path, value, "a list of events, e.g. [onFailed]")
+        return False
+    wanted = False
+    for index, event in enumerate(value):
+        if event in EVENTS:
+            wanted = True
+            continue
+        from .problems import suggest
+
+        hint = suggest(event, EVENTS) if isinstance(event, str) else None
+        report.add(
+            (*path, index),
+            f"unknown event {describe(event)}"
+            + (f"; did you mean {hint!r}?" if hint else "; expected onFailed"),
+            found=event,
+            expected="onFailed",
+        )
+    return wanted
+
+
+# -- handlers and hooks ----------------------------------------------------------
+
+
+def params_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's parameters object: one positional mapping, or the keyword arguments."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+        return dict(args[0])
+    return dict(kwargs)
+
+
+def _handler(
+    item: Mapping[Any, Any],
+    path: FieldPath,
+    name: str,
+    wants_failed: bool,
+    *,
+    report: Report,
+    root: Path | None,
+    executor: object | None,
+) -> tuple[
+    Callable[..., Any] | None,
+    typing.Literal["context", "id", "plain"],
+    Callable[..., Any] | None,
+    Callable[..., Any] | None,
+]:
+    """(handler, call style, on_failed hook, the process function when there is one)."""
+    hooks_value = item.get("hooks", MISSING)
+    hook_path: Any = MISSING
+    if hooks_value is not MISSING and hooks_value is not None:
+        if not isinstance(hooks_value, Mapping):
+            report.wrong_type((*path, "hooks"), hooks_value, "a mapping like {onFailed: pkg.mod.func}")
+        else:
+            report.unknown_fields((*path, "hooks"), hooks_value, HOOK_FIELDS)
+            hook_path = hooks_value.get("onFailed", MISSING)
+
+    hook: Callable[..., Any] | None = None
+    if hook_path is not MISSING:
+        found = callable_at(report, (*path, "hooks", "onFailed"), hook_path, root)
+        if found is not None:
+            hook = _failed_hook(found, _identity)
+        if not wants_failed:
+            report.add(
+                (*path, "hooks", "onFailed"),
+                "an onFailed hook is given but events does not list onFailed",
+                expected="events: [onFailed]",
+            )
+
+    if "process" in item:
+        target = callable_at(report, (*path, "process"), item["process"], root)
+        if target is None:
+            return None, "context", None, None
+        call = detect_call(target)
+        if wants_failed and hook is None:
+            hook = _executor_hook(name, executor, path, report)
+        return _process_handler(target, call), call, hook, target
+
+    if executor is None:
+        tried = " or ".join(executor_names(name, "execute"))
+        report.add(
+            (*path, "name"),
+            f"task {name!r} has no handler: give 'process:' or load with an executor "
+            f"that has {tried}",
+            found="no process and no executor",
+            expected="process: or an executor",
+        )
+        return None, "context", None, None
+    method = _method(executor, executor_names(name, "execute"))
+    if method is None:
+        tried = " or ".join(executor_names(name, "execute"))
+        report.add(
+            (*path, "name"),
+            f"the executor {type(executor).__name__} has no method {tried} for task {name!r}",
+            found=type(executor).__name__,
+            expected=tried,
+        )
+        return None, "context", None, None
+    convert = _converter(method)
+    if wants_failed and hook is None:
+        hook = _executor_hook(name, executor, path, report)
+    return _executor_handler(method, convert), "context", hook, None
+
+
+def _executor_hook(
+    name: str, executor: object | None, path: FieldPath, report: Report
+) -> Callable[..., Any] | None:
+    names = executor_names(name, "failed")
+    method = None if executor is None else _method(executor, names)
+    if method is None:
+        tried = " or ".join(names)
+        owner = "no executor" if executor is None else f"the executor {type(executor).__name__}"
+        report.add(
+            (*path, "events"),
+            f"events lists onFailed but {owner} has no {tried} "
+            "(or give hooks: {onFailed: pkg.module.function})",
+            found="onFailed",
+            expected=tried,
+        )
+        return None
+    return _failed_hook(method, _converter(method))
+
+
+def _method(executor: object, names: list[str]) -> Callable[..., Any] | None:
+    for candidate in names:
+        try:
+            found = getattr(executor, candidate, None)
+        except Exception:
+            found = None
+        if callable(found):
+            return found  # type: ignore[no-any-return]
+    return None
+
+
+def _identity(value: dict[str, Any]) -> Any:
+    return value
+
+
+def _converter(method: Callable[..., Any]) -> Callable[[dict[str, Any]], Any]:
+    """How to turn the parameters dict into what ``method``'s first parameter is annotated as."""
+    try:
+        params = [
+            p
+            for p in inspect.signature(method).parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return _identity
+    if not params:
+        return _identity
+    try:
+        hints = typing.get_type_hints(method)
+    except Exception:
+        return _identity
+    # on_<name>_failed(job_id, params, tx): the parameters are the second argument.
+    index = 1 if len(params) >= 3 else 0
+    hint = hints.get(params[index].name)
+    if not isinstance(hint, type):
+        return _identity
+    from_dict = getattr(hint, "from_dict", None)
+    if callable(from_dict):
+        return from_dict  # type: ignore[no-any-return]
+    if dataclasses.is_dataclass(hint):
+        cls = hint
+
+        def build(data: dict[str, Any]) -> Any:
+            return cls(**data)
+
+        return build
+    return _identity
+
+
+def _executor_handler(
+    method: Callable[..., Any], convert: Callable[[dict[str, Any]], Any]
+) -> Callable[..., Any]:
+    wants_job = accepts_keyword(method, "job")
+    handler: Callable[..., Any]
+    if is_async(method):
+
+        async def run_async(job: Any, *args: Any, **kwargs: Any) -> Any:
+            value = convert(params_of(args, kwargs))
+            if wants_job:
+                return await method(value, job=job)
+            return await method(value)
+
+        handler = run_async
+    else:
+
+        def run_sync(job: Any, *args: Any, **kwargs: Any) -> Any:
+            value = convert(params_of(args, kwargs))
+            return method(value, job=job) if wants_job else method(value)
+
+        handler = run_sync
+    return _named(handler, method)
+
+
+def _process_handler(
+    target: Callable[..., Any], call: typing.Literal["context", "id", "plain"]
+) -> Callable[..., Any]:
+    handler: Callable[..., Any]
+    if call == "plain":
+        if is_async(target):
+
+            async def plain_async(*args: Any, **kwargs: Any) -> Any:
+                return await target(**params_of(args, kwargs))
+
+            handler = plain_async
+        else:
+
+            def plain_sync(*args: Any, **kwargs: Any) -> Any:
+                return target(**params_of(args, kwargs))
+
+            handler = plain_sync
+    elif is_async(target):
+
+        async def first_async(first: Any, *args: Any, **kwargs: Any) -> Any:
+            return await target(first, **params_of(args, kwargs))
+
+        handler = first_async
+    else:
+
+        def first_sync(first: Any, *args: Any, **kwargs: Any) -> Any:
+            return target(first, **params_of(args, kwargs))
+
+        handler = first_sync
+    return _named(handler, target)
+
+
+def _failed_hook(
+    hook: Callable[..., Any], convert: Callable[[dict[str, Any]], Any]
+) -> Callable[..., Any]:
+    wrapper: Callable[..., Any]
+    if is_async(hook):
+
+        async def failed_async(job: Any, tx: Any) -> Any:
+            return await hook(job.id, convert(params_of(job.args, job.kwargs)), tx)
+
+        wrapper = failed_async
+    else:
+
+        def failed_sync(job: Any, tx: Any) -> Any:
+            return hook(job.id, convert(params_of(job.args, job.kwargs)), tx)
+
+        wrapper = failed_sync
+    return _named(wrapper, hook)
+
+
+def _named(wrapper: Callable[..., Any], target: Callable[..., Any]) -> Callable[..., Any]:
+    for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+        value = getattr(target, attribute, None)
+        if isinstance(value, str):
+            try:
+                setattr(wrapper, attribute, value)
+            except (AttributeError, TypeError):
+                pass
+    wrapper.__wrapped_target__ = target  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _with_bind_check(
+    spec: TaskSpec, target: Callable[..., Any], call: typing.Literal["context", "id", "plain"]
+) -> TaskSpec:
+    """Add to the schema check a check that the parameters bind to ``target``'s keywords."""
+    bind = parameters_module.bind_check(replace(spec, handler=target, call=call))
+    schema_check = spec.validator
+    if bind is None or schema_check is None:
+        return spec
+    checked_bind = bind
+
+    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        schema_check(args, kwargs)
+        checked_bind((), params_of(args, kwargs))
+
+    return replace(spec, validator=validate)

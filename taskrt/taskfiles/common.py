@@ -1,0 +1,117 @@
+"""Checks shared by the Yao and Anchor loaders: each records a problem instead of raising."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import TaskrtError
+from ..retry import parse_duration
+from .problems import FieldPath, Report, describe
+from .resolve import ResolveError, resolve
+
+__all__ = ["MISSING", "callable_at", "duration_at", "integer_at", "number_at", "string_at"]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def integer_at(
+    report: Report, path: FieldPath, value: Any, *, minimum: int, expected: str
+) -> int | None:
+    """``value`` when it is an integer >= ``minimum`` (``2.0`` counts), else a problem."""
+    if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        report.wrong_type(path, value, expected)
+        return None
+    return value
+
+
+def number_at(
+    report: Report, path: FieldPath, value: Any, *, minimum: float, expected: str
+) -> float | None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        report.wrong_type(path, value, expected)
+        return None
+    return float(value)
+
+
+def string_at(report: Report, path: FieldPath, value: Any, *, expected: str = "a string") -> str | None:
+    if not isinstance(value, str):
+        report.wrong_type(path, value, expected)
+        return None
+    return value
+
+
+def duration_at(report: Report, path: FieldPath, value: Any) -> float | None:
+    """Seconds from a duration like ``"30s"``/``"1h30m"`` or a number of seconds."""
+    expected = "a duration like '200ms', '30s', '10m' or '1h30m'"
+    if isinstance(value, int | float) and not isinstance(value, bool) and not math.isfinite(value):
+        report.wrong_type(path, value, expected)
+        return None
+    try:
+        return parse_duration(value, field=str(path[-1]) if path else "duration")
+    except TaskrtError:
+        report.add(
+            path,
+            f"bad duration {describe(value)}: expected {expected}",
+            found=value,
+            expected=expected,
+        )
+        return None
+
+
+def callable_at(
+    report: Report, path: FieldPath, value: Any, root: Path | None
+) -> Callable[..., Any] | None:
+    """The callable a dotted path names, or a problem saying why it does not import."""
+    if not isinstance(value, str):
+        report.wrong_type(path, value, "a dotted path like 'scripts.task.Send'")
+        return None
+    try:
+        return resolve(value, root)
+    except ResolveError as exc:
+        report.add(
+            path, str(exc), found=value, expected="a dotted path to an importable callable"
+        )
+        return None
+
+
+def accepts_keyword(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` takes a parameter called ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        (p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        or p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in params
+    )
+
+
+def is_async(function: Callable[..., Any]) -> bool:
+    target: Any = function
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = inspect.getattr_static(type(target), "__call__", None)
+        if call is not None:
+            target = call
+    return inspect.iscoroutinefunction(target)
+
+
+def as_mapping(value: Any) -> Mapping[Any, Any] | None:
+    return value if isinstance(value, Mapping) else None
