@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Generator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .definitions import TaskSpec
@@ -16,37 +15,60 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 
+_FIELDS = tuple(JobInfo.__dataclass_fields__)
+
+
 class JobState:
     """The mutable, in-memory record of a job this process is responsible for.
 
     Lives from ``add`` (or recovery) until the job's terminal state is
-    committed. ``info()`` gives the frozen ``JobInfo`` snapshot.
+    committed. It carries every ``JobInfo`` field as a plain attribute (the hot
+    path changes a few of them per transition); ``info()`` gives the frozen
+    snapshot, built only when somebody asks and cached until the next change.
     """
 
     __slots__ = (
+        *_FIELDS,
+        "_snapshot",
         "abandoned",
         "cancel_requested",
-        "current",
-        "info_",
-        "message",
         "retry",
-        "seq",
         "shutdown",
         "spec",
         "task_handle",
         "timed_out",
-        "total",
         "watchdog",
     )
 
+    # Declared for the type checker; set in __init__ from the JobInfo fields.
+    id: int
+    task: str
+    pool: str
+    status: JobStatus
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    attempts: int
+    max_attempts: int | None
+    current: float
+    total: float
+    message: str
+    result: Any
+    error: str | None
+    priority: int
+    metadata: dict[str, Any]
+    unique_key: str | None
+    created_at: float
+    run_at: float
+    started_at: float | None
+    finished_at: float | None
+    timeout: float | None
+    recoveries: int
+    seq: int
+
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
-        self.info_ = info
-        # Progress and the event sequence change often: they live here, and
-        # ``info()`` folds them into the frozen record when asked.
-        self.current = info.current
-        self.total = info.total
-        self.message = info.message
-        self.seq = info.seq
+        for name in _FIELDS:
+            setattr(self, name, getattr(info, name))
+        self._snapshot: JobInfo | None = info
         self.spec = spec
         self.retry = retry
         self.task_handle: asyncio.Task[None] | None = None
@@ -56,35 +78,70 @@ class JobState:
         self.shutdown = False
         self.abandoned = False
 
-    @property
-    def id(self) -> int:
-        return self.info_.id
-
-    @property
-    def status(self) -> JobStatus:
-        return self.info_.status
+    @classmethod
+    def new(
+        cls,
+        spec: TaskSpec,
+        retry: RetryPolicy,
+        *,
+        id: int,
+        pool: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        max_attempts: int | None,
+        priority: int,
+        metadata: dict[str, Any],
+        unique_key: str | None,
+        created_at: float,
+        run_at: float,
+        timeout: float | None,
+    ) -> JobState:
+        """A freshly added job (WAITING, sequence 1), built without a JobInfo (hot path)."""
+        state = cls.__new__(cls)
+        state.id = id
+        state.task = spec.name
+        state.pool = pool
+        state.status = JobStatus.WAITING
+        state.args = args
+        state.kwargs = kwargs
+        state.attempts = 0
+        state.max_attempts = max_attempts
+        state.current = 0
+        state.total = 0
+        state.message = ""
+        state.result = None
+        state.error = None
+        state.priority = priority
+        state.metadata = metadata
+        state.unique_key = unique_key
+        state.created_at = created_at
+        state.run_at = run_at
+        state.started_at = None
+        state.finished_at = None
+        state.timeout = timeout
+        state.recoveries = 0
+        state.seq = 1
+        state._snapshot = None
+        state.spec = spec
+        state.retry = retry
+        state.task_handle = None
+        state.watchdog = None
+        state.cancel_requested = False
+        state.timed_out = False
+        state.shutdown = False
+        state.abandoned = False
+        return state
 
     def info(self) -> JobInfo:
-        i = self.info_
-        if (i.current, i.total, i.message, i.seq) != (self.current, self.total, self.message, self.seq):
-            i = self.info_ = replace(
-                i, current=self.current, total=self.total, message=self.message, seq=self.seq
-            )
-        return i
+        snap = self._snapshot
+        if snap is None or snap.seq != self.seq or snap.current != self.current:
+            snap = self._snapshot = JobInfo(**{name: getattr(self, name) for name in _FIELDS})
+        return snap
 
-    def update(self, **changes: Any) -> JobInfo:
-        for name in ("current", "total", "message", "seq"):
-            if name in changes:
-                setattr(self, name, changes.pop(name))
-        self.info_ = replace(
-            self.info_,
-            current=self.current,
-            total=self.total,
-            message=self.message,
-            seq=self.seq,
-            **changes,
-        )
-        return self.info_
+    def update(self, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self._snapshot = None
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -126,32 +183,32 @@ class JobContext:
 
     @property
     def task(self) -> str:
-        return self._state.info_.task
+        return self._state.task
 
     @property
     def pool(self) -> str:
-        return self._state.info_.pool
+        return self._state.pool
 
     @property
     def attempt(self) -> int:
         """The 1-based number of this attempt (at-least-once: it may be > 1)."""
-        return self._state.info_.attempts
+        return self._state.attempts
 
     @property
     def max_attempts(self) -> int | None:
-        return self._state.info_.max_attempts
+        return self._state.max_attempts
 
     @property
     def args(self) -> tuple[Any, ...]:
-        return self._state.info_.args
+        return self._state.args
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return self._state.info_.kwargs
+        return self._state.kwargs
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return self._state.info_.metadata
+        return self._state.metadata
 
     @property
     def info(self) -> JobInfo:

@@ -162,6 +162,7 @@ class Broker:
         sub = Subscription(self, job_id=job_id, matches=matches, maxsize=maxsize or self.buffer)
         if job_id is not None:
             self._by_job.setdefault(job_id, set()).add(sub)
+            self._record(job_id)
         else:
             self._wide.add(sub)
         return sub
@@ -176,15 +177,31 @@ class Broker:
             if not subs:
                 del self._by_job[sub.job_id]
 
-    def publish(self, event: Event) -> None:
-        """Deliver ``event`` to every matching subscriber without waiting (note 1)."""
-        self.published += 1
-        history = self._history.get(event.job_id)
+    def wants(self, job_id: int) -> bool:
+        """Whether an event of ``job_id`` would reach anyone (a subscriber or a replay window).
+
+        Publishers check it first so that nobody pays for events nobody reads.
+        """
+        return bool(self._wide) or job_id in self._history or job_id in self._by_job
+
+    def _record(self, job_id: int) -> deque[Event]:
+        history = self._history.get(job_id)
         if history is None:
-            history = self._history[event.job_id] = deque(maxlen=self.replay)
+            history = self._history[job_id] = deque(maxlen=self.replay)
             if len(self._history) > self.replay_jobs:
                 self._history.popitem(last=False)
-        history.append(event)
+        return history
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every matching subscriber without waiting (note 1).
+
+        A job's replay window (note 3) starts when it first has a subscriber of
+        its own; many-job subscribers do not resume, so they need none.
+        """
+        self.published += 1
+        history = self._history.get(event.job_id)
+        if history is not None:
+            history.append(event)
         subs = self._by_job.get(event.job_id)
         if subs:
             for sub in tuple(subs):

@@ -57,6 +57,7 @@ __all__ = [
     "check_schema",
     "schema_for_type",
     "schema_from_handler",
+    "schema_problem",
     "validator_for",
 ]
 
@@ -105,19 +106,28 @@ def attach(spec: TaskSpec) -> TaskSpec:
 
 def check_schema(schema: object) -> str | None:
     """``None`` when ``schema`` is a valid JSON Schema, else what is wrong with it."""
+    found = schema_problem(schema)
+    if found is None:
+        return None
+    path, message = found
+    where = _render_path(path)
+    return _clip(f"invalid JSON Schema{f' at {where}' if where else ''}: {message}")
+
+
+def schema_problem(schema: object) -> tuple[list[str | int], str] | None:
+    """``None`` for a valid JSON Schema, else (where in the schema, what is wrong)."""
     if not isinstance(schema, Mapping):
-        return f"expected a JSON Schema object, found {type(schema).__name__}"
+        return [], f"expected a JSON Schema object, found {type(schema).__name__}"
     declared = schema.get("$schema")
     if declared is not None and (not isinstance(declared, str) or declared not in _KNOWN_DRAFTS):
-        return _clip(f"unknown $schema {declared!r}; expected one of the JSON Schema drafts")
+        return ["$schema"], _clip(f"unknown $schema {declared!r}; expected a JSON Schema draft")
     cls = validators.validator_for(schema, default=DRAFT)
     try:
         cls.check_schema(dict(schema))
     except SchemaError as exc:
-        where = _render_path(list(exc.absolute_path))
-        return _clip(f"invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}")
+        return [p for p in exc.absolute_path], _clip(exc.message)
     except Exception as exc:  # a pathological schema the meta-schema check trips on
-        return _clip(f"invalid JSON Schema: {exc}")
+        return [], _clip(f"{type(exc).__name__}: {exc}")
     return None
 
 
@@ -290,6 +300,7 @@ def _derive(
     required: list[str] = []
     order: list[str] = []
     extra: Any = False
+    var_positional: str | None = None
     per_param: dict[str, dict[str, Any]] = {}
     for param in params:
         hint = hints.get(param.name, inspect.Parameter.empty)
@@ -301,6 +312,7 @@ def _derive(
         if param.kind is inspect.Parameter.VAR_POSITIONAL:
             per_param[param.name] = item
             properties[param.name] = {"type": "array", "items": item} if item else {"type": "array"}
+            var_positional = param.name
             continue
         schema = dict(item)
         if param.default is not inspect.Parameter.empty:
@@ -319,6 +331,9 @@ def _derive(
     if order:
         # Positional order, for clients that pass arguments as a list.
         result["x-positional"] = order
+    if var_positional is not None:
+        # ``*args``: the property of that name holds the extra positional arguments.
+        result["x-var-positional"] = var_positional
     return result, per_param, sig
 
 

@@ -31,6 +31,7 @@ import heapq
 import inspect
 import itertools
 import traceback
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from .runtime import Runtime, Transaction
 
 DEFAULT_CONCURRENCY = 10
+
+# Whether a handler is a coroutine function, asked once per handler (hot path).
+_ASYNC: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 class Outcome:
@@ -172,7 +176,7 @@ class Pool:
     # -- queueing (note 1) ------------------------------------------------------
 
     def push(self, state: JobState) -> None:
-        info = state.info_
+        info = state
         self._queued[info.id] = state
         if info.run_at > self._rt.clock.now():
             heapq.heappush(self._delayed, (info.run_at, info.id, state))
@@ -204,7 +208,7 @@ class Pool:
         while delayed and delayed[0][0] <= now:
             _, job_id, state = heapq.heappop(delayed)
             if self._queued.get(job_id) is state:
-                heapq.heappush(self._ready, (-state.info_.priority, job_id, state))
+                heapq.heappush(self._ready, (-state.priority, job_id, state))
         if delayed:
             self._arm(delayed[0][0])
 
@@ -231,7 +235,7 @@ class Pool:
 
     async def _execute(self, state: JobState) -> None:
         loop = asyncio.get_running_loop()
-        timeout = state.info_.timeout
+        timeout = state.timeout
         if timeout is not None:
             state.watchdog = loop.call_later(timeout, self._expire, state)
         outcome: Outcome
@@ -268,7 +272,7 @@ class Pool:
         if state.timed_out:
             from .errors import JobTimeout
 
-            err = JobTimeout(state.id, state.info_.timeout or 0.0)
+            err = JobTimeout(state.id, state.timeout or 0.0)
             return Outcome("timeout", error=err)
         if state.cancel_requested:
             return Outcome("cancelled")
@@ -286,7 +290,7 @@ class Pool:
 
     async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
         spec = state.spec
-        info = state.info_
+        info = state
         first: tuple[Any, ...]
         if spec.call == "context":
             first = (JobContext(self._rt, state, loop),)
@@ -294,14 +298,17 @@ class Pool:
             first = (info.id,)
         else:
             first = ()
-        if spec.is_async:
+        is_async = _ASYNC.get(spec.handler)
+        if is_async is None:
+            is_async = _ASYNC[spec.handler] = spec.is_async
+        if is_async:
             return await spec.handler(*first, *info.args, **info.kwargs)
         return await self._call_in_thread(state, loop, first)
 
     async def _call_in_thread(
         self, state: JobState, loop: asyncio.AbstractEventLoop, first: tuple[Any, ...]
     ) -> Any:
-        info = state.info_
+        info = state
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, state.spec.handler, *first, *info.args, **info.kwargs)
         cfut = self._thread_pool().submit(call)

@@ -102,7 +102,7 @@ class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
-def job_logger(info: JobInfo) -> JobLogAdapter:
+def job_logger(info: JobInfo | JobState) -> JobLogAdapter:
     return JobLogAdapter(
         log, {"job_id": info.id, "task": info.task, "pool": info.pool, "attempt": info.attempts}
     )
@@ -348,12 +348,12 @@ class Runtime:
     async def _recover(self) -> None:
         """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned."""
         now = self.clock.now()
-        recovered, orphaned, _ = await sql.run_script(
+        _, recovered, orphaned = await sql.run_script(
             self.store,
             [
+                (sql.SQL_INTERRUPT_ATTEMPTS, (now, now)),
                 (sql.SQL_RECOVER, (MAX_RECOVERIES,)),
                 (sql.SQL_ORPHAN, (now,)),
-                (sql.SQL_INTERRUPT_ATTEMPTS, (now,)),
             ],
         )
         if recovered or orphaned:
@@ -395,13 +395,13 @@ class Runtime:
                 self._adopt(info, announce=True)
             elif info.status is JobStatus.CANCELLED and state is not None:
                 if state.status is JobStatus.WAITING:
-                    self.pool(state.info_.pool).remove(state)
+                    self.pool(state.pool).remove(state)
                     state.seq = max(state.seq, info.seq)
                     self._finalize(state, JobStatus.CANCELLED, {}, write=False)
                 elif state.status is JobStatus.RUNNING:
-                    self.pool(state.info_.pool).cancel_running(state)
+                    self.pool(state.pool).cancel_running(state)
             elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
-                self.pool(state.info_.pool).cancel_running(state)
+                self.pool(state.pool).cancel_running(state)
             self.store.write(sql.SQL_CLEAR_EXTERNAL, (info.id,))
 
     # -- adding --------------------------------------------------------------------------
@@ -490,55 +490,63 @@ class Runtime:
             if tx is not None:
                 results = await self.store.insert_in(tx._conn, jobs)
             else:
-                results = list(await asyncio.gather(*(self.store.insert(j) for j in jobs)))
+                results = await self.store.insert(jobs)
         finally:
             pool._pending -= len(jobs)
         ids: list[int] = []
+        failure: BaseException | None = None
+        metadata = dict(opts.metadata or {})
         for job, (args, kwargs), res in zip(jobs, calls, results, strict=True):
+            if isinstance(res, BaseException):
+                failure = failure or res
+                continue
             ids.append(res.job_id)
             if not res.created:
                 continue
-            info = JobInfo(
+            state = JobState.new(
+                spec,
+                retry,
                 id=res.job_id,
-                task=spec.name,
                 pool=pool.name,
-                status=JobStatus.WAITING,
-                args=tuple(json.loads(job.args_json)) if args and not _plain(args) else tuple(args),
+                # What a restart would read back: JSON's view of the arguments.
+                args=tuple(args) if _plain(args) else tuple(json.loads(job.args_json)),
                 kwargs=kwargs if _plain_kw(kwargs) else json.loads(job.kwargs_json),
                 max_attempts=max_attempts,
                 priority=priority,
-                metadata=dict(opts.metadata or {}),
+                metadata=metadata,
                 unique_key=opts.unique_key,
                 created_at=now,
                 run_at=run_at,
                 timeout=timeout,
-                seq=1,
             )
-            state = JobState(info, spec, retry)
             if tx is not None:
                 tx._states.append(state)
             else:
                 self._accept(state)
+        if failure is not None:
+            raise failure
         return ids
 
     def _accept(self, state: JobState) -> None:
         """A committed job: take it in (owner) and tell the world."""
-        info = state.info_
+        info = state
         if self.workers:
             self._live[info.id] = state
             if info.unique_key is not None:
                 self._unique[info.unique_key] = info.id
-        ev = Event(
-            info.id,
-            1,
-            EventType.ADDED,
-            info.task,
-            info.pool,
-            JobStatus.WAITING,
-            info.created_at,
-            {"run_at": info.run_at, "priority": info.priority},
-        )
-        self.broker.publish(ev)
+        if self.broker.wants(info.id):
+            self.broker.publish(
+                Event(
+                    info.id,
+                    1,
+                    EventType.ADDED,
+                    info.task,
+                    info.pool,
+                    JobStatus.WAITING,
+                    info.created_at,
+                    {"run_at": info.run_at, "priority": info.priority},
+                )
+            )
         if state.spec.hooks.on_add is not None:
             self._hook(state.spec.hooks.on_add, info.id)
         if self.workers:
@@ -575,43 +583,46 @@ class Runtime:
 
     # -- running: transitions called by the pools --------------------------------------------
 
-    def _emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> Event:
-        info = state.info_
-        ev = Event(info.id, state.next_seq(), kind, info.task, info.pool, info.status, self.clock.now(), data)
-        self.broker.publish(ev)
-        return ev
+    def _emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
+        """Advance the job's sequence and publish (only built when someone listens)."""
+        seq = state.next_seq()
+        if self.broker.wants(state.id):
+            self.broker.publish(
+                Event(state.id, seq, kind, state.task, state.pool, state.status, self.clock.now(), data)
+            )
+        return seq
 
     def _on_start(self, state: JobState) -> None:
         now = self.clock.now()
-        attempt = state.info_.attempts + 1
+        attempt = state.attempts + 1
         state.update(status=JobStatus.RUNNING, attempts=attempt, started_at=now, finished_at=None)
-        ev = self._emit(state, EventType.STARTED, {"attempt": attempt})
-        self.store.write(sql.SQL_START, (attempt, now, ev.seq, state.id))
-        self.store.write(sql.SQL_ATTEMPT_START, (state.id, attempt, now))
+        seq = self._emit(state, EventType.STARTED, {"attempt": attempt})
+        self.store.write(sql.SQL_START, (attempt, now, seq, state.id), job_id=state.id)
 
     def _report(self, state: JobState, current: float, total: float | None, message: str | None) -> None:
         """Progress: state in memory, an event, a coalesced write (never waits)."""
-        if state.info_.status is not JobStatus.RUNNING or state.abandoned:
+        if state.status is not JobStatus.RUNNING or state.abandoned:
             return
         state.current = current
         if total is not None:
             state.total = total
         if message is not None:
             state.message = message
-        info = state.info_
+        info = state
         seq = state.seq = state.seq + 1
-        self.broker.publish(
-            Event(
-                info.id,
-                seq,
-                EventType.PROGRESS,
-                info.task,
-                info.pool,
-                JobStatus.RUNNING,
-                self.clock.now(),
-                {"current": current, "total": state.total, "message": state.message},
+        if self.broker.wants(info.id):
+            self.broker.publish(
+                Event(
+                    info.id,
+                    seq,
+                    EventType.PROGRESS,
+                    info.task,
+                    info.pool,
+                    JobStatus.RUNNING,
+                    self.clock.now(),
+                    {"current": current, "total": state.total, "message": state.message},
+                )
             )
-        )
         self.store.progress(info.id, current, state.total, state.message, seq)
         hook = state.spec.hooks.on_progress
         if hook is not None:
@@ -627,55 +638,49 @@ class Runtime:
             raise InvalidTransition(job_id, info.status.value, "report progress for")
         self._report(state, current, total, message)
 
+    def _record_attempt(
+        self, state: JobState, outcome: AttemptOutcome, error: str | None = None, tb: str | None = None
+    ) -> None:
+        """The attempt's one row, written when it ends (store note 7)."""
+        self.store.write(
+            sql.SQL_ATTEMPT,
+            (state.id, state.attempts, state.started_at or 0.0, self.clock.now(), outcome.value, error, tb),
+            job_id=state.id,
+        )
+
     def _on_attempt_end(self, state: JobState, outcome: Outcome) -> None:
-        now = self.clock.now()
-        attempt = state.info_.attempts
+        attempt = state.attempts
         if outcome.kind == "success":
             try:
                 result_json = None if outcome.result is None else dumps(outcome.result)
             except (TypeError, ValueError) as exc:
-                err = SerializationError("the result", str(exc))
-                outcome = Outcome("error", error=err, tb=None)
+                outcome = Outcome("error", error=SerializationError("the result", str(exc)))
             else:
-                self.store.write(sql.SQL_ATTEMPT_END, (now, "success", None, None, state.id, attempt))
-                self._finalize(
-                    state, JobStatus.SUCCESS, {"result": outcome.result}, result_json=result_json
-                )
+                self._record_attempt(state, AttemptOutcome.SUCCESS)
+                self._finalize(state, JobStatus.SUCCESS, {"result": outcome.result}, result_json=result_json)
                 return
         if outcome.kind == "shutdown":
             # Not the job's fault: back to WAITING without charging the attempt.
-            self.store.write(
-                sql.SQL_ATTEMPT_END,
-                (now, AttemptOutcome.INTERRUPTED.value, "the runtime stopped", None, state.id, attempt),
-            )
+            self._record_attempt(state, AttemptOutcome.INTERRUPTED, "the runtime stopped")
             state.update(status=JobStatus.WAITING, attempts=attempt - 1, started_at=None)
-            self._write_waiting(state, state.info_.error)
+            self._write_waiting(state)
             self._live.pop(state.id, None)
             return
         if outcome.kind == "cancelled":
-            self.store.write(
-                sql.SQL_ATTEMPT_END,
-                (now, AttemptOutcome.CANCELLED.value, "cancelled", None, state.id, attempt),
-            )
+            self._record_attempt(state, AttemptOutcome.CANCELLED, "cancelled")
             self._finalize(state, JobStatus.CANCELLED, {})
             return
         exc = outcome.error
         assert exc is not None
         error = _describe(exc)
         record = not (isinstance(exc, Retry) and not exc.record_error)
-        kind = (
-            AttemptOutcome.TIMEOUT
-            if outcome.kind == "timeout"
-            else AttemptOutcome.ERROR
-            if record
-            else AttemptOutcome.RETRY
-        )
-        self.store.write(
-            sql.SQL_ATTEMPT_END,
-            (now, kind.value, error if record else None, outcome.tb if record else None, state.id, attempt),
-        )
-        job_log = job_logger(state.info_)
-        max_attempts = state.info_.max_attempts
+        if outcome.kind == "timeout":
+            kind = AttemptOutcome.TIMEOUT
+        else:
+            kind = AttemptOutcome.ERROR if record else AttemptOutcome.RETRY
+        self._record_attempt(state, kind, error if record else None, outcome.tb if record else None)
+        job_log = job_logger(state)
+        max_attempts = state.max_attempts
         spent = max_attempts is not None and attempt >= max_attempts
         if isinstance(exc, Fatal) or spent:
             job_log.warning("taskrt: job %d failed: %s", state.id, error)
@@ -686,32 +691,32 @@ class Runtime:
         else:
             delay = state.retry.delay(attempt)
         job_log.info("taskrt: job %d attempt %d failed, retrying in %.3gs: %s", state.id, attempt, delay, error)
-        run_at = now + delay
-        keep = error if record else state.info_.error
+        run_at = self.clock.now() + delay
+        keep = error if record else state.error
         state.update(status=JobStatus.WAITING, run_at=run_at, error=keep, started_at=None)
         self._emit(
             state,
             EventType.RETRYING,
             {"attempt": attempt, "error": error if record else None, "run_at": run_at},
         )
-        self._write_waiting(state, keep)
-        self.pool(state.info_.pool).push(state)
+        self._write_waiting(state)
+        self.pool(state.pool).push(state)
 
-    def _write_waiting(self, state: JobState, error: str | None) -> None:
-        info = state.info_
-        self.store.write(
+    def _write_waiting(self, state: JobState) -> asyncio.Future[None]:
+        return self.store.write(
             sql.SQL_WAITING,
             (
-                info.run_at,
-                error,
+                state.run_at,
+                state.error,
                 state.seq,
-                info.attempts,
-                info.max_attempts,
+                state.attempts,
+                state.max_attempts,
                 state.current,
                 state.total,
                 state.message,
-                info.id,
+                state.id,
             ),
+            job_id=state.id,
         )
 
     def _fail(self, state: JobState, error: str) -> None:
@@ -748,7 +753,7 @@ class Runtime:
             state.total,
             state.message,
             state.seq + 1,
-            state.info_.attempts,
+            state.attempts,
             state.id,
         )
 
@@ -764,27 +769,26 @@ class Runtime:
     ) -> None:
         """Reach a terminal status: write (never coalesced), publish, run hooks."""
         now = self.clock.now()
-        info = state.info_
+        info = state
         if status is JobStatus.SUCCESS:
             state.update(status=status, result=data.get("result"), finished_at=now, error=None)
         else:
             state.update(status=status, error=error, finished_at=now)
         seq = state.seq + 1
-        fut: asyncio.Future[int] | None = None
+        fut: asyncio.Future[None] | None = None
         if write:
             if status is JobStatus.SUCCESS:
                 params: tuple[Any, ...] = (
                     result_json, now, state.current, state.total, state.message, seq, info.id,
                 )
-                fut = self.store.write(sql.SQL_SUCCESS, params, wait=True)
+                fut = self.store.write(sql.SQL_SUCCESS, params, job_id=info.id)
             elif status is JobStatus.FAILURE:
                 fut = self.store.write(
-                    sql.SQL_FAILURE, self._failure_params(state, error or "", now), wait=True
+                    sql.SQL_FAILURE, self._failure_params(state, error or "", now), job_id=info.id
                 )
             else:
-                fut = self.store.write(sql.SQL_CANCELLED, (now, seq, error, info.id), wait=True)
-        ev = self._emit(state, _TERMINAL_EVENT[status], data)
-        assert ev.seq == seq
+                fut = self.store.write(sql.SQL_CANCELLED, (now, seq, error, info.id), job_id=info.id)
+        self._emit(state, _TERMINAL_EVENT[status], data)
         if info.unique_key is not None and self._unique.get(info.unique_key) == info.id:
             del self._unique[info.unique_key]
         hooks = state.spec.hooks
@@ -798,7 +802,7 @@ class Runtime:
             # Reads come from memory until the terminal write is committed (note 2).
             fut.add_done_callback(lambda f, s=state: self._forget(s, f))
 
-    def _forget(self, state: JobState, fut: asyncio.Future[int]) -> None:
+    def _forget(self, state: JobState, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             log.error("taskrt: the final state of job %d was not written: %s", state.id, fut.exception())
         if self._live.get(state.id) is state and state.status in TERMINAL:
@@ -836,9 +840,14 @@ class Runtime:
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         """The record of every attempt of the job (start, end, outcome, error, traceback)."""
-        await self.get(job_id)
+        info = await self.get(job_id)
         await self.store.flush()
-        return await self.store.attempts(job_id)
+        records = await self.store.attempts(job_id)
+        if info.status is JobStatus.RUNNING and info.started_at is not None:
+            # The running attempt is written when it ends (store note 7).
+            records = [r for r in records if r.number != info.attempts]
+            records.append(AttemptInfo(job_id, info.attempts, info.started_at))
+        return records
 
     def subscribe(
         self,
@@ -870,22 +879,20 @@ class Runtime:
         state = self._live.get(job_id)
         if state is not None and self.workers:
             if state.status is JobStatus.WAITING:
-                self.pool(state.info_.pool).remove(state)
+                self.pool(state.pool).remove(state)
                 self._finalize(state, JobStatus.CANCELLED, {})
                 await self.store.flush()
                 return state.info()
             if state.status is JobStatus.RUNNING:
-                self.pool(state.info_.pool).cancel_running(state)
+                self.pool(state.pool).cancel_running(state)
                 return await self.wait(job_id, timeout=self.abandon_after + 5)
         info = await self.get(job_id)
         if info.terminal:
             raise InvalidTransition(job_id, info.status.value, "cancel")
         if info.status is JobStatus.WAITING:
-            fut = self.store.write(sql.SQL_CANCEL_WAITING_EXTERNAL, (self.clock.now(), job_id), wait=True)
+            await sql.run_script(self.store, [(sql.SQL_CANCEL_WAITING_EXTERNAL, (self.clock.now(), job_id))])
         else:
-            fut = self.store.write(sql.SQL_REQUEST_CANCEL, (job_id,), wait=True)
-        assert fut is not None
-        await fut
+            await sql.run_script(self.store, [(sql.SQL_REQUEST_CANCEL, (job_id,))])
         return await self.get(job_id)
 
     async def retry(self, job_id: int) -> JobInfo:
@@ -899,9 +906,7 @@ class Runtime:
         max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
         now = self.clock.now()
         if not self.workers or spec is None:
-            fut = self.store.write(sql.SQL_RETRY_EXTERNAL, (now, max_attempts, job_id), wait=True)
-            assert fut is not None
-            await fut
+            await sql.run_script(self.store, [(sql.SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))])
             return await self.get(job_id)
         await self.store.flush()
         state = JobState(info, spec, spec.retry)
@@ -912,18 +917,9 @@ class Runtime:
         if info.unique_key is not None:
             self._unique.setdefault(info.unique_key, job_id)
         self._emit(state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now})
-        fut = self.store.write(sql.SQL_WAITING, self._waiting_params(state), wait=True)
-        assert fut is not None
-        await fut
+        await self._write_waiting(state)
         self.pool(info.pool).push(state)
         return state.info()
-
-    def _waiting_params(self, state: JobState) -> tuple[Any, ...]:
-        info = state.info_
-        return (
-            info.run_at, info.error, state.seq, info.attempts, info.max_attempts,
-            state.current, state.total, state.message, info.id,
-        )
 
     async def jobs(
         self,

@@ -129,6 +129,7 @@ class CronSpec:
 
     ``seconds`` is true for six fields (seconds first, note 1); ``every`` is
     the interval in seconds of an ``"@every ..."`` schedule, else ``None``.
+    Both methods take aware datetimes in any zone and return UTC ones.
     """
 
     expression: str
@@ -175,8 +176,9 @@ def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
     text = expression.strip().lower()
     if not text:
         raise CronError(expression, "expression", f"is empty; {_FIELD_COUNT}")
-    if text.startswith("@every"):
-        return CronSpec(expression, tz, False, _parse_every(expression, text[len("@every") :]))
+    head, _, rest = text.partition(" ")
+    if head == "@every":
+        return CronSpec(expression, tz, False, _parse_every(expression, rest))
     if text.startswith("@"):
         if text not in _ALIASES:
             names = ", ".join(_ALIASES)
@@ -344,7 +346,7 @@ def _cron_slots(spec: CronSpec, after: datetime) -> Iterator[datetime]:
             # In the spring-forward gap: skipped. Resume at the gap's end
             # rather than stepping through it slot by slot.
             cron.set_current(_gap_end(wall, zone) - _MICROSECOND, force=True)
-        elif instant > after:
+        elif instant > after:  # always true past the start; it states the contract
             yield instant
 
 
@@ -364,8 +366,9 @@ def _wall_start(after: datetime, zone: tzinfo) -> datetime:
     second = _offset(local)
     if local.fold == 0 or first == second:
         return wall
-    # `after` is in the second pass of a repeated hour: each wall time of that
-    # hour fired in the first pass, so search from the end of the repetition.
+    # `after` is in the second pass of a repeated hour (note 2): every wall
+    # time of it fired in the first pass, so search from the wall time at
+    # which the clocks went back, i.e. the end of the repetition.
     change = _offset_change(after - (first - second), after, zone)
     return (change + first).replace(tzinfo=None) - _MICROSECOND
 

@@ -22,6 +22,10 @@ Design notes:
    (``models.TRANSITIONS``) in its WHERE clause; the store refuses any other.
 5. **Durability.** WAL journal. ``synchronous="normal"`` survives a process
    crash (a power loss may lose the last commits); ``"full"`` survives power loss.
+7. **Few statements, grouped.** An attempt's record is written once, when it
+   ends (a running attempt is known from memory, and recovery records the
+   attempts a crash interrupted). Lifecycle statements of many jobs are grouped
+   into ``executemany`` calls (``_run_statements``).
 6. **Reads** use a second connection (WAL readers never block the writer), except
    for ``:memory:`` databases, which exist per connection.
 """
@@ -87,7 +91,6 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
 CREATE INDEX IF NOT EXISTS jobs_pool ON jobs(pool, status, id);
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs(task, status, id);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 CREATE INDEX IF NOT EXISTS jobs_external ON jobs(id) WHERE external = 1;
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
@@ -134,8 +137,14 @@ def _sources(target: JobStatus) -> str:
     return _from(*(s for s, nexts in TRANSITIONS.items() if target in nexts))
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON; raises TypeError/ValueError for what JSON cannot hold."""
+    if not value and (value == () or value == [] or value == {}):
+        return "{}" if isinstance(value, dict) else "[]"
+    return _encode(value)
 
 
 @dataclass(slots=True)
@@ -166,10 +175,11 @@ class InsertResult:
 
 @dataclass(slots=True)
 class _Batch:
-    inserts: list[tuple[NewJob, asyncio.Future[InsertResult]]] = field(default_factory=list)
-    statements: list[tuple[str, tuple[Any, ...], asyncio.Future[int] | None]] = field(
+    inserts: list[tuple[list[NewJob], asyncio.Future[list[InsertResult | BaseException]]]] = field(
         default_factory=list
     )
+    statements: list[tuple[str, tuple[Any, ...], int | None]] = field(default_factory=list)
+    committed: asyncio.Future[None] | None = None
 
 
 class Store:
@@ -259,20 +269,27 @@ class Store:
 
     # -- queued writes (note 1) ---------------------------------------------
 
-    def insert(self, job: NewJob) -> asyncio.Future[InsertResult]:
-        fut: asyncio.Future[InsertResult] = asyncio.get_running_loop().create_future()
-        self._batch.inserts.append((job, fut))
+    def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
+        """Queue jobs for the next batch; the future gives one result (or error) per job."""
+        fut: asyncio.Future[list[InsertResult | BaseException]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._batch.inserts.append((jobs, fut))
         self._wake.set()
         return fut
 
-    def write(self, sql: str, params: tuple[Any, ...], *, wait: bool = False) -> asyncio.Future[int] | None:
-        """Queue one statement; with ``wait`` return a future of its rowcount."""
-        fut: asyncio.Future[int] | None = None
-        if wait:
-            fut = asyncio.get_running_loop().create_future()
-        self._batch.statements.append((sql, params, fut))
+    def write(self, sql: str, params: tuple[Any, ...], *, job_id: int | None = None) -> asyncio.Future[None]:
+        """Queue one statement for the next batch; the future resolves when it is committed.
+
+        ``job_id`` names the job a lifecycle statement is about, so that runs of
+        the same statement can go through one ``executemany`` (note 7).
+        """
+        batch = self._batch
+        batch.statements.append((sql, params, job_id))
         self._wake.set()
-        return fut
+        if batch.committed is None:
+            batch.committed = asyncio.get_running_loop().create_future()
+        return batch.committed
 
     def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
         """Coalesced write-behind of a job's progress (note 3)."""
@@ -287,10 +304,7 @@ class Store:
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
-        fut = self.write("SELECT 1", (), wait=True)
-        if self._progress:
-            self._wake.set()
-        assert fut is not None
+        fut = self.write("SELECT 1", ())
         await fut
 
     async def _write_loop(self) -> None:
@@ -323,45 +337,42 @@ class Store:
                 for _, fut in batch.inserts:
                     if not fut.done():
                         fut.set_exception(error)
-                for _, _, sfut in batch.statements:
-                    if sfut is not None and not sfut.done():
-                        sfut.set_exception(error)
+                if batch.committed is not None and not batch.committed.done():
+                    batch.committed.set_exception(error)
                 return
         self.batches += 1
-        inserted, counts = results
-        for (_, fut), res in zip(batch.inserts, inserted, strict=True):
-            if fut.done():
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
-        for (_, _, sfut), count in zip(batch.statements, counts, strict=True):
-            if sfut is not None and not sfut.done():
-                sfut.set_result(count)
+        inserted = results
+        pos = 0
+        for jobs, fut in batch.inserts:
+            part = inserted[pos : pos + len(jobs)]
+            pos += len(jobs)
+            if not fut.done():
+                fut.set_result(part)
+        if batch.committed is not None and not batch.committed.done():
+            batch.committed.set_result(None)
 
     def _apply_sync(
         self, batch: _Batch, progress: dict[int, tuple[float, float, str, int]]
-    ) -> tuple[list[InsertResult | BaseException], list[int]]:
+    ) -> list[InsertResult | BaseException]:
         """Runs in the connection's thread: the whole batch in one transaction."""
         conn = self.db._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            inserted = _insert_jobs(conn, [job for job, _ in batch.inserts])
             if progress:
                 conn.executemany(
                     _PROGRESS,
                     [(c, t, m, s, job_id) for job_id, (c, t, m, s) in progress.items()],
                 )
-            counts: list[int] = []
-            for sql, params, _ in batch.statements:
-                counts.append(conn.execute(sql, params).rowcount)
+            _run_statements(conn, batch.statements)
+            # Inserts last: a terminal write queued before an add frees its
+            # unique key for that add (statements only touch committed jobs).
+            inserted = _insert_jobs(conn, [job for jobs, _ in batch.inserts for job in jobs])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.rows_written += len(batch.inserts) + len(batch.statements) + len(progress)
-        return inserted, counts
+        self.rows_written += len(inserted) + len(batch.statements) + len(progress)
+        return inserted
 
     # -- transactions --------------------------------------------------------
 
@@ -544,6 +555,44 @@ class Connection:
             raise StoreError(f"{exc} (in: {sql})") from exc
 
 
+def _run_statements(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...], int | None]]) -> None:
+    """Run queued statements, grouping them into ``executemany`` calls (note 7).
+
+    Lifecycle statements have a rank (start < attempt record < final or waiting
+    state). Within a segment they run grouped by statement in rank order; a
+    segment ends when a job would go back to an earlier or the same rank (it
+    retried within the batch) or at any statement without a rank, so each job's
+    statements keep their order.
+    """
+    segment: dict[str, list[tuple[Any, ...]]] = {}
+    last: dict[int, int] = {}
+
+    def flush() -> None:
+        for sql in sorted(segment, key=_RANK.__getitem__):
+            rows = segment[sql]
+            if len(rows) == 1:
+                conn.execute(sql, rows[0])
+            else:
+                conn.executemany(sql, rows)
+        segment.clear()
+        last.clear()
+
+    for sql, params, job_id in statements:
+        rank = _RANK.get(sql)
+        if rank is None or job_id is None:
+            flush()
+            conn.execute(sql, params)
+            continue
+        prev = last.get(job_id)
+        if prev is not None and rank <= prev:
+            flush()
+        rows = segment.get(sql)
+        if rows is None:
+            rows = segment[sql] = []
+        rows.append(params)
+        last[job_id] = rank
+
+
 def _insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[InsertResult | BaseException]:
     """Assign ids from the AUTOINCREMENT sequence and insert (note 2)."""
     if not jobs:
@@ -652,12 +701,9 @@ SQL_START = (
     "UPDATE jobs SET status = 'RUNNING', attempts = ?, started_at = ?, seq = ?, error = NULL "
     f"WHERE id = ? AND status IN {_sources(JobStatus.RUNNING)}"
 )
-SQL_ATTEMPT_START = (
-    "INSERT OR REPLACE INTO attempts (job_id, number, started_at, outcome) VALUES (?, ?, ?, 'running')"
-)
-SQL_ATTEMPT_END = (
-    "UPDATE attempts SET finished_at = ?, outcome = ?, error = ?, traceback = ? "
-    "WHERE job_id = ? AND number = ?"
+SQL_ATTEMPT = (
+    "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, error, "
+    "traceback) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 SQL_SUCCESS = (
     "UPDATE jobs SET status = 'SUCCESS', result = ?, finished_at = ?, current = ?, total = ?, "
@@ -700,11 +746,14 @@ SQL_ORPHAN = (
     "WHERE status = 'RUNNING'"
 )
 SQL_INTERRUPT_ATTEMPTS = (
-    "UPDATE attempts SET outcome = 'interrupted', finished_at = ?, "
-    "error = 'the process stopped during this attempt' WHERE outcome = 'running'"
+    "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, error) "
+    "SELECT id, attempts, COALESCE(started_at, ?), ?, 'interrupted', "
+    "'the process stopped during this attempt' FROM jobs WHERE status = 'RUNNING' AND attempts > 0"
 )
 SQL_CLEANUP = "DELETE FROM jobs WHERE finished_at < ? AND status IN ({})"
 SQL_CLEANUP_ATTEMPTS = "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
+
+_RANK = {SQL_START: 1, SQL_ATTEMPT: 2, SQL_SUCCESS: 3, SQL_FAILURE: 3, SQL_CANCELLED: 3, SQL_WAITING: 3}
 
 
 async def take_lease(store: Store, owner: str, now: float, ttl: float) -> tuple[bool, str, float]:

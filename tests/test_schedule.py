@@ -93,6 +93,7 @@ EVERY = [
     ("@every 30s", "2026-01-01T10:00:30", "2026-01-01T10:01:00"),
     # 2026-01-01T00:00Z is 1767225600 s, a multiple of 5400 s: a slot.
     ("@every 1h30m", "2026-01-01T00:00:00", "2026-01-01T01:30:00"),
+    ("@EVERY  2m", "2026-01-01T00:00:30", "2026-01-01T00:02:00"),
     ("@every 500ms", "2026-01-01T10:00:00.2", "2026-01-01T10:00:00.5"),
     ("@every 500ms", "2026-01-01T10:00:00.5", "2026-01-01T10:00:01"),
     # 1767225600 / 660 = 2677614.5...: the next multiple is 1767225900 (00:05Z).
@@ -284,22 +285,42 @@ def test_naive_datetimes_are_refused() -> None:
     assert info.value.field == "until"
 
 
+def test_dst_windows_are_jumped_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-second schedule must not step through an hour of missing or
+    repeated wall times one candidate at a time (3600 croniter steps)."""
+    steps = 0
+
+    class Counting(taskrt.schedule.croniter):  # type: ignore[misc,name-defined]
+        def get_next(self, *args: object, **kwargs: object) -> object:
+            nonlocal steps
+            steps += 1
+            return super().get_next(*args, **kwargs)
+
+    monkeypatch.setattr(taskrt.schedule, "croniter", Counting)
+    spec = parse_cron("* * * * * *", "Europe/Berlin")
+    # Spring forward: wall 02:00:00-02:59:59 does not exist.
+    assert spec.next_fire(z("2026-03-29T00:59:59")) == z("2026-03-29T01:00:00")
+    # Fall back: from inside the repeated hour's second pass.
+    assert spec.next_fire(z("2026-10-25T01:00:01")) == z("2026-10-25T02:00:00")
+    assert steps <= 4
+
+
 # -- errors ----------------------------------------------------------------------
 
 BAD = [
     # (expression, field, words the message must contain)
-    ("61 * * * *", "minute", ["minute", "'61'", "0-59"]),
+    ("61 * * * *", "minute", ["minute", "'61'", "out of range", "0-59"]),
     ("* 24 * * *", "hour", ["hour", "0-23"]),
     ("* * 32 * *", "day of month", ["day of month", "1-31"]),
     ("* * 0 * *", "day of month", ["day of month", "1-31"]),
-    ("* * * 13 *", "month", ["month", "1-12"]),
+    ("* * * 13 *", "month", ["month", "out of range", "1-12"]),
     ("* * * 0 *", "month", ["month", "1-12"]),
     ("* * * foo *", "month", ["month", "'foo'", "jan-dec"]),
     ("* * * * 8", "day of week", ["day of week", "0-7"]),
     ("* * * * funday", "day of week", ["day of week", "sun-sat"]),
     ("* * * * 1#6", "day of week", ["day of week", "1-5"]),
     ("* * * * 1,2#3", "day of week", ["day of week"]),
-    ("60 * * * * *", "second", ["second", "0-59"]),
+    ("60 * * * * *", "second", ["second", "out of range", "0-59"]),
     ("*/0 * * * * *", "second", ["second", "step"]),
     ("* 60 * * * *", "minute", ["minute", "0-59"]),
     ("* * * * * 9", "day of week", ["day of week"]),
@@ -316,6 +337,7 @@ BAD = [
     ("   ", "expression", ["empty"]),
     ("@fortnightly", "expression", ["@fortnightly", "@daily"]),
     ("@every", "expression", ["duration"]),
+    ("@everyday", "expression", ["@everyday"]),
     ("@every soon", "expression", ["duration"]),
     ("@every 0s", "expression", ["positive"]),
     ("0 0 30 2 *", "day of month", ["'30'", "'2'", "never"]),

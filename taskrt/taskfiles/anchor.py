@@ -24,31 +24,36 @@ the failure.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import re
-import typing
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .. import params as parameters_module
-from ..definitions import Hooks, TaskSpec, detect_call
+from ..definitions import CallStyle, Hooks, TaskSpec, detect_call
 from ..errors import TaskrtError
 from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
+from .adapters import (
+    converter,
+    executor_handler,
+    executor_names,
+    failed_hook,
+    find_method,
+    identity,
+    process_handler,
+    snake_case,
+    stand_in,
+    with_bind_check,
+)
 from .common import (
     MISSING,
-    accepts_keyword,
     callable_at,
     duration_at,
-    integer_at,
-    is_async,
     string_at,
 )
-from .problems import FieldPath, Report, describe
+from .problems import FieldPath, Report, describe, suggest
 
 __all__ = [
     "CRON_FIELDS",
@@ -92,28 +97,22 @@ MAX_DEPTH = 100
 Located = tuple[TaskSpec, int | None]
 
 
-def snake_case(name: str) -> str:
-    """``SendEmail`` -> ``send_email``, ``deleteOpaqueKey`` -> ``delete_opaque_key``."""
-    text = re.sub(r"[^A-Za-z0-9]+", "_", name)
-    text = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", text)
-    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", text)
-    return text.strip("_").lower()
-
-
-def executor_names(name: str, kind: str) -> list[str]:
-    """Method names tried on the executor: ``kind`` is ``"execute"`` or ``"failed"``."""
-    forms = list(dict.fromkeys([snake_case(name), name]))
-    if kind == "execute":
-        return [f"execute_{form}" for form in forms]
-    return [f"on_{form}_failed" for form in forms]
-
-
 def load_anchor(
-    text: str, *, report: Report, root: Path | None, executor: object | None
+    text: str,
+    *,
+    report: Report,
+    root: Path | None,
+    executor: object | None,
+    require_handlers: bool = True,
+    declared: list[tuple[str, int | None]] | None = None,
 ) -> list[Located]:
     """The specs of one Anchor file with the line of each task's name.
 
-    Tasks with problems are left out; their problems are in ``report``.
+    Tasks with problems are left out; their problems are in ``report``. Every
+    task name the file declares, valid or not, is appended to ``declared``. With
+    ``require_handlers=False`` a task that relies on an executor none was given
+    for gets a stand-in handler (and hook) that raise ``NotImplementedError``:
+    for checking files and generating code without the application.
     """
     data = _parse(text, report)
     if data is MISSING:
@@ -131,6 +130,7 @@ def load_anchor(
         return []
     out: list[Located] = []
     snakes: dict[str, str] = {}
+    names: dict[str, int | None] = {}
     for index, item in enumerate(tasks):
         path: FieldPath = ("tasks", index)
         if not isinstance(item, Mapping):
@@ -138,6 +138,20 @@ def load_anchor(
             continue
         name = item.get("name")
         if isinstance(name, str):
+            line = report.line_of((*path, "name"))
+            if name in names:
+                earlier = names[name]
+                report.add(
+                    (*path, "name"),
+                    f"duplicate task id {name!r}: also defined"
+                    + (f" on line {earlier}" if earlier is not None else " above"),
+                    found=name,
+                    expected="a task id used once",
+                )
+                continue
+            names[name] = line
+            if declared is not None:
+                declared.append((name, line))
             other = snakes.setdefault(snake_case(name), name)
             if other != name:
                 report.add(
@@ -148,7 +162,14 @@ def load_anchor(
                     expected="task names that differ in more than case and underscores",
                 )
         before = len(report.problems)
-        spec = _task(item, path, report=report, root=root, executor=executor)
+        spec = _task(
+            item,
+            path,
+            report=report,
+            root=root,
+            executor=executor,
+            require_handlers=require_handlers,
+        )
         if spec is not None and len(report.problems) == before:
             out.append((spec, report.line_of((*path, "name"))))
     return out
@@ -191,10 +212,8 @@ def _parse(text: str, report: Report) -> Any:
 
 def _yaml_line(exc: BaseException) -> int | None:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if mark is None:
-        position = getattr(exc, "position", None)
-        return None if position is None else None
-    return int(mark.line) + 1
+    line = getattr(mark, "line", None)
+    return line + 1 if isinstance(line, int) else None
 
 
 def _yaml_message(exc: BaseException) -> str:
@@ -241,6 +260,7 @@ def _task(
     report: Report,
     root: Path | None,
     executor: object | None,
+    require_handlers: bool,
 ) -> TaskSpec | None:
     report.unknown_fields(path, item, FIELDS)
     name = item.get("name", MISSING)
@@ -286,7 +306,14 @@ def _task(
             priority = value
 
     handler, call, hook, target = _handler(
-        item, path, name, wants_failed, report=report, root=root, executor=executor
+        item,
+        path,
+        name,
+        wants_failed,
+        report=report,
+        root=root,
+        executor=executor,
+        require_handlers=require_handlers,
     )
     if handler is None or schema is None:
         return None
@@ -309,7 +336,7 @@ def _task(
     )
     spec = parameters_module.attach(spec)
     if target is not None:
-        spec = _with_bind_check(spec, target, detect_call(target))
+        spec = with_bind_check(spec, target, detect_call(target))
     return spec
 
 
@@ -329,9 +356,15 @@ def _parameters(value: Any, path: FieldPath, report: Report) -> dict[str, Any] |
             expected="JSON values only",
         )
         return None
-    problem = parameters_module.check_schema(value)
+    problem = parameters_module.schema_problem(value)
     if problem is not None:
-        report.add(path, problem, found="a schema", expected="a valid JSON Schema (draft 2020-12)")
+        inside, message = problem
+        report.add(
+            (*path, *inside),
+            f"invalid JSON Schema: {message}",
+            found="a schema",
+            expected="a valid JSON Schema (draft 2020-12)",
+        )
         return None
     if value.get("type") != "object":
         report.add(
@@ -412,9 +445,12 @@ def _cron(value: Any, path: FieldPath, report: Report) -> tuple[str | None, str]
     report.unknown_fields(path, value, CRON_FIELDS)
     tz = "UTC"
     if "timezone" in value:
-        tz = string_at(report, (*path, "timezone"), value["timezone"], expected="a time zone name")
-        if tz is None:
+        zone = string_at(
+            report, (*path, "timezone"), value["timezone"], expected="a time zone name"
+        )
+        if zone is None:
             return None, "UTC"
+        tz = zone
     expression = value.get("cronExpression", MISSING)
     if expression is MISSING:
         report.add(
@@ -431,10 +467,14 @@ def _cron(value: Any, path: FieldPath, report: Report) -> tuple[str | None, str]
         parse_cron(expression, tz)
     except TaskrtError as exc:
         field = getattr(exc, "field", "")
-        where = (*path, "timezone") if field in ("tz", "timezone", "zone") else (*path, "cronExpression")
+        where = (
+            (*path, "timezone")
+            if field in ("tz", "timezone", "zone")
+            else (*path, "cronExpression")
+        )
         report.add(
             where,
-            f"bad cron expression {expression!r}: {exc}",
+            str(exc),
             found=expression,
             expected="six fields, seconds first: second minute hour day month weekday",
         )
@@ -456,8 +496,6 @@ def _events(value: Any, path: FieldPath, report: Report) -> bool:
         if event in EVENTS:
             wanted = True
             continue
-        from .problems import suggest
-
         hint = suggest(event, EVENTS) if isinstance(event, str) else None
         report.add(
             (*path, index),
@@ -472,13 +510,6 @@ def _events(value: Any, path: FieldPath, report: Report) -> bool:
 # -- handlers and hooks ----------------------------------------------------------
 
 
-def params_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """A job's parameters object: one positional mapping, or the keyword arguments."""
-    if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
-        return dict(args[0])
-    return dict(kwargs)
-
-
 def _handler(
     item: Mapping[Any, Any],
     path: FieldPath,
@@ -488,9 +519,10 @@ def _handler(
     report: Report,
     root: Path | None,
     executor: object | None,
+    require_handlers: bool,
 ) -> tuple[
     Callable[..., Any] | None,
-    typing.Literal["context", "id", "plain"],
+    CallStyle,
     Callable[..., Any] | None,
     Callable[..., Any] | None,
 ]:
@@ -499,7 +531,9 @@ def _handler(
     hook_path: Any = MISSING
     if hooks_value is not MISSING and hooks_value is not None:
         if not isinstance(hooks_value, Mapping):
-            report.wrong_type((*path, "hooks"), hooks_value, "a mapping like {onFailed: pkg.mod.func}")
+            report.wrong_type(
+                (*path, "hooks"), hooks_value, "a mapping like {onFailed: pkg.mod.func}"
+            )
         else:
             report.unknown_fields((*path, "hooks"), hooks_value, HOOK_FIELDS)
             hook_path = hooks_value.get("onFailed", MISSING)
@@ -508,7 +542,7 @@ def _handler(
     if hook_path is not MISSING:
         found = callable_at(report, (*path, "hooks", "onFailed"), hook_path, root)
         if found is not None:
-            hook = _failed_hook(found, _identity)
+            hook = failed_hook(found, identity)
         if not wants_failed:
             report.add(
                 (*path, "hooks", "onFailed"),
@@ -522,9 +556,14 @@ def _handler(
             return None, "context", None, None
         call = detect_call(target)
         if wants_failed and hook is None:
-            hook = _executor_hook(name, executor, path, report)
-        return _process_handler(target, call), call, hook, target
+            hook = _executor_hook(name, executor, path, report, require_handlers)
+        return process_handler(target, call), call, hook, target
 
+    if executor is None and not require_handlers:
+        handler = stand_in(name, "execute")
+        if wants_failed and hook is None:
+            hook = stand_in(name, "failed")
+        return handler, "context", hook, None
     if executor is None:
         tried = " or ".join(executor_names(name, "execute"))
         report.add(
@@ -535,7 +574,7 @@ def _handler(
             expected="process: or an executor",
         )
         return None, "context", None, None
-    method = _method(executor, executor_names(name, "execute"))
+    method = find_method(executor, executor_names(name, "execute"))
     if method is None:
         tried = " or ".join(executor_names(name, "execute"))
         report.add(
@@ -545,17 +584,19 @@ def _handler(
             expected=tried,
         )
         return None, "context", None, None
-    convert = _converter(method)
+    convert = converter(method, 0)
     if wants_failed and hook is None:
-        hook = _executor_hook(name, executor, path, report)
-    return _executor_handler(method, convert), "context", hook, None
+        hook = _executor_hook(name, executor, path, report, require_handlers)
+    return executor_handler(method, convert), "context", hook, None
 
 
 def _executor_hook(
-    name: str, executor: object | None, path: FieldPath, report: Report
+    name: str, executor: object | None, path: FieldPath, report: Report, required: bool
 ) -> Callable[..., Any] | None:
     names = executor_names(name, "failed")
-    method = None if executor is None else _method(executor, names)
+    if executor is None and not required:
+        return stand_in(name, "failed")
+    method = None if executor is None else find_method(executor, names)
     if method is None:
         tried = " or ".join(names)
         owner = "no executor" if executor is None else f"the executor {type(executor).__name__}"
@@ -567,157 +608,5 @@ def _executor_hook(
             expected=tried,
         )
         return None
-    return _failed_hook(method, _converter(method))
-
-
-def _method(executor: object, names: list[str]) -> Callable[..., Any] | None:
-    for candidate in names:
-        try:
-            found = getattr(executor, candidate, None)
-        except Exception:
-            found = None
-        if callable(found):
-            return found  # type: ignore[no-any-return]
-    return None
-
-
-def _identity(value: dict[str, Any]) -> Any:
-    return value
-
-
-def _converter(method: Callable[..., Any]) -> Callable[[dict[str, Any]], Any]:
-    """How to turn the parameters dict into what ``method``'s first parameter is annotated as."""
-    try:
-        params = [
-            p
-            for p in inspect.signature(method).parameters.values()
-            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        return _identity
-    if not params:
-        return _identity
-    try:
-        hints = typing.get_type_hints(method)
-    except Exception:
-        return _identity
-    # on_<name>_failed(job_id, params, tx): the parameters are the second argument.
-    index = 1 if len(params) >= 3 else 0
-    hint = hints.get(params[index].name)
-    if not isinstance(hint, type):
-        return _identity
-    from_dict = getattr(hint, "from_dict", None)
-    if callable(from_dict):
-        return from_dict  # type: ignore[no-any-return]
-    if dataclasses.is_dataclass(hint):
-        cls = hint
-
-        def build(data: dict[str, Any]) -> Any:
-            return cls(**data)
-
-        return build
-    return _identity
-
-
-def _executor_handler(
-    method: Callable[..., Any], convert: Callable[[dict[str, Any]], Any]
-) -> Callable[..., Any]:
-    wants_job = accepts_keyword(method, "job")
-    handler: Callable[..., Any]
-    if is_async(method):
-
-        async def run_async(job: Any, *args: Any, **kwargs: Any) -> Any:
-            value = convert(params_of(args, kwargs))
-            if wants_job:
-                return await method(value, job=job)
-            return await method(value)
-
-        handler = run_async
-    else:
-
-        def run_sync(job: Any, *args: Any, **kwargs: Any) -> Any:
-            value = convert(params_of(args, kwargs))
-            return method(value, job=job) if wants_job else method(value)
-
-        handler = run_sync
-    return _named(handler, method)
-
-
-def _process_handler(
-    target: Callable[..., Any], call: typing.Literal["context", "id", "plain"]
-) -> Callable[..., Any]:
-    handler: Callable[..., Any]
-    if call == "plain":
-        if is_async(target):
-
-            async def plain_async(*args: Any, **kwargs: Any) -> Any:
-                return await target(**params_of(args, kwargs))
-
-            handler = plain_async
-        else:
-
-            def plain_sync(*args: Any, **kwargs: Any) -> Any:
-                return target(**params_of(args, kwargs))
-
-            handler = plain_sync
-    elif is_async(target):
-
-        async def first_async(first: Any, *args: Any, **kwargs: Any) -> Any:
-            return await target(first, **params_of(args, kwargs))
-
-        handler = first_async
-    else:
-
-        def first_sync(first: Any, *args: Any, **kwargs: Any) -> Any:
-            return target(first, **params_of(args, kwargs))
-
-        handler = first_sync
-    return _named(handler, target)
-
-
-def _failed_hook(
-    hook: Callable[..., Any], convert: Callable[[dict[str, Any]], Any]
-) -> Callable[..., Any]:
-    wrapper: Callable[..., Any]
-    if is_async(hook):
-
-        async def failed_async(job: Any, tx: Any) -> Any:
-            return await hook(job.id, convert(params_of(job.args, job.kwargs)), tx)
-
-        wrapper = failed_async
-    else:
-
-        def failed_sync(job: Any, tx: Any) -> Any:
-            return hook(job.id, convert(params_of(job.args, job.kwargs)), tx)
-
-        wrapper = failed_sync
-    return _named(wrapper, hook)
-
-
-def _named(wrapper: Callable[..., Any], target: Callable[..., Any]) -> Callable[..., Any]:
-    for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
-        value = getattr(target, attribute, None)
-        if isinstance(value, str):
-            try:
-                setattr(wrapper, attribute, value)
-            except (AttributeError, TypeError):
-                pass
-    wrapper.__wrapped_target__ = target  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _with_bind_check(
-    spec: TaskSpec, target: Callable[..., Any], call: typing.Literal["context", "id", "plain"]
-) -> TaskSpec:
-    """Add to the schema check a check that the parameters bind to ``target``'s keywords."""
-    bind = parameters_module.bind_check(replace(spec, handler=target, call=call))
-    schema_check = spec.validator
-    if bind is None or schema_check is None:
-        return spec
-    checked_bind = bind
-
-    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        schema_check(args, kwargs)
-        checked_bind((), params_of(args, kwargs))
-
-    return replace(spec, validator=validate)
+    # on_<name>_failed(job_id, params, tx): the parameters come second.
+    return failed_hook(method, converter(method, 1))

@@ -50,7 +50,9 @@ def number_at(
     return float(value)
 
 
-def string_at(report: Report, path: FieldPath, value: Any, *, expected: str = "a string") -> str | None:
+def string_at(
+    report: Report, path: FieldPath, value: Any, *, expected: str = "a string"
+) -> str | None:
     if not isinstance(value, str):
         report.wrong_type(path, value, expected)
         return None
@@ -85,9 +87,7 @@ def callable_at(
     try:
         return resolve(value, root)
     except ResolveError as exc:
-        report.add(
-            path, str(exc), found=value, expected="a dotted path to an importable callable"
-        )
+        report.add(path, str(exc), found=value, expected="a dotted path to an importable callable")
         return None
 
 

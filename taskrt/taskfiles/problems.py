@@ -14,7 +14,15 @@ from typing import Any
 
 from ..errors import TaskrtError
 
-__all__ = ["DefinitionError", "FieldPath", "Problem", "Report", "describe", "render_path", "suggest"]
+__all__ = [
+    "DefinitionError",
+    "FieldPath",
+    "Problem",
+    "Report",
+    "describe",
+    "render_path",
+    "suggest",
+]
 
 # A position inside a parsed document: keys and list indexes from the root.
 FieldPath = tuple[str | int, ...]
@@ -40,7 +48,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,9 +135,13 @@ class Report:
         )
 
     def wrong_type(self, path: FieldPath, value: Any, expected: str) -> None:
-        self.add(path, f"expected {expected}, found {describe(value)}", found=value, expected=expected)
+        self.add(
+            path, f"expected {expected}, found {describe(value)}", found=value, expected=expected
+        )
 
-    def unknown_fields(self, path: FieldPath, data: Mapping[Any, Any], known: Collection[str]) -> None:
+    def unknown_fields(
+        self, path: FieldPath, data: Mapping[Any, Any], known: Collection[str]
+    ) -> None:
         """One problem per key of ``data`` that is not in ``known``, with a suggestion."""
         for key in data:
             if isinstance(key, str) and key in known:
@@ -137,7 +151,8 @@ class Report:
             expected = "one of " + ", ".join(sorted(known))
             self.add(
                 (*path, name),
-                f"unknown field {name!r}" + (f"; did you mean {hint!r}?" if hint else f"; expected {expected}"),
+                f"unknown field {name!r}"
+                + (f"; did you mean {hint!r}?" if hint else f"; expected {expected}"),
                 found=name,
                 expected=hint or expected,
             )

@@ -60,9 +60,7 @@ def resolve(dotted: Any, root: Path | None) -> Callable[..., Any]:
                 continue  # this prefix is not a module: try a shorter one
             raise ResolveError(f"importing {name!r} failed: {exc}") from None
         except Exception as exc:
-            raise ResolveError(
-                f"importing {name!r} raised {type(exc).__name__}: {exc}"
-            ) from None
+            raise ResolveError(f"importing {name!r} raised {type(exc).__name__}: {exc}") from None
     if module is None:
         where = f" (root {root})" if root is not None else ""
         raise ResolveError(f"no module {'.'.join(parts[:-1])!r} can be imported{where}")

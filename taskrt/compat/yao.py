@@ -1,0 +1,108 @@
+"""Yao's task processes for ported apps: ``tasks.<id>.add``, ``.progress`` and ``.get``.
+
+``YaoTasks(rt)`` binds them to a runtime::
+
+    yao = YaoTasks(rt)
+    job_id = await yao.add("test", "task-1")        # 0 when it could not add
+    await yao.progress(job_id, 1, 100, "Progress 1/100")
+    await yao.get(job_id)  # {"id", "status", "current", "total", "message", "response"}
+    await yao.process("tasks.test.add", "task-2")    # Yao's process names work too
+
+Differences from Yao, on purpose:
+
+- ``add`` returns 0 and logs why (a full queue, arguments the task refuses, an
+  unknown task, ...) where Yao returned 0 for a full queue only.
+- Ids always increase, with or without ``event.next``: the runtime's store
+  hands them out (Yao's own counter could repeat ids without ``event.next``).
+- ``get`` works for finished jobs too (Yao forgot a job once it ended).
+  Statuses are Yao's four: a ``CANCELLED`` job reads as ``FAILURE``. The
+  ``response`` is the handler's result after ``SUCCESS``, the error message
+  after ``FAILURE`` (as in Yao), ``None`` before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidOption, TaskrtError
+from ..models import JobInfo, JobStatus
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = ["YAO_STATUS", "YaoTasks"]
+
+log = logging.getLogger("taskrt.compat.yao")
+
+YAO_STATUS: dict[JobStatus, str] = {
+    JobStatus.WAITING: "WAITING",
+    JobStatus.RUNNING: "RUNNING",
+    JobStatus.SUCCESS: "SUCCESS",
+    JobStatus.FAILURE: "FAILURE",
+    JobStatus.CANCELLED: "FAILURE",
+}
+
+
+class YaoTasks:
+    """Yao's ``tasks.<id>.*`` processes, bound to one runtime."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def add(self, task_id: str, *args: Any) -> int:
+        """Add a job of task ``task_id``; its id, or 0 when it could not be added."""
+        try:
+            return await self.rt.add(task_id, *args)
+        except TaskrtError as exc:
+            log.warning("tasks.%s.add: not added (%s): %s", task_id, exc.code, exc)
+            return 0
+
+    async def progress(self, job_id: int, current: float, total: float, message: str = "") -> None:
+        """Report the progress of a running job (calls the task's ``event.progress``)."""
+        await self.rt.progress(job_id, current, total, message)
+
+    async def get(self, job_id: int) -> dict[str, Any]:
+        """The job in Yao's shape; raises ``JobNotFound`` for an unknown id."""
+        return yao_job(await self.rt.get(job_id))
+
+    async def process(self, name: str, *args: Any) -> Any:
+        """Run a Yao process by name: ``tasks.<id>.add``, ``.progress`` or ``.get``."""
+        head, _, rest = name.partition(".")
+        task_id, _, method = rest.rpartition(".")
+        if head.lower() != "tasks" or not task_id:
+            raise InvalidOption(
+                "process", f"expected 'tasks.<id>.add|progress|get', found {name!r}"
+            )
+        method = method.lower()
+        if method == "add":
+            return await self.add(task_id, *args)
+        if method == "progress":
+            await self.progress(*args)
+            return None
+        if method == "get":
+            return await self.get(*args)
+        raise InvalidOption(
+            "process", f"unknown task process {method!r}: expected add, progress or get"
+        )
+
+
+def yao_job(info: JobInfo) -> dict[str, Any]:
+    """``info`` as Yao's ``tasks.<id>.get`` returns it."""
+    response: Any = None
+    if info.status is JobStatus.SUCCESS:
+        response = info.result
+    elif info.status in (JobStatus.FAILURE, JobStatus.CANCELLED):
+        response = info.error or info.status.value.lower()
+    return {
+        "id": info.id,
+        "status": YAO_STATUS[info.status],
+        "current": _number(info.current),
+        "total": _number(info.total),
+        "message": info.message,
+        "response": response,
+    }
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value

@@ -1,0 +1,174 @@
+"""Task definitions in files: Yao JSON files and Anchor YAML files, loaded into ``TaskSpec``s.
+
+``load_tasks(path)`` reads one file or a folder (recursively, in name order;
+hidden entries and ``__pycache__`` skipped):
+
+- ``*.yao``, ``*.json``, ``*.jsonc``: one Yao task per file (``yao.py``);
+- ``*.yaml``, ``*.yml``: an Anchor document with a ``tasks:`` list (``anchor.py``).
+
+Dotted paths (``process``, ``event.*``, ``hooks.onFailed``) are imported
+relative to ``root``: by default the parent of the tasks folder (for a single
+file, the parent of the folder that holds it), so ``app/tasks/`` next to
+``app/scripts/`` finds ``scripts.task.Send``. The root is put on
+``sys.path``; the current directory is searched after it.
+
+Every problem of every file is collected; if there is any, ``load_tasks``
+raises one ``DefinitionError`` listing them all and returns nothing. It raises
+nothing else, whatever the files contain.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..definitions import TaskSpec
+from .adapters import executor_names, snake_case
+from .anchor import load_anchor
+from .problems import DefinitionError, Problem, Report
+from .yao import load_yao
+
+__all__ = [
+    "ANCHOR_SUFFIXES",
+    "YAO_SUFFIXES",
+    "DefinitionError",
+    "Problem",
+    "check_tasks",
+    "executor_names",
+    "load_tasks",
+    "snake_case",
+]
+
+YAO_SUFFIXES = (".yao", ".json", ".jsonc")
+ANCHOR_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 1_000_000
+
+
+def load_tasks(
+    path: str | os.PathLike[str],
+    *,
+    executor: object | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> list[TaskSpec]:
+    """The specs defined under ``path``; raises ``DefinitionError`` listing every problem."""
+    specs, problems = check_tasks(path, executor=executor, root=root)
+    if problems:
+        raise DefinitionError(problems)
+    return specs
+
+
+def check_tasks(
+    path: str | os.PathLike[str],
+    *,
+    executor: object | None = None,
+    root: str | os.PathLike[str] | None = None,
+    require_handlers: bool = True,
+) -> tuple[list[TaskSpec], list[Problem]]:
+    """The specs that load, and every problem found (``taskrt validate`` prints them).
+
+    ``require_handlers=False`` accepts Anchor tasks that rely on an executor
+    when none is given (see ``anchor.load_anchor``).
+    """
+    base = Path(path)
+    problems: list[Problem] = []
+    try:
+        files = _files(base)
+    except OSError as exc:
+        return [], [_file_problem(base, f"cannot read: {exc.strerror or exc}")]
+    if files is None:
+        return [], [_file_problem(base, "no such file or folder")]
+    if not files and base.is_file():
+        suffixes = ", ".join((*YAO_SUFFIXES, *ANCHOR_SUFFIXES))
+        return [], [_file_problem(base, f"not a task file: expected one of {suffixes}")]
+    folder = base if base.is_dir() else base.parent
+    app_root = Path(root) if root is not None else folder.resolve().parent
+    specs: list[TaskSpec] = []
+    seen: dict[str, tuple[str, int | None]] = {}
+    for file in files:
+        shown = str(file)
+        report = Report(shown)
+        try:
+            text = _read(file)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            report.add((), f"cannot read: {exc}")
+            problems.extend(report.problems)
+            continue
+        located: list[tuple[TaskSpec, int | None]] = []
+        declared: list[tuple[str, int | None]] = []
+        try:
+            if file.suffix.lower() in YAO_SUFFIXES:
+                task_id = _task_id(file, folder)
+                declared.append((task_id, None))
+                spec = load_yao(text, task_id=task_id, report=report, root=app_root)
+                if spec is not None:
+                    located.append((spec, None))
+            else:
+                located = load_anchor(
+                    text,
+                    report=report,
+                    root=app_root,
+                    executor=executor,
+                    require_handlers=require_handlers,
+                    declared=declared,
+                )
+        except Exception as exc:  # a loader bug must still come out as a problem
+            report.add((), f"cannot load: {type(exc).__name__}: {exc}")
+        clashes: set[str] = set()
+        for name, line in declared:
+            first = seen.get(name)
+            if first is None:
+                seen[name] = (shown, line)
+                continue
+            clashes.add(name)
+            where = first[0] if first[1] is None else f"{first[0]}:{first[1]}"
+            report.add(
+                (),
+                f"duplicate task id {name!r}: also defined in {where}",
+                found=name,
+                expected="a task id used once",
+                line=line,
+            )
+        specs.extend(spec for spec, _ in located if spec.name not in clashes)
+        problems.extend(report.problems)
+    return specs, problems
+
+
+def _files(base: Path) -> list[Path] | None:
+    if base.is_file():
+        return [base] if _wanted(base.name) else []
+    if not base.is_dir():
+        return None
+    found: list[Path] = []
+    for directory, subdirs, names in os.walk(base):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(names):
+            if not name.startswith(".") and _wanted(name):
+                found.append(Path(directory) / name)
+    return found
+
+
+def _wanted(name: str) -> bool:
+    return name.lower().endswith((*YAO_SUFFIXES, *ANCHOR_SUFFIXES))
+
+
+def _read(file: Path) -> str:
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{size} bytes is more than the {MAX_FILE_BYTES} a task file may have")
+    return file.read_bytes().decode("utf-8-sig")
+
+
+def _task_id(file: Path, folder: Path) -> str:
+    try:
+        relative = file.relative_to(folder)
+    except ValueError:
+        relative = Path(file.name)
+    return ".".join((*relative.parent.parts, relative.stem))
+
+
+def _file_problem(path: Path, message: str) -> Problem:
+    return Problem(file=str(path), line=None, field="", found="", expected="", message=message)
+
+
+# Keep ``Report`` importable from here for the CLI's own messages.
+_ = Report

@@ -1,0 +1,419 @@
+"""Adding jobs: ids, durability of ``add``, unique keys, capacity, priorities, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from core_support import Gate, db_file, make_rt, rows, until
+
+import taskrt
+from taskrt import (
+    DuplicateJobId,
+    InvalidOption,
+    JobContext,
+    JobNotFound,
+    JobStatus,
+    QueueFull,
+    RuntimeNotStarted,
+    SerializationError,
+    TaskNotFound,
+    TaskrtError,
+    ValidationError,
+)
+
+
+async def test_constructor_does_no_io(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    rt.pool("email", concurrency=3, capacity=10)
+
+    @rt.task(pool="email")
+    async def noop(job: JobContext) -> None:
+        return None
+
+    assert not os.path.exists(db_file(tmp_path))
+    with pytest.raises(RuntimeNotStarted):
+        await rt.pool("email").add(noop)
+    assert not os.path.exists(db_file(tmp_path))
+
+
+async def test_add_is_durable_when_it_returns_and_ids_increase(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    email = rt.pool("email", concurrency=1)
+    email.pause()
+
+    @rt.task(pool="email", attempts=3)
+    async def send(job: JobContext, user_id: int, *, lang: str = "en") -> dict[str, bool]:
+        return {"sent": True}
+
+    async with rt:
+        ids = []
+        for user in (7, 8, 9):
+            job_id = await email.add(send, user, lang="de")
+            # Committed before acknowledged: another connection sees the row now.
+            assert rows(db_file(tmp_path), "SELECT status FROM jobs WHERE id = ?", (job_id,)) == [
+                ("WAITING",)
+            ]
+            ids.append(job_id)
+        assert ids == [1, 2, 3]
+        info = await rt.get(2)
+        assert (info.id, info.task, info.pool, info.status) == (2, "send", "email", JobStatus.WAITING)
+        assert (info.args, info.kwargs) == ((8,), {"lang": "de"})
+        assert (info.attempts, info.max_attempts, info.priority) == (0, 3, 0)
+        assert info.result is None and info.error is None
+        assert info.started_at is None and info.finished_at is None
+        assert info.run_at == pytest.approx(info.created_at)
+
+
+async def test_concurrent_adds_get_distinct_strictly_increasing_ids(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def noop(job: JobContext, n: int) -> int:
+        return n
+
+    async with rt:
+        ids = await asyncio.gather(*(rt.pool("default").add(noop, n) for n in range(50)))
+        assert sorted(ids) == list(range(1, 51))
+        # Each id belongs to the call that got it.
+        for n, job_id in enumerate(ids):
+            assert (await rt.wait(job_id, timeout=5)).result == n
+
+
+async def test_add_many_commits_all_and_passes_args_and_kwargs(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    seen: list[tuple[int, int]] = []
+
+    @rt.task
+    async def pair(job: JobContext, a: int, b: int = 0) -> int:
+        seen.append((a, b))
+        return a + b
+
+    async with rt:
+        first = await rt.pool("default").add(pair, 100)
+        ids = await rt.pool("default").add_many(pair, [(1, 2), (3,), {"a": 5, "b": 6}])
+        assert ids == [first + 1, first + 2, first + 3]
+        results = [(await rt.wait(i, timeout=5)).result for i in ids]
+        assert results == [3, 3, 11]
+        assert sorted(seen) == [(1, 2), (3, 0), (5, 6), (100, 0)]
+
+
+async def test_ten_jobs_two_workers_exactly_two_run(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("work", concurrency=2)
+    gate = Gate()
+
+    @rt.task(pool="work")
+    async def held(job: JobContext) -> str:
+        await gate()
+        return "done"
+
+    async with rt:
+        ids = await pool.add_many(held, [()] * 10)
+        await gate.wait_entered(2)
+        stats = pool.statistics()
+        assert (stats.concurrency, stats.running, stats.waiting) == (2, 2, 8)
+        assert gate.inside == 2
+        statuses = [(await rt.get(i)).status for i in ids]
+        assert statuses.count(JobStatus.RUNNING) == 2
+        assert statuses.count(JobStatus.WAITING) == 8
+        gate.open()
+        finals = [await rt.wait(i, timeout=5) for i in ids]
+        assert [f.status for f in finals] == [JobStatus.SUCCESS] * 10
+        assert gate.max_inside == 2
+        stats = pool.statistics()
+        assert (stats.running, stats.waiting, stats.processed) == (0, 0, 10)
+
+
+async def test_unique_key_returns_the_live_job(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    gate = Gate()
+
+    @rt.task
+    async def report(job: JobContext, day: str) -> str:
+        await gate()
+        return day
+
+    async with rt:
+        pool = rt.pool("default")
+        first = await pool.add(report.options(unique_key="r-1"), "mon")
+        again = await pool.add(report.options(unique_key="r-1"), "tue")
+        other = await pool.add(report.options(unique_key="r-2"), "wed")
+        assert again == first
+        assert other == first + 1
+        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(2,)]
+        gate.open()
+        assert (await rt.wait(first, timeout=5)).result == "mon"
+        # Once the job is terminal the key is free again.
+        later = await pool.add(report.options(unique_key="r-1"), "thu")
+        assert later == other + 1
+        assert (await rt.wait(later, timeout=5)).result == "thu"
+
+
+async def test_unique_key_cannot_apply_to_add_many(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def noop(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        with pytest.raises(InvalidOption) as err:
+            await rt.pool("default").add_many(noop.options(unique_key="k"), [(), ()])
+        assert err.value.field == "unique_key"
+        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+
+
+async def test_capacity_full_raises_queue_full_and_stores_nothing(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("small", concurrency=1, capacity=3)
+    gate = Gate()
+
+    @rt.task(pool="small")
+    async def held(job: JobContext) -> None:
+        await gate()
+
+    async with rt:
+        running = await pool.add(held)
+        await gate.wait_entered(1)
+        waiting = [await pool.add(held) for _ in range(3)]
+        assert waiting == [running + 1, running + 2, running + 3]
+        with pytest.raises(QueueFull) as err:
+            await pool.add(held)
+        assert (err.value.pool, err.value.capacity) == ("small", 3)
+        with pytest.raises(QueueFull):
+            await pool.add_many(held, [()])
+        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(4,)]
+        assert pool.statistics().waiting == 3
+        gate.open()
+        await rt.wait(running, timeout=5)
+        await until(lambda: pool.statistics().waiting < 3)
+        # The failed adds used no id.
+        assert await pool.add(held) == running + 4
+
+
+async def test_priority_higher_first_then_oldest(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("one", concurrency=1)
+    gate = Gate()
+    order: list[str] = []
+
+    @rt.task(pool="one")
+    async def blocker(job: JobContext) -> None:
+        await gate()
+
+    @rt.task(pool="one", priority=5)
+    async def work(job: JobContext, name: str) -> None:
+        order.append(name)
+
+    async with rt:
+        first = await pool.add(blocker)
+        await gate.wait_entered(1)
+        await pool.add(work.options(priority=1), "low")
+        await pool.add(work, "default-5-a")
+        await pool.add(work.options(priority=9), "high-a")
+        await pool.add(work.options(priority=-3), "lowest")
+        await pool.add(work.options(priority=9), "high-b")
+        last = await pool.add(work, "default-5-b")
+        gate.open()
+        await rt.wait(first, timeout=5)
+        await rt.wait(last, timeout=5)
+        await until(lambda: len(order) == 6)
+        assert order == ["high-a", "high-b", "default-5-a", "default-5-b", "low", "lowest"]
+        assert (await rt.get(last)).priority == 5
+
+
+async def test_get_unknown_job_raises_job_not_found(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    async with rt:
+        with pytest.raises(JobNotFound) as err:
+            await rt.get(41)
+        assert err.value.job_id == 41
+        assert isinstance(err.value, TaskrtError)
+
+
+# -- bad input: a clear TaskrtError, nothing stored ------------------------------------------
+
+
+async def test_bad_input_raises_and_stores_nothing(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def echo(job: JobContext, value: object) -> object:
+        return value
+
+    async with rt:
+        pool = rt.pool("default")
+        with pytest.raises(TaskNotFound) as nf:
+            await pool.add("no_such_task", 1)
+        assert nf.value.name == "no_such_task"
+        with pytest.raises(SerializationError):
+            await pool.add(echo, {1, 2})
+        with pytest.raises(SerializationError):
+            await pool.add(echo, float("nan"))
+        with pytest.raises(SerializationError):
+            await pool.add(echo.options(metadata={"when": object()}), 1)
+        with pytest.raises(ValidationError):
+            await pool.add(echo, 1, 2)
+        with pytest.raises(SerializationError):
+            await pool.add_many(echo, [(1,), (object(),)])
+        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+        assert await pool.add(echo, "fine") == 1
+        assert (await rt.wait(1, timeout=5)).result == "fine"
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"delay": -1}, "delay"),
+        ({"delay": "soon"}, "delay"),
+        ({"priority": "high"}, "priority"),
+        ({"priority": True}, "priority"),
+        ({"attempts": 0}, "attempts"),
+        ({"attempts": "3"}, "attempts"),
+        ({"timeout": 0}, "timeout"),
+        ({"retry": "1x"}, "retry"),
+        ({"retry": {"base": 1, "factor": 0.5}}, "retry.factor"),
+        ({"unique_key": ""}, "unique_key"),
+        ({"metadata": [1, 2]}, "metadata"),
+        ({"run_at": "tomorrow"}, "run_at"),
+    ],
+)
+async def test_bad_options_raise_invalid_option_naming_the_field(
+    tmp_path: Path, options: dict[str, object], field: str
+) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def noop(job: JobContext) -> None:
+        return None
+
+    with pytest.raises(InvalidOption) as err:
+        noop.options(**options)
+    assert err.value.field == field
+    assert field in str(err.value)
+
+
+async def test_bad_pool_limits_raise_invalid_option(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    with pytest.raises(InvalidOption) as err:
+        rt.pool("p", concurrency=0)
+    assert err.value.field == "concurrency"
+    with pytest.raises(InvalidOption) as err:
+        rt.pool("q", capacity=-1)
+    assert err.value.field == "capacity"
+
+
+async def test_result_that_is_not_json_fails_the_job_clearly(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=1)
+    async def bad(job: JobContext) -> object:
+        return {"when": object()}
+
+    @rt.task
+    async def good(job: JobContext) -> int:
+        return 7
+
+    async with rt:
+        job_id = await rt.pool("default").add(bad)
+        info = await rt.wait(job_id, timeout=5)
+        assert info.status is JobStatus.FAILURE
+        assert info.error is not None and "not JSON-serialisable" in info.error
+        assert info.result is None
+        # The runtime goes on.
+        assert (await rt.wait(await rt.pool("default").add(good), timeout=5)).result == 7
+    assert rows(db_file(tmp_path), "SELECT status, result FROM jobs WHERE id = ?", (job_id,)) == [
+        ("FAILURE", None)
+    ]
+
+
+# -- next_id hook ----------------------------------------------------------------------------
+
+
+async def test_next_id_hook_supplies_ids(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    counter = iter([1000, 1005, 1010])
+
+    @rt.task(next_id=lambda: next(counter))
+    async def yao(job_id: int, n: int) -> int:
+        return n
+
+    async with rt:
+        pool = rt.pool("default")
+        assert await pool.add(yao, 1) == 1000
+        assert await pool.add_many(yao, [(2,), (3,)]) == [1005, 1010]
+        assert [(await rt.wait(i, timeout=5)).result for i in (1000, 1005, 1010)] == [1, 2, 3]
+
+
+async def test_next_id_duplicate_or_lower_is_refused_without_overwrite(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    ids = iter([10, 10, 5])
+
+    @rt.task(next_id=lambda: next(ids))
+    async def yao(job_id: int, n: int) -> int:
+        return n
+
+    @rt.task
+    async def plain(job: JobContext) -> str:
+        return "auto"
+
+    async with rt:
+        pool = rt.pool("default")
+        assert await pool.add(yao, 1) == 10
+        await rt.wait(10, timeout=5)
+        with pytest.raises(DuplicateJobId) as err:
+            await pool.add(yao, 2)
+        assert (err.value.job_id, err.value.last_id) == (10, 10)
+        with pytest.raises(DuplicateJobId):
+            await pool.add(yao, 3)
+        info = await rt.get(10)
+        assert (info.args, info.result, info.status) == ((1,), 1, JobStatus.SUCCESS)
+        assert rows(db_file(tmp_path), "SELECT id, args FROM jobs") == [(10, "[1]")]
+        # Ids the store assigns continue above the hook's.
+        assert await pool.add(plain) == 11
+
+
+async def test_next_id_hook_returning_garbage_is_invalid_option(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task(next_id=lambda: "seven")
+    async def yao(job_id: int) -> None:
+        return None
+
+    async with rt:
+        with pytest.raises(InvalidOption) as err:
+            await rt.pool("default").add(yao)
+        assert err.value.field == "next_id"
+        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+
+
+# -- the public surface ------------------------------------------------------------------------
+
+
+def test_all_is_honest() -> None:
+    module = taskrt
+    namespace: dict[str, object] = {}
+    exec("from taskrt import *", namespace)
+    for name in module.__all__:
+        assert name in namespace, name
+    contract = {"Runtime", "JobContext", "JobStatus", "Fatal", "Retry", "QueueFull", "JobNotFound"}
+    assert contract <= set(module.__all__)
+    assert len(set(module.__all__)) == len(module.__all__)
+    assert {s.value for s in taskrt.JobStatus} == {
+        "WAITING",
+        "RUNNING",
+        "SUCCESS",
+        "FAILURE",
+        "CANCELLED",
+    }
+    public = {
+        n for n, v in vars(module).items() if not n.startswith("_") and isinstance(v, type)
+    }
+    assert public <= set(module.__all__), public - set(module.__all__)
+    for name in ("TaskrtError", "JobNotFound", "QueueFull", "TaskNotFound", "InvalidOption"):
+        assert issubclass(getattr(module, name), Exception)
+    for name in ("JobNotFound", "QueueFull", "TaskNotFound", "InvalidOption", "SerializationError"):
+        assert issubclass(getattr(module, name), module.TaskrtError)
