@@ -79,6 +79,7 @@ __all__ = [
     "SystemClock",
     "Task",
     "TaskCall",
+    "TaskNotFound",
     "TaskSpec",
     "TaskrtError",
     "Transaction",

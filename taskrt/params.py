@@ -533,7 +533,15 @@ def _typeddict_schema(hint: type, seen: frozenset[int]) -> dict[str, Any]:
     required_keys: frozenset[str] = getattr(hint, "__required_keys__", frozenset(hints))
     properties = {name: schema_for_type(h, seen) for name, h in hints.items()}
     schema: dict[str, Any] = {"type": "object", "properties": properties}
-    required = [name for name in hints if name in required_keys]
+    # With string annotations (``from __future__ import annotations``) Python
+    # 3.11 cannot see NotRequired[...] when it builds __required_keys__: look
+    # at the resolved hints too.
+    required = [
+        name
+        for name, h in hints.items()
+        if typing.get_origin(h) is not typing.NotRequired
+        and (name in required_keys or typing.get_origin(h) is typing.Required)
+    ]
     if required:
         schema["required"] = required
     schema["additionalProperties"] = False

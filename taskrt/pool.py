@@ -6,8 +6,11 @@ Design notes:
    attempt call ``_dispatch``, which starts jobs while a slot is free: highest
    priority first, then oldest (lowest id). Delayed jobs sit in a second heap
    ordered by ``run_at``; one clock timer wakes the pool for the earliest.
-2. **One task per attempt.** Each attempt runs in its own asyncio task, so that
-   cancelling a job (or its timeout) cancels exactly that coroutine.
+2. **Runners.** A free slot gets a runner task that runs ready jobs one after
+   another and ends when none is left, so a busy pool creates no task per job.
+   Cancelling a job (or its timeout) cancels the runner while it runs that job;
+   the runner tells that cancellation from its own (``uncancel``), so it
+   cancels exactly that job's coroutine and never the next one.
 3. **Timeouts really cancel.** At the deadline the attempt's task is cancelled
    and the attempt is a timeout, even if the handler swallows the cancellation
    and returns. A handler that ignores cancellation for ``abandon_after``
@@ -25,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import heapq
 import inspect
 import itertools
+import time
 import traceback
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime, Transaction
 
 DEFAULT_CONCURRENCY = 10
+_YIELD_EVERY = 0.002  # seconds a runner may go without yielding to the loop
 
 # Whether a handler is a coroutine function, asked once per handler (hot path).
 _ASYNC: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -213,25 +219,66 @@ class Pool:
             self._arm(delayed[0][0])
 
     def _dispatch(self) -> None:
+        """Start a runner for each free slot while jobs are ready (note 1)."""
+        while (state := self._take()) is not None:
+            self._begin(state)
+            state.task_handle = asyncio.create_task(self._runner(state), name=f"taskrt-{self.name}")
+
+    def _take(self) -> JobState | None:
+        """The next ready job if a slot is free: highest priority, then oldest."""
         if self.paused or self._stopping or not self._rt._workers_on:
-            return
+            return None
         if self._delayed:
             self._promote_due()
         ready = self._ready
         queued = self._queued
         while ready and len(self._running) + self._held < self.concurrency:
             _, job_id, state = heapq.heappop(ready)
-            if queued.get(job_id) is not state:
-                continue
-            del queued[job_id]
-            self._start(state)
+            if queued.get(job_id) is state:
+                del queued[job_id]
+                return state
+        return None
 
     # -- running (notes 2-4) ------------------------------------------------------
 
-    def _start(self, state: JobState) -> None:
+    def _begin(self, state: JobState) -> None:
         self._running[state.id] = state
         self._rt._on_start(state)
-        state.task_handle = asyncio.create_task(self._execute(state), name=f"taskrt-job-{state.id}")
+
+    async def _runner(self, state: JobState) -> None:
+        """Run jobs one after another while there are any (note 2).
+
+        A runner keeps its slot and takes the next ready job itself, so a busy
+        pool does not create a task per job; it yields to the loop at least
+        every ``_YIELD_EVERY`` seconds so that no-op jobs cannot starve it.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        last_yield = time.monotonic()
+        while True:
+            await self._execute(state)
+            if state.abandoned:
+                return
+            if task.cancelling():
+                # A cancel or timeout aimed at the job that just ended must not
+                # reach the next one: take back what is still pending.
+                while task.uncancel():
+                    pass
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0)
+                while task.uncancel():
+                    pass
+                last_yield = time.monotonic()
+            nxt = self._take()
+            if nxt is None:
+                return
+            state = nxt
+            self._begin(state)
+            state.task_handle = task
+            now = time.monotonic()
+            if now - last_yield > _YIELD_EVERY:
+                await asyncio.sleep(0)
+                last_yield = now
 
     async def _execute(self, state: JobState) -> None:
         loop = asyncio.get_running_loop()
@@ -279,6 +326,7 @@ class Pool:
         return Outcome("shutdown")
 
     def _finish(self, state: JobState, outcome: Outcome) -> None:
+        """Record how the attempt ended; the runner (not this) takes the next job."""
         self._running.pop(state.id, None)
         state.task_handle = None
         if outcome.kind == "success":
@@ -286,7 +334,6 @@ class Pool:
         elif outcome.kind in ("error", "timeout"):
             self.failed += 1
         self._rt._on_attempt_end(state, outcome)
-        self._dispatch()
 
     async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
         spec = state.spec

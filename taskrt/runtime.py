@@ -170,7 +170,7 @@ class Runtime:
             pool = self._pools[name] = Pool(
                 self,
                 name,
-                concurrency=concurrency or self.default_concurrency,
+                concurrency=self.default_concurrency if concurrency is None else concurrency,
                 capacity=capacity,
             )
             return pool

@@ -231,11 +231,14 @@ class Store:
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         db.row_factory = sqlite3.Row
-        await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # execute_fetchall, not execute: a PRAGMA that returns a row and is left
+        # unread keeps a read transaction open, pinning this connection's view
+        # of the database to that moment.
+        await db.execute_fetchall(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if not self.memory:
-            await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute_fetchall("PRAGMA journal_mode = WAL")
+        await db.execute_fetchall(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        await db.execute_fetchall("PRAGMA foreign_keys = ON")
         return db
 
     async def close(self) -> None:
@@ -591,6 +594,7 @@ def _run_statements(conn: sqlite3.Connection, statements: list[tuple[str, tuple[
             rows = segment[sql] = []
         rows.append(params)
         last[job_id] = rank
+    flush()  # the last segment
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[InsertResult | BaseException]:

@@ -227,6 +227,7 @@ def _yaml_message(exc: BaseException) -> str:
 def _walk(root: yaml.Node, lines: dict[FieldPath, int]) -> bool:
     """Record lines by path; ``False`` when the tree is past the bounds."""
     budget = MAX_NODES
+    lines[()] = root.start_mark.line + 1
     stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())]
     while stack:
         node, path = stack.pop()

@@ -110,6 +110,7 @@ def _scan(text: str, parsed: Parsed) -> None:
 
     def value_start(at_line: int) -> FieldPath | None:
         if not stack:
+            parsed.lines.setdefault((), at_line)
             return ()
         frame = stack[-1]
         if frame[0]:

@@ -1,0 +1,176 @@
+"""Who may call: the pluggable ``auth`` callable, per-job tokens, cross-site refusal.
+
+Notes:
+
+1. ``auth(request)`` (sync or async) returns a principal: anything but
+   ``None``. ``None``, or raising ``Unauthorized``, refuses with 401; raising
+   ``Forbidden`` refuses with 403. The principal is put on
+   ``request.state.principal``. Every route goes through it except
+   ``GET /health``.
+2. Browsers cannot set headers on ``EventSource``, so ``POST /jobs/{id}/token``
+   mints a short-lived token scoped to one job. Given as ``?token=``, it
+   grants that job's state (``GET /jobs/{id}``, ``/progress``, ``/result``)
+   and its event stream, and nothing else; the ``auth`` callable is not asked.
+   A token is ``v1.<job id>.<expiry>.<HMAC-SHA256>``: stateless, checked in
+   constant time, signed with the app's secret (random per process unless
+   ``token_secret`` is given, so a restart or another worker process refuses
+   tokens it did not sign).
+3. A state-changing request (POST, PATCH, PUT, DELETE) that a browser sends
+   with cookies and no ``Authorization`` header may be authenticated by those
+   cookies, so it must come from the app's own site: it is refused with 403
+   when ``Sec-Fetch-Site`` says ``cross-site``, or when its ``Origin`` is not
+   the request's own host nor one of ``trusted_origins``. Requests without
+   cookies carry no ambient authority and are not checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import inspect
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+
+from .errors import ApiError
+
+AuthCallable = Callable[[Request], Any | Awaitable[Any]]
+Access = Literal["auth", "token", "public"]
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class Unauthorized(Exception):  # noqa: N818 - reads as the refusal it is
+    """Raise from an ``auth`` callable to refuse with 401."""
+
+
+class Forbidden(Exception):  # noqa: N818
+    """Raise from an ``auth`` callable to refuse with 403."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobTokenPrincipal:
+    """The principal of a request authorised by a per-job token (note 2)."""
+
+    job_id: int
+
+
+class JobTokens:
+    """Mints and checks per-job tokens (note 2)."""
+
+    VERSION = "v1"
+
+    def __init__(self, secret: str | bytes | None, ttl: float, now: Callable[[], float]) -> None:
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
+        if len(self._key) < 16:
+            raise ValueError("token_secret must be at least 16 bytes")
+        if ttl <= 0:
+            raise ValueError("token_ttl must be positive")
+        self.ttl = ttl
+        self._now = now
+
+    def _sign(self, job_id: int, expires: int) -> str:
+        message = f"taskrt-job-token|{self.VERSION}|{job_id}|{expires}".encode()
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def mint(self, job_id: int) -> tuple[str, int]:
+        """A token for ``job_id`` and its expiry (epoch seconds)."""
+        expires = int(self._now() + self.ttl) + 1
+        return f"{self.VERSION}.{job_id}.{expires}.{self._sign(job_id, expires)}", expires
+
+    def check(self, token: str, job_id: int) -> None:
+        """Raise a 401 ``ApiError`` unless ``token`` is valid for ``job_id`` now."""
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != self.VERSION or not parts[1].isdigit() or not parts[2].isdigit():
+            raise ApiError(401, "invalid_token", "the token is malformed")
+        token_job, expires = int(parts[1]), int(parts[2])
+        if not hmac.compare_digest(parts[3].encode(), self._sign(token_job, expires).encode()):
+            raise ApiError(401, "invalid_token", "the token's signature does not match")
+        if token_job != job_id:
+            raise ApiError(403, "token_scope", f"the token grants job {token_job}, not job {job_id}")
+        if expires <= self._now():
+            raise ApiError(401, "token_expired", "the token has expired; ask for a new one")
+
+
+def cross_site(request: Request, trusted_origins: Iterable[str]) -> str | None:
+    """Why a cookie-carrying state change must be refused, or ``None`` (note 3)."""
+    headers = request.headers
+    if request.method not in UNSAFE_METHODS or "cookie" not in headers or "authorization" in headers:
+        return None
+    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return "Sec-Fetch-Site: cross-site"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    if origin in trusted_origins:
+        return None
+    parts = urlsplit(origin)
+    if origin == "null" or not parts.netloc:
+        return f"Origin: {origin}"
+    if parts.netloc.lower() != headers.get("host", "").lower():
+        return f"Origin {origin} is not this site"
+    return None
+
+
+async def authenticate(
+    request: Request,
+    *,
+    access: Access,
+    auth: AuthCallable | None,
+    tokens: JobTokens,
+    trusted_origins: Iterable[str],
+) -> Any:
+    """The request's principal, or an ``ApiError`` (notes 1-3)."""
+    if access == "public":
+        return None
+    if access == "token":
+        token = request.query_params.get("token")
+        if token is not None:
+            job_id = request.path_params["job_id"]
+            tokens.check(token, job_id)
+            return JobTokenPrincipal(job_id)
+    reason = cross_site(request, trusted_origins)
+    if reason is not None:
+        raise ApiError(
+            403,
+            "cross_site",
+            f"a cookie-authenticated {request.method} must come from this site ({reason})",
+        )
+    if auth is None:
+        return None
+    try:
+        principal = auth(request)
+        if inspect.isawaitable(principal):
+            principal = await principal
+    except Unauthorized as exc:
+        raise _unauthorized(str(exc)) from None
+    except Forbidden as exc:
+        raise ApiError(403, "forbidden", str(exc) or "forbidden") from None
+    if principal is None:
+        raise _unauthorized("")
+    return principal
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message or "authentication required")
+
+
+__all__ = [
+    "UNSAFE_METHODS",
+    "Access",
+    "AuthCallable",
+    "Forbidden",
+    "JobTokenPrincipal",
+    "JobTokens",
+    "Unauthorized",
+    "authenticate",
+    "cross_site",
+]

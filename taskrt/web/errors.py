@@ -1,0 +1,161 @@
+"""Errors as JSON: ``{"error": {"code", "message", ...}}`` with the right status.
+
+Three kinds of failure reach a client:
+
+1. ``ApiError``: the HTTP layer refuses the request itself (malformed JSON,
+   wrong content type, a body over the limit, an unknown query parameter).
+2. ``TaskrtError``: the runtime refused (unknown job or task, invalid
+   transition, validation, a full pool); each carries its ``code`` and
+   ``http_status``.
+3. Anything else is a bug. ``CatchAll`` logs it with its traceback and answers
+   a bare JSON 500: the traceback goes to the log, never into a response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import QueueFull, RuntimeNotStarted, TaskrtError
+
+log = logging.getLogger("taskrt.web")
+
+# Codes for the statuses Starlette's router raises itself.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """A refusal of the HTTP layer: raise it from an endpoint or a helper."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.extra}
+
+    def response(self) -> Response:
+        return error_response(self.status, self.to_dict(), self.headers)
+
+
+def error_response(
+    status: int, error: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> Response:
+    return JSONResponse({"error": dict(error)}, status_code=status, headers=dict(headers or {}))
+
+
+def taskrt_error_response(exc: TaskrtError, *, retry_after: int) -> Response:
+    """The response for an error the runtime raised on purpose."""
+    status = exc.http_status
+    headers: dict[str, str] = {}
+    if isinstance(exc, RuntimeNotStarted):
+        # The app is mounted but the host's lifespan never started the runtime.
+        status = 503
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(retry_after)
+    if status >= 500:
+        log.error("taskrt.web: %s: %s", type(exc).__name__, exc)
+    return error_response(status, exc.to_dict(), headers)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (wrong method), as JSON."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = f"no route for {request.method} {request.url.path}"
+    return error_response(exc.status_code, {"code": code, "message": message}, exc.headers)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+class CatchAll:
+    """Outermost middleware: a bug becomes a logged traceback and a JSON 500.
+
+    Unlike Starlette's ``ServerErrorMiddleware`` it does not re-raise after
+    answering, so a host app or server prints the traceback once, and the
+    client sees no more than ``internal_error``. When the response has already
+    started (a stream), the connection can only be closed: it re-raises.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception(
+                "taskrt.web: unhandled error in %s %s", scope.get("method"), scope.get("path")
+            )
+            if started:
+                raise
+            body = json.dumps(
+                {"error": {"code": "internal_error", "message": "internal server error"}}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
+__all__ = [
+    "ApiError",
+    "CatchAll",
+    "api_error_handler",
+    "error_response",
+    "http_exception_handler",
+    "taskrt_error_response",
+]

@@ -1,0 +1,216 @@
+"""Reading what a client sent: JSON bodies, path ids and query parameters.
+
+Every refusal is an ``ApiError`` with a 4xx status; nothing a client sends can
+raise anything else out of here.
+
+Notes:
+
+1. The body limit is enforced twice: a ``Content-Length`` above it is refused
+   before a byte is read, and the body is counted while it streams in, so a
+   chunked upload (no ``Content-Length``) or a lying one stops at the limit too.
+2. ``NaN`` and ``Infinity`` are not JSON; Python's parser accepts them, so
+   they are refused here rather than stored and failing later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+from ..errors import JobNotFound
+from .errors import ApiError
+
+MAX_INT64 = 2**63 - 1
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _is_json(content_type: str) -> bool:
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        return False
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body: 415, 413 or 400 when it is not acceptable (note 1)."""
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        shown = content_type or "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"expected Content-Type: application/json, found {shown}",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiError(400, "bad_request", f"Content-Length is not a number: {declared!r}")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the client disconnected before sending the body") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON document")
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)  # note 2
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, "malformed_json", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError is a ValueError; so is a refused NaN (note 2).
+        message = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
+        raise ApiError(400, "malformed_json", f"malformed JSON: {message}") from None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "body_too_large", f"the request body is larger than {limit} bytes", limit=limit
+    )
+
+
+def json_object(value: Any, what: str = "the request body") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise invalid(None, f"{what} must be a JSON object, found {_kind(value)}")
+    return value
+
+
+def refuse_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid(
+            unknown[0],
+            f"unknown field {unknown[0]!r}; expected some of {', '.join(sorted(allowed))}",
+        )
+
+
+def invalid(field: str | None, message: str) -> ApiError:
+    extra: dict[str, Any] = {} if field is None else {"field": field}
+    return ApiError(422, "invalid_request", message if field is None else f"{field}: {message}", **extra)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def field_of(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], what: str) -> Any:
+    """``body[name]`` when present and of the right JSON type, else ``None``; 422 otherwise."""
+    value = body.get(name)
+    if value is None:
+        return None
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in _tuple(kinds))
+    if not ok:
+        raise invalid(name, f"expected {what}, found {_kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise invalid(name, f"expected {what}, found {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT64:
+        raise invalid(name, f"{value} is out of range")
+    return value
+
+
+def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def job_id_of(request: Request) -> int:
+    """The ``{job_id}`` path parameter; ids beyond SQLite's range cannot exist."""
+    job_id: int = request.path_params["job_id"]
+    if job_id > MAX_INT64:
+        raise JobNotFound(job_id)
+    return job_id
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(name, f"expected an integer from {lo} to {hi}, found {raw!r}") from None
+    if not lo <= value <= hi:
+        raise invalid(name, f"expected an integer from {lo} to {hi}, found {value}")
+    return value
+
+
+def query_time(request: Request, name: str) -> float | None:
+    """Epoch seconds, or an ISO 8601 date-time with a time zone."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = parse_datetime(name, raw)
+    if not math.isfinite(value):
+        raise invalid(name, f"expected epoch seconds or an ISO 8601 date-time, found {raw!r}")
+    return value
+
+
+def parse_datetime(name: str, raw: str) -> float:
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise invalid(name, f"expected epoch seconds or an ISO 8601 date-time, found {raw!r}") from None
+    if moment.tzinfo is None:
+        raise invalid(name, f"the date-time {raw!r} needs a time zone (e.g. 'Z' or '+02:00')")
+    return moment.timestamp()
+
+
+def query_scalar(raw: str) -> Any:
+    """A metadata filter value: JSON when it parses as a JSON scalar, else the text."""
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return raw
+    if isinstance(value, dict | list) or value is None:
+        return raw
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT64:
+        return raw
+    return value
+
+
+__all__ = [
+    "MAX_INT64",
+    "field_of",
+    "invalid",
+    "job_id_of",
+    "json_object",
+    "parse_datetime",
+    "query_int",
+    "query_scalar",
+    "query_time",
+    "read_json",
+    "refuse_unknown",
+]

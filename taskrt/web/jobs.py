@@ -1,0 +1,276 @@
+"""Job endpoints: add, read, list, cancel, retry, and mint per-job tokens."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..definitions import TaskCall, make_options
+from ..errors import PoolNotFound
+from ..models import JobInfo
+from .inputs import (
+    MAX_INT64,
+    field_of,
+    invalid,
+    job_id_of,
+    json_object,
+    parse_datetime,
+    query_int,
+    query_scalar,
+    read_json,
+    refuse_unknown,
+)
+from .routing import Api, EndpointGroup, Param, Reply
+from .schemas import ref
+
+group = EndpointGroup("jobs", "Add, inspect, cancel and retry jobs.")
+
+JOB_ID = Param("job_id", "path", {"type": "integer", "minimum": 1}, required=True)
+NOT_FOUND = Reply("no such job", ref("Error"))
+NEW_JOB_FIELDS = frozenset(
+    {
+        "task",
+        "args",
+        "kwargs",
+        "pool",
+        "delay",
+        "run_at",
+        "priority",
+        "unique_key",
+        "attempts",
+        "timeout",
+        "metadata",
+    }
+)
+
+
+def job_url(request: Request, job_id: int) -> str:
+    """The job's path as the client sees it, mount prefix included."""
+    return f"{request.scope.get('root_path', '')}/jobs/{job_id}"
+
+
+@group.post(
+    "/jobs",
+    summary="Add a job",
+    body=ref("NewJob"),
+    replies={
+        201: Reply("the job, as stored", ref("Job")),
+        404: Reply("no such task or pool", ref("Error")),
+        503: Reply("the pool is full; retry after `Retry-After` seconds", ref("Error")),
+    },
+)
+async def add_job(api: Api, request: Request) -> Response:
+    """Returns once the job is durable. A `unique_key` that matches a waiting or
+    running job returns that job instead of adding another."""
+    body = json_object(await read_json(request, api.settings.max_body))
+    refuse_unknown(body, NEW_JOB_FIELDS)
+    name = body.get("task")
+    if not isinstance(name, str) or not name:
+        raise invalid("task", "expected the name of a task")
+    rt = api.runtime
+    spec, _ = rt._resolve(name)
+    args = field_of(body, "args", list, "an array")
+    kwargs = field_of(body, "kwargs", dict, "an object")
+    pool_name = field_of(body, "pool", str, "a pool's name") or spec.pool
+    pool = rt.pools.get(pool_name)
+    if pool is None:
+        raise PoolNotFound(pool_name)
+    run_at = field_of(body, "run_at", (int, float, str), "epoch seconds or an ISO 8601 date-time")
+    if isinstance(run_at, str):
+        run_at = parse_datetime("run_at", run_at)
+    attempts = field_of(body, "attempts", int, "a positive integer, or -1 for unlimited")
+    options = make_options(
+        delay=field_of(body, "delay", (int, float, str), "seconds or a duration like '30s'"),
+        run_at=run_at,
+        priority=field_of(body, "priority", int, "an integer"),
+        unique_key=field_of(body, "unique_key", str, "a string"),
+        attempts="default" if attempts is None else attempts,
+        timeout=field_of(body, "timeout", (int, float, str), "seconds or a duration like '30s'"),
+        metadata=field_of(body, "metadata", dict, "an object"),
+    )
+    for name_, value in (("delay", options.delay), ("timeout", options.timeout)):
+        if value is not None and not math.isfinite(value):
+            raise invalid(name_, f"expected a finite duration, found {value!r}")
+    # ``rt._add`` rather than ``pool.add``: a job keyword argument named ``tx``
+    # must reach the handler, not be taken for ``add``'s own parameter.
+    ids = await rt._add(pool, TaskCall(spec, options), [(tuple(args or ()), dict(kwargs or {}))], tx=None)
+    job = await rt.get(ids[0])
+    return JSONResponse(job.to_dict(), status_code=201, headers={"Location": job_url(request, job.id)})
+
+
+@group.get(
+    "/jobs",
+    summary="List jobs, newest first",
+    params=[
+        Param(
+            "status",
+            schema={"type": "string"},
+            description="one status or several, comma-separated (WAITING,RUNNING)",
+        ),
+        Param("pool"),
+        Param("task"),
+        Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+        Param("cursor", description="the `cursor` of the previous page"),
+        Param(
+            "metadata.{key}",
+            description=(
+                "filter on a metadata field, e.g. `metadata.user=42`; the value is read "
+                "as JSON when it is a JSON scalar (42, true, \"42\"), else as text"
+            ),
+        ),
+    ],
+    query_prefixes=["metadata."],
+    replies={200: Reply("one page of jobs", ref("JobPage"))},
+)
+async def list_jobs(api: Api, request: Request) -> Response:
+    """Pages are stable: a job added meanwhile never shifts the next page."""
+    query = request.query_params
+    statuses = [s.strip() for raw in query.getlist("status") for s in raw.split(",") if s.strip()]
+    metadata: dict[str, Any] = {}
+    for key, value in query.multi_items():
+        if key.startswith("metadata."):
+            name = key.removeprefix("metadata.")
+            if not name:
+                raise invalid(key, "expected metadata.<key>=<value>")
+            metadata[name] = query_scalar(value)
+    cursor = query.get("cursor") or None
+    if cursor is not None and (not cursor.isdigit() or int(cursor) > MAX_INT64):
+        raise invalid("cursor", f"expected the cursor of a previous page, found {cursor!r}")
+    page = await api.runtime.jobs(
+        status=statuses or None,
+        pool=query.get("pool") or None,
+        task=query.get("task") or None,
+        metadata=metadata,
+        limit=query_int(request, "limit", 50, 1, 1000),
+        cursor=cursor,
+    )
+    return JSONResponse({"jobs": [j.to_dict() for j in page.jobs], "cursor": page.cursor})
+
+
+@group.get(
+    "/jobs/{job_id:int}",
+    summary="A job: status, attempts, progress, result, error, timestamps",
+    name="get_job",
+    access="token",
+    params=[JOB_ID],
+    replies={200: Reply("the job", ref("Job")), 404: NOT_FOUND},
+)
+async def get_job(api: Api, request: Request) -> Response:
+    job = await api.runtime.get(job_id_of(request))
+    return JSONResponse(job.to_dict())
+
+
+@group.get(
+    "/jobs/{job_id:int}/progress",
+    summary="A job's progress",
+    access="token",
+    params=[JOB_ID],
+    replies={200: Reply("current, total, message and percent", ref("Progress")), 404: NOT_FOUND},
+)
+async def get_progress(api: Api, request: Request) -> Response:
+    job = await api.runtime.get(job_id_of(request))
+    return JSONResponse(job.progress_dict())
+
+
+@group.get(
+    "/jobs/{job_id:int}/result",
+    summary="A job's result or error",
+    access="token",
+    params=[JOB_ID],
+    replies={200: Reply("`result` is null until the job succeeds", ref("Result")), 404: NOT_FOUND},
+)
+async def get_result(api: Api, request: Request) -> Response:
+    job = await api.runtime.get(job_id_of(request))
+    return JSONResponse(result_dict(job))
+
+
+def result_dict(job: JobInfo) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "result": job.result,
+        "error": job.error,
+        "finished_at": job.finished_at,
+    }
+
+
+@group.get(
+    "/jobs/{job_id:int}/attempts",
+    summary="The execution record of every attempt",
+    params=[JOB_ID],
+    replies={
+        200: Reply("attempts, oldest first", {"type": "object", "properties": {"attempts": {"type": "array", "items": ref("Attempt")}}}),
+        404: NOT_FOUND,
+    },
+)
+async def get_attempts(api: Api, request: Request) -> Response:
+    """Tracebacks are withheld (null) unless the app was made with
+    `expose_tracebacks=True`; the error message is always there."""
+    attempts = await api.runtime.attempts(job_id_of(request))
+    items = [a.to_dict() for a in attempts]
+    if not api.settings.expose_tracebacks:
+        for item in items:
+            item["traceback"] = None
+    return JSONResponse({"attempts": items})
+
+
+@group.delete(
+    "/jobs/{job_id:int}",
+    summary="Cancel a waiting or running job",
+    params=[JOB_ID],
+    replies={
+        200: Reply("the job after the cancel", ref("Job")),
+        404: NOT_FOUND,
+        409: Reply("the job has already finished", ref("Error")),
+    },
+)
+async def cancel_job(api: Api, request: Request) -> Response:
+    """A running job's handler is cancelled; the response comes once it has stopped."""
+    job = await api.runtime.cancel(job_id_of(request))
+    return JSONResponse(job.to_dict())
+
+
+@group.post(
+    "/jobs/{job_id:int}/retry",
+    summary="Retry a failed or cancelled job",
+    params=[JOB_ID],
+    replies={
+        200: Reply("the job, WAITING again", ref("Job")),
+        404: NOT_FOUND,
+        409: Reply("the job is not FAILURE or CANCELLED", ref("Error")),
+    },
+)
+async def retry_job(api: Api, request: Request) -> Response:
+    job = await api.runtime.retry(job_id_of(request))
+    return JSONResponse(job.to_dict())
+
+
+@group.post(
+    "/jobs/{job_id:int}/token",
+    summary="Mint a short-lived token for one job's state and events",
+    params=[JOB_ID],
+    replies={201: Reply("the token; pass it as ?token=", ref("Token")), 404: NOT_FOUND},
+)
+async def mint_token(api: Api, request: Request) -> Response:
+    """For browsers, which cannot set headers on `EventSource`: the token
+    grants `GET /jobs/{id}`, `/progress`, `/result` and `/events` of this one
+    job, and nothing else, until `expires_at`."""
+    job = await api.runtime.get(job_id_of(request))
+    token, expires = api.tokens.mint(job.id)
+    base = job_url(request, job.id)
+    return JSONResponse(
+        {
+            "job_id": job.id,
+            "token": token,
+            "expires_at": expires,
+            "events": f"{base}/events?token={token}",
+        },
+        status_code=201,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+__all__ = ["group"]

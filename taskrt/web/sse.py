@@ -1,0 +1,136 @@
+"""Server-Sent Events on the wire: frames, the response, and the cap on streams.
+
+Design notes (cited where they apply):
+
+1. **sse-starlette's ``EventSourceResponse`` carries the stream.** It already
+   does what a long-lived stream needs and is easy to get subtly wrong:
+   heartbeat comments (``ping``), a per-send timeout, watching for the client's
+   disconnect while the generator waits for events, answering ``HEAD`` without
+   opening a stream, and ending streams when uvicorn shuts down (so a graceful
+   shutdown is not held open by browsers). ``EventStream`` adds two things:
+   a ``SendTimeoutError`` (a client that stopped reading) ends the response
+   quietly instead of surfacing as an application error, and a close callback
+   that runs however the response ends, so the broker subscription and the
+   stream slot are released on every path (disconnect, timeout, shutdown, bug).
+2. **Frames are encoded once, as bytes.** ``frame`` writes ``id``, ``event``
+   and a single ``data`` line of compact JSON (JSON escapes newlines, so one
+   line always suffices); sse-starlette passes bytes through untouched.
+3. **Every buffer is bounded.** Between the broker and the socket sit the
+   subscription's buffer (``stream_buffer`` events; it conflates stale
+   progress and never drops a terminal event, see ``taskrt.events`` note 2)
+   and the transport's write buffer. A client that stops reading fills the
+   latter; the next send then waits, and after ``send_timeout`` seconds the
+   response ends and the server closes the connection.
+4. **Streams are counted.** ``StreamSlots`` caps concurrent streams per app;
+   beyond it a request is answered 503 with ``Retry-After`` before any
+   subscription is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
+
+from ..models import Event
+from .errors import ApiError
+
+log = logging.getLogger("taskrt.web")
+
+RECONNECT_MS = 1000
+
+
+def frame(event: Event, event_id: str, *, retry: int | None = None) -> bytes:
+    """One SSE frame for ``event`` (note 2)."""
+    data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
+    head = f"retry: {retry}\n" if retry is not None else ""
+    return f"{head}id: {event_id}\nevent: {event.type.value}\ndata: {data}\n\n".encode()
+
+
+def _heartbeat() -> ServerSentEvent:
+    return ServerSentEvent(comment="heartbeat", sep="\n")
+
+
+class StreamSlots:
+    """A counter of open streams with a ceiling (note 4)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("max_streams must be at least 1")
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self, retry_after: int) -> Callable[[], None]:
+        """Take a slot, or raise a 503 ``ApiError``; returns the (idempotent) release."""
+        if self.active >= self.limit:
+            raise ApiError(
+                503,
+                "too_many_streams",
+                f"{self.limit} event streams are open; try again later",
+                headers={"Retry-After": str(retry_after)},
+            )
+        self.active += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active -= 1
+
+        return release
+
+
+class EventStream(EventSourceResponse):
+    """``text/event-stream`` of pre-encoded frames (notes 1 and 3)."""
+
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        *,
+        heartbeat: float,
+        send_timeout: float | None,
+        on_close: Callable[[], None],
+    ) -> None:
+        super().__init__(
+            frames,
+            ping=heartbeat,
+            ping_message_factory=_heartbeat,
+            send_timeout=send_timeout,
+            sep="\n",
+        )
+        self._frames = frames
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            # The client stopped reading: the server closes the connection once
+            # we return, since the response never completed (note 3).
+            log.info(
+                "taskrt.web: closed an event stream to %s: the client stopped reading",
+                _client(scope),
+            )
+        finally:
+            self._on_close()
+            aclose: Any = getattr(self._frames, "aclose", None)
+            if aclose is not None:
+                # Finalise the generator now rather than at garbage collection;
+                # it cannot still be running: the task group has ended.
+                with contextlib.suppress(RuntimeError):
+                    await aclose()
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "a client"
+
+
+__all__ = ["RECONNECT_MS", "EventStream", "StreamSlots", "frame"]

@@ -1,0 +1,410 @@
+"""Retries and backoff on an injected clock, Fatal, Retry, attempt records, manual retry."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from core_support import db_file, make_rt, rows, until
+
+from taskrt import (
+    AttemptOutcome,
+    EventType,
+    FakeClock,
+    Fatal,
+    InvalidTransition,
+    JobContext,
+    JobStatus,
+    Retry,
+    RetryPolicy,
+    parse_duration,
+    parse_retry,
+)
+
+# -- the policy itself: pure functions ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("200ms", 0.2), ("30s", 30.0), ("1h30m", 5400.0), ("1d", 86400.0), (2, 2.0), ("1.5", 1.5)],
+)
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("spec", "delays"),
+    [
+        ("200ms", [0.2, 0.2, 0.2]),
+        (30, [30.0, 30.0, 30.0]),
+        ("1m,2m,4m", [60.0, 120.0, 240.0, 240.0, 240.0]),
+        ([1, "2s"], [1.0, 2.0, 2.0]),
+        ({"base": 2, "factor": 3, "cap": 10}, [2.0, 6.0, 10.0, 10.0]),
+        ({"base": "1s", "factor": 2}, [1.0, 2.0, 4.0, 8.0, 16.0]),
+        (None, [0.0, 0.0]),
+    ],
+)
+def test_retry_policy_delays(spec: object, delays: list[float]) -> None:
+    policy = parse_retry(spec)
+    assert [policy.delay(n) for n in range(1, len(delays) + 1)] == delays
+
+
+def test_exponential_jitter_stays_within_its_spread() -> None:
+    policy = parse_retry({"base": 10, "factor": 1, "jitter": 0.1})
+    rng = random.Random(7)
+    seen = [policy.delay(1, rng) for _ in range(200)]
+    assert all(9.0 <= d <= 11.0 for d in seen)
+    assert len(set(seen)) > 100
+    assert policy == RetryPolicy(base=10.0, factor=1.0, jitter=0.1)
+
+
+# -- retries in the runtime, on a fake clock (nothing sleeps) ----------------------------------
+
+
+async def test_list_backoff_runs_each_attempt_at_its_time(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+    calls: list[tuple[int, float]] = []
+
+    @rt.task(attempts=4, retry="1s,5s")
+    async def flaky(job: JobContext) -> str:
+        calls.append((job.attempt, clock.now()))
+        if job.attempt < 4:
+            raise RuntimeError(f"boom {job.attempt}")
+        return "ok"
+
+    async with rt:
+        pool = rt.pool("default")
+        t0 = clock.now()
+        job_id = await pool.add(flaky)
+
+        async def settled(n: int) -> None:
+            await until(lambda: len(calls) == n and pool.statistics().running == 0)
+
+        await settled(1)
+        info = await rt.get(job_id)
+        assert (info.status, info.attempts, info.error) == (
+            JobStatus.WAITING,
+            1,
+            "RuntimeError: boom 1",
+        )
+        assert info.run_at == t0 + 1
+        await clock.advance(0.999)
+        assert len(calls) == 1 and pool.statistics().waiting == 1
+        await clock.advance(0.001)
+        await settled(2)
+        await clock.advance(4.999)
+        assert len(calls) == 2
+        await clock.advance(0.001)
+        await settled(3)
+        await clock.advance(5)  # the last delay repeats
+        await settled(4)
+        info = await rt.wait(job_id, timeout=5)
+
+    assert calls == [(1, t0), (2, t0 + 1), (3, t0 + 6), (4, t0 + 11)]
+    assert (info.status, info.result, info.attempts, info.error) == (JobStatus.SUCCESS, "ok", 4, None)
+
+
+async def test_every_attempt_is_recorded_and_readable(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task(attempts=3, retry="10s")
+    async def flaky(job: JobContext) -> int:
+        if job.attempt < 3:
+            raise ValueError(f"bad {job.attempt}")
+        return job.attempt
+
+    async with rt:
+        pool = rt.pool("default")
+        t0 = clock.now()
+        job_id = await pool.add(flaky)
+        for _ in range(2):
+            await until(lambda: pool.statistics().running == 0 and pool.statistics().waiting == 1)
+            await clock.advance(10)
+        await rt.wait(job_id, timeout=5)
+        attempts = await rt.attempts(job_id)
+
+    assert [(a.number, a.outcome, a.error) for a in attempts] == [
+        (1, AttemptOutcome.ERROR, "ValueError: bad 1"),
+        (2, AttemptOutcome.ERROR, "ValueError: bad 2"),
+        (3, AttemptOutcome.SUCCESS, None),
+    ]
+    assert [(a.started_at, a.finished_at) for a in attempts] == [
+        (t0, t0),
+        (t0 + 10, t0 + 10),
+        (t0 + 20, t0 + 20),
+    ]
+    assert attempts[0].traceback is not None
+    assert "ValueError: bad 1" in attempts[0].traceback and "in flaky" in attempts[0].traceback
+    assert attempts[2].traceback is None
+
+
+async def test_exponential_backoff_on_the_clock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+    starts: list[float] = []
+
+    @rt.task(attempts=4, retry={"base": 2, "factor": 3, "cap": 10})
+    async def flaky(job: JobContext) -> None:
+        starts.append(clock.now())
+        if job.attempt < 4:
+            raise RuntimeError("again")
+
+    async with rt:
+        pool = rt.pool("default")
+        t0 = clock.now()
+        job_id = await pool.add(flaky)
+        for n, delay in ((1, 2), (2, 6), (3, 10)):
+            await until(lambda n=n: len(starts) == n and pool.statistics().running == 0)
+            await clock.advance(delay - 0.01)
+            assert len(starts) == n
+            await clock.advance(0.01)
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+    assert [s - t0 for s in starts] == [0, 2, 8, 18]
+
+
+async def test_attempts_spent_fails_with_the_last_error_and_on_error_once(tmp_path: Path) -> None:
+    errors: list[tuple[int, str]] = []
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=3, retry=0, on_error=lambda i, e: errors.append((i, e)))
+    async def always(job: JobContext) -> None:
+        raise OSError(f"disk {job.attempt}")
+
+    async with rt:
+        job_id = await rt.pool("default").add(always)
+        info = await rt.wait(job_id, timeout=5)
+    assert (info.status, info.attempts, info.max_attempts) == (JobStatus.FAILURE, 3, 3)
+    assert info.error == "OSError: disk 3"
+    assert errors == [(job_id, "OSError: disk 3")]
+    assert rows(db_file(tmp_path), "SELECT status, attempts, error FROM jobs") == [
+        ("FAILURE", 3, "OSError: disk 3")
+    ]
+
+
+async def test_unlimited_attempts(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=-1)
+    async def stubborn(job: JobContext) -> int:
+        if job.attempt < 7:
+            raise RuntimeError("not yet")
+        return job.attempt
+
+    async with rt:
+        job_id = await rt.pool("default").add(stubborn)
+        info = await rt.wait(job_id, timeout=5)
+    assert (info.status, info.result, info.max_attempts) == (JobStatus.SUCCESS, 7, None)
+
+
+async def test_fatal_fails_at_once(tmp_path: Path) -> None:
+    errors: list[str] = []
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=5, on_error=lambda i, e: errors.append(e))
+    async def picky(job: JobContext, email: str) -> None:
+        raise Fatal(f"invalid address {email!r}")
+
+    async with rt:
+        job_id = await rt.pool("default").add(picky, "nobody")
+        info = await rt.wait(job_id, timeout=5)
+        attempts = await rt.attempts(job_id)
+    assert (info.status, info.attempts) == (JobStatus.FAILURE, 1)
+    assert info.error == "invalid address 'nobody'"
+    assert errors == ["invalid address 'nobody'"]
+    assert [a.outcome for a in attempts] == [AttemptOutcome.ERROR]
+
+
+async def test_retry_without_error_records_no_error_and_fires_no_hook(tmp_path: Path) -> None:
+    clock = FakeClock()
+    errors: list[str] = []
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task(attempts=3, retry="1s", on_error=lambda i, e: errors.append(e))
+    async def poll(job: JobContext) -> str:
+        if job.attempt == 1:
+            raise Retry("not ready", delay=30, record_error=False)
+        return "ready"
+
+    async with rt:
+        pool = rt.pool("default")
+        t0 = clock.now()
+        job_id = await pool.add(poll)
+        async with rt.subscribe(job_id) as stream:
+            kinds = []
+            async for ev in stream:
+                kinds.append(ev.type)
+                if ev.type is EventType.RETRYING:
+                    assert ev.data["error"] is None
+                    assert ev.data["run_at"] == t0 + 30
+                    info = await rt.get(job_id)
+                    assert (info.status, info.error, info.run_at) == (
+                        JobStatus.WAITING,
+                        None,
+                        t0 + 30,
+                    )
+                    await clock.advance(29.9)
+                    assert pool.statistics().waiting == 1
+                    await clock.advance(0.1)
+        info = await rt.get(job_id)
+        attempts = await rt.attempts(job_id)
+    assert kinds[-1] is EventType.SUCCESS
+    assert EventType.RETRYING in kinds
+    assert (info.status, info.result, info.attempts, info.error) == (
+        JobStatus.SUCCESS,
+        "ready",
+        2,
+        None,
+    )
+    assert [(a.outcome, a.error) for a in attempts] == [
+        (AttemptOutcome.RETRY, None),
+        (AttemptOutcome.SUCCESS, None),
+    ]
+    assert errors == []
+
+
+async def test_retry_with_a_delay_overrides_the_policy(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task(attempts=2, retry="1h")
+    async def rate_limited(job: JobContext) -> str:
+        if job.attempt == 1:
+            raise Retry("429", delay=2)
+        return "done"
+
+    async with rt:
+        pool = rt.pool("default")
+        t0 = clock.now()
+        job_id = await pool.add(rate_limited)
+        await until(lambda: pool.statistics().running == 0 and pool.statistics().waiting == 1)
+        info = await rt.get(job_id)
+        assert (info.run_at, info.error) == (t0 + 2, "429")
+        await clock.advance(2)
+        assert (await rt.wait(job_id, timeout=5)).result == "done"
+
+
+async def test_per_call_options_override_the_task(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    runs: list[int] = []
+
+    @rt.task(attempts=5, retry=0)
+    async def failing(job: JobContext) -> None:
+        runs.append(job.id)
+        raise RuntimeError("no")
+
+    async with rt:
+        job_id = await rt.pool("default").add(failing.options(attempts=2, metadata={"u": 1}))
+        info = await rt.wait(job_id, timeout=5)
+    assert (info.status, info.attempts, info.max_attempts, info.metadata) == (
+        JobStatus.FAILURE,
+        2,
+        2,
+        {"u": 1},
+    )
+    assert runs == [job_id, job_id]
+
+
+# -- delayed jobs -------------------------------------------------------------------------------
+
+
+async def test_delay_and_run_at_wait_for_the_clock(tmp_path: Path) -> None:
+    clock = FakeClock(start=1_800_000_000.0)
+    rt = make_rt(tmp_path, clock=clock)
+    ran: list[tuple[str, float]] = []
+
+    @rt.task
+    async def tick(job: JobContext, name: str) -> None:
+        ran.append((name, clock.now()))
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(tick.options(delay=5), "five")
+        b = await pool.add(tick.options(run_at=datetime.fromtimestamp(1_800_000_002, UTC)), "two")
+        c = await pool.add(tick.options(delay="1m"), "minute")
+        assert [(await rt.get(i)).run_at for i in (a, b, c)] == [
+            1_800_000_005.0,
+            1_800_000_002.0,
+            1_800_000_060.0,
+        ]
+        assert pool.statistics().waiting == 3
+        await clock.advance(1.9)
+        assert ran == []
+        await clock.advance(0.1)
+        await until(lambda: len(ran) == 1)
+        await clock.advance(3)
+        await until(lambda: len(ran) == 2)
+        await clock.advance(54.9)
+        assert len(ran) == 2 and pool.statistics().waiting == 1
+        await clock.advance(0.1)
+        await rt.wait(c, timeout=5)
+    assert ran == [("two", 1_800_000_002.0), ("five", 1_800_000_005.0), ("minute", 1_800_000_060.0)]
+
+
+# -- manual retry ---------------------------------------------------------------------------------
+
+
+async def test_manual_retry_of_a_failed_job(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    broken = True
+
+    @rt.task(attempts=2, retry=0)
+    async def fragile(job: JobContext) -> int:
+        if broken:
+            raise RuntimeError("down")
+        return job.attempt
+
+    async with rt:
+        job_id = await rt.pool("default").add(fragile)
+        failed = await rt.wait(job_id, timeout=5)
+        assert (failed.status, failed.attempts) == (JobStatus.FAILURE, 2)
+        broken = False
+        again = await rt.retry(job_id)
+        assert again.status in (JobStatus.WAITING, JobStatus.RUNNING)
+        done = await rt.wait(job_id, timeout=5)
+        assert (done.status, done.result, done.attempts, done.error) == (
+            JobStatus.SUCCESS,
+            3,
+            3,
+            None,
+        )
+        with pytest.raises(InvalidTransition) as err:
+            await rt.retry(job_id)
+        assert (err.value.job_id, err.value.status) == (job_id, "SUCCESS")
+    assert rows(db_file(tmp_path), "SELECT status, result FROM jobs") == [("SUCCESS", "3")]
+
+
+async def test_manual_retry_renews_the_attempt_budget(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=2, retry=0)
+    async def never(job: JobContext) -> None:
+        raise RuntimeError(f"no {job.attempt}")
+
+    async with rt:
+        job_id = await rt.pool("default").add(never)
+        await rt.wait(job_id, timeout=5)
+        await rt.retry(job_id)
+        info = await rt.wait(job_id, timeout=5)
+    assert (info.status, info.attempts, info.error) == (JobStatus.FAILURE, 4, "RuntimeError: no 4")
+
+
+async def test_manual_retry_of_a_cancelled_job_and_not_of_a_waiting_one(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task
+    async def later(job: JobContext) -> str:
+        return "ran"
+
+    async with rt:
+        job_id = await rt.pool("default").add(later.options(delay=60))
+        with pytest.raises(InvalidTransition):
+            await rt.retry(job_id)
+        assert (await rt.cancel(job_id)).status is JobStatus.CANCELLED
+        await rt.retry(job_id)
+        info = await rt.wait(job_id, timeout=5)
+        assert (info.status, info.result) == (JobStatus.SUCCESS, "ran")

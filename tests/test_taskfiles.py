@@ -1,0 +1,540 @@
+"""Loading task files: Yao JSON and Anchor YAML into TaskSpecs, and every problem they can have."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskrt import JobStatus, Runtime, ValidationError
+from taskrt.retry import RetryPolicy
+from taskrt.taskfiles import DefinitionError, Problem, check_tasks, load_tasks
+from taskrt.taskfiles.jsonc import JsoncError, parse, strip
+
+FIXTURES = Path(__file__).parent / "fixtures"
+YAO_APP = FIXTURES / "yao_app"
+ANCHOR_APP = FIXTURES / "anchor_app"
+
+
+def _package(root: Path, source: str) -> str:
+    """Write ``source`` as a fresh module under ``root``; returns its import name."""
+    name = f"handlers_{uuid.uuid4().hex[:12]}"
+    (root / f"{name}.py").write_text(textwrap.dedent(source))
+    return name
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def _problems(path: Path, **kwargs: Any) -> list[Problem]:
+    with pytest.raises(DefinitionError) as caught:
+        load_tasks(path, **kwargs)
+    return caught.value.problems
+
+
+def _lines(problems: list[Problem], base: Path) -> list[str]:
+    return [str(p).replace(str(base) + "/", "") for p in problems]
+
+
+@pytest.fixture
+def executor() -> Any:
+    sys.path.insert(0, str(ANCHOR_APP))
+    try:
+        from shop.executor import Executor
+    finally:
+        sys.path.remove(str(ANCHOR_APP))
+    return Executor()
+
+
+# -- the JSON-with-comments reader ----------------------------------------------------
+
+
+def test_strip_keeps_strings_and_positions() -> None:
+    text = '{"url": "http://x//y", /* a\n comment */ "n": 1, // end\n "l": [1, 2,],}'
+    clean = strip(text)
+    assert len(clean) == len(text)
+    assert clean.count("\n") == text.count("\n")
+    assert parse(text).value == {"url": "http://x//y", "n": 1, "l": [1, 2]}
+
+
+def test_parse_knows_lines_and_duplicates() -> None:
+    parsed = parse('{\n  "a": 1,\n  "b": {\n    "c": [\n      1,\n      {"d": 2}\n    ]\n  },\n  "a": 3\n}')
+    assert parsed.lines[("a",)] == 2
+    assert parsed.lines[("b", "c")] == 4
+    assert parsed.lines[("b", "c", 1)] == 6
+    assert parsed.lines[("b", "c", 1, "d")] == 6
+    assert parsed.duplicates == [(("a",), 9)]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ('{\n  "a": 1\n  /* open', 3, "unterminated /* comment"),
+        ('{\n  "a": 1\n  "b": 2\n}', 3, "Expecting ',' delimiter"),
+        ('{"a": NaN}', None, "NaN is not a JSON number"),
+        ("[" * 100_000, None, "nested too deeply"),
+    ],
+)
+def test_parse_errors_say_where(text: str, line: int | None, fragment: str) -> None:
+    with pytest.raises(JsoncError) as caught:
+        parse(text)
+    assert caught.value.line == line
+    assert fragment in caught.value.message
+
+
+# -- Yao -----------------------------------------------------------------------------
+
+
+def test_yao_example_app_loads_as_written() -> None:
+    specs = {s.name: s for s in load_tasks(YAO_APP / "tasks")}
+    assert sorted(specs) == ["flaky", "plain", "strict", "test"]
+    test = specs["test"]
+    import scripts.task as script  # importable now: the root was put on sys.path
+
+    assert Path(script.__file__).resolve() == (YAO_APP / "scripts" / "task.py").resolve()
+    assert test.display_name == "test task"
+    assert test.pool == "test"
+    assert (test.pool_concurrency, test.pool_capacity) == (10, 1000)
+    assert test.attempts == 3
+    assert test.retry == RetryPolicy(delays=(0.2,))
+    assert test.timeout == 2.0
+    assert test.call == "id"
+    assert test.handler is script.Send
+    assert test.hooks.next_id is script.NextID
+    assert test.hooks.on_add is script.OnAdd
+    assert test.hooks.on_success is script.OnSuccess
+    assert test.hooks.on_error is script.OnError
+    assert test.hooks.on_progress is script.OnProgress
+    assert test.hooks.on_failed is None
+    assert test.source == str(YAO_APP / "tasks" / "test.yao")
+
+
+def test_yao_defaults_are_yaos(tmp_path: Path) -> None:
+    module = _package(tmp_path, "def run(job_id, *args):\n    return args\n")
+    _write(tmp_path / "tasks" / "mail" / "send.jsonc", f'{{"process": "{module}.run"}}')
+    (spec,) = load_tasks(tmp_path / "tasks")
+    assert spec.name == "mail.send"  # folders become dotted ids
+    assert spec.display_name == "mail.send"
+    assert (spec.pool, spec.pool_concurrency, spec.pool_capacity) == ("mail.send", 1, 1024)
+    assert (spec.attempts, spec.retry, spec.timeout) == (1, RetryPolicy(delays=(0.2,)), 300.0)
+
+
+def test_yao_problems_are_all_reported_with_lines(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "tasks" / "bad.yao",
+        """
+        {
+          "name": 7,
+          "worker_num": 3,
+          "attempts": -1,
+          "attempt_after": "soon",
+          "timeout": 0,
+          "size": 2.5,
+          "event": {
+            "nxt": "x.y",
+            "add": "nowhere_at_all.OnAdd",
+          },
+          "name": "again",
+        }
+        """,
+    )
+    problems = _problems(tmp_path / "tasks")
+    assert _lines(problems, tmp_path) == [
+        "tasks/bad.yao:12: name: field 'name' is given twice",
+        "tasks/bad.yao:3: worker_num: unknown field 'worker_num'; did you mean 'worker_nums'?",
+        "tasks/bad.yao:7: size: expected a positive queue size, found 2.5",
+        "tasks/bad.yao:4: attempts: expected a number of attempts (0 or more), found -1",
+        "tasks/bad.yao:5: attempt_after: expected milliseconds, found 'soon'",
+        "tasks/bad.yao:1: process: missing field 'process': the handler, "
+        "a dotted path like 'scripts.task.Send'",
+        "tasks/bad.yao:9: event.nxt: unknown field 'nxt'; did you mean 'next'?",
+        "tasks/bad.yao:10: event.add: no module 'nowhere_at_all' can be imported "
+        f"(root {tmp_path})",
+    ]
+    assert problems[1] == Problem(
+        file=str(tmp_path / "tasks" / "bad.yao"),
+        line=3,
+        field="worker_num",
+        found="worker_num",
+        expected="worker_nums",
+        message="unknown field 'worker_num'; did you mean 'worker_nums'?",
+    )
+
+
+def test_yao_file_that_is_not_json(tmp_path: Path) -> None:
+    _write(tmp_path / "tasks" / "a.yao", '{\n  "name": "x"\n  "process": "a.b"\n}')
+    _write(tmp_path / "tasks" / "b.json", "[1, 2]")
+    assert _lines(_problems(tmp_path / "tasks"), tmp_path) == [
+        "tasks/a.yao:3: not valid JSON: Expecting ',' delimiter (column 3)",
+        "tasks/b.json:1: expected a JSON object with the task's fields, found a list",
+    ]
+
+
+# -- dotted paths ------------------------------------------------------------------------
+
+
+def test_dotted_paths_that_do_not_import(tmp_path: Path) -> None:
+    ok = _package(tmp_path, "VALUE = 3\n\ndef run(job_id):\n    pass\n")
+    broken = _package(tmp_path, "raise RuntimeError('no database')\n")
+    needs = _package(tmp_path, "import not_installed_anywhere\n")
+    cases = {
+        "a": "justoneword",
+        "b": f"{ok}.missing",
+        "c": f"{ok}.VALUE",
+        "d": f"{broken}.run",
+        "e": f"{needs}.run",
+    }
+    for name, path in cases.items():
+        _write(tmp_path / "tasks" / f"{name}.yao", f'{{"process": "{path}"}}')
+    messages = [p.message for p in _problems(tmp_path / "tasks")]
+    assert messages == [
+        "expected a dotted path like 'scripts.task.Send' (module, then attribute), "
+        "found 'justoneword'",
+        f"'{ok}' has no attribute 'missing'",
+        f"'{ok}.VALUE' is a int, not a callable",
+        f"importing '{broken}' raised RuntimeError: no database",
+        f"importing '{needs}' failed: No module named 'not_installed_anywhere'",
+    ]
+
+
+def test_root_is_configurable(tmp_path: Path) -> None:
+    app = tmp_path / "elsewhere"
+    app.mkdir()
+    module = _package(app, "def run(job_id):\n    return 1\n")
+    _write(tmp_path / "defs" / "t.yao", f'{{"process": "{module}.run"}}')
+    assert _problems(tmp_path / "defs")[0].message.startswith(f"no module '{module}'")
+    (spec,) = load_tasks(tmp_path / "defs", root=app)
+    assert spec.handler.__module__ == module
+
+
+def test_duplicate_task_ids_across_files(tmp_path: Path) -> None:
+    module = _package(tmp_path, "def run(*args, **kwargs):\n    pass\n")
+    _write(tmp_path / "tasks" / "SendEmail.json", f'{{"process": "{module}.run"}}')
+    _write(
+        tmp_path / "tasks" / "more.yaml",
+        f"""
+        tasks:
+          - name: Other
+            process: {module}.run
+          - name: SendEmail
+            process: {module}.run
+          - name: Other
+            process: {module}.run
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks"), tmp_path) == [
+        "tasks/more.yaml:6: tasks[2].name: duplicate task id 'Other': also defined on line 2",
+        "tasks/more.yaml:4: duplicate task id 'SendEmail': also defined in "
+        "tasks/SendEmail.json",
+    ]
+
+
+def test_missing_path_and_wrong_suffix(tmp_path: Path) -> None:
+    assert _lines(_problems(tmp_path / "nope"), tmp_path) == ["nope: no such file or folder"]
+    _write(tmp_path / "tasks.toml", "x = 1")
+    (problem,) = _problems(tmp_path / "tasks.toml")
+    assert problem.message.startswith("not a task file: expected one of .yao, .json")
+
+
+# -- Anchor --------------------------------------------------------------------------
+
+
+def test_anchor_example_app_loads_with_an_executor(executor: Any) -> None:
+    specs = {s.name: s for s in load_tasks(ANCHOR_APP / "tasks.yaml", executor=executor)}
+    assert list(specs) == ["SendEmail", "ProcessOrder", "deleteOpaqueKey", "DailyCleanup"]
+    send = specs["SendEmail"]
+    assert send.description == "Send an email to a user"
+    assert send.pool == "default"
+    assert send.attempts is None  # maxAttempts: -1
+    assert send.retry == RetryPolicy(delays=(300.0,))
+    assert send.timeout == 3600.0  # the default hour
+    assert send.parameters is not None and send.parameters["required"] == ["userId", "templateId"]
+    assert send.hooks.on_failed is None
+    assert send.cron is None
+    assert send.handler.__name__ == "execute_send_email"  # snake_case convention
+    assert specs["ProcessOrder"].handler.__name__ == "execute_ProcessOrder"  # literal name
+    assert specs["ProcessOrder"].timeout == 600.0
+    assert specs["ProcessOrder"].retry == RetryPolicy(delays=(1800.0,))
+    assert specs["ProcessOrder"].hooks.on_failed is not None
+    assert specs["deleteOpaqueKey"].hooks.on_failed is not None
+    daily = specs["DailyCleanup"]
+    assert (daily.cron, daily.cron_tz, daily.attempts) == ("0 0 2 * * *", "UTC", 1)
+    with pytest.raises(ValidationError) as caught:
+        send.validate((), {"userId": "7", "templateId": "welcome"})
+    assert caught.value.parameter == "userId"
+
+
+def test_anchor_without_an_executor_names_the_methods_it_needs() -> None:
+    problems = _problems(ANCHOR_APP / "tasks.yaml")
+    assert [(p.line, p.field) for p in problems] == [
+        (3, "tasks[0].name"),
+        (20, "tasks[1].name"),
+        (36, "tasks[2].name"),
+        (52, "tasks[3].name"),
+    ]
+    assert problems[0].message == (
+        "task 'SendEmail' has no handler: give 'process:' or load with an executor that has "
+        "execute_send_email or execute_SendEmail"
+    )
+
+
+def test_anchor_executor_missing_a_hook(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: ProcessOrder
+            events: [onFailed]
+        """,
+    )
+
+    class Partial:
+        def execute_process_order(self, params: dict[str, Any]) -> None: ...
+
+    (problem,) = _problems(tmp_path / "tasks.yaml", executor=Partial())
+    assert (problem.line, problem.field) == (3, "tasks[0].events")
+    assert problem.message == (
+        "events lists onFailed but the executor Partial has no on_process_order_failed or "
+        "on_ProcessOrder_failed (or give hooks: {onFailed: pkg.module.function})"
+    )
+
+
+def test_anchor_problems_are_all_reported_with_lines(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: SendEmail
+            descripton: typo
+            parameters:
+              type: object
+              properties:
+                userId:
+                  type: integr
+            retryPolicy:
+              interval: 1x
+              maxAttempts: 0
+            cronjob:
+              cronExpression: "0 0 25 * * *"
+            events: [onFailure]
+            timeout: forever
+            process: nowhere_at_all.module.func
+          - name: bad name
+          - 42
+          - name: Dates
+            parameters:
+              type: object
+              properties:
+                when:
+                  default: 2024-01-01
+            retryPolicy: {interval: 5s}
+            cronjob: {cronExpresion: "* * * * * *"}
+            process: os.path.join
+        extra: 1
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == [
+        "tasks.yaml:28: extra: unknown field 'extra'; expected one of tasks",
+        "tasks.yaml:3: tasks[0].descripton: unknown field 'descripton'; "
+        "did you mean 'description'?",
+        "tasks.yaml:8: tasks[0].parameters.properties.userId.type: invalid JSON Schema: "
+        "'integr' is not valid under any of the given schemas",
+        "tasks.yaml:10: tasks[0].retryPolicy.interval: bad interval '1x': expected a duration "
+        "like '30s' or a list like '1m,2m,4m'",
+        "tasks.yaml:11: tasks[0].retryPolicy.maxAttempts: expected a positive number of "
+        "attempts, or -1 for unlimited, found 0",
+        "tasks.yaml:13: tasks[0].cronjob.cronExpression: cron expression '0 0 25 * * *': "
+        "hour field '25': 25 is out of range; expected 0-23, with *, lists a,b, ranges a-b "
+        "and steps */n",
+        "tasks.yaml:14: tasks[0].events[0]: unknown event 'onFailure'; did you mean 'onFailed'?",
+        "tasks.yaml:15: tasks[0].timeout: bad duration 'forever': expected a duration like "
+        "'200ms', '30s', '10m' or '1h30m'",
+        f"tasks.yaml:16: tasks[0].process: no module 'nowhere_at_all.module' can be imported "
+        f"(root {tmp_path.parent})",
+        "tasks.yaml:17: tasks[1].name: bad task name 'bad name': expected a name made of "
+        "letters, digits and '_' (e.g. SendEmail)",
+        "tasks.yaml:18: tasks[2]: expected a task definition (a mapping with 'name:'), found 42",
+        "tasks.yaml:24: tasks[3].parameters.properties.when.default: datetime.date(2024, 1, 1) "
+        "is not a JSON value (quote it to make it a string)",
+        "tasks.yaml:25: tasks[3].retryPolicy.maxAttempts: missing field 'maxAttempts': "
+        "a positive number of attempts, or -1 for unlimited",
+        "tasks.yaml:26: tasks[3].cronjob.cronExpresion: unknown field 'cronExpresion'; "
+        "did you mean 'cronExpression'?",
+        "tasks.yaml:26: tasks[3].cronjob.cronExpression: missing field 'cronExpression' "
+        "(six fields, seconds first, e.g. '0 0 2 * * *')",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "tasks.yaml:1: the file is empty: expected a mapping with a 'tasks:' list"),
+        (
+            "tasks: [\n",
+            "tasks.yaml:2: not valid YAML: while parsing a flow node, expected the node "
+            "content, but found '<stream end>'",
+        ),
+        ("- 1\n", "tasks.yaml:1: expected a mapping with a 'tasks:' list, found a list"),
+        ("tasks: {}\n", "tasks.yaml:1: tasks: expected a list of task definitions, found an object"),
+        ("name: x\n", "tasks.yaml:1: name: unknown field 'name'; expected one of tasks"),
+        ("d: 2024-13-45\n", "tasks.yaml:1: not valid YAML: ValueError: month must be in 1..12"),
+        (
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + "".join(
+                f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+                for p, c in zip("abcdef", "bcdefg", strict=True)
+            ),
+            "tasks.yaml:1: the document is too large or too deep once its aliases are expanded "
+            "(more than 50000 values or 100 levels)",
+        ),
+    ],
+)
+def test_anchor_documents_that_are_not_task_lists(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    (tmp_path / "tasks.yaml").write_text(text)
+    problems = _problems(tmp_path / "tasks.yaml")
+    assert _lines(problems, tmp_path)[0] == expected
+
+
+def test_anchor_process_handlers_get_the_parameters_as_keywords(tmp_path: Path) -> None:
+    module = _package(
+        tmp_path,
+        """
+        CALLS = []
+
+        async def send(job, userId, templateId="welcome"):
+            CALLS.append((job, userId, templateId))
+
+        def failed(job_id, params, tx):
+            CALLS.append(("failed", job_id, params, tx))
+        """,
+    )
+    _write(
+        tmp_path / "tasks" / "tasks.yml",
+        f"""
+        tasks:
+          - name: SendEmail
+            parameters:
+              type: object
+              required: [userId]
+              properties:
+                userId: {{type: integer}}
+                templateId: {{type: string}}
+                extra: {{type: string}}
+            events: [onFailed]
+            hooks: {{onFailed: {module}.failed}}
+            process: {module}.send
+            pool: mail
+            priority: 5
+        """,
+    )
+    (spec,) = load_tasks(tmp_path / "tasks")
+    assert (spec.pool, spec.priority, spec.call) == ("mail", 5, "context")
+    spec.validate(({"userId": 1},), {})
+    with pytest.raises(ValidationError) as caught:
+        # valid for the schema, but send() takes no such keyword
+        spec.validate((), {"userId": 1, "extra": "x"})
+    assert caught.value.parameter == "extra"
+
+    import asyncio
+
+    asyncio.run(spec.handler("ctx", {"userId": 1}))
+    asyncio.run(spec.handler("ctx", userId=2, templateId="bye"))
+
+    class Job:
+        id = 9
+        args = ()
+        kwargs = {"userId": 3}
+
+    spec.hooks.on_failed(Job(), "tx")  # type: ignore[misc]
+    calls = sys.modules[module].CALLS
+    assert calls == [
+        ("ctx", 1, "welcome"),
+        ("ctx", 2, "bye"),
+        ("failed", 9, {"userId": 3}, "tx"),
+    ]
+
+
+# -- on a real runtime -----------------------------------------------------------------
+
+
+async def test_runtime_refuses_to_start_with_bad_files(tmp_path: Path) -> None:
+    _write(tmp_path / "tasks" / "t.yao", '{"process": "nope_nothing.run", "size": "big"}')
+    db = tmp_path / "app.db"
+    rt = Runtime(str(db), tasks=tmp_path / "tasks")
+    with pytest.raises(DefinitionError) as caught:
+        async with rt:
+            pytest.fail("the runtime started")
+    assert [p.field for p in caught.value.problems] == ["size", "process"]
+    assert not rt.started
+    assert not db.exists()  # failed before the database was opened
+
+
+async def test_rt_load_registers_the_tasks_and_their_pools(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    tasks = rt.load(YAO_APP / "tasks")
+    assert [t.name for t in tasks] == ["flaky", "plain", "strict", "test"]
+    assert rt.tasks["test"].validator is not None  # params.attach ran
+    pool = rt.pools["test"]
+    assert (pool.concurrency, pool.capacity) == (10, 1000)
+
+
+async def _order_failures(rt: Runtime) -> list[Any]:
+    async with rt.transaction() as tx:
+        rows = await tx.execute("SELECT job_id, order_id FROM order_failures ORDER BY job_id")
+    return [tuple(row) for row in rows]
+
+
+async def test_anchor_app_end_to_end(tmp_path: Path, executor: Any) -> None:
+    rt = Runtime(str(tmp_path / "app.db"), tasks=ANCHOR_APP / "tasks.yaml", executor=executor)
+    async with rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE order_failures (job_id INTEGER, order_id INTEGER)")
+
+        sent = await rt.add("SendEmail", userId=7, templateId="welcome")
+        info = await rt.wait(sent, timeout=10)
+        assert info.status is JobStatus.SUCCESS
+        assert info.result == {"sent_to": 7, "template": "welcome"}
+
+        deleted = await rt.add("deleteOpaqueKey", {"keyID": 2**40})  # one positional object
+        assert (await rt.wait(deleted, timeout=10)).result == f"deleted {2**40}"
+
+        failed = await rt.add("ProcessOrder", orderId=0)
+        info = await rt.wait(failed, timeout=10)
+        assert info.status is JobStatus.FAILURE
+        assert info.attempts == 1  # Fatal: no retry although maxAttempts is -1
+        assert info.error == "order 0 does not exist"
+        assert await _order_failures(rt) == [(failed, 0)]
+
+        assert executor.calls == [
+            ("SendEmail", {"userId": 7, "templateId": "welcome"}),
+            ("deleteOpaqueKey", {"keyID": 2**40}),
+            ("ProcessOrder", {"orderId": 0}),
+            ("ProcessOrder failed", (failed, {"orderId": 0})),
+        ]
+
+
+async def test_validation_errors_store_nothing(tmp_path: Path, executor: Any) -> None:
+    rt = Runtime(str(tmp_path / "app.db"), tasks=ANCHOR_APP / "tasks.yaml", executor=executor)
+    async with rt:
+        bad = [
+            ({"userId": "7", "templateId": "w"}, "userId"),
+            ({"userId": 7}, "templateId"),
+            ({"userId": 2**31, "templateId": "w"}, "userId"),
+        ]
+        for kwargs, parameter in bad:
+            with pytest.raises(ValidationError) as caught:
+                await rt.add("SendEmail", **kwargs)
+            assert caught.value.parameter == parameter
+            assert caught.value.http_status == 422
+        page = await rt.jobs()
+        assert page.jobs == []
+    assert executor.calls == []
