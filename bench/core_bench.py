@@ -214,9 +214,19 @@ async def main(quick: bool) -> None:
         emit("raw_batched_100_per_tx", rate=round(batched))
 
         r = await seq_add(d / "seq.db", n // 5)
-        emit("sequential_add", rate=round(r), ratio_vs_raw_single=round(r / single, 2), target=">= 1.0x")
+        emit(
+            "sequential_add",
+            rate=round(r),
+            ratio_vs_raw_single=round(r / single, 2),
+            target=">= 1.0x",
+        )
         r = await add_many(d / "many.db", n)
-        emit("add_many_100", rate=round(r), ratio_vs_raw_batched=round(r / batched, 2), target=">= 0.5x")
+        emit(
+            "add_many_100",
+            rate=round(r),
+            ratio_vs_raw_batched=round(r / batched, 2),
+            target=">= 0.5x",
+        )
         r = await producers(d / "prod.db", n, 100, "normal")
         emit("producers_100_normal", rate=round(r), target=">= 30000/s")
         r = await producers(d / "prodfull.db", n, 100, "full")
@@ -230,12 +240,28 @@ async def main(quick: bool) -> None:
             target=">= 27000/s and >= 0.3x",
         )
         p50, p99 = await latency(d / "lat.db", 300 if quick else 1000, 100)
-        emit("add_to_start_latency_at_100_per_s", p50_ms=round(p50, 3), p99_ms=round(p99, 3), target="p50 <= 0.6, p99 <= 1.5")
+        emit(
+            "add_to_start_latency_at_100_per_s",
+            p50_ms=round(p50, 3),
+            p99_ms=round(p99, 3),
+            target="p50 <= 0.6, p99 <= 1.5",
+        )
         wall = await sleepers(d / "nap.db", 1000, 50, 0.05)
-        emit("sleepers_1000x50ms_c50", wall_s=round(wall, 3), ratio_vs_ideal=round(wall / 1.0, 3), target="<= 1.05x")
+        emit(
+            "sleepers_1000x50ms_c50",
+            wall_s=round(wall, 3),
+            ratio_vs_ideal=round(wall / 1.0, 3),
+            target="<= 1.05x",
+        )
         calls = 20_000 if quick else 100_000
         rate, batches = await progress_calls(d / "prog.db", calls, 10)
-        emit("progress_calls_10_subscribers", calls=calls, rate=round(rate), write_batches=batches, target=">= 100000/s")
+        emit(
+            "progress_calls_10_subscribers",
+            calls=calls,
+            rate=round(rate),
+            write_batches=batches,
+            target=">= 100000/s",
+        )
         _ = statistics
 
 

@@ -96,9 +96,14 @@ def _bind_check(spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     except (TypeError, ValueError):
         return
     params = list(sig.parameters.values())
-    if spec.call != "plain" and params and params[0].kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    if (
+        spec.call != "plain"
+        and params
+        and params[0].kind
+        in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
     ):
         params = params[1:]
     try:
@@ -136,7 +141,7 @@ class Options:
     run_at: float | None = None
     priority: int | None = None
     unique_key: str | None = None
-    attempts: int | None | Literal["default"] = "default"
+    attempts: int | Literal["default"] | None = "default"
     retry: RetryPolicy | None = None
     timeout: float | None = None
     metadata: dict[str, Any] | None = None
@@ -181,7 +186,9 @@ def make_options(
             raise InvalidOption("timeout", "expected a positive duration")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
-    if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 1):
+    if job_id is not None and (
+        isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 1
+    ):
         raise InvalidOption("job_id", f"expected a positive integer, found {job_id!r}")
     return Options(
         delay=delay,
@@ -266,7 +273,9 @@ def make_spec(
     if timeout_s is not None and timeout_s <= 0:
         raise InvalidOption("timeout", "expected a positive duration", source=source)
     if call is not None and call not in ("context", "id", "plain"):
-        raise InvalidOption("call", f"expected 'context', 'id' or 'plain', found {call!r}", source=source)
+        raise InvalidOption(
+            "call", f"expected 'context', 'id' or 'plain', found {call!r}", source=source
+        )
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise InvalidOption("priority", f"expected an integer, found {priority!r}", source=source)
     return TaskSpec(
@@ -286,5 +295,7 @@ def make_spec(
     )
 
 
-def with_validator(spec: TaskSpec, validator: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> TaskSpec:
+def with_validator(
+    spec: TaskSpec, validator: Callable[[tuple[Any, ...], dict[str, Any]], None]
+) -> TaskSpec:
     return replace(spec, validator=validator)

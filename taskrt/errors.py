@@ -175,11 +175,11 @@ class JobTimeout(TaskrtError, TimeoutError):
         super().__init__(f"job {job_id} timed out after {timeout:g}s")
 
 
-class Fatal(Exception):  # noqa: N818 - the name is the product's contract
+class Fatal(Exception):
     """Raised by a handler: fail the job now, with no further attempt."""
 
 
-class Retry(Exception):  # noqa: N818
+class Retry(Exception):
     """Raised by a handler: try again after ``delay`` seconds.
 
     With ``record_error=False`` the attempt is not recorded as an error and the
@@ -188,7 +188,11 @@ class Retry(Exception):  # noqa: N818
     """
 
     def __init__(
-        self, message: str = "retry requested", *, delay: float | None = None, record_error: bool = True
+        self,
+        message: str = "retry requested",
+        *,
+        delay: float | None = None,
+        record_error: bool = True,
     ) -> None:
         super().__init__(message)
         self.delay = delay

@@ -139,7 +139,9 @@ class Pool:
             elif isinstance(item, Sequence) and not isinstance(item, str | bytes):
                 calls.append((tuple(item), {}))
             else:
-                raise InvalidOption("items", f"expected tuples of args or dicts of kwargs, found {item!r}")
+                raise InvalidOption(
+                    "items", f"expected tuples of args or dicts of kwargs, found {item!r}"
+                )
         return await self._rt._add(self, task, calls, tx=tx)
 
     def statistics(self) -> PoolStatistics:
@@ -442,7 +444,9 @@ class Pool:
 def _check_limits(concurrency: Any, capacity: Any) -> None:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise InvalidOption("concurrency", f"expected a positive integer, found {concurrency!r}")
-    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+    if capacity is not None and (
+        isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
+    ):
         raise InvalidOption("capacity", f"expected a positive integer or None, found {capacity!r}")
 
 

@@ -26,10 +26,14 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 def parse_duration(value: Any, *, field: str = "duration", source: str | None = None) -> float:
     """Seconds from ``"200ms"``, ``"30s"``, ``"1h30m"``, ``"1d"`` or a number of seconds."""
     if isinstance(value, bool):
-        raise InvalidOption(field, f"expected a duration like '30s', found {value!r}", source=source)
+        raise InvalidOption(
+            field, f"expected a duration like '30s', found {value!r}", source=source
+        )
     if isinstance(value, int | float):
         if value < 0:
-            raise InvalidOption(field, f"a duration cannot be negative, found {value!r}", source=source)
+            raise InvalidOption(
+                field, f"a duration cannot be negative, found {value!r}", source=source
+            )
         return float(value)
     if not isinstance(value, str):
         raise InvalidOption(
@@ -37,7 +41,9 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
         )
     text = value.strip().lower()
     if not text:
-        raise InvalidOption(field, "expected a duration like '30s', found an empty string", source=source)
+        raise InvalidOption(
+            field, "expected a duration like '30s', found an empty string", source=source
+        )
     try:
         return float(text)
     except ValueError:
@@ -114,7 +120,9 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
         if not value:
             raise InvalidOption(field, "empty delay list", source=source)
         return RetryPolicy(
-            delays=tuple(parse_duration(p, field=f"{field}[{i}]", source=source) for i, p in enumerate(value))
+            delays=tuple(
+                parse_duration(p, field=f"{field}[{i}]", source=source) for i, p in enumerate(value)
+            )
         )
     if isinstance(value, Mapping):
         unknown = set(value) - {"base", "factor", "cap", "jitter"}
@@ -127,12 +135,16 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
         base = parse_duration(value.get("base", 1), field=f"{field}.base", source=source)
         factor = value.get("factor", 2)
         if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 1:
-            raise InvalidOption(f"{field}.factor", f"expected a number >= 1, found {factor!r}", source=source)
+            raise InvalidOption(
+                f"{field}.factor", f"expected a number >= 1, found {factor!r}", source=source
+            )
         cap = value.get("cap")
         jitter = value.get("jitter", 0)
         if not isinstance(jitter, int | float) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
             raise InvalidOption(
-                f"{field}.jitter", f"expected a fraction between 0 and 1, found {jitter!r}", source=source
+                f"{field}.jitter",
+                f"expected a fraction between 0 and 1, found {jitter!r}",
+                source=source,
             )
         return RetryPolicy(
             base=base,
@@ -153,6 +165,8 @@ def parse_attempts(value: Any, *, field: str = "attempts", source: str | None = 
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidOption(
-            field, f"expected a positive integer, or -1 for unlimited, found {value!r}", source=source
+            field,
+            f"expected a positive integer, or -1 for unlimited, found {value!r}",
+            source=source,
         )
     return value

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -65,7 +66,6 @@ from .models import (
     Stats,
 )
 from .pool import DEFAULT_CONCURRENCY, Outcome, Pool
-from .retry import parse_retry
 from .store import NewJob, Store, Synchronous, dumps
 
 log = logging.getLogger("taskrt")
@@ -161,7 +161,9 @@ class Runtime:
 
     # -- declaring ---------------------------------------------------------------
 
-    def pool(self, name: str, *, concurrency: int | None = None, capacity: int | None = None) -> Pool:
+    def pool(
+        self, name: str, *, concurrency: int | None = None, capacity: int | None = None
+    ) -> Pool:
         """Declare a pool, or get it (changing its limits when given)."""
         if not isinstance(name, str) or not name:
             raise InvalidOption("pool", f"expected a non-empty name, found {name!r}")
@@ -329,7 +331,9 @@ class Runtime:
             self._started = False
 
     async def _take_lease(self) -> None:
-        taken, owner, expires = await sql.take_lease(self.store, self._owner, time.time(), self.lease_ttl)
+        taken, owner, expires = await sql.take_lease(
+            self.store, self._owner, time.time(), self.lease_ttl
+        )
         if not taken:
             raise OwnershipError(self.path, owner, expires)
 
@@ -423,7 +427,9 @@ class Runtime:
             return spec, _NO_OPTIONS
         raise InvalidOption("task", f"expected a task, a task call or a task name, found {task!r}")
 
-    async def add(self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any) -> int:
+    async def add(
+        self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
+    ) -> int:
         """Add a job to its task's pool; returns the id once it is durable."""
         spec, _ = self._resolve(task)
         return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
@@ -486,9 +492,10 @@ class Runtime:
             for job in jobs:
                 job.job_id = await self._next_id(spec)
         pool._pending += len(jobs)
+        results: list[sql.InsertResult | BaseException]
         try:
             if tx is not None:
-                results = await self.store.insert_in(tx._conn, jobs)
+                results = list(await self.store.insert_in(tx._conn, jobs))
             else:
                 results = await self.store.insert(jobs)
         finally:
@@ -566,9 +573,14 @@ class Runtime:
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
-            raise InvalidOption("next_id", f"the next_id hook of {spec.name!r} failed: {exc}") from exc
+            raise InvalidOption(
+                "next_id", f"the next_id hook of {spec.name!r} failed: {exc}"
+            ) from exc
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidOption("next_id", f"the next_id hook of {spec.name!r} returned {value!r}, not a positive int")
+            raise InvalidOption(
+                "next_id",
+                f"the next_id hook of {spec.name!r} returned {value!r}, not a positive int",
+            )
         return value
 
     @contextlib.asynccontextmanager
@@ -588,7 +600,16 @@ class Runtime:
         seq = state.next_seq()
         if self.broker.wants(state.id):
             self.broker.publish(
-                Event(state.id, seq, kind, state.task, state.pool, state.status, self.clock.now(), data)
+                Event(
+                    state.id,
+                    seq,
+                    kind,
+                    state.task,
+                    state.pool,
+                    state.status,
+                    self.clock.now(),
+                    data,
+                )
             )
         return seq
 
@@ -599,7 +620,9 @@ class Runtime:
         seq = self._emit(state, EventType.STARTED, {"attempt": attempt})
         self.store.write(sql.SQL_START, (attempt, now, seq, state.id), job_id=state.id)
 
-    def _report(self, state: JobState, current: float, total: float | None, message: str | None) -> None:
+    def _report(
+        self, state: JobState, current: float, total: float | None, message: str | None
+    ) -> None:
         """Progress: state in memory, an event, a coalesced write (never waits)."""
         if state.status is not JobStatus.RUNNING or state.abandoned:
             return
@@ -639,12 +662,24 @@ class Runtime:
         self._report(state, current, total, message)
 
     def _record_attempt(
-        self, state: JobState, outcome: AttemptOutcome, error: str | None = None, tb: str | None = None
+        self,
+        state: JobState,
+        outcome: AttemptOutcome,
+        error: str | None = None,
+        tb: str | None = None,
     ) -> None:
         """The attempt's one row, written when it ends (store note 7)."""
         self.store.write(
             sql.SQL_ATTEMPT,
-            (state.id, state.attempts, state.started_at or 0.0, self.clock.now(), outcome.value, error, tb),
+            (
+                state.id,
+                state.attempts,
+                state.started_at or 0.0,
+                self.clock.now(),
+                outcome.value,
+                error,
+                tb,
+            ),
             job_id=state.id,
         )
 
@@ -657,7 +692,9 @@ class Runtime:
                 outcome = Outcome("error", error=SerializationError("the result", str(exc)))
             else:
                 self._record_attempt(state, AttemptOutcome.SUCCESS)
-                self._finalize(state, JobStatus.SUCCESS, {"result": outcome.result}, result_json=result_json)
+                self._finalize(
+                    state, JobStatus.SUCCESS, {"result": outcome.result}, result_json=result_json
+                )
                 return
         if outcome.kind == "shutdown":
             # Not the job's fault: back to WAITING without charging the attempt.
@@ -670,10 +707,10 @@ class Runtime:
             self._record_attempt(state, AttemptOutcome.CANCELLED, "cancelled")
             self._finalize(state, JobStatus.CANCELLED, {})
             return
-        exc = outcome.error
-        assert exc is not None
-        error = _describe(exc)
-        record = not (isinstance(exc, Retry) and not exc.record_error)
+        failure = outcome.error
+        assert failure is not None
+        error = _describe(failure)
+        record = not (isinstance(failure, Retry) and not failure.record_error)
         if outcome.kind == "timeout":
             kind = AttemptOutcome.TIMEOUT
         else:
@@ -682,15 +719,21 @@ class Runtime:
         job_log = job_logger(state)
         max_attempts = state.max_attempts
         spent = max_attempts is not None and attempt >= max_attempts
-        if isinstance(exc, Fatal) or spent:
+        if isinstance(failure, Fatal) or spent:
             job_log.warning("taskrt: job %d failed: %s", state.id, error)
             self._fail(state, error)
             return
-        if isinstance(exc, Retry) and exc.delay is not None:
-            delay = exc.delay
+        if isinstance(failure, Retry) and failure.delay is not None:
+            delay = failure.delay
         else:
             delay = state.retry.delay(attempt)
-        job_log.info("taskrt: job %d attempt %d failed, retrying in %.3gs: %s", state.id, attempt, delay, error)
+        job_log.info(
+            "taskrt: job %d attempt %d failed, retrying in %.3gs: %s",
+            state.id,
+            attempt,
+            delay,
+            error,
+        )
         run_at = self.clock.now() + delay
         keep = error if record else state.error
         state.update(status=JobStatus.WAITING, run_at=run_at, error=keep, started_at=None)
@@ -726,7 +769,9 @@ class Runtime:
             return
         self._spawn(self._fail_in_transaction(state, error, hook))
 
-    async def _fail_in_transaction(self, state: JobState, error: str, hook: Callable[..., Any]) -> None:
+    async def _fail_in_transaction(
+        self, state: JobState, error: str, hook: Callable[..., Any]
+    ) -> None:
         """Write FAILURE and run ``on_failed(job, tx)`` in one transaction."""
         await self.store.flush()  # earlier writes of this job first
         now = self.clock.now()
@@ -779,7 +824,13 @@ class Runtime:
         if write:
             if status is JobStatus.SUCCESS:
                 params: tuple[Any, ...] = (
-                    result_json, now, state.current, state.total, state.message, seq, info.id,
+                    result_json,
+                    now,
+                    state.current,
+                    state.total,
+                    state.message,
+                    seq,
+                    info.id,
                 )
                 fut = self.store.write(sql.SQL_SUCCESS, params, job_id=info.id)
             elif status is JobStatus.FAILURE:
@@ -787,7 +838,9 @@ class Runtime:
                     sql.SQL_FAILURE, self._failure_params(state, error or "", now), job_id=info.id
                 )
             else:
-                fut = self.store.write(sql.SQL_CANCELLED, (now, seq, error, info.id), job_id=info.id)
+                fut = self.store.write(
+                    sql.SQL_CANCELLED, (now, seq, error, info.id), job_id=info.id
+                )
         self._emit(state, _TERMINAL_EVENT[status], data)
         if info.unique_key is not None and self._unique.get(info.unique_key) == info.id:
             del self._unique[info.unique_key]
@@ -800,11 +853,13 @@ class Runtime:
             self._live.pop(info.id, None)
         else:
             # Reads come from memory until the terminal write is committed (note 2).
-            fut.add_done_callback(lambda f, s=state: self._forget(s, f))
+            fut.add_done_callback(functools.partial(self._forget, state))
 
     def _forget(self, state: JobState, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
-            log.error("taskrt: the final state of job %d was not written: %s", state.id, fut.exception())
+            log.error(
+                "taskrt: the final state of job %d was not written: %s", state.id, fut.exception()
+            )
         if self._live.get(state.id) is state and state.status in TERMINAL:
             del self._live[state.id]
 
@@ -865,7 +920,7 @@ class Runtime:
         """
         return JobStream(self, job_id, pool=pool, task=task, buffer=buffer)
 
-    async def wait(self, job_id: int, timeout: float | None = None) -> JobInfo:
+    async def wait(self, job_id: int, timeout: float | None = None) -> JobInfo:  # noqa: ASYNC109
         """Wait until the job is terminal; returns its final ``JobInfo``."""
         async with asyncio.timeout(timeout):
             async with self.subscribe(job_id) as stream:
@@ -890,7 +945,9 @@ class Runtime:
         if info.terminal:
             raise InvalidTransition(job_id, info.status.value, "cancel")
         if info.status is JobStatus.WAITING:
-            await sql.run_script(self.store, [(sql.SQL_CANCEL_WAITING_EXTERNAL, (self.clock.now(), job_id))])
+            await sql.run_script(
+                self.store, [(sql.SQL_CANCEL_WAITING_EXTERNAL, (self.clock.now(), job_id))]
+            )
         else:
             await sql.run_script(self.store, [(sql.SQL_REQUEST_CANCEL, (job_id,))])
         return await self.get(job_id)
@@ -906,17 +963,25 @@ class Runtime:
         max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
         now = self.clock.now()
         if not self.workers or spec is None:
-            await sql.run_script(self.store, [(sql.SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))])
+            await sql.run_script(
+                self.store, [(sql.SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))]
+            )
             return await self.get(job_id)
         await self.store.flush()
         state = JobState(info, spec, spec.retry)
         state.update(
-            status=JobStatus.WAITING, run_at=now, max_attempts=max_attempts, finished_at=None, started_at=None
+            status=JobStatus.WAITING,
+            run_at=now,
+            max_attempts=max_attempts,
+            finished_at=None,
+            started_at=None,
         )
         self._live[job_id] = state
         if info.unique_key is not None:
             self._unique.setdefault(info.unique_key, job_id)
-        self._emit(state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now})
+        self._emit(
+            state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now}
+        )
         await self._write_waiting(state)
         self.pool(info.pool).push(state)
         return state.info()
@@ -941,10 +1006,17 @@ class Runtime:
             try:
                 before = int(cursor)
             except ValueError:
-                raise InvalidOption("cursor", f"expected a cursor from a previous page, found {cursor!r}") from None
+                raise InvalidOption(
+                    "cursor", f"expected a cursor from a previous page, found {cursor!r}"
+                ) from None
         await self.store.flush()
         rows = await self.store.list_jobs(
-            status=statuses, pool=pool, task=task, metadata=dict(metadata or {}), before_id=before, limit=limit + 1
+            status=statuses,
+            pool=pool,
+            task=task,
+            metadata=dict(metadata or {}),
+            before_id=before,
+            limit=limit + 1,
         )
         more = len(rows) > limit
         rows = rows[:limit]
@@ -971,14 +1043,22 @@ class Runtime:
     async def cleanup(
         self,
         older_than: float | timedelta = 7 * 86400,
-        statuses: Iterable[JobStatus | str] = (JobStatus.SUCCESS, JobStatus.FAILURE, JobStatus.CANCELLED),
+        statuses: Iterable[JobStatus | str] = (
+            JobStatus.SUCCESS,
+            JobStatus.FAILURE,
+            JobStatus.CANCELLED,
+        ),
     ) -> int:
         """Delete finished jobs (and their attempts) older than ``older_than``; ids are never reused."""
         self._require_started("cleanup")
-        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+        seconds = (
+            older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+        )
         chosen = _statuses(list(statuses)) or []
         if any(s not in TERMINAL for s in chosen):
-            raise InvalidOption("statuses", "only finished jobs (SUCCESS, FAILURE, CANCELLED) can be cleaned up")
+            raise InvalidOption(
+                "statuses", "only finished jobs (SUCCESS, FAILURE, CANCELLED) can be cleaned up"
+            )
         if not chosen:
             return 0
         await self.store.flush()
@@ -986,7 +1066,10 @@ class Runtime:
         deleted, _ = await sql.run_script(
             self.store,
             [
-                (sql.SQL_CLEANUP.format(marks), (self.clock.now() - seconds, *[s.value for s in chosen])),
+                (
+                    sql.SQL_CLEANUP.format(marks),
+                    (self.clock.now() - seconds, *[s.value for s in chosen]),
+                ),
                 (sql.SQL_CLEANUP_ATTEMPTS, ()),
             ],
         )
@@ -1009,8 +1092,10 @@ class JobStream:
         self.job_id = job_id
         matches = None
         if pool is not None or task is not None:
+
             def matches(ev: Event) -> bool:
                 return (pool is None or ev.pool == pool) and (task is None or ev.task == task)
+
         self._sub: Subscription = rt.broker.subscribe(job_id, matches=matches, maxsize=buffer)
         self._snapshot_sent = job_id is None
         self._last_seq = 0
@@ -1078,7 +1163,16 @@ class JobStream:
                 data["result"] = info.result
             if info.error:
                 data["error"] = info.error
-            return Event(info.id, info.seq, kind, info.task, info.pool, info.status, self._rt.clock.now(), data)
+            return Event(
+                info.id,
+                info.seq,
+                kind,
+                info.task,
+                info.pool,
+                info.status,
+                self._rt.clock.now(),
+                data,
+            )
 
     def close(self) -> None:
         self._sub.close()
@@ -1094,7 +1188,16 @@ class JobStream:
 
 
 def snapshot_event(info: JobInfo, now: float) -> Event:
-    return Event(info.id, info.seq, EventType.SNAPSHOT, info.task, info.pool, info.status, now, {"job": info.to_dict()})
+    return Event(
+        info.id,
+        info.seq,
+        EventType.SNAPSHOT,
+        info.task,
+        info.pool,
+        info.status,
+        now,
+        {"job": info.to_dict()},
+    )
 
 
 _TERMINAL_EVENT = {
@@ -1139,10 +1242,10 @@ def _statuses(value: JobStatus | str | Sequence[JobStatus | str] | None) -> list
             out.append(JobStatus(str(item).upper()))
         except ValueError:
             raise InvalidOption(
-                "status", f"unknown status {item!r}; expected one of {', '.join(s.value for s in JobStatus)}"
+                "status",
+                f"unknown status {item!r}; expected one of {', '.join(s.value for s in JobStatus)}",
             ) from None
     return out
 
 
 __all__ = ["JobStream", "Runtime", "Transaction", "snapshot_event"]
-

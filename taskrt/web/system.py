@@ -1,0 +1,74 @@
+"""Health, statistics and the registered tasks."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .errors import ApiError
+from .inputs import invalid, query_time
+from .routing import Api, EndpointGroup, Param, Reply
+from .schemas import array_of, ref
+
+group = EndpointGroup("system", "Health, statistics and tasks.")
+
+_TIME = {"type": ["number", "string"], "description": "epoch seconds or ISO 8601 with a time zone"}
+
+
+@group.get(
+    "/health",
+    summary="Liveness: 200 while the runtime is started (no authentication)",
+    access="public",
+    replies={
+        200: Reply("the runtime is started", {"type": "object"}),
+        503: Reply("the runtime is not started", ref("Error")),
+    },
+)
+async def health(api: Api, request: Request) -> Response:
+    if not api.runtime.started:
+        raise ApiError(503, "not_started", "the runtime is not started")
+    return JSONResponse({"status": "ok"})
+
+
+@group.get(
+    "/stats",
+    summary="Counts by status, success rate, mean and p95 duration",
+    params=[
+        Param("since", schema=_TIME, description="jobs created at or after (default: all)"),
+        Param("until", schema=_TIME, description="jobs created before"),
+    ],
+    replies={200: Reply("the statistics", ref("Stats"))},
+)
+async def stats(api: Api, request: Request) -> Response:
+    since = query_time(request, "since")
+    until = query_time(request, "until")
+    if since is not None and until is not None and until < since:
+        raise invalid("until", "must not be before since")
+    result = await api.runtime.stats(since=since, until=until)
+    return JSONResponse(result.to_dict())
+
+
+@group.get(
+    "/tasks",
+    summary="The registered tasks and their parameters (JSON Schema)",
+    replies={200: Reply("the tasks", {"type": "object", "properties": {"tasks": array_of("Task")}})},
+)
+async def tasks(api: Api, request: Request) -> Response:
+    return JSONResponse(
+        {
+            "tasks": [
+                {
+                    "name": spec.name,
+                    "pool": spec.pool,
+                    "description": spec.description,
+                    "attempts": spec.attempts,
+                    "timeout": spec.timeout,
+                    "parameters": spec.parameters,
+                }
+                for spec in sorted(api.runtime.tasks.values(), key=lambda s: s.name)
+            ]
+        }
+    )
+
+
+__all__ = ["group"]

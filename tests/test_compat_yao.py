@@ -1,0 +1,214 @@
+"""The Yao example app, unchanged, on a real runtime; and Yao's add/progress/get processes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from taskrt import EventType, FakeClock, InvalidOption, JobNotFound, JobStatus, Runtime
+from taskrt.compat.yao import YaoTasks
+from taskrt.errors import InvalidTransition
+
+YAO_TASKS = Path(__file__).parent / "fixtures" / "yao_app" / "tasks"
+
+
+@pytest.fixture
+def script() -> ModuleType:
+    Runtime().load(YAO_TASKS)  # puts the app's root on sys.path
+    module = importlib.import_module("scripts.task")
+    module.reset()
+    return module
+
+
+@pytest.fixture
+async def app(tmp_path: Path, script: ModuleType) -> AsyncIterator[tuple[Runtime, YaoTasks]]:
+    rt = Runtime(str(tmp_path / "app.db"), tasks=YAO_TASKS)
+    yao = YaoTasks(rt)
+    script.YAO = yao
+    async with rt:
+        yield rt, yao
+
+
+async def _started(rt: Runtime, job_id: int) -> None:
+    async with rt.subscribe(job_id) as stream:
+        async for event in stream:
+            if event.type is EventType.STARTED or event.status is JobStatus.RUNNING:
+                return
+
+
+def _calls_of(script: ModuleType, job_id: int) -> list[tuple[Any, ...]]:
+    return [c for c in script.CALLS if c[0] != "next" and c[1] == job_id]
+
+
+async def test_ids_come_from_next_id_and_every_hook_is_called(
+    app: tuple[Runtime, YaoTasks], script: ModuleType
+) -> None:
+    rt, yao = app
+    first = await yao.add("test", "task-1")
+    second = await yao.process("tasks.test.add", "task-2")
+    assert (first, second) == (1025, 1026)
+    for job_id in (first, second):
+        assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+    assert [c for c in script.CALLS if c[0] == "next"] == [("next", 1025), ("next", 1026)]
+    assert _calls_of(script, 1025) == [
+        ("add", 1025),
+        ("send", 1025, ("task-1",)),
+        ("progress", 1025, 1, 100, "Progress 1/100"),
+        ("success", 1025, {"message": "ok"}),
+    ]
+    assert _calls_of(script, 1026)[1] == ("send", 1026, ("task-2",))
+    assert await yao.get(1025) == {
+        "id": 1025,
+        "status": "SUCCESS",
+        "current": 1,
+        "total": 100,
+        "message": "Progress 1/100",
+        "response": {"message": "ok"},
+    }
+    assert await yao.process("tasks.test.get", 1026) == {
+        "id": 1026,
+        "status": "SUCCESS",
+        "current": 1,
+        "total": 100,
+        "message": "Progress 1/100",
+        "response": {"message": "ok"},
+    }
+
+
+async def test_a_failing_job_uses_its_attempts_then_calls_the_error_hook_once(
+    app: tuple[Runtime, YaoTasks], script: ModuleType
+) -> None:
+    rt, yao = app
+    job_id = await yao.add("test", "boom")
+    info = await rt.wait(job_id, timeout=10)
+    assert (info.status, info.attempts) == (JobStatus.FAILURE, 3)
+    calls = _calls_of(script, job_id)
+    assert [c[0] for c in calls] == ["add"] + ["send", "progress"] * 3 + ["error"]
+    assert calls[-1] == ("error", job_id, "RuntimeError: cannot send boom")
+    assert await yao.get(job_id) == {
+        "id": job_id,
+        "status": "FAILURE",
+        "current": 1,
+        "total": 100,
+        "message": "Progress 1/100",
+        "response": "RuntimeError: cannot send boom",
+    }
+
+
+async def test_attempt_after_spaces_the_attempts(tmp_path: Path, script: ModuleType) -> None:
+    clock = FakeClock()
+    rt = Runtime(str(tmp_path / "app.db"), tasks=YAO_TASKS, clock=clock)
+    async with rt:
+        start = clock.now()
+        job_id = await YaoTasks(rt).add("flaky")
+        retries: list[float] = []
+        async with rt.subscribe(job_id) as stream:
+            async for event in stream:
+                if event.type is EventType.RETRYING:
+                    retries.append(event.data["run_at"] - clock.now())
+                    await clock.advance(0.2)
+        info = await rt.get(job_id)
+    assert retries == [pytest.approx(0.2), pytest.approx(0.2)]
+    assert (info.status, info.attempts, info.result) == (
+        JobStatus.SUCCESS,
+        3,
+        "done after 3 attempts",
+    )
+    assert clock.now() == pytest.approx(start + 0.4)
+    assert len(script.FLAKY_RUNS) == 3
+    assert ("success", job_id, "done after 3 attempts") in script.CALLS
+
+
+async def test_add_returns_0_when_it_cannot_add(
+    app: tuple[Runtime, YaoTasks], script: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt, yao = app
+    script.GATE = asyncio.Event()
+    # 'plain': 2 workers, room for 2 waiting jobs.
+    running = [await yao.add("plain") for _ in range(2)]
+    for job_id in running:
+        await _started(rt, job_id)
+    waiting = [await yao.add("plain") for _ in range(2)]
+    assert 0 not in running + waiting
+    assert await yao.add("plain") == 0  # queue full
+    assert await yao.add("strict", 42) == 0  # name must be a string
+    assert await yao.add("strict") == 0  # name is missing
+    assert await yao.add("nope", 1) == 0  # no such task
+    script.reset()  # NextID starts again at 1025: an id that is taken
+    assert await yao.add("test", "again") == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "taskrt.compat.yao"]
+    assert messages == [
+        "tasks.plain.add: not added (queue_full): pool 'plain' is full: 2 jobs are waiting",
+        "tasks.strict.add: not added (validation_error): task 'strict' parameter 'name': "
+        "42 is not of type 'string'",
+        "tasks.strict.add: not added (validation_error): task 'strict' parameter 'name': "
+        "missing a required argument: 'name'",
+        "tasks.nope.add: not added (task_not_found): no task named 'nope'",
+        messages[-1],
+    ]
+    assert messages[-1].startswith("tasks.test.add: not added (duplicate_job_id): job id 1025")
+    greet = await yao.add("strict", "ann", 2)
+    assert (await rt.wait(greet, timeout=10)).result == "hello ann hello ann"
+    script.GATE.set()
+    for job_id in running + waiting:
+        assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_a_cancelled_job_reads_as_failure(
+    app: tuple[Runtime, YaoTasks], script: ModuleType
+) -> None:
+    rt, yao = app
+    script.GATE = asyncio.Event()
+    busy = [await yao.add("plain") for _ in range(2)]
+    for job_id in busy:
+        await _started(rt, job_id)
+    queued = await yao.add("plain")
+    assert (await yao.get(queued))["status"] == "WAITING"
+    await _started(rt, busy[0])
+    assert (await yao.get(busy[0]))["status"] == "RUNNING"
+    await rt.cancel(queued)
+    got = await yao.get(queued)
+    assert got["status"] == "FAILURE"
+    assert isinstance(got["response"], str) and got["response"]
+    script.GATE.set()
+
+
+async def test_ids_always_increase_without_next_id(tmp_path: Path, script: ModuleType) -> None:
+    db = str(tmp_path / "app.db")
+    ids: list[int] = []
+    async with Runtime(db, tasks=YAO_TASKS) as rt:
+        yao = YaoTasks(rt)
+        script.YAO = yao
+        ids.append(await yao.add("test", "a"))  # 1025, from NextID
+        ids.append(await yao.add("plain"))
+        ids.append(await yao.add("plain"))
+        for job_id in ids:
+            await rt.wait(job_id, timeout=10)
+        assert await rt.cleanup(older_than=0) == 3  # the rows are gone; their ids stay used
+    async with Runtime(db, tasks=YAO_TASKS) as rt:
+        yao = YaoTasks(rt)
+        ids.append(await yao.add("plain"))
+        ids.append(await yao.add("plain"))
+    assert ids[0] == 1025
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert 0 not in ids
+
+
+async def test_progress_and_get_refuse_what_yao_refused(app: tuple[Runtime, YaoTasks]) -> None:
+    rt, yao = app
+    with pytest.raises(JobNotFound):
+        await yao.get(999)
+    job_id = await yao.add("strict", "ann")
+    await rt.wait(job_id, timeout=10)
+    with pytest.raises(InvalidTransition):
+        await yao.progress(job_id, 1, 2, "too late")
+    with pytest.raises(InvalidOption):
+        await yao.process("models.user.find", 1)
+    with pytest.raises(InvalidOption):
+        await yao.process("tasks.test.remove", 1)

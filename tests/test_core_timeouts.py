@@ -1,0 +1,295 @@
+"""Timeouts that really cancel, and cancelling waiting and running jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from core_support import Gate, collect, db_file, make_rt, rows, until
+
+from taskrt import (
+    AttemptOutcome,
+    EventType,
+    FakeClock,
+    InvalidTransition,
+    JobContext,
+    JobNotFound,
+    JobStatus,
+)
+
+# -- timeouts -----------------------------------------------------------------------------------
+
+
+async def test_timeout_really_cancels_the_coroutine(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    seen: list[str] = []
+
+    @rt.task(timeout=0.05)
+    async def slow(job: JobContext) -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return "late"
+
+    async with rt:
+        started = time.perf_counter()
+        job_id = await rt.pool("default").add(slow)
+        info = await rt.wait(job_id, timeout=5)
+        elapsed = time.perf_counter() - started
+        attempts = await rt.attempts(job_id)
+    assert seen == ["cancelled"]
+    assert elapsed < 1.0
+    assert (info.status, info.result) == (JobStatus.FAILURE, None)
+    assert info.error == f"job {job_id} timed out after 0.05s"
+    assert [(a.outcome, a.error) for a in attempts] == [(AttemptOutcome.TIMEOUT, info.error)]
+
+
+async def test_handler_that_swallows_the_cancellation_is_still_timed_out(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    returned: list[str] = []
+
+    @rt.task(timeout=0.05)
+    async def sneaky(job: JobContext) -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass
+        returned.append("returned")
+        return "pretend success"
+
+    async with rt:
+        job_id = await rt.pool("default").add(sneaky)
+        info = await rt.wait(job_id, timeout=5)
+    assert returned == ["returned"]
+    assert (info.status, info.result) == (JobStatus.FAILURE, None)
+    assert info.error is not None and "timed out" in info.error
+    assert rows(db_file(tmp_path), "SELECT status, result FROM jobs") == [("FAILURE", None)]
+
+
+async def test_timed_out_attempt_is_retried_and_can_succeed(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=3, retry=0, timeout=0.1)
+    async def first_slow(job: JobContext) -> int:
+        if job.attempt == 1:
+            await asyncio.sleep(30)
+        return job.attempt
+
+    async with rt:
+        job_id = await rt.pool("default").add(first_slow)
+        info = await rt.wait(job_id, timeout=5)
+        attempts = await rt.attempts(job_id)
+    assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)
+    assert [a.outcome for a in attempts] == [AttemptOutcome.TIMEOUT, AttemptOutcome.SUCCESS]
+
+
+async def test_handler_ignoring_cancellation_is_marked_and_keeps_its_slot(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, abandon_after=0.05)
+    pool = rt.pool("one", concurrency=1)
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    @rt.task(pool="one", timeout=0.05)
+    async def deaf(job: JobContext) -> None:
+        while True:
+            try:
+                await release.wait()
+                return
+            except asyncio.CancelledError:
+                continue  # ignores every cancellation
+
+    @rt.task(pool="one")
+    async def next_in_line(job: JobContext) -> str:
+        ran.append("next")
+        return "ran"
+
+    async with rt:
+        stuck = await pool.add(deaf)
+        queued = await pool.add(next_in_line)
+        info = await rt.wait(stuck, timeout=5)
+        assert info.status is JobStatus.FAILURE
+        assert info.error is not None and "timed out" in info.error
+        # The coroutine still runs: its slot is not given to the next job.
+        assert (await rt.get(queued)).status is JobStatus.WAITING
+        assert ran == []
+        assert pool.statistics().waiting == 1
+        release.set()
+        done = await rt.wait(queued, timeout=5)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, "ran")
+    assert rows(db_file(tmp_path), "SELECT id, status FROM jobs ORDER BY id") == [
+        (stuck, "FAILURE"),
+        (queued, "SUCCESS"),
+    ]
+
+
+async def test_abandoned_attempt_does_not_break_the_retry(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, abandon_after=0.05)
+    pool = rt.pool("two", concurrency=2)
+    release = asyncio.Event()
+
+    @rt.task(pool="two", attempts=2, retry=0, timeout=0.05)
+    async def deaf_once(job: JobContext) -> int:
+        if job.attempt == 1:
+            while True:
+                try:
+                    await release.wait()
+                    return -1
+                except asyncio.CancelledError:
+                    continue
+        return job.attempt
+
+    async with rt:
+        job_id = await pool.add(deaf_once)
+        info = await rt.wait(job_id, timeout=5)
+        assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)
+        release.set()
+        # The abandoned coroutine's return changes nothing and frees its slot.
+        await until(lambda: pool.statistics().running == 0)
+        assert (await rt.get(job_id)).result == 2
+        gate = Gate()
+
+        @rt.task(pool="two")
+        async def held(job: JobContext) -> None:
+            await gate()
+
+        ids = await pool.add_many(held, [(), ()])
+        await gate.wait_entered(2)
+        gate.open()
+        assert [(await rt.wait(i, timeout=5)).status for i in ids] == [JobStatus.SUCCESS] * 2
+
+
+async def test_timeout_per_call_option(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task(timeout=30)
+    async def nap(job: JobContext, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "rested"
+
+    async with rt:
+        pool = rt.pool("default")
+        short = await pool.add(nap.options(timeout=0.05), 10)
+        fine = await pool.add(nap, 0.01)
+        assert (await rt.wait(short, timeout=5)).status is JobStatus.FAILURE
+        assert (await rt.wait(fine, timeout=5)).result == "rested"
+        assert (await rt.get(short)).timeout == 0.05
+
+
+# -- cancel --------------------------------------------------------------------------------------
+
+
+async def test_cancel_waiting_job_never_runs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+    ran: list[int] = []
+
+    @rt.task
+    async def later(job: JobContext) -> None:
+        ran.append(job.id)
+
+    async with rt:
+        pool = rt.pool("default")
+        job_id = await pool.add(later.options(delay=10))
+        stream = rt.subscribe(job_id)
+        snapshot = await anext(stream)
+        assert snapshot.status is JobStatus.WAITING
+        info = await rt.cancel(job_id)
+        assert info.status is JobStatus.CANCELLED and info.finished_at == clock.now()
+        events = await collect(stream)
+        assert [e.type for e in events] == [EventType.CANCELLED]
+        assert pool.statistics().waiting == 0
+        await clock.advance(20)
+        assert ran == []
+        assert (await rt.get(job_id)).status is JobStatus.CANCELLED
+    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("CANCELLED",)]
+
+
+async def test_cancel_running_job_within_milliseconds(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    errors: list[str] = []
+    gate = Gate()
+    seen: list[str] = []
+
+    @rt.task(attempts=5, on_error=lambda i, e: errors.append(e))
+    async def long(job: JobContext) -> None:
+        try:
+            await gate()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async with rt:
+        job_id = await rt.pool("default").add(long)
+        await gate.wait_entered(1)
+        started = time.perf_counter()
+        info = await rt.cancel(job_id)
+        elapsed = time.perf_counter() - started
+        attempts = await rt.attempts(job_id)
+        assert rt.pool("default").statistics().running == 0
+    assert elapsed < 0.1
+    assert seen == ["cancelled"]
+    assert (info.status, info.attempts) == (JobStatus.CANCELLED, 1)
+    assert [a.outcome for a in attempts] == [AttemptOutcome.CANCELLED]
+    assert errors == []
+    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("CANCELLED",)]
+
+
+async def test_cancel_a_handler_that_swallows_it(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    gate = Gate()
+
+    @rt.task
+    async def stubborn(job: JobContext) -> str:
+        try:
+            await gate()
+        except asyncio.CancelledError:
+            return "ignored you"
+        return "finished"
+
+    async with rt:
+        job_id = await rt.pool("default").add(stubborn)
+        await gate.wait_entered(1)
+        info = await rt.cancel(job_id)
+    assert (info.status, info.result) == (JobStatus.CANCELLED, None)
+
+
+async def test_cancel_errors(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def quick(job: JobContext) -> int:
+        return 1
+
+    async with rt:
+        job_id = await rt.pool("default").add(quick)
+        await rt.wait(job_id, timeout=5)
+        with pytest.raises(InvalidTransition) as err:
+            await rt.cancel(job_id)
+        assert (err.value.status, err.value.action) == ("SUCCESS", "cancel")
+        with pytest.raises(JobNotFound):
+            await rt.cancel(job_id + 100)
+        assert (await rt.get(job_id)).status is JobStatus.SUCCESS
+
+
+async def test_cancelled_slot_goes_to_the_next_job(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("one", concurrency=1)
+    gate = Gate()
+
+    @rt.task(pool="one")
+    async def held(job: JobContext, n: int) -> int:
+        if n == 0:
+            await gate()
+        return n
+
+    async with rt:
+        first = await pool.add(held, 0)
+        second = await pool.add(held, 1)
+        await gate.wait_entered(1)
+        assert pool.statistics().waiting == 1
+        await rt.cancel(first)
+        assert (await rt.wait(second, timeout=5)).result == 1
