@@ -41,6 +41,15 @@ from .models import (
 from .pool import Pool
 from .retry import RetryPolicy, parse_duration, parse_retry
 from .runtime import JobStream, Runtime, Transaction
+from .schedule import CronError
+from .scheduler import (
+    ScheduleDefinition,
+    ScheduleExists,
+    ScheduleInfo,
+    ScheduleNotFound,
+    Scheduler,
+    ScheduleStatistics,
+)
 
 __version__ = "0.1.0"
 
@@ -49,6 +58,7 @@ __all__ = [
     "AttemptInfo",
     "AttemptOutcome",
     "Clock",
+    "CronError",
     "DuplicateJobId",
     "Event",
     "EventType",
@@ -73,6 +83,12 @@ __all__ = [
     "RetryPolicy",
     "Runtime",
     "RuntimeNotStarted",
+    "ScheduleDefinition",
+    "ScheduleExists",
+    "ScheduleInfo",
+    "ScheduleNotFound",
+    "ScheduleStatistics",
+    "Scheduler",
     "SerializationError",
     "Stats",
     "StoreError",

@@ -38,6 +38,7 @@ from typing import Any, TypeVar, overload
 
 from . import store as sql
 from .clock import Clock, SystemClock
+from .counters import Counters
 from .context import JobState
 from .definitions import Hooks, Options, Task, TaskCall, TaskSpec, make_spec
 from .errors import (
@@ -66,6 +67,8 @@ from .models import (
     Stats,
 )
 from .pool import DEFAULT_CONCURRENCY, Outcome, Pool
+from .retention import DEFAULT_AGES
+from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import NewJob, Store, Synchronous, dumps
 
 log = logging.getLogger("taskrt")
@@ -143,6 +146,7 @@ class Runtime:
         self._executor = executor
         self.store = Store(self.path, synchronous=synchronous, progress_interval=progress_interval)
         self.broker = Broker(buffer=subscriber_buffer, replay=replay)
+        self.counters = Counters()
         self._tasks: dict[str, TaskSpec] = {}
         self._pools: dict[str, Pool] = {}
         self._live: dict[int, JobState] = {}
@@ -155,6 +159,10 @@ class Runtime:
         self._poll_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
+        # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.
+        self.schedules = Scheduler(self)
+        self.on_start(self.schedules._start)
+        self.on_stop(self.schedules._stop)
 
     def __repr__(self) -> str:
         return f"<Runtime {self.path!r} workers={self.workers} started={self._started}>"
@@ -218,6 +226,7 @@ class Runtime:
 
         spec = attach(spec)
         self._tasks[spec.name] = spec
+        self.schedules._task_registered(spec)
         pool = self._pools.get(spec.pool)
         if pool is None:
             self.pool(spec.pool, concurrency=spec.pool_concurrency, capacity=spec.pool_capacity)
@@ -248,6 +257,78 @@ class Runtime:
     def on_stop(self, hook: Callable[[Runtime], Any]) -> None:
         """Run ``hook(rt)`` first thing when the runtime stops."""
         self._stop_hooks.append(hook)
+
+    def schedule(
+        self,
+        name: str,
+        task: Task[Any, Any] | str,
+        cron: str,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        tz: str = "UTC",
+        misfire: str = "latest",
+    ) -> ScheduleDefinition:
+        """Declare a cron schedule (docs/schedules.md); a bad expression raises ``CronError``.
+
+        Stored at start, or at once when started. Declaring an equal schedule
+        changes nothing; a changed one is updated. ``misfire``: ``latest``,
+        ``skip`` or ``all``.
+        """
+        return self.schedules.declare(
+            define(name, task, cron, args=args, kwargs=kwargs, pool=pool, tz=tz, misfire=misfire)
+        )
+
+    def cron(
+        self,
+        expression: str,
+        *,
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        tz: str = "UTC",
+        misfire: str = "latest",
+    ) -> Callable[[Any], Task[Any, Any]]:
+        """Decorator: run a task on a cron schedule (named after the task by default).
+
+        Put it above ``@rt.task(...)``, or on a plain function to register it too.
+        """
+        from .schedule import parse_cron
+
+        parse_cron(expression, tz)  # refused at decoration time
+
+        def decorate(fn: Any) -> Task[Any, Any]:
+            task = fn if isinstance(fn, Task) else self.task(fn)
+            self.schedule(
+                name or task.name,
+                task,
+                expression,
+                args=args,
+                kwargs=kwargs,
+                pool=pool,
+                tz=tz,
+                misfire=misfire,
+            )
+            return task
+
+        return decorate
+
+    def retention(
+        self,
+        ages: Mapping[Any, Any] | None = DEFAULT_AGES,
+        *,
+        cron: str = "@hourly",
+        tz: str = "UTC",
+    ) -> None:
+        """Prune finished jobs older than ``ages`` on ``cron`` (the owner, from start).
+
+        ``ages`` maps a status to an age (seconds, ``"12h"``, a timedelta; ``None``:
+        keep forever) over the defaults: SUCCESS 7 days, FAILURE and CANCELLED 30
+        days. ``rt.retention(None)`` turns retention off. See ``taskrt.retention``.
+        """
+        self.schedules.retention.configure(ages, cron=cron, tz=tz)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -537,6 +618,7 @@ class Runtime:
     def _accept(self, state: JobState) -> None:
         """A committed job: take it in (owner) and tell the world."""
         info = state
+        self.counters.added[info.task] += 1
         if self.workers:
             self._live[info.id] = state
             if info.unique_key is not None:
@@ -669,13 +751,18 @@ class Runtime:
         tb: str | None = None,
     ) -> None:
         """The attempt's one row, written when it ends (store note 7)."""
+        now = self.clock.now()
+        started = state.started_at or now
+        self.counters.attempts[state.task, outcome.value].observe(now - started)
+        if outcome is AttemptOutcome.TIMEOUT:
+            self.counters.timeouts[state.task] += 1
         self.store.write(
             sql.SQL_ATTEMPT,
             (
                 state.id,
                 state.attempts,
-                state.started_at or 0.0,
-                self.clock.now(),
+                started,
+                now,
                 outcome.value,
                 error,
                 tb,
@@ -734,8 +821,13 @@ class Runtime:
             delay,
             error,
         )
+        self.counters.retries[state.task] += 1
         run_at = self.clock.now() + delay
         keep = error if record else state.error
+        if state.timed_out:
+            # The timed-out attempt may still run (abandoned, pool note 3): the next
+            # attempt gets a fresh state so that none of this attempt's flags leak into it.
+            state = self._live[state.id] = JobState(state.info(), state.spec, state.retry)
         state.update(status=JobStatus.WAITING, run_at=run_at, error=keep, started_at=None)
         self._emit(
             state,
@@ -815,6 +907,7 @@ class Runtime:
         """Reach a terminal status: write (never coalesced), publish, run hooks."""
         now = self.clock.now()
         info = state
+        self.counters.finished[info.task, status.value] += 1
         if status is JobStatus.SUCCESS:
             state.update(status=status, result=data.get("result"), finished_at=now, error=None)
         else:

@@ -108,6 +108,34 @@ CREATE TABLE IF NOT EXISTS lease (
     expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '[]',
+    kwargs TEXT NOT NULL DEFAULT '{}',
+    pool TEXT,
+    expression TEXT NOT NULL,
+    tz TEXT NOT NULL DEFAULT 'UTC',
+    misfire TEXT NOT NULL DEFAULT 'latest',
+    paused INTEGER NOT NULL DEFAULT 0,
+    next_run_at REAL,
+    last_run_at REAL,
+    last_job_id INTEGER,
+    last_error TEXT,
+    fires INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+-- A schedule's failures: its jobs (metadata.schedule) that end FAILURE. CASE
+-- keeps json_extract away from metadata that is not JSON (it would raise).
+CREATE TRIGGER IF NOT EXISTS schedules_failures AFTER UPDATE OF status ON jobs
+WHEN NEW.status = 'FAILURE' AND OLD.status != 'FAILURE'
+    AND CASE WHEN json_valid(NEW.metadata) THEN json_type(NEW.metadata, '$.schedule') END = 'text'
+BEGIN
+    UPDATE schedules SET failures = failures + 1
+    WHERE name = json_extract(NEW.metadata, '$.schedule');
+END;
 """
 
 JOB_COLUMNS = (
@@ -834,3 +862,41 @@ async def run_script(store: Store, statements: Sequence[tuple[str, Sequence[Any]
         except sqlite3.Error as exc:
             raise StoreError(f"write to {store.path!r} failed: {exc}") from exc
     return result
+
+
+# -- schedules (taskrt.scheduler) --------------------------------------------
+# One row per schedule. ``next_run_at`` is the next slot not yet fired (NULL
+# while paused); a slot's job insert and the row's advance commit together.
+
+SCHEDULE_COLUMNS = (
+    "name, task, args, kwargs, pool, expression, tz, misfire, paused, next_run_at, "
+    "last_run_at, last_job_id, last_error, fires, failures, created_at, updated_at"
+)
+SQL_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
+SQL_SCHEDULE_GET = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
+SQL_SCHEDULE_INSERT = (
+    "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
+    "next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_SCHEDULE_DEFINE = (
+    "UPDATE schedules SET task = ?, args = ?, kwargs = ?, pool = ?, expression = ?, tz = ?, "
+    "misfire = ?, next_run_at = ?, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_PAUSE = (
+    "UPDATE schedules SET paused = 1, next_run_at = NULL, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_RESUME = (
+    "UPDATE schedules SET paused = 0, next_run_at = ?, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_FIRED = (
+    "UPDATE schedules SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), "
+    "last_job_id = COALESCE(?, last_job_id), last_error = ?, fires = fires + ? WHERE name = ?"
+)
+SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
+SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = ?"
+# Every change of a definition (by any process) bumps this; the owner watches it.
+SQL_SCHEDULES_BUMP = (
+    "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value"
+)
+SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"

@@ -129,6 +129,9 @@ async def test_add_returns_0_when_it_cannot_add(
     app: tuple[Runtime, YaoTasks], script: ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
     rt, yao = app
+    taken = await yao.add("test", "first")
+    assert taken == 1025
+    await rt.wait(taken, timeout=10)
     script.GATE = asyncio.Event()
     # 'plain': 2 workers, room for 2 waiting jobs.
     running = [await yao.add("plain") for _ in range(2)]
@@ -140,7 +143,7 @@ async def test_add_returns_0_when_it_cannot_add(
     assert await yao.add("strict", 42) == 0  # name must be a string
     assert await yao.add("strict") == 0  # name is missing
     assert await yao.add("nope", 1) == 0  # no such task
-    script.reset()  # NextID starts again at 1025: an id that is taken
+    script._last_id = 1024  # NextID hands out 1025 again: an id that is taken
     assert await yao.add("test", "again") == 0
     messages = [r.getMessage() for r in caplog.records if r.name == "taskrt.compat.yao"]
     assert messages == [

@@ -116,9 +116,7 @@ def test_yao_style_first_parameter_is_the_job_id() -> None:
 
     spec = attach(make_spec(handler, call="id"))
     assert spec.parameters is not None
-    assert spec.parameters["properties"] == {
-        "args": {"type": "array", "items": {"type": "string"}}
-    }
+    assert spec.parameters["properties"] == {"args": {"type": "array", "items": {"type": "string"}}}
     assert spec.parameters["x-var-positional"] == "args"
     spec.validate(("a", "b"), {})
     err = _error(spec, "a", 2)
@@ -169,9 +167,7 @@ def test_nested_errors_say_where_inside_the_parameter() -> None:
     spec = attach(make_spec(order))
     err = _error(spec, [{"sku": "a", "qty": "2"}], {"city": "x"})
     assert err.parameter == "items"
-    assert str(err) == (
-        "task 'order' parameter 'items': at [0].qty: '2' is not of type 'integer'"
-    )
+    assert str(err) == ("task 'order' parameter 'items': at [0].qty: '2' is not of type 'integer'")
     err = _error(spec, [], {"zip": 1})
     assert err.parameter == "address"
     assert "'city' is a required property" in str(err)
@@ -255,7 +251,7 @@ def test_explicit_schema_errors(
 
 
 def test_explicit_schema_is_also_bound_to_a_fixed_signature() -> None:
-    def handler(job: Any, userId: int) -> None: ...  # noqa: N803
+    def handler(job: Any, userId: int) -> None: ...
 
     spec = attach(make_spec(handler, parameters={"type": "object"}))
     spec.validate((), {"userId": 1})

@@ -12,7 +12,7 @@ import pytest
 
 from taskrt import JobStatus, Runtime, ValidationError
 from taskrt.retry import RetryPolicy
-from taskrt.taskfiles import DefinitionError, Problem, check_tasks, load_tasks
+from taskrt.taskfiles import DefinitionError, Problem, load_tasks
 from taskrt.taskfiles.jsonc import JsoncError, parse, strip
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -65,7 +65,9 @@ def test_strip_keeps_strings_and_positions() -> None:
 
 
 def test_parse_knows_lines_and_duplicates() -> None:
-    parsed = parse('{\n  "a": 1,\n  "b": {\n    "c": [\n      1,\n      {"d": 2}\n    ]\n  },\n  "a": 3\n}')
+    parsed = parse(
+        '{\n  "a": 1,\n  "b": {\n    "c": [\n      1,\n      {"d": 2}\n    ]\n  },\n  "a": 3\n}'
+    )
     assert parsed.lines[("a",)] == 2
     assert parsed.lines[("b", "c")] == 4
     assert parsed.lines[("b", "c", 1)] == 6
@@ -231,8 +233,7 @@ def test_duplicate_task_ids_across_files(tmp_path: Path) -> None:
     )
     assert _lines(_problems(tmp_path / "tasks"), tmp_path) == [
         "tasks/more.yaml:6: tasks[2].name: duplicate task id 'Other': also defined on line 2",
-        "tasks/more.yaml:4: duplicate task id 'SendEmail': also defined in "
-        "tasks/SendEmail.json",
+        "tasks/more.yaml:4: duplicate task id 'SendEmail': also defined in tasks/SendEmail.json",
     ]
 
 
@@ -382,7 +383,10 @@ def test_anchor_problems_are_all_reported_with_lines(tmp_path: Path) -> None:
             "content, but found '<stream end>'",
         ),
         ("- 1\n", "tasks.yaml:1: expected a mapping with a 'tasks:' list, found a list"),
-        ("tasks: {}\n", "tasks.yaml:1: tasks: expected a list of task definitions, found an object"),
+        (
+            "tasks: {}\n",
+            "tasks.yaml:1: tasks: expected a list of task definitions, found an object",
+        ),
         ("name: x\n", "tasks.yaml:1: name: unknown field 'name'; expected one of tasks"),
         ("d: 2024-13-45\n", "tasks.yaml:1: not valid YAML: ValueError: month must be in 1..12"),
         (
@@ -396,9 +400,7 @@ def test_anchor_problems_are_all_reported_with_lines(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_anchor_documents_that_are_not_task_lists(
-    tmp_path: Path, text: str, expected: str
-) -> None:
+def test_anchor_documents_that_are_not_task_lists(tmp_path: Path, text: str, expected: str) -> None:
     (tmp_path / "tasks.yaml").write_text(text)
     problems = _problems(tmp_path / "tasks.yaml")
     assert _lines(problems, tmp_path)[0] == expected
@@ -538,3 +540,22 @@ async def test_validation_errors_store_nothing(tmp_path: Path, executor: Any) ->
         page = await rt.jobs()
         assert page.jobs == []
     assert executor.calls == []
+
+
+def test_anchor_events_that_are_not_names(tmp_path: Path) -> None:
+    # Found by the fuzzer: an unhashable event once crashed the loader.
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: A
+            events: [{onFailed: 1}, [1], onFailed]
+            process: os.path.join
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == [
+        "tasks.yaml:3: tasks[0].events[0]: unknown event an object; expected onFailed",
+        "tasks.yaml:3: tasks[0].events[1]: unknown event a list; expected onFailed",
+        "tasks.yaml:3: tasks[0].events: events lists onFailed but no executor was given to "
+        "provide on_a_failed or on_A_failed (or give hooks: {onFailed: pkg.module.function})",
+    ]

@@ -168,7 +168,3 @@ def _task_id(file: Path, folder: Path) -> str:
 
 def _file_problem(path: Path, message: str) -> Problem:
     return Problem(file=str(path), line=None, field="", found="", expected="", message=message)
-
-
-# Keep ``Report`` importable from here for the CLI's own messages.
-_ = Report

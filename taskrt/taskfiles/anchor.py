@@ -494,7 +494,7 @@ def _events(value: Any, path: FieldPath, report: Report) -> bool:
         return False
     wanted = False
     for index, event in enumerate(value):
-        if event in EVENTS:
+        if isinstance(event, str) and event in EVENTS:
             wanted = True
             continue
         hint = suggest(event, EVENTS) if isinstance(event, str) else None
@@ -600,11 +600,13 @@ def _executor_hook(
     method = None if executor is None else find_method(executor, names)
     if method is None:
         tried = " or ".join(names)
-        owner = "no executor" if executor is None else f"the executor {type(executor).__name__}"
+        if executor is None:
+            lack = f"no executor was given to provide {tried}"
+        else:
+            lack = f"the executor {type(executor).__name__} has no {tried}"
         report.add(
             (*path, "events"),
-            f"events lists onFailed but {owner} has no {tried} "
-            "(or give hooks: {onFailed: pkg.module.function})",
+            f"events lists onFailed but {lack} (or give hooks: {{onFailed: pkg.module.function}})",
             found="onFailed",
             expected=tried,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,16 @@ from ..retry import parse_duration
 from .problems import FieldPath, Report, describe
 from .resolve import ResolveError, resolve
 
-__all__ = ["MISSING", "callable_at", "duration_at", "integer_at", "number_at", "string_at"]
+__all__ = [
+    "MISSING",
+    "accepts_keyword",
+    "callable_at",
+    "duration_at",
+    "integer_at",
+    "is_async",
+    "number_at",
+    "string_at",
+]
 
 
 class _Missing:
@@ -111,7 +120,3 @@ def is_async(function: Callable[..., Any]) -> bool:
         if call is not None:
             target = call
     return inspect.iscoroutinefunction(target)
-
-
-def as_mapping(value: Any) -> Mapping[Any, Any] | None:
-    return value if isinstance(value, Mapping) else None

@@ -45,11 +45,11 @@ Access = Literal["auth", "token", "public"]
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class Unauthorized(Exception):  # noqa: N818 - reads as the refusal it is
+class Unauthorized(Exception):
     """Raise from an ``auth`` callable to refuse with 401."""
 
 
-class Forbidden(Exception):  # noqa: N818
+class Forbidden(Exception):
     """Raise from an ``auth`` callable to refuse with 403."""
 
 
@@ -89,13 +89,20 @@ class JobTokens:
     def check(self, token: str, job_id: int) -> None:
         """Raise a 401 ``ApiError`` unless ``token`` is valid for ``job_id`` now."""
         parts = token.split(".")
-        if len(parts) != 4 or parts[0] != self.VERSION or not parts[1].isdigit() or not parts[2].isdigit():
+        if (
+            len(parts) != 4
+            or parts[0] != self.VERSION
+            or not parts[1].isdigit()
+            or not parts[2].isdigit()
+        ):
             raise ApiError(401, "invalid_token", "the token is malformed")
         token_job, expires = int(parts[1]), int(parts[2])
         if not hmac.compare_digest(parts[3].encode(), self._sign(token_job, expires).encode()):
             raise ApiError(401, "invalid_token", "the token's signature does not match")
         if token_job != job_id:
-            raise ApiError(403, "token_scope", f"the token grants job {token_job}, not job {job_id}")
+            raise ApiError(
+                403, "token_scope", f"the token grants job {token_job}, not job {job_id}"
+            )
         if expires <= self._now():
             raise ApiError(401, "token_expired", "the token has expired; ask for a new one")
 
@@ -103,7 +110,11 @@ class JobTokens:
 def cross_site(request: Request, trusted_origins: Iterable[str]) -> str | None:
     """Why a cookie-carrying state change must be refused, or ``None`` (note 3)."""
     headers = request.headers
-    if request.method not in UNSAFE_METHODS or "cookie" not in headers or "authorization" in headers:
+    if (
+        request.method not in UNSAFE_METHODS
+        or "cookie" not in headers
+        or "authorization" in headers
+    ):
         return None
     if headers.get("sec-fetch-site", "").lower() == "cross-site":
         return "Sec-Fetch-Site: cross-site"

@@ -34,11 +34,16 @@ def _refuse_constant(name: str) -> Any:
 def _is_json(content_type: str) -> bool:
     media, _, params = content_type.partition(";")
     media = media.strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
         return False
     for param in params.split(";"):
         key, _, value = param.partition("=")
-        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
             return False
     return True
 
@@ -68,7 +73,9 @@ async def read_json(request: Request, limit: int) -> Any:
                 raise _too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect:
-        raise ApiError(400, "bad_request", "the client disconnected before sending the body") from None
+        raise ApiError(
+            400, "bad_request", "the client disconnected before sending the body"
+        ) from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON document")
@@ -76,7 +83,9 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(raw, parse_constant=_refuse_constant)  # note 2
     except json.JSONDecodeError as exc:
         raise ApiError(
-            400, "malformed_json", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            400,
+            "malformed_json",
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         ) from None
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError is a ValueError; so is a refused NaN (note 2).
@@ -107,7 +116,9 @@ def refuse_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
 
 def invalid(field: str | None, message: str) -> ApiError:
     extra: dict[str, Any] = {} if field is None else {"field": field}
-    return ApiError(422, "invalid_request", message if field is None else f"{field}: {message}", **extra)
+    return ApiError(
+        422, "invalid_request", message if field is None else f"{field}: {message}", **extra
+    )
 
 
 def _kind(value: Any) -> str:
@@ -182,7 +193,9 @@ def parse_datetime(name: str, raw: str) -> float:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise invalid(name, f"expected epoch seconds or an ISO 8601 date-time, found {raw!r}") from None
+        raise invalid(
+            name, f"expected epoch seconds or an ISO 8601 date-time, found {raw!r}"
+        ) from None
     if moment.tzinfo is None:
         raise invalid(name, f"the date-time {raw!r} needs a time zone (e.g. 'Z' or '+02:00')")
     return moment.timestamp()

@@ -96,9 +96,13 @@ async def add_job(api: Api, request: Request) -> Response:
             raise invalid(name_, f"expected a finite duration, found {value!r}")
     # ``rt._add`` rather than ``pool.add``: a job keyword argument named ``tx``
     # must reach the handler, not be taken for ``add``'s own parameter.
-    ids = await rt._add(pool, TaskCall(spec, options), [(tuple(args or ()), dict(kwargs or {}))], tx=None)
+    ids = await rt._add(
+        pool, TaskCall(spec, options), [(tuple(args or ()), dict(kwargs or {}))], tx=None
+    )
     job = await rt.get(ids[0])
-    return JSONResponse(job.to_dict(), status_code=201, headers={"Location": job_url(request, job.id)})
+    return JSONResponse(
+        job.to_dict(), status_code=201, headers={"Location": job_url(request, job.id)}
+    )
 
 
 @group.get(
@@ -118,7 +122,7 @@ async def add_job(api: Api, request: Request) -> Response:
             "metadata.{key}",
             description=(
                 "filter on a metadata field, e.g. `metadata.user=42`; the value is read "
-                "as JSON when it is a JSON scalar (42, true, \"42\"), else as text"
+                'as JSON when it is a JSON scalar (42, true, "42"), else as text'
             ),
         ),
     ],
@@ -202,7 +206,13 @@ def result_dict(job: JobInfo) -> dict[str, Any]:
     summary="The execution record of every attempt",
     params=[JOB_ID],
     replies={
-        200: Reply("attempts, oldest first", {"type": "object", "properties": {"attempts": {"type": "array", "items": ref("Attempt")}}}),
+        200: Reply(
+            "attempts, oldest first",
+            {
+                "type": "object",
+                "properties": {"attempts": {"type": "array", "items": ref("Attempt")}},
+            },
+        ),
         404: NOT_FOUND,
     },
 )

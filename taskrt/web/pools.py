@@ -57,7 +57,9 @@ def _apply(pool: Pool, body: dict[str, Any]) -> None:
 @group.get(
     "/pools",
     summary="Every pool's statistics",
-    replies={200: Reply("the pools", {"type": "object", "properties": {"pools": array_of("Pool")}})},
+    replies={
+        200: Reply("the pools", {"type": "object", "properties": {"pools": array_of("Pool")}})
+    },
 )
 async def list_pools(api: Api, request: Request) -> Response:
     pools = sorted(api.runtime.pools.values(), key=lambda p: p.name)
@@ -69,7 +71,10 @@ async def list_pools(api: Api, request: Request) -> Response:
     summary="One pool's statistics",
     name="get_pool",
     params=[NAME],
-    replies={200: Reply("concurrency, capacity, waiting, running", ref("Pool")), 404: Reply("no such pool", ref("Error"))},
+    replies={
+        200: Reply("concurrency, capacity, waiting, running", ref("Pool")),
+        404: Reply("no such pool", ref("Error")),
+    },
 )
 async def get_pool(api: Api, request: Request) -> Response:
     return JSONResponse(_pool(api, request).statistics().to_dict())
@@ -91,7 +96,9 @@ async def create_pool(api: Api, request: Request) -> Response:
     if not isinstance(name, str) or not POOL_NAME.fullmatch(name):
         raise invalid("name", "expected 1 to 100 letters, digits or _ . : -")
     if name in api.runtime.pools:
-        raise ApiError(409, "pool_exists", f"a pool named {name!r} exists; PATCH it instead", pool=name)
+        raise ApiError(
+            409, "pool_exists", f"a pool named {name!r} exists; PATCH it instead", pool=name
+        )
     concurrency, capacity, _, paused = _limits(body)
     pool = api.runtime.pool(name, concurrency=concurrency, capacity=capacity)
     if paused:
@@ -108,7 +115,10 @@ async def create_pool(api: Api, request: Request) -> Response:
     summary="Change a pool's concurrency or capacity, or pause or resume it",
     params=[NAME],
     body=ref("PoolChange"),
-    replies={200: Reply("the pool after the change", ref("Pool")), 404: Reply("no such pool", ref("Error"))},
+    replies={
+        200: Reply("the pool after the change", ref("Pool")),
+        404: Reply("no such pool", ref("Error")),
+    },
 )
 async def change_pool(api: Api, request: Request) -> Response:
     """Raising concurrency starts waiting jobs at once; lowering it lets running

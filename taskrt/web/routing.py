@@ -5,9 +5,9 @@ An ``Endpoint`` is a template: a method, a path, a handler
 it. ``create_app`` binds every endpoint to one ``Api`` (the runtime and the
 settings of that app), so two apps in one process never share state.
 
-Every bound endpoint, before its handler runs: refuses query parameters it does
-not declare (a misspelt filter is an error, not a silent "everything"), then
-authenticates (``auth.authenticate``). Errors the runtime raises on purpose and
+Every bound endpoint, before its handler runs, authenticates
+(``auth.authenticate``), then refuses query parameters it does not declare (a
+misspelt filter is an error, not a silent "everything"). Errors the runtime raises on purpose and
 ``ApiError`` become JSON error responses here.
 
 To add routes (the schedules API, the dashboard), make an ``EndpointGroup`` in
@@ -86,11 +86,13 @@ class Api:
         settings: Settings,
         tokens: JobTokens,
         endpoints: Sequence[Endpoint],
+        components: Mapping[str, Schema] | None = None,
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.tokens = tokens
         self.endpoints = tuple(endpoints)
+        self.components: dict[str, Schema] = dict(components or {})
         self.streams = StreamSlots(settings.max_streams)
         self.openapi_cache: dict[str, Any] | None = None
 
@@ -121,25 +123,16 @@ class Endpoint:
             names.add("token")
         return frozenset(names)
 
-    def route(self, api: Api) -> Route:
-        """A Starlette route running this endpoint's checks, then its handler."""
+    def bind(self, api: Api) -> Callable[[Request], Awaitable[Response]]:
+        """This endpoint's handler behind its checks: authentication, then the query."""
         allowed = self.query_names()
-        prefixes = self.query_prefixes
+        prefixes = self.query_prefixes or ("\0",)
         settings = api.settings
         handler = self.handler
         access = self.access
 
         async def endpoint(request: Request) -> Response:
             try:
-                for key in request.query_params:
-                    if key not in allowed and not key.startswith(prefixes or ("\0",)):
-                        expected = ", ".join(sorted(allowed)) or "none"
-                        raise ApiError(
-                            422,
-                            "invalid_request",
-                            f"unknown query parameter {key!r}; expected: {expected}",
-                            field=key,
-                        )
                 request.state.principal = await authenticate(
                     request,
                     access=access,
@@ -147,22 +140,63 @@ class Endpoint:
                     tokens=api.tokens,
                     trusted_origins=settings.trusted_origins,
                 )
+                for key in request.query_params:
+                    if key not in allowed and not key.startswith(prefixes):
+                        expected = ", ".join(sorted(allowed)) or "none"
+                        raise ApiError(
+                            422,
+                            "invalid_request",
+                            f"unknown query parameter {key!r}; expected: {expected}",
+                            field=key,
+                        )
                 return await handler(api, request)
             except ApiError as exc:
                 return exc.response()
             except TaskrtError as exc:
                 return taskrt_error_response(exc, retry_after=settings.retry_after)
 
-        return Route(self.path, endpoint, methods=[self.method], name=self.name)
+        return endpoint
+
+
+def routes(endpoints: Sequence[Endpoint], api: Api) -> list[Route]:
+    """One Starlette route per path, dispatching on the method.
+
+    One route per path (not per endpoint) so that a wrong method is answered
+    405 with an ``Allow`` header naming every method the path has.
+    """
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    names: dict[str, str] = {}
+    for endpoint in endpoints:
+        methods = by_path.setdefault(endpoint.path, {})
+        if endpoint.method in methods:
+            raise ValueError(f"two endpoints for {endpoint.method} {endpoint.path}")
+        methods[endpoint.method] = endpoint.bind(api)
+        names.setdefault(endpoint.path, endpoint.name)
+    out = []
+    for path, methods in by_path.items():
+        if "GET" in methods:
+            methods.setdefault("HEAD", methods["GET"])
+
+        async def dispatch(
+            request: Request, methods: dict[str, Callable[[Request], Awaitable[Response]]] = methods
+        ) -> Response:
+            return await methods[request.method](request)
+
+        out.append(Route(path, dispatch, methods=list(methods), name=names[path]))
+    return out
 
 
 class EndpointGroup:
     """The endpoints of one module, declared with ``@group.get(...)`` and friends."""
 
-    def __init__(self, tag: str, description: str = "") -> None:
+    def __init__(
+        self, tag: str, description: str = "", *, components: Mapping[str, Schema] | None = None
+    ) -> None:
         self.tag = tag
         self.description = description
         self.endpoints: list[Endpoint] = []
+        # JSON Schemas this group's replies refer to (``schemas.ref(name)``).
+        self.components: dict[str, Schema] = dict(components or {})
 
     def add(
         self,
@@ -215,4 +249,4 @@ class EndpointGroup:
         return self.add("DELETE", path, **options)
 
 
-__all__ = ["Api", "Endpoint", "EndpointGroup", "Handler", "Param", "Reply", "Settings"]
+__all__ = ["Api", "Endpoint", "EndpointGroup", "Handler", "Param", "Reply", "Settings", "routes"]

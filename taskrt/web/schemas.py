@@ -7,7 +7,16 @@ from typing import Any
 Schema = dict[str, Any]
 
 STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
-EVENT_TYPES = ["snapshot", "added", "started", "progress", "retrying", "success", "failure", "cancelled"]
+EVENT_TYPES = [
+    "snapshot",
+    "added",
+    "started",
+    "progress",
+    "retrying",
+    "success",
+    "failure",
+    "cancelled",
+]
 
 
 def ref(name: str) -> Schema:
@@ -125,7 +134,15 @@ COMPONENTS: dict[str, Schema] = {
             "started_at": NUMBER,
             "finished_at": _nullable("number"),
             "outcome": {
-                "enum": ["running", "success", "error", "timeout", "cancelled", "retry", "interrupted"]
+                "enum": [
+                    "running",
+                    "success",
+                    "error",
+                    "timeout",
+                    "cancelled",
+                    "retry",
+                    "interrupted",
+                ]
             },
             "error": _nullable("string"),
             "traceback": {

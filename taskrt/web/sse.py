@@ -14,7 +14,14 @@ Design notes (cited where they apply):
    stream slot are released on every path (disconnect, timeout, shutdown, bug).
 2. **Frames are encoded once, as bytes.** ``frame`` writes ``id``, ``event``
    and a single ``data`` line of compact JSON (JSON escapes newlines, so one
-   line always suffices); sse-starlette passes bytes through untouched.
+   line always suffices); sse-starlette passes bytes through untouched. An
+   event's JSON is computed once however many streams send it (``_Encoded``).
+5. **The send timeout is an ``asyncio.timeout``.** sse-starlette wraps every
+   send in an anyio cancel scope, which costs more than the rest of a send;
+   ``EventStream._send_with_timeout`` does the same job with
+   ``asyncio.timeout`` and raises the same ``SendTimeoutError``. (Should a
+   later sse-starlette rename that method, its own timeout applies: same
+   behaviour, a little slower.)
 3. **Every buffer is bounded.** Between the broker and the socket sit the
    subscription's buffer (``stream_buffer`` events; it conflates stale
    progress and never drops a terminal event, see ``taskrt.events`` note 2)
@@ -28,15 +35,17 @@ Design notes (cited where they apply):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..models import Event
 from .errors import ApiError
@@ -46,11 +55,36 @@ log = logging.getLogger("taskrt.web")
 RECONNECT_MS = 1000
 
 
+class _Encoded:
+    """The JSON of the last few events, by identity (note 2).
+
+    Many streams on one job send the same ``Event`` object one after another;
+    it is encoded once. Keyed by ``id`` and checked with ``is``, so a recycled
+    id never returns another event's JSON.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._entries: OrderedDict[int, tuple[Event, str]] = OrderedDict()
+
+    def __call__(self, event: Event) -> str:
+        entry = self._entries.get(id(event))
+        if entry is not None and entry[0] is event:
+            return entry[1]
+        data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
+        self._entries[id(event)] = (event, data)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return data
+
+
+_encoded = _Encoded()
+
+
 def frame(event: Event, event_id: str, *, retry: int | None = None) -> bytes:
     """One SSE frame for ``event`` (note 2)."""
-    data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
     head = f"retry: {retry}\n" if retry is not None else ""
-    return f"{head}id: {event_id}\nevent: {event.type.value}\ndata: {data}\n\n".encode()
+    return f"{head}id: {event_id}\nevent: {event.type.value}\ndata: {_encoded(event)}\n\n".encode()
 
 
 def _heartbeat() -> ServerSentEvent:
@@ -107,10 +141,36 @@ class EventStream(EventSourceResponse):
         )
         self._frames = frames
         self._on_close = on_close
+        self._timeout = send_timeout
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        """One send, given up after ``send_timeout`` seconds (note 5)."""
+        if self._timeout is None:
+            await send(message)
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await send(message)
+        except TimeoutError:
+            raise SendTimeoutError() from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        completed = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal completed
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, tracking_send)
+            if not completed and self.active:
+                # Ended by a server shutdown (note 1): finish the body, so the
+                # client sees a clean end and reconnects, not a broken read.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
         except SendTimeoutError:
             # The client stopped reading: the server closes the connection once
             # we return, since the response never completed (note 3).

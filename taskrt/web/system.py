@@ -51,7 +51,9 @@ async def stats(api: Api, request: Request) -> Response:
 @group.get(
     "/tasks",
     summary="The registered tasks and their parameters (JSON Schema)",
-    replies={200: Reply("the tasks", {"type": "object", "properties": {"tasks": array_of("Task")}})},
+    replies={
+        200: Reply("the tasks", {"type": "object", "properties": {"tasks": array_of("Task")}})
+    },
 )
 async def tasks(api: Api, request: Request) -> Response:
     return JSONResponse(

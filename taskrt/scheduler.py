@@ -1,0 +1,824 @@
+"""Cron schedules: declared in code, in task files or over HTTP, stored in SQLite, fired once.
+
+``rt.schedules`` is the ``Scheduler`` of a runtime: the Python API to list,
+pause, resume, run, change and delete schedules, and, in the runtime that owns
+the database, the loop that fires them. Cron maths is ``taskrt.schedule``'s.
+
+Design notes (cited where they apply, pinned by tests/test_scheduler.py):
+
+1. **The row is the truth; a slot fires once.** A schedule's row holds
+   ``next_run_at``, the oldest slot not yet fired. Firing reads the row, adds
+   the slot's job and advances the row in ONE write transaction
+   (``rt.transaction()`` with ``add(..., tx=tx)``), so a crash at any moment
+   leaves both or neither: a slot is never fired twice, never half-fired. The
+   job's unique key ``cron:{name}:{slot}`` names the slot, but it dedupes only
+   while the job is live, so it is the row, not the key, that stops a second
+   fire after the job has finished.
+2. **Wake, don't poll.** One clock timer, armed at the earliest ``next_run_at``
+   of the active schedules, fires what is due and re-arms. The clock is the
+   runtime's, so tests drive the scheduler with a ``FakeClock``.
+3. **Misfires.** Reached late (downtime, a blocked event loop), a schedule may
+   have several slots due at once. ``latest`` (the default) fires only the
+   newest; ``skip`` fires the newest only if it is at most ``misfire_grace``
+   seconds late, else none; ``all`` fires every due slot, oldest first, but at
+   most the newest ``max_catch_up`` (100). Never a flood.
+4. **Declaring is idempotent.** ``rt.schedule``, ``@rt.cron`` and a task
+   file's ``cronjob`` declare a definition (task, args, kwargs, pool,
+   expression, tz, misfire); at start each is compared with its row: missing,
+   it is inserted; equal, nothing changes (pause state, next slot and counters
+   are kept); different, it is updated, and the next slot is recomputed only
+   when the expression or the time zone changed.
+5. **Only the owner fires.** A client runtime (``workers=False``) reads and
+   changes schedules in the database; every change of a definition bumps a
+   version in ``meta``, which the owner reads every ``watch_interval`` seconds
+   (polling only for what another process wrote).
+6. **Failures are counted by the database.** A trigger on ``jobs``
+   (``store.SCHEMA``) adds one to a schedule's ``failures`` when a job whose
+   metadata names it reaches FAILURE, whoever wrote it; retention may delete
+   the job, the count stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import store as sql
+from .clock import TimerHandle
+from .definitions import Task, TaskCall, TaskSpec
+from .errors import InvalidOption, SerializationError, StoreError, TaskNotFound, TaskrtError
+from .retention import Retention, RetentionStatistics
+from .schedule import CronError, CronSpec, next_fire_ts, parse_cron
+from .store import dumps
+
+if TYPE_CHECKING:
+    from .runtime import Runtime, Transaction
+
+log = logging.getLogger("taskrt.scheduler")
+
+Misfire = Literal["latest", "skip", "all"]
+MISFIRE_POLICIES: tuple[Misfire, ...] = ("latest", "skip", "all")
+MAX_CATCH_UP = 100
+MAX_NAME = 200
+# A slot search stops after this many slots (see ``newest_slots``).
+_SCAN_LIMIT = 100_000
+# After an unexpected error firing a schedule, try it again this much later.
+_RETRY_AFTER = 1.0
+
+
+class ScheduleNotFound(TaskrtError, LookupError):
+    code = "schedule_not_found"
+    http_status = 404
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule named {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "schedule": self.name}
+
+
+class ScheduleExists(TaskrtError):
+    """Creating a schedule whose name is taken by a different definition."""
+
+    code = "schedule_exists"
+    http_status = 409
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"a schedule named {name!r} exists with a different definition; update it instead"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "schedule": self.name}
+
+
+# -- values --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDefinition:
+    """What a declaration says; build one with ``define`` (it validates)."""
+
+    name: str
+    task: str
+    expression: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pool: str | None = None
+    tz: str = "UTC"
+    misfire: Misfire = "latest"
+
+    def stored(self) -> tuple[Any, ...]:
+        """The definition as the row stores it, for comparison (note 4)."""
+        return (
+            self.task,
+            dumps(list(self.args)),
+            dumps(self.kwargs),
+            self.pool,
+            self.expression,
+            self.tz,
+            self.misfire,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A snapshot of one schedule's row.
+
+    ``next_run_at`` is the next slot to fire (``None`` while paused);
+    ``last_run_at`` the slot time of the last fire; ``fires`` counts jobs added
+    for slots, ``failures`` jobs of the schedule that ended FAILURE (note 6);
+    ``last_error`` why the last slot added no job, if it did not.
+    """
+
+    name: str
+    task: str
+    expression: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pool: str | None = None
+    tz: str = "UTC"
+    misfire: Misfire = "latest"
+    paused: bool = False
+    next_run_at: float | None = None
+    last_run_at: float | None = None
+    last_job_id: int | None = None
+    last_error: str | None = None
+    fires: int = 0
+    failures: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def definition(self) -> ScheduleDefinition:
+        return ScheduleDefinition(
+            self.name,
+            self.task,
+            self.expression,
+            self.args,
+            self.kwargs,
+            self.pool,
+            self.tz,
+            self.misfire,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the HTTP API's schedule object)."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "expression": self.expression,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "pool": self.pool,
+            "tz": self.tz,
+            "misfire": self.misfire,
+            "paused": self.paused,
+            "next_run_at": self.next_run_at,
+            "last_run_at": self.last_run_at,
+            "last_job_id": self.last_job_id,
+            "last_error": self.last_error,
+            "fires": self.fires,
+            "failures": self.failures,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStat:
+    name: str
+    paused: bool
+    next_run_at: float | None
+    last_run_at: float | None
+    fires: int
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStatistics:
+    """A snapshot of every schedule: counts, next fire times, fires and failures."""
+
+    active: int
+    paused: int
+    next_run_at: float | None
+    schedules: tuple[ScheduleStat, ...]
+    retention: RetentionStatistics | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "active": self.active,
+            "paused": self.paused,
+            "next_run_at": self.next_run_at,
+            "schedules": [
+                {
+                    "name": s.name,
+                    "paused": s.paused,
+                    "next_run_at": s.next_run_at,
+                    "last_run_at": s.last_run_at,
+                    "fires": s.fires,
+                    "failures": s.failures,
+                }
+                for s in self.schedules
+            ],
+            "retention": None if self.retention is None else self.retention.to_dict(),
+        }
+
+
+def define(
+    name: str,
+    task: Task[Any, Any] | str,
+    cron: str,
+    *,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    pool: str | None = None,
+    tz: str = "UTC",
+    misfire: str = "latest",
+) -> ScheduleDefinition:
+    """A validated definition; a bad field raises ``InvalidOption`` or ``CronError`` naming it."""
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise InvalidOption("name", f"expected a non-empty string of at most {MAX_NAME} characters")
+    if isinstance(task, TaskCall):
+        raise InvalidOption(
+            "task", "expected a task or a task name; per-call options cannot be scheduled"
+        )
+    task_name = task.name if isinstance(task, Task) else task
+    if not isinstance(task_name, str) or not task_name:
+        raise InvalidOption("task", f"expected a task or a task name, found {task!r}")
+    if not isinstance(tz, str):
+        raise InvalidOption("tz", f"expected an IANA time zone name, found {tz!r}")
+    parse_cron(cron, tz)
+    if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+        raise InvalidOption("args", f"expected a list of arguments, found {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InvalidOption("kwargs", f"expected an object, found {type(kwargs).__name__}")
+    if kwargs is not None and not all(isinstance(k, str) for k in kwargs):
+        raise InvalidOption("kwargs", "expected string keys")
+    if pool is not None and (not isinstance(pool, str) or not pool):
+        raise InvalidOption("pool", f"expected a non-empty pool name or None, found {pool!r}")
+    if misfire not in MISFIRE_POLICIES:
+        raise InvalidOption(
+            "misfire", f"expected one of {', '.join(MISFIRE_POLICIES)}, found {misfire!r}"
+        )
+    definition = ScheduleDefinition(
+        name=name,
+        task=task_name,
+        expression=cron,
+        args=tuple(args),
+        kwargs=dict(kwargs or {}),
+        pool=pool,
+        tz=tz,
+        misfire=misfire,
+    )
+    try:
+        definition.stored()
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"the arguments of schedule {name!r}", str(exc)) from None
+    return definition
+
+
+# -- slots (note 3) ---------------------------------------------------------------------
+
+
+def newest_slots(spec: CronSpec, first: float, now: float, n: int) -> list[float]:
+    """The newest ``n`` slots in ``[first, now]``, oldest first; ``first`` is a slot.
+
+    Searches backwards from ``now`` in windows that double, so that finding the
+    latest slot after a long downtime does not walk every slot since ``first``.
+    """
+    if first > now or n < 1:
+        return []
+    width = 1.0
+    while True:
+        low = now - width
+        if low <= first:
+            return ([first, *_between(spec, first, now)])[-n:]
+        found = _between(spec, low, now)
+        if len(found) >= n:
+            return found[-n:]
+        width *= 2
+
+
+def _between(spec: CronSpec, after: float, until: float) -> list[float]:
+    slots = spec.fires_between(_utc(after), _utc(until), _SCAN_LIMIT)
+    return [s.timestamp() for s in slots]
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def slot_key(name: str, slot: float) -> str:
+    """The unique key of a slot's job: ``cron:{name}:{slot}`` (note 1)."""
+    text = f"{slot:.6f}".rstrip("0").rstrip(".")
+    return f"cron:{name}:{text}"
+
+
+# -- the scheduler -----------------------------------------------------------------------
+
+
+class Scheduler:
+    """``rt.schedules``: manage schedules; in the owner runtime, fire them.
+
+    ``await rt.schedules()`` (or ``.list()``) lists them. Every method needs a
+    started runtime, except declaring (``rt.schedule``, ``@rt.cron``).
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self.misfire_grace = 1.0
+        self.max_catch_up = MAX_CATCH_UP
+        self.watch_interval = 1.0
+        self.retention = Retention(rt)
+        self._declared: dict[str, ScheduleDefinition] = {}
+        self._from_tasks: set[str] = set()
+        self._due: dict[str, float] = {}
+        self._timer: TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._firing: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._version: str | None = None
+        self._running = False
+
+    def __repr__(self) -> str:
+        return f"<Scheduler active={len(self._due)} running={self._running}>"
+
+    # -- declaring (note 4) ---------------------------------------------------------------
+
+    def declare(self, definition: ScheduleDefinition) -> ScheduleDefinition:
+        """Record a declaration; stored at start, or now in the background if started."""
+        self._declared[definition.name] = definition
+        self._from_tasks.discard(definition.name)
+        if self._rt.started:
+            self._rt._spawn(self._store_declared([definition]))
+        return definition
+
+    def _task_registered(self, spec: TaskSpec) -> None:
+        """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it."""
+        if spec.cron is not None:
+            self.declare(define(spec.name, spec.name, spec.cron, tz=spec.cron_tz))
+            self._from_tasks.add(spec.name)
+        elif spec.name in self._from_tasks:
+            self._from_tasks.discard(spec.name)
+            self._declared.pop(spec.name, None)
+
+    async def _store_declared(self, definitions: builtins.list[ScheduleDefinition]) -> None:
+        try:
+            await self._upsert(definitions, replace=True)
+        except Exception:
+            log.exception("taskrt: storing declared schedules failed")
+
+    async def create(
+        self,
+        name: str,
+        task: Task[Any, Any] | str,
+        cron: str,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        tz: str = "UTC",
+        misfire: str = "latest",
+        replace: bool = True,
+    ) -> tuple[ScheduleInfo, bool]:
+        """Store a schedule now; returns it and whether it changed anything.
+
+        An equal schedule is left as it is. A different one of the same name is
+        updated, or, with ``replace=False``, refused with ``ScheduleExists``.
+        The task must be registered here and the arguments must fit it.
+        """
+        self._rt._require_started("creating a schedule")
+        definition = define(
+            name, task, cron, args=args, kwargs=kwargs, pool=pool, tz=tz, misfire=misfire
+        )
+        self._check_task(definition)
+        [(info, changed)] = await self._upsert([definition], replace=replace)
+        return info, changed
+
+    def _check_task(self, definition: ScheduleDefinition) -> None:
+        spec = self._rt.tasks.get(definition.task)
+        if spec is None:
+            raise TaskNotFound(definition.task)
+        spec.validate(definition.args, definition.kwargs)
+
+    async def _upsert(
+        self, definitions: Sequence[ScheduleDefinition], *, replace: bool
+    ) -> builtins.list[tuple[ScheduleInfo, bool]]:
+        now = self._rt.clock.now()
+        out: builtins.list[tuple[ScheduleInfo, bool]] = []
+        bumped: int | None = None
+        async with self._rt.store.transaction() as conn:
+            for d in definitions:
+                rows = await conn.execute(sql.SQL_SCHEDULE_GET, (d.name,))
+                if not rows:
+                    spec = parse_cron(d.expression, d.tz)
+                    await conn.execute(
+                        sql.SQL_SCHEDULE_INSERT,
+                        (d.name, *d.stored(), 0, next_fire_ts(spec, now), now, now),
+                    )
+                    changed = True
+                else:
+                    old = row_to_schedule(rows[0])
+                    changed = old.definition.stored() != d.stored()
+                    if changed and not replace:
+                        raise ScheduleExists(d.name)
+                    if changed:
+                        await conn.execute(
+                            sql.SQL_SCHEDULE_DEFINE, self._define_params(old, d, now)
+                        )
+                if changed:
+                    bumped = await _bump(conn)
+                    rows = await conn.execute(sql.SQL_SCHEDULE_GET, (d.name,))
+                out.append((row_to_schedule(rows[0]), changed))
+        for info, changed in out:
+            if changed:
+                self._track(info)
+                if self._rt.tasks.get(info.task) is None:
+                    log.warning(
+                        "taskrt: schedule %r names task %r, not registered", info.name, info.task
+                    )
+        self._bumped(bumped, len([c for _, c in out if c]))
+        return out
+
+    def _define_params(
+        self, old: ScheduleInfo, new: ScheduleDefinition, now: float
+    ) -> tuple[Any, ...]:
+        next_run_at = old.next_run_at
+        if not old.paused and (old.expression, old.tz) != (new.expression, new.tz):
+            next_run_at = next_fire_ts(parse_cron(new.expression, new.tz), now)
+        return (*new.stored(), next_run_at, now, new.name)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def __call__(self) -> builtins.list[ScheduleInfo]:
+        """``await rt.schedules()``: every schedule, by name."""
+        return await self.list()
+
+    async def list(self) -> builtins.list[ScheduleInfo]:
+        """Every schedule, by name."""
+        self._rt._require_started("listing schedules")
+        return [row_to_schedule(r) for r in await self._rt.store.fetch_all(sql.SQL_SCHEDULES)]
+
+    async def get(self, name: str) -> ScheduleInfo:
+        """One schedule (``ScheduleNotFound`` when there is none)."""
+        self._rt._require_started("reading a schedule")
+        row = await self._rt.store.fetch_one(sql.SQL_SCHEDULE_GET, (name,))
+        if row is None:
+            raise ScheduleNotFound(name)
+        return row_to_schedule(row)
+
+    async def statistics(self) -> ScheduleStatistics:
+        """Active and paused counts, next fire times, fires and failures per schedule."""
+        self._rt._require_started("schedule statistics")
+        await self._rt.store.flush()  # pending FAILURE writes feed the counts (note 6)
+        infos = await self.list()
+        upcoming = [i.next_run_at for i in infos if i.next_run_at is not None and not i.paused]
+        return ScheduleStatistics(
+            active=sum(1 for i in infos if not i.paused),
+            paused=sum(1 for i in infos if i.paused),
+            next_run_at=min(upcoming) if upcoming else None,
+            schedules=tuple(
+                ScheduleStat(i.name, i.paused, i.next_run_at, i.last_run_at, i.fires, i.failures)
+                for i in infos
+            ),
+            retention=self.retention.statistics() if self._rt.workers else None,
+        )
+
+    # -- changing ---------------------------------------------------------------------
+
+    async def pause(self, name: str) -> ScheduleInfo:
+        """Stop firing; slots passing while paused are not fired later."""
+        now = self._rt.clock.now()
+        return await self._modify(
+            name, lambda info: [] if info.paused else [(sql.SQL_SCHEDULE_PAUSE, (now, name))]
+        )
+
+    async def resume(self, name: str) -> ScheduleInfo:
+        """Fire again, from the first slot after now."""
+        now = self._rt.clock.now()
+
+        def statements(info: ScheduleInfo) -> builtins.list[tuple[str, tuple[Any, ...]]]:
+            if not info.paused:
+                return []
+            nxt = next_fire_ts(parse_cron(info.expression, info.tz), now)
+            return [(sql.SQL_SCHEDULE_RESUME, (nxt, now, name))]
+
+        return await self._modify(name, statements)
+
+    async def update(
+        self,
+        name: str,
+        *,
+        task: Task[Any, Any] | str | None = None,
+        expression: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        tz: str | None = None,
+        misfire: str | None = None,
+    ) -> ScheduleInfo:
+        """Change the given parts of a schedule's definition (``None``: keep).
+
+        A new expression or time zone moves the next slot to the first one of
+        the new rule after now. A schedule declared in code is declared again
+        at the next start, which undoes a change made here.
+        """
+        old = await self.get(name)
+        d = old.definition
+        new = define(
+            name,
+            d.task if task is None else task,
+            d.expression if expression is None else expression,
+            args=d.args if args is None else args,
+            kwargs=d.kwargs if kwargs is None else kwargs,
+            pool=d.pool if pool is None else pool,
+            tz=d.tz if tz is None else tz,
+            misfire=d.misfire if misfire is None else misfire,
+        )
+        if new.stored() == d.stored():
+            return old
+        self._check_task(new)
+        now = self._rt.clock.now()
+        return await self._modify(
+            name, lambda info: [(sql.SQL_SCHEDULE_DEFINE, self._define_params(info, new, now))]
+        )
+
+    async def delete(self, name: str) -> None:
+        """Remove a schedule (a code declaration brings it back at the next start)."""
+        await self._modify(name, lambda info: [(sql.SQL_SCHEDULE_DELETE, (name,))])
+        self._declared.pop(name, None)
+        self._due.pop(name, None)
+        self._arm()
+
+    async def _modify(self, name: str, change: Any) -> ScheduleInfo:
+        """Read the row, run ``change(info)``'s statements, bump, re-read; one transaction."""
+        self._rt._require_started("changing a schedule")
+        bumped: int | None = None
+        async with self._rt.store.transaction() as conn:
+            rows = await conn.execute(sql.SQL_SCHEDULE_GET, (name,))
+            if not rows:
+                raise ScheduleNotFound(name)
+            info = row_to_schedule(rows[0])
+            statements = change(info)
+            for statement, params in statements:
+                await conn.execute(statement, params)
+            if statements:
+                bumped = await _bump(conn)
+                rows = await conn.execute(sql.SQL_SCHEDULE_GET, (name,))
+                info = row_to_schedule(rows[0]) if rows else info
+        if statements:
+            self._track(info)
+            self._bumped(bumped, 1)
+        return info
+
+    async def run_now(self, name: str) -> int:
+        """Add the schedule's job now, outside its slots; returns the job's id."""
+        info = await self.get(name)
+        async with self._rt.transaction() as tx:
+            job_id = await self._add_job(info, tx, None)
+            await tx.execute(sql.SQL_SCHEDULE_RAN, (job_id, name))
+        return job_id
+
+    async def _add_job(self, info: ScheduleInfo, tx: Transaction, slot: float | None) -> int:
+        spec = self._rt.tasks.get(info.task)
+        if spec is None:
+            raise TaskNotFound(info.task)
+        task: Task[Any, Any] = Task(spec)
+        if slot is None:
+            call = task.options(metadata={"schedule": info.name, "slot": None})
+        else:
+            call = task.options(
+                unique_key=slot_key(info.name, slot),
+                metadata={"schedule": info.name, "slot": slot},
+            )
+        pool = self._rt.pool(info.pool or spec.pool)
+        # ``_add``, not ``pool.add``: a job keyword argument named ``tx`` is the job's.
+        [job_id] = await self._rt._add(pool, call, [(info.args, dict(info.kwargs))], tx=tx)
+        return job_id
+
+    # -- the owner's loop (notes 1-3, 5) ---------------------------------------------------
+
+    async def _start(self, rt: Runtime) -> None:
+        if self._declared:
+            await self._upsert(builtins.list(self._declared.values()), replace=True)
+        if not rt.workers:
+            return
+        self._running = True
+        await self._reload()
+        self.retention._start()
+        self._watcher = asyncio.create_task(self._watch(), name="taskrt-scheduler-watch")
+        # Slots missed while the runtime was down are handled before start returns.
+        self._firing = asyncio.create_task(self._run_due(), name="taskrt-scheduler")
+        await asyncio.wait([self._firing])
+
+    async def _stop(self, rt: Runtime) -> None:
+        self._running = False
+        self._disarm()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        await self.retention._stop()
+        if self._firing is not None and not self._firing.done():
+            # A slot being fired commits or rolls back as a whole (note 1): let it end.
+            await asyncio.wait([self._firing], timeout=rt.grace)
+        self._firing = None
+        self._due.clear()
+        self._version = None
+
+    async def wait_idle(self) -> None:
+        """Return once no slot is being fired (the due ones are done and the timer re-armed)."""
+        while self._firing is not None and not self._firing.done():
+            await asyncio.wait([self._firing])
+
+    def _track(self, info: ScheduleInfo) -> None:
+        """Follow a row's next slot in memory (owner only)."""
+        if not self._running:
+            return
+        if info.paused or info.next_run_at is None:
+            self._due.pop(info.name, None)
+        else:
+            self._due[info.name] = info.next_run_at
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._running or not self._due:
+            self._disarm()
+            return
+        when = min(self._due.values())
+        if self._timer is not None and self._timer_at == when:
+            return
+        self._disarm()
+        self._timer_at = when
+        self._timer = self._rt.clock.call_at(when, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self._running:
+            return
+        if self._firing is None or self._firing.done():
+            self._firing = asyncio.create_task(self._run_due(), name="taskrt-scheduler")
+        # Else the running pass looks again before it re-arms.
+
+    async def _run_due(self) -> None:
+        while self._running:
+            now = self._rt.clock.now()
+            due = sorted((when, name) for name, when in self._due.items() if when <= now)
+            if not due:
+                self._arm()  # synchronous with the check above: nothing slips between
+                return
+            for _, name in due:
+                if not self._running:
+                    return
+                try:
+                    await self._fire(name)
+                except Exception:
+                    # Nothing was committed (note 1): the slot is still due. Try again later.
+                    log.exception("taskrt: firing schedule %r failed", name)
+                    if name in self._due:
+                        self._due[name] = self._rt.clock.now() + _RETRY_AFTER
+
+    async def _fire(self, name: str) -> None:
+        """Fire the due slots of one schedule, in one transaction with its row (note 1)."""
+        rt = self._rt
+        async with rt.transaction() as tx:
+            now = rt.clock.now()
+            rows = await tx.execute(sql.SQL_SCHEDULE_GET, (name,))
+            if not rows:
+                self._due.pop(name, None)
+                return
+            info = row_to_schedule(rows[0])
+            first = info.next_run_at
+            if info.paused or first is None or first > now:
+                self._track(info)  # changed by someone else meanwhile
+                return
+            try:
+                spec = parse_cron(info.expression, info.tz)
+                nxt: float | None = next_fire_ts(spec, now)
+            except CronError as exc:
+                # Stored rules were valid when stored; one that no longer is stops here.
+                log.error("taskrt: schedule %r stopped: %s", name, exc)
+                await tx.execute(sql.SQL_SCHEDULE_FIRED, (None, None, None, str(exc), 0, name))
+                self._due.pop(name, None)
+                return
+            slots = self._slots(spec, first, now, info.misfire)
+            job_id: int | None = None
+            added = 0
+            error: str | None = None
+            for slot in slots:
+                try:
+                    job_id = await self._add_job(info, tx, slot)
+                except StoreError:
+                    raise
+                except TaskrtError as exc:
+                    # A refused job (unknown task, bad arguments, full pool) uses up its slot.
+                    error = str(exc)
+                    log.warning("taskrt: schedule %r added no job for a slot: %s", name, exc)
+                    break
+                added += 1
+            last = slots[-1] if slots else None
+            await tx.execute(sql.SQL_SCHEDULE_FIRED, (nxt, last, job_id, error, added, name))
+        if nxt is not None and name in self._due:
+            self._due[name] = nxt
+
+    def _slots(
+        self, spec: CronSpec, first: float, now: float, misfire: str
+    ) -> builtins.list[float]:
+        """Which due slots to fire (note 3)."""
+        if misfire == "all":
+            return newest_slots(spec, first, now, self.max_catch_up)
+        newest = newest_slots(spec, first, now, 1)
+        if misfire == "skip" and newest and now - newest[-1] > self.misfire_grace:
+            return []
+        return newest
+
+    async def _reload(self) -> None:
+        row = await self._rt.store.fetch_one(sql.SQL_SCHEDULES_VERSION)
+        self._version = None if row is None else str(row[0])
+        infos = await self.list()
+        self._due = {
+            i.name: i.next_run_at for i in infos if not i.paused and i.next_run_at is not None
+        }
+        self._arm()
+
+    def _bumped(self, version: int | None, changes: int) -> None:
+        """Our own changes need no reload; another process's do (note 5)."""
+        if version is None or not self._running:
+            return
+        known = int(self._version) if self._version is not None else 0
+        if version == known + changes:
+            self._version = str(version)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            try:
+                row = await self._rt.store.fetch_one(sql.SQL_SCHEDULES_VERSION)
+                version = None if row is None else str(row[0])
+                if version != self._version:
+                    await self._reload()
+            except TaskrtError:
+                log.exception("taskrt: reading schedule changes failed")
+
+
+async def _bump(conn: sql.Connection) -> int:
+    rows = await conn.execute(sql.SQL_SCHEDULES_BUMP)
+    return int(rows[0][0])
+
+
+def row_to_schedule(row: sqlite3.Row) -> ScheduleInfo:
+    return ScheduleInfo(
+        name=row["name"],
+        task=row["task"],
+        expression=row["expression"],
+        args=tuple(json.loads(row["args"])),
+        kwargs=json.loads(row["kwargs"]),
+        pool=row["pool"],
+        tz=row["tz"],
+        misfire=row["misfire"],
+        paused=bool(row["paused"]),
+        next_run_at=row["next_run_at"],
+        last_run_at=row["last_run_at"],
+        last_job_id=row["last_job_id"],
+        last_error=row["last_error"],
+        fires=row["fires"],
+        failures=row["failures"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+__all__ = [
+    "MAX_CATCH_UP",
+    "MISFIRE_POLICIES",
+    "Misfire",
+    "ScheduleDefinition",
+    "ScheduleExists",
+    "ScheduleInfo",
+    "ScheduleNotFound",
+    "ScheduleStat",
+    "ScheduleStatistics",
+    "Scheduler",
+    "define",
+    "newest_slots",
+    "slot_key",
+]

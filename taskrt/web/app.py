@@ -1,0 +1,162 @@
+"""``create_app``: the HTTP API of one runtime, as a Starlette app.
+
+Served on its own, the app's lifespan enters the runtime (``async with rt``).
+Mounted in a host app (``Mount("/tasks", app=create_app(rt))``), Starlette does
+not run a mounted app's lifespan: the host's lifespan runs the runtime, and
+the app only serves it. Either way, a runtime that is already started when the
+lifespan begins is left to whoever started it.
+
+Where routes go: each module of this package declares an ``EndpointGroup``;
+``GROUPS`` lists the groups every app serves. A new API (schedules, say) adds
+its group there; an application adds its own with ``endpoints=`` (documented
+in ``/openapi.json``, authenticated like the rest) or plain Starlette
+``routes=`` (served as they are, e.g. a static page).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from ..errors import InvalidOption, TaskrtError
+from ..runtime import Runtime
+from . import jobs, openapi, pools, schedules, streams, system
+from .auth import AuthCallable, JobTokens
+from .errors import (
+    ApiError,
+    CatchAll,
+    api_error_handler,
+    http_exception_handler,
+    taskrt_error_response,
+)
+from .routing import Api, Endpoint, EndpointGroup, Settings
+from .routing import routes as api_routes
+
+#: The endpoint groups every app serves, in routing order.
+GROUPS: tuple[EndpointGroup, ...] = (
+    jobs.group,
+    streams.group,
+    pools.group,
+    schedules.group,
+    system.group,
+    openapi.group,
+)
+
+
+def create_app(
+    runtime: Runtime,
+    *,
+    auth: AuthCallable | None = None,
+    max_body: int = 1 << 20,
+    heartbeat: float = 15.0,
+    max_streams: int = 1000,
+    send_timeout: float | None = 10.0,
+    retry_after: int = 1,
+    stream_buffer: int | None = None,
+    token_secret: str | bytes | None = None,
+    token_ttl: float = 300.0,
+    trusted_origins: Iterable[str] = (),
+    expose_tracebacks: bool = False,
+    endpoints: Iterable[Endpoint | EndpointGroup] = (),
+    routes: Iterable[BaseRoute] = (),
+    middleware: Sequence[Middleware] = (),
+    title: str = "taskrt",
+) -> Starlette:
+    """The HTTP API of ``runtime``.
+
+    - ``auth``: ``request -> principal`` (sync or async); ``None`` or raising
+      ``Unauthorized`` answers 401. Every route but ``/health`` goes through it.
+    - ``max_body``: the largest request body, in bytes (413 beyond).
+    - ``heartbeat``: seconds between comment lines on idle streams (0: none).
+    - ``max_streams``: open event streams at once (503 + ``Retry-After`` beyond).
+    - ``send_timeout``: seconds a stream waits on a client that stopped reading
+      before it disconnects it (``None``: forever).
+    - ``retry_after``: the ``Retry-After`` seconds of 503 answers.
+    - ``stream_buffer``: events buffered per stream (default: the broker's).
+    - ``token_secret``, ``token_ttl``: the HMAC key of per-job tokens (random
+      per process when not given) and their lifetime in seconds.
+    - ``trusted_origins``: other origins (``https://app.example``) allowed to
+      send cookie-authenticated state changes.
+    - ``expose_tracebacks``: include handler tracebacks in ``/attempts``.
+    - ``endpoints``, ``routes``, ``middleware``: what an application adds.
+    """
+    _check(max_body=max_body, heartbeat=heartbeat, max_streams=max_streams, retry_after=retry_after)
+    if send_timeout is not None and send_timeout <= 0:
+        raise InvalidOption(
+            "send_timeout", f"expected a positive number or None, found {send_timeout!r}"
+        )
+    if stream_buffer is not None and stream_buffer < 1:
+        raise InvalidOption(
+            "stream_buffer", f"expected a positive integer, found {stream_buffer!r}"
+        )
+    settings = Settings(
+        auth=auth,
+        max_body=max_body,
+        heartbeat=heartbeat,
+        max_streams=max_streams,
+        send_timeout=send_timeout,
+        retry_after=retry_after,
+        stream_buffer=stream_buffer,
+        token_ttl=token_ttl,
+        trusted_origins=frozenset(trusted_origins),
+        expose_tracebacks=expose_tracebacks,
+        title=title,
+    )
+    try:
+        tokens = JobTokens(token_secret, token_ttl, runtime.clock.now)
+    except ValueError as exc:
+        raise InvalidOption(
+            "token_secret" if "secret" in str(exc) else "token_ttl", str(exc)
+        ) from None
+    table: list[Endpoint] = []
+    components = {}
+    for item in (*GROUPS, *endpoints):
+        if isinstance(item, EndpointGroup):
+            table.extend(item.endpoints)
+            components.update(item.components)
+        else:
+            table.append(item)
+    api = Api(runtime, settings, tokens, table, components)
+
+    async def on_taskrt_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, TaskrtError):  # pragma: no cover - registered for TaskrtError only
+            raise exc
+        return taskrt_error_response(exc, retry_after=retry_after)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if runtime.started:  # the host runs it
+            yield
+            return
+        async with runtime:
+            yield
+
+    app = Starlette(
+        routes=[*api_routes(table, api), *routes],
+        middleware=[Middleware(CatchAll), *middleware],
+        exception_handlers={
+            HTTPException: http_exception_handler,
+            ApiError: api_error_handler,
+            TaskrtError: on_taskrt_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.taskrt = api
+    return app
+
+
+def _check(**limits: float) -> None:
+    for name, value in limits.items():
+        low = 0 if name in ("heartbeat", "retry_after") else 1
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+            raise InvalidOption(name, f"expected a number >= {low}, found {value!r}")
+
+
+__all__ = ["GROUPS", "create_app"]

@@ -1,0 +1,248 @@
+"""Event streams: one job's events with resume, and all matching jobs' events.
+
+Design notes (cited where they apply):
+
+1. **Subscribe first, then read the state.** The broker subscription is made
+   before the job is read, so every event after the state that the snapshot
+   (or the replay) shows is already in the subscription's buffer. Events the
+   snapshot already covers (``seq <= cursor``) are skipped: no gap, no
+   duplicate.
+2. **Resume.** A reconnect sends ``Last-Event-ID`` (the ``seq`` of the last
+   event the client saw). The stream continues with the broker's replay window
+   (``Broker.replay_after``); if the window no longer reaches back that far, it
+   sends a fresh ``snapshot`` (or, for a finished job, its terminal event with
+   the final ``job`` state), whose ``id`` resets the client's position.
+3. **Finished jobs.** A stream closes after the terminal event. A browser's
+   ``EventSource`` then reconnects with the terminal event's id; that request
+   is answered 204, which makes browsers stop reconnecting. So a reconnect to a
+   finished job yields its terminal event once (if the client missed it), then
+   204.
+4. **The multiplexed stream** (``GET /events``) has ids ``"<job id>:<seq>"``
+   and no resume: a dashboard re-reads ``GET /jobs`` when it reconnects.
+5. **A subscription that overflows** (a client so slow that lifecycle events
+   alone fill four times its buffer) is closed by the broker; the stream then
+   ends and the client's reconnect resumes per note 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import PoolNotFound, TaskNotFound
+from ..events import Subscription
+from ..models import STATUS_EVENT, Event, JobInfo
+from ..runtime import JobStream, snapshot_event
+from .inputs import job_id_of
+from .routing import Api, EndpointGroup, Param, Reply
+from .schemas import ref
+from .sse import RECONNECT_MS, EventStream, frame
+
+group = EndpointGroup("events", "Server-Sent Events: live progress with resume.")
+
+ReplayAfter = Callable[[int, int], "list[Event] | None"]
+
+_STREAM = Reply(
+    "`text/event-stream`: frames with `id`, `event` (the event type) and `data` (JSON)",
+    ref("Event"),
+    media="text/event-stream",
+)
+_BUSY = Reply("too many open streams; retry after `Retry-After` seconds", ref("Error"))
+
+
+@dataclass(slots=True)
+class Opening:
+    """What a job stream sends before live events, and where it then stands."""
+
+    events: list[Event] = field(default_factory=list)
+    cursor: int = 0
+    done: bool = False
+
+
+def opening(
+    info: JobInfo, last: int | None, replay_after: ReplayAfter, now: float
+) -> Opening | None:
+    """The opening of a job stream for a client that saw ``last``; ``None``: answer 204."""
+    if last is None or last > info.seq:
+        # A new client, or an id this job never had: start from its state.
+        return Opening([snapshot_event(info, now)], info.seq, info.terminal)
+    if last == info.seq:
+        return None if info.terminal else Opening([], last, False)  # note 3
+    replayed = replay_after(info.id, last)
+    if replayed and replayed[0].seq == last + 1 and replayed[-1].seq >= info.seq:
+        events: list[Event] = []
+        for event in replayed:
+            events.append(event)
+            if event.terminal:
+                break
+        return Opening(events, events[-1].seq, events[-1].terminal)
+    if info.terminal:
+        return Opening([final_event(info, now)], info.seq, True)
+    return Opening([snapshot_event(info, now)], info.seq, False)  # note 2
+
+
+def final_event(info: JobInfo, now: float) -> Event:
+    """A finished job's terminal event rebuilt from its state, with the final ``job``."""
+    data: dict[str, object] = {"job": info.to_dict()}
+    if info.result is not None:
+        data["result"] = info.result
+    if info.error is not None:
+        data["error"] = info.error
+    kind = STATUS_EVENT[info.status]
+    return Event(info.id, info.seq, kind, info.task, info.pool, info.status, now, data)
+
+
+def last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+
+async def _job_frames(start: Opening, sub: Subscription) -> AsyncIterator[bytes]:
+    retry: int | None = RECONNECT_MS
+    for event in start.events:
+        yield frame(event, str(event.seq), retry=retry)
+        retry = None
+    if start.done:
+        return
+    cursor = start.cursor
+    # The subscription ends when the runtime stops or it overflowed (note 5).
+    async for live in sub:
+        if live.seq <= cursor:
+            continue  # the opening already covered it (note 1)
+        cursor = live.seq
+        yield frame(live, str(live.seq), retry=retry)
+        retry = None
+        if live.terminal:
+            return
+
+
+async def _polled_frames(stream: JobStream) -> AsyncIterator[bytes]:
+    retry: int | None = RECONNECT_MS
+    async for event in stream:
+        yield frame(event, str(event.seq), retry=retry)
+        retry = None
+
+
+@group.get(
+    "/jobs/{job_id:int}/events",
+    summary="A job's live events: a snapshot first, then every event until the terminal one",
+    name="job_events",
+    access="token",
+    params=[
+        Param("job_id", "path", {"type": "integer", "minimum": 1}, required=True),
+        Param(
+            "Last-Event-ID",
+            "header",
+            {"type": "string"},
+            "the id of the last event seen; the stream resumes after it",
+        ),
+        Param("last_event_id", description="the same, for clients that cannot set headers"),
+    ],
+    replies={
+        200: _STREAM,
+        204: Reply("the job has finished and the client has seen its last event", None),
+        404: Reply("no such job", ref("Error")),
+        503: _BUSY,
+    },
+)
+async def job_events(api: Api, request: Request) -> Response:
+    rt = api.runtime
+    job_id = job_id_of(request)
+    last = last_event_id(request)
+    release = api.streams.acquire(api.settings.retry_after)
+    if not rt.workers:
+        return await _client_runtime_events(api, job_id, last, release)
+    sub = rt.broker.subscribe(job_id, maxsize=api.settings.stream_buffer)  # note 1
+
+    def close() -> None:
+        sub.close()
+        release()
+
+    try:
+        info = await rt.get(job_id)
+    except BaseException:
+        close()
+        raise
+    start = opening(info, last, rt.broker.replay_after, rt.clock.now())
+    if start is None:
+        close()
+        return Response(status_code=204)
+    return _respond(api, _job_frames(start, sub), close)
+
+
+async def _client_runtime_events(
+    api: Api, job_id: int, last: int | None, release: Callable[[], None]
+) -> Response:
+    """A runtime without workers sees other processes' jobs by polling: no replay."""
+    try:
+        info = await api.runtime.get(job_id)
+    except BaseException:
+        release()
+        raise
+    if last is not None and info.terminal and last >= info.seq:
+        release()
+        return Response(status_code=204)
+    stream = api.runtime.subscribe(job_id, buffer=api.settings.stream_buffer)
+
+    def close() -> None:
+        stream.close()
+        release()
+
+    return _respond(api, _polled_frames(stream), close)
+
+
+@group.get(
+    "/events",
+    summary="Every event of the jobs matching the filters (for dashboards)",
+    params=[Param("pool"), Param("task")],
+    replies={200: _STREAM, 404: Reply("no such pool or task", ref("Error")), 503: _BUSY},
+)
+async def all_events(api: Api, request: Request) -> Response:
+    """Event ids are `<job id>:<seq>`; there is no resume and no snapshot:
+    read `GET /jobs` first (or again after a reconnect)."""
+    rt = api.runtime
+    pool = request.query_params.get("pool") or None
+    task = request.query_params.get("task") or None
+    if pool is not None and pool not in rt.pools:
+        raise PoolNotFound(pool)
+    if task is not None and task not in rt.tasks:
+        raise TaskNotFound(task)
+    release = api.streams.acquire(api.settings.retry_after)
+    matches: Callable[[Event], bool] | None = None
+    if pool is not None or task is not None:
+
+        def matches(event: Event) -> bool:
+            return (pool is None or event.pool == pool) and (task is None or event.task == task)
+
+    sub = rt.broker.subscribe(None, matches=matches, maxsize=api.settings.stream_buffer)
+
+    def close() -> None:
+        sub.close()
+        release()
+
+    return _respond(api, _all_frames(sub), close)
+
+
+async def _all_frames(sub: Subscription) -> AsyncIterator[bytes]:
+    yield f"retry: {RECONNECT_MS}\n\n".encode()
+    async for event in sub:
+        yield frame(event, f"{event.job_id}:{event.seq}")
+
+
+def _respond(api: Api, frames: AsyncIterator[bytes], close: Callable[[], None]) -> Response:
+    settings = api.settings
+    return EventStream(
+        frames,
+        heartbeat=settings.heartbeat,
+        send_timeout=settings.send_timeout,
+        on_close=close,
+    )
+
+
+__all__ = ["final_event", "group", "last_event_id", "opening"]

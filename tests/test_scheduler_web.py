@@ -1,0 +1,177 @@
+"""The schedules API over HTTP (in-process ASGI): the same Runtime, the same errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from core_support import make_rt
+
+from taskrt import FakeClock, JobContext, Runtime
+from taskrt.web import create_app
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeClock, httpx.AsyncClient]]:
+    clock = FakeClock(T0)
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task
+    async def report(job: JobContext, kind: str = "daily") -> str:
+        return kind
+
+    rt.schedule("nightly", report, "0 0 2 * * *", kwargs={"kind": "nightly"})
+    app = create_app(rt)
+    async with rt:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield rt, clock, client
+
+
+def error(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()["error"]
+    return body
+
+
+async def test_create_read_list_and_idempotent_post(api: Any) -> None:
+    rt, _, client = api
+    new = {"name": "often", "task": "report", "expression": "*/5 * * * * *", "args": ["hourly"]}
+    created = await client.post("/schedules", json=new)
+    assert created.status_code == 201, created.text
+    assert created.headers["location"] == "/schedules/often"
+    body = created.json()
+    assert (body["name"], body["task"], body["args"], body["next_run_at"]) == (
+        "often",
+        "report",
+        ["hourly"],
+        T0 + 5,
+    )
+    assert (body["tz"], body["misfire"], body["paused"], body["fires"]) == (
+        "UTC",
+        "latest",
+        False,
+        0,
+    )
+    again = await client.post("/schedules", json=new)
+    assert (again.status_code, again.json()) == (200, body)
+    other = await client.post("/schedules", json={**new, "expression": "* * * * * *"})
+    assert other.status_code == 409 and error(other)["code"] == "schedule_exists"
+    listed = await client.get("/schedules")
+    assert [s["name"] for s in listed.json()["schedules"]] == ["nightly", "often"]
+    one = await client.get("/schedules/nightly")
+    assert (one.status_code, one.json()["kwargs"]) == (200, {"kind": "nightly"})
+    assert (await rt.schedules.get("often")).to_dict() == body
+
+
+async def test_errors(api: Any) -> None:
+    _, _, client = api
+    bad = await client.post(
+        "/schedules", json={"name": "x", "task": "report", "expression": "0 61 * * * *"}
+    )
+    assert bad.status_code == 422
+    assert (error(bad)["code"], error(bad)["field"]) == ("invalid_cron", "minute")
+    zone = await client.post(
+        "/schedules",
+        json={"name": "x", "task": "report", "expression": "* * * * *", "tz": "Nowhere/City"},
+    )
+    assert (zone.status_code, error(zone)["field"]) == (422, "timezone")
+    no_task = await client.post(
+        "/schedules", json={"name": "x", "task": "nope", "expression": "* * * * *"}
+    )
+    assert (no_task.status_code, error(no_task)["code"]) == (404, "task_not_found")
+    bad_args = await client.post(
+        "/schedules",
+        json={"name": "x", "task": "report", "expression": "* * * * *", "kwargs": {"k": 1}},
+    )
+    assert (bad_args.status_code, error(bad_args)["code"]) == (422, "validation_error")
+    missing = await client.post("/schedules", json={"name": "x", "task": "report"})
+    assert (missing.status_code, error(missing)["field"]) == (422, "expression")
+    unknown = await client.post(
+        "/schedules", json={"name": "x", "task": "report", "expression": "* * * * *", "cron": 1}
+    )
+    assert (unknown.status_code, error(unknown)["field"]) == (422, "cron")
+    policy = await client.put("/schedules/nightly", json={"misfire": "sometimes"})
+    assert (policy.status_code, error(policy)["field"]) == (422, "misfire")
+    malformed = await client.post(
+        "/schedules", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert malformed.status_code == 400
+    for method, path in [
+        ("GET", "/schedules/ghost"),
+        ("PUT", "/schedules/ghost"),
+        ("DELETE", "/schedules/ghost"),
+        ("POST", "/schedules/ghost/pause"),
+        ("POST", "/schedules/ghost/resume"),
+        ("POST", "/schedules/ghost/run"),
+    ]:
+        kwargs: dict[str, Any] = {"json": {}} if method == "PUT" else {}
+        answer = await client.request(method, path, **kwargs)
+        assert answer.status_code == 404, (method, path)
+        assert error(answer) == {
+            "code": "schedule_not_found",
+            "message": "no schedule named 'ghost'",
+            "schedule": "ghost",
+        }
+
+
+async def test_update_pause_resume_run_and_delete(api: Any) -> None:
+    rt, clock, client = api
+    changed = await client.put(
+        "/schedules/nightly", json={"expression": "*/10 * * * * *", "tz": "Europe/Berlin"}
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["expression"], changed.json()["tz"]) == (
+        "*/10 * * * * *",
+        "Europe/Berlin",
+    )
+    assert changed.json()["next_run_at"] == T0 + 10
+    bad = await client.put("/schedules/nightly", json={"expression": "* * *"})
+    assert (bad.status_code, error(bad)["field"]) == (422, "expression")
+
+    paused = await client.post("/schedules/nightly/pause")
+    assert (paused.status_code, paused.json()["paused"], paused.json()["next_run_at"]) == (
+        200,
+        True,
+        None,
+    )
+    await clock.advance(10)
+    await rt.schedules.wait_idle()
+    assert (await rt.schedules.get("nightly")).fires == 0
+    resumed = await client.post("/schedules/nightly/resume")
+    assert (resumed.json()["paused"], resumed.json()["next_run_at"]) == (False, T0 + 20)
+
+    run = await client.post("/schedules/nightly/run")
+    assert run.status_code == 201, run.text
+    job = run.json()
+    assert (job["task"], job["kwargs"], job["metadata"]) == (
+        "report",
+        {"kind": "nightly"},
+        {"schedule": "nightly", "slot": None},
+    )
+    assert run.headers["location"] == f"/jobs/{job['id']}"
+    assert (await client.get("/schedules/nightly")).json()["last_job_id"] == job["id"]
+
+    deleted = await client.delete("/schedules/nightly")
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    assert (await client.get("/schedules/nightly")).status_code == 404
+    assert (await client.get("/schedules")).json() == {"schedules": []}
+
+
+async def test_openapi_documents_the_schedule_routes(api: Any) -> None:
+    _, _, client = api
+    doc = (await client.get("/openapi.json")).json()
+    paths = doc["paths"]
+    assert set(paths["/schedules"]) == {"get", "post"}
+    assert set(paths["/schedules/{name}"]) == {"get", "put", "delete"}
+    for action in ("pause", "resume", "run"):
+        assert set(paths[f"/schedules/{{name}}/{action}"]) == {"post"}
+    schemas = doc["components"]["schemas"]
+    assert {"Schedule", "NewSchedule", "ScheduleChange"} <= set(schemas)
+    assert schemas["NewSchedule"]["required"] == ["name", "task", "expression"]
+    assert "422" in paths["/schedules"]["post"]["responses"]
+    assert "409" in paths["/schedules"]["post"]["responses"]

@@ -1,0 +1,764 @@
+"""The JSON API, in process (httpx's ASGI transport): every endpoint and every error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from taskrt import InvalidOption, JobContext, Runtime
+from taskrt.web import (
+    Api,
+    EndpointGroup,
+    Forbidden,
+    JobTokens,
+    Reply,
+    Unauthorized,
+    create_app,
+)
+from taskrt.web.errors import ApiError
+
+JSON = {"content-type": "application/json"}
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def make_runtime(path: Path, gates: dict[str, asyncio.Event]) -> Runtime:
+    rt = Runtime(str(path))
+    rt.pool("tiny", concurrency=1, capacity=1)
+
+    @rt.task(pool="main")
+    async def echo(job: JobContext, value: Any = None) -> Any:
+        return value
+
+    @rt.task(pool="main")
+    async def add(job: JobContext, a: int, b: int) -> int:
+        return a + b
+
+    @rt.task(pool="main")
+    async def gated(job: JobContext, key: str) -> str:
+        await job.progress(1, 2, "waiting at the gate")
+        await gates.setdefault(key, asyncio.Event()).wait()
+        return key
+
+    @rt.task(pool="main", attempts=1)
+    async def boom(job: JobContext) -> None:
+        raise RuntimeError("boom")
+
+    @rt.task(pool="tiny")
+    async def queued(job: JobContext) -> None:
+        return None
+
+    @rt.task(pool="main")
+    async def takes_tx(job: JobContext, tx: str) -> str:
+        return tx
+
+    return rt
+
+
+@pytest.fixture
+def gates() -> dict[str, asyncio.Event]:
+    return {}
+
+
+@pytest.fixture
+async def rt(db_path: Path, gates: dict[str, asyncio.Event]) -> AsyncIterator[Runtime]:
+    runtime = make_runtime(db_path, gates)
+    async with runtime:
+        yield runtime
+        for gate in gates.values():
+            gate.set()
+
+
+def client_for(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@pytest.fixture
+async def client(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(create_app(rt)) as c:
+        yield c
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert isinstance(error["code"], str) and isinstance(error["message"], str)
+    assert "Traceback" not in response.text
+    return error
+
+
+# -- adding ----------------------------------------------------------------------------
+
+
+async def test_add_returns_201_with_the_durable_job(rt: Runtime, client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/jobs", json={"task": "add", "kwargs": {"a": 2, "b": 3}, "metadata": {"user": 42}}
+    )
+    assert r.status_code == 201
+    job = r.json()
+    assert r.headers["location"] == f"/jobs/{job['id']}"
+    assert job["task"] == "add" and job["pool"] == "main" and job["metadata"] == {"user": 42}
+    assert job["status"] in ("WAITING", "RUNNING", "SUCCESS")
+    await rt.wait(job["id"], timeout=5)
+    done = (await client.get(f"/jobs/{job['id']}")).json()
+    assert done["status"] == "SUCCESS" and done["result"] == 5
+
+
+async def test_add_applies_every_option(rt: Runtime, client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/jobs",
+        json={
+            "task": "echo",
+            "args": ["hi"],
+            "delay": "1h",
+            "priority": 7,
+            "unique_key": "k1",
+            "attempts": 4,
+            "timeout": 30,
+        },
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["status"] == "WAITING" and job["args"] == ["hi"]
+    assert job["priority"] == 7 and job["max_attempts"] == 4 and job["timeout"] == 30
+    assert job["run_at"] - job["created_at"] == pytest.approx(3600, abs=1)
+    again = await client.post("/jobs", json={"task": "echo", "unique_key": "k1"})
+    assert again.json()["id"] == job["id"]
+    at = await client.post("/jobs", json={"task": "echo", "run_at": "2100-01-01T00:00:00Z"})
+    assert at.json()["run_at"] == 4102444800.0
+
+
+async def test_a_job_argument_named_tx_reaches_the_handler(
+    rt: Runtime, client: httpx.AsyncClient
+) -> None:
+    r = await client.post("/jobs", json={"task": "takes_tx", "kwargs": {"tx": "mine"}})
+    assert r.status_code == 201
+    assert (await rt.wait(r.json()["id"], timeout=5)).result == "mine"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"task": "nope"}, 404, "task_not_found"),
+        ({"task": "echo", "pool": "nope"}, 404, "pool_not_found"),
+        ({"task": "add", "kwargs": {"a": "x", "b": 1}}, 422, "validation_error"),
+        ({"task": "add", "kwargs": {"a": 1}}, 422, "validation_error"),
+        (b'{"task": "echo", "kwargs": {"value": 1e400}}', 422, "not_serializable"),
+        ({"task": "echo", "delay": "soon"}, 422, "invalid_option"),
+        ({"task": "echo", "delay": "inf"}, 422, "invalid_request"),
+        ({"task": "echo", "timeout": -1}, 422, "invalid_option"),
+        ({"task": "echo", "attempts": 0}, 422, "invalid_option"),
+        ({"task": "echo", "priority": 2**70}, 422, "invalid_request"),
+        ({"task": "echo", "priority": "high"}, 422, "invalid_request"),
+        ({"task": "echo", "args": {"a": 1}}, 422, "invalid_request"),
+        ({"task": "echo", "kwargs": [1]}, 422, "invalid_request"),
+        ({"task": "echo", "run_at": "2030-01-01T00:00:00"}, 422, "invalid_request"),
+        ({"task": "echo", "run_at": "tomorrow"}, 422, "invalid_request"),
+        ({"task": "echo", "kwarg": {}}, 422, "invalid_request"),
+        ({"task": 5}, 422, "invalid_request"),
+        ({}, 422, "invalid_request"),
+        ([1, 2], 422, "invalid_request"),
+        ("task", 422, "invalid_request"),
+    ],
+)
+async def test_add_refuses_bad_input_with_the_right_status(
+    client: httpx.AsyncClient, body: Any, status: int, code: str
+) -> None:
+    if isinstance(body, bytes):
+        r = await client.post("/jobs", content=body, headers=JSON)
+    else:
+        r = await client.post("/jobs", json=body)
+    assert r.status_code == status, r.text
+    assert error_of(r)["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code"),
+    [
+        (b"{bad", JSON, 400, "malformed_json"),
+        (b"", JSON, 400, "malformed_json"),
+        (b'{"task": NaN}', JSON, 400, "malformed_json"),
+        (b"\xff\xfe", JSON, 400, "malformed_json"),
+        (b"[" * 100_000, JSON, 400, "malformed_json"),
+        (b'{"task": "echo"}', {"content-type": "text/plain"}, 415, "unsupported_media_type"),
+        (b'{"task": "echo"}', {}, 415, "unsupported_media_type"),
+        (
+            b'{"task": "echo"}',
+            {"content-type": "application/json; charset=latin-1"},
+            415,
+            "unsupported_media_type",
+        ),
+        (b'{"task": "echo"}', {**JSON, "content-length": "x"}, 400, "bad_request"),
+    ],
+)
+async def test_add_refuses_bodies_that_are_not_json(
+    client: httpx.AsyncClient, content: bytes, headers: dict[str, str], status: int, code: str
+) -> None:
+    r = await client.post("/jobs", content=content, headers=headers)
+    assert r.status_code == status, r.text
+    assert error_of(r)["code"] == code
+
+
+async def test_a_json_suffix_media_type_is_json(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/jobs",
+        content=b'{"task": "echo"}',
+        headers={"content-type": "application/vnd.api+json; charset=utf-8"},
+    )
+    assert r.status_code == 201
+
+
+async def test_body_over_the_limit_is_413_by_content_length_and_by_counting(rt: Runtime) -> None:
+    async with client_for(create_app(rt, max_body=100)) as client:
+        big = json.dumps({"task": "echo", "kwargs": {"value": "x" * 200}}).encode()
+        r = await client.post("/jobs", content=big, headers=JSON)
+        assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+
+        streamed = 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal streamed
+            for _ in range(1000):  # 64 KB, no Content-Length: chunked
+                streamed += 1
+                yield b" " * 64
+
+        r = await client.post("/jobs", content=chunks(), headers=JSON)
+        assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+        assert "content-length" not in r.request.headers
+        small = await client.post("/jobs", json={"task": "echo"})
+        assert small.status_code == 201
+
+
+async def test_a_full_pool_is_503_with_retry_after(rt: Runtime) -> None:
+    rt.pools["tiny"].pause()
+    async with client_for(create_app(rt, retry_after=7)) as client:
+        assert (await client.post("/jobs", json={"task": "queued"})).status_code == 201
+        r = await client.post("/jobs", json={"task": "queued"})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "7"
+        assert error_of(r) == {
+            "code": "queue_full",
+            "message": "pool 'tiny' is full: 1 jobs are waiting",
+            "pool": "tiny",
+            "capacity": 1,
+        }
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+async def test_job_parts_progress_result_and_attempts(
+    rt: Runtime, client: httpx.AsyncClient, gates: dict[str, asyncio.Event]
+) -> None:
+    job_id = (await client.post("/jobs", json={"task": "gated", "kwargs": {"key": "g"}})).json()[
+        "id"
+    ]
+    await wait_until(lambda: "g" in gates)
+    progress = (await client.get(f"/jobs/{job_id}/progress")).json()
+    assert progress == {
+        "id": job_id,
+        "status": "RUNNING",
+        "current": 1,
+        "total": 2,
+        "message": "waiting at the gate",
+        "percent": 50.0,
+    }
+    assert (await client.get(f"/jobs/{job_id}/result")).json()["result"] is None
+    gates["g"].set()
+    await rt.wait(job_id, timeout=5)
+    result = (await client.get(f"/jobs/{job_id}/result")).json()
+    assert result["status"] == "SUCCESS" and result["result"] == "g" and result["error"] is None
+    attempts = (await client.get(f"/jobs/{job_id}/attempts")).json()["attempts"]
+    assert [(a["number"], a["outcome"]) for a in attempts] == [(1, "success")]
+
+
+async def test_attempts_withhold_tracebacks_unless_exposed(rt: Runtime) -> None:
+    job_id = await rt.add("boom")
+    await rt.wait(job_id, timeout=5)
+    async with client_for(create_app(rt)) as client:
+        attempt = (await client.get(f"/jobs/{job_id}/attempts")).json()["attempts"][0]
+        assert attempt["outcome"] == "error" and "boom" in attempt["error"]
+        assert attempt["traceback"] is None
+        assert "Traceback" not in (await client.get(f"/jobs/{job_id}")).text
+    async with client_for(create_app(rt, expose_tracebacks=True)) as client:
+        attempt = (await client.get(f"/jobs/{job_id}/attempts")).json()["attempts"][0]
+        assert "RuntimeError: boom" in attempt["traceback"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs/999",
+        "/jobs/999/progress",
+        "/jobs/999/result",
+        "/jobs/999/attempts",
+        "/jobs/99999999999999999999999999",
+        "/jobs/99999999999999999999999999/events",
+    ],
+)
+async def test_unknown_jobs_are_404(client: httpx.AsyncClient, path: str) -> None:
+    r = await client.get(path)
+    assert r.status_code == 404
+    assert error_of(r)["code"] == "job_not_found"
+
+
+async def test_unknown_routes_and_methods_are_json(client: httpx.AsyncClient) -> None:
+    r = await client.get("/nowhere")
+    assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+    r = await client.get("/jobs/abc")
+    assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+    r = await client.put("/jobs")
+    assert r.status_code == 405 and error_of(r)["code"] == "method_not_allowed"
+    assert "GET" in r.headers["allow"]
+
+
+# -- cancel and retry ---------------------------------------------------------------------
+
+
+async def test_cancel_a_waiting_job_then_409(rt: Runtime, client: httpx.AsyncClient) -> None:
+    job_id = (await client.post("/jobs", json={"task": "echo", "delay": 3600})).json()["id"]
+    r = await client.delete(f"/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["status"] == "CANCELLED"
+    r = await client.delete(f"/jobs/{job_id}")
+    assert r.status_code == 409
+    assert error_of(r) | {"message": ""} == {
+        "code": "invalid_transition",
+        "message": "",
+        "job_id": job_id,
+        "status": "CANCELLED",
+    }
+
+
+async def test_cancel_a_running_job(
+    rt: Runtime, client: httpx.AsyncClient, gates: dict[str, asyncio.Event]
+) -> None:
+    job_id = (await client.post("/jobs", json={"task": "gated", "kwargs": {"key": "c"}})).json()[
+        "id"
+    ]
+    await wait_until(lambda: "c" in gates)
+    r = await client.delete(f"/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["status"] == "CANCELLED"
+
+
+async def test_retry_a_failed_job_and_refuse_others(rt: Runtime, client: httpx.AsyncClient) -> None:
+    job_id = await rt.add("boom")
+    await rt.wait(job_id, timeout=5)
+    r = await client.post(f"/jobs/{job_id}/retry")
+    assert r.status_code == 200 and r.json()["status"] in ("WAITING", "RUNNING", "FAILURE")
+    final = await rt.wait(job_id, timeout=5)
+    assert final.attempts == 2
+    ok = await rt.add("echo", 1)
+    await rt.wait(ok, timeout=5)
+    r = await client.post(f"/jobs/{ok}/retry")
+    assert r.status_code == 409 and error_of(r)["status"] == "SUCCESS"
+    assert (await client.post("/jobs/999/retry")).status_code == 404
+
+
+# -- listing and statistics ------------------------------------------------------------------
+
+
+async def test_list_filters_and_pages_with_a_stable_cursor(
+    rt: Runtime, client: httpx.AsyncClient
+) -> None:
+    ids = []
+    for user in (1, 42, 42, 7, 42):
+        r = await client.post(
+            "/jobs", json={"task": "echo", "delay": 3600, "metadata": {"user": user}}
+        )
+        ids.append(r.json()["id"])
+    other = await client.post("/jobs", json={"task": "add", "kwargs": {"a": 1, "b": 1}})
+    await rt.wait(other.json()["id"], timeout=5)
+
+    page = (await client.get("/jobs", params={"metadata.user": "42", "limit": 2})).json()
+    assert [j["id"] for j in page["jobs"]] == [ids[4], ids[2]]
+    assert page["cursor"] is not None
+    await client.post("/jobs", json={"task": "echo", "delay": 3600, "metadata": {"user": 42}})
+    rest = (
+        await client.get(
+            "/jobs", params={"metadata.user": "42", "limit": 2, "cursor": page["cursor"]}
+        )
+    ).json()
+    assert [j["id"] for j in rest["jobs"]] == [ids[1]] and rest["cursor"] is None
+
+    waiting = (await client.get("/jobs?status=WAITING&task=echo")).json()["jobs"]
+    assert {j["id"] for j in waiting} >= set(ids)
+    both = (await client.get("/jobs?status=waiting,success&pool=main")).json()["jobs"]
+    assert other.json()["id"] in {j["id"] for j in both}
+    assert (await client.get("/jobs?metadata.user=%2242%22")).json()["jobs"] == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status=DONE",
+        "limit=0",
+        "limit=5000",
+        "limit=ten",
+        "cursor=abc",
+        "cursor=99999999999999999999999",
+        "stauts=WAITING",
+        "metadata.=1",
+    ],
+)
+async def test_list_refuses_bad_queries_with_422(client: httpx.AsyncClient, query: str) -> None:
+    r = await client.get(f"/jobs?{query}")
+    assert r.status_code == 422, r.text
+    assert error_of(r)["code"] in ("invalid_request", "invalid_option")
+
+
+async def test_stats(rt: Runtime, client: httpx.AsyncClient) -> None:
+    for job_id in [await rt.add("echo", 1), await rt.add("boom")]:
+        await rt.wait(job_id, timeout=5)
+    stats = (await client.get("/stats")).json()
+    assert stats["counts"]["SUCCESS"] == 1 and stats["counts"]["FAILURE"] == 1
+    assert stats["success_rate"] == 0.5 and stats["total"] == 2
+    future = (await client.get("/stats", params={"since": "2999-01-01T00:00:00+00:00"})).json()
+    assert future["total"] == 0
+    assert (await client.get("/stats?since=yesterday")).status_code == 422
+    assert (await client.get("/stats?since=10&until=5")).status_code == 422
+
+
+async def test_tasks_lists_parameters(client: httpx.AsyncClient) -> None:
+    tasks = {t["name"]: t for t in (await client.get("/tasks")).json()["tasks"]}
+    assert tasks["add"]["pool"] == "main"
+    assert tasks["add"]["parameters"]["properties"]["a"]["type"] == "integer"
+
+
+# -- pools ------------------------------------------------------------------------------------
+
+
+async def test_pools_list_create_change(rt: Runtime, client: httpx.AsyncClient) -> None:
+    names = [p["name"] for p in (await client.get("/pools")).json()["pools"]]
+    assert names == sorted(rt.pools)
+    assert (await client.get("/pools/main")).json()["concurrency"] == 10
+    assert error_of(await client.get("/pools/nope"))["code"] == "pool_not_found"
+
+    r = await client.post("/pools", json={"name": "reports", "concurrency": 2, "capacity": 5})
+    assert r.status_code == 201 and r.headers["location"] == "/pools/reports"
+    assert r.json() | {"waiting": 0} == {
+        "name": "reports",
+        "concurrency": 2,
+        "capacity": 5,
+        "waiting": 0,
+        "running": 0,
+        "paused": False,
+        "processed": 0,
+        "failed": 0,
+    }
+    assert rt.pools["reports"].concurrency == 2
+    dup = await client.post("/pools", json={"name": "reports"})
+    assert dup.status_code == 409 and error_of(dup)["code"] == "pool_exists"
+
+    r = await client.patch("/pools/reports", json={"concurrency": 4, "capacity": None})
+    assert r.status_code == 200 and r.json()["concurrency"] == 4 and r.json()["capacity"] is None
+
+
+async def test_pause_and_resume_a_pool_at_run_time(rt: Runtime, client: httpx.AsyncClient) -> None:
+    assert (await client.patch("/pools/main", json={"paused": True})).json()["paused"] is True
+    job_id = (await client.post("/jobs", json={"task": "echo", "args": [1]})).json()["id"]
+    assert (await client.get("/pools/main")).json()["waiting"] == 1
+    assert (await rt.get(job_id)).status.value == "WAITING"
+    assert (await client.patch("/pools/main", json={"paused": False})).json()["paused"] is False
+    assert (await rt.wait(job_id, timeout=5)).result == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/pools", {"name": "a/b"}),
+        ("POST", "/pools", {"name": ""}),
+        ("POST", "/pools", {"name": "x", "concurrency": 0}),
+        ("POST", "/pools", {"name": "x", "concurrency": "2"}),
+        ("POST", "/pools", {"name": "x", "capacity": -3}),
+        ("POST", "/pools", {"name": "x", "workers": 3}),
+        ("PATCH", "/pools/main", {"paused": "yes"}),
+        ("PATCH", "/pools/main", {"concurrency": True}),
+        ("PATCH", "/pools/main", {"size": 3}),
+        ("PATCH", "/pools/main", []),
+    ],
+)
+async def test_pool_changes_refuse_bad_input(
+    client: httpx.AsyncClient, method: str, path: str, body: Any
+) -> None:
+    r = await client.request(method, path, json=body)
+    assert r.status_code == 422, r.text
+    assert error_of(r)["code"] == "invalid_request"
+
+
+async def test_no_bad_input_gets_a_5xx(client: httpx.AsyncClient) -> None:
+    """A sweep of nonsense over every route: only 4xx answers, all JSON errors."""
+    bodies: list[bytes] = [
+        b"null",
+        b"0",
+        b'"x"',
+        b"[]",
+        b"{}",
+        b'{"task": null}',
+        b'{"task": "echo", "args": null, "kwargs": null}',
+        b'{"name": {"a": 1}, "concurrency": 1e308, "capacity": 1.5}',
+        b'{"concurrency": -1e999}',
+        b'{"task": "echo", "metadata": [], "unique_key": ""}',
+        b'{"task": "echo", "run_at": 1e300}',
+        b'{"task": "echo", "delay": -5}',
+    ]
+    paths = ["/jobs", "/pools", "/pools/main", "/jobs/1/retry", "/jobs/1/token", "/jobs/1"]
+    for path in paths:
+        for method in ("POST", "PATCH", "DELETE", "PUT"):
+            for body in bodies:
+                r = await client.request(method, path, content=body, headers=JSON)
+                assert r.status_code < 500, (method, path, body, r.text)
+                if r.status_code >= 400:
+                    error_of(r)
+    for query in ("limit=-1", "status=", "cursor=-1", "since=nan", "until=inf", "pool=%00"):
+        for path in ("/jobs", "/stats", "/pools"):
+            r = await client.get(f"{path}?{query}")
+            assert r.status_code < 500, (path, query, r.text)
+
+
+# -- the route table and OpenAPI ------------------------------------------------------------------
+
+
+async def test_openapi_documents_every_route_including_added_ones(rt: Runtime) -> None:
+    extra = EndpointGroup("extras", components={"Ping": {"type": "object"}})
+
+    @extra.get(
+        "/ping", summary="Ping", replies={200: Reply("pong", {"$ref": "#/components/schemas/Ping"})}
+    )
+    async def ping(api: Api, request: Request) -> Response:
+        return JSONResponse({"pong": True})
+
+    app = create_app(rt, endpoints=[extra])
+    async with client_for(app) as client:
+        doc = (await client.get("/openapi.json")).json()
+        assert (await client.get("/ping")).json() == {"pong": True}
+    assert doc["openapi"].startswith("3.1")
+    served = {
+        (method, route.path.replace(":int", ""))
+        for route in app.routes
+        for method in getattr(route, "methods", None) or ()
+        if method != "HEAD"
+    }
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == served
+    assert ("POST", "/jobs") in documented and ("GET", "/jobs/{job_id}/events") in documented
+    assert ("GET", "/ping") in documented
+
+    refs = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.add(node["$ref"].rsplit("/", 1)[-1])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(doc)
+    assert refs <= set(doc["components"]["schemas"])
+    events = doc["paths"]["/jobs/{job_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert doc["paths"]["/health"]["get"]["security"] == []
+
+
+# -- authentication, tokens, cross-site ------------------------------------------------------------
+
+
+def bearer(request: Request) -> str | None:
+    if request.headers.get("authorization") == "Bearer s3cret":
+        return "alice"
+    return None
+
+
+async def test_auth_guards_every_route_but_health(rt: Runtime) -> None:
+    seen: list[Any] = []
+    extra = EndpointGroup("extras")
+
+    @extra.get("/whoami", summary="Who am I")
+    async def whoami(api: Api, request: Request) -> Response:
+        seen.append(request.state.principal)
+        return JSONResponse({"principal": request.state.principal})
+
+    app = create_app(rt, auth=bearer, endpoints=[extra])
+    async with client_for(app) as client:
+        assert (await client.get("/health")).status_code == 200
+        for path in ("/jobs", "/jobs/1", "/pools", "/stats", "/openapi.json", "/events", "/whoami"):
+            r = await client.get(path)
+            assert r.status_code == 401, path
+            assert error_of(r)["code"] == "unauthorized"
+        r = await client.post("/jobs", json={"task": "echo"})
+        assert r.status_code == 401
+        authed = {"authorization": "Bearer s3cret"}
+        r = await client.get("/whoami", headers=authed)
+        assert r.json() == {"principal": "alice"} and seen == ["alice"]
+        r = await client.post("/jobs", json={"task": "echo"}, headers=authed)
+        assert r.status_code == 201
+
+
+async def test_async_auth_and_its_refusals(rt: Runtime) -> None:
+    async def auth(request: Request) -> str:
+        key = request.headers.get("x-key")
+        if key == "banned":
+            raise Forbidden("banned key")
+        if key != "ok":
+            raise Unauthorized("need x-key")
+        return "ok"
+
+    async with client_for(create_app(rt, auth=auth)) as client:
+        r = await client.get("/jobs")
+        assert r.status_code == 401 and error_of(r)["message"] == "need x-key"
+        r = await client.get("/jobs", headers={"x-key": "banned"})
+        assert r.status_code == 403 and error_of(r)["code"] == "forbidden"
+        assert (await client.get("/jobs", headers={"x-key": "ok"})).status_code == 200
+
+
+async def test_a_job_token_grants_that_jobs_state_and_nothing_else(rt: Runtime) -> None:
+    authed = {"authorization": "Bearer s3cret"}
+    async with client_for(create_app(rt, auth=bearer)) as client:
+        job_id = (
+            await client.post("/jobs", json={"task": "echo", "args": [5]}, headers=authed)
+        ).json()["id"]
+        other = (await client.post("/jobs", json={"task": "echo"}, headers=authed)).json()["id"]
+        await rt.wait(job_id, timeout=5)
+        assert (await client.post(f"/jobs/{job_id}/token")).status_code == 401
+        r = await client.post(f"/jobs/{job_id}/token", headers=authed)
+        assert r.status_code == 201 and r.headers["cache-control"] == "no-store"
+        minted = r.json()
+        token = minted["token"]
+        assert minted["events"] == f"/jobs/{job_id}/events?token={token}"
+        q = {"token": token}
+        assert (await client.get(f"/jobs/{job_id}", params=q)).json()["result"] == 5
+        assert (await client.get(f"/jobs/{job_id}/progress", params=q)).status_code == 200
+        assert (await client.get(f"/jobs/{job_id}/result", params=q)).status_code == 200
+        events = await client.get(f"/jobs/{job_id}/events", params=q)
+        assert events.status_code == 200 and "event: snapshot" in events.text
+        r = await client.get(f"/jobs/{other}", params=q)
+        assert r.status_code == 403 and error_of(r)["code"] == "token_scope"
+        for method, path in [
+            ("GET", f"/jobs/{job_id}/attempts"),
+            ("DELETE", f"/jobs/{job_id}"),
+            ("POST", f"/jobs/{job_id}/retry"),
+            ("GET", "/jobs"),
+            ("GET", "/stats"),
+        ]:
+            assert (await client.request(method, path, params=q)).status_code == 401, path
+        bad = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        r = await client.get(f"/jobs/{job_id}", params={"token": bad})
+        assert r.status_code == 401 and error_of(r)["code"] == "invalid_token"
+        r = await client.get(f"/jobs/{job_id}", params={"token": "v1.é.x"})
+        assert r.status_code == 401
+
+
+def test_tokens_expire_and_are_bound_to_their_secret() -> None:
+    now = [1000.0]
+    tokens = JobTokens("k" * 32, ttl=60, now=lambda: now[0])
+    token, expires = tokens.mint(7)
+    assert expires >= 1060
+    tokens.check(token, 7)
+    with pytest.raises(ApiError) as scope:
+        tokens.check(token, 8)
+    assert scope.value.status == 403
+    with pytest.raises(ApiError) as other_secret:
+        JobTokens("z" * 32, ttl=60, now=lambda: now[0]).check(token, 7)
+    assert other_secret.value.code == "invalid_token"
+    now[0] = expires + 1
+    with pytest.raises(ApiError) as expired:
+        tokens.check(token, 7)
+    assert expired.value.status == 401 and expired.value.code == "token_expired"
+    with pytest.raises(ValueError):
+        JobTokens("short", ttl=60, now=lambda: 0.0)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"cookie": "session=1", "sec-fetch-site": "cross-site"}, 403),
+        ({"cookie": "session=1", "origin": "https://evil.example"}, 403),
+        ({"cookie": "session=1", "origin": "null"}, 403),
+        (
+            {"cookie": "session=1", "sec-fetch-site": "same-site", "origin": "http://a.testserver"},
+            403,
+        ),
+        (
+            {"cookie": "session=1", "sec-fetch-site": "same-origin", "origin": "http://testserver"},
+            201,
+        ),
+        ({"cookie": "session=1", "origin": "https://app.example"}, 201),  # trusted
+        ({"cookie": "session=1"}, 201),  # not a browser's cross-site request
+        ({"sec-fetch-site": "cross-site"}, 201),  # no cookie: no ambient authority
+        ({"cookie": "s=1", "authorization": "Bearer x", "sec-fetch-site": "cross-site"}, 201),
+    ],
+)
+async def test_cookie_authenticated_changes_refuse_cross_site_requests(
+    rt: Runtime, headers: dict[str, str], status: int
+) -> None:
+    app = create_app(rt, trusted_origins=["https://app.example"])
+    async with client_for(app) as client:
+        r = await client.post("/jobs", json={"task": "echo"}, headers=headers)
+        assert r.status_code == status, r.text
+        if status == 403:
+            assert error_of(r)["code"] == "cross_site"
+            # Reads are not state changes: the same request may GET.
+            assert (await client.get("/jobs", headers=headers)).status_code == 200
+
+
+# -- the app itself ---------------------------------------------------------------------------------
+
+
+async def test_a_bug_is_a_logged_json_500_without_a_traceback(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = EndpointGroup("extras")
+
+    @extra.get("/bug", summary="A bug")
+    async def bug(api: Api, request: Request) -> Response:
+        raise ZeroDivisionError("secret detail")
+
+    async with client_for(create_app(rt, endpoints=[extra])) as client:
+        with caplog.at_level(logging.ERROR, logger="taskrt.web"):
+            r = await client.get("/bug")
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
+    assert "secret detail" not in r.text
+    assert any("ZeroDivisionError" in (rec.exc_text or "") for rec in caplog.records)
+
+
+async def test_a_runtime_that_is_not_started_is_503(db_path: Path) -> None:
+    rt = make_runtime(db_path, {})
+    async with client_for(create_app(rt)) as client:
+        r = await client.get("/jobs/1")
+        assert r.status_code == 503 and error_of(r)["code"] == "not_started"
+        assert (await client.get("/health")).status_code == 503
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_body": 0},
+        {"heartbeat": -1},
+        {"max_streams": 0},
+        {"send_timeout": 0},
+        {"stream_buffer": 0},
+        {"token_secret": "short"},
+        {"token_ttl": 0},
+    ],
+)
+def test_create_app_refuses_bad_settings(tmp_path: Path, options: dict[str, Any]) -> None:
+    with pytest.raises(InvalidOption):
+        create_app(Runtime(str(tmp_path / "x.db")), **options)
+
