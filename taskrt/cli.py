@@ -11,8 +11,12 @@ Each subcommand is one function, registered in ``COMMANDS`` with the
         ...
 
 Conventions: a command returns its exit status (0 ok, 1 something is wrong,
-2 bad usage); an error is one line on stderr (``taskrt: error: ...``) unless
-``--debug`` asks for the traceback.
+2 bad usage, 3 not found, 4 unavailable: see docs/cli.md) or raises
+``CommandError(message, status)``; an error is one line on stderr
+(``taskrt: error: ...``) unless ``--debug`` asks for the traceback.
+
+The operator commands (serve, add, get, ls, watch, ...) live in
+``cli_commands``; ``build_parser`` imports it, which registers them here.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from .errors import TaskrtError
 
-__all__ = ["COMMANDS", "Command", "command", "main"]
+__all__ = ["COMMANDS", "Command", "CommandError", "UsageError", "command", "main"]
 
 Run = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -57,11 +62,23 @@ def command(name: str, help: str, configure: Configure) -> Callable[[Run], Run]:
     return register
 
 
-class UsageError(Exception):
+class CommandError(Exception):
+    """An expected failure of a command: one line on stderr, exit ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(CommandError):
     """Bad arguments found after parsing (exit status 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import_module("taskrt.cli_commands")  # registers serve, add, get, ls, watch, ...
     parser = argparse.ArgumentParser(
         prog="taskrt", description="An asyncio background-task runtime."
     )
@@ -90,9 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except KeyboardInterrupt:
         return 130
-    except UsageError as exc:
+    except CommandError as exc:
+        if args.debug:
+            traceback.print_exc()
         _error(str(exc))
-        return 2
+        return exc.status
     except Exception as exc:
         if args.debug:
             traceback.print_exc()

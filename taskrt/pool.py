@@ -288,8 +288,13 @@ class Pool:
         if timeout is not None:
             state.watchdog = loop.call_later(timeout, self._expire, state)
         outcome: Outcome
+        instrumentation = self._rt.instrumentation
         try:
-            result = await self._call(state, loop)
+            if instrumentation is None:
+                result = await self._call(state, loop)
+            else:  # e.g. a tracing span around the attempt (taskrt.tracing)
+                with instrumentation.attempt(state):
+                    result = await self._call(state, loop)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not (state.cancel_requested or state.timed_out or state.shutdown):

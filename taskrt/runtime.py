@@ -34,12 +34,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import store as sql
 from .clock import Clock, SystemClock
-from .counters import Counters
 from .context import JobState
+from .counters import Counters
 from .definitions import Hooks, Options, Task, TaskCall, TaskSpec, make_spec
 from .errors import (
     Fatal,
@@ -70,6 +70,9 @@ from .pool import DEFAULT_CONCURRENCY, Outcome, Pool
 from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import NewJob, Store, Synchronous, dumps
+
+if TYPE_CHECKING:
+    from .tracing import Instrumentation
 
 log = logging.getLogger("taskrt")
 
@@ -132,6 +135,7 @@ class Runtime:
         subscriber_buffer: int = 256,
         replay: int = 128,
         default_concurrency: int = DEFAULT_CONCURRENCY,
+        tracing: bool = False,
     ) -> None:
         self.path = str(path)
         self.workers = workers
@@ -147,6 +151,12 @@ class Runtime:
         self.store = Store(self.path, synchronous=synchronous, progress_interval=progress_interval)
         self.broker = Broker(buffer=subscriber_buffer, replay=replay)
         self.counters = Counters()
+        # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
+        self.instrumentation: Instrumentation | None = None
+        if tracing:
+            from .tracing import instrument
+
+            instrument(self)
         self._tasks: dict[str, TaskSpec] = {}
         self._pools: dict[str, Pool] = {}
         self._live: dict[int, JobState] = {}
@@ -225,8 +235,8 @@ class Runtime:
         from .params import attach
 
         spec = attach(spec)
+        self.schedules._task_registered(spec)  # a bad cron refuses the task
         self._tasks[spec.name] = spec
-        self.schedules._task_registered(spec)
         pool = self._pools.get(spec.pool)
         if pool is None:
             self.pool(spec.pool, concurrency=spec.pool_concurrency, capacity=spec.pool_capacity)
@@ -433,11 +443,12 @@ class Runtime:
     async def _recover(self) -> None:
         """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned."""
         now = self.clock.now()
-        _, recovered, orphaned = await sql.run_script(
+        _, recovered, _, orphaned = await sql.run_script(
             self.store,
             [
                 (sql.SQL_INTERRUPT_ATTEMPTS, (now, now)),
                 (sql.SQL_RECOVER, (MAX_RECOVERIES,)),
+                (sql.SQL_SCHEDULE_ORPHANS, ()),  # failures of their schedules (scheduler note 6)
                 (sql.SQL_ORPHAN, (now,)),
             ],
         )
@@ -452,7 +463,9 @@ class Runtime:
         """Take responsibility for a WAITING job found in the database."""
         spec = self._tasks.get(info.task)
         if spec is None:
-            log.warning("taskrt: job %d has unknown task %r; left waiting", info.id, info.task)
+            job_logger(info).warning(
+                "taskrt: job %d has unknown task %r; left waiting", info.id, info.task
+            )
             return None
         state = JobState(info, spec, spec.retry)
         self._live[info.id] = state
@@ -480,13 +493,13 @@ class Runtime:
                 self._adopt(info, announce=True)
             elif info.status is JobStatus.CANCELLED and state is not None:
                 if state.status is JobStatus.WAITING:
-                    self.pool(state.pool).remove(state)
+                    self._pools[state.pool].remove(state)
                     state.seq = max(state.seq, info.seq)
                     self._finalize(state, JobStatus.CANCELLED, {}, write=False)
                 elif state.status is JobStatus.RUNNING:
-                    self.pool(state.pool).cancel_running(state)
+                    self._pools[state.pool].cancel_running(state)
             elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
-                self.pool(state.pool).cancel_running(state)
+                self._pools[state.pool].cancel_running(state)
             self.store.write(sql.SQL_CLEAR_EXTERNAL, (info.id,))
 
     # -- adding --------------------------------------------------------------------------
@@ -516,6 +529,18 @@ class Runtime:
         return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
 
     async def _add(
+        self,
+        pool: Pool,
+        task: TaskRef,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        tx: Transaction | None,
+    ) -> list[int]:
+        if self.instrumentation is not None:
+            return await self.instrumentation.add(self._add_jobs, pool, task, calls, tx=tx)
+        return await self._add_jobs(pool, task, calls, tx=tx)
+
+    async def _add_jobs(
         self,
         pool: Pool,
         task: TaskRef,
@@ -637,9 +662,9 @@ class Runtime:
                 )
             )
         if state.spec.hooks.on_add is not None:
-            self._hook(state.spec.hooks.on_add, info.id)
+            self._hook(state.spec.hooks.on_add, info.id, job=state)
         if self.workers:
-            self.pool(info.pool).push(state)
+            self._pools[info.pool].push(state)
 
     async def _check_capacity(self, pool: Pool, n: int) -> None:
         if pool.capacity is None:
@@ -731,7 +756,7 @@ class Runtime:
         self.store.progress(info.id, current, state.total, state.message, seq)
         hook = state.spec.hooks.on_progress
         if hook is not None:
-            self._hook(hook, info.id, current, state.total, state.message)
+            self._hook(hook, info.id, current, state.total, state.message, job=state)
 
     async def progress(
         self, job_id: int, current: float, total: float | None = None, message: str | None = None
@@ -835,7 +860,7 @@ class Runtime:
             {"attempt": attempt, "error": error if record else None, "run_at": run_at},
         )
         self._write_waiting(state)
-        self.pool(state.pool).push(state)
+        self._pools[state.pool].push(state)
 
     def _write_waiting(self, state: JobState) -> asyncio.Future[None]:
         return self.store.write(
@@ -934,14 +959,16 @@ class Runtime:
                 fut = self.store.write(
                     sql.SQL_CANCELLED, (now, seq, error, info.id), job_id=info.id
                 )
+        if status is JobStatus.FAILURE and "schedule" in state.metadata:
+            self.schedules._job_failed(state.metadata)  # counted (scheduler note 6)
         self._emit(state, _TERMINAL_EVENT[status], data)
         if info.unique_key is not None and self._unique.get(info.unique_key) == info.id:
             del self._unique[info.unique_key]
         hooks = state.spec.hooks
         if status is JobStatus.SUCCESS and hooks.on_success is not None:
-            self._hook(hooks.on_success, info.id, data.get("result"))
+            self._hook(hooks.on_success, info.id, data.get("result"), job=state)
         elif status is JobStatus.FAILURE and hooks.on_error is not None:
-            self._hook(hooks.on_error, info.id, error)
+            self._hook(hooks.on_error, info.id, error, job=state)
         if fut is None:
             self._live.pop(info.id, None)
         else:
@@ -950,7 +977,7 @@ class Runtime:
 
     def _forget(self, state: JobState, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
-            log.error(
+            job_logger(state).error(
                 "taskrt: the final state of job %d was not written: %s", state.id, fut.exception()
             )
         if self._live.get(state.id) is state and state.status in TERMINAL:
@@ -958,15 +985,16 @@ class Runtime:
 
     # -- hooks and background work ---------------------------------------------------------
 
-    def _hook(self, hook: Callable[..., Any], *args: Any) -> None:
-        """Run a user hook; one that raises is logged and changes nothing."""
+    def _hook(self, hook: Callable[..., Any], *args: Any, job: JobState | None = None) -> None:
+        """Run a user hook; one that raises is logged (with ``job``'s fields) and changes nothing."""
+        logger = log if job is None else job_logger(job)
         try:
             result = hook(*args)
         except Exception:
-            log.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
+            logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
             return
         if inspect.isawaitable(result):
-            self._spawn(_guard(result, hook))
+            self._spawn(_guard(result, hook, logger))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -1027,22 +1055,25 @@ class Runtime:
         state = self._live.get(job_id)
         if state is not None and self.workers:
             if state.status is JobStatus.WAITING:
-                self.pool(state.pool).remove(state)
+                self._pools[state.pool].remove(state)
                 self._finalize(state, JobStatus.CANCELLED, {})
                 await self.store.flush()
                 return state.info()
             if state.status is JobStatus.RUNNING:
-                self.pool(state.pool).cancel_running(state)
+                self._pools[state.pool].cancel_running(state)
                 return await self.wait(job_id, timeout=self.abandon_after + 5)
         info = await self.get(job_id)
         if info.terminal:
             raise InvalidTransition(job_id, info.status.value, "cancel")
-        if info.status is JobStatus.WAITING:
-            await sql.run_script(
-                self.store, [(sql.SQL_CANCEL_WAITING_EXTERNAL, (self.clock.now(), job_id))]
-            )
-        else:
-            await sql.run_script(self.store, [(sql.SQL_REQUEST_CANCEL, (job_id,))])
+        # Both in one transaction: the owner may start the job between our read
+        # and our write, and whichever status the row has then, the cancel lands.
+        await sql.run_script(
+            self.store,
+            [
+                (sql.SQL_CANCEL_WAITING_EXTERNAL, (self.clock.now(), job_id)),
+                (sql.SQL_REQUEST_CANCEL, (job_id,)),
+            ],
+        )
         return await self.get(job_id)
 
     async def retry(self, job_id: int) -> JobInfo:
@@ -1300,11 +1331,13 @@ _TERMINAL_EVENT = {
 }
 
 
-async def _guard(awaitable: Any, hook: Any) -> None:
+async def _guard(
+    awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapter = log
+) -> None:
     try:
         await awaitable
     except Exception:
-        log.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
+        logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
 
 
 def _describe(exc: BaseException) -> str:

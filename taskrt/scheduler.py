@@ -16,7 +16,10 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    fire after the job has finished.
 2. **Wake, don't poll.** One clock timer, armed at the earliest ``next_run_at``
    of the active schedules, fires what is due and re-arms. The clock is the
-   runtime's, so tests drive the scheduler with a ``FakeClock``.
+   runtime's, so tests drive the scheduler with a ``FakeClock``. The timer
+   never sleeps more than ``max_sleep`` (60 s): event-loop timers follow the
+   monotonic clock, which a suspended machine or a stepped wall clock leaves
+   behind, so a long sleep wakes early to look at the wall clock again.
 3. **Misfires.** Reached late (downtime, a blocked event loop), a schedule may
    have several slots due at once. ``latest`` (the default) fires only the
    newest; ``skip`` fires the newest only if it is at most ``misfire_grace``
@@ -32,10 +35,12 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    changes schedules in the database; every change of a definition bumps a
    version in ``meta``, which the owner reads every ``watch_interval`` seconds
    (polling only for what another process wrote).
-6. **Failures are counted by the database.** A trigger on ``jobs``
-   (``store.SCHEMA``) adds one to a schedule's ``failures`` when a job whose
-   metadata names it reaches FAILURE, whoever wrote it; retention may delete
-   the job, the count stays.
+6. **Failures.** When a job whose metadata names a schedule (as every job a
+   schedule adds does) ends FAILURE, the runtime queues one more failure for
+   the schedule with the job's FAILURE write (same batch); recovery counts the
+   jobs it fails as orphaned. Retention may delete the jobs; the counts stay.
+   (Not a trigger on ``jobs``: any UPDATE trigger there costs about a third of
+   the job throughput.)
 """
 
 from __future__ import annotations
@@ -340,6 +345,7 @@ class Scheduler:
         self.misfire_grace = 1.0
         self.max_catch_up = MAX_CATCH_UP
         self.watch_interval = 1.0
+        self.max_sleep = 60.0
         self.retention = Retention(rt)
         self._declared: dict[str, ScheduleDefinition] = {}
         self._from_tasks: set[str] = set()
@@ -372,6 +378,12 @@ class Scheduler:
         elif spec.name in self._from_tasks:
             self._from_tasks.discard(spec.name)
             self._declared.pop(spec.name, None)
+
+    def _job_failed(self, metadata: Mapping[str, Any]) -> None:
+        """A job of a schedule ended FAILURE (note 6); called by the runtime."""
+        name = metadata.get("schedule")
+        if isinstance(name, str):
+            self._rt.store.write(sql.SQL_SCHEDULE_FAILED, (name,))
 
     async def _store_declared(self, definitions: builtins.list[ScheduleDefinition]) -> None:
         try:
@@ -658,11 +670,11 @@ class Scheduler:
             self._disarm()
             return
         when = min(self._due.values())
-        if self._timer is not None and self._timer_at == when:
-            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
+            return  # it wakes in time; a wake looks again (note 2)
         self._disarm()
-        self._timer_at = when
-        self._timer = self._rt.clock.call_at(when, self._on_timer)
+        self._timer_at = min(when, self._rt.clock.now() + self.max_sleep)
+        self._timer = self._rt.clock.call_at(self._timer_at, self._on_timer)
 
     def _disarm(self) -> None:
         if self._timer is not None:

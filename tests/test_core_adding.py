@@ -59,7 +59,12 @@ async def test_add_is_durable_when_it_returns_and_ids_increase(tmp_path: Path) -
             ids.append(job_id)
         assert ids == [1, 2, 3]
         info = await rt.get(2)
-        assert (info.id, info.task, info.pool, info.status) == (2, "send", "email", JobStatus.WAITING)
+        assert (info.id, info.task, info.pool, info.status) == (
+            2,
+            "send",
+            "email",
+            JobStatus.WAITING,
+        )
         assert (info.args, info.kwargs) == ((8,), {"lang": "de"})
         assert (info.attempts, info.max_attempts, info.priority) == (0, 3, 0)
         assert info.result is None and info.error is None
@@ -409,9 +414,7 @@ def test_all_is_honest() -> None:
         "FAILURE",
         "CANCELLED",
     }
-    public = {
-        n for n, v in vars(module).items() if not n.startswith("_") and isinstance(v, type)
-    }
+    public = {n for n, v in vars(module).items() if not n.startswith("_") and isinstance(v, type)}
     assert public <= set(module.__all__), public - set(module.__all__)
     for name in ("TaskrtError", "JobNotFound", "QueueFull", "TaskNotFound", "InvalidOption"):
         assert issubclass(getattr(module, name), Exception)

@@ -104,7 +104,12 @@ async def test_list_backoff_runs_each_attempt_at_its_time(tmp_path: Path) -> Non
         info = await rt.wait(job_id, timeout=5)
 
     assert calls == [(1, t0), (2, t0 + 1), (3, t0 + 6), (4, t0 + 11)]
-    assert (info.status, info.result, info.attempts, info.error) == (JobStatus.SUCCESS, "ok", 4, None)
+    assert (info.status, info.result, info.attempts, info.error) == (
+        JobStatus.SUCCESS,
+        "ok",
+        4,
+        None,
+    )
 
 
 async def test_every_attempt_is_recorded_and_readable(tmp_path: Path) -> None:

@@ -108,16 +108,18 @@ async def test_handler_ignoring_cancellation_is_marked_and_keeps_its_slot(tmp_pa
         return "ran"
 
     async with rt:
-        stuck = await pool.add(deaf)
-        queued = await pool.add(next_in_line)
-        info = await rt.wait(stuck, timeout=5)
-        assert info.status is JobStatus.FAILURE
-        assert info.error is not None and "timed out" in info.error
-        # The coroutine still runs: its slot is not given to the next job.
-        assert (await rt.get(queued)).status is JobStatus.WAITING
-        assert ran == []
-        assert pool.statistics().waiting == 1
-        release.set()
+        try:
+            stuck = await pool.add(deaf)
+            queued = await pool.add(next_in_line)
+            info = await rt.wait(stuck, timeout=5)
+            assert info.status is JobStatus.FAILURE
+            assert info.error is not None and "timed out" in info.error
+            # The coroutine still runs: its slot is not given to the next job.
+            assert (await rt.get(queued)).status is JobStatus.WAITING
+            assert ran == []
+            assert pool.statistics().waiting == 1
+        finally:
+            release.set()  # even when an assertion failed: the loop must be able to close
         done = await rt.wait(queued, timeout=5)
         assert (done.status, done.result) == (JobStatus.SUCCESS, "ran")
     assert rows(db_file(tmp_path), "SELECT id, status FROM jobs ORDER BY id") == [
@@ -143,10 +145,12 @@ async def test_abandoned_attempt_does_not_break_the_retry(tmp_path: Path) -> Non
         return job.attempt
 
     async with rt:
-        job_id = await pool.add(deaf_once)
-        info = await rt.wait(job_id, timeout=5)
-        assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)
-        release.set()
+        try:
+            job_id = await pool.add(deaf_once)
+            info = await rt.wait(job_id, timeout=5)
+            assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)
+        finally:
+            release.set()
         # The abandoned coroutine's return changes nothing and frees its slot.
         await until(lambda: pool.statistics().running == 0)
         assert (await rt.get(job_id)).result == 2
@@ -160,6 +164,23 @@ async def test_abandoned_attempt_does_not_break_the_retry(tmp_path: Path) -> Non
         await gate.wait_entered(2)
         gate.open()
         assert [(await rt.wait(i, timeout=5)).status for i in ids] == [JobStatus.SUCCESS] * 2
+
+
+async def test_retry_after_a_timeout_is_not_abandoned_by_the_old_attempt(tmp_path: Path) -> None:
+    # The first attempt times out and stops at once; the second one runs longer
+    # than ``abandon_after`` (but within its timeout) and must simply succeed.
+    rt = make_rt(tmp_path, abandon_after=0.05)
+    rt.pool("one", concurrency=1)
+
+    @rt.task(pool="one", attempts=2, retry=0, timeout=0.3)
+    async def slow_then_fine(job: JobContext) -> int:
+        await asyncio.sleep(30 if job.attempt == 1 else 0.15)
+        return job.attempt
+
+    async with rt:
+        job_id = await rt.pool("one").add(slow_then_fine)
+        info = await rt.wait(job_id, timeout=5)
+    assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)
 
 
 async def test_timeout_per_call_option(tmp_path: Path) -> None:

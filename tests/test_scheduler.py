@@ -15,12 +15,13 @@ import signal
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import db_file, make_rt, rows, until
+from core_support import db_file, make_rt, rows, until, write
 
 from taskrt import (
     CronError,
@@ -343,6 +344,32 @@ async def test_cron_decorator_on_a_plain_function_registers_the_task(tmp_path: P
     assert rows(db_file(tmp_path), "SELECT DISTINCT pool FROM jobs") == [("cron",)]
 
 
+async def test_the_task_option_cron_declares_a_schedule(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task(cron="*/2 * * * * *", cron_tz="Europe/Berlin")
+    async def tick(job: JobContext) -> None:
+        return None
+
+    with pytest.raises(CronError):
+
+        @rt.task(cron="*/2 * * *")
+        async def bad(job: JobContext) -> None:
+            return None
+
+    assert "bad" not in rt.tasks
+    async with rt:
+        assert (await rt.schedules.get("tick")).tz == "Europe/Berlin"
+        await run_for(rt, clock, 2)
+        assert slots_of(db_file(tmp_path), "tick") == [T0 + 2]
+    rt.register(replace(tick.spec, cron=None))  # the task without its cron: no declaration
+    async with rt:
+        await rt.schedules.delete("tick")
+    async with rt:
+        assert await rt.schedules.list() == []
+
+
 async def test_anchor_cronjob_declares_a_schedule_named_after_the_task(tmp_path: Path) -> None:
     (tmp_path / "tasks.yaml").write_text(
         textwrap.dedent(
@@ -542,6 +569,39 @@ async def test_statistics_count_fires_and_failures(tmp_path: Path) -> None:
     assert (by_name["idle"].paused, by_name["idle"].next_run_at) == (True, None)
     assert stats.retention is not None and stats.retention.enabled
     assert stats.to_dict()["schedules"][0]["name"] == "broken"
+
+
+async def test_jobs_failed_as_orphans_at_recovery_count_as_failures(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+
+    def make() -> Runtime:
+        rt = make_rt(tmp_path, clock=clock)
+
+        @rt.task
+        async def beat(job: JobContext) -> None:
+            return None
+
+        rt.schedule("beat", beat, "0 0 * * *")
+        return rt
+
+    async with make():
+        pass
+    # Left RUNNING by a process that died, for the last time it may: orphaned at start.
+    write(
+        db_file(tmp_path),
+        "INSERT INTO jobs (task, pool, status, metadata, created_at, run_at, recoveries) "
+        "VALUES ('beat', 'default', 'RUNNING', ?, ?, ?, 3)",
+        ('{"schedule": "beat", "slot": 1}', T0, T0),
+    )
+    write(
+        db_file(tmp_path),
+        "INSERT INTO jobs (task, pool, status, metadata, created_at, run_at, recoveries) "
+        "VALUES ('beat', 'default', 'RUNNING', 'not json', ?, ?, 3)",
+        (T0, T0),
+    )
+    async with make() as rt:
+        assert (await rt.schedules.get("beat")).failures == 1
+    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("FAILURE",), ("FAILURE",)]
 
 
 async def test_a_refused_job_uses_up_its_slot(tmp_path: Path) -> None:

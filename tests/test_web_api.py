@@ -297,6 +297,14 @@ async def test_attempts_withhold_tracebacks_unless_exposed(rt: Runtime) -> None:
     async with client_for(create_app(rt, expose_tracebacks=True)) as client:
         attempt = (await client.get(f"/jobs/{job_id}/attempts")).json()["attempts"][0]
         assert "RuntimeError: boom" in attempt["traceback"]
+    # Behind ``auth``, operators see tracebacks; a per-job token never does.
+    async with client_for(create_app(rt, auth=bearer)) as client:
+        authed = {"authorization": "Bearer s3cret"}
+        r = await client.get(f"/jobs/{job_id}/attempts", headers=authed)
+        assert "RuntimeError: boom" in r.json()["attempts"][0]["traceback"]
+        token = (await client.post(f"/jobs/{job_id}/token", headers=authed)).json()["token"]
+        r = await client.get(f"/jobs/{job_id}/attempts", params={"token": token})
+        assert r.json()["attempts"][0]["traceback"] is None
 
 
 @pytest.mark.parametrize(
@@ -616,12 +624,13 @@ async def test_async_auth_and_its_refusals(rt: Runtime) -> None:
         if key == "banned":
             raise Forbidden("banned key")
         if key != "ok":
-            raise Unauthorized("need x-key")
+            raise Unauthorized("need x-key", challenge='ApiKey realm="jobs"')
         return "ok"
 
     async with client_for(create_app(rt, auth=auth)) as client:
         r = await client.get("/jobs")
         assert r.status_code == 401 and error_of(r)["message"] == "need x-key"
+        assert r.headers["www-authenticate"] == 'ApiKey realm="jobs"'
         r = await client.get("/jobs", headers={"x-key": "banned"})
         assert r.status_code == 403 and error_of(r)["code"] == "forbidden"
         assert (await client.get("/jobs", headers={"x-key": "ok"})).status_code == 200
@@ -649,8 +658,9 @@ async def test_a_job_token_grants_that_jobs_state_and_nothing_else(rt: Runtime) 
         assert events.status_code == 200 and "event: snapshot" in events.text
         r = await client.get(f"/jobs/{other}", params=q)
         assert r.status_code == 403 and error_of(r)["code"] == "token_scope"
+        attempts = (await client.get(f"/jobs/{job_id}/attempts", params=q)).json()["attempts"]
+        assert [a["outcome"] for a in attempts] == ["success"]
         for method, path in [
-            ("GET", f"/jobs/{job_id}/attempts"),
             ("DELETE", f"/jobs/{job_id}"),
             ("POST", f"/jobs/{job_id}/retry"),
             ("GET", "/jobs"),
@@ -761,4 +771,3 @@ async def test_a_runtime_that_is_not_started_is_503(db_path: Path) -> None:
 def test_create_app_refuses_bad_settings(tmp_path: Path, options: dict[str, Any]) -> None:
     with pytest.raises(InvalidOption):
         create_app(Runtime(str(tmp_path / "x.db")), **options)
-

@@ -80,6 +80,12 @@ def make_runtime(path: Path, gates: Gates, **options: Any) -> Runtime:
         await job.progress(n + 1, n + 1, "done")
         return key
 
+    @rt.task(pool="b", attempts=10)
+    async def stubborn(job: JobContext, failures: int) -> int:
+        if job.attempt <= failures:
+            raise RuntimeError(f"failure {job.attempt}")
+        return job.attempt
+
     @rt.task(pool="b", attempts=3)
     async def flaky(job: JobContext) -> str:
         if job.attempt < 2:
@@ -272,6 +278,23 @@ async def test_unknown_jobs_pools_and_tasks_are_404_and_leave_nothing(rt: Runtim
             r = await client.get(path)
             assert r.status_code == 404, path
     assert rt.broker.subscribers == 0 and api_of(app).streams.active == 0
+    assert not rt.broker.wants(404)  # a probe leaves no replay window behind
+
+
+async def test_a_client_runtime_streams_another_processs_jobs_by_polling(
+    db_path: Path, gates: Gates
+) -> None:
+    owner = make_runtime(db_path, gates)
+    reader = make_runtime(db_path, gates, workers=False)
+    async with owner, reader, client_for(create_app(reader)) as client:
+        r = await client.post("/jobs", json={"task": "steps", "args": [3]})
+        assert r.status_code == 201
+        job_id = r.json()["id"]
+        frames = parse_sse((await client.get(f"/jobs/{job_id}/events")).text)
+        assert frames[0].event == "snapshot" and frames[-1].event == "success"
+        last = frames[-1].id or ""
+        again = await client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": last})
+        assert again.status_code == 204
 
 
 # -- the multiplexed stream -------------------------------------------------------------------
@@ -398,6 +421,37 @@ async def test_a_stalled_stream_conflates_progress_but_keeps_the_terminal_event(
     assert len(progress) < 20
     assert progress[-1].data is not None and progress[-1].data["current"] == 100
     assert frames[-1].event == "success"
+    assert rt.broker.subscribers == 0
+
+
+async def test_an_overflowing_subscription_ends_the_stream_and_resume_recovers(
+    rt: Runtime,
+) -> None:
+    """Lifecycle events are never conflated: a stream whose client is too slow
+    even for those ends; its reconnect resumes with no gap, up to the terminal event."""
+    app = create_app(rt, stream_buffer=1, send_timeout=None, heartbeat=0)
+    rt.pools["b"].pause()
+    job_id = await rt.add("stubborn", 6)
+    fake = FakeClient(block_after=1)
+    call = asyncio.create_task(app(scope_for(f"/jobs/{job_id}/events"), fake.receive, fake.send))
+    await wait_until(lambda: fake.bodies == 1)  # the snapshot went out
+    rt.pools["b"].resume()
+    await wait_until(lambda: fake.bodies == 2)  # stuck on "started"
+    await rt.wait(job_id, timeout=5)
+    fake.unblock.set()
+    await asyncio.wait_for(call, 5)
+    first = parse_sse(fake.body.decode())
+    assert first[-1].event != "success"  # it ended early: the subscription overflowed
+    async with client_for(app) as client:
+        r = await client.get(
+            f"/jobs/{job_id}/events", headers={"Last-Event-ID": first[-1].id or ""}
+        )
+    rest = parse_sse(r.text)
+    seqs = [int(f.id or 0) for f in first + rest]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert (
+        rest[-1].event == "success" and rest[-1].data is not None and rest[-1].data["result"] == 7
+    )
     assert rt.broker.subscribers == 0
 
 

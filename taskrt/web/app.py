@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 
 from ..errors import InvalidOption, TaskrtError
 from ..runtime import Runtime
-from . import jobs, openapi, pools, schedules, streams, system
+from . import dashboard, jobs, metrics, openapi, pools, schedules, streams, system
 from .auth import AuthCallable, JobTokens
 from .errors import (
     ApiError,
@@ -46,7 +46,9 @@ GROUPS: tuple[EndpointGroup, ...] = (
     pools.group,
     schedules.group,
     system.group,
+    metrics.group,
     openapi.group,
+    dashboard.group,
 )
 
 
@@ -84,7 +86,8 @@ def create_app(
       per process when not given) and their lifetime in seconds.
     - ``trusted_origins``: other origins (``https://app.example``) allowed to
       send cookie-authenticated state changes.
-    - ``expose_tracebacks``: include handler tracebacks in ``/attempts``.
+    - ``expose_tracebacks``: include handler tracebacks in ``/attempts`` in an
+      app without ``auth`` (with ``auth``, the requests it lets through get them).
     - ``endpoints``, ``routes``, ``middleware``: what an application adds.
     """
     _check(max_body=max_body, heartbeat=heartbeat, max_streams=max_streams, retry_after=retry_after)

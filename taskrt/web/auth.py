@@ -9,8 +9,9 @@ Notes:
    ``GET /health``.
 2. Browsers cannot set headers on ``EventSource``, so ``POST /jobs/{id}/token``
    mints a short-lived token scoped to one job. Given as ``?token=``, it
-   grants that job's state (``GET /jobs/{id}``, ``/progress``, ``/result``)
-   and its event stream, and nothing else; the ``auth`` callable is not asked.
+   grants that job's state (``GET /jobs/{id}``, ``/progress``, ``/result``,
+   ``/attempts`` without tracebacks) and its event stream, and nothing else;
+   the ``auth`` callable is not asked.
    A token is ``v1.<job id>.<expiry>.<HMAC-SHA256>``: stateless, checked in
    constant time, signed with the app's secret (random per process unless
    ``token_secret`` is given, so a restart or another worker process refuses
@@ -46,7 +47,14 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class Unauthorized(Exception):
-    """Raise from an ``auth`` callable to refuse with 401."""
+    """Raise from an ``auth`` callable to refuse with 401.
+
+    ``challenge`` (e.g. ``'Bearer realm="jobs"'``) is sent as ``WWW-Authenticate``.
+    """
+
+    def __init__(self, message: str = "", *, challenge: str | None = None) -> None:
+        super().__init__(message)
+        self.challenge = challenge
 
 
 class Forbidden(Exception):
@@ -162,7 +170,10 @@ async def authenticate(
         if inspect.isawaitable(principal):
             principal = await principal
     except Unauthorized as exc:
-        raise _unauthorized(str(exc)) from None
+        error = _unauthorized(str(exc))
+        if exc.challenge:
+            error.headers["WWW-Authenticate"] = exc.challenge
+        raise error from None
     except Forbidden as exc:
         raise ApiError(403, "forbidden", str(exc) or "forbidden") from None
     if principal is None:

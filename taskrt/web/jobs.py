@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from ..definitions import TaskCall, make_options
 from ..errors import PoolNotFound
 from ..models import JobInfo
+from .auth import JobTokenPrincipal
 from .inputs import (
     MAX_INT64,
     field_of,
@@ -204,6 +205,7 @@ def result_dict(job: JobInfo) -> dict[str, Any]:
 @group.get(
     "/jobs/{job_id:int}/attempts",
     summary="The execution record of every attempt",
+    access="token",
     params=[JOB_ID],
     replies={
         200: Reply(
@@ -217,14 +219,23 @@ def result_dict(job: JobInfo) -> dict[str, Any]:
     },
 )
 async def get_attempts(api: Api, request: Request) -> Response:
-    """Tracebacks are withheld (null) unless the app was made with
-    `expose_tracebacks=True`; the error message is always there."""
+    """Tracebacks are for operators: given to requests the app's `auth` let
+    through, never to a per-job token; in an app without `auth`, only when it
+    was made with `expose_tracebacks=True`. Otherwise they are null; the error
+    message is always there."""
     attempts = await api.runtime.attempts(job_id_of(request))
     items = [a.to_dict() for a in attempts]
-    if not api.settings.expose_tracebacks:
+    if not may_see_tracebacks(api, request):
         for item in items:
             item["traceback"] = None
     return JSONResponse({"attempts": items})
+
+
+def may_see_tracebacks(api: Api, request: Request) -> bool:
+    """Whether this (authenticated) request may read handler tracebacks."""
+    if isinstance(getattr(request.state, "principal", None), JobTokenPrincipal):
+        return False
+    return api.settings.auth is not None or api.settings.expose_tracebacks
 
 
 @group.delete(
@@ -266,8 +277,9 @@ async def retry_job(api: Api, request: Request) -> Response:
 )
 async def mint_token(api: Api, request: Request) -> Response:
     """For browsers, which cannot set headers on `EventSource`: the token
-    grants `GET /jobs/{id}`, `/progress`, `/result` and `/events` of this one
-    job, and nothing else, until `expires_at`."""
+    grants `GET /jobs/{id}`, `/progress`, `/result`, `/attempts` (without
+    tracebacks) and `/events` of this one job, and nothing else, until
+    `expires_at`."""
     job = await api.runtime.get(job_id_of(request))
     token, expires = api.tokens.mint(job.id)
     base = job_url(request, job.id)

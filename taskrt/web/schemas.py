@@ -147,7 +147,10 @@ COMPONENTS: dict[str, Schema] = {
             "error": _nullable("string"),
             "traceback": {
                 "type": ["string", "null"],
-                "description": "only when the app was made with expose_tracebacks=True",
+                "description": (
+                    "only for requests the app's auth let through (never a per-job "
+                    "token), or with expose_tracebacks=True in an app without auth"
+                ),
             },
         },
     },

@@ -3,10 +3,11 @@
 Design notes (cited where they apply):
 
 1. **Subscribe first, then read the state.** The broker subscription is made
-   before the job is read, so every event after the state that the snapshot
-   (or the replay) shows is already in the subscription's buffer. Events the
-   snapshot already covers (``seq <= cursor``) are skipped: no gap, no
-   duplicate.
+   before the state the stream opens with is read, so every event after it is
+   already in the subscription's buffer. Events the opening already covers
+   (``seq <= cursor``) are skipped: no gap, no duplicate. (The job is read
+   once before that, so an unknown job answers 404, and a finished one is
+   answered, without subscribing to anything.)
 2. **Resume.** A reconnect sends ``Last-Event-ID`` (the ``seq`` of the last
    event the client saw). The stream continues with the broker's replay window
    (``Broker.replay_after``); if the window no longer reaches back that far, it
@@ -103,12 +104,12 @@ def last_event_id(request: Request) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
-async def _job_frames(start: Opening, sub: Subscription) -> AsyncIterator[bytes]:
+async def _job_frames(start: Opening, sub: Subscription | None) -> AsyncIterator[bytes]:
     retry: int | None = RECONNECT_MS
     for event in start.events:
         yield frame(event, str(event.seq), retry=retry)
         retry = None
-    if start.done:
+    if start.done or sub is None:  # a finished job's opening ends with its terminal event
         return
     cursor = start.cursor
     # The subscription ends when the runtime stops or it overflowed (note 5).
@@ -156,19 +157,25 @@ async def job_events(api: Api, request: Request) -> Response:
     job_id = job_id_of(request)
     last = last_event_id(request)
     release = api.streams.acquire(api.settings.retry_after)
-    if not rt.workers:
-        return await _client_runtime_events(api, job_id, last, release)
-    sub = rt.broker.subscribe(job_id, maxsize=api.settings.stream_buffer)  # note 1
+    try:
+        if not rt.workers:
+            return await _client_runtime_events(api, job_id, last, release)
+        # A 404 (or a finished job) subscribes to nothing: a client probing ids
+        # cannot take replay windows (kept per subscribed job) from real jobs.
+        info = await rt.get(job_id)
+        sub: Subscription | None = None
+        if not info.terminal:
+            sub = rt.broker.subscribe(job_id, maxsize=api.settings.stream_buffer)  # note 1
+            info = await rt.get(job_id)
+    except BaseException:
+        release()
+        raise
 
     def close() -> None:
-        sub.close()
+        if sub is not None:
+            sub.close()
         release()
 
-    try:
-        info = await rt.get(job_id)
-    except BaseException:
-        close()
-        raise
     start = opening(info, last, rt.broker.replay_after, rt.clock.now())
     if start is None:
         close()
@@ -180,11 +187,7 @@ async def _client_runtime_events(
     api: Api, job_id: int, last: int | None, release: Callable[[], None]
 ) -> Response:
     """A runtime without workers sees other processes' jobs by polling: no replay."""
-    try:
-        info = await api.runtime.get(job_id)
-    except BaseException:
-        release()
-        raise
+    info = await api.runtime.get(job_id)
     if last is not None and info.terminal and last >= info.seq:
         release()
         return Response(status_code=204)

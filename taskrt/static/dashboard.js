@@ -1,0 +1,1392 @@
+// taskrt dashboard: a client of the JSON API and of ONE event stream (GET /events).
+//
+// Notes (see also taskrt/web/dashboard.py):
+// 1. Every URL starts with the app's root path (data-root), so a mounted app works.
+// 2. Live, not polled: job rows, status counts, throughput and the job page's
+//    timeline move with the events. Pools and schedules are re-read from their
+//    JSON routes when an event says they changed, at most once a second; a
+//    schedule is re-read once its next fire time has passed. The one-second
+//    ticker only redraws (relative times, sparklines); it never asks the server.
+// 3. The multiplexed stream does not resume: after every (re)connect the page
+//    re-reads what it shows. Events that arrive while a listing loads are kept
+//    and applied after it, skipping those the listing already reflects (seq).
+// 4. Data is written with textContent, never as HTML.
+
+const ROOT = document.documentElement.dataset.root || "";
+const STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"];
+const TERMINAL = new Set(["SUCCESS", "FAILURE", "CANCELLED"]);
+const EVENT_TYPES = ["added", "started", "progress", "retrying", "success", "failure", "cancelled"];
+const LIMIT = 50;
+const SPARK_SECONDS = 60;
+const RATE_WINDOW = 10;
+
+const $ = (sel, scope = document) => scope.querySelector(sel);
+
+// Exposed for people poking at the page and for the browser tests.
+const probe = (window.taskrtDashboard = { ready: false, firstRenderMs: null, loads: 0 });
+
+// -- small helpers ------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  return node;
+}
+
+const nowS = () => Date.now() / 1000;
+
+function relative(ts) {
+  if (ts === null || ts === undefined) return "—";
+  const d = ts - nowS();
+  const a = Math.abs(d);
+  let text;
+  if (a < 1) return d >= 0 ? "now" : "just now";
+  if (a < 60) text = `${Math.round(a)} s`;
+  else if (a < 3600) text = `${Math.floor(a / 60)} min`;
+  else if (a < 86400) text = `${Math.floor(a / 3600)} h ${Math.floor((a % 3600) / 60)} min`;
+  else text = `${Math.floor(a / 86400)} d`;
+  return d > 0 ? `in ${text}` : `${text} ago`;
+}
+
+function absolute(ts) {
+  return ts === null || ts === undefined ? "" : new Date(ts * 1000).toLocaleString();
+}
+
+function clock(ts) {
+  const d = new Date(ts * 1000);
+  const ms = String(d.getMilliseconds()).padStart(3, "0");
+  return `${d.toLocaleTimeString([], { hour12: false })}.${ms}`;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) return "—";
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
+  const m = Math.floor(seconds / 60);
+  if (m < 60) return `${m} min ${Math.round(seconds % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function timeEl(ts, cls) {
+  if (ts === null || ts === undefined) return el("span", { class: "muted", text: "—" });
+  return el("time", { class: cls, dataset: { ts: String(ts) }, title: absolute(ts), text: relative(ts) });
+}
+
+function json(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+function throttle(fn, ms) {
+  let timer = null;
+  let last = 0;
+  return () => {
+    if (timer !== null) return;
+    timer = setTimeout(() => {
+      timer = null;
+      last = Date.now();
+      fn();
+    }, Math.max(0, last + ms - Date.now()));
+  };
+}
+
+class ApiFailure extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function call(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(ROOT + path, init);
+  } catch (exc) {
+    throw new ApiFailure(0, `the server cannot be reached (${exc.message})`, null);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = data?.error?.message || `${response.status} ${response.statusText}`;
+    if (response.status === 401) showBanner("Not signed in: the API answered 401. The dashboard uses the credentials your browser sends (cookies or HTTP Basic).");
+    throw new ApiFailure(response.status, message, data);
+  }
+  return data;
+}
+
+function toast(message, kind = "") {
+  const node = el("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status", text: message });
+  $("#toasts").append(node);
+  setTimeout(() => node.remove(), kind === "error" ? 6000 : 3000);
+}
+
+function showBanner(message) {
+  const banner = $("#banner");
+  banner.textContent = message;
+  banner.hidden = false;
+}
+
+async function act(label, fn) {
+  try {
+    return await fn();
+  } catch (exc) {
+    toast(`${label}: ${exc.message}`, "error");
+    return null;
+  }
+}
+
+// -- state ----------------------------------------------------------------------------------
+
+const state = {
+  view: "list", // or "job"
+  jobId: null,
+  filters: { status: "", pool: "", task: "", q: "" },
+  stack: [], // cursors of the pages before this one ("" = the first page)
+  cursor: null, // the cursor this page was loaded with
+  next: null, // the next page's cursor
+  jobs: new Map(), // id -> job, the rows on screen
+  rows: new Map(), // id -> <tr>
+  loading: false,
+  buffered: [],
+  loadToken: 0,
+  stale: false,
+  counts: null,
+  known: new Map(), // id -> last status seen in an event (bounded), to move the counts
+  pools: new Map(),
+  throughput: new Map(), // pool -> number[SPARK_SECONDS]
+  schedules: [],
+  tasks: [],
+  job: null, // the job page: { id, info, attempts, timeline, loading, buffered }
+};
+
+function metadataFilters(q) {
+  const out = [];
+  for (const token of q.split(/\s+/).filter(Boolean)) {
+    const at = token.indexOf("=");
+    if (at <= 0) throw new Error(`expected key=value, found ${JSON.stringify(token)}`);
+    out.push([token.slice(0, at), token.slice(at + 1)]);
+  }
+  return out;
+}
+
+function matchesFilters(job) {
+  const f = state.filters;
+  return (!f.status || job.status === f.status) && (!f.pool || job.pool === f.pool) && (!f.task || job.task === f.task);
+}
+
+// -- routing (note 1) -----------------------------------------------------------------------
+
+function readLocation() {
+  const path = location.pathname.slice(ROOT.length);
+  const hash = location.hash.match(/^#\/jobs\/(\d+)$/);
+  if (hash) {
+    history.replaceState(null, "", `${ROOT}/dashboard/jobs/${hash[1]}`);
+    return readLocation();
+  }
+  const m = path.match(/^\/dashboard\/jobs\/(\d+)\/?$/);
+  if (m) return { view: "job", id: Number(m[1]) };
+  const params = new URLSearchParams(location.search);
+  return {
+    view: "list",
+    filters: {
+      status: params.get("status") || "",
+      pool: params.get("pool") || "",
+      task: params.get("task") || "",
+      q: params.get("q") || "",
+    },
+  };
+}
+
+function listUrl(filters) {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(filters)) if (value) params.set(key, value);
+  const query = params.toString();
+  return `${ROOT}/dashboard${query ? `?${query}` : ""}`;
+}
+
+function navigate(url) {
+  history.pushState(null, "", url);
+  route();
+}
+
+function route() {
+  const where = readLocation();
+  state.view = where.view;
+  $("#list-view").hidden = where.view !== "list";
+  $("#job-view").hidden = where.view !== "job";
+  if (where.view === "job") {
+    document.title = `Job #${where.id} · taskrt`;
+    state.jobId = where.id;
+    if (started) openJob(where.id);
+  } else {
+    document.title = "taskrt · dashboard";
+    state.job = null;
+    state.filters = where.filters;
+    state.stack = [];
+    state.cursor = null;
+    syncFilterForm();
+    if (started) loadJobs();
+  }
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-nav]");
+  if (!link || event.defaultPrevented || event.button !== 0) return;
+  if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  navigate(link.getAttribute("href"));
+});
+window.addEventListener("popstate", route);
+
+// -- the stream (notes 2, 3) ----------------------------------------------------------------
+
+let source = null;
+let backoff = 1000;
+let started = false; // the first load waits for the stream to open (note 3)
+
+function setConn(kind, text) {
+  const node = $("#conn");
+  node.dataset.state = kind;
+  node.textContent = text;
+  document.body.dataset.live = String(kind === "live");
+}
+
+function connect() {
+  source = new EventSource(`${ROOT}/events`, { withCredentials: true });
+  source.addEventListener("open", () => {
+    backoff = 1000;
+    setConn("live", "live");
+    reloadAll();
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {
+      // The server refused the stream (401, 503 ...): try again later, ourselves.
+      setConn("down", `offline · retrying in ${Math.round(backoff / 1000)} s`);
+      source.close();
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 30000);
+    } else {
+      setConn("connecting", "reconnecting…");
+    }
+  });
+  for (const type of EVENT_TYPES) {
+    source.addEventListener(type, (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      onEvent(event);
+    });
+  }
+}
+
+async function reloadAll() {
+  started = true;
+  probe.loads += 1;
+  const tasks = [loadCounts(), loadPools(), loadSchedules(), loadTasks()];
+  tasks.push(state.view === "job" && state.jobId !== null ? openJob(state.jobId) : loadJobs());
+  await Promise.allSettled(tasks);
+  probe.ready = true;
+  document.body.dataset.ready = "true";
+}
+
+function onEvent(event) {
+  moveCounts(event);
+  if (TERMINAL.has(event.status)) countFinished(event.pool);
+  refreshPools();
+  if (event.type === "failure") refreshSchedules();
+  if (state.loading) state.buffered.push(event);
+  else applyToList(event);
+  onJobPageEvent(event);
+}
+
+// -- status counts --------------------------------------------------------------------------
+
+const resyncCounts = throttle(() => loadCounts(), 5000);
+
+async function loadCounts() {
+  const stats = await act("Statistics", () => call("GET", "/stats"));
+  if (!stats) return;
+  state.counts = { ...stats.counts };
+  renderCounts();
+}
+
+function previousStatus(event) {
+  const seen = state.known.get(event.job_id) ?? state.jobs.get(event.job_id)?.status;
+  switch (event.type) {
+    case "added":
+      return null;
+    case "started":
+      return "WAITING";
+    case "progress":
+      return "RUNNING";
+    case "success":
+    case "failure": // only an attempt fails a job
+      return "RUNNING";
+    case "retrying":
+      return event.manual ? seen : "RUNNING";
+    default: // cancelled: from WAITING or RUNNING
+      return seen;
+  }
+}
+
+function moveCounts(event) {
+  const before = previousStatus(event);
+  const after = event.status;
+  if (TERMINAL.has(after)) state.known.delete(event.job_id);
+  else {
+    state.known.delete(event.job_id); // re-insert: the Map stays in recency order
+    state.known.set(event.job_id, after);
+    if (state.known.size > 20000) state.known.delete(state.known.keys().next().value);
+  }
+  if (!state.counts || before === after) return;
+  if (before === undefined) {
+    resyncCounts(); // we cannot tell where it came from: ask, at most every 5 s
+    return;
+  }
+  if (before !== null) state.counts[before] = Math.max(0, (state.counts[before] || 0) - 1);
+  state.counts[after] = (state.counts[after] || 0) + 1;
+  scheduleCounts();
+}
+
+let countsFrame = 0;
+function scheduleCounts() {
+  if (!countsFrame) countsFrame = requestAnimationFrame(() => {
+    countsFrame = 0;
+    renderCounts();
+  });
+}
+
+function renderCounts() {
+  if (!state.counts) return;
+  let total = 0;
+  for (const status of STATUSES) {
+    const n = state.counts[status] || 0;
+    total += n;
+    $(`#count-${status}`).textContent = n.toLocaleString();
+  }
+  $("#count-all").textContent = total.toLocaleString();
+  for (const link of document.querySelectorAll("[data-count]")) {
+    link.setAttribute("aria-current", String(link.dataset.status === state.filters.status));
+    link.href = listUrl({ ...state.filters, status: link.dataset.status });
+  }
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("[data-count]");
+  if (!link || event.button !== 0 || event.metaKey || event.ctrlKey) return;
+  event.preventDefault();
+  navigate(listUrl({ ...state.filters, status: link.dataset.status }));
+});
+
+// -- pools ----------------------------------------------------------------------------------
+
+const refreshPools = throttle(() => loadPools(), 1000);
+
+async function loadPools() {
+  const data = await act("Pools", () => call("GET", "/pools"));
+  if (!data) return;
+  state.pools = new Map(data.pools.map((p) => [p.name, p]));
+  renderPools();
+  fillSelect($("#filters [name=pool]"), [...state.pools.keys()], state.filters.pool);
+}
+
+function countFinished(pool) {
+  if (!state.throughput.has(pool)) state.throughput.set(pool, new Array(SPARK_SECONDS).fill(0));
+  state.throughput.get(pool)[SPARK_SECONDS - 1] += 1;
+}
+
+function renderPools() {
+  const body = $("#pools tbody");
+  $("#pools-empty").hidden = state.pools.size > 0;
+  const seen = new Set();
+  for (const pool of state.pools.values()) {
+    seen.add(pool.name);
+    let row = body.querySelector(`tr[data-pool="${CSS.escape(pool.name)}"]`);
+    if (!row) {
+      row = poolRow(pool.name);
+      body.append(row);
+    }
+    updatePoolRow(row, pool);
+  }
+  for (const row of [...body.rows]) if (!seen.has(row.dataset.pool)) row.remove();
+  drawSparklines();
+}
+
+function poolRow(name) {
+  const input = el("input", { type: "number", min: 1, step: 1, "aria-label": `Concurrency of ${name}`, name: "concurrency" });
+  const set = el("button", { type: "button", class: "btn small", dataset: { action: "concurrency" }, text: "Set" });
+  const toggle = el("button", { type: "button", class: "btn small", dataset: { action: "toggle" } });
+  return el(
+    "tr",
+    { dataset: { pool: name } },
+    el("td", {}, el("span", { class: "name", text: name }), " ", el("span", { class: "badge", dataset: { role: "state" } })),
+    el("td", { class: "num", dataset: { role: "running" } }),
+    el("td", { class: "num", dataset: { role: "waiting" } }),
+    el("td", { class: "num", dataset: { role: "done" } }),
+    el("td", {}, el("div", { class: "spark-wrap" }, el("span", { dataset: { role: "spark" } }), el("span", { class: "spark-value", dataset: { role: "rate" } }))),
+    el("td", { class: "num" }, el("span", { class: "concurrency" }, input, set)),
+    el("td", { class: "actions" }, toggle),
+  );
+}
+
+function updatePoolRow(row, pool) {
+  const cell = (role) => row.querySelector(`[data-role="${role}"]`);
+  const badge = cell("state");
+  badge.textContent = pool.paused ? "paused" : "active";
+  badge.className = `badge ${pool.paused ? "paused" : "active"}`;
+  cell("running").textContent = `${pool.running} / ${pool.concurrency}`;
+  cell("waiting").textContent = pool.capacity === null ? pool.waiting.toLocaleString() : `${pool.waiting.toLocaleString()} / ${pool.capacity.toLocaleString()}`;
+  cell("done").textContent = `${pool.processed.toLocaleString()} / ${pool.failed.toLocaleString()}`;
+  const input = row.querySelector("input[name=concurrency]");
+  if (document.activeElement !== input && input.dataset.dirty !== "true") input.value = pool.concurrency;
+  const toggle = row.querySelector("[data-action=toggle]");
+  toggle.textContent = pool.paused ? "Resume" : "Pause";
+  toggle.setAttribute("aria-label", `${pool.paused ? "Resume" : "Pause"} pool ${pool.name}`);
+}
+
+$("#pools").addEventListener("input", (event) => {
+  if (event.target.name === "concurrency") event.target.dataset.dirty = "true";
+});
+
+$("#pools").addEventListener("keydown", (event) => {
+  if (event.target.name === "concurrency" && event.key === "Enter") {
+    event.preventDefault();
+    event.target.closest("tr").querySelector("[data-action=concurrency]").click();
+  }
+});
+
+$("#pools").addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const row = button.closest("tr");
+  const name = row.dataset.pool;
+  const pool = state.pools.get(name);
+  let change;
+  if (button.dataset.action === "toggle") change = { paused: !pool.paused };
+  else {
+    const input = row.querySelector("input[name=concurrency]");
+    const value = Number(input.value);
+    if (!Number.isInteger(value) || value < 1) {
+      toast(`Concurrency of ${name}: expected a positive integer`, "error");
+      return;
+    }
+    change = { concurrency: value };
+  }
+  button.disabled = true;
+  const updated = await act(`Pool ${name}`, () => call("PATCH", `/pools/${encodeURIComponent(name)}`, change));
+  button.disabled = false;
+  if (!updated) return;
+  row.querySelector("input[name=concurrency]").dataset.dirty = "false";
+  state.pools.set(name, updated);
+  updatePoolRow(row, updated);
+  toast("concurrency" in change ? `Pool ${name}: concurrency ${updated.concurrency}` : `Pool ${name} ${updated.paused ? "paused" : "resumed"}`);
+});
+
+function rateOf(buckets) {
+  // The last RATE_WINDOW whole seconds (the current one is still filling).
+  let sum = 0;
+  for (let i = SPARK_SECONDS - 1 - RATE_WINDOW; i < SPARK_SECONDS - 1; i += 1) sum += buckets[i];
+  return sum / RATE_WINDOW;
+}
+
+function drawSparklines() {
+  let total = 0;
+  for (const row of $("#pools tbody").rows) {
+    const buckets = state.throughput.get(row.dataset.pool) || new Array(SPARK_SECONDS).fill(0);
+    const rate = rateOf(buckets);
+    total += rate;
+    const holder = row.querySelector('[data-role="spark"]');
+    holder.replaceChildren(sparkline(buckets));
+    row.querySelector('[data-role="rate"]').textContent = `${rate.toFixed(1)}/s`;
+  }
+  $("#rate").textContent = total.toFixed(1);
+}
+
+function sparkline(values) {
+  const w = 150;
+  const h = 28;
+  const peak = Math.max(1, ...values);
+  const step = w / (values.length - 1);
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(h - 2 - (v / peak) * (h - 4)).toFixed(1)}`);
+  const node = svg("svg", { class: "spark", viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img", "aria-label": `jobs finished per second, peak ${peak}` });
+  node.append(svg("polygon", { points: `0,${h} ${points.join(" ")} ${w},${h}` }));
+  node.append(svg("polyline", { points: points.join(" ") }));
+  return node;
+}
+
+// -- schedules ------------------------------------------------------------------------------
+
+const refreshSchedules = throttle(() => loadSchedules(), 1000);
+let scheduleTimer = null;
+
+async function loadSchedules() {
+  let data;
+  try {
+    data = await call("GET", "/schedules");
+  } catch (exc) {
+    if (exc.status !== 404) toast(`Schedules: ${exc.message}`, "error");
+    return;
+  }
+  state.schedules = data.schedules;
+  renderSchedules();
+  armScheduleTimer();
+}
+
+function armScheduleTimer() {
+  // Re-read once the earliest next fire time has passed (note 2): a fact, not a poll.
+  clearTimeout(scheduleTimer);
+  const next = state.schedules.filter((s) => !s.paused && s.next_run_at !== null).map((s) => s.next_run_at);
+  if (!next.length) return;
+  const delay = Math.min(2 ** 31 - 1, Math.max(250, (Math.min(...next) - nowS()) * 1000 + 500));
+  scheduleTimer = setTimeout(refreshSchedules, delay);
+}
+
+function renderSchedules() {
+  const body = $("#schedules tbody");
+  $("#schedules-empty").hidden = state.schedules.length > 0;
+  body.replaceChildren(
+    ...state.schedules.map((s) => {
+      const jobsLink = el("a", { href: listUrl({ status: "", pool: "", task: "", q: `schedule=${s.name}` }), "data-nav": true, text: "jobs" });
+      const last = s.last_job_id
+        ? el("span", {}, timeEl(s.last_run_at), " · ", el("a", { href: `${ROOT}/dashboard/jobs/${s.last_job_id}`, "data-nav": true, text: `#${s.last_job_id}` }))
+        : timeEl(s.last_run_at);
+      return el(
+        "tr",
+        { dataset: { schedule: s.name } },
+        el("td", {}, el("span", { class: "name", text: s.name }), el("span", { class: "sub", text: s.task })),
+        el("td", {}, el("code", { text: s.expression }), el("span", { class: "sub", text: s.tz })),
+        el("td", {}, s.paused ? el("span", { class: "badge paused", text: "paused" }) : timeEl(s.next_run_at, "next-fire")),
+        el("td", {}, last, s.last_error ? el("span", { class: "sub", title: s.last_error, text: "last slot added no job" }) : null),
+        el("td", { class: "num" }, `${s.fires} / ${s.failures} `, jobsLink),
+        el(
+          "td",
+          { class: "actions" },
+          el("button", { type: "button", class: "btn small", dataset: { action: "run" }, "aria-label": `Run schedule ${s.name} now`, text: "Run now" }),
+          el("button", { type: "button", class: "btn small", dataset: { action: s.paused ? "resume" : "pause" }, "aria-label": `${s.paused ? "Resume" : "Pause"} schedule ${s.name}`, text: s.paused ? "Resume" : "Pause" }),
+        ),
+      );
+    }),
+  );
+}
+
+$("#schedules").addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const name = button.closest("tr").dataset.schedule;
+  const action = button.dataset.action;
+  button.disabled = true;
+  const result = await act(`Schedule ${name}`, () => call("POST", `/schedules/${encodeURIComponent(name)}/${action}`));
+  button.disabled = false;
+  if (!result) return;
+  toast(action === "run" ? `Schedule ${name}: job #${result.id} added` : `Schedule ${name} ${action === "pause" ? "paused" : "resumed"}`);
+  loadSchedules();
+});
+
+// -- tasks ----------------------------------------------------------------------------------
+
+async function loadTasks() {
+  const data = await act("Tasks", () => call("GET", "/tasks"));
+  if (!data) return;
+  state.tasks = data.tasks;
+  fillSelect($("#filters [name=task]"), state.tasks.map((t) => t.name), state.filters.task);
+}
+
+function fillSelect(select, names, chosen) {
+  const keep = select.value || chosen;
+  const all = new Set(names);
+  if (chosen) all.add(chosen);
+  select.replaceChildren(el("option", { value: "", text: "any" }), ...[...all].sort().map((n) => el("option", { value: n, text: n })));
+  select.value = keep || "";
+}
+
+// -- the jobs list --------------------------------------------------------------------------
+
+function syncFilterForm() {
+  const form = $("#filters");
+  for (const key of ["status", "pool", "task", "q"]) {
+    const field = form.elements[key];
+    if (key !== "q" && state.filters[key] && ![...field.options].some((o) => o.value === state.filters[key])) {
+      field.append(el("option", { value: state.filters[key], text: state.filters[key] }));
+    }
+    field.value = state.filters[key];
+  }
+  renderCounts();
+}
+
+$("#filters").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const q = form.elements.q.value.trim();
+  const id = q.match(/^#?(\d+)$/);
+  if (id) {
+    navigate(`${ROOT}/dashboard/jobs/${id[1]}`);
+    return;
+  }
+  try {
+    metadataFilters(q);
+  } catch (exc) {
+    toast(`Search: ${exc.message} (or a job id)`, "error");
+    return;
+  }
+  navigate(listUrl({ status: form.elements.status.value, pool: form.elements.pool.value, task: form.elements.task.value, q }));
+});
+
+for (const name of ["status", "pool", "task"]) {
+  $(`#filters [name=${name}]`).addEventListener("change", () => $("#filters").requestSubmit());
+}
+$("#clear-filters").addEventListener("click", () => navigate(listUrl({})));
+$("#reload").addEventListener("click", () => loadJobs(state.cursor));
+$("#first-page").addEventListener("click", () => {
+  state.stack = [];
+  loadJobs(null);
+});
+$("#prev-page").addEventListener("click", () => {
+  const cursor = state.stack.pop();
+  loadJobs(cursor || null);
+});
+$("#next-page").addEventListener("click", () => {
+  state.stack.push(state.cursor || "");
+  loadJobs(state.next);
+});
+
+async function loadJobs(cursor = state.cursor) {
+  const f = state.filters;
+  const params = new URLSearchParams({ limit: String(LIMIT) });
+  if (f.status) params.set("status", f.status);
+  if (f.pool) params.set("pool", f.pool);
+  if (f.task) params.set("task", f.task);
+  let meta;
+  try {
+    meta = metadataFilters(f.q);
+  } catch (exc) {
+    toast(`Search: ${exc.message}`, "error");
+    meta = [];
+  }
+  for (const [key, value] of meta) params.set(`metadata.${key}`, value);
+  if (cursor) params.set("cursor", cursor);
+  const token = ++state.loadToken;
+  state.loading = true;
+  state.buffered = [];
+  const started = performance.now();
+  let page;
+  try {
+    page = await call("GET", `/jobs?${params}`);
+  } catch (exc) {
+    if (token === state.loadToken) {
+      state.loading = false;
+      toast(`Jobs: ${exc.message}`, "error");
+    }
+    return;
+  }
+  if (token !== state.loadToken) return; // a newer load superseded this one
+  state.cursor = cursor;
+  state.next = page.cursor;
+  state.stale = false;
+  state.jobs = new Map(page.jobs.map((j) => [j.id, j]));
+  renderJobs();
+  state.loading = false;
+  for (const event of state.buffered) applyToList(event); // note 3
+  state.buffered = [];
+  if (probe.firstRenderMs === null) probe.firstRenderMs = performance.now();
+  probe.lastListMs = performance.now() - started;
+}
+
+function firstPage() {
+  return !state.cursor;
+}
+
+function renderJobs() {
+  const body = $("#jobs tbody");
+  state.rows = new Map();
+  const rows = [...state.jobs.values()].sort((a, b) => b.id - a.id).map((job) => {
+    const row = jobRow(job);
+    state.rows.set(job.id, row);
+    return row;
+  });
+  body.replaceChildren(...rows);
+  renderPager();
+}
+
+function renderPager() {
+  $("#jobs-empty").hidden = state.jobs.size > 0;
+  $("#stale").hidden = !state.stale;
+  $("#first-page").disabled = firstPage();
+  $("#prev-page").disabled = firstPage();
+  $("#next-page").disabled = !state.next;
+  $("#page-info").textContent = `page ${state.stack.length + 1}${firstPage() ? " · live" : ""}`;
+}
+
+function percentOf(job) {
+  if (job.status === "SUCCESS") return 100;
+  if (!job.total) return null;
+  return Math.max(0, Math.min(100, (100 * job.current) / job.total));
+}
+
+function progressEl(job) {
+  const bar = el("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-label": `Progress of job ${job.id}` }, el("span"));
+  const node = el("div", { class: "progress" }, bar, el("span", { class: "percent" }), el("span", { class: "message" }));
+  setProgress(node, job);
+  return node;
+}
+
+function setProgress(node, job) {
+  const bar = node.querySelector(".bar");
+  const pct = percentOf(job);
+  bar.classList.toggle("indeterminate", pct === null && job.status === "RUNNING");
+  bar.classList.toggle("done", job.status === "SUCCESS");
+  bar.classList.toggle("failed", job.status === "FAILURE");
+  bar.firstElementChild.style.width = pct === null ? "" : `${pct}%`;
+  if (pct === null) bar.removeAttribute("aria-valuenow");
+  else bar.setAttribute("aria-valuenow", String(Math.round(pct)));
+  node.querySelector(".percent").textContent = pct === null ? (job.status === "RUNNING" ? "…" : "") : `${Math.round(pct)} %`;
+  const message = node.querySelector(".message");
+  message.textContent = job.message || "";
+  message.title = job.message || "";
+}
+
+function jobRow(job) {
+  const row = el("tr", { class: "job", dataset: { id: String(job.id) } });
+  updateRow(row, job);
+  return row;
+}
+
+function jobActions(job) {
+  const out = [];
+  if (job.status === "WAITING" || job.status === "RUNNING") {
+    out.push(el("button", { type: "button", class: "btn small danger", dataset: { action: "cancel", id: job.id }, "aria-label": `Cancel job ${job.id}`, text: "Cancel" }));
+  }
+  if (job.status === "FAILURE" || job.status === "CANCELLED") {
+    out.push(el("button", { type: "button", class: "btn small", dataset: { action: "retry", id: job.id }, "aria-label": `Retry job ${job.id}`, text: "Retry" }));
+  }
+  return out;
+}
+
+function attemptsText(job) {
+  const max = job.max_attempts === null ? "∞" : job.max_attempts ?? "?";
+  return `${job.attempts ?? 0} / ${max}`;
+}
+
+function durationEl(job) {
+  if (job.started_at && !job.finished_at && job.status === "RUNNING") {
+    return el("span", { dataset: { since: String(job.started_at) }, text: duration(nowS() - job.started_at) });
+  }
+  if (job.started_at && job.finished_at) return duration(job.finished_at - job.started_at);
+  return el("span", { class: "muted", text: "—" });
+}
+
+function updateRow(row, job) {
+  const href = `${ROOT}/dashboard/jobs/${job.id}`;
+  const cells = [
+    el("td", { class: "num" }, el("a", { href, "data-nav": true, text: `#${job.id}` })),
+    el("td", {}, el("span", { class: "name", text: job.task })),
+    el("td", { text: job.pool }),
+    el("td", {}, el("span", { class: `badge ${job.status} status`, text: job.status }), job.error && job.status !== "SUCCESS" ? el("span", { class: "sub", title: job.error, text: job.error.length > 48 ? `${job.error.slice(0, 47)}…` : job.error }) : null),
+    el("td", { class: "message-cell" }, progressEl(job)),
+    el("td", { class: "num", text: attemptsText(job) }),
+    el("td", {}, timeEl(job.created_at)),
+    el("td", { class: "num" }, durationEl(job)),
+    el("td", { class: "actions" }, jobActions(job)),
+  ];
+  if (row.cells.length === cells.length && row.dataset.status === job.status && row.dataset.error === String(job.error ?? "")) {
+    // Same status: only the moving parts change (keeps focus and hover steady).
+    setProgress(row.querySelector(".progress"), job);
+    row.cells[5].textContent = attemptsText(job);
+    row.cells[7].replaceChildren(durationEl(job));
+    return;
+  }
+  row.dataset.status = job.status;
+  row.dataset.error = String(job.error ?? "");
+  row.replaceChildren(...cells);
+}
+
+function applyEvent(job, event) {
+  if (typeof job.seq === "number" && event.seq <= job.seq) return false; // already reflected
+  job.seq = event.seq;
+  job.status = event.status;
+  switch (event.type) {
+    case "added":
+      job.run_at = event.run_at;
+      job.priority = event.priority;
+      break;
+    case "started":
+      job.attempts = event.attempt;
+      job.started_at = event.at;
+      job.finished_at = null;
+      break;
+    case "progress":
+      job.current = event.current;
+      job.total = event.total;
+      job.message = event.message;
+      break;
+    case "retrying":
+      if (event.error !== undefined && event.error !== null) job.error = event.error;
+      job.run_at = event.run_at;
+      job.started_at = null;
+      job.finished_at = null;
+      break;
+    case "success":
+      job.result = event.result;
+      job.error = null;
+      job.finished_at = event.at;
+      break;
+    case "failure":
+      job.error = event.error;
+      job.finished_at = event.at;
+      break;
+    case "cancelled":
+      job.finished_at = event.at;
+      break;
+  }
+  return true;
+}
+
+function fromEvent(event) {
+  // A row for a job first seen in an event; ``hydrate`` fills in the rest.
+  const spec = state.tasks.find((t) => t.name === event.task);
+  return {
+    id: event.job_id,
+    task: event.task,
+    pool: event.pool,
+    status: event.status,
+    attempts: event.attempt ?? 0,
+    max_attempts: spec ? spec.attempts : undefined,
+    current: 0,
+    total: 0,
+    message: "",
+    error: null,
+    created_at: event.type === "added" ? event.at : null,
+    started_at: null,
+    finished_at: null,
+    seq: event.seq - 1,
+  };
+}
+
+function applyToList(event) {
+  if (state.view !== "list") return;
+  const job = state.jobs.get(event.job_id);
+  if (job) {
+    if (!applyEvent(job, event)) return;
+    const row = state.rows.get(job.id);
+    if (row) updateRow(row, job);
+    if (!matchesFilters(job)) leave(job.id);
+    else state.rows.get(job.id)?.classList.remove("leaving");
+    return;
+  }
+  if (!firstPage()) return; // later pages stay put: the cursor keeps them stable
+  const candidate = fromEvent(event);
+  applyEvent(candidate, event);
+  if (!matchesFilters(candidate)) return;
+  if (state.filters.q) {
+    // Events do not carry metadata: we cannot tell, so offer a refresh.
+    if (event.type === "added" || event.type === "started") {
+      state.stale = true;
+      renderPager();
+    }
+    return;
+  }
+  insert(candidate);
+  if (candidate.created_at === null && state.rows.has(candidate.id)) hydrate();
+}
+
+// Rows first seen in a "started" (or later) event lack their creation time:
+// re-read the first page, at most every 2 s, while such rows turn up.
+const hydrate = throttle(() => {
+  if (state.view === "list" && firstPage()) loadJobs(null);
+}, 2000);
+
+function insert(job) {
+  const ids = [...state.jobs.keys()];
+  const oldest = ids.length ? Math.min(...ids) : 0;
+  if (state.jobs.size >= LIMIT && job.id < oldest) return; // belongs on a later page
+  state.jobs.set(job.id, job);
+  const row = jobRow(job);
+  row.classList.add("fresh");
+  state.rows.set(job.id, row);
+  const body = $("#jobs tbody");
+  const after = [...body.rows].find((r) => Number(r.dataset.id) < job.id);
+  body.insertBefore(row, after || null);
+  while (state.jobs.size > LIMIT) {
+    const last = Math.min(...state.jobs.keys());
+    state.jobs.delete(last);
+    state.rows.get(last)?.remove();
+    state.rows.delete(last);
+    // The API's cursor is the id of a page's last job: the next page starts after ours.
+    state.next = String(Math.min(...state.jobs.keys()));
+  }
+  renderPager();
+}
+
+function leave(id) {
+  const row = state.rows.get(id);
+  if (!row || row.classList.contains("leaving")) return;
+  row.classList.add("leaving");
+  setTimeout(() => {
+    const job = state.jobs.get(id);
+    if (!job || matchesFilters(job) || state.rows.get(id) !== row) {
+      row.classList.remove("leaving");
+      return;
+    }
+    state.jobs.delete(id);
+    state.rows.delete(id);
+    row.remove();
+    renderPager();
+  }, 1500);
+}
+
+$("#jobs").addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  await jobAction(button, Number(button.dataset.id), button.dataset.action);
+});
+
+async function jobAction(button, id, action) {
+  button.disabled = true;
+  const job = await act(`Job #${id}`, () => (action === "cancel" ? call("DELETE", `/jobs/${id}`) : call("POST", `/jobs/${id}/retry`)));
+  button.disabled = false;
+  if (!job) return;
+  toast(`Job #${id} ${action === "cancel" ? "cancelled" : "queued again"}`);
+  adopt(job);
+}
+
+function adopt(job) {
+  // A job the API returned: newer than what the row shows, unless events overtook it.
+  const shown = state.jobs.get(job.id);
+  if (shown && (shown.seq ?? -1) <= job.seq) {
+    state.jobs.set(job.id, job);
+    const row = state.rows.get(job.id);
+    if (row) updateRow(row, job);
+  }
+  if (state.job && state.job.id === job.id && state.job.info && state.job.info.seq <= job.seq) {
+    state.job.info = job;
+    renderJobPage();
+    loadAttempts();
+  }
+}
+
+// -- a job's page ---------------------------------------------------------------------------
+
+async function openJob(id) {
+  state.jobId = id;
+  const page = (state.job = { id, info: null, attempts: [], timeline: [], loading: true, buffered: [] });
+  $("#job-title").textContent = `Job #${id}`;
+  let info;
+  let attempts;
+  try {
+    [info, attempts] = await Promise.all([call("GET", `/jobs/${id}`), call("GET", `/jobs/${id}/attempts`)]);
+  } catch (exc) {
+    if (state.job !== page) return;
+    page.loading = false;
+    $("#job-status").textContent = "";
+    $("#job-facts").replaceChildren(el("p", { class: "muted", text: exc.status === 404 ? `There is no job #${id}.` : exc.message }));
+    return;
+  }
+  if (state.job !== page) return;
+  page.info = info;
+  page.attempts = attempts.attempts;
+  page.timeline = storedTimeline(info, page.attempts);
+  page.loading = false;
+  for (const event of page.buffered) liveEntry(page, event);
+  page.buffered = [];
+  renderJobPage();
+}
+
+async function loadAttempts() {
+  const page = state.job;
+  if (!page) return;
+  const data = await act("Attempts", () => call("GET", `/jobs/${page.id}/attempts`));
+  if (!data || state.job !== page) return;
+  page.attempts = data.attempts;
+  renderAttempts();
+}
+
+const reloadAttempts = throttle(loadAttempts, 300);
+
+function storedTimeline(info, attempts) {
+  // What is stored: creation, each attempt's start and end, the outcome.
+  const out = [{ at: info.created_at, kind: "added", detail: `to pool ${info.pool}${info.priority ? `, priority ${info.priority}` : ""}` }];
+  if (info.run_at > info.created_at + 1) out.push({ at: info.created_at, kind: "delayed", detail: `until ${absolute(info.run_at)}` });
+  for (const a of attempts) {
+    out.push({ at: a.started_at, kind: "started", detail: `attempt ${a.number}` });
+    if (a.finished_at !== null) out.push({ at: a.finished_at, kind: a.outcome, detail: `attempt ${a.number}${a.error ? `: ${a.error}` : ""}` });
+  }
+  if (TERMINAL.has(info.status) && info.finished_at) {
+    const kind = info.status.toLowerCase();
+    const detail = info.status === "SUCCESS" ? resultSummary(info.result) : info.error || "";
+    out.push({ at: info.finished_at, kind, detail });
+  }
+  return out.sort((a, b) => a.at - b.at);
+}
+
+function resultSummary(result) {
+  if (result === null || result === undefined) return "";
+  const text = JSON.stringify(result);
+  return text.length > 80 ? `${text.slice(0, 79)}…` : text;
+}
+
+function liveEntry(page, event) {
+  if (!page.info || !applyEvent(page.info, event)) return false;
+  const detail = {
+    added: `to pool ${event.pool}`,
+    started: `attempt ${event.attempt}`,
+    progress: `${event.current}${event.total ? ` / ${event.total}` : ""}${event.message ? ` · ${event.message}` : ""}`,
+    retrying: event.manual ? "retried by hand" : `attempt ${event.attempt} failed${event.error ? `: ${event.error}` : ""}; next at ${clock(event.run_at)}`,
+    success: resultSummary(event.result),
+    failure: event.error || "",
+    cancelled: "",
+  }[event.type];
+  const last = page.timeline[page.timeline.length - 1];
+  const entry = { at: event.at, kind: event.type, detail, live: true };
+  if (event.type === "progress" && last && last.kind === "progress") page.timeline[page.timeline.length - 1] = entry;
+  else page.timeline.push(entry);
+  return true;
+}
+
+function onJobPageEvent(event) {
+  const page = state.job;
+  if (!page || state.view !== "job" || event.job_id !== page.id) return;
+  if (page.loading) {
+    page.buffered.push(event);
+    return;
+  }
+  if (!liveEntry(page, event)) return;
+  renderJobPage();
+  if (event.type !== "progress" && event.type !== "added") reloadAttempts();
+}
+
+function renderJobPage() {
+  const page = state.job;
+  if (!page || !page.info) return;
+  const job = page.info;
+  $("#job-title").textContent = `Job #${job.id} · ${job.task}`;
+  const badge = $("#job-status");
+  badge.textContent = job.status;
+  badge.className = `badge ${job.status} status`;
+  $("#job-actions").replaceChildren(...jobActions(job));
+  const holder = $("#job-progress");
+  if (!holder.firstChild) holder.append(progressEl(job));
+  else setProgress(holder.firstChild, job);
+  const facts = [
+    ["Pool", job.pool],
+    ["Attempts", attemptsText(job)],
+    ["Priority", String(job.priority ?? 0)],
+    ["Created", timeEl(job.created_at)],
+    ["Runs at", timeEl(job.run_at)],
+    ["Started", timeEl(job.started_at)],
+    ["Finished", timeEl(job.finished_at)],
+    ["Duration", durationEl(job)],
+    ["Timeout", job.timeout ? duration(job.timeout) : "none"],
+    ["Unique key", job.unique_key || "—"],
+  ];
+  if (job.recoveries) facts.push(["Recoveries", String(job.recoveries)]);
+  for (const [key, value] of Object.entries(job.metadata || {})) facts.push([`meta · ${key}`, typeof value === "string" ? value : JSON.stringify(value)]);
+  $("#job-facts").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", {}, v))));
+  const args = {};
+  if (job.args && job.args.length) args.args = job.args;
+  args.kwargs = job.kwargs || {};
+  $("#job-args").textContent = json(job.args && job.args.length ? args : args.kwargs);
+  const outcome = $("#job-outcome");
+  outcome.classList.toggle("error", Boolean(job.error) && job.status !== "SUCCESS");
+  if (job.status === "SUCCESS") {
+    $("#job-outcome-title").textContent = "Result";
+    outcome.textContent = json(job.result);
+  } else if (job.error) {
+    $("#job-outcome-title").textContent = job.status === "FAILURE" ? "Error" : "Last error";
+    outcome.textContent = job.error;
+  } else {
+    $("#job-outcome-title").textContent = "Result";
+    outcome.textContent = TERMINAL.has(job.status) ? "(none)" : "not finished yet";
+  }
+  $("#job-timeline").replaceChildren(
+    ...page.timeline.map((entry) =>
+      el("li", { class: entry.live ? "live" : "" }, el("time", { title: absolute(entry.at), text: clock(entry.at) }), el("span", { class: `kind ${entry.kind}`, text: entry.kind }), el("span", { class: "detail", title: entry.detail, text: entry.detail })),
+    ),
+  );
+  renderAttempts();
+}
+
+function renderAttempts() {
+  const page = state.job;
+  if (!page) return;
+  const attempts = page.attempts;
+  $("#attempts-empty").hidden = attempts.length > 0;
+  let withheld = false;
+  $("#job-attempts tbody").replaceChildren(
+    ...attempts.map((a) => {
+      const error = el("td", { class: "wrap" });
+      if (a.error) error.append(el("div", { text: a.error }));
+      if (a.traceback) error.append(el("details", {}, el("summary", { text: "Traceback" }), el("pre", { class: "traceback", text: a.traceback })));
+      else if (a.outcome === "error") withheld = true;
+      const took = a.finished_at === null ? el("span", { dataset: { since: String(a.started_at) }, text: duration(nowS() - a.started_at) }) : duration(a.finished_at - a.started_at);
+      return el(
+        "tr",
+        { class: "attempt" },
+        el("td", { class: "num", text: String(a.number) }),
+        el("td", {}, el("span", { class: `badge ${a.outcome === "running" ? "RUNNING" : a.outcome}`, text: a.outcome })),
+        el("td", {}, timeEl(a.started_at)),
+        el("td", { class: "num" }, took),
+        error,
+      );
+    }),
+  );
+  $("#tracebacks-note").hidden = !withheld;
+}
+
+$("#job-actions").addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-action]");
+  if (button) await jobAction(button, Number(button.dataset.id), button.dataset.action);
+});
+
+// -- the new-job form, generated from the task's JSON Schema --------------------------------
+
+const dialog = $("#job-dialog");
+let formFields = [];
+let formShape = "kwargs";
+
+$("#new-job").addEventListener("click", async () => {
+  if (!state.tasks.length) await loadTasks();
+  const select = $("#form-task");
+  const chosen = select.value || state.filters.task;
+  select.replaceChildren(...state.tasks.map((t) => el("option", { value: t.name, text: t.name })));
+  if (chosen && state.tasks.some((t) => t.name === chosen)) select.value = chosen;
+  buildForm();
+  $("#form-error").hidden = true;
+  dialog.showModal();
+});
+$("#form-task").addEventListener("change", buildForm);
+$("#form-cancel").addEventListener("click", () => dialog.close());
+
+function normalize(schema) {
+  // -> [schema without the null alternative, nullable]
+  if (!schema || typeof schema !== "object") return [{}, false];
+  let s = { ...schema };
+  let nullable = false;
+  for (const key of ["anyOf", "oneOf"]) {
+    if (!Array.isArray(s[key])) continue;
+    const rest = s[key].filter((x) => !(x && x.type === "null"));
+    if (rest.length < s[key].length) nullable = true;
+    if (rest.length === 1) {
+      const { [key]: _drop, ...others } = s;
+      s = { ...others, ...rest[0] };
+    }
+  }
+  if (Array.isArray(s.type)) {
+    const types = s.type.filter((t) => t !== "null");
+    if (types.length < s.type.length) nullable = true;
+    s.type = types.length === 1 ? types[0] : types;
+  }
+  if (Array.isArray(s.enum) && s.enum.includes(null)) {
+    nullable = true;
+    s.enum = s.enum.filter((v) => v !== null);
+  }
+  return [s, nullable];
+}
+
+function kindOf(s) {
+  if ("const" in s) return "enum";
+  if (Array.isArray(s.enum) && s.enum.length) return "enum";
+  if (["string", "integer", "number", "boolean"].includes(s.type)) return s.type;
+  return "json";
+}
+
+function field(name, raw, required) {
+  const [s, nullable] = normalize(raw);
+  const kind = kindOf(s);
+  const label = s.title || name;
+  const id = `param-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  const hasDefault = "default" in s;
+  const placeholder = hasDefault ? `default: ${JSON.stringify(s.default)}` : nullable ? "null" : "";
+  let input;
+  if (kind === "enum") {
+    const options = "const" in s ? [s.const] : s.enum;
+    input = el("select", { id, name }, required ? null : el("option", { value: "", text: hasDefault ? `(default: ${JSON.stringify(s.default)})` : "(not set)" }), ...options.map((v, i) => el("option", { value: String(i), text: typeof v === "string" ? v : JSON.stringify(v) })));
+    if (required && hasDefault) input.value = String(options.findIndex((v) => JSON.stringify(v) === JSON.stringify(s.default)));
+  } else if (kind === "boolean") {
+    input = el("input", { id, name, type: "checkbox" });
+    input.checked = s.default === true;
+  } else if (kind === "integer" || kind === "number") {
+    input = el("input", { id, name, type: "number", step: kind === "integer" ? (s.multipleOf || 1) : "any", min: s.minimum ?? s.exclusiveMinimum, max: s.maximum ?? s.exclusiveMaximum, placeholder });
+  } else if (kind === "string") {
+    const type = { email: "email", date: "date", uri: "url" }[s.format] || "text";
+    input = el("input", { id, name, type, placeholder, maxlength: s.maxLength, minlength: s.minLength, spellcheck: "false" });
+  } else {
+    input = el("textarea", { id, name, rows: 3, spellcheck: "false", placeholder: hasDefault ? `default: ${JSON.stringify(s.default)}` : s.type === "array" ? "[ ]" : "{ }" });
+  }
+  let touched = false;
+  input.addEventListener("input", () => (touched = true));
+  input.addEventListener("change", () => (touched = true));
+  const hint = [s.description, kind === "json" ? `JSON${s.type ? ` (${[].concat(s.type).join(" or ")})` : ""}` : null].filter(Boolean).join(" · ");
+  const wrap = kind === "boolean"
+    ? el("label", { class: "field check", for: id }, input, el("span", {}, label, required ? el("span", { class: "req", text: " *" }) : null), hint ? el("span", { class: "hint", text: hint }) : null)
+    : el("label", { class: "field", for: id }, el("span", {}, label, required ? el("span", { class: "req", text: " *" }) : null), input, hint ? el("span", { class: "hint", text: hint }) : null);
+  const read = () => {
+    if (kind === "enum") {
+      if (input.value === "") return undefined;
+      const options = "const" in s ? [s.const] : s.enum;
+      return options[Number(input.value)];
+    }
+    if (kind === "boolean") return touched || required ? input.checked : undefined;
+    const text = input.value.trim();
+    if (text === "") {
+      if (required && kind === "string") return "";
+      if (required) throw new Error(`${label}: required`);
+      return undefined;
+    }
+    if (kind === "integer" || kind === "number") {
+      const n = Number(text);
+      if (!isFinite(n) || (kind === "integer" && !Number.isInteger(n))) throw new Error(`${label}: expected ${kind === "integer" ? "an integer" : "a number"}`);
+      return n;
+    }
+    if (kind === "string") return input.value;
+    try {
+      return JSON.parse(text);
+    } catch (exc) {
+      throw new Error(`${label}: not valid JSON (${exc.message})`);
+    }
+  };
+  return { name, wrap, read, required };
+}
+
+function buildForm() {
+  const task = state.tasks.find((t) => t.name === $("#form-task").value);
+  const box = $("#form-params");
+  box.replaceChildren(el("legend", { text: "Parameters" }));
+  formFields = [];
+  if (!task) return;
+  $("#form-task-info").textContent = [task.description, `pool ${task.pool}`, task.attempts === null ? "unlimited attempts" : `${task.attempts} attempt${task.attempts === 1 ? "" : "s"}`, task.timeout ? `timeout ${duration(task.timeout)}` : null].filter(Boolean).join(" · ");
+  const schema = task.parameters;
+  if (!schema || (typeof schema === "object" && Object.keys(schema).length === 0)) {
+    formShape = "raw";
+    formFields = [field("kwargs", { type: "object", description: "keyword arguments" }, false), field("args", { type: "array", description: "positional arguments" }, false)];
+  } else if (schema.type === "object" || schema.properties) {
+    formShape = "kwargs";
+    const required = new Set(schema.required || []);
+    formFields = Object.entries(schema.properties || {}).map(([name, sub]) => field(name, sub, required.has(name)));
+    if (!formFields.length && schema.additionalProperties !== false) formFields = [field("kwargs", { type: "object", description: "keyword arguments" }, false)], (formShape = "raw");
+  } else if (schema.type === "array") {
+    formShape = "args";
+    const items = Array.isArray(schema.prefixItems) ? schema.prefixItems : null;
+    const min = schema.minItems || 0;
+    formFields = items ? items.map((sub, i) => field(sub.title || `argument ${i + 1}`, sub, i < min)) : [field("args", schema, true)];
+    if (!items) formShape = "array";
+  } else {
+    formShape = "single";
+    formFields = [field(schema.title || "value", schema, true)];
+  }
+  if (!formFields.length) box.append(el("p", { class: "muted small", text: "This task takes no parameters." }));
+  box.append(...formFields.map((f) => f.wrap));
+}
+
+function collect() {
+  const task = $("#form-task").value;
+  const body = { task };
+  const values = formFields.map((f) => [f.name, f.read()]);
+  if (formShape === "kwargs") {
+    body.kwargs = {};
+    for (const [name, value] of values) if (value !== undefined) body.kwargs[name] = value;
+  } else if (formShape === "raw") {
+    for (const [name, value] of values) if (value !== undefined) body[name] = value;
+  } else if (formShape === "array") {
+    body.args = values[0][1] ?? [];
+  } else if (formShape === "single") {
+    body.args = [values[0][1] ?? null];
+  } else {
+    const args = values.map(([, v]) => v);
+    while (args.length && args[args.length - 1] === undefined) args.pop();
+    if (args.includes(undefined)) throw new Error("positional arguments: fill in every argument before the last one given");
+    body.args = args;
+  }
+  const form = $("#job-form").elements;
+  if (form.priority.value.trim()) body.priority = Number(form.priority.value);
+  if (form.delay.value.trim()) body.delay = Number(form.delay.value);
+  if (form.metadata.value.trim()) {
+    try {
+      body.metadata = JSON.parse(form.metadata.value);
+    } catch (exc) {
+      throw new Error(`metadata: not valid JSON (${exc.message})`);
+    }
+  }
+  return body;
+}
+
+$("#job-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const error = $("#form-error");
+  error.hidden = true;
+  let body;
+  try {
+    body = collect();
+  } catch (exc) {
+    error.textContent = exc.message;
+    error.hidden = false;
+    return;
+  }
+  const submit = $("#form-submit");
+  submit.disabled = true;
+  try {
+    const job = await call("POST", "/jobs", body);
+    dialog.close();
+    toast(`Job #${job.id} added (${job.task})`);
+  } catch (exc) {
+    error.textContent = exc.message;
+    error.hidden = false;
+  } finally {
+    submit.disabled = false;
+  }
+});
+
+// -- the ticker: redraws only (note 2) ------------------------------------------------------
+
+setInterval(() => {
+  for (const buckets of state.throughput.values()) {
+    buckets.shift();
+    buckets.push(0);
+  }
+  if (state.view === "list") drawSparklines();
+  for (const node of document.querySelectorAll("time[data-ts]")) node.textContent = relative(Number(node.dataset.ts));
+  for (const node of document.querySelectorAll("[data-since]")) node.textContent = duration(nowS() - Number(node.dataset.since));
+}, 1000);
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && source && source.readyState === EventSource.OPEN) {
+    refreshPools();
+    refreshSchedules();
+  }
+});
+
+// -- start ----------------------------------------------------------------------------------
+
+route();
+connect();
+// Should the stream be slow to open (or refused), show what can be read anyway.
+setTimeout(() => {
+  if (!started) reloadAll();
+}, 1500);

@@ -1,0 +1,420 @@
+"""Durability: crash recovery (a real SIGKILL), orphans, delayed jobs across restarts,
+the ownership lease, client runtimes, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_support import Gate, db_file, make_rt, rows, until, write
+
+from taskrt import (
+    AttemptOutcome,
+    FakeClock,
+    JobContext,
+    JobStatus,
+    OwnershipError,
+    Runtime,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# -- recovery -------------------------------------------------------------------------------------
+
+
+async def test_job_left_running_by_a_dead_process_runs_again(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    first = make_rt(tmp_path)
+    first.pool("default").pause()
+
+    @first.task(attempts=3)
+    async def work(job: JobContext, n: int) -> int:
+        return n
+
+    async with first:
+        job_id = await first.pool("default").add(work, 5)
+    # What a process that died during attempt 1 leaves behind.
+    write(
+        path,
+        "UPDATE jobs SET status = 'RUNNING', attempts = 1, started_at = 1 WHERE id = ?",
+        (job_id,),
+    )
+
+    seen: list[int] = []
+    second = make_rt(tmp_path)
+
+    @second.task(attempts=3)
+    async def work(job: JobContext, n: int) -> int:  # noqa: F811 - the same task, new process
+        seen.append(job.attempt)
+        return n * 10
+
+    async with second:
+        info = await second.wait(job_id, timeout=5)
+        attempts = await second.attempts(job_id)
+    assert seen == [2]  # the interrupted attempt counts
+    assert (info.status, info.result, info.attempts, info.recoveries) == (
+        JobStatus.SUCCESS,
+        50,
+        2,
+        1,
+    )
+    assert [(a.number, a.outcome) for a in attempts] == [
+        (1, AttemptOutcome.INTERRUPTED),
+        (2, AttemptOutcome.SUCCESS),
+    ]
+
+
+async def test_after_three_recoveries_the_job_fails_as_orphaned(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+
+    def runtime() -> Runtime:
+        rt = make_rt(tmp_path)
+        rt.pool("default").pause()  # keep the recovered job waiting
+
+        @rt.task(attempts=-1)
+        async def crashy(job: JobContext) -> None:
+            return None
+
+        return rt
+
+    rt = runtime()
+    async with rt:
+        job_id = await rt.pool("default").add("crashy")
+    for crash in range(1, 5):
+        write(
+            path,
+            "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1 WHERE id = ?",
+            (job_id,),
+        )
+        rt = runtime()
+        async with rt:
+            info = await rt.get(job_id)
+            if crash <= 3:
+                assert (info.status, info.recoveries, info.attempts) == (
+                    JobStatus.WAITING,
+                    crash,
+                    crash,
+                )
+    assert info.status is JobStatus.FAILURE
+    assert info.error is not None and "orphaned" in info.error
+    assert info.finished_at is not None
+    assert rows(path, "SELECT status, recoveries FROM jobs") == [("FAILURE", 3)]
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from taskrt import JobContext, Runtime
+
+    rt = Runtime(sys.argv[1], lease_ttl=0.5)
+    rt.pool("work", concurrency=2)
+
+    @rt.task(pool="work", attempts=3)
+    async def step(job: JobContext, n: int) -> int:
+        await asyncio.sleep(0.001)
+        return n
+
+    @rt.task(pool="long", attempts=3)
+    async def long(job: JobContext) -> str:
+        print("started", job.id, job.attempt, flush=True)
+        await asyncio.sleep(3600)
+        return "never"
+
+    async def producer(k: int) -> None:
+        n = k
+        while True:
+            job_id = await rt.pool("work").add(step, n)
+            print("added", job_id, n, flush=True)
+            n += 4
+
+    async def main() -> None:
+        async with rt:
+            job_id = await rt.pool("long").add(long)
+            print("added", job_id, -1, flush=True)
+            await asyncio.gather(*(producer(k) for k in range(4)))
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_sigkill_mid_work_loses_no_acknowledged_job(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        path,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    acknowledged: dict[int, int] = {}
+    long_id = None
+    try:
+        async with asyncio.timeout(20):
+            while long_id is None or len(acknowledged) < 300:
+                line = await proc.stdout.readline()
+                assert line, "the child exited early"
+                kind, *values = line.decode().split()
+                if kind == "added":
+                    acknowledged[int(values[0])] = int(values[1])
+                elif kind == "started":
+                    assert values[1] == "1"
+                    long_id = int(values[0])
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # Lines the child wrote before it died (complete ones only) are acknowledged too.
+    rest = await proc.stdout.read()
+    for line in rest.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "added":
+            acknowledged[int(parts[1])] = int(parts[2])
+
+    attempts_seen: dict[int, int] = {}
+    rt = make_rt(tmp_path)
+
+    @rt.task(pool="work", attempts=3)
+    async def step(job: JobContext, n: int) -> int:
+        return n
+
+    @rt.task(pool="long", attempts=3)
+    async def long(job: JobContext) -> str:
+        attempts_seen[job.id] = job.attempt
+        return "recovered"
+
+    # The dead child's lease expires after its ttl; then this runtime takes over.
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await rt.start()
+                break
+            except OwnershipError as exc:
+                await asyncio.sleep(max(0.01, exc.expires_at - time.time() + 0.01))
+    try:
+        assert long_id is not None
+        info = await rt.wait(long_id, timeout=5)
+        assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, "recovered", 2)
+        assert attempts_seen == {long_id: 2}
+        for job_id, n in acknowledged.items():
+            if n >= 0:
+                done = await rt.wait(job_id, timeout=5)
+                assert (done.status, done.result) == (JobStatus.SUCCESS, n), job_id
+    finally:
+        await rt.stop()
+    stored = {r[0] for r in rows(path, "SELECT id FROM jobs")}
+    assert set(acknowledged) <= stored
+    assert rows(path, "SELECT count(*) FROM jobs WHERE status != 'SUCCESS'") == [(0,)]
+
+
+async def test_delayed_job_keeps_its_time_across_a_restart(tmp_path: Path) -> None:
+    t0 = 1_800_000_000.0
+    ran: list[float] = []
+
+    def runtime(clock: FakeClock) -> tuple[Runtime, Any]:
+        rt = make_rt(tmp_path, clock=clock)
+
+        @rt.task
+        async def reminder(job: JobContext) -> None:
+            ran.append(clock.now())
+
+        return rt, reminder
+
+    rt, reminder = runtime(FakeClock(start=t0))
+    async with rt:
+        job_id = await rt.pool("default").add(reminder.options(delay=100))
+    assert rows(db_file(tmp_path), "SELECT status, run_at FROM jobs") == [("WAITING", t0 + 100)]
+
+    clock = FakeClock(start=t0 + 50)
+    rt, _ = runtime(clock)
+    async with rt:
+        info = await rt.get(job_id)
+        assert (info.status, info.run_at) == (JobStatus.WAITING, t0 + 100)
+        await clock.advance(49.9)
+        assert ran == [] and rt.pool("default").statistics().waiting == 1
+        await clock.advance(0.1)
+        await rt.wait(job_id, timeout=5)
+    assert ran == [t0 + 100]
+
+
+async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, grace=5)
+    gate = Gate()
+
+    @rt.task
+    async def short(job: JobContext) -> str:
+        await gate()
+        await asyncio.sleep(0.05)
+        return "finished"
+
+    async with rt:
+        job_id = await rt.pool("default").add(short)
+        await gate.wait_entered(1)
+        gate.open()
+    assert rows(db_file(tmp_path), "SELECT status, result, attempts FROM jobs") == [
+        ("SUCCESS", '"finished"', 1)
+    ]
+    assert job_id == 1
+
+
+async def test_shutdown_puts_the_rest_back_to_waiting_without_charging(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path, grace=0.05)
+    rt.pool("one", concurrency=1)
+    gate = Gate()
+
+    @rt.task(pool="one", attempts=1)
+    async def forever(job: JobContext) -> None:
+        await gate()
+
+    async with rt:
+        running = await rt.pool("one").add(forever)
+        waiting = await rt.pool("one").add(forever)
+        await gate.wait_entered(1)
+        started = time.perf_counter()
+    assert time.perf_counter() - started < 2
+    assert rows(path, "SELECT id, status, attempts, finished_at FROM jobs ORDER BY id") == [
+        (running, "WAITING", 0, None),
+        (waiting, "WAITING", 0, None),
+    ]
+
+    seen: list[tuple[int, int]] = []
+    again = make_rt(tmp_path)
+    again.pool("one", concurrency=1)
+
+    @again.task(pool="one", attempts=1)
+    async def forever(job: JobContext) -> None:  # noqa: F811 - the same task after a restart
+        seen.append((job.id, job.attempt))
+
+    async with again:
+        for job_id in (running, waiting):
+            assert (await again.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+    assert seen == [(running, 1), (waiting, 1)]
+
+
+# -- one owner per database ------------------------------------------------------------------------
+
+
+async def test_second_runtime_with_workers_is_refused(tmp_path: Path) -> None:
+    owner = make_rt(tmp_path)
+
+    @owner.task
+    async def ping(job: JobContext) -> str:
+        return "pong"
+
+    async with owner:
+        intruder = make_rt(tmp_path)
+        with pytest.raises(OwnershipError) as err:
+            async with intruder:
+                pass
+        assert err.value.path == db_file(tmp_path)
+        assert err.value.expires_at > time.time()
+        assert "workers=False" in str(err.value)
+        assert not intruder.started
+        # The owner is unharmed.
+        assert (await owner.wait(await owner.pool("default").add(ping), timeout=5)).result == "pong"
+
+
+async def test_expired_lease_is_taken_over_and_live_one_is_not(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path)
+    async with rt:
+        pass
+    write(
+        path,
+        "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, 'dead:1:x', ?)",
+        (time.time() + 60,),
+    )
+    with pytest.raises(OwnershipError) as err:
+        async with make_rt(tmp_path):
+            pass
+    assert err.value.owner == "dead:1:x"
+    write(path, "UPDATE lease SET expires_at = ?", (time.time() - 1,))
+    taker = make_rt(tmp_path)
+    async with taker:
+        assert taker.started
+        (owner,) = rows(path, "SELECT owner FROM lease")
+        assert owner[0] != "dead:1:x"
+
+
+async def test_client_adds_and_the_owner_picks_up_within_100ms(tmp_path: Path) -> None:
+    started_at: dict[int, float] = {}
+    owner = make_rt(tmp_path)
+
+    @owner.task
+    async def hello(job: JobContext, name: str) -> str:
+        started_at[job.id] = time.perf_counter()
+        return f"hello {name}"
+
+    client = make_rt(tmp_path, workers=False)
+
+    @client.task
+    async def hello(job: JobContext, name: str) -> str:  # noqa: F811 - the client's declaration
+        raise AssertionError("a client never runs handlers")
+
+    async with owner, client:
+        for name in ("ada", "bob", "cy"):
+            added = time.perf_counter()
+            job_id = await client.pool("default").add(hello, name)
+            await until(lambda job_id=job_id: job_id in started_at, timeout=2)
+            assert started_at[job_id] - added < 0.1
+            info = await client.wait(job_id, timeout=5)
+            assert (info.status, info.result) == (JobStatus.SUCCESS, f"hello {name}")
+        page = await client.jobs()
+        assert [j.id for j in page.jobs] == [3, 2, 1]
+
+
+async def test_client_cancel_reaches_the_owner(tmp_path: Path) -> None:
+    owner = make_rt(tmp_path)
+    gate = Gate()
+    cancelled: list[int] = []
+
+    @owner.task
+    async def long(job: JobContext) -> None:
+        try:
+            await gate()
+        except asyncio.CancelledError:
+            cancelled.append(job.id)
+            raise
+
+    client = make_rt(tmp_path, workers=False)
+    async with owner, client:
+        job_id = await owner.pool("default").add(long)
+        await gate.wait_entered(1)
+        await client.cancel(job_id)
+        info = await owner.wait(job_id, timeout=5)
+        assert info.status is JobStatus.CANCELLED
+        assert cancelled == [job_id]
+        assert (await client.get(job_id)).status is JobStatus.CANCELLED
+    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("CANCELLED",)]
+
+
+async def test_client_cancels_a_waiting_job(tmp_path: Path) -> None:
+    clock = FakeClock()
+    owner = make_rt(tmp_path, clock=clock)
+    ran: list[int] = []
+
+    @owner.task
+    async def later(job: JobContext) -> None:
+        ran.append(job.id)
+
+    client = make_rt(tmp_path, workers=False)
+    async with owner, client:
+        job_id = await owner.pool("default").add(later.options(delay=60))
+        info = await client.cancel(job_id)
+        assert info.status is JobStatus.CANCELLED
+        await until(lambda: owner.pool("default").statistics().waiting == 0, timeout=2)
+        await clock.advance(120)
+        assert ran == []
+        assert (await owner.get(job_id)).status is JobStatus.CANCELLED

@@ -1,0 +1,273 @@
+"""Per-task hooks, on_failed inside the failure transaction, and transactional enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_support import Gate, db_file, make_rt, rows, until
+
+from taskrt import (
+    EventType,
+    JobContext,
+    JobInfo,
+    JobNotFound,
+    JobStatus,
+    Transaction,
+)
+
+
+async def test_hooks_fire_with_their_arguments(tmp_path: Path) -> None:
+    calls: list[tuple[Any, ...]] = []
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path)
+
+    def on_add(job_id: int) -> None:
+        # The job is durable when on_add runs.
+        calls.append(
+            ("add", job_id, rows(path, "SELECT count(*) FROM jobs WHERE id = ?", (job_id,)))
+        )
+
+    async def on_success(job_id: int, result: Any) -> None:
+        await asyncio.sleep(0)
+        calls.append(("success", job_id, result))
+
+    @rt.task(
+        attempts=3,
+        retry=0,
+        on_add=on_add,
+        on_success=on_success,
+        on_error=lambda i, e: calls.append(("error", i, e)),
+        on_progress=lambda i, c, t, m: calls.append(("progress", i, c, t, m)),
+    )
+    async def resize(job: JobContext, fail_first: bool) -> dict[str, int]:
+        await job.progress(1, 3, "loading")
+        if fail_first and job.attempt == 1:
+            raise RuntimeError("flaky")
+        await job.progress(3, 3, "saved")
+        return {"width": 640}
+
+    async with rt:
+        job_id = await rt.pool("default").add(resize, True)
+        await rt.wait(job_id, timeout=5)
+        await until(lambda: any(c[0] == "success" for c in calls))
+    assert calls == [
+        ("add", job_id, [(1,)]),
+        ("progress", job_id, 1, 3, "loading"),
+        ("progress", job_id, 1, 3, "loading"),
+        ("progress", job_id, 3, 3, "saved"),
+        ("success", job_id, {"width": 640}),
+    ]
+
+
+async def test_hook_that_raises_is_logged_and_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = make_rt(tmp_path)
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    async def explode_later(*args: Any) -> None:
+        raise RuntimeError("async hook bug")
+
+    @rt.task(on_add=explode, on_progress=explode, on_success=explode_later)
+    async def fine(job: JobContext, n: int) -> int:
+        await job.progress(1, 1)
+        return n
+
+    def failures(text: str) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.exc_info and r.exc_info[1] is not None and str(r.exc_info[1]) == text
+        ]
+
+    with caplog.at_level(logging.ERROR, logger="taskrt"):
+        async with rt:
+            ids = [await rt.pool("default").add(fine, n) for n in range(3)]
+            results = [(await rt.wait(i, timeout=5)).result for i in ids]
+            await until(lambda: len(failures("async hook bug")) == 3)
+    assert results == [0, 1, 2]
+    assert len(failures("hook bug")) == 6  # on_add and on_progress, three jobs each
+    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("SUCCESS",)] * 3
+
+
+async def _make_audit(rt: Any) -> None:
+    async with rt.transaction() as tx:
+        await tx.execute("CREATE TABLE audit (job_id INTEGER, note TEXT)")
+
+
+async def test_on_failed_writes_commit_atomically_with_the_failure(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path)
+    seen: list[JobInfo] = []
+
+    async def on_failed(job: JobInfo, tx: Transaction) -> None:
+        seen.append(job)
+        # Not yet committed: another connection sees neither the failure nor the row.
+        assert rows(path, "SELECT status FROM jobs WHERE id = ?", (job.id,)) == [("RUNNING",)]
+        await tx.execute("INSERT INTO audit VALUES (?, ?)", (job.id, f"failed: {job.error}"))
+        assert rows(path, "SELECT count(*) FROM audit") == [(0,)]
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def doomed(job: JobContext) -> None:
+        raise RuntimeError("no luck")
+
+    async with rt:
+        await _make_audit(rt)
+        job_id = await rt.pool("default").add(doomed)
+        async with rt.subscribe(job_id) as stream:
+            async for event in stream:
+                if event.type is EventType.FAILURE:
+                    # When the failure is announced, both are committed.
+                    assert rows(path, "SELECT status FROM jobs WHERE id = ?", (job_id,)) == [
+                        ("FAILURE",)
+                    ]
+                    assert rows(path, "SELECT * FROM audit") == [
+                        (job_id, "failed: RuntimeError: no luck")
+                    ]
+        info = await rt.get(job_id)
+    assert [(j.id, j.status, j.error) for j in seen] == [
+        (job_id, JobStatus.FAILURE, "RuntimeError: no luck")
+    ]
+    assert info.status is JobStatus.FAILURE
+
+
+async def test_on_failed_that_raises_rolls_back_its_writes_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path)
+
+    async def on_failed(job: JobInfo, tx: Transaction) -> None:
+        await tx.execute("INSERT INTO audit VALUES (?, 'half-written')", (job.id,))
+        raise RuntimeError("hook crashed")
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def doomed(job: JobContext) -> None:
+        raise RuntimeError("no luck")
+
+    @rt.task
+    async def fine(job: JobContext) -> str:
+        return "ok"
+
+    with caplog.at_level(logging.ERROR, logger="taskrt"):
+        async with rt:
+            await _make_audit(rt)
+            job_id = await rt.pool("default").add(doomed)
+            info = await rt.wait(job_id, timeout=5)
+            assert (info.status, info.error) == (JobStatus.FAILURE, "RuntimeError: no luck")
+            # The runtime goes on.
+            assert (await rt.wait(await rt.pool("default").add(fine), timeout=5)).result == "ok"
+    assert "hook crashed" in caplog.text
+    assert rows(path, "SELECT count(*) FROM audit") == [(0,)]
+    assert rows(path, "SELECT status, error FROM jobs WHERE id = ?", (job_id,)) == [
+        ("FAILURE", "RuntimeError: no luck")
+    ]
+
+
+async def test_on_failed_runs_once_after_the_last_attempt(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    failed: list[int] = []
+
+    def on_failed(job: JobInfo, tx: Transaction) -> None:
+        failed.append(job.attempts)
+
+    @rt.task(attempts=3, retry=0, on_failed=on_failed)
+    async def doomed(job: JobContext) -> None:
+        raise RuntimeError("again")
+
+    async with rt:
+        info = await rt.wait(await rt.pool("default").add(doomed), timeout=5)
+    assert (info.status, info.attempts) == (JobStatus.FAILURE, 3)
+    assert failed == [3]
+
+
+# -- transactional enqueue ---------------------------------------------------------------------
+
+
+async def test_transactional_enqueue_commits_both(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path)
+    ran: list[int] = []
+    added: list[int] = []
+
+    @rt.task(on_add=added.append)
+    async def welcome(job: JobContext, user_id: int) -> int:
+        ran.append(user_id)
+        return user_id
+
+    async with rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        pool = rt.pool("default")
+        async with rt.transaction() as tx:
+            await tx.execute("INSERT INTO users VALUES (42, 'ada')")
+            job_id = await pool.add(welcome, 42, tx=tx)
+            # The transaction itself sees its job.
+            assert [tuple(r) for r in await tx.execute("SELECT id FROM jobs")] == [(job_id,)]
+            for _ in range(20):
+                await asyncio.sleep(0)
+            # Not committed: no worker has it, no other connection sees it.
+            assert ran == [] and added == []
+            assert pool.statistics().waiting == 0 and pool.statistics().running == 0
+            assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]
+            assert rows(path, "SELECT count(*) FROM users") == [(0,)]
+        assert rows(path, "SELECT id FROM users") == [(42,)]
+        assert rows(path, "SELECT id, task FROM jobs") == [(job_id, "welcome")]
+        info = await rt.wait(job_id, timeout=5)
+    assert (info.status, info.result) == (JobStatus.SUCCESS, 42)
+    assert ran == [42] and added == [job_id]
+
+
+async def test_transactional_enqueue_rolls_back_both(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path)
+    ran: list[int] = []
+
+    @rt.task
+    async def welcome(job: JobContext, user_id: int) -> None:
+        ran.append(user_id)
+
+    async with rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        pool = rt.pool("default")
+        with pytest.raises(RuntimeError, match="signup failed"):
+            async with rt.transaction() as tx:
+                await tx.execute("INSERT INTO users VALUES (7, 'bob')")
+                job_ids = await pool.add_many(welcome, [(7,), (8,)], tx=tx)
+                raise RuntimeError("signup failed")
+        for job_id in job_ids:
+            with pytest.raises(JobNotFound):
+                await rt.get(job_id)
+        assert rows(path, "SELECT count(*) FROM users") == [(0,)]
+        assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]
+        assert pool.statistics().waiting == 0
+        # The runtime goes on: plain adds still work and nothing from the
+        # rolled-back transaction ever runs.
+        other = await pool.add(welcome, 9)
+        await rt.wait(other, timeout=5)
+    assert ran == [9]
+
+
+async def test_jobs_added_in_a_transaction_respect_the_pool(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("two", concurrency=2)
+    gate = Gate()
+
+    @rt.task(pool="two")
+    async def held(job: JobContext) -> None:
+        await gate()
+
+    async with rt:
+        async with rt.transaction() as tx:
+            ids = await pool.add_many(held, [()] * 5, tx=tx)
+        await gate.wait_entered(2)
+        assert (pool.statistics().running, pool.statistics().waiting) == (2, 3)
+        gate.open()
+        assert [(await rt.wait(i, timeout=5)).status for i in ids] == [JobStatus.SUCCESS] * 5

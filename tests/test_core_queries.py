@@ -1,0 +1,248 @@
+"""Queries: job listings with filters and cursors, statistics, pool snapshots, cleanup."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from core_support import Gate, db_file, make_rt, rows, until, write
+
+from taskrt import (
+    FakeClock,
+    InvalidOption,
+    JobContext,
+    JobNotFound,
+    JobStatus,
+    PoolStatistics,
+)
+from taskrt.clock import sleep as clock_sleep
+
+
+async def test_jobs_filters_by_status_pool_task_and_metadata(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    gate = Gate()
+
+    @rt.task(pool="mail")
+    async def send(job: JobContext, to: str) -> str:
+        if to == "held":
+            await gate()
+        if to == "bad":
+            raise RuntimeError("bounce")
+        return to
+
+    @rt.task(pool="img")
+    async def resize(job: JobContext, w: int) -> int:
+        return w
+
+    async with rt:
+        mail, img = rt.pool("mail"), rt.pool("img")
+        a = await mail.add(send.options(metadata={"user": 1, "project": "x"}), "ok")
+        b = await mail.add(send.options(metadata={"user": 2, "project": "x"}), "bad")
+        c = await mail.add(send.options(metadata={"user": 1, "vip": True}), "held")
+        d = await img.add(resize.options(metadata={"user": 1, "project": "y"}), 64)
+        for job_id in (a, b, d):
+            await rt.wait(job_id, timeout=5)
+        await gate.wait_entered(1)
+
+        async def ids(**filters: object) -> list[int]:
+            return [j.id for j in (await rt.jobs(**filters)).jobs]  # type: ignore[arg-type]
+
+        assert await ids() == [d, c, b, a]  # newest first
+        assert await ids(status="SUCCESS") == [d, a]
+        assert await ids(status=[JobStatus.FAILURE, JobStatus.RUNNING]) == [c, b]
+        assert await ids(status="running") == [c]
+        assert await ids(pool="mail") == [c, b, a]
+        assert await ids(task="resize") == [d]
+        assert await ids(metadata={"user": 1}) == [d, c, a]
+        assert await ids(metadata={"user": 1, "project": "x"}) == [a]
+        assert await ids(metadata={"vip": True}) == [c]
+        assert await ids(metadata={"user": 3}) == []
+        assert await ids(pool="mail", status="SUCCESS", metadata={"project": "x"}) == [a]
+        running = (await rt.jobs(status="RUNNING")).jobs[0]
+        assert (running.status, running.metadata) == (JobStatus.RUNNING, {"user": 1, "vip": True})
+        with pytest.raises(InvalidOption):
+            await rt.jobs(status="DONE")
+        with pytest.raises(InvalidOption):
+            await rt.jobs(limit=0)
+        with pytest.raises(InvalidOption):
+            await rt.jobs(cursor="not-a-cursor")
+        gate.open()
+
+
+async def test_cursor_pagination_is_stable_while_jobs_arrive(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    rt.pool("default").pause()
+
+    @rt.task
+    async def item(job: JobContext, n: int) -> None:
+        return None
+
+    async with rt:
+        pool = rt.pool("default")
+        first_ids = await pool.add_many(item, [(n,) for n in range(25)])
+        seen: list[int] = []
+        page = await rt.jobs(limit=10)
+        seen += [j.id for j in page.jobs]
+        await pool.add_many(item, [(n,) for n in range(5)])  # newer jobs arrive meanwhile
+        while page.cursor is not None:
+            page = await rt.jobs(limit=10, cursor=page.cursor)
+            seen += [j.id for j in page.jobs]
+        assert seen == sorted(first_ids, reverse=True)
+        assert [len((await rt.jobs(limit=30)).jobs), (await rt.jobs(limit=30)).cursor] == [30, None]
+        last = await rt.jobs(limit=29)
+        assert last.cursor is not None and len(last.jobs) == 29
+
+
+async def test_stats_counts_success_rate_mean_and_p95(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+    rt.pool("one", concurrency=1)
+
+    started: list[int] = []
+
+    @rt.task(pool="one", attempts=1)
+    async def timed(job: JobContext, seconds: float, fail: bool) -> None:
+        started.append(job.id)  # the clock timer below is armed before anyone else runs
+        await clock_sleep(clock, seconds)
+        if fail:
+            raise RuntimeError("failed on purpose")
+
+    async with rt:
+        pool = rt.pool("one")
+        t0 = clock.now()
+        # Twenty successes lasting 1..20 s, two failures, one cancelled, one waiting.
+        for seconds in range(1, 21):
+            job_id = await pool.add(timed, seconds, False)
+            await until(lambda: started[-1:] == [job_id])
+            await clock.advance(seconds)
+            await rt.wait(job_id, timeout=5)
+        for _ in range(2):
+            job_id = await pool.add(timed, 1, True)
+            await until(lambda: started[-1:] == [job_id])
+            await clock.advance(1)
+            await rt.wait(job_id, timeout=5)
+        await rt.cancel(await pool.add(timed.options(delay=1000), 1, False))
+        await pool.add(timed.options(delay=1000), 1, False)
+        stats = await rt.stats()
+        assert stats.counts == {
+            "WAITING": 1,
+            "RUNNING": 0,
+            "SUCCESS": 20,
+            "FAILURE": 2,
+            "CANCELLED": 1,
+        }
+        assert stats.total == 24
+        assert stats.success_rate == pytest.approx(20 / 22)
+        assert stats.mean_duration == pytest.approx(10.5)
+        assert stats.p95_duration == pytest.approx(19)
+        # A window: only what was created/finished in the first 10 s.
+        early = await rt.stats(since=t0, until=t0 + 10.5)
+        # Counts go by creation (jobs of 1..5 s were added by t0 + 10), durations
+        # by finish (jobs of 1..4 s were done by t0 + 10).
+        assert early.counts["SUCCESS"] == 5
+        assert early.mean_duration == pytest.approx(2.5)
+        empty = await rt.stats(since=t0 + 10_000)
+        assert (empty.total, empty.success_rate, empty.mean_duration, empty.p95_duration) == (
+            0,
+            None,
+            None,
+            None,
+        )
+
+
+@pytest.mark.parametrize(("n", "p95"), [(1, 1), (10, 10), (20, 19), (30, 29), (100, 95)])
+async def test_p95_is_the_nearest_rank(tmp_path: Path, n: int, p95: float) -> None:
+    rt = make_rt(tmp_path)
+    rt.pool("default").pause()
+
+    @rt.task
+    async def nothing(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        await rt.pool("default").add_many(nothing, [()] * n)
+    # Durations 1..n seconds, written as a finished history.
+    path = db_file(tmp_path)
+    for i in range(1, n + 1):
+        write(
+            path,
+            "UPDATE jobs SET status = 'SUCCESS', started_at = 0, finished_at = ? WHERE id = ?",
+            (float((i * 7) % n + 1), i),
+        )
+    async with make_rt(tmp_path) as rt2:
+        stats = await rt2.stats()
+    assert stats.counts["SUCCESS"] == n
+    assert stats.p95_duration == p95
+
+
+async def test_pool_statistics_is_a_snapshot(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("p", concurrency=2, capacity=50)
+    gate = Gate()
+
+    @rt.task(pool="p", attempts=1)
+    async def held(job: JobContext, fail: bool) -> None:
+        await gate()
+        if fail:
+            raise RuntimeError("x")
+
+    async with rt:
+        assert pool.statistics() == PoolStatistics(
+            name="p", concurrency=2, capacity=50, waiting=0, running=0
+        )
+        ids = await pool.add_many(held, [(False,), (True,), (False,), (False,), (False,)])
+        await gate.wait_entered(2)
+        before = pool.statistics()
+        assert (before.running, before.waiting, before.processed, before.failed) == (2, 3, 0, 0)
+        gate.open()
+        for job_id in ids:
+            await rt.wait(job_id, timeout=5)
+        after = pool.statistics()
+        assert (after.running, after.waiting, after.processed, after.failed) == (0, 0, 4, 1)
+        # The earlier snapshot did not change.
+        assert (before.running, before.waiting) == (2, 3)
+        assert after.to_dict()["concurrency"] == 2
+
+
+async def test_cleanup_deletes_old_finished_jobs_and_their_attempts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path, clock=clock)
+    rt.retention(None)  # the built-in hourly prune would race this test's own cleanups
+
+    @rt.task(attempts=2, retry=0)
+    async def work(job: JobContext, fail: bool) -> str:
+        if fail:
+            raise RuntimeError("no")
+        return "ok"
+
+    async with rt:
+        pool = rt.pool("default")
+        old_ok = await pool.add(work, False)
+        old_bad = await pool.add(work, True)
+        for job_id in (old_ok, old_bad):
+            await rt.wait(job_id, timeout=5)
+        waiting = await pool.add(work.options(delay=30 * 86400), False)
+        await clock.advance(8 * 86400)
+        recent = await pool.add(work, False)
+        await rt.wait(recent, timeout=5)
+        await rt.attempts(recent)  # what is queued is written first
+        assert rows(path, "SELECT count(*) FROM attempts") == [(4,)]
+
+        assert await rt.cleanup(older_than=timedelta(days=7), statuses=["FAILURE"]) == 1
+        assert await rt.cleanup(older_than=7 * 86400) == 1
+        assert await rt.cleanup(older_than=7 * 86400) == 0
+        for job_id in (old_ok, old_bad):
+            with pytest.raises(JobNotFound):
+                await rt.get(job_id)
+        assert (await rt.get(waiting)).status is JobStatus.WAITING
+        assert (await rt.get(recent)).status is JobStatus.SUCCESS
+        assert rows(path, "SELECT job_id FROM attempts") == [(recent,)]
+        with pytest.raises(InvalidOption):
+            await rt.cleanup(statuses=["RUNNING"])
+        # Ids keep increasing after deletes, even of the newest rows.
+        await clock.advance(1)
+        assert await rt.cleanup(older_than=0) == 1
+        newer = await pool.add(work, False)
+        assert newer == recent + 1

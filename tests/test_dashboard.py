@@ -1,0 +1,535 @@
+"""The dashboard: served files and their headers in process, then the page itself in
+Debian's headless Chromium (Playwright) against a real uvicorn server.
+
+Jobs here move one step per token the test hands out (``Steps``), so every
+"the bar shows 50 %" is a fact the test caused, not a race against a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Mount
+
+from taskrt import JobContext, Runtime
+from taskrt.web import create_app
+from taskrt.web.dashboard import CSP
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SESSION = "s3cret-operator-session"
+
+Serve = Callable[..., AbstractAsyncContextManager[str]]
+
+
+class Steps:
+    """Lets a job take one step per token: the test decides when each step happens."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, asyncio.Queue[None]] = {}
+
+    def __getitem__(self, key: str) -> asyncio.Queue[None]:
+        return self.queues.setdefault(key, asyncio.Queue())
+
+    def allow(self, key: str, n: int = 1) -> None:
+        for _ in range(n):
+            self[key].put_nowait(None)
+
+
+def make_runtime(path: Path, steps: Steps) -> Runtime:
+    rt = Runtime(str(path))
+    rt.pool("main", concurrency=2)
+    rt.pool("batch", concurrency=4)
+
+    @rt.task(pool="main")
+    async def stepped(job: JobContext, n: int = 4, key: str = "a") -> dict[str, int]:
+        """Takes one step per token the test hands out."""
+        for i in range(n):
+            await steps[key].get()
+            await job.progress(i + 1, n, f"step {i + 1} of {n}")
+        return {"steps": n}
+
+    @rt.task(pool="batch", attempts=1)
+    async def boom(job: JobContext, path: str = "/var/data") -> None:
+        raise RuntimeError(f"boom: the disk holding {path} is full")
+
+    rt.schedule("nightly", "stepped", "0 3 * * *", kwargs={"n": 1, "key": "nightly"})
+    return rt
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def operator(request: Request) -> str | None:
+    """Cookie authentication, the way a browser-facing app does it."""
+    return "operator" if request.cookies.get("session") == SESSION else None
+
+
+@pytest.fixture
+def steps() -> Steps:
+    return Steps()
+
+
+@pytest.fixture
+async def rt(db_path: Path, steps: Steps) -> AsyncIterator[Runtime]:
+    runtime = make_runtime(db_path, steps)
+    async with runtime:
+        yield runtime
+
+
+# -- served files, in process --------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def client_for(app: Any, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", **options) as client:
+        yield client
+
+
+async def test_the_page_and_its_assets_are_served_with_the_root_path_and_a_strict_csp(
+    rt: Runtime,
+) -> None:
+    host = Starlette(routes=[Mount("/ops", app=create_app(rt))])
+    async with client_for(host) as client:
+        page = await client.get("/ops/dashboard")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["content-security-policy"] == CSP
+        assert 'data-root="/ops"' in page.text
+        assert 'src="/ops/dashboard/static/dashboard.js"' in page.text
+        assert "{{root}}" not in page.text
+        job_page = await client.get("/ops/dashboard/jobs/123?")
+        assert job_page.status_code == 200 and job_page.text == page.text
+
+        script = await client.get("/ops/dashboard/static/dashboard.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "new EventSource" in script.text
+        etag = script.headers["etag"]
+        again = await client.get(
+            "/ops/dashboard/static/dashboard.js", headers={"If-None-Match": etag}
+        )
+        assert again.status_code == 304 and again.content == b""
+        style = await client.get("/ops/dashboard/static/dashboard.css")
+        assert style.headers["content-type"].startswith("text/css")
+        missing = await client.get("/ops/dashboard/static/secrets.py")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+        # The page keeps its own filters in the query; anything else is refused.
+        assert (await client.get("/ops/dashboard?status=RUNNING&q=a%3Db")).status_code == 200
+        assert (await client.get("/ops/dashboard?bogus=1")).status_code == 422
+
+
+async def test_a_root_path_cannot_inject_markup(rt: Runtime) -> None:
+    host = Starlette(routes=[Mount('/x"><script>', app=create_app(rt))])
+    async with client_for(host) as client:
+        page = await client.get('/x"><script>/dashboard')
+    assert page.status_code == 200
+    assert '<script>"' not in page.text and "&quot;&gt;&lt;script&gt;" in page.text
+
+
+async def test_the_page_goes_through_the_apps_auth(rt: Runtime) -> None:
+    app = create_app(rt, auth=operator)
+    async with client_for(app) as client:
+        assert (await client.get("/dashboard")).status_code == 401
+        assert (await client.get("/dashboard/static/dashboard.js")).status_code == 401
+    async with client_for(app, cookies={"session": SESSION}) as client:
+        assert (await client.get("/dashboard")).status_code == 200
+
+
+async def test_tracebacks_are_for_operators_never_for_per_job_tokens(rt: Runtime) -> None:
+    job_id = await rt.add("boom")
+    await rt.wait(job_id, timeout=5)
+
+    async def traceback_seen(client: httpx.AsyncClient, query: str = "") -> Any:
+        reply = await client.get(f"/jobs/{job_id}/attempts{query}")
+        assert reply.status_code == 200, reply.text
+        attempt = reply.json()["attempts"][0]
+        assert "the disk holding /var/data is full" in attempt["error"]
+        return attempt["traceback"]
+
+    app = create_app(rt, auth=operator)
+    async with client_for(app, cookies={"session": SESSION}) as client:
+        assert "RuntimeError: boom" in await traceback_seen(client)
+        token = (await client.post(f"/jobs/{job_id}/token")).json()["token"]
+    async with client_for(app) as client:
+        assert await traceback_seen(client, f"?token={token}") is None
+        assert (await client.get(f"/jobs/{job_id}/attempts")).status_code == 401
+    # Without auth, anyone who can reach the app is nobody in particular.
+    async with client_for(create_app(rt)) as client:
+        assert await traceback_seen(client) is None
+    async with client_for(create_app(rt, expose_tracebacks=True)) as client:
+        assert "RuntimeError: boom" in await traceback_seen(client)
+
+
+# -- in the browser ------------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def in_browser(test: F) -> F:
+    """Marks a test that drives Chromium against a real server."""
+    for mark in (
+        pytest.mark.browser,
+        pytest.mark.server,
+        pytest.mark.skipif(
+            not os.access(CHROMIUM, os.X_OK) and not os.environ.get("CI"),
+            reason="Chromium is not installed (make browser-deps)",
+        ),
+    ):
+        test = mark(test)
+    return test
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+def expect(target: Any) -> Any:
+    from playwright.async_api import expect as playwright_expect
+
+    return playwright_expect(target)
+
+
+@contextlib.asynccontextmanager
+async def dashboard(
+    browser: Any, url: str, *, cookies: list[dict[str, str]] | None = None, width: int = 1440
+) -> AsyncIterator[Any]:
+    """A page on ``url``, once it is live and loaded; closed (stream and all) on exit."""
+    context = await browser.new_context(viewport={"width": width, "height": 1000})
+    if cookies:
+        await context.add_cookies(cookies)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(url)
+        await page.locator("body[data-ready=true][data-live=true]").wait_for(timeout=10_000)
+        yield page
+        assert errors == []
+    finally:
+        await context.close()
+
+
+def row(page: Any, job_id: int) -> Any:
+    return page.locator(f'#jobs tr.job[data-id="{job_id}"]')
+
+
+def pool_row(page: Any, name: str) -> Any:
+    return page.locator(f'#pools tr[data-pool="{name}"]')
+
+
+@in_browser
+async def test_a_job_added_from_the_form_moves_its_bar_to_100_percent(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        await page.get_by_role("button", name="New job").click()
+        dialog = page.get_by_role("dialog")
+        await dialog.get_by_label("Task").select_option("stepped")
+        await dialog.get_by_label("n", exact=True).fill("4")
+        await dialog.get_by_label("key", exact=True).fill("form")
+        await dialog.get_by_text("Options").click()
+        await dialog.get_by_label("Metadata (JSON object)").fill('{"tenant": "acme"}')
+        await dialog.get_by_role("button", name="Add job").click()
+        await expect(dialog).to_be_hidden()
+
+        job = page.locator("#jobs tr.job", has_text="stepped")
+        await expect(job).to_have_count(1)
+        job_id = int(await job.get_attribute("data-id"))
+        info = await rt.get(job_id)
+        assert info.kwargs == {"n": 4, "key": "form"} and info.metadata == {"tenant": "acme"}
+        bar = job.get_by_role("progressbar")
+        await expect(job.locator(".status")).to_have_text("RUNNING")
+        for percent in (25, 50, 75, 100):
+            steps.allow("form")
+            await expect(bar).to_have_attribute("aria-valuenow", str(percent))
+        await expect(job.locator(".status")).to_have_text("SUCCESS")
+        await expect(job.locator(".percent")).to_have_text("100 %")
+        await expect(page.locator("#count-SUCCESS")).to_have_text("1")
+        await expect(page.locator("#count-all")).to_have_text("1")
+
+        # A fuller picture for the screenshot: a failure, a cancel, waiting and
+        # running jobs mid-way, and throughput in the sparklines.
+        done = await rt.pool("batch").add_many("boom", [{"path": f"/srv/{i}"} for i in range(3)])
+        for job_id in done:
+            await rt.wait(job_id, timeout=5)
+        moving = [await rt.add("stepped", n=4, key=f"m{i}") for i in range(2)]
+        cancelled = await rt.add("stepped", n=4, key="never")
+        await rt.cancel(cancelled)
+        for i in range(2):
+            steps.allow(f"m{i}", 1 + i)
+        for i, job_id in enumerate(moving):
+            await expect(row(page, job_id).get_by_role("progressbar")).to_have_attribute(
+                "aria-valuenow", str(25 * (1 + i))
+            )
+        await expect(row(page, cancelled).locator(".status")).to_have_text("CANCELLED")
+        await expect(page.locator("#count-FAILURE")).to_have_text("3")
+        await expect(page.locator("#count-RUNNING")).to_have_text("2")
+        await expect(page.locator("#count-CANCELLED")).to_have_text("1")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        for i in range(2):
+            steps.allow(f"m{i}", 4)
+    assert rt.broker.subscribers == 0
+
+
+@in_browser
+async def test_cancel_and_retry_from_the_page(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        job_id = await rt.add("stepped", n=1, key="c")
+        job = row(page, job_id)
+        await expect(job.locator(".status")).to_have_text("RUNNING")
+        await page.get_by_role("button", name=f"Cancel job {job_id}").click()
+        await expect(job.locator(".status")).to_have_text("CANCELLED")
+        assert (await rt.get(job_id)).status == "CANCELLED"
+        await expect(page.locator("#count-CANCELLED")).to_have_text("1")
+
+        await page.get_by_role("button", name=f"Retry job {job_id}").click()
+        await expect(job.locator(".status")).to_have_text("RUNNING")
+        steps.allow("c")
+        await expect(job.locator(".status")).to_have_text("SUCCESS")
+        info = await rt.get(job_id)
+        assert info.status == "SUCCESS" and info.attempts == 2
+        await expect(page.locator("#count-CANCELLED")).to_have_text("0")
+        await expect(page.locator("#count-SUCCESS")).to_have_text("1")
+
+
+@in_browser
+async def test_pools_pause_resume_and_change_concurrency_from_the_page(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        main = pool_row(page, "main")
+        await page.get_by_role("button", name="Pause pool main").click()
+        await expect(main.locator(".badge")).to_have_text("paused")
+        assert rt.pools["main"].paused
+
+        job_id = await rt.add("stepped", n=1, key="p")
+        await expect(row(page, job_id).locator(".status")).to_have_text("WAITING")
+        await expect(main.locator('[data-role="waiting"]')).to_have_text("1")
+        assert (await rt.get(job_id)).status == "WAITING"
+
+        await page.get_by_role("button", name="Resume pool main").click()
+        await expect(main.locator(".badge")).to_have_text("active")
+        await expect(row(page, job_id).locator(".status")).to_have_text("RUNNING")
+        await expect(main.locator('[data-role="running"]')).to_have_text("1 / 2")
+
+        await page.get_by_label("Concurrency of main").fill("5")
+        await main.get_by_role("button", name="Set").click()
+        await expect(main.locator('[data-role="running"]')).to_have_text("1 / 5")
+        assert rt.pools["main"].concurrency == 5
+        steps.allow("p")
+        await expect(row(page, job_id).locator(".status")).to_have_text("SUCCESS")
+
+
+@in_browser
+async def test_schedules_run_now_pause_and_resume_from_the_page(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        nightly = page.locator('#schedules tr[data-schedule="nightly"]')
+        await expect(nightly.locator(".next-fire")).to_contain_text("in ")
+
+        await page.get_by_role("button", name="Run schedule nightly now").click()
+        job = page.locator("#jobs tr.job", has_text="stepped")
+        await expect(job).to_have_count(1)
+        steps.allow("nightly")
+        await expect(job.locator(".status")).to_have_text("SUCCESS")
+        job_id = int(await job.get_attribute("data-id"))
+        assert (await rt.get(job_id)).metadata["schedule"] == "nightly"
+
+        await page.get_by_role("button", name="Pause schedule nightly").click()
+        await expect(nightly.locator(".badge")).to_have_text("paused")
+        assert (await rt.schedules.get("nightly")).paused
+        await page.get_by_role("button", name="Resume schedule nightly").click()
+        await expect(nightly.locator(".next-fire")).to_contain_text("in ")
+        assert not (await rt.schedules.get("nightly")).paused
+
+        # The schedule's "jobs" link filters on its metadata.
+        await nightly.get_by_role("link", name="jobs").click()
+        await expect(page.locator("#filters [name=q]")).to_have_value("schedule=nightly")
+        await expect(page.locator("#jobs tr.job")).to_have_count(1)
+
+
+@in_browser
+async def test_the_job_page_shows_arguments_attempts_tracebacks_and_a_live_timeline(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    failed = await rt.add("boom", path="/srv/reports")
+    await rt.wait(failed, timeout=5)
+    running = await rt.add("stepped", n=2, key="t")
+    app = create_app(rt, auth=operator)
+    async with server(app) as base:
+        cookie = [{"name": "session", "value": SESSION, "url": base}]
+        async with dashboard(browser, f"{base}/dashboard/jobs/{failed}", cookies=cookie) as page:
+            await expect(page.locator("#job-status")).to_have_text("FAILURE")
+            await expect(page.locator("#job-args")).to_contain_text('"path": "/srv/reports"')
+            await expect(page.locator("#job-outcome")).to_contain_text("disk holding /srv/reports")
+            attempt = page.locator("#job-attempts tr.attempt")
+            await expect(attempt).to_have_count(1)
+            await attempt.get_by_text("Traceback").click()
+            await expect(attempt.locator("pre.traceback")).to_contain_text("RuntimeError: boom")
+            await expect(page.locator("#tracebacks-note")).to_be_hidden()
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
+
+            # Another job, through the page's own links: its timeline moves live.
+            await page.get_by_role("link", name="← All jobs").click()
+            await page.locator(f'#jobs a[href$="/dashboard/jobs/{running}"]').click()
+            await expect(page).to_have_url(f"{base}/dashboard/jobs/{running}")
+            await expect(page.locator("#job-status")).to_have_text("RUNNING")
+            timeline = page.locator("#job-timeline")
+            steps.allow("t")
+            await expect(timeline).to_contain_text("1 / 2 · step 1 of 2")
+            steps.allow("t")
+            await expect(page.locator("#job-status")).to_have_text("SUCCESS")
+            await expect(timeline.locator(".kind.success")).to_have_count(1)
+            await expect(page.locator("#job-outcome")).to_contain_text('"steps": 2')
+            await expect(page.locator("#job-attempts .badge.success")).to_have_count(1)
+
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/dashboard")).status_code == 401
+            assert (await client.get("/events")).status_code == 401
+
+
+@in_browser
+async def test_mounted_under_a_prefix_every_request_carries_it(
+    db_path: Path, steps: Steps, server: Serve, browser: Any
+) -> None:
+    rt = make_runtime(db_path, steps)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with rt:
+            yield
+
+    host = Starlette(routes=[Mount("/ops", app=create_app(rt))], lifespan=lifespan)
+    async with server(host) as base, dashboard(browser, f"{base}/ops/dashboard") as page:
+        seen: list[str] = []
+        page.on("request", lambda request: seen.append(request.url))
+        await page.get_by_role("button", name="Pause pool batch").click()
+        await expect(pool_row(page, "batch").locator(".badge")).to_have_text("paused")
+        job_id = await rt.add("stepped", n=1, key="m")
+        await page.locator(f'#jobs a[href="/ops/dashboard/jobs/{job_id}"]').click()
+        await expect(page.locator("#job-status")).to_have_text("RUNNING")
+        steps.allow("m")
+        await expect(page.locator("#job-status")).to_have_text("SUCCESS")
+        assert seen and all(url.startswith(f"{base}/ops/") for url in seen), seen
+
+
+async def seed(rt: Runtime, n: int) -> float:
+    """``n`` finished jobs straight into the table, in one transaction; returns seconds."""
+    began = time.perf_counter()
+    now = time.time() - n
+    statuses = ["SUCCESS"] * 7 + ["FAILURE"] * 2 + ["CANCELLED"]
+    rows = [
+        (
+            ("stepped", "boom")[i % 2],
+            ("main", "batch")[i % 2],
+            statuses[i % 10],
+            json.dumps({"tenant": f"t{i % 100}"}),
+            now + i,
+            now + i,
+            now + i,
+            now + i + 0.25,
+        )
+        for i in range(n)
+    ]
+    async with rt.transaction() as tx:
+        await tx.executemany(
+            "INSERT INTO jobs (task, pool, status, metadata, created_at, run_at, started_at, "
+            "finished_at, attempts, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 1)",
+            rows,
+        )
+    return time.perf_counter() - began
+
+
+@in_browser
+async def test_100k_jobs_list_in_pages_fast_and_the_page_renders_quickly(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    seconds = await seed(rt, 100_000)
+    assert seconds < 10
+    figures: dict[str, Any] = {"seed_100k_s": round(seconds, 2)}
+    async with server(create_app(rt)) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            for query in (
+                "status=SUCCESS",
+                "status=FAILURE",
+                "status=CANCELLED",
+                "pool=batch",
+                "task=boom&status=FAILURE",
+                "metadata.tenant=t7",
+                "",
+            ):
+                cursor: str | None = None
+                times = []
+                for _ in range(5):  # the first five pages, following the cursor
+                    url = f"/jobs?{query}&limit=50" + (f"&cursor={cursor}" if cursor else "")
+                    began = time.perf_counter()
+                    reply = await client.get(url)
+                    times.append(time.perf_counter() - began)
+                    assert reply.status_code == 200, reply.text
+                    page_ = reply.json()
+                    assert len(page_["jobs"]) == 50
+                    cursor = page_["cursor"]
+                figures[f"GET /jobs?{query or 'all'} (ms, worst of 5 pages)"] = round(
+                    1000 * max(times), 1
+                )
+                assert max(times) < 0.2, (query, times)
+            stats = (await client.get("/stats")).json()
+            assert stats["total"] == 100_000
+
+        for path in ("/dashboard", "/dashboard?status=FAILURE"):
+            async with dashboard(browser, f"{base}{path}") as page:
+                await expect(page.locator("#count-all")).to_have_text("100,000")
+                await expect(page.locator("#jobs tr.job")).to_have_count(50)
+                first_render = await page.evaluate("window.taskrtDashboard.firstRenderMs")
+                list_ms = await page.evaluate("window.taskrtDashboard.lastListMs")
+                figures[f"browser {path}: first render (ms from navigation)"] = round(first_render)
+                figures[f"browser {path}: listing fetch+render (ms)"] = round(list_ms, 1)
+                assert first_render < 3000
+                began = time.perf_counter()
+                await page.get_by_role("button", name="Older ›").click()
+                await expect(page.locator("#page-info")).to_have_text("page 2")
+                figures[f"browser {path}: next page click to render (ms)"] = round(
+                    1000 * (time.perf_counter() - began)
+                )
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dashboard-perf.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
