@@ -485,7 +485,8 @@ async def stalled(readers: int = 10, rounds: int = 5) -> None:
 SCENARIOS = {"latency": latency, "fanout": fanout, "stalled": stalled}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line; ``main([])`` runs every scenario (for ``python -m bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("scenarios", nargs="*", help=f"some of: {', '.join(SCENARIOS)}")
     parser.add_argument(
@@ -496,7 +497,7 @@ def main() -> None:
     parser.add_argument("--db", default="", help=argparse.SUPPRESS)
     parser.add_argument("--send-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; expected some of {list(SCENARIOS)}")
@@ -512,6 +513,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "platform": sys.platform,
             "client": args.client,
+            "load_average_1m": round(os.getloadavg()[0], 2),
         }
     )
     for name in args.scenarios or list(SCENARIOS):

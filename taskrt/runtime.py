@@ -30,15 +30,16 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import store as sql
 from .clock import Clock, SystemClock
-from .context import JobState
+from .context import DONE, JobState
 from .counters import Counters
 from .definitions import Hooks, Options, Task, TaskCall, TaskSpec, make_spec
 from .errors import (
@@ -168,6 +169,8 @@ class Runtime:
         self._lease_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
         # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.
         self.schedules = Scheduler(self)
@@ -367,6 +370,8 @@ class Runtime:
             await self.store.close()
             raise
         self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if self.workers:
             self._workers_on = True
             self._lease_task = asyncio.create_task(self._lease_loop(), name="taskrt-lease")
@@ -593,7 +598,9 @@ class Runtime:
             existing = self._unique.get(opts.unique_key)
             if existing is not None:
                 return [existing]
-        await self._check_capacity(pool, len(jobs))
+        # Jobs added earlier in an open transaction are not queued yet, but will be.
+        in_tx = 0 if tx is None else sum(1 for s in tx._states if s.pool == pool.name)
+        await self._check_capacity(pool, len(jobs) + in_tx)
         if spec.hooks.next_id is not None and opts.job_id is None:
             for job in jobs:
                 job.job_id = await self._next_id(spec)
@@ -758,15 +765,38 @@ class Runtime:
         if hook is not None:
             self._hook(hook, info.id, current, state.total, state.message, job=state)
 
-    async def progress(
+    def progress(
         self, job_id: int, current: float, total: float | None = None, message: str | None = None
-    ) -> None:
-        """Report progress of a running job, from anywhere in this process."""
+    ) -> Awaitable[None]:
+        """Report progress of a running job, from anywhere in this process.
+
+        ``await rt.progress(...)`` from a coroutine; a sync handler running in a
+        worker thread may call it without ``await`` (the report is handed to
+        the event loop). Never waits on the disk. Raises ``InvalidTransition``
+        when the job is not running here (``JobNotFound`` when there is none).
+        """
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._report_by_id, job_id, current, total, message)
+            return DONE
         state = self._live.get(job_id)
         if state is None or state.status is not JobStatus.RUNNING:
-            info = await self.get(job_id)
-            raise InvalidTransition(job_id, info.status.value, "report progress for")
+            return self._not_running(job_id, "report progress for")
         self._report(state, current, total, message)
+        return DONE
+
+    def _report_by_id(
+        self, job_id: int, current: float, total: float | None, message: str | None
+    ) -> None:
+        state = self._live.get(job_id)
+        if state is not None and state.status is JobStatus.RUNNING:
+            self._report(state, current, total, message)
+        else:
+            log.warning("taskrt: progress for job %d ignored: it is not running here", job_id)
+
+    async def _not_running(self, job_id: int, action: str) -> None:
+        info = await self.get(job_id)
+        raise InvalidTransition(job_id, info.status.value, action)
 
     def _record_attempt(
         self,
@@ -1092,6 +1122,14 @@ class Runtime:
             )
             return await self.get(job_id)
         await self.store.flush()
+        holder = None if info.unique_key is None else self._unique.get(info.unique_key)
+        if holder is not None and holder != job_id:
+            # Refused before writing: the unique index would fail the whole write batch.
+            raise InvalidTransition(
+                job_id,
+                info.status.value,
+                f"retry (job {holder} holds its unique key {info.unique_key!r})",
+            )
         state = JobState(info, spec, spec.retry)
         state.update(
             status=JobStatus.WAITING,

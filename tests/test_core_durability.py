@@ -4,6 +4,7 @@ the ownership lease, client runtimes, and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -396,8 +397,39 @@ async def test_client_cancel_reaches_the_owner(tmp_path: Path) -> None:
         info = await owner.wait(job_id, timeout=5)
         assert info.status is JobStatus.CANCELLED
         assert cancelled == [job_id]
-        assert (await client.get(job_id)).status is JobStatus.CANCELLED
+        assert (await client.wait(job_id, timeout=5)).status is JobStatus.CANCELLED
     assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("CANCELLED",)]
+
+
+async def test_client_cancel_lands_when_the_job_starts_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client reads the job as WAITING, then the owner starts it before the
+    # client writes its cancel: the cancel must still reach the owner.
+    path = db_file(tmp_path)
+    owner = make_rt(tmp_path)
+    gate = Gate()
+
+    @owner.task
+    async def long(job: JobContext) -> None:
+        await gate()
+
+    client = make_rt(tmp_path, workers=False)
+    real_get = client.get
+
+    async def stale_get(job_id: int) -> Any:
+        info = await real_get(job_id)
+        monkeypatch.setattr(client, "get", real_get)
+        return dataclasses.replace(info, status=JobStatus.WAITING)
+
+    async with owner, client:
+        job_id = await owner.pool("default").add(long)
+        await gate.wait_entered(1)
+        await until(lambda: rows(path, "SELECT status FROM jobs") == [("RUNNING",)])
+        monkeypatch.setattr(client, "get", stale_get)
+        await client.cancel(job_id)
+        info = await owner.wait(job_id, timeout=5)
+        assert info.status is JobStatus.CANCELLED
 
 
 async def test_client_cancels_a_waiting_job(tmp_path: Path) -> None:

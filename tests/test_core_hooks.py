@@ -12,6 +12,7 @@ from core_support import Gate, db_file, make_rt, rows, until
 
 from taskrt import (
     EventType,
+    QueueFull,
     JobContext,
     JobInfo,
     JobNotFound,
@@ -271,3 +272,26 @@ async def test_jobs_added_in_a_transaction_respect_the_pool(tmp_path: Path) -> N
         assert (pool.statistics().running, pool.statistics().waiting) == (2, 3)
         gate.open()
         assert [(await rt.wait(i, timeout=5)).status for i in ids] == [JobStatus.SUCCESS] * 5
+
+
+async def test_capacity_counts_jobs_added_in_the_open_transaction(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("small", capacity=2)
+    pool.pause()
+
+    @rt.task(pool="small")
+    async def noop(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        with pytest.raises(QueueFull):
+            async with rt.transaction() as tx:
+                await pool.add(noop, tx=tx)
+                await pool.add(noop, tx=tx)
+                await pool.add(noop, tx=tx)
+        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+        async with rt.transaction() as tx:
+            await pool.add_many(noop, [(), ()], tx=tx)
+        assert pool.statistics().waiting == 2
+        with pytest.raises(QueueFull):
+            await pool.add(noop)

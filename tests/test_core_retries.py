@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from core_support import db_file, make_rt, rows, until
+from core_support import Gate, db_file, make_rt, rows, until
 
 from taskrt import (
     AttemptOutcome,
@@ -413,3 +414,72 @@ async def test_manual_retry_of_a_cancelled_job_and_not_of_a_waiting_one(tmp_path
         await rt.retry(job_id)
         info = await rt.wait(job_id, timeout=5)
         assert (info.status, info.result) == (JobStatus.SUCCESS, "ran")
+
+
+async def test_manual_retry_while_another_job_holds_the_unique_key(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    gate = Gate()
+
+    @rt.task(attempts=1)
+    async def sync_user(job: JobContext, fail: bool) -> str:
+        if fail:
+            raise RuntimeError("sync failed")
+        await gate()
+        return "synced"
+
+    async with rt:
+        pool = rt.pool("default")
+        failed = await pool.add(sync_user.options(unique_key="user-1"), True)
+        assert (await rt.wait(failed, timeout=5)).status is JobStatus.FAILURE
+        live = await pool.add(sync_user.options(unique_key="user-1"), False)
+        assert live != failed
+        await gate.wait_entered(1)
+        with pytest.raises(InvalidTransition) as err:
+            await rt.retry(failed)
+        assert err.value.job_id == failed
+        assert str(live) in str(err.value) and "user-1" in str(err.value)
+        # Nothing changed: the failed job stays failed, the live one runs on.
+        assert (await rt.get(failed)).status is JobStatus.FAILURE
+        gate.open()
+        assert (await rt.wait(live, timeout=5)).result == "synced"
+        # Once the key is free, the retry is allowed.
+        await rt.retry(failed)
+        assert (await rt.wait(failed, timeout=5)).status is JobStatus.FAILURE
+    assert rows(db_file(tmp_path), "SELECT id, status FROM jobs ORDER BY id") == [
+        (failed, "FAILURE"),
+        (live, "SUCCESS"),
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a per-call retry policy is stored (jobs.retry) but never read back: jobs loaded "
+    "after a restart, adopted from a client, or retried by hand use the task's policy "
+    "(JobInfo has no field to carry it)",
+)
+async def test_per_call_retry_policy_survives_a_restart(tmp_path: Path) -> None:
+    t0 = 1_800_000_000.0
+
+    def runtime(clock: FakeClock) -> tuple[Any, Any]:
+        rt = make_rt(tmp_path, clock=clock)
+
+        @rt.task(attempts=3, retry="1h")
+        async def flaky(job: JobContext) -> None:
+            raise RuntimeError("down")
+
+        return rt, flaky
+
+    clock = FakeClock(start=t0)
+    rt, flaky = runtime(clock)
+    async with rt:
+        job_id = await rt.pool("default").add(flaky.options(retry="5s"))
+        await until(lambda: rt.pool("default").statistics().running == 0)
+        await until(lambda: rt.pool("default").statistics().waiting == 1)
+        assert (await rt.get(job_id)).run_at == t0 + 5
+    clock = FakeClock(start=t0 + 5)
+    rt, _ = runtime(clock)
+    async with rt:
+        await until(lambda: rt.pool("default").statistics().waiting == 1)
+        await until(lambda: rt.pool("default").statistics().running == 0)
+        info = await rt.get(job_id)
+        assert (info.attempts, info.run_at) == (2, t0 + 10)

@@ -241,19 +241,23 @@ async def test_rt_progress_works_from_outside_the_handler(tmp_path: Path) -> Non
 
 async def test_sync_yao_style_handler_gets_the_id(tmp_path: Path) -> None:
     rt = make_rt(tmp_path)
-    loop_holder: list[asyncio.AbstractEventLoop] = []
+    pool = rt.pool("default")
+    pool.pause()
 
     @rt.task
     def legacy(task_id: int, name: str) -> str:
-        loop = loop_holder[0]
-        asyncio.run_coroutine_threadsafe(rt.progress(task_id, 1, 1, name), loop).result(5)
+        rt.progress(task_id, 1, 1, name)  # from the worker thread, without await
         return f"{task_id}:{name}"
 
     async with rt:
-        loop_holder.append(asyncio.get_running_loop())
-        job_id = await rt.pool("default").add(legacy, "x")
-        info = await rt.wait(job_id, timeout=5)
+        job_id = await pool.add(legacy, "x")
+        stream = rt.subscribe(job_id)
+        await anext(stream)
+        pool.resume()
+        events = await collect(stream)
+        info = await rt.get(job_id)
     assert (info.result, info.message) == (f"{job_id}:x", "x")
+    assert [e.type for e in events] == [EventType.STARTED, EventType.PROGRESS, EventType.SUCCESS]
 
 
 async def test_plain_handler_gets_only_its_arguments(tmp_path: Path) -> None:

@@ -300,7 +300,9 @@ async def test_a_job_added_from_the_form_moves_its_bar_to_100_percent(
         await expect(page.locator("#count-RUNNING")).to_have_text("2")
         await expect(page.locator("#count-CANCELLED")).to_have_text("1")
         ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        await page.screenshot(
+            path=str(ARTIFACTS / "dashboard.png"), full_page=True, animations="disabled"
+        )
         for i in range(2):
             steps.allow(f"m{i}", 4)
     assert rt.broker.subscribers == 0
@@ -402,11 +404,13 @@ async def test_the_job_page_shows_arguments_attempts_tracebacks_and_a_live_timel
             await expect(page.locator("#job-outcome")).to_contain_text("disk holding /srv/reports")
             attempt = page.locator("#job-attempts tr.attempt")
             await expect(attempt).to_have_count(1)
-            await attempt.get_by_text("Traceback").click()
+            await attempt.locator("summary", has_text="Traceback").click()
             await expect(attempt.locator("pre.traceback")).to_contain_text("RuntimeError: boom")
             await expect(page.locator("#tracebacks-note")).to_be_hidden()
             ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
+            await page.screenshot(
+                path=str(ARTIFACTS / "dashboard-job.png"), full_page=True, animations="disabled"
+            )
 
             # Another job, through the page's own links: its timeline moves live.
             await page.get_by_role("link", name="← All jobs").click()

@@ -477,3 +477,32 @@ async def test_head_answers_headers_without_opening_a_stream(rt: Runtime, gates:
     )
     assert fake.messages[0]["status"] == 200 and fake.body == b""
     assert rt.broker.subscribers == 0 and api_of(app).streams.active == 0
+
+
+# -- design notes of taskrt.web.sse, pinned ----------------------------------------------------
+
+
+def test_a_frame_is_one_data_line_whatever_the_message() -> None:
+    """Note 2: JSON escapes newlines, so a frame never splits its data."""
+    from taskrt.models import Event, EventType, JobStatus
+    from taskrt.web.sse import frame
+
+    event = Event(
+        1, 4, EventType.PROGRESS, "t", "p", JobStatus.RUNNING, 0.0, {"message": "a\nb\r\nc"}
+    )
+    text = frame(event, "4").decode()
+    assert text.endswith("\n\n") and text.count("\n") == 4
+    (parsed,) = parse_sse(text)
+    assert parsed.data is not None and parsed.data["message"] == "a\nb\r\nc"
+    assert frame(event, "4") == frame(event, "4")  # encoded once, the same bytes
+
+
+def test_the_send_timeout_override_is_the_one_sse_starlette_calls() -> None:
+    """Note 5: ``EventStream`` replaces sse-starlette's per-send timeout; if a
+    new sse-starlette renames the method, this fails and the note needs a look."""
+    from sse_starlette import EventSourceResponse
+
+    from taskrt.web.sse import EventStream
+
+    assert "_send_with_timeout" in vars(EventSourceResponse)
+    assert "_send_with_timeout" in vars(EventStream)

@@ -422,7 +422,13 @@ async function loadPools() {
 function countFinished(pool) {
   if (!state.throughput.has(pool)) state.throughput.set(pool, new Array(SPARK_SECONDS).fill(0));
   state.throughput.get(pool)[SPARK_SECONDS - 1] += 1;
+  if (!sparkFrame) sparkFrame = requestAnimationFrame(() => {
+    sparkFrame = 0;
+    if (state.view === "list") drawSparklines();
+  });
 }
+
+let sparkFrame = 0;
 
 function renderPools() {
   const body = $("#pools tbody");
@@ -454,7 +460,7 @@ function poolRow(name) {
     el("td", { class: "num", dataset: { role: "done" } }),
     el("td", {}, el("div", { class: "spark-wrap" }, el("span", { dataset: { role: "spark" } }), el("span", { class: "spark-value", dataset: { role: "rate" } }))),
     el("td", { class: "num" }, el("span", { class: "concurrency" }, input, set)),
-    el("td", { class: "actions" }, toggle),
+    el("td", {}, el("div", { class: "actions" }, toggle)),
   );
 }
 
@@ -512,9 +518,9 @@ $("#pools").addEventListener("click", async (event) => {
 });
 
 function rateOf(buckets) {
-  // The last RATE_WINDOW whole seconds (the current one is still filling).
+  // Jobs finished in the last RATE_WINDOW seconds (the current one included), per second.
   let sum = 0;
-  for (let i = SPARK_SECONDS - 1 - RATE_WINDOW; i < SPARK_SECONDS - 1; i += 1) sum += buckets[i];
+  for (let i = SPARK_SECONDS - RATE_WINDOW; i < SPARK_SECONDS; i += 1) sum += buckets[i];
   return sum / RATE_WINDOW;
 }
 
@@ -589,9 +595,13 @@ function renderSchedules() {
         el("td", { class: "num" }, `${s.fires} / ${s.failures} `, jobsLink),
         el(
           "td",
-          { class: "actions" },
-          el("button", { type: "button", class: "btn small", dataset: { action: "run" }, "aria-label": `Run schedule ${s.name} now`, text: "Run now" }),
-          el("button", { type: "button", class: "btn small", dataset: { action: s.paused ? "resume" : "pause" }, "aria-label": `${s.paused ? "Resume" : "Pause"} schedule ${s.name}`, text: s.paused ? "Resume" : "Pause" }),
+          {},
+          el(
+            "div",
+            { class: "actions" },
+            el("button", { type: "button", class: "btn small", dataset: { action: "run" }, "aria-label": `Run schedule ${s.name} now`, text: "Run now" }),
+            el("button", { type: "button", class: "btn small", dataset: { action: s.paused ? "resume" : "pause" }, "aria-label": `${s.paused ? "Resume" : "Pause"} schedule ${s.name}`, text: s.paused ? "Resume" : "Pause" }),
+          ),
         ),
       );
     }),
@@ -761,6 +771,8 @@ function progressEl(job) {
 function setProgress(node, job) {
   const bar = node.querySelector(".bar");
   const pct = percentOf(job);
+  // No bar for a job that is not running and never reported progress.
+  node.classList.toggle("none", pct === null && job.status !== "RUNNING");
   bar.classList.toggle("indeterminate", pct === null && job.status === "RUNNING");
   bar.classList.toggle("done", job.status === "SUCCESS");
   bar.classList.toggle("failed", job.status === "FAILURE");
@@ -814,7 +826,7 @@ function updateRow(row, job) {
     el("td", { class: "num", text: attemptsText(job) }),
     el("td", {}, timeEl(job.created_at)),
     el("td", { class: "num" }, durationEl(job)),
-    el("td", { class: "actions" }, jobActions(job)),
+    el("td", {}, el("div", { class: "actions" }, jobActions(job))),
   ];
   if (row.cells.length === cells.length && row.dataset.status === job.status && row.dataset.error === String(job.error ?? "")) {
     // Same status: only the moving parts change (keeps focus and hover steady).
@@ -1094,6 +1106,8 @@ function renderJobPage() {
   const holder = $("#job-progress");
   if (!holder.firstChild) holder.append(progressEl(job));
   else setProgress(holder.firstChild, job);
+  // A job that finished without reporting progress has no bar worth showing.
+  holder.hidden = !job.total && (job.status === "FAILURE" || job.status === "CANCELLED");
   const facts = [
     ["Pool", job.pool],
     ["Attempts", attemptsText(job)],
