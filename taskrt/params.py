@@ -344,13 +344,28 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
         # No signature to bind (a builtin, say): accept anything.
         return schema, lambda args, kwargs: None
     compiled = {name: validator_for(item) for name, item in per_param.items() if item}
+    quick = {name: _quick_check(item) for name, item in per_param.items() if item}
     kinds = {name: p.kind for name, p in sig.parameters.items()}
+    # The common shape, all positional-or-keyword without defaults, binds
+    # positional arguments by position without ``Signature.bind`` (hot path).
+    plain_names = tuple(
+        p.name
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is inspect.Parameter.empty
+    )
+    simple = len(plain_names) == len(sig.parameters)
 
     def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        bound = _bind(task, sig, args, kwargs)
-        for name, value in bound.arguments.items():
+        if simple and not kwargs and len(args) == len(plain_names):
+            arguments: Mapping[str, Any] = dict(zip(plain_names, args, strict=True))
+        else:
+            arguments = _bind(task, sig, args, kwargs).arguments
+        for name, value in arguments.items():
             check = compiled.get(name)
             if check is None:
+                continue
+            fast = quick.get(name)
+            if fast is not None and fast(value):
                 continue
             kind = kinds[name]
             if kind is inspect.Parameter.VAR_POSITIONAL:
@@ -363,6 +378,28 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
                 _check_value(task, check, value, parameter=name)
 
     return schema, validate
+
+
+_QUICK_TYPES: dict[str, Callable[[Any], bool]] = {
+    "integer": lambda v: type(v) is int,
+    "number": lambda v: type(v) is int or type(v) is float,
+    "string": lambda v: type(v) is str,
+    "boolean": lambda v: type(v) is bool,
+    "null": lambda v: v is None,
+}
+_ANNOTATIONS = frozenset({"type", "title", "description", "default", "examples"})
+
+
+def _quick_check(schema: Any) -> Callable[[Any], bool] | None:
+    """A plain ``isinstance``-style check for a bare ``{"type": ...}`` schema.
+
+    It only ever says "valid" early; anything it does not accept goes through
+    jsonschema, which gives the error message (hot path of ``add``).
+    """
+    if not isinstance(schema, Mapping) or not set(schema) <= _ANNOTATIONS:
+        return None
+    kind = schema.get("type")
+    return _QUICK_TYPES.get(kind) if isinstance(kind, str) else None
 
 
 def bind_check(spec: TaskSpec) -> ArgsValidator | None:

@@ -455,3 +455,20 @@ async def test_memory_database_works_end_to_end() -> None:
         job_id = await rt.pool("default").add(double, 21)
         assert (await rt.wait(job_id, timeout=5)).result == 42
         assert [j.id for j in (await rt.jobs()).jobs] == [job_id]
+
+
+async def test_handlers_see_the_json_view_of_their_arguments(tmp_path: Path) -> None:
+    # What the handler gets on the first run is what it would get after a restart.
+    rt = make_rt(tmp_path)
+    seen: list[object] = []
+
+    @rt.task
+    async def record(job: JobContext, value: object, *, opt: object = None) -> None:
+        seen.append((value, opt))
+
+    async with rt:
+        job_id = await rt.pool("default").add(record, {"pair": (1, 2), 3: "x"}, opt=(4,))
+        await rt.wait(job_id, timeout=5)
+        info = await rt.get(job_id)
+    assert seen == [({"pair": [1, 2], "3": "x"}, [4])]
+    assert (info.args, info.kwargs) == (({"pair": [1, 2], "3": "x"},), {"opt": [4]})

@@ -52,7 +52,7 @@ async def test_job_left_running_by_a_dead_process_runs_again(tmp_path: Path) -> 
     second = make_rt(tmp_path)
 
     @second.task(attempts=3)
-    async def work(job: JobContext, n: int) -> int:  # noqa: F811 - the same task, new process
+    async def work(job: JobContext, n: int) -> int:
         seen.append(job.attempt)
         return n * 10
 
@@ -295,7 +295,7 @@ async def test_shutdown_puts_the_rest_back_to_waiting_without_charging(tmp_path:
     again.pool("one", concurrency=1)
 
     @again.task(pool="one", attempts=1)
-    async def forever(job: JobContext) -> None:  # noqa: F811 - the same task after a restart
+    async def forever(job: JobContext) -> None:
         seen.append((job.id, job.attempt))
 
     async with again:
@@ -450,3 +450,29 @@ async def test_client_cancels_a_waiting_job(tmp_path: Path) -> None:
         await clock.advance(120)
         assert ran == []
         assert (await owner.get(job_id)).status is JobStatus.CANCELLED
+
+
+async def test_the_same_runtime_can_be_started_again(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+    ran: list[int] = []
+
+    @rt.task
+    async def later(job: JobContext, n: int) -> int:
+        ran.append(n)
+        return n
+
+    async with rt:
+        first = await rt.pool("default").add(later, 1)
+        await rt.wait(first, timeout=5)
+        delayed = await rt.pool("default").add(later.options(delay=10), 2)
+    assert not rt.started
+    async with rt:
+        assert rt.started
+        assert (await rt.get(delayed)).status is JobStatus.WAITING
+        await clock.advance(10)
+        assert (await rt.wait(delayed, timeout=5)).result == 2
+        third = await rt.pool("default").add(later, 3)
+        assert third == delayed + 1
+        assert (await rt.wait(third, timeout=5)).result == 3
+    assert ran == [1, 2, 3]

@@ -12,11 +12,11 @@ from core_support import Gate, db_file, make_rt, rows, until
 
 from taskrt import (
     EventType,
-    QueueFull,
     JobContext,
     JobInfo,
     JobNotFound,
     JobStatus,
+    QueueFull,
     Transaction,
 )
 

@@ -114,12 +114,12 @@ async def test_stats_counts_success_rate_mean_and_p95(tmp_path: Path) -> None:
         # Twenty successes lasting 1..20 s, two failures, one cancelled, one waiting.
         for seconds in range(1, 21):
             job_id = await pool.add(timed, seconds, False)
-            await until(lambda: started[-1:] == [job_id])
+            await until(lambda job_id=job_id: started[-1:] == [job_id])
             await clock.advance(seconds)
             await rt.wait(job_id, timeout=5)
         for _ in range(2):
             job_id = await pool.add(timed, 1, True)
-            await until(lambda: started[-1:] == [job_id])
+            await until(lambda job_id=job_id: started[-1:] == [job_id])
             await clock.advance(1)
             await rt.wait(job_id, timeout=5)
         await rt.cancel(await pool.add(timed.options(delay=1000), 1, False))

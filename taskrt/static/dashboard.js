@@ -177,7 +177,7 @@ const state = {
   loadToken: 0,
   stale: false,
   counts: null,
-  known: new Map(), // id -> last status seen in an event (bounded), to move the counts
+  known: new Map(), // id -> last status seen in an event or a listing (bounded): moves the counts
   pools: new Map(),
   throughput: new Map(), // pool -> number[SPARK_SECONDS]
   schedules: [],
@@ -311,6 +311,7 @@ function connect() {
 async function reloadAll() {
   started = true;
   probe.loads += 1;
+  state.known.clear(); // events may have been missed while disconnected
   const tasks = [loadCounts(), loadPools(), loadSchedules(), loadTasks()];
   tasks.push(state.view === "job" && state.jobId !== null ? openJob(state.jobId) : loadJobs());
   await Promise.allSettled(tasks);
@@ -339,8 +340,14 @@ async function loadCounts() {
   renderCounts();
 }
 
+function know(id, status) {
+  state.known.delete(id); // re-insert: the Map stays in recency order
+  state.known.set(id, status);
+  if (state.known.size > 20000) state.known.delete(state.known.keys().next().value);
+}
+
 function previousStatus(event) {
-  const seen = state.known.get(event.job_id) ?? state.jobs.get(event.job_id)?.status;
+  const seen = state.known.get(event.job_id);
   switch (event.type) {
     case "added":
       return null;
@@ -361,12 +368,7 @@ function previousStatus(event) {
 function moveCounts(event) {
   const before = previousStatus(event);
   const after = event.status;
-  if (TERMINAL.has(after)) state.known.delete(event.job_id);
-  else {
-    state.known.delete(event.job_id); // re-insert: the Map stays in recency order
-    state.known.set(event.job_id, after);
-    if (state.known.size > 20000) state.known.delete(state.known.keys().next().value);
-  }
+  know(event.job_id, after);
   if (!state.counts || before === after) return;
   if (before === undefined) {
     resyncCounts(); // we cannot tell where it came from: ask, at most every 5 s
@@ -722,6 +724,7 @@ async function loadJobs(cursor = state.cursor) {
   state.next = page.cursor;
   state.stale = false;
   state.jobs = new Map(page.jobs.map((j) => [j.id, j]));
+  for (const job of page.jobs) if (!state.known.has(job.id)) know(job.id, job.status);
   renderJobs();
   state.loading = false;
   for (const event of state.buffered) applyToList(event); // note 3
