@@ -64,6 +64,7 @@ class JobState:
     timeout: float | None
     recoveries: int
     seq: int
+    retry_policy: Any
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
@@ -95,6 +96,7 @@ class JobState:
         created_at: float,
         run_at: float,
         timeout: float | None,
+        retry_policy: Any = None,
     ) -> JobState:
         """A freshly added job (WAITING, sequence 1), built without a JobInfo (hot path)."""
         state = cls.__new__(cls)
@@ -121,6 +123,7 @@ class JobState:
         state.timeout = timeout
         state.recoveries = 0
         state.seq = 1
+        state.retry_policy = retry_policy
         state._snapshot = None
         state.spec = spec
         state.retry = retry

@@ -102,6 +102,8 @@ class JobInfo:
     timeout: float | None = None
     recoveries: int = 0
     seq: int = 0
+    # A per-call retry policy (``options(retry=...)``) as given; None = the task's.
+    retry_policy: Any = None
 
     @property
     def terminal(self) -> bool:

@@ -69,6 +69,7 @@ from .models import (
 )
 from .pool import DEFAULT_CONCURRENCY, Outcome, Pool
 from .retention import DEFAULT_AGES
+from .retry import RetryPolicy, parse_retry
 from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import NewJob, Store, Synchronous, dumps
 
@@ -441,7 +442,15 @@ class Runtime:
                     self.store, self._owner, time.time(), self.lease_ttl
                 )
                 if not taken:
-                    log.error("taskrt: lost the ownership lease of %s to %s", self.path, owner)
+                    # Another runtime owns the database now: two owners would run
+                    # the same jobs, so this one stops starting any.
+                    log.error(
+                        "taskrt: lost the ownership lease of %s to %s; no more jobs start here",
+                        self.path,
+                        owner,
+                    )
+                    self._workers_on = False
+                    return
             except TaskrtError:
                 log.exception("taskrt: renewing the ownership lease failed")
 
@@ -472,7 +481,7 @@ class Runtime:
                 "taskrt: job %d has unknown task %r; left waiting", info.id, info.task
             )
             return None
-        state = JobState(info, spec, spec.retry)
+        state = JobState(info, spec, _policy(info, spec))
         self._live[info.id] = state
         if info.unique_key is not None:
             self._unique[info.unique_key] = info.id
@@ -561,7 +570,8 @@ class Runtime:
         max_attempts = spec.attempts if opts.attempts == "default" else opts.attempts
         timeout = opts.timeout if opts.timeout is not None else spec.timeout
         retry = opts.retry or spec.retry
-        retry_json = None if opts.retry is None else dumps(opts.retry.describe())
+        retry_described = None if opts.retry is None else opts.retry.describe()
+        retry_json = None if retry_described is None else dumps(retry_described)
         try:
             metadata_json = dumps(opts.metadata or {})
         except (TypeError, ValueError) as exc:
@@ -638,6 +648,7 @@ class Runtime:
                 created_at=now,
                 run_at=run_at,
                 timeout=timeout,
+                retry_policy=retry_described,
             )
             if tx is not None:
                 tx._states.append(state)
@@ -1130,7 +1141,7 @@ class Runtime:
                 info.status.value,
                 f"retry (job {holder} holds its unique key {info.unique_key!r})",
             )
-        state = JobState(info, spec, spec.retry)
+        state = JobState(info, spec, _policy(info, spec))
         state.update(
             status=JobStatus.WAITING,
             run_at=now,
@@ -1369,13 +1380,22 @@ _TERMINAL_EVENT = {
 }
 
 
-async def _guard(
-    awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapter = log
-) -> None:
+async def _guard(awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapter = log) -> None:
     try:
         await awaitable
     except Exception:
         logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
+
+
+def _policy(info: JobInfo, spec: TaskSpec) -> RetryPolicy:
+    """The job's own retry policy if it was given one per call, else its task's."""
+    if info.retry_policy is None:
+        return spec.retry
+    try:
+        return parse_retry(info.retry_policy)
+    except InvalidOption:
+        log.warning("taskrt: job %d has an unreadable retry policy; using its task's", info.id)
+        return spec.retry
 
 
 def _describe(exc: BaseException) -> str:

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from .errors import DuplicateJobId, StoreError
+from .errors import DuplicateJobId, InvalidOption, StoreError
 from .models import (
     TRANSITIONS,
     AttemptInfo,
@@ -221,7 +221,9 @@ class Store:
         busy_timeout: float = 5.0,
     ) -> None:
         if synchronous not in ("normal", "full", "off"):
-            raise ValueError(f"synchronous must be 'normal', 'full' or 'off', not {synchronous!r}")
+            raise InvalidOption(
+                "synchronous", f"expected 'normal', 'full' or 'off', found {synchronous!r}"
+            )
         self.path = path
         self.synchronous = synchronous
         self.progress_interval = progress_interval
@@ -402,7 +404,7 @@ class Store:
             _run_statements(conn, batch.statements)
             # Inserts last: a terminal write queued before an add frees its
             # unique key for that add (statements only touch committed jobs).
-            inserted = _insert_jobs(conn, [job for jobs, _ in batch.inserts for job in jobs])
+            inserted = _insert_jobs(conn, [jobs for jobs, _ in batch.inserts])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -432,7 +434,7 @@ class Store:
 
     async def insert_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert jobs inside an open transaction (transactional enqueue)."""
-        results = await _in_thread(self.db, _insert_jobs, self.db._conn, list(jobs))
+        results = await _in_thread(self.db, _insert_jobs, self.db._conn, [list(jobs)])
         out: list[InsertResult] = []
         for res in results:
             if isinstance(res, BaseException):
@@ -634,57 +636,76 @@ def _run_statements(
 
 
 def _insert_jobs(
-    conn: sqlite3.Connection, jobs: list[NewJob]
+    conn: sqlite3.Connection, groups: list[list[NewJob]]
 ) -> list[InsertResult | BaseException]:
-    """Assign ids from the AUTOINCREMENT sequence and insert (note 2)."""
-    if not jobs:
+    """Assign ids from the AUTOINCREMENT sequence and insert (note 2).
+
+    Each group (one ``add`` or ``add_many`` call) is all or nothing: if one of
+    its jobs has an id that is not above the sequence, none of them is stored
+    and every result of the group is that error.
+    """
+    if not groups:
         return []
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
     last = int(row[0]) if row else 0
     results: list[InsertResult | BaseException] = []
     rows: list[tuple[Any, ...]] = []
     keys: dict[str, int] = {}
-    for job in jobs:
-        if job.unique_key is not None:
-            existing = keys.get(job.unique_key)
-            if existing is None:
-                found = conn.execute(
-                    "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')",
-                    (job.unique_key,),
-                ).fetchone()
-                existing = None if found is None else int(found[0])
-            if existing is not None:
-                results.append(InsertResult(existing, False))
-                continue
-        if job.job_id is not None:
-            if job.job_id <= last:
-                results.append(DuplicateJobId(job.job_id, last))
-                continue
-            job_id = job.job_id
-        else:
-            job_id = last + 1
-        last = job_id
-        if job.unique_key is not None:
-            keys[job.unique_key] = job_id
-        rows.append(
-            (
-                job_id,
-                job.task,
-                job.pool,
-                job.args_json,
-                job.kwargs_json,
-                job.max_attempts,
-                job.priority,
-                job.metadata_json,
-                job.unique_key,
-                job.created_at,
-                job.run_at,
-                job.timeout,
-                job.retry_json,
-                1 if job.external else 0,
+    for jobs in groups:
+        group_results: list[InsertResult] = []
+        group_rows: list[tuple[Any, ...]] = []
+        group_keys: dict[str, int] = {}
+        group_last = last
+        error: BaseException | None = None
+        for job in jobs:
+            if job.unique_key is not None:
+                existing = keys.get(job.unique_key) or group_keys.get(job.unique_key)
+                if existing is None:
+                    found = conn.execute(
+                        "SELECT id FROM jobs WHERE unique_key = ? "
+                        "AND status IN ('WAITING', 'RUNNING')",
+                        (job.unique_key,),
+                    ).fetchone()
+                    existing = None if found is None else int(found[0])
+                if existing is not None:
+                    group_results.append(InsertResult(existing, False))
+                    continue
+            if job.job_id is not None:
+                if job.job_id <= group_last:
+                    error = DuplicateJobId(job.job_id, group_last)
+                    break
+                job_id = job.job_id
+            else:
+                job_id = group_last + 1
+            group_last = job_id
+            if job.unique_key is not None:
+                group_keys[job.unique_key] = job_id
+            group_rows.append(
+                (
+                    job_id,
+                    job.task,
+                    job.pool,
+                    job.args_json,
+                    job.kwargs_json,
+                    job.max_attempts,
+                    job.priority,
+                    job.metadata_json,
+                    job.unique_key,
+                    job.created_at,
+                    job.run_at,
+                    job.timeout,
+                    job.retry_json,
+                    1 if job.external else 0,
+                )
             )
-        )
-        results.append(InsertResult(job_id, True))
+            group_results.append(InsertResult(job_id, True))
+        if error is not None:
+            results.extend([error] * len(jobs))
+            continue
+        last = group_last
+        keys.update(group_keys)
+        rows.extend(group_rows)
+        results.extend(group_results)
     conn.executemany(_INSERT_JOB, rows)
     return results
 
@@ -734,6 +755,7 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         timeout=row["timeout"],
         recoveries=row["recoveries"],
         seq=row["seq"],
+        retry_policy=_loads(row["retry"]),
     )
 
 

@@ -10,6 +10,7 @@ bar move to 100 % and the final statuses, and saves a screenshot to
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -17,10 +18,14 @@ from typing import Any
 
 import pytest
 
-from demo.app import build_app, build_runtime
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # ``pytest`` (not ``python -m pytest``) leaves the root out
+    sys.path.insert(0, str(ROOT))
+
+from demo.app import build_app, build_runtime  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = ROOT / "artifacts"
 ARGS = [
     "--headless",
     "--no-sandbox",

@@ -381,11 +381,6 @@ async def test_next_id_duplicate_or_lower_is_refused_without_overwrite(tmp_path:
         assert await pool.add(plain) == 11
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="add_many is not all-or-nothing: the jobs before a duplicate id are committed and "
-    "run, but the caller only gets the error, not their ids (store inserts per job)",
-)
 async def test_add_many_with_a_duplicate_id_stores_nothing(tmp_path: Path) -> None:
     rt = make_rt(tmp_path)
     ids = iter([20, 20])
@@ -472,3 +467,20 @@ async def test_handlers_see_the_json_view_of_their_arguments(tmp_path: Path) -> 
         info = await rt.get(job_id)
     assert seen == [({"pair": [1, 2], "3": "x"}, [4])]
     assert (info.args, info.kwargs) == (({"pair": [1, 2], "3": "x"},), {"opt": [4]})
+
+
+async def test_synchronous_setting_is_validated_and_full_works(tmp_path: Path) -> None:
+    from taskrt import Runtime
+
+    with pytest.raises(InvalidOption) as err:
+        Runtime(db_file(tmp_path), synchronous="fast")  # type: ignore[arg-type]
+    assert err.value.field == "synchronous"
+    rt = Runtime(db_file(tmp_path), synchronous="full")
+
+    @rt.task
+    async def noop(job: JobContext) -> str:
+        return "durable"
+
+    async with rt:
+        assert (await rt.wait(await rt.pool("default").add(noop), timeout=5)).result == "durable"
+    assert rows(db_file(tmp_path), "PRAGMA journal_mode") == [("wal",)]

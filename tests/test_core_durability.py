@@ -476,3 +476,40 @@ async def test_the_same_runtime_can_be_started_again(tmp_path: Path) -> None:
         assert third == delayed + 1
         assert (await rt.wait(third, timeout=5)).result == 3
     assert ran == [1, 2, 3]
+
+
+async def test_the_owner_renews_its_lease(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    owner = make_rt(tmp_path, lease_ttl=0.3)
+    async with owner:
+        ((first_expiry,),) = rows(path, "SELECT expires_at FROM lease")
+        # Wait until the first lease would have run out: the heartbeat renewed it.
+        await until(lambda: time.time() > first_expiry + 0.05, timeout=2)
+        ((expiry,),) = rows(path, "SELECT expires_at FROM lease")
+        assert expiry > time.time()
+        with pytest.raises(OwnershipError):
+            async with make_rt(tmp_path):
+                pass
+    assert rows(path, "SELECT count(*) FROM lease") == [(0,)]  # released on stop
+
+
+async def test_client_retry_reaches_the_owner(tmp_path: Path) -> None:
+    owner = make_rt(tmp_path)
+    fixed = False
+
+    @owner.task(attempts=1)
+    async def fragile(job: JobContext) -> int:
+        if not fixed:
+            raise RuntimeError("broken")
+        return job.attempt
+
+    client = make_rt(tmp_path, workers=False)
+    client.register(fragile.spec)  # a client knows the tasks it adds
+
+    async with owner, client:
+        job_id = await client.pool("default").add("fragile")
+        assert (await client.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+        fixed = True
+        await client.retry(job_id)
+        info = await client.wait(job_id, timeout=5)
+        assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from core_support import Gate, collect, db_file, make_rt, rows
+from core_support import Gate, collect, db_file, make_rt, rows, until
 
 from taskrt import Event, EventType, JobContext, JobNotFound, JobStatus
 
@@ -245,3 +245,30 @@ async def test_concurrent_subscribers_see_the_same_sequence(tmp_path: Path) -> N
     seqs = [[e.seq for e in events] for events in got]
     assert all(s == seqs[0] for s in seqs)
     assert seqs[0] == list(range(2, 2 + 52))
+
+
+async def test_progress_is_written_behind_and_read_from_memory(tmp_path: Path) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path, progress_interval=0.02)
+    gate = Gate()
+
+    @rt.task
+    async def busy(job: JobContext) -> None:
+        for i in range(1, 1001):
+            await job.progress(i, 1000, f"item {i}")
+        await gate()
+
+    async with rt:
+        job_id = await rt.pool("default").add(busy)
+        await gate.wait_entered(1)
+        # Readers in this process see the latest progress at once ...
+        info = await rt.get(job_id)
+        assert (info.current, info.total, info.message) == (1000, 1000, "item 1000")
+        # ... and the database catches up shortly after, without a write per call.
+        await until(
+            lambda: rows(path, "SELECT current, message FROM jobs") == [(1000, "item 1000")],
+            timeout=2,
+        )
+        assert rt.store.batches < 100
+        gate.open()
+        await rt.wait(job_id, timeout=5)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from core_support import Gate, db_file, make_rt, rows, until, write
+from core_support import Gate, db_file, make_rt, rows, until
 
 from taskrt import (
     FakeClock,
@@ -162,14 +163,14 @@ async def test_p95_is_the_nearest_rank(tmp_path: Path, n: int, p95: float) -> No
 
     async with rt:
         await rt.pool("default").add_many(nothing, [()] * n)
-    # Durations 1..n seconds, written as a finished history.
-    path = db_file(tmp_path)
-    for i in range(1, n + 1):
-        write(
-            path,
+    # Durations 1..n seconds (shuffled), written as a finished history.
+    conn = sqlite3.connect(db_file(tmp_path))
+    with conn:
+        conn.executemany(
             "UPDATE jobs SET status = 'SUCCESS', started_at = 0, finished_at = ? WHERE id = ?",
-            (float((i * 7) % n + 1), i),
+            [(float((i * 7) % n + 1), i) for i in range(1, n + 1)],
         )
+    conn.close()
     async with make_rt(tmp_path) as rt2:
         stats = await rt2.stats()
     assert stats.counts["SUCCESS"] == n

@@ -451,12 +451,6 @@ async def test_manual_retry_while_another_job_holds_the_unique_key(tmp_path: Pat
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a per-call retry policy is stored (jobs.retry) but never read back: jobs loaded "
-    "after a restart, adopted from a client, or retried by hand use the task's policy "
-    "(JobInfo has no field to carry it)",
-)
 async def test_per_call_retry_policy_survives_a_restart(tmp_path: Path) -> None:
     t0 = 1_800_000_000.0
 

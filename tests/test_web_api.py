@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -25,6 +28,7 @@ from taskrt.web import (
     create_app,
 )
 from taskrt.web.errors import ApiError
+from taskrt.web.jobs import NEW_JOB_FIELDS
 
 JSON = {"content-type": "application/json"}
 
@@ -771,3 +775,112 @@ async def test_a_runtime_that_is_not_started_is_503(db_path: Path) -> None:
 def test_create_app_refuses_bad_settings(tmp_path: Path, options: dict[str, Any]) -> None:
     with pytest.raises(InvalidOption):
         create_app(Runtime(str(tmp_path / "x.db")), **options)
+
+
+# -- property: no body gets a 5xx ------------------------------------------------------------------
+
+
+class LoopThread:
+    """A started runtime and its API on an event loop in a thread, for sync property tests."""
+
+    def __init__(self, path: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.rt = make_runtime(path, {})
+        self.rt.pools["main"].pause()  # jobs are added and stored, not run
+        self.client = client_for(create_app(self.rt))
+        self.call(self.rt.start())
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self.call(self.client.aclose())
+        self.call(self.rt.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread(db_path: Path) -> Iterator[LoopThread]:
+    lt = LoopThread(db_path)
+    yield lt
+    lt.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=8,
+)
+FIELD_VALUES = st.one_of(
+    JSON_VALUES,
+    st.sampled_from(
+        ["echo", "add", "nope", "main", "tiny", "30s", "-1", "2030-01-01T00:00:00Z", ""]
+    ),
+    st.integers(min_value=-(2**70), max_value=2**70),
+)
+BODIES = st.one_of(
+    st.dictionaries(st.sampled_from([*sorted(NEW_JOB_FIELDS), "x"]), FIELD_VALUES, max_size=6),
+    JSON_VALUES,
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=BODIES)
+def test_no_json_body_gets_a_5xx_from_post_jobs(loop_thread: LoopThread, body: Any) -> None:
+    content = json.dumps(body).encode()
+    r = loop_thread.call(loop_thread.client.post("/jobs", content=content, headers=JSON))
+    assert r.status_code in (201, 404, 422, 503), r.text
+    if r.status_code != 201:
+        error_of(r)
+
+
+POOL_BODIES = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["name", "concurrency", "capacity", "paused", "x"]),
+        FIELD_VALUES,
+        max_size=4,
+    ),
+    JSON_VALUES,
+)
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/pools"), ("PATCH", "/pools/tiny")])
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=POOL_BODIES)
+def test_no_json_body_gets_a_5xx_from_the_pool_routes(
+    loop_thread: LoopThread, method: str, path: str, body: Any
+) -> None:
+    content = json.dumps(body).encode()
+    r = loop_thread.call(loop_thread.client.request(method, path, content=content, headers=JSON))
+    assert r.status_code in (200, 201, 409, 422), r.text
+    if r.status_code >= 400:
+        error_of(r)
+
+
+def test_two_endpoints_for_one_method_and_path_are_refused(tmp_path: Path) -> None:
+    extra = EndpointGroup("extras")
+
+    @extra.get("/jobs", summary="A second GET /jobs")
+    async def shadow(api: Api, request: Request) -> Response:
+        return JSONResponse({})
+
+    with pytest.raises(InvalidOption, match="two endpoints for GET /jobs"):
+        create_app(Runtime(str(tmp_path / "x.db")), endpoints=[extra])

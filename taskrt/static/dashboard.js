@@ -312,9 +312,9 @@ async function reloadAll() {
   started = true;
   probe.loads += 1;
   state.known.clear(); // events may have been missed while disconnected
-  const tasks = [loadCounts(), loadPools(), loadSchedules(), loadTasks()];
-  tasks.push(state.view === "job" && state.jobId !== null ? openJob(state.jobId) : loadJobs());
-  await Promise.allSettled(tasks);
+  // What the page is about first, so that it is not queued behind the rest.
+  await (state.view === "job" && state.jobId !== null ? openJob(state.jobId) : loadJobs());
+  await Promise.allSettled([loadCounts(), loadPools(), loadSchedules(), loadTasks()]);
   probe.ready = true;
   document.body.dataset.ready = "true";
 }

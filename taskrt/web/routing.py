@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import TaskrtError
+from ..errors import InvalidOption, TaskrtError
 from .auth import Access, AuthCallable, JobTokens, authenticate
 from .errors import ApiError, taskrt_error_response
 from .sse import StreamSlots
@@ -99,6 +99,12 @@ class Api:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One method on one path: its handler, who may call it, and its OpenAPI description.
+
+    ``access``: ``"auth"`` (the app's ``auth``), ``"token"`` (``auth``, or a
+    per-job token for the path's ``job_id``) or ``"public"`` (no one asked).
+    """
+
     method: str
     path: str
     handler: Handler
@@ -169,7 +175,7 @@ def routes(endpoints: Sequence[Endpoint], api: Api) -> list[Route]:
     for endpoint in endpoints:
         methods = by_path.setdefault(endpoint.path, {})
         if endpoint.method in methods:
-            raise ValueError(f"two endpoints for {endpoint.method} {endpoint.path}")
+            raise InvalidOption("endpoints", f"two endpoints for {endpoint.method} {endpoint.path}")
         methods[endpoint.method] = endpoint.bind(api)
         names.setdefault(endpoint.path, endpoint.name)
     out = []
