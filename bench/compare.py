@@ -453,21 +453,18 @@ class WorkerProcess:
 
 
 def _kill_group(pgid: int, proc: subprocess.Popen[Any] | None = None) -> None:
-    """SIGTERM a process group we created, SIGKILL it after STOP_GRACE."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    if proc is not None:
+    """Stop a process group this script created.
+
+    With its leader's Popen: SIGTERM to the leader (the system's own shutdown),
+    up to STOP_GRACE to exit, then SIGKILL to whatever is left in the group (a
+    prefork pool's children). Without it (leftovers after a section died): SIGKILL
+    to the group, which only reaches processes still in it.
+    """
+    if proc is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(STOP_GRACE)
-    else:
-        deadline = time.monotonic() + STOP_GRACE
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.05)
-    # Also reaps what a prefork parent left behind.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
     if proc is not None:
@@ -855,7 +852,9 @@ def _flush(url: str) -> None:
         client.close()
 
 
-def run_section(name: str, tmp: Path, n: int, env: dict[str, str]) -> None:
+def run_section(
+    name: str, tmp: Path, n: int, env: dict[str, str], timeout: float = SECTION_TIMEOUT
+) -> None:
     """Run one system in a subprocess; relay its JSON lines; report what it missed."""
     tmp.mkdir()
     stderr_path = tmp / "section.log"
@@ -899,11 +898,11 @@ def run_section(name: str, tmp: Path, n: int, env: dict[str, str]) -> None:
         reader.start()
         reason = None
         try:
-            proc.wait(SECTION_TIMEOUT)
+            proc.wait(timeout)
             if proc.returncode != 0:
                 reason = f"section exited with code {proc.returncode}"
         except subprocess.TimeoutExpired:
-            reason = f"section timed out after {SECTION_TIMEOUT:.0f}s"
+            reason = f"section timed out after {timeout:.0f}s"
         finally:
             _kill_group(proc.pid, proc)
             reader.join(5)
@@ -918,7 +917,9 @@ def run_section(name: str, tmp: Path, n: int, env: dict[str, str]) -> None:
             emit(name, figure, error=f"{reason or 'no figure printed'}: {detail}")
 
 
-def driver(only: list[str], n: int, keep: str | None = None) -> None:
+def driver(
+    only: list[str], n: int, keep: str | None = None, timeout: float = SECTION_TIMEOUT
+) -> None:
     def redis_version() -> str | None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -978,7 +979,7 @@ def driver(only: list[str], n: int, keep: str | None = None) -> None:
                     continue
             env = {**os.environ, "COMPARE_REDIS_URL": url or ""}
             time.sleep(1.0)  # let the previous system's processes go quiet
-            run_section(name, tmp / name, n, env)
+            run_section(name, tmp / name, n, env, timeout)
 
 
 def main() -> None:
@@ -988,6 +989,9 @@ def main() -> None:
     parser.add_argument("--section", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help="keep databases and logs in this new folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--section-timeout", type=float, default=SECTION_TIMEOUT, help="seconds per system"
+    )
     args = parser.parse_args()
     if args.worker:
         worker_main(args.worker)
@@ -998,7 +1002,7 @@ def main() -> None:
         unknown = [s for s in only if s not in SYSTEMS]
         if unknown:
             parser.error(f"unknown systems: {', '.join(unknown)}")
-        driver(only, args.jobs, args.tmp)
+        driver(only, args.jobs, args.tmp, args.section_timeout)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,558 @@
+"""The operator commands: add, get, ls, cancel, retry, stats, schedules, cleanup,
+watch (from the database and from a real server's SSE stream) and serve.
+
+Most run ``cli.main([...])`` in this process; a few run the installed
+``taskrt`` console script, as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from taskrt import JobContext, Runtime, cli
+from taskrt.cli_watch import Bar, JobView, bar_line
+from taskrt.web import create_app
+
+Serve = Callable[..., AbstractAsyncContextManager[str]]
+
+APP = """
+import asyncio
+from taskrt import JobContext, Runtime
+
+rt = Runtime({db!r}, poll_interval=0.01)
+rt.pool("work", concurrency=2)
+rt.pool("other")
+rt.schedule("nightly", "resize", "0 3 * * *")
+
+
+@rt.task(pool="work", attempts=2)
+async def resize(job: JobContext, n: int = 2, fail: bool = False) -> dict:
+    for i in range(n):
+        await job.progress(i + 1, n, f"step {{i + 1}}")
+    if fail:
+        raise ValueError("boom")
+    return {{"done": n}}
+
+
+@rt.task
+async def echo(job: JobContext, *args: object, **kwargs: object) -> dict:
+    return {{"args": list(args), "kwargs": kwargs}}
+"""
+
+
+class App:
+    """A throwaway application module in ``tmp_path`` (imported afresh by every run:
+    a Runtime lives in one event loop, and every ``main`` call has its own)."""
+
+    def __init__(self, root: Path, db: Path) -> None:
+        self.module = f"cliapp_{uuid.uuid4().hex[:8]}"
+        self.ref = f"{self.module}:rt"
+        self.db = str(db)
+        (root / f"{self.module}.py").write_text(APP.format(db=self.db))
+
+    def forget(self) -> None:
+        sys.modules.pop(self.module, None)
+
+
+@pytest.fixture
+def app(tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TASKRT_APP", raising=False)
+    monkeypatch.delenv("TASKRT_DB", raising=False)
+    monkeypatch.delenv("TASKRT_URL", raising=False)
+    made = App(tmp_path, db_path)
+    yield made
+    made.forget()
+    with contextlib.suppress(ValueError):
+        sys.path.remove(str(tmp_path))
+
+
+def run(capsys: pytest.CaptureFixture[str], app: App, *argv: str) -> tuple[int, str, str]:
+    app.forget()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def add_json(capsys: pytest.CaptureFixture[str], app: App, *argv: str) -> dict[str, Any]:
+    code, out, err = run(capsys, app, "add", *argv, "--app", app.ref, "--json")
+    assert (code, err) == (0, ""), err
+    job: dict[str, Any] = json.loads(out)
+    return job
+
+
+# -- add, get, ls ---------------------------------------------------------------------------
+
+
+def test_add_parses_values_and_options_then_get_and_ls_show_the_job(
+    capsys: pytest.CaptureFixture[str], app: App
+) -> None:
+    job = add_json(
+        capsys,
+        app,
+        "echo",
+        "--arg",
+        "42",
+        "--arg",
+        "hello",
+        "--arg",
+        "[1, 2]",
+        "--kwarg",
+        "flag=true",
+        "--kwarg",
+        'code="007"',
+        "--meta",
+        "user=7",
+        "--priority",
+        "5",
+        "--pool",
+        "other",
+        "--delay",
+        "1h",
+    )
+    assert job["task"] == "echo" and job["status"] == "WAITING" and job["pool"] == "other"
+    assert job["args"] == [42, "hello", [1, 2]]
+    assert job["kwargs"] == {"flag": True, "code": "007"}
+    assert job["metadata"] == {"user": 7} and job["priority"] == 5
+    assert job["run_at"] - job["created_at"] == pytest.approx(3600)
+
+    code, out, err = run(capsys, app, "add", "resize", "--kwarg", "n=3", "--app", app.ref)
+    assert code == 0 and err == ""
+    assert out == f"added job {job['id'] + 1} (resize, pool work, WAITING)\n"
+
+    code, out, _ = run(capsys, app, "get", str(job["id"]), "--db", app.db, "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["id"] == job["id"] and shown["kwargs"] == job["kwargs"]
+    assert shown["attempt_records"] == []
+
+    code, out, _ = run(capsys, app, "get", str(job["id"]), "--db", app.db)
+    assert code == 0
+    assert f"job {job['id']}" in out and "WAITING" in out and '"code": "007"' in out
+
+    code, out, _ = run(capsys, app, "ls", "--db", app.db, "--json")
+    assert [j["task"] for j in json.loads(out)["jobs"]] == ["resize", "echo"]  # newest first
+
+    code, out, _ = run(capsys, app, "ls", "--db", app.db, "--json", "--meta", "user=7")
+    assert [j["id"] for j in json.loads(out)["jobs"]] == [job["id"]]
+
+    code, out, err = run(capsys, app, "ls", "--db", app.db, "--limit", "1", "--pool", "work")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "STATUS",
+        "TASK",
+        "POOL",
+        "PROGRESS",
+        "ATTEMPTS",
+        "CREATED",
+        "MESSAGE",
+    ]
+    assert lines[1].split()[:4] == [str(job["id"] + 1), "WAITING", "resize", "work"]
+    assert len(lines) == 2 and err == ""  # one job, no next page
+
+    code, out, err = run(capsys, app, "ls", "--db", app.db, "--limit", "1")
+    assert err == f"more: --cursor {job['id'] + 1}\n"
+    code, out, err = run(
+        capsys, app, "ls", "--db", app.db, "--limit", "1", "--cursor", str(job["id"] + 1)
+    )
+    assert out.splitlines()[1].split()[0] == str(job["id"])
+
+
+def test_cancel_retry_stats_and_cleanup_through_the_database(
+    capsys: pytest.CaptureFixture[str], app: App
+) -> None:
+    first = add_json(capsys, app, "resize")["id"]
+    second = add_json(capsys, app, "resize")["id"]
+
+    assert run(capsys, app, "cancel", str(first), "--db", app.db)[:2] == (
+        0,
+        f"job {first} CANCELLED\n",
+    )
+    code, _, err = run(capsys, app, "cancel", str(first), "--db", app.db)
+    assert code == 2 and err == f"taskrt: error: cannot cancel job {first}: it is CANCELLED\n"
+
+    code, out, _ = run(capsys, app, "stats", "--db", app.db, "--json")
+    counts = json.loads(out)["counts"]
+    assert (counts["WAITING"], counts["CANCELLED"]) == (1, 1)
+
+    code, out, _ = run(capsys, app, "stats", "--db", app.db, "--since", "1h")
+    assert code == 0 and "WAITING" in out and "window" in out
+    code, out, _ = run(capsys, app, "stats", "--db", app.db, "--since", str(time.time() + 3600))
+    assert "total          0" in out.splitlines()
+
+    code, out, _ = run(capsys, app, "retry", str(first), "--app", app.ref, "--json")
+    assert code == 0 and json.loads(out)["status"] == "WAITING"
+    code, _, err = run(capsys, app, "retry", str(second), "--db", app.db)
+    assert code == 2 and "retry" in err
+
+    run(capsys, app, "cancel", str(second), "--db", app.db)
+    code, out, _ = run(capsys, app, "cleanup", "--db", app.db, "--older-than", "1h")
+    assert (code, out) == (0, "deleted 0 jobs\n")
+    code, out, _ = run(
+        capsys, app, "cleanup", "--db", app.db, "--older-than", "0", "--status", "cancelled"
+    )
+    assert (code, out) == (0, "deleted 1 job\n")
+    assert run(capsys, app, "get", str(second), "--db", app.db)[0] == 3
+
+
+def test_schedules_lists_the_apps_schedules(capsys: pytest.CaptureFixture[str], app: App) -> None:
+    code, out, _ = run(capsys, app, "schedules", "--app", app.ref, "--json")
+    assert code == 0
+    [nightly] = json.loads(out)
+    assert (nightly["name"], nightly["task"], nightly["expression"]) == (
+        "nightly",
+        "resize",
+        "0 3 * * *",
+    )
+    assert nightly["next_run_at"] > time.time()
+    code, out, _ = run(capsys, app, "schedules", "--db", app.db)
+    assert out.splitlines()[1].split()[:3] == ["nightly", "resize", "0"]
+
+
+# -- errors and exit statuses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (["add", "nope", "--app", "{app}"], 3, "no task named 'nope'"),
+        (["add", "echo", "--db", "{db}"], 3, "a bare --db does not know tasks"),
+        (["add", "resize", "--kwarg", "n=x", "--app", "{app}"], 2, "'x' is not of type 'integer'"),
+        (["add", "resize", "--kwarg", "n", "--app", "{app}"], 2, "--kwarg expects KEY=VALUE"),
+        (["add", "resize", "--pool", "nope", "--app", "{app}"], 3, "nope"),
+        (["add", "resize", "--delay", "soon", "--app", "{app}"], 2, "bad duration 'soon'"),
+        (["add", "resize", "--app", "nomodule_xyz:rt"], 2, "cannot import 'nomodule_xyz'"),
+        (["add", "resize", "--app", "{module}:nothing"], 2, "has no attribute 'nothing'"),
+        (["get", "999", "--db", "{db}"], 3, "no job with id 999"),
+        (["get", "1", "--db", "{db}.missing"], 4, "no database at"),
+        (["get", "1"], 2, "which jobs?"),
+        (["get", "1", "--db", "{db}", "--app", "{app}"], 2, "not both"),
+        (["ls", "--db", "{db}", "--status", "bogus"], 2, "unknown status 'BOGUS'"),
+        (["ls", "--db", "{db}", "--limit", "0"], 2, "limit"),
+        (["stats", "--db", "{db}", "--since", "yesterday"], 2, "--since"),
+        (["cleanup", "--db", "{db}", "--status", "waiting"], 2, "only finished jobs"),
+        (["watch", "999", "--db", "{db}"], 3, "no job with id 999"),
+    ],
+)
+def test_errors_are_one_line_with_a_documented_status(
+    capsys: pytest.CaptureFixture[str], app: App, argv: list[str], status: int, message: str
+) -> None:
+    add_json(capsys, app, "resize")  # the database exists
+    argv = [a.format(app=app.ref, db=app.db, module=app.module) for a in argv]
+    code, out, err = run(capsys, app, *argv)
+    assert code == status
+    assert out == ""
+    assert err.startswith("taskrt: error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_bad_usage_exits_2_and_debug_shows_the_traceback(
+    capsys: pytest.CaptureFixture[str], app: App
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["get", "x", "--db", app.db])
+    assert exc.value.code == 2
+    assert "expected a job id" in capsys.readouterr().err
+
+    add_json(capsys, app, "resize")
+    code, _, err = run(capsys, app, "--debug", "get", "999", "--db", app.db)
+    assert code == 3
+    assert "Traceback" in err and "JobNotFound" in err
+    assert err.endswith("taskrt: error: no job with id 999\n")
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+
+class Output:
+    """What a command running in a thread has printed so far (capsys, read as it comes)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.text = ""
+
+    async def shows(self, fragment: str, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while fragment not in self.text:
+                self.text += self.capsys.readouterr().out
+                await asyncio.sleep(0.005)
+
+    def rest(self) -> str:
+        self.text += self.capsys.readouterr().out
+        return self.text
+
+
+def owner(db: str) -> tuple[Runtime, dict[int, asyncio.Queue[None]]]:
+    """The process that owns the database: a task that takes one step per token."""
+    rt = Runtime(db, progress_interval=0.01)
+    gates: dict[int, asyncio.Queue[None]] = {}
+
+    @rt.task(pool="work")
+    async def steps(job: JobContext, n: int, fail: bool = False) -> str:
+        gate = gates.setdefault(job.id, asyncio.Queue())
+        for i in range(n):
+            await gate.get()
+            await job.progress(i + 1, n, f"step {i + 1}")
+        await gate.get()
+        if fail:
+            raise RuntimeError("it broke")
+        return "ok"
+
+    return rt, gates
+
+
+def gate(gates: dict[int, asyncio.Queue[None]], job_id: int) -> asyncio.Queue[None]:
+    return gates.setdefault(job_id, asyncio.Queue())
+
+
+async def test_watch_from_the_database_draws_each_step_and_exits_by_outcome(
+    capsys: pytest.CaptureFixture[str], db_path: Path
+) -> None:
+    rt, gates = owner(str(db_path))
+    async with rt:
+        job_id = await rt.add("steps", n=2)
+        out = Output(capsys)
+        watching = asyncio.create_task(
+            asyncio.to_thread(cli.main, ["watch", str(job_id), "--db", str(db_path)])
+        )
+        await out.shows("RUNNING")
+        gate(gates, job_id).put_nowait(None)
+        await out.shows("1/2  step 1")
+        gate(gates, job_id).put_nowait(None)
+        await out.shows("2/2  step 2")
+        gate(gates, job_id).put_nowait(None)
+        assert await asyncio.wait_for(watching, 10) == 0
+        text = out.rest()
+        assert text.splitlines()[-1].startswith(f"job {job_id} SUCCESS in ")
+        assert text.splitlines()[-1].endswith(': "ok"')
+        assert " 50%" in text and "100%" in text
+
+        failing = await rt.add("steps", n=0, fail=True)
+        watching = asyncio.create_task(
+            asyncio.to_thread(cli.main, ["watch", str(failing), "--db", str(db_path), "--json"])
+        )
+        await out.shows(f'"job_id": {failing}')  # the snapshot
+        gate(gates, failing).put_nowait(None)
+        assert await asyncio.wait_for(watching, 10) == 1
+        events = [json.loads(line) for line in out.rest().splitlines() if '"job_id"' in line]
+        assert events[-1]["type"] == "failure" and events[-1]["job"]["error"] == (
+            "RuntimeError: it broke"
+        )
+
+
+class CuttingProxy:
+    """A TCP proxy that cuts its first connection after forwarding the frame with
+    ``cut_after``, and keeps each request's head (to see ``Last-Event-ID``)."""
+
+    def __init__(self, target_port: int, cut_after: bytes) -> None:
+        self.target_port = target_port
+        self.cut_after = cut_after
+        self.heads: list[str] = []
+        self.cut_at_id: str | None = None
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        cut = self.connections == 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head.decode("latin-1").lower())
+        up_writer.write(head)
+        await up_writer.drain()
+        try:
+            while chunk := await up_reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+                if cut and self.cut_after in chunk:
+                    ids = [ln for ln in chunk.decode().splitlines() if ln.startswith("id: ")]
+                    self.cut_at_id = ids[-1].removeprefix("id: ")
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+                with contextlib.suppress(ConnectionError):
+                    await w.wait_closed()
+
+
+@pytest.mark.server
+async def test_watch_from_a_server_resumes_with_last_event_id_after_a_dropped_connection(
+    capsys: pytest.CaptureFixture[str], db_path: Path, server: Serve, free_port: int
+) -> None:
+    rt, gates = owner(str(db_path))
+    proxy = CuttingProxy(free_port, b'"message":"step 1"')
+    async with server(create_app(rt, heartbeat=0)), proxy.running() as url:
+        job_id = await rt.add("steps", n=3)
+        out = Output(capsys)
+        watching = asyncio.create_task(
+            asyncio.to_thread(cli.main, ["watch", str(job_id), "--url", url])
+        )
+        await out.shows("RUNNING")
+        gate(gates, job_id).put_nowait(None)
+        await out.shows("1/3  step 1")
+        # The proxy cut the stream; the watcher comes back with Last-Event-ID.
+        async with asyncio.timeout(5):
+            while len(proxy.heads) < 2:
+                await asyncio.sleep(0.01)
+        assert "last-event-id" not in proxy.heads[0]
+        assert f"last-event-id: {proxy.cut_at_id}\r\n" in proxy.heads[1]
+        gate(gates, job_id).put_nowait(None)
+        await out.shows("2/3  step 2")
+        gate(gates, job_id).put_nowait(None)
+        gate(gates, job_id).put_nowait(None)
+        assert await asyncio.wait_for(watching, 10) == 0
+        lines = out.rest().splitlines()
+        assert lines[-1].startswith(f"job {job_id} SUCCESS")
+        assert sum("step 1" in line for line in lines) == 1  # resumed, not replayed
+        assert any("3/3  step 3" in line for line in lines)
+
+
+@pytest.mark.server
+async def test_watch_from_a_server_not_found_unreachable_and_failed(
+    capsys: pytest.CaptureFixture[str], db_path: Path, server: Serve
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nobody listens here once the socket closes
+    code = await asyncio.to_thread(cli.main, ["watch", "1", "--url", f"http://127.0.0.1:{closed}"])
+    assert code == 4
+    assert "cannot reach" in capsys.readouterr().err
+
+    rt, gates = owner(str(db_path))
+    async with server(create_app(rt)) as url:
+        code = await asyncio.to_thread(cli.main, ["watch", "77", "--url", url])
+        assert (code, capsys.readouterr().err) == (3, "taskrt: error: no job with id 77\n")
+
+        job_id = await rt.add("steps", n=0, fail=True)
+        gate(gates, job_id).put_nowait(None)
+        await rt.wait(job_id, timeout=5)
+        code = await asyncio.to_thread(cli.main, ["watch", str(job_id), "--url", url])
+        out = capsys.readouterr().out
+        assert code == 1
+        assert out.splitlines()[-1] == (
+            f"job {job_id} FAILURE after 1 attempt(s): RuntimeError: it broke"
+        )
+
+
+def test_the_bar_redraws_in_place_on_a_terminal() -> None:
+    stream = io.StringIO()
+    bar = Bar(stream, tty=True)
+    view = JobView(3, task="resize", status="RUNNING", current=1, total=4, message="one")
+    bar.draw(view)
+    bar.draw(view)  # unchanged: nothing written
+    view.current = 4
+    bar.draw(view)
+    view.status = "SUCCESS"
+    bar.finish(view)
+    text = stream.getvalue()
+    assert text.count("\r") == 2 and text.count("\x1b[K") == 2
+    assert "\r" not in text.splitlines()[-1]
+    assert text.endswith("\njob 3 SUCCESS: null\n")
+    assert " 25%  1/4  one" in text and "100%  4/4  one" in text
+
+    narrow = bar_line(
+        JobView(1, task="t", status="RUNNING", current=1, total=2, message="x" * 200), columns=60
+    )
+    assert len(narrow) == 59 and narrow.endswith("…")
+    assert "[############------------]" in bar_line(
+        JobView(1, status="RUNNING", current=1, total=2), ascii_only=True
+    )
+
+
+# -- the console script, as a user runs it -----------------------------------------------------
+
+
+def script() -> str:
+    path = Path(sys.executable).with_name("taskrt")
+    assert path.exists(), f"the console script is not installed at {path}"
+    return str(path)
+
+
+def test_the_console_script_adds_lists_and_reports_errors(app: App, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    env["TASKRT_APP"] = app.ref  # the default for --app
+
+    def taskrt(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script(), *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+        )
+
+    added = taskrt("add", "resize", "--kwarg", "n=4", "--json")
+    assert added.returncode == 0, added.stderr
+    job_id = json.loads(added.stdout)["id"]
+    listed = taskrt("ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [j["id"] for j in json.loads(listed.stdout)["jobs"]] == [job_id]
+    missing = taskrt("get", "12345")
+    assert (missing.returncode, missing.stdout) == (3, "")
+    assert missing.stderr == "taskrt: error: no job with id 12345\n"
+
+
+@pytest.mark.server
+def test_serve_runs_the_app_with_metrics_until_interrupted(
+    app: App, tmp_path: Path, free_port: int
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    proc = subprocess.Popen(
+        [script(), "serve", app.ref, "--port", str(free_port), "--log-format", "json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{free_port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.05)
+        created = httpx.post(f"{base}/jobs", json={"task": "resize", "kwargs": {"n": 1}})
+        assert created.status_code == 201
+        metrics = httpx.get(f"{base}/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+        added = {s.labels["task"]: s.value for s in families["taskrt_jobs_added"].samples}
+        assert added == {"resize": 1.0}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(r["message"].startswith("Application startup complete") for r in records)
