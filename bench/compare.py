@@ -914,7 +914,11 @@ def run_section(
     if missing:
         detail = stderr_path.read_text(errors="replace").strip()[-600:]
         for figure in missing:
-            emit(name, figure, error=f"{reason or 'no figure printed'}: {detail}")
+            emit(
+                name,
+                figure,
+                error=": ".join(x for x in (reason or "no figure printed", detail) if x),
+            )
 
 
 def driver(
