@@ -141,6 +141,8 @@ def emit(system: str, figure: str, **fields: Any) -> None:
         line.setdefault("setup", setup)
     else:
         line.update(fields)
+    # Other work on this machine skews every figure: say how busy it was.
+    line["load_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(line), flush=True)
 
 
@@ -406,7 +408,10 @@ class WorkerProcess:
     def check_alive(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {self.proc.returncode}: {self.tail()}")
+            tail = self.tail()
+            raise RuntimeError(
+                f"worker exited with code {self.proc.returncode}" + (f": {tail}" if tail else "")
+            )
 
     def tail(self, chars: int = 600) -> str:
         try:
@@ -941,6 +946,7 @@ def driver(
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "cpus": os.cpu_count(),
+                "load_1m": round(os.getloadavg()[0], 2),
                 "sqlite": sqlite3.sqlite_version,
                 "redis_server": redis_version(),
                 "versions": {

@@ -264,4 +264,8 @@ def generate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    # ``python -m taskrt.cli``: run the imported ``taskrt.cli``, whose table the
+    # command modules fill (this ``__main__`` copy has only the commands above).
+    from taskrt.cli import main as _main
+
+    raise SystemExit(_main())

@@ -26,304 +26,39 @@ Design notes (cited where they apply; docs/cli.md is the user's page):
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import functools
-import importlib
-import json
-import math
 import os
-import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from .cli import CommandError, UsageError, command
-from .definitions import TaskCall, make_options
-from .errors import (
-    InvalidOption,
-    JobNotFound,
-    OwnershipError,
-    PoolNotFound,
-    QueueFull,
-    RuntimeNotStarted,
-    StoreError,
-    TaskNotFound,
-    TaskrtError,
+from .cli_support import (
+    NOT_FOUND,
+    OK,
+    UNAVAILABLE,
+    async_command,
+    cell,
+    job_id,
+    load_object,
+    moment,
+    opened,
+    pairs,
+    plural,
+    print_json,
+    progress,
+    seconds,
+    statuses,
+    table,
+    target_args,
+    value_of,
+    when,
 )
-from .models import TERMINAL, AttemptInfo, JobInfo, JobStatus, percent
+from .definitions import TaskCall, make_options
+from .errors import PoolNotFound
+from .models import TERMINAL, AttemptInfo, JobInfo, JobStatus
 from .retry import parse_duration
 from .runtime import Runtime
-
-OK, JOB_FAILED, USAGE, NOT_FOUND, UNAVAILABLE = 0, 1, 2, 3, 4
-
-AsyncRun = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-
-
-# -- errors (note 3) -----------------------------------------------------------------------
-
-
-def status_of(exc: BaseException) -> int:
-    """The exit status of an error a command let through (note 3)."""
-    from .scheduler import ScheduleNotFound
-
-    if isinstance(exc, JobNotFound | TaskNotFound | PoolNotFound | ScheduleNotFound):
-        return NOT_FOUND
-    if isinstance(exc, StoreError | OwnershipError | QueueFull | RuntimeNotStarted | OSError):
-        return UNAVAILABLE
-    if isinstance(exc, sqlite3.Error):
-        return UNAVAILABLE
-    if isinstance(exc, TaskrtError):
-        return USAGE
-    return JOB_FAILED
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if isinstance(exc, TaskrtError | CommandError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def async_command(
-    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]
-) -> Callable[[AsyncRun], AsyncRun]:
-    """Register an ``async`` command: run in ``asyncio.run``, its errors mapped to statuses."""
-
-    def register(fn: AsyncRun) -> AsyncRun:
-        @functools.wraps(fn)
-        def run(args: argparse.Namespace) -> int:
-            from .cli_watch import StreamError
-
-            try:
-                return asyncio.run(fn(args))
-            except CommandError:
-                raise
-            except StreamError as exc:
-                raise CommandError(str(exc), exc.status) from exc
-            except (TaskrtError, OSError, sqlite3.Error) as exc:
-                raise CommandError(_one_line(exc), status_of(exc)) from exc
-
-        command(name, help, configure)(run)
-        return fn
-
-    return register
-
-
-# -- which runtime (notes 1, 2) ------------------------------------------------------------
-
-
-def target_args(parser: argparse.ArgumentParser, *, url: bool = False) -> None:
-    """``--app``, ``--db`` (and ``--url``) and ``--json``: how a command finds its jobs."""
-    where = parser.add_argument_group("where the jobs are")
-    where.add_argument(
-        "--app",
-        metavar="MODULE:ATTR",
-        default=os.environ.get("TASKRT_APP") or None,
-        help="the application's Runtime, e.g. myapp.tasks:rt (default: $TASKRT_APP)",
-    )
-    where.add_argument(
-        "--db",
-        metavar="PATH",
-        default=os.environ.get("TASKRT_DB") or None,
-        help="a database file, without the app (default: $TASKRT_DB)",
-    )
-    if url:
-        where.add_argument(
-            "--url",
-            metavar="URL",
-            default=os.environ.get("TASKRT_URL") or None,
-            help="a running server's base URL, e.g. http://127.0.0.1:8000 (default: $TASKRT_URL)",
-        )
-        where.add_argument(
-            "-H",
-            "--header",
-            action="append",
-            default=[],
-            metavar="NAME:VALUE",
-            help="an HTTP header for --url (repeatable), e.g. 'Authorization: Bearer ...'",
-        )
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def load_object(reference: str) -> Any:
-    """``package.module:attribute`` (attribute defaults to ``rt``), imported from the cwd first."""
-    module_name, _, attribute = reference.partition(":")
-    attribute = attribute or "rt"
-    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
-        raise UsageError(f"expected MODULE:ATTR (e.g. myapp.tasks:rt), found {reference!r}")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        found: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import {module_name!r} (from {reference!r}): {exc}") from exc
-    for part in attribute.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
-    return found
-
-
-def load_runtime(reference: str) -> Runtime:
-    found = load_object(reference)
-    if not isinstance(found, Runtime):
-        raise UsageError(f"{reference} is a {type(found).__name__}, not a taskrt Runtime")
-    return found
-
-
-def client_runtime(args: argparse.Namespace) -> Runtime:
-    """The runtime a command works on, as a client (note 2); not started."""
-    if args.app and args.db:
-        raise UsageError("give --app or --db, not both")
-    if args.app:
-        rt = load_runtime(args.app)
-        rt.workers = False  # a client of the app's database (note 2)
-        return rt
-    if args.db:
-        if args.db != ":memory:" and not Path(args.db).is_file():
-            raise CommandError(f"no database at {args.db}", UNAVAILABLE)
-        return Runtime(args.db, workers=False)
-    raise UsageError("which jobs? give --app MODULE:ATTR or --db PATH (or set $TASKRT_APP)")
-
-
-@contextlib.asynccontextmanager
-async def opened(args: argparse.Namespace) -> AsyncIterator[Runtime]:
-    rt = client_runtime(args)
-    async with rt:
-        yield rt
-
-
-# -- printing (note 4) ---------------------------------------------------------------------
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
-
-
-def when(ts: float | None) -> str:
-    """Epoch seconds as local time, to the second; ``-`` for none."""
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1:
-        return f"{value * 1000:.0f}ms"
-    if value < 120:
-        return f"{value:.2f}s"
-    return f"{value / 60:.1f}m"
-
-
-def progress(job: JobInfo) -> str:
-    share = percent(job.current, job.total)
-    if share is None:
-        return "-" if not job.current else f"{job.current:g}"
-    return f"{share:.0f}%"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, cut: int = 48) -> str:
-    """A plain text table: columns as wide as their widest cell (cut at ``cut``)."""
-    cells = [[_cell(v, cut) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, value in enumerate(row):
-            widths[i] = max(widths[i], len(value))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-def _cell(value: Any, cut: int) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= cut else text[: cut - 1] + "…"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-# -- parsing values ------------------------------------------------------------------------
-
-
-def value_of(raw: str) -> Any:
-    """A command-line value: JSON when it parses (42, true, [1,2], {"a":1}, "42"), else text."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def pairs(items: Sequence[str], option: str) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> a dict of ``value_of`` values."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{option} expects KEY=VALUE, found {item!r}")
-        out[key] = value_of(raw)
-    return out
-
-
-def moment(raw: str | None, option: str, *, now: float | None = None) -> float | None:
-    """Epoch seconds, an ISO 8601 date-time, or a duration ago (``2h``: two hours ago)."""
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise UsageError(f"{option}: expected a time, found {raw!r}")
-        return value
-    try:
-        stamp = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            ago = parse_duration(raw, field=option)
-        except InvalidOption:
-            raise UsageError(
-                f"{option}: expected epoch seconds, an ISO 8601 date-time or a duration "
-                f"ago like 2h, found {raw!r}"
-            ) from None
-        return (time.time() if now is None else now) - ago
-    return stamp.timestamp()  # a naive date-time is local time
-
-
-def statuses(raw: Sequence[str], option: str = "--status") -> list[JobStatus]:
-    out: list[JobStatus] = []
-    for item in raw:
-        for name in item.split(","):
-            name = name.strip().upper()
-            if not name:
-                continue
-            try:
-                out.append(JobStatus(name))
-            except ValueError:
-                expected = ", ".join(s.value for s in JobStatus)
-                raise UsageError(
-                    f"{option}: unknown status {name!r}; expected {expected}"
-                ) from None
-    return out
-
-
-def job_id(raw: str) -> int:
-    value = int(raw) if raw.isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a job id (a positive integer), found {raw!r}")
-    return value
-
 
 # -- serve ---------------------------------------------------------------------------------
 
@@ -390,7 +125,8 @@ def serve(args: argparse.Namespace) -> int:
     except SystemExit as exc:  # uvicorn exits when it cannot bind or start the app
         if exc.code not in (0, None):
             raise CommandError(
-                f"the server did not start (exit {exc.code}); see the log above", UNAVAILABLE
+                "the server stopped at start (port taken? database owned?); see the log above",
+                UNAVAILABLE,
             ) from None
     return OK
 
@@ -523,7 +259,7 @@ def describe(job: JobInfo, attempts: Sequence[AttemptInfo]) -> str:
     if job.error:
         rows.append(("error", job.error))
     lines = [f"job {job.id}"]
-    lines += [f"  {name:<11} {_cell(value, 400)}" for name, value in rows]
+    lines += [f"  {name:<11} {cell(value, 400)}" for name, value in rows]
     if attempts:
         lines.append("")
         lines.append(
@@ -748,7 +484,7 @@ async def cleanup(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"deleted": deleted})
     else:
-        print(f"deleted {_plural(deleted, 'job')}")
+        print(f"deleted {plural(deleted, 'job')}")
     return OK
 
 
@@ -792,16 +528,17 @@ async def watch(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "JOB_FAILED",
-    "NOT_FOUND",
-    "OK",
-    "UNAVAILABLE",
-    "USAGE",
-    "async_command",
+    "add",
+    "asgi_app",
+    "cancel",
+    "cleanup",
     "describe",
-    "load_object",
-    "moment",
-    "status_of",
-    "table",
-    "value_of",
+    "get",
+    "ls",
+    "reload_factory",
+    "retry",
+    "schedules",
+    "serve",
+    "stats",
+    "watch",
 ]

@@ -27,7 +27,8 @@ name                                        type       labels             what
 ``events_dropped_total``                    counter                       progress events conflated away
                                                                           for slow subscribers
 ``scheduler_fires_total``                   counter    schedule           jobs added for cron slots
-``scheduler_misfires_total``                counter    schedule           cron slots skipped
+``scheduler_misfires_total``                counter    schedule           times due slots were left
+                                                                          unfired (reached late)
 ``runtime_started``                         gauge                         1 while the runtime is started
 ==========================================  =========  =================  ==============================
 
@@ -152,7 +153,7 @@ class RuntimeCollector(Collector):
 
         misfires = CounterMetricFamily(
             f"{p}_scheduler_misfires",
-            "Cron slots skipped (reached late, by the misfire policy).",
+            "Times a schedule was reached late with due slots its misfire policy left unfired.",
             labels=["schedule"],
         )
         for name, n in sorted(list(counters.scheduler_misfires.items())):

@@ -12,7 +12,7 @@ import prometheus_client
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskrt import JobContext, Runtime
+from taskrt import FakeClock, JobContext, Runtime
 from taskrt.counters import BUCKETS
 from taskrt.metrics import registry
 from taskrt.web import Unauthorized, create_app
@@ -147,13 +147,32 @@ async def test_events_dropped_by_conflation_are_counted(db_path: Path) -> None:
         await rt.wait(job_id, timeout=5)
 
 
-def test_scheduler_counters_are_rendered_per_schedule(tmp_path: Path) -> None:
-    rt = Runtime(str(tmp_path / "x.db"))
-    rt.counters.scheduler_fires["nightly"] += 3
-    rt.counters.scheduler_misfires["nightly"] += 1
-    got = scrape(rt)
-    assert got["taskrt_scheduler_fires_total", (("schedule", "nightly"),)] == 3
-    assert got["taskrt_scheduler_misfires_total", (("schedule", "nightly"),)] == 1
+async def test_scheduler_fires_and_misfires_per_schedule(db_path: Path) -> None:
+    clock = FakeClock(1_800_000_000.0)
+
+    def make() -> Runtime:
+        rt = Runtime(str(db_path), clock=clock)
+
+        @rt.task
+        async def beat(job: JobContext) -> None:
+            return None
+
+        rt.schedule("beat", beat, "* * * * * *")  # every second; misfire="latest"
+        return rt
+
+    key = (("schedule", "beat"),)
+    async with make() as rt:
+        for _ in range(3):
+            await clock.advance(1)
+            await rt.schedules.wait_idle()
+        got = scrape(rt)
+    assert got["taskrt_scheduler_fires_total", key] == 3
+    assert got["taskrt_scheduler_misfires_total", key] == 0
+    await clock.advance(10)  # down while ten slots pass
+    async with make() as rt:  # start fires the newest of them only
+        got = scrape(rt)
+    assert got["taskrt_scheduler_fires_total", key] == 1
+    assert got["taskrt_scheduler_misfires_total", key] == 1
 
 
 def test_each_runtime_has_its_own_registry(tmp_path: Path) -> None:
