@@ -254,6 +254,13 @@ class Store:
         except sqlite3.Error as exc:
             await self._close_connections()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        # asyncio primitives belong to one loop: made anew for each opening, so a
+        # runtime can be started again under another event loop.
+        self._wake = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._batch = _Batch()
+        self._progress = {}
+        self._progress_timer = None
         self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="taskrt-store-writer")
 
