@@ -351,7 +351,8 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
     plain_names = tuple(
         p.name
         for p in sig.parameters.values()
-        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is inspect.Parameter.empty
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        and p.default is inspect.Parameter.empty
     )
     simple = len(plain_names) == len(sig.parameters)
 
