@@ -134,7 +134,9 @@ class Pool:
         """Add many jobs in one commit: each item is a tuple of args or a dict of kwargs."""
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for item in items:
-            if isinstance(item, Mapping):
+            if type(item) is tuple:
+                calls.append((item, {}))
+            elif isinstance(item, Mapping):
                 calls.append(((), dict(item)))
             elif isinstance(item, Sequence) and not isinstance(item, str | bytes):
                 calls.append((tuple(item), {}))

@@ -614,29 +614,13 @@ class Runtime:
         if spec.hooks.next_id is not None and opts.job_id is None:
             for job in jobs:
                 job.job_id = await self._next_id(spec)
-        pool._pending += len(jobs)
-        results: list[sql.InsertResult | BaseException]
-        try:
-            if tx is not None:
-                results = list(await self.store.insert_in(tx._conn, jobs))
-            else:
-                results = await self.store.insert(jobs)
-        finally:
-            pool._pending -= len(jobs)
-        ids: list[int] = []
-        failure: BaseException | None = None
         metadata = dict(opts.metadata or {})
-        for job, (args, kwargs), res in zip(jobs, calls, results, strict=True):
-            if isinstance(res, BaseException):
-                failure = failure or res
-                continue
-            ids.append(res.job_id)
-            if not res.created:
-                continue
-            state = JobState.new(
+
+        def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
+            return JobState.new(
                 spec,
                 retry,
-                id=res.job_id,
+                id=0,  # set once the store has assigned it
                 pool=pool.name,
                 # What a restart would read back: JSON's view of the arguments.
                 args=tuple(args) if _plain(args) else tuple(json.loads(job.args_json)),
@@ -650,6 +634,34 @@ class Runtime:
                 timeout=timeout,
                 retry_policy=retry_described,
             )
+
+        pool._pending += len(jobs)
+        results: list[sql.InsertResult | BaseException]
+        states: list[JobState] | None = None
+        try:
+            if tx is not None:
+                results = list(await self.store.insert_in(tx._conn, jobs))
+            else:
+                committed = self.store.insert(jobs)
+                if len(jobs) > 8:
+                    # Let the writer hand the batch to its thread, then build the
+                    # in-memory states while SQLite works (add_many's hot path).
+                    await asyncio.sleep(0)
+                    states = [new_state(j, a, k) for j, (a, k) in zip(jobs, calls, strict=True)]
+                results = await committed
+        finally:
+            pool._pending -= len(jobs)
+        ids: list[int] = []
+        failure: BaseException | None = None
+        for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
+            if isinstance(res, BaseException):
+                failure = failure or res
+                continue
+            ids.append(res.job_id)
+            if not res.created:
+                continue
+            state = states[i] if states is not None else new_state(job, args, kwargs)
+            state.id = res.job_id
             if tx is not None:
                 tx._states.append(state)
             else:
