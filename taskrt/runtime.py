@@ -83,6 +83,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 TaskRef = Task[Any, Any] | TaskCall | str
 _NO_OPTIONS = Options()
 MAX_RECOVERIES = 3
+SEQ_GAP_AFTER_CRASH = 1_000_000
 
 
 class Transaction:
@@ -171,6 +172,7 @@ class Runtime:
         self._poll_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._unclean = False
         self._loop_thread = 0
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
         # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.
@@ -428,6 +430,10 @@ class Runtime:
             self._started = False
 
     async def _take_lease(self) -> None:
+        # A lease row left behind means its owner died without stopping cleanly.
+        self._unclean = (
+            await self.store.fetch_one("SELECT owner FROM lease WHERE id = 1") is not None
+        )
         taken, owner, expires = await sql.take_lease(
             self.store, self._owner, time.time(), self.lease_ttl
         )
@@ -457,9 +463,15 @@ class Runtime:
     async def _recover(self) -> None:
         """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned."""
         now = self.clock.now()
-        _, recovered, _, orphaned = await sql.run_script(
+        # After a crash, events published but not yet written (coalesced
+        # progress, a retry) had sequence numbers above the stored ones; a gap
+        # keeps every later event above anything a client may have seen, so a
+        # stream resuming with Last-Event-ID gets a snapshot, never a hole.
+        gap = SEQ_GAP_AFTER_CRASH if self._unclean else 0
+        _, _, recovered, _, orphaned = await sql.run_script(
             self.store,
             [
+                (sql.SQL_SEQ_GAP, (gap, gap)),
                 (sql.SQL_INTERRUPT_ATTEMPTS, (now, now)),
                 (sql.SQL_RECOVER, (MAX_RECOVERIES,)),
                 (sql.SQL_SCHEDULE_ORPHANS, ()),  # failures of their schedules (scheduler note 6)

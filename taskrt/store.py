@@ -816,6 +816,7 @@ SQL_RETRY_EXTERNAL = (
     "started_at = NULL, seq = seq + 1, external = 1 "
     f"WHERE id = ? AND status IN {_sources(JobStatus.WAITING)} AND status != 'RUNNING'"
 )
+SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + ? WHERE ? > 0 AND status IN ('WAITING', 'RUNNING')"
 SQL_RECOVER = (
     "UPDATE jobs SET status = 'WAITING', recoveries = recoveries + 1, seq = seq + 1 "
     "WHERE status = 'RUNNING' AND recoveries < ?"

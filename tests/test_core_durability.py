@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import sqlite3
 import sys
 import textwrap
 import time
@@ -513,3 +514,35 @@ async def test_client_retry_reaches_the_owner(tmp_path: Path) -> None:
         await client.retry(job_id)
         info = await client.wait(job_id, timeout=5)
         assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)
+
+
+async def test_sequence_jumps_after_a_crash_so_resumed_streams_never_miss_events(
+    tmp_path: Path,
+) -> None:
+    """Events published but not written before a crash had higher numbers than
+    the stored ones; after the crash every live job's sequence jumps above them."""
+    path = db_file(tmp_path)
+
+    async def idle(job: JobContext) -> None:
+        return None
+
+    rt = make_rt(tmp_path)
+    rt.task(idle)
+    rt.pool("default").pause()
+    async with rt:
+        job_id = await rt.pool("default").add("idle")
+    assert rows(path, "SELECT seq FROM jobs") == [(1,)]
+    # A clean stop leaves no lease: no jump.
+    rt2 = make_rt(tmp_path)
+    rt2.task(idle)
+    rt2.pool("default").pause()
+    async with rt2:
+        assert (await rt2.get(job_id)).seq == 1
+    # A lease left behind (its owner was killed) means a crash: the sequence jumps.
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO lease (id, owner, expires_at) VALUES (1, 'dead:1', 0)")
+    rt3 = make_rt(tmp_path)
+    rt3.task(idle)
+    rt3.pool("default").pause()
+    async with rt3:
+        assert (await rt3.get(job_id)).seq == 1 + 1_000_000
