@@ -18,60 +18,58 @@ Design notes:
    expiry, renewed every ``lease_ttl / 3`` s). ``workers=False`` makes a client:
    it adds, reads and cancels through the database, marking what it changed
    (``external``); the owner polls for such rows every ``poll_interval`` s.
+
+The class is split by responsibility: ``adding`` (from ``add`` to a committed,
+queued job), ``transitions`` (what happens while jobs run, called by the
+pools), ``stream`` (``subscribe``); this module keeps the lifecycle,
+ownership, recovery, and the public reads and actions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
-import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import store as sql
+from .adding import JobAdding, TaskRef, Transaction
 from .clock import Clock, SystemClock
-from .context import DONE, JobState
+from .context import JobState
 from .counters import Counters
-from .definitions import Hooks, Options, Task, TaskCall, TaskSpec, make_spec
+from .definitions import Hooks, Task, TaskSpec, make_spec
 from .errors import (
-    Fatal,
     InvalidOption,
     InvalidTransition,
     JobNotFound,
     OwnershipError,
-    QueueFull,
-    Retry,
     RuntimeNotStarted,
-    SerializationError,
-    TaskNotFound,
     TaskrtError,
 )
-from .events import Broker, Subscription
+from .events import Broker
 from .models import (
     TERMINAL,
     AttemptInfo,
-    AttemptOutcome,
-    Event,
     EventType,
     JobInfo,
     JobStatus,
     Page,
     Stats,
 )
-from .pool import DEFAULT_CONCURRENCY, Outcome, Pool
+from .pool import DEFAULT_CONCURRENCY, Pool
 from .retention import DEFAULT_AGES
-from .retry import RetryPolicy, parse_retry
 from .scheduler import ScheduleDefinition, Scheduler, define
-from .store import NewJob, Store, Synchronous, dumps
+from .store import Store, Synchronous
+from .stream import JobStream, snapshot_event
+from .transitions import JobLogAdapter, JobTransitions, job_logger, retry_policy_of
 
 if TYPE_CHECKING:
     from .tracing import Instrumentation
@@ -80,44 +78,11 @@ log = logging.getLogger("taskrt")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-TaskRef = Task[Any, Any] | TaskCall | str
-_NO_OPTIONS = Options()
 MAX_RECOVERIES = 3
 SEQ_GAP_AFTER_CRASH = 1_000_000
 
 
-class Transaction:
-    """The application's write transaction: run SQL, and add jobs with ``tx=tx``.
-
-    Both commit or neither does; workers see the jobs after the commit.
-    """
-
-    def __init__(self, conn: sql.Connection) -> None:
-        self._conn = conn
-        self._states: list[JobState] = []
-
-    async def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await self._conn.execute(statement, params)
-
-    async def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
-        await self._conn.executemany(statement, params)
-
-
-class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Puts job id, task and attempt on every record (``record.job_id`` ...)."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        kwargs.setdefault("extra", {}).update(self.extra or {})
-        return msg, kwargs
-
-
-def job_logger(info: JobInfo | JobState) -> JobLogAdapter:
-    return JobLogAdapter(
-        log, {"job_id": info.id, "task": info.task, "pool": info.pool, "attempt": info.attempts}
-    )
-
-
-class Runtime:
+class Runtime(JobAdding, JobTransitions):
     """One per process: ``async with Runtime("app.db") as rt: ...``."""
 
     def __init__(
@@ -493,7 +458,7 @@ class Runtime:
                 "taskrt: job %d has unknown task %r; left waiting", info.id, info.task
             )
             return None
-        state = JobState(info, spec, _policy(info, spec))
+        state = JobState(info, spec, retry_policy_of(info, spec))
         self._live[info.id] = state
         if info.unique_key is not None:
             self._unique[info.unique_key] = info.id
@@ -533,538 +498,6 @@ class Runtime:
     def _require_started(self, what: str) -> None:
         if not self._started:
             raise RuntimeNotStarted(what)
-
-    def _resolve(self, task: TaskRef) -> tuple[TaskSpec, Options]:
-        if isinstance(task, TaskCall):
-            return task.spec, task.opts
-        if isinstance(task, Task):
-            spec = self._tasks.get(task.spec.name)
-            return (spec or task.spec), _NO_OPTIONS
-        if isinstance(task, str):
-            spec = self._tasks.get(task)
-            if spec is None:
-                raise TaskNotFound(task)
-            return spec, _NO_OPTIONS
-        raise InvalidOption("task", f"expected a task, a task call or a task name, found {task!r}")
-
-    async def add(
-        self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
-    ) -> int:
-        """Add a job to its task's pool; returns the id once it is durable."""
-        spec, _ = self._resolve(task)
-        return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
-
-    async def _add(
-        self,
-        pool: Pool,
-        task: TaskRef,
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        *,
-        tx: Transaction | None,
-    ) -> list[int]:
-        if self.instrumentation is not None:
-            return await self.instrumentation.add(self._add_jobs, pool, task, calls, tx=tx)
-        return await self._add_jobs(pool, task, calls, tx=tx)
-
-    async def _add_jobs(
-        self,
-        pool: Pool,
-        task: TaskRef,
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        *,
-        tx: Transaction | None,
-    ) -> list[int]:
-        self._require_started("adding a job")
-        spec, opts = self._resolve(task)
-        now = self.clock.now()
-        run_at = opts.run_at if opts.run_at is not None else now + (opts.delay or 0.0)
-        priority = opts.priority if opts.priority is not None else spec.priority
-        max_attempts = spec.attempts if opts.attempts == "default" else opts.attempts
-        timeout = opts.timeout if opts.timeout is not None else spec.timeout
-        retry = opts.retry or spec.retry
-        retry_described = None if opts.retry is None else opts.retry.describe()
-        retry_json = None if retry_described is None else dumps(retry_described)
-        try:
-            metadata_json = dumps(opts.metadata or {})
-        except (TypeError, ValueError) as exc:
-            raise SerializationError("metadata", str(exc)) from None
-        if len(calls) > 1 and opts.unique_key is not None:
-            raise InvalidOption("unique_key", "a unique key applies to one job, not to add_many")
-        jobs: list[NewJob] = []
-        for args, kwargs in calls:
-            spec.validate(args, kwargs)
-            try:
-                args_json = dumps(list(args))
-                kwargs_json = dumps(kwargs)
-            except (TypeError, ValueError) as exc:
-                raise SerializationError(f"the arguments of task {spec.name!r}", str(exc)) from None
-            jobs.append(
-                NewJob(
-                    task=spec.name,
-                    pool=pool.name,
-                    args_json=args_json,
-                    kwargs_json=kwargs_json,
-                    max_attempts=max_attempts,
-                    priority=priority,
-                    metadata_json=metadata_json,
-                    unique_key=opts.unique_key,
-                    created_at=now,
-                    run_at=run_at,
-                    timeout=timeout,
-                    retry_json=retry_json,
-                    job_id=opts.job_id,
-                    external=not self.workers,
-                )
-            )
-        if opts.unique_key is not None and self.workers:
-            existing = self._unique.get(opts.unique_key)
-            if existing is not None:
-                return [existing]
-        # Jobs added earlier in an open transaction are not queued yet, but will be.
-        in_tx = 0 if tx is None else sum(1 for s in tx._states if s.pool == pool.name)
-        await self._check_capacity(pool, len(jobs) + in_tx)
-        if spec.hooks.next_id is not None and opts.job_id is None:
-            for job in jobs:
-                job.job_id = await self._next_id(spec)
-        metadata = dict(opts.metadata or {})
-
-        def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
-            return JobState.new(
-                spec,
-                retry,
-                id=0,  # set once the store has assigned it
-                pool=pool.name,
-                # What a restart would read back: JSON's view of the arguments.
-                args=tuple(args) if _plain(args) else tuple(json.loads(job.args_json)),
-                kwargs=kwargs if _plain_kw(kwargs) else json.loads(job.kwargs_json),
-                max_attempts=max_attempts,
-                priority=priority,
-                metadata=metadata,
-                unique_key=opts.unique_key,
-                created_at=now,
-                run_at=run_at,
-                timeout=timeout,
-                retry_policy=retry_described,
-            )
-
-        pool._pending += len(jobs)
-        results: list[sql.InsertResult | BaseException]
-        states: list[JobState] | None = None
-        try:
-            if tx is not None:
-                results = list(await self.store.insert_in(tx._conn, jobs))
-            else:
-                committed = self.store.insert(jobs)
-                if len(jobs) > 8:
-                    # Let the writer hand the batch to its thread, then build the
-                    # in-memory states while SQLite works (add_many's hot path).
-                    await asyncio.sleep(0)
-                    states = [new_state(j, a, k) for j, (a, k) in zip(jobs, calls, strict=True)]
-                results = await committed
-        finally:
-            pool._pending -= len(jobs)
-        ids: list[int] = []
-        failure: BaseException | None = None
-        for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
-            if isinstance(res, BaseException):
-                failure = failure or res
-                continue
-            ids.append(res.job_id)
-            if not res.created:
-                continue
-            state = states[i] if states is not None else new_state(job, args, kwargs)
-            state.id = res.job_id
-            if tx is not None:
-                tx._states.append(state)
-            else:
-                self._accept(state)
-        if failure is not None:
-            raise failure
-        return ids
-
-    def _accept(self, state: JobState) -> None:
-        """A committed job: take it in (owner) and tell the world."""
-        info = state
-        self.counters.added[info.task] += 1
-        if self.workers:
-            self._live[info.id] = state
-            if info.unique_key is not None:
-                self._unique[info.unique_key] = info.id
-        if self.broker.wants(info.id):
-            self.broker.publish(
-                Event(
-                    info.id,
-                    1,
-                    EventType.ADDED,
-                    info.task,
-                    info.pool,
-                    JobStatus.WAITING,
-                    info.created_at,
-                    {"run_at": info.run_at, "priority": info.priority},
-                )
-            )
-        if state.spec.hooks.on_add is not None:
-            self._hook(state.spec.hooks.on_add, info.id, job=state)
-        if self.workers:
-            self._pools[info.pool].push(state)
-
-    async def _check_capacity(self, pool: Pool, n: int) -> None:
-        if pool.capacity is None:
-            return
-        waiting = pool.waiting if self.workers else await self.store.count_waiting(pool.name)
-        if waiting + pool._pending + n > pool.capacity:
-            raise QueueFull(pool.name, pool.capacity)
-
-    async def _next_id(self, spec: TaskSpec) -> int:
-        assert spec.hooks.next_id is not None
-        try:
-            value = spec.hooks.next_id()
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:
-            raise InvalidOption(
-                "next_id", f"the next_id hook of {spec.name!r} failed: {exc}"
-            ) from exc
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidOption(
-                "next_id",
-                f"the next_id hook of {spec.name!r} returned {value!r}, not a positive int",
-            )
-        return value
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """A write transaction for the application's own SQL and ``add(..., tx=tx)``."""
-        self._require_started("a transaction")
-        async with self.store.transaction() as conn:
-            tx = Transaction(conn)
-            yield tx
-        for state in tx._states:
-            self._accept(state)
-
-    # -- running: transitions called by the pools --------------------------------------------
-
-    def _emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
-        """Advance the job's sequence and publish (only built when someone listens)."""
-        seq = state.next_seq()
-        if self.broker.wants(state.id):
-            self.broker.publish(
-                Event(
-                    state.id,
-                    seq,
-                    kind,
-                    state.task,
-                    state.pool,
-                    state.status,
-                    self.clock.now(),
-                    data,
-                )
-            )
-        return seq
-
-    def _on_start(self, state: JobState) -> None:
-        now = self.clock.now()
-        attempt = state.attempts + 1
-        state.update(status=JobStatus.RUNNING, attempts=attempt, started_at=now, finished_at=None)
-        seq = self._emit(state, EventType.STARTED, {"attempt": attempt})
-        self.store.write(sql.SQL_START, (attempt, now, seq, state.id), job_id=state.id)
-
-    def _report(
-        self, state: JobState, current: float, total: float | None, message: str | None
-    ) -> None:
-        """Progress: state in memory, an event, a coalesced write (never waits)."""
-        if state.status is not JobStatus.RUNNING or state.abandoned:
-            return
-        state.current = current
-        if total is not None:
-            state.total = total
-        if message is not None:
-            state.message = message
-        info = state
-        seq = state.seq = state.seq + 1
-        if self.broker.wants(info.id):
-            self.broker.publish(
-                Event(
-                    info.id,
-                    seq,
-                    EventType.PROGRESS,
-                    info.task,
-                    info.pool,
-                    JobStatus.RUNNING,
-                    self.clock.now(),
-                    {"current": current, "total": state.total, "message": state.message},
-                )
-            )
-        self.store.progress(info.id, current, state.total, state.message, seq)
-        hook = state.spec.hooks.on_progress
-        if hook is not None:
-            self._hook(hook, info.id, current, state.total, state.message, job=state)
-
-    def progress(
-        self, job_id: int, current: float, total: float | None = None, message: str | None = None
-    ) -> Awaitable[None]:
-        """Report progress of a running job, from anywhere in this process.
-
-        ``await rt.progress(...)`` from a coroutine; a sync handler running in a
-        worker thread may call it without ``await`` (the report is handed to
-        the event loop). Never waits on the disk. Raises ``InvalidTransition``
-        when the job is not running here (``JobNotFound`` when there is none).
-        """
-        loop = self._loop
-        if loop is not None and threading.get_ident() != self._loop_thread:
-            loop.call_soon_threadsafe(self._report_by_id, job_id, current, total, message)
-            return DONE
-        state = self._live.get(job_id)
-        if state is None or state.status is not JobStatus.RUNNING:
-            return self._not_running(job_id, "report progress for")
-        self._report(state, current, total, message)
-        return DONE
-
-    def _report_by_id(
-        self, job_id: int, current: float, total: float | None, message: str | None
-    ) -> None:
-        state = self._live.get(job_id)
-        if state is not None and state.status is JobStatus.RUNNING:
-            self._report(state, current, total, message)
-        else:
-            log.warning("taskrt: progress for job %d ignored: it is not running here", job_id)
-
-    async def _not_running(self, job_id: int, action: str) -> None:
-        info = await self.get(job_id)
-        raise InvalidTransition(job_id, info.status.value, action)
-
-    def _record_attempt(
-        self,
-        state: JobState,
-        outcome: AttemptOutcome,
-        error: str | None = None,
-        tb: str | None = None,
-    ) -> None:
-        """The attempt's one row, written when it ends (store note 7)."""
-        now = self.clock.now()
-        started = state.started_at or now
-        self.counters.attempts[state.task, outcome.value].observe(now - started)
-        if outcome is AttemptOutcome.TIMEOUT:
-            self.counters.timeouts[state.task] += 1
-        self.store.write(
-            sql.SQL_ATTEMPT,
-            (
-                state.id,
-                state.attempts,
-                started,
-                now,
-                outcome.value,
-                error,
-                tb,
-            ),
-            job_id=state.id,
-        )
-
-    def _on_attempt_end(self, state: JobState, outcome: Outcome) -> None:
-        attempt = state.attempts
-        if outcome.kind == "success":
-            try:
-                result_json = None if outcome.result is None else dumps(outcome.result)
-            except (TypeError, ValueError) as exc:
-                outcome = Outcome("error", error=SerializationError("the result", str(exc)))
-            else:
-                self._record_attempt(state, AttemptOutcome.SUCCESS)
-                self._finalize(
-                    state, JobStatus.SUCCESS, {"result": outcome.result}, result_json=result_json
-                )
-                return
-        if outcome.kind == "shutdown":
-            # Not the job's fault: back to WAITING without charging the attempt.
-            self._record_attempt(state, AttemptOutcome.INTERRUPTED, "the runtime stopped")
-            state.update(status=JobStatus.WAITING, attempts=attempt - 1, started_at=None)
-            self._write_waiting(state)
-            self._live.pop(state.id, None)
-            return
-        if outcome.kind == "cancelled":
-            self._record_attempt(state, AttemptOutcome.CANCELLED, "cancelled")
-            self._finalize(state, JobStatus.CANCELLED, {})
-            return
-        failure = outcome.error
-        assert failure is not None
-        error = _describe(failure)
-        record = not (isinstance(failure, Retry) and not failure.record_error)
-        if outcome.kind == "timeout":
-            kind = AttemptOutcome.TIMEOUT
-        else:
-            kind = AttemptOutcome.ERROR if record else AttemptOutcome.RETRY
-        self._record_attempt(state, kind, error if record else None, outcome.tb if record else None)
-        job_log = job_logger(state)
-        max_attempts = state.max_attempts
-        spent = max_attempts is not None and attempt >= max_attempts
-        if isinstance(failure, Fatal) or spent:
-            job_log.warning("taskrt: job %d failed: %s", state.id, error)
-            self._fail(state, error)
-            return
-        if isinstance(failure, Retry) and failure.delay is not None:
-            delay = failure.delay
-        else:
-            delay = state.retry.delay(attempt)
-        job_log.info(
-            "taskrt: job %d attempt %d failed, retrying in %.3gs: %s",
-            state.id,
-            attempt,
-            delay,
-            error,
-        )
-        self.counters.retries[state.task] += 1
-        run_at = self.clock.now() + delay
-        keep = error if record else state.error
-        if state.timed_out:
-            # The timed-out attempt may still run (abandoned, pool note 3): the next
-            # attempt gets a fresh state so that none of this attempt's flags leak into it.
-            state = self._live[state.id] = JobState(state.info(), state.spec, state.retry)
-        state.update(status=JobStatus.WAITING, run_at=run_at, error=keep, started_at=None)
-        self._emit(
-            state,
-            EventType.RETRYING,
-            {"attempt": attempt, "error": error if record else None, "run_at": run_at},
-        )
-        self._write_waiting(state)
-        self._pools[state.pool].push(state)
-
-    def _write_waiting(self, state: JobState) -> asyncio.Future[None]:
-        return self.store.write(
-            sql.SQL_WAITING,
-            (
-                state.run_at,
-                state.error,
-                state.seq,
-                state.attempts,
-                state.max_attempts,
-                state.current,
-                state.total,
-                state.message,
-                state.id,
-            ),
-            job_id=state.id,
-        )
-
-    def _fail(self, state: JobState, error: str) -> None:
-        hook = state.spec.hooks.on_failed
-        if hook is None:
-            self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
-            return
-        self._spawn(self._fail_in_transaction(state, error, hook))
-
-    async def _fail_in_transaction(
-        self, state: JobState, error: str, hook: Callable[..., Any]
-    ) -> None:
-        """Write FAILURE and run ``on_failed(job, tx)`` in one transaction."""
-        await self.store.flush()  # earlier writes of this job first
-        now = self.clock.now()
-        state.update(status=JobStatus.FAILURE, error=error, finished_at=now)
-        info = state.info()
-        async with self.store.transaction() as conn:
-            await conn.execute(sql.SQL_FAILURE, self._failure_params(state, error, now))
-            await conn.execute("SAVEPOINT taskrt_on_failed")
-            try:
-                result = hook(info, Transaction(conn))
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                job_logger(info).exception("taskrt: the on_failed hook of job %d raised", info.id)
-                await conn.execute("ROLLBACK TO taskrt_on_failed")
-            await conn.execute("RELEASE taskrt_on_failed")
-        self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error, write=False)
-
-    def _failure_params(self, state: JobState, error: str, now: float) -> tuple[Any, ...]:
-        return (
-            error,
-            now,
-            state.current,
-            state.total,
-            state.message,
-            state.seq + 1,
-            state.attempts,
-            state.id,
-        )
-
-    def _finalize(
-        self,
-        state: JobState,
-        status: JobStatus,
-        data: dict[str, Any],
-        *,
-        result_json: str | None = None,
-        error: str | None = None,
-        write: bool = True,
-    ) -> None:
-        """Reach a terminal status: write (never coalesced), publish, run hooks."""
-        now = self.clock.now()
-        info = state
-        self.counters.finished[info.task, status.value] += 1
-        if status is JobStatus.SUCCESS:
-            state.update(status=status, result=data.get("result"), finished_at=now, error=None)
-        else:
-            state.update(status=status, error=error, finished_at=now)
-        seq = state.seq + 1
-        fut: asyncio.Future[None] | None = None
-        if write:
-            if status is JobStatus.SUCCESS:
-                params: tuple[Any, ...] = (
-                    result_json,
-                    now,
-                    state.current,
-                    state.total,
-                    state.message,
-                    seq,
-                    info.id,
-                )
-                fut = self.store.write(sql.SQL_SUCCESS, params, job_id=info.id)
-            elif status is JobStatus.FAILURE:
-                fut = self.store.write(
-                    sql.SQL_FAILURE, self._failure_params(state, error or "", now), job_id=info.id
-                )
-            else:
-                fut = self.store.write(
-                    sql.SQL_CANCELLED, (now, seq, error, info.id), job_id=info.id
-                )
-        if status is JobStatus.FAILURE and "schedule" in state.metadata:
-            self.schedules._job_failed(state.metadata)  # counted (scheduler note 6)
-        self._emit(state, _TERMINAL_EVENT[status], data)
-        if info.unique_key is not None and self._unique.get(info.unique_key) == info.id:
-            del self._unique[info.unique_key]
-        hooks = state.spec.hooks
-        if status is JobStatus.SUCCESS and hooks.on_success is not None:
-            self._hook(hooks.on_success, info.id, data.get("result"), job=state)
-        elif status is JobStatus.FAILURE and hooks.on_error is not None:
-            self._hook(hooks.on_error, info.id, error, job=state)
-        if fut is None:
-            self._live.pop(info.id, None)
-        else:
-            # Reads come from memory until the terminal write is committed (note 2).
-            fut.add_done_callback(functools.partial(self._forget, state))
-
-    def _forget(self, state: JobState, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            job_logger(state).error(
-                "taskrt: the final state of job %d was not written: %s", state.id, fut.exception()
-            )
-        if self._live.get(state.id) is state and state.status in TERMINAL:
-            del self._live[state.id]
-
-    # -- hooks and background work ---------------------------------------------------------
-
-    def _hook(self, hook: Callable[..., Any], *args: Any, job: JobState | None = None) -> None:
-        """Run a user hook; one that raises is logged (with ``job``'s fields) and changes nothing."""
-        logger = log if job is None else job_logger(job)
-        try:
-            result = hook(*args)
-        except Exception:
-            logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
-            return
-        if inspect.isawaitable(result):
-            self._spawn(_guard(result, hook, logger))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- the public reads and actions -----------------------------------------------------
 
@@ -1165,7 +598,7 @@ class Runtime:
                 info.status.value,
                 f"retry (job {holder} holds its unique key {info.unique_key!r})",
             )
-        state = JobState(info, spec, _policy(info, spec))
+        state = JobState(info, spec, retry_policy_of(info, spec))
         state.update(
             status=JobStatus.WAITING,
             run_at=now,
@@ -1273,171 +706,11 @@ class Runtime:
         return deleted
 
 
-class JobStream:
-    """``rt.subscribe(...)``: an async iterator of events; also an async context manager."""
-
-    def __init__(
-        self,
-        rt: Runtime,
-        job_id: int | None,
-        *,
-        pool: str | None,
-        task: str | None,
-        buffer: int | None,
-    ) -> None:
-        self._rt = rt
-        self.job_id = job_id
-        matches = None
-        if pool is not None or task is not None:
-
-            def matches(ev: Event) -> bool:
-                return (pool is None or ev.pool == pool) and (task is None or ev.task == task)
-
-        self._sub: Subscription = rt.broker.subscribe(job_id, matches=matches, maxsize=buffer)
-        self._snapshot_sent = job_id is None
-        self._last_seq = 0
-        self._done = False
-
-    @property
-    def subscription(self) -> Subscription:
-        return self._sub
-
-    def __aiter__(self) -> JobStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._done:
-            raise StopAsyncIteration
-        if not self._snapshot_sent:
-            self._snapshot_sent = True
-            assert self.job_id is not None
-            try:
-                info = await self._rt.get(self.job_id)
-            except BaseException:
-                self.close()
-                raise
-            self._last_seq = info.seq
-            if info.terminal:
-                self._done = True
-                self.close()
-            elif not self._rt.workers and self.job_id not in self._rt._live:
-                self._sub.close()
-                self._poll_info = info
-            return snapshot_event(info, self._rt.clock.now())
-        if self.job_id is not None and not self._rt.workers and self.job_id not in self._rt._live:
-            return await self._poll_next()
-        while True:
-            ev = await self._sub.get()
-            if ev is None:
-                self._done = True
-                raise StopAsyncIteration
-            if ev.seq <= self._last_seq and self.job_id is not None:
-                continue
-            self._last_seq = ev.seq
-            if ev.terminal and self.job_id is not None:
-                self._done = True
-                self.close()
-            return ev
-
-    async def _poll_next(self) -> Event:
-        """Client runtimes see other processes' jobs by reading the database."""
-        assert self.job_id is not None
-        while True:
-            await asyncio.sleep(self._rt.poll_interval)
-            info = await self._rt.get(self.job_id)
-            if info.seq == self._last_seq and info.status == self._poll_info.status:
-                continue
-            prev, self._poll_info, self._last_seq = self._poll_info, info, info.seq
-            if info.terminal:
-                self._done = True
-                kind = _TERMINAL_EVENT[info.status]
-            elif info.status != prev.status:
-                kind = EventType.STARTED if info.status is JobStatus.RUNNING else EventType.RETRYING
-            else:
-                kind = EventType.PROGRESS
-            data = {"current": info.current, "total": info.total, "message": info.message}
-            if info.status is JobStatus.SUCCESS:
-                data["result"] = info.result
-            if info.error:
-                data["error"] = info.error
-            return Event(
-                info.id,
-                info.seq,
-                kind,
-                info.task,
-                info.pool,
-                info.status,
-                self._rt.clock.now(),
-                data,
-            )
-
-    def close(self) -> None:
-        self._sub.close()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> JobStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-
-def snapshot_event(info: JobInfo, now: float) -> Event:
-    return Event(
-        info.id,
-        info.seq,
-        EventType.SNAPSHOT,
-        info.task,
-        info.pool,
-        info.status,
-        now,
-        {"job": info.to_dict()},
-    )
-
-
 _TERMINAL_EVENT = {
     JobStatus.SUCCESS: EventType.SUCCESS,
     JobStatus.FAILURE: EventType.FAILURE,
     JobStatus.CANCELLED: EventType.CANCELLED,
 }
-
-
-async def _guard(awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapter = log) -> None:
-    try:
-        await awaitable
-    except Exception:
-        logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
-
-
-def _policy(info: JobInfo, spec: TaskSpec) -> RetryPolicy:
-    """The job's own retry policy if it was given one per call, else its task's."""
-    if info.retry_policy is None:
-        return spec.retry
-    try:
-        return parse_retry(info.retry_policy)
-    except InvalidOption:
-        log.warning("taskrt: job %d has an unreadable retry policy; using its task's", info.id)
-        return spec.retry
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, TaskrtError | Fatal | Retry):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _plain(args: tuple[Any, ...]) -> bool:
-    return all(type(a) in _SCALARS for a in args)
-
-
-def _plain_kw(kwargs: dict[str, Any]) -> bool:
-    return all(type(v) in _SCALARS for v in kwargs.values())
-
-
-_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def _statuses(value: JobStatus | str | Sequence[JobStatus | str] | None) -> list[JobStatus] | None:
@@ -1456,4 +729,12 @@ def _statuses(value: JobStatus | str | Sequence[JobStatus | str] | None) -> list
     return out
 
 
-__all__ = ["JobStream", "Runtime", "Transaction", "snapshot_event"]
+__all__ = [
+    "JobLogAdapter",
+    "JobStream",
+    "Runtime",
+    "TaskRef",
+    "Transaction",
+    "job_logger",
+    "snapshot_event",
+]

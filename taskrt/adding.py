@@ -1,0 +1,302 @@
+"""Adding jobs: validation, serialisation, capacity, ids, transactional enqueue.
+
+The part of ``Runtime`` that turns ``pool.add(task, *args, **kwargs)`` into a
+committed row and a queued job (runtime note 1: durable before acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import store as sql
+from .context import JobState
+from .definitions import Options, Task, TaskCall, TaskSpec
+from .errors import InvalidOption, QueueFull, SerializationError, TaskNotFound
+from .models import Event, EventType, JobStatus
+from .store import NewJob, dumps
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .counters import Counters
+    from .events import Broker
+    from .models import JobInfo
+    from .pool import Pool
+    from .store import Store
+    from .tracing import Instrumentation
+
+TaskRef = Task[Any, Any] | TaskCall | str
+_NO_OPTIONS = Options()
+
+
+class Transaction:
+    """The application's write transaction: run SQL, and add jobs with ``tx=tx``.
+
+    Both commit or neither does; workers see the jobs after the commit.
+    """
+
+    def __init__(self, conn: sql.Connection) -> None:
+        self._conn = conn
+        self._states: list[JobState] = []
+
+    async def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self._conn.execute(statement, params)
+
+    async def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(statement, params)
+
+
+class JobAdding:
+    """Runtime's adding half (a mixin of ``Runtime``)."""
+
+    if TYPE_CHECKING:
+        # Provided by Runtime (runtime.py); declared for the type checker.
+        store: Store
+        broker: Broker
+        counters: Counters
+        clock: Clock
+        workers: bool
+        abandon_after: float
+        instrumentation: Instrumentation | None
+        _tasks: dict[str, TaskSpec]
+        _pools: dict[str, Pool]
+        _live: dict[int, JobState]
+        _unique: dict[str, int]
+        _background: set[asyncio.Task[Any]]
+        _loop: asyncio.AbstractEventLoop | None
+        _loop_thread: int
+
+        def pool(
+            self, name: str, *, concurrency: int | None = None, capacity: int | None = None
+        ) -> Pool: ...
+
+        def _require_started(self, what: str) -> None: ...
+
+        async def get(self, job_id: int) -> JobInfo: ...
+
+        def _hook(self, hook: Any, *args: Any, job: JobState | None = None) -> None: ...
+
+    def _resolve(self, task: TaskRef) -> tuple[TaskSpec, Options]:
+        if isinstance(task, TaskCall):
+            return task.spec, task.opts
+        if isinstance(task, Task):
+            spec = self._tasks.get(task.spec.name)
+            return (spec or task.spec), _NO_OPTIONS
+        if isinstance(task, str):
+            spec = self._tasks.get(task)
+            if spec is None:
+                raise TaskNotFound(task)
+            return spec, _NO_OPTIONS
+        raise InvalidOption("task", f"expected a task, a task call or a task name, found {task!r}")
+
+    async def add(
+        self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
+    ) -> int:
+        """Add a job to its task's pool; returns the id once it is durable."""
+        spec, _ = self._resolve(task)
+        return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
+
+    async def _add(
+        self,
+        pool: Pool,
+        task: TaskRef,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        tx: Transaction | None,
+    ) -> list[int]:
+        if self.instrumentation is not None:
+            return await self.instrumentation.add(self._add_jobs, pool, task, calls, tx=tx)
+        return await self._add_jobs(pool, task, calls, tx=tx)
+
+    async def _add_jobs(
+        self,
+        pool: Pool,
+        task: TaskRef,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        tx: Transaction | None,
+    ) -> list[int]:
+        self._require_started("adding a job")
+        spec, opts = self._resolve(task)
+        now = self.clock.now()
+        run_at = opts.run_at if opts.run_at is not None else now + (opts.delay or 0.0)
+        priority = opts.priority if opts.priority is not None else spec.priority
+        max_attempts = spec.attempts if opts.attempts == "default" else opts.attempts
+        timeout = opts.timeout if opts.timeout is not None else spec.timeout
+        retry = opts.retry or spec.retry
+        retry_described = None if opts.retry is None else opts.retry.describe()
+        retry_json = None if retry_described is None else dumps(retry_described)
+        try:
+            metadata_json = dumps(opts.metadata or {})
+        except (TypeError, ValueError) as exc:
+            raise SerializationError("metadata", str(exc)) from None
+        if len(calls) > 1 and opts.unique_key is not None:
+            raise InvalidOption("unique_key", "a unique key applies to one job, not to add_many")
+        jobs: list[NewJob] = []
+        for args, kwargs in calls:
+            spec.validate(args, kwargs)
+            try:
+                args_json = dumps(list(args))
+                kwargs_json = dumps(kwargs)
+            except (TypeError, ValueError) as exc:
+                raise SerializationError(f"the arguments of task {spec.name!r}", str(exc)) from None
+            jobs.append(
+                NewJob(
+                    task=spec.name,
+                    pool=pool.name,
+                    args_json=args_json,
+                    kwargs_json=kwargs_json,
+                    max_attempts=max_attempts,
+                    priority=priority,
+                    metadata_json=metadata_json,
+                    unique_key=opts.unique_key,
+                    created_at=now,
+                    run_at=run_at,
+                    timeout=timeout,
+                    retry_json=retry_json,
+                    job_id=opts.job_id,
+                    external=not self.workers,
+                )
+            )
+        if opts.unique_key is not None and self.workers:
+            existing = self._unique.get(opts.unique_key)
+            if existing is not None:
+                return [existing]
+        # Jobs added earlier in an open transaction are not queued yet, but will be.
+        in_tx = 0 if tx is None else sum(1 for s in tx._states if s.pool == pool.name)
+        await self._check_capacity(pool, len(jobs) + in_tx)
+        if spec.hooks.next_id is not None and opts.job_id is None:
+            for job in jobs:
+                job.job_id = await self._next_id(spec)
+        metadata = dict(opts.metadata or {})
+
+        def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
+            return JobState.new(
+                spec,
+                retry,
+                id=0,  # set once the store has assigned it
+                pool=pool.name,
+                # What a restart would read back: JSON's view of the arguments.
+                args=tuple(args) if _plain(args) else tuple(json.loads(job.args_json)),
+                kwargs=kwargs if _plain_kw(kwargs) else json.loads(job.kwargs_json),
+                max_attempts=max_attempts,
+                priority=priority,
+                metadata=metadata,
+                unique_key=opts.unique_key,
+                created_at=now,
+                run_at=run_at,
+                timeout=timeout,
+                retry_policy=retry_described,
+            )
+
+        pool._pending += len(jobs)
+        results: list[sql.InsertResult | BaseException]
+        states: list[JobState] | None = None
+        try:
+            if tx is not None:
+                results = list(await self.store.insert_in(tx._conn, jobs))
+            else:
+                committed = self.store.insert(jobs)
+                if len(jobs) > 8:
+                    # Let the writer hand the batch to its thread, then build the
+                    # in-memory states while SQLite works (add_many's hot path).
+                    await asyncio.sleep(0)
+                    states = [new_state(j, a, k) for j, (a, k) in zip(jobs, calls, strict=True)]
+                results = await committed
+        finally:
+            pool._pending -= len(jobs)
+        ids: list[int] = []
+        failure: BaseException | None = None
+        for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
+            if isinstance(res, BaseException):
+                failure = failure or res
+                continue
+            ids.append(res.job_id)
+            if not res.created:
+                continue
+            state = states[i] if states is not None else new_state(job, args, kwargs)
+            state.id = res.job_id
+            if tx is not None:
+                tx._states.append(state)
+            else:
+                self._accept(state)
+        if failure is not None:
+            raise failure
+        return ids
+
+    def _accept(self, state: JobState) -> None:
+        """A committed job: take it in (owner) and tell the world."""
+        info = state
+        self.counters.added[info.task] += 1
+        if self.workers:
+            self._live[info.id] = state
+            if info.unique_key is not None:
+                self._unique[info.unique_key] = info.id
+        if self.broker.wants(info.id):
+            self.broker.publish(
+                Event(
+                    info.id,
+                    1,
+                    EventType.ADDED,
+                    info.task,
+                    info.pool,
+                    JobStatus.WAITING,
+                    info.created_at,
+                    {"run_at": info.run_at, "priority": info.priority},
+                )
+            )
+        if state.spec.hooks.on_add is not None:
+            self._hook(state.spec.hooks.on_add, info.id, job=state)
+        if self.workers:
+            self._pools[info.pool].push(state)
+
+    async def _check_capacity(self, pool: Pool, n: int) -> None:
+        if pool.capacity is None:
+            return
+        waiting = pool.waiting if self.workers else await self.store.count_waiting(pool.name)
+        if waiting + pool._pending + n > pool.capacity:
+            raise QueueFull(pool.name, pool.capacity)
+
+    async def _next_id(self, spec: TaskSpec) -> int:
+        assert spec.hooks.next_id is not None
+        try:
+            value = spec.hooks.next_id()
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            raise InvalidOption(
+                "next_id", f"the next_id hook of {spec.name!r} failed: {exc}"
+            ) from exc
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidOption(
+                "next_id",
+                f"the next_id hook of {spec.name!r} returned {value!r}, not a positive int",
+            )
+        return value
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A write transaction for the application's own SQL and ``add(..., tx=tx)``."""
+        self._require_started("a transaction")
+        async with self.store.transaction() as conn:
+            tx = Transaction(conn)
+            yield tx
+        for state in tx._states:
+            self._accept(state)
+
+    # -- running: transitions called by the pools --------------------------------------------
+
+
+def _plain(args: tuple[Any, ...]) -> bool:
+    return all(type(a) in _SCALARS for a in args)
+
+
+def _plain_kw(kwargs: dict[str, Any]) -> bool:
+    return all(type(v) in _SCALARS for v in kwargs.values())
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})

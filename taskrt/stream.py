@@ -1,0 +1,136 @@
+"""``rt.subscribe(...)``: the async iterator of a job's (or many jobs') events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .events import Subscription
+from .models import STATUS_EVENT, Event, EventType, JobInfo, JobStatus
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+class JobStream:
+    """``rt.subscribe(...)``: an async iterator of events; also an async context manager."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        job_id: int | None,
+        *,
+        pool: str | None,
+        task: str | None,
+        buffer: int | None,
+    ) -> None:
+        self._rt = rt
+        self.job_id = job_id
+        matches = None
+        if pool is not None or task is not None:
+
+            def matches(ev: Event) -> bool:
+                return (pool is None or ev.pool == pool) and (task is None or ev.task == task)
+
+        self._sub: Subscription = rt.broker.subscribe(job_id, matches=matches, maxsize=buffer)
+        self._snapshot_sent = job_id is None
+        self._last_seq = 0
+        self._done = False
+
+    @property
+    def subscription(self) -> Subscription:
+        return self._sub
+
+    def __aiter__(self) -> JobStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        if not self._snapshot_sent:
+            self._snapshot_sent = True
+            assert self.job_id is not None
+            try:
+                info = await self._rt.get(self.job_id)
+            except BaseException:
+                self.close()
+                raise
+            self._last_seq = info.seq
+            if info.terminal:
+                self._done = True
+                self.close()
+            elif not self._rt.workers and self.job_id not in self._rt._live:
+                self._sub.close()
+                self._poll_info = info
+            return snapshot_event(info, self._rt.clock.now())
+        if self.job_id is not None and not self._rt.workers and self.job_id not in self._rt._live:
+            return await self._poll_next()
+        while True:
+            ev = await self._sub.get()
+            if ev is None:
+                self._done = True
+                raise StopAsyncIteration
+            if ev.seq <= self._last_seq and self.job_id is not None:
+                continue
+            self._last_seq = ev.seq
+            if ev.terminal and self.job_id is not None:
+                self._done = True
+                self.close()
+            return ev
+
+    async def _poll_next(self) -> Event:
+        """Client runtimes see other processes' jobs by reading the database."""
+        assert self.job_id is not None
+        while True:
+            await asyncio.sleep(self._rt.poll_interval)
+            info = await self._rt.get(self.job_id)
+            if info.seq == self._last_seq and info.status == self._poll_info.status:
+                continue
+            prev, self._poll_info, self._last_seq = self._poll_info, info, info.seq
+            if info.terminal:
+                self._done = True
+                kind = STATUS_EVENT[info.status]
+            elif info.status != prev.status:
+                kind = EventType.STARTED if info.status is JobStatus.RUNNING else EventType.RETRYING
+            else:
+                kind = EventType.PROGRESS
+            data = {"current": info.current, "total": info.total, "message": info.message}
+            if info.status is JobStatus.SUCCESS:
+                data["result"] = info.result
+            if info.error:
+                data["error"] = info.error
+            return Event(
+                info.id,
+                info.seq,
+                kind,
+                info.task,
+                info.pool,
+                info.status,
+                self._rt.clock.now(),
+                data,
+            )
+
+    def close(self) -> None:
+        self._sub.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> JobStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def snapshot_event(info: JobInfo, now: float) -> Event:
+    return Event(
+        info.id,
+        info.seq,
+        EventType.SNAPSHOT,
+        info.task,
+        info.pool,
+        info.status,
+        now,
+        {"job": info.to_dict()},
+    )
