@@ -138,6 +138,7 @@ class Runtime(JobAdding, JobTransitions):
         self._start_hooks: list[Callable[[Runtime], Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unclean = False
+        self._forgetting: dict[asyncio.Future[None], list[JobState]] = {}
         self._loop_thread = 0
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
         # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.

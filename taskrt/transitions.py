@@ -9,7 +9,6 @@ note 2).
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import threading
@@ -71,6 +70,7 @@ class JobTransitions:
         _background: set[asyncio.Task[Any]]
         _loop: asyncio.AbstractEventLoop | None
         _loop_thread: int
+        _forgetting: dict[asyncio.Future[None], list[JobState]]
         schedules: Scheduler
 
         def pool(
@@ -102,7 +102,11 @@ class JobTransitions:
     def _on_start(self, state: JobState) -> None:
         now = self.clock.now()
         attempt = state.attempts + 1
-        state.update(status=JobStatus.RUNNING, attempts=attempt, started_at=now, finished_at=None)
+        state.status = JobStatus.RUNNING
+        state.attempts = attempt
+        state.started_at = now
+        state.finished_at = None
+        state._snapshot = None
         seq = self._emit(state, EventType.STARTED, {"attempt": attempt})
         self.store.write(sql.SQL_START, (attempt, now, seq, state.id), job_id=state.id)
 
@@ -334,11 +338,15 @@ class JobTransitions:
         """Reach a terminal status: write (never coalesced), publish, run hooks."""
         now = self.clock.now()
         info = state
-        self.counters.finished[info.task, status.value] += 1
+        self.counters.finished[info.task, status] += 1
+        state.status = status
+        state.finished_at = now
         if status is JobStatus.SUCCESS:
-            state.update(status=status, result=data.get("result"), finished_at=now, error=None)
+            state.result = data.get("result")
+            state.error = None
         else:
-            state.update(status=status, error=error, finished_at=now)
+            state.error = error
+        state._snapshot = None
         seq = state.seq + 1
         fut: asyncio.Future[None] | None = None
         if write:
@@ -374,16 +382,26 @@ class JobTransitions:
         if fut is None:
             self._live.pop(info.id, None)
         else:
-            # Reads come from memory until the terminal write is committed (note 2).
-            fut.add_done_callback(functools.partial(self._forget, state))
+            # Reads come from memory until the terminal write is committed
+            # (note 2); one callback per write batch forgets all of its jobs.
+            waiting = self._forgetting.get(fut)
+            if waiting is None:
+                waiting = self._forgetting[fut] = []
+                fut.add_done_callback(self._forget)
+            waiting.append(state)
 
-    def _forget(self, state: JobState, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            job_logger(state).error(
-                "taskrt: the final state of job %d was not written: %s", state.id, fut.exception()
-            )
-        if self._live.get(state.id) is state and state.status in TERMINAL:
-            del self._live[state.id]
+    def _forget(self, fut: asyncio.Future[None]) -> None:
+        states = self._forgetting.pop(fut, [])
+        failed = not fut.cancelled() and fut.exception() is not None
+        for state in states:
+            if failed:
+                job_logger(state).error(
+                    "taskrt: the final state of job %d was not written: %s",
+                    state.id,
+                    fut.exception(),
+                )
+            if self._live.get(state.id) is state and state.status in TERMINAL:
+                del self._live[state.id]
 
     # -- hooks and background work ---------------------------------------------------------
 
