@@ -11,8 +11,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The demo is served by taskrt's own CLI (`python -m demo` does the same with
+# --speed/--db options): http://127.0.0.1:8000, jobs in demo.db.
 demo: $(STAMP)
-	$(PY) -m demo
+	@echo "taskrt demo: http://127.0.0.1:8000/  (dashboard: /dashboard; jobs in demo.db; Ctrl-C stops)"
+	$(VENV)/bin/taskrt serve demo.app:app --host 127.0.0.1 --port 8000
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check taskrt tests bench demo
