@@ -18,16 +18,11 @@ from .context import JobState
 from .definitions import Options, Task, TaskCall, TaskSpec
 from .errors import InvalidOption, QueueFull, SerializationError, TaskNotFound
 from .models import Event, EventType, JobStatus
+from .parts import RuntimeParts
 from .store import NewJob, dumps
 
 if TYPE_CHECKING:
-    from .clock import Clock
-    from .counters import Counters
-    from .events import Broker
-    from .models import JobInfo
     from .pool import Pool
-    from .store import Store
-    from .tracing import Instrumentation
 
 TaskRef = Task[Any, Any] | TaskCall | str
 _NO_OPTIONS = Options()
@@ -50,35 +45,8 @@ class Transaction:
         await self._conn.executemany(statement, params)
 
 
-class JobAdding:
+class JobAdding(RuntimeParts):
     """Runtime's adding half (a mixin of ``Runtime``)."""
-
-    if TYPE_CHECKING:
-        # Provided by Runtime (runtime.py); declared for the type checker.
-        store: Store
-        broker: Broker
-        counters: Counters
-        clock: Clock
-        workers: bool
-        abandon_after: float
-        instrumentation: Instrumentation | None
-        _tasks: dict[str, TaskSpec]
-        _pools: dict[str, Pool]
-        _live: dict[int, JobState]
-        _unique: dict[str, int]
-        _background: set[asyncio.Task[Any]]
-        _loop: asyncio.AbstractEventLoop | None
-        _loop_thread: int
-
-        def pool(
-            self, name: str, *, concurrency: int | None = None, capacity: int | None = None
-        ) -> Pool: ...
-
-        def _require_started(self, what: str) -> None: ...
-
-        async def get(self, job_id: int) -> JobInfo: ...
-
-        def _hook(self, hook: Any, *args: Any, job: JobState | None = None) -> None: ...
 
     def _resolve(self, task: TaskRef) -> tuple[TaskSpec, Options]:
         if isinstance(task, TaskCall):

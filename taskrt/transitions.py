@@ -21,18 +21,13 @@ from .context import DONE, JobState
 from .definitions import TaskSpec
 from .errors import Fatal, InvalidOption, InvalidTransition, Retry, SerializationError, TaskrtError
 from .models import STATUS_EVENT, TERMINAL, AttemptOutcome, Event, EventType, JobInfo, JobStatus
+from .parts import RuntimeParts
 from .pool import Outcome
 from .retry import RetryPolicy, parse_retry
 from .store import dumps
 
 if TYPE_CHECKING:
-    from .clock import Clock
-    from .counters import Counters
-    from .events import Broker
-    from .pool import Pool
-    from .scheduler import Scheduler
-    from .store import Store
-    from .tracing import Instrumentation
+    pass
 
 log = logging.getLogger("taskrt")
 
@@ -51,35 +46,8 @@ def job_logger(info: JobInfo | JobState) -> JobLogAdapter:
     )
 
 
-class JobTransitions:
+class JobTransitions(RuntimeParts):
     """Runtime's running half (a mixin of ``Runtime``)."""
-
-    if TYPE_CHECKING:
-        # Provided by Runtime (runtime.py); declared for the type checker.
-        store: Store
-        broker: Broker
-        counters: Counters
-        clock: Clock
-        workers: bool
-        abandon_after: float
-        instrumentation: Instrumentation | None
-        _tasks: dict[str, TaskSpec]
-        _pools: dict[str, Pool]
-        _live: dict[int, JobState]
-        _unique: dict[str, int]
-        _background: set[asyncio.Task[Any]]
-        _loop: asyncio.AbstractEventLoop | None
-        _loop_thread: int
-        _forgetting: dict[asyncio.Future[None], list[JobState]]
-        schedules: Scheduler
-
-        def pool(
-            self, name: str, *, concurrency: int | None = None, capacity: int | None = None
-        ) -> Pool: ...
-
-        def _require_started(self, what: str) -> None: ...
-
-        async def get(self, job_id: int) -> JobInfo: ...
 
     def _emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
