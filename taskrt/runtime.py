@@ -22,8 +22,8 @@ Design notes:
 The class is split by responsibility: ``adding`` (from ``add`` to a committed,
 queued job), ``transitions`` (what happens while jobs run, called by the
 pools), ``stream`` (``subscribe``), their shared declarations in ``parts``;
-this module keeps the lifecycle,
-ownership, recovery, and the public reads and actions.
+this module keeps the lifecycle, ownership, recovery, and the public reads and
+actions.
 """
 
 from __future__ import annotations
