@@ -45,9 +45,15 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
             field, "expected a duration like '30s', found an empty string", source=source
         )
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        if number < 0 or number != number or number == float("inf"):
+            raise InvalidOption(
+                field, f"expected a duration of 0 or more seconds, found {value!r}", source=source
+            )
+        return number
     pos = 0
     total = 0.0
     for match in _PART.finditer(text):

@@ -15,6 +15,7 @@ from taskrt import (
     EventType,
     FakeClock,
     Fatal,
+    InvalidOption,
     InvalidTransition,
     JobContext,
     JobStatus,
@@ -33,6 +34,13 @@ from taskrt import (
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-5", "nan", "inf", "1x", "", -1, True, None])
+def test_parse_duration_refuses_what_is_not_a_duration(text: object) -> None:
+    with pytest.raises(InvalidOption) as err:
+        parse_duration(text, field="delay")
+    assert err.value.field == "delay"
 
 
 @pytest.mark.parametrize(

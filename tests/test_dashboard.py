@@ -125,6 +125,9 @@ async def test_the_page_and_its_assets_are_served_with_the_root_path_and_a_stric
         assert "{{root}}" not in page.text
         job_page = await client.get("/ops/dashboard/jobs/123?")
         assert job_page.status_code == 200 and job_page.text == page.text
+        for impossible in ("0", str(2**63), "x"):  # ids no job can have
+            gone = await client.get(f"/ops/dashboard/jobs/{impossible}")
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
 
         script = await client.get("/ops/dashboard/static/dashboard.js")
         assert script.status_code == 200

@@ -84,6 +84,15 @@ async def test_errors(api: Any) -> None:
         "/schedules", json={"name": "x", "task": "nope", "expression": "* * * * *"}
     )
     assert (no_task.status_code, error(no_task)["code"]) == (404, "task_not_found")
+    # The task is looked up before the expression is read, as in POST /jobs.
+    no_task = await client.post(
+        "/schedules", json={"name": "x", "task": "nope", "expression": "0 61 * * * *"}
+    )
+    assert (no_task.status_code, error(no_task)["code"]) == (404, "task_not_found")
+    blank = await client.post(
+        "/schedules", json={"name": " \u3000", "task": "report", "expression": "* * * * *"}
+    )
+    assert (blank.status_code, error(blank)["field"]) == (422, "name")
     bad_args = await client.post(
         "/schedules",
         json={"name": "x", "task": "report", "expression": "* * * * *", "kwargs": {"k": 1}},

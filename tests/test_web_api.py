@@ -163,7 +163,7 @@ async def test_a_job_argument_named_tx_reaches_the_handler(
         ({"task": "add", "kwargs": {"a": 1}}, 422, "validation_error"),
         (b'{"task": "echo", "kwargs": {"value": 1e400}}', 422, "not_serializable"),
         ({"task": "echo", "delay": "soon"}, 422, "invalid_option"),
-        ({"task": "echo", "delay": "inf"}, 422, "invalid_request"),
+        ({"task": "echo", "delay": "inf"}, 422, "invalid_option"),
         ({"task": "echo", "timeout": -1}, 422, "invalid_option"),
         ({"task": "echo", "attempts": 0}, 422, "invalid_option"),
         ({"task": "echo", "priority": 2**70}, 422, "invalid_request"),
@@ -541,6 +541,74 @@ async def test_no_bad_input_gets_a_5xx(client: httpx.AsyncClient) -> None:
             assert r.status_code < 500, (path, query, r.text)
 
 
+BIG = "9" * 5000  # more digits than int() reads
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        # str.isdigit() is true for "²", which int() refuses.
+        ("/jobs?cursor=%C2%B2", 422),
+        ("/jobs/1?token=v1.%C2%B2.1.x", 401),
+        ("/jobs/1/events?last_event_id=%C2%B2", 404),
+        ("/jobs?limit=%D9%A3", 422),
+        ("/stats?since=1_0", 422),
+        (f"/jobs?limit={BIG}", 422),
+        (f"/jobs?cursor={BIG}", 422),
+        (f"/jobs?cursor={'0' * 5000}1", 200),
+        (f"/jobs/1?token=v1.{BIG}.1.x", 401),
+        (f"/jobs/{BIG}", 404),
+        (f"/jobs/{BIG}/events", 404),
+        (f"/dashboard/jobs/{BIG}", 404),
+        (f"/stats?since={BIG}", 422),
+    ],
+)
+async def test_numbers_int_cannot_read_are_4xx(
+    client: httpx.AsyncClient, path: str, status: int
+) -> None:
+    r = await client.get(path)
+    assert r.status_code == status, r.text
+    if status >= 400:
+        error_of(r)
+
+
+async def test_a_huge_content_length_is_413(client: httpx.AsyncClient) -> None:
+    r = await client.post("/jobs", content=b"{}", headers={**JSON, "content-length": BIG})
+    assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+
+
+async def test_a_lone_surrogate_is_malformed_json(client: httpx.AsyncClient) -> None:
+    body = b'{"task": "echo", "kwargs": {"value": "\\ud800"}}'
+    r = await client.post("/jobs", content=body, headers=JSON)
+    assert r.status_code == 400 and error_of(r)["code"] == "malformed_json"
+    pair = b'{"task": "echo", "kwargs": {"value": "\\ud83d\\ude00"}}'
+    r = await client.post("/jobs", content=pair, headers=JSON)
+    assert r.status_code == 201 and r.json()["kwargs"] == {"value": "\U0001f600"}
+
+
+async def test_input_is_read_as_the_openapi_document_says(client: httpx.AsyncClient) -> None:
+    # null is a field left out; 2.0 is the integer 2.
+    r = await client.post("/jobs", json={"task": "echo", "delay": None, "priority": 2.0})
+    assert r.status_code == 201 and r.json()["priority"] == 2
+    r = await client.patch("/pools/main", json={"capacity": 7.0, "paused": None})
+    assert (r.status_code, r.json()["capacity"], r.json()["paused"]) == (200, 7, False)
+    # Durations as text: the documented pattern only.
+    for delay in ("30", "1.5", "1H30m", "200ms"):
+        r = await client.post("/jobs", json={"task": "echo", "delay": delay})
+        assert r.status_code == 201, (delay, r.text)
+    for delay in ("-5", " 30s", "1e3", "1_0", "1" * 65):
+        r = await client.post("/jobs", json={"task": "echo", "delay": delay})
+        assert r.status_code == 422 and error_of(r)["field"] == "delay", (delay, r.text)
+    r = await client.post("/jobs", json={"task": "echo", "timeout": "0.0s"})
+    assert r.status_code == 422 and error_of(r)["field"] == "timeout"
+    # Empty query values are parameters left out; statuses in any case.
+    assert (await client.get("/stats?since=&until=")).status_code == 200
+    assert (await client.get("/jobs?limit=&cursor=&pool=")).status_code == 200
+    assert (await client.get("/jobs?status=waiting,%20Running,")).status_code == 200
+    assert (await client.get("/jobs?status=WAITINGRUNNING")).status_code == 422
+    assert (await client.get("/jobs/1?token=")).status_code == 401
+
+
 # -- the route table and OpenAPI ------------------------------------------------------------------
 
 
@@ -586,6 +654,33 @@ async def test_openapi_documents_every_route_including_added_ones(rt: Runtime) -
     events = doc["paths"]["/jobs/{job_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
     assert doc["paths"]["/health"]["get"]["security"] == []
+
+
+async def test_openapi_documents_the_errors_every_operation_can_give(
+    client: httpx.AsyncClient,
+) -> None:
+    doc = (await client.get("/openapi.json")).json()
+
+    def statuses(method: str, path: str) -> set[int]:
+        return {int(s) for s in doc["paths"][path][method]["responses"]}
+
+    for path, operations in doc["paths"].items():
+        for method in operations:
+            assert 422 in statuses(method, path), (method, path)  # unknown query parameters
+    assert {400, 401, 403, 404, 409, 413, 415, 422, 503} <= statuses("post", "/jobs")
+    assert {401, 403, 404, 422, 503} <= statuses("get", "/jobs/{job_id}")
+    assert 503 not in statuses("get", "/pools") and 503 in statuses("get", "/health")
+    assert {401, 403}.isdisjoint(statuses("get", "/health"))
+    assert 404 in statuses("get", "/dashboard/jobs/{job_id}")
+    asset = doc["paths"]["/dashboard/static/{name}"]["get"]["responses"]["200"]["content"]
+    assert set(asset) == {"text/css", "text/javascript"}
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert set(metrics) == {"text/plain", "application/openmetrics-text"}
+    params = {p["name"]: p for p in doc["paths"]["/jobs/{job_id}"]["get"]["parameters"]}
+    assert params["job_id"]["schema"]["maximum"] == 2**63 - 1
+    assert "allowEmptyValue" not in params["token"]
+    listing = {p["name"]: p for p in doc["paths"]["/jobs"]["get"]["parameters"]}
+    assert listing["limit"]["allowEmptyValue"] is True
 
 
 # -- authentication, tokens, cross-site ------------------------------------------------------------

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 
 from .errors import ApiError
+from .inputs import to_int
 
 AuthCallable = Callable[[Request], Any | Awaitable[Any]]
 Access = Literal["auth", "token", "public"]
@@ -97,14 +98,11 @@ class JobTokens:
     def check(self, token: str, job_id: int) -> None:
         """Raise a 401 ``ApiError`` unless ``token`` is valid for ``job_id`` now."""
         parts = token.split(".")
-        if (
-            len(parts) != 4
-            or parts[0] != self.VERSION
-            or not parts[1].isdigit()
-            or not parts[2].isdigit()
-        ):
+        if len(parts) != 4 or parts[0] != self.VERSION:
             raise ApiError(401, "invalid_token", "the token is malformed")
-        token_job, expires = int(parts[1]), int(parts[2])
+        token_job, expires = to_int(parts[1]), to_int(parts[2])
+        if token_job is None or expires is None:
+            raise ApiError(401, "invalid_token", "the token is malformed")
         if not hmac.compare_digest(parts[3].encode(), self._sign(token_job, expires).encode()):
             raise ApiError(401, "invalid_token", "the token's signature does not match")
         if token_job != job_id:

@@ -42,13 +42,14 @@ from starlette.responses import Response
 
 from .errors import ApiError
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import ref
+from .schemas import MAX_INT64, integer, ref
 
 group = EndpointGroup(
     "dashboard", "The operator's dashboard: a page, its stylesheet and its script."
 )
 
-#: The files the page is made of, with their media types.
+#: The files the page is made of, with their media types (documented without
+#: the charset: OpenAPI media types name the type only).
 ASSETS: dict[str, str] = {
     "dashboard.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
@@ -70,10 +71,12 @@ _SECURITY_HEADERS = {
 
 _HTML = Reply("the page", {"type": "string"}, media="text/html")
 _PAGE_PARAMS = (
-    Param("status", description="show jobs of this status (the page's own filter)"),
-    Param("pool", description="show jobs of this pool"),
-    Param("task", description="show jobs of this task"),
-    Param("q", description="metadata filters, `key=value` separated by spaces"),
+    Param(
+        "status", description="show jobs of this status (the page's own filter)", allow_empty=True
+    ),
+    Param("pool", description="show jobs of this pool", allow_empty=True),
+    Param("task", description="show jobs of this task", allow_empty=True),
+    Param("q", description="metadata filters, `key=value` separated by spaces", allow_empty=True),
 )
 
 
@@ -104,6 +107,7 @@ def page(request: Request) -> Response:
     summary="The dashboard (HTML)",
     params=_PAGE_PARAMS,
     replies={200: _HTML},
+    needs_runtime=False,
 )
 async def dashboard(api: Api, request: Request) -> Response:
     """Jobs by status with live progress, pools, schedules and their actions."""
@@ -114,11 +118,17 @@ async def dashboard(api: Api, request: Request) -> Response:
     "/dashboard/jobs/{job_id:int}",
     summary="A job's page in the dashboard (HTML)",
     name="dashboard_job",
-    params=[Param("job_id", "path", {"type": "integer", "minimum": 1}, required=True)],
-    replies={200: _HTML},
+    params=[Param("job_id", "path", integer(1), required=True)],
+    replies={200: _HTML, 404: Reply("not a job id: no job can have it", ref("Error"))},
+    needs_runtime=False,
 )
 async def dashboard_job(api: Api, request: Request) -> Response:
-    """Arguments, result or error, every attempt and the live event timeline."""
+    """Arguments, result or error, every attempt and the live event timeline.
+    The page itself says when there is no such job; an id no job can have
+    (0, or beyond 2**63 - 1) is 404."""
+    job_id: int = request.path_params["job_id"]
+    if not 1 <= job_id <= MAX_INT64:
+        raise ApiError(404, "not_found", f"no job can have the id {job_id}")
     return page(request)
 
 
@@ -128,10 +138,15 @@ async def dashboard_job(api: Api, request: Request) -> Response:
     name="dashboard_asset",
     params=[Param("name", "path", {"enum": sorted(ASSETS)}, required=True)],
     replies={
-        200: Reply("the file", {"type": "string"}, media="text/plain"),
+        200: Reply(
+            "the file",
+            {"type": "string"},
+            media=tuple(sorted({media.partition(";")[0] for media in ASSETS.values()})),
+        ),
         304: Reply("the client's copy is current (`If-None-Match`)", None),
         404: Reply("no such file", ref("Error")),
     },
+    needs_runtime=False,
 )
 async def asset(api: Api, request: Request) -> Response:
     name: str = request.path_params["name"]

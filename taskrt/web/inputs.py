@@ -9,22 +9,48 @@ Notes:
    before a byte is read, and the body is counted while it streams in, so a
    chunked upload (no ``Content-Length``) or a lying one stops at the limit too.
 2. ``NaN`` and ``Infinity`` are not JSON; Python's parser accepts them, so
-   they are refused here rather than stored and failing later.
+   they are refused here rather than stored and failing later. So is a string
+   with a lone UTF-16 surrogate (``"\\ud800"``): valid JSON syntax, but not
+   Unicode text, and nothing could store it.
+3. Numbers in query parameters and headers are ASCII digits: Python's
+   ``int`` and ``float`` also read ``"1_0"``, ``" 5"`` or ``"٣"``, which the
+   OpenAPI document (``type: integer``) does not promise; ``str.isdigit``
+   is true for ``"²"``, which ``int`` refuses; and ``int`` refuses more than
+   4300 digits. ``to_int`` reads them without raising.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 from ..errors import JobNotFound
+from ..retry import parse_duration
 from .errors import ApiError
+from .schemas import DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_INT64
 
-MAX_INT64 = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]+")
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DURATION = re.compile(DURATION_PATTERN)
+
+
+def to_int(raw: str) -> int | None:
+    """``raw`` as a non-negative integer when it is ASCII digits, else ``None`` (note 3).
+
+    A number beyond ``MAX_INT64`` is ``MAX_INT64 + 1`` however long it is: every
+    caller refuses it as out of range, and none has to read 5000 digits.
+    """
+    if _DIGITS.fullmatch(raw) is None:
+        return None
+    significant = raw.lstrip("0")
+    if len(significant) > len(str(MAX_INT64)):
+        return MAX_INT64 + 1
+    return min(int(significant or "0"), MAX_INT64 + 1)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -60,9 +86,10 @@ async def read_json(request: Request, limit: int) -> Any:
         )
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        length = to_int(declared.strip())
+        if length is None:
             raise ApiError(400, "bad_request", f"Content-Length is not a number: {declared!r}")
-        if int(declared) > limit:
+        if length > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
@@ -80,7 +107,13 @@ async def read_json(request: Request, limit: int) -> Any:
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON document")
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)  # note 2
+        value = json.loads(raw, parse_constant=_refuse_constant)  # note 2
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate fails here
+        return value
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "malformed_json", "malformed JSON: a string holds a lone UTF-16 surrogate"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ApiError(
             400,
@@ -136,11 +169,24 @@ def _kind(value: Any) -> str:
 
 
 def field_of(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], what: str) -> Any:
-    """``body[name]`` when present and of the right JSON type, else ``None``; 422 otherwise."""
+    """``body[name]`` when present and of the right JSON type, else ``None``; 422 otherwise.
+
+    An integer may be written ``5.0``: JSON (and JSON Schema's ``integer``) does
+    not tell the two apart, so it is read as ``5``.
+    """
     value = body.get(name)
     if value is None:
         return None
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in _tuple(kinds))
+    wanted = _tuple(kinds)
+    if (
+        isinstance(value, float)
+        and int in wanted
+        and float not in wanted
+        and math.isfinite(value)
+        and value.is_integer()
+    ):
+        value = int(value)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in wanted)
     if not ok:
         raise invalid(name, f"expected {what}, found {_kind(value)}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -152,6 +198,27 @@ def field_of(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], wh
 
 def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
     return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def matching(name: str, value: str, pattern: re.Pattern[str], what: str) -> str:
+    """``value`` when the whole of it matches ``pattern`` (a documented one), else 422."""
+    if pattern.fullmatch(value) is None:
+        raise invalid(name, f"expected {what}, found {value!r}")
+    return value
+
+
+def duration_of(body: dict[str, Any], name: str) -> float | str | None:
+    """``body[name]``: seconds (a number), or a duration as text (``DURATION_PATTERN``)."""
+    what = "seconds or a duration like '30s'"
+    value: float | str | None = field_of(body, name, (int, float, str), what)
+    if isinstance(value, str):
+        # Text the runtime cannot read keeps its error (``invalid_option``); what it
+        # reads but the document does not promise ("1e3", " 30s") is refused here.
+        parse_duration(value, field=name)
+        if len(value) > DURATION_MAX_LENGTH:
+            raise invalid(name, f"expected {what}, found a string of {len(value)} characters")
+        matching(name, value, _DURATION, what)
+    return value
 
 
 def job_id_of(request: Request) -> int:
@@ -166,10 +233,10 @@ def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> in
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(name, f"expected an integer from {lo} to {hi}, found {raw!r}") from None
+    size = to_int(raw.removeprefix("-"))  # note 3
+    if size is None:
+        raise invalid(name, f"expected an integer from {lo} to {hi}, found {raw!r}")
+    value = -size if raw.startswith("-") else size
     if not lo <= value <= hi:
         raise invalid(name, f"expected an integer from {lo} to {hi}, found {value}")
     return value
@@ -180,9 +247,9 @@ def query_time(request: Request, name: str) -> float | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    try:
+    if _NUMBER.fullmatch(raw) is not None:  # note 3
         value = float(raw)
-    except ValueError:
+    else:
         value = parse_datetime(name, raw)
     if not math.isfinite(value):
         raise invalid(name, f"expected epoch seconds or an ISO 8601 date-time, found {raw!r}")
@@ -216,14 +283,17 @@ def query_scalar(raw: str) -> Any:
 
 __all__ = [
     "MAX_INT64",
+    "duration_of",
     "field_of",
     "invalid",
     "job_id_of",
     "json_object",
+    "matching",
     "parse_datetime",
     "query_int",
     "query_scalar",
     "query_time",
     "read_json",
     "refuse_unknown",
+    "to_int",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -14,23 +14,35 @@ from ..models import JobInfo
 from .auth import JobTokenPrincipal
 from .inputs import (
     MAX_INT64,
+    duration_of,
     field_of,
     invalid,
     job_id_of,
     json_object,
+    matching,
     parse_datetime,
     query_int,
     query_scalar,
     read_json,
     refuse_unknown,
+    to_int,
 )
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import ref
+from .schemas import CURSOR_PATTERN, STATUS_LIST_PATTERN, integer, ref
 
 group = EndpointGroup("jobs", "Add, inspect, cancel and retry jobs.")
 
-JOB_ID = Param("job_id", "path", {"type": "integer", "minimum": 1}, required=True)
+JOB_ID = Param("job_id", "path", integer(1), required=True)
 NOT_FOUND = Reply("no such job", ref("Error"))
+QUEUE_FULL = Reply(
+    "the pool is full (`queue_full`; retry after `Retry-After` seconds), "
+    "or the runtime is not started (`not_started`)",
+    ref("Error"),
+)
+DUPLICATE_ID = Reply(
+    "the task's `next_id` hook gave an id that is taken (`duplicate_job_id`)", ref("Error")
+)
+_STATUS_LIST = re.compile(STATUS_LIST_PATTERN)
 NEW_JOB_FIELDS = frozenset(
     {
         "task",
@@ -60,7 +72,8 @@ def job_url(request: Request, job_id: int) -> str:
     replies={
         201: Reply("the job, as stored", ref("Job")),
         404: Reply("no such task or pool", ref("Error")),
-        503: Reply("the pool is full; retry after `Retry-After` seconds", ref("Error")),
+        409: DUPLICATE_ID,
+        503: QUEUE_FULL,
     },
 )
 async def add_job(api: Api, request: Request) -> Response:
@@ -83,18 +96,16 @@ async def add_job(api: Api, request: Request) -> Response:
     if isinstance(run_at, str):
         run_at = parse_datetime("run_at", run_at)
     attempts = field_of(body, "attempts", int, "a positive integer, or -1 for unlimited")
+    # A duration is a finite number or at most 64 characters: always finite.
     options = make_options(
-        delay=field_of(body, "delay", (int, float, str), "seconds or a duration like '30s'"),
+        delay=duration_of(body, "delay"),
         run_at=run_at,
         priority=field_of(body, "priority", int, "an integer"),
         unique_key=field_of(body, "unique_key", str, "a string"),
         attempts="default" if attempts is None else attempts,
-        timeout=field_of(body, "timeout", (int, float, str), "seconds or a duration like '30s'"),
+        timeout=duration_of(body, "timeout"),
         metadata=field_of(body, "metadata", dict, "an object"),
     )
-    for name_, value in (("delay", options.delay), ("timeout", options.timeout)):
-        if value is not None and not math.isfinite(value):
-            raise invalid(name_, f"expected a finite duration, found {value!r}")
     # ``rt._add`` rather than ``pool.add``: a job keyword argument named ``tx``
     # must reach the handler, not be taken for ``add``'s own parameter.
     ids = await rt._add(
@@ -112,13 +123,29 @@ async def add_job(api: Api, request: Request) -> Response:
     params=[
         Param(
             "status",
-            schema={"type": "string"},
-            description="one status or several, comma-separated (WAITING,RUNNING)",
+            schema={
+                "type": "array",
+                "items": {"type": "string", "pattern": STATUS_LIST_PATTERN},
+            },
+            description=(
+                "one status or several, comma-separated (WAITING,RUNNING) or repeated "
+                "(?status=WAITING&status=RUNNING); any case"
+            ),
+            allow_empty=True,
         ),
-        Param("pool"),
-        Param("task"),
-        Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
-        Param("cursor", description="the `cursor` of the previous page"),
+        Param("pool", allow_empty=True),
+        Param("task", allow_empty=True),
+        Param(
+            "limit",
+            schema={"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+            allow_empty=True,
+        ),
+        Param(
+            "cursor",
+            schema={"type": "string", "pattern": CURSOR_PATTERN},
+            description="the `cursor` of the previous page",
+            allow_empty=True,
+        ),
         Param(
             "metadata.{key}",
             description=(
@@ -133,7 +160,9 @@ async def add_job(api: Api, request: Request) -> Response:
 async def list_jobs(api: Api, request: Request) -> Response:
     """Pages are stable: a job added meanwhile never shifts the next page."""
     query = request.query_params
-    statuses = [s.strip() for raw in query.getlist("status") for s in raw.split(",") if s.strip()]
+    what = "statuses separated by commas"
+    raws = [matching("status", raw, _STATUS_LIST, what) for raw in query.getlist("status")]
+    statuses = [s.strip() for raw in raws for s in raw.split(",") if s.strip()]
     metadata: dict[str, Any] = {}
     for key, value in query.multi_items():
         if key.startswith("metadata."):
@@ -142,8 +171,11 @@ async def list_jobs(api: Api, request: Request) -> Response:
                 raise invalid(key, "expected metadata.<key>=<value>")
             metadata[name] = query_scalar(value)
     cursor = query.get("cursor") or None
-    if cursor is not None and (not cursor.isdigit() or int(cursor) > MAX_INT64):
-        raise invalid("cursor", f"expected the cursor of a previous page, found {cursor!r}")
+    if cursor is not None:
+        before = to_int(cursor)
+        if before is None or before > MAX_INT64:
+            raise invalid("cursor", f"expected the cursor of a previous page, found {cursor!r}")
+        cursor = str(before)
     page = await api.runtime.jobs(
         status=statuses or None,
         pool=query.get("pool") or None,

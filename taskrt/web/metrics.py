@@ -37,9 +37,10 @@ def _registry(api: Api) -> CollectorRegistry:
         200: Reply(
             "Prometheus text exposition format (OpenMetrics when `Accept` asks for it)",
             {"type": "string"},
-            media="text/plain",
+            media=("text/plain", "application/openmetrics-text"),
         )
     },
+    needs_runtime=False,
 )
 async def metrics(api: Api, request: Request) -> Response:
     body, content_type = exposition(_registry(api), request.headers.get("accept", ""))

@@ -4,6 +4,21 @@ Nothing here is written by hand per route: an endpoint's method, path,
 parameters, body and replies are declared where the endpoint is, and every
 endpoint an app serves appears here, including ones added later through
 ``create_app(endpoints=...)``.
+
+The error responses every endpoint can give because of what it is are added
+here, not declared per route (``standard_errors``):
+
+- 422 everywhere: every endpoint refuses query parameters it does not
+  declare (``routing.Endpoint.bind``), and checks those it does and its body;
+- 400, 413, 415 for a JSON body (``inputs.read_json``);
+- 404 for a path with parameters: a value the route cannot take (a job id
+  that is not a number, a name with a ``/``) matches no route;
+- 401, 403 unless the endpoint is public (``auth.authenticate``);
+- 503 when it ``needs_runtime`` and the runtime is not started.
+
+An endpoint's own reply for one of these statuses replaces the standard one.
+``tests/test_web_openapi_conformance.py`` checks the document against the
+served API with Schemathesis.
 """
 
 from __future__ import annotations
@@ -21,12 +36,13 @@ group = EndpointGroup("meta", "The API's own description.")
 
 _ERROR = ref("Error")
 _STANDARD: dict[int, str] = {
-    400: "malformed JSON",
-    401: "authentication required, or a bad token",
+    400: "malformed JSON, an empty body, or a bad Content-Length",
+    401: "authentication required, or a bad or expired token",
     403: "refused: cross-site, forbidden, or a token for another job",
+    404: "the path names nothing: no route takes this value",
     413: "the body is larger than the limit",
-    415: "the body is not application/json",
-    422: "invalid arguments or query parameters",
+    415: "the body is not application/json (UTF-8)",
+    503: "the runtime is not started (`not_started`)",
 }
 
 
@@ -36,13 +52,40 @@ def _parameter(param: Param) -> dict[str, Any]:
         out["description"] = param.description
     if param.required or param.where == "path":
         out["required"] = True
+    if param.allow_empty and param.where == "query":
+        out["allowEmptyValue"] = True
     return out
 
 
 def _reply(reply: Reply) -> dict[str, Any]:
     out: dict[str, Any] = {"description": reply.description}
     if reply.schema is not None:
-        out["content"] = {reply.media: {"schema": reply.schema}}
+        out["content"] = {media: {"schema": reply.schema} for media in reply.media_types}
+    return out
+
+
+def _invalid(endpoint: Endpoint) -> str:
+    """What a 422 of ``endpoint`` can be about."""
+    reasons = []
+    if endpoint.body is not None:
+        reasons.append("a body field of the wrong type or value, unknown or missing")
+    if any(p.where != "path" for p in endpoint.params) or endpoint.access == "token":
+        reasons.append("a bad parameter value")
+    reasons.append("an unknown query parameter")
+    return "invalid request: " + "; ".join(reasons)
+
+
+def standard_errors(endpoint: Endpoint) -> dict[int, str]:
+    """The error statuses ``endpoint`` can answer whatever its handler does (module doc)."""
+    out = {422: _invalid(endpoint)}
+    if endpoint.body is not None:
+        out |= {status: _STANDARD[status] for status in (400, 413, 415)}
+    if any(p.where == "path" for p in endpoint.params):
+        out[404] = _STANDARD[404]
+    if endpoint.access != "public":
+        out |= {status: _STANDARD[status] for status in (401, 403)}
+    if endpoint.needs_runtime:
+        out[503] = _STANDARD[503]
     return out
 
 
@@ -75,20 +118,10 @@ def operation(endpoint: Endpoint) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": endpoint.body}},
         }
-    replies = {str(status): _reply(reply) for status, reply in sorted(endpoint.replies.items())}
-    wanted = set()
-    if endpoint.body is not None:
-        wanted |= {400, 413, 415, 422}
-    if any(p.where == "query" for p in endpoint.params):
-        wanted.add(422)
-    if endpoint.access != "public":
-        wanted |= {401, 403}
-    for status in sorted(wanted):
-        replies.setdefault(
-            str(status),
-            {"description": _STANDARD[status], "content": {"application/json": {"schema": _ERROR}}},
-        )
-    op["responses"] = replies
+    replies = dict(endpoint.replies)
+    for status, description in standard_errors(endpoint).items():
+        replies.setdefault(status, Reply(description, _ERROR))
+    op["responses"] = {str(status): _reply(reply) for status, reply in sorted(replies.items())}
     return op
 
 
@@ -124,6 +157,7 @@ def document(api: Api, components: dict[str, Schema]) -> dict[str, Any]:
     "/openapi.json",
     summary="This document",
     replies={200: Reply("an OpenAPI 3.1 document", {"type": "object"})},
+    needs_runtime=False,
 )
 async def openapi(api: Api, request: Request) -> Response:
     doc = api.openapi_cache
@@ -133,4 +167,4 @@ async def openapi(api: Api, request: Request) -> Response:
     return JSONResponse({**doc, "servers": [{"url": root or "/"}]})
 
 
-__all__ = ["document", "group", "operation"]
+__all__ = ["document", "group", "operation", "standard_errors"]

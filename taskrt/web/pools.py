@@ -13,12 +13,12 @@ from ..pool import Pool
 from .errors import ApiError
 from .inputs import field_of, invalid, json_object, read_json, refuse_unknown
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import array_of, ref
+from .schemas import POOL_NAME_PATTERN, array_of, ref
 
 group = EndpointGroup("pools", "Worker pools: concurrency, capacity, pause and resume.")
 
 NAME = Param("name", "path", required=True)
-POOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+POOL_NAME = re.compile(POOL_NAME_PATTERN)
 CHANGE_FIELDS = frozenset({"concurrency", "capacity", "paused"})
 
 
@@ -60,6 +60,7 @@ def _apply(pool: Pool, body: dict[str, Any]) -> None:
     replies={
         200: Reply("the pools", {"type": "object", "properties": {"pools": array_of("Pool")}})
     },
+    needs_runtime=False,
 )
 async def list_pools(api: Api, request: Request) -> Response:
     pools = sorted(api.runtime.pools.values(), key=lambda p: p.name)
@@ -75,6 +76,7 @@ async def list_pools(api: Api, request: Request) -> Response:
         200: Reply("concurrency, capacity, waiting, running", ref("Pool")),
         404: Reply("no such pool", ref("Error")),
     },
+    needs_runtime=False,
 )
 async def get_pool(api: Api, request: Request) -> Response:
     return JSONResponse(_pool(api, request).statistics().to_dict())
@@ -88,6 +90,7 @@ async def get_pool(api: Api, request: Request) -> Response:
         201: Reply("the new pool", ref("Pool")),
         409: Reply("a pool of that name exists", ref("Error")),
     },
+    needs_runtime=False,
 )
 async def create_pool(api: Api, request: Request) -> Response:
     body = json_object(await read_json(request, api.settings.max_body))
@@ -119,6 +122,7 @@ async def create_pool(api: Api, request: Request) -> Response:
         200: Reply("the pool after the change", ref("Pool")),
         404: Reply("no such pool", ref("Error")),
     },
+    needs_runtime=False,
 )
 async def change_pool(api: Api, request: Request) -> Response:
     """Raising concurrency starts waiting jobs at once; lowering it lets running

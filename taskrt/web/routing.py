@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from starlette.convertors import IntegerConvertor
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -42,22 +44,35 @@ _CONVERTOR = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[a-zA-Z_]+)?}")
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A documented path, query or header parameter."""
+    """A documented path, query or header parameter.
+
+    ``allow_empty``: the handler reads an empty query value (``?limit=``) as
+    the parameter left out (OpenAPI's ``allowEmptyValue``).
+    """
 
     name: str
     where: Literal["path", "query", "header"] = "query"
     schema: Schema = field(default_factory=lambda: {"type": "string"})
     description: str = ""
     required: bool = False
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A documented response: ``schema`` describes a JSON body (``None``: no body)."""
+    """A documented response: ``schema`` describes its body (``None``: no body).
+
+    ``media`` is the body's media type, or a tuple of the types it may have
+    (e.g. ``("text/css", "text/javascript")``), each with ``schema``.
+    """
 
     description: str
     schema: Schema | None = None
-    media: str = "application/json"
+    media: str | tuple[str, ...] = "application/json"
+
+    @property
+    def media_types(self) -> tuple[str, ...]:
+        return (self.media,) if isinstance(self.media, str) else self.media
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,10 @@ class Endpoint:
 
     ``access``: ``"auth"`` (the app's ``auth``), ``"token"`` (``auth``, or a
     per-job token for the path's ``job_id``) or ``"public"`` (no one asked).
+    ``needs_runtime``: the handler reads the store or adds and changes jobs,
+    so a runtime that is not started answers ``503 not_started``; ``False``
+    for routes that only read what is declared in memory (pools, tasks, the
+    dashboard's files). The OpenAPI document says so (``openapi.operation``).
     """
 
     method: str
@@ -117,6 +136,7 @@ class Endpoint:
     body: Schema | None = None
     replies: Mapping[int, Reply] = field(default_factory=dict)
     description: str = ""
+    needs_runtime: bool = True
 
     @property
     def openapi_path(self) -> str:
@@ -164,6 +184,20 @@ class Endpoint:
         return endpoint
 
 
+class _Integer(IntegerConvertor):
+    """Starlette's ``int``, except that a number ``int()`` refuses (more than 4300
+    digits) is a path no route takes (404), not an exception (500)."""
+
+    def convert(self, value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise HTTPException(404) from None
+
+
+_INTEGER = _Integer()
+
+
 def routes(endpoints: Sequence[Endpoint], api: Api) -> list[Route]:
     """One Starlette route per path, dispatching on the method.
 
@@ -188,7 +222,11 @@ def routes(endpoints: Sequence[Endpoint], api: Api) -> list[Route]:
         ) -> Response:
             return await methods[request.method](request)
 
-        out.append(Route(path, dispatch, methods=list(methods), name=names[path]))
+        route = Route(path, dispatch, methods=list(methods), name=names[path])
+        for param, convertor in route.param_convertors.items():
+            if type(convertor) is IntegerConvertor:
+                route.param_convertors[param] = _INTEGER
+        out.append(route)
     return out
 
 
@@ -216,6 +254,7 @@ class EndpointGroup:
         query_prefixes: Sequence[str] = (),
         body: Schema | None = None,
         replies: Mapping[int, Reply] | None = None,
+        needs_runtime: bool = True,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             doc = (handler.__doc__ or "").strip()
@@ -233,6 +272,7 @@ class EndpointGroup:
                     body=body,
                     replies=dict(replies or {}),
                     description=doc,
+                    needs_runtime=needs_runtime,
                 )
             )
             return handler

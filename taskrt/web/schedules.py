@@ -4,42 +4,66 @@ Front ends to ``rt.schedules`` (``taskrt.scheduler``); see docs/schedules.md.
 A bad cron expression or time zone answers 422 with the ``field`` that is
 wrong (``CronError``); an unknown schedule or task 404; creating a schedule
 whose name is taken by a different definition 409.
+
+An unknown task is 404 before the expression, time zone and arguments are
+checked (422), as in ``POST /jobs``: those checks need the task, or cannot be
+told by a JSON Schema (a cron expression's values, a time zone's name).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..scheduler import MISFIRE_POLICIES, ScheduleInfo
+from ..errors import TaskNotFound
+from ..scheduler import MAX_NAME, MISFIRE_POLICIES, ScheduleInfo
 from .inputs import field_of, invalid, json_object, read_json, refuse_unknown
-from .jobs import job_url
+from .jobs import DUPLICATE_ID, QUEUE_FULL, job_url
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import Schema, array_of, ref
+from .schemas import NOT_BLANK_PATTERN, Schema, array_of, nullable, ref
 
 _NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
-_DEFINITION: dict[str, Schema] = {
-    "task": {"type": "string", "description": "a registered task's name"},
-    "expression": {
-        "type": "string",
-        "description": (
-            "five fields (minute first), six with seconds first, an alias like "
-            "@hourly, or '@every 30s'"
-        ),
-        "examples": ["0 */5 * * * *", "30 2 * * 1-5", "@every 30s"],
-    },
+_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+_NAME: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME,
+    "pattern": NOT_BLANK_PATTERN,
+    "description": "not only white space",
+}
+_TASK: Schema = {"type": "string", "minLength": 1, "description": "a registered task's name"}
+_EXPRESSION: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "description": (
+        "five fields (minute first), six with seconds first, an alias like "
+        "@hourly, or '@every 30s'; a bad one is 422 naming the field"
+    ),
+    "examples": ["0 */5 * * * *", "30 2 * * 1-5", "@every 30s"],
+}
+_OPTIONAL: dict[str, Schema] = {
     "args": {"type": "array", "default": []},
     "kwargs": {"type": "object", "default": {}},
-    "pool": {"type": ["string", "null"], "description": "defaults to the task's pool"},
-    "tz": {"type": "string", "default": "UTC", "examples": ["Europe/Berlin"]},
+    "pool": nullable(
+        {"type": "string", "minLength": 1, "description": "defaults to the task's pool"}
+    ),
+    "tz": {
+        "type": "string",
+        "minLength": 1,
+        "default": "UTC",
+        "description": "an IANA time zone name; an unknown one is 422",
+        "examples": ["Europe/Berlin"],
+    },
     "misfire": {
         "enum": list(MISFIRE_POLICIES),
         "default": "latest",
         "description": "after downtime: run the latest missed slot once, skip, or run all (max 100)",
     },
 }
+_DEFINITION: dict[str, Schema] = {"task": _TASK, "expression": _EXPRESSION, **_OPTIONAL}
 
 COMPONENTS: dict[str, Schema] = {
     "Schedule": {
@@ -65,12 +89,19 @@ COMPONENTS: dict[str, Schema] = {
         "type": "object",
         "required": ["name", "task", "expression"],
         "additionalProperties": False,
-        "properties": {"name": {"type": "string"}, **_DEFINITION},
+        "description": "An optional field given as null is the same as a field left out.",
+        "properties": {
+            "name": _NAME,
+            "task": _TASK,
+            "expression": _EXPRESSION,
+            **{name: nullable(schema) for name, schema in _OPTIONAL.items()},
+        },
     },
     "ScheduleChange": {
         "type": "object",
         "additionalProperties": False,
-        "properties": _DEFINITION,
+        "description": "Only the fields given change; null is the same as leaving a field out.",
+        "properties": {name: nullable(schema) for name, schema in _DEFINITION.items()},
     },
 }
 
@@ -130,7 +161,7 @@ async def list_schedules(api: Api, request: Request) -> Response:
     replies={
         201: Reply("the new schedule", ref("Schedule")),
         200: Reply("an equal schedule existed; nothing changed", ref("Schedule")),
-        404: Reply("no such task", ref("Error")),
+        404: Reply("no such task (before the expression and time zone are checked)", ref("Error")),
         409: Reply("a different schedule of that name exists; PUT it", ref("Error")),
     },
 )
@@ -139,12 +170,14 @@ async def create_schedule(api: Api, request: Request) -> Response:
     body = json_object(await read_json(request, api.settings.max_body))
     refuse_unknown(body, NEW_FIELDS)
     name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise invalid("name", "expected a non-empty string")
+    if not isinstance(name, str) or not _NOT_BLANK.search(name) or len(name) > MAX_NAME:
+        raise invalid("name", f"expected a string of 1 to {MAX_NAME} characters, not all blank")
     fields = _definition(body)
     for required in ("task", "expression"):
-        if required not in fields:
-            raise invalid(required, "this field is required")
+        if not fields.get(required):
+            raise invalid(required, "expected a non-empty string")
+    if fields["task"] not in api.runtime.tasks:  # module doc
+        raise TaskNotFound(fields["task"])
     info, created = await api.runtime.schedules.create(
         name, fields.pop("task"), fields.pop("expression"), replace=False, **fields
     )
@@ -171,7 +204,10 @@ async def get_schedule(api: Api, request: Request) -> Response:
     summary="Change a schedule's definition",
     params=[NAME],
     body=ref("ScheduleChange"),
-    replies={200: Reply("the schedule after the change", ref("Schedule")), 404: NOT_FOUND},
+    replies={
+        200: Reply("the schedule after the change", ref("Schedule")),
+        404: Reply("no such schedule, or no such task", ref("Error")),
+    },
 )
 async def update_schedule(api: Api, request: Request) -> Response:
     """Only the fields given change. A new expression or time zone moves the next
@@ -221,8 +257,9 @@ async def resume_schedule(api: Api, request: Request) -> Response:
     params=[NAME],
     replies={
         201: Reply("the job added", ref("Job")),
-        404: NOT_FOUND,
-        503: Reply("the pool is full; retry after `Retry-After` seconds", ref("Error")),
+        404: Reply("no such schedule, or its task is not registered", ref("Error")),
+        409: DUPLICATE_ID,
+        503: QUEUE_FULL,
     },
 )
 async def run_schedule(api: Api, request: Request) -> Response:

@@ -1,10 +1,23 @@
-"""JSON Schemas of the API's bodies, for the OpenAPI document (components)."""
+"""JSON Schemas of the API's bodies, for the OpenAPI document (components).
+
+The request schemas say what the handlers accept, no more and no less. The
+bounds (``MAX_INT64``) and patterns (``DURATION_PATTERN``, ``STATUS_LIST_PATTERN``,
+``POOL_NAME_PATTERN``, ``NOT_BLANK_PATTERN``) are the very ones the handlers
+check; the rest is held to the code by tests/test_web_openapi_conformance.py.
+Patterns use only explicit ASCII classes (or ``\\uXXXX``) and ``^...$``
+anchors, so JSON Schema (ECMA-262) and Python's ``re.fullmatch`` read them
+alike. A field whose ``null`` means "not given" is declared nullable
+(``nullable``): the handlers accept it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 Schema = dict[str, Any]
+
+#: The largest integer SQLite stores; integer fields beyond it are refused.
+MAX_INT64 = 2**63 - 1
 
 STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
 EVENT_TYPES = [
@@ -31,8 +44,100 @@ def _nullable(kind: str) -> Schema:
     return {"type": [kind, "null"]}
 
 
+def nullable(schema: Schema) -> Schema:
+    """``schema``, or null (a request field whose null means "not given")."""
+    if "type" in schema:
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return {**schema, "type": [*kinds, "null"]} if "null" not in kinds else schema
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [*schema["anyOf"], {"type": "null"}]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def integer(minimum: int = -MAX_INT64, **extra: Any) -> Schema:
+    """An integer a request may carry: at least ``minimum``, at most ``MAX_INT64``."""
+    return {"type": "integer", "minimum": minimum, "maximum": MAX_INT64, **extra}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c}{c.lower()}]" for c in word)
+
+
 NUMBER: Schema = {"type": "number"}
 ANY: Schema = {}
+
+#: A duration as text: a plain number of seconds ("30", "1.5"), or numbers with
+#: units ms, s, m, h, d ("200ms", "1h30m"); units in any case.
+DURATION_PATTERN = (
+    r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+|(?:[0-9]+(?:\.[0-9]+)?(?:[mM][sS]|[sSmMhHdD]))+)$"
+)
+#: Long enough for any real duration, short enough that it is always finite.
+DURATION_MAX_LENGTH = 64
+#: ``?status=``: statuses (any case) separated by commas; empty items are ignored.
+_STATUS_WORD = "(?:" + "|".join(_any_case(s) for s in STATUSES) + ")"
+STATUS_LIST_PATTERN = rf"^ *(?:{_STATUS_WORD} *)?(?:, *(?:{_STATUS_WORD} *)?)*$"
+#: A pool created over HTTP: 1 to 100 letters, digits or ``_ . : -``.
+POOL_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+
+
+def _at_most(bound: int) -> str:
+    """A pattern of the decimal numbers from 0 to ``bound`` (leading zeros allowed)."""
+    text = str(bound)
+    options = [f"[0-9]{{1,{len(text) - 1}}}"] if len(text) > 1 else []
+    for i, digit in enumerate(text):
+        if digit != "0":
+            rest = len(text) - i - 1
+            options.append(
+                text[:i] + f"[0-{int(digit) - 1}]" + (f"[0-9]{{{rest}}}" if rest else "")
+            )
+    options.append(text)
+    return "0*(?:" + "|".join(options) + ")"
+
+
+#: ``?cursor=``: a job id (what a page's ``cursor`` is), or empty for the first page.
+CURSOR_PATTERN = f"^(?:{_at_most(MAX_INT64)})?$"
+
+
+def _not_in(codes: list[int]) -> str:
+    """A character class of every character but ``codes``, as ``\\uXXXX`` ranges."""
+    ranges: list[list[int]] = []
+    for code in codes:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    parts = (f"\\u{lo:04X}" if lo == hi else f"\\u{lo:04X}-\\u{hi:04X}" for lo, hi in ranges)
+    return "[^" + "".join(parts) + "]"
+
+
+#: Has a character ``str.strip`` keeps (every whitespace character is in the BMP).
+NOT_BLANK_PATTERN = _not_in([c for c in range(0x10000) if chr(c).isspace()])
+
+
+def duration(*, positive: bool = False, description: str = "") -> Schema:
+    """Seconds (a number), or a duration as text (``DURATION_PATTERN``)."""
+    text: Schema = {
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "maxLength": DURATION_MAX_LENGTH,
+    }
+    number: Schema = {"type": "number", "minimum": 0}
+    if positive:  # a text duration is positive when it has a non-zero digit
+        text = {"allOf": [text, {"type": "string", "pattern": "[1-9]"}]}
+        number = {"type": "number", "exclusiveMinimum": 0}
+    out: Schema = {"anyOf": [number, text]}
+    if description:
+        out["description"] = description
+    return out
+
+
+#: Epoch seconds, or an RFC 3339 date-time (which always has a time zone).
+TIME: Schema = {
+    "anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+    "description": "epoch seconds, or an ISO 8601 date-time with a time zone",
+}
 
 COMPONENTS: dict[str, Schema] = {
     "Error": {
@@ -82,27 +187,34 @@ COMPONENTS: dict[str, Schema] = {
         "type": "object",
         "required": ["task"],
         "additionalProperties": False,
+        "description": "A field given as null is the same as a field left out.",
         "properties": {
-            "task": {"type": "string", "description": "a registered task's name"},
-            "args": {"type": "array", "default": []},
-            "kwargs": {"type": "object", "default": {}},
-            "pool": {"type": "string", "description": "defaults to the task's pool"},
-            "delay": {
-                "type": ["number", "string"],
-                "description": "seconds, or a duration like '30s', '1h30m'",
-            },
-            "run_at": {
-                "type": ["number", "string"],
-                "description": "epoch seconds, or an ISO 8601 date-time with a time zone",
-            },
-            "priority": {"type": "integer", "description": "higher runs first"},
-            "unique_key": {
-                "type": "string",
-                "description": "while a job with this key is waiting or running, adding returns it",
-            },
-            "attempts": {"type": "integer", "description": "-1 for unlimited"},
-            "timeout": {"type": ["number", "string"]},
-            "metadata": {"type": "object"},
+            "task": {"type": "string", "minLength": 1, "description": "a registered task's name"},
+            "args": nullable({"type": "array", "default": []}),
+            "kwargs": nullable({"type": "object", "default": {}}),
+            "pool": nullable(
+                {"type": "string", "description": "defaults to the task's pool (also when empty)"}
+            ),
+            "delay": nullable(duration(description="seconds, or a duration like '30s', '1h30m'")),
+            "run_at": nullable(TIME),
+            "priority": nullable(integer(description="higher runs first")),
+            "unique_key": nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": (
+                        "while a job with this key is waiting or running, adding returns it"
+                    ),
+                }
+            ),
+            "attempts": nullable(
+                {
+                    "anyOf": [{"const": -1}, integer(1)],
+                    "description": "-1 for unlimited",
+                }
+            ),
+            "timeout": nullable(duration(positive=True, description="seconds, or a duration")),
+            "metadata": nullable({"type": "object"}),
         },
     },
     "Progress": {
@@ -170,6 +282,10 @@ COMPONENTS: dict[str, Schema] = {
             "token": {"type": "string"},
             "expires_at": {"type": "integer", "description": "epoch seconds"},
             "job_id": {"type": "integer"},
+            "events": {
+                "type": "string",
+                "description": "the job's event stream URL, with the token",
+            },
         },
     },
     "Pool": {
@@ -189,20 +305,25 @@ COMPONENTS: dict[str, Schema] = {
         "type": "object",
         "required": ["name"],
         "additionalProperties": False,
+        "description": "A field given as null is the same as a field left out.",
         "properties": {
-            "name": {"type": "string"},
-            "concurrency": {"type": "integer", "minimum": 1},
-            "capacity": {"type": ["integer", "null"], "minimum": 1},
-            "paused": {"type": "boolean"},
+            "name": {"type": "string", "pattern": POOL_NAME_PATTERN},
+            "concurrency": nullable(integer(1)),
+            "capacity": nullable(integer(1, description="null: no limit")),
+            "paused": nullable({"type": "boolean"}),
         },
     },
     "PoolChange": {
         "type": "object",
         "additionalProperties": False,
+        "description": (
+            "Only the fields given change; null is the same as leaving a field out, "
+            "except for `capacity`, where null removes the limit."
+        ),
         "properties": {
-            "concurrency": {"type": "integer", "minimum": 1},
-            "capacity": {"type": ["integer", "null"], "minimum": 1},
-            "paused": {"type": "boolean"},
+            "concurrency": nullable(integer(1)),
+            "capacity": nullable(integer(1, description="null: no limit")),
+            "paused": nullable({"type": "boolean"}),
         },
     },
     "Stats": {
@@ -248,4 +369,20 @@ COMPONENTS: dict[str, Schema] = {
     },
 }
 
-__all__ = ["COMPONENTS", "Schema", "array_of", "ref"]
+__all__ = [
+    "COMPONENTS",
+    "CURSOR_PATTERN",
+    "DURATION_MAX_LENGTH",
+    "DURATION_PATTERN",
+    "MAX_INT64",
+    "NOT_BLANK_PATTERN",
+    "POOL_NAME_PATTERN",
+    "STATUS_LIST_PATTERN",
+    "TIME",
+    "Schema",
+    "array_of",
+    "duration",
+    "integer",
+    "nullable",
+    "ref",
+]

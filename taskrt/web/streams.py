@@ -37,9 +37,9 @@ from ..errors import PoolNotFound, TaskNotFound
 from ..events import Subscription
 from ..models import STATUS_EVENT, Event, JobInfo
 from ..runtime import JobStream, snapshot_event
-from .inputs import job_id_of
+from .inputs import MAX_INT64, job_id_of, to_int
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import ref
+from .schemas import integer, ref
 from .sse import RECONNECT_MS, EventStream, frame
 
 group = EndpointGroup("events", "Server-Sent Events: live progress with resume.")
@@ -51,7 +51,14 @@ _STREAM = Reply(
     ref("Event"),
     media="text/event-stream",
 )
-_BUSY = Reply("too many open streams; retry after `Retry-After` seconds", ref("Error"))
+_BUSY = Reply(
+    "too many open streams (`too_many_streams`); retry after `Retry-After` seconds", ref("Error")
+)
+_BUSY_OR_STOPPED = Reply(
+    "too many open streams (`too_many_streams`; retry after `Retry-After` seconds), "
+    "or the runtime is not started (`not_started`)",
+    ref("Error"),
+)
 
 
 @dataclass(slots=True)
@@ -100,8 +107,8 @@ def last_event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None:
         return None
-    raw = raw.strip()
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+    seq = to_int(raw.strip())
+    return seq if seq is not None and seq <= MAX_INT64 else None
 
 
 async def _job_frames(start: Opening, sub: Subscription | None) -> AsyncIterator[bytes]:
@@ -136,20 +143,24 @@ async def _polled_frames(stream: JobStream) -> AsyncIterator[bytes]:
     name="job_events",
     access="token",
     params=[
-        Param("job_id", "path", {"type": "integer", "minimum": 1}, required=True),
+        Param("job_id", "path", integer(1), required=True),
         Param(
             "Last-Event-ID",
             "header",
             {"type": "string"},
             "the id of the last event seen; the stream resumes after it",
         ),
-        Param("last_event_id", description="the same, for clients that cannot set headers"),
+        Param(
+            "last_event_id",
+            description="the same, for clients that cannot set headers",
+            allow_empty=True,
+        ),
     ],
     replies={
         200: _STREAM,
         204: Reply("the job has finished and the client has seen its last event", None),
         404: Reply("no such job", ref("Error")),
-        503: _BUSY,
+        503: _BUSY_OR_STOPPED,
     },
 )
 async def job_events(api: Api, request: Request) -> Response:
@@ -203,8 +214,9 @@ async def _client_runtime_events(
 @group.get(
     "/events",
     summary="Every event of the jobs matching the filters (for dashboards)",
-    params=[Param("pool"), Param("task")],
+    params=[Param("pool", allow_empty=True), Param("task", allow_empty=True)],
     replies={200: _STREAM, 404: Reply("no such pool or task", ref("Error")), 503: _BUSY},
+    needs_runtime=False,
 )
 async def all_events(api: Api, request: Request) -> Response:
     """Event ids are `<job id>:<seq>`; there is no resume and no snapshot:

@@ -8,11 +8,9 @@ from starlette.responses import JSONResponse, Response
 from .errors import ApiError
 from .inputs import invalid, query_time
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import array_of, ref
+from .schemas import TIME, array_of, ref
 
 group = EndpointGroup("system", "Health, statistics and tasks.")
-
-_TIME = {"type": ["number", "string"], "description": "epoch seconds or ISO 8601 with a time zone"}
 
 
 @group.get(
@@ -23,6 +21,7 @@ _TIME = {"type": ["number", "string"], "description": "epoch seconds or ISO 8601
         200: Reply("the runtime is started", {"type": "object"}),
         503: Reply("the runtime is not started", ref("Error")),
     },
+    needs_runtime=False,
 )
 async def health(api: Api, request: Request) -> Response:
     if not api.runtime.started:
@@ -34,8 +33,18 @@ async def health(api: Api, request: Request) -> Response:
     "/stats",
     summary="Counts by status, success rate, mean and p95 duration",
     params=[
-        Param("since", schema=_TIME, description="jobs created at or after (default: all)"),
-        Param("until", schema=_TIME, description="jobs created before"),
+        Param(
+            "since",
+            schema=TIME,
+            description="jobs created at or after (default: all)",
+            allow_empty=True,
+        ),
+        Param(
+            "until",
+            schema=TIME,
+            description="jobs created before; not before `since` (422)",
+            allow_empty=True,
+        ),
     ],
     replies={200: Reply("the statistics", ref("Stats"))},
 )
@@ -54,6 +63,7 @@ async def stats(api: Api, request: Request) -> Response:
     replies={
         200: Reply("the tasks", {"type": "object", "properties": {"tasks": array_of("Task")}})
     },
+    needs_runtime=False,
 )
 async def tasks(api: Api, request: Request) -> Response:
     return JSONResponse(
