@@ -979,3 +979,19 @@ def test_two_endpoints_for_one_method_and_path_are_refused(tmp_path: Path) -> No
 
     with pytest.raises(InvalidOption, match="two endpoints for GET /jobs"):
         create_app(Runtime(str(tmp_path / "x.db")), endpoints=[extra])
+
+
+async def test_a_database_failure_is_a_500_without_its_details(
+    rt: Runtime, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskrt import StoreError
+
+    async def broken(job_id: int) -> Any:
+        raise StoreError("read from '/srv/secret/app.db' failed: disk I/O error")
+
+    monkeypatch.setattr(rt, "get", broken)
+    r = await client.get("/jobs/1")
+    assert r.status_code == 500
+    error = error_of(r)
+    assert error["code"] == "store_error"
+    assert "/srv/secret" not in r.text

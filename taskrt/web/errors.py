@@ -83,8 +83,13 @@ def taskrt_error_response(exc: TaskrtError, *, retry_after: int) -> Response:
         status = 503
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(retry_after)
-    if status >= 500:
+    if status >= 500 and status != 503:
+        # The server's own failure (the database, say): the details, such as
+        # file paths, go to the log, not to the client.
         log.error("taskrt.web: %s: %s", type(exc).__name__, exc)
+        return error_response(
+            status, {"code": exc.code, "message": "internal error; see the server's log"}, headers
+        )
     return error_response(status, exc.to_dict(), headers)
 
 
