@@ -18,6 +18,10 @@ Design notes (cited where they apply; docs/cli.md is the user's page):
    3 not found (job, task, pool, schedule); 4 unavailable (no database, no
    server, the database is owned or locked, the pool is full: try again).
    Any other error is a bug: 1, with the traceback under ``--debug``.
+   ``serve`` stopped by Ctrl-C exits 0; stopped by SIGTERM, uvicorn drains,
+   then raises the signal again with its default action, so the process ends
+   killed by SIGTERM (-15 to ``subprocess``, 143 in a shell), as a
+   supervisor expects.
 4. **Output.** Tables for people; ``--json`` prints the HTTP API's shapes
    (``JobInfo.to_dict()``, ``Stats.to_dict()`` ...) for scripts. Errors are one
    line on stderr.
@@ -47,6 +51,7 @@ from .cli_support import (
     plural,
     print_json,
     progress,
+    request_headers,
     seconds,
     statuses,
     table,
@@ -55,7 +60,7 @@ from .cli_support import (
     when,
 )
 from .definitions import TaskCall, make_options
-from .errors import PoolNotFound
+from .errors import InvalidOption, PoolNotFound
 from .models import TERMINAL, AttemptInfo, JobInfo, JobStatus
 from .retry import parse_duration
 from .runtime import Runtime
@@ -70,6 +75,14 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="the interface (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="the TCP port (default: 8000)")
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="HOST",
+        help="a Host name to answer, e.g. jobs.example.com or *.example.com (repeatable; "
+        "default: $TASKRT_ALLOWED_HOSTS, comma-separated; without either, a server on "
+        "127.0.0.1 answers loopback names only). For a Runtime: an ASGI app checks its own",
+    )
+    parser.add_argument(
         "--reload", action="store_true", help="restart when the code changes (development)"
     )
     parser.add_argument(
@@ -83,21 +96,44 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def asgi_app(reference: str) -> Any:
-    """The app ``serve`` runs: ``create_app(rt)`` for a Runtime, else the object as it is."""
+def asgi_app(reference: str, allowed_hosts: Sequence[str] | None = None) -> Any:
+    """The app ``serve`` runs: ``create_app(rt, allowed_hosts=...)`` for a Runtime
+    (it reads ``$TASKRT_TOKEN`` and ``$TASKRT_ALLOWED_HOSTS`` itself), else the
+    object as it is, which configures its own hosts and auth."""
     found = load_object(reference)
     if isinstance(found, Runtime):
         from .web import create_app
 
-        return create_app(found)
+        return create_app(found, allowed_hosts=allowed_hosts)
     if callable(found):
+        if allowed_hosts is not None:
+            raise UsageError(
+                f"--allowed-host applies to a Runtime, and {reference} is an ASGI app: "
+                "give its create_app(allowed_hosts=...), or set $TASKRT_ALLOWED_HOSTS"
+            )
         return found
     raise UsageError(f"{reference} is a {type(found).__name__}, not a Runtime or an ASGI app")
 
 
 def reload_factory() -> Any:
-    """``uvicorn --reload`` imports the app anew in each worker: the reference is in the env."""
+    """``uvicorn --reload`` imports the app anew in each worker: the reference is in the
+    env (and ``--allowed-host`` is in ``$TASKRT_ALLOWED_HOSTS``, which ``create_app`` reads)."""
     return asgi_app(os.environ["TASKRT_SERVE_APP"])
+
+
+def warn_if_open(app: Any, host: str, port: int) -> None:
+    """A warning on stderr when ``app`` is served beyond loopback without any auth."""
+    from .web.hosts import is_loopback
+
+    api = getattr(getattr(app, "state", None), "taskrt", None)
+    if api is None or api.settings.auth is not None or is_loopback(host):
+        return
+    print(
+        f"taskrt: warning: serving {host}:{port} without authentication: anyone who can "
+        "reach it can add, cancel and retry jobs. Set TASKRT_TOKEN (docs/http-api.md) "
+        "or serve on 127.0.0.1.",
+        file=sys.stderr,
+    )
 
 
 @command("serve", "serve the app's HTTP API and run its workers (uvicorn)", _serve_args)
@@ -106,7 +142,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from .logging import configure
 
-    app = asgi_app(args.app)  # import errors show here, before uvicorn starts
+    try:
+        # Import errors show here, before uvicorn starts.
+        app = asgi_app(args.app, args.allowed_host)
+    except InvalidOption as exc:  # a malformed --allowed-host, $TASKRT_ALLOWED_HOSTS, $TASKRT_TOKEN
+        raise UsageError(str(exc)) from None
+    warn_if_open(app, args.host, args.port)
     configure(format=args.log_format, level=args.log_level.upper())
     options: dict[str, Any] = {
         "host": args.host,
@@ -119,6 +160,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         if args.reload:
             os.environ["TASKRT_SERVE_APP"] = args.app
+            if args.allowed_host:
+                os.environ["TASKRT_ALLOWED_HOSTS"] = ",".join(args.allowed_host)
             uvicorn.run("taskrt.cli_commands:reload_factory", factory=True, reload=True, **options)
         else:
             uvicorn.run(app, **options)
@@ -511,14 +554,8 @@ async def watch(args: argparse.Namespace) -> int:
     if args.url:
         if args.app or args.db:
             raise UsageError("give --url, or --app/--db, not both")
-        headers: dict[str, str] = {}
-        for item in args.header:
-            name, sep, value = item.partition(":")
-            if not sep or not name.strip():
-                raise UsageError(f"--header expects NAME:VALUE, found {item!r}")
-            headers[name.strip()] = value.strip()
         events = server_events(
-            args.url, args.id, headers=headers, max_reconnects=max(args.reconnects, 0)
+            args.url, args.id, headers=request_headers(args), max_reconnects=max(args.reconnects, 0)
         )
         view = await follow(events, args.id, json_lines=args.json)
         return exit_status(view)
@@ -540,5 +577,6 @@ __all__ = [
     "schedules",
     "serve",
     "stats",
+    "warn_if_open",
     "watch",
 ]

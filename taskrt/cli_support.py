@@ -126,7 +126,28 @@ def target_args(parser: argparse.ArgumentParser, *, url: bool = False) -> None:
             metavar="NAME:VALUE",
             help="an HTTP header for --url (repeatable), e.g. 'Authorization: Bearer ...'",
         )
+        where.add_argument(
+            "--token",
+            metavar="TOKEN",
+            default=os.environ.get("TASKRT_TOKEN") or None,
+            help="with --url: the server's token, sent as 'Authorization: Bearer TOKEN' "
+            "unless --header gives one (default: $TASKRT_TOKEN; prefer the variable: "
+            "other users can read a command line)",
+        )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def request_headers(args: argparse.Namespace) -> dict[str, str]:
+    """The HTTP headers of a ``--url`` command: ``--header``, then ``--token``."""
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise UsageError(f"--header expects NAME:VALUE, found {item!r}")
+        headers[name.strip()] = value.strip()
+    if args.token and not any(name.lower() == "authorization" for name in headers):
+        headers["Authorization"] = f"Bearer {args.token}"
+    return headers
 
 
 def load_object(reference: str) -> Any:
@@ -324,6 +345,7 @@ __all__ = [
     "plural",
     "print_json",
     "progress",
+    "request_headers",
     "seconds",
     "status_of",
     "statuses",

@@ -809,11 +809,12 @@ def test_tokens_expire_and_are_bound_to_their_secret() -> None:
         ),
         ({"cookie": "session=1", "origin": "https://app.example"}, 201),  # trusted
         ({"cookie": "session=1"}, 201),  # not a browser's cross-site request
-        ({"sec-fetch-site": "cross-site"}, 201),  # no cookie: no ambient authority
-        ({"cookie": "s=1", "authorization": "Bearer x", "sec-fetch-site": "cross-site"}, 201),
+        # Whatever the credentials, or none (auth note 3).
+        ({"sec-fetch-site": "cross-site"}, 403),
+        ({"cookie": "s=1", "authorization": "Bearer x", "sec-fetch-site": "cross-site"}, 403),
     ],
 )
-async def test_cookie_authenticated_changes_refuse_cross_site_requests(
+async def test_state_changes_refuse_cross_site_requests(
     rt: Runtime, headers: dict[str, str], status: int
 ) -> None:
     app = create_app(rt, trusted_origins=["https://app.example"])

@@ -182,7 +182,7 @@ async def test_a_client_that_stops_reading_is_disconnected(
         loop = asyncio.get_running_loop()
         try:
             await loop.sock_connect(sock, ("127.0.0.1", port))
-            request = f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n\r\n"
+            request = f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
             await loop.sock_sendall(sock, request.encode())
             await wait_until(lambda: rt.broker.subscribers == 1)
             started = time.monotonic()

@@ -11,11 +11,19 @@ Where routes go: each module of this package declares an ``EndpointGroup``;
 its group there; an application adds its own with ``endpoints=`` (documented
 in ``/openapi.json``, authenticated like the rest) or plain Starlette
 ``routes=`` (served as they are, e.g. a static page).
+
+Every request passes two gates before any route: ``hosts.HostCheck`` (the
+``Host`` header, against DNS rebinding) and, in each endpoint,
+``auth.authenticate`` (cross-site state changes, then who is calling). With
+a token (``token=`` or ``$TASKRT_TOKEN``), ``login.TokenAuth`` is the
+``auth`` callable, wrapping the application's own, and ``/login`` and
+``/logout`` are served.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from starlette.applications import Starlette
@@ -27,7 +35,7 @@ from starlette.routing import BaseRoute
 
 from ..errors import InvalidOption, TaskrtError
 from ..runtime import Runtime
-from . import dashboard, jobs, metrics, openapi, pools, schedules, streams, system
+from . import dashboard, jobs, login, metrics, openapi, pools, schedules, streams, system
 from .auth import AuthCallable, JobTokens
 from .errors import (
     ApiError,
@@ -36,6 +44,7 @@ from .errors import (
     http_exception_handler,
     taskrt_error_response,
 )
+from .hosts import HostCheck, check_patterns
 from .routing import Api, Endpoint, EndpointGroup, Settings
 from .routing import routes as api_routes
 
@@ -56,6 +65,8 @@ def create_app(
     runtime: Runtime,
     *,
     auth: AuthCallable | None = None,
+    token: str | None = None,
+    allowed_hosts: Iterable[str] | None = None,
     max_body: int = 1 << 20,
     heartbeat: float = 15.0,
     max_streams: int = 1000,
@@ -75,6 +86,15 @@ def create_app(
 
     - ``auth``: ``request -> principal`` (sync or async); ``None`` or raising
       ``Unauthorized`` answers 401. Every route but ``/health`` goes through it.
+    - ``token``: a shared secret every route but ``/health`` requires, as
+      ``Authorization: Bearer``, the HTTP Basic password, or the cookie of
+      the ``/login`` form (``login`` notes). ``None``: ``$TASKRT_TOKEN`` if
+      set; ``""``: none. With ``auth`` too, a request showing the token is
+      authorised and any other is ``auth``'s to decide.
+    - ``allowed_hosts``: the ``Host`` names served (``"*.example.com"``,
+      ``"*"`` for all). ``None``: ``$TASKRT_ALLOWED_HOSTS`` (comma-separated)
+      if set, else on a loopback address only loopback names, elsewhere any
+      (``hosts`` notes).
     - ``max_body``: the largest request body, in bytes (413 beyond).
     - ``heartbeat``: seconds between comment lines on idle streams (0: none).
     - ``max_streams``: open event streams at once (503 + ``Retry-After`` beyond).
@@ -85,7 +105,7 @@ def create_app(
     - ``token_secret``, ``token_ttl``: the HMAC key of per-job tokens (random
       per process when not given) and their lifetime in seconds.
     - ``trusted_origins``: other origins (``https://app.example``) allowed to
-      send cookie-authenticated state changes.
+      send state changes from a browser (``auth`` note 3).
     - ``expose_tracebacks``: include handler tracebacks in ``/attempts`` in an
       app without ``auth`` (with ``auth``, the requests it lets through get them).
     - ``endpoints``, ``routes``, ``middleware``: what an application adds.
@@ -99,8 +119,27 @@ def create_app(
         raise InvalidOption(
             "stream_buffer", f"expected a positive integer, found {stream_buffer!r}"
         )
+    hosts_option = "allowed_hosts"
+    if allowed_hosts is None:
+        raw = os.environ.get("TASKRT_ALLOWED_HOSTS", "")
+        listed = [host.strip() for host in raw.split(",") if host.strip()]
+        allowed_hosts, hosts_option = (listed or None), "$TASKRT_ALLOWED_HOSTS"
+    try:
+        hosts = None if allowed_hosts is None else check_patterns(allowed_hosts)
+    except ValueError as exc:
+        raise InvalidOption(hosts_option, str(exc)) from None
+    token_option = "token"
+    if token is None:
+        token, token_option = os.environ.get("TASKRT_TOKEN", ""), "$TASKRT_TOKEN"
+    builtin: login.TokenAuth | None = None
+    if token:
+        try:
+            builtin = login.TokenAuth(token, fallback=auth, now=runtime.clock.now)
+        except ValueError as exc:
+            raise InvalidOption(token_option, str(exc)) from None
+    trusted = frozenset(trusted_origins)
     settings = Settings(
-        auth=auth,
+        auth=auth if builtin is None else builtin,
         max_body=max_body,
         heartbeat=heartbeat,
         max_streams=max_streams,
@@ -108,7 +147,7 @@ def create_app(
         retry_after=retry_after,
         stream_buffer=stream_buffer,
         token_ttl=token_ttl,
-        trusted_origins=frozenset(trusted_origins),
+        trusted_origins=trusted,
         expose_tracebacks=expose_tracebacks,
         title=title,
     )
@@ -141,9 +180,14 @@ def create_app(
         async with runtime:
             yield
 
+    login_routes = [] if builtin is None else login.routes(builtin, trusted)
     app = Starlette(
-        routes=[*api_routes(table, api), *routes],
-        middleware=[Middleware(CatchAll), *middleware],
+        routes=[*api_routes(table, api), *login_routes, *routes],
+        middleware=[
+            Middleware(CatchAll),
+            Middleware(HostCheck, allowed_hosts=hosts),
+            *middleware,
+        ],
         exception_handlers={
             HTTPException: http_exception_handler,
             ApiError: api_error_handler,

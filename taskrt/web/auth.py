@@ -16,12 +16,24 @@ Notes:
    constant time, signed with the app's secret (random per process unless
    ``token_secret`` is given, so a restart or another worker process refuses
    tokens it did not sign).
-3. A state-changing request (POST, PATCH, PUT, DELETE) that a browser sends
-   with cookies and no ``Authorization`` header may be authenticated by those
-   cookies, so it must come from the app's own site: it is refused with 403
-   when ``Sec-Fetch-Site`` says ``cross-site``, or when its ``Origin`` is not
-   the request's own host nor one of ``trusted_origins``. Requests without
-   cookies carry no ambient authority and are not checked.
+3. Cross-site requests must not act, whatever credentials come with them
+   (cookies, a browser's cached HTTP Basic login, or none at all: an app
+   without ``auth`` trusts whoever can reach it, and a page on another site
+   can make the browser reach it). A state-changing request (POST, PATCH,
+   PUT, DELETE) is refused with 403 ``cross_site`` when ``Sec-Fetch-Site``
+   says ``cross-site``, or when it has an ``Origin`` that is neither the
+   request's own origin (scheme, host and port as the request sees them:
+   ``scope["scheme"]`` and the ``Host`` header, default ports filled in) nor
+   one of ``trusted_origins``; ``Origin: null`` is never trusted.
+   ``same-origin``, ``same-site`` and ``none`` pass when the origin does.
+   A request with neither header (curl, the CLI, another server) is not a
+   browser's cross-site request and passes. Behind a proxy that terminates
+   TLS, let the server see the real scheme (uvicorn's ``--proxy-headers``)
+   or list the public origin in ``trusted_origins``.
+4. With a token configured (``create_app(token=)`` or ``$TASKRT_TOKEN``),
+   ``login.TokenAuth`` is the ``auth`` callable of note 1: it accepts the
+   token and, failing that, asks the application's own ``auth`` (see
+   ``login``'s notes).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 
 from .errors import ApiError
+from .hosts import split_host
 from .inputs import to_int
 
 AuthCallable = Callable[[Request], Any | Awaitable[Any]]
@@ -113,28 +126,47 @@ class JobTokens:
             raise ApiError(401, "token_expired", "the token has expired; ask for a new one")
 
 
-def cross_site(request: Request, trusted_origins: Iterable[str]) -> str | None:
-    """Why a cookie-carrying state change must be refused, or ``None`` (note 3)."""
-    headers = request.headers
-    if (
-        request.method not in UNSAFE_METHODS
-        or "cookie" not in headers
-        or "authorization" in headers
-    ):
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+Origin = tuple[str, str, int | None]
+
+
+def origin_of(scheme: str, netloc: str) -> Origin | None:
+    """``(scheme, host, port)`` with the scheme's default port filled in, or ``None``."""
+    split = split_host(netloc)
+    if split is None:
         return None
-    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+    host, port = split
+    scheme = scheme.lower()
+    return scheme, host, _DEFAULT_PORTS.get(scheme) if port is None else port
+
+
+def parse_origin(origin: str) -> Origin | None:
+    """An ``Origin`` header (``https://app.example:8443``) as ``origin_of`` gives it."""
+    parts = urlsplit(origin.strip())
+    if not parts.scheme or not parts.netloc or parts.path or parts.query or parts.fragment:
+        return None
+    return origin_of(parts.scheme, parts.netloc)
+
+
+def cross_site(request: Request, trusted_origins: Iterable[str]) -> str | None:
+    """Why a state change must be refused as cross-site, or ``None`` (note 3)."""
+    if request.method not in UNSAFE_METHODS:
+        return None
+    headers = request.headers
+    if headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
         return "Sec-Fetch-Site: cross-site"
     origin = headers.get("origin")
     if origin is None:
         return None
-    if origin in trusted_origins:
-        return None
-    parts = urlsplit(origin)
-    if origin == "null" or not parts.netloc:
+    claimed = parse_origin(origin)
+    if claimed is None:  # "null" (a sandboxed frame, a redirect), or garbage
         return f"Origin: {origin}"
-    if parts.netloc.lower() != headers.get("host", "").lower():
-        return f"Origin {origin} is not this site"
-    return None
+    if claimed == origin_of(request.url.scheme, headers.get("host", "")):
+        return None
+    if any(claimed == parse_origin(trusted) for trusted in trusted_origins):
+        return None
+    return f"Origin {origin} is not this site"
 
 
 async def authenticate(
@@ -145,7 +177,7 @@ async def authenticate(
     tokens: JobTokens,
     trusted_origins: Iterable[str],
 ) -> Any:
-    """The request's principal, or an ``ApiError`` (notes 1-3)."""
+    """The request's principal, or an ``ApiError`` (notes 1-4)."""
     if access == "public":
         return None
     if access == "token":
@@ -159,7 +191,8 @@ async def authenticate(
         raise ApiError(
             403,
             "cross_site",
-            f"a cookie-authenticated {request.method} must come from this site ({reason})",
+            f"a cross-site {request.method} may not change anything here ({reason}); "
+            "send it from this site, or list its origin in trusted_origins",
         )
     if auth is None:
         return None
@@ -193,4 +226,6 @@ __all__ = [
     "Unauthorized",
     "authenticate",
     "cross_site",
+    "origin_of",
+    "parse_origin",
 ]

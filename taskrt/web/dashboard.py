@@ -15,7 +15,9 @@ Design notes (cited where they apply):
    app's ``auth`` (auth note 1). The page's own requests, including its
    ``EventSource`` (which cannot set headers), carry the browser's credentials:
    cookies or HTTP Basic. An operator so authenticated also sees tracebacks
-   (``jobs.may_see_tracebacks``).
+   (``jobs.may_see_tracebacks``). With the built-in token, a browser that is
+   not signed in is sent to ``/login``, whose cookie then serves the page, its
+   requests and its stream (login note 5).
 3. **Live, not polled.** One ``EventSource`` on ``GET /events`` moves the job
    rows, the status counts, the throughput sparklines and the job page's
    timeline. Pool and schedule figures are re-read from their JSON routes when
