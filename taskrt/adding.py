@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from . import store as sql
 from .context import JobState
 from .definitions import Options, Task, TaskCall, TaskSpec
-from .errors import InvalidOption, QueueFull, SerializationError, TaskNotFound
+from .errors import InvalidOption, QueueFull, TaskNotFound
+from .limits import check_text, check_time, encode
 from .models import Event, EventType, JobStatus
 from .parts import RuntimeParts
 from .store import NewJob, dumps
@@ -91,27 +92,37 @@ class JobAdding(RuntimeParts):
         self._require_started("adding a job")
         spec, opts = self._resolve(task)
         now = self.clock.now()
-        run_at = opts.run_at if opts.run_at is not None else now + (opts.delay or 0.0)
+        limits = self.limits
+        if opts.run_at is not None:
+            run_at = opts.run_at
+        else:
+            run_at = check_time(now + (opts.delay or 0.0), "delay")
         priority = opts.priority if opts.priority is not None else spec.priority
         max_attempts = spec.attempts if opts.attempts == "default" else opts.attempts
         timeout = opts.timeout if opts.timeout is not None else spec.timeout
         retry = opts.retry or spec.retry
         retry_described = None if opts.retry is None else opts.retry.describe()
         retry_json = None if retry_described is None else dumps(retry_described)
-        try:
-            metadata_json = dumps(opts.metadata or {})
-        except (TypeError, ValueError) as exc:
-            raise SerializationError("metadata", str(exc)) from None
+        metadata_json = encode(
+            opts.metadata or {},
+            "metadata",
+            max_bytes=limits.max_metadata_bytes,
+            max_depth=limits.max_depth,
+        )
+        if opts.unique_key is not None:
+            check_text(opts.unique_key, "unique_key", max_bytes=limits.max_key_bytes)
         if len(calls) > 1 and opts.unique_key is not None:
             raise InvalidOption("unique_key", "a unique key applies to one job, not to add_many")
         jobs: list[NewJob] = []
+        what = f"the arguments of task {spec.name!r}"
         for args, kwargs in calls:
             spec.validate(args, kwargs)
-            try:
-                args_json = dumps(list(args))
-                kwargs_json = dumps(kwargs)
-            except (TypeError, ValueError) as exc:
-                raise SerializationError(f"the arguments of task {spec.name!r}", str(exc)) from None
+            args_json = encode(
+                list(args), what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+            )
+            kwargs_json = encode(
+                kwargs, what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+            )
             jobs.append(
                 NewJob(
                     task=spec.name,

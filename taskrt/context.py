@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .definitions import TaskSpec
+from .limits import check_progress
 from .models import JobInfo, JobStatus
 from .retry import RetryPolicy
 
@@ -226,7 +227,12 @@ class JobContext:
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
     ) -> Awaitable[None]:
-        """Report progress; returns at once (awaiting it is optional and free)."""
+        """Report progress; returns at once (awaiting it is optional and free).
+
+        A value that cannot be stored (not a finite number, text that is not
+        UTF-8 or too long) raises ``InvalidOption`` here, in the caller.
+        """
+        current, total, message = check_progress(current, total, message, self._rt.limits)
         if threading.get_ident() == self._thread:
             self._rt._report(self._state, current, total, message)
         else:

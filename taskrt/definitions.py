@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
 from .errors import InvalidOption, ValidationError
+from .limits import DEFAULT_LIMITS, INT64_MAX, check_int64, check_number, check_text, check_time
 from .retry import NO_DELAY, RetryPolicy, parse_attempts, parse_duration, parse_retry
 
 CallStyle = Literal["context", "id", "plain"]
@@ -172,11 +173,13 @@ def make_options(
             run_at = run_at.timestamp()
         elif isinstance(run_at, bool) or not isinstance(run_at, int | float):
             raise InvalidOption("run_at", f"expected a datetime or epoch seconds, found {run_at!r}")
-        run_at = float(run_at)
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise InvalidOption("priority", f"expected an integer, found {priority!r}")
-    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-        raise InvalidOption("unique_key", f"expected a non-empty string, found {unique_key!r}")
+        run_at = check_time(float(check_number(run_at, "run_at")), "run_at")
+    if priority is not None:
+        priority = check_int64(priority, "priority")
+    if unique_key is not None:
+        if not isinstance(unique_key, str) or not unique_key:
+            raise InvalidOption("unique_key", f"expected a non-empty string, found {unique_key!r}")
+        check_text(unique_key, "unique_key", max_bytes=DEFAULT_LIMITS.max_key_bytes)
     if attempts != "default":
         attempts = parse_attempts(attempts)
     retry_policy = None if retry is None else parse_retry(retry)
@@ -187,7 +190,7 @@ def make_options(
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
     if job_id is not None and (
-        isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 1
+        isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= INT64_MAX
     ):
         raise InvalidOption("job_id", f"expected a positive integer, found {job_id!r}")
     return Options(
@@ -278,6 +281,7 @@ def make_spec(
         )
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise InvalidOption("priority", f"expected an integer, found {priority!r}", source=source)
+    check_int64(priority, "priority")
     return TaskSpec(
         name=task_name,
         handler=handler,

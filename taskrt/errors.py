@@ -141,6 +141,27 @@ class StoreError(TaskrtError):
     code = "store_error"
 
 
+class StoreUnavailable(StoreError):
+    """The database takes no writes now (disk full, locked, I/O error); nothing was stored.
+
+    Transient: state changes already accepted are kept and written once the
+    database recovers; an ``add`` refused with this may be tried again.
+    """
+
+    code = "store_unavailable"
+    http_status = 503
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"the database {path!r} cannot be written now: {reason}")
+
+    def to_dict(self) -> dict[str, Any]:
+        # No path: it is the server's business (the log has it).
+        message = f"the database cannot be written now: {self.reason}"
+        return {"code": self.code, "message": message, "reason": self.reason}
+
+
 class OwnershipError(TaskrtError):
     """Another live runtime with workers owns this database."""
 
@@ -194,6 +215,12 @@ class Retry(Exception):
         delay: float | None = None,
         record_error: bool = True,
     ) -> None:
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not 0 <= delay <= 3_155_760_000  # a hundred years; NaN fails too
+        ):
+            raise InvalidOption("delay", f"expected 0 to 3155760000 seconds, found {delay!r}")
         super().__init__(message)
         self.delay = delay
         self.record_error = record_error

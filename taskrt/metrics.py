@@ -160,6 +160,33 @@ class RuntimeCollector(Collector):
             misfires.add_metric([name], n)
         yield misfires
 
+        health = self.rt.health()
+        yield GaugeMetricFamily(
+            f"{p}_store_healthy",
+            "1 while the database takes writes; 0 while state changes wait in memory.",
+            value=1 if health.ok else 0,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_store_retained_writes",
+            "State changes kept in memory until the database takes writes again.",
+            value=health.retained,
+        )
+        yield CounterMetricFamily(
+            f"{p}_store_failed_writes",
+            "Write batches the database refused for now (each is tried again).",
+            value=health.failed_writes,
+        )
+        stalls = self.rt.loop_watchdog.statistics()
+        yield CounterMetricFamily(
+            f"{p}_loop_stalls",
+            "Times the event loop was blocked longer than the stall threshold.",
+            value=stalls.stalls,
+        )
+        yield CounterMetricFamily(
+            f"{p}_loop_stall_seconds",
+            "Seconds the event loop spent blocked in stalls over the threshold.",
+            value=stalls.total,
+        )
         yield GaugeMetricFamily(
             f"{p}_runtime_started",
             "1 while the runtime is started.",

@@ -202,6 +202,28 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """Whether the database takes writes; ``rt.health()``, ``/health`` and the metrics read it.
+
+    While ``ok`` is false, state changes are kept in memory (``retained`` of
+    them) and written again with backoff; ``add`` is refused with
+    ``StoreUnavailable``. ``outages`` counts the episodes so far and
+    ``last_outage`` gives how long the last one that ended lasted, in seconds.
+    """
+
+    ok: bool
+    error: str | None = None
+    since: float | None = None
+    retained: int = 0
+    failed_writes: int = 0
+    outages: int = 0
+    last_outage: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class PoolStatistics:
     """A snapshot of one pool; the tests, the HTTP route and the metrics read it."""
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .counters import Counters
     from .definitions import TaskSpec
     from .events import Broker
+    from .limits import Limits
     from .models import JobInfo
     from .pool import Pool
     from .scheduler import Scheduler
@@ -33,6 +34,7 @@ class RuntimeParts:
         counters: Counters
         clock: Clock
         workers: bool
+        limits: Limits
         abandon_after: float
         instrumentation: Instrumentation | None
         schedules: Scheduler

@@ -22,6 +22,13 @@ Design notes:
    once and ``job.cancelled`` turns true so the handler may stop early; the
    slot stays taken until the thread returns (note 3), so no more threads run
    than the pool's concurrency.
+5. **The attempt is charged before the handler runs.** Starting a job queues
+   its RUNNING row (attempt number included) and the runner waits for that
+   commit before it calls the handler, so a handler that kills the process on
+   its first line still counts as an interrupted attempt, and recovery
+   eventually fails it as orphaned instead of starting it forever. Jobs that
+   start in the same moment share the commit (group commit), so this costs
+   one commit of latency, not one per job. The timeout starts with the handler.
 """
 
 from __future__ import annotations
@@ -158,6 +165,10 @@ class Pool:
             failed=self.failed,
         )
 
+    def running_jobs(self) -> list[tuple[int, str]]:
+        """(job id, task name) of the jobs running now; copies first, so another thread may call it."""
+        return [(s.id, s.task) for s in list(self._running.values())]
+
     @property
     def waiting(self) -> int:
         return len(self._queued)
@@ -225,8 +236,10 @@ class Pool:
     def _dispatch(self) -> None:
         """Start a runner for each free slot while jobs are ready (note 1)."""
         while (state := self._take()) is not None:
-            self._begin(state)
-            state.task_handle = asyncio.create_task(self._runner(state), name=f"taskrt-{self.name}")
+            charged = self._begin(state)
+            task = asyncio.create_task(self._runner(state, charged), name=f"taskrt-{self.name}")
+            task.add_done_callback(self._runner_ended)
+            state.task_handle = task
 
     def _take(self) -> JobState | None:
         """The next ready job if a slot is free: highest priority, then oldest."""
@@ -245,11 +258,12 @@ class Pool:
 
     # -- running (notes 2-4) ------------------------------------------------------
 
-    def _begin(self, state: JobState) -> None:
+    def _begin(self, state: JobState) -> asyncio.Future[None]:
+        """Mark the job started; the future resolves once its attempt is charged on disk."""
         self._running[state.id] = state
-        self._rt._on_start(state)
+        return self._rt._on_start(state)
 
-    async def _runner(self, state: JobState) -> None:
+    async def _runner(self, state: JobState, charged: asyncio.Future[None]) -> None:
         """Run jobs one after another while there are any (note 2).
 
         A runner keeps its slot and takes the next ready job itself, so a busy
@@ -260,7 +274,7 @@ class Pool:
         assert task is not None
         last_yield = time.monotonic()
         while True:
-            await self._execute(state)
+            await self._execute(state, charged)
             if state.abandoned:
                 return
             if task.cancelling():
@@ -277,21 +291,41 @@ class Pool:
             if nxt is None:
                 return
             state = nxt
-            self._begin(state)
+            charged = self._begin(state)
             state.task_handle = task
             now = time.monotonic()
             if now - last_yield > _YIELD_EVERY:
                 await asyncio.sleep(0)
                 last_yield = now
 
-    async def _execute(self, state: JobState) -> None:
+    def _runner_ended(self, task: asyncio.Task[None]) -> None:
+        """A runner that died holding a job (note 2) still ends that job's attempt.
+
+        A cancel or timeout that reaches a runner before its first step (the
+        loop had not run it yet) ends it without running any of its code.
+        """
+        error = None if task.cancelled() else task.exception()
+        if not task.cancelled() and error is None:
+            return
+        for state in [s for s in self._running.values() if s.task_handle is task]:
+            if state.cancel_requested or state.timed_out or state.shutdown:
+                outcome = self._interrupted(state)
+            else:
+                outcome = Outcome("error", error=error or asyncio.CancelledError())
+            self._finish(state, outcome)
+        self._dispatch()
+
+    async def _execute(self, state: JobState, charged: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
         timeout = state.timeout
-        if timeout is not None:
-            state.watchdog = loop.call_later(timeout, self._expire, state)
         outcome: Outcome
         instrumentation = self._rt.instrumentation
         try:
+            # The attempt is charged on disk before the handler runs (note 5);
+            # shielded: the future is the whole write batch's, not this job's.
+            await asyncio.shield(charged)
+            if timeout is not None:
+                state.watchdog = loop.call_later(timeout, self._expire, state)
             if instrumentation is None:
                 result = await self._call(state, loop)
             else:  # e.g. a tracing span around the attempt (taskrt.tracing)

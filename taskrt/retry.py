@@ -11,6 +11,7 @@ wait before attempt ``n + 1``. Three shapes are accepted everywhere a policy is
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidOption
+from .limits import INT64_MAX, MAX_DURATION
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -34,7 +36,7 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
             raise InvalidOption(
                 field, f"a duration cannot be negative, found {value!r}", source=source
             )
-        return float(value)
+        return _bounded(value, value, field, source)
     if not isinstance(value, str):
         raise InvalidOption(
             field, f"expected a duration like '30s', found {type(value).__name__}", source=source
@@ -53,7 +55,7 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
             raise InvalidOption(
                 field, f"expected a duration of 0 or more seconds, found {value!r}", source=source
             )
-        return number
+        return _bounded(number, value, field, source)
     pos = 0
     total = 0.0
     for match in _PART.finditer(text):
@@ -68,7 +70,23 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
             "(e.g. '200ms', '30s', '1h30m')",
             source=source,
         )
-    return total
+    return _bounded(total, value, field, source)
+
+
+def _bounded(seconds: float, given: Any, field: str, source: str | None) -> float:
+    """Finite seconds, at most a hundred years (``limits`` note 1)."""
+    try:
+        number = float(seconds)
+    except OverflowError:
+        number = math.inf
+    if not (math.isfinite(number) and number <= MAX_DURATION):
+        raise InvalidOption(
+            field,
+            f"expected a finite duration of at most {MAX_DURATION:.0f} seconds (100 years), "
+            f"found {given!r}",
+            source=source,
+        )
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +108,11 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if self.delays:
             return self.delays[min(attempt, len(self.delays)) - 1]
-        value = self.base * self.factor ** max(0, attempt - 1)
+        try:
+            value = self.base * self.factor ** max(0, attempt - 1)
+        except OverflowError:
+            value = MAX_DURATION
+        value = min(value, MAX_DURATION)  # finite, whatever the attempt number
         if self.cap is not None:
             value = min(value, self.cap)
         if self.jitter:
@@ -140,9 +162,15 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
             )
         base = parse_duration(value.get("base", 1), field=f"{field}.base", source=source)
         factor = value.get("factor", 2)
-        if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 1:
+        if (
+            not isinstance(factor, int | float)
+            or isinstance(factor, bool)
+            or not 1 <= factor <= 1000  # NaN fails too
+        ):
             raise InvalidOption(
-                f"{field}.factor", f"expected a number >= 1, found {factor!r}", source=source
+                f"{field}.factor",
+                f"expected a number from 1 to 1000, found {factor!r}",
+                source=source,
             )
         cap = value.get("cap")
         jitter = value.get("jitter", 0)
@@ -169,7 +197,7 @@ def parse_attempts(value: Any, *, field: str = "attempts", source: str | None = 
     """``None`` for unlimited (given as ``None`` or ``-1``), else a positive int."""
     if value is None or value == -1:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT64_MAX:
         raise InvalidOption(
             field,
             f"expected a positive integer, or -1 for unlimited, found {value!r}",

@@ -56,6 +56,7 @@ from .errors import (
     TaskrtError,
 )
 from .events import Broker
+from .limits import DEFAULT_LIMITS, Limits
 from .models import (
     TERMINAL,
     AttemptInfo,
@@ -64,6 +65,7 @@ from .models import (
     JobStatus,
     Page,
     Stats,
+    StoreHealth,
 )
 from .pool import DEFAULT_CONCURRENCY, Pool
 from .retention import DEFAULT_AGES
@@ -71,6 +73,7 @@ from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import Store, Synchronous
 from .stream import JobStream, snapshot_event
 from .transitions import JobLogAdapter, JobTransitions, job_logger, retry_policy_of
+from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from .tracing import Instrumentation
@@ -105,8 +108,23 @@ class Runtime(JobAdding, JobTransitions):
         replay: int = 128,
         default_concurrency: int = DEFAULT_CONCURRENCY,
         tracing: bool = False,
+        limits: Limits | None = None,
+        max_recoveries: int = MAX_RECOVERIES,
+        stall_threshold: float = 1.0,
     ) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidOption("limits", f"expected a taskrt.Limits, found {limits!r}")
+        if (
+            isinstance(max_recoveries, bool)
+            or not isinstance(max_recoveries, int)
+            or max_recoveries < 0
+        ):
+            raise InvalidOption(
+                "max_recoveries", f"expected an integer of 0 or more, found {max_recoveries!r}"
+            )
         self.path = str(path)
+        self.limits = limits or DEFAULT_LIMITS
+        self.max_recoveries = max_recoveries
         self.workers = workers
         self.clock: Clock = clock or SystemClock()
         self.grace = grace
@@ -118,6 +136,9 @@ class Runtime(JobAdding, JobTransitions):
         self._root = root
         self._executor = executor
         self.store = Store(self.path, synchronous=synchronous, progress_interval=progress_interval)
+        self.store.on_rejected = self._write_refused
+        # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
+        self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker = Broker(buffer=subscriber_buffer, replay=replay)
         self.counters = Counters()
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
@@ -342,6 +363,7 @@ class Runtime(JobAdding, JobTransitions):
         self._started = True
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self.loop_watchdog.start(self._loop)
         if self.workers:
             self._workers_on = True
             self._lease_task = asyncio.create_task(self._lease_loop(), name="taskrt-lease")
@@ -384,17 +406,21 @@ class Runtime(JobAdding, JobTransitions):
         if self._background:
             await asyncio.wait(list(self._background), timeout=self.grace)
         try:
-            await self.store.flush()
-            if self.workers:
+            if self.workers and not self.store.failing:
+                await self.store.settle()
                 await sql.release_lease(self.store, self._owner)
+        except TaskrtError as exc:
+            # Not releasing is safe: the lease expires, the next start recovers.
+            log.error("taskrt: releasing the ownership lease of %s failed: %s", self.path, exc)
         finally:
-            await self.store.close()
+            await self.store.close(patience=self.grace)
             for pool in pools:
                 pool.close()
             self.broker.close_all()
             self._live.clear()
             self._unique.clear()
             self._started = False
+            self.loop_watchdog.stop()
 
     async def _take_lease(self) -> None:
         # A lease row left behind means its owner died without stopping cleanly.
@@ -440,7 +466,7 @@ class Runtime(JobAdding, JobTransitions):
             [
                 (sql.SQL_SEQ_GAP, (gap, gap)),
                 (sql.SQL_INTERRUPT_ATTEMPTS, (now, now)),
-                (sql.SQL_RECOVER, (MAX_RECOVERIES,)),
+                (sql.SQL_RECOVER, (self.max_recoveries,)),
                 (sql.SQL_SCHEDULE_ORPHANS, ()),  # failures of their schedules (scheduler note 6)
                 (sql.SQL_ORPHAN, (now,)),
             ],
@@ -514,10 +540,18 @@ class Runtime(JobAdding, JobTransitions):
             raise JobNotFound(job_id)
         return info
 
+    def _running_jobs(self) -> list[tuple[int, str]]:
+        """(id, task) of every running job; called from the watchdog's thread."""
+        return [job for pool in list(self._pools.values()) for job in pool.running_jobs()]
+
+    def health(self) -> StoreHealth:
+        """Whether the database takes writes (a snapshot; ``/health`` and the metrics read it)."""
+        return self.store.health()
+
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         """The record of every attempt of the job (start, end, outcome, error, traceback)."""
         info = await self.get(job_id)
-        await self.store.flush()
+        await self.store.settle()
         records = await self.store.attempts(job_id)
         if info.status is JobStatus.RUNNING and info.started_at is not None:
             # The running attempt is written when it ends (store note 7).
@@ -557,7 +591,7 @@ class Runtime(JobAdding, JobTransitions):
             if state.status is JobStatus.WAITING:
                 self._pools[state.pool].remove(state)
                 self._finalize(state, JobStatus.CANCELLED, {})
-                await self.store.flush()
+                await self.store.settle()
                 return state.info()
             if state.status is JobStatus.RUNNING:
                 self._pools[state.pool].cancel_running(state)
@@ -591,7 +625,7 @@ class Runtime(JobAdding, JobTransitions):
                 self.store, [(sql.SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))]
             )
             return await self.get(job_id)
-        await self.store.flush()
+        await self.store.settle()
         holder = None if info.unique_key is None else self._unique.get(info.unique_key)
         if holder is not None and holder != job_id:
             # Refused before writing: the unique index would fail the whole write batch.
@@ -614,7 +648,7 @@ class Runtime(JobAdding, JobTransitions):
         self._emit(
             state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now}
         )
-        await self._write_waiting(state)
+        await self.store.settle(self._write_waiting(state))
         self.pool(info.pool).push(state)
         return state.info()
 
@@ -641,7 +675,7 @@ class Runtime(JobAdding, JobTransitions):
                 raise InvalidOption(
                     "cursor", f"expected a cursor from a previous page, found {cursor!r}"
                 ) from None
-        await self.store.flush()
+        await self.store.settle()
         rows = await self.store.list_jobs(
             status=statuses,
             pool=pool,
@@ -658,7 +692,7 @@ class Runtime(JobAdding, JobTransitions):
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
         """Counts by status, success rate, mean and p95 duration (seconds)."""
         self._require_started("statistics")
-        await self.store.flush()
+        await self.store.settle()
         raw = await self.store.stats(since, until)
         counts = {s.value: int(raw["counts"].get(s.value, 0)) for s in JobStatus}
         done = counts["SUCCESS"] + counts["FAILURE"]

@@ -34,6 +34,22 @@ Design notes:
    tests/test_dashboard.py).
 6. **Reads** use a second connection (WAL readers never block the writer), except
    for ``:memory:`` databases, which exist per connection.
+9. **A failed write is kept, never dropped.** When the database takes no
+   writes for now (disk full, locked past the busy timeout, an I/O error:
+   ``_TRANSIENT_CODES``), the batch's state changes stay queued, first in the
+   next batch, and are written again with backoff (20 ms doubling to 1 s)
+   until they commit; their futures resolve only then. Adds in that batch are
+   refused at once with ``StoreUnavailable`` (nothing acknowledged is lost, and
+   the caller may try again). ``health()`` says so meanwhile; the first commit
+   after the outage logs its length and checkpoints the WAL. Terminal writes
+   are idempotent (note 4), so writing one again is safe. Closing keeps trying
+   for ``patience`` seconds, then logs what it gives up.
+10. **One bad write fails alone.** Any other failure of a batch is the fault of
+    one of its parts: the batch is written again with each part (an add, a
+    statement, a progress row) under its own savepoint. A refused add fails
+    its own caller; a refused statement is logged and handed to
+    ``on_rejected``; everything else commits. Values are checked before they
+    are queued (``taskrt.limits``), so this is the last line, not the first.
 """
 
 from __future__ import annotations
@@ -43,19 +59,21 @@ import contextlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiosqlite
 
-from .errors import DuplicateJobId, InvalidOption, StoreError
+from .errors import DuplicateJobId, InvalidOption, StoreError, StoreUnavailable
 from .models import (
     TRANSITIONS,
     AttemptInfo,
     AttemptOutcome,
     JobInfo,
     JobStatus,
+    StoreHealth,
 )
 
 log = logging.getLogger("taskrt.store")
@@ -216,6 +234,25 @@ class _Batch:
     )
     statements: list[tuple[str, tuple[Any, ...], int | None]] = field(default_factory=list)
     committed: asyncio.Future[None] | None = None
+    # Futures of earlier batches whose writes failed and ride along with this one (note 9).
+    earlier: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def retain(self, failed: _Batch) -> None:
+        """Put ``failed``'s statements first, so every job's writes keep their order."""
+        self.statements[:0] = failed.statements
+        self.earlier[:0] = failed.earlier
+        if failed.committed is not None:
+            self.earlier.insert(len(failed.earlier), failed.committed)
+
+    def settle(self, error: BaseException | None) -> None:
+        futures = [*self.earlier, self.committed] if self.committed else self.earlier
+        for fut in futures:
+            if not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+                    fut.exception()  # logged by the store; nobody need await it
 
 
 class Store:
@@ -246,8 +283,20 @@ class Store:
         self._write_lock = asyncio.Lock()
         self._progress_timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._close_deadline = 0.0
         self.batches = 0
         self.rows_written = 0
+        # Health (note 9): the error of the outage in progress, and totals.
+        self._failing: BaseException | None = None
+        self._failing_since: float | None = None
+        self._failing_at = 0.0
+        self._unhealthy = asyncio.Event()
+        self._retained = 0
+        self.failed_writes = 0
+        self.outages = 0
+        self.last_outage: float | None = None
+        # Told of a statement the database refused on its own (note 10).
+        self.on_rejected: Callable[[int | None, str, BaseException], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -271,6 +320,10 @@ class Store:
         self._progress = {}
         self._progress_timer = None
         self._closing = False
+        self._unhealthy = asyncio.Event()
+        self._failing = None
+        self._failing_since = None
+        self._retained = 0
         self._writer = asyncio.create_task(self._write_loop(), name="taskrt-store-writer")
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -286,9 +339,15 @@ class Store:
         await db.execute_fetchall("PRAGMA foreign_keys = ON")
         return db
 
-    async def close(self) -> None:
-        """Write everything queued, then close the connections."""
+    async def close(self, patience: float = 10.0) -> None:
+        """Write everything queued, then close the connections.
+
+        While the database takes no writes, queued state changes are tried
+        again for up to ``patience`` seconds, then given up (and logged): a
+        restart runs those jobs again (at-least-once).
+        """
         self._closing = True
+        self._close_deadline = time.monotonic() + patience
         self._wake.set()
         if self._writer is not None:
             await self._writer
@@ -296,12 +355,66 @@ class Store:
         await self._close_connections()
 
     async def _close_connections(self) -> None:
-        if self._reader is not None and self._reader is not self._db:
-            await self._reader.close()
-        if self._db is not None:
-            await self._db.close()
+        for conn in {id(c): c for c in (self._reader, self._db) if c is not None}.values():
+            try:
+                await conn.close()
+            except sqlite3.Error as exc:
+                log.error("taskrt: closing %s failed: %s", self.path, exc)
         self._reader = None
         self._db = None
+
+    # -- health (note 9) ------------------------------------------------------
+
+    def health(self) -> StoreHealth:
+        failing = self._failing
+        return StoreHealth(
+            ok=failing is None,
+            error=None if failing is None else _reason(failing),
+            since=self._failing_since,
+            retained=self._retained,
+            failed_writes=self.failed_writes,
+            outages=self.outages,
+            last_outage=self.last_outage,
+        )
+
+    @property
+    def failing(self) -> bool:
+        return self._failing is not None
+
+    def _outage(self, exc: BaseException, retained: int) -> None:
+        self.failed_writes += 1
+        self._retained = retained
+        if self._failing is None:
+            self._failing_since = time.time()
+            self._failing_at = time.monotonic()
+            self.outages += 1
+            self._unhealthy.set()
+            log.error(
+                "taskrt: writes to %s fail: %s; %d state change(s) kept in memory and "
+                "written again as soon as the database takes writes",
+                self.path,
+                _reason(exc),
+                retained,
+            )
+        self._failing = exc
+
+    async def _recovered(self) -> None:
+        self.last_outage = time.monotonic() - self._failing_at
+        log.warning(
+            "taskrt: writes to %s resumed after %.2fs (%d state change(s) written)",
+            self.path,
+            self.last_outage,
+            self._retained,
+        )
+        self._failing = None
+        self._failing_since = None
+        self._retained = 0
+        self._unhealthy = asyncio.Event()
+        # The WAL may have grown (or failed to checkpoint) while the disk was full.
+        try:
+            await self.db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("taskrt: checkpointing %s after the outage failed: %s", self.path, exc)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -357,7 +470,28 @@ class Store:
         fut = self.write("SELECT 1", ())
         await fut
 
+    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
+        """Wait for ``fut`` (default: everything queued so far) unless the database fails.
+
+        For reads that overlay the in-memory truth of live jobs: during an
+        outage they go on with what is committed instead of waiting (note 9).
+        """
+        if self._failing is not None:
+            return
+        if fut is None:
+            fut = self.write("SELECT 1", ())
+        if fut.done():
+            return
+        unhealthy: asyncio.Future[Any] = asyncio.ensure_future(self._unhealthy.wait())
+        try:
+            await asyncio.wait([fut, unhealthy], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            unhealthy.cancel()
+        if fut.done() and not fut.cancelled() and fut.exception() is not None:
+            raise fut.exception()  # type: ignore[misc]
+
     async def _write_loop(self) -> None:
+        backoff = _BACKOFF_FIRST
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -371,30 +505,76 @@ class Store:
                     self._progress_timer.cancel()
                     self._progress_timer = None
             if batch.inserts or batch.statements or progress:
-                await self._apply(batch, progress)
+                if not await self._apply(batch, progress):
+                    # Kept (note 9): first in the next batch, older progress under newer.
+                    self._batch.retain(batch)
+                    self._progress = {**progress, **self._progress}
+                    if self._closing and time.monotonic() >= self._close_deadline:
+                        self._give_up()
+                        return
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    self._wake.set()
+                    continue
+                backoff = _BACKOFF_FIRST
             if self._closing and not self._batch.inserts and not self._batch.statements:
                 if self._progress:
-                    progress, self._progress = self._progress, {}
-                    await self._apply(_Batch(), progress)
+                    self._wake.set()  # the last coalesced progress, in one more turn
+                    continue
                 return
+
+    def _give_up(self) -> None:
+        """Closing with the database still failing: what is kept is lost (logged)."""
+        batch, self._batch = self._batch, _Batch()
+        error = StoreUnavailable(self.path, _reason(self._failing or RuntimeError("closed")))
+        log.error(
+            "taskrt: %d state change(s) were not written to %s before it closed (%s); "
+            "the jobs they belong to run again after a restart",
+            len(batch.statements) + len(self._progress),
+            self.path,
+            error.reason,
+        )
+        self._progress = {}
+        for _, fut in batch.inserts:
+            if not fut.done():
+                fut.set_exception(error)
+        batch.settle(error)
 
     async def _apply(
         self, batch: _Batch, progress: dict[int, tuple[float, float, str, int]]
-    ) -> None:
+    ) -> bool:
+        """Write one batch; False when the database takes no writes (kept, note 9)."""
         async with self._write_lock:
+            rejected: list[tuple[int | None, str, BaseException]] = []
+            failure: BaseException | None = None
             try:
                 results = await _in_thread(self.db, self._apply_sync, batch, progress)
             except Exception as exc:
-                error = StoreError(f"write to {self.path!r} failed: {exc}")
-                error.__cause__ = exc
-                log.exception("taskrt: a write batch failed")
+                failure = exc
+            if failure is not None and not _transient(failure):
+                # One part of the batch is bad: write the parts one by one (note 10).
+                log.warning("taskrt: a write batch failed (%s); writing its parts apart", failure)
+                try:
+                    results, rejected = await _in_thread(
+                        self.db, self._apply_isolated, batch, progress
+                    )
+                except Exception as exc:
+                    failure = exc
+                else:
+                    failure = None
+            if failure is not None:
+                # Adds are not kept: their callers learn now that nothing was stored.
+                error = StoreUnavailable(self.path, _reason(failure))
+                error.__cause__ = failure
                 for _, fut in batch.inserts:
                     if not fut.done():
                         fut.set_exception(error)
-                if batch.committed is not None and not batch.committed.done():
-                    batch.committed.set_exception(error)
-                return
+                batch.inserts.clear()
+                self._outage(failure, len(batch.statements) + len(self._batch.statements))
+                return False
         self.batches += 1
+        if self._failing is not None:
+            await self._recovered()
         inserted = results
         pos = 0
         for jobs, fut in batch.inserts:
@@ -402,8 +582,17 @@ class Store:
             pos += len(jobs)
             if not fut.done():
                 fut.set_result(part)
-        if batch.committed is not None and not batch.committed.done():
-            batch.committed.set_result(None)
+        batch.settle(None)
+        for job_id, statement, refusal in rejected:
+            log.error(
+                "taskrt: the database refused a write of job %s (%s): %s",
+                job_id,
+                statement.split(" SET ")[0].split(" (")[0],
+                refusal,
+            )
+            if self.on_rejected is not None:
+                self.on_rejected(job_id, statement, refusal)
+        return True
 
     def _apply_sync(
         self, batch: _Batch, progress: dict[int, tuple[float, float, str, int]]
@@ -423,10 +612,44 @@ class Store:
             inserted = _insert_jobs(conn, [jobs for jobs, _ in batch.inserts])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self.rows_written += len(inserted) + len(batch.statements) + len(progress)
         return inserted
+
+    def _apply_isolated(
+        self, batch: _Batch, progress: dict[int, tuple[float, float, str, int]]
+    ) -> tuple[list[InsertResult | BaseException], list[tuple[int | None, str, BaseException]]]:
+        """The batch again, each part under its own savepoint (note 10).
+
+        A part the database refuses is rolled back alone: an add's caller gets
+        the error, a refused statement is reported; the rest commits.
+        """
+        conn = self.db._conn
+        rejected: list[tuple[int | None, str, BaseException]] = []
+        results: list[InsertResult | BaseException] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for progress_id, (c, t, m, s) in progress.items():
+                _, error = _in_savepoint(conn, conn.execute, _PROGRESS, (c, t, m, s, progress_id))
+                if error is not None:
+                    rejected.append((progress_id, "progress", error))
+            for statement, params, job_id in batch.statements:
+                _, error = _in_savepoint(conn, conn.execute, statement, params)
+                if error is not None:
+                    rejected.append((job_id, statement, error))
+            for jobs, _ in batch.inserts:
+                out, error = _in_savepoint(conn, _insert_jobs, conn, [jobs])
+                if error is not None:
+                    refused = StoreError(f"the database refused the job: {error}")
+                    refused.__cause__ = error
+                    out = [refused] * len(jobs)
+                results.extend(out)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return results, rejected
 
     # -- transactions --------------------------------------------------------
 
@@ -438,15 +661,23 @@ class Store:
         """
         async with self._write_lock:
             db = self.db
-            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute_fetchall("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
             conn = Connection(db)
             try:
                 yield conn
             except BaseException:
-                await db.execute("ROLLBACK")
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
                 raise
             else:
-                await db.execute("COMMIT")
+                try:
+                    await db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    await _in_thread(db, _rollback, db._conn)
+                    raise _store_error(self.path, exc) from exc
 
     async def insert_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert jobs inside an open transaction (transactional enqueue)."""
@@ -601,6 +832,8 @@ class Connection:
         try:
             return list(await self._db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
+            if _transient(exc):
+                raise StoreUnavailable("the database", _reason(exc)) from exc
             raise StoreError(f"{exc} (in: {sql})") from exc
 
     async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
@@ -724,6 +957,74 @@ def _insert_jobs(
         results.extend(group_results)
     conn.executemany(_INSERT_JOB, rows)
     return results
+
+
+# -- failures (notes 9, 10) ----------------------------------------------------
+
+_BACKOFF_FIRST = 0.02
+_BACKOFF_MAX = 1.0
+# Primary result codes that say the database cannot take writes *now*; anything
+# else (a constraint, a value SQLite cannot bind) is the fault of one write.
+_TRANSIENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    """True when ``exc`` says the database takes no writes for now (note 9)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and (
+        code is None or (code & 0xFF) in _TRANSIENT_CODES
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _store_error(path: str, exc: BaseException) -> StoreError:
+    """``StoreUnavailable`` when the database takes no writes now, else ``StoreError``."""
+    if _transient(exc):
+        return StoreUnavailable(path, _reason(exc))
+    return StoreError(f"write to {path!r} failed: {exc}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if SQLite has not already (a full disk ends the transaction itself)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the first error is the one worth raising
+            log.warning("taskrt: rollback failed: %s", exc)
+
+
+def _in_savepoint(
+    conn: sqlite3.Connection, fn: Callable[..., Any], *args: Any
+) -> tuple[Any, BaseException | None]:
+    """``fn(*args)`` under a savepoint: (its result, None), or (None, the error) rolled back.
+
+    A transient error is raised: it is the database's, not this part's.
+    """
+    conn.execute("SAVEPOINT taskrt_part")
+    try:
+        result = fn(*args)
+    except Exception as exc:
+        if _transient(exc) or not conn.in_transaction:
+            raise
+        conn.execute("ROLLBACK TO taskrt_part")
+        conn.execute("RELEASE taskrt_part")
+        return None, exc
+    conn.execute("RELEASE taskrt_part")
+    return result, None
 
 
 def _json_path(key: str) -> str:
@@ -861,7 +1162,7 @@ async def take_lease(store: Store, owner: str, now: float, ttl: float) -> tuple[
             conn.execute("COMMIT")
             return True, owner, now + ttl
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     async with store._write_lock:
@@ -874,7 +1175,12 @@ async def take_lease(store: Store, owner: str, now: float, ttl: float) -> tuple[
 
 async def release_lease(store: Store, owner: str) -> None:
     async with store._write_lock:
-        await store.db.execute("DELETE FROM lease WHERE id = 1 AND owner = ?", (owner,))
+        try:
+            await store.db.execute_fetchall(
+                "DELETE FROM lease WHERE id = 1 AND owner = ?", (owner,)
+            )
+        except sqlite3.Error as exc:
+            raise _store_error(store.path, exc) from exc
 
 
 async def run_script(store: Store, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
@@ -887,14 +1193,14 @@ async def run_script(store: Store, statements: Sequence[tuple[str, Sequence[Any]
             conn.execute("COMMIT")
             return counts
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     async with store._write_lock:
         try:
             result: list[int] = await _in_thread(store.db, work, store.db._conn)
         except sqlite3.Error as exc:
-            raise StoreError(f"write to {store.path!r} failed: {exc}") from exc
+            raise _store_error(store.path, exc) from exc
     return result
 
 

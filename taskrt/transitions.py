@@ -19,12 +19,21 @@ from . import store as sql
 from .adding import Transaction
 from .context import DONE, JobState
 from .definitions import TaskSpec
-from .errors import Fatal, InvalidOption, InvalidTransition, Retry, SerializationError, TaskrtError
+from .errors import (
+    Fatal,
+    InvalidOption,
+    InvalidTransition,
+    Retry,
+    SerializationError,
+    StoreError,
+    StoreUnavailable,
+    TaskrtError,
+)
+from .limits import check_progress, encode, safe_text
 from .models import STATUS_EVENT, TERMINAL, AttemptOutcome, Event, EventType, JobInfo, JobStatus
 from .parts import RuntimeParts
 from .pool import Outcome
 from .retry import RetryPolicy, parse_retry
-from .store import dumps
 
 if TYPE_CHECKING:
     pass
@@ -67,7 +76,7 @@ class JobTransitions(RuntimeParts):
             )
         return seq
 
-    def _on_start(self, state: JobState) -> None:
+    def _on_start(self, state: JobState) -> asyncio.Future[None]:
         now = self.clock.now()
         attempt = state.attempts + 1
         state.status = JobStatus.RUNNING
@@ -76,7 +85,7 @@ class JobTransitions(RuntimeParts):
         state.finished_at = None
         state._snapshot = None
         seq = self._emit(state, EventType.STARTED, {"attempt": attempt})
-        self.store.write(sql.SQL_START, (attempt, now, seq, state.id), job_id=state.id)
+        return self.store.write(sql.SQL_START, (attempt, now, seq, state.id), job_id=state.id)
 
     def _report(
         self, state: JobState, current: float, total: float | None, message: str | None
@@ -117,8 +126,10 @@ class JobTransitions(RuntimeParts):
         ``await rt.progress(...)`` from a coroutine; a sync handler running in a
         worker thread may call it without ``await`` (the report is handed to
         the event loop). Never waits on the disk. Raises ``InvalidTransition``
-        when the job is not running here (``JobNotFound`` when there is none).
+        when the job is not running here (``JobNotFound`` when there is none),
+        ``InvalidOption`` for a value that cannot be stored.
         """
+        current, total, message = check_progress(current, total, message, self.limits)
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
             loop.call_soon_threadsafe(self._report_by_id, job_id, current, total, message)
@@ -172,10 +183,20 @@ class JobTransitions(RuntimeParts):
     def _on_attempt_end(self, state: JobState, outcome: Outcome) -> None:
         attempt = state.attempts
         if outcome.kind == "success":
+            limits = self.limits
             try:
-                result_json = None if outcome.result is None else dumps(outcome.result)
-            except (TypeError, ValueError) as exc:
-                outcome = Outcome("error", error=SerializationError("the result", str(exc)))
+                result_json = (
+                    None
+                    if outcome.result is None
+                    else encode(
+                        outcome.result,
+                        "the result",
+                        max_bytes=limits.max_result_bytes,
+                        max_depth=limits.max_depth,
+                    )
+                )
+            except SerializationError as exc:
+                outcome = Outcome("error", error=exc)
             else:
                 self._record_attempt(state, AttemptOutcome.SUCCESS)
                 self._finalize(
@@ -195,13 +216,14 @@ class JobTransitions(RuntimeParts):
             return
         failure = outcome.error
         assert failure is not None
-        error = _describe(failure)
+        error = safe_text(_describe(failure), self.limits.max_error_bytes)
+        tb = None if outcome.tb is None else safe_text(outcome.tb, self.limits.max_error_bytes)
         record = not (isinstance(failure, Retry) and not failure.record_error)
         if outcome.kind == "timeout":
             kind = AttemptOutcome.TIMEOUT
         else:
             kind = AttemptOutcome.ERROR if record else AttemptOutcome.RETRY
-        self._record_attempt(state, kind, error if record else None, outcome.tb if record else None)
+        self._record_attempt(state, kind, error if record else None, tb if record else None)
         job_log = job_logger(state)
         max_attempts = state.max_attempts
         spent = max_attempts is not None and attempt >= max_attempts
@@ -268,6 +290,27 @@ class JobTransitions(RuntimeParts):
         now = self.clock.now()
         state.update(status=JobStatus.FAILURE, error=error, finished_at=now)
         info = state.info()
+        delay = 0.02
+        while True:
+            try:
+                await self._fail_with_hook(state, error, now, info, hook)
+                break
+            except StoreUnavailable:
+                # Never drop a state (store note 9): the database will take it later.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except StoreError:
+                job_logger(info).exception(
+                    "taskrt: the on_failed transaction of job %d failed; stored without it",
+                    info.id,
+                )
+                self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
+                return
+        self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error, write=False)
+
+    async def _fail_with_hook(
+        self, state: JobState, error: str, now: float, info: JobInfo, hook: Callable[..., Any]
+    ) -> None:
         async with self.store.transaction() as conn:
             await conn.execute(sql.SQL_FAILURE, self._failure_params(state, error, now))
             await conn.execute("SAVEPOINT taskrt_on_failed")
@@ -279,7 +322,6 @@ class JobTransitions(RuntimeParts):
                 job_logger(info).exception("taskrt: the on_failed hook of job %d raised", info.id)
                 await conn.execute("ROLLBACK TO taskrt_on_failed")
             await conn.execute("RELEASE taskrt_on_failed")
-        self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error, write=False)
 
     def _failure_params(self, state: JobState, error: str, now: float) -> tuple[Any, ...]:
         return (
@@ -357,6 +399,23 @@ class JobTransitions(RuntimeParts):
                 waiting = self._forgetting[fut] = []
                 fut.add_done_callback(self._forget)
             waiting.append(state)
+
+    def _write_refused(self, job_id: int | None, statement: str, error: BaseException) -> None:
+        """The database refused one write of a job (store note 10); the store logged it.
+
+        A refused SUCCESS would leave the job RUNNING on disk and run it again
+        after a restart: it is stored as a FAILURE that says why instead.
+        """
+        state = None if job_id is None else self._live.get(job_id)
+        if state is None or statement != sql.SQL_SUCCESS:
+            return
+        reason = safe_text(f"its result could not be stored: {error}", self.limits.max_error_bytes)
+        state.update(status=JobStatus.FAILURE, error=reason, result=None)
+        self.store.write(
+            sql.SQL_FAILURE,
+            self._failure_params(state, reason, state.finished_at or self.clock.now()),
+            job_id=state.id,
+        )
 
     def _forget(self, fut: asyncio.Future[None]) -> None:
         states = self._forgetting.pop(fut, [])

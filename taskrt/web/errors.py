@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import QueueFull, RuntimeNotStarted, TaskrtError
+from ..errors import QueueFull, RuntimeNotStarted, StoreUnavailable, TaskrtError
 
 log = logging.getLogger("taskrt.web")
 
@@ -81,7 +81,7 @@ def taskrt_error_response(exc: TaskrtError, *, retry_after: int) -> Response:
     if isinstance(exc, RuntimeNotStarted):
         # The app is mounted but the host's lifespan never started the runtime.
         status = 503
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, QueueFull | StoreUnavailable):
         headers["Retry-After"] = str(retry_after)
     if status >= 500 and status != 503:
         # The server's own failure (the database, say): the details, such as

@@ -15,17 +15,34 @@ group = EndpointGroup("system", "Health, statistics and tasks.")
 
 @group.get(
     "/health",
-    summary="Liveness: 200 while the runtime is started (no authentication)",
+    summary="200 while the runtime is started and its database takes writes (no authentication)",
     access="public",
     replies={
-        200: Reply("the runtime is started", {"type": "object"}),
-        503: Reply("the runtime is not started", ref("Error")),
+        200: Reply("the runtime is started and its database takes writes", {"type": "object"}),
+        503: Reply(
+            "the runtime is not started (an Error), or its database takes no writes now: "
+            '`{"status": "failing", "store": {...}}` (state changes wait in memory)',
+            {"type": "object"},
+        ),
     },
     needs_runtime=False,
 )
 async def health(api: Api, request: Request) -> Response:
     if not api.runtime.started:
         raise ApiError(503, "not_started", "the runtime is not started")
+    store = api.runtime.health()
+    if not store.ok:
+        # No path in the answer: only the kind of failure and what waits.
+        body = {
+            "status": "failing",
+            "store": {
+                "ok": False,
+                "error": store.error,
+                "retained": store.retained,
+                "since": store.since,
+            },
+        }
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ok"})
 
 

@@ -1,0 +1,222 @@
+"""What a value must be to be stored: the checks every edge runs (plain values).
+
+Every number and string that reaches the store passes through here first, in
+the caller's own call, so that one bad value is refused with a clear error
+instead of failing a write batch that other jobs share.
+
+Design notes:
+
+1. **Numbers are finite and fit the column.** Progress, durations and times
+   are finite floats; an integer is kept as it is while it fits SQLite's
+   64-bit INTEGER, otherwise it is turned into a float (``10**400`` fits
+   neither and is refused). Times lie between 1970 and the year 9999, so
+   every front end can show them as dates.
+2. **Strings are valid UTF-8.** A Python string may hold a lone surrogate
+   (``"\\ud800"``), which SQLite cannot store and JSON cannot carry. Checked
+   only when a string is not ASCII (one ``isascii`` call on the hot path).
+   Text that taskrt writes itself from an exception (errors, tracebacks) is
+   repaired instead of refused (``safe_text``): the job must still fail.
+3. **JSON values are bounded.** Arguments, metadata and results are encoded
+   once, with ``allow_nan=False``; their nesting depth is checked before the
+   encoder runs (so 10,000 nested lists are a ``SerializationError``, not a
+   ``RecursionError``) and their encoded size after, in bytes.
+4. **The limits are one value.** ``Limits`` is frozen; ``Runtime(limits=...)``
+   sets them for the Python API and the HTTP API alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidOption, SerializationError
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last second a date can show
+MAX_DURATION = 100 * 365.25 * 86_400.0  # a hundred years, in seconds
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of what a job may carry (note 4). Sizes are encoded UTF-8 bytes."""
+
+    max_depth: int = 32
+    max_args_bytes: int = 1 << 20
+    max_metadata_bytes: int = 64 << 10
+    max_result_bytes: int = 4 << 20
+    max_message_bytes: int = 64 << 10
+    max_key_bytes: int = 1 << 10
+    max_error_bytes: int = 64 << 10
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOption(
+                    f"limits.{name}", f"expected a positive integer, found {value!r}"
+                )
+
+
+DEFAULT_LIMITS = Limits()
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def utf8_size(text: str) -> int:
+    """The UTF-8 size of ``text``; raises ``UnicodeEncodeError`` for a lone surrogate."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8"))
+
+
+def _too_deep(value: Any, budget: int) -> bool:
+    """True when ``value`` nests more than ``budget`` containers deep (cycles included)."""
+    if type(value) in _SCALARS:
+        return False
+    if budget <= 0:
+        return isinstance(value, dict | list | tuple)
+    if isinstance(value, dict):
+        return any(_too_deep(v, budget - 1) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_too_deep(v, budget - 1) for v in value)
+    return False
+
+
+def encode(value: Any, what: str, *, max_bytes: int, max_depth: int) -> str:
+    """Compact JSON of ``value``, refused with ``SerializationError`` naming ``what`` (note 3)."""
+    if not value and (value == () or value == [] or value == {}):
+        return "{}" if isinstance(value, dict) else "[]"
+    if _too_deep(value, max_depth):
+        raise SerializationError(what, f"it is nested more than {max_depth} levels deep")
+    try:
+        text = _encoder.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(what, str(exc)) from None
+    try:
+        size = utf8_size(text)
+    except UnicodeEncodeError:
+        raise SerializationError(
+            what, "it contains a string that is not valid UTF-8 (a lone surrogate)"
+        ) from None
+    if size > max_bytes:
+        raise SerializationError(what, f"it is {size} bytes encoded; the limit is {max_bytes}")
+    return text
+
+
+def check_text(value: Any, field: str, *, max_bytes: int) -> str:
+    """A string that SQLite and JSON can hold, at most ``max_bytes`` long (note 2)."""
+    if not isinstance(value, str):
+        raise InvalidOption(field, f"expected a string, found {type(value).__name__}")
+    try:
+        size = utf8_size(value)
+    except UnicodeEncodeError:
+        raise InvalidOption(
+            field, f"expected valid UTF-8 text, found a lone surrogate in {value!r}"
+        ) from None
+    if size > max_bytes:
+        raise InvalidOption(field, f"expected at most {max_bytes} bytes, found {size}")
+    return value
+
+
+def safe_text(text: str, max_bytes: int) -> str:
+    """``text`` made storable: lone surrogates escaped, cut to ``max_bytes`` (note 2)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(text.encode("utf-8")) > max_bytes:
+            cut = text.encode("utf-8")[: max_bytes - 3].decode("utf-8", "ignore")
+            return cut + "..."
+    elif len(text) > max_bytes:
+        return text[: max_bytes - 3] + "..."
+    return text
+
+
+def check_number(value: Any, field: str) -> float | int:
+    """A finite number that fits a SQLite column (note 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOption(field, f"expected a number, found {value!r}")
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+        return value
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidOption(field, f"expected a finite number, found {_short(value)}") from None
+    if not math.isfinite(number):
+        raise InvalidOption(field, f"expected a finite number, found {value!r}")
+    return number
+
+
+def check_int64(value: Any, field: str) -> int:
+    """An integer within SQLite's 64-bit range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOption(field, f"expected an integer, found {_short(value)}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidOption(
+            field, f"expected an integer from {INT64_MIN} to {INT64_MAX}, found {_short(value)}"
+        )
+    return value
+
+
+def check_time(value: float, field: str) -> float:
+    """Epoch seconds between 1970 and the year 9999 (note 1)."""
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_TIME):
+        raise InvalidOption(
+            field,
+            f"expected a time between 1970 and the year 9999 (epoch seconds), found {value!r}",
+        )
+    return value
+
+
+def check_duration(value: float, field: str) -> float:
+    """Finite seconds from 0 to a hundred years (note 1)."""
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_DURATION):
+        raise InvalidOption(
+            field, f"expected a duration from 0 to {MAX_DURATION:.0f} seconds, found {value!r}"
+        )
+    return value
+
+
+def check_progress(
+    current: Any, total: Any, message: Any, limits: Limits
+) -> tuple[float | int, float | int | None, str | None]:
+    """The arguments of a progress report, checked in the reporter's own call."""
+    current = check_number(current, "current")
+    if total is not None:
+        total = check_number(total, "total")
+    if message is not None:
+        message = check_text(message, "message", max_bytes=limits.max_message_bytes)
+    return current, total, message
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print (Python's digit limit)
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_DURATION",
+    "MAX_TIME",
+    "Limits",
+    "check_duration",
+    "check_int64",
+    "check_number",
+    "check_progress",
+    "check_text",
+    "check_time",
+    "encode",
+    "safe_text",
+    "utf8_size",
+]
