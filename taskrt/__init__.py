@@ -22,10 +22,12 @@ from .errors import (
     RuntimeNotStarted,
     SerializationError,
     StoreError,
+    StoreUnavailable,
     TaskNotFound,
     TaskrtError,
     ValidationError,
 )
+from .limits import Limits
 from .models import (
     TERMINAL,
     AttemptInfo,
@@ -37,6 +39,7 @@ from .models import (
     Page,
     PoolStatistics,
     Stats,
+    StoreHealth,
 )
 from .pool import Pool
 from .retry import RetryPolicy, parse_duration, parse_retry
@@ -73,6 +76,7 @@ __all__ = [
     "JobStatus",
     "JobStream",
     "JobTimeout",
+    "Limits",
     "OwnershipError",
     "Page",
     "Pool",
@@ -92,6 +96,8 @@ __all__ = [
     "SerializationError",
     "Stats",
     "StoreError",
+    "StoreHealth",
+    "StoreUnavailable",
     "SystemClock",
     "Task",
     "TaskCall",

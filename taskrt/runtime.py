@@ -111,6 +111,7 @@ class Runtime(JobAdding, JobTransitions):
         limits: Limits | None = None,
         max_recoveries: int = MAX_RECOVERIES,
         stall_threshold: float = 1.0,
+        busy_timeout: float = 5.0,
     ) -> None:
         if limits is not None and not isinstance(limits, Limits):
             raise InvalidOption("limits", f"expected a taskrt.Limits, found {limits!r}")
@@ -135,7 +136,12 @@ class Runtime(JobAdding, JobTransitions):
         self._tasks_path = tasks
         self._root = root
         self._executor = executor
-        self.store = Store(self.path, synchronous=synchronous, progress_interval=progress_interval)
+        self.store = Store(
+            self.path,
+            synchronous=synchronous,
+            progress_interval=progress_interval,
+            busy_timeout=busy_timeout,
+        )
         self.store.on_rejected = self._write_refused
         # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
@@ -406,8 +412,8 @@ class Runtime(JobAdding, JobTransitions):
         if self._background:
             await asyncio.wait(list(self._background), timeout=self.grace)
         try:
-            if self.workers and not self.store.failing:
-                await self.store.settle()
+            await self.store.settle()
+            if self.workers:
                 await sql.release_lease(self.store, self._owner)
         except TaskrtError as exc:
             # Not releasing is safe: the lease expires, the next start recovers.

@@ -20,7 +20,9 @@ Design notes (cited where they apply):
 2. **Frames are encoded once, as bytes.** ``frame`` writes ``id``, ``event``
    and a single ``data`` line of compact JSON (JSON escapes newlines, so one
    line always suffices); sse-starlette passes bytes through untouched. An
-   event's JSON is computed once however many streams send it (``_Encoded``).
+   event's JSON is computed once however many streams send it (``_Encoded``),
+   and kept as bytes (its ``event`` and ``data`` lines), so each stream only
+   adds its ``id`` line.
 3. **Every buffer is bounded.** Between the broker and the socket sit the
    subscription's buffer (``stream_buffer`` events; it conflates stale
    progress and never drops a terminal event, see ``taskrt.events`` note 2)
@@ -36,6 +38,16 @@ Design notes (cited where they apply):
    ``asyncio.timeout`` and raises the same ``SendTimeoutError``. (Should a
    later sse-starlette rename that method, its own timeout applies: same
    behaviour, a little slower.)
+6. **Data that cannot be sent does not break a stream.** Values are checked
+   where they enter (``taskrt.limits``); this is the defence behind that. The
+   JSON is written with ``allow_nan=False`` and encoded to UTF-8, and only if
+   that fails (a lone surrogate such as ``"\\ud800"``, a NaN or an infinity, a
+   key JSON cannot have) is the event written again for that frame alone
+   (``encode_data``): ASCII with ``\\uXXXX`` escapes, non-finite numbers as
+   ``null``, other keys as text; failing even that, the event without its
+   data. The wire always carries valid JSON, the stream goes on, and the
+   other streams never see the failure. The common case pays nothing: one
+   ``json.dumps`` and one ``encode``, as before.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -60,8 +73,53 @@ log = logging.getLogger("taskrt.web")
 RECONNECT_MS = 1000
 
 
+_COMPACT = (",", ":")
+#: An event's own fields: what the last resort of ``encode_data`` keeps (note 6).
+_ENVELOPE = ("job_id", "seq", "type", "task", "pool", "status", "at")
+
+
+def encode_data(value: dict[str, Any], prefix: str = "", suffix: str = "") -> bytes:
+    """``prefix``, ``value`` as one line of compact JSON, ``suffix``: UTF-8, whatever
+    ``value`` holds (note 6)."""
+    try:
+        text = json.dumps(
+            value, separators=_COMPACT, ensure_ascii=False, allow_nan=False, default=str
+        )
+        return f"{prefix}{text}{suffix}".encode()
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        pass
+    log.warning(
+        "taskrt.web: event %s/%s has data JSON cannot carry as it is; sent escaped",
+        value.get("job_id"),
+        value.get("seq"),
+    )
+    try:
+        data = _ascii_json(_sendable(value))
+    except (ValueError, TypeError, RecursionError):
+        data = _ascii_json(_sendable({key: value[key] for key in _ENVELOPE if key in value}))
+    return f"{prefix}{data}{suffix}".encode()
+
+
+def _ascii_json(value: Any) -> str:
+    return json.dumps(value, separators=_COMPACT, ensure_ascii=True, allow_nan=False, default=str)
+
+
+def _sendable(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None`` and dict keys JSON can have."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {
+            key if isinstance(key, str | int | bool) or key is None else str(key): _sendable(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_sendable(item) for item in value]
+    return value
+
+
 class _Encoded:
-    """The JSON of the last few events, by identity (note 2).
+    """The last few events' frames but for their ``id`` line, by identity (note 2).
 
     Many streams on one job send the same ``Event`` object one after another;
     it is encoded once. Keyed by ``id`` and checked with ``is``, so a recycled
@@ -70,13 +128,13 @@ class _Encoded:
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
-        self._entries: OrderedDict[int, tuple[Event, str]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[Event, bytes]] = OrderedDict()
 
-    def __call__(self, event: Event) -> str:
+    def __call__(self, event: Event) -> bytes:
         entry = self._entries.get(id(event))
         if entry is not None and entry[0] is event:
             return entry[1]
-        data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
+        data = encode_data(event.to_dict(), f"event: {event.type.value}\ndata: ", "\n\n")
         self._entries[id(event)] = (event, data)
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
@@ -87,9 +145,9 @@ _encoded = _Encoded()
 
 
 def frame(event: Event, event_id: str, *, retry: int | None = None) -> bytes:
-    """One SSE frame for ``event`` (note 2)."""
-    head = f"retry: {retry}\n" if retry is not None else ""
-    return f"{head}id: {event_id}\nevent: {event.type.value}\ndata: {_encoded(event)}\n\n".encode()
+    """One SSE frame for ``event`` (notes 2 and 6)."""
+    head = f"retry: {retry}\nid: {event_id}\n" if retry is not None else f"id: {event_id}\n"
+    return head.encode() + _encoded(event)
 
 
 def _heartbeat() -> ServerSentEvent:
@@ -198,4 +256,4 @@ def _client(scope: Scope) -> str:
     return f"{client[0]}:{client[1]}" if client else "a client"
 
 
-__all__ = ["RECONNECT_MS", "EventStream", "StreamSlots", "frame"]
+__all__ = ["RECONNECT_MS", "EventStream", "StreamSlots", "encode_data", "frame"]

@@ -1,0 +1,261 @@
+"""Faults of the environment: a full disk, a lock held too long, a process that dies,
+a handler that blocks the loop. No state may be dropped, and every job completes
+once the fault is gone, without a restart (store notes 9 and 10, pool note 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from core_support import db_file, rows, until
+
+from taskrt import JobContext, JobStatus, Runtime, StoreUnavailable
+from taskrt.web import create_app
+
+
+async def _fill_disk(rt: Runtime) -> None:
+    """The database may not grow by a single page (a portable full disk)."""
+    pages = (await rt.store.db.execute_fetchall("PRAGMA page_count"))[0][0]
+    await rt.store.db.execute_fetchall(f"PRAGMA max_page_count = {pages}")
+
+
+async def _free_disk(rt: Runtime) -> None:
+    await rt.store.db.execute_fetchall("PRAGMA max_page_count = 1073741823")
+
+
+def _big_runtime(tmp_path: Path, **options: Any) -> tuple[Runtime, asyncio.Event]:
+    rt = Runtime(db_file(tmp_path), **options)
+    gate = asyncio.Event()
+
+    @rt.task(pool="work")
+    async def big(job: JobContext, n: int) -> str:
+        await job.progress(1, 2, "waiting")
+        await gate.wait()
+        return "x" * 20_000 + str(n)  # needs new pages to be stored
+
+    rt.pool("work", concurrency=20)
+    return rt, gate
+
+
+async def test_a_full_disk_keeps_every_state_and_recovers_without_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt, gate = _big_runtime(tmp_path)
+    async with rt:
+        ids = [await rt.pool("work").add("big", i) for i in range(11)]
+        await until(lambda: rt.pool("work").running == 11)
+        await rt.store.flush()  # every attempt charged on disk
+        await _fill_disk(rt)
+        gate.set()
+
+        # Every job finishes in memory and rt.wait returns, though nothing is written.
+        infos = [await rt.wait(i, timeout=5) for i in ids]
+        assert {i.status for i in infos} == {JobStatus.SUCCESS}
+        await until(lambda: not rt.health().ok)
+        health = rt.health()
+        assert "database or disk is full" in (health.error or "")
+        assert health.retained > 0
+        on_disk = rows(rt.path, "SELECT status FROM jobs")
+        assert {s for (s,) in on_disk} == {"RUNNING"}
+        # Reads show the in-memory truth, never going back in time.
+        assert (await rt.get(ids[0])).status is JobStatus.SUCCESS
+        page = await rt.jobs(limit=50)
+        assert {j.status for j in page.jobs} == {JobStatus.SUCCESS}
+
+        # A new add is refused at once with the real error; nothing is half-stored.
+        with pytest.raises(StoreUnavailable, match="database or disk is full"):
+            await rt.pool("work").add("big", 99)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(rt)), base_url="http://testserver"
+        ) as client:
+            r = await client.get("/health")
+            assert r.status_code == 503
+            assert r.json()["status"] == "failing"
+            r = await client.post("/jobs", json={"task": "big", "args": [100]})
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "store_unavailable"
+            assert str(tmp_path) not in r.text
+
+            freed = time.monotonic()
+            await _free_disk(rt)
+            await until(lambda: rt.health().ok, timeout=3)
+            recovered_in = time.monotonic() - freed
+            assert (await client.get("/health")).status_code == 200
+
+        assert recovered_in < 1.5  # backoff is capped at 1 s
+        await rt.store.flush()
+        stored = dict(rows(rt.path, "SELECT id, status FROM jobs"))
+        assert stored == {i: "SUCCESS" for i in ids}
+        assert rt.health().outages == 1
+        assert rt.health().last_outage is not None
+        results = dict(rows(rt.path, "SELECT id, length(result) FROM jobs"))
+        assert all(n > 20_000 for n in results.values())
+        # And the store takes new work again.
+        gate.set()
+        new = await rt.pool("work").add("big", 12)
+        assert (await rt.wait(new, timeout=5)).status is JobStatus.SUCCESS
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("cannot rollback" in m for m in messages)
+    assert any("database or disk is full" in m for m in messages)
+    assert any("resumed after" in m for m in messages)
+    # The WAL was checkpointed once the disk had room again.
+    assert os.path.getsize(rt.path + "-wal") < 200_000 if os.path.exists(rt.path + "-wal") else True
+
+
+async def test_a_lock_held_past_the_busy_timeout_delays_writes_and_drops_none(
+    tmp_path: Path,
+) -> None:
+    rt = Runtime(db_file(tmp_path), busy_timeout=0.1)
+    gate = asyncio.Event()
+
+    @rt.task(pool="work")
+    async def wait_gate(job: JobContext, n: int) -> int:
+        await gate.wait()
+        return n
+
+    rt.pool("work", concurrency=10)
+    async with rt:
+        ids = [await rt.pool("work").add(wait_gate, i) for i in range(10)]
+        await until(lambda: rt.pool("work").running == 10)
+        await rt.store.flush()
+        other = sqlite3.connect(rt.path, isolation_level=None, timeout=0)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            gate.set()
+            infos = [await rt.wait(i, timeout=5) for i in ids]
+            assert [i.result for i in infos] == list(range(10))
+            await until(lambda: not rt.health().ok, timeout=3)
+            assert "locked" in (rt.health().error or "")
+            with pytest.raises(StoreUnavailable):
+                await rt.pool("work").add(wait_gate, 99)
+            await asyncio.sleep(0.5)  # the lock is held longer than the busy timeout
+            assert not rt.health().ok
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        await until(lambda: rt.health().ok, timeout=3)
+        await rt.store.flush()
+        assert dict(rows(rt.path, "SELECT id, status FROM jobs")) == {i: "SUCCESS" for i in ids}
+
+
+async def test_stopping_while_the_disk_is_full_gives_up_after_grace_and_a_restart_runs_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt, gate = _big_runtime(tmp_path, grace=0.3)
+    async with rt:
+        job = await rt.pool("work").add("big", 1)
+        await until(lambda: rt.pool("work").running == 1)
+        await rt.store.flush()
+        await _fill_disk(rt)
+        gate.set()
+        assert (await rt.wait(job, timeout=5)).status is JobStatus.SUCCESS
+        await until(lambda: not rt.health().ok)
+        started = time.monotonic()
+    assert time.monotonic() - started < 3  # stop() neither hangs nor raises
+    assert any("were not written" in r.getMessage() for r in caplog.records)
+    assert rows(rt.path, "SELECT status FROM jobs") == [("RUNNING",)]
+
+    # At-least-once: the next start recovers the job and runs it again.
+    again, gate2 = _big_runtime(tmp_path)
+    gate2.set()
+    async with again:
+        info = await again.wait(job, timeout=5)
+        assert info.status is JobStatus.SUCCESS
+        assert info.recoveries == 1
+        assert info.attempts == 2
+
+
+POISON_PILL = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from taskrt import Runtime
+
+    rt = Runtime(sys.argv[1], max_recoveries=2, lease_ttl=0.5)
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p", call="plain")
+    async def pill() -> None:
+        os._exit(17)  # dies on its first line, every time
+
+    @rt.task(pool="p", call="plain")
+    async def fine(n: int) -> int:
+        return n
+
+    async def main() -> None:
+        async with rt:
+            if sys.argv[2] == "add":
+                rt.pool("p").pause()  # all six are stored before the pill can run
+                await rt.pool("p").add(pill)
+                for n in range(5):
+                    await rt.pool("p").add(fine, n)
+                rt.pool("p").resume()
+            while True:
+                page = await rt.jobs(status=["WAITING", "RUNNING"])
+                if not page.jobs:
+                    return
+                await asyncio.sleep(0.02)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_poison_pill_that_kills_the_process_is_failed_after_its_recoveries(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "pill.py"
+    script.write_text(POISON_PILL)
+    path = db_file(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    codes = []
+    for run in range(6):
+        mode = "add" if run == 0 else "run"
+        # A supervisor restarting the process; the lease of a dead owner expires in 0.5 s.
+        time.sleep(0.6 if run else 0)
+        done = subprocess.run(
+            [sys.executable, str(script), path, mode], env=env, timeout=20, capture_output=True
+        )
+        codes.append(done.returncode)
+        if done.returncode == 0:
+            break
+    # Three attempts charged before the handler ran, then orphaned; the others ran.
+    assert codes == [17, 17, 17, 0], codes
+    jobs = rows(path, "SELECT id, task, status, attempts, recoveries, error FROM jobs ORDER BY id")
+    pill = jobs[0]
+    assert pill[1:5] == ("pill", "FAILURE", 3, 2)
+    assert "orphaned" in pill[5]
+    assert [(task, status) for _, task, status, *_ in jobs[1:]] == [("fine", "SUCCESS")] * 5
+    interrupted = rows(path, "SELECT count(*) FROM attempts WHERE job_id = 1")
+    assert interrupted == [(3,)]
+
+
+async def test_a_handler_that_blocks_the_loop_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = Runtime(db_file(tmp_path), stall_threshold=0.2)
+
+    @rt.task(pool="slow")
+    async def blocker(job: JobContext) -> None:
+        time.sleep(0.6)
+
+    caplog.set_level(logging.WARNING, logger="taskrt")
+    async with rt:
+        job = await rt.pool("slow").add(blocker)
+        await rt.wait(job, timeout=5)
+        await until(lambda: rt.loop_watchdog.statistics().stalls >= 1, timeout=2)
+        from taskrt.metrics import exposition, registry
+
+        text = exposition(registry(rt))[0].decode()
+    during = [r.getMessage() for r in caplog.records if "has been blocked" in r.getMessage()]
+    assert during and f"job {job} (blocker)" in during[0]
+    assert "taskrt_loop_stalls_total 1.0" in text
