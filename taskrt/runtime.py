@@ -87,7 +87,30 @@ SEQ_GAP_AFTER_CRASH = 1_000_000
 
 
 class Runtime(JobAdding, JobTransitions):
-    """One per process: ``async with Runtime("app.db") as rt: ...``."""
+    """One per process: ``async with Runtime("app.db") as rt: ...``.
+
+    Options (all keyword-only):
+
+    - ``workers``: run jobs here (the owner) or only add and read (a client).
+    - ``synchronous``: ``"normal"`` survives a process crash, ``"full"`` a power loss.
+    - ``clock``: time source (``FakeClock`` in tests); ``tasks``, ``root``,
+      ``executor``: task files to load at start.
+    - ``grace``: seconds running jobs get to finish at stop (and that queued
+      writes get while the database fails); ``abandon_after``: seconds a
+      handler may ignore its cancellation.
+    - ``lease_ttl``, ``poll_interval``: ownership lease and client polling.
+    - ``progress_interval``: how long progress writes are coalesced.
+    - ``subscriber_buffer``, ``replay``: event buffers per subscriber and job.
+    - ``default_concurrency``: of pools declared without one.
+    - ``tracing``: OpenTelemetry spans (``taskrt[otel]``).
+    - ``limits``: what a job may carry (``taskrt.Limits``: depth, sizes).
+    - ``max_recoveries``: restarts a job may be interrupted by before it fails
+      as orphaned (its attempt is charged before the handler runs).
+    - ``stall_threshold``: seconds the event loop may be blocked before the
+      watchdog logs the running jobs (``taskrt.watchdog``).
+    - ``busy_timeout``: seconds a write waits for another process's lock
+      before the batch is kept and tried again (store note 9).
+    """
 
     def __init__(
         self,
