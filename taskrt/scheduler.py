@@ -493,7 +493,7 @@ class Scheduler:
     async def statistics(self) -> ScheduleStatistics:
         """Active and paused counts, next fire times, fires and failures per schedule."""
         self._rt._require_started("schedule statistics")
-        await self._rt.store.flush()  # pending FAILURE writes feed the counts (note 6)
+        await self._rt.store.settle()  # pending FAILURE writes feed the counts (note 6)
         infos = await self.list()
         upcoming = [i.next_run_at for i in infos if i.next_run_at is not None and not i.paused]
         return ScheduleStatistics(

@@ -498,7 +498,7 @@ class Store:
             batch, self._batch = self._batch, _Batch()
             progress: dict[int, tuple[float, float, str, int]] = {}
             if self._progress and (
-                self._progress_timer is None or batch.inserts or batch.statements
+                self._progress_timer is None or batch.inserts or batch.statements or self._closing
             ):
                 progress, self._progress = self._progress, {}
                 if self._progress_timer is not None:

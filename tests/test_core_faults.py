@@ -259,3 +259,67 @@ async def test_a_handler_that_blocks_the_loop_is_reported(
     during = [r.getMessage() for r in caplog.records if "has been blocked" in r.getMessage()]
     assert during and f"job {job} (blocker)" in during[0]
     assert "taskrt_loop_stalls_total 1.0" in text
+
+
+async def test_a_write_that_slipped_past_the_checks_fails_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Store note 10: the batch is written again part by part; only the bad part fails."""
+    from taskrt import StoreError
+    from taskrt import store as sql
+
+    rt = Runtime(db_file(tmp_path))
+    gate = asyncio.Event()
+
+    @rt.task(pool="work")
+    async def echo(job: JobContext, n: int) -> int:
+        await gate.wait()
+        return n
+
+    rt.pool("work", concurrency=60)
+    async with rt:
+        running = await rt.pool("work").add(echo, -1)
+        await until(lambda: rt.pool("work").running == 1)
+        await rt.store.flush()
+        # Fifty adds from other producers: created first, so that their first steps
+        # (which queue their inserts) run before the writer wakes for the poison.
+        adds = [asyncio.ensure_future(rt.pool("work").add(echo, i)) for i in range(50)]
+        batches = rt.store.batches
+        # Values the edges would refuse, queued straight into the store: a progress
+        # SQLite cannot bind, an insert with a lone surrogate, a statement it refuses.
+        rt.store.progress(running, 10**400, 1, "bad", 99)
+        poisoned = rt.store.insert(
+            [
+                sql.NewJob(
+                    task="echo",
+                    pool="work",
+                    args_json='["\ud800"]',
+                    kwargs_json="{}",
+                    max_attempts=1,
+                    priority=0,
+                    metadata_json="{}",
+                    unique_key=None,
+                    created_at=time.time(),
+                    run_at=time.time(),
+                    timeout=None,
+                    retry_json=None,
+                )
+            ]
+        )
+        refused = rt.store.write("INSERT INTO attempts (job_id) VALUES (?)", (running,))
+        [result] = await poisoned
+        assert rt.store.batches == batches + 1  # one batch: the poison beside the adds
+        ids = await asyncio.gather(*adds)
+        assert isinstance(result, StoreError)
+        await refused  # the batch committed: the bad statement was rolled back alone
+        gate.set()
+        infos = [await rt.wait(i, timeout=5) for i in ids]
+        assert [i.result for i in infos] == list(range(50))
+        assert (await rt.wait(running, timeout=5)).status is JobStatus.SUCCESS
+        assert rt.health().ok
+        await rt.store.flush()
+    stored = dict(rows(rt.path, "SELECT id, status FROM jobs"))
+    assert set(stored.values()) == {"SUCCESS"} and len(stored) == 51
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("writing its parts apart" in m for m in messages)
+    assert any(f"refused a write of job {running}" in m for m in messages)
