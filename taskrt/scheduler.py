@@ -59,7 +59,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import store as sql
 from .clock import TimerHandle
 from .definitions import Task, TaskCall, TaskSpec
-from .errors import InvalidOption, SerializationError, StoreError, TaskNotFound, TaskrtError
+from .errors import InvalidOption, StoreError, TaskNotFound, TaskrtError
+from .limits import DEFAULT_LIMITS, check_text, encode
 from .retention import Retention, RetentionStatistics
 from .schedule import CronError, CronSpec, next_fire_ts, parse_cron
 from .store import dumps
@@ -286,10 +287,18 @@ def define(
         tz=tz,
         misfire=misfire,
     )
-    try:
-        definition.stored()
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(f"the arguments of schedule {name!r}", str(exc)) from None
+    # What reaches the schedules table is checked like a job's values (taskrt.limits).
+    for field_name, text in (("name", name), ("task", task_name), ("pool", pool), ("tz", tz)):
+        if text is not None:
+            check_text(text, field_name, max_bytes=DEFAULT_LIMITS.max_key_bytes)
+    what = f"the arguments of schedule {name!r}"
+    for value in (list(args), dict(kwargs or {})):
+        encode(
+            value,
+            what,
+            max_bytes=DEFAULT_LIMITS.max_args_bytes,
+            max_depth=DEFAULT_LIMITS.max_depth,
+        )
     return definition
 
 
