@@ -151,7 +151,14 @@ class JobAdding(RuntimeParts):
         if spec.hooks.next_id is not None and opts.job_id is None:
             for job in jobs:
                 job.job_id = await self._next_id(spec)
-        metadata = dict(opts.metadata or {})
+        # In memory as a read from disk will give it (tuples are lists, keys strings).
+        metadata = (
+            dict(opts.metadata)
+            if opts.metadata
+            and all(type(k) is str for k in opts.metadata)
+            and _plain_kw(opts.metadata)
+            else json.loads(metadata_json)
+        )
 
         def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
             return JobState.new(

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
 from .errors import InvalidOption, ValidationError
-from .limits import DEFAULT_LIMITS, INT64_MAX, check_int64, check_number, check_text, check_time
+from .limits import (
+    DEFAULT_LIMITS,
+    INT64_MAX,
+    check_int64,
+    check_number,
+    check_text,
+    check_time,
+    shown,
+)
 from .retry import NO_DELAY, RetryPolicy, parse_attempts, parse_duration, parse_retry
 
 CallStyle = Literal["context", "id", "plain"]
@@ -172,13 +180,17 @@ def make_options(
                 raise InvalidOption("run_at", "expected a timezone-aware datetime")
             run_at = run_at.timestamp()
         elif isinstance(run_at, bool) or not isinstance(run_at, int | float):
-            raise InvalidOption("run_at", f"expected a datetime or epoch seconds, found {run_at!r}")
+            raise InvalidOption(
+                "run_at", f"expected a datetime or epoch seconds, found {shown(run_at)}"
+            )
         run_at = check_time(float(check_number(run_at, "run_at")), "run_at")
     if priority is not None:
         priority = check_int64(priority, "priority")
     if unique_key is not None:
         if not isinstance(unique_key, str) or not unique_key:
-            raise InvalidOption("unique_key", f"expected a non-empty string, found {unique_key!r}")
+            raise InvalidOption(
+                "unique_key", f"expected a non-empty string, found {shown(unique_key)}"
+            )
         check_text(unique_key, "unique_key", max_bytes=DEFAULT_LIMITS.max_key_bytes)
     if attempts != "default":
         attempts = parse_attempts(attempts)
@@ -192,7 +204,7 @@ def make_options(
     if job_id is not None and (
         isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= INT64_MAX
     ):
-        raise InvalidOption("job_id", f"expected a positive integer, found {job_id!r}")
+        raise InvalidOption("job_id", f"expected a positive integer, found {shown(job_id)}")
     return Options(
         delay=delay,
         run_at=run_at,
@@ -269,18 +281,24 @@ def make_spec(
     if not task_name or not isinstance(task_name, str):
         raise InvalidOption("name", "a task needs a name", source=source)
     if not callable(handler):
-        raise InvalidOption("handler", f"expected a callable, found {handler!r}", source=source)
+        raise InvalidOption(
+            "handler", f"expected a callable, found {shown(handler)}", source=source
+        )
     if not isinstance(pool, str) or not pool:
-        raise InvalidOption("pool", f"expected a non-empty string, found {pool!r}", source=source)
+        raise InvalidOption(
+            "pool", f"expected a non-empty string, found {shown(pool)}", source=source
+        )
     timeout_s = None if timeout is None else parse_duration(timeout, field="timeout", source=source)
     if timeout_s is not None and timeout_s <= 0:
         raise InvalidOption("timeout", "expected a positive duration", source=source)
     if call is not None and call not in ("context", "id", "plain"):
         raise InvalidOption(
-            "call", f"expected 'context', 'id' or 'plain', found {call!r}", source=source
+            "call", f"expected 'context', 'id' or 'plain', found {shown(call)}", source=source
         )
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidOption("priority", f"expected an integer, found {priority!r}", source=source)
+        raise InvalidOption(
+            "priority", f"expected an integer, found {shown(priority)}", source=source
+        )
     check_int64(priority, "priority")
     return TaskSpec(
         name=task_name,

@@ -9,7 +9,8 @@ Design notes:
 1. **Numbers are finite and fit the column.** Progress, durations and times
    are finite floats; an integer is kept as it is while it fits SQLite's
    64-bit INTEGER, otherwise it is turned into a float (``10**400`` fits
-   neither and is refused). Times lie between 1970 and the year 9999, so
+   neither and is refused). Progress is stored in REAL columns, so an integer
+   beyond 2**53 is rounded to a float at once, as a read from disk would. Times lie between 1970 and the year 9999, so
    every front end can show them as dates.
 2. **Strings are valid UTF-8.** A Python string may hold a lone surrogate
    (``"\\ud800"``), which SQLite cannot store and JSON cannot carry. Checked
@@ -58,7 +59,7 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidOption(
-                    f"limits.{name}", f"expected a positive integer, found {value!r}"
+                    f"limits.{name}", f"expected a positive integer, found {shown(value)}"
                 )
 
 
@@ -116,7 +117,7 @@ def check_text(value: Any, field: str, *, max_bytes: int) -> str:
         size = utf8_size(value)
     except UnicodeEncodeError:
         raise InvalidOption(
-            field, f"expected valid UTF-8 text, found a lone surrogate in {value!r}"
+            field, f"expected valid UTF-8 text, found a lone surrogate in {shown(value)}"
         ) from None
     if size > max_bytes:
         raise InvalidOption(field, f"expected at most {max_bytes} bytes, found {size}")
@@ -141,25 +142,25 @@ def safe_text(text: str, max_bytes: int) -> str:
 def check_number(value: Any, field: str) -> float | int:
     """A finite number that fits a SQLite column (note 1)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidOption(field, f"expected a number, found {value!r}")
+        raise InvalidOption(field, f"expected a number, found {shown(value)}")
     if type(value) is int and INT64_MIN <= value <= INT64_MAX:
         return value
     try:
         number = float(value)
     except OverflowError:
-        raise InvalidOption(field, f"expected a finite number, found {_short(value)}") from None
+        raise InvalidOption(field, f"expected a finite number, found {shown(value)}") from None
     if not math.isfinite(number):
-        raise InvalidOption(field, f"expected a finite number, found {value!r}")
+        raise InvalidOption(field, f"expected a finite number, found {shown(value)}")
     return number
 
 
 def check_int64(value: Any, field: str) -> int:
     """An integer within SQLite's 64-bit range."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidOption(field, f"expected an integer, found {_short(value)}")
+        raise InvalidOption(field, f"expected an integer, found {shown(value)}")
     if not INT64_MIN <= value <= INT64_MAX:
         raise InvalidOption(
-            field, f"expected an integer from {INT64_MIN} to {INT64_MAX}, found {_short(value)}"
+            field, f"expected an integer from {INT64_MIN} to {INT64_MAX}, found {shown(value)}"
         )
     return value
 
@@ -169,7 +170,7 @@ def check_time(value: float, field: str) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= MAX_TIME):
         raise InvalidOption(
             field,
-            f"expected a time between 1970 and the year 9999 (epoch seconds), found {value!r}",
+            f"expected a time between 1970 and the year 9999 (epoch seconds), found {shown(value)}",
         )
     return value
 
@@ -178,7 +179,7 @@ def check_duration(value: float, field: str) -> float:
     """Finite seconds from 0 to a hundred years (note 1)."""
     if not (math.isfinite(value) and 0.0 <= value <= MAX_DURATION):
         raise InvalidOption(
-            field, f"expected a duration from 0 to {MAX_DURATION:.0f} seconds, found {value!r}"
+            field, f"expected a duration from 0 to {MAX_DURATION:.0f} seconds, found {shown(value)}"
         )
     return value
 
@@ -187,20 +188,34 @@ def check_progress(
     current: Any, total: Any, message: Any, limits: Limits
 ) -> tuple[float | int, float | int | None, str | None]:
     """The arguments of a progress report, checked in the reporter's own call."""
-    current = check_number(current, "current")
+    current = _real(check_number(current, "current"))
     if total is not None:
-        total = check_number(total, "total")
+        total = _real(check_number(total, "total"))
     if message is not None:
         message = check_text(message, "message", max_bytes=limits.max_message_bytes)
     return current, total, message
 
 
-def _short(value: Any) -> str:
+def _real(number: float | int) -> float | int:
+    """As a REAL column keeps it: an int beyond 2**53 is rounded there, so round it here."""
+    if type(number) is int and not -(1 << 53) <= number <= (1 << 53):
+        return float(number)
+    return number
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message: short, and never failing.
+
+    Python refuses to print an int of more than 4,300 digits (``ValueError``),
+    wherever it is nested; a message must still name the value.
+    """
     try:
         text = repr(value)
-    except ValueError:  # an int too long to print (Python's digit limit)
-        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
-    return text if len(text) <= 60 else text[:57] + "..."
+    except ValueError:
+        if isinstance(value, int):
+            return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+        return f"a {type(value).__name__} holding an integer too long to print"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 __all__ = [
@@ -218,5 +233,6 @@ __all__ = [
     "check_time",
     "encode",
     "safe_text",
+    "shown",
     "utf8_size",
 ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidOption
-from .limits import INT64_MAX, MAX_DURATION
+from .limits import INT64_MAX, MAX_DURATION, shown
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -29,12 +29,12 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
     """Seconds from ``"200ms"``, ``"30s"``, ``"1h30m"``, ``"1d"`` or a number of seconds."""
     if isinstance(value, bool):
         raise InvalidOption(
-            field, f"expected a duration like '30s', found {value!r}", source=source
+            field, f"expected a duration like '30s', found {shown(value)}", source=source
         )
     if isinstance(value, int | float):
         if value < 0:
             raise InvalidOption(
-                field, f"a duration cannot be negative, found {value!r}", source=source
+                field, f"a duration cannot be negative, found {shown(value)}", source=source
             )
         return _bounded(value, value, field, source)
     if not isinstance(value, str):
@@ -53,7 +53,9 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
     else:
         if number < 0 or number != number or number == float("inf"):
             raise InvalidOption(
-                field, f"expected a duration of 0 or more seconds, found {value!r}", source=source
+                field,
+                f"expected a duration of 0 or more seconds, found {shown(value)}",
+                source=source,
             )
         return _bounded(number, value, field, source)
     pos = 0
@@ -66,7 +68,7 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
     if pos != len(text):
         raise InvalidOption(
             field,
-            f"bad duration {value!r}: expected a number with a unit ms, s, m, h or d "
+            f"bad duration {shown(value)}: expected a number with a unit ms, s, m, h or d "
             "(e.g. '200ms', '30s', '1h30m')",
             source=source,
         )
@@ -83,7 +85,7 @@ def _bounded(seconds: float, given: Any, field: str, source: str | None) -> floa
         raise InvalidOption(
             field,
             f"expected a finite duration of at most {MAX_DURATION:.0f} seconds (100 years), "
-            f"found {given!r}",
+            f"found {shown(given)}",
             source=source,
         )
     return number
@@ -138,7 +140,7 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
     if isinstance(value, str) and "," in value:
         parts = [p for p in (s.strip() for s in value.split(",")) if p]
         if not parts:
-            raise InvalidOption(field, f"empty delay list {value!r}", source=source)
+            raise InvalidOption(field, f"empty delay list {shown(value)}", source=source)
         return RetryPolicy(
             delays=tuple(parse_duration(p, field=field, source=source) for p in parts)
         )
@@ -169,7 +171,7 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
         ):
             raise InvalidOption(
                 f"{field}.factor",
-                f"expected a number from 1 to 1000, found {factor!r}",
+                f"expected a number from 1 to 1000, found {shown(factor)}",
                 source=source,
             )
         cap = value.get("cap")
@@ -177,7 +179,7 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
         if not isinstance(jitter, int | float) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
             raise InvalidOption(
                 f"{field}.jitter",
-                f"expected a fraction between 0 and 1, found {jitter!r}",
+                f"expected a fraction between 0 and 1, found {shown(jitter)}",
                 source=source,
             )
         return RetryPolicy(
@@ -188,7 +190,7 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
         )
     raise InvalidOption(
         field,
-        f"expected a duration, a list of durations or {{base, factor, cap, jitter}}, found {value!r}",
+        f"expected a duration, a list of durations or {{base, factor, cap, jitter}}, found {shown(value)}",
         source=source,
     )
 
@@ -200,7 +202,7 @@ def parse_attempts(value: Any, *, field: str = "attempts", source: str | None = 
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT64_MAX:
         raise InvalidOption(
             field,
-            f"expected a positive integer, or -1 for unlimited, found {value!r}",
+            f"expected a positive integer, or -1 for unlimited, found {shown(value)}",
             source=source,
         )
     return value

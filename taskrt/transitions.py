@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -199,8 +200,11 @@ class JobTransitions(RuntimeParts):
                 outcome = Outcome("error", error=exc)
             else:
                 self._record_attempt(state, AttemptOutcome.SUCCESS)
+                result = outcome.result
+                if result_json is not None and type(result) not in _SCALARS:
+                    result = json.loads(result_json)  # what a read from disk will give
                 self._finalize(
-                    state, JobStatus.SUCCESS, {"result": outcome.result}, result_json=result_json
+                    state, JobStatus.SUCCESS, {"result": result}, result_json=result_json
                 )
                 return
         if outcome.kind == "shutdown":
@@ -454,6 +458,9 @@ async def _guard(awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapt
         await awaitable
     except Exception:
         logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def retry_policy_of(info: JobInfo, spec: TaskSpec) -> RetryPolicy:
