@@ -463,6 +463,38 @@ async def test_mounted_under_a_prefix_every_request_carries_it(
         assert seen and all(url.startswith(f"{base}/ops/") for url in seen), seen
 
 
+@in_browser
+async def test_with_the_token_a_page_whose_cookie_is_gone_goes_to_the_login_form(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    """Sign in through the form, lose the cookie (it expired), and the next
+    request sends the page to the form, under the mount's prefix (dashboard.js
+    note 5), instead of a page full of 401s."""
+    token = "dashboard-token-0123456789"
+    host = Starlette(routes=[Mount("/ops", app=create_app(rt, token=token))])
+    async with server(host) as base:
+        context = await browser.new_context(viewport={"width": 1200, "height": 900})
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            await page.goto(f"{base}/ops/dashboard")
+            await expect(page).to_have_url(f"{base}/ops/login")
+            await page.get_by_label("Access token").fill(token)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page).to_have_url(f"{base}/ops/dashboard")
+            await page.locator("body[data-ready=true][data-live=true]").wait_for(timeout=10_000)
+            await expect(page.locator("#banner")).to_be_hidden()
+
+            await context.clear_cookies()  # as if it had expired
+            await page.locator('a.count[data-status="FAILURE"]').click()  # GET /jobs: 401
+            await expect(page).to_have_url(f"{base}/ops/login")
+            await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+            assert errors == []
+        finally:
+            await context.close()
+
+
 async def seed(rt: Runtime, n: int) -> float:
     """``n`` finished jobs straight into the table, in one transaction; returns seconds."""
     began = time.perf_counter()

@@ -11,6 +11,9 @@
 //    re-reads what it shows. Events that arrive while a listing loads are kept
 //    and applied after it, skipping those the listing already reflects (seq).
 // 4. Data is written with textContent, never as HTML.
+// 5. Signed out (a 401: say the login cookie expired): when the app serves the
+//    login form (the built-in token, TASKRT_TOKEN), the page goes there;
+//    otherwise it says so in a banner. Asked once, with HEAD ${ROOT}/login.
 
 const ROOT = document.documentElement.dataset.root || "";
 const STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"];
@@ -134,10 +137,26 @@ async function call(method, path, body) {
   }
   if (!response.ok) {
     const message = data?.error?.message || `${response.status} ${response.statusText}`;
-    if (response.status === 401) showBanner("Not signed in: the API answered 401. The dashboard uses the credentials your browser sends (cookies or HTTP Basic).");
+    if (response.status === 401) signedOut();
     throw new ApiFailure(response.status, message, data);
   }
   return data;
+}
+
+let loginForm = null; // a promise: whether the app serves ${ROOT}/login (note 5)
+
+function signedOut() {
+  loginForm ??= fetch(`${ROOT}/login`, { method: "HEAD", credentials: "same-origin", cache: "no-store" }).then(
+    (response) => response.ok,
+    () => {
+      loginForm = null; // the server cannot be reached: ask again next time
+      return false;
+    },
+  );
+  loginForm.then((served) => {
+    if (served) location.assign(`${ROOT}/login`);
+    else showBanner("Not signed in: the API answered 401. The dashboard uses the credentials your browser sends (cookies or HTTP Basic).");
+  });
 }
 
 function toast(message, kind = "") {
@@ -287,7 +306,9 @@ function connect() {
   source.addEventListener("error", () => {
     if (source.readyState === EventSource.CLOSED) {
       // The server refused the stream (401, 503 ...): try again later, ourselves.
+      // A JSON call tells a 401 apart, which sends the page to sign in (note 5).
       setConn("down", `offline · retrying in ${Math.round(backoff / 1000)} s`);
+      if (started) call("GET", "/tasks").catch(() => {});
       source.close();
       setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 30000);

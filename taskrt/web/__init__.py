@@ -7,6 +7,7 @@ it in a Starlette or FastAPI app. See docs/http-api.md.
 from .app import GROUPS, create_app
 from .auth import Forbidden, JobTokenPrincipal, JobTokens, Unauthorized
 from .errors import ApiError
+from .login import TokenPrincipal
 from .routing import Api, Endpoint, EndpointGroup, Param, Reply, Settings
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Param",
     "Reply",
     "Settings",
+    "TokenPrincipal",
     "Unauthorized",
     "create_app",
 ]
