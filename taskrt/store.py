@@ -572,9 +572,9 @@ class Store:
                 batch.inserts.clear()
                 self._outage(failure, len(batch.statements) + len(self._batch.statements))
                 return False
+            if self._failing is not None:
+                await self._recovered()  # under the lock: its checkpoint needs no transaction open
         self.batches += 1
-        if self._failing is not None:
-            await self._recovered()
         inserted = results
         pos = 0
         for jobs, fut in batch.inserts:
