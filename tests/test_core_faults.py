@@ -323,3 +323,48 @@ async def test_a_write_that_slipped_past_the_checks_fails_alone(
     messages = [r.getMessage() for r in caplog.records]
     assert any("writing its parts apart" in m for m in messages)
     assert any(f"refused a write of job {running}" in m for m in messages)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 4 MiB tmpfs of our own (root only), unmounted after the test."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the max_page_count test covers the logic")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_real_full_disk_costs_no_state(small_disk: Path) -> None:
+    """ENOSPC from the file system itself, not a page limit: same promise."""
+    rt, gate = _big_runtime(small_disk)
+    filler = small_disk / "filler"
+    async with rt:
+        ids = [await rt.pool("work").add("big", i) for i in range(8)]
+        await until(lambda: rt.pool("work").running == 8)
+        await rt.store.flush()
+        with filler.open("wb") as f:  # take every free byte
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        gate.set()
+        infos = [await rt.wait(i, timeout=5) for i in ids]
+        assert {i.status for i in infos} == {JobStatus.SUCCESS}
+        await until(lambda: not rt.health().ok, timeout=3)
+        with pytest.raises(StoreUnavailable):
+            await rt.pool("work").add("big", 99)
+        filler.unlink()
+        await until(lambda: rt.health().ok, timeout=3)
+        await rt.store.flush()
+        assert dict(rows(rt.path, "SELECT id, status FROM jobs")) == {i: "SUCCESS" for i in ids}
