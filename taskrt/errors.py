@@ -141,6 +141,21 @@ class StoreError(TaskrtError):
     code = "store_error"
 
 
+class SchemaTooNew(StoreError):
+    """The database was written by a newer release of taskrt; nothing was changed."""
+
+    code = "schema_too_new"
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{path} has schema version {found}, written by a newer taskrt; this one reads "
+            f"versions up to {supported}: upgrade taskrt to open it"
+        )
+
+
 class StoreUnavailable(StoreError):
     """The database takes no writes now (disk full, locked, I/O error); nothing was stored.
 

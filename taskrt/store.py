@@ -50,6 +50,12 @@ Design notes:
     its own caller; a refused statement is logged and handed to
     ``on_rejected``; everything else commits. Values are checked before they
     are queued (``taskrt.limits``), so this is the last line, not the first.
+11. **The schema has a version.** ``PRAGMA user_version`` records it; opening
+    a file runs the migrations from its version to ``SCHEMA_VERSION`` in one
+    transaction (``_migrate``; a file of the first release has version 0) and
+    refuses a file of a newer release with ``SchemaTooNew``, touching nothing.
+    A change of the tables is a new entry in ``MIGRATIONS``, never an edit of
+    an old one.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from .errors import DuplicateJobId, InvalidOption, StoreError, StoreUnavailable
+from .errors import DuplicateJobId, InvalidOption, SchemaTooNew, StoreError, StoreUnavailable
 from .models import (
     TRANSITIONS,
     AttemptInfo,
@@ -80,7 +86,7 @@ log = logging.getLogger("taskrt.store")
 
 Synchronous = Literal["normal", "full", "off"]
 
-SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     task TEXT NOT NULL,
@@ -158,6 +164,22 @@ CREATE TABLE IF NOT EXISTS schedules (
 -- trigger on jobs costs about a third of the job throughput (scheduler note 6).
 DROP TRIGGER IF EXISTS schedules_failures;
 """
+
+SCHEMA_VERSION = 1
+"""The version of the tables this code reads and writes (``PRAGMA user_version``, note 11)."""
+
+
+def _statements(script: str) -> tuple[str, ...]:
+    """The statements of a script (no ``;`` inside a statement, ``--`` comments dropped)."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return tuple(part.strip() for part in "\n".join(lines).split(";") if part.strip())
+
+
+# MIGRATIONS[n - 1] takes a file of version n - 1 to version n. Version 0 is a
+# file of the first release (no version recorded) or a new, empty file; the
+# first migration is written to be safe on both (IF NOT EXISTS everywhere).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_statements(_SCHEMA_V1),)
+
 
 JOB_COLUMNS = (
     "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
@@ -307,11 +329,14 @@ class Store:
     async def open(self) -> None:
         try:
             self._db = await self._connect()
-            await self._db.executescript(SCHEMA)
+            await _in_thread(self._db, _migrate, self._db._conn, self.path)
             self._reader = self._db if self.memory else await self._connect()
         except sqlite3.Error as exc:
             await self._close_connections()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        except StoreError:
+            await self._close_connections()
+            raise
         # asyncio primitives belong to one loop: made anew for each opening, so a
         # runtime can be started again under another event loop.
         self._wake = asyncio.Event()
@@ -957,6 +982,35 @@ def _insert_jobs(
         results.extend(group_results)
     conn.executemany(_INSERT_JOB, rows)
     return results
+
+
+# -- the schema's version (note 11) ---------------------------------------------
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the file to ``SCHEMA_VERSION`` in one transaction; refuse a newer one.
+
+    Several processes may start at once: the version is read again once the
+    write lock is held, so each migration runs exactly once.
+    """
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(path, found, SCHEMA_VERSION)
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    if found:
+        log.info("taskrt: upgraded %s from schema version %d to %d", path, found, SCHEMA_VERSION)
 
 
 # -- failures (notes 9, 10) ----------------------------------------------------
