@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import store as sql
 from .context import JobState
 from .definitions import Options, Task, TaskCall, TaskSpec
-from .errors import InvalidOption, QueueFull, TaskNotFound
+from .errors import InvalidOption, PoolNotFound, QueueFull, TaskNotFound
 from .limits import check_text, check_time, encode
 from .models import Event, EventType, JobStatus
 from .parts import RuntimeParts
@@ -62,12 +62,50 @@ class JobAdding(RuntimeParts):
             return spec, _NO_OPTIONS
         raise InvalidOption("task", f"expected a task, a task call or a task name, found {task!r}")
 
+    def resolve(self, task: TaskRef) -> TaskCall:
+        """The registered task (and per-call options) a task, a call or a name refers to.
+
+        Raises ``TaskNotFound`` for a name no task has.
+        """
+        spec, opts = self._resolve(task)
+        return TaskCall(spec, opts)
+
     async def add(
         self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
     ) -> int:
         """Add a job to its task's pool; returns the id once it is durable."""
         spec, _ = self._resolve(task)
         return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
+
+    async def enqueue(
+        self,
+        task: TaskRef,
+        /,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        tx: Transaction | None = None,
+        **options: Any,
+    ) -> int:
+        """Add one job with its arguments given apart; returns the id once it is durable.
+
+        ``add(task, *args, **kwargs)`` takes the job's own keyword arguments,
+        so one named ``tx`` (or ``pool``) would be taken for ``add``'s. Front
+        ends that pass arguments through (HTTP, the CLI, schedules) use this:
+        ``args`` and ``kwargs`` are the job's, ``options`` are ``task.options``
+        (``delay``, ``priority``, ``unique_key``, ...), ``pool`` a declared pool
+        (default: the task's), ``tx`` an open ``rt.transaction()``.
+        """
+        call = self.resolve(task)
+        if options:
+            call = call.options(**options)
+        name = pool if pool is not None else call.spec.pool
+        target = self._pools.get(name) if pool is not None else self.pool(name)
+        if target is None:
+            raise PoolNotFound(name)
+        [job_id] = await self._add(target, call, [(tuple(args), dict(kwargs or {}))], tx=tx)
+        return job_id
 
     async def _add(
         self,

@@ -624,8 +624,10 @@ class Scheduler:
                 metadata={"schedule": info.name, "slot": slot},
             )
         pool = self._rt.pool(info.pool or spec.pool)
-        # ``_add``, not ``pool.add``: a job keyword argument named ``tx`` is the job's.
-        [job_id] = await self._rt._add(pool, call, [(info.args, dict(info.kwargs))], tx=tx)
+        # ``enqueue``, not ``pool.add``: a job keyword argument named ``tx`` is the job's.
+        job_id = await self._rt.enqueue(
+            call, args=info.args, kwargs=dict(info.kwargs), pool=pool.name, tx=tx
+        )
         return job_id
 
     # -- the owner's loop (notes 1-3, 5) ---------------------------------------------------

@@ -106,7 +106,8 @@ class Tracing:
     ) -> list[int]:
         from .definitions import TaskCall
 
-        spec, opts = self.rt._resolve(task)
+        call = self.rt.resolve(task)
+        spec, opts = call.spec, call.opts
         attributes: dict[str, Any] = {
             "taskrt.task": spec.name,
             "taskrt.pool": pool.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from core_support import Gate, db_file, make_rt, rows, until
@@ -16,6 +17,7 @@ from taskrt import (
     JobContext,
     JobNotFound,
     JobStatus,
+    PoolNotFound,
     QueueFull,
     RuntimeNotStarted,
     SerializationError,
@@ -484,3 +486,40 @@ async def test_synchronous_setting_is_validated_and_full_works(tmp_path: Path) -
     async with rt:
         assert (await rt.wait(await rt.pool("default").add(noop), timeout=5)).result == "durable"
     assert rows(db_file(tmp_path), "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_enqueue_takes_the_jobs_arguments_apart_from_its_own(tmp_path: Path) -> None:
+    """A job keyword named ``tx`` or ``pool`` is the job's; options ride alongside."""
+    rt = make_rt(tmp_path)
+    rt.pool("other", concurrency=1)
+
+    @rt.task(pool="main")
+    async def takes(job: JobContext, tx: str, pool: str, n: int = 0) -> list[Any]:
+        return [tx, pool, n, job.pool]
+
+    async with rt:
+        job_id = await rt.enqueue(
+            takes,
+            args=("the tx",),
+            kwargs={"pool": "the pool", "n": 2},
+            pool="other",
+            priority=4,
+            metadata={"via": "enqueue"},
+        )
+        info = await rt.wait(job_id, timeout=5)
+        assert info.result == ["the tx", "the pool", 2, "other"]
+        assert (info.priority, info.metadata) == (4, {"via": "enqueue"})
+        # A call's own options and enqueue's are merged (enqueue's win).
+        call = takes.options(priority=1, delay=0)
+        merged = await rt.enqueue(call, kwargs={"tx": "a", "pool": "b"}, priority=9)
+        assert (await rt.wait(merged, timeout=5)).priority == 9
+        async with rt.transaction() as tx:
+            in_tx = await rt.enqueue("takes", kwargs={"tx": "t", "pool": "p"}, tx=tx)
+        assert (await rt.wait(in_tx, timeout=5)).result == ["t", "p", 0, "main"]
+        with pytest.raises(PoolNotFound):
+            await rt.enqueue(takes, args=("x", "y"), pool="nowhere")
+        with pytest.raises(InvalidOption, match="priority"):
+            await rt.enqueue(takes, args=("x", "y"), priority=1.5)
+        assert rt.resolve("takes").spec.name == "takes"
+        with pytest.raises(TaskNotFound):
+            rt.resolve("missing")

@@ -85,7 +85,7 @@ async def add_job(api: Api, request: Request) -> Response:
     if not isinstance(name, str) or not name:
         raise invalid("task", "expected the name of a task")
     rt = api.runtime
-    spec, _ = rt._resolve(name)
+    spec = rt.resolve(name).spec
     args = field_of(body, "args", list, "an array")
     kwargs = field_of(body, "kwargs", dict, "an object")
     pool_name = field_of(body, "pool", str, "a pool's name") or spec.pool
@@ -106,12 +106,12 @@ async def add_job(api: Api, request: Request) -> Response:
         timeout=duration_of(body, "timeout"),
         metadata=field_of(body, "metadata", dict, "an object"),
     )
-    # ``rt._add`` rather than ``pool.add``: a job keyword argument named ``tx``
+    # ``enqueue`` rather than ``pool.add``: a job keyword argument named ``tx``
     # must reach the handler, not be taken for ``add``'s own parameter.
-    ids = await rt._add(
-        pool, TaskCall(spec, options), [(tuple(args or ()), dict(kwargs or {}))], tx=None
+    job_id = await rt.enqueue(
+        TaskCall(spec, options), args=args or (), kwargs=kwargs or {}, pool=pool.name
     )
-    job = await rt.get(ids[0])
+    job = await rt.get(job_id)
     return JSONResponse(
         job.to_dict(), status_code=201, headers={"Location": job_url(request, job.id)}
     )
