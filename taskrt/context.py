@@ -153,7 +153,7 @@ class JobState:
 
 
 class _Done:
-    """An awaitable that is already done: ``progress`` never waits (DESIGN, flow 3)."""
+    """An awaitable that is already done: ``progress`` never waits (docs/guarantees.md)."""
 
     __slots__ = ()
 

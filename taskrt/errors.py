@@ -13,7 +13,6 @@ class TaskrtError(Exception):
     """Base class of every error taskrt raises on purpose."""
 
     code = "taskrt_error"
-    http_status = 500
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": str(self)}
@@ -23,7 +22,6 @@ class InvalidOption(TaskrtError, ValueError):
     """An option or definition field has a value that is not allowed."""
 
     code = "invalid_option"
-    http_status = 422
 
     def __init__(self, field: str, message: str, *, source: str | None = None) -> None:
         self.field = field
@@ -39,7 +37,6 @@ class ValidationError(TaskrtError, ValueError):
     """The arguments of a job do not fit its task's parameters."""
 
     code = "validation_error"
-    http_status = 422
 
     def __init__(self, task: str, message: str, *, parameter: str | None = None) -> None:
         self.task = task
@@ -55,7 +52,6 @@ class SerializationError(TaskrtError, ValueError):
     """A value (arguments, metadata, a result) cannot be stored as JSON."""
 
     code = "not_serializable"
-    http_status = 422
 
     def __init__(self, what: str, detail: str) -> None:
         self.what = what
@@ -64,7 +60,6 @@ class SerializationError(TaskrtError, ValueError):
 
 class TaskNotFound(TaskrtError, LookupError):
     code = "task_not_found"
-    http_status = 404
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -73,7 +68,6 @@ class TaskNotFound(TaskrtError, LookupError):
 
 class PoolNotFound(TaskrtError, LookupError):
     code = "pool_not_found"
-    http_status = 404
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -82,7 +76,6 @@ class PoolNotFound(TaskrtError, LookupError):
 
 class JobNotFound(TaskrtError, LookupError):
     code = "job_not_found"
-    http_status = 404
 
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
@@ -93,7 +86,6 @@ class DuplicateJobId(TaskrtError):
     """A ``next_id`` hook returned an id that exists or is not above the last one."""
 
     code = "duplicate_job_id"
-    http_status = 409
 
     def __init__(self, job_id: int, last_id: int) -> None:
         self.job_id = job_id
@@ -108,7 +100,6 @@ class InvalidTransition(TaskrtError):
     """The job's status does not allow what was asked (e.g. retrying a running job)."""
 
     code = "invalid_transition"
-    http_status = 409
 
     def __init__(self, job_id: int, status: str, action: str) -> None:
         self.job_id = job_id
@@ -124,7 +115,6 @@ class QueueFull(TaskrtError):
     """The pool's waiting capacity is reached; nothing was stored."""
 
     code = "queue_full"
-    http_status = 503
 
     def __init__(self, pool: str, capacity: int) -> None:
         self.pool = pool
@@ -164,7 +154,6 @@ class StoreUnavailable(StoreError):
     """
 
     code = "store_unavailable"
-    http_status = 503
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
@@ -181,7 +170,6 @@ class OwnershipError(TaskrtError):
     """Another live runtime with workers owns this database."""
 
     code = "database_owned"
-    http_status = 409
 
     def __init__(self, path: str, owner: str, expires_at: float) -> None:
         self.path = path

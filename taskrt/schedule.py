@@ -83,7 +83,6 @@ class CronError(TaskrtError, ValueError):
     """
 
     code = "invalid_cron"
-    http_status = 422
 
     def __init__(self, expression: str, field: str, message: str) -> None:
         self.expression = expression

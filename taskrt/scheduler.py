@@ -82,7 +82,6 @@ _RETRY_AFTER = 1.0
 
 class ScheduleNotFound(TaskrtError, LookupError):
     code = "schedule_not_found"
-    http_status = 404
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -96,7 +95,6 @@ class ScheduleExists(TaskrtError):
     """Creating a schedule whose name is taken by a different definition."""
 
     code = "schedule_exists"
-    http_status = 409
 
     def __init__(self, name: str) -> None:
         self.name = name

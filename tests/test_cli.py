@@ -28,7 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskrt import JobContext, Runtime, cli
-from taskrt.cli_watch import Bar, JobView, bar_line
+from taskrt.cli.progress import Bar, JobView, bar_line
 from taskrt.web import create_app
 
 Serve = Callable[..., AbstractAsyncContextManager[str]]

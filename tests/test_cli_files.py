@@ -6,7 +6,6 @@ import argparse
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -176,31 +175,27 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "validate" in err and "generate" in err
 
 
-@pytest.fixture
-def extra_command() -> Iterator[list[argparse.Namespace]]:
+def test_commands_are_registered_in_a_table() -> None:
     seen: list[argparse.Namespace] = []
 
     def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("job_id", type=int)
 
-    @cli.command("hello", "a command another module adds", configure)
     def hello(args: argparse.Namespace) -> int:
         seen.append(args)
         return 7
 
-    yield seen
-    del cli.COMMANDS["hello"]
-
-
-def test_commands_are_registered_in_a_table(extra_command: list[argparse.Namespace]) -> None:
-    assert cli.main(["hello", "42"]) == 7
-    assert extra_command[0].job_id == 42
+    extra = cli.Command("hello", "a command another module adds", configure, hello)
+    assert cli.main(["hello", "42"], commands=[*cli.COMMANDS, extra]) == 7
+    assert seen[0].job_id == 42
+    again = cli.Command("hello", "again", lambda parser: None, lambda args: 0)
     with pytest.raises(ValueError, match="registered twice"):
-        cli.command("hello", "again", lambda parser: None)(lambda args: 0)
+        cli.build_parser([*cli.COMMANDS, extra, again])
+    assert "hello" not in {c.name for c in cli.COMMANDS}  # the table itself is unchanged
 
 
 def test_the_console_script_entry_point() -> None:
-    repo = Path(cli.__file__).parent.parent
+    repo = Path(cli.__file__).parents[2]  # taskrt/cli/__init__.py -> the checkout
     assert 'taskrt = "taskrt.cli:main"' in (repo / "pyproject.toml").read_text()
     result = subprocess.run(
         [sys.executable, "-m", "taskrt.cli", "validate", str(ANCHOR)],

@@ -33,6 +33,7 @@ from taskrt.schedule import (
     parse_cron,
     validate_cron,
 )
+from taskrt.web.errors import status_of
 
 
 def z(text: str) -> datetime:
@@ -375,7 +376,7 @@ def test_cron_error_is_a_taskrt_value_error_with_data() -> None:
     error = info.value
     assert isinstance(error, TaskrtError)
     assert isinstance(error, ValueError)
-    assert (error.code, error.http_status) == ("invalid_cron", 422)
+    assert (error.code, status_of(error)) == ("invalid_cron", 422)
     assert error.to_dict() == {
         "code": "invalid_cron",
         "message": str(error),

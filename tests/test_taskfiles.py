@@ -14,6 +14,7 @@ from taskrt import JobStatus, Runtime, ValidationError
 from taskrt.retry import RetryPolicy
 from taskrt.taskfiles import DefinitionError, Problem, load_tasks
 from taskrt.taskfiles.jsonc import JsoncError, parse, strip
+from taskrt.web.errors import status_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 YAO_APP = FIXTURES / "yao_app"
@@ -536,7 +537,7 @@ async def test_validation_errors_store_nothing(tmp_path: Path, executor: Any) ->
             with pytest.raises(ValidationError) as caught:
                 await rt.add("SendEmail", **kwargs)
             assert caught.value.parameter == parameter
-            assert caught.value.http_status == 422
+            assert status_of(caught.value) == 422
         page = await rt.jobs()
         assert page.jobs == []
     assert executor.calls == []

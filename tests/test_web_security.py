@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.routing import Mount
 
 from taskrt import InvalidOption, JobContext, JobStatus, Runtime, cli
-from taskrt.cli_commands import warn_if_open
+from taskrt.cli.serve import warn_if_open
 from taskrt.web import Unauthorized, create_app
 from taskrt.web.login import COOKIE, TokenAuth, TokenPrincipal
 

@@ -60,7 +60,6 @@ class DefinitionError(TaskrtError, ValueError):
     """One or more task definitions are wrong; ``.problems`` lists every one."""
 
     code = "invalid_definition"
-    http_status = 422
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: list[Problem] = list(problems)

@@ -5,8 +5,9 @@ Three kinds of failure reach a client:
 1. ``ApiError``: the HTTP layer refuses the request itself (malformed JSON,
    wrong content type, a body over the limit, an unknown query parameter).
 2. ``TaskrtError``: the runtime refused (unknown job or task, invalid
-   transition, validation, a full pool); each carries its ``code`` and
-   ``http_status``.
+   transition, validation, a full pool); each carries its ``code``, and
+   ``STATUS`` here says which HTTP status answers it (the core knows nothing
+   of HTTP).
 3. Anything else is a bug. ``CatchAll`` logs it with its traceback and answers
    a bare JSON 500: the traceback goes to the log, never into a response.
 """
@@ -23,7 +24,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import QueueFull, RuntimeNotStarted, StoreUnavailable, TaskrtError
+from ..errors import (
+    DuplicateJobId,
+    InvalidOption,
+    InvalidTransition,
+    JobNotFound,
+    OwnershipError,
+    PoolNotFound,
+    QueueFull,
+    RuntimeNotStarted,
+    SerializationError,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskrtError,
+    ValidationError,
+)
+from ..schedule import CronError
+from ..scheduler import ScheduleExists, ScheduleNotFound
+from ..taskfiles.problems import DefinitionError
 
 log = logging.getLogger("taskrt.web")
 
@@ -74,13 +92,42 @@ def error_response(
     return JSONResponse({"error": dict(error)}, status_code=status, headers=dict(headers or {}))
 
 
+# The HTTP status of each error the runtime raises on purpose; a subclass
+# answers as its nearest listed base; anything unlisted is the server's (500).
+STATUS: dict[type[TaskrtError], int] = {
+    InvalidOption: 422,
+    ValidationError: 422,
+    SerializationError: 422,
+    CronError: 422,
+    DefinitionError: 422,
+    TaskNotFound: 404,
+    PoolNotFound: 404,
+    JobNotFound: 404,
+    ScheduleNotFound: 404,
+    DuplicateJobId: 409,
+    InvalidTransition: 409,
+    OwnershipError: 409,
+    ScheduleExists: 409,
+    QueueFull: 503,
+    StoreUnavailable: 503,
+    # The app is mounted but the host's lifespan never started the runtime.
+    RuntimeNotStarted: 503,
+}
+
+
+def status_of(exc: TaskrtError) -> int:
+    """The HTTP status that answers ``exc`` (``STATUS``)."""
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
 def taskrt_error_response(exc: TaskrtError, *, retry_after: int) -> Response:
     """The response for an error the runtime raised on purpose."""
-    status = exc.http_status
+    status = status_of(exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, RuntimeNotStarted):
-        # The app is mounted but the host's lifespan never started the runtime.
-        status = 503
     if isinstance(exc, QueueFull | StoreUnavailable):
         headers["Retry-After"] = str(retry_after)
     if status >= 500 and status != 503:

@@ -1,7 +1,34 @@
-"""What the operator commands share: finding the runtime, exit statuses, parsing
-values and printing tables (the commands themselves are in ``cli_commands``).
+"""What the command modules share: the CLI's errors and exit statuses, the one
+error formatter, finding the runtime, parsing values and printing tables.
 
-The design notes cited here are ``cli_commands``'s.
+It imports no other module of ``taskrt.cli``: the commands import it, ``main``
+imports the commands (``taskrt.cli`` package docstring).
+
+Design notes (cited where they apply, here and in the command modules as
+"support note N"; docs/cli.md is the user's page):
+
+1. **Which runtime.** ``--app MODULE:ATTR`` (or ``$TASKRT_APP``) names the
+   application's ``Runtime``: its tasks, pools and task files are known, so
+   ``add`` validates arguments and applies the task's defaults. ``--db PATH``
+   (or ``$TASKRT_DB``) opens a bare database: everything but ``add``.
+2. **Always a client.** These commands open the runtime with
+   ``workers=False``: they read and write through the database, never take the
+   ownership lease, never run a job or fire a schedule, so they work while a
+   server owns the database (its poll picks up what they wrote). Only
+   ``serve`` runs the runtime for real.
+3. **Exit statuses** scripts can rely on: 0 ok; 1 the watched job ended
+   FAILURE or CANCELLED (``watch``, ``add --watch``); 2 bad usage or input
+   refused (unknown option, bad argument, not allowed in the job's state);
+   3 not found (job, task, pool, schedule); 4 unavailable (no database, no
+   server, the database is owned or locked, the pool is full: try again).
+   Any other error is a bug: 1, with the traceback under ``--debug``.
+   ``serve`` stopped by Ctrl-C exits 0; stopped by SIGTERM, uvicorn drains,
+   then raises the signal again with its default action, so the process ends
+   killed by SIGTERM (-15 to ``subprocess``, 143 in a shell), as a
+   supervisor expects.
+4. **Output.** Tables for people; ``--json`` prints the HTTP API's shapes
+   (``JobInfo.to_dict()``, ``Stats.to_dict()`` ...) for scripts. Errors are one
+   line on stderr.
 """
 
 from __future__ import annotations
@@ -22,8 +49,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cli import CommandError, UsageError, command
-from .errors import (
+from ..errors import (
     InvalidOption,
     JobNotFound,
     OwnershipError,
@@ -34,21 +60,45 @@ from .errors import (
     TaskNotFound,
     TaskrtError,
 )
-from .models import JobInfo, JobStatus, percent
-from .retry import parse_duration
-from .runtime import Runtime
+from ..models import JobInfo, JobStatus, percent
+from ..retry import parse_duration
+from ..runtime import Runtime
 
 OK, JOB_FAILED, USAGE, NOT_FOUND, UNAVAILABLE = 0, 1, 2, 3, 4
 
+Run = Callable[[argparse.Namespace], int]
 AsyncRun = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 # -- errors (note 3) -----------------------------------------------------------------------
 
 
+class CommandError(Exception):
+    """An expected failure of a command: one line on stderr, exit ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(CommandError):
+    """Bad arguments found after parsing (exit status 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
+
+
+class StreamError(Exception):
+    """The server's stream could not be read (exit status ``status``)."""
+
+    def __init__(self, message: str, status: int = 4) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def status_of(exc: BaseException) -> int:
     """The exit status of an error a command let through (note 3)."""
-    from .scheduler import ScheduleNotFound
+    from ..scheduler import ScheduleNotFound
 
     if isinstance(exc, JobNotFound | TaskNotFound | PoolNotFound | ScheduleNotFound):
         return NOT_FOUND
@@ -62,35 +112,35 @@ def status_of(exc: BaseException) -> int:
 
 
 def one_line(exc: BaseException) -> str:
+    """An error as one line: the message of a taskrt or command error, else
+    ``TypeName: message`` (whitespace folded; the type name alone when empty)."""
     text = " ".join(str(exc).split())
     if isinstance(exc, TaskrtError | CommandError):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def async_command(
-    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]
-) -> Callable[[AsyncRun], AsyncRun]:
-    """Register an ``async`` command: run in ``asyncio.run``, its errors mapped to statuses."""
+def error(message: str) -> None:
+    """Print ``taskrt: error: message`` on stderr (note 4)."""
+    print(f"taskrt: error: {message}", file=sys.stderr)
 
-    def register(fn: AsyncRun) -> AsyncRun:
-        @functools.wraps(fn)
-        def run(args: argparse.Namespace) -> int:
-            from .cli_watch import StreamError
 
-            try:
-                return asyncio.run(fn(args))
-            except CommandError:
-                raise
-            except StreamError as exc:
-                raise CommandError(str(exc), exc.status) from exc
-            except (TaskrtError, OSError, sqlite3.Error) as exc:
-                raise CommandError(one_line(exc), status_of(exc)) from exc
+def in_event_loop(fn: AsyncRun) -> Run:
+    """An ``async`` command as a command: run in ``asyncio.run``, its errors mapped
+    to statuses (note 3). It only wraps; ``taskrt.cli.dispatch`` lists the commands."""
 
-        command(name, help, configure)(run)
-        return fn
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(fn(args))
+        except CommandError:
+            raise
+        except StreamError as exc:
+            raise CommandError(str(exc), exc.status) from exc
+        except (TaskrtError, OSError, sqlite3.Error) as exc:
+            raise CommandError(one_line(exc), status_of(exc)) from exc
 
-    return register
+    return run
 
 
 # -- which runtime (notes 1, 2) ------------------------------------------------------------
@@ -332,9 +382,15 @@ __all__ = [
     "OK",
     "UNAVAILABLE",
     "USAGE",
-    "async_command",
+    "AsyncRun",
+    "CommandError",
+    "Run",
+    "StreamError",
+    "UsageError",
     "cell",
     "client_runtime",
+    "error",
+    "in_event_loop",
     "job_id",
     "load_object",
     "load_runtime",

@@ -1,57 +1,37 @@
-"""The operator commands of ``taskrt``: serve, add, get, ls, cancel, retry, stats,
-schedules, cleanup and watch (registered in ``taskrt.cli``'s command table).
+"""The job commands of ``taskrt``: add, get, ls, cancel, retry, stats and cleanup.
 
-Design notes (cited where they apply; docs/cli.md is the user's page):
-
-1. **Which runtime.** ``--app MODULE:ATTR`` (or ``$TASKRT_APP``) names the
-   application's ``Runtime``: its tasks, pools and task files are known, so
-   ``add`` validates arguments and applies the task's defaults. ``--db PATH``
-   (or ``$TASKRT_DB``) opens a bare database: everything but ``add``.
-2. **Always a client.** These commands open the runtime with
-   ``workers=False``: they read and write through the database, never take the
-   ownership lease, never run a job or fire a schedule, so they work while a
-   server owns the database (its poll picks up what they wrote). Only
-   ``serve`` runs the runtime for real.
-3. **Exit statuses** scripts can rely on: 0 ok; 1 the watched job ended
-   FAILURE or CANCELLED (``watch``, ``add --watch``); 2 bad usage or input
-   refused (unknown option, bad argument, not allowed in the job's state);
-   3 not found (job, task, pool, schedule); 4 unavailable (no database, no
-   server, the database is owned or locked, the pool is full: try again).
-   Any other error is a bug: 1, with the traceback under ``--debug``.
-   ``serve`` stopped by Ctrl-C exits 0; stopped by SIGTERM, uvicorn drains,
-   then raises the signal again with its default action, so the process ends
-   killed by SIGTERM (-15 to ``subprocess``, 143 in a shell), as a
-   supervisor expects.
-4. **Output.** Tables for people; ``--json`` prints the HTTP API's shapes
-   (``JobInfo.to_dict()``, ``Stats.to_dict()`` ...) for scripts. Errors are one
-   line on stderr.
+Each opens the runtime as a client (support notes 1, 2), exits with a documented
+status (support note 3) and prints a table, or the HTTP API's JSON under
+``--json`` (support note 4).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from .cli import CommandError, UsageError, command
-from .cli_support import (
+from ..definitions import TaskCall, make_options
+from ..errors import PoolNotFound
+from ..models import TERMINAL, AttemptInfo, JobInfo, JobStatus
+from ..retry import parse_duration
+from .progress import exit_status, follow, runtime_events
+from .support import (
     NOT_FOUND,
     OK,
-    UNAVAILABLE,
-    async_command,
+    CommandError,
+    UsageError,
     cell,
+    in_event_loop,
     job_id,
-    load_object,
     moment,
     opened,
     pairs,
     plural,
     print_json,
     progress,
-    request_headers,
     seconds,
     statuses,
     table,
@@ -59,125 +39,11 @@ from .cli_support import (
     value_of,
     when,
 )
-from .definitions import TaskCall, make_options
-from .errors import InvalidOption, PoolNotFound
-from .models import TERMINAL, AttemptInfo, JobInfo, JobStatus
-from .retry import parse_duration
-from .runtime import Runtime
-
-# -- serve ---------------------------------------------------------------------------------
-
-
-def _serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "app", metavar="MODULE:ATTR", help="the Runtime (or an ASGI app) to serve, e.g. app:rt"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="the interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="the TCP port (default: 8000)")
-    parser.add_argument(
-        "--allowed-host",
-        action="append",
-        metavar="HOST",
-        help="a Host name to answer, e.g. jobs.example.com or *.example.com (repeatable; "
-        "default: $TASKRT_ALLOWED_HOSTS, comma-separated; without either, a server on "
-        "127.0.0.1 answers loopback names only). For a Runtime: an ASGI app checks its own",
-    )
-    parser.add_argument(
-        "--reload", action="store_true", help="restart when the code changes (development)"
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="json: one JSON object a line, with job_id, task and attempt (taskrt.logging)",
-    )
-
-
-def asgi_app(reference: str, allowed_hosts: Sequence[str] | None = None) -> Any:
-    """The app ``serve`` runs: ``create_app(rt, allowed_hosts=...)`` for a Runtime
-    (it reads ``$TASKRT_TOKEN`` and ``$TASKRT_ALLOWED_HOSTS`` itself), else the
-    object as it is, which configures its own hosts and auth."""
-    found = load_object(reference)
-    if isinstance(found, Runtime):
-        from .web import create_app
-
-        return create_app(found, allowed_hosts=allowed_hosts)
-    if callable(found):
-        if allowed_hosts is not None:
-            raise UsageError(
-                f"--allowed-host applies to a Runtime, and {reference} is an ASGI app: "
-                "give its create_app(allowed_hosts=...), or set $TASKRT_ALLOWED_HOSTS"
-            )
-        return found
-    raise UsageError(f"{reference} is a {type(found).__name__}, not a Runtime or an ASGI app")
-
-
-def reload_factory() -> Any:
-    """``uvicorn --reload`` imports the app anew in each worker: the reference is in the
-    env (and ``--allowed-host`` is in ``$TASKRT_ALLOWED_HOSTS``, which ``create_app`` reads)."""
-    return asgi_app(os.environ["TASKRT_SERVE_APP"])
-
-
-def warn_if_open(app: Any, host: str, port: int) -> None:
-    """A warning on stderr when ``app`` is served beyond loopback without any auth."""
-    from .web.hosts import is_loopback
-
-    api = getattr(getattr(app, "state", None), "taskrt", None)
-    if api is None or api.settings.auth is not None or is_loopback(host):
-        return
-    print(
-        f"taskrt: warning: serving {host}:{port} without authentication: anyone who can "
-        "reach it can add, cancel and retry jobs. Set TASKRT_TOKEN (docs/http-api.md) "
-        "or serve on 127.0.0.1.",
-        file=sys.stderr,
-    )
-
-
-@command("serve", "serve the app's HTTP API and run its workers (uvicorn)", _serve_args)
-def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .logging import configure
-
-    try:
-        # Import errors show here, before uvicorn starts.
-        app = asgi_app(args.app, args.allowed_host)
-    except InvalidOption as exc:  # a malformed --allowed-host, $TASKRT_ALLOWED_HOSTS, $TASKRT_TOKEN
-        raise UsageError(str(exc)) from None
-    warn_if_open(app, args.host, args.port)
-    configure(format=args.log_format, level=args.log_level.upper())
-    options: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "log_level": args.log_level,
-        "timeout_graceful_shutdown": 5,
-    }
-    if args.log_format == "json":
-        options["log_config"] = None  # uvicorn's records go through taskrt's JSON handler
-    try:
-        if args.reload:
-            os.environ["TASKRT_SERVE_APP"] = args.app
-            if args.allowed_host:
-                os.environ["TASKRT_ALLOWED_HOSTS"] = ",".join(args.allowed_host)
-            uvicorn.run("taskrt.cli_commands:reload_factory", factory=True, reload=True, **options)
-        else:
-            uvicorn.run(app, **options)
-    except SystemExit as exc:  # uvicorn exits when it cannot bind or start the app
-        if exc.code not in (0, None):
-            raise CommandError(
-                "the server stopped at start (port taken? database owned?); see the log above",
-                UNAVAILABLE,
-            ) from None
-    return OK
-
 
 # -- add -----------------------------------------------------------------------------------
 
 
-def _add_args(parser: argparse.ArgumentParser) -> None:
+def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", metavar="TASK", help="the task's name")
     parser.add_argument(
         "--arg",
@@ -214,7 +80,7 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
     target_args(parser)
 
 
-@async_command("add", "add a job (returns once it is durable)", _add_args)
+@in_event_loop
 async def add(args: argparse.Namespace) -> int:
     call_args = [value_of(v) for v in args.args]
     call_kwargs = pairs(args.kwargs, "--kwarg")
@@ -234,14 +100,12 @@ async def add(args: argparse.Namespace) -> int:
             unique_key=args.unique_key,
             metadata=metadata or None,
         )
-        # ``_add``, as the HTTP API does: a job keyword argument named ``tx`` is the job's.
-        [new_id] = await rt._add(
-            pool, TaskCall(spec, options), [(tuple(call_args), call_kwargs)], tx=None
+        # ``enqueue``, as the HTTP API does: a job keyword argument named ``tx`` is the job's.
+        new_id = await rt.enqueue(
+            TaskCall(spec, options), args=call_args, kwargs=call_kwargs, pool=pool.name
         )
         job = await rt.get(new_id)
         if args.watch:
-            from .cli_watch import exit_status, follow, runtime_events
-
             if not args.json:
                 print(f"added job {job.id} ({job.task}, pool {job.pool})")
             view = await follow(runtime_events(rt, new_id), new_id, json_lines=args.json)
@@ -256,12 +120,12 @@ async def add(args: argparse.Namespace) -> int:
 # -- get -----------------------------------------------------------------------------------
 
 
-def _get_args(parser: argparse.ArgumentParser) -> None:
+def get_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", type=job_id, metavar="ID", help="the job's id")
     target_args(parser)
 
 
-@async_command("get", "show one job: status, progress, result or error, attempts", _get_args)
+@in_event_loop
 async def get(args: argparse.Namespace) -> int:
     async with opened(args) as rt:
         job = await rt.get(args.id)
@@ -327,7 +191,7 @@ def describe(job: JobInfo, attempts: Sequence[AttemptInfo]) -> str:
 # -- ls ------------------------------------------------------------------------------------
 
 
-def _ls_args(parser: argparse.ArgumentParser) -> None:
+def ls_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status",
         action="append",
@@ -348,7 +212,7 @@ def _ls_args(parser: argparse.ArgumentParser) -> None:
     target_args(parser)
 
 
-@async_command("ls", "list jobs, newest first, with filters", _ls_args)
+@in_event_loop
 async def ls(args: argparse.Namespace) -> int:
     chosen = statuses(args.status)
     metadata = pairs(args.meta, "--meta")
@@ -393,12 +257,12 @@ async def ls(args: argparse.Namespace) -> int:
 # -- cancel, retry -------------------------------------------------------------------------
 
 
-def _id_args(parser: argparse.ArgumentParser) -> None:
+def id_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", type=job_id, metavar="ID", help="the job's id")
     target_args(parser)
 
 
-@async_command("cancel", "cancel a waiting or running job", _id_args)
+@in_event_loop
 async def cancel(args: argparse.Namespace) -> int:
     async with opened(args) as rt:
         job = await rt.cancel(args.id)
@@ -412,7 +276,7 @@ async def cancel(args: argparse.Namespace) -> int:
     return OK
 
 
-@async_command("retry", "run a FAILURE or CANCELLED job again", _id_args)
+@in_event_loop
 async def retry(args: argparse.Namespace) -> int:
     async with opened(args) as rt:
         job = await rt.retry(args.id)
@@ -426,7 +290,7 @@ async def retry(args: argparse.Namespace) -> int:
 # -- stats ---------------------------------------------------------------------------------
 
 
-def _stats_args(parser: argparse.ArgumentParser) -> None:
+def stats_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--since", help="jobs created at or after: epoch seconds, ISO 8601, or ago (24h)"
     )
@@ -434,7 +298,7 @@ def _stats_args(parser: argparse.ArgumentParser) -> None:
     target_args(parser)
 
 
-@async_command("stats", "counts by status, success rate, mean and p95 duration", _stats_args)
+@in_event_loop
 async def stats(args: argparse.Namespace) -> int:
     now = time.time()
     since = moment(args.since, "--since", now=now)
@@ -461,49 +325,10 @@ async def stats(args: argparse.Namespace) -> int:
     return OK
 
 
-# -- schedules -----------------------------------------------------------------------------
-
-
-def _schedules_args(parser: argparse.ArgumentParser) -> None:
-    target_args(parser)
-
-
-@async_command("schedules", "list the cron schedules and their next fire times", _schedules_args)
-async def schedules(args: argparse.Namespace) -> int:
-    async with opened(args) as rt:
-        infos = await rt.schedules.list()
-    if args.json:
-        print_json([s.to_dict() for s in infos])
-        return OK
-    if not infos:
-        print("no schedules", file=sys.stderr)
-        return OK
-    print(
-        table(
-            ["NAME", "TASK", "CRON", "TZ", "STATE", "NEXT", "LAST", "FIRES", "FAILURES"],
-            [
-                (
-                    s.name,
-                    s.task,
-                    s.expression,
-                    s.tz,
-                    "paused" if s.paused else "active",
-                    when(s.next_run_at),
-                    when(s.last_run_at),
-                    str(s.fires),
-                    str(s.failures),
-                )
-                for s in infos
-            ],
-        )
-    )
-    return OK
-
-
 # -- cleanup -------------------------------------------------------------------------------
 
 
-def _cleanup_args(parser: argparse.ArgumentParser) -> None:
+def cleanup_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--older-than",
         default="7d",
@@ -518,7 +343,7 @@ def _cleanup_args(parser: argparse.ArgumentParser) -> None:
     target_args(parser)
 
 
-@async_command("cleanup", "delete finished jobs older than an age", _cleanup_args)
+@in_event_loop
 async def cleanup(args: argparse.Namespace) -> int:
     age = parse_duration(args.older_than, field="--older-than")
     chosen = statuses(args.status) or sorted(TERMINAL)
@@ -531,52 +356,19 @@ async def cleanup(args: argparse.Namespace) -> int:
     return OK
 
 
-# -- watch ---------------------------------------------------------------------------------
-
-
-def _watch_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id", type=job_id, metavar="ID", help="the job's id")
-    target_args(parser, url=True)
-    parser.add_argument(
-        "--reconnects",
-        type=int,
-        default=5,
-        help="with --url: reconnects in a row before giving up (default 5)",
-    )
-
-
-@async_command(
-    "watch", "show a job's live progress bar until it ends (exit 1 unless SUCCESS)", _watch_args
-)
-async def watch(args: argparse.Namespace) -> int:
-    from .cli_watch import exit_status, follow, runtime_events, server_events
-
-    if args.url:
-        if args.app or args.db:
-            raise UsageError("give --url, or --app/--db, not both")
-        events = server_events(
-            args.url, args.id, headers=request_headers(args), max_reconnects=max(args.reconnects, 0)
-        )
-        view = await follow(events, args.id, json_lines=args.json)
-        return exit_status(view)
-    async with opened(args) as rt:
-        view = await follow(runtime_events(rt, args.id), args.id, json_lines=args.json)
-    return exit_status(view)
-
-
 __all__ = [
     "add",
-    "asgi_app",
+    "add_args",
     "cancel",
     "cleanup",
+    "cleanup_args",
     "describe",
     "get",
+    "get_args",
+    "id_args",
     "ls",
-    "reload_factory",
+    "ls_args",
     "retry",
-    "schedules",
-    "serve",
     "stats",
-    "warn_if_open",
-    "watch",
+    "stats_args",
 ]

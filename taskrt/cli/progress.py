@@ -1,4 +1,5 @@
-"""``taskrt watch``: one job's live progress bar in a terminal.
+"""One job's live progress in a terminal (``taskrt watch``, ``taskrt add --watch``):
+the bar, and the two sources of its events.
 
 The same events come from one of two sources, as plain dicts (``Event.to_dict()``,
 which is also the ``data`` of an SSE frame):
@@ -42,24 +43,17 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import JobNotFound
-from .models import JobStatus, percent
+from ..errors import JobNotFound
+from ..models import JobStatus, percent
+from .support import JOB_FAILED, NOT_FOUND, OK, UNAVAILABLE, USAGE, StreamError, one_line
 
 if TYPE_CHECKING:
     import httpx
 
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
 TERMINAL_TYPES = frozenset({"success", "failure", "cancelled"})
 MAX_DELAY = 10.0
-
-
-class StreamError(Exception):
-    """The server's stream could not be read (exit status ``status``)."""
-
-    def __init__(self, message: str, status: int = 4) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 # -- what the bar shows -------------------------------------------------------------------
@@ -308,8 +302,8 @@ async def server_events(
                             yield event
             except httpx.TransportError as exc:
                 if not connected:
-                    raise StreamError(f"cannot reach {url}: {_reason(exc)}") from exc
-                reason = _reason(exc)
+                    raise StreamError(f"cannot reach {url}: {one_line(exc)}") from exc
+                reason = one_line(exc)
             except SSEError as exc:
                 raise StreamError(f"{url} did not answer with an event stream: {exc}") from exc
             else:
@@ -349,10 +343,10 @@ def _refused(response: httpx.Response, job_id: int) -> float | None:
 
 def _status_of(response: httpx.Response) -> int:
     if response.status_code == 404:
-        return 3
+        return NOT_FOUND
     if response.status_code in (400, 401, 403, 422):
-        return 2
-    return 4
+        return USAGE
+    return UNAVAILABLE
 
 
 def _http_error(response: httpx.Response, url: str) -> str:
@@ -370,20 +364,14 @@ def _http_error(response: httpx.Response, url: str) -> str:
     return f"{url}: HTTP {response.status_code}" + (f": {detail}" if detail else "")
 
 
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def exit_status(view: JobView) -> int:
     """0 when the job succeeded, 1 when it failed or was cancelled."""
-    return 0 if view.status == JobStatus.SUCCESS else 1
+    return OK if view.status == JobStatus.SUCCESS else JOB_FAILED
 
 
 __all__ = [
     "Bar",
     "JobView",
-    "StreamError",
     "bar_line",
     "exit_status",
     "follow",

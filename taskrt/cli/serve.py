@@ -1,0 +1,130 @@
+"""``taskrt serve``: the app's HTTP API and its workers, under uvicorn.
+
+The one command that runs a runtime for real (support note 2); how it exits on
+Ctrl-C and SIGTERM is support note 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidOption
+from ..runtime import Runtime
+from .support import OK, UNAVAILABLE, CommandError, UsageError, load_object
+
+
+def serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "app", metavar="MODULE:ATTR", help="the Runtime (or an ASGI app) to serve, e.g. app:rt"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="the interface (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="the TCP port (default: 8000)")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="HOST",
+        help="a Host name to answer, e.g. jobs.example.com or *.example.com (repeatable; "
+        "default: $TASKRT_ALLOWED_HOSTS, comma-separated; without either, a server on "
+        "127.0.0.1 answers loopback names only). For a Runtime: an ASGI app checks its own",
+    )
+    parser.add_argument(
+        "--reload", action="store_true", help="restart when the code changes (development)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object a line, with job_id, task and attempt (taskrt.logging)",
+    )
+
+
+def asgi_app(reference: str, allowed_hosts: Sequence[str] | None = None) -> Any:
+    """The app ``serve`` runs: ``create_app(rt, allowed_hosts=...)`` for a Runtime
+    (it reads ``$TASKRT_TOKEN`` and ``$TASKRT_ALLOWED_HOSTS`` itself), else the
+    object as it is, which configures its own hosts and auth."""
+    found = load_object(reference)
+    if isinstance(found, Runtime):
+        from ..web import create_app
+
+        return create_app(found, allowed_hosts=allowed_hosts)
+    if callable(found):
+        if allowed_hosts is not None:
+            raise UsageError(
+                f"--allowed-host applies to a Runtime, and {reference} is an ASGI app: "
+                "give its create_app(allowed_hosts=...), or set $TASKRT_ALLOWED_HOSTS"
+            )
+        return found
+    raise UsageError(f"{reference} is a {type(found).__name__}, not a Runtime or an ASGI app")
+
+
+def reload_factory() -> Any:
+    """``uvicorn --reload`` imports the app anew in each worker: the reference is in the
+    env (and ``--allowed-host`` is in ``$TASKRT_ALLOWED_HOSTS``, which ``create_app`` reads)."""
+    return asgi_app(os.environ["TASKRT_SERVE_APP"])
+
+
+# What ``uvicorn --reload`` imports in each worker; built from the names, so it
+# follows a move of this module.
+RELOAD_FACTORY = f"{__name__}:{reload_factory.__name__}"
+
+
+def warn_if_open(app: Any, host: str, port: int) -> None:
+    """A warning on stderr when ``app`` is served beyond loopback without any auth."""
+    from ..web.hosts import is_loopback
+
+    api = getattr(getattr(app, "state", None), "taskrt", None)
+    if api is None or api.settings.auth is not None or is_loopback(host):
+        return
+    print(
+        f"taskrt: warning: serving {host}:{port} without authentication: anyone who can "
+        "reach it can add, cancel and retry jobs. Set TASKRT_TOKEN (docs/http-api.md) "
+        "or serve on 127.0.0.1.",
+        file=sys.stderr,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..logging import configure
+
+    try:
+        # Import errors show here, before uvicorn starts.
+        app = asgi_app(args.app, args.allowed_host)
+    except InvalidOption as exc:  # a malformed --allowed-host, $TASKRT_ALLOWED_HOSTS, $TASKRT_TOKEN
+        raise UsageError(str(exc)) from None
+    warn_if_open(app, args.host, args.port)
+    configure(format=args.log_format, level=args.log_level.upper())
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": 5,
+    }
+    if args.log_format == "json":
+        options["log_config"] = None  # uvicorn's records go through taskrt's JSON handler
+    try:
+        if args.reload:
+            os.environ["TASKRT_SERVE_APP"] = args.app
+            if args.allowed_host:
+                os.environ["TASKRT_ALLOWED_HOSTS"] = ",".join(args.allowed_host)
+            uvicorn.run(RELOAD_FACTORY, factory=True, reload=True, **options)
+        else:
+            uvicorn.run(app, **options)
+    except SystemExit as exc:  # uvicorn exits when it cannot bind or start the app
+        if exc.code not in (0, None):
+            raise CommandError(
+                "the server stopped at start (port taken? database owned?); see the log above",
+                UNAVAILABLE,
+            ) from None
+    return OK
+
+
+__all__ = ["RELOAD_FACTORY", "asgi_app", "reload_factory", "serve", "serve_args", "warn_if_open"]
