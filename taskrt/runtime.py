@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from . import store as sql
 from .adding import JobAdding, TaskRef, Transaction
 from .clock import Clock, SystemClock
 from .context import JobState
@@ -437,7 +436,7 @@ class Runtime(JobAdding, JobTransitions):
         try:
             await self.store.settle()
             if self.workers:
-                await sql.release_lease(self.store, self._owner)
+                await self.store.release_lease(self._owner)
         except TaskrtError as exc:
             # Not releasing is safe: the lease expires, the next start recovers.
             log.error("taskrt: releasing the ownership lease of %s failed: %s", self.path, exc)
@@ -453,11 +452,9 @@ class Runtime(JobAdding, JobTransitions):
 
     async def _take_lease(self) -> None:
         # A lease row left behind means its owner died without stopping cleanly.
-        self._unclean = (
-            await self.store.fetch_one("SELECT owner FROM lease WHERE id = 1") is not None
-        )
-        taken, owner, expires = await sql.take_lease(
-            self.store, self._owner, time.time(), self.lease_ttl
+        self._unclean = await self.store.lease_left_behind()
+        taken, owner, expires = await self.store.take_lease(
+            self._owner, time.time(), self.lease_ttl
         )
         if not taken:
             raise OwnershipError(self.path, owner, expires)
@@ -466,8 +463,8 @@ class Runtime(JobAdding, JobTransitions):
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
             try:
-                taken, owner, _ = await sql.take_lease(
-                    self.store, self._owner, time.time(), self.lease_ttl
+                taken, owner, _ = await self.store.take_lease(
+                    self._owner, time.time(), self.lease_ttl
                 )
                 if not taken:
                     # Another runtime owns the database now: two owners would run
@@ -490,15 +487,9 @@ class Runtime(JobAdding, JobTransitions):
         # keeps every later event above anything a client may have seen, so a
         # stream resuming with Last-Event-ID gets a snapshot, never a hole.
         gap = SEQ_GAP_AFTER_CRASH if self._unclean else 0
-        _, _, recovered, _, orphaned = await sql.run_script(
-            self.store,
-            [
-                (sql.SQL_SEQ_GAP, (gap, gap)),
-                (sql.SQL_INTERRUPT_ATTEMPTS, (now, now)),
-                (sql.SQL_RECOVER, (self.max_recoveries,)),
-                (sql.SQL_SCHEDULE_ORPHANS, ()),  # failures of their schedules (scheduler note 6)
-                (sql.SQL_ORPHAN, (now,)),
-            ],
+        # Orphans count as failures of their schedules (scheduler note 6).
+        recovered, orphaned = await self.store.recover(
+            now, max_recoveries=self.max_recoveries, seq_gap=gap
         )
         if recovered or orphaned:
             log.warning(
@@ -548,7 +539,7 @@ class Runtime(JobAdding, JobTransitions):
                     self._pools[state.pool].cancel_running(state)
             elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
                 self._pools[state.pool].cancel_running(state)
-            self.store.write(sql.SQL_CLEAR_EXTERNAL, (info.id,))
+            self.store.clear_external(info.id)
 
     # -- adding --------------------------------------------------------------------------
 
@@ -630,13 +621,7 @@ class Runtime(JobAdding, JobTransitions):
             raise InvalidTransition(job_id, info.status.value, "cancel")
         # Both in one transaction: the owner may start the job between our read
         # and our write, and whichever status the row has then, the cancel lands.
-        await sql.run_script(
-            self.store,
-            [
-                (sql.SQL_CANCEL_WAITING_EXTERNAL, (self.clock.now(), job_id)),
-                (sql.SQL_REQUEST_CANCEL, (job_id,)),
-            ],
-        )
+        await self.store.cancel_external(job_id, self.clock.now())
         return await self.get(job_id)
 
     async def retry(self, job_id: int) -> JobInfo:
@@ -650,9 +635,7 @@ class Runtime(JobAdding, JobTransitions):
         max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
         now = self.clock.now()
         if not self.workers or spec is None:
-            await sql.run_script(
-                self.store, [(sql.SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))]
-            )
+            await self.store.retry_external(job_id, now, max_attempts)
             return await self.get(job_id)
         await self.store.settle()
         holder = None if info.unique_key is None else self._unique.get(info.unique_key)
@@ -757,17 +740,7 @@ class Runtime(JobAdding, JobTransitions):
         if not chosen:
             return 0
         await self.store.flush()
-        marks = ",".join("?" * len(chosen))
-        deleted, _ = await sql.run_script(
-            self.store,
-            [
-                (
-                    sql.SQL_CLEANUP.format(marks),
-                    (self.clock.now() - seconds, *[s.value for s in chosen]),
-                ),
-                (sql.SQL_CLEANUP_ATTEMPTS, ()),
-            ],
-        )
+        deleted = await self.store.cleanup(self.clock.now() - seconds, chosen)
         return deleted
 
 

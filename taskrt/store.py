@@ -714,6 +714,117 @@ class Store:
             out.append(res)
         return out
 
+    # -- ownership, recovery and actions of other processes -----------------------
+
+    async def _script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Run statements in one transaction, now; their row counts."""
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [conn.execute(sql, params).rowcount for sql, params in statements]
+                conn.execute("COMMIT")
+                return counts
+            except BaseException:
+                _rollback(conn)
+                raise
+
+        async with self._write_lock:
+            try:
+                result: list[int] = await _in_thread(self.db, work, self.db._conn)
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
+        return result
+
+    async def lease_left_behind(self) -> bool:
+        """Whether a lease row is there: its owner died without stopping cleanly."""
+        return await self.fetch_one("SELECT owner FROM lease WHERE id = 1") is not None
+
+    async def take_lease(self, owner: str, now: float, ttl: float) -> tuple[bool, str, float]:
+        """Take or renew the ownership lease; returns (taken, current owner, expiry)."""
+
+        def work(conn: sqlite3.Connection) -> tuple[bool, str, float]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT owner, expires_at FROM lease WHERE id = 1").fetchone()
+                if row is not None and row[0] != owner and row[1] > now:
+                    conn.execute("COMMIT")
+                    return False, str(row[0]), float(row[1])
+                conn.execute(
+                    "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, ?, ?)",
+                    (owner, now + ttl),
+                )
+                conn.execute("COMMIT")
+                return True, owner, now + ttl
+            except BaseException:
+                _rollback(conn)
+                raise
+
+        async with self._write_lock:
+            try:
+                result: tuple[bool, str, float] = await _in_thread(self.db, work, self.db._conn)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot take the ownership lease of {self.path!r}: {exc}"
+                ) from exc
+        return result
+
+    async def release_lease(self, owner: str) -> None:
+        async with self._write_lock:
+            try:
+                await self.db.execute_fetchall(
+                    "DELETE FROM lease WHERE id = 1 AND owner = ?", (owner,)
+                )
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
+
+    async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
+        """Jobs left RUNNING by a dead process: back to WAITING, or FAILURE (orphaned).
+
+        Records their interrupted attempts, counts orphans as failures of their
+        schedules, and moves every live job's sequence up by ``seq_gap``.
+        Returns (recovered, orphaned).
+        """
+        _, _, recovered, _, orphaned = await self._script(
+            [
+                (SQL_SEQ_GAP, (seq_gap, seq_gap)),
+                (SQL_INTERRUPT_ATTEMPTS, (now, now)),
+                (SQL_RECOVER, (max_recoveries,)),
+                (SQL_SCHEDULE_ORPHANS, ()),
+                (SQL_ORPHAN, (now,)),
+            ]
+        )
+        return recovered, orphaned
+
+    def clear_external(self, job_id: int) -> asyncio.Future[None]:
+        """The owner has taken in what another process changed of this job."""
+        return self.write(SQL_CLEAR_EXTERNAL, (job_id,))
+
+    async def cancel_external(self, job_id: int, now: float) -> None:
+        """A process that does not own the job cancels it: a WAITING row at once,
+        a RUNNING one by asking its owner; in one transaction, whichever it is then."""
+        await self._script(
+            [
+                (SQL_CANCEL_WAITING_EXTERNAL, (now, job_id)),
+                (SQL_REQUEST_CANCEL, (job_id,)),
+            ]
+        )
+
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
+        """A finished job back to WAITING, for its owner to take in."""
+        await self._script([(SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))])
+
+    async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
+        """Delete jobs in ``statuses`` finished before ``before``, and their attempts."""
+        marks = ",".join("?" * len(statuses))
+        deleted, _ = await self._script(
+            [
+                (SQL_CLEANUP.format(marks), (before, *[s.value for s in statuses])),
+                (SQL_CLEANUP_ATTEMPTS, ()),
+            ]
+        )
+        return deleted
+
     # -- reads ---------------------------------------------------------------
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
@@ -1197,65 +1308,6 @@ _RANK = {
     SQL_CANCELLED: 3,
     SQL_WAITING: 3,
 }
-
-
-async def take_lease(store: Store, owner: str, now: float, ttl: float) -> tuple[bool, str, float]:
-    """Take or renew the ownership lease; returns (taken, current owner, expiry)."""
-
-    def work(conn: sqlite3.Connection) -> tuple[bool, str, float]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT owner, expires_at FROM lease WHERE id = 1").fetchone()
-            if row is not None and row[0] != owner and row[1] > now:
-                conn.execute("COMMIT")
-                return False, str(row[0]), float(row[1])
-            conn.execute(
-                "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, ?, ?)",
-                (owner, now + ttl),
-            )
-            conn.execute("COMMIT")
-            return True, owner, now + ttl
-        except BaseException:
-            _rollback(conn)
-            raise
-
-    async with store._write_lock:
-        try:
-            result: tuple[bool, str, float] = await _in_thread(store.db, work, store.db._conn)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot take the ownership lease of {store.path!r}: {exc}") from exc
-    return result
-
-
-async def release_lease(store: Store, owner: str) -> None:
-    async with store._write_lock:
-        try:
-            await store.db.execute_fetchall(
-                "DELETE FROM lease WHERE id = 1 AND owner = ?", (owner,)
-            )
-        except sqlite3.Error as exc:
-            raise _store_error(store.path, exc) from exc
-
-
-async def run_script(store: Store, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
-    """Run statements in one transaction, now (used at start-up and for cleanup)."""
-
-    def work(conn: sqlite3.Connection) -> list[int]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            counts = [conn.execute(sql, params).rowcount for sql, params in statements]
-            conn.execute("COMMIT")
-            return counts
-        except BaseException:
-            _rollback(conn)
-            raise
-
-    async with store._write_lock:
-        try:
-            result: list[int] = await _in_thread(store.db, work, store.db._conn)
-        except sqlite3.Error as exc:
-            raise _store_error(store.path, exc) from exc
-    return result
 
 
 # -- schedules (taskrt.scheduler) --------------------------------------------
