@@ -390,7 +390,7 @@ class Scheduler:
         """A job of a schedule ended FAILURE (note 6); called by the runtime."""
         name = metadata.get("schedule")
         if isinstance(name, str):
-            self._rt.store.write(sql.SQL_SCHEDULE_FAILED, (name,))
+            self._rt.store.schedule_failed(name)
 
     async def _store_declared(self, definitions: builtins.list[ScheduleDefinition]) -> None:
         try:

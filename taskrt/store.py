@@ -254,7 +254,7 @@ class _Batch:
     inserts: list[tuple[list[NewJob], asyncio.Future[list[InsertResult | BaseException]]]] = field(
         default_factory=list
     )
-    statements: list[tuple[str, tuple[Any, ...], int | None]] = field(default_factory=list)
+    statements: list[tuple[_Op, tuple[Any, ...], int | None]] = field(default_factory=list)
     committed: asyncio.Future[None] | None = None
     # Futures of earlier batches whose writes failed and ride along with this one (note 9).
     earlier: list[asyncio.Future[None]] = field(default_factory=list)
@@ -317,7 +317,7 @@ class Store:
         self.failed_writes = 0
         self.outages = 0
         self.last_outage: float | None = None
-        # Told of a statement the database refused on its own (note 10).
+        # Told of an operation (its name) the database refused on its own (note 10).
         self.on_rejected: Callable[[int | None, str, BaseException], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -464,20 +464,93 @@ class Store:
         self._wake.set()
         return fut
 
-    def write(
-        self, sql: str, params: tuple[Any, ...], *, job_id: int | None = None
+    def _queue(
+        self, op: _Op, params: tuple[Any, ...], job_id: int | None = None
     ) -> asyncio.Future[None]:
-        """Queue one statement for the next batch; the future resolves when it is committed.
+        """Queue one operation for the next batch; the future resolves when it is committed.
 
-        ``job_id`` names the job a lifecycle statement is about, so that runs of
-        the same statement can go through one ``executemany`` (note 7).
+        ``job_id`` names the job a lifecycle operation is about, so that runs of
+        the same operation can go through one ``executemany`` (note 7).
         """
         batch = self._batch
-        batch.statements.append((sql, params, job_id))
+        batch.statements.append((op, params, job_id))
         self._wake.set()
         if batch.committed is None:
             batch.committed = asyncio.get_running_loop().create_future()
         return batch.committed
+
+    # -- a job's lifecycle: queued writes, in the next batch (notes 1, 4, 7) -----------
+    # Each returns the future of its batch's commit; none waits for it.
+
+    def start(self, job_id: int, attempt: int, now: float, seq: int) -> asyncio.Future[None]:
+        """RUNNING, attempt number ``attempt`` charged (from WAITING only)."""
+        return self._queue(_START, (attempt, now, seq, job_id), job_id)
+
+    def record_attempt(
+        self,
+        job_id: int,
+        number: int,
+        started_at: float,
+        finished_at: float,
+        outcome: AttemptOutcome,
+        error: str | None,
+        traceback: str | None,
+    ) -> asyncio.Future[None]:
+        """The one record of an attempt, written when it ends."""
+        params = (job_id, number, started_at, finished_at, outcome.value, error, traceback)
+        return self._queue(_ATTEMPT, params, job_id)
+
+    def succeed(
+        self,
+        job_id: int,
+        result_json: str | None,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+    ) -> asyncio.Future[None]:
+        """SUCCESS with its result (JSON text) and last progress."""
+        current, total, message = progress
+        params = (result_json, finished_at, current, total, message, seq, job_id)
+        return self._queue(_SUCCESS, params, job_id)
+
+    def fail(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        attempts: int,
+    ) -> asyncio.Future[None]:
+        """FAILURE with its error and last progress."""
+        return self._queue(
+            _FAILURE, _failure_params(job_id, error, finished_at, progress, seq, attempts), job_id
+        )
+
+    def cancel(
+        self, job_id: int, finished_at: float, seq: int, error: str | None
+    ) -> asyncio.Future[None]:
+        """CANCELLED (from WAITING or RUNNING)."""
+        return self._queue(_CANCELLED, (finished_at, seq, error, job_id), job_id)
+
+    def requeue(
+        self,
+        job_id: int,
+        run_at: float,
+        error: str | None,
+        seq: int,
+        attempts: int,
+        max_attempts: int | None,
+        progress: tuple[float, float, str],
+    ) -> asyncio.Future[None]:
+        """Back to WAITING until ``run_at`` (a retry, a manual retry, a shutdown)."""
+        current, total, message = progress
+        params = (run_at, error, seq, attempts, max_attempts, current, total, message, job_id)
+        return self._queue(_WAITING, params, job_id)
+
+    def schedule_failed(self, name: str) -> asyncio.Future[None]:
+        """A job of schedule ``name`` ended FAILURE: count it (scheduler note 6)."""
+        return self._queue(_SCHEDULE_FAILED, (name,))
 
     def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
         """Coalesced write-behind of a job's progress (note 3)."""
@@ -492,8 +565,7 @@ class Store:
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
-        fut = self.write("SELECT 1", ())
-        await fut
+        await self._queue(_FLUSH, ())
 
     async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
         """Wait for ``fut`` (default: everything queued so far) unless the database fails.
@@ -504,7 +576,7 @@ class Store:
         if self._failing is not None:
             return
         if fut is None:
-            fut = self.write("SELECT 1", ())
+            fut = self._queue(_FLUSH, ())
         if fut.done():
             return
         unhealthy: asyncio.Future[Any] = asyncio.ensure_future(self._unhealthy.wait())
@@ -608,15 +680,15 @@ class Store:
             if not fut.done():
                 fut.set_result(part)
         batch.settle(None)
-        for job_id, statement, refusal in rejected:
+        for job_id, operation, refusal in rejected:
             log.error(
                 "taskrt: the database refused a write of job %s (%s): %s",
                 job_id,
-                statement.split(" SET ")[0].split(" (")[0],
+                operation,
                 refusal,
             )
             if self.on_rejected is not None:
-                self.on_rejected(job_id, statement, refusal)
+                self.on_rejected(job_id, operation, refusal)
         return True
 
     def _apply_sync(
@@ -659,10 +731,10 @@ class Store:
                 _, error = _in_savepoint(conn, conn.execute, _PROGRESS, (c, t, m, s, progress_id))
                 if error is not None:
                     rejected.append((progress_id, "progress", error))
-            for statement, params, job_id in batch.statements:
-                _, error = _in_savepoint(conn, conn.execute, statement, params)
+            for op, params, job_id in batch.statements:
+                _, error = _in_savepoint(conn, conn.execute, op.sql, params)
                 if error is not None:
-                    rejected.append((job_id, statement, error))
+                    rejected.append((job_id, op.name, error))
             for jobs, _ in batch.inserts:
                 out, error = _in_savepoint(conn, _insert_jobs, conn, [jobs])
                 if error is not None:
@@ -798,7 +870,7 @@ class Store:
 
     def clear_external(self, job_id: int) -> asyncio.Future[None]:
         """The owner has taken in what another process changed of this job."""
-        return self.write(SQL_CLEAR_EXTERNAL, (job_id,))
+        return self._queue(_CLEAR_EXTERNAL, (job_id,))
 
     async def cancel_external(self, job_id: int, now: float) -> None:
         """A process that does not own the job cancels it: a WAITING row at once,
@@ -972,6 +1044,32 @@ class Connection:
                 raise StoreUnavailable("the database", _reason(exc)) from exc
             raise StoreError(f"{exc} (in: {sql})") from exc
 
+    async def mark_failed(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        attempts: int,
+    ) -> None:
+        """FAILURE, in this transaction (an ``on_failed`` hook commits with it)."""
+        await self.execute(
+            SQL_FAILURE, _failure_params(job_id, error, finished_at, progress, seq, attempts)
+        )
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested part of the transaction: if the block raises, only its writes are undone."""
+        await self.execute("SAVEPOINT taskrt_part")
+        try:
+            yield
+        except BaseException:
+            await self.execute("ROLLBACK TO taskrt_part")
+            await self.execute("RELEASE taskrt_part")
+            raise
+        await self.execute("RELEASE taskrt_part")
+
     async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         try:
             await self._db.executemany(sql, params)
@@ -980,41 +1078,41 @@ class Connection:
 
 
 def _run_statements(
-    conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...], int | None]]
+    conn: sqlite3.Connection, statements: list[tuple[_Op, tuple[Any, ...], int | None]]
 ) -> None:
-    """Run queued statements, grouping them into ``executemany`` calls (note 7).
+    """Run queued operations, grouping them into ``executemany`` calls (note 7).
 
-    Lifecycle statements have a rank (start < attempt record < final or waiting
-    state). Within a segment they run grouped by statement in rank order; a
+    Lifecycle operations have a rank (start < attempt record < final or waiting
+    state). Within a segment they run grouped by operation in rank order; a
     segment ends when a job would go back to an earlier or the same rank (it
-    retried within the batch) or at any statement without a rank, so each job's
+    retried within the batch) or at any operation without a rank, so each job's
     statements keep their order.
     """
-    segment: dict[str, list[tuple[Any, ...]]] = {}
+    segment: dict[_Op, list[tuple[Any, ...]]] = {}
     last: dict[int, int] = {}
 
     def flush() -> None:
-        for sql in sorted(segment, key=_RANK.__getitem__):
-            rows = segment[sql]
+        for op in sorted(segment, key=_rank):
+            rows = segment[op]
             if len(rows) == 1:
-                conn.execute(sql, rows[0])
+                conn.execute(op.sql, rows[0])
             else:
-                conn.executemany(sql, rows)
+                conn.executemany(op.sql, rows)
         segment.clear()
         last.clear()
 
-    for sql, params, job_id in statements:
-        rank = _RANK.get(sql)
+    for op, params, job_id in statements:
+        rank = op.rank
         if rank is None or job_id is None:
             flush()
-            conn.execute(sql, params)
+            conn.execute(op.sql, params)
             continue
         prev = last.get(job_id)
         if prev is not None and rank <= prev:
             flush()
-        rows = segment.get(sql)
+        rows = segment.get(op)
         if rows is None:
-            rows = segment[sql] = []
+            rows = segment[op] = []
         rows.append(params)
         last[job_id] = rank
     flush()  # the last segment
@@ -1300,14 +1398,40 @@ SQL_INTERRUPT_ATTEMPTS = (
 SQL_CLEANUP = "DELETE FROM jobs WHERE finished_at < ? AND status IN ({})"
 SQL_CLEANUP_ATTEMPTS = "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
 
-_RANK = {
-    SQL_START: 1,
-    SQL_ATTEMPT: 2,
-    SQL_SUCCESS: 3,
-    SQL_FAILURE: 3,
-    SQL_CANCELLED: 3,
-    SQL_WAITING: 3,
-}
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Op:
+    """A queued write: a name for logs, its statement, its lifecycle rank (note 7)."""
+
+    name: str
+    sql: str
+    rank: int | None = None
+
+
+def _rank(op: _Op) -> int:
+    return op.rank or 0
+
+
+_FLUSH = _Op("flush", "SELECT 1")
+_START = _Op("start", SQL_START, 1)
+_ATTEMPT = _Op("attempt", SQL_ATTEMPT, 2)
+_SUCCESS = _Op("succeed", SQL_SUCCESS, 3)
+_FAILURE = _Op("fail", SQL_FAILURE, 3)
+_CANCELLED = _Op("cancel", SQL_CANCELLED, 3)
+_WAITING = _Op("requeue", SQL_WAITING, 3)
+_CLEAR_EXTERNAL = _Op("clear_external", SQL_CLEAR_EXTERNAL)
+
+
+def _failure_params(
+    job_id: int,
+    error: str,
+    finished_at: float,
+    progress: tuple[float, float, str],
+    seq: int,
+    attempts: int,
+) -> tuple[Any, ...]:
+    current, total, message = progress
+    return (error, finished_at, current, total, message, seq, attempts, job_id)
 
 
 # -- schedules (taskrt.scheduler) --------------------------------------------
@@ -1341,6 +1465,7 @@ SQL_SCHEDULE_FIRED = (
 SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
 # A job of the schedule (``metadata.schedule``) ended FAILURE; queued with that write.
 SQL_SCHEDULE_FAILED = "UPDATE schedules SET failures = failures + 1 WHERE name = ?"
+_SCHEDULE_FAILED = _Op("schedule_failed", SQL_SCHEDULE_FAILED)
 # At recovery, before SQL_ORPHAN fails them: orphaned jobs are failures of their schedules.
 # (CASE keeps json_extract away from metadata that is not JSON: it would raise.)
 _RUNNING_OF_SCHEDULE = (

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import store as sql
 from .adding import Transaction
 from .context import DONE, JobState
 from .definitions import TaskSpec
@@ -86,7 +85,7 @@ class JobTransitions(RuntimeParts):
         state.finished_at = None
         state._snapshot = None
         seq = self._emit(state, EventType.STARTED, {"attempt": attempt})
-        return self.store.write(sql.SQL_START, (attempt, now, seq, state.id), job_id=state.id)
+        return self.store.start(state.id, attempt, now, seq)
 
     def _report(
         self, state: JobState, current: float, total: float | None, message: str | None
@@ -167,19 +166,7 @@ class JobTransitions(RuntimeParts):
         self.counters.attempts[state.task, outcome.value].observe(now - started)
         if outcome is AttemptOutcome.TIMEOUT:
             self.counters.timeouts[state.task] += 1
-        self.store.write(
-            sql.SQL_ATTEMPT,
-            (
-                state.id,
-                state.attempts,
-                started,
-                now,
-                outcome.value,
-                error,
-                tb,
-            ),
-            job_id=state.id,
-        )
+        self.store.record_attempt(state.id, state.attempts, started, now, outcome, error, tb)
 
     def _on_attempt_end(self, state: JobState, outcome: Outcome) -> None:
         attempt = state.attempts
@@ -263,20 +250,14 @@ class JobTransitions(RuntimeParts):
         self._pools[state.pool].push(state)
 
     def _write_waiting(self, state: JobState) -> asyncio.Future[None]:
-        return self.store.write(
-            sql.SQL_WAITING,
-            (
-                state.run_at,
-                state.error,
-                state.seq,
-                state.attempts,
-                state.max_attempts,
-                state.current,
-                state.total,
-                state.message,
-                state.id,
-            ),
-            job_id=state.id,
+        return self.store.requeue(
+            state.id,
+            state.run_at,
+            state.error,
+            state.seq,
+            state.attempts,
+            state.max_attempts,
+            (state.current, state.total, state.message),
         )
 
     def _fail(self, state: JobState, error: str) -> None:
@@ -316,28 +297,22 @@ class JobTransitions(RuntimeParts):
         self, state: JobState, error: str, now: float, info: JobInfo, hook: Callable[..., Any]
     ) -> None:
         async with self.store.transaction() as conn:
-            await conn.execute(sql.SQL_FAILURE, self._failure_params(state, error, now))
-            await conn.execute("SAVEPOINT taskrt_on_failed")
+            await conn.mark_failed(
+                state.id,
+                error,
+                now,
+                (state.current, state.total, state.message),
+                state.seq + 1,
+                state.attempts,
+            )
             try:
-                result = hook(info, Transaction(conn))
-                if inspect.isawaitable(result):
-                    await result
+                # What the hook wrote is undone if it raises; the failure stays.
+                async with conn.savepoint():
+                    result = hook(info, Transaction(conn))
+                    if inspect.isawaitable(result):
+                        await result
             except Exception:
                 job_logger(info).exception("taskrt: the on_failed hook of job %d raised", info.id)
-                await conn.execute("ROLLBACK TO taskrt_on_failed")
-            await conn.execute("RELEASE taskrt_on_failed")
-
-    def _failure_params(self, state: JobState, error: str, now: float) -> tuple[Any, ...]:
-        return (
-            error,
-            now,
-            state.current,
-            state.total,
-            state.message,
-            state.seq + 1,
-            state.attempts,
-            state.id,
-        )
 
     def _finalize(
         self,
@@ -364,25 +339,13 @@ class JobTransitions(RuntimeParts):
         seq = state.seq + 1
         fut: asyncio.Future[None] | None = None
         if write:
+            progress = (state.current, state.total, state.message)
             if status is JobStatus.SUCCESS:
-                params: tuple[Any, ...] = (
-                    result_json,
-                    now,
-                    state.current,
-                    state.total,
-                    state.message,
-                    seq,
-                    info.id,
-                )
-                fut = self.store.write(sql.SQL_SUCCESS, params, job_id=info.id)
+                fut = self.store.succeed(info.id, result_json, now, progress, seq)
             elif status is JobStatus.FAILURE:
-                fut = self.store.write(
-                    sql.SQL_FAILURE, self._failure_params(state, error or "", now), job_id=info.id
-                )
+                fut = self.store.fail(info.id, error or "", now, progress, seq, state.attempts)
             else:
-                fut = self.store.write(
-                    sql.SQL_CANCELLED, (now, seq, error, info.id), job_id=info.id
-                )
+                fut = self.store.cancel(info.id, now, seq, error)
         if status is JobStatus.FAILURE and "schedule" in state.metadata:
             self.schedules._job_failed(state.metadata)  # counted (scheduler note 6)
         self._emit(state, STATUS_EVENT[status], data)
@@ -404,21 +367,24 @@ class JobTransitions(RuntimeParts):
                 fut.add_done_callback(self._forget)
             waiting.append(state)
 
-    def _write_refused(self, job_id: int | None, statement: str, error: BaseException) -> None:
+    def _write_refused(self, job_id: int | None, operation: str, error: BaseException) -> None:
         """The database refused one write of a job (store note 10); the store logged it.
 
         A refused SUCCESS would leave the job RUNNING on disk and run it again
         after a restart: it is stored as a FAILURE that says why instead.
         """
         state = None if job_id is None else self._live.get(job_id)
-        if state is None or statement != sql.SQL_SUCCESS:
+        if state is None or operation != "succeed":
             return
         reason = safe_text(f"its result could not be stored: {error}", self.limits.max_error_bytes)
         state.update(status=JobStatus.FAILURE, error=reason, result=None)
-        self.store.write(
-            sql.SQL_FAILURE,
-            self._failure_params(state, reason, state.finished_at or self.clock.now()),
-            job_id=state.id,
+        self.store.fail(
+            state.id,
+            reason,
+            state.finished_at or self.clock.now(),
+            (state.current, state.total, state.message),
+            state.seq + 1,
+            state.attempts,
         )
 
     def _forget(self, fut: asyncio.Future[None]) -> None:
