@@ -39,6 +39,11 @@ class Transaction:
         self._conn = conn
         self._states: list[JobState] = []
 
+    @property
+    def connection(self) -> sql.Connection:
+        """The store's handle on this transaction (taskrt's own services write through it)."""
+        return self._conn
+
     async def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._conn.execute(statement, params)
 

@@ -6,9 +6,10 @@ Everything here is a frozen dataclass or an enum. A change returns a new value
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class JobStatus(StrEnum):
@@ -262,3 +263,102 @@ class Page:
 
     jobs: list[JobInfo]
     cursor: str | None
+
+
+# -- schedules (taskrt.scheduler) ---------------------------------------------
+
+Misfire = Literal["latest", "skip", "all"]
+MISFIRE_POLICIES: tuple[Misfire, ...] = ("latest", "skip", "all")
+
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDefinition:
+    """What a declaration says; build one with ``define`` (it validates)."""
+
+    name: str
+    task: str
+    expression: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pool: str | None = None
+    tz: str = "UTC"
+    misfire: Misfire = "latest"
+
+    def canonical(self) -> tuple[Any, ...]:
+        """The definition as a row stores it (arguments as compact JSON text), for
+        comparison: two definitions are the same when these are equal."""
+        return (
+            self.task,
+            _json(list(self.args)),
+            _json(self.kwargs),
+            self.pool,
+            self.expression,
+            self.tz,
+            self.misfire,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A snapshot of one schedule's row (``rt.schedules``, taskrt.scheduler).
+
+    ``next_run_at`` is the next slot to fire (``None`` while paused);
+    ``last_run_at`` the slot time of the last fire; ``fires`` counts jobs added
+    for slots, ``failures`` jobs of the schedule that ended FAILURE (scheduler note 6);
+    ``last_error`` why the last slot added no job, if it did not.
+    """
+
+    name: str
+    task: str
+    expression: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pool: str | None = None
+    tz: str = "UTC"
+    misfire: Misfire = "latest"
+    paused: bool = False
+    next_run_at: float | None = None
+    last_run_at: float | None = None
+    last_job_id: int | None = None
+    last_error: str | None = None
+    fires: int = 0
+    failures: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def definition(self) -> ScheduleDefinition:
+        return ScheduleDefinition(
+            self.name,
+            self.task,
+            self.expression,
+            self.args,
+            self.kwargs,
+            self.pool,
+            self.tz,
+            self.misfire,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the HTTP API's schedule object)."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "expression": self.expression,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "pool": self.pool,
+            "tz": self.tz,
+            "misfire": self.misfire,
+            "paused": self.paused,
+            "next_run_at": self.next_run_at,
+            "last_run_at": self.last_run_at,
+            "last_job_id": self.last_job_id,
+            "last_error": self.last_error,
+            "fires": self.fires,
+            "failures": self.failures,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }

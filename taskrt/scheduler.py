@@ -48,30 +48,26 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import json
 import logging
-import sqlite3
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from . import store as sql
 from .clock import TimerHandle
 from .definitions import Task, TaskCall, TaskSpec
 from .errors import InvalidOption, StoreError, TaskNotFound, TaskrtError
 from .limits import DEFAULT_LIMITS, check_text, encode
+from .models import MISFIRE_POLICIES, Misfire, ScheduleDefinition, ScheduleInfo
 from .retention import Retention, RetentionStatistics
 from .schedule import CronError, CronSpec, next_fire_ts, parse_cron
-from .store import dumps
 
 if TYPE_CHECKING:
     from .runtime import Runtime, Transaction
+    from .store import Connection
 
 log = logging.getLogger("taskrt.scheduler")
 
-Misfire = Literal["latest", "skip", "all"]
-MISFIRE_POLICIES: tuple[Misfire, ...] = ("latest", "skip", "all")
 MAX_CATCH_UP = 100
 MAX_NAME = 200
 # A slot search stops after this many slots (see ``newest_slots``).
@@ -109,94 +105,7 @@ class ScheduleExists(TaskrtError):
 # -- values --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduleDefinition:
-    """What a declaration says; build one with ``define`` (it validates)."""
-
-    name: str
-    task: str
-    expression: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    pool: str | None = None
-    tz: str = "UTC"
-    misfire: Misfire = "latest"
-
-    def stored(self) -> tuple[Any, ...]:
-        """The definition as the row stores it, for comparison (note 4)."""
-        return (
-            self.task,
-            dumps(list(self.args)),
-            dumps(self.kwargs),
-            self.pool,
-            self.expression,
-            self.tz,
-            self.misfire,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleInfo:
-    """A snapshot of one schedule's row.
-
-    ``next_run_at`` is the next slot to fire (``None`` while paused);
-    ``last_run_at`` the slot time of the last fire; ``fires`` counts jobs added
-    for slots, ``failures`` jobs of the schedule that ended FAILURE (note 6);
-    ``last_error`` why the last slot added no job, if it did not.
-    """
-
-    name: str
-    task: str
-    expression: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    pool: str | None = None
-    tz: str = "UTC"
-    misfire: Misfire = "latest"
-    paused: bool = False
-    next_run_at: float | None = None
-    last_run_at: float | None = None
-    last_job_id: int | None = None
-    last_error: str | None = None
-    fires: int = 0
-    failures: int = 0
-    created_at: float = 0.0
-    updated_at: float = 0.0
-
-    @property
-    def definition(self) -> ScheduleDefinition:
-        return ScheduleDefinition(
-            self.name,
-            self.task,
-            self.expression,
-            self.args,
-            self.kwargs,
-            self.pool,
-            self.tz,
-            self.misfire,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the HTTP API's schedule object)."""
-        return {
-            "name": self.name,
-            "task": self.task,
-            "expression": self.expression,
-            "args": list(self.args),
-            "kwargs": dict(self.kwargs),
-            "pool": self.pool,
-            "tz": self.tz,
-            "misfire": self.misfire,
-            "paused": self.paused,
-            "next_run_at": self.next_run_at,
-            "last_run_at": self.last_run_at,
-            "last_job_id": self.last_job_id,
-            "last_error": self.last_error,
-            "fires": self.fires,
-            "failures": self.failures,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+# ScheduleDefinition and ScheduleInfo are plain values: taskrt.models.
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,27 +348,22 @@ class Scheduler:
         bumped: int | None = None
         async with self._rt.store.transaction() as conn:
             for d in definitions:
-                rows = await conn.execute(sql.SQL_SCHEDULE_GET, (d.name,))
-                if not rows:
+                old = await conn.schedule(d.name)
+                if old is None:
                     spec = parse_cron(d.expression, d.tz)
-                    await conn.execute(
-                        sql.SQL_SCHEDULE_INSERT,
-                        (d.name, *d.stored(), 0, next_fire_ts(spec, now), now, now),
-                    )
+                    await conn.insert_schedule(d, next_fire_ts(spec, now), now)
                     changed = True
                 else:
-                    old = row_to_schedule(rows[0])
-                    changed = old.definition.stored() != d.stored()
+                    changed = old.definition.canonical() != d.canonical()
                     if changed and not replace:
                         raise ScheduleExists(d.name)
                     if changed:
-                        await conn.execute(
-                            sql.SQL_SCHEDULE_DEFINE, self._define_params(old, d, now)
-                        )
+                        await conn.define_schedule(d, _next_after_change(old, d, now), now)
+                info = await conn.schedule(d.name) if changed else old
+                assert info is not None  # just written, in this transaction
                 if changed:
-                    bumped = await _bump(conn)
-                    rows = await conn.execute(sql.SQL_SCHEDULE_GET, (d.name,))
-                out.append((row_to_schedule(rows[0]), changed))
+                    bumped = await conn.bump_schedules()
+                out.append((info, changed))
         for info, changed in out:
             if changed:
                 self._track(info)
@@ -470,14 +374,6 @@ class Scheduler:
         self._bumped(bumped, len([c for _, c in out if c]))
         return out
 
-    def _define_params(
-        self, old: ScheduleInfo, new: ScheduleDefinition, now: float
-    ) -> tuple[Any, ...]:
-        next_run_at = old.next_run_at
-        if not old.paused and (old.expression, old.tz) != (new.expression, new.tz):
-            next_run_at = next_fire_ts(parse_cron(new.expression, new.tz), now)
-        return (*new.stored(), next_run_at, now, new.name)
-
     # -- reading ------------------------------------------------------------------------
 
     async def __call__(self) -> builtins.list[ScheduleInfo]:
@@ -487,15 +383,15 @@ class Scheduler:
     async def list(self) -> builtins.list[ScheduleInfo]:
         """Every schedule, by name."""
         self._rt._require_started("listing schedules")
-        return [row_to_schedule(r) for r in await self._rt.store.fetch_all(sql.SQL_SCHEDULES)]
+        return await self._rt.store.schedules()
 
     async def get(self, name: str) -> ScheduleInfo:
         """One schedule (``ScheduleNotFound`` when there is none)."""
         self._rt._require_started("reading a schedule")
-        row = await self._rt.store.fetch_one(sql.SQL_SCHEDULE_GET, (name,))
-        if row is None:
+        info = await self._rt.store.schedule(name)
+        if info is None:
             raise ScheduleNotFound(name)
-        return row_to_schedule(row)
+        return info
 
     async def statistics(self) -> ScheduleStatistics:
         """Active and paused counts, next fire times, fires and failures per schedule."""
@@ -519,21 +415,27 @@ class Scheduler:
     async def pause(self, name: str) -> ScheduleInfo:
         """Stop firing; slots passing while paused are not fired later."""
         now = self._rt.clock.now()
-        return await self._modify(
-            name, lambda info: [] if info.paused else [(sql.SQL_SCHEDULE_PAUSE, (now, name))]
-        )
+
+        async def change(conn: Connection, info: ScheduleInfo) -> bool:
+            if info.paused:
+                return False
+            await conn.pause_schedule(name, now)
+            return True
+
+        return await self._modify(name, change)
 
     async def resume(self, name: str) -> ScheduleInfo:
         """Fire again, from the first slot after now."""
         now = self._rt.clock.now()
 
-        def statements(info: ScheduleInfo) -> builtins.list[tuple[str, tuple[Any, ...]]]:
+        async def change(conn: Connection, info: ScheduleInfo) -> bool:
             if not info.paused:
-                return []
+                return False
             nxt = next_fire_ts(parse_cron(info.expression, info.tz), now)
-            return [(sql.SQL_SCHEDULE_RESUME, (nxt, now, name))]
+            await conn.resume_schedule(name, nxt, now)
+            return True
 
-        return await self._modify(name, statements)
+        return await self._modify(name, change)
 
     async def update(
         self,
@@ -565,38 +467,44 @@ class Scheduler:
             tz=d.tz if tz is None else tz,
             misfire=d.misfire if misfire is None else misfire,
         )
-        if new.stored() == d.stored():
+        if new.canonical() == d.canonical():
             return old
         self._check_task(new)
         now = self._rt.clock.now()
-        return await self._modify(
-            name, lambda info: [(sql.SQL_SCHEDULE_DEFINE, self._define_params(info, new, now))]
-        )
+
+        async def change(conn: Connection, info: ScheduleInfo) -> bool:
+            await conn.define_schedule(new, _next_after_change(info, new, now), now)
+            return True
+
+        return await self._modify(name, change)
 
     async def delete(self, name: str) -> None:
         """Remove a schedule (a code declaration brings it back at the next start)."""
-        await self._modify(name, lambda info: [(sql.SQL_SCHEDULE_DELETE, (name,))])
+
+        async def change(conn: Connection, info: ScheduleInfo) -> bool:
+            await conn.delete_schedule(name)
+            return True
+
+        await self._modify(name, change)
         self._declared.pop(name, None)
         self._due.pop(name, None)
         self._arm()
 
-    async def _modify(self, name: str, change: Any) -> ScheduleInfo:
-        """Read the row, run ``change(info)``'s statements, bump, re-read; one transaction."""
+    async def _modify(
+        self, name: str, change: Callable[[Connection, ScheduleInfo], Awaitable[bool]]
+    ) -> ScheduleInfo:
+        """Read the row, ``change`` it, bump, read it again; one transaction."""
         self._rt._require_started("changing a schedule")
         bumped: int | None = None
         async with self._rt.store.transaction() as conn:
-            rows = await conn.execute(sql.SQL_SCHEDULE_GET, (name,))
-            if not rows:
+            info = await conn.schedule(name)
+            if info is None:
                 raise ScheduleNotFound(name)
-            info = row_to_schedule(rows[0])
-            statements = change(info)
-            for statement, params in statements:
-                await conn.execute(statement, params)
-            if statements:
-                bumped = await _bump(conn)
-                rows = await conn.execute(sql.SQL_SCHEDULE_GET, (name,))
-                info = row_to_schedule(rows[0]) if rows else info
-        if statements:
+            changed = await change(conn, info)
+            if changed:
+                bumped = await conn.bump_schedules()
+                info = await conn.schedule(name) or info  # None: deleted
+        if changed:
             self._track(info)
             self._bumped(bumped, 1)
         return info
@@ -606,7 +514,7 @@ class Scheduler:
         info = await self.get(name)
         async with self._rt.transaction() as tx:
             job_id = await self._add_job(info, tx, None)
-            await tx.execute(sql.SQL_SCHEDULE_RAN, (job_id, name))
+            await tx.connection.schedule_ran(name, job_id)
         return job_id
 
     async def _add_job(self, info: ScheduleInfo, tx: Transaction, slot: float | None) -> int:
@@ -723,11 +631,12 @@ class Scheduler:
         rt = self._rt
         async with rt.transaction() as tx:
             now = rt.clock.now()
-            rows = await tx.execute(sql.SQL_SCHEDULE_GET, (name,))
-            if not rows:
+            conn = tx.connection
+            found = await conn.schedule(name)
+            if found is None:
                 self._due.pop(name, None)
                 return
-            info = row_to_schedule(rows[0])
+            info = found
             first = info.next_run_at
             if info.paused or first is None or first > now:
                 self._track(info)  # changed by someone else meanwhile
@@ -738,7 +647,14 @@ class Scheduler:
             except CronError as exc:
                 # Stored rules were valid when stored; one that no longer is stops here.
                 log.error("taskrt: schedule %r stopped: %s", name, exc)
-                await tx.execute(sql.SQL_SCHEDULE_FIRED, (None, None, None, str(exc), 0, name))
+                await conn.schedule_fired(
+                    name,
+                    next_run_at=None,
+                    last_run_at=None,
+                    last_job_id=None,
+                    error=str(exc),
+                    added=0,
+                )
                 self._due.pop(name, None)
                 return
             slots = self._slots(spec, first, now, info.misfire)
@@ -759,7 +675,14 @@ class Scheduler:
                     break
                 added += 1
             last = slots[-1] if slots else None
-            await tx.execute(sql.SQL_SCHEDULE_FIRED, (nxt, last, job_id, error, added, name))
+            await conn.schedule_fired(
+                name,
+                next_run_at=nxt,
+                last_run_at=last,
+                last_job_id=job_id,
+                error=error,
+                added=added,
+            )
         rt.counters.scheduler_fires[name] += added  # committed: counted (taskrt.metrics)
         rt.counters.scheduler_misfires[name] += missed
         if nxt is not None and name in self._due:
@@ -777,8 +700,7 @@ class Scheduler:
         return newest
 
     async def _reload(self) -> None:
-        row = await self._rt.store.fetch_one(sql.SQL_SCHEDULES_VERSION)
-        self._version = None if row is None else str(row[0])
+        self._version = await self._rt.store.schedules_version()
         infos = await self.list()
         self._due = {
             i.name: i.next_run_at for i in infos if not i.paused and i.next_run_at is not None
@@ -797,39 +719,18 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.watch_interval)
             try:
-                row = await self._rt.store.fetch_one(sql.SQL_SCHEDULES_VERSION)
-                version = None if row is None else str(row[0])
+                version = await self._rt.store.schedules_version()
                 if version != self._version:
                     await self._reload()
             except TaskrtError:
                 log.exception("taskrt: reading schedule changes failed")
 
 
-async def _bump(conn: sql.Connection) -> int:
-    rows = await conn.execute(sql.SQL_SCHEDULES_BUMP)
-    return int(rows[0][0])
-
-
-def row_to_schedule(row: sqlite3.Row) -> ScheduleInfo:
-    return ScheduleInfo(
-        name=row["name"],
-        task=row["task"],
-        expression=row["expression"],
-        args=tuple(json.loads(row["args"])),
-        kwargs=json.loads(row["kwargs"]),
-        pool=row["pool"],
-        tz=row["tz"],
-        misfire=row["misfire"],
-        paused=bool(row["paused"]),
-        next_run_at=row["next_run_at"],
-        last_run_at=row["last_run_at"],
-        last_job_id=row["last_job_id"],
-        last_error=row["last_error"],
-        fires=row["fires"],
-        failures=row["failures"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+def _next_after_change(old: ScheduleInfo, new: ScheduleDefinition, now: float) -> float | None:
+    """A new expression or time zone moves the next slot to the first one of the new rule."""
+    if not old.paused and (old.expression, old.tz) != (new.expression, new.tz):
+        return next_fire_ts(parse_cron(new.expression, new.tz), now)
+    return old.next_run_at
 
 
 __all__ = [

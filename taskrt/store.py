@@ -79,6 +79,8 @@ from .models import (
     AttemptOutcome,
     JobInfo,
     JobStatus,
+    ScheduleDefinition,
+    ScheduleInfo,
     StoreHealth,
 )
 
@@ -1009,6 +1011,19 @@ class Store:
             p95 = row["d"] if row else None
         return {"counts": counts, "mean": agg["mean"] if agg else None, "p95": p95}
 
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by name."""
+        return [row_to_schedule(r) for r in await self.fetch_all(SQL_SCHEDULES)]
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        row = await self.fetch_one(SQL_SCHEDULE_GET, (name,))
+        return None if row is None else row_to_schedule(row)
+
+    async def schedules_version(self) -> str | None:
+        """Bumped by every change of a definition, by any process (scheduler note 5)."""
+        row = await self.fetch_one(SQL_SCHEDULES_VERSION)
+        return None if row is None else str(row[0])
+
     async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
         """Jobs another process added or changed (``external = 1``), with their cancel flag."""
         rows = await self.fetch_all(
@@ -1069,6 +1084,62 @@ class Connection:
             await self.execute("RELEASE taskrt_part")
             raise
         await self.execute("RELEASE taskrt_part")
+
+    # Schedules, in the caller's transaction (taskrt.scheduler: a slot's job and
+    # the row's advance commit together).
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        rows = await self.execute(SQL_SCHEDULE_GET, (name,))
+        return row_to_schedule(rows[0]) if rows else None
+
+    async def insert_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        await self.execute(
+            SQL_SCHEDULE_INSERT,
+            (definition.name, *definition.canonical(), 0, next_run_at, now, now),
+        )
+
+    async def define_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        """A changed definition of an existing schedule."""
+        await self.execute(
+            SQL_SCHEDULE_DEFINE, (*definition.canonical(), next_run_at, now, definition.name)
+        )
+
+    async def pause_schedule(self, name: str, now: float) -> None:
+        await self.execute(SQL_SCHEDULE_PAUSE, (now, name))
+
+    async def resume_schedule(self, name: str, next_run_at: float, now: float) -> None:
+        await self.execute(SQL_SCHEDULE_RESUME, (next_run_at, now, name))
+
+    async def delete_schedule(self, name: str) -> None:
+        await self.execute(SQL_SCHEDULE_DELETE, (name,))
+
+    async def schedule_fired(
+        self,
+        name: str,
+        *,
+        next_run_at: float | None,
+        last_run_at: float | None,
+        last_job_id: int | None,
+        error: str | None,
+        added: int,
+    ) -> None:
+        """The row after firing slots: the next slot (``None``: stopped), what was added."""
+        await self.execute(
+            SQL_SCHEDULE_FIRED, (next_run_at, last_run_at, last_job_id, error, added, name)
+        )
+
+    async def schedule_ran(self, name: str, job_id: int) -> None:
+        """A job added by ``run_now``, outside the slots."""
+        await self.execute(SQL_SCHEDULE_RAN, (job_id, name))
+
+    async def bump_schedules(self) -> int:
+        """Say that definitions changed (the owner reloads them); the new version."""
+        rows = await self.execute(SQL_SCHEDULES_BUMP)
+        return int(rows[0][0])
 
     async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         try:
@@ -1336,6 +1407,28 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         recoveries=row["recoveries"],
         seq=row["seq"],
         retry_policy=_loads(row["retry"]),
+    )
+
+
+def row_to_schedule(row: sqlite3.Row) -> ScheduleInfo:
+    return ScheduleInfo(
+        name=row["name"],
+        task=row["task"],
+        expression=row["expression"],
+        args=tuple(json.loads(row["args"])),
+        kwargs=json.loads(row["kwargs"]),
+        pool=row["pool"],
+        tz=row["tz"],
+        misfire=row["misfire"],
+        paused=bool(row["paused"]),
+        next_run_at=row["next_run_at"],
+        last_run_at=row["last_run_at"],
+        last_job_id=row["last_job_id"],
+        last_error=row["last_error"],
+        fires=row["fires"],
+        failures=row["failures"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
