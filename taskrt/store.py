@@ -780,7 +780,10 @@ class Store:
 
     async def insert_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert jobs inside an open transaction (transactional enqueue)."""
-        results = await _in_thread(self.db, _insert_jobs, self.db._conn, [list(jobs)])
+        try:
+            results = await _in_thread(self.db, _insert_jobs, self.db._conn, [list(jobs)])
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
         out: list[InsertResult] = []
         for res in results:
             if isinstance(res, BaseException):

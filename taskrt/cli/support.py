@@ -41,7 +41,6 @@ import importlib
 import json
 import math
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -104,8 +103,6 @@ def status_of(exc: BaseException) -> int:
         return NOT_FOUND
     if isinstance(exc, StoreError | OwnershipError | QueueFull | RuntimeNotStarted | OSError):
         return UNAVAILABLE
-    if isinstance(exc, sqlite3.Error):
-        return UNAVAILABLE
     if isinstance(exc, TaskrtError):
         return USAGE
     return JOB_FAILED
@@ -137,7 +134,7 @@ def in_event_loop(fn: AsyncRun) -> Run:
             raise
         except StreamError as exc:
             raise CommandError(str(exc), exc.status) from exc
-        except (TaskrtError, OSError, sqlite3.Error) as exc:
+        except (TaskrtError, OSError) as exc:
             raise CommandError(one_line(exc), status_of(exc)) from exc
 
     return run
