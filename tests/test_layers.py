@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "taskrt"
-STORE = {"store.py"}
+STORE = "store/sqlite/"  # the SQLite implementation: the one place for a driver and SQL
 DRIVERS = {"sqlite3", "aiosqlite", "asyncpg"}
 SQL = re.compile(
     r"\b(SELECT\s+.+\s+FROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM"
@@ -25,13 +25,24 @@ SQL = re.compile(
 def offences(source: str) -> list[str]:
     """Driver imports and SQL string literals in one module's source."""
     found: list[str] = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] in DRIVERS]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module.split(".")[0] in DRIVERS:
                 found.append(f"from {node.module} import ...")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) in docstrings:  # prose about the store may name its SQL
+                continue
             match = SQL.search(node.value)
             if match:
                 found.append(f"SQL {match.group(0)[:40]!r} (line {node.lineno})")
@@ -40,7 +51,7 @@ def offences(source: str) -> list[str]:
 
 def modules() -> list[Path]:
     return sorted(
-        p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).as_posix() not in STORE
+        p for p in PACKAGE.rglob("*.py") if not p.relative_to(PACKAGE).as_posix().startswith(STORE)
     )
 
 
@@ -51,6 +62,7 @@ def test_only_the_store_holds_sql_or_imports_a_driver(path: Path) -> None:
 
 def test_the_check_finds_what_it_looks_for() -> None:
     source = (
+        '"""Notes may say PRAGMA user_version."""\n'
         "import sqlite3\n"
         "from aiosqlite import connect\n"
         'Q = "SELECT id FROM jobs WHERE x = ?"\n'
@@ -61,6 +73,6 @@ def test_the_check_finds_what_it_looks_for() -> None:
     assert offences(source) == [
         "import sqlite3",
         "from aiosqlite import ...",
-        "SQL 'SELECT id FROM' (line 3)",
-        "SQL 'UPDATE jobs SET' (line 4)",
+        "SQL 'SELECT id FROM' (line 4)",
+        "SQL 'UPDATE jobs SET' (line 5)",
     ]

@@ -170,7 +170,10 @@ async def test_a_failure_inside_the_firing_transaction_fires_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The job insert and the schedule's advance commit together (scheduler note 1)."""
-    from taskrt import store
+    from taskrt.store import Connection
+
+    async def fails(self: Connection, name: str, **changes: object) -> None:
+        await self.execute("UPDATE no_such_table SET x = 1")  # SQLite refuses it
 
     clock = FakeClock(T0)
     rt = make_rt(tmp_path, clock=clock)
@@ -183,7 +186,7 @@ async def test_a_failure_inside_the_firing_transaction_fires_nothing(
     path = db_file(tmp_path)
     async with rt:
         # The row update fails after the job's insert: as if the process died there.
-        monkeypatch.setattr(store, "SQL_SCHEDULE_FIRED", "UPDATE no_such_table SET x = 1")
+        monkeypatch.setattr(Connection, "schedule_fired", fails)
         await run_for(rt, clock, 1)
         assert "firing schedule 'beat' failed" in caplog.text
         assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]

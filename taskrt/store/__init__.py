@@ -1,0 +1,88 @@
+"""Persistence of jobs, attempts, schedules and the ownership lease.
+
+Everything above the store talks to it through its operations (``add`` through
+``insert``, ``start``, ``succeed``, ``recover``, ``schedules``, ...), never with
+SQL: the SQLite implementation in ``taskrt.store.sqlite`` is the only package
+that imports a database driver or holds SQL (tests/test_layers.py keeps it so).
+Its modules: ``store`` (the ``Store``), ``writer`` (the group commit),
+``batch`` (what one batch does, and its failures), ``connection`` (a write
+transaction), ``schema`` (versions, migrations), ``sql`` (every statement),
+``rows`` (rows in and out).
+
+Design notes:
+
+1. **Group commit.** Writes are queued as operations; one writer task takes
+   everything queued and applies it in one transaction, in one trip to
+   aiosqlite's connection thread (``Connection._execute`` runs a function there;
+   aiosqlite is pinned below its next minor for that reason). While one batch
+   is being written, the next one gathers, so many concurrent ``add`` calls
+   share one commit.
+2. **Ids.** Job ids come from SQLite's AUTOINCREMENT sequence, read and advanced
+   inside the write transaction, so ids strictly increase across processes and
+   are never reused, even after rows are deleted. An explicit id (a task's
+   ``next_id`` hook) must be above the sequence.
+3. **Progress is state.** Progress updates are coalesced per job in memory and
+   written with the next batch (at most ``progress_interval`` later); terminal
+   writes are never coalesced, and progress writes only touch RUNNING rows so a
+   late flush cannot undo a final state.
+4. **Transitions.** Every status update names the statuses it may come from
+   (``models.TRANSITIONS``) in its WHERE clause; the store refuses any other.
+5. **Durability.** WAL journal. ``synchronous="normal"`` survives a process
+   crash (a power loss may lose the last commits); ``"full"`` survives power loss.
+7. **Few statements, grouped.** An attempt's record is written once, when it
+   ends (a running attempt is known from memory, and recovery records the
+   attempts a crash interrupted). Lifecycle statements of many jobs are grouped
+   into ``executemany`` calls (``_run_statements``).
+8. **Indexes** are the write rate's main cost: there is one on status (the
+   queue, recovery, status filters), partial ones for what is rare (live
+   unique keys, finished rows for cleanup and statistics, rows other
+   processes changed), and none on pool or task; a listing filtered by those
+   scans newest-first by id, which stays fast for 100,000 jobs (see
+   tests/test_dashboard.py).
+6. **Reads** use a second connection (WAL readers never block the writer), except
+   for ``:memory:`` databases, which exist per connection.
+9. **A failed write is kept, never dropped.** When the database takes no
+   writes for now (disk full, locked past the busy timeout, an I/O error:
+   ``_TRANSIENT_CODES``), the batch's state changes stay queued, first in the
+   next batch, and are written again with backoff (20 ms doubling to 1 s)
+   until they commit; their futures resolve only then. Adds in that batch are
+   refused at once with ``StoreUnavailable`` (nothing acknowledged is lost, and
+   the caller may try again). ``health()`` says so meanwhile; the first commit
+   after the outage logs its length and checkpoints the WAL. Terminal writes
+   are idempotent (note 4), so writing one again is safe. Closing keeps trying
+   for ``patience`` seconds, then logs what it gives up.
+10. **One bad write fails alone.** Any other failure of a batch is the fault of
+    one of its parts: the batch is written again with each part (an add, a
+    statement, a progress row) under its own savepoint. A refused add fails
+    its own caller; a refused statement is logged and handed to
+    ``on_rejected``; everything else commits. Values are checked before they
+    are queued (``taskrt.limits``), so this is the last line, not the first.
+11. **The schema has a version.** ``PRAGMA user_version`` records it; opening
+    a file runs the migrations from its version to ``SCHEMA_VERSION`` in one
+    transaction (``_migrate``; a file of the first release has version 0) and
+    refuses a file of a newer release with ``SchemaTooNew``, touching nothing.
+    A change of the tables is a new entry in ``MIGRATIONS``, never an edit of
+    an old one.
+"""
+
+from .sqlite import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Connection,
+    InsertResult,
+    NewJob,
+    Store,
+    Synchronous,
+    dumps,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Connection",
+    "InsertResult",
+    "NewJob",
+    "Store",
+    "Synchronous",
+    "dumps",
+]

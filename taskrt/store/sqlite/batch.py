@@ -1,0 +1,240 @@
+"""What one write batch does in the connection's thread, and how its failures are told apart.
+
+``run_statements`` groups queued operations into ``executemany`` calls (note 7);
+``insert_jobs`` assigns ids (note 2); ``transient`` says whether a failure is the
+database's for now (note 9) or one part's (note 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from ...errors import DuplicateJobId, StoreError, StoreUnavailable
+from .rows import InsertResult, NewJob
+from .sql import INSERT_JOB, Op, rank_of
+
+log = logging.getLogger("taskrt.store")
+
+
+async def in_thread(db: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in the connection's own thread, in one trip (note 1)."""
+    return await db._execute(fn, *args)  # type: ignore[no-untyped-call]
+
+
+@dataclass(slots=True)
+class Batch:
+    inserts: list[tuple[list[NewJob], asyncio.Future[list[InsertResult | BaseException]]]] = field(
+        default_factory=list
+    )
+    statements: list[tuple[Op, tuple[Any, ...], int | None]] = field(default_factory=list)
+    committed: asyncio.Future[None] | None = None
+    # Futures of earlier batches whose writes failed and ride along with this one (note 9).
+    earlier: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def retain(self, failed: Batch) -> None:
+        """Put ``failed``'s statements first, so every job's writes keep their order."""
+        self.statements[:0] = failed.statements
+        self.earlier[:0] = failed.earlier
+        if failed.committed is not None:
+            self.earlier.insert(len(failed.earlier), failed.committed)
+
+    def settle(self, error: BaseException | None) -> None:
+        futures = [*self.earlier, self.committed] if self.committed else self.earlier
+        for fut in futures:
+            if not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+                    fut.exception()  # logged by the store; nobody need await it
+
+
+def run_statements(
+    conn: sqlite3.Connection, statements: list[tuple[Op, tuple[Any, ...], int | None]]
+) -> None:
+    """Run queued operations, grouping them into ``executemany`` calls (note 7).
+
+    Lifecycle operations have a rank (start < attempt record < final or waiting
+    state). Within a segment they run grouped by operation in rank order; a
+    segment ends when a job would go back to an earlier or the same rank (it
+    retried within the batch) or at any operation without a rank, so each job's
+    statements keep their order.
+    """
+    segment: dict[Op, list[tuple[Any, ...]]] = {}
+    last: dict[int, int] = {}
+
+    def flush() -> None:
+        for op in sorted(segment, key=rank_of):
+            rows = segment[op]
+            if len(rows) == 1:
+                conn.execute(op.sql, rows[0])
+            else:
+                conn.executemany(op.sql, rows)
+        segment.clear()
+        last.clear()
+
+    for op, params, job_id in statements:
+        rank = op.rank
+        if rank is None or job_id is None:
+            flush()
+            conn.execute(op.sql, params)
+            continue
+        prev = last.get(job_id)
+        if prev is not None and rank <= prev:
+            flush()
+        rows = segment.get(op)
+        if rows is None:
+            rows = segment[op] = []
+        rows.append(params)
+        last[job_id] = rank
+    flush()  # the last segment
+
+
+def insert_jobs(
+    conn: sqlite3.Connection, groups: list[list[NewJob]]
+) -> list[InsertResult | BaseException]:
+    """Assign ids from the AUTOINCREMENT sequence and insert (note 2).
+
+    Each group (one ``add`` or ``add_many`` call) is all or nothing: if one of
+    its jobs has an id that is not above the sequence, none of them is stored
+    and every result of the group is that error.
+    """
+    if not groups:
+        return []
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+    last = int(row[0]) if row else 0
+    results: list[InsertResult | BaseException] = []
+    rows: list[tuple[Any, ...]] = []
+    keys: dict[str, int] = {}
+    for jobs in groups:
+        group_results: list[InsertResult] = []
+        group_rows: list[tuple[Any, ...]] = []
+        group_keys: dict[str, int] = {}
+        group_last = last
+        error: BaseException | None = None
+        for job in jobs:
+            if job.unique_key is not None:
+                existing = keys.get(job.unique_key) or group_keys.get(job.unique_key)
+                if existing is None:
+                    found = conn.execute(
+                        "SELECT id FROM jobs WHERE unique_key = ? "
+                        "AND status IN ('WAITING', 'RUNNING')",
+                        (job.unique_key,),
+                    ).fetchone()
+                    existing = None if found is None else int(found[0])
+                if existing is not None:
+                    group_results.append(InsertResult(existing, False))
+                    continue
+            if job.job_id is not None:
+                if job.job_id <= group_last:
+                    error = DuplicateJobId(job.job_id, group_last)
+                    break
+                job_id = job.job_id
+            else:
+                job_id = group_last + 1
+            group_last = job_id
+            if job.unique_key is not None:
+                group_keys[job.unique_key] = job_id
+            group_rows.append(
+                (
+                    job_id,
+                    job.task,
+                    job.pool,
+                    job.args_json,
+                    job.kwargs_json,
+                    job.max_attempts,
+                    job.priority,
+                    job.metadata_json,
+                    job.unique_key,
+                    job.created_at,
+                    job.run_at,
+                    job.timeout,
+                    job.retry_json,
+                    1 if job.external else 0,
+                )
+            )
+            group_results.append(InsertResult(job_id, True))
+        if error is not None:
+            results.extend([error] * len(jobs))
+            continue
+        last = group_last
+        keys.update(group_keys)
+        rows.extend(group_rows)
+        results.extend(group_results)
+    conn.executemany(INSERT_JOB, rows)
+    return results
+
+
+# -- failures (notes 9, 10) ----------------------------------------------------
+
+BACKOFF_FIRST = 0.02
+BACKOFF_MAX = 1.0
+# Primary result codes that say the database cannot take writes *now*; anything
+# else (a constraint, a value SQLite cannot bind) is the fault of one write.
+_TRANSIENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def transient(exc: BaseException) -> bool:
+    """True when ``exc`` says the database takes no writes for now (note 9)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and (
+        code is None or (code & 0xFF) in _TRANSIENT_CODES
+    )
+
+
+def reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def store_error(path: str, exc: BaseException) -> StoreError:
+    """``StoreUnavailable`` when the database takes no writes now, else ``StoreError``."""
+    if transient(exc):
+        return StoreUnavailable(path, reason(exc))
+    return StoreError(f"write to {path!r} failed: {exc}")
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if SQLite has not already (a full disk ends the transaction itself)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the first error is the one worth raising
+            log.warning("taskrt: rollback failed: %s", exc)
+
+
+def in_savepoint(
+    conn: sqlite3.Connection, fn: Callable[..., Any], *args: Any
+) -> tuple[Any, BaseException | None]:
+    """``fn(*args)`` under a savepoint: (its result, None), or (None, the error) rolled back.
+
+    A transient error is raised: it is the database's, not this part's.
+    """
+    conn.execute("SAVEPOINT taskrt_part")
+    try:
+        result = fn(*args)
+    except Exception as exc:
+        if transient(exc) or not conn.in_transaction:
+            raise
+        conn.execute("ROLLBACK TO taskrt_part")
+        conn.execute("RELEASE taskrt_part")
+        return None, exc
+    conn.execute("RELEASE taskrt_part")
+    return result, None

@@ -1,0 +1,133 @@
+"""``Connection``: a handle on one write transaction (``rt.transaction()``, schedules)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+
+from ...errors import StoreError, StoreUnavailable
+from ...models import ScheduleDefinition, ScheduleInfo
+from .batch import reason, transient
+from .rows import row_to_schedule
+from .sql import (
+    SQL_FAILURE,
+    SQL_SCHEDULE_DEFINE,
+    SQL_SCHEDULE_DELETE,
+    SQL_SCHEDULE_FIRED,
+    SQL_SCHEDULE_GET,
+    SQL_SCHEDULE_INSERT,
+    SQL_SCHEDULE_PAUSE,
+    SQL_SCHEDULE_RAN,
+    SQL_SCHEDULE_RESUME,
+    SQL_SCHEDULES_BUMP,
+    failure_params,
+)
+
+
+class Connection:
+    """The application's handle on a write transaction (``rt.transaction()``)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self.jobs: list[Any] = []
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one statement in the transaction; returns its rows (if any)."""
+        try:
+            return list(await self._db.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            if transient(exc):
+                raise StoreUnavailable("the database", reason(exc)) from exc
+            raise StoreError(f"{exc} (in: {sql})") from exc
+
+    async def mark_failed(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        attempts: int,
+    ) -> None:
+        """FAILURE, in this transaction (an ``on_failed`` hook commits with it)."""
+        await self.execute(
+            SQL_FAILURE, failure_params(job_id, error, finished_at, progress, seq, attempts)
+        )
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested part of the transaction: if the block raises, only its writes are undone."""
+        await self.execute("SAVEPOINT taskrt_part")
+        try:
+            yield
+        except BaseException:
+            await self.execute("ROLLBACK TO taskrt_part")
+            await self.execute("RELEASE taskrt_part")
+            raise
+        await self.execute("RELEASE taskrt_part")
+
+    # Schedules, in the caller's transaction (taskrt.scheduler: a slot's job and
+    # the row's advance commit together).
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        rows = await self.execute(SQL_SCHEDULE_GET, (name,))
+        return row_to_schedule(rows[0]) if rows else None
+
+    async def insert_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        await self.execute(
+            SQL_SCHEDULE_INSERT,
+            (definition.name, *definition.canonical(), 0, next_run_at, now, now),
+        )
+
+    async def define_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        """A changed definition of an existing schedule."""
+        await self.execute(
+            SQL_SCHEDULE_DEFINE, (*definition.canonical(), next_run_at, now, definition.name)
+        )
+
+    async def pause_schedule(self, name: str, now: float) -> None:
+        await self.execute(SQL_SCHEDULE_PAUSE, (now, name))
+
+    async def resume_schedule(self, name: str, next_run_at: float, now: float) -> None:
+        await self.execute(SQL_SCHEDULE_RESUME, (next_run_at, now, name))
+
+    async def delete_schedule(self, name: str) -> None:
+        await self.execute(SQL_SCHEDULE_DELETE, (name,))
+
+    async def schedule_fired(
+        self,
+        name: str,
+        *,
+        next_run_at: float | None,
+        last_run_at: float | None,
+        last_job_id: int | None,
+        error: str | None,
+        added: int,
+    ) -> None:
+        """The row after firing slots: the next slot (``None``: stopped), what was added."""
+        await self.execute(
+            SQL_SCHEDULE_FIRED, (next_run_at, last_run_at, last_job_id, error, added, name)
+        )
+
+    async def schedule_ran(self, name: str, job_id: int) -> None:
+        """A job added by ``run_now``, outside the slots."""
+        await self.execute(SQL_SCHEDULE_RAN, (job_id, name))
+
+    async def bump_schedules(self) -> int:
+        """Say that definitions changed (the owner reloads them); the new version."""
+        rows = await self.execute(SQL_SCHEDULES_BUMP)
+        return int(rows[0][0])
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        try:
+            await self._db.executemany(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{exc} (in: {sql})") from exc

@@ -1,0 +1,53 @@
+"""The schema's version and its migrations (note 11)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from ...errors import SchemaTooNew
+from .batch import rollback
+from .sql import SCHEMA_V1
+
+log = logging.getLogger("taskrt.store")
+
+SCHEMA_VERSION = 1
+"""The version of the tables this code reads and writes (``PRAGMA user_version``, note 11)."""
+
+
+def _statements(script: str) -> tuple[str, ...]:
+    """The statements of a script (no ``;`` inside a statement, ``--`` comments dropped)."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return tuple(part.strip() for part in "\n".join(lines).split(";") if part.strip())
+
+
+# MIGRATIONS[n - 1] takes a file of version n - 1 to version n. Version 0 is a
+# file of the first release (no version recorded) or a new, empty file; the
+# first migration is written to be safe on both (IF NOT EXISTS everywhere).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_statements(SCHEMA_V1),)
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the file to ``SCHEMA_VERSION`` in one transaction; refuse a newer one.
+
+    Several processes may start at once: the version is read again once the
+    write lock is held, so each migration runs exactly once.
+    """
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(path, found, SCHEMA_VERSION)
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    if found:
+        log.info("taskrt: upgraded %s from schema version %d to %d", path, found, SCHEMA_VERSION)

@@ -1,0 +1,263 @@
+"""Every SQL statement of the SQLite store, and the operations the writer queues.
+
+Each status update names the statuses it may come from (``models.TRANSITIONS``)
+in its WHERE clause, so the database refuses any other transition (note 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...models import TRANSITIONS, JobStatus
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    status TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '[]',
+    kwargs TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER,
+    current REAL NOT NULL DEFAULT 0,
+    total REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    error TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    unique_key TEXT,
+    created_at REAL NOT NULL,
+    run_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    timeout REAL,
+    retry TEXT,
+    recoveries INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL DEFAULT 0,
+    external INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_live ON jobs(unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'RUNNING');
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
+-- No index on pool or task: each costs every insert and status change about a
+-- fifth of the store's write rate, and a listing filtered by them walks the
+-- id index newest first until a page is full (store note 8).
+DROP INDEX IF EXISTS jobs_pool;
+DROP INDEX IF EXISTS jobs_task;
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_external ON jobs(id) WHERE external = 1;
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    traceback TEXT,
+    PRIMARY KEY (job_id, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '[]',
+    kwargs TEXT NOT NULL DEFAULT '{}',
+    pool TEXT,
+    expression TEXT NOT NULL,
+    tz TEXT NOT NULL DEFAULT 'UTC',
+    misfire TEXT NOT NULL DEFAULT 'latest',
+    paused INTEGER NOT NULL DEFAULT 0,
+    next_run_at REAL,
+    last_run_at REAL,
+    last_job_id INTEGER,
+    last_error TEXT,
+    fires INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+-- An early build counted schedule failures with this trigger; any UPDATE
+-- trigger on jobs costs about a third of the job throughput (scheduler note 6).
+DROP TRIGGER IF EXISTS schedules_failures;
+"""
+
+JOB_COLUMNS = (
+    "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
+    "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
+    "finished_at, timeout, retry, recoveries, seq"
+)
+
+INSERT_JOB = (
+    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
+    "unique_key, created_at, run_at, timeout, retry, seq, external) "
+    "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
+)
+
+PROGRESS = (
+    "UPDATE jobs SET current = ?, total = ?, message = ?, seq = MAX(seq, ?) "
+    "WHERE id = ? AND status = 'RUNNING'"
+)
+
+
+def status_list(*statuses: JobStatus) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
+
+
+def sources(target: JobStatus) -> str:
+    """SQL list of the statuses ``target`` may be reached from (note 4)."""
+    return status_list(*(s for s, nexts in TRANSITIONS.items() if target in nexts))
+
+
+# -- statements used by the runtime (note 4: each names its source statuses) --
+
+SQL_START = (
+    "UPDATE jobs SET status = 'RUNNING', attempts = ?, started_at = ?, seq = ?, error = NULL "
+    f"WHERE id = ? AND status IN {sources(JobStatus.RUNNING)}"
+)
+SQL_ATTEMPT = (
+    "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, error, "
+    "traceback) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_SUCCESS = (
+    "UPDATE jobs SET status = 'SUCCESS', result = ?, finished_at = ?, current = ?, total = ?, "
+    f"message = ?, seq = ?, error = NULL WHERE id = ? AND status IN {sources(JobStatus.SUCCESS)}"
+)
+SQL_FAILURE = (
+    "UPDATE jobs SET status = 'FAILURE', error = ?, finished_at = ?, current = ?, total = ?, "
+    f"message = ?, seq = ?, attempts = ? WHERE id = ? AND status IN {sources(JobStatus.FAILURE)}"
+)
+SQL_CANCELLED = (
+    "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = ?, cancel_requested = 0, "
+    f"error = ? WHERE id = ? AND status IN {sources(JobStatus.CANCELLED)}"
+)
+SQL_WAITING = (
+    "UPDATE jobs SET status = 'WAITING', run_at = ?, error = ?, seq = ?, attempts = ?, "
+    "max_attempts = ?, finished_at = NULL, started_at = NULL, current = ?, total = ?, message = ? "
+    f"WHERE id = ? AND status IN {sources(JobStatus.WAITING)}"
+)
+SQL_CLEAR_EXTERNAL = "UPDATE jobs SET external = 0, cancel_requested = 0 WHERE id = ?"
+SQL_CLEAR_EXTERNAL_KEEP_CANCEL = "UPDATE jobs SET external = 0 WHERE id = ?"
+SQL_REQUEST_CANCEL = (
+    "UPDATE jobs SET cancel_requested = 1, external = 1 WHERE id = ? AND status = 'RUNNING'"
+)
+SQL_CANCEL_WAITING_EXTERNAL = (
+    "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = seq + 1, external = 1 "
+    "WHERE id = ? AND status = 'WAITING'"
+)
+SQL_RETRY_EXTERNAL = (
+    "UPDATE jobs SET status = 'WAITING', run_at = ?, max_attempts = ?, finished_at = NULL, "
+    "started_at = NULL, seq = seq + 1, external = 1 "
+    f"WHERE id = ? AND status IN {sources(JobStatus.WAITING)} AND status != 'RUNNING'"
+)
+SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + ? WHERE ? > 0 AND status IN ('WAITING', 'RUNNING')"
+SQL_RECOVER = (
+    "UPDATE jobs SET status = 'WAITING', recoveries = recoveries + 1, seq = seq + 1 "
+    "WHERE status = 'RUNNING' AND recoveries < ?"
+)
+SQL_ORPHAN = (
+    "UPDATE jobs SET status = 'FAILURE', finished_at = ?, seq = seq + 1, "
+    "error = 'orphaned: the job was running when its process died ' || (recoveries + 1) || ' times' "
+    "WHERE status = 'RUNNING'"
+)
+SQL_INTERRUPT_ATTEMPTS = (
+    "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, error) "
+    "SELECT id, attempts, COALESCE(started_at, ?), ?, 'interrupted', "
+    "'the process stopped during this attempt' FROM jobs WHERE status = 'RUNNING' AND attempts > 0"
+)
+SQL_CLEANUP = "DELETE FROM jobs WHERE finished_at < ? AND status IN ({})"
+SQL_CLEANUP_ATTEMPTS = "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Op:
+    """A queued write: a name for logs, its statement, its lifecycle rank (note 7)."""
+
+    name: str
+    sql: str
+    rank: int | None = None
+
+
+def rank_of(op: Op) -> int:
+    return op.rank or 0
+
+
+FLUSH = Op("flush", "SELECT 1")
+START = Op("start", SQL_START, 1)
+ATTEMPT = Op("attempt", SQL_ATTEMPT, 2)
+SUCCEED = Op("succeed", SQL_SUCCESS, 3)
+FAIL = Op("fail", SQL_FAILURE, 3)
+CANCEL = Op("cancel", SQL_CANCELLED, 3)
+REQUEUE = Op("requeue", SQL_WAITING, 3)
+CLEAR_EXTERNAL = Op("clear_external", SQL_CLEAR_EXTERNAL)
+
+
+def failure_params(
+    job_id: int,
+    error: str,
+    finished_at: float,
+    progress: tuple[float, float, str],
+    seq: int,
+    attempts: int,
+) -> tuple[Any, ...]:
+    current, total, message = progress
+    return (error, finished_at, current, total, message, seq, attempts, job_id)
+
+
+# -- schedules (taskrt.scheduler) --------------------------------------------
+# One row per schedule. ``next_run_at`` is the next slot not yet fired (NULL
+# while paused); a slot's job insert and the row's advance commit together.
+
+SCHEDULE_COLUMNS = (
+    "name, task, args, kwargs, pool, expression, tz, misfire, paused, next_run_at, "
+    "last_run_at, last_job_id, last_error, fires, failures, created_at, updated_at"
+)
+SQL_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
+SQL_SCHEDULE_GET = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
+SQL_SCHEDULE_INSERT = (
+    "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
+    "next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_SCHEDULE_DEFINE = (
+    "UPDATE schedules SET task = ?, args = ?, kwargs = ?, pool = ?, expression = ?, tz = ?, "
+    "misfire = ?, next_run_at = ?, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_PAUSE = (
+    "UPDATE schedules SET paused = 1, next_run_at = NULL, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_RESUME = (
+    "UPDATE schedules SET paused = 0, next_run_at = ?, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_FIRED = (
+    "UPDATE schedules SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), "
+    "last_job_id = COALESCE(?, last_job_id), last_error = ?, fires = fires + ? WHERE name = ?"
+)
+SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
+# A job of the schedule (``metadata.schedule``) ended FAILURE; queued with that write.
+SQL_SCHEDULE_FAILED = "UPDATE schedules SET failures = failures + 1 WHERE name = ?"
+SCHEDULE_FAILED = Op("schedule_failed", SQL_SCHEDULE_FAILED)
+# At recovery, before SQL_ORPHAN fails them: orphaned jobs are failures of their schedules.
+# (CASE keeps json_extract away from metadata that is not JSON: it would raise.)
+_RUNNING_OF_SCHEDULE = (
+    "FROM jobs WHERE status = 'RUNNING' AND CASE WHEN json_valid(jobs.metadata) "
+    "THEN json_extract(jobs.metadata, '$.schedule') END = schedules.name"
+)
+SQL_SCHEDULE_ORPHANS = (
+    f"UPDATE schedules SET failures = failures + (SELECT count(*) {_RUNNING_OF_SCHEDULE}) "
+    f"WHERE EXISTS (SELECT 1 {_RUNNING_OF_SCHEDULE})"
+)
+SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = ?"
+# Every change of a definition (by any process) bumps this; the owner watches it.
+SQL_SCHEDULES_BUMP = (
+    "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value"
+)
+SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"

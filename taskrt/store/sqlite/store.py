@@ -1,0 +1,561 @@
+"""``Store``: jobs, attempts, schedules and the lease in one SQLite file (``taskrt.store``).
+
+The store's public face: opening (and migrating) the file, the operations the
+runtime calls (each a queued write for the group commit of ``writer``, or a
+transaction of its own), and the reads. The notes are the package's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import aiosqlite
+
+from ...errors import InvalidOption, StoreError
+from ...models import (
+    AttemptInfo,
+    AttemptOutcome,
+    JobInfo,
+    JobStatus,
+    ScheduleInfo,
+    StoreHealth,
+)
+from .batch import in_thread, insert_jobs, rollback, store_error
+from .connection import Connection
+from .rows import InsertResult, NewJob, json_path, row_to_job, row_to_schedule, window
+from .schema import migrate
+from .sql import (
+    ATTEMPT,
+    CANCEL,
+    CLEAR_EXTERNAL,
+    FAIL,
+    JOB_COLUMNS,
+    REQUEUE,
+    SCHEDULE_FAILED,
+    SQL_CANCEL_WAITING_EXTERNAL,
+    SQL_CLEANUP,
+    SQL_CLEANUP_ATTEMPTS,
+    SQL_INTERRUPT_ATTEMPTS,
+    SQL_ORPHAN,
+    SQL_RECOVER,
+    SQL_REQUEST_CANCEL,
+    SQL_RETRY_EXTERNAL,
+    SQL_SCHEDULE_GET,
+    SQL_SCHEDULE_ORPHANS,
+    SQL_SCHEDULES,
+    SQL_SCHEDULES_VERSION,
+    SQL_SEQ_GAP,
+    START,
+    SUCCEED,
+    failure_params,
+)
+from .writer import GroupCommit
+
+log = logging.getLogger("taskrt.store")
+
+Synchronous = Literal["normal", "full", "off"]
+
+
+class Store:
+    """SQLite persistence with group commit (see the ``taskrt.store`` notes)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: Synchronous = "normal",
+        progress_interval: float = 0.05,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if synchronous not in ("normal", "full", "off"):
+            raise InvalidOption(
+                "synchronous", f"expected 'normal', 'full' or 'off', found {synchronous!r}"
+            )
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._writes = GroupCommit(path, progress_interval=progress_interval)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def memory(self) -> bool:
+        return self.path == ":memory:" or self.path.startswith("file::memory:")
+
+    async def open(self) -> None:
+        try:
+            self._db = await self._connect()
+            await in_thread(self._db, migrate, self._db._conn, self.path)
+            self._reader = self._db if self.memory else await self._connect()
+        except sqlite3.Error as exc:
+            await self._close_connections()
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        except StoreError:
+            await self._close_connections()
+            raise
+        self._writes.start(self._db)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        # execute_fetchall, not execute: a PRAGMA that returns a row and is left
+        # unread keeps a read transaction open, pinning this connection's view
+        # of the database to that moment.
+        await db.execute_fetchall(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if not self.memory:
+            await db.execute_fetchall("PRAGMA journal_mode = WAL")
+        await db.execute_fetchall(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        await db.execute_fetchall("PRAGMA foreign_keys = ON")
+        return db
+
+    async def close(self, patience: float = 10.0) -> None:
+        """Write everything queued, then close the connections.
+
+        While the database takes no writes, queued state changes are tried
+        again for up to ``patience`` seconds, then given up (and logged): a
+        restart runs those jobs again (at-least-once).
+        """
+        if self._db is not None:
+            await self._writes.close(patience)
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        for conn in {id(c): c for c in (self._reader, self._db) if c is not None}.values():
+            try:
+                await conn.close()
+            except sqlite3.Error as exc:
+                log.error("taskrt: closing %s failed: %s", self.path, exc)
+        self._reader = None
+        self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return self._reader
+
+    # -- the group commit (notes 1, 3, 9, 10) ---------------------------------------
+
+    @property
+    def batches(self) -> int:
+        """Write batches committed so far."""
+        return self._writes.batches
+
+    @property
+    def rows_written(self) -> int:
+        return self._writes.rows_written
+
+    @property
+    def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
+        """Told of an operation (its name) the database refused on its own (note 10)."""
+        return self._writes.on_rejected
+
+    @on_rejected.setter
+    def on_rejected(
+        self, callback: Callable[[int | None, str, BaseException], None] | None
+    ) -> None:
+        self._writes.on_rejected = callback
+
+    def health(self) -> StoreHealth:
+        return self._writes.health()
+
+    @property
+    def failing(self) -> bool:
+        return self._writes.failing
+
+    def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
+        """Queue jobs for the next batch; the future gives one result (or error) per job."""
+        return self._writes.insert(jobs)
+
+    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
+        """Coalesced write-behind of a job's progress (note 3)."""
+        self._writes.progress(job_id, current, total, message, seq)
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed."""
+        await self._writes.flush()
+
+    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
+        """Wait for ``fut`` (default: everything queued so far) unless the database fails."""
+        await self._writes.settle(fut)
+
+    # -- a job's lifecycle: queued writes, in the next batch (notes 1, 4, 7) -----------
+    # Each returns the future of its batch's commit; none waits for it.
+
+    def start(self, job_id: int, attempt: int, now: float, seq: int) -> asyncio.Future[None]:
+        """RUNNING, attempt number ``attempt`` charged (from WAITING only)."""
+        return self._writes.queue(START, (attempt, now, seq, job_id), job_id)
+
+    def record_attempt(
+        self,
+        job_id: int,
+        number: int,
+        started_at: float,
+        finished_at: float,
+        outcome: AttemptOutcome,
+        error: str | None,
+        traceback: str | None,
+    ) -> asyncio.Future[None]:
+        """The one record of an attempt, written when it ends."""
+        params = (job_id, number, started_at, finished_at, outcome.value, error, traceback)
+        return self._writes.queue(ATTEMPT, params, job_id)
+
+    def succeed(
+        self,
+        job_id: int,
+        result_json: str | None,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+    ) -> asyncio.Future[None]:
+        """SUCCESS with its result (JSON text) and last progress."""
+        current, total, message = progress
+        params = (result_json, finished_at, current, total, message, seq, job_id)
+        return self._writes.queue(SUCCEED, params, job_id)
+
+    def fail(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        attempts: int,
+    ) -> asyncio.Future[None]:
+        """FAILURE with its error and last progress."""
+        return self._writes.queue(
+            FAIL, failure_params(job_id, error, finished_at, progress, seq, attempts), job_id
+        )
+
+    def cancel(
+        self, job_id: int, finished_at: float, seq: int, error: str | None
+    ) -> asyncio.Future[None]:
+        """CANCELLED (from WAITING or RUNNING)."""
+        return self._writes.queue(CANCEL, (finished_at, seq, error, job_id), job_id)
+
+    def requeue(
+        self,
+        job_id: int,
+        run_at: float,
+        error: str | None,
+        seq: int,
+        attempts: int,
+        max_attempts: int | None,
+        progress: tuple[float, float, str],
+    ) -> asyncio.Future[None]:
+        """Back to WAITING until ``run_at`` (a retry, a manual retry, a shutdown)."""
+        current, total, message = progress
+        params = (run_at, error, seq, attempts, max_attempts, current, total, message, job_id)
+        return self._writes.queue(REQUEUE, params, job_id)
+
+    def schedule_failed(self, name: str) -> asyncio.Future[None]:
+        """A job of schedule ``name`` ended FAILURE: count it (scheduler note 6)."""
+        return self._writes.queue(SCHEDULE_FAILED, (name,))
+
+    # -- transactions --------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """An exclusive write transaction on the writer connection.
+
+        The group-commit writer waits while it is open; keep it short.
+        """
+        async with self._writes.lock:
+            db = self.db
+            try:
+                await db.execute_fetchall("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+            conn = Connection(db)
+            try:
+                yield conn
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    await db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    await in_thread(db, rollback, db._conn)
+                    raise store_error(self.path, exc) from exc
+
+    async def insert_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[InsertResult]:
+        """Insert jobs inside an open transaction (transactional enqueue)."""
+        try:
+            results = await in_thread(self.db, insert_jobs, self.db._conn, [list(jobs)])
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+        out: list[InsertResult] = []
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+            out.append(res)
+        return out
+
+    # -- ownership, recovery and actions of other processes -----------------------
+
+    async def _script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Run statements in one transaction, now; their row counts."""
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [conn.execute(sql, params).rowcount for sql, params in statements]
+                conn.execute("COMMIT")
+                return counts
+            except BaseException:
+                rollback(conn)
+                raise
+
+        async with self._writes.lock:
+            try:
+                result: list[int] = await in_thread(self.db, work, self.db._conn)
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+        return result
+
+    async def lease_left_behind(self) -> bool:
+        """Whether a lease row is there: its owner died without stopping cleanly."""
+        return await self.fetch_one("SELECT owner FROM lease WHERE id = 1") is not None
+
+    async def take_lease(self, owner: str, now: float, ttl: float) -> tuple[bool, str, float]:
+        """Take or renew the ownership lease; returns (taken, current owner, expiry)."""
+
+        def work(conn: sqlite3.Connection) -> tuple[bool, str, float]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT owner, expires_at FROM lease WHERE id = 1").fetchone()
+                if row is not None and row[0] != owner and row[1] > now:
+                    conn.execute("COMMIT")
+                    return False, str(row[0]), float(row[1])
+                conn.execute(
+                    "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, ?, ?)",
+                    (owner, now + ttl),
+                )
+                conn.execute("COMMIT")
+                return True, owner, now + ttl
+            except BaseException:
+                rollback(conn)
+                raise
+
+        async with self._writes.lock:
+            try:
+                result: tuple[bool, str, float] = await in_thread(self.db, work, self.db._conn)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot take the ownership lease of {self.path!r}: {exc}"
+                ) from exc
+        return result
+
+    async def release_lease(self, owner: str) -> None:
+        async with self._writes.lock:
+            try:
+                await self.db.execute_fetchall(
+                    "DELETE FROM lease WHERE id = 1 AND owner = ?", (owner,)
+                )
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+
+    async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
+        """Jobs left RUNNING by a dead process: back to WAITING, or FAILURE (orphaned).
+
+        Records their interrupted attempts, counts orphans as failures of their
+        schedules, and moves every live job's sequence up by ``seq_gap``.
+        Returns (recovered, orphaned).
+        """
+        _, _, recovered, _, orphaned = await self._script(
+            [
+                (SQL_SEQ_GAP, (seq_gap, seq_gap)),
+                (SQL_INTERRUPT_ATTEMPTS, (now, now)),
+                (SQL_RECOVER, (max_recoveries,)),
+                (SQL_SCHEDULE_ORPHANS, ()),
+                (SQL_ORPHAN, (now,)),
+            ]
+        )
+        return recovered, orphaned
+
+    def clear_external(self, job_id: int) -> asyncio.Future[None]:
+        """The owner has taken in what another process changed of this job."""
+        return self._writes.queue(CLEAR_EXTERNAL, (job_id,))
+
+    async def cancel_external(self, job_id: int, now: float) -> None:
+        """A process that does not own the job cancels it: a WAITING row at once,
+        a RUNNING one by asking its owner; in one transaction, whichever it is then."""
+        await self._script(
+            [
+                (SQL_CANCEL_WAITING_EXTERNAL, (now, job_id)),
+                (SQL_REQUEST_CANCEL, (job_id,)),
+            ]
+        )
+
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
+        """A finished job back to WAITING, for its owner to take in."""
+        await self._script([(SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))])
+
+    async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
+        """Delete jobs in ``statuses`` finished before ``before``, and their attempts."""
+        marks = ",".join("?" * len(statuses))
+        deleted, _ = await self._script(
+            [
+                (SQL_CLEANUP.format(marks), (before, *[s.value for s in statuses])),
+                (SQL_CLEANUP_ATTEMPTS, ()),
+            ]
+        )
+        return deleted
+
+    # -- reads ---------------------------------------------------------------
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            rows = await self.reader.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
+        return list(rows)
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def get_job(self, job_id: int) -> JobInfo | None:
+        row = await self.fetch_one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else row_to_job(row)
+
+    async def get_jobs(self, ids: Iterable[int]) -> list[JobInfo]:
+        ids = list(ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self.fetch_all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
+        return [row_to_job(r) for r in rows]
+
+    async def waiting_jobs(self) -> list[JobInfo]:
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'WAITING' ORDER BY id"
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def list_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[JobInfo]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status:
+            where.append(f"status IN ({','.join('?' * len(status))})")
+            params.extend(s.value for s in status)
+        if pool is not None:
+            where.append("pool = ?")
+            params.append(pool)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        for key, value in (metadata or {}).items():
+            where.append("json_extract(metadata, ?) = ?")
+            params.append(json_path(key))
+            params.append(value if not isinstance(value, bool) else int(value))
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def attempts(self, job_id: int) -> list[AttemptInfo]:
+        rows = await self.fetch_all(
+            "SELECT job_id, number, started_at, finished_at, outcome, error, traceback "
+            "FROM attempts WHERE job_id = ? ORDER BY number",
+            (job_id,),
+        )
+        return [
+            AttemptInfo(
+                job_id=r["job_id"],
+                number=r["number"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+                outcome=AttemptOutcome(r["outcome"]),
+                error=r["error"],
+                traceback=r["traceback"],
+            )
+            for r in rows
+        ]
+
+    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
+        where, params = window("created_at", since, until)
+        counts = {
+            r["status"]: r["n"]
+            for r in await self.fetch_all(
+                f"SELECT status, count(*) AS n FROM jobs {where} GROUP BY status", params
+            )
+        }
+        fwhere, fparams = window("finished_at", since, until)
+        cond = "status = 'SUCCESS' AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+        fclause = f"{fwhere} AND {cond}" if fwhere else f"WHERE {cond}"
+        agg = await self.fetch_one(
+            f"SELECT count(*) AS n, avg(finished_at - started_at) AS mean FROM jobs {fclause}",
+            fparams,
+        )
+        n = agg["n"] if agg else 0
+        p95 = None
+        if n:
+            # Nearest rank: the ceil(0.95 n)-th smallest (round() would go half-to-even).
+            offset = max(0, min(n - 1, -(-95 * n // 100) - 1))
+            row = await self.fetch_one(
+                f"SELECT finished_at - started_at AS d FROM jobs {fclause} "
+                "ORDER BY d LIMIT 1 OFFSET ?",
+                [*fparams, offset],
+            )
+            p95 = row["d"] if row else None
+        return {"counts": counts, "mean": agg["mean"] if agg else None, "p95": p95}
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by name."""
+        return [row_to_schedule(r) for r in await self.fetch_all(SQL_SCHEDULES)]
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        row = await self.fetch_one(SQL_SCHEDULE_GET, (name,))
+        return None if row is None else row_to_schedule(row)
+
+    async def schedules_version(self) -> str | None:
+        """Bumped by every change of a definition, by any process (scheduler note 5)."""
+        row = await self.fetch_one(SQL_SCHEDULES_VERSION)
+        return None if row is None else str(row[0])
+
+    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
+        """Jobs another process added or changed (``external = 1``), with their cancel flag."""
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(row_to_job(r), bool(r["cancel_requested"])) for r in rows]
+
+    async def count_waiting(self, pool: str) -> int:
+        row = await self.fetch_one(
+            "SELECT count(*) AS n FROM jobs WHERE pool = ? AND status = 'WAITING'", (pool,)
+        )
+        return int(row["n"]) if row else 0
+
+    async def last_id(self) -> int:
+        row = await self.fetch_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")
+        return int(row["seq"]) if row else 0
