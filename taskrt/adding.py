@@ -20,7 +20,7 @@ from .errors import InvalidOption, PoolNotFound, QueueFull, TaskNotFound
 from .limits import check_text, check_time, encode
 from .models import Event, EventType, JobStatus
 from .parts import RuntimeParts
-from .store import NewJob, dumps
+from .store import NewJob, StoreTransaction, dumps
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -35,12 +35,12 @@ class Transaction:
     Both commit or neither does; workers see the jobs after the commit.
     """
 
-    def __init__(self, conn: sql.Connection) -> None:
+    def __init__(self, conn: StoreTransaction) -> None:
         self._conn = conn
         self._states: list[JobState] = []
 
     @property
-    def connection(self) -> sql.Connection:
+    def connection(self) -> StoreTransaction:
         """The store's handle on this transaction (taskrt's own services write through it)."""
         return self._conn
 

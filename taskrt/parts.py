@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .models import JobInfo
     from .pool import Pool
     from .scheduler import Scheduler
-    from .store import Store
+    from .store import JobStore
     from .tracing import Instrumentation
 
 
@@ -29,7 +29,7 @@ class RuntimeParts:
     """The base of ``Runtime``'s parts; see the module docstring."""
 
     if TYPE_CHECKING:
-        store: Store
+        store: JobStore
         broker: Broker
         counters: Counters
         clock: Clock

@@ -69,7 +69,7 @@ from .models import (
 from .pool import DEFAULT_CONCURRENCY, Pool
 from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
-from .store import Store, Synchronous
+from .store import JobStore, Store, Synchronous
 from .stream import JobStream, snapshot_event
 from .transitions import JobLogAdapter, JobTransitions, job_logger, retry_policy_of
 from .watchdog import LoopWatchdog
@@ -158,7 +158,7 @@ class Runtime(JobAdding, JobTransitions):
         self._tasks_path = tasks
         self._root = root
         self._executor = executor
-        self.store = Store(
+        self.store: JobStore = Store(
             self.path,
             synchronous=synchronous,
             progress_interval=progress_interval,

@@ -64,7 +64,7 @@ from .schedule import CronError, CronSpec, next_fire_ts, parse_cron
 
 if TYPE_CHECKING:
     from .runtime import Runtime, Transaction
-    from .store import Connection
+    from .store import StoreTransaction
 
 log = logging.getLogger("taskrt.scheduler")
 
@@ -416,7 +416,7 @@ class Scheduler:
         """Stop firing; slots passing while paused are not fired later."""
         now = self._rt.clock.now()
 
-        async def change(conn: Connection, info: ScheduleInfo) -> bool:
+        async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
             if info.paused:
                 return False
             await conn.pause_schedule(name, now)
@@ -428,7 +428,7 @@ class Scheduler:
         """Fire again, from the first slot after now."""
         now = self._rt.clock.now()
 
-        async def change(conn: Connection, info: ScheduleInfo) -> bool:
+        async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
             if not info.paused:
                 return False
             nxt = next_fire_ts(parse_cron(info.expression, info.tz), now)
@@ -472,7 +472,7 @@ class Scheduler:
         self._check_task(new)
         now = self._rt.clock.now()
 
-        async def change(conn: Connection, info: ScheduleInfo) -> bool:
+        async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
             await conn.define_schedule(new, _next_after_change(info, new, now), now)
             return True
 
@@ -481,7 +481,7 @@ class Scheduler:
     async def delete(self, name: str) -> None:
         """Remove a schedule (a code declaration brings it back at the next start)."""
 
-        async def change(conn: Connection, info: ScheduleInfo) -> bool:
+        async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
             await conn.delete_schedule(name)
             return True
 
@@ -491,7 +491,7 @@ class Scheduler:
         self._arm()
 
     async def _modify(
-        self, name: str, change: Callable[[Connection, ScheduleInfo], Awaitable[bool]]
+        self, name: str, change: Callable[[StoreTransaction, ScheduleInfo], Awaitable[bool]]
     ) -> ScheduleInfo:
         """Read the row, ``change`` it, bump, read it again; one transaction."""
         self._rt._require_started("changing a schedule")

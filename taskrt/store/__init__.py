@@ -4,7 +4,9 @@ Everything above the store talks to it through its operations (``add`` through
 ``insert``, ``start``, ``succeed``, ``recover``, ``schedules``, ...), never with
 SQL: the SQLite implementation in ``taskrt.store.sqlite`` is the only package
 that imports a database driver or holds SQL (tests/test_layers.py keeps it so).
-Its modules: ``store`` (the ``Store``), ``writer`` (the group commit),
+``protocol`` names the operations (``JobStore``, ``StoreTransaction``): the
+seam a second backend plugs into. The SQLite modules: ``store`` (the
+``Store``), ``writer`` (the group commit),
 ``batch`` (what one batch does, and its failures), ``connection`` (a write
 transaction), ``schema`` (versions, migrations), ``sql`` (every statement),
 ``rows`` (rows in and out).
@@ -65,24 +67,19 @@ Design notes:
     an old one.
 """
 
-from .sqlite import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    Connection,
-    InsertResult,
-    NewJob,
-    Store,
-    Synchronous,
-    dumps,
-)
+from .protocol import InsertResult, JobStore, NewJob, Progress, StoreTransaction
+from .sqlite import MIGRATIONS, SCHEMA_VERSION, Connection, Store, Synchronous, dumps
 
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Connection",
     "InsertResult",
+    "JobStore",
     "NewJob",
+    "Progress",
     "Store",
+    "StoreTransaction",
     "Synchronous",
     "dumps",
 ]

@@ -1,7 +1,8 @@
 """The SQLite store: the embedded default (see the ``taskrt.store`` notes)."""
 
+from ..protocol import InsertResult, NewJob
 from .connection import Connection
-from .rows import InsertResult, NewJob, dumps
+from .rows import dumps
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .store import Store, Synchronous
 

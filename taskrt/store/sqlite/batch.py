@@ -17,7 +17,7 @@ from typing import Any
 import aiosqlite
 
 from ...errors import DuplicateJobId, StoreError, StoreUnavailable
-from .rows import InsertResult, NewJob
+from ..protocol import InsertResult, NewJob
 from .sql import INSERT_JOB, Op, rank_of
 
 log = logging.getLogger("taskrt.store")

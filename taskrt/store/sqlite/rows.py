@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
 from typing import Any
 
 from ...models import JobInfo, JobStatus, ScheduleInfo
@@ -17,32 +16,6 @@ def dumps(value: Any) -> str:
     if not value and (value == () or value == [] or value == {}):
         return "{}" if isinstance(value, dict) else "[]"
     return _encode(value)
-
-
-@dataclass(slots=True)
-class NewJob:
-    """A job to insert; ``job_id`` is set only when a ``next_id`` hook chose it."""
-
-    task: str
-    pool: str
-    args_json: str
-    kwargs_json: str
-    max_attempts: int | None
-    priority: int
-    metadata_json: str
-    unique_key: str | None
-    created_at: float
-    run_at: float
-    timeout: float | None
-    retry_json: str | None
-    job_id: int | None = None
-    external: bool = False
-
-
-@dataclass(slots=True)
-class InsertResult:
-    job_id: int
-    created: bool
 
 
 def json_path(key: str) -> str:

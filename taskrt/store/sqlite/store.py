@@ -25,9 +25,10 @@ from ...models import (
     ScheduleInfo,
     StoreHealth,
 )
+from ..protocol import InsertResult, NewJob, StoreTransaction
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .connection import Connection
-from .rows import InsertResult, NewJob, json_path, row_to_job, row_to_schedule, window
+from .rows import json_path, row_to_job, row_to_schedule, window
 from .schema import migrate
 from .sql import (
     ATTEMPT,
@@ -293,8 +294,12 @@ class Store:
                     await in_thread(db, rollback, db._conn)
                     raise store_error(self.path, exc) from exc
 
-    async def insert_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[InsertResult]:
-        """Insert jobs inside an open transaction (transactional enqueue)."""
+    async def insert_in(self, tx: StoreTransaction, jobs: Sequence[NewJob]) -> list[InsertResult]:
+        """Insert jobs inside the open transaction ``tx`` (transactional enqueue).
+
+        The transaction is the writer connection's, which holds the write lock
+        while it is open: the insert runs on that connection.
+        """
         try:
             results = await in_thread(self.db, insert_jobs, self.db._conn, [list(jobs)])
         except sqlite3.Error as exc:

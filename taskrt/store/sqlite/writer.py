@@ -19,6 +19,7 @@ import aiosqlite
 
 from ...errors import StoreError, StoreUnavailable
 from ...models import StoreHealth
+from ..protocol import InsertResult, NewJob
 from .batch import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -31,7 +32,6 @@ from .batch import (
     run_statements,
     transient,
 )
-from .rows import InsertResult, NewJob
 from .sql import FLUSH, PROGRESS, Op
 
 log = logging.getLogger("taskrt.store")

@@ -1,0 +1,265 @@
+"""What the engine asks of a store: domain operations, never SQL (``taskrt.store`` notes).
+
+``JobStore`` is the seam a backend plugs into: the runtime, the pools'
+transitions, the scheduler and the front ends call only these operations,
+receive taskrt's own values (``JobInfo``, ``ScheduleInfo``, ``StoreHealth``)
+and see only ``StoreError`` and its subclasses. The SQLite store
+(``taskrt.store.sqlite.Store``) is one implementation; mypy checks that it
+is one wherever the runtime holds it as a ``JobStore``.
+
+Writes come in two kinds. *Queued* operations (``start``, ``succeed``,
+``progress``...) return at once with the future of the batch that will commit
+them (group commit: note 1); nothing waits on them unless it must.
+*Immediate* operations (``take_lease``, ``recover``, ``cleanup``...) run in a
+transaction of their own and return when it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..models import (
+    AttemptInfo,
+    AttemptOutcome,
+    JobInfo,
+    JobStatus,
+    ScheduleDefinition,
+    ScheduleInfo,
+    StoreHealth,
+)
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A job to insert; ``job_id`` is set only when a ``next_id`` hook chose it."""
+
+    task: str
+    pool: str
+    args_json: str
+    kwargs_json: str
+    max_attempts: int | None
+    priority: int
+    metadata_json: str
+    unique_key: str | None
+    created_at: float
+    run_at: float
+    timeout: float | None
+    retry_json: str | None
+    job_id: int | None = None
+    external: bool = False
+
+
+@dataclass(slots=True)
+class InsertResult:
+    """The id an insert got, and whether it made a row (False: a live job held its unique key)."""
+
+    job_id: int
+    created: bool
+
+
+Progress = tuple[float, float, str]
+"""``(current, total, message)`` as a final write stores them."""
+
+
+class StoreTransaction(Protocol):
+    """One open write transaction: the application's SQL, and taskrt's own writes in it."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The application's own statement (``rt.transaction()``); its rows."""
+        ...
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None: ...
+
+    async def mark_failed(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: Progress,
+        seq: int,
+        attempts: int,
+    ) -> None:
+        """FAILURE in this transaction (``on_failed`` hooks commit with it)."""
+        ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested part: if its block raises, only its writes are undone."""
+        ...
+
+    async def schedule(self, name: str) -> ScheduleInfo | None: ...
+
+    async def insert_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None: ...
+
+    async def define_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None: ...
+
+    async def pause_schedule(self, name: str, now: float) -> None: ...
+
+    async def resume_schedule(self, name: str, next_run_at: float, now: float) -> None: ...
+
+    async def delete_schedule(self, name: str) -> None: ...
+
+    async def schedule_fired(
+        self,
+        name: str,
+        *,
+        next_run_at: float | None,
+        last_run_at: float | None,
+        last_job_id: int | None,
+        error: str | None,
+        added: int,
+    ) -> None: ...
+
+    async def schedule_ran(self, name: str, job_id: int) -> None: ...
+
+    async def bump_schedules(self) -> int:
+        """Say that schedule definitions changed; the new version."""
+        ...
+
+
+class JobStore(Protocol):
+    """The operations of a store (see the module docstring)."""
+
+    on_rejected: Callable[[int | None, str, BaseException], None] | None
+    """Told of an operation (its name) the database refused on its own (note 10)."""
+
+    # -- lifecycle and health
+    async def open(self) -> None:
+        """Connect, bring the schema to this release's version (or refuse a newer one)."""
+        ...
+
+    async def close(self, patience: float = 10.0) -> None:
+        """Write what is queued (trying ``patience`` seconds while writes fail), disconnect."""
+        ...
+
+    def health(self) -> StoreHealth: ...
+
+    @property
+    def failing(self) -> bool: ...
+
+    @property
+    def batches(self) -> int: ...
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed."""
+        ...
+
+    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
+        """Like ``flush`` (or wait for ``fut``), but not while writes fail (note 9)."""
+        ...
+
+    # -- adding
+    def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
+        """Queue one ``add`` (all or nothing); one result or error per job."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]: ...
+
+    async def insert_in(
+        self, tx: StoreTransaction, jobs: Sequence[NewJob]
+    ) -> list[InsertResult]: ...
+
+    # -- a job's lifecycle (queued)
+    def start(self, job_id: int, attempt: int, now: float, seq: int) -> asyncio.Future[None]: ...
+
+    def progress(
+        self, job_id: int, current: float, total: float, message: str, seq: int
+    ) -> None: ...
+
+    def record_attempt(
+        self,
+        job_id: int,
+        number: int,
+        started_at: float,
+        finished_at: float,
+        outcome: AttemptOutcome,
+        error: str | None,
+        traceback: str | None,
+    ) -> asyncio.Future[None]: ...
+
+    def succeed(
+        self, job_id: int, result_json: str | None, finished_at: float, progress: Progress, seq: int
+    ) -> asyncio.Future[None]: ...
+
+    def fail(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: Progress,
+        seq: int,
+        attempts: int,
+    ) -> asyncio.Future[None]: ...
+
+    def cancel(
+        self, job_id: int, finished_at: float, seq: int, error: str | None
+    ) -> asyncio.Future[None]: ...
+
+    def requeue(
+        self,
+        job_id: int,
+        run_at: float,
+        error: str | None,
+        seq: int,
+        attempts: int,
+        max_attempts: int | None,
+        progress: Progress,
+    ) -> asyncio.Future[None]: ...
+
+    def schedule_failed(self, name: str) -> asyncio.Future[None]: ...
+
+    def clear_external(self, job_id: int) -> asyncio.Future[None]: ...
+
+    # -- ownership, recovery, other processes' actions, retention (immediate)
+    async def lease_left_behind(self) -> bool: ...
+
+    async def take_lease(self, owner: str, now: float, ttl: float) -> tuple[bool, str, float]: ...
+
+    async def release_lease(self, owner: str) -> None: ...
+
+    async def recover(
+        self, now: float, *, max_recoveries: int, seq_gap: int
+    ) -> tuple[int, int]: ...
+
+    async def cancel_external(self, job_id: int, now: float) -> None: ...
+
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None: ...
+
+    async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int: ...
+
+    # -- reads
+    async def get_job(self, job_id: int) -> JobInfo | None: ...
+
+    async def waiting_jobs(self) -> list[JobInfo]: ...
+
+    async def list_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[JobInfo]: ...
+
+    async def attempts(self, job_id: int) -> list[AttemptInfo]: ...
+
+    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]: ...
+
+    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]: ...
+
+    async def count_waiting(self, pool: str) -> int: ...
+
+    async def schedules(self) -> list[ScheduleInfo]: ...
+
+    async def schedule(self, name: str) -> ScheduleInfo | None: ...
+
+    async def schedules_version(self) -> str | None: ...
