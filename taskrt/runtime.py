@@ -14,8 +14,9 @@ Design notes:
    responsible for (waiting or running here) has a ``JobState``; reads of such
    a job come from memory, other jobs from the database. Transitions publish an
    event at once and queue their write; terminal writes are never coalesced.
-3. **One owner per database.** Workers need the ownership lease (a row with an
-   expiry, renewed every ``lease_ttl / 3`` s). ``workers=False`` makes a client:
+3. **One owner per database.** Workers need ownership (``taskrt.ownership``:
+   today a lease, a row with an expiry renewed every ``lease_ttl / 3`` s).
+   ``workers=False`` makes a client:
    it adds, reads and cancels through the database, marking what it changed
    (``external``); the owner polls for such rows every ``poll_interval`` s.
 
@@ -33,10 +34,7 @@ import contextlib
 import inspect
 import logging
 import os
-import socket
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -50,7 +48,6 @@ from .errors import (
     InvalidOption,
     InvalidTransition,
     JobNotFound,
-    OwnershipError,
     RuntimeNotStarted,
     TaskrtError,
 )
@@ -66,6 +63,7 @@ from .models import (
     Stats,
     StoreHealth,
 )
+from .ownership import LeaseOwnership, Ownership
 from .pool import DEFAULT_CONCURRENCY, Pool
 from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
@@ -182,12 +180,11 @@ class Runtime(JobAdding, JobTransitions):
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._workers_on = False
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._lease_task: asyncio.Task[None] | None = None
+        # Who runs this database's jobs (taskrt.ownership): the lease today.
+        self.ownership: Ownership = LeaseOwnership(self.store, self.path, ttl=lease_ttl)
         self._poll_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unclean = False
         self._forgetting: dict[asyncio.Future[None], list[JobState]] = {}
         self._loop_thread = 0
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
@@ -383,7 +380,7 @@ class Runtime(JobAdding, JobTransitions):
         await self.store.open()
         try:
             if self.workers:
-                await self._take_lease()
+                await self.ownership.acquire()
                 await self._recover()
         except BaseException:
             await self.store.close()
@@ -394,7 +391,7 @@ class Runtime(JobAdding, JobTransitions):
         self.loop_watchdog.start(self._loop)
         if self.workers:
             self._workers_on = True
-            self._lease_task = asyncio.create_task(self._lease_loop(), name="taskrt-lease")
+            self.ownership.keep(on_lost=self._lost_ownership)
             self._poll_task = asyncio.create_task(self._poll_loop(), name="taskrt-poll")
             for pool in self._pools.values():
                 pool._dispatch()
@@ -413,12 +410,12 @@ class Runtime(JobAdding, JobTransitions):
                     await result
             except Exception:
                 log.exception("taskrt: a stop hook failed")
-        for task in (self._lease_task, self._poll_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._lease_task = self._poll_task = None
+        await self.ownership.stop_keeping()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
         pools = list(self._pools.values())
         for pool in pools:
             pool.stop_dispatching()
@@ -436,7 +433,7 @@ class Runtime(JobAdding, JobTransitions):
         try:
             await self.store.settle()
             if self.workers:
-                await self.store.release_lease(self._owner)
+                await self.ownership.release()
         except TaskrtError as exc:
             # Not releasing is safe: the lease expires, the next start recovers.
             log.error("taskrt: releasing the ownership lease of %s failed: %s", self.path, exc)
@@ -450,34 +447,15 @@ class Runtime(JobAdding, JobTransitions):
             self._started = False
             self.loop_watchdog.stop()
 
-    async def _take_lease(self) -> None:
-        # A lease row left behind means its owner died without stopping cleanly.
-        self._unclean = await self.store.lease_left_behind()
-        taken, owner, expires = await self.store.take_lease(
-            self._owner, time.time(), self.lease_ttl
+    def _lost_ownership(self, owner: str) -> None:
+        # Another runtime owns the database now: two owners would run the same
+        # jobs, so this one stops starting any.
+        log.error(
+            "taskrt: lost the ownership lease of %s to %s; no more jobs start here",
+            self.path,
+            owner,
         )
-        if not taken:
-            raise OwnershipError(self.path, owner, expires)
-
-    async def _lease_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ttl / 3)
-            try:
-                taken, owner, _ = await self.store.take_lease(
-                    self._owner, time.time(), self.lease_ttl
-                )
-                if not taken:
-                    # Another runtime owns the database now: two owners would run
-                    # the same jobs, so this one stops starting any.
-                    log.error(
-                        "taskrt: lost the ownership lease of %s to %s; no more jobs start here",
-                        self.path,
-                        owner,
-                    )
-                    self._workers_on = False
-                    return
-            except TaskrtError:
-                log.exception("taskrt: renewing the ownership lease failed")
+        self._workers_on = False
 
     async def _recover(self) -> None:
         """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned."""
@@ -486,7 +464,7 @@ class Runtime(JobAdding, JobTransitions):
         # progress, a retry) had sequence numbers above the stored ones; a gap
         # keeps every later event above anything a client may have seen, so a
         # stream resuming with Last-Event-ID gets a snapshot, never a hole.
-        gap = SEQ_GAP_AFTER_CRASH if self._unclean else 0
+        gap = SEQ_GAP_AFTER_CRASH if self.ownership.left_behind else 0
         # Orphans count as failures of their schedules (scheduler note 6).
         recovered, orphaned = await self.store.recover(
             now, max_recoveries=self.max_recoveries, seq_gap=gap
