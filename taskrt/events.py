@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from .models import Event, EventType
 
@@ -129,8 +130,50 @@ class Subscription:
             yield event
 
 
+class EventBus(Protocol):
+    """The event seam: how a job's events reach its subscribers.
+
+    The runtime publishes every transition here and streams subscribe here;
+    neither knows what carries the events. Today that is ``Broker``, in this
+    process; the several-processes issue relays it between the processes of a
+    host, the PostgreSQL issue carries it with ``LISTEN/NOTIFY``.
+    """
+
+    @property
+    def subscribers(self) -> int: ...
+
+    @property
+    def dropped(self) -> int:
+        """Progress events conflated away for slow subscribers (note 2)."""
+        ...
+
+    def wants(self, job_id: int) -> bool:
+        """Whether an event of ``job_id`` would reach anyone (publishers ask first)."""
+        ...
+
+    def publish(self, event: Event) -> None:
+        """Deliver without waiting (note 1)."""
+        ...
+
+    def subscribe(
+        self,
+        job_id: int | None = None,
+        *,
+        matches: Callable[[Event], bool] | None = None,
+        maxsize: int | None = None,
+    ) -> Subscription:
+        """One job's events (``job_id``), or every event ``matches`` accepts."""
+        ...
+
+    def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
+        """A job's events after ``seq``, or ``None`` when some are no longer known (note 3)."""
+        ...
+
+    def close_all(self) -> None: ...
+
+
 class Broker:
-    """Routes events to subscribers of one job, or of many (by a predicate)."""
+    """Routes events to subscribers of one job, or of many (by a predicate), in this process."""
 
     def __init__(
         self,

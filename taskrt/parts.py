@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .context import JobState
     from .counters import Counters
     from .definitions import TaskSpec
-    from .events import Broker
+    from .events import EventBus
     from .limits import Limits
     from .models import JobInfo
     from .pool import Pool
@@ -30,7 +30,7 @@ class RuntimeParts:
 
     if TYPE_CHECKING:
         store: JobStore
-        broker: Broker
+        broker: EventBus
         counters: Counters
         clock: Clock
         workers: bool

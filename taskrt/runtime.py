@@ -51,7 +51,7 @@ from .errors import (
     RuntimeNotStarted,
     TaskrtError,
 )
-from .events import Broker
+from .events import Broker, EventBus
 from .limits import DEFAULT_LIMITS, Limits
 from .models import (
     TERMINAL,
@@ -165,7 +165,7 @@ class Runtime(JobAdding, JobTransitions):
         self.store.on_rejected = self._write_refused
         # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
-        self.broker = Broker(buffer=subscriber_buffer, replay=replay)
+        self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)
         self.counters = Counters()
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
         self.instrumentation: Instrumentation | None = None
