@@ -185,7 +185,7 @@ class JobAdding(RuntimeParts):
                 )
             )
         if opts.unique_key is not None and self.workers:
-            existing = self._unique.get(opts.unique_key)
+            existing = self.live.unique.get(opts.unique_key)
             if existing is not None:
                 return [existing]
         # Jobs added earlier in an open transaction are not queued yet, but will be.
@@ -262,9 +262,9 @@ class JobAdding(RuntimeParts):
         info = state
         self.counters.added[info.task] += 1
         if self.workers:
-            self._live[info.id] = state
+            self.live.states[info.id] = state
             if info.unique_key is not None:
-                self._unique[info.unique_key] = info.id
+                self.live.unique[info.unique_key] = info.id
         if self.broker.wants(info.id):
             self.broker.publish(
                 Event(
@@ -279,7 +279,7 @@ class JobAdding(RuntimeParts):
                 )
             )
         if state.spec.hooks.on_add is not None:
-            self._hook(state.spec.hooks.on_add, info.id, job=state)
+            self.background.hook(state.spec.hooks.on_add, info.id, job=state)
         if self.workers:
             self._pools[info.pool].push(state)
 

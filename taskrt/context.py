@@ -234,7 +234,9 @@ class JobContext:
         """
         current, total, message = check_progress(current, total, message, self._rt.limits)
         if threading.get_ident() == self._thread:
-            self._rt._report(self._state, current, total, message)
+            self._rt.transitions.report(self._state, current, total, message)
         else:
-            self._loop.call_soon_threadsafe(self._rt._report, self._state, current, total, message)
+            self._loop.call_soon_threadsafe(
+                self._rt.transitions.report, self._state, current, total, message
+            )
         return DONE

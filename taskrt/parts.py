@@ -8,21 +8,22 @@ type checker: at run time it is an empty base class).
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .background import Background
     from .clock import Clock
-    from .context import JobState
     from .counters import Counters
     from .definitions import TaskSpec
     from .events import EventBus
     from .limits import Limits
+    from .live import LiveJobs
     from .models import JobInfo
     from .pool import Pool
     from .scheduler import Scheduler
     from .store import JobStore
     from .tracing import Instrumentation
+    from .transitions import Transitions
 
 
 class RuntimeParts:
@@ -40,12 +41,9 @@ class RuntimeParts:
         schedules: Scheduler
         _tasks: dict[str, TaskSpec]
         _pools: dict[str, Pool]
-        _live: dict[int, JobState]
-        _unique: dict[str, int]
-        _background: set[asyncio.Task[Any]]
-        _loop: asyncio.AbstractEventLoop | None
-        _loop_thread: int
-        _forgetting: dict[asyncio.Future[None], list[JobState]]
+        live: LiveJobs
+        background: Background
+        transitions: Transitions
 
         def pool(
             self, name: str, *, concurrency: int | None = None, capacity: int | None = None
@@ -54,5 +52,3 @@ class RuntimeParts:
         def _require_started(self, what: str) -> None: ...
 
         async def get(self, job_id: int) -> JobInfo: ...
-
-        def _hook(self, hook: Any, *args: Any, job: JobState | None = None) -> None: ...

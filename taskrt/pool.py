@@ -261,7 +261,7 @@ class Pool:
     def _begin(self, state: JobState) -> asyncio.Future[None]:
         """Mark the job started; the future resolves once its attempt is charged on disk."""
         self._running[state.id] = state
-        return self._rt._on_start(state)
+        return self._rt.transitions.started(state)
 
     async def _runner(self, state: JobState, charged: asyncio.Future[None]) -> None:
         """Run jobs one after another while there are any (note 2).
@@ -376,7 +376,7 @@ class Pool:
             self.processed += 1
         elif outcome.kind in ("error", "timeout"):
             self.failed += 1
-        self._rt._on_attempt_end(state, outcome)
+        self._rt.transitions.attempt_ended(state, outcome)
 
     async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
         spec = state.spec

@@ -35,13 +35,14 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .adding import JobAdding, TaskRef, Transaction
+from .background import Background, JobLogAdapter, job_logger
 from .clock import Clock, SystemClock
-from .context import JobState
+from .context import DONE, JobState
 from .counters import Counters
 from .definitions import Hooks, Task, TaskSpec, make_spec
 from .errors import (
@@ -52,7 +53,8 @@ from .errors import (
     TaskrtError,
 )
 from .events import Broker, EventBus
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, Limits, check_progress
+from .live import LiveJobs
 from .models import (
     TERMINAL,
     AttemptInfo,
@@ -69,7 +71,7 @@ from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import JobStore, Store, Synchronous
 from .stream import JobStream, snapshot_event
-from .transitions import JobLogAdapter, JobTransitions, job_logger, retry_policy_of
+from .transitions import Transitions, retry_policy_of
 from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
@@ -83,7 +85,7 @@ MAX_RECOVERIES = 3
 SEQ_GAP_AFTER_CRASH = 1_000_000
 
 
-class Runtime(JobAdding, JobTransitions):
+class Runtime(JobAdding):
     """One per process: ``async with Runtime("app.db") as rt: ...``.
 
     Options (all keyword-only):
@@ -162,11 +164,26 @@ class Runtime(JobAdding, JobTransitions):
             progress_interval=progress_interval,
             busy_timeout=busy_timeout,
         )
-        self.store.on_rejected = self._write_refused
         # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)
         self.counters = Counters()
+        self._pools: dict[str, Pool] = {}
+        self.live = LiveJobs()
+        self.background = Background()
+        # What happens to a job while it runs (taskrt.transitions); the pools call it.
+        self.transitions = Transitions(
+            store=self.store,
+            broker=self.broker,
+            clock=self.clock,
+            counters=self.counters,
+            limits=self.limits,
+            live=self.live,
+            pools=self._pools,
+            background=self.background,
+            schedule_failed=lambda metadata: self.schedules.job_failed(metadata),
+        )
+        self.store.on_rejected = self.transitions.write_refused
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
         self.instrumentation: Instrumentation | None = None
         if tracing:
@@ -174,10 +191,6 @@ class Runtime(JobAdding, JobTransitions):
 
             instrument(self)
         self._tasks: dict[str, TaskSpec] = {}
-        self._pools: dict[str, Pool] = {}
-        self._live: dict[int, JobState] = {}
-        self._unique: dict[str, int] = {}
-        self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._workers_on = False
         # Who runs this database's jobs (taskrt.ownership): the lease today.
@@ -185,7 +198,6 @@ class Runtime(JobAdding, JobTransitions):
         self._poll_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._forgetting: dict[asyncio.Future[None], list[JobState]] = {}
         self._loop_thread = 0
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
         # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.
@@ -428,8 +440,7 @@ class Runtime(JobAdding, JobTransitions):
         if running:
             await asyncio.wait(running, timeout=self.abandon_after)
         self._workers_on = False
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=self.grace)
+        await self.background.wait(self.grace)
         try:
             await self.store.settle()
             if self.workers:
@@ -442,8 +453,8 @@ class Runtime(JobAdding, JobTransitions):
             for pool in pools:
                 pool.close()
             self.broker.close_all()
-            self._live.clear()
-            self._unique.clear()
+            self.live.states.clear()
+            self.live.unique.clear()
             self._started = False
             self.loop_watchdog.stop()
 
@@ -485,11 +496,13 @@ class Runtime(JobAdding, JobTransitions):
             )
             return None
         state = JobState(info, spec, retry_policy_of(info, spec))
-        self._live[info.id] = state
+        self.live.states[info.id] = state
         if info.unique_key is not None:
-            self._unique[info.unique_key] = info.id
+            self.live.unique[info.unique_key] = info.id
         if announce:
-            self._emit(state, EventType.ADDED, {"run_at": info.run_at, "priority": info.priority})
+            self.transitions.emit(
+                state, EventType.ADDED, {"run_at": info.run_at, "priority": info.priority}
+            )
         self.pool(info.pool).push(state)
         return state
 
@@ -505,14 +518,14 @@ class Runtime(JobAdding, JobTransitions):
     async def _poll_once(self) -> None:
         changed = await self.store.external_changes()
         for info, cancel_requested in changed:
-            state = self._live.get(info.id)
+            state = self.live.states.get(info.id)
             if info.status is JobStatus.WAITING and state is None:
                 self._adopt(info, announce=True)
             elif info.status is JobStatus.CANCELLED and state is not None:
                 if state.status is JobStatus.WAITING:
                     self._pools[state.pool].remove(state)
                     state.seq = max(state.seq, info.seq)
-                    self._finalize(state, JobStatus.CANCELLED, {}, write=False)
+                    self.transitions.finalize(state, JobStatus.CANCELLED, {}, write=False)
                 elif state.status is JobStatus.RUNNING:
                     self._pools[state.pool].cancel_running(state)
             elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
@@ -529,7 +542,7 @@ class Runtime(JobAdding, JobTransitions):
 
     async def get(self, job_id: int) -> JobInfo:
         """The job's current state (``JobNotFound`` when there is none)."""
-        state = self._live.get(job_id)
+        state = self.live.states.get(job_id)
         if state is not None:
             return state.info()
         self._require_started("reading a job")
@@ -537,6 +550,34 @@ class Runtime(JobAdding, JobTransitions):
         if info is None:
             raise JobNotFound(job_id)
         return info
+
+    def progress(
+        self, job_id: int, current: float, total: float | None = None, message: str | None = None
+    ) -> Awaitable[None]:
+        """Report progress of a running job, from anywhere in this process.
+
+        ``await rt.progress(...)`` from a coroutine; a sync handler running in a
+        worker thread may call it without ``await`` (the report is handed to
+        the event loop). Never waits on the disk. Raises ``InvalidTransition``
+        when the job is not running here (``JobNotFound`` when there is none),
+        ``InvalidOption`` for a value that cannot be stored.
+        """
+        current, total, message = check_progress(current, total, message, self.limits)
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(
+                self.transitions.report_by_id, job_id, current, total, message
+            )
+            return DONE
+        state = self.live.states.get(job_id)
+        if state is None or state.status is not JobStatus.RUNNING:
+            return self._not_running(job_id, "report progress for")
+        self.transitions.report(state, current, total, message)
+        return DONE
+
+    async def _not_running(self, job_id: int, action: str) -> None:
+        info = await self.get(job_id)
+        raise InvalidTransition(job_id, info.status.value, action)
 
     def _running_jobs(self) -> list[tuple[int, str]]:
         """(id, task) of every running job; called from the watchdog's thread."""
@@ -584,11 +625,11 @@ class Runtime(JobAdding, JobTransitions):
     async def cancel(self, job_id: int) -> JobInfo:
         """Cancel a waiting or running job; returns its state after the cancel."""
         self._require_started("cancel")
-        state = self._live.get(job_id)
+        state = self.live.states.get(job_id)
         if state is not None and self.workers:
             if state.status is JobStatus.WAITING:
                 self._pools[state.pool].remove(state)
-                self._finalize(state, JobStatus.CANCELLED, {})
+                self.transitions.finalize(state, JobStatus.CANCELLED, {})
                 await self.store.settle()
                 return state.info()
             if state.status is JobStatus.RUNNING:
@@ -616,7 +657,7 @@ class Runtime(JobAdding, JobTransitions):
             await self.store.retry_external(job_id, now, max_attempts)
             return await self.get(job_id)
         await self.store.settle()
-        holder = None if info.unique_key is None else self._unique.get(info.unique_key)
+        holder = None if info.unique_key is None else self.live.unique.get(info.unique_key)
         if holder is not None and holder != job_id:
             # Refused before writing: the unique index would fail the whole write batch.
             raise InvalidTransition(
@@ -632,13 +673,13 @@ class Runtime(JobAdding, JobTransitions):
             finished_at=None,
             started_at=None,
         )
-        self._live[job_id] = state
+        self.live.states[job_id] = state
         if info.unique_key is not None:
-            self._unique.setdefault(info.unique_key, job_id)
-        self._emit(
+            self.live.unique.setdefault(info.unique_key, job_id)
+        self.transitions.emit(
             state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now}
         )
-        await self.store.settle(self._write_waiting(state))
+        await self.store.settle(self.transitions.write_waiting(state))
         self.pool(info.pool).push(state)
         return state.info()
 
@@ -676,7 +717,7 @@ class Runtime(JobAdding, JobTransitions):
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        jobs = [self._live[r.id].info() if r.id in self._live else r for r in rows]
+        jobs = [self.live.states[r.id].info() if r.id in self.live.states else r for r in rows]
         return Page(jobs=jobs, cursor=str(rows[-1].id) if more and rows else None)
 
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:

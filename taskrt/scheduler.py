@@ -283,7 +283,7 @@ class Scheduler:
         self._declared[definition.name] = definition
         self._from_tasks.discard(definition.name)
         if self._rt.started:
-            self._rt._spawn(self._store_declared([definition]))
+            self._rt.background.spawn(self._store_declared([definition]))
         return definition
 
     def _task_registered(self, spec: TaskSpec) -> None:
@@ -295,7 +295,7 @@ class Scheduler:
             self._from_tasks.discard(spec.name)
             self._declared.pop(spec.name, None)
 
-    def _job_failed(self, metadata: Mapping[str, Any]) -> None:
+    def job_failed(self, metadata: Mapping[str, Any]) -> None:
         """A job of a schedule ended FAILURE (note 6); called by the runtime."""
         name = metadata.get("schedule")
         if isinstance(name, str):

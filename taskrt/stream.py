@@ -59,11 +59,15 @@ class JobStream:
             if info.terminal:
                 self._done = True
                 self.close()
-            elif not self._rt.workers and self.job_id not in self._rt._live:
+            elif not self._rt.workers and self.job_id not in self._rt.live.states:
                 self._sub.close()
                 self._poll_info = info
             return snapshot_event(info, self._rt.clock.now())
-        if self.job_id is not None and not self._rt.workers and self.job_id not in self._rt._live:
+        if (
+            self.job_id is not None
+            and not self._rt.workers
+            and self.job_id not in self._rt.live.states
+        ):
             return await self._poll_next()
         while True:
             ev = await self._sub.get()

@@ -1,6 +1,6 @@
 """Job transitions: start, progress, attempt end, retry, final state, hooks.
 
-The part of ``Runtime`` the pools call while jobs run. Every transition changes
+``Transitions`` is what the pools call while jobs run. Every transition changes
 the in-memory ``JobState`` first, publishes its event (built only when someone
 listens) and queues its write; terminal writes are never coalesced (runtime
 note 2).
@@ -12,53 +12,66 @@ import asyncio
 import inspect
 import json
 import logging
-import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .adding import Transaction
-from .context import DONE, JobState
+from .background import Background, job_logger
+from .context import JobState
 from .definitions import TaskSpec
 from .errors import (
     Fatal,
     InvalidOption,
-    InvalidTransition,
     Retry,
     SerializationError,
     StoreError,
     StoreUnavailable,
     TaskrtError,
 )
-from .limits import check_progress, encode, safe_text
-from .models import STATUS_EVENT, TERMINAL, AttemptOutcome, Event, EventType, JobInfo, JobStatus
-from .parts import RuntimeParts
+from .limits import encode, safe_text
+from .live import LiveJobs
+from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, JobStatus
 from .pool import Outcome
 from .retry import RetryPolicy, parse_retry
 
 if TYPE_CHECKING:
-    pass
+    from .clock import Clock
+    from .counters import Counters
+    from .events import EventBus
+    from .limits import Limits
+    from .pool import Pool
+    from .store import JobStore
 
 log = logging.getLogger("taskrt")
 
 
-class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Puts job id, task and attempt on every record (``record.job_id`` ...)."""
+class Transitions:
+    """What happens to a job while it runs; the pools call it (see the module notes)."""
 
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        kwargs.setdefault("extra", {}).update(self.extra or {})
-        return msg, kwargs
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        broker: EventBus,
+        clock: Clock,
+        counters: Counters,
+        limits: Limits,
+        live: LiveJobs,
+        pools: Mapping[str, Pool],
+        background: Background,
+        schedule_failed: Callable[[Mapping[str, Any]], None],
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.clock = clock
+        self.counters = counters
+        self.limits = limits
+        self.live = live
+        self.pools = pools
+        self.background = background
+        self.schedule_failed = schedule_failed
 
-
-def job_logger(info: JobInfo | JobState) -> JobLogAdapter:
-    return JobLogAdapter(
-        log, {"job_id": info.id, "task": info.task, "pool": info.pool, "attempt": info.attempts}
-    )
-
-
-class JobTransitions(RuntimeParts):
-    """Runtime's running half (a mixin of ``Runtime``)."""
-
-    def _emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
+    def emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
         seq = state.next_seq()
         if self.broker.wants(state.id):
@@ -76,7 +89,7 @@ class JobTransitions(RuntimeParts):
             )
         return seq
 
-    def _on_start(self, state: JobState) -> asyncio.Future[None]:
+    def started(self, state: JobState) -> asyncio.Future[None]:
         now = self.clock.now()
         attempt = state.attempts + 1
         state.status = JobStatus.RUNNING
@@ -84,10 +97,10 @@ class JobTransitions(RuntimeParts):
         state.started_at = now
         state.finished_at = None
         state._snapshot = None
-        seq = self._emit(state, EventType.STARTED, {"attempt": attempt})
+        seq = self.emit(state, EventType.STARTED, {"attempt": attempt})
         return self.store.start(state.id, attempt, now, seq)
 
-    def _report(
+    def report(
         self, state: JobState, current: float, total: float | None, message: str | None
     ) -> None:
         """Progress: state in memory, an event, a coalesced write (never waits)."""
@@ -116,42 +129,17 @@ class JobTransitions(RuntimeParts):
         self.store.progress(info.id, current, state.total, state.message, seq)
         hook = state.spec.hooks.on_progress
         if hook is not None:
-            self._hook(hook, info.id, current, state.total, state.message, job=state)
+            self.background.hook(hook, info.id, current, state.total, state.message, job=state)
 
-    def progress(
-        self, job_id: int, current: float, total: float | None = None, message: str | None = None
-    ) -> Awaitable[None]:
-        """Report progress of a running job, from anywhere in this process.
-
-        ``await rt.progress(...)`` from a coroutine; a sync handler running in a
-        worker thread may call it without ``await`` (the report is handed to
-        the event loop). Never waits on the disk. Raises ``InvalidTransition``
-        when the job is not running here (``JobNotFound`` when there is none),
-        ``InvalidOption`` for a value that cannot be stored.
-        """
-        current, total, message = check_progress(current, total, message, self.limits)
-        loop = self._loop
-        if loop is not None and threading.get_ident() != self._loop_thread:
-            loop.call_soon_threadsafe(self._report_by_id, job_id, current, total, message)
-            return DONE
-        state = self._live.get(job_id)
-        if state is None or state.status is not JobStatus.RUNNING:
-            return self._not_running(job_id, "report progress for")
-        self._report(state, current, total, message)
-        return DONE
-
-    def _report_by_id(
+    def report_by_id(
         self, job_id: int, current: float, total: float | None, message: str | None
     ) -> None:
-        state = self._live.get(job_id)
+        """``report`` for a job known by id (a report handed over from another thread)."""
+        state = self.live.states.get(job_id)
         if state is not None and state.status is JobStatus.RUNNING:
-            self._report(state, current, total, message)
+            self.report(state, current, total, message)
         else:
             log.warning("taskrt: progress for job %d ignored: it is not running here", job_id)
-
-    async def _not_running(self, job_id: int, action: str) -> None:
-        info = await self.get(job_id)
-        raise InvalidTransition(job_id, info.status.value, action)
 
     def _record_attempt(
         self,
@@ -168,7 +156,7 @@ class JobTransitions(RuntimeParts):
             self.counters.timeouts[state.task] += 1
         self.store.record_attempt(state.id, state.attempts, started, now, outcome, error, tb)
 
-    def _on_attempt_end(self, state: JobState, outcome: Outcome) -> None:
+    def attempt_ended(self, state: JobState, outcome: Outcome) -> None:
         attempt = state.attempts
         if outcome.kind == "success":
             limits = self.limits
@@ -190,20 +178,18 @@ class JobTransitions(RuntimeParts):
                 result = outcome.result
                 if result_json is not None and type(result) not in _SCALARS:
                     result = json.loads(result_json)  # what a read from disk will give
-                self._finalize(
-                    state, JobStatus.SUCCESS, {"result": result}, result_json=result_json
-                )
+                self.finalize(state, JobStatus.SUCCESS, {"result": result}, result_json=result_json)
                 return
         if outcome.kind == "shutdown":
             # Not the job's fault: back to WAITING without charging the attempt.
             self._record_attempt(state, AttemptOutcome.INTERRUPTED, "the runtime stopped")
             state.update(status=JobStatus.WAITING, attempts=attempt - 1, started_at=None)
-            self._write_waiting(state)
-            self._live.pop(state.id, None)
+            self.write_waiting(state)
+            self.live.states.pop(state.id, None)
             return
         if outcome.kind == "cancelled":
             self._record_attempt(state, AttemptOutcome.CANCELLED, "cancelled")
-            self._finalize(state, JobStatus.CANCELLED, {})
+            self.finalize(state, JobStatus.CANCELLED, {})
             return
         failure = outcome.error
         assert failure is not None
@@ -239,17 +225,17 @@ class JobTransitions(RuntimeParts):
         if state.timed_out:
             # The timed-out attempt may still run (abandoned, pool note 3): the next
             # attempt gets a fresh state so that none of this attempt's flags leak into it.
-            state = self._live[state.id] = JobState(state.info(), state.spec, state.retry)
+            state = self.live.states[state.id] = JobState(state.info(), state.spec, state.retry)
         state.update(status=JobStatus.WAITING, run_at=run_at, error=keep, started_at=None)
-        self._emit(
+        self.emit(
             state,
             EventType.RETRYING,
             {"attempt": attempt, "error": error if record else None, "run_at": run_at},
         )
-        self._write_waiting(state)
-        self._pools[state.pool].push(state)
+        self.write_waiting(state)
+        self.pools[state.pool].push(state)
 
-    def _write_waiting(self, state: JobState) -> asyncio.Future[None]:
+    def write_waiting(self, state: JobState) -> asyncio.Future[None]:
         return self.store.requeue(
             state.id,
             state.run_at,
@@ -263,9 +249,9 @@ class JobTransitions(RuntimeParts):
     def _fail(self, state: JobState, error: str) -> None:
         hook = state.spec.hooks.on_failed
         if hook is None:
-            self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
+            self.finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
             return
-        self._spawn(self._fail_in_transaction(state, error, hook))
+        self.background.spawn(self._fail_in_transaction(state, error, hook))
 
     async def _fail_in_transaction(
         self, state: JobState, error: str, hook: Callable[..., Any]
@@ -289,9 +275,9 @@ class JobTransitions(RuntimeParts):
                     "taskrt: the on_failed transaction of job %d failed; stored without it",
                     info.id,
                 )
-                self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
+                self.finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
                 return
-        self._finalize(state, JobStatus.FAILURE, {"error": error}, error=error, write=False)
+        self.finalize(state, JobStatus.FAILURE, {"error": error}, error=error, write=False)
 
     async def _fail_with_hook(
         self, state: JobState, error: str, now: float, info: JobInfo, hook: Callable[..., Any]
@@ -314,7 +300,7 @@ class JobTransitions(RuntimeParts):
             except Exception:
                 job_logger(info).exception("taskrt: the on_failed hook of job %d raised", info.id)
 
-    def _finalize(
+    def finalize(
         self,
         state: JobState,
         status: JobStatus,
@@ -347,33 +333,27 @@ class JobTransitions(RuntimeParts):
             else:
                 fut = self.store.cancel(info.id, now, seq, error)
         if status is JobStatus.FAILURE and "schedule" in state.metadata:
-            self.schedules._job_failed(state.metadata)  # counted (scheduler note 6)
-        self._emit(state, STATUS_EVENT[status], data)
-        if info.unique_key is not None and self._unique.get(info.unique_key) == info.id:
-            del self._unique[info.unique_key]
+            self.schedule_failed(state.metadata)  # counted (scheduler note 6)
+        self.emit(state, STATUS_EVENT[status], data)
+        self.live.release_key(state)
         hooks = state.spec.hooks
         if status is JobStatus.SUCCESS and hooks.on_success is not None:
-            self._hook(hooks.on_success, info.id, data.get("result"), job=state)
+            self.background.hook(hooks.on_success, info.id, data.get("result"), job=state)
         elif status is JobStatus.FAILURE and hooks.on_error is not None:
-            self._hook(hooks.on_error, info.id, error, job=state)
+            self.background.hook(hooks.on_error, info.id, error, job=state)
         if fut is None:
-            self._live.pop(info.id, None)
+            self.live.states.pop(info.id, None)
         else:
-            # Reads come from memory until the terminal write is committed
-            # (note 2); one callback per write batch forgets all of its jobs.
-            waiting = self._forgetting.get(fut)
-            if waiting is None:
-                waiting = self._forgetting[fut] = []
-                fut.add_done_callback(self._forget)
-            waiting.append(state)
+            # Reads come from memory until the terminal write is committed (note 2).
+            self.live.forget_when_written(state, fut)
 
-    def _write_refused(self, job_id: int | None, operation: str, error: BaseException) -> None:
+    def write_refused(self, job_id: int | None, operation: str, error: BaseException) -> None:
         """The database refused one write of a job (store note 10); the store logged it.
 
         A refused SUCCESS would leave the job RUNNING on disk and run it again
         after a restart: it is stored as a FAILURE that says why instead.
         """
-        state = None if job_id is None else self._live.get(job_id)
+        state = None if job_id is None else self.live.states.get(job_id)
         if state is None or operation != "succeed":
             return
         reason = safe_text(f"its result could not be stored: {error}", self.limits.max_error_bytes)
@@ -386,44 +366,6 @@ class JobTransitions(RuntimeParts):
             state.seq + 1,
             state.attempts,
         )
-
-    def _forget(self, fut: asyncio.Future[None]) -> None:
-        states = self._forgetting.pop(fut, [])
-        failed = not fut.cancelled() and fut.exception() is not None
-        for state in states:
-            if failed:
-                job_logger(state).error(
-                    "taskrt: the final state of job %d was not written: %s",
-                    state.id,
-                    fut.exception(),
-                )
-            if self._live.get(state.id) is state and state.status in TERMINAL:
-                del self._live[state.id]
-
-    # -- hooks and background work ---------------------------------------------------------
-
-    def _hook(self, hook: Callable[..., Any], *args: Any, job: JobState | None = None) -> None:
-        """Run a user hook; one that raises is logged (with ``job``'s fields) and changes nothing."""
-        logger = log if job is None else job_logger(job)
-        try:
-            result = hook(*args)
-        except Exception:
-            logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
-            return
-        if inspect.isawaitable(result):
-            self._spawn(_guard(result, hook, logger))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-
-async def _guard(awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapter = log) -> None:
-    try:
-        await awaitable
-    except Exception:
-        logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})

@@ -1,0 +1,68 @@
+"""Work beside the jobs: user hooks, background tasks, and the job's logger.
+
+A hook (``on_add``, ``on_success``, ``on_error``, ``on_progress``) that raises
+is logged with the job's fields and changes nothing; an async hook runs as a
+background task, and the runtime waits for those (within its grace) at stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .context import JobState
+from .models import JobInfo
+
+log = logging.getLogger("taskrt")
+
+
+class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts job id, task and attempt on every record (``record.job_id`` ...)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs.setdefault("extra", {}).update(self.extra or {})
+        return msg, kwargs
+
+
+def job_logger(info: JobInfo | JobState) -> JobLogAdapter:
+    return JobLogAdapter(
+        log, {"job_id": info.id, "task": info.task, "pool": info.pool, "attempt": info.attempts}
+    )
+
+
+class Background:
+    """The runtime's background tasks, and the running of user hooks."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def hook(self, hook: Callable[..., Any], *args: Any, job: JobState | None = None) -> None:
+        """Run a user hook; one that raises is logged (with ``job``'s fields) and changes nothing."""
+        logger = log if job is None else job_logger(job)
+        try:
+            result = hook(*args)
+        except Exception:
+            logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
+            return
+        if inspect.isawaitable(result):
+            self.spawn(_guard(result, hook, logger))
+
+    async def wait(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period, not a deadline
+        """Let the background tasks finish, for at most ``timeout`` seconds."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
+
+
+async def _guard(awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapter = log) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
