@@ -1,7 +1,7 @@
 """Adding jobs: validation, serialisation, capacity, ids, transactional enqueue.
 
-The part of ``Runtime`` that turns ``pool.add(task, *args, **kwargs)`` into a
-committed row and a queued job (runtime note 1: durable before acknowledged).
+``Adding`` turns ``pool.add(task, *args, **kwargs)`` into a committed row and a
+queued job (runtime note 1: durable before acknowledged); the runtime holds one.
 """
 
 from __future__ import annotations
@@ -10,20 +10,27 @@ import asyncio
 import contextlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import store as sql
 from .context import JobState
 from .definitions import Options, Task, TaskCall, TaskSpec
-from .errors import InvalidOption, PoolNotFound, QueueFull, TaskNotFound
+from .errors import InvalidOption, QueueFull, TaskNotFound
 from .limits import check_text, check_time, encode
 from .models import Event, EventType, JobStatus
-from .parts import RuntimeParts
 from .store import NewJob, StoreTransaction, dumps
 
 if TYPE_CHECKING:
+    from .background import Background
+    from .clock import Clock
+    from .counters import Counters
+    from .events import EventBus
+    from .limits import Limits
+    from .live import LiveJobs
     from .pool import Pool
+    from .store import JobStore
+    from .tracing import Instrumentation
 
 TaskRef = Task[Any, Any] | TaskCall | str
 _NO_OPTIONS = Options()
@@ -51,17 +58,46 @@ class Transaction:
         await self._conn.executemany(statement, params)
 
 
-class JobAdding(RuntimeParts):
-    """Runtime's adding half (a mixin of ``Runtime``)."""
+class Adding:
+    """Turns ``add`` into committed, queued jobs (see the module notes)."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        broker: EventBus,
+        clock: Clock,
+        counters: Counters,
+        limits: Limits,
+        live: LiveJobs,
+        background: Background,
+        tasks: Mapping[str, TaskSpec],
+        pools: Mapping[str, Pool],
+        workers: bool,
+        instrumentation: Callable[[], Instrumentation | None],
+        require_started: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.clock = clock
+        self.counters = counters
+        self.limits = limits
+        self.live = live
+        self.background = background
+        self.tasks = tasks
+        self.pools = pools
+        self.workers = workers
+        self.instrumentation = instrumentation
+        self._require_started = require_started
 
     def _resolve(self, task: TaskRef) -> tuple[TaskSpec, Options]:
         if isinstance(task, TaskCall):
             return task.spec, task.opts
         if isinstance(task, Task):
-            spec = self._tasks.get(task.spec.name)
+            spec = self.tasks.get(task.spec.name)
             return (spec or task.spec), _NO_OPTIONS
         if isinstance(task, str):
-            spec = self._tasks.get(task)
+            spec = self.tasks.get(task)
             if spec is None:
                 raise TaskNotFound(task)
             return spec, _NO_OPTIONS
@@ -75,44 +111,7 @@ class JobAdding(RuntimeParts):
         spec, opts = self._resolve(task)
         return TaskCall(spec, opts)
 
-    async def add(
-        self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
-    ) -> int:
-        """Add a job to its task's pool; returns the id once it is durable."""
-        spec, _ = self._resolve(task)
-        return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
-
-    async def enqueue(
-        self,
-        task: TaskRef,
-        /,
-        *,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        pool: str | None = None,
-        tx: Transaction | None = None,
-        **options: Any,
-    ) -> int:
-        """Add one job with its arguments given apart; returns the id once it is durable.
-
-        ``add(task, *args, **kwargs)`` takes the job's own keyword arguments,
-        so one named ``tx`` (or ``pool``) would be taken for ``add``'s. Front
-        ends that pass arguments through (HTTP, the CLI, schedules) use this:
-        ``args`` and ``kwargs`` are the job's, ``options`` are ``task.options``
-        (``delay``, ``priority``, ``unique_key``, ...), ``pool`` a declared pool
-        (default: the task's), ``tx`` an open ``rt.transaction()``.
-        """
-        call = self.resolve(task)
-        if options:
-            call = call.options(**options)
-        name = pool if pool is not None else call.spec.pool
-        target = self._pools.get(name) if pool is not None else self.pool(name)
-        if target is None:
-            raise PoolNotFound(name)
-        [job_id] = await self._add(target, call, [(tuple(args), dict(kwargs or {}))], tx=tx)
-        return job_id
-
-    async def _add(
+    async def add_calls(
         self,
         pool: Pool,
         task: TaskRef,
@@ -120,8 +119,10 @@ class JobAdding(RuntimeParts):
         *,
         tx: Transaction | None,
     ) -> list[int]:
-        if self.instrumentation is not None:
-            return await self.instrumentation.add(self._add_jobs, pool, task, calls, tx=tx)
+        """Add ``calls`` (args, kwargs) of ``task`` to ``pool``; their ids once durable."""
+        instrumentation = self.instrumentation()
+        if instrumentation is not None:  # e.g. a tracing span around the add (taskrt.tracing)
+            return await instrumentation.add(self._add_jobs, pool, task, calls, tx=tx)
         return await self._add_jobs(pool, task, calls, tx=tx)
 
     async def _add_jobs(
@@ -222,7 +223,7 @@ class JobAdding(RuntimeParts):
                 retry_policy=retry_described,
             )
 
-        pool._pending += len(jobs)
+        pool.pending += len(jobs)
         results: list[sql.InsertResult | BaseException]
         states: list[JobState] | None = None
         try:
@@ -237,7 +238,7 @@ class JobAdding(RuntimeParts):
                     states = [new_state(j, a, k) for j, (a, k) in zip(jobs, calls, strict=True)]
                 results = await committed
         finally:
-            pool._pending -= len(jobs)
+            pool.pending -= len(jobs)
         ids: list[int] = []
         failure: BaseException | None = None
         for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
@@ -281,13 +282,13 @@ class JobAdding(RuntimeParts):
         if state.spec.hooks.on_add is not None:
             self.background.hook(state.spec.hooks.on_add, info.id, job=state)
         if self.workers:
-            self._pools[info.pool].push(state)
+            self.pools[info.pool].push(state)
 
     async def _check_capacity(self, pool: Pool, n: int) -> None:
         if pool.capacity is None:
             return
         waiting = pool.waiting if self.workers else await self.store.count_waiting(pool.name)
-        if waiting + pool._pending + n > pool.capacity:
+        if waiting + pool.pending + n > pool.capacity:
             raise QueueFull(pool.name, pool.capacity)
 
     async def _next_id(self, spec: TaskSpec) -> int:
@@ -316,8 +317,6 @@ class JobAdding(RuntimeParts):
             yield tx
         for state in tx._states:
             self._accept(state)
-
-    # -- running: transitions called by the pools --------------------------------------------
 
 
 def _plain(args: tuple[Any, ...]) -> bool:

@@ -103,7 +103,7 @@ class Pool:
         self._queued: dict[int, JobState] = {}
         self._running: dict[int, JobState] = {}
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
-        self._pending = 0  # adds in flight, counted against capacity
+        self.pending = 0  # adds in flight, counted against capacity (taskrt.adding)
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -127,7 +127,7 @@ class Pool:
         **kwargs: Any,
     ) -> int:
         """Add one job; returns its id once the job is committed to disk."""
-        ids = await self._rt._add(self, task, [(args, kwargs)], tx=tx)
+        ids = await self._rt.adding.add_calls(self, task, [(args, kwargs)], tx=tx)
         return ids[0]
 
     async def add_many(
@@ -151,7 +151,7 @@ class Pool:
                 raise InvalidOption(
                     "items", f"expected tuples of args or dicts of kwargs, found {item!r}"
                 )
-        return await self._rt._add(self, task, calls, tx=tx)
+        return await self._rt.adding.add_calls(self, task, calls, tx=tx)
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(

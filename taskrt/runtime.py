@@ -39,16 +39,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .adding import JobAdding, TaskRef, Transaction
+from .adding import Adding, TaskRef, Transaction
 from .background import Background, JobLogAdapter, job_logger
 from .clock import Clock, SystemClock
 from .context import DONE, JobState
 from .counters import Counters
-from .definitions import Hooks, Task, TaskSpec, make_spec
+from .definitions import Hooks, Task, TaskCall, TaskSpec, make_spec
 from .errors import (
     InvalidOption,
     InvalidTransition,
     JobNotFound,
+    PoolNotFound,
     RuntimeNotStarted,
     TaskrtError,
 )
@@ -85,7 +86,7 @@ MAX_RECOVERIES = 3
 SEQ_GAP_AFTER_CRASH = 1_000_000
 
 
-class Runtime(JobAdding):
+class Runtime:
     """One per process: ``async with Runtime("app.db") as rt: ...``.
 
     Options (all keyword-only):
@@ -184,13 +185,28 @@ class Runtime(JobAdding):
             schedule_failed=lambda metadata: self.schedules.job_failed(metadata),
         )
         self.store.on_rejected = self.transitions.write_refused
+        self._tasks: dict[str, TaskSpec] = {}
+        # From ``add`` to a committed, queued job (taskrt.adding).
+        self.adding = Adding(
+            store=self.store,
+            broker=self.broker,
+            clock=self.clock,
+            counters=self.counters,
+            limits=self.limits,
+            live=self.live,
+            background=self.background,
+            tasks=self._tasks,
+            pools=self._pools,
+            workers=workers,
+            instrumentation=lambda: self.instrumentation,
+            require_started=self._require_started,
+        )
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
         self.instrumentation: Instrumentation | None = None
         if tracing:
             from .tracing import instrument
 
             instrument(self)
-        self._tasks: dict[str, TaskSpec] = {}
         self._started = False
         self._workers_on = False
         # Who runs this database's jobs (taskrt.ownership): the lease today.
@@ -537,6 +553,61 @@ class Runtime(JobAdding):
     def _require_started(self, what: str) -> None:
         if not self._started:
             raise RuntimeNotStarted(what)
+
+    # -- adding (taskrt.adding) ---------------------------------------------------------
+
+    def resolve(self, task: TaskRef) -> TaskCall:
+        """The registered task (and per-call options) a task, a call or a name refers to.
+
+        Raises ``TaskNotFound`` for a name no task has.
+        """
+        return self.adding.resolve(task)
+
+    async def add(
+        self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
+    ) -> int:
+        """Add a job to its task's pool; returns the id once it is durable."""
+        spec = self.adding.resolve(task).spec
+        return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
+
+    async def enqueue(
+        self,
+        task: TaskRef,
+        /,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        tx: Transaction | None = None,
+        **options: Any,
+    ) -> int:
+        """Add one job with its arguments given apart; returns the id once it is durable.
+
+        ``add(task, *args, **kwargs)`` takes the job's own keyword arguments,
+        so one named ``tx`` (or ``pool``) would be taken for ``add``'s. Front
+        ends that pass arguments through (HTTP, the CLI, schedules) use this:
+        ``args`` and ``kwargs`` are the job's, ``options`` are ``task.options``
+        (``delay``, ``priority``, ``unique_key``, ...), ``pool`` a declared pool
+        (default: the task's), ``tx`` an open ``rt.transaction()``.
+        """
+        call = self.adding.resolve(task)
+        if options:
+            call = call.options(**options)
+        name = pool if pool is not None else call.spec.pool
+        target = self._pools.get(name) if pool is not None else self.pool(name)
+        if target is None:
+            raise PoolNotFound(name)
+        [job_id] = await self.adding.add_calls(
+            target, call, [(tuple(args), dict(kwargs or {}))], tx=tx
+        )
+        return job_id
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        """A write transaction for the application's own SQL and ``add(..., tx=tx)``.
+
+        Both commit or neither does; workers see the jobs after the commit.
+        """
+        return self.adding.transaction()
 
     # -- the public reads and actions -----------------------------------------------------
 
