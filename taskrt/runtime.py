@@ -534,6 +534,9 @@ class Runtime:
     async def _poll_once(self) -> None:
         changed = await self.store.external_changes()
         for info, cancel_requested in changed:
+            # Queued first, so it lands before anything this owner writes of the job
+            # now (it clears only what was read: store note on clear_external).
+            self.store.clear_external(info.id, info.seq, cancel_requested)
             state = self.live.states.get(info.id)
             if info.status is JobStatus.WAITING and state is None:
                 self._adopt(info, announce=True)
@@ -546,7 +549,6 @@ class Runtime:
                     self._pools[state.pool].cancel_running(state)
             elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
                 self._pools[state.pool].cancel_running(state)
-            self.store.clear_external(info.id)
 
     # -- adding --------------------------------------------------------------------------
 

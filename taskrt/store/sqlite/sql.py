@@ -144,8 +144,12 @@ SQL_WAITING = (
     "max_attempts = ?, finished_at = NULL, started_at = NULL, current = ?, total = ?, message = ? "
     f"WHERE id = ? AND status IN {sources(JobStatus.WAITING)}"
 )
-SQL_CLEAR_EXTERNAL = "UPDATE jobs SET external = 0, cancel_requested = 0 WHERE id = ?"
-SQL_CLEAR_EXTERNAL_KEEP_CANCEL = "UPDATE jobs SET external = 0 WHERE id = ?"
+# Only what the owner read: a change another process made since (its seq, its
+# cancel request) keeps the row marked for the next poll.
+SQL_CLEAR_EXTERNAL = (
+    "UPDATE jobs SET external = 0, cancel_requested = 0 "
+    "WHERE id = ? AND seq = ? AND cancel_requested = ?"
+)
 SQL_REQUEST_CANCEL = (
     "UPDATE jobs SET cancel_requested = 1, external = 1 WHERE id = ? AND status = 'RUNNING'"
 )

@@ -393,9 +393,12 @@ class Store:
         )
         return recovered, orphaned
 
-    def clear_external(self, job_id: int) -> asyncio.Future[None]:
-        """The owner has taken in what another process changed of this job."""
-        return self._writes.queue(CLEAR_EXTERNAL, (job_id,))
+    def clear_external(self, job_id: int, seq: int, cancel_requested: bool) -> asyncio.Future[None]:
+        """The owner has taken in the change it read (the job at ``seq``, its cancel flag).
+
+        A change made since stays marked, for the next ``external_changes``.
+        """
+        return self._writes.queue(CLEAR_EXTERNAL, (job_id, seq, int(cancel_requested)))
 
     async def cancel_external(self, job_id: int, now: float) -> None:
         """A process that does not own the job cancels it: a WAITING row at once,
@@ -475,9 +478,20 @@ class Store:
             where.append("task = ?")
             params.append(task)
         for key, value in (metadata or {}).items():
-            where.append("json_extract(metadata, ?) = ?")
-            params.append(json_path(key))
-            params.append(value if not isinstance(value, bool) else int(value))
+            path = json_path(key)
+            # A JSON true reads back from json_extract as 1: compare booleans and
+            # numbers by their JSON type too, so a filter matches only its kind.
+            if isinstance(value, bool):
+                where.append("json_type(metadata, ?) = ?")
+                params.extend((path, "true" if value else "false"))
+            elif isinstance(value, int | float):
+                where.append(
+                    "json_extract(metadata, ?) = ? AND json_type(metadata, ?) IN ('integer', 'real')"
+                )
+                params.extend((path, value, path))
+            else:
+                where.append("json_extract(metadata, ?) = ?")
+                params.extend((path, value))
         if before_id is not None:
             where.append("id < ?")
             params.append(before_id)
