@@ -10,16 +10,17 @@ import asyncio
 import contextlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import store as sql
 from .context import JobState
-from .definitions import Options, Task, TaskCall, TaskSpec
+from .definitions import Options, Task, TaskCall, TaskRef, TaskSpec
 from .errors import InvalidOption, QueueFull, TaskNotFound
 from .limits import check_text, check_time, encode
 from .models import Event, EventType, JobStatus
-from .store import NewJob, StoreTransaction, dumps
+from .store import NewJob, dumps
+from .transaction import Transaction
 
 if TYPE_CHECKING:
     from .background import Background
@@ -28,34 +29,10 @@ if TYPE_CHECKING:
     from .events import EventBus
     from .limits import Limits
     from .live import LiveJobs
-    from .pool import Pool
+    from .pool import Instrumentation, Pool
     from .store import JobStore
-    from .tracing import Instrumentation
 
-TaskRef = Task[Any, Any] | TaskCall | str
 _NO_OPTIONS = Options()
-
-
-class Transaction:
-    """The application's write transaction: run SQL, and add jobs with ``tx=tx``.
-
-    Both commit or neither does; workers see the jobs after the commit.
-    """
-
-    def __init__(self, conn: StoreTransaction) -> None:
-        self._conn = conn
-        self._states: list[JobState] = []
-
-    @property
-    def connection(self) -> StoreTransaction:
-        """The store's handle on this transaction (taskrt's own services write through it)."""
-        return self._conn
-
-    async def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await self._conn.execute(statement, params)
-
-    async def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
-        await self._conn.executemany(statement, params)
 
 
 class Adding:
@@ -88,7 +65,7 @@ class Adding:
         self.pools = pools
         self.workers = workers
         self.instrumentation = instrumentation
-        self._require_started = require_started
+        self.require_started = require_started
 
     def _resolve(self, task: TaskRef) -> tuple[TaskSpec, Options]:
         if isinstance(task, TaskCall):
@@ -133,7 +110,7 @@ class Adding:
         *,
         tx: Transaction | None,
     ) -> list[int]:
-        self._require_started("adding a job")
+        self.require_started("adding a job")
         spec, opts = self._resolve(task)
         now = self.clock.now()
         limits = self.limits
@@ -311,7 +288,7 @@ class Adding:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A write transaction for the application's own SQL and ``add(..., tx=tx)``."""
-        self._require_started("a transaction")
+        self.require_started("a transaction")
         async with self.store.transaction() as conn:
             tx = Transaction(conn)
             yield tx

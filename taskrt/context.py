@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .definitions import TaskSpec
 from .limits import check_progress
@@ -13,7 +13,17 @@ from .models import JobInfo, JobStatus
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from .limits import Limits
+
+
+class Reporter(Protocol):
+    """What a ``JobContext`` asks of the runtime: where progress goes."""
+
+    limits: Limits
+
+    def report(
+        self, state: JobState, current: float, total: float | None, message: str | None
+    ) -> None: ...
 
 
 _FIELDS = tuple(JobInfo.__dataclass_fields__)
@@ -173,10 +183,12 @@ class JobContext:
     ``await``; ``job.cancelled`` tells them to stop early.
     """
 
-    __slots__ = ("_loop", "_rt", "_state", "_thread")
+    __slots__ = ("_loop", "_reporter", "_state", "_thread")
 
-    def __init__(self, rt: Runtime, state: JobState, loop: asyncio.AbstractEventLoop) -> None:
-        self._rt = rt
+    def __init__(
+        self, reporter: Reporter, state: JobState, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._reporter = reporter
         self._state = state
         self._loop = loop
         self._thread = threading.get_ident()
@@ -232,11 +244,11 @@ class JobContext:
         A value that cannot be stored (not a finite number, text that is not
         UTF-8 or too long) raises ``InvalidOption`` here, in the caller.
         """
-        current, total, message = check_progress(current, total, message, self._rt.limits)
+        current, total, message = check_progress(current, total, message, self._reporter.limits)
         if threading.get_ident() == self._thread:
-            self._rt.transitions.report(self._state, current, total, message)
+            self._reporter.report(self._state, current, total, message)
         else:
             self._loop.call_soon_threadsafe(
-                self._rt.transitions.report, self._state, current, total, message
+                self._reporter.report, self._state, current, total, message
             )
         return DONE

@@ -260,6 +260,10 @@ class Task(Generic[P, R]):
         return f"<Task {self.spec.name!r} pool={self.spec.pool!r}>"
 
 
+TaskRef = Task[Any, Any] | TaskCall | str
+"""What ``add`` takes for a task: the task, a call with options, or its name."""
+
+
 def make_spec(
     handler: Callable[..., Any],
     *,

@@ -44,8 +44,8 @@ import itertools
 import time
 import traceback
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import TimerHandle
 from .context import JobContext, JobState
@@ -53,8 +53,67 @@ from .errors import InvalidOption
 from .models import JobStatus, PoolStatistics
 
 if TYPE_CHECKING:
-    from .definitions import Task, TaskCall
-    from .runtime import Runtime, Transaction
+    from .clock import Clock
+    from .definitions import TaskRef
+    from .limits import Limits
+    from .transaction import Transaction
+
+Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
+"""The (args, kwargs) of each job of one ``add`` or ``add_many``."""
+
+
+class Instrumentation(Protocol):
+    """Code around adds and attempts (``rt.instrumentation``; ``taskrt.tracing`` note 1)."""
+
+    async def add(
+        self,
+        proceed: Callable[..., Awaitable[list[int]]],
+        pool: Pool,
+        task: TaskRef,
+        calls: Calls,
+        *,
+        tx: Transaction | None,
+    ) -> list[int]:
+        """Add the jobs: call ``proceed(pool, task, calls, tx=tx)`` (with changed options if
+        need be) and return what it returns."""
+        ...
+
+    def attempt(self, state: JobState) -> contextlib.AbstractContextManager[Any]:
+        """A context manager around one call of the job's handler."""
+        ...
+
+
+class PoolHost(Protocol):
+    """What a pool asks of the runtime that holds it (and a handler's ``JobContext`` too)."""
+
+    clock: Clock
+    abandon_after: float
+    limits: Limits
+
+    @property
+    def running(self) -> bool:
+        """Whether jobs may start now (the runtime is started and owns the database)."""
+        ...
+
+    @property
+    def instrumentation(self) -> Instrumentation | None: ...
+
+    async def add_calls(
+        self, pool: Pool, task: TaskRef, calls: Calls, *, tx: Transaction | None
+    ) -> list[int]:
+        """Add jobs to ``pool``; their ids once durable (``taskrt.adding``)."""
+        ...
+
+    def started(self, state: JobState) -> asyncio.Future[None]:
+        """The job starts: the future resolves once its attempt is charged (note 5)."""
+        ...
+
+    def attempt_ended(self, state: JobState, outcome: Outcome) -> None: ...
+
+    def report(
+        self, state: JobState, current: float, total: float | None, message: str | None
+    ) -> None: ...
+
 
 DEFAULT_CONCURRENCY = 10
 _YIELD_EVERY = 0.002  # seconds a runner may go without yielding to the loop
@@ -86,14 +145,14 @@ class Pool:
 
     def __init__(
         self,
-        rt: Runtime,
+        host: PoolHost,
         name: str,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         capacity: int | None = None,
     ) -> None:
         _check_limits(concurrency, capacity)
-        self._rt = rt
+        self._host = host
         self.name = name
         self.concurrency = concurrency
         self.capacity = capacity
@@ -120,19 +179,19 @@ class Pool:
 
     async def add(
         self,
-        task: Task[Any, Any] | TaskCall | str,
+        task: TaskRef,
         /,
         *args: Any,
         tx: Transaction | None = None,
         **kwargs: Any,
     ) -> int:
         """Add one job; returns its id once the job is committed to disk."""
-        ids = await self._rt.adding.add_calls(self, task, [(args, kwargs)], tx=tx)
+        ids = await self._host.add_calls(self, task, [(args, kwargs)], tx=tx)
         return ids[0]
 
     async def add_many(
         self,
-        task: Task[Any, Any] | TaskCall | str,
+        task: TaskRef,
         items: Iterable[Sequence[Any] | Mapping[str, Any]],
         /,
         *,
@@ -151,7 +210,7 @@ class Pool:
                 raise InvalidOption(
                     "items", f"expected tuples of args or dicts of kwargs, found {item!r}"
                 )
-        return await self._rt.adding.add_calls(self, task, calls, tx=tx)
+        return await self._host.add_calls(self, task, calls, tx=tx)
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
@@ -199,7 +258,7 @@ class Pool:
     def push(self, state: JobState) -> None:
         info = state
         self._queued[info.id] = state
-        if info.run_at > self._rt.clock.now():
+        if info.run_at > self._host.clock.now():
             heapq.heappush(self._delayed, (info.run_at, info.id, state))
             self._arm(info.run_at)
         else:
@@ -216,7 +275,7 @@ class Pool:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self._rt.clock.call_at(when, self._on_timer)
+        self._timer = self._host.clock.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -224,7 +283,7 @@ class Pool:
         self._dispatch()
 
     def _promote_due(self) -> None:
-        now = self._rt.clock.now()
+        now = self._host.clock.now()
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             _, job_id, state = heapq.heappop(delayed)
@@ -243,7 +302,7 @@ class Pool:
 
     def _take(self) -> JobState | None:
         """The next ready job if a slot is free: highest priority, then oldest."""
-        if self.paused or self._stopping or not self._rt._workers_on:
+        if self.paused or self._stopping or not self._host.running:
             return None
         if self._delayed:
             self._promote_due()
@@ -261,7 +320,7 @@ class Pool:
     def _begin(self, state: JobState) -> asyncio.Future[None]:
         """Mark the job started; the future resolves once its attempt is charged on disk."""
         self._running[state.id] = state
-        return self._rt.transitions.started(state)
+        return self._host.started(state)
 
     async def _runner(self, state: JobState, charged: asyncio.Future[None]) -> None:
         """Run jobs one after another while there are any (note 2).
@@ -319,7 +378,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         timeout = state.timeout
         outcome: Outcome
-        instrumentation = self._rt.instrumentation
+        instrumentation = self._host.instrumentation
         try:
             # The attempt is charged on disk before the handler runs (note 5);
             # shielded: the future is the whole write batch's, not this job's.
@@ -376,14 +435,14 @@ class Pool:
             self.processed += 1
         elif outcome.kind in ("error", "timeout"):
             self.failed += 1
-        self._rt.transitions.attempt_ended(state, outcome)
+        self._host.attempt_ended(state, outcome)
 
     async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
         spec = state.spec
         info = state
         first: tuple[Any, ...]
         if spec.call == "context":
-            first = (JobContext(self._rt, state, loop),)
+            first = (JobContext(self._host, state, loop),)
         elif spec.call == "id":
             first = (info.id,)
         else:
@@ -443,7 +502,7 @@ class Pool:
             return
         task.cancel()
         loop = asyncio.get_running_loop()
-        loop.call_later(self._rt.abandon_after, self._abandon, state, task)
+        loop.call_later(self._host.abandon_after, self._abandon, state, task)
 
     def _abandon(self, state: JobState, task: asyncio.Task[None]) -> None:
         """The handler ignored cancellation: mark the job now, keep the slot (note 3)."""

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import TimerHandle
 from .errors import InvalidOption
@@ -33,7 +33,19 @@ from .retry import parse_duration
 from .schedule import CronSpec, next_fire_ts, parse_cron
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from .clock import Clock
+
+
+class RetentionHost(Protocol):
+    """What retention asks of the runtime: its clock, its grace, and ``cleanup``."""
+
+    clock: Clock
+    grace: float
+
+    async def cleanup(
+        self, older_than: float | timedelta = ..., statuses: Iterable[JobStatus | str] = ...
+    ) -> int: ...
+
 
 log = logging.getLogger("taskrt.retention")
 
@@ -102,7 +114,7 @@ def parse_ages(ages: Ages) -> dict[JobStatus, float]:
 class Retention:
     """``rt.schedules.retention``: prunes finished jobs on a schedule (module notes)."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: RetentionHost) -> None:
         self._rt = rt
         self.ages: dict[JobStatus, float] = dict(DEFAULT_AGES)
         self.spec: CronSpec = parse_cron(DEFAULT_CRON)
@@ -157,11 +169,11 @@ class Retention:
 
     # -- the schedule, run by the scheduler of the owner runtime ----------------------------
 
-    def _start(self) -> None:
+    def start(self) -> None:
         self._running = True
         self._arm()
 
-    async def _stop(self) -> None:
+    async def stop(self) -> None:
         self._running = False
         self._disarm()
         if self._pruning is not None and not self._pruning.done():

@@ -39,12 +39,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .adding import Adding, TaskRef, Transaction
+from .adding import Adding
 from .background import Background, JobLogAdapter, job_logger
 from .clock import Clock, SystemClock
 from .context import DONE, JobState
 from .counters import Counters
-from .definitions import Hooks, Task, TaskCall, TaskSpec, make_spec
+from .definitions import Hooks, Task, TaskCall, TaskRef, TaskSpec, make_spec
 from .errors import (
     InvalidOption,
     InvalidTransition,
@@ -72,11 +72,12 @@ from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import JobStore, Store, Synchronous
 from .stream import JobStream, snapshot_event
+from .transaction import Transaction
 from .transitions import Transitions, retry_policy_of
 from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
-    from .tracing import Instrumentation
+    from .pool import Instrumentation
 
 log = logging.getLogger("taskrt")
 
@@ -199,7 +200,7 @@ class Runtime:
             pools=self._pools,
             workers=workers,
             instrumentation=lambda: self.instrumentation,
-            require_started=self._require_started,
+            require_started=self.require_started,
         )
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
         self.instrumentation: Instrumentation | None = None
@@ -216,10 +217,12 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
+        # What the pools may ask of this runtime (pool.PoolHost).
+        self._pool_host = _PoolHost(self)
         # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.
         self.schedules = Scheduler(self)
-        self.on_start(self.schedules._start)
-        self.on_stop(self.schedules._stop)
+        self.on_start(self.schedules.start)
+        self.on_stop(self.schedules.stop)
 
     def __repr__(self) -> str:
         return f"<Runtime {self.path!r} workers={self.workers} started={self._started}>"
@@ -235,7 +238,7 @@ class Runtime:
         pool = self._pools.get(name)
         if pool is None:
             pool = self._pools[name] = Pool(
-                self,
+                self._pool_host,
                 name,
                 concurrency=self.default_concurrency if concurrency is None else concurrency,
                 capacity=capacity,
@@ -552,7 +555,7 @@ class Runtime:
 
     # -- adding --------------------------------------------------------------------------
 
-    def _require_started(self, what: str) -> None:
+    def require_started(self, what: str) -> None:
         if not self._started:
             raise RuntimeNotStarted(what)
 
@@ -618,7 +621,7 @@ class Runtime:
         state = self.live.states.get(job_id)
         if state is not None:
             return state.info()
-        self._require_started("reading a job")
+        self.require_started("reading a job")
         info = await self.store.get_job(job_id)
         if info is None:
             raise JobNotFound(job_id)
@@ -697,7 +700,7 @@ class Runtime:
 
     async def cancel(self, job_id: int) -> JobInfo:
         """Cancel a waiting or running job; returns its state after the cancel."""
-        self._require_started("cancel")
+        self.require_started("cancel")
         state = self.live.states.get(job_id)
         if state is not None and self.workers:
             if state.status is JobStatus.WAITING:
@@ -718,7 +721,7 @@ class Runtime:
 
     async def retry(self, job_id: int) -> JobInfo:
         """Put a FAILURE or CANCELLED job back to WAITING, with its attempts renewed."""
-        self._require_started("retry")
+        self.require_started("retry")
         info = await self.get(job_id)
         if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
             raise InvalidTransition(job_id, info.status.value, "retry")
@@ -767,7 +770,7 @@ class Runtime:
         cursor: str | None = None,
     ) -> Page:
         """Jobs, newest first, filtered; pass ``page.cursor`` back for the next page."""
-        self._require_started("listing jobs")
+        self.require_started("listing jobs")
         statuses = _statuses(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidOption("limit", f"expected an integer from 1 to 1000, found {limit!r}")
@@ -795,7 +798,7 @@ class Runtime:
 
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
         """Counts by status, success rate, mean and p95 duration (seconds)."""
-        self._require_started("statistics")
+        self.require_started("statistics")
         await self.store.settle()
         raw = await self.store.stats(since, until)
         counts = {s.value: int(raw["counts"].get(s.value, 0)) for s in JobStatus}
@@ -820,7 +823,7 @@ class Runtime:
         ),
     ) -> int:
         """Delete finished jobs (and their attempts) older than ``older_than``; ids are never reused."""
-        self._require_started("cleanup")
+        self.require_started("cleanup")
         seconds = (
             older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
         )
@@ -834,6 +837,29 @@ class Runtime:
         await self.store.flush()
         deleted = await self.store.cleanup(self.clock.now() - seconds, chosen)
         return deleted
+
+
+class _PoolHost:
+    """What a runtime gives its pools (``pool.PoolHost``): its clock and limits, and
+    the adding and transitions they call; nothing else of the runtime."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self.clock = rt.clock
+        self.abandon_after = rt.abandon_after
+        self.limits = rt.limits
+        self.add_calls = rt.adding.add_calls
+        self.started = rt.transitions.started
+        self.attempt_ended = rt.transitions.attempt_ended
+        self.report = rt.transitions.report
+
+    @property
+    def running(self) -> bool:
+        return self._rt._workers_on
+
+    @property
+    def instrumentation(self) -> Instrumentation | None:
+        return self._rt.instrumentation
 
 
 _TERMINAL_EVENT = {

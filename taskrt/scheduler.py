@@ -49,22 +49,69 @@ import asyncio
 import builtins
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import TimerHandle
 from .definitions import Task, TaskCall, TaskSpec
 from .errors import InvalidOption, StoreError, TaskNotFound, TaskrtError
 from .limits import DEFAULT_LIMITS, check_text, encode
-from .models import MISFIRE_POLICIES, Misfire, ScheduleDefinition, ScheduleInfo
+from .models import MISFIRE_POLICIES, JobStatus, Misfire, ScheduleDefinition, ScheduleInfo
 from .retention import Retention, RetentionStatistics
 from .schedule import CronError, CronSpec, next_fire_ts, parse_cron
 
 if TYPE_CHECKING:
-    from .runtime import Runtime, Transaction
-    from .store import StoreTransaction
+    from .background import Background
+    from .clock import Clock
+    from .counters import Counters
+    from .definitions import TaskRef
+    from .pool import Pool
+    from .store import JobStore, StoreTransaction
+    from .transaction import Transaction
+
+
+class SchedulerHost(Protocol):
+    """What the scheduler asks of the runtime (a ``RetentionHost`` too)."""
+
+    store: JobStore
+    clock: Clock
+    counters: Counters
+    background: Background
+    workers: bool
+    grace: float
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def tasks(self) -> dict[str, TaskSpec]: ...
+
+    def require_started(self, what: str) -> None: ...
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
+
+    def pool(
+        self, name: str, *, concurrency: int | None = None, capacity: int | None = None
+    ) -> Pool: ...
+
+    async def enqueue(
+        self,
+        task: TaskRef,
+        /,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        tx: Transaction | None = None,
+        **options: Any,
+    ) -> int: ...
+
+    async def cleanup(
+        self, older_than: float | timedelta = ..., statuses: Iterable[JobStatus | str] = ...
+    ) -> int: ...
+
 
 log = logging.getLogger("taskrt.scheduler")
 
@@ -256,7 +303,7 @@ class Scheduler:
     started runtime, except declaring (``rt.schedule``, ``@rt.cron``).
     """
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: SchedulerHost) -> None:
         self._rt = rt
         self.misfire_grace = 1.0
         self.max_catch_up = MAX_CATCH_UP
@@ -326,7 +373,7 @@ class Scheduler:
         updated, or, with ``replace=False``, refused with ``ScheduleExists``.
         The task must be registered here and the arguments must fit it.
         """
-        self._rt._require_started("creating a schedule")
+        self._rt.require_started("creating a schedule")
         definition = define(
             name, task, cron, args=args, kwargs=kwargs, pool=pool, tz=tz, misfire=misfire
         )
@@ -382,12 +429,12 @@ class Scheduler:
 
     async def list(self) -> builtins.list[ScheduleInfo]:
         """Every schedule, by name."""
-        self._rt._require_started("listing schedules")
+        self._rt.require_started("listing schedules")
         return await self._rt.store.schedules()
 
     async def get(self, name: str) -> ScheduleInfo:
         """One schedule (``ScheduleNotFound`` when there is none)."""
-        self._rt._require_started("reading a schedule")
+        self._rt.require_started("reading a schedule")
         info = await self._rt.store.schedule(name)
         if info is None:
             raise ScheduleNotFound(name)
@@ -395,7 +442,7 @@ class Scheduler:
 
     async def statistics(self) -> ScheduleStatistics:
         """Active and paused counts, next fire times, fires and failures per schedule."""
-        self._rt._require_started("schedule statistics")
+        self._rt.require_started("schedule statistics")
         await self._rt.store.settle()  # pending FAILURE writes feed the counts (note 6)
         infos = await self.list()
         upcoming = [i.next_run_at for i in infos if i.next_run_at is not None and not i.paused]
@@ -494,7 +541,7 @@ class Scheduler:
         self, name: str, change: Callable[[StoreTransaction, ScheduleInfo], Awaitable[bool]]
     ) -> ScheduleInfo:
         """Read the row, ``change`` it, bump, read it again; one transaction."""
-        self._rt._require_started("changing a schedule")
+        self._rt.require_started("changing a schedule")
         bumped: int | None = None
         async with self._rt.store.transaction() as conn:
             info = await conn.schedule(name)
@@ -538,20 +585,22 @@ class Scheduler:
 
     # -- the owner's loop (notes 1-3, 5) ---------------------------------------------------
 
-    async def _start(self, rt: Runtime) -> None:
+    async def start(self, rt: SchedulerHost) -> None:
+        """Store the declared schedules; with workers, fire due slots from now on."""
         if self._declared:
             await self._upsert(builtins.list(self._declared.values()), replace=True)
         if not rt.workers:
             return
         self._running = True
         await self._reload()
-        self.retention._start()
+        self.retention.start()
         self._watcher = asyncio.create_task(self._watch(), name="taskrt-scheduler-watch")
         # Slots missed while the runtime was down are handled before start returns.
         self._firing = asyncio.create_task(self._run_due(), name="taskrt-scheduler")
         await asyncio.wait([self._firing])
 
-    async def _stop(self, rt: Runtime) -> None:
+    async def stop(self, rt: SchedulerHost) -> None:
+        """Stop firing (a slot being fired ends first, within ``grace``)."""
         self._running = False
         self._disarm()
         if self._watcher is not None:
@@ -559,7 +608,7 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        await self.retention._stop()
+        await self.retention.stop()
         if self._firing is not None and not self._firing.done():
             # A slot being fired commits or rolls back as a whole (note 1): let it end.
             await asyncio.wait([self._firing], timeout=rt.grace)

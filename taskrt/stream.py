@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .events import Subscription
 from .models import STATUS_EVENT, Event, EventType, JobInfo, JobStatus
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from .clock import Clock
+    from .events import EventBus
+    from .live import LiveJobs
+
+
+class StreamHost(Protocol):
+    """What a stream asks of the runtime it follows."""
+
+    broker: EventBus
+    clock: Clock
+    live: LiveJobs
+    workers: bool
+    poll_interval: float
+
+    async def get(self, job_id: int) -> JobInfo: ...
 
 
 class JobStream:
@@ -17,7 +31,7 @@ class JobStream:
 
     def __init__(
         self,
-        rt: Runtime,
+        rt: StreamHost,
         job_id: int | None,
         *,
         pool: str | None,

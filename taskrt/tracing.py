@@ -37,44 +37,32 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidOption
+from .pool import Calls, Instrumentation
 
 if TYPE_CHECKING:
     from .context import JobState
+    from .definitions import TaskCall, TaskRef
     from .pool import Pool
-    from .runtime import Runtime, TaskRef, Transaction
+    from .transaction import Transaction
 
 TRACE_KEY = "_trace"
 INSTRUMENTATION_NAME = "taskrt"
 
-Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
 AddJobs = Callable[..., Awaitable[list[int]]]
 
 
-class Instrumentation(Protocol):
-    """What ``rt.instrumentation`` may be (note 1)."""
+class Traced(Protocol):
+    """What tracing needs of a runtime: where its instrumentation goes, and tasks."""
 
-    async def add(
-        self,
-        proceed: AddJobs,
-        pool: Pool,
-        task: TaskRef,
-        calls: Calls,
-        *,
-        tx: Transaction | None,
-    ) -> list[int]:
-        """Add the jobs: call ``proceed(pool, task, calls, tx=tx)`` (with changed options if
-        need be) and return what it returns."""
-        ...
+    instrumentation: Instrumentation | None
 
-    def attempt(self, state: JobState) -> contextlib.AbstractContextManager[Any]:
-        """A context manager around one call of the job's handler."""
-        ...
+    def resolve(self, task: TaskRef) -> TaskCall: ...
 
 
 class Tracing:
     """``rt.instrumentation`` for OpenTelemetry (notes 2-4)."""
 
-    def __init__(self, rt: Runtime, tracer_provider: Any = None) -> None:
+    def __init__(self, rt: Traced, tracer_provider: Any = None) -> None:
         try:
             from opentelemetry import propagate, trace
             from opentelemetry.context import Context
@@ -190,7 +178,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def instrument(rt: Runtime, *, tracer_provider: Any = None) -> Tracing:
+def instrument(rt: Traced, *, tracer_provider: Any = None) -> Tracing:
     """Turn tracing on for ``rt`` (the global tracer provider unless one is given).
 
     Raises ``InvalidOption`` when OpenTelemetry is not installed, or when ``rt``
@@ -204,7 +192,7 @@ def instrument(rt: Runtime, *, tracer_provider: Any = None) -> Tracing:
     return tracing
 
 
-def uninstrument(rt: Runtime) -> None:
+def uninstrument(rt: Traced) -> None:
     """Turn tracing off for ``rt``."""
     if isinstance(rt.instrumentation, Tracing):
         rt.instrumentation = None

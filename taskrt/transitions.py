@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .adding import Transaction
 from .background import Background, job_logger
 from .context import JobState
 from .definitions import TaskSpec
@@ -33,6 +32,7 @@ from .live import LiveJobs
 from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, JobStatus
 from .pool import Outcome
 from .retry import RetryPolicy, parse_retry
+from .transaction import Transaction
 
 if TYPE_CHECKING:
     from .clock import Clock

@@ -1,0 +1,36 @@
+"""``Transaction``: the application's write transaction, with jobs added in it.
+
+``async with rt.transaction() as tx:`` runs the application's own SQL and
+``add(..., tx=tx)`` in one transaction of the store: both commit or neither
+does, and workers see the jobs only after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .context import JobState
+from .store import StoreTransaction
+
+
+class Transaction:
+    """The application's write transaction: run SQL, and add jobs with ``tx=tx``.
+
+    Both commit or neither does; workers see the jobs after the commit.
+    """
+
+    def __init__(self, conn: StoreTransaction) -> None:
+        self._conn = conn
+        self._states: list[JobState] = []
+
+    @property
+    def connection(self) -> StoreTransaction:
+        """The store's handle on this transaction (taskrt's own services write through it)."""
+        return self._conn
+
+    async def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self._conn.execute(statement, params)
+
+    async def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(statement, params)
