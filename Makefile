@@ -21,6 +21,8 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check taskrt tests bench demo
 	$(VENV)/bin/ruff format --check taskrt tests bench demo
 	$(VENV)/bin/mypy
+	# The layering: imports point down, no cycle, SQL only in the store, the CLI one way.
+	$(PY) -m pytest -q tests/test_layers.py tests/test_cli_layout.py
 
 browser-deps:
 	@bash scripts/browser-deps.sh

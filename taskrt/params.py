@@ -28,6 +28,9 @@ Design notes (cited as "note N" where they apply):
    ``TypedDict``, dataclasses and ``Annotated[X, {...extra schema...}]``.
    Anything else (``Any``, a class, a hint that does not resolve) adds no
    constraint: the derived schema never rejects what the hint cannot describe.
+
+The module is long because schema derivation from type hints (note 4) and
+validation are one concept with one set of notes.
 """
 
 from __future__ import annotations

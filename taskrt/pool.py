@@ -29,6 +29,9 @@ Design notes:
    eventually fails it as orphaned instead of starting it forever. Jobs that
    start in the same moment share the commit (group commit), so this costs
    one commit of latency, not one per job. The timeout starts with the handler.
+
+A little over 500 lines: the pool's contract with its host (``PoolHost``,
+``Instrumentation``) is stated here, beside the code that relies on it.
 """
 
 from __future__ import annotations

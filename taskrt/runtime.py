@@ -20,11 +20,14 @@ Design notes:
    it adds, reads and cancels through the database, marking what it changed
    (``external``); the owner polls for such rows every ``poll_interval`` s.
 
-The class is split by responsibility: ``adding`` (from ``add`` to a committed,
-queued job), ``transitions`` (what happens while jobs run, called by the
-pools), ``stream`` (``subscribe``), their shared declarations in ``parts``;
-this module keeps the lifecycle, ownership, recovery, and the public reads and
-actions.
+The runtime composes its parts (docs/architecture.md): ``Adding`` (from
+``add`` to a committed, queued job), ``Transitions`` (what happens while jobs
+run; the pools call it through ``_PoolHost``), ``Adoption`` (recovery and the
+poll for other processes' changes), ``LiveJobs``, ``Background``, the store,
+the event bus and ``Ownership``. This module keeps the lifecycle and the
+public API. It is longer than most modules because it *is* the public API
+(declaring tasks, pools and schedules; adding; reading; acting): each method
+is short and hands the work to a part.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .adding import Adding
+from .adoption import Adoption
 from .background import Background, JobLogAdapter, job_logger
 from .clock import Clock, SystemClock
 from .context import DONE, JobState
@@ -84,7 +88,6 @@ log = logging.getLogger("taskrt")
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_RECOVERIES = 3
-SEQ_GAP_AFTER_CRASH = 1_000_000
 
 
 class Runtime:
@@ -201,6 +204,18 @@ class Runtime:
             workers=workers,
             instrumentation=lambda: self.instrumentation,
             require_started=self.require_started,
+        )
+        # Jobs found in the database: after a crash, and those other processes add.
+        self.adoption = Adoption(
+            store=self.store,
+            clock=self.clock,
+            live=self.live,
+            transitions=self.transitions,
+            tasks=self._tasks,
+            pools=self._pools,
+            declare_pool=lambda name: self.pool(name),
+            max_recoveries=max_recoveries,
+            poll_interval=poll_interval,
         )
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
         self.instrumentation: Instrumentation | None = None
@@ -412,7 +427,7 @@ class Runtime:
         try:
             if self.workers:
                 await self.ownership.acquire()
-                await self._recover()
+                await self.adoption.recover(unclean=self.ownership.left_behind)
         except BaseException:
             await self.store.close()
             raise
@@ -423,7 +438,7 @@ class Runtime:
         if self.workers:
             self._workers_on = True
             self.ownership.keep(on_lost=self._lost_ownership)
-            self._poll_task = asyncio.create_task(self._poll_loop(), name="taskrt-poll")
+            self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
             for pool in self._pools.values():
                 pool._dispatch()
         for hook in self._start_hooks:
@@ -486,72 +501,6 @@ class Runtime:
             owner,
         )
         self._workers_on = False
-
-    async def _recover(self) -> None:
-        """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned."""
-        now = self.clock.now()
-        # After a crash, events published but not yet written (coalesced
-        # progress, a retry) had sequence numbers above the stored ones; a gap
-        # keeps every later event above anything a client may have seen, so a
-        # stream resuming with Last-Event-ID gets a snapshot, never a hole.
-        gap = SEQ_GAP_AFTER_CRASH if self.ownership.left_behind else 0
-        # Orphans count as failures of their schedules (scheduler note 6).
-        recovered, orphaned = await self.store.recover(
-            now, max_recoveries=self.max_recoveries, seq_gap=gap
-        )
-        if recovered or orphaned:
-            log.warning(
-                "taskrt: recovered %d interrupted job(s), failed %d orphaned", recovered, orphaned
-            )
-        for info in await self.store.waiting_jobs():
-            self._adopt(info, announce=False)
-
-    def _adopt(self, info: JobInfo, *, announce: bool) -> JobState | None:
-        """Take responsibility for a WAITING job found in the database."""
-        spec = self._tasks.get(info.task)
-        if spec is None:
-            job_logger(info).warning(
-                "taskrt: job %d has unknown task %r; left waiting", info.id, info.task
-            )
-            return None
-        state = JobState(info, spec, retry_policy_of(info, spec))
-        self.live.states[info.id] = state
-        if info.unique_key is not None:
-            self.live.unique[info.unique_key] = info.id
-        if announce:
-            self.transitions.emit(
-                state, EventType.ADDED, {"run_at": info.run_at, "priority": info.priority}
-            )
-        self.pool(info.pool).push(state)
-        return state
-
-    async def _poll_loop(self) -> None:
-        """Pick up what client processes wrote (note 3)."""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self._poll_once()
-            except TaskrtError:
-                log.exception("taskrt: polling for external jobs failed")
-
-    async def _poll_once(self) -> None:
-        changed = await self.store.external_changes()
-        for info, cancel_requested in changed:
-            # Queued first, so it lands before anything this owner writes of the job
-            # now (it clears only what was read: store note on clear_external).
-            self.store.clear_external(info.id, info.seq, cancel_requested)
-            state = self.live.states.get(info.id)
-            if info.status is JobStatus.WAITING and state is None:
-                self._adopt(info, announce=True)
-            elif info.status is JobStatus.CANCELLED and state is not None:
-                if state.status is JobStatus.WAITING:
-                    self._pools[state.pool].remove(state)
-                    state.seq = max(state.seq, info.seq)
-                    self.transitions.finalize(state, JobStatus.CANCELLED, {}, write=False)
-                elif state.status is JobStatus.RUNNING:
-                    self._pools[state.pool].cancel_running(state)
-            elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
-                self._pools[state.pool].cancel_running(state)
 
     # -- adding --------------------------------------------------------------------------
 

@@ -41,6 +41,10 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    jobs it fails as orphaned. Retention may delete the jobs; the counts stay.
    (Not a trigger on ``jobs``: any UPDATE trigger there costs about a third of
    the job throughput.)
+
+The module is long because a schedule's whole life is here: the definition's
+checks, the Python API, and the owner's loop, which share the row and its
+notes; the maths is ``taskrt.schedule``'s, the SQL the store's.
 """
 
 from __future__ import annotations

@@ -95,6 +95,7 @@ LAYERS: dict[str, int] = {
     "events": 1,
     # engine
     **dict.fromkeys(["context", "background", "live", "pool", "adding", "transitions"], 2),
+    "adoption": 2,
     "stream": 2,
     "ownership": 2,
     # services

@@ -20,6 +20,9 @@ With ``events: [onFailed]`` the failure hook is ``hooks.onFailed`` (a dotted
 path) or the executor's ``on_<snake_name>_failed`` / ``on_<Name>_failed``,
 called as ``hook(job_id, params, tx)`` inside the transaction that records
 the failure.
+
+The module is long because it is one file format, every field of it, each
+checked with the file, the line and what was expected.
 """
 
 from __future__ import annotations

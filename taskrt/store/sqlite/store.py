@@ -3,6 +3,8 @@
 The store's public face: opening (and migrating) the file, the operations the
 runtime calls (each a queued write for the group commit of ``writer``, or a
 transaction of its own), and the reads. The notes are the package's.
+
+A little over 500 lines: every operation of ``JobStore`` is here, each short.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class Store:
     async def open(self) -> None:
         try:
             self._db = await self._connect()
-            await in_thread(self._db, migrate, self._db._conn, self.path)
+            await in_thread(self._db, migrate, self.path)
             self._reader = self._db if self.memory else await self._connect()
         except sqlite3.Error as exc:
             await self._close_connections()
@@ -291,7 +293,7 @@ class Store:
                 try:
                     await db.execute("COMMIT")
                 except sqlite3.Error as exc:
-                    await in_thread(db, rollback, db._conn)
+                    await in_thread(db, rollback)
                     raise store_error(self.path, exc) from exc
 
     async def insert_in(self, tx: StoreTransaction, jobs: Sequence[NewJob]) -> list[InsertResult]:
@@ -301,7 +303,7 @@ class Store:
         while it is open: the insert runs on that connection.
         """
         try:
-            results = await in_thread(self.db, insert_jobs, self.db._conn, [list(jobs)])
+            results = await in_thread(self.db, insert_jobs, [list(jobs)])
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from exc
         out: list[InsertResult] = []
@@ -328,7 +330,7 @@ class Store:
 
         async with self._writes.lock:
             try:
-                result: list[int] = await in_thread(self.db, work, self.db._conn)
+                result: list[int] = await in_thread(self.db, work)
             except sqlite3.Error as exc:
                 raise store_error(self.path, exc) from exc
         return result
@@ -359,7 +361,7 @@ class Store:
 
         async with self._writes.lock:
             try:
-                result: tuple[bool, str, float] = await in_thread(self.db, work, self.db._conn)
+                result: tuple[bool, str, float] = await in_thread(self.db, work)
             except sqlite3.Error as exc:
                 raise StoreError(
                     f"cannot take the ownership lease of {self.path!r}: {exc}"

@@ -266,10 +266,12 @@ class GroupCommit:
         return True
 
     def _apply_sync(
-        self, batch: Batch, progress: dict[int, tuple[float, float, str, int]]
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        progress: dict[int, tuple[float, float, str, int]],
     ) -> list[InsertResult | BaseException]:
         """Runs in the connection's thread: the whole batch in one transaction."""
-        conn = self.db._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             if progress:
@@ -289,14 +291,16 @@ class GroupCommit:
         return inserted
 
     def _apply_isolated(
-        self, batch: Batch, progress: dict[int, tuple[float, float, str, int]]
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        progress: dict[int, tuple[float, float, str, int]],
     ) -> tuple[list[InsertResult | BaseException], list[tuple[int | None, str, BaseException]]]:
         """The batch again, each part under its own savepoint (note 10).
 
         A part the database refuses is rolled back alone: an add's caller gets
         the error, a refused statement is reported; the rest commits.
         """
-        conn = self.db._conn
         rejected: list[tuple[int | None, str, BaseException]] = []
         results: list[InsertResult | BaseException] = []
         conn.execute("BEGIN IMMEDIATE")

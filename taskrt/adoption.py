@@ -1,0 +1,126 @@
+"""Jobs a runtime finds in the database rather than adds itself.
+
+At start, the owner recovers what a dead process left RUNNING (back to
+WAITING, or FAILURE as orphaned after ``max_recoveries``) and takes in every
+WAITING job. While it runs, it polls for what client processes
+(``workers=False``) added, cancelled or retried (runtime note 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from .background import job_logger
+from .context import JobState
+from .errors import TaskrtError
+from .models import EventType, JobInfo, JobStatus
+from .transitions import retry_policy_of
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .definitions import TaskSpec
+    from .live import LiveJobs
+    from .pool import Pool
+    from .store import JobStore
+    from .transitions import Transitions
+
+log = logging.getLogger("taskrt")
+
+SEQ_GAP_AFTER_CRASH = 1_000_000
+
+
+class Adoption:
+    """Recovery at start, and the poll for other processes' changes."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        clock: Clock,
+        live: LiveJobs,
+        transitions: Transitions,
+        tasks: Mapping[str, TaskSpec],
+        pools: Mapping[str, Pool],
+        declare_pool: Callable[[str], Pool],
+        max_recoveries: int,
+        poll_interval: float,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.live = live
+        self.transitions = transitions
+        self.tasks = tasks
+        self.pools = pools
+        self.declare_pool = declare_pool
+        self.max_recoveries = max_recoveries
+        self.poll_interval = poll_interval
+
+    async def recover(self, *, unclean: bool) -> None:
+        """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned;
+        then every WAITING job is taken in. ``unclean``: the last owner died."""
+        now = self.clock.now()
+        # After a crash, events published but not yet written (coalesced
+        # progress, a retry) had sequence numbers above the stored ones; a gap
+        # keeps every later event above anything a client may have seen, so a
+        # stream resuming with Last-Event-ID gets a snapshot, never a hole.
+        gap = SEQ_GAP_AFTER_CRASH if unclean else 0
+        # Orphans count as failures of their schedules (scheduler note 6).
+        recovered, orphaned = await self.store.recover(
+            now, max_recoveries=self.max_recoveries, seq_gap=gap
+        )
+        if recovered or orphaned:
+            log.warning(
+                "taskrt: recovered %d interrupted job(s), failed %d orphaned", recovered, orphaned
+            )
+        for info in await self.store.waiting_jobs():
+            self.adopt(info, announce=False)
+
+    def adopt(self, info: JobInfo, *, announce: bool) -> JobState | None:
+        """Take responsibility for a WAITING job found in the database."""
+        spec = self.tasks.get(info.task)
+        if spec is None:
+            job_logger(info).warning(
+                "taskrt: job %d has unknown task %r; left waiting", info.id, info.task
+            )
+            return None
+        state = JobState(info, spec, retry_policy_of(info, spec))
+        self.live.states[info.id] = state
+        if info.unique_key is not None:
+            self.live.unique[info.unique_key] = info.id
+        if announce:
+            self.transitions.emit(
+                state, EventType.ADDED, {"run_at": info.run_at, "priority": info.priority}
+            )
+        self.declare_pool(info.pool).push(state)
+        return state
+
+    async def poll(self) -> None:
+        """Pick up what client processes wrote, every ``poll_interval`` (runtime note 3)."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.poll_once()
+            except TaskrtError:
+                log.exception("taskrt: polling for external jobs failed")
+
+    async def poll_once(self) -> None:
+        changed = await self.store.external_changes()
+        for info, cancel_requested in changed:
+            # Queued first, so it lands before anything this owner writes of the job
+            # now (it clears only what was read: store note on clear_external).
+            self.store.clear_external(info.id, info.seq, cancel_requested)
+            state = self.live.states.get(info.id)
+            if info.status is JobStatus.WAITING and state is None:
+                self.adopt(info, announce=True)
+            elif info.status is JobStatus.CANCELLED and state is not None:
+                if state.status is JobStatus.WAITING:
+                    self.pools[state.pool].remove(state)
+                    state.seq = max(state.seq, info.seq)
+                    self.transitions.finalize(state, JobStatus.CANCELLED, {}, write=False)
+                elif state.status is JobStatus.RUNNING:
+                    self.pools[state.pool].cancel_running(state)
+            elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
+                self.pools[state.pool].cancel_running(state)
