@@ -67,7 +67,8 @@ class Adding:
         self.instrumentation = instrumentation
         self.require_started = require_started
 
-    def _resolve(self, task: TaskRef) -> tuple[TaskSpec, Options]:
+    def resolve_parts(self, task: TaskRef) -> tuple[TaskSpec, Options]:
+        """The registered ``TaskSpec`` and per-call ``Options`` of a task reference."""
         if isinstance(task, TaskCall):
             return task.spec, task.opts
         if isinstance(task, Task):
@@ -85,7 +86,7 @@ class Adding:
 
         Raises ``TaskNotFound`` for a name no task has.
         """
-        spec, opts = self._resolve(task)
+        spec, opts = self.resolve_parts(task)
         return TaskCall(spec, opts)
 
     async def add_calls(
@@ -111,7 +112,7 @@ class Adding:
         tx: Transaction | None,
     ) -> list[int]:
         self.require_started("adding a job")
-        spec, opts = self._resolve(task)
+        spec, opts = self.resolve_parts(task)
         now = self.clock.now()
         limits = self.limits
         if opts.run_at is not None:

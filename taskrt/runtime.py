@@ -521,7 +521,7 @@ class Runtime:
         self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
     ) -> int:
         """Add a job to its task's pool; returns the id once it is durable."""
-        spec = self.adding.resolve(task).spec
+        spec, _ = self.adding.resolve_parts(task)
         return await self.pool(spec.pool).add(task, *args, tx=tx, **kwargs)
 
     async def enqueue(
