@@ -168,7 +168,7 @@ class Adding:
             if existing is not None:
                 return [existing]
         # Jobs added earlier in an open transaction are not queued yet, but will be.
-        in_tx = 0 if tx is None else sum(1 for s in tx._states if s.pool == pool.name)
+        in_tx = 0 if tx is None else sum(1 for s in tx.added if s.pool == pool.name)
         await self._check_capacity(pool, len(jobs) + in_tx)
         if spec.hooks.next_id is not None and opts.job_id is None:
             for job in jobs:
@@ -206,7 +206,7 @@ class Adding:
         states: list[JobState] | None = None
         try:
             if tx is not None:
-                results = list(await self.store.insert_in(tx._conn, jobs))
+                results = list(await self.store.insert_in(tx.connection, jobs))
             else:
                 committed = self.store.insert(jobs)
                 if len(jobs) > 8:
@@ -229,7 +229,7 @@ class Adding:
             state = states[i] if states is not None else new_state(job, args, kwargs)
             state.id = res.job_id
             if tx is not None:
-                tx._states.append(state)
+                tx.added.append(state)
             else:
                 self._accept(state)
         if failure is not None:
@@ -293,7 +293,7 @@ class Adding:
         async with self.store.transaction() as conn:
             tx = Transaction(conn)
             yield tx
-        for state in tx._states:
+        for state in tx.added:
             self._accept(state)
 
 

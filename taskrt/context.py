@@ -40,7 +40,7 @@ class JobState:
 
     __slots__ = (
         *_FIELDS,
-        "_snapshot",
+        "snapshot",
         "abandoned",
         "cancel_requested",
         "retry",
@@ -80,7 +80,7 @@ class JobState:
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
             setattr(self, name, getattr(info, name))
-        self._snapshot: JobInfo | None = info
+        self.snapshot: JobInfo | None = info
         self.spec = spec
         self.retry = retry
         self.task_handle: asyncio.Task[None] | None = None
@@ -135,7 +135,7 @@ class JobState:
         state.recoveries = 0
         state.seq = 1
         state.retry_policy = retry_policy
-        state._snapshot = None
+        state.snapshot = None
         state.spec = spec
         state.retry = retry
         state.task_handle = None
@@ -147,15 +147,15 @@ class JobState:
         return state
 
     def info(self) -> JobInfo:
-        snap = self._snapshot
+        snap = self.snapshot
         if snap is None or snap.seq != self.seq or snap.current != self.current:
-            snap = self._snapshot = JobInfo(**{name: getattr(self, name) for name in _FIELDS})
+            snap = self.snapshot = JobInfo(**{name: getattr(self, name) for name in _FIELDS})
         return snap
 
     def update(self, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(self, name, value)
-        self._snapshot = None
+        self.snapshot = None
 
     def next_seq(self) -> int:
         self.seq += 1

@@ -300,7 +300,7 @@ class Runtime:
         from .params import attach
 
         spec = attach(spec)
-        self.schedules._task_registered(spec)  # a bad cron refuses the task
+        self.schedules.task_registered(spec)  # a bad cron refuses the task
         self._tasks[spec.name] = spec
         pool = self._pools.get(spec.pool)
         if pool is None:

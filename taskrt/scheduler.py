@@ -337,7 +337,7 @@ class Scheduler:
             self._rt.background.spawn(self._store_declared([definition]))
         return definition
 
-    def _task_registered(self, spec: TaskSpec) -> None:
+    def task_registered(self, spec: TaskSpec) -> None:
         """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it."""
         if spec.cron is not None:
             self.declare(define(spec.name, spec.name, spec.cron, tz=spec.cron_tz))

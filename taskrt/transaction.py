@@ -22,7 +22,8 @@ class Transaction:
 
     def __init__(self, conn: StoreTransaction) -> None:
         self._conn = conn
-        self._states: list[JobState] = []
+        # Jobs added in this transaction: taken in (queued, announced) after the commit.
+        self.added: list[JobState] = []
 
     @property
     def connection(self) -> StoreTransaction:

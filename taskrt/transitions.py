@@ -96,7 +96,7 @@ class Transitions:
         state.attempts = attempt
         state.started_at = now
         state.finished_at = None
-        state._snapshot = None
+        state.snapshot = None
         seq = self.emit(state, EventType.STARTED, {"attempt": attempt})
         return self.store.start(state.id, attempt, now, seq)
 
@@ -321,7 +321,7 @@ class Transitions:
             state.error = None
         else:
             state.error = error
-        state._snapshot = None
+        state.snapshot = None
         seq = state.seq + 1
         fut: asyncio.Future[None] | None = None
         if write:
