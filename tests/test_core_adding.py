@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import Gate, db_file, make_rt, rows, until
+from core_support import (
+    Gate,
+    committed,
+    committed_job,
+    committed_jobs,
+    db_file,
+    make_rt,
+    sqlite_only_rows,
+    until,
+)
 
 import taskrt
 from taskrt import (
@@ -55,9 +64,9 @@ async def test_add_is_durable_when_it_returns_and_ids_increase(tmp_path: Path) -
         for user in (7, 8, 9):
             job_id = await email.add(send, user, lang="de")
             # Committed before acknowledged: another connection sees the row now.
-            assert rows(db_file(tmp_path), "SELECT status FROM jobs WHERE id = ?", (job_id,)) == [
-                ("WAITING",)
-            ]
+            async with committed(tmp_path) as store:
+                stored = await store.get_job(job_id)
+            assert stored is not None and stored.status is JobStatus.WAITING
             ids.append(job_id)
         assert ids == [1, 2, 3]
         info = await rt.get(2)
@@ -150,7 +159,7 @@ async def test_unique_key_returns_the_live_job(tmp_path: Path) -> None:
         other = await pool.add(report.options(unique_key="r-2"), "wed")
         assert again == first
         assert other == first + 1
-        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(2,)]
+        assert len(await committed_jobs(tmp_path)) == 2
         gate.open()
         assert (await rt.wait(first, timeout=5)).result == "mon"
         # Once the job is terminal the key is free again.
@@ -170,7 +179,7 @@ async def test_unique_key_cannot_apply_to_add_many(tmp_path: Path) -> None:
         with pytest.raises(InvalidOption) as err:
             await rt.pool("default").add_many(noop.options(unique_key="k"), [(), ()])
         assert err.value.field == "unique_key"
-        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+        assert await committed_jobs(tmp_path) == []
 
 
 async def test_capacity_full_raises_queue_full_and_stores_nothing(tmp_path: Path) -> None:
@@ -192,7 +201,7 @@ async def test_capacity_full_raises_queue_full_and_stores_nothing(tmp_path: Path
         assert (err.value.pool, err.value.capacity) == ("small", 3)
         with pytest.raises(QueueFull):
             await pool.add_many(held, [()])
-        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(4,)]
+        assert len(await committed_jobs(tmp_path)) == 4
         assert pool.statistics().waiting == 3
         gate.open()
         await rt.wait(running, timeout=5)
@@ -266,7 +275,7 @@ async def test_bad_input_raises_and_stores_nothing(tmp_path: Path) -> None:
             await pool.add(echo, 1, 2)
         with pytest.raises(SerializationError):
             await pool.add_many(echo, [(1,), (object(),)])
-        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+        assert await committed_jobs(tmp_path) == []
         assert await pool.add(echo, "fine") == 1
         assert (await rt.wait(1, timeout=5)).result == "fine"
 
@@ -332,9 +341,8 @@ async def test_result_that_is_not_json_fails_the_job_clearly(tmp_path: Path) -> 
         assert info.result is None
         # The runtime goes on.
         assert (await rt.wait(await rt.pool("default").add(good), timeout=5)).result == 7
-    assert rows(db_file(tmp_path), "SELECT status, result FROM jobs WHERE id = ?", (job_id,)) == [
-        ("FAILURE", None)
-    ]
+    stored = await committed_job(tmp_path, job_id)
+    assert stored is not None and (stored.status, stored.result) == (JobStatus.FAILURE, None)
 
 
 # -- next_id hook ----------------------------------------------------------------------------
@@ -378,7 +386,7 @@ async def test_next_id_duplicate_or_lower_is_refused_without_overwrite(tmp_path:
             await pool.add(yao, 3)
         info = await rt.get(10)
         assert (info.args, info.result, info.status) == ((1,), 1, JobStatus.SUCCESS)
-        assert rows(db_file(tmp_path), "SELECT id, args FROM jobs") == [(10, "[1]")]
+        assert [(j.id, j.args) for j in await committed_jobs(tmp_path)] == [(10, (1,))]
         # Ids the store assigns continue above the hook's.
         assert await pool.add(plain) == 11
 
@@ -394,7 +402,7 @@ async def test_add_many_with_a_duplicate_id_stores_nothing(tmp_path: Path) -> No
     async with rt:
         with pytest.raises(DuplicateJobId):
             await rt.pool("default").add_many(yao, [(1,), (2,)])
-        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+        assert await committed_jobs(tmp_path) == []
 
 
 async def test_next_id_hook_returning_garbage_is_invalid_option(tmp_path: Path) -> None:
@@ -408,7 +416,7 @@ async def test_next_id_hook_returning_garbage_is_invalid_option(tmp_path: Path) 
         with pytest.raises(InvalidOption) as err:
             await rt.pool("default").add(yao)
         assert err.value.field == "next_id"
-        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+        assert await committed_jobs(tmp_path) == []
 
 
 # -- the public surface ------------------------------------------------------------------------
@@ -485,7 +493,8 @@ async def test_synchronous_setting_is_validated_and_full_works(tmp_path: Path) -
 
     async with rt:
         assert (await rt.wait(await rt.pool("default").add(noop), timeout=5)).result == "durable"
-    assert rows(db_file(tmp_path), "PRAGMA journal_mode") == [("wal",)]
+    # SQLite-specific: the journal mode is a PRAGMA.
+    assert sqlite_only_rows(db_file(tmp_path), "PRAGMA journal_mode") == [("wal",)]
 
 
 async def test_enqueue_takes_the_jobs_arguments_apart_from_its_own(tmp_path: Path) -> None:

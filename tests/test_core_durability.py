@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import os
 import signal
-import sqlite3
 import sys
 import textwrap
 import time
@@ -15,7 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import Gate, db_file, make_rt, rows, until, write
+from core_support import (
+    Gate,
+    all_jobs,
+    committed,
+    committed_jobs,
+    db_file,
+    make_rt,
+    sqlite_only_rows,
+    sqlite_only_write,
+    until,
+    until_committed,
+)
 
 from taskrt import (
     AttemptOutcome,
@@ -25,6 +35,7 @@ from taskrt import (
     OwnershipError,
     Runtime,
 )
+from taskrt.store import JobStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,8 +53,8 @@ async def test_job_left_running_by_a_dead_process_runs_again(tmp_path: Path) -> 
 
     async with first:
         job_id = await first.pool("default").add(work, 5)
-    # What a process that died during attempt 1 leaves behind.
-    write(
+    # What a process that died during attempt 1 leaves behind (SQLite-specific write).
+    sqlite_only_write(
         path,
         "UPDATE jobs SET status = 'RUNNING', attempts = 1, started_at = 1 WHERE id = ?",
         (job_id,),
@@ -90,7 +101,8 @@ async def test_after_three_recoveries_the_job_fails_as_orphaned(tmp_path: Path) 
     async with rt:
         job_id = await rt.pool("default").add("crashy")
     for crash in range(1, 5):
-        write(
+        # A process that died while running it (SQLite-specific write).
+        sqlite_only_write(
             path,
             "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1 WHERE id = ?",
             (job_id,),
@@ -107,7 +119,9 @@ async def test_after_three_recoveries_the_job_fails_as_orphaned(tmp_path: Path) 
     assert info.status is JobStatus.FAILURE
     assert info.error is not None and "orphaned" in info.error
     assert info.finished_at is not None
-    assert rows(path, "SELECT status, recoveries FROM jobs") == [("FAILURE", 3)]
+    assert [(j.status, j.recoveries) for j in await committed_jobs(tmp_path)] == [
+        (JobStatus.FAILURE, 3)
+    ]
 
 
 CHILD = textwrap.dedent(
@@ -215,9 +229,9 @@ async def test_sigkill_mid_work_loses_no_acknowledged_job(tmp_path: Path) -> Non
                 assert (done.status, done.result) == (JobStatus.SUCCESS, n), job_id
     finally:
         await rt.stop()
-    stored = {r[0] for r in rows(path, "SELECT id FROM jobs")}
-    assert set(acknowledged) <= stored
-    assert rows(path, "SELECT count(*) FROM jobs WHERE status != 'SUCCESS'") == [(0,)]
+    jobs = await committed_jobs(tmp_path)
+    assert set(acknowledged) <= {j.id for j in jobs}
+    assert [j.id for j in jobs if j.status is not JobStatus.SUCCESS] == []
 
 
 async def test_delayed_job_keeps_its_time_across_a_restart(tmp_path: Path) -> None:
@@ -236,7 +250,9 @@ async def test_delayed_job_keeps_its_time_across_a_restart(tmp_path: Path) -> No
     rt, reminder = runtime(FakeClock(start=t0))
     async with rt:
         job_id = await rt.pool("default").add(reminder.options(delay=100))
-    assert rows(db_file(tmp_path), "SELECT status, run_at FROM jobs") == [("WAITING", t0 + 100)]
+    assert [(j.status, j.run_at) for j in await committed_jobs(tmp_path)] == [
+        (JobStatus.WAITING, t0 + 100)
+    ]
 
     clock = FakeClock(start=t0 + 50)
     rt, _ = runtime(clock)
@@ -264,14 +280,13 @@ async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(tmp_pat
         job_id = await rt.pool("default").add(short)
         await gate.wait_entered(1)
         gate.open()
-    assert rows(db_file(tmp_path), "SELECT status, result, attempts FROM jobs") == [
-        ("SUCCESS", '"finished"', 1)
+    assert [(j.status, j.result, j.attempts) for j in await committed_jobs(tmp_path)] == [
+        (JobStatus.SUCCESS, "finished", 1)
     ]
     assert job_id == 1
 
 
 async def test_shutdown_puts_the_rest_back_to_waiting_without_charging(tmp_path: Path) -> None:
-    path = db_file(tmp_path)
     rt = make_rt(tmp_path, grace=0.05)
     rt.pool("one", concurrency=1)
     gate = Gate()
@@ -286,9 +301,11 @@ async def test_shutdown_puts_the_rest_back_to_waiting_without_charging(tmp_path:
         await gate.wait_entered(1)
         started = time.perf_counter()
     assert time.perf_counter() - started < 2
-    assert rows(path, "SELECT id, status, attempts, finished_at FROM jobs ORDER BY id") == [
-        (running, "WAITING", 0, None),
-        (waiting, "WAITING", 0, None),
+    assert [
+        (j.id, j.status, j.attempts, j.finished_at) for j in await committed_jobs(tmp_path)
+    ] == [
+        (running, JobStatus.WAITING, 0, None),
+        (waiting, JobStatus.WAITING, 0, None),
     ]
 
     seen: list[tuple[int, int]] = []
@@ -333,7 +350,8 @@ async def test_expired_lease_is_taken_over_and_live_one_is_not(tmp_path: Path) -
     rt = make_rt(tmp_path)
     async with rt:
         pass
-    write(
+    # Another process's live lease (SQLite-specific write).
+    sqlite_only_write(
         path,
         "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, 'dead:1:x', ?)",
         (time.time() + 60,),
@@ -342,11 +360,12 @@ async def test_expired_lease_is_taken_over_and_live_one_is_not(tmp_path: Path) -
         async with make_rt(tmp_path):
             pass
     assert err.value.owner == "dead:1:x"
-    write(path, "UPDATE lease SET expires_at = ?", (time.time() - 1,))
+    sqlite_only_write(path, "UPDATE lease SET expires_at = ?", (time.time() - 1,))
     taker = make_rt(tmp_path)
     async with taker:
         assert taker.started
-        (owner,) = rows(path, "SELECT owner FROM lease")
+        # SQLite-specific: the store reads no lease's owner.
+        (owner,) = sqlite_only_rows(path, "SELECT owner FROM lease")
         assert owner[0] != "dead:1:x"
 
 
@@ -399,7 +418,7 @@ async def test_client_cancel_reaches_the_owner(tmp_path: Path) -> None:
         assert info.status is JobStatus.CANCELLED
         assert cancelled == [job_id]
         assert (await client.wait(job_id, timeout=5)).status is JobStatus.CANCELLED
-    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("CANCELLED",)]
+    assert [j.status for j in await committed_jobs(tmp_path)] == [JobStatus.CANCELLED]
 
 
 async def test_client_cancel_lands_when_the_job_starts_meanwhile(
@@ -407,7 +426,6 @@ async def test_client_cancel_lands_when_the_job_starts_meanwhile(
 ) -> None:
     # The client reads the job as WAITING, then the owner starts it before the
     # client writes its cancel: the cancel must still reach the owner.
-    path = db_file(tmp_path)
     owner = make_rt(tmp_path)
     gate = Gate()
 
@@ -423,10 +441,13 @@ async def test_client_cancel_lands_when_the_job_starts_meanwhile(
         monkeypatch.setattr(client, "get", real_get)
         return dataclasses.replace(info, status=JobStatus.WAITING)
 
+    async def started(store: JobStore) -> bool:
+        return [j.status for j in await all_jobs(store)] == [JobStatus.RUNNING]
+
     async with owner, client:
         job_id = await owner.pool("default").add(long)
         await gate.wait_entered(1)
-        await until(lambda: rows(path, "SELECT status FROM jobs") == [("RUNNING",)])
+        await until_committed(tmp_path, started)
         monkeypatch.setattr(client, "get", stale_get)
         await client.cancel(job_id)
         info = await owner.wait(job_id, timeout=5)
@@ -483,15 +504,17 @@ async def test_the_owner_renews_its_lease(tmp_path: Path) -> None:
     path = db_file(tmp_path)
     owner = make_rt(tmp_path, lease_ttl=0.3)
     async with owner:
-        ((first_expiry,),) = rows(path, "SELECT expires_at FROM lease")
+        # SQLite-specific: the store reads no lease's expiry.
+        ((first_expiry,),) = sqlite_only_rows(path, "SELECT expires_at FROM lease")
         # Wait until the first lease would have run out: the heartbeat renewed it.
         await until(lambda: time.time() > first_expiry + 0.05, timeout=2)
-        ((expiry,),) = rows(path, "SELECT expires_at FROM lease")
+        ((expiry,),) = sqlite_only_rows(path, "SELECT expires_at FROM lease")
         assert expiry > time.time()
         with pytest.raises(OwnershipError):
             async with make_rt(tmp_path):
                 pass
-    assert rows(path, "SELECT count(*) FROM lease") == [(0,)]  # released on stop
+    async with committed(tmp_path) as store:
+        assert not await store.lease_left_behind()  # released on stop
 
 
 async def test_client_retry_reaches_the_owner(tmp_path: Path) -> None:
@@ -531,7 +554,7 @@ async def test_sequence_jumps_after_a_crash_so_resumed_streams_never_miss_events
     rt.pool("default").pause()
     async with rt:
         job_id = await rt.pool("default").add("idle")
-    assert rows(path, "SELECT seq FROM jobs") == [(1,)]
+    assert [j.seq for j in await committed_jobs(tmp_path)] == [1]
     # A clean stop leaves no lease: no jump.
     rt2 = make_rt(tmp_path)
     rt2.task(idle)
@@ -539,8 +562,7 @@ async def test_sequence_jumps_after_a_crash_so_resumed_streams_never_miss_events
     async with rt2:
         assert (await rt2.get(job_id)).seq == 1
     # A lease left behind (its owner was killed) means a crash: the sequence jumps.
-    with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO lease (id, owner, expires_at) VALUES (1, 'dead:1', 0)")
+    sqlite_only_write(path, "INSERT INTO lease (id, owner, expires_at) VALUES (1, 'dead:1', 0)")
     rt3 = make_rt(tmp_path)
     rt3.task(idle)
     rt3.pool("default").pause()

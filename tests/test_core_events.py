@@ -6,9 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from core_support import Gate, collect, db_file, make_rt, rows, until
+from core_support import Gate, all_jobs, collect, committed_jobs, make_rt, until_committed
 
 from taskrt import Event, EventType, JobContext, JobNotFound, JobStatus
+from taskrt.store import JobStore
 
 
 async def test_subscribe_gives_snapshot_then_live_events_then_ends(tmp_path: Path) -> None:
@@ -55,7 +56,7 @@ async def test_subscribe_gives_snapshot_then_live_events_then_ends(tmp_path: Pat
     assert events[-1].data["result"] == {"steps": 3}
     assert events[-1].status is JobStatus.SUCCESS
     assert info.seq == 6
-    assert rows(db_file(tmp_path), "SELECT seq, current, total, message FROM jobs") == [
+    assert [(j.seq, j.current, j.total, j.message) for j in await committed_jobs(tmp_path)] == [
         (6, 3, 3, "step 3")
     ]
 
@@ -248,9 +249,11 @@ async def test_concurrent_subscribers_see_the_same_sequence(tmp_path: Path) -> N
 
 
 async def test_progress_is_written_behind_and_read_from_memory(tmp_path: Path) -> None:
-    path = db_file(tmp_path)
     rt = make_rt(tmp_path, progress_interval=0.02)
     gate = Gate()
+
+    async def caught_up(store: JobStore) -> bool:
+        return [(j.current, j.message) for j in await all_jobs(store)] == [(1000, "item 1000")]
 
     @rt.task
     async def busy(job: JobContext) -> None:
@@ -265,10 +268,7 @@ async def test_progress_is_written_behind_and_read_from_memory(tmp_path: Path) -
         info = await rt.get(job_id)
         assert (info.current, info.total, info.message) == (1000, 1000, "item 1000")
         # ... and the database catches up shortly after, without a write per call.
-        await until(
-            lambda: rows(path, "SELECT current, message FROM jobs") == [(1000, "item 1000")],
-            timeout=2,
-        )
+        await until_committed(tmp_path, caught_up, timeout=2)
         assert rt.store.batches < 100
         gate.open()
         await rt.wait(job_id, timeout=5)

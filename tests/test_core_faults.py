@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from core_support import db_file, rows, until
+from core_support import all_jobs, committed_jobs, committed_now, db_file, until
 
 from taskrt import AttemptOutcome, JobContext, JobStatus, Runtime, StoreUnavailable
 from taskrt.web import create_app
@@ -65,8 +65,8 @@ async def test_a_full_disk_keeps_every_state_and_recovers_without_a_restart(
         health = rt.health()
         assert "database or disk is full" in (health.error or "")
         assert health.retained > 0
-        on_disk = rows(rt.path, "SELECT status FROM jobs")
-        assert {s for (s,) in on_disk} == {"RUNNING"}
+        on_disk = await committed_jobs(tmp_path)
+        assert {j.status for j in on_disk} == {JobStatus.RUNNING}
         # Reads show the in-memory truth, never going back in time.
         assert (await rt.get(ids[0])).status is JobStatus.SUCCESS
         page = await rt.jobs(limit=50)
@@ -94,12 +94,12 @@ async def test_a_full_disk_keeps_every_state_and_recovers_without_a_restart(
 
         assert recovered_in < 1.5  # backoff is capped at 1 s
         await rt.store.flush()
-        stored = dict(rows(rt.path, "SELECT id, status FROM jobs"))
-        assert stored == {i: "SUCCESS" for i in ids}
+        stored = {j.id: j.status for j in await committed_jobs(tmp_path)}
+        assert stored == {i: JobStatus.SUCCESS for i in ids}
         assert rt.health().outages == 1
         assert rt.health().last_outage is not None
-        results = dict(rows(rt.path, "SELECT id, length(result) FROM jobs"))
-        assert all(n > 20_000 for n in results.values())
+        results = {j.id: j.result for j in await committed_jobs(tmp_path)}
+        assert all(isinstance(r, str) and len(r) > 20_000 for r in results.values())
         # And the store takes new work again.
         gate.set()
         new = await rt.pool("work").add("big", 12)
@@ -145,7 +145,8 @@ async def test_a_lock_held_past_the_busy_timeout_delays_writes_and_drops_none(
             other.close()
         await until(lambda: rt.health().ok, timeout=3)
         await rt.store.flush()
-        assert dict(rows(rt.path, "SELECT id, status FROM jobs")) == {i: "SUCCESS" for i in ids}
+        stored = {j.id: j.status for j in await committed_jobs(tmp_path)}
+        assert stored == {i: JobStatus.SUCCESS for i in ids}
 
 
 async def test_stopping_while_the_disk_is_full_gives_up_after_grace_and_a_restart_runs_again(
@@ -163,7 +164,7 @@ async def test_stopping_while_the_disk_is_full_gives_up_after_grace_and_a_restar
         started = time.monotonic()
     assert time.monotonic() - started < 3  # stop() neither hangs nor raises
     assert any("were not written" in r.getMessage() for r in caplog.records)
-    assert rows(rt.path, "SELECT status FROM jobs") == [("RUNNING",)]
+    assert [j.status for j in await committed_jobs(tmp_path)] == [JobStatus.RUNNING]
 
     # At-least-once: the next start recovers the job and runs it again.
     again, gate2 = _big_runtime(tmp_path)
@@ -230,13 +231,19 @@ def test_a_poison_pill_that_kills_the_process_is_failed_after_its_recoveries(
             break
     # Three attempts charged before the handler ran, then orphaned; the others ran.
     assert codes == [17, 17, 17, 0], codes
-    jobs = rows(path, "SELECT id, task, status, attempts, recoveries, error FROM jobs ORDER BY id")
+    jobs = committed_now(tmp_path, all_jobs)
     pill = jobs[0]
-    assert pill[1:5] == ("pill", "FAILURE", 3, 2)
-    assert "orphaned" in pill[5]
-    assert [(task, status) for _, task, status, *_ in jobs[1:]] == [("fine", "SUCCESS")] * 5
-    interrupted = rows(path, "SELECT count(*) FROM attempts WHERE job_id = 1")
-    assert interrupted == [(3,)]
+    assert (pill.id, pill.task, pill.status, pill.attempts, pill.recoveries) == (
+        1,
+        "pill",
+        JobStatus.FAILURE,
+        3,
+        2,
+    )
+    assert pill.error is not None and "orphaned" in pill.error
+    assert [(j.task, j.status) for j in jobs[1:]] == [("fine", JobStatus.SUCCESS)] * 5
+    interrupted = committed_now(tmp_path, lambda store: store.attempts(1))
+    assert len(interrupted) == 3
 
 
 async def test_a_handler_that_blocks_the_loop_is_reported(
@@ -326,8 +333,8 @@ async def test_a_write_that_slipped_past_the_checks_fails_alone(
         assert (await rt.wait(running, timeout=5)).status is JobStatus.SUCCESS
         assert rt.health().ok
         await rt.store.flush()
-    stored = dict(rows(rt.path, "SELECT id, status FROM jobs"))
-    assert set(stored.values()) == {"SUCCESS"} and len(stored) == 51
+    stored = {j.id: j.status for j in await committed_jobs(tmp_path)}
+    assert set(stored.values()) == {JobStatus.SUCCESS} and len(stored) == 51
     messages = [r.getMessage() for r in caplog.records]
     assert any("writing its parts apart" in m for m in messages)
     assert any(f"refused a write of job {running} (attempt)" in m for m in messages)
@@ -375,4 +382,5 @@ async def test_a_real_full_disk_costs_no_state(small_disk: Path) -> None:
         filler.unlink()
         await until(lambda: rt.health().ok, timeout=3)
         await rt.store.flush()
-        assert dict(rows(rt.path, "SELECT id, status FROM jobs")) == {i: "SUCCESS" for i in ids}
+        stored = {j.id: j.status for j in await committed_jobs(small_disk)}
+        assert stored == {i: JobStatus.SUCCESS for i in ids}

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import Gate, db_file, make_rt, rows, until
+from core_support import (
+    Gate,
+    committed_job,
+    committed_jobs,
+    committed_now,
+    db_file,
+    make_rt,
+    sqlite_only_rows,
+    until,
+)
 
 from taskrt import (
     EventType,
@@ -23,14 +32,12 @@ from taskrt import (
 
 async def test_hooks_fire_with_their_arguments(tmp_path: Path) -> None:
     calls: list[tuple[Any, ...]] = []
-    path = db_file(tmp_path)
     rt = make_rt(tmp_path)
 
     def on_add(job_id: int) -> None:
-        # The job is durable when on_add runs.
-        calls.append(
-            ("add", job_id, rows(path, "SELECT count(*) FROM jobs WHERE id = ?", (job_id,)))
-        )
+        # The job is durable when on_add runs (read from this sync hook, at once).
+        stored = committed_now(tmp_path, lambda store: store.get_job(job_id))
+        calls.append(("add", job_id, stored is not None and stored.id == job_id))
 
     async def on_success(job_id: int, result: Any) -> None:
         await asyncio.sleep(0)
@@ -56,7 +63,7 @@ async def test_hooks_fire_with_their_arguments(tmp_path: Path) -> None:
         await rt.wait(job_id, timeout=5)
         await until(lambda: any(c[0] == "success" for c in calls))
     assert calls == [
-        ("add", job_id, [(1,)]),
+        ("add", job_id, True),
         ("progress", job_id, 1, 3, "loading"),
         ("progress", job_id, 1, 3, "loading"),
         ("progress", job_id, 3, 3, "saved"),
@@ -94,7 +101,7 @@ async def test_hook_that_raises_is_logged_and_changes_nothing(
             await until(lambda: len(failures("async hook bug")) == 3)
     assert results == [0, 1, 2]
     assert len(failures("hook bug")) == 6  # on_add and on_progress, three jobs each
-    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("SUCCESS",)] * 3
+    assert [j.status for j in await committed_jobs(tmp_path)] == [JobStatus.SUCCESS] * 3
 
 
 async def _make_audit(rt: Any) -> None:
@@ -110,9 +117,11 @@ async def test_on_failed_writes_commit_atomically_with_the_failure(tmp_path: Pat
     async def on_failed(job: JobInfo, tx: Transaction) -> None:
         seen.append(job)
         # Not yet committed: another connection sees neither the failure nor the row.
-        assert rows(path, "SELECT status FROM jobs WHERE id = ?", (job.id,)) == [("RUNNING",)]
+        stored = await committed_job(tmp_path, job.id)
+        assert stored is not None and stored.status is JobStatus.RUNNING
         await tx.execute("INSERT INTO audit VALUES (?, ?)", (job.id, f"failed: {job.error}"))
-        assert rows(path, "SELECT count(*) FROM audit") == [(0,)]
+        # SQLite-specific: the application's own table.
+        assert sqlite_only_rows(path, "SELECT count(*) FROM audit") == [(0,)]
 
     @rt.task(attempts=1, on_failed=on_failed)
     async def doomed(job: JobContext) -> None:
@@ -125,10 +134,10 @@ async def test_on_failed_writes_commit_atomically_with_the_failure(tmp_path: Pat
             async for event in stream:
                 if event.type is EventType.FAILURE:
                     # When the failure is announced, both are committed.
-                    assert rows(path, "SELECT status FROM jobs WHERE id = ?", (job_id,)) == [
-                        ("FAILURE",)
-                    ]
-                    assert rows(path, "SELECT * FROM audit") == [
+                    stored = await committed_job(tmp_path, job_id)
+                    assert stored is not None and stored.status is JobStatus.FAILURE
+                    # SQLite-specific: the application's own table.
+                    assert sqlite_only_rows(path, "SELECT * FROM audit") == [
                         (job_id, "failed: RuntimeError: no luck")
                     ]
         info = await rt.get(job_id)
@@ -165,10 +174,11 @@ async def test_on_failed_that_raises_rolls_back_its_writes_only(
             # The runtime goes on.
             assert (await rt.wait(await rt.pool("default").add(fine), timeout=5)).result == "ok"
     assert "hook crashed" in caplog.text
-    assert rows(path, "SELECT count(*) FROM audit") == [(0,)]
-    assert rows(path, "SELECT status, error FROM jobs WHERE id = ?", (job_id,)) == [
-        ("FAILURE", "RuntimeError: no luck")
-    ]
+    # SQLite-specific: the application's own table.
+    assert sqlite_only_rows(path, "SELECT count(*) FROM audit") == [(0,)]
+    stored = await committed_job(tmp_path, job_id)
+    assert stored is not None
+    assert (stored.status, stored.error) == (JobStatus.FAILURE, "RuntimeError: no luck")
 
 
 async def test_on_failed_runs_once_after_the_last_attempt(tmp_path: Path) -> None:
@@ -216,10 +226,11 @@ async def test_transactional_enqueue_commits_both(tmp_path: Path) -> None:
             # Not committed: no worker has it, no other connection sees it.
             assert ran == [] and added == []
             assert pool.statistics().waiting == 0 and pool.statistics().running == 0
-            assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]
-            assert rows(path, "SELECT count(*) FROM users") == [(0,)]
-        assert rows(path, "SELECT id FROM users") == [(42,)]
-        assert rows(path, "SELECT id, task FROM jobs") == [(job_id, "welcome")]
+            assert await committed_jobs(tmp_path) == []
+            # SQLite-specific: the application's own table.
+            assert sqlite_only_rows(path, "SELECT count(*) FROM users") == [(0,)]
+        assert sqlite_only_rows(path, "SELECT id FROM users") == [(42,)]
+        assert [(j.id, j.task) for j in await committed_jobs(tmp_path)] == [(job_id, "welcome")]
         info = await rt.wait(job_id, timeout=5)
     assert (info.status, info.result) == (JobStatus.SUCCESS, 42)
     assert ran == [42] and added == [job_id]
@@ -246,8 +257,9 @@ async def test_transactional_enqueue_rolls_back_both(tmp_path: Path) -> None:
         for job_id in job_ids:
             with pytest.raises(JobNotFound):
                 await rt.get(job_id)
-        assert rows(path, "SELECT count(*) FROM users") == [(0,)]
-        assert rows(path, "SELECT count(*) FROM jobs") == [(0,)]
+        # SQLite-specific: the application's own table.
+        assert sqlite_only_rows(path, "SELECT count(*) FROM users") == [(0,)]
+        assert await committed_jobs(tmp_path) == []
         assert pool.statistics().waiting == 0
         # The runtime goes on: plain adds still work and nothing from the
         # rolled-back transaction ever runs.
@@ -289,7 +301,7 @@ async def test_capacity_counts_jobs_added_in_the_open_transaction(tmp_path: Path
                 await pool.add(noop, tx=tx)
                 await pool.add(noop, tx=tx)
                 await pool.add(noop, tx=tx)
-        assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs") == [(0,)]
+        assert await committed_jobs(tmp_path) == []
         async with rt.transaction() as tx:
             await pool.add_many(noop, [(), ()], tx=tx)
         assert pool.statistics().waiting == 2

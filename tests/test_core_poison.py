@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from core_support import db_file, make_rt, rows
+from core_support import all_jobs, committed, committed_jobs, make_rt
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +36,7 @@ from taskrt import (
     ValidationError,
 )
 from taskrt.limits import INT64_MAX
+from taskrt.store import JobStore
 from taskrt.web import create_app
 
 NORMAL = 50
@@ -70,40 +71,31 @@ def same(a: Any, b: Any) -> bool:
 
 # -- the database agrees with the runtime -----------------------------------------------
 
-_COLUMNS = (
-    "id, status, attempts, result, error, current, total, message, args, kwargs, "
-    "metadata, priority, unique_key, run_at, timeout"
-)
 
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def assert_database_agrees(
-    path: str, infos: dict[int, JobInfo], *, finished: bool, every: bool = True
+async def assert_database_agrees(
+    store: JobStore, infos: dict[int, JobInfo], *, finished: bool, every: bool = True
 ) -> None:
-    """Every job's committed row (a separate sqlite3 connection) says what ``rt.get`` said."""
-    stored = {r[0]: r for r in rows(path, f"SELECT {_COLUMNS} FROM jobs")}
+    """Every job's committed row (read through a separate store) says what ``rt.get`` said."""
+    stored = {j.id: j for j in await all_jobs(store)}
     if every:
         assert set(stored) == set(infos)
     for job_id, info in infos.items():
-        r = stored[job_id]
+        j = stored[job_id]
         on_disk = {
-            "status": r[1],
-            "attempts": r[2],
-            "result": _loads(r[3]),
-            "error": r[4],
-            "current": r[5],
-            "total": r[6],
-            "message": r[7],
-            "args": _loads(r[8]),
-            "kwargs": _loads(r[9]),
-            "metadata": _loads(r[10]),
-            "priority": r[11],
-            "unique_key": r[12],
-            "run_at": r[13],
-            "timeout": r[14],
+            "status": j.status.value,
+            "attempts": j.attempts,
+            "result": j.result,
+            "error": j.error,
+            "current": j.current,
+            "total": j.total,
+            "message": j.message,
+            "args": list(j.args),
+            "kwargs": j.kwargs,
+            "metadata": j.metadata,
+            "priority": j.priority,
+            "unique_key": j.unique_key,
+            "run_at": j.run_at,
+            "timeout": j.timeout,
         }
         in_memory = {
             "status": info.status.value,
@@ -123,9 +115,7 @@ def assert_database_agrees(
         }
         assert on_disk == in_memory, f"job {job_id}"
     if finished:
-        assert (
-            rows(path, "SELECT id, status FROM jobs WHERE status IN ('WAITING', 'RUNNING')") == []
-        )
+        assert await store.list_jobs(status=[JobStatus.WAITING, JobStatus.RUNNING]) == []
 
 
 async def beside_normal_adds(
@@ -217,7 +207,8 @@ async def test_a_refused_progress_report_fails_only_the_call(
     error = caught[0]
     assert isinstance(error, InvalidOption) and error.field == field
     assert str(error).startswith(f"{field}: ") and detail in str(error).lower()
-    assert_database_agrees(db_file(tmp_path), infos, finished=True)
+    async with committed(tmp_path) as store:
+        await assert_database_agrees(store, infos, finished=True)
 
 
 RESULT_POISONS = [
@@ -259,7 +250,8 @@ async def test_a_result_that_cannot_be_stored_fails_only_its_job(
         assert [(a.number, a.outcome.value) for a in attempts] == [(1, "error")]
         infos[poisoned_id] = info
 
-    assert_database_agrees(db_file(tmp_path), infos, finished=True)
+    async with committed(tmp_path) as store:
+        await assert_database_agrees(store, infos, finished=True)
 
 
 async def test_a_result_that_cannot_be_stored_is_retried_by_policy(tmp_path: Path) -> None:
@@ -278,7 +270,8 @@ async def test_a_result_that_cannot_be_stored_is_retried_by_policy(tmp_path: Pat
         outcomes = [(a.number, a.outcome.value) for a in await rt.attempts(job_id)]
         assert outcomes == [(1, "error"), (2, "error"), (3, "success")]
     assert seen == [1, 2, 3]
-    assert_database_agrees(db_file(tmp_path), {job_id: info}, finished=True)
+    async with committed(tmp_path) as store:
+        await assert_database_agrees(store, {job_id: info}, finished=True)
 
 
 OPTION_POISONS = [
@@ -338,8 +331,9 @@ async def test_refused_add_options_fail_only_their_call(
     assert field in message, message
     # Options are checked when they are made; a JSON value only when it is encoded.
     assert where == ("add" if kind == "SerializationError" else "options")
-    assert_database_agrees(db_file(tmp_path), infos, finished=True)
-    assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs WHERE task = 'target'") == [(0,)]
+    async with committed(tmp_path) as store:
+        await assert_database_agrees(store, infos, finished=True)
+    assert [j.id for j in await committed_jobs(tmp_path) if j.task == "target"] == []
 
 
 ARGUMENT_POISONS = [
@@ -377,8 +371,9 @@ async def test_refused_arguments_fail_only_their_call(
     assert isinstance(outcome, SerializationError), outcome
     assert outcome.what == "the arguments of task 'anything'"
     assert detail in str(outcome).lower()
-    assert_database_agrees(db_file(tmp_path), infos, finished=True)
-    assert rows(db_file(tmp_path), "SELECT count(*) FROM jobs WHERE task = 'anything'") == [(0,)]
+    async with committed(tmp_path) as store:
+        await assert_database_agrees(store, infos, finished=True)
+    assert [j.id for j in await committed_jobs(tmp_path) if j.task == "anything"] == []
 
 
 # -- 2. the same poisons over HTTP -----------------------------------------------------------
@@ -608,6 +603,7 @@ class Harness:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.store: JobStore | None = None  # what is committed (a second store)
         self.anything: Any = None
         self.raw: dict[int, Any] = {}
         self.refused: dict[int, BaseException] = {}
@@ -642,7 +638,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     async def canary(job: JobContext, n: int) -> int:
         return n
 
-    async with rt:
+    async with rt, committed(tmp_path) as store:
+        h.store = store
         yield h
 
 
@@ -729,7 +726,8 @@ async def _throw(h: Harness, target: str, value: Any, progress: tuple[Any, Any, 
             assert same(info.total, 0 if total is None else as_stored(total, real=True))
             assert info.message == ("" if message is None else message)
     await rt.store.flush()  # the terminal write is committed: the row says the same
-    assert_database_agrees(rt.path, {job_id: info}, finished=False, every=False)
+    assert h.store is not None
+    await assert_database_agrees(h.store, {job_id: info}, finished=False, every=False)
     return info.status.value
 
 
@@ -929,9 +927,10 @@ async def test_what_rt_get_says_of_a_live_job_is_what_the_database_will_say(
         live = await rt.get(job_id)
     # Arguments are given back as JSON reads them (runtime: "what a restart would
     # read back"); metadata should be too: the database has {"pair": [1, 2], "3": "x"}.
-    assert rows(db_file(tmp_path), "SELECT metadata FROM jobs WHERE id = ?", (job_id,)) == [
-        ('{"pair":[1,2],"3":"x"}',)
-    ]
+    (stored,) = await committed_jobs(tmp_path)
+    assert stored.id == job_id
+    assert same(stored.metadata, {"pair": [1, 2], "3": "x"})
+    assert list(stored.metadata) == ["pair", "3"]
     assert live.metadata == {"pair": [1, 2], "3": "x"}
 
 
@@ -951,6 +950,6 @@ async def test_a_progress_value_beyond_2_53_reads_the_same_live_and_stored(
         # once, and rt.get does not change once the job is read from disk.
         assert (info.current, info.total) == (float(value), float(value))
         assert type(info.current) is float
-    stored = rows(db_file(tmp_path), "SELECT current, total FROM jobs")
+    stored = [(j.current, j.total) for j in await committed_jobs(tmp_path)]
     assert stored == [(float(value), float(value))]
-    assert all(math.isfinite(v) for v in stored[0])
+    assert all(type(v) is float and math.isfinite(v) for v in stored[0])

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from core_support import Gate, db_file, make_rt, rows, until
+from core_support import Gate, committed, db_file, make_rt, sqlite_only_write, until
 
 from taskrt import (
     FakeClock,
@@ -18,6 +17,7 @@ from taskrt import (
     PoolStatistics,
 )
 from taskrt.clock import sleep as clock_sleep
+from taskrt.store import JobStore
 
 
 async def test_jobs_filters_by_status_pool_task_and_metadata(tmp_path: Path) -> None:
@@ -163,14 +163,13 @@ async def test_p95_is_the_nearest_rank(tmp_path: Path, n: int, p95: float) -> No
 
     async with rt:
         await rt.pool("default").add_many(nothing, [()] * n)
-    # Durations 1..n seconds (shuffled), written as a finished history.
-    conn = sqlite3.connect(db_file(tmp_path))
-    with conn:
-        conn.executemany(
+    # Durations 1..n seconds (shuffled), written as a finished history (SQLite-specific write).
+    for i in range(1, n + 1):
+        sqlite_only_write(
+            db_file(tmp_path),
             "UPDATE jobs SET status = 'SUCCESS', started_at = 0, finished_at = ? WHERE id = ?",
-            [(float((i * 7) % n + 1), i) for i in range(1, n + 1)],
+            (float((i * 7) % n + 1), i),
         )
-    conn.close()
     async with make_rt(tmp_path) as rt2:
         stats = await rt2.stats()
     assert stats.counts["SUCCESS"] == n
@@ -206,9 +205,13 @@ async def test_pool_statistics_is_a_snapshot(tmp_path: Path) -> None:
         assert after.to_dict()["concurrency"] == 2
 
 
+async def attempts_of_every_id(store: JobStore, last_id: int) -> list[int]:
+    """The job id of every committed attempt of jobs 1..``last_id`` (every id given so far)."""
+    return [a.job_id for job_id in range(1, last_id + 1) for a in await store.attempts(job_id)]
+
+
 async def test_cleanup_deletes_old_finished_jobs_and_their_attempts(tmp_path: Path) -> None:
     clock = FakeClock()
-    path = db_file(tmp_path)
     rt = make_rt(tmp_path, clock=clock)
     rt.retention(None)  # the built-in hourly prune would race this test's own cleanups
 
@@ -229,7 +232,8 @@ async def test_cleanup_deletes_old_finished_jobs_and_their_attempts(tmp_path: Pa
         recent = await pool.add(work, False)
         await rt.wait(recent, timeout=5)
         await rt.attempts(recent)  # what is queued is written first
-        assert rows(path, "SELECT count(*) FROM attempts") == [(4,)]
+        async with committed(tmp_path) as store:
+            assert len(await attempts_of_every_id(store, recent)) == 4
 
         assert await rt.cleanup(older_than=timedelta(days=7), statuses=["FAILURE"]) == 1
         assert await rt.cleanup(older_than=7 * 86400) == 1
@@ -239,7 +243,8 @@ async def test_cleanup_deletes_old_finished_jobs_and_their_attempts(tmp_path: Pa
                 await rt.get(job_id)
         assert (await rt.get(waiting)).status is JobStatus.WAITING
         assert (await rt.get(recent)).status is JobStatus.SUCCESS
-        assert rows(path, "SELECT job_id FROM attempts") == [(recent,)]
+        async with committed(tmp_path) as store:
+            assert await attempts_of_every_id(store, recent) == [recent]
         with pytest.raises(InvalidOption):
             await rt.cleanup(statuses=["RUNNING"])
         # Ids keep increasing after deletes, even of the newest rows.

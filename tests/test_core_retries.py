@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import Gate, db_file, make_rt, rows, until
+from core_support import Gate, committed_jobs, make_rt, until
 
 from taskrt import (
     AttemptOutcome,
@@ -194,8 +194,8 @@ async def test_attempts_spent_fails_with_the_last_error_and_on_error_once(tmp_pa
     assert (info.status, info.attempts, info.max_attempts) == (JobStatus.FAILURE, 3, 3)
     assert info.error == "OSError: disk 3"
     assert errors == [(job_id, "OSError: disk 3")]
-    assert rows(db_file(tmp_path), "SELECT status, attempts, error FROM jobs") == [
-        ("FAILURE", 3, "OSError: disk 3")
+    assert [(j.status, j.attempts, j.error) for j in await committed_jobs(tmp_path)] == [
+        (JobStatus.FAILURE, 3, "OSError: disk 3")
     ]
 
 
@@ -388,7 +388,9 @@ async def test_manual_retry_of_a_failed_job(tmp_path: Path) -> None:
         with pytest.raises(InvalidTransition) as err:
             await rt.retry(job_id)
         assert (err.value.job_id, err.value.status) == (job_id, "SUCCESS")
-    assert rows(db_file(tmp_path), "SELECT status, result FROM jobs") == [("SUCCESS", "3")]
+    assert [(j.status, j.result) for j in await committed_jobs(tmp_path)] == [
+        (JobStatus.SUCCESS, 3)
+    ]
 
 
 async def test_manual_retry_renews_the_attempt_budget(tmp_path: Path) -> None:
@@ -453,9 +455,9 @@ async def test_manual_retry_while_another_job_holds_the_unique_key(tmp_path: Pat
         # Once the key is free, the retry is allowed.
         await rt.retry(failed)
         assert (await rt.wait(failed, timeout=5)).status is JobStatus.FAILURE
-    assert rows(db_file(tmp_path), "SELECT id, status FROM jobs ORDER BY id") == [
-        (failed, "FAILURE"),
-        (live, "SUCCESS"),
+    assert [(j.id, j.status) for j in await committed_jobs(tmp_path)] == [
+        (failed, JobStatus.FAILURE),
+        (live, JobStatus.SUCCESS),
     ]
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from core_support import Gate, collect, db_file, make_rt, rows, until
+from core_support import Gate, collect, committed_jobs, make_rt, until
 
 from taskrt import (
     AttemptOutcome,
@@ -67,7 +67,9 @@ async def test_handler_that_swallows_the_cancellation_is_still_timed_out(tmp_pat
     assert returned == ["returned"]
     assert (info.status, info.result) == (JobStatus.FAILURE, None)
     assert info.error is not None and "timed out" in info.error
-    assert rows(db_file(tmp_path), "SELECT status, result FROM jobs") == [("FAILURE", None)]
+    assert [(j.status, j.result) for j in await committed_jobs(tmp_path)] == [
+        (JobStatus.FAILURE, None)
+    ]
 
 
 async def test_timed_out_attempt_is_retried_and_can_succeed(tmp_path: Path) -> None:
@@ -122,9 +124,9 @@ async def test_handler_ignoring_cancellation_is_marked_and_keeps_its_slot(tmp_pa
             release.set()  # even when an assertion failed: the loop must be able to close
         done = await rt.wait(queued, timeout=5)
         assert (done.status, done.result) == (JobStatus.SUCCESS, "ran")
-    assert rows(db_file(tmp_path), "SELECT id, status FROM jobs ORDER BY id") == [
-        (stuck, "FAILURE"),
-        (queued, "SUCCESS"),
+    assert [(j.id, j.status) for j in await committed_jobs(tmp_path)] == [
+        (stuck, JobStatus.FAILURE),
+        (queued, JobStatus.SUCCESS),
     ]
 
 
@@ -226,7 +228,7 @@ async def test_cancel_waiting_job_never_runs(tmp_path: Path) -> None:
         await clock.advance(20)
         assert ran == []
         assert (await rt.get(job_id)).status is JobStatus.CANCELLED
-    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("CANCELLED",)]
+    assert [j.status for j in await committed_jobs(tmp_path)] == [JobStatus.CANCELLED]
 
 
 async def test_cancel_running_job_within_milliseconds(tmp_path: Path) -> None:
@@ -256,7 +258,7 @@ async def test_cancel_running_job_within_milliseconds(tmp_path: Path) -> None:
     assert (info.status, info.attempts) == (JobStatus.CANCELLED, 1)
     assert [a.outcome for a in attempts] == [AttemptOutcome.CANCELLED]
     assert errors == []
-    assert rows(db_file(tmp_path), "SELECT status FROM jobs") == [("CANCELLED",)]
+    assert [j.status for j in await committed_jobs(tmp_path)] == [JobStatus.CANCELLED]
 
 
 async def test_cancel_a_handler_that_swallows_it(tmp_path: Path) -> None:
