@@ -754,6 +754,21 @@ async def test_a_job_recovered_max_recoveries_times_fails_as_orphaned(store: Job
     assert await store.recover(NOW + 40, max_recoveries=1, seq_gap=0) == (0, 0)
 
 
+async def test_a_job_whose_cancel_was_asked_while_it_ran_is_cancelled_at_recovery(
+    store: JobStore,
+) -> None:
+    """Else it runs again after its process died, though a client cancelled it."""
+    asked = await running(store, started_at=NOW + 1)
+    other = await running(store, started_at=NOW + 1)
+    await store.cancel_external(asked, NOW + 2)  # the owner dies before it acts on it
+    assert await store.recover(NOW + 100, max_recoveries=3, seq_gap=0) == (1, 0)
+    info = await get(store, asked)
+    assert (info.status, info.finished_at) == (CANCELLED, NOW + 100)
+    assert [a.outcome for a in await store.attempts(asked)] == [AttemptOutcome.INTERRUPTED]
+    assert (await get(store, other)).status is WAITING
+    assert await external(store) == []  # nothing left for the new owner to act on
+
+
 async def test_recover_moves_live_jobs_sequences_up_by_the_gap(store: JobStore) -> None:
     waiting = await add_one(store)  # seq 1
     run = await running(store)  # seq 2

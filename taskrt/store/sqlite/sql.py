@@ -163,6 +163,11 @@ SQL_RETRY_EXTERNAL = (
     f"WHERE id = ? AND status IN {sources(JobStatus.WAITING)} AND status != 'RUNNING'"
 )
 SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + ? WHERE ? > 0 AND status IN ('WAITING', 'RUNNING')"
+# A cancel was asked for while the job ran (by a client): it ends CANCELLED, not again.
+SQL_RECOVER_CANCELLED = (
+    "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = seq + 1, "
+    "cancel_requested = 0, external = 0 WHERE status = 'RUNNING' AND cancel_requested = 1"
+)
 SQL_RECOVER = (
     "UPDATE jobs SET status = 'WAITING', recoveries = recoveries + 1, seq = seq + 1 "
     "WHERE status = 'RUNNING' AND recoveries < ?"

@@ -46,6 +46,7 @@ from .sql import (
     SQL_INTERRUPT_ATTEMPTS,
     SQL_ORPHAN,
     SQL_RECOVER,
+    SQL_RECOVER_CANCELLED,
     SQL_REQUEST_CANCEL,
     SQL_RETRY_EXTERNAL,
     SQL_SCHEDULE_GET,
@@ -380,14 +381,16 @@ class Store:
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
         """Jobs left RUNNING by a dead process: back to WAITING, or FAILURE (orphaned).
 
-        Records their interrupted attempts, counts orphans as failures of their
+        Records their interrupted attempts, cancels those whose cancel was
+        requested while they ran, counts orphans as failures of their
         schedules, and moves every live job's sequence up by ``seq_gap``.
         Returns (recovered, orphaned).
         """
-        _, _, recovered, _, orphaned = await self._script(
+        _, _, _, recovered, _, orphaned = await self._script(
             [
                 (SQL_SEQ_GAP, (seq_gap, seq_gap)),
                 (SQL_INTERRUPT_ATTEMPTS, (now, now)),
+                (SQL_RECOVER_CANCELLED, (now,)),
                 (SQL_RECOVER, (max_recoveries,)),
                 (SQL_SCHEDULE_ORPHANS, ()),
                 (SQL_ORPHAN, (now,)),
