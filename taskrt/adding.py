@@ -10,15 +10,16 @@ import asyncio
 import contextlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import store as sql
 from .context import JobState
 from .definitions import Options, Task, TaskCall, TaskRef, TaskSpec
-from .errors import InvalidOption, QueueFull, TaskNotFound
+from .errors import InvalidOption, OwnerUnreachable, QueueFull, TaskNotFound
 from .limits import check_text, check_time, encode
 from .models import Event, EventType, JobStatus
+from .retry import parse_retry
 from .store import NewJob, dumps
 from .transaction import Transaction
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from .store import JobStore
 
 _NO_OPTIONS = Options()
+
+Forward = Callable[[str, list[NewJob]], Awaitable[list[int]]]
+"""Hands checked, encoded jobs to the owner (relay) and returns their ids."""
 
 
 class Adding:
@@ -50,7 +54,8 @@ class Adding:
         background: Background,
         tasks: Mapping[str, TaskSpec],
         pools: Mapping[str, Pool],
-        workers: bool,
+        owning: Callable[[], bool],
+        forward: Callable[[], Forward | None],
         instrumentation: Callable[[], Instrumentation | None],
         require_started: Callable[[str], None],
     ) -> None:
@@ -63,7 +68,9 @@ class Adding:
         self.background = background
         self.tasks = tasks
         self.pools = pools
-        self.workers = workers
+        # Whether this process owns the jobs; else where its adds go (the owner's relay).
+        self.owning = owning
+        self.forward = forward
         self.instrumentation = instrumentation
         self.require_started = require_started
 
@@ -160,19 +167,28 @@ class Adding:
                     timeout=timeout,
                     retry_json=retry_json,
                     job_id=opts.job_id,
-                    external=not self.workers,
+                    external=not self.owning(),
                 )
             )
-        if opts.unique_key is not None and self.workers:
+        if opts.unique_key is not None and self.owning():
             existing = self.live.unique.get(opts.unique_key)
             if existing is not None:
                 return [existing]
-        # Jobs added earlier in an open transaction are not queued yet, but will be.
-        in_tx = 0 if tx is None else sum(1 for s in tx.added if s.pool == pool.name)
-        await self._check_capacity(pool, len(jobs) + in_tx)
         if spec.hooks.next_id is not None and opts.job_id is None:
             for job in jobs:
                 job.job_id = await self._next_id(spec)
+        forward = None if tx is not None else self.forward()
+        if forward is not None:
+            # The owner checks capacity and unique keys, commits and queues.
+            try:
+                return await forward(pool.name, jobs)
+            except OwnerUnreachable as exc:
+                if exc.sent:
+                    raise  # it may have been added: adding it again could add it twice
+                # Not sent: the database takes it, and the owner finds it (poll).
+        # Jobs added earlier in an open transaction are not queued yet, but will be.
+        in_tx = 0 if tx is None else sum(1 for s in tx.added if s.pool == pool.name)
+        await self._check_capacity(pool, len(jobs) + in_tx)
         # In memory as a read from disk will give it (tuples are lists, keys strings).
         metadata = (
             dict(opts.metadata)
@@ -201,6 +217,60 @@ class Adding:
                 retry_policy=retry_described,
             )
 
+        return await self._commit(pool, jobs, calls, new_state, tx=tx)
+
+    async def add_forwarded(self, pool: Pool, jobs: list[NewJob]) -> list[int]:
+        """Jobs another process checked and encoded (relay): commit and queue them here."""
+        self.require_started("adding a job")
+        if not jobs:
+            return []
+        spec = self.tasks.get(jobs[0].task)
+        if spec is None:
+            raise TaskNotFound(jobs[0].task)
+        first = jobs[0]
+        if len(jobs) == 1 and first.unique_key is not None:
+            existing = self.live.unique.get(first.unique_key)
+            if existing is not None:
+                return [existing]
+        await self._check_capacity(pool, len(jobs))
+        described = None if first.retry_json is None else json.loads(first.retry_json)
+        retry = spec.retry if described is None else parse_retry(described)
+        metadata = json.loads(first.metadata_json)
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        for job in jobs:
+            job.external = False
+            calls.append((tuple(json.loads(job.args_json)), json.loads(job.kwargs_json)))
+
+        def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
+            return JobState.new(
+                spec,
+                retry,
+                id=0,
+                pool=pool.name,
+                args=args,
+                kwargs=kwargs,
+                max_attempts=job.max_attempts,
+                priority=job.priority,
+                metadata=dict(metadata),
+                unique_key=job.unique_key,
+                created_at=job.created_at,
+                run_at=job.run_at,
+                timeout=job.timeout,
+                retry_policy=described,
+            )
+
+        return await self._commit(pool, jobs, calls, new_state, tx=None)
+
+    async def _commit(
+        self,
+        pool: Pool,
+        jobs: list[NewJob],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        new_state: Callable[[NewJob, tuple[Any, ...], dict[str, Any]], JobState],
+        *,
+        tx: Transaction | None,
+    ) -> list[int]:
+        """Insert checked jobs; once committed, queue (owner) and announce them."""
         pool.pending += len(jobs)
         results: list[sql.InsertResult | BaseException]
         states: list[JobState] | None = None
@@ -240,7 +310,8 @@ class Adding:
         """A committed job: take it in (owner) and tell the world."""
         info = state
         self.counters.added[info.task] += 1
-        if self.workers:
+        owning = self.owning()
+        if owning:
             self.live.states[info.id] = state
             if info.unique_key is not None:
                 self.live.unique[info.unique_key] = info.id
@@ -259,13 +330,14 @@ class Adding:
             )
         if state.spec.hooks.on_add is not None:
             self.background.hook(state.spec.hooks.on_add, info.id, job=state)
-        if self.workers:
+        if owning:
             self.pools[info.pool].push(state)
 
     async def _check_capacity(self, pool: Pool, n: int) -> None:
         if pool.capacity is None:
             return
-        waiting = pool.waiting if self.workers else await self.store.count_waiting(pool.name)
+        owning = self.owning()
+        waiting = pool.waiting if owning else await self.store.count_waiting(pool.name)
         if waiting + pool.pending + n > pool.capacity:
             raise QueueFull(pool.name, pool.capacity)
 

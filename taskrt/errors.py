@@ -167,18 +167,35 @@ class StoreUnavailable(StoreError):
 
 
 class OwnershipError(TaskrtError):
-    """Another live runtime with workers owns this database."""
+    """Which process runs this database's jobs cannot be decided safely here.
 
-    code = "database_owned"
+    Raised at start for a database on a network file system, where a file lock
+    cannot tell which process (on which machine) is alive: two owners would
+    run the same jobs.
+    """
 
-    def __init__(self, path: str, owner: str, expires_at: float) -> None:
+    code = "ownership_unsafe"
+
+    def __init__(self, path: str, reason: str) -> None:
         self.path = path
-        self.owner = owner
-        self.expires_at = expires_at
-        super().__init__(
-            f"{path} is owned by another runtime with workers ({owner}); "
-            "open it with workers=False to add and read jobs, or stop the other process"
-        )
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class OwnerUnreachable(TaskrtError):
+    """A forwarded call could not reach the owner process (relay).
+
+    ``sent``: the call had left this process, so the owner may have done it
+    (an add may have been made); otherwise the caller falls back to the database.
+    """
+
+    code = "owner_unreachable"
+
+    def __init__(self, reason: str, *, sent: bool = False) -> None:
+        self.reason = reason
+        self.sent = sent
+        done = " (the owner may have done it before it ended)" if sent else ""
+        super().__init__(f"the owner process cannot be reached: {reason}{done}")
 
 
 class RuntimeNotStarted(TaskrtError):

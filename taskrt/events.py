@@ -38,6 +38,7 @@ class Subscription:
         "_broker",
         "_buffer",
         "_wake",
+        "accepts",
         "closed",
         "dropped",
         "job_id",
@@ -53,8 +54,10 @@ class Subscription:
         job_id: int | None,
         matches: Callable[[Event], bool] | None,
         maxsize: int,
+        accepts: Callable[[int], bool] | None = None,
     ) -> None:
         self._broker = broker
+        self.accepts = accepts
         self._buffer: deque[Event] = deque()
         self._wake = asyncio.Event()
         self.job_id = job_id
@@ -161,8 +164,33 @@ class EventBus(Protocol):
         *,
         matches: Callable[[Event], bool] | None = None,
         maxsize: int | None = None,
+        accepts: Callable[[int], bool] | None = None,
     ) -> Subscription:
-        """One job's events (``job_id``), or every event ``matches`` accepts."""
+        """One job's events (``job_id``), or every event ``matches`` accepts.
+
+        ``accepts(job_id)``, for a many-job subscriber, says whether any event
+        of that job could match (``wants`` asks it; default: yes).
+        """
+        ...
+
+    on_interest: Callable[[int | None, bool], None] | None
+    """Told when a job's first subscriber comes (``True``) and its last goes; ``None``
+    for the many-job subscribers (relay note 2)."""
+
+    def followed_jobs(self) -> list[int]:
+        """The jobs that have a subscriber of their own here."""
+        ...
+
+    def has_wide(self) -> bool:
+        """Whether a many-job subscriber is here."""
+        ...
+
+    def remember(self, job_id: int) -> None:
+        """Keep a replay window for ``job_id`` (as a subscriber of it would)."""
+        ...
+
+    def interrupt(self) -> None:
+        """Close every subscription as overflowed: what happened meanwhile is unknown here."""
         ...
 
     def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
@@ -190,6 +218,9 @@ class Broker:
         self._history: OrderedDict[int, deque[Event]] = OrderedDict()
         self.published = 0
         self.dropped = 0
+        # Told when the first subscriber of a job (or the first many-job one)
+        # comes and the last goes: the relay forwards the interest (relay note 2).
+        self.on_interest: Callable[[int | None, bool], None] | None = None
 
     @property
     def subscribers(self) -> int:
@@ -201,31 +232,65 @@ class Broker:
         *,
         matches: Callable[[Event], bool] | None = None,
         maxsize: int | None = None,
+        accepts: Callable[[int], bool] | None = None,
     ) -> Subscription:
-        sub = Subscription(self, job_id=job_id, matches=matches, maxsize=maxsize or self.buffer)
+        sub = Subscription(
+            self, job_id=job_id, matches=matches, maxsize=maxsize or self.buffer, accepts=accepts
+        )
         if job_id is not None:
-            self._by_job.setdefault(job_id, set()).add(sub)
+            subs = self._by_job.get(job_id)
+            if subs is None:
+                subs = self._by_job[job_id] = set()
+                self._interest(job_id, True)
+            subs.add(sub)
             self._record(job_id)
         else:
             self._wide.add(sub)
+            if len(self._wide) == 1:
+                self._interest(None, True)
         return sub
+
+    def _interest(self, job_id: int | None, on: bool) -> None:
+        if self.on_interest is not None:
+            self.on_interest(job_id, on)
 
     def _remove(self, sub: Subscription) -> None:
         if sub.job_id is None:
-            self._wide.discard(sub)
+            if sub in self._wide:
+                self._wide.discard(sub)
+                if not self._wide:
+                    self._interest(None, False)
             return
         subs = self._by_job.get(sub.job_id)
         if subs is not None:
             subs.discard(sub)
             if not subs:
                 del self._by_job[sub.job_id]
+                self._interest(sub.job_id, False)
+
+    def followed_jobs(self) -> list[int]:
+        """The jobs that have a subscriber of their own here."""
+        return list(self._by_job)
+
+    def has_wide(self) -> bool:
+        return bool(self._wide)
+
+    def remember(self, job_id: int) -> None:
+        self._record(job_id)
+
+    def interrupt(self) -> None:
+        for sub in [s for subs in self._by_job.values() for s in subs] + list(self._wide):
+            sub.overflowed = True
+            sub.close()
 
     def wants(self, job_id: int) -> bool:
         """Whether an event of ``job_id`` would reach anyone (a subscriber or a replay window).
 
         Publishers check it first so that nobody pays for events nobody reads.
         """
-        return bool(self._wide) or job_id in self._history or job_id in self._by_job
+        if job_id in self._history or job_id in self._by_job:
+            return True
+        return any(s.accepts is None or s.accepts(job_id) for s in self._wide)
 
     def _record(self, job_id: int) -> deque[Event]:
         history = self._history.get(job_id)

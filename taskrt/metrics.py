@@ -32,8 +32,9 @@ name                                        type       labels             what
 ``runtime_started``                         gauge                         1 while the runtime is started
 ==========================================  =========  =================  ==============================
 
-Pool gauges describe the process that runs the workers: a client runtime
-(``workers=False``) queues nothing, so it exports no pool gauges.
+Pool gauges describe the process that runs the jobs (the owner): a standby
+or a client queues nothing, so it exports no pool gauges; scrape every
+process and sum, or read ``GET /pools`` (any process answers for the owner).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class RuntimeCollector(Collector):
             timeouts.add_metric([task], n)
         yield timeouts
 
-        if self.rt.workers:
+        if self.rt.owning:
             yield from self._pools()
 
         streams = self._streams_open() if self._streams_open else counters.sse_streams_open

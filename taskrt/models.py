@@ -123,6 +123,11 @@ class JobInfo:
         data["args"] = list(self.args)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobInfo:
+        """The inverse of ``to_dict`` (a job that crossed between processes)."""
+        return cls(**{**data, "status": JobStatus(data["status"]), "args": tuple(data["args"])})
+
     def progress_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -166,6 +171,10 @@ class AttemptInfo:
         data = asdict(self)
         data["outcome"] = self.outcome.value
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttemptInfo:
+        return cls(**{**data, "outcome": AttemptOutcome(data["outcome"])})
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +228,26 @@ class StoreHealth:
     failed_writes: int = 0
     outages: int = 0
     last_outage: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerStatus:
+    """A process's part in running a database's jobs (``rt.owner_status()``).
+
+    ``role``: ``owner`` (runs the jobs), ``standby`` (serves the API, takes
+    over when the owner dies), ``client`` (``workers=False``) or ``stopped``.
+    ``owner``: the owner's name (host:pid:random) when known; ``reachable``:
+    whether calls reach it (else they fall back to the database); ``peers``:
+    for the owner, how many processes are connected to it.
+    """
+
+    role: str
+    owner: str | None
+    reachable: bool
+    peers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

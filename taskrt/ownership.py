@@ -1,29 +1,70 @@
-"""Who may run jobs on a database, and how that is known: the ownership seam.
+"""Who runs a database's jobs, and how that is known: the ownership seam.
 
-Exactly one runtime may run a database's jobs (two would run the same jobs).
-``Ownership`` is what the runtime asks of whatever decides that: take it at
-start (or learn that another live process has it), keep it while running, hear
-when it is lost, give it up at stop. Today's implementation is a lease, a row
-with an expiry renewed every ``ttl / 3`` seconds (``LeaseOwnership``); the
-several-processes issue adds an OS file lock, PostgreSQL per-node heartbeats.
+Exactly one process may run a SQLite database's jobs (two would run the same
+jobs). The others of the host are standbys: they serve the whole API and take
+over when the owner dies.
+
+Design notes (cited where they apply):
+
+1. **The kernel says who is alive.** The owner holds an exclusive
+   ``fcntl.flock`` on a file beside the database (``<database>.lock``) for its
+   whole life. The kernel releases it the moment the process ends, however it
+   ends (``kill -9`` included), so a standby trying the lock takes over at
+   once: no lease to expire, no clock to trust. The lock is the authority.
+2. **The lease row is a record.** The owner writes who it is, where its relay
+   listens and since when (``JobStore.claim_ownership``), for ``GET /health``,
+   the dashboard, the CLI and the other processes; a row still there when the
+   next owner claims means the last one died without stopping (the sequence
+   gap of recovery, ``adoption``).
+3. **Local disks only.** A file lock on a network file system (NFS, SMB, ...)
+   cannot tell which machine's process is alive; such a database is refused
+   at start with ``OwnershipError`` rather than risk two owners. Several
+   machines share a queue through PostgreSQL, not a shared file.
+4. **One process, one file.** ``:memory:`` databases exist in one connection:
+   their runtime owns them with no lock.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from typing import Protocol
 
-from .errors import OwnershipError, TaskrtError
+from .errors import OwnershipError
 from .store import JobStore
 
 log = logging.getLogger("taskrt")
+
+NETWORK_FILE_SYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "ocfs2",
+        "gfs2",
+        "davfs",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "fuse.cephfs",
+        "fuse.s3fs",
+        "fuse.rclone",
+    }
+)
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 class Ownership(Protocol):
@@ -32,23 +73,26 @@ class Ownership(Protocol):
     owner: str
     """This process's name as an owner (host, pid and a random part)."""
 
-    left_behind: bool
-    """After ``acquire``: the previous owner died without giving ownership up."""
+    left_behind: str | None
+    """After ``claim``: the previous owner, when it died without giving ownership up."""
 
-    async def acquire(self) -> None:
-        """Take ownership, or raise ``OwnershipError`` naming the live owner."""
+    @property
+    def held(self) -> bool: ...
+
+    def check(self) -> None:
+        """Refuse a database whose ownership cannot be decided safely (note 3)."""
         ...
 
-    def keep(self, on_lost: Callable[[str], None]) -> None:
-        """Hold it in the background; ``on_lost(new_owner)`` if another takes it."""
+    def try_acquire(self) -> bool:
+        """Take ownership if nobody alive has it; never waits."""
         ...
 
-    async def stop_keeping(self) -> None:
-        """Stop holding it in the background (at stop, before the last writes)."""
+    async def claim(self, address: str | None) -> None:
+        """Record this process as the owner, listening at ``address`` (note 2)."""
         ...
 
     async def release(self) -> None:
-        """Stop keeping it and give it up (best effort: it also expires)."""
+        """Give ownership up: remove the record, then let the lock go."""
         ...
 
 
@@ -56,46 +100,115 @@ def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class LeaseOwnership:
-    """Ownership as a lease row in the store, renewed every ``ttl / 3`` seconds."""
+class FileLockOwnership:
+    """Ownership as an OS file lock beside the database (notes 1-3)."""
 
-    def __init__(self, store: JobStore, path: str, *, ttl: float) -> None:
+    def __init__(self, store: JobStore, path: str) -> None:
         self.store = store
         self.path = path
-        self.ttl = ttl
+        self.lock_path = f"{path}.lock"
         self.owner = owner_name()
-        self.left_behind = False
-        self._task: asyncio.Task[None] | None = None
+        self.left_behind: str | None = None
+        self._fd: int | None = None
 
-    async def acquire(self) -> None:
-        # A lease row left behind means its owner died without stopping cleanly.
-        self.left_behind = await self.store.lease_left_behind()
-        taken, owner, expires = await self.store.take_lease(self.owner, time.time(), self.ttl)
-        if not taken:
-            raise OwnershipError(self.path, owner, expires)
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
-    def keep(self, on_lost: Callable[[str], None]) -> None:
-        self._task = asyncio.create_task(self._renew(on_lost), name="taskrt-lease")
+    def check(self) -> None:
+        fstype = filesystem_of(self.path)
+        if fstype in NETWORK_FILE_SYSTEMS:
+            raise OwnershipError(
+                self.path,
+                f"the database is on a network file system ({fstype}), where a file lock "
+                "cannot tell which process is alive, so two processes could run the same "
+                "jobs; keep the SQLite file on a local disk",
+            )
 
-    async def _renew(self, on_lost: Callable[[str], None]) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                taken, owner, _ = await self.store.take_lease(self.owner, time.time(), self.ttl)
-            except TaskrtError:
-                log.exception("taskrt: renewing the ownership lease failed")
-                continue
-            if not taken:
-                on_lost(owner)
-                return
+    def try_acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
 
-    async def stop_keeping(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def claim(self, address: str | None) -> None:
+        self.left_behind = await self.store.claim_ownership(self.owner, address, time.time())
 
     async def release(self) -> None:
-        await self.stop_keeping()
+        try:
+            if self._fd is not None:
+                await self.store.release_lease(self.owner)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+class SoleOwnership:
+    """A ``:memory:`` database: one process can see it, so it owns it (note 4)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.owner = owner_name()
+        self.left_behind: str | None = None
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def check(self) -> None:
+        pass
+
+    def try_acquire(self) -> bool:
+        self._held = True
+        return True
+
+    async def claim(self, address: str | None) -> None:
+        self.left_behind = await self.store.claim_ownership(self.owner, address, time.time())
+
+    async def release(self) -> None:
+        self._held = False
         await self.store.release_lease(self.owner)
+
+
+def filesystem_of(path: str, mountinfo: str = MOUNTINFO) -> str | None:
+    """The type of the file system holding ``path`` (Linux), or ``None`` when unknown."""
+    target = os.path.realpath(os.path.dirname(os.path.abspath(path)) or ".")
+    best = ""
+    found: str | None = None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                left, sep, right = line.partition(" - ")
+                fields = left.split()
+                if not sep or len(fields) < 5 or not right.split():
+                    continue
+                mount = _unescape(fields[4])
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, found = mount, right.split()[0]
+    except OSError:
+        return None
+    return found
+
+
+def _unescape(field: str) -> str:
+    """Mount points in mountinfo escape space, tab, newline and backslash as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field

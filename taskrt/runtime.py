@@ -14,11 +14,18 @@ Design notes:
    responsible for (waiting or running here) has a ``JobState``; reads of such
    a job come from memory, other jobs from the database. Transitions publish an
    event at once and queue their write; terminal writes are never coalesced.
-3. **One owner per database.** Workers need ownership (``taskrt.ownership``:
-   today a lease, a row with an expiry renewed every ``lease_ttl / 3`` s).
-   ``workers=False`` makes a client:
-   it adds, reads and cancels through the database, marking what it changed
-   (``external``); the owner polls for such rows every ``poll_interval`` s.
+3. **One owner per database, any number of standbys.** The process that
+   holds the ownership lock (``taskrt.ownership``) runs the pools, the
+   scheduler and retention; every other runtime with ``workers=True`` is a
+   standby that serves the whole API and takes over within a second when the
+   owner dies. ``workers=False`` makes a client, which never takes over.
+4. **Standbys and clients forward to the owner.** They connect to the
+   owner's relay (``taskrt.relay``): adds, actions and reads of live jobs and
+   pools go to the owner, which answers from memory; the events their
+   subscribers follow come back the same way. With no owner reachable they
+   fall back to the database: adds, cancels and retries are written there,
+   marked ``external``, and the owner polls for such rows every
+   ``poll_interval`` s; streams poll the job's row.
 
 The runtime composes its parts (docs/architecture.md): ``Adding`` (from
 ``add`` to a committed, queued job), ``Transitions`` (what happens while jobs
@@ -34,10 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -53,6 +62,7 @@ from .errors import (
     InvalidOption,
     InvalidTransition,
     JobNotFound,
+    OwnerUnreachable,
     PoolNotFound,
     RuntimeNotStarted,
     TaskrtError,
@@ -63,18 +73,22 @@ from .live import LiveJobs
 from .models import (
     TERMINAL,
     AttemptInfo,
+    Event,
     EventType,
     JobInfo,
     JobStatus,
+    OwnerStatus,
     Page,
+    PoolStatistics,
     Stats,
     StoreHealth,
 )
-from .ownership import LeaseOwnership, Ownership
+from .ownership import FileLockOwnership, Ownership, SoleOwnership
 from .pool import DEFAULT_CONCURRENCY, Pool
+from .relay import RelayClient, RelayServer, decode_event, encode_event, relay_address
 from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
-from .store import JobStore, Store, Synchronous
+from .store import JobStore, NewJob, OwnerRecord, Store, Synchronous
 from .stream import JobStream, snapshot_event
 from .transaction import Transaction
 from .transitions import Transitions, retry_policy_of
@@ -88,6 +102,16 @@ log = logging.getLogger("taskrt")
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_RECOVERIES = 3
+FOLLOW_INTERVAL = 0.1
+"""Seconds between a standby's looks at the ownership lock (it also looks at
+once when its connection to the owner ends)."""
+
+
+class _Unset:
+    """The default of an argument whose ``None`` means something."""
+
+
+UNSET = _Unset()
 
 
 class Runtime:
@@ -95,14 +119,16 @@ class Runtime:
 
     Options (all keyword-only):
 
-    - ``workers``: run jobs here (the owner) or only add and read (a client).
+    - ``workers``: may run jobs here (the owner, or a standby that takes over),
+      or only add and read (a client); see note 3.
     - ``synchronous``: ``"normal"`` survives a process crash, ``"full"`` a power loss.
     - ``clock``: time source (``FakeClock`` in tests); ``tasks``, ``root``,
       ``executor``: task files to load at start.
     - ``grace``: seconds running jobs get to finish at stop (and that queued
       writes get while the database fails); ``abandon_after``: seconds a
       handler may ignore its cancellation.
-    - ``lease_ttl``, ``poll_interval``: ownership lease and client polling.
+    - ``poll_interval``: how often the owner looks for what processes without
+      a connection to it wrote (note 4).
     - ``progress_interval``: how long progress writes are coalesced.
     - ``subscriber_buffer``, ``replay``: event buffers per subscriber and job.
     - ``default_concurrency``: of pools declared without one.
@@ -128,7 +154,6 @@ class Runtime:
         executor: Any = None,
         grace: float = 10.0,
         abandon_after: float = 1.0,
-        lease_ttl: float = 10.0,
         poll_interval: float = 0.05,
         progress_interval: float = 0.05,
         subscriber_buffer: int = 256,
@@ -157,7 +182,6 @@ class Runtime:
         self.clock: Clock = clock or SystemClock()
         self.grace = grace
         self.abandon_after = abandon_after
-        self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
         self.default_concurrency = default_concurrency
         self._tasks_path = tasks
@@ -201,7 +225,8 @@ class Runtime:
             background=self.background,
             tasks=self._tasks,
             pools=self._pools,
-            workers=workers,
+            owning=lambda: self.role == "owner",
+            forward=self._add_forwarder,
             instrumentation=lambda: self.instrumentation,
             require_started=self.require_started,
         )
@@ -225,8 +250,19 @@ class Runtime:
             instrument(self)
         self._started = False
         self._workers_on = False
-        # Who runs this database's jobs (taskrt.ownership): the lease today.
-        self.ownership: Ownership = LeaseOwnership(self.store, self.path, ttl=lease_ttl)
+        # Who runs this database's jobs (taskrt.ownership): an OS file lock.
+        self.ownership: Ownership = (
+            SoleOwnership(self.store)
+            if self.path == ":memory:"
+            else FileLockOwnership(self.store, self.path)
+        )
+        # "owner", "standby" (may take over), "client" (workers=False) or "stopped".
+        self.role = "stopped"
+        self.relay_server: RelayServer | None = None
+        self.remote: RelayClient | None = None
+        self._owner: OwnerRecord | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+        self._follow_wake: asyncio.Event | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -240,7 +276,7 @@ class Runtime:
         self.on_stop(self.schedules.stop)
 
     def __repr__(self) -> str:
-        return f"<Runtime {self.path!r} workers={self.workers} started={self._started}>"
+        return f"<Runtime {self.path!r} workers={self.workers} role={self.role}>"
 
     # -- declaring ---------------------------------------------------------------
 
@@ -425,26 +461,118 @@ class Runtime:
             self.load(self._tasks_path, executor=self._executor, root=self._root)
         await self.store.open()
         try:
+            owning = False
             if self.workers:
-                await self.ownership.acquire()
-                await self.adoption.recover(unclean=self.ownership.left_behind)
+                self.ownership.check()
+                owning = self.ownership.try_acquire()
+            if owning:
+                await self._own()
         except BaseException:
+            await self.ownership.release()
             await self.store.close()
             raise
         self._started = True
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self.loop_watchdog.start(self._loop)
-        if self.workers:
-            self._workers_on = True
-            self.ownership.keep(on_lost=self._lost_ownership)
-            self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
-            for pool in self._pools.values():
-                pool._dispatch()
+        if owning:
+            await self._serve_as_owner()
+        else:
+            self.role = "standby" if self.workers else "client"
+            self._follow_wake = asyncio.Event()
+            await self._connect_to_owner()
+            self._follow_task = asyncio.create_task(self._follow(), name="taskrt-follow")
         for hook in self._start_hooks:
             result = hook(self)
             if inspect.isawaitable(result):
                 await result
+
+    async def _own(self) -> None:
+        """Holding the lock: record it, recover what a dead owner left (note 3)."""
+        address = None if self.path == ":memory:" else relay_address(self.path)
+        await self.ownership.claim(address)
+        await self.adoption.recover(unclean=self.ownership.left_behind is not None)
+        for name in await self.store.paused_pools():
+            self.pool(name).pause()
+
+    async def _serve_as_owner(self) -> None:
+        """Run the pools; then listen for the other processes (after recovery:
+        they may forward adds from the first moment)."""
+        self.role = "owner"
+        self._workers_on = True
+        self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
+        for pool in self._pools.values():
+            pool._dispatch()
+        if self.path != ":memory:":
+            server = RelayServer(self.broker, self._answer)
+            try:
+                await server.start(relay_address(self.path))
+            except OSError as exc:
+                # Jobs still run; other processes fall back to the database (note 4).
+                log.error("taskrt: the relay of %s cannot listen: %s", self.path, exc)
+            else:
+                self.relay_server = server
+
+    async def _follow(self) -> None:
+        """A standby or a client: stay connected to the owner; a standby takes
+        over when the lock is free (the owner ended, or was killed)."""
+        wake = self._follow_wake
+        assert wake is not None
+        while True:
+            if self.workers and self.ownership.try_acquire() and await self._take_over():
+                return
+            if self.remote is None or not self.remote.connected:
+                await self._connect_to_owner()
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), FOLLOW_INTERVAL)
+
+    async def _connect_to_owner(self) -> None:
+        try:
+            record = await self.store.owner_record()
+        except TaskrtError:
+            return
+        if record is None or record.address is None:
+            return
+        client = RelayClient(self.broker, on_closed=self._owner_gone)
+        try:
+            await client.connect(record.address)
+        except (OSError, TimeoutError):
+            return
+        self.remote = client
+        self._owner = record
+        self.broker.on_interest = client.interest
+
+    def _owner_gone(self, client: RelayClient) -> None:
+        if self.remote is client:
+            self.broker.on_interest = None
+        if self._follow_wake is not None:
+            self._follow_wake.set()
+
+    async def _take_over(self) -> bool:
+        """The lock is this process's: become the owner (recovering the dead one's jobs)."""
+        remote, self.remote = self.remote, None
+        self.broker.on_interest = None
+        if remote is not None:
+            await remote.close()  # local streams start again (relay note 4)
+        started = time.monotonic()
+        previous = self._owner
+        try:
+            await self._own()
+        except Exception:
+            log.exception("taskrt: taking over %s failed; trying again", self.path)
+            await self.ownership.release()
+            return False
+        await self._serve_as_owner()
+        await self.schedules.take_over()
+        log.warning(
+            "taskrt: this process (%s) took over %s from %s in %.3f s",
+            self.ownership.owner,
+            self.path,
+            previous.owner if previous is not None else "a stopped owner",
+            time.monotonic() - started,
+        )
+        return True
 
     async def stop(self) -> None:
         if not self._started:
@@ -456,7 +584,15 @@ class Runtime:
                     await result
             except Exception:
                 log.exception("taskrt: a stop hook failed")
-        await self.ownership.stop_keeping()
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+            self._follow_task = None
+        if self.remote is not None:
+            self.broker.on_interest = None
+            await self.remote.close()
+            self.remote = None
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -477,12 +613,19 @@ class Runtime:
         await self.background.wait(self.grace)
         try:
             await self.store.settle()
-            if self.workers:
+            if self.role == "owner":
+                # Released before the relay closes: a standby that sees the
+                # connection end finds the lock free.
                 await self.ownership.release()
         except TaskrtError as exc:
-            # Not releasing is safe: the lease expires, the next start recovers.
-            log.error("taskrt: releasing the ownership lease of %s failed: %s", self.path, exc)
+            # Not removing the record is safe: the next owner recovers as after a crash.
+            log.error("taskrt: releasing the ownership of %s failed: %s", self.path, exc)
         finally:
+            if self.ownership.held:
+                await self.ownership.release()
+            if self.relay_server is not None:
+                await self.relay_server.close()
+                self.relay_server = None
             await self.store.close(patience=self.grace)
             for pool in pools:
                 pool.close()
@@ -490,17 +633,86 @@ class Runtime:
             self.live.states.clear()
             self.live.unique.clear()
             self._started = False
+            self.role = "stopped"
             self.loop_watchdog.stop()
 
-    def _lost_ownership(self, owner: str) -> None:
-        # Another runtime owns the database now: two owners would run the same
-        # jobs, so this one stops starting any.
-        log.error(
-            "taskrt: lost the ownership lease of %s to %s; no more jobs start here",
-            self.path,
-            owner,
+    @property
+    def owning(self) -> bool:
+        """Whether this process runs the jobs now (note 3)."""
+        return self.role == "owner"
+
+    @property
+    def relayed(self) -> bool:
+        """Whether every event of the jobs reaches this process (the owner, or connected to it)."""
+        return self.role == "owner" or (self.remote is not None and self.remote.connected)
+
+    def owner_status(self) -> OwnerStatus:
+        """This process's role and the owner it knows of (``GET /health`` shows it)."""
+        if self.role == "owner":
+            return OwnerStatus(
+                role=self.role,
+                owner=self.ownership.owner,
+                reachable=True,
+                peers=self.relay_server.peers if self.relay_server is not None else 0,
+            )
+        record = self._owner
+        connected = self.remote is not None and self.remote.connected
+        return OwnerStatus(
+            role=self.role,
+            owner=record.owner if record is not None and connected else None,
+            reachable=connected,
         )
-        self._workers_on = False
+
+    def _forwarding(self) -> RelayClient | None:
+        """The owner's relay, when calls go there (note 4)."""
+        remote = self.remote
+        if self.role == "owner" or remote is None or not remote.connected:
+            return None
+        return remote
+
+    def _add_forwarder(self) -> Callable[[str, list[NewJob]], Awaitable[list[int]]] | None:
+        remote = self._forwarding()
+        if remote is None:
+            return None
+
+        async def forward(pool: str, jobs: list[NewJob]) -> list[int]:
+            ids: list[int] = await remote.call(
+                "add", pool=pool, jobs=[dataclasses.asdict(job) for job in jobs]
+            )
+            return ids
+
+        return forward
+
+    async def _answer(self, method: str, args: dict[str, Any]) -> Any:
+        """A call another process forwarded (relay): answer as for a local caller."""
+        if method == "add":
+            pool = self._pools.get(args["pool"]) or self.pool(args["pool"])
+            jobs = [NewJob(**job) for job in args["jobs"]]
+            return await self.adding.add_forwarded(pool, jobs)
+        if method == "get":
+            return (await self.get(int(args["job"]))).to_dict()
+        if method == "cancel":
+            return (await self.cancel(int(args["job"]))).to_dict()
+        if method == "retry":
+            return (await self.retry(int(args["job"]))).to_dict()
+        if method == "attempts":
+            return [a.to_dict() for a in await self.attempts(int(args["job"]))]
+        if method == "jobs":
+            page = await self.jobs(**args)
+            return {"jobs": [j.to_dict() for j in page.jobs], "cursor": page.cursor}
+        if method == "stats":
+            return (await self.stats(args.get("since"), args.get("until"))).to_dict()
+        if method == "pools":
+            return [s.to_dict() for s in await self.pool_statistics()]
+        if method == "change_pool":
+            return (await self.change_pool(**args)).to_dict()
+        if method == "replay":
+            events = self.broker.replay_after(int(args["job"]), int(args["seq"]))
+            return None if events is None else [encode_event(e) for e in events]
+        if method == "poke":
+            await self.adoption.poll_once()
+            return None
+        raise InvalidOption("method", f"no forwarded call named {method!r}")
 
     # -- adding --------------------------------------------------------------------------
 
@@ -571,6 +783,10 @@ class Runtime:
         if state is not None:
             return state.info()
         self.require_started("reading a job")
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                return JobInfo.from_dict(await remote.call("get", job=job_id))
         info = await self.store.get_job(job_id)
         if info is None:
             raise JobNotFound(job_id)
@@ -614,6 +830,11 @@ class Runtime:
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         """The record of every attempt of the job (start, end, outcome, error, traceback)."""
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                raw = await remote.call("attempts", job=job_id)
+                return [AttemptInfo.from_dict(a) for a in raw]
         info = await self.get(job_id)
         await self.store.settle()
         records = await self.store.attempts(job_id)
@@ -650,8 +871,12 @@ class Runtime:
     async def cancel(self, job_id: int) -> JobInfo:
         """Cancel a waiting or running job; returns its state after the cancel."""
         self.require_started("cancel")
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                return JobInfo.from_dict(await remote.call("cancel", job=job_id))
         state = self.live.states.get(job_id)
-        if state is not None and self.workers:
+        if state is not None and self.owning:
             if state.status is JobStatus.WAITING:
                 self._pools[state.pool].remove(state)
                 self.transitions.finalize(state, JobStatus.CANCELLED, {})
@@ -671,6 +896,10 @@ class Runtime:
     async def retry(self, job_id: int) -> JobInfo:
         """Put a FAILURE or CANCELLED job back to WAITING, with its attempts renewed."""
         self.require_started("retry")
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                return JobInfo.from_dict(await remote.call("retry", job=job_id))
         info = await self.get(job_id)
         if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
             raise InvalidTransition(job_id, info.status.value, "retry")
@@ -678,7 +907,7 @@ class Runtime:
         base = spec.attempts if spec is not None else 1
         max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
         now = self.clock.now()
-        if not self.workers or spec is None:
+        if not self.owning or spec is None:
             await self.store.retry_external(job_id, now, max_attempts)
             return await self.get(job_id)
         await self.store.settle()
@@ -720,6 +949,19 @@ class Runtime:
     ) -> Page:
         """Jobs, newest first, filtered; pass ``page.cursor`` back for the next page."""
         self.require_started("listing jobs")
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                raw = await remote.call(
+                    "jobs",
+                    status=[s.value for s in _statuses(status) or []] or None,
+                    pool=pool,
+                    task=task,
+                    metadata=dict(metadata) if metadata is not None else None,
+                    limit=limit,
+                    cursor=cursor,
+                )
+                return Page([JobInfo.from_dict(j) for j in raw["jobs"]], raw["cursor"])
         statuses = _statuses(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidOption("limit", f"expected an integer from 1 to 1000, found {limit!r}")
@@ -748,6 +990,10 @@ class Runtime:
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
         """Counts by status, success rate, mean and p95 duration (seconds)."""
         self.require_started("statistics")
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                return Stats(**await remote.call("stats", since=since, until=until))
         await self.store.settle()
         raw = await self.store.stats(since, until)
         counts = {s.value: int(raw["counts"].get(s.value, 0)) for s in JobStatus}
@@ -761,6 +1007,70 @@ class Runtime:
             since=since,
             until=until,
         )
+
+    async def pool_statistics(self) -> list[PoolStatistics]:
+        """Every pool as the owner sees it (waiting and running jobs), by name."""
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                return [PoolStatistics(**raw) for raw in await remote.call("pools")]
+        return [p.statistics() for p in sorted(self._pools.values(), key=lambda p: p.name)]
+
+    async def change_pool(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        capacity: int | _Unset | None = UNSET,
+        paused: bool | None = None,
+        create: bool = False,
+    ) -> PoolStatistics:
+        """Change a pool where its jobs run (the owner), from any process.
+
+        ``concurrency`` and ``capacity`` last while the owner runs; a pause
+        (``paused``) is recorded in the database, so it outlives restarts and
+        takeovers. ``create``: declare the pool if there is none.
+        """
+        if name not in self._pools and not create:
+            raise PoolNotFound(name)
+        local = self.pool(name)  # every process knows its pools' names
+        remote = self._forwarding()
+        if remote is not None:
+            args: dict[str, Any] = {"name": name, "create": create}
+            if concurrency is not None:
+                args["concurrency"] = concurrency
+            if not isinstance(capacity, _Unset):
+                args["capacity"] = capacity
+            if paused is not None:
+                args["paused"] = paused
+            with contextlib.suppress(OwnerUnreachable):
+                stats = PoolStatistics(**await remote.call("change_pool", **args))
+                _apply_limits(local, concurrency, capacity, None)
+                return stats
+        _apply_limits(local, concurrency, capacity, paused)
+        if paused is not None and self._started:
+            await self.store.set_pool_paused(name, paused)
+        return local.statistics()
+
+    async def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
+        """The owner's replay window of a job after ``seq`` (``None``: not all known)."""
+        if self.owning:
+            return self.broker.replay_after(job_id, seq)
+        remote = self._forwarding()
+        if remote is None:
+            return None
+        try:
+            raw = await remote.call("replay", job=job_id, seq=seq)
+        except OwnerUnreachable:
+            return None
+        return None if raw is None else [decode_event(e) for e in raw]
+
+    async def poke_owner(self) -> None:
+        """Ask the owner to look for what this process wrote to the database now."""
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                await remote.call("poke")
 
     async def cleanup(
         self,
@@ -786,6 +1096,19 @@ class Runtime:
         await self.store.flush()
         deleted = await self.store.cleanup(self.clock.now() - seconds, chosen)
         return deleted
+
+
+def _apply_limits(
+    pool: Pool, concurrency: int | None, capacity: int | _Unset | None, paused: bool | None
+) -> None:
+    if concurrency is not None:
+        pool.set_concurrency(concurrency)
+    if not isinstance(capacity, _Unset):
+        pool.set_capacity(capacity)
+    if paused is True:
+        pool.pause()
+    elif paused is False:
+        pool.resume()
 
 
 class _PoolHost:

@@ -31,8 +31,9 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    it is inserted; equal, nothing changes (pause state, next slot and counters
    are kept); different, it is updated, and the next slot is recomputed only
    when the expression or the time zone changed.
-5. **Only the owner fires.** A client runtime (``workers=False``) reads and
-   changes schedules in the database; every change of a definition bumps a
+5. **Only the owner fires.** A standby or a client reads and changes
+   schedules in the database (a standby that takes over starts firing:
+   ``take_over``); every change of a definition bumps a
    version in ``meta``, which the owner reads every ``watch_interval`` seconds
    (polling only for what another process wrote).
 6. **Failures.** When a job whose metadata names a schedule (as every job a
@@ -83,8 +84,10 @@ class SchedulerHost(Protocol):
     clock: Clock
     counters: Counters
     background: Background
-    workers: bool
     grace: float
+
+    @property
+    def owning(self) -> bool: ...
 
     @property
     def started(self) -> bool: ...
@@ -458,7 +461,7 @@ class Scheduler:
                 ScheduleStat(i.name, i.paused, i.next_run_at, i.last_run_at, i.fires, i.failures)
                 for i in infos
             ),
-            retention=self.retention.statistics() if self._rt.workers else None,
+            retention=self.retention.statistics() if self._rt.owning else None,
         )
 
     # -- changing ---------------------------------------------------------------------
@@ -590,10 +593,15 @@ class Scheduler:
     # -- the owner's loop (notes 1-3, 5) ---------------------------------------------------
 
     async def start(self, rt: SchedulerHost) -> None:
-        """Store the declared schedules; with workers, fire due slots from now on."""
+        """Store the declared schedules; the owner fires due slots from now on."""
         if self._declared:
             await self._upsert(builtins.list(self._declared.values()), replace=True)
-        if not rt.workers:
+        if rt.owning:
+            await self.take_over()
+
+    async def take_over(self) -> None:
+        """This process owns the database now: fire due slots from now on (note 5)."""
+        if self._running:
             return
         self._running = True
         await self._reload()

@@ -20,8 +20,12 @@ class StreamHost(Protocol):
     broker: EventBus
     clock: Clock
     live: LiveJobs
-    workers: bool
     poll_interval: float
+
+    @property
+    def relayed(self) -> bool:
+        """Whether every event of the jobs reaches this process's broker."""
+        ...
 
     async def get(self, job_id: int) -> JobInfo: ...
 
@@ -46,8 +50,11 @@ class JobStream:
             def matches(ev: Event) -> bool:
                 return (pool is None or ev.pool == pool) and (task is None or ev.task == task)
 
+        self._matches = matches
+        self._buffer = buffer
         self._sub: Subscription = rt.broker.subscribe(job_id, matches=matches, maxsize=buffer)
         self._snapshot_sent = job_id is None
+        self._polling = False
         self._last_seq = 0
         self._done = False
 
@@ -73,19 +80,24 @@ class JobStream:
             if info.terminal:
                 self._done = True
                 self.close()
-            elif not self._rt.workers and self.job_id not in self._rt.live.states:
+            elif not self._rt.relayed:
                 self._sub.close()
+                self._polling = True
                 self._poll_info = info
             return snapshot_event(info, self._rt.clock.now())
-        if (
-            self.job_id is not None
-            and not self._rt.workers
-            and self.job_id not in self._rt.live.states
-        ):
+        if self._polling:
             return await self._poll_next()
         while True:
             ev = await self._sub.get()
             if ev is None:
+                if self._sub.overflowed and self.job_id is not None:
+                    # Events were lost (a slow consumer, or the owner changed):
+                    # start again from a fresh snapshot (relay note 4).
+                    self._sub = self._rt.broker.subscribe(
+                        self.job_id, matches=self._matches, maxsize=self._buffer
+                    )
+                    self._snapshot_sent = False
+                    return await self.__anext__()
                 self._done = True
                 raise StopAsyncIteration
             if ev.seq <= self._last_seq and self.job_id is not None:

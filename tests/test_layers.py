@@ -93,6 +93,7 @@ LAYERS: dict[str, int] = {
     # store, and the seams
     "store": 1,
     "events": 1,
+    "relay": 1,  # the event bus between the processes of a host
     # engine
     **dict.fromkeys(["context", "background", "live", "pool", "adding", "transitions"], 2),
     "adoption": 2,

@@ -67,7 +67,7 @@ Design notes:
     an old one.
 """
 
-from .protocol import InsertResult, JobStore, NewJob, Progress, StoreTransaction
+from .protocol import InsertResult, JobStore, NewJob, OwnerRecord, Progress, StoreTransaction
 from .sqlite import MIGRATIONS, SCHEMA_VERSION, Connection, Store, Synchronous, dumps
 
 __all__ = [
@@ -77,6 +77,7 @@ __all__ = [
     "InsertResult",
     "JobStore",
     "NewJob",
+    "OwnerRecord",
     "Progress",
     "Store",
     "StoreTransaction",

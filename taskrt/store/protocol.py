@@ -61,6 +61,20 @@ class InsertResult:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerRecord:
+    """The lease row: who owns the database, where its relay listens, since when.
+
+    A record, not the authority: on SQLite the ownership lock decides
+    (``taskrt.ownership``); the row is for ``GET /health``, the dashboard, the
+    CLI, and for the other processes to find the owner's relay.
+    """
+
+    owner: str
+    address: str | None
+    since: float
+
+
 Progress = tuple[float, float, str]
 """``(current, total, message)`` as a final write stores them."""
 
@@ -220,11 +234,21 @@ class JobStore(Protocol):
         ...
 
     # -- ownership, recovery, other processes' actions, retention (immediate)
-    async def lease_left_behind(self) -> bool: ...
+    async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
+        """Record the new owner; returns the owner a row was left behind by (a crash)."""
+        ...
 
-    async def take_lease(self, owner: str, now: float, ttl: float) -> tuple[bool, str, float]: ...
+    async def owner_record(self) -> OwnerRecord | None: ...
 
-    async def release_lease(self, owner: str) -> None: ...
+    async def release_lease(self, owner: str) -> None:
+        """Remove the row if ``owner`` still holds it (a clean stop)."""
+        ...
+
+    async def paused_pools(self) -> set[str]:
+        """Pools an operator paused (the pause outlives the process that was told)."""
+        ...
+
+    async def set_pool_paused(self, name: str, paused: bool) -> None: ...
 
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
         """Jobs a dead process left RUNNING: WAITING again (recoveries + 1), FAILURE as

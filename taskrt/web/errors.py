@@ -30,6 +30,7 @@ from ..errors import (
     InvalidTransition,
     JobNotFound,
     OwnershipError,
+    OwnerUnreachable,
     PoolNotFound,
     QueueFull,
     RuntimeNotStarted,
@@ -110,6 +111,7 @@ STATUS: dict[type[TaskrtError], int] = {
     ScheduleExists: 409,
     QueueFull: 503,
     StoreUnavailable: 503,
+    OwnerUnreachable: 503,
     # The app is mounted but the host's lifespan never started the runtime.
     RuntimeNotStarted: 503,
 }

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import PoolNotFound
-from ..pool import Pool
+from ..models import PoolStatistics
 from .errors import ApiError
 from .inputs import field_of, invalid, json_object, read_json, refuse_unknown
 from .routing import Api, EndpointGroup, Param, Reply
@@ -22,12 +22,14 @@ POOL_NAME = re.compile(POOL_NAME_PATTERN)
 CHANGE_FIELDS = frozenset({"concurrency", "capacity", "paused"})
 
 
-def _pool(api: Api, request: Request) -> Pool:
+async def _name(api: Api, request: Request) -> str:
+    """A pool this process or the owner knows (one created through another process)."""
     name: str = request.path_params["name"]
-    pool = api.runtime.pools.get(name)
-    if pool is None:
-        raise PoolNotFound(name)
-    return pool
+    if name not in api.runtime.pools:
+        if not any(p.name == name for p in await api.runtime.pool_statistics()):
+            raise PoolNotFound(name)
+        api.runtime.pool(name)
+    return name
 
 
 def _limits(body: dict[str, Any]) -> tuple[int | None, int | None, bool, bool | None]:
@@ -42,16 +44,23 @@ def _limits(body: dict[str, Any]) -> tuple[int | None, int | None, bool, bool | 
     return concurrency, capacity, "capacity" in body, paused
 
 
-def _apply(pool: Pool, body: dict[str, Any]) -> None:
+async def _apply(api: Api, name: str, body: dict[str, Any], *, create: bool) -> PoolStatistics:
+    """Change the pool where its jobs run (the owner; ``rt.change_pool`` forwards)."""
     concurrency, capacity, capacity_given, paused = _limits(body)
-    if concurrency is not None:
-        pool.set_concurrency(concurrency)
     if capacity_given:
-        pool.set_capacity(capacity)
-    if paused is True:
-        pool.pause()
-    elif paused is False:
-        pool.resume()
+        return await api.runtime.change_pool(
+            name, concurrency=concurrency, capacity=capacity, paused=paused, create=create
+        )
+    return await api.runtime.change_pool(
+        name, concurrency=concurrency, paused=paused, create=create
+    )
+
+
+async def _statistics(api: Api, name: str) -> PoolStatistics:
+    for stats in await api.runtime.pool_statistics():
+        if stats.name == name:
+            return stats
+    return api.runtime.pool(name).statistics()  # declared here, not yet known to the owner
 
 
 @group.get(
@@ -63,8 +72,8 @@ def _apply(pool: Pool, body: dict[str, Any]) -> None:
     needs_runtime=False,
 )
 async def list_pools(api: Api, request: Request) -> Response:
-    pools = sorted(api.runtime.pools.values(), key=lambda p: p.name)
-    return JSONResponse({"pools": [p.statistics().to_dict() for p in pools]})
+    pools = await api.runtime.pool_statistics()
+    return JSONResponse({"pools": [p.to_dict() for p in pools]})
 
 
 @group.get(
@@ -79,7 +88,7 @@ async def list_pools(api: Api, request: Request) -> Response:
     needs_runtime=False,
 )
 async def get_pool(api: Api, request: Request) -> Response:
-    return JSONResponse(_pool(api, request).statistics().to_dict())
+    return JSONResponse((await _statistics(api, await _name(api, request))).to_dict())
 
 
 @group.post(
@@ -102,12 +111,9 @@ async def create_pool(api: Api, request: Request) -> Response:
         raise ApiError(
             409, "pool_exists", f"a pool named {name!r} exists; PATCH it instead", pool=name
         )
-    concurrency, capacity, _, paused = _limits(body)
-    pool = api.runtime.pool(name, concurrency=concurrency, capacity=capacity)
-    if paused:
-        pool.pause()
+    stats = await _apply(api, name, body, create=True)
     return JSONResponse(
-        pool.statistics().to_dict(),
+        stats.to_dict(),
         status_code=201,
         headers={"Location": f"{request.scope.get('root_path', '')}/pools/{name}"},
     )
@@ -126,12 +132,13 @@ async def create_pool(api: Api, request: Request) -> Response:
 )
 async def change_pool(api: Api, request: Request) -> Response:
     """Raising concurrency starts waiting jobs at once; lowering it lets running
-    jobs finish. A paused pool still accepts jobs but starts none."""
-    pool = _pool(api, request)
+    jobs finish. A paused pool still accepts jobs but starts none. Any process
+    may answer: the change is made by the process that runs the jobs, and a
+    pause is recorded in the database (it outlives restarts and takeovers)."""
+    name = await _name(api, request)
     body = json_object(await read_json(request, api.settings.max_body))
     refuse_unknown(body, CHANGE_FIELDS)
-    _apply(pool, body)
-    return JSONResponse(pool.statistics().to_dict())
+    return JSONResponse((await _apply(api, name, body, create=False)).to_dict())
 
 
 __all__ = ["group"]

@@ -9,8 +9,9 @@ Design notes (cited where they apply):
    once before that, so an unknown job answers 404, and a finished one is
    answered, without subscribing to anything.)
 2. **Resume.** A reconnect sends ``Last-Event-ID`` (the ``seq`` of the last
-   event the client saw). The stream continues with the broker's replay window
-   (``Broker.replay_after``); if the window no longer reaches back that far, it
+   event the client saw), to any process. The stream continues with the
+   owner's replay window (``rt.replay_after``: the broker's, asked over the
+   relay on a standby); if the window no longer reaches back that far, it
    sends a fresh ``snapshot`` (or, for a finished job, its terminal event with
    the final ``job`` state), whose ``id`` resets the client's position.
 3. **Finished jobs.** A stream closes after the terminal event. A browser's
@@ -44,7 +45,6 @@ from .sse import RECONNECT_MS, EventStream, frame
 
 group = EndpointGroup("events", "Server-Sent Events: live progress with resume.")
 
-ReplayAfter = Callable[[int, int], "list[Event] | None"]
 
 _STREAM = Reply(
     "`text/event-stream`: frames with `id`, `event` (the event type) and `data` (JSON)",
@@ -71,7 +71,7 @@ class Opening:
 
 
 def opening(
-    info: JobInfo, last: int | None, replay_after: ReplayAfter, now: float
+    info: JobInfo, last: int | None, replayed: list[Event] | None, now: float
 ) -> Opening | None:
     """The opening of a job stream for a client that saw ``last``; ``None``: answer 204."""
     if last is None or last > info.seq:
@@ -79,7 +79,6 @@ def opening(
         return Opening([snapshot_event(info, now)], info.seq, info.terminal)
     if last == info.seq:
         return None if info.terminal else Opening([], last, False)  # note 3
-    replayed = replay_after(info.id, last)
     if replayed and replayed[0].seq == last + 1 and replayed[-1].seq >= info.seq:
         events: list[Event] = []
         for event in replayed:
@@ -169,7 +168,7 @@ async def job_events(api: Api, request: Request) -> Response:
     last = last_event_id(request)
     release = api.streams.acquire(api.settings.retry_after)
     try:
-        if not rt.workers:
+        if not rt.relayed:
             return await _client_runtime_events(api, job_id, last, release)
         # A 404 (or a finished job) subscribes to nothing: a client probing ids
         # cannot take replay windows (kept per subscribed job) from real jobs.
@@ -187,7 +186,15 @@ async def job_events(api: Api, request: Request) -> Response:
             sub.close()
         release()
 
-    start = opening(info, last, rt.broker.replay_after, rt.clock.now())
+    try:
+        # The owner's replay window (a standby asks it over the relay).
+        replayed = (
+            await rt.replay_after(job_id, last) if last is not None and last < info.seq else None
+        )
+    except BaseException:
+        close()
+        raise
+    start = opening(info, last, replayed, rt.clock.now())
     if start is None:
         close()
         return Response(status_code=204)
@@ -197,7 +204,7 @@ async def job_events(api: Api, request: Request) -> Response:
 async def _client_runtime_events(
     api: Api, job_id: int, last: int | None, release: Callable[[], None]
 ) -> Response:
-    """A runtime without workers sees other processes' jobs by polling: no replay."""
+    """A process that cannot reach the owner sees its jobs by polling: no replay."""
     info = await api.runtime.get(job_id)
     if last is not None and info.terminal and last >= info.seq:
         release()

@@ -31,6 +31,7 @@ async def health(api: Api, request: Request) -> Response:
     if not api.runtime.started:
         raise ApiError(503, "not_started", "the runtime is not started")
     store = api.runtime.health()
+    owner = api.runtime.owner_status().to_dict()
     if not store.ok:
         # No path in the answer: only the kind of failure and what waits.
         body = {
@@ -41,9 +42,13 @@ async def health(api: Api, request: Request) -> Response:
                 "retained": store.retained,
                 "since": store.since,
             },
+            "ownership": owner,
         }
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
-    return JSONResponse({"status": "ok"})
+    # A process that cannot reach the owner still serves (adds go to the
+    # database, streams poll) but says so: "degraded".
+    status = "ok" if owner["reachable"] else "degraded"
+    return JSONResponse({"status": status, "ownership": owner})
 
 
 @group.get(

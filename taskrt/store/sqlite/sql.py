@@ -89,6 +89,16 @@ CREATE TABLE IF NOT EXISTS schedules (
 -- trigger on jobs costs about a third of the job throughput (scheduler note 6).
 DROP TRIGGER IF EXISTS schedules_failures;
 """
+# Version 2: the lease row records where the owner listens (its relay socket)
+# and since when it owns; an operator's pause of a pool survives restarts.
+SCHEMA_V2 = """
+ALTER TABLE lease ADD COLUMN address TEXT;
+ALTER TABLE lease ADD COLUMN since REAL;
+CREATE TABLE IF NOT EXISTS pool_settings (
+    name TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0
+);
+"""
 
 JOB_COLUMNS = (
     "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "

@@ -27,7 +27,7 @@ from ...models import (
     ScheduleInfo,
     StoreHealth,
 )
-from ..protocol import InsertResult, NewJob, StoreTransaction
+from ..protocol import InsertResult, NewJob, OwnerRecord, StoreTransaction
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .connection import Connection
 from .rows import json_path, row_to_job, row_to_schedule, window
@@ -336,38 +336,56 @@ class Store:
                 raise store_error(self.path, exc) from exc
         return result
 
-    async def lease_left_behind(self) -> bool:
-        """Whether a lease row is there: its owner died without stopping cleanly."""
-        return await self.fetch_one("SELECT owner FROM lease WHERE id = 1") is not None
+    async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
+        """Record ``owner`` (which holds the ownership lock) and where it listens.
 
-    async def take_lease(self, owner: str, now: float, ttl: float) -> tuple[bool, str, float]:
-        """Take or renew the ownership lease; returns (taken, current owner, expiry)."""
+        Returns the owner a row was left behind by (it died without releasing),
+        or ``None`` after a clean stop or on a new file.
+        """
 
-        def work(conn: sqlite3.Connection) -> tuple[bool, str, float]:
+        def work(conn: sqlite3.Connection) -> str | None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute("SELECT owner, expires_at FROM lease WHERE id = 1").fetchone()
-                if row is not None and row[0] != owner and row[1] > now:
-                    conn.execute("COMMIT")
-                    return False, str(row[0]), float(row[1])
+                row = conn.execute("SELECT owner FROM lease WHERE id = 1").fetchone()
                 conn.execute(
-                    "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, ?, ?)",
-                    (owner, now + ttl),
+                    "INSERT OR REPLACE INTO lease (id, owner, expires_at, address, since)"
+                    " VALUES (1, ?, 0, ?, ?)",
+                    (owner, address, now),
                 )
                 conn.execute("COMMIT")
-                return True, owner, now + ttl
+                return None if row is None else str(row[0])
             except BaseException:
                 rollback(conn)
                 raise
 
         async with self._writes.lock:
             try:
-                result: tuple[bool, str, float] = await in_thread(self.db, work)
+                result: str | None = await in_thread(self.db, work)
             except sqlite3.Error as exc:
-                raise StoreError(
-                    f"cannot take the ownership lease of {self.path!r}: {exc}"
-                ) from exc
+                raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
         return result
+
+    async def owner_record(self) -> OwnerRecord | None:
+        """Who owns the database (as recorded), where it listens, since when."""
+        row = await self.fetch_one("SELECT owner, address, since FROM lease WHERE id = 1")
+        if row is None:
+            return None
+        return OwnerRecord(str(row["owner"]), row["address"], float(row["since"] or 0.0))
+
+    async def paused_pools(self) -> set[str]:
+        rows = await self.fetch_all("SELECT name FROM pool_settings WHERE paused = 1")
+        return {str(r["name"]) for r in rows}
+
+    async def set_pool_paused(self, name: str, paused: bool) -> None:
+        await self._script(
+            [
+                (
+                    "INSERT INTO pool_settings (name, paused) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+                    (name, int(paused)),
+                )
+            ]
+        )
 
     async def release_lease(self, owner: str) -> None:
         async with self._writes.lock:
