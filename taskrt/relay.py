@@ -192,6 +192,7 @@ class RelayServer:
         self.address: str | None = None
         self._server: asyncio.Server | None = None
         self._peers: set[_Peer] = set()
+        self._closing = False
         self.calls = 0
 
     @property
@@ -209,6 +210,7 @@ class RelayServer:
         self.address = address
 
     async def close(self) -> None:
+        self._closing = True  # a connection accepted but not yet served ends too
         if self._server is not None:
             self._server.close()
         for peer in list(self._peers):
@@ -227,6 +229,9 @@ class RelayServer:
             self.address = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            writer.close()
+            return
         peer = _Peer(self, writer)
         self._peers.add(peer)
         pump = asyncio.create_task(peer.pump(), name="taskrt-relay-pump")

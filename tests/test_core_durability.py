@@ -1,5 +1,5 @@
 """Durability: crash recovery (a real SIGKILL), orphans, delayed jobs across restarts,
-the ownership lease, client runtimes, and shutdown."""
+ownership, client runtimes, and shutdown."""
 
 from __future__ import annotations
 
@@ -17,11 +17,9 @@ import pytest
 from core_support import (
     Gate,
     all_jobs,
-    committed,
     committed_jobs,
     db_file,
     make_rt,
-    sqlite_only_rows,
     sqlite_only_write,
     until,
     until_committed,
@@ -32,7 +30,6 @@ from taskrt import (
     FakeClock,
     JobContext,
     JobStatus,
-    OwnershipError,
     Runtime,
 )
 from taskrt.store import JobStore
@@ -129,7 +126,7 @@ CHILD = textwrap.dedent(
     import asyncio, sys
     from taskrt import JobContext, Runtime
 
-    rt = Runtime(sys.argv[1], lease_ttl=0.5)
+    rt = Runtime(sys.argv[1])
     rt.pool("work", concurrency=2)
 
     @rt.task(pool="work", attempts=3)
@@ -210,15 +207,10 @@ async def test_sigkill_mid_work_loses_no_acknowledged_job(tmp_path: Path) -> Non
         attempts_seen[job.id] = job.attempt
         return "recovered"
 
-    # The dead child's lease expires after its ttl; then this runtime takes over.
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                await rt.start()
-                break
-            except OwnershipError as exc:
-                await asyncio.sleep(max(0.01, exc.expires_at - time.time() + 0.01))
+    # The kernel released the dead child's lock: a restart owns at once.
+    await rt.start()
     try:
+        assert rt.role == "owner"
         assert long_id is not None
         info = await rt.wait(long_id, timeout=5)
         assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, "recovered", 2)
@@ -322,51 +314,7 @@ async def test_shutdown_puts_the_rest_back_to_waiting_without_charging(tmp_path:
     assert seen == [(running, 1), (waiting, 1)]
 
 
-# -- one owner per database ------------------------------------------------------------------------
-
-
-async def test_second_runtime_with_workers_is_refused(tmp_path: Path) -> None:
-    owner = make_rt(tmp_path)
-
-    @owner.task
-    async def ping(job: JobContext) -> str:
-        return "pong"
-
-    async with owner:
-        intruder = make_rt(tmp_path)
-        with pytest.raises(OwnershipError) as err:
-            async with intruder:
-                pass
-        assert err.value.path == db_file(tmp_path)
-        assert err.value.expires_at > time.time()
-        assert "workers=False" in str(err.value)
-        assert not intruder.started
-        # The owner is unharmed.
-        assert (await owner.wait(await owner.pool("default").add(ping), timeout=5)).result == "pong"
-
-
-async def test_expired_lease_is_taken_over_and_live_one_is_not(tmp_path: Path) -> None:
-    path = db_file(tmp_path)
-    rt = make_rt(tmp_path)
-    async with rt:
-        pass
-    # Another process's live lease (SQLite-specific write).
-    sqlite_only_write(
-        path,
-        "INSERT OR REPLACE INTO lease (id, owner, expires_at) VALUES (1, 'dead:1:x', ?)",
-        (time.time() + 60,),
-    )
-    with pytest.raises(OwnershipError) as err:
-        async with make_rt(tmp_path):
-            pass
-    assert err.value.owner == "dead:1:x"
-    sqlite_only_write(path, "UPDATE lease SET expires_at = ?", (time.time() - 1,))
-    taker = make_rt(tmp_path)
-    async with taker:
-        assert taker.started
-        # SQLite-specific: the store reads no lease's owner.
-        (owner,) = sqlite_only_rows(path, "SELECT owner FROM lease")
-        assert owner[0] != "dead:1:x"
+# -- one owner per database (standbys: tests/test_core_standby.py) -------------------------------
 
 
 async def test_client_adds_and_the_owner_picks_up_within_100ms(tmp_path: Path) -> None:
@@ -498,23 +446,6 @@ async def test_the_same_runtime_can_be_started_again(tmp_path: Path) -> None:
         assert third == delayed + 1
         assert (await rt.wait(third, timeout=5)).result == 3
     assert ran == [1, 2, 3]
-
-
-async def test_the_owner_renews_its_lease(tmp_path: Path) -> None:
-    path = db_file(tmp_path)
-    owner = make_rt(tmp_path, lease_ttl=0.3)
-    async with owner:
-        # SQLite-specific: the store reads no lease's expiry.
-        ((first_expiry,),) = sqlite_only_rows(path, "SELECT expires_at FROM lease")
-        # Wait until the first lease would have run out: the heartbeat renewed it.
-        await until(lambda: time.time() > first_expiry + 0.05, timeout=2)
-        ((expiry,),) = sqlite_only_rows(path, "SELECT expires_at FROM lease")
-        assert expiry > time.time()
-        with pytest.raises(OwnershipError):
-            async with make_rt(tmp_path):
-                pass
-    async with committed(tmp_path) as store:
-        assert not await store.lease_left_behind()  # released on stop
 
 
 async def test_client_retry_reaches_the_owner(tmp_path: Path) -> None:

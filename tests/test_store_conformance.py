@@ -29,7 +29,7 @@ from taskrt.models import (
     ScheduleInfo,
 )
 from taskrt.scheduler import define
-from taskrt.store import InsertResult, JobStore, NewJob, Progress
+from taskrt.store import InsertResult, JobStore, NewJob, OwnerRecord, Progress
 
 NOW = 1_800_000_000.0
 NO_PROGRESS: Progress = (0.0, 0.0, "")
@@ -687,29 +687,34 @@ async def test_a_failing_application_statement_raises_store_error(
 # -- ownership -----------------------------------------------------------------
 
 
-async def test_the_first_owner_takes_the_lease_and_renews_it(store: JobStore) -> None:
-    assert not await store.lease_left_behind()
-    assert await store.take_lease("a", NOW, 30.0) == (True, "a", NOW + 30)
-    assert await store.lease_left_behind()
-    assert await store.take_lease("b", NOW + 10, 30.0) == (False, "a", NOW + 30)
-    assert await store.take_lease("a", NOW + 10, 30.0) == (True, "a", NOW + 40)
-    assert await store.take_lease("b", NOW + 35, 30.0) == (False, "a", NOW + 40)
+async def test_the_owner_record_says_who_owns_where_and_since_when(store: JobStore) -> None:
+    assert await store.owner_record() is None
+    assert await store.claim_ownership("a", "/run/a.sock", NOW) is None  # a new file
+    assert await store.owner_record() == OwnerRecord("a", "/run/a.sock", NOW)
 
 
-async def test_an_expired_lease_goes_to_the_next_owner(store: JobStore) -> None:
-    await store.take_lease("a", NOW, 30.0)
-    assert await store.take_lease("b", NOW + 31, 30.0) == (True, "b", NOW + 61)
-    assert await store.take_lease("a", NOW + 32, 30.0) == (False, "b", NOW + 61)
+async def test_a_record_left_behind_names_the_owner_that_died(store: JobStore) -> None:
+    await store.claim_ownership("a", "/run/a.sock", NOW)
+    # "a" never released (killed): the next owner is told, and replaces the record.
+    assert await store.claim_ownership("b", None, NOW + 5) == "a"
+    assert await store.owner_record() == OwnerRecord("b", None, NOW + 5)
 
 
-async def test_only_the_owner_releases_the_lease(store: JobStore) -> None:
-    await store.take_lease("a", NOW, 30.0)
+async def test_only_the_owner_removes_its_record(store: JobStore) -> None:
+    await store.claim_ownership("a", "/run/a.sock", NOW)
     await store.release_lease("b")
-    assert await store.lease_left_behind()
-    assert await store.take_lease("b", NOW + 1, 30.0) == (False, "a", NOW + 30)
+    assert await store.owner_record() == OwnerRecord("a", "/run/a.sock", NOW)
     await store.release_lease("a")
-    assert not await store.lease_left_behind()
-    assert await store.take_lease("b", NOW + 1, 30.0) == (True, "b", NOW + 31)
+    assert await store.owner_record() is None
+    assert await store.claim_ownership("b", "/run/b.sock", NOW + 1) is None  # a clean stop
+
+
+async def test_a_pause_is_recorded_per_pool(store: JobStore) -> None:
+    assert await store.paused_pools() == set()
+    await store.set_pool_paused("mail", True)
+    await store.set_pool_paused("images", True)
+    await store.set_pool_paused("images", False)
+    assert await store.paused_pools() == {"mail"}
 
 
 # -- recover -------------------------------------------------------------------

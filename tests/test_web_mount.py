@@ -79,7 +79,9 @@ async def test_served_on_its_own_the_lifespan_runs_the_runtime(
     assert not rt.started
     async with server(app) as base, httpx.AsyncClient(base_url=base) as client:
         assert rt.started
-        assert (await client.get("/health")).json() == {"status": "ok"}
+        health = (await client.get("/health")).json()
+        assert health["status"] == "ok"
+        assert health["ownership"]["role"] == "owner"
         await exercise(client, rt, "")
     assert not rt.started
 

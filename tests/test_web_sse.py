@@ -281,20 +281,46 @@ async def test_unknown_jobs_pools_and_tasks_are_404_and_leave_nothing(rt: Runtim
     assert not rt.broker.wants(404)  # a probe leaves no replay window behind
 
 
-async def test_a_client_runtime_streams_another_processs_jobs_by_polling(
+async def test_a_client_runtime_streams_the_owners_jobs_through_its_relay(
     db_path: Path, gates: Gates
 ) -> None:
     owner = make_runtime(db_path, gates)
     reader = make_runtime(db_path, gates, workers=False)
     async with owner, reader, client_for(create_app(reader)) as client:
-        r = await client.post("/jobs", json={"task": "steps", "args": [3]})
+        r = await client.post("/jobs", json={"task": "steps", "args": [3], "kwargs": {"key": "k"}})
         assert r.status_code == 201
         job_id = r.json()["id"]
-        frames = parse_sse((await client.get(f"/jobs/{job_id}/events")).text)
-        assert frames[0].event == "snapshot" and frames[-1].event == "success"
+        request = asyncio.create_task(client.get(f"/jobs/{job_id}/events"))
+        await wait_until(lambda: reader.broker.subscribers == 1)
+        gates.setdefault("k", asyncio.Event()).set()
+        frames = parse_sse((await request).text)
+        # Every event, with the owner's numbers: nothing is lost to a poll.
+        assert [f.event for f in frames] == ["snapshot", *["progress"] * 3, "success"]
+        assert [int(f.id or 0) for f in frames] == sorted(int(f.id or 0) for f in frames)
         last = frames[-1].id or ""
         again = await client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": last})
         assert again.status_code == 204
+
+
+async def test_a_client_that_cannot_reach_the_owner_streams_by_polling(
+    db_path: Path, gates: Gates
+) -> None:
+    owner = make_runtime(db_path, gates)
+    reader = make_runtime(db_path, gates, workers=False)
+    async with owner, reader, client_for(create_app(reader)) as client:
+        assert owner.relay_server is not None
+        await owner.relay_server.close()  # the owner's relay is gone: no events reach the reader
+        await wait_until(lambda: not reader.relayed)
+        r = await client.post("/jobs", json={"task": "steps", "args": [3], "kwargs": {"key": "p"}})
+        assert r.status_code == 201  # durable through the database
+        job_id = r.json()["id"]
+        request = asyncio.create_task(client.get(f"/jobs/{job_id}/events"))
+        await asyncio.sleep(0.1)
+        gates.setdefault("p", asyncio.Event()).set()
+        frames = parse_sse((await request).text)
+        assert frames[0].event == "snapshot" and frames[-1].event == "success"
+        health = (await client.get("/health")).json()
+        assert health["status"] == "degraded" and not health["ownership"]["reachable"]
 
 
 # -- the multiplexed stream -------------------------------------------------------------------

@@ -1,0 +1,300 @@
+"""Several runtimes on one database: one owner, standbys that forward and take over.
+
+Two runtimes in one process behave as two processes do (the ownership lock is
+per open file, the relay a real Unix socket); tests/test_multiprocess.py runs
+the same against real servers and real SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from core_support import committed, db_file, make_rt, until
+
+from taskrt import (
+    InvalidTransition,
+    JobContext,
+    JobNotFound,
+    JobStatus,
+    OwnershipError,
+    QueueFull,
+    Runtime,
+)
+from taskrt import ownership as ownership_module
+from taskrt.models import EventType
+from taskrt.ownership import filesystem_of
+from taskrt.runtime import JobStream
+
+
+def app(tmp_path: Path, gate: asyncio.Event | None = None, **options: object) -> Runtime:
+    """The same app in every "process": the tasks are declared in each."""
+    rt = make_rt(tmp_path, **options)
+    rt.pool("p", concurrency=2)
+
+    @rt.task(pool="p")
+    async def hello(job: JobContext, name: str) -> str:
+        return f"hello {name}"
+
+    @rt.task(pool="p")
+    async def steps(job: JobContext, n: int) -> int:
+        for i in range(n):
+            await job.progress(i + 1, n, f"step {i + 1}")
+            await asyncio.sleep(0.005)
+        if gate is not None:
+            await gate.wait()
+        return n
+
+    return rt
+
+
+async def test_a_second_runtime_with_workers_is_a_standby_and_forwards_adds(
+    tmp_path: Path,
+) -> None:
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        assert (owner.role, standby.role) == ("owner", "standby")
+        status = standby.owner_status()
+        assert (status.owner, status.reachable) == (owner.ownership.owner, True)
+        await until(lambda: owner.owner_status().peers == 1)
+        job_id = await standby.add("hello", "ann")
+        # Forwarded: the owner holds it in memory at once, no poll involved.
+        assert job_id in owner.live.states or (await owner.get(job_id)).terminal
+        info = await standby.wait(job_id, timeout=5)
+        assert (info.status, info.result) == (JobStatus.SUCCESS, "hello ann")
+    async with committed(tmp_path) as store:
+        assert await store.owner_record() is None  # a clean stop removes the record
+
+
+async def test_a_standby_stream_carries_the_owners_events_with_the_same_numbers(
+    tmp_path: Path,
+) -> None:
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        job_id = await owner.add("steps", 20)
+        async with owner.subscribe(job_id) as a, standby.subscribe(job_id) as b:
+
+            async def read(stream: JobStream) -> list[tuple[EventType, int]]:
+                return [(e.type, e.seq) async for e in stream]
+
+            seen_owner, seen_standby = await asyncio.gather(read(a), read(b))
+        # Both start from a snapshot (possibly at different points), then agree.
+        assert seen_owner[0][0] is seen_standby[0][0] is EventType.SNAPSHOT
+        assert seen_standby[-1] == seen_owner[-1] == (EventType.SUCCESS, seen_owner[-1][1])
+        tail = {seq for _, seq in seen_standby[1:]}
+        assert tail <= {seq for _, seq in seen_owner} | {seen_owner[0][1]}
+        progress = [seq for kind, seq in seen_standby if kind is EventType.PROGRESS]
+        assert progress == sorted(progress) and len(progress) >= 15
+
+
+async def test_reads_through_a_standby_come_from_the_owners_memory(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    # Progress is written to disk only every 60 s: only the owner's memory has it.
+    owner = app(tmp_path, gate, progress_interval=60.0)
+    standby = app(tmp_path)
+    async with owner, standby:
+        job_id = await standby.add("steps", 3)
+        await until(lambda: owner.live.states[job_id].current == 3)
+        info = await standby.get(job_id)
+        assert (info.status, info.current, info.message) == (JobStatus.RUNNING, 3, "step 3")
+        [listed] = (await standby.jobs(status="RUNNING")).jobs
+        assert (listed.id, listed.current) == (job_id, 3)
+        [pool] = [p for p in await standby.pool_statistics() if p.name == "p"]
+        assert (pool.running, pool.waiting) == (1, 0)
+        attempts = await standby.attempts(job_id)
+        assert [a.number for a in attempts] == [1]
+        gate.set()
+        assert (await standby.wait(job_id, timeout=5)).result == 3
+        stats = await standby.stats()
+        assert stats.counts["SUCCESS"] == 1
+
+
+async def test_errors_cross_from_the_owner_as_themselves(tmp_path: Path) -> None:
+    owner = app(tmp_path)
+    owner.pool("small", capacity=1).pause()
+    standby = app(tmp_path)
+    standby.pool("small", capacity=1)
+    async with owner, standby:
+        with pytest.raises(JobNotFound) as missing:
+            await standby.cancel(999)
+        assert missing.value.job_id == 999
+        await standby.enqueue("hello", args=["a"], pool="small")
+        with pytest.raises(QueueFull) as full:
+            await standby.enqueue("hello", args=["b"], pool="small")
+        assert (full.value.pool, full.value.capacity) == ("small", 1)
+        done = await standby.add("hello", "c")
+        await standby.wait(done, timeout=5)
+        with pytest.raises(InvalidTransition):
+            await standby.cancel(done)
+
+
+async def test_pool_actions_on_a_standby_act_on_the_owner_and_a_pause_is_kept(
+    tmp_path: Path,
+) -> None:
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        stats = await standby.change_pool("p", paused=True, concurrency=5)
+        assert (stats.paused, stats.concurrency) == (True, 5)
+        assert owner.pools["p"].statistics().paused
+        job_id = await standby.add("hello", "later")
+        await asyncio.sleep(0.2)
+        assert (await standby.get(job_id)).status is JobStatus.WAITING
+    async with committed(tmp_path) as store:
+        assert await store.paused_pools() == {"p"}
+    # The pause outlives the owner: the next one starts paused.
+    again = app(tmp_path)
+    async with again:
+        assert again.pools["p"].statistics().paused
+        assert (await again.get(job_id)).status is JobStatus.WAITING
+        await again.change_pool("p", paused=False)
+        assert (await again.wait(job_id, timeout=5)).result == "hello later"
+
+
+async def test_a_cancel_on_a_standby_stops_the_owners_running_job(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    owner, standby = app(tmp_path, gate), app(tmp_path)
+    async with owner, standby:
+        job_id = await standby.add("steps", 1)
+        await until(lambda: owner.live.states[job_id].status is JobStatus.RUNNING)
+        info = await standby.cancel(job_id)
+        assert info.status is JobStatus.CANCELLED
+
+
+async def test_when_the_owner_stops_a_standby_owns_at_once_and_runs_what_waits(
+    tmp_path: Path,
+) -> None:
+    owner, standby = app(tmp_path), app(tmp_path)
+    await owner.start()
+    await standby.start()
+    try:
+        await owner.change_pool("p", paused=False)
+        owner.pools["p"].pause()  # in memory only: jobs wait, the pause is not recorded
+        job_id = await standby.add("hello", "next")
+        began = time.monotonic()
+        await owner.stop()
+        await until(lambda: standby.role == "owner", timeout=2)
+        assert time.monotonic() - began < 1.0
+        assert standby.owner_status().reachable
+        info = await standby.wait(job_id, timeout=5)
+        assert info.result == "hello next"
+    finally:
+        await standby.stop()
+        await owner.stop()
+
+
+async def test_a_stream_on_a_standby_continues_across_a_takeover(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    owner = app(tmp_path, gate, grace=0.05, abandon_after=0.05)
+    standby = app(tmp_path, gate)
+    await owner.start()
+    await standby.start()
+    try:
+        job_id = await standby.add("steps", 2)
+        await until(lambda: owner.live.states[job_id].status is JobStatus.RUNNING)
+        events = []
+        async with standby.subscribe(job_id) as stream:
+
+            async def read() -> None:
+                async for event in stream:
+                    events.append(event)
+
+            reader = asyncio.create_task(read())
+            await until(lambda: any(e.type is EventType.PROGRESS for e in events))
+            await owner.stop()  # the running attempt is interrupted, the job waits again
+            await until(lambda: standby.role == "owner", timeout=2)
+            gate.set()
+            await asyncio.wait_for(reader, 5)
+        kinds = [e.type for e in events]
+        # A fresh snapshot after the takeover, then the job runs to its end here
+        # (a clean stop charges no attempt for the interrupted run).
+        assert kinds.count(EventType.SNAPSHOT) == 2
+        assert kinds[-1] is EventType.SUCCESS
+        assert kinds.index(EventType.SUCCESS) > kinds.index(EventType.SNAPSHOT, 1)
+        info = await standby.get(job_id)
+        assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 1)
+    finally:
+        gate.set()
+        await standby.stop()
+        await owner.stop()
+
+
+async def test_a_resume_on_another_process_replays_from_the_owners_window(
+    tmp_path: Path,
+) -> None:
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        job_id = await owner.add("steps", 5)
+        async with owner.subscribe(job_id) as stream:
+            events = [e async for e in stream]
+        last_seen = events[2].seq
+        replayed = await standby.replay_after(job_id, last_seen)
+        assert replayed is not None
+        assert [e.seq for e in replayed] == [e.seq for e in events if e.seq > last_seen]
+
+
+async def test_a_client_never_takes_over_and_falls_back_to_the_database(
+    tmp_path: Path,
+) -> None:
+    owner = app(tmp_path)
+    client = app(tmp_path, workers=False)
+    await owner.start()
+    await client.start()
+    try:
+        assert client.role == "client" and client.owner_status().reachable
+        await owner.stop()
+        await until(lambda: not client.owner_status().reachable)
+        await asyncio.sleep(0.3)
+        assert client.role == "client"
+        job_id = await client.add("hello", "from the database")  # durable without an owner
+        again = app(tmp_path)
+        async with again:
+            assert (await again.wait(job_id, timeout=5)).result == "hello from the database"
+            await until(lambda: client.owner_status().reachable, timeout=2)
+    finally:
+        await client.stop()
+        await owner.stop()
+
+
+async def test_a_restart_right_after_a_crash_owns_at_once(tmp_path: Path) -> None:
+    owner = app(tmp_path)
+    await owner.start()
+    job_id = await owner.add("hello", "again")
+    # A crash, as the kernel sees it: the lock goes, the record stays behind.
+    owner.ownership._unlock()  # type: ignore[attr-defined]
+    restarted = app(tmp_path)
+    async with restarted:
+        assert restarted.role == "owner"
+        assert restarted.ownership.left_behind == owner.ownership.owner
+        assert (await restarted.wait(job_id, timeout=5)).result == "hello again"
+    await owner.stop()
+
+
+def test_the_file_system_of_a_path_comes_from_the_longest_mount(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+        "40 22 0:50 / /srv/shared\\040data rw - nfs4 server:/export rw\n"
+        "41 22 0:51 / /srv/sharedother rw - tmpfs tmpfs rw\n"
+    )
+    assert filesystem_of("/srv/shared data/app.db", str(mountinfo)) == "nfs4"
+    assert filesystem_of("/srv/sharedother/app.db", str(mountinfo)) == "tmpfs"
+    assert filesystem_of("/home/me/app.db", str(mountinfo)) == "ext4"
+    assert filesystem_of("/x.db", str(tmp_path / "missing")) is None
+
+
+async def test_a_database_on_a_network_file_system_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ownership_module, "filesystem_of", lambda path: "nfs4")
+    rt = app(tmp_path)
+    with pytest.raises(OwnershipError) as refused:
+        await rt.start()
+    assert "network file system (nfs4)" in str(refused.value)
+    assert refused.value.path == db_file(tmp_path)
+    assert not rt.started
+    # A client never runs jobs: it may use such a file.
+    client = app(tmp_path, workers=False)
+    async with client:
+        assert client.role == "client"
