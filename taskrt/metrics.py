@@ -162,6 +162,17 @@ class RuntimeCollector(Collector):
         yield misfires
 
         health = self.rt.health()
+        owner = self.rt.owner_status()
+        yield GaugeMetricFamily(
+            f"{p}_owner",
+            "1 in the process that runs the jobs of the database; 0 in a standby or a client.",
+            value=1 if owner.role == "owner" else 0,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_owner_reachable",
+            "1 while this process reaches the owner (always 1 in the owner itself).",
+            value=1 if owner.reachable else 0,
+        )
         yield GaugeMetricFamily(
             f"{p}_store_healthy",
             "1 while the database takes writes; 0 while state changes wait in memory.",

@@ -240,13 +240,15 @@ class OwnerStatus:
     ``role``: ``owner`` (runs the jobs), ``standby`` (serves the API, takes
     over when the owner dies), ``client`` (``workers=False``) or ``stopped``.
     ``owner``: the owner's name (host:pid:random) when known; ``reachable``:
-    whether calls reach it (else they fall back to the database); ``peers``:
-    for the owner, how many processes are connected to it.
+    whether calls reach it (else they fall back to the database); ``since``:
+    when it became the owner (epoch seconds); ``peers``: for the owner, how
+    many processes are connected to it.
     """
 
     role: str
     owner: str | None
     reachable: bool
+    since: float | None = None
     peers: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -59,6 +59,9 @@ PEER_BUFFER = 4096
 """Events a peer's subscription at the owner holds before it conflates progress."""
 
 CONNECT_TIMEOUT = 1.0
+CALL_TIMEOUT = 10.0
+"""Seconds a forwarded call waits for the owner (one whose event loop is blocked
+that long is treated as unreachable: reads fall back to the database)."""
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -335,7 +338,12 @@ class RelayClient:
         self._pending[call_id] = future
         try:
             self._send({"t": "call", "id": call_id, "m": method, "a": args})
-            return await future
+            try:
+                return await asyncio.wait_for(future, CALL_TIMEOUT)
+            except TimeoutError:
+                raise OwnerUnreachable(
+                    f"no answer to {method!r} within {CALL_TIMEOUT:g} s", sent=True
+                ) from None
         finally:
             self._pending.pop(call_id, None)
 

@@ -47,7 +47,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -261,6 +261,7 @@ class Runtime:
         self.relay_server: RelayServer | None = None
         self.remote: RelayClient | None = None
         self._owner: OwnerRecord | None = None
+        self._owning_since: float | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._follow_wake: asyncio.Event | None = None
         self._poll_task: asyncio.Task[None] | None = None
@@ -499,6 +500,7 @@ class Runtime:
         """Run the pools; then listen for the other processes (after recovery:
         they may forward adds from the first moment)."""
         self.role = "owner"
+        self._owning_since = time.time()
         self._workers_on = True
         self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
         for pool in self._pools.values():
@@ -653,14 +655,17 @@ class Runtime:
                 role=self.role,
                 owner=self.ownership.owner,
                 reachable=True,
+                since=self._owning_since,
                 peers=self.relay_server.peers if self.relay_server is not None else 0,
             )
         record = self._owner
         connected = self.remote is not None and self.remote.connected
+        known = record is not None and connected
         return OwnerStatus(
             role=self.role,
-            owner=record.owner if record is not None and connected else None,
+            owner=record.owner if record is not None and known else None,
             reachable=connected,
+            since=record.since if record is not None and known else None,
         )
 
     def _forwarding(self) -> RelayClient | None:
@@ -768,12 +773,17 @@ class Runtime:
         )
         return job_id
 
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
         """A write transaction for the application's own SQL and ``add(..., tx=tx)``.
 
-        Both commit or neither does; workers see the jobs after the commit.
+        Both commit or neither does; workers see the jobs after the commit (on
+        a standby, the owner is told at once rather than at its next poll).
         """
-        return self.adding.transaction()
+        async with self.adding.transaction() as tx:
+            yield tx
+        if tx.added and not self.owning:
+            await self.poke_owner()
 
     # -- the public reads and actions -----------------------------------------------------
 

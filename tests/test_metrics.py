@@ -123,6 +123,15 @@ async def test_a_client_runtime_exports_no_pool_gauges(db_path: Path) -> None:
     assert "taskrt_pool_waiting" not in names and "taskrt_jobs_added_total" not in names
 
 
+async def test_the_owner_and_a_standby_say_which_they_are(db_path: Path) -> None:
+    owner, standby = Runtime(str(db_path)), Runtime(str(db_path))
+    async with owner, standby:
+        await until(lambda: standby.owner_status().reachable)
+        ours, theirs = scrape(owner), scrape(standby)
+    assert (ours["taskrt_owner", ()], theirs["taskrt_owner", ()]) == (1, 0)
+    assert (ours["taskrt_owner_reachable", ()], theirs["taskrt_owner_reachable", ()]) == (1, 1)
+
+
 async def test_events_dropped_by_conflation_are_counted(db_path: Path) -> None:
     rt = Runtime(str(db_path))
     gate = asyncio.Event()

@@ -35,6 +35,14 @@ def serve_args(parser: argparse.ArgumentParser) -> None:
         "--reload", action="store_true", help="restart when the code changes (development)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve from N processes on one port: one runs the jobs, the others serve "
+        "the API and take over if it dies (docs/deployment.md; default: 1)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
@@ -65,8 +73,9 @@ def asgi_app(reference: str, allowed_hosts: Sequence[str] | None = None) -> Any:
 
 
 def reload_factory() -> Any:
-    """``uvicorn --reload`` imports the app anew in each worker: the reference is in the
-    env (and ``--allowed-host`` is in ``$TASKRT_ALLOWED_HOSTS``, which ``create_app`` reads)."""
+    """``uvicorn --reload`` (and ``--workers``) import the app anew in each process: the
+    reference is in the env (and ``--allowed-host`` is in ``$TASKRT_ALLOWED_HOSTS``,
+    which ``create_app`` reads)."""
     return asgi_app(os.environ["TASKRT_SERVE_APP"])
 
 
@@ -110,12 +119,17 @@ def serve(args: argparse.Namespace) -> int:
     }
     if args.log_format == "json":
         options["log_config"] = None  # uvicorn's records go through taskrt's JSON handler
+    if args.workers < 1:
+        raise UsageError(f"--workers: expected 1 or more processes, found {args.workers}")
     try:
-        if args.reload:
+        if args.reload or args.workers > 1:
             os.environ["TASKRT_SERVE_APP"] = args.app
             if args.allowed_host:
                 os.environ["TASKRT_ALLOWED_HOSTS"] = ",".join(args.allowed_host)
-            uvicorn.run(RELOAD_FACTORY, factory=True, reload=True, **options)
+            if args.reload:
+                uvicorn.run(RELOAD_FACTORY, factory=True, reload=True, **options)
+            else:
+                uvicorn.run(RELOAD_FACTORY, factory=True, workers=args.workers, **options)
         else:
             uvicorn.run(app, **options)
     except SystemExit as exc:  # uvicorn exits when it cannot bind or start the app
