@@ -556,3 +556,44 @@ def test_serve_runs_the_app_with_metrics_until_interrupted(
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(r["message"].startswith("Application startup complete") for r in records)
+
+
+OWNER = """
+import asyncio, sys
+from taskrt import Runtime
+
+async def main() -> None:
+    async with Runtime(sys.argv[1]):
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_stats_names_the_process_that_owns_the_database(
+    capsys: pytest.CaptureFixture[str], app: App, tmp_path: Path
+) -> None:
+    add_json(capsys, app, "resize")
+    code, out, _ = run(capsys, app, "stats", "--db", app.db)
+    assert code == 0 and "none reachable" in out  # nobody runs the jobs now
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    owner = subprocess.Popen(
+        [sys.executable, str(script), app.db], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == "ready\n"
+        code, out, _ = run(capsys, app, "stats", "--db", app.db, "--json")
+        ownership = json.loads(out)["ownership"]
+        assert (ownership["role"], ownership["reachable"]) == ("client", True)
+        assert ownership["owner"].split(":")[1] == str(owner.pid)
+        code, out, _ = run(capsys, app, "stats", "--db", app.db)
+        [line] = [line for line in out.splitlines() if line.startswith("owner")]
+        assert f":{owner.pid}:" in line and " since " in line
+    finally:
+        owner.terminate()
+        owner.wait(10)
+        if owner.stdout is not None:
+            owner.stdout.close()

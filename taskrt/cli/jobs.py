@@ -307,8 +307,9 @@ async def stats(args: argparse.Namespace) -> int:
         raise UsageError("--until is before --since")
     async with opened(args) as rt:
         result = await rt.stats(since=since, until=until)
+        owner = rt.owner_status()
     if args.json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "ownership": owner.to_dict()})
         return OK
     rate = "-" if result.success_rate is None else f"{100 * result.success_rate:.1f}%"
     rows = [(status, str(count)) for status, count in result.counts.items()]
@@ -320,6 +321,15 @@ async def stats(args: argparse.Namespace) -> int:
     ]
     if since is not None or until is not None:
         rows.append(("window", f"{when(since)} .. {when(until)}"))
+    # Who runs the jobs (the lease row), as the process this command reached says.
+    rows.append(
+        (
+            "owner",
+            f"{owner.owner} since {when(owner.since)}"
+            if owner.owner is not None
+            else "none reachable (added jobs wait in the database)",
+        )
+    )
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     return OK
