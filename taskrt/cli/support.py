@@ -12,10 +12,10 @@ Design notes (cited where they apply, here and in the command modules as
    ``add`` validates arguments and applies the task's defaults. ``--db PATH``
    (or ``$TASKRT_DB``) opens a bare database: everything but ``add``.
 2. **Always a client.** These commands open the runtime with
-   ``workers=False``: they read and write through the database, never take the
-   ownership lease, never run a job or fire a schedule, so they work while a
-   server owns the database (its poll picks up what they wrote). Only
-   ``serve`` runs the runtime for real.
+   ``workers=False``: they never run a job or fire a schedule, so they work
+   while a server owns the database (they go through its relay; without one,
+   through the database, which the next owner polls). Only ``serve`` runs the
+   runtime for real.
 3. **Exit statuses** scripts can rely on: 0 ok; 1 the watched job ended
    FAILURE or CANCELLED (``watch``, ``add --watch``); 2 bad usage or input
    refused (unknown option, bad argument, not allowed in the job's state);

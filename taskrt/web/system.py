@@ -18,7 +18,13 @@ group = EndpointGroup("system", "Health, statistics and tasks.")
     summary="200 while the runtime is started and its database takes writes (no authentication)",
     access="public",
     replies={
-        200: Reply("the runtime is started and its database takes writes", {"type": "object"}),
+        200: Reply(
+            "the runtime is started and its database takes writes: "
+            '`{"status": "ok" | "degraded", "ownership": {"role", "owner", "reachable", '
+            '"since", "peers"}}` ("degraded": this process cannot reach the owner and '
+            "serves from the database)",
+            {"type": "object"},
+        ),
         503: Reply(
             "the runtime is not started (an Error), or its database takes no writes now: "
             '`{"status": "failing", "store": {...}}` (state changes wait in memory)',
