@@ -714,8 +714,9 @@ class Runtime:
         if method == "replay":
             events = self.broker.replay_after(int(args["job"]), int(args["seq"]))
             return None if events is None else [encode_event(e) for e in events]
-        if method == "poke":
+        if method == "poke":  # another process wrote jobs or schedules: look now
             await self.adoption.poll_once()
+            await self.schedules.look_for_changes()
             return None
         raise InvalidOption("method", f"no forwarded call named {method!r}")
 

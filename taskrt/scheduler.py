@@ -97,6 +97,8 @@ class SchedulerHost(Protocol):
 
     def require_started(self, what: str) -> None: ...
 
+    async def poke_owner(self) -> None: ...
+
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
 
     def pool(
@@ -770,6 +772,9 @@ class Scheduler:
 
     def _bumped(self, version: int | None, changes: int) -> None:
         """Our own changes need no reload; another process's do (note 5)."""
+        if version is not None and not self._running and self._rt.started:
+            # Not the owner: tell it now rather than at its next look.
+            self._rt.background.spawn(self._rt.poke_owner())
         if version is None or not self._running:
             return
         known = int(self._version) if self._version is not None else 0
@@ -780,11 +785,17 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.watch_interval)
             try:
-                version = await self._rt.store.schedules_version()
-                if version != self._version:
-                    await self._reload()
+                await self.look_for_changes()
             except TaskrtError:
                 log.exception("taskrt: reading schedule changes failed")
+
+    async def look_for_changes(self) -> None:
+        """Reload the schedules if another process changed them (note 5)."""
+        if not self._running:
+            return
+        version = await self._rt.store.schedules_version()
+        if version != self._version:
+            await self._reload()
 
 
 def _next_after_change(old: ScheduleInfo, new: ScheduleDefinition, now: float) -> float | None:

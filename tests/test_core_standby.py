@@ -298,3 +298,21 @@ async def test_a_database_on_a_network_file_system_is_refused(
     client = app(tmp_path, workers=False)
     async with client:
         assert client.role == "client"
+
+
+async def test_a_schedule_resumed_on_a_standby_fires_on_the_owner_at_once(
+    tmp_path: Path,
+) -> None:
+    owner, standby = app(tmp_path), app(tmp_path)
+    for rt in (owner, standby):
+        rt.schedule("greet", "hello", "@every 0.05s", args=["cron"])
+    owner.schedules.watch_interval = 60.0  # only being told can make the owner see it soon
+    async with owner, standby:
+        await owner.schedules.pause("greet")
+        await owner.schedules.wait_idle()
+        before = owner.counters.added["hello"]
+        await asyncio.sleep(0.2)
+        assert owner.counters.added["hello"] == before  # paused
+        await standby.schedules.resume("greet")
+        # The owner was told over the relay, not at its next look (60 s away).
+        await until(lambda: owner.counters.added["hello"] > before, timeout=1.0)
