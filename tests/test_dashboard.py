@@ -367,6 +367,35 @@ async def test_pools_pause_resume_and_change_concurrency_from_the_page(
 
 
 @in_browser
+async def test_a_page_served_by_a_standby_is_live_and_acts_on_the_owner(
+    rt: Runtime, steps: Steps, db_path: Path, server: Serve, browser: Any
+) -> None:
+    """uvicorn --workers N: the page may come from a process that runs no jobs."""
+    standby = make_runtime(db_path, steps)
+    async with standby:
+        assert standby.role == "standby"
+        async with server(create_app(standby)) as base:
+            async with dashboard(browser, f"{base}/dashboard") as page:
+                owner = rt.ownership.owner
+                host, pid = owner.split(":")[:2]
+                await expect(page.locator("#owner")).to_have_text(
+                    f"owner {host} pid {pid} · via standby"
+                )
+                job_id = await rt.add("stepped", n=2, key="s")
+                await expect(row(page, job_id).locator(".status")).to_have_text("RUNNING")
+                steps.allow("s")
+                bar = row(page, job_id).get_by_role("progressbar")
+                await expect(bar).to_have_attribute("aria-valuenow", "50")
+                main = pool_row(page, "main")
+                await expect(main.locator('[data-role="running"]')).to_have_text("1 / 2")
+                await page.get_by_role("button", name="Pause pool main").click()
+                await expect(main.locator(".badge")).to_have_text("paused")
+                assert rt.pools["main"].paused  # the owner's pool, not the standby's
+                steps.allow("s")
+                await expect(row(page, job_id).locator(".status")).to_have_text("SUCCESS")
+
+
+@in_browser
 async def test_schedules_run_now_pause_and_resume_from_the_page(
     rt: Runtime, steps: Steps, server: Serve, browser: Any
 ) -> None:

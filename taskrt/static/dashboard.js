@@ -335,7 +335,7 @@ async function reloadAll() {
   state.known.clear(); // events may have been missed while disconnected
   // What the page is about first, so that it is not queued behind the rest.
   await (state.view === "job" && state.jobId !== null ? openJob(state.jobId) : loadJobs());
-  await Promise.allSettled([loadCounts(), loadPools(), loadSchedules(), loadTasks()]);
+  await Promise.allSettled([loadCounts(), loadPools(), loadSchedules(), loadTasks(), loadOwner()]);
   probe.ready = true;
   document.body.dataset.ready = "true";
 }
@@ -348,6 +348,32 @@ function onEvent(event) {
   if (state.loading) state.buffered.push(event);
   else applyToList(event);
   onJobPageEvent(event);
+}
+
+// -- who runs the jobs (GET /health: the process that served the page may be a standby) ----
+
+async function loadOwner() {
+  let health = null;
+  try {
+    const response = await fetch(`${ROOT}/health`, { credentials: "same-origin" });
+    health = await response.json();
+  } catch {
+    return;
+  }
+  const node = $("#owner");
+  const own = health && health.ownership;
+  if (!own) return;
+  const [host, pid] = (own.owner || "").split(":");
+  if (!own.reachable) {
+    node.dataset.state = "unreachable";
+    node.textContent = "no owner reachable: jobs wait";
+    node.title = "No process runs the jobs now; what is added waits in the database.";
+    return;
+  }
+  node.dataset.state = own.role;
+  const via = own.role === "owner" ? "" : ` · via ${own.role}`;
+  node.textContent = `owner ${host} pid ${pid}${via}`;
+  node.title = `${own.owner}, the process that runs the jobs, since ${clock(own.since)}`;
 }
 
 // -- status counts --------------------------------------------------------------------------
