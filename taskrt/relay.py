@@ -31,6 +31,12 @@ Design notes (cited where they apply):
    same ``TaskrtError`` subclass, with the same attributes, in the caller.
 6. **The socket is private.** It is created with mode 0600, so only the
    processes of the database's user can connect.
+7. **A clean goodbye.** An owner that stops sends ``bye``; a peer then sends
+   no more calls (they fail with ``OwnerUnreachable(sent=False)``, and the
+   caller falls back to the database) and answers ``bye``. The owner answers
+   every call it read before that, and only then hangs up and lets the lock
+   go: no forwarded add is lost or left in doubt by a clean stop, and none is
+   made in an owner that is handing over.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ CONNECT_TIMEOUT = 1.0
 CALL_TIMEOUT = 10.0
 """Seconds a forwarded call waits for the owner (one whose event loop is blocked
 that long is treated as unreachable: reads fall back to the database)."""
+_ANSWER = "taskrt-relay-call"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -150,6 +157,7 @@ class _Peer:
         self.wide = False
         self.sub: Subscription | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.said_bye = asyncio.Event()
 
     def accepts(self, job_id: int) -> bool:
         return self.wide or job_id in self.jobs
@@ -212,10 +220,24 @@ class RelayServer:
             os.umask(old)
         self.address = address
 
-    async def close(self) -> None:
+    async def close(self, patience: float = 5.0) -> None:
+        """Stop listening; answer the calls under way (within ``patience`` seconds),
+        refuse new ones (the caller falls back to the database), then hang up."""
         self._closing = True  # a connection accepted but not yet served ends too
         if self._server is not None:
             self._server.close()
+        # Note 7: every call a peer sent before its "bye" is read (and answered
+        # or refused) before the connection ends.
+        for peer in self._peers:
+            peer.send({"t": "bye"})
+        byes = [asyncio.ensure_future(peer.said_bye.wait()) for peer in self._peers]
+        if byes:
+            _, late = await asyncio.wait(byes, timeout=patience)
+            for waiter in late:
+                waiter.cancel()
+        answering = [t for peer in self._peers for t in peer.tasks if t.get_name() == _ANSWER]
+        if answering:
+            await asyncio.wait(answering, timeout=patience)
         for peer in list(self._peers):
             peer.writer.close()
             for task in list(peer.tasks):
@@ -264,8 +286,14 @@ class RelayServer:
             peer.jobs.discard(int(message["job"]))
         elif kind == "wide":
             peer.wide = bool(message["on"])
+        elif kind == "bye":
+            peer.said_bye.set()
         elif kind == "call":
-            task = asyncio.create_task(self._answer(peer, message), name="taskrt-relay-call")
+            if self._closing:  # never done: the caller may do it through the database
+                error = OwnerUnreachable("the owner is stopping")
+                peer.send({"t": "err", "id": message.get("id"), "e": encode_error(error)})
+                return
+            task = asyncio.create_task(self._answer(peer, message), name=_ANSWER)
             peer.tasks.add(task)
             task.add_done_callback(peer.tasks.discard)
 
@@ -298,6 +326,7 @@ class RelayClient:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next = 0
         self.connected = False
+        self.accepting = False
 
     async def connect(self, address: str) -> None:
         """Connect, and tell the owner what this process's subscribers follow."""
@@ -307,6 +336,7 @@ class RelayClient:
         self.address = address
         self._writer = writer
         self.connected = True
+        self.accepting = True
         for job_id in self.broker.followed_jobs():
             self._send({"t": "watch", "job": job_id})
         if self.broker.has_wide():
@@ -332,6 +362,8 @@ class RelayClient:
         """Forward a call to the owner; raises what it raised (note 5)."""
         if not self.connected:
             raise OwnerUnreachable("not connected")
+        if not self.accepting:
+            raise OwnerUnreachable("the owner is stopping")  # note 7: not sent
         self._next += 1
         call_id = self._next
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -362,6 +394,9 @@ class RelayClient:
                     self._resolve(message.get("id"), None, decode_error(message.get("e") or {}))
                 elif kind == "gap":
                     self.broker.interrupt()  # note 4
+                elif kind == "bye":  # note 7: no call after this one
+                    self.accepting = False
+                    self._send({"t": "bye"})
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
             reason = f"the connection to the owner ended ({type(exc).__name__})"
         finally:

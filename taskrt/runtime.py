@@ -614,20 +614,24 @@ class Runtime:
         self._workers_on = False
         await self.background.wait(self.grace)
         try:
+            if self.relay_server is not None:
+                # Before the lock goes: what the others forwarded is done (or
+                # refused, and then written to the database by them) before the
+                # next owner reads what waits.
+                await self.relay_server.close(patience=self.grace)
+                self.relay_server = None
             await self.store.settle()
             if self.role == "owner":
-                # Released before the relay closes: a standby that sees the
-                # connection end finds the lock free.
                 await self.ownership.release()
         except TaskrtError as exc:
             # Not removing the record is safe: the next owner recovers as after a crash.
             log.error("taskrt: releasing the ownership of %s failed: %s", self.path, exc)
         finally:
+            if self.relay_server is not None:
+                await self.relay_server.close(patience=0)
+                self.relay_server = None
             if self.ownership.held:
                 await self.ownership.release()
-            if self.relay_server is not None:
-                await self.relay_server.close()
-                self.relay_server = None
             await self.store.close(patience=self.grace)
             for pool in pools:
                 pool.close()

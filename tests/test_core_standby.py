@@ -316,3 +316,39 @@ async def test_a_schedule_resumed_on_a_standby_fires_on_the_owner_at_once(
         await standby.schedules.resume("greet")
         # The owner was told over the relay, not at its next look (60 s away).
         await until(lambda: owner.counters.added["hello"] > before, timeout=1.0)
+
+
+async def test_adds_through_a_standby_while_the_owner_stops_are_all_run(tmp_path: Path) -> None:
+    """A clean handover (relay note 7): every add is acknowledged once, and runs."""
+    gate = asyncio.Event()
+    owner = app(tmp_path, gate, grace=0.3, abandon_after=0.05)
+    standby = app(tmp_path, gate)
+    await owner.start()
+    await standby.start()
+    added: list[int] = []
+    adding = True
+
+    async def adder() -> None:
+        while adding:
+            added.append(await standby.add("hello", f"n{len(added)}"))
+            await asyncio.sleep(0.001)
+
+    try:
+        await standby.add("steps", 1)  # keeps the owner draining for its grace
+        task = asyncio.create_task(adder())
+        await until(lambda: len(added) >= 20)
+        await owner.stop()
+        await until(lambda: standby.role == "owner", timeout=2)
+        count = len(added)
+        await until(lambda: len(added) >= count + 20)
+        adding = False
+        await task  # no add failed, in doubt or not
+        gate.set()
+        assert len(set(added)) == len(added)
+        for job_id in added:
+            assert (await standby.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+    finally:
+        adding = False
+        gate.set()
+        await standby.stop()
+        await owner.stop()
