@@ -37,6 +37,9 @@ Design notes (cited where they apply):
    every call it read before that, and only then hangs up and lets the lock
    go: no forwarded add is lost or left in doubt by a clean stop, and none is
    made in an owner that is handing over.
+8. **Who answers.** The owner's first frame names it (``hello``): every owner
+   listens at the same address, so the lease row read before connecting may
+   already name the previous one.
 """
 
 from __future__ import annotations
@@ -197,9 +200,11 @@ class _Peer:
 class RelayServer:
     """The owner's relay: a Unix socket that peers connect to (notes 1-6)."""
 
-    def __init__(self, broker: EventBus, handle: Handler) -> None:
+    def __init__(self, broker: EventBus, handle: Handler, *, owner: str, since: float) -> None:
         self.broker = broker
         self.handle = handle
+        self.owner = owner
+        self.since = since
         self.address: str | None = None
         self._server: asyncio.Server | None = None
         self._peers: set[_Peer] = set()
@@ -258,6 +263,7 @@ class RelayServer:
             writer.close()
             return
         peer = _Peer(self, writer)
+        peer.send({"t": "hello", "owner": self.owner, "since": self.since})  # note 8
         self._peers.add(peer)
         pump = asyncio.create_task(peer.pump(), name="taskrt-relay-pump")
         peer.tasks.add(pump)
@@ -327,12 +333,27 @@ class RelayClient:
         self._next = 0
         self.connected = False
         self.accepting = False
+        self.owner: str | None = None
+        self.since: float | None = None
 
     async def connect(self, address: str) -> None:
         """Connect, and tell the owner what this process's subscribers follow."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_unix_connection(address, limit=MAX_FRAME), CONNECT_TIMEOUT
         )
+        try:
+            hello = await asyncio.wait_for(read_frame(reader), CONNECT_TIMEOUT)
+        except (asyncio.IncompleteReadError, ValueError) as exc:
+            writer.close()
+            raise ConnectionError(f"no hello from the owner's relay ({exc!r})") from None
+        except BaseException:
+            writer.close()
+            raise
+        if hello.get("t") != "hello":
+            writer.close()
+            raise ConnectionError(f"expected a hello from the owner's relay, got {hello!r}")
+        self.owner = str(hello["owner"])
+        self.since = float(hello["since"])
         self.address = address
         self._writer = writer
         self.connected = True

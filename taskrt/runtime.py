@@ -88,7 +88,7 @@ from .pool import DEFAULT_CONCURRENCY, Pool
 from .relay import RelayClient, RelayServer, decode_event, encode_event, relay_address
 from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
-from .store import JobStore, NewJob, OwnerRecord, Store, Synchronous
+from .store import JobStore, NewJob, Store, Synchronous
 from .stream import JobStream, snapshot_event
 from .transaction import Transaction
 from .transitions import Transitions, retry_policy_of
@@ -263,7 +263,6 @@ class Runtime:
         self.role = "stopped"
         self.relay_server: RelayServer | None = None
         self.remote: RelayClient | None = None
-        self._owner: OwnerRecord | None = None
         self._owning_since: float | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._follow_wake: asyncio.Event | None = None
@@ -509,7 +508,8 @@ class Runtime:
         for pool in self._pools.values():
             pool._dispatch()
         if self.path != ":memory:":
-            server = RelayServer(self.broker, self._answer)
+            since = self._owning_since if self._owning_since is not None else time.time()
+            server = RelayServer(self.broker, self._answer, owner=self.ownership.owner, since=since)
             try:
                 await server.start(relay_address(self.path))
             except OSError as exc:
@@ -545,7 +545,6 @@ class Runtime:
         except (OSError, TimeoutError):
             return
         self.remote = client
-        self._owner = record
         self.broker.on_interest = client.interest
 
     def _owner_gone(self, client: RelayClient) -> None:
@@ -561,7 +560,7 @@ class Runtime:
         if remote is not None:
             await remote.close()  # local streams start again (relay note 4)
         started = time.monotonic()
-        previous = self._owner
+        previous = remote.owner if remote is not None else None
         try:
             await self._own()
         except Exception:
@@ -574,7 +573,7 @@ class Runtime:
             "taskrt: this process (%s) took over %s from %s in %.3f s",
             self.ownership.owner,
             self.path,
-            previous.owner if previous is not None else "a stopped owner",
+            previous or "an owner this process was not connected to",
             time.monotonic() - started,
         )
         return True
@@ -665,14 +664,14 @@ class Runtime:
                 since=self._owning_since,
                 peers=self.relay_server.peers if self.relay_server is not None else 0,
             )
-        record = self._owner
-        connected = self.remote is not None and self.remote.connected
-        known = record is not None and connected
+        # Who answered this process's connection (relay note 8), not the row.
+        remote = self.remote
+        connected = remote is not None and remote.connected
         return OwnerStatus(
             role=self.role,
-            owner=record.owner if record is not None and known else None,
+            owner=remote.owner if remote is not None and connected else None,
             reachable=connected,
-            since=record.since if record is not None and known else None,
+            since=remote.since if remote is not None and connected else None,
         )
 
     def _forwarding(self) -> RelayClient | None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from core_support import committed, db_file, make_rt, until
+from core_support import committed, db_file, make_rt, sqlite_only_write, until
 
 from taskrt import (
     InvalidTransition,
@@ -352,3 +352,17 @@ async def test_adds_through_a_standby_while_the_owner_stops_are_all_run(tmp_path
         gate.set()
         await standby.stop()
         await owner.stop()
+
+
+async def test_a_process_names_the_owner_that_answers_not_a_stale_record(
+    tmp_path: Path,
+) -> None:
+    owner = app(tmp_path)
+    async with owner:
+        # A record naming another owner at the same address: what a process may
+        # read just before a new owner rewrites the row (relay note 8).
+        sqlite_only_write(db_file(tmp_path), "UPDATE lease SET owner = 'vm:1:gone'")
+        client = app(tmp_path, workers=False)
+        async with client:
+            status = client.owner_status()
+            assert (status.owner, status.reachable) == (owner.ownership.owner, True)

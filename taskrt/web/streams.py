@@ -24,6 +24,12 @@ Design notes (cited where they apply):
 5. **A subscription that overflows** (a client so slow that lifecycle events
    alone fill four times its buffer) is closed by the broker; the stream then
    ends and the client's reconnect resumes per note 2.
+6. **Without the owner** (a process that cannot reach it serves the stream by
+   polling the job's row), the row may lag what the client already saw from
+   the owner (progress is written every ``progress_interval``; a dead owner
+   never wrote its last events): a resume sends nothing at or below the
+   client's ``Last-Event-ID``, so no id repeats and none goes back. After a
+   crash the next owner's sequence jumps above it (guarantees).
 """
 
 from __future__ import annotations
@@ -129,9 +135,12 @@ async def _job_frames(start: Opening, sub: Subscription | None) -> AsyncIterator
             return
 
 
-async def _polled_frames(stream: JobStream) -> AsyncIterator[bytes]:
+async def _polled_frames(stream: JobStream, last: int | None) -> AsyncIterator[bytes]:
+    """Note 6: nothing at or below what the client saw, the opening snapshot included."""
     retry: int | None = RECONNECT_MS
     async for event in stream:
+        if last is not None and event.seq <= last:
+            continue
         yield frame(event, str(event.seq), retry=retry)
         retry = None
 
@@ -215,7 +224,7 @@ async def _client_runtime_events(
         stream.close()
         release()
 
-    return _respond(api, _polled_frames(stream), close)
+    return _respond(api, _polled_frames(stream, last), close)
 
 
 @group.get(
