@@ -251,6 +251,7 @@ def test_schedules_lists_the_apps_schedules(capsys: pytest.CaptureFixture[str], 
         (["stats", "--db", "{db}", "--since", "yesterday"], 2, "--since"),
         (["cleanup", "--db", "{db}", "--status", "waiting"], 2, "only finished jobs"),
         (["watch", "999", "--db", "{db}"], 3, "no job with id 999"),
+        (["serve", "{app}", "--workers", "0"], 2, "--workers: expected 1 or more"),
     ],
 )
 def test_errors_are_one_line_with_a_documented_status(

@@ -104,6 +104,8 @@ def serve(args: argparse.Namespace) -> int:
 
     from ..logging import configure
 
+    if args.workers < 1:
+        raise UsageError(f"--workers: expected 1 or more processes, found {args.workers}")
     try:
         # Import errors show here, before uvicorn starts.
         app = asgi_app(args.app, args.allowed_host)
@@ -119,8 +121,6 @@ def serve(args: argparse.Namespace) -> int:
     }
     if args.log_format == "json":
         options["log_config"] = None  # uvicorn's records go through taskrt's JSON handler
-    if args.workers < 1:
-        raise UsageError(f"--workers: expected 1 or more processes, found {args.workers}")
     try:
         if args.reload or args.workers > 1:
             os.environ["TASKRT_SERVE_APP"] = args.app
