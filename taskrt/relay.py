@@ -368,10 +368,14 @@ class RelayClient:
         """The local broker's interest changed (note 2); tell the owner."""
         if not self.connected:
             return
-        if job_id is None:
-            self._send({"t": "wide", "on": on})
-        else:
-            self._send({"t": "watch" if on else "unwatch", "job": job_id})
+        message = (
+            {"t": "wide", "on": on}
+            if job_id is None
+            else {"t": "watch" if on else "unwatch", "job": job_id}
+        )
+        # Closing already: the reader ends soon and interrupts the streams (note 4).
+        with contextlib.suppress(OwnerUnreachable):
+            self._send(message)
 
     def _send(self, message: dict[str, Any]) -> None:
         writer = self._writer
