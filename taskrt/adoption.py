@@ -72,9 +72,7 @@ class Adoption:
             now, max_recoveries=self.max_recoveries, seq_gap=gap
         )
         if recovered or orphaned:
-            log.warning(
-                "taskrt: recovered %d interrupted job(s), failed %d orphaned", recovered, orphaned
-            )
+            log.warning("recovered %d interrupted job(s), failed %d orphaned", recovered, orphaned)
         for info in await self.store.waiting_jobs():
             self.adopt(info, announce=False)
 
@@ -82,9 +80,7 @@ class Adoption:
         """Take responsibility for a WAITING job found in the database."""
         spec = self.tasks.get(info.task)
         if spec is None:
-            job_logger(info).warning(
-                "taskrt: job %d has unknown task %r; left waiting", info.id, info.task
-            )
+            job_logger(info).warning("job %d has unknown task %r; left waiting", info.id, info.task)
             return None
         state = JobState(info, spec, retry_policy_of(info, spec))
         self.live.states[info.id] = state
@@ -104,7 +100,7 @@ class Adoption:
             try:
                 await self.poll_once()
             except TaskrtError:
-                log.exception("taskrt: polling for external jobs failed")
+                log.exception("polling for external jobs failed")
 
     async def poll_once(self) -> None:
         changed = await self.store.external_changes()

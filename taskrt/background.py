@@ -50,7 +50,7 @@ class Background:
         try:
             result = hook(*args)
         except Exception:
-            logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
+            logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
             return
         if inspect.isawaitable(result):
             self.spawn(_guard(result, hook, logger))
@@ -65,4 +65,4 @@ async def _guard(awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapt
     try:
         await awaitable
     except Exception:
-        logger.exception("taskrt: hook %s raised", getattr(hook, "__qualname__", hook))
+        logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))

@@ -43,7 +43,7 @@ class LiveJobs:
         for state in states:
             if failed:
                 job_logger(state).error(
-                    "taskrt: the final state of job %d was not written: %s",
+                    "the final state of job %d was not written: %s",
                     state.id,
                     fut.exception(),
                 )

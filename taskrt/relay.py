@@ -311,7 +311,7 @@ class RelayServer:
         except TaskrtError as exc:
             peer.send({"t": "err", "id": call_id, "e": encode_error(exc)})
         except Exception as exc:
-            log.exception("taskrt: a forwarded call %r failed", message.get("m"))
+            log.exception("a forwarded call %r failed", message.get("m"))
             peer.send({"t": "err", "id": call_id, "e": {"type": "", "text": repr(exc)}})
         else:
             peer.send({"t": "ret", "id": call_id, "v": value})

@@ -159,7 +159,7 @@ class Retention:
         self.deleted += deleted
         self.last_run_at = self._rt.clock.now()
         if deleted:
-            log.info("taskrt: retention deleted %d finished job(s)", deleted)
+            log.info("retention deleted %d finished job(s)", deleted)
         return deleted
 
     async def wait_idle(self) -> None:
@@ -205,7 +205,7 @@ class Retention:
         try:
             return await self.prune()
         except Exception:
-            log.exception("taskrt: retention failed")
+            log.exception("retention failed")
             return 0
 
 

@@ -514,7 +514,7 @@ class Runtime:
                 await server.start(relay_address(self.path))
             except OSError as exc:
                 # Jobs still run; other processes fall back to the database (note 4).
-                log.error("taskrt: the relay of %s cannot listen: %s", self.path, exc)
+                log.error("the relay of %s cannot listen: %s", self.path, exc)
             else:
                 self.relay_server = server
 
@@ -564,13 +564,13 @@ class Runtime:
         try:
             await self._own()
         except Exception:
-            log.exception("taskrt: taking over %s failed; trying again", self.path)
+            log.exception("taking over %s failed; trying again", self.path)
             await self.ownership.release()
             return False
         await self._serve_as_owner()
         await self.schedules.take_over()
         log.warning(
-            "taskrt: this process (%s) took over %s from %s in %.3f s",
+            "this process (%s) took over %s from %s in %.3f s",
             self.ownership.owner,
             self.path,
             previous or "an owner this process was not connected to",
@@ -587,7 +587,7 @@ class Runtime:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("taskrt: a stop hook failed")
+                log.exception("a stop hook failed")
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -627,7 +627,7 @@ class Runtime:
                 await self.ownership.release()
         except TaskrtError as exc:
             # Not removing the record is safe: the next owner recovers as after a crash.
-            log.error("taskrt: releasing the ownership of %s failed: %s", self.path, exc)
+            log.error("releasing the ownership of %s failed: %s", self.path, exc)
         finally:
             if self.relay_server is not None:
                 await self.relay_server.close(patience=0)

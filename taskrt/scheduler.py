@@ -361,7 +361,7 @@ class Scheduler:
         try:
             await self._upsert(definitions, replace=True)
         except Exception:
-            log.exception("taskrt: storing declared schedules failed")
+            log.exception("storing declared schedules failed")
 
     async def create(
         self,
@@ -424,9 +424,7 @@ class Scheduler:
             if changed:
                 self._track(info)
                 if self._rt.tasks.get(info.task) is None:
-                    log.warning(
-                        "taskrt: schedule %r names task %r, not registered", info.name, info.task
-                    )
+                    log.warning("schedule %r names task %r, not registered", info.name, info.task)
         self._bumped(bumped, len([c for _, c in out if c]))
         return out
 
@@ -685,7 +683,7 @@ class Scheduler:
                     await self._fire(name)
                 except Exception:
                     # Nothing was committed (note 1): the slot is still due. Try again later.
-                    log.exception("taskrt: firing schedule %r failed", name)
+                    log.exception("firing schedule %r failed", name)
                     if name in self._due:
                         self._due[name] = self._rt.clock.now() + _RETRY_AFTER
 
@@ -709,7 +707,7 @@ class Scheduler:
                 nxt: float | None = next_fire_ts(spec, now)
             except CronError as exc:
                 # Stored rules were valid when stored; one that no longer is stops here.
-                log.error("taskrt: schedule %r stopped: %s", name, exc)
+                log.error("schedule %r stopped: %s", name, exc)
                 await conn.schedule_fired(
                     name,
                     next_run_at=None,
@@ -734,7 +732,7 @@ class Scheduler:
                 except TaskrtError as exc:
                     # A refused job (unknown task, bad arguments, full pool) uses up its slot.
                     error = str(exc)
-                    log.warning("taskrt: schedule %r added no job for a slot: %s", name, exc)
+                    log.warning("schedule %r added no job for a slot: %s", name, exc)
                     break
                 added += 1
             last = slots[-1] if slots else None
@@ -787,7 +785,7 @@ class Scheduler:
             try:
                 await self.look_for_changes()
             except TaskrtError:
-                log.exception("taskrt: reading schedule changes failed")
+                log.exception("reading schedule changes failed")
 
     async def look_for_changes(self) -> None:
         """Reload the schedules if another process changed them (note 5)."""

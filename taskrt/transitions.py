@@ -139,7 +139,7 @@ class Transitions:
         if state is not None and state.status is JobStatus.RUNNING:
             self.report(state, current, total, message)
         else:
-            log.warning("taskrt: progress for job %d ignored: it is not running here", job_id)
+            log.warning("progress for job %d ignored: it is not running here", job_id)
 
     def _record_attempt(
         self,
@@ -205,7 +205,7 @@ class Transitions:
         max_attempts = state.max_attempts
         spent = max_attempts is not None and attempt >= max_attempts
         if isinstance(failure, Fatal) or spent:
-            job_log.warning("taskrt: job %d failed: %s", state.id, error)
+            job_log.warning("job %d failed: %s", state.id, error)
             self._fail(state, error)
             return
         if isinstance(failure, Retry) and failure.delay is not None:
@@ -213,7 +213,7 @@ class Transitions:
         else:
             delay = state.retry.delay(attempt)
         job_log.info(
-            "taskrt: job %d attempt %d failed, retrying in %.3gs: %s",
+            "job %d attempt %d failed, retrying in %.3gs: %s",
             state.id,
             attempt,
             delay,
@@ -272,7 +272,7 @@ class Transitions:
                 delay = min(delay * 2, 1.0)
             except StoreError:
                 job_logger(info).exception(
-                    "taskrt: the on_failed transaction of job %d failed; stored without it",
+                    "the on_failed transaction of job %d failed; stored without it",
                     info.id,
                 )
                 self.finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
@@ -298,7 +298,7 @@ class Transitions:
                     if inspect.isawaitable(result):
                         await result
             except Exception:
-                job_logger(info).exception("taskrt: the on_failed hook of job %d raised", info.id)
+                job_logger(info).exception("the on_failed hook of job %d raised", info.id)
 
     def finalize(
         self,
@@ -378,7 +378,7 @@ def retry_policy_of(info: JobInfo, spec: TaskSpec) -> RetryPolicy:
     try:
         return parse_retry(info.retry_policy)
     except InvalidOption:
-        log.warning("taskrt: job %d has an unreadable retry policy; using its task's", info.id)
+        log.warning("job %d has an unreadable retry policy; using its task's", info.id)
         return spec.retry
 
 

@@ -183,7 +183,7 @@ class LoopWatchdog:
                 self._total += gap
                 self._longest = max(self._longest, gap)
             self._logger.warning(
-                "taskrt: the event loop was blocked for %.1fs",
+                "the event loop was blocked for %.1fs",
                 gap,
                 extra={"stall_seconds": gap},
             )
@@ -204,7 +204,7 @@ class LoopWatchdog:
             warned_for = beat
             jobs = self._running_jobs()
             self._logger.warning(
-                "taskrt: the event loop has been blocked for %.1fs; running: %s",
+                "the event loop has been blocked for %.1fs; running: %s",
                 age,
                 describe_jobs(jobs),
                 extra={"stall_seconds": age, "job_ids": [job_id for job_id, _ in jobs]},
@@ -217,7 +217,7 @@ class LoopWatchdog:
             except RuntimeError:  # raced a mutation on the blocked loop (note 4)
                 continue
             except Exception:
-                self._logger.exception("taskrt: the loop watchdog's describe() failed")
+                self._logger.exception("the loop watchdog's describe() failed")
                 return []
         return []
 

@@ -52,7 +52,9 @@ async def test_retries_failures_and_hook_errors_are_logged_with_the_job(
     )
     assert "retrying" in retry.getMessage()
     assert (failure.levelname, failure.attempt) == ("WARNING", 2)  # type: ignore[attr-defined]
-    assert failure.getMessage() == f"taskrt: job {failed} failed: ValueError: nope"
+    assert failure.getMessage() == f"job {failed} failed: ValueError: nope"
+    # The logger's name is said once, by the format, not again by the message.
+    assert f" WARNING taskrt: job {failed} failed: " in TextFormatter().format(failure)
 
     [hook] = job_records(caplog, hooked)
     assert hook.levelname == "ERROR" and hook.exc_info is not None

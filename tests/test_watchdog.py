@@ -76,7 +76,7 @@ async def test_a_blocked_loop_is_reported_while_blocked_and_once_after(
         dog.stop()
 
     assert len(during) == 1, during
-    assert during[0].startswith("taskrt: the event loop has been blocked for ")
+    assert during[0].startswith("the event loop has been blocked for ")
     assert during[0].endswith("s; running: job 4 (resize), job 7 (email)")
     (warning,) = [r for r in taskrt_records(caplog) if DURING in r.getMessage()]
     assert warning.levelno == logging.WARNING
@@ -87,7 +87,7 @@ async def test_a_blocked_loop_is_reported_while_blocked_and_once_after(
     (after,) = [r for r in taskrt_records(caplog) if AFTER in r.getMessage()]
     assert after.levelno == logging.WARNING
     assert (
-        after.getMessage() == f"taskrt: the event loop was blocked for {after.stall_seconds:.1f}s"
+        after.getMessage() == f"the event loop was blocked for {after.stall_seconds:.1f}s"
     )
     stats = dog.statistics()
     assert stats.stalls == 1

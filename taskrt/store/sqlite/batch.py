@@ -226,7 +226,7 @@ def rollback(conn: sqlite3.Connection) -> None:
         try:
             conn.execute("ROLLBACK")
         except sqlite3.Error as exc:  # the first error is the one worth raising
-            log.warning("taskrt: rollback failed: %s", exc)
+            log.warning("rollback failed: %s", exc)
 
 
 def in_savepoint(

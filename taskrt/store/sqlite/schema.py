@@ -50,4 +50,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
         rollback(conn)
         raise
     if found:
-        log.info("taskrt: upgraded %s from schema version %d to %d", path, found, SCHEMA_VERSION)
+        log.info("upgraded %s from schema version %d to %d", path, found, SCHEMA_VERSION)

@@ -135,7 +135,7 @@ class Store:
             try:
                 await conn.close()
             except sqlite3.Error as exc:
-                log.error("taskrt: closing %s failed: %s", self.path, exc)
+                log.error("closing %s failed: %s", self.path, exc)
         self._reader = None
         self._db = None
 

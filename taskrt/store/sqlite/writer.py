@@ -199,7 +199,7 @@ class GroupCommit:
         batch, self._batch = self._batch, Batch()
         error = StoreUnavailable(self.path, reason(self._failing or RuntimeError("closed")))
         log.error(
-            "taskrt: %d state change(s) were not written to %s before it closed (%s); "
+            "%d state change(s) were not written to %s before it closed (%s); "
             "the jobs they belong to run again after a restart",
             len(batch.statements) + len(self._progress),
             self.path,
@@ -224,7 +224,7 @@ class GroupCommit:
                 failure = exc
             if failure is not None and not transient(failure):
                 # One part of the batch is bad: write the parts one by one (note 10).
-                log.warning("taskrt: a write batch failed (%s); writing its parts apart", failure)
+                log.warning("a write batch failed (%s); writing its parts apart", failure)
                 try:
                     results, rejected = await in_thread(
                         self.db, self._apply_isolated, batch, progress
@@ -256,7 +256,7 @@ class GroupCommit:
         batch.settle(None)
         for job_id, operation, refusal in rejected:
             log.error(
-                "taskrt: the database refused a write of job %s (%s): %s",
+                "the database refused a write of job %s (%s): %s",
                 job_id,
                 operation,
                 refusal,
@@ -353,7 +353,7 @@ class GroupCommit:
             self.outages += 1
             self._unhealthy.set()
             log.error(
-                "taskrt: writes to %s fail: %s; %d state change(s) kept in memory and "
+                "writes to %s fail: %s; %d state change(s) kept in memory and "
                 "written again as soon as the database takes writes",
                 self.path,
                 reason(exc),
@@ -364,7 +364,7 @@ class GroupCommit:
     async def _recovered(self) -> None:
         self.last_outage = time.monotonic() - self._failing_at
         log.warning(
-            "taskrt: writes to %s resumed after %.2fs (%d state change(s) written)",
+            "writes to %s resumed after %.2fs (%d state change(s) written)",
             self.path,
             self.last_outage,
             self._retained,
@@ -377,4 +377,4 @@ class GroupCommit:
         try:
             await self.db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
-            log.warning("taskrt: checkpointing %s after the outage failed: %s", self.path, exc)
+            log.warning("checkpointing %s after the outage failed: %s", self.path, exc)
