@@ -157,6 +157,17 @@ class Options:
     job_id: int | None = None
 
 
+def checked_options(overrides: dict[str, Any]) -> Options:
+    """``make_options(**overrides)``, with an unknown name refused as ``InvalidOption``."""
+    unknown = sorted(set(overrides) - set(Options.__dataclass_fields__))
+    if unknown:
+        raise InvalidOption(
+            unknown[0],
+            f"unknown option; expected one of {', '.join(Options.__dataclass_fields__)}",
+        )
+    return make_options(**overrides)
+
+
 def make_options(
     *,
     delay: Any = None,
@@ -233,7 +244,7 @@ class TaskCall:
             if getattr(self.opts, name) not in (None, "default")
         }
         merged.update(overrides)
-        return TaskCall(self.spec, make_options(**merged))
+        return TaskCall(self.spec, checked_options(merged))
 
 
 class Task(Generic[P, R]):
@@ -254,7 +265,7 @@ class Task(Generic[P, R]):
         return result
 
     def options(self, **overrides: Any) -> TaskCall:
-        return TaskCall(self.spec, make_options(**overrides))
+        return TaskCall(self.spec, checked_options(overrides))
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.name!r} pool={self.spec.pool!r}>"
@@ -262,6 +273,10 @@ class Task(Generic[P, R]):
 
 TaskRef = Task[Any, Any] | TaskCall | str
 """What ``add`` takes for a task: the task, a call with options, or its name."""
+
+
+_SPEC_EXTRAS = frozenset(TaskSpec.__dataclass_fields__)
+"""What ``make_spec`` passes on to ``TaskSpec`` as it is (task files' pool settings, cron ...)."""
 
 
 def make_spec(
@@ -281,6 +296,15 @@ def make_spec(
     **extra: Any,
 ) -> TaskSpec:
     """A validated ``TaskSpec`` from decorator-style arguments."""
+    unknown = sorted(set(extra) - _SPEC_EXTRAS)
+    if unknown:
+        hooks_named = ", ".join(Hooks.__dataclass_fields__)
+        raise InvalidOption(
+            unknown[0],
+            f"unknown task option; expected name, pool, attempts, retry, timeout, priority, "
+            f"call, parameters, description or a hook ({hooks_named})",
+            source=source,
+        )
     task_name = name or getattr(handler, "__name__", None)
     if not task_name or not isinstance(task_name, str):
         raise InvalidOption("name", "a task needs a name", source=source)

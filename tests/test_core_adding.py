@@ -532,3 +532,30 @@ async def test_enqueue_takes_the_jobs_arguments_apart_from_its_own(tmp_path: Pat
         assert rt.resolve("takes").spec.name == "takes"
         with pytest.raises(TaskNotFound):
             rt.resolve("missing")
+
+
+async def test_an_unknown_option_is_refused_by_name_as_a_taskrt_error(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def send(job: JobContext, to: str) -> None:
+        return None
+
+    with pytest.raises(InvalidOption) as call_option:
+        send.options(dealy=5)
+    assert call_option.value.field == "dealy" and "delay" in str(call_option.value)
+    with pytest.raises(InvalidOption) as chained:
+        send.options(delay=5).options(priorty=1)
+    assert chained.value.field == "priorty"
+    with pytest.raises(InvalidOption) as task_option:
+
+        @rt.task(atempts=3)
+        async def other(job: JobContext) -> None:
+            return None
+
+    assert task_option.value.field == "atempts" and "attempts" in str(task_option.value)
+    async with rt:
+        with pytest.raises(InvalidOption) as enqueue_option:
+            await rt.enqueue(send, kwargs={"to": "a"}, dleay=1)
+        assert enqueue_option.value.field == "dleay"
+        assert (await rt.jobs()).jobs == []  # nothing was added

@@ -86,9 +86,7 @@ async def test_a_blocked_loop_is_reported_while_blocked_and_once_after(
 
     (after,) = [r for r in taskrt_records(caplog) if AFTER in r.getMessage()]
     assert after.levelno == logging.WARNING
-    assert (
-        after.getMessage() == f"the event loop was blocked for {after.stall_seconds:.1f}s"
-    )
+    assert after.getMessage() == f"the event loop was blocked for {after.stall_seconds:.1f}s"
     stats = dog.statistics()
     assert stats.stalls == 1
     assert stats.longest >= BLOCK
