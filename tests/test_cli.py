@@ -598,3 +598,48 @@ def test_stats_names_the_process_that_owns_the_database(
         owner.wait(10)
         if owner.stdout is not None:
             owner.stdout.close()
+
+
+def test_a_flag_wins_over_the_variables_of_the_others(
+    capsys: pytest.CaptureFixture[str], app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_json(capsys, app, "resize")  # the database exists
+    monkeypatch.setenv("TASKRT_DB", app.db)
+    job = add_json(capsys, app, "resize")  # --app given: $TASKRT_DB does not clash
+    assert job["task"] == "resize"
+    code, out, _ = run(capsys, app, "get", str(job["id"]), "--json")  # no flag: $TASKRT_DB
+    assert code == 0 and json.loads(out)["id"] == job["id"]
+    monkeypatch.setenv("TASKRT_APP", app.ref)
+    code, out, _ = run(capsys, app, "get", str(job["id"]), "--json")  # both set: the app
+    assert code == 0 and json.loads(out)["id"] == job["id"]
+    code, _, err = run(capsys, app, "get", "1", "--db", app.db, "--app", app.ref)
+    assert code == 2 and "not both" in err  # both given on the command line
+
+
+def test_a_reader_that_stops_early_gets_no_error(app: App, tmp_path: Path) -> None:
+    """``taskrt ls --json | head``: the pipe closes under a long listing."""
+    seed = tmp_path / "seed.py"
+    seed.write_text(
+        "import asyncio, sys\n"
+        "from taskrt import Runtime\n"
+        "async def main():\n"
+        "    rt = Runtime(sys.argv[1], workers=False)\n"
+        "    rt.task(lambda job, n: n, name='noop', pool='p')\n"
+        "    async with rt:\n"
+        "        await rt.pool('p').add_many('noop', [(i,) for i in range(1000)])\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, str(seed), app.db], env=env, check=True, timeout=30)
+    ls = subprocess.Popen(
+        [sys.executable, "-m", "taskrt", "ls", "--db", app.db, "--json", "--limit", "1000"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert ls.stdout is not None and ls.stderr is not None
+    assert ls.stdout.read(100)  # then stop reading, as head does
+    ls.stdout.close()
+    err = ls.stderr.read().decode()
+    ls.stderr.close()
+    assert ls.wait(30) == 0 and err == ""

@@ -19,13 +19,14 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import files, jobs, schedules, serve, watch
-from .support import CommandError, Run, error, one_line
+from .support import CommandError, Run, error, one_line, targets_from_env
 
 __all__ = ["COMMANDS", "Command", "Configure", "build_parser", "main"]
 
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
     """Run the command line; returns the exit status."""
     parser = build_parser(commands)
     args = parser.parse_args(argv)
+    targets_from_env(args)
     run: Run | None = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)
@@ -123,6 +125,12 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
         return run(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``taskrt ls --json | head``): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's last flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except CommandError as exc:
         if args.debug:
             traceback.print_exc()

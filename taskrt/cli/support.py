@@ -130,8 +130,8 @@ def in_event_loop(fn: AsyncRun) -> Run:
     def run(args: argparse.Namespace) -> int:
         try:
             return asyncio.run(fn(args))
-        except CommandError:
-            raise
+        except (CommandError, BrokenPipeError):
+            raise  # a closed stdout is the dispatcher's (``taskrt ls | head``)
         except StreamError as exc:
             raise CommandError(str(exc), exc.status) from exc
         except (TaskrtError, OSError) as exc:
@@ -143,26 +143,42 @@ def in_event_loop(fn: AsyncRun) -> Run:
 # -- which runtime (notes 1, 2) ------------------------------------------------------------
 
 
+TARGETS = {"app": "TASKRT_APP", "db": "TASKRT_DB", "url": "TASKRT_URL"}
+
+
+def targets_from_env(args: argparse.Namespace) -> None:
+    """Where the jobs are: a flag on the command line wins over every variable.
+
+    Only when none of ``--app``, ``--db`` and ``--url`` is given do the
+    variables count (``$TASKRT_DB`` set in the shell must not clash with an
+    explicit ``--app``).
+    """
+    present = [name for name in TARGETS if hasattr(args, name)]
+    if not present or any(getattr(args, name) for name in present):
+        return
+    for name in present:
+        setattr(args, name, os.environ.get(TARGETS[name]) or None)
+    if args.app and getattr(args, "db", None):
+        args.db = None  # both variables set: the app knows its tasks and its database
+
+
 def target_args(parser: argparse.ArgumentParser, *, url: bool = False) -> None:
     """``--app``, ``--db`` (and ``--url``) and ``--json``: how a command finds its jobs."""
     where = parser.add_argument_group("where the jobs are")
     where.add_argument(
         "--app",
         metavar="MODULE:ATTR",
-        default=os.environ.get("TASKRT_APP") or None,
         help="the application's Runtime, e.g. myapp.tasks:rt (default: $TASKRT_APP)",
     )
     where.add_argument(
         "--db",
         metavar="PATH",
-        default=os.environ.get("TASKRT_DB") or None,
         help="a database file, without the app (default: $TASKRT_DB)",
     )
     if url:
         where.add_argument(
             "--url",
             metavar="URL",
-            default=os.environ.get("TASKRT_URL") or None,
             help="a running server's base URL, e.g. http://127.0.0.1:8000 (default: $TASKRT_URL)",
         )
         where.add_argument(
@@ -404,6 +420,7 @@ __all__ = [
     "statuses",
     "table",
     "target_args",
+    "targets_from_env",
     "value_of",
     "when",
 ]
