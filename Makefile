@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 
 # The demo is served by taskrt's own CLI (`python -m demo` does the same with
 # --speed/--db options): http://127.0.0.1:8000, jobs in demo.db.
+# `make demo PORT=8001 HOST=0.0.0.0` serves it elsewhere.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 demo: $(STAMP)
-	@echo "taskrt demo: http://127.0.0.1:8000/  (dashboard: /dashboard; jobs in demo.db; Ctrl-C stops)"
-	$(VENV)/bin/taskrt serve demo.app:app --host 127.0.0.1 --port 8000
+	@echo "taskrt demo: http://$(HOST):$(PORT)/  (dashboard: /dashboard; jobs in demo.db; Ctrl-C stops)"
+	$(VENV)/bin/taskrt serve demo.app:app --host $(HOST) --port $(PORT)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check taskrt tests bench demo
