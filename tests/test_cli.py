@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskrt import JobContext, Runtime, cli
-from taskrt.cli.progress import Bar, JobView, bar_line
+from taskrt.cli.progress import Bar, JobView, bar_line, summary_line
 from taskrt.web import create_app
 
 Serve = Callable[..., AbstractAsyncContextManager[str]]
@@ -643,3 +644,42 @@ def test_a_reader_that_stops_early_gets_no_error(app: App, tmp_path: Path) -> No
     err = ls.stderr.read().decode()
     ls.stderr.close()
     assert ls.wait(30) == 0 and err == ""
+
+
+def test_watch_says_why_a_job_waits_and_how_long_the_job_took() -> None:
+    view = JobView(5)
+    view.apply(
+        {
+            "type": "snapshot",
+            "job": {"task": "send", "status": "WAITING", "created_at": 100.0, "run_at": 100.0},
+        }
+    )
+    view.apply({"type": "started", "status": "RUNNING", "at": 101.0, "attempt": 1})
+    view.apply(
+        {
+            "type": "retrying",
+            "status": "WAITING",
+            "at": 102.0,
+            "error": "ValueError: nope",
+            "run_at": 105.0,
+        }
+    )
+    line = bar_line(view, now=102.0, columns=200)
+    assert "WAITING" in line and "retry 2 in 3.0 s after: ValueError: nope" in line
+    view.apply({"type": "started", "status": "RUNNING", "at": 105.0, "attempt": 2})
+    assert "ValueError" not in bar_line(view, now=105.5)  # the running attempt has no error
+    view.apply({"type": "success", "status": "SUCCESS", "at": 106.0, "result": 1})
+    assert summary_line(view) == "job 5 SUCCESS in 6.00s (2 attempts, the last 1.00s): 1"
+
+    delayed = JobView(6)
+    delayed.apply(
+        {"type": "snapshot", "job": {"task": "send", "status": "WAITING", "run_at": 700.0}}
+    )
+    assert "runs in 10 min" in bar_line(delayed, now=100.0)
+
+
+def test_ls_says_when_a_delayed_job_runs(capsys: pytest.CaptureFixture[str], app: App) -> None:
+    job = add_json(capsys, app, "resize", "--delay", "10m")
+    code, out, _ = run(capsys, app, "ls", "--db", app.db)
+    [row] = [line for line in out.splitlines() if line.startswith(str(job["id"]))]
+    assert code == 0 and "WAITING" in row and re.search(r"runs in (9|10) min", row)

@@ -37,6 +37,7 @@ from .support import (
     table,
     target_args,
     value_of,
+    waiting_note,
     when,
 )
 
@@ -231,6 +232,7 @@ async def ls(args: argparse.Namespace) -> int:
     if not page.jobs:
         print("no jobs", file=sys.stderr)
         return OK
+    now = time.time()
     print(
         table(
             ["ID", "STATUS", "TASK", "POOL", "PROGRESS", "ATTEMPTS", "CREATED", "MESSAGE"],
@@ -243,7 +245,9 @@ async def ls(args: argparse.Namespace) -> int:
                     progress(j),
                     str(j.attempts),
                     when(j.created_at),
-                    (j.error if j.status is JobStatus.FAILURE else j.message) or "",
+                    (j.error if j.status is JobStatus.FAILURE else None)
+                    or waiting_note(j.status, j.run_at, j.error, j.attempts, now)
+                    or j.message,
                 )
                 for j in page.jobs
             ],

@@ -39,13 +39,23 @@ import contextlib
 import json
 import shutil
 import sys
+import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import JobNotFound
 from ..models import JobStatus, percent
-from .support import JOB_FAILED, NOT_FOUND, OK, UNAVAILABLE, USAGE, StreamError, one_line
+from .support import (
+    JOB_FAILED,
+    NOT_FOUND,
+    OK,
+    UNAVAILABLE,
+    USAGE,
+    StreamError,
+    one_line,
+    waiting_note,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -74,6 +84,9 @@ class JobView:
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    created_at: float | None = None
+    first_started_at: float | None = None
+    run_at: float | None = None
     seen: int = 0
 
     @property
@@ -95,19 +108,26 @@ class JobView:
             self.error = job.get("error")
             self.started_at = job.get("started_at")
             self.finished_at = job.get("finished_at")
+            self.created_at = job.get("created_at", self.created_at)
+            self.run_at = job.get("run_at", self.run_at)
         self.task = str(event.get("task") or self.task)
         self.status = str(event.get("status") or self.status)
         if kind == "started":
             self.attempt = int(event.get("attempt") or self.attempt + 1)
             self.started_at = _number(event.get("at"), 0.0) or self.started_at
+            if self.first_started_at is None:
+                self.first_started_at = self.started_at
             self.current, self.total, self.message = 0, 0, ""
+            self.error = None  # the attempt before's error is not this one's
         if kind in ("progress", "success", "failure", "cancelled") or "current" in event:
             self.current = _number(event.get("current"), self.current)
             self.total = _number(event.get("total"), self.total)
             if event.get("message") is not None:
                 self.message = str(event["message"])
-        if kind == "retrying" and event.get("error"):
-            self.error = str(event["error"])
+        if kind == "retrying":
+            # Why the job waits again, and until when.
+            self.error = str(event["error"]) if event.get("error") else self.error
+            self.run_at = _number(event.get("run_at"), 0.0) or self.run_at
         if kind == "success":
             self.result = event.get("result", self.result)
             self.error = None
@@ -118,6 +138,16 @@ class JobView:
 
     @property
     def duration(self) -> float | None:
+        """The job's time: from when it was added (else its first start) to its end."""
+        begun = self.created_at if self.created_at is not None else self.first_started_at
+        if begun is None:
+            begun = self.started_at
+        if begun is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - begun)
+
+    @property
+    def last_attempt(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
             return None
         return max(0.0, self.finished_at - self.started_at)
@@ -129,7 +159,14 @@ def _number(value: Any, default: float) -> float:
     return default
 
 
-def bar_line(view: JobView, *, columns: int = 80, width: int = 24, ascii_only: bool = False) -> str:
+def bar_line(
+    view: JobView,
+    *,
+    columns: int = 80,
+    width: int = 24,
+    ascii_only: bool = False,
+    now: float | None = None,
+) -> str:
     """One line: ``job 7 resize  RUNNING  [█████░░░]  62%  5/8  message``, cut to ``columns``."""
     full, empty = ("#", "-") if ascii_only else ("█", "░")
     share = percent(view.current, view.total)
@@ -149,7 +186,12 @@ def bar_line(view: JobView, *, columns: int = 80, width: int = 24, ascii_only: b
         parts.append(amount)
     if view.attempt > 1:
         parts.append(f"attempt {view.attempt}")
-    if view.message:
+    note = waiting_note(
+        view.status, view.run_at, view.error, view.attempt, time.time() if now is None else now
+    )
+    if note:
+        parts.append(note)  # why it waits: a delay, or a retry and its error
+    elif view.message:
         parts.append(view.message)
     line = "  ".join(p for p in parts if p)
     return line if len(line) < columns else line[: max(columns - 2, 10)] + "…"
@@ -158,6 +200,8 @@ def bar_line(view: JobView, *, columns: int = 80, width: int = 24, ascii_only: b
 def summary_line(view: JobView) -> str:
     """The last line: how the job ended."""
     took = f" in {view.duration:.2f}s" if view.duration is not None else ""
+    if took and view.attempt > 1 and view.last_attempt is not None:
+        took += f" ({view.attempt} attempts, the last {view.last_attempt:.2f}s)"
     if view.status == JobStatus.SUCCESS:
         result = json.dumps(view.result, ensure_ascii=False, default=str)
         if len(result) > 200:

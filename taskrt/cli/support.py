@@ -277,6 +277,33 @@ def when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def span(seconds: float) -> str:
+    """A time to wait, to a person: ``45 s``, ``10 min``, ``3 h``, ``2 d``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+    return f"{seconds / 86400:.1f} d".replace(".0 d", " d")
+
+
+def waiting_note(
+    status: str, run_at: float | None, error: str | None, attempts: int, now: float
+) -> str:
+    """Why a WAITING job waits: its delay, its retry (and the error that caused it)."""
+    if status != JobStatus.WAITING:
+        return ""
+    later = run_at is not None and run_at > now + 0.05
+    if error and attempts > 0:
+        when_ = f" in {span(run_at - now)}" if later and run_at is not None else ""
+        return f"retry {attempts + 1}{when_} after: {error}"
+    if later and run_at is not None:
+        return f"runs in {span(run_at - now)}"
+    return ""
+
+
 def seconds(value: float | None) -> str:
     if value is None:
         return "-"
