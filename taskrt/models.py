@@ -166,6 +166,10 @@ class AttemptInfo:
     outcome: AttemptOutcome = AttemptOutcome.RUNNING
     error: str | None = None
     traceback: str | None = None
+    # What followed: "retry" (by policy, not before next_at), "retried" (asked
+    # for by hand at next_at), or None (it ended the job, or it runs now).
+    next: str | None = None
+    next_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -951,6 +951,7 @@ class Runtime:
         self.transitions.emit(
             state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now}
         )
+        self.store.retried(job_id, now)  # the job's history says so (same batch)
         await self.store.settle(self.transitions.write_waiting(state))
         self.pool(info.pool).push(state)
         return state.info()

@@ -147,6 +147,8 @@ class Transitions:
         outcome: AttemptOutcome,
         error: str | None = None,
         tb: str | None = None,
+        *,
+        retry_at: float | None = None,
     ) -> None:
         """The attempt's one row, written when it ends (store note 7)."""
         now = self.clock.now()
@@ -154,7 +156,9 @@ class Transitions:
         self.counters.attempts[state.task, outcome.value].observe(now - started)
         if outcome is AttemptOutcome.TIMEOUT:
             self.counters.timeouts[state.task] += 1
-        self.store.record_attempt(state.id, state.attempts, started, now, outcome, error, tb)
+        self.store.record_attempt(
+            state.id, state.attempts, started, now, outcome, error, tb, retry_at=retry_at
+        )
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None:
         attempt = state.attempts
@@ -200,11 +204,11 @@ class Transitions:
             kind = AttemptOutcome.TIMEOUT
         else:
             kind = AttemptOutcome.ERROR if record else AttemptOutcome.RETRY
-        self._record_attempt(state, kind, error if record else None, tb if record else None)
         job_log = job_logger(state)
         max_attempts = state.max_attempts
         spent = max_attempts is not None and attempt >= max_attempts
         if isinstance(failure, Fatal) or spent:
+            self._record_attempt(state, kind, error if record else None, tb if record else None)
             job_log.warning("job %d failed: %s", state.id, error)
             self._fail(state, error)
             return
@@ -221,6 +225,9 @@ class Transitions:
         )
         self.counters.retries[state.task] += 1
         run_at = self.clock.now() + delay
+        self._record_attempt(
+            state, kind, error if record else None, tb if record else None, retry_at=run_at
+        )
         keep = error if record else state.error
         if state.timed_out:
             # The timed-out attempt may still run (abandoned, pool note 3): the next

@@ -9,6 +9,7 @@ bar move to 100 % and the final statuses, and saves a screenshot to
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Callable
@@ -49,6 +50,19 @@ pytestmark = [
 Serve = Callable[..., AbstractAsyncContextManager[str]]
 
 
+async def expect_lines(card: Any, starts: list[str]) -> None:
+    """The card's log is exactly these lines (each given by how it starts)."""
+    log = card.locator(".log li")
+    async with asyncio.timeout(10):
+        while True:
+            lines = await log.all_inner_texts()
+            if len(lines) == len(starts) and all(
+                line.startswith(start) for line, start in zip(lines, starts, strict=True)
+            ):
+                return
+            await asyncio.sleep(0.05)
+
+
 async def test_the_demo_page_shows_live_progress_retries_and_failures(
     db_path: Path, server: Serve
 ) -> None:
@@ -60,6 +74,8 @@ async def test_the_demo_page_shows_live_progress_retries_and_failures(
             page = await browser.new_page(viewport={"width": 900, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            asked: list[str] = []
+            page.on("request", lambda request: asked.append(request.url))
             await page.goto(base)
 
             await page.get_by_role("button", name="Resize image").click()
@@ -83,11 +99,41 @@ async def test_the_demo_page_shows_live_progress_retries_and_failures(
             assert await retries.count() == 2
             assert "SMTP server busy" in await retries.first.inner_text()
             assert "timed out" in await report.locator(".outcome").inner_text()
-            assert await report.get_by_role("button", name="Retry").is_visible()
+            # Each attempt's start is in the log, the first one included.
+            email_log = await email.locator(".log li").all_inner_texts()
+            assert [line.split(":")[0] for line in email_log] == [
+                "attempt 1 started",
+                "attempt 1 failed",
+                "attempt 2 started",
+                "attempt 2 failed",
+                "attempt 3 started",
+                "succeeded",
+            ], email_log
+
+            # A retry by hand: said once, then the new attempt; no line twice.
+            await report.get_by_role("button", name="Retry").click()
+            await report.locator(".log li", has_text="attempt 2 started").wait_for(timeout=15_000)
+            await report.locator(".status", has_text="FAILURE").wait_for(timeout=15_000)
+            await expect_lines(
+                report,
+                ["attempt 1 started", "failed", "retry requested", "attempt 2 started", "failed"],
+            )
+
+            # A reload keeps every card's history (read from the jobs' attempts).
+            await page.reload()
+            report = page.locator("article.job", has_text="Build report")
+            await expect_lines(
+                report,
+                ["attempt 1 started", "failed", "retry requested", "attempt 2 started", "failed"],
+            )
+            email = page.locator("article.job", has_text="Send e-mail")
+            await email.locator(".log li", has_text="succeeded").wait_for(timeout=5_000)
+            assert await email.locator(".log li").all_inner_texts() == email_log
 
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
             assert errors == []
+            assert not [url for url in asked if url.endswith("/favicon.ico")]  # none to miss
         finally:
             await browser.close()
     assert rt.broker.subscribers == 0

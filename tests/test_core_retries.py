@@ -154,6 +154,12 @@ async def test_every_attempt_is_recorded_and_readable(tmp_path: Path) -> None:
     assert attempts[0].traceback is not None
     assert "ValueError: bad 1" in attempts[0].traceback and "in flaky" in attempts[0].traceback
     assert attempts[2].traceback is None
+    # What followed each: a retry by policy after its 10 s, then nothing (it ended the job).
+    assert [(a.next, a.next_at) for a in attempts] == [
+        ("retry", t0 + 10),
+        ("retry", t0 + 20),
+        (None, None),
+    ]
 
 
 async def test_exponential_backoff_on_the_clock(tmp_path: Path) -> None:
@@ -376,9 +382,14 @@ async def test_manual_retry_of_a_failed_job(tmp_path: Path) -> None:
         failed = await rt.wait(job_id, timeout=5)
         assert (failed.status, failed.attempts) == (JobStatus.FAILURE, 2)
         broken = False
+        asked = rt.clock.now()
         again = await rt.retry(job_id)
         assert again.status in (JobStatus.WAITING, JobStatus.RUNNING)
         done = await rt.wait(job_id, timeout=5)
+        # The history says who retried what: the policy after attempt 1, an operator after 2.
+        [first, second, third] = await rt.attempts(job_id)
+        assert (first.next, second.next, third.next) == ("retry", "retried", None)
+        assert second.next_at is not None and asked <= second.next_at <= rt.clock.now()
         assert (done.status, done.result, done.attempts, done.error) == (
             JobStatus.SUCCESS,
             3,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -74,6 +75,14 @@ def make_runtime(path: Path, steps: Steps) -> Runtime:
     @rt.task(pool="batch", attempts=1)
     async def boom(job: JobContext, path: str = "/var/data") -> None:
         raise RuntimeError(f"boom: the disk holding {path} is full")
+
+    @rt.task(pool="main", attempts=2, retry=0)
+    async def greet(job: JobContext, to: str, times: int = 1) -> str:
+        """Greets ``to`` (the ``times`` given)."""
+        if job.attempt == 1 and to == "twice":
+            raise RuntimeError("first attempt fails")
+        await steps[to].get()
+        return f"hello {to}"
 
     rt.schedule("nightly", "stepped", "0 3 * * *", kwargs={"n": 1, "key": "nightly"})
     return rt
@@ -393,6 +402,131 @@ async def test_a_page_served_by_a_standby_is_live_and_acts_on_the_owner(
                 assert rt.pools["main"].paused  # the owner's pool, not the standby's
                 steps.allow("s")
                 await expect(row(page, job_id).locator(".status")).to_have_text("SUCCESS")
+
+
+@in_browser
+async def test_the_form_checks_the_schema_and_renders_docstring_literals(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        await page.get_by_role("button", name="New job").click()
+        dialog = page.get_by_role("dialog")
+        await dialog.get_by_label("Task").select_option("greet")
+        info = dialog.locator("#form-task-info")
+        await expect(info.locator("code")).to_have_text(["to", "times"])
+        assert "``" not in (await info.inner_text())
+        await dialog.get_by_role("button", name="Add job").click()  # "to" left empty
+        await expect(dialog.locator("#form-error")).to_have_text("to: required")
+        await expect(dialog.locator("#param-to")).to_have_attribute("aria-invalid", "true")
+        await expect(dialog).to_be_visible()
+        assert (await rt.jobs()).jobs == []  # nothing was added
+        await dialog.locator("#param-to").fill("ann")
+        await dialog.get_by_role("button", name="Add job").click()
+        await expect(dialog).to_be_hidden()
+        [job] = (await rt.jobs()).jobs
+        assert job.kwargs == {"to": "ann"}
+        steps.allow("ann")
+
+
+@in_browser
+async def test_rows_say_why_jobs_wait_and_show_only_their_own_errors(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        later = await rt.add(rt.tasks["stepped"] and "stepped", n=1, key="later")
+        await rt.cancel(later)
+        delayed = await rt.enqueue("stepped", kwargs={"n": 1, "key": "d"}, delay=600)
+        await expect(row(page, delayed).locator(".when")).to_have_text(
+            re.compile(r"runs in (9|10) min")
+        )
+        # Attempt 1 failed; attempt 2 runs: the row shows no error of attempt 1.
+        twice = await rt.add("greet", to="twice")
+        await expect(row(page, twice).locator(".status")).to_have_text("RUNNING")
+        await wait_until(lambda: rt.live.states[twice].attempts == 2)
+        await expect(row(page, twice).locator(".sub")).to_have_count(0)
+        # A cancelled job's bar is not drawn in the running colour.
+        moving = await rt.add("stepped", n=4, key="m")
+        steps.allow("m")
+        await expect(row(page, moving).get_by_role("progressbar")).to_have_attribute(
+            "aria-valuenow", "25"
+        )
+        await page.get_by_role("button", name=f"Cancel job {moving}").click()
+        bar = row(page, moving).get_by_role("progressbar")
+        await expect(bar).to_have_class(re.compile(r"\bcancelled\b"))
+        # The toast of that action is clear of the Duration column.
+        toast = page.locator(".toast").first
+        await expect(toast).to_be_visible()
+        tbox = await toast.bounding_box()
+        dbox = await page.locator("#jobs thead th").nth(7).bounding_box()
+        assert tbox is not None and dbox is not None
+        assert (
+            tbox["x"] + tbox["width"] <= dbox["x"]
+            or tbox["x"] >= dbox["x"] + dbox["width"]
+            or (tbox["y"] + tbox["height"] <= dbox["y"])
+        )
+        steps.allow("twice")
+        await rt.wait(twice, timeout=5)
+
+
+@in_browser
+async def test_a_jobs_timeline_is_what_happened_in_one_clock_format(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    twice = await rt.add("greet", to="twice")  # attempt 1 fails, retried by policy
+    steps.allow("twice")
+    await rt.wait(twice, timeout=5)
+    failed = await rt.add("boom")
+    await rt.wait(failed, timeout=5)
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard/jobs/{twice}") as page:
+            timeline = page.locator("#job-timeline li")
+            await expect(timeline.locator(".kind")).to_have_text(
+                ["added", "started", "error", "retrying", "started", "success", "success"]
+            )
+            await expect(timeline.nth(3)).to_contain_text("next attempt at")
+            for text in await timeline.locator("time").all_inner_texts():
+                assert re.fullmatch(r"\d{2}:\d{2}:\d{2}\.\d{3}", text), text
+            for title in await timeline.locator("time").evaluate_all("ts => ts.map(t => t.title)"):
+                assert "AM" not in title and "PM" not in title, title
+        async with dashboard(browser, f"{base}/dashboard/jobs/{failed}") as page:
+            await page.get_by_role("button", name=f"Retry job {failed}").click()
+            kinds = page.locator("#job-timeline .kind")
+            await expect(kinds).to_contain_text(["retrying"])
+            await expect(page.locator("#job-timeline")).to_contain_text("retry requested")
+            assert "delayed" not in await kinds.all_inner_texts()
+            await expect(page.locator("#job-status")).to_have_text("FAILURE")
+            await page.reload()
+            await page.locator("body[data-ready=true]").wait_for()
+            await expect(page.locator("#job-timeline")).to_contain_text("retry requested")
+
+
+@in_browser
+async def test_a_missing_job_has_a_plain_page(rt: Runtime, server: Serve, browser: Any) -> None:
+    async with server(create_app(rt)) as base:
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(f"{base}/dashboard/jobs/999")  # the page's own 404 fetch is expected
+            await expect(page.locator("#job-facts")).to_contain_text("There is no job #999")
+            await expect(page.locator("#job-body")).to_be_hidden()
+        finally:
+            await context.close()
+
+
+@in_browser
+async def test_at_390_px_the_actions_stay_on_screen(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard", width=390) as page:
+            job_id = await rt.add("stepped", n=1, key="narrow")
+            cancel = page.get_by_role("button", name=f"Cancel job {job_id}")
+            pause = page.get_by_role("button", name="Pause pool main")
+            for button in (cancel, pause):
+                await expect(button).to_be_visible()
+                box = await button.bounding_box()
+                assert box is not None and box["x"] + box["width"] <= 390, box
+            steps.allow("narrow")
 
 
 @in_browser

@@ -350,6 +350,20 @@ async def test_attempt_records_are_read_back_in_number_order(store: JobStore) ->
     assert await store.attempts(job_id + 1000) == []
 
 
+async def test_an_attempt_says_what_followed_it(store: JobStore) -> None:
+    job_id = await running(store)
+    await store.record_attempt(
+        job_id, 1, NOW, NOW + 1, AttemptOutcome.ERROR, "boom", None, retry_at=NOW + 31
+    )
+    await store.record_attempt(job_id, 2, NOW + 31, NOW + 32, AttemptOutcome.ERROR, "boom", None)
+    [first, last] = await store.attempts(job_id)
+    assert (first.next, first.next_at) == ("retry", NOW + 31)  # by policy, after its backoff
+    assert (last.next, last.next_at) == (None, None)  # it ended the job
+    await store.retried(job_id, NOW + 100)  # then an operator asked for a retry
+    [first, last] = await store.attempts(job_id)
+    assert (first.next, last.next, last.next_at) == ("retry", "retried", NOW + 100)
+
+
 async def test_succeed_stores_the_result_and_final_progress(store: JobStore) -> None:
     job_id = await running(store)
     result = {"sent": [1, 2.5, "é"], "none": None, "nested": {"ok": True}}
@@ -848,6 +862,7 @@ async def test_retry_external_puts_a_finished_job_back_for_the_owner(
     store: JobStore, status: JobStatus
 ) -> None:
     job_id = await in_status(store, status)
+    await store.record_attempt(job_id, 1, NOW, NOW + 1, AttemptOutcome.ERROR, "boom", None)
     before = await get(store, job_id)
     await store.retry_external(job_id, NOW + 50, 4)
     info = await get(store, job_id)
@@ -855,6 +870,8 @@ async def test_retry_external_puts_a_finished_job_back_for_the_owner(
     assert (info.started_at, info.finished_at) == (None, None)
     assert (info.attempts, info.seq) == (before.attempts, before.seq + 1)
     assert await external(store) == [(job_id, WAITING, False)]
+    [last] = await store.attempts(job_id)
+    assert (last.next, last.next_at) == ("retried", NOW + 50)  # its history says so
 
 
 @pytest.mark.parametrize("status", [WAITING, RUNNING, SUCCESS])
@@ -862,10 +879,13 @@ async def test_retry_external_leaves_other_statuses_alone(
     store: JobStore, status: JobStatus
 ) -> None:
     job_id = await in_status(store, status)
+    await store.record_attempt(job_id, 1, NOW, NOW + 1, AttemptOutcome.ERROR, "boom", None)
     before = await get(store, job_id)
+    attempts = await store.attempts(job_id)
     await store.retry_external(job_id, NOW + 50, 4)
     assert await get(store, job_id) == before
     assert await external(store) == []
+    assert await store.attempts(job_id) == attempts  # no retry was made: none is said
 
 
 async def test_retry_external_never_makes_two_live_jobs_with_one_key(store: JobStore) -> None:

@@ -68,7 +68,8 @@ function relative(ts) {
 }
 
 function absolute(ts) {
-  return ts === null || ts === undefined ? "" : new Date(ts * 1000).toLocaleString();
+  // One format everywhere: the date, and the time on a 24-hour clock (as clock()).
+  return ts === null || ts === undefined ? "" : new Date(ts * 1000).toLocaleString([], { hour12: false });
 }
 
 function clock(ts) {
@@ -91,6 +92,11 @@ function timeEl(ts, cls) {
   return el("time", { class: cls, dataset: { ts: String(ts) }, title: absolute(ts), text: relative(ts) });
 }
 
+// A docstring's inline literals (RST ``code``, Markdown `code`) as <code>, the rest as text.
+function richText(text) {
+  return text.split(/(``[^`]+``|`[^`]+`)/).filter(Boolean).map((part) => (part.startsWith("`") ? el("code", { text: part.replace(/^`+|`+$/g, "") }) : part));
+}
+
 function json(value) {
   return JSON.stringify(value, null, 2);
 }
@@ -106,6 +112,14 @@ function throttle(fn, ms) {
       fn();
     }, Math.max(0, last + ms - Date.now()));
   };
+}
+
+class FieldError extends Error {
+  // A form value the task's schema refuses, with the input to point at.
+  constructor(input, message) {
+    super(message);
+    this.input = input;
+  }
 }
 
 class ApiFailure extends Error {
@@ -826,6 +840,7 @@ function setProgress(node, job) {
   bar.classList.toggle("indeterminate", pct === null && job.status === "RUNNING");
   bar.classList.toggle("done", job.status === "SUCCESS");
   bar.classList.toggle("failed", job.status === "FAILURE");
+  bar.classList.toggle("cancelled", job.status === "CANCELLED");
   bar.firstElementChild.style.width = pct === null ? "" : `${pct}%`;
   if (pct === null) bar.removeAttribute("aria-valuenow");
   else bar.setAttribute("aria-valuenow", String(Math.round(pct)));
@@ -865,20 +880,36 @@ function durationEl(job) {
   return el("span", { class: "muted", text: "—" });
 }
 
+// A job's error belongs to its row while it failed it or waits to retry after it;
+// a running attempt has none of its own yet.
+function shownError(job) {
+  return Boolean(job.error) && (job.status === "FAILURE" || job.status === "WAITING");
+}
+
+// Why a waiting job has not started: it runs later (a delay, or a retry's backoff).
+function waitingFor(job) {
+  if (job.status !== "WAITING" || !job.run_at || job.run_at <= nowS() + 1) return null;
+  return el("span", { class: "sub when", dataset: { until: String(job.run_at) }, title: absolute(job.run_at), text: untilText(job.run_at) });
+}
+
+function untilText(ts) {
+  return ts > nowS() + 0.5 ? `runs ${relative(ts)}` : "due now";
+}
+
 function updateRow(row, job) {
   const href = `${ROOT}/dashboard/jobs/${job.id}`;
   const cells = [
     el("td", { class: "num" }, el("a", { href, "data-nav": true, text: `#${job.id}` })),
     el("td", {}, el("span", { class: "name", text: job.task })),
     el("td", { text: job.pool }),
-    el("td", {}, el("span", { class: `badge ${job.status} status`, text: job.status }), job.error && job.status !== "SUCCESS" ? el("span", { class: "sub", title: job.error, text: job.error.length > 48 ? `${job.error.slice(0, 47)}…` : job.error }) : null),
+    el("td", {}, el("span", { class: `badge ${job.status} status`, text: job.status }), shownError(job) ? el("span", { class: "sub", title: job.error, text: job.error.length > 48 ? `${job.error.slice(0, 47)}…` : job.error }) : null, waitingFor(job)),
     el("td", { class: "message-cell" }, progressEl(job)),
     el("td", { class: "num", text: attemptsText(job) }),
     el("td", {}, timeEl(job.created_at)),
     el("td", { class: "num" }, durationEl(job)),
     el("td", {}, el("div", { class: "actions" }, jobActions(job))),
   ];
-  if (row.cells.length === cells.length && row.dataset.status === job.status && row.dataset.error === String(job.error ?? "")) {
+  if (row.cells.length === cells.length && row.dataset.status === job.status && row.dataset.error === String(job.error ?? "") && row.dataset.runAt === String(job.run_at ?? "")) {
     // Same status: only the moving parts change (keeps focus and hover steady).
     setProgress(row.querySelector(".progress"), job);
     row.cells[5].textContent = attemptsText(job);
@@ -887,6 +918,7 @@ function updateRow(row, job) {
   }
   row.dataset.status = job.status;
   row.dataset.error = String(job.error ?? "");
+  row.dataset.runAt = String(job.run_at ?? "");
   row.replaceChildren(...cells);
 }
 
@@ -1068,9 +1100,14 @@ async function openJob(id) {
     if (state.job !== page) return;
     page.loading = false;
     $("#job-status").textContent = "";
-    $("#job-facts").replaceChildren(el("p", { class: "muted", text: exc.status === 404 ? `There is no job #${id}.` : exc.message }));
+    $("#job-status").className = "badge";
+    $("#job-actions").replaceChildren();
+    $("#job-progress").replaceChildren();
+    $("#job-body").hidden = true; // no empty panels for a job that is not there
+    $("#job-facts").replaceChildren(el("p", { class: "muted", text: exc.status === 404 ? `There is no job #${id}: it never existed, or it was cleaned up.` : exc.message }));
     return;
   }
+  $("#job-body").hidden = false;
   if (state.job !== page) return;
   page.info = info;
   page.attempts = attempts.attempts;
@@ -1093,12 +1130,17 @@ async function loadAttempts() {
 const reloadAttempts = throttle(loadAttempts, 300);
 
 function storedTimeline(info, attempts) {
-  // What is stored: creation, each attempt's start and end, the outcome.
+  // What is stored: the job's creation, each attempt's start and end, what
+  // followed each attempt (a retry by policy, or one asked for by hand), the outcome.
   const out = [{ at: info.created_at, kind: "added", detail: `to pool ${info.pool}${info.priority ? `, priority ${info.priority}` : ""}` }];
-  if (info.run_at > info.created_at + 1) out.push({ at: info.created_at, kind: "delayed", detail: `until ${absolute(info.run_at)}` });
+  // Delayed at its add: it was due later than it was created (never inferred from a retry's time).
+  const due = attempts.length ? null : info.run_at;
+  if (due !== null && due > info.created_at + 1) out.push({ at: info.created_at, kind: "delayed", detail: `until ${clock(due)}` });
   for (const a of attempts) {
     out.push({ at: a.started_at, kind: "started", detail: `attempt ${a.number}` });
     if (a.finished_at !== null) out.push({ at: a.finished_at, kind: a.outcome, detail: `attempt ${a.number}${a.error ? `: ${a.error}` : ""}` });
+    if (a.next === "retry") out.push({ at: a.finished_at, kind: "retrying", detail: `next attempt at ${clock(a.next_at)}` });
+    if (a.next === "retried") out.push({ at: a.next_at, kind: "retrying", detail: "retry requested" });
   }
   if (TERMINAL.has(info.status) && info.finished_at) {
     const kind = info.status.toLowerCase();
@@ -1120,7 +1162,7 @@ function liveEntry(page, event) {
     added: `to pool ${event.pool}`,
     started: `attempt ${event.attempt}`,
     progress: `${event.current}${event.total ? ` / ${event.total}` : ""}${event.message ? ` · ${event.message}` : ""}`,
-    retrying: event.manual ? "retried by hand" : `attempt ${event.attempt} failed${event.error ? `: ${event.error}` : ""}; next at ${clock(event.run_at)}`,
+    retrying: event.manual ? "retry requested" : `attempt ${event.attempt} failed${event.error ? `: ${event.error}` : ""}; next attempt at ${clock(event.run_at)}`,
     success: resultSummary(event.result),
     failure: event.error || "",
     cancelled: "",
@@ -1320,16 +1362,26 @@ function field(name, raw, required) {
     if (kind === "boolean") return touched || required ? input.checked : undefined;
     const text = input.value.trim();
     if (text === "") {
-      if (required && kind === "string") return "";
-      if (required) throw new Error(`${label}: required`);
+      // Checked here against the schema; the server's 422 covers the rest.
+      if (required) throw new FieldError(input, `${label}: required`);
       return undefined;
     }
     if (kind === "integer" || kind === "number") {
       const n = Number(text);
-      if (!isFinite(n) || (kind === "integer" && !Number.isInteger(n))) throw new Error(`${label}: expected ${kind === "integer" ? "an integer" : "a number"}`);
+      if (!isFinite(n) || (kind === "integer" && !Number.isInteger(n))) throw new FieldError(input, `${label}: expected ${kind === "integer" ? "an integer" : "a number"}`);
+      if (s.minimum !== undefined && n < s.minimum) throw new FieldError(input, `${label}: at least ${s.minimum}`);
+      if (s.maximum !== undefined && n > s.maximum) throw new FieldError(input, `${label}: at most ${s.maximum}`);
+      if (s.exclusiveMinimum !== undefined && n <= s.exclusiveMinimum) throw new FieldError(input, `${label}: above ${s.exclusiveMinimum}`);
+      if (s.exclusiveMaximum !== undefined && n >= s.exclusiveMaximum) throw new FieldError(input, `${label}: below ${s.exclusiveMaximum}`);
       return n;
     }
-    if (kind === "string") return input.value;
+    if (kind === "string") {
+      const value = input.value;
+      if (s.minLength !== undefined && value.length < s.minLength) throw new FieldError(input, `${label}: at least ${s.minLength} characters`);
+      if (s.maxLength !== undefined && value.length > s.maxLength) throw new FieldError(input, `${label}: at most ${s.maxLength} characters`);
+      if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(value)) throw new FieldError(input, `${label}: does not match ${s.pattern}`);
+      return value;
+    }
     try {
       return JSON.parse(text);
     } catch (exc) {
@@ -1345,7 +1397,8 @@ function buildForm() {
   box.replaceChildren(el("legend", { text: "Parameters" }));
   formFields = [];
   if (!task) return;
-  $("#form-task-info").textContent = [task.description, `pool ${task.pool}`, task.attempts === null ? "unlimited attempts" : `${task.attempts} attempt${task.attempts === 1 ? "" : "s"}`, task.timeout ? `timeout ${duration(task.timeout)}` : null].filter(Boolean).join(" · ");
+  const facts = [`pool ${task.pool}`, task.attempts === null ? "unlimited attempts" : `${task.attempts} attempt${task.attempts === 1 ? "" : "s"}`, task.timeout ? `timeout ${duration(task.timeout)}` : null].filter(Boolean).join(" · ");
+  $("#form-task-info").replaceChildren(...(task.description ? [...richText(task.description), " · "] : []), facts);
   const schema = task.parameters;
   if (!schema || (typeof schema === "object" && Object.keys(schema).length === 0)) {
     formShape = "raw";
@@ -1406,11 +1459,16 @@ $("#job-form").addEventListener("submit", async (event) => {
   const error = $("#form-error");
   error.hidden = true;
   let body;
+  for (const input of $("#job-form").querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
   try {
     body = collect();
   } catch (exc) {
     error.textContent = exc.message;
     error.hidden = false;
+    if (exc instanceof FieldError) {
+      exc.input.setAttribute("aria-invalid", "true");
+      exc.input.focus();
+    }
     return;
   }
   const submit = $("#form-submit");
@@ -1437,6 +1495,7 @@ setInterval(() => {
   if (state.view === "list") drawSparklines();
   for (const node of document.querySelectorAll("time[data-ts]")) node.textContent = relative(Number(node.dataset.ts));
   for (const node of document.querySelectorAll("[data-since]")) node.textContent = duration(nowS() - Number(node.dataset.since));
+  for (const node of document.querySelectorAll("[data-until]")) node.textContent = untilText(Number(node.dataset.until));
 }, 1000);
 
 document.addEventListener("visibilitychange", () => {

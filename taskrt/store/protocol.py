@@ -196,7 +196,14 @@ class JobStore(Protocol):
         outcome: AttemptOutcome,
         error: str | None,
         traceback: str | None,
-    ) -> asyncio.Future[None]: ...
+        retry_at: float | None = None,
+    ) -> asyncio.Future[None]:
+        """An attempt's record; ``retry_at``: it is retried by policy, not before then."""
+        ...
+
+    def retried(self, job_id: int, at: float) -> asyncio.Future[None]:
+        """A retry asked for by hand at ``at`` (said on the job's last attempt)."""
+        ...
 
     def succeed(
         self, job_id: int, result_json: str | None, finished_at: float, progress: Progress, seq: int

@@ -264,6 +264,15 @@ COMPONENTS: dict[str, Schema] = {
                     "token), or with expose_tracebacks=True in an app without auth"
                 ),
             },
+            "next": {
+                "type": ["string", "null"],
+                "enum": ["retry", "retried", None],
+                "description": (
+                    "what followed: retry (by policy, not before next_at), retried "
+                    "(asked for by hand at next_at), null (it ended the job, or runs now)"
+                ),
+            },
+            "next_at": _nullable("number"),
         },
     },
     "JobPage": {

@@ -7,11 +7,11 @@ import sqlite3
 
 from ...errors import SchemaTooNew
 from .batch import rollback
-from .sql import SCHEMA_V1, SCHEMA_V2
+from .sql import SCHEMA_V1, SCHEMA_V2, SCHEMA_V3
 
 log = logging.getLogger("taskrt.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the tables this code reads and writes (``PRAGMA user_version``, note 11)."""
 
 
@@ -24,7 +24,11 @@ def _statements(script: str) -> tuple[str, ...]:
 # MIGRATIONS[n - 1] takes a file of version n - 1 to version n. Version 0 is a
 # file of the first release (no version recorded) or a new, empty file; the
 # first migration is written to be safe on both (IF NOT EXISTS everywhere).
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_statements(SCHEMA_V1), _statements(SCHEMA_V2))
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _statements(SCHEMA_V1),
+    _statements(SCHEMA_V2),
+    _statements(SCHEMA_V3),
+)
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:

@@ -100,6 +100,14 @@ CREATE TABLE IF NOT EXISTS pool_settings (
 );
 """
 
+# Version 3: what followed an attempt, so a job's history is told from what
+# happened: ``retry`` (its backoff ran out at ``next_at``) or ``retried`` (an
+# operator asked for a retry at ``next_at``); NULL: it ended the job.
+SCHEMA_V3 = """
+ALTER TABLE attempts ADD COLUMN next TEXT;
+ALTER TABLE attempts ADD COLUMN next_at REAL;
+"""
+
 JOB_COLUMNS = (
     "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
     "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
@@ -135,7 +143,12 @@ SQL_START = (
 )
 SQL_ATTEMPT = (
     "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, error, "
-    "traceback) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "traceback, next, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A retry asked for by hand: said on the job's last attempt (schema version 3).
+SQL_RETRIED = (
+    "UPDATE attempts SET next = 'retried', next_at = ? WHERE job_id = ? "
+    "AND number = (SELECT max(number) FROM attempts WHERE job_id = ?)"
 )
 SQL_SUCCESS = (
     "UPDATE jobs SET status = 'SUCCESS', result = ?, finished_at = ?, current = ?, total = ?, "
@@ -217,6 +230,10 @@ FAIL = Op("fail", SQL_FAILURE, 3)
 CANCEL = Op("cancel", SQL_CANCELLED, 3)
 REQUEUE = Op("requeue", SQL_WAITING, 3)
 CLEAR_EXTERNAL = Op("clear_external", SQL_CLEAR_EXTERNAL)
+RETRIED = Op("retried", SQL_RETRIED, 2)
+# After SQL_RETRY_EXTERNAL in one script: only if that put the job back
+# (``changes()`` is the row count of the connection's previous statement).
+SQL_RETRIED_IF_CHANGED = SQL_RETRIED + " AND changes() > 0"
 
 
 def failure_params(

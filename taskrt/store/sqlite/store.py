@@ -39,6 +39,7 @@ from .sql import (
     FAIL,
     JOB_COLUMNS,
     REQUEUE,
+    RETRIED,
     SCHEDULE_FAILED,
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CLEANUP,
@@ -48,6 +49,7 @@ from .sql import (
     SQL_RECOVER,
     SQL_RECOVER_CANCELLED,
     SQL_REQUEST_CANCEL,
+    SQL_RETRIED_IF_CHANGED,
     SQL_RETRY_EXTERNAL,
     SQL_SCHEDULE_GET,
     SQL_SCHEDULE_ORPHANS,
@@ -212,10 +214,26 @@ class Store:
         outcome: AttemptOutcome,
         error: str | None,
         traceback: str | None,
+        retry_at: float | None = None,
     ) -> asyncio.Future[None]:
-        """The one record of an attempt, written when it ends."""
-        params = (job_id, number, started_at, finished_at, outcome.value, error, traceback)
+        """The one record of an attempt, written when it ends (``retry_at``: it was
+        retried by policy, the next attempt not before then)."""
+        params = (
+            job_id,
+            number,
+            started_at,
+            finished_at,
+            outcome.value,
+            error,
+            traceback,
+            None if retry_at is None else "retry",
+            retry_at,
+        )
         return self._writes.queue(ATTEMPT, params, job_id)
+
+    def retried(self, job_id: int, at: float) -> asyncio.Future[None]:
+        """A retry asked for by hand at ``at``: noted on the job's last attempt."""
+        return self._writes.queue(RETRIED, (at, job_id, job_id), job_id)
 
     def succeed(
         self,
@@ -435,7 +453,12 @@ class Store:
 
     async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
         """A finished job back to WAITING, for its owner to take in."""
-        await self._script([(SQL_RETRY_EXTERNAL, (now, max_attempts, job_id))])
+        await self._script(
+            [
+                (SQL_RETRY_EXTERNAL, (now, max_attempts, job_id)),
+                (SQL_RETRIED_IF_CHANGED, (now, job_id, job_id)),
+            ]
+        )
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         """Delete jobs in ``statuses`` finished before ``before``, and their attempts."""
@@ -526,8 +549,8 @@ class Store:
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         rows = await self.fetch_all(
-            "SELECT job_id, number, started_at, finished_at, outcome, error, traceback "
-            "FROM attempts WHERE job_id = ? ORDER BY number",
+            "SELECT job_id, number, started_at, finished_at, outcome, error, traceback, next, "
+            "next_at FROM attempts WHERE job_id = ? ORDER BY number",
             (job_id,),
         )
         return [
@@ -539,6 +562,8 @@ class Store:
                 outcome=AttemptOutcome(r["outcome"]),
                 error=r["error"],
                 traceback=r["traceback"],
+                next=r["next"],
+                next_at=r["next_at"],
             )
             for r in rows
         ]
