@@ -111,6 +111,17 @@ class Adoption:
             state = self.live.states.get(info.id)
             if info.status is JobStatus.WAITING and state is None:
                 self.adopt(info, announce=True)
+            elif (
+                info.status is JobStatus.WAITING
+                and state is not None
+                and state.status is JobStatus.WAITING
+                and info.run_at != state.run_at
+            ):
+                # "Run now" from a process that could not reach the owner.
+                pool = self.pools[state.pool]
+                pool.remove(state)
+                state.run_at = info.run_at
+                pool.push(state)
             elif info.status is JobStatus.CANCELLED and state is not None:
                 if state.status is JobStatus.WAITING:
                     self.pools[state.pool].remove(state)

@@ -293,6 +293,21 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action (``rt.bulk``) did: the jobs the filter matched, those it
+    acted on, those it left (not in a status the action applies to)."""
+
+    action: str
+    matched: int
+    done: int
+    skipped: int
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of a job listing; pass ``cursor`` back to get the next one."""
 

@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from .adding import Adding
 from .adoption import Adoption
 from .background import Background, JobLogAdapter, job_logger
+from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
+from .bulk import result as bulk_result
 from .clock import Clock, SystemClock
 from .context import DONE, JobState
 from .counters import Counters
@@ -73,6 +75,7 @@ from .live import LiveJobs
 from .models import (
     TERMINAL,
     AttemptInfo,
+    BulkResult,
     Event,
     EventType,
     JobInfo,
@@ -714,6 +717,12 @@ class Runtime:
             return {"jobs": [j.to_dict() for j in page.jobs], "cursor": page.cursor}
         if method == "stats":
             return (await self.stats(args.get("since"), args.get("until"))).to_dict()
+        if method == "count":
+            return await self.count(**args)
+        if method == "bulk":
+            return (await self.bulk(args.pop("action"), **args)).to_dict()
+        if method == "run_now":
+            return (await self.run_now(int(args["job"]))).to_dict()
         if method == "pools":
             return [s.to_dict() for s in await self.pool_statistics()]
         if method == "change_pool":
@@ -965,8 +974,14 @@ class Runtime:
         metadata: Mapping[str, Any] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        scheduled: bool = False,
+        older_than: float | timedelta | None = None,
     ) -> Page:
-        """Jobs, newest first, filtered; pass ``page.cursor`` back for the next page."""
+        """Jobs, newest first, filtered; pass ``page.cursor`` back for the next page.
+
+        ``scheduled``: only jobs waiting for a time still to come (a delay, a
+        retry's backoff); ``older_than``: only jobs created that long ago or more.
+        """
         self.require_started("listing jobs")
         remote = self._forwarding()
         if remote is not None:
@@ -979,6 +994,8 @@ class Runtime:
                     metadata=dict(metadata) if metadata is not None else None,
                     limit=limit,
                     cursor=cursor,
+                    scheduled=scheduled,
+                    older_than=_seconds(older_than),
                 )
                 return Page([JobInfo.from_dict(j) for j in raw["jobs"]], raw["cursor"])
         statuses = _statuses(status)
@@ -994,10 +1011,7 @@ class Runtime:
                 ) from None
         await self.store.settle()
         rows = await self.store.list_jobs(
-            status=statuses,
-            pool=pool,
-            task=task,
-            metadata=dict(metadata or {}),
+            **self._job_filter(statuses, pool, task, metadata, scheduled, older_than),
             before_id=before,
             limit=limit + 1,
         )
@@ -1005,6 +1019,159 @@ class Runtime:
         rows = rows[:limit]
         jobs = [self.live.states[r.id].info() if r.id in self.live.states else r for r in rows]
         return Page(jobs=jobs, cursor=str(rows[-1].id) if more and rows else None)
+
+    def _job_filter(
+        self,
+        statuses: list[JobStatus] | None,
+        pool: str | None,
+        task: str | None,
+        metadata: Mapping[str, Any] | None,
+        scheduled: bool,
+        older_than: float | timedelta | None,
+    ) -> dict[str, Any]:
+        """The store's filter arguments (``rt.jobs``, ``rt.count``, ``rt.bulk``)."""
+        now = self.clock.now()
+        age = _seconds(older_than)
+        if age is not None and (age != age or age < 0):
+            raise InvalidOption("older_than", f"expected 0 seconds or more, found {older_than!r}")
+        return {
+            "status": statuses,
+            "pool": pool,
+            "task": task,
+            "metadata": dict(metadata or {}),
+            "run_after": now if scheduled else None,
+            "created_before": None if age is None else now - age,
+        }
+
+    async def count(
+        self,
+        *,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled: bool = False,
+        older_than: float | timedelta | None = None,
+    ) -> int:
+        """How many jobs ``rt.jobs`` would list with these filters."""
+        self.require_started("counting jobs")
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                counted: int = await remote.call(
+                    "count",
+                    status=[s.value for s in _statuses(status) or []] or None,
+                    pool=pool,
+                    task=task,
+                    metadata=dict(metadata) if metadata is not None else None,
+                    scheduled=scheduled,
+                    older_than=_seconds(older_than),
+                )
+                return counted
+        await self.store.settle()
+        return await self.store.count_jobs(
+            **self._job_filter(_statuses(status), pool, task, metadata, scheduled, older_than)
+        )
+
+    async def bulk(
+        self,
+        action: str,
+        *,
+        ids: Sequence[int] | None = None,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled: bool = False,
+        older_than: float | timedelta | None = None,
+        dry_run: bool = False,
+    ) -> BulkResult:
+        """``cancel``, ``retry`` or ``purge`` every job ``ids`` and the filters match.
+
+        Each job gets what ``rt.cancel`` / ``rt.retry`` would give it (a running
+        one is told to stop, not waited for); ``purge`` deletes finished jobs
+        and their attempts. Jobs in a status the action does not apply to are
+        skipped. ``dry_run``: count only. At most ``taskrt.bulk.BULK_LIMIT`` jobs.
+        """
+        self.require_started("bulk actions")
+        action = check_action(action)
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                raw = await remote.call(
+                    "bulk",
+                    action=action,
+                    ids=None if ids is None else [int(i) for i in ids],
+                    status=[s.value for s in _statuses(status) or []] or None,
+                    pool=pool,
+                    task=task,
+                    metadata=dict(metadata) if metadata is not None else None,
+                    scheduled=scheduled,
+                    older_than=_seconds(older_than),
+                    dry_run=dry_run,
+                )
+                return BulkResult(**raw)
+        where = self._job_filter(_statuses(status), pool, task, metadata, scheduled, older_than)
+        await self.store.settle()
+        if ids is not None:
+            if len(ids) > BULK_LIMIT:
+                raise InvalidOption("ids", f"at most {BULK_LIMIT} ids in one bulk action")
+            matched = []
+            for job_id in dict.fromkeys(int(i) for i in ids):
+                with contextlib.suppress(JobNotFound):
+                    if _matches(await self.get(job_id), where):
+                        matched.append(job_id)
+        else:
+            matched = await matching_ids(
+                lambda before, limit: self.store.list_jobs(**where, before_id=before, limit=limit),
+                await self.store.count_jobs(**where),
+            )
+        if dry_run:
+            return bulk_result(action, len(matched), 0, 0, True)
+        if action == "purge":
+            done = await self.store.purge(matched)
+            for job_id in matched:
+                state = self.live.states.get(job_id)
+                if state is not None and state.status in TERMINAL:
+                    del self.live.states[job_id]
+            return bulk_result(action, len(matched), done, len(matched) - done, False)
+        act = self.retry if action == "retry" else self._cancel_without_waiting
+        done, skipped = await act_on_each(matched, act)
+        return bulk_result(action, len(matched), done, skipped, False)
+
+    async def _cancel_without_waiting(self, job_id: int) -> None:
+        """A cancel that tells a running job to stop and goes on (bulk)."""
+        state = self.live.states.get(job_id)
+        if state is not None and self.owning and state.status is JobStatus.RUNNING:
+            self._pools[state.pool].cancel_running(state)
+            return
+        await self.cancel(job_id)
+
+    async def run_now(self, job_id: int) -> JobInfo:
+        """Start a waiting job as soon as a slot is free (its delay or backoff dropped)."""
+        self.require_started("run now")
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                return JobInfo.from_dict(await remote.call("run_now", job=job_id))
+        now = self.clock.now()
+        state = self.live.states.get(job_id)
+        if state is not None and self.owning:
+            if state.status is not JobStatus.WAITING:
+                raise InvalidTransition(job_id, state.status.value, "run now")
+            if state.run_at > now:
+                pool = self._pools[state.pool]
+                pool.remove(state)
+                state.run_at = now
+                await self.store.reschedule(job_id, now)
+                pool.push(state)
+            return state.info()
+        info = await self.get(job_id)
+        if info.status is not JobStatus.WAITING:
+            raise InvalidTransition(job_id, info.status.value, "run now")
+        if not await self.store.reschedule(job_id, now, external=not self.owning):
+            raise InvalidTransition(job_id, (await self.get(job_id)).status.value, "run now")
+        return await self.get(job_id)
 
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
         """Counts by status, success rate, mean and p95 duration (seconds)."""
@@ -1158,6 +1325,31 @@ _TERMINAL_EVENT = {
     JobStatus.FAILURE: EventType.FAILURE,
     JobStatus.CANCELLED: EventType.CANCELLED,
 }
+
+
+def _matches(info: JobInfo, where: Mapping[str, Any]) -> bool:
+    """Whether a job passes the filter ``_job_filter`` made (for ids given one by one)."""
+    statuses = where["status"]
+    run_after = where["run_after"]
+    created_before = where["created_before"]
+    return (
+        (not statuses or info.status in statuses)
+        and where["pool"] in (None, info.pool)
+        and where["task"] in (None, info.task)
+        and all(info.metadata.get(k) == v for k, v in where["metadata"].items())
+        and (run_after is None or (info.status is JobStatus.WAITING and info.run_at > run_after))
+        and (created_before is None or info.created_at < created_before)
+    )
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOption("older_than", f"expected seconds or a timedelta, found {value!r}")
+    return float(value)
 
 
 def _statuses(value: JobStatus | str | Sequence[JobStatus | str] | None) -> list[JobStatus] | None:

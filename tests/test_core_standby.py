@@ -366,3 +366,18 @@ async def test_a_process_names_the_owner_that_answers_not_a_stale_record(
         async with client:
             status = client.owner_status()
             assert (status.owner, status.reachable) == (owner.ownership.owner, True)
+
+
+async def test_bulk_actions_count_and_run_now_through_a_standby(tmp_path: Path) -> None:
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        later = await standby.pool("p").add(standby.resolve("hello").options(delay=600), "x")
+        assert await standby.count(scheduled=True) == 1
+        info = await standby.run_now(later)
+        assert info.run_at <= time.time()
+        assert (await standby.wait(later, timeout=5)).result == "hello x"
+        result = await standby.bulk("purge", status="SUCCESS", dry_run=True)
+        assert (result.matched, result.done) == (1, 0)
+        result = await standby.bulk("purge", status="SUCCESS")
+        assert (result.matched, result.done) == (1, 1)
+        assert await owner.count() == 0

@@ -94,6 +94,7 @@ LAYERS: dict[str, int] = {
     "store": 1,
     "events": 1,
     "relay": 1,  # the event bus between the processes of a host
+    "bulk": 2,  # bulk actions: ids by filter, one action each
     # engine
     **dict.fromkeys(["context", "background", "live", "pool", "adding", "transitions"], 2),
     "adoption": 2,

@@ -283,7 +283,34 @@ class JobStore(Protocol):
         metadata: dict[str, Any] | None = None,
         before_id: int | None = None,
         limit: int = 50,
-    ) -> list[JobInfo]: ...
+        run_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[JobInfo]:
+        """Newest first. ``run_after``: only WAITING jobs due after it (scheduled);
+        ``created_before``: only jobs created before it."""
+        ...
+
+    async def count_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_after: float | None = None,
+        created_before: float | None = None,
+    ) -> int:
+        """How many jobs ``list_jobs`` would give with these filters and no limit."""
+        ...
+
+    async def purge(self, ids: Sequence[int]) -> int:
+        """Delete the finished jobs among ``ids`` and their attempts; returns how many."""
+        ...
+
+    async def reschedule(self, job_id: int, run_at: float, *, external: bool = False) -> bool:
+        """Move a WAITING job's ``run_at`` (run now); False when it is not WAITING.
+        ``external``: not the owner (it picks the change up with its poll)."""
+        ...
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]: ...
 

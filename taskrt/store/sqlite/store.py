@@ -511,9 +511,88 @@ class Store:
         metadata: dict[str, Any] | None = None,
         before_id: int | None = None,
         limit: int = 50,
+        run_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[JobInfo]:
+        clause, params = self._filter(
+            status, pool, task, metadata, before_id, run_after, created_before
+        )
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def count_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_after: float | None = None,
+        created_before: float | None = None,
+    ) -> int:
+        clause, params = self._filter(status, pool, task, metadata, None, run_after, created_before)
+        row = await self.fetch_one(f"SELECT count(*) AS n FROM jobs {clause}", params)
+        return int(row["n"]) if row else 0
+
+    async def purge(self, ids: Sequence[int]) -> int:
+        """Delete the finished jobs among ``ids`` (and their attempts); the others stay."""
+        if not ids:
+            return 0
+        deleted = 0
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            counts = await self._script(
+                [
+                    (
+                        f"DELETE FROM jobs WHERE id IN ({marks}) "
+                        "AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED')",
+                        chunk,
+                    ),
+                    (
+                        f"DELETE FROM attempts WHERE job_id IN ({marks}) AND job_id NOT IN "
+                        "(SELECT id FROM jobs)",
+                        chunk,
+                    ),
+                ]
+            )
+            deleted += counts[0]
+        return deleted
+
+    async def reschedule(self, job_id: int, run_at: float, *, external: bool = False) -> bool:
+        """A WAITING job's next start moved to ``run_at`` ("run now"); False if not
+        WAITING. ``external``: another process than the owner moved it (it polls)."""
+        counts = await self._script(
+            [
+                (
+                    "UPDATE jobs SET run_at = ?, external = external OR ? "
+                    "WHERE id = ? AND status = 'WAITING'",
+                    (run_at, int(external), job_id),
+                )
+            ]
+        )
+        return counts[0] == 1
+
+    def _filter(
+        self,
+        status: Sequence[JobStatus] | None,
+        pool: str | None,
+        task: str | None,
+        metadata: dict[str, Any] | None,
+        before_id: int | None,
+        run_after: float | None,
+        created_before: float | None,
+    ) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
+        if run_after is not None:  # scheduled: waiting for a time still to come
+            where.append("status = 'WAITING' AND run_at > ?")
+            params.append(run_after)
+        if created_before is not None:
+            where.append("created_at < ?")
+            params.append(created_before)
         if status:
             where.append(f"status IN ({','.join('?' * len(status))})")
             params.extend(s.value for s in status)
@@ -541,11 +620,7 @@ class Store:
         if before_id is not None:
             where.append("id < ?")
             params.append(before_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self.fetch_all(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
-        )
-        return [row_to_job(r) for r in rows]
+        return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         rows = await self.fetch_all(

@@ -1,0 +1,129 @@
+"""Bulk actions (``rt.bulk``), counting (``rt.count``), the scheduled filter and "run now"."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from core_support import committed_jobs, make_rt, until
+
+from taskrt import FakeClock, InvalidOption, InvalidTransition, JobContext, JobStatus, Runtime
+from taskrt import bulk as bulk_module
+
+
+def app(tmp_path: Path, **options: object) -> tuple[Runtime, dict[str, object]]:
+    rt = make_rt(tmp_path, **options)
+    control: dict[str, object] = {"broken": True, "gate": asyncio.Event()}
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p")
+    async def fragile(job: JobContext, n: int) -> int:
+        if control["broken"]:
+            raise RuntimeError("down")
+        return n
+
+    @rt.task(pool="p")
+    async def held(job: JobContext, n: int) -> int:
+        gate = control["gate"]
+        assert isinstance(gate, asyncio.Event)
+        await gate.wait()
+        return n
+
+    @rt.task(pool="other")
+    async def quick(job: JobContext, n: int) -> int:
+        return n
+
+    return rt, control
+
+
+async def test_retry_every_failure_of_a_task_after_a_dry_run(tmp_path: Path) -> None:
+    rt, control = app(tmp_path)
+    async with rt:
+        failed = [await rt.add("fragile", n) for n in range(5)]
+        ok = await rt.add("quick", 9)
+        for job_id in [*failed, ok]:
+            await rt.wait(job_id, timeout=5)
+        preview = await rt.bulk("retry", status="FAILURE", task="fragile", dry_run=True)
+        assert (preview.matched, preview.done, preview.dry_run) == (5, 0, True)
+        assert [j.status for j in await committed_jobs(tmp_path)].count(JobStatus.FAILURE) == 5
+        control["broken"] = False
+        done = await rt.bulk("retry", status="FAILURE", task="fragile")
+        assert (done.action, done.matched, done.done, done.skipped) == ("retry", 5, 5, 0)
+        results = [(await rt.wait(job_id, timeout=5)).result for job_id in failed]
+        assert results == list(range(5))
+        assert await rt.count(status="SUCCESS") == 6
+
+
+async def test_cancel_a_pool_running_and_waiting_alike(tmp_path: Path) -> None:
+    rt, control = app(tmp_path)
+    async with rt:
+        jobs = [await rt.add("held", n) for n in range(4)]  # 1 runs, 3 wait
+        other = await rt.add("quick", 1)
+        await until(lambda: rt.pools["p"].statistics().running == 1)
+        result = await rt.bulk("cancel", pool="p")
+        gate = control["gate"]
+        assert isinstance(gate, asyncio.Event)
+        assert (result.matched, result.done, result.skipped) == (4, 4, 0)
+        for job_id in jobs:
+            assert (await rt.wait(job_id, timeout=5)).status is JobStatus.CANCELLED
+        assert (await rt.wait(other, timeout=5)).status is JobStatus.SUCCESS
+        # Nothing left to cancel: the finished ones are skipped.
+        again = await rt.bulk("cancel", ids=[*jobs, other])
+        assert (again.matched, again.done, again.skipped) == (5, 0, 5)
+
+
+async def test_purge_deletes_finished_jobs_only(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt, control = app(tmp_path, clock=clock)
+    async with rt:
+        old = await rt.add("quick", 1)
+        await rt.wait(old, timeout=5)
+        waiting = await rt.pool("p").add(rt.resolve("held").options(delay=3600), 2)
+        await clock.advance(7200)
+        recent = await rt.add("quick", 3)
+        await rt.wait(recent, timeout=5)
+        result = await rt.bulk("purge", older_than=3600)
+        assert (result.matched, result.done, result.skipped) == (2, 1, 1)  # old; the live one stays
+        assert {j.id for j in await committed_jobs(tmp_path)} == {waiting, recent}
+        one = await rt.bulk("purge", ids=[recent])  # one finished job
+        assert one.done == 1
+        assert {j.id for j in await committed_jobs(tmp_path)} == {waiting}
+        assert not (await rt.get(waiting)).terminal
+        gate = control["gate"]
+        assert isinstance(gate, asyncio.Event)
+        gate.set()
+
+
+async def test_scheduled_jobs_are_listed_counted_and_run_now(tmp_path: Path) -> None:
+    rt, control = app(tmp_path)
+    control["broken"] = False
+    async with rt:
+        later = await rt.pool("other").add(rt.resolve("quick").options(delay=600), 1)
+        now = await rt.add("quick", 2)
+        await rt.wait(now, timeout=5)
+        assert [j.id for j in (await rt.jobs(scheduled=True)).jobs] == [later]
+        assert await rt.count(scheduled=True) == 1
+        info = await rt.run_now(later)
+        assert info.run_at <= rt.clock.now()
+        assert (await rt.wait(later, timeout=5)).result == 1
+        assert await rt.count(scheduled=True) == 0
+        with pytest.raises(InvalidTransition):
+            await rt.run_now(later)  # finished: nothing to run
+
+
+async def test_a_filter_too_large_or_an_unknown_action_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, _ = app(tmp_path)
+    monkeypatch.setattr(bulk_module, "BULK_LIMIT", 2)
+    async with rt:
+        for n in range(3):
+            await rt.wait(await rt.add("quick", n), timeout=5)
+        with pytest.raises(InvalidOption) as too_many:
+            await rt.bulk("purge", status="SUCCESS")
+        assert "matches 3 jobs" in str(too_many.value)
+        with pytest.raises(InvalidOption) as unknown:
+            await rt.bulk("delete", status="SUCCESS")
+        assert unknown.value.field == "action"
+        assert await rt.count() == 3  # nothing was touched
