@@ -1118,6 +1118,8 @@ class Runtime:
                 raise InvalidOption("ids", f"at most {BULK_LIMIT} ids in one bulk action")
             matched = []
             for job_id in dict.fromkeys(int(i) for i in ids):
+                if not 1 <= job_id < 2**63:
+                    continue  # no job can have it
                 with contextlib.suppress(JobNotFound):
                     if _matches(await self.get(job_id), where):
                         matched.append(job_id)

@@ -996,3 +996,67 @@ async def test_a_database_failure_is_a_500_without_its_details(
     error = error_of(r)
     assert error["code"] == "store_error"
     assert "/srv/secret" not in r.text
+
+
+# -- many jobs at once, run now, purge ------------------------------------------------
+
+
+async def test_bulk_retry_by_filter_after_a_dry_run(client: httpx.AsyncClient, rt: Runtime) -> None:
+    failed = [await rt.add("boom") for _ in range(3)]
+    ok = await rt.add("echo", 1)
+    for job_id in [*failed, ok]:
+        await rt.wait(job_id, timeout=5)
+    count = await client.get("/jobs/count", params={"status": "FAILURE", "task": "boom"})
+    assert count.json() == {"count": 3}
+    preview = await client.post("/jobs/retry", json={"status": "FAILURE", "dry_run": True})
+    assert preview.json() == {
+        "action": "retry",
+        "matched": 3,
+        "done": 0,
+        "skipped": 0,
+        "dry_run": True,
+    }
+    done = await client.post("/jobs/retry", json={"status": ["failure"], "task": "boom"})
+    assert (done.status_code, done.json()["done"]) == (200, 3)
+    for job_id in failed:
+        assert (await rt.wait(job_id, timeout=5)).attempts == 2
+    # Purge what failed, twice over: the finished ones go, nothing else.
+    purged = await client.post("/jobs/purge", json={"ids": [*failed, ok], "status": "FAILURE"})
+    assert purged.json()["done"] == 3
+    assert (await client.get(f"/jobs/{failed[0]}")).status_code == 404
+    assert (await client.get(f"/jobs/{ok}")).status_code == 200
+
+
+async def test_a_bulk_action_needs_a_filter(client: httpx.AsyncClient) -> None:
+    for body in ({}, {"dry_run": True}, {"status": []}, {"metadata": {}}, {"scheduled": False}):
+        r = await client.post("/jobs/cancel", json=body)
+        assert r.status_code == 422 and error_of(r)["field"] == "filter", body
+    r = await client.post("/jobs/purge", json={"status": "DONE"})
+    assert r.status_code == 422 and error_of(r)["field"] == "status"
+    r = await client.post("/jobs/purge", json={"older_than": "soon"})
+    assert r.status_code == 422 and error_of(r)["field"] == "older_than"
+    r = await client.post("/jobs/purge", json={"ids": [1], "everything": True})
+    assert r.status_code == 422
+
+
+async def test_run_now_cancel_and_purge_one_job(
+    client: httpx.AsyncClient, rt: Runtime, gates: dict[str, asyncio.Event]
+) -> None:
+    later = (await client.post("/jobs", json={"task": "echo", "args": [5], "delay": 600})).json()
+    assert (await client.get("/jobs/count", params={"scheduled": "true"})).json() == {"count": 1}
+    listed = await client.get("/jobs", params={"scheduled": "true"})
+    assert [j["id"] for j in listed.json()["jobs"]] == [later["id"]]
+    ran = await client.post(f"/jobs/{later['id']}/run")
+    assert ran.status_code == 200 and ran.json()["run_at"] < later["run_at"]
+    assert (await rt.wait(later["id"], timeout=5)).result == 5
+    again = await client.post(f"/jobs/{later['id']}/run")
+    assert again.status_code == 409  # finished: nothing to run
+
+    held = await rt.add("gated", "h")
+    not_yet = await client.post(f"/jobs/{held}/purge")
+    assert not_yet.status_code == 409  # a live job is never purged
+    cancelled = await client.post(f"/jobs/{held}/cancel")
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "CANCELLED")
+    purged = await client.post(f"/jobs/{held}/purge")
+    assert (purged.status_code, purged.json()["done"]) == (200, 1)
+    assert (await client.get(f"/jobs/{held}")).status_code == 404

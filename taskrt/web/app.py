@@ -35,7 +35,7 @@ from starlette.routing import BaseRoute
 
 from ..errors import InvalidOption, TaskrtError
 from ..runtime import Runtime
-from . import dashboard, jobs, login, metrics, openapi, pools, schedules, streams, system
+from . import bulk, dashboard, jobs, login, metrics, openapi, pools, schedules, streams, system
 from .auth import AuthCallable, JobTokens
 from .errors import (
     ApiError,
@@ -51,6 +51,7 @@ from .routing import routes as api_routes
 #: The endpoint groups every app serves, in routing order.
 GROUPS: tuple[EndpointGroup, ...] = (
     jobs.group,
+    bulk.group,
     streams.group,
     pools.group,
     schedules.group,

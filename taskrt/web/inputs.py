@@ -29,7 +29,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from ..errors import JobNotFound
+from ..errors import InvalidOption, JobNotFound
 from ..retry import parse_duration
 from .errors import ApiError
 from .schemas import DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_INT64
@@ -37,6 +37,7 @@ from .schemas import DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_INT64
 _DIGITS = re.compile(r"[0-9]+")
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DURATION = re.compile(DURATION_PATTERN)
+NO_JOB_IS_THAT_OLD = 1e15  # seconds: some 30 million years
 
 
 def to_int(raw: str) -> int | None:
@@ -219,6 +220,32 @@ def duration_of(body: dict[str, Any], name: str) -> float | str | None:
             raise invalid(name, f"expected {what}, found a string of {len(value)} characters")
         matching(name, value, _DURATION, what)
     return value
+
+
+def older_than(raw: Any, name: str = "older_than") -> float | None:
+    """Seconds of age: a number, or a duration as text (``DURATION_PATTERN``). An
+    age beyond the 100 years a duration may have matches no job, so it is taken
+    as such rather than refused."""
+    if raw is None:
+        return None
+    what = "seconds or a duration like '7d'"
+    if isinstance(raw, str):
+        if len(raw) > DURATION_MAX_LENGTH or not _DURATION.match(raw):
+            raise invalid(name, f"expected {what}, found {raw[:80]!r}")
+    elif isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 0:
+        raise invalid(name, f"expected {what}, found {raw!r}")
+    try:
+        return parse_duration(raw, field=name)
+    except InvalidOption:
+        return NO_JOB_IS_THAT_OLD
+
+
+def query_bool(request: Request, name: str) -> bool:
+    """``?name=true`` / ``false`` (any case); empty or left out: false."""
+    raw = (request.query_params.get(name) or "").lower()
+    if raw not in ("", "true", "false"):
+        raise invalid(name, f"expected true or false, found {raw[:40]!r}")
+    return raw == "true"
 
 
 def job_id_of(request: Request) -> int:

@@ -20,7 +20,9 @@ from .inputs import (
     job_id_of,
     json_object,
     matching,
+    older_than,
     parse_datetime,
+    query_bool,
     query_int,
     query_scalar,
     read_json,
@@ -28,7 +30,14 @@ from .inputs import (
     to_int,
 )
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import CURSOR_PATTERN, STATUS_LIST_PATTERN, integer, ref
+from .schemas import (
+    CURSOR_PATTERN,
+    DURATION_MAX_LENGTH,
+    DURATION_PATTERN,
+    STATUS_LIST_PATTERN,
+    integer,
+    ref,
+)
 
 group = EndpointGroup("jobs", "Add, inspect, cancel and retry jobs.")
 
@@ -153,6 +162,22 @@ async def add_job(api: Api, request: Request) -> Response:
                 'as JSON when it is a JSON scalar (42, true, "42"), else as text'
             ),
         ),
+        Param(
+            "scheduled",
+            schema={"type": "boolean"},
+            description="true: only jobs waiting for a time still to come (a delay, a backoff)",
+            allow_empty=True,
+        ),
+        Param(
+            "older_than",
+            schema={
+                "type": "string",
+                "pattern": DURATION_PATTERN,
+                "maxLength": DURATION_MAX_LENGTH,
+            },
+            description="only jobs created that long ago or more: seconds, or a duration (7d)",
+            allow_empty=True,
+        ),
     ],
     query_prefixes=["metadata."],
     replies={200: Reply("one page of jobs", ref("JobPage"))},
@@ -183,6 +208,8 @@ async def list_jobs(api: Api, request: Request) -> Response:
         metadata=metadata,
         limit=query_int(request, "limit", 50, 1, 1000),
         cursor=cursor,
+        scheduled=query_bool(request, "scheduled"),
+        older_than=older_than(query.get("older_than") or None),
     )
     return JSONResponse({"jobs": [j.to_dict() for j in page.jobs], "cursor": page.cursor})
 

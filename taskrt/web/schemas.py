@@ -310,6 +310,69 @@ COMPONENTS: dict[str, Schema] = {
             "failed": {"type": "integer"},
         },
     },
+    "JobFilter": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": (
+            "Which jobs: `ids`, and the listing's filters. At least one must be given; "
+            'for every job say so, e.g. `{"older_than": 0}`.'
+        ),
+        "anyOf": [
+            {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+            {"required": ["status"], "properties": {"status": {"minLength": 1, "minItems": 1}}},
+            {"required": ["pool"], "properties": {"pool": {"type": "string"}}},
+            {"required": ["task"], "properties": {"task": {"type": "string"}}},
+            {"required": ["metadata"], "properties": {"metadata": {"minProperties": 1}}},
+            {
+                "required": ["older_than"],
+                "properties": {"older_than": {"type": ["number", "string"]}},
+            },
+            {"required": ["scheduled"], "properties": {"scheduled": {"const": True}}},
+        ],
+        "properties": {
+            "ids": nullable({"type": "array", "items": integer(1), "maxItems": 100000}),
+            "status": nullable(
+                {
+                    "anyOf": [
+                        {"type": "string", "enum": list(STATUSES)},
+                        {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}},
+                    ],
+                    "description": "WAITING, RUNNING, SUCCESS, FAILURE or CANCELLED",
+                }
+            ),
+            "pool": _nullable("string"),
+            "task": _nullable("string"),
+            "metadata": nullable(
+                {
+                    "type": "object",
+                    "propertyNames": {"minLength": 1},
+                    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+                    "description": "fields the job's metadata must have",
+                }
+            ),
+            "older_than": nullable(
+                duration(description="created that long ago or more: seconds, or 7d")
+            ),
+            "scheduled": nullable(
+                {"type": "boolean", "description": "only jobs waiting for a time still to come"}
+            ),
+            "dry_run": nullable({"type": "boolean", "description": "count only"}),
+        },
+    },
+    "BulkResult": {
+        "type": "object",
+        "required": ["action", "matched", "done", "skipped", "dry_run"],
+        "properties": {
+            "action": {"type": "string", "enum": ["cancel", "retry", "purge"]},
+            "matched": {"type": "integer"},
+            "done": {"type": "integer"},
+            "skipped": {
+                "type": "integer",
+                "description": "matched, but not in a status the action applies to",
+            },
+            "dry_run": {"type": "boolean"},
+        },
+    },
     "NewPool": {
         "type": "object",
         "required": ["name"],
