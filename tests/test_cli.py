@@ -683,3 +683,39 @@ def test_ls_says_when_a_delayed_job_runs(capsys: pytest.CaptureFixture[str], app
     code, out, _ = run(capsys, app, "ls", "--db", app.db)
     [row] = [line for line in out.splitlines() if line.startswith(str(job["id"]))]
     assert code == 0 and "WAITING" in row and re.search(r"runs in (9|10) min", row)
+
+
+def test_bulk_is_a_dry_run_until_yes(capsys: pytest.CaptureFixture[str], app: App) -> None:
+    first = add_json(capsys, app, "resize")["id"]
+    second = add_json(capsys, app, "resize")["id"]
+    later = add_json(capsys, app, "resize", "--delay", "1h")["id"]
+    code, out, _ = run(capsys, app, "ls", "--db", app.db, "--scheduled", "--json")
+    assert [j["id"] for j in json.loads(out)["jobs"]] == [later]
+    code, out, _ = run(capsys, app, "bulk", "cancel", "--status", "WAITING", "--db", app.db)
+    assert (code, out) == (0, "would cancel 3 jobs; add --yes to do it\n")
+    code, out, _ = run(capsys, app, "get", str(first), "--db", app.db, "--json")
+    assert json.loads(out)["status"] == "WAITING"  # a dry run changes nothing
+    code, out, _ = run(
+        capsys,
+        app,
+        "bulk",
+        "cancel",
+        "--id",
+        str(first),
+        "--id",
+        str(second),
+        "--yes",
+        "--db",
+        app.db,
+    )
+    assert (code, out) == (0, "cancelled 2 of 2 jobs\n")
+    code, out, _ = run(
+        capsys, app, "bulk", "purge", "--status", "CANCELLED", "--yes", "--db", app.db
+    )
+    assert (code, out) == (0, "purged 2 of 2 jobs\n")
+    code, _, err = run(capsys, app, "get", str(first), "--db", app.db)
+    assert code == 3
+    code, out, _ = run(capsys, app, "run-now", str(later), "--db", app.db, "--json")
+    assert code == 0 and json.loads(out)["run_at"] <= time.time()
+    code, _, err = run(capsys, app, "bulk", "retry", "--db", app.db)
+    assert code == 2 and "which jobs?" in err

@@ -58,6 +58,18 @@ COMMANDS: tuple[Command, ...] = (
         jobs.stats_args,
         jobs.stats,
     ),
+    Command(
+        "bulk",
+        "cancel, retry or purge every job a filter matches (a dry run without --yes)",
+        jobs.bulk_args,
+        jobs.bulk,
+    ),
+    Command(
+        "run-now",
+        "start a delayed or backing-off job as soon as it can",
+        jobs.id_args,
+        jobs.run_now,
+    ),
     Command("cleanup", "delete finished jobs older than an age", jobs.cleanup_args, jobs.cleanup),
     Command(
         "watch",

@@ -192,7 +192,8 @@ def describe(job: JobInfo, attempts: Sequence[AttemptInfo]) -> str:
 # -- ls ------------------------------------------------------------------------------------
 
 
-def ls_args(parser: argparse.ArgumentParser) -> None:
+def filter_args(parser: argparse.ArgumentParser) -> None:
+    """Which jobs, as ``ls`` and ``bulk`` read them."""
     parser.add_argument(
         "--status",
         action="append",
@@ -208,6 +209,18 @@ def ls_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="only jobs whose metadata has KEY equal to VALUE (JSON when it parses)",
     )
+    parser.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="only jobs waiting for a time still to come (a delay, a retry's backoff)",
+    )
+    parser.add_argument(
+        "--older-than", help="only jobs created that long ago or more: 3600, 12h, 7d"
+    )
+
+
+def ls_args(parser: argparse.ArgumentParser) -> None:
+    filter_args(parser)
     parser.add_argument("--limit", type=int, default=50, help="jobs per page, 1-1000 (default 50)")
     parser.add_argument("--cursor", help="the cursor printed with the previous page")
     target_args(parser)
@@ -225,6 +238,8 @@ async def ls(args: argparse.Namespace) -> int:
             metadata=metadata,
             limit=args.limit,
             cursor=args.cursor,
+            scheduled=args.scheduled,
+            older_than=age_of(args),
         )
     if args.json:
         print_json({"jobs": [j.to_dict() for j in page.jobs], "cursor": page.cursor})
@@ -370,9 +385,81 @@ async def cleanup(args: argparse.Namespace) -> int:
     return OK
 
 
+# -- many jobs at once, run now ---------------------------------------------------------
+
+
+def age_of(args: argparse.Namespace) -> float | None:
+    if args.older_than is None:
+        return None
+    return parse_duration(args.older_than, field="--older-than")
+
+
+def bulk_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["cancel", "retry", "purge"])
+    filter_args(parser)
+    parser.add_argument(
+        "--id",
+        action="append",
+        type=job_id,
+        default=None,
+        metavar="ID",
+        help="this job (repeatable)",
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="do it; without, only say how many jobs it would touch"
+    )
+    target_args(parser)
+
+
+DONE = {"cancel": "cancelled", "retry": "retried", "purge": "purged"}
+
+
+@in_event_loop
+async def bulk(args: argparse.Namespace) -> int:
+    filters = {
+        "ids": args.id,
+        "status": statuses(args.status) or None,
+        "pool": args.pool,
+        "task": args.task,
+        "metadata": pairs(args.meta, "--meta") or None,
+        "scheduled": args.scheduled,
+        "older_than": age_of(args),
+    }
+    if all(v is None or v is False for v in filters.values()):
+        raise UsageError(
+            "which jobs? give --id or a filter (--status, --pool, --task, --meta, "
+            "--older-than, --scheduled); for every job say --older-than 0"
+        )
+    async with opened(args) as rt:
+        result = await rt.bulk(args.action, dry_run=not args.yes, **filters)
+    if args.json:
+        print_json(result.to_dict())
+    elif result.dry_run:
+        print(f"would {args.action} {plural(result.matched, 'job')}; add --yes to do it")
+    else:
+        skipped = (
+            f" ({result.skipped} skipped: not in a status it applies to)" if result.skipped else ""
+        )
+        print(f"{DONE[args.action]} {result.done} of {plural(result.matched, 'job')}{skipped}")
+    return OK
+
+
+@in_event_loop
+async def run_now(args: argparse.Namespace) -> int:
+    async with opened(args) as rt:
+        info = await rt.run_now(args.id)
+    if args.json:
+        print_json(info.to_dict())
+    else:
+        print(f"job {info.id} runs now ({info.status.value})")
+    return OK
+
+
 __all__ = [
     "add",
     "add_args",
+    "bulk",
+    "bulk_args",
     "cancel",
     "cleanup",
     "cleanup_args",
@@ -383,6 +470,7 @@ __all__ = [
     "ls",
     "ls_args",
     "retry",
+    "run_now",
     "stats",
     "stats_args",
 ]
