@@ -219,13 +219,19 @@ class RuntimeCollector(Collector):
         paused = GaugeMetricFamily(
             f"{p}_pool_paused", "1 while the pool is paused.", labels=["pool"]
         )
+        latency = GaugeMetricFamily(
+            f"{p}_pool_latency_seconds",
+            "How long the oldest runnable job has waited past its run_at.",
+            labels=["pool"],
+        )
         for name, pool in sorted(self.rt.pools.items()):
             stats = pool.statistics()
             waiting.add_metric([name], stats.waiting)
             running.add_metric([name], stats.running)
             slots.add_metric([name], stats.concurrency)
             paused.add_metric([name], 1 if stats.paused else 0)
-        yield from (waiting, running, slots, paused)
+            latency.add_metric([name], stats.latency)
+        yield from (waiting, running, slots, paused, latency)
 
 
 def _bound(value: float) -> str:

@@ -271,6 +271,8 @@ class PoolStatistics:
     paused: bool = False
     processed: int = 0
     failed: int = 0
+    latency: float = 0.0
+    """Seconds the oldest runnable job has waited past its ``run_at`` (0: none waits)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -216,7 +216,10 @@ class Pool:
         return await self._host.add_calls(self, task, calls, tx=tx)
 
     def statistics(self) -> PoolStatistics:
+        now = self._host.clock.now()
+        due = [s.run_at for s in list(self._queued.values()) if s.run_at <= now]
         return PoolStatistics(
+            latency=now - min(due) if due else 0.0,
             name=self.name,
             concurrency=self.concurrency,
             capacity=self.capacity,

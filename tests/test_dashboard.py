@@ -501,6 +501,41 @@ async def test_a_jobs_timeline_is_what_happened_in_one_clock_format(
 
 
 @in_browser
+async def test_retry_every_filtered_failure_and_run_a_delayed_job_now(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    failed = [await rt.pool("batch").add("boom", path=f"/srv/{i}") for i in range(3)]
+    for job_id in failed:
+        await rt.wait(job_id, timeout=5)
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        await page.locator("#filters [name=status]").select_option("FAILURE")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("#jobs tr.job")).to_have_count(3)
+        asked: list[str] = []
+
+        async def accept(dialog: Any) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", accept)
+        await page.get_by_role("button", name="Retry all…").click()
+        await expect(page.locator(".toast", has_text="3 jobs queued again")).to_be_visible()
+        assert asked == ["Retry 3 jobs matching status FAILURE?"]
+        for job_id in failed:
+            assert (await rt.wait(job_id, timeout=5)).attempts == 2  # boom fails again
+
+        await page.get_by_role("button", name="Clear").click()
+        delayed = await rt.enqueue("stepped", kwargs={"n": 1, "key": "now"}, delay=600)
+        await page.locator("#filters [name=status]").select_option("SCHEDULED")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("#jobs tr.job")).to_have_count(1)
+        await page.get_by_role("button", name=f"Run job {delayed} now").click()
+        await wait_until(lambda: rt.live.states[delayed].status == "RUNNING")
+        steps.allow("now")
+        assert (await rt.wait(delayed, timeout=5)).status == "SUCCESS"
+
+
+@in_browser
 async def test_a_missing_job_has_a_plain_page(rt: Runtime, server: Serve, browser: Any) -> None:
     async with server(create_app(rt)) as base:
         context = await browser.new_context()

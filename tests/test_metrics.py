@@ -237,3 +237,23 @@ async def test_the_metrics_route_is_authenticated(db_path: Path) -> None:
         assert (await client.get("/metrics")).status_code == 401
         ok = await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and "taskrt_runtime_started 1.0" in ok.text
+
+
+async def test_queue_latency_is_the_wait_of_the_oldest_runnable_job(db_path: Path) -> None:
+    clock = FakeClock()
+    rt = Runtime(str(db_path), clock=clock)
+    rt.pool("p", concurrency=1).pause()
+
+    @rt.task(pool="p")
+    async def noop(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        assert rt.pools["p"].statistics().latency == 0.0
+        await rt.add(noop)
+        await rt.pool("p").add(noop.options(delay=600))  # not runnable: no latency
+        await clock.advance(30)
+        assert rt.pools["p"].statistics().latency == 30.0
+        assert scrape(rt)["taskrt_pool_latency_seconds", (("pool", "p"),)] == 30.0
+        [pool] = [p for p in await rt.pool_statistics() if p.name == "p"]
+        assert pool.to_dict()["latency"] == 30.0

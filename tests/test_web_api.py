@@ -470,6 +470,7 @@ async def test_pools_list_create_change(rt: Runtime, client: httpx.AsyncClient) 
         "paused": False,
         "processed": 0,
         "failed": 0,
+        "latency": 0.0,
     }
     assert rt.pools["reports"].concurrency == 2
     dup = await client.post("/pools", json={"name": "reports"})

@@ -230,7 +230,9 @@ function metadataFilters(q) {
 
 function matchesFilters(job) {
   const f = state.filters;
-  return (!f.status || job.status === f.status) && (!f.pool || job.pool === f.pool) && (!f.task || job.task === f.task);
+  // "SCHEDULED": waiting for a time still to come (a delay, a retry's backoff).
+  const status = f.status === "SCHEDULED" ? job.status === "WAITING" && job.run_at > nowS() : !f.status || job.status === f.status;
+  return status && (!f.pool || job.pool === f.pool) && (!f.task || job.task === f.task);
 }
 
 // -- routing (note 1) -----------------------------------------------------------------------
@@ -534,6 +536,8 @@ function updatePoolRow(row, pool) {
   badge.className = `badge ${pool.paused ? "paused" : "active"}`;
   cell("running").textContent = `${pool.running} / ${pool.concurrency}`;
   cell("waiting").textContent = pool.capacity === null ? pool.waiting.toLocaleString() : `${pool.waiting.toLocaleString()} / ${pool.capacity.toLocaleString()}`;
+  // Queue latency: how long the oldest runnable job has waited for a slot.
+  if (pool.latency >= 0.5) cell("waiting").append(el("span", { class: "sub", title: "the oldest runnable job has waited this long", text: `oldest ${duration(pool.latency)}` }));
   cell("done").textContent = `${pool.processed.toLocaleString()} / ${pool.failed.toLocaleString()}`;
   const input = row.querySelector("input[name=concurrency]");
   if (document.activeElement !== input && input.dataset.dirty !== "true") input.value = pool.concurrency;
@@ -754,7 +758,8 @@ $("#next-page").addEventListener("click", () => {
 async function loadJobs(cursor = state.cursor) {
   const f = state.filters;
   const params = new URLSearchParams({ limit: String(LIMIT) });
-  if (f.status) params.set("status", f.status);
+  if (f.status === "SCHEDULED") params.set("scheduled", "true");
+  else if (f.status) params.set("status", f.status);
   if (f.pool) params.set("pool", f.pool);
   if (f.task) params.set("task", f.task);
   let meta;
@@ -863,6 +868,9 @@ function jobActions(job) {
   }
   if (job.status === "FAILURE" || job.status === "CANCELLED") {
     out.push(el("button", { type: "button", class: "btn small", dataset: { action: "retry", id: job.id }, "aria-label": `Retry job ${job.id}`, text: "Retry" }));
+  }
+  if (job.status === "WAITING" && job.run_at && job.run_at > nowS() + 1) {
+    out.unshift(el("button", { type: "button", class: "btn small", dataset: { action: "run", id: job.id }, "aria-label": `Run job ${job.id} now`, text: "Run now" }));
   }
   return out;
 }
@@ -1064,10 +1072,11 @@ $("#jobs").addEventListener("click", async (event) => {
 
 async function jobAction(button, id, action) {
   button.disabled = true;
-  const job = await act(`Job #${id}`, () => (action === "cancel" ? call("DELETE", `/jobs/${id}`) : call("POST", `/jobs/${id}/retry`)));
+  const path = { cancel: `/jobs/${id}/cancel`, retry: `/jobs/${id}/retry`, run: `/jobs/${id}/run` }[action];
+  const job = await act(`Job #${id}`, () => call("POST", path));
   button.disabled = false;
   if (!job) return;
-  toast(`Job #${id} ${action === "cancel" ? "cancelled" : "queued again"}`);
+  toast(`Job #${id} ${{ cancel: "cancelled", retry: "queued again", run: "runs now" }[action]}`);
   adopt(job);
 }
 
@@ -1084,6 +1093,59 @@ function adopt(job) {
     renderJobPage();
     loadAttempts();
   }
+}
+
+// -- many jobs at once: the filters on screen, a count, a confirmation -----------------
+
+function bulkFilter() {
+  const f = state.filters;
+  const body = {};
+  if (f.status === "SCHEDULED") body.scheduled = true;
+  else if (f.status) body.status = f.status;
+  if (f.pool) body.pool = f.pool;
+  if (f.task) body.task = f.task;
+  const meta = metadataFilters(f.q || "");
+  if (meta.length) body.metadata = Object.fromEntries(meta.map(([k, v]) => [k, jsonScalar(v)]));
+  const described = [f.status && `status ${f.status}`, f.pool && `pool ${f.pool}`, f.task && `task ${f.task}`, ...meta.map(([k, v]) => `${k}=${v}`)].filter(Boolean);
+  if (!described.length) body.older_than = 0; // every job: said outright
+  return [body, described.length ? `matching ${described.join(", ")}` : "of every kind"];
+}
+
+function jsonScalar(text) {
+  try {
+    const value = JSON.parse(text);
+    return value === null || typeof value !== "object" ? value : text;
+  } catch {
+    return text;
+  }
+}
+
+async function bulkAction(action) {
+  let body;
+  let what;
+  try {
+    [body, what] = bulkFilter();
+  } catch (exc) {
+    toast(`Search: ${exc.message}`, "error");
+    return;
+  }
+  const preview = await act("Bulk", () => call("POST", `/jobs/${action}`, { ...body, dry_run: true }));
+  if (!preview) return;
+  if (!preview.matched) {
+    toast(`No job ${what}`);
+    return;
+  }
+  const verb = { retry: "Retry", cancel: "Cancel", purge: "Delete" }[action];
+  if (!window.confirm(`${verb} ${preview.matched} job${preview.matched === 1 ? "" : "s"} ${what}?`)) return;
+  const done = await act("Bulk", () => call("POST", `/jobs/${action}`, body));
+  if (!done) return;
+  const past = { retry: "queued again", cancel: "cancelled", purge: "deleted" }[action];
+  toast(`${done.done} job${done.done === 1 ? "" : "s"} ${past}${done.skipped ? ` (${done.skipped} skipped)` : ""}`);
+  await Promise.allSettled([loadJobs(), loadCounts()]);
+}
+
+for (const button of document.querySelectorAll("[data-bulk]")) {
+  button.addEventListener("click", () => bulkAction(button.dataset.bulk));
 }
 
 // -- a job's page ---------------------------------------------------------------------------

@@ -308,6 +308,10 @@ COMPONENTS: dict[str, Schema] = {
             "paused": {"type": "boolean"},
             "processed": {"type": "integer"},
             "failed": {"type": "integer"},
+            "latency": {
+                "type": "number",
+                "description": "seconds the oldest runnable job has waited past its run_at",
+            },
         },
     },
     "JobFilter": {
