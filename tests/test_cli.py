@@ -28,7 +28,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskrt import JobContext, Runtime, cli
+from taskrt import JobContext, JobStatus, Runtime, cli
 from taskrt.cli.progress import Bar, JobView, bar_line, summary_line
 from taskrt.web import create_app
 
@@ -719,3 +719,55 @@ def test_bulk_is_a_dry_run_until_yes(capsys: pytest.CaptureFixture[str], app: Ap
     assert code == 0 and json.loads(out)["run_at"] <= time.time()
     code, _, err = run(capsys, app, "bulk", "retry", "--db", app.db)
     assert code == 2 and "which jobs?" in err
+
+
+@pytest.mark.server
+async def test_the_commands_work_against_a_server_with_its_token(
+    capsys: pytest.CaptureFixture[str], db_path: Path, server: Serve
+) -> None:
+    """--url: a container's jobs without its database file (here: a real server)."""
+    rt, gates = owner(str(db_path))
+    rt.schedule("nightly", "steps", "0 3 * * *", kwargs={"n": 0})
+
+    async def cli_main(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(cli.main, list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    async with server(create_app(rt, token="s3cret-token-for-the-cli")) as url:
+        first = await rt.add("steps", n=0, fail=True)
+        gate(gates, first).put_nowait(None)
+        await rt.wait(first, timeout=5)
+        later = await rt.enqueue("steps", kwargs={"n": 0}, delay=600)
+        creds = ["--url", url, "--token", "s3cret-token-for-the-cli"]
+
+        code, _, err = await cli_main("ls", "--url", url)  # no token
+        assert code == 4 and "401" in err and "--token" in err
+        code, out, _ = await cli_main("ls", *creds, "--json")
+        assert [j["id"] for j in json.loads(out)["jobs"]] == [later, first]
+        code, out, _ = await cli_main("ls", *creds, "--scheduled")
+        assert code == 0 and "runs in" in out and str(later) in out
+        code, out, _ = await cli_main("get", str(first), *creds)
+        assert code == 0 and "FAILURE" in out and "it broke" in out
+        code, _, err = await cli_main("get", "999", *creds)
+        assert (code, err) == (3, "taskrt: error: no job with id 999\n")
+        code, out, _ = await cli_main("stats", *creds)
+        assert code == 0 and f":{os.getpid()}:" in out  # the server's owner, from /health
+        code, out, _ = await cli_main("schedules", *creds)
+        assert code == 0 and "nightly" in out
+        code, out, _ = await cli_main("bulk", "retry", "--status", "FAILURE", *creds)
+        assert (code, out) == (0, "would retry 1 job; add --yes to do it\n")
+        code, out, _ = await cli_main("retry", str(first), *creds)
+        assert code == 0
+        gate(gates, first).put_nowait(None)
+        await rt.wait(first, timeout=5)
+        code, out, _ = await cli_main("run-now", str(later), *creds)
+        assert code == 0 and "runs now" in out
+        gate(gates, later).put_nowait(None)
+        assert (await rt.wait(later, timeout=5)).status is JobStatus.SUCCESS
+        code, _, err = await cli_main("cancel", str(later), *creds)
+        assert code == 2 and "cannot cancel" in err  # finished: refused as from a database
+        code, out, _ = await cli_main("bulk", "purge", "--older-than", "0", "--yes", *creds)
+        assert code == 0 and out.startswith("purged 2 of 2 jobs")
+        code, _, err = await cli_main("ls", *creds, "--db", str(db_path))
+        assert code == 2 and "not both" in err

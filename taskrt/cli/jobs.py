@@ -18,6 +18,7 @@ from ..errors import PoolNotFound
 from ..models import TERMINAL, AttemptInfo, JobInfo, JobStatus
 from ..retry import parse_duration
 from .progress import exit_status, follow, runtime_events
+from .remote import opened
 from .support import (
     NOT_FOUND,
     OK,
@@ -27,7 +28,6 @@ from .support import (
     in_event_loop,
     job_id,
     moment,
-    opened,
     pairs,
     plural,
     print_json,
@@ -123,7 +123,7 @@ async def add(args: argparse.Namespace) -> int:
 
 def get_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", type=job_id, metavar="ID", help="the job's id")
-    target_args(parser)
+    target_args(parser, url=True)
 
 
 @in_event_loop
@@ -223,7 +223,7 @@ def ls_args(parser: argparse.ArgumentParser) -> None:
     filter_args(parser)
     parser.add_argument("--limit", type=int, default=50, help="jobs per page, 1-1000 (default 50)")
     parser.add_argument("--cursor", help="the cursor printed with the previous page")
-    target_args(parser)
+    target_args(parser, url=True)
 
 
 @in_event_loop
@@ -278,7 +278,7 @@ async def ls(args: argparse.Namespace) -> int:
 
 def id_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", type=job_id, metavar="ID", help="the job's id")
-    target_args(parser)
+    target_args(parser, url=True)
 
 
 @in_event_loop
@@ -314,7 +314,7 @@ def stats_args(parser: argparse.ArgumentParser) -> None:
         "--since", help="jobs created at or after: epoch seconds, ISO 8601, or ago (24h)"
     )
     parser.add_argument("--until", help="jobs created before (same forms)")
-    target_args(parser)
+    target_args(parser, url=True)
 
 
 @in_event_loop
@@ -408,7 +408,7 @@ def bulk_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--yes", action="store_true", help="do it; without, only say how many jobs it would touch"
     )
-    target_args(parser)
+    target_args(parser, url=True)
 
 
 DONE = {"cancel": "cancelled", "retry": "retried", "purge": "purged"}

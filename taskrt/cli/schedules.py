@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .support import OK, in_event_loop, opened, print_json, table, target_args, when
+from .remote import opened
+from .support import OK, in_event_loop, print_json, table, target_args, when
 
 
 def schedules_args(parser: argparse.ArgumentParser) -> None:
-    target_args(parser)
+    target_args(parser, url=True)
 
 
 @in_event_loop
