@@ -536,6 +536,39 @@ async def test_retry_every_filtered_failure_and_run_a_delayed_job_now(
 
 
 @in_browser
+async def test_the_api_page_renders_the_document_and_tries_operations_offline(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard") as page:
+            await page.get_by_role("link", name="API", exact=True).click()
+            await page.locator("body[data-ready=true]").wait_for()
+            asked: list[str] = []
+            page.on("request", lambda request: asked.append(request.url))
+            await expect(page.locator("#api-title")).to_have_text("taskrt")
+            pools = page.locator("details#list_pools")
+            await pools.locator("summary").click()
+            await pools.get_by_role("button", name="Send").click()
+            await expect(pools.get_by_role("status")).to_have_text("200 OK")
+            await expect(pools.locator("pre.code")).to_contain_text('"name": "main"')
+            add = page.locator("details#add_job")
+            await add.locator("summary").click()
+            body = add.get_by_label("Body of POST /jobs")
+            await body.fill('{"task": "stepped", "kwargs": {"n": 1, "key": "api"}}')
+            await add.get_by_role("button", name="Send").click()
+            await expect(add.get_by_role("status")).to_have_text("201 Created")
+            [added] = (await rt.jobs()).jobs
+            job = page.locator("details#get_job")
+            await job.locator("summary").click()
+            await job.get_by_label("job_id of GET /jobs/{job_id}").fill(str(added.id))
+            await job.get_by_role("button", name="Send").click()
+            await expect(job.get_by_role("status")).to_have_text("200 OK")
+            await expect(job.locator("pre.code")).to_contain_text('"task": "stepped"')
+            steps.allow("api")
+            assert all(url.startswith(base) for url in asked), asked  # nothing from elsewhere
+
+
+@in_browser
 async def test_a_missing_job_has_a_plain_page(rt: Runtime, server: Serve, browser: Any) -> None:
     async with server(create_app(rt)) as base:
         context = await browser.new_context()

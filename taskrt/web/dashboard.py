@@ -55,6 +55,7 @@ group = EndpointGroup(
 ASSETS: dict[str, str] = {
     "dashboard.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
 }
 _PAGE = "dashboard.html"
 _ROOT_MARK = "{{root}}"
@@ -93,10 +94,10 @@ def _etag(name: str) -> str:
     return '"' + hashlib.sha256(_read(name)).hexdigest()[:20] + '"'
 
 
-def page(request: Request) -> Response:
-    """The page, with the app's root path written into it (note 1)."""
+def page(request: Request, name: str = _PAGE) -> Response:
+    """A page, with the app's root path written into it (note 1)."""
     root = html.escape(request.scope.get("root_path", "").rstrip("/"), quote=True)
-    body = _read(_PAGE).decode("utf-8").replace(_ROOT_MARK, root)
+    body = _read(name).decode("utf-8").replace(_ROOT_MARK, root)
     return Response(
         body,
         media_type="text/html; charset=utf-8",
@@ -132,6 +133,17 @@ async def dashboard_job(api: Api, request: Request) -> Response:
     if not 1 <= job_id <= MAX_INT64:
         raise ApiError(404, "not_found", f"no job can have the id {job_id}")
     return page(request)
+
+
+@group.get(
+    "/dashboard/api",
+    summary="The API, rendered from its OpenAPI document, with a form to try each operation (HTML)",
+    replies={200: _HTML},
+    needs_runtime=False,
+)
+async def api_page(api: Api, request: Request) -> Response:
+    """Offline, like the dashboard: no CDN; requests go with the browser's session."""
+    return page(request, "api.html")
 
 
 @group.get(
