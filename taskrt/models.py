@@ -295,6 +295,29 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """What finished in one step of time (``rt.history``): from ``at`` for ``step`` seconds.
+
+    ``mean_duration`` and ``p95_duration`` are of the successes; the p95 comes
+    from the histogram's buckets (``taskrt.counters.BUCKETS``): it is the upper
+    bound of the bucket holding the 95th percentile, so it is at most that
+    bucket's width above the true value.
+    """
+
+    at: float
+    step: float
+    succeeded: int
+    failed: int
+    cancelled: int
+    retried: int
+    mean_duration: float | None
+    p95_duration: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class BulkResult:
     """What a bulk action (``rt.bulk``) did: the jobs the filter matched, those it
     acted on, those it left (not in a status the action applies to)."""

@@ -46,6 +46,8 @@ class RetentionHost(Protocol):
         self, older_than: float | timedelta = ..., statuses: Iterable[JobStatus | str] = ...
     ) -> int: ...
 
+    async def prune_history(self, older_than: float) -> int: ...
+
 
 log = logging.getLogger("taskrt.retention")
 
@@ -56,6 +58,7 @@ DEFAULT_AGES: dict[JobStatus, float] = {
     JobStatus.CANCELLED: 30 * DAY,
 }
 DEFAULT_CRON = "@hourly"
+DEFAULT_HISTORY = 30 * DAY  # the per-minute history (taskrt.history)
 
 Ages = Mapping[str | JobStatus, float | timedelta | str | None]
 
@@ -117,6 +120,7 @@ class Retention:
     def __init__(self, rt: RetentionHost) -> None:
         self._rt = rt
         self.ages: dict[JobStatus, float] = dict(DEFAULT_AGES)
+        self.history: float | None = DEFAULT_HISTORY
         self.spec: CronSpec = parse_cron(DEFAULT_CRON)
         self.runs = 0
         self.deleted = 0
@@ -128,12 +132,26 @@ class Retention:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.ages)
+        return bool(self.ages) or self.history is not None
 
-    def configure(self, ages: Ages | None, *, cron: str = DEFAULT_CRON, tz: str = "UTC") -> None:
-        """New ages (``None``: no retention) and schedule; takes effect at once."""
+    def configure(
+        self,
+        ages: Ages | None,
+        *,
+        cron: str = DEFAULT_CRON,
+        tz: str = "UTC",
+        history: float | str | timedelta | None = DEFAULT_HISTORY,
+    ) -> None:
+        """New ages (``None``: no retention), history age and schedule; at once."""
         spec = parse_cron(cron, tz)
+        if history is not None:
+            history = (
+                history.total_seconds()
+                if isinstance(history, timedelta)
+                else parse_duration(history, field="retention.history")
+            )
         self.ages = {} if ages is None else parse_ages(ages)
+        self.history = history
         self.spec = spec
         if self._running:
             self._arm()
@@ -155,6 +173,8 @@ class Retention:
         deleted = 0
         for status, age in sorted(self.ages.items()):
             deleted += await self._rt.cleanup(older_than=age, statuses=[status])
+        if self.history is not None:
+            await self._rt.prune_history(self.history)
         self.runs += 1
         self.deleted += deleted
         self.last_run_at = self._rt.clock.now()

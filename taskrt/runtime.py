@@ -70,6 +70,7 @@ from .errors import (
     TaskrtError,
 )
 from .events import Broker, EventBus
+from .history import points as history_points
 from .limits import DEFAULT_LIMITS, Limits, check_progress
 from .live import LiveJobs
 from .models import (
@@ -78,6 +79,7 @@ from .models import (
     BulkResult,
     Event,
     EventType,
+    HistoryPoint,
     JobInfo,
     JobStatus,
     OwnerStatus,
@@ -105,6 +107,8 @@ log = logging.getLogger("taskrt")
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_RECOVERIES = 3
+MAX_POINTS = 10_000
+"""Steps ``rt.history`` gives at most (the latest of a longer window)."""
 FOLLOW_INTERVAL = 0.1
 """Seconds between a standby's looks at the ownership lock (it also looks at
 once when its connection to the owner ends)."""
@@ -438,14 +442,19 @@ class Runtime:
         *,
         cron: str = "@hourly",
         tz: str = "UTC",
+        history: float | str | timedelta | _Unset | None = UNSET,
     ) -> None:
         """Prune finished jobs older than ``ages`` on ``cron`` (the owner, from start).
 
         ``ages`` maps a status to an age (seconds, ``"12h"``, a timedelta; ``None``:
         keep forever) over the defaults: SUCCESS 7 days, FAILURE and CANCELLED 30
-        days. ``rt.retention(None)`` turns retention off. See ``taskrt.retention``.
+        days. ``rt.retention(None)`` turns retention off. ``history``: how long the
+        per-minute history (``rt.history``) is kept (``None``: forever). See
+        ``taskrt.retention``.
         """
-        self.schedules.retention.configure(ages, cron=cron, tz=tz)
+        if isinstance(history, _Unset):  # 30 days, unless retention is off
+            history = None if ages is None else "30d"
+        self.schedules.retention.configure(ages, cron=cron, tz=tz, history=history)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -618,6 +627,7 @@ class Runtime:
             await asyncio.wait(running, timeout=self.abandon_after)
         self._workers_on = False
         await self.background.wait(self.grace)
+        self.transitions.flush_history()  # the last second of history, with the last writes
         try:
             if self.relay_server is not None:
                 # Before the lock goes: what the others forwarded is done (or
@@ -717,6 +727,8 @@ class Runtime:
             return {"jobs": [j.to_dict() for j in page.jobs], "cursor": page.cursor}
         if method == "stats":
             return (await self.stats(args.get("since"), args.get("until"))).to_dict()
+        if method == "history":
+            return [p.to_dict() for p in await self.history(**args)]
         if method == "count":
             return await self.count(**args)
         if method == "bulk":
@@ -1175,6 +1187,54 @@ class Runtime:
             raise InvalidTransition(job_id, (await self.get(job_id)).status.value, "run now")
         return await self.get(job_id)
 
+    async def history(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        step: float = 60,
+        pool: str | None = None,
+        task: str | None = None,
+    ) -> list[HistoryPoint]:
+        """What finished per ``step`` seconds (a multiple of 60, at most 7 days), oldest
+        first: counts by outcome and the successes' durations. It survives restarts
+        and the pruning of the jobs themselves (``taskrt.history``; kept as long as
+        ``rt.retention(history=...)`` says). Default window: the last 60 steps;
+        at most the latest ``MAX_POINTS`` (10,000) steps of a longer one."""
+        self.require_started("history")
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, int | float)
+            or not (60 <= step <= 7 * 86400 and step % 60 == 0)
+        ):
+            raise InvalidOption(
+                "step", f"expected a multiple of 60 seconds up to 7 days, found {step!r}"
+            )
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(OwnerUnreachable):
+                raw = await remote.call(
+                    "history", since=since, until=until, step=step, pool=pool, task=task
+                )
+                return [HistoryPoint(**p) for p in raw]
+        end = self.clock.now() if until is None else float(until)
+        start = end - 60 * step if since is None else float(since)
+        if not (start == start and end == end) or end < start:
+            raise InvalidOption("until", "expected a time after since")
+        step_minutes = int(step // 60)
+        first = int(start // 60) // step_minutes * step_minutes
+        last = int(end // 60) + 1  # the minute holding `until` included
+        if (last - first) / step_minutes > MAX_POINTS:
+            first = last - MAX_POINTS * step_minutes  # the latest steps of the window
+        if self.owning:
+            await self.store.settle(self.transitions.flush_history())
+        rows = await self.store.history(first, last, step_minutes, pool=pool, task=task)
+        return history_points(rows, float(step))
+
+    async def prune_history(self, older_than: float) -> int:
+        """Forget the history of minutes older than ``older_than`` seconds (retention)."""
+        return await self.store.prune_history(int((self.clock.now() - older_than) // 60))
+
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
         """Counts by status, success rate, mean and p95 duration (seconds)."""
         self.require_started("statistics")
@@ -1340,7 +1400,7 @@ def _matches(info: JobInfo, where: Mapping[str, Any]) -> bool:
         and where["task"] in (None, info.task)
         and all(info.metadata.get(k) == v for k, v in where["metadata"].items())
         and (run_after is None or (info.status is JobStatus.WAITING and info.run_at > run_after))
-        and (created_before is None or info.created_at < created_before)
+        and (created_before is None or info.created_at <= created_before)
     )
 
 

@@ -27,6 +27,7 @@ from .errors import (
     StoreUnavailable,
     TaskrtError,
 )
+from .history import FLUSH_AFTER, MinuteCounts
 from .limits import encode, safe_text
 from .live import LiveJobs
 from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, JobStatus
@@ -70,6 +71,9 @@ class Transitions:
         self.pools = pools
         self.background = background
         self.schedule_failed = schedule_failed
+        # What finished, per minute (taskrt.history), handed to the store each second.
+        self.history = MinuteCounts()
+        self._history_timer: asyncio.TimerHandle | None = None
 
     def emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
@@ -225,6 +229,7 @@ class Transitions:
         )
         self.counters.retries[state.task] += 1
         run_at = self.clock.now() + delay
+        self._count(self.clock.now(), state.pool, state.task, "retried")
         self._record_attempt(
             state, kind, error if record else None, tb if record else None, retry_at=run_at
         )
@@ -241,6 +246,22 @@ class Transitions:
         )
         self.write_waiting(state)
         self.pools[state.pool].push(state)
+
+    def _count(
+        self, at: float, pool: str, task: str, outcome: str, duration: float | None = None
+    ) -> None:
+        """Into the minute's history; handed to the store within ``FLUSH_AFTER`` s."""
+        self.history.add(at, pool, task, outcome, duration)
+        if self._history_timer is None:
+            loop = asyncio.get_running_loop()
+            self._history_timer = loop.call_later(FLUSH_AFTER, self.flush_history)
+
+    def flush_history(self) -> asyncio.Future[None]:
+        """Hand what the history gathered to the store (queued with the next batch)."""
+        if self._history_timer is not None:
+            self._history_timer.cancel()
+            self._history_timer = None
+        return self.store.record_minutes(self.history.drain())
 
     def write_waiting(self, state: JobState) -> asyncio.Future[None]:
         return self.store.requeue(
@@ -321,6 +342,14 @@ class Transitions:
         now = self.clock.now()
         info = state
         self.counters.finished[info.task, status] += 1
+        took = now - state.started_at if state.started_at is not None else None
+        self._count(
+            now,
+            info.pool,
+            info.task,
+            _OUTCOME[status],
+            took if status is JobStatus.SUCCESS else None,
+        )
         state.status = status
         state.finished_at = now
         if status is JobStatus.SUCCESS:
@@ -394,3 +423,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TaskrtError | Fatal | Retry):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_OUTCOME = {
+    JobStatus.SUCCESS: "succeeded",
+    JobStatus.FAILURE: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}

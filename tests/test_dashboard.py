@@ -569,6 +569,31 @@ async def test_the_api_page_renders_the_document_and_tries_operations_offline(
 
 
 @in_browser
+async def test_the_history_chart_survives_a_restart(
+    rt: Runtime, steps: Steps, db_path: Path, server: Serve, browser: Any
+) -> None:
+    for key in ("h1", "h2"):
+        steps.allow(key)
+        await rt.wait(await rt.add("stepped", n=1, key=key), timeout=5)
+    for _ in range(3):
+        await rt.wait(await rt.pool("batch").add("boom"), timeout=5)
+    await rt.stop()  # a restart: what the chart shows comes from the database
+    again = make_runtime(db_path, steps)
+    async with again, server(create_app(again)) as base:
+        async with dashboard(browser, f"{base}/dashboard") as page:
+            chart = page.locator("#history")
+            await expect(chart).to_have_attribute("data-succeeded", "2")
+            await expect(chart).to_have_attribute("data-failed", "3")
+            await expect(chart.locator("rect")).not_to_have_count(0)
+            await expect(page.locator("#history-totals")).to_have_text("2 succeeded · 3 failed")
+            await page.get_by_role("button", name="Last 7 days").click()
+            await expect(page.get_by_role("button", name="Last 7 days")).to_have_attribute(
+                "aria-pressed", "true"
+            )
+            await expect(chart).to_have_attribute("data-failed", "3")
+
+
+@in_browser
 async def test_a_missing_job_has_a_plain_page(rt: Runtime, server: Serve, browser: Any) -> None:
     async with server(create_app(rt)) as base:
         context = await browser.new_context()

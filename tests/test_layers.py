@@ -95,6 +95,7 @@ LAYERS: dict[str, int] = {
     "events": 1,
     "relay": 1,  # the event bus between the processes of a host
     "bulk": 2,  # bulk actions: ids by filter, one action each
+    "history": 2,  # what finished, per minute
     # engine
     **dict.fromkeys(["context", "background", "live", "pool", "adding", "transitions"], 2),
     "adoption": 2,

@@ -1215,3 +1215,32 @@ async def test_a_healthy_store_says_so(store: JobStore) -> None:
     assert (health.ok, health.error, health.since, health.retained) == (True, None, None, 0)
     assert (health.failed_writes, health.outages) == (0, 0)
     assert store.failing is False
+
+
+# -- history: what finished, per minute -------------------------------------------
+
+
+def minute_row(minute: int, pool: str, task: str, *counts: float) -> tuple[Any, ...]:
+    """A row of (minute, pool, task, succeeded, failed, cancelled, retried, sum, 12 buckets)."""
+    values = list(counts) + [0] * (5 + 12 - len(counts))
+    return (minute, pool, task, *values)
+
+
+async def test_minutes_add_up_and_sum_per_step(store: JobStore) -> None:
+    await store.record_minutes([minute_row(100, "p", "a", 2, 1, 0, 3, 0.5)])
+    await store.record_minutes([minute_row(100, "p", "a", 1, 0, 1, 0, 0.25)])  # the same minute
+    await store.record_minutes([minute_row(101, "q", "b", 4), minute_row(160, "p", "a", 1)])
+    per_minute = await store.history(100, 161, 1)
+    assert [(r[0], *r[3:8]) for r in per_minute] == [
+        (100, 3, 1, 1, 3, 0.75),
+        (101, 4, 0, 0, 0, 0.0),
+        (160, 1, 0, 0, 0, 0.0),
+    ]
+    hourly = await store.history(60, 180, 60)
+    assert [(r[0], r[3]) for r in hourly] == [(60, 7), (120, 1)]
+    assert [(r[0], r[3]) for r in await store.history(0, 200, 60, pool="p", task="a")] == [
+        (60, 3),
+        (120, 1),
+    ]
+    assert await store.prune_history(101) == 1  # minute 100 goes, 101 and 160 stay
+    assert [r[0] for r in await store.history(0, 200, 1)] == [101, 160]

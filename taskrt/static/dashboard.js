@@ -351,19 +351,82 @@ async function reloadAll() {
   state.known.clear(); // events may have been missed while disconnected
   // What the page is about first, so that it is not queued behind the rest.
   await (state.view === "job" && state.jobId !== null ? openJob(state.jobId) : loadJobs());
-  await Promise.allSettled([loadCounts(), loadPools(), loadSchedules(), loadTasks(), loadOwner()]);
+  await Promise.allSettled([loadCounts(), loadPools(), loadSchedules(), loadTasks(), loadOwner(), loadHistory()]);
   probe.ready = true;
   document.body.dataset.ready = "true";
 }
 
 function onEvent(event) {
   moveCounts(event);
-  if (TERMINAL.has(event.status)) countFinished(event.pool);
+  if (TERMINAL.has(event.status)) {
+    countFinished(event.pool);
+    reloadHistory();
+  }
   refreshPools();
   if (event.type === "failure") refreshSchedules();
   if (state.loading) state.buffered.push(event);
   else applyToList(event);
   onJobPageEvent(event);
+}
+
+// -- history: what finished per minute (or hour), from the server's per-minute table -----
+
+const RANGES = { hour: { step: 60, span: 3600 }, week: { step: 3600, span: 7 * 86400 } };
+let historyRange = "hour";
+
+async function loadHistory() {
+  const { step, span } = RANGES[historyRange];
+  const until = nowS();
+  const since = Math.floor((until - span) / step) * step;
+  const data = await act("History", () => call("GET", `/stats/history?since=${since}&until=${until}&step=${step}`));
+  if (!data) return;
+  drawHistory(data.points, since, until, step);
+}
+
+const reloadHistory = throttle(() => loadHistory(), 10000);
+
+function drawHistory(points, since, until, step) {
+  const byStart = new Map(points.map((p) => [p.at, p]));
+  const bars = [];
+  for (let at = since; at < until; at += step) bars.push(byStart.get(at) || { at, succeeded: 0, failed: 0, cancelled: 0 });
+  const highest = Math.max(1, ...bars.map((b) => b.succeeded + b.failed + b.cancelled));
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  const width = bars.length * 6;
+  svg.setAttribute("viewBox", `0 0 ${width} 60`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  bars.forEach((b, i) => {
+    let y = 60;
+    for (const [key, cls] of [["succeeded", "ok"], ["failed", "bad"], ["cancelled", "off"]]) {
+      if (!b[key]) continue;
+      const h = (56 * b[key]) / highest;
+      y -= h;
+      const rect = document.createElementNS(NS, "rect");
+      rect.setAttribute("x", String(i * 6 + 0.5));
+      rect.setAttribute("y", String(y));
+      rect.setAttribute("width", "5");
+      rect.setAttribute("height", String(h));
+      rect.setAttribute("class", cls);
+      const title = document.createElementNS(NS, "title");
+      title.textContent = `${clock(b.at).slice(0, 5)} · ${b.succeeded} succeeded, ${b.failed} failed, ${b.cancelled} cancelled`;
+      rect.append(title);
+      svg.append(rect);
+    }
+  });
+  const totals = points.reduce((t, p) => ({ succeeded: t.succeeded + p.succeeded, failed: t.failed + p.failed }), { succeeded: 0, failed: 0 });
+  const box = $("#history");
+  box.dataset.succeeded = String(totals.succeeded);
+  box.dataset.failed = String(totals.failed);
+  box.replaceChildren(svg);
+  $("#history-totals").textContent = `${totals.succeeded.toLocaleString()} succeeded · ${totals.failed.toLocaleString()} failed`;
+}
+
+for (const button of document.querySelectorAll("[data-range]")) {
+  button.addEventListener("click", () => {
+    historyRange = button.dataset.range;
+    for (const other of document.querySelectorAll("[data-range]")) other.setAttribute("aria-pressed", String(other === button));
+    loadHistory();
+  });
 }
 
 // -- who runs the jobs (GET /health: the process that served the page may be a standby) ----

@@ -67,7 +67,15 @@ Design notes:
     an old one.
 """
 
-from .protocol import InsertResult, JobStore, NewJob, OwnerRecord, Progress, StoreTransaction
+from .protocol import (
+    InsertResult,
+    JobStore,
+    MinuteRow,
+    NewJob,
+    OwnerRecord,
+    Progress,
+    StoreTransaction,
+)
 from .sqlite import MIGRATIONS, SCHEMA_VERSION, Connection, Store, Synchronous, dumps
 
 __all__ = [
@@ -76,6 +84,7 @@ __all__ = [
     "Connection",
     "InsertResult",
     "JobStore",
+    "MinuteRow",
     "NewJob",
     "OwnerRecord",
     "Progress",

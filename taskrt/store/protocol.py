@@ -75,6 +75,10 @@ class OwnerRecord:
     since: float
 
 
+MinuteRow = tuple[Any, ...]
+"""One minute (or step) of history: (minute, pool, task, succeeded, failed,
+cancelled, retried, duration_sum, then the 12 bucket counts of durations)."""
+
 Progress = tuple[float, float, str]
 """``(current, total, message)`` as a final write stores them."""
 
@@ -199,6 +203,27 @@ class JobStore(Protocol):
         retry_at: float | None = None,
     ) -> asyncio.Future[None]:
         """An attempt's record; ``retry_at``: it is retried by policy, not before then."""
+        ...
+
+    def record_minutes(self, rows: Sequence[MinuteRow]) -> asyncio.Future[None]:
+        """Add finished counts to their minutes (history), with the next batch."""
+        ...
+
+    async def history(
+        self,
+        since_minute: int,
+        until_minute: int,
+        step_minutes: int,
+        *,
+        pool: str | None = None,
+        task: str | None = None,
+    ) -> list[MinuteRow]:
+        """The minutes in [since, until), summed per step of ``step_minutes``, oldest
+        first; a row's minute is its step's first, its pool and task are ``""``."""
+        ...
+
+    async def prune_history(self, before_minute: int) -> int:
+        """Forget the minutes before ``before_minute``; returns how many rows went."""
         ...
 
     def retried(self, job_id: int, at: float) -> asyncio.Future[None]:

@@ -363,6 +363,25 @@ COMPONENTS: dict[str, Schema] = {
             "dry_run": nullable({"type": "boolean", "description": "count only"}),
         },
     },
+    "HistoryPoint": {
+        "type": "object",
+        "properties": {
+            "at": {"type": "number", "description": "the step's start (epoch seconds)"},
+            "step": {"type": "number"},
+            "succeeded": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "cancelled": {"type": "integer"},
+            "retried": {"type": "integer", "description": "attempts that failed and were retried"},
+            "mean_duration": _nullable("number"),
+            "p95_duration": {
+                "type": ["number", "null"],
+                "description": (
+                    "of the successes: the upper bound of the histogram bucket holding it "
+                    "(null above 600 s)"
+                ),
+            },
+        },
+    },
     "BulkResult": {
         "type": "object",
         "required": ["action", "matched", "done", "skipped", "dry_run"],

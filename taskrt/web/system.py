@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import ApiError
-from .inputs import invalid, query_time
+from .inputs import invalid, query_int, query_time
 from .routing import Api, EndpointGroup, Param, Reply
 from .schemas import TIME, array_of, ref
 
@@ -83,6 +83,49 @@ async def stats(api: Api, request: Request) -> Response:
         raise invalid("until", "must not be before since")
     result = await api.runtime.stats(since=since, until=until)
     return JSONResponse(result.to_dict())
+
+
+@group.get(
+    "/stats/history",
+    summary="What finished per step of time: counts by outcome, durations (survives restarts)",
+    params=[
+        Param("since", schema=TIME, description="from (default: 60 steps ago)", allow_empty=True),
+        Param("until", schema=TIME, description="to (default: now)", allow_empty=True),
+        Param(
+            "step",
+            schema={"type": "integer", "minimum": 60, "maximum": 604800, "multipleOf": 60},
+            description="seconds a point covers: a multiple of 60 (default 60)",
+            allow_empty=True,
+        ),
+        Param("pool", allow_empty=True),
+        Param("task", allow_empty=True),
+    ],
+    replies={
+        200: Reply(
+            "the points, oldest first (steps where nothing finished are left out; at most "
+            "the latest 10,000 steps of the window)",
+            {"type": "object", "properties": {"points": array_of("HistoryPoint")}},
+        ),
+        422: Reply("a bad window or step", ref("Error")),
+    },
+)
+async def history(api: Api, request: Request) -> Response:
+    since = query_time(request, "since")
+    until = query_time(request, "until")
+    if since is not None and until is not None and until < since:
+        raise invalid("until", "must not be before since")
+    step = query_int(request, "step", 60, 60, 604800)
+    if step % 60:
+        raise invalid("step", f"expected a multiple of 60 seconds, found {step}")
+    query = request.query_params
+    points = await api.runtime.history(
+        since=since,
+        until=until,
+        step=step,
+        pool=query.get("pool") or None,
+        task=query.get("task") or None,
+    )
+    return JSONResponse({"points": [p.to_dict() for p in points]})
 
 
 @group.get(

@@ -108,6 +108,36 @@ ALTER TABLE attempts ADD COLUMN next TEXT;
 ALTER TABLE attempts ADD COLUMN next_at REAL;
 """
 
+# Version 4: what finished, per minute, pool and task (the history that
+# survives restarts and retention of the jobs themselves): counts by outcome,
+# and the durations of successes as a sum and a histogram (b0..b11: the
+# buckets of ``taskrt.counters.BUCKETS``, then above the last).
+SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS job_minutes (
+    minute INTEGER NOT NULL,
+    pool TEXT NOT NULL,
+    task TEXT NOT NULL,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    retried INTEGER NOT NULL DEFAULT 0,
+    duration_sum REAL NOT NULL DEFAULT 0,
+    b0 INTEGER NOT NULL DEFAULT 0,
+    b1 INTEGER NOT NULL DEFAULT 0,
+    b2 INTEGER NOT NULL DEFAULT 0,
+    b3 INTEGER NOT NULL DEFAULT 0,
+    b4 INTEGER NOT NULL DEFAULT 0,
+    b5 INTEGER NOT NULL DEFAULT 0,
+    b6 INTEGER NOT NULL DEFAULT 0,
+    b7 INTEGER NOT NULL DEFAULT 0,
+    b8 INTEGER NOT NULL DEFAULT 0,
+    b9 INTEGER NOT NULL DEFAULT 0,
+    b10 INTEGER NOT NULL DEFAULT 0,
+    b11 INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, pool, task)
+) WITHOUT ROWID;
+"""
+
 JOB_COLUMNS = (
     "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
     "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
@@ -231,6 +261,15 @@ CANCEL = Op("cancel", SQL_CANCELLED, 3)
 REQUEUE = Op("requeue", SQL_WAITING, 3)
 CLEAR_EXTERNAL = Op("clear_external", SQL_CLEAR_EXTERNAL)
 RETRIED = Op("retried", SQL_RETRIED, 2)
+# Added to what a minute already holds (history: schema version 4).
+MINUTE_COLUMNS = "succeeded, failed, cancelled, retried, duration_sum, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11"
+SQL_MINUTES = (
+    f"INSERT INTO job_minutes (minute, pool, task, {MINUTE_COLUMNS}) VALUES ("
+    + ", ".join(["?"] * 20)
+    + ") ON CONFLICT (minute, pool, task) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in MINUTE_COLUMNS.split(", "))
+)
+MINUTES = Op("minutes", SQL_MINUTES)
 # After SQL_RETRY_EXTERNAL in one script: only if that put the job back
 # (``changes()`` is the row count of the connection's previous statement).
 SQL_RETRIED_IF_CHANGED = SQL_RETRIED + " AND changes() > 0"

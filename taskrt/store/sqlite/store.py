@@ -27,7 +27,7 @@ from ...models import (
     ScheduleInfo,
     StoreHealth,
 )
-from ..protocol import InsertResult, NewJob, OwnerRecord, StoreTransaction
+from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .connection import Connection
 from .rows import json_path, row_to_job, row_to_schedule, window
@@ -38,6 +38,8 @@ from .sql import (
     CLEAR_EXTERNAL,
     FAIL,
     JOB_COLUMNS,
+    MINUTE_COLUMNS,
+    MINUTES,
     REQUEUE,
     RETRIED,
     SCHEDULE_FAILED,
@@ -230,6 +232,49 @@ class Store:
             retry_at,
         )
         return self._writes.queue(ATTEMPT, params, job_id)
+
+    def record_minutes(self, rows: Sequence[MinuteRow]) -> asyncio.Future[None]:
+        """Add finished counts to their minutes (history), with the next batch."""
+        fut: asyncio.Future[None] | None = None
+        for row in rows:
+            fut = self._writes.queue(MINUTES, tuple(row))
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+        return fut
+
+    async def history(
+        self,
+        since_minute: int,
+        until_minute: int,
+        step_minutes: int,
+        *,
+        pool: str | None = None,
+        task: str | None = None,
+    ) -> list[MinuteRow]:
+        """Counts summed per step (``minute`` = the step's first minute), oldest first."""
+        where = ["minute >= ?", "minute < ?"]
+        params: list[Any] = [since_minute, until_minute]
+        if pool is not None:
+            where.append("pool = ?")
+            params.append(pool)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        sums = ", ".join(f"sum({c})" for c in MINUTE_COLUMNS.split(", "))
+        rows = await self.fetch_all(
+            f"SELECT (minute / ?) * ? AS start, '', '', {sums} FROM job_minutes "
+            f"WHERE {' AND '.join(where)} GROUP BY start ORDER BY start",
+            [step_minutes, step_minutes, *params],
+        )
+        return [tuple(r) for r in rows]
+
+    async def prune_history(self, before_minute: int) -> int:
+        """Forget the minutes before ``before_minute`` (retention)."""
+        (deleted,) = await self._script(
+            [("DELETE FROM job_minutes WHERE minute < ?", (before_minute,))]
+        )
+        return deleted
 
     def retried(self, job_id: int, at: float) -> asyncio.Future[None]:
         """A retry asked for by hand at ``at``: noted on the job's last attempt."""
@@ -591,7 +636,7 @@ class Store:
             where.append("status = 'WAITING' AND run_at > ?")
             params.append(run_after)
         if created_before is not None:
-            where.append("created_at < ?")
+            where.append("created_at <= ?")
             params.append(created_before)
         if status:
             where.append(f"status IN ({','.join('?' * len(status))})")

@@ -1,0 +1,60 @@
+"""The per-minute history (``rt.history``): counts by outcome, durations, across restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from core_support import make_rt
+
+from taskrt import FakeClock, InvalidOption, JobContext, Runtime
+
+
+def app(tmp_path: Path, clock: FakeClock) -> Runtime:
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task(pool="p", attempts=2, retry=0)
+    async def flaky(job: JobContext, fail: bool) -> str:
+        if fail or job.attempt == 1:
+            raise RuntimeError("no")
+        return "ok"
+
+    @rt.task(pool="q")
+    async def slow(job: JobContext, seconds: float) -> None:
+        await clock.advance(seconds)
+
+    return rt
+
+
+async def test_history_counts_outcomes_per_minute_across_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock(start=1_800_000_000.0)  # on a minute
+    rt = app(tmp_path, clock)
+    async with rt:
+        ok = await rt.add("flaky", False)  # fails once (retried), then succeeds
+        bad = await rt.add("flaky", True)  # fails twice: retried, then FAILURE
+        for job_id in (ok, bad):
+            await rt.wait(job_id, timeout=5)
+        await clock.advance(60)
+        quick = await rt.add("slow", 0.02)
+        await rt.wait(quick, timeout=5)
+        later = await rt.pool("p").add(rt.resolve("flaky").options(delay=3600), False)
+        await rt.cancel(later)
+    # A new process, and the jobs themselves purged: the history stays.
+    again = app(tmp_path, clock)
+    async with again:
+        assert (await again.bulk("purge", older_than=0)).done == 4
+        points = await again.history(since=1_800_000_000.0, until=clock.now() + 1)
+        assert [(p.at, p.succeeded, p.failed, p.cancelled, p.retried) for p in points] == [
+            (1_800_000_000.0, 1, 1, 0, 2),
+            (1_800_000_060.0, 1, 0, 1, 0),
+        ]
+        [hour] = await again.history(since=1_800_000_000.0, until=clock.now() + 1, step=3600)
+        assert (hour.succeeded, hour.failed, hour.cancelled, hour.retried) == (2, 1, 1, 2)
+        [q] = await again.history(since=1_800_000_000.0, step=3600, pool="q", until=clock.now())
+        assert q.succeeded == 1 and q.mean_duration == pytest.approx(0.02)
+        assert q.p95_duration == 0.05  # the bucket holding it: at most 0.05 s
+        with pytest.raises(InvalidOption):
+            await again.history(step=90)  # not a multiple of a minute
+        # A window of more than 10,000 steps gives its latest 10,000.
+        latest = await again.history(since=0, until=clock.now(), step=60)
+        assert [p.at for p in latest] == [p.at for p in points]
