@@ -594,6 +594,21 @@ async def test_the_history_chart_survives_a_restart(
 
 
 @in_browser
+async def test_a_finished_job_is_deleted_from_its_page(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    failed = await rt.pool("batch").add("boom")
+    await rt.wait(failed, timeout=5)
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard/jobs/{failed}") as page:
+            page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await page.get_by_role("button", name=f"Delete job {failed}").click()
+            await expect(page.locator(".toast", has_text=f"Job #{failed} deleted")).to_be_visible()
+            await expect(page).to_have_url(f"{base}/dashboard")
+            assert await rt.count() == 0
+
+
+@in_browser
 async def test_a_missing_job_has_a_plain_page(rt: Runtime, server: Serve, browser: Any) -> None:
     async with server(create_app(rt)) as base:
         context = await browser.new_context()

@@ -1134,6 +1134,14 @@ $("#jobs").addEventListener("click", async (event) => {
 });
 
 async function jobAction(button, id, action) {
+  if (action === "purge") {
+    if (!window.confirm(`Delete job #${id} and its attempts?`)) return;
+    const done = await act(`Job #${id}`, () => call("POST", `/jobs/${id}/purge`));
+    if (!done) return;
+    toast(`Job #${id} deleted`);
+    navigate(`${ROOT}/dashboard`);
+    return;
+  }
   button.disabled = true;
   const path = { cancel: `/jobs/${id}/cancel`, retry: `/jobs/${id}/retry`, run: `/jobs/${id}/run` }[action];
   const job = await act(`Job #${id}`, () => call("POST", path));
@@ -1319,7 +1327,10 @@ function renderJobPage() {
   const badge = $("#job-status");
   badge.textContent = job.status;
   badge.className = `badge ${job.status} status`;
-  $("#job-actions").replaceChildren(...jobActions(job));
+  const purge = TERMINAL.has(job.status)
+    ? el("button", { type: "button", class: "btn small danger", dataset: { action: "purge", id: job.id }, "aria-label": `Delete job ${job.id}`, text: "Delete" })
+    : null;
+  $("#job-actions").replaceChildren(...jobActions(job), ...(purge ? [purge] : []));
   const holder = $("#job-progress");
   if (!holder.firstChild) holder.append(progressEl(job));
   else setProgress(holder.firstChild, job);
