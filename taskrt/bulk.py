@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .errors import InvalidOption, InvalidTransition, JobNotFound
-from .models import BulkResult, JobInfo
+from .models import JobInfo
 
 BULK_LIMIT = 100_000
 """Jobs one bulk action may touch; a larger set is refused (narrow the filter)."""
@@ -63,8 +63,4 @@ async def act_on_each(
     return done, skipped
 
 
-def result(action: str, matched: int, done: int, skipped: int, dry_run: bool) -> BulkResult:
-    return BulkResult(action, matched, done, skipped, dry_run)
-
-
-__all__ = ["ACTIONS", "BULK_LIMIT", "act_on_each", "check_action", "matching_ids", "result"]
+__all__ = ["ACTIONS", "BULK_LIMIT", "act_on_each", "check_action", "matching_ids"]

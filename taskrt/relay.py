@@ -166,7 +166,7 @@ class _Peer:
         return self.wide or job_id in self.jobs
 
     def matches(self, event: Event) -> bool:
-        return self.wide or event.job_id in self.jobs
+        return self.accepts(event.job_id)
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -209,7 +209,6 @@ class RelayServer:
         self._server: asyncio.Server | None = None
         self._peers: set[_Peer] = set()
         self._closing = False
-        self.calls = 0
 
     @property
     def peers(self) -> int:
@@ -304,7 +303,6 @@ class RelayServer:
             task.add_done_callback(peer.tasks.discard)
 
     async def _answer(self, peer: _Peer, message: dict[str, Any]) -> None:
-        self.calls += 1
         call_id = message.get("id")
         try:
             value = await self.handle(str(message.get("m")), dict(message.get("a") or {}))
@@ -326,7 +324,6 @@ class RelayClient:
     def __init__(self, broker: EventBus, *, on_closed: Callable[[RelayClient], None]) -> None:
         self.broker = broker
         self.on_closed = on_closed
-        self.address: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -354,7 +351,6 @@ class RelayClient:
             raise ConnectionError(f"expected a hello from the owner's relay, got {hello!r}")
         self.owner = str(hello["owner"])
         self.since = float(hello["since"])
-        self.address = address
         self._writer = writer
         self.connected = True
         self.accepting = True

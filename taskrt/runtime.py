@@ -55,7 +55,6 @@ from .adding import Adding
 from .adoption import Adoption
 from .background import Background, JobLogAdapter, job_logger
 from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
-from .bulk import result as bulk_result
 from .clock import Clock, SystemClock
 from .context import DONE, JobState
 from .counters import Counters
@@ -1000,14 +999,9 @@ class Runtime:
             with contextlib.suppress(OwnerUnreachable):
                 raw = await remote.call(
                     "jobs",
-                    status=[s.value for s in _statuses(status) or []] or None,
-                    pool=pool,
-                    task=task,
-                    metadata=dict(metadata) if metadata is not None else None,
+                    **_filter_args(status, pool, task, metadata, scheduled, older_than),
                     limit=limit,
                     cursor=cursor,
-                    scheduled=scheduled,
-                    older_than=_seconds(older_than),
                 )
                 return Page([JobInfo.from_dict(j) for j in raw["jobs"]], raw["cursor"])
         statuses = _statuses(status)
@@ -1072,12 +1066,7 @@ class Runtime:
             with contextlib.suppress(OwnerUnreachable):
                 counted: int = await remote.call(
                     "count",
-                    status=[s.value for s in _statuses(status) or []] or None,
-                    pool=pool,
-                    task=task,
-                    metadata=dict(metadata) if metadata is not None else None,
-                    scheduled=scheduled,
-                    older_than=_seconds(older_than),
+                    **_filter_args(status, pool, task, metadata, scheduled, older_than),
                 )
                 return counted
         await self.store.settle()
@@ -1114,12 +1103,7 @@ class Runtime:
                     "bulk",
                     action=action,
                     ids=None if ids is None else [int(i) for i in ids],
-                    status=[s.value for s in _statuses(status) or []] or None,
-                    pool=pool,
-                    task=task,
-                    metadata=dict(metadata) if metadata is not None else None,
-                    scheduled=scheduled,
-                    older_than=_seconds(older_than),
+                    **_filter_args(status, pool, task, metadata, scheduled, older_than),
                     dry_run=dry_run,
                 )
                 return BulkResult(**raw)
@@ -1128,30 +1112,31 @@ class Runtime:
         if ids is not None:
             if len(ids) > BULK_LIMIT:
                 raise InvalidOption("ids", f"at most {BULK_LIMIT} ids in one bulk action")
+            # The same filter, in the store, on the ids given (no job can have an
+            # id beyond SQLite's range).
+            chosen = [i for i in dict.fromkeys(int(i) for i in ids) if 1 <= i < 2**63]
             matched = []
-            for job_id in dict.fromkeys(int(i) for i in ids):
-                if not 1 <= job_id < 2**63:
-                    continue  # no job can have it
-                with contextlib.suppress(JobNotFound):
-                    if _matches(await self.get(job_id), where):
-                        matched.append(job_id)
+            for start in range(0, len(chosen), 500):
+                chunk = chosen[start : start + 500]
+                rows = await self.store.list_jobs(**where, ids=chunk, limit=len(chunk))
+                matched += [r.id for r in rows]
         else:
             matched = await matching_ids(
                 lambda before, limit: self.store.list_jobs(**where, before_id=before, limit=limit),
                 await self.store.count_jobs(**where),
             )
         if dry_run:
-            return bulk_result(action, len(matched), 0, 0, True)
+            return BulkResult(action, len(matched), 0, 0, True)
         if action == "purge":
             done = await self.store.purge(matched)
             for job_id in matched:
                 state = self.live.states.get(job_id)
                 if state is not None and state.status in TERMINAL:
                     del self.live.states[job_id]
-            return bulk_result(action, len(matched), done, len(matched) - done, False)
+            return BulkResult(action, len(matched), done, len(matched) - done, False)
         act = self.retry if action == "retry" else self._cancel_without_waiting
         done, skipped = await act_on_each(matched, act)
-        return bulk_result(action, len(matched), done, skipped, False)
+        return BulkResult(action, len(matched), done, skipped, False)
 
     async def _cancel_without_waiting(self, job_id: int) -> None:
         """A cancel that tells a running job to stop and goes on (bulk)."""
@@ -1389,19 +1374,23 @@ _TERMINAL_EVENT = {
 }
 
 
-def _matches(info: JobInfo, where: Mapping[str, Any]) -> bool:
-    """Whether a job passes the filter ``_job_filter`` made (for ids given one by one)."""
-    statuses = where["status"]
-    run_after = where["run_after"]
-    created_before = where["created_before"]
-    return (
-        (not statuses or info.status in statuses)
-        and where["pool"] in (None, info.pool)
-        and where["task"] in (None, info.task)
-        and all(info.metadata.get(k) == v for k, v in where["metadata"].items())
-        and (run_after is None or (info.status is JobStatus.WAITING and info.run_at > run_after))
-        and (created_before is None or info.created_at <= created_before)
-    )
+def _filter_args(
+    status: JobStatus | str | Sequence[JobStatus | str] | None,
+    pool: str | None,
+    task: str | None,
+    metadata: Mapping[str, Any] | None,
+    scheduled: bool,
+    older_than: float | timedelta | None,
+) -> dict[str, Any]:
+    """A listing's filter as a forwarded call carries it (relay: JSON values)."""
+    return {
+        "status": [s.value for s in _statuses(status) or []] or None,
+        "pool": pool,
+        "task": task,
+        "metadata": dict(metadata) if metadata is not None else None,
+        "scheduled": scheduled,
+        "older_than": _seconds(older_than),
+    }
 
 
 def _seconds(value: float | timedelta | None) -> float | None:

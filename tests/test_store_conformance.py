@@ -973,6 +973,11 @@ async def test_list_jobs_filters_and_lists_newest_first(store: JobStore) -> None
     assert await ids(store, metadata={"user": "1"}) == []  # a string is not a number
     assert await ids(store, metadata={"project": "x"}, status=[FAILURE]) == [b]
     assert await ids(store, metadata={"missing": 1}) == []
+    # Given ids, with the other filters (bulk actions): only those that match.
+    assert await ids(store, ids=[a, c, 10**9]) == [c, a]
+    assert await ids(store, ids=[a, c], metadata={"vip": True}) == [c]
+    assert await ids(store, ids=[]) == []
+    assert await store.count_jobs(metadata={"user": 1}) == 3
 
 
 async def test_list_jobs_pages_by_limit_and_cursor(store: JobStore) -> None:

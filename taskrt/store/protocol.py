@@ -310,9 +310,10 @@ class JobStore(Protocol):
         limit: int = 50,
         run_after: float | None = None,
         created_before: float | None = None,
+        ids: Sequence[int] | None = None,
     ) -> list[JobInfo]:
         """Newest first. ``run_after``: only WAITING jobs due after it (scheduled);
-        ``created_before``: only jobs created before it."""
+        ``created_before``: only jobs created at or before it; ``ids``: only these."""
         ...
 
     async def count_jobs(

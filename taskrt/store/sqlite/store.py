@@ -558,9 +558,10 @@ class Store:
         limit: int = 50,
         run_after: float | None = None,
         created_before: float | None = None,
+        ids: Sequence[int] | None = None,
     ) -> list[JobInfo]:
         clause, params = self._filter(
-            status, pool, task, metadata, before_id, run_after, created_before
+            status, pool, task, metadata, before_id, run_after, created_before, ids
         )
         rows = await self.fetch_all(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
@@ -577,7 +578,9 @@ class Store:
         run_after: float | None = None,
         created_before: float | None = None,
     ) -> int:
-        clause, params = self._filter(status, pool, task, metadata, None, run_after, created_before)
+        clause, params = self._filter(
+            status, pool, task, metadata, None, run_after, created_before, None
+        )
         row = await self.fetch_one(f"SELECT count(*) AS n FROM jobs {clause}", params)
         return int(row["n"]) if row else 0
 
@@ -629,9 +632,13 @@ class Store:
         before_id: int | None,
         run_after: float | None,
         created_before: float | None,
+        ids: Sequence[int] | None,
     ) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
+        if ids is not None:
+            where.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
+            params.extend(ids)
         if run_after is not None:  # scheduled: waiting for a time still to come
             where.append("status = 'WAITING' AND run_at > ?")
             params.append(run_after)
