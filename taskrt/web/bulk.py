@@ -6,8 +6,7 @@
   the count the dashboard shows before it asks for a confirmation. A body
   with no filter at all is refused: "every job" must be said (``"status":
   [...]``, ``"older_than": 0``).
-- ``POST /jobs/{id}/cancel`` (the same as ``DELETE /jobs/{id}``),
-  ``POST /jobs/{id}/purge`` (a finished job, and its attempts, deleted) and
+- ``POST /jobs/{id}/purge`` (a finished job, and its attempts, deleted) and
   ``POST /jobs/{id}/run`` (a delayed or backing-off job starts as soon as a
   slot is free).
 """
@@ -27,16 +26,12 @@ from .inputs import (
     job_id_of,
     json_object,
     older_than,
-    query_bool,
-    query_scalar,
     read_json,
     refuse_unknown,
 )
+from .jobs import FILTER_PARAMS, listing_filter
 from .routing import Api, EndpointGroup, Param, Reply
 from .schemas import (
-    DURATION_MAX_LENGTH,
-    DURATION_PATTERN,
-    STATUS_LIST_PATTERN,
     integer,
     ref,
 )
@@ -126,64 +121,14 @@ for _name, _summary in (
 @group.get(
     "/jobs/count",
     summary="How many jobs the listing's filters match",
-    params=[
-        Param(
-            "status",
-            schema={"type": "string", "pattern": STATUS_LIST_PATTERN},
-            allow_empty=True,
-            description="one status or several, comma-separated",
-        ),
-        Param("pool", allow_empty=True),
-        Param("task", allow_empty=True),
-        Param("scheduled", schema={"type": "boolean"}, allow_empty=True),
-        Param(
-            "older_than",
-            schema={
-                "type": "string",
-                "pattern": DURATION_PATTERN,
-                "maxLength": DURATION_MAX_LENGTH,
-            },
-            allow_empty=True,
-            description="created that long ago or more: seconds, or a duration (7d)",
-        ),
-        Param("metadata.{key}", description="as in `GET /jobs`"),
-    ],
+    params=list(FILTER_PARAMS),
     query_prefixes=["metadata."],
     replies={
         200: Reply("the count", {"type": "object", "properties": {"count": {"type": "integer"}}})
     },
 )
 async def count_jobs(api: Api, request: Request) -> Response:
-    query = request.query_params
-    statuses = [s.strip() for s in (query.get("status") or "").split(",") if s.strip()]
-    metadata = {
-        k.removeprefix("metadata."): query_scalar(v)
-        for k, v in query.multi_items()
-        if k.startswith("metadata.") and k != "metadata."
-    }
-    count = await api.runtime.count(
-        status=statuses or None,
-        pool=query.get("pool") or None,
-        task=query.get("task") or None,
-        metadata=metadata,
-        scheduled=query_bool(request, "scheduled"),
-        older_than=older_than(query.get("older_than") or None),
-    )
-    return JSONResponse({"count": count})
-
-
-@group.post(
-    "/jobs/{job_id:int}/cancel",
-    summary="Cancel a waiting or running job (as DELETE /jobs/{id})",
-    params=[JOB_ID],
-    replies={
-        200: Reply("the job after the cancel", ref("Job")),
-        404: NOT_FOUND,
-        409: Reply("the job has already finished", ref("Error")),
-    },
-)
-async def cancel_one(api: Api, request: Request) -> Response:
-    return JSONResponse((await api.runtime.cancel(job_id_of(request))).to_dict())
+    return JSONResponse({"count": await api.runtime.count(**listing_filter(request))})
 
 
 @group.post(

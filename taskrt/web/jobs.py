@@ -126,64 +126,50 @@ async def add_job(api: Api, request: Request) -> Response:
     )
 
 
-@group.get(
-    "/jobs",
-    summary="List jobs, newest first",
-    params=[
-        Param(
-            "status",
-            schema={
-                "type": "array",
-                "items": {"type": "string", "pattern": STATUS_LIST_PATTERN},
-            },
-            description=(
-                "one status or several, comma-separated (WAITING,RUNNING) or repeated "
-                "(?status=WAITING&status=RUNNING); any case"
-            ),
-            allow_empty=True,
+#: The listing's filters: ``GET /jobs`` and ``GET /jobs/count`` take them alike.
+FILTER_PARAMS = (
+    Param(
+        "status",
+        schema={
+            "type": "array",
+            "items": {"type": "string", "pattern": STATUS_LIST_PATTERN},
+        },
+        description=(
+            "one status or several, comma-separated (WAITING,RUNNING) or repeated "
+            "(?status=WAITING&status=RUNNING); any case"
         ),
-        Param("pool", allow_empty=True),
-        Param("task", allow_empty=True),
-        Param(
-            "limit",
-            schema={"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
-            allow_empty=True,
+        allow_empty=True,
+    ),
+    Param("pool", allow_empty=True),
+    Param("task", allow_empty=True),
+    Param(
+        "metadata.{key}",
+        description=(
+            "filter on a metadata field, e.g. `metadata.user=42`; the value is read "
+            'as JSON when it is a JSON scalar (42, true, "42"), else as text'
         ),
-        Param(
-            "cursor",
-            schema={"type": "string", "pattern": CURSOR_PATTERN},
-            description="the `cursor` of the previous page",
-            allow_empty=True,
-        ),
-        Param(
-            "metadata.{key}",
-            description=(
-                "filter on a metadata field, e.g. `metadata.user=42`; the value is read "
-                'as JSON when it is a JSON scalar (42, true, "42"), else as text'
-            ),
-        ),
-        Param(
-            "scheduled",
-            schema={"type": "boolean"},
-            description="true: only jobs waiting for a time still to come (a delay, a backoff)",
-            allow_empty=True,
-        ),
-        Param(
-            "older_than",
-            schema={
-                "type": "string",
-                "pattern": DURATION_PATTERN,
-                "maxLength": DURATION_MAX_LENGTH,
-            },
-            description="only jobs created that long ago or more: seconds, or a duration (7d)",
-            allow_empty=True,
-        ),
-    ],
-    query_prefixes=["metadata."],
-    replies={200: Reply("one page of jobs", ref("JobPage"))},
+    ),
+    Param(
+        "scheduled",
+        schema={"type": "boolean"},
+        description="true: only jobs waiting for a time still to come (a delay, a backoff)",
+        allow_empty=True,
+    ),
+    Param(
+        "older_than",
+        schema={
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": DURATION_MAX_LENGTH,
+        },
+        description="only jobs created that long ago or more: seconds, or a duration (7d)",
+        allow_empty=True,
+    ),
 )
-async def list_jobs(api: Api, request: Request) -> Response:
-    """Pages are stable: a job added meanwhile never shifts the next page."""
+
+
+def listing_filter(request: Request) -> dict[str, Any]:
+    """The ``rt.jobs`` / ``rt.count`` filter arguments of a query (``FILTER_PARAMS``)."""
     query = request.query_params
     what = "statuses separated by commas"
     raws = [matching("status", raw, _STATUS_LIST, what) for raw in query.getlist("status")]
@@ -195,21 +181,48 @@ async def list_jobs(api: Api, request: Request) -> Response:
             if not name:
                 raise invalid(key, "expected metadata.<key>=<value>")
             metadata[name] = query_scalar(value)
-    cursor = query.get("cursor") or None
+    return {
+        "status": statuses or None,
+        "pool": query.get("pool") or None,
+        "task": query.get("task") or None,
+        "metadata": metadata,
+        "scheduled": query_bool(request, "scheduled"),
+        "older_than": older_than(query.get("older_than") or None),
+    }
+
+
+@group.get(
+    "/jobs",
+    summary="List jobs, newest first",
+    params=[
+        *FILTER_PARAMS,
+        Param(
+            "limit",
+            schema={"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+            allow_empty=True,
+        ),
+        Param(
+            "cursor",
+            schema={"type": "string", "pattern": CURSOR_PATTERN},
+            description="the `cursor` of the previous page",
+            allow_empty=True,
+        ),
+    ],
+    query_prefixes=["metadata."],
+    replies={200: Reply("one page of jobs", ref("JobPage"))},
+)
+async def list_jobs(api: Api, request: Request) -> Response:
+    """Pages are stable: a job added meanwhile never shifts the next page."""
+    cursor = request.query_params.get("cursor") or None
     if cursor is not None:
         before = to_int(cursor)
         if before is None or before > MAX_INT64:
             raise invalid("cursor", f"expected the cursor of a previous page, found {cursor!r}")
         cursor = str(before)
     page = await api.runtime.jobs(
-        status=statuses or None,
-        pool=query.get("pool") or None,
-        task=query.get("task") or None,
-        metadata=metadata,
+        **listing_filter(request),
         limit=query_int(request, "limit", 50, 1, 1000),
         cursor=cursor,
-        scheduled=query_bool(request, "scheduled"),
-        older_than=older_than(query.get("older_than") or None),
     )
     return JSONResponse({"jobs": [j.to_dict() for j in page.jobs], "cursor": page.cursor})
 
@@ -297,15 +310,25 @@ def may_see_tracebacks(api: Api, request: Request) -> bool:
     return api.settings.auth is not None or api.settings.expose_tracebacks
 
 
+_CANCEL_REPLIES = {
+    200: Reply("the job after the cancel", ref("Job")),
+    404: NOT_FOUND,
+    409: Reply("the job has already finished", ref("Error")),
+}
+
+
+@group.post(
+    "/jobs/{job_id:int}/cancel",
+    summary="Cancel a waiting or running job (as DELETE /jobs/{id})",
+    name="cancel_one",
+    params=[JOB_ID],
+    replies=_CANCEL_REPLIES,
+)
 @group.delete(
     "/jobs/{job_id:int}",
     summary="Cancel a waiting or running job",
     params=[JOB_ID],
-    replies={
-        200: Reply("the job after the cancel", ref("Job")),
-        404: NOT_FOUND,
-        409: Reply("the job has already finished", ref("Error")),
-    },
+    replies=_CANCEL_REPLIES,
 )
 async def cancel_job(api: Api, request: Request) -> Response:
     """A running job's handler is cancelled; the response comes once it has stopped."""
