@@ -3,7 +3,9 @@
 Prints JSON lines: the core runtime against a raw aiosqlite baseline, then the
 what a full disk costs, then the SSE figures, then an owner and a standby in
 separate processes (``python -m bench.multiproc_bench`` adds a table of them).
-``python -m bench.compare`` compares with peer job systems.
+``python -m bench.compare`` compares with peer job systems;
+``python -m bench.backlog_bench`` measures a large backlog of waiting jobs
+(long: not run here).
 """
 
 import asyncio

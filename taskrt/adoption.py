@@ -1,8 +1,10 @@
 """Jobs a runtime finds in the database rather than adds itself.
 
 At start, the owner recovers what a dead process left RUNNING (back to
-WAITING, or FAILURE as orphaned after ``max_recoveries``) and takes in every
-WAITING job. While it runs, it polls for what client processes
+WAITING, or FAILURE as orphaned after ``max_recoveries``) and reads the first
+window of each pool's WAITING jobs; while it runs, it is the pools' backlog
+(``taskrt.waiting``): it reads the next jobs when a window runs low and
+forgets those that leave memory. It also polls for what client processes
 (``workers=False``) added, cancelled or retried (runtime note 3).
 """
 
@@ -57,6 +59,7 @@ class Adoption:
         self.declare_pool = declare_pool
         self.max_recoveries = max_recoveries
         self.poll_interval = poll_interval
+        self._unknown: set[str] = set()  # tasks already warned about
 
     async def recover(self, *, unclean: bool) -> None:
         """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned;
@@ -73,25 +76,87 @@ class Adoption:
         )
         if recovered or orphaned:
             log.warning("recovered %d interrupted job(s), failed %d orphaned", recovered, orphaned)
-        for info in await self.store.waiting_jobs():
-            self.adopt(info, announce=False)
+        self._unknown.clear()
+        counts = await self.store.live_counts()
+        loads = []
+        for name in sorted(counts):
+            if counts[name].get(JobStatus.WAITING, 0) > 0:
+                loads.append(self.declare_pool(name).queue.load(now))
+        await asyncio.gather(*loads)
 
     def adopt(self, info: JobInfo, *, announce: bool) -> JobState | None:
-        """Take responsibility for a WAITING job found in the database."""
-        spec = self.tasks.get(info.task)
-        if spec is None:
-            job_logger(info).warning("job %d has unknown task %r; left waiting", info.id, info.task)
+        """Take responsibility for a WAITING job found in the database: queue it."""
+        state = self.hold(info)
+        if state is None:
             return None
-        state = JobState(info, spec, retry_policy_of(info, spec))
-        self.live.states[info.id] = state
-        if info.unique_key is not None:
-            self.live.unique[info.unique_key] = info.id
         if announce:
             self.transitions.emit(
                 state, EventType.ADDED, {"run_at": info.run_at, "priority": info.priority}
             )
         self.declare_pool(info.pool).push(state)
         return state
+
+    def hold(self, info: JobInfo) -> JobState | None:
+        """A live state for a WAITING job read from the database (not queued);
+        None when its task is unknown here."""
+        spec = self.tasks.get(info.task)
+        if spec is None:
+            if info.task not in self._unknown:
+                self._unknown.add(info.task)
+                job_logger(info).warning(
+                    "job %d has unknown task %r; left waiting", info.id, info.task
+                )
+            return None
+        state = JobState(info, spec, retry_policy_of(info, spec))
+        self.live.states[info.id] = state
+        if info.unique_key is not None:
+            self.live.unique[info.unique_key] = info.id
+        return state
+
+    # -- the pools' backlog (taskrt.waiting) ------------------------------------
+
+    async def load_ready(
+        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None
+    ) -> tuple[list[JobState], int, tuple[int, float, int] | None]:
+        rows = await self.store.ready_jobs(pool, now, limit, after)
+        last = None if not rows else (rows[-1].priority, rows[-1].run_at, rows[-1].id)
+        return self._held(rows), len(rows), last
+
+    async def load_delayed(
+        self, pool: str, after: tuple[float, int], limit: int
+    ) -> tuple[list[JobState], int, tuple[float, int] | None]:
+        rows = await self.store.delayed_jobs(pool, after, limit)
+        last = None if not rows else (rows[-1].run_at, rows[-1].id)
+        return self._held(rows), len(rows), last
+
+    def _held(self, rows: list[JobInfo]) -> list[JobState]:
+        """States for the rows not held here already (waiting note 5)."""
+        states = []
+        live = self.live.states
+        for info in rows:
+            if info.id in live or info.status is not JobStatus.WAITING:
+                continue
+            state = self.hold(info)
+            if state is not None:
+                states.append(state)
+        return states
+
+    def shelve(self, state: JobState) -> None:
+        if self.live.states.get(state.id) is state:
+            del self.live.states[state.id]
+        self.live.release_key(state)
+
+    async def pin(self, job_id: int) -> JobState | None:
+        """The live state of a WAITING job, read from the database if it is not in memory
+        (held, so that no refill queues it while an action is under way), or None."""
+        state = self.live.states.get(job_id)
+        if state is not None:
+            return state
+        info = await self.store.get_job(job_id)
+        state = self.live.states.get(job_id)  # a refill may have read it meanwhile
+        if state is not None or info is None or info.status is not JobStatus.WAITING:
+            return state
+        return self.hold(info)
 
     async def poll(self) -> None:
         """Pick up what client processes wrote, every ``poll_interval`` (runtime note 3)."""

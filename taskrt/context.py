@@ -49,6 +49,7 @@ class JobState:
         "task_handle",
         "timed_out",
         "watchdog",
+        "written",
     )
 
     # Declared for the type checker; set in __init__ from the JobInfo fields.
@@ -89,6 +90,8 @@ class JobState:
         self.timed_out = False
         self.shutdown = False
         self.abandoned = False
+        # The commit of its last queued WAITING row, if any (taskrt.waiting note 3).
+        self.written: asyncio.Future[None] | None = None
 
     @classmethod
     def new(
@@ -144,6 +147,7 @@ class JobState:
         state.timed_out = False
         state.shutdown = False
         state.abandoned = False
+        state.written = None
         return state
 
     def info(self) -> JobInfo:

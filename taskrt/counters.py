@@ -8,10 +8,33 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Attempt duration buckets, seconds (upper bounds; +Inf is implied).
 BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
+
+
+def p95_bucket(buckets: Sequence[int]) -> tuple[float | None, float | None]:
+    """(p95, p95_low): the bounds of the histogram bucket holding the 95th percentile.
+
+    Nearest rank: the ceil(0.95 n)-th smallest duration. Bucket i holds the
+    durations in (BUCKETS[i - 1], BUCKETS[i]] (the first from 0), so the true
+    p95 lies in (p95_low, p95]. The last bucket (above BUCKETS[-1]) has no
+    upper bound: (None, BUCKETS[-1]). (None, None) with no durations.
+    """
+    n = sum(buckets)
+    if n <= 0:
+        return None, None
+    rank = -(-95 * n // 100)
+    seen = 0
+    for i, count in enumerate(buckets):
+        seen += count
+        if seen >= rank:
+            if i >= len(BUCKETS):
+                return None, BUCKETS[-1]
+            return BUCKETS[i], BUCKETS[i - 1] if i else 0.0
+    return None, BUCKETS[-1]  # unreachable: seen reaches n >= rank
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from .counters import BUCKETS
+from .counters import BUCKETS, p95_bucket
 from .models import HistoryPoint
 from .store import MinuteRow
 
@@ -71,22 +71,10 @@ def points(rows: Sequence[MinuteRow], step: float) -> list[HistoryPoint]:
                 cancelled=int(cancelled or 0),
                 retried=int(retried or 0),
                 mean_duration=total / count if count else None,
-                p95_duration=_p95(buckets) if count else None,
+                p95_duration=p95_bucket(buckets)[0],
             )
         )
     return out
-
-
-def _p95(buckets: list[int]) -> float | None:
-    """The upper bound of the bucket holding the 95th percentile (nearest rank)."""
-    count = sum(buckets)
-    rank = -(-95 * count // 100)
-    seen = 0
-    for i, n in enumerate(buckets):
-        seen += n
-        if seen >= rank:
-            return BUCKETS[i] if i < len(BUCKETS) else None  # above the last: unbounded
-    return None
 
 
 __all__ = ["FLUSH_AFTER", "MinuteCounts", "points"]

@@ -4,8 +4,9 @@ Design notes:
 
 1. **Wake, don't poll.** A pool has no worker loop. ``push`` and the end of an
    attempt call ``_dispatch``, which starts jobs while a slot is free: highest
-   priority first, then oldest (lowest id). Delayed jobs sit in a second heap
-   ordered by ``run_at``; one clock timer wakes the pool for the earliest.
+   priority first, then earliest ``run_at``, then lowest id. Its waiting jobs
+   are a bounded window in memory, the rest in the store (``taskrt.waiting``);
+   one clock timer wakes the pool when the first delayed job comes due.
 2. **Runners.** A free slot gets a runner task that runs ready jobs one after
    another and ends when none is left, so a busy pool creates no task per job.
    Cancelling a job (or its timeout) cancels the runner while it runs that job;
@@ -41,9 +42,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
-import heapq
 import inspect
-import itertools
 import time
 import traceback
 import weakref
@@ -54,12 +53,14 @@ from .clock import TimerHandle
 from .context import JobContext, JobState
 from .errors import InvalidOption
 from .models import JobStatus, PoolStatistics
+from .waiting import Waiting
 
 if TYPE_CHECKING:
     from .clock import Clock
     from .definitions import TaskRef
     from .limits import Limits
     from .transaction import Transaction
+    from .waiting import Backlog
 
 Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
 """The (args, kwargs) of each job of one ``add`` or ``add_many``."""
@@ -113,6 +114,20 @@ class PoolHost(Protocol):
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None: ...
 
+    @property
+    def backlog(self) -> Backlog:
+        """Where waiting jobs beyond the window are read from (``taskrt.waiting``)."""
+        ...
+
+    @property
+    def window(self) -> int:
+        """Jobs of each list a pool keeps in memory (``taskrt.waiting``)."""
+        ...
+
+    def counted(self, pool: str) -> int:
+        """The pool's WAITING jobs in the store, as of the last commit."""
+        ...
+
     def report(
         self, state: JobState, current: float, total: float | None, message: str | None
     ) -> None: ...
@@ -160,10 +175,10 @@ class Pool:
         self.concurrency = concurrency
         self.capacity = capacity
         self.paused = False
-        self._ready: list[tuple[int, int, JobState]] = []
-        self._delayed: list[tuple[float, int, JobState]] = []
-        self._queued: dict[int, JobState] = {}
+        self.queue = Waiting(name, host.backlog, host.clock, host.window, self._dispatch)
         self._running: dict[int, JobState] = {}
+        self._starting = 0  # jobs taken whose RUNNING row is not committed yet
+        self._requeuing = 0  # jobs retried whose WAITING row is not committed yet
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
         self.pending = 0  # adds in flight, counted against capacity (taskrt.adding)
         self._timer: TimerHandle | None = None
@@ -171,7 +186,6 @@ class Pool:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_size = 0
         self._stopping = False
-        self._order = itertools.count()
         self.processed = 0
         self.failed = 0
 
@@ -217,13 +231,13 @@ class Pool:
 
     def statistics(self) -> PoolStatistics:
         now = self._host.clock.now()
-        due = [s.run_at for s in list(self._queued.values()) if s.run_at <= now]
+        oldest = self.queue.oldest_due(now)
         return PoolStatistics(
-            latency=now - min(due) if due else 0.0,
+            latency=now - oldest if oldest is not None else 0.0,
             name=self.name,
             concurrency=self.concurrency,
             capacity=self.capacity,
-            waiting=len(self._queued),
+            waiting=self.waiting,
             running=len(self._running),
             paused=self.paused,
             processed=self.processed,
@@ -236,7 +250,9 @@ class Pool:
 
     @property
     def waiting(self) -> int:
-        return len(self._queued)
+        """WAITING jobs of the pool, in memory or not: the store's count, less the
+        jobs starting and plus those retried whose rows are not committed yet."""
+        return max(0, self._host.counted(self.name) - self._starting + self._requeuing)
 
     @property
     def running(self) -> int:
@@ -262,18 +278,21 @@ class Pool:
     # -- queueing (note 1) ------------------------------------------------------
 
     def push(self, state: JobState) -> None:
-        info = state
-        self._queued[info.id] = state
-        if info.run_at > self._host.clock.now():
-            heapq.heappush(self._delayed, (info.run_at, info.id, state))
-            self._arm(info.run_at)
-        else:
-            heapq.heappush(self._ready, (-info.priority, info.id, state))
+        """A job is waiting (added, retried, taken in): queue it, start it if a slot is free."""
+        written = state.written
+        if written is not None and not written.done():
+            # A retry: waiting already, though the store counts it once its row commits.
+            self._requeuing += 1
+            written.add_done_callback(self._requeued)
+        self.queue.push(state)
         self._dispatch()
 
+    def _requeued(self, _: asyncio.Future[None]) -> None:
+        self._requeuing -= 1
+
     def remove(self, state: JobState) -> bool:
-        """Take a waiting job out of the queue (the heaps skip it lazily)."""
-        return self._queued.pop(state.id, None) is not None
+        """Take a waiting job out of memory (cancel, run now); False if it was not there."""
+        return self.queue.remove(state)
 
     def _arm(self, when: float) -> None:
         if self._timer_at is not None and self._timer_at <= when:
@@ -288,16 +307,6 @@ class Pool:
         self._timer_at = None
         self._dispatch()
 
-    def _promote_due(self) -> None:
-        now = self._host.clock.now()
-        delayed = self._delayed
-        while delayed and delayed[0][0] <= now:
-            _, job_id, state = heapq.heappop(delayed)
-            if self._queued.get(job_id) is state:
-                heapq.heappush(self._ready, (-state.priority, job_id, state))
-        if delayed:
-            self._arm(delayed[0][0])
-
     def _dispatch(self) -> None:
         """Start a runner for each free slot while jobs are ready (note 1)."""
         while (state := self._take()) is not None:
@@ -305,28 +314,33 @@ class Pool:
             task = asyncio.create_task(self._runner(state, charged), name=f"taskrt-{self.name}")
             task.add_done_callback(self._runner_ended)
             state.task_handle = task
+        if self.paused or self._stopping or not self._host.running:
+            return
+        when = self.queue.next_due()
+        # A job due already waits for a slot; the end of an attempt dispatches again.
+        if when is not None and when > self._host.clock.now():
+            self._arm(when)
 
     def _take(self) -> JobState | None:
-        """The next ready job if a slot is free: highest priority, then oldest."""
+        """The next ready job if a slot is free (``taskrt.waiting`` says which)."""
         if self.paused or self._stopping or not self._host.running:
             return None
-        if self._delayed:
-            self._promote_due()
-        ready = self._ready
-        queued = self._queued
-        while ready and len(self._running) + self._held < self.concurrency:
-            _, job_id, state = heapq.heappop(ready)
-            if queued.get(job_id) is state:
-                del queued[job_id]
-                return state
-        return None
+        if len(self._running) + self._held >= self.concurrency:
+            return None
+        return self.queue.take()
 
     # -- running (notes 2-4) ------------------------------------------------------
 
     def _begin(self, state: JobState) -> asyncio.Future[None]:
         """Mark the job started; the future resolves once its attempt is charged on disk."""
         self._running[state.id] = state
-        return self._host.started(state)
+        charged = self._host.started(state)
+        self._starting += 1
+        charged.add_done_callback(self._charged)
+        return charged
+
+    def _charged(self, _: asyncio.Future[None]) -> None:
+        self._starting -= 1
 
     async def _runner(self, state: JobState, charged: asyncio.Future[None]) -> None:
         """Run jobs one after another while there are any (note 2).
@@ -541,9 +555,7 @@ class Pool:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-        self._queued.clear()
-        self._ready.clear()
-        self._delayed.clear()
+        self.queue.close()
         self._stopping = False
 
 

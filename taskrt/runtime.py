@@ -96,6 +96,7 @@ from .store import JobStore, NewJob, Store, Synchronous
 from .stream import JobStream, snapshot_event
 from .transaction import Transaction
 from .transitions import Transitions, retry_policy_of
+from .waiting import DEFAULT_WINDOW
 from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
@@ -149,6 +150,9 @@ class Runtime:
       watchdog logs the running jobs (``taskrt.watchdog``).
     - ``busy_timeout``: seconds a write waits for another process's lock
       before the batch is kept and tried again (store note 9).
+    - ``window``: waiting jobs each pool keeps in memory, of those due and of
+      those delayed; the rest stay in the database until their turn comes
+      near (``taskrt.waiting``), so a backlog of any size costs bounded memory.
     """
 
     def __init__(
@@ -173,7 +177,11 @@ class Runtime:
         max_recoveries: int = MAX_RECOVERIES,
         stall_threshold: float = 1.0,
         busy_timeout: float = 5.0,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise InvalidOption("window", f"expected an integer of 2 or more, found {window!r}")
+        self.window = window
         if limits is not None and not isinstance(limits, Limits):
             raise InvalidOption("limits", f"expected a taskrt.Limits, found {limits!r}")
         if (
@@ -913,10 +921,10 @@ class Runtime:
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 return JobInfo.from_dict(await remote.call("cancel", job=job_id))
-        state = self.live.states.get(job_id)
+        state = await self.adoption.pin(job_id) if self.owning else None
         if state is not None and self.owning:
             if state.status is JobStatus.WAITING:
-                self._pools[state.pool].remove(state)
+                self.pool(state.pool).remove(state)
                 self.transitions.finalize(state, JobStatus.CANCELLED, {})
                 await self.store.settle()
                 return state.info()
@@ -949,7 +957,11 @@ class Runtime:
             await self.store.retry_external(job_id, now, max_attempts)
             return await self.get(job_id)
         await self.store.settle()
-        holder = None if info.unique_key is None else self.live.unique.get(info.unique_key)
+        holder = None
+        if info.unique_key is not None:
+            holder = self.live.unique.get(info.unique_key)
+            if holder is None:
+                holder = await self.store.unique_holder(info.unique_key)
         if holder is not None and holder != job_id:
             # Refused before writing: the unique index would fail the whole write batch.
             raise InvalidTransition(
@@ -972,7 +984,7 @@ class Runtime:
             state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now}
         )
         self.store.retried(job_id, now)  # the job's history says so (same batch)
-        await self.store.settle(self.transitions.write_waiting(state))
+        await self.store.settle(self.transitions.write_waiting(state, was=info.status))
         self.pool(info.pool).push(state)
         return state.info()
 
@@ -1154,16 +1166,20 @@ class Runtime:
             with contextlib.suppress(OwnerUnreachable):
                 return JobInfo.from_dict(await remote.call("run_now", job=job_id))
         now = self.clock.now()
-        state = self.live.states.get(job_id)
+        state = await self.adoption.pin(job_id) if self.owning else None
         if state is not None and self.owning:
             if state.status is not JobStatus.WAITING:
                 raise InvalidTransition(job_id, state.status.value, "run now")
+            pool = self.pool(state.pool)
             if state.run_at > now:
-                pool = self._pools[state.pool]
                 pool.remove(state)
                 state.run_at = now
-                await self.store.reschedule(job_id, now)
-                pool.push(state)
+                try:
+                    await self.store.reschedule(job_id, now)
+                finally:
+                    pool.push(state)
+            else:
+                pool.push(state)  # read from the database: back in its queue
             return state.info()
         info = await self.get(job_id)
         if info.status is not JobStatus.WAITING:
@@ -1221,12 +1237,22 @@ class Runtime:
         return await self.store.prune_history(int((self.clock.now() - older_than) // 60))
 
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
-        """Counts by status, success rate, mean and p95 duration (seconds)."""
+        """Counts by status, success rate, mean and p95 duration (seconds).
+
+        Constant time at any number of jobs: WAITING and RUNNING are the counts
+        now. Without ``since``/``until`` the other counts are of the jobs
+        stored, and the durations those of the successes in the history
+        (``retention(history=...)``); with a window, what finished in it,
+        widened to whole minutes. The p95 comes from the duration histogram
+        (``taskrt.counters.BUCKETS``): the upper bound of the bucket holding it.
+        """
         self.require_started("statistics")
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 return Stats(**await remote.call("stats", since=since, until=until))
+        if self.owning:
+            self.transitions.flush_history()
         await self.store.settle()
         raw = await self.store.stats(since, until)
         counts = {s.value: int(raw["counts"].get(s.value, 0)) for s in JobStatus}
@@ -1357,6 +1383,11 @@ class _PoolHost:
         self.started = rt.transitions.started
         self.attempt_ended = rt.transitions.attempt_ended
         self.report = rt.transitions.report
+        self.backlog = rt.adoption
+        self.window = rt.window
+
+    def counted(self, pool: str) -> int:
+        return self._rt.store.counted(pool, JobStatus.WAITING)
 
     @property
     def running(self) -> bool:

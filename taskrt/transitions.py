@@ -102,7 +102,7 @@ class Transitions:
         state.finished_at = None
         state.snapshot = None
         seq = self.emit(state, EventType.STARTED, {"attempt": attempt})
-        return self.store.start(state.id, attempt, now, seq)
+        return self.store.start(state.id, attempt, now, seq, pool=state.pool)
 
     def report(
         self, state: JobState, current: float, total: float | None, message: str | None
@@ -263,8 +263,11 @@ class Transitions:
             self._history_timer = None
         return self.store.record_minutes(self.history.drain())
 
-    def write_waiting(self, state: JobState) -> asyncio.Future[None]:
-        return self.store.requeue(
+    def write_waiting(
+        self, state: JobState, *, was: JobStatus = JobStatus.RUNNING
+    ) -> asyncio.Future[None]:
+        """Queue the job's WAITING row (``was``: its status in the database until then)."""
+        fut = state.written = self.store.requeue(
             state.id,
             state.run_at,
             state.error,
@@ -272,7 +275,10 @@ class Transitions:
             state.attempts,
             state.max_attempts,
             (state.current, state.total, state.message),
+            pool=state.pool,
+            was=was,
         )
+        return fut
 
     def _fail(self, state: JobState, error: str) -> None:
         hook = state.spec.hooks.on_failed
@@ -318,6 +324,7 @@ class Transitions:
                 (state.current, state.total, state.message),
                 state.seq + 1,
                 state.attempts,
+                pool=state.pool,
             )
             try:
                 # What the hook wrote is undone if it raises; the failure stays.
@@ -341,6 +348,7 @@ class Transitions:
         """Reach a terminal status: write (never coalesced), publish, run hooks."""
         now = self.clock.now()
         info = state
+        was = state.status
         self.counters.finished[info.task, status] += 1
         took = now - state.started_at if state.started_at is not None else None
         self._count(
@@ -363,11 +371,20 @@ class Transitions:
         if write:
             progress = (state.current, state.total, state.message)
             if status is JobStatus.SUCCESS:
-                fut = self.store.succeed(info.id, result_json, now, progress, seq)
+                fut = self.store.succeed(info.id, result_json, now, progress, seq, pool=info.pool)
             elif status is JobStatus.FAILURE:
-                fut = self.store.fail(info.id, error or "", now, progress, seq, state.attempts)
+                fut = self.store.fail(
+                    info.id,
+                    error or "",
+                    now,
+                    progress,
+                    seq,
+                    state.attempts,
+                    pool=info.pool,
+                    was=was,
+                )
             else:
-                fut = self.store.cancel(info.id, now, seq, error)
+                fut = self.store.cancel(info.id, now, seq, error, pool=info.pool, was=was)
         if status is JobStatus.FAILURE and "schedule" in state.metadata:
             self.schedule_failed(state.metadata)  # counted (scheduler note 6)
         self.emit(state, STATUS_EVENT[status], data)
@@ -401,6 +418,7 @@ class Transitions:
             (state.current, state.total, state.message),
             state.seq + 1,
             state.attempts,
+            pool=state.pool,
         )
 
 

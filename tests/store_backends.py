@@ -21,7 +21,11 @@ Registration is explicit: a backend is one entry of ``REGISTRY``, a
   failing them;
 - ``sql``: the application's own statements for ``rt.transaction()`` tests
   (``StoreTransaction.execute`` runs the application's SQL in the backend's
-  dialect: placeholders are ``?`` for SQLite, ``$1`` for PostgreSQL).
+  dialect: placeholders are ``?`` for SQLite, ``$1`` for PostgreSQL);
+- ``outage`` (optional): ``async with outage(store):`` the database takes no
+  write that needs more room than it has now, as a full disk; on exit it
+  takes them again. Tests of writes kept through an outage (store note 9)
+  skip a backend without one.
 
 Adding PostgreSQL later is one more entry, for example::
 
@@ -48,6 +52,8 @@ from pathlib import Path
 
 from taskrt.store import JobStore, Store
 
+Outage = Callable[[JobStore], AbstractAsyncContextManager[None]]
+
 
 @dataclass(frozen=True, slots=True)
 class AppSQL:
@@ -68,6 +74,7 @@ class Backend:
     open: Callable[[Path], AbstractAsyncContextManager[JobStore]]
     sql: AppSQL
     unavailable: Callable[[], str | None] = lambda: None
+    outage: Outage | None = None
 
 
 @contextlib.asynccontextmanager
@@ -85,6 +92,19 @@ def _sqlite(where: Path) -> AbstractAsyncContextManager[JobStore]:
     return _opened(Store(str(where / "store.db")))
 
 
+@contextlib.asynccontextmanager
+async def _sqlite_full_disk(store: JobStore) -> AsyncIterator[None]:
+    """The file may not grow by a single page: a portable full disk (SQLITE_FULL)."""
+    if not isinstance(store, Store):
+        raise TypeError(f"expected the SQLite Store, found {type(store).__name__}")
+    [(pages,)] = await store.db.execute_fetchall("PRAGMA page_count")
+    await store.db.execute_fetchall(f"PRAGMA max_page_count = {pages}")
+    try:
+        yield
+    finally:
+        await store.db.execute_fetchall("PRAGMA max_page_count = 1073741823")
+
+
 SQLITE_SQL = AppSQL(
     create="CREATE TABLE notes (body TEXT NOT NULL)",
     insert="INSERT INTO notes (body) VALUES (?)",
@@ -92,7 +112,7 @@ SQLITE_SQL = AppSQL(
 )
 
 REGISTRY: dict[str, Backend] = {
-    "sqlite": Backend("sqlite", _sqlite, SQLITE_SQL),
+    "sqlite": Backend("sqlite", _sqlite, SQLITE_SQL, outage=_sqlite_full_disk),
 }
 
 BACKENDS: list[str] = list(REGISTRY)
@@ -110,3 +130,7 @@ def app_sql(kind: str) -> AppSQL:
 
 def unavailable(kind: str) -> str | None:
     return REGISTRY[kind].unavailable()
+
+
+def outage(kind: str) -> Outage | None:
+    return REGISTRY[kind].outage

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from core_support import Gate, committed, db_file, make_rt, sqlite_only_write, until
+from core_support import Gate, committed, make_rt, until
 
 from taskrt import (
     FakeClock,
@@ -136,43 +136,66 @@ async def test_stats_counts_success_rate_mean_and_p95(tmp_path: Path) -> None:
         assert stats.total == 24
         assert stats.success_rate == pytest.approx(20 / 22)
         assert stats.mean_duration == pytest.approx(10.5)
-        assert stats.p95_duration == pytest.approx(19)
-        # A window: only what was created/finished in the first 10 s.
+        # From the histogram: the 19th of 20 durations (19 s) is in the (5, 30] bucket.
+        assert stats.p95_duration == 30.0
+        # A window, widened to whole minutes: what finished in the first minute
+        # (the jobs of 1..10 s were done by t0 + 55); WAITING is the count now.
         early = await rt.stats(since=t0, until=t0 + 10.5)
-        # Counts go by creation (jobs of 1..5 s were added by t0 + 10), durations
-        # by finish (jobs of 1..4 s were done by t0 + 10).
-        assert early.counts["SUCCESS"] == 5
-        assert early.mean_duration == pytest.approx(2.5)
+        assert early.counts == {
+            "WAITING": 1,
+            "RUNNING": 0,
+            "SUCCESS": 10,
+            "FAILURE": 0,
+            "CANCELLED": 0,
+        }
+        assert early.mean_duration == pytest.approx(5.5)
+        assert early.p95_duration == 30.0
+        late = await rt.stats(since=t0 + 180)  # the jobs of 19 and 20 s ended at t0 + 190, 210
+        assert (late.counts["SUCCESS"], late.counts["FAILURE"], late.counts["CANCELLED"]) == (
+            2,
+            2,
+            1,
+        )
         empty = await rt.stats(since=t0 + 10_000)
         assert (empty.total, empty.success_rate, empty.mean_duration, empty.p95_duration) == (
-            0,
+            1,
             None,
             None,
             None,
         )
 
 
-@pytest.mark.parametrize(("n", "p95"), [(1, 1), (10, 10), (20, 19), (30, 29), (100, 95)])
-async def test_p95_is_the_nearest_rank(tmp_path: Path, n: int, p95: float) -> None:
-    rt = make_rt(tmp_path)
-    rt.pool("default").pause()
+@pytest.mark.parametrize(
+    ("durations", "p95"),
+    [
+        ([0.5] * 19 + [10.0], 0.5),  # the 19th of 20 is 0.5 s: bucket (0.1, 0.5]
+        ([0.5] * 18 + [10.0] * 2, 30.0),  # the 19th is 10 s: bucket (5, 30]
+        ([0.002], 0.005),
+        ([700.0], None),  # above the last bound: no upper bound to give
+    ],
+)
+async def test_p95_is_the_bucket_of_the_nearest_rank(
+    tmp_path: Path, durations: list[float], p95: float | None
+) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, clock=clock)
+    started: list[int] = []
 
-    @rt.task
-    async def nothing(job: JobContext) -> None:
-        return None
+    @rt.task(pool="one")
+    async def timed(job: JobContext, seconds: float) -> None:
+        started.append(job.id)
+        await clock_sleep(clock, seconds)
 
     async with rt:
-        await rt.pool("default").add_many(nothing, [()] * n)
-    # Durations 1..n seconds (shuffled), written as a finished history (SQLite-specific write).
-    for i in range(1, n + 1):
-        sqlite_only_write(
-            db_file(tmp_path),
-            "UPDATE jobs SET status = 'SUCCESS', started_at = 0, finished_at = ? WHERE id = ?",
-            (float((i * 7) % n + 1), i),
-        )
-    async with make_rt(tmp_path) as rt2:
-        stats = await rt2.stats()
-    assert stats.counts["SUCCESS"] == n
+        rt.pool("one", concurrency=1)
+        for seconds in durations:
+            job_id = await rt.pool("one").add(timed, seconds)
+            await until(lambda job_id=job_id: started[-1:] == [job_id])
+            await clock.advance(seconds)
+            await rt.wait(job_id, timeout=5)
+        stats = await rt.stats()
+    assert stats.counts["SUCCESS"] == len(durations)
+    assert stats.mean_duration == pytest.approx(sum(durations) / len(durations), abs=1e-6)
     assert stats.p95_duration == p95
 
 

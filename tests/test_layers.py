@@ -97,7 +97,9 @@ LAYERS: dict[str, int] = {
     "bulk": 2,  # bulk actions: ids by filter, one action each
     "history": 2,  # what finished, per minute
     # engine
-    **dict.fromkeys(["context", "background", "live", "pool", "adding", "transitions"], 2),
+    **dict.fromkeys(
+        ["context", "background", "live", "pool", "waiting", "adding", "transitions"], 2
+    ),
     "adoption": 2,
     "stream": 2,
     "ownership": 2,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from store_backends import BACKENDS, AppSQL, app_sql, open_store, unavailable
+from store_backends import BACKENDS, AppSQL, app_sql, open_store, outage, unavailable
 
 from taskrt.errors import DuplicateJobId, StoreError
 from taskrt.models import (
@@ -132,23 +133,24 @@ async def get(store: JobStore, job_id: int) -> JobInfo:
 async def running(store: JobStore, *, started_at: float = NOW, **options: Any) -> int:
     """A job that was added and started (attempt 1, seq 2)."""
     job_id = await add_one(store, **options)
-    await store.start(job_id, 1, started_at, 2)
+    await store.start(job_id, 1, started_at, 2, pool=options.get("pool", "mail"))
     return job_id
 
 
 async def in_status(store: JobStore, status: JobStatus, **options: Any) -> int:
     """A job brought to ``status`` by the ordinary operations."""
+    pool = options.get("pool", "mail")
     if status is WAITING:
         return await add_one(store, **options)
     if status is CANCELLED:
         job_id = await add_one(store, **options)
-        await store.cancel(job_id, NOW + 1, 2, None)
+        await store.cancel(job_id, NOW + 1, 2, None, pool=pool, was=WAITING)
         return job_id
     job_id = await running(store, **options)
     if status is SUCCESS:
-        await store.succeed(job_id, None, NOW + 1, NO_PROGRESS, 3)
+        await store.succeed(job_id, None, NOW + 1, NO_PROGRESS, 3, pool=pool)
     elif status is FAILURE:
-        await store.fail(job_id, "boom", NOW + 1, NO_PROGRESS, 3, 1)
+        await store.fail(job_id, "boom", NOW + 1, NO_PROGRESS, 3, 1, pool=pool)
     return job_id
 
 
@@ -168,6 +170,26 @@ async def make_notes(store: JobStore, sql: AppSQL) -> None:
 
 async def external(store: JobStore) -> list[tuple[int, JobStatus, bool]]:
     return [(info.id, info.status, flag) for info, flag in await store.external_changes()]
+
+
+async def assert_counts_exact(store: JobStore) -> dict[str, dict[JobStatus, int]]:
+    """The counts (``live_counts``, ``counted``, ``count_waiting``) are the jobs' own.
+
+    The truth is counted from the jobs as listed, so it cannot share a
+    mistake with the counts kept on writes. Returns it (pool -> status -> n).
+    """
+    truth: dict[str, dict[JobStatus, int]] = {}
+    for info in await store.list_jobs(limit=1_000_000):
+        by_status = truth.setdefault(info.pool, {})
+        by_status[info.status] = by_status.get(info.status, 0) + 1
+    assert await store.live_counts() == truth
+    for pool in {*truth, "mail", "img", "nowhere"}:
+        expected = truth.get(pool, {})
+        assert {s: store.counted(pool, s) for s in JobStatus} == {
+            s: expected.get(s, 0) for s in JobStatus
+        }, pool
+        assert await store.count_waiting(pool) == expected.get(WAITING, 0)
+    return truth
 
 
 # -- insert --------------------------------------------------------------------
@@ -308,7 +330,7 @@ async def test_a_unique_key_repeated_in_one_add_gives_the_first_jobs_id(store: J
 
 async def test_a_final_write_queued_before_an_add_frees_the_key_for_it(store: JobStore) -> None:
     holder = await running(store, unique_key="k")
-    store.succeed(holder, None, NOW + 1, NO_PROGRESS, 3)
+    store.succeed(holder, None, NOW + 1, NO_PROGRESS, 3, pool="mail")
     [res] = await store.insert([job(unique_key="k")])
     assert isinstance(res, InsertResult) and res.created and res.job_id != holder
 
@@ -318,7 +340,7 @@ async def test_a_final_write_queued_before_an_add_frees_the_key_for_it(store: Jo
 
 async def test_start_runs_the_job_and_charges_the_attempt(store: JobStore) -> None:
     job_id = await add_one(store)
-    await store.start(job_id, 1, NOW + 1, 2)
+    await store.start(job_id, 1, NOW + 1, 2, pool="mail")
     info = await get(store, job_id)
     assert (info.status, info.attempts, info.started_at, info.finished_at, info.seq) == (
         RUNNING,
@@ -367,7 +389,7 @@ async def test_an_attempt_says_what_followed_it(store: JobStore) -> None:
 async def test_succeed_stores_the_result_and_final_progress(store: JobStore) -> None:
     job_id = await running(store)
     result = {"sent": [1, 2.5, "é"], "none": None, "nested": {"ok": True}}
-    await store.succeed(job_id, json.dumps(result), NOW + 5, (3.0, 4.0, "done"), 9)
+    await store.succeed(job_id, json.dumps(result), NOW + 5, (3.0, 4.0, "done"), 9, pool="mail")
     info = await get(store, job_id)
     assert (info.status, info.result, info.finished_at, info.seq, info.error) == (
         SUCCESS,
@@ -378,13 +400,13 @@ async def test_succeed_stores_the_result_and_final_progress(store: JobStore) -> 
     )
     assert (info.current, info.total, info.message, info.duration) == (3.0, 4.0, "done", 5.0)
     empty = await running(store)
-    await store.succeed(empty, None, NOW + 1, NO_PROGRESS, 3)
+    await store.succeed(empty, None, NOW + 1, NO_PROGRESS, 3, pool="mail")
     assert (await get(store, empty)).result is None
 
 
 async def test_fail_stores_the_error_attempts_and_progress(store: JobStore) -> None:
     job_id = await running(store)
-    await store.fail(job_id, "ValueError: bad", NOW + 2, (1.0, 3.0, "stuck"), 7, 4)
+    await store.fail(job_id, "ValueError: bad", NOW + 2, (1.0, 3.0, "stuck"), 7, 4, pool="mail")
     info = await get(store, job_id)
     assert (info.status, info.error, info.finished_at, info.seq, info.attempts) == (
         FAILURE,
@@ -399,7 +421,7 @@ async def test_fail_stores_the_error_attempts_and_progress(store: JobStore) -> N
 @pytest.mark.parametrize("source", [WAITING, RUNNING])
 async def test_cancel_stores_cancelled_with_its_reason(store: JobStore, source: JobStatus) -> None:
     job_id = await in_status(store, source)
-    await store.cancel(job_id, NOW + 3, 6, "cancelled by the user")
+    await store.cancel(job_id, NOW + 3, 6, "cancelled by the user", pool="mail", was=source)
     info = await get(store, job_id)
     assert (info.status, info.finished_at, info.seq, info.error) == (
         CANCELLED,
@@ -411,7 +433,9 @@ async def test_cancel_stores_cancelled_with_its_reason(store: JobStore, source: 
 
 async def test_requeue_puts_the_job_back_to_waiting(store: JobStore) -> None:
     job_id = await running(store, max_attempts=2)
-    await store.requeue(job_id, NOW + 30, "retry: flaky", 4, 1, 3, (2.0, 5.0, "partial"))
+    await store.requeue(
+        job_id, NOW + 30, "retry: flaky", 4, 1, 3, (2.0, 5.0, "partial"), pool="mail"
+    )
     info = await get(store, job_id)
     assert (info.status, info.run_at, info.error, info.seq) == (
         WAITING,
@@ -423,33 +447,52 @@ async def test_requeue_puts_the_job_back_to_waiting(store: JobStore) -> None:
     assert (info.current, info.total, info.message) == (2.0, 5.0, "partial")
     assert (info.started_at, info.finished_at) == (None, None)
     # The next start clears the previous attempt's error.
-    await store.start(job_id, 2, NOW + 31, 5)
+    await store.start(job_id, 2, NOW + 31, 5, pool="mail")
     again = await get(store, job_id)
     assert (again.status, again.attempts, again.error) == (RUNNING, 2, None)
 
 
-OPERATIONS: dict[JobStatus, Callable[[JobStore, int], Any]] = {
-    RUNNING: lambda s, j: s.start(j, 5, NOW + 9, 99),
-    SUCCESS: lambda s, j: s.succeed(j, '"late"', NOW + 9, (9.0, 9.0, "x"), 99),
-    FAILURE: lambda s, j: s.fail(j, "late", NOW + 9, (9.0, 9.0, "x"), 99, 5),
-    CANCELLED: lambda s, j: s.cancel(j, NOW + 9, 99, "late"),
-    WAITING: lambda s, j: s.requeue(j, NOW + 9, "late", 99, 5, 9, (9.0, 9.0, "x")),
+# target -> the write that moves a job there, given the pool and status the caller believes.
+Write = Callable[[JobStore, int, str, JobStatus], Any]
+OPERATIONS: dict[JobStatus, Write] = {
+    RUNNING: lambda s, j, pool, was: s.start(j, 5, NOW + 9, 99, pool=pool),
+    SUCCESS: lambda s, j, pool, was: s.succeed(
+        j, '"late"', NOW + 9, (9.0, 9.0, "x"), 99, pool=pool
+    ),
+    FAILURE: lambda s, j, pool, was: s.fail(
+        j, "late", NOW + 9, (9.0, 9.0, "x"), 99, 5, pool=pool, was=was
+    ),
+    CANCELLED: lambda s, j, pool, was: s.cancel(j, NOW + 9, 99, "late", pool=pool, was=was),
+    WAITING: lambda s, j, pool, was: s.requeue(
+        j, NOW + 9, "late", 99, 5, 9, (9.0, 9.0, "x"), pool=pool, was=was
+    ),
 }
 
 
+@pytest.mark.parametrize("belief", ["right", "wrong"])
 @pytest.mark.parametrize("target", list(OPERATIONS), ids=lambda s: f"to-{s.value}")
 @pytest.mark.parametrize("source", list(JobStatus), ids=lambda s: f"from-{s.value}")
 async def test_a_write_moves_a_job_only_as_the_transition_table_allows(
-    store: JobStore, source: JobStatus, target: JobStatus
+    store: JobStore, source: JobStatus, target: JobStatus, belief: str
 ) -> None:
+    """Whatever pool and status the caller believes the job is in: a wrong
+    belief costs time, never a transition or the exactness of the counts."""
     job_id = await in_status(store, source)
+    other = await add_one(store)  # in the same batch: a belief that holds
     before = await get(store, job_id)
-    await OPERATIONS[target](store, job_id)
+    if belief == "right":
+        pool, was = "mail", source
+    else:
+        pool, was = "elsewhere", (WAITING if source is RUNNING else RUNNING)
+    OPERATIONS[target](store, job_id, pool, was)
+    await store.cancel(other, NOW + 9, 99, None, pool="mail", was=WAITING)
     after = await get(store, job_id)
     if target in TRANSITIONS[source]:
         assert (after.status, after.seq) == (target, 99)
     else:
         assert after == before
+    assert (await get(store, other)).status is CANCELLED
+    await assert_counts_exact(store)
 
 
 async def test_writes_for_an_unknown_job_change_nothing(store: JobStore) -> None:
@@ -457,20 +500,21 @@ async def test_writes_for_an_unknown_job_change_nothing(store: JobStore) -> None
     before = await get(store, job_id)
     missing = job_id + 1000
     for target in OPERATIONS:
-        await OPERATIONS[target](store, missing)
+        await OPERATIONS[target](store, missing, "mail", WAITING)
     assert await store.get_job(missing) is None
     assert await store.list_jobs() == [before]
+    await assert_counts_exact(store)
 
 
 async def test_a_jobs_writes_apply_in_the_order_they_were_queued(store: JobStore) -> None:
     job_id = await add_one(store)
     # A whole retry cycle queued at once, awaited only at the end.
-    store.start(job_id, 1, NOW + 1, 2)
+    store.start(job_id, 1, NOW + 1, 2, pool="mail")
     store.record_attempt(job_id, 1, NOW + 1, NOW + 2, AttemptOutcome.RETRY, "flaky", None)
-    store.requeue(job_id, NOW + 2, "flaky", 3, 1, 3, NO_PROGRESS)
-    store.start(job_id, 2, NOW + 3, 4)
+    store.requeue(job_id, NOW + 2, "flaky", 3, 1, 3, NO_PROGRESS, pool="mail")
+    store.start(job_id, 2, NOW + 3, 4, pool="mail")
     store.record_attempt(job_id, 2, NOW + 3, NOW + 4, AttemptOutcome.SUCCESS, None, None)
-    await store.succeed(job_id, "42", NOW + 4, (1.0, 1.0, ""), 5)
+    await store.succeed(job_id, "42", NOW + 4, (1.0, 1.0, ""), 5, pool="mail")
     info = await get(store, job_id)
     assert (info.status, info.attempts, info.result, info.started_at, info.seq) == (
         SUCCESS,
@@ -487,14 +531,14 @@ async def test_a_jobs_writes_apply_in_the_order_they_were_queued(store: JobStore
 
 async def test_flush_and_settle_make_everything_queued_visible(store: JobStore) -> None:
     a, b, c = await add(store, job(), job(), job())
-    store.start(a, 1, NOW, 2)
-    store.cancel(b, NOW, 2, None)
+    store.start(a, 1, NOW, 2, pool="mail")
+    store.cancel(b, NOW, 2, None, pool="mail", was=WAITING)
     await store.flush()
     assert [(await get(store, i)).status for i in (a, b)] == [RUNNING, CANCELLED]
-    store.succeed(a, None, NOW + 1, NO_PROGRESS, 3)
+    store.succeed(a, None, NOW + 1, NO_PROGRESS, 3, pool="mail")
     await store.settle()
     assert (await get(store, a)).status is SUCCESS
-    fut = store.start(c, 1, NOW, 2)
+    fut = store.start(c, 1, NOW, 2, pool="mail")
     await store.settle(fut)
     assert fut.done() and (await get(store, c)).status is RUNNING
 
@@ -502,7 +546,7 @@ async def test_flush_and_settle_make_everything_queued_visible(store: JobStore) 
 async def test_batches_count_commits(store: JobStore) -> None:
     before = store.batches
     job_id = await add_one(store)
-    await store.start(job_id, 1, NOW, 2)
+    await store.start(job_id, 1, NOW, 2, pool="mail")
     assert store.batches >= before + 2
 
 
@@ -511,7 +555,7 @@ async def test_closing_writes_what_is_queued(backend: str, tmp_path: Path) -> No
         run = await running(store)
         waiting = await add_one(store)
         store.progress(run, 4.0, 8.0, "half", 3)
-        store.cancel(waiting, NOW + 1, 2, None)
+        store.cancel(waiting, NOW + 1, 2, None, pool="mail", was=WAITING)
         store.schedule_failed("nobody")  # a write of no row: harmless
     async with open_store(backend, tmp_path) as reopened:
         info = await get(reopened, run)
@@ -532,8 +576,8 @@ async def test_a_write_the_database_refuses_fails_alone(store: JobStore) -> None
     other = await add_one(store)
     # Retrying the failed job would make two live jobs with one key: refused,
     # while the other write of the same batch commits.
-    store.requeue(failed, NOW + 5, None, 4, 1, 3, NO_PROGRESS)
-    await store.start(other, 1, NOW, 2)
+    store.requeue(failed, NOW + 5, None, 4, 1, 3, NO_PROGRESS, pool="mail", was=FAILURE)
+    await store.start(other, 1, NOW, 2, pool="mail")
     assert rejected == [(failed, "requeue")]
     assert (await get(store, failed)).status is FAILURE
     assert (await get(store, holder)).status is WAITING
@@ -585,7 +629,7 @@ async def test_progress_touches_only_running_jobs(store: JobStore, status: JobSt
 async def test_progress_queued_around_a_final_write_does_not_undo_it(store: JobStore) -> None:
     job_id = await running(store)
     store.progress(job_id, 5.0, 10.0, "before", 3)
-    done = store.succeed(job_id, None, NOW + 1, (10.0, 10.0, "done"), 4)
+    done = store.succeed(job_id, None, NOW + 1, (10.0, 10.0, "done"), 4, pool="mail")
     store.progress(job_id, 6.0, 10.0, "after", 5)
     await done
     await store.flush()
@@ -627,7 +671,7 @@ async def test_a_transaction_that_raises_stores_nothing(store: JobStore, sql: Ap
             await store.insert_in(tx, [job("lost"), job("lost too")])
             await tx.insert_schedule(define("lost", "send", "0 3 * * *"), NOW + 60, NOW)
             await tx.bump_schedules()
-            await tx.mark_failed(before, "lost", NOW, NO_PROGRESS, 2, 1)
+            await tx.mark_failed(before, "lost", NOW, NO_PROGRESS, 2, 1, pool="mail", was=WAITING)
             raise Boom
     assert await notes(store, sql) == []
     assert await ids(store) == [before]
@@ -656,7 +700,7 @@ async def test_a_savepoint_that_raises_undoes_only_its_writes(store: JobStore, s
     await make_notes(store, sql)
     job_id = await running(store)
     async with store.transaction() as tx:
-        await tx.mark_failed(job_id, "boom", NOW + 1, (1.0, 2.0, "m"), 5, 1)
+        await tx.mark_failed(job_id, "boom", NOW + 1, (1.0, 2.0, "m"), 5, 1, pool="mail")
         with pytest.raises(Boom):
             async with tx.savepoint():
                 await tx.execute(sql.insert, ("undone",))
@@ -682,8 +726,10 @@ async def test_mark_failed_follows_the_transition_table(store: JobStore) -> None
     waiting = await add_one(store)
     before = await get(store, done)
     async with store.transaction() as tx:
-        await tx.mark_failed(done, "late", NOW + 9, NO_PROGRESS, 9, 9)
-        await tx.mark_failed(waiting, "never ran", NOW + 9, NO_PROGRESS, 9, 0)
+        await tx.mark_failed(done, "late", NOW + 9, NO_PROGRESS, 9, 9, pool="mail", was=SUCCESS)
+        await tx.mark_failed(
+            waiting, "never ran", NOW + 9, NO_PROGRESS, 9, 0, pool="mail", was=WAITING
+        )
     assert await get(store, done) == before
     assert (await get(store, waiting)).status is FAILURE
 
@@ -760,7 +806,7 @@ async def test_recover_puts_running_jobs_back_and_records_the_interruption(
 async def test_a_job_recovered_max_recoveries_times_fails_as_orphaned(store: JobStore) -> None:
     job_id = await running(store)
     assert await store.recover(NOW + 10, max_recoveries=1, seq_gap=0) == (1, 0)
-    await store.start(job_id, 2, NOW + 20, 10)
+    await store.start(job_id, 2, NOW + 20, 10, pool="mail")
     assert await store.recover(NOW + 30, max_recoveries=1, seq_gap=0) == (0, 1)
     info = await get(store, job_id)
     assert (info.status, info.finished_at, info.recoveries) == (FAILURE, NOW + 30, 1)
@@ -804,7 +850,7 @@ async def test_an_orphaned_job_of_a_schedule_counts_as_its_failure(store: JobSto
     orphan = await running(store, metadata={"schedule": "nightly"})
     other = await running(store, metadata={"schedule": "nightly"})
     assert await store.recover(NOW + 1, max_recoveries=1, seq_gap=0) == (2, 0)
-    await store.start(orphan, 2, NOW + 2, 10)  # only this one runs again
+    await store.start(orphan, 2, NOW + 2, 10, pool="mail")  # only this one runs again
     assert await store.recover(NOW + 3, max_recoveries=1, seq_gap=0) == (0, 1)
     assert (await get(store, orphan)).status is FAILURE
     assert (await get(store, other)).status is WAITING
@@ -842,7 +888,7 @@ async def test_cancel_external_asks_the_owner_of_a_running_job(store: JobStore) 
     await store.clear_external(job_id, info.seq, True)
     assert await external(store) == []
     # The owner's own cancel ends it.
-    await store.cancel(job_id, NOW + 6, 3, None)
+    await store.cancel(job_id, NOW + 6, 3, None, pool="mail", was=RUNNING)
     assert (await get(store, job_id)).status is CANCELLED
 
 
@@ -908,7 +954,7 @@ async def test_clear_external_keeps_a_change_made_after_the_owner_read(
     [(read, cancel)] = await store.external_changes()  # the owner reads it and adopts it
     assert (read.status, cancel) == (WAITING, False)
     if owner_started_it:
-        await store.start(job_id, 1, NOW + 1, 2)
+        await store.start(job_id, 1, NOW + 1, 2, pool="mail")
     await store.cancel_external(job_id, NOW + 2)  # meanwhile, a client cancels it
     await store.clear_external(job_id, read.seq, cancel)  # the owner: what it read
     status = RUNNING if owner_started_it else CANCELLED
@@ -928,9 +974,9 @@ async def test_cleanup_deletes_old_finished_jobs_of_the_statuses_and_their_attem
     old_failure = await in_status(store, FAILURE)
     old_cancelled = await in_status(store, CANCELLED)
     at_cutoff = await running(store)
-    await store.succeed(at_cutoff, None, NOW + 10, NO_PROGRESS, 3)
+    await store.succeed(at_cutoff, None, NOW + 10, NO_PROGRESS, 3, pool="mail")
     recent = await running(store)
-    await store.succeed(recent, None, NOW + 20, NO_PROGRESS, 3)
+    await store.succeed(recent, None, NOW + 20, NO_PROGRESS, 3, pool="mail")
     waiting = await add_one(store)
     run = await running(store)
     for job_id in (old_success, old_failure, recent):
@@ -999,30 +1045,92 @@ async def test_a_boolean_metadata_filter_matches_only_booleans(store: JobStore) 
     assert await ids(store, metadata={"flag": 1}) == [one]
 
 
-async def test_stats_count_statuses_and_measure_durations(store: JobStore) -> None:
-    assert await store.stats(None, None) == {"counts": {}, "mean": None, "p95": None}
-    for seconds in range(1, 21):
-        job_id = await running(store, started_at=NOW)
-        await store.succeed(job_id, None, NOW + seconds, NO_PROGRESS, 3)
-    await in_status(store, FAILURE)
-    await in_status(store, WAITING)
+MINUTE = int(NOW // 60)  # the history's minute of NOW
+
+
+def buckets(**counts: int) -> list[int]:
+    """The 12 histogram buckets (b0..b11), e.g. ``buckets(b6=18, b8=2)``."""
+    return [counts.get(f"b{i}", 0) for i in range(12)]
+
+
+def minute_row_of(
+    minute: int, *, succeeded: int = 0, failed: int = 0, cancelled: int = 0, seconds: float = 0.0,
+    hist: list[int] | None = None, pool: str = "mail", task: str = "send",
+) -> tuple[Any, ...]:  # fmt: skip
+    return (minute, pool, task, succeeded, failed, cancelled, 0, seconds, *(hist or buckets()))
+
+
+async def test_stats_of_an_empty_store(store: JobStore) -> None:
+    nothing = {"counts": {}, "mean": None, "p95": None, "p95_low": None}
+    assert await store.stats(None, None) == nothing
+    assert await store.stats(NOW - 60, NOW + 60) == nothing
+
+
+async def test_stats_without_a_window_count_the_stored_jobs_and_every_minute(
+    store: JobStore,
+) -> None:
+    for status in (SUCCESS, SUCCESS, FAILURE, CANCELLED, WAITING, RUNNING, RUNNING):
+        await in_status(store, status)
+    await in_status(store, WAITING, pool="img")
+    # 20 successes in the history: 18 took at most 1 s (b6), 2 at most 30 s (b8).
+    await store.record_minutes(
+        [
+            minute_row_of(MINUTE - 500, succeeded=15, seconds=10.0, hist=buckets(b6=15)),
+            minute_row_of(MINUTE, succeeded=5, failed=3, seconds=40.0, hist=buckets(b6=3, b8=2)),
+        ]
+    )
     stats = await store.stats(None, None)
-    assert stats["counts"] == {SUCCESS: 20, FAILURE: 1, WAITING: 1}
-    assert stats["mean"] == pytest.approx(10.5)
-    assert stats["p95"] == pytest.approx(19.0)  # nearest rank: the 19th of 20
+    # Finished counts are the stored jobs' (the history says 20 successes).
+    assert stats["counts"] == {
+        "SUCCESS": 2,
+        "FAILURE": 1,
+        "CANCELLED": 1,
+        "WAITING": 2,
+        "RUNNING": 2,
+    }
+    assert stats["mean"] == pytest.approx(50.0 / 20)
+    # Nearest rank: the 19th of 20 lies in b8, (5 s, 30 s].
+    assert (stats["p95"], stats["p95_low"]) == (30.0, 5.0)
 
 
-async def test_stats_keep_to_their_window(store: JobStore) -> None:
-    old = await running(store, created_at=NOW - 100, started_at=NOW - 100)
-    await store.succeed(old, None, NOW - 50, NO_PROGRESS, 3)  # 50 s, before the window
-    new = await running(store, created_at=NOW, started_at=NOW)
-    await store.succeed(new, None, NOW + 2, NO_PROGRESS, 3)  # 2 s
-    await in_status(store, WAITING, created_at=NOW + 10)  # at ``until``: outside
-    stats = await store.stats(NOW - 10, NOW + 10)
-    assert stats == {"counts": {SUCCESS: 1}, "mean": 2.0, "p95": 2.0}
-    everything = await store.stats(None, None)
-    assert everything["counts"] == {SUCCESS: 2, WAITING: 1}
-    assert everything["mean"] == pytest.approx(26.0)
+async def test_stats_in_a_window_read_whole_minutes_of_history(store: JobStore) -> None:
+    await in_status(store, WAITING)
+    await in_status(store, RUNNING, pool="img")
+    await in_status(store, SUCCESS)  # stored, but not in the history: not in a window
+    await store.record_minutes(
+        [
+            minute_row_of(MINUTE - 1, succeeded=100, seconds=1e6, hist=buckets(b11=100)),
+            minute_row_of(MINUTE, succeeded=2, failed=1, seconds=0.002, hist=buckets(b0=2)),
+            minute_row_of(MINUTE + 2, succeeded=1, cancelled=4, seconds=0.001, pool="img"),
+            minute_row_of(MINUTE + 3, failed=50),
+        ]
+    )
+    # Minutes floor(since / 60) to ceil(until / 60), exclusive: MINUTE to MINUTE + 2.
+    stats = await store.stats(NOW + 30, NOW + 121)
+    assert stats["counts"] == {
+        "WAITING": 1,  # live counts, whatever the window
+        "RUNNING": 1,
+        "SUCCESS": 3,
+        "FAILURE": 1,
+        "CANCELLED": 4,
+    }
+    assert stats["mean"] == pytest.approx(0.003 / 3)
+    # Two durations in b0: the 95th percentile is in (0, 1 ms].
+    assert (stats["p95"], stats["p95_low"]) == (0.001, 0.0)
+    # An end on a minute's boundary leaves that minute out; an open end is unbounded.
+    assert (await store.stats(NOW, NOW + 120))["counts"]["SUCCESS"] == 2
+    assert (await store.stats(NOW, None))["counts"]["FAILURE"] == 51
+    before = await store.stats(None, NOW)
+    assert before["counts"] == {"WAITING": 1, "RUNNING": 1, "SUCCESS": 100}
+    assert before["mean"] == pytest.approx(1e4)
+    # Above the last bound: no upper bound, at least 600 s.
+    assert (before["p95"], before["p95_low"]) == (None, 600.0)
+    assert (await store.stats(NOW + 600, NOW + 660))["counts"] == {"WAITING": 1, "RUNNING": 1}
+    # Ends beyond any minute: everything, or nothing, and never an error.
+    assert (await store.stats(-math.inf, math.inf))["counts"]["FAILURE"] == 51
+    assert (await store.stats(-1e300, 1e300))["counts"]["CANCELLED"] == 4
+    for nothing in ((1e300, None), (None, -math.inf), (math.nan, None)):
+        assert (await store.stats(*nothing))["counts"] == {"WAITING": 1, "RUNNING": 1}
 
 
 async def test_count_waiting_counts_one_pools_waiting_jobs(store: JobStore) -> None:
@@ -1032,17 +1140,6 @@ async def test_count_waiting_counts_one_pools_waiting_jobs(store: JobStore) -> N
     assert await store.count_waiting("mail") == 2
     assert await store.count_waiting("img") == 1
     assert await store.count_waiting("none") == 0
-
-
-async def test_waiting_jobs_are_every_waiting_job_oldest_first(store: JobStore) -> None:
-    late = await add_one(store, run_at=NOW + 100, priority=0)
-    await in_status(store, RUNNING)
-    urgent = await add_one(store, pool="img", run_at=NOW, priority=9)
-    await in_status(store, CANCELLED)
-    retried = await in_status(store, FAILURE)
-    await store.retry_external(retried, NOW, 3)
-    assert [info.id for info in await store.waiting_jobs()] == [late, urgent, retried]
-    assert all(info.status is WAITING for info in await store.waiting_jobs())
 
 
 # -- schedules -----------------------------------------------------------------
@@ -1249,3 +1346,231 @@ async def test_minutes_add_up_and_sum_per_step(store: JobStore) -> None:
     ]
     assert await store.prune_history(101) == 1  # minute 100 goes, 101 and 160 stay
     assert [r[0] for r in await store.history(0, 200, 1)] == [101, 160]
+
+
+# -- counts by pool and status (kept on every write) --------------------------------
+
+
+async def test_counts_stay_exact_through_every_kind_of_write(backend: str, tmp_path: Path) -> None:
+    async with open_store(backend, tmp_path) as store:
+        assert await assert_counts_exact(store) == {}
+        a, b, c, d, e, f = await add(store, *[job() for _ in range(6)])
+        g, h, i, j = await add(store, *[job(pool="img") for _ in range(4)])
+        held = await add_one(store, pool="img", unique_key="k")
+        # A unique key held by a live job: no row made, nothing counted.
+        [dup] = await store.insert([job(pool="img", unique_key="k")])
+        assert dup == InsertResult(held, False)
+        assert (await assert_counts_exact(store))["img"] == {WAITING: 5}
+
+        # Queued together: one batch, each write grouped with its kind.
+        for k in (a, b, c):
+            store.start(k, 1, NOW, 2, pool="mail")
+        await store.start(g, 1, NOW, 2, pool="img")
+        store.succeed(a, None, NOW + 1, NO_PROGRESS, 3, pool="mail")
+        store.fail(b, "boom", NOW + 1, NO_PROGRESS, 3, 1, pool="mail")
+        store.cancel(c, NOW + 1, 3, None, pool="mail", was=RUNNING)
+        store.cancel(d, NOW + 1, 2, None, pool="mail", was=WAITING)
+        await store.fail(e, "poison", NOW + 1, NO_PROGRESS, 2, 0, pool="mail", was=WAITING)
+        assert (await assert_counts_exact(store))["mail"] == {
+            SUCCESS: 1,
+            FAILURE: 2,
+            CANCELLED: 2,
+            WAITING: 1,
+        }
+
+        # Retries: a manual one of a failure, one of a running job.
+        store.requeue(b, NOW + 5, "again", 4, 1, 3, NO_PROGRESS, pool="mail", was=FAILURE)
+        await store.requeue(g, NOW + 5, "flaky", 3, 1, 3, NO_PROGRESS, pool="img")
+        await assert_counts_exact(store)
+
+        # Refused: a cancelled job does not start, a finished one is not cancelled;
+        # a wrong belief (f is WAITING) is still counted from what the row was.
+        store.start(d, 2, NOW + 2, 3, pool="mail")
+        store.cancel(a, NOW + 2, 4, None, pool="mail", was=RUNNING)
+        store.cancel(f, NOW + 2, 2, None, pool="mail", was=RUNNING)
+        await store.cancel(h, NOW + 2, 2, None, pool="img", was=WAITING)
+        assert [(await get(store, k)).status for k in (d, a, f, h)] == [
+            CANCELLED,
+            SUCCESS,
+            CANCELLED,
+            CANCELLED,
+        ]
+        await assert_counts_exact(store)
+
+        # In transactions: a failure and an insert that commit, and ones rolled back.
+        await store.start(i, 1, NOW, 2, pool="img")
+        async with store.transaction() as tx:
+            await tx.mark_failed(i, "hooked", NOW + 3, NO_PROGRESS, 3, 1, pool="img")
+            await store.insert_in(tx, [job(pool="img"), job(pool="tx")])
+        with pytest.raises(Boom):
+            async with store.transaction() as tx:
+                await tx.mark_failed(j, "lost", NOW + 3, NO_PROGRESS, 2, 0, pool="img", was=WAITING)
+                await store.insert_in(tx, [job(pool="lost")])
+                raise Boom
+        async with store.transaction() as tx:
+            with pytest.raises(Boom):
+                async with tx.savepoint():
+                    await tx.mark_failed(
+                        j, "undone", NOW + 3, NO_PROGRESS, 2, 0, pool="img", was=WAITING
+                    )
+                    raise Boom
+        assert (await get(store, j)).status is WAITING
+        assert "lost" not in await assert_counts_exact(store)
+
+        # Another process: cancels a waiting job, asks a running one to stop, retries.
+        running_ids = [await running(store, pool="img") for _ in range(3)]
+        await store.cancel_external(j, NOW + 4)
+        await store.cancel_external(running_ids[0], NOW + 4)
+        await store.retry_external(c, NOW + 4, 3)
+        await assert_counts_exact(store)
+        # A retry that would make two live jobs with one key is refused whole.
+        failed_key = await in_status(store, FAILURE, pool="img", unique_key="live")
+        await add_one(store, pool="img", unique_key="live")
+        with pytest.raises(StoreError):
+            await store.retry_external(failed_key, NOW + 4, 3)
+        await assert_counts_exact(store)
+
+    # The process dies with jobs RUNNING; the next one recovers them.
+    async with open_store(backend, tmp_path) as store:
+        before = await assert_counts_exact(store)  # counted() is loaded at opening
+        assert before["img"][RUNNING] == 3
+        assert await store.recover(NOW + 10, max_recoveries=1, seq_gap=100) == (2, 0)
+        # Asked to stop while it ran: CANCELLED, with h and j before it.
+        assert (await assert_counts_exact(store))["img"][CANCELLED] == 3
+        await store.start(running_ids[1], 2, NOW + 11, 200, pool="img")
+        assert await store.recover(NOW + 12, max_recoveries=1, seq_gap=100) == (0, 1)
+        await assert_counts_exact(store)
+
+        # Retention and deletion.
+        assert await store.cleanup(NOW + 100, [SUCCESS, FAILURE]) > 0
+        await assert_counts_exact(store)
+        cancelled = [info.id for info in await store.list_jobs(status=[CANCELLED])]
+        assert await store.purge([*cancelled, f + 1000, held]) == len(cancelled)
+        truth = await assert_counts_exact(store)
+        assert all(CANCELLED not in by_status for by_status in truth.values())
+
+
+async def test_a_batch_written_part_by_part_counts_only_what_committed(store: JobStore) -> None:
+    failed = await in_status(store, FAILURE, unique_key="k")
+    holder = await add_one(store, unique_key="k")
+    other, third = await add(store, job(), job(pool="img"))
+    # One part is refused (two live jobs with one key): the batch is written
+    # part by part, and only the parts that commit are counted.
+    store.requeue(failed, NOW + 5, None, 4, 1, 3, NO_PROGRESS, pool="mail", was=FAILURE)
+    store.start(other, 1, NOW, 2, pool="mail")
+    store.cancel(third, NOW, 2, None, pool="img", was=WAITING)
+    new = store.insert([job(pool="img")])
+    await store.flush()
+    [created] = await new
+    assert isinstance(created, InsertResult) and created.created
+    assert [(await get(store, k)).status for k in (failed, holder, other, third)] == [
+        FAILURE,
+        WAITING,
+        RUNNING,
+        CANCELLED,
+    ]
+    await assert_counts_exact(store)
+
+
+async def test_a_batch_kept_through_an_outage_is_counted_once(backend: str, tmp_path: Path) -> None:
+    hold = outage(backend)
+    if hold is None:
+        pytest.skip(f"{backend}: cannot simulate an outage")
+    async with open_store(backend, tmp_path) as store:
+        a, b = await running(store), await add_one(store)
+        async with hold(store):
+            # The result needs room the database does not have: kept, written again.
+            done = store.succeed(a, json.dumps("x" * 50_000), NOW + 1, NO_PROGRESS, 3, pool="mail")
+            started = store.start(b, 1, NOW + 1, 2, pool="mail")
+            async with asyncio.timeout(5):
+                while not store.failing:
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.1)  # a few more attempts, each rolled back
+            assert store.counted("mail", RUNNING) == 1
+        await asyncio.gather(done, started)
+        assert [(await get(store, k)).status for k in (a, b)] == [SUCCESS, RUNNING]
+        assert (await assert_counts_exact(store))["mail"] == {SUCCESS: 1, RUNNING: 1}
+
+
+# -- the waiting window: a pool's waiting jobs by index ----------------------------------
+
+
+async def window_jobs(store: JobStore) -> list[JobInfo]:
+    """Waiting jobs of "mail" over 3 priorities with run_at ties, and jobs that do not belong."""
+    specs = [
+        (0, NOW - 5),
+        (5, NOW),  # due exactly now
+        (0, NOW - 5),  # a tie: by id
+        (-3, NOW - 100),
+        (5, NOW - 1),
+        (0, NOW + 50),  # delayed
+        (5, NOW + 10),  # delayed
+        (-3, NOW + 10),  # delayed, a tie across levels
+        (0, NOW - 5),
+    ]
+    added = await add(store, *[job(priority=p, run_at=r) for p, r in specs])
+    await add(store, job(pool="img", run_at=NOW - 1000, priority=9))  # another pool
+    await running(store, run_at=NOW - 1000, priority=9)  # not waiting
+    await in_status(store, CANCELLED, run_at=NOW - 1000, priority=9)
+    return [await get(store, k) for k in added]
+
+
+async def test_ready_jobs_come_in_run_order_and_page_through_each_job_once(
+    store: JobStore,
+) -> None:
+    jobs = await window_jobs(store)
+    due = sorted((j for j in jobs if j.run_at <= NOW), key=lambda j: (-j.priority, j.run_at, j.id))
+    assert [j.priority for j in due] == [5, 5, 0, 0, 0, -3]
+    assert await store.ready_jobs("mail", NOW, 100) == due
+    assert [j.id for j in await store.ready_jobs("mail", NOW, 3)] == [j.id for j in due[:3]]
+    for size in (1, 2, 4):
+        seen: list[int] = []
+        after: tuple[int, float, int] | None = None
+        while page := await store.ready_jobs("mail", NOW, size, after):
+            assert len(page) <= size
+            seen += [j.id for j in page]
+            last = page[-1]
+            after = (last.priority, last.run_at, last.id)
+        assert seen == [j.id for j in due], size
+    assert await store.ready_jobs("mail", NOW, 0) == []
+    assert await store.ready_jobs("nowhere", NOW, 10) == []
+    later = await store.ready_jobs("mail", NOW + 10, 100)
+    assert [j.priority for j in later] == [5, 5, 5, 0, 0, 0, -3, -3]
+
+
+async def test_delayed_jobs_merge_the_priorities_in_run_at_order(store: JobStore) -> None:
+    jobs = await window_jobs(store)
+    by_time = sorted(jobs, key=lambda j: (j.run_at, j.id))
+    delayed = [j for j in by_time if j.run_at > NOW]
+    assert await store.delayed_jobs("mail", (NOW, 2**63 - 1), 100) == delayed
+    assert [j.run_at for j in delayed] == [NOW + 10, NOW + 10, NOW + 50]
+    seen: list[int] = []
+    after = (0.0, 0)
+    while page := await store.delayed_jobs("mail", after, 2):
+        seen += [j.id for j in page]
+        after = (page[-1].run_at, page[-1].id)
+    assert seen == [j.id for j in by_time]  # from the start: every waiting job once
+    assert await store.delayed_jobs("mail", (NOW + 50, 2**63 - 1), 10) == []
+    assert await store.delayed_jobs("mail", (NOW, 2**63 - 1), 0) == []
+
+
+async def test_the_window_follows_the_jobs_state(store: JobStore) -> None:
+    first, second = await add(store, job(), job(run_at=NOW + 5))
+    await store.start(first, 1, NOW, 2, pool="mail")
+    assert await store.ready_jobs("mail", NOW + 10, 10) == [await get(store, second)]
+    await store.requeue(first, NOW + 1, "retry", 3, 1, 3, NO_PROGRESS, pool="mail")
+    assert [j.id for j in await store.ready_jobs("mail", NOW + 10, 10)] == [first, second]
+    assert [j.id for j in await store.delayed_jobs("mail", (NOW, 2**63 - 1), 10)] == [
+        first,
+        second,
+    ]
+
+
+@pytest.mark.parametrize("status", list(JobStatus), ids=lambda s: s.value)
+async def test_unique_holder_is_the_live_job_holding_the_key(
+    store: JobStore, status: JobStatus
+) -> None:
+    job_id = await in_status(store, status, unique_key="k")
+    expected = job_id if status in (WAITING, RUNNING) else None
+    assert await store.unique_holder("k") == expected
+    assert await store.unique_holder("other") is None

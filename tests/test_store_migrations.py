@@ -1,10 +1,12 @@
 """The schema's version (store note 11): new files, files of the first release,
-files of a newer release, and several processes opening an old file at once."""
+files of a newer release, and several processes opening an old file at once;
+version 5's counts (note 12) and the index the waiting window reads (note 13)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ from core_support import rows, write
 from taskrt import JobContext, JobStatus, Runtime, Task
 from taskrt.errors import SchemaTooNew
 from taskrt.store import MIGRATIONS, SCHEMA_VERSION, Store
+from taskrt.store.sqlite import sql
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1.0.db"
 
@@ -149,3 +152,122 @@ def test_processes_starting_at_once_on_an_old_file_all_open_it(tmp_path: Path) -
         (2, "FAILURE"),
         (3, "WAITING"),
     ]
+
+
+# -- version 5: counts by pool and status, the waiting window's index ---------------------
+
+V4_JOBS = [
+    ("mail", "WAITING", 3),
+    ("mail", "RUNNING", 1),
+    ("mail", "SUCCESS", 2),
+    ("img", "WAITING", 1),
+    ("img", "FAILURE", 1),
+    ("img", "CANCELLED", 4),
+]
+
+
+def v4_file(tmp_path: Path) -> str:
+    """A file of schema version 4 (no counts table) holding the jobs of ``V4_JOBS``."""
+    path = str(tmp_path / "v4.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (st for migration in MIGRATIONS[:4] for st in migration):
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 4")
+        conn.executemany(
+            "INSERT INTO jobs (task, pool, status, created_at, run_at) VALUES ('send', ?, ?, 0, 0)",
+            [(pool, status) for pool, status, n in V4_JOBS for _ in range(n)],
+        )
+    finally:
+        conn.close()
+    return path
+
+
+def counts_table(path: str) -> list[tuple[str, str, int]]:
+    """The counts table's rows, but those at zero (a pool and status that had jobs)."""
+    found = rows(path, "SELECT pool, status, n FROM job_counts WHERE n != 0")
+    return [(str(p), str(s), int(n)) for p, s, n in found]
+
+
+def counted_jobs(path: str) -> list[tuple[str, str, int]]:
+    return [
+        (str(p), str(s), int(n))
+        for p, s, n in rows(path, "SELECT pool, status, count(*) FROM jobs GROUP BY pool, status")
+    ]
+
+
+async def test_a_version_4_file_is_counted_once_at_the_upgrade(tmp_path: Path) -> None:
+    path = v4_file(tmp_path)
+    store = Store(path)
+    await store.open()
+    try:
+        assert version(path) == SCHEMA_VERSION == 5
+        assert sorted(counts_table(path)) == sorted(counted_jobs(path)) == sorted(V4_JOBS)
+        assert store.counted("img", JobStatus.CANCELLED) == 4  # loaded at opening
+        assert await store.live_counts() == {
+            "mail": {JobStatus.WAITING: 3, JobStatus.RUNNING: 1, JobStatus.SUCCESS: 2},
+            "img": {JobStatus.WAITING: 1, JobStatus.FAILURE: 1, JobStatus.CANCELLED: 4},
+        }
+        # From there on, the writes keep it.
+        assert await store.cleanup(1.0, [JobStatus.CANCELLED]) == 0  # finished_at is NULL
+        assert await store.recover(10.0, max_recoveries=3, seq_gap=0) == (1, 0)
+        assert await store.count_waiting("mail") == 4
+    finally:
+        await store.close()
+    assert sorted(counts_table(path)) == sorted(counted_jobs(path))
+    assert rows(path, "SELECT count(*) FROM sqlite_master WHERE name = 'jobs_waiting'") == [(1,)]
+
+
+async def test_a_new_file_starts_with_no_counts_and_a_first_release_file_is_counted(
+    tmp_path: Path,
+) -> None:
+    new, old = str(tmp_path / "new.db"), old_file(tmp_path)
+    for path in (new, old):
+        store = Store(path)
+        await store.open()
+        await store.close()
+    assert counts_table(new) == []
+    assert (
+        sorted(counts_table(old))
+        == sorted(counted_jobs(old))
+        == [
+            ("mail", "FAILURE", 1),
+            ("mail", "SUCCESS", 1),
+            ("mail", "WAITING", 1),
+        ]
+    )
+
+
+WINDOW_STATEMENTS = {
+    "level_top": (sql.SQL_LEVEL_TOP, ("mail",)),
+    "level_below": (sql.SQL_LEVEL_BELOW, ("mail", 5)),
+    "ready": (sql.SQL_READY, ("mail", 0, 100.0, 10)),
+    "ready_after": (sql.SQL_READY_AFTER, ("mail", 0, 100.0, 50.0, 50.0, 7, 10)),
+    "delayed": (sql.SQL_DELAYED, ("mail", 0, 100.0, 100.0, 2**63 - 1, 10)),
+}
+
+
+@pytest.mark.parametrize("name", list(WINDOW_STATEMENTS))
+def test_the_window_reads_walk_the_waiting_index_without_a_sort(tmp_path: Path, name: str) -> None:
+    """Else a refill scans the table: seconds at ten million jobs, not microseconds."""
+    path = v4_file(tmp_path)
+    asyncio.run(_open_and_close(path))
+    statement, params = WINDOW_STATEMENTS[name]
+    plan = " / ".join(str(r[3]) for r in rows(path, f"EXPLAIN QUERY PLAN {statement}", params))
+    assert "USING INDEX jobs_waiting" in plan or "USING COVERING INDEX jobs_waiting" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+def test_the_unique_holder_read_uses_the_live_key_index(tmp_path: Path) -> None:
+    path = v4_file(tmp_path)
+    asyncio.run(_open_and_close(path))
+    plan = " / ".join(
+        str(r[3]) for r in rows(path, f"EXPLAIN QUERY PLAN {sql.SQL_UNIQUE_HOLDER}", ("k",))
+    )
+    assert "jobs_unique_live" in plan, plan
+
+
+async def _open_and_close(path: str) -> None:
+    store = Store(path)
+    await store.open()
+    await store.close()

@@ -9,7 +9,8 @@ seam a second backend plugs into. The SQLite modules: ``store`` (the
 ``Store``), ``writer`` (the group commit),
 ``batch`` (what one batch does, and its failures), ``connection`` (a write
 transaction), ``schema`` (versions, migrations), ``sql`` (every statement),
-``rows`` (rows in and out).
+``rows`` (rows in and out), ``counts`` (jobs by pool and status), ``window``
+(a pool's waiting jobs in run order), ``stats`` (statistics in constant time).
 
 Design notes:
 
@@ -38,9 +39,9 @@ Design notes:
 8. **Indexes** are the write rate's main cost: there is one on status (the
    queue, recovery, status filters), partial ones for what is rare (live
    unique keys, finished rows for cleanup and statistics, rows other
-   processes changed), and none on pool or task; a listing filtered by those
-   scans newest-first by id, which stays fast for 100,000 jobs (see
-   tests/test_dashboard.py).
+   processes changed) and for the waiting window (note 13), and none on
+   pool or task otherwise; a listing filtered by those scans newest-first by
+   id, which stays fast for 100,000 jobs (see tests/test_dashboard.py).
 6. **Reads** use a second connection (WAL readers never block the writer), except
    for ``:memory:`` databases, which exist per connection.
 9. **A failed write is kept, never dropped.** When the database takes no
@@ -65,6 +66,20 @@ Design notes:
     refuses a file of a newer release with ``SchemaTooNew``, touching nothing.
     A change of the tables is a new entry in ``MIGRATIONS``, never an edit of
     an old one.
+12. **Counts without a trigger.** ``job_counts`` (schema version 5) holds the
+    jobs of each pool in each status, so counting is a lookup at ten million
+    rows. Every write that adds, deletes or moves a job changes it in the same
+    transaction, with statements the store issues (a trigger on jobs halved
+    the start+finish rate): a batch tallies what its writes really changed
+    and adds it with a few UPSERTs at its end; immediate operations tally the
+    rows they are about to change over the same WHERE clause; ``counts`` says
+    how a wrong belief of the caller stays exact. Each such write reads the
+    small table back in its transaction for the owner's ``counted()``.
+13. **The waiting window.** The runtime holds a bounded window of each pool's
+    waiting jobs and refills it with ``ready_jobs``/``delayed_jobs``, which
+    walk the partial index ``jobs_waiting`` (pool, priority, run_at, id) one
+    priority level at a time (``window``): their cost is the rows they return
+    and the levels they cross, not the jobs stored.
 """
 
 from .protocol import (

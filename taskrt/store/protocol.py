@@ -12,6 +12,14 @@ Writes come in two kinds. *Queued* operations (``start``, ``succeed``,
 them (group commit: note 1); nothing waits on them unless it must.
 *Immediate* operations (``take_lease``, ``recover``, ``cleanup``...) run in a
 transaction of their own and return when it is committed.
+
+Counts by pool and status are the store's to keep exact (``taskrt.store``
+note 12): every write that adds, deletes or moves a job changes them in its
+own transaction. That is why the writes that move a job name its ``pool`` and,
+where more than one status may precede the new one, ``was``: the status the
+caller believes the job is in. A belief that does not hold costs time, never
+exactness: the store then reads the row and counts what it really was. The
+job moves exactly as the transition table allows, whatever ``was`` says.
 """
 
 from __future__ import annotations
@@ -100,8 +108,12 @@ class StoreTransaction(Protocol):
         progress: Progress,
         seq: int,
         attempts: int,
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
     ) -> None:
-        """FAILURE in this transaction (``on_failed`` hooks commit with it)."""
+        """FAILURE in this transaction (``on_failed`` hooks commit with it), from
+        WAITING or RUNNING; the count moves with it, in the transaction."""
         ...
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:
@@ -184,8 +196,12 @@ class JobStore(Protocol):
         self, tx: StoreTransaction, jobs: Sequence[NewJob]
     ) -> list[InsertResult]: ...
 
-    # -- a job's lifecycle (queued)
-    def start(self, job_id: int, attempt: int, now: float, seq: int) -> asyncio.Future[None]: ...
+    # -- a job's lifecycle (queued; ``pool``/``was``: see the module docstring)
+    def start(
+        self, job_id: int, attempt: int, now: float, seq: int, *, pool: str
+    ) -> asyncio.Future[None]:
+        """RUNNING (from WAITING only), attempt number ``attempt`` charged."""
+        ...
 
     def progress(
         self, job_id: int, current: float, total: float, message: str, seq: int
@@ -231,8 +247,17 @@ class JobStore(Protocol):
         ...
 
     def succeed(
-        self, job_id: int, result_json: str | None, finished_at: float, progress: Progress, seq: int
-    ) -> asyncio.Future[None]: ...
+        self,
+        job_id: int,
+        result_json: str | None,
+        finished_at: float,
+        progress: Progress,
+        seq: int,
+        *,
+        pool: str,
+    ) -> asyncio.Future[None]:
+        """SUCCESS (from RUNNING only) with its result and last progress."""
+        ...
 
     def fail(
         self,
@@ -242,11 +267,25 @@ class JobStore(Protocol):
         progress: Progress,
         seq: int,
         attempts: int,
-    ) -> asyncio.Future[None]: ...
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
+    ) -> asyncio.Future[None]:
+        """FAILURE (from WAITING or RUNNING) with its error and last progress."""
+        ...
 
     def cancel(
-        self, job_id: int, finished_at: float, seq: int, error: str | None
-    ) -> asyncio.Future[None]: ...
+        self,
+        job_id: int,
+        finished_at: float,
+        seq: int,
+        error: str | None,
+        *,
+        pool: str,
+        was: JobStatus,
+    ) -> asyncio.Future[None]:
+        """CANCELLED (from WAITING or RUNNING)."""
+        ...
 
     def requeue(
         self,
@@ -257,7 +296,13 @@ class JobStore(Protocol):
         attempts: int,
         max_attempts: int | None,
         progress: Progress,
-    ) -> asyncio.Future[None]: ...
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
+    ) -> asyncio.Future[None]:
+        """WAITING until ``run_at``, from RUNNING, FAILURE or CANCELLED (a retry, a
+        manual retry, a shutdown); a job already WAITING is left as it is."""
+        ...
 
     def schedule_failed(self, name: str) -> asyncio.Future[None]: ...
 
@@ -288,16 +333,20 @@ class JobStore(Protocol):
         their attempts recorded as interrupted. Returns (recovered, orphaned)."""
         ...
 
-    async def cancel_external(self, job_id: int, now: float) -> None: ...
+    async def cancel_external(self, job_id: int, now: float) -> None:
+        """Not the owner: a WAITING job CANCELLED at once, a RUNNING one asked to stop."""
+        ...
 
-    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None: ...
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
+        """Not the owner: a FAILURE or CANCELLED job WAITING again, for the owner to take in."""
+        ...
 
-    async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int: ...
+    async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
+        """Delete the jobs in ``statuses`` finished before ``before``, and their attempts."""
+        ...
 
     # -- reads
     async def get_job(self, job_id: int) -> JobInfo | None: ...
-
-    async def waiting_jobs(self) -> list[JobInfo]: ...
 
     async def list_jobs(
         self,
@@ -340,11 +389,56 @@ class JobStore(Protocol):
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]: ...
 
-    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]: ...
+    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
+        """``{"counts": {status value: n}, "mean", "p95", "p95_low"}``, in constant time.
+
+        WAITING and RUNNING: the live counts, whatever the window. SUCCESS,
+        FAILURE, CANCELLED: without ``since``/``until``, the stored jobs; with
+        them, what finished in the history's minutes from floor(since / 60) to
+        ceil(until / 60) (exclusive; an open end is unbounded). ``mean``: the
+        successes' duration sum / their number in those minutes (all minutes
+        without a window), None without a success. ``p95``/``p95_low``: the
+        bounds of the histogram bucket (``taskrt.counters.BUCKETS``) holding the
+        nearest-rank 95th percentile of the successes' durations: the true p95
+        lies in (p95_low, p95]; above the last bound both are that bound ("at
+        least"); None without durations. Statuses with no job are left out.
+        """
+        ...
 
     async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]: ...
 
-    async def count_waiting(self, pool: str) -> int: ...
+    # -- counts by pool and status, and the waiting window (constant-ish time)
+    def counted(self, pool: str, status: JobStatus) -> int:
+        """Jobs of ``pool`` in ``status`` as of this store's latest committed write
+        that changed counts (or its opening), without I/O. Another process's
+        writes show only from this store's next such write on."""
+        ...
+
+    async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
+        """pool -> status -> number of jobs, read now (pools and statuses with none left out)."""
+        ...
+
+    async def count_waiting(self, pool: str) -> int:
+        """WAITING jobs of ``pool``, read now (constant time)."""
+        ...
+
+    async def ready_jobs(
+        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
+    ) -> list[JobInfo]:
+        """Up to ``limit`` WAITING jobs of ``pool`` due (``run_at <= now``), in run
+        order: priority descending, then run_at, then id. ``after`` = (priority,
+        run_at, id) of the last job of the previous page: only jobs after it."""
+        ...
+
+    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
+        """Up to ``limit`` WAITING jobs of ``pool`` strictly after ``after`` = (run_at,
+        id) in (run_at, id) order, whatever their priority; ``(now, 2**63 - 1)``:
+        the jobs due after ``now``."""
+        ...
+
+    async def unique_holder(self, key: str) -> int | None:
+        """The id of the WAITING or RUNNING job holding unique key ``key``, if any."""
+        ...
 
     async def schedules(self) -> list[ScheduleInfo]: ...
 

@@ -1,8 +1,9 @@
 """What one write batch does in the connection's thread, and how its failures are told apart.
 
-``run_statements`` groups queued operations into ``executemany`` calls (note 7);
-``insert_jobs`` assigns ids (note 2); ``transient`` says whether a failure is the
-database's for now (note 9) or one part's (note 10).
+``run_statements`` groups queued operations into ``executemany`` calls (note 7)
+and tallies the counted ones (note 12); ``insert_jobs`` assigns ids (note 2);
+``transient`` says whether a failure is the database's for now (note 9) or one
+part's (note 10).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import aiosqlite
 
 from ...errors import DuplicateJobId, StoreError, StoreUnavailable
 from ..protocol import InsertResult, NewJob
+from .counts import STORED, Tally, write_group
 from .sql import INSERT_JOB, Op, rank_of
 
 log = logging.getLogger("taskrt.store")
@@ -66,7 +68,11 @@ class Batch:
 
 
 def run_statements(
-    conn: sqlite3.Connection, statements: list[tuple[Op, tuple[Any, ...], int | None]]
+    conn: sqlite3.Connection,
+    statements: list[tuple[Op, tuple[Any, ...], int | None]],
+    tally: Tally,
+    *,
+    exact: bool = False,
 ) -> None:
     """Run queued operations, grouping them into ``executemany`` calls (note 7).
 
@@ -74,7 +80,10 @@ def run_statements(
     state). Within a segment they run grouped by operation in rank order; a
     segment ends when a job would go back to an earlier or the same rank (it
     retried within the batch) or at any operation without a rank, so each job's
-    statements keep their order.
+    statements keep their order. What the counted ones (an ``Op`` with a
+    ``status``) really changed goes into ``tally`` (note 12); a group of them
+    that changed fewer rows than it had raises ``counts.Mismatch``, unless
+    ``exact`` has them written one by one.
     """
     segment: dict[Op, list[tuple[Any, ...]]] = {}
     last: dict[int, int] = {}
@@ -82,7 +91,9 @@ def run_statements(
     def flush() -> None:
         for op in sorted(segment, key=rank_of):
             rows = segment[op]
-            if len(rows) == 1:
+            if op.status is not None:
+                write_group(conn, op, STORED[op.status], rows, tally, exact=exact)
+            elif len(rows) == 1:
                 conn.execute(op.sql, rows[0])
             else:
                 conn.executemany(op.sql, rows)
@@ -93,7 +104,10 @@ def run_statements(
         rank = op.rank
         if rank is None or job_id is None:
             flush()
-            conn.execute(op.sql, params)
+            if op.status is not None:
+                write_group(conn, op, STORED[op.status], [params], tally, exact=exact)
+            else:
+                conn.execute(op.sql, params)
             continue
         prev = last.get(job_id)
         if prev is not None and rank <= prev:

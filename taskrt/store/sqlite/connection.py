@@ -1,4 +1,10 @@
-"""``Connection``: a handle on one write transaction (``rt.transaction()``, schedules)."""
+"""``Connection``: a handle on one write transaction (``rt.transaction()``, schedules).
+
+The job writes made through it (``mark_failed``, ``Store.insert_in``) change
+``job_counts`` at once, in the transaction (note 12), so a savepoint or a
+rollback undoes the count with the row; ``counts_changed`` tells the store to
+read the table back before it commits.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,12 @@ from typing import Any
 import aiosqlite
 
 from ...errors import StoreError, StoreUnavailable
-from ...models import ScheduleDefinition, ScheduleInfo
-from .batch import reason, transient
+from ...models import JobStatus, ScheduleDefinition, ScheduleInfo
+from .batch import in_thread, reason, transient
+from .counts import Tally, write_one
 from .rows import row_to_schedule
 from .sql import (
-    SQL_FAILURE,
+    FAIL,
     SQL_SCHEDULE_DEFINE,
     SQL_SCHEDULE_DELETE,
     SQL_SCHEDULE_FIRED,
@@ -34,6 +41,7 @@ class Connection:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self.jobs: list[Any] = []
+        self.counts_changed = False
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run one statement in the transaction; returns its rows (if any)."""
@@ -52,11 +60,38 @@ class Connection:
         progress: tuple[float, float, str],
         seq: int,
         attempts: int,
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
     ) -> None:
-        """FAILURE, in this transaction (an ``on_failed`` hook commits with it)."""
-        await self.execute(
-            SQL_FAILURE, failure_params(job_id, error, finished_at, progress, seq, attempts)
-        )
+        """FAILURE, in this transaction (an ``on_failed`` hook commits with it).
+
+        ``pool`` and ``was``: the job's pool and the status the caller believes
+        it is in; the count moves with the row (note 12).
+        """
+        params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
+
+        def work(conn: sqlite3.Connection) -> None:
+            # The row and its count change together or not at all.
+            conn.execute("SAVEPOINT taskrt_counted")
+            try:
+                tally = Tally()
+                if write_one(conn, FAIL, JobStatus.FAILURE.value, params, tally):
+                    tally.apply(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO taskrt_counted")
+                    conn.execute("RELEASE taskrt_counted")
+                raise
+            conn.execute("RELEASE taskrt_counted")
+
+        try:
+            await in_thread(self._db, work)
+        except sqlite3.Error as exc:
+            if transient(exc):
+                raise StoreUnavailable("the database", reason(exc)) from exc
+            raise StoreError(f"{exc} (in: mark_failed of job {job_id})") from exc
+        self.counts_changed = True
 
     @contextlib.asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:

@@ -22,18 +22,6 @@ def json_path(key: str) -> str:
     return "$." + '"' + key.replace('"', '\\"') + '"'
 
 
-def window(column: str, since: float | None, until: float | None) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if since is not None:
-        where.append(f"{column} >= ?")
-        params.append(since)
-    if until is not None:
-        where.append(f"{column} < ?")
-        params.append(until)
-    return (f"WHERE {' AND '.join(where)}" if where else ""), params
-
-
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 

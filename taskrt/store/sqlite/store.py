@@ -4,7 +4,9 @@ The store's public face: opening (and migrating) the file, the operations the
 runtime calls (each a queued write for the group commit of ``writer``, or a
 transaction of its own), and the reads. The notes are the package's.
 
-A little over 500 lines: every operation of ``JobStore`` is here, each short.
+Every operation of ``JobStore`` is here, each short; the waiting window's
+reads (``window``), the statistics (``stats``) and the counts (``counts``)
+have modules of their own.
 """
 
 from __future__ import annotations
@@ -30,24 +32,36 @@ from ...models import (
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .connection import Connection
-from .rows import json_path, row_to_job, row_to_schedule, window
+from .counts import STORED, Snapshot, Tally, read_counts
+from .rows import json_path, row_to_job, row_to_schedule
 from .schema import migrate
 from .sql import (
     ATTEMPT,
     CANCEL,
+    CANCEL_WAITING_EXTERNAL_WHERE,
+    CLEANUP_WHERE,
     CLEAR_EXTERNAL,
     FAIL,
     JOB_COLUMNS,
     MINUTE_COLUMNS,
     MINUTES,
+    ORPHAN_WHERE,
+    PURGE_WHERE,
+    RECOVER_CANCELLED_WHERE,
+    RECOVER_WHERE,
     REQUEUE,
     RETRIED,
+    RETRY_EXTERNAL_WHERE,
     SCHEDULE_FAILED,
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CLEANUP,
     SQL_CLEANUP_ATTEMPTS,
+    SQL_COUNT_OF,
+    SQL_COUNTS_LIVE,
     SQL_INTERRUPT_ATTEMPTS,
     SQL_ORPHAN,
+    SQL_PURGE,
+    SQL_PURGE_ATTEMPTS,
     SQL_RECOVER,
     SQL_RECOVER_CANCELLED,
     SQL_REQUEST_CANCEL,
@@ -58,15 +72,23 @@ from .sql import (
     SQL_SCHEDULES,
     SQL_SCHEDULES_VERSION,
     SQL_SEQ_GAP,
+    SQL_UNIQUE_HOLDER,
     START,
     SUCCEED,
     failure_params,
+    tally,
 )
+from .stats import stats
+from .window import delayed_jobs, ready_jobs
 from .writer import GroupCommit
 
 log = logging.getLogger("taskrt.store")
 
 Synchronous = Literal["normal", "full", "off"]
+
+Step = tuple[str, Sequence[Any]] | tuple[str, Sequence[Any], JobStatus | None]
+"""A step of ``_script``: a statement and its params, or a tally (``sql.tally``),
+its params and where the rows it counts go (None: deleted) for the next statement."""
 
 
 class Store:
@@ -90,6 +112,7 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writes = GroupCommit(path, progress_interval=progress_interval)
+        self._open_tx: Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -101,6 +124,7 @@ class Store:
         try:
             self._db = await self._connect()
             await in_thread(self._db, migrate, self.path)
+            self._writes.counts.replace(await in_thread(self._db, read_counts))
             self._reader = self._db if self.memory else await self._connect()
         except sqlite3.Error as exc:
             await self._close_connections()
@@ -203,9 +227,15 @@ class Store:
     # -- a job's lifecycle: queued writes, in the next batch (notes 1, 4, 7) -----------
     # Each returns the future of its batch's commit; none waits for it.
 
-    def start(self, job_id: int, attempt: int, now: float, seq: int) -> asyncio.Future[None]:
+    # A counted write (note 12) names the job's pool and the status the caller
+    # believes it is in (``was``); the count moves from what the row really was.
+
+    def start(
+        self, job_id: int, attempt: int, now: float, seq: int, *, pool: str
+    ) -> asyncio.Future[None]:
         """RUNNING, attempt number ``attempt`` charged (from WAITING only)."""
-        return self._writes.queue(START, (attempt, now, seq, job_id), job_id)
+        params = (attempt, now, seq, job_id, pool)
+        return self._writes.queue(START, params, job_id)
 
     def record_attempt(
         self,
@@ -287,10 +317,12 @@ class Store:
         finished_at: float,
         progress: tuple[float, float, str],
         seq: int,
+        *,
+        pool: str,
     ) -> asyncio.Future[None]:
-        """SUCCESS with its result (JSON text) and last progress."""
+        """SUCCESS with its result (JSON text) and last progress (from RUNNING only)."""
         current, total, message = progress
-        params = (result_json, finished_at, current, total, message, seq, job_id)
+        params = (result_json, finished_at, current, total, message, seq, job_id, pool)
         return self._writes.queue(SUCCEED, params, job_id)
 
     def fail(
@@ -301,17 +333,27 @@ class Store:
         progress: tuple[float, float, str],
         seq: int,
         attempts: int,
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
     ) -> asyncio.Future[None]:
-        """FAILURE with its error and last progress."""
-        return self._writes.queue(
-            FAIL, failure_params(job_id, error, finished_at, progress, seq, attempts), job_id
-        )
+        """FAILURE with its error and last progress (from WAITING or RUNNING)."""
+        params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
+        return self._writes.queue(FAIL, params, job_id)
 
     def cancel(
-        self, job_id: int, finished_at: float, seq: int, error: str | None
+        self,
+        job_id: int,
+        finished_at: float,
+        seq: int,
+        error: str | None,
+        *,
+        pool: str,
+        was: JobStatus,
     ) -> asyncio.Future[None]:
         """CANCELLED (from WAITING or RUNNING)."""
-        return self._writes.queue(CANCEL, (finished_at, seq, error, job_id), job_id)
+        params = (finished_at, seq, error, job_id, pool, STORED[was])
+        return self._writes.queue(CANCEL, params, job_id)
 
     def requeue(
         self,
@@ -322,10 +364,26 @@ class Store:
         attempts: int,
         max_attempts: int | None,
         progress: tuple[float, float, str],
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
     ) -> asyncio.Future[None]:
-        """Back to WAITING until ``run_at`` (a retry, a manual retry, a shutdown)."""
+        """Back to WAITING until ``run_at`` (a retry, a manual retry, a shutdown),
+        from RUNNING, FAILURE or CANCELLED (a WAITING job is left as it is)."""
         current, total, message = progress
-        params = (run_at, error, seq, attempts, max_attempts, current, total, message, job_id)
+        params = (
+            run_at,
+            error,
+            seq,
+            attempts,
+            max_attempts,
+            current,
+            total,
+            message,
+            job_id,
+            pool,
+            STORED[was],
+        )
         return self._writes.queue(REQUEUE, params, job_id)
 
     def schedule_failed(self, name: str) -> asyncio.Future[None]:
@@ -346,7 +404,7 @@ class Store:
                 await db.execute_fetchall("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise store_error(self.path, exc) from exc
-            conn = Connection(db)
+            conn = self._open_tx = Connection(db)
             try:
                 yield conn
             except BaseException:
@@ -354,22 +412,41 @@ class Store:
                     await db.execute("ROLLBACK")
                 raise
             else:
+                snapshot: Snapshot | None = None
                 try:
+                    if conn.counts_changed:  # read back in the transaction (note 12)
+                        snapshot = await in_thread(db, read_counts)
                     await db.execute("COMMIT")
                 except sqlite3.Error as exc:
                     await in_thread(db, rollback)
                     raise store_error(self.path, exc) from exc
+                if snapshot is not None:
+                    self._writes.counts.replace(snapshot)
+            finally:
+                self._open_tx = None
 
     async def insert_in(self, tx: StoreTransaction, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert jobs inside the open transaction ``tx`` (transactional enqueue).
 
         The transaction is the writer connection's, which holds the write lock
-        while it is open: the insert runs on that connection.
+        while it is open: the insert runs on that connection, and counts the
+        rows it makes in the transaction (note 12).
         """
+        groups = [list(jobs)]
+
+        def work(conn: sqlite3.Connection) -> list[InsertResult | BaseException]:
+            results = insert_jobs(conn, groups)
+            counted = Tally()
+            counted.added(groups, results)
+            counted.apply(conn)
+            return results
+
         try:
-            results = await in_thread(self.db, insert_jobs, [list(jobs)])
+            results = await in_thread(self.db, work)
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from exc
+        if self._open_tx is not None:
+            self._open_tx.counts_changed = True
         out: list[InsertResult] = []
         for res in results:
             if isinstance(res, BaseException):
@@ -379,25 +456,42 @@ class Store:
 
     # -- ownership, recovery and actions of other processes -----------------------
 
-    async def _script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
-        """Run statements in one transaction, now; their row counts."""
+    async def _script(self, steps: Sequence[Step]) -> list[int]:
+        """Run statements in one transaction, now; their row counts.
 
-        def work(conn: sqlite3.Connection) -> list[int]:
+        A step of three (a tally, its params, a status) counts the rows the
+        next statement is about to change, by pool and status, as moving to
+        that status (None: deleted); job_counts changes in the same
+        transaction (note 12).
+        """
+
+        def work(conn: sqlite3.Connection) -> tuple[list[int], Snapshot | None]:
+            counted = Tally()
+            rowcounts: list[int] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
-                counts = [conn.execute(sql, params).rowcount for sql, params in statements]
+                for step in steps:
+                    if len(step) == 3:
+                        to = step[2]
+                        counted.before(conn, step[0], step[1], None if to is None else STORED[to])
+                    else:
+                        rowcounts.append(conn.execute(step[0], step[1]).rowcount)
+                snapshot = counted.commit(conn)
                 conn.execute("COMMIT")
-                return counts
+                return rowcounts, snapshot
             except BaseException:
                 rollback(conn)
                 raise
 
         async with self._writes.lock:
             try:
-                result: list[int] = await in_thread(self.db, work)
+                done: tuple[list[int], Snapshot | None] = await in_thread(self.db, work)
             except sqlite3.Error as exc:
                 raise store_error(self.path, exc) from exc
-        return result
+            rowcounts, snapshot = done
+            if snapshot is not None:
+                self._writes.counts.replace(snapshot)
+        return rowcounts
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
         """Record ``owner`` (which holds the ownership lock) and where it listens.
@@ -471,9 +565,12 @@ class Store:
             [
                 (SQL_SEQ_GAP, (seq_gap, seq_gap)),
                 (SQL_INTERRUPT_ATTEMPTS, (now, now)),
+                (tally(RECOVER_CANCELLED_WHERE), (), JobStatus.CANCELLED),
                 (SQL_RECOVER_CANCELLED, (now,)),
+                (tally(RECOVER_WHERE), (max_recoveries,), JobStatus.WAITING),
                 (SQL_RECOVER, (max_recoveries,)),
                 (SQL_SCHEDULE_ORPHANS, ()),
+                (tally(ORPHAN_WHERE), (), JobStatus.FAILURE),
                 (SQL_ORPHAN, (now,)),
             ]
         )
@@ -491,6 +588,7 @@ class Store:
         a RUNNING one by asking its owner; in one transaction, whichever it is then."""
         await self._script(
             [
+                (tally(CANCEL_WAITING_EXTERNAL_WHERE), (job_id,), JobStatus.CANCELLED),
                 (SQL_CANCEL_WAITING_EXTERNAL, (now, job_id)),
                 (SQL_REQUEST_CANCEL, (job_id,)),
             ]
@@ -500,6 +598,7 @@ class Store:
         """A finished job back to WAITING, for its owner to take in."""
         await self._script(
             [
+                (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
                 (SQL_RETRY_EXTERNAL, (now, max_attempts, job_id)),
                 (SQL_RETRIED_IF_CHANGED, (now, job_id, job_id)),
             ]
@@ -508,9 +607,11 @@ class Store:
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         """Delete jobs in ``statuses`` finished before ``before``, and their attempts."""
         marks = ",".join("?" * len(statuses))
+        params = (before, *[s.value for s in statuses])
         deleted, _ = await self._script(
             [
-                (SQL_CLEANUP.format(marks), (before, *[s.value for s in statuses])),
+                (tally(CLEANUP_WHERE.format(marks)), params, None),
+                (SQL_CLEANUP.format(marks), params),
                 (SQL_CLEANUP_ATTEMPTS, ()),
             ]
         )
@@ -539,12 +640,6 @@ class Store:
             return []
         marks = ",".join("?" * len(ids))
         rows = await self.fetch_all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
-        return [row_to_job(r) for r in rows]
-
-    async def waiting_jobs(self) -> list[JobInfo]:
-        rows = await self.fetch_all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'WAITING' ORDER BY id"
-        )
         return [row_to_job(r) for r in rows]
 
     async def list_jobs(
@@ -594,16 +689,9 @@ class Store:
             marks = ",".join("?" * len(chunk))
             counts = await self._script(
                 [
-                    (
-                        f"DELETE FROM jobs WHERE id IN ({marks}) "
-                        "AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED')",
-                        chunk,
-                    ),
-                    (
-                        f"DELETE FROM attempts WHERE job_id IN ({marks}) AND job_id NOT IN "
-                        "(SELECT id FROM jobs)",
-                        chunk,
-                    ),
+                    (tally(PURGE_WHERE.format(marks)), chunk, None),
+                    (SQL_PURGE.format(marks), chunk),
+                    (SQL_PURGE_ATTEMPTS.format(marks), chunk),
                 ]
             )
             deleted += counts[0]
@@ -696,32 +784,8 @@ class Store:
         ]
 
     async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
-        where, params = window("created_at", since, until)
-        counts = {
-            r["status"]: r["n"]
-            for r in await self.fetch_all(
-                f"SELECT status, count(*) AS n FROM jobs {where} GROUP BY status", params
-            )
-        }
-        fwhere, fparams = window("finished_at", since, until)
-        cond = "status = 'SUCCESS' AND started_at IS NOT NULL AND finished_at IS NOT NULL"
-        fclause = f"{fwhere} AND {cond}" if fwhere else f"WHERE {cond}"
-        agg = await self.fetch_one(
-            f"SELECT count(*) AS n, avg(finished_at - started_at) AS mean FROM jobs {fclause}",
-            fparams,
-        )
-        n = agg["n"] if agg else 0
-        p95 = None
-        if n:
-            # Nearest rank: the ceil(0.95 n)-th smallest (round() would go half-to-even).
-            offset = max(0, min(n - 1, -(-95 * n // 100) - 1))
-            row = await self.fetch_one(
-                f"SELECT finished_at - started_at AS d FROM jobs {fclause} "
-                "ORDER BY d LIMIT 1 OFFSET ?",
-                [*fparams, offset],
-            )
-            p95 = row["d"] if row else None
-        return {"counts": counts, "mean": agg["mean"] if agg else None, "p95": p95}
+        """Counts by status, mean and p95 of successes, in constant time (``stats``)."""
+        return await stats(self.fetch_all, since, until)
 
     async def schedules(self) -> list[ScheduleInfo]:
         """Every schedule, by name."""
@@ -744,11 +808,40 @@ class Store:
         )
         return [(row_to_job(r), bool(r["cancel_requested"])) for r in rows]
 
+    # -- counts and the waiting window (notes 12, 13) ---------------------------------
+
+    def counted(self, pool: str, status: JobStatus) -> int:
+        """Jobs of ``pool`` in ``status`` as of this store's latest committed write
+        that changed counts, or its opening; no I/O. Another process's writes
+        show from this store's next such write on (it reads the table back)."""
+        return self._writes.counts.get(pool, status)
+
+    async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
+        """pool -> status -> jobs, read now from ``job_counts`` (no zeros)."""
+        out: dict[str, dict[JobStatus, int]] = {}
+        for row in await self.fetch_all(SQL_COUNTS_LIVE):
+            out.setdefault(str(row[0]), {})[JobStatus(row[1])] = int(row[2])
+        return out
+
     async def count_waiting(self, pool: str) -> int:
-        row = await self.fetch_one(
-            "SELECT count(*) AS n FROM jobs WHERE pool = ? AND status = 'WAITING'", (pool,)
-        )
-        return int(row["n"]) if row else 0
+        """WAITING jobs of ``pool``, from ``job_counts`` (a lookup, note 12)."""
+        row = await self.fetch_one(SQL_COUNT_OF, (pool, JobStatus.WAITING.value))
+        return int(row[0]) if row else 0
+
+    async def ready_jobs(
+        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
+    ) -> list[JobInfo]:
+        """WAITING jobs of ``pool`` due at ``now``, in run order (``window``)."""
+        return await ready_jobs(self.fetch_all, pool, now, limit, after)
+
+    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
+        """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order (``window``)."""
+        return await delayed_jobs(self.fetch_all, pool, after, limit)
+
+    async def unique_holder(self, key: str) -> int | None:
+        """The WAITING or RUNNING job holding unique key ``key`` (index jobs_unique_live)."""
+        row = await self.fetch_one(SQL_UNIQUE_HOLDER, (key,))
+        return None if row is None else int(row[0])
 
     async def last_id(self) -> int:
         row = await self.fetch_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")

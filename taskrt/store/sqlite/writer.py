@@ -1,9 +1,11 @@
-"""Group commit: the one writer of a SQLite store (``taskrt.store`` notes 1, 3, 7, 9, 10).
+"""Group commit: the one writer of a SQLite store (``taskrt.store`` notes 1, 3, 7, 9, 10, 12).
 
 Writes are queued as operations; one task takes everything queued and applies
 it in one transaction, in one trip to the connection's thread, while the next
 batch gathers. A batch the database cannot take now is kept and written again;
-one that fails for one bad part is written part by part.
+one that fails for one bad part is written part by part. Each attempt at a
+batch tallies the jobs it adds and moves and adds that to ``job_counts`` in its
+own transaction; once it commits, ``counts`` holds the table as read there.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .batch import (
     run_statements,
     transient,
 )
+from .counts import STORED, CountMirror, Mismatch, Snapshot, Tally, write_one
 from .sql import FLUSH, PROGRESS, Op
 
 log = logging.getLogger("taskrt.store")
@@ -66,6 +69,8 @@ class GroupCommit:
         self.last_outage: float | None = None
         # Told of an operation (its name) the database refused on its own (note 10).
         self.on_rejected: Callable[[int | None, str, BaseException], None] | None = None
+        # Jobs by pool and status as of the latest committed write that changed them (note 12).
+        self.counts = CountMirror()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -218,15 +223,16 @@ class GroupCommit:
         async with self.lock:
             rejected: list[tuple[int | None, str, BaseException]] = []
             failure: BaseException | None = None
+            snapshot: Snapshot | None = None
             try:
-                results = await in_thread(self.db, self._apply_sync, batch, progress)
+                results, snapshot = await in_thread(self.db, self._apply_sync, batch, progress)
             except Exception as exc:
                 failure = exc
             if failure is not None and not transient(failure):
                 # One part of the batch is bad: write the parts one by one (note 10).
                 log.warning("a write batch failed (%s); writing its parts apart", failure)
                 try:
-                    results, rejected = await in_thread(
+                    results, rejected, snapshot = await in_thread(
                         self.db, self._apply_isolated, batch, progress
                     )
                 except Exception as exc:
@@ -243,6 +249,8 @@ class GroupCommit:
                 batch.inserts.clear()
                 self._outage(failure, len(batch.statements) + len(self._batch.statements))
                 return False
+            if snapshot is not None:
+                self.counts.replace(snapshot)
             if self._failing is not None:
                 await self._recovered()  # under the lock: its checkpoint needs no transaction open
         self.batches += 1
@@ -270,8 +278,28 @@ class GroupCommit:
         conn: sqlite3.Connection,
         batch: Batch,
         progress: dict[int, tuple[float, float, str, int]],
-    ) -> list[InsertResult | BaseException]:
-        """Runs in the connection's thread: the whole batch in one transaction."""
+    ) -> tuple[list[InsertResult | BaseException], Snapshot | None]:
+        """Runs in the connection's thread: the whole batch in one transaction.
+
+        Returns the inserts' results and, if the batch changed counts, the
+        counts table as this transaction left it (note 12). A job not where
+        its write believed it was has the batch written again at once, its
+        counted writes one by one (counts note 1).
+        """
+        try:
+            return self._write_batch(conn, batch, progress, exact=False)
+        except Mismatch:
+            return self._write_batch(conn, batch, progress, exact=True)
+
+    def _write_batch(
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch,
+        progress: dict[int, tuple[float, float, str, int]],
+        *,
+        exact: bool,
+    ) -> tuple[list[InsertResult | BaseException], Snapshot | None]:
+        tally = Tally()  # this attempt's alone (counts note 2)
         conn.execute("BEGIN IMMEDIATE")
         try:
             if progress:
@@ -279,30 +307,39 @@ class GroupCommit:
                     PROGRESS,
                     [(c, t, m, s, job_id) for job_id, (c, t, m, s) in progress.items()],
                 )
-            run_statements(conn, batch.statements)
+            run_statements(conn, batch.statements, tally, exact=exact)
             # Inserts last: a terminal write queued before an add frees its
             # unique key for that add (statements only touch committed jobs).
-            inserted = insert_jobs(conn, [jobs for jobs, _ in batch.inserts])
+            groups = [jobs for jobs, _ in batch.inserts]
+            inserted = insert_jobs(conn, groups)
+            tally.added(groups, inserted)
+            snapshot = tally.commit(conn)
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
             raise
         self.rows_written += len(inserted) + len(batch.statements) + len(progress)
-        return inserted
+        return inserted, snapshot
 
     def _apply_isolated(
         self,
         conn: sqlite3.Connection,
         batch: Batch,
         progress: dict[int, tuple[float, float, str, int]],
-    ) -> tuple[list[InsertResult | BaseException], list[tuple[int | None, str, BaseException]]]:
+    ) -> tuple[
+        list[InsertResult | BaseException],
+        list[tuple[int | None, str, BaseException]],
+        Snapshot | None,
+    ]:
         """The batch again, each part under its own savepoint (note 10).
 
         A part the database refuses is rolled back alone: an add's caller gets
-        the error, a refused statement is reported; the rest commits.
+        the error, a refused statement is reported; the rest commits. Only the
+        parts that commit are counted (note 12).
         """
         rejected: list[tuple[int | None, str, BaseException]] = []
         results: list[InsertResult | BaseException] = []
+        tally = Tally()  # this attempt's alone (counts note 2)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for progress_id, (c, t, m, s) in progress.items():
@@ -310,7 +347,12 @@ class GroupCommit:
                 if error is not None:
                     rejected.append((progress_id, "progress", error))
             for op, params, job_id in batch.statements:
-                _, error = in_savepoint(conn, conn.execute, op.sql, params)
+                if op.status is not None:
+                    # write_one counts a row only once its statement succeeded.
+                    args: tuple[Any, ...] = (conn, op, STORED[op.status], params, tally)
+                    _, error = in_savepoint(conn, write_one, *args)
+                else:
+                    _, error = in_savepoint(conn, conn.execute, op.sql, params)
                 if error is not None:
                     rejected.append((job_id, op.name, error))
             for jobs, _ in batch.inserts:
@@ -319,12 +361,15 @@ class GroupCommit:
                     refused = StoreError(f"the database refused the job: {error}")
                     refused.__cause__ = error
                     out = [refused] * len(jobs)
+                else:
+                    tally.added([jobs], out)
                 results.extend(out)
+            snapshot = tally.commit(conn)
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
             raise
-        return results, rejected
+        return results, rejected, snapshot
 
     # -- health (note 9) ------------------------------------------------------
 

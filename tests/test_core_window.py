@@ -1,0 +1,259 @@
+"""A pool keeps a bounded window of its waiting jobs in memory (``taskrt.waiting``).
+
+Each test uses a small window and several times as many jobs, so most of them
+live only in the database, and checks that nothing a user sees depends on
+that: run order (priority, then run_at, then id), delays, capacity, unique
+keys, cancel / run now / retry of a job that is not in memory, and restarts.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from core_support import committed_jobs, make_rt, until
+
+from taskrt import FakeClock, InvalidOption, JobContext, JobStatus, QueueFull, Runtime
+
+WINDOW = 10
+
+
+def in_memory(rt: Runtime, pool: str) -> int:
+    """Jobs of ``pool`` the runtime holds in memory (its window), and all live states."""
+    return len(rt.pool(pool).queue)
+
+
+def run_order_key(job: object) -> tuple[int, float, int]:
+    return (-job.priority, job.run_at, job.id)  # type: ignore[attr-defined]
+
+
+async def test_priorities_across_the_window_boundary(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, window=WINDOW)
+    ran: list[int] = []
+
+    @rt.task(pool="p")
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+
+    rng = random.Random(7)
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        pool.pause()
+        ids = [await pool.add(work.options(priority=rng.randrange(4))) for _ in range(60)]
+        # Added last, above the window: they must still run first.
+        ids += [await pool.add(work.options(priority=9)) for _ in range(3)]
+        assert pool.waiting == 63
+        assert in_memory(rt, "p") <= WINDOW
+        assert len(rt.live.states) <= WINDOW
+        pool.resume()
+        await until(lambda: len(ran) == 63, timeout=10)
+    jobs = {j.id: j for j in await committed_jobs(tmp_path)}
+    assert ran == sorted(ids, key=lambda i: run_order_key(jobs[i]))
+    assert ran[:3] == ids[-3:]
+    assert all(j.status is JobStatus.SUCCESS for j in jobs.values())
+
+
+async def test_a_job_added_while_the_window_is_full_keeps_its_turn(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, window=WINDOW)
+    ran: list[int] = []
+
+    @rt.task(pool="p")
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+        if len(ran) == 5:
+            # While the pool drains: a job of a higher priority than all but the first.
+            late.append(await rt.pool("p").add(work.options(priority=1)))
+
+    late: list[int] = []
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        pool.pause()
+        first = await pool.add(work.options(priority=2))
+        rest = await pool.add_many(work, [() for _ in range(40)])
+        pool.resume()
+        await until(lambda: len(ran) == 42, timeout=10)
+    assert ran[0] == first
+    assert ran[:5] == [first, *rest[:4]]
+    assert ran[5] == late[0]  # next after the one running when it was added
+    assert ran[6:] == rest[4:]
+
+
+async def test_delayed_jobs_come_due_while_the_window_is_full(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, window=WINDOW, clock=clock)
+    ran: list[int] = []
+
+    @rt.task(pool="p")
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        pool.pause()
+        now_ids = await pool.add_many(work, [() for _ in range(30)])
+        later = [await pool.add(work.options(delay=float(d), priority=5)) for d in range(1, 31)]
+        assert in_memory(rt, "p") <= 2 * WINDOW
+        await clock.advance(15.5)  # 15 of the delayed jobs are due, most of them not in memory
+        pool.resume()
+        await until(lambda: len(ran) == 45, timeout=10)
+        # Due, and of a higher priority: before every job that was due at once.
+        assert ran[:15] == later[:15]
+        assert ran[15:] == now_ids
+        for step in range(16, 31):
+            await clock.advance(1.0)
+            await until(lambda step=step: len(ran) == 30 + step, timeout=5)  # type: ignore[misc]
+        assert ran[45:] == later[15:]
+
+
+async def test_capacity_counts_the_jobs_outside_memory(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, window=WINDOW)
+
+    @rt.task(pool="p")
+    async def work(job: JobContext) -> None:
+        pass
+
+    async with rt:
+        pool = rt.pool("p", concurrency=1, capacity=30)
+        pool.pause()
+        ids = await pool.add_many(work, [() for _ in range(30)])
+        assert in_memory(rt, "p") <= WINDOW
+        with pytest.raises(QueueFull):
+            await pool.add(work)
+        assert pool.waiting == 30
+        assert pool.statistics().waiting == 30
+        assert ids[-1] not in rt.live.states  # it is in the database only
+        cancelled = await rt.cancel(ids[-1])
+        assert cancelled.status is JobStatus.CANCELLED
+        assert pool.waiting == 29
+        another = await pool.add(work)
+        assert another > ids[-1]
+        pool.resume()
+        await until(lambda: pool.waiting == 0 and pool.running == 0, timeout=10)
+    done = {j.id: j.status for j in await committed_jobs(tmp_path)}
+    assert done[ids[-1]] is JobStatus.CANCELLED
+    assert sum(s is JobStatus.SUCCESS for s in done.values()) == 30
+
+
+async def test_unique_key_held_by_a_job_outside_memory(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, window=WINDOW)
+
+    @rt.task(pool="p")
+    async def work(job: JobContext, n: int) -> None:
+        pass
+
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        pool.pause()
+        await pool.add_many(work, [(i,) for i in range(25)])
+        held = await pool.add(work.options(unique_key="report"), 99)
+        assert held not in rt.live.states
+        assert await pool.add(work.options(unique_key="report"), 100) == held
+        pool.resume()
+        await until(lambda: pool.waiting == 0 and pool.running == 0, timeout=10)
+        again = await pool.add(work.options(unique_key="report"), 101)
+        assert again != held
+        await rt.wait(again, timeout=5)
+    jobs = await committed_jobs(tmp_path)
+    assert len(jobs) == 27
+    assert all(j.status is JobStatus.SUCCESS for j in jobs)
+
+
+async def test_cancel_run_now_and_retry_of_jobs_outside_memory(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, window=WINDOW, clock=clock)
+    ran: list[int] = []
+
+    @rt.task(pool="p", attempts=1)
+    async def work(job: JobContext, n: int) -> None:
+        ran.append(job.id)
+        if n < 0:
+            raise RuntimeError("no")
+
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        failed = await pool.add(work, -1)
+        await rt.wait(failed, timeout=5)
+        pool.pause()
+        ready = await pool.add_many(work, [(i,) for i in range(30)])
+        delayed = [await pool.add(work.options(delay=3600.0 + i), i) for i in range(30)]
+        assert ready[-1] not in rt.live.states and delayed[-1] not in rt.live.states
+
+        assert (await rt.cancel(ready[-1])).status is JobStatus.CANCELLED
+        assert (await rt.run_now(delayed[-1])).status is JobStatus.WAITING
+        retried = await rt.retry(failed)
+        assert retried.status is JobStatus.WAITING
+        assert (await rt.get(delayed[-2])).status is JobStatus.WAITING  # read from the database
+
+        pool.resume()
+        expected = 1 + 29 + 1 + 1  # the failure, the ready ones left, run now, the retry
+        await until(lambda: len(ran) == expected, timeout=10)
+        assert ready[-1] not in ran
+        assert set(ran[1:]) == {*ready[:-1], delayed[-1], failed}
+        assert pool.waiting == 29  # the delayed ones left
+    statuses = {j.id: j.status for j in await committed_jobs(tmp_path)}
+    assert statuses[ready[-1]] is JobStatus.CANCELLED
+    assert statuses[delayed[-1]] is JobStatus.SUCCESS
+    assert statuses[failed] is JobStatus.FAILURE  # it failed again: n is still -1
+    assert [statuses[i] for i in delayed[:-1]] == [JobStatus.WAITING] * 29
+
+
+async def test_restart_with_more_waiting_jobs_than_the_window(tmp_path: Path) -> None:
+    first = make_rt(tmp_path, window=WINDOW)
+
+    @first.task(pool="p")
+    async def work(job: JobContext, n: int) -> None:
+        pass
+
+    async with first:
+        pool = first.pool("p", concurrency=1)
+        await first.change_pool("p", paused=True)  # recorded: the next start is paused too
+        ids = await first.pool("p").add_many(work, [(i,) for i in range(50)])
+        soon = await pool.add(work.options(delay=0.3, priority=1), -1)
+        assert in_memory(first, "p") <= 2 * WINDOW
+
+    second = make_rt(tmp_path, window=WINDOW)
+    ran: list[int] = []
+
+    @second.task(pool="p", name="work")
+    async def work2(job: JobContext, n: int) -> None:
+        ran.append(job.id)
+
+    async with second:
+        pool = second.pool("p", concurrency=1)
+        assert pool.waiting == 51
+        assert in_memory(second, "p") <= 2 * WINDOW
+        await second.change_pool("p", paused=False)
+        await until(lambda: len(ran) == 51, timeout=10)
+    assert sorted(ran) == sorted([*ids, soon])
+    assert len(set(ran)) == 51
+    assert ran[: ran.index(soon)] == ids[: ran.index(soon)]
+
+
+async def test_memory_stays_bounded_while_a_backlog_drains(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path, window=WINDOW)
+    most = 0
+
+    @rt.task(pool="p")
+    async def work(job: JobContext, n: int) -> None:
+        nonlocal most
+        most = max(most, len(rt.live.states))
+
+    async with rt:
+        pool = rt.pool("p", concurrency=4)
+        pool.pause()
+        for chunk in range(5):
+            await pool.add_many(work, [(chunk * 100 + i,) for i in range(100)])
+        pool.resume()
+        await until(lambda: pool.waiting == 0 and pool.running == 0, timeout=20)
+    # Ready and delayed windows, the running jobs, and finished ones not yet forgotten.
+    assert most <= 2 * WINDOW + 4 + 20
+    jobs = await committed_jobs(tmp_path)
+    assert len(jobs) == 500 and all(j.status is JobStatus.SUCCESS for j in jobs)
+
+
+def test_window_must_be_a_number_of_jobs(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOption, match="window"):
+        make_rt(tmp_path, window=1)
+    with pytest.raises(InvalidOption, match="window"):
+        make_rt(tmp_path, window="10")
