@@ -54,14 +54,13 @@ DEFAULT_WINDOW = 2000
 """Jobs of each list (ready, delayed) a pool keeps in memory."""
 
 _LAST_ID = 2**63 - 1
-_NOTHING = (float("-inf"), float("-inf"), -1)  # a ready horizon below every job
 _RETRY_READ = (0.05, 2.0)  # first and longest wait before reading again after a failure
 
-ReadyKey = tuple[float, float, int]
-"""(-priority, run_at, id): run order, smallest first."""
+Key = tuple[Any, ...]
+"""A list's order: ready (-priority, run_at, id), delayed (run_at, id)."""
 
-DelayedKey = tuple[float, int]
-"""(run_at, id)."""
+Read = Callable[[int, Key], Awaitable[tuple[list["JobState"], int, Key | None]]]
+"""Reads up to ``limit`` jobs after a key: (new states, rows read, the last row's key)."""
 
 
 class Backlog(Protocol):
@@ -85,6 +84,145 @@ class Backlog(Protocol):
         ...
 
 
+class _Lane:
+    """One ordered list of a pool's waiting jobs and its horizon (notes 1-3, 5).
+
+    Entries are ``(*key, state)``; ``head`` moves past the entries taken.
+    ``upto`` is the horizon: every job of the list at or below it is in memory
+    (``None``: every job is).
+    """
+
+    def __init__(
+        self, name: str, width: int, window: int, read: Read, shelve: Callable[[JobState], None]
+    ) -> None:
+        self.name = name
+        self.window = window
+        self.entries: list[tuple[Any, ...]] = []
+        self.head = 0
+        self.upto: Key | None = None
+        self.nothing: Key = (float("-inf"),) * (width - 1) + (-1,)  # below every job
+        self.reading: asyncio.Task[None] | None = None
+        self._read = read
+        self._shelve = shelve
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.head
+
+    def first(self) -> tuple[Any, ...] | None:
+        """The first entry if it is at or below the horizon; else None (a read is due)."""
+        if self.head == len(self.entries):
+            if self.upto is not None:
+                self.refill()
+            return None
+        entry = self.entries[self.head]
+        if self.upto is not None and entry[:-1] > self.upto:
+            self.refill()
+            return None
+        return entry
+
+    def pop(self) -> None:
+        """Drop the first entry (``first`` returned it); refill before it runs out."""
+        self.head = h = self.head + 1
+        if h > 512 and h * 2 > len(self.entries):
+            del self.entries[:h]
+            self.head = 0
+        upto = self.upto
+        if upto is not None:
+            bound = (*upto[:-1], upto[-1] + 1)
+            if bisect.bisect_left(self.entries, bound, self.head) - self.head <= self.window // 2:
+                self.refill()
+
+    def place(self, entry: tuple[Any, ...], *, loaded: bool = False) -> None:
+        """Into memory, or back to the store (``shelve``) when above the horizon (note 2)."""
+        state = entry[-1]
+        if (
+            self.upto is not None
+            and not loaded
+            and entry[:-1] > self.upto
+            and self.reading is None
+            and _committed(state)
+        ):
+            self._shelve(state)
+            return
+        entries = self.entries
+        if not entries or entry > entries[-1]:
+            entries.append(entry)  # the usual case: the newest job comes last
+        else:
+            bisect.insort(entries, entry, self.head)
+        if len(self) > self.window and self.reading is None:
+            self.trim()
+
+    def remove(self, entry: tuple[Any, ...]) -> None:
+        del self.entries[bisect.bisect_left(self.entries, entry, self.head)]
+
+    def trim(self) -> None:
+        """Over the window: the last committed jobs leave memory (notes 2, 3)."""
+        entries = self.entries
+        while len(self) > self.window:
+            i = len(entries) - 1
+            while i >= self.head and not _committed(entries[i][-1]):
+                i -= 1
+            if i < self.head:
+                break
+            entry = entries.pop(i)
+            self._shelve(entry[-1])
+            key = entries[i - 1][:-1] if i - 1 >= self.head else self.nothing
+            if self.upto is None or key < self.upto:
+                self.upto = key
+
+    def clear(self) -> None:
+        if self.reading is not None:
+            self.reading.cancel()
+            self.reading = None
+        self.entries.clear()
+        self.head = 0
+        self.upto = None
+
+    def refill(self) -> None:
+        if self.reading is None:
+            self.reading = asyncio.get_running_loop().create_task(
+                self._refill(), name=f"taskrt-window-{self.name}"
+            )
+
+    async def _refill(self) -> None:
+        try:
+            while self.upto is not None:
+                upto = self.upto
+                limit = max(self.window - len(self), self.window // 4, 1)
+                states, rows, last = await _patiently(self.name, self._read, limit, upto)
+                self.accept(states)
+                self.upto = None if rows < limit or last is None else last
+                if states or rows < limit:
+                    break
+                # Every row read was here already, or of an unknown task: read on.
+        finally:
+            if self.reading is asyncio.current_task():
+                self.reading = None
+        self.settle()
+
+    # Set by ``Waiting``: where what a refill read goes, and what follows it.
+    accept: Callable[[list[JobState]], None]
+    settle: Callable[[], None]
+
+
+def _committed(state: JobState) -> bool:
+    """Note 3: a job whose WAITING row is still queued stays in memory."""
+    written = state.written
+    return written is None or written.done()
+
+
+async def _patiently(pool: str, read: Read, limit: int, after: Key) -> Any:
+    """``await read(limit, after)`` until it works: a store that fails now may work later."""
+    delay = _RETRY_READ[0]
+    while True:
+        try:
+            return await read(limit, after)
+        except TaskrtError as exc:
+            log.warning("reading the waiting jobs of pool %r failed: %s", pool, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_READ[1])
+
+
 class Waiting:
     """The waiting jobs of one pool (see the module notes)."""
 
@@ -101,15 +239,13 @@ class Waiting:
         self._backlog = backlog
         self._clock = clock
         self._wake = wake
-        self._ready: list[tuple[float, float, int, JobState]] = []
-        self._rh = 0  # head of _ready: entries before it were taken
-        self._delayed: list[tuple[float, int, JobState]] = []
-        self._dh = 0
-        self._members: dict[int, tuple[Any, ...]] = {}  # id -> its entry in a list
-        self.ready_upto: ReadyKey | None = None  # horizons (note 2)
-        self.delayed_upto: DelayedKey | None = None
-        self._reading_ready: asyncio.Task[None] | None = None
-        self._reading_delayed: asyncio.Task[None] | None = None
+        self._members: dict[int, tuple[Any, ...]] = {}  # id -> its entry in a lane
+        self._ready = _Lane(pool, 3, window, self._read_ready, self._shelve)
+        self._ready.accept = self._accept_ready
+        self._ready.settle = self._settle_ready
+        self._delayed = _Lane(pool, 2, window, self._read_delayed, self._shelve)
+        self._delayed.accept = self._accept_delayed
+        self._delayed.settle = self._settle_delayed
 
     def __len__(self) -> int:
         """Jobs in memory."""
@@ -120,31 +256,29 @@ class Waiting:
         return entry is not None and entry[-1] is state
 
     @property
-    def spilled(self) -> bool:
-        """Whether some waiting jobs of the pool are in the store only."""
-        return self.ready_upto is not None or self.delayed_upto is not None
+    def ready_upto(self) -> Key | None:
+        """The ready list's horizon (note 2); None: every due job is in memory."""
+        return self._ready.upto
+
+    @property
+    def delayed_upto(self) -> Key | None:
+        return self._delayed.upto
 
     # -- start and stop ----------------------------------------------------------
 
     async def load(self, now: float) -> None:
         """The pool has waiting jobs in the store: read the first window of each list."""
-        self.ready_upto = _NOTHING
-        self.delayed_upto = (now, _LAST_ID)  # what is due by now is the ready list's
-        self._read_ready()
-        self._read_delayed()
-        await asyncio.gather(*[t for t in (self._reading_ready, self._reading_delayed) if t])
+        self._ready.upto = self._ready.nothing
+        self._delayed.upto = (now, _LAST_ID)  # what is due by now is the ready list's
+        self._ready.refill()
+        self._delayed.refill()
+        await asyncio.gather(*[t for t in (self._ready.reading, self._delayed.reading) if t])
 
     def close(self) -> None:
         """Forget every job in memory (the runtime stops); the store keeps them."""
-        for task in (self._reading_ready, self._reading_delayed):
-            if task is not None:
-                task.cancel()
-        self._reading_ready = self._reading_delayed = None
         self._ready.clear()
         self._delayed.clear()
-        self._rh = self._dh = 0
         self._members.clear()
-        self.ready_upto = self.delayed_upto = None
 
     # -- adding and removing ---------------------------------------------------
 
@@ -153,7 +287,7 @@ class Waiting:
         if state.id in self._members:
             return  # queued already
         if state.run_at > self._clock.now():
-            self._place_delayed(state)
+            self._place(self._delayed, (state.run_at, state.id, state))
         else:
             self._place_ready(state)
 
@@ -163,251 +297,93 @@ class Waiting:
         if entry is None or entry[-1] is not state:
             return False
         del self._members[state.id]
-        if len(entry) == 4:
-            lst: list[Any] = self._ready
-            lo = self._rh
-        else:
-            lst = self._delayed
-            lo = self._dh
-        i = bisect.bisect_left(lst, entry, lo)
-        del lst[i]
+        (self._ready if len(entry) == 4 else self._delayed).remove(entry)
         return True
 
     def _place_ready(self, state: JobState, *, loaded: bool = False) -> None:
-        entry = (-state.priority, state.run_at, state.id, state)
-        upto = self.ready_upto
-        if (
-            upto is not None
-            and not loaded
-            and (entry[0], entry[1], entry[2]) > upto
-            and self._may_leave(state, self._reading_ready)
-        ):
-            self._backlog.shelve(state)
-            return
-        ready = self._ready
-        if not ready or entry > ready[-1]:
-            ready.append(entry)  # the usual case: the newest job runs last
-        else:
-            bisect.insort(ready, entry, self._rh)
-        self._members[state.id] = entry
-        if len(ready) - self._rh > self.window and self._reading_ready is None:
-            self._trim_ready()
+        self._place(self._ready, (-state.priority, state.run_at, state.id, state), loaded=loaded)
 
-    def _place_delayed(self, state: JobState, *, loaded: bool = False) -> None:
-        entry = (state.run_at, state.id, state)
-        upto = self.delayed_upto
-        if (
-            upto is not None
-            and not loaded
-            and (entry[0], entry[1]) > upto
-            and self._may_leave(state, self._reading_delayed)
-        ):
-            self._backlog.shelve(state)
-            return
-        delayed = self._delayed
-        if not delayed or entry > delayed[-1]:
-            delayed.append(entry)
-        else:
-            bisect.insort(delayed, entry, self._dh)
-        self._members[state.id] = entry
-        if len(delayed) - self._dh > self.window and self._reading_delayed is None:
-            self._trim_delayed()
+    def _place(self, lane: _Lane, entry: tuple[Any, ...], *, loaded: bool = False) -> None:
+        # A member until the lane sends it (or another) back to the store: ``_shelve``.
+        self._members[entry[-1].id] = entry
+        lane.place(entry, loaded=loaded)
 
-    @staticmethod
-    def _may_leave(state: JobState, reading: asyncio.Task[None] | None) -> bool:
-        """Note 3: committed, and no refill of its list is reading."""
-        written = state.written
-        return reading is None and (written is None or written.done())
-
-    def _trim_ready(self) -> None:
-        """Over the window: the last committed jobs leave memory (notes 2, 3)."""
-        ready = self._ready
-        while len(ready) - self._rh > self.window:
-            i = len(ready) - 1
-            while i >= self._rh and not self._may_leave(ready[i][3], None):
-                i -= 1
-            if i < self._rh:
-                return
-            entry = ready.pop(i)
-            del self._members[entry[2]]
-            self._backlog.shelve(entry[3])
-            below = ready[i - 1] if i - 1 >= self._rh else None
-            key: ReadyKey = _NOTHING if below is None else (below[0], below[1], below[2])
-            if self.ready_upto is None or key < self.ready_upto:
-                self.ready_upto = key
-
-    def _trim_delayed(self) -> None:
-        delayed = self._delayed
-        while len(delayed) - self._dh > self.window:
-            i = len(delayed) - 1
-            while i >= self._dh and not self._may_leave(delayed[i][2], None):
-                i -= 1
-            if i < self._dh:
-                return
-            entry = delayed.pop(i)
-            del self._members[entry[1]]
-            self._backlog.shelve(entry[2])
-            below = delayed[i - 1] if i - 1 >= self._dh else None
-            # Below every job still here: the next read starts after the last one kept.
-            key: DelayedKey = (float("-inf"), -1) if below is None else (below[0], below[1])
-            if self.delayed_upto is None or key < self.delayed_upto:
-                self.delayed_upto = key
+    def _shelve(self, state: JobState) -> None:
+        self._members.pop(state.id, None)
+        self._backlog.shelve(state)
 
     # -- taking ---------------------------------------------------------------
 
     def take(self) -> JobState | None:
         """The next job to run, or None (none due, or a refill must come first)."""
-        if len(self._delayed) > self._dh or self.delayed_upto is not None:
+        delayed = self._delayed
+        if len(delayed) or delayed.upto is not None:
             now = self._clock.now()
             self._promote(now)
-            upto = self.delayed_upto
-            if upto is not None and upto[0] <= now:
+            if delayed.upto is not None and delayed.upto[0] <= now:
                 # Jobs in the store only may be due now, of any priority: read first.
-                self._read_delayed()
+                delayed.refill()
                 return None
-        ready = self._ready
-        h = self._rh
-        if h == len(ready):
-            if self.ready_upto is not None:
-                self._read_ready()
+        entry = self._ready.first()
+        if entry is None:
             return None
-        entry = ready[h]
-        rupto = self.ready_upto
-        if rupto is not None and (entry[0], entry[1], entry[2]) > rupto:
-            self._read_ready()
-            return None
-        self._rh = h = h + 1
+        self._ready.pop()
         del self._members[entry[2]]
-        if h > 512 and h * 2 > len(ready):
-            del ready[:h]
-            self._rh = 0
-        if rupto is not None and self._available_ready(rupto) <= self.window // 2:
-            self._read_ready()  # before it runs out (note 2)
-        return entry[3]
-
-    def _available_ready(self, upto: ReadyKey) -> int:
-        bound = (upto[0], upto[1], upto[2] + 1)
-        return bisect.bisect_left(self._ready, bound, self._rh) - self._rh
+        state: JobState = entry[3]
+        return state
 
     def _promote(self, now: float) -> None:
         """Jobs that came due move to the ready list (note 4)."""
         delayed = self._delayed
-        h = self._dh
-        upto = self.delayed_upto
-        while h < len(delayed) and delayed[h][0] <= now:
-            entry = delayed[h]
-            if upto is not None and (entry[0], entry[1]) > upto:
-                break
-            h += 1
+        while (entry := delayed.first()) is not None and entry[0] <= now:
+            delayed.pop()
             del self._members[entry[1]]
             self._place_ready(entry[2])
-        if h > 512 and h * 2 > len(delayed):
-            del delayed[:h]
-            h = 0
-        self._dh = h
-        if upto is not None:
-            bound = (upto[0], upto[1] + 1)
-            if bisect.bisect_left(delayed, bound, h) - h <= self.window // 2:
-                self._read_delayed()
 
     def next_due(self) -> float | None:
         """When the first delayed job in memory comes due (the pool's timer)."""
-        delayed = self._delayed
-        if self._dh == len(delayed):
-            if self.delayed_upto is not None:
-                self._read_delayed()
-            return None
-        entry = delayed[self._dh]
-        upto = self.delayed_upto
-        if upto is not None and (entry[0], entry[1]) > upto:
-            self._read_delayed()
-            return None
-        return entry[0]
+        entry = self._delayed.first()
+        return None if entry is None else float(entry[0])
 
     def oldest_due(self, now: float) -> float | None:
         """The earliest ``run_at`` of the due jobs in memory (queue latency)."""
-        oldest = min((e[1] for e in self._ready[self._rh :]), default=None)
-        if self._dh < len(self._delayed):
-            first = self._delayed[self._dh][0]
-            if first <= now and (oldest is None or first < oldest):
-                oldest = first
+        ready = self._ready
+        oldest = min((e[1] for e in ready.entries[ready.head :]), default=None)
+        entry = self._delayed.first()
+        if entry is not None and entry[0] <= now and (oldest is None or entry[0] < oldest):
+            oldest = entry[0]
         return oldest
 
     # -- refills (notes 2, 5) ----------------------------------------------------
 
-    def _read_ready(self) -> None:
-        if self._reading_ready is None:
-            self._reading_ready = asyncio.get_running_loop().create_task(
-                self._refill_ready(), name=f"taskrt-window-{self.pool}"
-            )
+    async def _read_ready(self, limit: int, after: Key) -> tuple[list[JobState], int, Key | None]:
+        since = None if after == self._ready.nothing else (int(-after[0]), after[1], after[2])
+        states, rows, last = await self._backlog.load_ready(
+            self.pool, self._clock.now(), limit, since
+        )
+        return states, rows, None if last is None else (-last[0], last[1], last[2])
 
-    def _read_delayed(self) -> None:
-        if self._reading_delayed is None:
-            self._reading_delayed = asyncio.get_running_loop().create_task(
-                self._refill_delayed(), name=f"taskrt-window-{self.pool}"
-            )
+    async def _read_delayed(self, limit: int, after: Key) -> tuple[list[JobState], int, Key | None]:
+        return await self._backlog.load_delayed(self.pool, (after[0], after[1]), limit)
 
-    async def _patiently(self, read: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-        """``await read(*args)`` until it works: a store that fails now may work later."""
-        delay = _RETRY_READ[0]
-        while True:
-            try:
-                return await read(*args)
-            except TaskrtError as exc:
-                log.warning("reading the waiting jobs of pool %r failed: %s", self.pool, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_READ[1])
+    def _accept_ready(self, states: list[JobState]) -> None:
+        for state in states:
+            self._place_ready(state, loaded=True)
 
-    def _load_ready(
-        self, limit: int, after: tuple[int, float, int] | None
-    ) -> Awaitable[tuple[list[JobState], int, tuple[int, float, int] | None]]:
-        return self._backlog.load_ready(self.pool, self._clock.now(), limit, after)
+    def _accept_delayed(self, states: list[JobState]) -> None:
+        now = self._clock.now()
+        for state in states:
+            if state.run_at <= now:
+                self._place_ready(state)
+            else:
+                self._place(self._delayed, (state.run_at, state.id, state), loaded=True)
 
-    async def _refill_ready(self) -> None:
-        try:
-            while self.ready_upto is not None:
-                upto = self.ready_upto
-                size = len(self._ready) - self._rh
-                limit = max(self.window - size, self.window // 4, 1)
-                after = None if upto == _NOTHING else (int(-upto[0]), upto[1], upto[2])
-                states, rows, last = await self._patiently(self._load_ready, limit, after)
-                for state in states:
-                    self._place_ready(state, loaded=True)
-                if rows < limit or last is None:
-                    self.ready_upto = None
-                else:
-                    self.ready_upto = (-last[0], last[1], last[2])
-                if states or rows < limit:
-                    break
-                # Every row read was here already or unknown: read on.
-        finally:
-            if self._reading_ready is asyncio.current_task():
-                self._reading_ready = None
-        if len(self._ready) - self._rh > self.window:
-            self._trim_ready()
-        self._wake()
+    def _settle_ready(self) -> None:
+        self._after_read(self._ready)
 
-    async def _refill_delayed(self) -> None:
-        try:
-            while self.delayed_upto is not None:
-                after = self.delayed_upto
-                size = len(self._delayed) - self._dh
-                limit = max(self.window - size, self.window // 4, 1)
-                states, rows, last = await self._patiently(
-                    self._backlog.load_delayed, self.pool, after, limit
-                )
-                now = self._clock.now()
-                for state in states:
-                    if state.run_at <= now:
-                        self._place_ready(state)
-                    else:
-                        self._place_delayed(state, loaded=True)
-                self.delayed_upto = None if rows < limit or last is None else last
-                if states or rows < limit:
-                    break
-        finally:
-            if self._reading_delayed is asyncio.current_task():
-                self._reading_delayed = None
-        if len(self._delayed) - self._dh > self.window:
-            self._trim_delayed()
+    def _settle_delayed(self) -> None:
+        self._after_read(self._delayed)
+
+    def _after_read(self, lane: _Lane) -> None:
+        lane.trim()
         self._wake()

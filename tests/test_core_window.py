@@ -257,3 +257,59 @@ def test_window_must_be_a_number_of_jobs(tmp_path: Path) -> None:
         make_rt(tmp_path, window=1)
     with pytest.raises(InvalidOption, match="window"):
         make_rt(tmp_path, window="10")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_adds_cancels_and_time_keep_the_order_a_whole_queue_would(
+    tmp_path: Path, seed: int
+) -> None:
+    """Phases: while paused, random adds (priorities, delays, batches), cancels, run
+    nows and clock steps; then a drain with the clock still. Each drain must run
+    exactly the jobs due, in the order of a queue that held them all."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    window = 4
+    rt = make_rt(tmp_path, window=window, clock=clock)
+    ran: list[int] = []
+
+    @rt.task(pool="p")
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        for _phase in range(6):
+            pool.pause()
+            added: list[int] = []
+            for _ in range(rng.randrange(10, 40)):
+                roll = rng.random()
+                options = {"priority": rng.randrange(3)}
+                if rng.random() < 0.4:
+                    options["delay"] = float(rng.randrange(1, 6))
+                if roll < 0.15:
+                    added += await pool.add_many(work.options(**options), [()] * rng.randrange(2, 9))
+                else:
+                    added.append(await pool.add(work.options(**options)))
+                if roll > 0.9 and added:
+                    victim = rng.choice(added)
+                    if (await rt.get(victim)).status is JobStatus.WAITING:
+                        await rt.cancel(victim)
+                if 0.85 < roll <= 0.9 and added:
+                    victim = rng.choice(added)
+                    if (await rt.get(victim)).status is JobStatus.WAITING:
+                        await rt.run_now(victim)
+                if rng.random() < 0.2:
+                    await clock.advance(rng.choice([0.5, 1.0, 2.0]))
+            await rt.store.flush()
+            now = clock.now()
+            waiting = [j for j in await committed_jobs(tmp_path) if j.status is JobStatus.WAITING]
+            due = sorted((j for j in waiting if j.run_at <= now), key=run_order_key)
+            before = len(ran)
+            pool.resume()
+            await until(lambda due=due, before=before: len(ran) == before + len(due), timeout=10)  # type: ignore[misc]
+            await rt.store.flush()
+            assert ran[before:] == [j.id for j in due]
+            assert pool.waiting == len(waiting) - len(due)
+            assert len(pool.queue) <= 2 * window + 2
+        pool.pause()
+    assert len(ran) == len(set(ran))

@@ -31,6 +31,7 @@ from ...models import (
 )
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
 from .batch import in_thread, insert_jobs, rollback, store_error
+from .checkpoint import Checkpointer
 from .connection import Connection
 from .counts import STORED, Snapshot, Tally, read_counts
 from .rows import json_path, row_to_job, row_to_schedule
@@ -113,8 +114,14 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._writes = GroupCommit(path, progress_interval=progress_interval)
         self._open_tx: Connection | None = None
+        self._checkpoints: Checkpointer | None = None
 
     # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> int:
+        """WAL checkpoints the checkpoint thread has run since the store opened (note 14)."""
+        return 0 if self._checkpoints is None else self._checkpoints.checkpoints
 
     @property
     def memory(self) -> bool:
@@ -126,6 +133,12 @@ class Store:
             await in_thread(self._db, migrate, self.path)
             self._writes.counts.replace(await in_thread(self._db, read_counts))
             self._reader = self._db if self.memory else await self._connect()
+            if not self.memory:
+                # Checkpoints run in a thread of their own, not in the writer's
+                # commits (note 14).
+                await self._db.execute_fetchall("PRAGMA wal_autocheckpoint = 0")
+                self._checkpoints = Checkpointer(self.path, lambda: self._writes.batches)
+                self._checkpoints.start()
         except sqlite3.Error as exc:
             await self._close_connections()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
@@ -156,6 +169,9 @@ class Store:
         """
         if self._db is not None:
             await self._writes.close(patience)
+        if self._checkpoints is not None:
+            checkpoints, self._checkpoints = self._checkpoints, None
+            await asyncio.to_thread(checkpoints.stop)
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -673,6 +689,17 @@ class Store:
         run_after: float | None = None,
         created_before: float | None = None,
     ) -> int:
+        if task is None and metadata is None and run_after is None and created_before is None:
+            # By status and pool only: the live counts answer at once (note 12).
+            counts = await self.live_counts()
+            wanted = set(status) if status is not None else None
+            return sum(
+                n
+                for name, by_status in counts.items()
+                if pool is None or name == pool
+                for s, n in by_status.items()
+                if wanted is None or s in wanted
+            )
         clause, params = self._filter(
             status, pool, task, metadata, None, run_after, created_before, None
         )

@@ -1,0 +1,67 @@
+"""WAL checkpoints off the writer's path (``taskrt.store`` note 14).
+
+SQLite checkpoints in the connection that commits once the WAL passes 1,000
+pages, so one write batch in a few hundred pays for copying every page the
+others wrote: with a large database that is a pause of several milliseconds
+in the middle of the group commit, seen as the tail of add → start latency.
+The writer connection turns that off (``wal_autocheckpoint = 0``) and this
+thread checkpoints instead, on a connection of its own, a few times a second
+while there are commits. A PASSIVE checkpoint never waits for the writer or a
+reader: it copies what it can now and the rest the next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("taskrt.store")
+
+INTERVAL = 0.2  # seconds between checkpoints while commits happen
+
+
+class Checkpointer:
+    """A daemon thread that checkpoints ``path`` while ``commits()`` moves."""
+
+    def __init__(self, path: str, commits: Callable[[], int], interval: float = INTERVAL) -> None:
+        self.path = path
+        self.interval = interval
+        self._commits = commits
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.checkpoints = 0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="taskrt-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("no checkpoint thread for %s: %s", self.path, exc)
+            return
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            seen = self._commits()
+            while not self._stop.wait(self.interval):
+                now = self._commits()
+                if now == seen:
+                    continue
+                seen = now
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:  # busy, or the disk: the next turn tries again
+                    log.debug("checkpoint of %s skipped: %s", self.path, exc)
+        finally:
+            conn.close()
