@@ -287,7 +287,9 @@ async def test_random_adds_cancels_and_time_keep_the_order_a_whole_queue_would(
                 if rng.random() < 0.4:
                     options["delay"] = float(rng.randrange(1, 6))
                 if roll < 0.15:
-                    added += await pool.add_many(work.options(**options), [()] * rng.randrange(2, 9))
+                    added += await pool.add_many(
+                        work.options(**options), [()] * rng.randrange(2, 9)
+                    )
                 else:
                     added.append(await pool.add(work.options(**options)))
                 if roll > 0.9 and added:
