@@ -124,13 +124,38 @@ class Tally:
         conn.executemany(SQL_COUNTS_ADD, rows)
         return True
 
-    def commit(self, conn: sqlite3.Connection) -> Snapshot | None:
-        """``apply``, then the whole table as it now is (None: nothing changed)."""
-        return read_counts(conn) if self.apply(conn) else None
+    def commit(self, conn: sqlite3.Connection, mirror: CountMirror | None = None) -> Counted | None:
+        """``apply``, then the whole table as it now is (None: nothing changed).
+
+        With the ``mirror`` of this connection's last reading, and no other
+        connection having committed since (``PRAGMA data_version`` unchanged),
+        the table is that reading plus these changes: no read back (the write
+        batch's hot path).
+        """
+        changes = [(key, n) for key, n in self.changes.items() if n]
+        if not self.apply(conn):
+            return None
+        version = data_version(conn)
+        if mirror is not None and mirror.version == version:
+            counts = dict(mirror.counts)
+            for key, n in changes:
+                counts[key] = counts.get(key, 0) + n
+            return counts, version
+        return read_counts(conn), version
+
+
+Counted = tuple[Snapshot, int]
+"""The counts table as a transaction left it, and the connection's data_version then."""
 
 
 def read_counts(conn: sqlite3.Connection) -> Snapshot:
     return {(str(pool), str(status)): int(n) for pool, status, n in conn.execute(SQL_COUNTS)}
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """Changes when another connection commits (SQLite's ``PRAGMA data_version``)."""
+    row = conn.execute("PRAGMA data_version").fetchone()
+    return int(row[0])
 
 
 class CountMirror:
@@ -140,16 +165,18 @@ class CountMirror:
     this process's next counted write on (that write reads the table back).
     """
 
-    __slots__ = ("_counts",)
+    __slots__ = ("counts", "version")
 
     def __init__(self) -> None:
-        self._counts: Snapshot = {}
+        self.counts: Snapshot = {}
+        self.version: int | None = None  # the writer connection's data_version then
 
-    def replace(self, snapshot: Snapshot) -> None:
-        self._counts = snapshot
+    def replace(self, counts: Snapshot, version: int | None = None) -> None:
+        self.counts = counts
+        self.version = version
 
     def get(self, pool: str, status: JobStatus) -> int:
-        return self._counts.get((pool, STORED[status]), 0)
+        return self.counts.get((pool, STORED[status]), 0)
 
 
 def write_group(

@@ -33,7 +33,7 @@ from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransa
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import Checkpointer
 from .connection import Connection
-from .counts import STORED, Snapshot, Tally, read_counts
+from .counts import STORED, Counted, Snapshot, Tally, read_counts
 from .rows import json_path, row_to_job, row_to_schedule
 from .schema import migrate
 from .sql import (
@@ -481,7 +481,7 @@ class Store:
         transaction (note 12).
         """
 
-        def work(conn: sqlite3.Connection) -> tuple[list[int], Snapshot | None]:
+        def work(conn: sqlite3.Connection) -> tuple[list[int], Counted | None]:
             counted = Tally()
             rowcounts: list[int] = []
             conn.execute("BEGIN IMMEDIATE")
@@ -501,12 +501,12 @@ class Store:
 
         async with self._writes.lock:
             try:
-                done: tuple[list[int], Snapshot | None] = await in_thread(self.db, work)
+                done: tuple[list[int], Counted | None] = await in_thread(self.db, work)
             except sqlite3.Error as exc:
                 raise store_error(self.path, exc) from exc
             rowcounts, snapshot = done
             if snapshot is not None:
-                self._writes.counts.replace(snapshot)
+                self._writes.counts.replace(*snapshot)
         return rowcounts
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:

@@ -34,7 +34,7 @@ from .batch import (
     run_statements,
     transient,
 )
-from .counts import STORED, CountMirror, Mismatch, Snapshot, Tally, write_one
+from .counts import STORED, Counted, CountMirror, Mismatch, Tally, write_one
 from .sql import FLUSH, PROGRESS, Op
 
 log = logging.getLogger("taskrt.store")
@@ -223,7 +223,7 @@ class GroupCommit:
         async with self.lock:
             rejected: list[tuple[int | None, str, BaseException]] = []
             failure: BaseException | None = None
-            snapshot: Snapshot | None = None
+            snapshot: Counted | None = None
             try:
                 results, snapshot = await in_thread(self.db, self._apply_sync, batch, progress)
             except Exception as exc:
@@ -250,7 +250,7 @@ class GroupCommit:
                 self._outage(failure, len(batch.statements) + len(self._batch.statements))
                 return False
             if snapshot is not None:
-                self.counts.replace(snapshot)
+                self.counts.replace(*snapshot)
             if self._failing is not None:
                 await self._recovered()  # under the lock: its checkpoint needs no transaction open
         self.batches += 1
@@ -278,7 +278,7 @@ class GroupCommit:
         conn: sqlite3.Connection,
         batch: Batch,
         progress: dict[int, tuple[float, float, str, int]],
-    ) -> tuple[list[InsertResult | BaseException], Snapshot | None]:
+    ) -> tuple[list[InsertResult | BaseException], Counted | None]:
         """Runs in the connection's thread: the whole batch in one transaction.
 
         Returns the inserts' results and, if the batch changed counts, the
@@ -298,7 +298,7 @@ class GroupCommit:
         progress: dict[int, tuple[float, float, str, int]],
         *,
         exact: bool,
-    ) -> tuple[list[InsertResult | BaseException], Snapshot | None]:
+    ) -> tuple[list[InsertResult | BaseException], Counted | None]:
         tally = Tally()  # this attempt's alone (counts note 2)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -313,7 +313,7 @@ class GroupCommit:
             groups = [jobs for jobs, _ in batch.inserts]
             inserted = insert_jobs(conn, groups)
             tally.added(groups, inserted)
-            snapshot = tally.commit(conn)
+            snapshot = tally.commit(conn, self.counts)
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
@@ -329,7 +329,7 @@ class GroupCommit:
     ) -> tuple[
         list[InsertResult | BaseException],
         list[tuple[int | None, str, BaseException]],
-        Snapshot | None,
+        Counted | None,
     ]:
         """The batch again, each part under its own savepoint (note 10).
 
