@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskrt")
 _T = TypeVar("_T")
 
-DEFAULT_WINDOW = 2000
+DEFAULT_WINDOW = 10_000
 """Jobs of each list (ready, delayed) a pool keeps in memory."""
 
 _LAST_ID = 2**63 - 1

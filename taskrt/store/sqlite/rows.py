@@ -26,32 +26,74 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+_STATUS = {s.value: s for s in JobStatus}
+
+
+def _array(text: str) -> tuple[Any, ...]:
+    return () if text == "[]" else tuple(json.loads(text))
+
+
+def _object(text: str) -> dict[str, Any]:
+    return {} if text == "{}" else json.loads(text)
+
+
 def row_to_job(row: sqlite3.Row) -> JobInfo:
+    """A row that starts with ``JOB_COLUMNS``, in their order, as a ``JobInfo``.
+
+    By position, and without the JSON parser for the usual empty arguments and
+    metadata: reading the waiting window back costs this per job.
+    """
+    (
+        id_,
+        task,
+        pool,
+        status,
+        args,
+        kwargs,
+        attempts,
+        max_attempts,
+        current,
+        total,
+        message,
+        result,
+        error,
+        priority,
+        metadata,
+        unique_key,
+        created_at,
+        run_at,
+        started_at,
+        finished_at,
+        timeout,
+        retry,
+        recoveries,
+        seq,
+    ) = tuple(row)[:24]
     return JobInfo(
-        id=row["id"],
-        task=row["task"],
-        pool=row["pool"],
-        status=JobStatus(row["status"]),
-        args=tuple(json.loads(row["args"])),
-        kwargs=json.loads(row["kwargs"]),
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        current=row["current"],
-        total=row["total"],
-        message=row["message"],
-        result=_loads(row["result"]),
-        error=row["error"],
-        priority=row["priority"],
-        metadata=json.loads(row["metadata"]),
-        unique_key=row["unique_key"],
-        created_at=row["created_at"],
-        run_at=row["run_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        timeout=row["timeout"],
-        recoveries=row["recoveries"],
-        seq=row["seq"],
-        retry_policy=_loads(row["retry"]),
+        id=id_,
+        task=task,
+        pool=pool,
+        status=_STATUS[status],
+        args=_array(args),
+        kwargs=_object(kwargs),
+        attempts=attempts,
+        max_attempts=max_attempts,
+        current=current,
+        total=total,
+        message=message,
+        result=_loads(result),
+        error=error,
+        priority=priority,
+        metadata=_object(metadata),
+        unique_key=unique_key,
+        created_at=created_at,
+        run_at=run_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        timeout=timeout,
+        recoveries=recoveries,
+        seq=seq,
+        retry_policy=_loads(retry),
     )
 
 

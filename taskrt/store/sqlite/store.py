@@ -689,7 +689,7 @@ class Store:
         run_after: float | None = None,
         created_before: float | None = None,
     ) -> int:
-        if task is None and metadata is None and run_after is None and created_before is None:
+        if task is None and not metadata and run_after is None and created_before is None:
             # By status and pool only: the live counts answer at once (note 12).
             counts = await self.live_counts()
             wanted = set(status) if status is not None else None
