@@ -80,11 +80,11 @@ Design notes:
     walk the partial index ``jobs_waiting`` (pool, priority, run_at, id) one
     priority level at a time (``window``): their cost is the rows they return
     and the levels they cross, not the jobs stored.
-14. **Checkpoints off the writer's path.** The writer connection does not
-    checkpoint the WAL on commit (``wal_autocheckpoint = 0``); a thread with a
-    connection of its own does, PASSIVE, a few times a second while there are
+14. **Checkpoints off the writer's path.** A thread with a connection of its
+    own checkpoints the WAL, PASSIVE, a few times a second while there are
     commits (``sqlite/checkpoint.py``), so no write batch pays for copying the
-    pages of the others.
+    pages of the others; the writer's own checkpoint stays as a bound, at ten
+    times SQLite's default (``wal_autocheckpoint = 10000`` pages).
 """
 
 from .protocol import (

@@ -4,10 +4,13 @@ SQLite checkpoints in the connection that commits once the WAL passes 1,000
 pages, so one write batch in a few hundred pays for copying every page the
 others wrote: with a large database that is a pause of several milliseconds
 in the middle of the group commit, seen as the tail of add → start latency.
-The writer connection turns that off (``wal_autocheckpoint = 0``) and this
-thread checkpoints instead, on a connection of its own, a few times a second
-while there are commits. A PASSIVE checkpoint never waits for the writer or a
-reader: it copies what it can now and the rest the next time.
+The writer connection raises that threshold tenfold and this thread
+checkpoints instead, on a connection of its own, a few times a second while
+there are commits. A PASSIVE checkpoint never waits for the writer or a
+reader: it copies what it can now and the rest the next time. The log starts
+over only after a checkpoint that caught up before the next write began; if
+a stream of writes never leaves it that moment, the writer's own checkpoint,
+at 10,000 pages (about 40 MB), still bounds the log.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable
 log = logging.getLogger("taskrt.store")
 
 INTERVAL = 0.2  # seconds between checkpoints while commits happen
+WRITER_CHECKPOINT_PAGES = 10_000  # the writer's own checkpoint, a bound the thread keeps clear of
 
 
 class Checkpointer:

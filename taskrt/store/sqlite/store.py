@@ -31,7 +31,7 @@ from ...models import (
 )
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
 from .batch import in_thread, insert_jobs, rollback, store_error
-from .checkpoint import Checkpointer
+from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, Snapshot, Tally, read_counts
 from .rows import json_path, row_to_job, row_to_schedule
@@ -136,7 +136,9 @@ class Store:
             if not self.memory:
                 # Checkpoints run in a thread of their own, not in the writer's
                 # commits (note 14).
-                await self._db.execute_fetchall("PRAGMA wal_autocheckpoint = 0")
+                await self._db.execute_fetchall(
+                    f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"
+                )
                 self._checkpoints = Checkpointer(self.path, lambda: self._writes.batches)
                 self._checkpoints.start()
         except sqlite3.Error as exc:
