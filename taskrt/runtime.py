@@ -922,7 +922,7 @@ class Runtime:
             with contextlib.suppress(OwnerUnreachable):
                 return JobInfo.from_dict(await remote.call("cancel", job=job_id))
         state = await self.adoption.pin(job_id) if self.owning else None
-        if state is not None and self.owning:
+        if state is not None:
             if state.status is JobStatus.WAITING:
                 self.pool(state.pool).remove(state)
                 self.transitions.finalize(state, JobStatus.CANCELLED, {})
@@ -1167,7 +1167,7 @@ class Runtime:
                 return JobInfo.from_dict(await remote.call("run_now", job=job_id))
         now = self.clock.now()
         state = await self.adoption.pin(job_id) if self.owning else None
-        if state is not None and self.owning:
+        if state is not None:
             if state.status is not JobStatus.WAITING:
                 raise InvalidTransition(job_id, state.status.value, "run now")
             pool = self.pool(state.pool)

@@ -93,7 +93,14 @@ class _Lane:
     """
 
     def __init__(
-        self, name: str, width: int, window: int, read: Read, shelve: Callable[[JobState], None]
+        self,
+        name: str,
+        width: int,
+        window: int,
+        read: Read,
+        accept: Callable[[list[JobState]], None],
+        shelve: Callable[[JobState], None],
+        wake: Callable[[], None],
     ) -> None:
         self.name = name
         self.window = window
@@ -102,8 +109,10 @@ class _Lane:
         self.upto: Key | None = None
         self.nothing: Key = (float("-inf"),) * (width - 1) + (-1,)  # below every job
         self.reading: asyncio.Task[None] | None = None
-        self._read = read
-        self._shelve = shelve
+        self._read = read  # reads the next jobs after a key
+        self._accept = accept  # places what a refill read
+        self._shelve = shelve  # a job goes back to the store
+        self._wake = wake  # the pool: a refill is done
 
     def __len__(self) -> int:
         return len(self.entries) - self.head
@@ -190,7 +199,7 @@ class _Lane:
                 upto = self.upto
                 limit = max(self.window - len(self), self.window // 4, 1)
                 states, rows, last = await _patiently(self.name, self._read, limit, upto)
-                self.accept(states)
+                self._accept(states)
                 self.upto = None if rows < limit or last is None else last
                 if states or rows < limit:
                     break
@@ -198,11 +207,8 @@ class _Lane:
         finally:
             if self.reading is asyncio.current_task():
                 self.reading = None
-        self.settle()
-
-    # Set by ``Waiting``: where what a refill read goes, and what follows it.
-    accept: Callable[[list[JobState]], None]
-    settle: Callable[[], None]
+        self.trim()  # what was added while it read
+        self._wake()
 
 
 def _committed(state: JobState) -> bool:
@@ -235,34 +241,19 @@ class Waiting:
         wake: Callable[[], None],
     ) -> None:
         self.pool = pool
-        self.window = window
         self._backlog = backlog
         self._clock = clock
-        self._wake = wake
         self._members: dict[int, tuple[Any, ...]] = {}  # id -> its entry in a lane
-        self._ready = _Lane(pool, 3, window, self._read_ready, self._shelve)
-        self._ready.accept = self._accept_ready
-        self._ready.settle = self._settle_ready
-        self._delayed = _Lane(pool, 2, window, self._read_delayed, self._shelve)
-        self._delayed.accept = self._accept_delayed
-        self._delayed.settle = self._settle_delayed
+        self._ready = _Lane(
+            pool, 3, window, self._read_ready, self._accept_ready, self._shelve, wake
+        )
+        self._delayed = _Lane(
+            pool, 2, window, self._read_delayed, self._accept_delayed, self._shelve, wake
+        )
 
     def __len__(self) -> int:
         """Jobs in memory."""
         return len(self._members)
-
-    def __contains__(self, state: JobState) -> bool:
-        entry = self._members.get(state.id)
-        return entry is not None and entry[-1] is state
-
-    @property
-    def ready_upto(self) -> Key | None:
-        """The ready list's horizon (note 2); None: every due job is in memory."""
-        return self._ready.upto
-
-    @property
-    def delayed_upto(self) -> Key | None:
-        return self._delayed.upto
 
     # -- start and stop ----------------------------------------------------------
 
@@ -377,13 +368,3 @@ class Waiting:
                 self._place_ready(state)
             else:
                 self._place(self._delayed, (state.run_at, state.id, state), loaded=True)
-
-    def _settle_ready(self) -> None:
-        self._after_read(self._ready)
-
-    def _settle_delayed(self) -> None:
-        self._after_read(self._delayed)
-
-    def _after_read(self, lane: _Lane) -> None:
-        lane.trim()
-        self._wake()

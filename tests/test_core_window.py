@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from core_support import committed_jobs, make_rt, until
 
-from taskrt import FakeClock, InvalidOption, JobContext, JobStatus, QueueFull, Runtime
+from taskrt import FakeClock, InvalidOption, JobContext, JobStatus, QueueFull, Runtime, Task
 
 WINDOW = 10
 
@@ -24,17 +25,24 @@ def in_memory(rt: Runtime, pool: str) -> int:
     return len(rt.pool(pool).queue)
 
 
+def recorder(rt: Runtime) -> tuple[Task[..., Any], list[int]]:
+    """Task ``work`` of pool "p", and the ids of its jobs in the order they started."""
+    ran: list[int] = []
+
+    @rt.task(pool="p")
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+
+    return work, ran
+
+
 def run_order_key(job: object) -> tuple[int, float, int]:
     return (-job.priority, job.run_at, job.id)  # type: ignore[attr-defined]
 
 
 async def test_priorities_across_the_window_boundary(tmp_path: Path) -> None:
     rt = make_rt(tmp_path, window=WINDOW)
-    ran: list[int] = []
-
-    @rt.task(pool="p")
-    async def work(job: JobContext) -> None:
-        ran.append(job.id)
+    work, ran = recorder(rt)
 
     rng = random.Random(7)
     async with rt:
@@ -82,11 +90,7 @@ async def test_a_job_added_while_the_window_is_full_keeps_its_turn(tmp_path: Pat
 async def test_delayed_jobs_come_due_while_the_window_is_full(tmp_path: Path) -> None:
     clock = FakeClock()
     rt = make_rt(tmp_path, window=WINDOW, clock=clock)
-    ran: list[int] = []
-
-    @rt.task(pool="p")
-    async def work(job: JobContext) -> None:
-        ran.append(job.id)
+    work, ran = recorder(rt)
 
     async with rt:
         pool = rt.pool("p", concurrency=1)
@@ -270,11 +274,7 @@ async def test_random_adds_cancels_and_time_keep_the_order_a_whole_queue_would(
     clock = FakeClock()
     window = 4
     rt = make_rt(tmp_path, window=window, clock=clock)
-    ran: list[int] = []
-
-    @rt.task(pool="p")
-    async def work(job: JobContext) -> None:
-        ran.append(job.id)
+    work, ran = recorder(rt)
 
     async with rt:
         pool = rt.pool("p", concurrency=1)
@@ -283,7 +283,7 @@ async def test_random_adds_cancels_and_time_keep_the_order_a_whole_queue_would(
             added: list[int] = []
             for _ in range(rng.randrange(10, 40)):
                 roll = rng.random()
-                options = {"priority": rng.randrange(3)}
+                options: dict[str, float] = {"priority": rng.randrange(3)}
                 if rng.random() < 0.4:
                     options["delay"] = float(rng.randrange(1, 6))
                 if roll < 0.15:
