@@ -8,19 +8,19 @@ part's (note 10).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
 
 from ...errors import DuplicateJobId, StoreError, StoreUnavailable
+from ..groupcommit import reason
+from ..ops import Statement, segments
 from ..protocol import InsertResult, NewJob
 from .counts import STORED, Tally, write_group
-from .sql import INSERT_JOB, Op, rank_of
+from .sql import INSERT_JOB, STATEMENT
 
 log = logging.getLogger("taskrt.store")
 
@@ -39,85 +39,27 @@ async def in_thread(db: aiosqlite.Connection, fn: Callable[..., Any], *args: Any
     return await db._execute(fn, db._conn, *args)  # type: ignore[no-untyped-call]
 
 
-@dataclass(slots=True)
-class Batch:
-    inserts: list[tuple[list[NewJob], asyncio.Future[list[InsertResult | BaseException]]]] = field(
-        default_factory=list
-    )
-    statements: list[tuple[Op, tuple[Any, ...], int | None]] = field(default_factory=list)
-    committed: asyncio.Future[None] | None = None
-    # Futures of earlier batches whose writes failed and ride along with this one (note 9).
-    earlier: list[asyncio.Future[None]] = field(default_factory=list)
-
-    def retain(self, failed: Batch) -> None:
-        """Put ``failed``'s statements first, so every job's writes keep their order."""
-        self.statements[:0] = failed.statements
-        self.earlier[:0] = failed.earlier
-        if failed.committed is not None:
-            self.earlier.insert(len(failed.earlier), failed.committed)
-
-    def settle(self, error: BaseException | None) -> None:
-        futures = [*self.earlier, self.committed] if self.committed else self.earlier
-        for fut in futures:
-            if not fut.done():
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(error)
-                    fut.exception()  # logged by the store; nobody need await it
-
-
 def run_statements(
     conn: sqlite3.Connection,
-    statements: list[tuple[Op, tuple[Any, ...], int | None]],
+    statements: list[Statement],
     tally: Tally,
     *,
     exact: bool = False,
 ) -> None:
-    """Run queued operations, grouping them into ``executemany`` calls (note 7).
+    """Run queued operations, grouped into ``executemany`` calls (``ops.segments``, note 7).
 
-    Lifecycle operations have a rank (start < attempt record < final or waiting
-    state). Within a segment they run grouped by operation in rank order; a
-    segment ends when a job would go back to an earlier or the same rank (it
-    retried within the batch) or at any operation without a rank, so each job's
-    statements keep their order. What the counted ones (an ``Op`` with a
-    ``status``) really changed goes into ``tally`` (note 12); a group of them
-    that changed fewer rows than it had raises ``counts.Mismatch``, unless
-    ``exact`` has them written one by one.
+    What the counted ones (an ``Op`` with a ``status``) really changed goes
+    into ``tally`` (note 12); a group of them that changed fewer rows than it
+    had raises ``counts.Mismatch``, unless ``exact`` has them written one by one.
     """
-    segment: dict[Op, list[tuple[Any, ...]]] = {}
-    last: dict[int, int] = {}
-
-    def flush() -> None:
-        for op in sorted(segment, key=rank_of):
-            rows = segment[op]
+    for run in segments(statements):
+        for op, rows in run:
             if op.status is not None:
                 write_group(conn, op, STORED[op.status], rows, tally, exact=exact)
             elif len(rows) == 1:
-                conn.execute(op.sql, rows[0])
+                conn.execute(STATEMENT[op], rows[0])
             else:
-                conn.executemany(op.sql, rows)
-        segment.clear()
-        last.clear()
-
-    for op, params, job_id in statements:
-        rank = op.rank
-        if rank is None or job_id is None:
-            flush()
-            if op.status is not None:
-                write_group(conn, op, STORED[op.status], [params], tally, exact=exact)
-            else:
-                conn.execute(op.sql, params)
-            continue
-        prev = last.get(job_id)
-        if prev is not None and rank <= prev:
-            flush()
-        rows = segment.get(op)
-        if rows is None:
-            rows = segment[op] = []
-        rows.append(params)
-        last[job_id] = rank
-    flush()  # the last segment
+                conn.executemany(STATEMENT[op], rows)
 
 
 def insert_jobs(
@@ -197,8 +139,6 @@ def insert_jobs(
 
 # -- failures (notes 9, 10) ----------------------------------------------------
 
-BACKOFF_FIRST = 0.02
-BACKOFF_MAX = 1.0
 # Primary result codes that say the database cannot take writes *now*; anything
 # else (a constraint, a value SQLite cannot bind) is the fault of one write.
 _TRANSIENT_CODES = frozenset(
@@ -221,10 +161,6 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and (
         code is None or (code & 0xFF) in _TRANSIENT_CODES
     )
-
-
-def reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 def store_error(path: str, exc: BaseException) -> StoreError:

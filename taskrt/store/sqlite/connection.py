@@ -17,11 +17,12 @@ import aiosqlite
 
 from ...errors import StoreError, StoreUnavailable
 from ...models import JobStatus, ScheduleDefinition, ScheduleInfo
-from .batch import in_thread, reason, transient
+from ..groupcommit import reason
+from ..ops import FAIL
+from .batch import in_thread, transient
 from .counts import Tally, write_one
 from .rows import row_to_schedule
 from .sql import (
-    FAIL,
     SQL_SCHEDULE_DEFINE,
     SQL_SCHEDULE_DELETE,
     SQL_SCHEDULE_FIRED,

@@ -40,8 +40,9 @@ from operator import itemgetter
 from typing import Any
 
 from ...models import JobStatus
+from ..ops import Op
 from ..protocol import InsertResult, NewJob
-from .sql import SQL_COUNTS, SQL_COUNTS_ADD, SQL_POOL_STATUS, Op
+from .sql import SQL_COUNTS, SQL_COUNTS_ADD, SQL_POOL_STATUS, STATEMENT
 
 Key = tuple[str, str]
 """(pool, status as stored)."""
@@ -195,7 +196,7 @@ def write_group(
             write_one(conn, op, to, params, tally)
         return
     before = conn.total_changes
-    conn.executemany(op.sql, rows)
+    conn.executemany(STATEMENT[op], rows)
     if conn.total_changes - before != len(rows):
         raise Mismatch(op.name)
     tally.moved(op, rows, to)
@@ -210,7 +211,7 @@ def write_one(
     from its stored pool and status if the transition table allows (note 1).
     """
     pool, was, job_id = belief(op, params)
-    if conn.execute(op.sql, params).rowcount:
+    if conn.execute(STATEMENT[op], params).rowcount:
         tally.move(pool, was, to)
         return True
     found = conn.execute(SQL_POOL_STATUS, (job_id,)).fetchone()
@@ -221,7 +222,7 @@ def write_one(
         return False
     # An implied source is the stored status now: only the pool was wrong.
     again = (*params[:-1], stored_pool) if op.implied else (*params[:-2], stored_pool, stored)
-    if conn.execute(op.sql, again).rowcount:
+    if conn.execute(STATEMENT[op], again).rowcount:
         tally.move(stored_pool, stored, to)
         return True
     return False

@@ -6,10 +6,24 @@ in its WHERE clause, so the database refuses any other transition (note 4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from ...models import TRANSITIONS, JobStatus
+from ..ops import (
+    ATTEMPT,
+    CANCEL,
+    CLEAR_EXTERNAL,
+    FAIL,
+    FLUSH,
+    MINUTES,
+    REQUEUE,
+    RETRIED,
+    SCHEDULE_FAILED,
+    START,
+    SUCCEED,
+    Op,
+    source_statuses,
+)
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -185,11 +199,6 @@ def status_list(*statuses: JobStatus) -> str:
     return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
 
 
-def source_statuses(target: JobStatus) -> frozenset[str]:
-    """The statuses ``target`` may be reached from (note 4), as stored."""
-    return frozenset(s.value for s, nexts in TRANSITIONS.items() if target in nexts)
-
-
 def sources(target: JobStatus) -> str:
     """SQL list of the statuses ``target`` may be reached from (note 4)."""
     return status_list(*(s for s, nexts in TRANSITIONS.items() if target in nexts))
@@ -313,42 +322,6 @@ SQL_COUNTS_BY_STATUS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
 SQL_POOL_STATUS = "SELECT pool, status FROM jobs WHERE id = ?"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Op:
-    """A queued write: a name for logs, its statement, its lifecycle rank (note 7).
-
-    ``status``: the status a counted write moves its job to (note 12); its
-    statement's WHERE clause is ``counted(status)``. ``sources``: the statuses
-    it may move a job from; ``implied``: the only one, when there is one (its
-    params end with (id, pool)), else None (they end with (id, pool, was)).
-    """
-
-    name: str
-    sql: str
-    rank: int | None = None
-    status: JobStatus | None = None
-    sources: frozenset[str] = field(init=False)
-    implied: str | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        found = frozenset() if self.status is None else source_statuses(self.status)
-        object.__setattr__(self, "sources", found)
-        object.__setattr__(self, "implied", next(iter(found)) if len(found) == 1 else None)
-
-
-def rank_of(op: Op) -> int:
-    return op.rank or 0
-
-
-FLUSH = Op("flush", "SELECT 1")
-START = Op("start", SQL_START, 1, JobStatus.RUNNING)
-ATTEMPT = Op("attempt", SQL_ATTEMPT, 2)
-SUCCEED = Op("succeed", SQL_SUCCESS, 3, JobStatus.SUCCESS)
-FAIL = Op("fail", SQL_FAILURE, 3, JobStatus.FAILURE)
-CANCEL = Op("cancel", SQL_CANCELLED, 3, JobStatus.CANCELLED)
-REQUEUE = Op("requeue", SQL_WAITING, 3, JobStatus.WAITING)
-CLEAR_EXTERNAL = Op("clear_external", SQL_CLEAR_EXTERNAL)
-RETRIED = Op("retried", SQL_RETRIED, 2)
 # Added to what a minute already holds (history: schema version 4).
 MINUTE_COLUMNS = "succeeded, failed, cancelled, retried, duration_sum, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11"
 SQL_MINUTES = (
@@ -357,7 +330,6 @@ SQL_MINUTES = (
     + ") ON CONFLICT (minute, pool, task) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in MINUTE_COLUMNS.split(", "))
 )
-MINUTES = Op("minutes", SQL_MINUTES)
 # Every column of the minutes in a window summed (statistics; by the primary key's
 # leading minute): .format("" or "WHERE minute >= ? AND ...").
 SQL_MINUTE_TOTALS = (
@@ -439,7 +411,6 @@ SQL_SCHEDULE_FIRED = (
 SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
 # A job of the schedule (``metadata.schedule``) ended FAILURE; queued with that write.
 SQL_SCHEDULE_FAILED = "UPDATE schedules SET failures = failures + 1 WHERE name = ?"
-SCHEDULE_FAILED = Op("schedule_failed", SQL_SCHEDULE_FAILED)
 # At recovery, before SQL_ORPHAN fails them: orphaned jobs are failures of their schedules.
 # (CASE keeps json_extract away from metadata that is not JSON: it would raise.)
 _RUNNING_OF_SCHEDULE = (
@@ -457,3 +428,19 @@ SQL_SCHEDULES_BUMP = (
     "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value"
 )
 SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"
+
+
+STATEMENT: dict[Op, str] = {
+    FLUSH: "SELECT 1",
+    START: SQL_START,
+    ATTEMPT: SQL_ATTEMPT,
+    SUCCEED: SQL_SUCCESS,
+    FAIL: SQL_FAILURE,
+    CANCEL: SQL_CANCELLED,
+    REQUEUE: SQL_WAITING,
+    CLEAR_EXTERNAL: SQL_CLEAR_EXTERNAL,
+    RETRIED: SQL_RETRIED,
+    MINUTES: SQL_MINUTES,
+    SCHEDULE_FAILED: SQL_SCHEDULE_FAILED,
+}
+"""Each queued write's statement (``taskrt.store.ops``)."""

@@ -29,31 +29,36 @@ from ...models import (
     ScheduleInfo,
     StoreHealth,
 )
+from ..groupcommit import GroupCommit
+from ..ops import (
+    ATTEMPT,
+    CANCEL,
+    CLEAR_EXTERNAL,
+    FAIL,
+    MINUTES,
+    REQUEUE,
+    RETRIED,
+    SCHEDULE_FAILED,
+    START,
+    SUCCEED,
+)
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
-from .counts import STORED, Counted, Snapshot, Tally, read_counts
+from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
 from .rows import json_path, row_to_job, row_to_schedule
 from .schema import migrate
 from .sql import (
-    ATTEMPT,
-    CANCEL,
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
-    CLEAR_EXTERNAL,
-    FAIL,
     JOB_COLUMNS,
     MINUTE_COLUMNS,
-    MINUTES,
     ORPHAN_WHERE,
     PURGE_WHERE,
     RECOVER_CANCELLED_WHERE,
     RECOVER_WHERE,
-    REQUEUE,
-    RETRIED,
     RETRY_EXTERNAL_WHERE,
-    SCHEDULE_FAILED,
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CLEANUP,
     SQL_CLEANUP_ATTEMPTS,
@@ -74,14 +79,12 @@ from .sql import (
     SQL_SCHEDULES_VERSION,
     SQL_SEQ_GAP,
     SQL_UNIQUE_HOLDER,
-    START,
-    SUCCEED,
     failure_params,
     tally,
 )
 from .stats import stats
 from .window import delayed_jobs, ready_jobs
-from .writer import GroupCommit
+from .writer import SqliteBatches
 
 log = logging.getLogger("taskrt.store")
 
@@ -113,6 +116,7 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writes = GroupCommit(path, progress_interval=progress_interval)
+        self._counts = CountMirror()
         self._open_tx: Connection | None = None
         self._checkpoints: Checkpointer | None = None
 
@@ -131,7 +135,7 @@ class Store:
         try:
             self._db = await self._connect()
             await in_thread(self._db, migrate, self.path)
-            self._writes.counts.replace(await in_thread(self._db, read_counts))
+            self._counts.replace(await in_thread(self._db, read_counts))
             self._reader = self._db if self.memory else await self._connect()
             if not self.memory:
                 # Checkpoints run in a thread of their own, not in the writer's
@@ -147,7 +151,7 @@ class Store:
         except StoreError:
             await self._close_connections()
             raise
-        self._writes.start(self._db)
+        self._writes.start(SqliteBatches(self._db, self.path, self._counts))
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -439,7 +443,7 @@ class Store:
                     await in_thread(db, rollback)
                     raise store_error(self.path, exc) from exc
                 if snapshot is not None:
-                    self._writes.counts.replace(snapshot)
+                    self._counts.replace(snapshot)
             finally:
                 self._open_tx = None
 
@@ -508,7 +512,7 @@ class Store:
                 raise store_error(self.path, exc) from exc
             rowcounts, snapshot = done
             if snapshot is not None:
-                self._writes.counts.replace(*snapshot)
+                self._counts.replace(*snapshot)
         return rowcounts
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
@@ -843,7 +847,7 @@ class Store:
         """Jobs of ``pool`` in ``status`` as of this store's latest committed write
         that changed counts, or its opening; no I/O. Another process's writes
         show from this store's next such write on (it reads the table back)."""
-        return self._writes.counts.get(pool, status)
+        return self._counts.get(pool, status)
 
     async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
         """pool -> status -> jobs, read now from ``job_counts`` (no zeros)."""

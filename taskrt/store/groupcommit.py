@@ -1,0 +1,358 @@
+"""Group commit, whatever the database: one writer task per store (``taskrt.store`` notes 1, 3, 9, 10).
+
+Writes are queued as operations (``ops``); one task takes everything queued
+and hands it to the backend's ``BatchWriter`` to apply in one transaction,
+while the next batch gathers. A batch the database cannot take now is kept
+and written again with backoff (note 9); one that fails for one bad part is
+written part by part (note 10). The backend says which failures are the
+database's for now (``BatchWriter.transient``) and keeps its own counts
+(note 12) as its transactions commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import StoreUnavailable
+from ..models import StoreHealth
+from .ops import FLUSH, Op, Statement
+from .protocol import InsertResult, NewJob
+
+log = logging.getLogger("taskrt.store")
+
+BACKOFF_FIRST = 0.02
+BACKOFF_MAX = 1.0
+
+ProgressRows = dict[int, tuple[float, float, str, int]]
+"""job id -> (current, total, message, seq): the coalesced progress of a batch (note 3)."""
+
+Results = list[InsertResult | BaseException]
+Rejected = list[tuple[int | None, str, BaseException]]
+"""(job id, operation name, error) of the parts a batch written part by part refused."""
+
+
+def reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(slots=True)
+class Batch:
+    inserts: list[tuple[list[NewJob], asyncio.Future[Results]]] = field(default_factory=list)
+    statements: list[Statement] = field(default_factory=list)
+    committed: asyncio.Future[None] | None = None
+    # Futures of earlier batches whose writes failed and ride along with this one (note 9).
+    earlier: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def retain(self, failed: Batch) -> None:
+        """Put ``failed``'s statements first, so every job's writes keep their order."""
+        self.statements[:0] = failed.statements
+        self.earlier[:0] = failed.earlier
+        if failed.committed is not None:
+            self.earlier.insert(len(failed.earlier), failed.committed)
+
+    def settle(self, error: BaseException | None) -> None:
+        futures = [*self.earlier, self.committed] if self.committed else self.earlier
+        for fut in futures:
+            if not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+                    fut.exception()  # logged by the store; nobody need await it
+
+
+class BatchWriter(Protocol):
+    """What a backend does with a batch (the writer task calls it under ``GroupCommit.lock``)."""
+
+    async def write(self, batch: Batch, progress: ProgressRows) -> Results:
+        """The whole batch in one transaction, committed; the inserts' results. Raises
+        if it did not commit (nothing of it stays)."""
+        ...
+
+    async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
+        """The batch again, each part alone: what the database refuses is rolled back
+        alone (note 10); the rest commits."""
+        ...
+
+    def transient(self, exc: BaseException) -> bool:
+        """True when ``exc`` says the database takes no writes for now (note 9)."""
+        ...
+
+    async def resumed(self) -> None:
+        """Writes commit again after an outage (a backend may tidy up)."""
+        ...
+
+
+class GroupCommit:
+    """Queues writes and has one task commit them in batches (see the module notes)."""
+
+    def __init__(self, name: str, *, progress_interval: float = 0.05) -> None:
+        self.name = name  # the database, as logs and errors name it
+        self.progress_interval = progress_interval
+        self._writer: BatchWriter | None = None
+        self._batch = Batch()
+        self._progress: ProgressRows = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Held by every write of the writer's: a batch, and whatever the backend says.
+        self.lock = asyncio.Lock()
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._close_deadline = 0.0
+        self.batches = 0
+        self.rows_written = 0
+        # Health (note 9): the error of the outage in progress, and totals.
+        self._failing: BaseException | None = None
+        self._failing_since: float | None = None
+        self._failing_at = 0.0
+        self._unhealthy = asyncio.Event()
+        self._retained = 0
+        self.failed_writes = 0
+        self.outages = 0
+        self.last_outage: float | None = None
+        # Told of an operation (its name) the database refused on its own (note 10).
+        self.on_rejected: Callable[[int | None, str, BaseException], None] | None = None
+
+    def start(self, writer: BatchWriter) -> None:
+        """Begin writing through ``writer``."""
+        self._writer = writer
+        # asyncio primitives belong to one loop: made anew for each opening, so a
+        # runtime can be started again under another event loop.
+        self._wake = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self._batch = Batch()
+        self._progress = {}
+        self._progress_timer = None
+        self._closing = False
+        self._unhealthy = asyncio.Event()
+        self._failing = None
+        self._failing_since = None
+        self._retained = 0
+        self._task = asyncio.create_task(self._write_loop(), name="taskrt-store-writer")
+
+    async def close(self, patience: float) -> None:
+        """Write everything queued (trying for ``patience`` seconds while writes fail)."""
+        self._closing = True
+        self._close_deadline = time.monotonic() + patience
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self._writer = None
+
+    # -- queued writes (note 1) ---------------------------------------------
+
+    def insert(self, jobs: list[NewJob]) -> asyncio.Future[Results]:
+        """Queue jobs for the next batch; the future gives one result (or error) per job."""
+        fut: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+        self._batch.inserts.append((jobs, fut))
+        self._wake.set()
+        return fut
+
+    def queue(
+        self, op: Op, params: tuple[Any, ...], job_id: int | None = None
+    ) -> asyncio.Future[None]:
+        """Queue one operation for the next batch; the future resolves when it is committed.
+
+        ``job_id`` names the job a lifecycle operation is about, so that runs of
+        the same operation can be grouped (note 7).
+        """
+        batch = self._batch
+        batch.statements.append((op, params, job_id))
+        self._wake.set()
+        if batch.committed is None:
+            batch.committed = asyncio.get_running_loop().create_future()
+        return batch.committed
+
+    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
+        """Coalesced write-behind of a job's progress (note 3)."""
+        self._progress[job_id] = (current, total, message, seq)
+        if self._progress_timer is None:
+            loop = asyncio.get_running_loop()
+            self._progress_timer = loop.call_later(self.progress_interval, self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        self._progress_timer = None
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed."""
+        await self.queue(FLUSH, ())
+
+    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
+        """Wait for ``fut`` (default: everything queued so far) unless the database fails.
+
+        For reads that overlay the in-memory truth of live jobs: during an
+        outage they go on with what is committed instead of waiting (note 9).
+        """
+        if self._failing is not None:
+            return
+        if fut is None:
+            fut = self.queue(FLUSH, ())
+        if fut.done():
+            return
+        unhealthy: asyncio.Future[Any] = asyncio.ensure_future(self._unhealthy.wait())
+        try:
+            await asyncio.wait([fut, unhealthy], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            unhealthy.cancel()
+        if fut.done() and not fut.cancelled() and fut.exception() is not None:
+            raise fut.exception()  # type: ignore[misc]
+
+    async def _write_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._batch = self._batch, Batch()
+            progress: ProgressRows = {}
+            if self._progress and (
+                self._progress_timer is None or batch.inserts or batch.statements or self._closing
+            ):
+                progress, self._progress = self._progress, {}
+                if self._progress_timer is not None:
+                    self._progress_timer.cancel()
+                    self._progress_timer = None
+            if batch.inserts or batch.statements or progress:
+                if not await self._apply(batch, progress):
+                    # Kept (note 9): first in the next batch, older progress under newer.
+                    self._batch.retain(batch)
+                    self._progress = {**progress, **self._progress}
+                    if self._closing and time.monotonic() >= self._close_deadline:
+                        self._give_up()
+                        return
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    self._wake.set()
+                    continue
+                backoff = BACKOFF_FIRST
+            if self._closing and not self._batch.inserts and not self._batch.statements:
+                if self._progress:
+                    self._wake.set()  # the last coalesced progress, in one more turn
+                    continue
+                return
+
+    def _give_up(self) -> None:
+        """Closing with the database still failing: what is kept is lost (logged)."""
+        batch, self._batch = self._batch, Batch()
+        error = StoreUnavailable(self.name, reason(self._failing or RuntimeError("closed")))
+        log.error(
+            "%d state change(s) were not written to %s before it closed (%s); "
+            "the jobs they belong to run again after a restart",
+            len(batch.statements) + len(self._progress),
+            self.name,
+            error.reason,
+        )
+        self._progress = {}
+        for _, fut in batch.inserts:
+            if not fut.done():
+                fut.set_exception(error)
+        batch.settle(error)
+
+    async def _apply(self, batch: Batch, progress: ProgressRows) -> bool:
+        """Write one batch; False when the database takes no writes (kept, note 9)."""
+        writer = self._writer
+        if writer is None:
+            raise StoreUnavailable(self.name, "the store is not open")
+        async with self.lock:
+            rejected: Rejected = []
+            failure: BaseException | None = None
+            results: Results = []
+            try:
+                results = await writer.write(batch, progress)
+            except Exception as exc:
+                failure = exc
+            if failure is not None and not writer.transient(failure):
+                # One part of the batch is bad: write the parts one by one (note 10).
+                log.warning("a write batch failed (%s); writing its parts apart", failure)
+                try:
+                    results, rejected = await writer.write_parts(batch, progress)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    failure = None
+            if failure is not None:
+                # Adds are not kept: their callers learn now that nothing was stored.
+                error = StoreUnavailable(self.name, reason(failure))
+                error.__cause__ = failure
+                for _, fut in batch.inserts:
+                    if not fut.done():
+                        fut.set_exception(error)
+                batch.inserts.clear()
+                self._outage(failure, len(batch.statements) + len(self._batch.statements))
+                return False
+            if self._failing is not None:
+                self._recovered()
+                await writer.resumed()  # under the lock: nothing else writes meanwhile
+        self.batches += 1
+        self.rows_written += len(results) + len(batch.statements) + len(progress)
+        pos = 0
+        for jobs, fut in batch.inserts:
+            part = results[pos : pos + len(jobs)]
+            pos += len(jobs)
+            if not fut.done():
+                fut.set_result(part)
+        batch.settle(None)
+        for job_id, operation, refusal in rejected:
+            log.error(
+                "the database refused a write of job %s (%s): %s",
+                job_id,
+                operation,
+                refusal,
+            )
+            if self.on_rejected is not None:
+                self.on_rejected(job_id, operation, refusal)
+        return True
+
+    # -- health (note 9) ------------------------------------------------------
+
+    def health(self) -> StoreHealth:
+        failing = self._failing
+        return StoreHealth(
+            ok=failing is None,
+            error=None if failing is None else reason(failing),
+            since=self._failing_since,
+            retained=self._retained,
+            failed_writes=self.failed_writes,
+            outages=self.outages,
+            last_outage=self.last_outage,
+        )
+
+    @property
+    def failing(self) -> bool:
+        return self._failing is not None
+
+    def _outage(self, exc: BaseException, retained: int) -> None:
+        self.failed_writes += 1
+        self._retained = retained
+        if self._failing is None:
+            self._failing_since = time.time()
+            self._failing_at = time.monotonic()
+            self.outages += 1
+            self._unhealthy.set()
+            log.error(
+                "writes to %s fail: %s; %d state change(s) kept in memory and "
+                "written again as soon as the database takes writes",
+                self.name,
+                reason(exc),
+                retained,
+            )
+        self._failing = exc
+
+    def _recovered(self) -> None:
+        self.last_outage = time.monotonic() - self._failing_at
+        log.warning(
+            "writes to %s resumed after %.2fs (%d state change(s) written)",
+            self.name,
+            self.last_outage,
+            self._retained,
+        )
+        self._failing = None
+        self._failing_since = None
+        self._retained = 0
+        self._unhealthy = asyncio.Event()
