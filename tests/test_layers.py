@@ -1,4 +1,4 @@
-"""The storage boundary: only the SQLite store imports a database driver or holds SQL.
+"""The storage boundary: only the store imports a database driver or holds SQL.
 
 Everything above the store talks to it through its operations (add, start,
 succeed, recover, schedules, ...), so a second backend plugs in at one place.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "taskrt"
-STORE = "store/sqlite/"  # the SQLite implementation: the one place for a driver and SQL
+STORE = "store/"  # the store and its backends: the one place for a driver and SQL
 DRIVERS = {"sqlite3", "aiosqlite", "asyncpg"}
 SQL = re.compile(
     r"\b(SELECT\s+.+\s+FROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM"

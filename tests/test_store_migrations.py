@@ -17,7 +17,7 @@ from core_support import rows, write
 
 from taskrt import JobContext, JobStatus, Runtime, Task
 from taskrt.errors import SchemaTooNew
-from taskrt.store import MIGRATIONS, SCHEMA_VERSION, Store
+from taskrt.store import MIGRATIONS, SCHEMA_VERSION, Store, queries
 from taskrt.store.sqlite import sql
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1.0.db"
@@ -239,11 +239,11 @@ async def test_a_new_file_starts_with_no_counts_and_a_first_release_file_is_coun
 
 
 WINDOW_STATEMENTS = {
-    "level_top": (sql.SQL_LEVEL_TOP, ("mail",)),
-    "level_below": (sql.SQL_LEVEL_BELOW, ("mail", 5)),
-    "ready": (sql.SQL_READY, ("mail", 0, 100.0, 10)),
-    "ready_after": (sql.SQL_READY_AFTER, ("mail", 0, 100.0, 50.0, 50.0, 7, 10)),
-    "delayed": (sql.SQL_DELAYED, ("mail", 0, 100.0, 100.0, 2**63 - 1, 10)),
+    "level_top": (queries.SQL_LEVEL_TOP, ("mail",)),
+    "level_below": (queries.SQL_LEVEL_BELOW, ("mail", 5)),
+    "ready": (queries.SQL_READY, ("mail", 0, 100.0, 10)),
+    "ready_after": (queries.SQL_READY_AFTER, ("mail", 0, 100.0, 50.0, 50.0, 7, 10)),
+    "delayed": (queries.SQL_DELAYED, ("mail", 0, 100.0, 100.0, 2**63 - 1, 10)),
 }
 
 

@@ -1,8 +1,8 @@
 """The SQLite store: the embedded default (see the ``taskrt.store`` notes)."""
 
 from ..protocol import InsertResult, NewJob
+from ..rows import dumps
 from .connection import Connection
-from .rows import dumps
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .store import Store, Synchronous
 

@@ -19,9 +19,9 @@ from ...errors import StoreError, StoreUnavailable
 from ...models import JobStatus, ScheduleDefinition, ScheduleInfo
 from ..groupcommit import reason
 from ..ops import FAIL
+from ..rows import row_to_schedule
 from .batch import in_thread, transient
 from .counts import Tally, write_one
-from .rows import row_to_schedule
 from .sql import (
     SQL_SCHEDULE_DEFINE,
     SQL_SCHEDULE_DELETE,

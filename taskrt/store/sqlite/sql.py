@@ -24,6 +24,9 @@ from ..ops import (
     Op,
     source_statuses,
 )
+from ..queries import (
+    MINUTE_COLUMNS,
+)
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -177,12 +180,6 @@ DELETE FROM job_counts;
 INSERT INTO job_counts (pool, status, n) SELECT pool, status, count(*) FROM jobs GROUP BY pool, status;
 """
 
-JOB_COLUMNS = (
-    "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
-    "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
-    "finished_at, timeout, retry, recoveries, seq"
-)
-
 INSERT_JOB = (
     "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
     "unique_key, created_at, run_at, timeout, retry, seq, external) "
@@ -318,24 +315,15 @@ SQL_COUNTS_ADD = (
 SQL_COUNTS = "SELECT pool, status, n FROM job_counts"
 SQL_COUNTS_LIVE = "SELECT pool, status, n FROM job_counts WHERE n != 0 ORDER BY pool, status"
 SQL_COUNT_OF = "SELECT n FROM job_counts WHERE pool = ? AND status = ?"
-SQL_COUNTS_BY_STATUS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
 SQL_POOL_STATUS = "SELECT pool, status FROM jobs WHERE id = ?"
 
 
 # Added to what a minute already holds (history: schema version 4).
-MINUTE_COLUMNS = "succeeded, failed, cancelled, retried, duration_sum, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11"
 SQL_MINUTES = (
     f"INSERT INTO job_minutes (minute, pool, task, {MINUTE_COLUMNS}) VALUES ("
     + ", ".join(["?"] * 20)
     + ") ON CONFLICT (minute, pool, task) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in MINUTE_COLUMNS.split(", "))
-)
-# Every column of the minutes in a window summed (statistics; by the primary key's
-# leading minute): .format("" or "WHERE minute >= ? AND ...").
-SQL_MINUTE_TOTALS = (
-    "SELECT "
-    + ", ".join(f"coalesce(sum({c}), 0)" for c in MINUTE_COLUMNS.split(", "))
-    + " FROM job_minutes {}"
 )
 # After SQL_RETRY_EXTERNAL in one script: only if that put the job back
 # (``changes()`` is the row count of the connection's previous statement).
@@ -356,27 +344,6 @@ def failure_params(
     return (error, finished_at, current, total, message, seq, attempts, job_id, pool, str(was))
 
 
-# -- the waiting window (schema version 5, note 13) ----------------------------------
-# Every statement names status = 'WAITING' as a literal and the pool, so SQLite
-# reads jobs_waiting (pool, priority, run_at, id): a priority level is one seek,
-# and a level's rows come in (run_at, id) order without a sort.
-
-_WAITING_OF_POOL = "FROM jobs WHERE pool = ? AND status = 'WAITING'"
-SQL_LEVEL_TOP = f"SELECT max(priority) {_WAITING_OF_POOL}"
-SQL_LEVEL_BELOW = f"SELECT max(priority) {_WAITING_OF_POOL} AND priority < ?"
-# (run_at, id) strictly after (?, ?), written so that run_at >= ? bounds the index range.
-_AFTER = "run_at >= ? AND (run_at > ? OR id > ?)"
-_IN_RUN_ORDER = "ORDER BY run_at, id LIMIT ?"
-SQL_READY = (
-    f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND run_at <= ? {_IN_RUN_ORDER}"
-)
-SQL_READY_AFTER = (
-    f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND run_at <= ? AND {_AFTER} "
-    f"{_IN_RUN_ORDER}"
-)
-SQL_DELAYED = (
-    f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND {_AFTER} {_IN_RUN_ORDER}"
-)
 SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')"
 
 

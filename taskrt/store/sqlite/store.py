@@ -43,17 +43,18 @@ from ..ops import (
     SUCCEED,
 )
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
+from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
+from ..rows import json_path, row_to_job, row_to_schedule
+from ..stats import stats
+from ..window import delayed_jobs, ready_jobs
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
-from .rows import json_path, row_to_job, row_to_schedule
 from .schema import migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
-    JOB_COLUMNS,
-    MINUTE_COLUMNS,
     ORPHAN_WHERE,
     PURGE_WHERE,
     RECOVER_CANCELLED_WHERE,
@@ -82,8 +83,6 @@ from .sql import (
     failure_params,
     tally,
 )
-from .stats import stats
-from .window import delayed_jobs, ready_jobs
 from .writer import SqliteBatches
 
 log = logging.getLogger("taskrt.store")

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from ...models import JobInfo, JobStatus, ScheduleInfo
+from ..models import JobInfo, JobStatus, ScheduleInfo
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 

@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ...counters import p95_bucket
-from ...models import JobStatus
-from .sql import SQL_COUNTS_BY_STATUS, SQL_MINUTE_TOTALS
+from ..counters import p95_bucket
+from ..models import JobStatus
+from .queries import SQL_COUNTS_BY_STATUS, SQL_MINUTE_TOTALS
 
 Fetch = Callable[[str, Sequence[Any]], Awaitable[list[sqlite3.Row]]]
 

@@ -20,9 +20,9 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ...models import JobInfo
+from ..models import JobInfo
+from .queries import SQL_DELAYED, SQL_LEVEL_BELOW, SQL_LEVEL_TOP, SQL_READY, SQL_READY_AFTER
 from .rows import row_to_job
-from .sql import SQL_DELAYED, SQL_LEVEL_BELOW, SQL_LEVEL_TOP, SQL_READY, SQL_READY_AFTER
 
 Fetch = Callable[[str, Sequence[Any]], Awaitable[list[sqlite3.Row]]]
 

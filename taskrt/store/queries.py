@@ -1,0 +1,46 @@
+"""Statements every backend shares, written with ``?`` placeholders.
+
+A backend whose driver numbers its parameters (PostgreSQL's ``$1``) rewrites
+them once (``postgres.sql.numbered``). These are the reads whose text is the
+same in both dialects: a job's columns, the waiting window (note 13), the
+statistics (``stats``).
+"""
+
+from __future__ import annotations
+
+JOB_COLUMNS = (
+    "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
+    "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
+    "finished_at, timeout, retry, recoveries, seq"
+)
+
+MINUTE_COLUMNS = "succeeded, failed, cancelled, retried, duration_sum, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11"
+# Every column of the minutes in a window summed (statistics; by the primary key's
+# leading minute): .format("" or "WHERE minute >= ? AND ...").
+SQL_MINUTE_TOTALS = (
+    "SELECT "
+    + ", ".join(f"coalesce(sum({c}), 0)" for c in MINUTE_COLUMNS.split(", "))
+    + " FROM job_minutes {}"
+)
+SQL_COUNTS_BY_STATUS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
+# -- the waiting window (schema version 5, note 13) ----------------------------------
+# Every statement names status = 'WAITING' as a literal and the pool, so SQLite
+# reads jobs_waiting (pool, priority, run_at, id): a priority level is one seek,
+# and a level's rows come in (run_at, id) order without a sort.
+
+_WAITING_OF_POOL = "FROM jobs WHERE pool = ? AND status = 'WAITING'"
+SQL_LEVEL_TOP = f"SELECT max(priority) {_WAITING_OF_POOL}"
+SQL_LEVEL_BELOW = f"SELECT max(priority) {_WAITING_OF_POOL} AND priority < ?"
+# (run_at, id) strictly after (?, ?), written so that run_at >= ? bounds the index range.
+_AFTER = "run_at >= ? AND (run_at > ? OR id > ?)"
+_IN_RUN_ORDER = "ORDER BY run_at, id LIMIT ?"
+SQL_READY = (
+    f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND run_at <= ? {_IN_RUN_ORDER}"
+)
+SQL_READY_AFTER = (
+    f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND run_at <= ? AND {_AFTER} "
+    f"{_IN_RUN_ORDER}"
+)
+SQL_DELAYED = (
+    f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND {_AFTER} {_IN_RUN_ORDER}"
+)
