@@ -27,30 +27,29 @@ Registration is explicit: a backend is one entry of ``REGISTRY``, a
   takes them again. Tests of writes kept through an outage (store note 9)
   skip a backend without one.
 
-Adding PostgreSQL later is one more entry, for example::
+``required()`` says whether the backend must run here (PostgreSQL under
+``TASKRT_REQUIRE_POSTGRES=1``): its unavailability then fails the tests
+instead of skipping them (``skip_unavailable``).
 
-    def _postgres(where: Path) -> AbstractAsyncContextManager[JobStore]:
-        return _opened(PgStore(os.environ["TASKRT_PG_DSN"], schema=schema_for(where)))
-
-    REGISTRY["postgres"] = Backend(
-        "postgres",
-        _postgres,
-        AppSQL(create=..., insert="INSERT INTO notes (body) VALUES ($1)", select=...),
-        unavailable=lambda: None if "TASKRT_PG_DSN" in os.environ else "TASKRT_PG_DSN unset",
-    )
-
-and nothing else: ``BACKENDS`` lists the registry's names in order.
+PostgreSQL: each test gets a schema of its own (``pg_server.fresh_schema``)
+in the test session's own database (``pg_server``); reopening with the same
+``where`` reaches the same schema. ``BACKENDS`` lists the registry's names in order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pg_server
+import pytest
+
 from taskrt.store import JobStore, Store
+from taskrt.store.postgres import PgStore
 
 Outage = Callable[[JobStore], AbstractAsyncContextManager[None]]
 
@@ -75,6 +74,7 @@ class Backend:
     sql: AppSQL
     unavailable: Callable[[], str | None] = lambda: None
     outage: Outage | None = None
+    required: Callable[[], bool] = lambda: False
 
 
 @contextlib.asynccontextmanager
@@ -111,8 +111,27 @@ SQLITE_SQL = AppSQL(
     select="SELECT body FROM notes ORDER BY body",
 )
 
+
+def _postgres(where: Path) -> AbstractAsyncContextManager[JobStore]:
+    url = pg_server.require()
+    return _opened(PgStore(url, schema=pg_server.fresh_schema(where)))
+
+
+POSTGRES_SQL = AppSQL(
+    create="CREATE TABLE notes (body TEXT NOT NULL)",
+    insert="INSERT INTO notes (body) VALUES ($1)",
+    select="SELECT body FROM notes ORDER BY body",
+)
+
 REGISTRY: dict[str, Backend] = {
     "sqlite": Backend("sqlite", _sqlite, SQLITE_SQL, outage=_sqlite_full_disk),
+    "postgres": Backend(
+        "postgres",
+        _postgres,
+        POSTGRES_SQL,
+        unavailable=pg_server.unavailable,
+        required=lambda: os.environ.get(pg_server.REQUIRE_ENV) == "1",
+    ),
 }
 
 BACKENDS: list[str] = list(REGISTRY)
@@ -134,3 +153,13 @@ def unavailable(kind: str) -> str | None:
 
 def outage(kind: str) -> Outage | None:
     return REGISTRY[kind].outage
+
+
+def skip_unavailable(kind: str) -> None:
+    """Skip the test when ``kind`` cannot run here, or fail it when it must run."""
+    reason = unavailable(kind)
+    if reason is None:
+        return
+    if REGISTRY[kind].required():
+        pytest.fail(f"{kind} is required here ({pg_server.REQUIRE_ENV}=1) but: {reason}")
+    pytest.skip(f"{kind}: {reason}")

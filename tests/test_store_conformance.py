@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_backends import BACKENDS, AppSQL, app_sql, open_store, outage, unavailable
+from store_backends import BACKENDS, AppSQL, app_sql, open_store, outage, skip_unavailable
 
 from taskrt.errors import DuplicateJobId, StoreError
 from taskrt.models import (
@@ -52,9 +52,7 @@ class Boom(Exception):
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
-    reason = unavailable(kind)
-    if reason is not None:
-        pytest.skip(f"{kind}: {reason}")
+    skip_unavailable(kind)
     return kind
 
 

@@ -1,0 +1,46 @@
+"""The PostgreSQL store: for many processes on many machines (``taskrt.store`` notes hold for it too).
+
+Notes of this backend (cited where they apply):
+
+1. **Ids in commit order.** The last issued id is one row (``job_ids``), read
+   ``FOR UPDATE`` by each transaction that adds jobs: adds commit one after
+   the other, so ids strictly increase in the order jobs become visible, are
+   never reused (deleting jobs leaves the row), and an explicit id (a
+   ``next_id`` hook) must be above it, as on SQLite.
+2. **Versioned migrations in a schema of the user's choice** (``?schema=``,
+   default ``taskrt``). Opening runs them from the recorded version
+   (``meta.schema.version``) in one transaction under an advisory lock, so
+   several processes may start at once; ``taskrt migrate`` runs them alone. A
+   newer version is refused with ``SchemaTooNew``. taskrt's connections have
+   ``search_path`` = that schema, then ``public``.
+3. **One statement per group.** A run of one lifecycle write for many jobs is
+   one ``UPDATE ... FROM unnest(...)`` that locks the rows it moves and returns,
+   for each, its pool and the status it left: the counts (``job_counts``) move
+   by exactly that, in the same transaction, whatever the caller believed, and
+   the caller's ``was`` only documents the call. The counts' rows are updated in
+   key order, so two writers never deadlock on them.
+4. **The database holds unique keys.** ``jobs_unique_live`` is a unique
+   partial index; an add asks who holds its keys first (the common answer)
+   and inserts with ``ON CONFLICT DO NOTHING``, so a key taken in between by
+   another node is answered with that node's job, never a second live job.
+5. **What failures mean.** Connection errors and the SQLSTATE classes of
+   insufficient resources (a full disk), operator intervention (a restart),
+   system errors, transaction rollbacks (deadlock, serialization) and
+   unavailable locks are the database's for now: the batch is kept and written
+   again (store note 9), on a fresh connection of the pool. Any other error is
+   one part's (store note 10).
+"""
+
+from .sql import MIGRATIONS, SCHEMA_VERSION
+from .store import DEFAULT_SCHEMA, SCHEMES, PgStore, PgTransaction, is_postgres_url, redacted
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SCHEMES",
+    "PgStore",
+    "PgTransaction",
+    "is_postgres_url",
+    "redacted",
+]

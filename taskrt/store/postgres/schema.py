@@ -1,0 +1,52 @@
+"""The schema's version and its migrations, safe from many processes at once (note 2)."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from ...errors import SchemaTooNew
+from .sql import MIGRATIONS, SCHEMA_VERSION, SQL_SET_VERSION, SQL_VERSION
+
+log = logging.getLogger("taskrt.store")
+
+
+def _lock_key(schema: str) -> str:
+    return f"taskrt.migrate.{schema}"
+
+
+async def version(conn: asyncpg.Connection, schema: str) -> int:
+    """The schema's version (0: no taskrt tables in it yet)."""
+    found = await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".meta')
+    if found is None:
+        return 0
+    value = await conn.fetchval(SQL_VERSION.replace("FROM meta", f'FROM "{schema}".meta'))
+    return 0 if value is None else int(value)
+
+
+async def migrate(conn: asyncpg.Connection, schema: str, name: str) -> int:
+    """Bring ``schema`` to ``SCHEMA_VERSION`` in one transaction; refuse a newer one.
+
+    Several processes may open the database at once: each takes a transaction
+    advisory lock named after the schema before it reads the version, so the
+    migrations run exactly once and the others find them done. Returns the
+    version found before.
+    """
+    if await version(conn, schema) == SCHEMA_VERSION:
+        return SCHEMA_VERSION
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _lock_key(schema))
+        found = await version(conn, schema)
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(name, found, SCHEMA_VERSION)
+        if found < SCHEMA_VERSION:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET LOCAL search_path = "{schema}"')
+            for number in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    await conn.execute(statement)
+            await conn.execute(SQL_SET_VERSION, str(SCHEMA_VERSION))
+    if found:
+        log.info("upgraded %s from schema version %d to %d", name, found, SCHEMA_VERSION)
+    return found

@@ -1,0 +1,910 @@
+"""``PgStore``: jobs, attempts, schedules and the lease in a PostgreSQL schema (``taskrt.store.postgres``).
+
+The same operations as the SQLite store (``JobStore``), in PostgreSQL's
+dialect, through asyncpg's pool. The notes are the package's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from ...errors import InvalidOption, StoreError, StoreUnavailable
+from ...models import (
+    AttemptInfo,
+    AttemptOutcome,
+    JobInfo,
+    JobStatus,
+    ScheduleDefinition,
+    ScheduleInfo,
+    StoreHealth,
+)
+from ..groupcommit import GroupCommit, reason
+from ..ops import (
+    ATTEMPT,
+    CANCEL,
+    CLEAR_EXTERNAL,
+    FAIL,
+    MINUTES,
+    REQUEUE,
+    RETRIED,
+    SCHEDULE_FAILED,
+    START,
+    SUCCEED,
+)
+from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord
+from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
+from ..rows import row_to_job, row_to_schedule
+from ..stats import stats
+from ..window import delayed_jobs, ready_jobs
+from .schema import migrate
+from .sql import (
+    CANCEL_WAITING_EXTERNAL_WHERE,
+    CLEANUP_WHERE,
+    ORPHAN_WHERE,
+    PURGE_WHERE,
+    RECOVER_CANCELLED_WHERE,
+    RECOVER_WHERE,
+    RETRY_EXTERNAL_WHERE,
+    SQL_ATTEMPTS,
+    SQL_CANCEL_WAITING_EXTERNAL,
+    SQL_CLAIM,
+    SQL_CLEANUP,
+    SQL_COUNT_OF,
+    SQL_COUNTS,
+    SQL_COUNTS_LIVE,
+    SQL_DELETE_ATTEMPTS,
+    SQL_INTERRUPT_ATTEMPTS,
+    SQL_ORPHAN,
+    SQL_OWNER,
+    SQL_PAUSED_POOLS,
+    SQL_PURGE,
+    SQL_RECOVER,
+    SQL_RECOVER_CANCELLED,
+    SQL_RELEASE,
+    SQL_REQUEST_CANCEL,
+    SQL_RESCHEDULE,
+    SQL_RETRIED_ONE,
+    SQL_RETRY_EXTERNAL,
+    SQL_SCHEDULE_DEFINE,
+    SQL_SCHEDULE_DELETE,
+    SQL_SCHEDULE_FIRED,
+    SQL_SCHEDULE_GET,
+    SQL_SCHEDULE_INSERT,
+    SQL_SCHEDULE_ORPHANS,
+    SQL_SCHEDULE_PAUSE,
+    SQL_SCHEDULE_RAN,
+    SQL_SCHEDULE_RESUME,
+    SQL_SCHEDULES,
+    SQL_SCHEDULES_BUMP,
+    SQL_SCHEDULES_VERSION,
+    SQL_SEQ_GAP,
+    SQL_SET_PAUSED,
+    SQL_UNIQUE_HOLDER,
+    numbered,
+    tally,
+)
+from .writer import Key, PgBatches, Tally, insert_jobs, run_group, transient
+
+log = logging.getLogger("taskrt.store")
+
+SCHEMES = ("postgresql", "postgres")
+"""URL schemes of a PostgreSQL database (``Runtime("postgresql://...")``)."""
+
+DEFAULT_SCHEMA = "taskrt"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Query parameters of the URL that are taskrt's, not the driver's.
+_OWN_PARAMETERS = ("schema", "statement_cache_size")
+
+
+def is_postgres_url(target: str) -> bool:
+    return urlsplit(target).scheme in SCHEMES
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PgStore:
+    """PostgreSQL persistence with group commit (see the ``taskrt.store.postgres`` notes).
+
+    ``url``: ``postgresql://user@host:port/database`` (or ``postgres://``),
+    with optional query parameters of taskrt's: ``schema`` (where the tables
+    live, default ``taskrt``; created if missing) and ``statement_cache_size``
+    (``0`` behind PgBouncer in transaction mode); the others go to the server.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        progress_interval: float = 0.05,
+        schema: str | None = None,
+        statement_cache_size: int | None = None,
+        min_connections: int = 2,
+        max_connections: int = 10,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES:
+            raise InvalidOption("database", f"expected a postgresql:// URL, found {url!r}")
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        chosen = schema or query.get("schema") or DEFAULT_SCHEMA
+        if not _IDENTIFIER.fullmatch(chosen):
+            raise InvalidOption(
+                "schema",
+                f"expected a PostgreSQL identifier (letters, digits, _; at most 63), found {chosen!r}",
+            )
+        cache = statement_cache_size
+        if cache is None and "statement_cache_size" in query:
+            try:
+                cache = int(query["statement_cache_size"])
+            except ValueError:
+                raise InvalidOption(
+                    "statement_cache_size",
+                    f"expected an integer, found {query['statement_cache_size']!r}",
+                ) from None
+        self.url = url
+        self.path = redacted(url)  # how logs and errors name the database
+        self.schema = chosen
+        self.statement_cache_size = 100 if cache is None else cache
+        self._dsn = urlunsplit(
+            parts._replace(
+                query=urlencode([(k, v) for k, v in query.items() if k not in _OWN_PARAMETERS])
+            )
+        )
+        self._min = min_connections
+        self._max = max_connections
+        self._pool: asyncpg.Pool | None = None
+        self._writes = GroupCommit(self.path, progress_interval=progress_interval)
+        self._counts: dict[Key, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            admin = await asyncpg.connect(self._dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        try:
+            await migrate(admin, self.schema, self.path)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        finally:
+            await admin.close()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min,
+                max_size=self._max,
+                statement_cache_size=self.statement_cache_size,
+                server_settings={"search_path": f'"{self.schema}", public'},
+            )
+            self._replace_counts(await self._pool.fetch(SQL_COUNTS))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self._close_pool()
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        self._writes.start(PgBatches(self._pool, self._counts))
+
+    async def close(self, patience: float = 10.0) -> None:
+        """Write everything queued (trying ``patience`` seconds while writes fail), disconnect."""
+        if self._pool is not None:
+            await self._writes.close(patience)
+        await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.error("closing %s failed: %s", self.path, exc)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        return self._pool
+
+    def _replace_counts(self, rows: Iterable[Any]) -> None:
+        self._counts.clear()
+        self._counts.update({(str(r[0]), str(r[1])): int(r[2]) for r in rows})
+
+    # -- the group commit ------------------------------------------------------
+
+    @property
+    def batches(self) -> int:
+        return self._writes.batches
+
+    @property
+    def rows_written(self) -> int:
+        return self._writes.rows_written
+
+    @property
+    def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
+        return self._writes.on_rejected
+
+    @on_rejected.setter
+    def on_rejected(
+        self, callback: Callable[[int | None, str, BaseException], None] | None
+    ) -> None:
+        self._writes.on_rejected = callback
+
+    def health(self) -> StoreHealth:
+        return self._writes.health()
+
+    @property
+    def failing(self) -> bool:
+        return self._writes.failing
+
+    def insert(self, jobs: list[NewJob]) -> Any:
+        return self._writes.insert(jobs)
+
+    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
+        self._writes.progress(job_id, current, total, message, seq)
+
+    async def flush(self) -> None:
+        await self._writes.flush()
+
+    async def settle(self, fut: Any = None) -> None:
+        await self._writes.settle(fut)
+
+    # -- a job's lifecycle: queued writes (params as ``taskrt.store.ops`` lists them) ----
+
+    def start(self, job_id: int, attempt: int, now: float, seq: int, *, pool: str) -> Any:
+        return self._writes.queue(START, (attempt, now, seq, job_id, pool), job_id)
+
+    def record_attempt(
+        self,
+        job_id: int,
+        number: int,
+        started_at: float,
+        finished_at: float,
+        outcome: AttemptOutcome,
+        error: str | None,
+        traceback: str | None,
+        retry_at: float | None = None,
+    ) -> Any:
+        params = (
+            job_id,
+            number,
+            started_at,
+            finished_at,
+            outcome.value,
+            error,
+            traceback,
+            None if retry_at is None else "retry",
+            retry_at,
+        )
+        return self._writes.queue(ATTEMPT, params, job_id)
+
+    def record_minutes(self, rows: Sequence[MinuteRow]) -> Any:
+        fut = None
+        for row in rows:
+            fut = self._writes.queue(MINUTES, tuple(row))
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+        return fut
+
+    def retried(self, job_id: int, at: float) -> Any:
+        return self._writes.queue(RETRIED, (at, job_id, job_id), job_id)
+
+    def succeed(
+        self,
+        job_id: int,
+        result_json: str | None,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        *,
+        pool: str,
+    ) -> Any:
+        current, total, message = progress
+        params = (result_json, finished_at, current, total, message, seq, job_id, pool)
+        return self._writes.queue(SUCCEED, params, job_id)
+
+    def fail(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        attempts: int,
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
+    ) -> Any:
+        current, total, message = progress
+        params = (
+            error,
+            finished_at,
+            current,
+            total,
+            message,
+            seq,
+            attempts,
+            job_id,
+            pool,
+            was.value,
+        )
+        return self._writes.queue(FAIL, params, job_id)
+
+    def cancel(
+        self,
+        job_id: int,
+        finished_at: float,
+        seq: int,
+        error: str | None,
+        *,
+        pool: str,
+        was: JobStatus,
+    ) -> Any:
+        return self._writes.queue(
+            CANCEL, (finished_at, seq, error, job_id, pool, was.value), job_id
+        )
+
+    def requeue(
+        self,
+        job_id: int,
+        run_at: float,
+        error: str | None,
+        seq: int,
+        attempts: int,
+        max_attempts: int | None,
+        progress: tuple[float, float, str],
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
+    ) -> Any:
+        current, total, message = progress
+        params = (
+            run_at,
+            error,
+            seq,
+            attempts,
+            max_attempts,
+            current,
+            total,
+            message,
+            job_id,
+            pool,
+            was.value,
+        )
+        return self._writes.queue(REQUEUE, params, job_id)
+
+    def schedule_failed(self, name: str) -> Any:
+        return self._writes.queue(SCHEDULE_FAILED, (name,))
+
+    def clear_external(self, job_id: int, seq: int, cancel_requested: bool) -> Any:
+        return self._writes.queue(CLEAR_EXTERNAL, (job_id, seq, int(cancel_requested)))
+
+    # -- transactions ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgTransaction]:
+        """A transaction on a connection of its own (the group commit goes on meanwhile)."""
+        try:
+            conn = await self.pool.acquire()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _error(self.path, exc) from exc
+        try:
+            tx = conn.transaction()
+            try:
+                await tx.start()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise _error(self.path, exc) from exc
+            handle = PgTransaction(conn)
+            try:
+                yield handle
+            except BaseException:
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await tx.rollback()
+                raise
+            try:
+                rows = await conn.fetch(SQL_COUNTS) if handle.counts_changed else None
+                await tx.commit()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await tx.rollback()
+                raise _error(self.path, exc) from exc
+            if rows is not None:
+                self._replace_counts(rows)
+        finally:
+            await self.pool.release(conn)
+
+    async def insert_in(self, tx: Any, jobs: Sequence[NewJob]) -> list[InsertResult]:
+        """Insert jobs inside the open transaction ``tx`` (transactional enqueue)."""
+        if not isinstance(tx, PgTransaction):
+            raise StoreError(f"expected a transaction of this store, found {tx!r}")
+        counted = Tally()
+        try:
+            results = await insert_jobs(tx.conn, [list(jobs)], counted)
+            await counted.apply(tx.conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _error(self.path, exc) from exc
+        tx.counts_changed = True
+        out: list[InsertResult] = []
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+            out.append(res)
+        return out
+
+    # -- immediate operations ------------------------------------------------------
+
+    async def _script(self, steps: Sequence[tuple[Any, ...]]) -> list[int]:
+        """Statements in one transaction, now; their row counts. A step of three (a
+        ``tally``, its params, a status or None) counts the rows the next statement
+        is about to change (locked) as moving there (note 3)."""
+        counted = Tally()
+        rowcounts: list[int] = []
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for step in steps:
+                    if len(step) == 3:
+                        sql, params, to = step
+                        for pool, status, n in await conn.fetch(sql, *params):
+                            counted.move(
+                                str(pool), str(status), None if to is None else to.value, int(n)
+                            )
+                    else:
+                        rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
+                rows = await counted.commit(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _error(self.path, exc) from exc
+        if rows is not None:
+            self._counts.clear()
+            self._counts.update(rows)
+        return rowcounts
+
+    async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(SQL_OWNER + " FOR UPDATE")
+                await conn.execute(SQL_CLAIM, owner, address, now)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
+        return None if row is None else str(row[0])
+
+    async def owner_record(self) -> OwnerRecord | None:
+        row = await self.fetch_one(SQL_OWNER)
+        if row is None:
+            return None
+        return OwnerRecord(str(row[0]), row[1], float(row[2] or 0.0))
+
+    async def release_lease(self, owner: str) -> None:
+        await self._script([(SQL_RELEASE, (owner,))])
+
+    async def paused_pools(self) -> set[str]:
+        return {str(r[0]) for r in await self.fetch_all(SQL_PAUSED_POOLS)}
+
+    async def set_pool_paused(self, name: str, paused: bool) -> None:
+        await self._script([(SQL_SET_PAUSED, (name, int(paused)))])
+
+    async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
+        _, _, _, recovered, _, orphaned = await self._script(
+            [
+                (SQL_SEQ_GAP, (seq_gap,)),
+                (SQL_INTERRUPT_ATTEMPTS, (now,)),
+                (tally(RECOVER_CANCELLED_WHERE), (), JobStatus.CANCELLED),
+                (SQL_RECOVER_CANCELLED, (now,)),
+                (tally(RECOVER_WHERE), (max_recoveries,), JobStatus.WAITING),
+                (SQL_RECOVER, (max_recoveries,)),
+                (SQL_SCHEDULE_ORPHANS, ()),
+                (tally(ORPHAN_WHERE), (), JobStatus.FAILURE),
+                (SQL_ORPHAN, (now,)),
+            ]
+        )
+        return recovered, orphaned
+
+    async def cancel_external(self, job_id: int, now: float) -> None:
+        await self._script(
+            [
+                (tally(CANCEL_WAITING_EXTERNAL_WHERE), (job_id,), JobStatus.CANCELLED),
+                (SQL_CANCEL_WAITING_EXTERNAL, (job_id, now)),
+                (SQL_REQUEST_CANCEL, (job_id,)),
+            ]
+        )
+
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
+        changed = await self._script(
+            [
+                (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
+                (SQL_RETRY_EXTERNAL, (job_id, now, max_attempts)),
+            ]
+        )
+        if changed[0]:
+            await self._script([(SQL_RETRIED_ONE, (job_id, now))])
+
+    async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
+        values = [s.value for s in statuses]
+        return await self._delete(tally(CLEANUP_WHERE), SQL_CLEANUP, (before, values))
+
+    async def purge(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        return await self._delete(tally(PURGE_WHERE), SQL_PURGE, (list(ids),))
+
+    async def _delete(self, count_sql: str, sql: str, params: tuple[Any, ...]) -> int:
+        """Delete jobs and their attempts in one transaction, counted (note 3)."""
+        counted = Tally()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for pool, status, n in await conn.fetch(count_sql, *params):
+                    counted.move(str(pool), str(status), None, int(n))
+                deleted = [int(r[0]) for r in await conn.fetch(sql, *params)]
+                if deleted:
+                    await conn.execute(SQL_DELETE_ATTEMPTS, deleted)
+                rows = await counted.commit(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _error(self.path, exc) from exc
+        if rows is not None:
+            self._counts.clear()
+            self._counts.update(rows)
+        return len(deleted)
+
+    async def reschedule(self, job_id: int, run_at: float, *, external: bool = False) -> bool:
+        counts = await self._script([(SQL_RESCHEDULE, (run_at, int(external), job_id))])
+        return counts[0] == 1
+
+    async def prune_history(self, before_minute: int) -> int:
+        (deleted,) = await self._script(
+            [("DELETE FROM job_minutes WHERE minute < $1", (before_minute,))]
+        )
+        return deleted
+
+    # -- reads -------------------------------------------------------------------
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return list(await self.pool.fetch(sql, *params))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def _shared(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A statement of ``queries`` (``?`` placeholders); NaN, which matches
+        nothing, as NULL (which matches nothing either)."""
+        values = [None if isinstance(p, float) and math.isnan(p) else p for p in params]
+        return await self.fetch_all(numbered(sql), values)
+
+    async def get_job(self, job_id: int) -> JobInfo | None:
+        row = await self.fetch_one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", (job_id,))
+        return None if row is None else row_to_job(row)
+
+    async def get_jobs(self, ids: Iterable[int]) -> list[JobInfo]:
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::bigint[])", (list(ids),)
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def list_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+        run_after: float | None = None,
+        created_before: float | None = None,
+        ids: Sequence[int] | None = None,
+    ) -> list[JobInfo]:
+        clause, params = _filter(
+            status, pool, task, metadata, before_id, run_after, created_before, ids
+        )
+        params.append(limit)
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ${len(params)}",
+            params,
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def count_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_after: float | None = None,
+        created_before: float | None = None,
+    ) -> int:
+        if task is None and not metadata and run_after is None and created_before is None:
+            counts = await self.live_counts()
+            wanted = set(status) if status is not None else None
+            return sum(
+                n
+                for name, by_status in counts.items()
+                if pool is None or name == pool
+                for s, n in by_status.items()
+                if wanted is None or s in wanted
+            )
+        clause, params = _filter(
+            status, pool, task, metadata, None, run_after, created_before, None
+        )
+        row = await self.fetch_one(f"SELECT count(*) FROM jobs {clause}", params)
+        return int(row[0]) if row else 0
+
+    async def attempts(self, job_id: int) -> list[AttemptInfo]:
+        return [
+            AttemptInfo(
+                job_id=r[0],
+                number=r[1],
+                started_at=r[2],
+                finished_at=r[3],
+                outcome=AttemptOutcome(r[4]),
+                error=r[5],
+                traceback=r[6],
+                next=r[7],
+                next_at=r[8],
+            )
+            for r in await self.fetch_all(SQL_ATTEMPTS, (job_id,))
+        ]
+
+    async def history(
+        self,
+        since_minute: int,
+        until_minute: int,
+        step_minutes: int,
+        *,
+        pool: str | None = None,
+        task: str | None = None,
+    ) -> list[MinuteRow]:
+        where = ["minute >= $2", "minute < $3"]
+        params: list[Any] = [step_minutes, since_minute, until_minute]
+        if pool is not None:
+            params.append(pool)
+            where.append(f"pool = ${len(params)}")
+        if task is not None:
+            params.append(task)
+            where.append(f"task = ${len(params)}")
+        sums = ", ".join(
+            f"sum({c})::float8" if c == "duration_sum" else f"sum({c})::bigint"
+            for c in MINUTE_COLUMNS.split(", ")
+        )
+        rows = await self.fetch_all(
+            f"SELECT (minute / $1) * $1 AS start, '', '', {sums} FROM job_minutes "
+            f"WHERE {' AND '.join(where)} GROUP BY start ORDER BY start",
+            params,
+        )
+        return [tuple(r) for r in rows]
+
+    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
+        return await stats(self._shared, since, until)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        return [row_to_schedule(r) for r in await self.fetch_all(SQL_SCHEDULES)]
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        row = await self.fetch_one(SQL_SCHEDULE_GET, (name,))
+        return None if row is None else row_to_schedule(row)
+
+    async def schedules_version(self) -> str | None:
+        row = await self.fetch_one(SQL_SCHEDULES_VERSION)
+        return None if row is None else str(row[0])
+
+    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
+        rows = await self.fetch_all(
+            f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 "
+            "ORDER BY id LIMIT $1",
+            (limit,),
+        )
+        return [(row_to_job(r), bool(r["cancel_requested"])) for r in rows]
+
+    # -- counts and the waiting window -------------------------------------------------
+
+    def counted(self, pool: str, status: JobStatus) -> int:
+        return self._counts.get((pool, status.value), 0)
+
+    async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
+        out: dict[str, dict[JobStatus, int]] = {}
+        for row in await self.fetch_all(SQL_COUNTS_LIVE):
+            out.setdefault(str(row[0]), {})[JobStatus(row[1])] = int(row[2])
+        return out
+
+    async def count_waiting(self, pool: str) -> int:
+        row = await self.fetch_one(SQL_COUNT_OF, (pool, JobStatus.WAITING.value))
+        return int(row[0]) if row else 0
+
+    async def ready_jobs(
+        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
+    ) -> list[JobInfo]:
+        return await ready_jobs(self._shared, pool, now, limit, after)
+
+    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
+        return await delayed_jobs(self._shared, pool, after, limit)
+
+    async def unique_holder(self, key: str) -> int | None:
+        row = await self.fetch_one(SQL_UNIQUE_HOLDER, (key,))
+        return None if row is None else int(row[0])
+
+
+class PgTransaction:
+    """The application's handle on a transaction (``rt.transaction()``): its SQL is
+    PostgreSQL's (``$1`` placeholders); ``conn`` is asyncpg's connection."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.counts_changed = False
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return list(await self.conn.fetch(sql, *params))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if transient(exc):
+                raise StoreUnavailable("the database", reason(exc)) from exc
+            raise StoreError(f"{exc} (in: {sql})") from exc
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        try:
+            await self.conn.executemany(sql, params)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"{exc} (in: {sql})") from exc
+
+    async def mark_failed(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        attempts: int,
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
+    ) -> None:
+        """FAILURE in this transaction (an ``on_failed`` hook commits with it); the
+        count moves with the row, in the transaction."""
+        current, total, message = progress
+        params = (
+            error,
+            finished_at,
+            current,
+            total,
+            message,
+            seq,
+            attempts,
+            job_id,
+            pool,
+            was.value,
+        )
+        counted = Tally()
+        try:
+            async with self.conn.transaction():  # the row and its count, or neither
+                await run_group(self.conn, FAIL, [params], counted)
+                await counted.apply(self.conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if transient(exc):
+                raise StoreUnavailable("the database", reason(exc)) from exc
+            raise StoreError(f"{exc} (in: mark_failed of job {job_id})") from exc
+        self.counts_changed = True
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        async with self.conn.transaction():
+            yield
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        rows = await self.execute(SQL_SCHEDULE_GET, (name,))
+        return row_to_schedule(rows[0]) if rows else None
+
+    async def insert_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        await self.execute(
+            SQL_SCHEDULE_INSERT,
+            (definition.name, *definition.canonical(), 0, next_run_at, now, now),
+        )
+
+    async def define_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        await self.execute(
+            SQL_SCHEDULE_DEFINE, (*definition.canonical(), next_run_at, now, definition.name)
+        )
+
+    async def pause_schedule(self, name: str, now: float) -> None:
+        await self.execute(SQL_SCHEDULE_PAUSE, (now, name))
+
+    async def resume_schedule(self, name: str, next_run_at: float, now: float) -> None:
+        await self.execute(SQL_SCHEDULE_RESUME, (next_run_at, now, name))
+
+    async def delete_schedule(self, name: str) -> None:
+        await self.execute(SQL_SCHEDULE_DELETE, (name,))
+
+    async def schedule_fired(
+        self,
+        name: str,
+        *,
+        next_run_at: float | None,
+        last_run_at: float | None,
+        last_job_id: int | None,
+        error: str | None,
+        added: int,
+    ) -> None:
+        await self.execute(
+            SQL_SCHEDULE_FIRED, (next_run_at, last_run_at, last_job_id, error, added, name)
+        )
+
+    async def schedule_ran(self, name: str, job_id: int) -> None:
+        await self.execute(SQL_SCHEDULE_RAN, (job_id, name))
+
+    async def bump_schedules(self) -> int:
+        rows = await self.execute(SQL_SCHEDULES_BUMP)
+        return int(rows[0][0])
+
+
+def _rowcount(status: str) -> int:
+    """The row count of asyncpg's status line (``UPDATE 3``, ``INSERT 0 1``)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _error(name: str, exc: BaseException) -> StoreError:
+    if transient(exc):
+        return StoreUnavailable(name, reason(exc))
+    return StoreError(f"write to {name!r} failed: {exc}")
+
+
+def _filter(
+    status: Sequence[JobStatus] | None,
+    pool: str | None,
+    task: str | None,
+    metadata: dict[str, Any] | None,
+    before_id: int | None,
+    run_after: float | None,
+    created_before: float | None,
+    ids: Sequence[int] | None,
+) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+
+    def bind(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    if ids is not None:
+        where.append(f"id = ANY({bind(list(ids))}::bigint[])")
+    if run_after is not None:
+        where.append(f"status = 'WAITING' AND run_at > {bind(run_after)}")
+    if created_before is not None:
+        where.append(f"created_at <= {bind(created_before)}")
+    if status:
+        where.append(f"status = ANY({bind([s.value for s in status])}::text[])")
+    if pool is not None:
+        where.append(f"pool = {bind(pool)}")
+    if task is not None:
+        where.append(f"task = {bind(task)}")
+    for key, value in (metadata or {}).items():
+        # JSON equality: a number matches numbers only, a boolean booleans only.
+        where.append(f"taskrt_json_member(metadata, {bind(key)}) = {bind(_json(value))}::jsonb")
+    if before_id is not None:
+        where.append(f"id < {bind(before_id)}")
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
