@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pg_server
 import pytest
@@ -117,6 +118,28 @@ def _postgres(where: Path) -> AbstractAsyncContextManager[JobStore]:
     return _opened(PgStore(url, schema=pg_server.fresh_schema(where)))
 
 
+@contextlib.asynccontextmanager
+async def _postgres_down(store: JobStore) -> AsyncIterator[None]:
+    """The server takes no connection to the database and drops those it had: an outage."""
+    import asyncpg
+
+    url = urlsplit(pg_server.require())
+    name = url.path.lstrip("/")
+    # From the server's maintenance database: a database cannot refuse its own sessions.
+    admin = await asyncpg.connect(urlunsplit(url._replace(path="/postgres")))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        try:
+            yield
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()
+
+
 POSTGRES_SQL = AppSQL(
     create="CREATE TABLE notes (body TEXT NOT NULL)",
     insert="INSERT INTO notes (body) VALUES ($1)",
@@ -130,6 +153,7 @@ REGISTRY: dict[str, Backend] = {
         _postgres,
         POSTGRES_SQL,
         unavailable=pg_server.unavailable,
+        outage=_postgres_down,
         required=lambda: os.environ.get(pg_server.REQUIRE_ENV) == "1",
     ),
 }
