@@ -22,6 +22,12 @@ Design notes (cited where they apply):
    machines share a queue through PostgreSQL, not a shared file.
 4. **One process, one file.** ``:memory:`` databases exist in one connection:
    their runtime owns them with no lock.
+5. **A server's lock for a server's database.** On PostgreSQL the authority is
+   a session advisory lock held by a connection of the owner's own
+   (``store.postgres.lock``): the server releases it when that session ends,
+   which it learns within seconds for a machine that vanished (TCP
+   keepalives). Standbys of the owner's host reach its relay; processes of
+   other hosts serve the API from the database.
 """
 
 from __future__ import annotations
@@ -83,8 +89,8 @@ class Ownership(Protocol):
         """Refuse a database whose ownership cannot be decided safely (note 3)."""
         ...
 
-    def try_acquire(self) -> bool:
-        """Take ownership if nobody alive has it; never waits."""
+    async def try_acquire(self) -> bool:
+        """Take ownership if nobody alive has it; never waits for it."""
         ...
 
     async def claim(self, address: str | None) -> None:
@@ -125,7 +131,7 @@ class FileLockOwnership:
                 "jobs; keep the SQLite file on a local disk",
             )
 
-    def try_acquire(self) -> bool:
+    async def try_acquire(self) -> bool:
         if self._fd is not None:
             return True
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -174,7 +180,7 @@ class SoleOwnership:
     def check(self) -> None:
         pass
 
-    def try_acquire(self) -> bool:
+    async def try_acquire(self) -> bool:
         self._held = True
         return True
 
@@ -184,6 +190,47 @@ class SoleOwnership:
     async def release(self) -> None:
         self._held = False
         await self.store.release_lease(self.owner)
+
+
+class HeldLock(Protocol):
+    """A lock a database server holds for this process (note 5)."""
+
+    @property
+    def held(self) -> bool: ...
+
+    async def try_hold(self) -> bool: ...
+
+    async def let_go(self) -> None: ...
+
+
+class ServerLockOwnership:
+    """Ownership as a lock the database server holds for the owner's session (note 5)."""
+
+    def __init__(self, store: JobStore, lock: HeldLock) -> None:
+        self.store = store
+        self.lock = lock
+        self.owner = owner_name()
+        self.left_behind: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.lock.held
+
+    def check(self) -> None:
+        pass
+
+    async def try_acquire(self) -> bool:
+        return await self.lock.try_hold()
+
+    async def claim(self, address: str | None) -> None:
+        self.left_behind = await self.store.claim_ownership(self.owner, address, time.time())
+
+    async def release(self) -> None:
+        try:
+            if self.lock.held:
+                await self.store.release_lease(self.owner)
+        finally:
+            await self.lock.let_go()
 
 
 def filesystem_of(path: str, mountinfo: str = MOUNTINFO) -> str | None:

@@ -84,9 +84,15 @@ def relay_address(path: str) -> str:
     beside = os.path.abspath(path) + ".sock"
     if len(beside.encode()) <= 100:
         return beside
+    return private_address(os.path.realpath(path))
+
+
+def private_address(name: str) -> str:
+    """A socket in this user's private folder of the temporary directory, named
+    after ``name`` (a database that is not a file: a server's URL and schema)."""
     folder = os.path.join(tempfile.gettempdir(), f"taskrt-{os.getuid()}")
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
     return os.path.join(folder, f"{digest}.sock")
 
 

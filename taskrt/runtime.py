@@ -87,12 +87,25 @@ from .models import (
     Stats,
     StoreHealth,
 )
-from .ownership import FileLockOwnership, Ownership, SoleOwnership
+from .ownership import (
+    FileLockOwnership,
+    HeldLock,
+    Ownership,
+    ServerLockOwnership,
+    SoleOwnership,
+)
 from .pool import DEFAULT_CONCURRENCY, Pool
-from .relay import RelayClient, RelayServer, decode_event, encode_event, relay_address
+from .relay import (
+    RelayClient,
+    RelayServer,
+    decode_event,
+    encode_event,
+    private_address,
+    relay_address,
+)
 from .retention import DEFAULT_AGES
 from .scheduler import ScheduleDefinition, Scheduler, define
-from .store import JobStore, NewJob, Store, Synchronous
+from .store import JobStore, NewJob, Store, Synchronous, is_server_url
 from .stream import JobStream, snapshot_event
 from .transaction import Transaction
 from .transitions import Transitions, retry_policy_of
@@ -101,6 +114,7 @@ from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from .pool import Instrumentation
+    from .store.postgres import PgStore
 
 log = logging.getLogger("taskrt")
 
@@ -157,7 +171,7 @@ class Runtime:
 
     def __init__(
         self,
-        path: str = ":memory:",
+        path: str | None = None,
         *,
         workers: bool = True,
         synchronous: Synchronous = "normal",
@@ -192,7 +206,7 @@ class Runtime:
             raise InvalidOption(
                 "max_recoveries", f"expected an integer of 0 or more, found {max_recoveries!r}"
             )
-        self.path = str(path)
+        target = str(path) if path is not None else os.environ.get(DATABASE_ENV, ":memory:")
         self.limits = limits or DEFAULT_LIMITS
         self.max_recoveries = max_recoveries
         self.workers = workers
@@ -204,12 +218,26 @@ class Runtime:
         self._tasks_path = tasks
         self._root = root
         self._executor = executor
-        self.store: JobStore = Store(
-            self.path,
-            synchronous=synchronous,
-            progress_interval=progress_interval,
-            busy_timeout=busy_timeout,
-        )
+        # The database: a SQLite file (or :memory:), or a PostgreSQL server's URL.
+        self._relay_at: str | None = None
+        self._server_lock: HeldLock | None = None
+        self.store: JobStore
+        if is_server_url(target):
+            store = _postgres_store(target, progress_interval=progress_interval)
+            self.path = store.path  # without its password: it names the database in logs
+            self.store = store
+            self._server_lock = store.ownership_lock()
+            self._relay_at = private_address(f"{store.path}#{store.schema}")
+        else:
+            self.path = target
+            if target != ":memory:":
+                self._relay_at = relay_address(target)
+            self.store = Store(
+                self.path,
+                synchronous=synchronous,
+                progress_interval=progress_interval,
+                busy_timeout=busy_timeout,
+            )
         # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)
@@ -268,11 +296,13 @@ class Runtime:
         self._started = False
         self._workers_on = False
         # Who runs this database's jobs (taskrt.ownership): an OS file lock.
-        self.ownership: Ownership = (
-            SoleOwnership(self.store)
-            if self.path == ":memory:"
-            else FileLockOwnership(self.store, self.path)
-        )
+        self.ownership: Ownership
+        if self._server_lock is not None:
+            self.ownership = ServerLockOwnership(self.store, self._server_lock)
+        elif self.path == ":memory:":
+            self.ownership = SoleOwnership(self.store)
+        else:
+            self.ownership = FileLockOwnership(self.store, self.path)
         # "owner", "standby" (may take over), "client" (workers=False) or "stopped".
         self.role = "stopped"
         self.relay_server: RelayServer | None = None
@@ -486,7 +516,7 @@ class Runtime:
             owning = False
             if self.workers:
                 self.ownership.check()
-                owning = self.ownership.try_acquire()
+                owning = await self.ownership.try_acquire()
             if owning:
                 await self._own()
         except BaseException:
@@ -511,8 +541,7 @@ class Runtime:
 
     async def _own(self) -> None:
         """Holding the lock: record it, recover what a dead owner left (note 3)."""
-        address = None if self.path == ":memory:" else relay_address(self.path)
-        await self.ownership.claim(address)
+        await self.ownership.claim(self._relay_at)
         await self.adoption.recover(unclean=self.ownership.left_behind is not None)
         for name in await self.store.paused_pools():
             self.pool(name).pause()
@@ -526,11 +555,11 @@ class Runtime:
         self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
         for pool in self._pools.values():
             pool._dispatch()
-        if self.path != ":memory:":
+        if self._relay_at is not None:
             since = self._owning_since if self._owning_since is not None else time.time()
             server = RelayServer(self.broker, self._answer, owner=self.ownership.owner, since=since)
             try:
-                await server.start(relay_address(self.path))
+                await server.start(self._relay_at)
             except OSError as exc:
                 # Jobs still run; other processes fall back to the database (note 4).
                 log.error("the relay of %s cannot listen: %s", self.path, exc)
@@ -543,7 +572,7 @@ class Runtime:
         wake = self._follow_wake
         assert wake is not None
         while True:
-            if self.workers and self.ownership.try_acquire() and await self._take_over():
+            if self.workers and await self.ownership.try_acquire() and await self._take_over():
                 return
             if self.remote is None or not self.remote.connected:
                 await self._connect_to_owner()
@@ -1459,3 +1488,20 @@ __all__ = [
     "job_logger",
     "snapshot_event",
 ]
+
+
+DATABASE_ENV = "TASKRT_DATABASE"
+"""The database a ``Runtime()`` given none opens (default ``:memory:``)."""
+
+
+def _postgres_store(url: str, **options: Any) -> PgStore:
+    """The PostgreSQL store for ``url``; a clear error where its driver is missing."""
+    try:
+        from .store.postgres import PgStore
+    except ImportError as exc:
+        raise InvalidOption(
+            "database",
+            f"a postgresql:// database needs the asyncpg driver ({exc}); "
+            "install taskrt with its postgres extra: pip install 'taskrt[postgres]'",
+        ) from exc
+    return PgStore(url, **options)

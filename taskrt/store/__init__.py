@@ -98,9 +98,20 @@ from .protocol import (
 )
 from .sqlite import MIGRATIONS, SCHEMA_VERSION, Connection, Store, Synchronous, dumps
 
+SERVER_SCHEMES = ("postgresql", "postgres")
+"""URL schemes of a database server (``Runtime("postgresql://...")``): the PostgreSQL store."""
+
+
+def is_server_url(target: str) -> bool:
+    """True when ``target`` names a PostgreSQL server rather than a SQLite file."""
+    scheme, sep, _ = target.partition("://")
+    return bool(sep) and scheme.lower() in SERVER_SCHEMES
+
+
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "SERVER_SCHEMES",
     "Connection",
     "InsertResult",
     "JobStore",
@@ -112,4 +123,5 @@ __all__ = [
     "StoreTransaction",
     "Synchronous",
     "dumps",
+    "is_server_url",
 ]

@@ -28,25 +28,30 @@ async def version(conn: asyncpg.Connection, schema: str) -> int:
 async def migrate(conn: asyncpg.Connection, schema: str, name: str) -> int:
     """Bring ``schema`` to ``SCHEMA_VERSION`` in one transaction; refuse a newer one.
 
-    Several processes may open the database at once: each takes a transaction
-    advisory lock named after the schema before it reads the version, so the
+    Several processes may open the database at once: each takes an advisory
+    lock named after the schema before it reads the version again, so the
     migrations run exactly once and the others find them done. Returns the
     version found before.
     """
     if await version(conn, schema) == SCHEMA_VERSION:
         return SCHEMA_VERSION
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _lock_key(schema))
+    # A session lock taken outside any transaction: the version is then read by
+    # a statement of its own, which sees what a migration that held it committed.
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", _lock_key(schema))
+    try:
         found = await version(conn, schema)
         if found > SCHEMA_VERSION:
             raise SchemaTooNew(name, found, SCHEMA_VERSION)
         if found < SCHEMA_VERSION:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(f'SET LOCAL search_path = "{schema}"')
-            for number in range(found + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[number - 1]:
-                    await conn.execute(statement)
-            await conn.execute(SQL_SET_VERSION, str(SCHEMA_VERSION))
+            async with conn.transaction():
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                await conn.execute(f'SET LOCAL search_path = "{schema}"')
+                for number in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[number - 1]:
+                        await conn.execute(statement)
+                await conn.execute(SQL_SET_VERSION, str(SCHEMA_VERSION))
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(schema))
     if found:
         log.info("upgraded %s from schema version %d to %d", name, found, SCHEMA_VERSION)
     return found

@@ -46,6 +46,7 @@ from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
 from ..rows import row_to_job, row_to_schedule
 from ..stats import stats
 from ..window import delayed_jobs, ready_jobs
+from .lock import AdvisoryLock
 from .schema import migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
@@ -55,6 +56,7 @@ from .sql import (
     RECOVER_CANCELLED_WHERE,
     RECOVER_WHERE,
     RETRY_EXTERNAL_WHERE,
+    SCHEMA_VERSION,
     SQL_ATTEMPTS,
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CLAIM,
@@ -176,6 +178,25 @@ class PgStore:
         self._counts: dict[Key, int] = {}
 
     # -- lifecycle ---------------------------------------------------------
+
+    def ownership_lock(self) -> AdvisoryLock:
+        """The lock that says which process runs this schema's jobs (``lock``)."""
+        return AdvisoryLock(self._dsn, self.schema)
+
+    async def migrate(self) -> tuple[int, int]:
+        """Bring the schema to this release's version without opening the store:
+        (the version found, the version now)."""
+        try:
+            conn = await asyncpg.connect(self._dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        try:
+            found = await migrate(conn, self.schema, self.path)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot migrate {self.path!r}: {exc}") from exc
+        finally:
+            await conn.close()
+        return found, SCHEMA_VERSION
 
     async def open(self) -> None:
         try:

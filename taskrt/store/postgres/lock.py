@@ -1,0 +1,71 @@
+"""Who runs a PostgreSQL database's jobs: a session advisory lock on a connection of its own.
+
+The lock is the authority, as the file lock is on SQLite (``taskrt.ownership``
+note 1): the server releases it the moment the holder's session ends, however
+the process ends (``kill -9`` included). The session asks the server to probe
+the client with TCP keepalives every few seconds, so a machine that vanishes
+loses the lock within about ``KEEPALIVE_IDLE + KEEPALIVE_INTERVAL *
+KEEPALIVE_COUNT`` seconds rather than the operating system's hours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import asyncpg
+
+log = logging.getLogger("taskrt.store")
+
+KEEPALIVE_IDLE = 5
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_COUNT = 3
+
+
+class AdvisoryLock:
+    """``pg_try_advisory_lock`` on the schema's name, held by one dedicated connection."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self._dsn = dsn
+        self._key = f"taskrt.owner.{schema}"
+        self._conn: asyncpg.Connection | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def try_hold(self) -> bool:
+        """Take the lock if no live session holds it; never waits for it."""
+        if self.held:
+            return True
+        try:
+            conn = await asyncpg.connect(
+                self._dsn,
+                server_settings={
+                    "application_name": "taskrt owner lock",
+                    "tcp_keepalives_idle": str(KEEPALIVE_IDLE),
+                    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL),
+                    "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+                },
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot ask for the ownership lock: %s", exc)
+            return False
+        try:
+            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._key))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot ask for the ownership lock: %s", exc)
+            got = False
+        if not got:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    async def let_go(self) -> None:
+        """End the session, which releases the lock."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await conn.close(timeout=5)

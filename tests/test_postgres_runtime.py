@@ -1,0 +1,153 @@
+"""The runtime on PostgreSQL: ``Runtime("postgresql://...")`` does what it does on SQLite.
+
+The store's own behaviour is the conformance suite's (tests/test_store_conformance.py,
+run against PostgreSQL too); these tests drive the whole runtime through the URL a
+user gives: jobs run and stream, a restart runs what was waiting, a standby takes
+over from an owner that stopped, the application's transaction holds its jobs,
+and the HTTP API serves from it. Each test has a schema of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pg_server
+import pytest
+from core_support import collect
+
+from taskrt import JobContext, JobStatus, Runtime
+from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
+from taskrt.models import EventType
+from taskrt.store.postgres import PgStore
+from taskrt.web import create_app
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    """This test's database: the session's PostgreSQL database, a schema of its own."""
+    base = pg_server.require()
+    return f"{base}?schema={pg_server.fresh_schema(tmp_path)}"
+
+
+def app(url: str, **options: object) -> Runtime:
+    rt = Runtime(url, **options)  # type: ignore[arg-type]
+    rt.pool("p", concurrency=2)
+
+    @rt.task(pool="p")
+    async def double(job: JobContext, n: int) -> int:
+        await job.progress(1, 2, "halfway")
+        return n * 2
+
+    @rt.task(pool="p", attempts=2, retry="0s")
+    async def flaky(job: JobContext) -> int:
+        if job.attempt == 1:
+            raise RuntimeError("first time")
+        return job.attempt
+
+    return rt
+
+
+async def test_jobs_run_retry_and_stream_their_events(url: str) -> None:
+    async with app(url) as rt:
+        assert rt.role == "owner"
+        assert "***" not in url or "***" in rt.path
+        stream = rt.subscribe(job_id := await rt.pool("p").add("double", 21))
+        events = await collect(stream)
+        assert [e.type for e in events][-1] == EventType.SUCCESS
+        assert EventType.PROGRESS in [e.type for e in events]
+        done = await rt.get(job_id)
+        assert (done.status, done.result, done.message) == (JobStatus.SUCCESS, 42, "halfway")
+        retried = await rt.wait(await rt.pool("p").add("flaky"), timeout=5)
+        assert (retried.status, retried.result, retried.attempts) == (JobStatus.SUCCESS, 2, 2)
+        ids = [await rt.pool("p").add("double", n) for n in range(20)]
+        infos = [await rt.wait(i, timeout=5) for i in ids]
+        assert [i.result for i in infos] == [2 * n for n in range(20)]
+        assert ids == sorted(ids) and len(set(ids)) == 20
+        assert (await rt.stats()).counts["SUCCESS"] == 22
+
+
+async def test_a_restart_runs_the_jobs_that_were_waiting(url: str) -> None:
+    async with app(url, workers=False) as client:
+        ids = [await client.pool("p").add("double", n) for n in range(5)]
+        assert client.role == "client"
+    async with app(url) as rt:
+        results = [(await rt.wait(i, timeout=5)).result for i in ids]
+    assert results == [0, 2, 4, 6, 8]
+
+
+async def test_a_standby_takes_over_when_the_owner_stops(url: str) -> None:
+    owner, standby = app(url), app(url)
+    async with owner:
+        await standby.start()
+        try:
+            assert (owner.role, standby.role) == ("owner", "standby")
+            await owner.stop()
+            async with asyncio.timeout(5):
+                while standby.role != "owner":
+                    await asyncio.sleep(0.02)
+            info = await standby.wait(await standby.pool("p").add("double", 5), timeout=5)
+            assert info.result == 10
+        finally:
+            await standby.stop()
+
+
+async def test_jobs_added_in_the_applications_transaction_exist_only_if_it_commits(
+    url: str,
+) -> None:
+    async with app(url) as rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
+        async with rt.transaction() as tx:
+            await tx.execute("INSERT INTO orders (id) VALUES ($1)", (1,))
+            kept = await rt.pool("p").add("double", 1, tx=tx)
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            async with rt.transaction() as tx:
+                await tx.execute("INSERT INTO orders (id) VALUES ($1)", (2,))
+                await rt.pool("p").add("double", 2, tx=tx)
+                raise RuntimeError("changed my mind")
+        assert (await rt.wait(kept, timeout=5)).result == 2
+        async with rt.transaction() as tx:
+            assert [r[0] for r in await tx.execute("SELECT id FROM orders")] == [1]
+        assert [j.id for j in (await rt.jobs()).jobs] == [kept]
+
+
+async def test_the_http_api_serves_from_postgresql(url: str) -> None:
+    async with app(url) as rt:
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post("/jobs", json={"task": "double", "args": [4]})
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+            await rt.wait(job_id, timeout=5)
+            body = (await client.get(f"/jobs/{job_id}")).json()
+            assert (body["status"], body["result"]) == ("SUCCESS", 8)
+            assert (await client.get("/jobs/999999")).status_code == 404
+
+
+async def test_a_bad_url_or_schema_is_a_clear_error(url: str) -> None:
+    with pytest.raises(InvalidOption, match="schema"):
+        Runtime(url.replace("?schema=", "?schema=bad-name-"))
+    rt = Runtime("postgresql://nobody@127.0.0.1:1/nowhere")
+    with pytest.raises(StoreError, match="cannot open database"):
+        await rt.start()
+
+
+async def test_a_schema_of_a_newer_release_is_refused(url: str) -> None:
+    store = PgStore(url)
+    assert await store.migrate() == (0, 1)
+    assert await store.migrate() == (1, 1)  # again: nothing to do
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            await tx.execute("UPDATE meta SET value = '99' WHERE key = 'schema.version'")
+    finally:
+        await store.close()
+    with pytest.raises(SchemaTooNew):
+        await PgStore(url).open()
+
+
+async def test_migrations_from_several_processes_at_once_run_once(url: str) -> None:
+    found = await asyncio.gather(*(PgStore(url).migrate() for _ in range(4)))
+    assert sorted(found) == [(0, 1), (1, 1), (1, 1), (1, 1)]
