@@ -10,6 +10,7 @@ and the HTTP API serves from it. Each test has a schema of its own.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 from core_support import collect
 
 from taskrt import JobContext, JobStatus, Runtime
+from taskrt.cli import main
 from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
 from taskrt.models import EventType
 from taskrt.store.postgres import PgStore
@@ -151,3 +153,30 @@ async def test_a_schema_of_a_newer_release_is_refused(url: str) -> None:
 async def test_migrations_from_several_processes_at_once_run_once(url: str) -> None:
     found = await asyncio.gather(*(PgStore(url).migrate() for _ in range(4)))
     assert sorted(found) == [(0, 1), (1, 1), (1, 1), (1, 1)]
+
+
+def test_the_cli_migrates_and_lists_a_postgresql_database(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``taskrt migrate --db URL`` creates the tables; ``ls``/``add`` work on the URL as on a file."""
+    assert main(["migrate", "--db", url]) == 0
+    assert "schema version 0 -> 1" in capsys.readouterr().out
+    assert main(["migrate", "--db", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["found"] == 1
+
+    async def add() -> int:
+        async with app(url, workers=False) as client:
+            return await client.pool("p").add("double", 3)
+
+    job_id = asyncio.run(add())
+    assert main(["ls", "--db", url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(j["id"], j["status"]) for j in listed["jobs"]] == [(job_id, "WAITING")]
+
+
+def test_the_cli_migrates_a_sqlite_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "new.db")
+    assert main(["migrate", "--db", path]) == 0
+    assert f"{path}: schema version 0 -> " in capsys.readouterr().out
+    assert main(["migrate", "--db", path]) == 0
+    assert "nothing to do" in capsys.readouterr().out

@@ -72,6 +72,12 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("cleanup", "delete finished jobs older than an age", jobs.cleanup_args, jobs.cleanup),
     Command(
+        "migrate",
+        "create or upgrade the database's tables (safe while other processes run)",
+        jobs.migrate_args,
+        jobs.migrate,
+    ),
+    Command(
         "watch",
         "show a job's live progress bar until it ends (exit 1 unless SUCCESS)",
         watch.watch_args,

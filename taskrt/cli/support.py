@@ -62,6 +62,7 @@ from ..errors import (
 from ..models import JobInfo, JobStatus, percent
 from ..retry import parse_duration
 from ..runtime import Runtime
+from ..store import is_server_url
 
 OK, JOB_FAILED, USAGE, NOT_FOUND, UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -172,8 +173,8 @@ def target_args(parser: argparse.ArgumentParser, *, url: bool = False) -> None:
     )
     where.add_argument(
         "--db",
-        metavar="PATH",
-        help="a database file, without the app (default: $TASKRT_DB)",
+        metavar="PATH|URL",
+        help="a database file or a postgresql:// URL, without the app (default: $TASKRT_DB)",
     )
     if url:
         where.add_argument(
@@ -250,7 +251,7 @@ def client_runtime(args: argparse.Namespace) -> Runtime:
         rt.workers = False  # a client of the app's database (note 2)
         return rt
     if args.db:
-        if args.db != ":memory:" and not Path(args.db).is_file():
+        if args.db != ":memory:" and not is_server_url(args.db) and not Path(args.db).is_file():
             raise CommandError(f"no database at {args.db}", UNAVAILABLE)
         return Runtime(args.db, workers=False)
     raise UsageError("which jobs? give --app MODULE:ATTR or --db PATH (or set $TASKRT_APP)")

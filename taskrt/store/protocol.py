@@ -165,6 +165,11 @@ class JobStore(Protocol):
         """Connect, bring the schema to this release's version (or refuse a newer one)."""
         ...
 
+    async def migrate(self) -> tuple[int, int]:
+        """Bring the schema to this release's version without opening the store
+        (``taskrt migrate``): (the version found, the version now)."""
+        ...
+
     async def close(self, patience: float = 10.0) -> None:
         """Write what is queued (trying ``patience`` seconds while writes fail), disconnect."""
         ...

@@ -51,7 +51,7 @@ from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
-from .schema import migrate
+from .schema import SCHEMA_VERSION, migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
@@ -151,6 +151,26 @@ class Store:
             await self._close_connections()
             raise
         self._writes.start(SqliteBatches(self._db, self.path, self._counts))
+
+    async def migrate(self) -> tuple[int, int]:
+        """Bring the file to this release's version without opening the store:
+        (the version found, the version now)."""
+
+        def work() -> int:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                migrate(conn, self.path)
+                return found
+            finally:
+                conn.close()
+
+        try:
+            found = await asyncio.to_thread(work)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot migrate {self.path!r}: {exc}") from exc
+        return found, SCHEMA_VERSION
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
