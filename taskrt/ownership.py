@@ -101,6 +101,10 @@ class Ownership(Protocol):
         """Give ownership up: remove the record, then let the lock go."""
         ...
 
+    async def close(self) -> None:
+        """Let go of what asking for ownership holds (a connection), owner or not."""
+        ...
+
 
 def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -156,6 +160,9 @@ class FileLockOwnership:
         finally:
             self._unlock()
 
+    async def close(self) -> None:
+        self._unlock()
+
     def _unlock(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
@@ -190,6 +197,9 @@ class SoleOwnership:
     async def release(self) -> None:
         self._held = False
         await self.store.release_lease(self.owner)
+
+    async def close(self) -> None:
+        self._held = False
 
 
 class HeldLock(Protocol):
@@ -231,6 +241,9 @@ class ServerLockOwnership:
                 await self.store.release_lease(self.owner)
         finally:
             await self.lock.let_go()
+
+    async def close(self) -> None:
+        await self.lock.let_go()
 
 
 def filesystem_of(path: str, mountinfo: str = MOUNTINFO) -> str | None:

@@ -683,6 +683,7 @@ class Runtime:
                 self.relay_server = None
             if self.ownership.held:
                 await self.ownership.release()
+            await self.ownership.close()
             await self.store.close(patience=self.grace)
             for pool in pools:
                 pool.close()

@@ -1,5 +1,6 @@
 """Several processes on one database, for real: ``uvicorn --workers 3`` and
-``gunicorn -w 3`` (uvicorn's worker class) serving one app on one SQLite file.
+``gunicorn -w 3`` (uvicorn's worker class) serving one app on one SQLite file
+(and, for the SIGKILL, on one PostgreSQL schema).
 
 Every request goes over a fresh TCP connection (``Connection: close`` and no
 kept-alive connections), so the kernel hands requests to different worker
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pg_server
 import pytest
 from httpx_sse import aconnect_sse
 
@@ -227,11 +229,22 @@ Launch = Callable[..., Server]
 def launch(tmp_path: Path, free_port: int) -> Iterator[Launch]:
     """``launch("uvicorn")`` / ``launch("gunicorn")``: the app served by
     ``WORKERS`` processes; ``launch("single")``: by one uvicorn process
-    (``client=True``: a runtime with ``workers=False``). All on one database;
-    every server's process group is killed at the end."""
+    (``client=True``: a runtime with ``workers=False``). All on one database
+    (a SQLite file); every server's process group is killed at the end."""
+    yield from launcher(tmp_path, free_port, str(tmp_path / "jobs.db"))
+
+
+@pytest.fixture
+def launch_pg(tmp_path: Path, free_port: int) -> Iterator[Launch]:
+    """``launch`` on PostgreSQL: a schema of the test's own on the test server."""
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    yield from launcher(tmp_path, free_port, url)
+
+
+def launcher(tmp_path: Path, free_port: int, database: str) -> Iterator[Launch]:
     (tmp_path / "app.py").write_text(APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
-    env["TASKRT_TEST_DB"] = str(tmp_path / "jobs.db")
+    env["TASKRT_TEST_DB"] = database
     env["PYTHONUNBUFFERED"] = "1"
     servers: list[Server] = []
 
@@ -641,6 +654,11 @@ async def test_sigkill_of_the_uvicorn_owner_mid_run(launch: Launch) -> None:
 
 
 # -- pool actions through a standby ---------------------------------------------------------
+
+
+async def test_sigkill_of_the_uvicorn_owner_mid_run_on_postgresql(launch_pg: Launch) -> None:
+    """The owner's server-held lock goes with its session: a standby takes over as fast."""
+    await check_owner_killed_mid_run(launch_pg("uvicorn"), jobs=8, streams_per_job=2)
 
 
 async def test_pausing_and_resuming_the_pool_through_a_standby(

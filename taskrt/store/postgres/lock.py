@@ -23,23 +23,25 @@ KEEPALIVE_COUNT = 3
 
 
 class AdvisoryLock:
-    """``pg_try_advisory_lock`` on the schema's name, held by one dedicated connection."""
+    """``pg_try_advisory_lock`` on the schema's name, asked and held on one connection.
+
+    The connection stays open between tries (a standby asks every tenth of a
+    second): holding the lock is holding that session.
+    """
 
     def __init__(self, dsn: str, schema: str) -> None:
         self._dsn = dsn
         self._key = f"taskrt.owner.{schema}"
         self._conn: asyncpg.Connection | None = None
+        self._held = False
 
     @property
     def held(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
+        return self._held and self._conn is not None and not self._conn.is_closed()
 
-    async def try_hold(self) -> bool:
-        """Take the lock if no live session holds it; never waits for it."""
-        if self.held:
-            return True
-        try:
-            conn = await asyncpg.connect(
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
                 self._dsn,
                 server_settings={
                     "application_name": "taskrt owner lock",
@@ -48,24 +50,26 @@ class AdvisoryLock:
                     "tcp_keepalives_count": str(KEEPALIVE_COUNT),
                 },
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("cannot ask for the ownership lock: %s", exc)
-            return False
+        return self._conn
+
+    async def try_hold(self) -> bool:
+        """Take the lock if no live session holds it; never waits for it."""
+        if self.held:
+            return True
         try:
-            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._key))
+            conn = await self._connection()
+            self._held = bool(
+                await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._key)
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot ask for the ownership lock: %s", exc)
-            got = False
-        if not got:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await conn.close()
+            await self.let_go()
             return False
-        self._conn = conn
-        return True
+        return self._held
 
     async def let_go(self) -> None:
-        """End the session, which releases the lock."""
-        conn, self._conn = self._conn, None
+        """End the session, which releases the lock (if it held it)."""
+        conn, self._conn, self._held = self._conn, None, False
         if conn is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await conn.close(timeout=5)
