@@ -2,15 +2,23 @@
 
 Everything above the store talks to it through its operations (``add`` through
 ``insert``, ``start``, ``succeed``, ``recover``, ``schedules``, ...), never with
-SQL: the SQLite implementation in ``taskrt.store.sqlite`` is the only package
-that imports a database driver or holds SQL (tests/test_layers.py keeps it so).
-``protocol`` names the operations (``JobStore``, ``StoreTransaction``): the
-seam a second backend plugs into. The SQLite modules: ``store`` (the
-``Store``), ``writer`` (the group commit),
-``batch`` (what one batch does, and its failures), ``connection`` (a write
-transaction), ``schema`` (versions, migrations), ``sql`` (every statement),
-``rows`` (rows in and out), ``counts`` (jobs by pool and status), ``window``
-(a pool's waiting jobs in run order), ``stats`` (statistics in constant time).
+SQL: only this package imports a database driver or holds SQL
+(tests/test_layers.py keeps it so). ``protocol`` names the operations
+(``JobStore``, ``StoreTransaction``): the seam each backend plugs into.
+
+Shared by the backends: ``ops`` (the queued writes, named once),
+``groupcommit`` (the writer task, its batches and health), ``queued`` (the
+queued operations), ``adds`` (ids and unique keys of a batch of adds; moves of
+counts), ``queries`` (statements both dialects read alike), ``rows`` (rows
+in and out), ``window`` (a pool's waiting jobs in run order), ``stats``
+(statistics in constant time).
+
+The SQLite store (``sqlite``, the embedded default): ``store`` (the
+``Store``), ``writer`` (its batches), ``batch`` (what one batch does, and its
+failures), ``connection`` (a write transaction), ``schema`` (versions,
+migrations), ``sql`` (every statement), ``counts`` (jobs by pool and status),
+``checkpoint`` (the WAL's). The PostgreSQL store (``postgres``, asyncpg): its
+own notes.
 
 Design notes:
 

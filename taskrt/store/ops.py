@@ -68,6 +68,21 @@ RETRIED = Op("retried", 2)  # (at, job_id, job_id)
 MINUTES = Op("minutes")  # (minute, pool, task, succeeded, ..., b11): a MinuteRow
 SCHEDULE_FAILED = Op("schedule_failed")  # (name,)
 
+
+def failure_params(
+    job_id: int,
+    error: str,
+    finished_at: float,
+    progress: tuple[float, float, str],
+    seq: int,
+    attempts: int,
+    pool: str,
+    was: JobStatus,
+) -> tuple[Any, ...]:
+    current, total, message = progress
+    return (error, finished_at, current, total, message, seq, attempts, job_id, pool, str(was))
+
+
 Statement = tuple[Op, tuple[Any, ...], int | None]
 """A queued write: its op, its params, the job it is about (None: not a job's)."""
 

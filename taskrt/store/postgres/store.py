@@ -6,13 +6,12 @@ dialect, through asyncpg's pool. The notes are the package's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -26,23 +25,13 @@ from ...models import (
     JobStatus,
     ScheduleDefinition,
     ScheduleInfo,
-    StoreHealth,
 )
-from ..groupcommit import GroupCommit, reason
-from ..ops import (
-    ATTEMPT,
-    CANCEL,
-    CLEAR_EXTERNAL,
-    FAIL,
-    MINUTES,
-    REQUEUE,
-    RETRIED,
-    SCHEDULE_FAILED,
-    START,
-    SUCCEED,
-)
+from ..adds import count_by
+from ..groupcommit import reason
+from ..ops import FAIL, failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord
 from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
+from ..queued import QueuedWrites
 from ..rows import row_to_job, row_to_schedule
 from ..stats import stats
 from ..window import delayed_jobs, ready_jobs
@@ -124,7 +113,7 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PgStore:
+class PgStore(QueuedWrites):
     """PostgreSQL persistence with group commit (see the ``taskrt.store.postgres`` notes).
 
     ``url``: ``postgresql://user@host:port/database`` (or ``postgres://``),
@@ -174,7 +163,7 @@ class PgStore:
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool | None = None
-        self._writes = GroupCommit(self.path, progress_interval=progress_interval)
+        super().__init__(self.path, progress_interval=progress_interval)
         self._counts: dict[Key, int] = {}
 
     # -- lifecycle ---------------------------------------------------------
@@ -246,176 +235,6 @@ class PgStore:
     def _replace_counts(self, rows: Iterable[Any]) -> None:
         self._counts.clear()
         self._counts.update({(str(r[0]), str(r[1])): int(r[2]) for r in rows})
-
-    # -- the group commit ------------------------------------------------------
-
-    @property
-    def batches(self) -> int:
-        return self._writes.batches
-
-    @property
-    def rows_written(self) -> int:
-        return self._writes.rows_written
-
-    @property
-    def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
-        return self._writes.on_rejected
-
-    @on_rejected.setter
-    def on_rejected(
-        self, callback: Callable[[int | None, str, BaseException], None] | None
-    ) -> None:
-        self._writes.on_rejected = callback
-
-    def health(self) -> StoreHealth:
-        return self._writes.health()
-
-    @property
-    def failing(self) -> bool:
-        return self._writes.failing
-
-    def insert(self, jobs: list[NewJob]) -> Any:
-        return self._writes.insert(jobs)
-
-    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
-        self._writes.progress(job_id, current, total, message, seq)
-
-    async def flush(self) -> None:
-        await self._writes.flush()
-
-    async def settle(self, fut: Any = None) -> None:
-        await self._writes.settle(fut)
-
-    # -- a job's lifecycle: queued writes (params as ``taskrt.store.ops`` lists them) ----
-
-    def start(self, job_id: int, attempt: int, now: float, seq: int, *, pool: str) -> Any:
-        return self._writes.queue(START, (attempt, now, seq, job_id, pool), job_id)
-
-    def record_attempt(
-        self,
-        job_id: int,
-        number: int,
-        started_at: float,
-        finished_at: float,
-        outcome: AttemptOutcome,
-        error: str | None,
-        traceback: str | None,
-        retry_at: float | None = None,
-    ) -> Any:
-        params = (
-            job_id,
-            number,
-            started_at,
-            finished_at,
-            outcome.value,
-            error,
-            traceback,
-            None if retry_at is None else "retry",
-            retry_at,
-        )
-        return self._writes.queue(ATTEMPT, params, job_id)
-
-    def record_minutes(self, rows: Sequence[MinuteRow]) -> Any:
-        fut = None
-        for row in rows:
-            fut = self._writes.queue(MINUTES, tuple(row))
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-        return fut
-
-    def retried(self, job_id: int, at: float) -> Any:
-        return self._writes.queue(RETRIED, (at, job_id, job_id), job_id)
-
-    def succeed(
-        self,
-        job_id: int,
-        result_json: str | None,
-        finished_at: float,
-        progress: tuple[float, float, str],
-        seq: int,
-        *,
-        pool: str,
-    ) -> Any:
-        current, total, message = progress
-        params = (result_json, finished_at, current, total, message, seq, job_id, pool)
-        return self._writes.queue(SUCCEED, params, job_id)
-
-    def fail(
-        self,
-        job_id: int,
-        error: str,
-        finished_at: float,
-        progress: tuple[float, float, str],
-        seq: int,
-        attempts: int,
-        *,
-        pool: str,
-        was: JobStatus = JobStatus.RUNNING,
-    ) -> Any:
-        current, total, message = progress
-        params = (
-            error,
-            finished_at,
-            current,
-            total,
-            message,
-            seq,
-            attempts,
-            job_id,
-            pool,
-            was.value,
-        )
-        return self._writes.queue(FAIL, params, job_id)
-
-    def cancel(
-        self,
-        job_id: int,
-        finished_at: float,
-        seq: int,
-        error: str | None,
-        *,
-        pool: str,
-        was: JobStatus,
-    ) -> Any:
-        return self._writes.queue(
-            CANCEL, (finished_at, seq, error, job_id, pool, was.value), job_id
-        )
-
-    def requeue(
-        self,
-        job_id: int,
-        run_at: float,
-        error: str | None,
-        seq: int,
-        attempts: int,
-        max_attempts: int | None,
-        progress: tuple[float, float, str],
-        *,
-        pool: str,
-        was: JobStatus = JobStatus.RUNNING,
-    ) -> Any:
-        current, total, message = progress
-        params = (
-            run_at,
-            error,
-            seq,
-            attempts,
-            max_attempts,
-            current,
-            total,
-            message,
-            job_id,
-            pool,
-            was.value,
-        )
-        return self._writes.queue(REQUEUE, params, job_id)
-
-    def schedule_failed(self, name: str) -> Any:
-        return self._writes.queue(SCHEDULE_FAILED, (name,))
-
-    def clear_external(self, job_id: int, seq: int, cancel_requested: bool) -> Any:
-        return self._writes.queue(CLEAR_EXTERNAL, (job_id, seq, int(cancel_requested)))
 
     # -- transactions ----------------------------------------------------------
 
@@ -654,15 +473,7 @@ class PgStore:
         created_before: float | None = None,
     ) -> int:
         if task is None and not metadata and run_after is None and created_before is None:
-            counts = await self.live_counts()
-            wanted = set(status) if status is not None else None
-            return sum(
-                n
-                for name, by_status in counts.items()
-                if pool is None or name == pool
-                for s, n in by_status.items()
-                if wanted is None or s in wanted
-            )
+            return count_by(await self.live_counts(), status, pool)
         clause, params = _filter(
             status, pool, task, metadata, None, run_after, created_before, None
         )
@@ -799,19 +610,7 @@ class PgTransaction:
     ) -> None:
         """FAILURE in this transaction (an ``on_failed`` hook commits with it); the
         count moves with the row, in the transaction."""
-        current, total, message = progress
-        params = (
-            error,
-            finished_at,
-            current,
-            total,
-            message,
-            seq,
-            attempts,
-            job_id,
-            pool,
-            was.value,
-        )
+        params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
         counted = Tally()
         try:
             async with self.conn.transaction():  # the row and its count, or neither

@@ -17,8 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from ...errors import DuplicateJobId, StoreError
+from ...errors import StoreError
 from ...models import JobStatus
+from ..adds import Moves, plan
 from ..groupcommit import Batch, ProgressRows, Rejected, Results
 from ..ops import MINUTES, Op, segments
 from ..protocol import InsertResult, NewJob
@@ -56,25 +57,10 @@ def transient(exc: BaseException) -> bool:
     )
 
 
-class Tally:
+class Tally(Moves):
     """Jobs moved by one transaction, by pool and status (note 3)."""
 
-    __slots__ = ("changes",)
-
-    def __init__(self) -> None:
-        self.changes: dict[Key, int] = {}
-
-    def move(self, pool: str, was: str | None, to: str | None, n: int = 1) -> None:
-        if was == to or n == 0:
-            return
-        if was is not None:
-            self.changes[pool, was] = self.changes.get((pool, was), 0) - n
-        if to is not None:
-            self.changes[pool, to] = self.changes.get((pool, to), 0) + n
-
-    def merge(self, other: Tally) -> None:
-        for key, n in other.changes.items():
-            self.changes[key] = self.changes.get(key, 0) + n
+    __slots__ = ()
 
     async def apply(self, conn: asyncpg.Connection) -> bool:
         """Add the changes to ``job_counts`` (in key order: two writers take the rows'
@@ -146,56 +132,8 @@ async def insert_jobs(
     holders: dict[str, int] = {}
     if keys:
         holders = {str(k): int(i) for k, i in await conn.fetch(SQL_HOLDERS, keys)}
-    results: Results = []
-    rows: list[tuple[Any, ...]] = []
-    for jobs in groups:
-        group_results: list[InsertResult] = []
-        group_rows: list[tuple[Any, ...]] = []
-        group_keys: dict[str, int] = {}
-        group_last = last
-        error: BaseException | None = None
-        for job in jobs:
-            if job.unique_key is not None:
-                existing = holders.get(job.unique_key) or group_keys.get(job.unique_key)
-                if existing is not None:
-                    group_results.append(InsertResult(existing, False))
-                    continue
-            if job.job_id is not None:
-                if job.job_id <= group_last:
-                    error = DuplicateJobId(job.job_id, group_last)
-                    break
-                job_id = job.job_id
-            else:
-                job_id = group_last + 1
-            group_last = job_id
-            if job.unique_key is not None:
-                group_keys[job.unique_key] = job_id
-            group_rows.append(
-                (
-                    job_id,
-                    job.task,
-                    job.pool,
-                    job.args_json,
-                    job.kwargs_json,
-                    job.max_attempts,
-                    job.priority,
-                    job.metadata_json,
-                    job.unique_key,
-                    job.created_at,
-                    job.run_at,
-                    job.timeout,
-                    job.retry_json,
-                    1 if job.external else 0,
-                )
-            )
-            group_results.append(InsertResult(job_id, True))
-        if error is not None:
-            results.extend([error] * len(jobs))
-            continue
-        last = group_last
-        holders.update(group_keys)
-        rows.extend(group_rows)
-        results.extend(group_results)
+    planned = plan(groups, last, holders.get)
+    results, rows, last = planned.results, planned.rows, planned.last
     if not rows:
         return results
     columns = [list(col) for col in zip(*rows, strict=True)]

@@ -15,7 +15,8 @@ from typing import Any
 
 import aiosqlite
 
-from ...errors import DuplicateJobId, StoreError, StoreUnavailable
+from ...errors import StoreError, StoreUnavailable
+from ..adds import plan
 from ..groupcommit import reason
 from ..ops import Statement, segments
 from ..protocol import InsertResult, NewJob
@@ -65,76 +66,21 @@ def run_statements(
 def insert_jobs(
     conn: sqlite3.Connection, groups: list[list[NewJob]]
 ) -> list[InsertResult | BaseException]:
-    """Assign ids from the AUTOINCREMENT sequence and insert (note 2).
-
-    Each group (one ``add`` or ``add_many`` call) is all or nothing: if one of
-    its jobs has an id that is not above the sequence, none of them is stored
-    and every result of the group is that error.
-    """
+    """Assign ids from the AUTOINCREMENT sequence and insert (note 2, ``adds.plan``)."""
     if not groups:
         return []
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-    last = int(row[0]) if row else 0
-    results: list[InsertResult | BaseException] = []
-    rows: list[tuple[Any, ...]] = []
-    keys: dict[str, int] = {}
-    for jobs in groups:
-        group_results: list[InsertResult] = []
-        group_rows: list[tuple[Any, ...]] = []
-        group_keys: dict[str, int] = {}
-        group_last = last
-        error: BaseException | None = None
-        for job in jobs:
-            if job.unique_key is not None:
-                existing = keys.get(job.unique_key) or group_keys.get(job.unique_key)
-                if existing is None:
-                    found = conn.execute(
-                        "SELECT id FROM jobs WHERE unique_key = ? "
-                        "AND status IN ('WAITING', 'RUNNING')",
-                        (job.unique_key,),
-                    ).fetchone()
-                    existing = None if found is None else int(found[0])
-                if existing is not None:
-                    group_results.append(InsertResult(existing, False))
-                    continue
-            if job.job_id is not None:
-                if job.job_id <= group_last:
-                    error = DuplicateJobId(job.job_id, group_last)
-                    break
-                job_id = job.job_id
-            else:
-                job_id = group_last + 1
-            group_last = job_id
-            if job.unique_key is not None:
-                group_keys[job.unique_key] = job_id
-            group_rows.append(
-                (
-                    job_id,
-                    job.task,
-                    job.pool,
-                    job.args_json,
-                    job.kwargs_json,
-                    job.max_attempts,
-                    job.priority,
-                    job.metadata_json,
-                    job.unique_key,
-                    job.created_at,
-                    job.run_at,
-                    job.timeout,
-                    job.retry_json,
-                    1 if job.external else 0,
-                )
-            )
-            group_results.append(InsertResult(job_id, True))
-        if error is not None:
-            results.extend([error] * len(jobs))
-            continue
-        last = group_last
-        keys.update(group_keys)
-        rows.extend(group_rows)
-        results.extend(group_results)
-    conn.executemany(INSERT_JOB, rows)
-    return results
+
+    def holder(key: str) -> int | None:
+        found = conn.execute(
+            "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')",
+            (key,),
+        ).fetchone()
+        return None if found is None else int(found[0])
+
+    planned = plan(groups, int(row[0]) if row else 0, holder)
+    conn.executemany(INSERT_JOB, planned.rows)
+    return planned.results
 
 
 # -- failures (notes 9, 10) ----------------------------------------------------

@@ -18,7 +18,7 @@ import aiosqlite
 from ...errors import StoreError, StoreUnavailable
 from ...models import JobStatus, ScheduleDefinition, ScheduleInfo
 from ..groupcommit import reason
-from ..ops import FAIL
+from ..ops import FAIL, failure_params
 from ..rows import row_to_schedule
 from .batch import in_thread, transient
 from .counts import Tally, write_one
@@ -32,7 +32,6 @@ from .sql import (
     SQL_SCHEDULE_RAN,
     SQL_SCHEDULE_RESUME,
     SQL_SCHEDULES_BUMP,
-    failure_params,
 )
 
 

@@ -40,6 +40,7 @@ from operator import itemgetter
 from typing import Any
 
 from ...models import JobStatus
+from ..adds import Moves
 from ..ops import Op
 from ..protocol import InsertResult, NewJob
 from .sql import SQL_COUNTS, SQL_COUNTS_ADD, SQL_POOL_STATUS, STATEMENT
@@ -68,23 +69,10 @@ class Mismatch(Exception):
     """A counted group changed fewer rows than it had: write the batch again, exactly (note 1)."""
 
 
-class Tally:
+class Tally(Moves):
     """Count changes of one transaction, by pool and status, applied at its end."""
 
-    __slots__ = ("changes",)
-
-    def __init__(self) -> None:
-        self.changes: dict[Key, int] = {}
-
-    def move(self, pool: str, was: str | None, to: str | None, n: int = 1) -> None:
-        """``n`` jobs of ``pool`` left ``was`` for ``to`` (None: they were added / deleted)."""
-        if was == to or n == 0:
-            return
-        changes = self.changes
-        if was is not None:
-            changes[pool, was] = changes.get((pool, was), 0) - n
-        if to is not None:
-            changes[pool, to] = changes.get((pool, to), 0) + n
+    __slots__ = ()
 
     def moved(self, op: Op, rows: Sequence[tuple[Any, ...]], to: str) -> None:
         """Every row of a counted write changed: each moved from its (pool, was) to ``to``."""

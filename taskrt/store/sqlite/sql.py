@@ -6,8 +6,6 @@ in its WHERE clause, so the database refuses any other transition (note 4).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ...models import TRANSITIONS, JobStatus
 from ..ops import (
     ATTEMPT,
@@ -328,20 +326,6 @@ SQL_MINUTES = (
 # After SQL_RETRY_EXTERNAL in one script: only if that put the job back
 # (``changes()`` is the row count of the connection's previous statement).
 SQL_RETRIED_IF_CHANGED = SQL_RETRIED + " AND changes() > 0"
-
-
-def failure_params(
-    job_id: int,
-    error: str,
-    finished_at: float,
-    progress: tuple[float, float, str],
-    seq: int,
-    attempts: int,
-    pool: str,
-    was: JobStatus,
-) -> tuple[Any, ...]:
-    current, total, message = progress
-    return (error, finished_at, current, total, message, seq, attempts, job_id, pool, str(was))
 
 
 SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')"

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Literal
 
 import aiosqlite
@@ -27,23 +27,11 @@ from ...models import (
     JobInfo,
     JobStatus,
     ScheduleInfo,
-    StoreHealth,
 )
-from ..groupcommit import GroupCommit
-from ..ops import (
-    ATTEMPT,
-    CANCEL,
-    CLEAR_EXTERNAL,
-    FAIL,
-    MINUTES,
-    REQUEUE,
-    RETRIED,
-    SCHEDULE_FAILED,
-    START,
-    SUCCEED,
-)
+from ..adds import count_by
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
 from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
+from ..queued import QueuedWrites
 from ..rows import json_path, row_to_job, row_to_schedule
 from ..stats import stats
 from ..window import delayed_jobs, ready_jobs
@@ -80,7 +68,6 @@ from .sql import (
     SQL_SCHEDULES_VERSION,
     SQL_SEQ_GAP,
     SQL_UNIQUE_HOLDER,
-    failure_params,
     tally,
 )
 from .writer import SqliteBatches
@@ -94,7 +81,7 @@ Step = tuple[str, Sequence[Any]] | tuple[str, Sequence[Any], JobStatus | None]
 its params and where the rows it counts go (None: deleted) for the next statement."""
 
 
-class Store:
+class Store(QueuedWrites):
     """SQLite persistence with group commit (see the ``taskrt.store`` notes)."""
 
     def __init__(
@@ -114,7 +101,7 @@ class Store:
         self.busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._writes = GroupCommit(path, progress_interval=progress_interval)
+        super().__init__(path, progress_interval=progress_interval)
         self._counts = CountMirror()
         self._open_tx: Connection | None = None
         self._checkpoints: Checkpointer | None = None
@@ -222,97 +209,11 @@ class Store:
 
     # -- the group commit (notes 1, 3, 9, 10) ---------------------------------------
 
-    @property
-    def batches(self) -> int:
-        """Write batches committed so far."""
-        return self._writes.batches
-
-    @property
-    def rows_written(self) -> int:
-        return self._writes.rows_written
-
-    @property
-    def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
-        """Told of an operation (its name) the database refused on its own (note 10)."""
-        return self._writes.on_rejected
-
-    @on_rejected.setter
-    def on_rejected(
-        self, callback: Callable[[int | None, str, BaseException], None] | None
-    ) -> None:
-        self._writes.on_rejected = callback
-
-    def health(self) -> StoreHealth:
-        return self._writes.health()
-
-    @property
-    def failing(self) -> bool:
-        return self._writes.failing
-
-    def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
-        """Queue jobs for the next batch; the future gives one result (or error) per job."""
-        return self._writes.insert(jobs)
-
-    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
-        """Coalesced write-behind of a job's progress (note 3)."""
-        self._writes.progress(job_id, current, total, message, seq)
-
-    async def flush(self) -> None:
-        """Return once everything queued so far is committed."""
-        await self._writes.flush()
-
-    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
-        """Wait for ``fut`` (default: everything queued so far) unless the database fails."""
-        await self._writes.settle(fut)
-
     # -- a job's lifecycle: queued writes, in the next batch (notes 1, 4, 7) -----------
     # Each returns the future of its batch's commit; none waits for it.
 
     # A counted write (note 12) names the job's pool and the status the caller
     # believes it is in (``was``); the count moves from what the row really was.
-
-    def start(
-        self, job_id: int, attempt: int, now: float, seq: int, *, pool: str
-    ) -> asyncio.Future[None]:
-        """RUNNING, attempt number ``attempt`` charged (from WAITING only)."""
-        params = (attempt, now, seq, job_id, pool)
-        return self._writes.queue(START, params, job_id)
-
-    def record_attempt(
-        self,
-        job_id: int,
-        number: int,
-        started_at: float,
-        finished_at: float,
-        outcome: AttemptOutcome,
-        error: str | None,
-        traceback: str | None,
-        retry_at: float | None = None,
-    ) -> asyncio.Future[None]:
-        """The one record of an attempt, written when it ends (``retry_at``: it was
-        retried by policy, the next attempt not before then)."""
-        params = (
-            job_id,
-            number,
-            started_at,
-            finished_at,
-            outcome.value,
-            error,
-            traceback,
-            None if retry_at is None else "retry",
-            retry_at,
-        )
-        return self._writes.queue(ATTEMPT, params, job_id)
-
-    def record_minutes(self, rows: Sequence[MinuteRow]) -> asyncio.Future[None]:
-        """Add finished counts to their minutes (history), with the next batch."""
-        fut: asyncio.Future[None] | None = None
-        for row in rows:
-            fut = self._writes.queue(MINUTES, tuple(row))
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-        return fut
 
     async def history(
         self,
@@ -346,90 +247,6 @@ class Store:
             [("DELETE FROM job_minutes WHERE minute < ?", (before_minute,))]
         )
         return deleted
-
-    def retried(self, job_id: int, at: float) -> asyncio.Future[None]:
-        """A retry asked for by hand at ``at``: noted on the job's last attempt."""
-        return self._writes.queue(RETRIED, (at, job_id, job_id), job_id)
-
-    def succeed(
-        self,
-        job_id: int,
-        result_json: str | None,
-        finished_at: float,
-        progress: tuple[float, float, str],
-        seq: int,
-        *,
-        pool: str,
-    ) -> asyncio.Future[None]:
-        """SUCCESS with its result (JSON text) and last progress (from RUNNING only)."""
-        current, total, message = progress
-        params = (result_json, finished_at, current, total, message, seq, job_id, pool)
-        return self._writes.queue(SUCCEED, params, job_id)
-
-    def fail(
-        self,
-        job_id: int,
-        error: str,
-        finished_at: float,
-        progress: tuple[float, float, str],
-        seq: int,
-        attempts: int,
-        *,
-        pool: str,
-        was: JobStatus = JobStatus.RUNNING,
-    ) -> asyncio.Future[None]:
-        """FAILURE with its error and last progress (from WAITING or RUNNING)."""
-        params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
-        return self._writes.queue(FAIL, params, job_id)
-
-    def cancel(
-        self,
-        job_id: int,
-        finished_at: float,
-        seq: int,
-        error: str | None,
-        *,
-        pool: str,
-        was: JobStatus,
-    ) -> asyncio.Future[None]:
-        """CANCELLED (from WAITING or RUNNING)."""
-        params = (finished_at, seq, error, job_id, pool, STORED[was])
-        return self._writes.queue(CANCEL, params, job_id)
-
-    def requeue(
-        self,
-        job_id: int,
-        run_at: float,
-        error: str | None,
-        seq: int,
-        attempts: int,
-        max_attempts: int | None,
-        progress: tuple[float, float, str],
-        *,
-        pool: str,
-        was: JobStatus = JobStatus.RUNNING,
-    ) -> asyncio.Future[None]:
-        """Back to WAITING until ``run_at`` (a retry, a manual retry, a shutdown),
-        from RUNNING, FAILURE or CANCELLED (a WAITING job is left as it is)."""
-        current, total, message = progress
-        params = (
-            run_at,
-            error,
-            seq,
-            attempts,
-            max_attempts,
-            current,
-            total,
-            message,
-            job_id,
-            pool,
-            STORED[was],
-        )
-        return self._writes.queue(REQUEUE, params, job_id)
-
-    def schedule_failed(self, name: str) -> asyncio.Future[None]:
-        """A job of schedule ``name`` ended FAILURE: count it (scheduler note 6)."""
-        return self._writes.queue(SCHEDULE_FAILED, (name,))
 
     # -- transactions --------------------------------------------------------
 
@@ -617,13 +434,6 @@ class Store:
         )
         return recovered, orphaned
 
-    def clear_external(self, job_id: int, seq: int, cancel_requested: bool) -> asyncio.Future[None]:
-        """The owner has taken in the change it read (the job at ``seq``, its cancel flag).
-
-        A change made since stays marked, for the next ``external_changes``.
-        """
-        return self._writes.queue(CLEAR_EXTERNAL, (job_id, seq, int(cancel_requested)))
-
     async def cancel_external(self, job_id: int, now: float) -> None:
         """A process that does not own the job cancels it: a WAITING row at once,
         a RUNNING one by asking its owner; in one transaction, whichever it is then."""
@@ -716,15 +526,7 @@ class Store:
     ) -> int:
         if task is None and not metadata and run_after is None and created_before is None:
             # By status and pool only: the live counts answer at once (note 12).
-            counts = await self.live_counts()
-            wanted = set(status) if status is not None else None
-            return sum(
-                n
-                for name, by_status in counts.items()
-                if pool is None or name == pool
-                for s, n in by_status.items()
-                if wanted is None or s in wanted
-            )
+            return count_by(await self.live_counts(), status, pool)
         clause, params = self._filter(
             status, pool, task, metadata, None, run_after, created_before, None
         )

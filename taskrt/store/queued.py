@@ -1,0 +1,216 @@
+"""The queued operations of a store, the same for every backend (``taskrt.store`` notes 1, 3, 7).
+
+``QueuedWrites`` is what both stores share of ``JobStore``: each lifecycle
+write becomes an operation (``ops``) with its params, queued on the store's
+``GroupCommit``, whose future resolves when its batch commits; nothing here
+waits for it. A store extends it with how it opens, its batch writer, its
+immediate operations and its reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from ..models import AttemptOutcome, JobStatus, StoreHealth
+from .groupcommit import GroupCommit
+from .ops import (
+    ATTEMPT,
+    CANCEL,
+    CLEAR_EXTERNAL,
+    FAIL,
+    MINUTES,
+    REQUEUE,
+    RETRIED,
+    SCHEDULE_FAILED,
+    START,
+    SUCCEED,
+    failure_params,
+)
+from .protocol import InsertResult, MinuteRow, NewJob
+
+
+class QueuedWrites:
+    """The queued half of ``JobStore``, on a ``GroupCommit`` (``_writes``)."""
+
+    def __init__(self, name: str, *, progress_interval: float) -> None:
+        self._writes = GroupCommit(name, progress_interval=progress_interval)
+
+    # -- the group commit (notes 1, 3, 9, 10) ---------------------------------------
+
+    @property
+    def batches(self) -> int:
+        """Write batches committed so far."""
+        return self._writes.batches
+
+    @property
+    def rows_written(self) -> int:
+        return self._writes.rows_written
+
+    @property
+    def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
+        """Told of an operation (its name) the database refused on its own (note 10)."""
+        return self._writes.on_rejected
+
+    @on_rejected.setter
+    def on_rejected(
+        self, callback: Callable[[int | None, str, BaseException], None] | None
+    ) -> None:
+        self._writes.on_rejected = callback
+
+    def health(self) -> StoreHealth:
+        return self._writes.health()
+
+    @property
+    def failing(self) -> bool:
+        return self._writes.failing
+
+    def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
+        """Queue jobs for the next batch; the future gives one result (or error) per job."""
+        return self._writes.insert(jobs)
+
+    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
+        """Coalesced write-behind of a job's progress (note 3)."""
+        self._writes.progress(job_id, current, total, message, seq)
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed."""
+        await self._writes.flush()
+
+    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
+        """Wait for ``fut`` (default: everything queued so far) unless the database fails."""
+        await self._writes.settle(fut)
+
+    def start(
+        self, job_id: int, attempt: int, now: float, seq: int, *, pool: str
+    ) -> asyncio.Future[None]:
+        """RUNNING, attempt number ``attempt`` charged (from WAITING only)."""
+        params = (attempt, now, seq, job_id, pool)
+        return self._writes.queue(START, params, job_id)
+
+    def record_attempt(
+        self,
+        job_id: int,
+        number: int,
+        started_at: float,
+        finished_at: float,
+        outcome: AttemptOutcome,
+        error: str | None,
+        traceback: str | None,
+        retry_at: float | None = None,
+    ) -> asyncio.Future[None]:
+        """The one record of an attempt, written when it ends (``retry_at``: it was
+        retried by policy, the next attempt not before then)."""
+        params = (
+            job_id,
+            number,
+            started_at,
+            finished_at,
+            outcome.value,
+            error,
+            traceback,
+            None if retry_at is None else "retry",
+            retry_at,
+        )
+        return self._writes.queue(ATTEMPT, params, job_id)
+
+    def record_minutes(self, rows: Sequence[MinuteRow]) -> asyncio.Future[None]:
+        """Add finished counts to their minutes (history), with the next batch."""
+        fut: asyncio.Future[None] | None = None
+        for row in rows:
+            fut = self._writes.queue(MINUTES, tuple(row))
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+        return fut
+
+    def retried(self, job_id: int, at: float) -> asyncio.Future[None]:
+        """A retry asked for by hand at ``at``: noted on the job's last attempt."""
+        return self._writes.queue(RETRIED, (at, job_id, job_id), job_id)
+
+    def succeed(
+        self,
+        job_id: int,
+        result_json: str | None,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        *,
+        pool: str,
+    ) -> asyncio.Future[None]:
+        """SUCCESS with its result (JSON text) and last progress (from RUNNING only)."""
+        current, total, message = progress
+        params = (result_json, finished_at, current, total, message, seq, job_id, pool)
+        return self._writes.queue(SUCCEED, params, job_id)
+
+    def fail(
+        self,
+        job_id: int,
+        error: str,
+        finished_at: float,
+        progress: tuple[float, float, str],
+        seq: int,
+        attempts: int,
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
+    ) -> asyncio.Future[None]:
+        """FAILURE with its error and last progress (from WAITING or RUNNING)."""
+        params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
+        return self._writes.queue(FAIL, params, job_id)
+
+    def cancel(
+        self,
+        job_id: int,
+        finished_at: float,
+        seq: int,
+        error: str | None,
+        *,
+        pool: str,
+        was: JobStatus,
+    ) -> asyncio.Future[None]:
+        """CANCELLED (from WAITING or RUNNING)."""
+        params = (finished_at, seq, error, job_id, pool, was.value)
+        return self._writes.queue(CANCEL, params, job_id)
+
+    def requeue(
+        self,
+        job_id: int,
+        run_at: float,
+        error: str | None,
+        seq: int,
+        attempts: int,
+        max_attempts: int | None,
+        progress: tuple[float, float, str],
+        *,
+        pool: str,
+        was: JobStatus = JobStatus.RUNNING,
+    ) -> asyncio.Future[None]:
+        """Back to WAITING until ``run_at`` (a retry, a manual retry, a shutdown),
+        from RUNNING, FAILURE or CANCELLED (a WAITING job is left as it is)."""
+        current, total, message = progress
+        params = (
+            run_at,
+            error,
+            seq,
+            attempts,
+            max_attempts,
+            current,
+            total,
+            message,
+            job_id,
+            pool,
+            was.value,
+        )
+        return self._writes.queue(REQUEUE, params, job_id)
+
+    def schedule_failed(self, name: str) -> asyncio.Future[None]:
+        """A job of schedule ``name`` ended FAILURE: count it (scheduler note 6)."""
+        return self._writes.queue(SCHEDULE_FAILED, (name,))
+
+    def clear_external(self, job_id: int, seq: int, cancel_requested: bool) -> asyncio.Future[None]:
+        """The owner has taken in the change it read (the job at ``seq``, its cancel flag).
+
+        A change made since stays marked, for the next ``external_changes``.
+        """
+        return self._writes.queue(CLEAR_EXTERNAL, (job_id, seq, int(cancel_requested)))
