@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pg_server
@@ -22,7 +23,9 @@ from taskrt import JobContext, JobStatus, Runtime
 from taskrt.cli import main
 from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
 from taskrt.models import EventType
+from taskrt.store import JobStore
 from taskrt.store.postgres import PgStore
+from taskrt.store.postgres.copy import copy_sqlite_to_postgres
 from taskrt.web import create_app
 
 
@@ -180,3 +183,79 @@ def test_the_cli_migrates_a_sqlite_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert f"{path}: schema version 0 -> " in capsys.readouterr().out
     assert main(["migrate", "--db", path]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+# -- moving over: taskrt copy ---------------------------------------------------------------
+
+
+def sqlite_app(path: str, **options: object) -> Runtime:
+    rt = Runtime(path, **options)  # type: ignore[arg-type]
+    rt.pool("p", concurrency=2)
+
+    @rt.task(pool="p", attempts=2, retry="0s")
+    async def flaky(job: JobContext, fail: bool) -> str:
+        await job.progress(1, 3, "one third")
+        if fail:
+            raise ValueError("no luck")
+        return "done"
+
+    rt.schedule("nightly", flaky, "0 3 * * *", kwargs={"fail": False})
+    return rt
+
+
+def test_copy_moves_a_stopped_sqlite_database_over_whole(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "old.db")
+
+    async def make_history() -> dict[str, Any]:
+        async with sqlite_app(path) as old:
+            finished = [await old.pool("p").add("flaky", fail=f) for f in (False, True, False)]
+            for job_id in finished:
+                await old.wait(job_id, timeout=5)
+            later = await old.pool("p").add(old.resolve("flaky").options(delay=3600), fail=False)
+            cancelled = await old.pool("p").add(
+                old.resolve("flaky").options(delay=3600), fail=False
+            )
+            await old.cancel(cancelled)
+            await old.change_pool("p", paused=True)
+            old.transitions.flush_history()
+            await old.store.flush()
+            # Refused while a process runs it: a moving snapshot would lose writes.
+            with pytest.raises(StoreError, match="in use by a running process"):
+                await copy_sqlite_to_postgres(path, url)
+            return await everything(old.store, [*finished, later, cancelled])
+
+    async def everything(store: JobStore, ids: list[int]) -> dict[str, Any]:
+        return {
+            "jobs": {i: await store.get_job(i) for i in ids},
+            "attempts": {i: await store.attempts(i) for i in ids},
+            "schedules": await store.schedules(),
+            "history": await store.history(0, 2**40, 60),
+            "stats": await store.stats(None, None),
+            "paused": await store.paused_pools(),
+        }
+
+    async def on_postgres(ids: list[int]) -> tuple[dict[str, Any], int]:
+        store = PgStore(url)
+        await store.open()
+        try:
+            seen = await everything(store, ids)
+        finally:
+            await store.close()
+        async with sqlite_app(url, workers=False) as new:
+            return seen, await new.pool("p").add("flaky", fail=False)
+
+    before = asyncio.run(make_history())
+    ids = sorted(before["jobs"])
+    assert before["paused"] == {"p"} and len(before["schedules"]) == 1 and before["history"]
+    assert main(["copy", "--from", path, "--to", url, "--json"]) == 0
+    copied = json.loads(capsys.readouterr().out)
+    assert copied["rows"]["jobs"] == 5 and copied["last_id"] == max(ids)
+    after, next_id = asyncio.run(on_postgres(ids))
+    assert after == before
+    assert next_id == max(ids) + 1
+
+    # Into a schema that holds jobs: refused, nothing changed.
+    assert main(["copy", "--from", path, "--to", url]) == 4
+    assert "already holds" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import files, jobs, schedules, serve, watch
+from . import database, files, jobs, schedules, serve, watch
 from .support import CommandError, Run, error, one_line, targets_from_env
 
 __all__ = ["COMMANDS", "Command", "Configure", "build_parser", "main"]
@@ -71,11 +71,18 @@ COMMANDS: tuple[Command, ...] = (
         jobs.run_now,
     ),
     Command("cleanup", "delete finished jobs older than an age", jobs.cleanup_args, jobs.cleanup),
+    # the database
     Command(
         "migrate",
         "create or upgrade the database's tables (safe while other processes run)",
-        jobs.migrate_args,
-        jobs.migrate,
+        database.migrate_args,
+        database.migrate,
+    ),
+    Command(
+        "copy",
+        "copy a stopped SQLite database into an empty PostgreSQL schema",
+        database.copy_args,
+        database.copy,
     ),
     Command(
         "watch",

@@ -17,7 +17,6 @@ from ..definitions import TaskCall, make_options
 from ..errors import PoolNotFound
 from ..models import TERMINAL, AttemptInfo, JobInfo, JobStatus
 from ..retry import parse_duration
-from ..runtime import Runtime
 from .progress import exit_status, follow, runtime_events
 from .remote import opened
 from .support import (
@@ -26,7 +25,6 @@ from .support import (
     CommandError,
     UsageError,
     cell,
-    client_runtime,
     in_event_loop,
     job_id,
     moment,
@@ -384,25 +382,6 @@ async def cleanup(args: argparse.Namespace) -> int:
         print_json({"deleted": deleted})
     else:
         print(f"deleted {plural(deleted, 'job')}")
-    return OK
-
-
-def migrate_args(parser: argparse.ArgumentParser) -> None:
-    target_args(parser)
-
-
-@in_event_loop
-async def migrate(args: argparse.Namespace) -> int:
-    """Create or upgrade the database's tables (safe while other processes run)."""
-    # A new file is what migrate is for: only --app needs resolving.
-    rt = Runtime(args.db, workers=False) if args.db and not args.app else client_runtime(args)
-    found, now = await rt.store.migrate()
-    if args.json:
-        print_json({"database": rt.path, "found": found, "version": now})
-    elif found == now:
-        print(f"{rt.path}: schema version {now}, nothing to do")
-    else:
-        print(f"{rt.path}: schema version {found} -> {now}")
     return OK
 
 

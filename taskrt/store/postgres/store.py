@@ -168,6 +168,11 @@ class PgStore(QueuedWrites):
 
     # -- lifecycle ---------------------------------------------------------
 
+    @property
+    def dsn(self) -> str:
+        """The URL the driver connects with (taskrt's own parameters taken out)."""
+        return self._dsn
+
     def ownership_lock(self) -> AdvisoryLock:
         """The lock that says which process runs this schema's jobs (``lock``)."""
         return AdvisoryLock(self._dsn, self.schema)
