@@ -73,6 +73,16 @@ async def test_jobs_run_retry_and_stream_their_events(url: str) -> None:
         assert (await rt.stats()).counts["SUCCESS"] == 22
 
 
+async def test_without_prepared_statements_as_behind_pgbouncer(url: str) -> None:
+    """``statement_cache_size=0`` (PgBouncer in transaction mode): the same jobs, the same results."""
+    async with app(f"{url}&statement_cache_size=0") as rt:
+        assert isinstance(rt.store, PgStore) and rt.store.statement_cache_size == 0
+        ids = [await rt.pool("p").add("double", n) for n in range(10)]
+        assert [(await rt.wait(i, timeout=5)).result for i in ids] == [2 * n for n in range(10)]
+    with pytest.raises(InvalidOption, match="statement_cache_size"):
+        Runtime(f"{url}&statement_cache_size=many")
+
+
 async def test_a_restart_runs_the_jobs_that_were_waiting(url: str) -> None:
     async with app(url, workers=False) as client:
         ids = [await client.pool("p").add("double", n) for n in range(5)]
