@@ -11,6 +11,8 @@ status it left, so the counts follow exactly what changed (note 3).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 from ...models import JobStatus
@@ -182,55 +184,101 @@ SQL_INSERT = (
 )
 
 # -- a job's lifecycle (note 3) ---------------------------------------------------------
+# Each queued operation is a ``Part``: common table expressions over arrays (one
+# per column, ``unnest``), the last of which, ``g{i}``, writes. A part of a
+# counted write returns (pool, was) per job it moved. Parts that touch no row in
+# common are combined into one statement (``combined``), with the counts.
 
 
 def _in(statuses: frozenset[str] | tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{s}'" for s in sorted(statuses)) + ")"
 
 
-def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> str:
-    """A counted write of a group (note 3): arrays ``columns`` (the job id last) in,
-    one row (pool, was) per job it moved out; only from ``target``'s source statuses."""
+def _arrays(types: str, base: int) -> str:
+    return ", ".join(f"${base + i}::{t}[]" for i, t in enumerate(types.split(), start=1))
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """How one operation is written for a group of jobs (note 3).
+
+    ``width``: how many of its params (from the first) it takes, each as an
+    array; ``table``: the table whose rows it changes (``jobs``, ``attempts``,
+    or one it only adds to); ``key``: the param that names the row (its job id);
+    ``to``: the status a counted write moves jobs to (None: not counted).
+    """
+
+    name: str
+    width: int
+    table: str
+    key: int | None
+    to: str | None
+    build: Callable[[int, int], list[str]]
+
+    def ctes(self, i: int, base: int) -> list[str]:
+        """Its common table expressions, named with ``i``, params from ``$base + 1``."""
+        return self.build(i, base)
+
+
+def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Part:
+    """A counted write: only from ``target``'s source statuses, (pool, was) out."""
     where = _in(source_statuses(target))
-    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types.split(), start=1))
-    return (
-        f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({columns})), "
-        f"o AS (SELECT j.id, j.status AS was FROM jobs j JOIN v ON j.id = v.id "
-        f"WHERE j.status IN {where} FOR UPDATE OF j) "
-        f"UPDATE jobs j SET {assignments} FROM v JOIN o ON o.id = v.id "
-        f"WHERE j.id = v.id AND j.status IN {where} RETURNING j.pool, o.was"
-    )
+
+    width = len(columns.split(","))
+
+    def build(i: int, base: int) -> list[str]:
+        # Rows are found by id only (the primary key): a condition on status would
+        # let the planner scan jobs_status, whose statistics lag a busy queue.
+        sets = assignments.replace("v.", f"v{i}.")
+        return [
+            f"v{i} AS (SELECT * FROM unnest({_arrays(types, base)}) AS v({columns}))",
+            f"o{i} AS (SELECT id, status AS was FROM jobs WHERE id = ANY(${base + width}::bigint[]) "
+            "FOR UPDATE)",
+            f"g{i} AS (UPDATE jobs j SET {sets} FROM v{i} JOIN o{i} ON o{i}.id = v{i}.id "
+            f"WHERE j.id = v{i}.id AND o{i}.was IN {where} RETURNING j.pool, o{i}.was)",
+        ]
+
+    return Part(target.name.lower(), width, "jobs", width - 1, target.value, build)
 
 
-SQL_START = _moving(
+def _plain(name: str, table: str, key: int | None, types: str, body: str) -> Part:
+    """A write that moves no job: ``body`` reads the arrays as ``v`` (``{v}``)."""
+
+    def build(i: int, base: int) -> list[str]:
+        return [f"g{i} AS ({body.format(v=f'v{i}', arrays=_arrays(types, base))})"]
+
+    return Part(name, len(types.split()), table, key, None, build)
+
+
+START_PART = _moving(
     JobStatus.RUNNING,
     "attempts, started_at, seq, id",
     "bigint float8 bigint bigint",
     "status = 'RUNNING', attempts = v.attempts, started_at = v.started_at, seq = v.seq, "
     "error = NULL",
 )
-SQL_SUCCESS = _moving(
+SUCCEED_PART = _moving(
     JobStatus.SUCCESS,
     "result, finished_at, current, total, message, seq, id",
     "text float8 float8 float8 text bigint bigint",
     "status = 'SUCCESS', result = v.result, finished_at = v.finished_at, current = v.current, "
     "total = v.total, message = v.message, seq = v.seq, error = NULL",
 )
-SQL_FAILURE = _moving(
+FAIL_PART = _moving(
     JobStatus.FAILURE,
     "error, finished_at, current, total, message, seq, attempts, id",
     "text float8 float8 float8 text bigint bigint bigint",
     "status = 'FAILURE', error = v.error, finished_at = v.finished_at, current = v.current, "
     "total = v.total, message = v.message, seq = v.seq, attempts = v.attempts",
 )
-SQL_CANCELLED = _moving(
+CANCEL_PART = _moving(
     JobStatus.CANCELLED,
     "finished_at, seq, error, id",
     "float8 bigint text bigint",
     "status = 'CANCELLED', finished_at = v.finished_at, seq = v.seq, cancel_requested = 0, "
     "error = v.error",
 )
-SQL_WAITING = _moving(
+REQUEUE_PART = _moving(
     JobStatus.WAITING,
     "run_at, error, seq, attempts, max_attempts, current, total, message, id",
     "float8 text bigint bigint bigint float8 float8 text bigint",
@@ -238,67 +286,145 @@ SQL_WAITING = _moving(
     "attempts = v.attempts, max_attempts = v.max_attempts, finished_at = NULL, "
     "started_at = NULL, current = v.current, total = v.total, message = v.message",
 )
-SQL_PROGRESS = (
-    "UPDATE jobs j SET current = v.current, total = v.total, message = v.message, "
-    "seq = GREATEST(j.seq, v.seq) FROM unnest($1::bigint[], $2::float8[], $3::float8[], "
-    "$4::text[], $5::bigint[]) AS v(id, current, total, message, seq) "
-    "WHERE j.id = v.id AND j.status = 'RUNNING'"
+PROGRESS_PART = _plain(
+    "progress",
+    "jobs",
+    0,
+    "bigint float8 float8 text bigint",
+    "UPDATE jobs j SET current = {v}.current, total = {v}.total, message = {v}.message, "
+    "seq = GREATEST(j.seq, {v}.seq) FROM unnest({arrays}) AS {v}(id, current, total, message, "
+    "seq) WHERE j.id = {v}.id AND j.status = 'RUNNING'",
 )
-SQL_ATTEMPT = (
+ATTEMPT_PART = _plain(
+    "attempt",
+    "attempts",
+    0,
+    "bigint bigint float8 float8 text text text text float8",
     "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error, traceback, "
-    "next, next_at) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], "
-    "$4::float8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[]) "
+    "next, next_at) SELECT * FROM unnest({arrays}) "
     "ON CONFLICT (job_id, number) DO UPDATE SET started_at = excluded.started_at, "
     "finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error, "
-    "traceback = excluded.traceback, next = excluded.next, next_at = excluded.next_at"
+    "traceback = excluded.traceback, next = excluded.next, next_at = excluded.next_at",
 )
-SQL_RETRIED = (
-    "UPDATE attempts a SET next = 'retried', next_at = v.at "
-    "FROM unnest($1::float8[], $2::bigint[]) AS v(at, job_id) WHERE a.job_id = v.job_id "
-    "AND a.number = (SELECT max(number) FROM attempts b WHERE b.job_id = v.job_id)"
+RETRIED_PART = _plain(
+    "retried",
+    "attempts",
+    1,
+    "float8 bigint",
+    "UPDATE attempts a SET next = 'retried', next_at = {v}.at FROM unnest({arrays}) AS {v}(at, "
+    "job_id) WHERE a.job_id = {v}.job_id "
+    "AND a.number = (SELECT max(number) FROM attempts b WHERE b.job_id = {v}.job_id)",
 )
 # Only what the owner read: a change another process made since stays marked.
-SQL_CLEAR_EXTERNAL = (
-    "UPDATE jobs j SET external = 0, cancel_requested = 0 "
-    "FROM unnest($1::bigint[], $2::bigint[], $3::smallint[]) AS v(id, seq, cancel_requested) "
-    "WHERE j.id = v.id AND j.seq = v.seq AND j.cancel_requested = v.cancel_requested"
+CLEAR_EXTERNAL_PART = _plain(
+    "clear_external",
+    "jobs",
+    0,
+    "bigint bigint smallint",
+    "UPDATE jobs j SET external = 0, cancel_requested = 0 FROM unnest({arrays}) AS {v}(id, seq, "
+    "cancel_requested) WHERE j.id = {v}.id AND j.seq = {v}.seq "
+    "AND j.cancel_requested = {v}.cancel_requested",
 )
 _MINUTE_NAMES = MINUTE_COLUMNS.split(", ")
-SQL_MINUTES = (
+MINUTES_PART = _plain(
+    "minutes",
+    "job_minutes",
+    None,
+    "bigint text text "
+    + " ".join("float8" if c == "duration_sum" else "bigint" for c in _MINUTE_NAMES),
     f"INSERT INTO job_minutes (minute, pool, task, {MINUTE_COLUMNS}) SELECT * FROM unnest("
-    "$1::bigint[], $2::text[], $3::text[], "
-    + ", ".join(
-        f"${i}::{'float8' if c == 'duration_sum' else 'bigint'}[]"
-        for i, c in enumerate(_MINUTE_NAMES, start=4)
-    )
-    + ") ON CONFLICT (minute, pool, task) DO UPDATE SET "
-    + ", ".join(f"{c} = job_minutes.{c} + excluded.{c}" for c in _MINUTE_NAMES)
+    "{arrays}) ON CONFLICT (minute, pool, task) DO UPDATE SET "
+    + ", ".join(f"{c} = job_minutes.{c} + excluded.{c}" for c in _MINUTE_NAMES),
 )
-SQL_SCHEDULE_FAILED = (
-    "UPDATE schedules s SET failures = s.failures + v.n FROM "
-    "(SELECT name, count(*) AS n FROM unnest($1::text[]) AS name GROUP BY name) AS v "
-    "WHERE s.name = v.name"
+SCHEDULE_FAILED_PART = _plain(
+    "schedule_failed",
+    "schedules",
+    None,
+    "text",
+    "UPDATE schedules s SET failures = s.failures + {v}.n FROM "
+    "(SELECT name, count(*) AS n FROM unnest({arrays}) AS name GROUP BY name) AS {v} "
+    "WHERE s.name = {v}.name",
 )
 
-STATEMENT: dict[Op, tuple[str, int]] = {
-    START: (SQL_START, 4),
-    ATTEMPT: (SQL_ATTEMPT, 9),
-    SUCCEED: (SQL_SUCCESS, 7),
-    FAIL: (SQL_FAILURE, 8),
-    CANCEL: (SQL_CANCELLED, 4),
-    REQUEUE: (SQL_WAITING, 9),
-    CLEAR_EXTERNAL: (SQL_CLEAR_EXTERNAL, 3),
-    RETRIED: (SQL_RETRIED, 2),
-    MINUTES: (SQL_MINUTES, 20),
-    SCHEDULE_FAILED: (SQL_SCHEDULE_FAILED, 1),
+# Adds without unique keys or chosen ids (the usual add): numbered in the statement
+# from the last issued id, whose row it locks until it commits (note 1).
+_ADD_COLUMNS = (
+    "task, pool, args, kwargs, max_attempts, priority, metadata, created_at, run_at, timeout, "
+    "retry, external"
+)
+_ADD_TYPES = "text text text text bigint bigint text float8 float8 float8 text smallint"
+
+
+def _add(i: int, base: int) -> list[str]:
+    n = f"cardinality(${base + 1}::text[])"
+    return [
+        f"l{i} AS (UPDATE job_ids SET last = last + {n} WHERE one = 1 RETURNING last)",
+        f"g{i} AS (INSERT INTO jobs (id, {_ADD_COLUMNS}, status, seq) "
+        f"SELECT l{i}.last - {n} + v.ord, {', '.join('v.' + c for c in _ADD_COLUMNS.split(', '))}, "
+        f"'WAITING', 1 FROM unnest({_arrays(_ADD_TYPES, base)}) WITH ORDINALITY "
+        f"AS v({_ADD_COLUMNS}, ord), l{i} RETURNING pool, NULL::text AS was)",
+    ]
+
+
+ADD_PART = Part("add", len(_ADD_TYPES.split()), "", None, JobStatus.WAITING.value, _add)
+"""Its rows: a planned row (``adds.Row``) without the id and the unique key."""
+
+PARTS: dict[Op, Part] = {
+    START: START_PART,
+    ATTEMPT: ATTEMPT_PART,
+    SUCCEED: SUCCEED_PART,
+    FAIL: FAIL_PART,
+    CANCEL: CANCEL_PART,
+    REQUEUE: REQUEUE_PART,
+    CLEAR_EXTERNAL: CLEAR_EXTERNAL_PART,
+    RETRIED: RETRIED_PART,
+    MINUTES: MINUTES_PART,
+    SCHEDULE_FAILED: SCHEDULE_FAILED_PART,
 }
-"""Each queued write's statement, and how many of its params (from the first) it takes as arrays."""
+"""Each queued write's part (``FLUSH`` has none: it writes nothing)."""
+
+
+def combined(parts: Sequence[Part]) -> str:
+    """One statement that writes ``parts`` (which touch no row in common) and adds
+    what the counted ones moved to ``job_counts``. It returns the new count of each
+    (pool, status) it changed, and for an ``ADD_PART``, a row (NULL, NULL, the last
+    id issued). Params: each part's arrays, in order."""
+    ctes: list[str] = []
+    moved: list[str] = []
+    out: list[str] = []
+    base = 0
+    for i, part in enumerate(parts):
+        ctes.extend(part.ctes(i, base))
+        base += part.width
+        if part.to is not None:
+            moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
+        if part is ADD_PART:
+            out.append(f"SELECT NULL::text, NULL::text, last FROM l{i}")
+    if moved:
+        ctes.append(f"m AS ({' UNION ALL '.join(moved)})")
+        ctes.append(
+            "d AS (SELECT pool, status, sum(n)::bigint AS n FROM ("
+            "SELECT pool, was AS status, -1 AS n FROM m WHERE was IS NOT NULL "
+            "UNION ALL SELECT pool, status, 1 FROM m) AS x GROUP BY pool, status "
+            "HAVING sum(n) <> 0)"
+        )
+        ctes.append(
+            "c AS (INSERT INTO job_counts (pool, status, n) SELECT pool, status, n FROM d "
+            "ORDER BY pool, status ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + "
+            "excluded.n RETURNING pool, status, n)"
+        )
+        out.append("SELECT pool, status, n FROM c")
+    if not out:
+        out.append("SELECT NULL::text, NULL::text, NULL::bigint WHERE false")
+    return "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(out)
+
 
 # -- counts (note 3) -------------------------------------------------------------------
 
 SQL_COUNTS_ADD = (
     "INSERT INTO job_counts (pool, status, n) SELECT * FROM unnest($1::text[], $2::text[], "
-    "$3::bigint[]) ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + excluded.n"
+    "$3::bigint[]) ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + excluded.n "
+    "RETURNING pool, status, n"
 )
 SQL_COUNTS = "SELECT pool, status, n FROM job_counts"
 SQL_COUNTS_LIVE = "SELECT pool, status, n FROM job_counts WHERE n != 0 ORDER BY pool, status"

@@ -28,7 +28,7 @@ from ...models import (
 )
 from ..adds import count_by
 from ..groupcommit import reason
-from ..ops import FAIL, failure_params
+from ..ops import failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord
 from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
 from ..queued import QueuedWrites
@@ -40,6 +40,7 @@ from .schema import migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
+    FAIL_PART,
     ORPHAN_WHERE,
     PURGE_WHERE,
     RECOVER_CANCELLED_WHERE,
@@ -84,7 +85,7 @@ from .sql import (
     numbered,
     tally,
 )
-from .writer import Key, PgBatches, Tally, insert_jobs, run_group, transient
+from .writer import Key, PgBatches, Tally, insert_jobs, run_pack, transient
 
 log = logging.getLogger("taskrt.store")
 
@@ -237,6 +238,11 @@ class PgStore(QueuedWrites):
             raise StoreError("the store is not open")
         return self._pool
 
+    def _merge_counts(self, changed: Iterable[Any]) -> None:
+        """The new counts of the (pool, status) a committed write changed."""
+        for pool, status, n in changed:
+            self._counts[str(pool), str(status)] = int(n)
+
     def _replace_counts(self, rows: Iterable[Any]) -> None:
         self._counts.clear()
         self._counts.update({(str(r[0]), str(r[1])): int(r[2]) for r in rows})
@@ -312,12 +318,10 @@ class PgStore(QueuedWrites):
                             )
                     else:
                         rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
-                rows = await counted.commit(conn)
+                changed = await counted.apply(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _error(self.path, exc) from exc
-        if rows is not None:
-            self._counts.clear()
-            self._counts.update(rows)
+        self._merge_counts(changed)
         return rowcounts
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
@@ -398,12 +402,10 @@ class PgStore(QueuedWrites):
                 deleted = [int(r[0]) for r in await conn.fetch(sql, *params)]
                 if deleted:
                     await conn.execute(SQL_DELETE_ATTEMPTS, deleted)
-                rows = await counted.commit(conn)
+                changed = await counted.apply(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _error(self.path, exc) from exc
-        if rows is not None:
-            self._counts.clear()
-            self._counts.update(rows)
+        self._merge_counts(changed)
         return len(deleted)
 
     async def reschedule(self, job_id: int, run_at: float, *, external: bool = False) -> bool:
@@ -616,11 +618,9 @@ class PgTransaction:
         """FAILURE in this transaction (an ``on_failed`` hook commits with it); the
         count moves with the row, in the transaction."""
         params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
-        counted = Tally()
         try:
             async with self.conn.transaction():  # the row and its count, or neither
-                await run_group(self.conn, FAIL, [params], counted)
-                await counted.apply(self.conn)
+                await run_pack(self.conn, [(FAIL_PART, [params])])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if transient(exc):
                 raise StoreUnavailable("the database", reason(exc)) from exc

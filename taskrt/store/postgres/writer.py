@@ -1,17 +1,19 @@
-"""The PostgreSQL side of the group commit: a batch in one transaction, few statements.
+"""The PostgreSQL side of the group commit: a batch in as few statements as it can.
 
-``PgBatches`` is the ``groupcommit.BatchWriter`` of a PostgreSQL store. A
-batch is one transaction on a connection of the pool: the coalesced progress
-in one statement, each run of lifecycle writes in one statement per
-operation (arrays in, ``unnest``), the adds in one, and the counts in one
-(notes 1, 3). What a failure means is ``transient`` (note 5).
+``PgBatches`` is the ``groupcommit.BatchWriter`` of a PostgreSQL store. Each
+queued operation of a batch is a ``sql.Part`` (arrays in, ``unnest``); the
+parts that touch no row in common are one statement (``packs``), which also
+adds what they moved to ``job_counts`` and returns the new counts. The usual
+batch of a busy pool (starts, attempt records, ends, progress) is one
+statement: its own transaction, one round trip. A batch with adds, or whose
+writes touch a row twice, is one transaction of a statement per pack, then
+the adds (notes 1, 3). What a failure means is ``transient`` (note 5).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,17 +23,21 @@ from ...errors import StoreError
 from ...models import JobStatus
 from ..adds import Moves, plan
 from ..groupcommit import Batch, ProgressRows, Rejected, Results
-from ..ops import MINUTES, Op, segments
+from ..ops import MINUTES, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
 from .sql import (
-    SQL_COUNTS,
+    ADD_PART,
+    MINUTES_PART,
+    PARTS,
+    PROGRESS_PART,
+    SCHEDULE_FAILED_PART,
     SQL_COUNTS_ADD,
     SQL_HOLDERS,
     SQL_INSERT,
     SQL_LAST_ID,
-    SQL_PROGRESS,
     SQL_SET_LAST_ID,
-    STATEMENT,
+    Part,
+    combined,
 )
 
 log = logging.getLogger("taskrt.store")
@@ -62,42 +68,75 @@ class Tally(Moves):
 
     __slots__ = ()
 
-    async def apply(self, conn: asyncpg.Connection) -> bool:
+    async def apply(self, conn: asyncpg.Connection) -> list[Any]:
         """Add the changes to ``job_counts`` (in key order: two writers take the rows'
-        locks in the same order, so they never deadlock); False when there were none."""
+        locks in the same order, so they never deadlock); the new count of each
+        (pool, status) changed."""
         rows = sorted((key, n) for key, n in self.changes.items() if n)
         self.changes = {}
         if not rows:
-            return False
-        await conn.execute(
-            SQL_COUNTS_ADD, [k[0] for k, _ in rows], [k[1] for k, _ in rows], [n for _, n in rows]
+            return []
+        return list(
+            await conn.fetch(
+                SQL_COUNTS_ADD,
+                [k[0] for k, _ in rows],
+                [k[1] for k, _ in rows],
+                [n for _, n in rows],
+            )
         )
-        return True
-
-    async def commit(self, conn: asyncpg.Connection) -> Snapshot | None:
-        """``apply``, then the whole table as this transaction sees it (None: nothing changed)."""
-        if not await self.apply(conn):
-            return None
-        return {(r[0], r[1]): int(r[2]) for r in await conn.fetch(SQL_COUNTS)}
 
 
-async def run_group(
-    conn: asyncpg.Connection, op: Op, rows: list[tuple[Any, ...]], tally: Tally
-) -> None:
-    """One operation for a group of jobs, in one statement (note 3)."""
-    sql, width = STATEMENT[op]
-    if op is MINUTES:
-        rows = _summed_minutes(rows)
-    columns = [list(col) for col in zip(*(row[:width] for row in rows), strict=True)]
-    if op.status is None:
-        await conn.execute(sql, *columns)
-        return
-    to = op.status.value
-    moved: dict[Key, int] = defaultdict(int)
-    for pool, was in await conn.fetch(sql, *columns):
-        moved[pool, was] += 1
-    for (pool, was), n in moved.items():
-        tally.move(pool, was, to, n)
+Group = tuple[Part, list[tuple[Any, ...]]]
+"""One operation and its rows (params as queued)."""
+
+
+def packs(batch: Batch, progress: ProgressRows) -> list[list[Group]]:
+    """A batch's writes as statements: groups in their order (``ops.segments``), cut
+    where a group touches a row an earlier group of the statement touches (note 3).
+
+    Additive writes (minutes of history, failures of schedules) are summed into
+    one group each, at the end: their order does not matter.
+    """
+    groups: list[Group] = []
+    if progress:
+        groups.append((PROGRESS_PART, [(i, *row) for i, row in progress.items()]))
+    minutes: list[tuple[Any, ...]] = []
+    failed: list[tuple[Any, ...]] = []
+    for run in segments(batch.statements):
+        for op, rows in run:
+            if op is MINUTES:
+                minutes.extend(rows)
+            elif op is SCHEDULE_FAILED:
+                failed.extend(rows)
+            elif op in PARTS:
+                groups.append((PARTS[op], rows))
+    if minutes:
+        groups.append((MINUTES_PART, _summed_minutes(minutes)))
+    if failed:
+        groups.append((SCHEDULE_FAILED_PART, failed))
+    out: list[list[Group]] = []
+    current: list[Group] = []
+    touched: set[tuple[str, Any]] = set()
+    for part, rows in groups:
+        key = part.key
+        keys = set() if key is None else {(part.table, row[key]) for row in rows}
+        if current and not keys.isdisjoint(touched):
+            out.append(current)
+            current, touched = [], set()
+        current.append((part, rows))
+        touched |= keys
+    if current:
+        out.append(current)
+    return out
+
+
+async def run_pack(conn: asyncpg.Connection, pack: Sequence[Group]) -> list[Any]:
+    """One statement for ``pack`` (``sql.combined``); the counts it changed."""
+    params: list[Any] = []
+    for part, rows in pack:
+        width = part.width
+        params.extend(list(col) for col in zip(*(row[:width] for row in rows), strict=True))
+    return list(await conn.fetch(combined([part for part, _ in pack]), *params))
 
 
 def _summed_minutes(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -156,71 +195,84 @@ async def insert_jobs(
 
 
 class PgBatches:
-    """Writes group-commit batches in transactions of the pool's connections."""
+    """Writes group-commit batches with the pool's connections (notes 3, 5)."""
 
     def __init__(self, pool: asyncpg.Pool, counts: dict[Key, int]) -> None:
         self.pool = pool
         # Jobs by pool and status as of the latest committed write that changed them.
         self.counts = counts
 
-    async def _statements(self, conn: asyncpg.Connection, batch: Batch, tally: Tally) -> None:
-        for run in segments(batch.statements):
-            for op, rows in run:
-                if op in STATEMENT:
-                    await run_group(conn, op, rows, tally)
-
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
-        tally = Tally()
-        async with self.pool.acquire() as conn, conn.transaction():
-            if progress:
-                await conn.execute(SQL_PROGRESS, *_progress_columns(progress))
-            await self._statements(conn, batch, tally)
-            # Inserts last: a terminal write queued before an add frees its unique key.
-            results = await insert_jobs(conn, [jobs for jobs, _ in batch.inserts], tally)
-            snapshot = await tally.commit(conn)
-        if snapshot is not None:
-            self._replace(snapshot)
+        """One statement when the batch touches each row once and its adds have no
+        unique key and no chosen id (the usual batch: its own transaction, one round
+        trip); else one transaction of a statement per pack, then the adds."""
+        planned = packs(batch, progress)
+        groups = [jobs for jobs, _ in batch.inserts]
+        simple = all(j.unique_key is None and j.job_id is None for g in groups for j in g)
+        if groups and simple:
+            added = [_add_row(job) for jobs in groups for job in jobs]
+            if planned:
+                planned[-1].append((ADD_PART, added))
+            else:
+                planned.append([(ADD_PART, added)])
+        changed: list[Any] = []
+        results: Results = []
+        async with self.pool.acquire() as conn:
+            if len(planned) <= 1 and not (groups and not simple):
+                if planned:
+                    changed = await run_pack(conn, planned[0])
+            else:
+                async with conn.transaction():
+                    for pack in planned:
+                        changed.extend(await run_pack(conn, pack))
+                    if groups and not simple:
+                        # Adds last: a terminal write queued before frees its unique key.
+                        tally = Tally()
+                        results = await insert_jobs(conn, groups, tally)
+                        changed.extend(await tally.apply(conn))
+        if groups and simple:
+            last = next(int(n) for pool, _, n in changed if pool is None)
+            first = last - sum(len(g) for g in groups) + 1
+            results = [InsertResult(first + k, True) for k in range(last - first + 1)]
+        self._merge(changed)
         return results
 
     async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
         """The batch again, each part under its own savepoint (store note 10)."""
         rejected: Rejected = []
         results: Results = []
-        tally = Tally()
+        changed: list[Any] = []
         async with self.pool.acquire() as conn, conn.transaction():
             for progress_id, row in progress.items():
                 _, error = await _alone(
-                    conn, conn.execute, SQL_PROGRESS, *_progress_columns({progress_id: row})
+                    conn, run_pack, conn, [(PROGRESS_PART, [(progress_id, *row)])]
                 )
                 if error is not None:
                     rejected.append((progress_id, "progress", error))
             for op, params, job_id in batch.statements:
-                if op not in STATEMENT:
+                if op not in PARTS:
                     continue
-                part = Tally()
-                _, error = await _alone(conn, run_group, conn, op, [params], part)
+                rows, error = await _alone(conn, run_pack, conn, [(PARTS[op], [params])])
                 if error is not None:
                     rejected.append((job_id, op.name, error))
                 else:
-                    tally.merge(part)
+                    changed.extend(rows)
             for jobs, _ in batch.inserts:
-                part = Tally()
-                out, error = await _alone(conn, insert_jobs, conn, [jobs], part)
+                tally = Tally()
+                out, error = await _alone(conn, _insert_counted, conn, jobs, tally, changed)
                 if error is not None:
                     refused = StoreError(f"the database refused the job: {error}")
                     refused.__cause__ = error
                     out = [refused] * len(jobs)
-                else:
-                    tally.merge(part)
                 results.extend(out)
-            snapshot = await tally.commit(conn)
-        if snapshot is not None:
-            self._replace(snapshot)
+        self._merge(changed)
         return results, rejected
 
-    def _replace(self, snapshot: Snapshot) -> None:
-        self.counts.clear()
-        self.counts.update(snapshot)
+    def _merge(self, changed: list[Any]) -> None:
+        """The counts each statement changed, in the order they ran (the last is newest)."""
+        for pool, status, n in changed:
+            if pool is not None:  # (NULL, NULL, last id) of an add is not a count
+                self.counts[str(pool), str(status)] = int(n)
 
     def transient(self, exc: BaseException) -> bool:
         return transient(exc)
@@ -229,16 +281,29 @@ class PgBatches:
         return None
 
 
-def _progress_columns(progress: ProgressRows) -> list[list[Any]]:
-    ids = list(progress)
-    rows = [progress[i] for i in ids]
-    return [
-        ids,
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [r[3] for r in rows],
-    ]
+def _add_row(job: NewJob) -> tuple[Any, ...]:
+    return (
+        job.task,
+        job.pool,
+        job.args_json,
+        job.kwargs_json,
+        job.max_attempts,
+        job.priority,
+        job.metadata_json,
+        job.created_at,
+        job.run_at,
+        job.timeout,
+        job.retry_json,
+        1 if job.external else 0,
+    )
+
+
+async def _insert_counted(
+    conn: asyncpg.Connection, jobs: list[NewJob], tally: Tally, changed: list[Any]
+) -> Results:
+    results = await insert_jobs(conn, [jobs], tally)
+    changed.extend(await tally.apply(conn))
+    return results
 
 
 async def _alone(conn: asyncpg.Connection, fn: Any, *args: Any) -> tuple[Any, BaseException | None]:
