@@ -13,12 +13,18 @@ Notes of this backend (cited where they apply):
    several processes may start at once; ``taskrt migrate`` runs them alone. A
    newer version is refused with ``SchemaTooNew``. taskrt's connections have
    ``search_path`` = that schema, then ``public``.
-3. **One statement per group.** A run of one lifecycle write for many jobs is
-   one ``UPDATE ... FROM unnest(...)`` that locks the rows it moves and returns,
-   for each, its pool and the status it left: the counts (``job_counts``) move
-   by exactly that, in the same transaction, whatever the caller believed, and
-   the caller's ``was`` only documents the call. The counts' rows are updated in
-   key order, so two writers never deadlock on them.
+3. **One statement per batch, when it can be.** Each queued operation is a
+   ``sql.Part``: common table expressions over arrays (``unnest``) that find
+   their rows by primary key only (a status condition let the planner scan an
+   index whose statistics lag a busy queue), lock them, write them and return,
+   per job moved, its pool and the status it left. Parts that touch no row in
+   common are one statement (``writer.packs``, ``sql.combined``) with the
+   update of ``job_counts`` by exactly what moved (whatever the caller
+   believed: ``was`` only documents the call), which returns the new counts
+   for the owner's mirror. Adds without unique keys or ids of their own are
+   numbered in that statement from the locked last id. So the usual batch is
+   one statement, its own transaction, one round trip. The counts' rows are
+   updated in key order, so two writers never deadlock on them.
 4. **The database holds unique keys.** ``jobs_unique_live`` is a unique
    partial index; an add asks who holds its keys first (the common answer)
    and inserts with ``ON CONFLICT DO NOTHING``, so a key taken in between by
