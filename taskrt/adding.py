@@ -102,7 +102,7 @@ class Adding:
         task: TaskRef,
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         *,
-        tx: Transaction | None,
+        tx: Transaction | Any,
     ) -> list[int]:
         """Add ``calls`` (args, kwargs) of ``task`` to ``pool``; their ids once durable."""
         instrumentation = self.instrumentation()
@@ -116,9 +116,11 @@ class Adding:
         task: TaskRef,
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         *,
-        tx: Transaction | None,
+        tx: Transaction | Any,
     ) -> list[int]:
         self.require_started("adding a job")
+        if tx is not None and not isinstance(tx, Transaction):
+            tx = await self._adopt(tx)
         spec, opts = self.resolve_parts(task)
         now = self.clock.now()
         limits = self.limits
@@ -177,6 +179,9 @@ class Adding:
         if spec.hooks.next_id is not None and opts.job_id is None:
             for job in jobs:
                 job.job_id = await self._next_id(spec)
+        if tx is not None and tx.foreign:
+            for job in jobs:
+                job.external = True  # its commit is the application's: the owner finds it
         forward = None if tx is not None else self.forward()
         if forward is not None:
             # The owner checks capacity and unique keys, commits and queues.
@@ -299,7 +304,8 @@ class Adding:
             state = states[i] if states is not None else new_state(job, args, kwargs)
             state.id = res.job_id
             if tx is not None:
-                tx.added.append(state)
+                if not tx.foreign:
+                    tx.added.append(state)
             else:
                 self._accept(state)
         if failure is not None:
@@ -332,6 +338,17 @@ class Adding:
             self.background.hook(state.spec.hooks.on_add, info.id, job=state)
         if owning:
             self.pools[info.pool].push(state)
+
+    async def _adopt(self, connection: Any) -> Transaction:
+        """The application's own connection, in its transaction, as a ``Transaction``."""
+        adopted = await self.store.adopt_transaction(connection)
+        if adopted is None:
+            raise InvalidOption(
+                "tx",
+                "expected an rt.transaction(), or on PostgreSQL the application's asyncpg "
+                f"connection (or SQLAlchemy AsyncConnection) in its transaction; found {connection!r}",
+            )
+        return Transaction(adopted, foreign=True)
 
     async def _check_capacity(self, pool: Pool, n: int) -> None:
         if pool.capacity is None:

@@ -11,6 +11,7 @@ forgets those that leave memory. It also polls for what client processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -59,6 +60,7 @@ class Adoption:
         self.declare_pool = declare_pool
         self.max_recoveries = max_recoveries
         self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
         self._unknown: set[str] = set()  # tasks already warned about
 
     async def recover(self, *, unclean: bool) -> None:
@@ -158,10 +160,19 @@ class Adoption:
             return state
         return self.hold(info)
 
+    def wake(self) -> None:
+        """Another process committed something for the owner: look now (the store's
+        ``listen``), not at the next ``poll_interval``."""
+        self._wake.set()
+
     async def poll(self) -> None:
-        """Pick up what client processes wrote, every ``poll_interval`` (runtime note 3)."""
+        """Pick up what client processes wrote, every ``poll_interval`` (runtime note 3),
+        or at once when the store tells of it (``wake``)."""
+        self._wake = asyncio.Event()
         while True:
-            await asyncio.sleep(self.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
             try:
                 await self.poll_once()
             except TaskrtError:

@@ -76,7 +76,7 @@ class Instrumentation(Protocol):
         task: TaskRef,
         calls: Calls,
         *,
-        tx: Transaction | None,
+        tx: Transaction | Any,
     ) -> list[int]:
         """Add the jobs: call ``proceed(pool, task, calls, tx=tx)`` (with changed options if
         need be) and return what it returns."""
@@ -103,7 +103,7 @@ class PoolHost(Protocol):
     def instrumentation(self) -> Instrumentation | None: ...
 
     async def add_calls(
-        self, pool: Pool, task: TaskRef, calls: Calls, *, tx: Transaction | None
+        self, pool: Pool, task: TaskRef, calls: Calls, *, tx: Transaction | Any
     ) -> list[int]:
         """Add jobs to ``pool``; their ids once durable (``taskrt.adding``)."""
         ...
@@ -199,7 +199,7 @@ class Pool:
         task: TaskRef,
         /,
         *args: Any,
-        tx: Transaction | None = None,
+        tx: Transaction | Any = None,
         **kwargs: Any,
     ) -> int:
         """Add one job; returns its id once the job is committed to disk."""
@@ -212,7 +212,7 @@ class Pool:
         items: Iterable[Sequence[Any] | Mapping[str, Any]],
         /,
         *,
-        tx: Transaction | None = None,
+        tx: Transaction | Any = None,
     ) -> list[int]:
         """Add many jobs in one commit: each item is a tuple of args or a dict of kwargs."""
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []

@@ -553,6 +553,8 @@ class Runtime:
         self._owning_since = time.time()
         self._workers_on = True
         self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
+        # Other processes' commits for the owner wake the poll (PostgreSQL: NOTIFY).
+        await self.store.listen(self.adoption.wake)
         for pool in self._pools.values():
             pool._dispatch()
         if self._relay_at is not None:
@@ -645,6 +647,7 @@ class Runtime:
             self.broker.on_interest = None
             await self.remote.close()
             self.remote = None
+        await self.store.unlisten()
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -801,7 +804,7 @@ class Runtime:
         return self.adding.resolve(task)
 
     async def add(
-        self, task: TaskRef, /, *args: Any, tx: Transaction | None = None, **kwargs: Any
+        self, task: TaskRef, /, *args: Any, tx: Transaction | Any = None, **kwargs: Any
     ) -> int:
         """Add a job to its task's pool; returns the id once it is durable."""
         spec, _ = self.adding.resolve_parts(task)
@@ -815,7 +818,7 @@ class Runtime:
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         pool: str | None = None,
-        tx: Transaction | None = None,
+        tx: Transaction | Any = None,
         **options: Any,
     ) -> int:
         """Add one job with its arguments given apart; returns the id once it is durable.

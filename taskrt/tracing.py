@@ -90,7 +90,7 @@ class Tracing:
         task: TaskRef,
         calls: Calls,
         *,
-        tx: Transaction | None,
+        tx: Transaction | Any,
     ) -> list[int]:
         from .definitions import TaskCall
 

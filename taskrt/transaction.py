@@ -2,7 +2,10 @@
 
 ``async with rt.transaction() as tx:`` runs the application's own SQL and
 ``add(..., tx=tx)`` in one transaction of the store: both commit or neither
-does, and workers see the jobs only after the commit.
+does, and workers see the jobs only after the commit. On PostgreSQL,
+``add(..., tx=connection)`` also takes the application's own asyncpg
+connection (or SQLAlchemy's ``AsyncConnection``) in its open transaction
+(``JobStore.adopt_transaction``): the jobs exist if and only if it commits.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ class Transaction:
     Both commit or neither does; workers see the jobs after the commit.
     """
 
-    def __init__(self, conn: StoreTransaction) -> None:
+    def __init__(self, conn: StoreTransaction, *, foreign: bool = False) -> None:
         self._conn = conn
         # Jobs added in this transaction: taken in (queued, announced) after the commit.
         self.added: list[JobState] = []
+        # The application's own transaction (``add(..., tx=connection)``): taskrt
+        # does not see it commit, so its jobs are the owner's to find (``external``).
+        self.foreign = foreign
 
     @property
     def connection(self) -> StoreTransaction:

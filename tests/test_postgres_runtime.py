@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pg_server
 import pytest
 from core_support import collect
 
-from taskrt import JobContext, JobStatus, Runtime
+from taskrt import JobContext, JobNotFound, JobStatus, Runtime
 from taskrt.cli import main
 from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
 from taskrt.models import EventType
@@ -126,6 +128,77 @@ async def test_jobs_added_in_the_applications_transaction_exist_only_if_it_commi
         async with rt.transaction() as tx:
             assert [r[0] for r in await tx.execute("SELECT id FROM orders")] == [1]
         assert [j.id for j in (await rt.jobs()).jobs] == [kept]
+
+
+async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
+    url: str, tmp_path: Path
+) -> None:
+    """``add(..., tx=connection)``: the job exists if and only if the application's
+    transaction commits, and the owner starts it at once when it does (NOTIFY; its
+    poll here is every 30 s)."""
+    schema = pg_server.fresh_schema(tmp_path)
+    async with app(url, poll_interval=30) as rt:
+        conn = await asyncpg.connect(pg_server.require())
+        try:
+            path = await conn.fetchval("SHOW search_path")
+            await conn.execute(f'CREATE TABLE "{schema}".orders (id BIGINT PRIMARY KEY)')
+            async with conn.transaction():
+                await conn.execute(f'INSERT INTO "{schema}".orders (id) VALUES (1)')
+                kept = await rt.pool("p").add("double", 21, tx=conn)
+                assert await conn.fetchval("SHOW search_path") == path  # put back
+                with pytest.raises(JobNotFound):
+                    await rt.get(kept)  # not committed yet: nobody else sees it
+            committed = time.time()
+            info = await rt.wait(kept, timeout=5)
+            assert (info.status, info.result) == (JobStatus.SUCCESS, 42)
+            # Woken by the notification, not by a poll of a second's interval.
+            assert info.started_at is not None and info.started_at - committed < 0.5
+            with pytest.raises(RuntimeError, match="changed my mind"):
+                async with conn.transaction():
+                    await conn.execute(f'INSERT INTO "{schema}".orders (id) VALUES (2)')
+                    await rt.pool("p").add("double", 2, tx=conn)
+                    raise RuntimeError("changed my mind")
+            orders = await conn.fetch(f'SELECT id FROM "{schema}".orders')
+        finally:
+            await conn.close()
+        assert [r[0] for r in orders] == [1]
+        assert [j.id for j in (await rt.jobs()).jobs] == [kept]
+        assert rt.store.counted("p", JobStatus.SUCCESS) == 1
+        # A process that cannot reach the owner's relay (another machine) writes
+        # the job to the database: the notification wakes the owner as well.
+        async with app(url, workers=False) as client:
+            relay, client.remote = client.remote, None  # as on another machine: no relay
+            assert relay is not None
+            await relay.close()
+            sent = time.time()
+            far = await client.pool("p").add("double", 1)
+        info = await rt.wait(far, timeout=5)
+        assert info.started_at is not None and info.started_at - sent < 0.5
+
+
+async def test_jobs_added_in_a_sqlalchemy_transaction(url: str) -> None:
+    """SQLAlchemy's ``AsyncConnection`` over asyncpg works as ``tx=`` too."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(
+        pg_server.require().replace("postgresql://", "postgresql+asyncpg://")
+    )
+    try:
+        async with app(url) as rt:
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT 1"))
+                kept = await rt.pool("p").add("double", 4, tx=conn)
+            with pytest.raises(RuntimeError):
+                async with engine.begin() as conn:
+                    await rt.pool("p").add("double", 5, tx=conn)
+                    raise RuntimeError("rolled back")
+            assert (await rt.wait(kept, timeout=5)).result == 8
+            assert [j.id for j in (await rt.jobs()).jobs] == [kept]
+            with pytest.raises(InvalidOption, match="tx"):
+                await rt.pool("p").add("double", 1, tx=object())
+    finally:
+        await engine.dispose()
 
 
 async def test_the_http_api_serves_from_postgresql(url: str) -> None:

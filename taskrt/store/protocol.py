@@ -201,6 +201,21 @@ class JobStore(Protocol):
         self, tx: StoreTransaction, jobs: Sequence[NewJob]
     ) -> list[InsertResult]: ...
 
+    async def adopt_transaction(self, connection: Any) -> StoreTransaction | None:
+        """The application's own open transaction, on a connection of this store's
+        driver (PostgreSQL: an asyncpg connection, or SQLAlchemy's ``AsyncConnection``
+        over asyncpg), as a transaction jobs can be added in; None when this store
+        cannot write in it. Jobs added there are the owner's to find (``external``)."""
+        ...
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` soon after another process commits something for the owner
+        to take in (``external_changes``); a store that cannot tell returns at once
+        (the owner polls)."""
+        ...
+
+    async def unlisten(self) -> None: ...
+
     # -- a job's lifecycle (queued; ``pool``/``was``: see the module docstring)
     def start(
         self, job_id: int, attempt: int, now: float, seq: int, *, pool: str

@@ -35,6 +35,12 @@ Notes of this backend (cited where they apply):
    unavailable locks are the database's for now: the batch is kept and written
    again (store note 9), on a fresh connection of the pool. Any other error is
    one part's (store note 10).
+6. **Other processes wake the owner.** What a process that is not the owner
+   commits for it (an add it could not forward, a cancel, a retry, a run now,
+   an add in the application's own transaction) sends ``pg_notify`` on the
+   schema's channel in or after that commit; the owner listens on a
+   connection of its own and looks at once (``listen``), its poll being the
+   fallback, also while the listener reconnects.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

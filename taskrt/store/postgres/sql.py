@@ -501,6 +501,9 @@ SQL_RESCHEDULE = (
     "WHERE id = $3 AND status = 'WAITING'"
 )
 
+# What other processes commit for the owner wakes it (note 6).
+SQL_NOTIFY = "SELECT pg_notify($1, 'changed')"
+
 # -- ownership ---------------------------------------------------------------------------
 
 SQL_OWNER = "SELECT owner, address, since FROM lease WHERE id = 1"

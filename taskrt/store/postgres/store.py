@@ -6,16 +6,18 @@ dialect, through asyncpg's pool. The notes are the package's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import (
@@ -56,6 +58,7 @@ from .sql import (
     SQL_COUNTS_LIVE,
     SQL_DELETE_ATTEMPTS,
     SQL_INTERRUPT_ATTEMPTS,
+    SQL_NOTIFY,
     SQL_ORPHAN,
     SQL_OWNER,
     SQL_PAUSED_POOLS,
@@ -166,6 +169,9 @@ class PgStore(QueuedWrites):
         self._pool: asyncpg.Pool | None = None
         super().__init__(self.path, progress_interval=progress_interval)
         self._counts: dict[Key, int] = {}
+        self._wake: Callable[[], None] | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._relisten: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -216,7 +222,7 @@ class PgStore(QueuedWrites):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._close_pool()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
-        self._writes.start(PgBatches(self._pool, self._counts))
+        self._writes.start(PgBatches(self._pool, self._counts, self.channel))
 
     async def close(self, patience: float = 10.0) -> None:
         """Write everything queued (trying ``patience`` seconds while writes fail), disconnect."""
@@ -282,13 +288,37 @@ class PgStore(QueuedWrites):
             await self.pool.release(conn)
 
     async def insert_in(self, tx: Any, jobs: Sequence[NewJob]) -> list[InsertResult]:
-        """Insert jobs inside the open transaction ``tx`` (transactional enqueue)."""
+        """Insert jobs inside the open transaction ``tx`` (transactional enqueue).
+
+        In the application's own transaction (``adopt_transaction``) the jobs are
+        marked for the owner to find, and a notification, sent when that
+        transaction commits, wakes the owner (``listen``).
+        """
         if not isinstance(tx, PgTransaction):
             raise StoreError(f"expected a transaction of this store, found {tx!r}")
+        if tx.foreign is not None and not tx.conn.is_in_transaction():
+            # No transaction of the application's: the add is one of its own.
+            async with tx.conn.transaction():
+                return await self.insert_in(tx, jobs)
         counted = Tally()
+        conn = tx.conn
         try:
-            results = await insert_jobs(tx.conn, [list(jobs)], counted)
-            await counted.apply(tx.conn)
+            if tx.foreign is not None:
+                path = await conn.fetchval(
+                    "SELECT set_config('search_path', $1 || current_setting('search_path'), true)",
+                    f'"{tx.foreign}", ',
+                )
+            try:
+                results = await insert_jobs(conn, [list(jobs)], counted)
+                await counted.apply(conn)
+                if tx.foreign is not None:
+                    await conn.execute("SELECT pg_notify($1, 'added')", self.channel)
+            finally:
+                if tx.foreign is not None and not conn.is_closed():
+                    await conn.execute(
+                        "SELECT set_config('search_path', $1, true)",
+                        path.removeprefix(f'"{tx.foreign}", '),
+                    )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _error(self.path, exc) from exc
         tx.counts_changed = True
@@ -298,6 +328,75 @@ class PgStore(QueuedWrites):
                 raise res
             out.append(res)
         return out
+
+    async def adopt_transaction(self, connection: Any) -> PgTransaction | None:
+        """The application's asyncpg connection (or SQLAlchemy's ``AsyncConnection``
+        over asyncpg) in its open transaction, for ``add(..., tx=connection)``."""
+        conn = connection
+        if not isinstance(conn, asyncpg.Connection | PoolConnectionProxy):
+            raw = getattr(connection, "get_raw_connection", None)
+            if raw is None:
+                return None
+            # SQLAlchemy begins the driver's transaction at its first statement:
+            # make it begin now, so the jobs are written in it.
+            await connection.exec_driver_sql("SELECT 1")
+            proxied = await raw()
+            conn = getattr(proxied, "driver_connection", None)
+            if not isinstance(conn, asyncpg.Connection | PoolConnectionProxy):
+                return None
+        return PgTransaction(conn, foreign=self.schema)
+
+    # -- what other processes commit for the owner (note 6) --------------------------
+
+    @property
+    def channel(self) -> str:
+        """The notification channel of this schema's owner."""
+        return f"taskrt.{self.schema}"
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """``wake()`` on each notification of the channel, on a connection of its own;
+        a lost connection is opened again (the owner polls meanwhile)."""
+        self._wake = wake
+        await self._listen()
+
+    async def _listen(self) -> None:
+        try:
+            conn = await asyncpg.connect(
+                self._dsn, server_settings={"application_name": "taskrt listener"}
+            )
+            await conn.add_listener(self.channel, self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot listen on %s (%s); the owner polls", self.path, exc)
+            self._relisten_later()
+            return
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
+
+    def _notified(self, *_: Any) -> None:
+        if self._wake is not None:
+            self._wake()
+
+    def _listener_lost(self, _: Any) -> None:
+        self._listener = None
+        if self._wake is not None:
+            self._wake()  # what was sent meanwhile is found by the poll
+            self._relisten_later()
+
+    def _relisten_later(self) -> None:
+        if self._wake is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._relisten = loop.call_later(1.0, lambda: loop.create_task(self._listen()))
+
+    async def unlisten(self) -> None:
+        self._wake = None
+        if self._relisten is not None:
+            self._relisten.cancel()
+            self._relisten = None
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await conn.close(timeout=5)
 
     # -- immediate operations ------------------------------------------------------
 
@@ -370,6 +469,7 @@ class PgStore(QueuedWrites):
                 (tally(CANCEL_WAITING_EXTERNAL_WHERE), (job_id,), JobStatus.CANCELLED),
                 (SQL_CANCEL_WAITING_EXTERNAL, (job_id, now)),
                 (SQL_REQUEST_CANCEL, (job_id,)),
+                (SQL_NOTIFY, (self.channel,)),
             ]
         )
 
@@ -378,6 +478,7 @@ class PgStore(QueuedWrites):
             [
                 (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
                 (SQL_RETRY_EXTERNAL, (job_id, now, max_attempts)),
+                (SQL_NOTIFY, (self.channel,)),
             ]
         )
         if changed[0]:
@@ -409,7 +510,10 @@ class PgStore(QueuedWrites):
         return len(deleted)
 
     async def reschedule(self, job_id: int, run_at: float, *, external: bool = False) -> bool:
-        counts = await self._script([(SQL_RESCHEDULE, (run_at, int(external), job_id))])
+        steps: list[tuple[Any, ...]] = [(SQL_RESCHEDULE, (run_at, int(external), job_id))]
+        if external:
+            steps.append((SQL_NOTIFY, (self.channel,)))
+        counts = await self._script(steps)
         return counts[0] == 1
 
     async def prune_history(self, before_minute: int) -> int:
@@ -583,11 +687,17 @@ class PgStore(QueuedWrites):
 
 class PgTransaction:
     """The application's handle on a transaction (``rt.transaction()``): its SQL is
-    PostgreSQL's (``$1`` placeholders); ``conn`` is asyncpg's connection."""
+    PostgreSQL's (``$1`` placeholders); ``conn`` is asyncpg's connection.
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    ``foreign``: the application's own connection and transaction
+    (``adopt_transaction``), whose ``search_path`` is its own: taskrt's
+    statements run with the store's schema first, and it is put back after.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, *, foreign: str | None = None) -> None:
         self.conn = conn
         self.counts_changed = False
+        self.foreign = foreign  # the store's schema, on the application's connection
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:

@@ -35,6 +35,7 @@ from .sql import (
     SQL_HOLDERS,
     SQL_INSERT,
     SQL_LAST_ID,
+    SQL_NOTIFY,
     SQL_SET_LAST_ID,
     Part,
     combined,
@@ -197,8 +198,9 @@ async def insert_jobs(
 class PgBatches:
     """Writes group-commit batches with the pool's connections (notes 3, 5)."""
 
-    def __init__(self, pool: asyncpg.Pool, counts: dict[Key, int]) -> None:
+    def __init__(self, pool: asyncpg.Pool, counts: dict[Key, int], channel: str) -> None:
         self.pool = pool
+        self.channel = channel  # the owner's: adds of other processes wake it (note 6)
         # Jobs by pool and status as of the latest committed write that changed them.
         self.counts = counts
 
@@ -230,6 +232,8 @@ class PgBatches:
                         tally = Tally()
                         results = await insert_jobs(conn, groups, tally)
                         changed.extend(await tally.apply(conn))
+            if any(job.external for jobs in groups for job in jobs):
+                await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
         if groups and simple:
             last = next(int(n) for pool, _, n in changed if pool is None)
             first = last - sum(len(g) for g in groups) + 1

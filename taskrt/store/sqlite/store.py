@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import aiosqlite
@@ -311,6 +311,16 @@ class Store(QueuedWrites):
                 raise res
             out.append(res)
         return out
+
+    async def adopt_transaction(self, connection: Any) -> StoreTransaction | None:
+        """None: a SQLite transaction is ``rt.transaction()``'s, on the writer connection."""
+        return None
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Nothing to listen to: the owner polls for other processes' writes."""
+
+    async def unlisten(self) -> None:
+        pass
 
     # -- ownership, recovery and actions of other processes -----------------------
 
