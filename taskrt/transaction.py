@@ -36,6 +36,12 @@ class Transaction:
         """The store's handle on this transaction (taskrt's own services write through it)."""
         return self._conn
 
+    @property
+    def driver(self) -> Any:
+        """The database driver's connection of this transaction: ``aiosqlite.Connection``
+        on SQLite, ``asyncpg.Connection`` on PostgreSQL (SQL in its own dialect)."""
+        return self._conn.driver
+
     async def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._conn.execute(statement, params)
 

@@ -19,9 +19,10 @@ import asyncpg
 import httpx
 import pg_server
 import pytest
+from asyncpg.pool import PoolConnectionProxy
 from core_support import collect
 
-from taskrt import JobContext, JobNotFound, JobStatus, Runtime
+from taskrt import JobContext, JobInfo, JobNotFound, JobStatus, Runtime, Transaction
 from taskrt.cli import main
 from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
 from taskrt.models import EventType
@@ -199,6 +200,33 @@ async def test_jobs_added_in_a_sqlalchemy_transaction(url: str) -> None:
                 await rt.pool("p").add("double", 1, tx=object())
     finally:
         await engine.dispose()
+
+
+async def test_on_failed_writes_with_the_failure_through_the_driver(url: str) -> None:
+    """``on_failed(job, tx)``: PostgreSQL's SQL through ``tx`` and ``tx.driver`` (asyncpg)
+    commits with the failure; a hook that raises rolls back only its own writes."""
+    rt = app(url)
+
+    async def audit(job: JobInfo, tx: Transaction) -> None:
+        assert isinstance(tx.driver, asyncpg.Connection | PoolConnectionProxy)
+        await tx.execute("INSERT INTO audit VALUES ($1, $2)", (job.id, "via tx"))
+        await tx.driver.execute("INSERT INTO audit VALUES ($1, $2)", job.id, "via driver")
+        if job.args == (2,):
+            raise RuntimeError("hook crashed")
+
+    @rt.task(pool="p", attempts=1, on_failed=audit)
+    async def doomed(job: JobContext, n: int) -> None:
+        raise ValueError(f"no luck {n}")
+
+    async with rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE audit (job_id BIGINT, note TEXT)")
+        first, second = [await rt.pool("p").add(doomed, n) for n in (1, 2)]
+        for job_id in (first, second):
+            assert (await rt.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+        async with rt.transaction() as tx:
+            rows = await tx.execute("SELECT job_id, note FROM audit ORDER BY note")
+    assert [tuple(r) for r in rows] == [(first, "via driver"), (first, "via tx")]
 
 
 async def test_the_http_api_serves_from_postgresql(url: str) -> None:

@@ -94,6 +94,12 @@ Progress = tuple[float, float, str]
 class StoreTransaction(Protocol):
     """One open write transaction: the application's SQL, and taskrt's own writes in it."""
 
+    @property
+    def driver(self) -> Any:
+        """The driver's connection the transaction is open on (``aiosqlite.Connection``,
+        ``asyncpg.Connection``): for SQL of the backend's own dialect and API."""
+        ...
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The application's own statement (``rt.transaction()``); its rows."""
         ...

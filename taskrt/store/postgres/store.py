@@ -699,6 +699,11 @@ class PgTransaction:
         self.counts_changed = False
         self.foreign = foreign  # the store's schema, on the application's connection
 
+    @property
+    def driver(self) -> asyncpg.Connection:
+        """asyncpg's connection, in the transaction."""
+        return self.conn
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return list(await self.conn.fetch(sql, *params))

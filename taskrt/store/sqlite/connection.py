@@ -43,6 +43,11 @@ class Connection:
         self.jobs: list[Any] = []
         self.counts_changed = False
 
+    @property
+    def driver(self) -> aiosqlite.Connection:
+        """aiosqlite's connection, in the transaction."""
+        return self._db
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run one statement in the transaction; returns its rows (if any)."""
         try:
