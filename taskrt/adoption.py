@@ -61,6 +61,7 @@ class Adoption:
         self.max_recoveries = max_recoveries
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._pools_changed = False
         self._unknown: set[str] = set()  # tasks already warned about
 
     async def recover(self, *, unclean: bool) -> None:
@@ -160,9 +161,12 @@ class Adoption:
             return state
         return self.hold(info)
 
-    def wake(self) -> None:
+    def wake(self, what: str = "changed") -> None:
         """Another process committed something for the owner: look now (the store's
-        ``listen``), not at the next ``poll_interval``."""
+        ``listen``), not at the next ``poll_interval``; ``"pools"``: an operator
+        paused or resumed a pool."""
+        if what == "pools":
+            self._pools_changed = True
         self._wake.set()
 
     async def poll(self) -> None:
@@ -174,9 +178,21 @@ class Adoption:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
             try:
+                if self._pools_changed:
+                    self._pools_changed = False
+                    await self.apply_pauses()
                 await self.poll_once()
             except TaskrtError:
                 log.exception("polling for external jobs failed")
+
+    async def apply_pauses(self) -> None:
+        """The pauses operators recorded, as they stand now, on this owner's pools."""
+        for name, paused in (await self.store.pool_pauses()).items():
+            pool = self.pools.get(name) or self.declare_pool(name)
+            if paused and not pool.paused:
+                pool.pause()
+            elif not paused and pool.paused:
+                pool.resume()
 
     async def poll_once(self) -> None:
         changed = await self.store.external_changes()

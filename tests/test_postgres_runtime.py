@@ -202,6 +202,22 @@ async def test_jobs_added_in_a_sqlalchemy_transaction(url: str) -> None:
         await engine.dispose()
 
 
+async def test_a_pause_from_another_machine_reaches_the_owner_at_once(url: str) -> None:
+    """A process with no relay to the owner records a pause; the notification makes
+    the owner apply it in milliseconds (its poll here is every 30 s), and the resume."""
+    async with app(url, poll_interval=30) as owner, app(url, workers=False) as far:
+        relay, far.remote = far.remote, None  # as on another machine: no relay
+        assert relay is not None
+        await relay.close()
+        pool = owner.pool("p")
+        for paused in (True, False):
+            await far.change_pool("p", paused=paused)
+            async with asyncio.timeout(0.5):
+                while pool.paused is not paused:
+                    await asyncio.sleep(0.005)
+        assert (await owner.wait(await far.pool("p").add("double", 3), timeout=5)).result == 6
+
+
 async def test_on_failed_writes_with_the_failure_through_the_driver(url: str) -> None:
     """``on_failed(job, tx)``: PostgreSQL's SQL through ``tx`` and ``tx.driver`` (asyncpg)
     commits with the failure; a hook that raises rolls back only its own writes."""

@@ -773,6 +773,7 @@ async def test_a_pause_is_recorded_per_pool(store: JobStore) -> None:
     await store.set_pool_paused("images", True)
     await store.set_pool_paused("images", False)
     assert await store.paused_pools() == {"mail"}
+    assert await store.pool_pauses() == {"mail": True, "images": False}
 
 
 # -- recover -------------------------------------------------------------------

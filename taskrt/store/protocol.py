@@ -214,10 +214,10 @@ class JobStore(Protocol):
         cannot write in it. Jobs added there are the owner's to find (``external``)."""
         ...
 
-    async def listen(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` soon after another process commits something for the owner
-        to take in (``external_changes``); a store that cannot tell returns at once
-        (the owner polls)."""
+    async def listen(self, wake: Callable[[str], None]) -> None:
+        """Call ``wake(what)`` soon after another process commits something for the
+        owner to take in: ``"changed"`` (``external_changes``), ``"pools"``
+        (``pool_pauses``); a store that cannot tell returns at once (the owner polls)."""
         ...
 
     async def unlisten(self) -> None: ...
@@ -351,7 +351,13 @@ class JobStore(Protocol):
         """Pools an operator paused (the pause outlives the process that was told)."""
         ...
 
-    async def set_pool_paused(self, name: str, paused: bool) -> None: ...
+    async def set_pool_paused(self, name: str, paused: bool) -> None:
+        """Record an operator's pause or resume (on PostgreSQL the owner is told)."""
+        ...
+
+    async def pool_pauses(self) -> dict[str, bool]:
+        """Every pool an operator paused or resumed, and whether it is paused."""
+        ...
 
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
         """Jobs a dead process left RUNNING: WAITING again (recoveries + 1), FAILURE as

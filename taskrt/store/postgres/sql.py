@@ -503,6 +503,7 @@ SQL_RESCHEDULE = (
 
 # What other processes commit for the owner wakes it (note 6).
 SQL_NOTIFY = "SELECT pg_notify($1, 'changed')"
+SQL_NOTIFY_POOLS = "SELECT pg_notify($1, 'pools')"
 
 # -- ownership ---------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ from .sql import (
     SQL_DELETE_ATTEMPTS,
     SQL_INTERRUPT_ATTEMPTS,
     SQL_NOTIFY,
+    SQL_NOTIFY_POOLS,
     SQL_ORPHAN,
     SQL_OWNER,
     SQL_PAUSED_POOLS,
@@ -169,7 +170,7 @@ class PgStore(QueuedWrites):
         self._pool: asyncpg.Pool | None = None
         super().__init__(self.path, progress_interval=progress_interval)
         self._counts: dict[Key, int] = {}
-        self._wake: Callable[[], None] | None = None
+        self._wake: Callable[[str], None] | None = None
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.TimerHandle | None = None
 
@@ -353,7 +354,7 @@ class PgStore(QueuedWrites):
         """The notification channel of this schema's owner."""
         return f"taskrt.{self.schema}"
 
-    async def listen(self, wake: Callable[[], None]) -> None:
+    async def listen(self, wake: Callable[[str], None]) -> None:
         """``wake()`` on each notification of the channel, on a connection of its own;
         a lost connection is opened again (the owner polls meanwhile)."""
         self._wake = wake
@@ -372,14 +373,14 @@ class PgStore(QueuedWrites):
         conn.add_termination_listener(self._listener_lost)
         self._listener = conn
 
-    def _notified(self, *_: Any) -> None:
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if self._wake is not None:
-            self._wake()
+            self._wake(payload)
 
     def _listener_lost(self, _: Any) -> None:
         self._listener = None
         if self._wake is not None:
-            self._wake()  # what was sent meanwhile is found by the poll
+            self._wake("changed")  # what was sent meanwhile is found by the poll
             self._relisten_later()
 
     def _relisten_later(self) -> None:
@@ -444,8 +445,14 @@ class PgStore(QueuedWrites):
     async def paused_pools(self) -> set[str]:
         return {str(r[0]) for r in await self.fetch_all(SQL_PAUSED_POOLS)}
 
+    async def pool_pauses(self) -> dict[str, bool]:
+        rows = await self.fetch_all("SELECT name, paused FROM pool_settings")
+        return {str(r[0]): bool(r[1]) for r in rows}
+
     async def set_pool_paused(self, name: str, paused: bool) -> None:
-        await self._script([(SQL_SET_PAUSED, (name, int(paused)))])
+        await self._script(
+            [(SQL_SET_PAUSED, (name, int(paused))), (SQL_NOTIFY_POOLS, (self.channel,))]
+        )
 
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
         _, _, _, recovered, _, orphaned = await self._script(

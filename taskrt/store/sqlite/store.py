@@ -316,7 +316,7 @@ class Store(QueuedWrites):
         """None: a SQLite transaction is ``rt.transaction()``'s, on the writer connection."""
         return None
 
-    async def listen(self, wake: Callable[[], None]) -> None:
+    async def listen(self, wake: Callable[[str], None]) -> None:
         """Nothing to listen to: the owner polls for other processes' writes."""
 
     async def unlisten(self) -> None:
@@ -400,6 +400,10 @@ class Store(QueuedWrites):
     async def paused_pools(self) -> set[str]:
         rows = await self.fetch_all("SELECT name FROM pool_settings WHERE paused = 1")
         return {str(r["name"]) for r in rows}
+
+    async def pool_pauses(self) -> dict[str, bool]:
+        rows = await self.fetch_all("SELECT name, paused FROM pool_settings")
+        return {str(r["name"]): bool(r["paused"]) for r in rows}
 
     async def set_pool_paused(self, name: str, paused: bool) -> None:
         await self._script(
