@@ -18,7 +18,6 @@ from core_support import rows, write
 from taskrt import JobContext, JobStatus, Runtime, Task
 from taskrt.errors import SchemaTooNew
 from taskrt.store import MIGRATIONS, SCHEMA_VERSION, Store, queries
-from taskrt.store.sqlite import sql
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1.0.db"
 
@@ -262,7 +261,7 @@ def test_the_unique_holder_read_uses_the_live_key_index(tmp_path: Path) -> None:
     path = v4_file(tmp_path)
     asyncio.run(_open_and_close(path))
     plan = " / ".join(
-        str(r[3]) for r in rows(path, f"EXPLAIN QUERY PLAN {sql.SQL_UNIQUE_HOLDER}", ("k",))
+        str(r[3]) for r in rows(path, f"EXPLAIN QUERY PLAN {queries.SQL_UNIQUE_HOLDER}", ("k",))
     )
     assert "jobs_unique_live" in plan, plan
 

@@ -44,3 +44,26 @@ SQL_READY_AFTER = (
 SQL_DELAYED = (
     f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND {_AFTER} {_IN_RUN_ORDER}"
 )
+
+# -- reads of one job, the counts, schedules, the lease (``reads``) ------------------------
+
+SQL_ATTEMPTS = (
+    "SELECT job_id, number, started_at, finished_at, outcome, error, traceback, next, next_at "
+    "FROM attempts WHERE job_id = ? ORDER BY number"
+)
+SQL_EXTERNAL = (
+    f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 ORDER BY id LIMIT ?"
+)
+SQL_COUNTS_LIVE = "SELECT pool, status, n FROM job_counts WHERE n != 0 ORDER BY pool, status"
+SQL_COUNT_OF = "SELECT n FROM job_counts WHERE pool = ? AND status = ?"
+SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')"
+SQL_OWNER = "SELECT owner, address, since FROM lease WHERE id = 1"
+SQL_PAUSED_POOLS = "SELECT name FROM pool_settings WHERE paused = 1"
+SQL_POOL_PAUSES = "SELECT name, paused FROM pool_settings"
+SCHEDULE_COLUMNS = (
+    "name, task, args, kwargs, pool, expression, tz, misfire, paused, next_run_at, "
+    "last_run_at, last_job_id, last_error, fires, failures, created_at, updated_at"
+)
+SQL_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
+SQL_SCHEDULE = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
+SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"

@@ -30,7 +30,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import MINUTE_COLUMNS
+from ..queries import MINUTE_COLUMNS, SQL_SCHEDULE
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -427,8 +427,6 @@ SQL_COUNTS_ADD = (
     "RETURNING pool, status, n"
 )
 SQL_COUNTS = "SELECT pool, status, n FROM job_counts"
-SQL_COUNTS_LIVE = "SELECT pool, status, n FROM job_counts WHERE n != 0 ORDER BY pool, status"
-SQL_COUNT_OF = "SELECT n FROM job_counts WHERE pool = $1 AND status = $2"
 
 
 def tally(where: str) -> str:
@@ -507,14 +505,12 @@ SQL_NOTIFY_POOLS = "SELECT pg_notify($1, 'pools')"
 
 # -- ownership ---------------------------------------------------------------------------
 
-SQL_OWNER = "SELECT owner, address, since FROM lease WHERE id = 1"
 SQL_CLAIM = (
     "INSERT INTO lease (id, owner, expires_at, address, since) VALUES (1, $1, 0, $2, $3) "
     "ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, address = excluded.address, "
     "since = excluded.since"
 )
 SQL_RELEASE = "DELETE FROM lease WHERE id = 1 AND owner = $1"
-SQL_PAUSED_POOLS = "SELECT name FROM pool_settings WHERE paused = 1"
 SQL_SET_PAUSED = (
     "INSERT INTO pool_settings (name, paused) VALUES ($1, $2) "
     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
@@ -522,12 +518,7 @@ SQL_SET_PAUSED = (
 
 # -- schedules (taskrt.scheduler) --------------------------------------------------------
 
-SCHEDULE_COLUMNS = (
-    "name, task, args, kwargs, pool, expression, tz, misfire, paused, next_run_at, "
-    "last_run_at, last_job_id, last_error, fires, failures, created_at, updated_at"
-)
-SQL_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
-SQL_SCHEDULE_GET = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1"
+SQL_SCHEDULE_GET = numbered(SQL_SCHEDULE)
 SQL_SCHEDULE_INSERT = (
     "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
     "next_run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -552,13 +543,7 @@ SQL_SCHEDULES_BUMP = (
     "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') "
     "ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text RETURNING value"
 )
-SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"
 
 # -- reads --------------------------------------------------------------------------------
 
-SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = $1 AND status IN ('WAITING', 'RUNNING')"
 SQL_POOL_STATUS = "SELECT id, pool, status FROM jobs WHERE id = ANY($1::bigint[]) FOR UPDATE"
-SQL_ATTEMPTS = (
-    "SELECT job_id, number, started_at, finished_at, outcome, error, traceback, next, next_at "
-    "FROM attempts WHERE job_id = $1 ORDER BY number"
-)

@@ -21,8 +21,6 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import (
-    AttemptInfo,
-    AttemptOutcome,
     JobInfo,
     JobStatus,
     ScheduleDefinition,
@@ -31,12 +29,11 @@ from ...models import (
 from ..adds import count_by
 from ..groupcommit import reason
 from ..ops import failure_params
-from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord
-from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
+from ..protocol import InsertResult, MinuteRow, NewJob
+from ..queries import JOB_COLUMNS, MINUTE_COLUMNS, SQL_OWNER
 from ..queued import QueuedWrites
+from ..reads import SharedReads
 from ..rows import row_to_job, row_to_schedule
-from ..stats import stats
-from ..window import delayed_jobs, ready_jobs
 from .lock import AdvisoryLock
 from .schema import migrate
 from .sql import (
@@ -49,20 +46,15 @@ from .sql import (
     RECOVER_WHERE,
     RETRY_EXTERNAL_WHERE,
     SCHEMA_VERSION,
-    SQL_ATTEMPTS,
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CLAIM,
     SQL_CLEANUP,
-    SQL_COUNT_OF,
     SQL_COUNTS,
-    SQL_COUNTS_LIVE,
     SQL_DELETE_ATTEMPTS,
     SQL_INTERRUPT_ATTEMPTS,
     SQL_NOTIFY,
     SQL_NOTIFY_POOLS,
     SQL_ORPHAN,
-    SQL_OWNER,
-    SQL_PAUSED_POOLS,
     SQL_PURGE,
     SQL_RECOVER,
     SQL_RECOVER_CANCELLED,
@@ -80,12 +72,9 @@ from .sql import (
     SQL_SCHEDULE_PAUSE,
     SQL_SCHEDULE_RAN,
     SQL_SCHEDULE_RESUME,
-    SQL_SCHEDULES,
     SQL_SCHEDULES_BUMP,
-    SQL_SCHEDULES_VERSION,
     SQL_SEQ_GAP,
     SQL_SET_PAUSED,
-    SQL_UNIQUE_HOLDER,
     numbered,
     tally,
 )
@@ -118,7 +107,7 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PgStore(QueuedWrites):
+class PgStore(QueuedWrites, SharedReads):
     """PostgreSQL persistence with group commit (see the ``taskrt.store.postgres`` notes).
 
     ``url``: ``postgresql://user@host:port/database`` (or ``postgres://``),
@@ -427,27 +416,14 @@ class PgStore(QueuedWrites):
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(SQL_OWNER + " FOR UPDATE")
+                row = await conn.fetchrow(numbered(SQL_OWNER) + " FOR UPDATE")
                 await conn.execute(SQL_CLAIM, owner, address, now)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
         return None if row is None else str(row[0])
 
-    async def owner_record(self) -> OwnerRecord | None:
-        row = await self.fetch_one(SQL_OWNER)
-        if row is None:
-            return None
-        return OwnerRecord(str(row[0]), row[1], float(row[2] or 0.0))
-
     async def release_lease(self, owner: str) -> None:
         await self._script([(SQL_RELEASE, (owner,))])
-
-    async def paused_pools(self) -> set[str]:
-        return {str(r[0]) for r in await self.fetch_all(SQL_PAUSED_POOLS)}
-
-    async def pool_pauses(self) -> dict[str, bool]:
-        rows = await self.fetch_all("SELECT name, paused FROM pool_settings")
-        return {str(r[0]): bool(r[1]) for r in rows}
 
     async def set_pool_paused(self, name: str, paused: bool) -> None:
         await self._script(
@@ -541,21 +517,11 @@ class PgStore(QueuedWrites):
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
-    async def _shared(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A statement of ``queries`` (``?`` placeholders); NaN, which matches
         nothing, as NULL (which matches nothing either)."""
         values = [None if isinstance(p, float) and math.isnan(p) else p for p in params]
         return await self.fetch_all(numbered(sql), values)
-
-    async def get_job(self, job_id: int) -> JobInfo | None:
-        row = await self.fetch_one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", (job_id,))
-        return None if row is None else row_to_job(row)
-
-    async def get_jobs(self, ids: Iterable[int]) -> list[JobInfo]:
-        rows = await self.fetch_all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::bigint[])", (list(ids),)
-        )
-        return [row_to_job(r) for r in rows]
 
     async def list_jobs(
         self,
@@ -598,22 +564,6 @@ class PgStore(QueuedWrites):
         row = await self.fetch_one(f"SELECT count(*) FROM jobs {clause}", params)
         return int(row[0]) if row else 0
 
-    async def attempts(self, job_id: int) -> list[AttemptInfo]:
-        return [
-            AttemptInfo(
-                job_id=r[0],
-                number=r[1],
-                started_at=r[2],
-                finished_at=r[3],
-                outcome=AttemptOutcome(r[4]),
-                error=r[5],
-                traceback=r[6],
-                next=r[7],
-                next_at=r[8],
-            )
-            for r in await self.fetch_all(SQL_ATTEMPTS, (job_id,))
-        ]
-
     async def history(
         self,
         since_minute: int,
@@ -642,54 +592,10 @@ class PgStore(QueuedWrites):
         )
         return [tuple(r) for r in rows]
 
-    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
-        return await stats(self._shared, since, until)
-
-    async def schedules(self) -> list[ScheduleInfo]:
-        return [row_to_schedule(r) for r in await self.fetch_all(SQL_SCHEDULES)]
-
-    async def schedule(self, name: str) -> ScheduleInfo | None:
-        row = await self.fetch_one(SQL_SCHEDULE_GET, (name,))
-        return None if row is None else row_to_schedule(row)
-
-    async def schedules_version(self) -> str | None:
-        row = await self.fetch_one(SQL_SCHEDULES_VERSION)
-        return None if row is None else str(row[0])
-
-    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
-        rows = await self.fetch_all(
-            f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 "
-            "ORDER BY id LIMIT $1",
-            (limit,),
-        )
-        return [(row_to_job(r), bool(r["cancel_requested"])) for r in rows]
-
     # -- counts and the waiting window -------------------------------------------------
 
     def counted(self, pool: str, status: JobStatus) -> int:
         return self._counts.get((pool, status.value), 0)
-
-    async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
-        out: dict[str, dict[JobStatus, int]] = {}
-        for row in await self.fetch_all(SQL_COUNTS_LIVE):
-            out.setdefault(str(row[0]), {})[JobStatus(row[1])] = int(row[2])
-        return out
-
-    async def count_waiting(self, pool: str) -> int:
-        row = await self.fetch_one(SQL_COUNT_OF, (pool, JobStatus.WAITING.value))
-        return int(row[0]) if row else 0
-
-    async def ready_jobs(
-        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
-    ) -> list[JobInfo]:
-        return await ready_jobs(self._shared, pool, now, limit, after)
-
-    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
-        return await delayed_jobs(self._shared, pool, after, limit)
-
-    async def unique_holder(self, key: str) -> int | None:
-        row = await self.fetch_one(SQL_UNIQUE_HOLDER, (key,))
-        return None if row is None else int(row[0])
 
 
 class PgTransaction:

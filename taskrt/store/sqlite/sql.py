@@ -22,9 +22,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import (
-    MINUTE_COLUMNS,
-)
+from ..queries import MINUTE_COLUMNS, SQL_SCHEDULE
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -311,8 +309,6 @@ SQL_COUNTS_ADD = (
     "ON CONFLICT (pool, status) DO UPDATE SET n = n + excluded.n"
 )
 SQL_COUNTS = "SELECT pool, status, n FROM job_counts"
-SQL_COUNTS_LIVE = "SELECT pool, status, n FROM job_counts WHERE n != 0 ORDER BY pool, status"
-SQL_COUNT_OF = "SELECT n FROM job_counts WHERE pool = ? AND status = ?"
 SQL_POOL_STATUS = "SELECT pool, status FROM jobs WHERE id = ?"
 
 
@@ -328,19 +324,11 @@ SQL_MINUTES = (
 SQL_RETRIED_IF_CHANGED = SQL_RETRIED + " AND changes() > 0"
 
 
-SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')"
-
-
 # -- schedules (taskrt.scheduler) --------------------------------------------
 # One row per schedule. ``next_run_at`` is the next slot not yet fired (NULL
 # while paused); a slot's job insert and the row's advance commit together.
 
-SCHEDULE_COLUMNS = (
-    "name, task, args, kwargs, pool, expression, tz, misfire, paused, next_run_at, "
-    "last_run_at, last_job_id, last_error, fires, failures, created_at, updated_at"
-)
-SQL_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
-SQL_SCHEDULE_GET = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
+SQL_SCHEDULE_GET = SQL_SCHEDULE
 SQL_SCHEDULE_INSERT = (
     "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
     "next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -378,7 +366,6 @@ SQL_SCHEDULES_BUMP = (
     "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') "
     "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value"
 )
-SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"
 
 
 STATEMENT: dict[Op, str] = {

@@ -15,26 +15,22 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 import aiosqlite
 
 from ...errors import InvalidOption, StoreError
 from ...models import (
-    AttemptInfo,
-    AttemptOutcome,
     JobInfo,
     JobStatus,
-    ScheduleInfo,
 )
 from ..adds import count_by
-from ..protocol import InsertResult, MinuteRow, NewJob, OwnerRecord, StoreTransaction
+from ..protocol import InsertResult, MinuteRow, NewJob, StoreTransaction
 from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
 from ..queued import QueuedWrites
-from ..rows import json_path, row_to_job, row_to_schedule
-from ..stats import stats
-from ..window import delayed_jobs, ready_jobs
+from ..reads import SharedReads
+from ..rows import json_path, row_to_job
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
@@ -51,8 +47,6 @@ from .sql import (
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CLEANUP,
     SQL_CLEANUP_ATTEMPTS,
-    SQL_COUNT_OF,
-    SQL_COUNTS_LIVE,
     SQL_INTERRUPT_ATTEMPTS,
     SQL_ORPHAN,
     SQL_PURGE,
@@ -62,12 +56,8 @@ from .sql import (
     SQL_REQUEST_CANCEL,
     SQL_RETRIED_IF_CHANGED,
     SQL_RETRY_EXTERNAL,
-    SQL_SCHEDULE_GET,
     SQL_SCHEDULE_ORPHANS,
-    SQL_SCHEDULES,
-    SQL_SCHEDULES_VERSION,
     SQL_SEQ_GAP,
-    SQL_UNIQUE_HOLDER,
     tally,
 )
 from .writer import SqliteBatches
@@ -81,7 +71,7 @@ Step = tuple[str, Sequence[Any]] | tuple[str, Sequence[Any], JobStatus | None]
 its params and where the rows it counts go (None: deleted) for the next statement."""
 
 
-class Store(QueuedWrites):
+class Store(QueuedWrites, SharedReads):
     """SQLite persistence with group commit (see the ``taskrt.store`` notes)."""
 
     def __init__(
@@ -390,21 +380,6 @@ class Store(QueuedWrites):
                 raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
         return result
 
-    async def owner_record(self) -> OwnerRecord | None:
-        """Who owns the database (as recorded), where it listens, since when."""
-        row = await self.fetch_one("SELECT owner, address, since FROM lease WHERE id = 1")
-        if row is None:
-            return None
-        return OwnerRecord(str(row["owner"]), row["address"], float(row["since"] or 0.0))
-
-    async def paused_pools(self) -> set[str]:
-        rows = await self.fetch_all("SELECT name FROM pool_settings WHERE paused = 1")
-        return {str(r["name"]) for r in rows}
-
-    async def pool_pauses(self) -> dict[str, bool]:
-        rows = await self.fetch_all("SELECT name, paused FROM pool_settings")
-        return {str(r["name"]): bool(r["paused"]) for r in rows}
-
     async def set_pool_paused(self, name: str, paused: bool) -> None:
         await self._script(
             [
@@ -491,21 +466,13 @@ class Store(QueuedWrites):
             raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
         return list(rows)
 
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read of ``queries``: SQLite's placeholders are ``?`` already."""
+        return await self.fetch_all(sql, params)
+
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
-
-    async def get_job(self, job_id: int) -> JobInfo | None:
-        row = await self.fetch_one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return None if row is None else row_to_job(row)
-
-    async def get_jobs(self, ids: Iterable[int]) -> list[JobInfo]:
-        ids = list(ids)
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = await self.fetch_all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
-        return [row_to_job(r) for r in rows]
 
     async def list_jobs(
         self,
@@ -630,52 +597,6 @@ class Store(QueuedWrites):
             params.append(before_id)
         return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
-    async def attempts(self, job_id: int) -> list[AttemptInfo]:
-        rows = await self.fetch_all(
-            "SELECT job_id, number, started_at, finished_at, outcome, error, traceback, next, "
-            "next_at FROM attempts WHERE job_id = ? ORDER BY number",
-            (job_id,),
-        )
-        return [
-            AttemptInfo(
-                job_id=r["job_id"],
-                number=r["number"],
-                started_at=r["started_at"],
-                finished_at=r["finished_at"],
-                outcome=AttemptOutcome(r["outcome"]),
-                error=r["error"],
-                traceback=r["traceback"],
-                next=r["next"],
-                next_at=r["next_at"],
-            )
-            for r in rows
-        ]
-
-    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
-        """Counts by status, mean and p95 of successes, in constant time (``stats``)."""
-        return await stats(self.fetch_all, since, until)
-
-    async def schedules(self) -> list[ScheduleInfo]:
-        """Every schedule, by name."""
-        return [row_to_schedule(r) for r in await self.fetch_all(SQL_SCHEDULES)]
-
-    async def schedule(self, name: str) -> ScheduleInfo | None:
-        row = await self.fetch_one(SQL_SCHEDULE_GET, (name,))
-        return None if row is None else row_to_schedule(row)
-
-    async def schedules_version(self) -> str | None:
-        """Bumped by every change of a definition, by any process (scheduler note 5)."""
-        row = await self.fetch_one(SQL_SCHEDULES_VERSION)
-        return None if row is None else str(row[0])
-
-    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
-        """Jobs another process added or changed (``external = 1``), with their cancel flag."""
-        rows = await self.fetch_all(
-            f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 ORDER BY id LIMIT ?",
-            (limit,),
-        )
-        return [(row_to_job(r), bool(r["cancel_requested"])) for r in rows]
-
     # -- counts and the waiting window (notes 12, 13) ---------------------------------
 
     def counted(self, pool: str, status: JobStatus) -> int:
@@ -683,33 +604,6 @@ class Store(QueuedWrites):
         that changed counts, or its opening; no I/O. Another process's writes
         show from this store's next such write on (it reads the table back)."""
         return self._counts.get(pool, status)
-
-    async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
-        """pool -> status -> jobs, read now from ``job_counts`` (no zeros)."""
-        out: dict[str, dict[JobStatus, int]] = {}
-        for row in await self.fetch_all(SQL_COUNTS_LIVE):
-            out.setdefault(str(row[0]), {})[JobStatus(row[1])] = int(row[2])
-        return out
-
-    async def count_waiting(self, pool: str) -> int:
-        """WAITING jobs of ``pool``, from ``job_counts`` (a lookup, note 12)."""
-        row = await self.fetch_one(SQL_COUNT_OF, (pool, JobStatus.WAITING.value))
-        return int(row[0]) if row else 0
-
-    async def ready_jobs(
-        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
-    ) -> list[JobInfo]:
-        """WAITING jobs of ``pool`` due at ``now``, in run order (``window``)."""
-        return await ready_jobs(self.fetch_all, pool, now, limit, after)
-
-    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
-        """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order (``window``)."""
-        return await delayed_jobs(self.fetch_all, pool, after, limit)
-
-    async def unique_holder(self, key: str) -> int | None:
-        """The WAITING or RUNNING job holding unique key ``key`` (index jobs_unique_live)."""
-        row = await self.fetch_one(SQL_UNIQUE_HOLDER, (key,))
-        return None if row is None else int(row[0])
 
     async def last_id(self) -> int:
         row = await self.fetch_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")

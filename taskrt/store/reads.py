@@ -1,0 +1,136 @@
+"""The reads both stores make alike, written once (``taskrt.store`` notes 12, 13).
+
+``SharedReads`` answers the read operations of ``JobStore`` whose statements
+are the same in both dialects (``queries``); a store extends it and says how a
+statement written with ``?`` placeholders runs (``query``): SQLite as is,
+PostgreSQL with them numbered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
+from .protocol import OwnerRecord
+from .queries import (
+    JOB_COLUMNS,
+    SQL_ATTEMPTS,
+    SQL_COUNT_OF,
+    SQL_COUNTS_LIVE,
+    SQL_EXTERNAL,
+    SQL_OWNER,
+    SQL_PAUSED_POOLS,
+    SQL_POOL_PAUSES,
+    SQL_SCHEDULE,
+    SQL_SCHEDULES,
+    SQL_SCHEDULES_VERSION,
+    SQL_UNIQUE_HOLDER,
+)
+from .rows import row_to_job, row_to_schedule
+from .stats import stats
+from .window import delayed_jobs, ready_jobs
+
+
+class SharedReads:
+    """The reads of ``JobStore`` both dialects write alike (see the module docstring)."""
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a read of ``queries`` (``?`` placeholders); its rows, by position or name."""
+        raise NotImplementedError
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.query(sql, params)
+        return rows[0] if rows else None
+
+    async def owner_record(self) -> OwnerRecord | None:
+        """Who owns the database (as recorded), where it listens, since when."""
+        row = await self._one(SQL_OWNER)
+        if row is None:
+            return None
+        return OwnerRecord(str(row["owner"]), row["address"], float(row["since"] or 0.0))
+
+    async def paused_pools(self) -> set[str]:
+        return {str(r["name"]) for r in await self.query(SQL_PAUSED_POOLS)}
+
+    async def pool_pauses(self) -> dict[str, bool]:
+        return {str(r["name"]): bool(r["paused"]) for r in await self.query(SQL_POOL_PAUSES)}
+
+    async def get_job(self, job_id: int) -> JobInfo | None:
+        row = await self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else row_to_job(row)
+
+    async def get_jobs(self, ids: Iterable[int]) -> list[JobInfo]:
+        ids = list(ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
+        return [row_to_job(r) for r in rows]
+
+    async def attempts(self, job_id: int) -> list[AttemptInfo]:
+        return [
+            AttemptInfo(
+                job_id=r["job_id"],
+                number=r["number"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+                outcome=AttemptOutcome(r["outcome"]),
+                error=r["error"],
+                traceback=r["traceback"],
+                next=r["next"],
+                next_at=r["next_at"],
+            )
+            for r in await self.query(SQL_ATTEMPTS, (job_id,))
+        ]
+
+    async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
+        """Counts by status, mean and p95 of successes, in constant time (``stats``)."""
+        return await stats(self.query, since, until)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by name."""
+        return [row_to_schedule(r) for r in await self.query(SQL_SCHEDULES)]
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        row = await self._one(SQL_SCHEDULE, (name,))
+        return None if row is None else row_to_schedule(row)
+
+    async def schedules_version(self) -> str | None:
+        """Bumped by every change of a definition, by any process (scheduler note 5)."""
+        row = await self._one(SQL_SCHEDULES_VERSION)
+        return None if row is None else str(row[0])
+
+    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
+        """Jobs another process added or changed (``external = 1``), with their cancel flag."""
+        rows = await self.query(SQL_EXTERNAL, (limit,))
+        return [(row_to_job(r), bool(r["cancel_requested"])) for r in rows]
+
+    # -- counts and the waiting window (notes 12, 13) ---------------------------------
+
+    async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
+        """pool -> status -> jobs, read now from ``job_counts`` (no zeros)."""
+        out: dict[str, dict[JobStatus, int]] = {}
+        for row in await self.query(SQL_COUNTS_LIVE):
+            out.setdefault(str(row[0]), {})[JobStatus(row[1])] = int(row[2])
+        return out
+
+    async def count_waiting(self, pool: str) -> int:
+        """WAITING jobs of ``pool``, from ``job_counts`` (a lookup, note 12)."""
+        row = await self._one(SQL_COUNT_OF, (pool, JobStatus.WAITING.value))
+        return int(row[0]) if row else 0
+
+    async def ready_jobs(
+        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
+    ) -> list[JobInfo]:
+        """WAITING jobs of ``pool`` due at ``now``, in run order (``window``)."""
+        return await ready_jobs(self.query, pool, now, limit, after)
+
+    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
+        """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order (``window``)."""
+        return await delayed_jobs(self.query, pool, after, limit)
+
+    async def unique_holder(self, key: str) -> int | None:
+        """The WAITING or RUNNING job holding unique key ``key`` (index jobs_unique_live)."""
+        row = await self._one(SQL_UNIQUE_HOLDER, (key,))
+        return None if row is None else int(row[0])
