@@ -67,3 +67,33 @@ SCHEDULE_COLUMNS = (
 SQL_SCHEDULES = f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name"
 SQL_SCHEDULE = f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?"
 SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"
+
+# -- schedules, in a transaction of the scheduler's (``schedules.ScheduleWrites``) -----------
+# One row per schedule. ``next_run_at`` is the next slot not yet fired (NULL
+# while paused); a slot's job insert and the row's advance commit together.
+
+SQL_SCHEDULE_INSERT = (
+    "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
+    "next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_SCHEDULE_DEFINE = (
+    "UPDATE schedules SET task = ?, args = ?, kwargs = ?, pool = ?, expression = ?, tz = ?, "
+    "misfire = ?, next_run_at = ?, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_PAUSE = (
+    "UPDATE schedules SET paused = 1, next_run_at = NULL, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_RESUME = (
+    "UPDATE schedules SET paused = 0, next_run_at = ?, updated_at = ? WHERE name = ?"
+)
+SQL_SCHEDULE_FIRED = (
+    "UPDATE schedules SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), "
+    "last_job_id = COALESCE(?, last_job_id), last_error = ?, fires = fires + ? WHERE name = ?"
+)
+SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
+SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = ?"
+# Every change of a definition (by any process) bumps this; the owner watches it.
+SQL_SCHEDULES_BUMP = (
+    "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') ON CONFLICT (key) "
+    "DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT) RETURNING value"
+)

@@ -30,7 +30,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import MINUTE_COLUMNS, SQL_SCHEDULE
+from ..queries import MINUTE_COLUMNS
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -518,31 +518,6 @@ SQL_SET_PAUSED = (
 
 # -- schedules (taskrt.scheduler) --------------------------------------------------------
 
-SQL_SCHEDULE_GET = numbered(SQL_SCHEDULE)
-SQL_SCHEDULE_INSERT = (
-    "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
-    "next_run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-)
-SQL_SCHEDULE_DEFINE = (
-    "UPDATE schedules SET task = $1, args = $2, kwargs = $3, pool = $4, expression = $5, "
-    "tz = $6, misfire = $7, next_run_at = $8, updated_at = $9 WHERE name = $10"
-)
-SQL_SCHEDULE_PAUSE = (
-    "UPDATE schedules SET paused = 1, next_run_at = NULL, updated_at = $1 WHERE name = $2"
-)
-SQL_SCHEDULE_RESUME = (
-    "UPDATE schedules SET paused = 0, next_run_at = $1, updated_at = $2 WHERE name = $3"
-)
-SQL_SCHEDULE_FIRED = (
-    "UPDATE schedules SET next_run_at = $1, last_run_at = COALESCE($2, last_run_at), "
-    "last_job_id = COALESCE($3, last_job_id), last_error = $4, fires = fires + $5 WHERE name = $6"
-)
-SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = $1, last_error = NULL WHERE name = $2"
-SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = $1"
-SQL_SCHEDULES_BUMP = (
-    "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') "
-    "ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + 1)::text RETURNING value"
-)
 
 # -- reads --------------------------------------------------------------------------------
 

@@ -23,8 +23,6 @@ from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import (
     JobInfo,
     JobStatus,
-    ScheduleDefinition,
-    ScheduleInfo,
 )
 from ..adds import count_by
 from ..groupcommit import reason
@@ -33,7 +31,8 @@ from ..protocol import InsertResult, MinuteRow, NewJob
 from ..queries import JOB_COLUMNS, MINUTE_COLUMNS, SQL_OWNER
 from ..queued import QueuedWrites
 from ..reads import SharedReads
-from ..rows import row_to_job, row_to_schedule
+from ..rows import row_to_job
+from ..schedules import ScheduleWrites
 from .lock import AdvisoryLock
 from .schema import migrate
 from .sql import (
@@ -63,16 +62,7 @@ from .sql import (
     SQL_RESCHEDULE,
     SQL_RETRIED_ONE,
     SQL_RETRY_EXTERNAL,
-    SQL_SCHEDULE_DEFINE,
-    SQL_SCHEDULE_DELETE,
-    SQL_SCHEDULE_FIRED,
-    SQL_SCHEDULE_GET,
-    SQL_SCHEDULE_INSERT,
     SQL_SCHEDULE_ORPHANS,
-    SQL_SCHEDULE_PAUSE,
-    SQL_SCHEDULE_RAN,
-    SQL_SCHEDULE_RESUME,
-    SQL_SCHEDULES_BUMP,
     SQL_SEQ_GAP,
     SQL_SET_PAUSED,
     numbered,
@@ -598,7 +588,7 @@ class PgStore(QueuedWrites, SharedReads):
         return self._counts.get((pool, status.value), 0)
 
 
-class PgTransaction:
+class PgTransaction(ScheduleWrites):
     """The application's handle on a transaction (``rt.transaction()``): its SQL is
     PostgreSQL's (``$1`` placeholders); ``conn`` is asyncpg's connection.
 
@@ -624,6 +614,10 @@ class PgTransaction:
             if transient(exc):
                 raise StoreUnavailable("the database", reason(exc)) from exc
             raise StoreError(f"{exc} (in: {sql})") from exc
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A statement of ``queries`` (``?`` placeholders), numbered."""
+        return await self.execute(numbered(sql), params)
 
     async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         try:
@@ -659,55 +653,6 @@ class PgTransaction:
     async def savepoint(self) -> AsyncIterator[None]:
         async with self.conn.transaction():
             yield
-
-    async def schedule(self, name: str) -> ScheduleInfo | None:
-        rows = await self.execute(SQL_SCHEDULE_GET, (name,))
-        return row_to_schedule(rows[0]) if rows else None
-
-    async def insert_schedule(
-        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
-    ) -> None:
-        await self.execute(
-            SQL_SCHEDULE_INSERT,
-            (definition.name, *definition.canonical(), 0, next_run_at, now, now),
-        )
-
-    async def define_schedule(
-        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
-    ) -> None:
-        await self.execute(
-            SQL_SCHEDULE_DEFINE, (*definition.canonical(), next_run_at, now, definition.name)
-        )
-
-    async def pause_schedule(self, name: str, now: float) -> None:
-        await self.execute(SQL_SCHEDULE_PAUSE, (now, name))
-
-    async def resume_schedule(self, name: str, next_run_at: float, now: float) -> None:
-        await self.execute(SQL_SCHEDULE_RESUME, (next_run_at, now, name))
-
-    async def delete_schedule(self, name: str) -> None:
-        await self.execute(SQL_SCHEDULE_DELETE, (name,))
-
-    async def schedule_fired(
-        self,
-        name: str,
-        *,
-        next_run_at: float | None,
-        last_run_at: float | None,
-        last_job_id: int | None,
-        error: str | None,
-        added: int,
-    ) -> None:
-        await self.execute(
-            SQL_SCHEDULE_FIRED, (next_run_at, last_run_at, last_job_id, error, added, name)
-        )
-
-    async def schedule_ran(self, name: str, job_id: int) -> None:
-        await self.execute(SQL_SCHEDULE_RAN, (job_id, name))
-
-    async def bump_schedules(self) -> int:
-        rows = await self.execute(SQL_SCHEDULES_BUMP)
-        return int(rows[0][0])
 
 
 def _rowcount(status: str) -> int:

@@ -16,26 +16,15 @@ from typing import Any
 import aiosqlite
 
 from ...errors import StoreError, StoreUnavailable
-from ...models import JobStatus, ScheduleDefinition, ScheduleInfo
+from ...models import JobStatus
 from ..groupcommit import reason
 from ..ops import FAIL, failure_params
-from ..rows import row_to_schedule
+from ..schedules import ScheduleWrites
 from .batch import in_thread, transient
 from .counts import Tally, write_one
-from .sql import (
-    SQL_SCHEDULE_DEFINE,
-    SQL_SCHEDULE_DELETE,
-    SQL_SCHEDULE_FIRED,
-    SQL_SCHEDULE_GET,
-    SQL_SCHEDULE_INSERT,
-    SQL_SCHEDULE_PAUSE,
-    SQL_SCHEDULE_RAN,
-    SQL_SCHEDULE_RESUME,
-    SQL_SCHEDULES_BUMP,
-)
 
 
-class Connection:
+class Connection(ScheduleWrites):
     """The application's handle on a write transaction (``rt.transaction()``)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
@@ -47,6 +36,10 @@ class Connection:
     def driver(self) -> aiosqlite.Connection:
         """aiosqlite's connection, in the transaction."""
         return self._db
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A statement of ``queries``: SQLite's placeholders are ``?`` already."""
+        return await self.execute(sql, params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run one statement in the transaction; returns its rows (if any)."""
@@ -109,62 +102,6 @@ class Connection:
             await self.execute("RELEASE taskrt_part")
             raise
         await self.execute("RELEASE taskrt_part")
-
-    # Schedules, in the caller's transaction (taskrt.scheduler: a slot's job and
-    # the row's advance commit together).
-
-    async def schedule(self, name: str) -> ScheduleInfo | None:
-        rows = await self.execute(SQL_SCHEDULE_GET, (name,))
-        return row_to_schedule(rows[0]) if rows else None
-
-    async def insert_schedule(
-        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
-    ) -> None:
-        await self.execute(
-            SQL_SCHEDULE_INSERT,
-            (definition.name, *definition.canonical(), 0, next_run_at, now, now),
-        )
-
-    async def define_schedule(
-        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
-    ) -> None:
-        """A changed definition of an existing schedule."""
-        await self.execute(
-            SQL_SCHEDULE_DEFINE, (*definition.canonical(), next_run_at, now, definition.name)
-        )
-
-    async def pause_schedule(self, name: str, now: float) -> None:
-        await self.execute(SQL_SCHEDULE_PAUSE, (now, name))
-
-    async def resume_schedule(self, name: str, next_run_at: float, now: float) -> None:
-        await self.execute(SQL_SCHEDULE_RESUME, (next_run_at, now, name))
-
-    async def delete_schedule(self, name: str) -> None:
-        await self.execute(SQL_SCHEDULE_DELETE, (name,))
-
-    async def schedule_fired(
-        self,
-        name: str,
-        *,
-        next_run_at: float | None,
-        last_run_at: float | None,
-        last_job_id: int | None,
-        error: str | None,
-        added: int,
-    ) -> None:
-        """The row after firing slots: the next slot (``None``: stopped), what was added."""
-        await self.execute(
-            SQL_SCHEDULE_FIRED, (next_run_at, last_run_at, last_job_id, error, added, name)
-        )
-
-    async def schedule_ran(self, name: str, job_id: int) -> None:
-        """A job added by ``run_now``, outside the slots."""
-        await self.execute(SQL_SCHEDULE_RAN, (job_id, name))
-
-    async def bump_schedules(self) -> int:
-        """Say that definitions changed (the owner reloads them); the new version."""
-        rows = await self.execute(SQL_SCHEDULES_BUMP)
-        return int(rows[0][0])
 
     async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         try:

@@ -22,7 +22,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import MINUTE_COLUMNS, SQL_SCHEDULE
+from ..queries import MINUTE_COLUMNS
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -328,26 +328,6 @@ SQL_RETRIED_IF_CHANGED = SQL_RETRIED + " AND changes() > 0"
 # One row per schedule. ``next_run_at`` is the next slot not yet fired (NULL
 # while paused); a slot's job insert and the row's advance commit together.
 
-SQL_SCHEDULE_GET = SQL_SCHEDULE
-SQL_SCHEDULE_INSERT = (
-    "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
-    "next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-SQL_SCHEDULE_DEFINE = (
-    "UPDATE schedules SET task = ?, args = ?, kwargs = ?, pool = ?, expression = ?, tz = ?, "
-    "misfire = ?, next_run_at = ?, updated_at = ? WHERE name = ?"
-)
-SQL_SCHEDULE_PAUSE = (
-    "UPDATE schedules SET paused = 1, next_run_at = NULL, updated_at = ? WHERE name = ?"
-)
-SQL_SCHEDULE_RESUME = (
-    "UPDATE schedules SET paused = 0, next_run_at = ?, updated_at = ? WHERE name = ?"
-)
-SQL_SCHEDULE_FIRED = (
-    "UPDATE schedules SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), "
-    "last_job_id = COALESCE(?, last_job_id), last_error = ?, fires = fires + ? WHERE name = ?"
-)
-SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
 # A job of the schedule (``metadata.schedule``) ended FAILURE; queued with that write.
 SQL_SCHEDULE_FAILED = "UPDATE schedules SET failures = failures + 1 WHERE name = ?"
 # At recovery, before SQL_ORPHAN fails them: orphaned jobs are failures of their schedules.
@@ -359,12 +339,6 @@ _RUNNING_OF_SCHEDULE = (
 SQL_SCHEDULE_ORPHANS = (
     f"UPDATE schedules SET failures = failures + (SELECT count(*) {_RUNNING_OF_SCHEDULE}) "
     f"WHERE EXISTS (SELECT 1 {_RUNNING_OF_SCHEDULE})"
-)
-SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = ?"
-# Every change of a definition (by any process) bumps this; the owner watches it.
-SQL_SCHEDULES_BUMP = (
-    "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') "
-    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value"
 )
 
 

@@ -1,0 +1,87 @@
+"""A schedule's row, written in a transaction of the scheduler's: the same in both dialects.
+
+``ScheduleWrites`` is what both stores' transactions (``StoreTransaction``) do
+with schedules (``taskrt.scheduler``: a slot's job and the row's advance
+commit together); a transaction extends it and says how a statement of
+``queries`` (``?`` placeholders) runs in it (``run``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..models import ScheduleDefinition, ScheduleInfo
+from .queries import (
+    SQL_SCHEDULE,
+    SQL_SCHEDULE_DEFINE,
+    SQL_SCHEDULE_DELETE,
+    SQL_SCHEDULE_FIRED,
+    SQL_SCHEDULE_INSERT,
+    SQL_SCHEDULE_PAUSE,
+    SQL_SCHEDULE_RAN,
+    SQL_SCHEDULE_RESUME,
+    SQL_SCHEDULES_BUMP,
+)
+from .rows import row_to_schedule
+
+
+class ScheduleWrites:
+    """The schedule operations of ``StoreTransaction`` (see the module docstring)."""
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a statement of ``queries`` (``?`` placeholders) in the transaction."""
+        raise NotImplementedError
+
+    async def schedule(self, name: str) -> ScheduleInfo | None:
+        rows = await self.run(SQL_SCHEDULE, (name,))
+        return row_to_schedule(rows[0]) if rows else None
+
+    async def insert_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        await self.run(
+            SQL_SCHEDULE_INSERT,
+            (definition.name, *definition.canonical(), 0, next_run_at, now, now),
+        )
+
+    async def define_schedule(
+        self, definition: ScheduleDefinition, next_run_at: float | None, now: float
+    ) -> None:
+        """A changed definition of an existing schedule."""
+        await self.run(
+            SQL_SCHEDULE_DEFINE, (*definition.canonical(), next_run_at, now, definition.name)
+        )
+
+    async def pause_schedule(self, name: str, now: float) -> None:
+        await self.run(SQL_SCHEDULE_PAUSE, (now, name))
+
+    async def resume_schedule(self, name: str, next_run_at: float, now: float) -> None:
+        await self.run(SQL_SCHEDULE_RESUME, (next_run_at, now, name))
+
+    async def delete_schedule(self, name: str) -> None:
+        await self.run(SQL_SCHEDULE_DELETE, (name,))
+
+    async def schedule_fired(
+        self,
+        name: str,
+        *,
+        next_run_at: float | None,
+        last_run_at: float | None,
+        last_job_id: int | None,
+        error: str | None,
+        added: int,
+    ) -> None:
+        """The row after firing slots: the next slot (``None``: stopped), what was added."""
+        await self.run(
+            SQL_SCHEDULE_FIRED, (next_run_at, last_run_at, last_job_id, error, added, name)
+        )
+
+    async def schedule_ran(self, name: str, job_id: int) -> None:
+        """A job added by ``run_now``, outside the slots."""
+        await self.run(SQL_SCHEDULE_RAN, (job_id, name))
+
+    async def bump_schedules(self) -> int:
+        """Say that definitions changed (the owner reloads them); the new version."""
+        rows = await self.run(SQL_SCHEDULES_BUMP)
+        return int(rows[0][0])
