@@ -11,7 +11,7 @@ status it left, so the counts follow exactly what changed (note 3).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -384,11 +384,12 @@ PARTS: dict[Op, Part] = {
 """Each queued write's part (``FLUSH`` has none: it writes nothing)."""
 
 
-def combined(parts: Sequence[Part]) -> str:
+@cache
+def combined(parts: tuple[Part, ...]) -> str:
     """One statement that writes ``parts`` (which touch no row in common) and adds
     what the counted ones moved to ``job_counts``. It returns the new count of each
     (pool, status) it changed, and for an ``ADD_PART``, a row (NULL, NULL, the last
-    id issued). Params: each part's arrays, in order."""
+    id issued). Params: each part's arrays, in order. Built once per combination."""
     ctes: list[str] = []
     moved: list[str] = []
     out: list[str] = []

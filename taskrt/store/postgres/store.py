@@ -150,10 +150,18 @@ class PgStore(QueuedWrites, SharedReads):
         super().__init__(self.path, progress_interval=progress_interval)
         self._counts: dict[Key, int] = {}
         self._wake: Callable[[str], None] | None = None
+        self._batches: PgBatches | None = None
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------
+
+    def connect_options(self) -> dict[str, Any]:
+        """What each of taskrt's connections is opened with (asyncpg's ``connect``)."""
+        return {
+            "statement_cache_size": self.statement_cache_size,
+            "server_settings": {"search_path": f'"{self.schema}", public'},
+        }
 
     @property
     def dsn(self) -> str:
@@ -195,19 +203,26 @@ class PgStore(QueuedWrites, SharedReads):
                 self._dsn,
                 min_size=self._min,
                 max_size=self._max,
-                statement_cache_size=self.statement_cache_size,
-                server_settings={"search_path": f'"{self.schema}", public'},
+                # taskrt's own uses of a connection leave no session state behind,
+                # so a released connection is not reset (a round trip each time);
+                # the application's transactions reset theirs (``transaction``).
+                reset=_keep_session,
+                **self.connect_options(),
             )
             self._replace_counts(await self._pool.fetch(SQL_COUNTS))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._close_pool()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
-        self._writes.start(PgBatches(self._pool, self._counts, self.channel))
+        self._batches = PgBatches(self._dsn, self.connect_options(), self._counts, self.channel)
+        self._writes.start(self._batches)
 
     async def close(self, patience: float = 10.0) -> None:
         """Write everything queued (trying ``patience`` seconds while writes fail), disconnect."""
         if self._pool is not None:
             await self._writes.close(patience)
+            if self._batches is not None:
+                await self._batches.close()
+                self._batches = None
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -265,6 +280,11 @@ class PgStore(QueuedWrites, SharedReads):
             if rows is not None:
                 self._replace_counts(rows)
         finally:
+            # What the application's SQL set for the session (SET, advisory locks)
+            # must not outlive its transaction on a connection taskrt uses again.
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                if not conn.is_closed():
+                    await conn.execute(conn.get_reset_query())
             await self.pool.release(conn)
 
     async def insert_in(self, tx: Any, jobs: Sequence[NewJob]) -> list[InsertResult]:
@@ -653,6 +673,10 @@ class PgTransaction(ScheduleWrites):
     async def savepoint(self) -> AsyncIterator[None]:
         async with self.conn.transaction():
             yield
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool: as it is (asyncpg rolls back an open transaction)."""
 
 
 def _rowcount(status: str) -> int:

@@ -13,6 +13,7 @@ the adds (notes 1, 3). What a failure means is ``transient`` (note 5).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -137,7 +138,7 @@ async def run_pack(conn: asyncpg.Connection, pack: Sequence[Group]) -> list[Any]
     for part, rows in pack:
         width = part.width
         params.extend(list(col) for col in zip(*(row[:width] for row in rows), strict=True))
-    return list(await conn.fetch(combined([part for part, _ in pack]), *params))
+    return list(await conn.fetch(combined(tuple(part for part, _ in pack)), *params))
 
 
 def _summed_minutes(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -198,11 +199,29 @@ async def insert_jobs(
 class PgBatches:
     """Writes group-commit batches with the pool's connections (notes 3, 5)."""
 
-    def __init__(self, pool: asyncpg.Pool, counts: dict[Key, int], channel: str) -> None:
-        self.pool = pool
+    def __init__(
+        self, dsn: str, options: dict[str, Any], counts: dict[Key, int], channel: str
+    ) -> None:
+        self.dsn = dsn
+        self.options = options  # asyncpg's connect options (the store's)
         self.channel = channel  # the owner's: adds of other processes wake it (note 6)
         # Jobs by pool and status as of the latest committed write that changed them.
         self.counts = counts
+        # The writer's own connection: a batch goes straight to it (a pool's acquire
+        # and release cost a round trip); opened again after it is lost (note 5).
+        self._conn: asyncpg.Connection | None = None
+
+    async def connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            self._conn = await asyncpg.connect(self.dsn, **self.options)
+        return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await conn.close(timeout=5)
 
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
         """One statement when the batch touches each row once and its adds have no
@@ -219,21 +238,21 @@ class PgBatches:
                 planned.append([(ADD_PART, added)])
         changed: list[Any] = []
         results: Results = []
-        async with self.pool.acquire() as conn:
-            if len(planned) <= 1 and not (groups and not simple):
-                if planned:
-                    changed = await run_pack(conn, planned[0])
-            else:
-                async with conn.transaction():
-                    for pack in planned:
-                        changed.extend(await run_pack(conn, pack))
-                    if groups and not simple:
-                        # Adds last: a terminal write queued before frees its unique key.
-                        tally = Tally()
-                        results = await insert_jobs(conn, groups, tally)
-                        changed.extend(await tally.apply(conn))
-            if any(job.external for jobs in groups for job in jobs):
-                await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
+        conn = await self.connection()
+        if len(planned) <= 1 and not (groups and not simple):
+            if planned:
+                changed = await run_pack(conn, planned[0])
+        else:
+            async with conn.transaction():
+                for pack in planned:
+                    changed.extend(await run_pack(conn, pack))
+                if groups and not simple:
+                    # Adds last: a terminal write queued before frees its unique key.
+                    tally = Tally()
+                    results = await insert_jobs(conn, groups, tally)
+                    changed.extend(await tally.apply(conn))
+        if any(job.external for jobs in groups for job in jobs):
+            await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
         if groups and simple:
             last = next(int(n) for pool, _, n in changed if pool is None)
             first = last - sum(len(g) for g in groups) + 1
@@ -246,7 +265,8 @@ class PgBatches:
         rejected: Rejected = []
         results: Results = []
         changed: list[Any] = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        conn = await self.connection()
+        async with conn.transaction():
             for progress_id, row in progress.items():
                 _, error = await _alone(
                     conn, run_pack, conn, [(PROGRESS_PART, [(progress_id, *row)])]
