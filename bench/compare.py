@@ -1,9 +1,10 @@
 """taskrt against peer job systems, measured in one run on this machine.
 
 Run with ``python -m bench.compare`` after installing the peers
-(``pip install -r bench/requirements-compare.txt``) and Debian's
-``redis-server``. Prints one JSON line per figure (``docs/comparison.md`` says
-how to read them):
+(``pip install -r bench/requirements-compare.txt``), Debian's
+``redis-server`` and, for ``taskrt-pg`` and ``procrastinate``, a PostgreSQL
+server. Prints one JSON line per figure (``docs/comparison.md`` says how to
+read them):
 
 - ``enqueue_rate``: 5,000 no-op jobs enqueued one after another by one
   producer, no worker running.
@@ -12,15 +13,46 @@ how to read them):
   been processed.
 - ``add_to_start_latency``: 200 jobs added at ~100/s; the job itself measures
   the time from just before its enqueue call to the start of its handler.
+- ``drain_backlog`` (taskrt, taskrt-full, taskrt-pg and procrastinate only):
+  10,000 no-op jobs enqueued with no worker running, with each system's
+  fastest bulk enqueue (untimed: taskrt ``pool.add_many``, procrastinate
+  ``task.batch_defer_async``, one call each); then the worker starts, at
+  concurrency 10, and the clock runs from its start to the 10,000th job
+  processed. taskrt: the jobs are added by a runtime whose pool is paused in
+  that process only (``pool.pause()``, not recorded in the database), which
+  then stops; the clock starts just before a new ``Runtime`` on the same
+  database enters ``async with`` (open, recovery, intake, pools started) and
+  stops when its pool has processed the 10,000th job and ``rt.store.flush()``
+  returned. procrastinate: the worker subprocess writes ``time.monotonic()``
+  just before it opens its app (after its imports) and that is the start.
+  Huey, arq, SAQ and Celery are skipped for this figure: no line is printed
+  for them (arq's default polling alone would need 50 s for it). On
+  PostgreSQL the figure is measured twice, each on a fresh backlog: as the
+  tables are after the bulk insert (``"after_analyze": false``: a fresh table
+  that autovacuum has not analyzed yet), and after an untimed ``ANALYZE`` of
+  the system's tables (``"after_analyze": true``: what autovacuum does soon
+  after such an insert). procrastinate's fetch is a plpgsql function whose
+  cached generic plan, without statistics, sorts every waiting job on each
+  fetch: the first line measures that, the second what a table with
+  statistics gives.
 
 Systems: taskrt (SQLite file, ``synchronous=normal``, and ``full`` for
-reference), Huey (``SqliteHuey`` file, consumer in a subprocess with 10 worker
-threads), arq and SAQ (Redis, worker subprocess with 10 concurrent jobs) and
-Celery (Redis broker, no result backend, ``celery worker`` with
-``--pool threads -c 10`` and with ``--pool prefork -c 10``). Every peer runs
-with its library's defaults plus that concurrency; worker log levels are set to
-WARNING for all of them. Redis is a ``redis-server`` this script starts on
-127.0.0.1 on a free port without persistence, and stops at the end.
+reference), taskrt-pg (taskrt on PostgreSQL, in process like taskrt; each
+phase on a fresh schema ``bench_<phase>_<run>`` of the server at
+``$COMPARE_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``,
+dropped at the end), Huey (``SqliteHuey`` file, consumer in a subprocess with
+10 worker threads), arq and SAQ (Redis, worker subprocess with 10 concurrent
+jobs), Celery (Redis broker, no result backend, ``celery worker`` with
+``--pool threads -c 10`` and with ``--pool prefork -c 10``) and procrastinate
+(the same PostgreSQL server, a database ``bench_procrastinate_<run>`` created
+for the run with procrastinate's schema manager and dropped at the end
+``WITH (FORCE)``; worker subprocess ``run_worker_async(concurrency=10)``,
+defaults otherwise, LISTEN/NOTIFY on; producer ``defer_async``). ``<run>`` is
+the driver's process id. Every peer runs with its library's defaults plus that
+concurrency; worker log levels are set to WARNING for all of them. Redis is a
+``redis-server`` this script starts on 127.0.0.1 on a free port without
+persistence, and stops at the end. PostgreSQL is the server's own
+configuration (the setup line reports ``synchronous_commit`` and ``fsync``).
 
 Each system runs in its own subprocess (``--section``), bounded in time; its
 worker runs in a further subprocess (``--worker``) in a process group of its
@@ -33,6 +65,13 @@ Cross-process times use ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for
 every process of the machine). A worker-side hook (Huey's SIGNAL_COMPLETE,
 arq's ``after_job_end``, SAQ's ``after_process``, Celery's ``task_postrun``)
 counts finished jobs and writes the time of the last one to a file.
+procrastinate has no such hook after its status write: its no-op task counts
+itself (the n-th call writes the time), so its clock stops before the last
+job's ``succeeded`` row is committed; its ``end_to_end`` and
+``drain_backlog`` lines say how much later the database showed every row
+succeeded (``rows_succeeded_after_done_s``, polled, an upper bound).
+procrastinate has no worker-start hook either: its worker counts as ready
+once it has registered itself in ``procrastinate_workers``.
 """
 
 from __future__ import annotations
@@ -55,24 +94,38 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 JOBS = 5_000
+BACKLOG = 10_000  # drain_backlog
 CONCURRENCY = 10
 LAT_JOBS = 200
 LAT_RATE = 100.0  # jobs per second
 
 SECTION_TIMEOUT = 150.0  # one system, all three figures, worker start and stop
+BACKLOG_SECTION_TIMEOUT = 420.0  # the same with drain_backlog twice (BACKLOG_SYSTEMS)
 READY_TIMEOUT = 60.0  # a worker subprocess to report it is ready
 DRAIN_TIMEOUT = 90.0  # all jobs of end_to_end processed
+BACKLOG_TIMEOUT = 180.0  # all jobs of drain_backlog processed, from the worker's start
 LAT_TIMEOUT = 30.0  # all latency jobs started, after the last add
 STOP_GRACE = 10.0  # SIGTERM, then SIGKILL of the whole process group
 
 REPO = Path(__file__).resolve().parent.parent
-FIGURES = ("enqueue_rate", "end_to_end", "add_to_start_latency")
+FIGURES = ("enqueue_rate", "end_to_end", "add_to_start_latency", "drain_backlog")
+# The systems that measure drain_backlog; the others print no line for it.
+BACKLOG_SYSTEMS = ("taskrt", "taskrt-full", "taskrt-pg", "procrastinate")
+POSTGRES_SYSTEMS = ("taskrt-pg", "procrastinate")
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+TASKRT_URL_PARAMS = ("schema", "statement_cache_size")  # taskrt's own, not the server's
+TASKRT_PG_PHASES = ("a", "b", "c", "d", "e")  # e: drain_backlog after ANALYZE
 
+PG_DURABILITY = (
+    "PostgreSQL, the server's defaults (synchronous_commit=on, fsync=on): a "
+    "commit is flushed to the WAL on disk before it is acknowledged"
+)
 REDIS_DURABILITY = (
     "Redis in memory, persistence off (--save '' --appendonly no): no fsync; "
     "queued jobs are lost if Redis stops"
@@ -92,6 +145,15 @@ SYSTEMS: dict[str, tuple[str, bool, str, str]] = {
         False,
         "SQLite file, WAL, synchronous=full: each commit is fsynced before add returns",
         "in-process: producer and pool (concurrency 10) share one asyncio loop",
+    ),
+    "taskrt-pg": (
+        "taskrt",
+        False,
+        PG_DURABILITY + "; add returns after the transaction holding its job "
+        "(group commit: one per batch of concurrent adds) is committed",
+        "in-process like taskrt: Runtime('postgresql://...?schema=bench_<phase>_<run>') "
+        "(asyncpg), producer and pool (concurrency 10) share one asyncio loop; this "
+        "process is the schema's owner, the one process that runs its jobs",
     ),
     "huey": (
         "huey",
@@ -128,7 +190,64 @@ SYSTEMS: dict[str, tuple[str, bool, str, str]] = {
         "celery worker --pool prefork -c 10 (Celery's default pool), Redis broker, no "
         "result backend; completion counted with one Redis INCR per job in the children",
     ),
+    "procrastinate": (
+        "procrastinate",
+        False,
+        PG_DURABILITY + "; each defer_async is one transaction, committed before it "
+        "returns; finished jobs stay in the table (delete_jobs='never', the default)",
+        "PsycopgConnector defaults (psycopg_pool, 4 connections); worker subprocess "
+        "app.run_worker_async(concurrency=10), other options default (LISTEN/NOTIFY "
+        "on, 5 s fallback polling); a fresh database for the run; completion counted "
+        "in the no-op task, before its status write",
+    ),
 }
+
+
+def figures_of(system: str) -> tuple[str, ...]:
+    """The figures a system reports (drain_backlog only for BACKLOG_SYSTEMS)."""
+    return FIGURES if system in BACKLOG_SYSTEMS else FIGURES[:3]
+
+
+def _run_id() -> str:
+    """Names this run's PostgreSQL schemas and database: the driver's process id."""
+    run = os.environ.get("COMPARE_RUN_ID") or str(os.getpid())
+    if not run.isdigit():
+        raise ValueError(f"COMPARE_RUN_ID must be digits, found {run!r}")
+    return run
+
+
+def _pg_base_url() -> str:
+    return os.environ.get("COMPARE_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+
+
+def _pg_url(base: str, *, schema: str | None = None, dbname: str | None = None) -> str:
+    """``base`` without taskrt's own parameters; with taskrt's ``schema``, or another database."""
+    parts = urllib.parse.urlsplit(base)
+    query = [
+        (k, v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if k not in TASKRT_URL_PARAMS
+    ]
+    if schema is not None:
+        query.append(("schema", schema))
+    path = f"/{dbname}" if dbname is not None else parts.path
+    return urllib.parse.urlunsplit(parts._replace(path=path, query=urllib.parse.urlencode(query)))
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _taskrt_pg_schema(phase: str) -> str:
+    return f"bench_{phase}_{_run_id()}"
+
+
+def _procrastinate_db() -> str:
+    return f"bench_procrastinate_{_run_id()}"
 
 
 def emit(system: str, figure: str, **fields: Any) -> None:
@@ -234,6 +353,26 @@ def _celery_app(url: str) -> tuple[Any, Any, Any]:
 
     @app.task(name="stamp")
     def stamp(t0: float) -> None:
+        _stamp_sink(t0)
+
+    return app, noop, stamp
+
+
+def _procrastinate_app(
+    conninfo: str, on_noop: Callable[[], None] | None = None
+) -> tuple[Any, Any, Any]:
+    """The app and its two tasks; the worker passes ``on_noop`` (its counter)."""
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        if on_noop is not None:
+            on_noop()
+
+    @app.task(name="stamp")
+    async def stamp(t0: float) -> None:
         _stamp_sink(t0)
 
     return app, noop, stamp
@@ -367,6 +506,35 @@ def worker_main(kind: str) -> None:
         app.worker_main(
             ["worker", f"--pool={pool}", f"--concurrency={CONCURRENCY}", "--loglevel=WARNING"]
         )
+
+    elif kind == "procrastinate":
+        import psycopg
+
+        dsn = env["COMPARE_PROCRASTINATE_DSN"]
+        started = Path(env["COMPARE_STARTED"])
+        app, _, _ = _procrastinate_app(dsn, on_noop=counter.hit)
+
+        async def announce_ready() -> None:
+            # No startup hook: the worker is ready once it has registered itself
+            # (the producer emptied procrastinate_workers before starting it).
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                while True:
+                    cursor = await conn.execute("SELECT 1 FROM procrastinate_workers LIMIT 1")
+                    if await cursor.fetchone() is not None:
+                        break
+                    await asyncio.sleep(0.02)
+            ready.touch()
+
+        async def run_procrastinate() -> None:
+            _write_atomic(started, repr(time.monotonic()))
+            async with app.open_async():
+                watcher = asyncio.create_task(announce_ready())
+                try:
+                    await app.run_worker_async(concurrency=CONCURRENCY)
+                finally:
+                    watcher.cancel()
+
+        asyncio.run(run_procrastinate())
     else:
         raise SystemExit(f"unknown worker kind {kind!r}")
 
@@ -374,19 +542,21 @@ def worker_main(kind: str) -> None:
 class WorkerProcess:
     """A worker subprocess in a process group of its own, always killed at the end."""
 
-    def __init__(self, kind: str, tmp: Path, env: dict[str, str]) -> None:
+    def __init__(self, kind: str, tmp: Path, env: dict[str, str], tag: str = "") -> None:
         self.kind = kind
-        self.log_path = tmp / f"worker-{kind}.log"
+        self.log_path = tmp / f"worker-{kind}{tag}.log"
         self.ready = tmp / "ready"
         self.done = tmp / "done"
         self.lat = tmp / "latency.txt"
-        for p in (self.ready, self.done, self.lat):
+        self.started = tmp / "started"
+        for p in (self.ready, self.done, self.lat, self.started):
             p.unlink(missing_ok=True)
         self.env = {
             **env,
             "COMPARE_READY": str(self.ready),
             "COMPARE_DONE": str(self.done),
             "COMPARE_LAT": str(self.lat),
+            "COMPARE_STARTED": str(self.started),
         }
         self.pids_file = tmp / "worker.pids"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -438,6 +608,10 @@ class WorkerProcess:
                 raise TimeoutError(f"jobs not all processed after {timeout:.0f}s")
             await asyncio.sleep(0.01)
 
+    def started_at(self) -> float:
+        """The time the worker wrote just before starting (workers that write it)."""
+        return float(self.started.read_text())
+
     async def wait_latencies(self, count: int, timeout: float) -> list[float]:
         deadline = time.monotonic() + timeout
         while True:
@@ -484,6 +658,7 @@ class Peer:
     """Producer side of one peer system."""
 
     worker: str
+    backlog_api: str | None = None  # its bulk enqueue, for drain_backlog; None: skipped
 
     def __init__(self, tmp: Path, url: str) -> None:
         self.tmp = tmp
@@ -491,6 +666,23 @@ class Peer:
 
     def worker_env(self) -> dict[str, str]:
         return {"COMPARE_REDIS_URL": self.url}
+
+    async def setup(self) -> None:
+        """Before the first phase (a database of the run's own)."""
+
+    async def teardown(self) -> None:
+        """After the last phase, whatever happened."""
+
+    async def enqueue_backlog(self, n: int) -> None:
+        raise NotImplementedError
+
+    async def analyze(self) -> None:
+        """ANALYZE the tables (PostgreSQL peers with a backlog_api)."""
+        raise NotImplementedError
+
+    async def all_succeeded_at(self, n: int, timeout: float) -> float | None:
+        """When the store shows n no-op jobs succeeded (None: not asked)."""
+        return None
 
     async def open(self, phase: str) -> None: ...
     async def enqueue_noop(self) -> None: ...
@@ -591,12 +783,95 @@ class CeleryPreforkPeer(CeleryPeer):
     worker = "celery-prefork"
 
 
+class ProcrastinatePeer(Peer):
+    """procrastinate on a database of its own, created for the run and dropped after."""
+
+    worker = "procrastinate"
+    backlog_api = "task.batch_defer_async (one call)"
+    TABLES = (
+        "procrastinate_jobs, procrastinate_events, procrastinate_periodic_defers, "
+        "procrastinate_workers"
+    )
+
+    def __init__(self, tmp: Path, url: str) -> None:
+        super().__init__(tmp, url)
+        self.admin = _pg_url(_pg_base_url())
+        self.db = _procrastinate_db()
+        self.dsn = _pg_url(_pg_base_url(), dbname=self.db)
+
+    def worker_env(self) -> dict[str, str]:
+        return {"COMPARE_PROCRASTINATE_DSN": self.dsn}
+
+    async def _admin(self, statement: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        async with await psycopg.AsyncConnection.connect(self.admin, autocommit=True) as conn:
+            await conn.execute(sql.SQL(statement).format(db=sql.Identifier(self.db)))
+
+    async def setup(self) -> None:
+        await self._admin("CREATE DATABASE {db}")
+        app, _, _ = _procrastinate_app(self.dsn)
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+
+    async def teardown(self) -> None:
+        await self._admin("DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+    async def open(self, phase: str) -> None:
+        self.app, self.noop, self.stamp = _procrastinate_app(self.dsn)
+        await self.app.open_async()
+
+    async def enqueue_noop(self) -> None:
+        await self.noop.defer_async()
+
+    async def enqueue_stamp(self, t0: float) -> None:
+        await self.stamp.defer_async(t0=t0)
+
+    async def enqueue_backlog(self, n: int) -> None:
+        await self.noop.batch_defer_async(*({} for _ in range(n)))
+
+    async def reset(self) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute(f"TRUNCATE {self.TABLES} RESTART IDENTITY CASCADE")
+
+    async def analyze(self) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute(f"ANALYZE {self.TABLES}")
+
+    async def all_succeeded_at(self, n: int, timeout: float) -> float | None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            while True:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs "
+                    "WHERE task_name = 'noop' AND status = 'succeeded'"
+                )
+                row = await cursor.fetchone()
+                now = time.monotonic()
+                if row is not None and row[0] >= n:
+                    return now
+                if now > deadline:
+                    raise TimeoutError(f"{row} of {n} jobs succeeded after {timeout:.0f}s")
+                await asyncio.sleep(0.001)
+
+    async def close(self) -> None:
+        await self.app.close_async()
+
+
 PEERS: dict[str, type[Peer]] = {
     "huey": HueyPeer,
     "arq": ArqPeer,
     "saq": SaqPeer,
     "celery-threads": CeleryPeer,
     "celery-prefork": CeleryPreforkPeer,
+    "procrastinate": ProcrastinatePeer,
 }
 
 
@@ -608,7 +883,7 @@ async def _paced(n: int, rate: float, add: Callable[[float], Awaitable[Any]]) ->
         await add(time.monotonic())
 
 
-async def peer_section(name: str, tmp: Path, n: int) -> None:
+async def peer_section(name: str, tmp: Path, n: int, backlog: int) -> None:
     peer = PEERS[name](tmp, os.environ.get("COMPARE_REDIS_URL", ""))
     emitted: set[str] = set()
 
@@ -616,6 +891,32 @@ async def peer_section(name: str, tmp: Path, n: int) -> None:
         emit(name, figure, error=f"{type(exc).__name__}: {exc}"[:800])
         emitted.add(figure)
 
+    try:
+        await peer.setup()
+    except Exception as exc:
+        for figure in figures_of(name):
+            fail(figure, exc)
+        with contextlib.suppress(Exception):
+            await peer.teardown()
+        return
+    try:
+        await _peer_phases(name, peer, tmp, n, backlog, emitted, fail)
+    finally:
+        try:
+            await peer.teardown()
+        except Exception as exc:
+            print(f"{name}: teardown failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+async def _peer_phases(
+    name: str,
+    peer: Peer,
+    tmp: Path,
+    n: int,
+    backlog: int,
+    emitted: set[str],
+    fail: Callable[[str, BaseException], None],
+) -> None:
     # (a) enqueue rate, no worker running.
     try:
         await peer.open("a")
@@ -653,6 +954,10 @@ async def peer_section(name: str, tmp: Path, n: int) -> None:
             t_enq = time.monotonic()
             t_done = await worker.wait_done(DRAIN_TIMEOUT)
             seconds = t_done - t0
+            extra: dict[str, Any] = {}
+            t_rows = await peer.all_succeeded_at(n, LAT_TIMEOUT)
+            if t_rows is not None:
+                extra["rows_succeeded_after_done_s"] = round(t_rows - t_done, 3)
             emit(
                 name,
                 "end_to_end",
@@ -662,6 +967,7 @@ async def peer_section(name: str, tmp: Path, n: int) -> None:
                 rate=round(n / seconds),
                 enqueue_seconds=round(t_enq - t0, 3),
                 drain_after_last_enqueue_s=round(t_done - t_enq, 3),
+                **extra,
             )
             emitted.add("end_to_end")
 
@@ -673,9 +979,73 @@ async def peer_section(name: str, tmp: Path, n: int) -> None:
             with contextlib.suppress(Exception):
                 await peer.close()
     except Exception as exc:
-        for figure in FIGURES:
+        for figure in ("end_to_end", "add_to_start_latency"):
             if figure not in emitted:
                 fail(figure, exc)
+    finally:
+        worker.stop()
+
+    # (d) drain a backlog: enqueued with no worker running, then the worker starts;
+    # as the tables are after the insert, then after an ANALYZE (module docstring).
+    if peer.backlog_api is None:
+        return
+    for after_analyze in (False, True):
+        await _peer_drain(name, peer, tmp, backlog, after_analyze, fail)
+
+
+async def _peer_drain(
+    name: str,
+    peer: Peer,
+    tmp: Path,
+    backlog: int,
+    after_analyze: bool,
+    fail: Callable[[str, BaseException], None],
+) -> None:
+    worker = WorkerProcess(
+        peer.worker,
+        tmp,
+        {**os.environ, "COMPARE_JOBS": str(backlog), **peer.worker_env()},
+        tag="-backlog-analyzed" if after_analyze else "-backlog",
+    )
+    try:
+        await peer.open("d")
+        try:
+            await peer.enqueue_noop()
+            await peer.reset()
+            t = time.monotonic()
+            await peer.enqueue_backlog(backlog)
+            enqueue_seconds = time.monotonic() - t
+        finally:
+            await peer.close()
+        if after_analyze:
+            await peer.analyze()
+        worker.start()
+        t_done = await worker.wait_done(BACKLOG_TIMEOUT)
+        t_start = worker.started_at()
+        seconds = t_done - t_start
+        extra: dict[str, Any] = {}
+        t_rows = await peer.all_succeeded_at(backlog, LAT_TIMEOUT)
+        if t_rows is not None:
+            extra["rows_succeeded_after_done_s"] = round(t_rows - t_done, 3)
+        emit(
+            name,
+            "drain_backlog",
+            after_analyze=after_analyze,
+            jobs=backlog,
+            concurrency=CONCURRENCY,
+            seconds=round(seconds, 3),
+            rate=round(backlog / seconds),
+            enqueue_api=peer.backlog_api,
+            enqueue_seconds=round(enqueue_seconds, 3),
+            **extra,
+        )
+    except Exception as exc:
+        emit(
+            name,
+            "drain_backlog",
+            after_analyze=after_analyze,
+            error=f"{type(exc).__name__}: {exc}"[:800],
+        )
     finally:
         worker.stop()
 
@@ -683,10 +1053,10 @@ async def peer_section(name: str, tmp: Path, n: int) -> None:
 # -- taskrt, in process ----------------------------------------------------------------
 
 
-def _taskrt_runtime(path: Path, synchronous: str, started: list[float] | None = None) -> Any:
+def _taskrt_runtime(target: str, synchronous: str, started: list[float] | None = None) -> Any:
     from taskrt import JobContext, Runtime
 
-    rt = Runtime(str(path), synchronous=synchronous)  # type: ignore[arg-type]
+    rt = Runtime(target, synchronous=synchronous)  # type: ignore[arg-type]
 
     @rt.task(name="noop")
     async def noop(job: JobContext) -> None:
@@ -702,12 +1072,75 @@ def _taskrt_runtime(path: Path, synchronous: str, started: list[float] | None = 
     return rt
 
 
-async def taskrt_section(name: str, tmp: Path, n: int) -> None:
-    sync = "full" if name == "taskrt-full" else "normal"
+async def _drop_pg_schemas(base: str, schemas: list[str]) -> None:
+    import asyncpg
 
+    conn = await asyncpg.connect(_pg_url(base))
+    try:
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def _analyze_pg_schema(base: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_pg_url(base))
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        for row in tables:
+            await conn.execute(f'ANALYZE "{schema}"."{row["tablename"]}"')
+    finally:
+        await conn.close()
+
+
+async def taskrt_section(name: str, tmp: Path, n: int, backlog: int) -> None:
+    sync = "full" if name == "taskrt-full" else "normal"
+    if name == "taskrt-pg":
+        # A fresh schema of the server for each phase, dropped at the end.
+        base = _pg_base_url()
+        schemas = [_taskrt_pg_schema(phase) for phase in TASKRT_PG_PHASES]
+
+        def target(phase: str) -> str:
+            return _pg_url(base, schema=_taskrt_pg_schema(phase))
+
+        try:
+            await _drop_pg_schemas(base, schemas)  # leftovers of a run with this id
+        except Exception as exc:
+            for figure in figures_of(name):
+                emit(name, figure, error=f"PostgreSQL: {type(exc).__name__}: {exc}"[:800])
+            return
+
+        async def analyze() -> None:
+            await _analyze_pg_schema(base, _taskrt_pg_schema("e"))
+
+        try:
+            await _taskrt_phases(name, target, sync, n, backlog, analyze)
+        finally:
+            try:
+                await _drop_pg_schemas(base, schemas)
+            except Exception as exc:
+                print(f"{name}: DROP SCHEMA failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    else:
+
+        def target(phase: str) -> str:
+            return str(tmp / f"{phase}.db")
+
+        await _taskrt_phases(name, target, sync, n, backlog)
+
+
+async def _taskrt_phases(
+    name: str,
+    target: Callable[[str], str],
+    sync: str,
+    n: int,
+    backlog: int,
+    analyze: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     # (a) enqueue rate, workers paused.
     try:
-        rt = _taskrt_runtime(tmp / "a.db", sync)
+        rt = _taskrt_runtime(target("a"), sync)
         rt.pool("default").pause()
         async with rt:
             await rt.add("noop")
@@ -721,7 +1154,7 @@ async def taskrt_section(name: str, tmp: Path, n: int) -> None:
 
     # (b) end to end: the pool runs while the producer adds.
     try:
-        rt = _taskrt_runtime(tmp / "b.db", sync)
+        rt = _taskrt_runtime(target("b"), sync)
         pool = rt.pool("default")
         async with rt:
             await rt.wait(await rt.add("noop"), timeout=10)
@@ -754,7 +1187,7 @@ async def taskrt_section(name: str, tmp: Path, n: int) -> None:
     # (c) add -> start latency.
     try:
         started: list[float] = []
-        rt = _taskrt_runtime(tmp / "c.db", sync, started)
+        rt = _taskrt_runtime(target("c"), sync, started)
         async with rt:
             await rt.wait(await rt.add("noop"), timeout=10)
 
@@ -771,17 +1204,76 @@ async def taskrt_section(name: str, tmp: Path, n: int) -> None:
     except Exception as exc:
         emit(name, "add_to_start_latency", error=f"{type(exc).__name__}: {exc}")
 
+    # (d) drain a backlog (on PostgreSQL, as the tables are, then after an ANALYZE).
+    variants = (False, True) if analyze is not None else (False,)
+    for after_analyze in variants:
+        await _taskrt_drain(name, target, sync, backlog, analyze if after_analyze else None)
 
-def section_main(name: str, tmp: Path, n: int) -> None:
+
+async def _taskrt_drain(
+    name: str,
+    target: Callable[[str], str],
+    sync: str,
+    backlog: int,
+    analyze: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Jobs added behind a pool paused in this process only (not recorded in the
+    database); then a new runtime on the database runs them."""
+    fields: dict[str, Any] = {}
+    if name == "taskrt-pg":
+        fields["after_analyze"] = analyze is not None
+    try:
+        phase = "d" if analyze is None else "e"
+        rt = _taskrt_runtime(target(phase), sync)
+        pool = rt.pool("default")
+        pool.pause()
+        async with rt:
+            t = time.monotonic()
+            await pool.add_many("noop", [()] * backlog)
+            enqueue_seconds = time.monotonic() - t
+        if analyze is not None:
+            await analyze()
+        rt = _taskrt_runtime(target(phase), sync)
+        pool = rt.pool("default")
+        t0 = time.monotonic()
+        async with rt:
+            t_open = time.monotonic()
+            deadline = t0 + BACKLOG_TIMEOUT
+            while pool.processed < backlog:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{pool.processed} of {backlog} jobs processed after {BACKLOG_TIMEOUT:.0f}s"
+                    )
+                await asyncio.sleep(0.001)
+            await rt.store.flush()  # the last SUCCESS rows committed
+            t_done = time.monotonic()
+        seconds = t_done - t0
+        emit(
+            name,
+            "drain_backlog",
+            **fields,
+            jobs=backlog,
+            concurrency=CONCURRENCY,
+            seconds=round(seconds, 3),
+            rate=round(backlog / seconds),
+            enqueue_api="pool.add_many (one call)",
+            enqueue_seconds=round(enqueue_seconds, 3),
+            start_seconds=round(t_open - t0, 3),
+        )
+    except Exception as exc:
+        emit(name, "drain_backlog", **fields, error=f"{type(exc).__name__}: {exc}")
+
+
+def section_main(name: str, tmp: Path, n: int, backlog: int) -> None:
     def on_term(signum: int, frame: Any) -> None:
         raise SystemExit(1)  # run the finally blocks: they stop the worker
 
     signal.signal(signal.SIGTERM, on_term)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if name.startswith("taskrt"):
-        asyncio.run(taskrt_section(name, tmp, n))
+        asyncio.run(taskrt_section(name, tmp, n, backlog))
     else:
-        asyncio.run(peer_section(name, tmp, n))
+        asyncio.run(peer_section(name, tmp, n, backlog))
 
 
 # -- the driver: Redis, one subprocess per system -----------------------------------------
@@ -858,7 +1350,12 @@ def _flush(url: str) -> None:
 
 
 def run_section(
-    name: str, tmp: Path, n: int, env: dict[str, str], timeout: float = SECTION_TIMEOUT
+    name: str,
+    tmp: Path,
+    n: int,
+    env: dict[str, str],
+    timeout: float = SECTION_TIMEOUT,
+    backlog: int = BACKLOG,
 ) -> None:
     """Run one system in a subprocess; relay its JSON lines; report what it missed."""
     tmp.mkdir()
@@ -876,6 +1373,8 @@ def run_section(
                 str(tmp),
                 "--jobs",
                 str(n),
+                "--backlog",
+                str(backlog),
             ],
             cwd=REPO,
             env=env,
@@ -915,7 +1414,7 @@ def run_section(
     with contextlib.suppress(FileNotFoundError):
         for pid in (tmp / "worker.pids").read_text().split():
             _kill_group(int(pid))
-    missing = [f for f in FIGURES if f not in seen]
+    missing = [f for f in figures_of(name) if f not in seen]
     if missing:
         detail = stderr_path.read_text(errors="replace").strip()[-600:]
         for figure in missing:
@@ -926,8 +1425,38 @@ def run_section(
             )
 
 
+async def _pg_server_info(base: str) -> dict[str, Any]:
+    import asyncpg
+
+    conn = await asyncpg.connect(_pg_url(base), timeout=10)
+    try:
+        info: dict[str, Any] = {"url": _without_password(_pg_url(base))}
+        for setting in ("server_version", "synchronous_commit", "fsync", "wal_sync_method"):
+            info[setting] = await conn.fetchval(f"SHOW {setting}")
+        return info
+    finally:
+        await conn.close()
+
+
+async def _pg_cleanup(base: str) -> None:
+    """What a section could not drop itself (it was killed): this run's schemas and database."""
+    import asyncpg
+
+    conn = await asyncpg.connect(_pg_url(base), timeout=10)
+    try:
+        for phase in TASKRT_PG_PHASES:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{_taskrt_pg_schema(phase)}" CASCADE')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{_procrastinate_db()}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 def driver(
-    only: list[str], n: int, keep: str | None = None, timeout: float = SECTION_TIMEOUT
+    only: list[str],
+    n: int,
+    keep: str | None = None,
+    timeout: float | None = None,
+    backlog: int = BACKLOG,
 ) -> None:
     def redis_version() -> str | None:
         binary = shutil.which("redis-server")
@@ -935,6 +1464,15 @@ def driver(
             return None
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
         return out.stdout.strip()
+
+    os.environ["COMPARE_RUN_ID"] = run_id = str(os.getpid())
+    uses_pg = any(name in POSTGRES_SYSTEMS for name in only)
+    postgres: dict[str, Any] | None = None
+    if uses_pg:
+        try:
+            postgres = asyncio.run(_pg_server_info(_pg_base_url()))
+        except Exception as exc:
+            postgres = {"error": f"{type(exc).__name__}: {exc}"[:400]}
 
     print(
         json.dumps(
@@ -949,15 +1487,30 @@ def driver(
                 "load_1m": round(os.getloadavg()[0], 2),
                 "sqlite": sqlite3.sqlite_version,
                 "redis_server": redis_version(),
+                "postgres": postgres,
                 "versions": {
                     p: _version(p)
-                    for p in ("taskrt", "aiosqlite", "huey", "arq", "saq", "celery", "kombu")
+                    for p in (
+                        "taskrt",
+                        "aiosqlite",
+                        "asyncpg",
+                        "huey",
+                        "arq",
+                        "saq",
+                        "celery",
+                        "kombu",
+                        "procrastinate",
+                        "psycopg",
+                        "psycopg-pool",
+                    )
                 }
                 | {"redis-py": _version("redis")},
                 "jobs": n,
+                "backlog_jobs": backlog,
                 "concurrency": CONCURRENCY,
                 "latency_jobs": LAT_JOBS,
                 "latency_rate_per_s": LAT_RATE,
+                "run_id": run_id,
             }
         ),
         flush=True,
@@ -978,41 +1531,57 @@ def driver(
         for name in only:
             if SYSTEMS[name][1]:
                 if url is None:
-                    for figure in FIGURES:
+                    for figure in figures_of(name):
                         emit(name, figure, error=f"no Redis: {redis_error}")
                     continue
                 try:
                     _flush(url)
                 except Exception as exc:
-                    for figure in FIGURES:
+                    for figure in figures_of(name):
                         emit(name, figure, error=f"Redis FLUSHALL failed: {exc}")
                     continue
             env = {**os.environ, "COMPARE_REDIS_URL": url or ""}
             time.sleep(1.0)  # let the previous system's processes go quiet
-            run_section(name, tmp / name, n, env, timeout)
+            if timeout is None:
+                limit = BACKLOG_SECTION_TIMEOUT if name in BACKLOG_SYSTEMS else SECTION_TIMEOUT
+            else:
+                limit = timeout
+            run_section(name, tmp / name, n, env, limit, backlog)
+        if uses_pg:
+            try:
+                asyncio.run(_pg_cleanup(_pg_base_url()))
+            except Exception as exc:
+                print(f"PostgreSQL clean-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated systems: " + ",".join(SYSTEMS))
     parser.add_argument("--jobs", type=int, default=JOBS)
+    parser.add_argument(
+        "--backlog", type=int, default=BACKLOG, help="jobs of drain_backlog (default 10,000)"
+    )
     parser.add_argument("--section", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help="keep databases and logs in this new folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--section-timeout", type=float, default=SECTION_TIMEOUT, help="seconds per system"
+        "--section-timeout",
+        type=float,
+        default=None,
+        help=f"seconds per system (default {SECTION_TIMEOUT:.0f}, "
+        f"{BACKLOG_SECTION_TIMEOUT:.0f} for those that measure drain_backlog)",
     )
     args = parser.parse_args()
     if args.worker:
         worker_main(args.worker)
     elif args.section:
-        section_main(args.section, Path(args.tmp), args.jobs)
+        section_main(args.section, Path(args.tmp), args.jobs, args.backlog)
     else:
         only = args.only.split(",") if args.only else list(SYSTEMS)
         unknown = [s for s in only if s not in SYSTEMS]
         if unknown:
             parser.error(f"unknown systems: {', '.join(unknown)}")
-        driver(only, args.jobs, args.tmp, args.section_timeout)
+        driver(only, args.jobs, args.tmp, args.section_timeout, args.backlog)
 
 
 if __name__ == "__main__":
