@@ -141,11 +141,17 @@ UNSET = _Unset()
 class Runtime:
     """One per process: ``async with Runtime("app.db") as rt: ...``.
 
+    The database: a SQLite file (``"app.db"``; ``":memory:"`` for tests), or a
+    PostgreSQL server's URL (``"postgresql://app@db/app?schema=jobs"``, with
+    the ``postgres`` extra; docs/postgres.md). Without one, ``$TASKRT_DATABASE``
+    names it, else ``":memory:"``.
+
     Options (all keyword-only):
 
     - ``workers``: may run jobs here (the owner, or a standby that takes over),
       or only add and read (a client); see note 3.
-    - ``synchronous``: ``"normal"`` survives a process crash, ``"full"`` a power loss.
+    - ``synchronous``: ``"normal"`` survives a process crash, ``"full"`` a power loss
+      (SQLite; on PostgreSQL durability is the server's ``synchronous_commit``).
     - ``clock``: time source (``FakeClock`` in tests); ``tasks``, ``root``,
       ``executor``: task files to load at start.
     - ``grace``: seconds running jobs get to finish at stop (and that queued
