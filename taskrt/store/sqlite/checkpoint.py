@@ -35,10 +35,14 @@ class Checkpointer:
         self._commits = commits
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._seen = 0
         self.checkpoints = 0
 
     def start(self) -> None:
         self._stop.clear()
+        # Read here, not in the thread: a commit made before the thread first runs
+        # (a busy machine) is one it must still checkpoint.
+        self._seen = self._commits()
         self._thread = threading.Thread(target=self._run, name="taskrt-checkpoint", daemon=True)
         self._thread.start()
 
@@ -56,7 +60,7 @@ class Checkpointer:
             return
         try:
             conn.execute("PRAGMA busy_timeout = 0")
-            seen = self._commits()
+            seen = self._seen
             while not self._stop.wait(self.interval):
                 now = self._commits()
                 if now == seen:
