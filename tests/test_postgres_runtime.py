@@ -218,6 +218,35 @@ async def test_a_pause_from_another_machine_reaches_the_owner_at_once(url: str) 
         assert (await owner.wait(await far.pool("p").add("double", 3), timeout=5)).result == 6
 
 
+async def test_the_owners_listener_comes_back_after_its_connection_is_killed(url: str) -> None:
+    """``pg_terminate_backend`` of the owner's listener: it listens again within a
+    second or two, and the next add from another machine starts at once (poll: 30 s)."""
+    async with app(url, poll_interval=30) as owner, app(url, workers=False) as far:
+        relay, far.remote = far.remote, None  # as on another machine: no relay
+        assert relay is not None
+        await relay.close()
+        admin = await asyncpg.connect(pg_server.require())
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'taskrt listener' AND datname = current_database()"
+            )
+            assert killed == 1
+            async with asyncio.timeout(5):  # listening again, on a new session
+                while not await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                    "'taskrt listener' AND datname = current_database() "
+                    "AND query LIKE 'LISTEN%'"
+                ):
+                    await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+        sent = time.time()
+        info = await owner.wait(await far.pool("p").add("double", 5), timeout=5)
+        assert info.result == 10
+        assert info.started_at is not None and info.started_at - sent < 0.5
+
+
 async def test_on_failed_writes_with_the_failure_through_the_driver(url: str) -> None:
     """``on_failed(job, tx)``: PostgreSQL's SQL through ``tx`` and ``tx.driver`` (asyncpg)
     commits with the failure; a hook that raises rolls back only its own writes."""
