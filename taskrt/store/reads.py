@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
+from .adds import count_by
 from .protocol import OwnerRecord
 from .queries import (
     JOB_COLUMNS,
@@ -37,6 +38,11 @@ class SharedReads:
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run a read of ``queries`` (``?`` placeholders); its rows, by position or name."""
+        raise NotImplementedError
+
+    def metadata_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
+        """A condition (``?`` placeholders) that metadata member ``key`` equals ``value``
+        as JSON: a number matches numbers only, a boolean booleans only."""
         raise NotImplementedError
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -67,6 +73,86 @@ class SharedReads:
         marks = ",".join("?" * len(ids))
         rows = await self.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
         return [row_to_job(r) for r in rows]
+
+    async def list_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+        run_after: float | None = None,
+        created_before: float | None = None,
+        ids: Sequence[int] | None = None,
+    ) -> list[JobInfo]:
+        clause, params = self._where(
+            status, pool, task, metadata, before_id, run_after, created_before, ids
+        )
+        rows = await self.query(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def count_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] | None = None,
+        pool: str | None = None,
+        task: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_after: float | None = None,
+        created_before: float | None = None,
+    ) -> int:
+        if task is None and not metadata and run_after is None and created_before is None:
+            # By status and pool only: the live counts answer at once (store note 12).
+            return count_by(await self.live_counts(), status, pool)
+        clause, params = self._where(
+            status, pool, task, metadata, None, run_after, created_before, None
+        )
+        row = await self._one(f"SELECT count(*) FROM jobs {clause}", params)
+        return int(row[0]) if row else 0
+
+    def _where(
+        self,
+        status: Sequence[JobStatus] | None,
+        pool: str | None,
+        task: str | None,
+        metadata: dict[str, Any] | None,
+        before_id: int | None,
+        run_after: float | None,
+        created_before: float | None,
+        ids: Sequence[int] | None,
+    ) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if ids is not None:
+            where.append(f"id IN ({','.join('?' * len(ids))})" if ids else "1 = 0")
+            params.extend(ids)
+        if run_after is not None:  # scheduled: waiting for a time still to come
+            where.append("status = 'WAITING' AND run_at > ?")
+            params.append(run_after)
+        if created_before is not None:
+            where.append("created_at <= ?")
+            params.append(created_before)
+        if status:
+            where.append(f"status IN ({','.join('?' * len(status))})")
+            params.extend(s.value for s in status)
+        if pool is not None:
+            where.append("pool = ?")
+            params.append(pool)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        for key, value in (metadata or {}).items():
+            condition, values = self.metadata_match(key, value)
+            where.append(condition)
+            params.extend(values)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         return [

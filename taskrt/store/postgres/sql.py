@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from ...models import JobStatus
 from ..ops import (
@@ -35,7 +35,7 @@ from ..queries import MINUTE_COLUMNS
 _PLACEHOLDER = re.compile(r"\?")
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: IN lists give a text for every length
 def numbered(sql: str) -> str:
     """A statement written with ``?`` placeholders (``queries``) with ``$1, $2, ...``."""
     count = 0

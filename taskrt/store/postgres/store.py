@@ -21,17 +21,14 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import (
-    JobInfo,
     JobStatus,
 )
-from ..adds import count_by
 from ..groupcommit import reason
 from ..ops import failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob
-from ..queries import JOB_COLUMNS, MINUTE_COLUMNS, SQL_OWNER
+from ..queries import MINUTE_COLUMNS, SQL_OWNER
 from ..queued import QueuedWrites
 from ..reads import SharedReads
-from ..rows import row_to_job
 from ..schedules import ScheduleWrites
 from .lock import AdvisoryLock
 from .schema import migrate
@@ -527,52 +524,15 @@ class PgStore(QueuedWrites, SharedReads):
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
+    def metadata_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
+        """JSON equality, which tells numbers, booleans and strings apart."""
+        return "taskrt_json_member(metadata, ?) = ?::jsonb", [key, json.dumps(value)]
+
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A statement of ``queries`` (``?`` placeholders); NaN, which matches
         nothing, as NULL (which matches nothing either)."""
         values = [None if isinstance(p, float) and math.isnan(p) else p for p in params]
         return await self.fetch_all(numbered(sql), values)
-
-    async def list_jobs(
-        self,
-        *,
-        status: Sequence[JobStatus] | None = None,
-        pool: str | None = None,
-        task: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        before_id: int | None = None,
-        limit: int = 50,
-        run_after: float | None = None,
-        created_before: float | None = None,
-        ids: Sequence[int] | None = None,
-    ) -> list[JobInfo]:
-        clause, params = _filter(
-            status, pool, task, metadata, before_id, run_after, created_before, ids
-        )
-        params.append(limit)
-        rows = await self.fetch_all(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ${len(params)}",
-            params,
-        )
-        return [row_to_job(r) for r in rows]
-
-    async def count_jobs(
-        self,
-        *,
-        status: Sequence[JobStatus] | None = None,
-        pool: str | None = None,
-        task: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        run_after: float | None = None,
-        created_before: float | None = None,
-    ) -> int:
-        if task is None and not metadata and run_after is None and created_before is None:
-            return count_by(await self.live_counts(), status, pool)
-        clause, params = _filter(
-            status, pool, task, metadata, None, run_after, created_before, None
-        )
-        row = await self.fetch_one(f"SELECT count(*) FROM jobs {clause}", params)
-        return int(row[0]) if row else 0
 
     async def history(
         self,
@@ -689,44 +649,3 @@ def _error(name: str, exc: BaseException) -> StoreError:
     if transient(exc):
         return StoreUnavailable(name, reason(exc))
     return StoreError(f"write to {name!r} failed: {exc}")
-
-
-def _filter(
-    status: Sequence[JobStatus] | None,
-    pool: str | None,
-    task: str | None,
-    metadata: dict[str, Any] | None,
-    before_id: int | None,
-    run_after: float | None,
-    created_before: float | None,
-    ids: Sequence[int] | None,
-) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-
-    def bind(value: Any) -> str:
-        params.append(value)
-        return f"${len(params)}"
-
-    if ids is not None:
-        where.append(f"id = ANY({bind(list(ids))}::bigint[])")
-    if run_after is not None:
-        where.append(f"status = 'WAITING' AND run_at > {bind(run_after)}")
-    if created_before is not None:
-        where.append(f"created_at <= {bind(created_before)}")
-    if status:
-        where.append(f"status = ANY({bind([s.value for s in status])}::text[])")
-    if pool is not None:
-        where.append(f"pool = {bind(pool)}")
-    if task is not None:
-        where.append(f"task = {bind(task)}")
-    for key, value in (metadata or {}).items():
-        # JSON equality: a number matches numbers only, a boolean booleans only.
-        where.append(f"taskrt_json_member(metadata, {bind(key)}) = {bind(_json(value))}::jsonb")
-    if before_id is not None:
-        where.append(f"id < {bind(before_id)}")
-    return (f"WHERE {' AND '.join(where)}" if where else ""), params
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)

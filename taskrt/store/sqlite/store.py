@@ -22,15 +22,13 @@ import aiosqlite
 
 from ...errors import InvalidOption, StoreError
 from ...models import (
-    JobInfo,
     JobStatus,
 )
-from ..adds import count_by
 from ..protocol import InsertResult, MinuteRow, NewJob, StoreTransaction
-from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
+from ..queries import MINUTE_COLUMNS
 from ..queued import QueuedWrites
 from ..reads import SharedReads
-from ..rows import json_path, row_to_job
+from ..rows import json_path
 from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
@@ -466,6 +464,19 @@ class Store(QueuedWrites, SharedReads):
             raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
         return list(rows)
 
+    def metadata_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
+        path = json_path(key)
+        # A JSON true reads back from json_extract as 1: compare booleans and
+        # numbers by their JSON type too, so a filter matches only its kind.
+        if isinstance(value, bool):
+            return "json_type(metadata, ?) = ?", [path, "true" if value else "false"]
+        if isinstance(value, int | float):
+            return (
+                "json_extract(metadata, ?) = ? AND json_type(metadata, ?) IN ('integer', 'real')",
+                [path, value, path],
+            )
+        return "json_extract(metadata, ?) = ?", [path, value]
+
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A read of ``queries``: SQLite's placeholders are ``?`` already."""
         return await self.fetch_all(sql, params)
@@ -473,46 +484,6 @@ class Store(QueuedWrites, SharedReads):
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
-
-    async def list_jobs(
-        self,
-        *,
-        status: Sequence[JobStatus] | None = None,
-        pool: str | None = None,
-        task: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        before_id: int | None = None,
-        limit: int = 50,
-        run_after: float | None = None,
-        created_before: float | None = None,
-        ids: Sequence[int] | None = None,
-    ) -> list[JobInfo]:
-        clause, params = self._filter(
-            status, pool, task, metadata, before_id, run_after, created_before, ids
-        )
-        rows = await self.fetch_all(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
-        )
-        return [row_to_job(r) for r in rows]
-
-    async def count_jobs(
-        self,
-        *,
-        status: Sequence[JobStatus] | None = None,
-        pool: str | None = None,
-        task: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        run_after: float | None = None,
-        created_before: float | None = None,
-    ) -> int:
-        if task is None and not metadata and run_after is None and created_before is None:
-            # By status and pool only: the live counts answer at once (note 12).
-            return count_by(await self.live_counts(), status, pool)
-        clause, params = self._filter(
-            status, pool, task, metadata, None, run_after, created_before, None
-        )
-        row = await self.fetch_one(f"SELECT count(*) AS n FROM jobs {clause}", params)
-        return int(row["n"]) if row else 0
 
     async def purge(self, ids: Sequence[int]) -> int:
         """Delete the finished jobs among ``ids`` (and their attempts); the others stay."""
@@ -545,57 +516,6 @@ class Store(QueuedWrites, SharedReads):
             ]
         )
         return counts[0] == 1
-
-    def _filter(
-        self,
-        status: Sequence[JobStatus] | None,
-        pool: str | None,
-        task: str | None,
-        metadata: dict[str, Any] | None,
-        before_id: int | None,
-        run_after: float | None,
-        created_before: float | None,
-        ids: Sequence[int] | None,
-    ) -> tuple[str, list[Any]]:
-        where: list[str] = []
-        params: list[Any] = []
-        if ids is not None:
-            where.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
-            params.extend(ids)
-        if run_after is not None:  # scheduled: waiting for a time still to come
-            where.append("status = 'WAITING' AND run_at > ?")
-            params.append(run_after)
-        if created_before is not None:
-            where.append("created_at <= ?")
-            params.append(created_before)
-        if status:
-            where.append(f"status IN ({','.join('?' * len(status))})")
-            params.extend(s.value for s in status)
-        if pool is not None:
-            where.append("pool = ?")
-            params.append(pool)
-        if task is not None:
-            where.append("task = ?")
-            params.append(task)
-        for key, value in (metadata or {}).items():
-            path = json_path(key)
-            # A JSON true reads back from json_extract as 1: compare booleans and
-            # numbers by their JSON type too, so a filter matches only its kind.
-            if isinstance(value, bool):
-                where.append("json_type(metadata, ?) = ?")
-                params.extend((path, "true" if value else "false"))
-            elif isinstance(value, int | float):
-                where.append(
-                    "json_extract(metadata, ?) = ? AND json_type(metadata, ?) IN ('integer', 'real')"
-                )
-                params.extend((path, value, path))
-            else:
-                where.append("json_extract(metadata, ?) = ?")
-                params.extend((path, value))
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
-        return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
     # -- counts and the waiting window (notes 12, 13) ---------------------------------
 
