@@ -60,7 +60,6 @@ def app(url: str, **options: object) -> Runtime:
 async def test_jobs_run_retry_and_stream_their_events(url: str) -> None:
     async with app(url) as rt:
         assert rt.role == "owner"
-        assert "***" not in url or "***" in rt.path
         stream = rt.subscribe(job_id := await rt.pool("p").add("double", 21))
         events = await collect(stream)
         assert [e.type for e in events][-1] == EventType.SUCCESS
@@ -290,6 +289,10 @@ async def test_the_http_api_serves_from_postgresql(url: str) -> None:
 async def test_a_bad_url_or_schema_is_a_clear_error(url: str) -> None:
     with pytest.raises(InvalidOption, match="schema"):
         Runtime(url.replace("?schema=", "?schema=bad-name-"))
+    # Logs, errors and repr name the database without its password.
+    secret = Runtime("postgresql://app:s3cret@db.internal:5433/app?schema=jobs")
+    assert secret.path == "postgresql://app:***@db.internal:5433/app?schema=jobs"
+    assert "s3cret" not in repr(secret)
     rt = Runtime("postgresql://nobody@127.0.0.1:1/nowhere")
     with pytest.raises(StoreError, match="cannot open database"):
         await rt.start()

@@ -8,7 +8,7 @@ PostgreSQL with them numbered.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
@@ -65,14 +65,6 @@ class SharedReads:
     async def get_job(self, job_id: int) -> JobInfo | None:
         row = await self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return None if row is None else row_to_job(row)
-
-    async def get_jobs(self, ids: Iterable[int]) -> list[JobInfo]:
-        ids = list(ids)
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = await self.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
-        return [row_to_job(r) for r in rows]
 
     async def list_jobs(
         self,

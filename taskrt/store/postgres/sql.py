@@ -521,5 +521,3 @@ SQL_SET_PAUSED = (
 
 
 # -- reads --------------------------------------------------------------------------------
-
-SQL_POOL_STATUS = "SELECT id, pool, status FROM jobs WHERE id = ANY($1::bigint[]) FOR UPDATE"

@@ -45,7 +45,6 @@ from .sql import (
 log = logging.getLogger("taskrt.store")
 
 Key = tuple[str, str]
-Snapshot = dict[Key, int]
 WAITING = JobStatus.WAITING.value
 
 # SQLSTATE classes that say the server takes no writes *now* (note 5): connection
