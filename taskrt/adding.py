@@ -55,6 +55,7 @@ class Adding:
         tasks: Mapping[str, TaskSpec],
         pools: Mapping[str, Pool],
         owning: Callable[[], bool],
+        marks_external: Callable[[], bool],
         forward: Callable[[], Forward | None],
         instrumentation: Callable[[], Instrumentation | None],
         require_started: Callable[[str], None],
@@ -70,6 +71,8 @@ class Adding:
         self.pools = pools
         # Whether this process owns the jobs; else where its adds go (the owner's relay).
         self.owning = owning
+        # Whether its adds are marked for the owner's poll (a process that is not it).
+        self.marks_external = marks_external
         self.forward = forward
         self.instrumentation = instrumentation
         self.require_started = require_started
@@ -169,7 +172,7 @@ class Adding:
                     timeout=timeout,
                     retry_json=retry_json,
                     job_id=opts.job_id,
-                    external=not self.owning(),
+                    external=self.marks_external(),
                 )
             )
         if opts.unique_key is not None and self.owning():
@@ -338,6 +341,8 @@ class Adding:
             self.background.hook(state.spec.hooks.on_add, info.id, job=state)
         if owning:
             self.pools[info.pool].push(state)
+        elif (pool := self.pools.get(info.pool)) is not None:
+            pool.poke()  # where every node claims (taskrt.claims): look now
 
     async def _adopt(self, connection: Any) -> Transaction:
         """The application's own connection, in its transaction, as a ``Transaction``."""

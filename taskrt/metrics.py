@@ -133,7 +133,7 @@ class RuntimeCollector(Collector):
             timeouts.add_metric([task], n)
         yield timeouts
 
-        if self.rt.owning:
+        if self.rt.runs_jobs:
             yield from self._pools()
 
         streams = self._streams_open() if self._streams_open else counters.sse_streams_open

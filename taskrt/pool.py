@@ -53,14 +53,12 @@ from .clock import TimerHandle
 from .context import JobContext, JobState
 from .errors import InvalidOption
 from .models import JobStatus, PoolStatistics
-from .waiting import Waiting
 
 if TYPE_CHECKING:
     from .clock import Clock
     from .definitions import TaskRef
     from .limits import Limits
     from .transaction import Transaction
-    from .waiting import Backlog
 
 Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
 """The (args, kwargs) of each job of one ``add`` or ``add_many``."""
@@ -85,6 +83,28 @@ class Instrumentation(Protocol):
     def attempt(self, state: JobState) -> contextlib.AbstractContextManager[Any]:
         """A context manager around one call of the job's handler."""
         ...
+
+
+class Queue(Protocol):
+    """A pool's waiting jobs, as the pool sees them (``waiting.Waiting``, ``claims.Claims``)."""
+
+    def __len__(self) -> int: ...
+
+    async def load(self, now: float) -> None: ...
+
+    def push(self, state: JobState) -> None: ...
+
+    def remove(self, state: JobState) -> bool: ...
+
+    def take(self) -> JobState | None: ...
+
+    def poke(self) -> None: ...
+
+    def next_due(self) -> float | None: ...
+
+    def oldest_due(self, now: float) -> float | None: ...
+
+    def close(self) -> None: ...
 
 
 class PoolHost(Protocol):
@@ -114,14 +134,9 @@ class PoolHost(Protocol):
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None: ...
 
-    @property
-    def backlog(self) -> Backlog:
-        """Where waiting jobs beyond the window are read from (``taskrt.waiting``)."""
-        ...
-
-    @property
-    def window(self) -> int:
-        """Jobs of each list a pool keeps in memory (``taskrt.waiting``)."""
+    def queue_for(self, pool: Pool) -> Queue:
+        """The pool's waiting jobs: a window of them in memory (``taskrt.waiting``),
+        or claims from the store where every node runs workers (``taskrt.claims``)."""
         ...
 
     def counted(self, pool: str) -> int:
@@ -175,7 +190,7 @@ class Pool:
         self.concurrency = concurrency
         self.capacity = capacity
         self.paused = False
-        self.queue = Waiting(name, host.backlog, host.clock, host.window, self._dispatch)
+        self.queue = host.queue_for(self)
         self._running: dict[int, JobState] = {}
         self._starting = 0  # jobs taken whose RUNNING row is not committed yet
         self._requeuing = 0  # jobs retried whose WAITING row is not committed yet
@@ -293,6 +308,16 @@ class Pool:
     def remove(self, state: JobState) -> bool:
         """Take a waiting job out of memory (cancel, run now); False if it was not there."""
         return self.queue.remove(state)
+
+    def poke(self) -> None:
+        """Jobs of the pool may be due in the store (added by another process)."""
+        self.queue.poke()
+
+    def free_slots(self) -> int:
+        """Jobs the pool could start now (0 while paused or stopping)."""
+        if self.paused or self._stopping or not self._host.running:
+            return 0
+        return max(0, self.concurrency - len(self._running) - self._held - len(self.queue))
 
     def _arm(self, when: float) -> None:
         if self._timer_at is not None and self._timer_at <= when:

@@ -63,6 +63,7 @@ from .errors import (
     InvalidOption,
     InvalidTransition,
     JobNotFound,
+    OwnershipError,
     OwnerUnreachable,
     PoolNotFound,
     RuntimeNotStarted,
@@ -87,12 +88,14 @@ from .models import (
     Stats,
     StoreHealth,
 )
+from .nodes import DEFAULT_TTL, Nodes
 from .ownership import (
     FileLockOwnership,
     HeldLock,
     Ownership,
     ServerLockOwnership,
     SoleOwnership,
+    owner_name,
 )
 from .pool import DEFAULT_CONCURRENCY, Pool
 from .relay import (
@@ -109,11 +112,11 @@ from .store import JobStore, NewJob, Store, Synchronous, is_server_url
 from .stream import JobStream, snapshot_event
 from .transaction import Transaction
 from .transitions import Transitions, retry_policy_of
-from .waiting import DEFAULT_WINDOW
+from .waiting import DEFAULT_WINDOW, Waiting
 from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
-    from .pool import Instrumentation
+    from .pool import Instrumentation, Queue
     from .store.postgres import PgStore
 
 log = logging.getLogger("taskrt")
@@ -173,6 +176,11 @@ class Runtime:
     - ``window``: waiting jobs each pool keeps in memory, of those due and of
       those delayed; the rest stay in the database until their turn comes
       near (``taskrt.waiting``), so a backlog of any size costs bounded memory.
+    - ``mode``: ``"owner"`` (one process runs the jobs, the others stand by;
+      note 3) or, on PostgreSQL, ``"nodes"``: every process with workers runs
+      jobs, claiming them from the database (``taskrt.nodes``); every process
+      of a schema must use the same mode. ``node_ttl``: seconds without a
+      heartbeat after which a node's running jobs are taken back.
     """
 
     def __init__(
@@ -198,6 +206,8 @@ class Runtime:
         stall_threshold: float = 1.0,
         busy_timeout: float = 5.0,
         window: int = DEFAULT_WINDOW,
+        mode: str = "owner",
+        node_ttl: float = DEFAULT_TTL,
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise InvalidOption("window", f"expected an integer of 2 or more, found {window!r}")
@@ -212,6 +222,17 @@ class Runtime:
             raise InvalidOption(
                 "max_recoveries", f"expected an integer of 0 or more, found {max_recoveries!r}"
             )
+        if mode not in ("owner", "nodes"):
+            raise InvalidOption("mode", f"expected 'owner' or 'nodes', found {mode!r}")
+        if (
+            isinstance(node_ttl, bool)
+            or not isinstance(node_ttl, int | float)
+            or not 0.5 <= node_ttl <= 3600
+        ):
+            raise InvalidOption(
+                "node_ttl", f"expected seconds from 0.5 to 3600, found {node_ttl!r}"
+            )
+        self.mode = mode
         target = str(path) if path is not None else os.environ.get(DATABASE_ENV, ":memory:")
         self.limits = limits or DEFAULT_LIMITS
         self.max_recoveries = max_recoveries
@@ -227,14 +248,26 @@ class Runtime:
         # The database: a SQLite file (or :memory:), or a PostgreSQL server's URL.
         self._relay_at: str | None = None
         self._server_lock: HeldLock | None = None
+        node = ""  # this process's name as a node (mode "nodes")
         self.store: JobStore
         if is_server_url(target):
             store = _postgres_store(target, progress_interval=progress_interval)
             self.path = store.path  # without its password: it names the database in logs
             self.store = store
-            self._server_lock = store.ownership_lock()
-            self._relay_at = private_address(f"{store.path}#{store.schema}")
+            if mode == "nodes":
+                node = owner_name()
+                store.join_as(node)
+                self._server_lock = store.ownership_lock(shared=True)
+            else:
+                self._server_lock = store.ownership_lock()
+                self._relay_at = private_address(f"{store.path}#{store.schema}")
         else:
+            if mode == "nodes":
+                raise InvalidOption(
+                    "mode",
+                    "every process runs workers only on a PostgreSQL database; "
+                    "a SQLite file has one owner (mode='owner')",
+                )
             self.path = target
             if target != ":memory:":
                 self._relay_at = relay_address(target)
@@ -277,6 +310,7 @@ class Runtime:
             tasks=self._tasks,
             pools=self._pools,
             owning=lambda: self.role == "owner",
+            marks_external=lambda: self.mode == "owner" and self.role != "owner",
             forward=self._add_forwarder,
             instrumentation=lambda: self.instrumentation,
             require_started=self.require_started,
@@ -293,6 +327,23 @@ class Runtime:
             max_recoveries=max_recoveries,
             poll_interval=poll_interval,
         )
+        # Every process a node that runs jobs (taskrt.nodes), on PostgreSQL.
+        self.nodes: Nodes | None = None
+        if mode == "nodes":
+            self.nodes = Nodes(
+                node=node,
+                store=self.store,  # type: ignore[arg-type]
+                clock=self.clock,
+                live=self.live,
+                transitions=self.transitions,
+                tasks=self._tasks,
+                pools=self._pools,
+                declare_pool=lambda name: self.pool(name),
+                max_recoveries=max_recoveries,
+                ttl=float(node_ttl),
+                poll_interval=poll_interval,
+                workers=self._set_workers,
+            )
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
         self.instrumentation: Instrumentation | None = None
         if tracing:
@@ -518,6 +569,9 @@ class Runtime:
         if self._tasks_path is not None:
             self.load(self._tasks_path, executor=self._executor, root=self._root)
         await self.store.open()
+        if self.nodes is not None:
+            await self._start_node()
+            return
         try:
             owning = False
             if self.workers:
@@ -544,6 +598,43 @@ class Runtime:
             result = hook(self)
             if inspect.isawaitable(result):
                 await result
+
+    async def _start_node(self) -> None:
+        """Every process runs workers (``taskrt.nodes``): join the others."""
+        assert self.nodes is not None
+        try:
+            if not await self.ownership.try_acquire():
+                raise OwnershipError(
+                    self.path,
+                    "a process of mode 'owner' runs this schema's jobs; every process of "
+                    "a schema must use the same mode",
+                )
+            if self.workers:
+                await self.nodes.start()
+        except BaseException:
+            await self.ownership.close()
+            await self.store.close()
+            raise
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.loop_watchdog.start(self._loop)
+        self.role = "node" if self.workers else "client"
+        if self.workers:
+            self._owning_since = time.time()
+            await self.store.listen(self.nodes.wake)
+            self._set_workers(True)
+        for hook in self._start_hooks:
+            result = hook(self)
+            if inspect.isawaitable(result):
+                await result
+
+    def _set_workers(self, on: bool) -> None:
+        """Start jobs from now on, or not (a node that lost its heartbeat)."""
+        self._workers_on = on
+        if on:
+            for pool in list(self._pools.values()):
+                pool.poke()
 
     async def _own(self) -> None:
         """Holding the lock: record it, recover what a dead owner left (note 3)."""
@@ -662,6 +753,9 @@ class Runtime:
         pools = list(self._pools.values())
         for pool in pools:
             pool.stop_dispatching()
+        if self.nodes is not None:
+            for pool in pools:
+                pool.queue.close()  # claims not started go back (taskrt.claims)
         running = [t for p in pools for t in p.running_tasks()]
         if running:
             await asyncio.wait(running, timeout=self.grace)
@@ -683,6 +777,9 @@ class Runtime:
             await self.store.settle()
             if self.role == "owner":
                 await self.ownership.release()
+            if self.nodes is not None and self.role == "node":
+                await self.nodes.stop()
+                await self.nodes.leave()
         except TaskrtError as exc:
             # Not removing the record is safe: the next owner recovers as after a crash.
             log.error("releasing the ownership of %s failed: %s", self.path, exc)
@@ -690,6 +787,8 @@ class Runtime:
             if self.relay_server is not None:
                 await self.relay_server.close(patience=0)
                 self.relay_server = None
+            if self.nodes is not None:
+                await self.nodes.stop()
             if self.ownership.held:
                 await self.ownership.release()
             await self.ownership.close()
@@ -709,16 +808,21 @@ class Runtime:
         return self.role == "owner"
 
     @property
+    def runs_jobs(self) -> bool:
+        """Whether jobs run in this process: the owner's, or a node's (``taskrt.nodes``)."""
+        return self.role in ("owner", "node")
+
+    @property
     def relayed(self) -> bool:
         """Whether every event of the jobs reaches this process (the owner, or connected to it)."""
         return self.role == "owner" or (self.remote is not None and self.remote.connected)
 
     def owner_status(self) -> OwnerStatus:
         """This process's role and the owner it knows of (``GET /health`` shows it)."""
-        if self.role == "owner":
+        if self.role in ("owner", "node"):
             return OwnerStatus(
                 role=self.role,
-                owner=self.ownership.owner,
+                owner=self.ownership.owner if self.nodes is None else self.nodes.node,
                 reachable=True,
                 since=self._owning_since,
                 peers=self.relay_server.peers if self.relay_server is not None else 0,
@@ -961,6 +1065,8 @@ class Runtime:
             with contextlib.suppress(OwnerUnreachable):
                 return JobInfo.from_dict(await remote.call("cancel", job=job_id))
         state = await self.adoption.pin(job_id) if self.owning else None
+        if self.nodes is not None:
+            state = self.live.states.get(job_id)  # running here, or none (taskrt.nodes)
         if state is not None:
             if state.status is JobStatus.WAITING:
                 self.pool(state.pool).remove(state)
@@ -976,6 +1082,10 @@ class Runtime:
         # Both in one transaction: the owner may start the job between our read
         # and our write, and whichever status the row has then, the cancel lands.
         await self.store.cancel_external(job_id, self.clock.now())
+        if self.nodes is not None and info.status is JobStatus.RUNNING:
+            # Another node runs it: it is told (NOTIFY) and ends it.
+            with contextlib.suppress(TimeoutError):
+                return await self.wait(job_id, timeout=self.abandon_after + 5)
         return await self.get(job_id)
 
     async def retry(self, job_id: int) -> JobInfo:
@@ -1192,7 +1302,7 @@ class Runtime:
     async def _cancel_without_waiting(self, job_id: int) -> None:
         """A cancel that tells a running job to stop and goes on (bulk)."""
         state = self.live.states.get(job_id)
-        if state is not None and self.owning and state.status is JobStatus.RUNNING:
+        if state is not None and self.runs_jobs and state.status is JobStatus.RUNNING:
             self._pools[state.pool].cancel_running(state)
             return
         await self.cancel(job_id)
@@ -1266,7 +1376,7 @@ class Runtime:
         last = int(end // 60) + 1  # the minute holding `until` included
         if (last - first) / step_minutes > MAX_POINTS:
             first = last - MAX_POINTS * step_minutes  # the latest steps of the window
-        if self.owning:
+        if self.runs_jobs:
             await self.store.settle(self.transitions.flush_history())
         rows = await self.store.history(first, last, step_minutes, pool=pool, task=task)
         return history_points(rows, float(step))
@@ -1290,7 +1400,7 @@ class Runtime:
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 return Stats(**await remote.call("stats", since=since, until=until))
-        if self.owning:
+        if self.runs_jobs:
             self.transitions.flush_history()
         await self.store.settle()
         raw = await self.store.stats(since, until)
@@ -1422,8 +1532,12 @@ class _PoolHost:
         self.started = rt.transitions.started
         self.attempt_ended = rt.transitions.attempt_ended
         self.report = rt.transitions.report
-        self.backlog = rt.adoption
-        self.window = rt.window
+
+    def queue_for(self, pool: Pool) -> Queue:
+        nodes = self._rt.nodes
+        if nodes is not None:
+            return nodes.queue_for(pool)  # claims (taskrt.claims)
+        return Waiting(pool.name, self._rt.adoption, self.clock, self._rt.window, pool._dispatch)
 
     def counted(self, pool: str) -> int:
         return self._rt.store.counted(pool, JobStatus.WAITING)

@@ -90,6 +90,11 @@ class SchedulerHost(Protocol):
     def owning(self) -> bool: ...
 
     @property
+    def runs_jobs(self) -> bool:
+        """Whether this process fires schedules: the owner, or every node."""
+        ...
+
+    @property
     def started(self) -> bool: ...
 
     @property
@@ -463,7 +468,7 @@ class Scheduler:
                 ScheduleStat(i.name, i.paused, i.next_run_at, i.last_run_at, i.fires, i.failures)
                 for i in infos
             ),
-            retention=self.retention.statistics() if self._rt.owning else None,
+            retention=self.retention.statistics() if self._rt.runs_jobs else None,
         )
 
     # -- changing ---------------------------------------------------------------------
@@ -598,7 +603,7 @@ class Scheduler:
         """Store the declared schedules; the owner fires due slots from now on."""
         if self._declared:
             await self._upsert(builtins.list(self._declared.values()), replace=True)
-        if rt.owning:
+        if rt.runs_jobs:
             await self.take_over()
 
     async def take_over(self) -> None:
@@ -695,7 +700,7 @@ class Scheduler:
         async with rt.transaction() as tx:
             now = rt.clock.now()
             conn = tx.connection
-            found = await conn.schedule(name)
+            found = await conn.schedule(name, lock=True)
             if found is None:
                 self._due.pop(name, None)
                 return

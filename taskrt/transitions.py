@@ -78,6 +78,10 @@ class Transitions:
     def emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
         seq = state.next_seq()
+        self._publish(state, kind, data, seq)
+        return seq
+
+    def _publish(self, state: JobState, kind: EventType, data: dict[str, Any], seq: int) -> None:
         if self.broker.wants(state.id):
             self.broker.publish(
                 Event(
@@ -91,9 +95,15 @@ class Transitions:
                     data,
                 )
             )
-        return seq
 
     def started(self, state: JobState) -> asyncio.Future[None]:
+        if state.status is JobStatus.RUNNING:
+            # Claimed (taskrt.claims): the claim started it in the store, attempt
+            # and sequence included; only the event is left to publish.
+            self._publish(state, EventType.STARTED, {"attempt": state.attempts}, state.seq)
+            charged = asyncio.get_running_loop().create_future()
+            charged.set_result(None)
+            return charged
         now = self.clock.now()
         attempt = state.attempts + 1
         state.status = JobStatus.RUNNING

@@ -265,6 +265,10 @@ class Waiting:
         self._delayed.refill()
         await asyncio.gather(*[t for t in (self._ready.reading, self._delayed.reading) if t])
 
+    def poke(self) -> None:
+        """Jobs may have been added elsewhere: the owner learns of them from its poll
+        (``adoption``), which queues them, so there is nothing to do here."""
+
     def close(self) -> None:
         """Forget every job in memory (the runtime stops); the store keeps them."""
         self._ready.clear()

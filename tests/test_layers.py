@@ -101,6 +101,8 @@ LAYERS: dict[str, int] = {
         ["context", "background", "live", "pool", "waiting", "adding", "transitions"], 2
     ),
     "adoption": 2,
+    "claims": 2,
+    "nodes": 2,
     "stream": 2,
     "ownership": 2,
     # services

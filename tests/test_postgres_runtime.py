@@ -29,6 +29,7 @@ from taskrt.models import EventType
 from taskrt.store import JobStore
 from taskrt.store.postgres import PgStore
 from taskrt.store.postgres.copy import copy_sqlite_to_postgres
+from taskrt.store.postgres.sql import MIGRATIONS, SCHEMA_VERSION
 from taskrt.web import create_app
 
 
@@ -300,8 +301,8 @@ async def test_a_bad_url_or_schema_is_a_clear_error(url: str) -> None:
 
 async def test_a_schema_of_a_newer_release_is_refused(url: str) -> None:
     store = PgStore(url)
-    assert await store.migrate() == (0, 1)
-    assert await store.migrate() == (1, 1)  # again: nothing to do
+    assert await store.migrate() == (0, SCHEMA_VERSION)
+    assert await store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # again: nothing to do
     await store.open()
     try:
         async with store.transaction() as tx:
@@ -314,7 +315,27 @@ async def test_a_schema_of_a_newer_release_is_refused(url: str) -> None:
 
 async def test_migrations_from_several_processes_at_once_run_once(url: str) -> None:
     found = await asyncio.gather(*(PgStore(url).migrate() for _ in range(4)))
-    assert sorted(found) == [(0, 1), (1, 1), (1, 1), (1, 1)]
+    done = (SCHEMA_VERSION, SCHEMA_VERSION)
+    assert sorted(found) == [(0, SCHEMA_VERSION), done, done, done]
+
+
+async def test_a_schema_of_the_first_release_is_upgraded_and_keeps_its_jobs(url: str) -> None:
+    """Version 1 (one owner) gains what every node running workers needs, jobs kept."""
+    schema = url.rsplit("schema=", 1)[1]
+    conn = await asyncpg.connect(url.split("?")[0])
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
+        for statement in MIGRATIONS[0]:
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO meta (key, value) VALUES ('schema.version', '1')")
+    finally:
+        await conn.close()
+    async with app(url, workers=False) as client:
+        job_id = await client.pool("p").add("double", 4)
+    assert await PgStore(url).migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+    async with app(url, mode="nodes") as rt:
+        assert (await rt.wait(job_id, timeout=10)).result == 8
+        assert [n["id"] for n in await rt.store.nodes()] == [rt.nodes.node]
 
 
 def test_the_cli_migrates_and_lists_a_postgresql_database(
@@ -322,9 +343,9 @@ def test_the_cli_migrates_and_lists_a_postgresql_database(
 ) -> None:
     """``taskrt migrate --db URL`` creates the tables; ``ls``/``add`` work on the URL as on a file."""
     assert main(["migrate", "--db", url]) == 0
-    assert "schema version 0 -> 1" in capsys.readouterr().out
+    assert f"schema version 0 -> {SCHEMA_VERSION}" in capsys.readouterr().out
     assert main(["migrate", "--db", url, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["found"] == 1
+    assert json.loads(capsys.readouterr().out)["found"] == SCHEMA_VERSION
 
     async def add() -> int:
         async with app(url, workers=False) as client:

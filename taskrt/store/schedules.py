@@ -33,8 +33,14 @@ class ScheduleWrites:
         """Run a statement of ``queries`` (``?`` placeholders) in the transaction."""
         raise NotImplementedError
 
-    async def schedule(self, name: str) -> ScheduleInfo | None:
-        rows = await self.run(SQL_SCHEDULE, (name,))
+    ROW_LOCK = ""
+    """What makes a read lock the row until the transaction ends (PostgreSQL's
+    ``FOR UPDATE``; a SQLite write transaction holds the whole file already)."""
+
+    async def schedule(self, name: str, *, lock: bool = False) -> ScheduleInfo | None:
+        """The schedule's row; ``lock``: locked until the transaction ends, so two
+        processes firing one slot take turns and the second sees it fired."""
+        rows = await self.run(SQL_SCHEDULE + (self.ROW_LOCK if lock else ""), (name,))
         return row_to_schedule(rows[0]) if rows else None
 
     async def insert_schedule(

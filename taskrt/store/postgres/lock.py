@@ -29,8 +29,11 @@ class AdvisoryLock:
     second): holding the lock is holding that session.
     """
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, *, shared: bool = False) -> None:
         self._dsn = dsn
+        # Shared: every node holds it at once (note 7); an owner's exclusive hold
+        # and the nodes' shared ones exclude each other, so the modes never mix.
+        self._try = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
         self._key = f"taskrt.owner.{schema}"
         self._conn: asyncpg.Connection | None = None
         self._held = False
@@ -59,7 +62,7 @@ class AdvisoryLock:
         try:
             conn = await self._connection()
             self._held = bool(
-                await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._key)
+                await conn.fetchval(f"SELECT {self._try}(hashtext($1))", self._key)
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot ask for the ownership lock: %s", exc)

@@ -30,7 +30,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import MINUTE_COLUMNS
+from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -153,7 +153,20 @@ SCHEMA_V1 = (
         EXCEPTION WHEN others THEN RETURN NULL; END $$""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1,)
+# Every node runs workers (``taskrt.nodes``): who runs a RUNNING job, and who is alive.
+SCHEMA_V2 = (
+    "ALTER TABLE jobs ADD COLUMN node TEXT",
+    """CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        ttl DOUBLE PRECISION NOT NULL,
+        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SQL_VERSION = "SELECT value FROM meta WHERE key = 'schema.version'"
@@ -220,8 +233,14 @@ class Part:
         return self.build(i, base)
 
 
+# A write of a RUNNING job lands only from the node running it (note 7): the
+# session's ``taskrt.node`` (unset, so NULL, where one owner runs every job).
+NODE = "current_setting('taskrt.node', true)"
+
+
 def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Part:
-    """A counted write: only from ``target``'s source statuses, (pool, was) out."""
+    """A counted write: only from ``target``'s source statuses, and of a RUNNING job
+    only by the node that runs it (fenced, note 7); (pool, was) out."""
     where = _in(source_statuses(target))
 
     width = len(columns.split(","))
@@ -232,10 +251,11 @@ def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Pa
         sets = assignments.replace("v.", f"v{i}.")
         return [
             f"v{i} AS (SELECT * FROM unnest({_arrays(types, base)}) AS v({columns}))",
-            f"o{i} AS (SELECT id, status AS was FROM jobs WHERE id = ANY(${base + width}::bigint[]) "
-            "FOR UPDATE)",
+            f"o{i} AS (SELECT id, status AS was, node FROM jobs "
+            f"WHERE id = ANY(${base + width}::bigint[]) FOR UPDATE)",
             f"g{i} AS (UPDATE jobs j SET {sets} FROM v{i} JOIN o{i} ON o{i}.id = v{i}.id "
-            f"WHERE j.id = v{i}.id AND o{i}.was IN {where} RETURNING j.pool, o{i}.was)",
+            f"WHERE j.id = v{i}.id AND o{i}.was IN {where} AND (o{i}.was <> 'RUNNING' "
+            f"OR o{i}.node IS NOT DISTINCT FROM {NODE}) RETURNING j.pool, o{i}.was)",
         ]
 
     return Part(target.name.lower(), width, "jobs", width - 1, target.value, build)
@@ -284,7 +304,7 @@ REQUEUE_PART = _moving(
     "float8 text bigint bigint bigint float8 float8 text bigint",
     "status = 'WAITING', run_at = v.run_at, error = v.error, seq = v.seq, "
     "attempts = v.attempts, max_attempts = v.max_attempts, finished_at = NULL, "
-    "started_at = NULL, current = v.current, total = v.total, message = v.message",
+    "started_at = NULL, current = v.current, total = v.total, message = v.message, node = NULL",
 )
 PROGRESS_PART = _plain(
     "progress",
@@ -293,7 +313,8 @@ PROGRESS_PART = _plain(
     "bigint float8 float8 text bigint",
     "UPDATE jobs j SET current = {v}.current, total = {v}.total, message = {v}.message, "
     "seq = GREATEST(j.seq, {v}.seq) FROM unnest({arrays}) AS {v}(id, current, total, message, "
-    "seq) WHERE j.id = {v}.id AND j.status = 'RUNNING'",
+    "seq) WHERE j.id = {v}.id AND j.status = 'RUNNING' AND j.node IS NOT DISTINCT FROM "
+    + NODE,
 )
 ATTEMPT_PART = _plain(
     "attempt",
@@ -301,7 +322,9 @@ ATTEMPT_PART = _plain(
     0,
     "bigint bigint float8 float8 text text text text float8",
     "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error, traceback, "
-    "next, next_at) SELECT * FROM unnest({arrays}) "
+    "next, next_at) SELECT * FROM unnest({arrays}) AS {v}(job_id, number, started_at, "
+    "finished_at, outcome, error, traceback, next, next_at) WHERE EXISTS (SELECT 1 FROM jobs j "
+    f"WHERE j.id = {{v}}.job_id AND j.node IS NOT DISTINCT FROM {NODE}) "
     "ON CONFLICT (job_id, number) DO UPDATE SET started_at = excluded.started_at, "
     "finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error, "
     "traceback = excluded.traceback, next = excluded.next, next_at = excluded.next_at",
@@ -453,43 +476,69 @@ _RETRY_SOURCES = _in(source_statuses(JobStatus.WAITING) - {"RUNNING"})
 RETRY_EXTERNAL_WHERE = f"id = $1 AND status IN {_RETRY_SOURCES}"
 SQL_RETRY_EXTERNAL = (
     "UPDATE jobs SET status = 'WAITING', run_at = $2, max_attempts = $3, finished_at = NULL, "
-    f"started_at = NULL, seq = seq + 1, external = 1 WHERE {RETRY_EXTERNAL_WHERE}"
+    f"started_at = NULL, seq = seq + 1, external = 1, node = NULL WHERE {RETRY_EXTERNAL_WHERE}"
 )
 SQL_RETRIED_ONE = (
     "UPDATE attempts SET next = 'retried', next_at = $2 WHERE job_id = $1 "
     "AND number = (SELECT max(number) FROM attempts WHERE job_id = $1)"
 )
 SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + $1 WHERE status IN ('WAITING', 'RUNNING')"
-RECOVER_CANCELLED_WHERE = "status = 'RUNNING' AND cancel_requested = 1"
-SQL_RECOVER_CANCELLED = (
-    "UPDATE jobs SET status = 'CANCELLED', finished_at = $1, seq = seq + 1, "
-    f"cancel_requested = 0, external = 0 WHERE {RECOVER_CANCELLED_WHERE}"
-)
-RECOVER_WHERE = "status = 'RUNNING' AND recoveries < $1"
-SQL_RECOVER = (
-    "UPDATE jobs SET status = 'WAITING', recoveries = recoveries + 1, seq = seq + 1 "
-    f"WHERE {RECOVER_WHERE}"
-)
-ORPHAN_WHERE = "status = 'RUNNING'"
-SQL_ORPHAN = (
-    "UPDATE jobs SET status = 'FAILURE', finished_at = $1, seq = seq + 1, "
-    "error = 'orphaned: the job was running when its process died ' || (recoveries + 1) || ' times' "
-    f"WHERE {ORPHAN_WHERE}"
-)
-SQL_INTERRUPT_ATTEMPTS = (
-    "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error) "
-    "SELECT id, attempts, COALESCE(started_at, $1), $1, 'interrupted', "
-    "'the process stopped during this attempt' FROM jobs WHERE status = 'RUNNING' AND attempts > 0 "
-    "ON CONFLICT (job_id, number) DO UPDATE SET started_at = excluded.started_at, "
-    "finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error, "
-    "traceback = NULL, next = NULL, next_at = NULL"
-)
-# Orphaned jobs are failures of their schedules (metadata that is not JSON counts for none).
-SQL_SCHEDULE_ORPHANS = (
-    "UPDATE schedules s SET failures = s.failures + o.n FROM ("
-    "SELECT taskrt_json_text(metadata, 'schedule') AS name, count(*) AS n FROM jobs "
-    "WHERE status = 'RUNNING' GROUP BY 1) AS o WHERE s.name = o.name"
-)
+
+
+def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | None]]:
+    """The statements that put interrupted RUNNING jobs back, in one transaction
+    (``lost``: a condition on which; none: every one). Each is (SQL, the names of
+    its params: ``now``, ``max`` recoveries, a status): with a status, the SQL is a
+    WHERE clause whose rows the next statement moves there (``tally``)."""
+    cancelled = f"status = 'RUNNING' AND cancel_requested = 1{lost}"
+    back = f"status = 'RUNNING' AND recoveries < $1{lost}"
+    orphan = f"status = 'RUNNING'{lost}"
+    return [
+        (
+            "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error) "
+            "SELECT id, attempts, COALESCE(started_at, $1), $1, 'interrupted', "
+            "'the process stopped during this attempt' FROM jobs WHERE status = 'RUNNING' "
+            f"AND attempts > 0{lost} ON CONFLICT (job_id, number) DO UPDATE SET "
+            "started_at = excluded.started_at, finished_at = excluded.finished_at, "
+            "outcome = excluded.outcome, error = excluded.error, traceback = NULL, "
+            "next = NULL, next_at = NULL",
+            ("now",),
+            None,
+        ),
+        (cancelled, (), JobStatus.CANCELLED),
+        (
+            "UPDATE jobs SET status = 'CANCELLED', finished_at = $1, seq = seq + 1, "
+            f"cancel_requested = 0, external = 0 WHERE {cancelled}",
+            ("now",),
+            None,
+        ),
+        (back, ("max",), JobStatus.WAITING),
+        (
+            "UPDATE jobs SET status = 'WAITING', recoveries = recoveries + 1, seq = seq + 1, "
+            f"node = NULL WHERE {back}",
+            ("max",),
+            None,
+        ),
+        # Orphaned jobs are failures of their schedules (metadata that is not JSON
+        # counts for none).
+        (
+            "UPDATE schedules s SET failures = s.failures + o.n FROM ("
+            "SELECT taskrt_json_text(metadata, 'schedule') AS name, count(*) AS n FROM jobs "
+            f"WHERE {orphan} GROUP BY 1) AS o WHERE s.name = o.name",
+            (),
+            None,
+        ),
+        (orphan, (), JobStatus.FAILURE),
+        (
+            "UPDATE jobs SET status = 'FAILURE', finished_at = $1, seq = seq + 1, "
+            "error = 'orphaned: the job was running when its process died ' "
+            f"|| (recoveries + 1) || ' times' WHERE {orphan}",
+            ("now",),
+            None,
+        ),
+    ]
+
+
 CLEANUP_WHERE = "finished_at < $1 AND status = ANY($2::text[])"
 SQL_CLEANUP = f"DELETE FROM jobs WHERE {CLEANUP_WHERE} RETURNING id"
 SQL_DELETE_ATTEMPTS = "DELETE FROM attempts WHERE job_id = ANY($1::bigint[])"
@@ -516,6 +565,70 @@ SQL_SET_PAUSED = (
     "INSERT INTO pool_settings (name, paused) VALUES ($1, $2) "
     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
 )
+
+# -- nodes: every process runs workers (note 7) ------------------------------------------
+
+SQL_JOIN = (
+    "INSERT INTO nodes (id, host, pid, started_at, ttl) VALUES ($1, $2, $3, $4, $5) "
+    "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), ttl = excluded.ttl"
+)
+SQL_HEARTBEAT = "UPDATE nodes SET heartbeat_at = now() WHERE id = $1"
+SQL_LEAVE = "DELETE FROM nodes WHERE id = $1"
+SQL_NODES = (
+    "SELECT id, host, pid, started_at, ttl, extract(epoch FROM heartbeat_at)::float8, "
+    "extract(epoch FROM now())::float8 FROM nodes ORDER BY id"
+)
+# The priorities a pool's waiting jobs have, highest first, each found by an index
+# seek (jobs_waiting), so a claim reads each priority's due jobs by range and never
+# walks past delayed ones.
+_PRIORITIES = (
+    "p AS ((SELECT priority FROM jobs WHERE status = 'WAITING' AND pool = $1 "
+    "ORDER BY priority DESC LIMIT 1) UNION ALL SELECT (SELECT j.priority FROM jobs j "
+    "WHERE j.status = 'WAITING' AND j.pool = $1 AND j.priority < p.priority "
+    "ORDER BY j.priority DESC LIMIT 1) FROM p WHERE p.priority IS NOT NULL)"
+)
+_CLAIM_COLUMNS = ", ".join(f"g.{c}" for c in JOB_COLUMNS.split(", "))
+# Claim up to $4 due jobs of pool $1 whose tasks ($3) this node has, at $2, for node
+# $5, if its heartbeat is fresh: highest priority, then earliest run_at, then lowest
+# id; rows another node is claiming are skipped (SKIP LOCKED). They start here: the
+# attempt is charged in the same statement, and the counts move with them.
+SQL_CLAIM_JOBS = (
+    f"WITH RECURSIVE {_PRIORITIES}, "
+    "alive AS (SELECT 1 FROM nodes WHERE id = $5 AND heartbeat_at > now() - make_interval("
+    "secs => ttl)), "
+    "c AS (SELECT y.id FROM p, LATERAL (SELECT id, priority, run_at FROM jobs "
+    "WHERE status = 'WAITING' AND pool = $1 AND priority = p.priority AND run_at <= $2 "
+    "AND task = ANY($3::text[]) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) y "
+    "WHERE EXISTS (SELECT 1 FROM alive) ORDER BY y.priority DESC, y.run_at, y.id LIMIT $4), "
+    "g AS (UPDATE jobs j SET status = 'RUNNING', node = $5, attempts = j.attempts + 1, "
+    "started_at = $2, finished_at = NULL, error = NULL, seq = j.seq + 1 FROM c "
+    "WHERE j.id = c.id RETURNING j.*), "
+    "d AS (SELECT count(*) AS n FROM g), "
+    "k AS (INSERT INTO job_counts (pool, status, n) SELECT $1, s.status, "
+    "CASE WHEN s.status = 'WAITING' THEN -d.n ELSE d.n END FROM d, "
+    "unnest(ARRAY['RUNNING', 'WAITING']) AS s(status) WHERE d.n > 0 ORDER BY 2 "
+    "ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + excluded.n "
+    "RETURNING status, n) "
+    f"SELECT {_CLAIM_COLUMNS}, (SELECT n FROM k WHERE status = 'WAITING'), "
+    "(SELECT n FROM k WHERE status = 'RUNNING') FROM g "
+    "ORDER BY g.priority DESC, g.run_at, g.id"
+)
+# When the pool's next delayed job (of tasks $3) comes due after $2.
+SQL_NEXT_DUE = (
+    f"WITH RECURSIVE {_PRIORITIES} SELECT min(y.run_at) FROM p, LATERAL (SELECT run_at "
+    "FROM jobs WHERE status = 'WAITING' AND pool = $1 AND priority = p.priority "
+    "AND run_at > $2 AND task = ANY($3::text[]) ORDER BY run_at, id LIMIT 1) y"
+)
+SQL_CANCELS = (
+    "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
+)
+SQL_NOTIFY_ADDED = "SELECT pg_notify($1, 'added:' || p) FROM unnest($2::text[]) AS p"
+# Nodes whose heartbeat is older than their TTL are gone; so are their RUNNING jobs'
+# attempts, which recovery then puts back (``recovery``, with LOST).
+SQL_REAP = "DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => ttl) RETURNING id"
+LOST = " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = jobs.node)"
+SQL_SEQ_GAP_LOST = "UPDATE jobs SET seq = seq + $1 WHERE status = 'RUNNING'" + LOST
+
 
 # -- schedules (taskrt.scheduler) --------------------------------------------------------
 

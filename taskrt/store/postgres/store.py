@@ -20,49 +20,53 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
-from ...models import (
-    JobStatus,
-)
+from ...models import JobInfo, JobStatus
 from ..groupcommit import reason
 from ..ops import failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob
 from ..queries import MINUTE_COLUMNS, SQL_OWNER
+from ..rows import row_to_job
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..schedules import ScheduleWrites
+from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
 from .schema import migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
     FAIL_PART,
-    ORPHAN_WHERE,
     PURGE_WHERE,
-    RECOVER_CANCELLED_WHERE,
-    RECOVER_WHERE,
     RETRY_EXTERNAL_WHERE,
     SCHEMA_VERSION,
     SQL_CANCEL_WAITING_EXTERNAL,
+    LOST,
+    SQL_CANCELS,
     SQL_CLAIM,
+    SQL_CLAIM_JOBS,
+    SQL_HEARTBEAT,
+    SQL_JOIN,
+    SQL_LEAVE,
+    SQL_NEXT_DUE,
+    SQL_NODES,
+    SQL_NOTIFY_ADDED,
+    SQL_REAP,
     SQL_CLEANUP,
     SQL_COUNTS,
     SQL_DELETE_ATTEMPTS,
-    SQL_INTERRUPT_ATTEMPTS,
     SQL_NOTIFY,
     SQL_NOTIFY_POOLS,
-    SQL_ORPHAN,
     SQL_PURGE,
-    SQL_RECOVER,
-    SQL_RECOVER_CANCELLED,
     SQL_RELEASE,
     SQL_REQUEST_CANCEL,
     SQL_RESCHEDULE,
     SQL_RETRIED_ONE,
     SQL_RETRY_EXTERNAL,
-    SQL_SCHEDULE_ORPHANS,
     SQL_SEQ_GAP,
+    SQL_SEQ_GAP_LOST,
     SQL_SET_PAUSED,
     numbered,
+    recovery,
     tally,
 )
 from .writer import Key, PgBatches, Tally, insert_jobs, run_pack, transient
@@ -150,24 +154,26 @@ class PgStore(QueuedWrites, SharedReads):
         self._batches: PgBatches | None = None
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.TimerHandle | None = None
+        self.node: str | None = None  # the node this process writes as (note 7)
 
     # -- lifecycle ---------------------------------------------------------
 
     def connect_options(self) -> dict[str, Any]:
         """What each of taskrt's connections is opened with (asyncpg's ``connect``)."""
-        return {
-            "statement_cache_size": self.statement_cache_size,
-            "server_settings": {"search_path": f'"{self.schema}", public'},
-        }
+        settings = {"search_path": f'"{self.schema}", public'}
+        if self.node is not None:
+            settings["taskrt.node"] = self.node  # what fences its writes (note 7)
+        return {"statement_cache_size": self.statement_cache_size, "server_settings": settings}
 
     @property
     def dsn(self) -> str:
         """The URL the driver connects with (taskrt's own parameters taken out)."""
         return self._dsn
 
-    def ownership_lock(self) -> AdvisoryLock:
-        """The lock that says which process runs this schema's jobs (``lock``)."""
-        return AdvisoryLock(self._dsn, self.schema)
+    def ownership_lock(self, *, shared: bool = False) -> AdvisoryLock:
+        """The lock that says which process runs this schema's jobs (``lock``);
+        ``shared``: held by every node where every process runs jobs (note 7)."""
+        return AdvisoryLock(self._dsn, self.schema, shared=shared)
 
     async def migrate(self) -> tuple[int, int]:
         """Bring the schema to this release's version without opening the store:
@@ -210,7 +216,13 @@ class PgStore(QueuedWrites, SharedReads):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._close_pool()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
-        self._batches = PgBatches(self._dsn, self.connect_options(), self._counts, self.channel)
+        self._batches = PgBatches(
+            self._dsn,
+            self.connect_options(),
+            self._counts,
+            self.channel,
+            announce=self.node is not None,
+        )
         self._writes.start(self._batches)
 
     async def close(self, patience: float = 10.0) -> None:
@@ -310,6 +322,9 @@ class PgStore(QueuedWrites, SharedReads):
                 await counted.apply(conn)
                 if tx.foreign is not None:
                     await conn.execute("SELECT pg_notify($1, 'added')", self.channel)
+                if self.node is not None:  # every node claims (note 7): sent at the commit
+                    pools = sorted({job.pool for job in jobs})
+                    await conn.execute(SQL_NOTIFY_ADDED, self.channel, pools)
             finally:
                 if tx.foreign is not None and not conn.is_closed():
                     await conn.execute(
@@ -397,10 +412,11 @@ class PgStore(QueuedWrites, SharedReads):
 
     # -- immediate operations ------------------------------------------------------
 
-    async def _script(self, steps: Sequence[tuple[Any, ...]]) -> list[int]:
+    async def _script(self, steps: Sequence[tuple[Any, ...]], *, gate: bool = False) -> list[int]:
         """Statements in one transaction, now; their row counts. A step of three (a
         ``tally``, its params, a status or None) counts the rows the next statement
-        is about to change (locked) as moving there (note 3)."""
+        is about to change (locked) as moving there (note 3). ``gate``: the first
+        statement changing no row ends the script there."""
         counted = Tally()
         rowcounts: list[int] = []
         try:
@@ -414,6 +430,8 @@ class PgStore(QueuedWrites, SharedReads):
                             )
                     else:
                         rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
+                        if gate and rowcounts == [0]:
+                            break
                 changed = await counted.apply(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _error(self.path, exc) from exc
@@ -437,20 +455,100 @@ class PgStore(QueuedWrites, SharedReads):
             [(SQL_SET_PAUSED, (name, int(paused))), (SQL_NOTIFY_POOLS, (self.channel,))]
         )
 
+    # -- nodes: every process runs workers (note 7) ------------------------------------
+
+    def join_as(self, node: str) -> None:
+        """Write as ``node`` (before ``open``): a write of a RUNNING job lands only
+        if that job runs on this node (fenced, note 7)."""
+        self.node = node
+
+    async def join(self, node: str, host: str, pid: int, started_at: float, ttl: float) -> None:
+        """Record the node as alive (its heartbeat starts now)."""
+        await self._script([(SQL_JOIN, (node, host, pid, started_at, ttl))])
+
+    async def leave(self, node: str, now: float, max_recoveries: int) -> None:
+        """The node stops: its row goes and, in the same transaction, any job still
+        RUNNING on it (a claim cut short) is put back as by ``reap``."""
+        steps: list[tuple[Any, ...]] = [(SQL_LEAVE, (node,))]
+        steps += _recovery_steps(LOST, now, max_recoveries)
+        await self._script(steps)
+
+    async def notify(self, payload: str) -> None:
+        """A notification to every process listening on the schema's channel."""
+        await self._script([("SELECT pg_notify($1, $2)", (self.channel, payload))])
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The nodes alive or not reaped yet: id, host, pid, since, ttl, heartbeat age."""
+        rows = await self.fetch_all(SQL_NODES)
+        return [
+            {
+                "id": r[0],
+                "host": r[1],
+                "pid": int(r[2]),
+                "since": float(r[3]),
+                "ttl": float(r[4]),
+                "heartbeat_age": max(0.0, float(r[6]) - float(r[5])),
+            }
+            for r in rows
+        ]
+
+    async def claim(
+        self, pool: str, tasks: Sequence[str], limit: int, now: float, node: str
+    ) -> list[JobInfo]:
+        """Start up to ``limit`` due jobs of ``pool`` (of ``tasks``) on ``node``, in
+        run order, in one statement; none when the node's heartbeat is stale."""
+        try:
+            rows = await self.pool.fetch(SQL_CLAIM_JOBS, pool, now, list(tasks), limit, node)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _error(self.path, exc) from exc
+        if rows:
+            last = rows[-1]
+            self._merge_counts(
+                [(pool, JobStatus.WAITING.value, last[-2]), (pool, JobStatus.RUNNING.value, last[-1])]
+            )
+        return [row_to_job(r) for r in rows]
+
+    async def next_due(self, pool: str, tasks: Sequence[str], now: float) -> float | None:
+        """When the first of ``pool``'s delayed jobs (of ``tasks``) comes due."""
+        row = await self.fetch_one(SQL_NEXT_DUE, (pool, now, list(tasks)))
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def cancels(self, node: str) -> list[int]:
+        """The jobs running on ``node`` that a cancel was asked for elsewhere."""
+        return [int(r[0]) for r in await self.fetch_all(SQL_CANCELS, (node,))]
+
+    async def notify_added(self, pools: Sequence[str]) -> None:
+        """Tell every node that jobs of ``pools`` wait (after a commit that added them)."""
+        await self._script([(SQL_NOTIFY_ADDED, (self.channel, list(pools)))])
+
+    async def reap(
+        self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
+    ) -> tuple[int, int, int]:
+        """Forget the nodes whose heartbeat is older than their TTL and, in the same
+        transaction, put their RUNNING jobs back as recovery does (attempt recorded
+        as interrupted; orphaned after ``max_recoveries``): (nodes, recovered,
+        orphaned). Without a stale node nothing else runs, unless ``everything``
+        (a node starting: RUNNING jobs of no node alive, whoever left them)."""
+        steps: list[tuple[Any, ...]] = [(SQL_REAP, ())]
+        if everything:
+            steps = [("SELECT 1", ()), *steps]
+        steps.append((SQL_SEQ_GAP_LOST, (seq_gap,)))
+        steps += _recovery_steps(LOST, now, max_recoveries)
+        counts = await self._script(steps, gate=not everything)
+        if everything:
+            counts = counts[1:]
+        if len(counts) < 7:
+            return counts[0] if counts else 0, 0, 0
+        return counts[0], counts[4], counts[6]
+
+    def heartbeat(self, node: str, interval: float) -> Heartbeat:
+        """A thread that keeps ``node`` alive on a connection of its own (``heartbeat``)."""
+        return Heartbeat(self._dsn, self.schema, node, interval)
+
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
-        _, _, _, recovered, _, orphaned = await self._script(
-            [
-                (SQL_SEQ_GAP, (seq_gap,)),
-                (SQL_INTERRUPT_ATTEMPTS, (now,)),
-                (tally(RECOVER_CANCELLED_WHERE), (), JobStatus.CANCELLED),
-                (SQL_RECOVER_CANCELLED, (now,)),
-                (tally(RECOVER_WHERE), (max_recoveries,), JobStatus.WAITING),
-                (SQL_RECOVER, (max_recoveries,)),
-                (SQL_SCHEDULE_ORPHANS, ()),
-                (tally(ORPHAN_WHERE), (), JobStatus.FAILURE),
-                (SQL_ORPHAN, (now,)),
-            ]
-        )
+        steps: list[tuple[Any, ...]] = [(SQL_SEQ_GAP, (seq_gap,))]
+        steps += _recovery_steps("", now, max_recoveries)
+        _, _, _, recovered, _, orphaned = await self._script(steps)
         return recovered, orphaned
 
     async def cancel_external(self, job_id: int, now: float) -> None:
@@ -577,6 +675,8 @@ class PgTransaction(ScheduleWrites):
     statements run with the store's schema first, and it is put back after.
     """
 
+    ROW_LOCK = " FOR UPDATE"
+
     def __init__(self, conn: asyncpg.Connection, *, foreign: str | None = None) -> None:
         self.conn = conn
         self.counts_changed = False
@@ -633,6 +733,16 @@ class PgTransaction(ScheduleWrites):
     async def savepoint(self) -> AsyncIterator[None]:
         async with self.conn.transaction():
             yield
+
+
+def _recovery_steps(lost: str, now: float, max_recoveries: int) -> list[tuple[Any, ...]]:
+    """``sql.recovery`` as steps of ``_script``."""
+    values = {"now": now, "max": max_recoveries}
+    steps: list[tuple[Any, ...]] = []
+    for sql, names, status in recovery(lost):
+        params = tuple(values[n] for n in names)
+        steps.append((tally(sql), params, status) if status is not None else (sql, params))
+    return steps
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -37,6 +37,7 @@ from .sql import (
     SQL_INSERT,
     SQL_LAST_ID,
     SQL_NOTIFY,
+    SQL_NOTIFY_ADDED,
     SQL_SET_LAST_ID,
     Part,
     combined,
@@ -199,11 +200,19 @@ class PgBatches:
     """Writes group-commit batches with the pool's connections (notes 3, 5)."""
 
     def __init__(
-        self, dsn: str, options: dict[str, Any], counts: dict[Key, int], channel: str
+        self,
+        dsn: str,
+        options: dict[str, Any],
+        counts: dict[Key, int],
+        channel: str,
+        *,
+        announce: bool = False,
     ) -> None:
         self.dsn = dsn
         self.options = options  # asyncpg's connect options (the store's)
         self.channel = channel  # the owner's: adds of other processes wake it (note 6)
+        # Every node claims (note 7): each add is announced, ``added:<pool>``.
+        self.announce = announce
         # Jobs by pool and status as of the latest committed write that changed them.
         self.counts = counts
         # The writer's own connection: a batch goes straight to it (a pool's acquire
@@ -252,6 +261,9 @@ class PgBatches:
                     changed.extend(await tally.apply(conn))
         if any(job.external for jobs in groups for job in jobs):
             await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
+        if self.announce and groups:
+            pools = sorted({job.pool for jobs in groups for job in jobs})
+            await conn.execute(SQL_NOTIFY_ADDED, self.channel, pools)
         if groups and simple:
             last = next(int(n) for pool, _, n in changed if pool is None)
             first = last - sum(len(g) for g in groups) + 1

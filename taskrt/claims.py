@@ -1,0 +1,194 @@
+"""A pool's jobs where every node runs workers: claimed from the store, a slot at a time.
+
+Where one process owns the jobs, a pool keeps its waiting jobs in memory
+(``taskrt.waiting``). Where every node of a PostgreSQL database runs workers
+(``Runtime(url, mode="nodes")``, ``taskrt.nodes``), no node may hold a waiting
+job: any of them may start it. So the pool's queue is ``Claims``: when a slot
+is free it asks the store for as many due jobs as it has free slots, in one
+statement (``PgStore.claim``: highest priority, then earliest ``run_at``, then
+lowest id; rows another node is claiming are skipped), and those jobs are
+RUNNING on this node, their attempt charged, when they reach the pool.
+
+Design notes:
+
+1. **Ask only when there may be something.** After a claim that found fewer
+   jobs than it asked for, the pool asks again only when told that jobs may be
+   due: an add here, a notification of an add elsewhere (``LISTEN/NOTIFY``),
+   the timer of the pool's next delayed job, or the slow poll of ``nodes``.
+   A claim in flight counts every such poke: one that came meanwhile makes the
+   pool ask again.
+2. **At most the free slots.** A claim never takes more jobs than the pool
+   has free slots; jobs claimed while the pool paused or stopped go back
+   (``give_back``: WAITING again, the attempt not charged).
+3. **A retry leaves.** A job retried here goes back to the store once its
+   WAITING row is committed: any node may run the next attempt; this one
+   looks again when it comes due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from .errors import TaskrtError
+
+if TYPE_CHECKING:
+    from .clock import Clock, TimerHandle
+    from .context import JobState
+
+log = logging.getLogger("taskrt")
+
+_RETRY_AFTER = (0.05, 2.0)  # first and longest wait before claiming again after a failure
+
+
+class ClaimSource(Protocol):
+    """Where a pool's claims go (``taskrt.nodes.Nodes``)."""
+
+    async def claim(self, pool: str, limit: int) -> list[JobState]:
+        """Start up to ``limit`` due jobs of ``pool`` on this node; their live states."""
+        ...
+
+    async def next_due(self, pool: str) -> float | None:
+        """When the pool's first delayed job comes due, or None."""
+        ...
+
+    def give_back(self, states: list[JobState]) -> None:
+        """Claimed jobs this node will not run: WAITING again, attempt not charged."""
+        ...
+
+    def forget(self, state: JobState) -> None:
+        """A job that left this node (retried): reads of it come from the store."""
+        ...
+
+
+class Claims:
+    """The queue of a pool whose jobs any node may run (see the module notes)."""
+
+    def __init__(
+        self,
+        pool: str,
+        source: ClaimSource,
+        clock: Clock,
+        free: Callable[[], int],
+        wake: Callable[[], None],
+    ) -> None:
+        self.pool = pool
+        self._source = source
+        self._clock = clock
+        self._free = free  # slots the pool could fill now (0 while paused or stopping)
+        self._wake = wake  # the pool's dispatch
+        self._claimed: collections.deque[JobState] = collections.deque()
+        self._asking: asyncio.Task[None] | None = None
+        self._pokes = 0
+        self._more = True
+        self._timer: TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._delay = _RETRY_AFTER[0]
+
+    def __len__(self) -> int:
+        return len(self._claimed)
+
+    async def load(self, now: float) -> None:
+        self.poke()
+
+    def poke(self) -> None:
+        """Jobs may be due in the store now (note 1)."""
+        self._pokes += 1
+        self._more = True
+        self._wake()
+
+    def push(self, state: JobState) -> None:
+        """A job retried here: it goes back to the store (note 3)."""
+        written = state.written
+        if written is None or written.done():
+            self._left(state)
+        else:
+            written.add_done_callback(lambda _: self._left(state))
+
+    def _left(self, state: JobState) -> None:
+        self._source.forget(state)
+        if state.run_at <= self._clock.now():
+            self.poke()
+        else:
+            self._arm(state.run_at)
+
+    def remove(self, state: JobState) -> bool:
+        return False  # a claimed job starts at once; nothing waits here
+
+    def take(self) -> JobState | None:
+        """A claimed job, or None (a claim is asked for when there may be due jobs)."""
+        if self._claimed:
+            return self._claimed.popleft()
+        if self._more and self._asking is None:
+            limit = self._free()
+            if limit > 0:
+                self._asking = asyncio.get_running_loop().create_task(
+                    self._ask(limit), name=f"taskrt-claim-{self.pool}"
+                )
+        return None
+
+    async def _ask(self, limit: int) -> None:
+        pokes = self._pokes
+        try:
+            states = await self._source.claim(self.pool, limit)
+        except TaskrtError as exc:
+            log.warning("claiming jobs of pool %r failed: %s", self.pool, exc)
+            self._asking = None
+            self._arm(self._clock.now() + self._delay)
+            self._delay = min(self._delay * 2, _RETRY_AFTER[1])
+            return
+        except asyncio.CancelledError:
+            self._asking = None
+            raise
+        self._delay = _RETRY_AFTER[0]
+        self._asking = None
+        room = self._free()
+        if len(states) > room:
+            self._source.give_back(states[room:])  # note 2
+            states = states[:room]
+        self._claimed.extend(states)
+        if len(states) < limit and self._pokes == pokes:
+            self._more = False
+            try:
+                due = await self._source.next_due(self.pool)
+            except TaskrtError as exc:
+                log.warning("reading when pool %r's next job is due failed: %s", self.pool, exc)
+                due = self._clock.now() + _RETRY_AFTER[1]
+            if due is not None:
+                self._arm(due)
+        self._wake()
+
+    def _arm(self, when: float) -> None:
+        if self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._clock.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.poke()
+
+    def next_due(self) -> float | None:
+        return None  # the queue keeps its own timer
+
+    def oldest_due(self, now: float) -> float | None:
+        return None
+
+    def close(self) -> None:
+        """The runtime stops: no more claims; claimed jobs not started go back."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+        if self._asking is not None:
+            self._asking.cancel()
+            self._asking = None
+        if self._claimed:
+            self._source.give_back(list(self._claimed))
+            self._claimed.clear()

@@ -1,0 +1,349 @@
+"""Every node runs workers: the life of one node of a PostgreSQL database.
+
+``Runtime(url, mode="nodes")`` makes each process a node: no process owns
+the jobs; each claims due jobs for its free slots (``taskrt.claims``,
+``PgStore.claim``), runs them and writes their ends. ``Nodes`` is what a node
+does besides running them.
+
+Design notes:
+
+1. **A node is a row with a heartbeat.** At start the node records itself in
+   ``nodes`` (host, pid, TTL); a thread of its own refreshes the row every
+   ``ttl / 5`` seconds on a connection of its own
+   (``store.postgres.heartbeat``), so a handler that blocks the event loop
+   does not make a live node look dead.
+2. **Any node reaps.** Every ``ttl / 10`` seconds each node deletes the rows
+   older than their TTL and, in the same transaction, puts the RUNNING jobs
+   of no live node back as recovery does after a crash: the interrupted
+   attempt recorded, WAITING again, or FAILURE as orphaned after
+   ``max_recoveries`` (``PgStore.reap``). At start a node does it for every
+   such job, whoever left it (an owner of ``mode="owner"`` included).
+3. **Fenced by node.** A job claimed here carries this node's id; every write
+   of a RUNNING job names the node that writes it (the session's
+   ``taskrt.node``) and lands only if the job still runs there. A node whose
+   heartbeat has not landed for ``0.6 * ttl`` seconds stops starting jobs and
+   interrupts its running ones (their writes put them back to WAITING while
+   it can still write); its late writes after the others took its jobs back
+   are refused, so no job ends twice. A claim needs a fresh heartbeat too.
+   When beats land again the node goes on; if its row was reaped meanwhile it
+   first waits for its interrupted jobs to end, writes out what it queued,
+   and joins again.
+4. **Told, and polling slowly.** A node listens on the schema's channel:
+   ``added:<pool>`` (an add's commit) makes that pool claim, ``changed`` (a
+   cancel, a retry, run now, recovered jobs) makes every pool claim and looks
+   for cancels of its running jobs, ``pools`` applies pauses. Every
+   ``poll_interval`` (at least a second) it does all of that anyway: a lost
+   notification costs latency, never a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .claims import Claims
+from .context import JobState
+from .errors import TaskrtError
+from .models import JobInfo, JobStatus
+from .transitions import retry_policy_of
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .definitions import TaskSpec
+    from .live import LiveJobs
+    from .pool import Pool
+    from .transitions import Transitions
+
+log = logging.getLogger("taskrt")
+
+DEFAULT_TTL = 5.0
+"""Seconds without a heartbeat after which a node is taken for dead."""
+SEQ_GAP_AFTER_REAP = 1_000_000  # as after a crash (``adoption``): resumed streams get a snapshot
+
+
+class NodeStore(Protocol):
+    """What a node asks of its store (``store.postgres.PgStore``)."""
+
+    async def join(self, node: str, host: str, pid: int, started_at: float, ttl: float) -> None: ...
+
+    async def leave(self, node: str, now: float, max_recoveries: int) -> None: ...
+
+    async def claim(
+        self, pool: str, tasks: list[str], limit: int, now: float, node: str
+    ) -> list[JobInfo]: ...
+
+    async def next_due(self, pool: str, tasks: list[str], now: float) -> float | None: ...
+
+    async def cancels(self, node: str) -> list[int]: ...
+
+    async def reap(
+        self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
+    ) -> tuple[int, int, int]: ...
+
+    async def notify(self, payload: str) -> None: ...
+
+    async def pool_pauses(self) -> dict[str, bool]: ...
+
+    async def flush(self) -> None: ...
+
+    def heartbeat(self, node: str, interval: float) -> Any: ...
+
+
+class Nodes:
+    """This process as one node of many (see the module notes)."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        store: NodeStore,
+        clock: Clock,
+        live: LiveJobs,
+        transitions: Transitions,
+        tasks: Mapping[str, TaskSpec],
+        pools: Mapping[str, Pool],
+        declare_pool: Callable[[str], Pool],
+        max_recoveries: int,
+        ttl: float,
+        poll_interval: float,
+        workers: Callable[[bool], None],
+    ) -> None:
+        self.node = node
+        self.store = store
+        self.clock = clock
+        self.live = live
+        self.transitions = transitions
+        self.tasks = tasks
+        self.pools = pools
+        self.declare_pool = declare_pool
+        self.max_recoveries = max_recoveries
+        self.ttl = ttl
+        self.poll_interval = max(poll_interval, 1.0)
+        self._workers = workers  # turns starting jobs on or off (the runtime's)
+        self.heartbeat: Any = None
+        self.fenced = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._rejoining: asyncio.Task[None] | None = None
+        self._unknown: set[str] = set()
+
+    # -- start and stop ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join, take back what dead nodes left, and keep alive (notes 1, 2)."""
+        await self.store.join(self.node, socket.gethostname(), os.getpid(), time.time(), self.ttl)
+        await self._reap(everything=True)
+        await self.apply_pauses()
+        self.heartbeat = self.store.heartbeat(self.node, self.ttl / 5)
+        self.heartbeat.start(self._beat_changed)
+        self._wake = asyncio.Event()
+        self._loops = [
+            asyncio.create_task(self._reaper(), name="taskrt-reaper"),
+            asyncio.create_task(self._poll(), name="taskrt-node-poll"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._loops, *([self._rejoining] if self._rejoining else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops = []
+        self._rejoining = None
+        if self.heartbeat is not None:
+            await asyncio.to_thread(self.heartbeat.stop)
+            self.heartbeat = None
+
+    async def leave(self) -> None:
+        """The node stops: its row goes, and any job still RUNNING here goes back."""
+        await self.store.leave(self.node, self.clock.now(), self.max_recoveries)
+
+    def queue_for(self, pool: Pool) -> Claims:
+        """The queue of a pool on this node (``taskrt.claims``)."""
+        return Claims(pool.name, self, self.clock, pool.free_slots, pool._dispatch)
+
+    # -- claims (taskrt.claims.ClaimSource) -------------------------------------
+
+    async def claim(self, pool: str, limit: int) -> list[JobState]:
+        if self.fenced:
+            return []
+        rows = await self.store.claim(pool, sorted(self.tasks), limit, self.clock.now(), self.node)
+        states = []
+        for info in rows:
+            spec = self.tasks.get(info.task)
+            if spec is None:  # unregistered since the claim was sent
+                self._give_back_info(info)
+                continue
+            state = JobState(info, spec, retry_policy_of(info, spec))
+            self.live.states[info.id] = state
+            states.append(state)
+        return states
+
+    async def next_due(self, pool: str) -> float | None:
+        return await self.store.next_due(pool, sorted(self.tasks), self.clock.now())
+
+    def give_back(self, states: list[JobState]) -> None:
+        for state in states:
+            state.update(status=JobStatus.WAITING, attempts=state.attempts - 1, started_at=None)
+            written = self.transitions.write_waiting(state)
+            written.add_done_callback(functools.partial(self._forget_after, state))
+
+    def _give_back_info(self, info: JobInfo) -> None:
+        log.warning("job %d claimed for task %r, which is not registered here", info.id, info.task)
+
+    def _forget_after(self, state: JobState, _: asyncio.Future[None]) -> None:
+        self.forget(state)
+
+    def forget(self, state: JobState) -> None:
+        if self.live.states.get(state.id) is state:
+            del self.live.states[state.id]
+
+    # -- notifications and the slow poll (note 4) ---------------------------------
+
+    def wake(self, what: str) -> None:
+        """A notification on the schema's channel."""
+        kind, _, pool = what.partition(":")
+        if kind == "added" and pool:
+            found = self.pools.get(pool)
+            if found is not None:
+                found.poke()
+            return
+        if kind == "pools":
+            self._spawn(self.apply_pauses())
+            return
+        self._wake.set()
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            try:
+                await self.look()
+            except TaskrtError as exc:
+                log.warning("node %s: looking for changes failed: %s", self.node, exc)
+
+    async def look(self) -> None:
+        """Cancels asked for the jobs running here; every pool claims."""
+        for job_id in await self.store.cancels(self.node):
+            state = self.live.states.get(job_id)
+            if state is not None and state.status is JobStatus.RUNNING:
+                pool = self.pools.get(state.pool)
+                if pool is not None:
+                    pool.cancel_running(state)
+        for pool in list(self.pools.values()):
+            pool.poke()
+
+    async def apply_pauses(self) -> None:
+        """The pauses operators recorded, as they stand now, on this node's pools."""
+        try:
+            pauses = await self.store.pool_pauses()
+        except TaskrtError as exc:
+            log.warning("node %s: reading pool pauses failed: %s", self.node, exc)
+            return
+        for name, paused in pauses.items():
+            pool = self.pools.get(name) or self.declare_pool(name)
+            if paused and not pool.paused:
+                pool.pause()
+            elif not paused and pool.paused:
+                pool.resume()
+
+    # -- heartbeats, reaping, fencing (notes 1-3) -------------------------------------
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 10)
+            self._check_heartbeat()
+            try:
+                await self._reap(everything=False)
+            except TaskrtError as exc:
+                log.warning("node %s: reaping failed: %s", self.node, exc)
+
+    async def _reap(self, *, everything: bool) -> None:
+        nodes, recovered, orphaned = await self.store.reap(
+            self.clock.now(),
+            max_recoveries=self.max_recoveries,
+            seq_gap=SEQ_GAP_AFTER_REAP,
+            everything=everything,
+        )
+        if nodes or recovered or orphaned:
+            log.warning(
+                "node %s: %d node(s) stopped beating; recovered %d job(s), failed %d orphaned",
+                self.node,
+                nodes,
+                recovered,
+                orphaned,
+            )
+        if recovered:
+            await self.store.notify("changed")
+
+    def _beat_changed(self) -> None:
+        self._check_heartbeat()
+
+    def _check_heartbeat(self) -> None:
+        beat = self.heartbeat
+        if beat is None:
+            return
+        fresh = beat.fresh(0.6 * self.ttl)
+        if not fresh and not self.fenced:
+            self._fence()
+        if beat.gone:
+            if self._rejoining is None:
+                self._rejoining = asyncio.get_running_loop().create_task(self._rejoin())
+        elif fresh and self.fenced and self._rejoining is None:
+            self._unfence()
+
+    def _fence(self) -> None:
+        running = [s for p in self.pools.values() for s in p._running.values()]
+        log.error(
+            "node %s: no heartbeat for %.1f s: it stops starting jobs and interrupts %d",
+            self.node,
+            0.6 * self.ttl,
+            len(running),
+        )
+        self.fenced = True
+        self._workers(False)
+        for pool in self.pools.values():
+            pool.interrupt_all_for_shutdown()
+
+    def _unfence(self) -> None:
+        log.warning("node %s: heartbeats land again; it runs jobs again", self.node)
+        self.fenced = False
+        self._workers(True)
+
+    async def _rejoin(self) -> None:
+        """Reaped while alive: let the interrupted jobs end, write out, join again (note 3)."""
+        try:
+            while any(p.running for p in self.pools.values()):
+                await asyncio.sleep(0.05)
+            while True:
+                try:
+                    await self.store.flush()
+                    await self.store.join(
+                        self.node, socket.gethostname(), os.getpid(), time.time(), self.ttl
+                    )
+                    break
+                except TaskrtError as exc:
+                    log.warning("node %s: joining again failed: %s", self.node, exc)
+                    await asyncio.sleep(self.ttl / 5)
+            self.heartbeat.rejoined()
+            log.warning("node %s: joined again", self.node)
+        finally:
+            self._rejoining = None
+        if self.heartbeat.fresh(0.6 * self.ttl):
+            self._unfence()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._loops.append(task)
+        task.add_done_callback(self._spawned_ended)
+
+    def _spawned_ended(self, task: asyncio.Task[None]) -> None:
+        if task in self._loops:
+            self._loops.remove(task)
