@@ -1,0 +1,263 @@
+"""Every node runs workers: ``Runtime(url, mode="nodes")`` on one PostgreSQL schema.
+
+Several runtimes in one process stand for the nodes here (each has its own
+connections, heartbeat thread and node row); tests/test_postgres_cluster.py
+runs them as real processes and kills them. Each test has a schema of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from pathlib import Path
+
+import asyncpg
+import pg_server
+import pytest
+
+from taskrt import JobContext, JobStatus, Runtime
+from taskrt.errors import InvalidOption, OwnershipError
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    base = pg_server.require()
+    return f"{base}?schema={pg_server.fresh_schema(tmp_path)}"
+
+
+Ran = dict[int, list[str]]
+
+
+def node(url: str, name: str, ran: Ran, *, concurrency: int = 4, tasks: str = "ab", **options: object) -> Runtime:
+    """A node whose handlers record which node ran each attempt."""
+    rt = Runtime(url, mode="nodes", node_ttl=2.0, **options)  # type: ignore[arg-type]
+    rt.pool("p", concurrency=concurrency)
+    gate = asyncio.Event()
+    rt.gate = gate  # type: ignore[attr-defined]
+
+    if "a" in tasks:
+
+        @rt.task(pool="p")
+        async def a(job: JobContext, n: int, hold: bool = False) -> str:
+            ran[job.id].append(name)
+            if hold:
+                await gate.wait()
+            else:
+                await asyncio.sleep(0.002)
+            return name
+
+    if "b" in tasks:
+
+        @rt.task(pool="p")
+        async def b(job: JobContext) -> str:
+            ran[job.id].append(name)
+            return name
+
+    return rt
+
+
+async def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+    schema = url.rsplit("schema=", 1)[1]
+    conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+    try:
+        return list(await conn.fetch(statement, *args))
+    finally:
+        await conn.close()
+
+
+async def test_two_nodes_share_the_jobs_and_each_runs_once(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        assert (x.role, y.role) == ("node", "node")
+        ids = await x.pool("p").add_many("a", [(n,) for n in range(300)])
+        ids += [await y.pool("p").add("a", n) for n in range(300, 400)]
+        done = [await y.wait(i, timeout=30) for i in ids]
+        assert {d.status for d in done} == {JobStatus.SUCCESS}
+        assert all(len(ran[i]) == 1 for i in ids), "a job ran twice"
+        by = collections.Counter(ran[i][0] for i in ids)
+        assert by["x"] > 20 and by["y"] > 20, by
+        assert [d.result for d in done] == [ran[i][0] for i in ids]
+        stats = await x.stats()
+        assert (stats.counts["SUCCESS"], stats.counts["WAITING"], stats.counts["RUNNING"]) == (
+            400,
+            0,
+            0,
+        )
+        assert sorted(n["id"] for n in await x.store.nodes()) == sorted(  # type: ignore[attr-defined]
+            [x.nodes.node, y.nodes.node]  # type: ignore[union-attr]
+        )
+    assert await sql(url, "SELECT id FROM nodes") == []  # both left
+
+
+async def test_claims_follow_priority_then_age_across_the_schema(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "c", ran, workers=False) as client:
+        low = [await client.enqueue("a", args=[n], priority=0) for n in range(3)]
+        high = [await client.enqueue("a", args=[n], priority=5) for n in range(3)]
+    async with node(url, "x", ran, concurrency=1) as x:
+        for i in low + high:
+            await x.wait(i, timeout=10)
+        infos = [await x.get(i) for i in low + high]
+        by_start = [i.id for i in sorted(infos, key=lambda i: i.started_at or 0)]
+        assert by_start == high + low
+
+
+async def test_a_node_claims_only_the_tasks_it_registered(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, tasks="a") as x, node(url, "y", ran, tasks="ab") as y:
+        ids = [await y.pool("p").add("b") for _ in range(40)]
+        for i in ids:
+            assert (await x.wait(i, timeout=10)).result == "y"
+        assert {ran[i][0] for i in ids} == {"y"}
+
+
+async def test_a_delayed_job_starts_on_time_on_whichever_node(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran):
+        added = time.time()
+        job_id = await x.enqueue("a", args=[1], delay=0.4)
+        info = await x.wait(job_id, timeout=10)
+        assert info.started_at is not None
+        assert 0.39 <= info.started_at - added <= 0.55, info.started_at - added
+
+
+async def test_a_cancel_reaches_the_node_running_the_job(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, concurrency=1) as x:
+        async with node(url, "c", ran, workers=False) as client:
+            job_id = await client.enqueue("a", args=[1], kwargs={"hold": True})
+            while not ran[job_id]:
+                await asyncio.sleep(0.01)
+            began = time.monotonic()
+            info = await client.cancel(job_id)
+            assert info.status is JobStatus.CANCELLED
+            assert time.monotonic() - began < 1.0
+        assert (await x.get(job_id)).status is JobStatus.CANCELLED
+        assert x.pool("p").running == 0
+
+
+async def test_a_pause_on_one_node_holds_every_node(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        await x.change_pool("p", paused=True)
+        deadline = time.monotonic() + 5
+        while not y.pool("p").paused and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert y.pool("p").paused
+        ids = [await x.pool("p").add("a", n) for n in range(5)]
+        await asyncio.sleep(0.3)
+        assert not any(ran[i] for i in ids)
+        await y.change_pool("p", paused=False)
+        for i in ids:
+            assert (await x.wait(i, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_jobs_of_a_node_that_stopped_beating_run_again_elsewhere(url: str) -> None:
+    """A node row older than its TTL is reaped with its RUNNING jobs: the attempt is
+    recorded as interrupted and the job runs on a live node."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "c", ran, workers=False) as client:
+        job_id = await client.enqueue("a", args=[7])
+    await sql(
+        url,
+        "INSERT INTO nodes (id, host, pid, started_at, ttl, heartbeat_at) "
+        "VALUES ('ghost', 'h', 1, 0, 1, now() - interval '10 seconds')",
+    )
+    await sql(
+        url,
+        "UPDATE jobs SET status = 'RUNNING', node = 'ghost', attempts = 1, started_at = 1 "
+        "WHERE id = $1",
+        job_id,
+    )
+    await sql(
+        url,
+        "UPDATE job_counts SET n = n + (CASE status WHEN 'RUNNING' THEN 1 ELSE -1 END) "
+        "WHERE pool = 'p' AND status IN ('RUNNING', 'WAITING')",
+    )
+    async with node(url, "x", ran) as x:
+        info = await x.wait(job_id, timeout=10)
+        assert (info.status, info.result, info.attempts, info.recoveries) == (
+            JobStatus.SUCCESS,
+            "x",
+            2,
+            1,
+        )
+        attempts = await x.attempts(job_id)
+        assert [a.outcome.value for a in attempts] == ["interrupted", "success"]
+    assert [r["id"] for r in await sql(url, "SELECT id FROM nodes")] == []
+
+
+async def test_late_writes_of_a_reaped_node_are_refused(url: str) -> None:
+    """Node x runs a job; the others take it for dead (its row reaped) and y runs the
+    job; x's handler then returns: its writes are refused, y's result stands, and
+    x joins again and runs jobs."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, concurrency=1) as x:
+        job_id = await x.pool("p").add("a", 1, hold=True)
+        while not ran[job_id]:
+            await asyncio.sleep(0.01)
+        # What another node's reaper does to a node whose heartbeat is too old.
+        await sql(url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
+        async with node(url, "y", ran, tasks="b") as y:
+            deadline = time.monotonic() + 10
+            while (await y.get(job_id)).status is not JobStatus.WAITING:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        async with node(url, "z", ran) as z:
+            z.gate.set()  # type: ignore[attr-defined]
+            info = await z.wait(job_id, timeout=10)
+            assert (info.status, info.result) == (JobStatus.SUCCESS, "z")
+            x.gate.set()  # type: ignore[attr-defined]  # x's handler returns now: too late
+            await asyncio.sleep(0.5)
+            await x.store.flush()
+            info = await z.get(job_id)
+            assert (info.result, info.attempts) == ("z", 2)
+            outcomes = [a.outcome.value for a in await z.attempts(job_id)]
+            assert outcomes == ["interrupted", "success"]
+            # x noticed, stopped, and joined again: it runs jobs.
+            deadline = time.monotonic() + 10
+            while x.nodes.fenced or x.nodes.heartbeat.gone:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            again = await x.pool("p").add("b")
+            assert (await x.wait(again, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    nodes = [node(url, n, ran) for n in "xyz"]
+    for rt in nodes:
+        rt.schedule("tick", "b", "* * * * * *", pool="p")
+    for rt in nodes:
+        await rt.start()
+    try:
+        await asyncio.sleep(3.2)
+    finally:
+        for rt in nodes:
+            await rt.stop()
+    rows = await sql(url, "SELECT metadata FROM jobs ORDER BY id")
+    slots = [r["metadata"] for r in rows]
+    assert 3 <= len(slots) <= 5, slots
+    assert len(set(slots)) == len(slots), "a slot fired twice"
+    (fires,) = await sql(url, "SELECT fires FROM schedules WHERE name = 'tick'")
+    assert fires["fires"] == len(slots)
+
+
+async def test_modes_do_not_mix_on_one_schema(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran):
+        owner = Runtime(url)
+        async with owner:
+            assert owner.role == "standby"  # the nodes hold the schema
+    async with Runtime(url) as owner:
+        assert owner.role == "owner"
+        with pytest.raises(OwnershipError):
+            await node(url, "y", ran).start()
+
+
+def test_nodes_need_postgresql(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOption, match="PostgreSQL"):
+        Runtime(str(tmp_path / "app.db"), mode="nodes")
+    with pytest.raises(InvalidOption):
+        Runtime(":memory:", mode="cluster")
