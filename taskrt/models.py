@@ -242,8 +242,10 @@ class OwnerStatus:
     """A process's part in running a database's jobs (``rt.owner_status()``).
 
     ``role``: ``owner`` (runs the jobs), ``standby`` (serves the API, takes
-    over when the owner dies), ``client`` (``workers=False``) or ``stopped``.
-    ``owner``: the owner's name (host:pid:random) when known; ``reachable``:
+    over when the owner dies), ``node`` (one of the processes that all run
+    jobs, ``mode="nodes"``), ``client`` (``workers=False``) or ``stopped``.
+    ``owner``: the owner's name (host:pid:random) when known, a node's own
+    name; ``reachable``:
     whether calls reach it (else they fall back to the database); ``since``:
     when it became the owner (epoch seconds); ``peers``: for the owner, how
     many processes are connected to it.

@@ -320,8 +320,8 @@ class Nodes:
     async def _rejoin(self) -> None:
         """Reaped while alive: let the interrupted jobs end, write out, join again (note 3)."""
         try:
-            while any(p.running for p in self.pools.values()):
-                await asyncio.sleep(0.05)
+            while running := [t for p in self.pools.values() for t in p.running_tasks()]:
+                await asyncio.wait(running)
             while True:
                 try:
                     await self.store.flush()

@@ -360,7 +360,8 @@ class Runtime:
             self.ownership = SoleOwnership(self.store)
         else:
             self.ownership = FileLockOwnership(self.store, self.path)
-        # "owner", "standby" (may take over), "client" (workers=False) or "stopped".
+        # "owner", "standby" (may take over), "node" (mode "nodes"), "client"
+        # (workers=False) or "stopped".
         self.role = "stopped"
         self.relay_server: RelayServer | None = None
         self.remote: RelayClient | None = None

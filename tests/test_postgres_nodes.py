@@ -29,7 +29,9 @@ def url(tmp_path: Path) -> str:
 Ran = dict[int, list[str]]
 
 
-def node(url: str, name: str, ran: Ran, *, concurrency: int = 4, tasks: str = "ab", **options: object) -> Runtime:
+def node(
+    url: str, name: str, ran: Ran, *, concurrency: int = 4, tasks: str = "ab", **options: object
+) -> Runtime:
     """A node whose handlers record which node ran each attempt."""
     rt = Runtime(url, mode="nodes", node_ttl=2.0, **options)  # type: ignore[arg-type]
     rt.pool("p", concurrency=concurrency)
@@ -261,3 +263,17 @@ def test_nodes_need_postgresql(tmp_path: Path) -> None:
         Runtime(str(tmp_path / "app.db"), mode="nodes")
     with pytest.raises(InvalidOption):
         Runtime(":memory:", mode="cluster")
+
+
+async def test_a_unique_key_holds_under_concurrent_adds_on_three_nodes(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y, node(url, "z", ran) as z:
+        x.pool("p").pause()
+        y.pool("p").pause()
+        z.pool("p").pause()
+        adds = [
+            rt.enqueue("a", args=[n], unique_key="only-one") for n in range(10) for rt in (x, y, z)
+        ]
+        ids = await asyncio.gather(*adds)
+        assert len(set(ids)) == 1
+        assert await x.count(status="WAITING") == 1

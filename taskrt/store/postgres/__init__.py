@@ -41,6 +41,16 @@ Notes of this backend (cited where they apply):
    schema's channel in or after that commit; the owner listens on a
    connection of its own and looks at once (``listen``), its poll being the
    fallback, also while the listener reconnects.
+7. **Every node runs workers** (``mode="nodes"``, ``taskrt.nodes``). A node
+   claims due jobs in one statement (``SQL_CLAIM_JOBS``: each priority's
+   range of ``jobs_waiting``, ``FOR UPDATE SKIP LOCKED``, started and counted
+   in the same statement, only while the node's heartbeat is fresh). Its
+   connections carry its name as the ``taskrt.node`` setting, and every write
+   of a RUNNING job compares it with the job's ``node``: a write of a node
+   whose jobs were taken back changes nothing. ``reap`` deletes the rows of
+   nodes past their TTL and recovers their jobs in the same transaction; the
+   heartbeat is a thread of its own (``heartbeat``). Adds are announced as
+   ``added:<pool>`` after their commit.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

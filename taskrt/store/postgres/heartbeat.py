@@ -39,6 +39,8 @@ class Heartbeat:
         """The last beat found no row: another node took this node's jobs back."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the thread's
+        self._stopped: asyncio.Event | None = None
         self._changed: Callable[[], None] | None = None
 
     def fresh(self, within: float) -> bool:
@@ -68,11 +70,17 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                loop.call_soon_threadsafe(stopped.set)
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
             self._thread = None
 
     async def _beat(self) -> None:
+        self._stopped = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         conn: asyncpg.Connection | None = None
         ok = True
         while not self._stop.is_set():
@@ -112,8 +120,11 @@ class Heartbeat:
                 ok = now_ok
                 if self._changed is not None:
                     self._changed()
-            while not self._stop.is_set() and time.monotonic() - sent < self.interval:
-                await asyncio.sleep(min(0.05, self.interval))
+            if self._stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                left = self.interval - (time.monotonic() - sent)
+                await asyncio.wait_for(self._stopped.wait(), max(0.0, left))
         if conn is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await conn.close(timeout=2)

@@ -61,9 +61,7 @@ class AdvisoryLock:
             return True
         try:
             conn = await self._connection()
-            self._held = bool(
-                await conn.fetchval(f"SELECT {self._try}(hashtext($1))", self._key)
-            )
+            self._held = bool(await conn.fetchval(f"SELECT {self._try}(hashtext($1))", self._key))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot ask for the ownership lock: %s", exc)
             await self.let_go()

@@ -313,8 +313,7 @@ PROGRESS_PART = _plain(
     "bigint float8 float8 text bigint",
     "UPDATE jobs j SET current = {v}.current, total = {v}.total, message = {v}.message, "
     "seq = GREATEST(j.seq, {v}.seq) FROM unnest({arrays}) AS {v}(id, current, total, message, "
-    "seq) WHERE j.id = {v}.id AND j.status = 'RUNNING' AND j.node IS NOT DISTINCT FROM "
-    + NODE,
+    "seq) WHERE j.id = {v}.id AND j.status = 'RUNNING' AND j.node IS NOT DISTINCT FROM " + NODE,
 )
 ATTEMPT_PART = _plain(
     "attempt",
@@ -619,9 +618,7 @@ SQL_NEXT_DUE = (
     "FROM jobs WHERE status = 'WAITING' AND pool = $1 AND priority = p.priority "
     "AND run_at > $2 AND task = ANY($3::text[]) ORDER BY run_at, id LIMIT 1) y"
 )
-SQL_CANCELS = (
-    "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
-)
+SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
 SQL_NOTIFY_ADDED = "SELECT pg_notify($1, 'added:' || p) FROM unnest($2::text[]) AS p"
 # Nodes whose heartbeat is older than their TTL are gone; so are their RUNNING jobs'
 # attempts, which recovery then puts back (``recovery``, with LOST).

@@ -25,9 +25,9 @@ from ..groupcommit import reason
 from ..ops import failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob
 from ..queries import MINUTE_COLUMNS, SQL_OWNER
-from ..rows import row_to_job
 from ..queued import QueuedWrites
 from ..reads import SharedReads
+from ..rows import row_to_job
 from ..schedules import ScheduleWrites
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
@@ -36,27 +36,26 @@ from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
     FAIL_PART,
+    LOST,
     PURGE_WHERE,
     RETRY_EXTERNAL_WHERE,
     SCHEMA_VERSION,
     SQL_CANCEL_WAITING_EXTERNAL,
-    LOST,
     SQL_CANCELS,
     SQL_CLAIM,
     SQL_CLAIM_JOBS,
-    SQL_HEARTBEAT,
+    SQL_CLEANUP,
+    SQL_COUNTS,
+    SQL_DELETE_ATTEMPTS,
     SQL_JOIN,
     SQL_LEAVE,
     SQL_NEXT_DUE,
     SQL_NODES,
-    SQL_NOTIFY_ADDED,
-    SQL_REAP,
-    SQL_CLEANUP,
-    SQL_COUNTS,
-    SQL_DELETE_ATTEMPTS,
     SQL_NOTIFY,
+    SQL_NOTIFY_ADDED,
     SQL_NOTIFY_POOLS,
     SQL_PURGE,
+    SQL_REAP,
     SQL_RELEASE,
     SQL_REQUEST_CANCEL,
     SQL_RESCHEDULE,
@@ -504,7 +503,10 @@ class PgStore(QueuedWrites, SharedReads):
         if rows:
             last = rows[-1]
             self._merge_counts(
-                [(pool, JobStatus.WAITING.value, last[-2]), (pool, JobStatus.RUNNING.value, last[-1])]
+                [
+                    (pool, JobStatus.WAITING.value, last[-2]),
+                    (pool, JobStatus.RUNNING.value, last[-1]),
+                ]
             )
         return [row_to_job(r) for r in rows]
 
