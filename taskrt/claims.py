@@ -33,10 +33,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .clock import Alarm
 from .errors import TaskrtError
 
 if TYPE_CHECKING:
-    from .clock import Clock, TimerHandle
+    from .clock import Clock
     from .context import JobState
 
 log = logging.getLogger("taskrt")
@@ -84,8 +85,7 @@ class Claims:
         self._asking: asyncio.Task[None] | None = None
         self._pokes = 0
         self._more = True
-        self._timer: TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = Alarm(clock, self.poke)  # the pool's next delayed job comes due
         self._delay = _RETRY_AFTER[0]
 
     def __len__(self) -> int:
@@ -113,7 +113,7 @@ class Claims:
         if state.run_at <= self._clock.now():
             self.poke()
         else:
-            self._arm(state.run_at)
+            self._timer.set(state.run_at)
 
     def remove(self, state: JobState) -> bool:
         return False  # a claimed job starts at once; nothing waits here
@@ -137,7 +137,7 @@ class Claims:
         except TaskrtError as exc:
             log.warning("claiming jobs of pool %r failed: %s", self.pool, exc)
             self._asking = None
-            self._arm(self._clock.now() + self._delay)
+            self._timer.set(self._clock.now() + self._delay)
             self._delay = min(self._delay * 2, _RETRY_AFTER[1])
             return
         except asyncio.CancelledError:
@@ -158,21 +158,8 @@ class Claims:
                 log.warning("reading when pool %r's next job is due failed: %s", self.pool, exc)
                 due = self._clock.now() + _RETRY_AFTER[1]
             if due is not None:
-                self._arm(due)
+                self._timer.set(due)
         self._wake()
-
-    def _arm(self, when: float) -> None:
-        if self._timer_at is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._clock.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.poke()
 
     def next_due(self) -> float | None:
         return None  # the queue keeps its own timer
@@ -182,10 +169,7 @@ class Claims:
 
     def close(self) -> None:
         """The runtime stops: no more claims; claimed jobs not started go back."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = None
+        self._timer.cancel()
         if self._asking is not None:
             self._asking.cancel()
             self._asking = None

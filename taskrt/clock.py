@@ -29,6 +29,37 @@ class Clock(Protocol):
         ...
 
 
+class Alarm:
+    """One timer of a clock that rings ``callback`` at the earliest time asked for."""
+
+    __slots__ = ("_callback", "_clock", "_handle", "at")
+
+    def __init__(self, clock: Clock, callback: Callable[[], None]) -> None:
+        self._clock = clock
+        self._callback = callback
+        self._handle: TimerHandle | None = None
+        self.at: float | None = None
+
+    def set(self, when: float) -> None:
+        """Ring at ``when``, unless it rings at or before it already."""
+        if self.at is not None and self.at <= when:
+            return
+        self.cancel()
+        self.at = when
+        self._handle = self._clock.call_at(when, self._ring)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self.at = None
+
+    def _ring(self) -> None:
+        self._handle = None
+        self.at = None
+        self._callback()
+
+
 class SystemClock:
     """The wall clock, with timers on the running event loop."""
 

@@ -45,7 +45,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .claims import Claims
@@ -89,8 +89,6 @@ class NodeStore(Protocol):
 
     async def notify(self, payload: str) -> None: ...
 
-    async def pool_pauses(self) -> dict[str, bool]: ...
-
     async def flush(self) -> None: ...
 
     def heartbeat(self, node: str, interval: float) -> Any: ...
@@ -109,7 +107,7 @@ class Nodes:
         transitions: Transitions,
         tasks: Mapping[str, TaskSpec],
         pools: Mapping[str, Pool],
-        declare_pool: Callable[[str], Pool],
+        apply_pauses: Callable[[], Awaitable[None]],
         max_recoveries: int,
         ttl: float,
         poll_interval: float,
@@ -122,7 +120,7 @@ class Nodes:
         self.transitions = transitions
         self.tasks = tasks
         self.pools = pools
-        self.declare_pool = declare_pool
+        self._apply_pauses = apply_pauses  # the owner's way (``adoption``)
         self.max_recoveries = max_recoveries
         self.ttl = ttl
         self.poll_interval = max(poll_interval, 1.0)
@@ -243,16 +241,9 @@ class Nodes:
     async def apply_pauses(self) -> None:
         """The pauses operators recorded, as they stand now, on this node's pools."""
         try:
-            pauses = await self.store.pool_pauses()
+            await self._apply_pauses()
         except TaskrtError as exc:
             log.warning("node %s: reading pool pauses failed: %s", self.node, exc)
-            return
-        for name, paused in pauses.items():
-            pool = self.pools.get(name) or self.declare_pool(name)
-            if paused and not pool.paused:
-                pool.pause()
-            elif not paused and pool.paused:
-                pool.resume()
 
     # -- heartbeats, reaping, fencing (notes 1-3) -------------------------------------
 

@@ -49,7 +49,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .clock import TimerHandle
+from .clock import Alarm
 from .context import JobContext, JobState
 from .errors import InvalidOption
 from .models import JobStatus, PoolStatistics
@@ -196,8 +196,7 @@ class Pool:
         self._requeuing = 0  # jobs retried whose WAITING row is not committed yet
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
         self.pending = 0  # adds in flight, counted against capacity (taskrt.adding)
-        self._timer: TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = Alarm(host.clock, self._dispatch)  # the first delayed job comes due
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_size = 0
         self._stopping = False
@@ -319,19 +318,6 @@ class Pool:
             return 0
         return max(0, self.concurrency - len(self._running) - self._held - len(self.queue))
 
-    def _arm(self, when: float) -> None:
-        if self._timer_at is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._host.clock.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self._dispatch()
-
     def _dispatch(self) -> None:
         """Start a runner for each free slot while jobs are ready (note 1)."""
         while (state := self._take()) is not None:
@@ -344,7 +330,7 @@ class Pool:
         when = self.queue.next_due()
         # A job due already waits for a slot; the end of an attempt dispatches again.
         if when is not None and when > self._host.clock.now():
-            self._arm(when)
+            self._timer.set(when)
 
     def _take(self) -> JobState | None:
         """The next ready job if a slot is free (``taskrt.waiting`` says which)."""
@@ -561,10 +547,7 @@ class Pool:
 
     def stop_dispatching(self) -> None:
         self._stopping = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = None
+        self._timer.cancel()
 
     def running_tasks(self) -> list[asyncio.Task[None]]:
         return [s.task_handle for s in self._running.values() if s.task_handle is not None]

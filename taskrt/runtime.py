@@ -338,7 +338,7 @@ class Runtime:
                 transitions=self.transitions,
                 tasks=self._tasks,
                 pools=self._pools,
-                declare_pool=lambda name: self.pool(name),
+                apply_pauses=self.adoption.apply_pauses,
                 max_recoveries=max_recoveries,
                 ttl=float(node_ttl),
                 poll_interval=poll_interval,
@@ -570,12 +570,11 @@ class Runtime:
         if self._tasks_path is not None:
             self.load(self._tasks_path, executor=self._executor, root=self._root)
         await self.store.open()
-        if self.nodes is not None:
-            await self._start_node()
-            return
         try:
             owning = False
-            if self.workers:
+            if self.nodes is not None:
+                await self._join()
+            elif self.workers:
                 self.ownership.check()
                 owning = await self.ownership.try_acquire()
             if owning:
@@ -588,7 +587,13 @@ class Runtime:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self.loop_watchdog.start(self._loop)
-        if owning:
+        if self.nodes is not None:
+            self.role = "node" if self.workers else "client"
+            if self.workers:
+                self._owning_since = time.time()
+                await self.store.listen(self.nodes.wake)
+                self._set_workers(True)
+        elif owning:
             await self._serve_as_owner()
         else:
             self.role = "standby" if self.workers else "client"
@@ -600,35 +605,17 @@ class Runtime:
             if inspect.isawaitable(result):
                 await result
 
-    async def _start_node(self) -> None:
+    async def _join(self) -> None:
         """Every process runs workers (``taskrt.nodes``): join the others."""
         assert self.nodes is not None
-        try:
-            if not await self.ownership.try_acquire():
-                raise OwnershipError(
-                    self.path,
-                    "a process of mode 'owner' runs this schema's jobs; every process of "
-                    "a schema must use the same mode",
-                )
-            if self.workers:
-                await self.nodes.start()
-        except BaseException:
-            await self.ownership.close()
-            await self.store.close()
-            raise
-        self._started = True
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self.loop_watchdog.start(self._loop)
-        self.role = "node" if self.workers else "client"
+        if not await self.ownership.try_acquire():
+            raise OwnershipError(
+                self.path,
+                "a process of mode 'owner' runs this schema's jobs; every process of "
+                "a schema must use the same mode",
+            )
         if self.workers:
-            self._owning_since = time.time()
-            await self.store.listen(self.nodes.wake)
-            self._set_workers(True)
-        for hook in self._start_hooks:
-            result = hook(self)
-            if inspect.isawaitable(result):
-                await result
+            await self.nodes.start()
 
     def _set_workers(self, on: bool) -> None:
         """Start jobs from now on, or not (a node that lost its heartbeat)."""

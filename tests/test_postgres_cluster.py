@@ -37,8 +37,8 @@ class Cluster:
         self.log = log
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
-    async def start(self, *names: str) -> None:
-        env = {**os.environ, "NODE_TTL": str(TTL)}
+    async def start(self, *names: str, concurrency: int = 10) -> None:
+        env = {**os.environ, "NODE_TTL": str(TTL), "NODE_CONCURRENCY": str(concurrency)}
         for name in names:
             self.procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -129,7 +129,9 @@ async def test_kill_9_of_a_node_its_jobs_finish_elsewhere_within_the_ttl(
     await cluster.start("a", "b", "c")
     async with client(url) as rt:
         await rt.pool("p").add_many("work", [(n, 300) for n in range(150)])
+        deadline = time.monotonic() + 10
         while sum(1 for r in cluster.runs().values() if r[0][1] == "a") < 10:
+            assert time.monotonic() < deadline, cluster.runs()
             await asyncio.sleep(0.02)
         cluster.signal("a", signal.SIGKILL)
         killed_at = time.monotonic()
@@ -157,10 +159,12 @@ async def test_kill_9_of_a_node_its_jobs_finish_elsewhere_within_the_ttl(
 async def test_sigstop_past_the_ttl_then_sigcont_late_writes_are_refused(
     url: str, cluster: Cluster
 ) -> None:
-    await cluster.start("a", "b")
+    await cluster.start("a", "b", concurrency=3)  # 3 jobs each
     async with client(url) as rt:
         ids = [await rt.pool("p").add("work", n, 800) for n in range(6)]
-        while len({r[0][1] for r in cluster.runs().values()}) < 2 or len(cluster.runs()) < 6:
+        deadline = time.monotonic() + 10
+        while len(cluster.runs()) < 6:
+            assert time.monotonic() < deadline, cluster.runs()
             await asyncio.sleep(0.02)
         stopped = {job for job, r in cluster.runs().items() if r[0][1] == "a"}
         assert stopped

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -57,6 +58,13 @@ def node(
             return name
 
     return rt
+
+
+async def until(done: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 async def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
@@ -129,8 +137,7 @@ async def test_a_cancel_reaches_the_node_running_the_job(url: str) -> None:
     async with node(url, "x", ran, concurrency=1) as x:
         async with node(url, "c", ran, workers=False) as client:
             job_id = await client.enqueue("a", args=[1], kwargs={"hold": True})
-            while not ran[job_id]:
-                await asyncio.sleep(0.01)
+            await until(lambda: ran[job_id])
             began = time.monotonic()
             info = await client.cancel(job_id)
             assert info.status is JobStatus.CANCELLED
@@ -197,8 +204,7 @@ async def test_late_writes_of_a_reaped_node_are_refused(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran, concurrency=1) as x:
         job_id = await x.pool("p").add("a", 1, hold=True)
-        while not ran[job_id]:
-            await asyncio.sleep(0.01)
+        await until(lambda: ran[job_id])
         # What another node's reaper does to a node whose heartbeat is too old.
         await sql(url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
         async with node(url, "y", ran, tasks="b") as y:
