@@ -88,6 +88,7 @@ from .models import (
     Stats,
     StoreHealth,
 )
+from .nodebus import NodeBus
 from .nodes import DEFAULT_TTL, Nodes
 from .ownership import (
     FileLockOwnership,
@@ -249,11 +250,12 @@ class Runtime:
         self._relay_at: str | None = None
         self._server_lock: HeldLock | None = None
         node = ""  # this process's name as a node (mode "nodes")
+        self._pg: PgStore | None = None  # the PostgreSQL store, for what only it does
         self.store: JobStore
         if is_server_url(target):
             store = _postgres_store(target, progress_interval=progress_interval)
             self.path = store.path  # without its password: it names the database in logs
-            self.store = store
+            self.store = self._pg = store
             if mode == "nodes":
                 node = owner_name()
                 store.join_as(node)
@@ -280,6 +282,15 @@ class Runtime:
         # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)
+        if self._pg is not None and mode == "nodes":
+            # Every node's events reach every node (taskrt.nodebus).
+            self.broker = NodeBus(
+                Broker(buffer=subscriber_buffer, replay=replay),
+                node,
+                send=self._pg.send_events,
+                settle=self._pg.flush,
+                read=self._pg.get_job,
+            )
         self.counters = Counters()
         self._pools: dict[str, Pool] = {}
         self.live = LiveJobs()
@@ -330,9 +341,10 @@ class Runtime:
         # Every process a node that runs jobs (taskrt.nodes), on PostgreSQL.
         self.nodes: Nodes | None = None
         if mode == "nodes":
+            assert self._pg is not None
             self.nodes = Nodes(
                 node=node,
-                store=self.store,  # type: ignore[arg-type]
+                store=self._pg,
                 clock=self.clock,
                 live=self.live,
                 transitions=self.transitions,
@@ -589,9 +601,12 @@ class Runtime:
         self.loop_watchdog.start(self._loop)
         if self.nodes is not None:
             self.role = "node" if self.workers else "client"
+            bus = self.broker
+            assert isinstance(bus, NodeBus) and self._pg is not None
+            wake = self.nodes.wake if self.workers else _ignore
+            await self._pg.listen(wake, bus.deliver, bus.lost)
             if self.workers:
                 self._owning_since = time.time()
-                await self.store.listen(self.nodes.wake)
                 self._set_workers(True)
         elif owning:
             await self._serve_as_owner()
@@ -803,6 +818,8 @@ class Runtime:
     @property
     def relayed(self) -> bool:
         """Whether every event of the jobs reaches this process (the owner, or connected to it)."""
+        if self.nodes is not None:
+            return self._started  # every node's events reach every node (taskrt.nodebus)
         return self.role == "owner" or (self.remote is not None and self.remote.connected)
 
     def owner_status(self) -> OwnerStatus:
@@ -1450,7 +1467,7 @@ class Runtime:
 
     async def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
         """The owner's replay window of a job after ``seq`` (``None``: not all known)."""
-        if self.owning:
+        if self.owning or self.nodes is not None:
             return self.broker.replay_after(job_id, seq)
         remote = self._forwarding()
         if remote is None:
@@ -1492,6 +1509,10 @@ class Runtime:
         await self.store.flush()
         deleted = await self.store.cleanup(self.clock.now() - seconds, chosen)
         return deleted
+
+
+def _ignore(_: str) -> None:
+    """A notification nobody here acts on (a client of ``mode="nodes"``)."""
 
 
 def _apply_limits(

@@ -94,6 +94,7 @@ LAYERS: dict[str, int] = {
     "store": 1,
     "events": 1,
     "relay": 1,  # the event bus between the processes of a host
+    "nodebus": 1,  # the event bus between nodes (PostgreSQL)
     "bulk": 2,  # bulk actions: ids by filter, one action each
     "history": 2,  # what finished, per minute
     # engine

@@ -19,6 +19,7 @@ import pytest
 
 from taskrt import JobContext, JobStatus, Runtime
 from taskrt.errors import InvalidOption, OwnershipError
+from taskrt.models import EventType
 
 
 @pytest.fixture
@@ -283,3 +284,93 @@ async def test_a_unique_key_holds_under_concurrent_adds_on_three_nodes(url: str)
         ids = await asyncio.gather(*adds)
         assert len(set(ids)) == 1
         assert await x.count(status="WAITING") == 1
+
+
+def stream_node(url: str, name: str, seen: Ran, *, tasks: str = "s") -> Runtime:
+    """A node whose task ``s`` reports progress three times, then returns a big result."""
+    rt = node(url, name, seen, tasks="")
+    rt.pool("p", concurrency=4)
+
+    if "s" in tasks:
+
+        @rt.task(pool="p")
+        async def s(job: JobContext, size: int = 10) -> str:
+            seen[job.id].append(name)
+            for i in range(3):
+                await job.progress(i + 1, 3, f"step {i + 1}")
+                await asyncio.sleep(0.02)
+            return "x" * size
+
+    return rt
+
+
+async def test_a_stream_on_another_node_carries_every_event_with_the_same_ids(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with stream_node(url, "x", ran) as x, stream_node(url, "y", ran, tasks="") as y:
+        assert y.relayed
+        for size in (10, 20_000):  # a result too big for a notification goes as a pointer
+            x.pool("p").pause()
+            job_id = await x.pool("p").add("s", size=size)
+            here = x.subscribe(job_id)
+            there = y.subscribe(job_id)
+            first_here, first_there = await anext(here), await anext(there)
+            assert first_here.type == first_there.type == EventType.SNAPSHOT
+            x.pool("p").resume()
+            mine = [e async for e in here]
+            theirs = [e async for e in there]
+            assert ran[job_id] == ["x"]
+            assert [(e.seq, e.type) for e in theirs] == [(e.seq, e.type) for e in mine]
+            assert [e.type for e in theirs] == [
+                EventType.STARTED,
+                EventType.PROGRESS,
+                EventType.PROGRESS,
+                EventType.PROGRESS,
+                EventType.SUCCESS,
+            ]
+            assert theirs[-1].data["result"] == "x" * size
+            # A read right after the terminal event finds the job written.
+            assert (await y.get(job_id)).status is JobStatus.SUCCESS
+            # Resumable on the other node: its replay window holds the events.
+            after = theirs[1].seq
+            replay = await y.replay_after(job_id, after)
+            assert replay is not None
+            assert [e.seq for e in replay] == [e.seq for e in theirs if e.seq > after]
+
+
+async def test_every_event_reaches_a_subscriber_of_everything_on_another_node(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with stream_node(url, "x", ran) as x, stream_node(url, "y", ran, tasks="") as y:
+        everything = y.subscribe()
+        ids = [await x.pool("p").add("s") for _ in range(5)]
+        ended: set[int] = set()
+        async with asyncio.timeout(10):
+            async for event in everything:
+                if event.terminal:
+                    ended.add(event.job_id)
+                if ended == set(ids):
+                    break
+        everything.close()
+
+
+async def test_a_node_whose_listener_is_terminated_listens_again_and_its_streams_end(
+    url: str,
+) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran, tasks="") as y:
+        job_id = await x.pool("p").add("a", 1, hold=True)
+        stream = y.subscribe(job_id)
+        assert (await anext(stream)).type == EventType.SNAPSHOT
+        await until(lambda: ran[job_id])
+        listener = y._pg._listener  # type: ignore[union-attr]
+        assert listener is not None
+        await sql(url, "SELECT pg_terminate_backend($1)", listener.get_server_pid())
+        x.gate.set()  # type: ignore[attr-defined]  # the job ends while y is not listening
+        async with asyncio.timeout(10):
+            events = [e async for e in stream]
+        assert events[-1].status is JobStatus.SUCCESS  # a terminal event, or a fresh snapshot
+        # y listens again: the next job's events reach it live.
+        await until(lambda: y._pg._listener is not None)  # type: ignore[union-attr]
+        again = await x.pool("p").add("a", 2)
+        async with asyncio.timeout(10):
+            kinds = [e.type async for e in y.subscribe(again)]
+        assert kinds[-1] == EventType.SUCCESS

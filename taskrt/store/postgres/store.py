@@ -150,6 +150,9 @@ class PgStore(QueuedWrites, SharedReads):
         super().__init__(self.path, progress_interval=progress_interval)
         self._counts: dict[Key, int] = {}
         self._wake: Callable[[str], None] | None = None
+        self._events: Callable[[str], None] | None = None
+        self._lost: Callable[[], None] | None = None
+        self._missed = False  # the listener was lost since it last listened
         self._batches: PgBatches | None = None
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.TimerHandle | None = None
@@ -364,10 +367,24 @@ class PgStore(QueuedWrites, SharedReads):
         """The notification channel of this schema's owner."""
         return f"taskrt.{self.schema}"
 
-    async def listen(self, wake: Callable[[str], None]) -> None:
-        """``wake()`` on each notification of the channel, on a connection of its own;
-        a lost connection is opened again (the owner polls meanwhile)."""
+    @property
+    def events_channel(self) -> str:
+        """Where nodes send each other their events (``taskrt.nodebus``)."""
+        return f"{self.channel}.events"
+
+    async def listen(
+        self,
+        wake: Callable[[str], None],
+        events: Callable[[str], None] | None = None,
+        lost: Callable[[], None] | None = None,
+    ) -> None:
+        """``wake()`` on each notification of the channel, ``events()`` on each of the
+        events channel, on a connection of its own; a lost connection is opened
+        again (the owner polls meanwhile); ``lost()`` is told when it drops and
+        again when it listens anew (notifications in between are missed)."""
         self._wake = wake
+        self._events = events
+        self._lost = lost
         await self._listen()
 
     async def _listen(self) -> None:
@@ -376,19 +393,32 @@ class PgStore(QueuedWrites, SharedReads):
                 self._dsn, server_settings={"application_name": "taskrt listener"}
             )
             await conn.add_listener(self.channel, self._notified)
+            if self._events is not None:
+                await conn.add_listener(self.events_channel, self._events_notified)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot listen on %s (%s); the owner polls", self.path, exc)
             self._relisten_later()
             return
         conn.add_termination_listener(self._listener_lost)
         self._listener = conn
+        if self._missed and self._lost is not None:
+            # Listening again: what was sent while it did not is unknown here.
+            self._lost()
+        self._missed = False
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if self._wake is not None:
             self._wake(payload)
 
+    def _events_notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self._events is not None:
+            self._events(payload)
+
     def _listener_lost(self, _: Any) -> None:
         self._listener = None
+        self._missed = True
+        if self._lost is not None:
+            self._lost()
         if self._wake is not None:
             self._wake("changed")  # what was sent meanwhile is found by the poll
             self._relisten_later()
@@ -399,8 +429,21 @@ class PgStore(QueuedWrites, SharedReads):
         loop = asyncio.get_running_loop()
         self._relisten = loop.call_later(1.0, lambda: loop.create_task(self._listen()))
 
+    async def send_events(self, payloads: list[str]) -> None:
+        """Notifications on the events channel, in order, after anything sent before."""
+        try:
+            await self.pool.execute(
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                self.events_channel,
+                payloads,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _error(self.path, exc) from exc
+
     async def unlisten(self) -> None:
         self._wake = None
+        self._events = None
+        self._lost = None
         if self._relisten is not None:
             self._relisten.cancel()
             self._relisten = None

@@ -1,0 +1,240 @@
+"""Events across nodes: the event bus of ``mode="nodes"`` (``taskrt.nodes``), over NOTIFY.
+
+Every node runs jobs, so a job's events are published where it runs, and its
+subscribers may be on any node. ``NodeBus`` is the ``EventBus`` of a node: it
+publishes to its own ``Broker`` as always, and sends each event to the other
+nodes through the store (``PgStore.send_events``: ``pg_notify`` on the
+schema's events channel); what the others send it publishes to its broker.
+Every node then holds the same events with the same ids: a stream served by
+any node carries every event of its job, and resumes with ``Last-Event-ID``
+from that node's replay window.
+
+Design notes:
+
+1. **Batched per flush.** Events wait for the next turn of the event loop
+   and go together, as few notifications as fit (each under PostgreSQL's
+   8,000 bytes); a job's progress events of one flush are conflated to the
+   last, so the rate across nodes is bounded by the flushes, not the reports.
+2. **After their write.** A flush that carries a job's change of status
+   (started, retrying, a terminal event) first waits for the store's queued
+   writes to commit: a node that receives ``success`` and reads the job finds
+   it SUCCESS. Progress goes at once (its write is coalesced).
+3. **Pointers for big events.** An event whose encoding would not fit (a
+   large result) is sent as a pointer: the job id, the sequence and the kind,
+   without data. The receiver reads the job's row (once its sequence has
+   reached the pointer's) and publishes the event with the row's data.
+4. **A lost listener loses nothing silently.** When the node's listening
+   connection drops, and again when the store listens anew, every
+   subscription here is closed as overflowed: its stream starts again from a
+   fresh snapshot (``JobStream``), so an event sent while nobody listened
+   (a terminal one included) is never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .events import Broker, Subscription
+from .models import Event, EventType, JobInfo, JobStatus
+from .relay import decode_event, encode_event
+
+log = logging.getLogger("taskrt")
+
+MAX_PAYLOAD = 7_900
+"""Bytes of one notification (PostgreSQL refuses 8,000 or more)."""
+_STATUS_EVENTS = frozenset(
+    {
+        EventType.STARTED,
+        EventType.RETRYING,
+        EventType.SUCCESS,
+        EventType.FAILURE,
+        EventType.CANCELLED,
+    }
+)
+
+
+class NodeBus:
+    """A node's event bus: its broker, and the other nodes' events (see the notes)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        node: str,
+        *,
+        send: Callable[[list[str]], Awaitable[None]],
+        settle: Callable[[], Awaitable[None]],
+        read: Callable[[int], Awaitable[JobInfo | None]],
+    ) -> None:
+        self.broker = broker
+        self.node = node
+        self._send = send  # notifications out, in order
+        self._settle = settle  # the store's queued writes, committed
+        self._read = read  # a job's row
+        self._out: list[Event] = []
+        self._progress: dict[int, int] = {}  # job id -> its progress event in _out
+        self._flushing: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.received = 0
+
+    # -- EventBus: the broker's, plus sending ------------------------------------
+
+    @property
+    def subscribers(self) -> int:
+        return self.broker.subscribers
+
+    @property
+    def dropped(self) -> int:
+        return self.broker.dropped
+
+    @property
+    def on_interest(self) -> Callable[[int | None, bool], None] | None:
+        return self.broker.on_interest
+
+    @on_interest.setter
+    def on_interest(self, value: Callable[[int | None, bool], None] | None) -> None:
+        self.broker.on_interest = value
+
+    def wants(self, job_id: int) -> bool:
+        return True  # a subscriber may be on another node
+
+    def publish(self, event: Event) -> None:
+        self.broker.publish(event)
+        if event.type is EventType.PROGRESS:
+            at = self._progress.get(event.job_id)
+            if at is not None:
+                self._out[at] = event  # note 1: the last progress of a flush
+                return
+            self._progress[event.job_id] = len(self._out)
+        self._out.append(event)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(
+                self._flush(), name="taskrt-node-events"
+            )
+
+    def subscribe(
+        self,
+        job_id: int | None = None,
+        *,
+        matches: Callable[[Event], bool] | None = None,
+        maxsize: int | None = None,
+        accepts: Callable[[int], bool] | None = None,
+    ) -> Subscription:
+        return self.broker.subscribe(job_id, matches=matches, maxsize=maxsize, accepts=accepts)
+
+    def followed_jobs(self) -> list[int]:
+        return self.broker.followed_jobs()
+
+    def has_wide(self) -> bool:
+        return self.broker.has_wide()
+
+    def remember(self, job_id: int) -> None:
+        self.broker.remember(job_id)
+
+    def interrupt(self) -> None:
+        self.broker.interrupt()
+
+    def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
+        return self.broker.replay_after(job_id, seq)
+
+    def close_all(self) -> None:
+        self.broker.close_all()
+
+    # -- out (notes 1-3) ----------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # what this turn of the loop publishes goes too
+        try:
+            while self._out:
+                events, self._out, self._progress = self._out, [], {}
+                if any(e.type in _STATUS_EVENTS for e in events):
+                    await self._settle()  # note 2
+                try:
+                    await self._send(self._payloads(events))
+                    self.sent += len(events)
+                except Exception as exc:  # the other nodes' streams resume from snapshots
+                    log.warning(
+                        "node %s: sending %d event(s) failed: %s", self.node, len(events), exc
+                    )
+        finally:
+            self._flushing = None
+
+    def _payloads(self, events: list[Event]) -> list[str]:
+        head = f'{{"n":{json.dumps(self.node)},"e":['
+        payloads: list[str] = []
+        parts: list[str] = []
+        size = len(head) + 2
+        for event in events:
+            raw = encode_event(event)
+            text = json.dumps(raw, separators=(",", ":"), default=str)
+            if len(head) + len(text) + 2 > MAX_PAYLOAD:
+                raw[-1] = None  # note 3: a pointer, read back from the job's row
+                text = json.dumps(raw, separators=(",", ":"), default=str)
+            if parts and size + len(text) + 1 > MAX_PAYLOAD:
+                payloads.append(head + ",".join(parts) + "]}")
+                parts, size = [], len(head) + 2
+            parts.append(text)
+            size += len(text) + 1
+        if parts:
+            payloads.append(head + ",".join(parts) + "]}")
+        return payloads
+
+    # -- in (notes 3, 4) -------------------------------------------------------------------
+
+    def deliver(self, payload: str) -> None:
+        """A notification on the events channel: publish the other nodes' events here."""
+        try:
+            message = json.loads(payload)
+            if message.get("n") == self.node:
+                return
+            raws: list[list[Any]] = message["e"]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("node %s: an events notification it cannot read: %s", self.node, exc)
+            return
+        for raw in raws:
+            self.received += 1
+            try:
+                if raw[-1] is None:
+                    asyncio.get_running_loop().create_task(self._pointer(raw))
+                    continue
+                self.broker.publish(decode_event(raw))
+            except (ValueError, TypeError) as exc:
+                log.warning("node %s: an event it cannot read: %s", self.node, exc)
+
+    async def _pointer(self, raw: list[Any]) -> None:
+        job_id, seq = int(raw[0]), int(raw[1])
+        info = None
+        for _ in range(100):
+            info = await self._read(job_id)
+            if info is None or info.seq >= seq:
+                break
+            await asyncio.sleep(0.02)
+        if info is None:
+            return
+        raw = list(raw)
+        raw[-1] = _data_of(EventType(raw[2]), info)
+        self.broker.publish(decode_event(raw))
+
+    def lost(self) -> None:
+        """Events may have been missed (the listener dropped, or listens anew): streams
+        here start again (note 4)."""
+        self.broker.interrupt()
+
+
+def _data_of(kind: EventType, info: JobInfo) -> dict[str, Any]:
+    """An event's data as the job's row has it (a pointer's event, note 3)."""
+    if kind is EventType.SUCCESS:
+        return {"result": info.result}
+    if kind is EventType.FAILURE:
+        return {"error": info.error}
+    if kind is EventType.PROGRESS:
+        return {"current": info.current, "total": info.total, "message": info.message}
+    if kind is EventType.CANCELLED:
+        return {}
+    data: dict[str, Any] = {"attempt": info.attempts}
+    if info.status is JobStatus.WAITING:
+        data["run_at"] = info.run_at
+    return data
