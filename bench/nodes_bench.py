@@ -19,6 +19,11 @@ concurrency 10 and a no-op task; the bench process is a client
 - ``latency``: 300 jobs added one at a time, 100 a second; the handler
   returns ``time.time()`` at its start; the figure is that minus the time
   read before ``add`` (p50, p99). Baseline: the owner.
+- ``events``: a job on a worker reports progress every 5 ms for 2 s with
+  ``time.time()`` as its message; the bench process (another node, or for
+  the baseline a client of the owner, whose events come over the owner's
+  relay) follows it with ``rt.subscribe`` and takes the time each progress
+  event arrives minus the reported one (p50, p99). Target (nodes): p99 <= 20 ms.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ def _app(url: str, mode: str, workers: bool) -> Any:
     @rt.task(pool="p")
     async def stamp() -> float:
         return time.time()
+
+    @rt.task(pool="p")
+    async def ticks(job: Any, n: int) -> None:
+        for _ in range(n):
+            await job.progress(1, 2, repr(time.time()))
+            await asyncio.sleep(0.005)
 
     return rt
 
@@ -114,6 +125,17 @@ async def _latency(rt: Any) -> tuple[float, float]:
     return delays[len(delays) // 2] * 1000, delays[int(len(delays) * 0.99)] * 1000
 
 
+async def _events(rt: Any) -> tuple[float, float]:
+    delays = []
+    for _ in range(3):
+        job_id = await rt.pool("p").add("ticks", 400)
+        async for event in rt.subscribe(job_id):
+            if event.type.value == "progress":
+                delays.append(time.time() - float(event.data["message"]))
+    delays.sort()
+    return delays[len(delays) // 2] * 1000, delays[int(len(delays) * 0.99)] * 1000
+
+
 async def _schema(base: str, run: str, what: str) -> str:
     return f"{base}{'&' if '?' in base else '?'}schema=bench_nodes_{what}_{run}"
 
@@ -144,6 +166,11 @@ async def one_run(base: str, jobs: int) -> dict[str, float]:
             urls.append(url)
             p50, p99 = await _with_workers(url, mode, 1, _latency)
             out[f"latency_{what}_p50_ms"], out[f"latency_{what}_p99_ms"] = p50, p99
+        for what, mode in (("owner", "owner"), ("node1", "nodes")):
+            url = await _schema(base, run, f"e{what}")
+            urls.append(url)
+            p50, p99 = await _with_workers(url, mode, 1, _events)
+            out[f"events_{what}_p50_ms"], out[f"events_{what}_p99_ms"] = p50, p99
     finally:
         await _drop(base, urls)
     return out
@@ -176,12 +203,13 @@ def main() -> None:
             f"  {what:6} {med[k]:8.0f}  ({spread[k][0]:.0f}-{spread[k][1]:.0f})"
             f"  {med[k] / med['drain_owner']:.2f}x the owner"
         )
-    print("add -> start (ms):")
-    for what in ("owner", "node1"):
-        print(
-            f"  {what:6} p50 {med[f'latency_{what}_p50_ms']:.2f}  "
-            f"p99 {med[f'latency_{what}_p99_ms']:.2f}"
-        )
+    for figure, title in (("latency", "add -> start"), ("events", "event to a stream elsewhere")):
+        print(f"{title} (ms):")
+        for what in ("owner", "node1"):
+            print(
+                f"  {what:6} p50 {med[f'{figure}_{what}_p50_ms']:.2f}  "
+                f"p99 {med[f'{figure}_{what}_p99_ms']:.2f}"
+            )
 
 
 if __name__ == "__main__":
