@@ -140,7 +140,9 @@ async def test_kill_9_of_a_node_its_jobs_finish_elsewhere_within_the_ttl(
         for job in held:
             info = await rt.wait(job, timeout=30)
             assert info.status is JobStatus.SUCCESS and info.result in ("b", "c")
-        assert time.monotonic() - killed_at <= TTL + 1 + 0.3 + 0.5, time.monotonic() - killed_at
+        took = time.monotonic() - killed_at
+        print(f"the jobs of the killed node ended elsewhere {took:.2f} s after the kill")
+        assert took <= TTL + 1 + 0.3 + 0.5, took
         await until_done(rt, 150, 60)
         interrupted = {}
         for job in held:
