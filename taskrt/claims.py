@@ -136,15 +136,12 @@ class Claims:
             states = await self._source.claim(self.pool, limit)
         except TaskrtError as exc:
             log.warning("claiming jobs of pool %r failed: %s", self.pool, exc)
-            self._asking = None
             self._timer.set(self._clock.now() + self._delay)
             self._delay = min(self._delay * 2, _RETRY_AFTER[1])
             return
-        except asyncio.CancelledError:
+        finally:
             self._asking = None
-            raise
         self._delay = _RETRY_AFTER[0]
-        self._asking = None
         room = self._free()
         if len(states) > room:
             self._source.give_back(states[room:])  # note 2

@@ -38,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .events import Broker, Subscription
+from .events import Broker
 from .models import Event, EventType, JobInfo, JobStatus
 from .relay import decode_event, encode_event
 
@@ -57,19 +57,21 @@ _STATUS_EVENTS = frozenset(
 )
 
 
-class NodeBus:
-    """A node's event bus: its broker, and the other nodes' events (see the notes)."""
+class NodeBus(Broker):
+    """A node's event bus: a broker that also sends its events to the other nodes and
+    publishes theirs (see the notes)."""
 
     def __init__(
         self,
-        broker: Broker,
         node: str,
         *,
         send: Callable[[list[str]], Awaitable[None]],
         settle: Callable[[], Awaitable[None]],
         read: Callable[[int], Awaitable[JobInfo | None]],
+        buffer: int,
+        replay: int,
     ) -> None:
-        self.broker = broker
+        super().__init__(buffer=buffer, replay=replay)
         self.node = node
         self._send = send  # notifications out, in order
         self._settle = settle  # the store's queued writes, committed
@@ -77,36 +79,17 @@ class NodeBus:
         self._out: list[Event] = []
         self._progress: dict[int, int] = {}  # job id -> its progress event in _out
         self._flushing: asyncio.Task[None] | None = None
-        self.sent = 0
-        self.received = 0
-
-    # -- EventBus: the broker's, plus sending ------------------------------------
-
-    @property
-    def subscribers(self) -> int:
-        return self.broker.subscribers
-
-    @property
-    def dropped(self) -> int:
-        return self.broker.dropped
-
-    @property
-    def on_interest(self) -> Callable[[int | None, bool], None] | None:
-        return self.broker.on_interest
-
-    @on_interest.setter
-    def on_interest(self, value: Callable[[int | None, bool], None] | None) -> None:
-        self.broker.on_interest = value
 
     def wants(self, job_id: int) -> bool:
         return True  # a subscriber may be on another node
 
     def publish(self, event: Event) -> None:
-        self.broker.publish(event)
+        """Deliver here, and queue for the other nodes (note 1)."""
+        super().publish(event)
         if event.type is EventType.PROGRESS:
             at = self._progress.get(event.job_id)
             if at is not None:
-                self._out[at] = event  # note 1: the last progress of a flush
+                self._out[at] = event  # the last progress of a flush
                 return
             self._progress[event.job_id] = len(self._out)
         self._out.append(event)
@@ -114,34 +97,6 @@ class NodeBus:
             self._flushing = asyncio.get_running_loop().create_task(
                 self._flush(), name="taskrt-node-events"
             )
-
-    def subscribe(
-        self,
-        job_id: int | None = None,
-        *,
-        matches: Callable[[Event], bool] | None = None,
-        maxsize: int | None = None,
-        accepts: Callable[[int], bool] | None = None,
-    ) -> Subscription:
-        return self.broker.subscribe(job_id, matches=matches, maxsize=maxsize, accepts=accepts)
-
-    def followed_jobs(self) -> list[int]:
-        return self.broker.followed_jobs()
-
-    def has_wide(self) -> bool:
-        return self.broker.has_wide()
-
-    def remember(self, job_id: int) -> None:
-        self.broker.remember(job_id)
-
-    def interrupt(self) -> None:
-        self.broker.interrupt()
-
-    def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
-        return self.broker.replay_after(job_id, seq)
-
-    def close_all(self) -> None:
-        self.broker.close_all()
 
     # -- out (notes 1-3) ----------------------------------------------------------------
 
@@ -154,7 +109,6 @@ class NodeBus:
                     await self._settle()  # note 2
                 try:
                     await self._send(self._payloads(events))
-                    self.sent += len(events)
                 except Exception as exc:  # the other nodes' streams resume from snapshots
                     log.warning(
                         "node %s: sending %d event(s) failed: %s", self.node, len(events), exc
@@ -195,12 +149,11 @@ class NodeBus:
             log.warning("node %s: an events notification it cannot read: %s", self.node, exc)
             return
         for raw in raws:
-            self.received += 1
             try:
                 if raw[-1] is None:
                     asyncio.get_running_loop().create_task(self._pointer(raw))
                     continue
-                self.broker.publish(decode_event(raw))
+                super().publish(decode_event(raw))
             except (ValueError, TypeError) as exc:
                 log.warning("node %s: an event it cannot read: %s", self.node, exc)
 
@@ -216,12 +169,12 @@ class NodeBus:
             return
         raw = list(raw)
         raw[-1] = _data_of(EventType(raw[2]), info)
-        self.broker.publish(decode_event(raw))
+        super().publish(decode_event(raw))
 
     def lost(self) -> None:
         """Events may have been missed (the listener dropped, or listens anew): streams
         here start again (note 4)."""
-        self.broker.interrupt()
+        self.interrupt()
 
 
 def _data_of(kind: EventType, info: JobInfo) -> dict[str, Any]:

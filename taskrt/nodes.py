@@ -159,7 +159,9 @@ class Nodes:
             self.heartbeat = None
 
     async def leave(self) -> None:
-        """The node stops: its row goes, and any job still RUNNING here goes back."""
+        """The node stops (its loops and heartbeat first, so nothing joins it again):
+        its row goes, and any job still RUNNING here goes back."""
+        await self.stop()
         await self.store.leave(self.node, self.clock.now(), self.max_recoveries)
 
     def queue_for(self, pool: Pool) -> Claims:
@@ -171,29 +173,23 @@ class Nodes:
     async def claim(self, pool: str, limit: int) -> list[JobState]:
         if self.fenced:
             return []
-        rows = await self.store.claim(pool, sorted(self.tasks), limit, self.clock.now(), self.node)
+        rows = await self.store.claim(pool, list(self.tasks), limit, self.clock.now(), self.node)
         states = []
         for info in rows:
-            spec = self.tasks.get(info.task)
-            if spec is None:  # unregistered since the claim was sent
-                self._give_back_info(info)
-                continue
+            spec = self.tasks[info.task]  # the claim takes only the tasks registered here
             state = JobState(info, spec, retry_policy_of(info, spec))
             self.live.states[info.id] = state
             states.append(state)
         return states
 
     async def next_due(self, pool: str) -> float | None:
-        return await self.store.next_due(pool, sorted(self.tasks), self.clock.now())
+        return await self.store.next_due(pool, list(self.tasks), self.clock.now())
 
     def give_back(self, states: list[JobState]) -> None:
         for state in states:
             state.update(status=JobStatus.WAITING, attempts=state.attempts - 1, started_at=None)
             written = self.transitions.write_waiting(state)
             written.add_done_callback(functools.partial(self._forget_after, state))
-
-    def _give_back_info(self, info: JobInfo) -> None:
-        log.warning("job %d claimed for task %r, which is not registered here", info.id, info.task)
 
     def _forget_after(self, state: JobState, _: asyncio.Future[None]) -> None:
         self.forget(state)

@@ -316,7 +316,7 @@ class Pool:
         """Jobs the pool could start now (0 while paused or stopping)."""
         if self.paused or self._stopping or not self._host.running:
             return 0
-        return max(0, self.concurrency - len(self._running) - self._held - len(self.queue))
+        return max(0, self.concurrency - len(self._running) - self._held)
 
     def _dispatch(self) -> None:
         """Start a runner for each free slot while jobs are ready (note 1)."""
@@ -334,9 +334,7 @@ class Pool:
 
     def _take(self) -> JobState | None:
         """The next ready job if a slot is free (``taskrt.waiting`` says which)."""
-        if self.paused or self._stopping or not self._host.running:
-            return None
-        if len(self._running) + self._held >= self.concurrency:
+        if self.free_slots() == 0:
             return None
         return self.queue.take()
 

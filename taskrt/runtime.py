@@ -285,11 +285,12 @@ class Runtime:
         if self._pg is not None and mode == "nodes":
             # Every node's events reach every node (taskrt.nodebus).
             self.broker = NodeBus(
-                Broker(buffer=subscriber_buffer, replay=replay),
                 node,
                 send=self._pg.send_events,
                 settle=self._pg.flush,
                 read=self._pg.get_job,
+                buffer=subscriber_buffer,
+                replay=replay,
             )
         self.counters = Counters()
         self._pools: dict[str, Pool] = {}
@@ -781,7 +782,6 @@ class Runtime:
             if self.role == "owner":
                 await self.ownership.release()
             if self.nodes is not None and self.role == "node":
-                await self.nodes.stop()
                 await self.nodes.leave()
         except TaskrtError as exc:
             # Not removing the record is safe: the next owner recovers as after a crash.

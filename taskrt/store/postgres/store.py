@@ -562,10 +562,6 @@ class PgStore(QueuedWrites, SharedReads):
         """The jobs running on ``node`` that a cancel was asked for elsewhere."""
         return [int(r[0]) for r in await self.fetch_all(SQL_CANCELS, (node,))]
 
-    async def notify_added(self, pools: Sequence[str]) -> None:
-        """Tell every node that jobs of ``pools`` wait (after a commit that added them)."""
-        await self._script([(SQL_NOTIFY_ADDED, (self.channel, list(pools)))])
-
     async def reap(
         self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
     ) -> tuple[int, int, int]:
@@ -574,16 +570,11 @@ class PgStore(QueuedWrites, SharedReads):
         as interrupted; orphaned after ``max_recoveries``): (nodes, recovered,
         orphaned). Without a stale node nothing else runs, unless ``everything``
         (a node starting: RUNNING jobs of no node alive, whoever left them)."""
-        steps: list[tuple[Any, ...]] = [(SQL_REAP, ())]
-        if everything:
-            steps = [("SELECT 1", ()), *steps]
-        steps.append((SQL_SEQ_GAP_LOST, (seq_gap,)))
+        steps: list[tuple[Any, ...]] = [(SQL_REAP, ()), (SQL_SEQ_GAP_LOST, (seq_gap,))]
         steps += _recovery_steps(LOST, now, max_recoveries)
         counts = await self._script(steps, gate=not everything)
-        if everything:
-            counts = counts[1:]
-        if len(counts) < 7:
-            return counts[0] if counts else 0, 0, 0
+        if len(counts) == 1:  # no stale node: nothing else ran
+            return counts[0], 0, 0
         return counts[0], counts[4], counts[6]
 
     def heartbeat(self, node: str, interval: float) -> Heartbeat:
