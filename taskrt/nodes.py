@@ -31,7 +31,10 @@ Design notes:
 4. **Told, and polling slowly.** A node listens on the schema's channel:
    ``added:<pool>`` (an add's commit) makes that pool claim, ``changed`` (a
    cancel, a retry, run now, recovered jobs) makes every pool claim and looks
-   for cancels of its running jobs, ``pools`` applies pauses. Every
+   for cancels of its running jobs, ``pools`` applies pauses and the limits
+   set at run time (``PATCH /pools/{name}`` on any node: the concurrency and
+   capacity recorded in ``pool_settings``, which nodes joining later apply
+   too). Every
    ``poll_interval`` (at least a second) it does all of that anyway: a lost
    notification costs latency, never a job.
 """
@@ -88,6 +91,8 @@ class NodeStore(Protocol):
     ) -> tuple[int, int, int]: ...
 
     async def notify(self, payload: str) -> None: ...
+
+    async def pool_limits(self) -> dict[str, tuple[int | None, tuple[int | None] | None]]: ...
 
     async def flush(self) -> None: ...
 
@@ -235,9 +240,17 @@ class Nodes:
             pool.poke()
 
     async def apply_pauses(self) -> None:
-        """The pauses operators recorded, as they stand now, on this node's pools."""
+        """The pauses and limits operators recorded, as they stand now, on this node's pools."""
         try:
             await self._apply_pauses()
+            for name, (concurrency, capacity) in (await self.store.pool_limits()).items():
+                pool = self.pools.get(name)
+                if pool is None:
+                    continue
+                if capacity is not None and capacity[0] != pool.capacity:
+                    pool.set_capacity(capacity[0])
+                if concurrency is not None and concurrency != pool.concurrency:
+                    pool.set_concurrency(concurrency)
         except TaskrtError as exc:
             log.warning("node %s: reading pool pauses failed: %s", self.node, exc)
 

@@ -15,6 +15,10 @@ Design notes:
    scheduler's.
 2. A prune runs as its own task, so a long DELETE never delays the firing of
    a schedule's slot more than the write lock it shares with it.
+3. One process prunes at a time. On PostgreSQL every node runs this
+   schedule; a prune first asks the store to be ``alone`` (an advisory lock
+   it never waits for), and a node that finds another pruning skips that run:
+   the deletes would have been the same.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .schedule import CronSpec, next_fire_ts, parse_cron
 
 if TYPE_CHECKING:
     from .clock import Clock
+    from .store import JobStore
 
 
 class RetentionHost(Protocol):
@@ -41,6 +46,7 @@ class RetentionHost(Protocol):
 
     clock: Clock
     grace: float
+    store: JobStore
 
     async def cleanup(
         self, older_than: float | timedelta = ..., statuses: Iterable[JobStatus | str] = ...
@@ -169,12 +175,17 @@ class Retention:
         )
 
     async def prune(self) -> int:
-        """Delete what is older than the ages now; returns how many jobs went."""
+        """Delete what is older than the ages now; returns how many jobs went
+        (0 when another process is pruning: note 3)."""
         deleted = 0
-        for status, age in sorted(self.ages.items()):
-            deleted += await self._rt.cleanup(older_than=age, statuses=[status])
-        if self.history is not None:
-            await self._rt.prune_history(self.history)
+        async with self._rt.store.alone("retention") as alone:
+            if not alone:
+                log.info("retention skipped: another process is pruning")
+                return 0
+            for status, age in sorted(self.ages.items()):
+                deleted += await self._rt.cleanup(older_than=age, statuses=[status])
+            if self.history is not None:
+                await self._rt.prune_history(self.history)
         self.runs += 1
         self.deleted += deleted
         self.last_run_at = self._rt.clock.now()

@@ -1442,7 +1442,10 @@ class Runtime:
 
         ``concurrency`` and ``capacity`` last while the owner runs; a pause
         (``paused``) is recorded in the database, so it outlives restarts and
-        takeovers. ``create``: declare the pool if there is none.
+        takeovers. In ``mode="nodes"`` all three are recorded and every node
+        applies them, nodes that join later included (concurrency stays per
+        node: 10 on 3 nodes runs up to 30 jobs). ``create``: declare the pool
+        if there is none.
         """
         if name not in self._pools and not create:
             raise PoolNotFound(name)
@@ -1463,6 +1466,11 @@ class Runtime:
         _apply_limits(local, concurrency, capacity, paused)
         if paused is not None and self._started:
             await self.store.set_pool_paused(name, paused)
+        recorded = None if isinstance(capacity, _Unset) else (capacity,)
+        if self.mode == "nodes" and self._started and (concurrency, recorded) != (None, None):
+            # Every node applies it, and those that join later (taskrt.nodes note 4).
+            assert self._pg is not None
+            await self._pg.set_pool_limits(name, concurrency, recorded)
         return local.statistics()
 
     async def replay_after(self, job_id: int, seq: int) -> list[Event] | None:

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pg_server
 import pytest
 
 from taskrt import JobContext, JobStatus, Runtime
 from taskrt.errors import InvalidOption, OwnershipError
 from taskrt.models import EventType
+from taskrt.web import create_app
 
 
 @pytest.fixture
@@ -161,6 +163,46 @@ async def test_a_pause_on_one_node_holds_every_node(url: str) -> None:
         await y.change_pool("p", paused=False)
         for i in ids:
             assert (await x.wait(i, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        transport = httpx.ASGITransport(app=create_app(x))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
+            reply = await http.patch("/pools/p", json={"concurrency": 7, "capacity": 50})
+            assert reply.status_code == 200, reply.text
+            assert (reply.json()["concurrency"], reply.json()["capacity"]) == (7, 50)
+        await until(lambda: (y.pool("p").concurrency, y.pool("p").capacity) == (7, 50), 5)
+        # Concurrency stays per node: a node's running jobs, not the schema's.
+        ids = [await x.pool("p").add("a", n, True) for n in range(14)]
+        await until(lambda: sum(len(ran[i]) for i in ids) == 14)
+        assert collections.Counter(r[0] for r in ran.values()) == {"x": 7, "y": 7}
+        await y.change_pool("p", capacity=None)
+        await until(lambda: x.pool("p").capacity is None)
+        async with node(url, "z", ran) as z:  # joins later: the recorded limits apply
+            assert (z.pool("p").concurrency, z.pool("p").capacity) == (7, None)
+        x.gate.set()  # type: ignore[attr-defined]
+        y.gate.set()  # type: ignore[attr-defined]
+        for i in ids:
+            assert (await x.wait(i, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_retention_prunes_on_one_node_at_a_time(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        ids = [await x.pool("p").add("b") for _ in range(6)]
+        for i in ids:
+            await x.wait(i, timeout=10)
+        await sql(url, "UPDATE jobs SET finished_at = finished_at - 30 * 86400")
+        async with x.store.alone("retention") as alone:
+            assert alone
+            assert await y.schedules.retention.prune() == 0  # x is pruning: y skips
+            async with y.store.alone("retention") as other:
+                assert not other
+        assert await y.schedules.retention.prune() == 6
+        assert await x.count() == 0
+        assert (await x.stats()).counts["SUCCESS"] == 0
 
 
 async def test_jobs_of_a_node_that_stopped_beating_run_again_elsewhere(url: str) -> None:

@@ -355,6 +355,12 @@ class JobStore(Protocol):
         """Record an operator's pause or resume (on PostgreSQL the owner is told)."""
         ...
 
+    def alone(self, what: str) -> AbstractAsyncContextManager[bool]:
+        """Whether this process alone does ``what`` while the block runs (retention:
+        on PostgreSQL's nodes each would prune; one does). Never waits: ``False``
+        when another process does it now. SQLite's one owner is always alone."""
+        ...
+
     async def pool_pauses(self) -> dict[str, bool]:
         """Every pool an operator paused or resumed, and whether it is paused."""
         ...

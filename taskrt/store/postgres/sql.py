@@ -166,7 +166,13 @@ SCHEMA_V2 = (
     )""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2)
+# Pool limits set at run time in mode "nodes" apply to every node, those that join later too.
+SCHEMA_V3 = (
+    "ALTER TABLE pool_settings ADD COLUMN concurrency INTEGER, "
+    "ADD COLUMN capacity INTEGER, ADD COLUMN capacity_set SMALLINT NOT NULL DEFAULT 0",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SQL_VERSION = "SELECT value FROM meta WHERE key = 'schema.version'"
@@ -563,6 +569,19 @@ SQL_RELEASE = "DELETE FROM lease WHERE id = 1 AND owner = $1"
 SQL_SET_PAUSED = (
     "INSERT INTO pool_settings (name, paused) VALUES ($1, $2) "
     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
+)
+# $2: the concurrency or NULL (unchanged); $3: 1 if the capacity is set, then $4 (NULL: none).
+SQL_SET_LIMITS = (
+    "INSERT INTO pool_settings (name, concurrency, capacity_set, capacity) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET "
+    "concurrency = COALESCE(excluded.concurrency, pool_settings.concurrency), "
+    "capacity_set = GREATEST(pool_settings.capacity_set, excluded.capacity_set), "
+    "capacity = CASE WHEN excluded.capacity_set = 1 THEN excluded.capacity "
+    "ELSE pool_settings.capacity END"
+)
+SQL_POOL_LIMITS = (
+    "SELECT name, concurrency, capacity_set, capacity FROM pool_settings "
+    "WHERE concurrency IS NOT NULL OR capacity_set = 1"
 )
 
 # -- nodes: every process runs workers (note 7) ------------------------------------------

@@ -54,6 +54,7 @@ from .sql import (
     SQL_NOTIFY,
     SQL_NOTIFY_ADDED,
     SQL_NOTIFY_POOLS,
+    SQL_POOL_LIMITS,
     SQL_PURGE,
     SQL_REAP,
     SQL_RELEASE,
@@ -63,6 +64,7 @@ from .sql import (
     SQL_RETRY_EXTERNAL,
     SQL_SEQ_GAP,
     SQL_SEQ_GAP_LOST,
+    SQL_SET_LIMITS,
     SQL_SET_PAUSED,
     numbered,
     recovery,
@@ -496,6 +498,43 @@ class PgStore(QueuedWrites, SharedReads):
         await self._script(
             [(SQL_SET_PAUSED, (name, int(paused))), (SQL_NOTIFY_POOLS, (self.channel,))]
         )
+
+    @contextlib.asynccontextmanager
+    async def alone(self, what: str) -> AsyncIterator[bool]:
+        """A session advisory lock named after the schema and ``what``, tried on a
+        connection held for the block and released after it."""
+        key = f"taskrt.{self.schema}.{what}"
+        try:
+            async with self.pool.acquire() as conn:
+                mine = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key))
+                try:
+                    yield mine
+                finally:
+                    if mine:
+                        await conn.fetchval("SELECT pg_advisory_unlock(hashtext($1))", key)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _error(self.path, exc) from exc
+
+    async def set_pool_limits(
+        self, name: str, concurrency: int | None, capacity: tuple[int | None] | None
+    ) -> None:
+        """Record a pool's concurrency (``None``: unchanged) and capacity (``None``:
+        unchanged, ``(None,)``: no limit) for every node of mode "nodes"; notify them."""
+        given, value = (0, None) if capacity is None else (1, capacity[0])
+        await self._script(
+            [
+                (SQL_SET_LIMITS, (name, concurrency, given, value)),
+                (SQL_NOTIFY_POOLS, (self.channel,)),
+            ]
+        )
+
+    async def pool_limits(self) -> dict[str, tuple[int | None, tuple[int | None] | None]]:
+        """The limits recorded by ``set_pool_limits``, by pool: (concurrency, capacity)."""
+        rows = await self.query(SQL_POOL_LIMITS)
+        return {
+            str(r["name"]): (r["concurrency"], (r["capacity"],) if r["capacity_set"] else None)
+            for r in rows
+        }
 
     # -- nodes: every process runs workers (note 7) ------------------------------------
 

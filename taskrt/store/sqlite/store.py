@@ -378,6 +378,10 @@ class Store(QueuedWrites, SharedReads):
                 raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
         return result
 
+    @contextlib.asynccontextmanager
+    async def alone(self, what: str) -> AsyncIterator[bool]:
+        yield True  # one process writes the file's jobs: its owner
+
     async def set_pool_paused(self, name: str, paused: bool) -> None:
         await self._script(
             [
