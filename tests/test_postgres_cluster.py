@@ -12,12 +12,15 @@ import asyncio
 import collections
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pg_server
 import pytest
+from test_web_sse import parse_sse
 
 from taskrt import JobContext, JobStatus, Runtime
 
@@ -36,10 +39,19 @@ class Cluster:
         self.url = url
         self.log = log
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.http: dict[str, str] = {}  # node -> base URL of its HTTP API
 
-    async def start(self, *names: str, concurrency: int = 10) -> None:
+    async def start(
+        self, *names: str, concurrency: int = 10, schedule: bool = False, http: bool = False
+    ) -> None:
         env = {**os.environ, "NODE_TTL": str(TTL), "NODE_CONCURRENCY": str(concurrency)}
+        if schedule:
+            env["NODE_SCHEDULE"] = "1"
         for name in names:
+            if http:
+                port = free_port()
+                env["NODE_HTTP_PORT"] = str(port)
+                self.http[name] = f"http://127.0.0.1:{port}"
             self.procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable,
                 str(NODE_APP),
@@ -77,6 +89,13 @@ class Cluster:
             job, attempt, name = line.split()
             out[int(job)].append((int(attempt), name))
         return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def client(url: str) -> Runtime:
@@ -186,3 +205,73 @@ async def test_sigstop_past_the_ttl_then_sigcont_late_writes_are_refused(
         await until_done(rt, len(ids) + len(more), 30)
         nodes = {n["id"].split(":")[1] for n in await rt.store.nodes()}  # type: ignore[attr-defined]
         assert len(nodes) == 2
+
+
+async def test_a_schedule_every_second_on_three_nodes_fires_each_slot_once(
+    url: str, cluster: Cluster
+) -> None:
+    await cluster.start("a", "b", "c", schedule=True)
+    began = time.time()
+    await asyncio.sleep(10)
+    ended = time.time()
+    await cluster.stop()
+    async with client(url) as rt:
+        jobs = (await rt.jobs(limit=1000)).jobs
+        slots = [j.metadata["slot"] for j in jobs if j.metadata.get("schedule") == "tick"]
+    assert len(slots) == len(set(slots)), f"a slot fired twice: {sorted(slots)}"
+    # Every slot of the 10 s during which all three nodes ran fired, once.
+    inside = sorted(s for s in slots if began <= s < ended)
+    assert len(inside) in (10, 11), inside
+    assert inside == [inside[0] + k for k in range(len(inside))], inside
+
+
+async def test_unique_keys_hold_under_concurrent_adds_from_three_node_processes(
+    url: str, cluster: Cluster
+) -> None:
+    await cluster.start("a", "b", "c", http=True)
+    keys = [f"k{n}" for n in range(20)]
+    async with httpx.AsyncClient(timeout=30) as http:
+
+        async def add(base: str, key: str) -> int:
+            body = {"task": "work", "args": [0, 1], "unique_key": key, "delay": 3600}
+            reply = await http.post(f"{base}/jobs", json=body)
+            assert reply.status_code == 201, reply.text
+            return int(reply.json()["id"])
+
+        adds = [
+            (key, add(base, key))
+            for _ in range(3)
+            for key in keys
+            for base in cluster.http.values()
+        ]
+        ids = await asyncio.gather(*(a for _, a in adds))
+    by_key: dict[str, set[int]] = collections.defaultdict(set)
+    for (key, _), job in zip(adds, ids, strict=True):
+        by_key[key].add(job)
+    assert all(len(found) == 1 for found in by_key.values()), by_key
+    async with client(url) as rt:
+        assert await rt.count(status="WAITING") == len(keys)
+
+
+async def test_a_stream_on_another_node_process_carries_every_event_and_resumes(
+    url: str, cluster: Cluster
+) -> None:
+    await cluster.start("a", "b", "c", http=True)
+    a, b, c = (cluster.http[n] for n in "abc")
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{a}/jobs", json={"task": "work", "args": [0, 400], "delay": 1})
+        job = reply.json()["id"]
+        on_b, on_c = await asyncio.gather(
+            http.get(f"{b}/jobs/{job}/events"), http.get(f"{c}/jobs/{job}/events")
+        )
+        frames = parse_sse(on_b.text)
+        assert [f.event for f in frames] == ["snapshot", "started", "progress", "success"]
+        assert [(f.id, f.event) for f in parse_sse(on_c.text)] == [(f.id, f.event) for f in frames]
+        ids = [int(f.id or 0) for f in frames]
+        assert ids == list(range(ids[0], ids[0] + 4)), ids
+        assert frames[-1].data is not None and frames[-1].data["result"] in ("a", "b", "c")
+        # Resumed on another node from the snapshot's id: the rest, same ids.
+        resumed = await http.get(f"{c}/jobs/{job}/events", headers={"Last-Event-ID": str(ids[0])})
+        assert [(f.id, f.event) for f in parse_sse(resumed.text)] == [
+            (f.id, f.event) for f in frames[1:]
+        ]
