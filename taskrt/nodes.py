@@ -227,6 +227,8 @@ class Nodes:
                 await self.look()
             except TaskrtError as exc:
                 log.warning("node %s: looking for changes failed: %s", self.node, exc)
+            except Exception:  # a loop that ended would leave the node deaf
+                log.exception("node %s: looking for changes failed", self.node)
 
     async def look(self) -> None:
         """Cancels asked for the jobs running here; every pool claims."""
@@ -264,6 +266,8 @@ class Nodes:
                 await self._reap(everything=False)
             except TaskrtError as exc:
                 log.warning("node %s: reaping failed: %s", self.node, exc)
+            except Exception:  # a loop that ended would reap no dead node again
+                log.exception("node %s: reaping failed", self.node)
 
     async def _reap(self, *, everything: bool) -> None:
         nodes, recovered, orphaned = await self.store.reap(

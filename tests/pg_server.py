@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -143,6 +143,55 @@ def fresh_schema(where: Path) -> str:
     A valid unquoted PostgreSQL identifier (``t_`` and 16 hex digits). Creates nothing.
     """
     return "t_" + hashlib.sha1(str(where).encode()).hexdigest()[:16]
+
+
+class OwnCluster:
+    """A throwaway cluster for one test that may restart it (``own_cluster``)."""
+
+    def __init__(self, cluster: _Cluster) -> None:
+        self._cluster = cluster
+        self.url = cluster.url
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every session ends; committed work stays."""
+        cluster = self._cluster
+        _run_logged(
+            [
+                *cluster.as_user,
+                cluster.pg_ctl,
+                "restart",
+                "-D",
+                str(cluster.folder / "data"),
+                "-m",
+                "fast",
+                "-l",
+                str(cluster.folder / "server.log"),
+                "-w",
+                "-t",
+                str(int(START_TIMEOUT)),
+            ],
+            cluster.folder / "pg_ctl.log",
+            "pg_ctl restart",
+            server_log=cluster.folder / "server.log",
+        )
+
+
+@contextlib.contextmanager
+def own_cluster() -> Iterator[OwnCluster]:
+    """A cluster of this test's own, made with ``initdb``/``pg_ctl`` and stopped after
+    (for a test that restarts the server). Where it cannot be made the test is
+    skipped, or fails under ``TASKRT_REQUIRE_POSTGRES=1``."""
+    try:
+        cluster = _start_cluster()
+    except _Unavailable as exc:
+        reason = _one_line(str(exc))
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason} ({REQUIRE_ENV}=1)", pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield OwnCluster(cluster)
+    finally:
+        _stop_cluster(cluster)
 
 
 # -- the session's database ----------------------------------------------------

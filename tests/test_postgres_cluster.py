@@ -23,6 +23,7 @@ import pytest
 from test_web_sse import parse_sse
 
 from taskrt import JobContext, JobStatus, Runtime
+from taskrt.errors import TaskrtError
 
 NODE_APP = Path(__file__).parent / "fixtures" / "nodes" / "node_app.py"
 TTL = 2.0
@@ -70,7 +71,8 @@ class Cluster:
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
 
-    async def stop(self) -> None:
+    async def stop(self) -> dict[str, int]:
+        """Stop every node; their exit statuses (0: a clean stop)."""
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGCONT)
@@ -81,6 +83,7 @@ class Cluster:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        return {name: proc.returncode or 0 for name, proc in self.procs.items()}
 
     def runs(self) -> dict[int, list[tuple[int, str]]]:
         """Every attempt started, by job: (attempt, node)."""
@@ -275,3 +278,54 @@ async def test_a_stream_on_another_node_process_carries_every_event_and_resumes(
         assert [(f.id, f.event) for f in parse_sse(resumed.text)] == [
             (f.id, f.event) for f in frames[1:]
         ]
+
+
+async def test_a_server_restart_mid_run_loses_no_acknowledged_job(tmp_path: Path) -> None:
+    """``pg_ctl restart`` while 3 nodes run jobs and a client adds more: every add
+    that returned an id ends SUCCESS, and a job runs again only after an attempt
+    the restart interrupted."""
+    with pg_server.own_cluster() as server:
+        url = f"{server.url}?schema=restart"
+        cluster = Cluster(url, tmp_path / "runs.log")
+        try:
+            await cluster.start("a", "b", "c")
+            acknowledged: list[int] = []
+            refused = 0
+            async with client(url) as rt:
+
+                async def keep_adding() -> None:
+                    nonlocal refused
+                    for batch in range(80):
+                        try:
+                            acknowledged.extend(
+                                await rt.pool("p").add_many(
+                                    "work", [(batch * 25 + n, 50) for n in range(25)]
+                                )
+                            )
+                        except TaskrtError:
+                            refused += 1  # not acknowledged: the server was away
+                        await asyncio.sleep(0.05)
+
+                adding = asyncio.create_task(keep_adding())
+                await asyncio.sleep(1.5)
+                await asyncio.to_thread(server.restart)
+                await adding
+                began = time.monotonic()
+                for job in acknowledged:
+                    info = await rt.wait(job, timeout=max(1.0, 60 - (time.monotonic() - began)))
+                    assert info.status is JobStatus.SUCCESS, info
+                runs = cluster.runs()
+                again = [job for job, r in runs.items() if len(r) > 1]
+                for job in again:
+                    outcomes = [a.outcome.value for a in await rt.attempts(job)]
+                    assert "interrupted" in outcomes, (job, runs[job], outcomes)
+            print(
+                f"{len(acknowledged)} jobs acknowledged, {refused} batches refused, "
+                f"{len(again)} run again after an interrupted attempt"
+            )
+            assert len(acknowledged) >= 1000
+            assert set(acknowledged) <= set(runs)
+            # Every node outlived the restart: its loops went on, and it stops cleanly.
+            assert await cluster.stop() == {"a": 0, "b": 0, "c": 0}
+        finally:
+            await cluster.stop()

@@ -33,6 +33,7 @@ import asyncpg
 
 from ...errors import StoreError
 from ..sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
+from .driver import DRIVER_ERRORS
 from .store import PgStore
 
 CHUNK = 5_000
@@ -216,11 +217,11 @@ async def copy_sqlite_to_postgres(
             pg = await asyncpg.connect(
                 store.dsn, server_settings={"search_path": f'"{store.schema}"'}
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {store.path!r}: {exc}") from exc
         try:
             return await _copy(conn, pg, store.path, on_table)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"copying to {store.path!r} failed (nothing was kept): {exc}") from exc
         finally:
             await pg.close()

@@ -19,8 +19,11 @@ from collections.abc import Callable
 
 import asyncpg
 
+from .driver import DRIVER_ERRORS
 from .lock import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from .sql import SQL_HEARTBEAT
+
+BEAT_FAILED: tuple[type[Exception], ...] = (*DRIVER_ERRORS, TimeoutError)
 
 log = logging.getLogger("taskrt.store")
 
@@ -105,7 +108,7 @@ class Heartbeat:
                 beat = conn.execute(SQL_HEARTBEAT, self.node)
                 status = await asyncio.wait_for(beat, self.interval)
                 found = status.endswith(" 1")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except BEAT_FAILED as exc:
                 log.warning("node %s: heartbeat failed: %s", self.node, exc)
                 if conn is not None:
                     conn.terminate()
@@ -126,5 +129,5 @@ class Heartbeat:
                 left = self.interval - (time.monotonic() - sent)
                 await asyncio.wait_for(self._stopped.wait(), max(0.0, left))
         if conn is not None:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 await conn.close(timeout=2)

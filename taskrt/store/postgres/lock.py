@@ -15,6 +15,8 @@ import logging
 
 import asyncpg
 
+from .driver import DRIVER_ERRORS
+
 log = logging.getLogger("taskrt.store")
 
 KEEPALIVE_IDLE = 5
@@ -62,7 +64,7 @@ class AdvisoryLock:
         try:
             conn = await self._connection()
             self._held = bool(await conn.fetchval(f"SELECT {self._try}(hashtext($1))", self._key))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             log.warning("cannot ask for the ownership lock: %s", exc)
             await self.let_go()
             return False
@@ -72,5 +74,5 @@ class AdvisoryLock:
         """End the session, which releases the lock (if it held it)."""
         conn, self._conn, self._held = self._conn, None, False
         if conn is not None:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 await conn.close(timeout=5)

@@ -29,6 +29,7 @@ from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import row_to_job
 from ..schedules import ScheduleWrites
+from .driver import DRIVER_ERRORS
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
 from .schema import migrate
@@ -184,11 +185,11 @@ class PgStore(QueuedWrites, SharedReads):
         (the version found, the version now)."""
         try:
             conn = await asyncpg.connect(self._dsn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
             found = await migrate(conn, self.schema, self.path)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot migrate {self.path!r}: {exc}") from exc
         finally:
             await conn.close()
@@ -197,11 +198,11 @@ class PgStore(QueuedWrites, SharedReads):
     async def open(self) -> None:
         try:
             admin = await asyncpg.connect(self._dsn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
             await migrate(admin, self.schema, self.path)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         finally:
             await admin.close()
@@ -217,7 +218,7 @@ class PgStore(QueuedWrites, SharedReads):
                 **self.connect_options(),
             )
             self._replace_counts(await self._pool.fetch(SQL_COUNTS))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             await self._close_pool()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         self._batches = PgBatches(
@@ -243,7 +244,7 @@ class PgStore(QueuedWrites, SharedReads):
         if pool is not None:
             try:
                 await pool.close()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DRIVER_ERRORS as exc:
                 log.error("closing %s failed: %s", self.path, exc)
 
     @property
@@ -268,26 +269,26 @@ class PgStore(QueuedWrites, SharedReads):
         """A transaction on a connection of its own (the group commit goes on meanwhile)."""
         try:
             conn = await self.pool.acquire()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         try:
             tx = conn.transaction()
             try:
                 await tx.start()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DRIVER_ERRORS as exc:
                 raise _error(self.path, exc) from exc
             handle = PgTransaction(conn)
             try:
                 yield handle
             except BaseException:
-                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                with contextlib.suppress(*DRIVER_ERRORS):
                     await tx.rollback()
                 raise
             try:
                 rows = await conn.fetch(SQL_COUNTS) if handle.counts_changed else None
                 await tx.commit()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except DRIVER_ERRORS as exc:
+                with contextlib.suppress(*DRIVER_ERRORS):
                     await tx.rollback()
                 raise _error(self.path, exc) from exc
             if rows is not None:
@@ -295,7 +296,7 @@ class PgStore(QueuedWrites, SharedReads):
         finally:
             # What the application's SQL set for the session (SET, advisory locks)
             # must not outlive its transaction on a connection taskrt uses again.
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 if not conn.is_closed():
                     await conn.execute(conn.get_reset_query())
             await self.pool.release(conn)
@@ -335,7 +336,7 @@ class PgStore(QueuedWrites, SharedReads):
                         "SELECT set_config('search_path', $1, true)",
                         path.removeprefix(f'"{tx.foreign}", '),
                     )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         tx.counts_changed = True
         out: list[InsertResult] = []
@@ -397,7 +398,7 @@ class PgStore(QueuedWrites, SharedReads):
             await conn.add_listener(self.channel, self._notified)
             if self._events is not None:
                 await conn.add_listener(self.events_channel, self._events_notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             log.warning("cannot listen on %s (%s); the owner polls", self.path, exc)
             self._relisten_later()
             return
@@ -439,7 +440,7 @@ class PgStore(QueuedWrites, SharedReads):
                 self.events_channel,
                 payloads,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
 
     async def unlisten(self) -> None:
@@ -451,7 +452,7 @@ class PgStore(QueuedWrites, SharedReads):
             self._relisten = None
         conn, self._listener = self._listener, None
         if conn is not None:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 await conn.close(timeout=5)
 
     # -- immediate operations ------------------------------------------------------
@@ -477,7 +478,7 @@ class PgStore(QueuedWrites, SharedReads):
                         if gate and rowcounts == [0]:
                             break
                 changed = await counted.apply(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         self._merge_counts(changed)
         return rowcounts
@@ -487,7 +488,7 @@ class PgStore(QueuedWrites, SharedReads):
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(numbered(SQL_OWNER) + " FOR UPDATE")
                 await conn.execute(SQL_CLAIM, owner, address, now)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
         return None if row is None else str(row[0])
 
@@ -512,7 +513,7 @@ class PgStore(QueuedWrites, SharedReads):
                 finally:
                     if mine:
                         await conn.fetchval("SELECT pg_advisory_unlock(hashtext($1))", key)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
 
     async def set_pool_limits(
@@ -580,7 +581,7 @@ class PgStore(QueuedWrites, SharedReads):
         run order, in one statement; none when the node's heartbeat is stale."""
         try:
             rows = await self.pool.fetch(SQL_CLAIM_JOBS, pool, now, list(tasks), limit, node)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         if rows:
             last = rows[-1]
@@ -667,7 +668,7 @@ class PgStore(QueuedWrites, SharedReads):
                 if deleted:
                     await conn.execute(SQL_DELETE_ATTEMPTS, deleted)
                 changed = await counted.apply(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         self._merge_counts(changed)
         return len(deleted)
@@ -690,7 +691,7 @@ class PgStore(QueuedWrites, SharedReads):
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return list(await self.pool.fetch(sql, *params))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -765,7 +766,7 @@ class PgTransaction(ScheduleWrites):
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return list(await self.conn.fetch(sql, *params))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             if transient(exc):
                 raise StoreUnavailable("the database", reason(exc)) from exc
             raise StoreError(f"{exc} (in: {sql})") from exc
@@ -777,7 +778,7 @@ class PgTransaction(ScheduleWrites):
     async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         try:
             await self.conn.executemany(sql, params)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"{exc} (in: {sql})") from exc
 
     async def mark_failed(
@@ -798,7 +799,7 @@ class PgTransaction(ScheduleWrites):
         try:
             async with self.conn.transaction():  # the row and its count, or neither
                 await run_pack(self.conn, [(FAIL_PART, [params])])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             if transient(exc):
                 raise StoreUnavailable("the database", reason(exc)) from exc
             raise StoreError(f"{exc} (in: mark_failed of job {job_id})") from exc

@@ -12,7 +12,6 @@ the adds (notes 1, 3). What a failure means is ``transient`` (note 5).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from ..adds import Moves, plan
 from ..groupcommit import Batch, ProgressRows, Rejected, Results
 from ..ops import MINUTES, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
+from .driver import DRIVER_ERRORS, LOST
 from .sql import (
     ADD_PART,
     MINUTES_PART,
@@ -60,9 +60,7 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
         return state[:2] in _TRANSIENT_CLASSES or state == "25006"  # read-only transaction
-    return isinstance(
-        exc, OSError | asyncpg.InterfaceError | asyncio.TimeoutError | ConnectionError
-    )
+    return isinstance(exc, LOST)
 
 
 class Tally(Moves):
@@ -225,16 +223,30 @@ class PgBatches:
             self._conn = await asyncpg.connect(self.dsn, **self.options)
         return self._conn
 
+    def drop(self) -> None:
+        """Forget the writer's connection after it was lost or left unusable
+        (``driver``): the next batch opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 await conn.close(timeout=5)
 
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
         """One statement when the batch touches each row once and its adds have no
         unique key and no chosen id (the usual batch: its own transaction, one round
         trip); else one transaction of a statement per pack, then the adds."""
+        try:
+            return await self._write(batch, progress)
+        except LOST:
+            self.drop()
+            raise
+
+    async def _write(self, batch: Batch, progress: ProgressRows) -> Results:
         planned = packs(batch, progress)
         groups = [jobs for jobs, _ in batch.inserts]
         simple = all(j.unique_key is None and j.job_id is None for g in groups for j in g)
@@ -273,6 +285,13 @@ class PgBatches:
 
     async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
         """The batch again, each part under its own savepoint (store note 10)."""
+        try:
+            return await self._write_parts(batch, progress)
+        except LOST:
+            self.drop()
+            raise
+
+    async def _write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
         rejected: Rejected = []
         results: Results = []
         changed: list[Any] = []
