@@ -177,11 +177,12 @@ class Runtime:
     - ``window``: waiting jobs each pool keeps in memory, of those due and of
       those delayed; the rest stay in the database until their turn comes
       near (``taskrt.waiting``), so a backlog of any size costs bounded memory.
-    - ``mode``: ``"owner"`` (one process runs the jobs, the others stand by;
-      note 3) or, on PostgreSQL, ``"nodes"``: every process with workers runs
-      jobs, claiming them from the database (``taskrt.nodes``); every process
-      of a schema must use the same mode. ``node_ttl``: seconds without a
-      heartbeat after which a node's running jobs are taken back.
+    - ``mode``: ``"nodes"``, the default on PostgreSQL: every process with
+      workers runs jobs, claiming them from the database (``taskrt.nodes``);
+      or ``"owner"``, the only mode on SQLite: one process runs the jobs, the
+      others stand by (note 3). Every process of a schema must use the same
+      mode. ``node_ttl``: seconds without a heartbeat after which a node's
+      running jobs are taken back.
     """
 
     def __init__(
@@ -207,7 +208,7 @@ class Runtime:
         stall_threshold: float = 1.0,
         busy_timeout: float = 5.0,
         window: int = DEFAULT_WINDOW,
-        mode: str = "owner",
+        mode: str | None = None,
         node_ttl: float = DEFAULT_TTL,
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
@@ -223,7 +224,7 @@ class Runtime:
             raise InvalidOption(
                 "max_recoveries", f"expected an integer of 0 or more, found {max_recoveries!r}"
             )
-        if mode not in ("owner", "nodes"):
+        if mode not in (None, "owner", "nodes"):
             raise InvalidOption("mode", f"expected 'owner' or 'nodes', found {mode!r}")
         if (
             isinstance(node_ttl, bool)
@@ -233,8 +234,10 @@ class Runtime:
             raise InvalidOption(
                 "node_ttl", f"expected seconds from 0.5 to 3600, found {node_ttl!r}"
             )
-        self.mode = mode
         target = str(path) if path is not None else os.environ.get(DATABASE_ENV, ":memory:")
+        if mode is None:
+            mode = "nodes" if is_server_url(target) else "owner"
+        self.mode = mode
         self.limits = limits or DEFAULT_LIMITS
         self.max_recoveries = max_recoveries
         self.workers = workers
@@ -832,6 +835,8 @@ class Runtime:
                 since=self._owning_since,
                 peers=self.relay_server.peers if self.relay_server is not None else 0,
             )
+        if self.mode == "nodes":  # no owner to reach: the database is the meeting point
+            return OwnerStatus(role=self.role, owner=None, reachable=True, since=None)
         # Who answered this process's connection (relay note 8), not the row.
         remote = self.remote
         connected = remote is not None and remote.connected
@@ -841,6 +846,14 @@ class Runtime:
             reachable=connected,
             since=remote.since if remote is not None and connected else None,
         )
+
+    async def cluster_nodes(self) -> list[dict[str, Any]]:
+        """The nodes of ``mode="nodes"`` alive (or not reaped yet): id, host, pid,
+        since, ttl and heartbeat age; empty in ``mode="owner"``."""
+        self.require_started("listing nodes")
+        if self.mode != "nodes" or self._pg is None:
+            return []
+        return await self._pg.nodes()
 
     def _forwarding(self) -> RelayClient | None:
         """The owner's relay, when calls go there (note 4)."""

@@ -75,6 +75,7 @@ APP = textwrap.dedent(
     rt = Runtime(
         os.environ["TASKRT_TEST_DB"],
         workers=os.environ["TASKRT_TEST_ROLE"] != "client",
+        mode=os.environ.get("TASKRT_TEST_MODE"),
         progress_interval=0.3,
     )
     rt.pool("work", concurrency=100)
@@ -238,13 +239,17 @@ def launch(tmp_path: Path, free_port: int) -> Iterator[Launch]:
 def launch_pg(tmp_path: Path, free_port: int) -> Iterator[Launch]:
     """``launch`` on PostgreSQL: a schema of the test's own on the test server."""
     url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
-    yield from launcher(tmp_path, free_port, url)
+    yield from launcher(tmp_path, free_port, url, mode="owner")  # one owner, standbys
 
 
-def launcher(tmp_path: Path, free_port: int, database: str) -> Iterator[Launch]:
+def launcher(
+    tmp_path: Path, free_port: int, database: str, *, mode: str | None = None
+) -> Iterator[Launch]:
     (tmp_path / "app.py").write_text(APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
     env["TASKRT_TEST_DB"] = database
+    if mode is not None:
+        env["TASKRT_TEST_MODE"] = mode
     env["PYTHONUNBUFFERED"] = "1"
     servers: list[Server] = []
 

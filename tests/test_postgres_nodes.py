@@ -165,6 +165,12 @@ async def test_a_pause_on_one_node_holds_every_node(url: str) -> None:
             assert (await x.wait(i, timeout=10)).status is JobStatus.SUCCESS
 
 
+async def http_get(rt: Runtime, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_app(rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        return await http.get(path)
+
+
 async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran) as x, node(url, "y", ran) as y:
@@ -178,6 +184,12 @@ async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: st
         ids = [await x.pool("p").add("a", n, True) for n in range(14)]
         await until(lambda: sum(len(ran[i]) for i in ids) == 14)
         assert collections.Counter(r[0] for r in ran.values()) == {"x": 7, "y": 7}
+        health = (await http_get(x, "/health")).json()
+        assert health["status"] == "ok" and health["ownership"]["role"] == "node"
+        assert sorted(n["id"] for n in health["nodes"]) == sorted(
+            rt.nodes.node for rt in (x, y) if rt.nodes is not None
+        )
+        assert all(n["heartbeat_age"] < 2.0 for n in health["nodes"])
         await y.change_pool("p", capacity=None)
         await until(lambda: x.pool("p").capacity is None)
         async with node(url, "z", ran) as z:  # joins later: the recorded limits apply
@@ -298,10 +310,10 @@ async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
 async def test_modes_do_not_mix_on_one_schema(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran):
-        owner = Runtime(url)
+        owner = Runtime(url, mode="owner")
         async with owner:
             assert owner.role == "standby"  # the nodes hold the schema
-    async with Runtime(url) as owner:
+    async with Runtime(url, mode="owner") as owner:
         assert owner.role == "owner"
         with pytest.raises(OwnershipError):
             await node(url, "y", ran).start()

@@ -58,9 +58,10 @@ def app(url: str, **options: object) -> Runtime:
     return rt
 
 
-async def test_jobs_run_retry_and_stream_their_events(url: str) -> None:
-    async with app(url) as rt:
-        assert rt.role == "owner"
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_jobs_run_retry_and_stream_their_events(url: str, mode: str) -> None:
+    async with app(url, mode=mode) as rt:
+        assert rt.role == {"owner": "owner", "nodes": "node"}[mode]
         stream = rt.subscribe(job_id := await rt.pool("p").add("double", 21))
         events = await collect(stream)
         assert [e.type for e in events][-1] == EventType.SUCCESS
@@ -76,9 +77,10 @@ async def test_jobs_run_retry_and_stream_their_events(url: str) -> None:
         assert (await rt.stats()).counts["SUCCESS"] == 22
 
 
-async def test_without_prepared_statements_as_behind_pgbouncer(url: str) -> None:
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_without_prepared_statements_as_behind_pgbouncer(url: str, mode: str) -> None:
     """``statement_cache_size=0`` (PgBouncer in transaction mode): the same jobs, the same results."""
-    async with app(f"{url}&statement_cache_size=0") as rt:
+    async with app(f"{url}&statement_cache_size=0", mode=mode) as rt:
         assert isinstance(rt.store, PgStore) and rt.store.statement_cache_size == 0
         ids = [await rt.pool("p").add("double", n) for n in range(10)]
         assert [(await rt.wait(i, timeout=5)).result for i in ids] == [2 * n for n in range(10)]
@@ -86,17 +88,18 @@ async def test_without_prepared_statements_as_behind_pgbouncer(url: str) -> None
         Runtime(f"{url}&statement_cache_size=many")
 
 
-async def test_a_restart_runs_the_jobs_that_were_waiting(url: str) -> None:
-    async with app(url, workers=False) as client:
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_a_restart_runs_the_jobs_that_were_waiting(url: str, mode: str) -> None:
+    async with app(url, mode=mode, workers=False) as client:
         ids = [await client.pool("p").add("double", n) for n in range(5)]
         assert client.role == "client"
-    async with app(url) as rt:
+    async with app(url, mode=mode) as rt:
         results = [(await rt.wait(i, timeout=5)).result for i in ids]
     assert results == [0, 2, 4, 6, 8]
 
 
 async def test_a_standby_takes_over_when_the_owner_stops(url: str) -> None:
-    owner, standby = app(url), app(url)
+    owner, standby = app(url, mode="owner"), app(url, mode="owner")
     async with owner:
         await standby.start()
         try:
@@ -111,10 +114,12 @@ async def test_a_standby_takes_over_when_the_owner_stops(url: str) -> None:
             await standby.stop()
 
 
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_jobs_added_in_the_applications_transaction_exist_only_if_it_commits(
     url: str,
+    mode: str,
 ) -> None:
-    async with app(url) as rt:
+    async with app(url, mode=mode) as rt:
         async with rt.transaction() as tx:
             await tx.execute("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
         async with rt.transaction() as tx:
@@ -131,14 +136,15 @@ async def test_jobs_added_in_the_applications_transaction_exist_only_if_it_commi
         assert [j.id for j in (await rt.jobs()).jobs] == [kept]
 
 
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
-    url: str, tmp_path: Path
+    url: str, mode: str, tmp_path: Path
 ) -> None:
     """``add(..., tx=connection)``: the job exists if and only if the application's
     transaction commits, and the owner starts it at once when it does (NOTIFY; its
     poll here is every 30 s)."""
     schema = pg_server.fresh_schema(tmp_path)
-    async with app(url, poll_interval=30) as rt:
+    async with app(url, mode=mode, poll_interval=30) as rt:
         conn = await asyncpg.connect(pg_server.require())
         try:
             path = await conn.fetchval("SHOW search_path")
@@ -166,18 +172,20 @@ async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
         assert [j.id for j in (await rt.jobs()).jobs] == [kept]
         assert rt.store.counted("p", JobStatus.SUCCESS) == 1
         # A process that cannot reach the owner's relay (another machine) writes
-        # the job to the database: the notification wakes the owner as well.
-        async with app(url, workers=False) as client:
-            relay, client.remote = client.remote, None  # as on another machine: no relay
-            assert relay is not None
-            await relay.close()
+        # the job to the database: the notification wakes the owner (or a node) as well.
+        async with app(url, mode=mode, workers=False) as client:
+            if mode == "owner":
+                relay, client.remote = client.remote, None  # as on another machine
+                assert relay is not None
+                await relay.close()
             sent = time.time()
             far = await client.pool("p").add("double", 1)
         info = await rt.wait(far, timeout=5)
         assert info.started_at is not None and info.started_at - sent < 0.5
 
 
-async def test_jobs_added_in_a_sqlalchemy_transaction(url: str) -> None:
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_jobs_added_in_a_sqlalchemy_transaction(url: str, mode: str) -> None:
     """SQLAlchemy's ``AsyncConnection`` over asyncpg works as ``tx=`` too."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -186,7 +194,7 @@ async def test_jobs_added_in_a_sqlalchemy_transaction(url: str) -> None:
         pg_server.require().replace("postgresql://", "postgresql+asyncpg://")
     )
     try:
-        async with app(url) as rt:
+        async with app(url, mode=mode) as rt:
             async with engine.begin() as conn:
                 await conn.execute(text("SELECT 1"))
                 kept = await rt.pool("p").add("double", 4, tx=conn)
@@ -205,7 +213,10 @@ async def test_jobs_added_in_a_sqlalchemy_transaction(url: str) -> None:
 async def test_a_pause_from_another_machine_reaches_the_owner_at_once(url: str) -> None:
     """A process with no relay to the owner records a pause; the notification makes
     the owner apply it in milliseconds (its poll here is every 30 s), and the resume."""
-    async with app(url, poll_interval=30) as owner, app(url, workers=False) as far:
+    async with (
+        app(url, mode="owner", poll_interval=30) as owner,
+        app(url, mode="owner", workers=False) as far,
+    ):
         relay, far.remote = far.remote, None  # as on another machine: no relay
         assert relay is not None
         await relay.close()
@@ -221,7 +232,10 @@ async def test_a_pause_from_another_machine_reaches_the_owner_at_once(url: str) 
 async def test_the_owners_listener_comes_back_after_its_connection_is_killed(url: str) -> None:
     """``pg_terminate_backend`` of the owner's listener: it listens again within a
     second or two, and the next add from another machine starts at once (poll: 30 s)."""
-    async with app(url, poll_interval=30) as owner, app(url, workers=False) as far:
+    async with (
+        app(url, mode="owner", poll_interval=30) as owner,
+        app(url, mode="owner", workers=False) as far,
+    ):
         relay, far.remote = far.remote, None  # as on another machine: no relay
         assert relay is not None
         await relay.close()
@@ -247,10 +261,11 @@ async def test_the_owners_listener_comes_back_after_its_connection_is_killed(url
         assert info.started_at is not None and info.started_at - sent < 0.5
 
 
-async def test_on_failed_writes_with_the_failure_through_the_driver(url: str) -> None:
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_on_failed_writes_with_the_failure_through_the_driver(url: str, mode: str) -> None:
     """``on_failed(job, tx)``: PostgreSQL's SQL through ``tx`` and ``tx.driver`` (asyncpg)
     commits with the failure; a hook that raises rolls back only its own writes."""
-    rt = app(url)
+    rt = app(url, mode=mode)
 
     async def audit(job: JobInfo, tx: Transaction) -> None:
         assert isinstance(tx.driver, asyncpg.Connection | PoolConnectionProxy)
@@ -274,8 +289,9 @@ async def test_on_failed_writes_with_the_failure_through_the_driver(url: str) ->
     assert [tuple(r) for r in rows] == [(first, "via driver"), (first, "via tx")]
 
 
-async def test_the_http_api_serves_from_postgresql(url: str) -> None:
-    async with app(url) as rt:
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_the_http_api_serves_from_postgresql(url: str, mode: str) -> None:
+    async with app(url, mode=mode) as rt:
         transport = httpx.ASGITransport(app=create_app(rt))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             r = await client.post("/jobs", json={"task": "double", "args": [4]})

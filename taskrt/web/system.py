@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..errors import TaskrtError
 from .errors import ApiError
 from .inputs import invalid, query_int, query_time
 from .routing import Api, EndpointGroup, Param, Reply
@@ -22,7 +25,8 @@ group = EndpointGroup("system", "Health, statistics and tasks.")
             "the runtime is started and its database takes writes: "
             '`{"status": "ok" | "degraded", "ownership": {"role", "owner", "reachable", '
             '"since", "peers"}}` ("degraded": this process cannot reach the owner and '
-            "serves from the database)",
+            'serves from the database); on PostgreSQL\'s mode "nodes", also `"nodes"`: '
+            "each node alive (id, host, pid, since, ttl, heartbeat_age)",
             {"type": "object"},
         ),
         503: Reply(
@@ -54,7 +58,13 @@ async def health(api: Api, request: Request) -> Response:
     # A process that cannot reach the owner still serves (adds go to the
     # database, streams poll) but says so: "degraded".
     status = "ok" if owner["reachable"] else "degraded"
-    return JSONResponse({"status": status, "ownership": owner})
+    answer: dict[str, Any] = {"status": status, "ownership": owner}
+    if api.runtime.mode == "nodes":
+        try:
+            answer["nodes"] = await api.runtime.cluster_nodes()
+        except TaskrtError:
+            answer["nodes"] = None  # the database did not answer this read: unknown
+    return JSONResponse(answer)
 
 
 @group.get(
