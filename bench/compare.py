@@ -37,7 +37,8 @@ read them):
   statistics gives.
 
 Systems: taskrt (SQLite file, ``synchronous=normal``, and ``full`` for
-reference), taskrt-pg (taskrt on PostgreSQL, in process like taskrt; each
+reference), taskrt-pg (taskrt on PostgreSQL, in process like taskrt, in its
+default mode "nodes"; taskrt-pg-owner the same in mode "owner"; each
 phase on a fresh schema ``bench_<phase>_<run>`` of the server at
 ``$COMPARE_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``,
 dropped at the end), Huey (``SqliteHuey`` file, consumer in a subprocess with
@@ -116,8 +117,10 @@ STOP_GRACE = 10.0  # SIGTERM, then SIGKILL of the whole process group
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = ("enqueue_rate", "end_to_end", "add_to_start_latency", "drain_backlog")
 # The systems that measure drain_backlog; the others print no line for it.
-BACKLOG_SYSTEMS = ("taskrt", "taskrt-full", "taskrt-pg", "procrastinate")
-POSTGRES_SYSTEMS = ("taskrt-pg", "procrastinate")
+BACKLOG_SYSTEMS = ("taskrt", "taskrt-full", "taskrt-pg", "taskrt-pg-owner", "procrastinate")
+POSTGRES_SYSTEMS = ("taskrt-pg", "taskrt-pg-owner", "procrastinate")
+# taskrt's mode on PostgreSQL, by system: every process a node (the default), or one owner.
+PG_MODES = {"taskrt-pg": "nodes", "taskrt-pg-owner": "owner"}
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TASKRT_URL_PARAMS = ("schema", "statement_cache_size")  # taskrt's own, not the server's
 TASKRT_PG_PHASES = ("a", "b", "c", "d", "e")  # e: drain_backlog after ANALYZE
@@ -153,7 +156,16 @@ SYSTEMS: dict[str, tuple[str, bool, str, str]] = {
         "(group commit: one per batch of concurrent adds) is committed",
         "in-process like taskrt: Runtime('postgresql://...?schema=bench_<phase>_<run>') "
         "(asyncpg), producer and pool (concurrency 10) share one asyncio loop; this "
-        "process is the schema's owner, the one process that runs its jobs",
+        "process is a node (mode 'nodes', the default): it claims the jobs it runs "
+        "from the table",
+    ),
+    "taskrt-pg-owner": (
+        "taskrt",
+        False,
+        PG_DURABILITY + "; add returns after the transaction holding its job "
+        "(group commit: one per batch of concurrent adds) is committed",
+        "as taskrt-pg, in mode 'owner': this process is the schema's owner, the one "
+        "process that runs its jobs, and keeps the next waiting jobs in memory",
     ),
     "huey": (
         "huey",
@@ -1053,10 +1065,12 @@ async def _peer_drain(
 # -- taskrt, in process ----------------------------------------------------------------
 
 
-def _taskrt_runtime(target: str, synchronous: str, started: list[float] | None = None) -> Any:
+def _taskrt_runtime(
+    target: str, synchronous: str, started: list[float] | None = None, *, mode: str | None = None
+) -> Any:
     from taskrt import JobContext, Runtime
 
-    rt = Runtime(target, synchronous=synchronous)  # type: ignore[arg-type]
+    rt = Runtime(target, synchronous=synchronous, mode=mode)  # type: ignore[arg-type]
 
     @rt.task(name="noop")
     async def noop(job: JobContext) -> None:
@@ -1097,7 +1111,7 @@ async def _analyze_pg_schema(base: str, schema: str) -> None:
 
 async def taskrt_section(name: str, tmp: Path, n: int, backlog: int) -> None:
     sync = "full" if name == "taskrt-full" else "normal"
-    if name == "taskrt-pg":
+    if name in PG_MODES:
         # A fresh schema of the server for each phase, dropped at the end.
         base = _pg_base_url()
         schemas = [_taskrt_pg_schema(phase) for phase in TASKRT_PG_PHASES]
@@ -1140,7 +1154,7 @@ async def _taskrt_phases(
 ) -> None:
     # (a) enqueue rate, workers paused.
     try:
-        rt = _taskrt_runtime(target("a"), sync)
+        rt = _taskrt_runtime(target("a"), sync, mode=PG_MODES.get(name))
         rt.pool("default").pause()
         async with rt:
             await rt.add("noop")
@@ -1154,7 +1168,7 @@ async def _taskrt_phases(
 
     # (b) end to end: the pool runs while the producer adds.
     try:
-        rt = _taskrt_runtime(target("b"), sync)
+        rt = _taskrt_runtime(target("b"), sync, mode=PG_MODES.get(name))
         pool = rt.pool("default")
         async with rt:
             await rt.wait(await rt.add("noop"), timeout=10)
@@ -1187,7 +1201,7 @@ async def _taskrt_phases(
     # (c) add -> start latency.
     try:
         started: list[float] = []
-        rt = _taskrt_runtime(target("c"), sync, started)
+        rt = _taskrt_runtime(target("c"), sync, started, mode=PG_MODES.get(name))
         async with rt:
             await rt.wait(await rt.add("noop"), timeout=10)
 
@@ -1220,11 +1234,11 @@ async def _taskrt_drain(
     """Jobs added behind a pool paused in this process only (not recorded in the
     database); then a new runtime on the database runs them."""
     fields: dict[str, Any] = {}
-    if name == "taskrt-pg":
+    if name in PG_MODES:
         fields["after_analyze"] = analyze is not None
     try:
         phase = "d" if analyze is None else "e"
-        rt = _taskrt_runtime(target(phase), sync)
+        rt = _taskrt_runtime(target(phase), sync, mode=PG_MODES.get(name))
         pool = rt.pool("default")
         pool.pause()
         async with rt:
@@ -1233,7 +1247,7 @@ async def _taskrt_drain(
             enqueue_seconds = time.monotonic() - t
         if analyze is not None:
             await analyze()
-        rt = _taskrt_runtime(target(phase), sync)
+        rt = _taskrt_runtime(target(phase), sync, mode=PG_MODES.get(name))
         pool = rt.pool("default")
         t0 = time.monotonic()
         async with rt:

@@ -29,12 +29,13 @@ Design notes:
    first waits for its interrupted jobs to end, writes out what it queued,
    and joins again.
 4. **Told, and polling slowly.** A node listens on the schema's channel:
-   ``added:<pool>`` (an add's commit) makes that pool claim, ``changed`` (a
-   cancel, a retry, run now, recovered jobs) makes every pool claim and looks
-   for cancels of its running jobs, ``pools`` applies pauses and the limits
-   set at run time (``PATCH /pools/{name}`` on any node: the concurrency and
-   capacity recorded in ``pool_settings``, which nodes joining later apply
-   too). Every
+   ``added:<pool>`` (sent by the statement that adds, so at its commit, with
+   the adding node's name: that node ignores its own, having looked already)
+   makes that pool claim; ``changed`` (a cancel, a retry, run now, recovered
+   jobs) makes every pool claim and looks for cancels of its running jobs;
+   ``pools`` applies pauses and the limits set at run time (``PATCH
+   /pools/{name}`` on any node: the concurrency and capacity recorded in
+   ``pool_settings``, which nodes joining later apply too). Every
    ``poll_interval`` (at least a second) it does all of that anyway: a lost
    notification costs latency, never a job.
 """
@@ -209,6 +210,9 @@ class Nodes:
         """A notification on the schema's channel."""
         kind, _, pool = what.partition(":")
         if kind == "added" and pool:
+            pool, _, by = pool.partition("\t")
+            if by == self.node:
+                return  # its own adds: the pool looked when they committed
             found = self.pools.get(pool)
             if found is not None:
                 found.poke()

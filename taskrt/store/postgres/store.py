@@ -71,7 +71,7 @@ from .sql import (
     recovery,
     tally,
 )
-from .writer import Key, PgBatches, Tally, insert_jobs, run_pack, transient
+from .writer import Key, PgBatches, Tally, added_payload, insert_jobs, run_pack, transient
 
 log = logging.getLogger("taskrt.store")
 
@@ -226,7 +226,7 @@ class PgStore(QueuedWrites, SharedReads):
             self.connect_options(),
             self._counts,
             self.channel,
-            announce=self.node is not None,
+            announce=self.node,
         )
         self._writes.start(self._batches)
 
@@ -329,7 +329,8 @@ class PgStore(QueuedWrites, SharedReads):
                     await conn.execute("SELECT pg_notify($1, 'added')", self.channel)
                 if self.node is not None:  # every node claims (note 7): sent at the commit
                     pools = sorted({job.pool for job in jobs})
-                    await conn.execute(SQL_NOTIFY_ADDED, self.channel, pools)
+                    payloads = [added_payload(pool, None) for pool in pools]  # every node
+                    await conn.execute(SQL_NOTIFY_ADDED, self.channel, payloads)
             finally:
                 if tx.foreign is not None and not conn.is_closed():
                     await conn.execute(

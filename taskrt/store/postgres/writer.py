@@ -28,6 +28,7 @@ from ..protocol import InsertResult, NewJob
 from .driver import DRIVER_ERRORS, LOST
 from .sql import (
     ADD_PART,
+    ANNOUNCED_ADD_PART,
     MINUTES_PART,
     PARTS,
     PROGRESS_PART,
@@ -204,12 +205,13 @@ class PgBatches:
         counts: dict[Key, int],
         channel: str,
         *,
-        announce: bool = False,
+        announce: str | None = None,
     ) -> None:
         self.dsn = dsn
         self.options = options  # asyncpg's connect options (the store's)
         self.channel = channel  # the owner's: adds of other processes wake it (note 6)
-        # Every node claims (note 7): each add is announced, ``added:<pool>``.
+        # Every node claims (note 7): each add is announced, ``added:<pool>:<node>``
+        # (this node's name: it ignores its own, having looked at once).
         self.announce = announce
         # Jobs by pool and status as of the latest committed write that changed them.
         self.counts = counts
@@ -252,10 +254,16 @@ class PgBatches:
         simple = all(j.unique_key is None and j.job_id is None for g in groups for j in g)
         if groups and simple:
             added = [_add_row(job) for jobs in groups for job in jobs]
+            part = ADD_PART
+            if self.announce is not None:  # sent by the statement that adds (note 7)
+                part = ANNOUNCED_ADD_PART
+                added = [
+                    (*row, self.channel, added_payload(row[1], self.announce)) for row in added
+                ]
             if planned:
-                planned[-1].append((ADD_PART, added))
+                planned[-1].append((part, added))
             else:
-                planned.append([(ADD_PART, added)])
+                planned.append([(part, added)])
         changed: list[Any] = []
         results: Results = []
         conn = await self.connection()
@@ -271,17 +279,22 @@ class PgBatches:
                     tally = Tally()
                     results = await insert_jobs(conn, groups, tally)
                     changed.extend(await tally.apply(conn))
+                    await self._announce(conn, groups)
         if any(job.external for jobs in groups for job in jobs):
             await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
-        if self.announce and groups:
-            pools = sorted({job.pool for jobs in groups for job in jobs})
-            await conn.execute(SQL_NOTIFY_ADDED, self.channel, pools)
         if groups and simple:
             last = next(int(n) for pool, _, n in changed if pool is None)
             first = last - sum(len(g) for g in groups) + 1
             results = [InsertResult(first + k, True) for k in range(last - first + 1)]
         self._merge(changed)
         return results
+
+    async def _announce(self, conn: asyncpg.Connection, groups: list[list[NewJob]]) -> None:
+        """Inside the transaction that adds ``groups``: tell every node (note 7)."""
+        if self.announce is not None and groups:
+            pools = sorted({job.pool for jobs in groups for job in jobs})
+            payloads = [added_payload(pool, self.announce) for pool in pools]
+            await conn.execute(SQL_NOTIFY_ADDED, self.channel, payloads)
 
     async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
         """The batch again, each part under its own savepoint (store note 10)."""
@@ -319,6 +332,7 @@ class PgBatches:
                     refused.__cause__ = error
                     out = [refused] * len(jobs)
                 results.extend(out)
+            await self._announce(conn, [jobs for jobs, _ in batch.inserts])
         self._merge(changed)
         return results, rejected
 
@@ -333,6 +347,12 @@ class PgBatches:
 
     async def resumed(self) -> None:
         return None
+
+
+def added_payload(pool: str, node: str | None) -> str:
+    """The notification of adds to ``pool`` by ``node`` (``None``: by no node, so
+    every node looks): ``added:<pool>``, then a tab and the node's name."""
+    return f"added:{pool}" if node is None else f"added:{pool}\t{node}"
 
 
 def _add_row(job: NewJob) -> tuple[Any, ...]:
