@@ -15,10 +15,14 @@ Design notes:
    and go together, as few notifications as fit (each under PostgreSQL's
    8,000 bytes); a job's progress events of one flush are conflated to the
    last, so the rate across nodes is bounded by the flushes, not the reports.
-2. **After their write.** A flush that carries a job's change of status
-   (started, retrying, a terminal event) first waits for the store's queued
-   writes to commit: a node that receives ``success`` and reads the job finds
-   it SUCCESS. Progress goes at once (its write is coalesced).
+2. **With their write.** A flush queues its notifications behind the writes
+   queued before it (``PgStore.send_events``): they are part of the next
+   group commit's statement and leave at its commit, so a node that receives
+   ``success`` and reads the job finds it SUCCESS, and sending costs no round
+   trip of its own. While the database takes no writes they wait with the
+   writes, in order; progress events are dropped meanwhile (the next one, or
+   the end, carries the state), so an outage keeps one notification per
+   change of status in memory, not one per report.
 3. **Pointers for big events.** An event whose encoding would not fit (a
    large result) is sent as a pointer: the job id, the sequence and the kind,
    without data. The receiver reads the job's row (once its sequence has
@@ -46,15 +50,6 @@ log = logging.getLogger("taskrt")
 
 MAX_PAYLOAD = 7_900
 """Bytes of one notification (PostgreSQL refuses 8,000 or more)."""
-_STATUS_EVENTS = frozenset(
-    {
-        EventType.STARTED,
-        EventType.RETRYING,
-        EventType.SUCCESS,
-        EventType.FAILURE,
-        EventType.CANCELLED,
-    }
-)
 
 
 class NodeBus(Broker):
@@ -65,20 +60,21 @@ class NodeBus(Broker):
         self,
         node: str,
         *,
-        send: Callable[[list[str]], Awaitable[None]],
-        settle: Callable[[], Awaitable[None]],
+        send: Callable[[list[str]], None],
+        failing: Callable[[], bool],
         read: Callable[[int], Awaitable[JobInfo | None]],
         buffer: int,
         replay: int,
     ) -> None:
         super().__init__(buffer=buffer, replay=replay)
         self.node = node
-        self._send = send  # notifications out, in order
-        self._settle = settle  # the store's queued writes, committed
+        self._send = send  # notifications out, behind the queued writes (note 2)
+        self._failing = failing  # the database takes no writes now
         self._read = read  # a job's row
         self._out: list[Event] = []
         self._progress: dict[int, int] = {}  # job id -> its progress event in _out
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushing = False
+        self._prefix = f'{{"n":{json.dumps(node)},'  # the start of this node's own
 
     def wants(self, job_id: int) -> bool:
         return True  # a subscriber may be on another node
@@ -93,28 +89,19 @@ class NodeBus(Broker):
                 return
             self._progress[event.job_id] = len(self._out)
         self._out.append(event)
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(
-                self._flush(), name="taskrt-node-events"
-            )
+        if not self._flushing:
+            self._flushing = True  # what this turn of the loop publishes goes too
+            asyncio.get_running_loop().call_soon(self._flush)
 
     # -- out (notes 1-3) ----------------------------------------------------------------
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # what this turn of the loop publishes goes too
-        try:
-            while self._out:
-                events, self._out, self._progress = self._out, [], {}
-                if any(e.type in _STATUS_EVENTS for e in events):
-                    await self._settle()  # note 2
-                try:
-                    await self._send(self._payloads(events))
-                except Exception as exc:  # the other nodes' streams resume from snapshots
-                    log.warning(
-                        "node %s: sending %d event(s) failed: %s", self.node, len(events), exc
-                    )
-        finally:
-            self._flushing = None
+    def _flush(self) -> None:
+        events, self._out, self._progress = self._out, [], {}
+        self._flushing = False
+        if events and self._failing():  # note 2
+            events = [e for e in events if e.type is not EventType.PROGRESS]
+        if events:
+            self._send(self._payloads(events))
 
     def _payloads(self, events: list[Event]) -> list[str]:
         head = f'{{"n":{json.dumps(self.node)},"e":['
@@ -140,10 +127,10 @@ class NodeBus(Broker):
 
     def deliver(self, payload: str) -> None:
         """A notification on the events channel: publish the other nodes' events here."""
+        if payload.startswith(self._prefix):
+            return  # its own, back from the channel
         try:
             message = json.loads(payload)
-            if message.get("n") == self.node:
-                return
             raws: list[list[Any]] = message["e"]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("node %s: an events notification it cannot read: %s", self.node, exc)

@@ -290,7 +290,7 @@ class Runtime:
             self.broker = NodeBus(
                 node,
                 send=self._pg.send_events,
-                settle=self._pg.flush,
+                failing=lambda: self.store.failing,
                 read=self._pg.get_job,
                 buffer=subscriber_buffer,
                 replay=replay,

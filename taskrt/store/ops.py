@@ -67,6 +67,9 @@ CLEAR_EXTERNAL = Op("clear_external")  # (id, seq, cancel_requested)
 RETRIED = Op("retried", 2)  # (at, job_id, job_id)
 MINUTES = Op("minutes")  # (minute, pool, task, succeeded, ..., b11): a MinuteRow
 SCHEDULE_FAILED = Op("schedule_failed")  # (name,)
+# (channel, payload): a notification the batch's commit sends, after its writes
+# (PostgreSQL's events across nodes; a backend without notifications never gets one).
+NOTIFY = Op("notify")
 
 
 def failure_params(

@@ -22,6 +22,7 @@ from ..ops import (
     CLEAR_EXTERNAL,
     FAIL,
     MINUTES,
+    NOTIFY,
     REQUEUE,
     RETRIED,
     SCHEDULE_FAILED,
@@ -419,6 +420,18 @@ ANNOUNCED_ADD_PART = Part(
 """``ADD_PART`` where every node claims (note 7): its rows end with the channel and
 ``added:<pool>:<node>``, the notification that makes the other nodes claim."""
 
+
+def _notify(i: int, base: int) -> list[str]:
+    return [
+        f"g{i} AS (SELECT pg_notify(v.c, v.p) FROM unnest(${base + 1}::text[], "
+        f"${base + 2}::text[]) WITH ORDINALITY AS v(c, p, ord) ORDER BY v.ord)"
+    ]
+
+
+NOTIFY_PART = Part("notify", 2, "", None, None, _notify)
+"""Notifications sent at the commit of the statement's transaction, in order: the
+events of ``mode="nodes"`` ride the writes they follow (``taskrt.nodebus``)."""
+
 PARTS: dict[Op, Part] = {
     START: START_PART,
     ATTEMPT: ATTEMPT_PART,
@@ -430,6 +443,7 @@ PARTS: dict[Op, Part] = {
     RETRIED: RETRIED_PART,
     MINUTES: MINUTES_PART,
     SCHEDULE_FAILED: SCHEDULE_FAILED_PART,
+    NOTIFY: NOTIFY_PART,
 }
 """Each queued write's part (``FLUSH`` has none: it writes nothing)."""
 
@@ -451,6 +465,8 @@ def combined(parts: tuple[Part, ...]) -> str:
             moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
         if part is ADD_PART or part is ANNOUNCED_ADD_PART:
             out.append(f"SELECT NULL::text, NULL::text, last FROM l{i}")
+        if part is NOTIFY_PART:  # read to the end, so every notification is sent; no row
+            out.append(f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0")
     if moved:
         ctes.append(f"m AS ({' UNION ALL '.join(moved)})")
         ctes.append(

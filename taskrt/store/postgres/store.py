@@ -22,7 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import JobInfo, JobStatus
 from ..groupcommit import reason
-from ..ops import failure_params
+from ..ops import NOTIFY, failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob
 from ..queries import MINUTE_COLUMNS, SQL_OWNER
 from ..queued import QueuedWrites
@@ -433,16 +433,11 @@ class PgStore(QueuedWrites, SharedReads):
         loop = asyncio.get_running_loop()
         self._relisten = loop.call_later(1.0, lambda: loop.create_task(self._listen()))
 
-    async def send_events(self, payloads: list[str]) -> None:
-        """Notifications on the events channel, in order, after anything sent before."""
-        try:
-            await self.pool.execute(
-                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                self.events_channel,
-                payloads,
-            )
-        except DRIVER_ERRORS as exc:
-            raise _error(self.path, exc) from exc
+    def send_events(self, payloads: list[str]) -> None:
+        """Notifications on the events channel, in order, sent by the commit of the
+        writes queued before them (they ride the next batch, note 7)."""
+        for payload in payloads:
+            self._writes.queue(NOTIFY, (self.events_channel, payload))
 
     async def unlisten(self) -> None:
         self._wake = None

@@ -23,13 +23,14 @@ from ...errors import StoreError
 from ...models import JobStatus
 from ..adds import Moves, plan
 from ..groupcommit import Batch, ProgressRows, Rejected, Results
-from ..ops import MINUTES, SCHEDULE_FAILED, segments
+from ..ops import MINUTES, NOTIFY, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
 from .driver import DRIVER_ERRORS, LOST
 from .sql import (
     ADD_PART,
     ANNOUNCED_ADD_PART,
     MINUTES_PART,
+    NOTIFY_PART,
     PARTS,
     PROGRESS_PART,
     SCHEDULE_FAILED_PART,
@@ -103,7 +104,10 @@ def packs(batch: Batch, progress: ProgressRows) -> list[list[Group]]:
         groups.append((PROGRESS_PART, [(i, *row) for i, row in progress.items()]))
     minutes: list[tuple[Any, ...]] = []
     failed: list[tuple[Any, ...]] = []
-    for run in segments(batch.statements):
+    # Notifications go last, together: sent at the commit, after every write.
+    notes = [params for op, params, _ in batch.statements if op is NOTIFY]
+    writes = [s for s in batch.statements if s[0] is not NOTIFY] if notes else batch.statements
+    for run in segments(writes):
         for op, rows in run:
             if op is MINUTES:
                 minutes.extend(rows)
@@ -115,6 +119,8 @@ def packs(batch: Batch, progress: ProgressRows) -> list[list[Group]]:
         groups.append((MINUTES_PART, _summed_minutes(minutes)))
     if failed:
         groups.append((SCHEDULE_FAILED_PART, failed))
+    if notes:
+        groups.append((NOTIFY_PART, notes))
     out: list[list[Group]] = []
     current: list[Group] = []
     touched: set[tuple[str, Any]] = set()
