@@ -21,6 +21,7 @@ import pytest
 from taskrt import JobContext, JobStatus, Runtime
 from taskrt.errors import InvalidOption, OwnershipError
 from taskrt.models import EventType
+from taskrt.store.postgres import PgStore
 from taskrt.web import create_app
 
 
@@ -305,6 +306,22 @@ async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
     assert len(set(slots)) == len(slots), "a slot fired twice"
     (fires,) = await sql(url, "SELECT fires FROM schedules WHERE name = 'tick'")
     assert fires["fires"] == len(slots)
+
+
+async def test_a_schema_of_the_longest_name_has_channels_that_fit(tmp_path: Path) -> None:
+    """PostgreSQL refuses channel names over 63 bytes: a 63-character schema's nodes
+    still wake each other and send each other their events."""
+    schema = pg_server.fresh_schema(tmp_path).ljust(63, "x")
+    long = f"{pg_server.require()}?schema={schema}"
+    ran: Ran = collections.defaultdict(list)
+    async with (
+        node(long, "x", ran, poll_interval=30) as x,
+        node(long, "c", ran, workers=False) as c,
+    ):
+        assert isinstance(x.store, PgStore) and len(x.store.events_channel.encode()) <= 63
+        job = await c.pool("p").add("a", 1)
+        events = [e.type async for e in c.subscribe(job)]
+        assert events[-1] is EventType.SUCCESS and ran[job] == ["x"]
 
 
 async def test_modes_do_not_mix_on_one_schema(url: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -79,6 +80,18 @@ SCHEMES = ("postgresql", "postgres")
 """URL schemes of a PostgreSQL database (``Runtime("postgresql://...")``)."""
 
 DEFAULT_SCHEMA = "taskrt"
+_NAME_BYTES = 63  # PostgreSQL's identifiers, channel names included
+
+
+def _channel(schema: str, suffix: str) -> str:
+    """``taskrt.<schema><suffix>``; past PostgreSQL's 63 bytes (a long schema name),
+    the schema's name is replaced by a digest of it, so the name still fits."""
+    name = f"taskrt.{schema}{suffix}"
+    if len(name.encode()) <= _NAME_BYTES:
+        return name
+    return f"taskrt.{hashlib.sha256(schema.encode()).hexdigest()[:24]}{suffix}"
+
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Query parameters of the URL that are taskrt's, not the driver's.
 _OWN_PARAMETERS = ("schema", "statement_cache_size")
@@ -368,13 +381,13 @@ class PgStore(QueuedWrites, SharedReads):
 
     @property
     def channel(self) -> str:
-        """The notification channel of this schema's owner."""
-        return f"taskrt.{self.schema}"
+        """The notification channel of this schema's owner (or nodes)."""
+        return _channel(self.schema, "")
 
     @property
     def events_channel(self) -> str:
         """Where nodes send each other their events (``taskrt.nodebus``)."""
-        return f"{self.channel}.events"
+        return _channel(self.schema, ".events")
 
     async def listen(
         self,
