@@ -455,3 +455,26 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
     # Into a schema that holds jobs: refused, nothing changed.
     assert main(["copy", "--from", path, "--to", url]) == 4
     assert "already holds" in capsys.readouterr().err
+
+
+async def test_adds_in_both_lanes_at_once_get_every_id_once_in_commit_order(url: str) -> None:
+    """Plain adds commit on a lane of their own, adds with unique keys with the
+    lifecycle writes (store note 8): together they still get ids with no gap and
+    no repeat, each add's job readable once it returns."""
+    async with app(url, workers=False) as rt:
+        pool = rt.pool("p")
+
+        async def plain(n: int) -> list[int]:
+            return [await pool.add("double", n)]
+
+        async def keyed(n: int) -> list[int]:
+            return [await rt.enqueue("double", args=[n], unique_key=f"k{n}")]
+
+        async def many(n: int) -> list[int]:
+            return await pool.add_many("double", [(n,), (n + 1,)])
+
+        found = await asyncio.gather(*(f(n) for n in range(60) for f in (plain, keyed, many)))
+        ids = sorted(i for got in found for i in got)
+        assert ids == list(range(ids[0], ids[0] + 240))
+        assert await rt.count(status="WAITING") == 240
+        assert isinstance(rt.store, PgStore) and rt.store.health().ok

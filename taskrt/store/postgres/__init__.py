@@ -50,7 +50,16 @@ Notes of this backend (cited where they apply):
    whose jobs were taken back changes nothing. ``reap`` deletes the rows of
    nodes past their TTL and recovers their jobs in the same transaction; the
    heartbeat is a thread of its own (``heartbeat``). Adds are announced as
-   ``added:<pool>`` after their commit.
+   ``added:<pool>`` by the statement that adds them, and the events for the
+   other nodes ride the batch after the writes they follow (``NOTIFY``).
+8. **Adds have a lane of their own.** Adds without a unique key or an id of
+   their own are group-committed by a second writer on a connection of its
+   own (``PgStore.insert``): an add then waits for its own commit only, not
+   for the lifecycle batch in flight before it (the jobs' starts and ends),
+   which a producer adding while its pools run would otherwise wait for at
+   each add. The two lanes take the last id's row in turn, so ids still
+   increase in commit order. An add with a unique key stays in the lifecycle
+   lane: a terminal write queued before it frees the key first.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,8 +22,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
-from ...models import JobInfo, JobStatus
-from ..groupcommit import reason
+from ...models import JobInfo, JobStatus, StoreHealth
+from ..groupcommit import GroupCommit, reason
 from ..ops import NOTIFY, failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob
 from ..queries import MINUTE_COLUMNS, SQL_OWNER
@@ -170,6 +171,9 @@ class PgStore(QueuedWrites, SharedReads):
         self._lost: Callable[[], None] | None = None
         self._missed = False  # the listener was lost since it last listened
         self._batches: PgBatches | None = None
+        # Plain adds, group-committed on a connection of their own (note 8).
+        self._adds = GroupCommit(self.path, progress_interval=progress_interval)
+        self._add_batches: PgBatches | None = None
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.TimerHandle | None = None
         self.node: str | None = None  # the node this process writes as (note 7)
@@ -242,15 +246,70 @@ class PgStore(QueuedWrites, SharedReads):
             announce=self.node,
         )
         self._writes.start(self._batches)
+        self._add_batches = PgBatches(
+            self._dsn, self.connect_options(), self._counts, self.channel, announce=self.node
+        )
+        self._adds.start(self._add_batches)
 
     async def close(self, patience: float = 10.0) -> None:
         """Write everything queued (trying ``patience`` seconds while writes fail), disconnect."""
         if self._pool is not None:
+            await self._adds.close(patience)
             await self._writes.close(patience)
-            if self._batches is not None:
-                await self._batches.close()
-                self._batches = None
+            for batches in (self._add_batches, self._batches):
+                if batches is not None:
+                    await batches.close()
+            self._batches = self._add_batches = None
         await self._close_pool()
+
+    # -- the two lanes of the group commit (note 8) ------------------------------------
+
+    def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
+        if all(job.unique_key is None and job.job_id is None for job in jobs):
+            return self._adds.insert(jobs)
+        return self._writes.insert(jobs)
+
+    async def flush(self) -> None:
+        await self._adds.flush()
+        await self._writes.flush()
+
+    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
+        if fut is None:
+            await self._adds.settle()
+        await self._writes.settle(fut)
+
+    def health(self) -> StoreHealth:
+        """The lifecycle lane's health, or the adds' while only they fail; totals of both."""
+        main, adds = self._writes.health(), self._adds.health()
+        shown = adds if main.ok and not adds.ok else main
+        return dataclasses.replace(
+            shown,
+            retained=main.retained + adds.retained,
+            failed_writes=main.failed_writes + adds.failed_writes,
+            outages=main.outages + adds.outages,
+        )
+
+    @property
+    def failing(self) -> bool:
+        return self._writes.failing or self._adds.failing
+
+    @property
+    def batches(self) -> int:
+        return self._writes.batches + self._adds.batches
+
+    @property
+    def rows_written(self) -> int:
+        return self._writes.rows_written + self._adds.rows_written
+
+    @property
+    def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
+        return self._writes.on_rejected
+
+    @on_rejected.setter
+    def on_rejected(
+        self, callback: Callable[[int | None, str, BaseException], None] | None
+    ) -> None:
+        self._writes.on_rejected = self._adds.on_rejected = callback
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
