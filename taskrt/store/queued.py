@@ -10,6 +10,7 @@ immediate operations and its reads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from ..models import AttemptOutcome, JobStatus, StoreHealth
@@ -38,14 +39,19 @@ class QueuedWrites:
 
     # -- the group commit (notes 1, 3, 9, 10) ---------------------------------------
 
+    def lanes(self) -> tuple[GroupCommit, ...]:
+        """The group commits writing for this store: the lifecycle's (``_writes``),
+        and any other a backend adds (PostgreSQL's adds, its note 8)."""
+        return (self._writes,)
+
     @property
     def batches(self) -> int:
         """Write batches committed so far."""
-        return self._writes.batches
+        return sum(lane.batches for lane in self.lanes())
 
     @property
     def rows_written(self) -> int:
-        return self._writes.rows_written
+        return sum(lane.rows_written for lane in self.lanes())
 
     @property
     def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
@@ -56,14 +62,24 @@ class QueuedWrites:
     def on_rejected(
         self, callback: Callable[[int | None, str, BaseException], None] | None
     ) -> None:
-        self._writes.on_rejected = callback
+        for lane in self.lanes():
+            lane.on_rejected = callback
 
     def health(self) -> StoreHealth:
-        return self._writes.health()
+        """The health of the first lane that fails (else the lifecycle's), with the
+        totals of every lane."""
+        healths = [lane.health() for lane in self.lanes()]
+        shown = next((h for h in healths if not h.ok), healths[0])
+        return dataclasses.replace(
+            shown,
+            retained=sum(h.retained for h in healths),
+            failed_writes=sum(h.failed_writes for h in healths),
+            outages=sum(h.outages for h in healths),
+        )
 
     @property
     def failing(self) -> bool:
-        return self._writes.failing
+        return any(lane.failing for lane in self.lanes())
 
     def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
         """Queue jobs for the next batch; the future gives one result (or error) per job."""
@@ -75,11 +91,17 @@ class QueuedWrites:
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
-        await self._writes.flush()
+        for lane in self.lanes():
+            await lane.flush()
 
     async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
-        """Wait for ``fut`` (default: everything queued so far) unless the database fails."""
-        await self._writes.settle(fut)
+        """Wait for ``fut`` (default: everything queued so far, in every lane) unless
+        the database fails."""
+        if fut is not None:
+            await self._writes.settle(fut)
+            return
+        for lane in self.lanes():
+            await lane.settle()
 
     def start(
         self, job_id: int, attempt: int, now: float, seq: int, *, pool: str

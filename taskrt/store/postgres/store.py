@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
-from ...models import JobInfo, JobStatus, StoreHealth
+from ...models import JobInfo, JobStatus
 from ..groupcommit import GroupCommit, reason
 from ..ops import NOTIFY, failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob
@@ -264,52 +263,15 @@ class PgStore(QueuedWrites, SharedReads):
 
     # -- the two lanes of the group commit (note 8) ------------------------------------
 
+    def lanes(self) -> tuple[GroupCommit, ...]:
+        return (self._writes, self._adds)
+
     def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
+        """Plain adds in their own lane; adds with unique keys or ids of their own
+        with the lifecycle writes (note 8)."""
         if all(job.unique_key is None and job.job_id is None for job in jobs):
             return self._adds.insert(jobs)
         return self._writes.insert(jobs)
-
-    async def flush(self) -> None:
-        await self._adds.flush()
-        await self._writes.flush()
-
-    async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
-        if fut is None:
-            await self._adds.settle()
-        await self._writes.settle(fut)
-
-    def health(self) -> StoreHealth:
-        """The lifecycle lane's health, or the adds' while only they fail; totals of both."""
-        main, adds = self._writes.health(), self._adds.health()
-        shown = adds if main.ok and not adds.ok else main
-        return dataclasses.replace(
-            shown,
-            retained=main.retained + adds.retained,
-            failed_writes=main.failed_writes + adds.failed_writes,
-            outages=main.outages + adds.outages,
-        )
-
-    @property
-    def failing(self) -> bool:
-        return self._writes.failing or self._adds.failing
-
-    @property
-    def batches(self) -> int:
-        return self._writes.batches + self._adds.batches
-
-    @property
-    def rows_written(self) -> int:
-        return self._writes.rows_written + self._adds.rows_written
-
-    @property
-    def on_rejected(self) -> Callable[[int | None, str, BaseException], None] | None:
-        return self._writes.on_rejected
-
-    @on_rejected.setter
-    def on_rejected(
-        self, callback: Callable[[int | None, str, BaseException], None] | None
-    ) -> None:
-        self._writes.on_rejected = self._adds.on_rejected = callback
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
