@@ -1435,12 +1435,25 @@ class Runtime:
         )
 
     async def pool_statistics(self) -> list[PoolStatistics]:
-        """Every pool as the owner sees it (waiting and running jobs), by name."""
+        """Every pool as the owner sees it (waiting and running jobs), by name. In
+        ``mode="nodes"``: the schema's waiting and running jobs (every node's, read
+        from the live counts), this node's concurrency and totals."""
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 return [PoolStatistics(**raw) for raw in await remote.call("pools")]
-        return [p.statistics() for p in sorted(self._pools.values(), key=lambda p: p.name)]
+        stats = [p.statistics() for p in sorted(self._pools.values(), key=lambda p: p.name)]
+        if self.mode == "nodes" and self._started:
+            counts = await self.store.live_counts()
+            stats = [
+                dataclasses.replace(
+                    s,
+                    waiting=counts.get(s.name, {}).get(JobStatus.WAITING, 0),
+                    running=counts.get(s.name, {}).get(JobStatus.RUNNING, 0),
+                )
+                for s in stats
+            ]
+        return stats
 
     async def change_pool(
         self,

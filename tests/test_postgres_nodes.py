@@ -185,6 +185,12 @@ async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: st
         ids = [await x.pool("p").add("a", n, True) for n in range(14)]
         await until(lambda: sum(len(ran[i]) for i in ids) == 14)
         assert collections.Counter(r[0] for r in ran.values()) == {"x": 7, "y": 7}
+        # Every node's GET /pools counts the schema's jobs, whichever node added them.
+        for _ in range(3):  # no free slot: they wait
+            await x.pool("p").add("b")
+        pools = (await http_get(y, "/pools")).json()["pools"]
+        (p,) = [p for p in pools if p["name"] == "p"]
+        assert (p["waiting"], p["running"], p["concurrency"]) == (3, 14, 7)
         health = (await http_get(x, "/health")).json()
         assert health["status"] == "ok" and health["ownership"]["role"] == "node"
         assert sorted(n["id"] for n in health["nodes"]) == sorted(
