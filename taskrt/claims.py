@@ -134,8 +134,11 @@ class Claims:
         pokes = self._pokes
         try:
             states = await self._source.claim(self.pool, limit)
-        except TaskrtError as exc:
-            log.warning("claiming jobs of pool %r failed: %s", self.pool, exc)
+        except Exception as exc:  # a pool that stopped asking would never run a job again
+            if isinstance(exc, TaskrtError):
+                log.warning("claiming jobs of pool %r failed: %s", self.pool, exc)
+            else:
+                log.exception("claiming jobs of pool %r failed", self.pool)
             self._timer.set(self._clock.now() + self._delay)
             self._delay = min(self._delay * 2, _RETRY_AFTER[1])
             return

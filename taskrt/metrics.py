@@ -35,6 +35,9 @@ name                                        type       labels             what
 Pool gauges describe the process that runs the jobs (the owner): a standby
 or a client queues nothing, so it exports no pool gauges; scrape every
 process and sum, or read ``GET /pools`` (any process answers for the owner).
+On PostgreSQL's nodes, ``pool_running`` and ``pool_concurrency`` are the
+node's own (sum them) and ``pool_waiting`` the schema's, as of the node's last
+look (every ``poll_interval``, at least a second): take one node's, or the max.
 """
 
 from __future__ import annotations

@@ -95,6 +95,8 @@ class NodeStore(Protocol):
 
     async def pool_limits(self) -> dict[str, tuple[int | None, tuple[int | None] | None]]: ...
 
+    async def live_counts(self) -> dict[str, dict[JobStatus, int]]: ...
+
     async def flush(self) -> None: ...
 
     def heartbeat(self, node: str, interval: float) -> Any: ...
@@ -137,6 +139,9 @@ class Nodes:
         self._wake = asyncio.Event()
         self._rejoining: asyncio.Task[None] | None = None
         self._unknown: set[str] = set()
+        # The schema's WAITING jobs by pool as of the last look (every poll_interval):
+        # what a pool here reports as waiting (its statistics, the metrics).
+        self.waiting: dict[str, int] = {}
 
     # -- start and stop ---------------------------------------------------------
 
@@ -235,7 +240,10 @@ class Nodes:
                 log.exception("node %s: looking for changes failed", self.node)
 
     async def look(self) -> None:
-        """Cancels asked for the jobs running here; every pool claims."""
+        """Cancels asked for the jobs running here; every pool claims; the schema's
+        waiting jobs by pool, read again (``waiting``)."""
+        counts = await self.store.live_counts()
+        self.waiting = {pool: n.get(JobStatus.WAITING, 0) for pool, n in counts.items()}
         for job_id in await self.store.cancels(self.node):
             state = self.live.states.get(job_id)
             if state is not None and state.status is JobStatus.RUNNING:

@@ -1583,6 +1583,9 @@ class _PoolHost:
         return Waiting(pool.name, self._rt.adoption, self.clock, self._rt.window, pool._dispatch)
 
     def counted(self, pool: str) -> int:
+        nodes = self._rt.nodes
+        if nodes is not None:  # every node's adds and claims: read at each look
+            return nodes.waiting.get(pool, 0)
         return self._rt.store.counted(pool, JobStatus.WAITING)
 
     @property

@@ -191,6 +191,9 @@ async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: st
         pools = (await http_get(y, "/pools")).json()["pools"]
         (p,) = [p for p in pools if p["name"] == "p"]
         assert (p["waiting"], p["running"], p["concurrency"]) == (3, 14, 7)
+        assert y.nodes is not None
+        await y.nodes.look()  # as its poll does: the pool's waiting (and the metrics)
+        assert y.pool("p").statistics().waiting == 3
         health = (await http_get(x, "/health")).json()
         assert health["status"] == "ok" and health["ownership"]["role"] == "node"
         assert sorted(n["id"] for n in health["nodes"]) == sorted(
