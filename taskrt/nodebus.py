@@ -74,7 +74,8 @@ class NodeBus(Broker):
         self._out: list[Event] = []
         self._progress: dict[int, int] = {}  # job id -> its progress event in _out
         self._flushing = False
-        self._prefix = f'{{"n":{json.dumps(node)},'  # the start of this node's own
+        # How each of this node's notifications starts (and how it knows its own).
+        self._head = f'{{"n":{json.dumps(node)},"e":['
 
     def wants(self, job_id: int) -> bool:
         return True  # a subscriber may be on another node
@@ -104,7 +105,7 @@ class NodeBus(Broker):
             self._send(self._payloads(events))
 
     def _payloads(self, events: list[Event]) -> list[str]:
-        head = f'{{"n":{json.dumps(self.node)},"e":['
+        head = self._head
         payloads: list[str] = []
         parts: list[str] = []
         size = len(head) + 2
@@ -127,7 +128,7 @@ class NodeBus(Broker):
 
     def deliver(self, payload: str) -> None:
         """A notification on the events channel: publish the other nodes' events here."""
-        if payload.startswith(self._prefix):
+        if payload.startswith(self._head):
             return  # its own, back from the channel
         try:
             message = json.loads(payload)

@@ -58,6 +58,14 @@ def app(url: str, **options: object) -> Runtime:
     return rt
 
 
+async def cut_off(client: Runtime) -> None:
+    """As on another machine: the client has no relay to the owner, and works
+    through the database."""
+    relay, client.remote = client.remote, None
+    assert relay is not None
+    await relay.close()
+
+
 @pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_jobs_run_retry_and_stream_their_events(url: str, mode: str) -> None:
     async with app(url, mode=mode) as rt:
@@ -175,9 +183,7 @@ async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
         # the job to the database: the notification wakes the owner (or a node) as well.
         async with app(url, mode=mode, workers=False) as client:
             if mode == "owner":
-                relay, client.remote = client.remote, None  # as on another machine
-                assert relay is not None
-                await relay.close()
+                await cut_off(client)
             sent = time.time()
             far = await client.pool("p").add("double", 1)
         info = await rt.wait(far, timeout=5)
@@ -217,9 +223,7 @@ async def test_a_pause_from_another_machine_reaches_the_owner_at_once(url: str) 
         app(url, mode="owner", poll_interval=30) as owner,
         app(url, mode="owner", workers=False) as far,
     ):
-        relay, far.remote = far.remote, None  # as on another machine: no relay
-        assert relay is not None
-        await relay.close()
+        await cut_off(far)
         pool = owner.pool("p")
         for paused in (True, False):
             await far.change_pool("p", paused=paused)
@@ -236,9 +240,7 @@ async def test_the_owners_listener_comes_back_after_its_connection_is_killed(url
         app(url, mode="owner", poll_interval=30) as owner,
         app(url, mode="owner", workers=False) as far,
     ):
-        relay, far.remote = far.remote, None  # as on another machine: no relay
-        assert relay is not None
-        await relay.close()
+        await cut_off(far)
         admin = await asyncpg.connect(pg_server.require())
         try:
             killed = await admin.fetchval(

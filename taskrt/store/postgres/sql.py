@@ -399,28 +399,6 @@ ADD_PART = Part("add", len(_ADD_TYPES.split()), "", None, JobStatus.WAITING.valu
 """Its rows: a planned row (``adds.Row``) without the id and the unique key."""
 
 
-def _add_announced(i: int, base: int) -> list[str]:
-    """``_add``, and the notifications of its adds sent by the same statement (they
-    leave at its commit): each row's two more params, the channel and the payload,
-    sent once per distinct payload."""
-    ctes = _add(i, base)
-    width = len(_ADD_TYPES.split())
-    channel, payload = f"${base + width + 1}::text[]", f"${base + width + 2}::text[]"
-    ctes[0] = ctes[0].replace(
-        "RETURNING last)",
-        f"RETURNING last, (SELECT count(pg_notify(x.c, x.p)) FROM (SELECT DISTINCT "
-        f"({channel})[1] AS c, p FROM unnest({payload}) AS p) AS x) AS notified)",
-    )
-    return ctes
-
-
-ANNOUNCED_ADD_PART = Part(
-    "add", len(_ADD_TYPES.split()) + 2, "", None, JobStatus.WAITING.value, _add_announced
-)
-"""``ADD_PART`` where every node claims (note 7): its rows end with the channel and
-``added:<pool>:<node>``, the notification that makes the other nodes claim."""
-
-
 def _notify(i: int, base: int) -> list[str]:
     return [
         f"g{i} AS (SELECT pg_notify(v.c, v.p) FROM unnest(${base + 1}::text[], "
@@ -429,8 +407,9 @@ def _notify(i: int, base: int) -> list[str]:
 
 
 NOTIFY_PART = Part("notify", 2, "", None, None, _notify)
-"""Notifications sent at the commit of the statement's transaction, in order: the
-events of ``mode="nodes"`` ride the writes they follow (``taskrt.nodebus``)."""
+"""Notifications (channel, payload) sent at the commit of the statement's
+transaction, in order: in ``mode="nodes"`` the events ride the writes they follow
+(``taskrt.nodebus``), and adds wake the other nodes (``writer.added_payload``)."""
 
 PARTS: dict[Op, Part] = {
     START: START_PART,
@@ -463,7 +442,7 @@ def combined(parts: tuple[Part, ...]) -> str:
         base += part.width
         if part.to is not None:
             moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
-        if part is ADD_PART or part is ANNOUNCED_ADD_PART:
+        if part is ADD_PART:
             out.append(f"SELECT NULL::text, NULL::text, last FROM l{i}")
         if part is NOTIFY_PART:  # read to the end, so every notification is sent; no row
             out.append(f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0")
@@ -676,7 +655,6 @@ SQL_NEXT_DUE = (
     "AND run_at > $2 AND task = ANY($3::text[]) ORDER BY run_at, id LIMIT 1) y"
 )
 SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
-SQL_NOTIFY_ADDED = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"  # writer.added_payload
 # Nodes whose heartbeat is older than their TTL are gone; so are their RUNNING jobs'
 # attempts, which recovery then puts back (``recovery``, with LOST).
 SQL_REAP = "DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => ttl) RETURNING id"

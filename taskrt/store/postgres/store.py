@@ -39,6 +39,7 @@ from .sql import (
     CLEANUP_WHERE,
     FAIL_PART,
     LOST,
+    NOTIFY_PART,
     PURGE_WHERE,
     RETRY_EXTERNAL_WHERE,
     SCHEMA_VERSION,
@@ -54,7 +55,6 @@ from .sql import (
     SQL_NEXT_DUE,
     SQL_NODES,
     SQL_NOTIFY,
-    SQL_NOTIFY_ADDED,
     SQL_NOTIFY_POOLS,
     SQL_POOL_LIMITS,
     SQL_PURGE,
@@ -363,8 +363,8 @@ class PgStore(QueuedWrites, SharedReads):
                     await conn.execute("SELECT pg_notify($1, 'added')", self.channel)
                 if self.node is not None:  # every node claims (note 7): sent at the commit
                     pools = sorted({job.pool for job in jobs})
-                    payloads = [added_payload(pool, None) for pool in pools]  # every node
-                    await conn.execute(SQL_NOTIFY_ADDED, self.channel, payloads)
+                    notes = [(self.channel, added_payload(pool, None)) for pool in pools]
+                    await run_pack(conn, [(NOTIFY_PART, notes)])  # None: every node looks
             finally:
                 if tx.foreign is not None and not conn.is_closed():
                     await conn.execute(

@@ -28,7 +28,6 @@ from ..protocol import InsertResult, NewJob
 from .driver import DRIVER_ERRORS, LOST
 from .sql import (
     ADD_PART,
-    ANNOUNCED_ADD_PART,
     MINUTES_PART,
     NOTIFY_PART,
     PARTS,
@@ -39,7 +38,6 @@ from .sql import (
     SQL_INSERT,
     SQL_LAST_ID,
     SQL_NOTIFY,
-    SQL_NOTIFY_ADDED,
     SQL_SET_LAST_ID,
     Part,
     combined,
@@ -216,8 +214,8 @@ class PgBatches:
         self.dsn = dsn
         self.options = options  # asyncpg's connect options (the store's)
         self.channel = channel  # the owner's: adds of other processes wake it (note 6)
-        # Every node claims (note 7): each add is announced, ``added:<pool>:<node>``
-        # (this node's name: it ignores its own, having looked at once).
+        # Every node claims (note 7): adds are announced by the statement that adds
+        # them (``added_payload``), with this node's name: it ignores its own.
         self.announce = announce
         # Jobs by pool and status as of the latest committed write that changed them.
         self.counts = counts
@@ -260,16 +258,11 @@ class PgBatches:
         simple = all(j.unique_key is None and j.job_id is None for g in groups for j in g)
         if groups and simple:
             added = [_add_row(job) for jobs in groups for job in jobs]
-            part = ADD_PART
-            if self.announce is not None:  # sent by the statement that adds (note 7)
-                part = ANNOUNCED_ADD_PART
-                added = [
-                    (*row, self.channel, added_payload(row[1], self.announce)) for row in added
-                ]
+            pack = [(ADD_PART, added), *self._announcement(groups)]
             if planned:
-                planned[-1].append((part, added))
+                planned[-1].extend(pack)
             else:
-                planned.append([(part, added)])
+                planned.append(pack)
         changed: list[Any] = []
         results: Results = []
         conn = await self.connection()
@@ -295,12 +288,19 @@ class PgBatches:
         self._merge(changed)
         return results
 
+    def _announcement(self, groups: list[list[NewJob]]) -> list[Group]:
+        """The notification of ``groups``' adds to the other nodes, one per pool, for
+        the statement that adds them (note 7); none where one owner runs the jobs."""
+        if self.announce is None or not groups:
+            return []
+        pools = sorted({job.pool for jobs in groups for job in jobs})
+        return [(NOTIFY_PART, [(self.channel, added_payload(p, self.announce)) for p in pools])]
+
     async def _announce(self, conn: asyncpg.Connection, groups: list[list[NewJob]]) -> None:
         """Inside the transaction that adds ``groups``: tell every node (note 7)."""
-        if self.announce is not None and groups:
-            pools = sorted({job.pool for jobs in groups for job in jobs})
-            payloads = [added_payload(pool, self.announce) for pool in pools]
-            await conn.execute(SQL_NOTIFY_ADDED, self.channel, payloads)
+        notes = self._announcement(groups)
+        if notes:
+            await run_pack(conn, notes)
 
     async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
         """The batch again, each part under its own savepoint (store note 10)."""
