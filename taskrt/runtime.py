@@ -600,6 +600,14 @@ class Runtime:
             await self.store.close()
             raise
         self._started = True
+        try:
+            await self._begin(owning)
+        except BaseException:
+            await self.stop()  # nothing of a start that failed runs on (threads included)
+            raise
+
+    async def _begin(self, owning: bool) -> None:
+        """The started runtime's part: its role's loops, then the start hooks."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self.loop_watchdog.start(self._loop)

@@ -411,10 +411,15 @@ class Scheduler:
         bumped: int | None = None
         async with self._rt.store.transaction() as conn:
             for d in definitions:
-                old = await conn.schedule(d.name)
+                # Locked (on PostgreSQL), so processes declaring it at once take turns.
+                old = await conn.schedule(d.name, lock=True)
                 if old is None:
                     spec = parse_cron(d.expression, d.tz)
-                    await conn.insert_schedule(d, next_fire_ts(spec, now), now)
+                    if not await conn.insert_schedule(d, next_fire_ts(spec, now), now):
+                        # Another process inserted it since (nodes starting together).
+                        old = await conn.schedule(d.name, lock=True)
+                        assert old is not None
+                if old is None:
                     changed = True
                 else:
                     changed = old.definition.canonical() != d.canonical()

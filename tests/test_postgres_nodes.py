@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -302,8 +303,8 @@ async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
     nodes = [node(url, n, ran) for n in "xyz"]
     for rt in nodes:
         rt.schedule("tick", "b", "* * * * * *", pool="p")
-    for rt in nodes:
-        await rt.start()
+    # At once: each declares the schedule, which none has stored yet.
+    await asyncio.gather(*(rt.start() for rt in nodes))
     try:
         await asyncio.sleep(3.2)
     finally:
@@ -454,3 +455,23 @@ async def test_a_node_whose_listener_is_terminated_listens_again_and_its_streams
         async with asyncio.timeout(10):
             kinds = [e.type async for e in y.subscribe(again)]
         assert kinds[-1] == EventType.SUCCESS
+
+
+async def test_a_start_that_fails_after_joining_leaves_nothing_running(url: str) -> None:
+    """A start hook that raises: the node leaves (its row goes, its heartbeat thread
+    ends), so it is not taken for alive, and a start again works."""
+    ran: Ran = collections.defaultdict(list)
+    rt = node(url, "x", ran)
+
+    def broken(_: Runtime) -> None:
+        raise RuntimeError("the app's start hook fails")
+
+    rt.on_start(broken)
+    with pytest.raises(RuntimeError, match="start hook"):
+        await rt.start()
+    assert not rt.started
+    assert not [t for t in threading.enumerate() if t.name.startswith("taskrt-heartbeat")]
+    assert await sql(url, "SELECT id FROM nodes") == []
+    rt._start_hooks.remove(broken)
+    async with rt:
+        assert (await rt.wait(await rt.pool("p").add("b"), timeout=10)).status is JobStatus.SUCCESS

@@ -130,7 +130,9 @@ class StoreTransaction(Protocol):
 
     async def insert_schedule(
         self, definition: ScheduleDefinition, next_run_at: float | None, now: float
-    ) -> None: ...
+    ) -> bool:
+        """False when one of that name exists (declared by another process meanwhile)."""
+        ...
 
     async def define_schedule(
         self, definition: ScheduleDefinition, next_run_at: float | None, now: float

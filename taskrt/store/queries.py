@@ -74,7 +74,8 @@ SQL_SCHEDULES_VERSION = "SELECT value FROM meta WHERE key = 'schedules.version'"
 
 SQL_SCHEDULE_INSERT = (
     "INSERT INTO schedules (name, task, args, kwargs, pool, expression, tz, misfire, paused, "
-    "next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (name) DO NOTHING RETURNING name"
 )
 SQL_SCHEDULE_DEFINE = (
     "UPDATE schedules SET task = ?, args = ?, kwargs = ?, pool = ?, expression = ?, tz = ?, "

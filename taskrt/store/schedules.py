@@ -45,11 +45,14 @@ class ScheduleWrites:
 
     async def insert_schedule(
         self, definition: ScheduleDefinition, next_run_at: float | None, now: float
-    ) -> None:
-        await self.run(
+    ) -> bool:
+        """False when a schedule of that name exists (another process may have
+        declared it in between: the database says, never a read before)."""
+        rows = await self.run(
             SQL_SCHEDULE_INSERT,
             (definition.name, *definition.canonical(), 0, next_run_at, now, now),
         )
+        return bool(rows)
 
     async def define_schedule(
         self, definition: ScheduleDefinition, next_run_at: float | None, now: float
