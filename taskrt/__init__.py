@@ -9,6 +9,7 @@ from .clock import Clock, FakeClock, SystemClock
 from .context import JobContext
 from .definitions import Hooks, Task, TaskCall, TaskSpec
 from .errors import (
+    DuplicateJob,
     DuplicateJobId,
     Fatal,
     InvalidOption,
@@ -65,6 +66,7 @@ __all__ = [
     "AttemptOutcome",
     "Clock",
     "CronError",
+    "DuplicateJob",
     "DuplicateJobId",
     "Event",
     "EventType",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import store as sql
 from .context import JobState
 from .definitions import Options, Task, TaskCall, TaskRef, TaskSpec
-from .errors import InvalidOption, OwnerUnreachable, QueueFull, TaskNotFound
+from .errors import DuplicateJob, InvalidOption, OwnerUnreachable, QueueFull, TaskNotFound
 from .limits import check_text, check_time, encode
 from .models import Event, EventType, JobStatus
 from .retry import parse_retry
@@ -173,12 +173,15 @@ class Adding:
                     retry_json=retry_json,
                     job_id=opts.job_id,
                     external=self.marks_external(),
+                    unique_for=opts.unique_for,
+                    on_conflict=opts.on_conflict,
+                    deadline=opts.deadline,
                 )
             )
         if opts.unique_key is not None and self.owning():
             existing = self.live.unique.get(opts.unique_key)
             if existing is not None:
-                return [existing]
+                return [_conflict(jobs[0], existing)]
         if spec.hooks.next_id is not None and opts.job_id is None:
             for job in jobs:
                 job.job_id = await self._next_id(spec)
@@ -223,6 +226,7 @@ class Adding:
                 run_at=run_at,
                 timeout=timeout,
                 retry_policy=retry_described,
+                deadline=opts.deadline,
             )
 
         return await self._commit(pool, jobs, calls, new_state, tx=tx)
@@ -239,7 +243,7 @@ class Adding:
         if len(jobs) == 1 and first.unique_key is not None:
             existing = self.live.unique.get(first.unique_key)
             if existing is not None:
-                return [existing]
+                return [_conflict(first, existing)]
         await self._check_capacity(pool, len(jobs))
         described = None if first.retry_json is None else json.loads(first.retry_json)
         retry = spec.retry if described is None else parse_retry(described)
@@ -265,6 +269,7 @@ class Adding:
                 run_at=job.run_at,
                 timeout=job.timeout,
                 retry_policy=described,
+                deadline=job.deadline,
             )
 
         return await self._commit(pool, jobs, calls, new_state, tx=None)
@@ -301,9 +306,10 @@ class Adding:
             if isinstance(res, BaseException):
                 failure = failure or res
                 continue
-            ids.append(res.job_id)
             if not res.created:
+                ids.append(_conflict(job, res.job_id))
                 continue
+            ids.append(res.job_id)
             state = states[i] if states is not None else new_state(job, args, kwargs)
             state.id = res.job_id
             if tx is not None:
@@ -389,6 +395,14 @@ class Adding:
             yield tx
         for state in tx.added:
             self._accept(state)
+
+
+def _conflict(job: NewJob, existing: int) -> int:
+    """The id an add gets when its unique key is taken: the holder's, or
+    ``DuplicateJob`` where the add said ``on_conflict="raise"``."""
+    if job.on_conflict == "raise" and job.unique_key is not None:
+        raise DuplicateJob(job.unique_key, existing)
+    return existing
 
 
 def _plain(args: tuple[Any, ...]) -> bool:

@@ -77,6 +77,7 @@ class JobState:
     recoveries: int
     seq: int
     retry_policy: Any
+    deadline: float | None
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
@@ -111,6 +112,7 @@ class JobState:
         run_at: float,
         timeout: float | None,
         retry_policy: Any = None,
+        deadline: float | None = None,
     ) -> JobState:
         """A freshly added job (WAITING, sequence 1), built without a JobInfo (hot path)."""
         state = cls.__new__(cls)
@@ -138,6 +140,7 @@ class JobState:
         state.recoveries = 0
         state.seq = 1
         state.retry_policy = retry_policy
+        state.deadline = deadline
         state.snapshot = None
         state.spec = spec
         state.retry = retry

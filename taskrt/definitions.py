@@ -155,6 +155,9 @@ class Options:
     timeout: float | None = None
     metadata: dict[str, Any] | None = None
     job_id: int | None = None
+    unique_for: float | None = None
+    on_conflict: Literal["return", "raise"] | None = None
+    deadline: float | None = None
 
 
 def checked_options(overrides: dict[str, Any]) -> Options:
@@ -179,22 +182,18 @@ def make_options(
     timeout: Any = None,
     metadata: Any = None,
     job_id: Any = None,
+    unique_for: Any = None,
+    on_conflict: Any = None,
+    deadline: Any = None,
 ) -> Options:
     """Validated ``Options``; every bad value raises ``InvalidOption`` naming the field."""
-    from datetime import datetime
 
     if delay is not None:
         delay = parse_duration(delay, field="delay")
     if run_at is not None:
-        if isinstance(run_at, datetime):
-            if run_at.tzinfo is None:
-                raise InvalidOption("run_at", "expected a timezone-aware datetime")
-            run_at = run_at.timestamp()
-        elif isinstance(run_at, bool) or not isinstance(run_at, int | float):
-            raise InvalidOption(
-                "run_at", f"expected a datetime or epoch seconds, found {shown(run_at)}"
-            )
-        run_at = check_time(float(check_number(run_at, "run_at")), "run_at")
+        run_at = _epoch(run_at, "run_at")
+    if deadline is not None:
+        deadline = _epoch(deadline, "deadline")
     if priority is not None:
         priority = check_int64(priority, "priority")
     if unique_key is not None:
@@ -210,6 +209,16 @@ def make_options(
         timeout = parse_duration(timeout, field="timeout")
         if timeout <= 0:
             raise InvalidOption("timeout", "expected a positive duration")
+    if unique_for is not None:
+        unique_for = parse_duration(unique_for, field="unique_for")
+        if unique_for <= 0:
+            raise InvalidOption("unique_for", "expected a positive duration")
+        if unique_key is None:
+            raise InvalidOption("unique_for", "a unique window needs a unique_key")
+    if on_conflict is not None and on_conflict not in ("return", "raise"):
+        raise InvalidOption(
+            "on_conflict", f"expected 'return' or 'raise', found {shown(on_conflict)}"
+        )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
     if job_id is not None and (
@@ -226,7 +235,23 @@ def make_options(
         timeout=timeout,
         metadata=None if metadata is None else dict(metadata),
         job_id=job_id,
+        unique_for=unique_for,
+        on_conflict=on_conflict,
+        deadline=deadline,
     )
+
+
+def _epoch(value: Any, field: str) -> float:
+    """A point in time given as a timezone-aware datetime or epoch seconds."""
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidOption(field, "expected a timezone-aware datetime")
+        value = value.timestamp()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOption(field, f"expected a datetime or epoch seconds, found {shown(value)}")
+    return check_time(float(check_number(value, field)), field)
 
 
 @dataclass(frozen=True, slots=True)

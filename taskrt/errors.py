@@ -82,6 +82,24 @@ class JobNotFound(TaskrtError, LookupError):
         super().__init__(f"no job with id {job_id}")
 
 
+class DuplicateJob(TaskrtError):
+    """An add with ``on_conflict="raise"`` found its unique key taken; nothing was stored.
+
+    ``existing_id`` is the job that holds the key: a waiting or running job, or
+    any job added with that key within its ``unique_for`` window.
+    """
+
+    code = "duplicate_job"
+
+    def __init__(self, unique_key: str, existing_id: int) -> None:
+        self.unique_key = unique_key
+        self.existing_id = existing_id
+        super().__init__(f"unique key {unique_key!r} is held by job {existing_id}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "unique_key": self.unique_key, "existing_id": self.existing_id}
+
+
 class DuplicateJobId(TaskrtError):
     """A ``next_id`` hook returned an id that exists or is not above the last one."""
 

@@ -105,6 +105,9 @@ class JobInfo:
     seq: int = 0
     # A per-call retry policy (``options(retry=...)``) as given; None = the task's.
     retry_policy: Any = None
+    # Not started after it (epoch seconds): FAILURE "deadline passed"; a running
+    # attempt is cancelled at it (docs/flow-control.md).
+    deadline: float | None = None
 
     @property
     def terminal(self) -> bool:

@@ -30,6 +30,10 @@ Design notes:
    eventually fails it as orphaned instead of starting it forever. Jobs that
    start in the same moment share the commit (group commit), so this costs
    one commit of latency, not one per job. The timeout starts with the handler.
+6. **Deadlines.** A job taken after its ``deadline`` is not started: the host
+   ends it (FAILURE, ``deadline passed``). A running attempt is cut at the
+   deadline as by a timeout, whichever comes first; the host sees the attempt
+   ended past the deadline and does not retry it.
 
 A little over 500 lines: the pool's contract with its host (``PoolHost``,
 ``Instrumentation``) is stated here, beside the code that relies on it.
@@ -133,6 +137,10 @@ class PoolHost(Protocol):
         ...
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None: ...
+
+    def deadline_passed(self, state: JobState) -> None:
+        """A job taken to start after its deadline: it ends instead (note 6)."""
+        ...
 
     def queue_for(self, pool: Pool) -> Queue:
         """The pool's waiting jobs: a window of them in memory (``taskrt.waiting``),
@@ -333,10 +341,15 @@ class Pool:
             self._timer.set(when)
 
     def _take(self) -> JobState | None:
-        """The next ready job if a slot is free (``taskrt.waiting`` says which)."""
+        """The next ready job if a slot is free (``taskrt.waiting`` says which); a job
+        whose deadline passed is not started but ends (note 6)."""
         if self.free_slots() == 0:
             return None
-        return self.queue.take()
+        while (state := self.queue.take()) is not None:
+            if state.deadline is None or state.deadline > self._host.clock.now():
+                return state
+            self._host.deadline_passed(state)
+        return None
 
     # -- running (notes 2-4) ------------------------------------------------------
 
@@ -406,6 +419,10 @@ class Pool:
     async def _execute(self, state: JobState, charged: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
         timeout = state.timeout
+        if state.deadline is not None:
+            left = max(0.0, state.deadline - self._host.clock.now())
+            if timeout is None or left < timeout:
+                timeout = left  # the deadline cuts the attempt like a timeout (note 6)
         outcome: Outcome
         instrumentation = self._host.instrumentation
         try:

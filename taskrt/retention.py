@@ -186,6 +186,8 @@ class Retention:
                 deleted += await self._rt.cleanup(older_than=age, statuses=[status])
             if self.history is not None:
                 await self._rt.prune_history(self.history)
+            # Unique windows outlive their jobs, not their own end (docs/flow-control.md).
+            await self._rt.store.prune_unique_keys(self._rt.clock.now())
         self.runs += 1
         self.deleted += deleted
         self.last_run_at = self._rt.clock.now()

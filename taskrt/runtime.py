@@ -58,6 +58,7 @@ from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
 from .clock import Clock, SystemClock
 from .context import DONE, JobState
 from .counters import Counters
+from .deadlines import Deadlines
 from .definitions import Hooks, Task, TaskCall, TaskRef, TaskSpec, make_spec
 from .errors import (
     InvalidOption,
@@ -360,6 +361,8 @@ class Runtime:
                 poll_interval=poll_interval,
                 workers=self._set_workers,
             )
+        # Waiting jobs whose deadline passed end (taskrt.deadlines): where jobs run.
+        self.deadlines = Deadlines(self.store, self.clock, self._end_past_deadline)
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
         self.instrumentation: Instrumentation | None = None
         if tracing:
@@ -620,6 +623,7 @@ class Runtime:
             if self.workers:
                 self._owning_since = time.time()
                 self._set_workers(True)
+                self.deadlines.start()
         elif owning:
             await self._serve_as_owner()
         else:
@@ -651,6 +655,27 @@ class Runtime:
             for pool in list(self._pools.values()):
                 pool.poke()
 
+    async def _end_past_deadline(self, job_id: int) -> None:
+        """A waiting job whose deadline passed ends (``taskrt.deadlines`` note 3)."""
+        if self.nodes is None:
+            state = await self.adoption.pin(job_id)
+        else:  # no node holds a waiting job: it is read, and ended from here
+            info = await self.store.get_job(job_id)
+            spec = None if info is None else self._tasks.get(info.task)
+            if info is None or spec is None:
+                return  # gone, or a task this node does not know: one that does ends it
+            state = JobState(info, spec, retry_policy_of(info, spec))
+        if (
+            state is None
+            or state.status is not JobStatus.WAITING
+            or state.deadline is None
+            or state.deadline > self.clock.now()
+        ):
+            return
+        if self.nodes is None:
+            self.pool(state.pool).remove(state)
+        self.transitions.deadline_passed(state)
+
     async def _own(self) -> None:
         """Holding the lock: record it, recover what a dead owner left (note 3)."""
         await self.ownership.claim(self._relay_at)
@@ -665,6 +690,7 @@ class Runtime:
         self._owning_since = time.time()
         self._workers_on = True
         self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
+        self.deadlines.start()
         # Other processes' commits for the owner wake the poll (PostgreSQL: NOTIFY).
         await self.store.listen(self.adoption.wake)
         for pool in self._pools.values():
@@ -760,6 +786,7 @@ class Runtime:
             await self.remote.close()
             self.remote = None
         await self.store.unlisten()
+        await self.deadlines.stop()
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1582,6 +1609,7 @@ class _PoolHost:
         self.add_calls = rt.adding.add_calls
         self.started = rt.transitions.started
         self.attempt_ended = rt.transitions.attempt_ended
+        self.deadline_passed = rt.transitions.deadline_passed
         self.report = rt.transitions.report
 
     def queue_for(self, pool: Pool) -> Queue:

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskrt")
 
+DEADLINE_PASSED = "deadline passed"
+"""The error of a job that its deadline ended (``options(deadline=...)``)."""
+_LATE = 0.005  # a timer may fire this much before the clock reads its time
+
 
 class Transitions:
     """What happens to a job while it runs; the pools call it (see the module notes)."""
@@ -219,6 +223,17 @@ class Transitions:
         else:
             kind = AttemptOutcome.ERROR if record else AttemptOutcome.RETRY
         job_log = job_logger(state)
+        deadline = state.deadline
+        if (
+            deadline is not None
+            and outcome.kind == "timeout"
+            and self.clock.now() >= deadline - _LATE
+        ):
+            # The deadline cut the attempt (pool note 6): no retry.
+            self._record_attempt(state, kind, DEADLINE_PASSED)
+            job_log.warning("job %d failed: %s", state.id, DEADLINE_PASSED)
+            self._fail(state, DEADLINE_PASSED)
+            return
         max_attempts = state.max_attempts
         spent = max_attempts is not None and attempt >= max_attempts
         if isinstance(failure, Fatal) or spent:
@@ -230,6 +245,15 @@ class Transitions:
             delay = failure.delay
         else:
             delay = state.retry.delay(attempt)
+        if deadline is not None and self.clock.now() + delay >= deadline:
+            # The next attempt would start after the deadline: it ends now instead.
+            self._record_attempt(state, kind, error if record else None, tb if record else None)
+            why = safe_text(
+                f"{DEADLINE_PASSED} before the next attempt: {error}", self.limits.max_error_bytes
+            )
+            job_log.warning("job %d failed: %s", state.id, why)
+            self._fail(state, why)
+            return
         job_log.info(
             "job %d attempt %d failed, retrying in %.3gs: %s",
             state.id,
@@ -256,6 +280,14 @@ class Transitions:
         )
         self.write_waiting(state)
         self.pools[state.pool].push(state)
+
+    def deadline_passed(self, state: JobState) -> None:
+        """A job taken to start after its deadline: FAILURE, never retried (pool note 6)."""
+        job_logger(state).warning("job %d failed: its deadline passed before it started", state.id)
+        if state.status is JobStatus.RUNNING:
+            # Claimed (taskrt.claims): the claim charged an attempt; it is recorded.
+            self._record_attempt(state, AttemptOutcome.ERROR, DEADLINE_PASSED)
+        self._fail(state, DEADLINE_PASSED)
 
     def _count(
         self, at: float, pool: str, task: str, outcome: str, duration: float | None = None
@@ -303,12 +335,13 @@ class Transitions:
         """Write FAILURE and run ``on_failed(job, tx)`` in one transaction."""
         await self.store.flush()  # earlier writes of this job first
         now = self.clock.now()
+        was = state.status  # RUNNING, or WAITING (its deadline passed)
         state.update(status=JobStatus.FAILURE, error=error, finished_at=now)
         info = state.info()
         delay = 0.02
         while True:
             try:
-                await self._fail_with_hook(state, error, now, info, hook)
+                await self._fail_with_hook(state, error, now, info, hook, was)
                 break
             except StoreUnavailable:
                 # Never drop a state (store note 9): the database will take it later.
@@ -324,7 +357,13 @@ class Transitions:
         self.finalize(state, JobStatus.FAILURE, {"error": error}, error=error, write=False)
 
     async def _fail_with_hook(
-        self, state: JobState, error: str, now: float, info: JobInfo, hook: Callable[..., Any]
+        self,
+        state: JobState,
+        error: str,
+        now: float,
+        info: JobInfo,
+        hook: Callable[..., Any],
+        was: JobStatus,
     ) -> None:
         async with self.store.transaction() as conn:
             await conn.mark_failed(
@@ -335,6 +374,7 @@ class Transitions:
                 state.seq + 1,
                 state.attempts,
                 pool=state.pool,
+                was=was,
             )
             try:
                 # What the hook wrote is undone if it raises; the failure stays.

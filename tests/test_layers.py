@@ -103,11 +103,12 @@ LAYERS: dict[str, int] = {
     ),
     "adoption": 2,
     "claims": 2,
+    "processes": 2,  # worker processes of a pool (processes=True)
     "nodes": 2,
     "stream": 2,
     "ownership": 2,
     # services
-    **dict.fromkeys(["scheduler", "retention", "tracing", "watchdog"], 3),
+    **dict.fromkeys(["scheduler", "retention", "tracing", "watchdog", "deadlines"], 3),
     # the runtime
     "runtime": 4,
     # front ends

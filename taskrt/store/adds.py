@@ -2,9 +2,11 @@
 
 ``plan`` decides, before anything is written, which job of each ``add`` makes
 a row and with which id: ids follow the last one issued (or a ``next_id``
-hook's, which must be above it), a unique key held by a live job gives that
-job's id, and a key repeated within the batch gives its first job's id. Each
-group (one ``add`` or ``add_many`` call) is all or nothing.
+hook's, which must be above it), a unique key held by a live job, or within
+the window of an earlier add (``unique_for``), gives that job's id, and a key
+repeated within the batch gives its first job's id. Each group (one ``add`` or
+``add_many`` call) is all or nothing. A job added with ``unique_for`` holds its
+key's window (``Plan.windows``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .protocol import InsertResult, NewJob
 
 Row = tuple[Any, ...]
 """(id, task, pool, args, kwargs, max_attempts, priority, metadata, unique_key,
-created_at, run_at, timeout, retry, external): what an insert binds."""
+created_at, run_at, timeout, retry, external, deadline): what an insert binds."""
 
 
 @dataclass(slots=True)
@@ -27,16 +29,20 @@ class Plan:
     rows: list[Row] = field(default_factory=list)
     last: int = 0
     """The last id issued once these rows are in."""
+    windows: list[tuple[str, int, float]] = field(default_factory=list)
+    """(key, job id, until): the unique windows the new rows hold."""
 
 
 def plan(groups: list[list[NewJob]], last: int, holder: Callable[[str], int | None]) -> Plan:
-    """The rows to insert after id ``last``; ``holder(key)``: the live job holding a key."""
+    """The rows to insert after id ``last``; ``holder(key)``: the job holding a key
+    (live, or within a window)."""
     out = Plan(last=last)
     keys: dict[str, int] = {}
     for jobs in groups:
         group_results: list[InsertResult] = []
         group_rows: list[Row] = []
         group_keys: dict[str, int] = {}
+        group_windows: list[tuple[str, int, float]] = []
         group_last = out.last
         error: BaseException | None = None
         for job in jobs:
@@ -57,6 +63,9 @@ def plan(groups: list[list[NewJob]], last: int, holder: Callable[[str], int | No
             group_last = job_id
             if job.unique_key is not None:
                 group_keys[job.unique_key] = job_id
+                if job.unique_for is not None:
+                    until = job.created_at + job.unique_for
+                    group_windows.append((job.unique_key, job_id, until))
             group_rows.append(
                 (
                     job_id,
@@ -73,6 +82,7 @@ def plan(groups: list[list[NewJob]], last: int, holder: Callable[[str], int | No
                     job.timeout,
                     job.retry_json,
                     1 if job.external else 0,
+                    job.deadline,
                 )
             )
             group_results.append(InsertResult(job_id, True))
@@ -82,6 +92,7 @@ def plan(groups: list[list[NewJob]], last: int, holder: Callable[[str], int | No
         out.last = group_last
         keys.update(group_keys)
         out.rows.extend(group_rows)
+        out.windows.extend(group_windows)
         out.results.extend(group_results)
     return out
 

@@ -59,6 +59,10 @@ class NewJob:
     retry_json: str | None
     job_id: int | None = None
     external: bool = False
+    # How long the unique key stays taken after the add, finished or not (seconds).
+    unique_for: float | None = None
+    on_conflict: str | None = None  # "raise": DuplicateJob instead of the holder's id
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -270,6 +274,10 @@ class JobStore(Protocol):
         """Forget the minutes before ``before_minute``; returns how many rows went."""
         ...
 
+    async def prune_unique_keys(self, now: float) -> int:
+        """Forget the unique windows (``unique_for``) that ended by ``now``."""
+        ...
+
     def retried(self, job_id: int, at: float) -> asyncio.Future[None]:
         """A retry asked for by hand at ``at`` (said on the job's last attempt)."""
         ...
@@ -478,6 +486,14 @@ class JobStore(Protocol):
 
     async def unique_holder(self, key: str) -> int | None:
         """The id of the WAITING or RUNNING job holding unique key ``key``, if any."""
+        ...
+
+    async def deadlines_passed(self, now: float, limit: int) -> list[int]:
+        """Up to ``limit`` WAITING jobs whose deadline is ``now`` or before, earliest first."""
+        ...
+
+    async def next_deadline(self) -> float | None:
+        """The earliest deadline of a WAITING job, or None."""
         ...
 
     async def schedules(self) -> list[ScheduleInfo]: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 JOB_COLUMNS = (
     "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
     "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
-    "finished_at, timeout, retry, recoveries, seq"
+    "finished_at, timeout, retry, recoveries, seq, deadline"
 )
 
 MINUTE_COLUMNS = "succeeded, failed, cancelled, retried, duration_sum, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11"
@@ -56,6 +56,14 @@ SQL_EXTERNAL = (
 )
 SQL_COUNTS_LIVE = "SELECT pool, status, n FROM job_counts WHERE n != 0 ORDER BY pool, status"
 SQL_COUNT_OF = "SELECT n FROM job_counts WHERE pool = ? AND status = ?"
+# Waiting jobs whose deadline passed, and the next deadline (index jobs_deadline).
+SQL_DEADLINES_PASSED = (
+    "SELECT id FROM jobs WHERE deadline IS NOT NULL AND deadline <= ? AND status = 'WAITING' "
+    "ORDER BY deadline LIMIT ?"
+)
+SQL_NEXT_DEADLINE = (
+    "SELECT min(deadline) FROM jobs WHERE deadline IS NOT NULL AND status = 'WAITING'"
+)
 SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')"
 SQL_OWNER = "SELECT owner, address, since FROM lease WHERE id = 1"
 SQL_PAUSED_POOLS = "SELECT name FROM pool_settings WHERE paused = 1"

@@ -19,7 +19,9 @@ from .queries import (
     SQL_ATTEMPTS,
     SQL_COUNT_OF,
     SQL_COUNTS_LIVE,
+    SQL_DEADLINES_PASSED,
     SQL_EXTERNAL,
+    SQL_NEXT_DEADLINE,
     SQL_OWNER,
     SQL_PAUSED_POOLS,
     SQL_POOL_PAUSES,
@@ -207,6 +209,15 @@ class SharedReads:
     async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
         """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order (``window``)."""
         return await delayed_jobs(self.query, pool, after, limit)
+
+    async def deadlines_passed(self, now: float, limit: int) -> list[int]:
+        """WAITING jobs whose deadline is ``now`` or before, earliest first (``jobs_deadline``)."""
+        return [int(r[0]) for r in await self.query(SQL_DEADLINES_PASSED, (now, limit))]
+
+    async def next_deadline(self) -> float | None:
+        """The earliest deadline of a WAITING job, or None."""
+        row = await self._one(SQL_NEXT_DEADLINE)
+        return None if row is None or row[0] is None else float(row[0])
 
     async def unique_holder(self, key: str) -> int | None:
         """The WAITING or RUNNING job holding unique key ``key`` (index jobs_unique_live)."""

@@ -68,7 +68,8 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         retry,
         recoveries,
         seq,
-    ) = tuple(row)[:24]
+        deadline,
+    ) = tuple(row)[:25]
     return JobInfo(
         id=id_,
         task=task,
@@ -94,6 +95,7 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         recoveries=recoveries,
         seq=seq,
         retry_policy=_loads(retry),
+        deadline=deadline,
     )
 
 

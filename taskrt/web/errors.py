@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import (
+    DuplicateJob,
     DuplicateJobId,
     InvalidOption,
     InvalidTransition,
@@ -105,6 +106,7 @@ STATUS: dict[type[TaskrtError], int] = {
     PoolNotFound: 404,
     JobNotFound: 404,
     ScheduleNotFound: 404,
+    DuplicateJob: 409,
     DuplicateJobId: 409,
     InvalidTransition: 409,
     OwnershipError: 409,

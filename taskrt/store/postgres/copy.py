@@ -68,6 +68,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "seq",
         "external",
         "cancel_requested",
+        "deadline",
     ),
     "attempts": (
         "job_id",
@@ -111,6 +112,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         *(f"b{i}" for i in range(12)),
     ),
     "pool_settings": ("name", "paused"),
+    "unique_keys": ("key", "job_id", "expires_at"),
 }
 
 # Columns PostgreSQL holds as double precision: SQLite may hand back an integer there.
@@ -128,6 +130,8 @@ _FLOATS = frozenset(
         "last_run_at",
         "updated_at",
         "duration_sum",
+        "deadline",
+        "expires_at",
     }
 )
 

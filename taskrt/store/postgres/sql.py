@@ -173,7 +173,21 @@ SCHEMA_V3 = (
     "ADD COLUMN capacity INTEGER, ADD COLUMN capacity_set SMALLINT NOT NULL DEFAULT 0",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
+# Flow control (docs/flow-control.md): a job not started by its ``deadline`` fails
+# (``jobs_deadline`` finds the waiting ones whose deadline passed); a unique key is
+# held for a window after its add (``unique_keys``, untouched by retention and purges).
+SCHEMA_V4 = (
+    "ALTER TABLE jobs ADD COLUMN deadline DOUBLE PRECISION",
+    "CREATE INDEX jobs_deadline ON jobs (deadline) WHERE deadline IS NOT NULL "
+    "AND status = 'WAITING'",
+    """CREATE TABLE unique_keys (
+        key TEXT PRIMARY KEY,
+        job_id BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SQL_VERSION = "SELECT value FROM meta WHERE key = 'schema.version'"
@@ -190,15 +204,24 @@ SQL_HOLDERS = (
     "SELECT unique_key, id FROM jobs WHERE unique_key = ANY($1::text[]) "
     "AND status IN ('WAITING', 'RUNNING')"
 )
+# Keys within the window of an earlier add (``unique_for``), as of $2.
+SQL_WINDOW_HOLDERS = (
+    "SELECT key, job_id FROM unique_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
+)
+SQL_HOLD_KEYS = (
+    "INSERT INTO unique_keys (key, job_id, expires_at) SELECT * FROM "
+    "unnest($1::text[], $2::bigint[], $3::float8[]) ON CONFLICT (key) DO UPDATE "
+    "SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at"
+)
 SQL_INSERT = (
     "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external) "
+    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline) "
     "SELECT id, task, pool, 'WAITING', args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, 1, external FROM unnest("
+    "unique_key, created_at, run_at, timeout, retry, 1, external, deadline FROM unnest("
     "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], "
     "$8::text[], $9::text[], $10::float8[], $11::float8[], $12::float8[], $13::text[], "
-    "$14::smallint[]) AS v(id, task, pool, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, external) "
+    "$14::smallint[], $15::float8[]) AS v(id, task, pool, args, kwargs, max_attempts, priority, "
+    "metadata, unique_key, created_at, run_at, timeout, retry, external, deadline) "
     "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'RUNNING') "
     "DO NOTHING RETURNING id"
 )
@@ -379,9 +402,9 @@ SCHEDULE_FAILED_PART = _plain(
 # from the last issued id, whose row it locks until it commits (note 1).
 _ADD_COLUMNS = (
     "task, pool, args, kwargs, max_attempts, priority, metadata, created_at, run_at, timeout, "
-    "retry, external"
+    "retry, external, deadline"
 )
-_ADD_TYPES = "text text text text bigint bigint text float8 float8 float8 text smallint"
+_ADD_TYPES = "text text text text bigint bigint text float8 float8 float8 text smallint float8"
 
 
 def _add(i: int, base: int) -> list[str]:

@@ -716,6 +716,12 @@ class PgStore(QueuedWrites, SharedReads):
         )
         return deleted
 
+    async def prune_unique_keys(self, now: float) -> int:
+        (deleted,) = await self._script(
+            [("DELETE FROM unique_keys WHERE expires_at <= $1", (now,))]
+        )
+        return deleted
+
     # -- reads -------------------------------------------------------------------
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:

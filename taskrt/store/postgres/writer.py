@@ -34,11 +34,13 @@ from .sql import (
     PROGRESS_PART,
     SCHEDULE_FAILED_PART,
     SQL_COUNTS_ADD,
+    SQL_HOLD_KEYS,
     SQL_HOLDERS,
     SQL_INSERT,
     SQL_LAST_ID,
     SQL_NOTIFY,
     SQL_SET_LAST_ID,
+    SQL_WINDOW_HOLDERS,
     Part,
     combined,
 )
@@ -175,7 +177,10 @@ async def insert_jobs(
     keys = [job.unique_key for jobs in groups for job in jobs if job.unique_key is not None]
     holders: dict[str, int] = {}
     if keys:
-        holders = {str(k): int(i) for k, i in await conn.fetch(SQL_HOLDERS, keys)}
+        at = min(job.created_at for jobs in groups for job in jobs)
+        windows = await conn.fetch(SQL_WINDOW_HOLDERS, keys, at)
+        holders = {str(k): int(i) for k, i in windows}
+        holders.update({str(k): int(i) for k, i in await conn.fetch(SQL_HOLDERS, keys)})
     planned = plan(groups, last, holders.get)
     results, rows, last = planned.results, planned.rows, planned.last
     if not rows:
@@ -194,6 +199,9 @@ async def insert_jobs(
                 if key not in found:
                     raise StoreError(f"job {result.job_id} was not stored (unique key {key!r})")
                 results[i] = InsertResult(found[key], False)
+    held = [w for w in planned.windows if w[1] in made]
+    if held:
+        await conn.execute(SQL_HOLD_KEYS, *[list(col) for col in zip(*held, strict=True)])
     for job_id in made:
         tally.move(pools[job_id], None, WAITING)
     return results
@@ -375,6 +383,7 @@ def _add_row(job: NewJob) -> tuple[Any, ...]:
         job.timeout,
         job.retry_json,
         1 if job.external else 0,
+        job.deadline,
     )
 
 

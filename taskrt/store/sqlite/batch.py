@@ -20,8 +20,9 @@ from ..adds import plan
 from ..groupcommit import reason
 from ..ops import Statement, segments
 from ..protocol import InsertResult, NewJob
+from ..queries import SQL_UNIQUE_HOLDER
 from .counts import STORED, Tally, write_group
-from .sql import INSERT_JOB, STATEMENT
+from .sql import INSERT_JOB, SQL_HOLD_KEY, SQL_KEY_WINDOW, STATEMENT
 
 log = logging.getLogger("taskrt.store")
 
@@ -71,15 +72,18 @@ def insert_jobs(
         return []
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
 
+    at = min(job.created_at for jobs in groups for job in jobs)
+
     def holder(key: str) -> int | None:
-        found = conn.execute(
-            "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')",
-            (key,),
-        ).fetchone()
+        found = conn.execute(SQL_UNIQUE_HOLDER, (key,)).fetchone()
+        if found is None:
+            found = conn.execute(SQL_KEY_WINDOW, (key, at)).fetchone()
         return None if found is None else int(found[0])
 
     planned = plan(groups, int(row[0]) if row else 0, holder)
     conn.executemany(INSERT_JOB, planned.rows)
+    if planned.windows:
+        conn.executemany(SQL_HOLD_KEY, planned.windows)
     return planned.results
 
 

@@ -7,11 +7,11 @@ import sqlite3
 
 from ...errors import SchemaTooNew
 from .batch import rollback
-from .sql import SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5
+from .sql import SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6
 
 log = logging.getLogger("taskrt.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The version of the tables this code reads and writes (``PRAGMA user_version``, note 11)."""
 
 
@@ -30,6 +30,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _statements(SCHEMA_V3),
     _statements(SCHEMA_V4),
     _statements(SCHEMA_V5),
+    _statements(SCHEMA_V6),
 )
 
 

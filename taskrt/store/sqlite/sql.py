@@ -176,11 +176,30 @@ DELETE FROM job_counts;
 INSERT INTO job_counts (pool, status, n) SELECT pool, status, count(*) FROM jobs GROUP BY pool, status;
 """
 
+# Version 6: flow control (docs/flow-control.md). ``deadline``: a job not started
+# by it fails; ``jobs_deadline`` finds the waiting ones whose deadline passed
+# without reading the others (partial: only rows with a deadline pay for it).
+# ``unique_keys``: a unique key held for a window after its add (``unique_for``),
+# finished or not; its own table, so retention and purges of jobs leave it be.
+SCHEMA_V6 = """
+ALTER TABLE jobs ADD COLUMN deadline REAL;
+CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs(deadline)
+    WHERE deadline IS NOT NULL AND status = 'WAITING';
+CREATE TABLE IF NOT EXISTS unique_keys (
+    key TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
 INSERT_JOB = (
     "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external) "
-    "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
+    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline) "
+    "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
 )
+# A unique key's window (schema version 6): taken for ``expires_at`` by ``job_id``.
+SQL_HOLD_KEY = "INSERT OR REPLACE INTO unique_keys (key, job_id, expires_at) VALUES (?, ?, ?)"
+SQL_KEY_WINDOW = "SELECT job_id FROM unique_keys WHERE key = ? AND expires_at > ?"
 
 PROGRESS = (
     "UPDATE jobs SET current = ?, total = ?, message = ?, seq = MAX(seq, ?) "

@@ -236,6 +236,11 @@ class Store(QueuedWrites, SharedReads):
         )
         return deleted
 
+    async def prune_unique_keys(self, now: float) -> int:
+        """Forget the unique windows that ended by ``now`` (retention)."""
+        (deleted,) = await self._script([("DELETE FROM unique_keys WHERE expires_at <= ?", (now,))])
+        return deleted
+
     # -- transactions --------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -1,0 +1,114 @@
+"""Deadlines of waiting jobs: a job not started by its deadline ends.
+
+``options(deadline=...)`` says when a job is of no use any more. A pool that
+takes a job after its deadline ends it instead of starting it (pool note 6),
+but a job may never be taken: its pool is paused, busy with other work, or
+its ``run_at`` lies past the deadline. ``Deadlines`` finds those in the store
+and ends them at their deadline.
+
+Design notes:
+
+1. **The store knows.** The waiting jobs whose deadline passed are one indexed
+   read (``jobs_deadline``, a partial index that only jobs with a deadline
+   pay for), so the check costs nothing where no job has a deadline and does
+   not grow with the backlog: no timer per job, nothing held in memory.
+2. **On time, and polled.** The sweeper sleeps until the earliest deadline of a
+   waiting job, and at most ``interval`` (jobs added by other processes, or
+   added after it went to sleep, are found by then): a job ends within
+   ``interval`` of its deadline, usually at once.
+3. **The host ends it.** Ending a job is the runtime's: the owner takes it
+   out of its pool's queue first; a node reads it (``taskrt.nodes``). Both go
+   through ``Transitions.deadline_passed``: FAILURE ``deadline passed``, the
+   ``on_failed`` hook in its transaction, never a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from .errors import TaskrtError
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .store import JobStore
+
+log = logging.getLogger("taskrt")
+
+DEFAULT_INTERVAL = 1.0
+"""The longest a job waits past its deadline before it ends (note 2)."""
+_BATCH = 500  # jobs ended per read
+
+
+class Deadlines:
+    """Ends the waiting jobs whose deadline passed (see the module notes)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        clock: Clock,
+        end: Callable[[int], Awaitable[None]],
+        *,
+        interval: float = DEFAULT_INTERVAL,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.end = end  # ends one job, if it is still WAITING past its deadline (note 3)
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.ended = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="taskrt-deadlines")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def sweep(self) -> int:
+        """End every waiting job whose deadline passed; how many there were."""
+        ended = 0
+        while True:
+            ids = await self.store.deadlines_passed(self.clock.now(), _BATCH)
+            for job_id in ids:
+                await self.end(job_id)
+            ended += len(ids)
+            if len(ids) < _BATCH:
+                break
+        self.ended += ended
+        return ended
+
+    async def _run(self) -> None:
+        while True:
+            wait = self.interval
+            try:
+                await self.sweep()
+                upcoming = await self.store.next_deadline()
+                # One already past is a job this process cannot end (its task is
+                # not registered here): the next poll looks again.
+                if upcoming is not None and upcoming > self.clock.now():
+                    wait = min(wait, upcoming - self.clock.now())
+            except TaskrtError as exc:
+                log.warning("ending jobs past their deadline failed: %s", exc)
+            except Exception:
+                log.exception("ending jobs past their deadline failed")
+            await self._sleep(wait)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until ``seconds`` have passed on the runtime's clock (a fake one in tests)."""
+        self._wake.clear()
+        timer = self.clock.call_at(self.clock.now() + seconds, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
+
+
+__all__ = ["DEFAULT_INTERVAL", "Deadlines"]
