@@ -49,7 +49,9 @@ QUEUE_FULL = Reply(
     ref("Error"),
 )
 DUPLICATE_ID = Reply(
-    "the task's `next_id` hook gave an id that is taken (`duplicate_job_id`)", ref("Error")
+    "the unique key is taken and `on_conflict` is `raise` (`duplicate_job`, with the "
+    "`existing_id`), or the task's `next_id` hook gave an id that is taken (`duplicate_job_id`)",
+    ref("Error"),
 )
 _STATUS_LIST = re.compile(STATUS_LIST_PATTERN)
 NEW_JOB_FIELDS = frozenset(
@@ -65,6 +67,10 @@ NEW_JOB_FIELDS = frozenset(
         "attempts",
         "timeout",
         "metadata",
+        "unique_for",
+        "on_conflict",
+        "deadline",
+        "retry",
     }
 )
 
@@ -87,7 +93,8 @@ def job_url(request: Request, job_id: int) -> str:
 )
 async def add_job(api: Api, request: Request) -> Response:
     """Returns once the job is durable. A `unique_key` that matches a waiting or
-    running job returns that job instead of adding another."""
+    running job (or one added within its `unique_for` window) returns that job
+    instead of adding another, or, with `on_conflict: "raise"`, answers 409."""
     body = json_object(await read_json(request, api.settings.max_body))
     refuse_unknown(body, NEW_JOB_FIELDS)
     name = body.get("task")
@@ -104,6 +111,11 @@ async def add_job(api: Api, request: Request) -> Response:
     run_at = field_of(body, "run_at", (int, float, str), "epoch seconds or an ISO 8601 date-time")
     if isinstance(run_at, str):
         run_at = parse_datetime("run_at", run_at)
+    deadline = field_of(
+        body, "deadline", (int, float, str), "epoch seconds or an ISO 8601 date-time"
+    )
+    if isinstance(deadline, str):
+        deadline = parse_datetime("deadline", deadline)
     attempts = field_of(body, "attempts", int, "a positive integer, or -1 for unlimited")
     # A duration is a finite number or at most 64 characters: always finite.
     options = make_options(
@@ -114,6 +126,10 @@ async def add_job(api: Api, request: Request) -> Response:
         attempts="default" if attempts is None else attempts,
         timeout=duration_of(body, "timeout"),
         metadata=field_of(body, "metadata", dict, "an object"),
+        unique_for=duration_of(body, "unique_for"),
+        on_conflict=field_of(body, "on_conflict", str, "'return' or 'raise'"),
+        deadline=deadline,
+        retry=field_of(body, "retry", (int, float, str, list, dict), "a retry policy"),
     )
     # ``enqueue`` rather than ``pool.add``: a job keyword argument named ``tx``
     # must reach the handler, not be taken for ``add``'s own parameter.

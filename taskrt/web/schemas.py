@@ -181,6 +181,11 @@ COMPONENTS: dict[str, Schema] = {
             "timeout": _nullable("number"),
             "recoveries": {"type": "integer"},
             "seq": {"type": "integer", "description": "the job's last event sequence number"},
+            "retry_policy": {"description": "the retry policy given when it was added, or null"},
+            "deadline": {
+                "anyOf": [{"type": "number"}, {"type": "null"}],
+                "description": "epoch seconds: not started after it, a running attempt cut at it",
+            },
         },
     },
     "NewJob": {
@@ -203,7 +208,47 @@ COMPONENTS: dict[str, Schema] = {
                     "type": "string",
                     "minLength": 1,
                     "description": (
-                        "while a job with this key is waiting or running, adding returns it"
+                        "while a job with this key is waiting or running (or within "
+                        "`unique_for` of its add), adding returns it"
+                    ),
+                }
+            ),
+            "unique_for": nullable(
+                duration(
+                    positive=True,
+                    description="seconds the unique key stays taken after the add, finished or not",
+                )
+            ),
+            "on_conflict": nullable(
+                {
+                    "enum": ["return", "raise"],
+                    "description": (
+                        "when the unique key is taken: return that job (201, the default), "
+                        "or refuse with 409 `duplicate_job` and its `existing_id`"
+                    ),
+                }
+            ),
+            "deadline": nullable(TIME),
+            "retry": nullable(
+                {
+                    "anyOf": [
+                        {"type": "number", "minimum": 0},
+                        {"type": "string", "minLength": 1},
+                        {"type": "array", "items": duration()},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "base": duration(),
+                                "factor": {"type": "number", "minimum": 1, "maximum": 1000},
+                                "cap": duration(),
+                                "jitter": {"type": "number"},
+                            },
+                        },
+                    ],
+                    "description": (
+                        "the retry policy of this job: a delay, a list of delays "
+                        "('1m,2m,4m' as text too), or exponential {base, factor, cap, jitter}"
                     ),
                 }
             ),

@@ -1,0 +1,348 @@
+"""Flow control: deadlines and unique windows (docs/flow-control.md).
+
+Each behaviour runs on a real SQLite file and on PostgreSQL (a schema of its
+own, every process a node), through the Python API; the HTTP API's fields are
+checked on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pg_server
+import pytest
+
+from taskrt import DuplicateJob, JobContext, JobStatus, Runtime
+from taskrt.clock import FakeClock
+from taskrt.definitions import TaskCall, checked_options
+from taskrt.errors import InvalidOption
+from taskrt.models import AttemptOutcome
+from taskrt.web import create_app
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test's database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "app.db")
+    return f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+
+
+def rows(db: str, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute(sql))
+
+
+# -- options --------------------------------------------------------------------------
+
+
+async def test_bad_flow_options_are_refused_naming_the_field(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    @rt.task
+    async def noop() -> None: ...
+
+    cases = [
+        ({"deadline": datetime(2030, 1, 1)}, "deadline"),  # naive: which zone?
+        ({"deadline": "tomorrow"}, "deadline"),
+        ({"deadline": float("nan")}, "deadline"),
+        ({"unique_for": 60}, "unique_for"),  # a window of no key
+        ({"unique_key": "k", "unique_for": 0}, "unique_for"),
+        ({"unique_key": "k", "unique_for": "soon"}, "unique_for"),
+        ({"unique_key": "k", "on_conflict": "ignore"}, "on_conflict"),
+    ]
+    for options, field in cases:
+        with pytest.raises(InvalidOption) as caught:
+            noop.options(**options)
+        assert caught.value.field == field, options
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    assert noop.options(deadline=when).opts.deadline == when.timestamp()
+
+
+# -- deadlines ------------------------------------------------------------------------
+
+
+async def test_a_waiting_job_ends_at_its_deadline(db: str) -> None:
+    rt = Runtime(db)
+    failed: list[tuple[int, str | None]] = []
+    ran: list[int] = []
+    pool = rt.pool("q", concurrency=1)
+
+    async def on_failed(job: Any, tx: Any) -> None:
+        failed.append((job.id, job.error))
+
+    @rt.task(pool="q", on_failed=on_failed)
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+
+    async with rt:
+        pool.pause()  # nothing starts it: only its deadline ends it
+        added = time.time()
+        late = await pool.add(work.options(deadline=added + 0.5))
+        kept = await pool.add(work.options(deadline=added + 60))
+        info = await rt.wait(late, timeout=5)
+        ended = time.time()
+        assert (info.status, info.error, info.attempts) == (
+            JobStatus.FAILURE,
+            "deadline passed",
+            0,
+        )
+        assert added + 0.5 <= ended < added + 0.5 + 1.5  # within the sweeper's interval
+        assert failed == [(late, "deadline passed")]  # on_failed ran, once
+        assert (await rt.get(kept)).status is JobStatus.WAITING
+        assert (await rt.get(kept)).deadline == pytest.approx(added + 60)
+        pool.resume()
+        assert (await rt.wait(kept, timeout=5)).status is JobStatus.SUCCESS
+    assert ran == [kept]
+    # The deadline is stored: a restart still knows it.
+    async with Runtime(db, workers=False) as again:
+        assert (await again.get(kept)).deadline == pytest.approx(added + 60)
+
+
+async def test_a_job_taken_after_its_deadline_never_starts(db: str) -> None:
+    rt = Runtime(db)
+    ran: list[int] = []
+
+    @rt.task
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+
+    async with rt:
+        past = await rt.pool("default").add(work.options(deadline=time.time() - 1))
+        info = await rt.wait(past, timeout=5)
+    assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
+    assert ran == []
+
+
+async def test_a_running_attempt_is_cut_at_the_deadline_and_not_retried(db: str) -> None:
+    rt = Runtime(db)
+    started = asyncio.Event()
+
+    @rt.task(attempts=5, retry="0s", timeout=30)
+    async def slow(job: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    async with rt:
+        t0 = time.time()
+        job_id = await rt.pool("default").add(slow.options(deadline=t0 + 0.4))
+        info = await rt.wait(job_id, timeout=5)
+        took = time.time() - t0
+        attempts = await rt.attempts(job_id)
+    assert (info.status, info.error, info.attempts) == (JobStatus.FAILURE, "deadline passed", 1)
+    assert 0.35 <= took < 2.0
+    assert [(a.outcome, a.error) for a in attempts] == [(AttemptOutcome.TIMEOUT, "deadline passed")]
+
+
+async def test_a_retry_that_would_start_after_the_deadline_ends_the_job_now(db: str) -> None:
+    rt = Runtime(db)
+
+    @rt.task(attempts=5, retry="10s")
+    async def flaky(job: JobContext) -> None:
+        raise RuntimeError(f"attempt {job.attempt} broke")
+
+    @rt.task(attempts=5, retry="0s")
+    async def flaky_fast(job: JobContext) -> int:
+        if job.attempt < 3:
+            raise RuntimeError("not yet")
+        return job.attempt
+
+    async with rt:
+        t0 = time.time()
+        pool = rt.pool("default")
+        doomed = await pool.add(flaky.options(deadline=t0 + 3))
+        fine = await pool.add(flaky_fast.options(deadline=t0 + 30))
+        info = await rt.wait(doomed, timeout=5)
+        assert time.time() - t0 < 2.0  # not 10 s later, nor at the deadline
+        assert info.status is JobStatus.FAILURE
+        assert (
+            info.error == "deadline passed before the next attempt: RuntimeError: attempt 1 broke"
+        )
+        assert info.attempts == 1
+        # Retries that come before the deadline still happen.
+        done = await rt.wait(fine, timeout=5)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, 3)
+
+
+# -- unique windows -------------------------------------------------------------------
+
+
+async def test_a_unique_window_holds_the_key_after_the_job_finished(db: str) -> None:
+    clock = FakeClock(start=time.time())
+    rt = Runtime(db, clock=clock)
+
+    @rt.task
+    async def welcome(job: JobContext, user: int) -> int:
+        return user
+
+    async with rt:
+        pool = rt.pool("default")
+        first = await pool.add(welcome.options(unique_key="welcome:7", unique_for=3600), 7)
+        assert (await rt.wait(first, timeout=5)).status is JobStatus.SUCCESS
+        # Finished, and the key is still taken: the same job comes back.
+        again = await pool.add(welcome.options(unique_key="welcome:7", unique_for=3600), 7)
+        assert again == first
+        plain = await pool.add(welcome.options(unique_key="welcome:7"), 7)  # any add of the key
+        assert plain == first
+        with pytest.raises(DuplicateJob) as caught:
+            await pool.add(welcome.options(unique_key="welcome:7", on_conflict="raise"), 7)
+        assert (caught.value.existing_id, caught.value.unique_key) == (first, "welcome:7")
+        assert (caught.value.to_dict()["code"], caught.value.to_dict()["existing_id"]) == (
+            "duplicate_job",
+            first,
+        )
+        # Other keys are free.
+        other = await pool.add(welcome.options(unique_key="welcome:8", unique_for=3600), 8)
+        assert other > first
+        # Once the window has passed, the key is free again.
+        await clock.advance(3601)
+        later = await pool.add(welcome.options(unique_key="welcome:7", unique_for=60), 7)
+        assert later > other
+        assert (await rt.wait(later, timeout=5)).status is JobStatus.SUCCESS
+
+
+async def test_without_a_window_a_finished_job_frees_its_key(db: str) -> None:
+    rt = Runtime(db)
+
+    @rt.task
+    async def once(job: JobContext) -> None: ...
+
+    async with rt:
+        pool = rt.pool("default")
+        first = await pool.add(once.options(unique_key="k"))
+        await rt.wait(first, timeout=5)
+        second = await pool.add(once.options(unique_key="k", on_conflict="raise"))
+        assert second > first
+
+
+async def test_on_conflict_raise_while_the_holder_is_waiting(db: str) -> None:
+    rt = Runtime(db)
+    pool = rt.pool("q")
+
+    @rt.task(pool="q")
+    async def once(job: JobContext) -> None: ...
+
+    async with rt:
+        pool.pause()
+        first = await pool.add(once.options(unique_key="k"))
+        assert await pool.add(once.options(unique_key="k")) == first
+        with pytest.raises(DuplicateJob) as caught:
+            await pool.add(once.options(unique_key="k", on_conflict="raise"))
+        assert caught.value.existing_id == first
+        assert [j.id for j in (await rt.jobs(status="WAITING")).jobs] == [first]
+
+
+async def test_a_window_outlives_its_job_and_a_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "app.db")
+    clock = FakeClock(start=time.time())
+
+    def app() -> tuple[Runtime, Any]:
+        rt = Runtime(db, clock=clock)
+
+        @rt.task
+        async def once(job: JobContext) -> None: ...
+
+        return rt, once
+
+    rt, once = app()
+    async with rt:
+        first = await rt.pool("default").add(once.options(unique_key="k", unique_for=600))
+        await rt.wait(first, timeout=5)
+        await clock.advance(1)
+        assert await rt.cleanup(older_than=0) == 1  # the job is gone ...
+    assert rows(db, "SELECT count(*) FROM jobs") == [(0,)]
+    rt, once = app()
+    async with rt:
+        pool = rt.pool("default")
+        with pytest.raises(DuplicateJob) as caught:  # ... its window is not
+            await pool.add(once.options(unique_key="k", on_conflict="raise"))
+        assert caught.value.existing_id == first
+        # Retention forgets the windows that ended, and only those.
+        await clock.advance(600)
+        await pool.add(once.options(unique_key="other", unique_for=3600))
+        await rt.schedules.retention.prune()
+        assert rows(db, "SELECT key FROM unique_keys") == [("other",)]
+        fresh = await pool.add(once.options(unique_key="k", on_conflict="raise"))
+        assert fresh > first
+
+
+# -- over HTTP ------------------------------------------------------------------------
+
+
+async def test_post_jobs_takes_the_flow_options(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    pool = rt.pool("q")
+
+    @rt.task(pool="q")
+    async def once(job: JobContext) -> None: ...
+
+    async with rt:
+        pool.pause()
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {
+                "task": "once",
+                "unique_key": "k",
+                "unique_for": "1h",
+                "deadline": "2100-01-01T00:00:00Z",
+                "retry": "1m,2m,4m",
+            }
+            made = await client.post("/jobs", json=body)
+            assert made.status_code == 201, made.text
+            job = made.json()
+            assert job["deadline"] == datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+            assert job["retry_policy"] is not None
+            same = await client.post("/jobs", json=body)
+            assert (same.status_code, same.json()["id"]) == (201, job["id"])
+            refused = await client.post("/jobs", json={**body, "on_conflict": "raise"})
+            assert refused.status_code == 409
+            assert refused.json()["error"]["code"] == "duplicate_job"
+            assert refused.json()["error"]["existing_id"] == job["id"]
+            for field, value in [
+                ("on_conflict", "skip"),
+                ("unique_for", -5),
+                ("deadline", "next week"),
+                ("retry", {"base": "1s", "speed": 2}),
+            ]:
+                bad = await client.post("/jobs", json={**body, field: value})
+                assert 400 <= bad.status_code < 500, (field, bad.text)
+                assert field in bad.text, (field, bad.text)
+        assert [j.id for j in (await rt.jobs()).jobs] == [job["id"]]
+
+
+async def test_a_client_process_gets_duplicate_job_and_deadlines_from_the_owner(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "app.db")
+
+    def app(**options: Any) -> Runtime:
+        rt = Runtime(db, **options)
+        rt.pool("q")
+
+        @rt.task(pool="q")
+        async def once(job: JobContext) -> None: ...
+
+        return rt
+
+    owner, client = app(), app(workers=False)
+    async with owner, client:
+        owner.pools["q"].pause()
+        assert client.relayed  # its adds go to the owner over the relay
+        call = client.tasks["once"]
+
+        def options(**given: Any) -> TaskCall:
+            return TaskCall(call, checked_options(given))
+
+        first = await client.pools["q"].add(options(unique_key="k"))  # forwarded to the owner
+        with pytest.raises(DuplicateJob) as caught:
+            await client.pools["q"].add(options(unique_key="k", on_conflict="raise"))
+        assert caught.value.existing_id == first
+        late = await client.pools["q"].add(options(deadline=time.time() + 0.3))
+        info = await client.wait(late, timeout=5)
+        assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
