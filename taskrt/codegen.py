@@ -403,7 +403,7 @@ def _render_add(task: _Task) -> str:
     doc = _docstring(
         f"Add a ``{task.name}`` job; its id once it is stored.\n\n"
         "``overrides`` are per-job options: delay, run_at, priority, unique_key,\n"
-        "attempts, retry, timeout, metadata.",
+        "unique_for, on_conflict, deadline, attempts, retry, timeout, metadata.",
         "    ",
     )
     call = (

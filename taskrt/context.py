@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .definitions import TaskSpec
-from .limits import check_progress
+from .limits import check_progress, check_step
 from .models import JobInfo, JobStatus
 from .retry import RetryPolicy
 
@@ -22,7 +22,12 @@ class Reporter(Protocol):
     limits: Limits
 
     def report(
-        self, state: JobState, current: float, total: float | None, message: str | None
+        self,
+        state: JobState,
+        current: float,
+        total: float | None,
+        message: str | None,
+        step: str | None = None,
     ) -> None: ...
 
 
@@ -78,6 +83,8 @@ class JobState:
     seq: int
     retry_policy: Any
     deadline: float | None
+    step: str | None
+    steps: tuple[dict[str, Any], ...]
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
@@ -141,6 +148,8 @@ class JobState:
         state.seq = 1
         state.retry_policy = retry_policy
         state.deadline = deadline
+        state.step = None
+        state.steps = ()
         state.snapshot = None
         state.spec = spec
         state.retry = retry
@@ -244,18 +253,28 @@ class JobContext:
         return s.cancel_requested or s.timed_out or s.shutdown
 
     def progress(
-        self, current: float, total: float | None = None, message: str | None = None
+        self,
+        current: float,
+        total: float | None = None,
+        message: str | None = None,
+        *,
+        step: str | None = None,
     ) -> Awaitable[None]:
         """Report progress; returns at once (awaiting it is optional and free).
 
+        ``step`` names the part of the work it is about: the job keeps every
+        step seen with its own current/total (``JobInfo.steps``).
         A value that cannot be stored (not a finite number, text that is not
         UTF-8 or too long) raises ``InvalidOption`` here, in the caller.
         """
-        current, total, message = check_progress(current, total, message, self._reporter.limits)
+        limits = self._reporter.limits
+        current, total, message = check_progress(current, total, message, limits)
+        if step is not None:
+            step = check_step(step, limits)
         if threading.get_ident() == self._thread:
-            self._reporter.report(self._state, current, total, message)
+            self._reporter.report(self._state, current, total, message, step)
         else:
             self._loop.call_soon_threadsafe(
-                self._reporter.report, self._state, current, total, message
+                self._reporter.report, self._state, current, total, message, step
             )
         return DONE

@@ -196,6 +196,17 @@ def check_progress(
     return current, total, message
 
 
+MAX_STEPS = 100
+"""Named steps one job may report (``progress(..., step=...)``): the list is bounded."""
+
+
+def check_step(step: Any, limits: Limits) -> str:
+    """A progress step's name: non-empty text of at most ``max_key_bytes``."""
+    if not isinstance(step, str) or not step:
+        raise InvalidOption("step", f"expected a non-empty string, found {shown(step)}")
+    return check_text(step, "step", max_bytes=limits.max_key_bytes)
+
+
 def _real(number: float | int) -> float | int:
     """As a REAL column keeps it: an int beyond 2**53 is rounded there, so round it here."""
     if type(number) is int and not -(1 << 53) <= number <= (1 << 53):

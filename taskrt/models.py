@@ -108,6 +108,10 @@ class JobInfo:
     # Not started after it (epoch seconds): FAILURE "deadline passed"; a running
     # attempt is cancelled at it (docs/flow-control.md).
     deadline: float | None = None
+    # Named steps (``progress(..., step=...)``): the one reported last, and every
+    # step seen, in the order first seen, as {"name", "current", "total"}.
+    step: str | None = None
+    steps: tuple[dict[str, Any], ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -129,7 +133,14 @@ class JobInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobInfo:
         """The inverse of ``to_dict`` (a job that crossed between processes)."""
-        return cls(**{**data, "status": JobStatus(data["status"]), "args": tuple(data["args"])})
+        return cls(
+            **{
+                **data,
+                "status": JobStatus(data["status"]),
+                "args": tuple(data["args"]),
+                "steps": tuple(data.get("steps") or ()),
+            }
+        )
 
     def progress_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +150,8 @@ class JobInfo:
             "total": self.total,
             "message": self.message,
             "percent": percent(self.current, self.total),
+            "step": self.step,
+            "steps": [{**s, "percent": percent(s["current"], s["total"])} for s in self.steps],
         }
 
 

@@ -152,7 +152,12 @@ class PoolHost(Protocol):
         ...
 
     def report(
-        self, state: JobState, current: float, total: float | None, message: str | None
+        self,
+        state: JobState,
+        current: float,
+        total: float | None,
+        message: str | None,
+        step: str | None = None,
     ) -> None: ...
 
 

@@ -72,7 +72,7 @@ from .errors import (
 )
 from .events import Broker, EventBus
 from .history import points as history_points
-from .limits import DEFAULT_LIMITS, Limits, check_progress
+from .limits import DEFAULT_LIMITS, Limits, check_progress, check_step
 from .live import LiveJobs
 from .models import (
     TERMINAL,
@@ -1035,7 +1035,13 @@ class Runtime:
         return info
 
     def progress(
-        self, job_id: int, current: float, total: float | None = None, message: str | None = None
+        self,
+        job_id: int,
+        current: float,
+        total: float | None = None,
+        message: str | None = None,
+        *,
+        step: str | None = None,
     ) -> Awaitable[None]:
         """Report progress of a running job, from anywhere in this process.
 
@@ -1046,16 +1052,18 @@ class Runtime:
         ``InvalidOption`` for a value that cannot be stored.
         """
         current, total, message = check_progress(current, total, message, self.limits)
+        if step is not None:
+            step = check_step(step, self.limits)
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
             loop.call_soon_threadsafe(
-                self.transitions.report_by_id, job_id, current, total, message
+                self.transitions.report_by_id, job_id, current, total, message, step
             )
             return DONE
         state = self.live.states.get(job_id)
         if state is None or state.status is not JobStatus.RUNNING:
             return self._not_running(job_id, "report progress for")
-        self.transitions.report(state, current, total, message)
+        self.transitions.report(state, current, total, message, step)
         return DONE
 
     async def _not_running(self, job_id: int, action: str) -> None:

@@ -28,7 +28,7 @@ from .errors import (
     TaskrtError,
 )
 from .history import FLUSH_AFTER, MinuteCounts
-from .limits import encode, safe_text
+from .limits import MAX_STEPS, encode, safe_text
 from .live import LiveJobs
 from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, JobStatus
 from .pool import Outcome
@@ -119,7 +119,12 @@ class Transitions:
         return self.store.start(state.id, attempt, now, seq, pool=state.pool)
 
     def report(
-        self, state: JobState, current: float, total: float | None, message: str | None
+        self,
+        state: JobState,
+        current: float,
+        total: float | None,
+        message: str | None,
+        step: str | None = None,
     ) -> None:
         """Progress: state in memory, an event, a coalesced write (never waits)."""
         if state.status is not JobStatus.RUNNING or state.abandoned:
@@ -129,9 +134,15 @@ class Transitions:
             state.total = total
         if message is not None:
             state.message = message
+        if step is not None and not self._step(state, step, current, total):
+            return
         info = state
         seq = state.seq = state.seq + 1
         if self.broker.wants(info.id):
+            data = {"current": current, "total": state.total, "message": state.message}
+            if state.steps:
+                data["step"] = state.step
+                data["steps"] = list(state.steps)
             self.broker.publish(
                 Event(
                     info.id,
@@ -141,21 +152,53 @@ class Transitions:
                     info.pool,
                     JobStatus.RUNNING,
                     self.clock.now(),
-                    {"current": current, "total": state.total, "message": state.message},
+                    data,
                 )
             )
-        self.store.progress(info.id, current, state.total, state.message, seq)
+        self.store.progress(
+            info.id,
+            current,
+            state.total,
+            state.message,
+            seq,
+            steps=(state.step, state.steps) if state.steps else None,
+        )
         hook = state.spec.hooks.on_progress
         if hook is not None:
             self.background.hook(hook, info.id, current, state.total, state.message, job=state)
 
+    def _step(self, state: JobState, step: str, current: float, total: float | None) -> bool:
+        """Record the step of a report; False (and a warning) past ``MAX_STEPS`` steps."""
+        steps = list(state.steps)
+        for i, seen in enumerate(steps):
+            if seen["name"] == step:
+                total = seen["total"] if total is None else total
+                steps[i] = {"name": step, "current": current, "total": total}
+                break
+        else:
+            if len(steps) >= MAX_STEPS:
+                job_logger(state).warning(
+                    "job %d reported more than %d steps; step %r ignored", state.id, MAX_STEPS, step
+                )
+                return False
+            steps.append({"name": step, "current": current, "total": total or 0})
+        state.step = step
+        state.steps = tuple(steps)
+        state.snapshot = None
+        return True
+
     def report_by_id(
-        self, job_id: int, current: float, total: float | None, message: str | None
+        self,
+        job_id: int,
+        current: float,
+        total: float | None,
+        message: str | None,
+        step: str | None = None,
     ) -> None:
         """``report`` for a job known by id (a report handed over from another thread)."""
         state = self.live.states.get(job_id)
         if state is not None and state.status is JobStatus.RUNNING:
-            self.report(state, current, total, message)
+            self.report(state, current, total, message, step)
         else:
             log.warning("progress for job %d ignored: it is not running here", job_id)
 

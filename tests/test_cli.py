@@ -494,6 +494,18 @@ def test_the_bar_redraws_in_place_on_a_terminal() -> None:
     )
 
 
+def test_watch_names_the_step_a_job_reported() -> None:
+    view = JobView(4, task="album")
+    view.apply({"type": "snapshot", "job": {"task": "album", "status": "RUNNING", "step": "fetch"}})
+    assert bar_line(view, columns=120).endswith("[fetch]")
+    view.apply({"type": "progress", "current": 2, "total": 5, "message": "cat.jpg", "step": "resize"})
+    assert bar_line(view, columns=120).endswith(" 40%  2/5  [resize]  cat.jpg")
+    view.apply({"type": "progress", "current": 3, "total": 5, "message": "dog.jpg"})
+    assert bar_line(view, columns=120).endswith("[resize]  dog.jpg")  # a report without a step keeps it
+    view.apply({"type": "started", "attempt": 2})
+    assert "[resize]" not in bar_line(view)  # a new attempt starts over
+
+
 # -- the console script, as a user runs it -----------------------------------------------------
 
 

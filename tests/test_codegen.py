@@ -270,7 +270,14 @@ async def test_generated_helpers_run_on_a_runtime(tmp_path: Path) -> None:
             3,
         )
         assert info.kwargs == {"userId": 7, "templateId": "welcome"}
+        # Flow-control overrides pass through the generated add like any other option.
+        windowed = await gen.add_send_email(rt, params, unique_key="welcome:7", unique_for=3600)
+        await rt.wait(windowed, timeout=10)
+        from taskrt import DuplicateJob
+
+        with pytest.raises(DuplicateJob):
+            await gen.add_send_email(rt, params, unique_key="welcome:7", on_conflict="raise")
         failed = await gen.add_process_order(rt, gen.ProcessOrderParameters(order_id=5))
         assert (await rt.wait(failed, timeout=10)).status is JobStatus.FAILURE
-    assert seen == [params, (failed, gen.ProcessOrderParameters(order_id=5))]
+    assert seen == [params, params, (failed, gen.ProcessOrderParameters(order_id=5))]
     assert type(seen[0]) is gen.SendEmailParameters  # built by from_dict for the executor

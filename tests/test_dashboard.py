@@ -69,7 +69,7 @@ def make_runtime(path: Path, steps: Steps) -> Runtime:
         """Takes one step per token the test hands out."""
         for i in range(n):
             await steps[key].get()
-            await job.progress(i + 1, n, f"step {i + 1} of {n}")
+            await job.progress(i + 1, n, f"step {i + 1} of {n}", step=f"part {i + 1}")
         return {"steps": n}
 
     @rt.task(pool="batch", attempts=1)
@@ -695,7 +695,7 @@ async def test_the_job_page_shows_arguments_attempts_tracebacks_and_a_live_timel
             await expect(page.locator("#job-status")).to_have_text("RUNNING")
             timeline = page.locator("#job-timeline")
             steps.allow("t")
-            await expect(timeline).to_contain_text("1 / 2 · step 1 of 2")
+            await expect(timeline).to_contain_text("[part 1] 1 / 2 · step 1 of 2")
             steps.allow("t")
             await expect(page.locator("#job-status")).to_have_text("SUCCESS")
             await expect(timeline.locator(".kind.success")).to_have_count(1)

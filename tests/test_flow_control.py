@@ -346,3 +346,78 @@ async def test_a_client_process_gets_duplicate_job_and_deadlines_from_the_owner(
         late = await client.pools["q"].add(options(deadline=time.time() + 0.3))
         info = await client.wait(late, timeout=5)
         assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
+
+
+# -- named steps ----------------------------------------------------------------------
+
+
+async def test_progress_steps_are_kept_streamed_and_stored(db: str) -> None:
+    rt = Runtime(db)
+    gate = asyncio.Event()
+
+    @rt.task
+    async def album(job: JobContext) -> str:
+        await job.progress(1, 3, "fetching", step="download")
+        await job.progress(3, 3, step="download")
+        await job.progress(2, 5, "resizing", step="resize")
+        await job.progress(9, 10)  # the job's own progress: no step changes
+        await gate.wait()
+        return "done"
+
+    @rt.task
+    def report(job: JobContext) -> None:  # from a worker thread
+        for i in range(1, 4):
+            job.progress(i, 3, step="scan")
+
+    async with rt:
+        job_id = await rt.pool("default").add(album)
+        seen: list[dict[str, Any]] = []
+        async with rt.subscribe(job_id) as stream:
+            async for event in stream:
+                if event.type.value == "progress":
+                    seen.append(event.data)
+                    if len(seen) == 4:
+                        gate.set()
+        info = await rt.get(job_id)
+        threaded = await rt.wait(await rt.pool("default").add(report), timeout=5)
+    expected = (
+        {"name": "download", "current": 3, "total": 3},
+        {"name": "resize", "current": 2, "total": 5},
+    )
+    assert (info.status, info.step, info.steps) == (JobStatus.SUCCESS, "resize", expected)
+    assert (info.current, info.total, info.message) == (9, 10, "resizing")
+    assert [e.get("step") for e in seen] == ["download", "download", "resize", "resize"]
+    assert seen[0]["steps"] == [{"name": "download", "current": 1, "total": 3}]
+    assert seen[-1]["steps"] == list(expected)
+    assert (threaded.step, threaded.steps) == ("scan", ({"name": "scan", "current": 3, "total": 3},))
+    # Stored: another runtime reads them back.
+    async with Runtime(db, workers=False) as again:
+        stored = await again.get(job_id)
+        assert (stored.step, stored.steps) == ("resize", expected)
+        assert (await again.get(threaded.id)).steps == threaded.steps
+
+
+async def test_steps_over_http_and_their_bounds(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    refused: list[str] = []
+
+    @rt.task
+    async def many(job: JobContext) -> None:
+        for bad in ("", 7):
+            try:
+                await job.progress(0, step=bad)  # type: ignore[arg-type]
+            except InvalidOption as exc:
+                refused.append(exc.field)
+        for i in range(105):  # at most 100 steps are kept; the others are ignored
+            await job.progress(i, 200, step=f"s{i}")
+
+    async with rt:
+        job_id = await rt.pool("default").add(many)
+        await rt.wait(job_id, timeout=5)
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            progress = (await client.get(f"/jobs/{job_id}/progress")).json()
+    assert refused == ["step", "step"]
+    assert len(progress["steps"]) == 100
+    assert progress["step"] == "s99"
+    assert progress["steps"][99] == {"name": "s99", "current": 99, "total": 200, "percent": 49.5}

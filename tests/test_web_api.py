@@ -280,6 +280,8 @@ async def test_job_parts_progress_result_and_attempts(
         "total": 2,
         "message": "waiting at the gate",
         "percent": 50.0,
+        "step": None,
+        "steps": [],
     }
     assert (await client.get(f"/jobs/{job_id}/result")).json()["result"] is None
     gates["g"].set()

@@ -79,6 +79,7 @@ class JobView:
     current: float = 0
     total: float = 0
     message: str = ""
+    step: str | None = None  # the step reported last (progress(..., step=...))
     attempt: int = 0
     result: Any = None
     error: str | None = None
@@ -103,6 +104,7 @@ class JobView:
             self.current = _number(job.get("current"), self.current)
             self.total = _number(job.get("total"), self.total)
             self.message = str(job.get("message") or "")
+            self.step = job.get("step") or None
             self.attempt = int(job.get("attempts") or self.attempt)
             self.result = job.get("result")
             self.error = job.get("error")
@@ -118,12 +120,15 @@ class JobView:
             if self.first_started_at is None:
                 self.first_started_at = self.started_at
             self.current, self.total, self.message = 0, 0, ""
+            self.step = None
             self.error = None  # the attempt before's error is not this one's
         if kind in ("progress", "success", "failure", "cancelled") or "current" in event:
             self.current = _number(event.get("current"), self.current)
             self.total = _number(event.get("total"), self.total)
             if event.get("message") is not None:
                 self.message = str(event["message"])
+            if event.get("step") is not None:
+                self.step = str(event["step"])
         if kind == "retrying":
             # Why the job waits again, and until when.
             self.error = str(event["error"]) if event.get("error") else self.error
@@ -191,8 +196,11 @@ def bar_line(
     )
     if note:
         parts.append(note)  # why it waits: a delay, or a retry and its error
-    elif view.message:
-        parts.append(view.message)
+    else:
+        if view.step:
+            parts.append(f"[{view.step}]")
+        if view.message:
+            parts.append(view.message)
     line = "  ".join(p for p in parts if p)
     return line if len(line) < columns else line[: max(columns - 2, 10)] + "…"
 

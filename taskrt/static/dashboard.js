@@ -914,8 +914,10 @@ function setProgress(node, job) {
   else bar.setAttribute("aria-valuenow", String(Math.round(pct)));
   node.querySelector(".percent").textContent = pct === null ? (job.status === "RUNNING" ? "…" : "") : `${Math.round(pct)} %`;
   const message = node.querySelector(".message");
-  message.textContent = job.message || "";
-  message.title = job.message || "";
+  // The step a job reported last (progress(..., step=...)) leads its message.
+  const text = [job.step ? `[${job.step}]` : "", job.message || ""].filter(Boolean).join(" ");
+  message.textContent = text;
+  message.title = text;
 }
 
 function jobRow(job) {
@@ -1011,6 +1013,10 @@ function applyEvent(job, event) {
       job.current = event.current;
       job.total = event.total;
       job.message = event.message;
+      if (event.step !== undefined) {
+        job.step = event.step;
+        job.steps = event.steps;
+      }
       break;
     case "retrying":
       if (event.error !== undefined && event.error !== null) job.error = event.error;
@@ -1294,7 +1300,7 @@ function liveEntry(page, event) {
   const detail = {
     added: `to pool ${event.pool}`,
     started: `attempt ${event.attempt}`,
-    progress: `${event.current}${event.total ? ` / ${event.total}` : ""}${event.message ? ` · ${event.message}` : ""}`,
+    progress: `${event.step ? `[${event.step}] ` : ""}${event.current}${event.total ? ` / ${event.total}` : ""}${event.message ? ` · ${event.message}` : ""}`,
     retrying: event.manual ? "retry requested" : `attempt ${event.attempt} failed${event.error ? `: ${event.error}` : ""}; next attempt at ${clock(event.run_at)}`,
     success: resultSummary(event.result),
     failure: event.error || "",

@@ -21,15 +21,16 @@ from typing import Any, Protocol
 from ..errors import StoreUnavailable
 from ..models import StoreHealth
 from .ops import FLUSH, Op, Statement
-from .protocol import InsertResult, NewJob
+from .protocol import InsertResult, NewJob, Steps
 
 log = logging.getLogger("taskrt.store")
 
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
 
-ProgressRows = dict[int, tuple[float, float, str, int]]
-"""job id -> (current, total, message, seq): the coalesced progress of a batch (note 3)."""
+ProgressRows = dict[int, tuple[float, float, str, int, Steps | None]]
+"""job id -> (current, total, message, seq, steps): the coalesced progress of a batch
+(note 3); steps None for a job that names none."""
 
 Results = list[InsertResult | BaseException]
 Rejected = list[tuple[int | None, str, BaseException]]
@@ -169,9 +170,17 @@ class GroupCommit:
             batch.committed = asyncio.get_running_loop().create_future()
         return batch.committed
 
-    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
+    def progress(
+        self,
+        job_id: int,
+        current: float,
+        total: float,
+        message: str,
+        seq: int,
+        steps: Steps | None = None,
+    ) -> None:
         """Coalesced write-behind of a job's progress (note 3)."""
-        self._progress[job_id] = (current, total, message, seq)
+        self._progress[job_id] = (current, total, message, seq, steps)
         if self._progress_timer is None:
             loop = asyncio.get_running_loop()
             self._progress_timer = loop.call_later(self.progress_interval, self._flush_progress)

@@ -65,6 +65,10 @@ class NewJob:
     deadline: float | None = None
 
 
+Steps = tuple[str | None, tuple[dict[str, Any], ...]]
+"""A job's named steps: the one reported last, and every step seen (``JobInfo.steps``)."""
+
+
 @dataclass(slots=True)
 class InsertResult:
     """The id an insert got, and whether it made a row (False: a live job held its unique key)."""
@@ -236,8 +240,18 @@ class JobStore(Protocol):
         ...
 
     def progress(
-        self, job_id: int, current: float, total: float, message: str, seq: int
-    ) -> None: ...
+        self,
+        job_id: int,
+        current: float,
+        total: float,
+        message: str,
+        seq: int,
+        *,
+        steps: Steps | None = None,
+    ) -> None:
+        """Progress (coalesced); ``steps``: (the step, every step) of a job that names
+        steps (``progress(..., step=...)``), written with it."""
+        ...
 
     def record_attempt(
         self,

@@ -28,7 +28,7 @@ from .ops import (
     SUCCEED,
     failure_params,
 )
-from .protocol import InsertResult, MinuteRow, NewJob
+from .protocol import InsertResult, MinuteRow, NewJob, Steps
 
 
 class QueuedWrites:
@@ -85,9 +85,18 @@ class QueuedWrites:
         """Queue jobs for the next batch; the future gives one result (or error) per job."""
         return self._writes.insert(jobs)
 
-    def progress(self, job_id: int, current: float, total: float, message: str, seq: int) -> None:
+    def progress(
+        self,
+        job_id: int,
+        current: float,
+        total: float,
+        message: str,
+        seq: int,
+        *,
+        steps: Steps | None = None,
+    ) -> None:
         """Coalesced write-behind of a job's progress (note 3)."""
-        self._writes.progress(job_id, current, total, message, seq)
+        self._writes.progress(job_id, current, total, message, seq, steps)
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""

@@ -69,7 +69,9 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         recoveries,
         seq,
         deadline,
-    ) = tuple(row)[:25]
+        step,
+        steps,
+    ) = tuple(row)[:27]
     return JobInfo(
         id=id_,
         task=task,
@@ -96,6 +98,8 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         seq=seq,
         retry_policy=_loads(retry),
         deadline=deadline,
+        step=step,
+        steps=() if steps is None else tuple(json.loads(steps)),
     )
 
 

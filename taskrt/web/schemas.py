@@ -182,6 +182,11 @@ COMPONENTS: dict[str, Schema] = {
             "recoveries": {"type": "integer"},
             "seq": {"type": "integer", "description": "the job's last event sequence number"},
             "retry_policy": {"description": "the retry policy given when it was added, or null"},
+            "step": _nullable("string"),
+            "steps": {
+                "type": "array",
+                "description": "named steps: {name, current, total}, in the order first seen",
+            },
             "deadline": {
                 "anyOf": [{"type": "number"}, {"type": "null"}],
                 "description": "epoch seconds: not started after it, a running attempt cut at it",
@@ -271,6 +276,23 @@ COMPONENTS: dict[str, Schema] = {
             "total": NUMBER,
             "message": {"type": "string"},
             "percent": _nullable("number"),
+            "step": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": "the step reported last (`progress(..., step=...)`), or null",
+            },
+            "steps": {
+                "type": "array",
+                "description": "every step the job reported, in the order first seen",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "current": NUMBER,
+                        "total": NUMBER,
+                        "percent": _nullable("number"),
+                    },
+                },
+            },
         },
     },
     "Result": {

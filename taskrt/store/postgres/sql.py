@@ -173,11 +173,13 @@ SCHEMA_V3 = (
     "ADD COLUMN capacity INTEGER, ADD COLUMN capacity_set SMALLINT NOT NULL DEFAULT 0",
 )
 
-# Flow control (docs/flow-control.md): a job not started by its ``deadline`` fails
+# Flow control (docs/flow-control.md): named steps of progress (``step``, ``steps``);
+# a job not started by its ``deadline`` fails
 # (``jobs_deadline`` finds the waiting ones whose deadline passed); a unique key is
 # held for a window after its add (``unique_keys``, untouched by retention and purges).
 SCHEMA_V4 = (
-    "ALTER TABLE jobs ADD COLUMN deadline DOUBLE PRECISION",
+    "ALTER TABLE jobs ADD COLUMN deadline DOUBLE PRECISION, ADD COLUMN step TEXT, "
+    "ADD COLUMN steps TEXT",
     "CREATE INDEX jobs_deadline ON jobs (deadline) WHERE deadline IS NOT NULL "
     "AND status = 'WAITING'",
     """CREATE TABLE unique_keys (
@@ -345,6 +347,17 @@ PROGRESS_PART = _plain(
     "seq = GREATEST(j.seq, {v}.seq) FROM unnest({arrays}) AS {v}(id, current, total, message, "
     "seq) WHERE j.id = {v}.id AND j.status = 'RUNNING' AND j.node IS NOT DISTINCT FROM " + NODE,
 )
+PROGRESS_STEPS_PART = _plain(
+    "progress_steps",
+    "jobs",
+    0,
+    "bigint float8 float8 text bigint text text",
+    "UPDATE jobs j SET current = {v}.current, total = {v}.total, message = {v}.message, "
+    "seq = GREATEST(j.seq, {v}.seq), step = {v}.step, steps = {v}.steps FROM unnest({arrays}) "
+    "AS {v}(id, current, total, message, seq, step, steps) WHERE j.id = {v}.id "
+    "AND j.status = 'RUNNING' AND j.node IS NOT DISTINCT FROM " + NODE,
+)
+"""The progress of a job that names its steps."""
 ATTEMPT_PART = _plain(
     "attempt",
     "attempts",

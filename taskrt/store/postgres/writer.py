@@ -25,6 +25,7 @@ from ..adds import Moves, plan
 from ..groupcommit import Batch, ProgressRows, Rejected, Results
 from ..ops import MINUTES, NOTIFY, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
+from ..rows import dumps
 from .driver import DRIVER_ERRORS, LOST
 from .sql import (
     ADD_PART,
@@ -32,6 +33,7 @@ from .sql import (
     NOTIFY_PART,
     PARTS,
     PROGRESS_PART,
+    PROGRESS_STEPS_PART,
     SCHEDULE_FAILED_PART,
     SQL_COUNTS_ADD,
     SQL_HOLD_KEYS,
@@ -92,6 +94,24 @@ Group = tuple[Part, list[tuple[Any, ...]]]
 """One operation and its rows (params as queued)."""
 
 
+def progress_groups(progress: ProgressRows) -> list[Group]:
+    """The progress of a batch: of jobs that name no step, and of those that do
+    (their steps as JSON); they touch different rows, so one statement may hold both."""
+    plain: list[tuple[Any, ...]] = []
+    named: list[tuple[Any, ...]] = []
+    for job_id, (c, t, m, s, steps) in progress.items():
+        if steps is None:
+            plain.append((job_id, c, t, m, s))
+        else:
+            named.append((job_id, c, t, m, s, steps[0], dumps(list(steps[1]))))
+    groups: list[Group] = []
+    if plain:
+        groups.append((PROGRESS_PART, plain))
+    if named:
+        groups.append((PROGRESS_STEPS_PART, named))
+    return groups
+
+
 def packs(batch: Batch, progress: ProgressRows) -> list[list[Group]]:
     """A batch's writes as statements: groups in their order (``ops.segments``), cut
     where a group touches a row an earlier group of the statement touches (note 3).
@@ -101,7 +121,7 @@ def packs(batch: Batch, progress: ProgressRows) -> list[list[Group]]:
     """
     groups: list[Group] = []
     if progress:
-        groups.append((PROGRESS_PART, [(i, *row) for i, row in progress.items()]))
+        groups.extend(progress_groups(progress))
     minutes: list[tuple[Any, ...]] = []
     failed: list[tuple[Any, ...]] = []
     # Notifications go last, together: sent at the commit, after every write.
@@ -325,9 +345,7 @@ class PgBatches:
         conn = await self.connection()
         async with conn.transaction():
             for progress_id, row in progress.items():
-                _, error = await _alone(
-                    conn, run_pack, conn, [(PROGRESS_PART, [(progress_id, *row)])]
-                )
+                _, error = await _alone(conn, run_pack, conn, progress_groups({progress_id: row}))
                 if error is not None:
                     rejected.append((progress_id, "progress", error))
             for op, params, job_id in batch.statements:

@@ -176,13 +176,16 @@ DELETE FROM job_counts;
 INSERT INTO job_counts (pool, status, n) SELECT pool, status, count(*) FROM jobs GROUP BY pool, status;
 """
 
-# Version 6: flow control (docs/flow-control.md). ``deadline``: a job not started
+# Version 6: flow control (docs/flow-control.md). ``step``, ``steps``: named steps
+# of progress (the last reported, and every step seen as JSON). ``deadline``: a job not started
 # by it fails; ``jobs_deadline`` finds the waiting ones whose deadline passed
 # without reading the others (partial: only rows with a deadline pay for it).
 # ``unique_keys``: a unique key held for a window after its add (``unique_for``),
 # finished or not; its own table, so retention and purges of jobs leave it be.
 SCHEMA_V6 = """
 ALTER TABLE jobs ADD COLUMN deadline REAL;
+ALTER TABLE jobs ADD COLUMN step TEXT;
+ALTER TABLE jobs ADD COLUMN steps TEXT;
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs(deadline)
     WHERE deadline IS NOT NULL AND status = 'WAITING';
 CREATE TABLE IF NOT EXISTS unique_keys (
@@ -204,6 +207,11 @@ SQL_KEY_WINDOW = "SELECT job_id FROM unique_keys WHERE key = ? AND expires_at > 
 PROGRESS = (
     "UPDATE jobs SET current = ?, total = ?, message = ?, seq = MAX(seq, ?) "
     "WHERE id = ? AND status = 'RUNNING'"
+)
+# The progress of a job that names its steps (schema version 6).
+PROGRESS_STEPS = (
+    "UPDATE jobs SET current = ?, total = ?, message = ?, seq = MAX(seq, ?), step = ?, "
+    "steps = ? WHERE id = ? AND status = 'RUNNING'"
 )
 
 

@@ -17,9 +17,10 @@ import aiosqlite
 
 from ...errors import StoreError
 from ..groupcommit import Batch, ProgressRows, Rejected, Results
+from ..rows import dumps
 from .batch import in_savepoint, in_thread, insert_jobs, rollback, run_statements, transient
 from .counts import STORED, Counted, CountMirror, Mismatch, Tally, write_one
-from .sql import PROGRESS, STATEMENT
+from .sql import PROGRESS, PROGRESS_STEPS, STATEMENT
 
 log = logging.getLogger("taskrt.store")
 
@@ -87,10 +88,11 @@ class SqliteBatches:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if progress:
-                conn.executemany(
-                    PROGRESS,
-                    [(c, t, m, s, job_id) for job_id, (c, t, m, s) in progress.items()],
-                )
+                plain, named = progress_rows(progress)
+                if plain:
+                    conn.executemany(PROGRESS, plain)
+                if named:
+                    conn.executemany(PROGRESS_STEPS, named)
             run_statements(conn, batch.statements, tally, exact=exact)
             # Inserts last: a terminal write queued before an add frees its
             # unique key for that add (statements only touch committed jobs).
@@ -121,8 +123,10 @@ class SqliteBatches:
         tally = Tally()  # this attempt's alone (counts note 2)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for progress_id, (c, t, m, s) in progress.items():
-                _, error = in_savepoint(conn, conn.execute, PROGRESS, (c, t, m, s, progress_id))
+            for progress_id, row in progress.items():
+                plain, named = progress_rows({progress_id: row})
+                sql, params = (PROGRESS, plain[0]) if plain else (PROGRESS_STEPS, named[0])
+                _, error = in_savepoint(conn, conn.execute, sql, params)
                 if error is not None:
                     rejected.append((progress_id, "progress", error))
             for op, params, job_id in batch.statements:
@@ -149,3 +153,18 @@ class SqliteBatches:
             rollback(conn)
             raise
         return results, rejected, snapshot
+
+
+def progress_rows(
+    progress: ProgressRows,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The parameters of ``PROGRESS`` (jobs that name no step) and of
+    ``PROGRESS_STEPS`` (those that do: their steps as JSON)."""
+    plain: list[tuple[Any, ...]] = []
+    named: list[tuple[Any, ...]] = []
+    for job_id, (c, t, m, s, steps) in progress.items():
+        if steps is None:
+            plain.append((c, t, m, s, job_id))
+        else:
+            named.append((c, t, m, s, steps[0], dumps(list(steps[1])), job_id))
+    return plain, named
