@@ -176,6 +176,7 @@ class Adding:
                     unique_for=opts.unique_for,
                     on_conflict=opts.on_conflict,
                     deadline=opts.deadline,
+                    lock_key=opts.lock,
                 )
             )
         if opts.unique_key is not None and self.owning():
@@ -227,6 +228,7 @@ class Adding:
                 timeout=timeout,
                 retry_policy=retry_described,
                 deadline=opts.deadline,
+                lock=opts.lock,
             )
 
         return await self._commit(pool, jobs, calls, new_state, tx=tx)
@@ -270,6 +272,7 @@ class Adding:
                 timeout=job.timeout,
                 retry_policy=described,
                 deadline=job.deadline,
+                lock=job.lock_key,
             )
 
         return await self._commit(pool, jobs, calls, new_state, tx=None)

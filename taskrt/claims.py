@@ -60,6 +60,10 @@ class ClaimSource(Protocol):
         """Claimed jobs this node will not run: WAITING again, attempt not charged."""
         ...
 
+    def rate_wait(self, pool: str) -> float | None:
+        """When a rate limit that held back the pool's last claim has a token, or None."""
+        ...
+
     def forget(self, state: JobState) -> None:
         """A job that left this node (retried): reads of it come from the store."""
         ...
@@ -117,6 +121,16 @@ class Claims:
 
     def remove(self, state: JobState) -> bool:
         return False  # a claimed job starts at once; nothing waits here
+
+    gated = False  # the claim applies rate limits and locks, in the database
+
+    def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:
+        return self.take()  # claimed jobs passed the database's gates already
+
+    def next_slot(self, now: float) -> float:
+        """Seconds until the rate limit that held back the last claim has a token."""
+        when = self._source.rate_wait(self.pool)
+        return 0.0 if when is None else max(0.0, when - now)
 
     def take(self) -> JobState | None:
         """A claimed job, or None (a claim is asked for when there may be due jobs)."""

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .definitions import TaskSpec
-from .limits import check_progress, check_step
+from .limits import check_progress
 from .models import JobInfo, JobStatus
 from .retry import RetryPolicy
 
@@ -85,6 +85,8 @@ class JobState:
     deadline: float | None
     step: str | None
     steps: tuple[dict[str, Any], ...]
+    lock: str | None
+    waiting_reason: str | None
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
@@ -120,6 +122,7 @@ class JobState:
         timeout: float | None,
         retry_policy: Any = None,
         deadline: float | None = None,
+        lock: str | None = None,
     ) -> JobState:
         """A freshly added job (WAITING, sequence 1), built without a JobInfo (hot path)."""
         state = cls.__new__(cls)
@@ -150,6 +153,8 @@ class JobState:
         state.deadline = deadline
         state.step = None
         state.steps = ()
+        state.lock = lock
+        state.waiting_reason = None
         state.snapshot = None
         state.spec = spec
         state.retry = retry
@@ -268,9 +273,7 @@ class JobContext:
         UTF-8 or too long) raises ``InvalidOption`` here, in the caller.
         """
         limits = self._reporter.limits
-        current, total, message = check_progress(current, total, message, limits)
-        if step is not None:
-            step = check_step(step, limits)
+        current, total, message, step = check_progress(current, total, message, limits, step)
         if threading.get_ident() == self._thread:
             self._reporter.report(self._state, current, total, message, step)
         else:

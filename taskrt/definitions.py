@@ -32,6 +32,7 @@ from .limits import (
     check_time,
     shown,
 )
+from .rates import Rate, parse_rate
 from .retry import NO_DELAY, RetryPolicy, parse_attempts, parse_duration, parse_retry
 
 CallStyle = Literal["context", "id", "plain"]
@@ -86,6 +87,8 @@ class TaskSpec:
     # Cron declared with the task (Anchor ``cronjob``); the scheduler reads it.
     cron: str | None = None
     cron_tz: str = "UTC"
+    # At most this many of its jobs start per unit of time (``"100/m"``; taskrt.rates).
+    rate: Rate | None = None
 
     @property
     def is_async(self) -> bool:
@@ -158,6 +161,7 @@ class Options:
     unique_for: float | None = None
     on_conflict: Literal["return", "raise"] | None = None
     deadline: float | None = None
+    lock: str | None = None
 
 
 def checked_options(overrides: dict[str, Any]) -> Options:
@@ -185,6 +189,7 @@ def make_options(
     unique_for: Any = None,
     on_conflict: Any = None,
     deadline: Any = None,
+    lock: Any = None,
 ) -> Options:
     """Validated ``Options``; every bad value raises ``InvalidOption`` naming the field."""
 
@@ -215,6 +220,10 @@ def make_options(
             raise InvalidOption("unique_for", "expected a positive duration")
         if unique_key is None:
             raise InvalidOption("unique_for", "a unique window needs a unique_key")
+    if lock is not None:
+        if not isinstance(lock, str) or not lock:
+            raise InvalidOption("lock", f"expected a non-empty string, found {shown(lock)}")
+        check_text(lock, "lock", max_bytes=DEFAULT_LIMITS.max_key_bytes)
     if on_conflict is not None and on_conflict not in ("return", "raise"):
         raise InvalidOption(
             "on_conflict", f"expected 'return' or 'raise', found {shown(on_conflict)}"
@@ -238,6 +247,7 @@ def make_options(
         unique_for=unique_for,
         on_conflict=on_conflict,
         deadline=deadline,
+        lock=lock,
     )
 
 
@@ -318,6 +328,7 @@ def make_spec(
     parameters: dict[str, Any] | None = None,
     description: str | None = None,
     source: str | None = None,
+    rate: Any = None,
     **extra: Any,
 ) -> TaskSpec:
     """A validated ``TaskSpec`` from decorator-style arguments."""
@@ -327,7 +338,7 @@ def make_spec(
         raise InvalidOption(
             unknown[0],
             f"unknown task option; expected name, pool, attempts, retry, timeout, priority, "
-            f"call, parameters, description or a hook ({hooks_named})",
+            f"rate, call, parameters, description or a hook ({hooks_named})",
             source=source,
         )
     task_name = name or getattr(handler, "__name__", None)
@@ -366,6 +377,7 @@ def make_spec(
         parameters=parameters,
         description=description if description is not None else (inspect.getdoc(handler) or ""),
         source=source,
+        rate=parse_rate(rate, source=source),
         **extra,
     )
 

@@ -185,15 +185,17 @@ def check_duration(value: float, field: str) -> float:
 
 
 def check_progress(
-    current: Any, total: Any, message: Any, limits: Limits
-) -> tuple[float | int, float | int | None, str | None]:
+    current: Any, total: Any, message: Any, limits: Limits, step: Any = None
+) -> tuple[float | int, float | int | None, str | None, str | None]:
     """The arguments of a progress report, checked in the reporter's own call."""
     current = _real(check_number(current, "current"))
     if total is not None:
         total = _real(check_number(total, "total"))
     if message is not None:
         message = check_text(message, "message", max_bytes=limits.max_message_bytes)
-    return current, total, message
+    if step is not None:
+        step = check_step(step, limits)
+    return current, total, message, step
 
 
 MAX_STEPS = 100

@@ -227,6 +227,11 @@ class RuntimeCollector(Collector):
             "How long the oldest runnable job has waited past its run_at.",
             labels=["pool"],
         )
+        rate = GaugeMetricFamily(
+            f"{p}_pool_rate_limit",
+            "Starts per second the pool's rate limit allows (pools with one).",
+            labels=["pool"],
+        )
         for name, pool in sorted(self.rt.pools.items()):
             stats = pool.statistics()
             waiting.add_metric([name], stats.waiting)
@@ -234,7 +239,9 @@ class RuntimeCollector(Collector):
             slots.add_metric([name], stats.concurrency)
             paused.add_metric([name], 1 if stats.paused else 0)
             latency.add_metric([name], stats.latency)
-        yield from (waiting, running, slots, paused, latency)
+            if pool.rate is not None:
+                rate.add_metric([name], pool.rate.per_second)
+        yield from (waiting, running, slots, paused, latency, rate)
 
 
 def _bound(value: float) -> str:

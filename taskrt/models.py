@@ -76,6 +76,11 @@ STATUS_EVENT: dict[JobStatus, EventType] = {
 }
 
 
+WAITING_REASONS = ("scheduled", "paused", "rate_limited", "locked", "blocked")
+"""Why a WAITING job waits, named once (``JobInfo.waiting_reason``): a ``run_at`` to
+come, its pool paused, a rate limit, a lock another job holds, a dependency."""
+
+
 @dataclass(frozen=True, slots=True)
 class JobInfo:
     """A snapshot of one job, as stored and as seen by callers."""
@@ -112,6 +117,10 @@ class JobInfo:
     # step seen, in the order first seen, as {"name", "current", "total"}.
     step: str | None = None
     steps: tuple[dict[str, Any], ...] = ()
+    # At most one job of a lock key runs at a time (``options(lock=...)``).
+    lock: str | None = None
+    # Why a WAITING job waits (WAITING_REASONS), or None: next in line.
+    waiting_reason: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -291,6 +300,10 @@ class PoolStatistics:
     failed: int = 0
     latency: float = 0.0
     """Seconds the oldest runnable job has waited past its ``run_at`` (0: none waits)."""
+    rate: str | None = None
+    """At most so many starts per unit of time (``"10/s"``), or None."""
+    next_slot: float = 0.0
+    """Seconds until the rate limit lets the next job start (0: now, or no limit)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,6 +38,16 @@ Design notes:
    ``pool_settings``, which nodes joining later apply too). Every
    ``poll_interval`` (at least a second) it does all of that anyway: a lost
    notification costs latency, never a job.
+5. **Limits every node shares.** A lock key is the database's: a claim skips
+   jobs whose key a running job holds, takes at most one job per key, and the
+   unique index ``jobs_locks`` stops two racing claims from both starting one.
+   Rate limits are rows every node draws from (``rate_buckets``): a claim
+   first draws tokens from its pool's bucket (up to its free slots) and from
+   each rate-limited task's, claims no more jobs than the pool got and no more
+   of a task than it got (the claim's per-task caps), then gives back what it
+   did not use (``taskrt.rates`` note 2). A pool held back by a rate records
+   why its next job waits and looks again when the next token comes. (Where one owner runs the jobs,
+   ``taskrt.gates`` keeps these limits in memory.)
 """
 
 from __future__ import annotations
@@ -80,10 +90,26 @@ class NodeStore(Protocol):
     async def leave(self, node: str, now: float, max_recoveries: int) -> None: ...
 
     async def claim(
-        self, pool: str, tasks: list[str], limit: int, now: float, node: str
+        self,
+        pool: str,
+        tasks: list[str],
+        limit: int,
+        now: float,
+        node: str,
+        caps: dict[str, int] | None = None,
     ) -> list[JobInfo]: ...
 
     async def next_due(self, pool: str, tasks: list[str], now: float) -> float | None: ...
+
+    async def draw_tokens(
+        self, draws: list[tuple[str, float, float, float]], now: float
+    ) -> dict[str, tuple[float, float]]: ...
+
+    async def settle_tokens(self, deltas: dict[str, float]) -> None: ...
+
+    async def mark_waiting(
+        self, pool: str, now: float, rate_limited: list[str] | None = None
+    ) -> None: ...
 
     async def cancels(self, node: str) -> list[int]: ...
 
@@ -93,7 +119,9 @@ class NodeStore(Protocol):
 
     async def notify(self, payload: str) -> None: ...
 
-    async def pool_limits(self) -> dict[str, tuple[int | None, tuple[int | None] | None]]: ...
+    async def pool_limits(
+        self,
+    ) -> dict[str, tuple[int | None, tuple[int | None] | None, tuple[str | None] | None]]: ...
 
     async def live_counts(self) -> dict[str, dict[JobStatus, int]]: ...
 
@@ -142,6 +170,10 @@ class Nodes:
         # The schema's WAITING jobs by pool as of the last look (every poll_interval):
         # what a pool here reports as waiting (its statistics, the metrics).
         self.waiting: dict[str, int] = {}
+        # When a rate limit that held back a pool's last claim has a token (note 5).
+        self._rate_wait: dict[str, float | None] = {}
+        self._releasing: asyncio.Task[None] | None = None  # telling of released locks
+        self._released_again = False
 
     # -- start and stop ---------------------------------------------------------
 
@@ -159,7 +191,9 @@ class Nodes:
         ]
 
     async def stop(self) -> None:
-        for task in [*self._loops, *([self._rejoining] if self._rejoining else [])]:
+        extra = [t for t in (self._rejoining, self._releasing) if t is not None]
+        self._releasing = None
+        for task in [*self._loops, *extra]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -184,7 +218,13 @@ class Nodes:
     async def claim(self, pool: str, limit: int) -> list[JobState]:
         if self.fenced:
             return []
-        rows = await self.store.claim(pool, list(self.tasks), limit, self.clock.now(), self.node)
+        now = self.clock.now()
+        tasks = list(self.tasks)
+        draws = self._draws(pool, limit)
+        if not draws:
+            rows = await self.store.claim(pool, tasks, limit, now, self.node)
+        else:
+            rows = await self._claim_rated(pool, tasks, limit, now, draws)
         states = []
         for info in rows:
             spec = self.tasks[info.task]  # the claim takes only the tasks registered here
@@ -193,8 +233,79 @@ class Nodes:
             states.append(state)
         return states
 
+    def _draws(self, pool: str, limit: int) -> list[tuple[str, float, float, float]]:
+        """The rate limits a claim of ``pool`` draws from (note 5): the pool's, and
+        those of the tasks registered here."""
+        draws = []
+        local = self.pools.get(pool)
+        if local is not None and local.rate is not None:
+            rate = local.rate
+            draws.append((f"pool:{pool}", float(limit), rate.per_second, rate.burst))
+        for name, spec in self.tasks.items():
+            if spec.rate is not None:
+                rate = spec.rate
+                draws.append((f"task:{name}", float(limit), rate.per_second, rate.burst))
+        return draws
+
+    async def _claim_rated(
+        self,
+        pool: str,
+        tasks: list[str],
+        limit: int,
+        now: float,
+        draws: list[tuple[str, float, float, float]],
+    ) -> list[JobInfo]:
+        """A claim within the rate limits every node shares (note 5): tokens are
+        drawn first, the claim takes no more than the pool and each task got, then
+        what was not used goes back."""
+        drawn = await self.store.draw_tokens(draws, now)
+        rates = {name: per_second for name, _, per_second, _ in draws}
+        got = {name: taken for name, (taken, _) in drawn.items()}
+        wanted = limit
+        pool_key = f"pool:{pool}"
+        if pool_key in got:
+            limit = min(limit, int(got[pool_key]))
+        tasks = [t for t in tasks if got.get(f"task:{t}", 1.0) >= 1.0]
+        caps = {t: int(got[f"task:{t}"]) for t in tasks if f"task:{t}" in got}
+        rows: list[JobInfo] = []
+        try:
+            if limit > 0 and tasks:
+                rows = await self.store.claim(pool, tasks, limit, now, self.node, caps)
+        finally:
+            used: dict[str, float] = {pool_key: float(len(rows))}
+            for info in rows:
+                used[f"task:{info.task}"] = used.get(f"task:{info.task}", 0.0) + 1.0
+            deltas = {name: taken - used.get(name, 0.0) for name, taken in got.items()}
+            await self.store.settle_tokens({k: v for k, v in deltas.items() if v})
+        # The limits that held this claim back: all they gave was used, and it was
+        # less than the pool's free slots.
+        bound = [
+            name for name, taken in got.items() if taken < wanted and used.get(name, 0.0) >= taken
+        ]
+        if bound:
+            held = (
+                list(self.tasks)
+                if pool_key in bound
+                else [name.removeprefix("task:") for name in bound]
+            )
+            try:  # the next job in line says why it waits
+                await self.store.mark_waiting(pool, now, held)
+            except TaskrtError as exc:
+                log.warning("node %s: recording a rate limit's wait failed: %s", self.node, exc)
+        # The pool looks again when the first of them has a token.
+        waits = [max(1.0 - (drawn[name][1] + deltas[name]), 0.0) / rates[name] for name in bound]
+        self._rate_wait[pool] = now + max(min(waits), 0.001) if waits else None
+        return rows
+
+    def rate_wait(self, pool: str) -> float | None:
+        return self._rate_wait.get(pool)
+
     async def next_due(self, pool: str) -> float | None:
-        return await self.store.next_due(pool, list(self.tasks), self.clock.now())
+        due = await self.store.next_due(pool, list(self.tasks), self.clock.now())
+        token = self._rate_wait.get(pool)
+        if token is not None and (due is None or token < due):
+            return token  # a rate limit's next token (note 5)
+        return due
 
     def give_back(self, states: list[JobState]) -> None:
         for state in states:
@@ -210,6 +321,26 @@ class Nodes:
             del self.live.states[state.id]
 
     # -- notifications and the slow poll (note 4) ---------------------------------
+
+    def lock_released(self) -> None:
+        """A job holding a lock key left RUNNING here: once that is committed, every
+        node looks again (a job waiting on the key may start now, note 5)."""
+        self._released_again = True
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.get_running_loop().create_task(
+                self._tell_released(), name="taskrt-lock-released"
+            )
+
+    async def _tell_released(self) -> None:
+        while self._released_again:
+            self._released_again = False
+            try:
+                await self.store.flush()  # the job's new status is committed first
+                await self.store.notify("changed")
+            except TaskrtError as exc:
+                log.warning("node %s: telling of a released lock failed: %s", self.node, exc)
+                for pool in list(self.pools.values()):
+                    pool.poke()  # this node at least; the others poll
 
     def wake(self, what: str) -> None:
         """A notification on the schema's channel."""
@@ -252,15 +383,22 @@ class Nodes:
                     pool.cancel_running(state)
         for pool in list(self.pools.values()):
             pool.poke()
+        now = self.clock.now()
+        for name, n in self.waiting.items():
+            if n and name in self.pools:
+                await self.store.mark_waiting(name, now)  # those a lock holds (note 5)
 
     async def apply_pauses(self) -> None:
         """The pauses and limits operators recorded, as they stand now, on this node's pools."""
         try:
             await self._apply_pauses()
-            for name, (concurrency, capacity) in (await self.store.pool_limits()).items():
+            for name, limits in (await self.store.pool_limits()).items():
+                concurrency, capacity, rate = limits
                 pool = self.pools.get(name)
                 if pool is None:
                     continue
+                if rate is not None and rate[0] != (None if pool.rate is None else pool.rate.text):
+                    pool.set_rate(rate[0])
                 if capacity is not None and capacity[0] != pool.capacity:
                     pool.set_capacity(capacity[0])
                 if concurrency is not None and concurrency != pool.concurrency:

@@ -18,7 +18,8 @@ Design notes:
    seconds more is abandoned: the job is marked at once, but the slot stays
    taken until the coroutine returns, so the pool never runs more than
    ``concurrency`` handlers.
-4. **Sync handlers** run in the pool's thread pool (``concurrency`` threads).
+4. **Sync handlers** run in the pool's thread pool (``concurrency`` threads),
+   or in worker processes in a process pool (note 7).
    A thread cannot be interrupted: at a timeout or cancel the job is marked at
    once and ``job.cancelled`` turns true so the handler may stop early; the
    slot stays taken until the thread returns (note 3), so no more threads run
@@ -34,8 +35,22 @@ Design notes:
    ends it (FAILURE, ``deadline passed``). A running attempt is cut at the
    deadline as by a timeout, whichever comes first; the host sees the attempt
    ended past the deadline and does not retry it.
+7. **Process pools** (``processes=True``): sync handlers run in up to
+   ``concurrency`` worker processes (``taskrt.processes``), one job at a time
+   each, so CPU-bound handlers do not share one GIL; async handlers still run
+   on the loop. This module only picks threads or processes in ``_call``. At
+   a timeout or cancel the child sees ``job.cancelled``, is killed if it has
+   not returned after a short grace, and the attempt ends once it is idle or
+   dead: no slot is held as for a thread (note 4). An error in the child keeps
+   the child's traceback (``processes.Crossed``).
+8. **Rate limits and locks.** A pool with a ``rate`` starts at most that many
+   jobs per unit of time (a token bucket, ``taskrt.rates``); the runtime's
+   ``Gates`` hold back jobs whose task's rate is spent or whose lock key a
+   running job holds. The pool looks past those for one that may start, in
+   order, and sets one timer for the next token: never a busy loop. Where the
+   store's claims pick the jobs (``Queue.gated`` false), they apply both.
 
-A little over 500 lines: the pool's contract with its host (``PoolHost``,
+About 650 lines: the pool's contract with its host (``PoolHost``,
 ``Instrumentation``) is stated here, beside the code that relies on it.
 """
 
@@ -56,7 +71,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .clock import Alarm
 from .context import JobContext, JobState
 from .errors import InvalidOption
+from .gates import SCAN, Gates
 from .models import JobStatus, PoolStatistics
+from .processes import Crossed, Workers
+from .rates import Bucket, Rate, parse_rate
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -102,6 +120,18 @@ class Queue(Protocol):
 
     def take(self) -> JobState | None: ...
 
+    def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:
+        """The first of the next ``scan`` jobs in line that ``eligible`` admits (it stays
+        in line otherwise); only where ``gated``."""
+        ...
+
+    gated: bool
+    """Whether the pool applies rate limits and locks (False: the store's claims do)."""
+
+    def next_slot(self, now: float) -> float:
+        """Seconds until a rate limit the store applies lets a job start (ungated only)."""
+        ...
+
     def poke(self) -> None: ...
 
     def next_due(self) -> float | None: ...
@@ -137,6 +167,19 @@ class PoolHost(Protocol):
         ...
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None: ...
+
+    @property
+    def gates(self) -> Gates:
+        """The rate limits of tasks and the locks held (``taskrt.gates``)."""
+        ...
+
+    def mark(self, state: JobState, reason: str | None) -> None:
+        """Why a waiting job waits (``taskrt.gates`` note 3)."""
+        ...
+
+    def lock_released(self) -> None:
+        """A lock was released: the pools with jobs waiting on one look again."""
+        ...
 
     def deadline_passed(self, state: JobState) -> None:
         """A job taken to start after its deadline: it ends instead (note 6)."""
@@ -196,8 +239,12 @@ class Pool:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         capacity: int | None = None,
+        processes: bool = False,
+        rate: Rate | str | None = None,
     ) -> None:
         _check_limits(concurrency, capacity)
+        _check_processes(processes)
+        self.rate = parse_rate(rate)  # at most so many starts per unit of time (note 8)
         self._host = host
         self.name = name
         self.concurrency = concurrency
@@ -210,14 +257,22 @@ class Pool:
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
         self.pending = 0  # adds in flight, counted against capacity (taskrt.adding)
         self._timer = Alarm(host.clock, self._dispatch)  # the first delayed job comes due
+        self._bucket = None if self.rate is None else Bucket(self.rate, host.clock.now())
+        self._gate_timer = Alarm(host.clock, self._dispatch)  # a rate limit's next token
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_size = 0
+        self.processes = processes  # sync handlers in worker processes (note 7)
+        self._workers: Workers | None = None  # made on first use
         self._stopping = False
         self.processed = 0
         self.failed = 0
 
     def __repr__(self) -> str:
-        return f"<Pool {self.name!r} concurrency={self.concurrency} capacity={self.capacity}>"
+        processes = " processes=True" if self.processes else ""
+        return (
+            f"<Pool {self.name!r} concurrency={self.concurrency} capacity={self.capacity}"
+            f"{processes}>"
+        )
 
     # -- the public face -------------------------------------------------------
 
@@ -269,7 +324,16 @@ class Pool:
             paused=self.paused,
             processed=self.processed,
             failed=self.failed,
+            rate=None if self.rate is None else self.rate.text,
+            next_slot=self.next_slot(now),
         )
+
+    def next_slot(self, now: float) -> float:
+        """Seconds until the pool's rate limit lets a job start (0: now, or no limit)."""
+        if not self.queue.gated:
+            return self.queue.next_slot(now)  # the bucket every node shares
+        bucket = self._bucket
+        return 0.0 if bucket is None else bucket.wait(now)
 
     def running_jobs(self) -> list[tuple[int, str]]:
         """(job id, task name) of the jobs running now; copies first, so another thread may call it."""
@@ -288,6 +352,27 @@ class Pool:
     def set_concurrency(self, concurrency: int) -> None:
         _check_limits(concurrency, self.capacity)
         self.concurrency = concurrency
+        if self._workers is not None and self.processes:
+            self._workers.resize(concurrency)
+        self._dispatch()
+
+    def set_processes(self, processes: bool) -> None:
+        """Run the sync handlers of jobs that start from now on in worker processes
+        (True) or threads (False); running jobs finish where they are (note 7)."""
+        _check_processes(processes)
+        self.processes = processes
+        if self._workers is not None:
+            self._workers.resize(self.concurrency if processes else 0)
+
+    def set_rate(self, rate: Rate | str | None) -> None:
+        """At most so many starts per unit of time (``"10/s"``), or None: no limit."""
+        self.rate = parse_rate(rate)
+        if self.rate is None:
+            self._bucket = None
+        elif self._bucket is None:
+            self._bucket = Bucket(self.rate, self._host.clock.now())
+        else:
+            self._bucket.change(self.rate)
         self._dispatch()
 
     def set_capacity(self, capacity: int | None) -> None:
@@ -350,11 +435,52 @@ class Pool:
         whose deadline passed is not started but ends (note 6)."""
         if self.free_slots() == 0:
             return None
+        if self.queue.gated and (self._bucket is not None or self._host.gates.in_use()):
+            return self._take_gated()
         while (state := self.queue.take()) is not None:
             if state.deadline is None or state.deadline > self._host.clock.now():
                 return state
             self._host.deadline_passed(state)
         return None
+
+    def _take_gated(self) -> JobState | None:
+        """``_take`` through the rate limits and locks (note 8, ``taskrt.gates``)."""
+        clock = self._host.clock
+        gates = self._host.gates
+        now = clock.now()
+        bucket = self._bucket
+        if bucket is not None and not bucket.ready(now):
+            # The pool's own limit: nothing starts; the next job in line says why.
+            self.queue.take_first(self._rate_limited, 1)
+            self._gate_timer.set(now + bucket.wait(now))
+            return None
+        retry_in: list[float] = []
+
+        def admit(state: JobState) -> bool:
+            if state.deadline is not None and state.deadline <= now:
+                return True  # taken, to end (note 6)
+            wait = gates.admit(state, now)
+            if wait is None:
+                return True
+            if wait > 0:
+                retry_in.append(wait)
+            return False
+
+        while (state := self.queue.take_first(admit, SCAN)) is not None:
+            if state.deadline is not None and state.deadline <= now:
+                self._host.deadline_passed(state)
+                continue
+            if bucket is not None:
+                bucket.take(now)
+            gates.started(state, now)
+            return state
+        if retry_in:
+            self._gate_timer.set(now + min(retry_in))  # a task's next token
+        return None
+
+    def _rate_limited(self, state: JobState) -> bool:
+        self._host.mark(state, "rate_limited")
+        return False
 
     # -- running (notes 2-4) ------------------------------------------------------
 
@@ -482,6 +608,8 @@ class Pool:
         """Record how the attempt ended; the runner (not this) takes the next job."""
         self._running.pop(state.id, None)
         state.task_handle = None
+        if state.lock is not None and (not self.queue.gated or self._host.gates.ended(state)):
+            self._host.lock_released()  # jobs waiting on it may start (taskrt.gates note 4)
         if outcome.kind == "success":
             self.processed += 1
         elif outcome.kind in ("error", "timeout"):
@@ -491,6 +619,11 @@ class Pool:
     async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
         spec = state.spec
         info = state
+        is_async = _ASYNC.get(spec.handler)
+        if is_async is None:
+            is_async = _ASYNC[spec.handler] = spec.is_async
+        if not is_async and self.processes:
+            return await self._process_workers().run(state)  # note 7
         first: tuple[Any, ...]
         if spec.call == "context":
             first = (JobContext(self._host, state, loop),)
@@ -498,12 +631,17 @@ class Pool:
             first = (info.id,)
         else:
             first = ()
-        is_async = _ASYNC.get(spec.handler)
-        if is_async is None:
-            is_async = _ASYNC[spec.handler] = spec.is_async
         if is_async:
             return await spec.handler(*first, *info.args, **info.kwargs)
         return await self._call_in_thread(state, loop, first)
+
+    def _process_workers(self) -> Workers:
+        if self._workers is None:
+            host = self._host
+            self._workers = Workers(
+                self.name, self.concurrency, host.report, host.limits, host.abandon_after
+            )
+        return self._workers
 
     async def _call_in_thread(
         self, state: JobState, loop: asyncio.AbstractEventLoop, first: tuple[Any, ...]
@@ -583,6 +721,8 @@ class Pool:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        if self._workers is not None:
+            self._workers.close()  # every child killed and reaped (processes note 8)
         self.queue.close()
         self._stopping = False
 
@@ -596,7 +736,14 @@ def _check_limits(concurrency: Any, capacity: Any) -> None:
         raise InvalidOption("capacity", f"expected a positive integer or None, found {capacity!r}")
 
 
-def _format_tb(exc: BaseException) -> str:
+def _check_processes(processes: Any) -> None:
+    if not isinstance(processes, bool):
+        raise InvalidOption("processes", f"expected True or False, found {processes!r}")
+
+
+def _format_tb(exc: BaseException) -> str | None:
+    if isinstance(exc, Crossed):
+        return exc.remote_traceback  # the worker process's own, if any (note 7)
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 

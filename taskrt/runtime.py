@@ -71,8 +71,9 @@ from .errors import (
     TaskrtError,
 )
 from .events import Broker, EventBus
+from .gates import Gates
 from .history import points as history_points
-from .limits import DEFAULT_LIMITS, Limits, check_progress, check_step
+from .limits import DEFAULT_LIMITS, Limits, check_progress
 from .live import LiveJobs
 from .models import (
     TERMINAL,
@@ -100,6 +101,7 @@ from .ownership import (
     owner_name,
 )
 from .pool import DEFAULT_CONCURRENCY, Pool
+from .rates import parse_rate
 from .relay import (
     RelayClient,
     RelayServer,
@@ -361,6 +363,8 @@ class Runtime:
                 poll_interval=poll_interval,
                 workers=self._set_workers,
             )
+        # Rate limits of tasks and locks held, where this process runs the jobs.
+        self.gates = Gates(self.clock, self._tasks, self.transitions.mark)
         # Waiting jobs whose deadline passed end (taskrt.deadlines): where jobs run.
         self.deadlines = Deadlines(self.store, self.clock, self._end_past_deadline)
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
@@ -405,9 +409,22 @@ class Runtime:
     # -- declaring ---------------------------------------------------------------
 
     def pool(
-        self, name: str, *, concurrency: int | None = None, capacity: int | None = None
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        capacity: int | None = None,
+        processes: bool | None = None,
+        rate: str | None = None,
     ) -> Pool:
-        """Declare a pool, or get it (changing its limits when given)."""
+        """Declare a pool, or get it (changing its limits when given).
+
+        ``processes=True``: its sync handlers run in worker processes, up to
+        ``concurrency`` of them, instead of threads (``taskrt.processes``).
+        ``rate="10/s"``: at most that many of its jobs start per second (also
+        ``/m``, ``/h``; a token bucket holding one second of it, ``taskrt.rates``);
+        ``pool.set_rate(None)`` lifts it.
+        """
         if not isinstance(name, str) or not name:
             raise InvalidOption("pool", f"expected a non-empty name, found {name!r}")
         pool = self._pools.get(name)
@@ -417,8 +434,14 @@ class Runtime:
                 name,
                 concurrency=self.default_concurrency if concurrency is None else concurrency,
                 capacity=capacity,
+                processes=False if processes is None else processes,
+                rate=rate,
             )
             return pool
+        if processes is not None:
+            pool.set_processes(processes)
+        if rate is not None:
+            pool.set_rate(rate)
         if concurrency is not None:
             pool.set_concurrency(concurrency)
         if capacity is not None:
@@ -839,6 +862,7 @@ class Runtime:
             self.broker.close_all()
             self.live.states.clear()
             self.live.unique.clear()
+            self.gates.clear()
             self._started = False
             self.role = "stopped"
             self.loop_watchdog.stop()
@@ -1023,7 +1047,7 @@ class Runtime:
         """The job's current state (``JobNotFound`` when there is none)."""
         state = self.live.states.get(job_id)
         if state is not None:
-            return state.info()
+            return self._told(state.info())
         self.require_started("reading a job")
         remote = self._forwarding()
         if remote is not None:
@@ -1032,7 +1056,22 @@ class Runtime:
         info = await self.store.get_job(job_id)
         if info is None:
             raise JobNotFound(job_id)
-        return info
+        return self._told(info)
+
+    def _told(self, info: JobInfo) -> JobInfo:
+        """The job as a reader sees it: why it waits (``models.WAITING_REASONS``), with
+        ``scheduled`` (a run_at to come) and ``paused`` told now, the others as found."""
+        if info.status is not JobStatus.WAITING:
+            reason = None
+        elif info.run_at > self.clock.now():
+            reason = "scheduled"
+        elif (pool := self._pools.get(info.pool)) is not None and pool.paused:
+            reason = "paused"
+        else:
+            return info
+        if info.waiting_reason == reason:
+            return info
+        return dataclasses.replace(info, waiting_reason=reason)
 
     def progress(
         self,
@@ -1051,9 +1090,7 @@ class Runtime:
         when the job is not running here (``JobNotFound`` when there is none),
         ``InvalidOption`` for a value that cannot be stored.
         """
-        current, total, message = check_progress(current, total, message, self.limits)
-        if step is not None:
-            step = check_step(step, self.limits)
+        current, total, message, step = check_progress(current, total, message, self.limits, step)
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
             loop.call_soon_threadsafe(
@@ -1245,7 +1282,10 @@ class Runtime:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        jobs = [self.live.states[r.id].info() if r.id in self.live.states else r for r in rows]
+        jobs = [
+            self._told(self.live.states[r.id].info() if r.id in self.live.states else r)
+            for r in rows
+        ]
         return Page(jobs=jobs, cursor=str(rows[-1].id) if more and rows else None)
 
     def _job_filter(
@@ -1506,10 +1546,11 @@ class Runtime:
         capacity: int | _Unset | None = UNSET,
         paused: bool | None = None,
         create: bool = False,
+        rate: str | _Unset | None = UNSET,
     ) -> PoolStatistics:
         """Change a pool where its jobs run (the owner), from any process.
 
-        ``concurrency`` and ``capacity`` last while the owner runs; a pause
+        ``concurrency``, ``capacity`` and ``rate`` last while the owner runs; a pause
         (``paused``) is recorded in the database, so it outlives restarts and
         takeovers. In ``mode="nodes"`` all three are recorded and every node
         applies them, nodes that join later included (concurrency stays per
@@ -1518,6 +1559,8 @@ class Runtime:
         """
         if name not in self._pools and not create:
             raise PoolNotFound(name)
+        if not isinstance(rate, _Unset):
+            parse_rate(rate)  # refused before anything changes
         local = self.pool(name)  # every process knows its pools' names
         remote = self._forwarding()
         if remote is not None:
@@ -1528,18 +1571,30 @@ class Runtime:
                 args["capacity"] = capacity
             if paused is not None:
                 args["paused"] = paused
+            if not isinstance(rate, _Unset):
+                args["rate"] = rate
             with contextlib.suppress(OwnerUnreachable):
                 stats = PoolStatistics(**await remote.call("change_pool", **args))
-                _apply_limits(local, concurrency, capacity, None)
+                _apply_limits(local, concurrency, capacity, None, rate)
                 return stats
-        _apply_limits(local, concurrency, capacity, paused)
+        _apply_limits(local, concurrency, capacity, paused, rate)
         if paused is not None and self._started:
             await self.store.set_pool_paused(name, paused)
         recorded = None if isinstance(capacity, _Unset) else (capacity,)
-        if self.mode == "nodes" and self._started and (concurrency, recorded) != (None, None):
+        rated = None if isinstance(rate, _Unset) else (rate,)
+        if (
+            self.mode == "nodes"
+            and self._started
+            and (concurrency, recorded, rated)
+            != (
+                None,
+                None,
+                None,
+            )
+        ):
             # Every node applies it, and those that join later (taskrt.nodes note 4).
             assert self._pg is not None
-            await self._pg.set_pool_limits(name, concurrency, recorded)
+            await self._pg.set_pool_limits(name, concurrency, recorded, rated)
         return local.statistics()
 
     async def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
@@ -1593,12 +1648,18 @@ def _ignore(_: str) -> None:
 
 
 def _apply_limits(
-    pool: Pool, concurrency: int | None, capacity: int | _Unset | None, paused: bool | None
+    pool: Pool,
+    concurrency: int | None,
+    capacity: int | _Unset | None,
+    paused: bool | None,
+    rate: str | _Unset | None = UNSET,
 ) -> None:
     if concurrency is not None:
         pool.set_concurrency(concurrency)
     if not isinstance(capacity, _Unset):
         pool.set_capacity(capacity)
+    if not isinstance(rate, _Unset):
+        pool.set_rate(rate)
     if paused is True:
         pool.pause()
     elif paused is False:
@@ -1618,13 +1679,30 @@ class _PoolHost:
         self.started = rt.transitions.started
         self.attempt_ended = rt.transitions.attempt_ended
         self.deadline_passed = rt.transitions.deadline_passed
+        self.gates = rt.gates
+        self.mark = rt.transitions.mark
         self.report = rt.transitions.report
 
     def queue_for(self, pool: Pool) -> Queue:
         nodes = self._rt.nodes
         if nodes is not None:
             return nodes.queue_for(pool)  # claims (taskrt.claims)
-        return Waiting(pool.name, self._rt.adoption, self.clock, self._rt.window, pool._dispatch)
+        return Waiting(
+            pool.name,
+            self._rt.adoption,
+            self.clock,
+            self._rt.window,
+            pool._dispatch,
+            self._rt.gates.saw,
+        )
+
+    def lock_released(self) -> None:
+        nodes = self._rt.nodes
+        if nodes is not None:
+            nodes.lock_released()  # every node looks again, once it is committed
+            return
+        for pool in list(self._rt._pools.values()):
+            pool._dispatch()
 
     def counted(self, pool: str) -> int:
         nodes = self._rt.nodes

@@ -324,6 +324,14 @@ class Transitions:
         self.write_waiting(state)
         self.pools[state.pool].push(state)
 
+    def mark(self, state: JobState, reason: str | None) -> None:
+        """Why a waiting job waits (``taskrt.gates`` note 3): in memory, and written
+        once per change (its start clears it in the store)."""
+        if state.waiting_reason != reason:
+            state.waiting_reason = reason
+            state.snapshot = None
+            self.store.waiting_reason(state.id, reason)
+
     def deadline_passed(self, state: JobState) -> None:
         """A job taken to start after its deadline: FAILURE, never retried (pool note 6)."""
         job_logger(state).warning("job %d failed: its deadline passed before it started", state.id)

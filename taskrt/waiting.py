@@ -232,6 +232,8 @@ async def _patiently(pool: str, read: Read, limit: int, after: Key) -> Any:
 class Waiting:
     """The waiting jobs of one pool (see the module notes)."""
 
+    gated = True  # the pool applies rate limits and locks (``taskrt.gates``)
+
     def __init__(
         self,
         pool: str,
@@ -239,8 +241,10 @@ class Waiting:
         clock: Clock,
         window: int,
         wake: Callable[[], None],
+        saw: Callable[[JobState], None] | None = None,
     ) -> None:
         self.pool = pool
+        self._saw = saw  # told of each job placed (a lock key turns the gates on)
         self._backlog = backlog
         self._clock = clock
         self._members: dict[int, tuple[Any, ...]] = {}  # id -> its entry in a lane
@@ -300,7 +304,10 @@ class Waiting:
 
     def _place(self, lane: _Lane, entry: tuple[Any, ...], *, loaded: bool = False) -> None:
         # A member until the lane sends it (or another) back to the store: ``_shelve``.
-        self._members[entry[-1].id] = entry
+        state = entry[-1]
+        self._members[state.id] = entry
+        if self._saw is not None and state.lock is not None:
+            self._saw(state)
         lane.place(entry, loaded=loaded)
 
     def _shelve(self, state: JobState) -> None:
@@ -311,6 +318,16 @@ class Waiting:
 
     def take(self) -> JobState | None:
         """The next job to run, or None (none due, or a refill must come first)."""
+        entry = self._first_ready()
+        if entry is None:
+            return None
+        self._ready.pop()
+        del self._members[entry[2]]
+        state: JobState = entry[3]
+        return state
+
+    def _first_ready(self) -> tuple[Any, ...] | None:
+        """The first ready entry, once the jobs that came due are ready (note 4)."""
         delayed = self._delayed
         if len(delayed) or delayed.upto is not None:
             now = self._clock.now()
@@ -319,13 +336,32 @@ class Waiting:
                 # Jobs in the store only may be due now, of any priority: read first.
                 delayed.refill()
                 return None
-        entry = self._ready.first()
+        return self._ready.first()
+
+    def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:
+        """The first of the next ``scan`` ready jobs in memory that ``eligible``
+        admits; the others keep their places (``taskrt.gates`` note 2)."""
+        ready = self._ready
+        entry = self._first_ready()
         if entry is None:
             return None
-        self._ready.pop()
-        del self._members[entry[2]]
-        state: JobState = entry[3]
-        return state
+        if eligible(entry[3]):
+            ready.pop()
+            del self._members[entry[2]]
+            return entry[3]  # type: ignore[no-any-return]
+        entries, upto = ready.entries, ready.upto
+        for i in range(ready.head + 1, min(len(entries), ready.head + scan)):
+            entry = entries[i]
+            if upto is not None and entry[:-1] > upto:
+                break  # beyond what memory holds in order
+            if eligible(entry[3]):
+                del entries[i]
+                del self._members[entry[2]]
+                return entry[3]  # type: ignore[no-any-return]
+        return None
+
+    def next_slot(self, now: float) -> float:
+        return 0.0  # the pool keeps its own rate limit (``taskrt.gates``)
 
     def _promote(self, now: float) -> None:
         """Jobs that came due move to the ready list (note 4)."""

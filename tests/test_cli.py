@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskrt import JobContext, JobStatus, Runtime, cli
+from taskrt import JobContext, JobInfo, JobStatus, Runtime, cli
 from taskrt.cli.progress import Bar, JobView, bar_line, summary_line
+from taskrt.cli.support import reason_note
 from taskrt.web import create_app
 
 Serve = Callable[..., AbstractAsyncContextManager[str]]
@@ -498,10 +500,14 @@ def test_watch_names_the_step_a_job_reported() -> None:
     view = JobView(4, task="album")
     view.apply({"type": "snapshot", "job": {"task": "album", "status": "RUNNING", "step": "fetch"}})
     assert bar_line(view, columns=120).endswith("[fetch]")
-    view.apply({"type": "progress", "current": 2, "total": 5, "message": "cat.jpg", "step": "resize"})
+    view.apply(
+        {"type": "progress", "current": 2, "total": 5, "message": "cat.jpg", "step": "resize"}
+    )
     assert bar_line(view, columns=120).endswith(" 40%  2/5  [resize]  cat.jpg")
     view.apply({"type": "progress", "current": 3, "total": 5, "message": "dog.jpg"})
-    assert bar_line(view, columns=120).endswith("[resize]  dog.jpg")  # a report without a step keeps it
+    assert bar_line(view, columns=120).endswith(
+        "[resize]  dog.jpg"
+    )  # a report without a step keeps it
     view.apply({"type": "started", "attempt": 2})
     assert "[resize]" not in bar_line(view)  # a new attempt starts over
 
@@ -788,3 +794,40 @@ async def test_the_commands_work_against_a_server_with_its_token(
         assert code == 0 and out.startswith("purged 2 of 2 jobs")
         code, _, err = await cli_main("ls", *creds, "--db", str(db_path))
         assert code == 2 and "not both" in err
+
+
+def test_add_takes_the_flow_options_and_ls_says_why_a_job_waits(
+    capsys: pytest.CaptureFixture[str], app: App
+) -> None:
+    first = add_json(
+        capsys, app, "resize", "--lock", "acct:1", "--unique-key", "k", "--unique-for", "1h"
+    )
+    assert (first["lock"], first["unique_key"]) == ("acct:1", "k")
+    again = add_json(capsys, app, "resize", "--unique-key", "k")
+    assert again["id"] == first["id"]  # within the window
+    code, _, err = run(
+        capsys,
+        app,
+        "add",
+        "resize",
+        "--unique-key",
+        "k",
+        "--on-conflict",
+        "raise",
+        "--app",
+        app.ref,
+    )
+    assert code != 0 and f"held by job {first['id']}" in err
+    soon = add_json(capsys, app, "resize", "--deadline", "1h")
+    assert 3500 < soon["deadline"] - time.time() <= 3600
+    code, _, err = run(capsys, app, "add", "resize", "--deadline", "soon", "--app", app.ref)
+    assert code != 0 and "--deadline" in err
+
+
+def test_ls_names_what_holds_a_waiting_job_back() -> None:
+    waiting = JobInfo(1, "t", "p", JobStatus.WAITING, lock="acct:1", waiting_reason="locked")
+    assert reason_note(waiting) == "locked: acct:1"
+    assert reason_note(replace(waiting, waiting_reason="rate_limited")) == "rate limited"
+    assert reason_note(replace(waiting, waiting_reason="paused")) == "pool paused"
+    assert reason_note(replace(waiting, waiting_reason=None)) == ""
+    assert reason_note(replace(waiting, status=JobStatus.RUNNING)) == ""

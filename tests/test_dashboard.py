@@ -467,6 +467,34 @@ async def test_rows_say_why_jobs_wait_and_show_only_their_own_errors(
 
 
 @in_browser
+async def test_rows_say_what_holds_a_job_back_and_pools_show_their_rate(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    holder = await rt.pool("main").add(_with(rt, "stepped", lock="acct:9"), n=1, key="h")
+    await wait_until(lambda: holder in rt.live.states and rt.live.states[holder].attempts == 1)
+    held = await rt.pool("main").add(_with(rt, "stepped", lock="acct:9"), n=1, key="h2")
+    await wait_until(lambda: rt.live.states[held].waiting_reason == "locked")
+    await rt.change_pool("batch", rate="2/m")
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        await expect(row(page, held).locator(".held")).to_have_text("locked: acct:9")
+        await expect(pool_row(page, "batch").locator('[data-role="rate-limit"]')).to_have_text(
+            "≤ 2/m"
+        )
+        await page.locator(f'#jobs a[href$="/dashboard/jobs/{held}"]').click()
+        await expect(page.locator("#job-facts")).to_contain_text("Waits for")
+        await expect(page.locator("#job-facts")).to_contain_text("locked: acct:9")
+    steps.allow("h")
+    steps.allow("h2")
+    assert (await rt.wait(held, timeout=5)).status.value == "SUCCESS"
+
+
+def _with(rt: Runtime, task: str, **options: Any) -> Any:
+    from taskrt.definitions import TaskCall, checked_options
+
+    return TaskCall(rt.tasks[task], checked_options(options))
+
+
+@in_browser
 async def test_a_jobs_timeline_is_what_happened_in_one_clock_format(
     rt: Runtime, steps: Steps, server: Serve, browser: Any
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,20 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "app.db")
     return f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+
+
+@pytest.fixture(params=["owner", "nodes"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """On PostgreSQL: one owner runs the jobs, or every process claims them."""
+    return str(request.param)
+
+
+def modes(db: str, mode: str) -> dict[str, Any]:
+    if db.startswith("postgresql"):
+        return {"mode": mode}
+    if mode == "nodes":
+        pytest.skip("mode 'nodes' is PostgreSQL's")
+    return {}
 
 
 def rows(db: str, sql: str) -> list[tuple[Any, ...]]:
@@ -292,12 +307,14 @@ async def test_post_jobs_takes_the_flow_options(tmp_path: Path) -> None:
                 "unique_for": "1h",
                 "deadline": "2100-01-01T00:00:00Z",
                 "retry": "1m,2m,4m",
+                "lock": "account:1",
             }
             made = await client.post("/jobs", json=body)
             assert made.status_code == 201, made.text
             job = made.json()
             assert job["deadline"] == datetime(2100, 1, 1, tzinfo=UTC).timestamp()
             assert job["retry_policy"] is not None
+            assert (job["lock"], job["waiting_reason"]) == ("account:1", "paused")
             same = await client.post("/jobs", json=body)
             assert (same.status_code, same.json()["id"]) == (201, job["id"])
             refused = await client.post("/jobs", json={**body, "on_conflict": "raise"})
@@ -309,6 +326,7 @@ async def test_post_jobs_takes_the_flow_options(tmp_path: Path) -> None:
                 ("unique_for", -5),
                 ("deadline", "next week"),
                 ("retry", {"base": "1s", "speed": 2}),
+                ("lock", ""),
             ]:
                 bad = await client.post("/jobs", json={**body, field: value})
                 assert 400 <= bad.status_code < 500, (field, bad.text)
@@ -389,7 +407,10 @@ async def test_progress_steps_are_kept_streamed_and_stored(db: str) -> None:
     assert [e.get("step") for e in seen] == ["download", "download", "resize", "resize"]
     assert seen[0]["steps"] == [{"name": "download", "current": 1, "total": 3}]
     assert seen[-1]["steps"] == list(expected)
-    assert (threaded.step, threaded.steps) == ("scan", ({"name": "scan", "current": 3, "total": 3},))
+    assert (threaded.step, threaded.steps) == (
+        "scan",
+        ({"name": "scan", "current": 3, "total": 3},),
+    )
     # Stored: another runtime reads them back.
     async with Runtime(db, workers=False) as again:
         stored = await again.get(job_id)
@@ -421,3 +442,145 @@ async def test_steps_over_http_and_their_bounds(tmp_path: Path) -> None:
     assert len(progress["steps"]) == 100
     assert progress["step"] == "s99"
     assert progress["steps"][99] == {"name": "s99", "current": 99, "total": 200, "percent": 49.5}
+
+
+# -- rate limits and locks ------------------------------------------------------------
+
+
+async def settle_starts(count: Callable[[], int], quiet: float = 0.2) -> int:
+    """The count once it stopped moving for ``quiet`` real seconds (starts commit first)."""
+    last, since = count(), time.monotonic()
+    async with asyncio.timeout(10):
+        while time.monotonic() - since < quiet:
+            await asyncio.sleep(0.01)
+            if count() != last:
+                last, since = count(), time.monotonic()
+    return last
+
+
+async def test_a_pool_rate_limit_starts_its_burst_then_the_rate(db: str, mode: str) -> None:
+    clock = FakeClock(start=time.time())
+    rt = Runtime(db, clock=clock, **modes(db, mode))
+    pool = rt.pool("mail", concurrency=50, rate="10/s")
+    starts: list[float] = []
+
+    @rt.task(pool="mail")
+    async def send(job: JobContext) -> None:
+        starts.append(clock.now())
+
+    async with rt:
+        await pool.add_many(send, [() for _ in range(120)])
+        assert await settle_starts(lambda: len(starts)) == 10  # the burst: one second's worth
+        blocked = [j for j in (await rt.jobs(status="WAITING", limit=1000)).jobs]
+        assert {j.waiting_reason for j in blocked} <= {"rate_limited", None}
+        assert any(j.waiting_reason == "rate_limited" for j in blocked)
+        assert pool.statistics().rate == "10/s"
+        assert 0 < pool.statistics().next_slot <= 0.1
+        for _ in range(99):  # 4.95 s, a step at a time, the starts keeping up
+            await clock.advance(0.05)
+            await asyncio.sleep(0.005)
+        total = await settle_starts(lambda: len(starts))
+    assert 50 <= total <= 60  # 10 at once, then 10 a second for 4.95 s
+
+
+async def test_a_task_rate_limit_holds_its_jobs_and_lets_others_pass(db: str, mode: str) -> None:
+    clock = FakeClock(start=time.time())
+    rt = Runtime(db, clock=clock, **modes(db, mode))
+    ran: list[str] = []
+
+    @rt.task(rate="2/m")
+    async def slow(job: JobContext) -> None:
+        ran.append("slow")
+
+    @rt.task
+    async def fast(job: JobContext) -> None:
+        ran.append("fast")
+
+    async with rt:
+        pool = rt.pool("default")
+        held = [await pool.add(slow) for _ in range(3)]
+        others = await pool.add_many(fast, [() for _ in range(5)])
+        for job_id in others:
+            await rt.wait(job_id, timeout=5)
+        await settle_starts(lambda: len(ran))
+        assert ran.count("slow") == 1  # 2/m: a burst of one, then one every 30 s
+        info = await rt.get(held[1])
+        assert (info.status, info.waiting_reason) == (JobStatus.WAITING, "rate_limited")
+        for _ in range(30):
+            await clock.advance(1)
+            await asyncio.sleep(0.005)
+        await settle_starts(lambda: len(ran))
+        assert ran.count("slow") == 2
+        for _ in range(30):
+            await clock.advance(1)
+            await asyncio.sleep(0.005)
+        await rt.wait(held[2], timeout=5)
+    assert ran.count("slow") == 3 and ran.count("fast") == 5
+
+
+async def test_a_lock_runs_one_job_of_a_key_at_a_time_in_order(db: str, mode: str) -> None:
+    rt = Runtime(db, **modes(db, mode))
+    pool = rt.pool("q", concurrency=4)
+    inside: dict[str, int] = {}
+    most: dict[str, int] = {}
+    order: list[int] = []
+    release = asyncio.Event()
+
+    @rt.task(pool="q", attempts=2, retry="0s")
+    async def sync(job: JobContext, account: str, fail: bool = False) -> None:
+        inside[account] = inside.get(account, 0) + 1
+        most[account] = max(most.get(account, 0), inside[account])
+        order.append(job.id)
+        try:
+            await release.wait()
+            if fail and job.attempt == 1:
+                raise RuntimeError("first attempt fails: the lock is released for the next")
+        finally:
+            inside[account] -= 1
+
+    async with rt:
+        a = [await pool.add(sync.options(lock="account:42"), "42", fail=(i == 0)) for i in range(3)]
+        other = await pool.add(sync.options(lock="account:7"), "7")
+        await until_true(lambda: len(order) == 2)  # one of each key, not two of 42
+        assert sorted(order) == [a[0], other]
+        async with asyncio.timeout(5):  # where every node claims: found by its next look
+            while (info := await rt.get(a[1])).waiting_reason is None:
+                await asyncio.sleep(0.05)
+        assert (info.status, info.waiting_reason, info.lock) == (
+            JobStatus.WAITING,
+            "locked",
+            "account:42",
+        )
+        release.set()
+        for job_id in [*a, other]:
+            assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+    assert most == {"42": 1, "7": 1}
+    # In line: the retry of the first waits behind those added before it came back.
+    assert [i for i in order if i in a] == [a[0], a[1], a[2], a[0]]
+
+
+async def until_true(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+async def test_waiting_reasons_scheduled_and_paused_are_told_when_read(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    pool = rt.pool("q")
+
+    @rt.task(pool="q")
+    async def noop(job: JobContext) -> None: ...
+
+    async with rt:
+        later = await pool.add(noop.options(delay=3600))
+        pool.pause()
+        now = await pool.add(noop)
+        assert (await rt.get(later)).waiting_reason == "scheduled"
+        assert (await rt.get(now)).waiting_reason == "paused"
+        listed = {j.id: j.waiting_reason for j in (await rt.jobs()).jobs}
+        assert listed == {later: "scheduled", now: "paused"}
+        pool.resume()
+        done = await rt.wait(now, timeout=5)
+        assert done.waiting_reason is None
+        assert (await rt.get(later)).to_dict()["waiting_reason"] == "scheduled"

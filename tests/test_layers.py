@@ -85,7 +85,18 @@ def test_the_check_finds_what_it_looks_for() -> None:
 LAYERS: dict[str, int] = {
     # values
     **dict.fromkeys(
-        ["errors", "models", "limits", "retry", "schedule", "params", "definitions", "clock"], 0
+        [
+            "errors",
+            "models",
+            "limits",
+            "retry",
+            "schedule",
+            "params",
+            "definitions",
+            "clock",
+            "rates",
+        ],
+        0,
     ),
     "counters": 0,
     "taskfiles": 0,  # task files are definitions too: they build TaskSpecs from files
@@ -103,6 +114,7 @@ LAYERS: dict[str, int] = {
     ),
     "adoption": 2,
     "claims": 2,
+    "gates": 2,  # rate limits of tasks, locks held (owner)
     "processes": 2,  # worker processes of a pool (processes=True)
     "nodes": 2,
     "stream": 2,

@@ -473,6 +473,8 @@ async def test_pools_list_create_change(rt: Runtime, client: httpx.AsyncClient) 
         "processed": 0,
         "failed": 0,
         "latency": 0.0,
+        "rate": None,
+        "next_slot": 0.0,
     }
     assert rt.pools["reports"].concurrency == 2
     dup = await client.post("/pools", json={"name": "reports"})
@@ -480,6 +482,16 @@ async def test_pools_list_create_change(rt: Runtime, client: httpx.AsyncClient) 
 
     r = await client.patch("/pools/reports", json={"concurrency": 4, "capacity": None})
     assert r.status_code == 200 and r.json()["concurrency"] == 4 and r.json()["capacity"] is None
+
+    # A rate limit, set and lifted at run time; a bad one changes nothing.
+    r = await client.patch("/pools/reports", json={"rate": "5/s", "concurrency": 6})
+    assert (r.status_code, r.json()["rate"], r.json()["concurrency"]) == (200, "5/s", 6)
+    assert str(rt.pools["reports"].rate) == "5/s"
+    bad = await client.patch("/pools/reports", json={"rate": "fast", "concurrency": 7})
+    assert bad.status_code == 422 and error_of(bad)["field"] == "rate"
+    assert rt.pools["reports"].concurrency == 6
+    r = await client.patch("/pools/reports", json={"rate": None})
+    assert r.json()["rate"] is None and rt.pools["reports"].rate is None
 
 
 async def test_pause_and_resume_a_pool_at_run_time(rt: Runtime, client: httpx.AsyncClient) -> None:

@@ -27,11 +27,13 @@ from .support import (
     cell,
     in_event_loop,
     job_id,
+    later,
     moment,
     pairs,
     plural,
     print_json,
     progress,
+    reason_note,
     seconds,
     statuses,
     table,
@@ -69,6 +71,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--unique-key", help="if a live job has this key, return it instead of adding one"
     )
     parser.add_argument(
+        "--unique-for", help="hold the unique key this long after the add: 30s, 1h, 1d"
+    )
+    parser.add_argument(
+        "--on-conflict",
+        choices=["return", "raise"],
+        help="when the unique key is taken: return that job (default), or fail",
+    )
+    parser.add_argument("--lock", help="at most one running job with this lock key")
+    parser.add_argument(
+        "--deadline",
+        help="not started after: epoch seconds, an ISO 8601 date-time or a duration from now",
+    )
+    parser.add_argument(
         "--meta",
         action="append",
         default=[],
@@ -100,6 +115,10 @@ async def add(args: argparse.Namespace) -> int:
             priority=args.priority,
             unique_key=args.unique_key,
             metadata=metadata or None,
+            unique_for=args.unique_for,
+            on_conflict=args.on_conflict,
+            lock=args.lock,
+            deadline=None if args.deadline is None else later(args.deadline, "--deadline"),
         )
         # ``enqueue``, as the HTTP API does: a job keyword argument named ``tx`` is the job's.
         new_id = await rt.enqueue(
@@ -262,6 +281,7 @@ async def ls(args: argparse.Namespace) -> int:
                     when(j.created_at),
                     (j.error if j.status is JobStatus.FAILURE else None)
                     or waiting_note(j.status, j.run_at, j.error, j.attempts, now)
+                    or reason_note(j)
                     or j.message,
                 )
                 for j in page.jobs

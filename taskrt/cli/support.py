@@ -305,6 +305,18 @@ def waiting_note(
     return ""
 
 
+def reason_note(job: JobInfo) -> str:
+    """What holds a WAITING job back, besides its time (``JobInfo.waiting_reason``)."""
+    reason = job.waiting_reason if job.status is JobStatus.WAITING else None
+    if reason == "locked":
+        return f"locked: {job.lock}"
+    if reason == "rate_limited":
+        return "rate limited"
+    if reason == "paused":
+        return "pool paused"
+    return ""
+
+
 def seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -391,6 +403,20 @@ def moment(raw: str | None, option: str, *, now: float | None = None) -> float |
             ) from None
         return (time.time() if now is None else now) - ago
     return stamp.timestamp()  # a naive date-time is local time
+
+
+def later(raw: str, option: str, *, now: float | None = None) -> float:
+    """Epoch seconds, an ISO 8601 date-time, or a duration from now (``1h``)."""
+    try:
+        ahead = parse_duration(raw, field=option)
+    except InvalidOption:
+        found = moment(raw, option, now=now)
+        if found is None:
+            raise UsageError(f"{option}: expected a time, found {raw!r}") from None
+        return found
+    if raw.replace(".", "", 1).isdigit():
+        return float(raw)  # a bare number is epoch seconds, as for moment
+    return (time.time() if now is None else now) + ahead
 
 
 def statuses(raw: Sequence[str], option: str = "--status") -> list[JobStatus]:

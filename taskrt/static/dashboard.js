@@ -598,6 +598,8 @@ function updatePoolRow(row, pool) {
   badge.textContent = pool.paused ? "paused" : "active";
   badge.className = `badge ${pool.paused ? "paused" : "active"}`;
   cell("running").textContent = `${pool.running} / ${pool.concurrency}`;
+  // A rate limit (docs/flow-control.md): at most so many starts per unit of time.
+  if (pool.rate) cell("running").append(el("span", { class: "sub", dataset: { role: "rate-limit" }, title: "rate limit: starts per unit of time", text: `≤ ${pool.rate}` }));
   cell("waiting").textContent = pool.capacity === null ? pool.waiting.toLocaleString() : `${pool.waiting.toLocaleString()} / ${pool.capacity.toLocaleString()}`;
   // Queue latency: how long the oldest runnable job has waited for a slot.
   if (pool.latency >= 0.5) cell("waiting").append(el("span", { class: "sub", title: "the oldest runnable job has waited this long", text: `oldest ${duration(pool.latency)}` }));
@@ -961,8 +963,30 @@ function shownError(job) {
 
 // Why a waiting job has not started: it runs later (a delay, or a retry's backoff).
 function waitingFor(job) {
-  if (job.status !== "WAITING" || !job.run_at || job.run_at <= nowS() + 1) return null;
+  if (job.status !== "WAITING") return null;
+  const held = heldText(job);
+  if (held) return el("span", { class: "sub held", dataset: { reason: job.waiting_reason }, text: held });
+  if (!job.run_at || job.run_at <= nowS() + 1) return null;
   return el("span", { class: "sub when", dataset: { until: String(job.run_at) }, title: absolute(job.run_at), text: untilText(job.run_at) });
+}
+
+// What holds a waiting job back besides its time (its waiting_reason, docs/flow-control.md).
+function heldText(job) {
+  switch (job.waiting_reason) {
+    case "paused":
+      return "pool paused";
+    case "locked":
+      return `locked: ${job.lock}`;
+    case "rate_limited": {
+      const pool = state.pools.get(job.pool);
+      const next = pool && pool.next_slot > 0 ? `, next slot in ${pool.next_slot.toFixed(1)} s` : "";
+      return `rate limited${next}`;
+    }
+    case "blocked":
+      return "blocked";
+    default:
+      return "";
+  }
 }
 
 function untilText(ts) {
@@ -982,7 +1006,7 @@ function updateRow(row, job) {
     el("td", { class: "num" }, durationEl(job)),
     el("td", {}, el("div", { class: "actions" }, jobActions(job))),
   ];
-  if (row.cells.length === cells.length && row.dataset.status === job.status && row.dataset.error === String(job.error ?? "") && row.dataset.runAt === String(job.run_at ?? "")) {
+  if (row.cells.length === cells.length && row.dataset.status === job.status && row.dataset.error === String(job.error ?? "") && row.dataset.runAt === String(job.run_at ?? "") && row.dataset.reason === String(job.waiting_reason ?? "")) {
     // Same status: only the moving parts change (keeps focus and hover steady).
     setProgress(row.querySelector(".progress"), job);
     row.cells[5].textContent = attemptsText(job);
@@ -992,6 +1016,7 @@ function updateRow(row, job) {
   row.dataset.status = job.status;
   row.dataset.error = String(job.error ?? "");
   row.dataset.runAt = String(job.run_at ?? "");
+  row.dataset.reason = String(job.waiting_reason ?? "");
   row.replaceChildren(...cells);
 }
 
@@ -1354,6 +1379,10 @@ function renderJobPage() {
     ["Timeout", job.timeout ? duration(job.timeout) : "none"],
     ["Unique key", job.unique_key || "—"],
   ];
+  if (job.lock) facts.push(["Lock", job.lock]);
+  if (job.deadline) facts.push(["Deadline", timeEl(job.deadline)]);
+  const held = job.status === "WAITING" ? heldText(job) : "";
+  if (held) facts.push(["Waits for", held]);
   if (job.recoveries) facts.push(["Recoveries", String(job.recoveries)]);
   for (const [key, value] of Object.entries(job.metadata || {})) facts.push([`meta · ${key}`, typeof value === "string" ? value : JSON.stringify(value)]);
   $("#job-facts").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", {}, v))));

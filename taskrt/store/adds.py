@@ -20,7 +20,7 @@ from .protocol import InsertResult, NewJob
 
 Row = tuple[Any, ...]
 """(id, task, pool, args, kwargs, max_attempts, priority, metadata, unique_key,
-created_at, run_at, timeout, retry, external, deadline): what an insert binds."""
+created_at, run_at, timeout, retry, external, deadline, lock_key): what an insert binds."""
 
 
 @dataclass(slots=True)
@@ -83,6 +83,7 @@ def plan(groups: list[list[NewJob]], last: int, holder: Callable[[str], int | No
                     job.retry_json,
                     1 if job.external else 0,
                     job.deadline,
+                    job.lock_key,
                 )
             )
             group_results.append(InsertResult(job_id, True))

@@ -49,6 +49,8 @@ def rank_of(op: Op) -> int:
 
 # The params of each (the backends' statements take them in this order):
 FLUSH = Op("flush")  # ()
+# Why a waiting job waits (rate_limited, locked, or None); before a start in a batch.
+REASON = Op("reason", 0)  # (waiting_reason, id)
 START = Op("start", 1, JobStatus.RUNNING)  # (attempt, started_at, seq, id, pool)
 ATTEMPT = Op(
     "attempt", 2

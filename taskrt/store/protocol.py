@@ -63,6 +63,7 @@ class NewJob:
     unique_for: float | None = None
     on_conflict: str | None = None  # "raise": DuplicateJob instead of the holder's id
     deadline: float | None = None
+    lock_key: str | None = None
 
 
 Steps = tuple[str | None, tuple[dict[str, Any], ...]]
@@ -251,6 +252,10 @@ class JobStore(Protocol):
     ) -> None:
         """Progress (coalesced); ``steps``: (the step, every step) of a job that names
         steps (``progress(..., step=...)``), written with it."""
+        ...
+
+    def waiting_reason(self, job_id: int, reason: str | None) -> asyncio.Future[None]:
+        """Why a waiting job waits (rate_limited, locked), or None; its start clears it."""
         ...
 
     def record_attempt(

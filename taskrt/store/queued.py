@@ -21,6 +21,7 @@ from .ops import (
     CLEAR_EXTERNAL,
     FAIL,
     MINUTES,
+    REASON,
     REQUEUE,
     RETRIED,
     SCHEDULE_FAILED,
@@ -154,6 +155,10 @@ class QueuedWrites:
             fut = asyncio.get_running_loop().create_future()
             fut.set_result(None)
         return fut
+
+    def waiting_reason(self, job_id: int, reason: str | None) -> asyncio.Future[None]:
+        """Why a waiting job waits (``models.WAITING_REASONS``), or None; its start clears it."""
+        return self._writes.queue(REASON, (reason, job_id), job_id)
 
     def retried(self, job_id: int, at: float) -> asyncio.Future[None]:
         """A retry asked for by hand at ``at``: noted on the job's last attempt."""

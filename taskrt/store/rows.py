@@ -71,7 +71,9 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         deadline,
         step,
         steps,
-    ) = tuple(row)[:27]
+        lock_key,
+        waiting_reason,
+    ) = tuple(row)[:29]
     return JobInfo(
         id=id_,
         task=task,
@@ -100,6 +102,8 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         deadline=deadline,
         step=step,
         steps=() if steps is None else tuple(json.loads(steps)),
+        lock=lock_key,
+        waiting_reason=waiting_reason,
     )
 
 

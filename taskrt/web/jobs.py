@@ -71,6 +71,7 @@ NEW_JOB_FIELDS = frozenset(
         "on_conflict",
         "deadline",
         "retry",
+        "lock",
     }
 )
 
@@ -130,6 +131,7 @@ async def add_job(api: Api, request: Request) -> Response:
         on_conflict=field_of(body, "on_conflict", str, "'return' or 'raise'"),
         deadline=deadline,
         retry=field_of(body, "retry", (int, float, str, list, dict), "a retry policy"),
+        lock=field_of(body, "lock", str, "a lock key"),
     )
     # ``enqueue`` rather than ``pool.add``: a job keyword argument named ``tx``
     # must reach the handler, not be taken for ``add``'s own parameter.

@@ -19,7 +19,7 @@ group = EndpointGroup("pools", "Worker pools: concurrency, capacity, pause and r
 
 NAME = Param("name", "path", required=True)
 POOL_NAME = re.compile(POOL_NAME_PATTERN)
-CHANGE_FIELDS = frozenset({"concurrency", "capacity", "paused"})
+CHANGE_FIELDS = frozenset({"concurrency", "capacity", "paused", "rate"})
 
 
 async def _name(api: Api, request: Request) -> str:
@@ -47,12 +47,13 @@ def _limits(body: dict[str, Any]) -> tuple[int | None, int | None, bool, bool | 
 async def _apply(api: Api, name: str, body: dict[str, Any], *, create: bool) -> PoolStatistics:
     """Change the pool where its jobs run (the owner; ``rt.change_pool`` forwards)."""
     concurrency, capacity, capacity_given, paused = _limits(body)
+    optional: dict[str, Any] = {}
     if capacity_given:
-        return await api.runtime.change_pool(
-            name, concurrency=concurrency, capacity=capacity, paused=paused, create=create
-        )
+        optional["capacity"] = capacity
+    if "rate" in body:
+        optional["rate"] = field_of(body, "rate", str, "a rate like '10/s', or null")
     return await api.runtime.change_pool(
-        name, concurrency=concurrency, paused=paused, create=create
+        name, concurrency=concurrency, paused=paused, create=create, **optional
     )
 
 
@@ -121,7 +122,7 @@ async def create_pool(api: Api, request: Request) -> Response:
 
 @group.patch(
     "/pools/{name}",
-    summary="Change a pool's concurrency or capacity, or pause or resume it",
+    summary="Change a pool's concurrency, capacity or rate, or pause or resume it",
     params=[NAME],
     body=ref("PoolChange"),
     replies={

@@ -182,6 +182,14 @@ COMPONENTS: dict[str, Schema] = {
             "recoveries": {"type": "integer"},
             "seq": {"type": "integer", "description": "the job's last event sequence number"},
             "retry_policy": {"description": "the retry policy given when it was added, or null"},
+            "lock": _nullable("string"),
+            "waiting_reason": {
+                "anyOf": [
+                    {"enum": ["scheduled", "paused", "rate_limited", "locked", "blocked"]},
+                    {"type": "null"},
+                ],
+                "description": "why a WAITING job waits; null: it is in line",
+            },
             "step": _nullable("string"),
             "steps": {
                 "type": "array",
@@ -234,6 +242,13 @@ COMPONENTS: dict[str, Schema] = {
                 }
             ),
             "deadline": nullable(TIME),
+            "lock": nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "at most one running job per lock key; the others wait",
+                }
+            ),
             "retry": nullable(
                 {
                     "anyOf": [
@@ -379,6 +394,14 @@ COMPONENTS: dict[str, Schema] = {
                 "type": "number",
                 "description": "seconds the oldest runnable job has waited past its run_at",
             },
+            "rate": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": "at most so many starts per unit of time ('10/s'), or null",
+            },
+            "next_slot": {
+                "type": "number",
+                "description": "seconds until the rate limit lets the next job start",
+            },
         },
     },
     "JobFilter": {
@@ -473,6 +496,13 @@ COMPONENTS: dict[str, Schema] = {
             "concurrency": nullable(integer(1)),
             "capacity": nullable(integer(1, description="null: no limit")),
             "paused": nullable({"type": "boolean"}),
+            "rate": nullable(
+                {
+                    "type": "string",
+                    "pattern": "^[0-9]+(\\.[0-9]+)?/[smh]$",
+                    "description": "at most so many starts per second, minute or hour; null: none",
+                }
+            ),
         },
     },
     "PoolChange": {
@@ -480,12 +510,19 @@ COMPONENTS: dict[str, Schema] = {
         "additionalProperties": False,
         "description": (
             "Only the fields given change; null is the same as leaving a field out, "
-            "except for `capacity`, where null removes the limit."
+            "except for `capacity` and `rate`, where null removes the limit."
         ),
         "properties": {
             "concurrency": nullable(integer(1)),
             "capacity": nullable(integer(1, description="null: no limit")),
             "paused": nullable({"type": "boolean"}),
+            "rate": nullable(
+                {
+                    "type": "string",
+                    "pattern": "^[0-9]+(\\.[0-9]+)?/[smh]$",
+                    "description": "at most so many starts per second, minute or hour; null: none",
+                }
+            ),
         },
     },
     "Stats": {

@@ -69,6 +69,10 @@ TABLES: dict[str, tuple[str, ...]] = {
         "external",
         "cancel_requested",
         "deadline",
+        "step",
+        "steps",
+        "lock_key",
+        "waiting_reason",
     ),
     "attempts": (
         "job_id",

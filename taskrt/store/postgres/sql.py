@@ -23,6 +23,7 @@ from ..ops import (
     FAIL,
     MINUTES,
     NOTIFY,
+    REASON,
     REQUEUE,
     RETRIED,
     SCHEDULE_FAILED,
@@ -179,7 +180,24 @@ SCHEMA_V3 = (
 # held for a window after its add (``unique_keys``, untouched by retention and purges).
 SCHEMA_V4 = (
     "ALTER TABLE jobs ADD COLUMN deadline DOUBLE PRECISION, ADD COLUMN step TEXT, "
-    "ADD COLUMN steps TEXT",
+    "ADD COLUMN steps TEXT, ADD COLUMN lock_key TEXT, ADD COLUMN waiting_reason TEXT",
+    "CREATE INDEX jobs_waiting_reason ON jobs (waiting_reason) WHERE waiting_reason IS NOT NULL",
+    # At most one running job per lock key, held by the database: a claim skips the
+    # jobs whose key a running job holds, and two claims racing for one key cannot
+    # both commit (mode "nodes"). Checked at commit: a batch may start the next job
+    # of a key before the write that ends the last one, in the same transaction.
+    "ALTER TABLE jobs ADD CONSTRAINT jobs_locks EXCLUDE USING btree (lock_key WITH =) "
+    "WHERE (lock_key IS NOT NULL AND status = 'RUNNING') DEFERRABLE INITIALLY DEFERRED",
+    # Rate limits every node draws from (mode "nodes"; taskrt.rates note 2); ``granted``:
+    # what the last draw took, which the draw returns.
+    """CREATE TABLE rate_buckets (
+        name TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        granted DOUBLE PRECISION NOT NULL DEFAULT 0
+    )""",
+    "ALTER TABLE pool_settings ADD COLUMN rate TEXT, ADD COLUMN rate_set SMALLINT NOT NULL "
+    "DEFAULT 0",
     "CREATE INDEX jobs_deadline ON jobs (deadline) WHERE deadline IS NOT NULL "
     "AND status = 'WAITING'",
     """CREATE TABLE unique_keys (
@@ -217,13 +235,14 @@ SQL_HOLD_KEYS = (
 )
 SQL_INSERT = (
     "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline) "
+    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key) "
     "SELECT id, task, pool, 'WAITING', args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, 1, external, deadline FROM unnest("
+    "unique_key, created_at, run_at, timeout, retry, 1, external, deadline, lock_key FROM unnest("
     "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], "
     "$8::text[], $9::text[], $10::float8[], $11::float8[], $12::float8[], $13::text[], "
-    "$14::smallint[], $15::float8[]) AS v(id, task, pool, args, kwargs, max_attempts, priority, "
-    "metadata, unique_key, created_at, run_at, timeout, retry, external, deadline) "
+    "$14::smallint[], $15::float8[], $16::text[]) AS v(id, task, pool, args, kwargs, "
+    "max_attempts, priority, metadata, unique_key, created_at, run_at, timeout, retry, external, "
+    "deadline, lock_key) "
     "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('WAITING', 'RUNNING') "
     "DO NOTHING RETURNING id"
 )
@@ -307,7 +326,7 @@ START_PART = _moving(
     "attempts, started_at, seq, id",
     "bigint float8 bigint bigint",
     "status = 'RUNNING', attempts = v.attempts, started_at = v.started_at, seq = v.seq, "
-    "error = NULL",
+    "error = NULL, waiting_reason = NULL",
 )
 SUCCEED_PART = _moving(
     JobStatus.SUCCESS,
@@ -380,6 +399,14 @@ RETRIED_PART = _plain(
     "job_id) WHERE a.job_id = {v}.job_id "
     "AND a.number = (SELECT max(number) FROM attempts b WHERE b.job_id = {v}.job_id)",
 )
+REASON_PART = _plain(
+    "reason",
+    "jobs",
+    1,
+    "text bigint",
+    "UPDATE jobs j SET waiting_reason = {v}.reason FROM unnest({arrays}) AS {v}(reason, id) "
+    "WHERE j.id = {v}.id AND j.status = 'WAITING'",
+)
 # Only what the owner read: a change another process made since stays marked.
 CLEAR_EXTERNAL_PART = _plain(
     "clear_external",
@@ -415,9 +442,9 @@ SCHEDULE_FAILED_PART = _plain(
 # from the last issued id, whose row it locks until it commits (note 1).
 _ADD_COLUMNS = (
     "task, pool, args, kwargs, max_attempts, priority, metadata, created_at, run_at, timeout, "
-    "retry, external, deadline"
+    "retry, external, deadline, lock_key"
 )
-_ADD_TYPES = "text text text text bigint bigint text float8 float8 float8 text smallint float8"
+_ADD_TYPES = "text text text text bigint bigint text float8 float8 float8 text smallint float8 text"
 
 
 def _add(i: int, base: int) -> list[str]:
@@ -456,6 +483,7 @@ PARTS: dict[Op, Part] = {
     REQUEUE: REQUEUE_PART,
     CLEAR_EXTERNAL: CLEAR_EXTERNAL_PART,
     RETRIED: RETRIED_PART,
+    REASON: REASON_PART,
     MINUTES: MINUTES_PART,
     SCHEDULE_FAILED: SCHEDULE_FAILED_PART,
     NOTIFY: NOTIFY_PART,
@@ -625,16 +653,18 @@ SQL_SET_PAUSED = (
 )
 # $2: the concurrency or NULL (unchanged); $3: 1 if the capacity is set, then $4 (NULL: none).
 SQL_SET_LIMITS = (
-    "INSERT INTO pool_settings (name, concurrency, capacity_set, capacity) "
-    "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET "
+    "INSERT INTO pool_settings (name, concurrency, capacity_set, capacity, rate_set, rate) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET "
     "concurrency = COALESCE(excluded.concurrency, pool_settings.concurrency), "
     "capacity_set = GREATEST(pool_settings.capacity_set, excluded.capacity_set), "
     "capacity = CASE WHEN excluded.capacity_set = 1 THEN excluded.capacity "
-    "ELSE pool_settings.capacity END"
+    "ELSE pool_settings.capacity END, "
+    "rate_set = GREATEST(pool_settings.rate_set, excluded.rate_set), "
+    "rate = CASE WHEN excluded.rate_set = 1 THEN excluded.rate ELSE pool_settings.rate END"
 )
 SQL_POOL_LIMITS = (
-    "SELECT name, concurrency, capacity_set, capacity FROM pool_settings "
-    "WHERE concurrency IS NOT NULL OR capacity_set = 1"
+    "SELECT name, concurrency, capacity_set, capacity, rate_set, rate FROM pool_settings "
+    "WHERE concurrency IS NOT NULL OR capacity_set = 1 OR rate_set = 1"
 )
 
 # -- nodes: every process runs workers (note 7) ------------------------------------------
@@ -659,6 +689,14 @@ _PRIORITIES = (
     "ORDER BY j.priority DESC LIMIT 1) FROM p WHERE p.priority IS NOT NULL)"
 )
 _CLAIM_COLUMNS = ", ".join(f"g.{c}" for c in JOB_COLUMNS.split(", "))
+# A waiting job's lock key is free: no running job holds it, and no claim in flight
+# is taking it (a transaction-scoped advisory lock; the unique index jobs_locks is
+# what holds when a claim that read before another's commit tries it anyway).
+_LOCK_FREE = (
+    "NOT EXISTS (SELECT 1 FROM jobs r WHERE r.lock_key = jobs.lock_key "
+    "AND r.status = 'RUNNING') AND pg_try_advisory_xact_lock(hashtext(current_schema() "
+    "|| ':lock:' || lock_key))"
+)
 # Claim up to $4 due jobs of pool $1 whose tasks ($3) this node has, at $2, for node
 # $5, if its heartbeat is fresh: highest priority, then earliest run_at, then lowest
 # id; rows another node is claiming are skipped (SKIP LOCKED). They start here: the
@@ -667,12 +705,22 @@ SQL_CLAIM_JOBS = (
     f"WITH RECURSIVE {_PRIORITIES}, "
     "alive AS (SELECT 1 FROM nodes WHERE id = $5 AND heartbeat_at > now() - make_interval("
     "secs => ttl)), "
-    "c AS (SELECT y.id FROM p, LATERAL (SELECT id, priority, run_at FROM jobs "
-    "WHERE status = 'WAITING' AND pool = $1 AND priority = p.priority AND run_at <= $2 "
-    "AND task = ANY($3::text[]) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) y "
-    "WHERE EXISTS (SELECT 1 FROM alive) ORDER BY y.priority DESC, y.run_at, y.id LIMIT $4), "
+    "y AS (SELECT y.id, y.priority, y.run_at, y.lock_key, y.task FROM p, LATERAL (SELECT id, "
+    "priority, run_at, lock_key, task FROM jobs WHERE status = 'WAITING' AND pool = $1 "
+    "AND priority = p.priority AND run_at <= $2 AND task = ANY($3::text[]) "
+    f"AND (lock_key IS NULL OR {_LOCK_FREE}) "
+    "ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) y WHERE EXISTS (SELECT 1 FROM alive)), "
+    # One job per lock key in one claim (the first in run order), and no more jobs of
+    # a task than the tokens its rate limit gave ($6 tasks, $7 tokens).
+    "c AS (SELECT z.id FROM (SELECT id, priority, run_at, task, row_number() OVER (PARTITION "
+    "BY coalesce(lock_key, id::text) ORDER BY priority DESC, run_at, id) AS nth, "
+    "row_number() OVER (PARTITION BY task ORDER BY priority DESC, run_at, id) AS tnth FROM y) z "
+    "LEFT JOIN unnest($6::text[], $7::bigint[]) AS cap(task, n) ON cap.task = z.task "
+    "WHERE z.nth = 1 AND (cap.n IS NULL OR z.tnth <= cap.n) "
+    "ORDER BY z.priority DESC, z.run_at, z.id LIMIT $4), "
     "g AS (UPDATE jobs j SET status = 'RUNNING', node = $5, attempts = j.attempts + 1, "
-    "started_at = $2, finished_at = NULL, error = NULL, seq = j.seq + 1 FROM c "
+    "started_at = $2, finished_at = NULL, error = NULL, waiting_reason = NULL, seq = j.seq + 1 "
+    "FROM c "
     "WHERE j.id = c.id RETURNING j.*), "
     "d AS (SELECT count(*) AS n FROM g), "
     "k AS (INSERT INTO job_counts (pool, status, n) SELECT $1, s.status, "
@@ -689,6 +737,45 @@ SQL_NEXT_DUE = (
     f"WITH RECURSIVE {_PRIORITIES} SELECT min(y.run_at) FROM p, LATERAL (SELECT run_at "
     "FROM jobs WHERE status = 'WAITING' AND pool = $1 AND priority = p.priority "
     "AND run_at > $2 AND task = ANY($3::text[]) ORDER BY run_at, id LIMIT 1) y"
+)
+# Rate limits (mode "nodes"): each bucket ($1, with its rate per second $3 and burst
+# $4) is refilled to $5 and gives up to $2 whole tokens; every node draws from the
+# same row, so the draws of nodes are serialized by its lock.
+SQL_NEW_BUCKETS = (
+    "INSERT INTO rate_buckets (name, tokens, at) SELECT name, burst, $3 FROM "
+    "unnest($1::text[], $2::float8[]) AS v(name, burst) ON CONFLICT (name) DO NOTHING"
+)
+_REFILLED = "LEAST(v.burst, b.tokens + GREATEST(0, $5 - b.at) * v.rate)"
+SQL_DRAW_TOKENS = (
+    f"UPDATE rate_buckets b SET granted = GREATEST(0, LEAST(v.want, floor({_REFILLED} + 1e-9))), "
+    f"tokens = {_REFILLED} - GREATEST(0, LEAST(v.want, floor({_REFILLED} + 1e-9))), "
+    "at = GREATEST(b.at, $5) FROM unnest($1::text[], $2::float8[], $3::float8[], "
+    "$4::float8[]) AS v(name, want, rate, burst) WHERE b.name = v.name "
+    "RETURNING b.name, b.granted, b.tokens"
+)
+# Tokens a claim drew and did not use, given back.
+SQL_SETTLE_TOKENS = (
+    "UPDATE rate_buckets b SET tokens = b.tokens + v.delta FROM unnest($1::text[], "
+    "$2::float8[]) AS v(name, delta) WHERE b.name = v.name"
+)
+# Why waiting jobs wait, where every node claims (mode "nodes"): the first due job
+# of the pool ($1, at $2) among the tasks $3 a rate limit held back; and the due
+# jobs, among the first thousand, whose lock key a running job holds.
+SQL_MARK_RATE_LIMITED = (
+    "UPDATE jobs SET waiting_reason = 'rate_limited' WHERE id = (SELECT id FROM jobs "
+    "WHERE status = 'WAITING' AND pool = $1 AND run_at <= $2 AND task = ANY($3::text[]) "
+    "ORDER BY priority DESC, run_at, id LIMIT 1) AND status = 'WAITING' "
+    "AND waiting_reason IS DISTINCT FROM 'rate_limited'"
+)
+SQL_MARK_LOCKED = (
+    "UPDATE jobs j SET waiting_reason = 'locked' FROM (SELECT id, lock_key FROM jobs "
+    # Nothing is read where no job holds a lock (a one-time check, by jobs_locks).
+    "WHERE EXISTS (SELECT 1 FROM jobs h WHERE h.lock_key IS NOT NULL AND h.status = 'RUNNING') "
+    "AND status = 'WAITING' AND pool = $1 AND run_at <= $2 "
+    "ORDER BY priority DESC, run_at, id LIMIT 1000) w WHERE j.id = w.id "
+    "AND w.lock_key IS NOT NULL AND j.status = 'WAITING' "
+    "AND j.waiting_reason IS DISTINCT FROM 'locked' AND EXISTS (SELECT 1 FROM jobs r "
+    "WHERE r.lock_key = w.lock_key AND r.status = 'RUNNING')"
 )
 SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
 # Nodes whose heartbeat is older than their TTL are gone; so are their RUNNING jobs'

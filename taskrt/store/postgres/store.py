@@ -50,8 +50,12 @@ from .sql import (
     SQL_CLEANUP,
     SQL_COUNTS,
     SQL_DELETE_ATTEMPTS,
+    SQL_DRAW_TOKENS,
     SQL_JOIN,
     SQL_LEAVE,
+    SQL_MARK_LOCKED,
+    SQL_MARK_RATE_LIMITED,
+    SQL_NEW_BUCKETS,
     SQL_NEXT_DUE,
     SQL_NODES,
     SQL_NOTIFY,
@@ -68,6 +72,7 @@ from .sql import (
     SQL_SEQ_GAP_LOST,
     SQL_SET_LIMITS,
     SQL_SET_PAUSED,
+    SQL_SETTLE_TOKENS,
     numbered,
     recovery,
     tally,
@@ -111,6 +116,10 @@ def redacted(url: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{parts.username}:***@{host}" if parts.username else host
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+PoolLimits = tuple[int | None, tuple[int | None] | None, tuple[str | None] | None]
+"""A pool's recorded concurrency, capacity and rate (``None``: not recorded)."""
 
 
 class PgStore(QueuedWrites, SharedReads):
@@ -547,23 +556,33 @@ class PgStore(QueuedWrites, SharedReads):
             raise _error(self.path, exc) from exc
 
     async def set_pool_limits(
-        self, name: str, concurrency: int | None, capacity: tuple[int | None] | None
+        self,
+        name: str,
+        concurrency: int | None,
+        capacity: tuple[int | None] | None,
+        rate: tuple[str | None] | None = None,
     ) -> None:
-        """Record a pool's concurrency (``None``: unchanged) and capacity (``None``:
-        unchanged, ``(None,)``: no limit) for every node of mode "nodes"; notify them."""
+        """Record a pool's concurrency (``None``: unchanged), capacity and rate
+        (``None``: unchanged, ``(None,)``: no limit) for every node of mode "nodes";
+        notify them."""
         given, value = (0, None) if capacity is None else (1, capacity[0])
+        rate_given, rate_value = (0, None) if rate is None else (1, rate[0])
         await self._script(
             [
-                (SQL_SET_LIMITS, (name, concurrency, given, value)),
+                (SQL_SET_LIMITS, (name, concurrency, given, value, rate_given, rate_value)),
                 (SQL_NOTIFY_POOLS, (self.channel,)),
             ]
         )
 
-    async def pool_limits(self) -> dict[str, tuple[int | None, tuple[int | None] | None]]:
-        """The limits recorded by ``set_pool_limits``, by pool: (concurrency, capacity)."""
+    async def pool_limits(self) -> dict[str, PoolLimits]:
+        """The limits recorded by ``set_pool_limits``, by pool: (concurrency, capacity, rate)."""
         rows = await self.query(SQL_POOL_LIMITS)
         return {
-            str(r["name"]): (r["concurrency"], (r["capacity"],) if r["capacity_set"] else None)
+            str(r["name"]): (
+                r["concurrency"],
+                (r["capacity"],) if r["capacity_set"] else None,
+                (r["rate"],) if r["rate_set"] else None,
+            )
             for r in rows
         }
 
@@ -605,12 +624,22 @@ class PgStore(QueuedWrites, SharedReads):
         ]
 
     async def claim(
-        self, pool: str, tasks: Sequence[str], limit: int, now: float, node: str
+        self,
+        pool: str,
+        tasks: Sequence[str],
+        limit: int,
+        now: float,
+        node: str,
+        caps: dict[str, int] | None = None,
     ) -> list[JobInfo]:
-        """Start up to ``limit`` due jobs of ``pool`` (of ``tasks``) on ``node``, in
-        run order, in one statement; none when the node's heartbeat is stale."""
+        """Start up to ``limit`` due jobs of ``pool`` (of ``tasks``; at most ``caps[task]``
+        of a task) on ``node``, in run order, in one statement; none when the node's
+        heartbeat is stale."""
+        caps = caps or {}
         try:
-            rows = await self.pool.fetch(SQL_CLAIM_JOBS, pool, now, list(tasks), limit, node)
+            rows = await self.pool.fetch(
+                SQL_CLAIM_JOBS, pool, now, list(tasks), limit, node, list(caps), list(caps.values())
+            )
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         if rows:
@@ -622,6 +651,43 @@ class PgStore(QueuedWrites, SharedReads):
                 ]
             )
         return [row_to_job(r) for r in rows]
+
+    async def draw_tokens(
+        self, draws: Sequence[tuple[str, float, float, float]], now: float
+    ) -> dict[str, tuple[float, float]]:
+        """Rate limits every node shares (``taskrt.rates`` note 2): for each (bucket,
+        tokens wanted, rate per second, burst), refill it to ``now`` and take up to
+        that many whole tokens; (taken, tokens left) by bucket."""
+        names = [d[0] for d in draws]
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(SQL_NEW_BUCKETS, names, [d[3] for d in draws], now)
+                rows = await conn.fetch(
+                    SQL_DRAW_TOKENS,
+                    names,
+                    [d[1] for d in draws],
+                    [d[2] for d in draws],
+                    [d[3] for d in draws],
+                    now,
+                )
+        except DRIVER_ERRORS as exc:
+            raise _error(self.path, exc) from exc
+        return {str(r[0]): (float(r[1]), float(r[2])) for r in rows}
+
+    async def mark_waiting(
+        self, pool: str, now: float, rate_limited: Sequence[str] | None = None
+    ) -> None:
+        """Record why due jobs of ``pool`` wait (mode "nodes"): the first of the tasks
+        ``rate_limited`` a rate limit held back, else those a lock holds."""
+        if rate_limited is not None:
+            await self._script([(SQL_MARK_RATE_LIMITED, (pool, now, list(rate_limited)))])
+        else:
+            await self._script([(SQL_MARK_LOCKED, (pool, now))])
+
+    async def settle_tokens(self, deltas: dict[str, float]) -> None:
+        """Give back the tokens a claim drew and did not use (bucket -> how many)."""
+        if deltas:
+            await self._script([(SQL_SETTLE_TOKENS, (list(deltas), list(deltas.values())))])
 
     async def next_due(self, pool: str, tasks: Sequence[str], now: float) -> float | None:
         """When the first of ``pool``'s delayed jobs (of ``tasks``) comes due."""

@@ -402,6 +402,7 @@ def _add_row(job: NewJob) -> tuple[Any, ...]:
         job.retry_json,
         1 if job.external else 0,
         job.deadline,
+        job.lock_key,
     )
 
 

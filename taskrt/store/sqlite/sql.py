@@ -14,6 +14,7 @@ from ..ops import (
     FAIL,
     FLUSH,
     MINUTES,
+    REASON,
     REQUEUE,
     RETRIED,
     SCHEDULE_FAILED,
@@ -177,7 +178,10 @@ INSERT INTO job_counts (pool, status, n) SELECT pool, status, count(*) FROM jobs
 """
 
 # Version 6: flow control (docs/flow-control.md). ``step``, ``steps``: named steps
-# of progress (the last reported, and every step seen as JSON). ``deadline``: a job not started
+# of progress (the last reported, and every step seen as JSON). ``lock_key``: at
+# most one running job per key. ``waiting_reason``: why a waiting job waits, as
+# the runtime found it (rate_limited, locked; ``scheduled`` and ``paused`` are
+# told from run_at and the pool when read), indexed where set. ``deadline``: a job not started
 # by it fails; ``jobs_deadline`` finds the waiting ones whose deadline passed
 # without reading the others (partial: only rows with a deadline pay for it).
 # ``unique_keys``: a unique key held for a window after its add (``unique_for``),
@@ -186,6 +190,10 @@ SCHEMA_V6 = """
 ALTER TABLE jobs ADD COLUMN deadline REAL;
 ALTER TABLE jobs ADD COLUMN step TEXT;
 ALTER TABLE jobs ADD COLUMN steps TEXT;
+ALTER TABLE jobs ADD COLUMN lock_key TEXT;
+ALTER TABLE jobs ADD COLUMN waiting_reason TEXT;
+CREATE INDEX IF NOT EXISTS jobs_waiting_reason ON jobs(waiting_reason)
+    WHERE waiting_reason IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs(deadline)
     WHERE deadline IS NOT NULL AND status = 'WAITING';
 CREATE TABLE IF NOT EXISTS unique_keys (
@@ -197,8 +205,8 @@ CREATE TABLE IF NOT EXISTS unique_keys (
 
 INSERT_JOB = (
     "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline) "
-    "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key) "
+    "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
 )
 # A unique key's window (schema version 6): taken for ``expires_at`` by ``job_id``.
 SQL_HOLD_KEY = "INSERT OR REPLACE INTO unique_keys (key, job_id, expires_at) VALUES (?, ?, ?)"
@@ -240,7 +248,8 @@ def counted(target: JobStatus) -> str:
 # -- statements used by the runtime (note 4: each names its source statuses) --
 
 SQL_START = (
-    "UPDATE jobs SET status = 'RUNNING', attempts = ?, started_at = ?, seq = ?, error = NULL "
+    "UPDATE jobs SET status = 'RUNNING', attempts = ?, started_at = ?, seq = ?, error = NULL, "
+    "waiting_reason = NULL "
     f"{counted(JobStatus.RUNNING)}"
 )
 SQL_ATTEMPT = (
@@ -379,6 +388,7 @@ STATEMENT: dict[Op, str] = {
     REQUEUE: SQL_WAITING,
     CLEAR_EXTERNAL: SQL_CLEAR_EXTERNAL,
     RETRIED: SQL_RETRIED,
+    REASON: "UPDATE jobs SET waiting_reason = ? WHERE id = ? AND status = 'WAITING'",
     MINUTES: SQL_MINUTES,
     SCHEDULE_FAILED: SQL_SCHEDULE_FAILED,
 }

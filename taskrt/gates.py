@@ -1,0 +1,117 @@
+"""Rate limits and locks: what may keep a due job from starting (docs/flow-control.md).
+
+Where one process runs the jobs (the owner), a pool asks ``Gates`` whether the
+next job in line may start: its task's rate limit must have a token, and its
+lock key (``options(lock=...)``) must not be held by a running job. (The pool's
+own rate limit is the pool's: ``Pool.rate``.) Where every node runs workers, a
+claim asks the database instead (``taskrt.store.postgres``), and these gates
+stay open.
+
+Design notes:
+
+1. **Nobody pays for what nobody uses.** A pool goes through the gates only
+   when its own rate, a rate of one of the runtime's tasks, or a job with a
+   lock key has been seen (``in_use``); the unlimited path is unchanged.
+2. **In order, and bounded.** A job that may not start stays where it is in
+   its queue; the pool looks past it, at most ``SCAN`` jobs deep, for one that
+   may (``Waiting.take_first``). Jobs of one lock key therefore start in their
+   queue order, and a pool whose first ``SCAN`` jobs all wait on a lock waits
+   for it too.
+3. **Why it waits is stored.** A job the gates hold back gets its waiting
+   reason (``rate_limited``, ``locked``) in memory and, once per change, in
+   the store; its start clears it.
+4. **A lock is held while an attempt runs.** It is taken when the attempt
+   starts and released when it ends (a retry waits in line again), and by
+   recovery after a crash (the new owner holds none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from .rates import Bucket
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .context import JobState
+    from .definitions import TaskSpec
+
+SCAN = 256
+"""How far past the first job in line a pool looks for one that may start (note 2)."""
+
+
+class Gates:
+    """The rate limits of tasks and the locks held, of one runtime (see the notes)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        tasks: Mapping[str, TaskSpec],
+        mark: Callable[[JobState, str | None], None],
+    ) -> None:
+        self.clock = clock
+        self.tasks = tasks
+        self._mark = mark  # records why a job waits (note 3)
+        self.locks: dict[str, int] = {}  # lock key -> the job running with it
+        self._buckets: dict[str, Bucket] = {}  # task name -> its bucket
+        self.locks_seen = False
+
+    def in_use(self) -> bool:
+        """Whether any job may be held back by these gates (note 1)."""
+        return self.locks_seen or any(s.rate is not None for s in self.tasks.values())
+
+    def saw(self, state: JobState) -> None:
+        """A job was queued: one with a lock key turns the gates on (note 1)."""
+        if state.lock is not None:
+            self.locks_seen = True
+
+    def _bucket(self, spec: TaskSpec, now: float) -> Bucket | None:
+        rate = spec.rate
+        if rate is None:
+            return None
+        bucket = self._buckets.get(spec.name)
+        if bucket is None:
+            bucket = self._buckets[spec.name] = Bucket(rate, now)
+        elif bucket.rate != rate:
+            bucket.change(rate)
+        return bucket
+
+    def admit(self, state: JobState, now: float) -> float | None:
+        """None when the job may start now; else seconds until it may be worth
+        asking again (0: when a lock is released), its waiting reason recorded."""
+        key = state.lock
+        if key is not None:
+            holder = self.locks.get(key)
+            if holder is not None and holder != state.id:
+                self._mark(state, "locked")
+                return 0.0
+        bucket = self._bucket(state.spec, now)
+        if bucket is not None and not bucket.ready(now):
+            self._mark(state, "rate_limited")
+            return bucket.wait(now)
+        return None
+
+    def started(self, state: JobState, now: float) -> None:
+        """The job starts: it takes its task's token and its lock (note 4)."""
+        bucket = self._bucket(state.spec, now)
+        if bucket is not None:
+            bucket.take(now)
+        if state.lock is not None:
+            self.locks[state.lock] = state.id
+
+    def ended(self, state: JobState) -> bool:
+        """Its attempt ended: True when that released a lock (others may start)."""
+        key = state.lock
+        if key is not None and self.locks.get(key) == state.id:
+            del self.locks[key]
+            return True
+        return False
+
+    def clear(self) -> None:
+        self.locks.clear()
+        self._buckets.clear()
+        self.locks_seen = False
+
+
+__all__ = ["SCAN", "Gates"]
