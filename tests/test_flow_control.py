@@ -35,18 +35,14 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
 
 
-@pytest.fixture(params=["owner", "nodes"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """On PostgreSQL: one owner runs the jobs, or every process claims them."""
-    return str(request.param)
-
-
-def modes(db: str, mode: str) -> dict[str, Any]:
-    if db.startswith("postgresql"):
-        return {"mode": mode}
-    if mode == "nodes":
-        pytest.skip("mode 'nodes' is PostgreSQL's")
-    return {}
+@pytest.fixture(params=["sqlite", "postgres-owner", "postgres-nodes"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """A database and the runtime's options: a SQLite file; PostgreSQL where one owner
+    runs the jobs; PostgreSQL where every process claims them."""
+    if request.param == "sqlite":
+        return str(tmp_path / "app.db"), {}
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    return url, {"mode": request.param.removeprefix("postgres-")}
 
 
 def rows(db: str, sql: str) -> list[tuple[Any, ...]]:
@@ -458,9 +454,12 @@ async def settle_starts(count: Callable[[], int], quiet: float = 0.2) -> int:
     return last
 
 
-async def test_a_pool_rate_limit_starts_its_burst_then_the_rate(db: str, mode: str) -> None:
+async def test_a_pool_rate_limit_starts_its_burst_then_the_rate(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    db, options = target
     clock = FakeClock(start=time.time())
-    rt = Runtime(db, clock=clock, **modes(db, mode))
+    rt = Runtime(db, clock=clock, **options)
     pool = rt.pool("mail", concurrency=50, rate="10/s")
     starts: list[float] = []
 
@@ -483,9 +482,12 @@ async def test_a_pool_rate_limit_starts_its_burst_then_the_rate(db: str, mode: s
     assert 50 <= total <= 60  # 10 at once, then 10 a second for 4.95 s
 
 
-async def test_a_task_rate_limit_holds_its_jobs_and_lets_others_pass(db: str, mode: str) -> None:
+async def test_a_task_rate_limit_holds_its_jobs_and_lets_others_pass(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    db, options = target
     clock = FakeClock(start=time.time())
-    rt = Runtime(db, clock=clock, **modes(db, mode))
+    rt = Runtime(db, clock=clock, **options)
     ran: list[str] = []
 
     @rt.task(rate="2/m")
@@ -518,8 +520,11 @@ async def test_a_task_rate_limit_holds_its_jobs_and_lets_others_pass(db: str, mo
     assert ran.count("slow") == 3 and ran.count("fast") == 5
 
 
-async def test_a_lock_runs_one_job_of_a_key_at_a_time_in_order(db: str, mode: str) -> None:
-    rt = Runtime(db, **modes(db, mode))
+async def test_a_lock_runs_one_job_of_a_key_at_a_time_in_order(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    db, options = target
+    rt = Runtime(db, **options)
     pool = rt.pool("q", concurrency=4)
     inside: dict[str, int] = {}
     most: dict[str, int] = {}
