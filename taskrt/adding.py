@@ -148,6 +148,7 @@ class Adding:
         if len(calls) > 1 and opts.unique_key is not None:
             raise InvalidOption("unique_key", "a unique key applies to one job, not to add_many")
         jobs: list[NewJob] = []
+        external = self.marks_external()
         what = f"the arguments of task {spec.name!r}"
         for args, kwargs in calls:
             spec.validate(args, kwargs)
@@ -157,26 +158,27 @@ class Adding:
             kwargs_json = encode(
                 kwargs, what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
             )
+            # By position, in NewJob's field order: add_many builds one per job.
             jobs.append(
                 NewJob(
-                    task=spec.name,
-                    pool=pool.name,
-                    args_json=args_json,
-                    kwargs_json=kwargs_json,
-                    max_attempts=max_attempts,
-                    priority=priority,
-                    metadata_json=metadata_json,
-                    unique_key=opts.unique_key,
-                    created_at=now,
-                    run_at=run_at,
-                    timeout=timeout,
-                    retry_json=retry_json,
-                    job_id=opts.job_id,
-                    external=self.marks_external(),
-                    unique_for=opts.unique_for,
-                    on_conflict=opts.on_conflict,
-                    deadline=opts.deadline,
-                    lock_key=opts.lock,
+                    spec.name,
+                    pool.name,
+                    args_json,
+                    kwargs_json,
+                    max_attempts,
+                    priority,
+                    metadata_json,
+                    opts.unique_key,
+                    now,
+                    run_at,
+                    timeout,
+                    retry_json,
+                    opts.job_id,
+                    external,
+                    opts.unique_for,
+                    opts.on_conflict,
+                    opts.deadline,
+                    opts.lock,
                 )
             )
         if opts.unique_key is not None and self.owning():

@@ -22,7 +22,7 @@ from ..ops import Statement, segments
 from ..protocol import InsertResult, NewJob
 from ..queries import SQL_UNIQUE_HOLDER
 from .counts import STORED, Tally, write_group
-from .sql import INSERT_JOB, SQL_HOLD_KEY, SQL_KEY_WINDOW, STATEMENT
+from .sql import INSERT_JOB, INSERT_PLAIN_JOB, SQL_HOLD_KEY, SQL_KEY_WINDOW, STATEMENT
 
 log = logging.getLogger("taskrt.store")
 
@@ -81,7 +81,11 @@ def insert_jobs(
         return None if found is None else int(found[0])
 
     planned = plan(groups, int(row[0]) if row else 0, holder)
-    conn.executemany(INSERT_JOB, planned.rows)
+    rows = planned.rows
+    if all(r[-1] is None and r[-2] is None for r in rows):
+        conn.executemany(INSERT_PLAIN_JOB, [r[:-2] for r in rows])
+    else:
+        conn.executemany(INSERT_JOB, rows)
     if planned.windows:
         conn.executemany(SQL_HOLD_KEY, planned.windows)
     return planned.results
