@@ -56,10 +56,19 @@ class Gates:
         self.locks: dict[str, int] = {}  # lock key -> the job running with it
         self._buckets: dict[str, Bucket] = {}  # task name -> its bucket
         self.locks_seen = False
+        self._rated: bool | None = None  # whether a task has a rate (None: look)
 
     def in_use(self) -> bool:
         """Whether any job may be held back by these gates (note 1)."""
-        return self.locks_seen or any(s.rate is not None for s in self.tasks.values())
+        if self.locks_seen:
+            return True
+        if self._rated is None:  # a task was registered since: look again
+            self._rated = any(s.rate is not None for s in self.tasks.values())
+        return self._rated
+
+    def tasks_changed(self) -> None:
+        """A task was registered (or registered again): its rate may be new."""
+        self._rated = None
 
     def saw(self, state: JobState) -> None:
         """A job was queued: one with a lock key turns the gates on (note 1)."""
@@ -112,6 +121,7 @@ class Gates:
         self.locks.clear()
         self._buckets.clear()
         self.locks_seen = False
+        self._rated = None
 
 
 __all__ = ["SCAN", "Gates"]

@@ -485,6 +485,7 @@ class Runtime:
         spec = attach(spec)
         self.schedules.task_registered(spec)  # a bad cron refuses the task
         self._tasks[spec.name] = spec
+        self.gates.tasks_changed()
         pool = self._pools.get(spec.pool)
         if pool is None:
             self.pool(spec.pool, concurrency=spec.pool_concurrency, capacity=spec.pool_capacity)
