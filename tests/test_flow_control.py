@@ -589,3 +589,36 @@ async def test_waiting_reasons_scheduled_and_paused_are_told_when_read(tmp_path:
         done = await rt.wait(now, timeout=5)
         assert done.waiting_reason is None
         assert (await rt.get(later)).to_dict()["waiting_reason"] == "scheduled"
+
+
+async def test_unique_windows_hold_under_concurrent_adds_on_three_nodes(tmp_path: Path) -> None:
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+
+    def node() -> Runtime:
+        rt = Runtime(url, mode="nodes", node_ttl=5.0)
+
+        @rt.task
+        async def once(job: JobContext, n: int) -> int:
+            return n  # ends at once: the window, not a live job, holds the key after
+
+        return rt
+
+    a, b, c = node(), node(), node()
+    async with a, b, c:
+        for round_ in range(10):
+            key = f"k{round_}"
+            calls = [
+                rt.pool("default").add(_once(rt, unique_key=key, unique_for=600), round_)
+                for rt in (a, b, c)
+                for _ in range(4)
+            ]
+            ids = set(await asyncio.gather(*calls))
+            assert len(ids) == 1, (key, ids)  # twelve adds, one job
+            (job_id,) = ids
+            assert (await a.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+            again = await c.pool("default").add(_once(c, unique_key=key), round_)
+            assert again == job_id  # finished, and still holding its key
+
+
+def _once(rt: Runtime, **options: Any) -> TaskCall:
+    return TaskCall(rt.tasks["once"], checked_options(options))

@@ -178,10 +178,14 @@ async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: st
     async with node(url, "x", ran) as x, node(url, "y", ran) as y:
         transport = httpx.ASGITransport(app=create_app(x))
         async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
-            reply = await http.patch("/pools/p", json={"concurrency": 7, "capacity": 50})
+            reply = await http.patch(
+                "/pools/p", json={"concurrency": 7, "capacity": 50, "rate": "500/s"}
+            )
             assert reply.status_code == 200, reply.text
             assert (reply.json()["concurrency"], reply.json()["capacity"]) == (7, 50)
+            assert reply.json()["rate"] == "500/s"
         await until(lambda: (y.pool("p").concurrency, y.pool("p").capacity) == (7, 50), 5)
+        await until(lambda: str(y.pool("p").rate) == "500/s", 5)  # the rate too
         # Concurrency stays per node: a node's running jobs, not the schema's.
         ids = [await x.pool("p").add("a", n, True) for n in range(14)]
         await until(lambda: sum(len(ran[i]) for i in ids) == 14)
@@ -205,6 +209,9 @@ async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: st
         await until(lambda: x.pool("p").capacity is None)
         async with node(url, "z", ran) as z:  # joins later: the recorded limits apply
             assert (z.pool("p").concurrency, z.pool("p").capacity) == (7, None)
+            assert str(z.pool("p").rate) == "500/s"
+        await x.change_pool("p", rate=None)
+        await until(lambda: y.pool("p").rate is None)
         x.gate.set()  # type: ignore[attr-defined]
         y.gate.set()  # type: ignore[attr-defined]
         for i in ids:

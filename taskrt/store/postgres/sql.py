@@ -228,11 +228,17 @@ SQL_HOLDERS = (
 SQL_WINDOW_HOLDERS = (
     "SELECT key, job_id FROM unique_keys WHERE key = ANY($1::text[]) AND expires_at > $2"
 )
-SQL_HOLD_KEYS = (
+# Take the windows of new jobs ($1 keys, $2 job ids, $3 ends) where none is open at
+# $4: the row of a key is the lock that orders adds of it on every node; the keys
+# taken come back.
+SQL_TAKE_WINDOWS = (
     "INSERT INTO unique_keys (key, job_id, expires_at) SELECT * FROM "
     "unnest($1::text[], $2::bigint[], $3::float8[]) ON CONFLICT (key) DO UPDATE "
-    "SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at"
+    "SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at "
+    "WHERE unique_keys.expires_at <= $4 RETURNING key"
 )
+SQL_WINDOW_OF = "SELECT key, job_id FROM unique_keys WHERE key = ANY($1::text[])"
+SQL_DROP_WINDOWS = "DELETE FROM unique_keys WHERE job_id = ANY($1::bigint[])"
 SQL_INSERT = (
     "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
     "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key) "

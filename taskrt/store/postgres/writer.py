@@ -36,13 +36,15 @@ from .sql import (
     PROGRESS_STEPS_PART,
     SCHEDULE_FAILED_PART,
     SQL_COUNTS_ADD,
-    SQL_HOLD_KEYS,
+    SQL_DROP_WINDOWS,
     SQL_HOLDERS,
     SQL_INSERT,
     SQL_LAST_ID,
     SQL_NOTIFY,
     SQL_SET_LAST_ID,
+    SQL_TAKE_WINDOWS,
     SQL_WINDOW_HOLDERS,
+    SQL_WINDOW_OF,
     Part,
     combined,
 )
@@ -196,14 +198,17 @@ async def insert_jobs(
     last = int(await conn.fetchval(SQL_LAST_ID))
     keys = [job.unique_key for jobs in groups for job in jobs if job.unique_key is not None]
     holders: dict[str, int] = {}
+    at = min(job.created_at for jobs in groups for job in jobs)
     if keys:
-        at = min(job.created_at for jobs in groups for job in jobs)
         windows = await conn.fetch(SQL_WINDOW_HOLDERS, keys, at)
         holders = {str(k): int(i) for k, i in windows}
         holders.update({str(k): int(i) for k, i in await conn.fetch(SQL_HOLDERS, keys)})
     planned = plan(groups, last, holders.get)
     results, rows, last = planned.results, planned.rows, planned.last
+    if planned.windows:
+        rows = await _take_windows(conn, planned.windows, rows, results, at)
     if not rows:
+        await conn.execute(SQL_SET_LAST_ID, last)
         return results
     columns = [list(col) for col in zip(*rows, strict=True)]
     made = {int(r[0]) for r in await conn.fetch(SQL_INSERT, *columns)}
@@ -219,12 +224,34 @@ async def insert_jobs(
                 if key not in found:
                     raise StoreError(f"job {result.job_id} was not stored (unique key {key!r})")
                 results[i] = InsertResult(found[key], False)
-    held = [w for w in planned.windows if w[1] in made]
-    if held:
-        await conn.execute(SQL_HOLD_KEYS, *[list(col) for col in zip(*held, strict=True)])
+    unmade = [w[1] for w in planned.windows if w[1] not in made]
+    if unmade:  # a live job held the key after all: its window is not this job's
+        await conn.execute(SQL_DROP_WINDOWS, unmade)
     for job_id in made:
         tally.move(pools[job_id], None, WAITING)
     return results
+
+
+async def _take_windows(
+    conn: asyncpg.Connection,
+    windows: list[tuple[str, int, float]],
+    rows: list[tuple[Any, ...]],
+    results: Results,
+    at: float,
+) -> list[tuple[Any, ...]]:
+    """Take the unique windows of new jobs before inserting them (note 4): a window
+    another node's add opened meanwhile (its row is the lock) makes its job the
+    holder's, and the row is not inserted. The rows left to insert."""
+    keys, ids, ends = (list(col) for col in zip(*windows, strict=True))
+    taken = {str(r[0]) for r in await conn.fetch(SQL_TAKE_WINDOWS, keys, ids, ends, at)}
+    refused = {job_id: key for key, job_id, _ in windows if key not in taken}
+    if not refused:
+        return rows
+    holder = {str(k): int(i) for k, i in await conn.fetch(SQL_WINDOW_OF, list(refused.values()))}
+    for i, result in enumerate(results):
+        if isinstance(result, InsertResult) and result.created and result.job_id in refused:
+            results[i] = InsertResult(holder[refused[result.job_id]], False)
+    return [row for row in rows if row[0] not in refused]
 
 
 class PgBatches:
