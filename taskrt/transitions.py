@@ -129,13 +129,13 @@ class Transitions:
         """Progress: state in memory, an event, a coalesced write (never waits)."""
         if state.status is not JobStatus.RUNNING or state.abandoned:
             return
+        if step is not None and not self._step(state, step, current, total):
+            return  # past MAX_STEPS: the report is ignored, whole
         state.current = current
         if total is not None:
             state.total = total
         if message is not None:
             state.message = message
-        if step is not None and not self._step(state, step, current, total):
-            return
         info = state
         seq = state.seq = state.seq + 1
         if self.broker.wants(info.id):
