@@ -475,10 +475,16 @@ async def test_rows_say_what_holds_a_job_back_and_pools_show_their_rate(
     held = await rt.pool("main").add(_with(rt, "stepped", lock="acct:9"), n=1, key="h2")
     await wait_until(lambda: rt.live.states[held].waiting_reason == "locked")
     await rt.change_pool("batch", rate="2/m")
+    await rt.pool("batch").add("boom")  # the burst: one
+    limited = await rt.pool("batch").add("boom")
+    await wait_until(lambda: rt.live.states[limited].waiting_reason == "rate_limited")
     async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
         await expect(row(page, held).locator(".held")).to_have_text("locked: acct:9")
         await expect(pool_row(page, "batch").locator('[data-role="rate-limit"]')).to_have_text(
             "≤ 2/m"
+        )
+        await expect(row(page, limited).locator(".held")).to_have_text(
+            re.compile(r"^rate limited, next slot in \d+\.\d s$")
         )
         await page.locator(f'#jobs a[href$="/dashboard/jobs/{held}"]').click()
         await expect(page.locator("#job-facts")).to_contain_text("Waits for")

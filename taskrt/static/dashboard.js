@@ -544,6 +544,11 @@ async function loadPools() {
   if (!data) return;
   state.pools = new Map(data.pools.map((p) => [p.name, p]));
   renderPools();
+  // A rate-limited row says when its pool's next slot comes: from the pools just read.
+  for (const [id, job] of state.jobs) {
+    const held = job.waiting_reason === "rate_limited" && state.rows.get(id)?.querySelector(".held");
+    if (held) held.textContent = heldText(job);
+  }
   fillSelect($("#filters [name=pool]"), [...state.pools.keys()], state.filters.pool);
 }
 
