@@ -87,6 +87,7 @@ class JobState:
     steps: tuple[dict[str, Any], ...]
     lock: str | None
     waiting_reason: str | None
+    node: str | None
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
@@ -155,6 +156,7 @@ class JobState:
         state.steps = ()
         state.lock = lock
         state.waiting_reason = None
+        state.node = None
         state.snapshot = None
         state.spec = spec
         state.retry = retry

@@ -121,6 +121,8 @@ class JobInfo:
     lock: str | None = None
     # Why a WAITING job waits (WAITING_REASONS), or None: next in line.
     waiting_reason: str | None = None
+    # The node that runs it, or ran its last attempt (PostgreSQL, mode "nodes").
+    node: str | None = None
 
     @property
     def terminal(self) -> bool:

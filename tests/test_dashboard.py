@@ -888,3 +888,33 @@ async def test_100k_jobs_list_in_pages_fast_and_the_page_renders_quickly(
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "dashboard-perf.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
+
+
+@in_browser
+async def test_where_every_node_runs_jobs_the_page_names_the_nodes_and_a_jobs_node(
+    tmp_path: Path, server: Serve, browser: Any
+) -> None:
+    import pg_server
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    rt = Runtime(url)  # mode "nodes", PostgreSQL's default
+
+    @rt.task
+    async def hello(job: JobContext) -> str:
+        return "hi"
+
+    async with rt:
+        assert rt.nodes is not None
+        job_id = await rt.pool("default").add(hello)
+        info = await rt.wait(job_id, timeout=10)
+        assert info.node == rt.nodes.node  # which node ran it, in the API too
+        async with (
+            server(create_app(rt)) as base,
+            dashboard(browser, f"{base}/dashboard/jobs/{job_id}") as page,
+        ):
+            owner = page.locator("#owner")
+            await expect(owner).to_have_text("1 node runs the jobs")
+            await expect(owner).to_have_attribute("title", re.compile(re.escape(rt.nodes.node)))
+            await expect(page.locator("#job-facts")).to_contain_text(rt.nodes.node)
+            async with httpx.AsyncClient(base_url=base) as client:
+                assert (await client.get(f"/jobs/{job_id}")).json()["node"] == rt.nodes.node

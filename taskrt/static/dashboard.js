@@ -442,6 +442,15 @@ async function loadOwner() {
   const node = $("#owner");
   const own = health && health.ownership;
   if (!own) return;
+  if (Array.isArray(health.nodes)) {
+    // Every process of a PostgreSQL schema runs workers: name them, not an owner.
+    const names = health.nodes.map((n) => `${n.id} (${n.host} pid ${n.pid}, heartbeat ${Number(n.heartbeat_age).toFixed(1)} s ago)`);
+    node.dataset.state = "nodes";
+    const one = health.nodes.length === 1;
+    node.textContent = `${health.nodes.length} node${one ? " runs" : "s run"} the jobs`;
+    node.title = names.join("\n");
+    return;
+  }
   const [host, pid] = (own.owner || "").split(":");
   if (!own.reachable) {
     node.dataset.state = "unreachable";
@@ -1384,6 +1393,7 @@ function renderJobPage() {
     ["Timeout", job.timeout ? duration(job.timeout) : "none"],
     ["Unique key", job.unique_key || "—"],
   ];
+  if (job.node) facts.push(["Node", job.node]);
   if (job.lock) facts.push(["Lock", job.lock]);
   if (job.deadline) facts.push(["Deadline", timeEl(job.deadline)]);
   const held = job.status === "WAITING" ? heldText(job) : "";

@@ -73,7 +73,8 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         steps,
         lock_key,
         waiting_reason,
-    ) = tuple(row)[:29]
+        node,
+    ) = tuple(row)[:30]
     return JobInfo(
         id=id_,
         task=task,
@@ -104,6 +105,7 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         steps=() if steps is None else tuple(json.loads(steps)),
         lock=lock_key,
         waiting_reason=waiting_reason,
+        node=node,
     )
 
 

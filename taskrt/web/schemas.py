@@ -183,6 +183,10 @@ COMPONENTS: dict[str, Schema] = {
             "seq": {"type": "integer", "description": "the job's last event sequence number"},
             "retry_policy": {"description": "the retry policy given when it was added, or null"},
             "lock": _nullable("string"),
+            "node": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": "the node that runs it, or ran its last attempt (mode nodes)",
+            },
             "waiting_reason": {
                 "anyOf": [
                     {"enum": ["scheduled", "paused", "rate_limited", "locked", "blocked"]},

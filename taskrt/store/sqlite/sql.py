@@ -181,7 +181,8 @@ INSERT INTO job_counts (pool, status, n) SELECT pool, status, count(*) FROM jobs
 # of progress (the last reported, and every step seen as JSON). ``lock_key``: at
 # most one running job per key. ``waiting_reason``: why a waiting job waits, as
 # the runtime found it (rate_limited, locked; ``scheduled`` and ``paused`` are
-# told from run_at and the pool when read), indexed where set. ``deadline``: a job not started
+# told from run_at and the pool when read), indexed where set. ``node``: always
+# NULL here (PostgreSQL's nodes run jobs; the columns read are the same). ``deadline``: a job not started
 # by it fails; ``jobs_deadline`` finds the waiting ones whose deadline passed
 # without reading the others (partial: only rows with a deadline pay for it).
 # ``unique_keys``: a unique key held for a window after its add (``unique_for``),
@@ -192,6 +193,7 @@ ALTER TABLE jobs ADD COLUMN step TEXT;
 ALTER TABLE jobs ADD COLUMN steps TEXT;
 ALTER TABLE jobs ADD COLUMN lock_key TEXT;
 ALTER TABLE jobs ADD COLUMN waiting_reason TEXT;
+ALTER TABLE jobs ADD COLUMN node TEXT;
 CREATE INDEX IF NOT EXISTS jobs_waiting_reason ON jobs(waiting_reason)
     WHERE waiting_reason IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs(deadline)
