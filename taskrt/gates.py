@@ -22,7 +22,9 @@ Design notes:
    the store; its start clears it.
 4. **A lock is held while an attempt runs.** It is taken when the attempt
    starts and released when it ends (a retry waits in line again), and by
-   recovery after a crash (the new owner holds none).
+   recovery after a crash (the new owner holds none). An attempt cut short
+   whose handler runs on (an abandoned coroutine, a sync handler's thread)
+   keeps its lock until the handler returns.
 """
 
 from __future__ import annotations

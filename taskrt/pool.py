@@ -255,6 +255,7 @@ class Pool:
         self._starting = 0  # jobs taken whose RUNNING row is not committed yet
         self._requeuing = 0  # jobs retried whose WAITING row is not committed yet
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
+        self._lingering: dict[int, JobState] = {}  # those threads' jobs (their locks too)
         self.pending = 0  # adds in flight, counted against capacity (taskrt.adding)
         self._timer = Alarm(host.clock, self._dispatch)  # the first delayed job comes due
         self._bucket = None if self.rate is None else Bucket(self.rate, host.clock.now())
@@ -590,6 +591,7 @@ class Pool:
                 state.watchdog.cancel()
                 state.watchdog = None
         if state.abandoned:
+            self._release_lock(state)  # its coroutine returned at last (gates note 4)
             self._release_held()
             return
         self._finish(state, outcome)
@@ -608,8 +610,8 @@ class Pool:
         """Record how the attempt ended; the runner (not this) takes the next job."""
         self._running.pop(state.id, None)
         state.task_handle = None
-        if state.lock is not None and (not self.queue.gated or self._host.gates.ended(state)):
-            self._host.lock_released()  # jobs waiting on it may start (taskrt.gates note 4)
+        if not state.abandoned and self._lingering.get(state.id) is not state:
+            self._release_lock(state)  # else when its coroutine or thread returns
         if outcome.kind == "success":
             self.processed += 1
         elif outcome.kind in ("error", "timeout"):
@@ -654,9 +656,12 @@ class Pool:
             result = await asyncio.wrap_future(cfut)
         except asyncio.CancelledError:
             if not cfut.done():
-                # The thread runs on: its slot stays taken until it returns (note 4).
+                # The thread runs on: its slot (and its lock) stay taken until it returns.
                 self._held += 1
-                cfut.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release_held))
+                self._lingering[state.id] = state
+                cfut.add_done_callback(
+                    lambda _: loop.call_soon_threadsafe(self._thread_returned, state)
+                )
             raise
         if inspect.isawaitable(result):
             return await result
@@ -675,6 +680,18 @@ class Pool:
     def _release_held(self) -> None:
         self._held -= 1
         self._dispatch()
+
+    def _thread_returned(self, state: JobState) -> None:
+        """The thread of an attempt that was cut short returned (note 4)."""
+        if self._lingering.get(state.id) is state:
+            del self._lingering[state.id]
+        self._release_lock(state)
+        self._release_held()
+
+    def _release_lock(self, state: JobState) -> None:
+        """The attempt no longer runs: its lock key is free (``taskrt.gates`` note 4)."""
+        if state.lock is not None and (not self.queue.gated or self._host.gates.ended(state)):
+            self._host.lock_released()  # jobs waiting on it may start
 
     def _expire(self, state: JobState) -> None:
         state.watchdog = None

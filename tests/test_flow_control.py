@@ -622,3 +622,24 @@ async def test_unique_windows_hold_under_concurrent_adds_on_three_nodes(tmp_path
 
 def _once(rt: Runtime, **options: Any) -> TaskCall:
     return TaskCall(rt.tasks["once"], checked_options(options))
+
+
+async def test_a_lock_is_held_until_a_timed_out_thread_returns(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"), abandon_after=0.1)
+    rt.pool("q", concurrency=2)
+    spans: dict[str, tuple[float, float]] = {}
+
+    @rt.task(pool="q", timeout=0.2)
+    def slow(job: JobContext, name: str) -> None:  # a thread: it cannot be interrupted
+        begun = time.monotonic()
+        time.sleep(0.6 if name == "first" else 0.01)
+        spans[name] = (begun, time.monotonic())
+
+    async with rt:
+        pool = rt.pool("q")
+        first = await pool.add(slow.options(lock="k"), "first")
+        second = await pool.add(slow.options(lock="k"), "second")
+        assert (await rt.wait(first, timeout=5)).status is JobStatus.FAILURE  # timed out
+        assert (await rt.wait(second, timeout=5)).status is JobStatus.SUCCESS
+    # The second started only once the first one's thread had returned.
+    assert spans["second"][0] >= spans["first"][1]
