@@ -40,14 +40,15 @@ Design notes:
    notification costs latency, never a job.
 5. **Limits every node shares.** A lock key is the database's: a claim skips
    jobs whose key a running job holds, takes at most one job per key, and the
-   unique index ``jobs_locks`` stops two racing claims from both starting one.
-   Rate limits are rows every node draws from (``rate_buckets``): a claim
-   first draws tokens from its pool's bucket (up to its free slots) and from
-   each rate-limited task's, claims no more jobs than the pool got and no more
-   of a task than it got (the claim's per-task caps), then gives back what it
-   did not use (``taskrt.rates`` note 2). A pool held back by a rate records
-   why its next job waits and looks again when the next token comes. (Where one owner runs the jobs,
-   ``taskrt.gates`` keeps these limits in memory.)
+   deferred exclusion constraint ``jobs_locks`` refuses the commit of a second
+   claim that raced for a key. Rate limits are rows every node draws from
+   (``rate_buckets``): a claim first draws tokens from its pool's bucket (up to
+   its free slots) and from each rate-limited task's, claims no more jobs than
+   the pool got and no more of a task than it got (the claim's per-task caps),
+   then gives back what it did not use (``taskrt.rates`` note 2). A pool held
+   back by a rate records why its next job waits and looks again when the next
+   token comes. (Where one owner runs the jobs, ``taskrt.gates`` keeps these
+   limits in memory.)
 """
 
 from __future__ import annotations

@@ -1583,16 +1583,8 @@ class Runtime:
             await self.store.set_pool_paused(name, paused)
         recorded = None if isinstance(capacity, _Unset) else (capacity,)
         rated = None if isinstance(rate, _Unset) else (rate,)
-        if (
-            self.mode == "nodes"
-            and self._started
-            and (concurrency, recorded, rated)
-            != (
-                None,
-                None,
-                None,
-            )
-        ):
+        changed = any(v is not None for v in (concurrency, recorded, rated))
+        if self.mode == "nodes" and self._started and changed:
             # Every node applies it, and those that join later (taskrt.nodes note 4).
             assert self._pg is not None
             await self._pg.set_pool_limits(name, concurrency, recorded, rated)

@@ -22,6 +22,7 @@ from ..errors import StoreUnavailable
 from ..models import StoreHealth
 from .ops import FLUSH, Op, Statement
 from .protocol import InsertResult, NewJob, Steps
+from .rows import dumps
 
 log = logging.getLogger("taskrt.store")
 
@@ -31,6 +32,23 @@ BACKOFF_MAX = 1.0
 ProgressRows = dict[int, tuple[float, float, str, int, Steps | None]]
 """job id -> (current, total, message, seq, steps): the coalesced progress of a batch
 (note 3); steps None for a job that names none."""
+
+
+def split_progress(
+    progress: ProgressRows,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A batch's progress as statement rows: (id, current, total, message, seq) of
+    the jobs that name no step, and the same plus (step, steps as JSON) of those
+    that do; every backend writes the two with a statement each."""
+    plain: list[tuple[Any, ...]] = []
+    named: list[tuple[Any, ...]] = []
+    for job_id, (c, t, m, s, steps) in progress.items():
+        if steps is None:
+            plain.append((job_id, c, t, m, s))
+        else:
+            named.append((job_id, c, t, m, s, steps[0], dumps(list(steps[1]))))
+    return plain, named
+
 
 Results = list[InsertResult | BaseException]
 Rejected = list[tuple[int | None, str, BaseException]]

@@ -22,10 +22,9 @@ import asyncpg
 from ...errors import StoreError
 from ...models import JobStatus
 from ..adds import Moves, plan
-from ..groupcommit import Batch, ProgressRows, Rejected, Results
+from ..groupcommit import Batch, ProgressRows, Rejected, Results, split_progress
 from ..ops import MINUTES, NOTIFY, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
-from ..rows import dumps
 from .driver import DRIVER_ERRORS, LOST
 from .sql import (
     ADD_PART,
@@ -97,15 +96,9 @@ Group = tuple[Part, list[tuple[Any, ...]]]
 
 
 def progress_groups(progress: ProgressRows) -> list[Group]:
-    """The progress of a batch: of jobs that name no step, and of those that do
-    (their steps as JSON); they touch different rows, so one statement may hold both."""
-    plain: list[tuple[Any, ...]] = []
-    named: list[tuple[Any, ...]] = []
-    for job_id, (c, t, m, s, steps) in progress.items():
-        if steps is None:
-            plain.append((job_id, c, t, m, s))
-        else:
-            named.append((job_id, c, t, m, s, steps[0], dumps(list(steps[1]))))
+    """The progress of a batch (``groupcommit.split_progress``): they touch different
+    rows, so one statement may hold both groups."""
+    plain, named = split_progress(progress)
     groups: list[Group] = []
     if plain:
         groups.append((PROGRESS_PART, plain))

@@ -221,14 +221,15 @@ INSERT_PLAIN_JOB = (
 SQL_HOLD_KEY = "INSERT OR REPLACE INTO unique_keys (key, job_id, expires_at) VALUES (?, ?, ?)"
 SQL_KEY_WINDOW = "SELECT job_id FROM unique_keys WHERE key = ? AND expires_at > ?"
 
+# Params (id, current, total, message, seq): ``groupcommit.split_progress``.
 PROGRESS = (
-    "UPDATE jobs SET current = ?, total = ?, message = ?, seq = MAX(seq, ?) "
-    "WHERE id = ? AND status = 'RUNNING'"
+    "UPDATE jobs SET current = ?2, total = ?3, message = ?4, seq = MAX(seq, ?5) "
+    "WHERE id = ?1 AND status = 'RUNNING'"
 )
-# The progress of a job that names its steps (schema version 6).
+# The progress of a job that names its steps (schema version 6): then (step, steps).
 PROGRESS_STEPS = (
-    "UPDATE jobs SET current = ?, total = ?, message = ?, seq = MAX(seq, ?), step = ?, "
-    "steps = ? WHERE id = ? AND status = 'RUNNING'"
+    "UPDATE jobs SET current = ?2, total = ?3, message = ?4, seq = MAX(seq, ?5), step = ?6, "
+    "steps = ?7 WHERE id = ?1 AND status = 'RUNNING'"
 )
 
 

@@ -16,8 +16,7 @@ from typing import Any
 import aiosqlite
 
 from ...errors import StoreError
-from ..groupcommit import Batch, ProgressRows, Rejected, Results
-from ..rows import dumps
+from ..groupcommit import Batch, ProgressRows, Rejected, Results, split_progress
 from .batch import in_savepoint, in_thread, insert_jobs, rollback, run_statements, transient
 from .counts import STORED, Counted, CountMirror, Mismatch, Tally, write_one
 from .sql import PROGRESS, PROGRESS_STEPS, STATEMENT
@@ -88,7 +87,7 @@ class SqliteBatches:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if progress:
-                plain, named = progress_rows(progress)
+                plain, named = split_progress(progress)
                 if plain:
                     conn.executemany(PROGRESS, plain)
                 if named:
@@ -124,7 +123,7 @@ class SqliteBatches:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for progress_id, row in progress.items():
-                plain, named = progress_rows({progress_id: row})
+                plain, named = split_progress({progress_id: row})
                 sql, params = (PROGRESS, plain[0]) if plain else (PROGRESS_STEPS, named[0])
                 _, error = in_savepoint(conn, conn.execute, sql, params)
                 if error is not None:
@@ -153,18 +152,3 @@ class SqliteBatches:
             rollback(conn)
             raise
         return results, rejected, snapshot
-
-
-def progress_rows(
-    progress: ProgressRows,
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The parameters of ``PROGRESS`` (jobs that name no step) and of
-    ``PROGRESS_STEPS`` (those that do: their steps as JSON)."""
-    plain: list[tuple[Any, ...]] = []
-    named: list[tuple[Any, ...]] = []
-    for job_id, (c, t, m, s, steps) in progress.items():
-        if steps is None:
-            plain.append((c, t, m, s, job_id))
-        else:
-            named.append((c, t, m, s, steps[0], dumps(list(steps[1])), job_id))
-    return plain, named
