@@ -7,7 +7,7 @@ as it happens. See README.md for a tour.
 
 from .clock import Clock, FakeClock, SystemClock
 from .context import JobContext
-from .definitions import Hooks, Task, TaskCall, TaskSpec
+from .definitions import Hooks, Signature, Task, TaskCall, TaskSpec
 from .errors import (
     DuplicateJob,
     DuplicateJobId,
@@ -44,6 +44,7 @@ from .models import (
     PoolStatistics,
     Stats,
     StoreHealth,
+    WorkflowInfo,
 )
 from .pool import Pool
 from .retry import RetryPolicy, parse_duration, parse_retry
@@ -57,6 +58,7 @@ from .scheduler import (
     Scheduler,
     ScheduleStatistics,
 )
+from .workflows import Flow, GroupBuilder, WorkflowStream
 
 __version__ = "0.1.0"
 
@@ -72,6 +74,8 @@ __all__ = [
     "EventType",
     "FakeClock",
     "Fatal",
+    "Flow",
+    "GroupBuilder",
     "Hooks",
     "InvalidOption",
     "InvalidTransition",
@@ -102,6 +106,7 @@ __all__ = [
     "Scheduler",
     "SchemaTooNew",
     "SerializationError",
+    "Signature",
     "Stats",
     "StoreError",
     "StoreHealth",
@@ -114,6 +119,8 @@ __all__ = [
     "TaskrtError",
     "Transaction",
     "ValidationError",
+    "WorkflowInfo",
+    "WorkflowStream",
     "__version__",
     "parse_duration",
     "parse_retry",

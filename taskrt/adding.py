@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import store as sql
 from .context import JobState
-from .definitions import Options, Task, TaskCall, TaskRef, TaskSpec
+from .definitions import Options, Signature, Task, TaskCall, TaskRef, TaskSpec
 from .errors import DuplicateJob, InvalidOption, OwnerUnreachable, QueueFull, TaskNotFound
 from .limits import check_text, check_time, encode
-from .models import Event, EventType, JobStatus
+from .models import BLOCKED_AT, Event, EventType, JobStatus
 from .retry import parse_retry
 from .store import NewJob, dumps
 from .transaction import Transaction
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 _NO_OPTIONS = Options()
 
 Forward = Callable[[str, list[NewJob]], Awaitable[list[int]]]
+NewState = Callable[[NewJob, tuple[Any, ...], dict[str, Any]], JobState]
+"""How a checked job becomes its in-memory state once committed."""
 """Hands checked, encoded jobs to the owner (relay) and returns their ids."""
 
 
@@ -59,6 +63,7 @@ class Adding:
         forward: Callable[[], Forward | None],
         instrumentation: Callable[[], Instrumentation | None],
         require_started: Callable[[str], None],
+        dependents: Callable[[int, tuple[int, ...]], None],
     ) -> None:
         self.store = store
         self.broker = broker
@@ -76,6 +81,8 @@ class Adding:
         self.forward = forward
         self.instrumentation = instrumentation
         self.require_started = require_started
+        # Told of each committed job that waits for parents (taskrt.workflows).
+        self.dependents = dependents
 
     def resolve_parts(self, task: TaskRef) -> tuple[TaskSpec, Options]:
         """The registered ``TaskSpec`` and per-call ``Options`` of a task reference."""
@@ -125,62 +132,9 @@ class Adding:
         if tx is not None and not isinstance(tx, Transaction):
             tx = await self._adopt(tx)
         spec, opts = self.resolve_parts(task)
-        now = self.clock.now()
-        limits = self.limits
-        if opts.run_at is not None:
-            run_at = opts.run_at
-        else:
-            run_at = check_time(now + (opts.delay or 0.0), "delay")
-        priority = opts.priority if opts.priority is not None else spec.priority
-        max_attempts = spec.attempts if opts.attempts == "default" else opts.attempts
-        timeout = opts.timeout if opts.timeout is not None else spec.timeout
-        retry = opts.retry or spec.retry
-        retry_described = None if opts.retry is None else opts.retry.describe()
-        retry_json = None if retry_described is None else dumps(retry_described)
-        metadata_json = encode(
-            opts.metadata or {},
-            "metadata",
-            max_bytes=limits.max_metadata_bytes,
-            max_depth=limits.max_depth,
-        )
-        if opts.unique_key is not None:
-            check_text(opts.unique_key, "unique_key", max_bytes=limits.max_key_bytes)
         if len(calls) > 1 and opts.unique_key is not None:
             raise InvalidOption("unique_key", "a unique key applies to one job, not to add_many")
-        jobs: list[NewJob] = []
-        external = self.marks_external()
-        what = f"the arguments of task {spec.name!r}"
-        for args, kwargs in calls:
-            spec.validate(args, kwargs)
-            args_json = encode(
-                list(args), what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
-            )
-            kwargs_json = encode(
-                kwargs, what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
-            )
-            # By position, in NewJob's field order: add_many builds one per job.
-            jobs.append(
-                NewJob(
-                    spec.name,
-                    pool.name,
-                    args_json,
-                    kwargs_json,
-                    max_attempts,
-                    priority,
-                    metadata_json,
-                    opts.unique_key,
-                    now,
-                    run_at,
-                    timeout,
-                    retry_json,
-                    opts.job_id,
-                    external,
-                    opts.unique_for,
-                    opts.on_conflict,
-                    opts.deadline,
-                    opts.lock,
-                )
-            )
+        jobs, new_state = self._prepare(pool.name, spec, opts, calls, self.clock.now())
         if opts.unique_key is not None and self.owning():
             existing = self.live.unique.get(opts.unique_key)
             if existing is not None:
@@ -203,6 +157,82 @@ class Adding:
         # Jobs added earlier in an open transaction are not queued yet, but will be.
         in_tx = 0 if tx is None else sum(1 for s in tx.added if s.pool == pool.name)
         await self._check_capacity(pool, len(jobs) + in_tx)
+        return await self._commit(pool, jobs, calls, new_state, tx=tx)
+
+    def _prepare(
+        self,
+        pool: str,
+        spec: TaskSpec,
+        opts: Options,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        now: float,
+        *,
+        takes_input: bool = False,
+    ) -> tuple[list[NewJob], NewState]:
+        """Check and encode ``calls`` of one task: the rows to insert, and how each
+        becomes its in-memory state once committed. ``takes_input``: its first
+        argument will be its parents' results (a workflow's step)."""
+        limits = self.limits
+        if opts.run_at is not None:
+            run_at = opts.run_at
+        else:
+            run_at = check_time(now + (opts.delay or 0.0), "delay")
+        priority = opts.priority if opts.priority is not None else spec.priority
+        max_attempts = spec.attempts if opts.attempts == "default" else opts.attempts
+        timeout = opts.timeout if opts.timeout is not None else spec.timeout
+        retry = opts.retry or spec.retry
+        retry_described = None if opts.retry is None else opts.retry.describe()
+        retry_json = None if retry_described is None else dumps(retry_described)
+        metadata_json = encode(
+            opts.metadata or {},
+            "metadata",
+            max_bytes=limits.max_metadata_bytes,
+            max_depth=limits.max_depth,
+        )
+        if opts.unique_key is not None:
+            check_text(opts.unique_key, "unique_key", max_bytes=limits.max_key_bytes)
+        jobs: list[NewJob] = []
+        external = self.marks_external()
+        what = f"the arguments of task {spec.name!r}"
+        after = opts.after or ()
+        on_parent_failure = opts.on_parent_failure or "cancel"
+        for args, kwargs in calls:
+            if not takes_input:
+                spec.validate(args, kwargs)
+            elif spec.validator is None:
+                spec.validate((None, *args), kwargs)  # the input comes first (a placeholder)
+            args_json = encode(
+                list(args), what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+            )
+            kwargs_json = encode(
+                kwargs, what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+            )
+            # By position, in NewJob's field order: add_many builds one per job.
+            jobs.append(
+                NewJob(
+                    spec.name,
+                    pool,
+                    args_json,
+                    kwargs_json,
+                    max_attempts,
+                    priority,
+                    metadata_json,
+                    opts.unique_key,
+                    now,
+                    run_at,
+                    timeout,
+                    retry_json,
+                    opts.job_id,
+                    external,
+                    opts.unique_for,
+                    opts.on_conflict,
+                    opts.deadline,
+                    opts.lock,
+                    after,
+                    None,
+                    on_parent_failure,
+                )
+            )
         # In memory as a read from disk will give it (tuples are lists, keys strings).
         metadata = (
             dict(opts.metadata)
@@ -213,11 +243,11 @@ class Adding:
         )
 
         def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
-            return JobState.new(
+            state = JobState.new(
                 spec,
                 retry,
                 id=0,  # set once the store has assigned it
-                pool=pool.name,
+                pool=pool,
                 # What a restart would read back: JSON's view of the arguments.
                 args=tuple(args) if _plain(args) else tuple(json.loads(job.args_json)),
                 kwargs=kwargs if _plain_kw(kwargs) else json.loads(job.kwargs_json),
@@ -232,42 +262,97 @@ class Adding:
                 deadline=opts.deadline,
                 lock=opts.lock,
             )
+            if job.after or job.workflow is not None:
+                _link(state, job)
+            return state
 
-        return await self._commit(pool, jobs, calls, new_state, tx=tx)
+        return jobs, new_state
+
+    async def add_flow(self, steps: list[FlowStep], *, tx: Transaction | Any = None) -> list[int]:
+        """Add a workflow's jobs in one transaction, all or nothing (``taskrt.workflows``):
+        each step's parents are earlier steps; the first job's id is the workflow's."""
+        self.require_started("adding a workflow")
+        if tx is not None and not isinstance(tx, Transaction):
+            tx = await self._adopt(tx)
+        now = self.clock.now()
+        jobs: list[NewJob] = []
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        makers: dict[int, NewState] = {}
+        for step in steps:
+            call = step.signature.call
+            spec = self.tasks.get(call.spec.name) or call.spec
+            after = step.after + (call.opts.after or ())
+            opts = dataclasses.replace(call.opts, after=after or None)
+            args = (step.signature.args, dict(step.signature.kwargs))
+            made, new_state = self._prepare(
+                spec.pool, spec, opts, [args], now, takes_input=step.inputs is not None
+            )
+            job = made[0]
+            job.inputs = step.inputs
+            job.workflow = -1  # the first job's id
+            if spec.hooks.next_id is not None and opts.job_id is None:
+                job.job_id = await self._next_id(spec)
+            if tx is not None and tx.foreign:
+                job.external = True
+            jobs.append(job)
+            calls.append(args)
+            makers[id(job)] = new_state
+
+        def made_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
+            return makers[id(job)](job, args, kwargs)
+
+        forward = None if tx is not None else self.forward()
+        if forward is not None:
+            try:
+                return await forward(jobs[0].pool, jobs)
+            except OwnerUnreachable as exc:
+                if exc.sent:
+                    raise
+        for name in dict.fromkeys(job.pool for job in jobs):
+            await self._check_capacity(self.pools[name], sum(1 for j in jobs if j.pool == name))
+        return await self._commit(self.pools[jobs[0].pool], jobs, calls, made_state, tx=tx)
 
     async def add_forwarded(self, pool: Pool, jobs: list[NewJob]) -> list[int]:
-        """Jobs another process checked and encoded (relay): commit and queue them here."""
+        """Jobs another process checked and encoded (relay): commit and queue them here.
+        One ``add``, ``add_many`` or workflow; a workflow's jobs may name several tasks."""
         self.require_started("adding a job")
         if not jobs:
             return []
-        spec = self.tasks.get(jobs[0].task)
-        if spec is None:
-            raise TaskNotFound(jobs[0].task)
+        specs: list[TaskSpec] = []
+        for job in jobs:
+            spec = self.tasks.get(job.task)
+            if spec is None:
+                raise TaskNotFound(job.task)
+            specs.append(spec)
         first = jobs[0]
         if len(jobs) == 1 and first.unique_key is not None:
             existing = self.live.unique.get(first.unique_key)
             if existing is not None:
                 return [_conflict(first, existing)]
-        await self._check_capacity(pool, len(jobs))
-        described = None if first.retry_json is None else json.loads(first.retry_json)
-        retry = spec.retry if described is None else parse_retry(described)
-        metadata = json.loads(first.metadata_json)
+        for name in dict.fromkeys(job.pool for job in jobs):
+            await self._check_capacity(
+                self.pools.get(name) or pool, sum(1 for job in jobs if job.pool == name)
+            )
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for job in jobs:
             job.external = False
             calls.append((tuple(json.loads(job.args_json)), json.loads(job.kwargs_json)))
+        spec_of = {id(job): spec for job, spec in zip(jobs, specs, strict=True)}
 
         def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
-            return JobState.new(
+            spec = spec_of[id(job)]
+            described = None if job.retry_json is None else json.loads(job.retry_json)
+            retry = spec.retry if described is None else parse_retry(described)
+            state = JobState.new(
                 spec,
                 retry,
                 id=0,
-                pool=pool.name,
+                pool=job.pool,
                 args=args,
                 kwargs=kwargs,
                 max_attempts=job.max_attempts,
                 priority=job.priority,
-                metadata=dict(metadata),
+                metadata=json.loads(job.metadata_json),
                 unique_key=job.unique_key,
                 created_at=job.created_at,
                 run_at=job.run_at,
@@ -276,6 +361,9 @@ class Adding:
                 deadline=job.deadline,
                 lock=job.lock_key,
             )
+            if job.after or job.workflow is not None:
+                _link(state, job)
+            return state
 
         return await self._commit(pool, jobs, calls, new_state, tx=None)
 
@@ -307,6 +395,7 @@ class Adding:
             pool.pending -= len(jobs)
         ids: list[int] = []
         failure: BaseException | None = None
+        refs = [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
         for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
             if isinstance(res, BaseException):
                 failure = failure or res
@@ -317,6 +406,11 @@ class Adding:
             ids.append(res.job_id)
             state = states[i] if states is not None else new_state(job, args, kwargs)
             state.id = res.job_id
+            if job.after:
+                state.parents = tuple(p if p > 0 else refs[-p - 1] for p in job.after)
+            if job.workflow is not None:
+                w = job.workflow
+                state.workflow = w if w > 0 else refs[-w - 1]
             if tx is not None:
                 if not tx.foreign:
                     tx.added.append(state)
@@ -327,10 +421,15 @@ class Adding:
         return ids
 
     def _accept(self, state: JobState) -> None:
-        """A committed job: take it in (owner) and tell the world."""
+        """A committed job: take it in (owner) and tell the world. A job that waits
+        for its parents (``blocked``) is the store's until they release it
+        (``taskrt.workflows``)."""
         info = state
         self.counters.added[info.task] += 1
         owning = self.owning()
+        if state.parents:
+            self._accept_blocked(state)
+            return
         if owning:
             self.live.states[info.id] = state
             if info.unique_key is not None:
@@ -354,6 +453,29 @@ class Adding:
             self.pools[info.pool].push(state)
         elif (pool := self.pools.get(info.pool)) is not None:
             pool.poke()  # where every node claims (taskrt.claims): look now
+
+    def _accept_blocked(self, state: JobState) -> None:
+        self.dependents(state.id, state.parents)
+        if self.broker.wants(state.id):
+            self.broker.publish(
+                Event(
+                    state.id,
+                    1,
+                    EventType.ADDED,
+                    state.task,
+                    state.pool,
+                    JobStatus.WAITING,
+                    state.created_at,
+                    {
+                        "run_at": state.run_at,
+                        "priority": state.priority,
+                        "after": list(state.parents),
+                        "workflow": state.workflow,
+                    },
+                )
+            )
+        if state.spec.hooks.on_add is not None:
+            self.background.hook(state.spec.hooks.on_add, state.id, job=state)
 
     async def _adopt(self, connection: Any) -> Transaction:
         """The application's own connection, in its transaction, as a ``Transaction``."""
@@ -400,6 +522,23 @@ class Adding:
             yield tx
         for state in tx.added:
             self._accept(state)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStep:
+    """One job of a workflow to add: its signature, the steps it waits for (``-k``:
+    the k-th step), and what it takes from their results (``NewJob.inputs``)."""
+
+    signature: Signature
+    after: tuple[int, ...] = ()
+    inputs: str | None = None
+
+
+def _link(state: JobState, job: NewJob) -> None:
+    """A job with parents is stored blocked (``taskrt.store.deps``): so is its state."""
+    if job.after:
+        state.run_at = BLOCKED_AT
+        state.waiting_reason = "blocked"
 
 
 def _conflict(job: NewJob, existing: int) -> int:

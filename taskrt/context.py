@@ -48,6 +48,7 @@ class JobState:
         "snapshot",
         "abandoned",
         "cancel_requested",
+        "parents",
         "retry",
         "shutdown",
         "spec",
@@ -88,6 +89,7 @@ class JobState:
     lock: str | None
     waiting_reason: str | None
     node: str | None
+    workflow: int | None
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
@@ -101,6 +103,8 @@ class JobState:
         self.timed_out = False
         self.shutdown = False
         self.abandoned = False
+        # The jobs it waits for, while it is being added (taskrt.workflows).
+        self.parents: tuple[int, ...] = ()
         # The commit of its last queued WAITING row, if any (taskrt.waiting note 3).
         self.written: asyncio.Future[None] | None = None
 
@@ -157,12 +161,14 @@ class JobState:
         state.lock = lock
         state.waiting_reason = None
         state.node = None
+        state.workflow = None
         state.snapshot = None
         state.spec = spec
         state.retry = retry
         state.task_handle = None
         state.watchdog = None
         state.cancel_requested = False
+        state.parents = ()
         state.timed_out = False
         state.shutdown = False
         state.abandoned = False

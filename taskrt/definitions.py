@@ -32,6 +32,7 @@ from .limits import (
     check_time,
     shown,
 )
+from .models import ON_PARENT_FAILURE
 from .rates import Rate, parse_rate
 from .retry import NO_DELAY, RetryPolicy, parse_attempts, parse_duration, parse_retry
 
@@ -162,6 +163,9 @@ class Options:
     on_conflict: Literal["return", "raise"] | None = None
     deadline: float | None = None
     lock: str | None = None
+    # The jobs it waits for (``taskrt.workflows``), and what it does if one fails.
+    after: tuple[int, ...] | None = None
+    on_parent_failure: Literal["cancel", "run"] | None = None
 
 
 def checked_options(overrides: dict[str, Any]) -> Options:
@@ -190,6 +194,8 @@ def make_options(
     on_conflict: Any = None,
     deadline: Any = None,
     lock: Any = None,
+    after: Any = None,
+    on_parent_failure: Any = None,
 ) -> Options:
     """Validated ``Options``; every bad value raises ``InvalidOption`` naming the field."""
 
@@ -228,6 +234,12 @@ def make_options(
         raise InvalidOption(
             "on_conflict", f"expected 'return' or 'raise', found {shown(on_conflict)}"
         )
+    if after is not None:
+        after = parse_after(after)
+    if on_parent_failure is not None and on_parent_failure not in ON_PARENT_FAILURE:
+        raise InvalidOption(
+            "on_parent_failure", f"expected 'cancel' or 'run', found {shown(on_parent_failure)}"
+        )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
     if job_id is not None and (
@@ -248,7 +260,27 @@ def make_options(
         on_conflict=on_conflict,
         deadline=deadline,
         lock=lock,
+        after=after,
+        on_parent_failure=on_parent_failure,
     )
+
+
+MAX_PARENTS = 10_000
+"""The most jobs one job may wait for (``after``)."""
+
+
+def parse_after(value: Any) -> tuple[int, ...]:
+    """The ids a job waits for: a job id, or a list of them (repeats dropped)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise InvalidOption("after", f"expected a list of job ids, found {shown(value)}")
+    if len(value) > MAX_PARENTS:
+        raise InvalidOption("after", f"expected at most {MAX_PARENTS} job ids, found {len(value)}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= INT64_MAX:
+            raise InvalidOption("after", f"expected positive job ids, found {shown(item)}")
+    return tuple(dict.fromkeys(value))
 
 
 def _epoch(value: Any, field: str) -> float:
@@ -281,6 +313,29 @@ class TaskCall:
         merged.update(overrides)
         return TaskCall(self.spec, checked_options(merged))
 
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """This call with its arguments, to add later as part of a workflow."""
+        return Signature(self, args, kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A task call with its arguments, not added yet: ``task.s(*args, **kwargs)``.
+
+    Workflows are built from signatures (``rt.chain``, ``rt.group``);
+    ``.options(...)`` gives the same signature with per-call options.
+    """
+
+    call: TaskCall
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def options(self, **overrides: Any) -> Signature:
+        return Signature(self.call.options(**overrides), self.args, self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Signature {self.call.spec.name}{self.args!r}>"
+
 
 class Task(Generic[P, R]):
     """What ``@rt.task`` returns: still callable as the plain function.
@@ -301,6 +356,11 @@ class Task(Generic[P, R]):
 
     def options(self, **overrides: Any) -> TaskCall:
         return TaskCall(self.spec, checked_options(overrides))
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: this task with its arguments, to add as part of a workflow
+        (``rt.chain``, ``rt.group``)."""
+        return Signature(TaskCall(self.spec, Options()), args, kwargs)
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.name!r} pool={self.spec.pool!r}>"

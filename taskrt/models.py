@@ -77,6 +77,14 @@ STATUS_EVENT: dict[JobStatus, EventType] = {
 
 
 WAITING_REASONS = ("scheduled", "paused", "rate_limited", "locked", "blocked")
+
+BLOCKED_AT = 253402300799.0
+"""The ``run_at`` a job waiting for its parents (``blocked``) is stored with: the last
+second of year 9999, so that no refill, claim or timer takes it before its parents
+release it (``taskrt.workflows`` note 1)."""
+
+ON_PARENT_FAILURE = ("cancel", "run")
+"""What a dependent job does when a parent ends in FAILURE or CANCELLED."""
 """Why a WAITING job waits, named once (``JobInfo.waiting_reason``): a ``run_at`` to
 come, its pool paused, a rate limit, a lock another job holds, a dependency."""
 
@@ -123,6 +131,8 @@ class JobInfo:
     waiting_reason: str | None = None
     # The node that runs it, or ran its last attempt (PostgreSQL, mode "nodes").
     node: str | None = None
+    # The workflow it belongs to (``rt.chain``, ``rt.group``): the id of its first job.
+    workflow: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -470,3 +480,77 @@ class ScheduleInfo:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInfo:
+    """A workflow (``rt.chain``, ``rt.group``) as seen now: its jobs and how far it got.
+
+    ``status``: RUNNING while any job is WAITING or RUNNING; then FAILURE if a job
+    failed, CANCELLED if one was cancelled, else SUCCESS. ``progress`` (0 to 1):
+    finished jobs, plus each running job's own fraction, over all jobs.
+    ``edges``: (child, parent) for every dependency among its jobs.
+    """
+
+    id: int
+    status: JobStatus
+    jobs: tuple[JobInfo, ...]
+    edges: tuple[tuple[int, int], ...]
+    progress: float
+    counts: dict[str, int]
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def of(
+        cls, workflow_id: int, jobs: list[JobInfo], edges: list[tuple[int, int]]
+    ) -> WorkflowInfo:
+        counts: dict[str, int] = {}
+        done = 0.0
+        for job in jobs:
+            counts[job.status.value] = counts.get(job.status.value, 0) + 1
+            if job.terminal:
+                done += 1
+            elif job.status is JobStatus.RUNNING and job.total:
+                done += max(0.0, min(1.0, job.current / job.total))
+        if any(not job.terminal for job in jobs):
+            status = JobStatus.RUNNING
+        elif counts.get(JobStatus.FAILURE.value):
+            status = JobStatus.FAILURE
+        elif counts.get(JobStatus.CANCELLED.value):
+            status = JobStatus.CANCELLED
+        else:
+            status = JobStatus.SUCCESS
+        return cls(
+            workflow_id,
+            status,
+            tuple(jobs),
+            tuple(edges),
+            done / len(jobs) if jobs else 1.0,
+            counts,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the HTTP API's workflow object)."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "progress": self.progress,
+            "counts": dict(self.counts),
+            "jobs": [job.to_dict() for job in self.jobs],
+            "edges": [list(edge) for edge in self.edges],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkflowInfo:
+        """The inverse of ``to_dict`` (a workflow that crossed between processes)."""
+        return cls(
+            int(data["id"]),
+            JobStatus(data["status"]),
+            tuple(JobInfo.from_dict(job) for job in data["jobs"]),
+            tuple((int(c), int(p)) for c, p in data["edges"]),
+            float(data["progress"]),
+            dict(data["counts"]),
+        )

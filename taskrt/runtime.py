@@ -51,7 +51,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .adding import Adding
+from .adding import Adding, FlowStep
 from .adoption import Adoption
 from .background import Background, JobLogAdapter, job_logger
 from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
@@ -59,7 +59,7 @@ from .clock import Clock, SystemClock
 from .context import DONE, JobState
 from .counters import Counters
 from .deadlines import Deadlines
-from .definitions import Hooks, Task, TaskCall, TaskRef, TaskSpec, make_spec
+from .definitions import Hooks, Signature, Task, TaskCall, TaskRef, TaskSpec, make_spec
 from .errors import (
     InvalidOption,
     InvalidTransition,
@@ -89,6 +89,7 @@ from .models import (
     PoolStatistics,
     Stats,
     StoreHealth,
+    WorkflowInfo,
 )
 from .nodebus import NodeBus
 from .nodes import DEFAULT_TTL, Nodes
@@ -118,6 +119,15 @@ from .transaction import Transaction
 from .transitions import Transitions, retry_policy_of
 from .waiting import DEFAULT_WINDOW, Waiting
 from .watchdog import LoopWatchdog
+from .workflows import (
+    Flow,
+    GroupBuilder,
+    Workflows,
+    WorkflowStream,
+    chain_steps,
+    group_steps,
+)
+from .workflows import read as read_workflow
 
 if TYPE_CHECKING:
     from .pool import Instrumentation, Queue
@@ -332,6 +342,7 @@ class Runtime:
             forward=self._add_forwarder,
             instrumentation=lambda: self.instrumentation,
             require_started=self.require_started,
+            dependents=lambda child, parents: self.workflows.dependents(child, parents),
         )
         # Jobs found in the database: after a crash, and those other processes add.
         self.adoption = Adoption(
@@ -363,6 +374,17 @@ class Runtime:
                 poll_interval=poll_interval,
                 workers=self._set_workers,
             )
+        # Jobs waiting for other jobs, settled where jobs run (taskrt.workflows).
+        self.workflows = Workflows(
+            store=self.store,
+            clock=self.clock,
+            live=self.live,
+            pools=self._pools,
+            adoption=self.adoption,
+            transitions=self.transitions,
+            nodes=mode == "nodes",
+        )
+        self.transitions.on_end = self.workflows.ended
         # Rate limits of tasks and locks held, where this process runs the jobs.
         self.gates = Gates(self.clock, self._tasks, self.transitions.mark)
         # Waiting jobs whose deadline passed end (taskrt.deadlines): where jobs run.
@@ -648,6 +670,7 @@ class Runtime:
                 self._owning_since = time.time()
                 self._set_workers(True)
                 self.deadlines.start()
+                self.workflows.start()
         elif owning:
             await self._serve_as_owner()
         else:
@@ -715,6 +738,7 @@ class Runtime:
         self._workers_on = True
         self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
         self.deadlines.start()
+        self.workflows.start()
         # Other processes' commits for the owner wake the poll (PostgreSQL: NOTIFY).
         await self.store.listen(self.adoption.wake)
         for pool in self._pools.values():
@@ -811,6 +835,7 @@ class Runtime:
             self.remote = None
         await self.store.unlisten()
         await self.deadlines.stop()
+        await self.workflows.stop()
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -941,6 +966,10 @@ class Runtime:
         if method == "add":
             pool = self._pools.get(args["pool"]) or self.pool(args["pool"])
             jobs = [NewJob(**job) for job in args["jobs"]]
+            for job in jobs:
+                job.after = tuple(job.after)
+                if job.pool not in self._pools:
+                    self.pool(job.pool)  # a workflow's jobs may go to several pools
             return await self.adding.add_forwarded(pool, jobs)
         if method == "get":
             return (await self.get(int(args["job"]))).to_dict()
@@ -1064,6 +1093,8 @@ class Runtime:
         ``scheduled`` (a run_at to come) and ``paused`` told now, the others as found."""
         if info.status is not JobStatus.WAITING:
             reason = None
+        elif info.waiting_reason == "blocked":
+            return info  # its parents release it (taskrt.workflows)
         elif info.run_at > self.clock.now():
             reason = "scheduled"
         elif (pool := self._pools.get(info.pool)) is not None and pool.paused:
@@ -1181,6 +1212,7 @@ class Runtime:
         # Both in one transaction: the owner may start the job between our read
         # and our write, and whichever status the row has then, the cancel lands.
         await self.store.cancel_external(job_id, self.clock.now())
+        self.workflows.ended(job_id)  # its dependents, if it has any and was waiting
         if self.nodes is not None and info.status is JobStatus.RUNNING:
             # Another node runs it: it is told (NOTIFY) and ends it.
             with contextlib.suppress(TimeoutError):
@@ -1421,6 +1453,8 @@ class Runtime:
         if state is not None:
             if state.status is not JobStatus.WAITING:
                 raise InvalidTransition(job_id, state.status.value, "run now")
+            if state.waiting_reason == "blocked":
+                raise InvalidTransition(job_id, "WAITING", "run now (it waits for its parents)")
             pool = self.pool(state.pool)
             if state.run_at > now:
                 pool.remove(state)
@@ -1438,6 +1472,48 @@ class Runtime:
         if not await self.store.reschedule(job_id, now, external=not self.owning):
             raise InvalidTransition(job_id, (await self.get(job_id)).status.value, "run now")
         return await self.get(job_id)
+
+    # -- workflows (taskrt.workflows) ---------------------------------------------------
+
+    async def chain(self, *signatures: Signature, tx: Transaction | Any = None) -> Flow:
+        """Add a chain in one transaction: each job runs after the one before it
+        succeeded, with that job's result as its first argument."""
+        return await self._add_flow(chain_steps(list(signatures)), tx)
+
+    def group(self, signatures: Sequence[Signature]) -> GroupBuilder:
+        """A group: every job at once. ``await rt.group([...])`` adds it;
+        ``await rt.group([...]).then(callback.s(...))`` adds it with a callback that
+        runs once all succeeded, with the list of their results (in order) first."""
+        return GroupBuilder(lambda then, tx: self._add_flow(group_steps(signatures, then), tx))
+
+    async def _add_flow(self, steps: list[FlowStep], tx: Transaction | Any) -> Flow:
+        for step in steps:
+            self.pool(step.signature.call.spec.pool)  # declared, as an add would
+        ids = await self.adding.add_flow(steps, tx=tx)
+        return Flow(ids[0], tuple(ids))
+
+    async def workflow(self, workflow_id: int) -> WorkflowInfo:
+        """A workflow's jobs, status and progress (``JobNotFound`` if it has none)."""
+        self.require_started("reading a workflow")
+        return await read_workflow(self.store, self.live, workflow_id, self._told)
+
+    def subscribe_workflow(self, workflow_id: int, *, buffer: int | None = None) -> WorkflowStream:
+        """A snapshot of the workflow (``data["workflow"]``), then every event of its
+        jobs, until all of them are terminal."""
+        return WorkflowStream(
+            self.broker, workflow_id, lambda: self.workflow(workflow_id), self.clock, buffer
+        )
+
+    async def cancel_workflow(self, workflow_id: int) -> WorkflowInfo:
+        """Cancel every job of a workflow that has not finished (its last jobs first,
+        so that none starts meanwhile); running ones are told to stop."""
+        info = await self.workflow(workflow_id)
+        for job in sorted(info.jobs, key=lambda j: -j.id):
+            if job.terminal:
+                continue
+            with contextlib.suppress(InvalidTransition, JobNotFound):
+                await self._cancel_without_waiting(job.id)
+        return await self.workflow(workflow_id)
 
     async def history(
         self,

@@ -78,6 +78,8 @@ class Transitions:
         # What finished, per minute (taskrt.history), handed to the store each second.
         self.history = MinuteCounts()
         self._history_timer: asyncio.TimerHandle | None = None
+        # Told of each job that reached a terminal status here (taskrt.workflows).
+        self.on_end: Callable[[int], None] | None = None
 
     def emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
@@ -489,6 +491,8 @@ class Transitions:
         if status is JobStatus.FAILURE and "schedule" in state.metadata:
             self.schedule_failed(state.metadata)  # counted (scheduler note 6)
         self.emit(state, STATUS_EVENT[status], data)
+        if self.on_end is not None:
+            self.on_end(info.id)
         self.live.release_key(state)
         hooks = state.spec.hooks
         if status is JobStatus.SUCCESS and hooks.on_success is not None:
@@ -500,6 +504,27 @@ class Transitions:
         else:
             # Reads come from memory until the terminal write is committed (note 2).
             self.live.forget_when_written(state, fut)
+
+    def cancelled_in_store(
+        self, job_id: int, task: str, pool: str, seq: int, at: float, error: str
+    ) -> None:
+        """A job the store cancelled (a parent failed: ``taskrt.workflows``): counted,
+        and its event published with the sequence the store wrote."""
+        self.counters.finished[task, JobStatus.CANCELLED] += 1
+        self._count(at, pool, task, _OUTCOME[JobStatus.CANCELLED], None)
+        if self.broker.wants(job_id):
+            self.broker.publish(
+                Event(
+                    job_id,
+                    seq,
+                    EventType.CANCELLED,
+                    task,
+                    pool,
+                    JobStatus.CANCELLED,
+                    at,
+                    {"error": error},
+                )
+            )
 
     def write_refused(self, job_id: int | None, operation: str, error: BaseException) -> None:
         """The database refused one write of a job (store note 10); the store logged it.

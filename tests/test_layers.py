@@ -117,6 +117,7 @@ LAYERS: dict[str, int] = {
     "gates": 2,  # rate limits of tasks, locks held (owner)
     "processes": 2,  # worker processes of a pool (processes=True)
     "nodes": 2,
+    "workflows": 2,  # jobs that wait for jobs, chains, groups
     "stream": 2,
     "ownership": 2,
     # services

@@ -203,7 +203,7 @@ async def test_a_version_4_file_is_counted_once_at_the_upgrade(tmp_path: Path) -
     store = Store(path)
     await store.open()
     try:
-        assert version(path) == SCHEMA_VERSION == 6
+        assert version(path) == SCHEMA_VERSION == 7
         assert sorted(counts_table(path)) == sorted(counted_jobs(path)) == sorted(V4_JOBS)
         assert store.counted("img", JobStatus.CANCELLED) == 4  # loaded at opening
         assert await store.live_counts() == {

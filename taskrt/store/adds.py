@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DuplicateJobId
+from ..errors import DuplicateJobId, JobNotFound
+from ..models import BLOCKED_AT
 from .protocol import InsertResult, NewJob
 
 Row = tuple[Any, ...]
@@ -33,12 +34,23 @@ class Plan:
     """(key, job id, until): the unique windows the new rows hold."""
 
 
-def plan(groups: list[list[NewJob]], last: int, holder: Callable[[str], int | None]) -> Plan:
+def plan(
+    groups: list[list[NewJob]],
+    last: int,
+    holder: Callable[[str], int | None],
+    found: set[int] | None = None,
+) -> Plan:
     """The rows to insert after id ``last``; ``holder(key)``: the job holding a key
-    (live, or within a window)."""
+    (live, or within a window); ``found``: the named parents (``NewJob.after``) that
+    exist (a group naming another fails with ``JobNotFound``)."""
     out = Plan(last=last)
     keys: dict[str, int] = {}
     for jobs in groups:
+        if found is not None:
+            missing = next((p for job in jobs for p in job.after if p > 0 and p not in found), None)
+            if missing is not None:
+                out.results.extend([JobNotFound(missing)] * len(jobs))
+                continue
         group_results: list[InsertResult] = []
         group_rows: list[Row] = []
         group_keys: dict[str, int] = {}
@@ -78,7 +90,7 @@ def plan(groups: list[list[NewJob]], last: int, holder: Callable[[str], int | No
                     job.metadata_json,
                     job.unique_key,
                     job.created_at,
-                    job.run_at,
+                    BLOCKED_AT if job.after else job.run_at,
                     job.timeout,
                     job.retry_json,
                     1 if job.external else 0,

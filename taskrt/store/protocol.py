@@ -64,6 +64,37 @@ class NewJob:
     on_conflict: str | None = None  # "raise": DuplicateJob instead of the holder's id
     deadline: float | None = None
     lock_key: str | None = None
+    # The jobs it waits for (``options(after=...)``, workflows): ids, or -k for the
+    # k-th job (1-based) of the same insert. Such a job is stored ``blocked``.
+    after: tuple[int, ...] = ()
+    # What its parents' results give it as a first argument: None (nothing),
+    # "result" (its one parent's, a chain), "results" (the list of all, in order).
+    inputs: str | None = None
+    on_parent_failure: str = "cancel"  # or "run" (``models.ON_PARENT_FAILURE``)
+    # Its workflow: an id, or -k for the k-th job of the same insert.
+    workflow: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What ``JobStore.settle_deps`` did: dependents released (their parents all ended,
+    so they run now) and dependents cancelled (a parent failed or was cancelled)."""
+
+    released: tuple[tuple[int, str], ...] = ()
+    """(job id, pool) of each job released."""
+    cancelled: tuple[CancelledChild, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledChild:
+    """A dependent job ``settle_deps`` cancelled, as its event tells it."""
+
+    job_id: int
+    task: str
+    pool: str
+    seq: int
+    finished_at: float
+    error: str
 
 
 Steps = tuple[str | None, tuple[dict[str, Any], ...]]
@@ -518,5 +549,23 @@ class JobStore(Protocol):
     async def schedules(self) -> list[ScheduleInfo]: ...
 
     async def schedule(self, name: str) -> ScheduleInfo | None: ...
+
+    # -- dependencies and workflows (``taskrt.workflows``)
+    async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
+        """In one transaction: every open dependency on a finished job among
+        ``parents`` (None: on any finished job) is closed; a blocked dependent whose
+        parents all ended is released (``run_at`` its own or ``now``, its parents'
+        results put first in its arguments as it asked), and one with a parent in
+        FAILURE or CANCELLED is CANCELLED unless it said ``on_parent_failure="run"``.
+        Safe to repeat, and to run on several processes at once."""
+        ...
+
+    async def open_parents(self) -> list[int]:
+        """The jobs some blocked job still waits for."""
+        ...
+
+    async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:
+        """A workflow's jobs (by id) and its dependencies as (child, parent)."""
+        ...
 
     async def schedules_version(self) -> str | None: ...

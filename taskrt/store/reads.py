@@ -13,6 +13,7 @@ from typing import Any
 
 from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
 from .adds import count_by
+from .deps import SQL_OPEN_PARENTS, SQL_WORKFLOW_EDGES
 from .protocol import OwnerRecord
 from .queries import (
     JOB_COLUMNS,
@@ -63,6 +64,20 @@ class SharedReads:
 
     async def pool_pauses(self) -> dict[str, bool]:
         return {str(r["name"]): bool(r["paused"]) for r in await self.query(SQL_POOL_PAUSES)}
+
+    async def open_parents(self) -> list[int]:
+        """The jobs some blocked job still waits for."""
+        return [int(r[0]) for r in await self.query(SQL_OPEN_PARENTS)]
+
+    async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:
+        """A workflow's jobs (by id) and its dependencies as (child, parent)."""
+        rows = await self.query(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow = ? ORDER BY id", (workflow_id,)
+        )
+        if not rows:
+            return [], []
+        edges = await self.query(SQL_WORKFLOW_EDGES, (workflow_id,))
+        return [row_to_job(r) for r in rows], [(int(c), int(p)) for c, p in edges]
 
     async def get_job(self, job_id: int) -> JobInfo | None:
         row = await self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))

@@ -74,7 +74,8 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         lock_key,
         waiting_reason,
         node,
-    ) = tuple(row)[:30]
+        workflow,
+    ) = tuple(row)[:31]
     return JobInfo(
         id=id_,
         task=task,
@@ -106,6 +107,7 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         lock=lock_key,
         waiting_reason=waiting_reason,
         node=node,
+        workflow=workflow,
     )
 
 

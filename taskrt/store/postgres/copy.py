@@ -73,6 +73,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "steps",
         "lock_key",
         "waiting_reason",
+        "workflow",
     ),
     "attempts": (
         "job_id",
@@ -117,6 +118,16 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "pool_settings": ("name", "paused"),
     "unique_keys": ("key", "job_id", "expires_at"),
+    "job_deps": ("child", "position", "parent", "done"),
+    "job_waits": (
+        "child",
+        "pending",
+        "on_parent_failure",
+        "inputs",
+        "run_at",
+        "failed_parent",
+        "failed_status",
+    ),
 }
 
 # Columns PostgreSQL holds as double precision: SQLite may hand back an integer there.

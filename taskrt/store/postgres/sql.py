@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 from ...models import JobStatus
+from ..deps import KEEP_PARENTS
 from ..ops import (
     ATTEMPT,
     CANCEL,
@@ -207,7 +208,37 @@ SCHEMA_V4 = (
     )""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+# Workflows: a job's workflow; the jobs a blocked job waits for, and how it waits
+# (taskrt.store.deps).
+SCHEMA_V5 = (
+    "ALTER TABLE jobs ADD COLUMN workflow BIGINT",
+    "CREATE INDEX jobs_workflow ON jobs (workflow) WHERE workflow IS NOT NULL",
+    """CREATE TABLE job_deps (
+        child BIGINT NOT NULL,
+        position INTEGER NOT NULL,
+        parent BIGINT NOT NULL,
+        done SMALLINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (child, position)
+    )""",
+    "CREATE INDEX job_deps_parent ON job_deps (parent, done)",
+    """CREATE TABLE job_waits (
+        child BIGINT PRIMARY KEY,
+        pending INTEGER NOT NULL,
+        on_parent_failure TEXT NOT NULL,
+        inputs TEXT,
+        run_at DOUBLE PRECISION NOT NULL,
+        failed_parent BIGINT,
+        failed_status TEXT
+    )""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_V5,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SQL_VERSION = "SELECT value FROM meta WHERE key = 'schema.version'"
@@ -631,15 +662,31 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
     ]
 
 
-CLEANUP_WHERE = "finished_at < $1 AND status = ANY($2::text[])"
+# A finished job that a blocked job waits for stays (taskrt.workflows note 4).
+CLEANUP_WHERE = "finished_at < $1 AND status = ANY($2::text[]) AND " + KEEP_PARENTS.format("jobs")
 SQL_CLEANUP = f"DELETE FROM jobs WHERE {CLEANUP_WHERE} RETURNING id"
 SQL_DELETE_ATTEMPTS = "DELETE FROM attempts WHERE job_id = ANY($1::bigint[])"
-PURGE_WHERE = "id = ANY($1::bigint[]) AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED')"
+SQL_DELETE_DEPS = (
+    "DELETE FROM job_deps WHERE child = ANY($1::bigint[])",
+    "DELETE FROM job_waits WHERE child = ANY($1::bigint[])",
+)
+PURGE_WHERE = (
+    "id = ANY($1::bigint[]) AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED') AND "
+    + KEEP_PARENTS.format("jobs")
+)
 SQL_PURGE = f"DELETE FROM jobs WHERE {PURGE_WHERE} RETURNING id"
 SQL_RESCHEDULE = (
     "UPDATE jobs SET run_at = $1, external = GREATEST(external, $2) "
-    "WHERE id = $3 AND status = 'WAITING'"
+    "WHERE id = $3 AND status = 'WAITING' AND waiting_reason IS DISTINCT FROM 'blocked'"
 )
+# Dependencies (taskrt.store.deps): the statements over lists of ids.
+SQL_CLOSE_OF = (
+    "UPDATE job_deps SET done = 1 WHERE done = 0 AND parent = ANY($1::bigint[]) "
+    "AND parent IN (SELECT id FROM jobs WHERE id = ANY($1::bigint[]) "
+    "AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED')) RETURNING child, parent"
+)
+SQL_STATUS_OF = "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])"
+SQL_PARENTS_FOUND = SQL_STATUS_OF
 
 # What other processes commit for the owner wakes it (note 6).
 SQL_NOTIFY = "SELECT pg_notify($1, 'changed')"

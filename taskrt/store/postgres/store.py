@@ -24,12 +24,13 @@ from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import JobInfo, JobStatus
 from ..groupcommit import GroupCommit, reason
 from ..ops import NOTIFY, failure_params
-from ..protocol import InsertResult, MinuteRow, NewJob
+from ..protocol import InsertResult, MinuteRow, NewJob, Settled
 from ..queries import MINUTE_COLUMNS, SQL_OWNER
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import row_to_job
 from ..schedules import ScheduleWrites
+from .deps import settle
 from .driver import DRIVER_ERRORS
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
@@ -50,6 +51,7 @@ from .sql import (
     SQL_CLEANUP,
     SQL_COUNTS,
     SQL_DELETE_ATTEMPTS,
+    SQL_DELETE_DEPS,
     SQL_DRAW_TOKENS,
     SQL_JOIN,
     SQL_LEAVE,
@@ -753,6 +755,21 @@ class PgStore(QueuedWrites, SharedReads):
             return 0
         return await self._delete(tally(PURGE_WHERE), SQL_PURGE, (list(ids),))
 
+    async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
+        """Close the open dependencies on finished jobs, release or cancel their
+        dependents (``taskrt.store.deps``), in one transaction."""
+        if parents is not None and not parents:
+            return Settled()
+        counted = Tally()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                settled = await settle(conn, parents, now, counted)
+                changed = await counted.apply(conn)
+        except DRIVER_ERRORS as exc:
+            raise _error(self.path, exc) from exc
+        self._merge_counts(changed)
+        return settled
+
     async def _delete(self, count_sql: str, sql: str, params: tuple[Any, ...]) -> int:
         """Delete jobs and their attempts in one transaction, counted (note 3)."""
         counted = Tally()
@@ -763,6 +780,8 @@ class PgStore(QueuedWrites, SharedReads):
                 deleted = [int(r[0]) for r in await conn.fetch(sql, *params)]
                 if deleted:
                     await conn.execute(SQL_DELETE_ATTEMPTS, deleted)
+                    for statement in SQL_DELETE_DEPS:
+                        await conn.execute(statement, deleted)
                 changed = await counted.apply(conn)
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc

@@ -22,6 +22,7 @@ import asyncpg
 from ...errors import StoreError
 from ...models import JobStatus
 from ..adds import Moves, plan
+from ..deps import SQL_BLOCK, SQL_DEP, SQL_IN_WORKFLOW, SQL_WAIT, links, parents_named
 from ..groupcommit import Batch, ProgressRows, Rejected, Results, split_progress
 from ..ops import MINUTES, NOTIFY, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
@@ -40,12 +41,14 @@ from .sql import (
     SQL_INSERT,
     SQL_LAST_ID,
     SQL_NOTIFY,
+    SQL_PARENTS_FOUND,
     SQL_SET_LAST_ID,
     SQL_TAKE_WINDOWS,
     SQL_WINDOW_HOLDERS,
     SQL_WINDOW_OF,
     Part,
     combined,
+    numbered,
 )
 
 log = logging.getLogger("taskrt.store")
@@ -196,7 +199,11 @@ async def insert_jobs(
         windows = await conn.fetch(SQL_WINDOW_HOLDERS, keys, at)
         holders = {str(k): int(i) for k, i in windows}
         holders.update({str(k): int(i) for k, i in await conn.fetch(SQL_HOLDERS, keys)})
-    planned = plan(groups, last, holders.get)
+    named = parents_named(groups)
+    existing = None
+    if named:
+        existing = {int(r[0]) for r in await conn.fetch(SQL_PARENTS_FOUND, named)}
+    planned = plan(groups, last, holders.get, existing)
     results, rows, last = planned.results, planned.rows, planned.last
     if planned.windows:
         rows = await _take_windows(conn, planned.windows, rows, results, at)
@@ -222,7 +229,23 @@ async def insert_jobs(
         await conn.execute(SQL_DROP_WINDOWS, unmade)
     for job_id in made:
         tally.move(pools[job_id], None, WAITING)
+    if any(job.after or job.workflow is not None for jobs in groups for job in jobs):
+        linked = links(groups, results)
+        for sql, rows in (
+            (_DEP, linked.deps),
+            (_WAIT, linked.waits),
+            (_BLOCK, linked.blocked),
+            (_IN_WORKFLOW, linked.members),
+        ):
+            if rows:
+                await conn.executemany(sql, rows)
     return results
+
+
+_DEP = numbered(SQL_DEP)
+_WAIT = numbered(SQL_WAIT)
+_BLOCK = numbered(SQL_BLOCK)
+_IN_WORKFLOW = numbered(SQL_IN_WORKFLOW)
 
 
 async def _take_windows(
@@ -303,7 +326,11 @@ class PgBatches:
     async def _write(self, batch: Batch, progress: ProgressRows) -> Results:
         planned = packs(batch, progress)
         groups = [jobs for jobs, _ in batch.inserts]
-        simple = all(j.unique_key is None and j.job_id is None for g in groups for j in g)
+        simple = all(
+            j.unique_key is None and j.job_id is None and not j.after and j.workflow is None
+            for g in groups
+            for j in g
+        )
         if groups and simple:
             added = [_add_row(job) for jobs in groups for job in jobs]
             pack = [(ADD_PART, added), *self._announcement(groups)]

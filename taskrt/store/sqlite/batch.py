@@ -17,6 +17,16 @@ import aiosqlite
 
 from ...errors import StoreError, StoreUnavailable
 from ..adds import plan
+from ..deps import (
+    SQL_BLOCK,
+    SQL_DEP,
+    SQL_IN_WORKFLOW,
+    SQL_PARENTS_FOUND,
+    SQL_WAIT,
+    links,
+    marks,
+    parents_named,
+)
 from ..groupcommit import reason
 from ..ops import Statement, segments
 from ..protocol import InsertResult, NewJob
@@ -80,7 +90,15 @@ def insert_jobs(
             found = conn.execute(SQL_KEY_WINDOW, (key, at)).fetchone()
         return None if found is None else int(found[0])
 
-    planned = plan(groups, int(row[0]) if row else 0, holder)
+    named = parents_named(groups)
+    found: set[int] | None = None
+    if named:
+        found = set()
+        for start in range(0, len(named), 500):
+            chunk = named[start : start + 500]
+            sql = SQL_PARENTS_FOUND.format(marks(len(chunk)))
+            found.update(int(r[0]) for r in conn.execute(sql, chunk))
+    planned = plan(groups, int(row[0]) if row else 0, holder, found)
     rows = planned.rows
     if all(r[-1] is None and r[-2] is None for r in rows):
         conn.executemany(INSERT_PLAIN_JOB, [r[:-2] for r in rows])
@@ -88,6 +106,12 @@ def insert_jobs(
         conn.executemany(INSERT_JOB, rows)
     if planned.windows:
         conn.executemany(SQL_HOLD_KEY, planned.windows)
+    if any(job.after or job.workflow is not None for jobs in groups for job in jobs):
+        linked = links(groups, planned.results)
+        conn.executemany(SQL_DEP, linked.deps)
+        conn.executemany(SQL_WAIT, linked.waits)
+        conn.executemany(SQL_BLOCK, linked.blocked)
+        conn.executemany(SQL_IN_WORKFLOW, linked.members)
     return planned.results
 
 

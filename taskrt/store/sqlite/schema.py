@@ -7,11 +7,11 @@ import sqlite3
 
 from ...errors import SchemaTooNew
 from .batch import rollback
-from .sql import SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6
+from .sql import SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7
 
 log = logging.getLogger("taskrt.store")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The version of the tables this code reads and writes (``PRAGMA user_version``, note 11)."""
 
 
@@ -31,6 +31,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _statements(SCHEMA_V4),
     _statements(SCHEMA_V5),
     _statements(SCHEMA_V6),
+    _statements(SCHEMA_V7),
 )
 
 

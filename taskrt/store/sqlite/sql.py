@@ -7,6 +7,7 @@ in its WHERE clause, so the database refuses any other transition (note 4).
 from __future__ import annotations
 
 from ...models import TRANSITIONS, JobStatus
+from ..deps import KEEP_PARENTS
 from ..ops import (
     ATTEMPT,
     CANCEL,
@@ -205,6 +206,31 @@ CREATE TABLE IF NOT EXISTS unique_keys (
 );
 """
 
+# Workflows (schema version 7): a job's workflow; the jobs a blocked job waits for
+# (``job_deps``: one row per parent, open until that parent's end is settled) and
+# how it waits (``job_waits``: one row while it is blocked). ``taskrt.store.deps``.
+SCHEMA_V7 = """
+ALTER TABLE jobs ADD COLUMN workflow INTEGER;
+CREATE INDEX IF NOT EXISTS jobs_workflow ON jobs(workflow) WHERE workflow IS NOT NULL;
+CREATE TABLE IF NOT EXISTS job_deps (
+    child INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    parent INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (child, position)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_parent ON job_deps(parent, done);
+CREATE TABLE IF NOT EXISTS job_waits (
+    child INTEGER PRIMARY KEY,
+    pending INTEGER NOT NULL,
+    on_parent_failure TEXT NOT NULL,
+    inputs TEXT,
+    run_at REAL NOT NULL,
+    failed_parent INTEGER,
+    failed_status TEXT
+);
+"""
+
 INSERT_JOB = (
     "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
     "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key) "
@@ -333,10 +359,21 @@ SQL_INTERRUPT_ATTEMPTS = (
     "SELECT id, attempts, COALESCE(started_at, ?), ?, 'interrupted', "
     "'the process stopped during this attempt' FROM jobs WHERE status = 'RUNNING' AND attempts > 0"
 )
-CLEANUP_WHERE = "finished_at < ? AND status IN ({})"  # .format(one ? per status)
+# A finished job that a blocked job waits for stays (taskrt.workflows note 4).
+CLEANUP_WHERE = (
+    "finished_at < ? AND status IN ({}) AND "  # .format(one ? per status)
+    + KEEP_PARENTS.format("jobs")
+)
 SQL_CLEANUP = f"DELETE FROM jobs WHERE {CLEANUP_WHERE}"
 SQL_CLEANUP_ATTEMPTS = "DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
-PURGE_WHERE = "id IN ({}) AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED')"  # .format(ids)
+SQL_CLEANUP_DEPS = (
+    "DELETE FROM job_deps WHERE child NOT IN (SELECT id FROM jobs)",
+    "DELETE FROM job_waits WHERE child NOT IN (SELECT id FROM jobs)",
+)
+PURGE_WHERE = (
+    "id IN ({}) AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED') AND "  # .format(ids)
+    + KEEP_PARENTS.format("jobs")
+)
 SQL_PURGE = f"DELETE FROM jobs WHERE {PURGE_WHERE}"
 SQL_PURGE_ATTEMPTS = (
     "DELETE FROM attempts WHERE job_id IN ({}) AND job_id NOT IN (SELECT id FROM jobs)"

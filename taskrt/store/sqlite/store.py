@@ -24,7 +24,7 @@ from ...errors import InvalidOption, StoreError
 from ...models import (
     JobStatus,
 )
-from ..protocol import InsertResult, MinuteRow, NewJob, StoreTransaction
+from ..protocol import InsertResult, MinuteRow, NewJob, Settled, StoreTransaction
 from ..queries import MINUTE_COLUMNS
 from ..queued import QueuedWrites
 from ..reads import SharedReads
@@ -33,6 +33,7 @@ from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
+from .deps import settle
 from .schema import SCHEMA_VERSION, migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
@@ -45,6 +46,7 @@ from .sql import (
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CLEANUP,
     SQL_CLEANUP_ATTEMPTS,
+    SQL_CLEANUP_DEPS,
     SQL_INTERRUPT_ATTEMPTS,
     SQL_ORPHAN,
     SQL_PURGE,
@@ -452,17 +454,47 @@ class Store(QueuedWrites, SharedReads):
         )
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
-        """Delete jobs in ``statuses`` finished before ``before``, and their attempts."""
+        """Delete jobs in ``statuses`` finished before ``before``, and their attempts
+        (never a job a blocked job waits for)."""
         marks = ",".join("?" * len(statuses))
         params = (before, *[s.value for s in statuses])
-        deleted, _ = await self._script(
+        deleted, *_ = await self._script(
             [
                 (tally(CLEANUP_WHERE.format(marks)), params, None),
                 (SQL_CLEANUP.format(marks), params),
                 (SQL_CLEANUP_ATTEMPTS, ()),
+                *((sql, ()) for sql in SQL_CLEANUP_DEPS),
             ]
         )
         return deleted
+
+    async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
+        """Close the open dependencies on finished jobs, release or cancel their
+        dependents (``taskrt.store.deps``), in one transaction."""
+        if parents is not None and not parents:
+            return Settled()
+
+        def work(conn: sqlite3.Connection) -> tuple[Settled, Counted | None]:
+            counted = Tally()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                settled = settle(conn, parents, now, counted)
+                snapshot = counted.commit(conn)
+                conn.execute("COMMIT")
+                return settled, snapshot
+            except BaseException:
+                rollback(conn)
+                raise
+
+        async with self._writes.lock:
+            try:
+                done: tuple[Settled, Counted | None] = await in_thread(self.db, work)
+                settled, snapshot = done
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+            if snapshot is not None:
+                self._counts.replace(*snapshot)
+        return settled
 
     # -- reads ---------------------------------------------------------------
 
@@ -507,6 +539,7 @@ class Store(QueuedWrites, SharedReads):
                     (tally(PURGE_WHERE.format(marks)), chunk, None),
                     (SQL_PURGE.format(marks), chunk),
                     (SQL_PURGE_ATTEMPTS.format(marks), chunk),
+                    *((sql, ()) for sql in SQL_CLEANUP_DEPS),
                 ]
             )
             deleted += counts[0]
@@ -519,7 +552,7 @@ class Store(QueuedWrites, SharedReads):
             [
                 (
                     "UPDATE jobs SET run_at = ?, external = external OR ? "
-                    "WHERE id = ? AND status = 'WAITING'",
+                    "WHERE id = ? AND status = 'WAITING' AND waiting_reason IS NOT 'blocked'",
                     (run_at, int(external), job_id),
                 )
             ]

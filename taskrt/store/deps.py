@@ -1,0 +1,186 @@
+"""Dependencies between jobs, the same on every backend (``taskrt.workflows`` notes).
+
+A job added with parents (``options(after=...)``, chains, groups) is stored
+WAITING with the waiting reason ``blocked`` and ``run_at`` at ``BLOCKED_AT``,
+with one ``job_deps`` row per parent (open until that parent's end is
+settled) and one ``job_waits`` row (how many parents are still open, what it
+does when one fails, what it takes from their results, and the ``run_at`` it
+asked for). ``settle`` closes the open rows of finished parents and decides
+each dependent they touched; the backends run its statements, in one
+transaction, with their own driver. The statements are written with ``?``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import CancelledChild, InsertResult, NewJob
+
+FINISHED = "('SUCCESS', 'FAILURE', 'CANCELLED')"
+
+# The open rows of finished parents among a list (.format(one ? per parent)), closed.
+SQL_CLOSE_OF = (
+    "UPDATE job_deps SET done = 1 WHERE done = 0 AND parent IN ({}) "
+    f"AND parent IN (SELECT id FROM jobs WHERE status IN {FINISHED}) RETURNING child, parent"
+)
+# The same for every blocked job (a sweep: start-up, and now and then).
+SQL_CLOSE_ALL = (
+    "UPDATE job_deps SET done = 1 WHERE done = 0 AND child IN (SELECT child FROM job_waits) "
+    f"AND parent IN (SELECT id FROM jobs WHERE status IN {FINISHED}) RETURNING child, parent"
+)
+SQL_STATUS_OF = "SELECT id, status FROM jobs WHERE id IN ({})"
+# (closed, failed parent, its status, child): the dependent's row after it.
+SQL_WAIT_COUNT = (
+    "UPDATE job_waits SET pending = pending - ?, "
+    "failed_parent = coalesce(failed_parent, ?), failed_status = coalesce(failed_status, ?) "
+    "WHERE child = ? RETURNING pending, failed_parent, failed_status, on_parent_failure, "
+    "inputs, run_at"
+)
+SQL_WAIT_DONE = "DELETE FROM job_waits WHERE child = ?"
+_BLOCKED = "id = ? AND status = 'WAITING' AND waiting_reason = 'blocked'"
+# (finished_at, error, id)
+SQL_CANCEL_CHILD = (
+    "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, error = ?, seq = seq + 1, "
+    f"waiting_reason = NULL WHERE {_BLOCKED} RETURNING task, pool, seq"
+)
+SQL_RESULTS_OF = (
+    "SELECT p.result FROM job_deps d LEFT JOIN jobs p ON p.id = d.parent "
+    "WHERE d.child = ? ORDER BY d.position"
+)
+SQL_ARGS_OF = f"SELECT args FROM jobs WHERE {_BLOCKED}"
+# (args, run_at, id)
+SQL_RELEASE = (
+    f"UPDATE jobs SET args = ?, run_at = ?, waiting_reason = NULL WHERE {_BLOCKED} RETURNING pool"
+)
+# -- adds
+SQL_DEP = "INSERT INTO job_deps (child, position, parent, done) VALUES (?, ?, ?, 0)"
+SQL_WAIT = (
+    "INSERT INTO job_waits (child, pending, on_parent_failure, inputs, run_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+SQL_BLOCK = "UPDATE jobs SET waiting_reason = 'blocked', workflow = ? WHERE id = ?"
+SQL_IN_WORKFLOW = "UPDATE jobs SET workflow = ? WHERE id = ?"
+SQL_PARENTS_FOUND = "SELECT id FROM jobs WHERE id IN ({})"
+# -- reads
+SQL_OPEN_PARENTS = (
+    "SELECT DISTINCT d.parent FROM job_waits w JOIN job_deps d ON d.child = w.child "
+    "WHERE d.done = 0"
+)
+SQL_WORKFLOW_EDGES = (
+    "SELECT d.child, d.parent FROM jobs j JOIN job_deps d ON d.child = j.id "
+    "WHERE j.workflow = ? ORDER BY d.child, d.position"
+)
+# -- retention: a finished job a blocked job still waits for stays (.format: alias)
+KEEP_PARENTS = "NOT EXISTS (SELECT 1 FROM job_deps d WHERE d.parent = {}.id AND d.done = 0)"
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+@dataclass(slots=True)
+class Links:
+    """The dependency rows of a batch of inserts, once its ids are known."""
+
+    deps: list[tuple[int, int, int]] = field(default_factory=list)  # (child, position, parent)
+    waits: list[tuple[int, int, str, str | None, float]] = field(default_factory=list)
+    blocked: list[tuple[int | None, int]] = field(default_factory=list)  # (workflow, id)
+    members: list[tuple[int, int]] = field(default_factory=list)  # (workflow, id): not blocked
+
+
+def parents_named(groups: Sequence[Sequence[NewJob]]) -> list[int]:
+    """Every existing job (a positive id) the jobs of ``groups`` name as a parent."""
+    return sorted({p for jobs in groups for job in jobs for p in job.after if p > 0})
+
+
+def links(
+    groups: Sequence[Sequence[NewJob]], results: Sequence[InsertResult | BaseException]
+) -> Links:
+    """The rows that record the parents and workflows of the jobs that made a row
+    (``-k``: the k-th job of the same group)."""
+    out = Links()
+    at = 0
+    for jobs in groups:
+        ids: list[int | None] = [
+            r.job_id if isinstance(r, InsertResult) else None for r in results[at : at + len(jobs)]
+        ]
+        made = [isinstance(r, InsertResult) and r.created for r in results[at : at + len(jobs)]]
+        at += len(jobs)
+        for job, job_id, new in zip(jobs, ids, made, strict=True):
+            if job_id is None or not new or (not job.after and job.workflow is None):
+                continue
+            workflow = _resolve(job.workflow, ids)
+            if not job.after:
+                out.members.append((workflow or job_id, job_id))
+                continue
+            parents = [_resolve(p, ids) for p in job.after]
+            for position, parent in enumerate(parents):
+                out.deps.append((job_id, position, parent or 0))
+            out.waits.append((job_id, len(parents), job.on_parent_failure, job.inputs, job.run_at))
+            out.blocked.append((workflow, job_id))
+    return out
+
+
+def _resolve(ref: int | None, ids: list[int | None]) -> int | None:
+    if ref is None or ref > 0:
+        return ref
+    return ids[-ref - 1]
+
+
+def with_inputs(args_json: str, inputs: str | None, results: Sequence[str | None]) -> str:
+    """A released job's arguments: its parents' results (JSON texts, in order) put
+    first as it asked (``inputs``), the rest as added."""
+    if inputs is None:
+        return args_json
+    texts = ["null" if r is None else r for r in results]
+    given = texts[0] if inputs == "result" and texts else "[" + ",".join(texts) + "]"
+    rest = args_json.strip()[1:-1].strip()
+    return "[" + given + ("," + rest if rest else "") + "]"
+
+
+def parent_error(parent: int, status: str) -> str:
+    """Why a dependent job was cancelled."""
+    how = "failed" if status == "FAILURE" else "was cancelled"
+    return f"parent job {parent} {how}"
+
+
+@dataclass(slots=True)
+class Decision:
+    """What ``settle`` does with one dependent once its rows are counted."""
+
+    child: int
+    release: bool  # True: release it; False: cancel it
+    inputs: str | None = None
+    run_at: float = 0.0
+    error: str = ""
+
+
+def closed_by_child(
+    closed: Sequence[tuple[int, int]], statuses: dict[int, str]
+) -> dict[int, tuple[int, int | None, str | None]]:
+    """Per dependent: (rows closed, its first failed parent, that parent's status)."""
+    out: dict[int, tuple[int, int | None, str | None]] = {}
+    for child, parent in closed:
+        n, failed, how = out.get(child, (0, None, None))
+        status = statuses.get(parent)
+        if failed is None and status in ("FAILURE", "CANCELLED"):
+            failed, how = parent, status
+        out[child] = (n + 1, failed, how)
+    return out
+
+
+def decide(child: int, row: Sequence[Any], now: float) -> Decision | None:
+    """A dependent's row after its count (``SQL_WAIT_COUNT``): release, cancel, or wait."""
+    pending, failed, how, policy, inputs, run_at = row
+    if failed is not None and policy != "run":
+        return Decision(child, False, error=parent_error(int(failed), str(how)))
+    if int(pending) <= 0:
+        return Decision(child, True, inputs=inputs, run_at=max(float(run_at), now))
+    return None
+
+
+def cancelled(child: int, row: Sequence[Any], now: float, error: str) -> CancelledChild:
+    task, pool, seq = row
+    return CancelledChild(child, str(task), str(pool), int(seq), now, error)

@@ -1,0 +1,77 @@
+"""Settling dependencies in SQLite, in the writer connection's thread (``store.deps``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ..deps import (
+    SQL_ARGS_OF,
+    SQL_CANCEL_CHILD,
+    SQL_CLOSE_ALL,
+    SQL_CLOSE_OF,
+    SQL_RELEASE,
+    SQL_RESULTS_OF,
+    SQL_STATUS_OF,
+    SQL_WAIT_COUNT,
+    SQL_WAIT_DONE,
+    cancelled,
+    closed_by_child,
+    decide,
+    marks,
+    with_inputs,
+)
+from ..protocol import CancelledChild, Settled
+from .counts import Tally
+
+_CHUNK = 500
+
+
+def settle(
+    conn: sqlite3.Connection, parents: Sequence[int] | None, now: float, tally: Tally
+) -> Settled:
+    """``JobStore.settle_deps`` inside the caller's transaction."""
+    closed: list[tuple[int, int]] = []
+    if parents is None:
+        closed = [(int(c), int(p)) for c, p in conn.execute(SQL_CLOSE_ALL).fetchall()]
+    else:
+        ids = list(parents)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            rows = conn.execute(SQL_CLOSE_OF.format(marks(len(chunk))), chunk).fetchall()
+            closed.extend((int(c), int(p)) for c, p in rows)
+    if not closed:
+        return Settled()
+    statuses: dict[int, str] = {}
+    named = sorted({p for _, p in closed})
+    for start in range(0, len(named), _CHUNK):
+        chunk = named[start : start + _CHUNK]
+        for job_id, status in conn.execute(SQL_STATUS_OF.format(marks(len(chunk))), chunk):
+            statuses[int(job_id)] = str(status)
+    released: list[tuple[int, str]] = []
+    cancels: list[CancelledChild] = []
+    for child, (n, failed, how) in sorted(closed_by_child(closed, statuses).items()):
+        row = conn.execute(SQL_WAIT_COUNT, (n, failed, how, child)).fetchone()
+        if row is None:
+            continue
+        decision = decide(child, row, now)
+        if decision is None:
+            continue
+        conn.execute(SQL_WAIT_DONE, (child,))
+        if not decision.release:
+            done = conn.execute(SQL_CANCEL_CHILD, (now, decision.error, child)).fetchone()
+            if done is not None:
+                tally.move(str(done[1]), "WAITING", "CANCELLED")
+                cancels.append(cancelled(child, done, now, decision.error))
+            continue
+        args = conn.execute(SQL_ARGS_OF, (child,)).fetchone()
+        if args is None:
+            continue  # no longer blocked (cancelled meanwhile)
+        results: list[str | None] = []
+        if decision.inputs is not None:
+            results = [r[0] for r in conn.execute(SQL_RESULTS_OF, (child,))]
+        new_args = with_inputs(str(args[0]), decision.inputs, results)
+        done = conn.execute(SQL_RELEASE, (new_args, decision.run_at, child)).fetchone()
+        if done is not None:
+            released.append((child, str(done[0])))
+    return Settled(tuple(released), tuple(cancels))

@@ -1,0 +1,381 @@
+"""Workflows: jobs that wait for other jobs, chains, and groups with a callback.
+
+A job added with parents (``options(after=[ids])``, or a step of ``rt.chain``
+/ ``rt.group(...).then(...)``) waits in the store until they end; a workflow
+is the jobs one chain or group added together, named by its first job's id.
+
+Design notes:
+
+1. **Blocked jobs live in the store.** A job with parents is stored WAITING,
+   waiting reason ``blocked``, ``run_at`` at ``models.BLOCKED_AT``, with one
+   ``job_deps`` row per parent and a ``job_waits`` row that counts the parents
+   still open (``taskrt.store.deps``). No refill, claim or timer takes it
+   before then, and nothing of it is held in memory: a backlog of blocked jobs
+   costs what any backlog costs.
+2. **Settled after commits, in the store.** When a parent's terminal write is
+   committed, ``JobStore.settle_deps`` closes its open rows and, in the same
+   transaction, releases each dependent whose parents all ended (its run_at
+   now, its parents' results put first in its arguments as a chain or a
+   callback asked) or cancels it when a parent failed or was cancelled (unless
+   it said ``on_parent_failure="run"``). The rows it closes are the guard: a
+   second settle of the same parent changes nothing, so repeating one, or
+   running one on two processes at once, is safe.
+3. **Whichever commits second sees the other.** A dependent's add and its
+   parent's end may commit in either order. After the add commits, its parents
+   that are not live here are settled (one may have ended already); after a
+   parent's terminal write commits, it is settled if it is known to have
+   dependents (``Workflows.parents``: the owner sees every add; a node learns
+   of its own adds and reads the open parents when it starts). Anything missed
+   (a crash between a commit and its settle, an add by another process, a
+   parent that ended on another node) is found by a sweep at start and every
+   ``sweep_interval`` seconds.
+4. **Retention keeps what a blocked job needs.** Cleanup and purge never
+   delete a finished job that a blocked job still waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .adding import FlowStep
+from .definitions import Signature
+from .errors import InvalidOption, JobNotFound, TaskrtError
+from .models import TERMINAL, Event, EventType, JobInfo, JobStatus, WorkflowInfo
+
+if TYPE_CHECKING:
+    from .adoption import Adoption
+    from .clock import Clock
+    from .events import EventBus, Subscription
+    from .live import LiveJobs
+    from .pool import Pool
+    from .store import JobStore
+    from .store.protocol import CancelledChild
+    from .transitions import Transitions
+
+log = logging.getLogger("taskrt")
+
+SWEEP_INTERVAL = 5.0
+"""Seconds between sweeps for dependencies nobody settled (note 3); a node's: 1 s."""
+
+MAX_STEPS = 10_000
+"""The most jobs one workflow adds at once."""
+
+
+class Workflows:
+    """Settles dependencies where jobs run: an owner, or each node (see the notes)."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        clock: Clock,
+        live: LiveJobs,
+        pools: Mapping[str, Pool],
+        adoption: Adoption,
+        transitions: Transitions,
+        nodes: bool,
+        sweep_interval: float | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.live = live
+        self.pools = pools
+        self.adoption = adoption
+        self.transitions = transitions
+        self.nodes = nodes
+        self.sweep_interval = sweep_interval or (1.0 if nodes else SWEEP_INTERVAL)
+        # Jobs that some blocked job waits for (note 3): settled when they end here.
+        self.parents: set[int] = set()
+        self._due: set[int] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.released = 0
+        self.cancelled = 0
+
+    # -- told by the engine -------------------------------------------------------------
+
+    def dependents(self, child: int, parents: Sequence[int]) -> None:
+        """A job that waits for ``parents`` was committed (note 3)."""
+        self.parents.update(parents)
+        states = self.live.states
+        due = [p for p in parents if (s := states.get(p)) is None or s.status in TERMINAL]
+        if due:
+            self._due.update(due)
+            self._wake.set()
+
+    def ended(self, job_id: int) -> None:
+        """A job's terminal write was queued here: settle it once committed."""
+        if job_id in self.parents:
+            self.parents.discard(job_id)
+            self._due.add(job_id)
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="taskrt-workflows")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        swept = False
+        while True:
+            try:
+                if not swept:
+                    self.parents.update(await self.store.open_parents())
+                    await self.settle(None)
+                    swept = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
+                self._wake.clear()
+                if self._due:
+                    due, self._due = sorted(self._due), set()
+                    await self.settle(due)
+                else:
+                    await self.settle(None)
+            except asyncio.CancelledError:
+                raise
+            except TaskrtError as exc:
+                log.warning("settling dependencies failed (tried again): %s", exc)
+                await asyncio.sleep(min(self.sweep_interval, 1.0))
+            except Exception:
+                log.exception("settling dependencies failed (tried again)")
+                await asyncio.sleep(min(self.sweep_interval, 1.0))
+
+    async def settle(self, parents: Sequence[int] | None) -> None:
+        """Settle ``parents`` (None: every finished parent) once their ends are
+        committed, then what that releases or cancels, until nothing more follows."""
+        while True:
+            await self.store.settle()  # the terminal writes queued so far, committed
+            settled = await self.store.settle_deps(parents, self.clock.now())
+            for child, pool in settled.released:
+                self.released += 1
+                await self._release(child, pool)
+            if not settled.cancelled:
+                return
+            cascade = []
+            for child_info in settled.cancelled:
+                self.cancelled += 1
+                self._cancelled(child_info)
+                cascade.append(child_info.job_id)
+            self.parents.difference_update(cascade)
+            parents = cascade
+
+    async def _release(self, job_id: int, pool_name: str) -> None:
+        pool = self.pools.get(pool_name)
+        if self.nodes:
+            if pool is not None:
+                pool.poke()  # a claim takes it (taskrt.claims)
+            return
+        held = self.live.states.get(job_id)
+        if held is not None:  # read into a delayed window at BLOCKED_AT: read it again
+            if pool is not None:
+                pool.remove(held)
+            self.adoption.shelve(held)
+        state = await self.adoption.pin(job_id)
+        if state is not None and state.status is JobStatus.WAITING:
+            self.pools[state.pool].push(state)
+
+    def _cancelled(self, child: CancelledChild) -> None:
+        held = self.live.states.get(child.job_id)
+        if held is not None:
+            pool = self.pools.get(held.pool)
+            if pool is not None:
+                pool.remove(held)
+            self.adoption.shelve(held)
+        self.transitions.cancelled_in_store(
+            child.job_id, child.task, child.pool, child.seq, child.finished_at, child.error
+        )
+
+
+# -- building workflows (pure) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A workflow just added: its id (its first job's) and its jobs' ids, in order
+    (a group's callback last)."""
+
+    id: int
+    jobs: tuple[int, ...]
+
+
+class GroupBuilder:
+    """What ``rt.group([...])`` returns: await it to add the group alone, or
+    ``await group.then(callback.s(...))`` to add it with its callback (a chord)."""
+
+    def __init__(self, add: Callable[[Signature | None, Any], Awaitable[Flow]]) -> None:
+        self._add = add
+
+    def then(self, callback: Signature, *, tx: Any = None) -> Awaitable[Flow]:
+        return self._add(callback, tx)
+
+    def add(self, *, tx: Any = None) -> Awaitable[Flow]:
+        """The group alone, in the application's transaction ``tx``."""
+        return self._add(None, tx)
+
+    def __await__(self) -> Generator[Any, None, Flow]:
+        return self._add(None, None).__await__()
+
+
+def chain_steps(signatures: Sequence[Signature]) -> list[FlowStep]:
+    """A chain: each step after the one before, taking its result first."""
+    _check(signatures, "chain")
+    return [
+        FlowStep(sig) if k == 0 else FlowStep(sig, (-k,), "result")
+        for k, sig in enumerate(signatures)
+    ]
+
+
+def group_steps(signatures: Sequence[Signature], then: Signature | None) -> list[FlowStep]:
+    """A group (every member at once), and its callback after all of them, taking
+    the list of their results in order (a chord)."""
+    _check(signatures, "group")
+    steps = [FlowStep(sig) for sig in signatures]
+    if then is not None:
+        _check([then], "then")
+        steps.append(FlowStep(then, tuple(-(k + 1) for k in range(len(signatures))), "results"))
+    return steps
+
+
+def _check(signatures: Sequence[Signature], what: str) -> None:
+    if isinstance(signatures, Signature) or not isinstance(signatures, list | tuple):
+        raise InvalidOption(
+            what, f"expected a list of signatures (task.s(...)), found {signatures!r}"
+        )
+    if not signatures:
+        raise InvalidOption(what, "expected at least one signature")
+    if len(signatures) > MAX_STEPS:
+        raise InvalidOption(
+            what, f"expected at most {MAX_STEPS} signatures, found {len(signatures)}"
+        )
+    for sig in signatures:
+        if not isinstance(sig, Signature):
+            raise InvalidOption(what, f"expected signatures (task.s(...)), found {sig!r}")
+
+
+# -- reading and following one ------------------------------------------------------------
+
+
+async def read(
+    store: JobStore, live: LiveJobs, workflow_id: int, told: Callable[[JobInfo], JobInfo]
+) -> WorkflowInfo:
+    """A workflow as stored, with what this process holds newer in memory. A job
+    read RUNNING that is not held here any more ended while the rows were read:
+    it is read again."""
+    jobs, edges = await store.workflow(workflow_id)
+    if not jobs:
+        raise JobNotFound(workflow_id)
+    states = live.states
+    out: list[JobInfo] = []
+    for job in jobs:
+        state = states.get(job.id)
+        if state is not None:
+            job = state.info()
+        elif job.status is JobStatus.RUNNING and job.node is None:
+            job = await store.get_job(job.id) or job
+        out.append(told(job))
+    return WorkflowInfo.of(workflow_id, out, edges)
+
+
+def snapshot_event(info: WorkflowInfo, now: float) -> Event:
+    """A workflow stream's first event (and its first after a gap)."""
+    first = info.jobs[0]
+    return Event(
+        info.id,
+        0,
+        EventType.SNAPSHOT,
+        first.task,
+        first.pool,
+        info.status,
+        now,
+        {"workflow": info.to_dict()},
+    )
+
+
+class WorkflowStream:
+    """``rt.subscribe_workflow(id)``: a snapshot of the workflow, then every event of
+    its jobs, until all of them are terminal; after a gap (a slow reader), a fresh
+    snapshot. An async iterator, and an async context manager."""
+
+    def __init__(
+        self,
+        broker: EventBus,
+        workflow_id: int,
+        read: Callable[[], Any],
+        clock: Clock,
+        buffer: int | None,
+    ) -> None:
+        self._broker = broker
+        self.workflow_id = workflow_id
+        self._read = read
+        self._clock = clock
+        self._buffer = buffer
+        self._ids: set[int] = set()
+        self._open: set[int] = set()
+        self._seq: dict[int, int] = {}
+        self._sub: Subscription | None = None
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        try:
+            while not self._done:
+                yield await self._snapshot()
+                if self._done:
+                    return
+                assert self._sub is not None
+                async for event in self._sub:
+                    if event.seq <= self._seq.get(event.job_id, 0):
+                        continue
+                    self._seq[event.job_id] = event.seq
+                    if event.terminal:
+                        self._open.discard(event.job_id)
+                    yield event
+                    if not self._open:
+                        self._done = True
+                        return
+                if not self._sub.overflowed:
+                    return  # closed
+        finally:
+            self.close()
+
+    async def _snapshot(self) -> Event:
+        self.close()
+        # Subscribed before the read: nothing between the two is lost.
+        self._sub = self._broker.subscribe(
+            None, accepts=self._ids.__contains__, matches=self._mine, maxsize=self._buffer
+        )
+        info: WorkflowInfo = await self._read()
+        self._ids.update(j.id for j in info.jobs)
+        self._open = {j.id for j in info.jobs if not j.terminal}
+        self._seq = {j.id: j.seq for j in info.jobs}
+        if not self._open:
+            self._done = True
+        return snapshot_event(info, self._clock.now())
+
+    def _mine(self, event: Event) -> bool:
+        return event.job_id in self._ids
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+
+    async def __aenter__(self) -> WorkflowStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
