@@ -1495,7 +1495,8 @@ class Runtime:
     async def workflow(self, workflow_id: int) -> WorkflowInfo:
         """A workflow's jobs, status and progress (``JobNotFound`` if it has none)."""
         self.require_started("reading a workflow")
-        return await read_workflow(self.store, self.live, workflow_id, self._told)
+        here = None if self.nodes is None else self.nodes.node
+        return await read_workflow(self.store, self.live, workflow_id, self._told, here)
 
     def subscribe_workflow(self, workflow_id: int, *, buffer: int | None = None) -> WorkflowStream:
         """A snapshot of the workflow (``data["workflow"]``), then every event of its

@@ -269,11 +269,15 @@ def _check(signatures: Sequence[Signature], what: str) -> None:
 
 
 async def read(
-    store: JobStore, live: LiveJobs, workflow_id: int, told: Callable[[JobInfo], JobInfo]
+    store: JobStore,
+    live: LiveJobs,
+    workflow_id: int,
+    told: Callable[[JobInfo], JobInfo],
+    here: str | None = None,
 ) -> WorkflowInfo:
     """A workflow as stored, with what this process holds newer in memory. A job
-    read RUNNING that is not held here any more ended while the rows were read:
-    it is read again."""
+    read RUNNING here (``here``: this node's name, if a node) that is not held
+    here any more ended while the rows were read: it is read again."""
     jobs, edges = await store.workflow(workflow_id)
     if not jobs:
         raise JobNotFound(workflow_id)
@@ -283,7 +287,7 @@ async def read(
         state = states.get(job.id)
         if state is not None:
             job = state.info()
-        elif job.status is JobStatus.RUNNING and job.node is None:
+        elif job.status is JobStatus.RUNNING and job.node in (None, here):
             job = await store.get_job(job.id) or job
         out.append(told(job))
     return WorkflowInfo.of(workflow_id, out, edges)

@@ -72,8 +72,12 @@ SQL_WORKFLOW_EDGES = (
     "SELECT d.child, d.parent FROM jobs j JOIN job_deps d ON d.child = j.id "
     "WHERE j.workflow = ? ORDER BY d.child, d.position"
 )
-# -- retention: a finished job a blocked job still waits for stays (.format: alias)
-KEEP_PARENTS = "NOT EXISTS (SELECT 1 FROM job_deps d WHERE d.parent = {}.id AND d.done = 0)"
+# -- retention: a finished parent of a job still blocked stays (its result is read when
+# that job is released). .format(the jobs table's alias)
+KEEP_PARENTS = (
+    "NOT EXISTS (SELECT 1 FROM job_deps d JOIN job_waits w ON w.child = d.child "
+    "WHERE d.parent = {}.id)"
+)
 
 
 def marks(n: int) -> str:

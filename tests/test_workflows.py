@@ -1,0 +1,497 @@
+"""Workflows: jobs that wait for jobs, chains, groups with a callback (docs/workflows.md).
+
+Each behaviour runs on a real SQLite file and on PostgreSQL, where one owner
+runs the jobs and where every process is a node, through the Python API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pg_server
+import pytest
+
+from taskrt import (
+    Event,
+    EventType,
+    InvalidOption,
+    InvalidTransition,
+    JobContext,
+    JobNotFound,
+    JobStatus,
+    Runtime,
+)
+from taskrt.models import BLOCKED_AT
+
+
+@pytest.fixture(params=["sqlite", "postgres-owner", "postgres-nodes"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """A database and the runtime's options: a SQLite file; PostgreSQL where one owner
+    runs the jobs; PostgreSQL where every process claims them."""
+    if request.param == "sqlite":
+        return str(tmp_path / "app.db"), {}
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    return url, {"mode": request.param.removeprefix("postgres-")}
+
+
+def runtime(target: tuple[str, dict[str, Any]], **options: Any) -> Runtime:
+    db, base = target
+    return Runtime(db, **{**base, **options})
+
+
+class Gate:
+    """Jobs that wait until the test opens their gate."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.started: list[Any] = []
+
+
+# -- after=[ids] ---------------------------------------------------------------------
+
+
+async def test_a_dependent_waits_blocked_until_its_parent_succeeds(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    gate = Gate()
+    order: list[str] = []
+
+    @rt.task
+    async def first() -> str:
+        gate.started.append("first")
+        await gate.open.wait()
+        order.append("first")
+        return "one"
+
+    @rt.task
+    async def second(word: str) -> str:
+        order.append("second")
+        return word + "!"
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(first)
+        b = await pool.add(second.options(after=[a]), "b")
+        while not gate.started:
+            await asyncio.sleep(0.01)
+        info = await rt.get(b)
+        assert (info.status, info.waiting_reason) == (JobStatus.WAITING, "blocked")
+        await asyncio.sleep(0.1)
+        assert order == []  # the parent runs; the dependent does not start
+        gate.open.set()
+        done = await rt.wait(b, timeout=10)
+        assert (done.status, done.result, done.args) == (JobStatus.SUCCESS, "b!", ("b",))
+        assert order == ["first", "second"]
+        assert done.waiting_reason is None and done.run_at < BLOCKED_AT
+
+
+async def test_a_parent_that_already_finished_counts_at_once(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+
+    @rt.task
+    async def value(n: int) -> int:
+        return n
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(value, 1)
+        assert (await rt.wait(a, timeout=10)).status is JobStatus.SUCCESS
+        b = await pool.add(value.options(after=[a]), 2)
+        assert (await rt.wait(b, timeout=10)).result == 2
+
+
+async def test_a_failed_parent_cancels_its_dependents_and_theirs(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    ran: list[int] = []
+
+    @rt.task
+    async def boom() -> None:
+        raise ValueError("no")
+
+    @rt.task
+    async def child(job: JobContext) -> None:
+        ran.append(job.id)
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(boom)
+        b = await pool.add(child.options(after=[a]))
+        c = await pool.add(child.options(after=[b]))
+        anyway = await pool.add(child.options(after=[a], on_parent_failure="run"))
+        info_b = await rt.wait(b, timeout=10)
+        info_c = await rt.wait(c, timeout=10)
+        assert (info_b.status, info_b.error) == (JobStatus.CANCELLED, f"parent job {a} failed")
+        assert (info_c.status, info_c.error) == (
+            JobStatus.CANCELLED,
+            f"parent job {b} was cancelled",
+        )
+        assert (await rt.wait(anyway, timeout=10)).status is JobStatus.SUCCESS
+        assert ran == [anyway]
+        stats = await rt.stats()
+        assert stats.counts.get(JobStatus.CANCELLED) == 2
+        assert stats.counts.get(JobStatus.WAITING, 0) == 0
+
+
+async def test_unknown_parents_are_refused_at_add(target: tuple[str, dict[str, Any]]) -> None:
+    rt = runtime(target)
+
+    @rt.task
+    async def noop() -> None: ...
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(noop)
+        with pytest.raises(JobNotFound) as caught:
+            await pool.add(noop.options(after=[a, 999_999]))
+        assert caught.value.job_id == 999_999
+        page = await rt.jobs()
+        assert [j.id for j in page.jobs] == [a]  # nothing of the refused add was stored
+
+
+def test_bad_dependency_options_are_refused_naming_the_field(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    @rt.task
+    async def noop() -> None: ...
+
+    for value in ([], "1", [0], [1.5], [True], {"a": 1}):
+        with pytest.raises(InvalidOption) as caught:
+            noop.options(after=value)
+        assert caught.value.field == "after", value
+    with pytest.raises(InvalidOption) as caught:
+        noop.options(after=[1], on_parent_failure="ignore")
+    assert caught.value.field == "on_parent_failure"
+    assert noop.options(after=7).opts.after == (7,)
+    assert noop.options(after=[3, 1, 3]).opts.after == (3, 1)
+
+
+async def test_a_blocked_job_can_be_cancelled_but_not_run_now(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    gate = Gate()
+
+    @rt.task
+    async def slow() -> None:
+        await gate.open.wait()
+
+    @rt.task
+    async def noop() -> None: ...
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(slow)
+        b = await pool.add(noop.options(after=[a]))
+        with pytest.raises(InvalidTransition):
+            await rt.run_now(b)
+        assert (await rt.get(b)).waiting_reason == "blocked"
+        assert (await rt.cancel(b)).status is JobStatus.CANCELLED
+        gate.open.set()
+        assert (await rt.wait(a, timeout=10)).status is JobStatus.SUCCESS
+        await asyncio.sleep(0.1)
+        assert (await rt.get(b)).status is JobStatus.CANCELLED
+
+
+# -- chains and groups -----------------------------------------------------------------
+
+
+async def test_a_chain_passes_each_result_to_the_next(target: tuple[str, dict[str, Any]]) -> None:
+    rt = runtime(target)
+
+    @rt.task
+    async def fetch(url: str) -> str:
+        return f"<{url}>"
+
+    @rt.task
+    async def parse(html: str) -> dict[str, Any]:
+        return {"html": html, "size": len(html)}
+
+    @rt.task
+    async def store(doc: dict[str, Any], bucket: str) -> str:
+        return f"{bucket}/{doc['size']}"
+
+    async with rt:
+        flow = await rt.chain(fetch.s("x.org"), parse.s(), store.s(bucket="b"))
+        assert len(flow.jobs) == 3 and flow.id == flow.jobs[0]
+        last = await rt.wait(flow.jobs[-1], timeout=10)
+        assert (last.status, last.result) == (JobStatus.SUCCESS, "b/7")
+        assert last.args == ({"html": "<x.org>", "size": 7},)
+        info = await rt.workflow(flow.id)
+        assert info.status is JobStatus.SUCCESS and info.progress == 1.0
+        assert [j.id for j in info.jobs] == list(flow.jobs)
+        assert all(j.workflow == flow.id for j in info.jobs)
+        assert sorted(info.edges) == [(flow.jobs[1], flow.jobs[0]), (flow.jobs[2], flow.jobs[1])]
+
+
+async def test_a_group_callback_gets_every_result_in_order(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+
+    @rt.task
+    async def square(n: int) -> int:
+        await asyncio.sleep(0.001 * (n % 3))  # members end out of order
+        return n * n
+
+    @rt.task
+    async def total(results: list[int], title: str) -> dict[str, Any]:
+        return {"title": title, "sum": sum(results), "first": results[:3]}
+
+    async with rt:
+        rt.pool("default").set_concurrency(8)
+        flow = await rt.group([square.s(n).options(priority=n % 2) for n in range(1000)]).then(
+            total.s(title="squares")
+        )
+        assert len(flow.jobs) == 1001
+        done = await rt.wait(flow.jobs[-1], timeout=60)
+        assert done.status is JobStatus.SUCCESS
+        assert done.result == {
+            "title": "squares",
+            "sum": sum(n * n for n in range(1000)),
+            "first": [0, 1, 4],
+        }
+        info = await rt.workflow(flow.id)
+        assert info.status is JobStatus.SUCCESS
+        assert info.counts == {"SUCCESS": 1001}
+        assert len(info.edges) == 1000
+
+
+async def test_a_group_without_callback_and_a_failing_member(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+
+    @rt.task
+    async def maybe(n: int) -> int:
+        if n == 2:
+            raise ValueError("two")
+        return n
+
+    @rt.task
+    async def after_all(results: list[int]) -> None: ...
+
+    async with rt:
+        plain = await rt.group([maybe.s(1), maybe.s(3)])
+        for job_id in plain.jobs:
+            await rt.wait(job_id, timeout=10)
+        assert (await rt.workflow(plain.id)).status is JobStatus.SUCCESS
+        flow = await rt.group([maybe.s(1), maybe.s(2)]).then(after_all.s())
+        callback = await rt.wait(flow.jobs[-1], timeout=10)
+        assert (callback.status, callback.error) == (
+            JobStatus.CANCELLED,
+            f"parent job {flow.jobs[1]} failed",
+        )
+        info = await rt.workflow(flow.id)
+        assert info.status is JobStatus.FAILURE
+        assert info.counts == {"SUCCESS": 1, "FAILURE": 1, "CANCELLED": 1}
+
+
+async def test_cancel_a_whole_workflow(target: tuple[str, dict[str, Any]]) -> None:
+    rt = runtime(target)
+    gate = Gate()
+
+    @rt.task
+    async def slow(job: JobContext) -> None:
+        gate.started.append(job.id)
+        await gate.open.wait()
+
+    async with rt:
+        flow = await rt.chain(slow.s(), slow.s(), slow.s())
+        while not gate.started:
+            await asyncio.sleep(0.01)
+        info = await rt.cancel_workflow(flow.id)
+        for job_id in flow.jobs:
+            await rt.wait(job_id, timeout=10)
+        info = await rt.workflow(flow.id)
+        assert info.status is JobStatus.CANCELLED
+        assert info.counts == {"CANCELLED": 3}
+        assert gate.started == [flow.id]  # the others never started
+
+
+async def test_a_bad_workflow_is_refused_whole(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    @rt.task
+    async def one(n: int) -> int:
+        return n
+
+    async with rt:
+        with pytest.raises(InvalidOption):
+            await rt.chain()
+        with pytest.raises(InvalidOption):
+            await rt.group(one.s(1))  # type: ignore[arg-type]
+        with pytest.raises(InvalidOption):
+            await rt.chain(one.s(1), "one")  # type: ignore[arg-type]
+        with pytest.raises(JobNotFound):
+            await rt.chain(one.s(1), one.s().options(after=[12345]))
+        assert (await rt.jobs()).jobs == []
+        with pytest.raises(JobNotFound):
+            await rt.workflow(1)
+
+
+# -- following one -------------------------------------------------------------------
+
+
+async def test_subscribe_to_a_workflow(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    gate = Gate()
+
+    @rt.task
+    async def step(job: JobContext, n: int = 0) -> int:
+        await gate.open.wait()
+        await job.progress(1, 2, "half")
+        return n + 1
+
+    async with rt:
+        flow = await rt.chain(step.s(0), step.s())
+        events: list[Event] = []
+
+        async def follow() -> None:
+            async for event in rt.subscribe_workflow(flow.id):
+                events.append(event)
+
+        follower = asyncio.create_task(follow())
+        while not events:
+            await asyncio.sleep(0.01)
+        gate.open.set()
+        await asyncio.wait_for(follower, 10)
+        first = events[0]
+        assert first.type is EventType.SNAPSHOT
+        assert [j["id"] for j in first.data["workflow"]["jobs"]] == list(flow.jobs)
+        kinds = [(e.job_id, e.type) for e in events[1:] if e.type is not EventType.PROGRESS]
+        assert (flow.jobs[0], EventType.SUCCESS) in kinds
+        assert kinds[-1] == (flow.jobs[1], EventType.SUCCESS)
+        assert (await rt.get(flow.jobs[1])).result == 2
+
+
+# -- restarts and retention --------------------------------------------------------------
+
+
+async def test_a_chain_resumes_after_a_crash_between_a_parent_and_its_release(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """The parent's end is committed, the settle that would release its dependent never
+    runs (the process died in between): the next start's sweep releases it."""
+    ran: list[str] = []
+
+    def build() -> tuple[Runtime, Any, Any]:
+        rt = runtime(target)
+
+        @rt.task
+        async def one() -> str:
+            ran.append("one")
+            return "1"
+
+        @rt.task
+        async def two(x: str) -> str:
+            ran.append("two")
+            return x + "2"
+
+        return rt, one, two
+
+    rt, one, two = build()
+    async with rt:
+        rt.workflows.ended = lambda job_id: None  # type: ignore[method-assign]
+        rt.workflows.dependents = lambda child, parents: None  # type: ignore[method-assign]
+        await rt.workflows.stop()  # no sweep either: as if it died
+        flow = await rt.chain(one.s(), two.s())
+        assert (await rt.wait(flow.jobs[0], timeout=10)).status is JobStatus.SUCCESS
+        await asyncio.sleep(0.1)
+        assert (await rt.get(flow.jobs[1])).waiting_reason == "blocked"
+    rt, _, _ = build()
+    async with rt:
+        done = await rt.wait(flow.jobs[1], timeout=10)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, "12")
+    assert ran == ["one", "two"]
+
+
+async def test_a_group_resumes_after_a_restart(target: tuple[str, dict[str, Any]]) -> None:
+    def build() -> tuple[Runtime, Any, Any]:
+        rt = runtime(target)
+
+        @rt.task(pool="members")
+        async def member(n: int) -> int:
+            return n * 10
+
+        @rt.task
+        async def collect(results: list[int]) -> list[int]:
+            return results
+
+        return rt, member, collect
+
+    rt, member, collect = build()
+    async with rt:
+        members = rt.pool("members", concurrency=1)
+        members.pause()
+        flow = await rt.group([member.s(n) for n in range(4)]).then(collect.s())
+        assert (await rt.get(flow.jobs[-1])).waiting_reason == "blocked"
+    rt, _, _ = build()
+    async with rt:
+        done = await rt.wait(flow.jobs[-1], timeout=20)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, [0, 10, 20, 30])
+
+
+async def test_retention_keeps_a_parent_a_blocked_job_waits_for(tmp_path: Path) -> None:
+    path = str(tmp_path / "app.db")
+    rt = Runtime(path)
+    gate = Gate()
+
+    @rt.task
+    async def quick() -> int:
+        return 1
+
+    @rt.task
+    async def slow() -> int:
+        await gate.open.wait()
+        return 2
+
+    @rt.task
+    async def both() -> None: ...
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(quick)
+        b = await pool.add(slow)
+        c = await pool.add(both.options(after=[a, b]))
+        assert (await rt.wait(a, timeout=10)).status is JobStatus.SUCCESS
+        await rt.workflows.settle([a])
+        # a finished, but c waits for it: neither cleanup nor purge deletes it.
+        assert await rt.store.cleanup(1e12, [JobStatus.SUCCESS]) == 0
+        assert await rt.store.purge([a]) == 0
+        gate.open.set()
+        assert (await rt.wait(c, timeout=10)).status is JobStatus.SUCCESS
+        assert await rt.store.purge([a, b, c]) == 3
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM job_deps").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM job_waits").fetchone()[0] == 0
+
+
+async def test_blocked_jobs_beyond_a_small_window(tmp_path: Path) -> None:
+    """With 5 waiting jobs a pool in memory, 40 dependents (most only in the store)
+    are each released when their parent ends, in order of their parents."""
+    rt = Runtime(str(tmp_path / "app.db"), window=5)
+    done: list[int] = []
+
+    @rt.task
+    async def parent(n: int) -> int:
+        return n
+
+    @rt.task
+    async def child(n: int, tag: str) -> None:
+        done.append(n)
+
+    async with rt:
+        pool = rt.pool("default", concurrency=1)
+        pool.pause()
+        parents = [await pool.add(parent, n) for n in range(40)]
+        children = [await pool.add(child.options(after=[p]), n, "c") for n, p in enumerate(parents)]
+        pool.resume()
+        for job_id in children:
+            assert (await rt.wait(job_id, timeout=20)).status is JobStatus.SUCCESS
+        assert sorted(done) == list(range(40))
