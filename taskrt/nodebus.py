@@ -74,6 +74,8 @@ class NodeBus(Broker):
         self._out: list[Event] = []
         self._progress: dict[int, int] = {}  # job id -> its progress event in _out
         self._flushing = False
+        # Told of the other nodes' ``added`` events (taskrt.workflows note 3).
+        self.on_added: Callable[[Event], None] | None = None
         # How each of this node's notifications starts (and how it knows its own).
         self._head = f'{{"n":{json.dumps(node)},"e":['
 
@@ -141,7 +143,10 @@ class NodeBus(Broker):
                 if raw[-1] is None:
                     asyncio.get_running_loop().create_task(self._pointer(raw))
                     continue
-                super().publish(decode_event(raw))
+                event = decode_event(raw)
+                super().publish(event)
+                if event.type is EventType.ADDED and self.on_added is not None:
+                    self.on_added(event)
             except (ValueError, TypeError) as exc:
                 log.warning("node %s: an event it cannot read: %s", self.node, exc)
 

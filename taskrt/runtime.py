@@ -385,6 +385,10 @@ class Runtime:
             nodes=mode == "nodes",
         )
         self.transitions.on_end = self.workflows.ended
+        if isinstance(self.broker, NodeBus):
+            self.broker.on_added = self.workflows.heard
+            assert self._pg is not None
+            self._pg.on_parent = self.workflows.parent
         # Rate limits of tasks and locks held, where this process runs the jobs.
         self.gates = Gates(self.clock, self._tasks, self.transitions.mark)
         # Waiting jobs whose deadline passed end (taskrt.deadlines): where jobs run.

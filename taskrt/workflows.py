@@ -108,6 +108,26 @@ class Workflows:
             self._due.update(due)
             self._wake.set()
 
+    def parent(self, job_id: int) -> None:
+        """A job that some blocked job waits for was claimed here (a node)."""
+        self.parents.add(job_id)
+
+    def heard(self, event: Event) -> None:
+        """Another node added a job: those of its parents that run here are settled
+        when they end here (a node, note 3)."""
+        after = event.data.get("after")
+        if not after:
+            return
+        for job_id in after:
+            state = self.live.states.get(job_id)
+            if state is None:
+                continue
+            if state.status in TERMINAL:
+                self._due.add(job_id)
+                self._wake.set()
+            else:
+                self.parents.add(job_id)
+
     def ended(self, job_id: int) -> None:
         """A job's terminal write was queued here: settle it once committed."""
         if job_id in self.parents:

@@ -495,3 +495,57 @@ async def test_blocked_jobs_beyond_a_small_window(tmp_path: Path) -> None:
         for job_id in children:
             assert (await rt.wait(job_id, timeout=20)).status is JobStatus.SUCCESS
         assert sorted(done) == list(range(40))
+
+
+# -- across nodes --------------------------------------------------------------------------
+
+
+async def test_a_parent_that_ends_on_another_node_releases_its_dependent_at_once(
+    tmp_path: Path,
+) -> None:
+    """Two nodes; the parent's task is registered on one, the dependent's on the other.
+    With the sweep out of the way, the node that runs the parent learns of the
+    dependent from its claim (added before) or from the other node's ``added`` event
+    (added while the parent runs), and releases it when the parent ends."""
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    gate = Gate()
+    starts: dict[int, float] = {}
+    runs_parent = Runtime(url, mode="nodes")
+    runs_child = Runtime(url, mode="nodes")
+
+    @runs_parent.task(pool="p")
+    async def parent(job: JobContext, hold: bool) -> int:
+        if hold:
+            gate.started.append(job.id)
+            await gate.open.wait()
+        return 1
+
+    @runs_child.task(pool="c")
+    async def child(job: JobContext) -> None:
+        starts[job.id] = asyncio.get_running_loop().time()
+
+    # the child's node adds both, so it must know the parent's task by name
+    runs_child.task(pool="p", name="parent")(parent.spec.handler)
+    runs_child.pool("p").pause()  # ...but never runs it
+
+    async with runs_parent, runs_child:
+        for rt in (runs_parent, runs_child):
+            rt.workflows.sweep_interval = 60.0
+        pool_c = runs_child.pool("c")
+        pool_p = runs_child.pool("p")
+        # 1. the dependent exists before the parent is claimed
+        a = await pool_p.add("parent", False)
+        b = await pool_c.add(child.options(after=[a]))
+        info = await runs_child.wait(b, timeout=10)
+        assert info.status is JobStatus.SUCCESS
+        # 2. the dependent is added while the parent runs on the other node
+        c = await pool_p.add("parent", True)
+        while not gate.started:
+            await asyncio.sleep(0.01)
+        d = await pool_c.add(child.options(after=[c]))
+        await asyncio.sleep(0.2)  # the "added" event crosses to the parent's node
+        gate.open.set()
+        started = asyncio.get_running_loop().time()
+        info = await runs_child.wait(d, timeout=10)
+        assert info.status is JobStatus.SUCCESS
+        assert starts[d] - started < 2.0  # not the sweep (60 s)

@@ -781,7 +781,10 @@ SQL_CLAIM_JOBS = (
     "unnest(ARRAY['RUNNING', 'WAITING']) AS s(status) WHERE d.n > 0 ORDER BY 2 "
     "ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + excluded.n "
     "RETURNING status, n) "
-    f"SELECT {_CLAIM_COLUMNS}, (SELECT n FROM k WHERE status = 'WAITING'), "
+    # Whether a blocked job waits for it (taskrt.workflows note 3), then the counts.
+    f"SELECT {_CLAIM_COLUMNS}, EXISTS (SELECT 1 FROM job_deps dd JOIN job_waits ww "
+    "ON ww.child = dd.child WHERE dd.parent = g.id), "
+    "(SELECT n FROM k WHERE status = 'WAITING'), "
     "(SELECT n FROM k WHERE status = 'RUNNING') FROM g "
     "ORDER BY g.priority DESC, g.run_at, g.id"
 )

@@ -187,6 +187,8 @@ class PgStore(QueuedWrites, SharedReads):
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.TimerHandle | None = None
         self.node: str | None = None  # the node this process writes as (note 7)
+        # Told of each job a claim starts that a blocked job waits for (taskrt.workflows).
+        self.on_parent: Callable[[int], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -652,6 +654,11 @@ class PgStore(QueuedWrites, SharedReads):
                     (pool, JobStatus.RUNNING.value, last[-1]),
                 ]
             )
+        on_parent = self.on_parent
+        if on_parent is not None:
+            for r in rows:
+                if r[-3]:
+                    on_parent(int(r[0]))
         return [row_to_job(r) for r in rows]
 
     async def draw_tokens(
