@@ -7,7 +7,7 @@ as it happens. See README.md for a tour.
 
 from .clock import Clock, FakeClock, SystemClock
 from .context import JobContext
-from .definitions import Hooks, Signature, Task, TaskCall, TaskSpec
+from .definitions import Batch, Hooks, Signature, Task, TaskCall, TaskSpec
 from .errors import (
     DuplicateJob,
     DuplicateJobId,
@@ -66,6 +66,7 @@ __all__ = [
     "TERMINAL",
     "AttemptInfo",
     "AttemptOutcome",
+    "Batch",
     "Clock",
     "CronError",
     "DuplicateJob",

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from . import store as sql
 from .context import JobState
 from .definitions import Options, Signature, Task, TaskCall, TaskRef, TaskSpec
-from .errors import DuplicateJob, InvalidOption, OwnerUnreachable, QueueFull, TaskNotFound
+from .errors import (
+    DuplicateJob,
+    InvalidOption,
+    OwnerUnreachable,
+    QueueFull,
+    TaskNotFound,
+    ValidationError,
+)
 from .limits import check_text, check_time, encode
 from .models import BLOCKED_AT, Event, EventType, JobStatus
 from .retry import parse_retry
@@ -64,6 +71,7 @@ class Adding:
         instrumentation: Callable[[], Instrumentation | None],
         require_started: Callable[[str], None],
         dependents: Callable[[int, tuple[int, ...]], None],
+        batching: Callable[[str, str, float, int], None],
     ) -> None:
         self.store = store
         self.broker = broker
@@ -83,6 +91,8 @@ class Adding:
         self.require_started = require_started
         # Told of each committed job that waits for parents (taskrt.workflows).
         self.dependents = dependents
+        # Told of each committed job of a batched task (taskrt.batches).
+        self.batching = batching
 
     def resolve_parts(self, task: TaskRef) -> tuple[TaskSpec, Options]:
         """The registered ``TaskSpec`` and per-call ``Options`` of a task reference."""
@@ -196,8 +206,15 @@ class Adding:
         what = f"the arguments of task {spec.name!r}"
         after = opts.after or ()
         on_parent_failure = opts.on_parent_failure or "cancel"
+        batch_key = _batch_key(spec, opts)
         for args, kwargs in calls:
-            if not takes_input:
+            if batch_key is not None:
+                if len(args) != 1 or kwargs:
+                    raise ValidationError(
+                        spec.name, "a job of a batched task takes one argument: its item"
+                    )
+                spec.validate(([args[0]],), {})  # the handler gets the list of items
+            elif not takes_input:
                 spec.validate(args, kwargs)
             elif spec.validator is None:
                 spec.validate((None, *args), kwargs)  # the input comes first (a placeholder)
@@ -231,6 +248,8 @@ class Adding:
                     after,
                     None,
                     on_parent_failure,
+                    None,
+                    batch_key,
                 )
             )
         # In memory as a read from disk will give it (tuples are lists, keys strings).
@@ -262,7 +281,7 @@ class Adding:
                 deadline=opts.deadline,
                 lock=opts.lock,
             )
-            if job.after or job.workflow is not None:
+            if job.after or job.workflow is not None or job.batch_key is not None:
                 _link(state, job)
             return state
 
@@ -361,7 +380,7 @@ class Adding:
                 deadline=job.deadline,
                 lock=job.lock_key,
             )
-            if job.after or job.workflow is not None:
+            if job.after or job.workflow is not None or job.batch_key is not None:
                 _link(state, job)
             return state
 
@@ -427,8 +446,8 @@ class Adding:
         info = state
         self.counters.added[info.task] += 1
         owning = self.owning()
-        if state.parents:
-            self._accept_blocked(state)
+        if state.parents or state.batch_key is not None:
+            self._accept_held(state)
             return
         if owning:
             self.live.states[info.id] = state
@@ -454,8 +473,13 @@ class Adding:
         elif (pool := self.pools.get(info.pool)) is not None:
             pool.poke()  # where every node claims (taskrt.claims): look now
 
-    def _accept_blocked(self, state: JobState) -> None:
-        self.dependents(state.id, state.parents)
+    def _accept_held(self, state: JobState) -> None:
+        """A job the store holds until its parents end or its batch forms."""
+        if state.parents:
+            self.dependents(state.id, state.parents)
+        else:
+            assert state.batch_key is not None
+            self.batching(state.task, state.batch_key, state.created_at, state.id)
         if self.broker.wants(state.id):
             self.broker.publish(
                 Event(
@@ -471,6 +495,7 @@ class Adding:
                         "priority": state.priority,
                         "after": list(state.parents),
                         "workflow": state.workflow,
+                        "batch_key": state.batch_key,
                     },
                 )
             )
@@ -535,10 +560,27 @@ class FlowStep:
 
 
 def _link(state: JobState, job: NewJob) -> None:
-    """A job with parents is stored blocked (``taskrt.store.deps``): so is its state."""
+    """A job with parents is stored blocked, one of a batched task ``batching``
+    (``taskrt.store.deps``): so is its state."""
     if job.after:
         state.run_at = BLOCKED_AT
         state.waiting_reason = "blocked"
+    elif job.batch_key is not None:
+        state.run_at = BLOCKED_AT
+        state.waiting_reason = "batching"
+        state.batch_key = job.batch_key
+
+
+def _batch_key(spec: TaskSpec, opts: Options) -> str | None:
+    """The batch a job of ``spec`` joins: its ``batch_key`` (``""`` when not given),
+    or None for a task that is not batched."""
+    if spec.batch is None:
+        if opts.batch_key is not None:
+            raise InvalidOption("batch_key", f"task {spec.name!r} is not batched")
+        return None
+    if opts.after:
+        raise InvalidOption("after", "a job of a batched task cannot wait for other jobs")
+    return opts.batch_key if opts.batch_key is not None else ""
 
 
 def _conflict(job: NewJob, existing: int) -> int:

@@ -90,6 +90,8 @@ class JobState:
     waiting_reason: str | None
     node: str | None
     workflow: int | None
+    batch_key: str | None
+    batch: int | None
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
         for name in _FIELDS:
@@ -162,6 +164,8 @@ class JobState:
         state.waiting_reason = None
         state.node = None
         state.workflow = None
+        state.batch_key = None
+        state.batch = None
         state.snapshot = None
         state.spec = spec
         state.retry = retry

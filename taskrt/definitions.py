@@ -65,6 +65,47 @@ class Hooks:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """How a batched task gathers its jobs (``@rt.task(batch=Batch(...))``): a batch
+    runs once ``max_size`` jobs of one ``batch_key`` wait, or once the oldest has
+    waited ``max_wait`` seconds; one handler call receives every member's item."""
+
+    max_size: int = 100
+    max_wait: float = 5.0
+
+    def __post_init__(self) -> None:
+        size = self.max_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH:
+            raise InvalidOption(
+                "batch.max_size", f"expected an integer from 1 to {MAX_BATCH}, found {shown(size)}"
+            )
+        wait = parse_duration(self.max_wait, field="batch.max_wait")
+        if wait <= 0:
+            raise InvalidOption("batch.max_wait", "expected a positive duration")
+        object.__setattr__(self, "max_wait", wait)
+
+
+MAX_BATCH = 10_000
+"""The most jobs one batch holds."""
+
+
+def parse_batch(value: Any, *, source: str | None = None) -> Batch | None:
+    """A task's ``batch`` option: a ``Batch``, a mapping of its fields, or None."""
+    if value is None or isinstance(value, Batch):
+        return value
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"max_size", "max_wait"})
+        if unknown:
+            raise InvalidOption(
+                f"batch.{unknown[0]}", "unknown; expected max_size or max_wait", source=source
+            )
+        return Batch(**value)
+    raise InvalidOption(
+        "batch", f"expected a Batch or {{max_size, max_wait}}, found {shown(value)}", source=source
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """Everything the runtime needs to know about one task."""
 
@@ -90,6 +131,8 @@ class TaskSpec:
     cron_tz: str = "UTC"
     # At most this many of its jobs start per unit of time (``"100/m"``; taskrt.rates).
     rate: Rate | None = None
+    # Its jobs gather into batches, one handler call each (``taskrt.batches``).
+    batch: Batch | None = None
 
     @property
     def is_async(self) -> bool:
@@ -166,6 +209,8 @@ class Options:
     # The jobs it waits for (``taskrt.workflows``), and what it does if one fails.
     after: tuple[int, ...] | None = None
     on_parent_failure: Literal["cancel", "run"] | None = None
+    # The batch a job of a batched task joins (``taskrt.batches``).
+    batch_key: str | None = None
 
 
 def checked_options(overrides: dict[str, Any]) -> Options:
@@ -196,6 +241,7 @@ def make_options(
     lock: Any = None,
     after: Any = None,
     on_parent_failure: Any = None,
+    batch_key: Any = None,
 ) -> Options:
     """Validated ``Options``; every bad value raises ``InvalidOption`` naming the field."""
 
@@ -240,6 +286,10 @@ def make_options(
         raise InvalidOption(
             "on_parent_failure", f"expected 'cancel' or 'run', found {shown(on_parent_failure)}"
         )
+    if batch_key is not None:
+        if not isinstance(batch_key, str):
+            raise InvalidOption("batch_key", f"expected a string, found {shown(batch_key)}")
+        check_text(batch_key, "batch_key", max_bytes=DEFAULT_LIMITS.max_key_bytes)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
     if job_id is not None and (
@@ -262,6 +312,7 @@ def make_options(
         lock=lock,
         after=after,
         on_parent_failure=on_parent_failure,
+        batch_key=batch_key,
     )
 
 
@@ -389,6 +440,7 @@ def make_spec(
     description: str | None = None,
     source: str | None = None,
     rate: Any = None,
+    batch: Any = None,
     **extra: Any,
 ) -> TaskSpec:
     """A validated ``TaskSpec`` from decorator-style arguments."""
@@ -438,6 +490,7 @@ def make_spec(
         description=description if description is not None else (inspect.getdoc(handler) or ""),
         source=source,
         rate=parse_rate(rate, source=source),
+        batch=parse_batch(batch, source=source),
         **extra,
     )
 

@@ -76,7 +76,15 @@ STATUS_EVENT: dict[JobStatus, EventType] = {
 }
 
 
-WAITING_REASONS = ("scheduled", "paused", "rate_limited", "locked", "blocked")
+WAITING_REASONS = (
+    "scheduled",
+    "paused",
+    "rate_limited",
+    "locked",
+    "blocked",
+    "batching",
+    "batched",
+)
 
 BLOCKED_AT = 253402300799.0
 """The ``run_at`` a job waiting for its parents (``blocked``) is stored with: the last
@@ -86,7 +94,8 @@ release it (``taskrt.workflows`` note 1)."""
 ON_PARENT_FAILURE = ("cancel", "run")
 """What a dependent job does when a parent ends in FAILURE or CANCELLED."""
 """Why a WAITING job waits, named once (``JobInfo.waiting_reason``): a ``run_at`` to
-come, its pool paused, a rate limit, a lock another job holds, a dependency."""
+come, its pool paused, a rate limit, a lock another job holds, a dependency, its
+batch filling up, its batch running (in another job: ``JobInfo.batch``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +142,10 @@ class JobInfo:
     node: str | None = None
     # The workflow it belongs to (``rt.chain``, ``rt.group``): the id of its first job.
     workflow: int | None = None
+    # Batched handlers (``@rt.task(batch=Batch(...))``): the key its batch gathers by,
+    # and the job that runs its batch (its first member) once the batch formed.
+    batch_key: str | None = None
+    batch: int | None = None
 
     @property
     def terminal(self) -> bool:

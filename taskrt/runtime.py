@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from .adding import Adding, FlowStep
 from .adoption import Adoption
 from .background import Background, JobLogAdapter, job_logger
+from .batches import Batcher
 from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
 from .clock import Clock, SystemClock
 from .context import DONE, JobState
@@ -343,6 +344,7 @@ class Runtime:
             instrumentation=lambda: self.instrumentation,
             require_started=self.require_started,
             dependents=lambda child, parents: self.workflows.dependents(child, parents),
+            batching=lambda task, key, at, job_id: self.batches.added(task, key, at, job_id),
         )
         # Jobs found in the database: after a crash, and those other processes add.
         self.adoption = Adoption(
@@ -385,8 +387,16 @@ class Runtime:
             nodes=mode == "nodes",
         )
         self.transitions.on_end = self.workflows.ended
+        # Batched handlers' batches, formed where jobs run (taskrt.batches).
+        self.batches = Batcher(
+            store=self.store,
+            clock=self.clock,
+            tasks=self._tasks,
+            workflows=self.workflows,
+            poll=1.0 if mode == "nodes" else 5.0,
+        )
         if isinstance(self.broker, NodeBus):
-            self.broker.on_added = self.workflows.heard
+            self.broker.on_added = self._heard
             assert self._pg is not None
             self._pg.on_parent = self.workflows.parent
         # Rate limits of tasks and locks held, where this process runs the jobs.
@@ -675,6 +685,7 @@ class Runtime:
                 self._set_workers(True)
                 self.deadlines.start()
                 self.workflows.start()
+                self.batches.start()
         elif owning:
             await self._serve_as_owner()
         else:
@@ -705,6 +716,11 @@ class Runtime:
         if on:
             for pool in list(self._pools.values()):
                 pool.poke()
+
+    def _heard(self, event: Event) -> None:
+        """Another node added a job (taskrt.nodebus): its parents, its batch."""
+        self.workflows.heard(event)
+        self.batches.heard(event)
 
     async def _end_past_deadline(self, job_id: int) -> None:
         """A waiting job whose deadline passed ends (``taskrt.deadlines`` note 3)."""
@@ -743,6 +759,7 @@ class Runtime:
         self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
         self.deadlines.start()
         self.workflows.start()
+        self.batches.start()
         # Other processes' commits for the owner wake the poll (PostgreSQL: NOTIFY).
         await self.store.listen(self.adoption.wake)
         for pool in self._pools.values():
@@ -840,6 +857,7 @@ class Runtime:
         await self.store.unlisten()
         await self.deadlines.stop()
         await self.workflows.stop()
+        await self.batches.stop()
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1097,8 +1115,8 @@ class Runtime:
         ``scheduled`` (a run_at to come) and ``paused`` told now, the others as found."""
         if info.status is not JobStatus.WAITING:
             reason = None
-        elif info.waiting_reason == "blocked":
-            return info  # its parents release it (taskrt.workflows)
+        elif info.waiting_reason in ("blocked", "batching", "batched"):
+            return info  # its parents release it, or its batch (taskrt.workflows, batches)
         elif info.run_at > self.clock.now():
             reason = "scheduled"
         elif (pool := self._pools.get(info.pool)) is not None and pool.paused:
@@ -1457,8 +1475,12 @@ class Runtime:
         if state is not None:
             if state.status is not JobStatus.WAITING:
                 raise InvalidTransition(job_id, state.status.value, "run now")
-            if state.waiting_reason == "blocked":
-                raise InvalidTransition(job_id, "WAITING", "run now (it waits for its parents)")
+            if state.waiting_reason == "batching" and state.batch_key is not None:
+                self.batches.form_now(state.task, state.batch_key)  # its batch, now
+                return state.info()
+            if state.waiting_reason in ("blocked", "batched"):
+                why = "its parents" if state.waiting_reason == "blocked" else "its batch"
+                raise InvalidTransition(job_id, "WAITING", f"run now (it waits for {why})")
             pool = self.pool(state.pool)
             if state.run_at > now:
                 pool.remove(state)

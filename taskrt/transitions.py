@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .limits import Limits
     from .pool import Pool
     from .store import JobStore
+    from .store.protocol import CancelledChild
 
 log = logging.getLogger("taskrt")
 
@@ -505,24 +506,31 @@ class Transitions:
             # Reads come from memory until the terminal write is committed (note 2).
             self.live.forget_when_written(state, fut)
 
-    def cancelled_in_store(
-        self, job_id: int, task: str, pool: str, seq: int, at: float, error: str
-    ) -> None:
-        """A job the store cancelled (a parent failed: ``taskrt.workflows``): counted,
-        and its event published with the sequence the store wrote."""
-        self.counters.finished[task, JobStatus.CANCELLED] += 1
-        self._count(at, pool, task, _OUTCOME[JobStatus.CANCELLED], None)
-        if self.broker.wants(job_id):
+    def ended_in_store(self, ended: CancelledChild) -> None:
+        """A job the store ended (``taskrt.workflows``: a dependent cancelled, a member
+        of a batch that ended): counted, and its event published with the sequence
+        the store wrote."""
+        status = JobStatus(ended.status)
+        task, pool = ended.task, ended.pool
+        self.counters.finished[task, status] += 1
+        self._count(ended.finished_at, pool, task, _OUTCOME[status], None)
+        if self.broker.wants(ended.job_id):
+            if status is JobStatus.SUCCESS:
+                data: dict[str, Any] = {
+                    "result": None if ended.result is None else json.loads(ended.result)
+                }
+            else:
+                data = {"error": ended.error}
             self.broker.publish(
                 Event(
-                    job_id,
-                    seq,
-                    EventType.CANCELLED,
+                    ended.job_id,
+                    ended.seq,
+                    STATUS_EVENT[status],
                     task,
                     pool,
-                    JobStatus.CANCELLED,
-                    at,
-                    {"error": error},
+                    status,
+                    ended.finished_at,
+                    data,
                 )
             )
 

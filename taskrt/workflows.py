@@ -181,7 +181,7 @@ class Workflows:
             settled = await self.store.settle_deps(parents, self.clock.now())
             for child, pool in settled.released:
                 self.released += 1
-                await self._release(child, pool)
+                await self.release(child, pool)
             if not settled.cancelled:
                 return
             cascade = []
@@ -192,7 +192,8 @@ class Workflows:
             self.parents.difference_update(cascade)
             parents = cascade
 
-    async def _release(self, job_id: int, pool_name: str) -> None:
+    async def release(self, job_id: int, pool_name: str) -> None:
+        """A job the store made due (released, or a batch's leader): to its pool."""
         pool = self.pools.get(pool_name)
         if self.nodes:
             if pool is not None:
@@ -214,9 +215,7 @@ class Workflows:
             if pool is not None:
                 pool.remove(held)
             self.adoption.shelve(held)
-        self.transitions.cancelled_in_store(
-            child.job_id, child.task, child.pool, child.seq, child.finished_at, child.error
-        )
+        self.transitions.ended_in_store(child)
 
 
 # -- building workflows (pure) ----------------------------------------------------------

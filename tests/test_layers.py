@@ -118,6 +118,7 @@ LAYERS: dict[str, int] = {
     "processes": 2,  # worker processes of a pool (processes=True)
     "nodes": 2,
     "workflows": 2,  # jobs that wait for jobs, chains, groups
+    "batches": 2,  # batched handlers
     "stream": 2,
     "ownership": 2,
     # services

@@ -224,6 +224,7 @@ async def test_retention_prunes_on_one_node_at_a_time(url: str) -> None:
         ids = [await x.pool("p").add("b") for _ in range(6)]
         for i in ids:
             await x.wait(i, timeout=10)
+        await x.store.flush()  # the events come before the ends are committed
         await sql(url, "UPDATE jobs SET finished_at = finished_at - 30 * 86400")
         async with x.store.alone("retention") as alone:
             assert alone

@@ -90,7 +90,7 @@ def plan(
                     job.metadata_json,
                     job.unique_key,
                     job.created_at,
-                    BLOCKED_AT if job.after else job.run_at,
+                    BLOCKED_AT if job.after or job.batch_key is not None else job.run_at,
                     job.timeout,
                     job.retry_json,
                     1 if job.external else 0,

@@ -39,7 +39,7 @@ SQL_WAIT_COUNT = (
     "inputs, run_at"
 )
 SQL_WAIT_DONE = "DELETE FROM job_waits WHERE child = ?"
-_BLOCKED = "id = ? AND status = 'WAITING' AND waiting_reason = 'blocked'"
+_BLOCKED = "id = ? AND status = 'WAITING' AND waiting_reason IN ('blocked', 'batched')"
 # (finished_at, error, id)
 SQL_CANCEL_CHILD = (
     "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, error = ?, seq = seq + 1, "
@@ -54,6 +54,33 @@ SQL_ARGS_OF = f"SELECT args FROM jobs WHERE {_BLOCKED}"
 SQL_RELEASE = (
     f"UPDATE jobs SET args = ?, run_at = ?, waiting_reason = NULL WHERE {_BLOCKED} RETURNING pool"
 )
+# A batch's member ends as its leader ended: (status, result, error, attempts,
+# started_at, finished_at, id).
+SQL_LEADER_END = (
+    "SELECT p.status, p.result, p.error, p.attempts, p.started_at, p.finished_at "
+    "FROM job_deps d JOIN jobs p ON p.id = d.parent WHERE d.child = ? ORDER BY d.position"
+)
+SQL_FOLLOW_END = (
+    "UPDATE jobs SET status = ?, result = ?, error = ?, attempts = ?, started_at = ?, "
+    f"finished_at = ?, seq = seq + 1, waiting_reason = NULL WHERE {_BLOCKED} "
+    "RETURNING task, pool, seq"
+)
+# -- batches (taskrt.batches): (task, key, limit)
+SQL_BATCH_MEMBERS = (
+    "SELECT id, args, pool FROM jobs WHERE task = ? AND batch_key = ? "
+    "AND waiting_reason = 'batching' AND status = 'WAITING' ORDER BY id LIMIT ?"
+)
+_BATCHING = "id = ? AND status = 'WAITING' AND waiting_reason = 'batching'"
+# (args, run_at, leader, id)
+SQL_LEAD = (
+    f"UPDATE jobs SET args = ?, run_at = ?, waiting_reason = NULL, batch = ? WHERE {_BATCHING}"
+)
+SQL_FOLLOW = f"UPDATE jobs SET waiting_reason = 'batched', batch = ? WHERE {_BATCHING}"
+SQL_BATCHES_WAITING = (
+    "SELECT task, batch_key, count(*), min(created_at), max(id) FROM jobs "
+    "WHERE waiting_reason = 'batching' AND status = 'WAITING' {}GROUP BY task, batch_key"
+)  # .format("" or "AND task = ? AND batch_key = ? ")
+SQL_BATCHING = "UPDATE jobs SET waiting_reason = 'batching', batch_key = ? WHERE id = ?"
 # -- adds
 SQL_DEP = "INSERT INTO job_deps (child, position, parent, done) VALUES (?, ?, ?, 0)"
 SQL_WAIT = (
@@ -92,6 +119,7 @@ class Links:
     waits: list[tuple[int, int, str, str | None, float]] = field(default_factory=list)
     blocked: list[tuple[int | None, int]] = field(default_factory=list)  # (workflow, id)
     members: list[tuple[int, int]] = field(default_factory=list)  # (workflow, id): not blocked
+    batching: list[tuple[str, int]] = field(default_factory=list)  # (batch key, id)
 
 
 def parents_named(groups: Sequence[Sequence[NewJob]]) -> list[int]:
@@ -113,7 +141,11 @@ def links(
         made = [isinstance(r, InsertResult) and r.created for r in results[at : at + len(jobs)]]
         at += len(jobs)
         for job, job_id, new in zip(jobs, ids, made, strict=True):
-            if job_id is None or not new or (not job.after and job.workflow is None):
+            if job_id is None or not new:
+                continue
+            if job.batch_key is not None:
+                out.batching.append((job.batch_key, job_id))
+            if not job.after and job.workflow is None:
                 continue
             workflow = _resolve(job.workflow, ids)
             if not job.after:
@@ -155,7 +187,7 @@ class Decision:
     """What ``settle`` does with one dependent once its rows are counted."""
 
     child: int
-    release: bool  # True: release it; False: cancel it
+    kind: str  # "release" it, "cancel" it, or "follow" (end as its batch's leader ended)
     inputs: str | None = None
     run_at: float = 0.0
     error: str = ""
@@ -178,13 +210,31 @@ def closed_by_child(
 def decide(child: int, row: Sequence[Any], now: float) -> Decision | None:
     """A dependent's row after its count (``SQL_WAIT_COUNT``): release, cancel, or wait."""
     pending, failed, how, policy, inputs, run_at = row
+    if policy == "follow":
+        return Decision(child, "follow") if int(pending) <= 0 else None
     if failed is not None and policy != "run":
-        return Decision(child, False, error=parent_error(int(failed), str(how)))
+        return Decision(child, "cancel", error=parent_error(int(failed), str(how)))
     if int(pending) <= 0:
-        return Decision(child, True, inputs=inputs, run_at=max(float(run_at), now))
+        return Decision(child, "release", inputs=inputs, run_at=max(float(run_at), now))
     return None
 
 
 def cancelled(child: int, row: Sequence[Any], now: float, error: str) -> CancelledChild:
     task, pool, seq = row
     return CancelledChild(child, str(task), str(pool), int(seq), now, error)
+
+
+def followed(child: int, row: Sequence[Any], leader: Sequence[Any]) -> CancelledChild:
+    """A member that ended as its batch's leader (``SQL_LEADER_END``) did."""
+    task, pool, seq = row
+    status, result, error, _, _, finished_at = leader
+    return CancelledChild(
+        child, str(task), str(pool), int(seq), float(finished_at), error, str(status), result
+    )
+
+
+def batch_args(rows: Sequence[Sequence[Any]]) -> str:
+    """A batch leader's arguments: one, the list of every member's item (each member
+    was added with one argument)."""
+    items = [str(r[1]).strip()[1:-1].strip() or "null" for r in rows]
+    return "[[" + ",".join(items) + "]]"

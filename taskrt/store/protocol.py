@@ -73,6 +73,8 @@ class NewJob:
     on_parent_failure: str = "cancel"  # or "run" (``models.ON_PARENT_FAILURE``)
     # Its workflow: an id, or -k for the k-th job of the same insert.
     workflow: int | None = None
+    # A job of a batched task: the key of the batch it joins (stored ``batching``).
+    batch_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +85,22 @@ class Settled:
     released: tuple[tuple[int, str], ...] = ()
     """(job id, pool) of each job released."""
     cancelled: tuple[CancelledChild, ...] = ()
+    """Dependents cancelled, and members of a batch that ended with it (any status)."""
 
 
 @dataclass(frozen=True, slots=True)
 class CancelledChild:
-    """A dependent job ``settle_deps`` cancelled, as its event tells it."""
+    """A job ``settle_deps`` ended: a dependent it cancelled, or a member of a batch
+    that ended as its batch did; as its event tells it."""
 
     job_id: int
     task: str
     pool: str
     seq: int
     finished_at: float
-    error: str
+    error: str | None
+    status: str = "CANCELLED"
+    result: str | None = None  # JSON text (a batch's result)
 
 
 Steps = tuple[str | None, tuple[dict[str, Any], ...]]
@@ -558,6 +564,23 @@ class JobStore(Protocol):
         results put first in its arguments as it asked), and one with a parent in
         FAILURE or CANCELLED is CANCELLED unless it said ``on_parent_failure="run"``.
         Safe to repeat, and to run on several processes at once."""
+        ...
+
+    async def form_batch(
+        self, task: str, key: str, limit: int, now: float
+    ) -> tuple[int, str, list[int]] | None:
+        """In one transaction: up to ``limit`` of the oldest ``batching`` jobs of
+        ``task`` and ``key`` form a batch. The first (the leader) is released to run
+        it, its arguments the list of every member's item; the others wait
+        (``batched``) and end as it ends. (leader, its pool, the other members), or
+        None when no job of that key waits (another process formed it)."""
+        ...
+
+    async def batches_waiting(
+        self, one: tuple[str, str] | None = None
+    ) -> list[tuple[str, str, int, float, int]]:
+        """(task, key, jobs, the oldest's created_at, the newest's id) of every batch that
+        gathers (or of ``one``: (task, key))."""
         ...
 
     async def open_parents(self) -> list[int]:

@@ -12,7 +12,7 @@ JOB_COLUMNS = (
     "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
     "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
     "finished_at, timeout, retry, recoveries, seq, deadline, step, steps, lock_key, "
-    "waiting_reason, node, workflow"
+    "waiting_reason, node, workflow, batch_key, batch"
 )
 
 MINUTE_COLUMNS = "succeeded, failed, cancelled, retried, duration_sum, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11"

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
 from .adds import count_by
-from .deps import SQL_OPEN_PARENTS, SQL_WORKFLOW_EDGES
+from .deps import SQL_BATCHES_WAITING, SQL_OPEN_PARENTS, SQL_WORKFLOW_EDGES
 from .protocol import OwnerRecord
 from .queries import (
     JOB_COLUMNS,
@@ -64,6 +64,19 @@ class SharedReads:
 
     async def pool_pauses(self) -> dict[str, bool]:
         return {str(r["name"]): bool(r["paused"]) for r in await self.query(SQL_POOL_PAUSES)}
+
+    async def batches_waiting(
+        self, one: tuple[str, str] | None = None
+    ) -> list[tuple[str, str, int, float, int]]:
+        """(task, key, jobs, the oldest's created_at, the newest's id) of every batch that
+        gathers (or of ``one``: (task, key))."""
+        if one is None:
+            rows = await self.query(SQL_BATCHES_WAITING.format(""))
+        else:
+            rows = await self.query(
+                SQL_BATCHES_WAITING.format("AND task = ? AND batch_key = ? "), one
+            )
+        return [(str(t), str(k), int(n), float(at), int(last)) for t, k, n, at, last in rows]
 
     async def open_parents(self) -> list[int]:
         """The jobs some blocked job still waits for."""

@@ -75,7 +75,9 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         waiting_reason,
         node,
         workflow,
-    ) = tuple(row)[:31]
+        batch_key,
+        batch,
+    ) = tuple(row)[:33]
     return JobInfo(
         id=id_,
         task=task,
@@ -108,6 +110,8 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         waiting_reason=waiting_reason,
         node=node,
         workflow=workflow,
+        batch_key=batch_key,
+        batch=batch,
     )
 
 

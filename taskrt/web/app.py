@@ -35,7 +35,19 @@ from starlette.routing import BaseRoute
 
 from ..errors import InvalidOption, TaskrtError
 from ..runtime import Runtime
-from . import bulk, dashboard, jobs, login, metrics, openapi, pools, schedules, streams, system
+from . import (
+    bulk,
+    dashboard,
+    jobs,
+    login,
+    metrics,
+    openapi,
+    pools,
+    schedules,
+    streams,
+    system,
+    workflows,
+)
 from .auth import AuthCallable, JobTokens
 from .errors import (
     ApiError,
@@ -53,6 +65,7 @@ GROUPS: tuple[EndpointGroup, ...] = (
     jobs.group,
     bulk.group,
     streams.group,
+    workflows.group,
     pools.group,
     schedules.group,
     system.group,

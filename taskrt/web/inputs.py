@@ -21,9 +21,11 @@ Notes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -133,10 +135,36 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-def json_object(value: Any, what: str = "the request body") -> dict[str, Any]:
+def json_object(
+    value: Any, what: str = "the request body", *, field: str | None = None
+) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else 422 (naming ``field``, if it is one)."""
     if not isinstance(value, dict):
-        raise invalid(None, f"{what} must be a JSON object, found {_kind(value)}")
+        raise invalid(field, f"{what} must be a JSON object, found {_kind(value)}")
     return value
+
+
+@contextlib.contextmanager
+def within(prefix: str) -> Iterator[None]:
+    """Errors about a field of a nested object, named from the top of the body.
+
+    Inside ``within("chain[2].options.")`` a refused ``delay`` (an ``ApiError``
+    from these helpers, or the runtime's ``InvalidOption``) names the field
+    ``chain[2].options.delay``, in its ``field`` and at the start of its message.
+    """
+    try:
+        yield
+    except ApiError as exc:
+        field = exc.extra.get("field")
+        if not isinstance(field, str):
+            raise
+        extra = {**exc.extra, "field": prefix + field}
+        raise ApiError(
+            exc.status, exc.code, prefix + exc.message, headers=exc.headers, **extra
+        ) from None
+    except InvalidOption as exc:
+        message = str(exc).removeprefix(f"{exc.field}: ")
+        raise InvalidOption(prefix + exc.field, message) from None
 
 
 def refuse_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
@@ -195,6 +223,30 @@ def field_of(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], wh
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT64:
         raise invalid(name, f"{value} is out of range")
     return value
+
+
+def job_ids_of(body: dict[str, Any], name: str) -> list[int] | None:
+    """``body[name]``: a list of job ids (positive integers), else ``None``; 422 otherwise.
+
+    How many, and whether the list may be empty, is the runtime's to say
+    (``definitions.parse_after``).
+    """
+    value = field_of(body, name, list, "a list of job ids")
+    if value is None:
+        return None
+    ids: list[int] = []
+    for item in value:
+        if isinstance(item, float) and math.isfinite(item) and item.is_integer():
+            item = int(item)  # as ``field_of`` reads an integer written 5.0
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_INT64:
+            raise invalid(name, f"expected job ids (positive integers), found {_shown(item)}")
+        ids.append(item)
+    return ids
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{_kind(value)} ({text[:30]}...)"
 
 
 def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -314,6 +366,7 @@ __all__ = [
     "field_of",
     "invalid",
     "job_id_of",
+    "job_ids_of",
     "json_object",
     "matching",
     "parse_datetime",
@@ -323,4 +376,5 @@ __all__ = [
     "read_json",
     "refuse_unknown",
     "to_int",
+    "within",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..definitions import TaskCall, make_options
+from ..definitions import Options, TaskCall, make_options
 from ..errors import PoolNotFound
 from ..models import JobInfo
 from .auth import JobTokenPrincipal
@@ -18,6 +18,7 @@ from .inputs import (
     field_of,
     invalid,
     job_id_of,
+    job_ids_of,
     json_object,
     matching,
     older_than,
@@ -54,12 +55,9 @@ DUPLICATE_ID = Reply(
     ref("Error"),
 )
 _STATUS_LIST = re.compile(STATUS_LIST_PATTERN)
-NEW_JOB_FIELDS = frozenset(
+#: The per-call options ``POST /jobs`` takes, and each step of ``POST /workflows``.
+OPTION_FIELDS = frozenset(
     {
-        "task",
-        "args",
-        "kwargs",
-        "pool",
         "delay",
         "run_at",
         "priority",
@@ -72,8 +70,12 @@ NEW_JOB_FIELDS = frozenset(
         "deadline",
         "retry",
         "lock",
+        "after",
+        "on_parent_failure",
+        "batch_key",
     }
 )
+NEW_JOB_FIELDS = frozenset({"task", "args", "kwargs", "pool"}) | OPTION_FIELDS
 
 
 def job_url(request: Request, job_id: int) -> str:
@@ -87,7 +89,7 @@ def job_url(request: Request, job_id: int) -> str:
     body=ref("NewJob"),
     replies={
         201: Reply("the job, as stored", ref("Job")),
-        404: Reply("no such task or pool", ref("Error")),
+        404: Reply("no such task or pool, or no such job in `after`", ref("Error")),
         409: DUPLICATE_ID,
         503: QUEUE_FULL,
     },
@@ -109,6 +111,21 @@ async def add_job(api: Api, request: Request) -> Response:
     pool = rt.pools.get(pool_name)
     if pool is None:
         raise PoolNotFound(pool_name)
+    options = options_of(body)
+    # ``enqueue`` rather than ``pool.add``: a job keyword argument named ``tx``
+    # must reach the handler, not be taken for ``add``'s own parameter.
+    job_id = await rt.enqueue(
+        TaskCall(spec, options), args=args or (), kwargs=kwargs or {}, pool=pool.name
+    )
+    job = await rt.get(job_id)
+    return JSONResponse(
+        job.to_dict(), status_code=201, headers={"Location": job_url(request, job.id)}
+    )
+
+
+def options_of(body: dict[str, Any]) -> Options:
+    """The per-call options in ``body`` (``OPTION_FIELDS``; others are ignored here),
+    type-checked here and checked by ``make_options``: 422 naming the field."""
     run_at = field_of(body, "run_at", (int, float, str), "epoch seconds or an ISO 8601 date-time")
     if isinstance(run_at, str):
         run_at = parse_datetime("run_at", run_at)
@@ -119,7 +136,7 @@ async def add_job(api: Api, request: Request) -> Response:
         deadline = parse_datetime("deadline", deadline)
     attempts = field_of(body, "attempts", int, "a positive integer, or -1 for unlimited")
     # A duration is a finite number or at most 64 characters: always finite.
-    options = make_options(
+    return make_options(
         delay=duration_of(body, "delay"),
         run_at=run_at,
         priority=field_of(body, "priority", int, "an integer"),
@@ -132,15 +149,9 @@ async def add_job(api: Api, request: Request) -> Response:
         deadline=deadline,
         retry=field_of(body, "retry", (int, float, str, list, dict), "a retry policy"),
         lock=field_of(body, "lock", str, "a lock key"),
-    )
-    # ``enqueue`` rather than ``pool.add``: a job keyword argument named ``tx``
-    # must reach the handler, not be taken for ``add``'s own parameter.
-    job_id = await rt.enqueue(
-        TaskCall(spec, options), args=args or (), kwargs=kwargs or {}, pool=pool.name
-    )
-    job = await rt.get(job_id)
-    return JSONResponse(
-        job.to_dict(), status_code=201, headers={"Location": job_url(request, job.id)}
+        after=job_ids_of(body, "after"),
+        on_parent_failure=field_of(body, "on_parent_failure", str, "'cancel' or 'run'"),
+        batch_key=field_of(body, "batch_key", str, "a string"),
     )
 
 
@@ -395,4 +406,4 @@ async def mint_token(api: Api, request: Request) -> Response:
     )
 
 
-__all__ = ["group"]
+__all__ = ["NEW_JOB_FIELDS", "OPTION_FIELDS", "group", "job_url", "options_of"]

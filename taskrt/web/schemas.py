@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..definitions import MAX_PARENTS
+from ..models import ON_PARENT_FAILURE, WAITING_REASONS
+from ..workflows import MAX_STEPS
+
 Schema = dict[str, Any]
 
 #: The largest integer SQLite stores; integer fields beyond it are refused.
@@ -139,6 +143,108 @@ TIME: Schema = {
     "description": "epoch seconds, or an ISO 8601 date-time with a time zone",
 }
 
+#: The per-call options of a job: fields of ``POST /jobs``, and of a workflow
+#: step's ``options`` (``web.jobs.OPTION_FIELDS``). Each may be null: not given.
+CALL_OPTIONS: dict[str, Schema] = {
+    "delay": nullable(duration(description="seconds, or a duration like '30s', '1h30m'")),
+    "run_at": nullable(TIME),
+    "priority": nullable(integer(description="higher runs first")),
+    "unique_key": nullable(
+        {
+            "type": "string",
+            "minLength": 1,
+            "description": (
+                "while a job with this key is waiting or running (or within "
+                "`unique_for` of its add), adding returns it"
+            ),
+        }
+    ),
+    "unique_for": nullable(
+        duration(
+            positive=True,
+            description="seconds the unique key stays taken after the add, finished or not",
+        )
+    ),
+    "on_conflict": nullable(
+        {
+            "enum": ["return", "raise"],
+            "description": (
+                "when the unique key is taken: return that job (201, the default), "
+                "or refuse with 409 `duplicate_job` and its `existing_id`"
+            ),
+        }
+    ),
+    "deadline": nullable(TIME),
+    "lock": nullable(
+        {
+            "type": "string",
+            "minLength": 1,
+            "description": "at most one running job per lock key; the others wait",
+        }
+    ),
+    "retry": nullable(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": duration()},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "base": duration(),
+                        "factor": {"type": "number", "minimum": 1, "maximum": 1000},
+                        "cap": duration(),
+                        "jitter": {"type": "number"},
+                    },
+                },
+            ],
+            "description": (
+                "the retry policy of this job: a delay, a list of delays "
+                "('1m,2m,4m' as text too), or exponential {base, factor, cap, jitter}"
+            ),
+        }
+    ),
+    "attempts": nullable(
+        {
+            "anyOf": [{"const": -1}, integer(1)],
+            "description": "-1 for unlimited",
+        }
+    ),
+    "timeout": nullable(duration(positive=True, description="seconds, or a duration")),
+    "metadata": nullable({"type": "object"}),
+    "after": nullable(
+        {
+            "type": "array",
+            "items": integer(1),
+            "minItems": 1,
+            "maxItems": MAX_PARENTS,
+            "description": (
+                "job ids: the job waits (`waiting_reason` `blocked`) until every one "
+                "succeeded; an unknown id is 404"
+            ),
+        }
+    ),
+    "batch_key": nullable(
+        {
+            "type": "string",
+            "description": (
+                "a batched task's job joins the batch of this key (default: the empty key)"
+            ),
+        }
+    ),
+    "on_parent_failure": nullable(
+        {
+            "enum": list(ON_PARENT_FAILURE),
+            "default": "cancel",
+            "description": (
+                "when a parent fails or is cancelled: `cancel` this job (error "
+                "'parent job N failed'), or `run` it anyway"
+            ),
+        }
+    ),
+}
+
 COMPONENTS: dict[str, Schema] = {
     "Error": {
         "type": "object",
@@ -189,7 +295,7 @@ COMPONENTS: dict[str, Schema] = {
             },
             "waiting_reason": {
                 "anyOf": [
-                    {"enum": ["scheduled", "paused", "rate_limited", "locked", "blocked"]},
+                    {"enum": list(WAITING_REASONS)},
                     {"type": "null"},
                 ],
                 "description": "why a WAITING job waits; null: it is in line",
@@ -202,6 +308,18 @@ COMPONENTS: dict[str, Schema] = {
             "deadline": {
                 "anyOf": [{"type": "number"}, {"type": "null"}],
                 "description": "epoch seconds: not started after it, a running attempt cut at it",
+            },
+            "workflow": {
+                "type": ["integer", "null"],
+                "description": "the workflow it belongs to (its first job's id), or null",
+            },
+            "batch_key": {
+                "type": ["string", "null"],
+                "description": "a batched task's job: the key of the batch it joins",
+            },
+            "batch": {
+                "type": ["integer", "null"],
+                "description": "the job that runs its batch (its first member), once formed",
             },
         },
     },
@@ -217,73 +335,7 @@ COMPONENTS: dict[str, Schema] = {
             "pool": nullable(
                 {"type": "string", "description": "defaults to the task's pool (also when empty)"}
             ),
-            "delay": nullable(duration(description="seconds, or a duration like '30s', '1h30m'")),
-            "run_at": nullable(TIME),
-            "priority": nullable(integer(description="higher runs first")),
-            "unique_key": nullable(
-                {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": (
-                        "while a job with this key is waiting or running (or within "
-                        "`unique_for` of its add), adding returns it"
-                    ),
-                }
-            ),
-            "unique_for": nullable(
-                duration(
-                    positive=True,
-                    description="seconds the unique key stays taken after the add, finished or not",
-                )
-            ),
-            "on_conflict": nullable(
-                {
-                    "enum": ["return", "raise"],
-                    "description": (
-                        "when the unique key is taken: return that job (201, the default), "
-                        "or refuse with 409 `duplicate_job` and its `existing_id`"
-                    ),
-                }
-            ),
-            "deadline": nullable(TIME),
-            "lock": nullable(
-                {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "at most one running job per lock key; the others wait",
-                }
-            ),
-            "retry": nullable(
-                {
-                    "anyOf": [
-                        {"type": "number", "minimum": 0},
-                        {"type": "string", "minLength": 1},
-                        {"type": "array", "items": duration()},
-                        {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "base": duration(),
-                                "factor": {"type": "number", "minimum": 1, "maximum": 1000},
-                                "cap": duration(),
-                                "jitter": {"type": "number"},
-                            },
-                        },
-                    ],
-                    "description": (
-                        "the retry policy of this job: a delay, a list of delays "
-                        "('1m,2m,4m' as text too), or exponential {base, factor, cap, jitter}"
-                    ),
-                }
-            ),
-            "attempts": nullable(
-                {
-                    "anyOf": [{"const": -1}, integer(1)],
-                    "description": "-1 for unlimited",
-                }
-            ),
-            "timeout": nullable(duration(positive=True, description="seconds, or a duration")),
-            "metadata": nullable({"type": "object"}),
+            **CALL_OPTIONS,
         },
     },
     "Progress": {
@@ -359,6 +411,119 @@ COMPONENTS: dict[str, Schema] = {
                 ),
             },
             "next_at": _nullable("number"),
+        },
+    },
+    "Workflow": {
+        "type": "object",
+        "required": ["id", "status", "progress", "counts", "jobs", "edges"],
+        "properties": {
+            "id": {"type": "integer", "description": "its first job's id"},
+            "status": {
+                "enum": ["RUNNING", "SUCCESS", "FAILURE", "CANCELLED"],
+                "description": (
+                    "RUNNING while a job is WAITING or RUNNING; then FAILURE if a job "
+                    "failed, CANCELLED if one was cancelled, else SUCCESS"
+                ),
+            },
+            "progress": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "finished jobs, plus each running job's fraction, over all jobs",
+            },
+            "counts": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "jobs by status",
+            },
+            "jobs": {**array_of("Job"), "description": "its jobs, by id"},
+            "edges": {
+                "type": "array",
+                "items": {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "minItems": 2,
+                    "maxItems": 2,
+                },
+                "description": "[child, parent]: every dependency among its jobs",
+            },
+        },
+    },
+    "WorkflowStep": {
+        "type": "object",
+        "required": ["task"],
+        "additionalProperties": False,
+        "description": "One job of a workflow. A field given as null is the same as one left out.",
+        "properties": {
+            "task": {"type": "string", "minLength": 1, "description": "a registered task's name"},
+            "args": nullable(
+                {
+                    "type": "array",
+                    "default": [],
+                    "description": (
+                        "after the first step of a chain, and for a group's callback, the "
+                        "parents' results come first, then these"
+                    ),
+                }
+            ),
+            "kwargs": nullable({"type": "object", "default": {}}),
+            "options": nullable(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "description": "per-call options, as POST /jobs takes them",
+                    "properties": CALL_OPTIONS,
+                }
+            ),
+        },
+    },
+    "NewWorkflow": {
+        "description": (
+            "A chain (each step after the one before succeeded, with its result first) "
+            "or a group (every step at once), with an optional callback `then` that "
+            "runs after every member succeeded, with the list of their results first."
+        ),
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["chain"],
+                "additionalProperties": False,
+                "properties": {
+                    "chain": {
+                        "type": "array",
+                        "items": ref("WorkflowStep"),
+                        "minItems": 1,
+                        "maxItems": MAX_STEPS,
+                    }
+                },
+            },
+            {
+                "type": "object",
+                "required": ["group"],
+                "additionalProperties": False,
+                "properties": {
+                    "group": {
+                        "type": "array",
+                        "items": ref("WorkflowStep"),
+                        "minItems": 1,
+                        "maxItems": MAX_STEPS,
+                    },
+                    "then": nullable(ref("WorkflowStep")),
+                },
+            },
+        ],
+    },
+    "NewWorkflowReply": {
+        "type": "object",
+        "required": ["id", "jobs", "url"],
+        "properties": {
+            "id": {"type": "integer", "description": "the workflow's id: its first job's"},
+            "jobs": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "its jobs' ids, in the order of the steps (a callback last)",
+            },
+            "url": {"type": "string", "description": "the workflow's path, as in Location"},
         },
     },
     "JobPage": {
@@ -555,7 +720,8 @@ COMPONENTS: dict[str, Schema] = {
     "Event": {
         "type": "object",
         "description": (
-            "One SSE frame's data. `snapshot` carries `job`; `progress` carries "
+            "One SSE frame's data. `snapshot` carries `job` (on a workflow's "
+            "stream, `workflow`); `progress` carries "
             "`current`, `total`, `message`; `success` carries `result`; "
             "`failure` and `retrying` carry `error`."
         ),
@@ -573,6 +739,7 @@ COMPONENTS: dict[str, Schema] = {
 }
 
 __all__ = [
+    "CALL_OPTIONS",
     "COMPONENTS",
     "CURSOR_PATTERN",
     "DURATION_MAX_LENGTH",

@@ -74,6 +74,8 @@ TABLES: dict[str, tuple[str, ...]] = {
         "lock_key",
         "waiting_reason",
         "workflow",
+        "batch_key",
+        "batch",
     ),
     "attempts": (
         "job_id",

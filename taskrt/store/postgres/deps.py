@@ -11,17 +11,27 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from ...models import BLOCKED_AT
 from ..deps import (
     SQL_ARGS_OF,
+    SQL_BATCH_MEMBERS,
     SQL_CANCEL_CHILD,
     SQL_CLOSE_ALL,
+    SQL_DEP,
+    SQL_FOLLOW,
+    SQL_FOLLOW_END,
+    SQL_LEAD,
+    SQL_LEADER_END,
     SQL_RELEASE,
     SQL_RESULTS_OF,
+    SQL_WAIT,
     SQL_WAIT_COUNT,
     SQL_WAIT_DONE,
+    batch_args,
     cancelled,
     closed_by_child,
     decide,
+    followed,
     with_inputs,
 )
 from ..protocol import CancelledChild, Settled
@@ -35,6 +45,13 @@ _CANCEL_CHILD = numbered(SQL_CANCEL_CHILD)
 _ARGS_OF = numbered(SQL_ARGS_OF)
 _RESULTS_OF = numbered(SQL_RESULTS_OF)
 _RELEASE = numbered(SQL_RELEASE)
+_LEADER_END = numbered(SQL_LEADER_END)
+_FOLLOW_END = numbered(SQL_FOLLOW_END)
+_BATCH_MEMBERS = numbered(SQL_BATCH_MEMBERS) + " FOR UPDATE SKIP LOCKED"
+_LEAD = numbered(SQL_LEAD)
+_FOLLOW = numbered(SQL_FOLLOW)
+_DEP = numbered(SQL_DEP)
+_WAIT = numbered(SQL_WAIT)
 
 
 async def settle(
@@ -60,7 +77,16 @@ async def settle(
         if decision is None:
             continue
         await conn.execute(_WAIT_DONE, child)
-        if not decision.release:
+        if decision.kind == "follow":
+            leader = await conn.fetchrow(_LEADER_END, child)
+            if leader is None:
+                continue
+            done = await conn.fetchrow(_FOLLOW_END, *leader, child)
+            if done is not None:
+                tally.move(str(done[1]), "WAITING", str(leader[0]))
+                cancels.append(followed(child, tuple(done), tuple(leader)))
+            continue
+        if decision.kind == "cancel":
             done = await conn.fetchrow(_CANCEL_CHILD, now, decision.error, child)
             if done is not None:
                 tally.move(str(done[1]), "WAITING", "CANCELLED")
@@ -77,3 +103,21 @@ async def settle(
         if pool is not None:
             released.append((child, str(pool)))
     return Settled(tuple(released), tuple(cancels))
+
+
+async def form_batch(
+    conn: asyncpg.Connection, task: str, key: str, limit: int, now: float
+) -> tuple[int, str, list[int]] | None:
+    """``JobStore.form_batch`` inside the caller's transaction; members another
+    process is taking (locked) are skipped."""
+    rows = await conn.fetch(_BATCH_MEMBERS, task, key, limit)
+    if not rows:
+        return None
+    leader, pool = int(rows[0][0]), str(rows[0][2])
+    await conn.execute(_LEAD, batch_args(rows), now, leader, leader)
+    members = [int(r[0]) for r in rows[1:]]
+    if members:
+        await conn.executemany(_FOLLOW, [(leader, m) for m in members])
+        await conn.executemany(_DEP, [(m, 0, leader) for m in members])
+        await conn.executemany(_WAIT, [(m, 1, "follow", None, BLOCKED_AT) for m in members])
+    return leader, pool, members

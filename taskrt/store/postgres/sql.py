@@ -211,8 +211,10 @@ SCHEMA_V4 = (
 # Workflows: a job's workflow; the jobs a blocked job waits for, and how it waits
 # (taskrt.store.deps).
 SCHEMA_V5 = (
-    "ALTER TABLE jobs ADD COLUMN workflow BIGINT",
+    "ALTER TABLE jobs ADD COLUMN workflow BIGINT, ADD COLUMN batch_key TEXT, "
+    "ADD COLUMN batch BIGINT",
     "CREATE INDEX jobs_workflow ON jobs (workflow) WHERE workflow IS NOT NULL",
+    "CREATE INDEX jobs_batching ON jobs (task, batch_key, id) WHERE waiting_reason = 'batching'",
     """CREATE TABLE job_deps (
         child BIGINT NOT NULL,
         position INTEGER NOT NULL,

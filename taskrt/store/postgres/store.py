@@ -30,7 +30,7 @@ from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import row_to_job
 from ..schedules import ScheduleWrites
-from .deps import settle
+from .deps import form_batch, settle
 from .driver import DRIVER_ERRORS
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
@@ -761,6 +761,17 @@ class PgStore(QueuedWrites, SharedReads):
         if not ids:
             return 0
         return await self._delete(tally(PURGE_WHERE), SQL_PURGE, (list(ids),))
+
+    async def form_batch(
+        self, task: str, key: str, limit: int, now: float
+    ) -> tuple[int, str, list[int]] | None:
+        """The oldest ``batching`` jobs of ``task`` and ``key`` form a batch (``store.deps``)."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                formed = await form_batch(conn, task, key, limit, now)
+        except DRIVER_ERRORS as exc:
+            raise _error(self.path, exc) from exc
+        return formed
 
     async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
         """Close the open dependencies on finished jobs, release or cancel their

@@ -22,7 +22,15 @@ import asyncpg
 from ...errors import StoreError
 from ...models import JobStatus
 from ..adds import Moves, plan
-from ..deps import SQL_BLOCK, SQL_DEP, SQL_IN_WORKFLOW, SQL_WAIT, links, parents_named
+from ..deps import (
+    SQL_BATCHING,
+    SQL_BLOCK,
+    SQL_DEP,
+    SQL_IN_WORKFLOW,
+    SQL_WAIT,
+    links,
+    parents_named,
+)
 from ..groupcommit import Batch, ProgressRows, Rejected, Results, split_progress
 from ..ops import MINUTES, NOTIFY, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
@@ -229,13 +237,18 @@ async def insert_jobs(
         await conn.execute(SQL_DROP_WINDOWS, unmade)
     for job_id in made:
         tally.move(pools[job_id], None, WAITING)
-    if any(job.after or job.workflow is not None for jobs in groups for job in jobs):
+    if any(
+        job.after or job.workflow is not None or job.batch_key is not None
+        for jobs in groups
+        for job in jobs
+    ):
         linked = links(groups, results)
         for sql, rows in (
             (_DEP, linked.deps),
             (_WAIT, linked.waits),
             (_BLOCK, linked.blocked),
             (_IN_WORKFLOW, linked.members),
+            (_BATCHING, linked.batching),
         ):
             if rows:
                 await conn.executemany(sql, rows)
@@ -246,6 +259,7 @@ _DEP = numbered(SQL_DEP)
 _WAIT = numbered(SQL_WAIT)
 _BLOCK = numbered(SQL_BLOCK)
 _IN_WORKFLOW = numbered(SQL_IN_WORKFLOW)
+_BATCHING = numbered(SQL_BATCHING)
 
 
 async def _take_windows(
@@ -327,7 +341,11 @@ class PgBatches:
         planned = packs(batch, progress)
         groups = [jobs for jobs, _ in batch.inserts]
         simple = all(
-            j.unique_key is None and j.job_id is None and not j.after and j.workflow is None
+            j.unique_key is None
+            and j.job_id is None
+            and not j.after
+            and j.workflow is None
+            and j.batch_key is None
             for g in groups
             for j in g
         )

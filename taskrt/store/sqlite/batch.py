@@ -18,6 +18,7 @@ import aiosqlite
 from ...errors import StoreError, StoreUnavailable
 from ..adds import plan
 from ..deps import (
+    SQL_BATCHING,
     SQL_BLOCK,
     SQL_DEP,
     SQL_IN_WORKFLOW,
@@ -106,12 +107,17 @@ def insert_jobs(
         conn.executemany(INSERT_JOB, rows)
     if planned.windows:
         conn.executemany(SQL_HOLD_KEY, planned.windows)
-    if any(job.after or job.workflow is not None for jobs in groups for job in jobs):
+    if any(
+        job.after or job.workflow is not None or job.batch_key is not None
+        for jobs in groups
+        for job in jobs
+    ):
         linked = links(groups, planned.results)
         conn.executemany(SQL_DEP, linked.deps)
         conn.executemany(SQL_WAIT, linked.waits)
         conn.executemany(SQL_BLOCK, linked.blocked)
         conn.executemany(SQL_IN_WORKFLOW, linked.members)
+        conn.executemany(SQL_BATCHING, linked.batching)
     return planned.results
 
 

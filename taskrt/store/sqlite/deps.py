@@ -5,19 +5,29 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from ...models import BLOCKED_AT
 from ..deps import (
     SQL_ARGS_OF,
+    SQL_BATCH_MEMBERS,
     SQL_CANCEL_CHILD,
     SQL_CLOSE_ALL,
     SQL_CLOSE_OF,
+    SQL_DEP,
+    SQL_FOLLOW,
+    SQL_FOLLOW_END,
+    SQL_LEAD,
+    SQL_LEADER_END,
     SQL_RELEASE,
     SQL_RESULTS_OF,
     SQL_STATUS_OF,
+    SQL_WAIT,
     SQL_WAIT_COUNT,
     SQL_WAIT_DONE,
+    batch_args,
     cancelled,
     closed_by_child,
     decide,
+    followed,
     marks,
     with_inputs,
 )
@@ -58,7 +68,16 @@ def settle(
         if decision is None:
             continue
         conn.execute(SQL_WAIT_DONE, (child,))
-        if not decision.release:
+        if decision.kind == "follow":
+            leader = conn.execute(SQL_LEADER_END, (child,)).fetchone()
+            if leader is None:
+                continue
+            done = conn.execute(SQL_FOLLOW_END, (*leader, child)).fetchone()
+            if done is not None:
+                tally.move(str(done[1]), "WAITING", str(leader[0]))
+                cancels.append(followed(child, done, leader))
+            continue
+        if decision.kind == "cancel":
             done = conn.execute(SQL_CANCEL_CHILD, (now, decision.error, child)).fetchone()
             if done is not None:
                 tally.move(str(done[1]), "WAITING", "CANCELLED")
@@ -75,3 +94,19 @@ def settle(
         if done is not None:
             released.append((child, str(done[0])))
     return Settled(tuple(released), tuple(cancels))
+
+
+def form_batch(
+    conn: sqlite3.Connection, task: str, key: str, limit: int, now: float
+) -> tuple[int, str, list[int]] | None:
+    """``JobStore.form_batch`` inside the caller's transaction."""
+    rows = conn.execute(SQL_BATCH_MEMBERS, (task, key, limit)).fetchall()
+    if not rows:
+        return None
+    leader, pool = int(rows[0][0]), str(rows[0][2])
+    conn.execute(SQL_LEAD, (batch_args(rows), now, leader, leader))
+    members = [int(r[0]) for r in rows[1:]]
+    conn.executemany(SQL_FOLLOW, [(leader, m) for m in members])
+    conn.executemany(SQL_DEP, [(m, 0, leader) for m in members])
+    conn.executemany(SQL_WAIT, [(m, 1, "follow", None, BLOCKED_AT) for m in members])
+    return leader, pool, members

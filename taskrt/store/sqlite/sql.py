@@ -206,12 +206,17 @@ CREATE TABLE IF NOT EXISTS unique_keys (
 );
 """
 
-# Workflows (schema version 7): a job's workflow; the jobs a blocked job waits for
+# Workflows (schema version 7): a job's workflow and its batch (batched handlers:
+# the key it is gathered by, the job that runs its batch); the jobs a blocked job waits for
 # (``job_deps``: one row per parent, open until that parent's end is settled) and
 # how it waits (``job_waits``: one row while it is blocked). ``taskrt.store.deps``.
 SCHEMA_V7 = """
 ALTER TABLE jobs ADD COLUMN workflow INTEGER;
+ALTER TABLE jobs ADD COLUMN batch_key TEXT;
+ALTER TABLE jobs ADD COLUMN batch INTEGER;
 CREATE INDEX IF NOT EXISTS jobs_workflow ON jobs(workflow) WHERE workflow IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_batching ON jobs(task, batch_key, id)
+    WHERE waiting_reason = 'batching';
 CREATE TABLE IF NOT EXISTS job_deps (
     child INTEGER NOT NULL,
     position INTEGER NOT NULL,

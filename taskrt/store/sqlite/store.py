@@ -33,7 +33,7 @@ from .batch import in_thread, insert_jobs, rollback, store_error
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
-from .deps import settle
+from .deps import form_batch, settle
 from .schema import SCHEMA_VERSION, migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
@@ -467,6 +467,28 @@ class Store(QueuedWrites, SharedReads):
             ]
         )
         return deleted
+
+    async def form_batch(
+        self, task: str, key: str, limit: int, now: float
+    ) -> tuple[int, str, list[int]] | None:
+        """The oldest ``batching`` jobs of ``task`` and ``key`` form a batch (``store.deps``)."""
+
+        def work(conn: sqlite3.Connection) -> tuple[int, str, list[int]] | None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                formed = form_batch(conn, task, key, limit, now)
+                conn.execute("COMMIT")
+                return formed
+            except BaseException:
+                rollback(conn)
+                raise
+
+        async with self._writes.lock:
+            try:
+                formed: tuple[int, str, list[int]] | None = await in_thread(self.db, work)
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+        return formed
 
     async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
         """Close the open dependencies on finished jobs, release or cancel their

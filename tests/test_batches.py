@@ -1,0 +1,203 @@
+"""Batched handlers: jobs gathered by key, one handler call a batch (docs/workflows.md).
+
+Each behaviour runs on a real SQLite file and on PostgreSQL (one owner, and every
+process a node), through the Python API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pg_server
+import pytest
+
+from taskrt import Batch, InvalidOption, JobStatus, Runtime, ValidationError
+
+
+@pytest.fixture(params=["sqlite", "postgres-owner", "postgres-nodes"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    if request.param == "sqlite":
+        return str(tmp_path / "app.db"), {}
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    return url, {"mode": request.param.removeprefix("postgres-")}
+
+
+def runtime(target: tuple[str, dict[str, Any]]) -> Runtime:
+    db, options = target
+    return Runtime(db, **options)
+
+
+async def test_a_full_batch_runs_at_once_and_each_member_gets_its_outcome(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    calls: list[list[Any]] = []
+
+    @rt.task(batch=Batch(max_size=4, max_wait=60))
+    async def digest(items: list[dict[str, int]]) -> int:
+        calls.append(list(items))
+        return sum(i["n"] for i in items)
+
+    async with rt:
+        pool = rt.pool("default")
+        started = time.monotonic()
+        ids = [await pool.add(digest.options(batch_key="user:1"), {"n": n}) for n in range(8)]
+        infos = [await rt.wait(job_id, timeout=10) for job_id in ids]
+        assert time.monotonic() - started < 5  # full batches do not wait for max_wait
+        assert calls == [[{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}], [{"n": n} for n in range(4, 8)]]
+        assert [(i.status, i.result, i.batch) for i in infos] == [
+            *[(JobStatus.SUCCESS, 6, ids[0])] * 4,
+            *[(JobStatus.SUCCESS, 22, ids[4])] * 4,
+        ]
+        assert infos[1].args == ({"n": 1},)  # a member keeps its own item
+        assert infos[0].args == ([{"n": n} for n in range(4)],)  # the leader ran the batch
+        stats = await rt.stats()
+        counts = {status: n for status, n in stats.counts.items() if n}
+        assert counts == {JobStatus.SUCCESS: 8}  # each member counted once, nothing added
+
+
+async def test_a_batch_forms_when_its_oldest_has_waited_max_wait(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    calls: list[tuple[float, list[Any]]] = []
+
+    @rt.task(batch={"max_size": 100, "max_wait": 0.4})
+    async def digest(items: list[str]) -> None:
+        calls.append((time.monotonic(), list(items)))
+
+    async with rt:
+        pool = rt.pool("default")
+        added = time.monotonic()
+        a = await pool.add(digest.options(batch_key="a"), "a1")
+        b = await pool.add(digest.options(batch_key="b"), "b1")
+        a2 = await pool.add(digest.options(batch_key="a"), "a2")
+        assert (await rt.get(a)).waiting_reason == "batching"
+        for job_id in (a, b, a2):
+            assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        assert sorted(items for _, items in calls) == [["a1", "a2"], ["b1"]]  # keys apart
+        for at, _ in calls:
+            assert added + 0.35 <= at < added + 3.0
+
+
+async def test_a_batch_is_one_attempt_with_the_tasks_retries(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    tries: list[int] = []
+
+    @rt.task(batch=Batch(max_size=3, max_wait=60), attempts=2)
+    async def flaky(items: list[int]) -> str:
+        tries.append(len(items))
+        if len(tries) == 1:
+            raise ValueError("first try")
+        return "ok"
+
+    @rt.task(batch=Batch(max_size=2, max_wait=60))
+    async def broken(items: list[int]) -> None:
+        raise ValueError("never")
+
+    async with rt:
+        pool = rt.pool("default")
+        ids = [await pool.add(flaky, n) for n in range(3)]
+        infos = [await rt.wait(job_id, timeout=10) for job_id in ids]
+        assert tries == [3, 3]
+        assert [(i.status, i.result, i.attempts) for i in infos] == [
+            (JobStatus.SUCCESS, "ok", 2)
+        ] * 3
+        bad = [await pool.add(broken, n) for n in range(2)]
+        infos = [await rt.wait(job_id, timeout=10) for job_id in bad]
+        assert [(i.status, i.error) for i in infos] == [
+            (JobStatus.FAILURE, "ValueError: never")
+        ] * 2
+
+
+async def test_gathering_batches_survive_a_restart(target: tuple[str, dict[str, Any]]) -> None:
+    calls: list[list[int]] = []
+
+    def build() -> tuple[Runtime, Any]:
+        rt = runtime(target)
+
+        @rt.task(batch=Batch(max_size=10, max_wait=0.5))
+        async def digest(items: list[int]) -> int:
+            calls.append(list(items))
+            return len(items)
+
+        return rt, digest
+
+    rt, digest = build()
+    async with rt:
+        pool = rt.pool("default")
+        ids = [await pool.add(digest, n) for n in range(3)]
+    assert calls == []  # stopped before the batch formed
+    rt, _ = build()
+    async with rt:
+        infos = [await rt.wait(job_id, timeout=10) for job_id in ids]
+    assert calls == [[0, 1, 2]]
+    assert [i.result for i in infos] == [3, 3, 3]
+
+
+async def test_run_now_forms_a_members_batch(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    calls: list[list[int]] = []
+
+    @rt.task(batch=Batch(max_size=50, max_wait=3600))
+    async def digest(items: list[int]) -> None:
+        calls.append(list(items))
+
+    async with rt:
+        pool = rt.pool("default")
+        ids = [await pool.add(digest, n) for n in range(2)]
+        await rt.run_now(ids[1])
+        for job_id in ids:
+            assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        assert calls == [[0, 1]]
+
+
+def test_bad_batch_settings_and_adds_are_refused(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+    for bad, field in (
+        ({"max_size": 0}, "batch.max_size"),
+        ({"max_size": 2.5}, "batch.max_size"),
+        ({"max_wait": 0}, "batch.max_wait"),
+        ({"size": 3}, "batch.size"),
+    ):
+        with pytest.raises(InvalidOption) as caught:
+
+            @rt.task(name=f"t{field}", batch=bad)
+            async def t(items: list[Any]) -> None: ...
+
+        assert caught.value.field == field
+
+    @rt.task
+    async def plain(x: int) -> None: ...
+
+    with pytest.raises(InvalidOption) as caught:
+        plain.options(batch_key=3)
+    assert caught.value.field == "batch_key"
+
+
+async def test_bad_batch_adds_are_refused(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    @rt.task(batch=Batch(max_size=2, max_wait=1))
+    async def digest(items: list[int]) -> None: ...
+
+    @rt.task
+    async def plain(x: int) -> None: ...
+
+    async with rt:
+        pool = rt.pool("default")
+        with pytest.raises(ValidationError):
+            await pool.add(digest, 1, 2)  # one item a job
+        with pytest.raises(InvalidOption) as caught:
+            await pool.add(plain.options(batch_key="k"), 1)
+        assert caught.value.field == "batch_key"
+        with pytest.raises(InvalidOption) as caught:
+            await pool.add(digest.options(after=[1]), 1)
+        assert caught.value.field == "after"
+        assert (await rt.jobs()).jobs == []
+        await asyncio.sleep(0)
