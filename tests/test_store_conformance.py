@@ -1572,3 +1572,113 @@ async def test_unique_holder_is_the_live_job_holding_the_key(
     expected = job_id if status in (WAITING, RUNNING) else None
     assert await store.unique_holder("k") == expected
     assert await store.unique_holder("other") is None
+
+
+# -- dependencies and batches (taskrt.store.deps) --------------------------------------
+
+
+def dependent(after: tuple[int, ...], **options: Any) -> NewJob:
+    inputs = options.pop("inputs", None)
+    policy = options.pop("on_parent_failure", "cancel")
+    new = job(**options)
+    new.after, new.inputs, new.on_parent_failure = after, inputs, policy
+    return new
+
+
+async def test_a_dependent_is_stored_blocked_and_an_unknown_parent_refuses_its_add(
+    store: JobStore,
+) -> None:
+    parent = await add_one(store)
+    [child] = await add(store, dependent((parent,), args=("x",)))
+    info = await get(store, child)
+    assert (info.status, info.waiting_reason) == (WAITING, "blocked")
+    assert info.run_at > NOW + 10 * 365 * 86400  # no refill or claim takes it
+    assert await store.ready_jobs("mail", NOW + 60, 10) == [await get(store, parent)]
+    assert await store.open_parents() == [parent]
+    results = await store.insert([job(), dependent((parent, 10_000))])
+    assert all(isinstance(r, Exception) for r in results)  # all or nothing
+    assert [j.id for j in await store.list_jobs()] == [child, parent]
+
+
+async def test_settling_releases_a_dependent_with_its_parents_results_once(
+    store: JobStore,
+) -> None:
+    a, b = await add(store, job(), job())
+    [child] = await add(store, dependent((a, b), args=("rest",), inputs="results"))
+    for job_id, result in ((a, '{"n": 1}'), (b, None)):
+        await store.start(job_id, 1, NOW, 2, pool="mail")
+        await store.succeed(job_id, result, NOW + 1, NO_PROGRESS, 3, pool="mail")
+    settled = await store.settle_deps([a], NOW + 2)
+    assert settled.released == () and settled.cancelled == ()  # b was not settled yet
+    settled = await store.settle_deps([b], NOW + 2)
+    assert settled.released == ((child, "mail"),)
+    info = await get(store, child)
+    assert (info.waiting_reason, info.run_at, info.args) == (
+        None,
+        NOW + 2,
+        ([{"n": 1}, None], "rest"),
+    )
+    again = await store.settle_deps(None, NOW + 3)  # a sweep after it: nothing left
+    assert again.released == () and again.cancelled == ()
+    assert await store.open_parents() == []
+    assert [r.id for r in await store.ready_jobs("mail", NOW + 5, 10)] == [child]
+
+
+async def test_settling_cancels_the_dependents_of_a_failed_parent_and_counts_them(
+    store: JobStore,
+) -> None:
+    parent = await in_status(store, FAILURE)
+    [child, anyway] = await add(
+        store, dependent((parent,)), dependent((parent,), on_parent_failure="run")
+    )
+    settled = await store.settle_deps(None, NOW + 5)
+    assert settled.released == ((anyway, "mail"),)
+    [gone] = settled.cancelled
+    assert (gone.job_id, gone.status, gone.error) == (
+        child,
+        "CANCELLED",
+        f"parent job {parent} failed",
+    )
+    info = await get(store, child)
+    assert (info.status, info.error, info.seq) == (CANCELLED, gone.error, gone.seq)
+    assert store.counted("mail", CANCELLED) == 1
+    assert store.counted("mail", WAITING) == 1
+
+
+async def test_retention_keeps_the_parent_of_a_blocked_job(store: JobStore) -> None:
+    parent = await in_status(store, SUCCESS)
+    [child] = await add(store, dependent((parent,), inputs="result"))
+    assert await store.purge([parent]) == 0
+    assert await store.cleanup(NOW + 10**6, [SUCCESS]) == 0
+    await store.settle_deps([parent], NOW + 5)
+    assert await store.purge([parent]) == 1
+    assert (await get(store, child)).waiting_reason is None
+
+
+async def test_a_batch_forms_from_its_oldest_jobs_and_its_members_end_as_it_ends(
+    store: JobStore,
+) -> None:
+    members = []
+    for n in range(3):
+        new = job(task="digest", args=({"n": n},), created_at=NOW + n)
+        new.batch_key = "k"
+        members.append(new)
+    ids = await add(store, *members)
+    assert (await get(store, ids[0])).waiting_reason == "batching"
+    assert await store.batches_waiting() == [("digest", "k", 3, NOW, ids[-1])]
+    formed = await store.form_batch("digest", "k", 2, NOW + 10)
+    assert formed == (ids[0], "mail", [ids[1]])
+    leader = await get(store, ids[0])
+    assert (leader.args, leader.batch, leader.run_at) == (([{"n": 0}, {"n": 1}],), ids[0], NOW + 10)
+    follower = await get(store, ids[1])
+    assert (follower.waiting_reason, follower.batch) == ("batched", ids[0])
+    assert await store.batches_waiting() == [("digest", "k", 1, NOW + 2, ids[2])]
+    await store.start(ids[0], 1, NOW + 11, 2, pool="mail")
+    await store.succeed(ids[0], "2", NOW + 12, NO_PROGRESS, 3, pool="mail")
+    settled = await store.settle_deps([ids[0]], NOW + 13)
+    [ended] = settled.cancelled
+    assert (ended.job_id, ended.status, ended.result) == (ids[1], "SUCCESS", "2")
+    follower = await get(store, ids[1])
+    assert (follower.status, follower.result, follower.attempts) == (SUCCESS, 2, 1)
+    assert store.counted("mail", SUCCESS) == 2
+    assert await store.form_batch("digest", "other", 2, NOW) is None
