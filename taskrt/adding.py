@@ -297,25 +297,34 @@ class Adding:
         jobs: list[NewJob] = []
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         makers: dict[int, NewState] = {}
-        for step in steps:
-            call = step.signature.call
+        at = 0
+        while at < len(steps):
+            # A run of steps of one call, parents and input (a group's members) is
+            # checked and encoded as one add_many is.
+            first = steps[at]
+            end = at + 1
+            while end < len(steps) and _same_run(steps[end], first):
+                end += 1
+            call = first.signature.call
             spec = self.tasks.get(call.spec.name) or call.spec
-            after = step.after + (call.opts.after or ())
-            opts = dataclasses.replace(call.opts, after=after or None)
-            args = (step.signature.args, dict(step.signature.kwargs))
+            opts = call.opts
+            if first.after:
+                opts = dataclasses.replace(opts, after=first.after + (opts.after or ()))
+            run = [(s.signature.args, dict(s.signature.kwargs)) for s in steps[at:end]]
             made, new_state = self._prepare(
-                spec.pool, spec, opts, [args], now, takes_input=step.inputs is not None
+                spec.pool, spec, opts, run, now, takes_input=first.inputs is not None
             )
-            job = made[0]
-            job.inputs = step.inputs
-            job.workflow = -1  # the first job's id
-            if spec.hooks.next_id is not None and opts.job_id is None:
-                job.job_id = await self._next_id(spec)
-            if tx is not None and tx.foreign:
-                job.external = True
-            jobs.append(job)
-            calls.append(args)
-            makers[id(job)] = new_state
+            for job in made:
+                job.inputs = first.inputs
+                job.workflow = -1  # the first job's id
+                if spec.hooks.next_id is not None and opts.job_id is None:
+                    job.job_id = await self._next_id(spec)
+                if tx is not None and tx.foreign:
+                    job.external = True
+                makers[id(job)] = new_state
+            jobs.extend(made)
+            calls.extend(run)
+            at = end
 
         def made_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
             return makers[id(job)](job, args, kwargs)
@@ -547,6 +556,14 @@ class Adding:
             yield tx
         for state in tx.added:
             self._accept(state)
+
+
+def _same_run(step: FlowStep, first: FlowStep) -> bool:
+    return (
+        step.signature.call is first.signature.call
+        and step.after == first.after
+        and step.inputs == first.inputs
+    )
 
 
 @dataclass(frozen=True, slots=True)

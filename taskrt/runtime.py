@@ -1513,8 +1513,8 @@ class Runtime:
         return GroupBuilder(lambda then, tx: self._add_flow(group_steps(signatures, then), tx))
 
     async def _add_flow(self, steps: list[FlowStep], tx: Transaction | Any) -> Flow:
-        for step in steps:
-            self.pool(step.signature.call.spec.pool)  # declared, as an add would
+        for name in {step.signature.call.spec.pool for step in steps}:
+            self.pool(name)  # declared, as an add would
         ids = await self.adding.add_flow(steps, tx=tx)
         return Flow(ids[0], tuple(ids))
 

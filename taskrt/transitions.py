@@ -80,7 +80,7 @@ class Transitions:
         self.history = MinuteCounts()
         self._history_timer: asyncio.TimerHandle | None = None
         # Told of each job that reached a terminal status here (taskrt.workflows).
-        self.on_end: Callable[[int], None] | None = None
+        self.on_end: Callable[[int, JobStatus], None] | None = None
 
     def emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
@@ -493,7 +493,7 @@ class Transitions:
             self.schedule_failed(state.metadata)  # counted (scheduler note 6)
         self.emit(state, STATUS_EVENT[status], data)
         if self.on_end is not None:
-            self.on_end(info.id)
+            self.on_end(info.id, status)
         self.live.release_key(state)
         hooks = state.spec.hooks
         if status is JobStatus.SUCCESS and hooks.on_success is not None:

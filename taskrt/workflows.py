@@ -31,6 +31,14 @@ Design notes:
    ``sweep_interval`` seconds.
 4. **Retention keeps what a blocked job needs.** Cleanup and purge never
    delete a finished job that a blocked job still waits for.
+5. **A success is settled when it matters.** Where one owner runs the jobs
+   and a dependent's parents were all live here when it was added (a group's
+   callback, a chain's step), the owner counts its parents down in memory:
+   a parent's success is held (its row stays open, which is what the store
+   holds after a crash too) until the dependent's last parent ends, then all
+   are settled in one transaction. A group of 10,000 costs one settle, not
+   one per member. A failure or cancel is settled at once (it cancels), and
+   anything the owner did not follow is settled as it ends.
 """
 
 from __future__ import annotations
@@ -92,6 +100,11 @@ class Workflows:
         # Jobs that some blocked job waits for (note 3): settled when they end here.
         self.parents: set[int] = set()
         self._due: set[int] = set()
+        # Where one owner sees every add (note 5): each parent's dependents, each
+        # dependent's parents not ended yet, and the successes held for it.
+        self._children: dict[int, list[int]] = {}
+        self._left: dict[int, int] = {}
+        self._held: dict[int, list[int]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.released = 0
@@ -107,6 +120,12 @@ class Workflows:
         if due:
             self._due.update(due)
             self._wake.set()
+        elif not self.nodes:
+            # Every parent is live here: their successes are held until the last
+            # (note 5).
+            self._left[child] = len(parents)
+            for p in parents:
+                self._children.setdefault(p, []).append(child)
 
     def parent(self, job_id: int) -> None:
         """A job that some blocked job waits for was claimed here (a node)."""
@@ -128,11 +147,35 @@ class Workflows:
             else:
                 self.parents.add(job_id)
 
-    def ended(self, job_id: int) -> None:
-        """A job's terminal write was queued here: settle it once committed."""
-        if job_id in self.parents:
-            self.parents.discard(job_id)
+    def ended(self, job_id: int, status: JobStatus | None = None) -> None:
+        """A job's terminal write was queued here (``status``: how it ended, if known):
+        settle it once committed, or hold its success until its dependents' last
+        parent ends (note 5)."""
+        held = self._held.pop(job_id, None)
+        if held is not None or job_id in self._left:
+            self._left.pop(job_id, None)  # a dependent that ended itself (a cancel)
+            self._due.update(held or ())
+            self._wake.set()
+        if job_id not in self.parents:
+            return
+        self.parents.discard(job_id)
+        children = self._children.pop(job_id, None)
+        if children is None or status is not JobStatus.SUCCESS:
             self._due.add(job_id)
+            self._wake.set()
+            return
+        for child in children:
+            left = self._left.get(child)
+            if left is None:  # not followed here (any more)
+                self._due.add(job_id)
+                continue
+            self._held.setdefault(child, []).append(job_id)
+            if left > 1:
+                self._left[child] = left - 1
+            else:
+                del self._left[child]
+                self._due.update(self._held.pop(child))
+        if self._due:
             self._wake.set()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -189,6 +232,8 @@ class Workflows:
                 self.cancelled += 1
                 self._cancelled(child_info)
                 cascade.append(child_info.job_id)
+                self._left.pop(child_info.job_id, None)
+                cascade.extend(self._held.pop(child_info.job_id, ()))
             self.parents.difference_update(cascade)
             parents = cascade
 

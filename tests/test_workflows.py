@@ -397,9 +397,9 @@ async def test_a_chain_resumes_after_a_crash_between_a_parent_and_its_release(
 
     rt, one, two = build()
     async with rt:
-        rt.workflows.ended = lambda job_id: None  # type: ignore[method-assign]
+        rt.transitions.on_end = None  # no parent's end is settled...
         rt.workflows.dependents = lambda child, parents: None  # type: ignore[method-assign]
-        await rt.workflows.stop()  # no sweep either: as if it died
+        await rt.workflows.stop()  # ...and no sweep runs: as if it died
         flow = await rt.chain(one.s(), two.s())
         assert (await rt.wait(flow.jobs[0], timeout=10)).status is JobStatus.SUCCESS
         await asyncio.sleep(0.1)
@@ -549,3 +549,32 @@ async def test_a_parent_that_ends_on_another_node_releases_its_dependent_at_once
         info = await runs_child.wait(d, timeout=10)
         assert info.status is JobStatus.SUCCESS
         assert starts[d] - started < 2.0  # not the sweep (60 s)
+
+
+async def test_a_groups_successes_are_settled_once_where_one_owner_runs_them(
+    tmp_path: Path,
+) -> None:
+    """Workflows note 5: the owner holds each member's success until the last one."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    settles: list[list[int] | None] = []
+
+    @rt.task
+    async def member(n: int) -> int:
+        return n
+
+    @rt.task
+    async def total(results: list[int]) -> int:
+        return sum(results)
+
+    async with rt:
+        original = rt.store.settle_deps
+
+        async def counted(parents: Any, now: float) -> Any:
+            settles.append(None if parents is None else list(parents))
+            return await original(parents, now)
+
+        rt.store.settle_deps = counted  # type: ignore[method-assign]
+        flow = await rt.group([member.s(n) for n in range(50)]).then(total.s())
+        assert (await rt.wait(flow.jobs[-1], timeout=10)).result == sum(range(50))
+        mine = [s for s in settles if s is not None]
+        assert mine == [sorted(flow.jobs[:-1])]  # one settle of all 50, at the last end

@@ -21,14 +21,19 @@ from .protocol import CancelledChild, InsertResult, NewJob
 FINISHED = "('SUCCESS', 'FAILURE', 'CANCELLED')"
 
 # The open rows of finished parents among a list (.format(one ? per parent)), closed.
+# Each parent is looked up by its id (a subquery of every finished job costs what
+# the table holds).
+_FINISHED_PARENT = (
+    f"EXISTS (SELECT 1 FROM jobs p WHERE p.id = job_deps.parent AND p.status IN {FINISHED})"
+)
 SQL_CLOSE_OF = (
-    "UPDATE job_deps SET done = 1 WHERE done = 0 AND parent IN ({}) "
-    f"AND parent IN (SELECT id FROM jobs WHERE status IN {FINISHED}) RETURNING child, parent"
+    f"UPDATE job_deps SET done = 1 WHERE done = 0 AND parent IN ({{}}) AND {_FINISHED_PARENT} "
+    "RETURNING child, parent"
 )
 # The same for every blocked job (a sweep: start-up, and now and then).
 SQL_CLOSE_ALL = (
     "UPDATE job_deps SET done = 1 WHERE done = 0 AND child IN (SELECT child FROM job_waits) "
-    f"AND parent IN (SELECT id FROM jobs WHERE status IN {FINISHED}) RETURNING child, parent"
+    f"AND {_FINISHED_PARENT} RETURNING child, parent"
 )
 SQL_STATUS_OF = "SELECT id, status FROM jobs WHERE id IN ({})"
 # (closed, failed parent, its status, child): the dependent's row after it.

@@ -23,7 +23,9 @@ Design notes (cited where they apply):
    timeline. Pool and schedule figures are re-read from their JSON routes when
    an event says they changed, at most once a second; a schedule is re-read
    once its next fire time has passed. After a reconnect the page re-reads
-   everything (streams note 4: the multiplexed stream does not resume).
+   everything (streams note 4: the multiplexed stream does not resume). A
+   workflow's page also follows ``GET /workflows/{id}/events``, whose every
+   (re)connect starts with a snapshot that the page redraws from.
 4. **Assets are revalidated, not guessed.** Each asset has an ``ETag`` (a hash
    of its bytes) and ``Cache-Control: no-cache``: a browser keeps its copy and
    asks, so an upgraded package is picked up on the next load.
@@ -132,6 +134,24 @@ async def dashboard_job(api: Api, request: Request) -> Response:
     job_id: int = request.path_params["job_id"]
     if not 1 <= job_id <= MAX_INT64:
         raise ApiError(404, "not_found", f"no job can have the id {job_id}")
+    return page(request)
+
+
+@group.get(
+    "/dashboard/workflows/{workflow_id:int}",
+    summary="A workflow's page in the dashboard: its jobs as a live graph (HTML)",
+    name="dashboard_workflow",
+    params=[Param("workflow_id", "path", integer(1), required=True)],
+    replies={200: _HTML, 404: Reply("not a workflow id: no job can have it", ref("Error"))},
+    needs_runtime=False,
+)
+async def dashboard_workflow(api: Api, request: Request) -> Response:
+    """Status, progress and counts, and each job as a box in columns by depth,
+    moving with the workflow's event stream. The page itself says when there is no
+    such workflow; an id no job can have (0, or beyond 2**63 - 1) is 404."""
+    workflow_id: int = request.path_params["workflow_id"]
+    if not 1 <= workflow_id <= MAX_INT64:
+        raise ApiError(404, "not_found", f"no workflow can have the id {workflow_id}")
     return page(request)
 
 

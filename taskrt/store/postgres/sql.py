@@ -684,8 +684,8 @@ SQL_RESCHEDULE = (
 # Dependencies (taskrt.store.deps): the statements over lists of ids.
 SQL_CLOSE_OF = (
     "UPDATE job_deps SET done = 1 WHERE done = 0 AND parent = ANY($1::bigint[]) "
-    "AND parent IN (SELECT id FROM jobs WHERE id = ANY($1::bigint[]) "
-    "AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED')) RETURNING child, parent"
+    "AND EXISTS (SELECT 1 FROM jobs p WHERE p.id = job_deps.parent "
+    "AND p.status IN ('SUCCESS', 'FAILURE', 'CANCELLED')) RETURNING child, parent"
 )
 SQL_STATUS_OF = "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])"
 SQL_PARENTS_FOUND = SQL_STATUS_OF
