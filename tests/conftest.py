@@ -13,6 +13,18 @@ import pytest
 import uvicorn
 
 
+@pytest.fixture(params=["sqlite", "postgres-owner", "postgres-nodes"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """A database and the runtime's options: a SQLite file; PostgreSQL where one owner
+    runs the jobs; PostgreSQL where every process claims them (a schema of its own)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "app.db"), {}
+    import pg_server
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    return url, {"mode": request.param.removeprefix("postgres-")}
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     """A fresh SQLite file for this test."""

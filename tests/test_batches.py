@@ -11,18 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pg_server
 import pytest
 
 from taskrt import Batch, InvalidOption, JobStatus, Runtime, ValidationError
-
-
-@pytest.fixture(params=["sqlite", "postgres-owner", "postgres-nodes"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    if request.param == "sqlite":
-        return str(tmp_path / "app.db"), {}
-    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
-    return url, {"mode": request.param.removeprefix("postgres-")}
 
 
 def runtime(target: tuple[str, dict[str, Any]]) -> Runtime:

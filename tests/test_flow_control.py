@@ -35,16 +35,6 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
 
 
-@pytest.fixture(params=["sqlite", "postgres-owner", "postgres-nodes"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    """A database and the runtime's options: a SQLite file; PostgreSQL where one owner
-    runs the jobs; PostgreSQL where every process claims them."""
-    if request.param == "sqlite":
-        return str(tmp_path / "app.db"), {}
-    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
-    return url, {"mode": request.param.removeprefix("postgres-")}
-
-
 def rows(db: str, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as conn:
         return list(conn.execute(sql))

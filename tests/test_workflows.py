@@ -27,16 +27,6 @@ from taskrt import (
 from taskrt.models import BLOCKED_AT
 
 
-@pytest.fixture(params=["sqlite", "postgres-owner", "postgres-nodes"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    """A database and the runtime's options: a SQLite file; PostgreSQL where one owner
-    runs the jobs; PostgreSQL where every process claims them."""
-    if request.param == "sqlite":
-        return str(tmp_path / "app.db"), {}
-    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
-    return url, {"mode": request.param.removeprefix("postgres-")}
-
-
 def runtime(target: tuple[str, dict[str, Any]], **options: Any) -> Runtime:
     db, base = target
     return Runtime(db, **{**base, **options})

@@ -328,33 +328,44 @@ class Store(QueuedWrites, SharedReads):
         transaction (note 12).
         """
 
-        def work(conn: sqlite3.Connection) -> tuple[list[int], Counted | None]:
-            counted = Tally()
+        def work(conn: sqlite3.Connection, counted: Tally) -> list[int]:
             rowcounts: list[int] = []
+            for step in steps:
+                if len(step) == 3:
+                    to = step[2]
+                    counted.before(conn, step[0], step[1], None if to is None else STORED[to])
+                else:
+                    rowcounts.append(conn.execute(step[0], step[1]).rowcount)
+            return rowcounts
+
+        rowcounts: list[int] = await self._in_transaction(work)
+        return rowcounts
+
+    async def _in_transaction(self, fn: Callable[[sqlite3.Connection, Tally], Any]) -> Any:
+        """``fn(connection, tally)`` in one write transaction of its own, now, in the
+        connection's thread; the jobs it moves (``tally``) counted in it (note 12)."""
+
+        def work(conn: sqlite3.Connection) -> tuple[Any, Counted | None]:
+            counted = Tally()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for step in steps:
-                    if len(step) == 3:
-                        to = step[2]
-                        counted.before(conn, step[0], step[1], None if to is None else STORED[to])
-                    else:
-                        rowcounts.append(conn.execute(step[0], step[1]).rowcount)
+                result = fn(conn, counted)
                 snapshot = counted.commit(conn)
                 conn.execute("COMMIT")
-                return rowcounts, snapshot
+                return result, snapshot
             except BaseException:
                 rollback(conn)
                 raise
 
         async with self._writes.lock:
             try:
-                done: tuple[list[int], Counted | None] = await in_thread(self.db, work)
+                done: tuple[Any, Counted | None] = await in_thread(self.db, work)
             except sqlite3.Error as exc:
                 raise store_error(self.path, exc) from exc
-            rowcounts, snapshot = done
+            result, snapshot = done
             if snapshot is not None:
                 self._counts.replace(*snapshot)
-        return rowcounts
+        return result
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
         """Record ``owner`` (which holds the ownership lock) and where it listens.
@@ -472,22 +483,9 @@ class Store(QueuedWrites, SharedReads):
         self, task: str, key: str, limit: int, now: float
     ) -> tuple[int, str, list[int]] | None:
         """The oldest ``batching`` jobs of ``task`` and ``key`` form a batch (``store.deps``)."""
-
-        def work(conn: sqlite3.Connection) -> tuple[int, str, list[int]] | None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                formed = form_batch(conn, task, key, limit, now)
-                conn.execute("COMMIT")
-                return formed
-            except BaseException:
-                rollback(conn)
-                raise
-
-        async with self._writes.lock:
-            try:
-                formed: tuple[int, str, list[int]] | None = await in_thread(self.db, work)
-            except sqlite3.Error as exc:
-                raise store_error(self.path, exc) from exc
+        formed: tuple[int, str, list[int]] | None = await self._in_transaction(
+            lambda conn, _: form_batch(conn, task, key, limit, now)
+        )
         return formed
 
     async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
@@ -495,27 +493,9 @@ class Store(QueuedWrites, SharedReads):
         dependents (``taskrt.store.deps``), in one transaction."""
         if parents is not None and not parents:
             return Settled()
-
-        def work(conn: sqlite3.Connection) -> tuple[Settled, Counted | None]:
-            counted = Tally()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                settled = settle(conn, parents, now, counted)
-                snapshot = counted.commit(conn)
-                conn.execute("COMMIT")
-                return settled, snapshot
-            except BaseException:
-                rollback(conn)
-                raise
-
-        async with self._writes.lock:
-            try:
-                done: tuple[Settled, Counted | None] = await in_thread(self.db, work)
-                settled, snapshot = done
-            except sqlite3.Error as exc:
-                raise store_error(self.path, exc) from exc
-            if snapshot is not None:
-                self._counts.replace(*snapshot)
+        settled: Settled = await self._in_transaction(
+            lambda conn, counted: settle(conn, parents, now, counted)
+        )
         return settled
 
     # -- reads ---------------------------------------------------------------
