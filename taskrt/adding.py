@@ -28,6 +28,7 @@ from .errors import (
 )
 from .limits import check_text, check_time, encode
 from .models import BLOCKED_AT, Event, EventType, JobStatus
+from .params import LATER
 from .retry import parse_retry
 from .store import NewJob, dumps
 from .transaction import Transaction
@@ -214,10 +215,10 @@ class Adding:
                         spec.name, "a job of a batched task takes one argument: its item"
                     )
                 spec.validate(([args[0]],), {})  # the handler gets the list of items
-            elif not takes_input:
+            elif takes_input:
+                spec.validate((LATER, *args), kwargs)  # its parents' results come first
+            else:
                 spec.validate(args, kwargs)
-            elif spec.validator is None:
-                spec.validate((None, *args), kwargs)  # the input comes first (a placeholder)
             args_json = encode(
                 list(args), what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
             )

@@ -366,7 +366,7 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
             arguments = _bind(task, sig, args, kwargs).arguments
         for name, value in arguments.items():
             check = compiled.get(name)
-            if check is None:
+            if check is None or value is LATER:
                 continue
             fast = quick.get(name)
             if fast is not None and fast(value):
@@ -382,6 +382,20 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
                 _check_value(task, check, value, parameter=name)
 
     return schema, validate
+
+
+class _Later:
+    """The type of ``LATER``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+LATER = _Later()
+"""An argument known only when the job runs (a workflow step's input, its parents'
+results): its place is bound, its value not checked."""
 
 
 _QUICK_TYPES: dict[str, Callable[[Any], bool]] = {

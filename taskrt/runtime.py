@@ -1528,7 +1528,13 @@ class Runtime:
         """A snapshot of the workflow (``data["workflow"]``), then every event of its
         jobs, until all of them are terminal."""
         return WorkflowStream(
-            self.broker, workflow_id, lambda: self.workflow(workflow_id), self.clock, buffer
+            self.broker,
+            workflow_id,
+            lambda: self.workflow(workflow_id),
+            self.clock,
+            buffer,
+            relayed=lambda: self.relayed,
+            poll_interval=self.poll_interval,
         )
 
     async def cancel_workflow(self, workflow_id: int) -> WorkflowInfo:

@@ -384,8 +384,15 @@ class WorkflowStream:
         read: Callable[[], Any],
         clock: Clock,
         buffer: int | None,
+        *,
+        relayed: Callable[[], bool] = lambda: True,
+        poll_interval: float = 0.5,
     ) -> None:
         self._broker = broker
+        # A process no event reaches (a client away from the owner) reads the
+        # workflow every ``poll_interval`` and sends a snapshot when it changed.
+        self._relayed = relayed
+        self._poll_interval = poll_interval
         self.workflow_id = workflow_id
         self._read = read
         self._clock = clock
@@ -400,6 +407,10 @@ class WorkflowStream:
         return self._events()
 
     async def _events(self) -> AsyncIterator[Event]:
+        if not self._relayed():
+            async for event in self._polled():
+                yield event
+            return
         try:
             while not self._done:
                 yield await self._snapshot()
@@ -434,6 +445,18 @@ class WorkflowStream:
         if not self._open:
             self._done = True
         return snapshot_event(info, self._clock.now())
+
+    async def _polled(self) -> AsyncIterator[Event]:
+        seen: tuple[tuple[int, int, str], ...] | None = None
+        while True:
+            info: WorkflowInfo = await self._read()
+            now = tuple((j.id, j.seq, j.status.value) for j in info.jobs)
+            if now != seen:
+                seen = now
+                yield snapshot_event(info, self._clock.now())
+            if info.terminal:
+                return
+            await asyncio.sleep(self._poll_interval)
 
     def _mine(self, event: Event) -> bool:
         return event.job_id in self._ids

@@ -23,6 +23,7 @@ from taskrt import (
     JobNotFound,
     JobStatus,
     Runtime,
+    ValidationError,
 )
 from taskrt.models import BLOCKED_AT
 
@@ -568,3 +569,64 @@ async def test_a_groups_successes_are_settled_once_where_one_owner_runs_them(
         assert (await rt.wait(flow.jobs[-1], timeout=10)).result == sum(range(50))
         mine = [s for s in settles if s is not None]
         assert mine == [sorted(flow.jobs[:-1])]  # one settle of all 50, at the last end
+
+
+async def test_a_steps_other_arguments_are_checked_when_it_is_added(tmp_path: Path) -> None:
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    @rt.task
+    async def fetch(url: str) -> str:
+        return url
+
+    @rt.task
+    async def store(page: str, bucket: str) -> str:
+        return bucket
+
+    async with rt:
+        with pytest.raises(ValidationError) as caught:
+            await rt.chain(fetch.s("x"), store.s(bucket=3))  # bucket is a string
+        assert caught.value.parameter == "bucket"
+        with pytest.raises(ValidationError):
+            await rt.chain(fetch.s("x"), store.s("b", "extra"))  # one argument too many
+        assert (await rt.jobs()).jobs == []
+        flow = await rt.chain(fetch.s("x"), store.s(bucket="b"))
+        assert (await rt.wait(flow.jobs[-1], timeout=10)).result == "b"
+
+
+async def test_a_workflow_stream_where_no_event_arrives_polls_snapshots(tmp_path: Path) -> None:
+    """A process no event reaches (a client away from the owner) reads the workflow
+    again and sends a snapshot each time it changed, until it is finished."""
+    from taskrt.workflows import WorkflowStream
+
+    rt = Runtime(str(tmp_path / "app.db"))
+    gate = Gate()
+
+    @rt.task
+    async def step(n: int) -> int:
+        await gate.open.wait()
+        return n
+
+    async with rt:
+        flow = await rt.chain(step.s(1), step.s())
+        stream = WorkflowStream(
+            rt.broker,
+            flow.id,
+            lambda: rt.workflow(flow.id),
+            rt.clock,
+            None,
+            relayed=lambda: False,
+            poll_interval=0.02,
+        )
+        seen: list[str] = []
+
+        async def follow() -> None:
+            async for event in stream:
+                assert event.type is EventType.SNAPSHOT
+                seen.append(event.data["workflow"]["status"])
+
+        follower = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)
+        gate.open.set()
+        await asyncio.wait_for(follower, 10)
+        assert seen[0] == "RUNNING" and seen[-1] == "SUCCESS"
+        assert len(seen) >= 3  # it saw the chain move, not only its start and end
