@@ -599,15 +599,15 @@ async def test_a_workflow_stream_where_no_event_arrives_polls_snapshots(tmp_path
     from taskrt.workflows import WorkflowStream
 
     rt = Runtime(str(tmp_path / "app.db"))
-    gate = Gate()
+    gates = [asyncio.Event(), asyncio.Event()]
 
     @rt.task
     async def step(n: int) -> int:
-        await gate.open.wait()
-        return n
+        await gates[n].wait()
+        return n + 1
 
     async with rt:
-        flow = await rt.chain(step.s(1), step.s())
+        flow = await rt.chain(step.s(0), step.s())
         stream = WorkflowStream(
             rt.broker,
             flow.id,
@@ -617,16 +617,19 @@ async def test_a_workflow_stream_where_no_event_arrives_polls_snapshots(tmp_path
             relayed=lambda: False,
             poll_interval=0.02,
         )
-        seen: list[str] = []
+        seen: list[list[str]] = []
 
         async def follow() -> None:
             async for event in stream:
                 assert event.type is EventType.SNAPSHOT
-                seen.append(event.data["workflow"]["status"])
+                seen.append([j["status"] for j in event.data["workflow"]["jobs"]])
 
         follower = asyncio.create_task(follow())
-        await asyncio.sleep(0.2)
-        gate.open.set()
+        gates[0].set()
+        while not seen or seen[-1][0] != "SUCCESS":
+            await asyncio.sleep(0.01)
+        assert seen[-1][1] in ("WAITING", "RUNNING")  # the first step's end, seen alone
+        gates[1].set()
         await asyncio.wait_for(follower, 10)
-        assert seen[0] == "RUNNING" and seen[-1] == "SUCCESS"
-        assert len(seen) >= 3  # it saw the chain move, not only its start and end
+        assert seen[0][0] in ("WAITING", "RUNNING")
+        assert seen[-1] == ["SUCCESS", "SUCCESS"]
