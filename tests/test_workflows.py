@@ -633,3 +633,37 @@ async def test_a_workflow_stream_where_no_event_arrives_polls_snapshots(tmp_path
         await asyncio.wait_for(follower, 10)
         assert seen[0][0] in ("WAITING", "RUNNING")
         assert seen[-1] == ["SUCCESS", "SUCCESS"]
+
+
+async def test_a_group_runs_across_two_nodes(tmp_path: Path) -> None:
+    """Both nodes run the members; whichever ends the last one releases the callback
+    (the sweep held off), and the callback gets every result in order."""
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    ran: dict[str, int] = {}
+
+    def node() -> tuple[Runtime, Any, Any]:
+        rt = Runtime(url, mode="nodes")
+
+        @rt.task
+        async def member(n: int) -> int:
+            assert rt.nodes is not None
+            ran[rt.nodes.node] = ran.get(rt.nodes.node, 0) + 1
+            await asyncio.sleep(0.002)
+            return n
+
+        @rt.task
+        async def total(results: list[int]) -> list[int]:
+            return results
+
+        return rt, member, total
+
+    x, member, total = node()
+    y, _, _ = node()
+    async with x, y:
+        for rt in (x, y):
+            rt.workflows.sweep_interval = 60.0
+            rt.pool("default").set_concurrency(4)
+        flow = await x.group([member.s(n) for n in range(200)]).then(total.s())
+        done = await y.wait(flow.jobs[-1], timeout=20)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, list(range(200)))
+        assert len(ran) == 2 and sum(ran.values()) == 200
