@@ -831,3 +831,39 @@ def test_ls_names_what_holds_a_waiting_job_back() -> None:
     assert reason_note(replace(waiting, waiting_reason="paused")) == "pool paused"
     assert reason_note(replace(waiting, waiting_reason=None)) == ""
     assert reason_note(replace(waiting, status=JobStatus.RUNNING)) == ""
+
+
+async def test_workflow_shows_a_workflows_jobs_and_cancels_it(
+    capsys: pytest.CaptureFixture[str], db_path: Path, server: Serve
+) -> None:
+    rt, gates = owner(str(db_path))
+    steps = rt.tasks["steps"]
+
+    async def cli_main(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(cli.main, list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    async with server(create_app(rt)) as url:
+        from taskrt.definitions import Task
+
+        flow = await rt.group([Task(steps).s(0), Task(steps).s(0)]).then(Task(steps).s())
+        first, second, callback = flow.jobs
+        gate(gates, first).put_nowait(None)
+        await rt.wait(first, timeout=5)
+        code, out, _ = await cli_main("workflow", str(flow.id), "--url", url)
+        assert code == 0, out
+        lines = out.splitlines()
+        assert lines[0].startswith(f"workflow {flow.id}  RUNNING  33%")
+        row = next(line for line in lines if line.startswith(str(callback)))
+        assert "WAITING waits for its parents" in row and row.endswith(f"{first},{second}")
+        code, out, _ = await cli_main("workflow", str(flow.id), "--db", str(db_path), "--json")
+        assert code == 0 and json.loads(out)["edges"] == [[callback, first], [callback, second]]
+        code, out, _ = await cli_main("workflow", str(flow.id), "--cancel", "--url", url)
+        row = next(line for line in out.splitlines() if line.startswith(str(callback)))
+        assert code == 0 and "CANCELLED" in row
+        gate(gates, second).put_nowait(None)  # it was told to stop; let it end
+        await rt.wait(callback, timeout=5)
+        assert (await rt.workflow(flow.id)).status is JobStatus.CANCELLED
+        code, _, err = await cli_main("workflow", "999", "--url", url)
+        assert code == 3 and "999" in err

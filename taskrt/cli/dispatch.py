@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import database, files, jobs, schedules, serve, watch
+from . import database, files, jobs, schedules, serve, watch, workflows
 from .support import CommandError, Run, error, one_line, targets_from_env
 
 __all__ = ["COMMANDS", "Command", "Configure", "build_parser", "main"]
@@ -52,6 +52,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("ls", "list jobs, newest first, with filters", jobs.ls_args, jobs.ls),
     Command("cancel", "cancel a waiting or running job", jobs.id_args, jobs.cancel),
     Command("retry", "run a FAILURE or CANCELLED job again", jobs.id_args, jobs.retry),
+    Command(
+        "workflow",
+        "show a workflow: its jobs, what each waits for, status, progress (--cancel)",
+        workflows.workflow_args,
+        workflows.workflow,
+    ),
     Command(
         "stats",
         "counts by status, success rate, mean and p95 duration",

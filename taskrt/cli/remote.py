@@ -27,6 +27,7 @@ from ..models import (
     Page,
     ScheduleInfo,
     Stats,
+    WorkflowInfo,
 )
 from .support import NOT_FOUND, UNAVAILABLE, USAGE, CommandError, request_headers
 from .support import opened as opened_locally
@@ -90,6 +91,13 @@ class ServerJobs:
 
     async def cancel(self, job_id: int) -> JobInfo:
         return JobInfo.from_dict(await self.call("POST", f"/jobs/{job_id}/cancel"))
+
+    async def workflow(self, workflow_id: int) -> WorkflowInfo:
+        return WorkflowInfo.from_dict(await self.call("GET", f"/workflows/{workflow_id}"))
+
+    async def cancel_workflow(self, workflow_id: int) -> WorkflowInfo:
+        data = await self.call("POST", f"/workflows/{workflow_id}/cancel")
+        return WorkflowInfo.from_dict(data)
 
     async def retry(self, job_id: int) -> JobInfo:
         return JobInfo.from_dict(await self.call("POST", f"/jobs/{job_id}/retry"))
@@ -199,7 +207,7 @@ def _error_of(response: httpx.Response, path: str) -> Exception:
         code, message = str(error.get("code")), str(error.get("message"))
     except (ValueError, KeyError, TypeError, AttributeError):
         code, message = "", response.text[:200] or response.reason_phrase
-    if code == "job_not_found":
+    if code in ("job_not_found", "workflow_not_found"):
         exc: Exception = JobNotFound(int(path.split("/")[2]))
         return exc
     if code == "invalid_transition":

@@ -314,6 +314,12 @@ def reason_note(job: JobInfo) -> str:
         return "rate limited"
     if reason == "paused":
         return "pool paused"
+    if reason == "blocked":
+        return "waits for its parents"
+    if reason == "batching":
+        return f"batch {job.batch_key!r} gathering"
+    if reason == "batched":
+        return f"in the batch of job {job.batch}"
     return ""
 
 
