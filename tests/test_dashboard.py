@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from taskrt import JobContext, Runtime
+from taskrt import Batch, JobContext, Runtime
 from taskrt.web import create_app
 from taskrt.web.dashboard import CSP
 
@@ -75,6 +75,14 @@ def make_runtime(path: Path, steps: Steps) -> Runtime:
     @rt.task(pool="batch", attempts=1)
     async def boom(job: JobContext, path: str = "/var/data") -> None:
         raise RuntimeError(f"boom: the disk holding {path} is full")
+
+    @rt.task(pool="batch")
+    async def hop(job: JobContext, previous: Any = None, key: str = "") -> Any:
+        """A step of a workflow; with a ``key``, held halfway until the test allows it."""
+        if key:
+            await job.progress(1, 2, "at the gate")
+            await steps[key].get()
+        return [previous, key]
 
     @rt.task(pool="main", attempts=2, retry=0)
     async def greet(job: JobContext, to: str, times: int = 1) -> str:
@@ -918,3 +926,250 @@ async def test_where_every_node_runs_jobs_the_page_names_the_nodes_and_a_jobs_no
             await expect(page.locator("#job-facts")).to_contain_text(rt.nodes.node)
             async with httpx.AsyncClient(base_url=base) as client:
                 assert (await client.get(f"/jobs/{job_id}")).json()["node"] == rt.nodes.node
+
+
+# -- workflows ------------------------------------------------------------------------------------
+
+
+def sig(rt: Runtime, task: str, *args: Any, **kwargs: Any) -> Any:
+    """``task.s(*args, **kwargs)`` for a task of ``make_runtime``."""
+    return _with(rt, task).s(*args, **kwargs)
+
+
+def box(page: Any, job_id: int) -> Any:
+    return page.locator(f'#wf-graph .wf-job[data-id="{job_id}"]')
+
+
+async def bounds(locator: Any) -> list[dict[str, float]]:
+    found = []
+    for item in await locator.all():
+        rect = await item.bounding_box()
+        assert rect is not None
+        found.append(rect)
+    return found
+
+
+@in_browser
+async def test_a_chain_is_a_row_of_boxes_that_moves_live_from_the_workflows_stream(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    flow = await rt.chain(sig(rt, "hop"), sig(rt, "hop", key="mid"), sig(rt, "hop"))
+    first, middle, last = flow.jobs
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard/workflows/{flow.id}") as page:
+            boxes = page.locator("#wf-graph .wf-job")
+            await expect(boxes).to_have_count(3)
+            ids = await boxes.evaluate_all("bs => bs.map(b => Number(b.dataset.id))")
+            assert ids == [first, middle, last]
+            await expect(boxes.locator(".status")).to_have_text(["SUCCESS", "RUNNING", "WAITING"])
+            await expect(box(page, middle).get_by_role("progressbar")).to_have_attribute(
+                "aria-valuenow", "50"
+            )
+            await expect(box(page, last).locator(".wf-note")).to_have_text("waits for its parents")
+            await expect(box(page, first).get_by_role("progressbar")).to_be_hidden()
+            # A row: one height, left to right, and a line from each step to the next.
+            rects = await bounds(boxes)
+            assert len({round(r["y"]) for r in rects}) == 1, rects
+            assert rects[0]["x"] + rects[0]["width"] < rects[1]["x"], rects
+            assert rects[1]["x"] + rects[1]["width"] < rects[2]["x"], rects
+            lines = await page.locator("#wf-graph path").evaluate_all(
+                "ps => ps.map(p => [+p.dataset.to, +p.dataset.from, p.getAttribute('class')])"
+            )
+            assert sorted(lines) == [[middle, first, "done"], [last, middle, ""]]
+            # The header: status, progress (1 finished + half of one, of 3) and counts.
+            await expect(page.locator("#wf-title")).to_have_text(f"Workflow #{flow.id}")
+            await expect(page.locator("#wf-status")).to_have_text("RUNNING")
+            overall = page.get_by_role("progressbar", name=f"Progress of workflow {flow.id}")
+            await expect(overall).to_have_attribute("aria-valuenow", "50")
+            await expect(page.locator("#wf-counts .badge")).to_have_text(
+                ["1 WAITING", "1 RUNNING", "1 SUCCESS"]
+            )
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(
+                path=str(ARTIFACTS / "dashboard-workflow.png"), animations="disabled"
+            )
+            probe = "window.taskrtDashboard"
+            draws = await page.evaluate(f"{probe}.workflowDraws")
+
+            steps.allow("mid")  # the gate opens: the rest moves with the stream's events
+            await expect(boxes.locator(".status")).to_have_text(["SUCCESS"] * 3)
+            await expect(page.locator("#wf-status")).to_have_text("SUCCESS")
+            await expect(overall).to_have_attribute("aria-valuenow", "100")
+            await expect(page.locator("#wf-counts .badge")).to_have_text(["3 SUCCESS"])
+            await expect(page.locator(f'#wf-graph path[data-from="{middle}"]')).to_have_class(
+                "done"
+            )
+            await expect(page.locator("#wf-note")).to_have_text("finished")  # frame id "end"
+            assert await page.evaluate(f"{probe}.workflowDraws") == draws  # not redrawn
+            assert await page.evaluate(f"{probe}.loads") == 1  # nor reloaded
+    assert rt.broker.subscribers == 0
+
+
+@in_browser
+async def test_a_groups_members_stand_in_one_column_and_its_callback_after_them(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    flow = await rt.group([sig(rt, "hop", key="g") for _ in range(3)]).then(sig(rt, "hop"))
+    *members, callback = flow.jobs
+    async with server(create_app(rt)) as base:
+        # The dashboard's own hash form of the address, as for a job.
+        async with dashboard(browser, f"{base}/dashboard#/workflows/{flow.id}") as page:
+            await expect(page).to_have_url(f"{base}/dashboard/workflows/{flow.id}")
+            boxes = page.locator("#wf-graph .wf-job")
+            await expect(boxes).to_have_count(4)
+            for job_id in members:
+                await expect(box(page, job_id).locator(".status")).to_have_text("RUNNING")
+            await expect(box(page, callback).locator(".wf-note")).to_have_text(
+                "waits for its parents"
+            )
+            places = await boxes.evaluate_all(
+                "bs => bs.map(b => [Number(b.dataset.id), b.dataset.col, b.dataset.row])"
+            )
+            assert places == [
+                *([job_id, "0", str(row)] for row, job_id in enumerate(members)),
+                [callback, "1", "0"],
+            ]
+            column = await bounds(page.locator("#wf-graph .wf-job[data-col='0']"))
+            [after] = await bounds(box(page, callback))
+            assert len({round(r["x"]) for r in column}) == 1, column
+            assert sorted(r["y"] for r in column) == [r["y"] for r in column]
+            assert column[0]["y"] < after["y"] < column[-1]["y"]  # centred on the column
+            assert after["x"] > column[0]["x"] + column[0]["width"]
+            await expect(page.locator("#wf-graph path")).to_have_count(3)
+
+            # Cancel it from its page: every box turns CANCELLED with the events.
+            page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await page.get_by_role("button", name=f"Cancel workflow {flow.id}").click()
+            await expect(boxes.locator(".status")).to_have_text(["CANCELLED"] * 4)
+            await expect(page.locator("#wf-status")).to_have_text("CANCELLED")
+            await expect(
+                page.get_by_role("button", name=f"Cancel workflow {flow.id}")
+            ).to_have_count(0)
+    assert {(await rt.get(job_id)).status.value for job_id in flow.jobs} == {"CANCELLED"}
+
+
+@in_browser
+async def test_a_workflow_jobs_page_links_to_the_workflow_and_its_boxes_link_back(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    flow = await rt.chain(sig(rt, "hop"), sig(rt, "hop"))
+    await rt.wait(flow.jobs[-1], timeout=5)
+    plain = await rt.add("hop")
+    await rt.wait(plain, timeout=5)
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard/jobs/{flow.jobs[1]}") as page:
+            facts = page.locator("#job-facts")
+            await facts.get_by_role("link", name=f"workflow {flow.id}").click()
+            await expect(page).to_have_url(f"{base}/dashboard/workflows/{flow.id}")
+            await expect(page.locator("#workflow-view")).to_be_visible()
+            await expect(page.locator("#job-view")).to_be_hidden()
+            await expect(page.locator("#wf-graph .wf-job .status")).to_have_text(["SUCCESS"] * 2)
+            await expect(page.locator("#wf-note")).to_have_text("finished")
+            await box(page, flow.jobs[0]).click()
+            await expect(page).to_have_url(f"{base}/dashboard/jobs/{flow.jobs[0]}")
+            await expect(page.locator("#job-title")).to_have_text(f"Job #{flow.jobs[0]} · hop")
+            await expect(facts.get_by_role("link", name=f"workflow {flow.id}")).to_be_visible()
+            await page.go_back()
+            await expect(page.locator("#wf-graph .wf-job")).to_have_count(2)
+            await page.goto(f"{base}/dashboard/jobs/{plain}")
+            await page.locator("body[data-ready=true]").wait_for()
+            await expect(page.locator("#job-title")).to_have_text(f"Job #{plain} · hop")
+            await expect(facts).not_to_contain_text("Workflow")
+        # A job that is no workflow: the page says so (its stream's 404 is expected).
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(f"{base}/dashboard/workflows/{plain}")
+            await expect(page.locator("#wf-counts")).to_contain_text(
+                f"There is no workflow #{plain}"
+            )
+            await expect(page.locator("#wf-panel")).to_be_hidden()
+        finally:
+            await context.close()
+        async with httpx.AsyncClient(base_url=base) as client:
+            for impossible in ("0", str(2**63)):
+                assert (await client.get(f"/dashboard/workflows/{impossible}")).status_code == 404
+
+
+@in_browser
+async def test_after_a_reconnect_the_workflow_is_redrawn_from_its_new_snapshot(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    """The server goes away mid-workflow; what happened meanwhile arrives as the
+    snapshot that starts the reconnected stream (workflows note 3: no resume)."""
+    flow = await rt.chain(sig(rt, "hop", key="r"), sig(rt, "hop"))
+    app = create_app(rt)
+    context = await browser.new_context()
+    errors: list[str] = []
+    try:
+        page = await context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        async with server(app) as base:
+            await page.goto(f"{base}/dashboard/workflows/{flow.id}")
+            await page.locator("body[data-ready=true][data-live=true]").wait_for()
+            await expect(box(page, flow.jobs[0]).locator(".status")).to_have_text("RUNNING")
+            await expect(page.locator("#wf-note")).to_have_text("live")
+        # Refused while the server is down (the browser keeps trying): the jobs move on.
+        await expect(page.locator("#wf-note")).to_have_text("reconnecting…")
+        steps.allow("r")
+        await rt.wait(flow.jobs[-1], timeout=5)
+        async with server(app):
+            statuses = page.locator("#wf-graph .wf-job .status")
+            await expect(statuses).to_have_text(["SUCCESS", "SUCCESS"], timeout=10_000)
+            await expect(page.locator("#wf-note")).to_have_text("finished")
+            assert await page.evaluate("window.taskrtDashboard.workflowDraws") == 2
+        assert errors == []
+    finally:
+        await context.close()
+
+
+@in_browser
+async def test_a_group_of_1000_draws_200_boxes_and_a_count_and_keeps_up_with_the_events(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    await rt.change_pool("batch", paused=True)
+    flow = await rt.group([sig(rt, "hop", i) for i in range(1000)]).then(sig(rt, "hop"))
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard/workflows/{flow.id}") as page:
+            await expect(page.locator("#wf-graph .wf-job[data-col='0']")).to_have_count(200)
+            await expect(page.locator("#wf-graph .wf-more")).to_have_text("+800 more")
+            await expect(box(page, flow.jobs[-1])).to_have_attribute("data-col", "1")
+            await expect(page.locator("#wf-counts .badge")).to_have_text(["1,001 WAITING"])
+            assert await page.evaluate("window.taskrtDashboard.lastWorkflowDrawMs") < 1000
+            await rt.change_pool("batch", paused=False)
+            # 2,000 events later: every job finished, the drawn ones and the others.
+            await expect(page.locator("#wf-status")).to_have_text("SUCCESS", timeout=15_000)
+            await expect(page.locator("#wf-counts .badge")).to_have_text(["1,001 SUCCESS"])
+            await expect(page.locator("#wf-graph .wf-job .status")).to_have_text(["SUCCESS"] * 201)
+            assert await page.evaluate("window.taskrtDashboard.workflowDraws") == 1
+
+
+@in_browser
+async def test_rows_say_a_job_gathers_its_batch_or_waits_in_one_with_a_link(
+    db_path: Path, steps: Steps, server: Serve, browser: Any
+) -> None:
+    rt = make_runtime(db_path, steps)
+
+    @rt.task(pool="main", batch=Batch(max_size=2, max_wait=60))
+    async def digest(job: JobContext, items: list[int]) -> int:
+        await steps["digest"].get()
+        return sum(items)
+
+    async with rt:
+        pool = rt.pool("main")
+        leader, member, late = [await pool.add(digest.options(batch_key="k"), n) for n in range(3)]
+        await wait_until(
+            lambda: leader in rt.live.states and rt.live.states[leader].status == "RUNNING"
+        )
+        async with server(create_app(rt)) as base:
+            async with dashboard(browser, f"{base}/dashboard") as page:
+                await expect(row(page, late).locator(".held")).to_have_text("gathering its batch")
+                held = row(page, member).locator(".held")
+                await expect(held).to_have_text(f"in batch {leader}")
+                await held.get_by_role("link", name=f"batch {leader}").click()
+                await expect(page).to_have_url(f"{base}/dashboard/jobs/{leader}")
+                await expect(page.locator("#job-status")).to_have_text("RUNNING")
+                await expect(page.locator("#job-facts")).to_contain_text("Batch key")
+                steps.allow("digest")
+                await expect(page.locator("#job-status")).to_have_text("SUCCESS")
+        assert (await rt.wait(member, timeout=5)).result == 1

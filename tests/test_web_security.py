@@ -353,6 +353,8 @@ async def test_login_form_sets_a_cookie_that_is_not_the_token_and_opens_the_dash
         assert (away.status_code, away.headers["location"]) == (303, "/login")
         job_page = await client.get("/dashboard/jobs/3", headers=html)
         assert (job_page.status_code, job_page.headers["location"]) == (303, "/login")
+        flow_page = await client.get("/dashboard/workflows/3", headers=html)
+        assert (flow_page.status_code, flow_page.headers["location"]) == (303, "/login")
         # A script, not a browser page: JSON 401, no redirect.
         assert (await client.get("/dashboard")).status_code == 401
         assert (await client.get("/dashboard/static/dashboard.js", headers=html)).status_code == 401

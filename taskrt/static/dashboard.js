@@ -14,6 +14,11 @@
 // 5. Signed out (a 401: say the login cookie expired): when the app serves the
 //    login form (the built-in token, TASKRT_TOKEN), the page goes there;
 //    otherwise it says so in a banner. Asked once, with HEAD ${ROOT}/login.
+// 6. A workflow's page follows its own stream (GET /workflows/{id}/events) as
+//    well: every (re)connect starts with a snapshot, which the page redraws
+//    from; each job event moves its job's box. What it draws is bounded
+//    (WF_LIMITS: boxes per column, boxes, columns), whatever the workflow's
+//    size, and the boxes and the header are redrawn at most once a frame.
 
 const ROOT = document.documentElement.dataset.root || "";
 const STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"];
@@ -26,7 +31,7 @@ const RATE_WINDOW = 10;
 const $ = (sel, scope = document) => scope.querySelector(sel);
 
 // Exposed for people poking at the page and for the browser tests.
-const probe = (window.taskrtDashboard = { ready: false, firstRenderMs: null, loads: 0 });
+const probe = (window.taskrtDashboard = { ready: false, firstRenderMs: null, loads: 0, workflowDraws: 0 });
 
 // -- small helpers ------------------------------------------------------------------------
 
@@ -197,8 +202,9 @@ async function act(label, fn) {
 // -- state ----------------------------------------------------------------------------------
 
 const state = {
-  view: "list", // or "job"
+  view: "list", // or "job", "workflow"
   jobId: null,
+  workflowId: null,
   filters: { status: "", pool: "", task: "", q: "" },
   stack: [], // cursors of the pages before this one ("" = the first page)
   cursor: null, // the cursor this page was loaded with
@@ -216,6 +222,7 @@ const state = {
   schedules: [],
   tasks: [],
   job: null, // the job page: { id, info, attempts, timeline, loading, buffered }
+  flow: null, // the workflow page: see openWorkflow
 };
 
 function metadataFilters(q) {
@@ -239,13 +246,15 @@ function matchesFilters(job) {
 
 function readLocation() {
   const path = location.pathname.slice(ROOT.length);
-  const hash = location.hash.match(/^#\/jobs\/(\d+)$/);
+  const hash = location.hash.match(/^#\/(jobs|workflows)\/(\d+)$/);
   if (hash) {
-    history.replaceState(null, "", `${ROOT}/dashboard/jobs/${hash[1]}`);
+    history.replaceState(null, "", `${ROOT}/dashboard/${hash[1]}/${hash[2]}`);
     return readLocation();
   }
   const m = path.match(/^\/dashboard\/jobs\/(\d+)\/?$/);
   if (m) return { view: "job", id: Number(m[1]) };
+  const w = path.match(/^\/dashboard\/workflows\/(\d+)\/?$/);
+  if (w) return { view: "workflow", id: Number(w[1]) };
   const params = new URLSearchParams(location.search);
   return {
     view: "list",
@@ -275,10 +284,17 @@ function route() {
   state.view = where.view;
   $("#list-view").hidden = where.view !== "list";
   $("#job-view").hidden = where.view !== "job";
+  $("#workflow-view").hidden = where.view !== "workflow";
+  if (where.view !== "workflow") closeWorkflow();
   if (where.view === "job") {
     document.title = `Job #${where.id} · taskrt`;
     state.jobId = where.id;
     if (started) openJob(where.id);
+  } else if (where.view === "workflow") {
+    document.title = `Workflow #${where.id} · taskrt`;
+    state.job = null;
+    state.workflowId = where.id;
+    if (started) openWorkflow(where.id);
   } else {
     document.title = "taskrt · dashboard";
     state.job = null;
@@ -350,7 +366,7 @@ async function reloadAll() {
   probe.loads += 1;
   state.known.clear(); // events may have been missed while disconnected
   // What the page is about first, so that it is not queued behind the rest.
-  await (state.view === "job" && state.jobId !== null ? openJob(state.jobId) : loadJobs());
+  await (state.view === "job" && state.jobId !== null ? openJob(state.jobId) : state.view === "workflow" ? keepWorkflow() : loadJobs());
   await Promise.allSettled([loadCounts(), loadPools(), loadSchedules(), loadTasks(), loadOwner(), loadHistory()]);
   probe.ready = true;
   document.body.dataset.ready = "true";
@@ -978,8 +994,8 @@ function shownError(job) {
 // Why a waiting job has not started: it runs later (a delay, or a retry's backoff).
 function waitingFor(job) {
   if (job.status !== "WAITING") return null;
-  const held = heldText(job);
-  if (held) return el("span", { class: "sub held", dataset: { reason: job.waiting_reason }, text: held });
+  const held = heldEl(job, "sub held");
+  if (held) return held;
   if (!job.run_at || job.run_at <= nowS() + 1) return null;
   return el("span", { class: "sub when", dataset: { until: String(job.run_at) }, title: absolute(job.run_at), text: untilText(job.run_at) });
 }
@@ -997,10 +1013,24 @@ function heldText(job) {
       return `rate limited${next}`;
     }
     case "blocked":
-      return "blocked";
+      return "waits for its parents";
+    case "batching":
+      return "gathering its batch";
+    case "batched":
+      return job.batch ? `in batch ${job.batch}` : "in a batch";
     default:
       return "";
   }
+}
+
+// The same, as an element: "in batch N" links to job N, the one that runs the batch.
+function heldEl(job, cls) {
+  const text = heldText(job);
+  if (!text) return null;
+  const node = el("span", { class: cls, dataset: { reason: job.waiting_reason }, title: job.batch_key ? `batch key ${job.batch_key}` : null });
+  if (job.waiting_reason === "batched" && job.batch) node.append("in ", el("a", { href: `${ROOT}/dashboard/jobs/${job.batch}`, "data-nav": true, text: `batch ${job.batch}` }));
+  else node.textContent = text;
+  return node;
 }
 
 function untilText(ts) {
@@ -1383,6 +1413,7 @@ function renderJobPage() {
   holder.hidden = !job.total && (job.status === "FAILURE" || job.status === "CANCELLED");
   const facts = [
     ["Pool", job.pool],
+    ...(job.workflow ? [["Workflow", el("a", { href: workflowUrl(job.workflow), "data-nav": true, text: `workflow ${job.workflow}` })]] : []),
     ["Attempts", attemptsText(job)],
     ["Priority", String(job.priority ?? 0)],
     ["Created", timeEl(job.created_at)],
@@ -1396,8 +1427,10 @@ function renderJobPage() {
   if (job.node) facts.push(["Node", job.node]);
   if (job.lock) facts.push(["Lock", job.lock]);
   if (job.deadline) facts.push(["Deadline", timeEl(job.deadline)]);
-  const held = job.status === "WAITING" ? heldText(job) : "";
+  const held = job.status === "WAITING" ? heldEl(job, "held") : null;
   if (held) facts.push(["Waits for", held]);
+  if (job.batch_key) facts.push(["Batch key", job.batch_key]);
+  if (job.batch && job.batch !== job.id) facts.push(["Batch run by", el("a", { href: `${ROOT}/dashboard/jobs/${job.batch}`, "data-nav": true, text: `#${job.batch}` })]);
   if (job.recoveries) facts.push(["Recoveries", String(job.recoveries)]);
   for (const [key, value] of Object.entries(job.metadata || {})) facts.push([`meta · ${key}`, typeof value === "string" ? value : JSON.stringify(value)]);
   $("#job-facts").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", {}, v))));
@@ -1455,6 +1488,426 @@ function renderAttempts() {
 $("#job-actions").addEventListener("click", async (event) => {
   const button = event.target.closest("button[data-action]");
   if (button) await jobAction(button, Number(button.dataset.id), button.dataset.action);
+});
+
+// -- a workflow's page: its jobs as a small live graph (note 6) -------------------------------
+
+// What is drawn, whatever the workflow's size: boxes per column (the rest of a
+// column is one "+N more"), boxes in all, and columns (deeper ones are summed up).
+const WF_LIMITS = { perColumn: 200, boxes: 600, columns: 60, edges: 2000 };
+const WF_BOX = { w: 196, h: 64, gapX: 56, gapY: 12, pad: 14 };
+
+function workflowUrl(id) {
+  return `${ROOT}/dashboard/workflows/${id}`;
+}
+
+function closeWorkflow() {
+  const flow = state.flow;
+  if (!flow) return;
+  state.flow = null;
+  flow.source?.close();
+  clearTimeout(flow.retry);
+  if (flow.frame) cancelAnimationFrame(flow.frame);
+  flow.loaded();
+}
+
+async function keepWorkflow() {
+  // A reconnect of the page's stream: the workflow's own stream reconnects by itself.
+  if (state.flow && state.flow.id === state.workflowId) return;
+  if (state.workflowId !== null) await openWorkflow(state.workflowId);
+}
+
+function openWorkflow(id) {
+  closeWorkflow();
+  state.workflowId = id;
+  let loaded;
+  const done = new Promise((resolve) => (loaded = resolve));
+  const flow = (state.flow = {
+    id,
+    source: null,
+    jobs: new Map(), // id -> job (every job of the workflow, drawn or not)
+    counts: {},
+    done: 0, // finished jobs plus running jobs' fractions (as WorkflowInfo.progress, times the jobs)
+    boxes: new Map(), // id -> the job's box, for the drawn ones
+    edgesFrom: new Map(), // parent id -> its drawn <path>s
+    dirty: new Set(),
+    frame: 0,
+    ended: false, // the stream said the workflow finished (frame id "end")
+    retry: null,
+    backoff: 1000,
+    loaded,
+  });
+  setTimeout(loaded, 5000); // the page is ready (probe) even if the stream never answers
+  $("#wf-title").textContent = `Workflow #${id}`;
+  $("#wf-status").textContent = "";
+  $("#wf-status").className = "badge";
+  $("#wf-actions").replaceChildren();
+  $("#wf-progress").replaceChildren();
+  $("#wf-counts").replaceChildren();
+  $("#wf-graph").replaceChildren();
+  followWorkflow(flow);
+  return done;
+}
+
+function wfConn(flow, text) {
+  if (state.flow === flow) $("#wf-note").textContent = text;
+}
+
+function followWorkflow(flow) {
+  const source = (flow.source = new EventSource(`${ROOT}/workflows/${flow.id}/events`, { withCredentials: true }));
+  const current = () => state.flow === flow && flow.source === source;
+  const data = (message) => {
+    try {
+      return JSON.parse(message.data);
+    } catch {
+      return null;
+    }
+  };
+  // The workflow's last frame (and a finished workflow's snapshot) has the id "end":
+  // nothing follows, so the page closes the stream rather than have it reconnect.
+  const ends = (message) => {
+    if (message.lastEventId !== "end") return;
+    flow.ended = true;
+    source.close();
+    wfConn(flow, "finished");
+  };
+  source.addEventListener("open", () => {
+    if (!current()) return;
+    flow.backoff = 1000;
+    wfConn(flow, "live");
+  });
+  source.addEventListener("snapshot", (message) => {
+    const snapshot = data(message);
+    if (!current() || !snapshot || !snapshot.workflow) return;
+    drawWorkflow(flow, snapshot.workflow);
+    ends(message);
+  });
+  for (const type of EVENT_TYPES) {
+    source.addEventListener(type, (message) => {
+      const event = data(message);
+      if (!current() || !event) return;
+      applyToWorkflow(flow, event);
+      ends(message);
+    });
+  }
+  source.addEventListener("error", () => {
+    if (!current() || flow.ended) return;
+    if (source.readyState !== EventSource.CLOSED) {
+      wfConn(flow, "reconnecting…"); // the browser reconnects; a fresh snapshot follows
+      return;
+    }
+    source.close(); // refused (404, 401, 503 ...): a plain read tells why
+    readWorkflow(flow);
+  });
+}
+
+async function readWorkflow(flow) {
+  let info;
+  try {
+    info = await call("GET", `/workflows/${flow.id}`);
+  } catch (exc) {
+    if (state.flow !== flow) return;
+    if (exc.status === 404) {
+      flow.ended = true;
+      $("#wf-panel").hidden = true; // no empty graph for a workflow that is not there
+      $("#wf-progress").replaceChildren();
+      $("#wf-counts").replaceChildren(el("p", { class: "muted", text: `There is no workflow #${flow.id}: no such job, a job that is not part of a workflow, or one whose jobs were cleaned up.` }));
+      wfConn(flow, "");
+      flow.loaded();
+      return;
+    }
+    retryWorkflow(flow, exc.message);
+    flow.loaded();
+    return;
+  }
+  if (state.flow !== flow) return;
+  drawWorkflow(flow, info);
+  if (TERMINAL.has(info.status)) {
+    flow.ended = true;
+    wfConn(flow, "finished");
+  } else retryWorkflow(flow, "stream refused");
+}
+
+function retryWorkflow(flow, why) {
+  wfConn(flow, `${why} · retrying in ${Math.round(flow.backoff / 1000)} s`);
+  flow.retry = setTimeout(() => {
+    if (state.flow === flow) followWorkflow(flow);
+  }, flow.backoff);
+  flow.backoff = Math.min(flow.backoff * 2, 30000);
+}
+
+// A job's part of the workflow's progress, as WorkflowInfo.progress counts it.
+function share(job) {
+  if (TERMINAL.has(job.status)) return 1;
+  if (job.status === "RUNNING" && job.total) return Math.max(0, Math.min(1, job.current / job.total));
+  return 0;
+}
+
+function workflowStatus(counts) {
+  if (counts.WAITING || counts.RUNNING) return "RUNNING";
+  if (counts.FAILURE) return "FAILURE";
+  if (counts.CANCELLED) return "CANCELLED";
+  return "SUCCESS";
+}
+
+// Depth: the longest path from a root over the edges ([child, parent]); Kahn's order.
+function depths(ids, edges) {
+  const known = new Set(ids);
+  const children = new Map();
+  const open = new Map(ids.map((id) => [id, 0])); // parents not placed yet
+  for (const [child, parent] of edges) {
+    if (!known.has(child) || !known.has(parent) || child === parent) continue;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(child);
+    open.set(child, open.get(child) + 1);
+  }
+  const depth = new Map();
+  const queue = ids.filter((id) => open.get(id) === 0);
+  for (const id of queue) depth.set(id, 0);
+  for (let i = 0; i < queue.length; i += 1) {
+    const below = depth.get(queue[i]) + 1;
+    for (const child of children.get(queue[i]) || []) {
+      depth.set(child, Math.max(depth.get(child) ?? 0, below));
+      open.set(child, open.get(child) - 1);
+      if (open.get(child) === 0) queue.push(child);
+    }
+  }
+  for (const id of ids) if (!depth.has(id)) depth.set(id, 0); // no job can make a cycle; never loop on one
+  return depth;
+}
+
+// Columns by depth, each in id order, within WF_LIMITS: [{ shown: [ids], hidden }], and
+// what lies beyond the last column drawn.
+function layoutWorkflow(ids, edges) {
+  const depth = depths(ids, edges);
+  const byDepth = [];
+  for (const id of ids) (byDepth[depth.get(id)] ||= []).push(id);
+  const columns = [];
+  let budget = WF_LIMITS.boxes;
+  const beyond = { jobs: 0, columns: 0 };
+  byDepth.forEach((column = [], d) => {
+    if (d >= WF_LIMITS.columns) {
+      beyond.jobs += column.length;
+      beyond.columns += 1;
+      return;
+    }
+    const n = Math.min(column.length, WF_LIMITS.perColumn, budget);
+    budget -= n;
+    columns.push({ shown: column.slice(0, n), hidden: column.length - n });
+  });
+  return { columns, beyond };
+}
+
+function drawWorkflow(flow, info) {
+  const began = performance.now();
+  probe.workflowDraws += 1;
+  const ids = info.jobs.map((j) => j.id).sort((a, b) => a - b);
+  flow.jobs = new Map(info.jobs.map((j) => [j.id, j]));
+  flow.counts = { ...info.counts };
+  flow.done = info.progress * info.jobs.length;
+  flow.dirty.clear();
+  $("#wf-panel").hidden = false;
+  const { columns, beyond } = layoutWorkflow(ids, info.edges);
+  const { w, h, gapX, gapY, pad } = WF_BOX;
+  const slots = columns.map((c) => c.shown.length + (c.hidden ? 1 : 0));
+  const rows = Math.max(1, ...slots);
+  const at = new Map(); // id -> [x, y]
+  const boxes = new Map();
+  const nodes = [];
+  columns.forEach((column, c) => {
+    const x = pad + c * (w + gapX);
+    // Short columns are centred on the tallest; tall ones start at the top.
+    const top = rows <= 20 ? ((rows - slots[c]) * (h + gapY)) / 2 : 0;
+    column.shown.forEach((id, r) => {
+      const y = pad + top + r * (h + gapY);
+      const box = workflowBox(flow.jobs.get(id));
+      box.dataset.col = String(c);
+      box.dataset.row = String(r);
+      place(box, x, y);
+      at.set(id, [x, y]);
+      boxes.set(id, box);
+      nodes.push(box);
+    });
+    if (column.hidden) {
+      const more = el("div", { class: "wf-more", dataset: { col: String(c) }, text: `+${column.hidden.toLocaleString()} more` });
+      place(more, x, pad + top + column.shown.length * (h + gapY));
+      nodes.push(more);
+    }
+  });
+  let width = pad * 2 + columns.length * (w + gapX) - gapX;
+  if (beyond.jobs) {
+    const more = el("div", { class: "wf-more beyond", text: `+${beyond.jobs.toLocaleString()} more in ${beyond.columns.toLocaleString()} more columns` });
+    place(more, width - pad + gapX, pad);
+    nodes.push(more);
+    width += w + gapX;
+  }
+  const height = pad * 2 + rows * (h + gapY) - gapY;
+  // The lines: from a parent's right edge to its child's left edge, drawn boxes only.
+  const lines = svg("svg", { class: "wf-edges", width, height, viewBox: `0 0 ${width} ${height}`, "aria-hidden": "true" });
+  const edgesFrom = new Map();
+  let drawn = 0;
+  for (const [child, parent] of info.edges) {
+    const from = at.get(parent);
+    const to = at.get(child);
+    if (!from || !to || drawn >= WF_LIMITS.edges) continue;
+    drawn += 1;
+    const [x1, y1] = [from[0] + w, from[1] + h / 2];
+    const [x2, y2] = [to[0], to[1] + h / 2];
+    const bend = Math.max(gapX / 2, (x2 - x1) / 3);
+    const path = svg("path", { d: `M${x1} ${y1} C${x1 + bend} ${y1} ${x2 - bend} ${y2} ${x2} ${y2}` });
+    path.dataset.from = String(parent);
+    path.dataset.to = String(child);
+    if (!edgesFrom.has(parent)) edgesFrom.set(parent, []);
+    edgesFrom.get(parent).push(path);
+    lines.append(path);
+  }
+  const canvas = el("div", { class: "wf-canvas", role: "group", "aria-label": `Jobs of workflow ${flow.id}` }, lines, nodes);
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  flow.boxes = boxes;
+  flow.edgesFrom = edgesFrom;
+  for (const [parent, paths] of edgesFrom) for (const path of paths) path.setAttribute("class", edgeClass(flow.jobs.get(parent)));
+  $("#wf-graph").replaceChildren(canvas);
+  $("#wf-graph").dataset.shown = String(boxes.size);
+  renderWorkflowHead(flow);
+  probe.lastWorkflowDrawMs = performance.now() - began;
+  flow.loaded();
+}
+
+// A box's place and size, through the CSSOM (which the CSP allows: dashboard.py note 5).
+function place(node, x, y) {
+  Object.assign(node.style, { left: `${x}px`, top: `${y}px`, width: `${WF_BOX.w}px`, height: `${WF_BOX.h}px` });
+}
+
+function edgeClass(parent) {
+  if (parent.status === "SUCCESS") return "done";
+  if (parent.status === "FAILURE" || parent.status === "CANCELLED") return "broken";
+  return "";
+}
+
+function workflowBox(job) {
+  const bar = el("span", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-label": `Progress of job ${job.id}` }, el("span"));
+  const box = el(
+    "a",
+    { class: "wf-job", href: `${ROOT}/dashboard/jobs/${job.id}`, "data-nav": true, dataset: { id: String(job.id) } },
+    el("span", { class: "wf-head" }, el("span", { class: "wf-id", text: `#${job.id}` }), el("span", { class: "wf-task", text: job.task })),
+    el("span", { class: "wf-line" }, el("span", { class: "badge status" }), el("span", { class: "wf-note" })),
+    bar,
+  );
+  updateBox(box, job);
+  return box;
+}
+
+function updateBox(box, job) {
+  box.dataset.status = job.status;
+  box.title = `#${job.id} ${job.task} · ${job.status}`;
+  const badge = box.querySelector(".status");
+  badge.className = `badge ${job.status} status`;
+  badge.textContent = job.status;
+  const pct = percentOf(job);
+  let note = "";
+  if (job.status === "RUNNING") note = pct === null ? "running" : `${Math.round(pct)} %`;
+  else if (job.status === "WAITING") note = heldText(job) || (job.run_at && job.run_at > nowS() + 1 ? untilText(job.run_at) : "");
+  else if (job.status !== "SUCCESS" && job.error) note = job.error;
+  const noteEl = box.querySelector(".wf-note");
+  noteEl.textContent = note;
+  noteEl.title = note;
+  const bar = box.querySelector(".bar");
+  bar.hidden = job.status !== "RUNNING";
+  bar.classList.toggle("indeterminate", pct === null);
+  bar.firstElementChild.style.width = pct === null ? "" : `${pct}%`;
+  if (pct === null) bar.removeAttribute("aria-valuenow");
+  else bar.setAttribute("aria-valuenow", String(Math.round(pct)));
+}
+
+function applyToWorkflow(flow, event) {
+  const job = flow.jobs.get(event.job_id);
+  if (!job) return; // not one of its jobs: the next snapshot says what is
+  changeJob(flow, job, () => {
+    if (!applyEvent(job, event)) return false;
+    if (event.type === "started" || event.type === "retrying") job.waiting_reason = null;
+    return true;
+  });
+}
+
+// A change to one job (``change`` says whether it changed anything), with the
+// workflow's counts and progress moved to match and its box redrawn next frame.
+function changeJob(flow, job, change) {
+  const before = job.status;
+  const part = share(job);
+  if (!change()) return;
+  if (before !== job.status) {
+    flow.counts[before] = (flow.counts[before] || 1) - 1;
+    if (!flow.counts[before]) delete flow.counts[before];
+    flow.counts[job.status] = (flow.counts[job.status] || 0) + 1;
+  }
+  flow.done += share(job) - part;
+  flow.dirty.add(job.id);
+  if (!flow.frame) {
+    flow.frame = requestAnimationFrame(() => {
+      flow.frame = 0;
+      if (state.flow === flow) flushWorkflow(flow);
+    });
+  }
+}
+
+function flushWorkflow(flow) {
+  for (const id of flow.dirty) {
+    const job = flow.jobs.get(id);
+    const box = flow.boxes.get(id);
+    if (box) updateBox(box, job);
+    for (const path of flow.edgesFrom.get(id) || []) path.setAttribute("class", edgeClass(job));
+  }
+  flow.dirty.clear();
+  renderWorkflowHead(flow);
+}
+
+function renderWorkflowHead(flow) {
+  const n = flow.jobs.size;
+  const status = workflowStatus(flow.counts);
+  const badge = $("#wf-status");
+  badge.textContent = status;
+  badge.className = `badge ${status} status`;
+  const fraction = n ? Math.max(0, Math.min(1, flow.done / n)) : 1;
+  const finished = STATUSES.filter((s) => TERMINAL.has(s)).reduce((sum, s) => sum + (flow.counts[s] || 0), 0);
+  const holder = $("#wf-progress");
+  if (!holder.firstChild) {
+    const bar = el("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-label": `Progress of workflow ${flow.id}` }, el("span"));
+    holder.append(el("div", { class: "progress" }, bar, el("span", { class: "percent" }), el("span", { class: "message" })));
+  }
+  const pct = Math.round(100 * fraction);
+  const bar = holder.querySelector(".bar");
+  bar.firstElementChild.style.width = `${100 * fraction}%`;
+  bar.setAttribute("aria-valuenow", String(pct));
+  bar.classList.toggle("done", status === "SUCCESS");
+  bar.classList.toggle("failed", status === "FAILURE");
+  bar.classList.toggle("cancelled", status === "CANCELLED");
+  holder.querySelector(".percent").textContent = `${pct} %`;
+  holder.querySelector(".message").textContent = `${finished.toLocaleString()} of ${n.toLocaleString()} job${n === 1 ? "" : "s"} finished`;
+  $("#wf-counts").replaceChildren(
+    ...STATUSES.filter((s) => flow.counts[s]).map((s) => el("span", { class: `badge ${s}`, dataset: { status: s }, text: `${flow.counts[s].toLocaleString()} ${s}` })),
+  );
+  const cancel = status === "RUNNING" ? el("button", { type: "button", class: "btn small danger", dataset: { action: "cancel-workflow" }, "aria-label": `Cancel workflow ${flow.id}`, text: "Cancel" }) : null;
+  if (Boolean(cancel) !== Boolean($("#wf-actions").firstChild)) $("#wf-actions").replaceChildren(...(cancel ? [cancel] : []));
+}
+
+$("#wf-actions").addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-action=cancel-workflow]");
+  const flow = state.flow;
+  if (!button || !flow) return;
+  const open = (flow.counts.WAITING || 0) + (flow.counts.RUNNING || 0);
+  if (!window.confirm(`Cancel the ${open} unfinished job${open === 1 ? "" : "s"} of workflow #${flow.id}?`)) return;
+  button.disabled = true;
+  const info = await act(`Workflow #${flow.id}`, () => call("POST", `/workflows/${flow.id}/cancel`));
+  button.disabled = false;
+  if (!info) return;
+  toast(`Workflow #${flow.id} cancelled`);
+  if (state.flow !== flow) return;
+  // The answer, where it is newer than what the events said (by each job's seq).
+  for (const job of info.jobs) {
+    const shown = flow.jobs.get(job.id);
+    if (shown && (shown.seq ?? -1) < job.seq) changeJob(flow, shown, () => Object.assign(shown, job));
+  }
 });
 
 // -- the new-job form, generated from the task's JSON Schema --------------------------------

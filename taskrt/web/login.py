@@ -194,7 +194,7 @@ def url_for(request: Request, path: str) -> str:
     return root_of(request) + path
 
 
-_DASHBOARD_PAGE = re.compile(r"/dashboard(/jobs/[^/]+)?/?")
+_DASHBOARD_PAGE = re.compile(r"/dashboard(/(jobs|workflows)/[^/]+)?/?")
 
 
 def wants_login(request: Request) -> bool:
