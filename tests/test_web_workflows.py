@@ -491,7 +491,13 @@ STEP = {"task": "fetch", "args": ["u"]}
             "validation_error",
             None,
         ),
-        ({"chain": [STEP, {**STEP, "options": {"after": [999]}}]}, 404, "job_not_found", None),
+        # (the second step takes the first's result, so it has no argument of its own)
+        (
+            {"chain": [STEP, {"task": "parse", "options": {"after": [999]}}]},
+            404,
+            "job_not_found",
+            None,
+        ),
     ],
 )
 async def test_bad_bodies_are_refused_naming_the_field_and_add_nothing(

@@ -288,7 +288,7 @@ async def test_cancel_a_whole_workflow(target: tuple[str, dict[str, Any]]) -> No
     gate = Gate()
 
     @rt.task
-    async def slow(job: JobContext) -> None:
+    async def slow(job: JobContext, before: Any = None) -> None:
         gate.started.append(job.id)
         await gate.open.wait()
 
@@ -625,8 +625,10 @@ async def test_a_workflow_stream_where_no_event_arrives_polls_snapshots(tmp_path
                 seen.append([j["status"] for j in event.data["workflow"]["jobs"]])
 
         follower = asyncio.create_task(follow())
+        while not seen:
+            await asyncio.sleep(0.01)
         gates[0].set()
-        while not seen or seen[-1][0] != "SUCCESS":
+        while seen[-1][0] != "SUCCESS":
             await asyncio.sleep(0.01)
         assert seen[-1][1] in ("WAITING", "RUNNING")  # the first step's end, seen alone
         gates[1].set()
