@@ -145,12 +145,14 @@ class Batcher:
         self._timers.clear()
 
     async def _run(self) -> None:
-        while True:
+        # Until stopped (as ``Workflows._run``: a swallowed cancel still ends it).
+        while self._task is not None:
             try:
                 await self._read()
-                while True:
+                while self._task is not None:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.poll)
+                        async with asyncio.timeout(self.poll):
+                            await self._wake.wait()
                     self._wake.clear()
                     if not self._due:
                         break  # the poll: read the store again

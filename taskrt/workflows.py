@@ -193,14 +193,17 @@ class Workflows:
 
     async def _run(self) -> None:
         swept = False
-        while True:
+        # Until stopped: ``stop`` forgets the task first, so a cancel that Python
+        # 3.11's timeouts swallowed (the wait ending as it came) still ends the loop.
+        while self._task is not None:
             try:
                 if not swept:
                     self.parents.update(await self.store.open_parents())
                     await self.settle(None)
                     swept = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
+                    async with asyncio.timeout(self.sweep_interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 if self._due:
                     due, self._due = sorted(self._due), set()
