@@ -20,6 +20,8 @@ Design notes:
    (the owner, or each node) counts each key's waiting jobs and knows its
    oldest: from its own adds, the other nodes' ``added`` events, and a read of
    the store at start and every ``poll`` seconds (adds by other processes).
+   An add told after a read that already counted it (ids grow in commit
+   order: its id is not above the newest the read found) is not counted again.
    A key whose count reaches ``max_size`` forms at once; otherwise a timer
    forms it when its oldest job has waited ``max_wait``. Two nodes forming the
    same key at once cannot share a member (``FOR UPDATE SKIP LOCKED``).
@@ -70,10 +72,9 @@ class Batcher:
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._due: set[Key] = set()
         self._forced: set[Key] = set()  # formed whatever their size (form_now)
-        # Adds told while a read of the store is under way: those newer than what the
-        # read found are counted after it.
-        self._reads = 0
-        self._late: list[tuple[str, str, float, int]] = []
+        # The newest job of each key a read of the store counted: an add told
+        # later of a job not newer (committed before the read) is counted already.
+        self._newest: dict[Key, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.formed = 0
@@ -85,8 +86,8 @@ class Batcher:
         spec = self.tasks.get(task)
         if spec is None or spec.batch is None:
             return  # a task this process does not run
-        if self._reads:
-            self._late.append((task, key, created_at, job_id))
+        if job_id <= self._newest.get((task, key), 0):
+            return  # a read of the store counted it
         self._count(task, key, created_at)
         self._plan((task, key))
 
@@ -170,27 +171,15 @@ class Batcher:
 
     async def _read(self, one: Key | None = None) -> None:
         """The store's view of what gathers (all keys, or ``one``)."""
-        self._reads += 1
-        mark = len(self._late)
-        try:
-            rows = await self.store.batches_waiting(one)
-        finally:
-            self._reads -= 1
-        late = self._late[mark:]
-        if not self._reads:
-            self._late.clear()
+        rows = await self.store.batches_waiting(one)
         if one is None:
             self._open = {}
         else:
             self._open.pop(one, None)
-        newest: dict[Key, int] = {}
         for task, key, n, oldest, last in rows:
             if (spec := self.tasks.get(task)) is not None and spec.batch is not None:
                 self._open[task, key] = [n, oldest]
-                newest[task, key] = last
-        for task, key, at, job_id in late:
-            if (one is None or (task, key) == one) and job_id > newest.get((task, key), 0):
-                self._count(task, key, at)
+                self._newest[task, key] = max(last, self._newest.get((task, key), 0))
         for which in list(self._timers):
             if which not in self._open and (one is None or which == one):
                 self._timers.pop(which).cancel()
