@@ -451,19 +451,28 @@ class Adding:
 
     def _accept(self, state: JobState) -> None:
         """A committed job: take it in (owner) and tell the world. A job that waits
-        for its parents (``blocked``) is the store's until they release it
-        (``taskrt.workflows``)."""
+        for its parents (``blocked``) or its batch (``batching``) is the store's until
+        they release it (``taskrt.workflows``, ``taskrt.batches``)."""
         info = state
         self.counters.added[info.task] += 1
         owning = self.owning()
-        if state.parents or state.batch_key is not None:
-            self._accept_held(state)
-            return
-        if owning:
+        held = bool(state.parents) or state.batch_key is not None
+        if state.parents:
+            self.dependents(state.id, state.parents)
+        elif state.batch_key is not None:
+            self.batching(state.task, state.batch_key, state.created_at, state.id)
+        elif owning:
             self.live.states[info.id] = state
             if info.unique_key is not None:
                 self.live.unique[info.unique_key] = info.id
         if self.broker.wants(info.id):
+            data: dict[str, Any] = {"run_at": info.run_at, "priority": info.priority}
+            if held:
+                data |= {
+                    "after": list(state.parents),
+                    "workflow": state.workflow,
+                    "batch_key": state.batch_key,
+                }
             self.broker.publish(
                 Event(
                     info.id,
@@ -473,44 +482,17 @@ class Adding:
                     info.pool,
                     JobStatus.WAITING,
                     info.created_at,
-                    {"run_at": info.run_at, "priority": info.priority},
+                    data,
                 )
             )
         if state.spec.hooks.on_add is not None:
             self.background.hook(state.spec.hooks.on_add, info.id, job=state)
+        if held:
+            return
         if owning:
             self.pools[info.pool].push(state)
         elif (pool := self.pools.get(info.pool)) is not None:
             pool.poke()  # where every node claims (taskrt.claims): look now
-
-    def _accept_held(self, state: JobState) -> None:
-        """A job the store holds until its parents end or its batch forms."""
-        if state.parents:
-            self.dependents(state.id, state.parents)
-        else:
-            assert state.batch_key is not None
-            self.batching(state.task, state.batch_key, state.created_at, state.id)
-        if self.broker.wants(state.id):
-            self.broker.publish(
-                Event(
-                    state.id,
-                    1,
-                    EventType.ADDED,
-                    state.task,
-                    state.pool,
-                    JobStatus.WAITING,
-                    state.created_at,
-                    {
-                        "run_at": state.run_at,
-                        "priority": state.priority,
-                        "after": list(state.parents),
-                        "workflow": state.workflow,
-                        "batch_key": state.batch_key,
-                    },
-                )
-            )
-        if state.spec.hooks.on_add is not None:
-            self.background.hook(state.spec.hooks.on_add, state.id, job=state)
 
     async def _adopt(self, connection: Any) -> Transaction:
         """The application's own connection, in its transaction, as a ``Transaction``."""

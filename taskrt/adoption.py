@@ -11,12 +11,11 @@ forgets those that leave memory. It also polls for what client processes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .background import job_logger
+from .background import job_logger, woken
 from .context import JobState
 from .errors import TaskrtError
 from .models import EventType, JobInfo, JobStatus
@@ -174,9 +173,7 @@ class Adoption:
         or at once when the store tells of it (``wake``)."""
         self._wake = asyncio.Event()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            self._wake.clear()
+            await woken(self._wake, self.poll_interval)
             try:
                 if self._pools_changed:
                     self._pools_changed = False

@@ -1,4 +1,5 @@
-"""Work beside the jobs: user hooks, background tasks, and the job's logger.
+"""Work beside the jobs: user hooks, background tasks, the job's logger, and how the
+runtime's loops wait.
 
 A hook (``on_add``, ``on_success``, ``on_error``, ``on_progress``) that raises
 is logged with the job's fields and changes nothing; an async hook runs as a
@@ -17,6 +18,22 @@ from .context import JobState
 from .models import JobInfo
 
 log = logging.getLogger("taskrt")
+
+
+async def woken(wake: asyncio.Event, seconds: float) -> None:
+    """Wait until ``wake`` is set or ``seconds`` have passed, then clear it.
+
+    Every loop of the runtime that is woken or polls (the owner's poll, a node's
+    look, dependencies, batches) waits here. ``asyncio.timeout``, not
+    ``wait_for``: on Python 3.11, ``wait_for`` swallows a cancel that comes as
+    the wait ends, and the loop it was meant to stop runs on (a stop that hung).
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await wake.wait()
+    except TimeoutError:
+        pass
+    wake.clear()
 
 
 class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]

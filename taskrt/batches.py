@@ -30,11 +30,11 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from .background import woken
 from .errors import TaskrtError
 from .models import Event
 
@@ -77,7 +77,6 @@ class Batcher:
         self._newest: dict[Key, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.formed = 0
 
     # -- told by the engine -------------------------------------------------------------
 
@@ -151,10 +150,7 @@ class Batcher:
             try:
                 await self._read()
                 while self._task is not None:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.poll):
-                            await self._wake.wait()
-                    self._wake.clear()
+                    await woken(self._wake, self.poll)
                     if not self._due:
                         break  # the poll: read the store again
                     due, self._due = sorted(self._due), set()
@@ -204,7 +200,6 @@ class Batcher:
         formed = await self.store.form_batch(task, key, spec.batch.max_size, self.clock.now())
         if formed is not None:
             leader, pool, _ = formed
-            self.formed += 1
             self.workflows.parents.add(leader)  # its end ends the others (note 1)
             await self.workflows.release(leader, pool)
         await self._read(which)

@@ -400,7 +400,7 @@ class Task(Generic[P, R]):
         self.name = spec.name
         self.__wrapped__ = spec.handler
         self.__doc__ = spec.handler.__doc__
-        self._call: TaskCall | None = None  # its call without options (``s``)
+        self._call = TaskCall(spec, Options())  # its call without options (``s``)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         result: R = self.spec.handler(*args, **kwargs)
@@ -412,10 +412,7 @@ class Task(Generic[P, R]):
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature: this task with its arguments, to add as part of a workflow
         (``rt.chain``, ``rt.group``)."""
-        call = self._call
-        if call is None or call.spec is not self.spec:
-            call = self._call = TaskCall(self.spec, Options())
-        return Signature(call, args, kwargs)
+        return Signature(self._call, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.name!r} pool={self.spec.pool!r}>"

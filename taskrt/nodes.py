@@ -63,6 +63,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .background import woken
 from .claims import Claims
 from .context import JobState
 from .errors import TaskrtError
@@ -361,9 +362,7 @@ class Nodes:
 
     async def _poll(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            self._wake.clear()
+            await woken(self._wake, self.poll_interval)
             try:
                 await self.look()
             except TaskrtError as exc:

@@ -44,13 +44,13 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .adding import FlowStep
+from .background import woken
 from .definitions import Signature
 from .errors import InvalidOption, JobNotFound, TaskrtError
 from .models import TERMINAL, Event, EventType, JobInfo, JobStatus, WorkflowInfo
@@ -107,8 +107,6 @@ class Workflows:
         self._held: dict[int, list[int]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.released = 0
-        self.cancelled = 0
 
     # -- told by the engine -------------------------------------------------------------
 
@@ -201,10 +199,7 @@ class Workflows:
                     self.parents.update(await self.store.open_parents())
                     await self.settle(None)
                     swept = True
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.sweep_interval):
-                        await self._wake.wait()
-                self._wake.clear()
+                await woken(self._wake, self.sweep_interval)
                 if self._due:
                     due, self._due = sorted(self._due), set()
                     await self.settle(due)
@@ -226,13 +221,11 @@ class Workflows:
             await self.store.settle()  # the terminal writes queued so far, committed
             settled = await self.store.settle_deps(parents, self.clock.now())
             for child, pool in settled.released:
-                self.released += 1
                 await self.release(child, pool)
             if not settled.cancelled:
                 return
             cascade = []
             for child_info in settled.cancelled:
-                self.cancelled += 1
                 self._cancelled(child_info)
                 cascade.append(child_info.job_id)
                 self._left.pop(child_info.job_id, None)

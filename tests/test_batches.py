@@ -6,7 +6,6 @@ process a node), through the Python API.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -191,4 +190,3 @@ async def test_bad_batch_adds_are_refused(tmp_path: Path) -> None:
             await pool.add(digest.options(after=[1]), 1)
         assert caught.value.field == "after"
         assert (await rt.jobs()).jobs == []
-        await asyncio.sleep(0)
