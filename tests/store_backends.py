@@ -98,12 +98,15 @@ async def _sqlite_full_disk(store: JobStore) -> AsyncIterator[None]:
     """The file may not grow by a single page: a portable full disk (SQLITE_FULL)."""
     if not isinstance(store, Store):
         raise TypeError(f"expected the SQLite Store, found {type(store).__name__}")
-    [(pages,)] = await store.db.execute_fetchall("PRAGMA page_count")
-    await store.db.execute_fetchall(f"PRAGMA max_page_count = {pages}")
+    # On the writer's connection, in a transaction of its own: never beside a batch.
+    async with store.transaction() as tx:
+        [(pages,)] = await tx.execute("PRAGMA page_count")
+        await tx.execute(f"PRAGMA max_page_count = {pages}")
     try:
         yield
     finally:
-        await store.db.execute_fetchall("PRAGMA max_page_count = 1073741823")
+        async with store.transaction() as tx:
+            await tx.execute("PRAGMA max_page_count = 1073741823")
 
 
 SQLITE_SQL = AppSQL(

@@ -24,13 +24,16 @@ from taskrt.web import create_app
 
 
 async def _fill_disk(rt: Runtime) -> None:
-    """The database may not grow by a single page (a portable full disk)."""
-    pages = (await rt.store.db.execute_fetchall("PRAGMA page_count"))[0][0]
-    await rt.store.db.execute_fetchall(f"PRAGMA max_page_count = {pages}")
+    """The database may not grow by a single page (a portable full disk). Set on the
+    writer's connection in a transaction of its own, never beside a write batch."""
+    async with rt.store.transaction() as tx:
+        pages = (await tx.execute("PRAGMA page_count"))[0][0]
+        await tx.execute(f"PRAGMA max_page_count = {pages}")
 
 
 async def _free_disk(rt: Runtime) -> None:
-    await rt.store.db.execute_fetchall("PRAGMA max_page_count = 1073741823")
+    async with rt.store.transaction() as tx:
+        await tx.execute("PRAGMA max_page_count = 1073741823")
 
 
 def _big_runtime(tmp_path: Path, **options: Any) -> tuple[Runtime, asyncio.Event]:

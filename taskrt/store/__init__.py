@@ -93,6 +93,22 @@ Design notes:
     commits (``sqlite/checkpoint.py``), so no write batch pays for copying the
     pages of the others; the writer's own checkpoint stays as a bound, at ten
     times SQLite's default (``wal_autocheckpoint = 10000`` pages).
+15. **Small commits without a trip.** A trip to the connection's thread and
+    back costs more than committing a small batch (two thread wake-ups, each
+    slower than the commit on a busy machine), and the caller waits for it:
+    an add, a job's start (its attempt is charged before its handler runs).
+    So a batch of at most ``INLINE_ROWS`` rows carrying at most
+    ``INLINE_BYTES`` of text commits on the event loop's own thread
+    (``sqlite/writer.py``) when nothing there can wait: WAL with
+    ``synchronous`` ``"normal"`` or ``"off"`` (no fsync at commit), a file
+    (not ``:memory:``, whose one connection also reads), and a log the
+    checkpoint thread reports well below the writer's own checkpoint (so the
+    commit copies no pages). It begins with a busy timeout of 0: if another
+    process holds the write lock, it is rolled back at once and the batch
+    goes to the connection's thread, which waits for the lock as before.
+    Every other batch (large ones, ``synchronous="full"``, a batch written
+    part by part) takes the thread. Both paths run under the writes lock, so
+    the connection is never used by two threads at once.
 """
 
 from .protocol import (

@@ -16,6 +16,7 @@ at 10,000 pages (about 40 MB), still bounds the log.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -37,6 +38,9 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._seen = 0
         self.checkpoints = 0
+        # Pages in the log at the last checkpoint (or, before the first, as large as
+        # the log file); None until the thread has looked, or after a checkpoint failed.
+        self.log_pages: int | None = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -45,6 +49,14 @@ class Checkpointer:
         self._seen = self._commits()
         self._thread = threading.Thread(target=self._run, name="taskrt-checkpoint", daemon=True)
         self._thread.start()
+
+    def keeping_up(self) -> bool:
+        """True while the log is well below the writer's own checkpoint, so a commit
+        will not copy pages (store note 15): it was under half that bound at the
+        last checkpoint, or its file is when none ran yet (False before the thread
+        looked, or after a checkpoint failed)."""
+        pages = self.log_pages
+        return pages is not None and pages < WRITER_CHECKPOINT_PAGES // 2
 
     def stop(self) -> None:
         self._stop.set()
@@ -60,6 +72,10 @@ class Checkpointer:
             return
         try:
             conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self.log_pages = _log_pages(conn, self.path)
+            except sqlite3.Error as exc:  # unknown until the first checkpoint
+                log.debug("reading the log of %s: %s", self.path, exc)
             seen = self._seen
             while not self._stop.wait(self.interval):
                 now = self._commits()
@@ -67,9 +83,22 @@ class Checkpointer:
                     continue
                 seen = now
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.checkpoints += 1
+                    self.log_pages = int(row[1])
                 except sqlite3.Error as exc:  # busy, or the disk: the next turn tries again
+                    self.log_pages = None
                     log.debug("checkpoint of %s skipped: %s", self.path, exc)
         finally:
             conn.close()
+
+
+def _log_pages(conn: sqlite3.Connection, path: str) -> int:
+    """The most pages the log can hold now: its file's size in frames (a log that
+    restarted from its beginning is shorter than its file)."""
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    try:
+        size = os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+    return size // (page + 24)  # each frame: a 24-byte header and a page

@@ -95,6 +95,7 @@ class Store(QueuedWrites, SharedReads):
         self._counts = CountMirror()
         self._open_tx: Connection | None = None
         self._checkpoints: Checkpointer | None = None
+        self._batches: SqliteBatches | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -102,6 +103,12 @@ class Store(QueuedWrites, SharedReads):
     def checkpoints(self) -> int:
         """WAL checkpoints the checkpoint thread has run since the store opened (note 14)."""
         return 0 if self._checkpoints is None else self._checkpoints.checkpoints
+
+    @property
+    def inline_commits(self) -> int:
+        """Write batches committed on the event loop's thread since the store opened (note 15)."""
+        writer = self._batches
+        return 0 if writer is None else writer.inline_batches
 
     @property
     def memory(self) -> bool:
@@ -127,7 +134,19 @@ class Store(QueuedWrites, SharedReads):
         except StoreError:
             await self._close_connections()
             raise
-        self._writes.start(SqliteBatches(self._db, self.path, self._counts))
+        self._batches = SqliteBatches(
+            self._db,
+            self.path,
+            self._counts,
+            busy_timeout=self.busy_timeout,
+            inline=self._inline_ok if self.synchronous != "full" else None,
+        )
+        self._writes.start(self._batches)
+
+    def _inline_ok(self) -> bool:
+        """A small batch may commit on the loop's thread now (note 15)."""
+        checkpoints = self._checkpoints
+        return checkpoints is not None and checkpoints.keeping_up()
 
     async def migrate(self) -> tuple[int, int]:
         """Bring the file to this release's version without opening the store:
@@ -150,7 +169,9 @@ class Store(QueuedWrites, SharedReads):
         return found, SCHEMA_VERSION
 
     async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        # Not tied to aiosqlite's thread: the writer commits small batches on the
+        # loop's thread too (note 15), never both at once (the writes lock).
+        db = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         # execute_fetchall, not execute: a PRAGMA that returns a row and is left
         # unread keeps a read transaction open, pinning this connection's view

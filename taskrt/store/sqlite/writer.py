@@ -1,7 +1,8 @@
-"""The SQLite side of the group commit (``taskrt.store`` notes 1, 7, 9, 10, 12).
+"""The SQLite side of the group commit (``taskrt.store`` notes 1, 7, 9, 10, 12, 15).
 
 ``SqliteBatches`` is the ``groupcommit.BatchWriter`` of a SQLite store: a
-whole batch in one transaction, in one trip to the connection's thread.
+whole batch in one transaction, in one trip to the connection's thread, or
+with no trip at all when it is small and nothing can make it wait (note 15).
 Each attempt at a batch tallies the jobs it adds and moves and adds that to
 ``job_counts`` in its own transaction; once it commits, ``counts`` holds the
 table as read there.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
@@ -23,21 +25,75 @@ from .sql import PROGRESS, PROGRESS_STEPS, STATEMENT
 
 log = logging.getLogger("taskrt.store")
 
+# A batch commits on the event loop's thread (note 15) only when it is this small:
+INLINE_ROWS = 256  # inserted jobs, statements and progress rows
+INLINE_BYTES = 256 << 10  # the text they carry (arguments, results, errors)
+
 
 class SqliteBatches:
     """Writes group-commit batches on one SQLite connection (see the module notes)."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str, counts: CountMirror) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: str,
+        counts: CountMirror,
+        *,
+        busy_timeout: float = 5.0,
+        inline: Callable[[], bool] | None = None,
+    ) -> None:
         self.db = db
         self.path = path
         # Jobs by pool and status as of the latest committed write that changed them (note 12).
         self.counts = counts
+        self._busy_ms = int(busy_timeout * 1000)
+        # Whether a small batch may commit on the loop's thread now (note 15); None: never.
+        self._inline = inline
+        self.inline_batches = 0
 
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
-        results, snapshot = await in_thread(self.db, self._apply_sync, batch, progress)
+        done = self._write_inline(batch, progress) if self._fits_inline(batch, progress) else None
+        if done is None:
+            done = await in_thread(self.db, self._apply_sync, batch, progress)
+        results, snapshot = done
         if snapshot is not None:
             self.counts.replace(*snapshot)
-        return results  # type: ignore[no-any-return]
+        return results
+
+    def _fits_inline(self, batch: Batch, progress: ProgressRows) -> bool:
+        if self._inline is None or not self._inline():
+            return False
+        jobs = [job for group, _ in batch.inserts for job in group]
+        if len(jobs) + len(batch.statements) + len(progress) > INLINE_ROWS:
+            return False
+        carried = sum(len(job.args_json) + len(job.kwargs_json) for job in jobs)
+        for _, params, _ in batch.statements:
+            for value in params:
+                if type(value) is str:
+                    carried += len(value)
+        for _, _, message, _, _ in progress.values():
+            carried += len(message)
+        return carried <= INLINE_BYTES
+
+    def _write_inline(
+        self, batch: Batch, progress: ProgressRows
+    ) -> tuple[Results, Counted | None] | None:
+        """The batch committed here, on the loop's thread, without waiting for a lock
+        (note 15); None when another connection holds the write lock: the
+        connection's thread then waits for it as for any batch."""
+        conn: sqlite3.Connection = self.db._conn  # in_thread's pin on aiosqlite covers it
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            done = self._apply_sync(conn, batch, progress)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None  # rolled back: nothing of it stays
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        self.inline_batches += 1
+        return done
 
     async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
         results, rejected, snapshot = await in_thread(
