@@ -21,7 +21,10 @@ Design notes:
    oldest: from its own adds, the other nodes' ``added`` events, and a read of
    the store at start and every ``poll`` seconds (adds by other processes).
    An add told after a read that already counted it (ids grow in commit
-   order: its id is not above the newest the read found) is not counted again.
+   order: its id is not above the newest the read found) is not counted again;
+   one told while a read was in flight, which the read did not see (its id is
+   above the newest the read found), is counted again once the read has
+   replaced the counts.
    A key whose count reaches ``max_size`` forms at once; otherwise a timer
    forms it when its oldest job has waited ``max_wait``. Two nodes forming the
    same key at once cannot share a member (``FOR UPDATE SKIP LOCKED``).
@@ -75,6 +78,9 @@ class Batcher:
         # The newest job of each key a read of the store counted: an add told
         # later of a job not newer (committed before the read) is counted already.
         self._newest: dict[Key, int] = {}
+        # Adds told while a read is in flight: the read replaces the counts with what
+        # it saw, so those it did not see count again after it (note 2).
+        self._told: list[tuple[str, str, float, int]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -87,6 +93,8 @@ class Batcher:
             return  # a task this process does not run
         if job_id <= self._newest.get((task, key), 0):
             return  # a read of the store counted it
+        if self._told is not None:
+            self._told.append((task, key, created_at, job_id))
         self._count(task, key, created_at)
         self._plan((task, key))
 
@@ -167,7 +175,12 @@ class Batcher:
 
     async def _read(self, one: Key | None = None) -> None:
         """The store's view of what gathers (all keys, or ``one``)."""
-        rows = await self.store.batches_waiting(one)
+        told: list[tuple[str, str, float, int]] = []
+        self._told = told
+        try:
+            rows = await self.store.batches_waiting(one)
+        finally:
+            self._told = None
         if one is None:
             self._open = {}
         else:
@@ -176,6 +189,9 @@ class Batcher:
             if (spec := self.tasks.get(task)) is not None and spec.batch is not None:
                 self._open[task, key] = [n, oldest]
                 self._newest[task, key] = max(last, self._newest.get((task, key), 0))
+        for task, key, created_at, job_id in told:
+            if (one is None or (task, key) == one) and job_id > self._newest.get((task, key), 0):
+                self._count(task, key, created_at)  # committed after the read looked
         for which in list(self._timers):
             if which not in self._open and (one is None or which == one):
                 self._timers.pop(which).cancel()

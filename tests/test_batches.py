@@ -6,6 +6,7 @@ process a node), through the Python API.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,35 @@ async def test_bad_batch_adds_are_refused(tmp_path: Path) -> None:
             await pool.add(digest.options(after=[1]), 1)
         assert caught.value.field == "after"
         assert (await rt.jobs()).jobs == []
+
+
+async def test_adds_told_while_the_store_is_read_are_still_counted(tmp_path: Path) -> None:
+    # The gatherer's read of the store replaces its counts with what the read saw:
+    # jobs added while it was in flight, which it did not see, must count after it.
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    @rt.task(batch=Batch(max_size=4, max_wait=60))
+    async def digest(items: list[int]) -> int:
+        return sum(items)
+
+    held, release = asyncio.Event(), asyncio.Event()
+    read = rt.store.batches_waiting
+
+    async def slow_read(one: tuple[str, str] | None = None) -> list[Any]:
+        rows = await read(one)
+        if not held.is_set():  # the first read: it saw nothing, and answers late
+            held.set()
+            await release.wait()
+        return rows
+
+    rt.store.batches_waiting = slow_read  # type: ignore[method-assign]
+    async with rt:
+        pool = rt.pool("default")
+        await held.wait()
+        ids = [await pool.add(digest.options(batch_key="k"), n) for n in range(3)]
+        release.set()
+        await asyncio.sleep(0.05)  # the read has answered
+        ids.append(await pool.add(digest.options(batch_key="k"), 3))
+        # The fourth job fills the batch: it forms now, not after max_wait (60 s).
+        infos = [await rt.wait(job_id, timeout=3) for job_id in ids]
+        assert [(i.status, i.result) for i in infos] == [(JobStatus.SUCCESS, 6)] * 4
