@@ -252,7 +252,7 @@ class Pool:
         self.paused = False
         self.queue = host.queue_for(self)
         self._running: dict[int, JobState] = {}
-        self._starting = 0  # jobs taken whose RUNNING row is not committed yet
+        self._starting: set[int] = set()  # jobs taken whose RUNNING row is not committed yet
         self._requeuing = 0  # jobs retried whose WAITING row is not committed yet
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
         self._lingering: dict[int, JobState] = {}  # those threads' jobs (their locks too)
@@ -344,7 +344,7 @@ class Pool:
     def waiting(self) -> int:
         """WAITING jobs of the pool, in memory or not: the store's count, less the
         jobs starting and plus those retried whose rows are not committed yet."""
-        return max(0, self._host.counted(self.name) - self._starting + self._requeuing)
+        return max(0, self._host.counted(self.name) - len(self._starting) + self._requeuing)
 
     @property
     def running(self) -> int:
@@ -489,12 +489,10 @@ class Pool:
         """Mark the job started; the future resolves once its attempt is charged on disk."""
         self._running[state.id] = state
         charged = self._host.started(state)
-        self._starting += 1
-        charged.add_done_callback(self._charged)
+        job_id = state.id
+        self._starting.add(job_id)
+        charged.add_done_callback(lambda _: self._starting.discard(job_id))
         return charged
-
-    def _charged(self, _: asyncio.Future[None]) -> None:
-        self._starting -= 1
 
     async def _runner(self, state: JobState, charged: asyncio.Future[None]) -> None:
         """Run jobs one after another while there are any (note 2).
@@ -561,6 +559,9 @@ class Pool:
             # The attempt is charged on disk before the handler runs (note 5);
             # shielded: the future is the whole write batch's, not this job's.
             await asyncio.shield(charged)
+            # Counted RUNNING now: no longer starting, even if the callback above has
+            # not run yet (a commit on the loop's thread resolves before it runs).
+            self._starting.discard(state.id)
             if timeout is not None:
                 state.watchdog = loop.call_later(timeout, self._expire, state)
             if instrumentation is None:
