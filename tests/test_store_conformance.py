@@ -575,7 +575,8 @@ async def test_a_write_the_database_refuses_fails_alone(store: JobStore) -> None
     # Retrying the failed job would make two live jobs with one key: refused,
     # while the other write of the same batch commits.
     store.requeue(failed, NOW + 5, None, 4, 1, 3, NO_PROGRESS, pool="mail", was=FAILURE)
-    await store.start(other, 1, NOW, 2, pool="mail")
+    store.start(other, 1, NOW, 2, pool="mail")
+    await store.flush()
     assert rejected == [(failed, "requeue")]
     assert (await get(store, failed)).status is FAILURE
     assert (await get(store, holder)).status is WAITING
@@ -1479,15 +1480,15 @@ async def test_a_batch_kept_through_an_outage_is_counted_once(backend: str, tmp_
         async with hold(store):
             # The result needs room the database does not have: kept, written again.
             done = store.succeed(a, json.dumps("x" * 50_000), NOW + 1, NO_PROGRESS, 3, pool="mail")
-            started = store.start(b, 1, NOW + 1, 2, pool="mail")
+            cancelled = store.cancel(b, NOW + 1, 2, None, pool="mail", was=WAITING)
             async with asyncio.timeout(5):
                 while not store.failing:
                     await asyncio.sleep(0.005)
             await asyncio.sleep(0.1)  # a few more attempts, each rolled back
-            assert store.counted("mail", RUNNING) == 1
-        await asyncio.gather(done, started)
-        assert [(await get(store, k)).status for k in (a, b)] == [SUCCESS, RUNNING]
-        assert (await assert_counts_exact(store))["mail"] == {SUCCESS: 1, RUNNING: 1}
+            assert (store.counted("mail", RUNNING), store.counted("mail", WAITING)) == (1, 1)
+        await asyncio.gather(done, cancelled)
+        assert [(await get(store, k)).status for k in (a, b)] == [SUCCESS, CANCELLED]
+        assert (await assert_counts_exact(store))["mail"] == {SUCCESS: 1, CANCELLED: 1}
 
 
 # -- the waiting window: a pool's waiting jobs by index ----------------------------------

@@ -109,6 +109,21 @@ Design notes:
     Every other batch (large ones, ``synchronous="full"``, a batch written
     part by part) takes the thread. Both paths run under the writes lock, so
     the connection is never used by two threads at once.
+16. **Starts first.** A job's handler runs once its start (RUNNING, the
+    attempt charged) is committed, and jobs that end together start their
+    next ones together: in one batch, the starts would wait for the ends,
+    attempt records and adds queued beside them. So the group commit keeps a
+    batch's starts apart (``groupcommit.Batch.starts``: each of a job with no
+    earlier write in the batch, so no job's writes change order) and, where
+    the backend says it pays (``BatchWriter.starts_apart``: SQLite while it
+    commits small batches on the loop's thread), commits them first, in a
+    transaction of their own, then the rest, marked ``behind``, which SQLite
+    writes in the connection's thread while the started handlers run. So a
+    start's commit no longer says that writes queued before it for other
+    jobs are committed (``flush`` still does). A batch kept after a failure
+    (note 9) keeps every write in order, starts included, in one
+    transaction. PostgreSQL commits them together: a second transaction is
+    a second round trip.
 """
 
 from .protocol import (

@@ -1,4 +1,4 @@
-"""Group commit, whatever the database: one writer task per store (``taskrt.store`` notes 1, 3, 9, 10).
+"""Group commit, whatever the database: one writer task per store (``taskrt.store`` notes 1, 3, 9, 10, 16).
 
 Writes are queued as operations (``ops``); one task takes everything queued
 and hands it to the backend's ``BatchWriter`` to apply in one transaction,
@@ -6,7 +6,9 @@ while the next batch gathers. A batch the database cannot take now is kept
 and written again with backoff (note 9); one that fails for one bad part is
 written part by part (note 10). The backend says which failures are the
 database's for now (``BatchWriter.transient``) and keeps its own counts
-(note 12) as its transactions commit.
+(note 12) as its transactions commit. Where the backend says it pays, a
+batch's job starts commit in a transaction of their own before the rest
+(note 16).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 
 from ..errors import StoreUnavailable
 from ..models import StoreHealth
-from .ops import FLUSH, Op, Statement
+from .ops import FLUSH, START, Op, Statement
 from .protocol import InsertResult, NewJob, Steps
 from .rows import dumps
 
@@ -66,18 +68,45 @@ class Batch:
     committed: asyncio.Future[None] | None = None
     # Futures of earlier batches whose writes failed and ride along with this one (note 9).
     earlier: list[asyncio.Future[None]] = field(default_factory=list)
+    # Starts to commit first, in a transaction of their own (note 16), and their future;
+    # ``jobs``: the jobs with a write in ``statements`` (a start of one waits its turn
+    # there); None: this batch keeps every write in ``statements``.
+    starts: list[Statement] = field(default_factory=list)
+    started: asyncio.Future[None] | None = None
+    jobs: set[int] | None = field(default_factory=set)
+    # The rest of a batch whose starts committed first: nothing waits on it as on them,
+    # so a backend may write it the way that leaves the event loop free (note 16).
+    behind: bool = False
 
     def retain(self, failed: Batch) -> None:
-        """Put ``failed``'s statements first, so every job's writes keep their order."""
-        self.statements[:0] = failed.statements
-        self.earlier[:0] = failed.earlier
-        if failed.committed is not None:
-            self.earlier.insert(len(failed.earlier), failed.committed)
+        """Put ``failed``'s writes first, so every job's writes keep their order.
+
+        This batch's starts lose their precedence: one may be of a job whose
+        earlier write failed (a retry taken again at once), which must commit first.
+        """
+        self.statements[:0] = [*failed.starts, *failed.statements, *self.starts]
+        futures = [*failed.earlier, failed.started, failed.committed, self.started]
+        self.earlier[:0] = [fut for fut in futures if fut is not None]
+        self.starts, self.started, self.jobs = [], None, None
+
+    def first(self, apart: bool) -> Batch | None:
+        """The starts as a batch of their own, to commit before the rest (note 16);
+        None when they commit with the rest, in one (not ``apart``, or no rest)."""
+        starts, started = self.starts, self.started
+        if not starts:
+            return None
+        self.starts, self.started = [], None
+        if apart and (self.inserts or any(op is not FLUSH for op, _, _ in self.statements)):
+            return Batch(statements=starts, committed=started)
+        self.statements[:0] = starts
+        if started is not None:
+            self.earlier.append(started)
+        return None
 
     def settle(self, error: BaseException | None) -> None:
-        futures = [*self.earlier, self.committed] if self.committed else self.earlier
+        futures = [*self.earlier, self.started, self.committed]
         for fut in futures:
-            if not fut.done():
+            if fut is not None and not fut.done():
                 if error is None:
                     fut.set_result(None)
                 else:
@@ -104,6 +133,12 @@ class BatchWriter(Protocol):
 
     async def resumed(self) -> None:
         """Writes commit again after an outage (a backend may tidy up)."""
+        ...
+
+    def starts_apart(self) -> bool:
+        """True when a batch's job starts should commit first, in a transaction of
+        their own (note 16): when that costs less than the handlers waiting for
+        the rest."""
         ...
 
 
@@ -182,8 +217,16 @@ class GroupCommit:
         the same operation can be grouped (note 7).
         """
         batch = self._batch
-        batch.statements.append((op, params, job_id))
         self._wake.set()
+        jobs = batch.jobs
+        if job_id is not None and jobs is not None:
+            if op is START and job_id not in jobs:
+                batch.starts.append((op, params, job_id))
+                if batch.started is None:
+                    batch.started = asyncio.get_running_loop().create_future()
+                return batch.started
+            jobs.add(job_id)
+        batch.statements.append((op, params, job_id))
         if batch.committed is None:
             batch.committed = asyncio.get_running_loop().create_future()
         return batch.committed
@@ -245,8 +288,21 @@ class GroupCommit:
                 if self._progress_timer is not None:
                     self._progress_timer.cancel()
                     self._progress_timer = None
+            written = True
+            first = batch.first(self._writer is not None and self._writer.starts_apart())
+            if first is not None:
+                written = await self._apply(first, {})
+                if written:
+                    batch.behind = True  # their runners go on while the rest commits
+                else:
+                    # Nothing of the batch is written: its adds fail as the starts'
+                    # write did, and the starts are kept first.
+                    self._refuse_adds(batch, self._failing)
+                    batch.retain(first)
+            if written and (batch.inserts or batch.statements or progress):
+                written = await self._apply(batch, progress)
             if batch.inserts or batch.statements or progress:
-                if not await self._apply(batch, progress):
+                if not written:
                     # Kept (note 9): first in the next batch, older progress under newer.
                     self._batch.retain(batch)
                     self._progress = {**progress, **self._progress}
@@ -258,7 +314,8 @@ class GroupCommit:
                     self._wake.set()
                     continue
                 backoff = BACKOFF_FIRST
-            if self._closing and not self._batch.inserts and not self._batch.statements:
+            gathered = self._batch
+            if self._closing and not (gathered.inserts or gathered.statements or gathered.starts):
                 if self._progress:
                     self._wake.set()  # the last coalesced progress, in one more turn
                     continue
@@ -271,7 +328,7 @@ class GroupCommit:
         log.error(
             "%d state change(s) were not written to %s before it closed (%s); "
             "the jobs they belong to run again after a restart",
-            len(batch.statements) + len(self._progress),
+            len(batch.starts) + len(batch.statements) + len(self._progress),
             self.name,
             error.reason,
         )
@@ -304,13 +361,7 @@ class GroupCommit:
                 else:
                     failure = None
             if failure is not None:
-                # Adds are not kept: their callers learn now that nothing was stored.
-                error = StoreUnavailable(self.name, reason(failure))
-                error.__cause__ = failure
-                for _, fut in batch.inserts:
-                    if not fut.done():
-                        fut.set_exception(error)
-                batch.inserts.clear()
+                self._refuse_adds(batch, failure)
                 self._outage(failure, len(batch.statements) + len(self._batch.statements))
                 return False
             if self._failing is not None:
@@ -335,6 +386,15 @@ class GroupCommit:
             if self.on_rejected is not None:
                 self.on_rejected(job_id, operation, refusal)
         return True
+
+    def _refuse_adds(self, batch: Batch, failure: BaseException | None) -> None:
+        """Adds are not kept: their callers learn now that nothing was stored (note 9)."""
+        error = StoreUnavailable(self.name, reason(failure or RuntimeError("not written")))
+        error.__cause__ = failure
+        for _, fut in batch.inserts:
+            if not fut.done():
+                fut.set_exception(error)
+        batch.inserts.clear()
 
     # -- health (note 9) ------------------------------------------------------
 

@@ -249,4 +249,4 @@ class QueuedWrites:
 
         A change made since stays marked, for the next ``external_changes``.
         """
-        return self._writes.queue(CLEAR_EXTERNAL, (job_id, seq, int(cancel_requested)))
+        return self._writes.queue(CLEAR_EXTERNAL, (job_id, seq, int(cancel_requested)), job_id)

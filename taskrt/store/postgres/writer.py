@@ -327,6 +327,10 @@ class PgBatches:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await conn.close(timeout=5)
 
+    def starts_apart(self) -> bool:
+        """No (store note 16): a second transaction is a second round trip to the server."""
+        return False
+
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
         """One statement when the batch touches each row once and its adds have no
         unique key and no chosen id (the usual batch: its own transaction, one round

@@ -1,4 +1,4 @@
-"""The SQLite side of the group commit (``taskrt.store`` notes 1, 7, 9, 10, 12, 15).
+"""The SQLite side of the group commit (``taskrt.store`` notes 1, 7, 9, 10, 12, 15, 16).
 
 ``SqliteBatches`` is the ``groupcommit.BatchWriter`` of a SQLite store: a
 whole batch in one transaction, in one trip to the connection's thread, or
@@ -51,8 +51,15 @@ class SqliteBatches:
         self._inline = inline
         self.inline_batches = 0
 
+    def starts_apart(self) -> bool:
+        """Starts commit first, on their own (store note 16), while small batches commit
+        on the loop's thread: the starts there, the rest in the connection's thread
+        while their handlers run."""
+        return self._inline is not None and self._inline()
+
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
-        done = self._write_inline(batch, progress) if self._fits_inline(batch, progress) else None
+        inline = not batch.behind and self._fits_inline(batch, progress)
+        done = self._write_inline(batch, progress) if inline else None
         if done is None:
             done = await in_thread(self.db, self._apply_sync, batch, progress)
         results, snapshot = done

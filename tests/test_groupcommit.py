@@ -1,0 +1,138 @@
+"""The group commit's order of writes when starts commit first (store note 16).
+
+Against a recording ``BatchWriter``: what matters here is which writes go in
+which transaction, in which order, and when each caller learns of its commit;
+the backends' own tests cover what they do with a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import pytest
+
+from taskrt import StoreUnavailable
+from taskrt.store.groupcommit import Batch, GroupCommit, ProgressRows, Rejected, Results
+from taskrt.store.ops import REQUEUE, START, SUCCEED, Op
+from taskrt.store.protocol import InsertResult, NewJob
+
+
+def job() -> NewJob:
+    return NewJob(
+        task="t",
+        pool="p",
+        args_json="[]",
+        kwargs_json="{}",
+        max_attempts=1,
+        priority=0,
+        metadata_json="{}",
+        unique_key=None,
+        created_at=1.0,
+        run_at=1.0,
+        timeout=None,
+        retry_json=None,
+    )
+
+
+class Recorder:
+    """Records each transaction as [(op name, job id)], and whether it was ``behind``."""
+
+    def __init__(self, apart: bool = True) -> None:
+        self.apart = apart
+        self.transactions: list[tuple[list[tuple[str, int | None]], bool]] = []
+        self.fail_next = 0  # transient failures to give before writing again
+        self.during: list[Any] = []  # what the test checks while a transaction is written
+        self.on_write: Any = None
+
+    async def write(self, batch: Batch, progress: ProgressRows) -> Results:
+        if self.on_write is not None:
+            self.during.append(self.on_write())
+        if self.fail_next:
+            self.fail_next -= 1
+            raise sqlite3.OperationalError("database is locked")
+        self.transactions.append(
+            ([(op.name, job_id) for op, _, job_id in batch.statements], batch.behind)
+        )
+        ids = [InsertResult(100 + i, True) for jobs, _ in batch.inserts for i in range(len(jobs))]
+        return ids  # type: ignore[return-value]
+
+    async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
+        raise AssertionError("not expected")
+
+    def transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError)
+
+    async def resumed(self) -> None:
+        return None
+
+    def starts_apart(self) -> bool:
+        return self.apart
+
+
+def queue(writes: GroupCommit, op: Op, job_id: int) -> asyncio.Future[None]:
+    return writes.queue(op, (job_id,), job_id)
+
+
+async def test_starts_commit_first_and_their_callers_learn_it_before_the_rest() -> None:
+    recorder = Recorder()
+    writes = GroupCommit("test")
+    writes.start(recorder)
+    try:
+        ended = queue(writes, SUCCEED, 1)
+        requeued = queue(writes, REQUEUE, 2)
+        again = queue(writes, START, 2)  # a retry taken at once: after its requeue
+        started = queue(writes, START, 3)
+        recorder.on_write = lambda: (started.done(), ended.done())
+        await writes.flush()
+        assert recorder.transactions == [
+            ([("start", 3)], False),
+            ([("succeed", 1), ("requeue", 2), ("start", 2), ("flush", None)], True),
+        ]
+        # While the rest was written, the first start was known committed, the end not yet.
+        assert recorder.during == [(False, False), (True, False)]
+        assert all(f.done() and f.exception() is None for f in (ended, requeued, again, started))
+    finally:
+        await writes.close(1.0)
+
+
+async def test_starts_alone_or_not_apart_commit_in_one_transaction() -> None:
+    recorder = Recorder()
+    writes = GroupCommit("test")
+    writes.start(recorder)
+    try:
+        queue(writes, START, 1)
+        await writes.flush()  # nothing but starts (and the flush): one transaction
+        recorder.apart = False
+        queue(writes, SUCCEED, 1)
+        queue(writes, START, 2)
+        await writes.flush()
+        assert recorder.transactions == [
+            ([("start", 1), ("flush", None)], False),
+            ([("start", 2), ("succeed", 1), ("flush", None)], False),
+        ]
+    finally:
+        await writes.close(1.0)
+
+
+async def test_a_batch_whose_starts_failed_is_kept_in_order_and_its_adds_refused() -> None:
+    recorder = Recorder()
+    recorder.fail_next = 1
+    writes = GroupCommit("test")
+    writes.start(recorder)
+    try:
+        requeued = queue(writes, REQUEUE, 2)
+        started = queue(writes, START, 3)
+        added = writes.insert([job()])
+        with pytest.raises(StoreUnavailable):
+            await added  # adds are refused, never kept (note 9)
+        # Queued while the batch waits to be written again: after everything kept.
+        again = queue(writes, START, 2)
+        await writes.flush()
+        assert recorder.transactions == [
+            ([("start", 3), ("requeue", 2), ("start", 2), ("flush", None)], False),
+        ]
+        assert all(f.done() and f.exception() is None for f in (requeued, started, again))
+    finally:
+        await writes.close(1.0)
