@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from taskrt import Event, JobInfo, Runtime
-from taskrt.store import JobStore, Store
+from taskrt.store import JobStore, NewJob, Store
 
 T = TypeVar("T")
 
@@ -63,6 +63,26 @@ class EngineBackend:
     name: str
     runtime: Callable[[Path, dict[str, Any]], Runtime]
     committed: Callable[[Path], AbstractAsyncContextManager[JobStore]]
+
+
+def new_job(args_json: str = "[]", **fields: Any) -> NewJob:
+    """A row to insert straight into a store: task "t" of pool "p", due at 1.0, unless
+    ``fields`` say otherwise."""
+    values: dict[str, Any] = {
+        "task": "t",
+        "pool": "p",
+        "args_json": args_json,
+        "kwargs_json": "{}",
+        "max_attempts": 1,
+        "priority": 0,
+        "metadata_json": "{}",
+        "unique_key": None,
+        "created_at": 1.0,
+        "run_at": 1.0,
+        "timeout": None,
+        "retry_json": None,
+    }
+    return NewJob(**(values | fields))
 
 
 def db_file(tmp_path: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from core_support import all_jobs, committed_jobs, committed_now, db_file, until
+from core_support import all_jobs, committed_jobs, committed_now, db_file, new_job, until
 
 from taskrt import AttemptOutcome, JobContext, JobStatus, Runtime, StoreUnavailable
 from taskrt.web import create_app
@@ -275,7 +275,6 @@ async def test_a_write_that_slipped_past_the_checks_fails_alone(
 ) -> None:
     """Store note 10: the batch is written again part by part; only the bad part fails."""
     from taskrt import StoreError
-    from taskrt import store as sql
 
     rt = Runtime(db_file(tmp_path))
     gate = asyncio.Event()
@@ -299,19 +298,12 @@ async def test_a_write_that_slipped_past_the_checks_fails_alone(
         rt.store.progress(running, 10**400, 1, "bad", 99)
         poisoned = rt.store.insert(
             [
-                sql.NewJob(
+                new_job(
+                    '["\ud800"]',
                     task="echo",
                     pool="work",
-                    args_json='["\ud800"]',
-                    kwargs_json="{}",
-                    max_attempts=1,
-                    priority=0,
-                    metadata_json="{}",
-                    unique_key=None,
                     created_at=time.time(),
                     run_at=time.time(),
-                    timeout=None,
-                    retry_json=None,
                 )
             ]
         )

@@ -12,28 +12,12 @@ import sqlite3
 from typing import Any
 
 import pytest
+from core_support import new_job
 
 from taskrt import StoreUnavailable
 from taskrt.store.groupcommit import Batch, GroupCommit, ProgressRows, Rejected, Results
 from taskrt.store.ops import REQUEUE, START, SUCCEED, Op
-from taskrt.store.protocol import InsertResult, NewJob
-
-
-def job() -> NewJob:
-    return NewJob(
-        task="t",
-        pool="p",
-        args_json="[]",
-        kwargs_json="{}",
-        max_attempts=1,
-        priority=0,
-        metadata_json="{}",
-        unique_key=None,
-        created_at=1.0,
-        run_at=1.0,
-        timeout=None,
-        retry_json=None,
-    )
+from taskrt.store.protocol import InsertResult
 
 
 class Recorder:
@@ -124,7 +108,7 @@ async def test_a_batch_whose_starts_failed_is_kept_in_order_and_its_adds_refused
     try:
         requeued = queue(writes, REQUEUE, 2)
         started = queue(writes, START, 3)
-        added = writes.insert([job()])
+        added = writes.insert([new_job()])
         with pytest.raises(StoreUnavailable):
             await added  # adds are refused, never kept (note 9)
         # Queued while the batch waits to be written again: after everything kept.

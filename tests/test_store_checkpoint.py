@@ -9,26 +9,13 @@ import asyncio
 import os
 from pathlib import Path
 
-from core_support import until
+from core_support import new_job, until
 
 from taskrt.store import NewJob, Store
 
 
 def job(n: int) -> NewJob:
-    return NewJob(
-        task="t",
-        pool="p",
-        args_json=f"[{n}, {'x' * 200!r}]".replace("'", '"'),
-        kwargs_json="{}",
-        max_attempts=1,
-        priority=0,
-        metadata_json="{}",
-        unique_key=None,
-        created_at=1.0,
-        run_at=1.0,
-        timeout=None,
-        retry_json=None,
-    )
+    return new_job(f"[{n}, {'x' * 200!r}]".replace("'", '"'))
 
 
 async def test_the_wal_is_checkpointed_while_writes_go_on(tmp_path: Path) -> None:
