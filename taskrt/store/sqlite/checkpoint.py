@@ -83,7 +83,7 @@ class Checkpointer:
                     continue
                 seen = now
                 try:
-                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
                     self.checkpoints += 1
                     self.log_pages = int(row[1])
                 except sqlite3.Error as exc:  # busy, or the disk: the next turn tries again
@@ -96,7 +96,7 @@ class Checkpointer:
 def _log_pages(conn: sqlite3.Connection, path: str) -> int:
     """The most pages the log can hold now: its file's size in frames (a log that
     restarted from its beginning is shorter than its file)."""
-    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    page = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
     try:
         size = os.path.getsize(path + "-wal")
     except OSError:
