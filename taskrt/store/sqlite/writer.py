@@ -70,10 +70,14 @@ class SqliteBatches:
     def _fits_inline(self, batch: Batch, progress: ProgressRows) -> bool:
         if self._inline is None or not self._inline():
             return False
-        jobs = [job for group, _ in batch.inserts for job in group]
-        if len(jobs) + len(batch.statements) + len(progress) > INLINE_ROWS:
-            return False
-        carried = sum(len(job.args_json) + len(job.kwargs_json) for job in jobs)
+        rows = len(batch.statements) + len(progress)
+        for group, _ in batch.inserts:
+            rows += len(group)
+        if rows > INLINE_ROWS:
+            return False  # counted, not listed: an add_many of 10,000 leaves at once
+        carried = sum(
+            len(job.args_json) + len(job.kwargs_json) for group, _ in batch.inserts for job in group
+        )
         for _, params, _ in batch.statements:
             for value in params:
                 if type(value) is str:
