@@ -136,17 +136,20 @@ class Claims:
         """A claimed job, or None (a claim is asked for when there may be due jobs)."""
         if self._claimed:
             return self._claimed.popleft()
-        if self._more and self._asking is None:
-            limit = self._free()
-            if limit > 0:
-                self._asking = asyncio.get_running_loop().create_task(
-                    self._ask(limit), name=f"taskrt-claim-{self.pool}"
-                )
+        if self._more and self._asking is None and self._free() > 0:
+            self._asking = asyncio.get_running_loop().create_task(
+                self._ask(), name=f"taskrt-claim-{self.pool}"
+            )
         return None
 
-    async def _ask(self, limit: int) -> None:
+    async def _ask(self) -> None:
         pokes = self._pokes
+        # Counted here, a loop turn after the slot that asked was freed: the slots
+        # freed in that turn (jobs that started together end together) join it.
+        limit = self._free()
         try:
+            if limit <= 0:
+                return
             states = await self._source.claim(self.pool, limit)
         except Exception as exc:  # a pool that stopped asking would never run a job again
             if isinstance(exc, TaskrtError):

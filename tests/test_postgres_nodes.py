@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -23,6 +26,7 @@ from taskrt import JobContext, JobStatus, Runtime
 from taskrt.errors import InvalidOption, OwnershipError
 from taskrt.models import EventType
 from taskrt.store.postgres import PgStore
+from taskrt.store.postgres.sql import claim_sql
 from taskrt.web import create_app
 
 
@@ -483,3 +487,74 @@ async def test_a_start_that_fails_after_joining_leaves_nothing_running(url: str)
     rt._start_hooks.remove(broken)
     async with rt:
         assert (await rt.wait(await rt.pool("p").add("b"), timeout=10)).status is JobStatus.SUCCESS
+
+
+def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of a JSON plan, depth first."""
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes += _scans(child)
+    return nodes
+
+
+async def test_a_claim_reads_each_priority_only_up_to_its_bound_with_a_generic_plan(
+    url: str,
+) -> None:
+    """Claims run on connections of their own with forced generic plans (a custom
+    plan of the claim cost more to plan than to run), and each priority's range is
+    read up to a constant bound, never a LIMIT parameter that a generic plan takes
+    for a tenth of the table."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "c", ran, workers=False) as client:
+        pool = client.pool("p")
+        await pool.add_many("a", [(n,) for n in range(12000)])
+    # Half of them of a higher priority, half of those delayed by an hour.
+    await sql(url, "UPDATE jobs SET priority = 5 WHERE id % 2 = 0")
+    await sql(url, "UPDATE jobs SET run_at = run_at + 3600 WHERE id % 4 = 0")
+    async with node(url, "x", ran) as x:
+        x.pool("p").pause()
+        store = x.store
+        assert isinstance(store, PgStore)
+        claims = store._claims  # the node's claims connections (store note 9)
+        assert claims is not None
+        async with claims.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            assert await conn.fetchval("SHOW jit") == "off"
+            await conn.execute("ANALYZE jobs")
+            claim = conn.transaction()
+            await claim.start()
+            try:
+                await conn.execute(f"PREPARE claim_test AS {claim_sql(10)}")
+                me = x.nodes.node.replace("'", "''")  # type: ignore[union-attr]
+                explained = await conn.fetchval(
+                    "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_test('p', "
+                    f"{time.time()}, '{{a}}', 10, '{me}', '{{}}', '{{}}')"
+                )
+                claimed = await conn.fetch("SELECT priority FROM jobs WHERE status = 'RUNNING'")
+            finally:
+                await claim.rollback()  # nothing claimed: the node's pool stays paused
+    plan = json.loads(explained)[0]["Plan"]
+    scans = [n for n in _scans(plan) if n.get("Relation Name") == "jobs"]
+    waiting = [n for n in scans if n.get("Index Name") == "jobs_waiting"]
+    assert waiting, scans
+    assert not [n for n in scans if n["Node Type"] == "Seq Scan"], scans
+    # Generic: the plan names the parameters, not the values of this call.
+    assert any("$2" in n.get("Index Cond", "") for n in waiting), waiting
+    assert max(n["Actual Rows"] for n in waiting) <= 16, waiting
+    # And planned for as many: a LIMIT parameter is planned for a tenth of the rows.
+    locked = [n for n in _scans(plan) if n["Node Type"] == "Limit"]
+    locked = [n for n in locked if n["Plans"][0]["Node Type"] == "LockRows"]
+    assert locked and max(n["Plan Rows"] for n in locked) <= 16, locked
+    assert [r["priority"] for r in claimed] == [5] * 10
+
+
+def test_a_claim_statement_reads_up_to_the_power_of_two_at_or_above_its_limit() -> None:
+    bounds = {n: re.search(r"LIMIT (\d+) FOR UPDATE", claim_sql(n)) for n in (1, 2, 3, 10, 16, 17)}
+    assert {n: int(m.group(1)) for n, m in bounds.items() if m} == {
+        1: 1,
+        2: 2,
+        3: 4,
+        10: 16,
+        16: 16,
+        17: 32,
+    }

@@ -60,6 +60,19 @@ Notes of this backend (cited where they apply):
    each add. The two lanes take the last id's row in turn, so ids still
    increase in commit order. An add with a unique key stays in the lifecycle
    lane: a terminal write queued before it frees the key first.
+9. **Claims plan once.** Planning the claim statement (its priorities'
+   recursion, lock keys and rate caps) costs the server more than running
+   it: about 1.3 ms against 0.4 ms on the project's 2-core machine. Once a
+   table has statistics, PostgreSQL's plan cache keeps planning it for each
+   call, because the generic plan's estimate comes out a little higher.
+   So a node claims on connections of its own (1 to 4) that force generic
+   plans (``plan_cache_mode``). Each priority's range is read up to a bound
+   written into the statement (the power of two at or above the claim's
+   limit, ``claim_sql``): a generic plan takes a LIMIT parameter for a tenth
+   of the table and locks and sorts that many rows. No connection compiles
+   statements (``jit`` off unless the URL says otherwise): a generic plan
+   of the claim estimated above ``jit_above_cost`` spent 50 ms compiling a
+   statement that runs in 0.4 ms.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

@@ -755,8 +755,11 @@ _LOCK_FREE = (
 # Claim up to $4 due jobs of pool $1 whose tasks ($3) this node has, at $2, for node
 # $5, if its heartbeat is fresh: highest priority, then earliest run_at, then lowest
 # id; rows another node is claiming are skipped (SKIP LOCKED). They start here: the
-# attempt is charged in the same statement, and the counts move with them.
-SQL_CLAIM_JOBS = (
+# attempt is charged in the same statement, and the counts move with them. Each
+# priority's range is read up to {bound}, a constant of the statement's text, never
+# a parameter: a claim runs with a generic plan (store note 9), and a generic plan
+# takes a LIMIT parameter for a tenth of the table, sorted (``claim_sql``).
+_SQL_CLAIM_JOBS = (
     f"WITH RECURSIVE {_PRIORITIES}, "
     "alive AS (SELECT 1 FROM nodes WHERE id = $5 AND heartbeat_at > now() - make_interval("
     "secs => ttl)), "
@@ -764,7 +767,8 @@ SQL_CLAIM_JOBS = (
     "priority, run_at, lock_key, task FROM jobs WHERE status = 'WAITING' AND pool = $1 "
     "AND priority = p.priority AND run_at <= $2 AND task = ANY($3::text[]) "
     f"AND (lock_key IS NULL OR {_LOCK_FREE}) "
-    "ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) y WHERE EXISTS (SELECT 1 FROM alive)), "
+    "ORDER BY run_at, id LIMIT {bound} FOR UPDATE SKIP LOCKED) y "
+    "WHERE EXISTS (SELECT 1 FROM alive)), "
     # One job per lock key in one claim (the first in run order), and no more jobs of
     # a task than the tokens its rate limit gave ($6 tasks, $7 tokens).
     "c AS (SELECT z.id FROM (SELECT id, priority, run_at, task, row_number() OVER (PARTITION "
@@ -790,6 +794,14 @@ SQL_CLAIM_JOBS = (
     "(SELECT n FROM k WHERE status = 'RUNNING') FROM g "
     "ORDER BY g.priority DESC, g.run_at, g.id"
 )
+
+
+def claim_sql(limit: int) -> str:
+    """The claim of at most ``limit`` jobs: each priority's range is read up to the
+    power of two at or above it, so a node's claims are a handful of statements."""
+    return _SQL_CLAIM_JOBS.replace("{bound}", str(1 << max(0, limit - 1).bit_length()))
+
+
 # When the pool's next delayed job (of tasks $3) comes due after $2.
 SQL_NEXT_DUE = (
     f"WITH RECURSIVE {_PRIORITIES} SELECT min(y.run_at) FROM p, LATERAL (SELECT run_at "

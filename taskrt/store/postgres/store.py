@@ -47,7 +47,6 @@ from .sql import (
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CANCELS,
     SQL_CLAIM,
-    SQL_CLAIM_JOBS,
     SQL_CLEANUP,
     SQL_COUNTS,
     SQL_DELETE_ATTEMPTS,
@@ -75,6 +74,7 @@ from .sql import (
     SQL_SET_LIMITS,
     SQL_SET_PAUSED,
     SQL_SETTLE_TOKENS,
+    claim_sql,
     numbered,
     recovery,
     tally,
@@ -171,9 +171,11 @@ class PgStore(QueuedWrites, SharedReads):
                 query=urlencode([(k, v) for k, v in query.items() if k not in _OWN_PARAMETERS])
             )
         )
+        self._url_settings = {k for k in query if k not in _OWN_PARAMETERS}  # asyncpg's
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool | None = None
+        self._claims: asyncpg.Pool | None = None  # a node's claims (note 9)
         super().__init__(self.path, progress_interval=progress_interval)
         self._counts: dict[Key, int] = {}
         self._wake: Callable[[str], None] | None = None
@@ -195,6 +197,8 @@ class PgStore(QueuedWrites, SharedReads):
     def connect_options(self) -> dict[str, Any]:
         """What each of taskrt's connections is opened with (asyncpg's ``connect``)."""
         settings = {"search_path": f'"{self.schema}", public'}
+        if "jit" not in self._url_settings:
+            settings["jit"] = "off"  # note 9: taskrt's statements are short
         if self.node is not None:
             settings["taskrt.node"] = self.node  # what fences its writes (note 7)
         return {"statement_cache_size": self.statement_cache_size, "server_settings": settings}
@@ -246,6 +250,12 @@ class PgStore(QueuedWrites, SharedReads):
                 reset=_keep_session,
                 **self.connect_options(),
             )
+            if self.node is not None:
+                options = self.connect_options()
+                options["server_settings"]["plan_cache_mode"] = "force_generic_plan"
+                self._claims = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=4, reset=_keep_session, **options
+                )
             self._replace_counts(await self._pool.fetch(SQL_COUNTS))
         except DRIVER_ERRORS as exc:
             await self._close_pool()
@@ -287,12 +297,13 @@ class PgStore(QueuedWrites, SharedReads):
         return self._writes.insert(jobs)
 
     async def _close_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await pool.close()
-            except DRIVER_ERRORS as exc:
-                log.error("closing %s failed: %s", self.path, exc)
+        for pool in (self._claims, self._pool):
+            if pool is not None:
+                try:
+                    await pool.close()
+                except DRIVER_ERRORS as exc:
+                    log.error("closing %s failed: %s", self.path, exc)
+        self._pool = self._claims = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -640,9 +651,17 @@ class PgStore(QueuedWrites, SharedReads):
         of a task) on ``node``, in run order, in one statement; none when the node's
         heartbeat is stale."""
         caps = caps or {}
+        conns = self._claims or self.pool
         try:
-            rows = await self.pool.fetch(
-                SQL_CLAIM_JOBS, pool, now, list(tasks), limit, node, list(caps), list(caps.values())
+            rows = await conns.fetch(
+                claim_sql(limit),
+                pool,
+                now,
+                list(tasks),
+                limit,
+                node,
+                list(caps),
+                list(caps.values()),
             )
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc

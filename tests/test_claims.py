@@ -1,0 +1,65 @@
+"""The queue of a pool whose jobs any node may run (``taskrt.claims``), with a
+recording claim source instead of a database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from taskrt.claims import Claims
+from taskrt.clock import SystemClock
+
+
+class Source:
+    """Records each claim's limit; hands out as many jobs as asked while it has any."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.limits: list[int] = []
+        self.given_back: list[Any] = []
+
+    async def claim(self, pool: str, limit: int) -> list[Any]:
+        self.limits.append(limit)
+        n = min(limit, self.jobs)
+        self.jobs -= n
+        return [object() for _ in range(n)]
+
+    async def next_due(self, pool: str) -> float | None:
+        return None
+
+    def give_back(self, states: list[Any]) -> None:
+        self.given_back += states
+
+    def rate_wait(self, pool: str) -> float | None:
+        return None
+
+    def forget(self, state: Any) -> None:
+        pass
+
+
+async def test_slots_freed_in_one_turn_of_the_loop_are_claimed_together() -> None:
+    """Jobs that started together end together: the first slot freed asks, and the
+    claim counts the free slots a turn later, so it asks for all of them."""
+    source = Source(jobs=100)
+    free = [0]
+    claims = Claims("p", source, SystemClock(), lambda: free[0], lambda: None)
+    for _ in range(10):  # ten runners end in one turn, each taking the next job
+        free[0] += 1
+        assert claims.take() is None
+    await asyncio.sleep(0.01)
+    assert source.limits == [10]
+    assert len(claims) == 10
+
+
+async def test_a_claim_whose_slots_were_taken_meanwhile_asks_for_nothing() -> None:
+    source = Source(jobs=100)
+    free = [1]
+    claims = Claims("p", source, SystemClock(), lambda: free[0], lambda: None)
+    assert claims.take() is None
+    free[0] = 0  # paused before the claim ran
+    await asyncio.sleep(0.01)
+    assert source.limits == []
+    free[0] = 2
+    assert claims.take() is None  # asks again once a slot is free
+    await asyncio.sleep(0.01)
+    assert source.limits == [2]
