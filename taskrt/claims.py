@@ -167,8 +167,11 @@ class Claims:
             self._source.give_back(states[room:])  # note 2
             states = states[:room]
         self._claimed.extend(states)
-        if len(states) < limit and self._pokes == pokes:
+        idle = len(states) < limit and self._pokes == pokes
+        if idle:
             self._more = False
+        self._wake()  # the claimed jobs start now, not a round trip later
+        if idle:
             try:
                 due = await self._source.next_due(self.pool)
             except TaskrtError as exc:
@@ -176,7 +179,6 @@ class Claims:
                 due = self._clock.now() + _RETRY_AFTER[1]
             if due is not None:
                 self._timer.set(due)
-        self._wake()
 
     def next_due(self) -> float | None:
         return None  # the queue keeps its own timer

@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -195,6 +195,28 @@ def own_cluster() -> Iterator[OwnCluster]:
 
 
 # -- the session's database ----------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(**defaults: str) -> AsyncIterator[str]:
+    """A database of one test's own whose sessions start with ``defaults`` (server
+    settings, ``ALTER DATABASE ... SET``), for a test that needs settings the test
+    server does not have; its URL, and it is dropped after."""
+    base = require()
+    name = f"taskrt_scratch_{os.getpid()}_{secrets.token_hex(4)}"
+    await _create_database(base, name)
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(base, timeout=CONNECT_TIMEOUT)
+        try:
+            for setting, value in defaults.items():
+                await conn.execute(f'ALTER DATABASE "{name}" SET {setting} = {value}')
+        finally:
+            await conn.close()
+        yield _with_database(base, name)
+    finally:
+        await _drop_database(base, name)
 
 
 def _resolve() -> _Session:

@@ -63,3 +63,37 @@ async def test_a_claim_whose_slots_were_taken_meanwhile_asks_for_nothing() -> No
     assert claims.take() is None  # asks again once a slot is free
     await asyncio.sleep(0.01)
     assert source.limits == [2]
+
+
+class SlowDue(Source):
+    """A source whose ``next_due`` is a round trip that does not end until told."""
+
+    def __init__(self, jobs: int) -> None:
+        super().__init__(jobs)
+        self.answer = asyncio.Event()
+        self.asked_due = 0
+
+    async def next_due(self, pool: str) -> float | None:
+        self.asked_due += 1
+        await self.answer.wait()
+        return None
+
+
+async def test_claimed_jobs_start_before_the_next_due_time_is_read() -> None:
+    """A claim that found fewer jobs than slots reads when the next job is due; the
+    jobs it found are handed to the pool at once, not a round trip later, and the
+    pool's taking them asks no second claim meanwhile."""
+    source = SlowDue(jobs=1)
+    woken: list[int] = []
+    claims = Claims("p", source, SystemClock(), lambda: 4, lambda: woken.append(len(claims)))
+    assert claims.take() is None
+    await asyncio.sleep(0.01)
+    assert source.asked_due == 1 and not source.answer.is_set()
+    assert woken == [1]  # the pool was told while next_due was still out
+    assert claims.take() is not None
+    assert claims.take() is None  # nothing more is due: no claim is asked for
+    await asyncio.sleep(0.01)
+    assert source.limits == [4]
+    source.answer.set()
+    await asyncio.sleep(0.01)
+    assert source.limits == [4] and source.asked_due == 1

@@ -558,3 +558,34 @@ def test_a_claim_statement_reads_up_to_the_power_of_two_at_or_above_its_limit() 
         16: 16,
         17: 32,
     }
+
+
+async def _setting(conn: asyncpg.Connection, name: str) -> str:
+    return str(await conn.fetchval(f"SHOW {name}"))
+
+
+async def test_claims_commit_without_waiting_for_the_log_and_other_writes_wait() -> None:
+    """A claim acknowledges nothing, so its connections do not wait for the flush
+    (store note 10); adds and the other writes keep the server's durability, and a
+    URL that sets synchronous_commit sets it for the claims too. (A database of
+    its own whose sessions default to synchronous_commit=on: the test server runs
+    with it off.)"""
+    ran: Ran = collections.defaultdict(list)
+    async with pg_server.scratch_database(synchronous_commit="on") as base:
+        async with node(f"{base}?schema=durable", "x", ran) as x:
+            store = x.store
+            assert isinstance(store, PgStore) and store._claims is not None
+            async with store._claims.acquire() as conn:
+                assert await _setting(conn, "synchronous_commit") == "off"
+            async with store.pool.acquire() as conn:
+                assert await _setting(conn, "synchronous_commit") == "on"
+            for lane in (store._batches, store._add_batches):  # the writers' connections
+                assert lane is not None
+                assert "synchronous_commit" not in lane.options["server_settings"]
+            job = await x.add("b")
+            assert (await x.wait(job, timeout=10)).status is JobStatus.SUCCESS
+        async with node(f"{base}?schema=durable&synchronous_commit=local", "y", ran) as y:
+            store = y.store
+            assert isinstance(store, PgStore) and store._claims is not None
+            async with store._claims.acquire() as conn:
+                assert await _setting(conn, "synchronous_commit") == "local"

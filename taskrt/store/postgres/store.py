@@ -252,7 +252,10 @@ class PgStore(QueuedWrites, SharedReads):
             )
             if self.node is not None:
                 options = self.connect_options()
-                options["server_settings"]["plan_cache_mode"] = "force_generic_plan"
+                settings = options["server_settings"]
+                settings["plan_cache_mode"] = "force_generic_plan"
+                if "synchronous_commit" not in self._url_settings:
+                    settings["synchronous_commit"] = "off"  # note 10
                 self._claims = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=4, reset=_keep_session, **options
                 )
