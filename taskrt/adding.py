@@ -13,9 +13,10 @@ import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import store as sql
+from .claims import Claims
 from .context import JobState
 from .definitions import Options, Signature, Task, TaskCall, TaskRef, TaskSpec
 from .errors import (
@@ -73,6 +74,7 @@ class Adding:
         require_started: Callable[[str], None],
         dependents: Callable[[int, tuple[int, ...]], None],
         batching: Callable[[str, str, float, int], None],
+        node: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -94,6 +96,9 @@ class Adding:
         self.dependents = dependents
         # Told of each committed job of a batched task (taskrt.batches).
         self.batching = batching
+        # This node's name while it may start the jobs it adds (mode "nodes",
+        # ``taskrt.claims`` note 4), else None.
+        self.node = node
 
     def resolve_parts(self, task: TaskRef) -> tuple[TaskSpec, Options]:
         """The registered ``TaskSpec`` and per-call ``Options`` of a task reference."""
@@ -168,7 +173,37 @@ class Adding:
         # Jobs added earlier in an open transaction are not queued yet, but will be.
         in_tx = 0 if tx is None else sum(1 for s in tx.added if s.pool == pool.name)
         await self._check_capacity(pool, len(jobs) + in_tx)
-        return await self._commit(pool, jobs, calls, new_state, tx=tx)
+        kept = 0 if tx is not None else self._keep_slots(pool, spec, jobs)
+        return await self._commit(pool, jobs, calls, new_state, tx=tx, kept=kept)
+
+    def _keep_slots(self, pool: Pool, spec: TaskSpec, jobs: list[NewJob]) -> int:
+        """Where every node runs workers: mark the jobs this node may start in their
+        own add, keeping a free slot of the pool for each (``taskrt.claims`` note 4);
+        how many."""
+        queue = pool.queue
+        if (
+            not isinstance(queue, Claims)
+            or self.node() is None
+            or spec.rate is not None
+            or pool.rate is not None
+        ):
+            return 0
+        eligible = [
+            job
+            for job in jobs
+            if job.run_at <= job.created_at
+            and job.lock_key is None
+            and job.unique_key is None
+            and job.job_id is None
+            and not job.after
+            and job.workflow is None
+            and job.batch_key is None
+            and not job.external
+        ]
+        kept = queue.reserve(len(eligible))
+        for job in eligible[:kept]:
+            job.start = True
+        return kept
 
     def _prepare(
         self,
@@ -404,10 +439,13 @@ class Adding:
         new_state: Callable[[NewJob, tuple[Any, ...], dict[str, Any]], JobState],
         *,
         tx: Transaction | None,
+        kept: int = 0,
     ) -> list[int]:
-        """Insert checked jobs; once committed, queue (owner) and announce them."""
+        """Insert checked jobs; once committed, queue (owner) and announce them.
+        ``kept``: slots kept for those marked to start here (``taskrt.claims`` note 4),
+        given back for each that did not."""
         pool.pending += len(jobs)
-        results: list[sql.InsertResult | BaseException]
+        results: list[sql.InsertResult | BaseException] = []
         states: list[JobState] | None = None
         try:
             if tx is not None:
@@ -422,6 +460,9 @@ class Adding:
                 results = await committed
         finally:
             pool.pending -= len(jobs)
+            if kept:  # the slots of jobs stored WAITING, or not at all, go back
+                started = sum(1 for r in results if isinstance(r, sql.InsertResult) and r.started)
+                cast(Claims, pool.queue).release(kept - started)
         ids: list[int] = []
         failure: BaseException | None = None
         refs = [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
@@ -444,15 +485,16 @@ class Adding:
                 if not tx.foreign:
                     tx.added.append(state)
             else:
-                self._accept(state)
+                self._accept(state, started=res.started)
         if failure is not None:
             raise failure
         return ids
 
-    def _accept(self, state: JobState) -> None:
+    def _accept(self, state: JobState, *, started: bool = False) -> None:
         """A committed job: take it in (owner) and tell the world. A job that waits
         for its parents (``blocked``) or its batch (``batching``) is the store's until
-        they release it (``taskrt.workflows``, ``taskrt.batches``)."""
+        they release it (``taskrt.workflows``, ``taskrt.batches``). ``started``: its
+        add started it on this node (``taskrt.claims`` note 4)."""
         info = state
         self.counters.added[info.task] += 1
         owning = self.owning()
@@ -491,6 +533,18 @@ class Adding:
             return
         if owning:
             self.pools[info.pool].push(state)
+        elif started:
+            # As a claim leaves it (taskrt.claims note 4): RUNNING here, attempt 1
+            # charged, its start the job's second event.
+            state.update(
+                status=JobStatus.RUNNING,
+                attempts=1,
+                started_at=state.created_at,
+                node=self.node(),
+                seq=2,
+            )
+            self.live.states[info.id] = state
+            cast(Claims, self.pools[info.pool].queue).started_here(state)
         elif (pool := self.pools.get(info.pool)) is not None:
             pool.poke()  # where every node claims (taskrt.claims): look now
 

@@ -345,6 +345,7 @@ class Runtime:
             require_started=self.require_started,
             dependents=lambda child, parents: self.workflows.dependents(child, parents),
             batching=lambda task, key, at, job_id: self.batches.added(task, key, at, job_id),
+            node=self._starting_node,
         )
         # Jobs found in the database: after a crash, and those other processes add.
         self.adoption = Adoption(
@@ -968,6 +969,14 @@ class Runtime:
         if self.role == "owner" or remote is None or not remote.connected:
             return None
         return remote
+
+    def _starting_node(self) -> str | None:
+        """This node's name while it runs jobs and may start those it adds in their own
+        add (``taskrt.claims`` note 4): a node with workers whose heartbeat holds."""
+        nodes = self.nodes
+        if nodes is None or self.role != "node" or nodes.fenced:
+            return None
+        return nodes.node
 
     def _add_forwarder(self) -> Callable[[str, list[NewJob]], Awaitable[list[int]]] | None:
         remote = self._forwarding()

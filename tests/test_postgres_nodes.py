@@ -21,12 +21,14 @@ import asyncpg
 import httpx
 import pg_server
 import pytest
+from core_support import new_job
 
 from taskrt import JobContext, JobStatus, Runtime
 from taskrt.errors import InvalidOption, OwnershipError
 from taskrt.models import EventType
+from taskrt.store import InsertResult
 from taskrt.store.postgres import PgStore
-from taskrt.store.postgres.sql import claim_sql
+from taskrt.store.postgres.sql import START_SCAN, claim_sql
 from taskrt.web import create_app
 
 
@@ -589,3 +591,107 @@ async def test_claims_commit_without_waiting_for_the_log_and_other_writes_wait()
             assert isinstance(store, PgStore) and store._claims is not None
             async with store._claims.acquire() as conn:
                 assert await _setting(conn, "synchronous_commit") == "local"
+
+
+# -- a job added on a node that can run it starts in its own add (store note 11) -----
+
+
+async def _store_of_node(url: str, name: str) -> PgStore:
+    store = PgStore(url)
+    store.node = name
+    await store.open()
+    await store.join(name, "host", 1, time.time(), 30.0)
+    return store
+
+
+async def _stored(url: str, job_id: int) -> tuple[str, str | None, int, int]:
+    row = (await sql(url, "SELECT status, node, attempts, seq FROM jobs WHERE id = $1", job_id))[0]
+    return row["status"], row["node"], row["attempts"], row["seq"]
+
+
+async def test_an_add_asking_to_start_here_starts_only_when_nothing_waits_ahead(url: str) -> None:
+    """The add's statement stores a job RUNNING on this node only if the node is alive
+    and no WAITING job of its pool has its priority or a higher one that is due (or
+    may be: past START_SCAN of them it does not look further)."""
+    store = await _store_of_node(url, "n1")
+    try:
+        now = time.time()
+
+        async def add(**fields: object) -> InsertResult:
+            fields = {"created_at": now, "run_at": now, "start": True} | fields
+            (result,) = await store.insert([new_job(**fields)])
+            assert isinstance(result, InsertResult)
+            return result
+
+        first = await add()
+        assert first.started
+        assert await _stored(url, first.job_id) == ("RUNNING", "n1", 1, 2)
+        assert await store.live_counts() == {"p": {JobStatus.RUNNING: 1}}
+        assert store.counted("p", JobStatus.RUNNING) == 1  # the node's mirror of them
+        waiting = await add(start=False)  # a job that did not ask: WAITING, as ever
+        assert not waiting.started
+        assert await _stored(url, waiting.job_id) == ("WAITING", None, 0, 1)
+        # It is due, of the same priority: the next add waits behind it.
+        behind = await add()
+        assert not behind.started
+        assert await _stored(url, behind.job_id) == ("WAITING", None, 0, 1)
+        # Of a higher priority, it goes first; another pool is not held back at all.
+        assert (await add(priority=5)).started
+        assert (await add(pool="q")).started
+        # Delayed jobs of a higher priority do not hold it back: none of them is due.
+        await sql(url, "UPDATE jobs SET run_at = $1 WHERE status = 'WAITING'", now + 3600)
+        assert (await add()).started
+        # Past START_SCAN of them it does not look further: it waits, and a claim decides.
+        await store.insert([new_job(created_at=now, run_at=now + 3600) for _ in range(START_SCAN)])
+        assert not (await add()).started
+        # A stale heartbeat starts nothing.
+        await sql(url, "DELETE FROM jobs WHERE status = 'WAITING'")
+        assert (await add(pool="r")).started
+        await sql(url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
+        late = await add(pool="r")
+        assert not late.started
+        assert await _stored(url, late.job_id) == ("WAITING", None, 0, 1)
+    finally:
+        await store.close()
+
+
+async def test_a_job_added_on_a_node_with_a_free_slot_starts_without_a_claim(url: str) -> None:
+    """A local add is its own claim: the job is RUNNING here when ``add`` returns,
+    with the same attempt, sequence and events a claim gives it; a job waiting ahead
+    is claimed first, and a pool without a free slot leaves the new job WAITING."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, concurrency=1) as x:
+        store = x.store
+        assert isinstance(store, PgStore)
+        # Once the start's first claim is done (no slot is kept while one is out).
+        assert (await x.wait(await x.add("b"), timeout=10)).status is JobStatus.SUCCESS
+        claimed: list[int] = []
+        claim = store.claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            jobs = await claim(*args, **kwargs)
+            claimed.extend(j.id for j in jobs)
+            return jobs
+
+        store.claim = counted  # type: ignore[method-assign]
+        everything = x.subscribe()
+        first = await x.add("a", 1, hold=True)
+        assert await _stored(url, first) == ("RUNNING", x.nodes.node, 1, 2)  # type: ignore[union-attr]
+        await until(lambda: ran[first] == ["x"])
+        # The one slot is taken: the next add is stored WAITING, and claimed later.
+        second = await x.add("a", 2)
+        assert (await _stored(url, second))[0] == "WAITING"
+        x.gate.set()  # type: ignore[attr-defined]
+        for job in (first, second):
+            assert (await x.wait(job, timeout=10)).status is JobStatus.SUCCESS
+        assert claimed == [second]
+        events: list[tuple[int, EventType]] = []
+        async with asyncio.timeout(10):
+            async for event in everything:
+                if event.job_id == first:
+                    events.append((event.seq, event.type))
+                    if event.terminal:
+                        break
+        everything.close()
+        assert events == [(1, EventType.ADDED), (2, EventType.STARTED), (3, EventType.SUCCESS)]
+        assert (await x.get(first)).attempts == 1

@@ -75,6 +75,9 @@ class NewJob:
     workflow: int | None = None
     # A job of a batched task: the key of the batch it joins (stored ``batching``).
     batch_key: str | None = None
+    # Where every node runs workers: start it on this node in its own add if no
+    # waiting job comes first (PostgreSQL store note 11); a slot is kept for it.
+    start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +112,12 @@ Steps = tuple[str | None, tuple[dict[str, Any], ...]]
 
 @dataclass(slots=True)
 class InsertResult:
-    """The id an insert got, and whether it made a row (False: a live job held its unique key)."""
+    """The id an insert got, whether it made a row (False: a live job held its unique
+    key), and whether it started on this node as it was added (``NewJob.start``)."""
 
     job_id: int
     created: bool
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)

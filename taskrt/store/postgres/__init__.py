@@ -84,6 +84,18 @@ Notes of this backend (cited where they apply):
     7), so the job runs again: at least once, as after a node's crash. Any
     write the node commits later flushes the claim with it. A crash of the
     node is unaffected: its claim is on the server, and ``reap`` counts it.
+11. **An add may be its own claim.** A node adding a job it could start now
+    (a free slot kept for it, ``taskrt.claims`` note 4; no delay, lock key,
+    unique key, parents or rate limit) marks the row, and the add's
+    statement stores it RUNNING on the node, attempt 1 charged, when the
+    node's heartbeat is fresh and no WAITING job of its pool with its
+    priority or a higher one is due: it looks at the first ``START_SCAN``
+    (32) of them in ``jobs_waiting`` and, past that many, lets a claim
+    decide. Otherwise the row is WAITING, as any add. The statement returns
+    the ids it started; the job then starts without a claim's round trip
+    (add -> start on the project's machine: about 4.5 -> 2.3 ms at p50).
+    The adds' connection plans its statements once (note 9): the check
+    made the add's custom plan cost more to plan than to run.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

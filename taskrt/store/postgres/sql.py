@@ -483,22 +483,46 @@ _ADD_COLUMNS = (
     "task, pool, args, kwargs, max_attempts, priority, metadata, created_at, run_at, timeout, "
     "retry, external, deadline, lock_key"
 )
-_ADD_TYPES = "text text text text bigint bigint text float8 float8 float8 text smallint float8 text"
+_ADD_TYPES = (
+    "text text text text bigint bigint text float8 float8 float8 text smallint float8 text smallint"
+)
+# How many of a pool's waiting jobs an add that asks to start here looks at (note 11).
+START_SCAN = 32
+# An add asking to start here (``start`` = 1) starts if this node's heartbeat is fresh
+# and no WAITING job of its pool has its priority or a higher one and is due: among
+# the first START_SCAN of those (an index range of jobs_waiting), none is due, and
+# there are fewer. The subquery runs for those rows only (note 11).
+_STARTS = (
+    "CASE WHEN v.start = 1 AND EXISTS (SELECT 1 FROM nodes WHERE id = "
+    "current_setting('taskrt.node', true) AND heartbeat_at > now() - make_interval(secs => ttl)) "
+    "THEN (SELECT count(*) < " + str(START_SCAN) + " AND NOT coalesce(bool_or(w.run_at <= "
+    "v.created_at), false) FROM (SELECT run_at FROM jobs WHERE status = 'WAITING' AND pool = "
+    "v.pool AND priority >= v.priority ORDER BY pool, priority, run_at LIMIT "
+    + str(START_SCAN)
+    + ") w) ELSE false END"
+)
 
 
 def _add(i: int, base: int) -> list[str]:
     n = f"cardinality(${base + 1}::text[])"
+    values = ", ".join("v." + c for c in _ADD_COLUMNS.split(", "))
     return [
         f"l{i} AS (UPDATE job_ids SET last = last + {n} WHERE one = 1 RETURNING last)",
-        f"g{i} AS (INSERT INTO jobs (id, {_ADD_COLUMNS}, status, seq) "
-        f"SELECT l{i}.last - {n} + v.ord, {', '.join('v.' + c for c in _ADD_COLUMNS.split(', '))}, "
-        f"'WAITING', 1 FROM unnest({_arrays(_ADD_TYPES, base)}) WITH ORDINALITY "
-        f"AS v({_ADD_COLUMNS}, ord), l{i} RETURNING pool, NULL::text AS was)",
+        # OFFSET 0: each row's decision is made once, not inlined into every column.
+        f"s{i} AS (SELECT v.*, {_STARTS} AS run FROM unnest({_arrays(_ADD_TYPES, base)}) "
+        f"WITH ORDINALITY AS v({_ADD_COLUMNS}, start, ord) OFFSET 0)",
+        f"g{i} AS (INSERT INTO jobs (id, {_ADD_COLUMNS}, status, seq, attempts, started_at, node) "
+        f"SELECT l{i}.last - {n} + v.ord, {values}, "
+        "CASE WHEN v.run THEN 'RUNNING' ELSE 'WAITING' END, CASE WHEN v.run THEN 2 ELSE 1 END, "
+        "CASE WHEN v.run THEN 1 ELSE 0 END, CASE WHEN v.run THEN v.created_at END, "
+        "CASE WHEN v.run THEN current_setting('taskrt.node', true) END "
+        f"FROM s{i} AS v, l{i} RETURNING id, pool, status, NULL::text AS was)",
     ]
 
 
 ADD_PART = Part("add", len(_ADD_TYPES.split()), "", None, JobStatus.WAITING.value, _add)
-"""Its rows: a planned row (``adds.Row``) without the id and the unique key."""
+"""Its rows: a job's columns (``writer._add_row``), then 1 to start it on this node if
+it may (note 11), else 0."""
 
 
 def _notify(i: int, base: int) -> list[str]:
@@ -535,7 +559,7 @@ def combined(parts: tuple[Part, ...]) -> str:
     """One statement that writes ``parts`` (which touch no row in common) and adds
     what the counted ones moved to ``job_counts``. It returns the new count of each
     (pool, status) it changed, and for an ``ADD_PART``, a row (NULL, NULL, the last
-    id issued). Params: each part's arrays, in order. Built once per combination."""
+    id issued) and one (NULL, 'RUNNING', id) per job it started on this node. Params: each part's arrays, in order. Built once per combination."""
     ctes: list[str] = []
     moved: list[str] = []
     out: list[str] = []
@@ -543,10 +567,12 @@ def combined(parts: tuple[Part, ...]) -> str:
     for i, part in enumerate(parts):
         ctes.extend(part.ctes(i, base))
         base += part.width
-        if part.to is not None:
-            moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
-        if part is ADD_PART:
+        if part is ADD_PART:  # WAITING, or RUNNING where it started on this node (note 11)
+            moved.append(f"SELECT pool, was, status FROM g{i}")
             out.append(f"SELECT NULL::text, NULL::text, last FROM l{i}")
+            out.append(f"SELECT NULL::text, status, id FROM g{i} WHERE status = 'RUNNING'")
+        elif part.to is not None:
+            moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
         if part is NOTIFY_PART:  # read to the end, so every notification is sent; no row
             out.append(f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0")
     if moved:

@@ -203,6 +203,13 @@ class PgStore(QueuedWrites, SharedReads):
             settings["taskrt.node"] = self.node  # what fences its writes (note 7)
         return {"statement_cache_size": self.statement_cache_size, "server_settings": settings}
 
+    def generic_options(self) -> dict[str, Any]:
+        """``connect_options`` of a connection whose statements take longer to plan
+        than to run (the claims, the adds): planned once (note 9)."""
+        options = self.connect_options()
+        options["server_settings"]["plan_cache_mode"] = "force_generic_plan"
+        return options
+
     @property
     def dsn(self) -> str:
         """The URL the driver connects with (taskrt's own parameters taken out)."""
@@ -251,11 +258,9 @@ class PgStore(QueuedWrites, SharedReads):
                 **self.connect_options(),
             )
             if self.node is not None:
-                options = self.connect_options()
-                settings = options["server_settings"]
-                settings["plan_cache_mode"] = "force_generic_plan"
+                options = self.generic_options()
                 if "synchronous_commit" not in self._url_settings:
-                    settings["synchronous_commit"] = "off"  # note 10
+                    options["server_settings"]["synchronous_commit"] = "off"  # note 10
                 self._claims = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=4, reset=_keep_session, **options
                 )
@@ -272,7 +277,7 @@ class PgStore(QueuedWrites, SharedReads):
         )
         self._writes.start(self._batches)
         self._add_batches = PgBatches(
-            self._dsn, self.connect_options(), self._counts, self.channel, announce=self.node
+            self._dsn, self.generic_options(), self._counts, self.channel, announce=self.node
         )
         self._adds.start(self._add_batches)
 

@@ -379,9 +379,11 @@ class PgBatches:
         if any(job.external for jobs in groups for job in jobs):
             await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
         if groups and simple:
-            last = next(int(n) for pool, _, n in changed if pool is None)
+            last = next(int(n) for pool, status, n in changed if pool is None and status is None)
             first = last - sum(len(g) for g in groups) + 1
-            results = [InsertResult(first + k, True) for k in range(last - first + 1)]
+            # Started on this node by the add itself (note 11).
+            ran = {int(n) for pool, status, n in changed if pool is None and status is not None}
+            results = [InsertResult(i, True, i in ran) for i in range(first, last + 1)]
         self._merge(changed)
         return results
 
@@ -472,6 +474,7 @@ def _add_row(job: NewJob) -> tuple[Any, ...]:
         1 if job.external else 0,
         job.deadline,
         job.lock_key,
+        1 if job.start else 0,
     )
 
 
