@@ -655,16 +655,21 @@ async def test_an_add_asking_to_start_here_starts_only_when_nothing_waits_ahead(
         await store.close()
 
 
+async def _settled(rt: Runtime) -> PgStore:
+    """The store of a node that has run one job: its start-up claims are over."""
+    assert (await rt.wait(await rt.add("b"), timeout=10)).status is JobStatus.SUCCESS
+    store = rt.store
+    assert isinstance(store, PgStore)
+    return store
+
+
 async def test_a_job_added_on_a_node_with_a_free_slot_starts_without_a_claim(url: str) -> None:
     """A local add is its own claim: the job is RUNNING here when ``add`` returns,
     with the same attempt, sequence and events a claim gives it; a job waiting ahead
     is claimed first, and a pool without a free slot leaves the new job WAITING."""
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran, concurrency=1) as x:
-        store = x.store
-        assert isinstance(store, PgStore)
-        # Once the start's first claim is done (no slot is kept while one is out).
-        assert (await x.wait(await x.add("b"), timeout=10)).status is JobStatus.SUCCESS
+        store = await _settled(x)
         claimed: list[int] = []
         claim = store.claim
 
@@ -695,3 +700,54 @@ async def test_a_job_added_on_a_node_with_a_free_slot_starts_without_a_claim(url
         everything.close()
         assert events == [(1, EventType.ADDED), (2, EventType.STARTED), (3, EventType.SUCCESS)]
         assert (await x.get(first)).attempts == 1
+
+
+async def test_counts_kept_in_lanes_sum_to_the_jobs_of_two_nodes(url: str) -> None:
+    """Each writer of each node adds to count rows of its own (store note 12): the
+    adds, the claims and the ends of two nodes never share a row, and the lanes sum
+    to the jobs by status."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        ids = [await (x if n % 2 else y).add("b") for n in range(40)]
+        for job_id in ids:
+            assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        for rt in (x, y):
+            await rt.store.flush()
+        jobs = await sql(url, "SELECT pool, status, count(*) AS n FROM jobs GROUP BY 1, 2")
+        counts = await sql(
+            url,
+            "SELECT pool, status, sum(n)::bigint AS n FROM job_counts GROUP BY 1, 2 "
+            "HAVING sum(n) <> 0",
+        )
+        assert {tuple(r) for r in counts} == {tuple(r) for r in jobs} == {("p", "SUCCESS", 40)}
+        lanes = {
+            (x.store.lane(w), y.store.lane(w))  # type: ignore[attr-defined]
+            for w in range(3)
+        }
+        assert len({lane for pair in lanes for lane in pair}) >= 4, lanes  # by node too
+        used = await sql(url, "SELECT DISTINCT lane FROM job_counts WHERE n <> 0")
+        assert len(used) >= 2, used
+        assert await x.store.live_counts() == {"p": {JobStatus.SUCCESS: 40}}
+
+
+async def test_an_add_started_where_it_was_added_wakes_no_other_node(url: str) -> None:
+    """Adds announce ``added:<pool>`` to the other nodes only for a pool with a new
+    WAITING job: a job its add started here is nobody else's business."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, concurrency=1) as x:
+        store = await _settled(x)
+        heard: list[str] = []
+        listener = await asyncpg.connect(url.split("?")[0])
+        try:
+            await listener.add_listener(store.channel, lambda *a: heard.append(a[3]))
+            held = await x.add("a", 1, hold=True)  # started by its add: silent
+            await until(lambda: ran[held])
+            queued = await x.add("a", 2)  # no free slot: WAITING, announced
+            await until(lambda: any(h.startswith("added:p") for h in heard))
+            assert [h for h in heard if h.startswith("added:")] == [
+                f"added:p\t{x.nodes.node}"  # type: ignore[union-attr]
+            ]
+            x.gate.set()  # type: ignore[attr-defined]
+            assert (await x.wait(queued, timeout=10)).status is JobStatus.SUCCESS
+        finally:
+            await listener.close()

@@ -356,6 +356,44 @@ async def test_a_schema_of_the_first_release_is_upgraded_and_keeps_its_jobs(url:
         assert [n["id"] for n in await rt.store.nodes()] == [rt.nodes.node]
 
 
+async def test_counts_of_a_version_5_schema_move_to_lane_0_and_stay_exact(url: str) -> None:
+    """Version 6 keeps each (pool, status) in lanes, one per writer (store note 12):
+    the counts of version 5 become lane 0, and what runs next adds to the others."""
+    schema = url.rsplit("schema=", 1)[1]
+    conn = await asyncpg.connect(url.split("?")[0])
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
+        for statement in (st for migration in MIGRATIONS[:5] for st in migration):
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO meta (key, value) VALUES ('schema.version', '5')")
+        await conn.execute(
+            "INSERT INTO jobs (id, task, pool, status, created_at, run_at) "
+            "SELECT g, 'double', 'p', CASE WHEN g <= 3 THEN 'SUCCESS' ELSE 'FAILURE' END, 0, 0 "
+            "FROM generate_series(1, 5) AS g"
+        )
+        await conn.execute("UPDATE job_ids SET last = 5")
+        await conn.execute(
+            "INSERT INTO job_counts (pool, status, n) VALUES ('p', 'SUCCESS', 3), ('p', 'FAILURE', 2)"
+        )
+    finally:
+        await conn.close()
+    async with app(url, mode="nodes") as rt:
+        store = rt.store
+        assert isinstance(store, PgStore)
+        assert store.counted("p", JobStatus.SUCCESS) == 3
+        ids = [await rt.pool("p").add("double", n) for n in range(10)]
+        for job_id in ids:
+            assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        await store.flush()
+        assert await store.live_counts() == {"p": {JobStatus.SUCCESS: 13, JobStatus.FAILURE: 2}}
+        assert store.counted("p", JobStatus.SUCCESS) == 13
+        assert store.counted("p", JobStatus.RUNNING) == 0
+        lanes = await store.pool.fetch(
+            "SELECT lane, n FROM job_counts WHERE pool = 'p' AND status = 'SUCCESS' ORDER BY lane"
+        )
+        assert lanes[0]["lane"] == 0 and sum(r["n"] for r in lanes) == 13
+
+
 def test_the_cli_migrates_and_lists_a_postgresql_database(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

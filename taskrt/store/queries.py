@@ -55,8 +55,12 @@ SQL_ATTEMPTS = (
 SQL_EXTERNAL = (
     f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 ORDER BY id LIMIT ?"
 )
-SQL_COUNTS_LIVE = "SELECT pool, status, n FROM job_counts WHERE n != 0 ORDER BY pool, status"
-SQL_COUNT_OF = "SELECT n FROM job_counts WHERE pool = ? AND status = ?"
+# Summed: PostgreSQL keeps a (pool, status) in several rows (its store note 12).
+SQL_COUNTS_LIVE = (
+    "SELECT pool, status, sum(n) FROM job_counts GROUP BY pool, status "
+    "HAVING sum(n) <> 0 ORDER BY pool, status"
+)
+SQL_COUNT_OF = "SELECT coalesce(sum(n), 0) FROM job_counts WHERE pool = ? AND status = ?"
 # Waiting jobs whose deadline passed, and the next deadline (index jobs_deadline).
 SQL_DEADLINES_PASSED = (
     "SELECT id FROM jobs WHERE deadline IS NOT NULL AND deadline <= ? AND status = 'WAITING' "

@@ -234,12 +234,21 @@ SCHEMA_V5 = (
     )""",
 )
 
+# Counts in lanes (note 12): each writer adds to rows of its own, so an add, a claim
+# and an end never wait for one another's commit on one row; a count is their sum.
+SCHEMA_V6 = (
+    "ALTER TABLE job_counts ADD COLUMN lane SMALLINT NOT NULL DEFAULT 0",
+    "ALTER TABLE job_counts DROP CONSTRAINT job_counts_pkey",
+    "ALTER TABLE job_counts ADD PRIMARY KEY (pool, status, lane)",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
     SCHEMA_V3,
     SCHEMA_V4,
     SCHEMA_V5,
+    SCHEMA_V6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -537,6 +546,21 @@ NOTIFY_PART = Part("notify", 2, "", None, None, _notify)
 transaction, in order: in ``mode="nodes"`` the events ride the writes they follow
 (``taskrt.nodebus``), and adds wake the other nodes (``writer.added_payload``)."""
 
+
+def _announce(i: int, base: int) -> list[str]:
+    # The adds of the part before it (an ADD_PART): a pool none of whose new jobs is
+    # WAITING (each started on this node, note 11) wakes nobody.
+    return [
+        f"g{i} AS (SELECT pg_notify(v.c, v.p) FROM unnest(${base + 1}::text[], "
+        f"${base + 2}::text[], ${base + 3}::text[]) AS v(c, p, pool) WHERE EXISTS (SELECT 1 "
+        f"FROM g{i - 1} AS a WHERE a.pool = v.pool AND a.status = 'WAITING'))"
+    ]
+
+
+ANNOUNCE_PART = Part("announce", 3, "", None, None, _announce)
+"""The notification (channel, payload, pool) of the adds of the ``ADD_PART`` just
+before it in the statement, for each pool with a new WAITING job (note 7)."""
+
 PARTS: dict[Op, Part] = {
     START: START_PART,
     ATTEMPT: ATTEMPT_PART,
@@ -573,7 +597,7 @@ def combined(parts: tuple[Part, ...]) -> str:
             out.append(f"SELECT NULL::text, status, id FROM g{i} WHERE status = 'RUNNING'")
         elif part.to is not None:
             moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
-        if part is NOTIFY_PART:  # read to the end, so every notification is sent; no row
+        if part is NOTIFY_PART or part is ANNOUNCE_PART:  # read to the end: each is sent
             out.append(f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0")
     if moved:
         ctes.append(f"m AS ({' UNION ALL '.join(moved)})")
@@ -584,8 +608,9 @@ def combined(parts: tuple[Part, ...]) -> str:
             "HAVING sum(n) <> 0)"
         )
         ctes.append(
-            "c AS (INSERT INTO job_counts (pool, status, n) SELECT pool, status, n FROM d "
-            "ORDER BY pool, status ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + "
+            f"c AS (INSERT INTO job_counts (pool, status, lane, n) SELECT pool, status, {LANE}, n "
+            "FROM d ORDER BY pool, status ON CONFLICT (pool, status, lane) DO UPDATE SET "
+            "n = job_counts.n + "
             "excluded.n RETURNING pool, status, n)"
         )
         out.append("SELECT pool, status, n FROM c")
@@ -596,12 +621,17 @@ def combined(parts: tuple[Part, ...]) -> str:
 
 # -- counts (note 3) -------------------------------------------------------------------
 
+# The lane of ``job_counts`` a connection adds to (note 12): its ``taskrt.lane``
+# setting, 0 where it has none (the pool's connections, the application's).
+LANE = "coalesce(nullif(current_setting('taskrt.lane', true), ''), '0')::smallint"
+
 SQL_COUNTS_ADD = (
-    "INSERT INTO job_counts (pool, status, n) SELECT * FROM unnest($1::text[], $2::text[], "
-    "$3::bigint[]) ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + excluded.n "
+    f"INSERT INTO job_counts (pool, status, lane, n) SELECT v.pool, v.status, {LANE}, v.n "
+    "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(pool, status, n) "
+    "ON CONFLICT (pool, status, lane) DO UPDATE SET n = job_counts.n + excluded.n "
     "RETURNING pool, status, n"
 )
-SQL_COUNTS = "SELECT pool, status, n FROM job_counts"
+SQL_COUNTS = "SELECT pool, status, lane, n FROM job_counts"
 
 
 def tally(where: str) -> str:
@@ -808,10 +838,10 @@ _SQL_CLAIM_JOBS = (
     "FROM c "
     "WHERE j.id = c.id RETURNING j.*), "
     "d AS (SELECT count(*) AS n FROM g), "
-    "k AS (INSERT INTO job_counts (pool, status, n) SELECT $1, s.status, "
+    f"k AS (INSERT INTO job_counts (pool, status, lane, n) SELECT $1, s.status, {LANE}, "
     "CASE WHEN s.status = 'WAITING' THEN -d.n ELSE d.n END FROM d, "
     "unnest(ARRAY['RUNNING', 'WAITING']) AS s(status) WHERE d.n > 0 ORDER BY 2 "
-    "ON CONFLICT (pool, status) DO UPDATE SET n = job_counts.n + excluded.n "
+    "ON CONFLICT (pool, status, lane) DO UPDATE SET n = job_counts.n + excluded.n "
     "RETURNING status, n) "
     # Whether a blocked job waits for it (taskrt.workflows note 3), then the counts.
     f"SELECT {_CLAIM_COLUMNS}, EXISTS (SELECT 1 FROM job_deps dd JOIN job_waits ww "

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -79,7 +80,14 @@ from .sql import (
     recovery,
     tally,
 )
-from .writer import Key, PgBatches, Tally, added_payload, insert_jobs, run_pack, transient
+from .writer import Counted, PgBatches, Tally, added_payload, insert_jobs, run_pack, transient
+
+# Lanes of ``job_counts`` (note 12): each writer of a process adds to its own rows.
+WRITES_LANE = 0  # the group commit of starts, ends and the rest (and the pool's connections)
+ADDS_LANE = 1  # the group commit of adds (note 8)
+CLAIMS_LANE = 2  # a node's claims (note 9)
+LANES_PER_NODE = 3
+NODE_SPREAD = 8  # a node's lanes are one of this many sets, by its name
 
 log = logging.getLogger("taskrt.store")
 
@@ -177,7 +185,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._pool: asyncpg.Pool | None = None
         self._claims: asyncpg.Pool | None = None  # a node's claims (note 9)
         super().__init__(self.path, progress_interval=progress_interval)
-        self._counts: dict[Key, int] = {}
+        self._counts: dict[Counted, int] = {}  # (pool, status, lane) -> n (note 12)
         self._wake: Callable[[str], None] | None = None
         self._events: Callable[[str], None] | None = None
         self._lost: Callable[[], None] | None = None
@@ -261,6 +269,7 @@ class PgStore(QueuedWrites, SharedReads):
                 options = self.generic_options()
                 if "synchronous_commit" not in self._url_settings:
                     options["server_settings"]["synchronous_commit"] = "off"  # note 10
+                options["server_settings"]["taskrt.lane"] = str(self.lane(CLAIMS_LANE))
                 self._claims = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=4, reset=_keep_session, **options
                 )
@@ -268,18 +277,26 @@ class PgStore(QueuedWrites, SharedReads):
         except DRIVER_ERRORS as exc:
             await self._close_pool()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        lifecycle = self.connect_options()
+        lane = self.lane(WRITES_LANE)
+        lifecycle["server_settings"]["taskrt.lane"] = str(lane)
         self._batches = PgBatches(
-            self._dsn,
-            self.connect_options(),
-            self._counts,
-            self.channel,
-            announce=self.node,
+            self._dsn, lifecycle, self._counts, self.channel, lane=lane, announce=self.node
         )
         self._writes.start(self._batches)
+        adds = self.generic_options()
+        lane = self.lane(ADDS_LANE)
+        adds["server_settings"]["taskrt.lane"] = str(lane)
         self._add_batches = PgBatches(
-            self._dsn, self.generic_options(), self._counts, self.channel, announce=self.node
+            self._dsn, adds, self._counts, self.channel, lane=lane, announce=self.node
         )
         self._adds.start(self._add_batches)
+
+    def lane(self, writer: int) -> int:
+        """The lane of ``job_counts`` a writer of this process adds to (note 12): by
+        writer, and on a node by its name too, so two nodes rarely share one."""
+        spread = 0 if self.node is None else zlib.crc32(self.node.encode()) % NODE_SPREAD
+        return spread * LANES_PER_NODE + writer
 
     async def close(self, patience: float = 10.0) -> None:
         """Write everything queued (trying ``patience`` seconds while writes fail), disconnect."""
@@ -319,14 +336,16 @@ class PgStore(QueuedWrites, SharedReads):
             raise StoreError("the store is not open")
         return self._pool
 
-    def _merge_counts(self, changed: Iterable[Any]) -> None:
-        """The new counts of the (pool, status) a committed write changed."""
+    def _merge_counts(self, changed: Iterable[Any], lane: int = 0) -> None:
+        """The new counts of the (pool, status) a committed write changed, in ``lane``
+        (note 12: a connection without a lane of its own adds to lane 0)."""
         for pool, status, n in changed:
-            self._counts[str(pool), str(status)] = int(n)
+            self._counts[str(pool), str(status), lane] = int(n)
 
     def _replace_counts(self, rows: Iterable[Any]) -> None:
+        """The whole of ``job_counts``: (pool, status, lane, n) rows."""
         self._counts.clear()
-        self._counts.update({(str(r[0]), str(r[1])): int(r[2]) for r in rows})
+        self._counts.update({(str(r[0]), str(r[1]), int(r[2])): int(r[3]) for r in rows})
 
     # -- transactions ----------------------------------------------------------
 
@@ -679,7 +698,8 @@ class PgStore(QueuedWrites, SharedReads):
                 [
                     (pool, JobStatus.WAITING.value, last[-2]),
                     (pool, JobStatus.RUNNING.value, last[-1]),
-                ]
+                ],
+                self.lane(CLAIMS_LANE) if self._claims is not None else 0,
             )
         on_parent = self.on_parent
         if on_parent is not None:
@@ -905,7 +925,10 @@ class PgStore(QueuedWrites, SharedReads):
     # -- counts and the waiting window -------------------------------------------------
 
     def counted(self, pool: str, status: JobStatus) -> int:
-        return self._counts.get((pool, status.value), 0)
+        """Jobs of ``pool`` in ``status``, the sum of its lanes as this process last saw
+        each (note 12)."""
+        key = status.value
+        return sum(n for (p, st, _), n in self._counts.items() if p == pool and st == key)
 
 
 class PgTransaction(ScheduleWrites):

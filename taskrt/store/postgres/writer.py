@@ -37,6 +37,7 @@ from ..protocol import InsertResult, NewJob
 from .driver import DRIVER_ERRORS, LOST
 from .sql import (
     ADD_PART,
+    ANNOUNCE_PART,
     MINUTES_PART,
     NOTIFY_PART,
     PARTS,
@@ -61,7 +62,8 @@ from .sql import (
 
 log = logging.getLogger("taskrt.store")
 
-Key = tuple[str, str]
+Counted = tuple[str, str, int]
+"""A row of ``job_counts``: (pool, status, lane) (store note 12)."""
 WAITING = JobStatus.WAITING.value
 
 # SQLSTATE classes that say the server takes no writes *now* (note 5): connection
@@ -291,9 +293,10 @@ class PgBatches:
         self,
         dsn: str,
         options: dict[str, Any],
-        counts: dict[Key, int],
+        counts: dict[Counted, int],
         channel: str,
         *,
+        lane: int = 0,
         announce: str | None = None,
     ) -> None:
         self.dsn = dsn
@@ -302,8 +305,10 @@ class PgBatches:
         # Every node claims (note 7): adds are announced by the statement that adds
         # them (``added_payload``), with this node's name: it ignores its own.
         self.announce = announce
-        # Jobs by pool and status as of the latest committed write that changed them.
+        # Jobs by pool, status and lane as of the latest committed write that changed
+        # them; this writer's connection adds to ``lane`` (its ``taskrt.lane``, note 12).
         self.counts = counts
+        self.lane = lane
         # The writer's own connection: a batch goes straight to it (a pool's acquire
         # and release cost a round trip); opened again after it is lost (note 5).
         self._conn: asyncpg.Connection | None = None
@@ -355,7 +360,11 @@ class PgBatches:
         )
         if groups and simple:
             added = [_add_row(job) for jobs in groups for job in jobs]
-            pack = [(ADD_PART, added), *self._announcement(groups)]
+            pack: list[Group] = [(ADD_PART, added)]
+            if self.announce is not None:  # pools whose new jobs are not all started here
+                pools = sorted({job.pool for jobs in groups for job in jobs})
+                notes = [(self.channel, added_payload(p, self.announce), p) for p in pools]
+                pack.append((ANNOUNCE_PART, notes))
             if planned:
                 planned[-1].extend(pack)
             else:
@@ -443,7 +452,7 @@ class PgBatches:
         """The counts each statement changed, in the order they ran (the last is newest)."""
         for pool, status, n in changed:
             if pool is not None:  # (NULL, NULL, last id) of an add is not a count
-                self.counts[str(pool), str(status)] = int(n)
+                self.counts[str(pool), str(status), self.lane] = int(n)
 
     def transient(self, exc: BaseException) -> bool:
         return transient(exc)
