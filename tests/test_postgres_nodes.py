@@ -703,9 +703,8 @@ async def test_a_job_added_on_a_node_with_a_free_slot_starts_without_a_claim(url
 
 
 async def test_counts_kept_in_lanes_sum_to_the_jobs_of_two_nodes(url: str) -> None:
-    """Each writer of each node adds to count rows of its own (store note 12): the
-    adds, the claims and the ends of two nodes never share a row, and the lanes sum
-    to the jobs by status."""
+    """Each writer of a node adds to count rows of its own (store note 12; two
+    nodes share their set one time in eight): the lanes sum to the jobs by status."""
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran) as x, node(url, "y", ran) as y:
         ids = [await (x if n % 2 else y).add("b") for n in range(40)]
@@ -720,11 +719,8 @@ async def test_counts_kept_in_lanes_sum_to_the_jobs_of_two_nodes(url: str) -> No
             "HAVING sum(n) <> 0",
         )
         assert {tuple(r) for r in counts} == {tuple(r) for r in jobs} == {("p", "SUCCESS", 40)}
-        lanes = {
-            (x.store.lane(w), y.store.lane(w))  # type: ignore[attr-defined]
-            for w in range(3)
-        }
-        assert len({lane for pair in lanes for lane in pair}) >= 4, lanes  # by node too
+        for rt in (x, y):  # a lane per writer; nodes spread by name (they may share)
+            assert len({rt.store.lane(w) for w in range(3)}) == 3  # type: ignore[attr-defined]
         used = await sql(url, "SELECT DISTINCT lane FROM job_counts WHERE n <> 0")
         assert len(used) >= 2, used
         assert await x.store.live_counts() == {"p": {JobStatus.SUCCESS: 40}}

@@ -294,7 +294,8 @@ class PgStore(QueuedWrites, SharedReads):
 
     def lane(self, writer: int) -> int:
         """The lane of ``job_counts`` a writer of this process adds to (note 12): by
-        writer, and on a node by its name too, so two nodes rarely share one."""
+        writer, and on a node by its name too (two nodes share a set one time in
+        ``NODE_SPREAD``)."""
         spread = 0 if self.node is None else zlib.crc32(self.node.encode()) % NODE_SPREAD
         return spread * LANES_PER_NODE + writer
 
