@@ -644,6 +644,9 @@ async def test_an_add_asking_to_start_here_starts_only_when_nothing_waits_ahead(
         # Past START_SCAN of them it does not look further: it waits, and a claim decides.
         await store.insert([new_job(created_at=now, run_at=now + 3600) for _ in range(START_SCAN)])
         assert not (await add()).started
+        # Never a delayed job, or one with a lock key (the caller does not ask either).
+        assert not (await add(pool="s", run_at=now + 60)).started
+        assert not (await add(pool="t", lock_key="k")).started
         # A stale heartbeat starts nothing.
         await sql(url, "DELETE FROM jobs WHERE status = 'WAITING'")
         assert (await add(pool="r")).started
@@ -747,3 +750,43 @@ async def test_an_add_started_where_it_was_added_wakes_no_other_node(url: str) -
             assert (await x.wait(queued, timeout=10)).status is JobStatus.SUCCESS
         finally:
             await listener.close()
+
+
+async def test_a_delayed_locked_or_rate_limited_job_is_claimed_not_started_by_its_add(
+    url: str,
+) -> None:
+    """Only a job the pool could start now with no gate of the database's is its
+    add's to start (claims note 4): a delay, a lock key or a rate limit leaves it to a
+    claim, which applies them."""
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran)
+
+    @x.task(pool="p")
+    async def plain(job: JobContext) -> None:
+        ran[job.id].append("x")
+
+    @x.task(pool="p", rate="1000/s")
+    async def rated(job: JobContext) -> None:
+        ran[job.id].append("x")
+
+    async with x:
+        store = await _settled(x)
+        claimed: list[int] = []
+        claim = store.claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            jobs = await claim(*args, **kwargs)
+            claimed.extend(j.id for j in jobs)
+            return jobs
+
+        store.claim = counted  # type: ignore[method-assign]
+        pool = x.pool("p")
+        started = await pool.add(plain)
+        gated = [
+            await pool.add(plain.options(delay=0.05)),
+            await pool.add(plain.options(lock="k")),
+            await pool.add(rated),
+        ]
+        for job_id in [*gated, started]:
+            assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        assert sorted(claimed) == sorted(gated)

@@ -497,12 +497,14 @@ _ADD_TYPES = (
 )
 # How many of a pool's waiting jobs an add that asks to start here looks at (note 11).
 START_SCAN = 32
-# An add asking to start here (``start`` = 1) starts if this node's heartbeat is fresh
-# and no WAITING job of its pool has its priority or a higher one and is due: among
+# An add asking to start here (``start`` = 1; never one delayed or with a lock key)
+# starts if this node's heartbeat is fresh and no WAITING job of its pool has its
+# priority or a higher one and is due: among
 # the first START_SCAN of those (an index range of jobs_waiting), none is due, and
 # there are fewer. The subquery runs for those rows only (note 11).
 _STARTS = (
-    "CASE WHEN v.start = 1 AND EXISTS (SELECT 1 FROM nodes WHERE id = "
+    "CASE WHEN v.start = 1 AND v.run_at <= v.created_at AND v.lock_key IS NULL "
+    "AND EXISTS (SELECT 1 FROM nodes WHERE id = "
     "current_setting('taskrt.node', true) AND heartbeat_at > now() - make_interval(secs => ttl)) "
     "THEN (SELECT count(*) < " + str(START_SCAN) + " AND NOT coalesce(bool_or(w.run_at <= "
     "v.created_at), false) FROM (SELECT run_at FROM jobs WHERE status = 'WAITING' AND pool = "
