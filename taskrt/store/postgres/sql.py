@@ -585,7 +585,8 @@ def combined(parts: tuple[Part, ...]) -> str:
     """One statement that writes ``parts`` (which touch no row in common) and adds
     what the counted ones moved to ``job_counts``. It returns the new count of each
     (pool, status) it changed, and for an ``ADD_PART``, a row (NULL, NULL, the last
-    id issued) and one (NULL, 'RUNNING', id) per job it started on this node. Params: each part's arrays, in order. Built once per combination."""
+    id issued) and one (NULL, 'RUNNING', id) per job it started on this node.
+    Params: each part's arrays, in order. Built once per combination."""
     ctes: list[str] = []
     moved: list[str] = []
     out: list[str] = []
