@@ -666,6 +666,20 @@ async def _settled(rt: Runtime) -> PgStore:
     return store
 
 
+def _record_claims(store: PgStore) -> list[int]:
+    """The ids of the jobs the store's claims take from now on, in order."""
+    claimed: list[int] = []
+    claim = store.claim
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        jobs = await claim(*args, **kwargs)
+        claimed.extend(j.id for j in jobs)
+        return jobs
+
+    store.claim = recorded  # type: ignore[method-assign]
+    return claimed
+
+
 async def test_a_job_added_on_a_node_with_a_free_slot_starts_without_a_claim(url: str) -> None:
     """A local add is its own claim: the job is RUNNING here when ``add`` returns,
     with the same attempt, sequence and events a claim gives it; a job waiting ahead
@@ -673,15 +687,7 @@ async def test_a_job_added_on_a_node_with_a_free_slot_starts_without_a_claim(url
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran, concurrency=1) as x:
         store = await _settled(x)
-        claimed: list[int] = []
-        claim = store.claim
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            jobs = await claim(*args, **kwargs)
-            claimed.extend(j.id for j in jobs)
-            return jobs
-
-        store.claim = counted  # type: ignore[method-assign]
+        claimed = _record_claims(store)
         everything = x.subscribe()
         first = await x.add("a", 1, hold=True)
         assert await _stored(url, first) == ("RUNNING", x.nodes.node, 1, 2)  # type: ignore[union-attr]
@@ -771,15 +777,7 @@ async def test_a_delayed_locked_or_rate_limited_job_is_claimed_not_started_by_it
 
     async with x:
         store = await _settled(x)
-        claimed: list[int] = []
-        claim = store.claim
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            jobs = await claim(*args, **kwargs)
-            claimed.extend(j.id for j in jobs)
-            return jobs
-
-        store.claim = counted  # type: ignore[method-assign]
+        claimed = _record_claims(store)
         pool = x.pool("p")
         started = await pool.add(plain)
         gated = [
