@@ -80,7 +80,7 @@ from .sql import (
     recovery,
     tally,
 )
-from .writer import Counted, PgBatches, Tally, added_payload, insert_jobs, run_pack, transient
+from .writer import LaneCounts, PgBatches, Tally, added_payload, insert_jobs, run_pack, transient
 
 # Lanes of ``job_counts`` (note 12): each writer of a process adds to its own rows.
 WRITES_LANE = 0  # the group commit of starts, ends and the rest (and the pool's connections)
@@ -185,7 +185,8 @@ class PgStore(QueuedWrites, SharedReads):
         self._pool: asyncpg.Pool | None = None
         self._claims: asyncpg.Pool | None = None  # a node's claims (note 9)
         super().__init__(self.path, progress_interval=progress_interval)
-        self._counts: dict[Counted, int] = {}  # (pool, status, lane) -> n (note 12)
+        self._counts = LaneCounts()  # note 12
+        self._claims_lane = 0  # the lane of this node's claims (note 12)
         self._wake: Callable[[str], None] | None = None
         self._events: Callable[[str], None] | None = None
         self._lost: Callable[[], None] | None = None
@@ -266,10 +267,10 @@ class PgStore(QueuedWrites, SharedReads):
                 **self.connect_options(),
             )
             if self.node is not None:
-                options = self.generic_options()
+                self._claims_lane = self.lane(CLAIMS_LANE)
+                options = self._writer_options(self._claims_lane, generic=True)
                 if "synchronous_commit" not in self._url_settings:
                     options["server_settings"]["synchronous_commit"] = "off"  # note 10
-                options["server_settings"]["taskrt.lane"] = str(self.lane(CLAIMS_LANE))
                 self._claims = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=4, reset=_keep_session, **options
                 )
@@ -277,20 +278,25 @@ class PgStore(QueuedWrites, SharedReads):
         except DRIVER_ERRORS as exc:
             await self._close_pool()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
-        lifecycle = self.connect_options()
-        lane = self.lane(WRITES_LANE)
-        lifecycle["server_settings"]["taskrt.lane"] = str(lane)
-        self._batches = PgBatches(
-            self._dsn, lifecycle, self._counts, self.channel, lane=lane, announce=self.node
-        )
+        self._batches = self._writer(WRITES_LANE, generic=False)
         self._writes.start(self._batches)
-        adds = self.generic_options()
-        lane = self.lane(ADDS_LANE)
-        adds["server_settings"]["taskrt.lane"] = str(lane)
-        self._add_batches = PgBatches(
-            self._dsn, adds, self._counts, self.channel, lane=lane, announce=self.node
-        )
+        self._add_batches = self._writer(ADDS_LANE, generic=True)
         self._adds.start(self._add_batches)
+
+    def _writer_options(self, lane: int, *, generic: bool) -> dict[str, Any]:
+        """The connect options of a writer adding to ``lane`` (note 12); ``generic``:
+        its statements are planned once (note 9)."""
+        options = self.generic_options() if generic else self.connect_options()
+        options["server_settings"]["taskrt.lane"] = str(lane)
+        return options
+
+    def _writer(self, writer: int, *, generic: bool) -> PgBatches:
+        """A group commit's writer, on a connection of its own (notes 3, 8)."""
+        lane = self.lane(writer)
+        options = self._writer_options(lane, generic=generic)
+        return PgBatches(
+            self._dsn, options, self._counts, self.channel, lane=lane, announce=self.node
+        )
 
     def lane(self, writer: int) -> int:
         """The lane of ``job_counts`` a writer of this process adds to (note 12): by
@@ -340,13 +346,11 @@ class PgStore(QueuedWrites, SharedReads):
     def _merge_counts(self, changed: Iterable[Any], lane: int = 0) -> None:
         """The new counts of the (pool, status) a committed write changed, in ``lane``
         (note 12: a connection without a lane of its own adds to lane 0)."""
-        for pool, status, n in changed:
-            self._counts[str(pool), str(status), lane] = int(n)
+        self._counts.merge(changed, lane)
 
     def _replace_counts(self, rows: Iterable[Any]) -> None:
         """The whole of ``job_counts``: (pool, status, lane, n) rows."""
-        self._counts.clear()
-        self._counts.update({(str(r[0]), str(r[1]), int(r[2])): int(r[3]) for r in rows})
+        self._counts.replace(rows)
 
     # -- transactions ----------------------------------------------------------
 
@@ -700,7 +704,7 @@ class PgStore(QueuedWrites, SharedReads):
                     (pool, JobStatus.WAITING.value, last[-2]),
                     (pool, JobStatus.RUNNING.value, last[-1]),
                 ],
-                self.lane(CLAIMS_LANE) if self._claims is not None else 0,
+                self._claims_lane,
             )
         on_parent = self.on_parent
         if on_parent is not None:
@@ -928,8 +932,7 @@ class PgStore(QueuedWrites, SharedReads):
     def counted(self, pool: str, status: JobStatus) -> int:
         """Jobs of ``pool`` in ``status``, the sum of its lanes as this process last saw
         each (note 12)."""
-        key = status.value
-        return sum(n for (p, st, _), n in self._counts.items() if p == pool and st == key)
+        return self._counts.total(pool, status.value)
 
 
 class PgTransaction(ScheduleWrites):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -62,8 +62,34 @@ from .sql import (
 
 log = logging.getLogger("taskrt.store")
 
-Counted = tuple[str, str, int]
-"""A row of ``job_counts``: (pool, status, lane) (store note 12)."""
+
+class LaneCounts:
+    """This process's mirror of ``job_counts`` (store note 12): each (pool, status)
+    by lane, each lane as of this process's last write to it or read of the table."""
+
+    __slots__ = ("_lanes",)
+
+    def __init__(self) -> None:
+        self._lanes: dict[tuple[str, str], dict[int, int]] = {}
+
+    def merge(self, changed: Iterable[Any], lane: int) -> None:
+        """The new counts a committed write to ``lane`` returned, (pool, status, n) each;
+        a row without a pool (an add's last id or started job) is not a count."""
+        for pool, status, n in changed:
+            if pool is not None:
+                self._lanes.setdefault((str(pool), str(status)), {})[lane] = int(n)
+
+    def replace(self, rows: Iterable[Any]) -> None:
+        """The whole table: (pool, status, lane, n) rows."""
+        self._lanes.clear()
+        for pool, status, lane, n in rows:
+            self._lanes.setdefault((str(pool), str(status)), {})[int(lane)] = int(n)
+
+    def total(self, pool: str, status: str) -> int:
+        lanes = self._lanes.get((pool, status))
+        return sum(lanes.values()) if lanes else 0
+
+
 WAITING = JobStatus.WAITING.value
 
 # SQLSTATE classes that say the server takes no writes *now* (note 5): connection
@@ -293,7 +319,7 @@ class PgBatches:
         self,
         dsn: str,
         options: dict[str, Any],
-        counts: dict[Counted, int],
+        counts: LaneCounts,
         channel: str,
         *,
         lane: int = 0,
@@ -305,8 +331,8 @@ class PgBatches:
         # Every node claims (note 7): adds are announced by the statement that adds
         # them (``added_payload``), with this node's name: it ignores its own.
         self.announce = announce
-        # Jobs by pool, status and lane as of the latest committed write that changed
-        # them; this writer's connection adds to ``lane`` (its ``taskrt.lane``, note 12).
+        # Jobs by pool and status; this writer's connection adds to ``lane`` (its
+        # ``taskrt.lane``, note 12).
         self.counts = counts
         self.lane = lane
         # The writer's own connection: a batch goes straight to it (a pool's acquire
@@ -361,9 +387,8 @@ class PgBatches:
         if groups and simple:
             added = [_add_row(job) for jobs in groups for job in jobs]
             pack: list[Group] = [(ADD_PART, added)]
-            if self.announce is not None:  # pools whose new jobs are not all started here
-                pools = sorted({job.pool for jobs in groups for job in jobs})
-                notes = [(self.channel, added_payload(p, self.announce), p) for p in pools]
+            notes = self._announcement(groups)
+            if notes:  # for the pools whose new jobs did not all start here (note 11)
                 pack.append((ANNOUNCE_PART, notes))
             if planned:
                 planned[-1].extend(pack)
@@ -396,19 +421,20 @@ class PgBatches:
         self._merge(changed)
         return results
 
-    def _announcement(self, groups: list[list[NewJob]]) -> list[Group]:
-        """The notification of ``groups``' adds to the other nodes, one per pool, for
-        the statement that adds them (note 7); none where one owner runs the jobs."""
+    def _announcement(self, groups: list[list[NewJob]]) -> list[tuple[str, str, str]]:
+        """The notifications of ``groups``' adds to the other nodes, (channel, payload,
+        pool) for each pool, for the statement that adds them (note 7); none where one
+        owner runs the jobs."""
         if self.announce is None or not groups:
             return []
         pools = sorted({job.pool for jobs in groups for job in jobs})
-        return [(NOTIFY_PART, [(self.channel, added_payload(p, self.announce)) for p in pools])]
+        return [(self.channel, added_payload(p, self.announce), p) for p in pools]
 
     async def _announce(self, conn: asyncpg.Connection, groups: list[list[NewJob]]) -> None:
         """Inside the transaction that adds ``groups``: tell every node (note 7)."""
         notes = self._announcement(groups)
-        if notes:
-            await run_pack(conn, notes)
+        if notes:  # each pool has a new WAITING job: these adds start none here
+            await run_pack(conn, [(NOTIFY_PART, notes)])
 
     async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
         """The batch again, each part under its own savepoint (store note 10)."""
@@ -450,9 +476,7 @@ class PgBatches:
 
     def _merge(self, changed: list[Any]) -> None:
         """The counts each statement changed, in the order they ran (the last is newest)."""
-        for pool, status, n in changed:
-            if pool is not None:  # (NULL, NULL, last id) of an add is not a count
-                self.counts[str(pool), str(status), self.lane] = int(n)
+        self.counts.merge(changed, self.lane)
 
     def transient(self, exc: BaseException) -> bool:
         return transient(exc)
