@@ -29,6 +29,7 @@ class Recorder:
         self.fail_next = 0  # transient failures to give before writing again
         self.during: list[Any] = []  # what the test checks while a transaction is written
         self.on_write: Any = None
+        self.adds: list[int] = []  # jobs inserted, per transaction
 
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
         if self.on_write is not None:
@@ -40,6 +41,7 @@ class Recorder:
             ([(op.name, job_id) for op, _, job_id in batch.statements], batch.behind)
         )
         ids = [InsertResult(100 + i, True) for jobs, _ in batch.inserts for i in range(len(jobs))]
+        self.adds.append(len(ids))
         return ids  # type: ignore[return-value]
 
     async def write_parts(self, batch: Batch, progress: ProgressRows) -> tuple[Results, Rejected]:
@@ -77,6 +79,37 @@ async def test_starts_commit_first_and_their_callers_learn_it_before_the_rest() 
         # While the rest was written, the first start was known committed, the end not yet.
         assert recorder.during == [(False, False), (True, False)]
         assert all(f.done() and f.exception() is None for f in (ended, requeued, again, started))
+    finally:
+        await writes.close(1.0)
+
+
+async def test_the_rest_waits_for_handlers_that_come_back_at_once() -> None:
+    """Jobs that end right after their start (no-op handlers): the rest of the batch
+    commits with their ends and next starts, in one transaction, in order."""
+    recorder = Recorder()
+    writes = GroupCommit("test")
+    writes.start(recorder)
+    try:
+        ended = queue(writes, SUCCEED, 1)
+        added = writes.insert([new_job()])
+        started = queue(writes, START, 2)
+        later: list[asyncio.Future[Any]] = []
+
+        def runner(_: object) -> None:
+            # As a runner does once its start is committed: job 2 ends, job 3 starts.
+            later.append(queue(writes, SUCCEED, 2))
+            later.append(queue(writes, START, 3))
+
+        started.add_done_callback(runner)
+        await writes.flush()
+        assert recorder.transactions == [
+            ([("start", 2)], False),
+            # job 3's start goes before job 2's end: their writes are of other jobs
+            ([("succeed", 1), ("flush", None), ("start", 3), ("succeed", 2)], False),
+        ]
+        assert recorder.adds == [0, 1]  # the add went with the rest
+        assert (await added)[0] == InsertResult(100, True)
+        assert all(f.done() and f.exception() is None for f in (ended, started, *later))
     finally:
         await writes.close(1.0)
 

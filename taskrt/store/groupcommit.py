@@ -30,6 +30,7 @@ log = logging.getLogger("taskrt.store")
 
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
+REST_TURNS = 2
 
 ProgressRows = dict[int, tuple[float, float, str, int, Steps | None]]
 """job id -> (current, total, message, seq, steps): the coalesced progress of a batch
@@ -88,6 +89,12 @@ class Batch:
         futures = [*failed.earlier, failed.started, failed.committed, self.started]
         self.earlier[:0] = [fut for fut in futures if fut is not None]
         self.starts, self.started, self.jobs = [], None, None
+
+    def join(self, rest: Batch) -> None:
+        """Put ``rest`` (a batch whose starts committed apart) first, writes and adds,
+        so that it commits with this one in one transaction, every write in order."""
+        self.inserts[:0] = rest.inserts
+        self.retain(rest)
 
     def first(self, apart: bool) -> Batch | None:
         """The starts as a batch of their own, to commit before the rest (note 16);
@@ -299,6 +306,18 @@ class GroupCommit:
                     # write did, and the starts are kept first.
                     self._refuse_adds(batch, self._failing)
                     batch.retain(first)
+            if (
+                written
+                and first is not None
+                and (batch.inserts or batch.statements)
+                and await self._runners_back()
+            ):
+                # Note 16: the handlers the starts released came back at once with
+                # their ends and next starts; the rest goes first in their batch.
+                self._batch.join(batch)
+                self._progress = {**progress, **self._progress}
+                self._wake.set()
+                continue
             if written and (batch.inserts or batch.statements or progress):
                 written = await self._apply(batch, progress)
             if batch.inserts or batch.statements or progress:
@@ -320,6 +339,18 @@ class GroupCommit:
                     self._wake.set()  # the last coalesced progress, in one more turn
                     continue
                 return
+
+    async def _runners_back(self) -> bool:
+        """True when writes were queued within ``REST_TURNS`` turns of the loop after
+        a batch's starts committed (note 16)."""
+        if self._closing:
+            return False
+        for _ in range(REST_TURNS):
+            await asyncio.sleep(0)
+            queued = self._batch
+            if queued.inserts or queued.statements or queued.starts:
+                return True
+        return False
 
     def _give_up(self) -> None:
         """Closing with the database still failing: what is kept is lost (logged)."""
