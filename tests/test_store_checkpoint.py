@@ -56,3 +56,22 @@ async def test_an_idle_store_does_not_checkpoint(tmp_path: Path) -> None:
         assert store.checkpoints == 1
     finally:
         await store.close()
+
+
+async def test_a_log_that_writes_never_leave_starts_over(tmp_path: Path) -> None:
+    """Commits back to back (a drain: a few pages each) leave a PASSIVE checkpoint
+    no moment to catch up in, so the log would grow to the writer's own checkpoint
+    (10,000 pages) before starting over; once it passes 2,000 pages, the writer
+    restarts it between two batches."""
+    path = str(tmp_path / "app.db")
+    store = Store(path)
+    await store.open()
+    frame = 4096 + 24
+    try:
+        for r in range(3_000):
+            await store.insert([job(r * 10 + i) for i in range(10)])
+        await store.flush()
+        assert store.checkpoints >= 3
+        assert os.path.getsize(path + "-wal") < 6_000 * frame
+    finally:
+        await store.close()

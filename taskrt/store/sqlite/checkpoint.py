@@ -8,9 +8,16 @@ The writer connection raises that threshold tenfold and this thread
 checkpoints instead, on a connection of its own, a few times a second while
 there are commits. A PASSIVE checkpoint never waits for the writer or a
 reader: it copies what it can now and the rest the next time. The log starts
-over only after a checkpoint that caught up before the next write began; if
-a stream of writes never leaves it that moment, the writer's own checkpoint,
-at 10,000 pages (about 40 MB), still bounds the log.
+over only after a checkpoint that caught up before the next write began, and
+a stream of writes (a drain commits a few pages a millisecond) never leaves
+it that moment: the log grew to the writer's own checkpoint, at 10,000 pages
+(about 40 MB), and past half of that small batches could no longer commit
+on the loop's thread (store note 15). So once a checkpoint finds the log past
+2,000 pages, the writer's next batch goes through its thread, which first
+runs a RESTART checkpoint on the writer's connection, between two of its
+transactions: it copies only what came since that checkpoint (a few
+milliseconds in a drain) and the next commit writes the log from its start.
+The writer's own checkpoint still bounds the log when writes outrun this.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ log = logging.getLogger("taskrt.store")
 
 INTERVAL = 0.2  # seconds between checkpoints while commits happen
 WRITER_CHECKPOINT_PAGES = 10_000  # the writer's own checkpoint, a bound the thread keeps clear of
+RESTART_PAGES = 2_000  # a log this long is made to start over, by the writer (``restart``)
+RESTART_WAIT = 50  # ms that restart may wait for readers of older frames
 
 
 class Checkpointer:
@@ -41,6 +50,10 @@ class Checkpointer:
         # Pages in the log at the last checkpoint (or, before the first, as large as
         # the log file); None until the thread has looked, or after a checkpoint failed.
         self.log_pages: int | None = None
+        # The log passed RESTART_PAGES at the last checkpoint: the writer's next batch
+        # goes through its thread, which restarts the log first (``restart``).
+        self.restart_wanted = False
+        self.restarts = 0
 
     def start(self) -> None:
         self._stop.clear()
@@ -56,7 +69,33 @@ class Checkpointer:
         last checkpoint, or its file is when none ran yet (False before the thread
         looked, or after a checkpoint failed)."""
         pages = self.log_pages
-        return pages is not None and pages < WRITER_CHECKPOINT_PAGES // 2
+        return (
+            pages is not None and pages < WRITER_CHECKPOINT_PAGES // 2 and not self.restart_wanted
+        )
+
+    def restart(self, conn: sqlite3.Connection, busy_ms: int) -> None:
+        """Called by the writer, in its thread, between two of its transactions: when
+        the last checkpoint found the log past ``RESTART_PAGES``, a RESTART
+        checkpoint on the writer's connection ``conn``. Nothing writes meanwhile,
+        so it copies only what came since that checkpoint, waits (at most
+        ``RESTART_WAIT`` ms) for readers of older frames, and the next commit
+        writes the log from its start. Busy, it was one more PASSIVE checkpoint:
+        the next turn of the thread asks again. ``busy_ms``: the writer's own
+        busy timeout, set back after."""
+        if not self.restart_wanted:
+            return
+        self.restart_wanted = False
+        conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT}")
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()[0][0]
+        except sqlite3.Error as exc:  # the disk: the writer's own commit will say
+            log.debug("restarting the log of %s: %s", self.path, exc)
+            return
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        if not busy:
+            self.log_pages = 0
+            self.restarts += 1
 
     def stop(self) -> None:
         self._stop.set()
@@ -83,9 +122,11 @@ class Checkpointer:
                     continue
                 seen = now
                 try:
-                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    busy, pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
                     self.checkpoints += 1
-                    self.log_pages = int(row[1])
+                    if not busy:  # else another checkpoint ran (the writer's): no reading
+                        self.log_pages = int(pages)
+                        self.restart_wanted = self.log_pages >= RESTART_PAGES
                 except sqlite3.Error as exc:  # busy, or the disk: the next turn tries again
                     self.log_pages = None
                     log.debug("checkpoint of %s skipped: %s", self.path, exc)

@@ -140,6 +140,7 @@ class Store(QueuedWrites, SharedReads):
             self._counts,
             busy_timeout=self.busy_timeout,
             inline=self._inline_ok if self.synchronous != "full" else None,
+            restart=None if self._checkpoints is None else self._checkpoints.restart,
         )
         self._writes.start(self._batches)
 

@@ -41,6 +41,7 @@ class SqliteBatches:
         *,
         busy_timeout: float = 5.0,
         inline: Callable[[], bool] | None = None,
+        restart: Callable[[sqlite3.Connection, int], None] | None = None,
     ) -> None:
         self.db = db
         self.path = path
@@ -49,6 +50,8 @@ class SqliteBatches:
         self._busy_ms = int(busy_timeout * 1000)
         # Whether a small batch may commit on the loop's thread now (note 15); None: never.
         self._inline = inline
+        # Called in the connection's thread before a batch written there (note 14).
+        self._restart = restart
         self.inline_batches = 0
 
     def starts_apart(self) -> bool:
@@ -61,7 +64,7 @@ class SqliteBatches:
         inline = not batch.behind and self._fits_inline(batch, progress)
         done = self._write_inline(batch, progress) if inline else None
         if done is None:
-            done = await in_thread(self.db, self._apply_sync, batch, progress)
+            done = await in_thread(self.db, self._apply_in_thread, batch, progress)
         results, snapshot = done
         if snapshot is not None:
             self.counts.replace(*snapshot)
@@ -123,6 +126,15 @@ class SqliteBatches:
             await self.db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             log.warning("checkpointing %s after the outage failed: %s", self.path, exc)
+
+    def _apply_in_thread(
+        self, conn: sqlite3.Connection, batch: Batch, progress: ProgressRows
+    ) -> tuple[Results, Counted | None]:
+        """``_apply_sync`` in the connection's thread: first, if the checkpoint thread
+        asks for it, the log starts over (note 14), between two transactions."""
+        if self._restart is not None:
+            self._restart(conn, self._busy_ms)
+        return self._apply_sync(conn, batch, progress)
 
     def _apply_sync(
         self,
