@@ -834,6 +834,20 @@ async def test_a_job_whose_cancel_was_asked_while_it_ran_is_cancelled_at_recover
     assert await external(store) == []  # nothing left for the new owner to act on
 
 
+async def test_recover_takes_in_waiting_jobs_without_their_marks(store: JobStore) -> None:
+    """A new owner reads every WAITING job into its windows at start: what clients
+    added before is not read again by its poll (nor its mark cleared job by job);
+    what they cancel before, and add after, is."""
+    theirs, second = await add(store, job(external=True), job(external=True))
+    cancelled = await add_one(store, external=True)
+    await store.cancel_external(cancelled, NOW + 1)
+    assert await store.recover(NOW + 2, max_recoveries=3, seq_gap=0) == (0, 0)
+    assert await external(store) == [(cancelled, CANCELLED, False)]
+    later = await add_one(store, external=True)
+    assert await external(store) == [(cancelled, CANCELLED, False), (later, WAITING, False)]
+    assert {(await get(store, i)).status for i in (theirs, second)} == {WAITING}
+
+
 async def test_recover_moves_live_jobs_sequences_up_by_the_gap(store: JobStore) -> None:
     waiting = await add_one(store)  # seq 1
     run = await running(store)  # seq 2

@@ -439,7 +439,9 @@ class JobStore(Protocol):
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
         """Jobs a dead process left RUNNING: WAITING again (recoveries + 1), FAILURE as
         orphaned after ``max_recoveries``, CANCELLED if a cancel was requested;
-        their attempts recorded as interrupted. Returns (recovered, orphaned)."""
+        their attempts recorded as interrupted. WAITING jobs lose their ``external``
+        mark: the new owner reads them all into its windows. Returns (recovered,
+        orphaned)."""
         ...
 
     async def cancel_external(self, job_id: int, now: float) -> None:

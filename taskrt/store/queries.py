@@ -52,6 +52,13 @@ SQL_ATTEMPTS = (
     "SELECT job_id, number, started_at, finished_at, outcome, error, traceback, next, next_at "
     "FROM attempts WHERE job_id = ? ORDER BY number"
 )
+# At an owner's start, before it reads its windows: a WAITING job it takes in from
+# the store needs no mark (a window reads every WAITING job in order); only what
+# other processes change after this is marked for its poll. A cancel request stays.
+SQL_TAKEN_IN = (
+    "UPDATE jobs SET external = 0 WHERE external = 1 AND status = 'WAITING' "
+    "AND cancel_requested = 0"
+)
 SQL_EXTERNAL = (
     f"SELECT {JOB_COLUMNS}, cancel_requested FROM jobs WHERE external = 1 ORDER BY id LIMIT ?"
 )

@@ -26,7 +26,7 @@ from ...models import JobInfo, JobStatus
 from ..groupcommit import GroupCommit, reason
 from ..ops import NOTIFY, failure_params
 from ..protocol import InsertResult, MinuteRow, NewJob, Settled
-from ..queries import MINUTE_COLUMNS, SQL_OWNER
+from ..queries import MINUTE_COLUMNS, SQL_OWNER, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import row_to_job
@@ -781,7 +781,8 @@ class PgStore(QueuedWrites, SharedReads):
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
         steps: list[tuple[Any, ...]] = [(SQL_SEQ_GAP, (seq_gap,))]
         steps += _recovery_steps("", now, max_recoveries)
-        _, _, _, recovered, _, orphaned = await self._script(steps)
+        steps.append((SQL_TAKEN_IN, ()))
+        _, _, _, recovered, _, orphaned, _ = await self._script(steps)
         return recovered, orphaned
 
     async def cancel_external(self, job_id: int, now: float) -> None:

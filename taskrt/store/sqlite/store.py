@@ -25,7 +25,7 @@ from ...models import (
     JobStatus,
 )
 from ..protocol import InsertResult, MinuteRow, NewJob, Settled, StoreTransaction
-from ..queries import MINUTE_COLUMNS
+from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import json_path
@@ -447,10 +447,11 @@ class Store(QueuedWrites, SharedReads):
 
         Records their interrupted attempts, cancels those whose cancel was
         requested while they ran, counts orphans as failures of their
-        schedules, and moves every live job's sequence up by ``seq_gap``.
+        schedules, moves every live job's sequence up by ``seq_gap``, and
+        clears the ``external`` mark of WAITING jobs (``queries.SQL_TAKEN_IN``).
         Returns (recovered, orphaned).
         """
-        _, _, _, recovered, _, orphaned = await self._script(
+        _, _, _, recovered, _, orphaned, _ = await self._script(
             [
                 (SQL_SEQ_GAP, (seq_gap, seq_gap)),
                 (SQL_INTERRUPT_ATTEMPTS, (now, now)),
@@ -461,6 +462,7 @@ class Store(QueuedWrites, SharedReads):
                 (SQL_SCHEDULE_ORPHANS, ()),
                 (tally(ORPHAN_WHERE), (), JobStatus.FAILURE),
                 (SQL_ORPHAN, (now,)),
+                (SQL_TAKEN_IN, ()),
             ]
         )
         return recovered, orphaned
