@@ -94,8 +94,41 @@ class JobState:
     batch: int | None
 
     def __init__(self, info: JobInfo, spec: TaskSpec, retry: RetryPolicy) -> None:
-        for name in _FIELDS:
-            setattr(self, name, getattr(info, name))
+        # Field by field rather than a loop over _FIELDS: a window's refill builds
+        # thousands of these (1.5 µs each instead of 5).
+        self.id = info.id
+        self.task = info.task
+        self.pool = info.pool
+        self.status = info.status
+        self.args = info.args
+        self.kwargs = info.kwargs
+        self.attempts = info.attempts
+        self.max_attempts = info.max_attempts
+        self.current = info.current
+        self.total = info.total
+        self.message = info.message
+        self.result = info.result
+        self.error = info.error
+        self.priority = info.priority
+        self.metadata = info.metadata
+        self.unique_key = info.unique_key
+        self.created_at = info.created_at
+        self.run_at = info.run_at
+        self.started_at = info.started_at
+        self.finished_at = info.finished_at
+        self.timeout = info.timeout
+        self.recoveries = info.recoveries
+        self.seq = info.seq
+        self.retry_policy = info.retry_policy
+        self.deadline = info.deadline
+        self.step = info.step
+        self.steps = info.steps
+        self.lock = info.lock
+        self.waiting_reason = info.waiting_reason
+        self.node = info.node
+        self.workflow = info.workflow
+        self.batch_key = info.batch_key
+        self.batch = info.batch
         self.snapshot: JobInfo | None = info
         self.spec = spec
         self.retry = retry

@@ -37,6 +37,20 @@ def _object(text: str) -> dict[str, Any]:
     return {} if text == "{}" else json.loads(text)
 
 
+# Each JobInfo field's slot setter, in the fields' order (``_job_info``).
+_PUT_FIELDS = tuple(getattr(JobInfo, name).__set__ for name in JobInfo.__dataclass_fields__)
+
+
+def _job_info(values: tuple[Any, ...]) -> JobInfo:
+    """A ``JobInfo`` of every field's value, in order, set slot by slot: a frozen
+    dataclass's ``__init__`` looks ``object.__setattr__`` up again for each of its
+    33 fields (7.6 µs a job; this, 3.9)."""
+    info: JobInfo = object.__new__(JobInfo)
+    for put, value in zip(_PUT_FIELDS, values, strict=True):
+        put(info, value)
+    return info
+
+
 def row_to_job(row: sqlite3.Row) -> JobInfo:
     """A row that starts with ``JOB_COLUMNS``, in their order, as a ``JobInfo``.
 
@@ -78,40 +92,42 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
         batch_key,
         batch,
     ) = tuple(row)[:33]
-    return JobInfo(
-        id=id_,
-        task=task,
-        pool=pool,
-        status=_STATUS[status],
-        args=_array(args),
-        kwargs=_object(kwargs),
-        attempts=attempts,
-        max_attempts=max_attempts,
-        current=current,
-        total=total,
-        message=message,
-        result=_loads(result),
-        error=error,
-        priority=priority,
-        metadata=_object(metadata),
-        unique_key=unique_key,
-        created_at=created_at,
-        run_at=run_at,
-        started_at=started_at,
-        finished_at=finished_at,
-        timeout=timeout,
-        recoveries=recoveries,
-        seq=seq,
-        retry_policy=_loads(retry),
-        deadline=deadline,
-        step=step,
-        steps=() if steps is None else tuple(json.loads(steps)),
-        lock=lock_key,
-        waiting_reason=waiting_reason,
-        node=node,
-        workflow=workflow,
-        batch_key=batch_key,
-        batch=batch,
+    return _job_info(
+        (
+            id_,
+            task,
+            pool,
+            _STATUS[status],
+            _array(args),
+            _object(kwargs),
+            attempts,
+            max_attempts,
+            current,
+            total,
+            message,
+            _loads(result),
+            error,
+            priority,
+            _object(metadata),
+            unique_key,
+            created_at,
+            run_at,
+            started_at,
+            finished_at,
+            timeout,
+            recoveries,
+            seq,
+            _loads(retry),
+            deadline,
+            step,
+            () if steps is None else tuple(json.loads(steps)),
+            lock_key,
+            waiting_reason,
+            node,
+            workflow,
+            batch_key,
+            batch,
+        )
     )
 
 
