@@ -33,7 +33,7 @@ log = logging.getLogger("taskrt.store")
 INTERVAL = 0.2  # seconds between checkpoints while commits happen
 WRITER_CHECKPOINT_PAGES = 10_000  # the writer's own checkpoint, a bound the thread keeps clear of
 RESTART_PAGES = 2_000  # a log this long is made to start over, by the writer (``restart``)
-RESTART_WAIT = 50  # ms that restart may wait for readers of older frames
+RESTART_WAIT = 10  # ms that restart may wait for readers of older frames (the writer waits)
 
 
 class Checkpointer:
