@@ -53,7 +53,6 @@ class Checkpointer:
         # The log passed RESTART_PAGES at the last checkpoint: the writer's next batch
         # goes through its thread, which restarts the log first (``restart``).
         self.restart_wanted = False
-        self.restarts = 0
 
     def start(self) -> None:
         self._stop.clear()
@@ -95,7 +94,6 @@ class Checkpointer:
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         if not busy:
             self.log_pages = 0
-            self.restarts += 1
 
     def stop(self) -> None:
         self._stop.set()
