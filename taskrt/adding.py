@@ -13,7 +13,7 @@ import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from . import store as sql
 from .claims import Claims
@@ -177,30 +177,37 @@ class Adding:
         return await self._commit(pool, jobs, calls, new_state, tx=tx, kept=kept)
 
     def _keep_slots(self, pool: Pool, spec: TaskSpec, jobs: list[NewJob]) -> int:
-        """Where every node runs workers: mark the jobs this node may start in their
-        own add, keeping a free slot of the pool for each (``taskrt.claims`` note 4);
-        how many."""
-        queue = pool.queue
-        if (
-            not isinstance(queue, Claims)
-            or self.node() is None
-            or spec.rate is not None
-            or pool.rate is not None
-        ):
+        """Mark the jobs the pool may start in their own add, keeping a free slot of
+        the pool for each (``taskrt.pool`` note 9); how many. Where every node runs
+        workers the store decides in the add (``taskrt.claims`` note 4); where this
+        process owns the jobs it decides here, for a store that takes its word."""
+        if isinstance(pool.queue, Claims):
+            if self.node() is None:
+                return 0
+        elif not (self.owning() and self.store.starts_in_add):
             return 0
-        eligible = [
-            job
-            for job in jobs
-            if job.run_at <= job.created_at
-            and job.lock_key is None
-            and job.unique_key is None
-            and job.job_id is None
-            and not job.after
-            and job.workflow is None
-            and job.batch_key is None
-            and not job.external
-        ]
-        kept = queue.reserve(len(eligible))
+        free = pool.free_slots()
+        if free <= 0 or spec.rate is not None or pool.rate is not None:
+            return 0
+        eligible: list[NewJob] = []
+        for job in jobs:
+            if (
+                job.run_at <= job.created_at
+                and job.lock_key is None
+                and job.unique_key is None
+                and job.job_id is None
+                and not job.after
+                and job.workflow is None
+                and job.batch_key is None
+                and not job.external
+                and (job.deadline is None or job.deadline > job.created_at)
+            ):
+                eligible.append(job)
+                if len(eligible) == free:
+                    break  # an add_many of thousands looks no further
+        if not eligible:
+            return 0
+        kept = pool.keep(len(eligible))
         for job in eligible[:kept]:
             job.start = True
         return kept
@@ -462,7 +469,7 @@ class Adding:
             pool.pending -= len(jobs)
             if kept:  # the slots of jobs stored WAITING, or not at all, go back
                 started = sum(1 for r in results if isinstance(r, sql.InsertResult) and r.started)
-                cast(Claims, pool.queue).release(kept - started)
+                pool.release(kept - started)
         ids: list[int] = []
         failure: BaseException | None = None
         refs = [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
@@ -531,11 +538,9 @@ class Adding:
             self.background.hook(state.spec.hooks.on_add, info.id, job=state)
         if held:
             return
-        if owning:
-            self.pools[info.pool].push(state)
-        elif started:
-            # As a claim leaves it (taskrt.claims note 4): RUNNING here, attempt 1
-            # charged, its start the job's second event.
+        if started:
+            # RUNNING here, attempt 1 charged, as a start leaves it (taskrt.pool note 9,
+            # taskrt.claims note 4): its start is the job's second event.
             state.update(
                 status=JobStatus.RUNNING,
                 attempts=1,
@@ -544,7 +549,9 @@ class Adding:
                 seq=2,
             )
             self.live.states[info.id] = state
-            cast(Claims, self.pools[info.pool].queue).started_here(state)
+            self.pools[info.pool].started_here(state)
+        elif owning:
+            self.pools[info.pool].push(state)
         elif (pool := self.pools.get(info.pool)) is not None:
             pool.poke()  # where every node claims (taskrt.claims): look now
 

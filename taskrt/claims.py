@@ -24,13 +24,14 @@ Design notes:
    WAITING row is committed: any node may run the next attempt; this one
    looks again when it comes due.
 4. **A job added here may start here at once.** An add on this node of a
-   job the pool could start now keeps a free slot for it (``reserve``), and
-   the add's own statement stores it RUNNING on this node when no waiting
-   job comes first (PostgreSQL store note 11): it reaches the pool as if
-   claimed (``started_here``), without a claim's round trip. Otherwise it is
-   stored WAITING, the slot is given back (``release``) and the pool claims
-   as usual. Claims ask for the free slots not kept, and a claim that was in
-   flight meanwhile keeps no more jobs than the slots left (note 2).
+   job the pool could start now keeps a free slot for it (``Pool.keep``; the
+   claimed jobs not started yet come first, ``ahead``), and the add's own
+   statement stores it RUNNING on this node when no waiting job comes first
+   (PostgreSQL store note 11): it starts as if claimed (``Pool.started_here``),
+   without a claim's round trip. Otherwise it is stored WAITING, the slot is
+   given back (``Pool.release``) and the pool claims as usual. A kept slot is
+   not free (``Pool.free_slots``): claims ask for the others, and a claim
+   that was in flight meanwhile keeps no more jobs than the slots left (note 2).
 """
 
 from __future__ import annotations
@@ -99,7 +100,6 @@ class Claims:
         self._more = True
         self._timer = Alarm(clock, self.poke)  # the pool's next delayed job comes due
         self._delay = _RETRY_AFTER[0]
-        self._reserved = 0  # slots kept for jobs added here that may start here (note 4)
 
     def __len__(self) -> int:
         return len(self._claimed)
@@ -128,26 +128,9 @@ class Claims:
         else:
             self._timer.set(state.run_at)
 
-    def reserve(self, n: int) -> int:
-        """Keep up to ``n`` free slots for jobs being added here that may start here
-        (note 4); how many were kept."""
-        kept = max(0, min(n, self._free() - self._reserved - len(self._claimed)))
-        self._reserved += kept
-        return kept
-
-    def release(self, n: int) -> None:
-        """Slots kept by ``reserve`` whose jobs did not start here."""
-        self._reserved -= n
-
-    def started_here(self, state: JobState) -> None:
-        """A job whose add started it on this node (note 4): it takes its kept slot,
-        or goes back to the store if the pool stopped starting jobs meanwhile."""
-        self._reserved -= 1
-        if self._free() <= 0:
-            self._source.give_back([state])
-            return
-        self._claimed.append(state)
-        self._wake()
+    def ahead(self) -> int:
+        """Claimed jobs not started yet: they take free slots first (note 4)."""
+        return len(self._claimed)
 
     def remove(self, state: JobState) -> bool:
         return False  # a claimed job starts at once; nothing waits here
@@ -166,7 +149,7 @@ class Claims:
         """A claimed job, or None (a claim is asked for when there may be due jobs)."""
         if self._claimed:
             return self._claimed.popleft()
-        if self._more and self._asking is None and self._free() > self._reserved:
+        if self._more and self._asking is None and self._free() > 0:
             self._asking = asyncio.get_running_loop().create_task(
                 self._ask(), name=f"taskrt-claim-{self.pool}"
             )
@@ -176,7 +159,7 @@ class Claims:
         pokes = self._pokes
         # Counted here, a loop turn after the slot that asked was freed: the slots
         # freed in that turn (jobs that started together end together) join it.
-        limit = self._free() - self._reserved
+        limit = self._free()
         try:
             if limit <= 0:
                 return
@@ -192,7 +175,7 @@ class Claims:
         finally:
             self._asking = None
         self._delay = _RETRY_AFTER[0]
-        room = max(0, self._free() - self._reserved)
+        room = self._free()
         if len(states) > room:
             self._source.give_back(states[room:])  # note 2
             states = states[:room]

@@ -49,6 +49,16 @@ Design notes:
    running job holds. The pool looks past those for one that may start, in
    order, and sets one timer for the next token: never a busy loop. Where the
    store's claims pick the jobs (``Queue.gated`` false), they apply both.
+9. **A job added to an idle pool starts in its add.** When the pool has a
+   free slot, nothing would take it first (``Queue.ahead``) and no rate limit
+   or lock is in use, the add keeps the slot (``keep``) and asks the store to
+   write the job RUNNING, attempt 1 charged, in its own insert: the job then
+   starts on the add's commit (``started_here``), one commit and a few loop
+   turns sooner than through the queue, and the attempt is still charged
+   before the handler runs (note 5). A slot kept is not free to any other
+   job; one whose job was stored WAITING after all is given back
+   (``release``). A job whose add committed after the pool paused or began
+   to stop is written WAITING again, its attempt not charged (``PoolHost.give_back``).
 
 About 650 lines: the pool's contract with its host (``PoolHost``,
 ``Instrumentation``) is stated here, beside the code that relies on it.
@@ -140,6 +150,11 @@ class Queue(Protocol):
 
     def close(self) -> None: ...
 
+    def ahead(self) -> int:
+        """How many jobs would take a free slot before a job added now (note 9):
+        0 when none is due, else at least 1."""
+        ...
+
 
 class PoolHost(Protocol):
     """What a pool asks of the runtime that holds it (and a handler's ``JobContext`` too)."""
@@ -183,6 +198,11 @@ class PoolHost(Protocol):
 
     def deadline_passed(self, state: JobState) -> None:
         """A job taken to start after its deadline: it ends instead (note 6)."""
+        ...
+
+    def give_back(self, state: JobState) -> None:
+        """A job its add started (note 9) that the pool will not run: WAITING again,
+        its attempt not charged, queued where its pool's jobs wait."""
         ...
 
     def queue_for(self, pool: Pool) -> Queue:
@@ -257,6 +277,7 @@ class Pool:
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
         self._lingering: dict[int, JobState] = {}  # those threads' jobs (their locks too)
         self.pending = 0  # adds in flight, counted against capacity (taskrt.adding)
+        self._kept = 0  # free slots kept for jobs starting in their add (note 9)
         self._timer = Alarm(host.clock, self._dispatch)  # the first delayed job comes due
         self._bucket = None if self.rate is None else Bucket(self.rate, host.clock.now())
         self._gate_timer = Alarm(host.clock, self._dispatch)  # a rate limit's next token
@@ -415,21 +436,49 @@ class Pool:
         """Jobs the pool could start now (0 while paused or stopping)."""
         if self.paused or self._stopping or not self._host.running:
             return 0
-        return max(0, self.concurrency - len(self._running) - self._held)
+        return max(0, self.concurrency - len(self._running) - self._held - self._kept)
+
+    def keep(self, n: int) -> int:
+        """Keep up to ``n`` free slots for jobs being added that may start in their
+        own add (note 9); how many were kept."""
+        if self.queue.gated and (self._bucket is not None or self._host.gates.in_use()):
+            return 0  # the gates decide who starts: the queue's way
+        kept = max(0, min(n, self.free_slots() - self.queue.ahead()))
+        self._kept += kept
+        return kept
+
+    def release(self, n: int) -> None:
+        """Slots kept by ``keep`` whose jobs were not stored started."""
+        self._kept -= n
+        if n:
+            self._dispatch()
+
+    def started_here(self, state: JobState) -> None:
+        """A job whose add stored it RUNNING (note 9): it runs in the slot kept for
+        it, or goes back to waiting if the pool stopped starting jobs meanwhile."""
+        self._kept -= 1
+        if self.free_slots() <= 0:  # paused or stopping (its slot was kept)
+            self._host.give_back(state)
+            return
+        self._start(state)
 
     def _dispatch(self) -> None:
         """Start a runner for each free slot while jobs are ready (note 1)."""
         while (state := self._take()) is not None:
-            charged = self._begin(state)
-            task = asyncio.create_task(self._runner(state, charged), name=f"taskrt-{self.name}")
-            task.add_done_callback(self._runner_ended)
-            state.task_handle = task
+            self._start(state)
         if self.paused or self._stopping or not self._host.running:
             return
         when = self.queue.next_due()
         # A job due already waits for a slot; the end of an attempt dispatches again.
         if when is not None and when > self._host.clock.now():
             self._timer.set(when)
+
+    def _start(self, state: JobState) -> None:
+        """A runner for ``state``, in a free slot."""
+        charged = self._begin(state)
+        task = asyncio.create_task(self._runner(state, charged), name=f"taskrt-{self.name}")
+        task.add_done_callback(self._runner_ended)
+        state.task_handle = task
 
     def _take(self) -> JobState | None:
         """The next ready job if a slot is free (``taskrt.waiting`` says which); a job

@@ -1807,6 +1807,15 @@ class _PoolHost:
             self._rt.gates.saw,
         )
 
+    def give_back(self, state: JobState) -> None:
+        nodes = self._rt.nodes
+        if nodes is not None:
+            nodes.give_back([state])  # any node may claim it (taskrt.claims note 4)
+            return
+        state.update(status=JobStatus.WAITING, attempts=state.attempts - 1, started_at=None)
+        self._rt.transitions.write_waiting(state)
+        self._rt._pools[state.pool].push(state)
+
     def lock_released(self) -> None:
         nodes = self._rt.nodes
         if nodes is not None:

@@ -105,8 +105,8 @@ class Transitions:
 
     def started(self, state: JobState) -> asyncio.Future[None]:
         if state.status is JobStatus.RUNNING:
-            # Claimed (taskrt.claims): the claim started it in the store, attempt
-            # and sequence included; only the event is left to publish.
+            # Claimed (taskrt.claims), or started by its add (taskrt.pool note 9): the
+            # store has it RUNNING, attempt and sequence included; only the event is left.
             self._publish(state, EventType.STARTED, {"attempt": state.attempts}, state.seq)
             charged = asyncio.get_running_loop().create_future()
             charged.set_result(None)

@@ -363,6 +363,20 @@ class Waiting:
     def next_slot(self, now: float) -> float:
         return 0.0  # the pool keeps its own rate limit (``taskrt.gates``)
 
+    def ahead(self) -> int:
+        """0 when no job of the pool is due, in memory or in the store; else at
+        least 1 (``taskrt.pool`` note 9). Nothing is read or moved."""
+        ready = self._ready
+        if len(ready) or ready.upto is not None or ready.reading is not None:
+            return max(1, len(ready))
+        delayed = self._delayed
+        now = self._clock.now()
+        if delayed.head < len(delayed.entries) and delayed.entries[delayed.head][0] <= now:
+            return 1
+        if delayed.reading is not None or (delayed.upto is not None and delayed.upto[0] <= now):
+            return 1  # jobs in the store only may be due
+        return 0
+
     def _promote(self, now: float) -> None:
         """Jobs that came due move to the ready list (note 4)."""
         delayed = self._delayed

@@ -99,30 +99,22 @@ async def test_claimed_jobs_start_before_the_next_due_time_is_read() -> None:
     assert source.limits == [4] and source.asked_due == 1
 
 
-async def test_slots_kept_for_jobs_added_here_are_not_claimed_for() -> None:
-    """A job added here that may start here keeps a free slot (claims note 4): claims
-    ask for the slots not kept, a job started by its add takes its slot, one stored
-    WAITING gives it back, and one that arrives after the pool stopped starting jobs
-    goes back to the store."""
+async def test_claimed_jobs_not_started_yet_are_ahead_of_a_job_added_here() -> None:
+    """Jobs claimed come first (claims note 4): the pool keeps a slot for a job added
+    here only past them (``Pool.keep``), and slots it keeps are not free, so a
+    claim asks for the others."""
     source = Source(jobs=100)
     free = [3]
-    woken: list[int] = []
-    claims = Claims("p", source, SystemClock(), lambda: free[0], lambda: woken.append(1))
-    assert claims.reserve(2) == 2
-    assert claims.reserve(5) == 1  # only the slots left
-    assert claims.reserve(1) == 0
-    assert claims.take() is None  # every free slot is kept: nothing to claim for
-    await asyncio.sleep(0.01)
-    assert source.limits == []
-    started = object()
-    claims.started_here(started)  # type: ignore[arg-type]
-    assert woken and claims.take() is started
-    claims.release(1)  # one stored WAITING: its slot is free again
+    claims = Claims("p", source, SystemClock(), lambda: free[0], lambda: None)
+    assert claims.ahead() == 0
     assert claims.take() is None
     await asyncio.sleep(0.01)
-    assert source.limits == [2]  # three free, one still kept
-    free[0] = 0  # paused before the last one's add returned
-    late = object()
-    claims.started_here(late)  # type: ignore[arg-type]
-    assert source.given_back[-1] is late
-    assert claims.reserve(1) == 0
+    assert source.limits == [3] and claims.ahead() == 3
+    assert claims.take() is not None
+    assert claims.ahead() == 2
+    claims.take()
+    claims.take()
+    free[0] = 1  # two slots taken, two kept for adds
+    assert claims.take() is None
+    await asyncio.sleep(0.01)
+    assert source.limits == [3, 1]

@@ -75,8 +75,9 @@ class NewJob:
     workflow: int | None = None
     # A job of a batched task: the key of the batch it joins (stored ``batching``).
     batch_key: str | None = None
-    # Where every node runs workers: start it on this node in its own add if no
-    # waiting job comes first (PostgreSQL store note 11); a slot is kept for it.
+    # Start it in its own add (``taskrt.pool`` note 9; a slot is kept for it): where
+    # the store says so (``JobStore.starts_in_add``), or where every node runs
+    # workers, if no waiting job comes first (PostgreSQL store note 11).
     start: bool = False
 
 
@@ -218,6 +219,12 @@ class JobStore(Protocol):
 
     on_rejected: Callable[[int | None, str, BaseException], None] | None
     """Told of an operation (its name) the database refused on its own (note 10)."""
+
+    starts_in_add: bool
+    """True: a job its owner's add marks ``start`` (``NewJob.start``) is stored RUNNING,
+    attempt 1 charged, as the owner decided (it holds every waiting job of the pool;
+    ``taskrt.pool`` note 9). False: ``start`` is a node's request, which the store
+    grants by its own rule, or not at all (PostgreSQL store note 11)."""
 
     # -- lifecycle and health
     async def open(self) -> None:

@@ -141,6 +141,9 @@ class PgStore(QueuedWrites, SharedReads):
     (``0`` behind PgBouncer in transaction mode); the others go to the server.
     """
 
+    # An add's ``start`` is a node's request, granted by the add's statement (note 11).
+    starts_in_add = False
+
     def __init__(
         self,
         url: str,

@@ -33,7 +33,14 @@ from ..ops import Statement, segments
 from ..protocol import InsertResult, NewJob
 from ..queries import SQL_UNIQUE_HOLDER
 from .counts import STORED, Tally, write_group
-from .sql import INSERT_JOB, INSERT_PLAIN_JOB, SQL_HOLD_KEY, SQL_KEY_WINDOW, STATEMENT
+from .sql import (
+    INSERT_JOB,
+    INSERT_PLAIN_JOB,
+    INSERT_STARTED_JOB,
+    SQL_HOLD_KEY,
+    SQL_KEY_WINDOW,
+    STATEMENT,
+)
 
 log = logging.getLogger("taskrt.store")
 
@@ -101,6 +108,8 @@ def insert_jobs(
             found.update(int(r[0]) for r in conn.execute(sql, chunk))
     planned = plan(groups, int(row[0]) if row else 0, holder, found)
     rows = planned.rows
+    if any(job.start for jobs in groups for job in jobs):
+        rows = _start_marked(groups, planned.results, rows, conn)
     if all(r[-1] is None and r[-2] is None for r in rows):
         conn.executemany(INSERT_PLAIN_JOB, [r[:-2] for r in rows])
     else:
@@ -119,6 +128,25 @@ def insert_jobs(
         conn.executemany(SQL_IN_WORKFLOW, linked.members)
         conn.executemany(SQL_BATCHING, linked.batching)
     return planned.results
+
+
+def _start_marked(
+    groups: list[list[NewJob]],
+    results: list[InsertResult | BaseException],
+    rows: list[tuple[Any, ...]],
+    conn: sqlite3.Connection,
+) -> list[tuple[Any, ...]]:
+    """Insert the rows of jobs marked ``start`` RUNNING (``taskrt.pool`` note 9), mark
+    their results started; the other rows, to insert as usual."""
+    jobs = [job for group in groups for job in group]
+    starting: set[int] = set()
+    for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
+        if job.start and isinstance(result, InsertResult) and result.created:
+            starting.add(result.job_id)
+            results[i] = InsertResult(result.job_id, True, True)
+    started = [(*r, r[9]) for r in rows if r[0] in starting]  # started_at = created_at
+    conn.executemany(INSERT_STARTED_JOB, started)
+    return [r for r in rows if r[0] not in starting]
 
 
 # -- failures (notes 9, 10) ----------------------------------------------------

@@ -86,15 +86,17 @@ class Tally(Moves):
     def added(
         self, groups: Sequence[Sequence[NewJob]], results: Sequence[InsertResult | BaseException]
     ) -> None:
-        """The jobs of ``groups`` that made a row (``results``: one per job, in order)."""
+        """The jobs of ``groups`` that made a row (``results``: one per job, in order),
+        RUNNING those their add started (``taskrt.pool`` note 9)."""
         jobs = [job for group in groups for job in group]
         made = Counter(
-            job.pool
+            (job.pool, result.started)
             for job, result in zip(jobs, results, strict=True)
             if isinstance(result, InsertResult) and result.created
         )
-        for pool, n in made.items():
-            self.move(pool, None, STORED[JobStatus.WAITING], n)
+        for (pool, started), n in made.items():
+            status = JobStatus.RUNNING if started else JobStatus.WAITING
+            self.move(pool, None, STORED[status], n)
 
     def before(
         self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], to: str | None

@@ -248,6 +248,14 @@ INSERT_PLAIN_JOB = (
     "unique_key, created_at, run_at, timeout, retry, seq, external) "
     "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
 )
+# A job its owner's add starts (taskrt.pool note 9): RUNNING since it was added,
+# attempt 1 charged; the row of INSERT_JOB, then its created_at again.
+INSERT_STARTED_JOB = (
+    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
+    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key, "
+    "attempts, started_at) "
+    "VALUES (?, ?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 2, ?, ?, ?, 1, ?)"
+)
 # A unique key's window (schema version 6): taken for ``expires_at`` by ``job_id``.
 SQL_HOLD_KEY = "INSERT OR REPLACE INTO unique_keys (key, job_id, expires_at) VALUES (?, ?, ?)"
 SQL_KEY_WINDOW = "SELECT job_id FROM unique_keys WHERE key = ? AND expires_at > ?"

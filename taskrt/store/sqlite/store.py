@@ -74,6 +74,9 @@ its params and where the rows it counts go (None: deleted) for the next statemen
 class Store(QueuedWrites, SharedReads):
     """SQLite persistence with group commit (see the ``taskrt.store`` notes)."""
 
+    # Only the owner starts jobs: its adds may start what they add (taskrt.pool note 9).
+    starts_in_add = True
+
     def __init__(
         self,
         path: str,

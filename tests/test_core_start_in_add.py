@@ -1,0 +1,144 @@
+"""A job added to an idle pool starts in its add (``taskrt.pool`` note 9): its row is
+written RUNNING, attempt 1 charged, by the insert itself; anything that would
+take the slot first, or a pool that stopped starting jobs meanwhile, sends it
+the usual way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from core_support import Gate, collect, db_file, make_rt, sqlite_only_rows, until
+
+from taskrt import EventType, JobContext, JobStatus
+
+
+def _row(tmp_path: Path, job_id: int) -> tuple[str, int, float | None, float, int]:
+    """(status, attempts, started_at, created_at, seq) as committed."""
+    (row,) = sqlite_only_rows(
+        db_file(tmp_path),
+        "SELECT status, attempts, started_at, created_at, seq FROM jobs WHERE id = ?",
+        (job_id,),
+    )
+    return row  # type: ignore[return-value]
+
+
+async def test_a_job_added_to_an_idle_pool_is_stored_running_by_its_add(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    rt.pool("default", concurrency=2)
+    gate = Gate()
+
+    @rt.task
+    async def work(job: JobContext) -> str:
+        await gate()
+        return "done"
+
+    async with rt:
+        job_id = await rt.add(work)
+        # Read before this coroutine yields: no write but the add's has committed.
+        status, attempts, started_at, created_at, seq = _row(tmp_path, job_id)
+        assert (status, attempts, seq) == ("RUNNING", 1, 2)
+        assert started_at == created_at
+        assert rt.store.counted("default", JobStatus.RUNNING) == 1
+        assert rt.store.counted("default", JobStatus.WAITING) == 0
+        assert rt.pool("default").waiting == 0
+        stream = rt.subscribe(job_id)
+        await gate.wait_entered(1)
+        gate.open()
+        events = await collect(stream)
+        assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
+    kinds = [(e.type, e.seq) for e in events]
+    assert kinds[0][1] <= 2 and kinds[-1][0] is EventType.SUCCESS
+    attempts_rows = sqlite_only_rows(
+        db_file(tmp_path), "SELECT number, outcome FROM attempts WHERE job_id = ?", (job_id,)
+    )
+    assert attempts_rows == [(1, "success")]
+    assert _row(tmp_path, job_id)[:2] == ("SUCCESS", 1)
+
+
+async def test_add_many_starts_as_many_as_there_are_free_slots(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    rt.pool("default", concurrency=3)
+    gate = Gate()
+
+    @rt.task
+    async def work(job: JobContext, n: int) -> None:
+        await gate()
+
+    async with rt:
+        ids = await rt.pool("default").add_many(work, [(i,) for i in range(5)])
+        statuses = [_row(tmp_path, job_id)[0] for job_id in ids]
+        assert statuses == ["RUNNING"] * 3 + ["WAITING"] * 2
+        await gate.wait_entered(3)
+        gate.open()
+        for job_id in ids:
+            assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
+
+
+async def test_a_busy_pool_queues_the_added_job(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    rt.pool("default", concurrency=1)
+    gate = Gate()
+
+    @rt.task
+    async def work(job: JobContext) -> None:
+        await gate()
+
+    async with rt:
+        first = await rt.add(work)
+        await gate.wait_entered(1)
+        second = await rt.add(work)
+        assert _row(tmp_path, second)[:2] == ("WAITING", 0)
+        gate.open()
+        for job_id in (first, second):
+            assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
+
+
+async def test_a_due_job_waiting_goes_before_a_job_added_now(tmp_path: Path) -> None:
+    """A delayed job that came due while the loop was busy is waiting for the free
+    slot: a job added now does not take it first."""
+    rt = make_rt(tmp_path)
+    rt.pool("default", concurrency=1)
+    order: list[str] = []
+
+    @rt.task
+    async def work(job: JobContext, name: str) -> None:
+        order.append(name)
+
+    async with rt:
+        delayed = await rt.pool("default").add(work.options(delay=0.05), "delayed")
+        time.sleep(0.1)  # its timer has not fired yet: the loop is blocked
+        now = await rt.add(work, "now")
+        for job_id in (delayed, now):
+            assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
+    assert order == ["delayed", "now"]
+
+
+async def test_a_pool_paused_while_the_add_commits_gets_the_job_back_waiting(
+    tmp_path: Path,
+) -> None:
+    rt = make_rt(tmp_path)
+    pool = rt.pool("default", concurrency=1)
+    ran: list[int] = []
+
+    @rt.task
+    async def work(job: JobContext) -> None:
+        ran.append(job.attempt)
+
+    async with rt:
+        adding = asyncio.create_task(rt.add(work))
+        await asyncio.sleep(0)  # the add kept the slot and waits for its commit
+        assert pool.free_slots() == 0
+        pool.pause()
+        job_id = await adding
+        await rt.store.flush()
+        assert _row(tmp_path, job_id)[:2] == ("WAITING", 0)
+        info = await rt.get(job_id)
+        assert info is not None and (info.status, info.attempts) == (JobStatus.WAITING, 0)
+        await asyncio.sleep(0.05)
+        assert ran == []
+        pool.resume()
+        assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
+        await until(lambda: ran == [1])
+    assert _row(tmp_path, job_id)[:2] == ("SUCCESS", 1)
