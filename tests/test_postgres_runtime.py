@@ -106,6 +106,41 @@ async def test_a_restart_runs_the_jobs_that_were_waiting(url: str, mode: str) ->
     assert results == [0, 2, 4, 6, 8]
 
 
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_a_job_added_to_an_idle_pool_is_stored_running_by_its_add(
+    url: str, mode: str
+) -> None:
+    """Pool note 9: the add's own statement starts it; a busy pool's job waits."""
+    gate = asyncio.Event()
+    rt = Runtime(url, mode=mode)  # type: ignore[arg-type]
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p")
+    async def hold(job: JobContext) -> None:
+        await gate.wait()
+
+    base, _, schema = url.partition("?schema=")
+    conn = await asyncpg.connect(base)
+    try:
+        async with rt:
+            first = await rt.pool("p").add(hold)
+            # Read before this coroutine yields: no write but the add's has committed.
+            row = await conn.fetchrow(
+                f'SELECT status, attempts, seq FROM "{schema}".jobs WHERE id = $1', first
+            )
+            assert tuple(row) == ("RUNNING", 1, 2)
+            second = await rt.pool("p").add(hold)
+            row = await conn.fetchrow(
+                f'SELECT status, attempts FROM "{schema}".jobs WHERE id = $1', second
+            )
+            assert tuple(row) == ("WAITING", 0)
+            gate.set()
+            for job_id in (first, second):
+                assert (await rt.wait(job_id, timeout=5)).attempts == 1
+    finally:
+        await conn.close()
+
+
 async def test_a_standby_takes_over_when_the_owner_stops(url: str) -> None:
     owner, standby = app(url, mode="owner"), app(url, mode="owner")
     async with owner:

@@ -220,11 +220,13 @@ class JobStore(Protocol):
     on_rejected: Callable[[int | None, str, BaseException], None] | None
     """Told of an operation (its name) the database refused on its own (note 10)."""
 
-    starts_in_add: bool
-    """True: a job its owner's add marks ``start`` (``NewJob.start``) is stored RUNNING,
-    attempt 1 charged, as the owner decided (it holds every waiting job of the pool;
-    ``taskrt.pool`` note 9). False: ``start`` is a node's request, which the store
-    grants by its own rule, or not at all (PostgreSQL store note 11)."""
+    @property
+    def starts_in_add(self) -> bool:
+        """True: a job its owner's add marks ``start`` (``NewJob.start``) is stored
+        RUNNING, attempt 1 charged, as the owner decided (it holds every waiting job
+        of the pool; ``taskrt.pool`` note 9). False: ``start`` is a node's request,
+        which the store grants by its own rule (PostgreSQL store note 11)."""
+        ...
 
     # -- lifecycle and health
     async def open(self) -> None:

@@ -99,7 +99,10 @@ Notes of this backend (cited where they apply):
     announces ``added:<pool>`` (note 7) only for pools with a new WAITING
     job (``sql.ANNOUNCE_PART``): a transaction that sends nothing does not
     take PostgreSQL's lock on the notification queue, which a committing
-    notifier holds through its flush.
+    notifier holds through its flush. Where one owner runs every job
+    (``mode="owner"``, no ``taskrt.node``), the owner decides in memory, as
+    on SQLite (``taskrt.pool`` note 9), and the statement stores the row
+    RUNNING as asked (``PgStore.starts_in_add``).
 12. **Counts in lanes** (schema version 6). ``job_counts`` keeps a (pool,
     status) in rows by ``lane``: each writer adds to its connection's lane
     (``taskrt.lane``; ``PgStore.lane``: the lifecycle writer, the adds and

@@ -501,9 +501,13 @@ START_SCAN = 32
 # starts if this node's heartbeat is fresh and no WAITING job of its pool has its
 # priority or a higher one and is due: among
 # the first START_SCAN of those (an index range of jobs_waiting), none is due, and
-# there are fewer. The subquery runs for those rows only (note 11).
+# there are fewer. The subquery runs for those rows only (note 11). Where one
+# owner runs every job (no ``taskrt.node``), the owner decided (``taskrt.pool``
+# note 9): it holds every waiting job.
 _STARTS = (
     "CASE WHEN v.start = 1 AND v.run_at <= v.created_at AND v.lock_key IS NULL "
+    "AND current_setting('taskrt.node', true) IS NULL THEN true "
+    "WHEN v.start = 1 AND v.run_at <= v.created_at AND v.lock_key IS NULL "
     "AND EXISTS (SELECT 1 FROM nodes WHERE id = "
     "current_setting('taskrt.node', true) AND heartbeat_at > now() - make_interval(secs => ttl)) "
     "THEN (SELECT count(*) < " + str(START_SCAN) + " AND NOT coalesce(bool_or(w.run_at <= "

@@ -141,9 +141,6 @@ class PgStore(QueuedWrites, SharedReads):
     (``0`` behind PgBouncer in transaction mode); the others go to the server.
     """
 
-    # An add's ``start`` is a node's request, granted by the add's statement (note 11).
-    starts_in_add = False
-
     def __init__(
         self,
         url: str,
@@ -672,6 +669,13 @@ class PgStore(QueuedWrites, SharedReads):
             }
             for r in rows
         ]
+
+    @property
+    def starts_in_add(self) -> bool:
+        """Where one owner runs every job (no node), its adds start what it says
+        (``taskrt.pool`` note 9); a node's ``start`` is a request the add's statement
+        grants or not (note 11)."""
+        return self.node is None
 
     async def claim(
         self,
