@@ -384,8 +384,10 @@ class Adding:
         return await self._commit(self.pools[jobs[0].pool], jobs, calls, made_state, tx=tx)
 
     async def add_forwarded(self, pool: Pool, jobs: list[NewJob]) -> list[int]:
-        """Jobs another process checked and encoded (relay): commit and queue them here.
-        One ``add``, ``add_many`` or workflow; a workflow's jobs may name several tasks."""
+        """Jobs another process checked and encoded (relay): commit and queue them here
+        (those of one task the pool can start now start in their add, ``taskrt.pool``
+        note 9). One ``add``, ``add_many`` or workflow; a workflow's jobs may name
+        several tasks."""
         self.require_started("adding a job")
         if not jobs:
             return []
@@ -407,8 +409,15 @@ class Adding:
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for job in jobs:
             job.external = False
+            job.start = False  # this process decides (taskrt.pool note 9)
             calls.append((tuple(json.loads(job.args_json)), json.loads(job.kwargs_json)))
         spec_of = {id(job): spec for job, spec in zip(jobs, specs, strict=True)}
+        kept = 0
+        if all(
+            job.pool == pool.name and spec is specs[0]
+            for job, spec in zip(jobs, specs, strict=True)
+        ):
+            kept = self._keep_slots(pool, specs[0], jobs)  # one task's add or add_many
 
         def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
             spec = spec_of[id(job)]
@@ -436,7 +445,7 @@ class Adding:
                 _link(state, job)
             return state
 
-        return await self._commit(pool, jobs, calls, new_state, tx=None)
+        return await self._commit(pool, jobs, calls, new_state, tx=None, kept=kept)
 
     async def _commit(
         self,

@@ -68,6 +68,23 @@ async def test_a_second_runtime_with_workers_is_a_standby_and_forwards_adds(
         assert await store.owner_record() is None  # a clean stop removes the record
 
 
+async def test_an_add_forwarded_to_an_idle_owner_starts_in_its_add(tmp_path: Path) -> None:
+    """Pool note 9 holds for the owner's adds on another process's behalf: the add's
+    own row is RUNNING, attempt 1 charged, started as it was added (a start of its
+    own would come later, at the owner's clock)."""
+    gate = asyncio.Event()
+    owner, standby = app(tmp_path, gate), app(tmp_path, gate)
+    async with owner, standby:
+        assert standby.role == "standby"
+        job_id = await standby.add("steps", 1)
+        async with committed(tmp_path) as store:
+            info = await store.get_job(job_id)
+        assert info is not None and (info.status, info.attempts) == (JobStatus.RUNNING, 1)
+        assert info.started_at == info.created_at
+        gate.set()
+        assert (await standby.wait(job_id, timeout=5)).result == 1
+
+
 async def test_a_standby_stream_carries_the_owners_events_with_the_same_numbers(
     tmp_path: Path,
 ) -> None:
