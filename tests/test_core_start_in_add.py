@@ -6,6 +6,7 @@ the usual way."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
@@ -142,3 +143,41 @@ async def test_a_pool_paused_while_the_add_commits_gets_the_job_back_waiting(
         assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
         await until(lambda: ran == [1])
     assert _row(tmp_path, job_id)[:2] == ("SUCCESS", 1)
+
+
+async def test_an_add_still_committing_when_the_runtime_stops_leaves_its_job_waiting(
+    tmp_path: Path,
+) -> None:
+    """Another connection holds the write lock, so the add's commit waits; the
+    runtime stops meanwhile. The job its add started goes back to WAITING, attempt
+    not charged, before the store closes: a restart runs it as attempt 1."""
+    rt = make_rt(tmp_path, grace=5.0)
+    rt.pool("default", concurrency=1)
+    ran: list[int] = []
+
+    @rt.task
+    async def work(job: JobContext) -> None:
+        ran.append(job.attempt)
+
+    blocker = sqlite3.connect(db_file(tmp_path), isolation_level=None)
+    try:
+        async with rt:
+            blocker.execute("BEGIN IMMEDIATE")  # the runtime's writes wait for it
+            adding = asyncio.create_task(rt.add(work))
+            await asyncio.sleep(0)  # the add kept the slot and waits for its commit
+            assert rt.pool("default").free_slots() == 0
+            asyncio.get_running_loop().call_later(0.3, blocker.execute, "COMMIT")
+        job_id = await adding
+    finally:
+        blocker.close()
+    assert ran == []
+    assert _row(tmp_path, job_id)[:2] == ("WAITING", 0)
+    again = make_rt(tmp_path)
+
+    @again.task(name="work")
+    async def work_again(job: JobContext) -> None:
+        ran.append(job.attempt)
+
+    async with again:
+        assert (await again.wait(job_id, timeout=5)).attempts == 1
+    assert ran == [1]
