@@ -311,8 +311,7 @@ class Nodes:
 
     def give_back(self, states: list[JobState]) -> None:
         for state in states:
-            state.update(status=JobStatus.WAITING, attempts=state.attempts - 1, started_at=None)
-            written = self.transitions.write_waiting(state)
+            written = self.transitions.unstart(state)
             written.add_done_callback(functools.partial(self._forget_after, state))
 
     def _forget_after(self, state: JobState, _: asyncio.Future[None]) -> None:

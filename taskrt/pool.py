@@ -441,7 +441,7 @@ class Pool:
     def keep(self, n: int) -> int:
         """Keep up to ``n`` free slots for jobs being added that may start in their
         own add (note 9); how many were kept."""
-        if self.queue.gated and (self._bucket is not None or self._host.gates.in_use()):
+        if self._gated():
             return 0  # the gates decide who starts: the queue's way
         kept = max(0, min(n, self.free_slots() - self.queue.ahead()))
         self._kept += kept
@@ -485,13 +485,17 @@ class Pool:
         whose deadline passed is not started but ends (note 6)."""
         if self.free_slots() == 0:
             return None
-        if self.queue.gated and (self._bucket is not None or self._host.gates.in_use()):
+        if self._gated():
             return self._take_gated()
         while (state := self.queue.take()) is not None:
             if state.deadline is None or state.deadline > self._host.clock.now():
                 return state
             self._host.deadline_passed(state)
         return None
+
+    def _gated(self) -> bool:
+        """Whether a rate limit or a lock may hold a job back here (note 8)."""
+        return self.queue.gated and (self._bucket is not None or self._host.gates.in_use())
 
     def _take_gated(self) -> JobState | None:
         """``_take`` through the rate limits and locks (note 8, ``taskrt.gates``)."""

@@ -1812,8 +1812,7 @@ class _PoolHost:
         if nodes is not None:
             nodes.give_back([state])  # any node may claim it (taskrt.claims note 4)
             return
-        state.update(status=JobStatus.WAITING, attempts=state.attempts - 1, started_at=None)
-        self._rt.transitions.write_waiting(state)
+        self._rt.transitions.unstart(state)
         self._rt._pools[state.pool].push(state)
 
     def lock_released(self) -> None:

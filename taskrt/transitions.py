@@ -251,8 +251,7 @@ class Transitions:
         if outcome.kind == "shutdown":
             # Not the job's fault: back to WAITING without charging the attempt.
             self._record_attempt(state, AttemptOutcome.INTERRUPTED, "the runtime stopped")
-            state.update(status=JobStatus.WAITING, attempts=attempt - 1, started_at=None)
-            self.write_waiting(state)
+            self.unstart(state)
             self.live.states.pop(state.id, None)
             return
         if outcome.kind == "cancelled":
@@ -358,6 +357,12 @@ class Transitions:
             self._history_timer.cancel()
             self._history_timer = None
         return self.store.record_minutes(self.history.drain())
+
+    def unstart(self, state: JobState) -> asyncio.Future[None]:
+        """A started job WAITING again, its attempt not charged (a shutdown, a start
+        its pool gives back); its row queued."""
+        state.update(status=JobStatus.WAITING, attempts=state.attempts - 1, started_at=None)
+        return self.write_waiting(state)
 
     def write_waiting(
         self, state: JobState, *, was: JobStatus = JobStatus.RUNNING

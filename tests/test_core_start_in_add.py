@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core_support import Gate, collect, db_file, make_rt, sqlite_only_rows, until
 
-from taskrt import EventType, JobContext, JobStatus
+from taskrt import EventType, JobContext, JobStatus, Runtime
 
 
 def _row(tmp_path: Path, job_id: int) -> tuple[str, int, float | None, float, int]:
@@ -25,18 +25,23 @@ def _row(tmp_path: Path, job_id: int) -> tuple[str, int, float | None, float, in
     return row  # type: ignore[return-value]
 
 
-async def test_a_job_added_to_an_idle_pool_is_stored_running_by_its_add(tmp_path: Path) -> None:
+def _held(tmp_path: Path, concurrency: int) -> tuple[Runtime, Gate]:
+    """A runtime whose task ``work`` (any arguments) waits at the gate."""
     rt = make_rt(tmp_path)
-    rt.pool("default", concurrency=2)
+    rt.pool("default", concurrency=concurrency)
     gate = Gate()
 
-    @rt.task
-    async def work(job: JobContext) -> str:
+    @rt.task(name="work")
+    async def work(job: JobContext, *args: object) -> None:
         await gate()
-        return "done"
 
+    return rt, gate
+
+
+async def test_a_job_added_to_an_idle_pool_is_stored_running_by_its_add(tmp_path: Path) -> None:
+    rt, gate = _held(tmp_path, concurrency=2)
     async with rt:
-        job_id = await rt.add(work)
+        job_id = await rt.add("work")
         # Read before this coroutine yields: no write but the add's has committed.
         status, attempts, started_at, created_at, seq = _row(tmp_path, job_id)
         assert (status, attempts, seq) == ("RUNNING", 1, 2)
@@ -59,16 +64,9 @@ async def test_a_job_added_to_an_idle_pool_is_stored_running_by_its_add(tmp_path
 
 
 async def test_add_many_starts_as_many_as_there_are_free_slots(tmp_path: Path) -> None:
-    rt = make_rt(tmp_path)
-    rt.pool("default", concurrency=3)
-    gate = Gate()
-
-    @rt.task
-    async def work(job: JobContext, n: int) -> None:
-        await gate()
-
+    rt, gate = _held(tmp_path, concurrency=3)
     async with rt:
-        ids = await rt.pool("default").add_many(work, [(i,) for i in range(5)])
+        ids = await rt.pool("default").add_many("work", [(i,) for i in range(5)])
         statuses = [_row(tmp_path, job_id)[0] for job_id in ids]
         assert statuses == ["RUNNING"] * 3 + ["WAITING"] * 2
         await gate.wait_entered(3)
@@ -78,18 +76,11 @@ async def test_add_many_starts_as_many_as_there_are_free_slots(tmp_path: Path) -
 
 
 async def test_a_busy_pool_queues_the_added_job(tmp_path: Path) -> None:
-    rt = make_rt(tmp_path)
-    rt.pool("default", concurrency=1)
-    gate = Gate()
-
-    @rt.task
-    async def work(job: JobContext) -> None:
-        await gate()
-
+    rt, gate = _held(tmp_path, concurrency=1)
     async with rt:
-        first = await rt.add(work)
+        first = await rt.add("work")
         await gate.wait_entered(1)
-        second = await rt.add(work)
+        second = await rt.add("work")
         assert _row(tmp_path, second)[:2] == ("WAITING", 0)
         gate.open()
         for job_id in (first, second):

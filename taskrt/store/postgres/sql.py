@@ -505,10 +505,9 @@ START_SCAN = 32
 # owner runs every job (no ``taskrt.node``), the owner decided (``taskrt.pool``
 # note 9): it holds every waiting job.
 _STARTS = (
-    "CASE WHEN v.start = 1 AND v.run_at <= v.created_at AND v.lock_key IS NULL "
-    "AND current_setting('taskrt.node', true) IS NULL THEN true "
-    "WHEN v.start = 1 AND v.run_at <= v.created_at AND v.lock_key IS NULL "
-    "AND EXISTS (SELECT 1 FROM nodes WHERE id = "
+    "CASE WHEN NOT (v.start = 1 AND v.run_at <= v.created_at AND v.lock_key IS NULL) "
+    "THEN false WHEN current_setting('taskrt.node', true) IS NULL THEN true "
+    "WHEN EXISTS (SELECT 1 FROM nodes WHERE id = "
     "current_setting('taskrt.node', true) AND heartbeat_at > now() - make_interval(secs => ttl)) "
     "THEN (SELECT count(*) < " + str(START_SCAN) + " AND NOT coalesce(bool_or(w.run_at <= "
     "v.created_at), false) FROM (SELECT run_at FROM jobs WHERE status = 'WAITING' AND pool = "

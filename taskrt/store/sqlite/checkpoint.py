@@ -6,8 +6,9 @@ others wrote: with a large database that is a pause of several milliseconds
 in the middle of the group commit, seen as the tail of add → start latency.
 The writer connection raises that threshold tenfold and this thread
 checkpoints instead, on a connection of its own, five times a second while
-there are commits (twenty while the log grows fast: ``_pause``). A PASSIVE checkpoint never waits for the writer or a
-reader: it copies what it can now and the rest the next time. The log starts
+there are commits (twenty while the log grows fast: ``_pause``). A PASSIVE
+checkpoint never waits for the writer or a reader: it copies what it can
+now and the rest the next time. The log starts
 over only after a checkpoint that caught up before the next write began, and
 a stream of writes (a drain commits a few pages a millisecond) never leaves
 it that moment: the log grew to the writer's own checkpoint, at 10,000 pages
