@@ -131,6 +131,16 @@ Design notes:
     (note 9) keeps every write in order, starts included, in one
     transaction. PostgreSQL commits them together: a second transaction is
     a second round trip.
+17. **Rows from JSON.** ``executemany`` costs about 2.5 µs a row in Python's
+    ``sqlite3`` before SQLite does any work (binding each parameter, a step
+    and a reset per row), as much as the row's B-tree writes. The jobs of an
+    ``add_many`` share every column but their ids and arguments, so a run of
+    such rows (``sqlite/batch.py``: ids that follow each other, the same
+    task, pool and options) is one ``INSERT ... SELECT`` over ``json_each``
+    of their ``[args, kwargs]`` texts, with the shared columns bound once:
+    about 2× the rows a second of ``executemany``. Only text travels in the
+    JSON (SQLite's own reading of a number need not give back the same
+    float), and a run ends at about 16 MB of arguments.
 """
 
 from .protocol import (

@@ -248,6 +248,20 @@ INSERT_PLAIN_JOB = (
     "unique_key, created_at, run_at, timeout, retry, seq, external) "
     "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
 )
+# A run of jobs alike but for their arguments, ids from ?1 up (store note 17): the
+# shared columns of INSERT_JOB's row, then a JSON array of [args, kwargs] texts.
+INSERT_JOBS_JSON = (
+    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
+    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key) "
+    "SELECT ?1 + key, ?2, ?3, 'WAITING', json_extract(value, '$[0]'), "
+    "json_extract(value, '$[1]'), ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12, ?13, ?14 "
+    "FROM json_each(?15)"
+)
+JSON_RUN = 4
+"""The shortest run that INSERT_JOBS_JSON inserts: below it, ``executemany`` costs less."""
+JSON_RUN_CHARS = 1 << 24
+"""A run's arguments end at about this many characters (an ``add_many`` of big
+arguments goes in several statements, each far below SQLite's limit on a value)."""
 # A job its owner's add starts (taskrt.pool note 9): RUNNING since it was added,
 # attempt 1 charged; the row of INSERT_JOB, then its created_at again.
 INSERT_STARTED_JOB = (
