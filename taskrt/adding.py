@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -482,6 +482,8 @@ class Adding:
         ids: list[int] = []
         failure: BaseException | None = None
         refs = [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
+        accepted: list[JobState] = []
+        began: list[JobState] = []  # started in their add
         for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
             if isinstance(res, BaseException):
                 failure = failure or res
@@ -501,53 +503,30 @@ class Adding:
                 if not tx.foreign:
                     tx.added.append(state)
             else:
-                self._accept(state, started=res.started)
+                (began if res.started else accepted).append(state)
+        self._accept(accepted, began)
         if failure is not None:
             raise failure
         return ids
 
-    def _accept(self, state: JobState, *, started: bool = False) -> None:
-        """A committed job: take it in (owner) and tell the world. A job that waits
+    def _accept(self, states: list[JobState], started: Sequence[JobState] = ()) -> None:
+        """Committed jobs: take them in (owner) and tell the world. A job that waits
         for its parents (``blocked``) or its batch (``batching``) is the store's until
-        they release it (``taskrt.workflows``, ``taskrt.batches``). ``started``: its
-        add started it on this node (``taskrt.claims`` note 4)."""
-        info = state
-        self.counters.added[info.task] += 1
-        owning = self.owning()
-        held = bool(state.parents) or state.batch_key is not None
-        if state.parents:
-            self.dependents(state.id, state.parents)
-        elif state.batch_key is not None:
-            self.batching(state.task, state.batch_key, state.created_at, state.id)
-        elif owning:
-            self.live.states[info.id] = state
-            if info.unique_key is not None:
-                self.live.unique[info.unique_key] = info.id
-        if self.broker.wants(info.id):
-            data: dict[str, Any] = {"run_at": info.run_at, "priority": info.priority}
-            if held:
-                data |= {
-                    "after": list(state.parents),
-                    "workflow": state.workflow,
-                    "batch_key": state.batch_key,
-                }
-            self.broker.publish(
-                Event(
-                    info.id,
-                    1,
-                    EventType.ADDED,
-                    info.task,
-                    info.pool,
-                    JobStatus.WAITING,
-                    info.created_at,
-                    data,
-                )
-            )
-        if state.spec.hooks.on_add is not None:
-            self.background.hook(state.spec.hooks.on_add, info.id, job=state)
-        if held:
+        they release it (``taskrt.workflows``, ``taskrt.batches``). ``started``: jobs
+        their add started on this node (``taskrt.pool`` note 9, ``taskrt.claims`` note 4).
+        The jobs of one pool are queued together: a free slot goes to the first of
+        them in the queue's order."""
+        if not states and not started:
             return
-        if started:
+        owning = self.owning()
+        queued: dict[str, list[JobState]] = {}
+        for state in states:
+            if not self._take_in(state, owning) and owning:
+                if (same := queued.get(state.pool)) is None:
+                    same = queued[state.pool] = []
+                same.append(state)
+        for state in started:
+            self._take_in(state, owning)
             # RUNNING here, attempt 1 charged, as a start leaves it (taskrt.pool note 9,
             # taskrt.claims note 4): its start is the job's second event.
             state.update(
@@ -557,12 +536,56 @@ class Adding:
                 node=self.node(),
                 seq=2,
             )
-            self.live.states[info.id] = state
-            self.pools[info.pool].started_here(state)
+            self.live.states[state.id] = state
+            self.pools[state.pool].started_here(state)
+        if owning:
+            for name, same in queued.items():
+                self.pools[name].push_all(same)
+            return
+        for name in dict.fromkeys(s.pool for s in states if not s.parents and s.batch_key is None):
+            if (pool := self.pools.get(name)) is not None:
+                pool.poke()  # where every node claims (taskrt.claims): look now
+
+    def _take_in(self, state: JobState, owning: bool) -> bool:
+        """Count a committed job, hold it where it waits (the owner's memory, its
+        parents, its batch) and announce it; whether it waits for parents or a batch."""
+        self.counters.added[state.task] += 1
+        held = bool(state.parents) or state.batch_key is not None
+        if state.parents:
+            self.dependents(state.id, state.parents)
+        elif state.batch_key is not None:
+            self.batching(state.task, state.batch_key, state.created_at, state.id)
         elif owning:
-            self.pools[info.pool].push(state)
-        elif (pool := self.pools.get(info.pool)) is not None:
-            pool.poke()  # where every node claims (taskrt.claims): look now
+            self.live.states[state.id] = state
+            if state.unique_key is not None:
+                self.live.unique[state.unique_key] = state.id
+        if self.broker.wants(state.id):
+            self._announce(state, held)
+        if state.spec.hooks.on_add is not None:
+            self.background.hook(state.spec.hooks.on_add, state.id, job=state)
+        return held
+
+    def _announce(self, state: JobState, held: bool) -> None:
+        """The job's ADDED event (its first)."""
+        data: dict[str, Any] = {"run_at": state.run_at, "priority": state.priority}
+        if held:
+            data |= {
+                "after": list(state.parents),
+                "workflow": state.workflow,
+                "batch_key": state.batch_key,
+            }
+        self.broker.publish(
+            Event(
+                state.id,
+                1,
+                EventType.ADDED,
+                state.task,
+                state.pool,
+                JobStatus.WAITING,
+                state.created_at,
+                data,
+            )
+        )
 
     async def _adopt(self, connection: Any) -> Transaction:
         """The application's own connection, in its transaction, as a ``Transaction``."""
@@ -607,8 +630,7 @@ class Adding:
         async with self.store.transaction() as conn:
             tx = Transaction(conn)
             yield tx
-        for state in tx.added:
-            self._accept(state)
+        self._accept(tx.added)
 
 
 def _same_run(step: FlowStep, first: FlowStep) -> bool:

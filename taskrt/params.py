@@ -361,6 +361,8 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
 
     def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if simple and not kwargs and len(args) == len(plain_names):
+            if not compiled:
+                return  # bound, and nothing to check (no parameter is annotated)
             arguments: Mapping[str, Any] = dict(zip(plain_names, args, strict=True))
         else:
             arguments = _bind(task, sig, args, kwargs).arguments

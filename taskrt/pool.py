@@ -413,13 +413,22 @@ class Pool:
 
     def push(self, state: JobState) -> None:
         """A job is waiting (added, retried, taken in): queue it, start it if a slot is free."""
+        self._queue(state)
+        self._dispatch()
+
+    def push_all(self, states: Iterable[JobState]) -> None:
+        """Jobs waiting (an ``add_many``): queue them all, then fill the free slots."""
+        for state in states:
+            self._queue(state)
+        self._dispatch()
+
+    def _queue(self, state: JobState) -> None:
         written = state.written
         if written is not None and not written.done():
             # A retry: waiting already, though the store counts it once its row commits.
             self._requeuing += 1
             written.add_done_callback(self._requeued)
         self.queue.push(state)
-        self._dispatch()
 
     def _requeued(self, _: asyncio.Future[None]) -> None:
         self._requeuing -= 1

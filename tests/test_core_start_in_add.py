@@ -172,3 +172,28 @@ async def test_an_add_still_committing_when_the_runtime_stops_leaves_its_job_wai
     async with again:
         assert (await again.wait(job_id, timeout=5)).attempts == 1
     assert ran == [1]
+
+
+async def test_jobs_a_transaction_adds_take_a_free_slot_by_priority(tmp_path: Path) -> None:
+    # Jobs added in a transaction are queued when it commits, all together: the free
+    # slot goes to the first in the queue's order, not to the first added.
+    rt = make_rt(tmp_path)
+    rt.pool("default", concurrency=1)
+    gate = Gate()
+    order: list[str] = []
+
+    @rt.task(name="work")
+    async def work(job: JobContext, name: str) -> None:
+        order.append(name)
+        await gate()
+
+    async with rt:
+        async with rt.transaction() as tx:
+            low = await rt.add(work.options(priority=0), "low", tx=tx)
+            high = await rt.add(work.options(priority=5), "high", tx=tx)
+        await gate.wait_entered(1)
+        assert order == ["high"]
+        gate.open()
+        for job_id in (low, high):
+            assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
+    assert order == ["high", "low"]
