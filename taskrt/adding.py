@@ -261,11 +261,17 @@ class Adding:
                 spec.validate((LATER, *args), kwargs)  # its parents' results come first
             else:
                 spec.validate(args, kwargs)
-            args_json = encode(
-                list(args), what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+            args_json = (
+                encode(
+                    list(args), what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+                )
+                if args
+                else "[]"
             )
-            kwargs_json = encode(
-                kwargs, what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+            kwargs_json = (
+                encode(kwargs, what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth)
+                if kwargs
+                else "{}"
             )
             # By position, in NewJob's field order: add_many builds one per job.
             jobs.append(
@@ -684,11 +690,11 @@ def _conflict(job: NewJob, existing: int) -> int:
 
 
 def _plain(args: tuple[Any, ...]) -> bool:
-    return all(type(a) in _SCALARS for a in args)
+    return not args or all(type(a) in _SCALARS for a in args)
 
 
 def _plain_kw(kwargs: dict[str, Any]) -> bool:
-    return all(type(v) in _SCALARS for v in kwargs.values())
+    return not kwargs or all(type(v) in _SCALARS for v in kwargs.values())
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})

@@ -290,6 +290,8 @@ class Broker:
         """
         if job_id in self._history or job_id in self._by_job:
             return True
+        if not self._wide:
+            return False  # nobody listens to every job (the usual case: add_many's hot path)
         return any(s.accepts is None or s.accepts(job_id) for s in self._wide)
 
     def _record(self, job_id: int) -> deque[Event]:
