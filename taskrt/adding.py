@@ -302,13 +302,12 @@ class Adding:
                 )
             )
         # In memory as a read from disk will give it (tuples are lists, keys strings).
-        metadata = (
-            dict(opts.metadata)
-            if opts.metadata
-            and all(type(k) is str for k in opts.metadata)
-            and _plain_kw(opts.metadata)
-            else json.loads(metadata_json)
-        )
+        if not opts.metadata:
+            metadata: dict[str, Any] = {}
+        elif all(type(k) is str for k in opts.metadata) and _plain_kw(opts.metadata):
+            metadata = dict(opts.metadata)
+        else:
+            metadata = json.loads(metadata_json)
 
         def new_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
             state = JobState.new(
