@@ -62,6 +62,18 @@ def _stored(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
     return conn.execute(f"SELECT {typed} FROM jobs ORDER BY id").fetchall()
 
 
+def _inserted(path: Path, rows: list[tuple[object, ...]]) -> tuple[sqlite3.Connection, list[str]]:
+    """A new database with ``rows`` inserted by ``insert_rows``, and the statements run."""
+    conn = _db(path)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    conn.execute("BEGIN")
+    batch.insert_rows(conn, rows)
+    conn.execute("COMMIT")
+    conn.set_trace_callback(None)
+    return conn, statements
+
+
 ROWS = [
     # A run of an add_many: alike but for the arguments, ids following each other.
     *(_row(1 + i, args, json.dumps({"n": i})) for i, args in enumerate(TRICKY)),
@@ -83,14 +95,7 @@ def test_rows_go_in_as_insert_job_stores_them(tmp_path: Path) -> None:
     expected.executemany(INSERT_JOB, ROWS)
     expected.execute("COMMIT")
 
-    conn = _db(tmp_path / "runs.db")
-    statements: list[str] = []
-    conn.set_trace_callback(statements.append)
-    conn.execute("BEGIN")
-    batch.insert_rows(conn, ROWS)
-    conn.execute("COMMIT")
-    conn.set_trace_callback(None)
-
+    conn, statements = _inserted(tmp_path / "runs.db", ROWS)
     assert _stored(conn) == _stored(expected)
     sequence = "SELECT seq FROM sqlite_sequence WHERE name = 'jobs'"
     assert conn.execute(sequence).fetchone() == (31,)
@@ -108,12 +113,7 @@ def test_a_run_of_big_arguments_is_cut_into_several_statements(
 ) -> None:
     monkeypatch.setattr(batch, "JSON_RUN_CHARS", 1000)
     rows = [_row(1 + i, json.dumps(["x" * 300])) for i in range(12)]
-    conn = _db(tmp_path / "big.db")
-    statements: list[str] = []
-    conn.set_trace_callback(statements.append)
-    conn.execute("BEGIN")
-    batch.insert_rows(conn, rows)
-    conn.execute("COMMIT")
+    conn, statements = _inserted(tmp_path / "big.db", rows)
     # Each run ends once it carries 1,000 characters: 4 rows of 300 (and "{}").
     assert sum(1 for s in statements if "json_each" in s) == 3
     stored = conn.execute("SELECT id, args FROM jobs ORDER BY id").fetchall()
