@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -488,7 +488,7 @@ class Adding:
         failure: BaseException | None = None
         refs = [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
         accepted: list[JobState] = []
-        began: list[JobState] = []  # started in their add
+        began: set[int] = set()  # the ids of those their add started
         for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
             if isinstance(res, BaseException):
                 failure = failure or res
@@ -508,30 +508,33 @@ class Adding:
                 if not tx.foreign:
                     tx.added.append(state)
             else:
-                (began if res.started else accepted).append(state)
+                accepted.append(state)
+                if res.started:
+                    began.add(state.id)
         self._accept(accepted, began)
         if failure is not None:
             raise failure
         return ids
 
-    def _accept(self, states: list[JobState], started: Sequence[JobState] = ()) -> None:
+    def _accept(self, states: list[JobState], started: Set[int] = frozenset()) -> None:
         """Committed jobs: take them in (owner) and tell the world. A job that waits
         for its parents (``blocked``) or its batch (``batching``) is the store's until
-        they release it (``taskrt.workflows``, ``taskrt.batches``). ``started``: jobs
-        their add started on this node (``taskrt.pool`` note 9, ``taskrt.claims`` note 4).
+        they release it (``taskrt.workflows``, ``taskrt.batches``). ``started``: the ids of
+        those their add started on this node (``taskrt.pool`` note 9, ``taskrt.claims`` note 4).
         The jobs of one pool are queued together: a free slot goes to the first of
         them in the queue's order."""
-        if not states and not started:
+        if not states:
             return
         owning = self.owning()
         queued: dict[str, list[JobState]] = {}
         for state in states:
-            if not self._take_in(state, owning) and owning:
+            if not self._take_in(state, owning) and owning and state.id not in started:
                 if (same := queued.get(state.pool)) is None:
                     same = queued[state.pool] = []
                 same.append(state)
-        for state in started:
-            self._take_in(state, owning)
+        for state in states if started else ():
+            if state.id not in started:
+                continue
             # RUNNING here, attempt 1 charged, as a start leaves it (taskrt.pool note 9,
             # taskrt.claims note 4): its start is the job's second event.
             state.update(
@@ -547,7 +550,10 @@ class Adding:
             for name, same in queued.items():
                 self.pools[name].push_all(same)
             return
-        for name in dict.fromkeys(s.pool for s in states if not s.parents and s.batch_key is None):
+        waiting = (
+            s for s in states if not s.parents and s.batch_key is None and s.id not in started
+        )
+        for name in dict.fromkeys(s.pool for s in waiting):
             if (pool := self.pools.get(name)) is not None:
                 pool.poke()  # where every node claims (taskrt.claims): look now
 

@@ -197,3 +197,23 @@ async def test_jobs_a_transaction_adds_take_a_free_slot_by_priority(tmp_path: Pa
         for job_id in (low, high):
             assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
     assert order == ["high", "low"]
+
+
+async def test_add_many_announces_its_jobs_in_order_those_it_started_too(tmp_path: Path) -> None:
+    rt, gate = _held(tmp_path, concurrency=2)
+    async with rt:
+        everything = rt.subscribe()
+        ids = await rt.pool("default").add_many("work", [()] * 5)
+        await gate.wait_entered(2)
+        gate.open()
+        for job_id in ids:
+            await rt.wait(job_id, timeout=5)
+        everything.close()  # a many-job stream does not end by itself
+        events = await collect(everything)
+    assert [e.job_id for e in events if e.type is EventType.ADDED] == ids
+    # The first two started in their add, each after its own added event.
+    first_started = [e.job_id for e in events if e.type is EventType.STARTED][:2]
+    assert first_started == ids[:2]
+    for job_id in ids:
+        kinds = [e.type for e in events if e.job_id == job_id]
+        assert kinds == [EventType.ADDED, EventType.STARTED, EventType.SUCCESS]
