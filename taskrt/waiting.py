@@ -31,6 +31,15 @@ Design notes:
 5. **Refills skip what is here.** The backlog leaves out rows of jobs this
    process already holds (in a list, starting, running, or being cancelled),
    and rows whose task is unknown here; the horizon still moves past them.
+6. **Refills read in chunks.** Turning a row into a live job costs the event
+   loop about 20 µs, so a refill of half a window (5,000 jobs) read at once
+   held the loop for 40-60 ms, every running job and web request with it. A
+   refill reads ``READ_CHUNK`` rows at a time instead, the loop free between
+   two reads, and the horizon moves past each chunk, so the pool may start
+   what came in before the rest is read. (A start still reads its whole first
+   window before it runs a job: starting after the first chunk ran the first
+   job of a 10,000-job backlog four times sooner, but drained it about a
+   sixth slower, its reads interleaved with the drain's commits.)
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ _T = TypeVar("_T")
 
 DEFAULT_WINDOW = 10_000
 """Jobs of each list (ready, delayed) a pool keeps in memory."""
+READ_CHUNK = 500
+"""Rows a refill reads at a time (note 6)."""
 
 _LAST_ID = 2**63 - 1
 _RETRY_READ = (0.05, 2.0)  # first and longest wait before reading again after a failure
@@ -196,12 +207,9 @@ class _Lane:
     async def _refill(self) -> None:
         try:
             while self.upto is not None:
-                upto = self.upto
                 limit = max(self.window - len(self), self.window // 4, 1)
-                states, rows, last = await _patiently(self.name, self._read, limit, upto)
-                self._accept(states)
-                self.upto = None if rows < limit or last is None else last
-                if states or rows < limit:
+                took = await self._read_upto(limit)
+                if took:
                     break
                 # Every row read was here already, or of an unknown task: read on.
         finally:
@@ -209,6 +217,21 @@ class _Lane:
                 self.reading = None
         self.trim()  # what was added while it read
         self._wake()
+
+    async def _read_upto(self, limit: int) -> bool:
+        """Read up to ``limit`` rows from the horizon on, ``READ_CHUNK`` at a time
+        (note 6), moving the horizon past each; whether any job came into memory."""
+        took = False
+        while limit > 0 and self.upto is not None:
+            want = min(limit, READ_CHUNK)
+            states, rows, last = await _patiently(self.name, self._read, want, self.upto)
+            self._accept(states)
+            self.upto = None if rows < want or last is None else last
+            limit -= rows
+            if states:
+                took = True
+                self._wake()  # the pool may start them while the rest is read
+        return took
 
 
 def _committed(state: JobState) -> bool:

@@ -15,9 +15,26 @@ from typing import Any
 import pytest
 from core_support import committed_jobs, make_rt, until
 
-from taskrt import FakeClock, InvalidOption, JobContext, JobStatus, QueueFull, Runtime, Task
+from taskrt import (
+    FakeClock,
+    InvalidOption,
+    JobContext,
+    JobStatus,
+    QueueFull,
+    Runtime,
+    Task,
+    waiting,
+)
 
 WINDOW = 10
+
+
+@pytest.fixture(autouse=True, params=[None, 3], ids=["whole-reads", "reads-of-3"])
+def read_chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test twice: refills read at once (the window is below ``READ_CHUNK``),
+    and three rows at a time (``taskrt.waiting`` note 6)."""
+    if request.param is not None:
+        monkeypatch.setattr(waiting, "READ_CHUNK", request.param)
 
 
 def in_memory(rt: Runtime, pool: str) -> int:
@@ -315,3 +332,29 @@ async def test_random_adds_cancels_and_time_keep_the_order_a_whole_queue_would(
             assert len(pool.queue) <= 2 * window + 2
         pool.pause()
     assert len(ran) == len(set(ran))
+
+
+async def test_a_refill_reads_a_chunk_at_a_time_and_keeps_the_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(waiting, "READ_CHUNK", 4)
+    rt = make_rt(tmp_path, window=WINDOW)
+    work, ran = recorder(rt)
+    limits: list[int] = []
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        pool.pause()
+        ids = await pool.add_many(work, [()] * 60)
+        backlog = pool.queue._backlog  # type: ignore[attr-defined]
+        read = backlog.load_ready
+
+        async def load_ready(name: str, now: float, limit: int, after: Any) -> Any:
+            limits.append(limit)
+            return await read(name, now, limit, after)
+
+        monkeypatch.setattr(backlog, "load_ready", load_ready)
+        pool.resume()
+        await until(lambda: len(ran) == 60)
+    assert ran == ids
+    # Refills of the 10-job window, each read four rows at a time.
+    assert len(limits) >= 10 and max(limits) == 4
