@@ -62,7 +62,11 @@ async def test_a_log_that_writes_never_leave_starts_over(tmp_path: Path) -> None
     """Commits back to back (a drain: a few pages each) leave a PASSIVE checkpoint
     no moment to catch up in, so the log would grow to the writer's own checkpoint
     (10,000 pages) before starting over; once it passes 2,000 pages, the writer
-    restarts it between two batches."""
+    restarts it between two batches. How far past 2,000 pages it gets depends on
+    how soon the checkpoint thread sees it (a look every 50 ms meanwhile) and on
+    how fast commits come: 3,400 to 6,300 pages on the project's machines, both
+    before and after add_many's rows went in from JSON; without the restart it
+    would hold at least the writer's 10,000."""
     path = str(tmp_path / "app.db")
     store = Store(path)
     await store.open()
@@ -72,6 +76,6 @@ async def test_a_log_that_writes_never_leave_starts_over(tmp_path: Path) -> None
             await store.insert([job(r * 10 + i) for i in range(10)])
         await store.flush()
         assert store.checkpoints >= 3
-        assert os.path.getsize(path + "-wal") < 6_000 * frame
+        assert os.path.getsize(path + "-wal") < 8_000 * frame
     finally:
         await store.close()
