@@ -526,15 +526,16 @@ class Adding:
         if not states:
             return
         owning = self.owning()
-        queued: dict[str, list[JobState]] = {}
+        waiting: dict[str, list[JobState]] = {}  # by pool
+        begun: list[JobState] = []
         for state in states:
-            if not self._take_in(state, owning) and owning and state.id not in started:
-                if (same := queued.get(state.pool)) is None:
-                    same = queued[state.pool] = []
-                same.append(state)
-        for state in states if started else ():
-            if state.id not in started:
-                continue
+            if self._take_in(state, owning):
+                continue  # held by its parents or its batch
+            if state.id in started:
+                begun.append(state)
+            else:
+                waiting.setdefault(state.pool, []).append(state)
+        for state in begun:
             # RUNNING here, attempt 1 charged, as a start leaves it (taskrt.pool note 9,
             # taskrt.claims note 4): its start is the job's second event.
             state.update(
@@ -546,15 +547,10 @@ class Adding:
             )
             self.live.states[state.id] = state
             self.pools[state.pool].started_here(state)
-        if owning:
-            for name, same in queued.items():
+        for name, same in waiting.items():
+            if owning:
                 self.pools[name].push_all(same)
-            return
-        waiting = (
-            s for s in states if not s.parents and s.batch_key is None and s.id not in started
-        )
-        for name in dict.fromkeys(s.pool for s in waiting):
-            if (pool := self.pools.get(name)) is not None:
+            elif (pool := self.pools.get(name)) is not None:
                 pool.poke()  # where every node claims (taskrt.claims): look now
 
     def _take_in(self, state: JobState, owning: bool) -> bool:

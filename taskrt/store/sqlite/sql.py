@@ -236,23 +236,25 @@ CREATE TABLE IF NOT EXISTS job_waits (
 );
 """
 
+# The columns an add writes, in the order of ``adds.Row`` (status and seq are the
+# statement's own); every insert of a job below names them through this.
+_ADDED = (
+    "id, task, pool, status, args, kwargs, max_attempts, priority, metadata, unique_key, "
+    "created_at, run_at, timeout, retry, seq, external"
+)
 INSERT_JOB = (
-    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key) "
+    f"INSERT INTO jobs ({_ADDED}, deadline, lock_key) "
     "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
 )
 # The usual add, without a deadline or a lock key: two parameters fewer per row
 # (add_many's rate is bound by what each row binds).
 INSERT_PLAIN_JOB = (
-    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external) "
-    "VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
+    f"INSERT INTO jobs ({_ADDED}) VALUES (?, ?, ?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
 )
 # A run of jobs alike but for their arguments, ids from ?1 up (store note 17): the
 # shared columns of INSERT_JOB's row, then a JSON array of [args, kwargs] texts.
 INSERT_JOBS_JSON = (
-    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key) "
+    f"INSERT INTO jobs ({_ADDED}, deadline, lock_key) "
     "SELECT ?1 + key, ?2, ?3, 'WAITING', json_extract(value, '$[0]'), "
     "json_extract(value, '$[1]'), ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12, ?13, ?14 "
     "FROM json_each(?15)"
@@ -265,9 +267,7 @@ arguments goes in several statements, each far below SQLite's limit on a value).
 # A job its owner's add starts (taskrt.pool note 9): RUNNING since it was added,
 # attempt 1 charged; the row of INSERT_JOB, then its created_at again.
 INSERT_STARTED_JOB = (
-    "INSERT INTO jobs (id, task, pool, status, args, kwargs, max_attempts, priority, metadata, "
-    "unique_key, created_at, run_at, timeout, retry, seq, external, deadline, lock_key, "
-    "attempts, started_at) "
+    f"INSERT INTO jobs ({_ADDED}, deadline, lock_key, attempts, started_at) "
     "VALUES (?, ?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 2, ?, ?, ?, 1, ?)"
 )
 # A unique key's window (schema version 6): taken for ``expires_at`` by ``job_id``.
