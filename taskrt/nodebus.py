@@ -32,11 +32,28 @@ Design notes:
    subscription here is closed as overflowed: its stream starts again from a
    fresh snapshot (``JobStream``), so an event sent while nobody listened
    (a terminal one included) is never waited for.
+5. **Alone, a node sends nothing.** Sending costs a node about a fifth of a
+   drain, and with nobody else listening nobody reads it. Each listener
+   connection of the schema's events carries one application name (the
+   store's ``events_listener``), so a node counts the others in
+   ``pg_stat_activity``. When it listens (at start, and again after a lost
+   listener) a node sends a *hello*, then counts: none, it stops sending
+   (and builds an event only for a subscriber here, ``wants``); some, it
+   waits (at most ``JOIN_PATIENCE``) for each one's *ack*. A node that hears
+   a hello sends again and answers with an ack behind the writes it has
+   queued, so once the newcomer has every ack, a row it reads is at least
+   as new as the events it missed, and every later event comes. A node
+   that sends counts again every ``CHECK_INTERVAL`` seconds and stops
+   when it finds nobody, unless a hello came in meanwhile (the newcomer's
+   connection may have come after the count began). A node that starts
+   sending for any other reason says so (``o``), as does a late ack: what
+   it did not send may be missing here, so streams here start again (note 4).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,6 +68,13 @@ log = logging.getLogger("taskrt")
 MAX_PAYLOAD = 7_900
 """Bytes of one notification (PostgreSQL refuses 8,000 or more)."""
 
+JOIN_PATIENCE = 0.5
+"""Seconds a node that listens waits for the others' acks (note 5): a peer that
+does not answer (stopped, or of a release without acks) holds a start this long."""
+
+CHECK_INTERVAL = 5.0
+"""Seconds between a sending node's counts of the other listeners (note 5)."""
+
 
 class NodeBus(Broker):
     """A node's event bus: a broker that also sends its events to the other nodes and
@@ -63,6 +87,7 @@ class NodeBus(Broker):
         send: Callable[[list[str]], None],
         failing: Callable[[], bool],
         read: Callable[[int], Awaitable[JobInfo | None]],
+        others: Callable[[], Awaitable[int]],
         buffer: int,
         replay: int,
     ) -> None:
@@ -71,6 +96,15 @@ class NodeBus(Broker):
         self._send = send  # notifications out, behind the queued writes (note 2)
         self._failing = failing  # the database takes no writes now
         self._read = read  # a job's row
+        self._others = others  # how many others listen (note 5)
+        # Whether events go to the others: until a count says nobody listens (note 5).
+        self.sending = True
+        self._hellos = 0  # hellos heard (a count that began before one must not stop it)
+        self._acks = 0  # acks heard since it last began to listen
+        self._acked = asyncio.Event()
+        self._joining = False
+        self._join: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[None] | None = None
         self._out: list[Event] = []
         self._progress: dict[int, int] = {}  # job id -> its progress event in _out
         self._flushing = False
@@ -80,11 +114,14 @@ class NodeBus(Broker):
         self._head = f'{{"n":{json.dumps(node)},"e":['
 
     def wants(self, job_id: int) -> bool:
-        return True  # a subscriber may be on another node
+        # A subscriber may be on another node; alone, only here (note 5).
+        return self.sending or super().wants(job_id)
 
     def publish(self, event: Event) -> None:
         """Deliver here, and queue for the other nodes (note 1)."""
         super().publish(event)
+        if not self.sending:
+            return  # nobody else listens (note 5)
         if event.type is EventType.PROGRESS:
             at = self._progress.get(event.job_id)
             if at is not None:
@@ -101,6 +138,8 @@ class NodeBus(Broker):
     def _flush(self) -> None:
         events, self._out, self._progress = self._out, [], {}
         self._flushing = False
+        if not self.sending:
+            return  # nobody else listens (note 5)
         if events and self._failing():  # note 2
             events = [e for e in events if e.type is not EventType.PROGRESS]
         if events:
@@ -138,6 +177,9 @@ class NodeBus(Broker):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("node %s: an events notification it cannot read: %s", self.node, exc)
             return
+        if not raws:
+            self._told(message)
+            return
         for raw in raws:
             try:
                 if raw[-1] is None:
@@ -168,6 +210,101 @@ class NodeBus(Broker):
         """Events may have been missed (the listener dropped, or listens anew): streams
         here start again (note 4)."""
         self.interrupt()
+
+    # -- who listens (note 5) ------------------------------------------------------------
+
+    def listening(self) -> None:
+        """The store listens (at start, or again): tell the others, count them."""
+        if self._join is None or self._join.done():
+            self._join = asyncio.get_running_loop().create_task(
+                self._joined(), name="taskrt-nodebus-join"
+            )
+
+    async def ready(self) -> None:
+        """Once the others that listen send to this node, or ``JOIN_PATIENCE`` passed."""
+        if self._join is not None:
+            await asyncio.shield(self._join)
+
+    async def stop(self) -> None:
+        for task in (self._join, self._check):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._join = self._check = None
+
+    def _note(self, **fields: object) -> list[str]:
+        return [self._head + "]," + json.dumps(fields, separators=(",", ":"))[1:]]
+
+    async def _joined(self) -> None:
+        hellos = self._hellos
+        self._joining = True
+        self._acks = 0
+        try:
+            self._send(self._note(h=1))
+            others = await self._others()
+            if others == 0:
+                if self._hellos == hellos:
+                    self.sending = False
+            else:
+                self._start_sending()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(JOIN_PATIENCE):
+                        while self._acks < others:
+                            self._acked.clear()
+                            await self._acked.wait()
+        except Exception as exc:  # the database: the count runs again later
+            log.warning("node %s: cannot count the nodes listening: %s", self.node, exc)
+            self._start_sending()
+        finally:
+            self._joining = False
+        if self._check is None:
+            self._check = asyncio.get_running_loop().create_task(
+                self._checking(), name="taskrt-nodebus-check"
+            )
+
+    async def _checking(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            hellos = self._hellos
+            try:
+                others = await self._others()
+            except Exception as exc:
+                log.warning("node %s: cannot count the nodes listening: %s", self.node, exc)
+                continue
+            if others:
+                self._start_sending()
+            elif self._hellos == hellos:
+                self.sending = False
+
+    def _start_sending(self, ack: str | None = None) -> None:
+        """Send from now on; say so (an ack to ``ack``, or ``o`` if this node had stopped)."""
+        fields: dict[str, object] = {}
+        if ack is not None:
+            fields["a"] = ack
+        if not self.sending:
+            self.sending = True
+            fields["o"] = 1
+        if fields:
+            self._send(self._note(**fields))
+
+    def _told(self, message: dict[str, Any]) -> None:
+        """A hello, an ack, or a node that sends again (note 5)."""
+        if message.get("h"):
+            self._hellos += 1
+            self._start_sending(ack=str(message.get("n")))
+            if self._joining:
+                self._acked_by()  # it counts this node, so it sends to it (note 5)
+            return
+        mine = message.get("a") == self.node
+        if mine and self._joining:
+            self._acked_by()
+        if message.get("o") or (mine and not self._joining):
+            self.interrupt()  # events of that node may be missing here
+
+    def _acked_by(self) -> None:
+        self._acks += 1
+        self._acked.set()
 
 
 def _data_of(kind: EventType, info: JobInfo) -> dict[str, Any]:

@@ -306,6 +306,7 @@ class Runtime:
                 send=self._pg.send_events,
                 failing=lambda: self.store.failing,
                 read=self._pg.get_job,
+                others=self._pg.other_listeners,
                 buffer=subscriber_buffer,
                 replay=replay,
             )
@@ -680,7 +681,8 @@ class Runtime:
             bus = self.broker
             assert isinstance(bus, NodeBus) and self._pg is not None
             wake = self.nodes.wake if self.workers else _ignore
-            await self._pg.listen(wake, bus.deliver, bus.lost)
+            await self._pg.listen(wake, bus.deliver, bus.lost, bus.listening)
+            await bus.ready()  # the others that listen send to it (taskrt.nodebus note 5)
             if self.workers:
                 self._owning_since = time.time()
                 self._set_workers(True)
@@ -856,6 +858,8 @@ class Runtime:
             await self.remote.close()
             self.remote = None
         await self.store.unlisten()
+        if isinstance(self.broker, NodeBus):
+            await self.broker.stop()
         await self.deadlines.stop()
         await self.workflows.stop()
         await self.batches.stop()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Awaitable, Callable
 
+import pytest
+
+from taskrt import nodebus
+from taskrt.errors import StoreError
 from taskrt.events import Subscription
 from taskrt.models import Event, EventType, JobInfo, JobStatus
 from taskrt.nodebus import MAX_PAYLOAD, NodeBus
@@ -19,9 +25,24 @@ async def no_row(job_id: int) -> JobInfo | None:
     return None
 
 
-def bus(node: str, sent: list[str], failing: list[bool]) -> NodeBus:
+async def one_other() -> int:
+    return 1
+
+
+def bus(
+    node: str,
+    sent: list[str],
+    failing: list[bool],
+    others: Callable[[], Awaitable[int]] = one_other,
+) -> NodeBus:
     return NodeBus(
-        node, send=sent.extend, failing=lambda: failing[0], read=no_row, buffer=16, replay=16
+        node,
+        send=sent.extend,
+        failing=lambda: failing[0],
+        read=no_row,
+        others=others,
+        buffer=16,
+        replay=16,
     )
 
 
@@ -82,3 +103,173 @@ async def test_an_event_too_big_goes_as_a_pointer() -> None:
     (payload,) = sent
     assert len(payload) < MAX_PAYLOAD
     assert json.loads(payload)["e"][0][-1] is None
+
+
+# -- who listens (note 5) ----------------------------------------------------------------
+
+
+def notes(sent: list[str]) -> list[dict[str, object]]:
+    """What a bus told the others besides events: hellos, acks, "sending again"."""
+    return [m for m in map(json.loads, sent) if not m["e"]]
+
+
+def told(node: str, **fields: object) -> str:
+    return json.dumps({"n": node, "e": [], **fields})
+
+
+async def nobody() -> int:
+    return 0
+
+
+async def test_alone_a_node_sends_no_event_and_builds_one_only_for_a_subscriber_here() -> None:
+    sent: list[str] = []
+    a = bus("a", sent, [False], others=nobody)
+    assert a.wants(1)  # until it has counted
+    a.listening()
+    await a.ready()
+    assert notes(sent) == [{"n": "a", "e": [], "h": 1}]  # its hello
+    assert not a.sending and not a.wants(1)
+    mine = a.subscribe(1)
+    assert a.wants(1)
+    a.publish(event(1, 2, EventType.STARTED))
+    await asyncio.sleep(0)
+    assert len(sent) == 1  # still only the hello
+    assert [e.seq for e in drained(mine)] == [2]  # delivered here all the same
+    await a.stop()
+
+
+async def test_a_hello_makes_a_quiet_node_send_again_and_answer_it() -> None:
+    sent: list[str] = []
+    a = bus("a", sent, [False], others=nobody)
+    a.listening()
+    await a.ready()
+    sent.clear()
+    a.deliver(told("b", h=1))
+    assert a.sending and a.wants(7)
+    assert notes(sent) == [{"n": "a", "e": [], "a": "b", "o": 1}]  # ack, and "sending again"
+    a.publish(event(7, 2, EventType.STARTED))
+    await asyncio.sleep(0)
+    assert [e[0] for e in json.loads(sent[-1])["e"]] == [7]
+    # A node that already sends only answers.
+    a.deliver(told("c", h=1))
+    assert notes(sent)[-1] == {"n": "a", "e": [], "a": "c"}
+    await a.stop()
+
+
+async def test_a_count_that_began_before_a_hello_does_not_stop_the_sending() -> None:
+    gate = asyncio.Event()
+    counting = asyncio.Event()
+
+    async def nobody_yet() -> int:
+        counting.set()
+        await gate.wait()  # the count saw no other listener ...
+        return 0
+
+    sent: list[str] = []
+    a = bus("a", sent, [False], others=nobody_yet)
+    a.listening()
+    await counting.wait()
+    a.deliver(told("b", h=1))  # ... but one listened before its answer came
+    gate.set()
+    await a.ready()
+    assert a.sending
+
+
+async def test_a_node_that_listens_waits_for_each_ack_and_a_late_one_restarts_streams() -> None:
+    async def two() -> int:
+        return 2
+
+    sent: list[str] = []
+    a = bus("a", sent, [False], others=two)
+    a.listening()
+    ready = asyncio.ensure_future(a.ready())
+    await asyncio.sleep(0.01)
+    a.deliver(told("b", a="a"))
+    await asyncio.sleep(0.01)
+    assert not ready.done()  # c has not answered yet
+    a.deliver(told("c", h=1))  # c's hello: c counts a, so it sends to it
+    await asyncio.wait_for(ready, 0.1)  # well before JOIN_PATIENCE
+    assert a.sending
+    # Later, a node's ack (it was stopped), or a node that sends again: what it did
+    # not send may be missing, so streams here start over (note 4).
+    for late in (told("b", a="a"), told("d", o=1)):
+        sub = a.subscribe(1)
+        a.deliver(late)
+        assert sub.overflowed
+    # An ack for another node touches nothing here.
+    sub = a.subscribe(1)
+    a.deliver(told("b", a="x"))
+    assert not sub.overflowed
+    await a.stop()
+
+
+async def test_a_peer_that_never_answers_holds_the_start_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nodebus, "JOIN_PATIENCE", 0.05)
+    a = bus("a", [], [False])  # one other, which never answers
+    a.listening()
+    t = time.monotonic()
+    await a.ready()
+    assert 0.04 < time.monotonic() - t < 1
+    assert a.sending
+    await a.stop()
+
+
+async def test_a_sending_node_stops_when_a_count_finds_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nodebus, "CHECK_INTERVAL", 0.01)
+    listeners = [1]
+
+    async def others() -> int:
+        return listeners[0]
+
+    monkeypatch.setattr(nodebus, "JOIN_PATIENCE", 0.01)  # the other never answers
+    sent: list[str] = []
+    a = bus("a", sent, [False], others=others)
+    a.listening()
+    await a.ready()
+    assert a.sending
+    listeners[0] = 0  # the other left
+    async with asyncio.timeout(5):
+        while a.sending:
+            await asyncio.sleep(0.01)
+    sent.clear()
+    listeners[0] = 1  # one came and its hello was missed here (a listener down)
+    async with asyncio.timeout(5):
+        while not a.sending:
+            await asyncio.sleep(0.01)
+    assert notes(sent) == [{"n": "a", "e": [], "o": 1}]  # so its streams start over
+    await a.stop()
+
+
+async def test_a_count_that_fails_keeps_the_node_sending() -> None:
+    async def broken() -> int:
+        raise StoreError("down")
+
+    a = bus("a", [], [False], others=broken)
+    a.listening()
+    await a.ready()
+    assert a.sending
+    await a.stop()
+
+
+async def test_an_ack_heard_before_the_count_ends_is_one_of_those_awaited() -> None:
+    gate = asyncio.Event()
+
+    async def two_later() -> int:
+        await gate.wait()
+        return 2
+
+    a = bus("a", [], [False], others=two_later)
+    a.listening()
+    await asyncio.sleep(0)
+    a.deliver(told("b", a="a"))  # b answered before the count came back
+    gate.set()
+    ready = asyncio.ensure_future(a.ready())
+    await asyncio.sleep(0.05)
+    assert not ready.done()  # c still owes its ack
+    a.deliver(told("c", a="a"))
+    await asyncio.wait_for(ready, 0.1)
+    await a.stop()

@@ -23,9 +23,10 @@ import pg_server
 import pytest
 from core_support import new_job
 
-from taskrt import JobContext, JobStatus, Runtime
+from taskrt import JobContext, JobStatus, Runtime, nodebus
 from taskrt.errors import InvalidOption, OwnershipError
 from taskrt.models import EventType
+from taskrt.nodebus import NodeBus
 from taskrt.store import InsertResult
 from taskrt.store.postgres import PgStore
 from taskrt.store.postgres.sql import START_SCAN, claim_sql
@@ -792,3 +793,79 @@ async def test_a_delayed_locked_or_rate_limited_job_is_claimed_not_started_by_it
         for job_id in [*gated, started]:
             assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
         assert sorted(claimed) == sorted(gated)
+
+
+async def _spy(url: str, channel: str) -> tuple[asyncpg.Connection, list[str]]:
+    """A connection listening to a schema's events that is no node (nodes do not count it)."""
+    heard: list[str] = []
+    conn = await asyncpg.connect(url.split("?")[0])
+    await conn.add_listener(channel, lambda _c, _p, _ch, payload: heard.append(payload))
+    return conn, heard
+
+
+def _events(heard: list[str]) -> list[list[Any]]:
+    return [e for payload in heard for e in json.loads(payload)["e"]]
+
+
+async def test_a_lone_node_sends_no_event_until_another_node_listens(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nodebus, "CHECK_INTERVAL", 0.05)
+    ran: Ran = collections.defaultdict(list)
+    async with stream_node(url, "x", ran) as x:
+        assert isinstance(x.broker, NodeBus)
+        spy, heard = await _spy(url, x._pg.events_channel)  # type: ignore[union-attr]
+        try:
+            assert not x.broker.sending
+            done = await x.wait(await x.pool("p").add("s"), timeout=10)
+            assert done.status is JobStatus.SUCCESS
+            await asyncio.sleep(0.1)
+            assert _events(heard) == []  # five events, none sent
+            async with stream_node(url, "y", ran, tasks="") as y:
+                assert x.broker.sending  # y said hello
+                x.pool("p").pause()
+                job_id = await x.pool("p").add("s")
+                there = y.subscribe(job_id)
+                assert (await anext(there)).type == EventType.SNAPSHOT
+                x.pool("p").resume()
+                kinds = [e.type async for e in there]
+                assert kinds == [EventType.STARTED] + [EventType.PROGRESS] * 3 + [EventType.SUCCESS]
+                assert {e[0] for e in _events(heard)} == {job_id}
+            # y left: x's next count finds nobody, and it stops sending.
+            await until(lambda: not x.broker.sending, 5)  # type: ignore[attr-defined]
+            heard.clear()
+            await x.wait(await x.pool("p").add("s"), timeout=10)
+            await asyncio.sleep(0.1)
+            assert _events(heard) == []
+        finally:
+            await spy.close()
+
+
+async def test_a_node_that_joins_while_a_quiet_one_runs_jobs_sees_them_end(url: str) -> None:
+    """x runs jobs alone, sending nothing; it hears y's hello late (a busy loop, a slow
+    link). y's streams of those jobs, opened as soon as y has started, must each end:
+    an end that x did not send would leave its stream waiting forever."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x:
+        assert isinstance(x.broker, NodeBus) and not x.broker.sending
+        pg = x._pg
+        assert pg is not None and pg._events is not None
+        heard = pg._events
+
+        def slowly(payload: str) -> None:
+            if '"h":1' in payload:
+                asyncio.get_running_loop().call_later(0.3, heard, payload)
+            else:
+                heard(payload)
+
+        pg._events = slowly
+        ids = [await x.pool("p").add("a", n, hold=True) for n in range(4)]
+        await until(lambda: all(ran[job_id] for job_id in ids))
+        async with node(url, "y", ran, tasks="") as y:
+            streams = [y.subscribe(job_id) for job_id in ids]
+            for stream in streams:
+                assert (await anext(stream)).status is JobStatus.RUNNING
+            x.gate.set()  # type: ignore[attr-defined]
+            async with asyncio.timeout(10):
+                for stream in streams:
+                    assert [e async for e in stream][-1].type is EventType.SUCCESS

@@ -280,13 +280,13 @@ async def test_the_owners_listener_comes_back_after_its_connection_is_killed(url
         try:
             killed = await admin.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'taskrt listener' AND datname = current_database()"
+                "WHERE application_name = 'taskrt owner listener' AND datname = current_database()"
             )
             assert killed == 1
             async with asyncio.timeout(5):  # listening again, on a new session
                 while not await admin.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                    "'taskrt listener' AND datname = current_database() "
+                    "'taskrt owner listener' AND datname = current_database() "
                     "AND query LIKE 'LISTEN%'"
                 ):
                     await asyncio.sleep(0.05)

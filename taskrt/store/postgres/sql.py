@@ -792,6 +792,12 @@ SQL_JOIN = (
 )
 SQL_HEARTBEAT = "UPDATE nodes SET heartbeat_at = now() WHERE id = $1"
 SQL_LEAVE = "DELETE FROM nodes WHERE id = $1"
+# The other connections listening to a schema's events (taskrt.nodebus note 5), and
+# those of releases that named every listener alike.
+SQL_EVENT_LISTENERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name IN ($1, 'taskrt listener') AND pid <> $2"
+)
 SQL_NODES = (
     "SELECT id, host, pid, started_at, ttl, extract(epoch FROM heartbeat_at)::float8, "
     "extract(epoch FROM now())::float8 FROM nodes ORDER BY id"

@@ -53,6 +53,7 @@ from .sql import (
     SQL_DELETE_ATTEMPTS,
     SQL_DELETE_DEPS,
     SQL_DRAW_TOKENS,
+    SQL_EVENT_LISTENERS,
     SQL_JOIN,
     SQL_LEAVE,
     SQL_MARK_LOCKED,
@@ -190,6 +191,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._wake: Callable[[str], None] | None = None
         self._events: Callable[[str], None] | None = None
         self._lost: Callable[[], None] | None = None
+        self._listening: Callable[[], None] | None = None
         self._missed = False  # the listener was lost since it last listened
         self._batches: PgBatches | None = None
         # Plain adds, group-committed on a connection of their own (note 8).
@@ -466,26 +468,47 @@ class PgStore(QueuedWrites, SharedReads):
         """Where nodes send each other their events (``taskrt.nodebus``)."""
         return _channel(self.schema, ".events")
 
+    @property
+    def events_listener(self) -> str:
+        """The application name of each connection listening to this schema's events,
+        by which nodes count each other (``taskrt.nodebus`` note 5): printable ASCII,
+        as PostgreSQL keeps it."""
+        name = self.events_channel
+        if name.isascii() and name.isprintable():
+            return name
+        return f"taskrt.{hashlib.sha256(self.schema.encode()).hexdigest()[:24]}.events"
+
     async def listen(
         self,
         wake: Callable[[str], None],
         events: Callable[[str], None] | None = None,
         lost: Callable[[], None] | None = None,
+        listening: Callable[[], None] | None = None,
     ) -> None:
         """``wake()`` on each notification of the channel, ``events()`` on each of the
         events channel, on a connection of its own; a lost connection is opened
         again (the owner polls meanwhile); ``lost()`` is told when it drops and
-        again when it listens anew (notifications in between are missed)."""
+        again when it listens anew (notifications in between are missed),
+        ``listening()`` each time it listens, the first included."""
         self._wake = wake
         self._events = events
         self._lost = lost
+        self._listening = listening
         await self._listen()
 
+    async def other_listeners(self) -> int:
+        """How many other connections listen to this schema's events (``taskrt.nodebus``
+        note 5). Listeners of releases that named every listener ``taskrt listener``,
+        whatever their schema and mode, are counted too: they may serve streams."""
+        listener = self._listener
+        pid = 0 if listener is None else listener.get_server_pid()
+        row = await self.fetch_one(SQL_EVENT_LISTENERS, (self.events_listener, pid))
+        return int(row[0])
+
     async def _listen(self) -> None:
+        name = "taskrt owner listener" if self._events is None else self.events_listener
         try:
-            conn = await asyncpg.connect(
-                self._dsn, server_settings={"application_name": "taskrt listener"}
-            )
+            conn = await asyncpg.connect(self._dsn, server_settings={"application_name": name})
             await conn.add_listener(self.channel, self._notified)
             if self._events is not None:
                 await conn.add_listener(self.events_channel, self._events_notified)
@@ -499,6 +522,8 @@ class PgStore(QueuedWrites, SharedReads):
             # Listening again: what was sent while it did not is unknown here.
             self._lost()
         self._missed = False
+        if self._listening is not None:
+            self._listening()
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if self._wake is not None:
@@ -533,6 +558,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._wake = None
         self._events = None
         self._lost = None
+        self._listening = None
         if self._relisten is not None:
             self._relisten.cancel()
             self._relisten = None
