@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pg_server
 import pytest
@@ -278,6 +280,53 @@ async def test_a_stream_on_another_node_process_carries_every_event_and_resumes(
         assert [(f.id, f.event) for f in parse_sse(resumed.text)] == [
             (f.id, f.event) for f in frames[1:]
         ]
+
+
+async def test_a_node_process_that_joins_a_quiet_one_streams_every_event_both_ways(
+    url: str, cluster: Cluster
+) -> None:
+    """A node alone sends no events (taskrt.nodebus note 5); once a second node process
+    joins, a stream on either carries every event of a job run on either."""
+    base, schema = url.split("?schema=")
+    spy = await asyncpg.connect(base)
+    heard: list[str] = []
+    await spy.add_listener(
+        f"taskrt.{schema}.events", lambda _c, _p, _ch, payload: heard.append(payload)
+    )
+    try:
+        await cluster.start("a", http=True)
+        a = cluster.http["a"]
+        async with httpx.AsyncClient(timeout=30) as http:
+            reply = await http.post(f"{a}/jobs", json={"task": "work", "args": [0, 40]})
+            alone = reply.json()["id"]
+            frames = parse_sse((await http.get(f"{a}/jobs/{alone}/events")).text)
+            assert frames[-1].event in ("success", "snapshot")
+            await asyncio.sleep(0.2)
+            assert [p for p in heard if json.loads(p)["e"]] == []  # nothing sent
+            await cluster.start("b", http=True)
+            b = cluster.http["b"]
+            ran_on: set[str] = set()
+            for n in range(20):  # until jobs ran on both: events went both ways
+                where = a if n % 2 else b
+                reply = await http.post(
+                    f"{where}/jobs", json={"task": "work", "args": [n, 200], "delay": 0.5}
+                )
+                job = reply.json()["id"]
+                on_a, on_b = await asyncio.gather(
+                    http.get(f"{a}/jobs/{job}/events"), http.get(f"{b}/jobs/{job}/events")
+                )
+                frames = parse_sse(on_a.text)
+                assert [f.event for f in frames] == ["snapshot", "started", "progress", "success"]
+                assert [(f.id, f.event) for f in parse_sse(on_b.text)] == [
+                    (f.id, f.event) for f in frames
+                ]
+                assert frames[-1].data is not None
+                ran_on.add(frames[-1].data["result"])
+                if ran_on == {"a", "b"}:
+                    break
+            assert ran_on == {"a", "b"}
+    finally:
+        await spy.close()
 
 
 async def test_a_server_restart_mid_run_loses_no_acknowledged_job(tmp_path: Path) -> None:
