@@ -22,7 +22,8 @@ Design notes:
    trip of its own. While the database takes no writes they wait with the
    writes, in order; progress events are dropped meanwhile (the next one, or
    the end, carries the state), so an outage keeps one notification per
-   change of status in memory, not one per report.
+   change of status in memory, not one per report. Progress is the
+   exception of note 6.
 3. **Pointers for big events.** An event whose encoding would not fit (a
    large result) is sent as a pointer: the job id, the sequence and the kind,
    without data. The receiver reads the job's row (once its sequence has
@@ -48,6 +49,17 @@ Design notes:
    connection may have come after the count began). A node that starts
    sending for any other reason says so (``o``), as does a late ack: what
    it did not send may be missing here, so streams here start again (note 4).
+6. **Progress does not wait for the disk.** A commit waits for its log to
+   reach the disk, and a disk that stalls (a few hundred milliseconds, seen
+   on this project's machines) held every event riding it, a progress bar
+   on another node with them. Progress is state, not history (the next
+   report, or the end, carries it), so a job's progress goes at once
+   (``send_now``: a statement of its own on a connection that does not wait
+   for the disk) unless a status event of the job is still waiting for its
+   commit, which it must not overtake; then it rides the writes behind it.
+   A progress event may still arrive after a later one of its job (the
+   other path was faster): a node publishes a progress event only if its
+   sequence is above the last it published for that job.
 """
 
 from __future__ import annotations
@@ -68,6 +80,9 @@ log = logging.getLogger("taskrt")
 MAX_PAYLOAD = 7_900
 """Bytes of one notification (PostgreSQL refuses 8,000 or more)."""
 
+SEEN_JOBS = 10_000
+"""Jobs whose last published sequence a node remembers (note 6)."""
+
 JOIN_PATIENCE = 0.5
 """Seconds a node that listens waits for the others' acks (note 5): a peer that
 does not answer (stopped, or of a release without acks) holds a start this long."""
@@ -84,7 +99,8 @@ class NodeBus(Broker):
         self,
         node: str,
         *,
-        send: Callable[[list[str]], None],
+        send: Callable[[list[str]], asyncio.Future[None] | None],
+        send_now: Callable[[list[str]], None] | None = None,
         failing: Callable[[], bool],
         read: Callable[[int], Awaitable[JobInfo | None]],
         others: Callable[[], Awaitable[int]],
@@ -94,6 +110,10 @@ class NodeBus(Broker):
         super().__init__(buffer=buffer, replay=replay)
         self.node = node
         self._send = send  # notifications out, behind the queued writes (note 2)
+        self._send_now = send_now  # without waiting for the disk (note 6)
+        # Jobs with status events sent behind writes not committed yet (note 6).
+        self._unsent: dict[int, int] = {}
+        self._seen: dict[int, int] = {}  # job id -> the last sequence heard (note 6)
         self._failing = failing  # the database takes no writes now
         self._read = read  # a job's row
         self._others = others  # how many others listen (note 5)
@@ -142,8 +162,39 @@ class NodeBus(Broker):
             return  # nobody else listens (note 5)
         if events and self._failing():  # note 2
             events = [e for e in events if e.type is not EventType.PROGRESS]
-        if events:
-            self._send(self._payloads(events))
+        if not events:
+            return
+        now: list[Event] = []
+        behind: list[Event] = []
+        held: list[int] = []  # jobs whose status events ride this flush's writes
+        unsent = self._unsent
+        for event in events:
+            job_id = event.job_id
+            if event.type is EventType.PROGRESS:
+                if self._send_now is not None and job_id not in unsent:
+                    now.append(event)  # note 6
+                    continue
+            else:
+                unsent[job_id] = unsent.get(job_id, 0) + 1
+                held.append(job_id)
+            behind.append(event)
+        if now:
+            assert self._send_now is not None
+            self._send_now(self._payloads(now))
+        if behind:
+            committed = self._send(self._payloads(behind))
+            if committed is None:
+                self._committed(held)
+            elif held:
+                committed.add_done_callback(lambda _: self._committed(held))
+
+    def _committed(self, jobs: list[int]) -> None:
+        """Status events of ``jobs`` left with their commit: their progress may go at once."""
+        unsent = self._unsent
+        for job_id in jobs:
+            left = unsent.pop(job_id, 1) - 1
+            if left > 0:
+                unsent[job_id] = left
 
     def _payloads(self, events: list[Event]) -> list[str]:
         head = self._head
@@ -186,6 +237,8 @@ class NodeBus(Broker):
                     asyncio.get_running_loop().create_task(self._pointer(raw))
                     continue
                 event = decode_event(raw)
+                if not self._newer(event):
+                    continue  # an older progress, after a newer event (note 6)
                 super().publish(event)
                 if event.type is EventType.ADDED and self.on_added is not None:
                     self.on_added(event)
@@ -204,7 +257,22 @@ class NodeBus(Broker):
             return
         raw = list(raw)
         raw[-1] = _data_of(EventType(raw[2]), info)
-        super().publish(decode_event(raw))
+        event = decode_event(raw)
+        if self._newer(event):
+            super().publish(event)
+
+    def _newer(self, event: Event) -> bool:
+        """Whether to publish another node's event: a progress event only if it is newer
+        than every event of its job published here (note 6)."""
+        seen = self._seen
+        last = seen.pop(event.job_id, 0)
+        if event.type is EventType.PROGRESS and event.seq <= last:
+            seen[event.job_id] = last
+            return False
+        seen[event.job_id] = max(last, event.seq)  # the most recent last, for the bound
+        if len(seen) > SEEN_JOBS:
+            del seen[next(iter(seen))]
+        return True
 
     def lost(self) -> None:
         """Events may have been missed (the listener dropped, or listens anew): streams

@@ -304,6 +304,7 @@ class Runtime:
             self.broker = NodeBus(
                 node,
                 send=self._pg.send_events,
+                send_now=self._pg.send_events_now,
                 failing=lambda: self.store.failing,
                 read=self._pg.get_job,
                 others=self._pg.other_listeners,

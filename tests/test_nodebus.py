@@ -14,6 +14,7 @@ from taskrt.errors import StoreError
 from taskrt.events import Subscription
 from taskrt.models import Event, EventType, JobInfo, JobStatus
 from taskrt.nodebus import MAX_PAYLOAD, NodeBus
+from taskrt.relay import encode_event
 
 
 def event(job: int, seq: int, kind: EventType, data: dict[str, object] | None = None) -> Event:
@@ -273,3 +274,63 @@ async def test_an_ack_heard_before_the_count_ends_is_one_of_those_awaited() -> N
     a.deliver(told("c", a="a"))
     await asyncio.wait_for(ready, 0.1)
     await a.stop()
+
+
+# -- progress does not wait for the disk (note 6) ------------------------------------------
+
+
+def _payload(node: str, e: Event) -> str:
+    return json.dumps({"n": node, "e": [encode_event(e)]})
+
+
+def kinds(payloads: list[str]) -> list[tuple[int, str]]:
+    return [(e[0], e[2]) for p in payloads for e in json.loads(p)["e"]]
+
+
+async def test_progress_goes_at_once_unless_a_status_event_of_its_job_awaits_its_commit() -> None:
+    behind: list[str] = []
+    now: list[str] = []
+    commits: list[asyncio.Future[None]] = []
+
+    def send(payloads: list[str]) -> asyncio.Future[None]:
+        behind.extend(payloads)
+        commits.append(asyncio.get_running_loop().create_future())
+        return commits[-1]
+
+    a = NodeBus(
+        "a",
+        send=send,
+        send_now=now.extend,
+        failing=lambda: False,
+        read=no_row,
+        others=one_other,
+        buffer=16,
+        replay=16,
+    )
+    a.publish(event(1, 2, EventType.STARTED))
+    a.publish(event(1, 3, EventType.PROGRESS))  # behind its start, which it must not pass
+    a.publish(event(2, 5, EventType.PROGRESS))  # job 2 has nothing waiting
+    await asyncio.sleep(0)
+    assert kinds(behind) == [(1, "started"), (1, "progress")]
+    assert kinds(now) == [(2, "progress")]
+    a.publish(event(1, 4, EventType.PROGRESS))
+    await asyncio.sleep(0)
+    assert kinds(behind)[-1] == (1, "progress") and len(now) == 1  # still behind
+    commits[0].set_result(None)  # the start is committed
+    await asyncio.sleep(0)
+    a.publish(event(1, 5, EventType.PROGRESS))
+    await asyncio.sleep(0)
+    assert kinds(now)[-1] == (1, "progress")
+    a.publish(event(1, 6, EventType.SUCCESS, {"result": 1}))
+    await asyncio.sleep(0)
+    assert kinds(behind)[-1] == (1, "success")  # a status event always rides its write
+
+
+async def test_a_progress_older_than_what_a_node_published_for_its_job_is_dropped() -> None:
+    b = bus("b", [], [False])
+    seen = b.subscribe()
+    b.deliver(_payload("a", event(1, 3, EventType.PROGRESS)))
+    b.deliver(_payload("a", event(1, 5, EventType.SUCCESS, {"result": 1})))
+    b.deliver(_payload("a", event(1, 4, EventType.PROGRESS)))  # the faster path's, late
+    b.deliver(_payload("a", event(2, 2, EventType.STARTED)))
+    assert [(e.job_id, e.seq) for e in drained(seen)] == [(1, 3), (1, 5), (2, 2)]

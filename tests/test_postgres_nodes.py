@@ -869,3 +869,56 @@ async def test_a_node_that_joins_while_a_quiet_one_runs_jobs_sees_them_end(url: 
             async with asyncio.timeout(10):
                 for stream in streams:
                     assert [e async for e in stream][-1].type is EventType.SUCCESS
+
+
+async def test_progress_reaches_another_node_while_the_nodes_writes_wait(url: str) -> None:
+    """A commit of the running node that does not come back (here a row lock; on a
+    machine, a disk that stalls) holds the events riding it, but not the job's
+    progress (taskrt.nodebus note 6)."""
+    ran: Ran = collections.defaultdict(list)
+    async with (
+        node(url, "x", ran, tasks="", progress_interval=0.02) as x,
+        node(url, "y", ran, tasks="") as y,
+    ):
+        gate = asyncio.Event()
+
+        @x.task(pool="p")
+        async def tick(job: JobContext) -> str:
+            for i in range(10_000):
+                if gate.is_set():
+                    return "done"
+                await job.progress(i, 10_000)
+                await asyncio.sleep(0.01)
+            return "late"
+
+        job_id = await x.pool("p").add("tick")
+        stream = y.subscribe(job_id)
+        async with asyncio.timeout(10):
+            async for e in stream:
+                if e.type is EventType.PROGRESS:
+                    break  # started, and reporting
+        schema = url.rsplit("schema=", 1)[1]
+        lock = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            async with lock.transaction():
+                await lock.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+                await asyncio.sleep(0.2)  # the next progress write comes, and waits
+                waiting = await lock.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
+                )
+                assert waiting >= 1  # x's writes are held
+                got = []
+                async with asyncio.timeout(5):
+                    async for e in stream:
+                        got.append(e)
+                        if len(got) == 10:
+                            break
+                assert {e.type for e in got} == {EventType.PROGRESS}
+                assert [e.seq for e in got] == sorted({e.seq for e in got})  # in order
+                assert (await x.get(job_id)).status is JobStatus.RUNNING
+        finally:
+            await lock.close()
+        gate.set()
+        async with asyncio.timeout(10):
+            rest = [e async for e in stream]
+        assert rest[-1].type is EventType.SUCCESS

@@ -754,6 +754,9 @@ SQL_PARENTS_FOUND = SQL_STATUS_OF
 
 # What other processes commit for the owner wakes it (note 6).
 SQL_NOTIFY = "SELECT pg_notify($1, 'changed')"
+# Notifications on channel $1, one per payload of $2, in the array's order (unnest's
+# rows come in it, and each pg_notify is called as its row is) (taskrt.nodebus note 6).
+SQL_NOTIFY_EACH = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 SQL_NOTIFY_POOLS = "SELECT pg_notify($1, 'pools')"
 
 # -- ownership ---------------------------------------------------------------------------
