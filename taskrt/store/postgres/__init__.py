@@ -84,6 +84,9 @@ Notes of this backend (cited where they apply):
     7), so the job runs again: at least once, as after a node's crash. Any
     write the node commits later flushes the claim with it. A crash of the
     node is unaffected: its claim is on the server, and ``reap`` counts it.
+    The same connections send a job's progress to the other nodes at once
+    (``send_events_now``, ``taskrt.nodebus`` note 6): nothing in it must
+    outlive a crash of the server.
 11. **An add may be its own claim.** A node adding a job it could start now
     (a free slot kept for it, ``taskrt.claims`` note 4; no delay, lock key,
     unique key, parents or rate limit) marks the row, and the add's
