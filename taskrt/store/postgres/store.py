@@ -312,10 +312,13 @@ class PgStore(QueuedWrites, SharedReads):
 
     async def close(self, patience: float = 10.0) -> None:
         """Write everything queued (trying ``patience`` seconds while writes fail), disconnect."""
-        if self._now_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._now_task
-            self._now_task = None
+        task, self._now_task = self._now_task, None
+        if task is not None:  # progress only: a second at most (a server out of reach)
+            done, _ = await asyncio.wait([task], timeout=1.0)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pool is not None:
             await self._adds.close(patience)
             await self._writes.close(patience)
