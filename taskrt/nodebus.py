@@ -35,8 +35,8 @@ Design notes:
    (a terminal one included) is never waited for.
 5. **Alone, a node sends nothing.** Sending costs a node about a fifth of a
    drain, and with nobody else listening nobody reads it. Each listener
-   connection of the schema's events carries one application name (the
-   store's ``events_listener``), so a node counts the others in
+   connection of the schema's events carries its channel's name as its
+   application name, so a node counts the others in
    ``pg_stat_activity``. When it listens (at start, and again after a lost
    listener) a node sends a *hello*, then counts: none, it stops sending
    (and builds an event only for a subscriber here, ``wants``); some, it

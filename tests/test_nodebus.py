@@ -246,13 +246,23 @@ async def test_a_sending_node_stops_when_a_count_finds_nobody(
 
 
 async def test_a_count_that_fails_keeps_the_node_sending() -> None:
-    async def broken() -> int:
-        raise StoreError("down")
+    counts: list[int | None] = [0, None]  # nobody, then the database fails
 
-    a = bus("a", [], [False], others=broken)
+    async def counted() -> int:
+        n = counts.pop(0)
+        if n is None:
+            raise StoreError("down")
+        return n
+
+    sent: list[str] = []
+    a = bus("a", sent, [False], others=counted)
     a.listening()
     await a.ready()
-    assert a.sending
+    assert not a.sending  # alone
+    a.listening()  # listening again, after a lost listener: the count fails
+    await a.ready()
+    assert a.sending  # not knowing who listens, it sends (and says so)
+    assert notes(sent)[-1] == {"n": "a", "e": [], "o": 1}
     await a.stop()
 
 

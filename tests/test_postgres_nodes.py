@@ -348,6 +348,9 @@ async def test_a_schema_of_the_longest_name_has_channels_that_fit(tmp_path: Path
         node(long, "c", ran, workers=False) as c,
     ):
         assert isinstance(x.store, PgStore) and len(x.store.events_channel.encode()) <= 63
+        # Named after that channel, c's listener is counted: x sends (nodebus note 5).
+        assert isinstance(x.broker, NodeBus) and x.broker.sending
+        assert await x.store.other_listeners() == 1
         job = await c.pool("p").add("a", 1)
         events = [e.type async for e in c.subscribe(job)]
         assert events[-1] is EventType.SUCCESS and ran[job] == ["x"]

@@ -478,16 +478,6 @@ class PgStore(QueuedWrites, SharedReads):
         """Where nodes send each other their events (``taskrt.nodebus``)."""
         return _channel(self.schema, ".events")
 
-    @property
-    def events_listener(self) -> str:
-        """The application name of each connection listening to this schema's events,
-        by which nodes count each other (``taskrt.nodebus`` note 5): printable ASCII,
-        as PostgreSQL keeps it."""
-        name = self.events_channel
-        if name.isascii() and name.isprintable():
-            return name
-        return f"taskrt.{hashlib.sha256(self.schema.encode()).hexdigest()[:24]}.events"
-
     async def listen(
         self,
         wake: Callable[[str], None],
@@ -512,11 +502,14 @@ class PgStore(QueuedWrites, SharedReads):
         whatever their schema and mode, are counted too: they may serve streams."""
         listener = self._listener
         pid = 0 if listener is None else listener.get_server_pid()
-        row = await self.fetch_one(SQL_EVENT_LISTENERS, (self.events_listener, pid))
+        row = await self.fetch_one(SQL_EVENT_LISTENERS, (self.events_channel, pid))
         return int(row[0])
 
     async def _listen(self) -> None:
-        name = "taskrt owner listener" if self._events is None else self.events_listener
+        # A listener of events is named after their channel: the nodes count each other
+        # by it (``taskrt.nodebus`` note 5; a schema's name is ASCII, so PostgreSQL keeps
+        # it as it is).
+        name = "taskrt owner listener" if self._events is None else self.events_channel
         try:
             conn = await asyncpg.connect(self._dsn, server_settings={"application_name": name})
             await conn.add_listener(self.channel, self._notified)
