@@ -47,6 +47,13 @@ temporary folder (removed at the end):
   the same process run on an empty database, measured for each size just
   before that size's shapes.
 
+``--postgres URL`` runs the same on a PostgreSQL server instead of SQLite
+files: each database is a schema of its own at that URL
+(``bench_backlog_<shape>_<size>_<pid>``), dropped at the end; ``db_mb`` is
+then the schema's tables with their indexes and TOAST
+(``pg_total_relation_size``). Every node there runs workers (mode
+``"nodes"``, the default), so the restart is a node's start.
+
 ``Runtime(..., window=N)`` (a bounded window of waiting jobs per pool in
 memory) is passed only when the installed ``Runtime`` takes ``window``
 (``--window N``, else its default); every record says the window used
@@ -71,6 +78,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -234,9 +242,9 @@ async def fill(db: str, shape: str, n: int, window: int | None) -> dict[str, Any
         gc_ms = full_gc_ms()
         after = rss_mb()
         waiting = pool.waiting
+        size = await db_bytes(rt, db)
         t_stop = time.perf_counter()
     stop_s = time.perf_counter() - t_stop
-    size = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
     return {
         "rss_empty_mb": empty,
         "rss_after_mb": after,
@@ -249,6 +257,41 @@ async def fill(db: str, shape: str, n: int, window: int | None) -> dict[str, Any
         "stop_s": round(stop_s, 3),
         "db_mb": round(size / 2**20, 1),
     }
+
+
+async def db_bytes(rt: Runtime, db: str) -> int:
+    """The database on disk: an SQLite file with its log, or a PostgreSQL schema's tables."""
+    if not is_postgres(db):
+        return sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url(db))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relkind = 'r'",
+                schema_of(db),
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def schema_of(db: str) -> str:
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(db).query)["schema"][0]
+
+
+def server_url(db: str) -> str:
+    """The URL without taskrt's own parameters (what asyncpg connects to)."""
+    parts = urllib.parse.urlsplit(db)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "schema"]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 # -- child 2: restart on it, time the reads, measure latency ------------------------------------
@@ -381,18 +424,48 @@ class Runner:
             result["error"] = f"exit status {proc.returncode}"
         return result
 
-    def fill(self, db: Path, shape: str, n: int) -> dict[str, Any]:
-        return self.run("_fill", str(db), shape, str(n), self.window, self.limit)
+    def fill(self, db: str, shape: str, n: int) -> dict[str, Any]:
+        return self.run("_fill", db, shape, str(n), self.window, self.limit)
 
-    def restart(self, db: Path) -> dict[str, Any]:
-        return self.run("_restart", str(db), self.window, self.limit)
+    def restart(self, db: str) -> dict[str, Any]:
+        return self.run("_restart", db, self.window, self.limit)
 
 
-def remove_db(db: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    for extra in db.parent.glob(db.name + "*"):  # the ownership lock, a relay socket ...
-        extra.unlink(missing_ok=True)
+class Databases:
+    """Where each database of the run lives: SQLite files in a temporary folder,
+    or schemas on a PostgreSQL server (``--postgres``)."""
+
+    def __init__(self, folder: Path, postgres: str | None) -> None:
+        self.folder = folder
+        self.postgres = postgres
+
+    def new(self, name: str) -> str:
+        if self.postgres is None:
+            return str(self.folder / f"{name}.db")
+        schema = f"bench_backlog_{name.replace('-', '_')}_{os.getpid()}"
+        parts = urllib.parse.urlsplit(self.postgres)
+        query = [*urllib.parse.parse_qsl(parts.query), ("schema", schema)]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    def remove(self, db: str) -> None:
+        if is_postgres(db):
+            asyncio.run(_drop_schema(db))
+            return
+        path = Path(db)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(db + suffix).unlink(missing_ok=True)
+        for extra in path.parent.glob(path.name + "*"):  # the ownership lock, a relay socket ...
+            extra.unlink(missing_ok=True)
+
+
+async def _drop_schema(db: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url(db))
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema_of(db)}" CASCADE')
+    finally:
+        await conn.close()
 
 
 def ratio(value: Any, base: Any) -> float | None:
@@ -402,14 +475,14 @@ def ratio(value: Any, base: Any) -> float | None:
 
 
 def bench_size(
-    runner: Runner, tmp: Path, n: int, shapes: list[str], window: int | None
+    runner: Runner, dbs: Databases, n: int, shapes: list[str], window: int | None
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     note(f"size {n:,}: baseline on an empty database")
-    empty = tmp / f"empty-{n}.db"
+    empty = dbs.new(f"empty-{n}")
     filled = runner.fill(empty, "delayed", 0)
     base = runner.restart(empty) if "error" not in filled else filled
-    remove_db(empty)
+    dbs.remove(empty)
     if "error" in base:
         emit("backlog_error", size=n, shape="empty", window=window, error=base["error"])
         base_latency: dict[str, Any] = {}
@@ -418,19 +491,19 @@ def bench_size(
         emit("backlog_baseline", size=0, for_size=n, window=window, **base, **base_latency)
     for shape in shapes:
         row: dict[str, Any] = {"size": n, "shape": shape, "window": window}
-        db = tmp / f"{shape}-{n}.db"
+        db = dbs.new(f"{shape}-{n}")
         note(f"size {n:,}, {shape}: adding")
         added = runner.fill(db, shape, n)
         if "error" in added:
             emit("backlog_error", size=n, shape=shape, window=window, step="add", **added)
-            remove_db(db)
+            dbs.remove(db)
             rows.append({**row, "error": added["error"]})
             continue
         emit("backlog_add", size=n, shape=shape, window=window, **added)
         row["add"] = added
         note(f"size {n:,}, {shape}: restarting")
         again = runner.restart(db)
-        remove_db(db)
+        dbs.remove(db)
         if "error" in again:
             emit("backlog_error", size=n, shape=shape, window=window, step="restart", **again)
             rows.append({**row, "error": again["error"]})
@@ -519,6 +592,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds per process")
     parser.add_argument("--tmpdir", default=None, help="where the temporary folder goes")
+    parser.add_argument(
+        "--postgres", default=None, help="a PostgreSQL URL: schemas there instead of SQLite files"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -536,12 +612,13 @@ def main(argv: list[str] | None = None) -> None:
         runtime_takes_window="window" in inspect.signature(Runtime).parameters,
         max_rss_mb=round(limit),
         cpus=os.cpu_count(),
+        backend="sqlite" if args.postgres is None else "postgresql",
     )
     runner = Runner(args.window if kwargs else None, limit, args.timeout)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="taskrt-backlog-", dir=args.tmpdir) as tmp:
         for n in sizes:
-            rows += bench_size(runner, Path(tmp), n, shapes, window)
+            rows += bench_size(runner, Databases(Path(tmp), args.postgres), n, shapes, window)
     if args.table:
         table(rows)
 

@@ -117,6 +117,14 @@ Notes of this backend (cited where they apply):
     touched the same RUNNING row, and end to end fell from about 450 to 290
     jobs/s. The mirror of the counts is kept by lane too, each lane as of
     this process's last write to it or read of the table.
+13. **Statistics kept current** (``planner``). Plans follow the planner's
+    statistics, and a queue changes faster than autovacuum analyzes it (a
+    bulk add is an empty table to the planner until then, and a page of
+    the newest waiting jobs of a pool a sort of all of them: 754 ms beside a
+    million). Each process compares the live counts by pool and status
+    (note 12) with what the planner expects every few seconds and runs
+    ``ANALYZE jobs`` when one is off by a factor of two and 1,000 rows: one
+    process of the schema at a time, each at most every 30 seconds.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

@@ -35,6 +35,7 @@ from .deps import form_batch, settle
 from .driver import DRIVER_ERRORS
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
+from .planner import Analyzer
 from .schema import migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
@@ -205,6 +206,8 @@ class PgStore(QueuedWrites, SharedReads):
         self.node: str | None = None  # the node this process writes as (note 7)
         # Told of each job a claim starts that a blocked job waits for (taskrt.workflows).
         self.on_parent: Callable[[int], None] | None = None
+        # The planner's picture of ``jobs``, kept current (note 13).
+        self.analyzer = Analyzer(self.schema, lambda: self.pool.acquire(), self.live_counts)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -287,6 +290,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._writes.start(self._batches)
         self._add_batches = self._writer(ADDS_LANE, generic=True)
         self._adds.start(self._add_batches)
+        self.analyzer.start()
 
     def _writer_options(self, lane: int, *, generic: bool) -> dict[str, Any]:
         """The connect options of a writer adding to ``lane`` (note 12); ``generic``:
@@ -312,6 +316,7 @@ class PgStore(QueuedWrites, SharedReads):
 
     async def close(self, patience: float = 10.0) -> None:
         """Write everything queued (trying ``patience`` seconds while writes fail), disconnect."""
+        await self.analyzer.stop()
         task, self._now_task = self._now_task, None
         if task is not None:  # progress only: a second at most (a server out of reach)
             done, _ = await asyncio.wait([task], timeout=1.0)
