@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,48 @@ async def test_one_process_of_a_schema_analyzes_at_a_time_and_each_waits_its_gap
             assert store.analyzer.analyzed == 1
         finally:
             await other.close()
+
+
+async def test_a_role_that_may_not_analyze_leaves_it_to_autovacuum_and_says_so(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL skips ``ANALYZE`` of a table the role does not own (a warning,
+    no error): the analyzer asks once, says why in the log, and does not try."""
+    async with client(url) as rt:
+        await rt.pool("bulk").add_many("noop", [()] * 2_000)
+    schema = url.rsplit("schema=", 1)[1]
+    role = f"{schema}_reader"
+    admin = await asyncpg.connect(url.split("?")[0])
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        await admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        parts = urllib.parse.urlsplit(url.split("?")[0])
+        server = parts._replace(netloc=f"{role}@{parts.netloc.rsplit('@', 1)[-1]}").geturl()
+        pool = await asyncpg.create_pool(server, min_size=1, max_size=2)
+        try:
+
+            async def counts() -> dict[str, dict[JobStatus, int]]:
+                return {"bulk": {W: 2_000}}
+
+            analyzer = planner.Analyzer(schema, pool.acquire, counts)
+            with caplog.at_level("WARNING", logger="taskrt.store"):
+                assert await analyzer.check() is None
+                assert await analyzer.check() is None
+            assert analyzer.analyzed == 0
+            said = [r.getMessage() for r in caplog.records if "may not analyze" in r.getMessage()]
+            assert len(said) == 1, said  # once, not at every look
+            assert "no statistics for 2,000 jobs" in said[0]
+        finally:
+            await pool.close()
+        # As the role that made the table, the same look analyzes it.
+        pool = await asyncpg.create_pool(url.split("?")[0], min_size=1, max_size=2)
+        try:
+            owner = planner.Analyzer(schema, pool.acquire, counts)
+            assert await owner.check() == "no statistics for 2,000 jobs"
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()

@@ -55,7 +55,15 @@ SQL_PICTURE = (
     "AND s.tablename = 'jobs' AND NOT s.inherited AND s.attname IN ('status', 'pool') "
     "WHERE c.oid = to_regclass(quote_ident($1) || '.jobs')"
 )
-SQL_ANALYZE = "ANALYZE jobs"
+# Who may analyze a table: its owner, the database's, a superuser (and the roles
+# that have their privileges); PostgreSQL skips it with a warning for anyone else.
+SQL_MAY_ANALYZE = (
+    "SELECT pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE') "
+    "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) FROM pg_class c, "
+    "pg_database d WHERE c.oid = to_regclass(quote_ident($1) || '.jobs') "
+    "AND d.datname = current_database()"
+)
+SQL_ANALYZE = 'ANALYZE "{schema}".jobs'  # a schema's name is an identifier (PgStore checks it)
 SQL_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
 
@@ -142,6 +150,7 @@ class Analyzer:
         self._counts = counts
         self._task: asyncio.Task[None] | None = None
         self._next = 0.0  # monotonic time before which this process does not analyze
+        self._may: bool | None = None  # whether this role may analyze jobs (looked up once)
         self.analyzed = 0  # ANALYZE statements this process ran
 
     def start(self) -> None:
@@ -171,11 +180,22 @@ class Analyzer:
             why = mismatch(picture_of(await conn.fetch(SQL_PICTURE, self.schema)), counts)
             if why is None:
                 return None
+            if self._may is None:
+                self._may = bool(await conn.fetchval(SQL_MAY_ANALYZE, self.schema))
+                if not self._may:
+                    log.warning(
+                        "taskrt: the planner's statistics of %s.jobs are off (%s), and this role "
+                        "may not analyze the table (its owner may): leaving it to autovacuum",
+                        self.schema,
+                        why,
+                    )
+            if not self._may:
+                return None
             started = time.monotonic()
             async with conn.transaction():
                 if not await conn.fetchval(SQL_TRY_LOCK, f"taskrt.{self.schema}.analyze"):
                     return None  # another process of the schema is at it
-                await conn.execute(SQL_ANALYZE)
+                await conn.execute(SQL_ANALYZE.format(schema=self.schema))
             took = time.monotonic() - started
         self._next = time.monotonic() + max(GAP, 10 * took)
         self.analyzed += 1
