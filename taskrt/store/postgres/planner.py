@@ -163,7 +163,9 @@ class Analyzer:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        # Until stopped: ``stop`` forgets the task first, so a cancel that a driver's
+        # timeout swallowed (the wait ending as it came) still ends the loop.
+        while self._task is not None:
             try:
                 await self.check()
             except Exception as exc:  # the database out of reach: the next look tries again
