@@ -31,6 +31,7 @@ from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import row_to_job
 from ..schedules import ScheduleWrites
+from .conns import HeldConnections
 from .deps import form_batch, settle
 from .driver import DRIVER_ERRORS
 from .heartbeat import Heartbeat
@@ -89,6 +90,7 @@ from .writer import LaneCounts, PgBatches, Tally, added_payload, insert_jobs, ru
 WRITES_LANE = 0  # the group commit of starts, ends and the rest (and the pool's connections)
 ADDS_LANE = 1  # the group commit of adds (note 8)
 CLAIMS_LANE = 2  # a node's claims (note 9)
+CLAIM_CONNECTIONS = 4  # at most, held open (``conns``)
 LANES_PER_NODE = 3
 NODE_SPREAD = 8  # a node's lanes are one of this many sets, by its name
 
@@ -186,7 +188,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool | None = None
-        self._claims: asyncpg.Pool | None = None  # a node's claims (note 9)
+        self._claims: HeldConnections | None = None  # a node's claims (note 9)
         super().__init__(self.path, progress_interval=progress_interval)
         self._counts = LaneCounts()  # note 12
         self._claims_lane = 0  # the lane of this node's claims (note 12)
@@ -279,9 +281,8 @@ class PgStore(QueuedWrites, SharedReads):
                 options = self._writer_options(self._claims_lane, generic=True)
                 if "synchronous_commit" not in self._url_settings:
                     options["server_settings"]["synchronous_commit"] = "off"  # note 10
-                self._claims = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=4, reset=_keep_session, **options
-                )
+                self._claims = HeldConnections(self._dsn, options, CLAIM_CONNECTIONS)
+                await self._claims.open()
             self._replace_counts(await self._pool.fetch(SQL_COUNTS))
         except DRIVER_ERRORS as exc:
             await self._close_pool()
@@ -751,7 +752,7 @@ class PgStore(QueuedWrites, SharedReads):
         of a task) on ``node``, in run order, in one statement; none when the node's
         heartbeat is stale."""
         caps = caps or {}
-        conns = self._claims or self.pool
+        conns: HeldConnections | asyncpg.Pool = self._claims or self.pool
         try:
             rows = await conns.fetch(
                 claim_sql(limit),
