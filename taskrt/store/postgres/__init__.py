@@ -68,10 +68,11 @@ Notes of this backend (cited where they apply):
    So a node claims on connections of its own (1 to 4) that force generic
    plans (``plan_cache_mode``), held open and lent without asyncpg's pool
    (``conns``): a drain is a chain of claims, and the pool's acquire and
-   release cost each one a few turns of the event loop. Each priority's range is read up to a bound
-   written into the statement (the power of two at or above the claim's
-   limit, ``claim_sql``): a generic plan takes a LIMIT parameter for a tenth
-   of the table and locks and sorts that many rows. No connection compiles
+   release cost each one a few turns of the event loop. Each priority's
+   range is read up to a bound written into the statement (the power of two
+   at or above the claim's limit, ``claim_sql``): a generic plan takes a
+   LIMIT parameter for a tenth of the table and locks and sorts that many
+   rows. No connection compiles
    statements (``jit`` off unless the URL says otherwise): a generic plan
    of the claim estimated above ``jit_above_cost`` spent 50 ms compiling a
    statement that runs in 0.4 ms.
