@@ -144,3 +144,36 @@ async def test_a_waiter_opens_a_connection_in_the_place_of_one_that_was_lost(url
     finally:
         await admin.close()
         await conns.close()
+
+
+async def test_a_connection_ended_by_the_server_mid_statement_is_not_lent_again(url: str) -> None:
+    """``pg_terminate_backend`` of a running statement: asyncpg reports it as a
+    PostgresError (08003, the connection does not exist), yet the session is
+    gone, so the next statement runs on a new connection at its first try."""
+    conns = HeldConnections(url, {}, 1)
+    await conns.open()
+    admin = await asyncpg.connect(url)
+    try:
+        first = await _pid(conns)
+        slow = asyncio.ensure_future(conns.fetch("SELECT pg_sleep(5)"))
+        await asyncio.sleep(0.2)
+        await admin.execute("SELECT pg_terminate_backend($1)", first)
+        with pytest.raises(DRIVER_ERRORS):
+            await slow
+        assert await _pid(conns) != first
+    finally:
+        await admin.close()
+        await conns.close()
+
+
+async def test_a_statement_the_server_cancelled_leaves_its_session_lendable(url: str) -> None:
+    """statement_timeout (57014) cancels the statement, not the session."""
+    conns = HeldConnections(url, {"server_settings": {"statement_timeout": "100"}}, 1)
+    await conns.open()
+    try:
+        before = await _pid(conns)
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await conns.fetch("SELECT pg_sleep(2)")
+        assert await _pid(conns) == before
+    finally:
+        await conns.close()

@@ -17,9 +17,10 @@ Design notes:
    statement that finds them all lent waits for the first given back, in
    order.
 2. **A connection that failed is not lent again.** A statement's own error
-   (the server refused it) leaves the connection as it was; anything else
-   (the connection lost, the statement cancelled half way) terminates it, and
-   the next statement opens another. A statement is never retried here: the
+   (the server refused it, the session intact) leaves the connection as it
+   was; anything else (the connection lost or ended by the server, the
+   statement cancelled half way in this process) terminates it, and the next
+   statement opens another. A statement is never retried here: the
    caller decides (a claim retries later, ``taskrt.claims``).
 3. **Closing** closes the idle connections; one lent at that moment is
    closed when it comes back.
@@ -36,6 +37,12 @@ from typing import Any
 import asyncpg
 
 from .driver import DRIVER_ERRORS
+
+# The SQLSTATEs of a session the server ended or lost: a connection exception
+# (class 08: asyncpg reports a connection that vanished as 08003), terminated by an
+# administrator, a crash of another backend, a shutdown (57P01-57P03). A statement
+# cancelled on the server (57014, statement_timeout) leaves its session usable.
+_SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
 
 
 class HeldConnections:
@@ -61,11 +68,8 @@ class HeldConnections:
         conn = self._idle.pop() if self._idle else await self._take()
         try:
             rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-        except asyncpg.PostgresError:
-            self._give(conn)  # the server's answer: the connection is fine (note 2)
-            raise
-        except BaseException:
-            self._drop(conn)
+        except BaseException as exc:
+            self._after(conn, exc)
             raise
         self._give(conn)
         return rows
@@ -76,14 +80,8 @@ class HeldConnections:
         conn = self._idle.pop() if self._idle else await self._take()
         try:
             yield conn
-        except asyncpg.PostgresError:
-            if conn.is_in_transaction():
-                self._drop(conn)
-            else:
-                self._give(conn)
-            raise
-        except BaseException:
-            self._drop(conn)
+        except BaseException as exc:
+            self._after(conn, exc)
             raise
         self._give(conn)
 
@@ -134,6 +132,19 @@ class HeldConnections:
                 raise
             if handed is not None:
                 return handed
+
+    def _after(self, conn: asyncpg.Connection, exc: BaseException) -> None:
+        """A connection back after ``exc`` (note 2): lendable again only after a
+        statement the server refused, its session intact and outside a transaction."""
+        if (
+            isinstance(exc, asyncpg.PostgresError)
+            and not (getattr(exc, "sqlstate", None) or "").startswith(_SESSION_ENDED)
+            and not conn.is_closed()
+            and not conn.is_in_transaction()
+        ):
+            self._give(conn)
+        else:
+            self._drop(conn)
 
     def _give(self, conn: asyncpg.Connection) -> None:
         """A connection back: to the first waiter, else idle (closed when closing)."""
