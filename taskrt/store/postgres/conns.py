@@ -23,7 +23,7 @@ Design notes:
    statement opens another. A statement is never retried here: the
    caller decides (a claim retries later, ``taskrt.claims``).
 3. **Closing** closes the idle connections; one lent at that moment is
-   closed when it comes back.
+   terminated when it comes back.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class HeldConnections:
         self._give(conn)
 
     async def close(self) -> None:
-        """Close the idle connections; those lent are closed when given back (note 3)."""
+        """Close the idle connections; those lent end when given back (note 3)."""
         self._closed = True
         idle, self._idle = self._idle, []
         while self._waiters:
@@ -147,7 +147,7 @@ class HeldConnections:
             self._drop(conn)
 
     def _give(self, conn: asyncpg.Connection) -> None:
-        """A connection back: to the first waiter, else idle (closed when closing)."""
+        """A connection back: to the first waiter, else idle (ended when closing)."""
         if self._closed or conn.is_closed():
             self._drop(conn)
             return
