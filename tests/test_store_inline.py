@@ -10,6 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from core_support import db_file, until
 
 from taskrt import JobContext, JobStatus, Runtime
@@ -166,3 +167,43 @@ async def test_a_long_log_sends_batches_to_the_connections_thread(tmp_path: Path
         checkpoints.log_pages = WRITER_CHECKPOINT_PAGES // 2 - 1
         await rt.wait(await rt.add("echo", "short"))
         assert _store(rt).inline_commits > before
+
+
+async def test_a_cancelled_transaction_holds_the_writes_lock_until_its_thread_has_run_it(
+    tmp_path: Path,
+) -> None:
+    """A transaction of its own (``_in_transaction``: the workflows' sweep, a cancel)
+    whose caller is cancelled while the connection's thread runs it: the caller ends
+    only once the thread has run it, and what follows it (its counts) is done, so no
+    batch of the group commit commits beside it. (A workflows sweep cancelled at
+    stop ran after the lock was let go, and released a chain's child added later.)"""
+    async with _runtime(tmp_path) as rt:
+        store = _store(rt)
+        ran: list[str] = []
+
+        def work(conn: sqlite3.Connection, counted: object) -> str:
+            time.sleep(0.3)
+            ran.append("work")
+            return "done"
+
+        task = asyncio.ensure_future(store._in_transaction(work))
+        await asyncio.sleep(0.05)
+        assert store._writes.lock.locked() and not ran
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ran == ["work"]  # run before its caller ended
+        assert not store._writes.lock.locked()
+
+        then: list[str] = []
+        locked = asyncio.ensure_future(
+            store._locked(lambda conn: time.sleep(0.2) or "done", then.append)
+        )
+        await asyncio.sleep(0.05)
+        locked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await locked
+        assert then == ["done"]
+        # The store writes on as before.
+        job = await rt.add("echo", "abc")
+        assert (await rt.wait(job, timeout=10)).result == 3

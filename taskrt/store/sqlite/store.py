@@ -16,7 +16,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -63,6 +63,7 @@ from .sql import (
 from .writer import SqliteBatches
 
 log = logging.getLogger("taskrt.store")
+T = TypeVar("T")
 
 Synchronous = Literal["normal", "full", "off"]
 
@@ -382,15 +383,34 @@ class Store(QueuedWrites, SharedReads):
                 rollback(conn)
                 raise
 
+        def counted(done: tuple[Any, Counted | None]) -> None:
+            if done[1] is not None:
+                self._counts.replace(*done[1])
+
+        try:
+            done: tuple[Any, Counted | None] = await self._locked(work, counted)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+        return done[0]
+
+    async def _locked(
+        self, work: Callable[[sqlite3.Connection], T], then: Callable[[T], None] | None = None
+    ) -> T:
+        """``work`` in the connection's thread, the writes' lock held until it has run,
+        then ``then`` of its result. A caller cancelled meanwhile waits for it all the
+        same: the thread runs what it was given, and the group commit must not write
+        beside a transaction still queued there (nor its counts go unread)."""
         async with self._writes.lock:
+            running = asyncio.ensure_future(in_thread(self.db, work))
+            if then is not None:
+                running.add_done_callback(
+                    lambda f: then(f.result()) if not f.cancelled() and not f.exception() else None
+                )
             try:
-                done: tuple[Any, Counted | None] = await in_thread(self.db, work)
-            except sqlite3.Error as exc:
-                raise store_error(self.path, exc) from exc
-            result, snapshot = done
-            if snapshot is not None:
-                self._counts.replace(*snapshot)
-        return result
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await asyncio.wait([running])
+                raise
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
         """Record ``owner`` (which holds the ownership lock) and where it listens.
@@ -414,11 +434,10 @@ class Store(QueuedWrites, SharedReads):
                 rollback(conn)
                 raise
 
-        async with self._writes.lock:
-            try:
-                result: str | None = await in_thread(self.db, work)
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
+        try:
+            result: str | None = await self._locked(work)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
         return result
 
     @contextlib.asynccontextmanager
