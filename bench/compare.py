@@ -73,6 +73,13 @@ job's ``succeeded`` row is committed; its ``end_to_end`` and
 succeeded (``rows_succeeded_after_done_s``, polled, an upper bound).
 procrastinate has no worker-start hook either: its worker counts as ready
 once it has registered itself in ``procrastinate_workers``.
+
+On PostgreSQL, a ``drain_backlog`` line also says where a job's cost lies,
+when the server runs on this machine: ``server_cpu_us_per_job``, the CPU
+time of every ``postgres`` process over the drain (``/proc``) per job, and
+for taskrt, which drains in this process, ``client_cpu_us_per_job``. Both
+share this machine's two cores, so a drain is bound by their sum as much
+as by its round trips.
 """
 
 from __future__ import annotations
@@ -643,6 +650,54 @@ class WorkerProcess:
         self.log.close()
 
 
+def _server_cpu() -> float | None:
+    """CPU seconds (user + system) used so far by this machine's ``postgres`` processes
+    (the server's backends and its own workers), from ``/proc``; None where none is
+    visible (another machine's server, or no ``/proc``). A drain's share of it, per
+    job, says where a job's cost lies: in the server or in the client. A backend
+    that ended before the second reading takes its CPU with it, so both readings
+    are taken while the drain's connections are open."""
+    if _pg_host_is_remote():
+        return None
+    total, found = 0, False
+    with contextlib.suppress(OSError):
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # ended meanwhile
+            name, _, rest = stat.partition(" (")[2].rpartition(") ")
+            if name != "postgres":
+                continue
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def _pg_host_is_remote() -> bool:
+    host = urllib.parse.urlsplit(_pg_base_url()).hostname
+    return host not in (None, "", "localhost", "127.0.0.1", "::1")
+
+
+def _cpu_fields(
+    server_before: float | None, client_before: float | None, jobs: int
+) -> dict[str, Any]:
+    """CPU microseconds a job took on the server and (``client_before`` given: this
+    process) in the client, since the readings before the drain."""
+    fields: dict[str, Any] = {}
+    server_after = _server_cpu()
+    if server_before is not None and server_after is not None:
+        fields["server_cpu_us_per_job"] = round((server_after - server_before) / jobs * 1e6)
+    if client_before is not None:
+        client = sum(os.times()[:2]) - client_before
+        fields["client_cpu_us_per_job"] = round(client / jobs * 1e6)
+    return fields
+
+
 def _kill_group(pgid: int, proc: subprocess.Popen[Any] | None = None) -> None:
     """Stop a process group this script created.
 
@@ -1031,11 +1086,12 @@ async def _peer_drain(
             await peer.close()
         if after_analyze:
             await peer.analyze()
+        server_before = _server_cpu() if name in POSTGRES_SYSTEMS else None
         worker.start()
         t_done = await worker.wait_done(BACKLOG_TIMEOUT)
         t_start = worker.started_at()
         seconds = t_done - t_start
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = _cpu_fields(server_before, None, backlog)
         t_rows = await peer.all_succeeded_at(backlog, LAT_TIMEOUT)
         if t_rows is not None:
             extra["rows_succeeded_after_done_s"] = round(t_rows - t_done, 3)
@@ -1249,6 +1305,8 @@ async def _taskrt_drain(
             await analyze()
         rt = _taskrt_runtime(target(phase), sync, mode=PG_MODES.get(name))
         pool = rt.pool("default")
+        server_before = _server_cpu() if name in PG_MODES else None
+        client_before = sum(os.times()[:2])
         t0 = time.monotonic()
         async with rt:
             t_open = time.monotonic()
@@ -1261,6 +1319,8 @@ async def _taskrt_drain(
                 await asyncio.sleep(0.001)
             await rt.store.flush()  # the last SUCCESS rows committed
             t_done = time.monotonic()
+            # Read while the runtime's connections are open: an ended backend's CPU is gone.
+            fields.update(_cpu_fields(server_before, client_before, backlog))
         seconds = t_done - t0
         emit(
             name,
