@@ -36,10 +36,13 @@ Design notes:
    held the loop for 40-60 ms, every running job and web request with it. A
    refill reads ``READ_CHUNK`` rows at a time instead, the loop free between
    two reads, and the horizon moves past each chunk, so the pool may start
-   what came in before the rest is read. (A start still reads its whole first
-   window before it runs a job: starting after the first chunk ran the first
-   job of a 10,000-job backlog four times sooner, but drained it about a
-   sixth slower, its reads interleaved with the drain's commits.)
+   what came in before the rest is read. A start, too, returns once each
+   list has its first chunk, and the rest of the first window comes in while
+   the first jobs run. (While SQLite's reads ran in the reader's own thread,
+   this made a 10,000-job cold drain about 7 % slower: the two threads took
+   the interpreter's lock from each other at every step of the writer's
+   statements, which then took half as long again. They now run on the
+   loop's thread, store note 18, and the loop is left between two chunks.)
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class _Lane:
         self.upto: Key | None = None
         self.nothing: Key = (float("-inf"),) * (width - 1) + (-1,)  # below every job
         self.reading: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Future[None] | None = None  # a chunk came in (``first_chunk``)
         self._read = read  # reads the next jobs after a key
         self._accept = accept  # places what a refill read
         self._shelve = shelve  # a job goes back to the store
@@ -231,7 +235,30 @@ class _Lane:
             if states:
                 took = True
                 self._wake()  # the pool may start them while the rest is read
+            arrived = self._arrived
+            if arrived is not None and not arrived.done():
+                arrived.set_result(None)
+            if limit > 0 and self.upto is not None:
+                # A read that did not wait (SQLite reads on the loop's thread, store
+                # note 18) leaves the loop to the jobs between two chunks all the same.
+                await asyncio.sleep(0)
         return took
+
+    async def first_chunk(self) -> None:
+        """Until the refill under way has placed its first chunk, or ended (note 6)."""
+        reading = self.reading
+        if reading is None:
+            return
+        self._arrived = arrived = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait([reading, arrived], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._arrived = None
+            arrived.cancel()
+        if reading.done() and not reading.cancelled():
+            error = reading.exception()
+            if error is not None:
+                raise error
 
 
 def _committed(state: JobState) -> bool:
@@ -285,12 +312,14 @@ class Waiting:
     # -- start and stop ----------------------------------------------------------
 
     async def load(self, now: float) -> None:
-        """The pool has waiting jobs in the store: read the first window of each list."""
+        """The pool has waiting jobs in the store: start reading the first window of each
+        list, and return once each has its first chunk; the rest comes in while the
+        first jobs run (note 6)."""
         self._ready.upto = self._ready.nothing
         self._delayed.upto = (now, _LAST_ID)  # what is due by now is the ready list's
         self._ready.refill()
         self._delayed.refill()
-        await asyncio.gather(*[t for t in (self._ready.reading, self._delayed.reading) if t])
+        await asyncio.gather(self._ready.first_chunk(), self._delayed.first_chunk())
 
     def poke(self) -> None:
         """Jobs may have been added elsewhere: the owner learns of them from its poll

@@ -141,6 +141,19 @@ Design notes:
     about 2× the rows a second of ``executemany``. Only text travels in the
     JSON (SQLite's own reading of a number need not give back the same
     float), and a run ends at about 16 MB of arguments.
+18. **The window's reads on the loop's thread.** A refill of the waiting
+    window (note 13) reads on the event loop's own thread, on a connection
+    of its own that only reads and never waits for a lock
+    (``sqlite/store.py``: ``busy_timeout`` 0, ``query_only``). Read in the
+    reader's thread, as every other read is, a chunk of the window ran
+    beside the writer's statements on the loop's thread, and the two
+    threads passed the interpreter's lock to each other at every step of
+    SQLite: the writer's statements took half as long again while a window
+    was read. A chunk's rows (``taskrt.waiting`` note 6) cost the loop
+    about a millisecond more this way, and the loop is left between two
+    chunks. A read that would have to wait (another connection's lock, an
+    outage) goes to the reader's thread as before; ``:memory:``, whose one
+    connection also writes, always does.
 """
 
 from .protocol import (

@@ -22,6 +22,7 @@ import aiosqlite
 
 from ...errors import InvalidOption, StoreError
 from ...models import (
+    JobInfo,
     JobStatus,
 )
 from ..protocol import InsertResult, MinuteRow, NewJob, Settled, StoreTransaction
@@ -29,7 +30,8 @@ from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import json_path
-from .batch import in_thread, insert_jobs, rollback, store_error
+from ..window import delayed_jobs, ready_jobs
+from .batch import in_thread, insert_jobs, rollback, store_error, transient
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
@@ -95,6 +97,8 @@ class Store(QueuedWrites, SharedReads):
         self.busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        # The waiting window's reads, on the event loop's thread (note 18); None: in memory.
+        self._window: sqlite3.Connection | None = None
         super().__init__(path, progress_interval=progress_interval)
         self._counts = CountMirror()
         self._open_tx: Connection | None = None
@@ -125,6 +129,7 @@ class Store(QueuedWrites, SharedReads):
             self._counts.replace(await in_thread(self._db, read_counts))
             self._reader = self._db if self.memory else await self._connect()
             if not self.memory:
+                self._window = self._window_connection()
                 # Checkpoints run in a thread of their own, not in the writer's
                 # commits (note 14).
                 await self._db.execute_fetchall(
@@ -152,6 +157,15 @@ class Store(QueuedWrites, SharedReads):
         """A small batch may commit on the loop's thread now (note 15)."""
         checkpoints = self._checkpoints
         return checkpoints is not None and checkpoints.keeping_up()
+
+    def _window_connection(self) -> sqlite3.Connection:
+        """The connection of the window's reads (note 18): read only, and never waiting
+        for a lock, since it would wait on the event loop's thread."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA query_only = ON")
+        return conn
 
     async def migrate(self) -> tuple[int, int]:
         """Bring the file to this release's version without opening the store:
@@ -203,6 +217,12 @@ class Store(QueuedWrites, SharedReads):
         await self._close_connections()
 
     async def _close_connections(self) -> None:
+        if self._window is not None:
+            window, self._window = self._window, None
+            try:
+                window.close()
+            except sqlite3.Error as exc:
+                log.error("closing %s failed: %s", self.path, exc)
         for conn in {id(c): c for c in (self._reader, self._db) if c is not None}.values():
             try:
                 await conn.close()
@@ -568,6 +588,31 @@ class Store(QueuedWrites, SharedReads):
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A read of ``queries``: SQLite's placeholders are ``?`` already."""
+        return await self.fetch_all(sql, params)
+
+    async def ready_jobs(
+        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
+    ) -> list[JobInfo]:
+        """WAITING jobs of ``pool`` due at ``now``, in run order, read on the loop's
+        thread (note 18)."""
+        return await ready_jobs(self._read_here, pool, now, limit, after)
+
+    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
+        """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order, read on the
+        loop's thread (note 18)."""
+        return await delayed_jobs(self._read_here, pool, after, limit)
+
+    async def _read_here(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """One read of the window on the event loop's thread (note 18); where it would
+        have to wait (a lock, a full disk), or the store is in memory, the reader's
+        thread reads it as any other read."""
+        conn = self._window
+        if conn is not None:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                if not transient(exc):
+                    raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
         return await self.fetch_all(sql, params)
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
