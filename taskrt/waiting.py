@@ -314,6 +314,12 @@ class Waiting:
         """Jobs in memory."""
         return len(self._members)
 
+    @property
+    def refilling(self) -> bool:
+        """Whether a list is being read from the store (after a start: until its first
+        window is in, note 6)."""
+        return self._ready.reading is not None or self._delayed.reading is not None
+
     # -- start and stop ----------------------------------------------------------
 
     async def load(self, now: float) -> None:
