@@ -43,13 +43,13 @@ async def test_a_restart_runs_jobs_before_its_whole_first_window_is_read(
 ) -> None:
     path = tmp_path / "app.db"
     ids = await backlog(path, BACKLOG)
-    read = Store._read_here
+    read = Store.window_query
 
     async def slow_read(store: Store, sql: str, params: Any = ()) -> Any:
         await asyncio.sleep(0.01)  # the first window takes 40 reads or more: 0.4 s
         return await read(store, sql, params)
 
-    monkeypatch.setattr(Store, "_read_here", slow_read)
+    monkeypatch.setattr(Store, "window_query", slow_read)
     rt = Runtime(str(path))
     held: list[int] = []  # jobs in memory when the first job started
     ran: list[int] = []
@@ -115,4 +115,4 @@ async def test_a_window_read_the_file_refuses_is_a_store_error(tmp_path: Path) -
     rt.pool("p").pause()
     async with rt:
         with pytest.raises(StoreError, match=r"read from .* failed: no such table"):
-            await rt.store._read_here("SELECT * FROM no_such_table")  # type: ignore[attr-defined]
+            await rt.store.window_query("SELECT * FROM no_such_table")  # type: ignore[attr-defined]

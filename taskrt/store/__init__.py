@@ -144,7 +144,7 @@ Design notes:
 18. **The window's reads on the loop's thread.** A refill of the waiting
     window (note 13) reads on the event loop's own thread, on a connection
     of its own that only reads and never waits for a lock
-    (``sqlite/store.py``: ``busy_timeout`` 0, ``query_only``). Read in the
+    (``window_query``: ``busy_timeout`` 0, ``query_only``). Read in the
     reader's thread, as every other read is, a chunk of the window ran
     beside the writer's statements on the loop's thread, and the two
     threads passed the interpreter's lock to each other at every step of

@@ -43,6 +43,11 @@ class SharedReads:
         """Run a read of ``queries`` (``?`` placeholders); its rows, by position or name."""
         raise NotImplementedError
 
+    async def window_query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read of the waiting window (``ready_jobs``, ``delayed_jobs``); ``query``
+        unless the backend reads it another way (SQLite: store note 18)."""
+        return await self.query(sql, params)
+
     def metadata_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
         """A condition (``?`` placeholders) that metadata member ``key`` equals ``value``
         as JSON: a number matches numbers only, a boolean booleans only."""
@@ -232,11 +237,11 @@ class SharedReads:
         self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
     ) -> list[JobInfo]:
         """WAITING jobs of ``pool`` due at ``now``, in run order (``window``)."""
-        return await ready_jobs(self.query, pool, now, limit, after)
+        return await ready_jobs(self.window_query, pool, now, limit, after)
 
     async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
         """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order (``window``)."""
-        return await delayed_jobs(self.query, pool, after, limit)
+        return await delayed_jobs(self.window_query, pool, after, limit)
 
     async def deadlines_passed(self, now: float, limit: int) -> list[int]:
         """WAITING jobs whose deadline is ``now`` or before, earliest first (``jobs_deadline``)."""

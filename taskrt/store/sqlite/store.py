@@ -22,7 +22,6 @@ import aiosqlite
 
 from ...errors import InvalidOption, StoreError
 from ...models import (
-    JobInfo,
     JobStatus,
 )
 from ..protocol import InsertResult, MinuteRow, NewJob, Settled, StoreTransaction
@@ -30,7 +29,6 @@ from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import json_path
-from ..window import delayed_jobs, ready_jobs
 from .batch import in_thread, insert_jobs, rollback, store_error, transient
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
@@ -590,20 +588,8 @@ class Store(QueuedWrites, SharedReads):
         """A read of ``queries``: SQLite's placeholders are ``?`` already."""
         return await self.fetch_all(sql, params)
 
-    async def ready_jobs(
-        self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None = None
-    ) -> list[JobInfo]:
-        """WAITING jobs of ``pool`` due at ``now``, in run order, read on the loop's
-        thread (note 18)."""
-        return await ready_jobs(self._read_here, pool, now, limit, after)
-
-    async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
-        """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order, read on the
-        loop's thread (note 18)."""
-        return await delayed_jobs(self._read_here, pool, after, limit)
-
-    async def _read_here(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """One read of the window on the event loop's thread (note 18); where it would
+    async def window_query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """One read of the waiting window on the event loop's thread (note 18); where it would
         have to wait (a lock, a full disk), or the store is in memory, the reader's
         thread reads it as any other read."""
         conn = self._window
