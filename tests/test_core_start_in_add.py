@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core_support import Gate, collect, db_file, make_rt, sqlite_only_rows, until
 
-from taskrt import EventType, JobContext, JobStatus, Runtime
+from taskrt import AttemptOutcome, EventType, JobContext, JobStatus, Runtime
 
 
 def _row(tmp_path: Path, job_id: int) -> tuple[str, int, float | None, float, int]:
@@ -54,12 +54,16 @@ async def test_a_job_added_to_an_idle_pool_is_stored_running_by_its_add(tmp_path
         gate.open()
         events = await collect(stream)
         assert (await rt.wait(job_id)).status is JobStatus.SUCCESS
+        [attempt] = await rt.attempts(job_id)
+        assert (attempt.number, attempt.outcome) == (1, AttemptOutcome.SUCCESS)
+        assert attempt.started_at == created_at
     kinds = [(e.type, e.seq) for e in events]
     assert kinds[0][1] <= 2 and kinds[-1][0] is EventType.SUCCESS
+    # The success is the job's row (store note 7): no attempt row of its own.
     attempts_rows = sqlite_only_rows(
         db_file(tmp_path), "SELECT number, outcome FROM attempts WHERE job_id = ?", (job_id,)
     )
-    assert attempts_rows == [(1, "success")]
+    assert attempts_rows == []
     assert _row(tmp_path, job_id)[:2] == ("SUCCESS", 1)
 
 

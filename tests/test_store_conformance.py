@@ -384,6 +384,35 @@ async def test_an_attempt_says_what_followed_it(store: JobStore) -> None:
     assert (first.next, last.next, last.next_at) == ("retry", "retried", NOW + 100)
 
 
+async def test_a_success_is_read_as_an_attempt_from_the_jobs_row(store: JobStore) -> None:
+    # The runtime writes no row for a successful attempt (store note 7): the job's
+    # SUCCESS row says it, after the rows of the attempts before it.
+    job_id = await add_one(store)
+    store.start(job_id, 1, NOW + 1, 2, pool="mail")
+    store.record_attempt(job_id, 1, NOW + 1, NOW + 2, AttemptOutcome.ERROR, "boom", "tb")
+    store.requeue(job_id, NOW + 2, "boom", 3, 1, 3, NO_PROGRESS, pool="mail")
+    await store.start(job_id, 2, NOW + 3, 4, pool="mail")
+    running_now = await store.attempts(job_id)
+    await store.succeed(job_id, "7", NOW + 6, (1.0, 1.0, ""), 5, pool="mail")
+    assert [(a.number, a.outcome) for a in running_now] == [(1, AttemptOutcome.ERROR)]
+    assert await store.attempts(job_id) == [
+        AttemptInfo(job_id, 1, NOW + 1, NOW + 2, AttemptOutcome.ERROR, "boom", "tb"),
+        AttemptInfo(job_id, 2, NOW + 3, NOW + 6, AttemptOutcome.SUCCESS, None, None),
+    ]
+    # A store of an earlier release wrote the success's row too: given once.
+    await store.record_attempt(job_id, 2, NOW + 3, NOW + 5, AttemptOutcome.SUCCESS, None, None)
+    assert [(a.number, a.outcome, a.finished_at) for a in await store.attempts(job_id)] == [
+        (1, AttemptOutcome.ERROR, NOW + 2),
+        (2, AttemptOutcome.SUCCESS, NOW + 5),
+    ]
+    # A job that failed, or never started, has no success to read.
+    failed = await running(store)
+    await store.fail(failed, "no", NOW + 2, NO_PROGRESS, 3, 1, pool="mail")
+    waiting = await add_one(store)
+    assert await store.attempts(failed) == []
+    assert await store.attempts(waiting) == []
+
+
 async def test_succeed_stores_the_result_and_final_progress(store: JobStore) -> None:
     job_id = await running(store)
     result = {"sent": [1, 2.5, "é"], "none": None, "nested": {"ok": True}}
@@ -787,6 +816,8 @@ async def test_recover_puts_running_jobs_back_and_records_the_interruption(
     waiting = await add_one(store)
     done = await in_status(store, SUCCESS)
     untouched = {i: await get(store, i) for i in (waiting, done)}
+    [success] = await store.attempts(done)  # read from its row (store note 7)
+    assert success.outcome is AttemptOutcome.SUCCESS
     assert await store.recover(NOW + 100, max_recoveries=3, seq_gap=0) == (1, 0)
     info = await get(store, run)
     assert (info.status, info.recoveries, info.attempts, info.seq) == (WAITING, 1, 1, 3)
@@ -799,7 +830,8 @@ async def test_recover_puts_running_jobs_back_and_records_the_interruption(
     )
     assert attempt.error
     assert {i: await get(store, i) for i in (waiting, done)} == untouched
-    assert await store.attempts(done) == []
+    assert await store.attempts(done) == [success]
+    assert await store.attempts(waiting) == []
     assert await store.recover(NOW + 101, max_recoveries=3, seq_gap=0) == (0, 0)
 
 

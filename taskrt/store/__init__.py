@@ -42,8 +42,13 @@ Design notes:
    crash (a power loss may lose the last commits); ``"full"`` survives power loss.
 7. **Few statements, grouped.** An attempt's record is written once, when it
    ends (a running attempt is known from memory, and recovery records the
-   attempts a crash interrupted). Lifecycle statements of many jobs are grouped
-   into ``executemany`` calls (``_run_statements``).
+   attempts a crash interrupted), and a success not at all: the job's row,
+   SUCCESS with its attempts, start and end, is that attempt's record, which
+   ``attempts`` reads beside the rows of the others (``queries.SQL_ATTEMPTS``;
+   the row an earlier release wrote is not given twice). That is a statement
+   a job fewer: a no-op drain on SQLite went about 25 % faster. Lifecycle
+   statements of many jobs are grouped into ``executemany`` calls
+   (``_run_statements``).
 8. **Indexes** are the write rate's main cost: there is one on status (the
    queue, recovery, status filters), partial ones for what is rare (live
    unique keys, finished rows for cleanup and statistics, rows other

@@ -48,9 +48,18 @@ SQL_DELAYED = (
 
 # -- reads of one job, the counts, schedules, the lease (``reads``) ------------------------
 
+# A job's attempts: its rows, and its success, which has no row (store note 7): the job's
+# own row says it (a store of an earlier release wrote one; it is not given twice).
+# Params: (job id, job id).
 SQL_ATTEMPTS = (
     "SELECT job_id, number, started_at, finished_at, outcome, error, traceback, next, next_at "
-    "FROM attempts WHERE job_id = ? ORDER BY number"
+    "FROM attempts WHERE job_id = ? "
+    "UNION ALL "
+    "SELECT id, attempts, started_at, finished_at, 'success', NULL, NULL, NULL, NULL "
+    "FROM jobs WHERE id = ? AND status = 'SUCCESS' AND attempts > 0 "
+    "AND started_at IS NOT NULL AND NOT EXISTS "
+    "(SELECT 1 FROM attempts WHERE attempts.job_id = jobs.id AND attempts.number = jobs.attempts) "
+    "ORDER BY number"
 )
 # At an owner's start, before it reads its windows: a WAITING job it takes in from
 # the store needs no mark (a window reads every WAITING job in order); only what

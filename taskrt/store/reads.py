@@ -194,7 +194,7 @@ class SharedReads:
                 next=r["next"],
                 next_at=r["next_at"],
             )
-            for r in await self.query(SQL_ATTEMPTS, (job_id,))
+            for r in await self.query(SQL_ATTEMPTS, (job_id, job_id))
         ]
 
     async def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
