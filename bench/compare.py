@@ -80,6 +80,12 @@ time of every ``postgres`` process over the drain (``/proc``) per job, and
 for taskrt, which drains in this process, ``client_cpu_us_per_job``. Both
 share this machine's two cores, so a drain is bound by their sum as much
 as by its round trips.
+
+The setup line's ``postgres`` also gives ``raw_sequential_commits_per_s``:
+1,000 rows inserted one at a time with asyncpg on a bare table, each commit
+awaited before the next insert. No system that acknowledges an enqueue only
+once it is committed can do ``end_to_end``'s sequential enqueues faster on
+that server, so it bounds the ``end_to_end`` ratio of any two of them.
 """
 
 from __future__ import annotations
@@ -1499,6 +1505,9 @@ def run_section(
             )
 
 
+RAW_COMMITS = 1_000  # the setup line's raw_sequential_commits_per_s
+
+
 async def _pg_server_info(base: str) -> dict[str, Any]:
     import asyncpg
 
@@ -1507,9 +1516,29 @@ async def _pg_server_info(base: str) -> dict[str, Any]:
         info: dict[str, Any] = {"url": _without_password(_pg_url(base))}
         for setting in ("server_version", "synchronous_commit", "fsync", "wal_sync_method"):
             info[setting] = await conn.fetchval(f"SHOW {setting}")
+        info["raw_sequential_commits_per_s"] = round(await _raw_commit_rate(conn))
         return info
     finally:
         await conn.close()
+
+
+async def _raw_commit_rate(conn: Any) -> float:
+    """One row inserted and committed at a time, each awaited, on a bare table: the
+    ceiling of ``end_to_end`` (5,000 sequential enqueues) for any system that answers
+    an enqueue once it is committed, whatever it does besides."""
+    table = f'"bench_raw_commits_{_run_id()}"'
+    await conn.execute(f"DROP TABLE IF EXISTS {table}")
+    await conn.execute(f"CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, args TEXT NOT NULL)")
+    try:
+        insert = f"INSERT INTO {table} (args) VALUES ($1)"
+        for _ in range(50):  # the statement prepared, the connection warm
+            await conn.execute(insert, "[]")
+        t = time.perf_counter()
+        for _ in range(RAW_COMMITS):
+            await conn.execute(insert, "[]")
+        return RAW_COMMITS / (time.perf_counter() - t)
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 async def _pg_cleanup(base: str) -> None:
@@ -1521,6 +1550,7 @@ async def _pg_cleanup(base: str) -> None:
         for phase in TASKRT_PG_PHASES:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{_taskrt_pg_schema(phase)}" CASCADE')
         await conn.execute(f'DROP DATABASE IF EXISTS "{_procrastinate_db()}" WITH (FORCE)')
+        await conn.execute(f'DROP TABLE IF EXISTS "bench_raw_commits_{_run_id()}"')
     finally:
         await conn.close()
 
