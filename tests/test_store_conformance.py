@@ -570,6 +570,47 @@ async def test_flush_and_settle_make_everything_queued_visible(store: JobStore) 
     assert fut.done() and (await get(store, c)).status is RUNNING
 
 
+async def test_a_flush_with_nothing_queued_writes_nothing(store: JobStore) -> None:
+    # Store note 19: everything queued is committed, so there is nothing to wait for.
+    job_id = await add_one(store)
+    await store.start(job_id, 1, NOW, 2, pool="mail")
+    before = store.batches
+    await store.flush()
+    await store.settle()
+    assert store.batches == before
+    # Coalesced progress waiting for its turn is written by a flush, as before.
+    store.progress(job_id, 1.0, 2.0, "half", 3)
+    await store.flush()
+    assert store.batches == before + 1
+    assert ((await get(store, job_id)).current, store.batches) == (1.0, before + 1)
+    await store.settle()
+    assert store.batches == before + 1
+
+
+async def test_a_flush_waits_for_a_transaction_that_holds_the_writes(
+    backend: str, store: JobStore, sql: AppSQL
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("a PostgreSQL transaction has a connection of its own, not the writer's")
+    job_id = await add_one(store)
+    await make_notes(store, sql)
+    flushed = asyncio.Event()
+
+    async def flush() -> None:
+        await store.settle()
+        flushed.set()
+
+    async with store.transaction() as tx:
+        await tx.execute(sql.insert, ("a",))
+        waiter = asyncio.create_task(flush())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not flushed.is_set()
+    await asyncio.wait_for(waiter, 5)
+    assert await notes(store, sql) == ["a"]
+    assert (await get(store, job_id)).status is WAITING
+
+
 async def test_batches_count_commits(store: JobStore) -> None:
     before = store.batches
     job_id = await add_one(store)

@@ -1,4 +1,4 @@
-"""Group commit, whatever the database: one writer task per store (``taskrt.store`` notes 1, 3, 9, 10, 16).
+"""Group commit, whatever the database: one writer task per store (``taskrt.store`` notes 1, 3, 9, 10, 16, 19).
 
 Writes are queued as operations (``ops``); one task takes everything queued
 and hands it to the backend's ``BatchWriter`` to apply in one transaction,
@@ -8,7 +8,7 @@ written part by part (note 10). The backend says which failures are the
 database's for now (``BatchWriter.transient``) and keeps its own counts
 (note 12) as its transactions commit. Where the backend says it pays, a
 batch's job starts commit in a transaction of their own before the rest
-(note 16).
+(note 16). A flush with nothing queued returns at once (note 19).
 """
 
 from __future__ import annotations
@@ -165,6 +165,8 @@ class GroupCommit:
         self._progress_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._close_deadline = 0.0
+        # The writer task waits for writes with none in hand (note 19).
+        self._parked = False
         self.batches = 0
         self.rows_written = 0
         # Health (note 9): the error of the outage in progress, and totals.
@@ -259,7 +261,19 @@ class GroupCommit:
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
-        await self.queue(FLUSH, ())
+        if not self._settled():
+            await self.queue(FLUSH, ())
+
+    def _settled(self) -> bool:
+        """Everything queued so far is committed (note 19): the writer waits with no
+        write in hand, none is queued, no coalesced progress waits for its turn, and
+        nothing else writes (a transaction holds ``lock``)."""
+        batch = self._batch
+        return (
+            self._parked
+            and not (batch.inserts or batch.statements or batch.starts or self._progress)
+            and not self.lock.locked()
+        )
 
     async def settle(self, fut: asyncio.Future[None] | None = None) -> None:
         """Wait for ``fut`` (default: everything queued so far) unless the database fails.
@@ -270,6 +284,8 @@ class GroupCommit:
         if self._failing is not None:
             return
         if fut is None:
+            if self._settled():
+                return
             fut = self.queue(FLUSH, ())
         if fut.done():
             return
@@ -284,7 +300,11 @@ class GroupCommit:
     async def _write_loop(self) -> None:
         backoff = BACKOFF_FIRST
         while True:
-            await self._wake.wait()
+            self._parked = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._parked = False
             self._wake.clear()
             batch, self._batch = self._batch, Batch()
             progress: ProgressRows = {}
