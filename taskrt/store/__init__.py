@@ -46,9 +46,9 @@ Design notes:
    SUCCESS with its attempts, start and end, is that attempt's record, which
    ``attempts`` reads beside the rows of the others (``queries.SQL_ATTEMPTS``;
    the row an earlier release wrote is not given twice). That is a statement
-   a job fewer: a no-op drain on SQLite went about 25 % faster. Lifecycle
-   statements of many jobs are grouped into ``executemany`` calls
-   (``_run_statements``).
+   a job fewer: a no-op drain on SQLite ran 11–20 % faster
+   (docs/performance.md). Lifecycle statements of many jobs are grouped
+   into ``executemany`` calls (``_run_statements``).
 8. **Indexes** are the write rate's main cost: there is one on status (the
    queue, recovery, status filters), partial ones for what is rare (live
    unique keys, finished rows for cleanup and statistics, rows other
