@@ -587,11 +587,16 @@ async def test_a_flush_with_nothing_queued_writes_nothing(store: JobStore) -> No
     assert store.batches == before + 1
 
 
-async def test_a_flush_waits_for_a_transaction_that_holds_the_writes(
-    backend: str, store: JobStore, sql: AppSQL
+async def test_a_flush_waits_for_a_sqlite_transaction_that_holds_the_writes(
+    tmp_path: Path,
 ) -> None:
-    if backend != "sqlite":
-        pytest.skip("a PostgreSQL transaction has a connection of its own, not the writer's")
+    # SQLite only: a PostgreSQL transaction has a connection of its own, not the writer's.
+    sql = app_sql("sqlite")
+    async with open_store("sqlite", tmp_path) as store:
+        await _flush_waits_for_the_transaction(store, sql)
+
+
+async def _flush_waits_for_the_transaction(store: JobStore, sql: AppSQL) -> None:
     job_id = await add_one(store)
     await make_notes(store, sql)
     flushed = asyncio.Event()
