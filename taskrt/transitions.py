@@ -49,7 +49,6 @@ log = logging.getLogger("taskrt")
 DEADLINE_PASSED = "deadline passed"
 """The error of a job that its deadline ended (``options(deadline=...)``)."""
 _LATE = 0.005  # a timer may fire this much before the clock reads its time
-_SUCCEEDED = AttemptOutcome.SUCCESS.value  # a lookup: an enum's value is a property
 
 
 class Transitions:
@@ -215,24 +214,19 @@ class Transitions:
         *,
         retry_at: float | None = None,
     ) -> None:
-        """The attempt's one row, written when it ends (store note 7); a success has
-        none: its record is the job's row (``_attempt_succeeded``)."""
+        """The attempt counted, and its one row written when it ends (store note 7);
+        a success has none: the job's SUCCESS row (its attempts, start and end) is
+        its record, which the store's reads of attempts give."""
         now = self.clock.now()
         started = state.started_at or now
         self.counters.attempts[state.task, outcome.value].observe(now - started)
         if outcome is AttemptOutcome.TIMEOUT:
             self.counters.timeouts[state.task] += 1
+        elif outcome is AttemptOutcome.SUCCESS:
+            return
         self.store.record_attempt(
             state.id, state.attempts, started, now, outcome, error, tb, retry_at=retry_at
         )
-
-    def _attempt_succeeded(self, state: JobState) -> None:
-        """Counted; no row written: the job's own row (SUCCESS, its attempts, started
-        and finished) is the record of its last attempt, which the store's reads of
-        attempts give (store note 7). One statement a job fewer."""
-        now = self.clock.now()
-        started = state.started_at or now
-        self.counters.attempts[state.task, _SUCCEEDED].observe(now - started)
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None:
         attempt = state.attempts
@@ -252,7 +246,7 @@ class Transitions:
             except SerializationError as exc:
                 outcome = Outcome("error", error=exc)
             else:
-                self._attempt_succeeded(state)
+                self._record_attempt(state, AttemptOutcome.SUCCESS)
                 result = outcome.result
                 if result_json is not None and type(result) not in _SCALARS:
                     result = json.loads(result_json)  # what a read from disk will give
