@@ -19,7 +19,10 @@ Design notes:
    callback asked) or cancels it when a parent failed or was cancelled (unless
    it said ``on_parent_failure="run"``). The rows it closes are the guard: a
    second settle of the same parent changes nothing, so repeating one, or
-   running one on two processes at once, is safe.
+   running one on two processes at once, is safe. The owner then hands each
+   released job to its pool. A refill may have read it first: as released
+   (queued, or even started: left as it is), or still blocked (that copy is
+   replaced by a read made after the release committed).
 3. **Whichever commits second sees the other.** A dependent's add and its
    parent's end may commit in either order. After the add commits, its parents
    that are not live here are settled (one may have ended already); after a
@@ -53,11 +56,12 @@ from .adding import FlowStep
 from .background import woken
 from .definitions import Signature
 from .errors import InvalidOption, JobNotFound, TaskrtError
-from .models import TERMINAL, Event, EventType, JobInfo, JobStatus, WorkflowInfo
+from .models import BLOCKED_AT, TERMINAL, Event, EventType, JobInfo, JobStatus, WorkflowInfo
 
 if TYPE_CHECKING:
     from .adoption import Adoption
     from .clock import Clock
+    from .context import JobState
     from .events import EventBus, Subscription
     from .live import LiveJobs
     from .pool import Pool
@@ -240,22 +244,36 @@ class Workflows:
             if pool is not None:
                 pool.poke()  # a claim takes it (taskrt.claims)
             return
-        held = self.live.states.get(job_id)
-        if held is not None:  # read into a delayed window at BLOCKED_AT: read it again
-            if pool is not None:
-                pool.remove(held)
-            self.adoption.shelve(held)
-        state = await self.adoption.pin(job_id)
+        # A refill may have read the job already: as released (queued, or even taken
+        # and started: left as it is), or as it was before, blocked (into a delayed
+        # window, or in a read under way while the release committed): read it again.
+        state = self.live.states.get(job_id)
+        if state is None or state.run_at >= BLOCKED_AT:
+            if state is not None:
+                self._forget(state)
+            info = await self.store.get_job(job_id)  # read after the release committed
+            state = self.live.states.get(job_id)  # a refill may have read it meanwhile
+            if state is not None and state.run_at >= BLOCKED_AT:
+                self._forget(state)
+                state = None
+            if state is None:
+                if info is None or info.status is not JobStatus.WAITING:
+                    return
+                state = self.adoption.hold(info)
         if state is not None and state.status is JobStatus.WAITING:
             self.pools[state.pool].push(state)
+
+    def _forget(self, state: JobState) -> None:
+        """A waiting job leaves memory (its row in the store is the truth)."""
+        pool = self.pools.get(state.pool)
+        if pool is not None:
+            pool.remove(state)
+        self.adoption.shelve(state)
 
     def _cancelled(self, child: CancelledChild) -> None:
         held = self.live.states.get(child.job_id)
         if held is not None:
-            pool = self.pools.get(held.pool)
-            if pool is not None:
-                pool.remove(held)
-            self.adoption.shelve(held)
+            self._forget(held)
         self.transitions.ended_in_store(child)
 
 

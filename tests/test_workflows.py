@@ -488,6 +488,79 @@ async def test_blocked_jobs_beyond_a_small_window(tmp_path: Path) -> None:
         assert sorted(done) == list(range(40))
 
 
+async def test_a_release_leaves_a_job_that_a_refill_read_released_and_started(
+    tmp_path: Path,
+) -> None:
+    """A refill may read a released job and the pool start it before the release is
+    handed to its pool (their order under load): the release leaves the running job
+    as it is, even while its start is not committed yet (the store still reads it
+    WAITING), so it runs once."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    runs: list[int] = []
+    gate = Gate()
+
+    @rt.task
+    async def work(job: JobContext) -> None:
+        runs.append(job.id)
+        await gate.open.wait()
+
+    async with rt:
+        pool = rt.pool("default", concurrency=1)
+        pool.pause()
+        job_id = await pool.add(work)
+        await rt.store.flush()
+        async with rt.transaction():  # holds the writes: the start stays queued
+            pool.resume()
+            assert rt.live.states[job_id].status is JobStatus.RUNNING
+            await rt.workflows.release(job_id, "default")
+        gate.open.set()
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+        await asyncio.sleep(0.05)
+        assert runs == [job_id]
+
+
+async def test_a_release_replaces_a_blocked_copy_a_refill_read_before_it(
+    tmp_path: Path,
+) -> None:
+    """A refill that read a dependent's row while it was blocked (a read under way as
+    its release committed) may place that copy while the release reads the job: the
+    release puts the released job in its place, and it runs."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    done: list[str] = []
+
+    @rt.task
+    async def parent() -> str:
+        return "p"
+
+    @rt.task
+    async def child() -> None:
+        done.append("child")
+
+    async with rt:
+        pool = rt.pool("default", concurrency=1)
+        pool.pause()
+        parent_id = await pool.add(parent)
+        child_id = await pool.add(child.options(after=[parent_id]))
+        await rt.store.flush()
+        blocked = await rt.store.get_job(child_id)
+        assert blocked is not None and blocked.run_at == BLOCKED_AT
+        read = rt.store.get_job
+
+        async def get_job(job_id: int) -> Any:
+            info = await read(job_id)
+            task = asyncio.current_task()
+            if job_id == child_id and task is not None and task.get_name() == "taskrt-workflows":
+                stale = rt.adoption.hold(blocked)  # what the refill read, placed meanwhile
+                assert stale is not None
+                pool.push(stale)
+            return info
+
+        rt.store.get_job = get_job  # type: ignore[method-assign]
+        pool.resume()
+        assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
+        assert done == ["child"]
+
+
 # -- across nodes --------------------------------------------------------------------------
 
 
