@@ -475,6 +475,10 @@ class Pool:
         """Start a runner for each free slot while jobs are ready (note 1)."""
         while (state := self._take()) is not None:
             self._start(state)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Dispatch again when the first delayed job comes due."""
         if self.paused or self._stopping or not self._host.running:
             return
         when = self.queue.next_due()
@@ -582,6 +586,9 @@ class Pool:
                 last_yield = time.monotonic()
             nxt = self._take()
             if nxt is None:
+                # Its slot is free: a job that comes due later must wake the pool (the
+                # alarm that rang while this runner was busy set nothing).
+                self._arm()
                 return
             state = nxt
             charged = self._begin(state)

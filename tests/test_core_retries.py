@@ -364,6 +364,40 @@ async def test_delay_and_run_at_wait_for_the_clock(tmp_path: Path) -> None:
     assert ran == [("two", 1_800_000_002.0), ("five", 1_800_000_005.0), ("minute", 1_800_000_060.0)]
 
 
+async def test_a_job_due_after_a_busy_slot_frees_still_starts(tmp_path: Path) -> None:
+    """One slot, busy when the first delayed job comes due: that job starts when the
+    slot frees, and the next delayed job, due after the pool fell idle, starts when it
+    comes due (the runner that went idle leaves the pool's alarm set)."""
+    clock = FakeClock(start=1_800_000_000.0)
+    rt = make_rt(tmp_path, clock=clock)
+    gate = Gate()
+    ran: list[tuple[str, float]] = []
+
+    @rt.task
+    async def tick(job: JobContext, name: str) -> None:
+        if name == "busy":
+            await gate()
+        ran.append((name, clock.now()))
+
+    async with rt:
+        pool = rt.pool("default", concurrency=1)
+        busy = await pool.add(tick, "busy")
+        await gate.wait_entered(1)
+        soon = await pool.add(tick.options(delay=2), "soon")
+        later = await pool.add(tick.options(delay=10), "later")
+        await clock.advance(2)  # "soon" is due while the slot is busy
+        gate.open()
+        await rt.wait(busy, timeout=5)
+        await rt.wait(soon, timeout=5)
+        await clock.advance(8)
+        assert (await rt.wait(later, timeout=5)).status is JobStatus.SUCCESS
+    assert ran == [
+        ("busy", 1_800_000_002.0),
+        ("soon", 1_800_000_002.0),
+        ("later", 1_800_000_010.0),
+    ]
+
+
 # -- manual retry ---------------------------------------------------------------------------------
 
 
