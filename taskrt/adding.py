@@ -530,7 +530,7 @@ class Adding:
         begun: list[JobState] = []
         for state in states:
             if self._take_in(state, owning):
-                continue  # held by its parents or its batch
+                continue  # held by its parents or its batch, or in memory already
             if state.id in started:
                 begun.append(state)
             else:
@@ -555,22 +555,29 @@ class Adding:
 
     def _take_in(self, state: JobState, owning: bool) -> bool:
         """Count a committed job, hold it where it waits (the owner's memory, its
-        parents, its batch) and announce it; whether it waits for parents or a batch."""
+        parents, its batch) and announce it; whether it is not for the add to queue:
+        it waits for parents or a batch, or memory holds it already."""
         self.counters.added[state.task] += 1
         held = bool(state.parents) or state.batch_key is not None
+        taken = held
         if state.parents:
             self.dependents(state.id, state.parents)
         elif state.batch_key is not None:
             self.batching(state.task, state.batch_key, state.created_at, state.id)
         elif owning:
-            self.live.states[state.id] = state
-            if state.unique_key is not None:
-                self.live.unique[state.unique_key] = state.id
+            if state.id in self.live.states:
+                # A refill read its committed row before this ran (taskrt.waiting note 5):
+                # the state it made is the job's, queued or even started already.
+                taken = True
+            else:
+                self.live.states[state.id] = state
+                if state.unique_key is not None:
+                    self.live.unique[state.unique_key] = state.id
         if self.broker.wants(state.id):
             self._announce(state, held)
         if state.spec.hooks.on_add is not None:
             self.background.hook(state.spec.hooks.on_add, state.id, job=state)
-        return held
+        return taken
 
     def _announce(self, state: JobState, held: bool) -> None:
         """The job's ADDED event (its first)."""

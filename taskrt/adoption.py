@@ -120,23 +120,26 @@ class Adoption:
     async def load_ready(
         self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None
     ) -> tuple[list[JobState], int, tuple[int, float, int] | None]:
-        rows = await self.store.ready_jobs(pool, now, limit, after)
+        with self.live.ends_during() as ended:
+            rows = await self.store.ready_jobs(pool, now, limit, after)
         last = None if not rows else (rows[-1].priority, rows[-1].run_at, rows[-1].id)
-        return self._held(rows), len(rows), last
+        return self._held(rows, ended), len(rows), last
 
     async def load_delayed(
         self, pool: str, after: tuple[float, int], limit: int
     ) -> tuple[list[JobState], int, tuple[float, int] | None]:
-        rows = await self.store.delayed_jobs(pool, after, limit)
+        with self.live.ends_during() as ended:
+            rows = await self.store.delayed_jobs(pool, after, limit)
         last = None if not rows else (rows[-1].run_at, rows[-1].id)
-        return self._held(rows), len(rows), last
+        return self._held(rows, ended), len(rows), last
 
-    def _held(self, rows: list[JobInfo]) -> list[JobState]:
-        """States for the rows not held here already (waiting note 5)."""
+    def _held(self, rows: list[JobInfo], ended: set[int]) -> list[JobState]:
+        """States for the rows not held here already (waiting note 5), nor of jobs
+        that ended here while they were read (``LiveJobs.ends_during``)."""
         states = []
         live = self.live.states
         for info in rows:
-            if info.id in live or info.status is not JobStatus.WAITING:
+            if info.id in live or info.status is not JobStatus.WAITING or info.id in ended:
                 continue
             state = self.hold(info)
             if state is not None:
@@ -154,11 +157,18 @@ class Adoption:
         state = self.live.states.get(job_id)
         if state is not None:
             return state
-        info = await self.store.get_job(job_id)
+        info = await self.read(job_id)
         state = self.live.states.get(job_id)  # a refill may have read it meanwhile
         if state is not None or info is None or info.status is not JobStatus.WAITING:
             return state
         return self.hold(info)
+
+    async def read(self, job_id: int) -> JobInfo | None:
+        """A job's row, or None where there is none or the job ended here while it was
+        read (the row may be older than that end: ``LiveJobs.ends_during``)."""
+        with self.live.ends_during() as ended:
+            info = await self.store.get_job(job_id)
+        return None if job_id in ended else info
 
     def wake(self, what: str = "changed") -> None:
         """Another process committed something for the owner: look now (the store's
@@ -192,8 +202,14 @@ class Adoption:
                 pool.resume()
 
     async def poll_once(self) -> None:
-        changed = await self.store.external_changes()
+        with self.live.ends_during() as ended:
+            changed = await self.store.external_changes()
         for info, cancel_requested in changed:
+            if info.id in ended:
+                # It ended here while it was read: the row may be older than that end.
+                # Left marked, the next poll reads it again.
+                self._wake.set()
+                continue
             # Queued first, so it lands before anything this owner writes of the job
             # now (it clears only what was read: store note on clear_external).
             self.store.clear_external(info.id, info.seq, cancel_requested)

@@ -4,11 +4,19 @@ A job waiting or running here has a ``JobState`` in ``states``; reads of it come
 from memory. A job that reached a terminal status stays until its final write
 is committed, so a read never goes back in time; one callback per write batch
 forgets all of that batch's jobs.
+
+A row read from the store while a job ended here may be older than that end:
+the job was not in memory when the read began, an action took it in, ended
+it, and its end was committed and forgotten before the read came back. Code
+that takes a job into memory from such a read asks ``ends_during`` which jobs
+were forgotten meanwhile, and leaves those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 from .background import job_logger
 from .context import JobState
@@ -22,6 +30,19 @@ class LiveJobs:
         self.states: dict[int, JobState] = {}
         self.unique: dict[str, int] = {}
         self._forgetting: dict[asyncio.Future[None], list[JobState]] = {}
+        self._watching: list[set[int]] = []  # one per read under way (``ends_during``)
+
+    @contextlib.contextmanager
+    def ends_during(self) -> Iterator[set[int]]:
+        """The ids of the jobs forgotten (ended, and their end committed) while the
+        ``with`` block runs: a row of one of them read meanwhile may be older."""
+        ended: set[int] = set()
+        self._watching.append(ended)
+        try:
+            yield ended
+        finally:
+            # By identity: two sets with the same ids are equal.
+            self._watching = [s for s in self._watching if s is not ended]
 
     def forget_when_written(self, state: JobState, written: asyncio.Future[None]) -> None:
         """Drop ``state`` once ``written`` (its final write's batch) is committed."""
@@ -49,6 +70,8 @@ class LiveJobs:
                 )
             if self.states.get(state.id) is state and state.status in TERMINAL:
                 del self.states[state.id]
+                for ended in self._watching:
+                    ended.add(state.id)
 
     def clear(self) -> None:
         self.states.clear()

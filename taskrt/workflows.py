@@ -20,9 +20,10 @@ Design notes:
    it said ``on_parent_failure="run"``). The rows it closes are the guard: a
    second settle of the same parent changes nothing, so repeating one, or
    running one on two processes at once, is safe. The owner then hands each
-   released job to its pool. A refill may have read it first: as released
-   (queued, or even started: left as it is), or still blocked (that copy is
-   replaced by a read made after the release committed).
+   released job to its pool. Memory may hold it first: released (a refill
+   read it: queued, or even started) or ended (a cancel whose write had not
+   committed), both left as they are; or a copy read while it was blocked,
+   replaced by a read made after the release committed.
 3. **Whichever commits second sees the other.** A dependent's add and its
    parent's end may commit in either order. After the add commits, its parents
    that are not live here are settled (one may have ended already); after a
@@ -244,16 +245,17 @@ class Workflows:
             if pool is not None:
                 pool.poke()  # a claim takes it (taskrt.claims)
             return
-        # A refill may have read the job already: as released (queued, or even taken
-        # and started: left as it is), or as it was before, blocked (into a delayed
-        # window, or in a read under way while the release committed): read it again.
+        # Memory may hold the job already: released (a refill read it: queued, or even
+        # started), ended (a cancel not committed when the release was), both left as
+        # they are; or a copy of it blocked (read into a delayed window, or by a read
+        # under way while the release committed), read again.
         state = self.live.states.get(job_id)
-        if state is None or state.run_at >= BLOCKED_AT:
+        if state is None or _blocked_copy(state):
             if state is not None:
                 self._forget(state)
-            info = await self.store.get_job(job_id)  # read after the release committed
+            info = await self.adoption.read(job_id)  # after the release committed
             state = self.live.states.get(job_id)  # a refill may have read it meanwhile
-            if state is not None and state.run_at >= BLOCKED_AT:
+            if state is not None and _blocked_copy(state):
                 self._forget(state)
                 state = None
             if state is None:
@@ -275,6 +277,11 @@ class Workflows:
         if held is not None:
             self._forget(held)
         self.transitions.ended_in_store(child)
+
+
+def _blocked_copy(state: JobState) -> bool:
+    """A waiting job's state read while the store held it blocked (or batching)."""
+    return state.status is JobStatus.WAITING and state.run_at >= BLOCKED_AT
 
 
 # -- building workflows (pure) ----------------------------------------------------------

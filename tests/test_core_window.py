@@ -273,6 +273,33 @@ async def test_memory_stays_bounded_while_a_backlog_drains(tmp_path: Path) -> No
     assert len(jobs) == 500 and all(j.status is JobStatus.SUCCESS for j in jobs)
 
 
+async def test_a_job_a_refill_took_in_before_its_add_did_runs_once(tmp_path: Path) -> None:
+    """Once an add commits, a refill may read the job before the add hands it over
+    (their order under load): the add leaves the refill's copy in place, and the
+    job runs once and ends as seen by ``wait``."""
+    rt = make_rt(tmp_path, window=WINDOW)
+    work, ran = recorder(rt)
+    async with rt:
+        pool = rt.pool("p")
+        pool.pause()  # no start in the add (taskrt.pool note 9): it waits
+        accept = rt.adding._accept
+
+        def refill_first(states: list[Any], started: Any = frozenset()) -> None:
+            for state in states:  # what a refill reads of the committed row
+                held = rt.adoption.hold(state.info())
+                assert held is not None
+                pool.push(held)
+            accept(states, started)
+
+        rt.adding._accept = refill_first  # type: ignore[method-assign]
+        job_id = await pool.add(work)
+        rt.adding._accept = accept  # type: ignore[method-assign]
+        pool.resume()
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+        await until(lambda: job_id not in rt.live.states)
+        assert ran == [job_id]
+
+
 def test_window_must_be_a_number_of_jobs(tmp_path: Path) -> None:
     with pytest.raises(InvalidOption, match="window"):
         make_rt(tmp_path, window=1)

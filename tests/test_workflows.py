@@ -20,6 +20,7 @@ from taskrt import (
     InvalidOption,
     InvalidTransition,
     JobContext,
+    JobInfo,
     JobNotFound,
     JobStatus,
     Runtime,
@@ -559,6 +560,55 @@ async def test_a_release_replaces_a_blocked_copy_a_refill_read_before_it(
         pool.resume()
         assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
         assert done == ["child"]
+
+
+async def test_a_dependent_cancelled_while_its_release_reads_it_stays_cancelled(
+    tmp_path: Path,
+) -> None:
+    """An operator's cancel may take in, end and commit a released dependent while
+    the release reads its row: the row read is older than the cancel, and the job
+    does not run."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    ran: list[str] = []
+
+    @rt.task
+    async def parent() -> str:
+        return "p"
+
+    @rt.task
+    async def child() -> None:
+        ran.append("child")
+
+    async with rt:
+        pool = rt.pool("default", concurrency=1)
+        pool.pause()
+        parent_id = await pool.add(parent)
+        child_id = await pool.add(child.options(after=[parent_id]))
+        read = rt.store.get_job
+        cancelled: list[JobInfo] = []
+        meddled: list[int] = []
+
+        async def get_job(job_id: int) -> Any:
+            info = await read(job_id)
+            task = asyncio.current_task()
+            if (
+                job_id == child_id
+                and not meddled
+                and task is not None
+                and task.get_name() == "taskrt-workflows"
+            ):
+                meddled.append(job_id)
+                cancelled.append(await rt.cancel(child_id))  # meanwhile, committed
+                await rt.store.flush()
+            return info  # as it was before the cancel
+
+        rt.store.get_job = get_job  # type: ignore[method-assign]
+        pool.resume()
+        assert (await rt.wait(child_id, timeout=5)).status is JobStatus.CANCELLED
+        await asyncio.sleep(0.1)  # the release goes on after the cancel
+        assert [c.status for c in cancelled] == [JobStatus.CANCELLED]
+        assert ran == []
+        assert (await rt.get(child_id)).status is JobStatus.CANCELLED
 
 
 # -- across nodes --------------------------------------------------------------------------
