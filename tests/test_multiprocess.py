@@ -494,12 +494,21 @@ async def test_jobs_added_anywhere_succeed_and_streams_from_every_process_carry_
     server = launch("uvicorn")
     n = 6
     async with fresh_client(server.base) as client:
+        # Paused until the streams are open: on a loaded machine a job could end
+        # before its stream opens, which then has its final snapshot alone.
+        response = await client.patch("/pools/work", json={"paused": True})
+        assert response.status_code == 200, response.text
         ids = [await add_job(client, n, 0.1) for _ in range(6)]
     # Each job followed by three streams: one served by the owner, two by standbys.
     places = ["owner", "standby", "standby"]
-    streams = await asyncio.gather(
+    following = asyncio.gather(
         *(follow(server.base, job_id, place) for place in places for job_id in ids)
     )
+    await asyncio.sleep(1.0)
+    async with fresh_client(server.base) as client:
+        response = await client.patch("/pools/work", json={"paused": False})
+        assert response.status_code == 200, response.text
+    streams = await following
     for seen in streams:
         check_stream(seen)
         assert seen.connections == ["ended with its terminal event"], str(seen)
