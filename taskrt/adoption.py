@@ -163,6 +163,14 @@ class Adoption:
             return state
         return self.hold(info)
 
+    def unpin(self, state: JobState) -> None:
+        """An action that pinned a waiting job does not go on with it: unless a pool
+        holds it, it leaves memory again (its row stays the truth). Left held, a
+        copy read before a change (a release) would hide the job from refills."""
+        pool = self.pools.get(state.pool)
+        if state.status is JobStatus.WAITING and (pool is None or not pool.holds(state)):
+            self.shelve(state)
+
     async def read(self, job_id: int) -> JobInfo | None:
         """A job's row, or None where there is none or the job ended here while it was
         read (the row may be older than that end: ``LiveJobs.ends_during``)."""

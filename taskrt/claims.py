@@ -135,6 +135,9 @@ class Claims:
     def remove(self, state: JobState) -> bool:
         return False  # a claimed job starts at once; nothing waits here
 
+    def holds(self, state: JobState) -> bool:
+        return False
+
     gated = False  # the claim applies rate limits and locks, in the database
 
     def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:

@@ -128,6 +128,10 @@ class Queue(Protocol):
 
     def remove(self, state: JobState) -> bool: ...
 
+    def holds(self, state: JobState) -> bool:
+        """Whether ``state`` waits in this queue."""
+        ...
+
     def take(self) -> JobState | None: ...
 
     def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:
@@ -436,6 +440,10 @@ class Pool:
     def remove(self, state: JobState) -> bool:
         """Take a waiting job out of memory (cancel, run now); False if it was not there."""
         return self.queue.remove(state)
+
+    def holds(self, state: JobState) -> bool:
+        """Whether ``state`` waits in the pool's queue (in memory)."""
+        return self.queue.holds(state)
 
     def poke(self) -> None:
         """Jobs of the pool may be due in the store (added by another process)."""

@@ -736,12 +736,11 @@ class Runtime:
             if info is None or spec is None:
                 return  # gone, or a task this node does not know: one that does ends it
             state = JobState(info, spec, retry_policy_of(info, spec))
-        if (
-            state is None
-            or state.status is not JobStatus.WAITING
-            or state.deadline is None
-            or state.deadline > self.clock.now()
-        ):
+        if state is None or state.status is not JobStatus.WAITING:
+            return
+        if state.deadline is None or state.deadline > self.clock.now():
+            if self.nodes is None:
+                self.adoption.unpin(state)
             return
         if self.nodes is None:
             self.pool(state.pool).remove(state)
@@ -1491,8 +1490,10 @@ class Runtime:
                 raise InvalidTransition(job_id, state.status.value, "run now")
             if state.waiting_reason == "batching" and state.batch_key is not None:
                 self.batches.form_now(state.task, state.batch_key)  # its batch, now
+                self.adoption.unpin(state)
                 return state.info()
             if state.waiting_reason in ("blocked", "batched"):
+                self.adoption.unpin(state)
                 why = "its parents" if state.waiting_reason == "blocked" else "its batch"
                 raise InvalidTransition(job_id, "WAITING", f"run now (it waits for {why})")
             pool = self.pool(state.pool)

@@ -362,6 +362,10 @@ class Waiting:
         (self._ready if len(entry) == 4 else self._delayed).remove(entry)
         return True
 
+    def holds(self, state: JobState) -> bool:
+        entry = self._members.get(state.id)
+        return entry is not None and entry[-1] is state
+
     def _place_ready(self, state: JobState, *, loaded: bool = False) -> None:
         self._place(self._ready, (-state.priority, state.run_at, state.id, state), loaded=loaded)
 

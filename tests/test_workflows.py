@@ -611,6 +611,57 @@ async def test_a_dependent_cancelled_while_its_release_reads_it_stays_cancelled(
         assert (await rt.get(child_id)).status is JobStatus.CANCELLED
 
 
+async def test_a_refused_run_now_leaves_no_copy_of_a_job_that_hides_it(
+    tmp_path: Path,
+) -> None:
+    """``run_now`` reads a job that is not in memory; a read made before the job's
+    release (under way as it committed) finds it blocked, and the call is refused.
+    The copy it read leaves memory with the refusal: the released job, in the store
+    only behind a full window, still runs."""
+    rt = Runtime(str(tmp_path / "app.db"), window=2)
+    gate = Gate()
+    ran: list[str] = []
+
+    @rt.task
+    async def filler(n: int) -> None:
+        gate.started.append(n)
+        await gate.open.wait()
+
+    @rt.task
+    async def parent() -> str:
+        return "p"
+
+    @rt.task
+    async def child() -> None:
+        ran.append("child")
+
+    async with rt:
+        pool = rt.pool("default", concurrency=1)
+        pool.pause()
+        for n in range(6):
+            await pool.add(filler, n)
+        parent_id = await pool.add(parent.options(priority=10))
+        child_id = await pool.add(child.options(after=[parent_id]))
+        blocked = await rt.store.get_job(child_id)
+        pool.resume()
+        await rt.wait(parent_id, timeout=5)
+        while (await rt.store.get_job(child_id)).waiting_reason is not None:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        assert child_id not in rt.live.states  # released behind the window: the store's
+        read = rt.store.get_job
+
+        async def stale(job_id: int) -> Any:
+            return blocked if job_id == child_id else await read(job_id)
+
+        rt.store.get_job = stale  # type: ignore[method-assign]
+        with pytest.raises(InvalidTransition):
+            await rt.run_now(child_id)
+        rt.store.get_job = read  # type: ignore[method-assign]
+        gate.open.set()
+        assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
+        assert ran == ["child"]
+
+
 # -- across nodes --------------------------------------------------------------------------
 
 
