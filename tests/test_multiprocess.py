@@ -623,12 +623,24 @@ async def check_owner_killed_mid_run(server: Server, jobs: int, streams_per_job:
     adders = [asyncio.create_task(keep_adding(server.base, adds, stop)) for _ in range(2)]
     try:
         # Mid-run: every stream has seen its job make progress, and no job has finished.
-        async with asyncio.timeout(10):
-            while not all(
-                any(e.event == "progress" and e.data["current"] >= 5 for e in seen.events)
+        def lacking() -> list[Followed]:
+            return [
+                seen
                 for seen in streams
-            ):
-                await asyncio.sleep(0.01)
+                if not any(e.event == "progress" and e.data["current"] >= 5 for e in seen.events)
+            ]
+
+        try:
+            async with asyncio.timeout(10):
+                while lacking():
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            async with fresh_client(server.base) as client:
+                states = {
+                    seen.job_id: (await client.get(f"/jobs/{seen.job_id}")).json().get("status")
+                    for seen in lacking()
+                }
+            pytest.fail(f"no progress seen in 10 s (jobs {states}): {[str(x) for x in lacking()]}")
         assert not any(seen.connections for seen in streams), [str(x) for x in streams]
         takeover, new = await asyncio.to_thread(kill_owner_and_measure, server, old)
         await asyncio.sleep(0.3)  # adds go on through the takeover
