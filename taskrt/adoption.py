@@ -120,26 +120,27 @@ class Adoption:
     async def load_ready(
         self, pool: str, now: float, limit: int, after: tuple[int, float, int] | None
     ) -> tuple[list[JobState], int, tuple[int, float, int] | None]:
-        with self.live.ends_during() as ended:
+        with self.live.changes_during() as changed:
             rows = await self.store.ready_jobs(pool, now, limit, after)
         last = None if not rows else (rows[-1].priority, rows[-1].run_at, rows[-1].id)
-        return self._held(rows, ended), len(rows), last
+        return self._held(rows, changed), len(rows), last
 
     async def load_delayed(
         self, pool: str, after: tuple[float, int], limit: int
     ) -> tuple[list[JobState], int, tuple[float, int] | None]:
-        with self.live.ends_during() as ended:
+        with self.live.changes_during() as changed:
             rows = await self.store.delayed_jobs(pool, after, limit)
         last = None if not rows else (rows[-1].run_at, rows[-1].id)
-        return self._held(rows, ended), len(rows), last
+        return self._held(rows, changed), len(rows), last
 
-    def _held(self, rows: list[JobInfo], ended: set[int]) -> list[JobState]:
+    def _held(self, rows: list[JobInfo], changed: set[int]) -> list[JobState]:
         """States for the rows not held here already (waiting note 5), nor of jobs
-        that ended here while they were read (``LiveJobs.ends_during``)."""
+        that changed while they were read (``LiveJobs.changes_during``): the store
+        holds those as they are now, for a later read."""
         states = []
         live = self.live.states
         for info in rows:
-            if info.id in live or info.status is not JobStatus.WAITING or info.id in ended:
+            if info.id in live or info.status is not JobStatus.WAITING or info.id in changed:
                 continue
             state = self.hold(info)
             if state is not None:
@@ -172,11 +173,11 @@ class Adoption:
             self.shelve(state)
 
     async def read(self, job_id: int) -> JobInfo | None:
-        """A job's row, or None where there is none or the job ended here while it was
-        read (the row may be older than that end: ``LiveJobs.ends_during``)."""
-        with self.live.ends_during() as ended:
+        """A job's row, or None where there is none or the job changed while it was
+        read (the row may be older than that change: ``LiveJobs.changes_during``)."""
+        with self.live.changes_during() as changed:
             info = await self.store.get_job(job_id)
-        return None if job_id in ended else info
+        return None if job_id in changed else info
 
     def wake(self, what: str = "changed") -> None:
         """Another process committed something for the owner: look now (the store's
@@ -210,11 +211,11 @@ class Adoption:
                 pool.resume()
 
     async def poll_once(self) -> None:
-        with self.live.ends_during() as ended:
+        with self.live.changes_during() as meanwhile:
             changed = await self.store.external_changes()
         for info, cancel_requested in changed:
-            if info.id in ended:
-                # It ended here while it was read: the row may be older than that end.
+            if info.id in meanwhile:
+                # It changed here while it was read: the row may be older than that.
                 # Left marked, the next poll reads it again.
                 self._wake.set()
                 continue

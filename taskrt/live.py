@@ -5,11 +5,12 @@ from memory. A job that reached a terminal status stays until its final write
 is committed, so a read never goes back in time; one callback per write batch
 forgets all of that batch's jobs.
 
-A row read from the store while a job ended here may be older than that end:
-the job was not in memory when the read began, an action took it in, ended
-it, and its end was committed and forgotten before the read came back. Code
-that takes a job into memory from such a read asks ``ends_during`` which jobs
-were forgotten meanwhile, and leaves those.
+A row read from the store may be older than what happened here while the
+read was under way: an action took the job in, ended it, and its end was
+committed and forgotten; or the store released it from its parents (a read
+begun before that commit finds it blocked). Code that takes a job into
+memory from such a read asks ``changes_during`` which jobs changed so
+meanwhile, and leaves those.
 """
 
 from __future__ import annotations
@@ -30,19 +31,25 @@ class LiveJobs:
         self.states: dict[int, JobState] = {}
         self.unique: dict[str, int] = {}
         self._forgetting: dict[asyncio.Future[None], list[JobState]] = {}
-        self._watching: list[set[int]] = []  # one per read under way (``ends_during``)
+        self._watching: list[set[int]] = []  # one per read under way (``changes_during``)
 
     @contextlib.contextmanager
-    def ends_during(self) -> Iterator[set[int]]:
-        """The ids of the jobs forgotten (ended, and their end committed) while the
-        ``with`` block runs: a row of one of them read meanwhile may be older."""
-        ended: set[int] = set()
-        self._watching.append(ended)
+    def changes_during(self) -> Iterator[set[int]]:
+        """The ids of the jobs that changed while the ``with`` block runs (``changed``,
+        or forgotten: ended and committed): a row of one read meanwhile may be older."""
+        changed: set[int] = set()
+        self._watching.append(changed)
         try:
-            yield ended
+            yield changed
         finally:
             # By identity: two sets with the same ids are equal.
-            self._watching = [s for s in self._watching if s is not ended]
+            self._watching = [s for s in self._watching if s is not changed]
+
+    def changed(self, job_id: int) -> None:
+        """The store changed the job outside memory (released or cancelled it): a row
+        of it read before that is older (``changes_during``)."""
+        for changed in self._watching:
+            changed.add(job_id)
 
     def forget_when_written(self, state: JobState, written: asyncio.Future[None]) -> None:
         """Drop ``state`` once ``written`` (its final write's batch) is committed."""
@@ -70,8 +77,7 @@ class LiveJobs:
                 )
             if self.states.get(state.id) is state and state.status in TERMINAL:
                 del self.states[state.id]
-                for ended in self._watching:
-                    ended.add(state.id)
+                self.changed(state.id)
 
     def clear(self) -> None:
         self.states.clear()

@@ -245,10 +245,12 @@ class Workflows:
             if pool is not None:
                 pool.poke()  # a claim takes it (taskrt.claims)
             return
+        # A read under way began before the release: what it finds is older.
+        self.live.changed(job_id)
         # Memory may hold the job already: released (a refill read it: queued, or even
         # started), ended (a cancel not committed when the release was), both left as
-        # they are; or a copy of it blocked (read into a delayed window, or by a read
-        # under way while the release committed), read again.
+        # they are; or a copy of it blocked (read into a delayed window before the
+        # release), read again.
         state = self.live.states.get(job_id)
         if state is None or _blocked_copy(state):
             if state is not None:
@@ -273,6 +275,7 @@ class Workflows:
         self.adoption.shelve(state)
 
     def _cancelled(self, child: CancelledChild) -> None:
+        self.live.changed(child.job_id)  # a read under way finds it blocked: older
         held = self.live.states.get(child.job_id)
         if held is not None:
             self._forget(held)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -657,6 +658,57 @@ async def test_a_refused_run_now_leaves_no_copy_of_a_job_that_hides_it(
         with pytest.raises(InvalidTransition):
             await rt.run_now(child_id)
         rt.store.get_job = read  # type: ignore[method-assign]
+        gate.open.set()
+        assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
+        assert ran == ["child"]
+
+
+async def test_a_refill_read_under_way_as_a_dependent_is_released_leaves_its_copy(
+    tmp_path: Path,
+) -> None:
+    """A refill of the delayed window reads a dependent blocked; before the read comes
+    back, its parent ends and the store releases it (behind a full window: the store's
+    only). The blocked copy the read found is left out, and the job runs."""
+    rt = Runtime(str(tmp_path / "app.db"), window=2)
+    gate = Gate()
+    ran: list[str] = []
+
+    @rt.task
+    async def filler(n: int) -> None:
+        gate.started.append(n)
+        await gate.open.wait()
+
+    @rt.task
+    async def parent() -> str:
+        return "p"
+
+    @rt.task
+    async def child() -> None:
+        ran.append("child")
+
+    async with rt:
+        pool = rt.pool("default", concurrency=1)
+        pool.pause()
+        for n in range(5):
+            await pool.add(filler, n)
+        parent_id = await pool.add(parent.options(priority=10))
+        child_id = await pool.add(child.options(after=[parent_id]))
+        read = rt.store.delayed_jobs
+
+        async def slow_read(name: str, after: tuple[float, int], limit: int) -> Any:
+            rows = await read(name, after, limit)
+            if any(row.id == child_id for row in rows):
+                pool.resume()  # meanwhile: the parent runs, its dependent is released
+                while (await rt.store.get_job(child_id)).waiting_reason is not None:  # type: ignore[union-attr]
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
+            return rows
+
+        rt.store.delayed_jobs = slow_read  # type: ignore[method-assign]
+        states, _, _ = await rt.adoption.load_delayed("default", (time.time(), 2**63 - 1), 10)
+        rt.store.delayed_jobs = read  # type: ignore[method-assign]
+        for state in states:  # where the refill puts what it read
+            pool.push(state)
         gate.open.set()
         assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
         assert ran == ["child"]
