@@ -521,28 +521,58 @@ async def test_a_release_leaves_a_job_that_a_refill_read_released_and_started(
         assert runs == [job_id]
 
 
+class Dependent:
+    """A parent (priority 10: it runs first) and its dependent, in a pool of one slot;
+    with ``fillers``, as many jobs that wait at a gate, and a window of 2 jobs, so
+    the dependent, once released, stays in the store behind the full window."""
+
+    def __init__(self, tmp_path: Path, *, fillers: int = 0) -> None:
+        options: dict[str, Any] = {"window": 2} if fillers else {}
+        self.rt = rt = Runtime(str(tmp_path / "app.db"), **options)
+        self.fillers = fillers
+        self.gate = gate = Gate()
+        self.ran: list[str] = []
+
+        @rt.task
+        async def filler(n: int) -> None:
+            gate.started.append(n)
+            await gate.open.wait()
+
+        @rt.task
+        async def parent() -> str:
+            return "p"
+
+        @rt.task
+        async def child() -> None:
+            self.ran.append("child")
+
+        self.filler, self.parent, self.child = filler, parent, child
+
+    async def add(self) -> tuple[Any, int, int]:
+        """The jobs, added to the paused pool: (the pool, the parent, the dependent)."""
+        pool = self.rt.pool("default", concurrency=1)
+        pool.pause()
+        for n in range(self.fillers):
+            await pool.add(self.filler, n)
+        parent_id = await pool.add(self.parent.options(priority=10))
+        child_id = await pool.add(self.child.options(after=[parent_id]))
+        return pool, parent_id, child_id
+
+    async def released(self, child_id: int) -> None:
+        while (await self.rt.store.get_job(child_id)).waiting_reason is not None:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+
+
 async def test_a_release_replaces_a_blocked_copy_a_refill_read_before_it(
     tmp_path: Path,
 ) -> None:
     """A refill that read a dependent's row while it was blocked (a read under way as
     its release committed) may place that copy while the release reads the job: the
     release puts the released job in its place, and it runs."""
-    rt = Runtime(str(tmp_path / "app.db"))
-    done: list[str] = []
-
-    @rt.task
-    async def parent() -> str:
-        return "p"
-
-    @rt.task
-    async def child() -> None:
-        done.append("child")
-
+    case = Dependent(tmp_path)
+    rt = case.rt
     async with rt:
-        pool = rt.pool("default", concurrency=1)
-        pool.pause()
-        parent_id = await pool.add(parent)
-        child_id = await pool.add(child.options(after=[parent_id]))
+        pool, _, child_id = await case.add()
         await rt.store.flush()
         blocked = await rt.store.get_job(child_id)
         assert blocked is not None and blocked.run_at == BLOCKED_AT
@@ -560,7 +590,7 @@ async def test_a_release_replaces_a_blocked_copy_a_refill_read_before_it(
         rt.store.get_job = get_job  # type: ignore[method-assign]
         pool.resume()
         assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
-        assert done == ["child"]
+        assert case.ran == ["child"]
 
 
 async def test_a_dependent_cancelled_while_its_release_reads_it_stays_cancelled(
@@ -569,22 +599,10 @@ async def test_a_dependent_cancelled_while_its_release_reads_it_stays_cancelled(
     """An operator's cancel may take in, end and commit a released dependent while
     the release reads its row: the row read is older than the cancel, and the job
     does not run."""
-    rt = Runtime(str(tmp_path / "app.db"))
-    ran: list[str] = []
-
-    @rt.task
-    async def parent() -> str:
-        return "p"
-
-    @rt.task
-    async def child() -> None:
-        ran.append("child")
-
+    case = Dependent(tmp_path)
+    rt = case.rt
     async with rt:
-        pool = rt.pool("default", concurrency=1)
-        pool.pause()
-        parent_id = await pool.add(parent)
-        child_id = await pool.add(child.options(after=[parent_id]))
+        pool, _, child_id = await case.add()
         read = rt.store.get_job
         cancelled: list[JobInfo] = []
         meddled: list[int] = []
@@ -608,7 +626,7 @@ async def test_a_dependent_cancelled_while_its_release_reads_it_stays_cancelled(
         assert (await rt.wait(child_id, timeout=5)).status is JobStatus.CANCELLED
         await asyncio.sleep(0.1)  # the release goes on after the cancel
         assert [c.status for c in cancelled] == [JobStatus.CANCELLED]
-        assert ran == []
+        assert case.ran == []
         assert (await rt.get(child_id)).status is JobStatus.CANCELLED
 
 
@@ -619,35 +637,14 @@ async def test_a_refused_run_now_leaves_no_copy_of_a_job_that_hides_it(
     release (under way as it committed) finds it blocked, and the call is refused.
     The copy it read leaves memory with the refusal: the released job, in the store
     only behind a full window, still runs."""
-    rt = Runtime(str(tmp_path / "app.db"), window=2)
-    gate = Gate()
-    ran: list[str] = []
-
-    @rt.task
-    async def filler(n: int) -> None:
-        gate.started.append(n)
-        await gate.open.wait()
-
-    @rt.task
-    async def parent() -> str:
-        return "p"
-
-    @rt.task
-    async def child() -> None:
-        ran.append("child")
-
+    case = Dependent(tmp_path, fillers=5)
+    rt = case.rt
     async with rt:
-        pool = rt.pool("default", concurrency=1)
-        pool.pause()
-        for n in range(6):
-            await pool.add(filler, n)
-        parent_id = await pool.add(parent.options(priority=10))
-        child_id = await pool.add(child.options(after=[parent_id]))
+        pool, parent_id, child_id = await case.add()
         blocked = await rt.store.get_job(child_id)
         pool.resume()
         await rt.wait(parent_id, timeout=5)
-        while (await rt.store.get_job(child_id)).waiting_reason is not None:  # type: ignore[union-attr]
-            await asyncio.sleep(0.01)
+        await case.released(child_id)
         assert child_id not in rt.live.states  # released behind the window: the store's
         read = rt.store.get_job
 
@@ -658,9 +655,9 @@ async def test_a_refused_run_now_leaves_no_copy_of_a_job_that_hides_it(
         with pytest.raises(InvalidTransition):
             await rt.run_now(child_id)
         rt.store.get_job = read  # type: ignore[method-assign]
-        gate.open.set()
+        case.gate.open.set()
         assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
-        assert ran == ["child"]
+        assert case.ran == ["child"]
 
 
 async def test_a_refill_read_under_way_as_a_dependent_is_released_leaves_its_copy(
@@ -669,38 +666,17 @@ async def test_a_refill_read_under_way_as_a_dependent_is_released_leaves_its_cop
     """A refill of the delayed window reads a dependent blocked; before the read comes
     back, its parent ends and the store releases it (behind a full window: the store's
     only). The blocked copy the read found is left out, and the job runs."""
-    rt = Runtime(str(tmp_path / "app.db"), window=2)
-    gate = Gate()
-    ran: list[str] = []
-
-    @rt.task
-    async def filler(n: int) -> None:
-        gate.started.append(n)
-        await gate.open.wait()
-
-    @rt.task
-    async def parent() -> str:
-        return "p"
-
-    @rt.task
-    async def child() -> None:
-        ran.append("child")
-
+    case = Dependent(tmp_path, fillers=5)
+    rt = case.rt
     async with rt:
-        pool = rt.pool("default", concurrency=1)
-        pool.pause()
-        for n in range(5):
-            await pool.add(filler, n)
-        parent_id = await pool.add(parent.options(priority=10))
-        child_id = await pool.add(child.options(after=[parent_id]))
+        pool, _, child_id = await case.add()
         read = rt.store.delayed_jobs
 
         async def slow_read(name: str, after: tuple[float, int], limit: int) -> Any:
             rows = await read(name, after, limit)
             if any(row.id == child_id for row in rows):
                 pool.resume()  # meanwhile: the parent runs, its dependent is released
-                while (await rt.store.get_job(child_id)).waiting_reason is not None:  # type: ignore[union-attr]
-                    await asyncio.sleep(0.01)
+                await case.released(child_id)
                 await asyncio.sleep(0.05)
             return rows
 
@@ -709,9 +685,9 @@ async def test_a_refill_read_under_way_as_a_dependent_is_released_leaves_its_cop
         rt.store.delayed_jobs = read  # type: ignore[method-assign]
         for state in states:  # where the refill puts what it read
             pool.push(state)
-        gate.open.set()
+        case.gate.open.set()
         assert (await rt.wait(child_id, timeout=5)).status is JobStatus.SUCCESS
-        assert ran == ["child"]
+        assert case.ran == ["child"]
 
 
 # -- across nodes --------------------------------------------------------------------------
