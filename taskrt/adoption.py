@@ -164,6 +164,13 @@ class Adoption:
             return state
         return self.hold(info)
 
+    def forget(self, state: JobState) -> None:
+        """A waiting job leaves memory, its pool's queue too (its row stays the truth)."""
+        pool = self.pools.get(state.pool)
+        if pool is not None:
+            pool.remove(state)
+        self.shelve(state)
+
     def unpin(self, state: JobState) -> None:
         """An action that pinned a waiting job does not go on with it: unless a pool
         holds it, it leaves memory again (its row stays the truth). Left held, a

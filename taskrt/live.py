@@ -77,7 +77,8 @@ class LiveJobs:
                 )
             if self.states.get(state.id) is state and state.status in TERMINAL:
                 del self.states[state.id]
-                self.changed(state.id)
+                if self._watching:  # a read is under way (rarely, as a job ends)
+                    self.changed(state.id)
 
     def clear(self) -> None:
         self.states.clear()

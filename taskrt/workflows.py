@@ -254,11 +254,11 @@ class Workflows:
         state = self.live.states.get(job_id)
         if state is None or _blocked_copy(state):
             if state is not None:
-                self._forget(state)
+                self.adoption.forget(state)
             info = await self.adoption.read(job_id)  # after the release committed
             state = self.live.states.get(job_id)  # a refill may have read it meanwhile
             if state is not None and _blocked_copy(state):
-                self._forget(state)
+                self.adoption.forget(state)
                 state = None
             if state is None:
                 if info is None or info.status is not JobStatus.WAITING:
@@ -267,18 +267,11 @@ class Workflows:
         if state is not None and state.status is JobStatus.WAITING:
             self.pools[state.pool].push(state)
 
-    def _forget(self, state: JobState) -> None:
-        """A waiting job leaves memory (its row in the store is the truth)."""
-        pool = self.pools.get(state.pool)
-        if pool is not None:
-            pool.remove(state)
-        self.adoption.shelve(state)
-
     def _cancelled(self, child: CancelledChild) -> None:
         self.live.changed(child.job_id)  # a read under way finds it blocked: older
         held = self.live.states.get(child.job_id)
         if held is not None:
-            self._forget(held)
+            self.adoption.forget(held)
         self.transitions.ended_in_store(child)
 
 
