@@ -1255,7 +1255,13 @@ class Runtime:
         return await self.get(job_id)
 
     async def retry(self, job_id: int) -> JobInfo:
-        """Put a FAILURE or CANCELLED job back to WAITING, with its attempts renewed."""
+        """Put a FAILURE or CANCELLED job back to WAITING, with its attempts renewed.
+
+        The dependents its end cancelled wait for it again (and theirs for them). A
+        dependent that never ran (a parent failed, or it was cancelled while it
+        waited) waits for its parents again and runs with their results; refused
+        while one of them has failed or was cancelled (retry that one first).
+        """
         self.require_started("retry")
         remote = self._forwarding()
         if remote is not None:
@@ -1264,26 +1270,25 @@ class Runtime:
         info = await self.get(job_id)
         if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
             raise InvalidTransition(job_id, info.status.value, "retry")
+        await self.store.settle()  # its end, if written here, committed first
+        self._forget_ended(job_id)
+        retried = await self._retry(info, self.clock.now())
+        await self._retry_dependents(job_id)
+        return retried
+
+    async def _retry(self, info: JobInfo, now: float) -> JobInfo:
+        job_id = info.id
         spec = self._tasks.get(info.task)
         base = spec.attempts if spec is not None else 1
         max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
-        now = self.clock.now()
+        if info.attempts == 0:  # perhaps a dependent that never ran
+            again = await self._block_again(info, now, max_attempts)
+            if again is not None:
+                return again
         if not self.owning or spec is None:
             await self.store.retry_external(job_id, now, max_attempts)
             return await self.get(job_id)
-        await self.store.settle()
-        holder = None
-        if info.unique_key is not None:
-            holder = self.live.unique.get(info.unique_key)
-            if holder is None:
-                holder = await self.store.unique_holder(info.unique_key)
-        if holder is not None and holder != job_id:
-            # Refused before writing: the unique index would fail the whole write batch.
-            raise InvalidTransition(
-                job_id,
-                info.status.value,
-                f"retry (job {holder} holds its unique key {info.unique_key!r})",
-            )
+        await self._refuse_held_key(info)
         state = JobState(info, spec, retry_policy_of(info, spec))
         state.update(
             status=JobStatus.WAITING,
@@ -1302,6 +1307,62 @@ class Runtime:
         await self.store.settle(self.transitions.write_waiting(state, was=info.status))
         self.pool(info.pool).push(state)
         return state.info()
+
+    async def _retry_dependents(self, parent: int) -> None:
+        """A retried job's dependents that its end cancelled wait for it again, and
+        theirs for them; one that cannot (another parent failed too) stays CANCELLED."""
+        todo = [parent]
+        while todo:
+            for child in await self.store.cancelled_by(todo.pop()):
+                info = await self.store.get_job(child)
+                if info is None or info.status is not JobStatus.CANCELLED:
+                    continue
+                self._forget_ended(child)
+                try:
+                    await self._retry(info, self.clock.now())
+                except InvalidTransition:
+                    continue
+                todo.append(child)
+
+    def _forget_ended(self, job_id: int) -> None:
+        """A job about to be retried in the store: the ended state memory may hold of
+        it (until its end is written, which it is now) would hide what it becomes."""
+        held = self.live.states.get(job_id)
+        if held is not None and held.status in TERMINAL:
+            self.adoption.shelve(held)
+
+    async def _refuse_held_key(self, info: JobInfo) -> None:
+        """A retry is refused before it writes while another job holds the job's unique
+        key: the unique index would fail the whole write batch."""
+        if info.unique_key is None:
+            return
+        holder = self.live.unique.get(info.unique_key)
+        if holder is None:
+            holder = await self.store.unique_holder(info.unique_key)
+        if holder is not None and holder != info.id:
+            raise InvalidTransition(
+                info.id,
+                info.status.value,
+                f"retry (job {holder} holds its unique key {info.unique_key!r})",
+            )
+
+    async def _block_again(
+        self, info: JobInfo, now: float, max_attempts: int | None
+    ) -> JobInfo | None:
+        """A manual retry of a dependent that never ran: blocked on its parents again
+        (``JobStore.block_again``), then settled here like a new one; None when the
+        job is not such a dependent."""
+        await self._refuse_held_key(info)
+        again = await self.store.block_again(info.id, now, max_attempts)
+        if again is None:
+            return None
+        if again.refused is not None:
+            raise InvalidTransition(info.id, info.status.value, f"retry ({again.refused})")
+        self.live.changed(info.id)
+        self.transitions.blocked_again(info, again, now)
+        if self.runs_jobs:  # else the sweep of whichever process runs jobs
+            self.workflows.dependents(info.id, again.parents)
+        return await self.get(info.id)
 
     async def jobs(
         self,

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .limits import Limits
     from .pool import Pool
     from .store import JobStore
-    from .store.protocol import CancelledChild
+    from .store.protocol import BlockedAgain, CancelledChild
 
 log = logging.getLogger("taskrt")
 
@@ -539,6 +539,24 @@ class Transitions:
                     pool,
                     status,
                     ended.finished_at,
+                    data,
+                )
+            )
+
+    def blocked_again(self, info: JobInfo, again: BlockedAgain, now: float) -> None:
+        """A dependent the store blocked again on its parents (a manual retry,
+        ``JobStore.block_again``): its event, with the sequence the store wrote."""
+        if self.broker.wants(info.id):
+            data = {"attempt": 0, "manual": True, "run_at": now, "after": list(again.parents)}
+            self.broker.publish(
+                Event(
+                    info.id,
+                    again.seq,
+                    EventType.RETRYING,
+                    info.task,
+                    info.pool,
+                    JobStatus.WAITING,
+                    now,
                     data,
                 )
             )

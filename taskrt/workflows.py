@@ -43,6 +43,12 @@ Design notes:
    are settled in one transaction. A group of 10,000 costs one settle, not
    one per member. A failure or cancel is settled at once (it cancels), and
    anything the owner did not follow is settled as it ends.
+6. **A manual retry resumes a workflow.** A dependent that was cancelled
+   before its release (a parent failed, or a cancel by hand) is blocked again
+   on its parents when it is retried (``JobStore.block_again``), and counted
+   here like a new one (``dependents``); retrying a parent does that for the
+   dependents its end cancelled (``JobStore.cancelled_by``), and theirs. So
+   a dependent never runs without its parents' results.
 """
 
 from __future__ import annotations

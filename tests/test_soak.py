@@ -6,7 +6,8 @@ that fail and retry) to a pool with a small waiting window, while a fourth
 cancels, runs now, retries, pauses and resumes at random; half the runs stop
 the runtime in the middle and start a new one on the same database. Then:
 
-- every job ends;
+- every job ends, and none in FAILURE (a first attempt that fails is retried,
+  and a retried dependent runs with its parents' results);
 - no handler ran more often than its job's attempts say (a cancelled job that
   never started never ran; a success ran at least once).
 
@@ -44,6 +45,7 @@ class Soak:
             self.options["window"] = self.rnd.choice([3, 5, 8, 20])
         self.runs: Counter[int] = Counter()
         self.ids: list[int] = []
+        self.cancelled: list[int] = []
 
     def runtime(self) -> Runtime:
         rt = Runtime(self.db, **self.options)
@@ -114,6 +116,7 @@ class Soak:
             try:
                 if act < 0.25:
                     await rt.cancel(job_id)
+                    self.cancelled.append(job_id)
                 elif act < 0.45:
                     await rt.run_now(job_id)
                 elif act < 0.55:
@@ -124,6 +127,8 @@ class Soak:
                     info = await rt.get(job_id)
                     if info.status in (JobStatus.FAILURE, JobStatus.CANCELLED):
                         await rt.retry(job_id)
+                elif act < 0.8 and self.cancelled:  # often a dependent, cancelled blocked
+                    await rt.retry(self.cancelled.pop(rnd.randrange(len(self.cancelled))))
             except TaskrtError:
                 pass  # not allowed in the job's state now: fine
 
@@ -144,6 +149,8 @@ class Soak:
             info = await rt.get(job_id)
             attempts = max(info.attempts, len(await rt.attempts(job_id)))
             ran = self.runs[job_id]
+            if info.status is JobStatus.FAILURE:  # no handler fails twice; chain steps never
+                problems.append(f"job {job_id} ({info.task}) failed: {info.error}")
             if ran > attempts or (info.status is JobStatus.SUCCESS and ran == 0):
                 problems.append(
                     f"job {job_id} ({info.task}) {info.status.value} with {attempts} attempt(s) "

@@ -1,6 +1,7 @@
 """The schema's version (store note 11): new files, files of the first release,
 files of a newer release, and several processes opening an old file at once;
-version 5's counts (note 12) and the index the waiting window reads (note 13)."""
+version 5's counts (note 12), the index the waiting window reads (note 13), and
+version 8's outcome of a dependent's wait."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from core_support import rows, write
@@ -203,7 +205,7 @@ async def test_a_version_4_file_is_counted_once_at_the_upgrade(tmp_path: Path) -
     store = Store(path)
     await store.open()
     try:
-        assert version(path) == SCHEMA_VERSION == 7
+        assert version(path) == SCHEMA_VERSION == 8
         assert sorted(counts_table(path)) == sorted(counted_jobs(path)) == sorted(V4_JOBS)
         assert store.counted("img", JobStatus.CANCELLED) == 4  # loaded at opening
         assert await store.live_counts() == {
@@ -273,3 +275,40 @@ async def _open_and_close(path: str) -> None:
     store = Store(path)
     await store.open()
     await store.close()
+
+
+async def test_a_version_7_file_keeps_its_blocked_jobs_at_the_upgrade(tmp_path: Path) -> None:
+    path = str(tmp_path / "app.db")
+
+    def runtime() -> tuple[Runtime, Task[..., Any], Task[..., Any]]:
+        rt = Runtime(path)
+
+        @rt.task
+        async def first() -> int:
+            return 20
+
+        @rt.task
+        async def then(n: int, plus: int) -> int:
+            return n + plus
+
+        return rt, first, then
+
+    rt, first, then = runtime()
+    async with rt:
+        rt.pool("default").pause()
+        flow = await rt.chain(first.s(), then.s(plus=1))
+    # What the file was at version 7: no outcome column, no index on it.
+    write(path, "DROP INDEX job_waits_open")
+    write(path, "DROP INDEX job_waits_cancelled")
+    write(path, "ALTER TABLE job_waits DROP COLUMN outcome")
+    write(path, "PRAGMA user_version = 7")
+    store = Store(path)
+    await store.open()
+    await store.close()
+    assert version(path) == SCHEMA_VERSION == 8
+    assert rows(path, "SELECT child, outcome FROM job_waits") == [(flow.jobs[1], None)]
+    rt, first, then = runtime()
+    async with rt:
+        rt.pool("default").resume()
+        assert (await rt.wait(flow.jobs[1], timeout=10)).result == 21
+    assert rows(path, "SELECT child, outcome FROM job_waits") == [(flow.jobs[1], "released")]

@@ -191,6 +191,148 @@ async def test_a_blocked_job_can_be_cancelled_but_not_run_now(tmp_path: Path) ->
         assert (await rt.get(b)).status is JobStatus.CANCELLED
 
 
+# -- a manual retry of a dependent ----------------------------------------------------
+
+
+async def test_retrying_a_failed_chain_step_resumes_the_steps_it_cancelled(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    broken = {"fetch": True}
+
+    @rt.task
+    async def fetch(url: str) -> str:
+        if broken["fetch"]:
+            raise ConnectionError("down")
+        return f"<{url}>"
+
+    @rt.task
+    async def parse(html: str) -> int:
+        return len(html)
+
+    @rt.task
+    async def store(size: int, bucket: str) -> str:
+        return f"{bucket}/{size}"
+
+    async with rt:
+        flow = await rt.chain(fetch.s("x.org"), parse.s(), store.s(bucket="b"))
+        first, second, third = flow.jobs
+        assert (await rt.wait(third, timeout=10)).status is JobStatus.CANCELLED
+        with pytest.raises(InvalidTransition, match=f"parent job {first} failed: retry that"):
+            await rt.retry(second)
+        assert (await rt.get(second)).status is JobStatus.CANCELLED  # refused: unchanged
+        broken["fetch"] = False
+        await rt.retry(first)
+        done = await rt.wait(third, timeout=10)
+        assert (done.status, done.result, done.args) == (JobStatus.SUCCESS, "b/7", (7,))
+        parsed = await rt.get(second)
+        assert (parsed.status, parsed.args, parsed.error) == (JobStatus.SUCCESS, ("<x.org>",), None)
+        assert (await rt.workflow(flow.id)).status is JobStatus.SUCCESS
+
+
+async def test_a_dependent_cancelled_by_hand_stays_cancelled_when_its_parent_is_retried(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    gate = Gate()
+
+    @rt.task
+    async def parent() -> None:
+        gate.started.append(1)
+        await gate.open.wait()
+        raise ValueError("no")
+
+    @rt.task
+    async def child() -> str:
+        return "ran"
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(parent)
+        by_hand = await pool.add(child.options(after=[a]))
+        by_failure = await pool.add(child.options(after=[a]))
+        await rt.cancel(by_hand)
+        gate.open.set()
+        assert (await rt.wait(by_failure, timeout=10)).error == f"parent job {a} failed"
+        gate.open.clear()
+        await rt.retry(a)
+        assert (await rt.get(by_failure)).waiting_reason == "blocked"
+        with pytest.raises(TimeoutError):
+            await rt.wait(by_failure, timeout=0.2)  # it waits for its parent again
+        assert (await rt.get(by_hand)).status is JobStatus.CANCELLED
+        # The parent fails again: it is cancelled again; retried by hand, it runs.
+        gate.open.set()
+        assert (await rt.wait(by_failure, timeout=10)).status is JobStatus.CANCELLED
+        assert (await rt.get(a)).status is JobStatus.FAILURE
+        with pytest.raises(InvalidTransition, match="retry that job first"):
+            await rt.retry(by_hand)
+        assert (await rt.get(by_hand)).status is JobStatus.CANCELLED
+
+
+async def test_a_retried_dependent_cancelled_while_it_waited_waits_again(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    gate = Gate()
+
+    @rt.task
+    async def slow(n: int) -> int:
+        gate.started.append(n)
+        await gate.open.wait()
+        return n
+
+    @rt.task
+    async def total(results: list[int], title: str) -> str:
+        return f"{title}={sum(results)}"
+
+    async with rt:
+        flow = await rt.group([slow.s(1), slow.s(2)]).then(total.s(title="t"))
+        callback = flow.jobs[-1]
+        assert (await rt.cancel(callback)).status is JobStatus.CANCELLED
+        while not gate.started:
+            await asyncio.sleep(0.01)
+        async with rt.subscribe(task="total") as stream:
+            again = await rt.retry(callback)
+            event = await asyncio.wait_for(anext(stream), 10)
+        assert (again.status, again.waiting_reason) == (JobStatus.WAITING, "blocked")
+        assert (event.job_id, event.type, event.seq) == (callback, EventType.RETRYING, again.seq)
+        assert event.data["after"] == list(flow.jobs[:-1])
+        await asyncio.sleep(0.1)
+        assert (await rt.get(callback)).waiting_reason == "blocked"  # its parents still run
+        gate.open.set()
+        done = await rt.wait(callback, timeout=10)
+        assert (done.status, done.result, done.args) == (JobStatus.SUCCESS, "t=3", ([1, 2],))
+        with pytest.raises(InvalidTransition):
+            await rt.retry(callback)  # a success is not retried
+
+
+async def test_a_retried_dependent_that_ran_keeps_its_arguments(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    calls: list[tuple[Any, ...]] = []
+
+    @rt.task
+    async def value() -> int:
+        return 5
+
+    @rt.task
+    async def flaky(n: int, label: str) -> str:
+        calls.append((n, label))
+        if len(calls) == 1:
+            raise ValueError("first time")
+        return f"{label}{n}"
+
+    async with rt:
+        flow = await rt.chain(value.s(), flaky.s(label="x"))
+        child = flow.jobs[1]
+        assert (await rt.wait(child, timeout=10)).status is JobStatus.FAILURE
+        await rt.retry(child)
+        done = await rt.wait(child, timeout=10)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, "x5")
+        assert calls == [(5, "x"), (5, "x")]  # its parent's result once, not twice
+
+
 # -- chains and groups -----------------------------------------------------------------
 
 

@@ -8,6 +8,14 @@ does when one fails, what it takes from their results, and the ``run_at`` it
 asked for). ``settle`` closes the open rows of finished parents and decides
 each dependent they touched; the backends run its statements, in one
 transaction, with their own driver. The statements are written with ``?``.
+
+A decided dependent's ``job_waits`` row stays, its ``outcome`` set: ``released``
+(its arguments hold its parents' results), ``cancelled`` (it never ran: a
+parent failed, or it was cancelled while it waited) or ``followed`` (a batch's
+member). A manual retry of a ``cancelled`` one blocks it again on its parents
+(``block_again``), so that it runs with their results, never without them.
+Rows with no outcome are the blocked jobs; the statements that look for those
+say so.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ SQL_CLOSE_OF = (
 )
 # The same for every blocked job (a sweep: start-up, and now and then).
 SQL_CLOSE_ALL = (
-    "UPDATE job_deps SET done = 1 WHERE done = 0 AND child IN (SELECT child FROM job_waits) "
+    "UPDATE job_deps SET done = 1 WHERE done = 0 "
+    "AND child IN (SELECT child FROM job_waits WHERE outcome IS NULL) "
     f"AND {_FINISHED_PARENT} RETURNING child, parent"
 )
 SQL_STATUS_OF = "SELECT id, status FROM jobs WHERE id IN ({})"
@@ -40,10 +49,11 @@ SQL_STATUS_OF = "SELECT id, status FROM jobs WHERE id IN ({})"
 SQL_WAIT_COUNT = (
     "UPDATE job_waits SET pending = pending - ?, "
     "failed_parent = coalesce(failed_parent, ?), failed_status = coalesce(failed_status, ?) "
-    "WHERE child = ? RETURNING pending, failed_parent, failed_status, on_parent_failure, "
-    "inputs, run_at"
+    "WHERE child = ? AND outcome IS NULL RETURNING pending, failed_parent, failed_status, "
+    "on_parent_failure, inputs, run_at"
 )
-SQL_WAIT_DONE = "DELETE FROM job_waits WHERE child = ?"
+# (outcome, child): it waits no more (the module's docstring).
+SQL_WAIT_DONE = "UPDATE job_waits SET outcome = ? WHERE child = ?"
 _BLOCKED = "id = ? AND status = 'WAITING' AND waiting_reason IN ('blocked', 'batched')"
 # (finished_at, error, id)
 SQL_CANCEL_CHILD = (
@@ -98,7 +108,7 @@ SQL_PARENTS_FOUND = "SELECT id FROM jobs WHERE id IN ({})"
 # -- reads
 SQL_OPEN_PARENTS = (
     "SELECT DISTINCT d.parent FROM job_waits w JOIN job_deps d ON d.child = w.child "
-    "WHERE d.done = 0"
+    "WHERE d.done = 0 AND w.outcome IS NULL"
 )
 SQL_WORKFLOW_EDGES = (
     "SELECT d.child, d.parent FROM jobs j JOIN job_deps d ON d.child = j.id "
@@ -108,7 +118,35 @@ SQL_WORKFLOW_EDGES = (
 # that job is released). .format(the jobs table's alias)
 KEEP_PARENTS = (
     "NOT EXISTS (SELECT 1 FROM job_deps d JOIN job_waits w ON w.child = d.child "
-    "WHERE d.parent = {}.id)"
+    "WHERE d.parent = {}.id AND w.outcome IS NULL)"
+)
+# -- a manual retry of a dependent that never ran (``block_again``)
+SQL_HOW_IT_WAITED = (
+    "SELECT w.on_parent_failure, w.outcome, j.status FROM job_waits w "
+    "JOIN jobs j ON j.id = w.child WHERE w.child = ?"
+)
+SQL_PARENTS_NOW = (
+    "SELECT d.parent, p.status FROM job_deps d LEFT JOIN jobs p ON p.id = d.parent "
+    "WHERE d.child = ? ORDER BY d.position"
+)
+# (run_at, max_attempts, id)
+SQL_BLOCK_AGAIN = (
+    "UPDATE jobs SET status = 'WAITING', waiting_reason = 'blocked', run_at = ?, "
+    "max_attempts = ?, finished_at = NULL, started_at = NULL, seq = seq + 1 "
+    "WHERE id = ? AND status IN ('FAILURE', 'CANCELLED') RETURNING pool, seq"
+)
+# (parent): the dependents a parent's end cancelled, and why each is CANCELLED now
+# (a cancel by hand before that leaves another error).
+SQL_CANCELLED_BY = (
+    "SELECT w.child, j.error, w.failed_status FROM job_waits w JOIN jobs j ON j.id = w.child "
+    "WHERE w.failed_parent = ? AND w.outcome = 'cancelled' AND j.status = 'CANCELLED' "
+    "ORDER BY w.child"
+)
+SQL_REOPEN = "UPDATE job_deps SET done = 0 WHERE child = ?"
+# (pending, run_at, child)
+SQL_WAIT_AGAIN = (
+    "UPDATE job_waits SET pending = ?, failed_parent = NULL, failed_status = NULL, "
+    "outcome = NULL, run_at = ? WHERE child = ?"
 )
 
 
@@ -221,6 +259,26 @@ def decide(child: int, row: Sequence[Any], now: float) -> Decision | None:
         return Decision(child, "cancel", error=parent_error(int(failed), str(how)))
     if int(pending) <= 0:
         return Decision(child, "release", inputs=inputs, run_at=max(float(run_at), now))
+    return None
+
+
+def blocked_again(how: Sequence[Any] | None) -> bool:
+    """Whether a job's ``SQL_HOW_IT_WAITED`` row makes its manual retry block it again:
+    a dependent (not a batch's member) that ended without being released."""
+    if how is None:
+        return False
+    policy, was, status = how
+    return policy != "follow" and was != "released" and status in ("FAILURE", "CANCELLED")
+
+
+def refusal(policy: str, parents: Sequence[Sequence[Any]]) -> str | None:
+    """Why a dependent that never ran cannot wait for its parents again
+    (``SQL_PARENTS_NOW`` rows), or None."""
+    for parent, status in parents:
+        if status is None:
+            return f"its parent job {parent} was deleted"
+        if status in ("FAILURE", "CANCELLED") and policy != "run":
+            return f"its {parent_error(int(parent), str(status))}: retry that job first"
     return None
 
 

@@ -93,6 +93,19 @@ class Settled:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockedAgain:
+    """What ``JobStore.block_again`` did with a dependent that never ran: blocked it
+    again on ``parents`` (``seq``: its sequence now), or left it as it was because
+    of ``refused`` (a parent that failed, was cancelled, or is gone)."""
+
+    pool: str = ""
+    seq: int = 0
+    was: str = ""
+    parents: tuple[int, ...] = ()
+    refused: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CancelledChild:
     """A job ``settle_deps`` ended: a dependent it cancelled, or a member of a batch
     that ended as its batch did; as its event tells it."""
@@ -582,6 +595,19 @@ class JobStore(Protocol):
         Safe to repeat, and to run on several processes at once."""
         ...
 
+    async def block_again(
+        self, job_id: int, run_at: float, max_attempts: int | None
+    ) -> BlockedAgain | None:
+        """In one transaction, a manual retry of a dependent that ended without ever
+        being released (a parent failed, or it was cancelled while it waited):
+        WAITING and blocked again, every parent's dependency open again (a settle
+        closes those that ended and releases it with their results, at ``run_at``
+        or later), its attempts renewed to ``max_attempts``. Refused (nothing
+        written) when a parent is gone, or failed or was cancelled and the job does
+        not run after a parent's failure. None when the job is not such a
+        dependent (a plain retry applies)."""
+        ...
+
     async def form_batch(
         self, task: str, key: str, limit: int, now: float
     ) -> tuple[int, str, list[int]] | None:
@@ -601,6 +627,11 @@ class JobStore(Protocol):
 
     async def open_parents(self) -> list[int]:
         """The jobs some blocked job still waits for."""
+        ...
+
+    async def cancelled_by(self, parent: int) -> list[int]:
+        """The dependents that ``parent``'s failure or cancel cancelled, still CANCELLED
+        (not those cancelled by hand first), by id."""
         ...
 
     async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:

@@ -13,7 +13,13 @@ from typing import Any
 
 from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
 from .adds import count_by
-from .deps import SQL_BATCHES_WAITING, SQL_OPEN_PARENTS, SQL_WORKFLOW_EDGES
+from .deps import (
+    SQL_BATCHES_WAITING,
+    SQL_CANCELLED_BY,
+    SQL_OPEN_PARENTS,
+    SQL_WORKFLOW_EDGES,
+    parent_error,
+)
 from .protocol import OwnerRecord
 from .queries import (
     JOB_COLUMNS,
@@ -86,6 +92,11 @@ class SharedReads:
     async def open_parents(self) -> list[int]:
         """The jobs some blocked job still waits for."""
         return [int(r[0]) for r in await self.query(SQL_OPEN_PARENTS)]
+
+    async def cancelled_by(self, parent: int) -> list[int]:
+        """The dependents that ``parent``'s failure or cancel cancelled, still CANCELLED."""
+        rows = await self.query(SQL_CANCELLED_BY, (parent,))
+        return [int(c) for c, error, how in rows if error == parent_error(parent, str(how))]
 
     async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:
         """A workflow's jobs (by id) and its dependencies as (child, parent)."""

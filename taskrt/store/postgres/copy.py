@@ -129,6 +129,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "run_at",
         "failed_parent",
         "failed_status",
+        "outcome",
     ),
 }
 

@@ -15,26 +15,33 @@ from ...models import BLOCKED_AT
 from ..deps import (
     SQL_ARGS_OF,
     SQL_BATCH_MEMBERS,
+    SQL_BLOCK_AGAIN,
     SQL_CANCEL_CHILD,
     SQL_CLOSE_ALL,
     SQL_DEP,
     SQL_FOLLOW,
     SQL_FOLLOW_END,
+    SQL_HOW_IT_WAITED,
     SQL_LEAD,
     SQL_LEADER_END,
+    SQL_PARENTS_NOW,
     SQL_RELEASE,
+    SQL_REOPEN,
     SQL_RESULTS_OF,
     SQL_WAIT,
+    SQL_WAIT_AGAIN,
     SQL_WAIT_COUNT,
     SQL_WAIT_DONE,
     batch_args,
+    blocked_again,
     cancelled,
     closed_by_child,
     decide,
     followed,
+    refusal,
     with_inputs,
 )
-from ..protocol import CancelledChild, Settled
+from ..protocol import BlockedAgain, CancelledChild, Settled
 from .sql import SQL_CLOSE_OF, SQL_STATUS_OF, numbered
 from .writer import Tally
 
@@ -52,6 +59,11 @@ _LEAD = numbered(SQL_LEAD)
 _FOLLOW = numbered(SQL_FOLLOW)
 _DEP = numbered(SQL_DEP)
 _WAIT = numbered(SQL_WAIT)
+_HOW_IT_WAITED = numbered(SQL_HOW_IT_WAITED) + " FOR UPDATE"
+_PARENTS_NOW = numbered(SQL_PARENTS_NOW) + " FOR UPDATE OF d"
+_BLOCK_AGAIN = numbered(SQL_BLOCK_AGAIN)
+_REOPEN = numbered(SQL_REOPEN)
+_WAIT_AGAIN = numbered(SQL_WAIT_AGAIN)
 
 
 async def settle(
@@ -76,33 +88,55 @@ async def settle(
         decision = decide(child, tuple(row), now)
         if decision is None:
             continue
-        await conn.execute(_WAIT_DONE, child)
+        ended = "cancelled"  # unless released below (store.deps)
         if decision.kind == "follow":
+            ended = "followed"
             leader = await conn.fetchrow(_LEADER_END, child)
-            if leader is None:
-                continue
-            done = await conn.fetchrow(_FOLLOW_END, *leader, child)
-            if done is not None:
-                tally.move(str(done[1]), "WAITING", str(leader[0]))
-                cancels.append(followed(child, tuple(done), tuple(leader)))
-            continue
-        if decision.kind == "cancel":
+            if leader is not None:
+                done = await conn.fetchrow(_FOLLOW_END, *leader, child)
+                if done is not None:
+                    tally.move(str(done[1]), "WAITING", str(leader[0]))
+                    cancels.append(followed(child, tuple(done), tuple(leader)))
+        elif decision.kind == "cancel":
             done = await conn.fetchrow(_CANCEL_CHILD, now, decision.error, child)
             if done is not None:
                 tally.move(str(done[1]), "WAITING", "CANCELLED")
                 cancels.append(cancelled(child, tuple(done), now, decision.error))
-            continue
-        args = await conn.fetchval(_ARGS_OF, child)
-        if args is None:
-            continue  # no longer blocked (cancelled meanwhile)
-        results: list[str | None] = []
-        if decision.inputs is not None:
-            results = [r[0] for r in await conn.fetch(_RESULTS_OF, child)]
-        new_args = with_inputs(str(args), decision.inputs, results)
-        pool = await conn.fetchval(_RELEASE, new_args, decision.run_at, child)
-        if pool is not None:
-            released.append((child, str(pool)))
+        elif (args := await conn.fetchval(_ARGS_OF, child)) is not None:
+            results: list[str | None] = []
+            if decision.inputs is not None:
+                results = [r[0] for r in await conn.fetch(_RESULTS_OF, child)]
+            new_args = with_inputs(str(args), decision.inputs, results)
+            pool = await conn.fetchval(_RELEASE, new_args, decision.run_at, child)
+            if pool is not None:
+                ended = "released"
+                released.append((child, str(pool)))
+        # (no args: no longer blocked, cancelled meanwhile)
+        await conn.execute(_WAIT_DONE, ended, child)
     return Settled(tuple(released), tuple(cancels))
+
+
+async def block_again(
+    conn: asyncpg.Connection, job_id: int, run_at: float, max_attempts: int | None, tally: Tally
+) -> BlockedAgain | None:
+    """``JobStore.block_again`` inside the caller's transaction. Its rows are locked
+    in a settle's order (dependencies, how it waits, the job), so that a settle of
+    its parents or a second retry waits for it, and never deadlocks with it."""
+    parents = [tuple(r) for r in await conn.fetch(_PARENTS_NOW, job_id)]
+    how = await conn.fetchrow(_HOW_IT_WAITED, job_id)
+    if how is None or not blocked_again(tuple(how)):
+        return None
+    refused = refusal(str(how[0]), parents)
+    if refused is not None:
+        return BlockedAgain(refused=refused)
+    row = await conn.fetchrow(_BLOCK_AGAIN, BLOCKED_AT, max_attempts, job_id)
+    if row is None:
+        return None
+    pool, seq, was = str(row[0]), int(row[1]), str(how[2])
+    await conn.execute(_REOPEN, job_id)
+    await conn.execute(_WAIT_AGAIN, len(parents), run_at, job_id)
+    tally.move(pool, was, "WAITING")
+    return BlockedAgain(pool, seq, was, tuple(int(p) for p, _ in parents))
 
 
 async def form_batch(

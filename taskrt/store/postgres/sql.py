@@ -242,6 +242,15 @@ SCHEMA_V6 = (
     "ALTER TABLE job_counts ADD PRIMARY KEY (pool, status, lane)",
 )
 
+# A dependent's ``job_waits`` row stays once it is decided, with how
+# (``outcome``): a manual retry of one that never ran, or of the parent whose end
+# cancelled it, blocks it again (``taskrt.store.deps``).
+SCHEMA_V7 = (
+    "ALTER TABLE job_waits ADD COLUMN outcome TEXT",
+    "CREATE INDEX job_waits_open ON job_waits (child) WHERE outcome IS NULL",
+    "CREATE INDEX job_waits_cancelled ON job_waits (failed_parent) WHERE outcome = 'cancelled'",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -249,6 +258,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V4,
     SCHEMA_V5,
     SCHEMA_V6,
+    SCHEMA_V7,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -865,7 +875,7 @@ _SQL_CLAIM_JOBS = (
     "RETURNING status, n) "
     # Whether a blocked job waits for it (taskrt.workflows note 3), then the counts.
     f"SELECT {_CLAIM_COLUMNS}, EXISTS (SELECT 1 FROM job_deps dd JOIN job_waits ww "
-    "ON ww.child = dd.child WHERE dd.parent = g.id), "
+    "ON ww.child = dd.child WHERE dd.parent = g.id AND ww.outcome IS NULL), "
     "(SELECT n FROM k WHERE status = 'WAITING'), "
     "(SELECT n FROM k WHERE status = 'RUNNING') FROM g "
     "ORDER BY g.priority DESC, g.run_at, g.id"

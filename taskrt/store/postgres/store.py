@@ -25,14 +25,14 @@ from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import JobInfo, JobStatus
 from ..groupcommit import GroupCommit, reason
 from ..ops import NOTIFY, failure_params
-from ..protocol import InsertResult, MinuteRow, NewJob, Settled
+from ..protocol import BlockedAgain, InsertResult, MinuteRow, NewJob, Settled
 from ..queries import MINUTE_COLUMNS, SQL_OWNER, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import row_to_job
 from ..schedules import ScheduleWrites
 from .conns import HeldConnections
-from .deps import form_batch, settle
+from .deps import block_again, form_batch, settle
 from .driver import DRIVER_ERRORS
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
@@ -909,6 +909,20 @@ class PgStore(QueuedWrites, SharedReads):
             raise _error(self.path, exc) from exc
         self._merge_counts(changed)
         return settled
+
+    async def block_again(
+        self, job_id: int, run_at: float, max_attempts: int | None
+    ) -> BlockedAgain | None:
+        """A dependent that never ran, blocked again on its parents (``store.deps``)."""
+        counted = Tally()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                again = await block_again(conn, job_id, run_at, max_attempts, counted)
+                changed = await counted.apply(conn)
+        except DRIVER_ERRORS as exc:
+            raise _error(self.path, exc) from exc
+        self._merge_counts(changed)
+        return again
 
     async def _delete(self, count_sql: str, sql: str, params: tuple[Any, ...]) -> int:
         """Delete jobs and their attempts in one transaction, counted (note 3)."""

@@ -9,29 +9,36 @@ from ...models import BLOCKED_AT
 from ..deps import (
     SQL_ARGS_OF,
     SQL_BATCH_MEMBERS,
+    SQL_BLOCK_AGAIN,
     SQL_CANCEL_CHILD,
     SQL_CLOSE_ALL,
     SQL_CLOSE_OF,
     SQL_DEP,
     SQL_FOLLOW,
     SQL_FOLLOW_END,
+    SQL_HOW_IT_WAITED,
     SQL_LEAD,
     SQL_LEADER_END,
+    SQL_PARENTS_NOW,
     SQL_RELEASE,
+    SQL_REOPEN,
     SQL_RESULTS_OF,
     SQL_STATUS_OF,
     SQL_WAIT,
+    SQL_WAIT_AGAIN,
     SQL_WAIT_COUNT,
     SQL_WAIT_DONE,
     batch_args,
+    blocked_again,
     cancelled,
     closed_by_child,
     decide,
     followed,
     marks,
+    refusal,
     with_inputs,
 )
-from ..protocol import CancelledChild, Settled
+from ..protocol import BlockedAgain, CancelledChild, Settled
 from .counts import Tally
 
 _CHUNK = 500
@@ -67,33 +74,54 @@ def settle(
         decision = decide(child, row, now)
         if decision is None:
             continue
-        conn.execute(SQL_WAIT_DONE, (child,))
+        ended = "cancelled"  # unless released below (store.deps)
         if decision.kind == "follow":
+            ended = "followed"
             leader = conn.execute(SQL_LEADER_END, (child,)).fetchone()
-            if leader is None:
-                continue
-            done = conn.execute(SQL_FOLLOW_END, (*leader, child)).fetchone()
-            if done is not None:
-                tally.move(str(done[1]), "WAITING", str(leader[0]))
-                cancels.append(followed(child, done, leader))
-            continue
-        if decision.kind == "cancel":
+            if leader is not None:
+                done = conn.execute(SQL_FOLLOW_END, (*leader, child)).fetchone()
+                if done is not None:
+                    tally.move(str(done[1]), "WAITING", str(leader[0]))
+                    cancels.append(followed(child, done, leader))
+        elif decision.kind == "cancel":
             done = conn.execute(SQL_CANCEL_CHILD, (now, decision.error, child)).fetchone()
             if done is not None:
                 tally.move(str(done[1]), "WAITING", "CANCELLED")
                 cancels.append(cancelled(child, done, now, decision.error))
-            continue
-        args = conn.execute(SQL_ARGS_OF, (child,)).fetchone()
-        if args is None:
-            continue  # no longer blocked (cancelled meanwhile)
-        results: list[str | None] = []
-        if decision.inputs is not None:
-            results = [r[0] for r in conn.execute(SQL_RESULTS_OF, (child,))]
-        new_args = with_inputs(str(args[0]), decision.inputs, results)
-        done = conn.execute(SQL_RELEASE, (new_args, decision.run_at, child)).fetchone()
-        if done is not None:
-            released.append((child, str(done[0])))
+        elif (args := conn.execute(SQL_ARGS_OF, (child,)).fetchone()) is not None:
+            results: list[str | None] = []
+            if decision.inputs is not None:
+                results = [r[0] for r in conn.execute(SQL_RESULTS_OF, (child,))]
+            new_args = with_inputs(str(args[0]), decision.inputs, results)
+            done = conn.execute(SQL_RELEASE, (new_args, decision.run_at, child)).fetchone()
+            if done is not None:
+                ended = "released"
+                released.append((child, str(done[0])))
+        # (no args: no longer blocked, cancelled meanwhile)
+        conn.execute(SQL_WAIT_DONE, (ended, child))
     return Settled(tuple(released), tuple(cancels))
+
+
+def block_again(
+    conn: sqlite3.Connection, job_id: int, run_at: float, max_attempts: int | None, tally: Tally
+) -> BlockedAgain | None:
+    """``JobStore.block_again`` inside the caller's transaction."""
+    how = conn.execute(SQL_HOW_IT_WAITED, (job_id,)).fetchone()
+    if not blocked_again(how):
+        return None
+    policy = how[0]
+    parents = conn.execute(SQL_PARENTS_NOW, (job_id,)).fetchall()
+    refused = refusal(str(policy), parents)
+    if refused is not None:
+        return BlockedAgain(refused=refused)
+    row = conn.execute(SQL_BLOCK_AGAIN, (BLOCKED_AT, max_attempts, job_id)).fetchone()
+    if row is None:
+        return None
+    pool, seq, was = str(row[0]), int(row[1]), str(how[2])
+    conn.execute(SQL_REOPEN, (job_id,))
+    conn.execute(SQL_WAIT_AGAIN, (len(parents), run_at, job_id))
+    tally.move(pool, was, "WAITING")
+    return BlockedAgain(pool, seq, was, tuple(int(p) for p, _ in parents))
 
 
 def form_batch(

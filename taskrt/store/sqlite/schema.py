@@ -7,11 +7,20 @@ import sqlite3
 
 from ...errors import SchemaTooNew
 from .batch import rollback
-from .sql import SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7
+from .sql import (
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_V5,
+    SCHEMA_V6,
+    SCHEMA_V7,
+    SCHEMA_V8,
+)
 
 log = logging.getLogger("taskrt.store")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """The version of the tables this code reads and writes (``PRAGMA user_version``, note 11)."""
 
 
@@ -32,6 +41,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _statements(SCHEMA_V5),
     _statements(SCHEMA_V6),
     _statements(SCHEMA_V7),
+    _statements(SCHEMA_V8),
 )
 
 

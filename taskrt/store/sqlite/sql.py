@@ -236,6 +236,16 @@ CREATE TABLE IF NOT EXISTS job_waits (
 );
 """
 
+# A dependent's ``job_waits`` row stays once it is decided, with how
+# (``outcome``): a manual retry of one that never ran, or of the parent whose end
+# cancelled it, blocks it again (``taskrt.store.deps``). Schema version 8.
+SCHEMA_V8 = """
+ALTER TABLE job_waits ADD COLUMN outcome TEXT;
+CREATE INDEX IF NOT EXISTS job_waits_open ON job_waits(child) WHERE outcome IS NULL;
+CREATE INDEX IF NOT EXISTS job_waits_cancelled ON job_waits(failed_parent)
+    WHERE outcome = 'cancelled';
+"""
+
 # The columns an add writes, in the order of ``adds.Row`` (status and seq are the
 # statement's own); every insert of a job below names them through this.
 _ADDED = (

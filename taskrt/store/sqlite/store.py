@@ -24,7 +24,14 @@ from ...errors import InvalidOption, StoreError
 from ...models import (
     JobStatus,
 )
-from ..protocol import InsertResult, MinuteRow, NewJob, Settled, StoreTransaction
+from ..protocol import (
+    BlockedAgain,
+    InsertResult,
+    MinuteRow,
+    NewJob,
+    Settled,
+    StoreTransaction,
+)
 from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
@@ -33,7 +40,7 @@ from .batch import in_thread, insert_jobs, rollback, store_error, transient
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
-from .deps import form_batch, settle
+from .deps import block_again, form_batch, settle
 from .schema import SCHEMA_VERSION, migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
@@ -561,6 +568,15 @@ class Store(QueuedWrites, SharedReads):
             lambda conn, counted: settle(conn, parents, now, counted)
         )
         return settled
+
+    async def block_again(
+        self, job_id: int, run_at: float, max_attempts: int | None
+    ) -> BlockedAgain | None:
+        """A dependent that never ran, blocked again on its parents (``store.deps``)."""
+        again: BlockedAgain | None = await self._in_transaction(
+            lambda conn, counted: block_again(conn, job_id, run_at, max_attempts, counted)
+        )
+        return again
 
     # -- reads ---------------------------------------------------------------
 
