@@ -119,14 +119,18 @@ class InvalidTransition(TaskrtError):
 
     code = "invalid_transition"
 
-    def __init__(self, job_id: int, status: str, action: str) -> None:
+    def __init__(self, job_id: int, status: str, action: str, reason: str | None = None) -> None:
         self.job_id = job_id
         self.status = status
         self.action = action
-        super().__init__(f"cannot {action} job {job_id}: it is {status}")
+        self.reason = reason  # why, where the status alone does not say
+        why = "" if reason is None else f" and {reason}"
+        super().__init__(f"cannot {action} job {job_id}: it is {status}{why}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "job_id": self.job_id, "status": self.status}
+        out = {**super().to_dict(), "job_id": self.job_id, "status": self.status}
+        reason = getattr(self, "reason", None)  # rebuilt from another process: maybe unset
+        return out if reason is None else {**out, "reason": reason}
 
 
 class QueueFull(TaskrtError):

@@ -1343,7 +1343,8 @@ class Runtime:
             raise InvalidTransition(
                 info.id,
                 info.status.value,
-                f"retry (job {holder} holds its unique key {info.unique_key!r})",
+                "retry",
+                f"job {holder} holds its unique key {info.unique_key!r}",
             )
 
     async def _block_again(
@@ -1357,7 +1358,7 @@ class Runtime:
         if again is None:
             return None
         if again.refused is not None:
-            raise InvalidTransition(info.id, info.status.value, f"retry ({again.refused})")
+            raise InvalidTransition(info.id, info.status.value, "retry", again.refused)
         self.live.changed(info.id)
         self.transitions.blocked_again(info, again, now)
         if self.runs_jobs:  # else the sweep of whichever process runs jobs
@@ -1556,7 +1557,7 @@ class Runtime:
             if state.waiting_reason in ("blocked", "batched"):
                 self.adoption.unpin(state)
                 why = "its parents" if state.waiting_reason == "blocked" else "its batch"
-                raise InvalidTransition(job_id, "WAITING", f"run now (it waits for {why})")
+                raise InvalidTransition(job_id, "WAITING", "run now", f"it waits for {why}")
             pool = self.pool(state.pool)
             if state.run_at > now:
                 pool.remove(state)

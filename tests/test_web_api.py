@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from taskrt import InvalidOption, JobContext, Runtime
+from taskrt import InvalidOption, JobContext, JobStatus, Runtime
 from taskrt.web import (
     Api,
     EndpointGroup,
@@ -380,6 +380,24 @@ async def test_retry_a_failed_job_and_refuse_others(rt: Runtime, client: httpx.A
     r = await client.post(f"/jobs/{ok}/retry")
     assert r.status_code == 409 and error_of(r)["status"] == "SUCCESS"
     assert (await client.post("/jobs/999/retry")).status_code == 404
+
+
+async def test_a_refused_retry_of_a_dependent_says_why(
+    rt: Runtime, client: httpx.AsyncClient
+) -> None:
+    parent = await rt.add("boom")
+    child = await rt.enqueue("echo", args=[1], after=[parent])
+    assert (await rt.wait(child, timeout=5)).status is JobStatus.CANCELLED
+    r = await client.post(f"/jobs/{child}/retry")
+    assert r.status_code == 409
+    error = error_of(r)
+    assert (error["code"], error["job_id"], error["status"]) == (
+        "invalid_transition",
+        child,
+        "CANCELLED",
+    )
+    assert error["reason"] == f"its parent job {parent} failed: retry that job first"
+    assert error["message"] == f"cannot retry job {child}: it is CANCELLED and " + error["reason"]
 
 
 # -- listing and statistics ------------------------------------------------------------------
