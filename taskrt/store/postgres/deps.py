@@ -17,7 +17,6 @@ from ..deps import (
     SQL_BATCH_MEMBERS,
     SQL_BLOCK_AGAIN,
     SQL_CANCEL_CHILD,
-    SQL_CLOSE_ALL,
     SQL_DEP,
     SQL_FOLLOW,
     SQL_FOLLOW_END,
@@ -42,10 +41,9 @@ from ..deps import (
     with_inputs,
 )
 from ..protocol import BlockedAgain, CancelledChild, Settled
-from .sql import SQL_CLOSE_OF, SQL_STATUS_OF, numbered
+from .sql import SQL_CLOSE_ALL, SQL_CLOSE_OF, numbered
 from .writer import Tally
 
-_CLOSE_ALL = numbered(SQL_CLOSE_ALL)
 _WAIT_COUNT = numbered(SQL_WAIT_COUNT)
 _WAIT_DONE = numbered(SQL_WAIT_DONE)
 _CANCEL_CHILD = numbered(SQL_CANCEL_CHILD)
@@ -71,14 +69,13 @@ async def settle(
 ) -> Settled:
     """``JobStore.settle_deps`` inside the caller's transaction."""
     if parents is None:
-        rows = await conn.fetch(_CLOSE_ALL)
+        rows = await conn.fetch(SQL_CLOSE_ALL)
     else:
         rows = await conn.fetch(SQL_CLOSE_OF, list(parents))
-    closed = [(int(c), int(p)) for c, p in rows]
+    closed = [(int(c), int(p)) for c, p, _ in rows]
     if not closed:
         return Settled()
-    named = sorted({p for _, p in closed})
-    statuses = {int(i): str(s) for i, s in await conn.fetch(SQL_STATUS_OF, named)}
+    statuses = {int(p): str(s) for _, p, s in rows}  # as the close saw them (sql.py)
     released: list[tuple[int, str]] = []
     cancels: list[CancelledChild] = []
     for child, (n, failed, how) in sorted(closed_by_child(closed, statuses).items()):

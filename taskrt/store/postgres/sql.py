@@ -759,13 +759,17 @@ SQL_RESCHEDULE = (
     "WHERE id = $3 AND status = 'WAITING' AND waiting_reason IS DISTINCT FROM 'blocked'"
 )
 # Dependencies (taskrt.store.deps): the statements over lists of ids.
-SQL_CLOSE_OF = (
-    "UPDATE job_deps SET done = 1 WHERE done = 0 AND parent = ANY($1::bigint[]) "
-    "AND EXISTS (SELECT 1 FROM jobs p WHERE p.id = job_deps.parent "
-    "AND p.status IN ('SUCCESS', 'FAILURE', 'CANCELLED')) RETURNING child, parent"
+# The open dependencies on finished parents, closed, with each parent's status as the
+# statement saw it: read in a later statement (a snapshot of its own), a parent
+# cancelled and then retried meanwhile would read WAITING, and its dependent be
+# released with no result for it instead of cancelled.
+_CLOSE = (
+    "UPDATE job_deps d SET done = 1 FROM jobs p WHERE d.done = 0 AND {} AND p.id = d.parent "
+    "AND p.status IN ('SUCCESS', 'FAILURE', 'CANCELLED') RETURNING d.child, d.parent, p.status"
 )
-SQL_STATUS_OF = "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])"
-SQL_PARENTS_FOUND = SQL_STATUS_OF
+SQL_CLOSE_OF = _CLOSE.format("d.parent = ANY($1::bigint[])")
+SQL_CLOSE_ALL = _CLOSE.format("d.child IN (SELECT child FROM job_waits WHERE outcome IS NULL)")
+SQL_PARENTS_FOUND = "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])"
 
 # What other processes commit for the owner wakes it (note 6).
 SQL_NOTIFY = "SELECT pg_notify($1, 'changed')"
