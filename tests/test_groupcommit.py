@@ -15,9 +15,21 @@ import pytest
 from core_support import new_job
 
 from taskrt import StoreUnavailable
-from taskrt.store.groupcommit import Batch, GroupCommit, ProgressRows, Rejected, Results
+from taskrt.store.groupcommit import (
+    ROLLBACK_RETRIES,
+    Batch,
+    GroupCommit,
+    ProgressRows,
+    Rejected,
+    Results,
+)
 from taskrt.store.ops import REQUEUE, START, SUCCEED, Op
 from taskrt.store.protocol import InsertResult
+
+
+class Deadlock(Exception):
+    """What a server says when it rolled back one of two transactions that waited
+    for each other."""
 
 
 class Recorder:
@@ -27,6 +39,7 @@ class Recorder:
         self.apart = apart
         self.transactions: list[tuple[list[tuple[str, int | None]], bool]] = []
         self.fail_next = 0  # transient failures to give before writing again
+        self.deadlocks = 0  # transactions to roll back as a deadlock would
         self.during: list[Any] = []  # what the test checks while a transaction is written
         self.on_write: Any = None
         self.adds: list[int] = []  # jobs inserted, per transaction
@@ -37,6 +50,9 @@ class Recorder:
         if self.fail_next:
             self.fail_next -= 1
             raise sqlite3.OperationalError("database is locked")
+        if self.deadlocks:
+            self.deadlocks -= 1
+            raise Deadlock("deadlock detected")
         self.transactions.append(
             ([(op.name, job_id) for op, _, job_id in batch.statements], batch.behind)
         )
@@ -48,7 +64,10 @@ class Recorder:
         raise AssertionError("not expected")
 
     def transient(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.OperationalError)
+        return isinstance(exc, sqlite3.OperationalError | Deadlock)
+
+    def rolled_back(self, exc: BaseException) -> bool:
+        return isinstance(exc, Deadlock)
 
     async def resumed(self) -> None:
         return None
@@ -151,5 +170,30 @@ async def test_a_batch_whose_starts_failed_is_kept_in_order_and_its_adds_refused
             ([("start", 3), ("requeue", 2), ("start", 2), ("flush", None)], False),
         ]
         assert all(f.done() and f.exception() is None for f in (requeued, started, again))
+    finally:
+        await writes.close(1.0)
+
+
+async def test_a_batch_rolled_back_by_a_deadlock_is_written_again_with_its_adds() -> None:
+    recorder = Recorder(apart=False)
+    writes = GroupCommit("test")
+    writes.start(recorder)
+    try:
+        recorder.deadlocks = ROLLBACK_RETRIES
+        ended = queue(writes, SUCCEED, 1)
+        added = writes.insert([new_job()])
+        await writes.flush()
+        assert (await added)[0] == InsertResult(100, True)  # committed, not refused
+        assert ended.done() and ended.exception() is None
+        assert writes.health().ok and writes.outages == 0
+        # More rollbacks in a row than that: an outage, its adds refused.
+        recorder.deadlocks = ROLLBACK_RETRIES + 1
+        refused = writes.insert([new_job()])
+        with pytest.raises(StoreUnavailable, match="deadlock"):
+            await refused
+        assert writes.outages == 1 and not writes.health().ok
+        later = queue(writes, SUCCEED, 2)  # the next write commits: the outage ends
+        await writes.flush()
+        assert later.exception() is None and writes.health().ok
     finally:
         await writes.close(1.0)

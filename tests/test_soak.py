@@ -15,7 +15,8 @@ The interleavings differ from run to run, so a pass proves little and a
 failure names a seed to run again. Races between refills, adds, releases,
 cancels and the pool's alarm were found this way. Each backend runs
 ``TASKRT_SOAK_SEEDS`` seeds (default 2; a few hundred for a real soak:
-``TASKRT_SOAK_SEEDS=300 pytest tests/test_soak.py -k sqlite``).
+``TASKRT_SOAK_SEEDS=300 pytest tests/test_soak.py -k sqlite``), and the same
+seeds run on two nodes sharing one PostgreSQL schema.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import os
 import random
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import pg_server
 import pytest
 
 from taskrt import JobContext, JobStatus, Runtime, TaskrtError
@@ -182,4 +185,38 @@ async def test_random_work_ends_and_runs_each_attempt_once(
         async with rt:
             rt.pool("default", concurrency=2)
             problems = await soak.check(rt)
+    assert not problems, f"seed {seed}: " + "; ".join(problems[:8])
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+async def test_random_work_on_two_nodes_ends_and_runs_each_attempt_once(
+    seed: int, tmp_path: Path
+) -> None:
+    """Two nodes on one PostgreSQL schema: each adds and meddles, both run the jobs
+    (claims, releases, cancels and retries cross between them); one of them may
+    stop in the middle, and another takes its place."""
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    soak = Soak(seed, (url, {"mode": "nodes"}))
+    rnd = soak.rnd
+    x, y = soak.runtime(), soak.runtime()
+    async with x:
+        async with y:
+            for rt in (x, y):
+                rt.pool("default", concurrency=rnd.choice([1, 2, 4]))
+            await asyncio.gather(
+                soak.produce(x, 20),
+                soak.produce(y, 20),
+                soak.produce(x, 20),
+                soak.meddle(x, 15),
+                soak.meddle(y, 15),
+            )
+            if rnd.random() < 0.5:
+                await asyncio.sleep(rnd.choice([0.0, 0.01, 0.03]))
+                problems = None
+            else:
+                problems = await soak.check(y)
+        if problems is None:
+            z = soak.runtime()
+            async with z:
+                problems = await soak.check(z)
     assert not problems, f"seed {seed}: " + "; ".join(problems[:8])

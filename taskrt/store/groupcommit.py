@@ -6,7 +6,10 @@ while the next batch gathers. A batch the database cannot take now is kept
 and written again with backoff (note 9); one that fails for one bad part is
 written part by part (note 10). The backend says which failures are the
 database's for now (``BatchWriter.transient``) and keeps its own counts
-(note 12) as its transactions commit. Where the backend says it pays, a
+(note 12) as its transactions commit. A batch the database rolled back on
+its own (a deadlock, a serialization failure: ``BatchWriter.rolled_back``) is
+written again at once, up to ``ROLLBACK_RETRIES`` times, before it counts as
+a failure: its adds then commit instead of failing. Where the backend says it pays, a
 batch's job starts commit in a transaction of their own before the rest
 (note 16). A flush with nothing queued returns at once (note 19).
 """
@@ -29,6 +32,8 @@ from .rows import dumps
 log = logging.getLogger("taskrt.store")
 
 BACKOFF_FIRST = 0.02
+ROLLBACK_RETRIES = 3
+"""Times a batch the database rolled back on its own is written again at once."""
 BACKOFF_MAX = 1.0
 REST_TURNS = 2
 
@@ -136,6 +141,12 @@ class BatchWriter(Protocol):
 
     def transient(self, exc: BaseException) -> bool:
         """True when ``exc`` says the database takes no writes for now (note 9)."""
+        ...
+
+    def rolled_back(self, exc: BaseException) -> bool:
+        """True when the database rolled the transaction back on its own (a deadlock
+        between two transactions, a serialization failure): the same write, tried
+        again, commits."""
         ...
 
     async def resumed(self) -> None:
@@ -398,10 +409,18 @@ class GroupCommit:
             rejected: Rejected = []
             failure: BaseException | None = None
             results: Results = []
-            try:
-                results = await writer.write(batch, progress)
-            except Exception as exc:
-                failure = exc
+            for attempt in range(ROLLBACK_RETRIES + 1):
+                try:
+                    results = await writer.write(batch, progress)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    failure = None
+                    break
+                if attempt == ROLLBACK_RETRIES or not writer.rolled_back(failure):
+                    break
+                log.info("a write batch was rolled back (%s); written again", failure)
+                await asyncio.sleep(0.001 * (attempt + 1))  # the other transaction ends
             if failure is not None and not writer.transient(failure):
                 # One part of the batch is bad: write the parts one by one (note 10).
                 log.warning("a write batch failed (%s); writing its parts apart", failure)

@@ -107,6 +107,12 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, LOST)
 
 
+def rolled_back(exc: asyncpg.PostgresError) -> bool:
+    """The server rolled the transaction back on its own (SQLSTATE class 40: a
+    deadlock, a serialization failure); tried again, it commits."""
+    return (getattr(exc, "sqlstate", None) or "").startswith("40")
+
+
 class Tally(Moves):
     """Jobs moved by one transaction, by pool and status (note 3)."""
 
@@ -480,6 +486,9 @@ class PgBatches:
 
     def transient(self, exc: BaseException) -> bool:
         return transient(exc)
+
+    def rolled_back(self, exc: BaseException) -> bool:
+        return isinstance(exc, asyncpg.PostgresError) and rolled_back(exc)
 
     async def resumed(self) -> None:
         return None

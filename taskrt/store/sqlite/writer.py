@@ -120,6 +120,9 @@ class SqliteBatches:
     def transient(self, exc: BaseException) -> bool:
         return transient(exc)
 
+    def rolled_back(self, exc: BaseException) -> bool:
+        return False  # one writer: no deadlock (a lock held elsewhere waits: busy_timeout)
+
     async def resumed(self) -> None:
         # The WAL may have grown (or failed to checkpoint) while the disk was full.
         try:
