@@ -34,6 +34,10 @@ log = logging.getLogger("taskrt")
 SEQ_GAP_AFTER_CRASH = 1_000_000
 
 
+PIN_READS = 5
+"""Reads ``Adoption.pin`` makes of a job that changes while each is under way."""
+
+
 class Adoption:
     """Recovery at start, and the poll for other processes' changes."""
 
@@ -155,14 +159,25 @@ class Adoption:
     async def pin(self, job_id: int) -> JobState | None:
         """The live state of a WAITING job, read from the database if it is not in memory
         (held, so that no refill queues it while an action is under way), or None."""
-        state = self.live.states.get(job_id)
-        if state is not None:
-            return state
-        info = await self.read(job_id)
-        state = self.live.states.get(job_id)  # a refill may have read it meanwhile
-        if state is not None or info is None or info.status is not JobStatus.WAITING:
-            return state
-        return self.hold(info)
+        for _ in range(PIN_READS):
+            state = self.live.states.get(job_id)
+            if state is not None:
+                return state
+            with self.live.changes_during() as changed:
+                info = await self.store.get_job(job_id)
+            state = self.live.states.get(job_id)  # a refill may have read it meanwhile
+            if state is not None:
+                return state
+            if job_id not in changed:
+                return (
+                    None
+                    if info is None or info.status is not JobStatus.WAITING
+                    else self.hold(info)
+                )
+            # It changed here while it was read (a release, a cancel): the row may be
+            # older than that; read again, or the caller would act on the row alone
+            # (an action on a job memory is about to hold).
+        return self.live.states.get(job_id)
 
     def forget(self, state: JobState) -> None:
         """A waiting job leaves memory, its pool's queue too (its row stays the truth)."""

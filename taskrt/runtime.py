@@ -47,7 +47,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -435,6 +443,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._stop_hooks: list[Callable[[Runtime], Any]] = []
+        self._retrying: set[int] = set()  # jobs a retry is under way for (``retry``)
         # What the pools may ask of this runtime (pool.PoolHost).
         self._pool_host = _PoolHost(self)
         # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.
@@ -1267,14 +1276,27 @@ class Runtime:
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 return JobInfo.from_dict(await remote.call("retry", job=job_id))
-        info = await self.get(job_id)
-        if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
-            raise InvalidTransition(job_id, info.status.value, "retry")
-        await self.store.settle()  # its end, if written here, committed first
-        self._forget_ended(job_id)
-        retried = await self._retry(info, self.clock.now())
+        with self._retry_of(job_id):
+            info = await self.get(job_id)
+            if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
+                raise InvalidTransition(job_id, info.status.value, "retry")
+            await self.store.settle()  # its end, if written here, committed first
+            self._forget_ended(job_id)
+            retried = await self._retry(info, self.clock.now())
         await self._retry_dependents(job_id)
         return retried
+
+    @contextlib.contextmanager
+    def _retry_of(self, job_id: int) -> Iterator[None]:
+        """One retry of a job at a time in this process: a second, while the first
+        waits for the store, would read the job as it was and queue it again."""
+        if job_id in self._retrying:
+            raise InvalidTransition(job_id, "being retried", "retry")
+        self._retrying.add(job_id)
+        try:
+            yield
+        finally:
+            self._retrying.discard(job_id)
 
     async def _retry(self, info: JobInfo, now: float) -> JobInfo:
         job_id = info.id
@@ -1286,7 +1308,9 @@ class Runtime:
             if again is not None:
                 return again
         if not self.owning or spec is None:
-            await self.store.retry_external(job_id, now, max_attempts)
+            if not await self.store.retry_external(job_id, now, max_attempts):
+                now_info = await self.get(job_id)  # another retry came first
+                raise InvalidTransition(job_id, now_info.status.value, "retry")
             return await self.get(job_id)
         await self._refuse_held_key(info)
         state = JobState(info, spec, retry_policy_of(info, spec))
@@ -1317,9 +1341,10 @@ class Runtime:
                 info = await self.store.get_job(child)
                 if info is None or info.status is not JobStatus.CANCELLED:
                     continue
-                self._forget_ended(child)
                 try:
-                    await self._retry(info, self.clock.now())
+                    with self._retry_of(child):
+                        self._forget_ended(child)
+                        await self._retry(info, self.clock.now())
                 except InvalidTransition:
                     continue
                 todo.append(child)
@@ -1357,6 +1382,8 @@ class Runtime:
         again = await self.store.block_again(info.id, now, max_attempts)
         if again is None:
             return None
+        if again.now is not None:
+            raise InvalidTransition(info.id, again.now, "retry")  # retried meanwhile
         if again.refused is not None:
             raise InvalidTransition(info.id, info.status.value, "retry", again.refused)
         self.live.changed(info.id)

@@ -25,7 +25,7 @@ import asyncio
 import os
 import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Soak:
         self.runs: Counter[int] = Counter()
         self.ids: list[int] = []
         self.cancelled: list[int] = []
+        self.done: defaultdict[int, list[str]] = defaultdict(list)  # actions, for a failure
 
     def runtime(self) -> Runtime:
         rt = Runtime(self.db, **self.options)
@@ -116,11 +117,14 @@ class Soak:
                 continue
             job_id = rnd.choice(self.ids)
             act = rnd.random()
+            what = ""
             try:
                 if act < 0.25:
+                    what = "cancel"
                     await rt.cancel(job_id)
                     self.cancelled.append(job_id)
                 elif act < 0.45:
+                    what = "run now"
                     await rt.run_now(job_id)
                 elif act < 0.55:
                     pool.pause()
@@ -129,11 +133,15 @@ class Soak:
                 elif act < 0.65:
                     info = await rt.get(job_id)
                     if info.status in (JobStatus.FAILURE, JobStatus.CANCELLED):
+                        what = "retry"
                         await rt.retry(job_id)
                 elif act < 0.8 and self.cancelled:  # often a dependent, cancelled blocked
-                    await rt.retry(self.cancelled.pop(rnd.randrange(len(self.cancelled))))
-            except TaskrtError:
-                pass  # not allowed in the job's state now: fine
+                    what, job_id = "retry", self.cancelled.pop(rnd.randrange(len(self.cancelled)))
+                    await rt.retry(job_id)
+            except TaskrtError as exc:
+                what += f" refused ({type(exc).__name__})"  # not allowed in its state now: fine
+            if what:
+                self.done[job_id].append(f"{what} by the {rt.role}")
 
     async def check(self, rt: Runtime) -> list[str]:
         problems: list[str] = []
@@ -157,7 +165,7 @@ class Soak:
             if ran > attempts or (info.status is JobStatus.SUCCESS and ran == 0):
                 problems.append(
                     f"job {job_id} ({info.task}) {info.status.value} with {attempts} attempt(s) "
-                    f"ran {ran} time(s)"
+                    f"ran {ran} time(s); actions: {self.done[job_id]}"
                 )
         return problems
 
@@ -219,4 +227,42 @@ async def test_random_work_on_two_nodes_ends_and_runs_each_attempt_once(
             z = soak.runtime()
             async with z:
                 problems = await soak.check(z)
+    assert not problems, f"seed {seed}: " + "; ".join(problems[:8])
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+async def test_random_work_through_a_standby_ends_and_runs_each_attempt_once(
+    seed: int, tmp_path: Path
+) -> None:
+    """An owner and a standby on one SQLite file: the standby's adds, cancels, retries
+    and runs now are forwarded to the owner; in half the runs the owner stops in
+    the middle and the standby takes over."""
+    soak = Soak(seed, (str(tmp_path / "soak.db"), {}))
+    rnd = soak.rnd
+    x, y = soak.runtime(), soak.runtime()
+    await x.start()
+    try:
+        async with y:
+            assert (x.role, y.role) == ("owner", "standby")
+            x.pool("default", concurrency=rnd.choice([1, 2, 4]))
+            await asyncio.gather(
+                soak.produce(x, 20),
+                soak.produce(y, 20),
+                soak.produce(y, 20),
+                soak.meddle(x, 15),
+                soak.meddle(y, 15),
+            )
+            handover = rnd.random() < 0.5
+            if handover:
+                await asyncio.sleep(rnd.choice([0.0, 0.01, 0.03]))
+                await x.stop()
+            problems = await soak.check(y)
+            if handover:
+                end = time.monotonic() + 10  # the jobs may all have ended before it
+                while y.role != "owner" and time.monotonic() < end:
+                    await asyncio.sleep(0.01)
+                if y.role != "owner":
+                    problems.append(f"the standby is {y.role!r}, not the owner, 10 s after")
+    finally:
+        await x.stop()
     assert not problems, f"seed {seed}: " + "; ".join(problems[:8])

@@ -1002,7 +1002,7 @@ async def test_retry_external_puts_a_finished_job_back_for_the_owner(
     job_id = await in_status(store, status)
     await store.record_attempt(job_id, 1, NOW, NOW + 1, AttemptOutcome.ERROR, "boom", None)
     before = await get(store, job_id)
-    await store.retry_external(job_id, NOW + 50, 4)
+    assert await store.retry_external(job_id, NOW + 50, 4) is True
     info = await get(store, job_id)
     assert (info.status, info.run_at, info.max_attempts) == (WAITING, NOW + 50, 4)
     assert (info.started_at, info.finished_at) == (None, None)
@@ -1020,7 +1020,7 @@ async def test_retry_external_leaves_other_statuses_alone(
     await store.record_attempt(job_id, 1, NOW, NOW + 1, AttemptOutcome.ERROR, "boom", None)
     before = await get(store, job_id)
     attempts = await store.attempts(job_id)
-    await store.retry_external(job_id, NOW + 50, 4)
+    assert await store.retry_external(job_id, NOW + 50, 4) is False
     assert await get(store, job_id) == before
     assert await external(store) == []
     assert await store.attempts(job_id) == attempts  # no retry was made: none is said

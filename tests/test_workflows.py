@@ -306,6 +306,42 @@ async def test_a_retried_dependent_cancelled_while_it_waited_waits_again(
             await rt.retry(callback)  # a success is not retried
 
 
+async def test_two_retries_at_once_run_a_job_once(target: tuple[str, dict[str, Any]]) -> None:
+    rt = runtime(target)
+    gate = Gate()
+    runs: list[tuple[int, Any]] = []
+
+    @rt.task
+    async def value() -> int:
+        await gate.open.wait()
+        return 5
+
+    @rt.task
+    async def once(job: JobContext, n: int = 0) -> int:
+        runs.append((job.id, n))
+        return n
+
+    async with rt:
+        pool = rt.pool("default")
+        parent = await pool.add(value)
+        child = await pool.add(once.options(after=[parent]))  # no input: n stays 0
+        chained = (await rt.chain(value.s(), once.s())).jobs[1]  # n: the parent's 5
+        pool.pause()
+        plain = await pool.add(once, 1)
+        for job_id in (plain, child, chained):
+            assert (await rt.cancel(job_id)).status is JobStatus.CANCELLED
+        pool.resume()
+        gate.open.set()
+        for job_id in (plain, child, chained):
+            outcomes = await asyncio.gather(
+                rt.retry(job_id), rt.retry(job_id), return_exceptions=True
+            )
+            assert sum(isinstance(o, InvalidTransition) for o in outcomes) == 1, outcomes
+            assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        await asyncio.sleep(0.1)  # a second run would have begun
+        assert sorted(runs) == sorted([(plain, 1), (child, 0), (chained, 5)])
+
+
 async def test_a_retried_dependent_that_ran_keeps_its_arguments(
     target: tuple[str, dict[str, Any]],
 ) -> None:

@@ -267,8 +267,15 @@ def blocked_again(how: Sequence[Any] | None) -> bool:
     a dependent (not a batch's member) that ended without being released."""
     if how is None:
         return False
-    policy, was, status = how
-    return policy != "follow" and was != "released" and status in ("FAILURE", "CANCELLED")
+    policy, was, _ = how
+    return bool(policy != "follow" and was != "released")
+
+
+def retried_meanwhile(how: Sequence[Any]) -> str | None:
+    """The job's status when it is no longer FAILURE or CANCELLED (another retry
+    came first), or None."""
+    status = str(how[2])
+    return None if status in ("FAILURE", "CANCELLED") else status
 
 
 def refusal(policy: str, parents: Sequence[Sequence[Any]]) -> str | None:

@@ -96,13 +96,15 @@ class Settled:
 class BlockedAgain:
     """What ``JobStore.block_again`` did with a dependent that never ran: blocked it
     again on ``parents`` (``seq``: its sequence now), or left it as it was because
-    of ``refused`` (a parent that failed, was cancelled, or is gone)."""
+    of ``refused`` (a parent that failed, was cancelled, or is gone), or because it
+    is in status ``now`` (retried meanwhile: no longer FAILURE or CANCELLED)."""
 
     pool: str = ""
     seq: int = 0
     was: str = ""
     parents: tuple[int, ...] = ()
     refused: str | None = None
+    now: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,8 +472,9 @@ class JobStore(Protocol):
         """Not the owner: a WAITING job CANCELLED at once, a RUNNING one asked to stop."""
         ...
 
-    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
-        """Not the owner: a FAILURE or CANCELLED job WAITING again, for the owner to take in."""
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> bool:
+        """Not the owner: a FAILURE or CANCELLED job WAITING again, for the owner to take
+        in; False when it was in neither status (another retry came first)."""
         ...
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:

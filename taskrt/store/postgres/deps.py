@@ -38,6 +38,7 @@ from ..deps import (
     decide,
     followed,
     refusal,
+    retried_meanwhile,
     with_inputs,
 )
 from ..protocol import BlockedAgain, CancelledChild, Settled
@@ -121,14 +122,18 @@ async def block_again(
     its parents or a second retry waits for it, and never deadlocks with it."""
     parents = [tuple(r) for r in await conn.fetch(_PARENTS_NOW, job_id)]
     how = await conn.fetchrow(_HOW_IT_WAITED, job_id)
-    if how is None or not blocked_again(tuple(how)):
+    if how is None:
+        return None
+    if (now := retried_meanwhile(tuple(how))) is not None:
+        return BlockedAgain(now=now)  # whether it waits again or runs
+    if not blocked_again(tuple(how)):
         return None
     refused = refusal(str(how[0]), parents)
     if refused is not None:
         return BlockedAgain(refused=refused)
     row = await conn.fetchrow(_BLOCK_AGAIN, BLOCKED_AT, max_attempts, job_id)
     if row is None:
-        return None
+        return BlockedAgain(now=str(how[2]))  # (its rows are locked: not seen)
     pool, seq, was = str(row[0]), int(row[1]), str(how[2])
     await conn.execute(_REOPEN, job_id)
     await conn.execute(_WAIT_AGAIN, len(parents), run_at, job_id)

@@ -864,7 +864,7 @@ class PgStore(QueuedWrites, SharedReads):
             ]
         )
 
-    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> bool:
         changed = await self._script(
             [
                 (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
@@ -874,6 +874,7 @@ class PgStore(QueuedWrites, SharedReads):
         )
         if changed[0]:
             await self._script([(SQL_RETRIED_ONE, (job_id, now))])
+        return bool(changed[0])
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         values = [s.value for s in statuses]

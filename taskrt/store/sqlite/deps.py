@@ -36,6 +36,7 @@ from ..deps import (
     followed,
     marks,
     refusal,
+    retried_meanwhile,
     with_inputs,
 )
 from ..protocol import BlockedAgain, CancelledChild, Settled
@@ -107,6 +108,10 @@ def block_again(
 ) -> BlockedAgain | None:
     """``JobStore.block_again`` inside the caller's transaction."""
     how = conn.execute(SQL_HOW_IT_WAITED, (job_id,)).fetchone()
+    if how is None:
+        return None
+    if (now := retried_meanwhile(how)) is not None:
+        return BlockedAgain(now=now)  # whether it waits again or runs
     if not blocked_again(how):
         return None
     policy = how[0]
@@ -116,7 +121,7 @@ def block_again(
         return BlockedAgain(refused=refused)
     row = conn.execute(SQL_BLOCK_AGAIN, (BLOCKED_AT, max_attempts, job_id)).fetchone()
     if row is None:
-        return None
+        return BlockedAgain(now=str(how[2]))  # (its rows are locked: not seen)
     pool, seq, was = str(row[0]), int(row[1]), str(how[2])
     conn.execute(SQL_REOPEN, (job_id,))
     conn.execute(SQL_WAIT_AGAIN, (len(parents), run_at, job_id))

@@ -525,15 +525,16 @@ class Store(QueuedWrites, SharedReads):
             ]
         )
 
-    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> None:
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> bool:
         """A finished job back to WAITING, for its owner to take in."""
-        await self._script(
+        changed, *_ = await self._script(
             [
                 (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
                 (SQL_RETRY_EXTERNAL, (now, max_attempts, job_id)),
                 (SQL_RETRIED_IF_CHANGED, (now, job_id, job_id)),
             ]
         )
+        return changed > 0
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         """Delete jobs in ``statuses`` finished before ``before``, and their attempts
