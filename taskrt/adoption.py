@@ -163,12 +163,11 @@ class Adoption:
             state = self.live.states.get(job_id)
             if state is not None:
                 return state
-            with self.live.changes_during() as changed:
-                info = await self.store.get_job(job_id)
+            info, fresh = await self._read(job_id)
             state = self.live.states.get(job_id)  # a refill may have read it meanwhile
             if state is not None:
                 return state
-            if job_id not in changed:
+            if fresh:
                 return (
                     None
                     if info is None or info.status is not JobStatus.WAITING
@@ -197,9 +196,14 @@ class Adoption:
     async def read(self, job_id: int) -> JobInfo | None:
         """A job's row, or None where there is none or the job changed while it was
         read (the row may be older than that change: ``LiveJobs.changes_during``)."""
+        info, fresh = await self._read(job_id)
+        return info if fresh else None
+
+    async def _read(self, job_id: int) -> tuple[JobInfo | None, bool]:
+        """A job's row (None: no row), and whether the job did not change meanwhile."""
         with self.live.changes_during() as changed:
             info = await self.store.get_job(job_id)
-        return None if job_id in changed else info
+        return info, job_id not in changed
 
     def wake(self, what: str = "changed") -> None:
         """Another process committed something for the owner: look now (the store's

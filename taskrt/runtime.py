@@ -1303,6 +1303,7 @@ class Runtime:
         spec = self._tasks.get(info.task)
         base = spec.attempts if spec is not None else 1
         max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
+        await self._refuse_held_key(info)
         if info.attempts == 0:  # perhaps a dependent that never ran
             again = await self._block_again(info, now, max_attempts)
             if again is not None:
@@ -1312,7 +1313,6 @@ class Runtime:
                 now_info = await self.get(job_id)  # another retry came first
                 raise InvalidTransition(job_id, now_info.status.value, "retry")
             return await self.get(job_id)
-        await self._refuse_held_key(info)
         state = JobState(info, spec, retry_policy_of(info, spec))
         state.update(
             status=JobStatus.WAITING,
@@ -1358,7 +1358,7 @@ class Runtime:
 
     async def _refuse_held_key(self, info: JobInfo) -> None:
         """A retry is refused before it writes while another job holds the job's unique
-        key: the unique index would fail the whole write batch."""
+        key: the unique index would fail the write (here, the whole write batch)."""
         if info.unique_key is None:
             return
         holder = self.live.unique.get(info.unique_key)
@@ -1378,7 +1378,6 @@ class Runtime:
         """A manual retry of a dependent that never ran: blocked on its parents again
         (``JobStore.block_again``), then settled here like a new one; None when the
         job is not such a dependent."""
-        await self._refuse_held_key(info)
         again = await self.store.block_again(info.id, now, max_attempts)
         if again is None:
             return None

@@ -143,6 +143,20 @@ class Soak:
             if what:
                 self.done[job_id].append(f"{what} by the {rt.role}")
 
+    async def busy(
+        self, producers: list[Runtime], meddlers: list[Runtime], adds: int, meddles: int
+    ) -> None:
+        """All at once: each of ``producers`` adds ``adds`` times, each of ``meddlers``
+        meddles ``meddles`` times."""
+        await asyncio.gather(
+            *(self.produce(rt, adds) for rt in producers),
+            *(self.meddle(rt, meddles) for rt in meddlers),
+        )
+
+    async def a_moment(self) -> None:
+        """A random short while: what is under way goes on into what comes next."""
+        await asyncio.sleep(self.rnd.choice([0.0, 0.01, 0.03]))
+
     async def check(self, rt: Runtime) -> list[str]:
         problems: list[str] = []
         deadline = time.monotonic() + 20
@@ -182,10 +196,10 @@ async def test_random_work_ends_and_runs_each_attempt_once(
         pool = rt.pool("default", concurrency=rnd.choice([1, 2, 4]))
         if rnd.random() < 0.3:
             pool.pause()
-        await asyncio.gather(*(soak.produce(rt, 25) for _ in range(3)), soak.meddle(rt, 25))
+        await soak.busy([rt, rt, rt], [rt], 25, 25)
         pool.resume()
         if restart:
-            await asyncio.sleep(rnd.choice([0.0, 0.01, 0.03]))
+            await soak.a_moment()
         else:
             problems = await soak.check(rt)
     if restart:
@@ -211,15 +225,9 @@ async def test_random_work_on_two_nodes_ends_and_runs_each_attempt_once(
         async with y:
             for rt in (x, y):
                 rt.pool("default", concurrency=rnd.choice([1, 2, 4]))
-            await asyncio.gather(
-                soak.produce(x, 20),
-                soak.produce(y, 20),
-                soak.produce(x, 20),
-                soak.meddle(x, 15),
-                soak.meddle(y, 15),
-            )
+            await soak.busy([x, y, x], [x, y], 20, 15)
             if rnd.random() < 0.5:
-                await asyncio.sleep(rnd.choice([0.0, 0.01, 0.03]))
+                await soak.a_moment()
                 problems = None
             else:
                 problems = await soak.check(y)
@@ -245,16 +253,10 @@ async def test_random_work_through_a_standby_ends_and_runs_each_attempt_once(
         async with y:
             assert (x.role, y.role) == ("owner", "standby")
             x.pool("default", concurrency=rnd.choice([1, 2, 4]))
-            await asyncio.gather(
-                soak.produce(x, 20),
-                soak.produce(y, 20),
-                soak.produce(y, 20),
-                soak.meddle(x, 15),
-                soak.meddle(y, 15),
-            )
+            await soak.busy([x, y, y], [x, y], 20, 15)
             handover = rnd.random() < 0.5
             if handover:
-                await asyncio.sleep(rnd.choice([0.0, 0.01, 0.03]))
+                await soak.a_moment()
                 await x.stop()
             problems = await soak.check(y)
             if handover:

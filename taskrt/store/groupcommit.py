@@ -32,10 +32,10 @@ from .rows import dumps
 log = logging.getLogger("taskrt.store")
 
 BACKOFF_FIRST = 0.02
-ROLLBACK_RETRIES = 3
-"""Times a batch the database rolled back on its own is written again at once."""
 BACKOFF_MAX = 1.0
 REST_TURNS = 2
+ROLLBACK_RETRIES = 3
+"""Times a batch the database rolled back on its own is written again at once."""
 
 ProgressRows = dict[int, tuple[float, float, str, int, Steps | None]]
 """job id -> (current, total, message, seq, steps): the coalesced progress of a batch
