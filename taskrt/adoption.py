@@ -205,6 +205,51 @@ class Adoption:
             info = await self.store.get_job(job_id)
         return info, job_id not in changed
 
+    # -- starts the store could not make (store note 20) ----------------------------
+
+    def unstarted(self, job_ids: list[int]) -> None:
+        """The store's word that these jobs' starts changed no row (another process
+        changed them first): their runners must not run them (``taskrt.pool`` note 5).
+        Called before the starts' futures resolve."""
+        for job_id in job_ids:
+            state = self.live.states.get(job_id)
+            if state is not None and state.status is JobStatus.RUNNING:
+                state.unstarted = True
+
+    async def not_started(self, state: JobState) -> None:
+        """A job its runner did not run (``unstarted``): memory takes in its row. A
+        job another process ended ends here too (its event, its waiters); one put
+        back to WAITING is queued as the row says; anything else leaves memory."""
+        info: JobInfo | None = None
+        fresh = False
+        for _ in range(PIN_READS):
+            try:
+                info, fresh = await self._read(state.id)
+            except TaskrtError as exc:
+                job_logger(state).warning(
+                    "job %d was not started; reading it failed: %s", state.id, exc
+                )
+                break
+            if fresh:
+                break
+        if self.live.states.get(state.id) is not state:
+            return  # taken care of meanwhile
+        state.unstarted = False
+        if fresh and info is not None and info.terminal:
+            state.seq = max(state.seq, info.seq)
+            data = {"result": info.result} if info.status is JobStatus.SUCCESS else {}
+            self.transitions.finalize(state, info.status, data, error=info.error, write=False)
+            return
+        self.shelve(state)
+        if fresh and info is not None and info.status is JobStatus.WAITING:
+            self.adopt(info, announce=False)
+            return
+        job_logger(state).warning(
+            "job %d was not started: the store holds it as %s",
+            state.id,
+            "gone" if info is None else info.status.value,
+        )
+
     def wake(self, what: str = "changed") -> None:
         """Another process committed something for the owner: look now (the store's
         ``listen``), not at the next ``poll_interval``; ``"pools"``: an operator

@@ -54,6 +54,7 @@ class JobState:
         "spec",
         "task_handle",
         "timed_out",
+        "unstarted",
         "watchdog",
         "written",
     )
@@ -138,6 +139,8 @@ class JobState:
         self.timed_out = False
         self.shutdown = False
         self.abandoned = False
+        # Its start changed no row: another process changed it first (store note 20).
+        self.unstarted = False
         # The jobs it waits for, while it is being added (taskrt.workflows).
         self.parents: tuple[int, ...] = ()
         # The commit of its last queued WAITING row, if any (taskrt.waiting note 3).
@@ -209,6 +212,7 @@ class JobState:
         state.timed_out = False
         state.shutdown = False
         state.abandoned = False
+        state.unstarted = False
         state.written = None
         return state
 

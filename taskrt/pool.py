@@ -31,6 +31,9 @@ Design notes:
    eventually fails it as orphaned instead of starting it forever. Jobs that
    start in the same moment share the commit (group commit), so this costs
    one commit of latency, not one per job. The timeout starts with the handler.
+   A start the store could not make (another process had cancelled the job
+   first: ``taskrt.store`` note 20) runs nothing: the runner takes the next job,
+   and the host takes in what the store holds of that one.
 6. **Deadlines.** A job taken after its ``deadline`` is not started: the host
    ends it (FAILURE, ``deadline passed``). A running attempt is cut at the
    deadline as by a timeout, whichever comes first; the host sees the attempt
@@ -186,6 +189,10 @@ class PoolHost(Protocol):
         ...
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None: ...
+
+    def not_started(self, state: JobState) -> None:
+        """A job whose start changed no row (note 5) was not run: memory takes in its row."""
+        ...
 
     @property
     def gates(self) -> Gates:
@@ -636,6 +643,14 @@ class Pool:
             # The attempt is charged on disk before the handler runs (note 5);
             # shielded: the future is the whole write batch's, not this job's.
             await asyncio.shield(charged)
+            if state.unstarted:
+                # Its start changed no row: another process changed the job first
+                # (store note 20). Not run; the store's row is taken in instead.
+                self._running.pop(state.id, None)
+                state.task_handle = None
+                self._release_lock(state)
+                self._host.not_started(state)
+                return
             # Counted RUNNING now: no longer starting, even if the callback above has
             # not run yet (a commit on the loop's thread resolves before it runs).
             self._starting.discard(state.id)

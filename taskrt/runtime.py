@@ -369,6 +369,7 @@ class Runtime:
             max_recoveries=max_recoveries,
             poll_interval=poll_interval,
         )
+        self.store.on_unstarted = self.adoption.unstarted
         # Every process a node that runs jobs (taskrt.nodes), on PostgreSQL.
         self.nodes: Nodes | None = None
         if mode == "nodes":
@@ -1276,6 +1277,10 @@ class Runtime:
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 return JobInfo.from_dict(await remote.call("retry", job=job_id))
+        return await self._retry_resuming(job_id, set())
+
+    async def _retry_resuming(self, job_id: int, resumed: set[int]) -> JobInfo:
+        """``retry`` here; the dependents it put back too go into ``resumed``."""
         with self._retry_of(job_id):
             info = await self.get(job_id)
             if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
@@ -1283,7 +1288,7 @@ class Runtime:
             await self.store.settle()  # its end, if written here, committed first
             self._forget_ended(job_id)
             retried = await self._retry(info, self.clock.now())
-        await self._retry_dependents(job_id)
+        resumed.update(await self._retry_dependents(job_id))
         return retried
 
     @contextlib.contextmanager
@@ -1332,10 +1337,12 @@ class Runtime:
         self.pool(info.pool).push(state)
         return state.info()
 
-    async def _retry_dependents(self, parent: int) -> None:
+    async def _retry_dependents(self, parent: int) -> list[int]:
         """A retried job's dependents that its end cancelled wait for it again, and
-        theirs for them; one that cannot (another parent failed too) stays CANCELLED."""
+        theirs for them; one that cannot (another parent failed too) stays CANCELLED.
+        The ones put back."""
         todo = [parent]
+        resumed: list[int] = []
         while todo:
             for child in await self.store.cancelled_by(todo.pop()):
                 info = await self.store.get_job(child)
@@ -1348,6 +1355,8 @@ class Runtime:
                 except InvalidTransition:
                     continue
                 todo.append(child)
+                resumed.append(child)
+        return resumed
 
     def _forget_ended(self, job_id: int) -> None:
         """A job about to be retried in the store: the ended state memory may hold of
@@ -1552,8 +1561,19 @@ class Runtime:
                 if state is not None and state.status in TERMINAL:
                     del self.live.states[job_id]
             return BulkResult(action, len(matched), done, len(matched) - done, False)
-        act = self.retry if action == "retry" else self._cancel_without_waiting
-        done, skipped = await act_on_each(matched, act)
+        if action == "cancel":
+            done, skipped = await act_on_each(matched, self._cancel_without_waiting)
+            return BulkResult(action, len(matched), done, skipped, False)
+        # Oldest first: a parent before its dependents (a dependent is always added
+        # after its parents), so a dependent its parent's retry put back is done.
+        resumed: set[int] = set()
+
+        async def retry(job_id: int) -> None:
+            if job_id in resumed:
+                return
+            await self._retry_resuming(job_id, resumed)
+
+        done, skipped = await act_on_each(sorted(matched), retry)
         return BulkResult(action, len(matched), done, skipped, False)
 
     async def _cancel_without_waiting(self, job_id: int) -> None:
@@ -1887,6 +1907,9 @@ class _PoolHost:
         self.gates = rt.gates
         self.mark = rt.transitions.mark
         self.report = rt.transitions.report
+
+    def not_started(self, state: JobState) -> None:
+        self._rt.background.spawn(self._rt.adoption.not_started(state))
 
     def queue_for(self, pool: Pool) -> Queue:
         nodes = self._rt.nodes

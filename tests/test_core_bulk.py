@@ -127,3 +127,34 @@ async def test_a_filter_too_large_or_an_unknown_action_is_refused(
             await rt.bulk("delete", status="SUCCESS")
         assert unknown.value.field == "action"
         assert await rt.count() == 3  # nothing was touched
+
+
+async def test_retrying_a_failed_chain_in_bulk_counts_every_job_put_back(tmp_path: Path) -> None:
+    # The parent's retry puts back the dependents its failure cancelled; retried in
+    # the same action, they count as done, not as skipped (they are back, as asked).
+    rt = make_rt(tmp_path)
+    broken = [True]
+
+    @rt.task
+    async def first(n: int) -> int:
+        if broken[0]:
+            raise RuntimeError("down")
+        return n
+
+    @rt.task
+    async def then(n: int) -> int:
+        return n + 1
+
+    async with rt:
+        pool = rt.pool("default")
+        parent = await pool.add(first, 1)
+        child = await pool.add(then.options(after=[parent]), 2)
+        grandchild = await pool.add(then.options(after=[child]), 3)
+        for job_id in (parent, child, grandchild):
+            await rt.wait(job_id, timeout=5)
+        assert (await rt.get(grandchild)).status is JobStatus.CANCELLED
+        broken[0] = False
+        result = await rt.bulk("retry", ids=[grandchild, child, parent])
+        assert (result.matched, result.done, result.skipped) == (3, 3, 0)
+        for job_id in (parent, child, grandchild):
+            assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS

@@ -402,6 +402,60 @@ async def test_client_cancel_lands_when_the_job_starts_meanwhile(
         assert info.status is JobStatus.CANCELLED
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_job_cancelled_where_the_owner_was_not_reached_is_not_run(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process that cannot reach the owner cancels in the store alone; the owner
+    # starts its queued copy before its poll reads the cancel. The start changes no
+    # row, so the handler must not run, and the job ends CANCELLED here too. (Where
+    # every node claims its jobs from the store, no copy waits in memory.)
+    if backend == "sqlite":
+        rt = Runtime(str(tmp_path / "app.db"))
+    else:
+        import pg_server
+
+        schema = pg_server.fresh_schema(tmp_path)
+        rt = Runtime(f"{pg_server.require()}?schema={schema}", mode="owner")
+    ran: list[int] = []
+
+    @rt.task
+    async def work(job: JobContext) -> None:
+        ran.append(job.id)
+
+    async def late_poll() -> None:
+        return None
+
+    monkeypatch.setattr(rt.adoption, "poll_once", late_poll)
+    async with rt:
+        pool = rt.pool("default")
+        pool.pause()
+        job_id = await pool.add(work)
+        other = await pool.add(work)
+        await rt.store.settle()
+        seen: list[str] = []
+
+        async def watch() -> None:
+            async for event in rt.subscribe(job_id):
+                seen.append(event.type.value)
+                if event.status.terminal:
+                    return
+
+        watcher = asyncio.create_task(watch())
+        await until(lambda: seen != [], timeout=2)
+        await rt.store.cancel_external(job_id, rt.clock.now())
+        pool.resume()
+        assert (await rt.wait(other, timeout=5)).status is JobStatus.SUCCESS
+        info = await rt.wait(job_id, timeout=5)
+        assert info.status is JobStatus.CANCELLED
+        assert ran == [other]
+        await asyncio.wait_for(watcher, 5)
+        assert seen[-1] == "cancelled" and "success" not in seen, seen
+        assert (await rt.store.get_job(job_id)).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+        assert (await rt.get(job_id)).status is JobStatus.CANCELLED
+        assert rt.pool("default").statistics().running == 0
+
+
 async def test_client_cancels_a_waiting_job(tmp_path: Path) -> None:
     clock = FakeClock()
     owner = make_rt(tmp_path, clock=clock)

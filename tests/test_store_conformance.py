@@ -971,6 +971,26 @@ async def test_cancel_external_cancels_a_waiting_job_at_once(store: JobStore) ->
     assert await external(store) == [(job_id, CANCELLED, False)]
 
 
+async def test_a_start_that_changes_no_row_is_told_before_it_resolves(store: JobStore) -> None:
+    # Store note 20: a process that could not reach the owner cancelled the job;
+    # the owner's start of its queued copy changes nothing and says so, before the
+    # start's future resolves, while a start beside it in the batch commits.
+    cancelled, waiting = await add_one(store), await add_one(store)
+    await store.cancel_external(cancelled, NOW + 1)
+    told: list[tuple[list[int], bool]] = []
+    store.on_unstarted = lambda ids: told.append((list(ids), lost.done()))
+    try:
+        lost = store.start(cancelled, 1, NOW + 2, 3, pool="mail")
+        kept = store.start(waiting, 1, NOW + 2, 2, pool="mail")
+        await asyncio.gather(lost, kept)
+    finally:
+        store.on_unstarted = None
+    assert told == [([cancelled], False)]
+    assert (await get(store, cancelled)).status is CANCELLED
+    assert (await get(store, waiting)).status is RUNNING
+    assert (store.counted("mail", RUNNING), store.counted("mail", CANCELLED)) == (1, 1)
+
+
 async def test_cancel_external_asks_the_owner_of_a_running_job(store: JobStore) -> None:
     job_id = await running(store)
     await store.cancel_external(job_id, NOW + 5)

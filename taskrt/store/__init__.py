@@ -169,6 +169,17 @@ Design notes:
     of the event loop and, on SQLite, a transaction of no rows, which cost
     milliseconds where the loop was busy (``rt.stats()`` while a restarted
     runtime read its first windows: 8.8–11.5 ms).
+20. **A start that changed no row says so.** A start is written as
+    "WAITING to RUNNING", guarded by the status it leaves. Where another
+    process changed the job first (a cancel made by a process that could not
+    reach the owner, ``cancel_external``, lands before the owner's poll reads
+    it), the start changes nothing, and the owner must not run the handler
+    of a job the store holds as cancelled. So the writer tells which starts
+    of the committed batch changed no row (``Batch.unstarted``: SQLite finds
+    them when it writes the batch again row by row, counts note 1;
+    PostgreSQL's statement returns them), and the group commit hands them to
+    ``on_unstarted`` before it resolves the batch's futures, so the runner
+    that waits for its start knows before it goes on (``taskrt.pool`` note 5).
 """
 
 from .protocol import (

@@ -83,6 +83,9 @@ class Batch:
     # The rest of a batch whose starts committed first: nothing waits on it as on them,
     # so a backend may write it the way that leaves the event loop free (note 16).
     behind: bool = False
+    # The jobs whose start the committed write found no row to make RUNNING (the
+    # job had changed elsewhere, note 20): set by the writer for the attempt that committed.
+    unstarted: list[int] = field(default_factory=list)
 
     def retain(self, failed: Batch) -> None:
         """Put ``failed``'s writes first, so every job's writes keep their order.
@@ -191,6 +194,8 @@ class GroupCommit:
         self.last_outage: float | None = None
         # Told of an operation (its name) the database refused on its own (note 10).
         self.on_rejected: Callable[[int | None, str, BaseException], None] | None = None
+        # Told, before their futures resolve, of jobs whose start changed no row (note 20).
+        self.on_unstarted: Callable[[list[int]], None] | None = None
 
     def start(self, writer: BatchWriter) -> None:
         """Begin writing through ``writer``."""
@@ -445,6 +450,8 @@ class GroupCommit:
             pos += len(jobs)
             if not fut.done():
                 fut.set_result(part)
+        if batch.unstarted and self.on_unstarted is not None:
+            self.on_unstarted(batch.unstarted)  # before the starts' runners go on
         batch.settle(None)
         for job_id, operation, refusal in rejected:
             log.error(

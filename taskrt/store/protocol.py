@@ -234,6 +234,9 @@ class JobStore(Protocol):
 
     on_rejected: Callable[[int | None, str, BaseException], None] | None
     """Told of an operation (its name) the database refused on its own (note 10)."""
+    on_unstarted: Callable[[list[int]], None] | None
+    """Told of jobs whose queued start changed no row, before the start's future
+    resolves (note 20): another process changed the job first."""
 
     @property
     def starts_in_add(self) -> bool:

@@ -79,6 +79,16 @@ class QueuedWrites:
         )
 
     @property
+    def on_unstarted(self) -> Callable[[list[int]], None] | None:
+        """Told of jobs whose start changed no row, before the start resolves (note 20)."""
+        return self._writes.on_unstarted
+
+    @on_unstarted.setter
+    def on_unstarted(self, callback: Callable[[list[int]], None] | None) -> None:
+        for lane in self.lanes():
+            lane.on_unstarted = callback
+
+    @property
     def failing(self) -> bool:
         return any(lane.failing for lane in self.lanes())
 

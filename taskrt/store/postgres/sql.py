@@ -364,7 +364,7 @@ def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Pa
             f"WHERE id = ANY(${base + width}::bigint[]) FOR UPDATE)",
             f"g{i} AS (UPDATE jobs j SET {sets} FROM v{i} JOIN o{i} ON o{i}.id = v{i}.id "
             f"WHERE j.id = v{i}.id AND o{i}.was IN {where} AND (o{i}.was <> 'RUNNING' "
-            f"OR o{i}.node IS NOT DISTINCT FROM {NODE}) RETURNING j.pool, o{i}.was)",
+            f"OR o{i}.node IS NOT DISTINCT FROM {NODE}) RETURNING j.id, j.pool, o{i}.was)",
         ]
 
     return Part(target.name.lower(), width, "jobs", width - 1, target.value, build)
@@ -598,12 +598,18 @@ PARTS: dict[Op, Part] = {
 """Each queued write's part (``FLUSH`` has none: it writes nothing)."""
 
 
+UNSTARTED = "unstarted"
+"""The status of a row ``combined`` returns for a start that changed no row:
+(NULL, this, the job's id)."""
+
+
 @cache
 def combined(parts: tuple[Part, ...]) -> str:
     """One statement that writes ``parts`` (which touch no row in common) and adds
     what the counted ones moved to ``job_counts``. It returns the new count of each
     (pool, status) it changed, and for an ``ADD_PART``, a row (NULL, NULL, the last
-    id issued) and one (NULL, 'RUNNING', id) per job it started on this node.
+    id issued) and one (NULL, 'RUNNING', id) per job it started on this node; for a
+    ``START_PART``, one (NULL, ``UNSTARTED``, id) per start that changed no row.
     Params: each part's arrays, in order. Built once per combination."""
     ctes: list[str] = []
     moved: list[str] = []
@@ -618,6 +624,11 @@ def combined(parts: tuple[Part, ...]) -> str:
             out.append(f"SELECT NULL::text, status, id FROM g{i} WHERE status = 'RUNNING'")
         elif part.to is not None:
             moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
+        if part is START_PART:  # the starts that changed no row (store note 20)
+            out.append(
+                f"SELECT NULL::text, '{UNSTARTED}'::text, v.id FROM v{i} AS v "
+                f"WHERE NOT EXISTS (SELECT 1 FROM g{i} AS s WHERE s.id = v.id)"
+            )
         if part is NOTIFY_PART or part is ANNOUNCE_PART:  # read to the end: each is sent
             out.append(f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0")
     if moved:

@@ -55,6 +55,7 @@ from .sql import (
     SQL_TAKE_WINDOWS,
     SQL_WINDOW_HOLDERS,
     SQL_WINDOW_OF,
+    UNSTARTED,
     Part,
     combined,
     numbered,
@@ -138,6 +139,11 @@ class Tally(Moves):
 
 Group = tuple[Part, list[tuple[Any, ...]]]
 """One operation and its rows (params as queued)."""
+
+
+def unstarted(changed: Iterable[Any]) -> list[int]:
+    """The jobs whose start changed no row, from what ``sql.combined`` returned (store note 20)."""
+    return [int(n) for pool, status, n in changed if pool is None and status == UNSTARTED]
 
 
 def progress_groups(progress: ProgressRows) -> list[Group]:
@@ -422,9 +428,10 @@ class PgBatches:
             last = next(int(n) for pool, status, n in changed if pool is None and status is None)
             first = last - sum(len(g) for g in groups) + 1
             # Started on this node by the add itself (note 11).
-            ran = {int(n) for pool, status, n in changed if pool is None and status is not None}
+            ran = {int(n) for pool, status, n in changed if pool is None and status == "RUNNING"}
             results = [InsertResult(i, True, i in ran) for i in range(first, last + 1)]
         self._merge(changed)
+        batch.unstarted = unstarted(changed)
         return results
 
     def _announcement(self, groups: list[list[NewJob]]) -> list[tuple[str, str, str]]:
@@ -478,6 +485,7 @@ class PgBatches:
                 results.extend(out)
             await self._announce(conn, [jobs for jobs, _ in batch.inserts])
         self._merge(changed)
+        batch.unstarted = unstarted(changed)
         return results, rejected
 
     def _merge(self, changed: list[Any]) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from ...models import JobStatus
 from ..adds import Moves
-from ..ops import Op
+from ..ops import START, Op
 from ..protocol import InsertResult, NewJob
 from .sql import SQL_COUNTS, SQL_COUNTS_ADD, SQL_POOL_STATUS, STATEMENT
 
@@ -70,9 +70,14 @@ class Mismatch(Exception):
 
 
 class Tally(Moves):
-    """Count changes of one transaction, by pool and status, applied at its end."""
+    """Count changes of one transaction, by pool and status, applied at its end;
+    and the jobs whose start changed no row (``unstarted``, store note 20)."""
 
-    __slots__ = ()
+    __slots__ = ("unstarted",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unstarted: list[int] = []
 
     def moved(self, op: Op, rows: Sequence[tuple[Any, ...]], to: str) -> None:
         """Every row of a counted write changed: each moved from its (pool, was) to ``to``."""
@@ -199,7 +204,18 @@ def write_one(
 
     When the row is not where the caller believed, it is read, and written
     from its stored pool and status if the transition table allows (note 1).
+    A start that changes no row is told in ``tally.unstarted`` (store note 20).
     """
+    if _write_one(conn, op, to, params, tally):
+        return True
+    if op is START:
+        tally.unstarted.append(belief(op, params)[2])
+    return False
+
+
+def _write_one(
+    conn: sqlite3.Connection, op: Op, to: str, params: tuple[Any, ...], tally: Tally
+) -> bool:
     pool, was, job_id = belief(op, params)
     if conn.execute(STATEMENT[op], params).rowcount:
         tally.move(pool, was, to)

@@ -185,6 +185,7 @@ class SqliteBatches:
         except BaseException:
             rollback(conn)
             raise
+        batch.unstarted = tally.unstarted
         return inserted, snapshot
 
     def _apply_isolated(
@@ -233,4 +234,5 @@ class SqliteBatches:
         except BaseException:
             rollback(conn)
             raise
+        batch.unstarted = tally.unstarted
         return results, rejected, snapshot
