@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .background import job_logger, woken
 from .context import JobState
 from .errors import TaskrtError
-from .models import EventType, JobInfo, JobStatus
+from .models import BLOCKED_AT, EventType, JobInfo, JobStatus
 from .transitions import retry_policy_of
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ class Adoption:
         self.declare_pool = declare_pool
         self.max_recoveries = max_recoveries
         self.poll_interval = poll_interval
+        # Told when the poll took in a change that may settle dependents (taskrt.workflows).
+        self.on_settle: Callable[[], None] | None = None
         self._wake = asyncio.Event()
         self._pools_changed = False
         self._unknown: set[str] = set()  # tasks already warned about
@@ -295,7 +297,8 @@ class Adoption:
             self.store.clear_external(info.id, info.seq, cancel_requested)
             state = self.live.states.get(info.id)
             if info.status is JobStatus.WAITING and state is None:
-                self.adopt(info, announce=True)
+                if info.run_at < BLOCKED_AT:  # a blocked one waits for its settle (below)
+                    self.adopt(info, announce=True)
             elif (
                 info.status is JobStatus.WAITING
                 and state is not None
@@ -316,3 +319,11 @@ class Adoption:
                     self.pools[state.pool].cancel_running(state)
             elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:
                 self.pools[state.pool].cancel_running(state)
+        # A job another process ended, or blocked again on its parents (a retry), may
+        # release or cancel dependents: the workflows settle now, not at their sweep.
+        if self.on_settle is not None and any(
+            info.terminal or info.run_at >= BLOCKED_AT
+            for info, _ in changed
+            if info.id not in meanwhile
+        ):
+            self.on_settle()

@@ -399,6 +399,7 @@ class Runtime:
             nodes=mode == "nodes",
         )
         self.transitions.on_end = self.workflows.ended
+        self.adoption.on_settle = self.workflows.sweep_now
         # Batched handlers' batches, formed where jobs run (taskrt.batches).
         self.batches = Batcher(
             store=self.store,
@@ -1387,7 +1388,9 @@ class Runtime:
         """A manual retry of a dependent that never ran: blocked on its parents again
         (``JobStore.block_again``), then settled here like a new one; None when the
         job is not such a dependent."""
-        again = await self.store.block_again(info.id, now, max_attempts)
+        again = await self.store.block_again(
+            info.id, now, max_attempts, external=not self.runs_jobs
+        )
         if again is None:
             return None
         if again.now is not None:

@@ -29,10 +29,12 @@ Design notes:
    that are not live here are settled (one may have ended already); after a
    parent's terminal write commits, it is settled if it is known to have
    dependents (``Workflows.parents``: the owner sees every add; a node learns
-   of its own adds and reads the open parents when it starts). Anything missed
-   (a crash between a commit and its settle, an add by another process, a
-   parent that ended on another node) is found by a sweep at start and every
-   ``sweep_interval`` seconds.
+   of its own adds and reads the open parents when it starts). An owner's poll
+   that takes in another process's change that may matter (a blocked add, an
+   end, a retry that blocked a dependent again) reads the open parents again
+   and settles at once (``sweep_now``). Anything missed (a crash between a
+   commit and its settle, a parent that ended on another node) is found by a
+   sweep at start and every ``sweep_interval`` seconds.
 4. **Retention keeps what a blocked job needs.** Cleanup and purge never
    delete a finished job that a blocked job still waits for.
 5. **A success is settled when it matters.** Where one owner runs the jobs
@@ -118,6 +120,8 @@ class Workflows:
         self._held: dict[int, list[int]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Read the open parents again before the next settle (``sweep_now``).
+        self._reread = True
 
     # -- told by the engine -------------------------------------------------------------
 
@@ -187,6 +191,13 @@ class Workflows:
         if self._due:
             self._wake.set()
 
+    def sweep_now(self) -> None:
+        """Another process added dependents or changed jobs (an end, a retry): read
+        which jobs are parents and settle every finished one now (note 3), rather
+        than at the next sweep."""
+        self._reread = True
+        self._wake.set()
+
     # -- the loop ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -201,16 +212,18 @@ class Workflows:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
-        swept = False
+        self._reread = True
         # Until stopped: ``stop`` forgets the task first, so a cancel that Python
         # 3.11's timeouts swallowed (the wait ending as it came) still ends the loop.
         while self._task is not None:
             try:
-                if not swept:
+                if self._reread:  # at start, and when told (``sweep_now``)
+                    self._reread = False
                     self.parents.update(await self.store.open_parents())
                     await self.settle(None)
-                    swept = True
                 await woken(self._wake, self.sweep_interval)
+                if self._reread:
+                    continue
                 if self._due:
                     due, self._due = sorted(self._due), set()
                     await self.settle(due)

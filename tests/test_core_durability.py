@@ -402,6 +402,15 @@ async def test_client_cancel_lands_when_the_job_starts_meanwhile(
         assert info.status is JobStatus.CANCELLED
 
 
+def one_database(backend: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """A SQLite file, or a fresh PostgreSQL schema where one owner runs the jobs."""
+    if backend == "sqlite":
+        return str(tmp_path / "app.db"), {}
+    import pg_server
+
+    return f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}", {"mode": "owner"}
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_job_cancelled_where_the_owner_was_not_reached_is_not_run(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -410,13 +419,8 @@ async def test_a_job_cancelled_where_the_owner_was_not_reached_is_not_run(
     # starts its queued copy before its poll reads the cancel. The start changes no
     # row, so the handler must not run, and the job ends CANCELLED here too. (Where
     # every node claims its jobs from the store, no copy waits in memory.)
-    if backend == "sqlite":
-        rt = Runtime(str(tmp_path / "app.db"))
-    else:
-        import pg_server
-
-        schema = pg_server.fresh_schema(tmp_path)
-        rt = Runtime(f"{pg_server.require()}?schema={schema}", mode="owner")
+    db, options = one_database(backend, tmp_path)
+    rt = Runtime(db, **options)
     ran: list[int] = []
 
     @rt.task
@@ -454,6 +458,52 @@ async def test_a_job_cancelled_where_the_owner_was_not_reached_is_not_run(
         assert (await rt.store.get_job(job_id)).status is JobStatus.CANCELLED  # type: ignore[union-attr]
         assert (await rt.get(job_id)).status is JobStatus.CANCELLED
         assert rt.pool("default").statistics().running == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_workflow_changes_from_a_client_that_cannot_reach_the_owner_settle_at_its_poll(
+    backend: str, tmp_path: Path
+) -> None:
+    # The client's adds, cancel and retry go to the store alone; the owner's poll
+    # takes them in and settles the dependents at once, not at its sweep (5 s).
+    db, options = one_database(backend, tmp_path)
+    owner = Runtime(db, **options)
+    client = Runtime(db, **options, workers=False)
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    gate = Gate()
+
+    for rt in (owner, client):
+
+        @rt.task
+        async def slow(n: int) -> int:
+            await gate()
+            return n
+
+        @rt.task
+        async def then(n: int) -> int:
+            return n + 1
+
+    async with owner, client:
+        assert client.role == "client"
+        pool = client.pool("default")
+        parent = await pool.add(slow, 1)
+        child = await pool.add(then.options(after=[parent]), 10)
+        await gate.wait_entered(1)
+        t = time.monotonic()
+        await client.cancel(parent)
+        assert (await owner.wait(child, timeout=3)).status is JobStatus.CANCELLED
+        assert time.monotonic() - t < 2
+
+        gate.open()
+        done = await pool.add(slow, 2)
+        waiter = await pool.add(then.options(after=[done]), 20)
+        await client.cancel(waiter)  # cancelled by hand while it waits for its parent
+        assert (await owner.wait(done, timeout=3)).status is JobStatus.SUCCESS
+        t = time.monotonic()
+        await client.retry(waiter)  # blocked again, on a parent that has succeeded
+        info = await owner.wait(waiter, timeout=3)
+        assert (info.status, info.result) == (JobStatus.SUCCESS, 21)
+        assert time.monotonic() - t < 2
 
 
 async def test_client_cancels_a_waiting_job(tmp_path: Path) -> None:

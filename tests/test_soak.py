@@ -268,3 +268,31 @@ async def test_random_work_through_a_standby_ends_and_runs_each_attempt_once(
     finally:
         await x.stop()
     assert not problems, f"seed {seed}: " + "; ".join(problems[:8])
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_random_work_with_a_client_that_cannot_reach_the_owner(
+    seed: int, backend: str, tmp_path: Path
+) -> None:
+    """An owner and a client (``workers=False``) that cannot reach it: the client's
+    adds, cancels, retries and runs now are written to the store alone, and the
+    owner picks them up at its poll, racing its own starts of the same jobs (a
+    cancel it has not read yet must not let the job run, store note 20)."""
+    if backend == "sqlite":
+        target: tuple[str, dict[str, Any]] = (str(tmp_path / "soak.db"), {})
+    else:
+        url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+        target = (url, {"mode": "owner"})
+    soak = Soak(seed, target)
+    rnd = soak.rnd
+    owner = soak.runtime()
+    soak.options["workers"] = False
+    client = soak.runtime()
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    async with owner, client:
+        assert (owner.role, client.role) == ("owner", "client")
+        owner.pool("default", concurrency=rnd.choice([1, 2, 4]))
+        await soak.busy([owner, client, client], [client, client, owner], 20, 15)
+        problems = await soak.check(owner)
+    assert not problems, f"seed {seed}: " + "; ".join(problems[:8])

@@ -132,7 +132,8 @@ SQL_PARENTS_NOW = (
 # (run_at, max_attempts, id)
 SQL_BLOCK_AGAIN = (
     "UPDATE jobs SET status = 'WAITING', waiting_reason = 'blocked', run_at = ?, "
-    "max_attempts = ?, finished_at = NULL, started_at = NULL, seq = seq + 1 "
+    "max_attempts = ?, finished_at = NULL, started_at = NULL, seq = seq + 1, "
+    "external = CASE WHEN ? = 1 THEN 1 ELSE external END "
     "WHERE id = ? AND status IN ('FAILURE', 'CANCELLED') RETURNING pool, seq"
 )
 # (parent): the dependents a parent's end cancelled, and why each is CANCELLED now

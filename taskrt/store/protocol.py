@@ -602,7 +602,7 @@ class JobStore(Protocol):
         ...
 
     async def block_again(
-        self, job_id: int, run_at: float, max_attempts: int | None
+        self, job_id: int, run_at: float, max_attempts: int | None, *, external: bool = False
     ) -> BlockedAgain | None:
         """In one transaction, a manual retry of a dependent that ended without ever
         being released (a parent failed, or it was cancelled while it waited):
@@ -611,7 +611,9 @@ class JobStore(Protocol):
         or later), its attempts renewed to ``max_attempts``. Refused (nothing
         written) when a parent is gone, or failed or was cancelled and the job does
         not run after a parent's failure. None when the job is not such a
-        dependent (a plain retry applies)."""
+        dependent (a plain retry applies). ``external``: made by a process that
+        runs no jobs: the row is marked for the owner's poll (``external_changes``),
+        which has the dependencies settled at once."""
         ...
 
     async def form_batch(

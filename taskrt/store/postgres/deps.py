@@ -115,7 +115,12 @@ async def settle(
 
 
 async def block_again(
-    conn: asyncpg.Connection, job_id: int, run_at: float, max_attempts: int | None, tally: Tally
+    conn: asyncpg.Connection,
+    job_id: int,
+    run_at: float,
+    max_attempts: int | None,
+    tally: Tally,
+    external: bool = False,
 ) -> BlockedAgain | None:
     """``JobStore.block_again`` inside the caller's transaction. Its rows are locked
     in a settle's order (dependencies, how it waits, the job), so that a settle of
@@ -131,7 +136,7 @@ async def block_again(
     refused = refusal(str(how[0]), parents)
     if refused is not None:
         return BlockedAgain(refused=refused)
-    row = await conn.fetchrow(_BLOCK_AGAIN, BLOCKED_AT, max_attempts, job_id)
+    row = await conn.fetchrow(_BLOCK_AGAIN, BLOCKED_AT, max_attempts, int(external), job_id)
     if row is None:
         return BlockedAgain(now=str(how[2]))  # (its rows are locked: not seen)
     pool, seq, was = str(row[0]), int(row[1]), str(how[2])

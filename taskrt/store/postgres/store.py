@@ -912,13 +912,13 @@ class PgStore(QueuedWrites, SharedReads):
         return settled
 
     async def block_again(
-        self, job_id: int, run_at: float, max_attempts: int | None
+        self, job_id: int, run_at: float, max_attempts: int | None, *, external: bool = False
     ) -> BlockedAgain | None:
         """A dependent that never ran, blocked again on its parents (``store.deps``)."""
         counted = Tally()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                again = await block_again(conn, job_id, run_at, max_attempts, counted)
+                again = await block_again(conn, job_id, run_at, max_attempts, counted, external)
                 changed = await counted.apply(conn)
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc

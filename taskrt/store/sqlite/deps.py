@@ -104,7 +104,12 @@ def settle(
 
 
 def block_again(
-    conn: sqlite3.Connection, job_id: int, run_at: float, max_attempts: int | None, tally: Tally
+    conn: sqlite3.Connection,
+    job_id: int,
+    run_at: float,
+    max_attempts: int | None,
+    tally: Tally,
+    external: bool = False,
 ) -> BlockedAgain | None:
     """``JobStore.block_again`` inside the caller's transaction."""
     how = conn.execute(SQL_HOW_IT_WAITED, (job_id,)).fetchone()
@@ -119,7 +124,9 @@ def block_again(
     refused = refusal(str(policy), parents)
     if refused is not None:
         return BlockedAgain(refused=refused)
-    row = conn.execute(SQL_BLOCK_AGAIN, (BLOCKED_AT, max_attempts, job_id)).fetchone()
+    row = conn.execute(
+        SQL_BLOCK_AGAIN, (BLOCKED_AT, max_attempts, int(external), job_id)
+    ).fetchone()
     if row is None:
         return BlockedAgain(now=str(how[2]))  # (its rows are locked: not seen)
     pool, seq, was = str(row[0]), int(row[1]), str(how[2])

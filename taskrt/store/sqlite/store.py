@@ -571,11 +571,11 @@ class Store(QueuedWrites, SharedReads):
         return settled
 
     async def block_again(
-        self, job_id: int, run_at: float, max_attempts: int | None
+        self, job_id: int, run_at: float, max_attempts: int | None, *, external: bool = False
     ) -> BlockedAgain | None:
         """A dependent that never ran, blocked again on its parents (``store.deps``)."""
         again: BlockedAgain | None = await self._in_transaction(
-            lambda conn, counted: block_again(conn, job_id, run_at, max_attempts, counted)
+            lambda conn, counted: block_again(conn, job_id, run_at, max_attempts, counted, external)
         )
         return again
 
