@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from taskrt import JobContext, Runtime
+from taskrt.store.sqlite.sql import SQL_START, SQL_SUCCESS
 
 ROW = ("noop", "default", "[]", "{}", 1, 0, "{}", time.time(), time.time())
 
@@ -69,6 +71,50 @@ async def raw_batched(path: Path, n: int, batch: int = 100) -> float:
         await db.commit()
     rate = n / (time.perf_counter() - t)
     await db.close()
+    return rate
+
+
+async def raw_lifecycle(path: Path, n: int, concurrency: int) -> float:
+    """Floor of a drain at ``concurrency``: what taskrt must write for each no-op job,
+    written raw, on taskrt's own schema with ``n`` waiting jobs stored. A job's
+    start (RUNNING, its attempt charged) commits before its handler runs, so a
+    transaction can carry at most ``concurrency`` starts; each carries that many
+    starts and the ends of the jobs before them, with the moves of the live
+    counts, as a drain's batches do (store notes 12, 16). Plain ``sqlite3`` on
+    the loop's thread, as the drain's small batches commit (store note 15)."""
+    client = _runtime(path, workers=False)
+    async with client:
+        pool = client.pool("default")
+        for _ in range(n // 500):
+            await pool.add_many("noop", [()] * 500)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE status = 'WAITING' ORDER BY id")]
+    moves = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = ?"
+    now = time.time()
+    t = time.perf_counter()
+    before: list[int] = []
+    for start in range(0, len(ids) + concurrency, concurrency):
+        chunk = ids[start : start + concurrency]
+        conn.execute("BEGIN IMMEDIATE")
+        if before:
+            conn.executemany(
+                SQL_SUCCESS, [(None, now, 0.0, 0.0, "", 3, i, "default") for i in before]
+            )
+        if chunk:
+            conn.executemany(SQL_START, [(1, now, 2, i, "default") for i in chunk])
+        conn.executemany(
+            moves,
+            [
+                (len(before), "SUCCESS"),
+                (len(chunk) - len(before), "RUNNING"),
+                (-len(chunk), "WAITING"),
+            ],
+        )
+        conn.execute("COMMIT")
+        before = chunk
+    rate = len(ids) / (time.perf_counter() - t)
+    conn.close()
     return rate
 
 
@@ -239,10 +285,20 @@ async def one_run(d: Path, quick: bool) -> dict[str, dict[str, float]]:
     out["add_many_100"] = {"rate": r, "ratio_vs_raw_batched": r / batched}
     out["producers_100_normal"] = {"rate": await producers(d / "prod.db", n, 100, "normal")}
     out["producers_100_full"] = {"rate": await producers(d / "prodfull.db", n, 100, "full")}
+    floor = await raw_lifecycle(d / "floor.db", n, 10)
+    out["raw_lifecycle_writes_c10"] = {"rate": floor, "ratio_vs_raw_batched": floor / batched}
     r = await process(d / "proc.db", n, 10)
-    out["process_noop_c10"] = {"rate": r, "ratio_vs_raw_batched": r / batched}
+    out["process_noop_c10"] = {
+        "rate": r,
+        "ratio_vs_raw_batched": r / batched,
+        "ratio_vs_raw_lifecycle": r / floor,
+    }
     r = await cold_drain(d / "cold.db", n, 10)
-    out["cold_start_drain_c10"] = {"rate": r, "ratio_vs_raw_batched": r / batched}
+    out["cold_start_drain_c10"] = {
+        "rate": r,
+        "ratio_vs_raw_batched": r / batched,
+        "ratio_vs_raw_lifecycle": r / floor,
+    }
     p50, p99 = await latency(d / "lat.db", 300 if quick else 1000, 100)
     out["add_to_start_latency_at_100_per_s"] = {"p50_ms": p50, "p99_ms": p99}
     wall = await sleepers(d / "nap.db", 1000, 50, 0.05)

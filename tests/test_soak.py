@@ -167,7 +167,8 @@ class Soak:
                 info = await rt.get(job_id)
                 problems.append(
                     f"job {job_id} ({info.task}) never ended: {info.status.value}, "
-                    f"waiting_reason={info.waiting_reason}, run_at in {info.run_at - time.time():.3f} s"
+                    f"waiting_reason={info.waiting_reason}, run_at in {info.run_at - time.time():.3f} s; "
+                    f"actions: {self.done[job_id]}"
                 )
         await asyncio.sleep(0.05)  # a second run would have begun by now
         for job_id in sorted(set(self.ids)):
@@ -175,7 +176,9 @@ class Soak:
             attempts = max(info.attempts, len(await rt.attempts(job_id)))
             ran = self.runs[job_id]
             if info.status is JobStatus.FAILURE:  # no handler fails twice; chain steps never
-                problems.append(f"job {job_id} ({info.task}) failed: {info.error}")
+                problems.append(
+                    f"job {job_id} ({info.task}) failed: {info.error}; actions: {self.done[job_id]}"
+                )
             if ran > attempts or (info.status is JobStatus.SUCCESS and ran == 0):
                 problems.append(
                     f"job {job_id} ({info.task}) {info.status.value} with {attempts} attempt(s) "
