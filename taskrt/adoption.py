@@ -154,8 +154,12 @@ class Adoption:
         return states
 
     def shelve(self, state: JobState) -> None:
+        """The job leaves memory; its committed row stays the truth. A row of it read
+        before now may be older than what memory knew (its run, a retry): the reads
+        under way must not take it in (``LiveJobs.changes_during``)."""
         if self.live.states.get(state.id) is state:
             del self.live.states[state.id]
+            self.live.changed(state.id)
         self.live.release_key(state)
 
     async def pin(self, job_id: int) -> JobState | None:
@@ -273,6 +277,11 @@ class Adoption:
                 await self.poll_once()
             except TaskrtError:
                 log.exception("polling for external jobs failed")
+            except Exception:
+                # A defect in one poll must not stop the polls after it: the rows it
+                # did not clear are read again at the next.
+                log.exception("polling for external jobs failed (tried again)")
+                await asyncio.sleep(self.poll_interval)
 
     async def apply_pauses(self) -> None:
         """The pauses operators recorded, as they stand now, on this owner's pools."""

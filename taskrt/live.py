@@ -7,8 +7,10 @@ forgets all of that batch's jobs.
 
 A row read from the store may be older than what happened here while the
 read was under way: an action took the job in, ended it, and its end was
-committed and forgotten; or the store released it from its parents (a read
-begun before that commit finds it blocked). Code that takes a job into
+committed and forgotten; the job ran here and, waiting for its retry, left
+memory with the window (a read begun before its start finds it never run);
+or the store released it from its parents (a read begun before that commit
+finds it blocked). Code that takes a job into
 memory from such a read asks ``changes_during`` which jobs changed so
 meanwhile, and leaves those.
 """
@@ -35,8 +37,9 @@ class LiveJobs:
 
     @contextlib.contextmanager
     def changes_during(self) -> Iterator[set[int]]:
-        """The ids of the jobs that changed while the ``with`` block runs (``changed``,
-        or forgotten: ended and committed): a row of one read meanwhile may be older."""
+        """The ids of the jobs that changed while the ``with`` block runs (``changed``:
+        outside memory, or out of it; or forgotten: ended and committed): a row of one
+        read meanwhile may be older."""
         changed: set[int] = set()
         self._watching.append(changed)
         try:
@@ -46,8 +49,9 @@ class LiveJobs:
             self._watching = [s for s in self._watching if s is not changed]
 
     def changed(self, job_id: int) -> None:
-        """The store changed the job outside memory (released or cancelled it): a row
-        of it read before that is older (``changes_during``)."""
+        """The store changed the job outside memory (released or cancelled it), or the
+        job left memory after it ran here: a row of it read before that is older
+        (``changes_during``)."""
         for changed in self._watching:
             changed.add(job_id)
 

@@ -320,6 +320,7 @@ class Nodes:
     def forget(self, state: JobState) -> None:
         if self.live.states.get(state.id) is state:
             del self.live.states[state.id]
+            self.live.changed(state.id)  # a row read before may be older (adoption.shelve)
 
     # -- notifications and the slow poll (note 4) ---------------------------------
 

@@ -172,7 +172,9 @@ class _Lane:
             self._shelve(state)
             return
         entries = self.entries
-        if not entries or entry > entries[-1]:
+        # Entries before ``head`` were taken: one may be this job's own, with the same
+        # key (a start given back), and two states do not compare.
+        if self.head == len(entries) or entry > entries[-1]:
             entries.append(entry)  # the usual case: the newest job comes last
         else:
             bisect.insort(entries, entry, self.head)

@@ -506,6 +506,96 @@ async def test_workflow_changes_from_a_client_that_cannot_reach_the_owner_settle
         assert time.monotonic() - t < 2
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_poll_read_before_a_job_ran_and_left_memory_does_not_bring_it_back(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The owner's poll reads a client's job while it waits; before the read comes
+    # back, the owner runs the job (run now), its first attempt fails, and its
+    # retry leaves memory (the delayed window is full). The row the poll read is
+    # older than that: taken in, the job would run its first attempt again.
+    db, options = one_database(backend, tmp_path)
+    owner = Runtime(db, **options, window=2)
+    client = Runtime(db, **options, workers=False)
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    runs: list[int] = []
+
+    for rt in (owner, client):
+
+        @rt.task(attempts=2, retry="2s")
+        async def flaky(job: JobContext) -> str:
+            runs.append(job.attempt)
+            if job.attempt == 1:
+                raise RuntimeError("the first attempt fails")
+            return "done"
+
+        @rt.task
+        async def later() -> None:
+            pass
+
+    async with owner, client:
+        assert owner._poll_task is not None
+        owner._poll_task.cancel()  # the polls are the test's own
+        pool = owner.pool("default")
+        for _ in range(2):  # due before the retry
+            await pool.add(later.options(delay=1))
+        job_id = await client.pool("default").add(flaky)
+
+        read_back, go_on = asyncio.Event(), asyncio.Event()
+        external_changes = owner.store.external_changes
+
+        async def slow_read() -> Any:
+            changes = await external_changes()
+            read_back.set()
+            await go_on.wait()
+            return changes
+
+        monkeypatch.setattr(owner.store, "external_changes", slow_read)
+        poll = asyncio.create_task(owner.adoption.poll_once())
+        await read_back.wait()
+        await owner.run_now(job_id)
+        await until(lambda: runs == [1] and owner.live.states[job_id].status is JobStatus.WAITING)
+        await owner.store.settle()  # the retry is committed: it may leave memory
+        await pool.add(later.options(delay=0.5))  # the window overflows: the retry leaves
+        assert job_id not in owner.live.states
+        stored = await owner.get(job_id)
+        assert (stored.status, stored.attempts) == (JobStatus.WAITING, 1)
+        go_on.set()
+        await poll
+        info = await owner.wait(job_id, timeout=5)
+        assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, "done", 2)
+        assert runs == [1, 2]
+
+
+async def test_the_poll_goes_on_after_a_poll_that_failed_unexpectedly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = make_rt(tmp_path)
+    client = make_rt(tmp_path, workers=False)
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    for rt in (owner, client):
+
+        @rt.task
+        async def echo(n: int) -> int:
+            return n
+
+    async with owner, client:
+        external_changes = owner.store.external_changes
+        failed: list[bool] = []
+
+        async def once_broken() -> Any:
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("a defect in one poll")
+            return await external_changes()
+
+        monkeypatch.setattr(owner.store, "external_changes", once_broken)
+        job_id = await client.pool("default").add(echo, 7)
+        assert (await owner.wait(job_id, timeout=3)).result == 7
+        assert failed == [True]
+        assert "polling for external jobs failed" in caplog.text
+
+
 async def test_client_cancels_a_waiting_job(tmp_path: Path) -> None:
     clock = FakeClock()
     owner = make_rt(tmp_path, clock=clock)

@@ -385,3 +385,23 @@ async def test_a_refill_reads_a_chunk_at_a_time_and_keeps_the_order(
     assert ran == ids
     # Refills of the 10-job window, each read four rows at a time.
     assert len(limits) >= 10 and max(limits) == 4
+
+
+async def test_a_job_taken_and_queued_again_with_the_same_key(tmp_path: Path) -> None:
+    # A start that changed no row (store note 20) takes in the row instead: a new
+    # state of the job, with the key it had, goes into the list it was taken
+    # from, where its old entry may still lie behind the list's head.
+    rt = make_rt(tmp_path, window=WINDOW)
+    work, ran = recorder(rt)
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        pool.pause()
+        job_id = await pool.add(work)
+        state = pool.queue.take()
+        assert state is not None and state.id == job_id and pool.queue.take() is None
+        rt.adoption.shelve(state)
+        info = await rt.get(job_id)
+        assert rt.adoption.adopt(info, announce=False) is not state
+        assert len(pool.queue) == 1
+        pool.resume()
+        await until(lambda: ran == [job_id])
