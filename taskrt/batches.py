@@ -15,7 +15,9 @@ Design notes:
    the leader that end as it ends (``taskrt.workflows``). So a batch is one
    attempt with the task's retries, its members reach its outcome, and a
    crash anywhere resumes from what the store holds. Counts and statistics
-   count each member once; nothing else is added.
+   count each member once; nothing else is added. Retrying the leader runs
+   the batch again and puts back the members that ended with it
+   (``JobStore.cancelled_by``, ``block_again``): they wait for it again.
 2. **Gathering is counted where jobs run.** The process that runs the jobs
    (the owner, or each node) counts each key's waiting jobs and knows its
    oldest: from its own adds, the other nodes' ``added`` events, and a read of

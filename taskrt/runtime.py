@@ -1310,7 +1310,8 @@ class Runtime:
         base = spec.attempts if spec is not None else 1
         max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
         await self._refuse_held_key(info)
-        if info.attempts == 0:  # perhaps a dependent that never ran
+        if info.attempts == 0 or info.batch not in (None, job_id):
+            # Perhaps a dependent that never ran, or a batch's member: it waits again.
             again = await self._block_again(info, now, max_attempts)
             if again is not None:
                 return again
@@ -1341,13 +1342,13 @@ class Runtime:
     async def _retry_dependents(self, parent: int) -> list[int]:
         """A retried job's dependents that its end cancelled wait for it again, and
         theirs for them; one that cannot (another parent failed too) stays CANCELLED.
-        The ones put back."""
+        The members of a batch it ran wait for it again too. The ones put back."""
         todo = [parent]
         resumed: list[int] = []
         while todo:
             for child in await self.store.cancelled_by(todo.pop()):
                 info = await self.store.get_job(child)
-                if info is None or info.status is not JobStatus.CANCELLED:
+                if info is None or info.status not in (JobStatus.CANCELLED, JobStatus.FAILURE):
                     continue
                 try:
                     with self._retry_of(child):
@@ -1385,9 +1386,9 @@ class Runtime:
     async def _block_again(
         self, info: JobInfo, now: float, max_attempts: int | None
     ) -> JobInfo | None:
-        """A manual retry of a dependent that never ran: blocked on its parents again
-        (``JobStore.block_again``), then settled here like a new one; None when the
-        job is not such a dependent."""
+        """A manual retry of a dependent that never ran, or of a batch's member: blocked
+        on its parents (its batch's job) again (``JobStore.block_again``), then
+        settled here like a new one; None when the job is not such a dependent."""
         again = await self.store.block_again(
             info.id, now, max_attempts, external=not self.runs_jobs
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from taskrt import Batch, InvalidOption, JobStatus, Runtime, ValidationError
+from taskrt import Batch, InvalidOption, InvalidTransition, JobStatus, Runtime, ValidationError
 
 
 def runtime(target: tuple[str, dict[str, Any]]) -> Runtime:
@@ -104,6 +104,78 @@ async def test_a_batch_is_one_attempt_with_the_tasks_retries(
         assert [(i.status, i.error) for i in infos] == [
             (JobStatus.FAILURE, "ValueError: never")
         ] * 2
+
+
+async def test_retrying_a_failed_batch_brings_back_its_members(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    calls: list[list[int]] = []
+    failing = [True]
+
+    @rt.task(batch=Batch(max_size=3, max_wait=60), attempts=1)
+    async def digest(items: list[int]) -> int:
+        calls.append(list(items))
+        if failing[0]:
+            raise ValueError("down")
+        return sum(items)
+
+    async with rt:
+        pool = rt.pool("default")
+        leader, *members = [await pool.add(digest, n) for n in (1, 2, 3)]
+        infos = [await rt.wait(job_id, timeout=10) for job_id in (leader, *members)]
+        assert [(i.status, i.error) for i in infos] == [(JobStatus.FAILURE, "ValueError: down")] * 3
+
+        # A member alone cannot run: its item is one of its batch's.
+        with pytest.raises(InvalidTransition) as refused:
+            await rt.retry(members[0])
+        assert f"it is one item of the batch job {leader} runs: retry that job" in str(
+            refused.value
+        )
+        assert (await rt.get(members[0])).status is JobStatus.FAILURE
+
+        failing[0] = False
+        await rt.retry(leader)  # the batch runs again, and its members end as it ends
+        infos = [await rt.wait(job_id, timeout=10) for job_id in (leader, *members)]
+        assert [(i.status, i.result, i.batch) for i in infos] == [
+            (JobStatus.SUCCESS, 6, leader)
+        ] * 3
+        assert [i.attempts for i in infos] == [2] * 3
+        assert calls == [[1, 2, 3], [1, 2, 3]]
+        assert (await rt.stats()).counts[JobStatus.SUCCESS] == 3
+
+
+async def test_a_member_cancelled_by_hand_stays_out_of_its_batchs_retry(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    rt = runtime(target)
+    entered, go = asyncio.Event(), asyncio.Event()
+    failing = [True]
+
+    @rt.task(batch=Batch(max_size=3, max_wait=60), attempts=1)
+    async def digest(items: list[int]) -> int:
+        entered.set()
+        await go.wait()
+        if failing[0]:
+            raise ValueError("down")
+        return sum(items)
+
+    async with rt:
+        pool = rt.pool("default")
+        leader, kept, dropped = [await pool.add(digest, n) for n in (1, 2, 3)]
+        await asyncio.wait_for(entered.wait(), 10)
+        assert (await rt.cancel(dropped)).status is JobStatus.CANCELLED
+        go.set()
+        assert (await rt.wait(leader, timeout=10)).status is JobStatus.FAILURE
+        assert (await rt.wait(kept, timeout=10)).status is JobStatus.FAILURE
+        failing[0] = False
+        await rt.retry(leader)
+        assert (await rt.wait(kept, timeout=10)).result == 6
+        assert (await rt.get(dropped)).status is JobStatus.CANCELLED
+        # Retried itself, it waits for its batch's job, which has succeeded: it ends so.
+        await rt.retry(dropped)
+        info = await rt.wait(dropped, timeout=10)
+        assert (info.status, info.result) == (JobStatus.SUCCESS, 6)
 
 
 async def test_gathering_batches_survive_a_restart(target: tuple[str, dict[str, Any]]) -> None:

@@ -12,8 +12,11 @@ transaction, with their own driver. The statements are written with ``?``.
 A decided dependent's ``job_waits`` row stays, its ``outcome`` set: ``released``
 (its arguments hold its parents' results), ``cancelled`` (it never ran: a
 parent failed, or it was cancelled while it waited) or ``followed`` (a batch's
-member). A manual retry of a ``cancelled`` one blocks it again on its parents
-(``block_again``), so that it runs with their results, never without them.
+member that ended as the job running its batch did; one cancelled by hand
+before that is ``cancelled``). A manual retry of a ``cancelled`` or
+``followed`` one blocks it again on its parents (``block_again``), so that it
+runs with their results, never without them; a batch's member waits for its
+batch again (``batched``), its item still in the batch's arguments.
 Rows with no outcome are the blocked jobs; the statements that look for those
 say so.
 """
@@ -129,19 +132,23 @@ SQL_PARENTS_NOW = (
     "SELECT d.parent, p.status FROM job_deps d LEFT JOIN jobs p ON p.id = d.parent "
     "WHERE d.child = ? ORDER BY d.position"
 )
-# (run_at, max_attempts, id)
+# (waiting_reason, run_at, max_attempts, external, id)
 SQL_BLOCK_AGAIN = (
-    "UPDATE jobs SET status = 'WAITING', waiting_reason = 'blocked', run_at = ?, "
+    "UPDATE jobs SET status = 'WAITING', waiting_reason = ?, run_at = ?, "
     "max_attempts = ?, finished_at = NULL, started_at = NULL, seq = seq + 1, "
     "external = CASE WHEN ? = 1 THEN 1 ELSE external END "
     "WHERE id = ? AND status IN ('FAILURE', 'CANCELLED') RETURNING pool, seq"
 )
-# (parent): the dependents a parent's end cancelled, and why each is CANCELLED now
-# (a cancel by hand before that leaves another error).
+# (parent, parent): the dependents a parent's end cancelled, and why each is CANCELLED
+# now (a cancel by hand before that leaves another error); then the members of a
+# batch it ran that ended as it did ('followed').
 SQL_CANCELLED_BY = (
     "SELECT w.child, j.error, w.failed_status FROM job_waits w JOIN jobs j ON j.id = w.child "
     "WHERE w.failed_parent = ? AND w.outcome = 'cancelled' AND j.status = 'CANCELLED' "
-    "ORDER BY w.child"
+    "UNION ALL SELECT w.child, NULL, 'followed' FROM job_deps d "
+    "JOIN job_waits w ON w.child = d.child JOIN jobs j ON j.id = d.child "
+    "WHERE d.parent = ? AND w.outcome = 'followed' AND j.status IN ('FAILURE', 'CANCELLED') "
+    "ORDER BY 1"
 )
 SQL_REOPEN = "UPDATE job_deps SET done = 0 WHERE child = ?"
 # (pending, run_at, child)
@@ -265,11 +272,16 @@ def decide(child: int, row: Sequence[Any], now: float) -> Decision | None:
 
 def blocked_again(how: Sequence[Any] | None) -> bool:
     """Whether a job's ``SQL_HOW_IT_WAITED`` row makes its manual retry block it again:
-    a dependent (not a batch's member) that ended without being released."""
+    a dependent that ended without being released, or a batch's member."""
     if how is None:
         return False
-    policy, was, _ = how
-    return bool(policy != "follow" and was != "released")
+    _, was, _ = how
+    return bool(was != "released")
+
+
+def waits_again_as(policy: str) -> str:
+    """The waiting reason of a job ``block_again`` blocks (its ``on_parent_failure``)."""
+    return "batched" if policy == "follow" else "blocked"
 
 
 def retried_meanwhile(how: Sequence[Any]) -> str | None:
@@ -283,9 +295,14 @@ def refusal(policy: str, parents: Sequence[Sequence[Any]]) -> str | None:
     """Why a dependent that never ran cannot wait for its parents again
     (``SQL_PARENTS_NOW`` rows), or None."""
     for parent, status in parents:
-        if status is None:
+        if policy == "follow":  # a batch's member: its one parent runs the batch
+            if status is None:
+                return f"job {parent}, which ran its batch, was deleted"
+            if status in ("FAILURE", "CANCELLED"):
+                return f"it is one item of the batch job {parent} runs: retry that job"
+        elif status is None:
             return f"its parent job {parent} was deleted"
-        if status in ("FAILURE", "CANCELLED") and policy != "run":
+        elif status in ("FAILURE", "CANCELLED") and policy != "run":
             return f"its {parent_error(int(parent), str(status))}: retry that job first"
     return None
 

@@ -610,8 +610,10 @@ class JobStore(Protocol):
         closes those that ended and releases it with their results, at ``run_at``
         or later), its attempts renewed to ``max_attempts``. Refused (nothing
         written) when a parent is gone, or failed or was cancelled and the job does
-        not run after a parent's failure. None when the job is not such a
-        dependent (a plain retry applies). ``external``: made by a process that
+        not run after a parent's failure. A batch's member (``form_batch``) is
+        such a dependent too: it waits for its batch's job again (``batched``),
+        refused while that job is FAILURE or CANCELLED. None when the job is not
+        such a dependent (a plain retry applies). ``external``: made by a process that
         runs no jobs: the row is marked for the owner's poll (``external_changes``),
         which has the dependencies settled at once."""
         ...
@@ -639,7 +641,8 @@ class JobStore(Protocol):
 
     async def cancelled_by(self, parent: int) -> list[int]:
         """The dependents that ``parent``'s failure or cancel cancelled, still CANCELLED
-        (not those cancelled by hand first), by id."""
+        (not those cancelled by hand first), and the members of a batch it ran that
+        ended as it did (FAILURE or CANCELLED), by id."""
         ...
 
     async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:

@@ -94,9 +94,14 @@ class SharedReads:
         return [int(r[0]) for r in await self.query(SQL_OPEN_PARENTS)]
 
     async def cancelled_by(self, parent: int) -> list[int]:
-        """The dependents that ``parent``'s failure or cancel cancelled, still CANCELLED."""
-        rows = await self.query(SQL_CANCELLED_BY, (parent,))
-        return [int(c) for c, error, how in rows if error == parent_error(parent, str(how))]
+        """The dependents that ``parent``'s failure or cancel cancelled, still CANCELLED,
+        and the members of a batch it ran that ended as it did."""
+        rows = await self.query(SQL_CANCELLED_BY, (parent, parent))
+        return [
+            int(c)
+            for c, error, how in rows
+            if how == "followed" or error == parent_error(parent, str(how))
+        ]
 
     async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:
         """A workflow's jobs (by id) and its dependencies as (child, parent)."""

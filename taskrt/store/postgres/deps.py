@@ -39,6 +39,7 @@ from ..deps import (
     followed,
     refusal,
     retried_meanwhile,
+    waits_again_as,
     with_inputs,
 )
 from ..protocol import BlockedAgain, CancelledChild, Settled
@@ -88,11 +89,11 @@ async def settle(
             continue
         ended = "cancelled"  # unless released below (store.deps)
         if decision.kind == "follow":
-            ended = "followed"
             leader = await conn.fetchrow(_LEADER_END, child)
             if leader is not None:
                 done = await conn.fetchrow(_FOLLOW_END, *leader, child)
                 if done is not None:
+                    ended = "followed"  # else cancelled by hand before (store.deps)
                     tally.move(str(done[1]), "WAITING", str(leader[0]))
                     cancels.append(followed(child, tuple(done), tuple(leader)))
         elif decision.kind == "cancel":
@@ -136,7 +137,8 @@ async def block_again(
     refused = refusal(str(how[0]), parents)
     if refused is not None:
         return BlockedAgain(refused=refused)
-    row = await conn.fetchrow(_BLOCK_AGAIN, BLOCKED_AT, max_attempts, int(external), job_id)
+    reason = waits_again_as(str(how[0]))
+    row = await conn.fetchrow(_BLOCK_AGAIN, reason, BLOCKED_AT, max_attempts, int(external), job_id)
     if row is None:
         return BlockedAgain(now=str(how[2]))  # (its rows are locked: not seen)
     pool, seq, was = str(row[0]), int(row[1]), str(how[2])

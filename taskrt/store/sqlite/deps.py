@@ -37,6 +37,7 @@ from ..deps import (
     marks,
     refusal,
     retried_meanwhile,
+    waits_again_as,
     with_inputs,
 )
 from ..protocol import BlockedAgain, CancelledChild, Settled
@@ -77,11 +78,11 @@ def settle(
             continue
         ended = "cancelled"  # unless released below (store.deps)
         if decision.kind == "follow":
-            ended = "followed"
             leader = conn.execute(SQL_LEADER_END, (child,)).fetchone()
             if leader is not None:
                 done = conn.execute(SQL_FOLLOW_END, (*leader, child)).fetchone()
                 if done is not None:
+                    ended = "followed"  # else cancelled by hand before (store.deps)
                     tally.move(str(done[1]), "WAITING", str(leader[0]))
                     cancels.append(followed(child, done, leader))
         elif decision.kind == "cancel":
@@ -124,8 +125,9 @@ def block_again(
     refused = refusal(str(policy), parents)
     if refused is not None:
         return BlockedAgain(refused=refused)
+    reason = waits_again_as(str(policy))
     row = conn.execute(
-        SQL_BLOCK_AGAIN, (BLOCKED_AT, max_attempts, int(external), job_id)
+        SQL_BLOCK_AGAIN, (reason, BLOCKED_AT, max_attempts, int(external), job_id)
     ).fetchone()
     if row is None:
         return BlockedAgain(now=str(how[2]))  # (its rows are locked: not seen)
