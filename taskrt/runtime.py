@@ -1320,6 +1320,10 @@ class Runtime:
                 now_info = await self.get(job_id)  # another retry came first
                 raise InvalidTransition(job_id, now_info.status.value, "retry")
             return await self.get(job_id)
+        held = self.live.states.get(job_id)
+        if held is not None and held.status not in TERMINAL:
+            # Retried meanwhile by another process, and taken in (the poll): one state.
+            raise InvalidTransition(job_id, held.status.value, "retry")
         state = JobState(info, spec, retry_policy_of(info, spec))
         state.update(
             status=JobStatus.WAITING,

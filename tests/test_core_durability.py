@@ -28,6 +28,7 @@ from core_support import (
 from taskrt import (
     AttemptOutcome,
     FakeClock,
+    InvalidTransition,
     JobContext,
     JobStatus,
     Runtime,
@@ -565,6 +566,47 @@ async def test_a_poll_read_before_a_job_ran_and_left_memory_does_not_bring_it_ba
         info = await owner.wait(job_id, timeout=5)
         assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, "done", 2)
         assert runs == [1, 2]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_retry_that_another_process_retried_first_is_refused(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The owner's retry reads the job CANCELLED; before it writes, a client that
+    # cannot reach the owner retries it in the store, and the owner's poll takes
+    # that in. The owner's retry must not put a second state of the job in memory
+    # (the one the pool holds would run; the other would wait for ever).
+    db, options = one_database(backend, tmp_path)
+    owner = Runtime(db, **options)
+    client = Runtime(db, **options, workers=False)
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    runs: list[int] = []
+
+    for rt in (owner, client):
+
+        @rt.task
+        async def once(job: JobContext) -> int:
+            runs.append(job.id)
+            return job.id
+
+    async with owner, client:
+        assert owner._poll_task is not None
+        owner._poll_task.cancel()  # the polls are the test's own
+        job_id = await owner.pool("default").add(once.options(delay=60))
+        await owner.cancel(job_id)
+        block_again = owner.store.block_again
+
+        async def meanwhile(*args: Any, **kwargs: Any) -> Any:
+            again = await block_again(*args, **kwargs)
+            await client.retry(job_id)
+            await owner.adoption.poll_once()
+            return again
+
+        monkeypatch.setattr(owner.store, "block_again", meanwhile)
+        with pytest.raises(InvalidTransition, match=f"cannot retry job {job_id}: it is "):
+            await owner.retry(job_id)
+        info = await owner.wait(job_id, timeout=5)
+        assert (info.status, info.result, runs) == (JobStatus.SUCCESS, job_id, [job_id])
 
 
 async def test_the_poll_goes_on_after_a_poll_that_failed_unexpectedly(
