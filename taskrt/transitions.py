@@ -117,6 +117,8 @@ class Transitions:
         state.attempts = attempt
         state.started_at = now
         state.finished_at = None
+        state.error = None  # as the start's row says: the last error is its attempt's
+        state.waiting_reason = None
         state.snapshot = None
         seq = self.emit(state, EventType.STARTED, {"attempt": attempt})
         return self.store.start(state.id, attempt, now, seq, pool=state.pool)

@@ -162,6 +162,31 @@ async def test_every_attempt_is_recorded_and_readable(tmp_path: Path) -> None:
     ]
 
 
+async def test_a_running_retry_shows_no_error_in_memory_or_in_the_store(tmp_path: Path) -> None:
+    # While it waits, a retry shows the error that made it; once its next attempt
+    # runs, the error belongs to that attempt's history (``rt.attempts``), as its
+    # stored row says.
+    gate = Gate()
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=2, retry="0s")
+    async def flaky(job: JobContext) -> None:
+        if job.attempt == 1:
+            raise ValueError("bad 1")
+        await gate()
+
+    async with rt:
+        job_id = await rt.pool("default").add(flaky)
+        await gate.wait_entered(1)
+        info = await rt.get(job_id)
+        assert (info.status, info.attempts, info.error) == (JobStatus.RUNNING, 2, None)
+        await rt.store.flush()
+        stored = {j.id: j for j in await committed_jobs(tmp_path)}[job_id]
+        assert (stored.status, stored.error) == (JobStatus.RUNNING, None)
+        gate.open()
+        await rt.wait(job_id, timeout=5)
+
+
 async def test_exponential_backoff_on_the_clock(tmp_path: Path) -> None:
     clock = FakeClock()
     rt = make_rt(tmp_path, clock=clock)
