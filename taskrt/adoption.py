@@ -301,10 +301,17 @@ class Adoption:
                 # Left marked, the next poll reads it again.
                 self._wake.set()
                 continue
+            state = self.live.states.get(info.id)
+            written = None if state is None else state.written
+            if written is not None and not written.done():
+                # Memory put it back to WAITING (a retry) and its row is still queued:
+                # the row read is older (a cancel that retry undid). Read it again once
+                # that write is committed.
+                written.add_done_callback(lambda _: self._wake.set())
+                continue
             # Queued first, so it lands before anything this owner writes of the job
             # now (it clears only what was read: store note on clear_external).
             self.store.clear_external(info.id, info.seq, cancel_requested)
-            state = self.live.states.get(info.id)
             if info.status is JobStatus.WAITING and state is None:
                 if info.run_at < BLOCKED_AT:  # a blocked one waits for its settle (below)
                     self.adopt(info, announce=True)

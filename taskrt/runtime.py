@@ -1340,7 +1340,8 @@ class Runtime:
         )
         self.store.retried(job_id, now)  # the job's history says so (same batch)
         await self.store.settle(self.transitions.write_waiting(state, was=info.status))
-        self.pool(info.pool).push(state)
+        if self.live.states.get(job_id) is state and state.status is JobStatus.WAITING:
+            self.pool(info.pool).push(state)  # (else cancelled meanwhile: not queued)
         return state.info()
 
     async def _retry_dependents(self, parent: int) -> list[int]:

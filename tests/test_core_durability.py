@@ -609,6 +609,61 @@ async def test_a_retry_that_another_process_retried_first_is_refused(
         assert (info.status, info.result, runs) == (JobStatus.SUCCESS, job_id, [job_id])
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_cancel_read_before_a_retry_does_not_undo_it(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that cannot reach the owner cancels a job that is not in the
+    # owner's memory; the owner's poll reads that cancel, and before it acts on
+    # it, the owner retries the job. The cancel it read is older than the retry:
+    # acted on, it would drop the retried job from memory while its row waits.
+    db, options = one_database(backend, tmp_path)
+    owner = Runtime(db, **options)
+    client = Runtime(db, **options, workers=False)
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    runs: list[int] = []
+
+    for rt in (owner, client):
+
+        @rt.task
+        async def once(job: JobContext) -> int:
+            runs.append(job.id)
+            return job.id
+
+    async with owner, client:
+        assert owner._poll_task is not None
+        owner._poll_task.cancel()  # the polls are the test's own
+        job_id = await owner.pool("default").add(once.options(delay=60))
+        owner.adoption.forget(owner.live.states[job_id])  # out of the window
+        await client.cancel(job_id)
+
+        read_back, go_on = asyncio.Event(), asyncio.Event()
+        external_changes = owner.store.external_changes
+
+        async def slow_read() -> Any:
+            changes = await external_changes()
+            read_back.set()
+            await go_on.wait()
+            return changes
+
+        monkeypatch.setattr(owner.store, "external_changes", slow_read)
+        poll = asyncio.create_task(owner.adoption.poll_once())
+        await read_back.wait()
+        write_waiting = owner.transitions.write_waiting
+
+        def and_the_poll_goes_on(*args: Any, **kwargs: Any) -> Any:
+            go_on.set()
+            return write_waiting(*args, **kwargs)
+
+        monkeypatch.setattr(owner.transitions, "write_waiting", and_the_poll_goes_on)
+        await owner.retry(job_id)
+        await poll
+        monkeypatch.setattr(owner.store, "external_changes", external_changes)
+        await owner.adoption.poll_once()
+        info = await owner.wait(job_id, timeout=5)
+        assert (info.status, info.result, runs) == (JobStatus.SUCCESS, job_id, [job_id])
+
+
 async def test_the_poll_goes_on_after_a_poll_that_failed_unexpectedly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -165,10 +165,14 @@ class Soak:
                 await rt.wait(job_id, timeout=max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 info = await rt.get(job_id)
+                row = await rt.store.get_job(job_id)
+                held = rt.live.states.get(job_id)
+                queued = held is not None and rt.pool(held.pool).holds(held)
                 problems.append(
                     f"job {job_id} ({info.task}) never ended: {info.status.value}, "
                     f"waiting_reason={info.waiting_reason}, run_at in {info.run_at - time.time():.3f} s; "
-                    f"actions: {self.done[job_id]}"
+                    f"stored {row.status.value if row else None}, in memory {held is not None}, "
+                    f"queued {queued}; actions: {self.done[job_id]}"
                 )
         await asyncio.sleep(0.05)  # a second run would have begun by now
         for job_id in sorted(set(self.ids)):
