@@ -991,6 +991,25 @@ async def test_a_start_that_changes_no_row_is_told_before_it_resolves(store: Job
     assert (store.counted("mail", RUNNING), store.counted("mail", CANCELLED)) == (1, 1)
 
 
+async def test_a_second_start_of_a_job_in_one_batch_changes_no_row(store: JobStore) -> None:
+    # Two starts of one job in a batch (two copies of it in memory: a defect above
+    # the store) start it once: the second changes no row and says so, as a start
+    # of a job another process changed does (store note 20).
+    job_id = await add_one(store)
+    told: list[int] = []
+    store.on_unstarted = told.extend
+    try:
+        first = store.start(job_id, 1, NOW + 2, 2, pool="mail")
+        second = store.start(job_id, 1, NOW + 2, 3, pool="mail")
+        await asyncio.gather(first, second)
+    finally:
+        store.on_unstarted = None
+    assert told == [job_id]
+    info = await get(store, job_id)
+    assert (info.status, info.attempts) == (RUNNING, 1)
+    assert store.counted("mail", RUNNING) == 1
+
+
 async def test_cancel_external_asks_the_owner_of_a_running_job(store: JobStore) -> None:
     job_id = await running(store)
     await store.cancel_external(job_id, NOW + 5)
