@@ -467,10 +467,7 @@ async def test_workflow_changes_from_a_client_that_cannot_reach_the_owner_settle
 ) -> None:
     # The client's adds, cancel and retry go to the store alone; the owner's poll
     # takes them in and settles the dependents at once, not at its sweep (5 s).
-    db, options = one_database(backend, tmp_path)
-    owner = Runtime(db, **options)
-    client = Runtime(db, **options, workers=False)
-    client._forwarding = lambda: None  # type: ignore[method-assign]
+    owner, client = owner_and_unreachable_client(backend, tmp_path)
     gate = Gate()
 
     for rt in (owner, client):
@@ -507,6 +504,60 @@ async def test_workflow_changes_from_a_client_that_cannot_reach_the_owner_settle
         assert time.monotonic() - t < 2
 
 
+def owner_and_unreachable_client(
+    backend: str, tmp_path: Path, **owner_options: Any
+) -> tuple[Runtime, Runtime]:
+    """An owner and a client (``workers=False``) that cannot reach it: the client's
+    actions go to the store alone, for the owner's poll."""
+    db, options = one_database(backend, tmp_path)
+    owner = Runtime(db, **options, **owner_options)
+    client = Runtime(db, **options, workers=False)
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    return owner, client
+
+
+def polls_by_hand(owner: Runtime) -> None:
+    """The owner polls only when the test calls ``owner.adoption.poll_once()``."""
+    assert owner._poll_task is not None
+    owner._poll_task.cancel()
+
+
+def returns_its_id(owner: Runtime, client: Runtime) -> tuple[Any, list[int]]:
+    """Task ``once`` on both runtimes (the owner's returned): it returns its job's
+    id; and the ids of its runs, in order."""
+    runs: list[int] = []
+    for rt in (client, owner):
+
+        @rt.task
+        async def once(job: JobContext) -> int:
+            runs.append(job.id)
+            return job.id
+
+    return once, runs
+
+
+async def a_poll_held_after_its_read(
+    owner: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A poll whose read of the store came back and is held until the event is set
+    (what it read grows older meanwhile); later polls read as usual."""
+    go_on = asyncio.Event()
+    read_back = asyncio.Event()
+    external_changes = owner.store.external_changes
+
+    async def held_once() -> Any:
+        monkeypatch.setattr(owner.store, "external_changes", external_changes)
+        changes = await external_changes()
+        read_back.set()
+        await go_on.wait()
+        return changes
+
+    monkeypatch.setattr(owner.store, "external_changes", held_once)
+    poll = asyncio.create_task(owner.adoption.poll_once())
+    await read_back.wait()
+    return poll, go_on
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_poll_read_before_a_job_ran_and_left_memory_does_not_bring_it_back(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -515,10 +566,7 @@ async def test_a_poll_read_before_a_job_ran_and_left_memory_does_not_bring_it_ba
     # back, the owner runs the job (run now), its first attempt fails, and its
     # retry leaves memory (the delayed window is full). The row the poll read is
     # older than that: taken in, the job would run its first attempt again.
-    db, options = one_database(backend, tmp_path)
-    owner = Runtime(db, **options, window=2)
-    client = Runtime(db, **options, workers=False)
-    client._forwarding = lambda: None  # type: ignore[method-assign]
+    owner, client = owner_and_unreachable_client(backend, tmp_path, window=2)
     runs: list[int] = []
 
     for rt in (owner, client):
@@ -535,25 +583,13 @@ async def test_a_poll_read_before_a_job_ran_and_left_memory_does_not_bring_it_ba
             pass
 
     async with owner, client:
-        assert owner._poll_task is not None
-        owner._poll_task.cancel()  # the polls are the test's own
+        polls_by_hand(owner)
         pool = owner.pool("default")
         for _ in range(2):  # due before the retry
             await pool.add(later.options(delay=1))
         job_id = await client.pool("default").add(flaky)
 
-        read_back, go_on = asyncio.Event(), asyncio.Event()
-        external_changes = owner.store.external_changes
-
-        async def slow_read() -> Any:
-            changes = await external_changes()
-            read_back.set()
-            await go_on.wait()
-            return changes
-
-        monkeypatch.setattr(owner.store, "external_changes", slow_read)
-        poll = asyncio.create_task(owner.adoption.poll_once())
-        await read_back.wait()
+        poll, go_on = await a_poll_held_after_its_read(owner, monkeypatch)
         await owner.run_now(job_id)
         await until(lambda: runs == [1] and owner.live.states[job_id].status is JobStatus.WAITING)
         await owner.store.settle()  # the retry is committed: it may leave memory
@@ -576,22 +612,10 @@ async def test_a_retry_that_another_process_retried_first_is_refused(
     # cannot reach the owner retries it in the store, and the owner's poll takes
     # that in. The owner's retry must not put a second state of the job in memory
     # (the one the pool holds would run; the other would wait for ever).
-    db, options = one_database(backend, tmp_path)
-    owner = Runtime(db, **options)
-    client = Runtime(db, **options, workers=False)
-    client._forwarding = lambda: None  # type: ignore[method-assign]
-    runs: list[int] = []
-
-    for rt in (owner, client):
-
-        @rt.task
-        async def once(job: JobContext) -> int:
-            runs.append(job.id)
-            return job.id
-
+    owner, client = owner_and_unreachable_client(backend, tmp_path)
+    once, runs = returns_its_id(owner, client)
     async with owner, client:
-        assert owner._poll_task is not None
-        owner._poll_task.cancel()  # the polls are the test's own
+        polls_by_hand(owner)
         job_id = await owner.pool("default").add(once.options(delay=60))
         await owner.cancel(job_id)
         block_again = owner.store.block_again
@@ -617,38 +641,15 @@ async def test_a_cancel_read_before_a_retry_does_not_undo_it(
     # owner's memory; the owner's poll reads that cancel, and before it acts on
     # it, the owner retries the job. The cancel it read is older than the retry:
     # acted on, it would drop the retried job from memory while its row waits.
-    db, options = one_database(backend, tmp_path)
-    owner = Runtime(db, **options)
-    client = Runtime(db, **options, workers=False)
-    client._forwarding = lambda: None  # type: ignore[method-assign]
-    runs: list[int] = []
-
-    for rt in (owner, client):
-
-        @rt.task
-        async def once(job: JobContext) -> int:
-            runs.append(job.id)
-            return job.id
-
+    owner, client = owner_and_unreachable_client(backend, tmp_path)
+    once, runs = returns_its_id(owner, client)
     async with owner, client:
-        assert owner._poll_task is not None
-        owner._poll_task.cancel()  # the polls are the test's own
+        polls_by_hand(owner)
         job_id = await owner.pool("default").add(once.options(delay=60))
         owner.adoption.forget(owner.live.states[job_id])  # out of the window
         await client.cancel(job_id)
 
-        read_back, go_on = asyncio.Event(), asyncio.Event()
-        external_changes = owner.store.external_changes
-
-        async def slow_read() -> Any:
-            changes = await external_changes()
-            read_back.set()
-            await go_on.wait()
-            return changes
-
-        monkeypatch.setattr(owner.store, "external_changes", slow_read)
-        poll = asyncio.create_task(owner.adoption.poll_once())
-        await read_back.wait()
+        poll, go_on = await a_poll_held_after_its_read(owner, monkeypatch)
         write_waiting = owner.transitions.write_waiting
 
         def and_the_poll_goes_on(*args: Any, **kwargs: Any) -> Any:
@@ -658,7 +659,6 @@ async def test_a_cancel_read_before_a_retry_does_not_undo_it(
         monkeypatch.setattr(owner.transitions, "write_waiting", and_the_poll_goes_on)
         await owner.retry(job_id)
         await poll
-        monkeypatch.setattr(owner.store, "external_changes", external_changes)
         await owner.adoption.poll_once()
         info = await owner.wait(job_id, timeout=5)
         assert (info.status, info.result, runs) == (JobStatus.SUCCESS, job_id, [job_id])
