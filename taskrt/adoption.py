@@ -295,6 +295,7 @@ class Adoption:
     async def poll_once(self) -> None:
         with self.live.changes_during() as meanwhile:
             changed = await self.store.external_changes()
+        ended = False  # a job cancelled here now: its dependents settle
         for info, cancel_requested in changed:
             if info.id in meanwhile:
                 # It changed here while it was read: the row may be older than that.
@@ -313,8 +314,26 @@ class Adoption:
             # now (it clears only what was read: store note on clear_external).
             self.store.clear_external(info.id, info.seq, cancel_requested)
             if info.status is JobStatus.WAITING and state is None:
-                if info.run_at < BLOCKED_AT:  # a blocked one waits for its settle (below)
+                if info.run_at >= BLOCKED_AT:
+                    pass  # blocked: it waits for its settle (below)
+                elif not cancel_requested:
                     self.adopt(info, announce=True)
+                elif (held := self.hold(info)) is not None:
+                    # Asked to stop while it ran here, then retried and shelved: the
+                    # cancel was for the job (store note 21).
+                    self.transitions.finalize(held, JobStatus.CANCELLED, {})
+                    ended = True
+            elif (
+                cancel_requested
+                and info.status is JobStatus.WAITING
+                and state is not None
+                and state.status is JobStatus.WAITING
+            ):
+                # Asked to stop while it ran, and put back for a retry since: the
+                # cancel was for the job (store note 21).
+                self.pools[state.pool].remove(state)
+                self.transitions.finalize(state, JobStatus.CANCELLED, {})
+                ended = True
             elif (
                 info.status is JobStatus.WAITING
                 and state is not None
@@ -337,9 +356,12 @@ class Adoption:
                 self.pools[state.pool].cancel_running(state)
         # A job another process ended, or blocked again on its parents (a retry), may
         # release or cancel dependents: the workflows settle now, not at their sweep.
-        if self.on_settle is not None and any(
-            info.terminal or info.run_at >= BLOCKED_AT
-            for info, _ in changed
-            if info.id not in meanwhile
+        if self.on_settle is not None and (
+            ended
+            or any(
+                info.terminal or info.run_at >= BLOCKED_AT
+                for info, _ in changed
+                if info.id not in meanwhile
+            )
         ):
             self.on_settle()

@@ -664,6 +664,93 @@ async def test_a_cancel_read_before_a_retry_does_not_undo_it(
         assert (info.status, info.result, runs) == (JobStatus.SUCCESS, job_id, [job_id])
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("where", ["in memory", "out of the window"])
+async def test_a_cancel_asked_for_while_an_attempt_ran_ends_its_retry(
+    backend: str, where: str, tmp_path: Path
+) -> None:
+    # A client that cannot reach the owner asks a running job to stop; the attempt
+    # fails before the owner's poll reads that, and the job waits for its retry (in
+    # memory, or out of the window). The cancel was for the job: the poll ends it
+    # CANCELLED, and the retry never runs.
+    owner, client = owner_and_unreachable_client(backend, tmp_path, window=2)
+    fail_now = asyncio.Event()
+    runs: list[int] = []
+    for rt in (owner, client):
+
+        @rt.task(attempts=3, retry="30s")
+        async def flaky(job: JobContext) -> None:
+            runs.append(job.attempt)
+            await fail_now.wait()
+            raise RuntimeError("this attempt fails")
+
+        @rt.task
+        async def later() -> None:
+            pass
+
+    async with owner, client:
+        polls_by_hand(owner)
+        pool = owner.pool("default")
+        job_id = await pool.add(flaky)
+        await until(lambda: runs == [1])
+        await client.cancel(job_id)  # RUNNING: the row is marked for the owner
+        fail_now.set()
+        await until(lambda: owner.live.states[job_id].status is JobStatus.WAITING)
+        await owner.store.settle()
+        if where == "out of the window":
+            for _ in range(2):  # due before the retry: the retry leaves the window
+                await pool.add(later.options(delay=1))
+            assert job_id not in owner.live.states
+        stored = await owner.get(job_id)
+        assert (stored.status, stored.attempts) == (JobStatus.WAITING, 1)
+        await owner.adoption.poll_once()
+        info = await owner.wait(job_id, timeout=5)
+        assert (info.status, runs) == (JobStatus.CANCELLED, [1])
+        await owner.store.settle()
+        assert (await client.get(job_id)).status is JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("by", ["owner", "client"])
+async def test_a_retry_by_hand_after_a_cancel_that_came_too_late_runs(
+    backend: str, by: str, tmp_path: Path
+) -> None:
+    # A client that cannot reach the owner asks a running job to stop, but its last
+    # attempt fails before the owner's poll reads that; then the job is retried by
+    # hand. That retry is a request made after the cancel: the poll leaves it alone.
+    owner, client = owner_and_unreachable_client(backend, tmp_path)
+    fail_now = asyncio.Event()
+    second_ends = asyncio.Event()
+    runs: list[int] = []
+    for rt in (owner, client):
+
+        @rt.task
+        async def once_more(job: JobContext) -> str:
+            runs.append(job.id)
+            if len(runs) == 1:
+                await fail_now.wait()
+                raise RuntimeError("the first run fails")
+            await second_ends.wait()
+            return "done"
+
+    async with owner, client:
+        polls_by_hand(owner)
+        job_id = await owner.pool("default").add(once_more)
+        await until(lambda: len(runs) == 1)
+        await client.cancel(job_id)  # RUNNING: the row is marked for the owner
+        fail_now.set()
+        assert (await owner.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+        await owner.store.settle()
+        await (owner if by == "owner" else client).retry(job_id)
+        if by == "client":
+            await owner.adoption.poll_once()  # takes the retry in
+        await until(lambda: len(runs) == 2)
+        await owner.adoption.poll_once()
+        second_ends.set()
+        info = await owner.wait(job_id, timeout=5)
+        assert (info.status, info.result) == (JobStatus.SUCCESS, "done")
+
+
 async def test_the_poll_goes_on_after_a_poll_that_failed_unexpectedly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -180,6 +180,15 @@ Design notes:
     PostgreSQL's statement returns them), and the group commit hands them to
     ``on_unstarted`` before it resolves the batch's futures, so the runner
     that waits for its start knows before it goes on (``taskrt.pool`` note 5).
+21. **A cancel asked for while a job ran is for the job, not the attempt.**
+    A process that cannot reach the owner marks the RUNNING row
+    (``cancel_requested``); the owner acts on it at its next poll. If the
+    attempt failed and was put back to WAITING for a retry first, the mark
+    stays on the WAITING row (``requeue`` from RUNNING keeps it) and the poll
+    cancels the waiting job. A retry asked for by hand (``requeue`` from
+    FAILURE or CANCELLED, ``retry_external``, a dependent blocked again) is a
+    new request made after the cancel, so those writes clear the mark: a
+    mark left on a finished row never cancels a later retry.
 """
 
 from .protocol import (

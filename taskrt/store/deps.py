@@ -136,7 +136,7 @@ SQL_PARENTS_NOW = (
 SQL_BLOCK_AGAIN = (
     "UPDATE jobs SET status = 'WAITING', waiting_reason = ?, run_at = ?, "
     "max_attempts = ?, finished_at = NULL, started_at = NULL, seq = seq + 1, "
-    "external = CASE WHEN ? = 1 THEN 1 ELSE external END "
+    "cancel_requested = 0, external = CASE WHEN ? = 1 THEN 1 ELSE external END "
     "WHERE id = ? AND status IN ('FAILURE', 'CANCELLED') RETURNING pool, seq"
 )
 # (parent, parent): the dependents a parent's end cancelled, and why each is CANCELLED

@@ -413,7 +413,8 @@ REQUEUE_PART = _moving(
     "float8 text bigint bigint bigint float8 float8 text bigint",
     "status = 'WAITING', run_at = v.run_at, error = v.error, seq = v.seq, "
     "attempts = v.attempts, max_attempts = v.max_attempts, finished_at = NULL, "
-    "started_at = NULL, current = v.current, total = v.total, message = v.message, node = NULL",
+    "started_at = NULL, current = v.current, total = v.total, message = v.message, node = NULL, "
+    "cancel_requested = CASE WHEN j.status = 'RUNNING' THEN j.cancel_requested ELSE 0 END",
 )
 PROGRESS_PART = _plain(
     "progress",
@@ -689,7 +690,8 @@ _RETRY_SOURCES = _in(source_statuses(JobStatus.WAITING) - {"RUNNING"})
 RETRY_EXTERNAL_WHERE = f"id = $1 AND status IN {_RETRY_SOURCES}"
 SQL_RETRY_EXTERNAL = (
     "UPDATE jobs SET status = 'WAITING', run_at = $2, max_attempts = $3, finished_at = NULL, "
-    f"started_at = NULL, seq = seq + 1, external = 1, node = NULL WHERE {RETRY_EXTERNAL_WHERE}"
+    "started_at = NULL, seq = seq + 1, cancel_requested = 0, external = 1, node = NULL "
+    f"WHERE {RETRY_EXTERNAL_WHERE}"
 )
 SQL_RETRIED_ONE = (
     "UPDATE attempts SET next = 'retried', next_at = $2 WHERE job_id = $1 "

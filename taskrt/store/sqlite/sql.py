@@ -346,9 +346,12 @@ SQL_CANCELLED = (
     "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = ?, cancel_requested = 0, "
     f"error = ? {counted(JobStatus.CANCELLED)}"
 )
+# A cancel asked for while the job ran outlives its attempt's retry (the owner's poll
+# acts on it: store note 21); a retry by hand is a new request and clears it.
 SQL_WAITING = (
     "UPDATE jobs SET status = 'WAITING', run_at = ?, error = ?, seq = ?, attempts = ?, "
-    "max_attempts = ?, finished_at = NULL, started_at = NULL, current = ?, total = ?, message = ? "
+    "max_attempts = ?, finished_at = NULL, started_at = NULL, current = ?, total = ?, message = ?, "
+    "cancel_requested = CASE WHEN status = 'RUNNING' THEN cancel_requested ELSE 0 END "
     f"{counted(JobStatus.WAITING)}"
 )
 # Only what the owner read: a change another process made since (its seq, its
@@ -371,7 +374,8 @@ SQL_CANCEL_WAITING_EXTERNAL = (
 RETRY_EXTERNAL_WHERE = f"id = ? AND status IN {sources(JobStatus.WAITING)} AND status != 'RUNNING'"
 SQL_RETRY_EXTERNAL = (
     "UPDATE jobs SET status = 'WAITING', run_at = ?, max_attempts = ?, finished_at = NULL, "
-    f"started_at = NULL, seq = seq + 1, external = 1 WHERE {RETRY_EXTERNAL_WHERE}"
+    "started_at = NULL, seq = seq + 1, cancel_requested = 0, external = 1 "
+    f"WHERE {RETRY_EXTERNAL_WHERE}"
 )
 SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + ? WHERE ? > 0 AND status IN ('WAITING', 'RUNNING')"
 # A cancel was asked for while the job ran (by a client): it ends CANCELLED, not again.
