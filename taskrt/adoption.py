@@ -340,11 +340,14 @@ class Adoption:
                 and state.status is JobStatus.WAITING
                 and info.run_at != state.run_at
             ):
-                # "Run now" from a process that could not reach the owner.
+                # "Run now" from a process that could not reach the owner. A job out of
+                # its queue is in an action's hands (the owner's own run now, waiting
+                # for its write): that action queues it, and a second push here would
+                # queue it again once it runs.
                 pool = self.pools[state.pool]
-                pool.remove(state)
-                state.run_at = info.run_at
-                pool.push(state)
+                if pool.remove(state):
+                    state.run_at = info.run_at
+                    pool.push(state)
             elif info.status is JobStatus.CANCELLED and state is not None:
                 if state.status is JobStatus.WAITING:
                     self.pools[state.pool].remove(state)

@@ -1620,7 +1620,10 @@ class Runtime:
                 try:
                     await self.store.reschedule(job_id, now)
                 finally:
-                    pool.push(state)
+                    # Unless it left its wait meanwhile (started by a client's run now
+                    # that the poll took in, cancelled): queued again, it would run twice.
+                    if state.status is JobStatus.WAITING and self.live.states.get(job_id) is state:
+                        pool.push(state)
             else:
                 pool.push(state)  # read from the database: back in its queue
             return state.info()

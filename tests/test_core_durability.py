@@ -751,6 +751,38 @@ async def test_a_retry_by_hand_after_a_cancel_that_came_too_late_runs(
         assert (info.status, info.result) == (JobStatus.SUCCESS, "done")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("where", ["in memory", "out of the window"])
+async def test_a_run_now_from_a_client_during_the_owners_run_now_runs_the_job_once(
+    backend: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The owner's "run now" takes a delayed job out of its queue and writes the new
+    # time; meanwhile its poll takes in a client's "run now" of the same job (the
+    # client cannot reach the owner) and the job starts. The owner's run now must
+    # not queue the running job a second time.
+    owner, client = owner_and_unreachable_client(backend, tmp_path)
+    once, runs = returns_its_id(owner, client)
+    async with owner, client:
+        polls_by_hand(owner)
+        job_id = await owner.pool("default").add(once.options(delay=60))
+        if where == "out of the window":
+            owner.adoption.forget(owner.live.states[job_id])
+        reschedule = owner.store.reschedule
+
+        async def meanwhile(*args: Any, **kwargs: Any) -> Any:
+            done = await reschedule(*args, **kwargs)
+            await client.run_now(job_id)
+            await owner.adoption.poll_once()
+            await asyncio.sleep(0.05)  # long enough for a job the poll queued to start
+            return done
+
+        monkeypatch.setattr(owner.store, "reschedule", meanwhile)
+        await owner.run_now(job_id)
+        info = await owner.wait(job_id, timeout=5)
+        await asyncio.sleep(0.1)  # a second run would have begun by now
+        assert (info.status, info.attempts, runs) == (JobStatus.SUCCESS, 1, [job_id])
+
+
 async def test_the_poll_goes_on_after_a_poll_that_failed_unexpectedly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
