@@ -147,7 +147,7 @@ async def test_an_add_still_committing_when_the_runtime_stops_leaves_its_job_wai
     runtime stops meanwhile. The job its add started goes back to WAITING, attempt
     not charged, before the store closes: a restart runs it as attempt 1."""
     rt = make_rt(tmp_path, grace=5.0)
-    rt.pool("default", concurrency=1)
+    pool = rt.pool("default", concurrency=1)
     ran: list[int] = []
 
     @rt.task
@@ -155,13 +155,21 @@ async def test_an_add_still_committing_when_the_runtime_stops_leaves_its_job_wai
         ran.append(job.attempt)
 
     blocker = sqlite3.connect(db_file(tmp_path), isolation_level=None)
+    stop_dispatching = pool.stop_dispatching
+
+    def and_the_commit_goes_on() -> None:
+        # The stop has begun (the pool starts nothing more): the add may commit now,
+        # however long the stop took to get here on a busy machine.
+        stop_dispatching()
+        blocker.execute("COMMIT")
+
     try:
         async with rt:
             blocker.execute("BEGIN IMMEDIATE")  # the runtime's writes wait for it
             adding = asyncio.create_task(rt.add(work))
             await asyncio.sleep(0)  # the add kept the slot and waits for its commit
-            assert rt.pool("default").free_slots() == 0
-            asyncio.get_running_loop().call_later(0.3, blocker.execute, "COMMIT")
+            assert pool.free_slots() == 0
+            pool.stop_dispatching = and_the_commit_goes_on  # type: ignore[method-assign]
         job_id = await adding
     finally:
         blocker.close()
