@@ -253,7 +253,7 @@ async def test_cancel_running_job_within_milliseconds(tmp_path: Path) -> None:
         elapsed = time.perf_counter() - started
         attempts = await rt.attempts(job_id)
         assert rt.pool("default").statistics().running == 0
-    assert elapsed < 0.1
+    assert elapsed < 1.0  # at once (a few ms): not after the handler's own end, which never comes
     assert seen == ["cancelled"]
     assert (info.status, info.attempts) == (JobStatus.CANCELLED, 1)
     assert [a.outcome for a in attempts] == [AttemptOutcome.CANCELLED]
