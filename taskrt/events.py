@@ -24,7 +24,9 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from .models import Event, EventType
+from .models import TERMINAL_EVENTS, Event, EventType
+
+_PROGRESS = EventType.PROGRESS
 
 DEFAULT_BUFFER = 256
 DEFAULT_REPLAY = 128
@@ -76,14 +78,8 @@ class Subscription:
             return
         buf = self._buffer
         if len(buf) >= self.maxsize:
-            if event.type is EventType.PROGRESS:
-                for i in range(len(buf) - 1, -1, -1):
-                    old = buf[i]
-                    if old.job_id == event.job_id and old.type is EventType.PROGRESS:
-                        buf[i] = event
-                        self.dropped += 1
-                        self._broker.dropped += 1
-                        return
+            if event.type is _PROGRESS and self._conflate(buf, event):
+                return
             if not self._drop_oldest_progress():
                 if len(buf) >= 4 * self.maxsize and not event.terminal:
                     self.overflowed = True
@@ -92,10 +88,29 @@ class Subscription:
         buf.append(event)
         self._wake.set()
 
+    def _conflate(self, buf: deque[Event], event: Event) -> bool:
+        """A full buffer: ``event`` takes the place of its job's latest progress, if
+        one waits (the last one usually: a reporter that outruns its readers)."""
+        job_id = event.job_id
+        last = buf[-1]
+        if last.job_id == job_id and last.type is _PROGRESS:
+            buf[-1] = event
+        else:
+            for i in range(len(buf) - 2, -1, -1):
+                old = buf[i]
+                if old.job_id == job_id and old.type is _PROGRESS:
+                    buf[i] = event
+                    break
+            else:
+                return False
+        self.dropped += 1
+        self._broker.dropped += 1
+        return True
+
     def _drop_oldest_progress(self) -> bool:
         buf = self._buffer
         for i, old in enumerate(buf):
-            if old.type is EventType.PROGRESS:
+            if old.type is _PROGRESS:
                 del buf[i]
                 self.dropped += 1
                 self._broker.dropped += 1
@@ -309,18 +324,23 @@ class Broker:
         its own; many-job subscribers do not resume, so they need none.
         """
         self.published += 1
-        history = self._history.get(event.job_id)
+        job_id = event.job_id
+        history = self._history.get(job_id)
         if history is not None:
             history.append(event)
-        subs = self._by_job.get(event.job_id)
+        subs = self._by_job.get(job_id)
         if subs:
-            for sub in tuple(subs):
-                sub.push(event)
-                if event.terminal:
+            if event.type in TERMINAL_EVENTS:
+                for sub in tuple(subs):
+                    sub.push(event)
                     sub.close()
-        for sub in tuple(self._wide):
-            if sub.matches is None or sub.matches(event):
-                sub.push(event)
+            else:
+                for sub in tuple(subs):
+                    sub.push(event)
+        if self._wide:
+            for sub in tuple(self._wide):
+                if sub.matches is None or sub.matches(event):
+                    sub.push(event)
 
     def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
         """Events of ``job_id`` after ``seq``, or ``None`` when the window lost some (note 3)."""

@@ -187,11 +187,18 @@ def check_duration(value: float, field: str) -> float:
 def check_progress(
     current: Any, total: Any, message: Any, limits: Limits, step: Any = None
 ) -> tuple[float | int, float | int | None, str | None, str | None]:
-    """The arguments of a progress report, checked in the reporter's own call."""
-    current = _real(check_number(current, "current"))
-    if total is not None:
+    """The arguments of a progress report, checked in the reporter's own call.
+
+    A reporter may call this a hundred thousand times a second: the usual values
+    (a finite float, an int a REAL keeps exactly, short ASCII text) pass at once.
+    """
+    if not _plain_number(current):
+        current = _real(check_number(current, "current"))
+    if total is not None and not _plain_number(total):
         total = _real(check_number(total, "total"))
-    if message is not None:
+    if message is not None and not (
+        type(message) is str and message.isascii() and len(message) <= limits.max_message_bytes
+    ):
         message = check_text(message, "message", max_bytes=limits.max_message_bytes)
     if step is not None:
         step = check_step(step, limits)
@@ -207,6 +214,14 @@ def check_step(step: Any, limits: Limits) -> str:
     if not isinstance(step, str) or not step:
         raise InvalidOption("step", f"expected a non-empty string, found {shown(step)}")
     return check_text(step, "step", max_bytes=limits.max_key_bytes)
+
+
+def _plain_number(value: Any) -> bool:
+    """A finite float, or an int within 2**53: stored as it is (``check_number``, ``_real``)."""
+    kind = type(value)
+    if kind is float:
+        return value - value == 0.0  # inf - inf and nan - nan are nan
+    return kind is int and -(1 << 53) <= value <= (1 << 53)
 
 
 def _real(number: float | int) -> float | int:
