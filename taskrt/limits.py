@@ -220,7 +220,7 @@ def _plain_number(value: Any) -> bool:
     """A finite float, or an int within 2**53: stored as it is (``check_number``, ``_real``)."""
     kind = type(value)
     if kind is float:
-        return value - value == 0.0  # inf - inf and nan - nan are nan
+        return math.isfinite(value)
     return kind is int and -(1 << 53) <= value <= (1 << 53)
 
 
