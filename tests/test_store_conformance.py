@@ -912,6 +912,36 @@ async def test_a_job_whose_cancel_was_asked_while_it_ran_is_cancelled_at_recover
     assert await external(store) == []  # nothing left for the new owner to act on
 
 
+async def test_a_cancel_asked_while_a_job_ran_outlives_its_retry_not_a_retry_by_hand(
+    store: JobStore,
+) -> None:
+    """The cancel is for the job (store note 21): a retry of the attempt it was
+    asked during keeps the mark, and a recovery cancels that retry; a retry by
+    hand after the job ended clears it (retried by the owner or by a client)."""
+    asked = await running(store, started_at=NOW + 1)
+    await store.cancel_external(asked, NOW + 2)
+    await store.requeue(asked, NOW + 60, "flaky", 3, 1, 3, NO_PROGRESS, pool="mail")
+    by_hand = await running(store, started_at=NOW + 1)
+    await store.cancel_external(by_hand, NOW + 2)
+    await store.fail(by_hand, "boom", NOW + 3, NO_PROGRESS, 3, 1, pool="mail")
+    await store.requeue(by_hand, NOW + 4, None, 4, 1, 3, NO_PROGRESS, pool="mail", was=FAILURE)
+    by_client = await running(store, started_at=NOW + 1)
+    await store.cancel_external(by_client, NOW + 2)
+    await store.fail(by_client, "boom", NOW + 3, NO_PROGRESS, 3, 1, pool="mail")
+    assert await store.retry_external(by_client, NOW + 4, 3)
+    assert {i: flag for i, _, flag in await external(store)} == {
+        asked: True,
+        by_hand: False,
+        by_client: False,
+    }
+    assert await store.recover(NOW + 100, max_recoveries=3, seq_gap=0) == (0, 0)
+    info = await get(store, asked)
+    assert (info.status, info.finished_at) == (CANCELLED, NOW + 100)
+    assert (await get(store, by_hand)).status is WAITING
+    assert (await get(store, by_client)).status is WAITING
+    await assert_counts_exact(store)
+
+
 async def test_recover_takes_in_waiting_jobs_without_their_marks(store: JobStore) -> None:
     """A new owner reads every WAITING job into its windows at start: what clients
     added before is not read again by its poll (nor its mark cleared job by job);

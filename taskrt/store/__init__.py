@@ -185,7 +185,8 @@ Design notes:
     (``cancel_requested``); the owner acts on it at its next poll. If the
     attempt failed and was put back to WAITING for a retry first, the mark
     stays on the WAITING row (``requeue`` from RUNNING keeps it) and the poll
-    cancels the waiting job. A retry asked for by hand (``requeue`` from
+    cancels the waiting job (or, if the owner stopped first, the next owner's
+    ``recover``). A retry asked for by hand (``requeue`` from
     FAILURE or CANCELLED, ``retry_external``, a dependent blocked again) is a
     new request made after the cancel, so those writes clear the mark: a
     mark left on a finished row never cancels a later retry.

@@ -706,6 +706,11 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
     its params: ``now``, ``max`` recoveries, a status): with a status, the SQL is a
     WHERE clause whose rows the next statement moves there (``tally``)."""
     cancelled = f"status = 'RUNNING' AND cancel_requested = 1{lost}"
+    if not lost:  # and a retry put back before the owner acted on the cancel (store note 21)
+        cancelled = (
+            "cancel_requested = 1 AND (status = 'RUNNING' OR (status = 'WAITING' "
+            "AND waiting_reason IS DISTINCT FROM 'blocked'))"
+        )
     back = f"status = 'RUNNING' AND recoveries < $1{lost}"
     orphan = f"status = 'RUNNING'{lost}"
     return [

@@ -378,8 +378,12 @@ SQL_RETRY_EXTERNAL = (
     f"WHERE {RETRY_EXTERNAL_WHERE}"
 )
 SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + ? WHERE ? > 0 AND status IN ('WAITING', 'RUNNING')"
-# A cancel was asked for while the job ran (by a client): it ends CANCELLED, not again.
-RECOVER_CANCELLED_WHERE = "status = 'RUNNING' AND cancel_requested = 1"
+# A cancel was asked for while the job ran (by a client): it ends CANCELLED, not again;
+# so does its retry, put back before the owner acted on the cancel (store note 21).
+RECOVER_CANCELLED_WHERE = (
+    "cancel_requested = 1 AND (status = 'RUNNING' "
+    "OR (status = 'WAITING' AND waiting_reason IS NOT 'blocked'))"
+)
 SQL_RECOVER_CANCELLED = (
     "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = seq + 1, "
     f"cancel_requested = 0, external = 0 WHERE {RECOVER_CANCELLED_WHERE}"
