@@ -49,6 +49,14 @@ Design notes:
    back by a rate records why its next job waits and looks again when the next
    token comes. (Where one owner runs the jobs, ``taskrt.gates`` keeps these
    limits in memory.)
+6. **A change no node holds is told by the node that makes it.** A job that
+   waits is in no node's memory. A node that cancels it, or retries a
+   finished job, changes its row alone (``cancel_external``,
+   ``retry_external``, which return the job's new sequence) and publishes
+   the event itself (``Transitions.announce``); its bus sends it to the
+   other nodes, so a stream of the job on any node ends with ``cancelled``,
+   and a listener of every job sees the ``retrying``. The node that later
+   claims the retry publishes its start.
 """
 
 from __future__ import annotations

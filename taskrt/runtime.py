@@ -1257,7 +1257,10 @@ class Runtime:
             raise InvalidTransition(job_id, info.status.value, "cancel")
         # Both in one transaction: the owner may start the job between our read
         # and our write, and whichever status the row has then, the cancel lands.
-        await self.store.cancel_external(job_id, self.clock.now())
+        seq = await self.store.cancel_external(job_id, self.clock.now())
+        if seq is not None and self.nodes is not None:
+            # No node holds a waiting job: its end is this node's to tell (nodes note 6).
+            self.transitions.announce(info, EventType.CANCELLED, JobStatus.CANCELLED, seq, {})
         self.workflows.ended(job_id)  # its dependents, if it has any and was waiting
         if self.nodes is not None and info.status is JobStatus.RUNNING:
             # Another node runs it: it is told (NOTIFY) and ends it.
@@ -1316,9 +1319,18 @@ class Runtime:
             if again is not None:
                 return again
         if not self.owning or spec is None:
-            if not await self.store.retry_external(job_id, now, max_attempts):
+            seq = await self.store.retry_external(job_id, now, max_attempts)
+            if seq is None:
                 now_info = await self.get(job_id)  # another retry came first
                 raise InvalidTransition(job_id, now_info.status.value, "retry")
+            if self.nodes is not None:  # no node holds it until one claims it (nodes note 6)
+                self.transitions.announce(
+                    info,
+                    EventType.RETRYING,
+                    JobStatus.WAITING,
+                    seq,
+                    {"attempt": info.attempts, "manual": True, "run_at": now},
+                )
             return await self.get(job_id)
         held = self.live.states.get(job_id)
         if held is not None and held.status not in TERMINAL:
@@ -1965,13 +1977,6 @@ class _PoolHost:
     @property
     def instrumentation(self) -> Instrumentation | None:
         return self._rt.instrumentation
-
-
-_TERMINAL_EVENT = {
-    JobStatus.SUCCESS: EventType.SUCCESS,
-    JobStatus.FAILURE: EventType.FAILURE,
-    JobStatus.CANCELLED: EventType.CANCELLED,
-}
 
 
 def _filter_args(

@@ -89,18 +89,21 @@ class Transitions:
         return seq
 
     def _publish(self, state: JobState, kind: EventType, data: dict[str, Any], seq: int) -> None:
-        if self.broker.wants(state.id):
+        self.announce(state, kind, state.status, seq, data)
+
+    def announce(
+        self,
+        job: JobState | JobInfo,
+        kind: EventType,
+        status: JobStatus,
+        seq: int,
+        data: dict[str, Any],
+    ) -> None:
+        """Publish an event of ``job`` at ``seq`` (built only when someone listens); also
+        of a change the store made of a job no memory holds (``taskrt.nodes`` note 6)."""
+        if self.broker.wants(job.id):
             self.broker.publish(
-                Event(
-                    state.id,
-                    seq,
-                    kind,
-                    state.task,
-                    state.pool,
-                    state.status,
-                    self.clock.now(),
-                    data,
-                )
+                Event(job.id, seq, kind, job.task, job.pool, status, self.clock.now(), data)
             )
 
     def started(self, state: JobState) -> asyncio.Future[None]:

@@ -158,6 +158,44 @@ async def test_a_cancel_reaches_the_node_running_the_job(url: str) -> None:
         assert x.pool("p").running == 0
 
 
+async def test_a_waiting_job_a_node_cancels_ends_its_streams_on_every_node(url: str) -> None:
+    # No node holds a waiting job: the node that cancels it in the store tells its
+    # end (nodes note 6); before, streams of it waited for ever.
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        job_id = await x.enqueue("a", args=[1], delay=60)
+        seen: dict[str, list[tuple[str, int]]] = {"x": [], "y": []}
+        everything: list[tuple[int, str, int]] = []
+
+        async def follow(rt: Runtime, name: str) -> None:
+            async for event in rt.subscribe(job_id):
+                seen[name].append((event.type.value, event.seq))
+                if event.status.terminal:
+                    return
+
+        async def listen() -> None:
+            async for event in y.subscribe(pool="p"):
+                everything.append((event.job_id, event.type.value, event.seq))
+
+        streams = [asyncio.create_task(follow(rt, n)) for rt, n in ((x, "x"), (y, "y"))]
+        wide = asyncio.create_task(listen())
+        await until(lambda: all(seen.values()))  # both have their snapshot
+        assert (await x.cancel(job_id)).status is JobStatus.CANCELLED
+        await asyncio.wait_for(asyncio.gather(*streams), 5)
+        stored = await y.get(job_id)
+        for name in ("x", "y"):
+            assert seen[name][-1] == ("cancelled", stored.seq), seen
+        await y.retry(job_id)  # by the other node: its retry is told too, then its run
+        assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        await until(lambda: (job_id, "success") in [e[:2] for e in everything])
+        wide.cancel()
+        kinds = [kind for i, kind, _ in everything if i == job_id]
+        assert kinds == ["added", "cancelled", "retrying", "started", "success"], everything
+        seqs = [seq for i, _, seq in everything if i == job_id]
+        assert seqs == sorted(seqs), everything
+        assert ran[job_id] != []
+
+
 async def test_a_pause_on_one_node_holds_every_node(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran) as x, node(url, "y", ran) as y:

@@ -995,7 +995,7 @@ async def test_an_external_add_is_listed_until_cleared(store: JobStore) -> None:
 
 async def test_cancel_external_cancels_a_waiting_job_at_once(store: JobStore) -> None:
     job_id = await add_one(store)
-    await store.cancel_external(job_id, NOW + 5)
+    assert await store.cancel_external(job_id, NOW + 5) == 2  # its new seq: for its event
     info = await get(store, job_id)
     assert (info.status, info.finished_at, info.seq) == (CANCELLED, NOW + 5, 2)
     assert await external(store) == [(job_id, CANCELLED, False)]
@@ -1042,7 +1042,7 @@ async def test_a_second_start_of_a_job_in_one_batch_changes_no_row(store: JobSto
 
 async def test_cancel_external_asks_the_owner_of_a_running_job(store: JobStore) -> None:
     job_id = await running(store)
-    await store.cancel_external(job_id, NOW + 5)
+    assert await store.cancel_external(job_id, NOW + 5) is None  # its owner ends it
     info = await get(store, job_id)
     assert (info.status, info.finished_at) == (RUNNING, None)
     assert await external(store) == [(job_id, RUNNING, True)]
@@ -1059,7 +1059,7 @@ async def test_cancel_external_leaves_a_finished_job_alone(
 ) -> None:
     job_id = await in_status(store, status)
     before = await get(store, job_id)
-    await store.cancel_external(job_id, NOW + 5)
+    assert await store.cancel_external(job_id, NOW + 5) is None
     assert await get(store, job_id) == before
     assert await external(store) == []
 
@@ -1071,7 +1071,7 @@ async def test_retry_external_puts_a_finished_job_back_for_the_owner(
     job_id = await in_status(store, status)
     await store.record_attempt(job_id, 1, NOW, NOW + 1, AttemptOutcome.ERROR, "boom", None)
     before = await get(store, job_id)
-    assert await store.retry_external(job_id, NOW + 50, 4) is True
+    assert await store.retry_external(job_id, NOW + 50, 4) == before.seq + 1
     info = await get(store, job_id)
     assert (info.status, info.run_at, info.max_attempts) == (WAITING, NOW + 50, 4)
     assert (info.started_at, info.finished_at) == (None, None)
@@ -1089,7 +1089,7 @@ async def test_retry_external_leaves_other_statuses_alone(
     await store.record_attempt(job_id, 1, NOW, NOW + 1, AttemptOutcome.ERROR, "boom", None)
     before = await get(store, job_id)
     attempts = await store.attempts(job_id)
-    assert await store.retry_external(job_id, NOW + 50, 4) is False
+    assert await store.retry_external(job_id, NOW + 50, 4) is None
     assert await get(store, job_id) == before
     assert await external(store) == []
     assert await store.attempts(job_id) == attempts  # no retry was made: none is said

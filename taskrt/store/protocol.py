@@ -471,13 +471,16 @@ class JobStore(Protocol):
         orphaned)."""
         ...
 
-    async def cancel_external(self, job_id: int, now: float) -> None:
-        """Not the owner: a WAITING job CANCELLED at once, a RUNNING one asked to stop."""
+    async def cancel_external(self, job_id: int, now: float) -> int | None:
+        """Not the owner: a WAITING job CANCELLED at once, a RUNNING one asked to stop.
+        The job's new ``seq`` when it was CANCELLED here (its event is the caller's
+        to publish where nobody owns the jobs), else None."""
         ...
 
-    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> bool:
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> int | None:
         """Not the owner: a FAILURE or CANCELLED job WAITING again, for the owner to take
-        in; False when it was in neither status (another retry came first)."""
+        in; its new ``seq``, or None when it was in neither status (another retry
+        came first)."""
         ...
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:

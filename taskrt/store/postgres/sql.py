@@ -681,7 +681,7 @@ def tally(where: str) -> str:
 CANCEL_WAITING_EXTERNAL_WHERE = "id = $1 AND status = 'WAITING'"
 SQL_CANCEL_WAITING_EXTERNAL = (
     "UPDATE jobs SET status = 'CANCELLED', finished_at = $2, seq = seq + 1, external = 1 "
-    f"WHERE {CANCEL_WAITING_EXTERNAL_WHERE}"
+    f"WHERE {CANCEL_WAITING_EXTERNAL_WHERE} RETURNING seq"
 )
 SQL_REQUEST_CANCEL = (
     "UPDATE jobs SET cancel_requested = 1, external = 1 WHERE id = $1 AND status = 'RUNNING'"
@@ -691,7 +691,7 @@ RETRY_EXTERNAL_WHERE = f"id = $1 AND status IN {_RETRY_SOURCES}"
 SQL_RETRY_EXTERNAL = (
     "UPDATE jobs SET status = 'WAITING', run_at = $2, max_attempts = $3, finished_at = NULL, "
     "started_at = NULL, seq = seq + 1, cancel_requested = 0, external = 1, node = NULL "
-    f"WHERE {RETRY_EXTERNAL_WHERE}"
+    f"WHERE {RETRY_EXTERNAL_WHERE} RETURNING seq"
 )
 SQL_RETRIED_ONE = (
     "UPDATE attempts SET next = 'retried', next_at = $2 WHERE job_id = $1 "

@@ -605,11 +605,18 @@ class PgStore(QueuedWrites, SharedReads):
 
     # -- immediate operations ------------------------------------------------------
 
-    async def _script(self, steps: Sequence[tuple[Any, ...]], *, gate: bool = False) -> list[int]:
+    async def _script(
+        self,
+        steps: Sequence[tuple[Any, ...]],
+        *,
+        gate: bool = False,
+        returned: list[Any] | None = None,
+    ) -> list[int]:
         """Statements in one transaction, now; their row counts. A step of three (a
         ``tally``, its params, a status or None) counts the rows the next statement
         is about to change (locked) as moving there (note 3). ``gate``: the first
-        statement changing no row ends the script there."""
+        statement changing no row ends the script there. The rows of statements
+        with ``RETURNING`` go into ``returned``."""
         counted = Tally()
         rowcounts: list[int] = []
         try:
@@ -621,6 +628,11 @@ class PgStore(QueuedWrites, SharedReads):
                             counted.move(
                                 str(pool), str(status), None if to is None else to.value, int(n)
                             )
+                    elif " RETURNING " in step[0]:
+                        rows = await conn.fetch(step[0], *step[1])
+                        rowcounts.append(len(rows))
+                        if returned is not None:
+                            returned.extend(rows)
                     else:
                         rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
                         if gate and rowcounts == [0]:
@@ -854,27 +866,33 @@ class PgStore(QueuedWrites, SharedReads):
         _, _, _, recovered, _, orphaned, _ = await self._script(steps)
         return recovered, orphaned
 
-    async def cancel_external(self, job_id: int, now: float) -> None:
+    async def cancel_external(self, job_id: int, now: float) -> int | None:
+        seqs: list[Any] = []
         await self._script(
             [
                 (tally(CANCEL_WAITING_EXTERNAL_WHERE), (job_id,), JobStatus.CANCELLED),
                 (SQL_CANCEL_WAITING_EXTERNAL, (job_id, now)),
                 (SQL_REQUEST_CANCEL, (job_id,)),
                 (SQL_NOTIFY, (self.channel,)),
-            ]
+            ],
+            returned=seqs,
         )
+        return int(seqs[0][0]) if seqs else None
 
-    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> bool:
-        changed = await self._script(
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> int | None:
+        seqs: list[Any] = []
+        await self._script(
             [
                 (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
                 (SQL_RETRY_EXTERNAL, (job_id, now, max_attempts)),
                 (SQL_NOTIFY, (self.channel,)),
-            ]
+            ],
+            returned=seqs,
         )
-        if changed[0]:
-            await self._script([(SQL_RETRIED_ONE, (job_id, now))])
-        return bool(changed[0])
+        if not seqs:
+            return None
+        await self._script([(SQL_RETRIED_ONE, (job_id, now))])
+        return int(seqs[0][0])
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         values = [s.value for s in statuses]

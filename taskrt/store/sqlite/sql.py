@@ -369,13 +369,13 @@ SQL_REQUEST_CANCEL = (
 CANCEL_WAITING_EXTERNAL_WHERE = "id = ? AND status = 'WAITING'"
 SQL_CANCEL_WAITING_EXTERNAL = (
     "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = seq + 1, external = 1 "
-    f"WHERE {CANCEL_WAITING_EXTERNAL_WHERE}"
+    f"WHERE {CANCEL_WAITING_EXTERNAL_WHERE} RETURNING seq"
 )
 RETRY_EXTERNAL_WHERE = f"id = ? AND status IN {sources(JobStatus.WAITING)} AND status != 'RUNNING'"
 SQL_RETRY_EXTERNAL = (
     "UPDATE jobs SET status = 'WAITING', run_at = ?, max_attempts = ?, finished_at = NULL, "
     "started_at = NULL, seq = seq + 1, cancel_requested = 0, external = 1 "
-    f"WHERE {RETRY_EXTERNAL_WHERE}"
+    f"WHERE {RETRY_EXTERNAL_WHERE} RETURNING seq"
 )
 SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + ? WHERE ? > 0 AND status IN ('WAITING', 'RUNNING')"
 # A cancel was asked for while the job ran (by a client): it ends CANCELLED, not again;

@@ -370,13 +370,16 @@ class Store(QueuedWrites, SharedReads):
 
     # -- ownership, recovery and actions of other processes -----------------------
 
-    async def _script(self, steps: Sequence[Step]) -> list[int]:
+    async def _script(
+        self, steps: Sequence[Step], *, returned: list[Any] | None = None
+    ) -> list[int]:
         """Run statements in one transaction, now; their row counts.
 
         A step of three (a tally, its params, a status) counts the rows the
         next statement is about to change, by pool and status, as moving to
         that status (None: deleted); job_counts changes in the same
-        transaction (note 12).
+        transaction (note 12). The rows of statements with ``RETURNING`` go
+        into ``returned``.
         """
 
         def work(conn: sqlite3.Connection, counted: Tally) -> list[int]:
@@ -385,6 +388,11 @@ class Store(QueuedWrites, SharedReads):
                 if len(step) == 3:
                     to = step[2]
                     counted.before(conn, step[0], step[1], None if to is None else STORED[to])
+                elif " RETURNING " in step[0]:
+                    rows = conn.execute(step[0], step[1]).fetchall()
+                    rowcounts.append(len(rows))
+                    if returned is not None:
+                        returned.extend(rows)
                 else:
                     rowcounts.append(conn.execute(step[0], step[1]).rowcount)
             return rowcounts
@@ -514,27 +522,32 @@ class Store(QueuedWrites, SharedReads):
         )
         return recovered, orphaned
 
-    async def cancel_external(self, job_id: int, now: float) -> None:
+    async def cancel_external(self, job_id: int, now: float) -> int | None:
         """A process that does not own the job cancels it: a WAITING row at once,
         a RUNNING one by asking its owner; in one transaction, whichever it is then."""
+        seqs: list[Any] = []
         await self._script(
             [
                 (tally(CANCEL_WAITING_EXTERNAL_WHERE), (job_id,), JobStatus.CANCELLED),
                 (SQL_CANCEL_WAITING_EXTERNAL, (now, job_id)),
                 (SQL_REQUEST_CANCEL, (job_id,)),
-            ]
+            ],
+            returned=seqs,
         )
+        return int(seqs[0][0]) if seqs else None
 
-    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> bool:
+    async def retry_external(self, job_id: int, now: float, max_attempts: int | None) -> int | None:
         """A finished job back to WAITING, for its owner to take in."""
-        changed, *_ = await self._script(
+        seqs: list[Any] = []
+        await self._script(
             [
                 (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
                 (SQL_RETRY_EXTERNAL, (now, max_attempts, job_id)),
                 (SQL_RETRIED_IF_CHANGED, (now, job_id, job_id)),
-            ]
+            ],
+            returned=seqs,
         )
-        return changed > 0
+        return int(seqs[0][0]) if seqs else None
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         """Delete jobs in ``statuses`` finished before ``before``, and their attempts
