@@ -57,6 +57,12 @@ Design notes:
    other nodes, so a stream of the job on any node ends with ``cancelled``,
    and a listener of every job sees the ``retrying``. The node that later
    claims the retry publishes its start.
+7. **A cancel outlives the attempt it was asked during.** A cancel of a job
+   running on another node marks its row; if the attempt fails and its node
+   puts the job back for a retry before it hears of the cancel, the retry
+   keeps the mark (store note 21). No claim takes a marked job, and any
+   node's next look ends it CANCELLED (``cancel_asked``, found by the
+   partial index ``jobs_cancel_asked``) and tells its end (note 6).
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ from .background import woken
 from .claims import Claims
 from .context import JobState
 from .errors import TaskrtError
-from .models import JobInfo, JobStatus
+from .models import EventType, JobInfo, JobStatus
 from .transitions import retry_policy_of
 
 if TYPE_CHECKING:
@@ -122,6 +128,8 @@ class NodeStore(Protocol):
     ) -> None: ...
 
     async def cancels(self, node: str) -> list[int]: ...
+
+    async def cancel_asked(self, now: float) -> list[tuple[int, int, str, str]]: ...
 
     async def reap(
         self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
@@ -171,6 +179,8 @@ class Nodes:
         self.ttl = ttl
         self.poll_interval = max(poll_interval, 1.0)
         self._workers = workers  # turns starting jobs on or off (the runtime's)
+        # A job this node ended in the store alone: its dependents settle (workflows).
+        self.on_ended: Callable[[int], None] | None = None
         self.heartbeat: Any = None
         self.fenced = False
         self._loops: list[asyncio.Task[None]] = []
@@ -389,6 +399,13 @@ class Nodes:
                 pool = self.pools.get(state.pool)
                 if pool is not None:
                     pool.cancel_running(state)
+        for job_id, seq, task, pool_name in await self.store.cancel_asked(self.clock.now()):
+            # Note 7: its attempt failed before it heard of the cancel; its retry ends.
+            self.transitions.announce(
+                job_id, task, pool_name, EventType.CANCELLED, JobStatus.CANCELLED, seq, {}
+            )
+            if self.on_ended is not None:
+                self.on_ended(job_id)
         for pool in list(self.pools.values()):
             pool.poke()
         now = self.clock.now()

@@ -398,6 +398,8 @@ class Runtime:
             transitions=self.transitions,
             nodes=mode == "nodes",
         )
+        if self.nodes is not None:
+            self.nodes.on_ended = self.workflows.ended
         self.transitions.on_end = self.workflows.ended
         self.adoption.on_settle = self.workflows.sweep_now
         # Batched handlers' batches, formed where jobs run (taskrt.batches).
@@ -1260,7 +1262,9 @@ class Runtime:
         seq = await self.store.cancel_external(job_id, self.clock.now())
         if seq is not None and self.nodes is not None:
             # No node holds a waiting job: its end is this node's to tell (nodes note 6).
-            self.transitions.announce(info, EventType.CANCELLED, JobStatus.CANCELLED, seq, {})
+            self.transitions.announce(
+                job_id, info.task, info.pool, EventType.CANCELLED, JobStatus.CANCELLED, seq, {}
+            )
         self.workflows.ended(job_id)  # its dependents, if it has any and was waiting
         if self.nodes is not None and info.status is JobStatus.RUNNING:
             # Another node runs it: it is told (NOTIFY) and ends it.
@@ -1325,7 +1329,9 @@ class Runtime:
                 raise InvalidTransition(job_id, now_info.status.value, "retry")
             if self.nodes is not None:  # no node holds it until one claims it (nodes note 6)
                 self.transitions.announce(
-                    info,
+                    job_id,
+                    info.task,
+                    info.pool,
                     EventType.RETRYING,
                     JobStatus.WAITING,
                     seq,

@@ -89,21 +89,23 @@ class Transitions:
         return seq
 
     def _publish(self, state: JobState, kind: EventType, data: dict[str, Any], seq: int) -> None:
-        self.announce(state, kind, state.status, seq, data)
+        self.announce(state.id, state.task, state.pool, kind, state.status, seq, data)
 
     def announce(
         self,
-        job: JobState | JobInfo,
+        job_id: int,
+        task: str,
+        pool: str,
         kind: EventType,
         status: JobStatus,
         seq: int,
         data: dict[str, Any],
     ) -> None:
-        """Publish an event of ``job`` at ``seq`` (built only when someone listens); also
+        """Publish an event of a job at ``seq`` (built only when someone listens); also
         of a change the store made of a job no memory holds (``taskrt.nodes`` note 6)."""
-        if self.broker.wants(job.id):
+        if self.broker.wants(job_id):
             self.broker.publish(
-                Event(job.id, seq, kind, job.task, job.pool, status, self.clock.now(), data)
+                Event(job_id, seq, kind, task, pool, status, self.clock.now(), data)
             )
 
     def started(self, state: JobState) -> asyncio.Future[None]:

@@ -196,6 +196,58 @@ async def test_a_waiting_job_a_node_cancels_ends_its_streams_on_every_node(url: 
         assert ran[job_id] != []
 
 
+async def test_a_cancel_asked_while_an_attempt_ran_ends_its_retry_on_every_node(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attempt fails before its node hears of the cancel (its looks are held
+    # back), and its retry is due at once: no node claims it, and the next look of
+    # any node ends it CANCELLED, with its event (nodes note 7).
+    runs: list[int] = []
+    fail_now = asyncio.Event()
+    x = Runtime(url, mode="nodes", node_ttl=2.0)
+    y = Runtime(url, mode="nodes", node_ttl=2.0)
+    for rt in (x, y):
+
+        @rt.task(attempts=3, retry="1ms")
+        async def flaky(job: JobContext) -> None:
+            runs.append(job.attempt)
+            await fail_now.wait()
+            raise RuntimeError("this attempt fails")
+
+    async with x, y:
+        looks = {rt: rt.nodes.look for rt in (x, y)}  # type: ignore[union-attr]
+        for rt in (x, y):
+
+            async def deaf() -> None:
+                return None
+
+            monkeypatch.setattr(rt.nodes, "look", deaf)
+        job_id = await x.pool("default").add(flaky)
+        await until(lambda: runs == [1])
+        seen: list[str] = []
+
+        async def follow() -> None:
+            async for event in y.subscribe(job_id):
+                seen.append(event.type.value)
+                if event.status.terminal:
+                    return
+
+        stream = asyncio.create_task(follow())
+        cancelling = asyncio.create_task(y.cancel(job_id))  # marks the running row
+        await until(lambda: seen != [])
+        await asyncio.sleep(0.2)  # the mark is written
+        fail_now.set()
+        await until(lambda: "retrying" in seen)
+        await asyncio.sleep(0.3)  # the retry is due: a claim would have run it by now
+        assert runs == [1]
+        await looks[y]()
+        await asyncio.wait_for(stream, 5)
+        assert seen[-1] == "cancelled", seen
+        assert (await asyncio.wait_for(cancelling, 5)).status is JobStatus.CANCELLED
+        info = await x.get(job_id)
+        assert (info.status, info.attempts, runs) == (JobStatus.CANCELLED, 1, [1])
+
+
 async def test_a_pause_on_one_node_holds_every_node(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran) as x, node(url, "y", ran) as y:

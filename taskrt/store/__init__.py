@@ -186,7 +186,8 @@ Design notes:
     attempt failed and was put back to WAITING for a retry first, the mark
     stays on the WAITING row (``requeue`` from RUNNING keeps it) and the poll
     cancels the waiting job (or, if the owner stopped first, the next owner's
-    ``recover``). A retry asked for by hand (``requeue`` from
+    ``recover``; where every node claims, no claim takes it and a node's look
+    ends it: ``taskrt.nodes`` note 7). A retry asked for by hand (``requeue`` from
     FAILURE or CANCELLED, ``retry_external``, a dependent blocked again) is a
     new request made after the cancel, so those writes clear the mark: a
     mark left on a finished row never cancels a later retry.

@@ -251,6 +251,13 @@ SCHEMA_V7 = (
     "CREATE INDEX job_waits_cancelled ON job_waits (failed_parent) WHERE outcome = 'cancelled'",
 )
 
+# The retries of jobs whose cancel was asked for while their attempt ran (store note
+# 21): mode "nodes" claims none of them and ends them at a look (taskrt.nodes note 7),
+# found by this index (rows leave it as they end), never by a scan of what waits.
+SCHEMA_V8 = (
+    "CREATE INDEX jobs_cancel_asked ON jobs (id) WHERE cancel_requested = 1 AND status = 'WAITING'",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -259,6 +266,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V5,
     SCHEMA_V6,
     SCHEMA_V7,
+    SCHEMA_V8,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -874,6 +882,7 @@ _SQL_CLAIM_JOBS = (
     "y AS (SELECT y.id, y.priority, y.run_at, y.lock_key, y.task FROM p, LATERAL (SELECT id, "
     "priority, run_at, lock_key, task FROM jobs WHERE status = 'WAITING' AND pool = $1 "
     "AND priority = p.priority AND run_at <= $2 AND task = ANY($3::text[]) "
+    "AND cancel_requested = 0 "
     f"AND (lock_key IS NULL OR {_LOCK_FREE}) "
     "ORDER BY run_at, id LIMIT {bound} FOR UPDATE SKIP LOCKED) y "
     "WHERE EXISTS (SELECT 1 FROM alive)), "
@@ -956,6 +965,14 @@ SQL_MARK_LOCKED = (
     "WHERE r.lock_key = w.lock_key AND r.status = 'RUNNING')"
 )
 SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
+# Retries whose cancel was asked for while their attempt ran: CANCELLED (nodes note 7).
+CANCEL_ASKED_WHERE = (
+    "cancel_requested = 1 AND status = 'WAITING' AND waiting_reason IS DISTINCT FROM 'blocked'"
+)
+SQL_CANCEL_ASKED = (
+    "UPDATE jobs SET status = 'CANCELLED', finished_at = $1, seq = seq + 1, "
+    f"cancel_requested = 0 WHERE {CANCEL_ASKED_WHERE} RETURNING id, seq, task, pool"
+)
 # Nodes whose heartbeat is older than their TTL are gone; so are their RUNNING jobs'
 # attempts, which recovery then puts back (``recovery``, with LOST).
 SQL_REAP = "DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => ttl) RETURNING id"

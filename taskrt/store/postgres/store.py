@@ -39,6 +39,7 @@ from .lock import AdvisoryLock
 from .planner import Analyzer
 from .schema import migrate
 from .sql import (
+    CANCEL_ASKED_WHERE,
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
     FAIL_PART,
@@ -47,6 +48,7 @@ from .sql import (
     PURGE_WHERE,
     RETRY_EXTERNAL_WHERE,
     SCHEMA_VERSION,
+    SQL_CANCEL_ASKED,
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CANCELS,
     SQL_CLAIM,
@@ -839,6 +841,19 @@ class PgStore(QueuedWrites, SharedReads):
     async def cancels(self, node: str) -> list[int]:
         """The jobs running on ``node`` that a cancel was asked for elsewhere."""
         return [int(r[0]) for r in await self.fetch_all(SQL_CANCELS, (node,))]
+
+    async def cancel_asked(self, now: float) -> list[tuple[int, int, str, str]]:
+        """Retries put back after a cancel was asked for while their attempt ran (store
+        note 21), CANCELLED at ``now``: (id, seq, task, pool) of each."""
+        rows: list[Any] = []
+        await self._script(
+            [
+                (tally(CANCEL_ASKED_WHERE), (), JobStatus.CANCELLED),
+                (SQL_CANCEL_ASKED, (now,)),
+            ],
+            returned=rows,
+        )
+        return [(int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     async def reap(
         self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
