@@ -635,6 +635,8 @@ class PgStore(QueuedWrites, SharedReads):
                         rowcounts.append(len(rows))
                         if returned is not None:
                             returned.extend(rows)
+                        if gate and rowcounts == [0]:
+                            break
                     else:
                         rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
                         if gate and rowcounts == [0]:
@@ -900,14 +902,13 @@ class PgStore(QueuedWrites, SharedReads):
             [
                 (tally(RETRY_EXTERNAL_WHERE), (job_id,), JobStatus.WAITING),
                 (SQL_RETRY_EXTERNAL, (job_id, now, max_attempts)),
+                (SQL_RETRIED_ONE, (job_id, now)),  # only if it retried (gate)
                 (SQL_NOTIFY, (self.channel,)),
             ],
+            gate=True,
             returned=seqs,
         )
-        if not seqs:
-            return None
-        await self._script([(SQL_RETRIED_ONE, (job_id, now))])
-        return int(seqs[0][0])
+        return int(seqs[0][0]) if seqs else None
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         values = [s.value for s in statuses]
