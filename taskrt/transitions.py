@@ -553,20 +553,10 @@ class Transitions:
     def blocked_again(self, info: JobInfo, again: BlockedAgain, now: float) -> None:
         """A dependent the store blocked again on its parents (a manual retry,
         ``JobStore.block_again``): its event, with the sequence the store wrote."""
-        if self.broker.wants(info.id):
-            data = {"attempt": 0, "manual": True, "run_at": now, "after": list(again.parents)}
-            self.broker.publish(
-                Event(
-                    info.id,
-                    again.seq,
-                    EventType.RETRYING,
-                    info.task,
-                    info.pool,
-                    JobStatus.WAITING,
-                    now,
-                    data,
-                )
-            )
+        data = {"attempt": 0, "manual": True, "run_at": now, "after": list(again.parents)}
+        self.announce(
+            info.id, info.task, info.pool, EventType.RETRYING, JobStatus.WAITING, again.seq, data
+        )
 
     def write_refused(self, job_id: int | None, operation: str, error: BaseException) -> None:
         """The database refused one write of a job (store note 10); the store logged it.
