@@ -119,6 +119,12 @@ class Batcher:
         self._due.add((task, key))
         self._wake.set()
 
+    async def form_here(self, task: str, key: str) -> None:
+        """Form ``key``'s batch now, in this call: a process that runs no jobs where
+        every node forms batches (a client of ``mode="nodes"``); the nodes claim it."""
+        self._forced.add((task, key))
+        await self._form((task, key))
+
     def _plan(self, which: Key) -> None:
         spec = self.tasks.get(which[0])
         entry = self._open.get(which)

@@ -1648,6 +1648,24 @@ class Runtime:
         info = await self.get(job_id)
         if info.status is not JobStatus.WAITING:
             raise InvalidTransition(job_id, info.status.value, "run now")
+        if info.waiting_reason in ("blocked", "batched"):
+            why = "its parents" if info.waiting_reason == "blocked" else "its batch"
+            raise InvalidTransition(job_id, "WAITING", "run now", f"it waits for {why}")
+        if info.waiting_reason == "batching" and info.batch_key is not None:
+            # Its batch forms now, where batches form (taskrt.batches note 2).
+            if self.runs_jobs:
+                self.batches.form_now(info.task, info.batch_key)
+            elif self.nodes is not None:
+                await self.batches.form_here(info.task, info.batch_key)
+                await self.nodes.store.notify("changed")  # the nodes claim its leader now
+            else:
+                raise InvalidTransition(
+                    job_id,
+                    "WAITING",
+                    "run now",
+                    "its batch forms where jobs run, and that process cannot be reached",
+                )
+            return await self.get(job_id)
         if not await self.store.reschedule(job_id, now, external=not self.owning):
             raise InvalidTransition(job_id, (await self.get(job_id)).status.value, "run now")
         return await self.get(job_id)

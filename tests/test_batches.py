@@ -203,13 +203,18 @@ async def test_gathering_batches_survive_a_restart(target: tuple[str, dict[str, 
     assert [i.result for i in infos] == [3, 3, 3]
 
 
-async def test_run_now_forms_a_members_batch(tmp_path: Path) -> None:
-    rt = Runtime(str(tmp_path / "app.db"))
+async def test_run_now_forms_a_members_batch(target: tuple[str, dict[str, Any]]) -> None:
+    # Where every process is a node, run now went to the store alone: the member
+    # ran by itself with its bare item (TypeError) and its batch without it.
+    rt = runtime(target)
     calls: list[list[int]] = []
+    gate = asyncio.Event()
 
     @rt.task(batch=Batch(max_size=50, max_wait=3600))
     async def digest(items: list[int]) -> None:
         calls.append(list(items))
+        if 2 in items:
+            await gate.wait()
 
     async with rt:
         pool = rt.pool("default")
@@ -217,6 +222,76 @@ async def test_run_now_forms_a_members_batch(tmp_path: Path) -> None:
         await rt.run_now(ids[1])
         for job_id in ids:
             assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        assert calls == [[0, 1]]
+        leader = await pool.add(digest, 2)
+        member = await pool.add(digest, 3)
+        await until_batched(rt, leader)
+        with pytest.raises(InvalidTransition, match="it waits for its batch"):
+            await rt.run_now(member)  # it ends as its batch's job ends
+        gate.set()
+        for job_id in (leader, member):
+            assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        assert calls == [[0, 1], [2, 3]]
+
+
+async def until_batched(rt: Runtime, job_id: int) -> None:
+    """Form the batch of ``job_id`` (the oldest of its key) now, and wait until it
+    has formed."""
+    await rt.run_now(job_id)
+    deadline = time.monotonic() + 10
+    while (await rt.get(job_id)).batch != job_id:
+        assert time.monotonic() < deadline, "the batch did not form"
+        await asyncio.sleep(0.01)
+
+
+async def test_run_now_from_a_client_forms_a_members_batch_where_nodes_run_jobs(
+    tmp_path: Path,
+) -> None:
+    import pg_server
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    # The node polls rarely: it must be told that the batch's job is due.
+    node = Runtime(url, mode="nodes", poll_interval=30)
+    client = Runtime(url, mode="nodes", workers=False)
+    calls: list[list[int]] = []
+    for rt in (node, client):
+
+        @rt.task(batch=Batch(max_size=50, max_wait=3600))
+        async def digest(items: list[int]) -> None:
+            calls.append(list(items))
+
+    async with node, client:
+        ids = [await client.pool("default").add(digest, n) for n in range(2)]
+        await client.run_now(ids[0])
+        for job_id in ids:
+            assert (await client.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        assert calls == [[0, 1]]
+
+
+async def test_run_now_of_a_member_is_refused_where_the_owner_cannot_be_reached(
+    tmp_path: Path,
+) -> None:
+    # Its batch forms where jobs run; a client that cannot reach that process does
+    # not run the member on its own (before: it ran alone, with its bare item).
+    owner = Runtime(str(tmp_path / "app.db"))
+    client = Runtime(str(tmp_path / "app.db"), workers=False)
+    client._forwarding = lambda: None  # type: ignore[method-assign]
+    calls: list[list[int]] = []
+    for rt in (owner, client):
+
+        @rt.task(batch=Batch(max_size=2, max_wait=3600))
+        async def digest(items: list[int]) -> None:
+            calls.append(list(items))
+
+    async with owner, client:
+        first = await client.pool("default").add(digest, 0)
+        with pytest.raises(InvalidTransition, match="its batch forms where jobs run"):
+            await client.run_now(first)
+        await asyncio.sleep(0.3)  # the owner's poll has read what the client wrote
+        assert calls == [] and (await owner.get(first)).waiting_reason == "batching"
+        second = await client.pool("default").add(digest, 1)  # the batch is full
+        for job_id in (first, second):
+            assert (await owner.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
         assert calls == [[0, 1]]
 
 

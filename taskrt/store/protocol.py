@@ -525,8 +525,10 @@ class JobStore(Protocol):
         ...
 
     async def reschedule(self, job_id: int, run_at: float, *, external: bool = False) -> bool:
-        """Move a WAITING job's ``run_at`` (run now); False when it is not WAITING.
-        ``external``: not the owner (it picks the change up with its poll)."""
+        """Move a WAITING job's ``run_at`` (run now); False when it is not WAITING, or
+        waits for its parents or its batch (``blocked``, ``batching``, ``batched``:
+        they release it). ``external``: not the owner (it picks the change up with
+        its poll)."""
         ...
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]: ...

@@ -782,7 +782,8 @@ PURGE_WHERE = (
 SQL_PURGE = f"DELETE FROM jobs WHERE {PURGE_WHERE} RETURNING id"
 SQL_RESCHEDULE = (
     "UPDATE jobs SET run_at = $1, external = GREATEST(external, $2) "
-    "WHERE id = $3 AND status = 'WAITING' AND waiting_reason IS DISTINCT FROM 'blocked'"
+    "WHERE id = $3 AND status = 'WAITING' "
+    "AND coalesce(waiting_reason, '') NOT IN ('blocked', 'batching', 'batched')"
 )
 # Dependencies (taskrt.store.deps): the statements over lists of ids.
 # The open dependencies on finished parents, closed, with each parent's status as the

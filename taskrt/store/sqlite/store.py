@@ -656,12 +656,14 @@ class Store(QueuedWrites, SharedReads):
 
     async def reschedule(self, job_id: int, run_at: float, *, external: bool = False) -> bool:
         """A WAITING job's next start moved to ``run_at`` ("run now"); False if not
-        WAITING. ``external``: another process than the owner moved it (it polls)."""
+        WAITING, or waiting for its parents or its batch (which release it).
+        ``external``: another process than the owner moved it (it polls)."""
         counts = await self._script(
             [
                 (
                     "UPDATE jobs SET run_at = ?, external = external OR ? "
-                    "WHERE id = ? AND status = 'WAITING' AND waiting_reason IS NOT 'blocked'",
+                    "WHERE id = ? AND status = 'WAITING' "
+                    "AND coalesce(waiting_reason, '') NOT IN ('blocked', 'batching', 'batched')",
                     (run_at, int(external), job_id),
                 )
             ]
