@@ -295,7 +295,6 @@ class Adoption:
     async def poll_once(self) -> None:
         with self.live.changes_during() as meanwhile:
             changed = await self.store.external_changes()
-        ended = False  # a job cancelled here now: its dependents settle
         for info, cancel_requested in changed:
             if info.id in meanwhile:
                 # It changed here while it was read: the row may be older than that.
@@ -322,7 +321,6 @@ class Adoption:
                     # Asked to stop while it ran here, then retried and shelved: the
                     # cancel was for the job (store note 21).
                     self.transitions.finalize(held, JobStatus.CANCELLED, {})
-                    ended = True
             elif (
                 cancel_requested
                 and info.status is JobStatus.WAITING
@@ -333,7 +331,6 @@ class Adoption:
                 # cancel was for the job (store note 21).
                 self.pools[state.pool].remove(state)
                 self.transitions.finalize(state, JobStatus.CANCELLED, {})
-                ended = True
             elif (
                 info.status is JobStatus.WAITING
                 and state is not None
@@ -359,12 +356,10 @@ class Adoption:
                 self.pools[state.pool].cancel_running(state)
         # A job another process ended, or blocked again on its parents (a retry), may
         # release or cancel dependents: the workflows settle now, not at their sweep.
-        if self.on_settle is not None and (
-            ended
-            or any(
-                info.terminal or info.run_at >= BLOCKED_AT
-                for info, _ in changed
-                if info.id not in meanwhile
-            )
+        # (A job this poll ends itself tells the workflows through its end: on_end.)
+        if self.on_settle is not None and any(
+            info.terminal or info.run_at >= BLOCKED_AT
+            for info, _ in changed
+            if info.id not in meanwhile
         ):
             self.on_settle()

@@ -1621,16 +1621,14 @@ class Runtime:
         now = self.clock.now()
         state = await self.adoption.pin(job_id) if self.owning else None
         if state is not None:
-            if state.status is not JobStatus.WAITING:
-                raise InvalidTransition(job_id, state.status.value, "run now")
-            if state.waiting_reason == "batching" and state.batch_key is not None:
-                self.batches.form_now(state.task, state.batch_key)  # its batch, now
+            try:
+                formed = await self._run_now_gathered(state)
+            except InvalidTransition:
+                self.adoption.unpin(state)
+                raise
+            if formed:
                 self.adoption.unpin(state)
                 return state.info()
-            if state.waiting_reason in ("blocked", "batched"):
-                self.adoption.unpin(state)
-                why = "its parents" if state.waiting_reason == "blocked" else "its batch"
-                raise InvalidTransition(job_id, "WAITING", "run now", f"it waits for {why}")
             pool = self.pool(state.pool)
             if state.run_at > now:
                 pool.remove(state)
@@ -1646,29 +1644,36 @@ class Runtime:
                 pool.push(state)  # read from the database: back in its queue
             return state.info()
         info = await self.get(job_id)
-        if info.status is not JobStatus.WAITING:
-            raise InvalidTransition(job_id, info.status.value, "run now")
-        if info.waiting_reason in ("blocked", "batched"):
-            why = "its parents" if info.waiting_reason == "blocked" else "its batch"
-            raise InvalidTransition(job_id, "WAITING", "run now", f"it waits for {why}")
-        if info.waiting_reason == "batching" and info.batch_key is not None:
-            # Its batch forms now, where batches form (taskrt.batches note 2).
-            if self.runs_jobs:
-                self.batches.form_now(info.task, info.batch_key)
-            elif self.nodes is not None:
-                await self.batches.form_here(info.task, info.batch_key)
-                await self.nodes.store.notify("changed")  # the nodes claim its leader now
-            else:
-                raise InvalidTransition(
-                    job_id,
-                    "WAITING",
-                    "run now",
-                    "its batch forms where jobs run, and that process cannot be reached",
-                )
+        if await self._run_now_gathered(info):
             return await self.get(job_id)
         if not await self.store.reschedule(job_id, now, external=not self.owning):
             raise InvalidTransition(job_id, (await self.get(job_id)).status.value, "run now")
         return await self.get(job_id)
+
+    async def _run_now_gathered(self, job: JobState | JobInfo) -> bool:
+        """Run now of a job that is not WAITING, or waits for other jobs: refused
+        (``InvalidTransition``), or its batch forms now, where batches form
+        (``taskrt.batches`` note 2); False for a job its new ``run_at`` starts."""
+        if job.status is not JobStatus.WAITING:
+            raise InvalidTransition(job.id, job.status.value, "run now")
+        if job.waiting_reason in ("blocked", "batched"):
+            why = "its parents" if job.waiting_reason == "blocked" else "its batch"
+            raise InvalidTransition(job.id, "WAITING", "run now", f"it waits for {why}")
+        if job.waiting_reason != "batching" or job.batch_key is None:
+            return False
+        if self.runs_jobs:
+            self.batches.form_now(job.task, job.batch_key)
+        elif self.nodes is not None:
+            await self.batches.form_here(job.task, job.batch_key)
+            await self.nodes.store.notify("changed")  # the nodes claim its leader now
+        else:
+            raise InvalidTransition(
+                job.id,
+                "WAITING",
+                "run now",
+                "its batch forms where jobs run, and that process cannot be reached",
+            )
+        return True
 
     # -- workflows (taskrt.workflows) ---------------------------------------------------
 

@@ -692,6 +692,7 @@ async def test_a_cancel_asked_for_while_an_attempt_ran_ends_its_retry(
         polls_by_hand(owner)
         pool = owner.pool("default")
         job_id = await pool.add(flaky)
+        child = await pool.add(later.options(after=[job_id]))
         await until(lambda: runs == [1])
         await client.cancel(job_id)  # RUNNING: the row is marked for the owner
         fail_now.set()
@@ -708,6 +709,8 @@ async def test_a_cancel_asked_for_while_an_attempt_ran_ends_its_retry(
         assert (info.status, runs) == (JobStatus.CANCELLED, [1])
         await owner.store.settle()
         assert (await client.get(job_id)).status is JobStatus.CANCELLED
+        # Its dependent is settled by its end, not at the workflows' sweep (5 s).
+        assert (await owner.wait(child, timeout=3)).status is JobStatus.CANCELLED
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

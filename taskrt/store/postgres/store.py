@@ -630,15 +630,14 @@ class PgStore(QueuedWrites, SharedReads):
                             counted.move(
                                 str(pool), str(status), None if to is None else to.value, int(n)
                             )
-                    elif " RETURNING " in step[0]:
-                        rows = await conn.fetch(step[0], *step[1])
-                        rowcounts.append(len(rows))
-                        if returned is not None:
-                            returned.extend(rows)
-                        if gate and rowcounts == [0]:
-                            break
                     else:
-                        rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
+                        if " RETURNING " in step[0]:
+                            rows = await conn.fetch(step[0], *step[1])
+                            rowcounts.append(len(rows))
+                            if returned is not None:
+                                returned.extend(rows)
+                        else:
+                            rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
                         if gate and rowcounts == [0]:
                             break
                 changed = await counted.apply(conn)
