@@ -242,8 +242,25 @@ async def test_cancel_a_workflow_stops_the_running_job_and_the_ones_waiting(
 # -- the event stream ---------------------------------------------------------------------------
 
 
+def workflow_reads(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The workflows read from now on, each once its read returned (a stream reads one
+    for its snapshot): a test opens a job's gate once the snapshot holds it running.
+    Opened sooner, the job may end before the read, and the stream rightly ends with
+    a snapshot of the finished workflow."""
+    reads: list[int] = []
+    workflow = rt.workflow
+
+    async def read(workflow_id: int) -> Any:
+        info = await workflow(workflow_id)
+        reads.append(workflow_id)
+        return info
+
+    monkeypatch.setattr(rt, "workflow", read)
+    return reads
+
+
 async def test_the_stream_is_a_snapshot_then_every_jobs_events_then_it_ends(
-    rt: Runtime, gates: Gates
+    rt: Runtime, gates: Gates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = create_app(rt)
     async with client_for(app) as client:
@@ -253,8 +270,9 @@ async def test_the_stream_is_a_snapshot_then_every_jobs_events_then_it_ends(
         )
         first, second = r.json()["jobs"]
         gate = await gate_key(gates, "s")
+        reads = workflow_reads(rt, monkeypatch)
         request = asyncio.create_task(client.get(f"/workflows/{first}/events"))
-        await wait_until(lambda: rt.broker.subscribers == 1)
+        await wait_until(lambda: rt.broker.subscribers == 1 and reads == [first])
         gate.set()
         response = await request
         assert response.status_code == 200
@@ -287,15 +305,16 @@ async def test_the_stream_is_a_snapshot_then_every_jobs_events_then_it_ends(
 
 
 async def test_a_workflow_stream_counts_against_the_cap_on_streams(
-    rt: Runtime, gates: Gates
+    rt: Runtime, gates: Gates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = create_app(rt, max_streams=1, retry_after=3)
     async with client_for(app) as client:
         r = await client.post("/workflows", json={"chain": [{"task": "gated", "args": ["cap"]}]})
         workflow_id = r.json()["id"]
         gate = await gate_key(gates, "cap")
+        reads = workflow_reads(rt, monkeypatch)
         open_stream = asyncio.create_task(client.get(f"/workflows/{workflow_id}/events"))
-        await wait_until(lambda: api_of(app).streams.active == 1)
+        await wait_until(lambda: api_of(app).streams.active == 1 and reads == [workflow_id])
         refused = await client.get(f"/workflows/{workflow_id}/events")
         assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
         assert error_of(refused)["code"] == "too_many_streams"
