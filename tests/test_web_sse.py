@@ -281,8 +281,22 @@ async def test_unknown_jobs_pools_and_tasks_are_404_and_leave_nothing(rt: Runtim
     assert not rt.broker.wants(404)  # a probe leaves no replay window behind
 
 
+def job_reads(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The jobs ``rt.get`` read from now on, each once its read returned."""
+    reads: list[int] = []
+    get = rt.get
+
+    async def read(job_id: int) -> Any:
+        info = await get(job_id)
+        reads.append(job_id)
+        return info
+
+    monkeypatch.setattr(rt, "get", read)
+    return reads
+
+
 async def test_a_client_runtime_streams_the_owners_jobs_through_its_relay(
-    db_path: Path, gates: Gates
+    db_path: Path, gates: Gates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     owner = make_runtime(db_path, gates)
     reader = make_runtime(db_path, gates, workers=False)
@@ -290,8 +304,12 @@ async def test_a_client_runtime_streams_the_owners_jobs_through_its_relay(
         r = await client.post("/jobs", json={"task": "steps", "args": [3], "kwargs": {"key": "k"}})
         assert r.status_code == 201
         job_id = r.json()["id"]
+        reads = job_reads(reader, monkeypatch)
         request = asyncio.create_task(client.get(f"/jobs/{job_id}/events"))
-        await wait_until(lambda: reader.broker.subscribers == 1)
+        # The stream reads the job, subscribes, and reads it again for its snapshot
+        # (over the relay: it waits): opened sooner, the job could end before that
+        # read, and the stream would rightly be the finished job's snapshot alone.
+        await wait_until(lambda: len(reads) == 2)
         gates.setdefault("k", asyncio.Event()).set()
         frames = parse_sse((await request).text)
         # Every event, with the owner's numbers: nothing is lost to a poll.
