@@ -532,6 +532,34 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
     assert "already holds" in capsys.readouterr().err
 
 
+async def test_an_add_goes_with_the_lifecycle_writes_unless_a_batch_of_them_is_in_flight(
+    url: str,
+) -> None:
+    """Store note 8: with nothing in flight in the lifecycle lane, an add commits
+    there, in one statement with the writes queued beside it (one flush of the log,
+    not two); while a batch of it is in flight, the add's own lane takes it, so it
+    does not wait for that batch."""
+    async with app(url) as rt:
+        store = rt.store
+        assert isinstance(store, PgStore)
+        writes, adds = store.lanes()
+        pool = rt.pool("p")
+        pool.pause()
+        await store.flush()
+        assert writes.idle
+        before = (writes.batches, adds.batches)
+        first = await pool.add("double", 1)
+        assert writes.batches > before[0] and adds.batches == before[1]
+
+        async with writes.lock:  # as a lifecycle batch being written holds it
+            assert not writes.idle
+            second = await asyncio.wait_for(pool.add("double", 2), 5)
+            assert adds.batches == before[1] + 1
+        assert second > first
+        pool.resume()
+        assert [(await rt.wait(i, timeout=5)).result for i in (first, second)] == [2, 4]
+
+
 async def test_adds_in_both_lanes_at_once_get_every_id_once_in_commit_order(url: str) -> None:
     """Plain adds commit on a lane of their own, adds with unique keys with the
     lifecycle writes (store note 8): together they still get ids with no gap and

@@ -280,6 +280,12 @@ class GroupCommit:
         if not self._settled():
             await self.queue(FLUSH, ())
 
+    @property
+    def idle(self) -> bool:
+        """No batch in flight: the writer waits for writes (a write queued now goes
+        at once, with whatever else is queued), and the database takes writes."""
+        return self._parked and self._failing is None and not self.lock.locked()
+
     def _settled(self) -> bool:
         """Everything queued so far is committed (note 19): the writer waits with no
         write in hand, none is queued, no coalesced progress waits for its turn, and

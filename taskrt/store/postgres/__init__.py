@@ -52,14 +52,20 @@ Notes of this backend (cited where they apply):
    heartbeat is a thread of its own (``heartbeat``). Adds are announced as
    ``added:<pool>`` by the statement that adds them (note 11), and the events
    for the other nodes ride the batch after the writes they follow (``NOTIFY``).
-8. **Adds have a lane of their own.** Adds without a unique key or an id of
-   their own are group-committed by a second writer on a connection of its
-   own (``PgStore.insert``): an add then waits for its own commit only, not
-   for the lifecycle batch in flight before it (the jobs' starts and ends),
-   which a producer adding while its pools run would otherwise wait for at
-   each add. The two lanes take the last id's row in turn, so ids still
-   increase in commit order. An add with a unique key stays in the lifecycle
-   lane: a terminal write queued before it frees the key first.
+8. **Adds have a lane of their own, for when the other is busy.** Adds
+   without a unique key or an id of their own are group-committed by a second
+   writer on a connection of its own (``PgStore.insert``) while the lifecycle
+   lane has a batch in flight (the jobs' starts and ends): an add then waits
+   for its own commit only, not for that batch, which a producer adding while
+   its pools run would otherwise wait for at each add. While the lifecycle
+   lane is idle (``GroupCommit.idle``) an add goes there instead, with the
+   ends queued beside it: one statement and one flush of the log, where two
+   lanes would commit twice and the server flushes its log one commit at a
+   time (a producer whose jobs end as fast as it adds them waited for the
+   previous end's flush, then for its own). The two lanes take the last id's
+   row in turn, so ids still increase in commit order. An add with a unique
+   key always goes in the lifecycle lane: a terminal write queued before it
+   frees the key first.
 9. **Claims plan once.** Planning the claim statement (its priorities'
    recursion, lock keys and rate caps) costs the server more than running
    it: about 1.3 ms against 0.4 ms on the project's 2-core machine. Once a

@@ -342,9 +342,12 @@ class PgStore(QueuedWrites, SharedReads):
         return (self._writes, self._adds)
 
     def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
-        """Plain adds in their own lane; adds with unique keys or ids of their own
-        with the lifecycle writes (note 8)."""
-        if all(job.unique_key is None and job.job_id is None for job in jobs):
+        """Plain adds in their own lane while the lifecycle lane has a batch in flight,
+        else with the lifecycle writes, as adds with unique keys or ids of their own
+        go (note 8)."""
+        if not self._writes.idle and all(
+            job.unique_key is None and job.job_id is None for job in jobs
+        ):
             return self._adds.insert(jobs)
         return self._writes.insert(jobs)
 
