@@ -20,7 +20,8 @@ import httpx
 import pg_server
 import pytest
 from asyncpg.pool import PoolConnectionProxy
-from core_support import collect
+from core_support import collect, new_job
+from store_backends import open_store
 
 from taskrt import JobContext, JobInfo, JobNotFound, JobStatus, Runtime, Transaction
 from taskrt.cli import main
@@ -30,6 +31,7 @@ from taskrt.store import JobStore
 from taskrt.store.postgres import PgStore
 from taskrt.store.postgres.copy import copy_sqlite_to_postgres
 from taskrt.store.postgres.sql import MIGRATIONS, SCHEMA_VERSION
+from taskrt.store.protocol import InsertResult
 from taskrt.web import create_app
 
 
@@ -558,6 +560,56 @@ async def test_an_add_goes_with_the_lifecycle_writes_unless_a_batch_of_them_is_i
         assert second > first
         pool.resume()
         assert [(await rt.wait(i, timeout=5)).result for i in (first, second)] == [2, 4]
+
+
+async def test_a_batch_that_adds_takes_the_ids_before_it_counts_anything(tmp_path: Path) -> None:
+    """Store note 1: a lifecycle batch with a write that moves a job and an add with
+    a unique key takes ``job_ids`` before it adds to ``job_counts``. While another
+    transaction holds the ids, the batch waits holding no count, so a transaction
+    of the same lane that adds to that count (an add's statement: the ids, then
+    the counts) is not held up by it: the two used to deadlock."""
+    base, schema = pg_server.require(), pg_server.fresh_schema(tmp_path)
+    async with open_store("postgres", tmp_path) as store:
+        assert isinstance(store, PgStore)
+        [waiting] = await store.insert([new_job()])
+        assert isinstance(waiting, InsertResult)
+        await store.flush()
+        holder = await asyncpg.connect(base, server_settings={"search_path": schema})
+        other = await asyncpg.connect(
+            base, server_settings={"search_path": schema, "lock_timeout": "3s"}
+        )
+        try:
+            held = holder.transaction()
+            await held.start()
+            await holder.fetchval("SELECT last FROM job_ids WHERE one = 1 FOR UPDATE")
+            writes, _ = store.lanes()
+            # One batch: queued without a yield between them.
+            cancelled = store.cancel(
+                waiting.job_id, time.time(), 2, None, pool="p", was=JobStatus.WAITING
+            )
+            keyed = writes.insert([new_job(unique_key="k")])
+            blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+            deadline = time.monotonic() + 5
+            while not await other.fetchval(blocked, holder.get_server_pid()):
+                assert time.monotonic() < deadline, "the batch never waited for the ids"
+                await asyncio.sleep(0.01)
+            for status in ("WAITING", "CANCELLED"):
+                await other.execute(
+                    "INSERT INTO job_counts AS c (pool, status, lane, n) VALUES ('p', $1, $2, 0) "
+                    "ON CONFLICT (pool, status, lane) DO UPDATE SET n = c.n",
+                    status,
+                    store.lane(0),
+                )
+            await held.rollback()
+            await asyncio.wait_for(cancelled, 5)
+            [added] = await asyncio.wait_for(keyed, 5)
+            assert isinstance(added, InsertResult) and added.job_id > waiting.job_id
+        finally:
+            await holder.close()
+            await other.close()
+        assert store.health().ok
+        found = await store.get_job(waiting.job_id)
+        assert found is not None and found.status is JobStatus.CANCELLED
 
 
 async def test_adds_in_both_lanes_at_once_get_every_id_once_in_commit_order(url: str) -> None:

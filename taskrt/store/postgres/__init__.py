@@ -6,7 +6,11 @@ Notes of this backend (cited where they apply):
    ``FOR UPDATE`` by each transaction that adds jobs: adds commit one after
    the other, so ids strictly increase in the order jobs become visible, are
    never reused (deleting jobs leaves the row), and an explicit id (a
-   ``next_id`` hook) must be above it, as on SQLite.
+   ``next_id`` hook) must be above it, as on SQLite. A transaction takes it
+   before any row of ``job_counts`` (note 12), as the add's own statement
+   does: one that counted its other writes first and then waited for the
+   ids, while an add on a connection of the same lane held the ids and
+   waited for that count, was a deadlock (``writer._ids_first``).
 2. **Versioned migrations in a schema of the user's choice** (``?schema=``,
    default ``taskrt``). Opening runs them from the recorded version
    (``meta.schema.version``) in one transaction under an advisory lock, so
@@ -24,7 +28,15 @@ Notes of this backend (cited where they apply):
    for the owner's mirror. Adds without unique keys or ids of their own are
    numbered in that statement from the locked last id. So the usual batch is
    one statement, its own transaction, one round trip. The counts' rows are
-   updated in key order, so two writers never deadlock on them.
+   updated in key order, and they are the last rows a transaction locks: one
+   of several statements (a batch that writes a row twice, or with adds that
+   have unique keys; a batch written part by part) sums what each moved
+   (``sql.combined(count=False)``) and adds it at its end. A count taken
+   mid-transaction was held while the next statement waited for a job's
+   row, which another connection of the same lane held while it waited for
+   that count: a deadlock, rolled back by the server. A transaction the
+   application holds (``rt.transaction()``) counts each write as it goes:
+   a savepoint of its own may undo one, and the count with it.
 4. **The database holds unique keys.** ``jobs_unique_live`` is a unique
    partial index; an add asks who holds its keys first (the common answer)
    and inserts with ``ON CONFLICT DO NOTHING``, so a key taken in between by

@@ -379,10 +379,12 @@ def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Pa
 
 
 def _plain(name: str, table: str, key: int | None, types: str, body: str) -> Part:
-    """A write that moves no job: ``body`` reads the arrays as ``v`` (``{v}``)."""
+    """A write that moves no job: ``body`` reads the arrays as ``v`` (``{v}``). It
+    returns a row per row written, for ``combined`` to read before the counts."""
 
     def build(i: int, base: int) -> list[str]:
-        return [f"g{i} AS ({body.format(v=f'v{i}', arrays=_arrays(types, base))})"]
+        sql = body.format(v=f"v{i}", arrays=_arrays(types, base))
+        return [f"g{i} AS ({sql} RETURNING 1 AS written)"]
 
     return Part(name, len(types.split()), table, key, None, build)
 
@@ -613,10 +615,12 @@ UNSTARTED = "unstarted"
 
 
 @cache
-def combined(parts: tuple[Part, ...]) -> str:
+def combined(parts: tuple[Part, ...], count: bool = True) -> str:
     """One statement that writes ``parts`` (which touch no row in common) and adds
     what the counted ones moved to ``job_counts``. It returns the new count of each
-    (pool, status) it changed, and for an ``ADD_PART``, a row (NULL, NULL, the last
+    (pool, status) it changed (``count`` False: it leaves ``job_counts`` alone and
+    returns what each changed by, for its transaction to add at its end, note 3),
+    and for an ``ADD_PART``, a row (NULL, NULL, the last
     id issued) and one (NULL, 'RUNNING', id) per job it started on this node; for a
     ``START_PART``, one (NULL, ``UNSTARTED``, id) per start that changed no row.
     Params: each part's arrays, in order. Built once per combination."""
@@ -638,7 +642,11 @@ def combined(parts: tuple[Part, ...]) -> str:
                 f"SELECT NULL::text, '{UNSTARTED}'::text, v.id FROM v{i} AS v "
                 f"WHERE NOT EXISTS (SELECT 1 FROM g{i} AS s WHERE s.id = v.id)"
             )
-        if part is NOTIFY_PART or part is ANNOUNCE_PART:  # read to the end: each is sent
+        if part.to is None and part is not ADD_PART:
+            # Read to the end before the counts (the last branch): a write the main
+            # query does not read runs after it, and a count locked before a job's
+            # row is a deadlock with a transaction that locks them the other way
+            # (note 3). A notification is sent for each row read.
             out.append(f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0")
     if moved:
         ctes.append(f"m AS ({' UNION ALL '.join(moved)})")
@@ -648,13 +656,13 @@ def combined(parts: tuple[Part, ...]) -> str:
             "UNION ALL SELECT pool, status, 1 FROM m) AS x GROUP BY pool, status "
             "HAVING sum(n) <> 0)"
         )
-        ctes.append(
-            f"c AS (INSERT INTO job_counts (pool, status, lane, n) SELECT pool, status, {LANE}, n "
-            "FROM d ORDER BY pool, status ON CONFLICT (pool, status, lane) DO UPDATE SET "
-            "n = job_counts.n + "
-            "excluded.n RETURNING pool, status, n)"
-        )
-        out.append("SELECT pool, status, n FROM c")
+        if count:
+            ctes.append(
+                f"c AS (INSERT INTO job_counts (pool, status, lane, n) SELECT pool, status, "
+                f"{LANE}, n FROM d ORDER BY pool, status ON CONFLICT (pool, status, lane) DO "
+                "UPDATE SET n = job_counts.n + excluded.n RETURNING pool, status, n)"
+            )
+        out.append(f"SELECT pool, status, n FROM {'c' if count else 'd'}")
     if not out:
         out.append("SELECT NULL::text, NULL::text, NULL::bigint WHERE false")
     return "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(out)

@@ -203,13 +203,28 @@ def packs(batch: Batch, progress: ProgressRows) -> list[list[Group]]:
     return out
 
 
-async def run_pack(conn: asyncpg.Connection, pack: Sequence[Group]) -> list[Any]:
-    """One statement for ``pack`` (``sql.combined``); the counts it changed."""
+async def run_pack(
+    conn: asyncpg.Connection, pack: Sequence[Group], moves: Moves | None = None
+) -> list[Any]:
+    """One statement for ``pack`` (``sql.combined``); the counts it changed. With
+    ``moves``, the statement leaves ``job_counts`` alone and what it moved goes into
+    ``moves``, for the transaction to add at its end (note 3); the rest of its rows
+    are returned."""
     params: list[Any] = []
     for part, rows in pack:
         width = part.width
         params.extend(list(col) for col in zip(*(row[:width] for row in rows), strict=True))
-    return list(await conn.fetch(combined(tuple(part for part, _ in pack)), *params))
+    sql = combined(tuple(part for part, _ in pack), moves is None)
+    rows = list(await conn.fetch(sql, *params))
+    if moves is None:
+        return rows
+    out: list[Any] = []
+    for pool, status, n in rows:
+        if pool is None:
+            out.append((pool, status, n))
+        else:
+            moves.move(str(pool), None, str(status), int(n))
+    return out
 
 
 def _summed_minutes(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -227,11 +242,12 @@ def _summed_minutes(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 async def insert_jobs(
-    conn: asyncpg.Connection, groups: list[list[NewJob]], tally: Tally
+    conn: asyncpg.Connection, groups: list[list[NewJob]], tally: Tally, last: int | None = None
 ) -> Results:
     """Assign ids and insert (notes 1, 4); each group is all or nothing.
 
-    The last issued id is a row read ``FOR UPDATE``: adds commit one at a time
+    The last issued id is a row read ``FOR UPDATE`` (``last``, where the caller
+    read it already): adds commit one at a time
     in id order, so ids increase in the order they become visible too. Unique
     keys are held by the database (``jobs_unique_live``): a key found live is
     answered with its holder's id; a key that became live in between (another
@@ -239,7 +255,8 @@ async def insert_jobs(
     """
     if not groups:
         return []
-    last = int(await conn.fetchval(SQL_LAST_ID))
+    if last is None:
+        last = int(await conn.fetchval(SQL_LAST_ID))
     keys = [job.unique_key for jobs in groups for job in jobs if job.unique_key is not None]
     holders: dict[str, int] = {}
     at = min(job.created_at for jobs in groups for job in jobs)
@@ -414,14 +431,15 @@ class PgBatches:
                 changed = await run_pack(conn, planned[0])
         else:
             async with conn.transaction():
+                last = await _ids_first(conn) if groups and not simple else None
+                tally = Tally()  # added to job_counts at the end (note 3)
                 for pack in planned:
-                    changed.extend(await run_pack(conn, pack))
+                    changed.extend(await run_pack(conn, pack, tally))
                 if groups and not simple:
                     # Adds last: a terminal write queued before frees its unique key.
-                    tally = Tally()
-                    results = await insert_jobs(conn, groups, tally)
-                    changed.extend(await tally.apply(conn))
+                    results = await insert_jobs(conn, groups, tally, last)
                     await self._announce(conn, groups)
+                changed.extend(await tally.apply(conn))
         if any(job.external for jobs in groups for job in jobs):
             await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
         if groups and simple:
@@ -461,8 +479,11 @@ class PgBatches:
         rejected: Rejected = []
         results: Results = []
         changed: list[Any] = []
+        tally = Tally()  # what the parts that were written moved, added at the end (note 3)
         conn = await self.connection()
         async with conn.transaction():
+            if batch.inserts:
+                await _ids_first(conn)  # held past the savepoints: theirs would not be
             for progress_id, row in progress.items():
                 _, error = await _alone(conn, run_pack, conn, progress_groups({progress_id: row}))
                 if error is not None:
@@ -470,20 +491,25 @@ class PgBatches:
             for op, params, job_id in batch.statements:
                 if op not in PARTS:
                     continue
-                rows, error = await _alone(conn, run_pack, conn, [(PARTS[op], [params])])
+                part = Tally()
+                rows, error = await _alone(conn, run_pack, conn, [(PARTS[op], [params])], part)
                 if error is not None:
                     rejected.append((job_id, op.name, error))
                 else:
                     changed.extend(rows)
+                    tally.merge(part)
             for jobs, _ in batch.inserts:
-                tally = Tally()
-                out, error = await _alone(conn, _insert_counted, conn, jobs, tally, changed)
+                part = Tally()
+                out, error = await _alone(conn, insert_jobs, conn, [jobs], part)
                 if error is not None:
                     refused = StoreError(f"the database refused the job: {error}")
                     refused.__cause__ = error
                     out = [refused] * len(jobs)
+                else:
+                    tally.merge(part)
                 results.extend(out)
             await self._announce(conn, [jobs for jobs, _ in batch.inserts])
+            changed.extend(await tally.apply(conn))
         self._merge(changed)
         batch.unstarted = unstarted(changed)
         return results, rejected
@@ -528,12 +554,13 @@ def _add_row(job: NewJob) -> tuple[Any, ...]:
     )
 
 
-async def _insert_counted(
-    conn: asyncpg.Connection, jobs: list[NewJob], tally: Tally, changed: list[Any]
-) -> Results:
-    results = await insert_jobs(conn, [jobs], tally)
-    changed.extend(await tally.apply(conn))
-    return results
+async def _ids_first(conn: asyncpg.Connection) -> int:
+    """Take ``job_ids`` before the transaction adds to ``job_counts`` (note 1): the
+    add's own statement takes them in that order, and a connection that took a
+    count first and then waited for the ids, while an add held the ids and waited
+    for that count (a shared lane, note 12), was a deadlock the server broke by
+    rolling one back. The last issued id."""
+    return int(await conn.fetchval(SQL_LAST_ID))
 
 
 async def _alone(conn: asyncpg.Connection, fn: Any, *args: Any) -> tuple[Any, BaseException | None]:
