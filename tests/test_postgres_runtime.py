@@ -30,7 +30,8 @@ from taskrt.models import EventType
 from taskrt.store import JobStore
 from taskrt.store.postgres import PgStore
 from taskrt.store.postgres.copy import copy_sqlite_to_postgres
-from taskrt.store.postgres.sql import MIGRATIONS, SCHEMA_VERSION
+from taskrt.store.postgres.sql import CANCEL_PART, MIGRATIONS, REASON_PART, SCHEMA_VERSION
+from taskrt.store.postgres.writer import run_pack
 from taskrt.store.protocol import InsertResult
 from taskrt.web import create_app
 
@@ -610,6 +611,49 @@ async def test_a_batch_that_adds_takes_the_ids_before_it_counts_anything(tmp_pat
         assert store.health().ok
         found = await store.get_job(waiting.job_id)
         assert found is not None and found.status is JobStatus.CANCELLED
+
+
+async def test_a_statement_writes_every_row_before_it_counts(tmp_path: Path) -> None:
+    """Store note 3: the counts are the last rows a batch's statement locks, after
+    the rows of its writes that move no job too (a write the statement's result
+    did not read ran after the counts). While a job's row is locked elsewhere, the
+    statement waits holding no count."""
+    base, schema = pg_server.require(), pg_server.fresh_schema(tmp_path)
+    async with open_store("postgres", tmp_path) as store:
+        assert isinstance(store, PgStore)
+        found = await store.insert([new_job(), new_job()])
+        moved, held_row = (r.job_id for r in found if isinstance(r, InsertResult))
+        await store.flush()
+        settings = {"search_path": schema, "lock_timeout": "3s"}
+        holder, other, writer = [
+            await asyncpg.connect(base, server_settings=settings) for _ in range(3)
+        ]
+        try:
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", held_row)
+            pack = [
+                (CANCEL_PART, [(time.time(), 2, None, moved)]),
+                (REASON_PART, [("limited", held_row)]),
+            ]
+            written = asyncio.ensure_future(run_pack(writer, pack))
+            blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+            deadline = time.monotonic() + 5
+            while not await other.fetchval(blocked, holder.get_server_pid()):
+                assert time.monotonic() < deadline, "the statement never waited for the row"
+                await asyncio.sleep(0.01)
+            await other.execute(
+                "INSERT INTO job_counts AS c (pool, status, lane, n) VALUES ('p', 'CANCELLED', "
+                "0, 0) ON CONFLICT (pool, status, lane) DO UPDATE SET n = c.n"
+            )
+            await held.rollback()
+            counts = await asyncio.wait_for(written, 5)
+            assert ("p", "CANCELLED", 1) in [tuple(r) for r in counts]
+            reason = await other.fetchval("SELECT waiting_reason FROM jobs WHERE id = $1", held_row)
+            assert reason == "limited"
+        finally:
+            for conn in (holder, other, writer):
+                await conn.close()
 
 
 async def test_adds_in_both_lanes_at_once_get_every_id_once_in_commit_order(url: str) -> None:
