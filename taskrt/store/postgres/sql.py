@@ -627,6 +627,7 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
     ctes: list[str] = []
     moved: list[str] = []
     out: list[str] = []
+    plain: list[str] = []
     base = 0
     for i, part in enumerate(parts):
         ctes.extend(part.ctes(i, base))
@@ -643,13 +644,21 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
                 f"WHERE NOT EXISTS (SELECT 1 FROM g{i} AS s WHERE s.id = v.id)"
             )
         if part.to is None and part is not ADD_PART:
-            # Read to the end before the counts (the last branch): a write the main
-            # query does not read runs after it, and a count locked before a job's
-            # row is a deadlock with a transaction that locks them the other way
-            # (note 3). A notification is sent for each row read.
-            out.append(f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0")
+            # Each read to the end (a notification is sent for each row read).
+            plain.append(
+                f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0"
+            )
+    # Rows are locked in the order of the branches: the jobs each write moves (read
+    # through ``m``), the rows of the other writes, then the counts (note 3). A
+    # write the main query does not read runs after it: a count or an attempt
+    # locked before a job's row was a deadlock with a transaction that locks them
+    # the other way.
     if moved:
         ctes.append(f"m AS ({' UNION ALL '.join(moved)})")
+        if plain:
+            out.append("SELECT NULL::text, NULL::text, NULL::bigint FROM m HAVING count(*) < 0")
+    out.extend(plain)
+    if moved:
         ctes.append(
             "d AS (SELECT pool, status, sum(n)::bigint AS n FROM ("
             "SELECT pool, was AS status, -1 AS n FROM m WHERE was IS NOT NULL "
