@@ -31,12 +31,15 @@ Notes of this backend (cited where they apply):
    updated in key order, and they are the last rows a transaction locks: one
    of several statements (a batch that writes a row twice, or with adds that
    have unique keys; a batch written part by part) sums what each moved
-   (``sql.combined(count=False)``) and adds it at its end. A count taken
+   (``sql.combined(count=False)``) and adds it at its end; one statement
+   locks the jobs it moves, then the rows of its other writes, then the
+   counts (a write its result did not read ran after them). A count taken
    mid-transaction was held while the next statement waited for a job's
    row, which another connection of the same lane held while it waited for
    that count: a deadlock, rolled back by the server. A transaction the
    application holds (``rt.transaction()``) counts each write as it goes:
-   a savepoint of its own may undo one, and the count with it.
+   a savepoint of its own may undo one, and the count with it. Its lane is its
+   own (note 12).
 4. **The database holds unique keys.** ``jobs_unique_live`` is a unique
    partial index; an add asks who holds its keys first (the common answer)
    and inserts with ``ON CONFLICT DO NOTHING``, so a key taken in between by
@@ -129,10 +132,15 @@ Notes of this backend (cited where they apply):
     RUNNING as asked (``PgStore.starts_in_add``).
 12. **Counts in lanes** (schema version 6). ``job_counts`` keeps a (pool,
     status) in rows by ``lane``: each writer adds to its connection's lane
-    (``taskrt.lane``; ``PgStore.lane``: the lifecycle writer, the adds and
-    the claims, spread over ``NODE_SPREAD`` sets by the node's name; 0 for
-    the pool's connections and the application's), and a count is the sum
-    (``SQL_COUNTS_LIVE``). A row's lock is held through the commit's flush,
+    (``taskrt.lane``; ``PgStore.lane``: the lifecycle writer, the adds, the
+    claims and the pool's connections, spread over ``NODE_SPREAD`` sets by
+    the node's name; 0 for the application's own connections), and a count
+    is the sum (``SQL_COUNTS_LIVE``). The pool's connections have a lane of
+    their own (they used to add to the lifecycle writer's): a transaction
+    of the application's counts as it goes (note 3), and one that failed a
+    job (an ``on_failed`` hook) and then added one held a count while it
+    waited for the last id, which an add of the writer's held while it
+    waited for that count. A row's lock is held through the commit's flush,
     so one row per (pool, status) made every add, claim and end wait for
     the commits before it: with direct starts (note 11) an add and an end
     touched the same RUNNING row, and end to end fell from about 450 to 290

@@ -89,11 +89,12 @@ from .sql import (
 from .writer import LaneCounts, PgBatches, Tally, added_payload, insert_jobs, run_pack, transient
 
 # Lanes of ``job_counts`` (note 12): each writer of a process adds to its own rows.
-WRITES_LANE = 0  # the group commit of starts, ends and the rest (and the pool's connections)
+WRITES_LANE = 0  # the group commit of starts, ends and the rest
 ADDS_LANE = 1  # the group commit of adds (note 8)
 CLAIMS_LANE = 2  # a node's claims (note 9)
+POOL_LANE = 3  # the pool's connections: the store's own transactions, the application's
 CLAIM_CONNECTIONS = 4  # at most, held open (``conns``)
-LANES_PER_NODE = 3
+LANES_PER_NODE = 4
 NODE_SPREAD = 8  # a node's lanes are one of this many sets, by its name
 
 log = logging.getLogger("taskrt.store")
@@ -276,7 +277,7 @@ class PgStore(QueuedWrites, SharedReads):
                 # so a released connection is not reset (a round trip each time);
                 # the application's transactions reset theirs (``transaction``).
                 reset=_keep_session,
-                **self.connect_options(),
+                **self._writer_options(self.lane(POOL_LANE), generic=False),
             )
             if self.node is not None:
                 self._claims_lane = self.lane(CLAIMS_LANE)
@@ -366,10 +367,10 @@ class PgStore(QueuedWrites, SharedReads):
             raise StoreError("the store is not open")
         return self._pool
 
-    def _merge_counts(self, changed: Iterable[Any], lane: int = 0) -> None:
+    def _merge_counts(self, changed: Iterable[Any], lane: int | None = None) -> None:
         """The new counts of the (pool, status) a committed write changed, in ``lane``
-        (note 12: a connection without a lane of its own adds to lane 0)."""
-        self._counts.merge(changed, lane)
+        (note 12; default: the pool's connections')."""
+        self._counts.merge(changed, self.lane(POOL_LANE) if lane is None else lane)
 
     def _replace_counts(self, rows: Iterable[Any]) -> None:
         """The whole of ``job_counts``: (pool, status, lane, n) rows."""
