@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from taskrt import Event, JobInfo, Runtime
 from taskrt.store import JobStore, NewJob, Store
 
@@ -237,3 +239,20 @@ class Gate:
 
     def open(self) -> None:
         self._open.set()
+
+
+def reads_of(rt: Runtime, method: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids ``rt.<method>`` (``get``, ``workflow``) read from now on, each once its
+    read returned: a test opens a job's gate once a stream's snapshot holds it
+    running. Opened sooner, the job may end before the read, and the stream rightly
+    ends with the snapshot of a finished job."""
+    reads: list[int] = []
+    original = getattr(rt, method)
+
+    async def read(ident: int) -> Any:
+        info = await original(ident)
+        reads.append(ident)
+        return info
+
+    monkeypatch.setattr(rt, method, read)
+    return reads

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from core_support import reads_of
 from starlette.types import Message
 
 from taskrt import JobContext, Runtime
@@ -281,20 +282,6 @@ async def test_unknown_jobs_pools_and_tasks_are_404_and_leave_nothing(rt: Runtim
     assert not rt.broker.wants(404)  # a probe leaves no replay window behind
 
 
-def job_reads(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The jobs ``rt.get`` read from now on, each once its read returned."""
-    reads: list[int] = []
-    get = rt.get
-
-    async def read(job_id: int) -> Any:
-        info = await get(job_id)
-        reads.append(job_id)
-        return info
-
-    monkeypatch.setattr(rt, "get", read)
-    return reads
-
-
 async def test_a_client_runtime_streams_the_owners_jobs_through_its_relay(
     db_path: Path, gates: Gates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,7 +291,7 @@ async def test_a_client_runtime_streams_the_owners_jobs_through_its_relay(
         r = await client.post("/jobs", json={"task": "steps", "args": [3], "kwargs": {"key": "k"}})
         assert r.status_code == 201
         job_id = r.json()["id"]
-        reads = job_reads(reader, monkeypatch)
+        reads = reads_of(reader, "get", monkeypatch)
         request = asyncio.create_task(client.get(f"/jobs/{job_id}/events"))
         # The stream reads the job, subscribes, and reads it again for its snapshot
         # (over the relay: it waits): opened sooner, the job could end before that

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from core_support import reads_of
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from taskrt import JobContext, Runtime
@@ -242,23 +243,6 @@ async def test_cancel_a_workflow_stops_the_running_job_and_the_ones_waiting(
 # -- the event stream ---------------------------------------------------------------------------
 
 
-def workflow_reads(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The workflows read from now on, each once its read returned (a stream reads one
-    for its snapshot): a test opens a job's gate once the snapshot holds it running.
-    Opened sooner, the job may end before the read, and the stream rightly ends with
-    a snapshot of the finished workflow."""
-    reads: list[int] = []
-    workflow = rt.workflow
-
-    async def read(workflow_id: int) -> Any:
-        info = await workflow(workflow_id)
-        reads.append(workflow_id)
-        return info
-
-    monkeypatch.setattr(rt, "workflow", read)
-    return reads
-
-
 async def test_the_stream_is_a_snapshot_then_every_jobs_events_then_it_ends(
     rt: Runtime, gates: Gates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,7 +254,7 @@ async def test_the_stream_is_a_snapshot_then_every_jobs_events_then_it_ends(
         )
         first, second = r.json()["jobs"]
         gate = await gate_key(gates, "s")
-        reads = workflow_reads(rt, monkeypatch)
+        reads = reads_of(rt, "workflow", monkeypatch)
         request = asyncio.create_task(client.get(f"/workflows/{first}/events"))
         await wait_until(lambda: rt.broker.subscribers == 1 and reads == [first])
         gate.set()
@@ -312,7 +296,7 @@ async def test_a_workflow_stream_counts_against_the_cap_on_streams(
         r = await client.post("/workflows", json={"chain": [{"task": "gated", "args": ["cap"]}]})
         workflow_id = r.json()["id"]
         gate = await gate_key(gates, "cap")
-        reads = workflow_reads(rt, monkeypatch)
+        reads = reads_of(rt, "workflow", monkeypatch)
         open_stream = asyncio.create_task(client.get(f"/workflows/{workflow_id}/events"))
         await wait_until(lambda: api_of(app).streams.active == 1 and reads == [workflow_id])
         refused = await client.get(f"/workflows/{workflow_id}/events")
