@@ -563,6 +563,26 @@ async def test_an_add_goes_with_the_lifecycle_writes_unless_a_batch_of_them_is_i
         assert [(await rt.wait(i, timeout=5)).result for i in (first, second)] == [2, 4]
 
 
+async def blocked_by(watcher: asyncpg.Connection, holder: asyncpg.Connection, what: str) -> None:
+    """Return once a session waits for a lock ``holder`` holds (``what``: for the failure)."""
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+    deadline = time.monotonic() + 5
+    while not await watcher.fetchval(blocked, holder.get_server_pid()):
+        assert time.monotonic() < deadline, f"{what} never waited for the lock"
+        await asyncio.sleep(0.01)
+
+
+async def add_to_count(conn: asyncpg.Connection, status: str, lane: int) -> None:
+    """Lock pool p's count of ``status`` in ``lane`` as an add's statement does (adding
+    0); with the connection's ``lock_timeout``, fails if another transaction holds it."""
+    await conn.execute(
+        "INSERT INTO job_counts AS c (pool, status, lane, n) VALUES ('p', $1, $2, 0) "
+        "ON CONFLICT (pool, status, lane) DO UPDATE SET n = c.n",
+        status,
+        lane,
+    )
+
+
 async def test_a_batch_that_adds_takes_the_ids_before_it_counts_anything(tmp_path: Path) -> None:
     """Store note 1: a lifecycle batch with a write that moves a job and an add with
     a unique key takes ``job_ids`` before it adds to ``job_counts``. While another
@@ -589,18 +609,9 @@ async def test_a_batch_that_adds_takes_the_ids_before_it_counts_anything(tmp_pat
                 waiting.job_id, time.time(), 2, None, pool="p", was=JobStatus.WAITING
             )
             keyed = writes.insert([new_job(unique_key="k")])
-            blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
-            deadline = time.monotonic() + 5
-            while not await other.fetchval(blocked, holder.get_server_pid()):
-                assert time.monotonic() < deadline, "the batch never waited for the ids"
-                await asyncio.sleep(0.01)
+            await blocked_by(other, holder, "the batch")
             for status in ("WAITING", "CANCELLED"):
-                await other.execute(
-                    "INSERT INTO job_counts AS c (pool, status, lane, n) VALUES ('p', $1, $2, 0) "
-                    "ON CONFLICT (pool, status, lane) DO UPDATE SET n = c.n",
-                    status,
-                    store.lane(0),
-                )
+                await add_to_count(other, status, store.lane(0))
             await held.rollback()
             await asyncio.wait_for(cancelled, 5)
             [added] = await asyncio.wait_for(keyed, 5)
@@ -637,15 +648,8 @@ async def test_a_statement_writes_every_row_before_it_counts(tmp_path: Path) -> 
                 (REASON_PART, [("limited", held_row)]),
             ]
             written = asyncio.ensure_future(run_pack(writer, pack))
-            blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
-            deadline = time.monotonic() + 5
-            while not await other.fetchval(blocked, holder.get_server_pid()):
-                assert time.monotonic() < deadline, "the statement never waited for the row"
-                await asyncio.sleep(0.01)
-            await other.execute(
-                "INSERT INTO job_counts AS c (pool, status, lane, n) VALUES ('p', 'CANCELLED', "
-                "0, 0) ON CONFLICT (pool, status, lane) DO UPDATE SET n = c.n"
-            )
+            await blocked_by(other, holder, "the statement")
+            await add_to_count(other, "CANCELLED", 0)
             await held.rollback()
             counts = await asyncio.wait_for(written, 5)
             assert ("p", "CANCELLED", 1) in [tuple(r) for r in counts]

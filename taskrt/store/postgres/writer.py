@@ -219,9 +219,10 @@ async def run_pack(
     if moves is None:
         return rows
     out: list[Any] = []
-    for pool, status, n in rows:
+    for row in rows:
+        pool, status, n = row
         if pool is None:
-            out.append((pool, status, n))
+            out.append(row)
         else:
             moves.move(str(pool), None, str(status), int(n))
     return out
