@@ -30,7 +30,14 @@ from taskrt.models import EventType
 from taskrt.store import JobStore
 from taskrt.store.postgres import PgStore
 from taskrt.store.postgres.copy import copy_sqlite_to_postgres
-from taskrt.store.postgres.sql import CANCEL_PART, MIGRATIONS, REASON_PART, SCHEMA_VERSION
+from taskrt.store.postgres.sql import (
+    ATTEMPT_PART,
+    CANCEL_PART,
+    FAIL_PART,
+    MIGRATIONS,
+    REASON_PART,
+    SCHEMA_VERSION,
+)
 from taskrt.store.postgres.writer import run_pack
 from taskrt.store.protocol import InsertResult
 from taskrt.web import create_app
@@ -657,6 +664,147 @@ async def test_a_statement_writes_every_row_before_it_counts(tmp_path: Path) -> 
             assert reason == "limited"
         finally:
             for conn in (holder, other, writer):
+                await conn.close()
+
+
+async def test_statements_lock_the_jobs_they_write_in_id_order(tmp_path: Path) -> None:
+    """Store note 3: a batch's statement locks every job row it writes in id order,
+    whichever write it belongs to. Statement one cancels b and sets a's waiting
+    reason; statement two cancels a and sets b's. They used to lock b then a, and
+    a then b: with a held, then b let go, one took b and waited for a, and two
+    took a once it was let go: a deadlock. Now both take a first, and each
+    commits in turn."""
+    base, schema = pg_server.require(), pg_server.fresh_schema(tmp_path)
+    async with open_store("postgres", tmp_path) as store:
+        assert isinstance(store, PgStore)
+        found = await store.insert([new_job(), new_job()])
+        a, b = sorted(r.job_id for r in found if isinstance(r, InsertResult))
+        await store.flush()
+        settings = {"search_path": schema, "deadlock_timeout": "100ms"}
+        has_a, has_b, watcher, one, two = [
+            await asyncpg.connect(base, server_settings=settings) for _ in range(5)
+        ]
+
+        async def waits(conn: asyncpg.Connection, what: str, not_for: int = 0) -> None:
+            """Until ``conn`` waits for a lock, held by another than ``not_for``."""
+            blocked = (
+                "SELECT cardinality(pg_blocking_pids($1)) > 0 "
+                "AND NOT $2 = ANY(pg_blocking_pids($1))"
+            )
+            deadline = time.monotonic() + 5
+            while not await watcher.fetchval(blocked, conn.get_server_pid(), not_for):
+                assert time.monotonic() < deadline, f"{what} never waited for a row"
+                await asyncio.sleep(0.01)
+
+        try:
+            held = [holder.transaction() for holder in (has_a, has_b)]
+            for tx, holder, job in zip(held, (has_a, has_b), (a, b), strict=True):
+                await tx.start()
+                await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job)
+            now = time.time()
+            first = asyncio.ensure_future(
+                run_pack(one, [(CANCEL_PART, [(now, 2, None, b)]), (REASON_PART, [("x", a)])])
+            )
+            await waits(one, "statement one")
+            second = asyncio.ensure_future(
+                run_pack(two, [(CANCEL_PART, [(now, 2, None, a)]), (REASON_PART, [("y", b)])])
+            )
+            await waits(two, "statement two")
+            await held[1].rollback()  # b: statement one, if it waited for b, takes it
+            await waits(one, "statement one", not_for=has_b.get_server_pid())
+            await held[0].rollback()  # a
+            done = await asyncio.wait_for(asyncio.gather(first, second), 10)
+            assert sorted(r[2] for rows in done for r in rows if r[1] == "CANCELLED") == [1, 2]
+            rows = await watcher.fetch("SELECT status FROM jobs WHERE id = ANY($1)", [a, b])
+            assert [r[0] for r in rows] == ["CANCELLED", "CANCELLED"]
+        finally:
+            for conn in (has_a, has_b, watcher, one, two):
+                await conn.close()
+
+
+async def test_a_reap_locks_the_jobs_it_puts_back_in_id_order(tmp_path: Path) -> None:
+    """Store note 3: a reap locks the RUNNING jobs it puts back in id order, as a
+    batch does, before it writes any of them. A late batch of the reaped node
+    ends jobs a and b (a then b); the reap used to lock them in the order it read
+    the table (b, then a, in this test): with a held elsewhere, the batch
+    waited for a, the reap took b and waited for a, and once a was let go the
+    batch waited for b: a deadlock. Now the reap waits for a behind the batch,
+    then finds both jobs ended and leaves them."""
+    base, schema = pg_server.require(), pg_server.fresh_schema(tmp_path)
+    async with open_store("postgres", tmp_path) as store:
+        assert isinstance(store, PgStore)
+        found = await store.insert([new_job(), new_job()])
+        a, b = sorted(r.job_id for r in found if isinstance(r, InsertResult))
+        await store.flush()
+        settings = {"search_path": schema, "deadlock_timeout": "100ms"}
+        holder, watcher = [await asyncpg.connect(base, server_settings=settings) for _ in range(2)]
+        late = await asyncpg.connect(base, server_settings={**settings, "taskrt.node": "gone"})
+        try:
+            await watcher.execute(
+                "INSERT INTO nodes (id, host, pid, started_at, ttl, heartbeat_at) "
+                "VALUES ('gone', 'h', 1, 0, 1, now() - interval '1 hour')"
+            )
+            for job in (a, b):
+                await watcher.execute(
+                    "UPDATE jobs SET status = 'RUNNING', node = 'gone', attempts = 1, "
+                    "started_at = 1, seq = 2 WHERE id = $1",
+                    job,
+                )
+            # The batch finds its jobs by primary key (in id order, among many jobs);
+            # the reap reads the table in its order (a plan the planner may choose
+            # where most jobs run; here, without the index on (status, id)), which
+            # here has b first.
+            await store.insert([new_job(pool="q") for _ in range(500)])
+            await store.flush()
+            await watcher.execute(
+                "DROP INDEX jobs_status; CREATE INDEX jobs_backwards ON jobs (id DESC); "
+                "CLUSTER jobs USING jobs_backwards; DROP INDEX jobs_backwards; ANALYZE jobs"
+            )
+            await watcher.execute(
+                "UPDATE job_counts SET n = 0 WHERE pool = 'p' AND status = 'WAITING'; "
+                "INSERT INTO job_counts (pool, status, lane, n) VALUES ('p', 'RUNNING', 0, 2) "
+                "ON CONFLICT (pool, status, lane) DO UPDATE SET n = job_counts.n + 2"
+            )
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", a)
+            now = time.time()
+            batch = asyncio.ensure_future(
+                run_pack(
+                    late,
+                    [
+                        (FAIL_PART, [("boom", now, 0.0, 0.0, "", 3, 1, j) for j in (a, b)]),
+                        (
+                            ATTEMPT_PART,
+                            [(j, 1, 1.0, now, "failed", "boom", None, None, None) for j in (a, b)],
+                        ),
+                    ],
+                )
+            )
+            await blocked_by(watcher, holder, "the late batch")
+            reap = asyncio.ensure_future(store.reap(now, max_recoveries=3, seq_gap=10))
+            deadline = time.monotonic() + 5
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE pg_blocking_pids(pid) && ARRAY[$1, $2]::int[]"
+            )
+            parties = (holder.get_server_pid(), late.get_server_pid())
+            while await watcher.fetchval(waiting, *parties) < 2:
+                assert time.monotonic() < deadline, "the reap never waited"
+                await asyncio.sleep(0.01)
+            await held.rollback()
+            await asyncio.wait_for(batch, 5)
+            assert await asyncio.wait_for(reap, 5) == (1, 0, 0)
+            rows = await watcher.fetch(
+                "SELECT status, node FROM jobs WHERE id = ANY($1) ORDER BY id", [a, b]
+            )
+            assert [tuple(r) for r in rows] == [("FAILURE", "gone")] * 2
+            outcomes = await watcher.fetch(
+                "SELECT outcome FROM attempts WHERE job_id = ANY($1)", [a, b]
+            )
+            assert [r[0] for r in outcomes] == ["failed"] * 2
+        finally:
+            for conn in (holder, watcher, late):
                 await conn.close()
 
 

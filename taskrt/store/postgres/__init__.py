@@ -32,8 +32,11 @@ Notes of this backend (cited where they apply):
    of several statements (a batch that writes a row twice, or with adds that
    have unique keys; a batch written part by part) sums what each moved
    (``sql.combined(count=False)``) and adds it at its end; one statement
-   locks the jobs it moves, then the rows of its other writes, then the
-   counts (a write its result did not read ran after them). A count taken
+   locks the last id (an add's), every job row it writes in id order
+   (``k``: per write, two statements writing two jobs in opposite orders
+   deadlocked), then the rows of its other writes, then the counts (a write
+   its result did not read ran after them). A reap or a recovery locks the
+   jobs it puts back in id order first (``sql.recovery``). A count taken
    mid-transaction was held while the next statement waited for a job's
    row, which another connection of the same lane held while it waited for
    that count: a deadlock, rolled back by the server. A transaction the

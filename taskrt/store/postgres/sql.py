@@ -368,8 +368,8 @@ def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Pa
         sets = assignments.replace("v.", f"v{i}.")
         return [
             f"v{i} AS (SELECT * FROM unnest({_arrays(types, base)}) AS v({columns}))",
-            f"o{i} AS (SELECT id, status AS was, node FROM jobs "
-            f"WHERE id = ANY(${base + width}::bigint[]) FOR UPDATE)",
+            # Locked by ``combined``'s ``k``, with every job row of the statement.
+            f"o{i} AS (SELECT id, was, node FROM k WHERE id = ANY(${base + width}::bigint[]))",
             f"g{i} AS (UPDATE jobs j SET {sets} FROM v{i} JOIN o{i} ON o{i}.id = v{i}.id "
             f"WHERE j.id = v{i}.id AND o{i}.was IN {where} AND (o{i}.was <> 'RUNNING' "
             f"OR o{i}.node IS NOT DISTINCT FROM {NODE}) RETURNING j.id, j.pool, o{i}.was)",
@@ -625,16 +625,20 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
     ``START_PART``, one (NULL, ``UNSTARTED``, id) per start that changed no row.
     Params: each part's arrays, in order. Built once per combination."""
     ctes: list[str] = []
+    ids: list[str] = []
+    first: list[str] = []
     moved: list[str] = []
     out: list[str] = []
     plain: list[str] = []
     base = 0
     for i, part in enumerate(parts):
         ctes.extend(part.ctes(i, base))
+        if part.table == "jobs" and part.key is not None:
+            ids.append(f"${base + part.key + 1}::bigint[]")
         base += part.width
         if part is ADD_PART:  # WAITING, or RUNNING where it started on this node (note 11)
             moved.append(f"SELECT pool, was, status FROM g{i}")
-            out.append(f"SELECT NULL::text, NULL::text, last FROM l{i}")
+            first.append(f"SELECT NULL::text, NULL::text, last FROM l{i}")
             out.append(f"SELECT NULL::text, status, id FROM g{i} WHERE status = 'RUNNING'")
         elif part.to is not None:
             moved.append(f"SELECT pool, was, '{part.to}'::text AS status FROM g{i}")
@@ -648,11 +652,21 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
             plain.append(
                 f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0"
             )
-    # Rows are locked in the order of the branches: the jobs each write moves (read
-    # through ``m``), the rows of the other writes, then the counts (note 3). A
-    # write the main query does not read runs after it: a count or an attempt
-    # locked before a job's row was a deadlock with a transaction that locks them
-    # the other way.
+    # Rows are locked in the order of the branches (note 3): the last id (an add's
+    # ``l``), every job row the statement writes, in id order (``k``), the rows of
+    # the other writes, then the counts. A write the main query does not read runs
+    # after it: a count or an attempt locked before a job's row was a deadlock with
+    # a transaction that locks them the other way, and so were two statements that
+    # locked two jobs in opposite orders (one write's jobs, then another's).
+    if ids:
+        ctes.insert(
+            0,
+            "k AS MATERIALIZED (SELECT id, status AS was, node FROM jobs WHERE id = ANY("
+            + " || ".join(ids)
+            + ") ORDER BY id FOR UPDATE)",
+        )
+        first.append("SELECT NULL::text, NULL::text, NULL::bigint FROM k HAVING count(*) < 0")
+    out[:0] = first
     if moved:
         ctes.append(f"m AS ({' UNION ALL '.join(moved)})")
         if plain:
@@ -697,7 +711,7 @@ def tally(where: str) -> str:
     (locked, so they cannot change in between)."""
     return (
         f"SELECT pool, status, count(*) FROM (SELECT pool, status FROM jobs WHERE {where} "
-        "FOR UPDATE) AS t GROUP BY pool, status"
+        "ORDER BY id FOR UPDATE) AS t GROUP BY pool, status"
     )
 
 
@@ -739,6 +753,14 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
     back = f"status = 'RUNNING' AND recoveries < $1{lost}"
     orphan = f"status = 'RUNNING'{lost}"
     return [
+        # The jobs first, in id order (note 3): an attempt's row locked before its
+        # job's was a deadlock with a batch of the node being reaped (the job, then
+        # its attempt).
+        (
+            f"SELECT 1 FROM jobs WHERE ({orphan}) OR ({cancelled}) ORDER BY id FOR UPDATE",
+            (),
+            None,
+        ),
         (
             "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error) "
             "SELECT id, attempts, COALESCE(started_at, $1), $1, 'interrupted', "

@@ -868,22 +868,21 @@ class PgStore(QueuedWrites, SharedReads):
         as interrupted; orphaned after ``max_recoveries``): (nodes, recovered,
         orphaned). Without a stale node nothing else runs, unless ``everything``
         (a node starting: RUNNING jobs of no node alive, whoever left them)."""
-        steps: list[tuple[Any, ...]] = [(SQL_REAP, ()), (SQL_SEQ_GAP_LOST, (seq_gap,))]
-        steps += _recovery_steps(LOST, now, max_recoveries)
+        steps: list[tuple[Any, ...]] = [(SQL_REAP, ())]
+        steps += _recovery_steps(LOST, now, max_recoveries, (SQL_SEQ_GAP_LOST, (seq_gap,)))
         counts = await self._script(steps, gate=not everything)
         if len(counts) == 1:  # no stale node: nothing else ran
             return counts[0], 0, 0
-        return counts[0], counts[4], counts[6]
+        return counts[0], counts[5], counts[7]
 
     def heartbeat(self, node: str, interval: float) -> Heartbeat:
         """A thread that keeps ``node`` alive on a connection of its own (``heartbeat``)."""
         return Heartbeat(self._dsn, self.schema, node, interval)
 
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
-        steps: list[tuple[Any, ...]] = [(SQL_SEQ_GAP, (seq_gap,))]
-        steps += _recovery_steps("", now, max_recoveries)
+        steps = _recovery_steps("", now, max_recoveries, (SQL_SEQ_GAP, (seq_gap,)))
         steps.append((SQL_TAKEN_IN, ()))
-        _, _, _, recovered, _, orphaned, _ = await self._script(steps)
+        _, _, _, _, recovered, _, orphaned, _ = await self._script(steps)
         return recovered, orphaned
 
     async def cancel_external(self, job_id: int, now: float) -> int | None:
@@ -1126,13 +1125,18 @@ class PgTransaction(ScheduleWrites):
             yield
 
 
-def _recovery_steps(lost: str, now: float, max_recoveries: int) -> list[tuple[Any, ...]]:
-    """``sql.recovery`` as steps of ``_script``."""
+def _recovery_steps(
+    lost: str, now: float, max_recoveries: int, seq_gap: tuple[str, tuple[Any, ...]] | None = None
+) -> list[tuple[Any, ...]]:
+    """``sql.recovery`` as steps of ``_script``; ``seq_gap`` runs once its first step
+    has locked the jobs (in id order, note 3)."""
     values = {"now": now, "max": max_recoveries}
     steps: list[tuple[Any, ...]] = []
     for sql, names, status in recovery(lost):
         params = tuple(values[n] for n in names)
         steps.append((tally(sql), params, status) if status is not None else (sql, params))
+        if seq_gap is not None and len(steps) == 1:
+            steps.append(seq_gap)
     return steps
 
 
