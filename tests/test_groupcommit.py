@@ -8,6 +8,7 @@ the backends' own tests cover what they do with a transaction.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from typing import Any
 
@@ -29,7 +30,9 @@ from taskrt.store.protocol import InsertResult
 
 class Deadlock(Exception):
     """What a server says when it rolled back one of two transactions that waited
-    for each other."""
+    for each other, and its ``detail``: who they were."""
+
+    detail = "Process 11 waits for ShareLock on transaction 7; blocked by process 12."
 
 
 class Recorder:
@@ -174,7 +177,12 @@ async def test_a_batch_whose_starts_failed_is_kept_in_order_and_its_adds_refused
         await writes.close(1.0)
 
 
-async def test_a_batch_rolled_back_by_a_deadlock_is_written_again_with_its_adds() -> None:
+async def test_a_batch_rolled_back_by_a_deadlock_is_written_again_with_its_adds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each rollback is logged as a warning naming the parties where the server
+    does; the batch is written again until it commits, up to ROLLBACK_RETRIES."""
+    caplog.set_level(logging.WARNING, "taskrt.store")
     recorder = Recorder(apart=False)
     writes = GroupCommit("test")
     writes.start(recorder)
@@ -186,6 +194,9 @@ async def test_a_batch_rolled_back_by_a_deadlock_is_written_again_with_its_adds(
         assert (await added)[0] == InsertResult(100, True)  # committed, not refused
         assert ended.done() and ended.exception() is None
         assert writes.health().ok and writes.outages == 0
+        logged = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
+        assert len(logged) == ROLLBACK_RETRIES
+        assert all(Deadlock.detail in m for m in logged), logged[0]
         # More rollbacks in a row than that: an outage, its adds refused.
         recorder.deadlocks = ROLLBACK_RETRIES + 1
         refused = writes.insert([new_job()])

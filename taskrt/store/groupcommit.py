@@ -8,8 +8,8 @@ written part by part (note 10). The backend says which failures are the
 database's for now (``BatchWriter.transient``) and keeps its own counts
 (note 12) as its transactions commit. A batch the database rolled back on
 its own (a deadlock, a serialization failure: ``BatchWriter.rolled_back``) is
-written again at once, up to ``ROLLBACK_RETRIES`` times, before it counts as
-a failure: its adds then commit instead of failing. Where the backend says it pays, a
+written again after a short wait, up to ``ROLLBACK_RETRIES`` times, before it
+counts as a failure: its adds then commit instead of failing. Where the backend says it pays, a
 batch's job starts commit in a transaction of their own before the rest
 (note 16). A flush with nothing queued returns at once (note 19).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ log = logging.getLogger("taskrt.store")
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
 REST_TURNS = 2
-ROLLBACK_RETRIES = 3
-"""Times a batch the database rolled back on its own is written again at once."""
+ROLLBACK_RETRIES = 8
+"""Times a batch the database rolled back on its own is written again, after
+``ROLLBACK_WAIT`` doubled each time (about half a second in all)."""
+ROLLBACK_WAIT = 0.002
 
 ProgressRows = dict[int, tuple[float, float, str, int, Steps | None]]
 """job id -> (current, total, message, seq, steps): the coalesced progress of a batch
@@ -430,8 +433,16 @@ class GroupCommit:
                     break
                 if attempt == ROLLBACK_RETRIES or not writer.rolled_back(failure):
                     break
-                log.info("a write batch was rolled back (%s); written again", failure)
-                await asyncio.sleep(0.001 * (attempt + 1))  # the other transaction ends
+                # The parties, where the server names them (PostgreSQL's ``detail``).
+                detail = getattr(failure, "detail", None)
+                log.warning(
+                    "a write batch was rolled back by the database (%s%s); written again",
+                    failure,
+                    f": {detail}" if detail else "",
+                )
+                # The other transaction ends meanwhile; a random share of the wait
+                # keeps two writers that collided from colliding again in step.
+                await asyncio.sleep(ROLLBACK_WAIT * 2**attempt * (0.5 + random.random()))
             if failure is not None and not writer.transient(failure):
                 # One part of the batch is bad: write the parts one by one (note 10).
                 log.warning("a write batch failed (%s); writing its parts apart", failure)
