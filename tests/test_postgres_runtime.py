@@ -667,6 +667,15 @@ async def test_a_statement_writes_every_row_before_it_counts(tmp_path: Path) -> 
                 await conn.close()
 
 
+async def two_jobs(store: JobStore) -> tuple[int, int]:
+    """Two WAITING jobs of pool p, committed: their ids, the lower first."""
+    assert isinstance(store, PgStore)
+    found = await store.insert([new_job(), new_job()])
+    a, b = sorted(r.job_id for r in found if isinstance(r, InsertResult))
+    await store.flush()
+    return a, b
+
+
 async def test_statements_lock_the_jobs_they_write_in_id_order(tmp_path: Path) -> None:
     """Store note 3: a batch's statement locks every job row it writes in id order,
     whichever write it belongs to. Statement one cancels b and sets a's waiting
@@ -676,10 +685,7 @@ async def test_statements_lock_the_jobs_they_write_in_id_order(tmp_path: Path) -
     commits in turn."""
     base, schema = pg_server.require(), pg_server.fresh_schema(tmp_path)
     async with open_store("postgres", tmp_path) as store:
-        assert isinstance(store, PgStore)
-        found = await store.insert([new_job(), new_job()])
-        a, b = sorted(r.job_id for r in found if isinstance(r, InsertResult))
-        await store.flush()
+        a, b = await two_jobs(store)
         settings = {"search_path": schema, "deadlock_timeout": "100ms"}
         has_a, has_b, watcher, one, two = [
             await asyncpg.connect(base, server_settings=settings) for _ in range(5)
@@ -732,10 +738,7 @@ async def test_a_reap_locks_the_jobs_it_puts_back_in_id_order(tmp_path: Path) ->
     then finds both jobs ended and leaves them."""
     base, schema = pg_server.require(), pg_server.fresh_schema(tmp_path)
     async with open_store("postgres", tmp_path) as store:
-        assert isinstance(store, PgStore)
-        found = await store.insert([new_job(), new_job()])
-        a, b = sorted(r.job_id for r in found if isinstance(r, InsertResult))
-        await store.flush()
+        a, b = await two_jobs(store)
         settings = {"search_path": schema, "deadlock_timeout": "100ms"}
         holder, watcher = [await asyncpg.connect(base, server_settings=settings) for _ in range(2)]
         late = await asyncpg.connect(base, server_settings={**settings, "taskrt.node": "gone"})
