@@ -1135,8 +1135,8 @@ def _recovery_steps(
     for sql, names, status in recovery(lost):
         params = tuple(values[n] for n in names)
         steps.append((tally(sql), params, status) if status is not None else (sql, params))
-        if seq_gap is not None and len(steps) == 1:
-            steps.append(seq_gap)
+    if seq_gap is not None:
+        steps.insert(1, seq_gap)
     return steps
 
 
