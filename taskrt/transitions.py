@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import logging
+import random
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from .live import LiveJobs
 from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, JobStatus
 from .pool import Outcome
 from .retry import RetryPolicy, parse_retry
+from .store.groupcommit import ROLLBACK_RETRIES, ROLLBACK_WAIT
 from .transaction import Transaction
 
 if TYPE_CHECKING:
@@ -49,6 +51,11 @@ log = logging.getLogger("taskrt")
 DEADLINE_PASSED = "deadline passed"
 """The error of a job that its deadline ended (``options(deadline=...)``)."""
 _LATE = 0.005  # a timer may fire this much before the clock reads its time
+
+
+class _RolledBack(Exception):
+    """The database rolled an ``on_failed`` transaction back on its own (raised from
+    the driver's error): it runs again, whole."""
 
 
 class Transitions:
@@ -409,10 +416,22 @@ class Transitions:
         state.update(status=JobStatus.FAILURE, error=error, finished_at=now)
         info = state.info()
         delay = 0.02
+        rollbacks = 0
         while True:
             try:
-                await self._fail_with_hook(state, error, now, info, hook, was)
+                again = rollbacks < ROLLBACK_RETRIES
+                await self._fail_with_hook(state, error, now, info, hook, was, again=again)
                 break
+            except _RolledBack as exc:
+                # Not the hook's fault: the failure and the hook run again, whole.
+                rollbacks += 1
+                job_logger(info).warning(
+                    "the on_failed transaction of job %d was rolled back by the database "
+                    "(%s); running it again",
+                    info.id,
+                    exc.__cause__,
+                )
+                await asyncio.sleep(ROLLBACK_WAIT * 2**rollbacks * (0.5 + random.random()))
             except StoreUnavailable:
                 # Never drop a state (store note 9): the database will take it later.
                 await asyncio.sleep(delay)
@@ -434,7 +453,12 @@ class Transitions:
         info: JobInfo,
         hook: Callable[..., Any],
         was: JobStatus,
+        *,
+        again: bool,
     ) -> None:
+        """One transaction of the failure and its hook; ``again``: a rollback of the
+        database's own in the hook's SQL (a deadlock) raises ``_RolledBack``, so that
+        the whole transaction runs again, rather than undoing only the hook's writes."""
         async with self.store.transaction() as conn:
             await conn.mark_failed(
                 state.id,
@@ -452,7 +476,9 @@ class Transitions:
                     result = hook(info, Transaction(conn))
                     if inspect.isawaitable(result):
                         await result
-            except Exception:
+            except Exception as exc:
+                if again and self.store.rolled_back(exc):
+                    raise _RolledBack from exc
                 job_logger(info).exception("the on_failed hook of job %d raised", info.id)
 
     def finalize(

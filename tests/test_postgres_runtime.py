@@ -28,6 +28,7 @@ from taskrt.cli import main
 from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
 from taskrt.models import EventType
 from taskrt.store import JobStore
+from taskrt.store.groupcommit import ROLLBACK_RETRIES
 from taskrt.store.postgres import PgStore
 from taskrt.store.postgres.copy import copy_sqlite_to_postgres
 from taskrt.store.postgres.sql import (
@@ -334,6 +335,100 @@ async def test_on_failed_writes_with_the_failure_through_the_driver(url: str, mo
         async with rt.transaction() as tx:
             rows = await tx.execute("SELECT job_id, note FROM audit ORDER BY note")
     assert [tuple(r) for r in rows] == [(first, "via driver"), (first, "via tx")]
+
+
+async def test_an_on_failed_transaction_the_database_rolls_back_runs_again_whole(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deadlock in the hook's own SQL is not the hook's fault: the database rolls
+    the transaction back, and the failure and the hook run again in a new one,
+    which commits both (before, the failure was stored without the hook's writes)."""
+    rt = app(url)
+    calls: list[int] = []
+    other = await asyncpg.connect(pg_server.require())
+    await other.execute(f"SET search_path = {url.rsplit('schema=', 1)[1]}")
+
+    async def other_side() -> None:
+        """Takes row 2, then waits for row 1, which the hook's first run holds."""
+        async with other.transaction():
+            await other.execute("SET LOCAL deadlock_timeout = '10s'")  # the hook detects it
+            await other.execute("UPDATE ledger SET n = n + 1 WHERE id = 2")
+            await other.execute("UPDATE ledger SET n = n + 1 WHERE id = 1")
+
+    async def settle(job: JobInfo, tx: Transaction) -> None:
+        calls.append(job.id)
+        conn = tx.driver
+        await conn.execute("UPDATE ledger SET n = n + 1 WHERE id = 1")
+        if len(calls) == 1:
+            await conn.execute("SET LOCAL deadlock_timeout = '10ms'")
+            rival = asyncio.create_task(other_side())
+            await blocked_by(other_watch, conn, "the other session")
+            try:
+                await conn.execute("UPDATE ledger SET n = n + 1 WHERE id = 2")
+            finally:
+                rival_done.append(rival)
+        await conn.execute("INSERT INTO audit VALUES ($1)", job.id)
+
+    @rt.task(pool="p", attempts=1, on_failed=settle)
+    async def doomed(job: JobContext) -> None:
+        raise ValueError("no luck")
+
+    rival_done: list[asyncio.Task[None]] = []
+    other_watch = await asyncpg.connect(pg_server.require())
+    try:
+        async with rt:
+            async with rt.transaction() as tx:
+                await tx.execute("CREATE TABLE audit (job_id BIGINT)")
+                await tx.execute("CREATE TABLE ledger (id INT PRIMARY KEY, n INT)")
+                await tx.execute("INSERT INTO ledger VALUES (1, 0), (2, 0)")
+            job_id = await rt.pool("p").add(doomed)
+            info = await rt.wait(job_id, timeout=10)
+            await rival_done[0]
+            async with rt.transaction() as tx:
+                audit = await tx.execute("SELECT job_id FROM audit")
+                ledger = await tx.execute("SELECT id, n FROM ledger ORDER BY id")
+    finally:
+        await other.close()
+        await other_watch.close()
+    assert info.status is JobStatus.FAILURE and info.error is not None
+    assert "no luck" in info.error
+    assert calls == [job_id, job_id]  # the hook ran again after the rollback
+    assert [tuple(r) for r in audit] == [(job_id,)]  # and its second run committed
+    assert [tuple(r) for r in ledger] == [(1, 2), (2, 1)]  # the rival's, then the hook's
+    assert any("rolled back by the database" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_on_failed_hook_rolled_back_every_time_ends_as_one_that_raised(
+    url: str,
+) -> None:
+    """The runs again are bounded: a hook whose error comes from a deadlock every
+    time (here raised from the driver's own error class) runs ``1 + ROLLBACK_RETRIES``
+    times; then the failure is stored without its writes, as when a hook raises."""
+    rt = app(url)
+    calls: list[int] = []
+
+    async def settle(job: JobInfo, tx: Transaction) -> None:
+        calls.append(job.id)
+        await tx.execute("INSERT INTO audit VALUES ($1)", (job.id,))
+        try:
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        except asyncpg.PostgresError as exc:
+            raise RuntimeError("could not settle") from exc
+
+    @rt.task(pool="p", attempts=1, on_failed=settle)
+    async def doomed(job: JobContext) -> None:
+        raise ValueError("no luck")
+
+    async with rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE audit (job_id BIGINT)")
+        job_id = await rt.pool("p").add(doomed)
+        info = await rt.wait(job_id, timeout=10)
+        async with rt.transaction() as tx:
+            audit = await tx.execute("SELECT job_id FROM audit")
+    assert info.status is JobStatus.FAILURE
+    assert calls == [job_id] * (1 + ROLLBACK_RETRIES)
+    assert list(audit) == []
 
 
 @pytest.mark.parametrize("mode", ["nodes", "owner"])

@@ -227,6 +227,11 @@ class GroupCommit:
             self._task = None
         self._writer = None
 
+    def rolled_back(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database rolled a transaction back on its own
+        (``BatchWriter.rolled_back``); False before a writer is attached."""
+        return self._writer is not None and self._writer.rolled_back(exc)
+
     # -- queued writes (note 1) ---------------------------------------------
 
     def insert(self, jobs: list[NewJob]) -> asyncio.Future[Results]:

@@ -265,6 +265,12 @@ class JobStore(Protocol):
     @property
     def failing(self) -> bool: ...
 
+    def rolled_back(self, exc: BaseException) -> bool:
+        """Whether ``exc``, or an error it was raised from, says the database rolled a
+        transaction back on its own (a deadlock, a serialization failure): the same
+        transaction, run again, may commit. Never on SQLite (one writer)."""
+        ...
+
     @property
     def batches(self) -> int: ...
 

@@ -92,6 +92,19 @@ class QueuedWrites:
     def failing(self) -> bool:
         return any(lane.failing for lane in self.lanes())
 
+    def rolled_back(self, exc: BaseException) -> bool:
+        """Whether ``exc``, or an error it was raised from, says the database rolled
+        a transaction back on its own (a deadlock, a serialization failure): the
+        same transaction, run again, may commit."""
+        seen: BaseException | None = exc
+        for _ in range(8):  # a chain of causes, not a cycle
+            if seen is None:
+                return False
+            if self._writes.rolled_back(seen):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
+
     def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
         """Queue jobs for the next batch; the future gives one result (or error) per job."""
         return self._writes.insert(jobs)
