@@ -486,7 +486,12 @@ class Adding:
                 pool.release(kept - started)
         ids: list[int] = []
         failure: BaseException | None = None
-        refs = [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
+        # The ids of this insert's jobs, for those that name one of them (-k: the k-th).
+        refs = (
+            [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
+            if any(job.after or job.workflow is not None for job in jobs)
+            else []
+        )
         accepted: list[JobState] = []
         began: set[int] = set()  # the ids of those their add started
         for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
@@ -528,8 +533,24 @@ class Adding:
         owning = self.owning()
         waiting: dict[str, list[JobState]] = {}  # by pool
         begun: list[JobState] = []
+        added = self.counters.added
+        wants = self.broker.wants
+        live = self.live.states
         for state in states:
-            if self._take_in(state, owning):
+            if (
+                owning
+                and not state.parents
+                and state.batch_key is None
+                and state.unique_key is None
+                and state.spec.hooks.on_add is None
+                and not wants(state.id)
+            ):
+                # ``_take_in`` of a plain job, inline (add_many's hot path).
+                added[state.task] += 1
+                if state.id in live:
+                    continue  # a refill's, queued or started already (``_take_in``)
+                live[state.id] = state
+            elif self._take_in(state, owning):
                 continue  # held by its parents or its batch, or in memory already
             if state.id in started:
                 begun.append(state)

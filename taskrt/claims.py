@@ -121,6 +121,10 @@ class Claims:
         else:
             written.add_done_callback(lambda _: self._left(state))
 
+    def push_many(self, states: list[JobState]) -> None:
+        for state in states:
+            self.push(state)
+
     def _left(self, state: JobState) -> None:
         self._source.forget(state)
         if state.run_at <= self._clock.now():

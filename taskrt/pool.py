@@ -129,6 +129,10 @@ class Queue(Protocol):
 
     def push(self, state: JobState) -> None: ...
 
+    def push_many(self, states: list[JobState]) -> None:
+        """``push`` of each, in order, for jobs just added (none of them a retry)."""
+        ...
+
     def remove(self, state: JobState) -> bool: ...
 
     def holds(self, state: JobState) -> bool:
@@ -427,10 +431,9 @@ class Pool:
         self._queue(state)
         self._dispatch()
 
-    def push_all(self, states: Iterable[JobState]) -> None:
-        """Jobs waiting (an ``add_many``): queue them all, then fill the free slots."""
-        for state in states:
-            self._queue(state)
+    def push_all(self, states: list[JobState]) -> None:
+        """Jobs just added (an ``add_many``): queue them all, then fill the free slots."""
+        self.queue.push_many(states)
         self._dispatch()
 
     def _queue(self, state: JobState) -> None:

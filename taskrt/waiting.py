@@ -178,7 +178,7 @@ class _Lane:
             entries.append(entry)  # the usual case: the newest job comes last
         else:
             bisect.insort(entries, entry, self.head)
-        if len(self) > self.window and self.reading is None:
+        if len(entries) - self.head > self.window and self.reading is None:
             self.trim()
 
     def remove(self, entry: tuple[Any, ...]) -> None:
@@ -354,6 +354,25 @@ class Waiting:
             self._place(self._delayed, (state.run_at, state.id, state))
         else:
             self._place_ready(state)
+
+    def push_many(self, states: list[JobState]) -> None:
+        """Jobs just added (an ``add_many``): ``push`` of each, with the ready ones'
+        entries placed here rather than through two calls each (its hot path)."""
+        now = self._clock.now()
+        members = self._members
+        saw = self._saw
+        place = self._ready.place
+        for state in states:
+            job_id = state.id
+            if job_id in members:
+                continue  # queued already
+            if state.run_at > now:
+                self._place(self._delayed, (state.run_at, job_id, state))
+                continue
+            members[job_id] = entry = (-state.priority, state.run_at, job_id, state)
+            if saw is not None and state.lock is not None:
+                saw(state)
+            place(entry)
 
     def remove(self, state: JobState) -> bool:
         """Take a job out of memory (cancel, run now); False if it was not here."""
