@@ -40,6 +40,11 @@ Design notes (cited where they apply):
 8. **Who answers.** The owner's first frame names it (``hello``): every owner
    listens at the same address, so the lease row read before connecting may
    already name the previous one.
+9. **A start is whole or nothing.** A standby may be stopped while it takes
+   over, in the middle of starting its relay. The socket is made and returned
+   before anything is awaited, and a start cancelled after that closes it:
+   before, a cancelled start left a socket that went on accepting connections
+   for a process that no longer owned the database.
 """
 
 from __future__ import annotations
@@ -221,14 +226,32 @@ class RelayServer:
         return len(self._peers)
 
     async def start(self, address: str) -> None:
+        """Listen at ``address`` (note 9: a start cancelled half-way leaves nothing open)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address)  # a dead owner's socket (its address was in the lease row)
         old = os.umask(0o177)  # note 6
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=address)
+            # Not serving yet: nothing is awaited between the socket's creation and
+            # its return here, so no cancel can come between them.
+            server = await asyncio.start_unix_server(self._serve, path=address, start_serving=False)
         finally:
             os.umask(old)
+        self._server = server
         self.address = address
+        try:
+            await server.start_serving()
+        except BaseException:
+            self._stop_listening()
+            raise
+
+    def _stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self.address is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.address)
+            self.address = None
 
     async def close(self, patience: float = 5.0) -> None:
         """Stop listening; answer the calls under way (within ``patience`` seconds),
@@ -257,11 +280,7 @@ class RelayServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
-        if self.address is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.address)
-            self.address = None
+        self._stop_listening()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._closing:

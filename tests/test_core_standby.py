@@ -24,8 +24,10 @@ from taskrt import (
     Runtime,
 )
 from taskrt import ownership as ownership_module
+from taskrt.events import Broker
 from taskrt.models import EventType
 from taskrt.ownership import filesystem_of
+from taskrt.relay import RelayServer
 from taskrt.runtime import JobStream
 
 
@@ -272,6 +274,28 @@ async def test_a_client_never_takes_over_and_falls_back_to_the_database(
     finally:
         await client.stop()
         await owner.stop()
+
+
+async def test_a_relay_start_cancelled_half_way_leaves_nothing_listening(
+    tmp_path: Path,
+) -> None:
+    """A standby stopped while it takes over is cancelled in the middle of starting
+    its relay (relay note 9): nothing may go on accepting connections at the
+    address for a process that does not own the database (a soak run once left
+    such a socket, found as an unclosed one)."""
+
+    async def no_calls(method: str, args: dict[str, object]) -> None:
+        raise AssertionError("no call reaches a relay that never started")
+
+    address = str(tmp_path / "relay.sock")
+    server = RelayServer(Broker(), no_calls, owner="o", since=0.0)
+    start = asyncio.create_task(server.start(address))
+    await asyncio.sleep(0)  # the start runs to its first wait
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    with pytest.raises(OSError):
+        await asyncio.open_unix_connection(address)
 
 
 async def test_a_restart_right_after_a_crash_owns_at_once(tmp_path: Path) -> None:
