@@ -309,6 +309,29 @@ async def test_the_owners_listener_comes_back_after_its_connection_is_killed(url
         assert info.started_at is not None and info.started_at - sent < 0.5
 
 
+async def test_a_listener_that_reconnects_after_the_store_stopped_listening_hangs_up(
+    tmp_path: Path,
+) -> None:
+    """A dropped listener connects again a second later; a store that stopped
+    listening meanwhile (a runtime stopping) must not be left with a connection
+    that goes on listening for nobody. Here the reconnect (``_listen``, which the
+    timer of a dropped listener runs) finishes after ``unlisten``."""
+    listeners = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'taskrt owner listener' "
+        "AND datname = current_database()"
+    )
+    async with open_store("postgres", tmp_path) as store:
+        assert isinstance(store, PgStore)
+        await store.listen(lambda payload: None)
+        await store.unlisten()
+        before = {r[0] for r in await store.fetch_all(listeners, ())}
+        await store._listen()  # the reconnect, late
+        async with asyncio.timeout(5):
+            while {r[0] for r in await store.fetch_all(listeners, ())} - before:
+                await asyncio.sleep(0.02)  # a hung-up session leaves the view soon after
+        assert store._listener is None
+
+
 @pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_on_failed_writes_with_the_failure_through_the_driver(url: str, mode: str) -> None:
     """``on_failed(job, tx)``: PostgreSQL's SQL through ``tx`` and ``tx.driver`` (asyncpg)

@@ -522,14 +522,24 @@ class PgStore(QueuedWrites, SharedReads):
         # by it (``taskrt.nodebus`` note 5; a schema's name is ASCII, so PostgreSQL keeps
         # it as it is).
         name = "taskrt owner listener" if self._events is None else self.events_channel
+        conn: asyncpg.Connection | None = None
         try:
             conn = await asyncpg.connect(self._dsn, server_settings={"application_name": name})
             await conn.add_listener(self.channel, self._notified)
             if self._events is not None:
                 await conn.add_listener(self.events_channel, self._events_notified)
-        except DRIVER_ERRORS as exc:
+        except BaseException as exc:
+            if conn is not None:
+                conn.terminate()  # not left listening half set up (a cancel: a stop)
+            if not isinstance(exc, DRIVER_ERRORS):
+                raise
             log.warning("cannot listen on %s (%s); the owner polls", self.path, exc)
             self._relisten_later()
+            return
+        if self._wake is None:
+            # Stopped listening (``unlisten``) while this listener connected, as one
+            # that reconnects after a drop may: nobody is left to tell.
+            conn.terminate()
             return
         conn.add_termination_listener(self._listener_lost)
         self._listener = conn
