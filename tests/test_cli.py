@@ -541,6 +541,27 @@ def test_the_console_script_adds_lists_and_reports_errors(app: App, tmp_path: Pa
     assert missing.stderr == "taskrt: error: no job with id 12345\n"
 
 
+def test_a_file_that_is_not_a_database_is_an_error_and_the_cli_exits(tmp_path: Path) -> None:
+    """A wrong ``--db``: the error names the file, and the process ends. (The
+    connection's thread, which is not a daemon, was left open when a PRAGMA
+    failed, so the process printed the error and then never exited.)"""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    done = subprocess.run(
+        [script(), "ls", "--db", str(notes)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 4, done.stderr
+    assert done.stderr == (
+        f"taskrt: error: cannot open database {str(notes)!r}: file is not a database\n"
+    )
+
+
 @pytest.mark.server
 def test_serve_runs_the_app_with_metrics_until_interrupted(
     app: App, tmp_path: Path, free_port: int

@@ -145,7 +145,7 @@ class Store(QueuedWrites, SharedReads):
         except sqlite3.Error as exc:
             await self._close_connections()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
-        except StoreError:
+        except BaseException:  # a StoreError, or a cancel: nothing opened stays open
             await self._close_connections()
             raise
         self._batches = SqliteBatches(
@@ -196,15 +196,22 @@ class Store(QueuedWrites, SharedReads):
         # Not tied to aiosqlite's thread: the writer commits small batches on the
         # loop's thread too (note 15), never both at once (the writes lock).
         db = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        # execute_fetchall, not execute: a PRAGMA that returns a row and is left
-        # unread keeps a read transaction open, pinning this connection's view
-        # of the database to that moment.
-        await db.execute_fetchall(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        if not self.memory:
-            await db.execute_fetchall("PRAGMA journal_mode = WAL")
-        await db.execute_fetchall(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        await db.execute_fetchall("PRAGMA foreign_keys = ON")
+        try:
+            db.row_factory = sqlite3.Row
+            # execute_fetchall, not execute: a PRAGMA that returns a row and is left
+            # unread keeps a read transaction open, pinning this connection's view
+            # of the database to that moment.
+            await db.execute_fetchall(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if not self.memory:
+                await db.execute_fetchall("PRAGMA journal_mode = WAL")
+            await db.execute_fetchall(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            await db.execute_fetchall("PRAGMA foreign_keys = ON")
+        except BaseException:
+            # A file that is not a database fails here. The connection's thread is
+            # not a daemon: left open, the process could never exit.
+            with contextlib.suppress(Exception):
+                await db.close()
+            raise
         return db
 
     async def close(self, patience: float = 10.0) -> None:
