@@ -866,6 +866,9 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
             self._follow_task = None
+            # A take-over while the hooks ran started the scheduler again after its
+            # own hook had stopped it: stopped again (a stopped one is left as it is).
+            await self.schedules.stop(self)
         if self.remote is not None:
             self.broker.on_interest = None
             await self.remote.close()

@@ -276,6 +276,44 @@ async def test_a_client_never_takes_over_and_falls_back_to_the_database(
         await owner.stop()
 
 
+async def test_a_standby_that_takes_over_while_it_stops_leaves_no_scheduler_running(
+    tmp_path: Path,
+) -> None:
+    """A standby's stop runs its stop hooks first; the scheduler's hook stops it. If
+    the owner stops meanwhile, the standby takes over while its slower hooks still
+    run, and the take-over starts the scheduler again: it must not outlive the stop
+    (its tasks went on polling a closed store)."""
+    owner, standby = app(tmp_path), app(tmp_path)
+    in_hook, leave_hook = asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(rt: Runtime) -> None:
+        in_hook.set()
+        await leave_hook.wait()
+
+    standby.on_stop(slow_hook)
+    await owner.start()
+    await standby.start()
+
+    def scheduler_tasks() -> list[str]:
+        return [
+            t.get_name()
+            for t in asyncio.all_tasks()
+            if t.get_name().startswith("taskrt-scheduler") and not t.done()
+        ]
+
+    stopping = asyncio.create_task(standby.stop())
+    try:
+        await in_hook.wait()
+        await owner.stop()
+        # The owner's scheduler stopped with it: one that runs now is the standby's.
+        await until(lambda: standby.role == "owner" and bool(scheduler_tasks()), timeout=5)
+    finally:
+        leave_hook.set()
+        await stopping
+        await owner.stop()
+    assert scheduler_tasks() == []
+
+
 async def test_a_relay_start_cancelled_half_way_leaves_nothing_listening(
     tmp_path: Path,
 ) -> None:
