@@ -241,6 +241,7 @@ class RelayServer:
         try:
             await server.start_serving()
         except BaseException:
+            self._closing = True  # a connection accepted meanwhile is not served
             self._stop_listening()
             raise
 

@@ -206,6 +206,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._add_batches: PgBatches | None = None
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.TimerHandle | None = None
+        self._relistening: asyncio.Task[None] | None = None  # a reconnect under way
         self._now: list[str] = []  # events to send at once (``send_events_now``)
         self._now_task: asyncio.Task[None] | None = None
         self.node: str | None = None  # the node this process writes as (note 7)
@@ -290,6 +291,9 @@ class PgStore(QueuedWrites, SharedReads):
         except DRIVER_ERRORS as exc:
             await self._close_pool()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        except BaseException:  # a cancel: nothing opened stays open
+            await self._close_pool()
+            raise
         self._batches = self._writer(WRITES_LANE, generic=False)
         self._writes.start(self._batches)
         self._add_batches = self._writer(ADDS_LANE, generic=True)
@@ -570,8 +574,13 @@ class PgStore(QueuedWrites, SharedReads):
     def _relisten_later(self) -> None:
         if self._wake is None:
             return
-        loop = asyncio.get_running_loop()
-        self._relisten = loop.call_later(1.0, lambda: loop.create_task(self._listen()))
+        self._relisten = asyncio.get_running_loop().call_later(1.0, self._relisten_now)
+
+    def _relisten_now(self) -> None:
+        self._relisten = None
+        self._relistening = asyncio.get_running_loop().create_task(
+            self._listen(), name="taskrt-relisten"
+        )
 
     def send_events(self, payloads: list[str]) -> asyncio.Future[None] | None:
         """Notifications on the events channel, in order, sent by the commit of the
@@ -614,6 +623,10 @@ class PgStore(QueuedWrites, SharedReads):
         if self._relisten is not None:
             self._relisten.cancel()
             self._relisten = None
+        task, self._relistening = self._relistening, None
+        if task is not None and not task.done():
+            task.cancel()  # a connection it made is terminated (``_listen``)
+            await asyncio.wait([task])
         conn, self._listener = self._listener, None
         if conn is not None:
             with contextlib.suppress(*DRIVER_ERRORS):
