@@ -280,7 +280,8 @@ class RelayServer:
                 peer.sub.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
         self._stop_listening()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -361,11 +362,14 @@ class RelayClient:
 
     async def connect(self, address: str) -> None:
         """Connect, and tell the owner what this process's subscribers follow."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(address, limit=MAX_FRAME), CONNECT_TIMEOUT
-        )
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+        # comes as the connection is made, and a stop waiting for the standby's
+        # follow loop (which connects here) would wait for ever.
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reader, writer = await asyncio.open_unix_connection(address, limit=MAX_FRAME)
         try:
-            hello = await asyncio.wait_for(read_frame(reader), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                hello = await read_frame(reader)
         except (asyncio.IncompleteReadError, ValueError) as exc:
             writer.close()
             raise ConnectionError(f"no hello from the owner's relay ({exc!r})") from None

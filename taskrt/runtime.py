@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .adding import Adding, FlowStep
 from .adoption import Adoption
-from .background import Background, JobLogAdapter, job_logger
+from .background import Background, JobLogAdapter, job_logger, woken
 from .batches import Batcher
 from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
 from .clock import Clock, SystemClock
@@ -802,8 +802,7 @@ class Runtime:
             if self.remote is None or not self.remote.connected:
                 await self._connect_to_owner()
             wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), FOLLOW_INTERVAL)
+            await woken(wake, FOLLOW_INTERVAL)  # not wait_for: it may swallow stop's cancel
 
     async def _connect_to_owner(self) -> None:
         try:
