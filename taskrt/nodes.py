@@ -186,6 +186,7 @@ class Nodes:
         self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._rejoining: asyncio.Task[None] | None = None
+        self._stopping = False  # a beat that finds the row gone joins again only before it
         self._unknown: set[str] = set()
         # The schema's WAITING jobs by pool as of the last look (every poll_interval):
         # what a pool here reports as waiting (its statistics, the metrics).
@@ -199,6 +200,7 @@ class Nodes:
 
     async def start(self) -> None:
         """Join, take back what dead nodes left, and keep alive (notes 1, 2)."""
+        self._stopping = False
         await self.store.join(self.node, socket.gethostname(), os.getpid(), time.time(), self.ttl)
         await self._reap(everything=True)
         await self.apply_pauses()
@@ -211,6 +213,7 @@ class Nodes:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True  # a last beat while the heartbeat stops joins nothing again
         extra = [t for t in (self._rejoining, self._releasing) if t is not None]
         self._releasing = None
         for task in [*self._loops, *extra]:
@@ -467,7 +470,7 @@ class Nodes:
 
     def _check_heartbeat(self) -> None:
         beat = self.heartbeat
-        if beat is None:
+        if beat is None or self._stopping:
             return
         fresh = beat.fresh(0.6 * self.ttl)
         if not fresh and not self.fenced:
