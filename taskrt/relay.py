@@ -36,7 +36,10 @@ Design notes (cited where they apply):
    caller falls back to the database) and answers ``bye``. The owner answers
    every call it read before that, and only then hangs up and lets the lock
    go: no forwarded add is lost or left in doubt by a clean stop, and none is
-   made in an owner that is handing over.
+   made in an owner that is handing over. A peer whose connection ends counts
+   as one that said ``bye``: an owner stopping while the other processes stop
+   too (every worker of ``uvicorn --workers N`` at once) waits for no
+   goodbye that cannot come (it waited out its patience, 5 s).
 8. **Who answers.** The owner's first frame names it (``hello``): every owner
    listens at the same address, so the lease row read before connecting may
    already name the previous one.
@@ -302,6 +305,7 @@ class RelayServer:
             pass
         finally:
             self._peers.discard(peer)
+            peer.said_bye.set()  # nothing more can come from it: a close waits no longer
             if peer.sub is not None:
                 peer.sub.close()
             for task in list(peer.tasks):
@@ -421,8 +425,12 @@ class RelayClient:
         self._pending[call_id] = future
         try:
             self._send({"t": "call", "id": call_id, "m": method, "a": args})
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the answer
+            # when a cancel comes as it arrives, and the caller (a stop, a request
+            # whose client went) runs on as if never cancelled.
             try:
-                return await asyncio.wait_for(future, CALL_TIMEOUT)
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    return await future
             except TimeoutError:
                 raise OwnerUnreachable(
                     f"no answer to {method!r} within {CALL_TIMEOUT:g} s", sent=True

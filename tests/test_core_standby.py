@@ -27,7 +27,7 @@ from taskrt import ownership as ownership_module
 from taskrt.events import Broker
 from taskrt.models import EventType
 from taskrt.ownership import filesystem_of
-from taskrt.relay import RelayServer
+from taskrt.relay import RelayClient, RelayServer
 from taskrt.runtime import JobStream
 
 
@@ -334,6 +334,56 @@ async def test_a_relay_start_cancelled_half_way_leaves_nothing_listening(
         await start
     with pytest.raises(OSError):
         await asyncio.open_unix_connection(address)
+
+
+async def test_a_call_cancelled_as_its_answer_arrives_is_cancelled(tmp_path: Path) -> None:
+    """A forwarded call whose caller is cancelled in the loop turn its answer comes
+    in is cancelled: the answer does not swallow the cancel (on Python 3.11,
+    ``wait_for`` returned it, and a stop waiting for that caller waited on)."""
+
+    async def answer(method: str, args: dict[str, object]) -> str:
+        return "done"
+
+    address = str(tmp_path / "relay.sock")
+    server = RelayServer(Broker(), answer, owner="o", since=0.0)
+    await server.start(address)
+    client = RelayClient(Broker(), on_closed=lambda c: None)
+    await client.connect(address)
+    calling = asyncio.create_task(client.call("anything"))
+    resolve = client._resolve  # type: ignore[attr-defined]
+
+    def resolve_then_cancel(call_id: object, value: object, error: BaseException | None) -> None:
+        resolve(call_id, value, error)
+        calling.cancel()  # the same turn: the caller has not resumed yet
+
+    client._resolve = resolve_then_cancel  # type: ignore[attr-defined,method-assign]
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_relay_closing_waits_for_no_goodbye_from_a_peer_that_hung_up(
+    tmp_path: Path,
+) -> None:
+    """An owner that stops as another process stops too (every worker of
+    ``uvicorn --workers N`` at once) does not wait out its patience for the
+    goodbye of a peer whose connection has ended (relay note 7)."""
+
+    async def no_calls(method: str, args: dict[str, object]) -> None:
+        raise AssertionError("no call is made")
+
+    address = str(tmp_path / "relay.sock")
+    server = RelayServer(Broker(), no_calls, owner="o", since=0.0)
+    await server.start(address)
+    client = RelayClient(Broker(), on_closed=lambda c: None)
+    await client.connect(address)
+    await client.close()  # hangs up without a goodbye
+    t = time.monotonic()
+    await server.close(patience=5.0)
+    assert time.monotonic() - t < 1.0
 
 
 async def test_a_restart_right_after_a_crash_owns_at_once(tmp_path: Path) -> None:
