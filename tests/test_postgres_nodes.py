@@ -415,6 +415,41 @@ async def test_late_writes_of_a_reaped_node_are_refused(url: str) -> None:
             assert (await x.wait(again, timeout=10)).status is JobStatus.SUCCESS
 
 
+async def test_a_last_beat_that_finds_the_row_gone_as_the_node_stops_joins_nothing(
+    url: str,
+) -> None:
+    """The heartbeat's last beat, while the node stops, finds its row gone (another
+    node reaped it): the node does not join again. A rejoin then raced the node's
+    leave, and could put its row back after it."""
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran)
+    await x.start()
+    nodes = x.nodes
+    assert nodes is not None and nodes.heartbeat is not None
+    beat = nodes.heartbeat
+    stop_beating = beat.stop
+    join = x.store.join
+    joined_while_stopping: list[str] = []
+
+    async def joins(node_id: str, *args: Any) -> None:
+        joined_while_stopping.append(node_id)
+        await join(node_id, *args)
+
+    def last_beat_finds_the_row_gone() -> None:  # in the thread stop() waits in
+        beat.gone = True
+        assert beat._changed is not None  # type: ignore[attr-defined]
+        beat._changed()  # type: ignore[attr-defined]
+        time.sleep(0.2)  # the node's loop hears of it while it waits here
+        stop_beating()
+
+    beat.stop = last_beat_finds_the_row_gone  # type: ignore[method-assign]
+    x.store.join = joins  # type: ignore[method-assign]
+    await x.stop()
+    await asyncio.sleep(0.1)
+    assert joined_while_stopping == []
+    assert await sql(url, "SELECT id FROM nodes") == []
+
+
 async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     nodes = [node(url, n, ran) for n in "xyz"]

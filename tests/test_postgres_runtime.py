@@ -30,6 +30,7 @@ from taskrt.models import EventType
 from taskrt.store import JobStore
 from taskrt.store.groupcommit import ROLLBACK_RETRIES
 from taskrt.store.postgres import PgStore
+from taskrt.store.postgres.conns import HeldConnections
 from taskrt.store.postgres.copy import copy_sqlite_to_postgres
 from taskrt.store.postgres.sql import (
     ATTEMPT_PART,
@@ -492,6 +493,38 @@ async def test_a_schema_of_a_newer_release_is_refused(url: str) -> None:
         await store.close()
     with pytest.raises(SchemaTooNew):
         await PgStore(url).open()
+
+
+async def test_an_open_cancelled_half_way_leaves_no_connection_open(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store whose open is cancelled after its pool is made (a runtime stopped
+    while it starts) closes the pool and the claims' connections: none stays
+    open on the server for a store nobody will close."""
+    reached = asyncio.Event()
+    opened: list[Any] = []
+    open_held = HeldConnections.open
+
+    async def stuck(held: HeldConnections) -> None:
+        opened.append(held)
+        await open_held(held)  # its first connection is open ...
+        reached.set()
+        await asyncio.Event().wait()  # ... and the open goes no further
+
+    monkeypatch.setattr(HeldConnections, "open", stuck)
+    store = PgStore(url)
+    store.node = "n1"  # a node claims on connections of its own
+    opening = asyncio.create_task(store.open())
+    await asyncio.wait_for(reached.wait(), 10)
+    pool = store.pool
+    assert pool.get_size() > 0 and opened
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    assert pool._closed  # type: ignore[attr-defined]
+    assert opened[0]._closed and not opened[0]._idle  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match="not open"):
+        store.pool  # noqa: B018
 
 
 async def test_migrations_from_several_processes_at_once_run_once(url: str) -> None:
