@@ -37,9 +37,9 @@ Design notes (cited where they apply):
    every call it read before that, and only then hangs up and lets the lock
    go: no forwarded add is lost or left in doubt by a clean stop, and none is
    made in an owner that is handing over. A peer whose connection ends counts
-   as one that said ``bye``: an owner stopping while the other processes stop
-   too (every worker of ``uvicorn --workers N`` at once) waits for no
-   goodbye that cannot come (it waited out its patience, 5 s).
+   as one that said ``bye``: a peer that hangs up after the owner's close
+   began (it stopped too, or died) is waited for no longer (the close waited
+   out its patience, 5 s, for a goodbye that could not come).
 8. **Who answers.** The owner's first frame names it (``hello``): every owner
    listens at the same address, so the lease row read before connecting may
    already name the previous one.

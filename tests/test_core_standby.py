@@ -368,9 +368,8 @@ async def test_a_call_cancelled_as_its_answer_arrives_is_cancelled(tmp_path: Pat
 async def test_a_relay_closing_waits_for_no_goodbye_from_a_peer_that_hung_up(
     tmp_path: Path,
 ) -> None:
-    """An owner that stops as another process stops too (every worker of
-    ``uvicorn --workers N`` at once) does not wait out its patience for the
-    goodbye of a peer whose connection has ended (relay note 7)."""
+    """An owner whose close begins as a peer hangs up (the peer stopped too, or
+    died) does not wait out its patience for that peer's goodbye (relay note 7)."""
 
     async def no_calls(method: str, args: dict[str, object]) -> None:
         raise AssertionError("no call is made")
