@@ -24,7 +24,7 @@ import pytest
 from core_support import new_job
 
 from taskrt import JobContext, JobStatus, Runtime, nodebus
-from taskrt.errors import InvalidOption, OwnershipError
+from taskrt.errors import Fatal, InvalidOption, OwnershipError
 from taskrt.models import EventType
 from taskrt.nodebus import NodeBus
 from taskrt.store import InsertResult
@@ -448,6 +448,50 @@ async def test_a_last_beat_that_finds_the_row_gone_as_the_node_stops_joins_nothi
     await asyncio.sleep(0.1)
     assert joined_while_stopping == []
     assert await sql(url, "SELECT id FROM nodes") == []
+
+
+async def test_a_reaped_nodes_late_retry_does_not_bring_back_a_job_another_node_ended(
+    url: str,
+) -> None:
+    """Node x runs a job and is reaped; z takes the job and fails it for good. x's
+    handler, cancelled when x notices, takes a moment to stop, and then x queues a
+    retry of the job (from RUNNING, as x saw it). The retry must not land on the
+    FAILURE row (a retry from FAILURE is allowed by hand): before, it did, and the
+    job ran a third time."""
+    ran: Ran = collections.defaultdict(list)
+
+    def runs(name: str, fail: bool) -> Runtime:
+        rt = Runtime(url, mode="nodes", node_ttl=2.0)
+        rt.pool("p", concurrency=1)
+
+        @rt.task(pool="p", attempts=3)
+        async def slow(job: JobContext) -> None:
+            ran[job.id].append(name)
+            if fail:
+                raise Fatal("no")
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                await asyncio.sleep(1.0)  # a clean-up that takes a moment
+                raise
+
+        return rt
+
+    async with runs("x", fail=False) as x:
+        job_id = await x.pool("p").add("slow")
+        await until(lambda: ran[job_id])
+        x.pool("p").pause()
+        await sql(url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
+        async with runs("z", fail=True) as z:
+            assert (await z.wait(job_id, timeout=10)).status is JobStatus.FAILURE
+            await until(lambda: not x.pool("p").running, timeout=10)  # x's retry is queued
+            await x.store.flush()
+            [row] = await sql(url, "SELECT status, attempts FROM jobs WHERE id = $1", job_id)
+            assert (row["status"], row["attempts"]) == ("FAILURE", 2)
+            await asyncio.sleep(0.3)
+            assert ran[job_id] == ["x", "z"]
+            outcomes = [a.outcome.value for a in await z.attempts(job_id)]
+            assert outcomes == ["interrupted", "error"]
 
 
 async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:

@@ -802,7 +802,7 @@ async def test_a_statement_writes_every_row_before_it_counts(tmp_path: Path) -> 
             await held.start()
             await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", held_row)
             pack = [
-                (CANCEL_PART, [(time.time(), 2, None, moved)]),
+                (CANCEL_PART, [(time.time(), 2, None, moved, "p", "WAITING")]),
                 (REASON_PART, [("limited", held_row)]),
             ]
             written = asyncio.ensure_future(run_pack(writer, pack))
@@ -860,11 +860,17 @@ async def test_statements_lock_the_jobs_they_write_in_id_order(tmp_path: Path) -
                 await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job)
             now = time.time()
             first = asyncio.ensure_future(
-                run_pack(one, [(CANCEL_PART, [(now, 2, None, b)]), (REASON_PART, [("x", a)])])
+                run_pack(
+                    one,
+                    [(CANCEL_PART, [(now, 2, None, b, "p", "WAITING")]), (REASON_PART, [("x", a)])],
+                )
             )
             await waits(one, "statement one")
             second = asyncio.ensure_future(
-                run_pack(two, [(CANCEL_PART, [(now, 2, None, a)]), (REASON_PART, [("y", b)])])
+                run_pack(
+                    two,
+                    [(CANCEL_PART, [(now, 2, None, a, "p", "WAITING")]), (REASON_PART, [("y", b)])],
+                )
             )
             await waits(two, "statement two")
             await held[1].rollback()  # b: statement one, if it waited for b, takes it
@@ -927,7 +933,10 @@ async def test_a_reap_locks_the_jobs_it_puts_back_in_id_order(tmp_path: Path) ->
                 run_pack(
                     late,
                     [
-                        (FAIL_PART, [("boom", now, 0.0, 0.0, "", 3, 1, j) for j in (a, b)]),
+                        (
+                            FAIL_PART,
+                            [("boom", now, 0.0, 0.0, "", 3, 1, j, "p", "RUNNING") for j in (a, b)],
+                        ),
                         (
                             ATTEMPT_PART,
                             [(j, 1, 1.0, now, "failed", "boom", None, None, None) for j in (a, b)],

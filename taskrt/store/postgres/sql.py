@@ -357,25 +357,36 @@ NODE = "current_setting('taskrt.node', true)"
 
 def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Part:
     """A counted write: only from ``target``'s source statuses, and of a RUNNING job
-    only by the node that runs it (fenced, note 7); (pool, was) out."""
-    where = _in(source_statuses(target))
+    only by the node that runs it (fenced, note 7); (pool, was) out.
 
+    Where ``target`` has more than one source, the params end with the status the
+    writer believed the job had (``ops``: (id, pool, was)): a write believed of a
+    RUNNING job lands only while the row is RUNNING on this node. Without that, a
+    reaped node's late retry landed on the job another node had since failed (a
+    retry from FAILURE is allowed, by hand) and ran it once more."""
+    where = _in(source_statuses(target))
+    believed = len(source_statuses(target)) > 1
+    if believed:
+        columns += ", pool, was"
+        types += " text text"
     width = len(columns.split(","))
+    key = width - 3 if believed else width - 1  # the job's id
 
     def build(i: int, base: int) -> list[str]:
         # Rows are found by id only (the primary key): a condition on status would
         # let the planner scan jobs_status, whose statistics lag a busy queue.
         sets = assignments.replace("v.", f"v{i}.")
+        late = f" AND (v{i}.was <> 'RUNNING' OR o{i}.was = 'RUNNING')" if believed else ""
         return [
             f"v{i} AS (SELECT * FROM unnest({_arrays(types, base)}) AS v({columns}))",
             # Locked by ``combined``'s ``k``, with every job row of the statement.
-            f"o{i} AS (SELECT id, was, node FROM k WHERE id = ANY(${base + width}::bigint[]))",
+            f"o{i} AS (SELECT id, was, node FROM k WHERE id = ANY(${base + key + 1}::bigint[]))",
             f"g{i} AS (UPDATE jobs j SET {sets} FROM v{i} JOIN o{i} ON o{i}.id = v{i}.id "
             f"WHERE j.id = v{i}.id AND o{i}.was IN {where} AND (o{i}.was <> 'RUNNING' "
-            f"OR o{i}.node IS NOT DISTINCT FROM {NODE}) RETURNING j.id, j.pool, o{i}.was)",
+            f"OR o{i}.node IS NOT DISTINCT FROM {NODE}){late} RETURNING j.id, j.pool, o{i}.was)",
         ]
 
-    return Part(target.name.lower(), width, "jobs", width - 1, target.value, build)
+    return Part(target.name.lower(), width, "jobs", key, target.value, build)
 
 
 def _plain(name: str, table: str, key: int | None, types: str, body: str) -> Part:
