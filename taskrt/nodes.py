@@ -27,7 +27,11 @@ Design notes:
    are refused, so no job ends twice. A claim needs a fresh heartbeat too.
    When beats land again the node goes on; if its row was reaped meanwhile it
    first waits for its interrupted jobs to end, writes out what it queued,
-   and joins again.
+   and joins again. The heartbeat's age is checked every ``ttl / 10`` seconds
+   by a loop that waits on nothing but the clock: a node cut off from the
+   database without a reset (a partition) has its statements hang, and it
+   checked at the reaper's pace, whose statement hung too, so it never fenced
+   and ran its jobs on while another node ran them again.
 4. **Told, and polling slowly.** A node listens on the schema's channel:
    ``added:<pool>`` (sent by the statement that adds, so at its commit, with
    the adding node's name: that node ignores its own, having looked already)
@@ -209,6 +213,7 @@ class Nodes:
         self._wake = asyncio.Event()
         self._loops = [
             asyncio.create_task(self._reaper(), name="taskrt-reaper"),
+            asyncio.create_task(self._watch_heartbeat(), name="taskrt-node-fence"),
             asyncio.create_task(self._poll(), name="taskrt-node-poll"),
         ]
 
@@ -436,10 +441,15 @@ class Nodes:
 
     # -- heartbeats, reaping, fencing (notes 1-3) -------------------------------------
 
-    async def _reaper(self) -> None:
+    async def _watch_heartbeat(self) -> None:
+        """Fence on time (note 3): on the clock alone, never behind a statement."""
         while True:
             await asyncio.sleep(self.ttl / 10)
             self._check_heartbeat()
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 10)
             try:
                 await self._reap(everything=False)
             except TaskrtError as exc:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -492,6 +493,91 @@ async def test_a_reaped_nodes_late_retry_does_not_bring_back_a_job_another_node_
             assert ran[job_id] == ["x", "z"]
             outcomes = [a.outcome.value for a in await z.attempts(job_id)]
             assert outcomes == ["interrupted", "error"]
+
+
+class Partition:
+    """A TCP proxy in front of the server that can stop carrying bytes both ways
+    without closing anything (a network partition: no reset, no answer)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.open = asyncio.Event()
+        self.open.set()
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        pipes = [self._pipe(reader, up_writer), self._pipe(up_reader, writer)]
+        for pipe in pipes:
+            task = asyncio.ensure_future(pipe)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await self.open.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self.open.wait()  # held, not lost, while cut
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_a_node_cut_off_from_the_database_stops_its_jobs_before_its_ttl(
+    url: str,
+) -> None:
+    """A partition: node x's packets go nowhere, and nothing is reset. Its statements
+    hang (the reaper's too), and its heartbeat fails. x must interrupt its running
+    job before its TTL is out, when another node may take the job (nodes note 3):
+    before, it checked the heartbeat only between two reaps, so it never did."""
+    parts = urlsplit(url)
+    partition = Partition(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await partition.start()
+    cut_url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+    x = Runtime(cut_url, mode="nodes", node_ttl=2.0)
+    x.pool("p", concurrency=1)
+    stopped: list[float] = []
+
+    @x.task(pool="p")
+    async def hold(job: JobContext) -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            stopped.append(time.monotonic())
+
+    await x.start()
+    try:
+        await x.pool("p").add("hold")
+        await until(lambda: x.pool("p").running == 1)
+        cut = time.monotonic()
+        partition.open.clear()
+        await until(lambda: bool(stopped), timeout=5)
+        assert stopped[0] - cut < 2.0  # the TTL
+        assert x.nodes is not None and x.nodes.fenced
+    finally:
+        x.pool("p").pause()  # the job put back would run again, for a minute
+        partition.open.set()
+        await until(lambda: x.nodes is not None and not x.nodes.fenced)  # beats land again
+        await asyncio.wait_for(x.stop(), 20)
+        await partition.close()
 
 
 async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
