@@ -58,6 +58,12 @@ class _RolledBack(Exception):
     the driver's error): it runs again, whole."""
 
 
+class _NotOurs(Exception):
+    """An ``on_failed`` transaction's failure moved no row: the job is not where this
+    process believed (another process ended it, or took it back from a node taken
+    for dead). The transaction is rolled back: its hook does not run."""
+
+
 class Transitions:
     """What happens to a job while it runs; the pools call it (see the module notes)."""
 
@@ -432,6 +438,14 @@ class Transitions:
                     exc.__cause__,
                 )
                 await asyncio.sleep(ROLLBACK_WAIT * 2**rollbacks * (0.5 + random.random()))
+            except _NotOurs:
+                job_logger(info).warning(
+                    "the failure of job %d was not written: the job is no longer %s here "
+                    "(another process has it); its on_failed hook did not run",
+                    info.id,
+                    was.value,
+                )
+                break
             except StoreUnavailable:
                 # Never drop a state (store note 9): the database will take it later.
                 await asyncio.sleep(delay)
@@ -460,7 +474,7 @@ class Transitions:
         database's own in the hook's SQL (a deadlock) raises ``_RolledBack``, so that
         the whole transaction runs again, rather than undoing only the hook's writes."""
         async with self.store.transaction() as conn:
-            await conn.mark_failed(
+            moved = await conn.mark_failed(
                 state.id,
                 error,
                 now,
@@ -470,6 +484,8 @@ class Transitions:
                 pool=state.pool,
                 was=was,
             )
+            if not moved:
+                raise _NotOurs  # nothing of it commits, the hook's writes included
             try:
                 # What the hook wrote is undone if it raises; the failure stays.
                 async with conn.savepoint():

@@ -24,7 +24,7 @@ import pg_server
 import pytest
 from core_support import new_job
 
-from taskrt import JobContext, JobStatus, Runtime, nodebus
+from taskrt import JobContext, JobInfo, JobStatus, Runtime, Transaction, nodebus
 from taskrt.errors import Fatal, InvalidOption, OwnershipError
 from taskrt.models import EventType
 from taskrt.nodebus import NodeBus
@@ -493,6 +493,57 @@ async def test_a_reaped_nodes_late_retry_does_not_bring_back_a_job_another_node_
             assert ran[job_id] == ["x", "z"]
             outcomes = [a.outcome.value for a in await z.attempts(job_id)]
             assert outcomes == ["interrupted", "error"]
+
+
+async def test_the_on_failed_hook_of_a_failure_another_node_refuses_commits_nothing(
+    url: str,
+) -> None:
+    """Node x was taken for dead but has not noticed (as right after a SIGSTOP and
+    a SIGCONT), and z runs its job. x's attempt then fails: its failure is refused
+    (the job is z's), and so must be what its ``on_failed`` hook writes in that
+    transaction (before, the hook's audit row committed for a failure that never
+    was, and z went on to succeed)."""
+    gates = {"x": asyncio.Event(), "z": asyncio.Event()}
+    ran: Ran = collections.defaultdict(list)
+
+    def runs(name: str) -> Runtime:
+        rt = Runtime(url, mode="nodes", node_ttl=2.0)
+        rt.pool("p", concurrency=1)
+
+        async def audit(job: JobInfo, tx: Transaction) -> None:
+            await tx.execute("INSERT INTO audit VALUES ($1, $2)", (job.id, name))
+
+        @rt.task(pool="p", attempts=1, on_failed=audit)
+        async def hold(job: JobContext) -> str:
+            ran[job.id].append(name)
+            await gates[name].wait()
+            if name == "x":
+                raise Fatal("x failed")
+            return name
+
+        return rt
+
+    async with runs("x") as x:
+        await sql(url, "CREATE TABLE audit (job bigint, node text)")
+        job_id = await x.pool("p").add("hold")
+        await until(lambda: ran[job_id])
+        x.pool("p").pause()
+        nodes = x.nodes
+        assert nodes is not None and nodes.heartbeat is not None
+        nodes._check_heartbeat = lambda: None  # type: ignore[method-assign]  # not noticed yet
+        await asyncio.to_thread(nodes.heartbeat.stop)
+        await sql(url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
+        async with runs("z") as z:
+            await until(lambda: len(ran[job_id]) == 2)  # z runs it now
+            gates["x"].set()  # x's attempt fails: its failure is refused
+            await until(lambda: not x.pool("p").running)
+            await x.store.flush()
+            [row] = await sql(url, "SELECT status, node FROM jobs WHERE id = $1", job_id)
+            assert row["status"] == "RUNNING" and row["node"] == z.nodes.node  # type: ignore[union-attr]
+            assert await sql(url, "SELECT * FROM audit") == []
+            gates["z"].set()
+            assert (await z.wait(job_id, timeout=10)).result == "z"
+            assert await sql(url, "SELECT * FROM audit") == []
 
 
 class Partition:

@@ -800,8 +800,11 @@ async def test_mark_failed_follows_the_transition_table(store: JobStore) -> None
     waiting = await add_one(store)
     before = await get(store, done)
     async with store.transaction() as tx:
-        await tx.mark_failed(done, "late", NOW + 9, NO_PROGRESS, 9, 9, pool="mail", was=SUCCESS)
-        await tx.mark_failed(
+        # The first moves no row, and says so (its hook then does not run).
+        assert not await tx.mark_failed(
+            done, "late", NOW + 9, NO_PROGRESS, 9, 9, pool="mail", was=SUCCESS
+        )
+        assert await tx.mark_failed(
             waiting, "never ran", NOW + 9, NO_PROGRESS, 9, 0, pool="mail", was=WAITING
         )
     assert await get(store, done) == before

@@ -184,9 +184,11 @@ class StoreTransaction(Protocol):
         *,
         pool: str,
         was: JobStatus = JobStatus.RUNNING,
-    ) -> None:
+    ) -> bool:
         """FAILURE in this transaction (``on_failed`` hooks commit with it), from
-        WAITING or RUNNING; the count moves with it, in the transaction."""
+        WAITING or RUNNING; the count moves with it, in the transaction. False when
+        no row moved: the job is not where the caller believed (another process
+        ended it, or took it back from a node that was taken for dead)."""
         ...
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:

@@ -1129,18 +1129,20 @@ class PgTransaction(ScheduleWrites):
         *,
         pool: str,
         was: JobStatus = JobStatus.RUNNING,
-    ) -> None:
+    ) -> bool:
         """FAILURE in this transaction (an ``on_failed`` hook commits with it); the
-        count moves with the row, in the transaction."""
+        count moves with the row, in the transaction. False when no row moved (the
+        job is no longer RUNNING on this node: note 7)."""
         params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
         try:
             async with self.conn.transaction():  # the row and its count, or neither
-                await run_pack(self.conn, [(FAIL_PART, [params])])
+                changed = await run_pack(self.conn, [(FAIL_PART, [params])])
         except DRIVER_ERRORS as exc:
             if transient(exc):
                 raise StoreUnavailable("the database", reason(exc)) from exc
             raise StoreError(f"{exc} (in: mark_failed of job {job_id})") from exc
         self.counts_changed = True
+        return any(pool is not None for pool, _, _ in changed)  # the counts it moved
 
     @contextlib.asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:

@@ -61,20 +61,22 @@ class Connection(ScheduleWrites):
         *,
         pool: str,
         was: JobStatus = JobStatus.RUNNING,
-    ) -> None:
-        """FAILURE, in this transaction (an ``on_failed`` hook commits with it).
+    ) -> bool:
+        """FAILURE, in this transaction (an ``on_failed`` hook commits with it);
+        False when no row moved.
 
         ``pool`` and ``was``: the job's pool and the status the caller believes
         it is in; the count moves with the row (note 12).
         """
         params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> bool:
             # The row and its count change together or not at all.
             conn.execute("SAVEPOINT taskrt_counted")
             try:
                 tally = Tally()
-                if write_one(conn, FAIL, JobStatus.FAILURE.value, params, tally):
+                moved = write_one(conn, FAIL, JobStatus.FAILURE.value, params, tally)
+                if moved:
                     tally.apply(conn)
             except BaseException:
                 if conn.in_transaction:
@@ -82,14 +84,16 @@ class Connection(ScheduleWrites):
                     conn.execute("RELEASE taskrt_counted")
                 raise
             conn.execute("RELEASE taskrt_counted")
+            return moved
 
         try:
-            await in_thread(self._db, work)
+            moved: bool = await in_thread(self._db, work)
         except sqlite3.Error as exc:
             if transient(exc):
                 raise StoreUnavailable("the database", reason(exc)) from exc
             raise StoreError(f"{exc} (in: mark_failed of job {job_id})") from exc
         self.counts_changed = True
+        return moved
 
     @contextlib.asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
