@@ -172,7 +172,9 @@ class Adding:
                 # Not sent: the database takes it, and the owner finds it (poll).
         # Jobs added earlier in an open transaction are not queued yet, but will be.
         in_tx = 0 if tx is None else sum(1 for s in tx.added if s.pool == pool.name)
-        await self._check_capacity(pool, len(jobs) + in_tx)
+        held = await self._check_capacity(pool, len(jobs) + in_tx, jobs)
+        if held is not None:
+            return [held]
         kept = 0 if tx is not None else self._keep_slots(pool, spec, jobs)
         return await self._commit(pool, jobs, calls, new_state, tx=tx, kept=kept)
 
@@ -385,7 +387,10 @@ class Adding:
                 if exc.sent:
                     raise
         for name in dict.fromkeys(job.pool for job in jobs):
-            await self._check_capacity(self.pools[name], sum(1 for j in jobs if j.pool == name))
+            n = sum(1 for j in jobs if j.pool == name)
+            held = await self._check_capacity(self.pools[name], n, jobs)
+            if held is not None:
+                return [held]
         return await self._commit(self.pools[jobs[0].pool], jobs, calls, made_state, tx=tx)
 
     async def add_forwarded(self, pool: Pool, jobs: list[NewJob]) -> list[int]:
@@ -408,9 +413,11 @@ class Adding:
             if existing is not None:
                 return [_conflict(first, existing)]
         for name in dict.fromkeys(job.pool for job in jobs):
-            await self._check_capacity(
-                self.pools.get(name) or pool, sum(1 for job in jobs if job.pool == name)
+            held = await self._check_capacity(
+                self.pools.get(name) or pool, sum(1 for job in jobs if job.pool == name), jobs
             )
+            if held is not None:
+                return [held]
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for job in jobs:
             job.external = False
@@ -633,13 +640,22 @@ class Adding:
             )
         return Transaction(adopted, foreign=True)
 
-    async def _check_capacity(self, pool: Pool, n: int) -> None:
+    async def _check_capacity(self, pool: Pool, n: int, jobs: list[NewJob]) -> int | None:
+        """``QueueFull`` when ``n`` more jobs do not fit in ``pool``; None when they do.
+        A full pool still answers an add whose unique key is taken with the holder's
+        id (``_conflict``), as where the holder is in memory: one whose holder is in
+        the store only (beyond the window, or another process's) is looked up there."""
         if pool.capacity is None:
-            return
+            return None
         owning = self.owning()
         waiting = pool.waiting if owning else await self.store.count_waiting(pool.name)
-        if waiting + pool.pending + n > pool.capacity:
-            raise QueueFull(pool.name, pool.capacity)
+        if waiting + pool.pending + n <= pool.capacity:
+            return None
+        if len(jobs) == 1 and (key := jobs[0].unique_key) is not None:
+            holder = await self.store.unique_holder(key)
+            if holder is not None:
+                return _conflict(jobs[0], holder)
+        raise QueueFull(pool.name, pool.capacity)
 
     async def _next_id(self, spec: TaskSpec) -> int:
         assert spec.hooks.next_id is not None

@@ -16,6 +16,7 @@ import pytest
 from core_support import committed_jobs, make_rt, until
 
 from taskrt import (
+    DuplicateJob,
     FakeClock,
     InvalidOption,
     JobContext,
@@ -178,6 +179,31 @@ async def test_unique_key_held_by_a_job_outside_memory(tmp_path: Path) -> None:
     jobs = await committed_jobs(tmp_path)
     assert len(jobs) == 27
     assert all(j.status is JobStatus.SUCCESS for j in jobs)
+
+
+async def test_a_full_pool_answers_a_key_held_outside_memory_with_its_holder(
+    tmp_path: Path,
+) -> None:
+    """A pool at capacity, the key's holder beyond the window: the add gets the
+    holder's id, as it does where the holder is in memory, not ``QueueFull``."""
+    rt = make_rt(tmp_path, window=WINDOW)
+
+    @rt.task(pool="p")
+    async def work(job: JobContext, n: int) -> None:
+        pass
+
+    async with rt:
+        pool = rt.pool("p", concurrency=1, capacity=30)
+        pool.pause()
+        await pool.add_many(work, [(i,) for i in range(29)])
+        held = await pool.add(work.options(unique_key="report"), 99)  # the pool is full
+        assert held not in rt.live.states
+        assert await pool.add(work.options(unique_key="report"), 100) == held
+        with pytest.raises(DuplicateJob):
+            await pool.add(work.options(unique_key="report", on_conflict="raise"), 101)
+        with pytest.raises(QueueFull):
+            await pool.add(work.options(unique_key="another"), 102)
+        assert pool.waiting == 30
 
 
 async def test_cancel_run_now_and_retry_of_jobs_outside_memory(tmp_path: Path) -> None:
