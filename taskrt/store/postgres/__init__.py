@@ -65,10 +65,11 @@ Notes of this backend (cited where they apply):
    in the same statement, only while the node's heartbeat is fresh). Its
    connections carry its name as the ``taskrt.node`` setting, and every write
    of a RUNNING job compares it with the job's ``node``: a write of a node
-   whose jobs were taken back changes nothing. A write queued about a job the
-   writer saw RUNNING (its end, its retry: ``ops`` params end with ``was``)
+   whose jobs were taken back changes nothing. A write a node queued about a
+   job it saw RUNNING (its end, its retry: ``ops`` params end with ``was``)
    lands only on a RUNNING row, so not on one another node has ended since
-   (a retry from FAILURE is allowed by hand). ``reap`` deletes the rows of
+   (a retry from FAILURE is allowed by hand); elsewhere a belief is only the
+   counts' guess. ``reap`` deletes the rows of
    nodes past their TTL and recovers their jobs in the same transaction; the
    heartbeat is a thread of its own (``heartbeat``). Adds are announced as
    ``added:<pool>`` by the statement that adds them (note 11), and the events

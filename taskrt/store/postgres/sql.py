@@ -360,10 +360,12 @@ def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Pa
     only by the node that runs it (fenced, note 7); (pool, was) out.
 
     Where ``target`` has more than one source, the params end with the status the
-    writer believed the job had (``ops``: (id, pool, was)): a write believed of a
-    RUNNING job lands only while the row is RUNNING on this node. Without that, a
-    reaped node's late retry landed on the job another node had since failed (a
-    retry from FAILURE is allowed, by hand) and ran it once more."""
+    writer believed the job had (``ops``: (id, pool, was)). A belief is only a
+    guess for the counts (a wrong one costs time, never a transition: the store
+    conformance suite), except a node's that the job is RUNNING: that is its
+    lease, and its write lands only while the row is RUNNING on it. Without
+    that, a reaped node's late retry landed on the job another node had since
+    failed (a retry from FAILURE is allowed, by hand) and ran it once more."""
     where = _in(source_statuses(target))
     believed = len(source_statuses(target)) > 1
     if believed:
@@ -376,7 +378,11 @@ def _moving(target: JobStatus, columns: str, types: str, assignments: str) -> Pa
         # Rows are found by id only (the primary key): a condition on status would
         # let the planner scan jobs_status, whose statistics lag a busy queue.
         sets = assignments.replace("v.", f"v{i}.")
-        late = f" AND (v{i}.was <> 'RUNNING' OR o{i}.was = 'RUNNING')" if believed else ""
+        late = (
+            f" AND (v{i}.was <> 'RUNNING' OR o{i}.was = 'RUNNING' OR {NODE} IS NULL)"
+            if believed
+            else ""
+        )
         return [
             f"v{i} AS (SELECT * FROM unnest({_arrays(types, base)}) AS v({columns}))",
             # Locked by ``combined``'s ``k``, with every job row of the statement.
@@ -1016,6 +1022,14 @@ SQL_MARK_LOCKED = (
     "WHERE r.lock_key = w.lock_key AND r.status = 'RUNNING')"
 )
 SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
+SQL_RUNNING_ON = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1"
+# Jobs a node's claim (or add) started whose answer it never got (nodes note 8): back
+# to WAITING, the attempt the claim charged given back (no handler ran).
+UNHELD_WHERE = "id = ANY($1::bigint[]) AND status = 'RUNNING' AND node = $2"
+SQL_RELEASE_UNHELD = (
+    "UPDATE jobs SET status = 'WAITING', attempts = greatest(attempts - 1, 0), "
+    f"started_at = NULL, node = NULL, seq = seq + 1 WHERE {UNHELD_WHERE}"
+)
 # Retries whose cancel was asked for while their attempt ran: CANCELLED (nodes note 7).
 CANCEL_ASKED_WHERE = (
     "cancel_requested = 1 AND status = 'WAITING' AND waiting_reason IS DISTINCT FROM 'blocked'"
