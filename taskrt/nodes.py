@@ -67,6 +67,16 @@ Design notes:
    keeps the mark (store note 21). No claim takes a marked job, and any
    node's next look ends it CANCELLED (``cancel_asked``, found by the
    partial index ``jobs_cancel_asked``) and tells its end (note 6).
+8. **A start whose answer was lost is given back.** A claim (or an add that
+   starts its job here) may commit and its answer never arrive (the
+   connection drops in between): the job is RUNNING on this node in the
+   database, and no handler runs it. Nothing else would ever end it while
+   the node lives. So after a claim that failed, and every
+   ``STRAY_CHECK`` seconds, a look reads the jobs RUNNING here and puts
+   back to WAITING those memory does not hold, their attempt given back
+   (``release_unheld``). Only when no claim and no starting add is in
+   flight as the read answers: one that answered meanwhile has its jobs
+   in memory, one still on its way may have committed before the read.
 """
 
 from __future__ import annotations
@@ -100,6 +110,8 @@ log = logging.getLogger("taskrt")
 DEFAULT_TTL = 5.0
 """Seconds without a heartbeat after which a node is taken for dead."""
 SEQ_GAP_AFTER_REAP = 1_000_000  # as after a crash (``adoption``): resumed streams get a snapshot
+STRAY_CHECK = 30.0
+"""Seconds between two looks for started jobs memory does not hold (note 8)."""
 
 
 class NodeStore(Protocol):
@@ -132,6 +144,12 @@ class NodeStore(Protocol):
     ) -> None: ...
 
     async def cancels(self, node: str) -> list[int]: ...
+
+    async def running_on(self, node: str) -> list[int]: ...
+
+    async def release_unheld(self, node: str, job_ids: list[int]) -> int: ...
+
+    starting_adds: int
 
     async def cancel_asked(self, now: float) -> list[tuple[int, int, str, str]]: ...
 
@@ -198,6 +216,8 @@ class Nodes:
         # When a rate limit that held back a pool's last claim has a token (note 5).
         self._rate_wait: dict[str, float | None] = {}
         self._releasing: asyncio.Task[None] | None = None  # telling of released locks
+        self._claiming = 0  # claims in flight (note 8)
+        self._check_strays_at = 0.0  # monotonic: when a look next reads them (note 8)
         self._released_again = False
 
     # -- start and stop ---------------------------------------------------------
@@ -249,10 +269,17 @@ class Nodes:
         now = self.clock.now()
         tasks = list(self.tasks)
         draws = self._draws(pool, limit)
-        if not draws:
-            rows = await self.store.claim(pool, tasks, limit, now, self.node)
-        else:
-            rows = await self._claim_rated(pool, tasks, limit, now, draws)
+        self._claiming += 1
+        try:
+            if not draws:
+                rows = await self.store.claim(pool, tasks, limit, now, self.node)
+            else:
+                rows = await self._claim_rated(pool, tasks, limit, now, draws)
+        except BaseException:
+            self._check_strays_at = 0.0  # it may have committed (note 8)
+            raise
+        finally:
+            self._claiming -= 1
         states = []
         for info in rows:
             spec = self.tasks[info.task]  # the claim takes only the tasks registered here
@@ -420,6 +447,29 @@ class Nodes:
         for name, n in self.waiting.items():
             if n and name in self.pools:
                 await self.store.mark_waiting(name, now)  # those a lock holds (note 5)
+        if time.monotonic() >= self._check_strays_at:
+            await self._release_strays()
+
+    async def _release_strays(self) -> None:
+        """Jobs RUNNING here in the database that memory does not hold: back to
+        WAITING (note 8). Skipped while a start may be on its way (tried next look)."""
+        store = self.store
+        running = await store.running_on(self.node)
+        # A start that answered meanwhile is in memory now; one still on its way may
+        # have committed before this read: its jobs are not in memory yet.
+        if self._claiming or store.starting_adds:
+            return
+        self._check_strays_at = time.monotonic() + STRAY_CHECK
+        stray = [job_id for job_id in running if job_id not in self.live.states]
+        if stray:
+            released = await store.release_unheld(self.node, stray)
+            if released:
+                log.warning(
+                    "node %s: %d job(s) were RUNNING here in the database but not in memory "
+                    "(a claim or an add whose answer was lost); put back to WAITING",
+                    self.node,
+                    released,
+                )
 
     async def apply_pauses(self) -> None:
         """The pauses and limits operators recorded, as they stand now, on this node's pools."""

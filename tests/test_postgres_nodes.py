@@ -25,7 +25,7 @@ import pytest
 from core_support import new_job
 
 from taskrt import JobContext, JobInfo, JobStatus, Runtime, Transaction, nodebus
-from taskrt.errors import Fatal, InvalidOption, OwnershipError
+from taskrt.errors import Fatal, InvalidOption, OwnershipError, StoreUnavailable
 from taskrt.models import EventType
 from taskrt.nodebus import NodeBus
 from taskrt.store import InsertResult
@@ -544,6 +544,32 @@ async def test_the_on_failed_hook_of_a_failure_another_node_refuses_commits_noth
             gates["z"].set()
             assert (await z.wait(job_id, timeout=10)).result == "z"
             assert await sql(url, "SELECT * FROM audit") == []
+
+
+async def test_a_claim_whose_answer_is_lost_gives_its_jobs_back(url: str) -> None:
+    """A claim commits, and its answer never reaches the node (the connection
+    drops in between): its job is RUNNING on the node in the database and nowhere
+    in memory. The node's next look puts it back (nodes note 8), its attempt given
+    back, and it runs once. Before, it stayed RUNNING while the node lived."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, concurrency=1) as x:
+        store = x.store
+        claim = store.claim
+        lost: list[int] = []
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> list[JobInfo]:
+            rows = await claim(*args, **kwargs)
+            if rows and not lost:
+                lost.extend(r.id for r in rows)
+                raise StoreUnavailable("the database", "connection lost")
+            return rows
+
+        store.claim = answer_lost  # type: ignore[method-assign]
+        job_id = await x.enqueue("b", delay=0.1)  # claimed when due, not started in its add
+        info = await x.wait(job_id, timeout=10)
+        assert lost == [job_id]
+        assert (info.status, info.attempts) == (JobStatus.SUCCESS, 1)
+        assert ran[job_id] == ["x"]
 
 
 class Partition:

@@ -72,15 +72,18 @@ from .sql import (
     SQL_PURGE,
     SQL_REAP,
     SQL_RELEASE,
+    SQL_RELEASE_UNHELD,
     SQL_REQUEST_CANCEL,
     SQL_RESCHEDULE,
     SQL_RETRIED_ONE,
     SQL_RETRY_EXTERNAL,
+    SQL_RUNNING_ON,
     SQL_SEQ_GAP,
     SQL_SEQ_GAP_LOST,
     SQL_SET_LIMITS,
     SQL_SET_PAUSED,
     SQL_SETTLE_TOKENS,
+    UNHELD_WHERE,
     claim_sql,
     numbered,
     recovery,
@@ -210,6 +213,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._now: list[str] = []  # events to send at once (``send_events_now``)
         self._now_task: asyncio.Task[None] | None = None
         self.node: str | None = None  # the node this process writes as (note 7)
+        self.starting_adds = 0  # adds in flight that may start a job here (``insert``)
         # Told of each job a claim starts that a blocked job waits for (taskrt.workflows).
         self.on_parent: Callable[[int], None] | None = None
         # The planner's picture of ``jobs``, kept current (note 13).
@@ -353,8 +357,18 @@ class PgStore(QueuedWrites, SharedReads):
         if not self._writes.idle and all(
             job.unique_key is None and job.job_id is None for job in jobs
         ):
-            return self._adds.insert(jobs)
-        return self._writes.insert(jobs)
+            fut = self._adds.insert(jobs)
+        else:
+            fut = self._writes.insert(jobs)
+        if self.node is not None and any(job.start for job in jobs):
+            # It may start a job on this node (note 11): until its answer is in, a
+            # RUNNING row of this node that memory does not hold may be its (nodes note 8).
+            self.starting_adds += 1
+            fut.add_done_callback(self._starting_add_done)
+        return fut
+
+    def _starting_add_done(self, fut: asyncio.Future[Any]) -> None:
+        self.starting_adds -= 1
 
     async def _close_pool(self) -> None:
         for pool in (self._claims, self._pool):
@@ -869,6 +883,24 @@ class PgStore(QueuedWrites, SharedReads):
     async def cancels(self, node: str) -> list[int]:
         """The jobs running on ``node`` that a cancel was asked for elsewhere."""
         return [int(r[0]) for r in await self.fetch_all(SQL_CANCELS, (node,))]
+
+    async def running_on(self, node: str) -> list[int]:
+        """The jobs RUNNING on ``node``, as the database has it."""
+        return [int(r[0]) for r in await self.fetch_all(SQL_RUNNING_ON, (node,))]
+
+    async def release_unheld(self, node: str, job_ids: list[int]) -> int:
+        """Put back to WAITING those of ``job_ids`` still RUNNING on ``node`` that its
+        memory does not hold (a claim or an add whose answer was lost: no handler
+        ran), their attempt given back; how many."""
+        [moved] = await self._script(
+            [
+                (tally(UNHELD_WHERE), (job_ids, node), JobStatus.WAITING),
+                (SQL_RELEASE_UNHELD, (job_ids, node)),
+            ]
+        )
+        if moved:
+            await self.notify("changed")  # a node with a free slot claims them
+        return moved
 
     async def cancel_asked(self, now: float) -> list[tuple[int, int, str, str]]:
         """Retries put back after a cancel was asked for while their attempt ran (store
