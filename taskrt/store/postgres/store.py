@@ -368,6 +368,9 @@ class PgStore(QueuedWrites, SharedReads):
         return fut
 
     def _starting_add_done(self, fut: asyncio.Future[Any]) -> None:
+        # Registered before the add awaits ``fut``, so this runs just before the add's
+        # task resumes, in the same turn of the loop, and that task takes the started
+        # jobs into memory before it awaits again: no look reads between the two.
         self.starting_adds -= 1
 
     async def _close_pool(self) -> None:
