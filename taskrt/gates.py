@@ -14,7 +14,8 @@ Design notes:
    lock key has been seen (``in_use``); the unlimited path is unchanged.
 2. **In order, and bounded.** A job that may not start stays where it is in
    its queue; the pool looks past it, at most ``SCAN`` jobs deep, for one that
-   may (``Waiting.take_first``). Jobs of one lock key therefore start in their
+   may (``Waiting.take_first``), reading from the store what its window does
+   not hold (``taskrt.waiting`` note 7). Jobs of one lock key therefore start in their
    queue order, and a pool whose first ``SCAN`` jobs all wait on a lock waits
    for it too.
 3. **Why it waits is stored.** A job the gates hold back gets its waiting

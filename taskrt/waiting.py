@@ -46,6 +46,13 @@ Design notes:
    made a 10,000-job cold drain about 7 % slower: the two threads took the
    interpreter's lock from each other at every step of the writer's
    statements, which then took half as long again.)
+7. **A gate's scan reads past the window.** A pool whose first job in line
+   may not start (a lock held, a task's rate spent) looks up to ``SCAN`` jobs
+   further for one that may (``taskrt.gates`` note 2). Where fewer than that
+   are in memory below the horizon, the ready list reaches on: it holds up to
+   ``SCAN`` jobs and is refilled, so that a job beyond the window is found as
+   it would be with every job in memory. Once the first in line starts, the
+   list goes back to its window.
 """
 
 from __future__ import annotations
@@ -121,6 +128,7 @@ class _Lane:
     ) -> None:
         self.name = name
         self.window = window
+        self.reach = 0  # jobs a gate's scan wants in memory, past the window (note 7)
         self.entries: list[tuple[Any, ...]] = []
         self.head = 0
         self.upto: Key | None = None
@@ -134,6 +142,11 @@ class _Lane:
 
     def __len__(self) -> int:
         return len(self.entries) - self.head
+
+    @property
+    def cap(self) -> int:
+        """Jobs memory may hold: the window, or more while a gate's scan needs them."""
+        return self.window if self.reach <= self.window else self.reach
 
     def first(self) -> tuple[Any, ...] | None:
         """The first entry if it is at or below the horizon; else None (a read is due)."""
@@ -156,7 +169,7 @@ class _Lane:
         upto = self.upto
         if upto is not None:
             bound = (*upto[:-1], upto[-1] + 1)
-            if bisect.bisect_left(self.entries, bound, self.head) - self.head <= self.window // 2:
+            if bisect.bisect_left(self.entries, bound, self.head) - self.head <= self.cap // 2:
                 self.refill()
 
     def place(self, entry: tuple[Any, ...], *, loaded: bool = False) -> None:
@@ -178,7 +191,7 @@ class _Lane:
             entries.append(entry)  # the usual case: the newest job comes last
         else:
             bisect.insort(entries, entry, self.head)
-        if len(entries) - self.head > self.window and self.reading is None:
+        if len(entries) - self.head > self.cap and self.reading is None:
             self.trim()
 
     def remove(self, entry: tuple[Any, ...]) -> None:
@@ -187,7 +200,8 @@ class _Lane:
     def trim(self) -> None:
         """Over the window: the last committed jobs leave memory (notes 2, 3)."""
         entries = self.entries
-        while len(self) > self.window:
+        cap = self.cap
+        while len(self) > cap:
             i = len(entries) - 1
             while i >= self.head and not _committed(entries[i][-1]):
                 i -= 1
@@ -216,7 +230,8 @@ class _Lane:
     async def _refill(self) -> None:
         try:
             while self.upto is not None:
-                limit = max(self.window - len(self), self.window // 4, 1)
+                cap = self.cap
+                limit = max(cap - len(self), cap // 4, 1)
                 took = await self._read_upto(limit)
                 if took:
                     break
@@ -436,9 +451,11 @@ class Waiting:
         if eligible(entry[3]):
             ready.pop()
             del self._members[entry[2]]
+            ready.reach = 0  # the line moves: the window is enough again (note 7)
             return entry[3]  # type: ignore[no-any-return]
         entries, upto = ready.entries, ready.upto
-        for i in range(ready.head + 1, min(len(entries), ready.head + scan)):
+        end = ready.head + scan
+        for i in range(ready.head + 1, min(len(entries), end)):
             entry = entries[i]
             if upto is not None and entry[:-1] > upto:
                 break  # beyond what memory holds in order
@@ -446,6 +463,12 @@ class Waiting:
                 del entries[i]
                 del self._members[entry[2]]
                 return entry[3]  # type: ignore[no-any-return]
+        else:
+            if len(entries) >= end or upto is None:
+                return None  # looked ``scan`` deep, or at every waiting job
+        # Note 7: the scan ran out of memory before ``scan`` jobs; read on.
+        ready.reach = scan
+        ready.refill()
         return None
 
     def next_slot(self, now: float) -> float:

@@ -8,6 +8,7 @@ keys, cancel / run now / retry of a job that is not in memory, and restarts.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -431,3 +432,42 @@ async def test_a_job_taken_and_queued_again_with_the_same_key(tmp_path: Path) ->
         assert len(pool.queue) == 1
         pool.resume()
         await until(lambda: ran == [job_id])
+
+
+@pytest.mark.parametrize("gate", ["lock", "rate"])
+async def test_a_job_beyond_memory_passes_the_jobs_a_gate_holds_back(
+    tmp_path: Path, gate: str
+) -> None:
+    # ``taskrt.gates`` note 2: the pool looks up to ``SCAN`` jobs past the first in
+    # line for one that may start, whether those jobs are in memory or not.
+    clock = FakeClock()
+    rt = make_rt(tmp_path, window=WINDOW, clock=clock)
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    @rt.task(pool="p", rate="1/h" if gate == "rate" else None)
+    async def held(job: JobContext) -> None:
+        ran.append(job.id)
+        await release.wait()
+
+    @rt.task(pool="p")
+    async def free(job: JobContext) -> None:
+        ran.append(job.id)
+
+    gated = held.options(lock="account:1") if gate == "lock" else held
+    async with rt:
+        pool = rt.pool("p", concurrency=2)
+        first = await pool.add(gated)
+        await until(lambda: ran == [first])
+        pool.pause()
+        blocked = [await pool.add(gated) for _ in range(4 * WINDOW)]
+        passer = await pool.add(free)
+        assert in_memory(rt, "p") <= WINDOW
+        pool.resume()
+        await until(lambda: ran == [first, passer], timeout=5)
+        assert (await rt.get(blocked[-1])).status is JobStatus.WAITING
+        assert in_memory(rt, "p") <= len(blocked)  # read on to the job that may start
+        release.set()
+        if gate == "lock":
+            await until(lambda: len(ran) == 2 + len(blocked), timeout=10)
+            assert ran[2:] == blocked  # one at a time, in line
