@@ -204,7 +204,10 @@ class Claims:
         return None  # the queue keeps its own timer
 
     def oldest_due(self, now: float) -> float | None:
-        return None
+        return None  # memory holds no waiting job
+
+    def stored_due(self, now: float) -> bool:
+        return True  # every waiting job is in the store only
 
     def close(self) -> None:
         """The runtime stops: no more claims; claimed jobs not started go back."""

@@ -62,6 +62,13 @@ Design notes:
    job; one whose job was stored WAITING after all is given back
    (``release``). A job whose add committed after the pool paused or began
    to stop is written WAITING again, its attempt not charged (``PoolHost.give_back``).
+10. **Latency counts the jobs outside memory.** A pool's latency is how long
+   its oldest due job has waited past its ``run_at``. Where due jobs may wait
+   in the store only (a window that holds part of the backlog, or claims that
+   hold none of it: ``Queue.stored_due``), the runtime reads the earliest
+   ``run_at`` of the pool's due jobs from the store (``stored_oldest``)
+   before it reports statistics or metrics; ``statistics`` uses a reading
+   for ``STORED_OLDEST_FOR`` seconds, and what memory holds otherwise.
 
 About 650 lines: the pool's contract with its host (``PoolHost``,
 ``Instrumentation``) is stated here, beside the code that relies on it.
@@ -157,7 +164,13 @@ class Queue(Protocol):
 
     def next_due(self) -> float | None: ...
 
-    def oldest_due(self, now: float) -> float | None: ...
+    def oldest_due(self, now: float) -> float | None:
+        """The earliest ``run_at`` of the due jobs in memory, or None."""
+        ...
+
+    def stored_due(self, now: float) -> bool:
+        """Whether due jobs may wait in the store only, not in memory (note 10)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -241,6 +254,8 @@ class PoolHost(Protocol):
 
 DEFAULT_CONCURRENCY = 10
 _YIELD_EVERY = 0.002  # seconds a runner may go without yielding to the loop
+STORED_OLDEST_FOR = 1.0
+"""Seconds a reading of the store's oldest due job counts in ``statistics`` (note 10)."""
 
 # Whether a handler is a coroutine function, asked once per handler (hot path).
 _ASYNC: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -298,6 +313,8 @@ class Pool:
         self._gate_timer = Alarm(host.clock, self._dispatch)  # a rate limit's next token
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_size = 0
+        # (read at, the earliest run_at of the due jobs in the store): note 10.
+        self.stored_oldest: tuple[float, float | None] | None = None
         self.processes = processes  # sync handlers in worker processes (note 7)
         self._workers: Workers | None = None  # made on first use
         self._stopping = False
@@ -351,6 +368,10 @@ class Pool:
     def statistics(self) -> PoolStatistics:
         now = self._host.clock.now()
         oldest = self.queue.oldest_due(now)
+        read = self.stored_oldest
+        if read is not None and now - read[0] <= STORED_OLDEST_FOR and read[1] is not None:
+            if oldest is None or read[1] < oldest:
+                oldest = read[1]  # note 10
         return PoolStatistics(
             latency=now - oldest if oldest is not None else 0.0,
             name=self.name,

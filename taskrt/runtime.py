@@ -1813,6 +1813,7 @@ class Runtime:
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 return [PoolStatistics(**raw) for raw in await remote.call("pools")]
+        await self.read_latencies()
         stats = [p.statistics() for p in sorted(self._pools.values(), key=lambda p: p.name)]
         if self.mode == "nodes" and self._started:
             counts = await self.store.live_counts()
@@ -1825,6 +1826,23 @@ class Runtime:
                 for s in stats
             ]
         return stats
+
+    async def read_latencies(self) -> None:
+        """Where a pool's due jobs may wait in the store only, read the earliest
+        ``run_at`` among them, for ``pool.statistics()`` and the metrics
+        (``taskrt.pool`` note 10). Where jobs run here only; a store that fails
+        leaves the latency of what memory holds."""
+        if not self._started or not (self.owning or self.nodes is not None):
+            return
+        now = self.clock.now()
+        for pool in list(self._pools.values()):
+            if pool.queue.stored_due(now):
+                try:
+                    oldest = await self.store.oldest_due(pool.name, now)
+                except TaskrtError as exc:
+                    log.warning("reading pool %r's oldest due job failed: %s", pool.name, exc)
+                    return
+                pool.stored_oldest = (now, oldest)
 
     async def change_pool(
         self,

@@ -510,6 +510,12 @@ class Waiting:
             oldest = entry[0]
         return oldest
 
+    def stored_due(self, now: float) -> bool:
+        """Whether due jobs may be in the store only: the ready list's horizon, or the
+        delayed list's at or before ``now`` (``taskrt.pool`` note 10)."""
+        delayed = self._delayed.upto
+        return self._ready.upto is not None or (delayed is not None and delayed[0] <= now)
+
     # -- refills (notes 2, 5) ----------------------------------------------------
 
     async def _read_ready(self, limit: int, after: Key) -> tuple[list[JobState], int, Key | None]:

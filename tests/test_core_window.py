@@ -471,3 +471,22 @@ async def test_a_job_beyond_memory_passes_the_jobs_a_gate_holds_back(
         if gate == "lock":
             await until(lambda: len(ran) == 2 + len(blocked), timeout=10)
             assert ran[2:] == blocked  # one at a time, in line
+
+
+async def test_latency_counts_a_due_job_outside_memory(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = make_rt(tmp_path, window=WINDOW, clock=clock)
+    work, _ = recorder(rt)
+    async with rt:
+        pool = rt.pool("p", concurrency=1)
+        pool.pause()
+        oldest = await pool.add(work.options(priority=-1))  # last in line: leaves memory
+        await clock.advance(100)
+        await pool.add_many(work.options(priority=1), [() for _ in range(4 * WINDOW)])
+        assert oldest not in rt.live.states  # in the store only
+        assert pool.statistics().latency < 1  # what memory holds: the jobs just added
+        (stats,) = [s for s in await rt.pool_statistics() if s.name == "p"]
+        assert stats.latency == pytest.approx(100, abs=0.5)
+        assert pool.statistics().latency == pytest.approx(100, abs=0.5)  # the reading, for 1 s
+        await clock.advance(2)
+        assert pool.statistics().latency < 3  # too old a reading: memory's again

@@ -273,6 +273,23 @@ async def test_a_pause_on_one_node_holds_every_node(url: str) -> None:
             assert (await x.wait(i, timeout=10)).status is JobStatus.SUCCESS
 
 
+async def test_a_pools_latency_is_its_oldest_due_jobs_wait_on_every_node(url: str) -> None:
+    # Every node claims from the schema and holds no waiting job in memory: the
+    # latency is read from the database (taskrt.pool note 10).
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        await x.change_pool("p", paused=True)
+        await until(lambda: y.pool("p").paused, 5)
+        await y.pool("p").add("a", 1)
+        await asyncio.sleep(0.5)
+        for rt in (x, y):
+            (stats,) = [s for s in await rt.pool_statistics() if s.name == "p"]
+            assert 0.5 <= stats.latency < 5, stats
+            scraped = (await http_get(rt, "/metrics")).text
+            (line,) = [ln for ln in scraped.splitlines() if ln.startswith("taskrt_pool_latency")]
+            assert 0.5 <= float(line.rsplit(" ", 1)[1]) < 5, line
+
+
 async def http_get(rt: Runtime, path: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=create_app(rt))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:

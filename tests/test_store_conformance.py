@@ -1717,6 +1717,23 @@ async def test_delayed_jobs_merge_the_priorities_in_run_at_order(store: JobStore
     assert await store.delayed_jobs("mail", (NOW, 2**63 - 1), 0) == []
 
 
+async def test_oldest_due_is_the_earliest_run_at_of_the_due_jobs_of_any_priority(
+    store: JobStore,
+) -> None:
+    assert await store.oldest_due("mail", NOW) is None
+    await window_jobs(store)
+    assert await store.oldest_due("mail", NOW) == NOW - 100  # the lowest priority's
+    assert await store.oldest_due("img", NOW) == NOW - 1000
+    assert await store.oldest_due("nowhere", NOW) is None
+    assert await store.oldest_due("mail", NOW - 101) is None  # none due yet
+    await add(store, job(pool="late", run_at=NOW + 10, priority=2))
+    first = await add(store, job(pool="late", run_at=NOW + 5, priority=-1))
+    assert await store.oldest_due("late", NOW) is None
+    assert await store.oldest_due("late", NOW + 5) == NOW + 5
+    await store.start(first[0], 1, NOW + 10, 2, pool="late")  # no longer waits
+    assert await store.oldest_due("late", NOW + 20) == NOW + 10
+
+
 async def test_the_window_follows_the_jobs_state(store: JobStore) -> None:
     first, second = await add(store, job(), job(run_at=NOW + 5))
     await store.start(first, 1, NOW, 2, pool="mail")

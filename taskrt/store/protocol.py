@@ -588,6 +588,12 @@ class JobStore(Protocol):
         the jobs due after ``now``."""
         ...
 
+    async def oldest_due(self, pool: str, now: float) -> float | None:
+        """The earliest ``run_at`` of ``pool``'s WAITING jobs due at ``now`` (``run_at
+        <= now``), or None when none is due (a pool's queue latency; constant time
+        in the jobs, a few seeks per priority level)."""
+        ...
+
     async def unique_holder(self, key: str) -> int | None:
         """The id of the WAITING or RUNNING job holding unique key ``key``, if any."""
         ...

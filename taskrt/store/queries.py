@@ -42,6 +42,8 @@ SQL_READY_AFTER = (
     f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND run_at <= ? AND {_AFTER} "
     f"{_IN_RUN_ORDER}"
 )
+# The earliest run_at of one level: the first entry of its index range.
+SQL_LEVEL_FIRST = f"SELECT min(run_at) {_WAITING_OF_POOL} AND priority = ?"
 SQL_DELAYED = (
     f"SELECT {JOB_COLUMNS} {_WAITING_OF_POOL} AND priority = ? AND {_AFTER} {_IN_RUN_ORDER}"
 )

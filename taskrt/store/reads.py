@@ -39,7 +39,7 @@ from .queries import (
 )
 from .rows import row_to_job, row_to_schedule
 from .stats import stats
-from .window import delayed_jobs, ready_jobs
+from .window import delayed_jobs, oldest_due, ready_jobs
 
 
 class SharedReads:
@@ -258,6 +258,10 @@ class SharedReads:
     async def delayed_jobs(self, pool: str, after: tuple[float, int], limit: int) -> list[JobInfo]:
         """WAITING jobs of ``pool`` after ``(run_at, id)``, in that order (``window``)."""
         return await delayed_jobs(self.window_query, pool, after, limit)
+
+    async def oldest_due(self, pool: str, now: float) -> float | None:
+        """The earliest ``run_at`` of ``pool``'s WAITING jobs due at ``now`` (``window``)."""
+        return await oldest_due(self.window_query, pool, now)
 
     async def deadlines_passed(self, now: float, limit: int) -> list[int]:
         """WAITING jobs whose deadline is ``now`` or before, earliest first (``jobs_deadline``)."""

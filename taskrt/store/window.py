@@ -21,7 +21,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..models import JobInfo
-from .queries import SQL_DELAYED, SQL_LEVEL_BELOW, SQL_LEVEL_TOP, SQL_READY, SQL_READY_AFTER
+from .queries import (
+    SQL_DELAYED,
+    SQL_LEVEL_BELOW,
+    SQL_LEVEL_FIRST,
+    SQL_LEVEL_TOP,
+    SQL_READY,
+    SQL_READY_AFTER,
+)
 from .rows import row_to_job
 
 Fetch = Callable[[str, Sequence[Any]], Awaitable[list[sqlite3.Row]]]
@@ -89,3 +96,17 @@ async def delayed_jobs(
         level = await _level(fetch, pool, level)
     merged = heapq.merge(*levels, key=lambda row: (row["run_at"], row["id"]))
     return [row_to_job(row) for row in itertools.islice(merged, limit)]
+
+
+async def oldest_due(fetch: Fetch, pool: str, now: float) -> float | None:
+    """The earliest ``run_at`` of ``pool``'s WAITING jobs due at ``now`` (``run_at <=
+    now``), or None: two seeks a priority level, whatever the jobs."""
+    oldest: float | None = None
+    level = await _level(fetch, pool, None)
+    while level is not None:
+        rows = await fetch(SQL_LEVEL_FIRST, (pool, level))
+        first = rows[0][0] if rows else None
+        if first is not None and (oldest is None or float(first) < oldest):
+            oldest = float(first)
+        level = await _level(fetch, pool, level)
+    return oldest if oldest is not None and oldest <= now else None

@@ -43,6 +43,8 @@ def _registry(api: Api) -> CollectorRegistry:
     needs_runtime=False,
 )
 async def metrics(api: Api, request: Request) -> Response:
+    if api.runtime is not None:
+        await api.runtime.read_latencies()  # due jobs outside memory (pool note 10)
     body, content_type = exposition(_registry(api), request.headers.get("accept", ""))
     return Response(body, headers={"Content-Type": content_type})
 
