@@ -60,6 +60,18 @@ Design notes:
    A progress event may still arrive after a later one of its job (the
    other path was faster): a node publishes a progress event only if its
    sequence is above the last it published for that job.
+7. **A late event is stale.** A job's sequence only grows, so a node
+   publishes an event of another node only if its sequence is above every
+   one of the job's it has published (its own included, once it sends): an
+   ``added`` whose commit's notification left after another node had
+   started the job (the add's event rides the adding node's next group
+   commit) is not published after the ``started``. And the event of a write
+   the database refused, from a node taken for dead that has not noticed
+   yet, is stale too: the reap that took its jobs back tells every node the
+   jobs and their new sequences, past the gap (``SQL_TELL_REAPED``) in its
+   own transaction, so at its commit, before any refused write's
+   notification can leave. The node itself has published its own event to
+   its own subscribers already.
 """
 
 from __future__ import annotations
@@ -148,6 +160,8 @@ class NodeBus(Broker):
                 self._out[at] = event  # the last progress of a flush
                 return
             self._progress[event.job_id] = len(self._out)
+        else:
+            self._saw(event.job_id, event.seq)  # note 7
         self._out.append(event)
         if not self._flushing:
             self._flushing = True  # what this turn of the loop publishes goes too
@@ -237,11 +251,10 @@ class NodeBus(Broker):
                     asyncio.get_running_loop().create_task(self._pointer(raw))
                     continue
                 event = decode_event(raw)
-                if not self._newer(event):
-                    continue  # an older progress, after a newer event (note 6)
-                super().publish(event)
+                if self._newer(event):  # else stale (notes 6, 7)
+                    super().publish(event)
                 if event.type is EventType.ADDED and self.on_added is not None:
-                    self.on_added(event)
+                    self.on_added(event)  # its parents, its batch: late or not
             except (ValueError, TypeError) as exc:
                 log.warning("node %s: an event it cannot read: %s", self.node, exc)
 
@@ -262,17 +275,27 @@ class NodeBus(Broker):
             super().publish(event)
 
     def _newer(self, event: Event) -> bool:
-        """Whether to publish another node's event: a progress event only if it is newer
-        than every event of its job published here (note 6)."""
-        seen = self._seen
-        last = seen.pop(event.job_id, 0)
-        if event.type is EventType.PROGRESS and event.seq <= last:
-            seen[event.job_id] = last
+        """Whether to publish another node's event: only if it is newer than every
+        event of its job published here (notes 6, 7)."""
+        last = self._seen.get(event.job_id, 0)
+        if event.seq <= last:
             return False
-        seen[event.job_id] = max(last, event.seq)  # the most recent last, for the bound
+        self._saw(event.job_id, event.seq)
+        return True
+
+    def reaped(self, jobs: list[tuple[int, int]]) -> None:
+        """A reap took back ``jobs`` (id, sequence past the gap): what their nodes
+        send of them at a lower sequence is stale (note 7)."""
+        for job_id, seq in jobs:
+            self._saw(job_id, seq)
+
+    def _saw(self, job_id: int, seq: int) -> None:
+        """The job's last sequence here is at least ``seq`` (notes 6, 7)."""
+        seen = self._seen
+        last = seen.pop(job_id, 0)
+        seen[job_id] = seq if seq > last else last  # the most recent last, for the bound
         if len(seen) > SEEN_JOBS:
             del seen[next(iter(seen))]
-        return True
 
     def lost(self) -> None:
         """Events may have been missed (the listener dropped, or listens anew): streams
@@ -357,7 +380,14 @@ class NodeBus(Broker):
             self._send(self._note(**fields))
 
     def _told(self, message: dict[str, Any]) -> None:
-        """A hello, an ack, or a node that sends again (note 5)."""
+        """A hello, an ack, a node that sends again (note 5), or jobs reaped (note 7)."""
+        reaped = message.get("r")
+        if reaped:
+            try:
+                self.reaped([(int(job_id), int(seq)) for job_id, seq in reaped])
+            except (TypeError, ValueError) as exc:
+                log.warning("node %s: a reap's notification it cannot read: %s", self.node, exc)
+            return
         if message.get("h"):
             self._hellos += 1
             self._start_sending(ack=str(message.get("n")))

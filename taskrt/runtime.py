@@ -319,6 +319,7 @@ class Runtime:
                 buffer=subscriber_buffer,
                 replay=replay,
             )
+            self._pg.on_reaped = self.broker.reaped  # taskrt.nodebus note 7
         self.counters = Counters()
         self._pools: dict[str, Pool] = {}
         self.live = LiveJobs()

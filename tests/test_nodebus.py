@@ -344,3 +344,42 @@ async def test_a_progress_older_than_what_a_node_published_for_its_job_is_droppe
     b.deliver(_payload("a", event(1, 4, EventType.PROGRESS)))  # the faster path's, late
     b.deliver(_payload("a", event(2, 2, EventType.STARTED)))
     assert [(e.job_id, e.seq) for e in drained(seen)] == [(1, 3), (1, 5), (2, 2)]
+
+
+async def test_a_status_event_older_than_what_a_node_published_for_its_job_is_stale() -> None:
+    # Note 7: another node's ``added`` that left after a third node started the job,
+    # and the event of a write a reap refused, are not published; ``on_added`` still
+    # hears the add (its parents, its batch).
+    b = bus("b", [], [False])
+    added: list[int] = []
+    b.on_added = lambda e: added.append(e.job_id)
+    seen = b.subscribe()
+    b.deliver(_payload("c", event(1, 2, EventType.STARTED)))
+    b.deliver(_payload("a", event(1, 1, EventType.ADDED)))  # late
+    b.deliver(_payload("c", event(1, 3, EventType.SUCCESS, {"result": 1})))
+    b.reaped([(2, 1_000_004)])  # x's job 2, at 4 before the gap
+    b.deliver(_payload("x", event(2, 5, EventType.SUCCESS, {"result": "x"})))  # refused
+    b.deliver(_payload("z", event(2, 1_000_005, EventType.STARTED)))
+    b.deliver(_payload("r", event(3, 1, EventType.ADDED)))
+    b.publish(event(3, 2, EventType.STARTED))  # its own: a later one
+    b.deliver(_payload("r", event(3, 2, EventType.STARTED)))  # a duplicate of it
+    assert [(e.job_id, e.seq) for e in drained(seen)] == [
+        (1, 2),
+        (1, 3),
+        (2, 1_000_005),
+        (3, 1),
+        (3, 2),
+    ]
+    assert added == [1, 3]
+
+
+async def test_a_reap_heard_from_another_node_makes_the_reaped_events_stale() -> None:
+    b = bus("b", [], [False])
+    seen = b.subscribe()
+    told = {"n": "r", "e": [], "r": [[2, 1_000_004], [7, 1_000_001]]}
+    b.deliver(json.dumps(told))  # as SQL_TELL_REAPED sends it
+    b.deliver(json.dumps({"n": "r", "e": [], "r": [["no"]]}))  # unreadable: ignored
+    b.deliver(_payload("x", event(2, 5, EventType.SUCCESS, {"result": "x"})))
+    b.deliver(_payload("x", event(7, 2, EventType.FAILURE, {"error": "x"})))
+    b.deliver(_payload("z", event(7, 1_000_002, EventType.STARTED)))
+    assert [(e.job_id, e.seq) for e in drained(seen)] == [(7, 1_000_002)]

@@ -1316,3 +1316,84 @@ async def test_an_attempt_record_finds_its_job_by_key_whatever_the_statistics(ur
         await conn.close()
     scans = [n for n in _scans(json.loads(explained)[0]["Plan"]) if n.get("Relation Name")]
     assert [n["Node Type"] for n in scans if n["Relation Name"] == "jobs"] == ["Index Scan"], scans
+
+
+@pytest.mark.parametrize("reaper", ["observer", "another"])
+async def test_the_event_of_a_write_the_reap_refused_reaches_no_other_node(
+    url: str, reaper: str
+) -> None:
+    """Node x was taken for dead and has not noticed; a node reaps its job (the
+    observing node itself, or another that tells it). x's handler then returns: its
+    success is refused, and its ``success`` event is stale (nodebus note 7).
+    Before, the observer published it (a pool's subscribers saw the job succeed on
+    x, and a stream of the job ended there) while the job waited to run again;
+    then z ran it and it succeeded a second time."""
+    gates = {"x": asyncio.Event(), "z": asyncio.Event()}
+    ran: Ran = collections.defaultdict(list)
+
+    async def no_reap(*, everything: bool) -> None:
+        return None
+
+    def runs(name: str, *, works: bool = True) -> Runtime:
+        rt = Runtime(url, mode="nodes", node_ttl=2.0)
+        rt.pool("p", concurrency=1)
+        if works:
+
+            @rt.task(pool="p")
+            async def hold(job: JobContext) -> str:
+                ran[job.id].append(name)
+                await gates[name].wait()
+                return name
+
+        return rt
+
+    seen: list[tuple[str, object]] = []
+
+    async def watch(rt: Runtime, job_id: int) -> None:
+        async for event in rt.subscribe(pool="p"):
+            if event.job_id == job_id:
+                seen.append((event.type.value, event.data.get("result")))
+
+    o = runs("o", works=False)
+    async with runs("x") as x:
+        job_id = await x.pool("p").add("hold")
+        await until(lambda: ran[job_id])
+        x.pool("p").pause()
+        nodes = x.nodes
+        assert nodes is not None and nodes.heartbeat is not None
+        nodes._check_heartbeat = lambda: None  # type: ignore[method-assign]  # not noticed yet
+        nodes._reap = no_reap  # type: ignore[method-assign]  # nor reaps itself
+        await asyncio.to_thread(nodes.heartbeat.stop)
+        if reaper == "another":
+            await o.start()
+            o.nodes._reap = no_reap  # type: ignore[method-assign, union-attr]
+        await sql(url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
+        if reaper == "another":
+            async with runs("r", works=False):  # reaps x at its start, and stops
+                pass
+        else:
+            await o.start()  # reaps x at its start
+        try:
+            [row] = await sql(url, "SELECT status FROM jobs WHERE id = $1", job_id)
+            assert row["status"] == "WAITING"
+            stream = o.subscribe(job_id)
+            watching = asyncio.create_task(watch(o, job_id))
+            await asyncio.sleep(0.1)
+            gates["x"].set()  # x's handler returns: its success is refused
+            await until(lambda: not x.pool("p").running)
+            await x.store.flush()
+            await asyncio.sleep(0.5)
+            assert seen == []
+            async with runs("z") as z:
+                gates["z"].set()
+                assert (await z.wait(job_id, timeout=10)).result == "z"
+                async with asyncio.timeout(5):
+                    events = [(e.type.value, e.data.get("result")) async for e in stream]
+                await until(lambda: ("success", "z") in seen)
+            watching.cancel()
+        finally:
+            await o.stop()
+    assert events[-1] == ("success", "z")
+    assert ("success", "x") not in events
+    assert [s for s in seen if s[0] == "success"] == [("success", "z")]
+    assert ran[job_id] == ["x", "z"]

@@ -1042,7 +1042,19 @@ SQL_CANCEL_ASKED = (
 # attempts, which recovery then puts back (``recovery``, with LOST).
 SQL_REAP = "DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => ttl) RETURNING id"
 LOST = " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = jobs.node)"
-SQL_SEQ_GAP_LOST = "UPDATE jobs SET seq = seq + $1 WHERE status = 'RUNNING'" + LOST
+SQL_SEQ_GAP_LOST = (
+    "UPDATE jobs SET seq = seq + $1 WHERE status = 'RUNNING'" + LOST + " RETURNING id, seq"
+)
+# The jobs a reap takes back, and their sequences past the gap, told on the events
+# channel in the reap's transaction (``taskrt.nodebus`` note 7): $1 the channel, $2
+# the reaping node. REAPED_PER_NOTIFY of them a notification, under 8,000 bytes.
+REAPED_PER_NOTIFY = 150
+SQL_TELL_REAPED = (
+    "SELECT pg_notify($1, json_build_object('n', $2::text, 'e', '[]'::json, "
+    "'r', json_agg(json_build_array(id, seq) ORDER BY id))::text) "
+    f"FROM (SELECT id, seq, (row_number() OVER (ORDER BY id) - 1) / {REAPED_PER_NOTIFY} "
+    "AS chunk FROM jobs WHERE status = 'RUNNING'" + LOST + ") AS r GROUP BY chunk"
+)
 
 
 # -- schedules (taskrt.scheduler) --------------------------------------------------------

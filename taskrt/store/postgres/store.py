@@ -83,6 +83,7 @@ from .sql import (
     SQL_SET_LIMITS,
     SQL_SET_PAUSED,
     SQL_SETTLE_TOKENS,
+    SQL_TELL_REAPED,
     UNHELD_WHERE,
     claim_sql,
     numbered,
@@ -213,6 +214,8 @@ class PgStore(QueuedWrites, SharedReads):
         self._now: list[str] = []  # events to send at once (``send_events_now``)
         self._now_task: asyncio.Task[None] | None = None
         self.node: str | None = None  # the node this process writes as (note 7)
+        # Told of the jobs a reap here took back and their new sequences (nodebus note 7).
+        self.on_reaped: Callable[[list[tuple[int, int]]], None] | None = None
         self.starting_adds = 0  # adds in flight that may start a job here (``insert``)
         # Told of each job a claim starts that a blocked job waits for (taskrt.workflows).
         self.on_parent: Callable[[int], None] | None = None
@@ -925,13 +928,21 @@ class PgStore(QueuedWrites, SharedReads):
         transaction, put their RUNNING jobs back as recovery does (attempt recorded
         as interrupted; orphaned after ``max_recoveries``): (nodes, recovered,
         orphaned). Without a stale node nothing else runs, unless ``everything``
-        (a node starting: RUNNING jobs of no node alive, whoever left them)."""
+        (a node starting: RUNNING jobs of no node alive, whoever left them). The
+        jobs and their sequences past the gap are told on the events channel at
+        the commit (``taskrt.nodebus`` note 7)."""
         steps: list[tuple[Any, ...]] = [(SQL_REAP, ())]
         steps += _recovery_steps(LOST, now, max_recoveries, (SQL_SEQ_GAP_LOST, (seq_gap,)))
-        counts = await self._script(steps, gate=not everything)
+        # Told before they move (nodebus note 7): their late events are stale everywhere.
+        steps.insert(3, (SQL_TELL_REAPED, (self.events_channel, self.node or "")))
+        rows: list[Any] = []
+        counts = await self._script(steps, gate=not everything, returned=rows)
         if len(counts) == 1:  # no stale node: nothing else ran
             return counts[0], 0, 0
-        return counts[0], counts[5], counts[7]
+        reaped = [(int(r["id"]), int(r["seq"])) for r in rows if "seq" in r]
+        if reaped and self.on_reaped is not None:
+            self.on_reaped(reaped)  # its own listener may not listen yet (a start's reap)
+        return counts[0], counts[6], counts[8]
 
     def heartbeat(self, node: str, interval: float) -> Heartbeat:
         """A thread that keeps ``node`` alive on a connection of its own (``heartbeat``)."""
