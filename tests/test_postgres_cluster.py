@@ -160,6 +160,9 @@ async def test_kill_9_of_a_node_its_jobs_finish_elsewhere_within_the_ttl(
         cluster.signal("a", signal.SIGKILL)
         killed_at = time.monotonic()
         held = {job for job, r in cluster.runs().items() if r[-1][1] == "a"}
+        # Those still RUNNING in the database: "a" ran them, their ends not written.
+        running = {j.id for j in (await rt.jobs(status="RUNNING", limit=500)).jobs} & held
+        assert running
         # The jobs "a" held finish on the others within TTL + 1 s (plus their own 0.3 s).
         for job in held:
             info = await rt.wait(job, timeout=30)
@@ -176,6 +179,8 @@ async def test_kill_9_of_a_node_its_jobs_finish_elsewhere_within_the_ttl(
         # A job "a" was running shows its attempt as interrupted; one it had
         # finished (logged, then written before the kill) does not.
         assert sum(1 for o in interrupted.values() if "interrupted" in o) >= 5
+        for job in running:
+            assert interrupted[job] == ["interrupted", "success"], (job, interrupted[job])
     runs = cluster.runs()
     for job, r in runs.items():
         if len(r) > 1:
@@ -187,7 +192,7 @@ async def test_sigstop_past_the_ttl_then_sigcont_late_writes_are_refused(
 ) -> None:
     await cluster.start("a", "b", concurrency=3)  # 3 jobs each
     async with client(url) as rt:
-        ids = [await rt.pool("p").add("work", n, 800) for n in range(6)]
+        ids = [await rt.pool("p").add("work", n, 3000) for n in range(6)]
         deadline = time.monotonic() + 10
         while len(cluster.runs()) < 6:
             assert time.monotonic() < deadline, cluster.runs()
@@ -195,16 +200,23 @@ async def test_sigstop_past_the_ttl_then_sigcont_late_writes_are_refused(
         stopped = {job for job, r in cluster.runs().items() if r[0][1] == "a"}
         assert stopped
         cluster.signal("a", signal.SIGSTOP)
-        for job in stopped:  # taken back from "a" and run on "b"
-            info = await rt.wait(job, timeout=20)
-            assert (info.status, info.result) == (JobStatus.SUCCESS, "b")
-        cluster.signal("a", signal.SIGCONT)  # its handlers end now: too late
-        await asyncio.sleep(1.5)
+        deadline = time.monotonic() + 15
+        while not all(len(cluster.runs()[j]) == 2 for j in stopped):
+            assert time.monotonic() < deadline, cluster.runs()  # taken back, run on "b"
+            await asyncio.sleep(0.05)
+        # "a" goes on while "b" runs its jobs: its handlers end at once (their time
+        # is up), and its writes of those jobs, RUNNING on "b", are refused by node.
+        cluster.signal("a", signal.SIGCONT)
+        await asyncio.sleep(1.0)
         for job in stopped:
             info = await rt.get(job)
+            assert (info.status, info.attempts) == (JobStatus.RUNNING, 2), info
+        for job in stopped:
+            info = await rt.wait(job, timeout=20)
             assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, "b", 2)
             outcomes = [a.outcome.value for a in await rt.attempts(job)]
             assert outcomes == ["interrupted", "success"], outcomes
+        assert all(len(cluster.runs()[j]) == 2 for j in stopped), cluster.runs()
         # "a" joined again and runs jobs.
         more = [await rt.pool("p").add("work", n, 1) for n in range(40)]
         await until_done(rt, len(ids) + len(more), 30)

@@ -650,9 +650,14 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
                 old.resolve("flaky").options(delay=3600), fail=False
             )
             await old.cancel(cancelled)
+            # The newest job is deleted: the id sequence, not the highest id, goes over.
+            gone = await old.pool("p").add("flaky", fail=False)
+            await old.wait(gone, timeout=5)
             await old.change_pool("p", paused=True)
             old.transitions.flush_history()
             await old.store.flush()
+            assert await old.store.purge([gone]) == 1
+            last.append(gone)
             # Refused while a process runs it: a moving snapshot would lose writes.
             with pytest.raises(StoreError, match="in use by a running process"):
                 await copy_sqlite_to_postgres(path, url)
@@ -678,15 +683,17 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
         async with sqlite_app(url, workers=False) as new:
             return seen, await new.pool("p").add("flaky", fail=False)
 
+    last: list[int] = []
     before = asyncio.run(make_history())
     ids = sorted(before["jobs"])
     assert before["paused"] == {"p"} and len(before["schedules"]) == 1 and before["history"]
+    assert last[0] > max(ids)
     assert main(["copy", "--from", path, "--to", url, "--json"]) == 0
     copied = json.loads(capsys.readouterr().out)
-    assert copied["rows"]["jobs"] == 5 and copied["last_id"] == max(ids)
+    assert copied["rows"]["jobs"] == 5 and copied["last_id"] == last[0]
     after, next_id = asyncio.run(on_postgres(ids))
     assert after == before
-    assert next_id == max(ids) + 1
+    assert next_id == last[0] + 1
 
     # Into a schema that holds jobs: refused, nothing changed.
     assert main(["copy", "--from", path, "--to", url]) == 4
