@@ -189,18 +189,18 @@ async def test_cancel_and_pool_actions_cross_nodes_in_under_100_ms(url: str) -> 
         cancels, pauses, changes = [], [], []
         for _ in range(5):
             job_id = await x.pool("p").add("hold")
-            await until(lambda: job_id in started)
+            await until(lambda j=job_id: j in started)
             began = time.monotonic()
             await y.cancel(job_id)
-            await until(lambda: job_id in cancelled)
+            await until(lambda j=job_id: j in cancelled)
             cancels.append(cancelled[job_id] - began)
         for n in range(4):
             paused = n % 2 == 0
             await x.change_pool("p", paused=paused)
-            pauses.append(await took(lambda: y.pool("p").paused is paused))
+            pauses.append(await took(lambda p=paused: y.pool("p").paused is p))
         for n in range(3):
             await y.change_pool("p", concurrency=5 + n)
-            changes.append(await took(lambda: x.pool("p").concurrency == 5 + n))
+            changes.append(await took(lambda c=5 + n: x.pool("p").concurrency == c))
     for kind, times in (("cancel", cancels), ("pause", pauses), ("concurrency", changes)):
         assert statistics.median(times) < 0.1, (kind, times)
 
