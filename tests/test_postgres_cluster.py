@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -292,6 +293,58 @@ async def test_a_stream_on_another_node_process_carries_every_event_and_resumes(
         assert [(f.id, f.event) for f in parse_sse(resumed.text)] == [
             (f.id, f.event) for f in frames[1:]
         ]
+
+        # GET /events on every node carries the status events of a job run on any
+        # node, with the same ids; a stream cut mid-job resumes on a node that never
+        # served it. (Progress is conflated per flush across nodes: the node running
+        # the job publishes every report, the others the last of each flush.)
+        feeds: dict[str, list[Any]] = {n: [] for n in "abc"}
+
+        async def follow(name: str) -> None:
+            async with http.stream("GET", f"{cluster.http[name]}/events") as reply:
+                assert reply.status_code == 200
+                text = ""
+                async for chunk in reply.aiter_text():
+                    text += chunk
+                    block, sep, text = text.rpartition("\n\n")
+                    if sep:
+                        feeds[name].extend(parse_sse(block + sep))
+
+        following = [asyncio.create_task(follow(n)) for n in "abc"]
+        await asyncio.sleep(0.5)
+        reply = await http.post(f"{b}/jobs", json={"task": "work", "args": [1, 600], "delay": 1})
+        job = reply.json()["id"]
+        cut: list[Any] = []
+        async with http.stream("GET", f"{c}/jobs/{job}/events") as stream:
+            text = ""
+            async for chunk in stream.aiter_text():
+                text += chunk
+                cut = parse_sse(text)
+                if cut and cut[-1].event == "progress":
+                    break  # mid-job: the client goes away
+        await asyncio.sleep(0.1)  # the progress event reaches node a (else: a snapshot)
+        resume = {"Last-Event-ID": cut[-1].id}
+        both = await asyncio.gather(
+            http.get(f"{b}/jobs/{job}/events"),
+            http.get(f"{a}/jobs/{job}/events", headers=resume),  # while the job runs
+        )
+        whole, later = (parse_sse(r.text) for r in both)
+        await asyncio.sleep(0.5)
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+    status = {"added", "started", "retrying", "success", "failure", "cancelled"}
+    of_job = {
+        n: [(f.id, f.event) for f in frames if f.data.get("job_id") == job and f.event in status]
+        for n, frames in feeds.items()
+    }
+    assert [e for _, e in of_job["a"]] == ["added", "started", "success"], of_job
+    assert of_job["a"] == of_job["b"] == of_job["c"], of_job
+    assert later[-1].event == "success"
+    assert of_job["a"][-1][0] == f"{job}:{later[-1].id}"  # GET /events: job:sequence
+    assert [int(f.id) for f in later] == sorted({int(f.id) for f in later})  # in order
+    assert int(later[0].id) > int(cut[-1].id)
+    assert whole[-1].id == later[-1].id
 
 
 async def test_a_node_process_that_joins_a_quiet_one_streams_every_event_both_ways(

@@ -24,6 +24,7 @@ import httpx
 import pg_server
 import pytest
 from core_support import new_job
+from test_web_sse import parse_sse
 
 from taskrt import JobContext, JobInfo, JobStatus, Runtime, Transaction, nodebus
 from taskrt.errors import Fatal, InvalidOption, OwnershipError, StoreUnavailable
@@ -203,6 +204,49 @@ async def test_cancel_and_pool_actions_cross_nodes_in_under_100_ms(url: str) -> 
             changes.append(await took(lambda c=5 + n: x.pool("p").concurrency == c))
     for kind, times in (("cancel", cancels), ("pause", pauses), ("concurrency", changes)):
         assert statistics.median(times) < 0.1, (kind, times)
+
+
+async def test_a_stream_resumed_after_a_progress_event_on_another_node_goes_on(
+    url: str, server: Callable[..., Any]
+) -> None:
+    """A client saw a progress event on node y's stream of a job x runs, and
+    reconnects with its id. The job's row holds that sequence only once x writes
+    the progress (``progress_interval``): before, y answered a fresh snapshot,
+    its id below the client's (taskrt.web.streams note 7)."""
+    gate = asyncio.Event()
+    x = Runtime(url, mode="nodes", node_ttl=2.0)
+    y = Runtime(url, mode="nodes", node_ttl=2.0)
+    x.store.progress = lambda *args, **kwargs: None  # type: ignore[method-assign]  # in flight
+    x.pool("p")
+    y.pool("p")
+
+    @x.task(pool="p")
+    async def report(job: JobContext) -> str:
+        await job.progress(1, 2, "half")  # its event goes; its write is not in yet
+        await gate.wait()
+        return "done"
+
+    async with x, y, server(create_app(y)) as base, httpx.AsyncClient(base_url=base) as http:
+        x.pool("p").pause()
+        job_id = await x.pool("p").add("report")
+        seen: list[Any] = []
+        async with http.stream("GET", f"/jobs/{job_id}/events") as stream:
+            x.pool("p").resume()
+            text = ""
+            async for chunk in stream.aiter_text():
+                text += chunk
+                seen = parse_sse(text)
+                if seen[-1].event == "progress":
+                    break  # the client goes away mid-job
+        last = int(seen[-1].id)
+        assert (await y.store.get_job(job_id)).seq < last  # type: ignore[union-attr]
+        again = asyncio.create_task(
+            http.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(last)})
+        )
+        await asyncio.sleep(0.2)
+        gate.set()
+        frames = parse_sse((await again).text)
+    assert [(f.event, int(f.id)) for f in frames] == [("success", last + 1)]
 
 
 async def test_a_waiting_job_a_node_cancels_ends_its_streams_on_every_node(url: str) -> None:

@@ -30,6 +30,11 @@ Design notes (cited where they apply):
    never wrote its last events): a resume sends nothing at or below the
    client's ``Last-Event-ID``, so no id repeats and none goes back. After a
    crash the next owner's sequence jumps above it (guarantees).
+7. **A resume after a progress event** names a sequence the job's row may
+   not hold yet (progress is written every ``progress_interval``). Where the
+   replay window holds that very event, the stream goes on after it, as
+   after any other; only an id the window does not know (a node the event
+   has not reached yet, or an id the job never had) gets a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -80,21 +85,32 @@ def opening(
     info: JobInfo, last: int | None, replayed: list[Event] | None, now: float
 ) -> Opening | None:
     """The opening of a job stream for a client that saw ``last``; ``None``: answer 204."""
+    if last is not None and last > info.seq and not info.terminal:
+        # Note 7: ``replayed`` is the window from ``last`` on, that event first.
+        if replayed and replayed[0].seq == last:
+            events = _to_the_end(replayed[1:])
+            if not events:
+                return Opening([], last, False)
+            return Opening(events, events[-1].seq, events[-1].terminal)
     if last is None or last > info.seq:
-        # A new client, or an id this job never had: start from its state.
+        # A new client, or an id not known here: start from its state.
         return Opening([snapshot_event(info, now)], info.seq, info.terminal)
     if last == info.seq:
         return None if info.terminal else Opening([], last, False)  # note 3
     if replayed and replayed[0].seq == last + 1 and replayed[-1].seq >= info.seq:
-        events: list[Event] = []
-        for event in replayed:
-            events.append(event)
-            if event.terminal:
-                break
+        events = _to_the_end(replayed)
         return Opening(events, events[-1].seq, events[-1].terminal)
     if info.terminal:
         return Opening([final_event(info, now)], info.seq, True)
     return Opening([snapshot_event(info, now)], info.seq, False)  # note 2
+
+
+def _to_the_end(events: list[Event]) -> list[Event]:
+    """``events`` up to the first terminal one, that one included."""
+    for i, event in enumerate(events):
+        if event.terminal:
+            return events[: i + 1]
+    return events
 
 
 def final_event(info: JobInfo, now: float) -> Event:
@@ -197,9 +213,11 @@ async def job_events(api: Api, request: Request) -> Response:
 
     try:
         # The owner's replay window (a standby asks it over the relay).
-        replayed = (
-            await rt.replay_after(job_id, last) if last is not None and last < info.seq else None
-        )
+        replayed = None
+        if last is not None and last != info.seq:
+            # Past the row's sequence (note 7): the window from that event on.
+            after = last if last < info.seq else last - 1
+            replayed = await rt.replay_after(job_id, after)
     except BaseException:
         close()
         raise
