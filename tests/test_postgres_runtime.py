@@ -697,7 +697,20 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
 
     # Into a schema that holds jobs: refused, nothing changed.
     assert main(["copy", "--from", path, "--to", url]) == 4
-    assert "already holds" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds 6 row(s) of jobs, " in err and " of pool_settings:" in err, err
+
+    # Into one that holds no job but other rows (a pool paused there): refused by name.
+    other = url.replace("?schema=", "?schema=o_")
+
+    async def pause_there() -> None:
+        async with Runtime(other, workers=False) as there:
+            await there.change_pool("p", paused=True, create=True)
+
+    asyncio.run(pause_there())
+    assert main(["copy", "--from", path, "--to", other]) == 4
+    err = capsys.readouterr().err
+    assert "already holds 1 row(s) of pool_settings:" in err, err
 
 
 async def test_an_add_goes_with_the_lifecycle_writes_unless_a_batch_of_them_is_in_flight(

@@ -260,11 +260,14 @@ async def _copy(
 ) -> Copied:
     counts: dict[str, int] = {}
     async with pg.transaction():
-        jobs = await pg.fetchval("SELECT count(*) FROM jobs")
-        schedules = await pg.fetchval("SELECT count(*) FROM schedules")
-        if jobs or schedules:
+        held = []  # rows already there would clash with the copied ones, or mix with them
+        for table in TABLES:
+            rows = await pg.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1000) t")
+            if rows:
+                held.append(f"{rows}{'+' if rows == 1000 else ''} row(s) of {table}")
+        if held:
             raise StoreError(
-                f"{name} already holds {jobs} job(s) and {schedules} schedule(s): "
+                f"{name} already holds {', '.join(held)}: "
                 "copy into an empty schema (a new ?schema= name, or drop this one)"
             )
         for table, columns in TABLES.items():
