@@ -77,6 +77,11 @@ Design notes:
    (``release_unheld``). Only when no claim and no starting add is in
    flight as the read answers: one that answered meanwhile has its jobs
    in memory, one still on its way may have committed before the read.
+   At the same pace a node recovers the jobs RUNNING on no live node, as
+   its start does: a reap recovers only the jobs of the nodes it removes, so
+   a claim that committed just after its own node's reap (its statement
+   held up past the TTL), by a node that then died, left its jobs RUNNING
+   under a node gone for good until the next node started.
 """
 
 from __future__ import annotations
@@ -460,6 +465,7 @@ class Nodes:
         if self._claiming or store.starting_adds:
             return
         self._check_strays_at = time.monotonic() + STRAY_CHECK
+        await self._reap(everything=True)  # jobs of no live node (note 8)
         stray = [job_id for job_id in running if job_id not in self.live.states]
         if stray:
             released = await store.release_unheld(self.node, stray)

@@ -27,6 +27,7 @@ from core_support import new_job
 from test_web_sse import parse_sse
 
 from taskrt import JobContext, JobInfo, JobStatus, Runtime, Transaction, nodebus
+from taskrt import nodes as nodes_module
 from taskrt.errors import Fatal, InvalidOption, OwnershipError, StoreUnavailable
 from taskrt.models import EventType
 from taskrt.nodebus import NodeBus
@@ -677,6 +678,34 @@ async def test_a_claim_whose_answer_is_lost_gives_its_jobs_back(url: str) -> Non
         assert lost == [job_id]
         assert (info.status, info.attempts) == (JobStatus.SUCCESS, 1)
         assert ran[job_id] == ["x"]
+
+
+async def test_a_job_left_running_on_a_node_gone_for_good_is_recovered_by_a_live_one(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that commits just after its own node's reap, by a node that then
+    dies: its job is RUNNING under a node no row names, and no reap removes that
+    node again. A live node's periodic look recovers it (nodes note 8); before,
+    only the next node to start did."""
+    monkeypatch.setattr(nodes_module, "STRAY_CHECK", 0.3)
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "y", ran, poll_interval=0.1) as y:
+        ghost = PgStore(url)
+        await ghost.open()
+        try:
+            await ghost.join("ghost", "elsewhere", 1, time.time(), 2.0)
+            y.pool("p").pause()  # here only: y claims nothing meanwhile
+            job_id = await y.enqueue("b")
+            (claimed,) = await ghost.claim("p", ["b"], 1, time.time(), "ghost")
+            assert claimed.id == job_id
+            await sql(url, "DELETE FROM nodes WHERE id = 'ghost'")  # the reap it missed
+        finally:
+            await ghost.close()
+        y.pool("p").resume()
+        info = await y.wait(job_id, timeout=10)
+        assert (info.status, info.attempts) == (JobStatus.SUCCESS, 2)
+        outcomes = [a.outcome.value for a in await y.attempts(job_id)]
+        assert outcomes == ["interrupted", "success"]
 
 
 class Partition:
