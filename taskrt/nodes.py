@@ -206,6 +206,9 @@ class Nodes:
         self.ttl = ttl
         self.poll_interval = max(poll_interval, 1.0)
         self._workers = workers  # turns starting jobs on or off (the runtime's)
+        # One reading of the recorded pauses and limits at a time: each notification
+        # spawns one, and a reading answered late must not undo a newer one.
+        self._applying = asyncio.Lock()
         # A job this node ended in the store alone: its dependents settle (workflows).
         self.on_ended: Callable[[int], None] | None = None
         self.heartbeat: Any = None
@@ -478,7 +481,12 @@ class Nodes:
                 )
 
     async def apply_pauses(self) -> None:
-        """The pauses and limits operators recorded, as they stand now, on this node's pools."""
+        """The pauses and limits operators recorded, as they stand now, on this node's pools
+        (one reading at a time, in the order they were asked for)."""
+        async with self._applying:
+            await self._apply_recorded()
+
+    async def _apply_recorded(self) -> None:
         try:
             await self._apply_pauses()
             for name, limits in (await self.store.pool_limits()).items():

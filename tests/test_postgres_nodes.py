@@ -381,6 +381,28 @@ async def test_a_pools_latency_is_its_oldest_due_jobs_wait_on_every_node(url: st
             assert 0.5 <= float(line.rsplit(" ", 1)[1]) < 5, line
 
 
+async def test_readings_of_the_recorded_pauses_apply_in_the_order_they_were_asked(
+    url: str,
+) -> None:
+    """Each 'pools' notification makes a node read the recorded pauses; the reading
+    of a pause answered after the reading of the resume that followed it must not
+    leave the pool paused (until the next poll, before)."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x:
+        nodes = x.nodes
+        assert nodes is not None
+        answers = [(0.3, {"p": True}), (0.0, {"p": False})]  # paused, then resumed
+
+        async def pool_pauses() -> dict[str, bool]:
+            delay, paused = answers.pop(0)
+            await asyncio.sleep(delay)  # the first answer comes last
+            return paused
+
+        x.store.pool_pauses = pool_pauses  # type: ignore[method-assign]
+        await asyncio.gather(nodes.apply_pauses(), nodes.apply_pauses())
+        assert not x.pool("p").paused
+
+
 async def http_get(rt: Runtime, path: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=create_app(rt))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
