@@ -468,7 +468,6 @@ class Nodes:
         if self._claiming or store.starting_adds:
             return
         self._check_strays_at = time.monotonic() + STRAY_CHECK
-        await self._reap(everything=True)  # jobs of no live node (note 8)
         stray = [job_id for job_id in running if job_id not in self.live.states]
         if stray:
             released = await store.release_unheld(self.node, stray)
@@ -479,6 +478,7 @@ class Nodes:
                     self.node,
                     released,
                 )
+        await self._reap(everything=True)  # and those of no live node (note 8)
 
     async def apply_pauses(self) -> None:
         """The pauses and limits operators recorded, as they stand now, on this node's pools
