@@ -67,6 +67,7 @@ from .sql import (
     SQL_NODES,
     SQL_NOTIFY,
     SQL_NOTIFY_EACH,
+    SQL_NOTIFY_ONE,
     SQL_NOTIFY_POOLS,
     SQL_POOL_LIMITS,
     SQL_PURGE,
@@ -997,9 +998,20 @@ class PgStore(QueuedWrites, SharedReads):
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 formed = await form_batch(conn, task, key, limit, now)
+                if formed is not None:
+                    await self._wake_pools(conn, [formed[1]])
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         return formed
+
+    async def _wake_pools(self, conn: asyncpg.Connection, pools: Iterable[str]) -> None:
+        """Jobs of ``pools`` became due in this transaction (a dependent released, a
+        batch formed): the other nodes' pools claim at its commit, as after an add
+        (``taskrt.nodes`` note 4); where one owner runs the jobs, it knows already."""
+        if self.node is None:
+            return
+        for pool in sorted(set(pools)):
+            await conn.execute(SQL_NOTIFY_ONE, self.channel, added_payload(pool, self.node))
 
     async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
         """Close the open dependencies on finished jobs, release or cancel their
@@ -1011,6 +1023,7 @@ class PgStore(QueuedWrites, SharedReads):
             async with self.pool.acquire() as conn, conn.transaction():
                 settled = await settle(conn, parents, now, counted)
                 changed = await counted.apply(conn)
+                await self._wake_pools(conn, (pool for _, pool in settled.released))
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         self._merge_counts(changed)
