@@ -923,6 +923,57 @@ async def test_a_parent_that_ends_on_another_node_releases_its_dependent_at_once
         assert starts[d] - started < 0.5  # not the sweep (60 s), nor a poll (30 s)
 
 
+async def test_a_retry_on_another_node_during_the_settle_of_the_failure_resumes_the_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node x fails a chain's first step and settles it (cancels the next step);
+    node y retries the step by hand while that settle is still open. Before, y's
+    retry committed and looked for the steps the failure cancelled before x's
+    cancels committed: it found none, and the chain stayed CANCELLED though the
+    step succeeded (4 of 30 runs by timing alone). The settle now holds the
+    failed parent locked until it commits, so the retry waits for it."""
+    import taskrt.store.postgres.store as pg_store
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    settling = asyncio.Event()
+    settle = pg_store.settle
+
+    async def slow_settle(conn: Any, parents: Any, now: float, tally: Any) -> Any:
+        settled = await settle(conn, parents, now, tally)
+        if settled.cancelled and not settling.is_set():
+            settling.set()
+            await asyncio.sleep(0.5)  # a slow commit: the transaction stays open
+        return settled
+
+    monkeypatch.setattr(pg_store, "settle", slow_settle)
+    x = Runtime(url, mode="nodes")
+    y = Runtime(url, mode="nodes")
+    broken = {"fetch": True}
+
+    @x.task(pool="p")
+    async def fetch(url: str) -> str:
+        if broken["fetch"]:
+            broken["fetch"] = False
+            raise ConnectionError("down")
+        return f"<{url}>"
+
+    y.task(pool="p", name="fetch")(fetch.spec.handler)
+    y.pool("p").pause()  # x runs (and fails, and settles) the first step
+    for rt in (x, y):
+
+        @rt.task(pool="q", name="parse")
+        async def parse(html: str) -> int:
+            return len(html)
+
+    async with x, y:
+        first, second = (await y.chain(fetch.s("x.org"), y.resolve("parse").s())).jobs
+        await asyncio.wait_for(settling.wait(), 10)
+        assert (await y.get(first)).status is JobStatus.FAILURE
+        await y.retry(first)  # while x's settle is open
+        done = await y.wait(second, timeout=10)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, 7), done
+
+
 async def test_a_groups_successes_are_settled_once_where_one_owner_runs_them(
     tmp_path: Path,
 ) -> None:

@@ -2,7 +2,10 @@
 
 Two processes may settle the same parent at once: closing its open rows is
 the guard (the second ``UPDATE`` waits for the first and then finds them
-closed), and a dependent's count is one row, updated under its lock.
+closed), and a dependent's count is one row, updated under its lock. A settle
+holds a shared lock on the ended parents it closes until it commits, so a
+retry of one by hand elsewhere waits for it and then finds the dependents it
+cancelled (``SQL_LOCK_ENDED_OF``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ..deps import (
     with_inputs,
 )
 from ..protocol import BlockedAgain, CancelledChild, Settled
-from .sql import SQL_CLOSE_ALL, SQL_CLOSE_OF, numbered
+from .sql import SQL_CLOSE_ALL, SQL_CLOSE_OF, SQL_LOCK_ENDED_ALL, SQL_LOCK_ENDED_OF, numbered
 from .writer import Tally
 
 _WAIT_COUNT = numbered(SQL_WAIT_COUNT)
@@ -71,8 +74,10 @@ async def settle(
 ) -> Settled:
     """``JobStore.settle_deps`` inside the caller's transaction."""
     if parents is None:
+        await conn.execute(SQL_LOCK_ENDED_ALL)
         rows = await conn.fetch(SQL_CLOSE_ALL)
     else:
+        await conn.execute(SQL_LOCK_ENDED_OF, list(parents))
         rows = await conn.fetch(SQL_CLOSE_OF, list(parents))
     closed = [(int(c), int(p)) for c, p, _ in rows]
     if not closed:

@@ -852,6 +852,19 @@ _CLOSE = (
 )
 SQL_CLOSE_OF = _CLOSE.format("d.parent = ANY($1::bigint[])")
 SQL_CLOSE_ALL = _CLOSE.format("d.child IN (SELECT child FROM job_waits WHERE outcome IS NULL)")
+# Before a close, its ended parents are locked (shared, in id order) until the settle
+# commits: a retry of one of them (another process's, by hand) waits for it, and then
+# finds the dependents it cancelled to put back (``deps``); else the retry could
+# commit and look for them before the cancels committed, and they stayed CANCELLED.
+_LOCK_ENDED = (
+    "SELECT p.id FROM jobs p WHERE {} AND p.status IN ('SUCCESS', 'FAILURE', 'CANCELLED') "
+    "ORDER BY p.id FOR SHARE OF p"
+)
+SQL_LOCK_ENDED_OF = _LOCK_ENDED.format("p.id = ANY($1::bigint[])")
+SQL_LOCK_ENDED_ALL = _LOCK_ENDED.format(
+    "p.id IN (SELECT d.parent FROM job_deps d WHERE d.done = 0 AND d.child IN "
+    "(SELECT child FROM job_waits WHERE outcome IS NULL))"
+)
 SQL_PARENTS_FOUND = "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])"
 
 # What other processes commit for the owner wakes it (note 6).
