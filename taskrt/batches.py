@@ -30,6 +30,14 @@ Design notes:
    A key whose count reaches ``max_size`` forms at once; otherwise a timer
    forms it when its oldest job has waited ``max_wait``. Two nodes forming the
    same key at once cannot share a member (``FOR UPDATE SKIP LOCKED``).
+3. **The store has the last word.** Every node counts every add, so when a
+   key fills up every node finds it full; the first forms the batch, and the
+   others, counting on the same jobs, would have formed batches of whatever
+   came in since, long before ``max_wait`` (batches of 1 and 2 on three
+   nodes). So a batch forms only if the jobs the forming transaction finds
+   (and locks) fill it, or the oldest of them has waited ``max_wait``
+   (``form_batch``'s ``ripe_before``); a form asked for by hand
+   (``form_now``) takes what there is.
 """
 
 from __future__ import annotations
@@ -220,8 +228,12 @@ class Batcher:
             if not ripe and which not in self._forced:
                 self._plan(which)
                 return
+        forced = which in self._forced
         self._forced.discard(which)
-        formed = await self.store.form_batch(task, key, spec.batch.max_size, self.clock.now())
+        now = self.clock.now()
+        # Note 3: only what the store holds now may form it, unless forced.
+        ripe_before = None if forced else now + 0.005 - spec.batch.max_wait
+        formed = await self.store.form_batch(task, key, spec.batch.max_size, now, ripe_before)
         if formed is not None:
             leader, pool, _ = formed
             self.workflows.parents.add(leader)  # its end ends the others (note 1)

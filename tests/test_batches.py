@@ -268,6 +268,34 @@ async def test_run_now_from_a_client_forms_a_members_batch_where_nodes_run_jobs(
         assert calls == [[0, 1]]
 
 
+async def test_on_three_nodes_batches_fill_up_as_in_one_process(tmp_path: Path) -> None:
+    """Every node counts every add, so when a key fills up every node finds it
+    full; the first forms the batch. Before, the others then formed batches of
+    whatever came in since (sizes like 8, 1, 7, 1, 1, 6 where 8, 8, 8, 8 were
+    due), long before max_wait (batches note 3)."""
+    import contextlib
+
+    import pg_server
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    sizes: list[int] = []
+    nodes = [Runtime(url, mode="nodes") for _ in range(3)]
+    for rt in nodes:
+
+        @rt.task(batch=Batch(max_size=8, max_wait=60))
+        async def digest(items: list[int]) -> None:
+            sizes.append(len(items))
+
+    async with contextlib.AsyncExitStack() as stack:
+        for rt in nodes:
+            await stack.enter_async_context(rt)
+        adder = nodes[0].pool("default")
+        ids = [await adder.add(digest.options(batch_key="k"), n) for n in range(32)]
+        for job_id in ids:  # within max_wait: each batch formed full
+            assert (await nodes[0].wait(job_id, timeout=20)).status is JobStatus.SUCCESS
+    assert sizes == [8, 8, 8, 8]
+
+
 async def test_run_now_of_a_member_is_refused_where_the_owner_cannot_be_reached(
     tmp_path: Path,
 ) -> None:

@@ -1855,6 +1855,9 @@ async def test_a_batch_forms_from_its_oldest_jobs_and_its_members_end_as_it_ends
     follower = await get(store, ids[1])
     assert (follower.waiting_reason, follower.batch) == ("batched", ids[0])
     assert await store.batches_waiting() == [("digest", "k", 1, NOW + 2, ids[2])]
+    # One job left: it neither fills a batch of 2 nor was added by NOW + 1.
+    assert await store.form_batch("digest", "k", 2, NOW + 10, ripe_before=NOW + 1) is None
+    assert await store.batches_waiting() == [("digest", "k", 1, NOW + 2, ids[2])]
     await store.start(ids[0], 1, NOW + 11, 2, pool="mail")
     await store.succeed(ids[0], "2", NOW + 12, NO_PROGRESS, 3, pool="mail")
     settled = await store.settle_deps([ids[0]], NOW + 13)
@@ -1864,3 +1867,9 @@ async def test_a_batch_forms_from_its_oldest_jobs_and_its_members_end_as_it_ends
     assert (follower.status, follower.result, follower.attempts) == (SUCCESS, 2, 1)
     assert store.counted("mail", SUCCESS) == 2
     assert await store.form_batch("digest", "other", 2, NOW) is None
+    # Ripe: added by the bound (waited max_wait), it forms a batch of its own.
+    assert await store.form_batch("digest", "k", 2, NOW + 20, ripe_before=NOW + 2) == (
+        ids[2],
+        "mail",
+        [],
+    )

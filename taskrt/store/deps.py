@@ -85,7 +85,7 @@ SQL_FOLLOW_END = (
 )
 # -- batches (taskrt.batches): (task, key, limit)
 SQL_BATCH_MEMBERS = (
-    "SELECT id, args, pool FROM jobs WHERE task = ? AND batch_key = ? "
+    "SELECT id, args, pool, created_at FROM jobs WHERE task = ? AND batch_key = ? "
     "AND waiting_reason = 'batching' AND status = 'WAITING' ORDER BY id LIMIT ?"
 )
 _BATCHING = "id = ? AND status = 'WAITING' AND waiting_reason = 'batching'"
@@ -319,6 +319,16 @@ def followed(child: int, row: Sequence[Any], leader: Sequence[Any]) -> Cancelled
     return CancelledChild(
         child, str(task), str(pool), int(seq), float(finished_at), error, str(status), result
     )
+
+
+def unripe(rows: Sequence[Sequence[Any]], limit: int, ripe_before: float | None) -> bool:
+    """Whether the members found (``SQL_BATCH_MEMBERS``) neither fill a batch nor
+    have waited long enough: their oldest was added after ``ripe_before`` (None:
+    formed whatever its size). Another process may have just formed the batch
+    the caller counted on, from the same jobs (``taskrt.batches`` note 3)."""
+    if ripe_before is None or len(rows) >= limit:
+        return False
+    return min(float(r[3]) for r in rows) > ripe_before
 
 
 def batch_args(rows: Sequence[Sequence[Any]]) -> str:

@@ -638,13 +638,16 @@ class JobStore(Protocol):
         ...
 
     async def form_batch(
-        self, task: str, key: str, limit: int, now: float
+        self, task: str, key: str, limit: int, now: float, ripe_before: float | None = None
     ) -> tuple[int, str, list[int]] | None:
         """In one transaction: up to ``limit`` of the oldest ``batching`` jobs of
         ``task`` and ``key`` form a batch. The first (the leader) is released to run
         it, its arguments the list of every member's item; the others wait
         (``batched``) and end as it ends. (leader, its pool, the other members), or
-        None when no job of that key waits (another process formed it)."""
+        None when no job of that key waits (another process formed it), or when
+        ``ripe_before`` is given and the jobs found neither fill ``limit`` nor were
+        the oldest added at or before it (another process formed the batch the
+        caller counted; ``None``: formed whatever its size)."""
         ...
 
     async def batches_waiting(

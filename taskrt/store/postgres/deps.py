@@ -3,9 +3,11 @@
 Two processes may settle the same parent at once: closing its open rows is
 the guard (the second ``UPDATE`` waits for the first and then finds them
 closed), and a dependent's count is one row, updated under its lock. A settle
-holds a shared lock on the ended parents it closes until it commits, so a
-retry of one by hand elsewhere waits for it and then finds the dependents it
-cancelled (``SQL_LOCK_ENDED_OF``).
+first locks the ended parents (shared) and closes only those, so a retry of
+one by hand elsewhere waits until the settle commits and then finds the
+dependents it cancelled (``SQL_LOCK_ENDED_OF``). (Each statement reads what
+is committed as it starts: a close that did not go by the locked parents
+could close one that ended after the lock looked, unlocked.)
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ from ..deps import (
     followed,
     refusal,
     retried_meanwhile,
+    unripe,
     waits_again_as,
     with_inputs,
 )
 from ..protocol import BlockedAgain, CancelledChild, Settled
-from .sql import SQL_CLOSE_ALL, SQL_CLOSE_OF, SQL_LOCK_ENDED_ALL, SQL_LOCK_ENDED_OF, numbered
+from .sql import SQL_CLOSE_OF, SQL_LOCK_ENDED_ALL, SQL_LOCK_ENDED_OF, numbered
 from .writer import Tally
 
 _WAIT_COUNT = numbered(SQL_WAIT_COUNT)
@@ -73,12 +76,14 @@ async def settle(
     conn: asyncpg.Connection, parents: Sequence[int] | None, now: float, tally: Tally
 ) -> Settled:
     """``JobStore.settle_deps`` inside the caller's transaction."""
+    # The ended parents, locked first; only those are closed (module docstring).
     if parents is None:
-        await conn.execute(SQL_LOCK_ENDED_ALL)
-        rows = await conn.fetch(SQL_CLOSE_ALL)
+        locked = [int(r[0]) for r in await conn.fetch(SQL_LOCK_ENDED_ALL)]
     else:
-        await conn.execute(SQL_LOCK_ENDED_OF, list(parents))
-        rows = await conn.fetch(SQL_CLOSE_OF, list(parents))
+        locked = [int(r[0]) for r in await conn.fetch(SQL_LOCK_ENDED_OF, list(parents))]
+    if not locked:
+        return Settled()
+    rows = await conn.fetch(SQL_CLOSE_OF, locked)
     closed = [(int(c), int(p)) for c, p, _ in rows]
     if not closed:
         return Settled()
@@ -154,12 +159,17 @@ async def block_again(
 
 
 async def form_batch(
-    conn: asyncpg.Connection, task: str, key: str, limit: int, now: float
+    conn: asyncpg.Connection,
+    task: str,
+    key: str,
+    limit: int,
+    now: float,
+    ripe_before: float | None = None,
 ) -> tuple[int, str, list[int]] | None:
     """``JobStore.form_batch`` inside the caller's transaction; members another
     process is taking (locked) are skipped."""
     rows = await conn.fetch(_BATCH_MEMBERS, task, key, limit)
-    if not rows:
+    if not rows or unripe(rows, limit, ripe_before):
         return None
     leader, pool = int(rows[0][0]), str(rows[0][2])
     await conn.execute(_LEAD, batch_args(rows), now, leader, leader)

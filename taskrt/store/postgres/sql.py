@@ -851,7 +851,6 @@ _CLOSE = (
     "AND p.status IN ('SUCCESS', 'FAILURE', 'CANCELLED') RETURNING d.child, d.parent, p.status"
 )
 SQL_CLOSE_OF = _CLOSE.format("d.parent = ANY($1::bigint[])")
-SQL_CLOSE_ALL = _CLOSE.format("d.child IN (SELECT child FROM job_waits WHERE outcome IS NULL)")
 # Before a close, its ended parents are locked (shared, in id order) until the settle
 # commits: a retry of one of them (another process's, by hand) waits for it, and then
 # finds the dependents it cancelled to put back (``deps``); else the retry could

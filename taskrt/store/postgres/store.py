@@ -992,12 +992,12 @@ class PgStore(QueuedWrites, SharedReads):
         return await self._delete(tally(PURGE_WHERE), SQL_PURGE, (list(ids),))
 
     async def form_batch(
-        self, task: str, key: str, limit: int, now: float
+        self, task: str, key: str, limit: int, now: float, ripe_before: float | None = None
     ) -> tuple[int, str, list[int]] | None:
         """The oldest ``batching`` jobs of ``task`` and ``key`` form a batch (``store.deps``)."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                formed = await form_batch(conn, task, key, limit, now)
+                formed = await form_batch(conn, task, key, limit, now, ripe_before)
                 if formed is not None:
                     await self._wake_pools(conn, [formed[1]])
         except DRIVER_ERRORS as exc:

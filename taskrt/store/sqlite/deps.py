@@ -37,6 +37,7 @@ from ..deps import (
     marks,
     refusal,
     retried_meanwhile,
+    unripe,
     waits_again_as,
     with_inputs,
 )
@@ -139,11 +140,16 @@ def block_again(
 
 
 def form_batch(
-    conn: sqlite3.Connection, task: str, key: str, limit: int, now: float
+    conn: sqlite3.Connection,
+    task: str,
+    key: str,
+    limit: int,
+    now: float,
+    ripe_before: float | None = None,
 ) -> tuple[int, str, list[int]] | None:
     """``JobStore.form_batch`` inside the caller's transaction."""
     rows = conn.execute(SQL_BATCH_MEMBERS, (task, key, limit)).fetchall()
-    if not rows:
+    if not rows or unripe(rows, limit, ripe_before):
         return None
     leader, pool = int(rows[0][0]), str(rows[0][2])
     conn.execute(SQL_LEAD, (batch_args(rows), now, leader, leader))

@@ -572,11 +572,11 @@ class Store(QueuedWrites, SharedReads):
         return deleted
 
     async def form_batch(
-        self, task: str, key: str, limit: int, now: float
+        self, task: str, key: str, limit: int, now: float, ripe_before: float | None = None
     ) -> tuple[int, str, list[int]] | None:
         """The oldest ``batching`` jobs of ``task`` and ``key`` form a batch (``store.deps``)."""
         formed: tuple[int, str, list[int]] | None = await self._in_transaction(
-            lambda conn, _: form_batch(conn, task, key, limit, now)
+            lambda conn, _: form_batch(conn, task, key, limit, now, ripe_before)
         )
         return formed
 
