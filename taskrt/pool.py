@@ -561,13 +561,21 @@ class Pool:
             self._gate_timer.set(now + bucket.wait(now))
             return None
         retry_in: list[float] = []
+        held_keys: set[str] = set()  # lock keys of jobs this scan passed over
 
         def admit(state: JobState) -> bool:
             if state.deadline is not None and state.deadline <= now:
                 return True  # taken, to end (note 6)
+            key = state.lock
+            if key is not None and key in held_keys:
+                # An earlier job of its key waits (a task's rate): in line (gates note 2).
+                self._host.mark(state, "locked")
+                return False
             wait = gates.admit(state, now)
             if wait is None:
                 return True
+            if key is not None:
+                held_keys.add(key)
             if wait > 0:
                 retry_in.append(wait)
             return False

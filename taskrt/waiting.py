@@ -51,8 +51,12 @@ Design notes:
    further for one that may (``taskrt.gates`` note 2). Where fewer than that
    are in memory below the horizon, the ready list reaches on: it holds up to
    ``SCAN`` jobs and is refilled, so that a job beyond the window is found as
-   it would be with every job in memory. Once the first in line starts, the
-   list goes back to its window.
+   it would be with every job in memory (but for the refill's wait). It
+   reads what fits, no more, and keeps that reach while the gates are in use
+   (a line of one lock key's jobs would otherwise leave memory and be read
+   again at each start: 22 rows read per job started, measured); the list
+   goes back to its window when the pool takes jobs without the gates. Only
+   a window below ``SCAN`` ever reaches (the default is 10,000).
 """
 
 from __future__ import annotations
@@ -220,6 +224,7 @@ class _Lane:
         self.entries.clear()
         self.head = 0
         self.upto = None
+        self.reach = 0
 
     def refill(self) -> None:
         if self.reading is None:
@@ -231,7 +236,10 @@ class _Lane:
         try:
             while self.upto is not None:
                 cap = self.cap
-                limit = max(cap - len(self), cap // 4, 1)
+                room = cap - len(self)
+                # Reaching for a gate's scan (note 7): what fits, never more (the
+                # rest would leave again at once); else read ahead a quarter.
+                limit = room if self.reach > self.window and room > 0 else max(room, cap // 4, 1)
                 took = await self._read_upto(limit)
                 if took:
                     break
@@ -424,7 +432,12 @@ class Waiting:
         entry = self._first_ready()
         if entry is None:
             return None
-        self._ready.pop()
+        ready = self._ready
+        if ready.reach:  # no gate in use any more: the window again (note 7)
+            ready.reach = 0
+            if ready.reading is None:
+                ready.trim()
+        ready.pop()
         del self._members[entry[2]]
         state: JobState = entry[3]
         return state
@@ -451,7 +464,6 @@ class Waiting:
         if eligible(entry[3]):
             ready.pop()
             del self._members[entry[2]]
-            ready.reach = 0  # the line moves: the window is enough again (note 7)
             return entry[3]  # type: ignore[no-any-return]
         entries, upto = ready.entries, ready.upto
         end = ready.head + scan

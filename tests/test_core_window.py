@@ -490,3 +490,31 @@ async def test_latency_counts_a_due_job_outside_memory(tmp_path: Path) -> None:
         assert pool.statistics().latency == pytest.approx(100, abs=0.5)  # the reading, for 1 s
         await clock.advance(2)
         assert pool.statistics().latency < 3  # too old a reading: memory's again
+
+
+async def test_a_line_of_one_lock_keys_jobs_reads_each_job_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Note 7: the reach a gate's scan needs is read once and kept while the gates
+    # are in use. Before, each start dropped memory back to the window, the jobs
+    # left for the store, and the next scan read them again: 22 rows a job.
+    rt = make_rt(tmp_path, window=WINDOW)
+    work, ran = recorder(rt)
+    read: list[int] = []
+    async with rt:
+        pool = rt.pool("p", concurrency=4)
+        pool.pause()
+        ids = await pool.add_many(work.options(lock="L"), [()] * 300)
+        backlog = pool.queue._backlog  # type: ignore[attr-defined]
+        load = backlog.load_ready
+
+        async def load_ready(*args: Any) -> Any:
+            out = await load(*args)
+            read.append(out[1])
+            return out
+
+        monkeypatch.setattr(backlog, "load_ready", load_ready)
+        pool.resume()
+        await until(lambda: len(ran) == 300, timeout=20)
+    assert ran == ids  # one at a time, in line
+    assert sum(read) <= 300, sum(read)
