@@ -296,6 +296,33 @@ async def test_on_three_nodes_batches_fill_up_as_in_one_process(tmp_path: Path) 
     assert sizes == [8, 8, 8, 8]
 
 
+async def test_a_batch_formed_on_one_node_wakes_the_node_that_runs_it(tmp_path: Path) -> None:
+    """Node x forms the batch but does not run its pool; node y, polling every 30 s,
+    runs it at once: the form tells the other nodes (added:<pool>). Before, y
+    started it at its next poll."""
+    import pg_server
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    x = Runtime(url, mode="nodes", poll_interval=30)
+    y = Runtime(url, mode="nodes", poll_interval=30)
+    calls: list[list[int]] = []
+    for rt in (x, y):
+
+        @rt.task(batch=Batch(max_size=4, max_wait=3600))
+        async def digest(items: list[int]) -> None:
+            calls.append(list(items))
+
+    y.batches.start = lambda: None  # type: ignore[method-assign]  # x forms it
+    async with x, y:
+        x.pool("default").pause()  # here only: y runs it
+        began = time.monotonic()
+        ids = [await x.pool("default").add(digest.options(batch_key="k"), n) for n in range(4)]
+        for job_id in ids:
+            assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        assert time.monotonic() - began < 2  # not y's poll (30 s)
+    assert calls == [[0, 1, 2, 3]]
+
+
 async def test_run_now_of_a_member_is_refused_where_the_owner_cannot_be_reached(
     tmp_path: Path,
 ) -> None:
