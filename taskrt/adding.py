@@ -243,6 +243,7 @@ class Adding:
             "metadata",
             max_bytes=limits.max_metadata_bytes,
             max_depth=limits.max_depth,
+            field="metadata",
         )
         if opts.unique_key is not None:
             check_text(opts.unique_key, "unique_key", max_bytes=limits.max_key_bytes)
@@ -265,13 +266,23 @@ class Adding:
                 spec.validate(args, kwargs)
             args_json = (
                 encode(
-                    list(args), what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth
+                    list(args),
+                    what,
+                    max_bytes=limits.max_args_bytes,
+                    max_depth=limits.max_depth,
+                    field="args",
                 )
                 if args
                 else "[]"
             )
             kwargs_json = (
-                encode(kwargs, what, max_bytes=limits.max_args_bytes, max_depth=limits.max_depth)
+                encode(
+                    kwargs,
+                    what,
+                    max_bytes=limits.max_args_bytes,
+                    max_depth=limits.max_depth,
+                    field="kwargs",
+                )
                 if kwargs
                 else "{}"
             )

@@ -53,9 +53,16 @@ class SerializationError(TaskrtError, ValueError):
 
     code = "not_serializable"
 
-    def __init__(self, what: str, detail: str) -> None:
+    def __init__(self, what: str, detail: str, field: str | None = None) -> None:
         self.what = what
+        self.field = field  # the option or body field that holds it, where there is one
         super().__init__(f"{what} is not JSON-serialisable: {detail}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.field is not None:
+            out["field"] = self.field
+        return out
 
 
 class TaskNotFound(TaskrtError, LookupError):

@@ -88,24 +88,29 @@ def _too_deep(value: Any, budget: int) -> bool:
     return False
 
 
-def encode(value: Any, what: str, *, max_bytes: int, max_depth: int) -> str:
-    """Compact JSON of ``value``, refused with ``SerializationError`` naming ``what`` (note 3)."""
+def encode(
+    value: Any, what: str, *, max_bytes: int, max_depth: int, field: str | None = None
+) -> str:
+    """Compact JSON of ``value``, refused with ``SerializationError`` naming ``what``
+    (and the ``field`` that holds it, where there is one) (note 3)."""
     if not value and (value == () or value == [] or value == {}):
         return "{}" if isinstance(value, dict) else "[]"
     if _too_deep(value, max_depth):
-        raise SerializationError(what, f"it is nested more than {max_depth} levels deep")
+        raise SerializationError(what, f"it is nested more than {max_depth} levels deep", field)
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise SerializationError(what, str(exc)) from None
+        raise SerializationError(what, str(exc), field) from None
     try:
         size = utf8_size(text)
     except UnicodeEncodeError:
         raise SerializationError(
-            what, "it contains a string that is not valid UTF-8 (a lone surrogate)"
+            what, "it contains a string that is not valid UTF-8 (a lone surrogate)", field
         ) from None
     if size > max_bytes:
-        raise SerializationError(what, f"it is {size} bytes encoded; the limit is {max_bytes}")
+        raise SerializationError(
+            what, f"it is {size} bytes encoded; the limit is {max_bytes}", field
+        )
     return text
 
 

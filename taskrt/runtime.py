@@ -143,6 +143,7 @@ if TYPE_CHECKING:
     from .store.postgres import PgStore
 
 log = logging.getLogger("taskrt")
+_FAR_TIME = 1e12  # epoch seconds (the year 33658) a history window may name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -1757,9 +1758,16 @@ class Runtime:
                     "history", since=since, until=until, step=step, pool=pool, task=task
                 )
                 return [HistoryPoint(**p) for p in raw]
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and not -_FAR_TIME <= float(value) <= _FAR_TIME:
+                raise InvalidOption(
+                    name, f"expected epoch seconds within ±{_FAR_TIME:.0e}, found {value!r}"
+                )
         end = self.clock.now() if until is None else float(until)
         start = end - 60 * step if since is None else float(since)
-        if not (start == start and end == end) or end < start:
+        if end < start:
+            if until is None:
+                raise InvalidOption("since", "expected a time before until (now)")
             raise InvalidOption("until", "expected a time after since")
         step_minutes = int(step // 60)
         first = int(start // 60) // step_minutes * step_minutes

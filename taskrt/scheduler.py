@@ -54,6 +54,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -211,6 +212,19 @@ class ScheduleStatistics:
         }
 
 
+def check_schedule_name(name: Any) -> str:
+    """A schedule's name: 1 to ``MAX_NAME`` characters, not all blank, and one a URL
+    path segment and an HTTP header carry as it is (``/schedules/{name}``): no
+    ``/`` and no control character."""
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise InvalidOption("name", f"expected a non-empty string of at most {MAX_NAME} characters")
+    check_text(name, "name", max_bytes=4 * MAX_NAME)
+    bad = next((c for c in name if c == "/" or unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise InvalidOption("name", f"expected no '/' and no control character, found {bad!r}")
+    return name
+
+
 def define(
     name: str,
     task: Task[Any, Any] | str,
@@ -223,8 +237,7 @@ def define(
     misfire: str = "latest",
 ) -> ScheduleDefinition:
     """A validated definition; a bad field raises ``InvalidOption`` or ``CronError`` naming it."""
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise InvalidOption("name", f"expected a non-empty string of at most {MAX_NAME} characters")
+    check_schedule_name(name)
     if isinstance(task, TaskCall):
         raise InvalidOption(
             "task", "expected a task or a task name; per-call options cannot be scheduled"
@@ -262,12 +275,13 @@ def define(
         if text is not None:
             check_text(text, field_name, max_bytes=DEFAULT_LIMITS.max_key_bytes)
     what = f"the arguments of schedule {name!r}"
-    for value in (list(args), dict(kwargs or {})):
+    for field, value in (("args", list(args)), ("kwargs", dict(kwargs or {}))):
         encode(
             value,
             what,
             max_bytes=DEFAULT_LIMITS.max_args_bytes,
             max_depth=DEFAULT_LIMITS.max_depth,
+            field=field,
         )
     return definition
 

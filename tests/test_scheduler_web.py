@@ -10,7 +10,7 @@ import httpx
 import pytest
 from core_support import make_rt
 
-from taskrt import FakeClock, JobContext, Runtime
+from taskrt import FakeClock, InvalidOption, JobContext, Runtime
 from taskrt.web import create_app
 
 T0 = 1_800_000_000.0
@@ -79,7 +79,7 @@ async def test_errors(api: Any) -> None:
         "/schedules",
         json={"name": "x", "task": "report", "expression": "* * * * *", "tz": "Nowhere/City"},
     )
-    assert (zone.status_code, error(zone)["field"]) == (422, "timezone")
+    assert (zone.status_code, error(zone)["field"]) == (422, "tz")  # the body's name
     no_task = await client.post(
         "/schedules", json={"name": "x", "task": "nope", "expression": "* * * * *"}
     )
@@ -126,6 +126,31 @@ async def test_errors(api: Any) -> None:
             "message": "no schedule named 'ghost'",
             "schedule": "ghost",
         }
+
+
+async def test_a_name_a_url_or_a_header_cannot_carry_is_refused_and_nothing_stored(
+    api: Any,
+) -> None:
+    rt, _, client = api
+    for name in ("a/b", "a\r\nSet-Cookie: x=1", "tab\there"):
+        r = await client.post(
+            "/schedules", json={"name": name, "task": "report", "expression": "* * * * *"}
+        )
+        assert (r.status_code, error(r)["field"]) == (422, "name"), r.text
+    with pytest.raises(InvalidOption, match="name"):
+        rt.schedule("x/y", "report", "* * * * *")
+    listed = (await client.get("/schedules")).json()["schedules"]
+    assert [s["name"] for s in listed] == ["nightly"]
+    # Others (not latin-1, '?', '#') are fine; their Location is quoted.
+    for name, location in (
+        ("日本", "/schedules/%E6%97%A5%E6%9C%AC"),
+        ("a?b#c", "/schedules/a%3Fb%23c"),
+    ):
+        r = await client.post(
+            "/schedules", json={"name": name, "task": "report", "expression": "* * * * *"}
+        )
+        assert (r.status_code, r.headers["location"]) == (201, location), r.text
+        assert (await client.get(location)).json()["name"] == name
 
 
 async def test_update_pause_resume_run_and_delete(api: Any) -> None:

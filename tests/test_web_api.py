@@ -161,7 +161,6 @@ async def test_a_job_argument_named_tx_reaches_the_handler(
         ({"task": "echo", "pool": "nope"}, 404, "pool_not_found"),
         ({"task": "add", "kwargs": {"a": "x", "b": 1}}, 422, "validation_error"),
         ({"task": "add", "kwargs": {"a": 1}}, 422, "validation_error"),
-        (b'{"task": "echo", "kwargs": {"value": 1e400}}', 422, "not_serializable"),
         ({"task": "echo", "delay": "soon"}, 422, "invalid_option"),
         ({"task": "echo", "delay": "inf"}, 422, "invalid_option"),
         ({"task": "echo", "timeout": -1}, 422, "invalid_option"),
@@ -198,6 +197,7 @@ async def test_add_refuses_bad_input_with_the_right_status(
         (b'{"task": NaN}', JSON, 400, "malformed_json"),
         (b"\xff\xfe", JSON, 400, "malformed_json"),
         (b"[" * 100_000, JSON, 400, "malformed_json"),
+        (b'{"task": "echo", "kwargs": {"value": 1e400}}', JSON, 400, "malformed_json"),
         (b'{"task": "echo"}', {"content-type": "text/plain"}, 415, "unsupported_media_type"),
         (b'{"task": "echo"}', {}, 415, "unsupported_media_type"),
         (
@@ -608,6 +608,39 @@ async def test_numbers_int_cannot_read_are_4xx(
 async def test_a_huge_content_length_is_413(client: httpx.AsyncClient) -> None:
     r = await client.post("/jobs", content=b"{}", headers={**JSON, "content-length": BIG})
     assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ('/jobs?metadata.k="%5Cud800"', "metadata.k"),  # a lone surrogate, in JSON text
+        ('/jobs/count?metadata.k="%5Cud800"', "metadata.k"),
+        ("/stats/history?until=1e308", "until"),
+        ("/stats/history?until=-1e308", "until"),
+        ("/stats/history?since=-1e308&until=1e308", "since"),
+        ("/stats/history?since=1e11", "since"),  # after now, until left out
+    ],
+)
+async def test_bad_filters_and_windows_name_their_field(
+    client: httpx.AsyncClient, path: str, field: str
+) -> None:
+    r = await client.get(path)
+    assert r.status_code == 422, r.text
+    assert error_of(r)["field"] == field
+
+
+async def test_oversized_metadata_and_arguments_name_their_field(client: httpx.AsyncClient) -> None:
+    big = "x" * 100_000
+    r = await client.post("/jobs", json={"task": "echo", "metadata": {"k": big}})
+    assert (r.status_code, error_of(r)["code"], error_of(r)["field"]) == (
+        422,
+        "not_serializable",
+        "metadata",
+    )
+    r = await client.post("/jobs", json={"task": "echo", "kwargs": {"value": "x" * 2_000_000}})
+    assert r.status_code in (413, 422), r.text
+    if r.status_code == 422:
+        assert error_of(r)["field"] == "kwargs"
 
 
 async def test_a_lone_surrogate_is_malformed_json(client: httpx.AsyncClient) -> None:

@@ -141,7 +141,10 @@ def taskrt_error_response(exc: TaskrtError, *, retry_after: int) -> Response:
         return error_response(
             status, {"code": exc.code, "message": "internal error; see the server's log"}, headers
         )
-    return error_response(status, exc.to_dict(), headers)
+    body = exc.to_dict()
+    if isinstance(exc, CronError) and body.get("field") == "timezone":
+        body["field"] = "tz"  # as the schedule's bodies name it
+    return error_response(status, body, headers)
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:

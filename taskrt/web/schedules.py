@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import TaskNotFound
-from ..scheduler import MAX_NAME, MISFIRE_POLICIES, ScheduleInfo
+from ..scheduler import MAX_NAME, MISFIRE_POLICIES, ScheduleInfo, check_schedule_name
 from .inputs import field_of, invalid, json_object, read_json, refuse_unknown
 from .jobs import DUPLICATE_ID, QUEUE_FULL, job_url
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import NOT_BLANK_PATTERN, Schema, array_of, nullable, ref
+from .schemas import NOT_BLANK_PATTERN, SCHEDULE_NAME_PATTERN, Schema, array_of, nullable, ref
 
 _NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 _NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
@@ -31,8 +32,8 @@ _NAME: Schema = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_NAME,
-    "pattern": NOT_BLANK_PATTERN,
-    "description": "not only white space",
+    "pattern": SCHEDULE_NAME_PATTERN,
+    "description": "not only white space; no '/' and no control character",
 }
 _TASK: Schema = {"type": "string", "minLength": 1, "description": "a registered task's name"}
 _EXPRESSION: Schema = {
@@ -172,6 +173,7 @@ async def create_schedule(api: Api, request: Request) -> Response:
     name = body.get("name")
     if not isinstance(name, str) or not _NOT_BLANK.search(name) or len(name) > MAX_NAME:
         raise invalid("name", f"expected a string of 1 to {MAX_NAME} characters, not all blank")
+    check_schedule_name(name)  # InvalidOption: 422 naming it
     fields = _definition(body)
     for required in ("task", "expression"):
         if not fields.get(required):
@@ -184,7 +186,7 @@ async def create_schedule(api: Api, request: Request) -> Response:
     response = _reply(info, 201 if created else 200)
     if created:
         root = request.scope.get("root_path", "")
-        response.headers["Location"] = f"{root}/schedules/{name}"
+        response.headers["Location"] = f"{root}/schedules/{quote(name, safe='')}"
     return response
 
 

@@ -12,6 +12,7 @@ alike. A field whose ``null`` means "not given" is declared nullable
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from ..definitions import MAX_PARENTS
@@ -118,6 +119,15 @@ def _not_in(codes: list[int]) -> str:
 
 #: Has a character ``str.strip`` keeps (every whitespace character is in the BMP).
 NOT_BLANK_PATTERN = _not_in([c for c in range(0x10000) if chr(c).isspace()])
+
+_CONTROL = [c for c in range(0x10000) if unicodedata.category(chr(c)) == "Cc"]
+_IN_NAME = _not_in(sorted({*_CONTROL, ord("/")}))
+_SHOWN_IN_NAME = _not_in(
+    sorted({*_CONTROL, ord("/"), *(c for c in range(0x10000) if chr(c).isspace())})
+)
+#: A schedule's name (``scheduler.check_schedule_name``): no ``/``, no control
+#: character, not only white space.
+SCHEDULE_NAME_PATTERN = f"^{_IN_NAME}*{_SHOWN_IN_NAME}{_IN_NAME}*$"
 
 
 def duration(*, positive: bool = False, description: str = "") -> Schema:
