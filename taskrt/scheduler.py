@@ -42,6 +42,16 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    jobs it fails as orphaned. Retention may delete the jobs; the counts stay.
    (Not a trigger on ``jobs``: any UPDATE trigger there costs about a third of
    the job throughput.)
+7. **Changes and fires take turns on the row.** Where every node fires
+   (PostgreSQL), a change (update, pause, resume, delete) locks the row and
+   builds on it as locked: one that read it before a fire committed wrote the
+   fired slot back (the slot fired again, up to 16 times in a review's run),
+   and two updates at once each undid the other. A fire takes the row only if
+   no one holds it (``SKIP LOCKED``) and looks again shortly: a node frozen
+   while it held one row (a SIGSTOP) stopped every schedule of every node.
+   A node without a schedule's task leaves its slots to those that have it
+   (nodes may run different code); where one owner fires, a missing task
+   uses up the slot and records why.
 
 The module is long because a schedule's whole life is here: the definition's
 checks, the Python API, and the owner's loop, which share the row and its
@@ -138,6 +148,7 @@ MAX_NAME = 200
 _SCAN_LIMIT = 100_000
 # After an unexpected error firing a schedule, try it again this much later.
 _RETRY_AFTER = 1.0
+_BUSY_RETRY = 0.1  # seconds before looking again at a row another process holds
 
 
 class ScheduleNotFound(TaskrtError, LookupError):
@@ -535,24 +546,30 @@ class Scheduler:
         the new rule after now. A schedule declared in code is declared again
         at the next start, which undoes a change made here.
         """
-        old = await self.get(name)
-        d = old.definition
-        new = define(
-            name,
-            d.task if task is None else task,
-            d.expression if expression is None else expression,
-            args=d.args if args is None else args,
-            kwargs=d.kwargs if kwargs is None else kwargs,
-            pool=d.pool if pool is None else pool,
-            tz=d.tz if tz is None else tz,
-            misfire=d.misfire if misfire is None else misfire,
-        )
-        if new.canonical() == d.canonical():
-            return old
-        self._check_task(new)
+
+        def merged(d: ScheduleDefinition) -> ScheduleDefinition:
+            return define(
+                name,
+                d.task if task is None else task,
+                d.expression if expression is None else expression,
+                args=d.args if args is None else args,
+                kwargs=d.kwargs if kwargs is None else kwargs,
+                pool=d.pool if pool is None else pool,
+                tz=d.tz if tz is None else tz,
+                misfire=d.misfire if misfire is None else misfire,
+            )
+
+        self._check_task(merged((await self.get(name)).definition))  # refused before a write
         now = self._rt.clock.now()
 
         async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
+            # The parts not given come from the row as locked now, never from a read
+            # before: two changes at once each keep the other's (note 7).
+            d = info.definition
+            new = merged(d)
+            if new.canonical() == d.canonical():
+                return False
+            self._check_task(new)
             await conn.define_schedule(new, _next_after_change(info, new, now), now)
             return True
 
@@ -577,7 +594,9 @@ class Scheduler:
         self._rt.require_started("changing a schedule")
         bumped: int | None = None
         async with self._rt.store.transaction() as conn:
-            info = await conn.schedule(name)
+            # Locked: a node firing it meanwhile (or another change) goes first, and
+            # ``change`` sees what it committed (note 7).
+            info = await conn.schedule(name, lock=True)
             if info is None:
                 raise ScheduleNotFound(name)
             changed = await change(conn, info)
@@ -719,11 +738,21 @@ class Scheduler:
         async with rt.transaction() as tx:
             now = rt.clock.now()
             conn = tx.connection
-            found = await conn.schedule(name, lock=True)
+            found = await conn.schedule(name, lock=True, skip_locked=True)
             if found is None:
+                if await conn.schedule(name) is not None:
+                    # Another process holds the row (firing it, or changing it): look
+                    # again shortly, never wait behind it (note 7).
+                    if name in self._due:
+                        self._due[name] = now + _BUSY_RETRY
+                    return
                 self._due.pop(name, None)
                 return
             info = found
+            if info.task not in rt.tasks and not rt.owning:
+                # A node without the task leaves its slots to the nodes that have it.
+                self._due.pop(name, None)
+                return
             first = info.next_run_at
             if info.paused or first is None or first > now:
                 self._track(info)  # changed by someone else meanwhile

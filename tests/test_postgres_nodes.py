@@ -835,6 +835,94 @@ async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
     assert fires["fires"] == len(slots)
 
 
+async def test_edits_on_one_node_while_another_fires_never_fire_a_slot_twice(url: str) -> None:
+    """scheduler note 7: y changes the schedule's arguments every few milliseconds
+    while both fire it every second. Before, an edit that read the row before a fire
+    committed wrote the fired slot back, and the slot fired again."""
+    ran: Ran = collections.defaultdict(list)
+    x, y = node(url, "x", ran), node(url, "y", ran)
+    for rt in (x, y):
+        rt.schedule("tick", "a", "* * * * * *", args=[0], pool="p")
+    async with x, y:
+        deadline = time.monotonic() + 3.2
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            await y.schedules.update("tick", args=[n])
+            await asyncio.sleep(0.002)
+    rows = await sql(url, "SELECT metadata FROM jobs")
+    slots = [json.loads(r["metadata"])["slot"] for r in rows]
+    assert 3 <= len(slots) <= 5, slots
+    assert len(set(slots)) == len(slots), f"a slot fired twice: {sorted(slots)}"
+
+
+async def test_two_edits_at_once_on_two_nodes_keep_both(url: str) -> None:
+    ran: Ran = collections.defaultdict(list)
+    x, y = node(url, "x", ran), node(url, "y", ran)
+    for rt in (x, y):
+        rt.schedule("report", "a", "@every 1h", args=[0], pool="p")
+    async with x, y:
+        for n in range(8):
+            await asyncio.gather(
+                x.schedules.update("report", expression=f"@every {n + 2}h"),
+                y.schedules.update("report", args=[n + 1]),
+            )
+            info = await x.schedules.get("report")
+            assert (info.expression, info.args) == (f"@every {n + 2}h", (n + 1,)), n
+
+
+async def test_a_schedule_row_held_elsewhere_holds_back_no_other_schedule(url: str) -> None:
+    """A node frozen while it held one schedule's row (a SIGSTOP mid-fire): the other
+    schedules fire on. Before, a fire waited for the row's lock, and every later
+    schedule of the node waited behind it."""
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran)
+    x.schedule("held", "b", "* * * * * *", pool="p")
+    x.schedule("other", "b", "* * * * * *", pool="p")
+    async with x:
+        schema = url.rsplit("schema=", 1)[1]
+        frozen = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            async with frozen.transaction():
+                await frozen.execute("SELECT 1 FROM schedules WHERE name = 'held' FOR UPDATE")
+                await asyncio.sleep(2.5)
+                rows = await sql(url, "SELECT metadata FROM jobs")
+        finally:
+            await frozen.close()
+    fired = collections.Counter(json.loads(r["metadata"])["schedule"] for r in rows)
+    assert fired["other"] >= 2 and fired["held"] == 0, fired
+
+
+async def test_a_node_without_the_task_leaves_the_slots_to_one_that_has_it(url: str) -> None:
+    """Nodes may run different code. y has no task "only_x": before, it fired the
+    slots anyway and used each up with "no task named" (no job added); with x
+    running, about half the slots were lost that way."""
+    x = Runtime(url, mode="nodes", workers=False)  # has the task, fires nothing
+    y = Runtime(url, mode="nodes", node_ttl=2.0)  # fires, has no "only_x"
+    z = Runtime(url, mode="nodes", node_ttl=2.0)  # fires, has it
+    for rt in (x, z):
+
+        @rt.task(name="only_x")
+        async def only_x(job: JobContext) -> None:
+            return None
+
+    @y.task
+    async def only_y(job: JobContext) -> None:
+        return None
+
+    async with x, y:
+        await x.schedules.create("tick", "only_x", "@every 1s")  # y hears of it
+        await asyncio.sleep(2.5)
+        (row,) = await sql(url, "SELECT fires, last_error FROM schedules WHERE name = 'tick'")
+        assert (row["fires"], row["last_error"]) == (0, None)  # left for a node with it
+        async with z:
+            await asyncio.sleep(2.2)
+    (row,) = await sql(url, "SELECT fires, last_error FROM schedules WHERE name = 'tick'")
+    jobs = await sql(url, "SELECT id FROM jobs")
+    assert row["last_error"] is None
+    assert len(jobs) == row["fires"] >= 2
+
+
 async def test_a_schema_of_the_longest_name_has_channels_that_fit(tmp_path: Path) -> None:
     """PostgreSQL refuses channel names over 63 bytes: a 63-character schema's nodes
     still wake each other and send each other their events."""

@@ -195,7 +195,9 @@ class StoreTransaction(Protocol):
         """A nested part: if its block raises, only its writes are undone."""
         ...
 
-    async def schedule(self, name: str, *, lock: bool = False) -> ScheduleInfo | None: ...
+    async def schedule(
+        self, name: str, *, lock: bool = False, skip_locked: bool = False
+    ) -> ScheduleInfo | None: ...
 
     async def insert_schedule(
         self, definition: ScheduleDefinition, next_run_at: float | None, now: float

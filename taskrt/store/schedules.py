@@ -34,13 +34,22 @@ class ScheduleWrites:
         raise NotImplementedError
 
     ROW_LOCK = ""
+    SKIP_LOCKED = ""
     """What makes a read lock the row until the transaction ends (PostgreSQL's
     ``FOR UPDATE``; a SQLite write transaction holds the whole file already)."""
 
-    async def schedule(self, name: str, *, lock: bool = False) -> ScheduleInfo | None:
+    async def schedule(
+        self, name: str, *, lock: bool = False, skip_locked: bool = False
+    ) -> ScheduleInfo | None:
         """The schedule's row; ``lock``: locked until the transaction ends, so two
-        processes firing one slot take turns and the second sees it fired."""
-        rows = await self.run(SQL_SCHEDULE + (self.ROW_LOCK if lock else ""), (name,))
+        processes firing one slot take turns and the second sees it fired.
+        ``skip_locked``: None at once when another transaction holds the row
+        (where rows are locked one by one; a firing node must not wait behind
+        one frozen while it held a row)."""
+        suffix = (
+            (self.ROW_LOCK + self.SKIP_LOCKED if skip_locked else self.ROW_LOCK) if lock else ""
+        )
+        rows = await self.run(SQL_SCHEDULE + suffix, (name,))
         return row_to_schedule(rows[0]) if rows else None
 
     async def insert_schedule(

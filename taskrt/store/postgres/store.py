@@ -1148,6 +1148,7 @@ class PgTransaction(ScheduleWrites):
     """
 
     ROW_LOCK = " FOR UPDATE"
+    SKIP_LOCKED = " SKIP LOCKED"
 
     def __init__(self, conn: asyncpg.Connection, *, foreign: str | None = None) -> None:
         self.conn = conn
