@@ -737,3 +737,26 @@ def test_newest_slots_walks_back_without_visiting_every_slot() -> None:
     ]
     assert slot_key("a", T0 + 1) == f"cron:a:{int(T0) + 1}"
     assert slot_key("a", T0 + 0.05) == f"cron:a:{int(T0)}.05"
+
+
+async def test_two_updates_at_once_from_two_processes_keep_both(tmp_path: Path) -> None:
+    """Scheduler note 7: an update builds on the row as its transaction finds it.
+    Before, each built on a read made before, and wrote back the other's part
+    as it was (5 runs of 5 lost one)."""
+    path = str(tmp_path / "app.db")
+    owner, client = Runtime(path), Runtime(path, workers=False)
+    for rt in (owner, client):
+
+        @rt.task(name="report")
+        async def report(job: JobContext, n: int = 0) -> None:
+            return None
+
+    owner.schedule("nightly", "report", "@every 1h")
+    async with owner, client:
+        for n in range(5):
+            await asyncio.gather(
+                owner.schedules.update("nightly", expression=f"@every {n + 2}h"),
+                client.schedules.update("nightly", kwargs={"n": n + 1}),
+            )
+            info = await client.schedules.get("nightly")
+            assert (info.expression, info.kwargs) == (f"@every {n + 2}h", {"n": n + 1}), n
