@@ -625,6 +625,16 @@ async def test_a_reaped_nodes_late_retry_does_not_bring_back_a_job_another_node_
             assert outcomes == ["interrupted", "error"]
 
 
+async def unaware_of_its_death(x: Runtime) -> None:
+    """Node x runs what it runs, starts nothing more, and will not notice that it is
+    taken for dead (as right after a SIGSTOP and a SIGCONT): its heartbeat stops."""
+    x.pool("p").pause()
+    nodes = x.nodes
+    assert nodes is not None and nodes.heartbeat is not None
+    nodes._check_heartbeat = lambda: None  # type: ignore[method-assign]  # not noticed yet
+    await asyncio.to_thread(nodes.heartbeat.stop)
+
+
 async def test_the_on_failed_hook_of_a_failure_another_node_refuses_commits_nothing(
     url: str,
 ) -> None:
@@ -657,11 +667,7 @@ async def test_the_on_failed_hook_of_a_failure_another_node_refuses_commits_noth
         await sql(url, "CREATE TABLE audit (job bigint, node text)")
         job_id = await x.pool("p").add("hold")
         await until(lambda: ran[job_id])
-        x.pool("p").pause()
-        nodes = x.nodes
-        assert nodes is not None and nodes.heartbeat is not None
-        nodes._check_heartbeat = lambda: None  # type: ignore[method-assign]  # not noticed yet
-        await asyncio.to_thread(nodes.heartbeat.stop)
+        await unaware_of_its_death(x)
         await sql(url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour'")
         async with runs("z") as z:
             await until(lambda: len(ran[job_id]) == 2)  # z runs it now
@@ -1587,12 +1593,8 @@ async def test_the_event_of_a_write_the_reap_refused_reaches_no_other_node(
     async with runs("x") as x:
         job_id = await x.pool("p").add("hold")
         await until(lambda: ran[job_id])
-        x.pool("p").pause()
-        nodes = x.nodes
-        assert nodes is not None and nodes.heartbeat is not None
-        nodes._check_heartbeat = lambda: None  # type: ignore[method-assign]  # not noticed yet
-        nodes._reap = no_reap  # type: ignore[method-assign]  # nor reaps itself
-        await asyncio.to_thread(nodes.heartbeat.stop)
+        await unaware_of_its_death(x)
+        x.nodes._reap = no_reap  # type: ignore[method-assign, union-attr]  # nor reaps itself
         if reaper == "another":
             await o.start()
             o.nodes._reap = no_reap  # type: ignore[method-assign, union-attr]
