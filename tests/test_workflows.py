@@ -1101,3 +1101,33 @@ async def test_a_group_runs_across_two_nodes(tmp_path: Path) -> None:
         done = await y.wait(flow.jobs[-1], timeout=20)
         assert (done.status, done.result) == (JobStatus.SUCCESS, list(range(200)))
         assert len(ran) == 2 and sum(ran.values()) == 200
+
+
+async def test_a_settle_the_server_rolls_back_as_a_deadlock_is_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle, a block again and a retry of a chain lock rows in orders that can
+    meet; PostgreSQL ends such a deadlock by rolling one back, which is run again
+    (seen twice in a soak's server log once settles lock their parents)."""
+    import asyncpg
+
+    import taskrt.store.postgres.store as pg_store
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    settle = pg_store.settle
+    calls: list[int] = []
+
+    async def deadlocked_once(conn: Any, parents: Any, now: float, tally: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        return await settle(conn, parents, now, tally)
+
+    monkeypatch.setattr(pg_store, "settle", deadlocked_once)
+    store = pg_store.PgStore(url)
+    await store.open()
+    try:
+        settled = await store.settle_deps([1], time.time())
+    finally:
+        await store.close()
+    assert (settled.released, settled.cancelled, len(calls)) == ((), (), 2)

@@ -14,8 +14,8 @@ import logging
 import math
 import re
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -91,7 +91,18 @@ from .sql import (
     recovery,
     tally,
 )
-from .writer import LaneCounts, PgBatches, Tally, added_payload, insert_jobs, run_pack, transient
+from .writer import (
+    LaneCounts,
+    PgBatches,
+    Tally,
+    added_payload,
+    insert_jobs,
+    rolled_back,
+    run_pack,
+    transient,
+)
+
+_T = TypeVar("_T")
 
 # Lanes of ``job_counts`` (note 12): each writer of a process adds to its own rows.
 WRITES_LANE = 0  # the group commit of starts, ends and the rest
@@ -1018,30 +1029,44 @@ class PgStore(QueuedWrites, SharedReads):
         dependents (``taskrt.store.deps``), in one transaction."""
         if parents is not None and not parents:
             return Settled()
-        counted = Tally()
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                settled = await settle(conn, parents, now, counted)
-                changed = await counted.apply(conn)
-                await self._wake_pools(conn, (pool for _, pool in settled.released))
-        except DRIVER_ERRORS as exc:
-            raise _error(self.path, exc) from exc
-        self._merge_counts(changed)
-        return settled
+
+        async def body(conn: asyncpg.Connection, counted: Tally) -> Settled:
+            settled = await settle(conn, parents, now, counted)
+            await self._wake_pools(conn, (pool for _, pool in settled.released))
+            return settled
+
+        return await self._deps_transaction(body)
+
+    async def _deps_transaction(
+        self, body: Callable[[asyncpg.Connection, Tally], Awaitable[_T]]
+    ) -> _T:
+        """``body`` in one counted transaction, run again (at most twice) when the
+        server rolls it back on its own: a settle, a block again and a retry of a
+        chain lock jobs and their dependencies in orders that can meet (a deadlock,
+        which PostgreSQL ends by rolling one back; each is safe to repeat)."""
+        for attempt in range(3):
+            counted = Tally()
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    result = await body(conn, counted)
+                    changed = await counted.apply(conn)
+            except DRIVER_ERRORS as exc:
+                if attempt < 2 and isinstance(exc, asyncpg.PostgresError) and rolled_back(exc):
+                    continue
+                raise _error(self.path, exc) from exc
+            self._merge_counts(changed)
+            return result
+        raise AssertionError("unreachable")
 
     async def block_again(
         self, job_id: int, run_at: float, max_attempts: int | None, *, external: bool = False
     ) -> BlockedAgain | None:
         """A dependent that never ran, blocked again on its parents (``store.deps``)."""
-        counted = Tally()
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                again = await block_again(conn, job_id, run_at, max_attempts, counted, external)
-                changed = await counted.apply(conn)
-        except DRIVER_ERRORS as exc:
-            raise _error(self.path, exc) from exc
-        self._merge_counts(changed)
-        return again
+
+        async def body(conn: asyncpg.Connection, counted: Tally) -> BlockedAgain | None:
+            return await block_again(conn, job_id, run_at, max_attempts, counted, external)
+
+        return await self._deps_transaction(body)
 
     async def _delete(self, count_sql: str, sql: str, params: tuple[Any, ...]) -> int:
         """Delete jobs and their attempts in one transaction, counted (note 3)."""
