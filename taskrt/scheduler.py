@@ -559,7 +559,6 @@ class Scheduler:
                 misfire=d.misfire if misfire is None else misfire,
             )
 
-        self._check_task(merged((await self.get(name)).definition))  # refused before a write
         now = self._rt.clock.now()
 
         async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:

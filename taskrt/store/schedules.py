@@ -46,9 +46,9 @@ class ScheduleWrites:
         ``skip_locked``: None at once when another transaction holds the row
         (where rows are locked one by one; a firing node must not wait behind
         one frozen while it held a row)."""
-        suffix = (
-            (self.ROW_LOCK + self.SKIP_LOCKED if skip_locked else self.ROW_LOCK) if lock else ""
-        )
+        suffix = self.ROW_LOCK if lock else ""
+        if lock and skip_locked:
+            suffix += self.SKIP_LOCKED
         rows = await self.run(SQL_SCHEDULE + suffix, (name,))
         return row_to_schedule(rows[0]) if rows else None
 

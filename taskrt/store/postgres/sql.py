@@ -868,7 +868,6 @@ SQL_PARENTS_FOUND = "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])"
 
 # What other processes commit for the owner wakes it (note 6).
 SQL_NOTIFY = "SELECT pg_notify($1, 'changed')"
-SQL_NOTIFY_ONE = "SELECT pg_notify($1, $2)"
 # Notifications on channel $1, one per payload of $2, in the array's order (unnest's
 # rows come in it, and each pg_notify is called as its row is) (taskrt.nodebus note 6).
 SQL_NOTIFY_EACH = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"

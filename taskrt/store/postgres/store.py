@@ -67,7 +67,6 @@ from .sql import (
     SQL_NODES,
     SQL_NOTIFY,
     SQL_NOTIFY_EACH,
-    SQL_NOTIFY_ONE,
     SQL_NOTIFY_POOLS,
     SQL_POOL_LIMITS,
     SQL_PURGE,
@@ -1006,23 +1005,24 @@ class PgStore(QueuedWrites, SharedReads):
         self, task: str, key: str, limit: int, now: float, ripe_before: float | None = None
     ) -> tuple[int, str, list[int]] | None:
         """The oldest ``batching`` jobs of ``task`` and ``key`` form a batch (``store.deps``)."""
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                formed = await form_batch(conn, task, key, limit, now, ripe_before)
-                if formed is not None:
-                    await self._wake_pools(conn, [formed[1]])
-        except DRIVER_ERRORS as exc:
-            raise _error(self.path, exc) from exc
-        return formed
+
+        async def body(conn: asyncpg.Connection, _: Tally) -> tuple[int, str, list[int]] | None:
+            formed = await form_batch(conn, task, key, limit, now, ripe_before)
+            if formed is not None:
+                await self._wake_pools(conn, [formed[1]])
+            return formed
+
+        return await self._deps_transaction(body)
 
     async def _wake_pools(self, conn: asyncpg.Connection, pools: Iterable[str]) -> None:
         """Jobs of ``pools`` became due in this transaction (a dependent released, a
         batch formed): the other nodes' pools claim at its commit, as after an add
         (``taskrt.nodes`` note 4); where one owner runs the jobs, it knows already."""
-        if self.node is None:
-            return
-        for pool in sorted(set(pools)):
-            await conn.execute(SQL_NOTIFY_ONE, self.channel, added_payload(pool, self.node))
+        node = self.node
+        if node is not None:
+            payloads = [added_payload(pool, node) for pool in sorted(set(pools))]
+            if payloads:
+                await conn.execute(SQL_NOTIFY_EACH, self.channel, payloads)
 
     async def settle_deps(self, parents: Sequence[int] | None, now: float) -> Settled:
         """Close the open dependencies on finished jobs, release or cancel their
@@ -1041,9 +1041,10 @@ class PgStore(QueuedWrites, SharedReads):
         self, body: Callable[[asyncpg.Connection, Tally], Awaitable[_T]]
     ) -> _T:
         """``body`` in one counted transaction, run again (at most twice) when the
-        server rolls it back on its own: a settle, a block again and a retry of a
-        chain lock jobs and their dependencies in orders that can meet (a deadlock,
-        which PostgreSQL ends by rolling one back; each is safe to repeat)."""
+        server rolls it back on its own: a settle, a block again, a batch's forming
+        and a retry of a chain lock jobs and their dependencies in orders that can
+        meet (a deadlock, which PostgreSQL ends by rolling one back; each is safe to
+        repeat)."""
         for attempt in range(3):
             counted = Tally()
             try:
