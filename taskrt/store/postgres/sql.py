@@ -258,6 +258,14 @@ SCHEMA_V8 = (
     "CREATE INDEX jobs_cancel_asked ON jobs (id) WHERE cancel_requested = 1 AND status = 'WAITING'",
 )
 
+# Jobs of one lock key start in their queue order (``taskrt.gates`` note 2): a claim
+# takes a job with a lock key only if no due job of its key waits before it in its
+# pool, found by this index (a few entries a key), never by a scan of what waits.
+SCHEMA_V9 = (
+    "CREATE INDEX jobs_waiting_locks ON jobs (lock_key, pool, priority DESC, run_at, id) "
+    "WHERE status = 'WAITING' AND lock_key IS NOT NULL",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -267,6 +275,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V6,
     SCHEMA_V7,
     SCHEMA_V8,
+    SCHEMA_V9,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -932,10 +941,17 @@ _CLAIM_COLUMNS = ", ".join(f"g.{c}" for c in JOB_COLUMNS.split(", "))
 # A waiting job's lock key is free: no running job holds it, and no claim in flight
 # is taking it (a transaction-scoped advisory lock; the unique index jobs_locks is
 # what holds when a claim that read before another's commit tries it anyway).
+# It is also the first due job of its key in the pool ($1, at $2) that is not to be
+# ended at a look (a cancel asked): one the claim leaves out (its task is not this
+# node's, or its rate gave no token) keeps the later ones of its key waiting
+# (``taskrt.gates`` note 2; the index jobs_waiting_locks).
 _LOCK_FREE = (
     "NOT EXISTS (SELECT 1 FROM jobs r WHERE r.lock_key = jobs.lock_key "
-    "AND r.status = 'RUNNING') AND pg_try_advisory_xact_lock(hashtext(current_schema() "
-    "|| ':lock:' || lock_key))"
+    "AND r.status = 'RUNNING') AND jobs.id = (SELECT e.id FROM jobs e "
+    "WHERE e.lock_key = jobs.lock_key AND e.status = 'WAITING' AND e.pool = $1 "
+    "AND e.run_at <= $2 AND e.cancel_requested = 0 "
+    "ORDER BY e.priority DESC, e.run_at, e.id LIMIT 1) "
+    "AND pg_try_advisory_xact_lock(hashtext(current_schema() || ':lock:' || lock_key))"
 )
 # Claim up to $4 due jobs of pool $1 whose tasks ($3) this node has, at $2, for node
 # $5, if its heartbeat is fresh: highest priority, then earliest run_at, then lowest
@@ -1016,7 +1032,8 @@ SQL_SETTLE_TOKENS = (
 )
 # Why waiting jobs wait, where every node claims (mode "nodes"): the first due job
 # of the pool ($1, at $2) among the tasks $3 a rate limit held back; and the due
-# jobs, among the first thousand, whose lock key a running job holds.
+# jobs, among the first thousand, whose lock key a running job holds or an earlier
+# due job of the pool has.
 SQL_MARK_RATE_LIMITED = (
     "UPDATE jobs SET waiting_reason = 'rate_limited' WHERE id = (SELECT id FROM jobs "
     "WHERE status = 'WAITING' AND pool = $1 AND run_at <= $2 AND task = ANY($3::text[]) "
@@ -1024,14 +1041,18 @@ SQL_MARK_RATE_LIMITED = (
     "AND waiting_reason IS DISTINCT FROM 'rate_limited'"
 )
 SQL_MARK_LOCKED = (
-    "UPDATE jobs j SET waiting_reason = 'locked' FROM (SELECT id, lock_key FROM jobs "
-    # Nothing is read where no job holds a lock (a one-time check, by jobs_locks).
-    "WHERE EXISTS (SELECT 1 FROM jobs h WHERE h.lock_key IS NOT NULL AND h.status = 'RUNNING') "
-    "AND status = 'WAITING' AND pool = $1 AND run_at <= $2 "
-    "ORDER BY priority DESC, run_at, id LIMIT 1000) w WHERE j.id = w.id "
-    "AND w.lock_key IS NOT NULL AND j.status = 'WAITING' "
-    "AND j.waiting_reason IS DISTINCT FROM 'locked' AND EXISTS (SELECT 1 FROM jobs r "
-    "WHERE r.lock_key = w.lock_key AND r.status = 'RUNNING')"
+    "UPDATE jobs j SET waiting_reason = 'locked' FROM (SELECT id, lock_key, row_number() "
+    "OVER (PARTITION BY lock_key ORDER BY priority DESC, run_at, id) AS nth FROM (SELECT id, "
+    "lock_key, priority, run_at FROM jobs "
+    # Nothing is read where no job has a lock key (one-time checks, by jobs_locks and
+    # jobs_waiting_locks).
+    "WHERE (EXISTS (SELECT 1 FROM jobs h WHERE h.lock_key IS NOT NULL AND h.status = 'RUNNING') "
+    "OR EXISTS (SELECT 1 FROM jobs h WHERE h.lock_key IS NOT NULL AND h.status = 'WAITING')) "
+    "AND status = 'WAITING' AND pool = $1 AND run_at <= $2 AND cancel_requested = 0 "
+    "ORDER BY priority DESC, run_at, id LIMIT 1000) f WHERE lock_key IS NOT NULL) w "
+    "WHERE j.id = w.id AND j.status = 'WAITING' "
+    "AND j.waiting_reason IS DISTINCT FROM 'locked' AND (w.nth > 1 OR EXISTS (SELECT 1 "
+    "FROM jobs r WHERE r.lock_key = w.lock_key AND r.status = 'RUNNING'))"
 )
 SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
 SQL_RUNNING_ON = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1"
