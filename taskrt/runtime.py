@@ -454,6 +454,7 @@ class Runtime:
         self._pool_host = _PoolHost(self)
         # Cron schedules (taskrt.scheduler): the first start hook, the first stop hook.
         self.schedules = Scheduler(self)
+        self.schedules.hold_limit = float(node_ttl)
         self.on_start(self.schedules.start)
         self.on_stop(self.schedules.stop)
 

@@ -49,6 +49,10 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    and two updates at once each undid the other. A fire takes the row only if
    no one holds it (``SKIP LOCKED``) and looks again shortly: a node frozen
    while it held one row (a SIGSTOP) stopped every schedule of every node.
+   The row itself waits no longer than a node's TTL: a fire's transaction
+   idle that long between two statements is ended by the server
+   (``bound_idle``), and its slots are fired by another node (the frozen one's
+   fire fails when it wakes, and commits nothing).
    A node without a schedule's task leaves its slots to those that have it
    (nodes may run different code); where one owner fires, a missing task
    uses up the slot and records why.
@@ -350,6 +354,9 @@ class Scheduler:
         self.max_catch_up = MAX_CATCH_UP
         self.watch_interval = 1.0
         self.max_sleep = 60.0
+        # Seconds a fire's transaction may sit idle holding its row (note 7): the
+        # runtime's node TTL.
+        self.hold_limit = 5.0
         self.retention = Retention(rt)
         self._declared: dict[str, ScheduleDefinition] = {}
         self._from_tasks: set[str] = set()
@@ -737,6 +744,7 @@ class Scheduler:
         async with rt.transaction() as tx:
             now = rt.clock.now()
             conn = tx.connection
+            await conn.bound_idle(self.hold_limit)  # note 7
             found = await conn.schedule(name, lock=True, skip_locked=True)
             if found is None:
                 if await conn.schedule(name) is not None:

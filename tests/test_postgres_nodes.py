@@ -50,7 +50,8 @@ def node(
     url: str, name: str, ran: Ran, *, concurrency: int = 4, tasks: str = "ab", **options: object
 ) -> Runtime:
     """A node whose handlers record which node ran each attempt."""
-    rt = Runtime(url, mode="nodes", node_ttl=2.0, **options)  # type: ignore[arg-type]
+    options.setdefault("node_ttl", 2.0)
+    rt = Runtime(url, mode="nodes", **options)  # type: ignore[arg-type]
     rt.pool("p", concurrency=concurrency)
     gate = asyncio.Event()
     rt.gate = gate  # type: ignore[attr-defined]
@@ -902,6 +903,41 @@ async def test_a_schedule_row_held_elsewhere_holds_back_no_other_schedule(url: s
     # While held: not that one (its slots wait), every other one on.
     assert fired["held"] == before, (fired, before)
     assert fired["other"] >= others[0]["fires"] + 2, (fired, others)
+
+
+async def test_a_schedule_row_a_frozen_fire_holds_is_free_after_the_ttl(url: str) -> None:
+    """A node stalled inside a fire, its row locked (scheduler note 7): the server
+    ends that transaction once it has been idle a TTL, and another node fires the
+    schedule's slots. Before, the row stayed locked while the stalled node's
+    session lived, and no node fired that schedule."""
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran, node_ttl=1.0)
+    y = node(url, "y", ran)
+    for rt in (x, y):
+        rt.schedule("tick", "b", "* * * * * *", pool="p")
+    stalled = asyncio.Event()
+    wake = asyncio.Event()
+    add_job = x.schedules._add_job
+
+    async def stall(*args: Any) -> int:
+        stalled.set()
+        await wake.wait()  # the loop runs on; this fire's transaction sits idle
+        return await add_job(*args)
+
+    x.schedules._add_job = stall  # type: ignore[method-assign]
+    async with x:
+        await asyncio.wait_for(stalled.wait(), 5)
+        held_at = time.monotonic()
+        async with y:
+            await until(lambda: any(ran.values()), timeout=5)
+            took = time.monotonic() - held_at
+            wake.set()  # x's fire goes on: its transaction is gone, nothing commits
+            await asyncio.sleep(0.2)
+        x.schedules._add_job = add_job  # type: ignore[method-assign]
+    assert took < 1.0 + 2.0, took  # the TTL, then y's next look at the row
+    rows = await sql(url, "SELECT unique_key, node FROM jobs")
+    keys = [r["unique_key"] for r in rows]
+    assert len(keys) == len(set(keys)), keys  # no slot twice
 
 
 async def test_a_node_without_the_task_leaves_the_slots_to_one_that_has_it(url: str) -> None:

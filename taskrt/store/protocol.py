@@ -195,6 +195,11 @@ class StoreTransaction(Protocol):
         """A nested part: if its block raises, only its writes are undone."""
         ...
 
+    async def bound_idle(self, seconds: float) -> None:
+        """Ended by the server once idle ``seconds`` between two statements (where
+        rows are locked one by one); nothing on SQLite."""
+        ...
+
     async def schedule(
         self, name: str, *, lock: bool = False, skip_locked: bool = False
     ) -> ScheduleInfo | None: ...

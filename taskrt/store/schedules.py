@@ -38,6 +38,12 @@ class ScheduleWrites:
     """What makes a read lock the row until the transaction ends (PostgreSQL's
     ``FOR UPDATE``; a SQLite write transaction holds the whole file already)."""
 
+    async def bound_idle(self, seconds: float) -> None:
+        """Where rows are locked one by one (PostgreSQL): the server ends the
+        transaction, and its session, once it has been idle ``seconds`` between two
+        statements, so a process frozen while it held a row (a SIGSTOP, a stalled
+        loop) holds it no longer. SQLite: nothing (a write holds the whole file)."""
+
     async def schedule(
         self, name: str, *, lock: bool = False, skip_locked: bool = False
     ) -> ScheduleInfo | None:

@@ -1194,6 +1194,14 @@ class PgTransaction(ScheduleWrites):
                 raise StoreUnavailable("the database", reason(exc)) from exc
             raise StoreError(f"{exc} (in: {sql})") from exc
 
+    async def bound_idle(self, seconds: float) -> None:
+        # For this transaction only (``is_local``): the connection goes back to the
+        # pool with the server's setting.
+        await self.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', $1, true)",
+            (str(max(1, round(seconds * 1000))),),
+        )
+
     async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A statement of ``queries`` (``?`` placeholders), numbered."""
         return await self.execute(numbered(sql), params)
