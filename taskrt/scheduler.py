@@ -49,8 +49,8 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    and two updates at once each undid the other. A fire takes the row only if
    no one holds it (``SKIP LOCKED``) and looks again shortly: a node frozen
    while it held one row (a SIGSTOP) stopped every schedule of every node.
-   The row itself waits no longer than a node's TTL: a fire's transaction
-   idle that long between two statements is ended by the server
+   The row itself waits no longer than a node's TTL: a fire's (or a
+   change's) transaction idle that long between two statements is ended by the server
    (``bound_idle``), and its slots are fired by another node (the frozen one's
    fire fails when it wakes, and commits nothing).
    A node without a schedule's task leaves its slots to those that have it
@@ -602,6 +602,7 @@ class Scheduler:
         async with self._rt.store.transaction() as conn:
             # Locked: a node firing it meanwhile (or another change) goes first, and
             # ``change`` sees what it committed (note 7).
+            await conn.bound_idle(self.hold_limit)
             info = await conn.schedule(name, lock=True)
             if info is None:
                 raise ScheduleNotFound(name)
