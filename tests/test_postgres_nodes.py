@@ -28,7 +28,7 @@ from test_web_sse import parse_sse
 
 from taskrt import JobContext, JobInfo, JobStatus, Runtime, Transaction, nodebus
 from taskrt import nodes as nodes_module
-from taskrt.errors import Fatal, InvalidOption, OwnershipError, StoreUnavailable
+from taskrt.errors import Fatal, InvalidOption, JobNotFound, OwnershipError, StoreUnavailable
 from taskrt.models import EventType
 from taskrt.nodebus import NodeBus
 from taskrt.store import InsertResult
@@ -938,6 +938,55 @@ async def test_a_schedule_row_a_frozen_fire_holds_is_free_after_the_ttl(url: str
     rows = await sql(url, "SELECT unique_key, node FROM jobs")
     keys = [r["unique_key"] for r in rows]
     assert len(keys) == len(set(keys)), keys  # no slot twice
+
+
+async def test_a_cleanup_racing_the_add_of_a_dependent_keeps_the_parent_or_refuses_the_add(
+    url: str,
+) -> None:
+    """One node adds a job after a finished parent while another cleans up: either
+    the parent stays (the dependent runs) or the add fails (JobNotFound), and the
+    counts stay those of the rows. Before, the cleanup deleted the parent while the
+    add's read of it was not yet committed: every dependent stayed blocked for good
+    (99 of 100 in a review's run), and a cleanup that counted a parent its delete
+    then kept lowered the SUCCESS count below the rows."""
+    nodes = [Runtime(url, mode="nodes", node_ttl=2.0) for _ in range(2)]
+    steps = []
+    for rt in nodes:
+        rt.pool("p", concurrency=8)
+
+        @rt.task(pool="p")
+        async def step(job: JobContext, n: int) -> int:
+            return n
+
+        steps.append(step)
+    a, b = nodes
+    children: list[int] = []
+    refused = 0
+    async with a, b:
+        for n in range(30):
+            parent = await a.pool("p").add(steps[0], n)
+            await a.wait(parent, timeout=5)
+            child, _ = await asyncio.gather(
+                a.pool("p").add(steps[0].options(after=[parent]), n),
+                b.cleanup(older_than=0),
+                return_exceptions=True,
+            )
+            if isinstance(child, JobNotFound):
+                refused += 1
+            else:
+                assert isinstance(child, int), child
+                children.append(child)
+                # Blocked for good when its parent went.
+                assert (await a.wait(child, timeout=5)).status is JobStatus.SUCCESS
+        await a.store.flush()
+        await b.store.flush()
+        rows = {
+            r["status"]: r["n"]
+            for r in await sql(url, "SELECT status, count(*) AS n FROM jobs GROUP BY 1")
+        }
+        counts = await a.stats()
+    assert children, refused  # the race went both ways, or at least the one
+    assert {k: v for k, v in counts.counts.items() if v} == rows
 
 
 async def test_a_node_without_the_task_leaves_the_slots_to_one_that_has_it(url: str) -> None:

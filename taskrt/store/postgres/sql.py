@@ -732,6 +732,12 @@ SQL_COUNTS_ADD = (
 SQL_COUNTS = "SELECT pool, status, lane, n FROM job_counts"
 
 
+def locking(where: str) -> str:
+    """The ids of the rows with this WHERE clause, locked in id order (so two such
+    statements wait for each other rather than deadlock)."""
+    return f"SELECT id FROM jobs WHERE {where} ORDER BY id FOR UPDATE"
+
+
 def tally(where: str) -> str:
     """The rows a statement with this WHERE clause is about to change, by pool and status
     (locked, so they cannot change in between)."""
@@ -834,7 +840,14 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
 
 # A finished job that a blocked job waits for stays (taskrt.workflows note 4).
 CLEANUP_WHERE = "finished_at < $1 AND status = ANY($2::text[]) AND " + KEEP_PARENTS.format("jobs")
-SQL_CLEANUP = f"DELETE FROM jobs WHERE {CLEANUP_WHERE} RETURNING id"
+# Cleanup and purge lock their rows first (``locking``), then delete those of them
+# that no blocked job waits for, as a later statement sees it: an add of a
+# dependent that held a parent (SQL_PARENTS_FOUND) has committed by then.
+SQL_DELETE_LOCKED = (
+    "DELETE FROM jobs WHERE id = ANY($1::bigint[]) AND "
+    + KEEP_PARENTS.format("jobs")
+    + " RETURNING id, pool, status"
+)
 SQL_DELETE_ATTEMPTS = "DELETE FROM attempts WHERE job_id = ANY($1::bigint[])"
 SQL_DELETE_DEPS = (
     "DELETE FROM job_deps WHERE child = ANY($1::bigint[])",
@@ -844,7 +857,6 @@ PURGE_WHERE = (
     "id = ANY($1::bigint[]) AND status IN ('SUCCESS', 'FAILURE', 'CANCELLED') AND "
     + KEEP_PARENTS.format("jobs")
 )
-SQL_PURGE = f"DELETE FROM jobs WHERE {PURGE_WHERE} RETURNING id"
 SQL_RESCHEDULE = (
     "UPDATE jobs SET run_at = $1, external = GREATEST(external, $2) "
     "WHERE id = $3 AND status = 'WAITING' "
@@ -873,7 +885,12 @@ SQL_LOCK_ENDED_ALL = _LOCK_ENDED.format(
     "p.id IN (SELECT d.parent FROM job_deps d WHERE d.done = 0 AND d.child IN "
     "(SELECT child FROM job_waits WHERE outcome IS NULL))"
 )
-SQL_PARENTS_FOUND = "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])"
+# Locked until the add commits (FOR KEY SHARE: the parents' own writes go on), so a
+# cleanup or purge deleting one waits, then sees the new dependent and keeps it; an
+# add that waited for a delete finds the parent gone.
+SQL_PARENTS_FOUND = (
+    "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR KEY SHARE"
+)
 
 # What other processes commit for the owner wakes it (note 6).
 SQL_NOTIFY = "SELECT pg_notify($1, 'changed')"

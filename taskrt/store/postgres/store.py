@@ -7,6 +7,7 @@ dialect, through asyncpg's pool. The notes are the package's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -52,10 +53,10 @@ from .sql import (
     SQL_CANCEL_WAITING_EXTERNAL,
     SQL_CANCELS,
     SQL_CLAIM,
-    SQL_CLEANUP,
     SQL_COUNTS,
     SQL_DELETE_ATTEMPTS,
     SQL_DELETE_DEPS,
+    SQL_DELETE_LOCKED,
     SQL_DRAW_TOKENS,
     SQL_EVENT_LISTENERS,
     SQL_JOIN,
@@ -69,7 +70,6 @@ from .sql import (
     SQL_NOTIFY_EACH,
     SQL_NOTIFY_POOLS,
     SQL_POOL_LIMITS,
-    SQL_PURGE,
     SQL_REAP,
     SQL_RELEASE,
     SQL_RELEASE_UNHELD,
@@ -86,6 +86,7 @@ from .sql import (
     SQL_TELL_REAPED,
     UNHELD_WHERE,
     claim_sql,
+    locking,
     numbered,
     recovery,
     tally,
@@ -994,12 +995,12 @@ class PgStore(QueuedWrites, SharedReads):
 
     async def cleanup(self, before: float, statuses: Sequence[JobStatus]) -> int:
         values = [s.value for s in statuses]
-        return await self._delete(tally(CLEANUP_WHERE), SQL_CLEANUP, (before, values))
+        return await self._delete(locking(CLEANUP_WHERE), (before, values))
 
     async def purge(self, ids: Sequence[int]) -> int:
         if not ids:
             return 0
-        return await self._delete(tally(PURGE_WHERE), SQL_PURGE, (list(ids),))
+        return await self._delete(locking(PURGE_WHERE), (list(ids),))
 
     async def form_batch(
         self, task: str, key: str, limit: int, now: float, ripe_before: float | None = None
@@ -1069,14 +1070,23 @@ class PgStore(QueuedWrites, SharedReads):
 
         return await self._deps_transaction(body)
 
-    async def _delete(self, count_sql: str, sql: str, params: tuple[Any, ...]) -> int:
-        """Delete jobs and their attempts in one transaction, counted (note 3)."""
+    async def _delete(self, lock_sql: str, params: tuple[Any, ...]) -> int:
+        """Delete jobs and their attempts in one transaction, counted (note 3).
+
+        The rows are locked first, and only those are deleted, by a later statement
+        that sees what an add of a dependent committed meanwhile (it held the
+        parent until then): a parent it named stays. Counted by what the delete
+        returns."""
         counted = Tally()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                for pool, status, n in await conn.fetch(count_sql, *params):
-                    counted.move(str(pool), str(status), None, int(n))
-                deleted = [int(r[0]) for r in await conn.fetch(sql, *params)]
+                locked = [int(r[0]) for r in await conn.fetch(lock_sql, *params)]
+                rows = await conn.fetch(SQL_DELETE_LOCKED, locked) if locked else []
+                deleted = [int(r[0]) for r in rows]
+                for (pool, status), n in collections.Counter(
+                    (str(r[1]), str(r[2])) for r in rows
+                ).items():
+                    counted.move(pool, status, None, n)
                 if deleted:
                     await conn.execute(SQL_DELETE_ATTEMPTS, deleted)
                     for statement in SQL_DELETE_DEPS:
