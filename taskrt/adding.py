@@ -655,7 +655,8 @@ class Adding:
         """``QueueFull`` when ``n`` more jobs do not fit in ``pool``; None when they do.
         A full pool still answers an add whose unique key is taken with the holder's
         id (``_conflict``), as where the holder is in memory: one whose holder is in
-        the store only (beyond the window, or another process's) is looked up there."""
+        the store only (beyond the window, or another process's), or whose key a
+        finished job's ``unique_for`` window holds, is looked up there."""
         if pool.capacity is None:
             return None
         owning = self.owning()
@@ -664,6 +665,8 @@ class Adding:
             return None
         if len(jobs) == 1 and (key := jobs[0].unique_key) is not None:
             holder = await self.store.unique_holder(key)
+            if holder is None:  # a window the key's last job opened (``unique_for``)
+                holder = await self.store.unique_window(key, jobs[0].created_at)
             if holder is not None:
                 return _conflict(jobs[0], holder)
         raise QueueFull(pool.name, pool.capacity)

@@ -22,7 +22,7 @@ import pytest
 from taskrt import DuplicateJob, JobContext, JobStatus, Runtime
 from taskrt.clock import FakeClock
 from taskrt.definitions import TaskCall, checked_options
-from taskrt.errors import InvalidOption
+from taskrt.errors import InvalidOption, QueueFull
 from taskrt.models import AttemptOutcome
 from taskrt.web import create_app
 
@@ -206,6 +206,42 @@ async def test_a_unique_window_holds_the_key_after_the_job_finished(db: str) -> 
         later = await pool.add(welcome.options(unique_key="welcome:7", unique_for=60), 7)
         assert later > other
         assert (await rt.wait(later, timeout=5)).status is JobStatus.SUCCESS
+
+
+async def test_a_full_pool_answers_a_key_its_window_holds_with_the_holder(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    # Within a window an add of the key gets its job's id, full pool or not (and
+    # on_conflict="raise" its DuplicateJob). Before, a full pool said QueueFull.
+    db, options = target
+    rt = Runtime(db, **options)
+    gate = asyncio.Event()
+
+    @rt.task(pool="full")
+    async def welcome(job: JobContext, user: int) -> int:
+        return user
+
+    @rt.task(pool="full")
+    async def filler(job: JobContext) -> None:
+        await gate.wait()
+
+    async with rt:
+        pool = rt.pool("full", concurrency=1, capacity=1)
+        first = await pool.add(welcome.options(unique_key="welcome:7", unique_for=3600), 7)
+        assert (await rt.wait(first, timeout=5)).status is JobStatus.SUCCESS
+        busy = await pool.add(filler)
+        async with asyncio.timeout(5):
+            while (await rt.get(busy)).status is not JobStatus.RUNNING:
+                await asyncio.sleep(0.01)
+        await pool.add(filler)  # waits: the pool is full now
+        with pytest.raises(QueueFull):
+            await pool.add(welcome.options(unique_key="welcome:8"), 8)
+        again = await pool.add(welcome.options(unique_key="welcome:7", unique_for=3600), 7)
+        assert again == first
+        with pytest.raises(DuplicateJob) as caught:
+            await pool.add(welcome.options(unique_key="welcome:7", on_conflict="raise"), 7)
+        assert caught.value.existing_id == first
+        gate.set()
 
 
 async def test_without_a_window_a_finished_job_frees_its_key(db: str) -> None:

@@ -87,6 +87,7 @@ def job(
     priority: int = 0,
     timeout: float | None = None,
     retry: Any = None,
+    unique_for: float | None = None,
 ) -> NewJob:
     return NewJob(
         task=task,
@@ -103,6 +104,7 @@ def job(
         retry_json=None if retry is None else json.dumps(retry),
         job_id=job_id,
         external=external,
+        unique_for=unique_for,
     )
 
 
@@ -1754,6 +1756,13 @@ async def test_unique_holder_is_the_live_job_holding_the_key(
     expected = job_id if status in (WAITING, RUNNING) else None
     assert await store.unique_holder("k") == expected
     assert await store.unique_holder("other") is None
+
+
+async def test_unique_window_is_the_job_whose_window_holds_the_key(store: JobStore) -> None:
+    (job_id,) = await add(store, job(unique_key="k", unique_for=60.0, created_at=NOW))
+    assert await store.unique_window("k", NOW + 59) == job_id
+    assert await store.unique_window("k", NOW + 60) is None  # ended
+    assert await store.unique_window("other", NOW) is None
 
 
 # -- dependencies and batches (taskrt.store.deps) --------------------------------------

@@ -605,6 +605,10 @@ class JobStore(Protocol):
         """The id of the WAITING or RUNNING job holding unique key ``key``, if any."""
         ...
 
+    async def unique_window(self, key: str, at: float) -> int | None:
+        """The id of the job whose ``unique_for`` window holds ``key`` at ``at``, if any."""
+        ...
+
     async def deadlines_passed(self, now: float, limit: int) -> list[int]:
         """Up to ``limit`` WAITING jobs whose deadline is ``now`` or before, earliest first."""
         ...

@@ -88,6 +88,7 @@ SQL_NEXT_DEADLINE = (
     "SELECT min(deadline) FROM jobs WHERE deadline IS NOT NULL AND status = 'WAITING'"
 )
 SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')"
+SQL_UNIQUE_WINDOW = "SELECT job_id FROM unique_keys WHERE key = ? AND expires_at > ?"
 SQL_OWNER = "SELECT owner, address, since FROM lease WHERE id = 1"
 SQL_PAUSED_POOLS = "SELECT name FROM pool_settings WHERE paused = 1"
 SQL_POOL_PAUSES = "SELECT name, paused FROM pool_settings"

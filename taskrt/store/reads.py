@@ -36,6 +36,7 @@ from .queries import (
     SQL_SCHEDULES,
     SQL_SCHEDULES_VERSION,
     SQL_UNIQUE_HOLDER,
+    SQL_UNIQUE_WINDOW,
 )
 from .rows import row_to_job, row_to_schedule
 from .stats import stats
@@ -275,4 +276,10 @@ class SharedReads:
     async def unique_holder(self, key: str) -> int | None:
         """The WAITING or RUNNING job holding unique key ``key`` (index jobs_unique_live)."""
         row = await self._one(SQL_UNIQUE_HOLDER, (key,))
+        return None if row is None else int(row[0])
+
+    async def unique_window(self, key: str, at: float) -> int | None:
+        """The job whose ``unique_for`` window holds ``key`` at ``at`` (its key, the
+        primary key of ``unique_keys``)."""
+        row = await self._one(SQL_UNIQUE_WINDOW, (key, at))
         return None if row is None else int(row[0])
