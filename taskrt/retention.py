@@ -113,8 +113,8 @@ def parse_ages(ages: Ages) -> dict[JobStatus, float]:
             )
         if value is None:
             out.pop(status, None)
-        elif isinstance(value, timedelta):
-            out[status] = value.total_seconds()
+        elif isinstance(value, timedelta):  # checked as its seconds: not negative
+            out[status] = parse_duration(value.total_seconds(), field=f"retention.{status.value}")
         else:
             out[status] = parse_duration(value, field=f"retention.{status.value}")
     return out
@@ -151,10 +151,9 @@ class Retention:
         """New ages (``None``: no retention), history age and schedule; at once."""
         spec = parse_cron(cron, tz)
         if history is not None:
-            history = (
-                history.total_seconds()
-                if isinstance(history, timedelta)
-                else parse_duration(history, field="retention.history")
+            history = parse_duration(
+                history.total_seconds() if isinstance(history, timedelta) else history,
+                field="retention.history",
             )
         self.ages = {} if ages is None else parse_ages(ages)
         self.history = history

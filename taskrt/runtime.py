@@ -121,6 +121,7 @@ from .relay import (
     relay_address,
 )
 from .retention import DEFAULT_AGES
+from .retry import parse_duration
 from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import JobStore, NewJob, Store, Synchronous, is_server_url
 from .stream import JobStream, snapshot_event
@@ -1934,10 +1935,12 @@ class Runtime:
             JobStatus.CANCELLED,
         ),
     ) -> int:
-        """Delete finished jobs (and their attempts) older than ``older_than``; ids are never reused."""
+        """Delete finished jobs (and their attempts) older than ``older_than`` (seconds,
+        a duration like ``"7d"``, or a ``timedelta``; 0 or more); ids are never reused."""
         self.require_started("cleanup")
-        seconds = (
-            older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+        seconds = parse_duration(
+            older_than.total_seconds() if isinstance(older_than, timedelta) else older_than,
+            field="older_than",
         )
         chosen = _statuses(list(statuses)) or []
         if any(s not in TERMINAL for s in chosen):

@@ -268,6 +268,14 @@ async def test_cleanup_deletes_old_finished_jobs_and_their_attempts(tmp_path: Pa
         assert (await rt.get(recent)).status is JobStatus.SUCCESS
         async with committed(tmp_path) as store:
             assert await attempts_of_every_id(store, recent) == [recent]
+        # An age that is no age is refused, naming it, and deletes nothing (before, a
+        # negative one deleted every finished job, and NaN every one on PostgreSQL).
+        for bad in (-1, timedelta(days=-1), float("nan"), float("inf"), "soon", None):
+            with pytest.raises(InvalidOption) as caught:
+                await rt.cleanup(older_than=bad)  # type: ignore[arg-type]
+            assert caught.value.field == "older_than"
+        assert (await rt.get(recent)).status is JobStatus.SUCCESS
+        assert await rt.cleanup(older_than="1h") == 0
         with pytest.raises(InvalidOption):
             await rt.cleanup(statuses=["RUNNING"])
         # Ids keep increasing after deletes, even of the newest rows.

@@ -15,7 +15,7 @@ import signal
 import sys
 import textwrap
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -718,6 +718,15 @@ async def test_retention_is_on_by_default_and_can_be_turned_off(tmp_path: Path) 
         assert rt.schedules.retention.statistics().runs == 0
     with pytest.raises(InvalidOption):
         rt.retention({"RUNNING": 5})
+    # A negative timedelta is refused like "-1d" (before, it was taken, and the next
+    # prune deleted every finished job and the whole history).
+    for ages, history, field in (
+        ({"SUCCESS": timedelta(days=-1)}, timedelta(days=1), "retention.SUCCESS"),
+        ({"SUCCESS": "1d"}, timedelta(days=-1), "retention.history"),
+    ):
+        with pytest.raises(InvalidOption) as caught:
+            rt.retention(ages, history=history)
+        assert caught.value.field == field
 
 
 # -- the pure parts --------------------------------------------------------------------------
