@@ -15,6 +15,8 @@ Design notes:
 2. **Strings are valid UTF-8.** A Python string may hold a lone surrogate
    (``"\\ud800"``), which SQLite cannot store and JSON cannot carry. Checked
    only when a string is not ASCII (one ``isascii`` call on the hot path).
+   Text stored as it is (a key, a progress message) holds no NUL character
+   either: PostgreSQL's text cannot (a JSON value escapes it, and is stored).
    Text that taskrt writes itself from an exception (errors, tracebacks) is
    repaired instead of refused (``safe_text``): the job must still fail.
 3. **JSON values are bounded.** Arguments, metadata and results are encoded
@@ -126,11 +128,16 @@ def check_text(value: Any, field: str, *, max_bytes: int) -> str:
         ) from None
     if size > max_bytes:
         raise InvalidOption(field, f"expected at most {max_bytes} bytes, found {size}")
+    if "\x00" in value:  # PostgreSQL's text holds none; a key must mean the same on both
+        raise InvalidOption(field, f"expected text without NUL characters, found {shown(value)}")
     return value
 
 
 def safe_text(text: str, max_bytes: int) -> str:
-    """``text`` made storable: lone surrogates escaped, cut to ``max_bytes`` (note 2)."""
+    """``text`` made storable: lone surrogates and NUL characters escaped, cut to
+    ``max_bytes`` (note 2)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -202,7 +209,10 @@ def check_progress(
     if total is not None and not _plain_number(total):
         total = _real(check_number(total, "total"))
     if message is not None and not (
-        type(message) is str and message.isascii() and len(message) <= limits.max_message_bytes
+        type(message) is str
+        and message.isascii()
+        and len(message) <= limits.max_message_bytes
+        and "\x00" not in message
     ):
         message = check_text(message, "message", max_bytes=limits.max_message_bytes)
     if step is not None:

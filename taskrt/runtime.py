@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import math
 import os
 import threading
 import time
@@ -82,7 +83,14 @@ from .errors import (
 from .events import Broker, EventBus
 from .gates import Gates
 from .history import points as history_points
-from .limits import DEFAULT_LIMITS, Limits, check_progress
+from .limits import (
+    DEFAULT_LIMITS,
+    INT64_MAX,
+    INT64_MIN,
+    Limits,
+    check_progress,
+    check_text,
+)
 from .live import LiveJobs
 from .models import (
     TERMINAL,
@@ -1496,6 +1504,7 @@ class Runtime:
         older_than: float | timedelta | None,
     ) -> dict[str, Any]:
         """The store's filter arguments (``rt.jobs``, ``rt.count``, ``rt.bulk``)."""
+        _check_filter_values(pool, task, metadata)
         now = self.clock.now()
         age = _seconds(older_than)
         if age is not None and (age != age or age < 0):
@@ -2050,6 +2059,7 @@ def _filter_args(
     older_than: float | timedelta | None,
 ) -> dict[str, Any]:
     """A listing's filter as a forwarded call carries it (relay: JSON values)."""
+    _check_filter_values(pool, task, metadata)
     return {
         "status": [s.value for s in _statuses(status) or []] or None,
         "pool": pool,
@@ -2058,6 +2068,36 @@ def _filter_args(
         "scheduled": scheduled,
         "older_than": _seconds(older_than),
     }
+
+
+def _check_filter_values(
+    pool: str | None, task: str | None, metadata: Mapping[str, Any] | None
+) -> None:
+    """A filter's names and metadata are values both stores can compare: text
+    (valid UTF-8, no NUL character), finite numbers, booleans, or None."""
+    for field, text in (("pool", pool), ("task", task)):
+        if text is not None:
+            check_text(text, field, max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise InvalidOption("metadata", f"expected a mapping, found {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidOption("metadata", f"expected non-empty names, found {key!r}")
+        check_text(key, "metadata", max_bytes=DEFAULT_LIMITS.max_key_bytes)
+        if isinstance(value, str):
+            check_text(value, f"metadata.{key}", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidOption(f"metadata.{key}", f"expected a finite number, found {value!r}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidOption(f"metadata.{key}", f"expected a 64-bit integer, found {value}")
+        elif value is not None and not isinstance(value, bool | float):
+            raise InvalidOption(
+                f"metadata.{key}",
+                f"expected text, a number, a boolean or null, found {type(value).__name__}",
+            )
 
 
 def _seconds(value: float | timedelta | None) -> float | None:

@@ -163,6 +163,7 @@ PROGRESS_POISONS = [
     pytest.param((1, 10**400, None), "total", "finite number", id="total=10**400"),
     pytest.param((1, 10, "\ud800"), "message", "surrogate", id="message=lone-surrogate"),
     pytest.param((1, 10, b"bytes"), "message", "string", id="message=bytes"),
+    pytest.param((1, 10, "a\x00b"), "message", "nul", id="message=nul"),
 ]
 
 
@@ -289,6 +290,8 @@ OPTION_POISONS = [
     pytest.param({"timeout": INF}, "timeout", id="timeout=inf"),
     pytest.param({"unique_key": "\ud800"}, "unique_key", id="unique_key=lone-surrogate"),
     pytest.param({"unique_key": "k" * 2000}, "unique_key", id="unique_key=2000-bytes"),
+    pytest.param({"unique_key": "a\x00b"}, "unique_key", id="unique_key=nul"),
+    pytest.param({"lock": "a\x00b"}, "lock", id="lock=nul"),
     pytest.param({"metadata": {"k": "\ud800"}}, "metadata", id="metadata=lone-surrogate"),
     pytest.param({"metadata": {"\ud800": 1}}, "metadata", id="metadata-key=lone-surrogate"),
     pytest.param({"metadata": {"k": NAN}}, "metadata", id="metadata=nan"),

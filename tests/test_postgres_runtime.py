@@ -97,6 +97,70 @@ async def test_jobs_run_retry_and_stream_their_events(url: str, mode: str) -> No
         assert (await rt.stats()).counts["SUCCESS"] == 22
 
 
+async def test_text_with_a_nul_character_is_stored_or_refused_never_lost(url: str) -> None:
+    """PostgreSQL's text holds no NUL character. A handler's exception that has one
+    fails its job (the error stored escaped), a result holding one is JSON (escaped,
+    stored), and where text is stored as given (a progress message, a key, a filter)
+    it is refused with the field named. Before, the error's write was refused and
+    the job stayed RUNNING in the database while memory said FAILURE; filters with
+    one answered 500."""
+    rt = Runtime(url, mode="nodes")
+
+    @rt.task
+    async def bad(job: JobContext) -> None:
+        raise RuntimeError("a\x00b")
+
+    @rt.task
+    async def says(job: JobContext) -> str:
+        with pytest.raises(InvalidOption, match="message"):
+            await job.progress(1, 2, "x\x00y")
+        return "r\x00s"
+
+    async with rt:
+        failed = await rt.wait(await rt.add(bad), timeout=5)
+        done = await rt.wait(await rt.add(says), timeout=5)
+        await rt.store.flush()
+        schema = url.rsplit("schema=", 1)[1]
+        conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            stored = {r["id"]: r for r in await conn.fetch("SELECT id, status, error FROM jobs")}
+        finally:
+            await conn.close()
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            replies = [
+                await client.post("/jobs", json={"task": "says", "unique_key": "a\x00b"}),
+                await client.post("/jobs/purge", json={"pool": "a\x00b"}),
+                await client.post("/jobs/cancel", json={"metadata": {"k": "a\x00b"}}),
+                await client.post("/jobs/purge", json={"metadata": {"a\x00b": 1}}),
+                await client.post(
+                    "/jobs/purge",
+                    content=b'{"metadata": {"k": 1e400}}',
+                    headers={"content-type": "application/json"},
+                ),
+                await client.get("/jobs/count", params={"metadata.a\x00b": "1"}),
+                await client.get("/jobs", params={"task": "a\x00b"}),
+            ]
+    assert (failed.status, failed.error) == (JobStatus.FAILURE, "RuntimeError: a\\x00b")
+    assert stored[failed.id]["status"] == "FAILURE"
+    assert stored[failed.id]["error"] == "RuntimeError: a\\x00b"
+    assert (done.status, done.result, stored[done.id]["status"]) == (
+        JobStatus.SUCCESS,
+        "r\x00s",
+        "SUCCESS",
+    )
+    assert [r.status_code for r in replies] == [422] * len(replies), [r.text for r in replies]
+    assert [r.json()["error"].get("field") for r in replies] == [
+        "unique_key",
+        "pool",
+        "metadata.k",
+        "metadata",
+        "metadata.k",
+        "metadata",
+        "task",
+    ]
+
+
 @pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_without_prepared_statements_as_behind_pgbouncer(url: str, mode: str) -> None:
     """``statement_cache_size=0`` (PgBouncer in transaction mode): the same jobs, the same results."""
