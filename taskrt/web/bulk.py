@@ -20,10 +20,10 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidTransition
 from .inputs import (
-    MAX_INT64,
     field_of,
     invalid,
     job_id_of,
+    job_ids_of,
     json_object,
     older_than,
     read_json,
@@ -49,11 +49,7 @@ STATUSES = ("WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED")
 def _filter(body: dict[str, Any]) -> dict[str, Any]:
     """The ``rt.bulk`` arguments of a body (422 for a bad field)."""
     refuse_unknown(body, FILTER_FIELDS)
-    ids = field_of(body, "ids", list, "a list of job ids")
-    if ids is not None and not all(
-        isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= MAX_INT64 for i in ids
-    ):
-        raise invalid("ids", "expected a list of job ids (positive integers)")
+    ids = job_ids_of(body, "ids")  # an id may be written 5.0, as everywhere
     status = body.get("status")
     if isinstance(status, str):
         status = [status]
