@@ -543,9 +543,27 @@ class Runtime:
         return decorate if fn is None else decorate(fn)
 
     def register(self, spec: TaskSpec) -> Task[Any, Any]:
-        """Register a ``TaskSpec`` (from any front end); declares its pool."""
+        """Register a ``TaskSpec`` (from any front end); declares its pool.
+
+        A name is one task's: another handler, or a definition from another file,
+        under a registered name is refused (``InvalidOption``); the same one again
+        replaces it (its options changed)."""
         from .params import attach
 
+        known = self._tasks.get(spec.name)
+        # Two definitions of one name are refused, never the last one taken silently; a
+        # task registered again from where it came (its handler, its file: changed
+        # options, a folder loaded again) replaces itself.
+        if known is not None and (
+            known.handler is not spec.handler or known.source != spec.source
+        ):
+            where = f" (in {known.source})" if known.source else ""
+            raise InvalidOption(
+                "name",
+                f"a task named {spec.name!r} is registered already{where}; "
+                "expected a name used once",
+                source=spec.source,
+            )
         spec = attach(spec)
         self.schedules.task_registered(spec)  # a bad cron refuses the task
         self._tasks[spec.name] = spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -215,3 +216,32 @@ async def test_progress_and_get_refuse_what_yao_refused(app: tuple[Runtime, YaoT
         await yao.process("models.user.find", 1)
     with pytest.raises(InvalidOption):
         await yao.process("tasks.test.remove", 1)
+
+
+def test_a_task_name_defined_twice_is_refused_never_replaced_silently(
+    tmp_path: Path, script: ModuleType
+) -> None:
+    # Before, the last definition won without a word: a decorator's task, then a task
+    # file of the same id, then another folder's, each replaced the one before.
+    copy = tmp_path / "tasks"
+    copy.mkdir()
+    (copy / "test.yao").write_text((YAO_TASKS / "test.yao").read_text())
+    rt = Runtime()
+    rt.load(YAO_TASKS)
+    rt.load(YAO_TASKS)  # the same files again: each task replaces itself
+    name = "test"
+    first = rt.tasks[name]
+    with pytest.raises(InvalidOption) as caught:
+        rt.load(copy)  # the same id in another file
+    assert caught.value.field == "name" and repr(name) in str(caught.value)
+    assert caught.value.source is not None and str(copy) in caught.value.source
+    assert str(YAO_TASKS) in str(caught.value)  # where the first one is
+
+    async def other() -> None: ...
+
+    with pytest.raises(InvalidOption, match="registered already"):
+        rt.task(name=name)(other)
+    assert rt.tasks[name] is first  # kept
+    # The same handler registered again (changed options) replaces itself.
+    again = rt.register(dataclasses.replace(first, priority=first.priority + 1))
+    assert again.spec.priority == rt.tasks[name].priority == first.priority + 1
