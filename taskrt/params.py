@@ -19,6 +19,10 @@ Design notes (cited as "note N" where they apply):
    ``type: array`` schema describes the positional arguments; any other explicit
    schema describes exactly one argument.
 3. **Draft 2020-12,** unless the schema names another draft in ``$schema``.
+   Every ``$ref`` (and ``$dynamicRef``) must resolve inside the schema itself
+   (or to a draft's meta-schema): one that does not is refused with the schema,
+   and nothing is ever fetched, neither a remote URL nor a ``file:`` one. An
+   unresolvable reference met while validating is a ``ValidationError``.
    ``format`` is asserted for the formats that need no extra package (``date``,
    ``time``, ``email``, ``ipv4``, ``ipv6``, ``uuid``, ``regex``) and for the
    integer widths Anchor uses (``int32``, ``int64``); other formats annotate.
@@ -48,7 +52,12 @@ from typing import Any
 
 from jsonschema import FormatChecker, validators
 from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import ValidationError as SchemaViolation
 from jsonschema.protocols import Validator
+from jsonschema_specifications import REGISTRY as _SPECIFICATIONS  # type: ignore[import-untyped]
+from referencing import Registry, Resource
+from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from .definitions import TaskSpec
 from .errors import InvalidOption, ValidationError
@@ -127,11 +136,75 @@ def schema_problem(schema: object) -> tuple[list[str | int], str] | None:
     cls = validators.validator_for(schema, default=DRAFT)
     try:
         cls.check_schema(dict(schema))
+        return _reference_problem(schema)
     except SchemaError as exc:
         return [p for p in exc.absolute_path], _clip(exc.message)
     except Exception as exc:  # a pathological schema the meta-schema check trips on
         return [], _clip(f"{type(exc).__name__}: {exc}")
+
+
+META_SCHEMAS: Registry[Any] = _SPECIFICATIONS
+"""The drafts' own schemas, which jsonschema resolves without fetching them."""
+_REFERENCES = ("$ref", "$dynamicRef")
+_NOT_FETCHED = "a schema outside this one is never fetched; point inside it, like '#/$defs/name'"
+
+
+def _reference_problem(schema: Mapping[str, Any]) -> tuple[list[str | int], str] | None:
+    """The first ``$ref`` that does not resolve within ``schema`` (note 3), with its path.
+
+    The subschemas are those the schema's draft says are schemas (so a ``const``
+    or ``default`` value holding ``"$ref"`` is not one); each reference is
+    looked up as the validator would, from the base URI in force where it is.
+    """
+    paths = _paths_of(schema)
+    root = Resource.from_contents(schema, default_specification=DRAFT202012)
+    stack = [(root, META_SCHEMAS.resolver_with_root(root))]
+    seen: set[int] = set()  # a schema that holds itself (a YAML alias) is walked once
+    while stack:
+        resource, resolver = stack.pop()
+        contents = resource.contents
+        if isinstance(contents, Mapping):
+            if id(contents) in seen:
+                continue
+            seen.add(id(contents))
+            for keyword in _REFERENCES:
+                ref = contents.get(keyword)
+                if not isinstance(ref, str):
+                    continue
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable as exc:
+                    where = [*paths.get(id(contents), []), keyword]
+                    return where, _clip(f"{keyword} {ref!r} does not resolve: {_why(exc)}")
+        for sub in resource.subresources():
+            stack.append((sub, resolver.in_subresource(sub)))
     return None
+
+
+def _why(exc: Unresolvable) -> str:
+    if isinstance(exc, PointerToNowhere):
+        return "this schema has nothing at that JSON pointer"
+    if isinstance(exc, NoSuchAnchor):
+        return f"this schema has no anchor named {exc.anchor!r}"
+    if isinstance(exc, InvalidAnchor):
+        return str(exc)
+    return _NOT_FETCHED  # a schema the registry does not hold, and will not retrieve
+
+
+def _paths_of(schema: Mapping[str, Any]) -> dict[int, list[str | int]]:
+    """Where each object of ``schema`` sits, by identity (the first place, for a shared one)."""
+    paths: dict[int, list[str | int]] = {}
+    stack: list[tuple[Any, list[str | int]]] = [(schema, [])]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, Mapping):
+            if id(value) in paths:
+                continue
+            paths[id(value)] = path
+            stack.extend((item, [*path, str(key)]) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, [*path, index]) for index, item in enumerate(value))
+    return paths
 
 
 _KNOWN_DRAFTS = frozenset(
@@ -149,9 +222,30 @@ _KNOWN_DRAFTS = frozenset(
 
 
 def validator_for(schema: Mapping[str, Any] | bool) -> Validator:
-    """A compiled validator for ``schema`` (note 3)."""
+    """A compiled validator for ``schema`` (note 3).
+
+    Its registry retrieves nothing: a ``$ref`` outside the schema (a URL, a
+    ``file:`` path) fails to resolve instead of being fetched.
+    """
     cls = validators.validator_for(schema, default=DRAFT)
-    return cls(schema, format_checker=FORMAT_CHECKER)
+    return cls(schema, format_checker=FORMAT_CHECKER, registry=Registry())
+
+
+def _best_error(task: str, compiled: Validator, instance: Any) -> SchemaViolation | None:
+    """The error that best explains why ``instance`` fails, or ``None`` when it fits.
+
+    A reference the schema cannot resolve (one that was not checked when the
+    task was loaded, note 3) is the task's ``ValidationError``, never a raw
+    ``referencing`` error.
+    """
+    try:
+        found: SchemaViolation | None = best_match(compiled.iter_errors(instance))
+    except Unresolvable as exc:
+        ref = getattr(exc, "ref", "")
+        raise ValidationError(
+            task, _clip(f"the task's parameters schema has a $ref {ref!r} that does not resolve")
+        ) from None
+    return found
 
 
 # -- explicit schemas (note 2) ------------------------------------------------
@@ -203,7 +297,7 @@ def _shape(schema: Mapping[str, Any]) -> str:
 
 
 def _check_object(task: str, compiled: Validator, instance: dict[str, Any]) -> None:
-    error = best_match(compiled.iter_errors(instance))
+    error = _best_error(task, compiled, instance)
     if error is None:
         return
     path = list(error.absolute_path)
@@ -214,7 +308,7 @@ def _check_object(task: str, compiled: Validator, instance: dict[str, Any]) -> N
 
 
 def _check_array(task: str, compiled: Validator, instance: list[Any]) -> None:
-    error = best_match(compiled.iter_errors(instance))
+    error = _best_error(task, compiled, instance)
     if error is None:
         return
     path = list(error.absolute_path)
@@ -226,7 +320,7 @@ def _check_array(task: str, compiled: Validator, instance: list[Any]) -> None:
 
 
 def _check_value(task: str, compiled: Validator, value: Any, *, parameter: str | None) -> None:
-    error = best_match(compiled.iter_errors(value))
+    error = _best_error(task, compiled, value)
     if error is not None:
         raise ValidationError(
             task, _message(error.message, list(error.absolute_path)), parameter=parameter

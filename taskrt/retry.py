@@ -16,6 +16,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from .errors import InvalidOption
@@ -123,9 +124,17 @@ class RetryPolicy:
         return max(0.0, value)
 
     def describe(self) -> str | dict[str, Any]:
+        """The policy as ``parse_retry`` reads it back exactly (a job stores it)."""
         if self.delays:
-            return ",".join(f"{d:g}s" for d in self.delays)
+            return ",".join(f"{_plain(d)}s" for d in self.delays)
         return {"base": self.base, "factor": self.factor, "cap": self.cap, "jitter": self.jitter}
+
+
+def _plain(seconds: float) -> str:
+    """``seconds`` in digits ``parse_duration`` reads, no exponent and nothing rounded
+    (``1234567.0`` -> ``"1234567"``, ``1e-07`` -> ``"0.0000001"``)."""
+    text = format(Decimal(repr(seconds)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 NO_DELAY = RetryPolicy()
@@ -138,9 +147,14 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
     if isinstance(value, RetryPolicy):
         return value
     if isinstance(value, str) and "," in value:
-        parts = [p for p in (s.strip() for s in value.split(",")) if p]
-        if not parts:
-            raise InvalidOption(field, f"empty delay list {shown(value)}", source=source)
+        parts = [s.strip() for s in value.split(",")]
+        if not all(parts):  # "1m,,2m" or "1m,": a delay left out is a mistake, not a gap
+            raise InvalidOption(
+                field,
+                f"bad delay list {shown(value)}: expected durations separated by single commas, "
+                "like '1m,2m,4m'",
+                source=source,
+            )
         return RetryPolicy(
             delays=tuple(parse_duration(p, field=field, source=source) for p in parts)
         )

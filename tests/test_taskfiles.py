@@ -6,7 +6,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 
@@ -560,3 +560,308 @@ def test_anchor_events_that_are_not_names(tmp_path: Path) -> None:
         "tasks.yaml:3: tasks[0].events: events lists onFailed but no executor was given to "
         "provide on_a_failed or on_A_failed (or give hooks: {onFailed: pkg.module.function})",
     ]
+
+
+# -- values every store and front end can hold ----------------------------------------
+
+
+def test_yao_numbers_are_bounded_like_the_decorators(tmp_path: Path) -> None:
+    # Each was accepted once and then failed every add (a count past SQLite's
+    # INTEGER) or stored a retry past the year 9999 (1e20 ms).
+    module = _package(tmp_path, "def run(job_id):\n    pass\n")
+    huge = 10**23
+    _write(
+        tmp_path / "tasks" / "big.yao",
+        f"""
+        {{
+          "process": "{module}.run",
+          "worker_nums": {huge},
+          "size": 1e20,
+          "attempts": {huge},
+          "attempt_after": 1e20,
+          "timeout": 1e12,
+        }}
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks"), tmp_path) == [
+        "tasks/big.yao:3: worker_nums: expected a positive number of workers, "
+        f"at most {2**63 - 1}, found {huge}",
+        f"tasks/big.yao:4: size: expected a positive queue size, at most {2**63 - 1}, "
+        f"found {10**20}",
+        "tasks/big.yao:5: attempts: expected a number of attempts (0 or more), "
+        f"at most {2**63 - 1}, found {huge}",
+        "tasks/big.yao:6: attempt_after: expected milliseconds, at most 3155760000000, found 1e+20",
+        "tasks/big.yao:7: timeout: expected seconds, at most 3155760000, found 1000000000000.0",
+    ]
+
+
+def test_yao_numbers_at_the_bounds_load(tmp_path: Path) -> None:
+    module = _package(tmp_path, "def run(job_id):\n    pass\n")
+    most = 2**63 - 1
+    hundred_years = 100 * 365.25 * 86_400
+    _write(
+        tmp_path / "tasks" / "edge.yao",
+        f'{{"process": "{module}.run", "worker_nums": {most}, "size": {most}, '
+        f'"attempts": {most}, "attempt_after": {hundred_years * 1000:.0f}, '
+        f'"timeout": {hundred_years:.0f}}}',
+    )
+    (spec,) = load_tasks(tmp_path / "tasks")
+    assert (spec.pool_concurrency, spec.pool_capacity, spec.attempts) == (most, most, most)
+    assert (spec.retry, spec.timeout) == (RetryPolicy(delays=(hundred_years,)), hundred_years)
+
+
+async def test_yao_attempts_at_the_bound_can_be_added(tmp_path: Path) -> None:
+    module = _package(tmp_path, "def run(job_id):\n    return 'ran'\n")
+    _write(tmp_path / "tasks" / "t.yao", f'{{"process": "{module}.run", "attempts": {2**63 - 1}}}')
+    async with Runtime(str(tmp_path / "app.db"), tasks=tmp_path / "tasks") as rt:
+        info = await rt.wait(await rt.add("t"), timeout=10)
+    assert (info.status, info.result) == (JobStatus.SUCCESS, "ran")
+
+
+def test_anchor_priority_must_fit_64_bits(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        f"""
+        tasks:
+          - name: Big
+            process: os.path.join
+            priority: {2**63}
+          - name: Small
+            process: os.path.join
+            priority: {-(2**63) - 1}
+          - name: Edge
+            process: os.path.join
+            priority: {-(2**63)}
+        """,
+    )
+    expected = f"an integer from {-(2**63)} to {2**63 - 1}"
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == [
+        f"tasks.yaml:4: tasks[0].priority: expected {expected}, found {2**63}",
+        f"tasks.yaml:7: tasks[1].priority: expected {expected}, found {-(2**63) - 1}",
+    ]
+    _write(
+        tmp_path / "ok.yaml",
+        f"tasks:\n  - name: Edge\n    process: os.path.join\n    priority: {2**63 - 1}\n",
+    )
+    (spec,) = load_tasks(tmp_path / "ok.yaml")
+    assert spec.priority == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ("#/nope", "this schema has nothing at that JSON pointer"),
+        ("#nowhere", "this schema has no anchor named 'nowhere'"),
+        (
+            "http://example.com/s.json",
+            "a schema outside this one is never fetched; point inside it, like '#/$defs/name'",
+        ),
+        (
+            "file:///etc/passwd",
+            "a schema outside this one is never fetched; point inside it, like '#/$defs/name'",
+        ),
+    ],
+)
+def test_anchor_refs_that_do_not_resolve_are_refused(tmp_path: Path, ref: str, why: str) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        f"""
+        tasks:
+          - name: Refs
+            process: os.path.join
+            parameters:
+              type: object
+              $defs:
+                id: {{type: integer}}
+              properties:
+                ok: {{$ref: '#/$defs/id'}}
+                a:
+                  $ref: '{ref}'
+        """,
+    )
+    (problem,) = _problems(tmp_path / "tasks.yaml")
+    assert (problem.line, problem.field) == (11, "tasks[0].parameters.properties.a.$ref")
+    assert problem.message == f"invalid JSON Schema: $ref {ref!r} does not resolve: {why}"
+
+
+def test_refs_that_resolve_inside_the_schema_load(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: Refs
+            process: os.path.join
+            parameters:
+              $id: 'https://example.com/order.json'
+              type: object
+              $defs:
+                id: {type: integer, minimum: 1}
+                named: {$anchor: named, type: string}
+                other: {$id: 'other.json', type: boolean}
+              properties:
+                a: {$ref: '#/$defs/id'}
+                b: {$ref: '#named'}
+                c: {$ref: 'other.json'}
+                d: {$ref: 'https://json-schema.org/draft/2020-12/schema'}
+                e: {const: {$ref: '#/not/a/schema/just/a/value'}}
+        """,
+    )
+    (spec,) = load_tasks(tmp_path / "tasks.yaml")
+    spec.validate((), {"a": 1, "b": "x", "c": True, "d": {"type": "string"}})
+    with pytest.raises(ValidationError) as caught:
+        spec.validate((), {"a": 0})
+    assert caught.value.parameter == "a"
+
+
+def test_an_unresolvable_ref_at_add_time_is_a_validation_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A schema derived from hints is not checked when the task is registered:
+    # its bad $ref meets the validator only when a job is added.
+    import urllib.request
+
+    from taskrt.definitions import make_spec
+    from taskrt.params import attach
+
+    fetched: list[object] = []
+
+    def urlopen(request: object, *args: object, **kwargs: object) -> object:
+        fetched.append(request)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+    def local(x: Annotated[int, {"$ref": "#/nope"}]) -> None: ...
+
+    def remote(x: Annotated[int, {"$ref": "http://example.com/s.json"}]) -> None: ...
+
+    for handler, ref in ((local, "/nope"), (remote, "http://example.com/s.json")):
+        spec = attach(make_spec(handler, call="plain"))
+        with pytest.raises(ValidationError) as caught:
+            spec.validate((1,), {})
+        assert str(caught.value).endswith(
+            f"the task's parameters schema has a $ref {ref!r} that does not resolve"
+        )
+        assert status_of(caught.value) == 422
+    assert fetched == []  # nothing was fetched
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            # A second ``tasks:`` once dropped every task above it.
+            "tasks:\n  - name: A\n    process: os.path.join\n"
+            "tasks:\n  - name: B\n    process: os.path.join\n",
+            ["tasks.yaml:4: tasks: field 'tasks' is given twice"],
+        ),
+        (
+            "tasks:\n  - name: A\n    process: os.path.join\n    timeout: 5s\n    timeout: 10s\n",
+            ["tasks.yaml:5: tasks[0].timeout: field 'timeout' is given twice"],
+        ),
+        (
+            "tasks:\n  - name: A\n    process: os.path.join\n"
+            "    retryPolicy: {interval: 1s, maxAttempts: 2, interval: 2s}\n",
+            ["tasks.yaml:4: tasks[0].retryPolicy.interval: field 'interval' is given twice"],
+        ),
+    ],
+)
+def test_anchor_keys_given_twice(tmp_path: Path, text: str, expected: list[str]) -> None:
+    (tmp_path / "tasks.yaml").write_text(text)
+    problems = _problems(tmp_path / "tasks.yaml")
+    assert _lines(problems, tmp_path) == expected
+    assert (problems[0].found, problems[0].expected) == (expected[0].split("'")[1], "")
+
+
+def test_anchor_merges_and_distinct_keys_are_not_repeats(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - &base
+            name: A
+            process: os.path.join
+            timeout: 5s
+          - <<: *base
+            name: B
+            timeout: 10s
+            parameters:
+              type: object
+              properties:
+                1: {type: integer}
+                "1": {type: integer}
+        """,
+    )
+    problems = _problems(tmp_path / "tasks.yaml")
+    # the YAML int key 1 is refused as not JSON; "1" beside it is no repeat
+    assert [p.field for p in problems] == ["tasks[1].parameters.properties.1"]
+    _write(
+        tmp_path / "ok.yaml",
+        """
+        tasks:
+          - &base
+            name: A
+            process: os.path.join
+            timeout: 5s
+          - <<: *base
+            name: B
+            timeout: 10s
+        """,
+    )
+    specs = load_tasks(tmp_path / "ok.yaml")
+    assert [(s.name, s.timeout) for s in specs] == [("A", 5.0), ("B", 10.0)]
+
+
+@pytest.mark.parametrize("interval", ["1m,,2m", "1m,2m,", ",1m", " , "])
+def test_anchor_interval_with_an_empty_delay(tmp_path: Path, interval: str) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        f"""
+        tasks:
+          - name: A
+            process: os.path.join
+            retryPolicy: {{interval: '{interval}', maxAttempts: 3}}
+        """,
+    )
+    (problem,) = _problems(tmp_path / "tasks.yaml")
+    assert (problem.line, problem.field) == (4, "tasks[0].retryPolicy.interval")
+    assert problem.message.startswith(f"bad interval {interval!r}")
+
+
+def test_retry_lists_refuse_an_empty_delay_everywhere() -> None:
+    from taskrt.errors import InvalidOption
+    from taskrt.retry import parse_retry
+
+    assert parse_retry(" 1m, 2m ") == RetryPolicy(delays=(60.0, 120.0))
+    with pytest.raises(InvalidOption) as caught:
+        parse_retry("1m,,2m")
+    assert caught.value.field == "retry"
+    assert "expected durations separated by single commas" in str(caught.value)
+
+
+@pytest.mark.parametrize(("pool", "found"), [("''", "''"), ('""', "''"), ("7", "7")])
+def test_anchor_pool_must_be_a_non_empty_name(tmp_path: Path, pool: str, found: str) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        f"""
+        tasks:
+          - name: A
+            process: os.path.join
+            pool: {pool}
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == [
+        f"tasks.yaml:4: tasks[0].pool: expected a non-empty pool name, found {found}"
+    ]
+
+
+@pytest.mark.parametrize(
+    "retry", ["1234567s", [1, 2_000_000], "0.0000001", "0.1234567", "200ms", "1h30m", 3155760000]
+)
+def test_a_described_retry_policy_reads_back_the_same(retry: Any) -> None:
+    # A job stores its own retry policy as described; ``1e+06s`` or a delay
+    # rounded to six digits once came back unreadable (the task's policy ran instead).
+    from taskrt.retry import parse_retry
+
+    policy = parse_retry(retry)
+    assert parse_retry(policy.describe()) == policy

@@ -37,6 +37,7 @@ import yaml
 from .. import params as parameters_module
 from ..definitions import CallStyle, Hooks, TaskSpec, detect_call
 from ..errors import TaskrtError
+from ..limits import INT64_MAX, INT64_MIN, check_int64
 from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
 from .adapters import (
     converter,
@@ -96,6 +97,7 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # building it and refuse past these.
 MAX_NODES = 50_000
 MAX_DEPTH = 100
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Located = tuple[TaskSpec, int | None]
 
@@ -193,7 +195,8 @@ def _parse(text: str, report: Report) -> Any:
             report.add((), "the file is empty: expected a mapping with a 'tasks:' list", line=1)
             return MISSING
         lines: dict[FieldPath, int] = {}
-        if not _walk(node, lines):
+        duplicates: list[tuple[FieldPath, int]] = []
+        if not _walk(node, lines, duplicates):
             report.add(
                 (),
                 f"the document is too large or too deep once its aliases are expanded "
@@ -202,6 +205,8 @@ def _parse(text: str, report: Report) -> Any:
             )
             return MISSING
         report.lines = lines
+        for path, line in duplicates:
+            report.add(path, f"field {path[-1]!r} is given twice", found=str(path[-1]), line=line)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         report.add((), f"not valid YAML: {_yaml_message(exc)}", line=_yaml_line(exc))
@@ -227,21 +232,32 @@ def _yaml_message(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
 
 
-def _walk(root: yaml.Node, lines: dict[FieldPath, int]) -> bool:
-    """Record lines by path; ``False`` when the tree is past the bounds."""
+def _walk(
+    root: yaml.Node, lines: dict[FieldPath, int], duplicates: list[tuple[FieldPath, int]]
+) -> bool:
+    """Record lines by path, and each key a mapping repeats (PyYAML would keep the
+    last silently); ``False`` when the tree is past the bounds."""
     budget = MAX_NODES
     lines[()] = root.start_mark.line + 1
     stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())]
+    repeated: set[int] = set()  # key nodes reported, once even when aliased
     while stack:
         node, path = stack.pop()
         budget -= 1
         if budget < 0 or len(path) > MAX_DEPTH:
             return False
         if isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode):
                     child: FieldPath = (*path, str(key.value))
                     lines.setdefault(child, key.start_mark.line + 1)
+                    # ``<<`` merges are overridden by design; ``1`` and ``"1"`` differ by tag.
+                    if key.tag != _MERGE_TAG and (key.tag, key.value) in keys:
+                        if id(key) not in repeated:
+                            repeated.add(id(key))
+                            duplicates.append((child, key.start_mark.line + 1))
+                    keys.add((key.tag, key.value))
                 else:
                     child = (*path, "?")
                     stack.append((key, child))
@@ -300,14 +316,22 @@ def _task(
 
     pool = "default"
     if "pool" in item:
-        pool = string_at(report, (*path, "pool"), item["pool"], expected="a pool name") or pool
+        expected_pool = "a non-empty pool name"
+        found_pool = string_at(report, (*path, "pool"), item["pool"], expected=expected_pool)
+        if found_pool == "":
+            report.wrong_type((*path, "pool"), found_pool, expected_pool)
+        elif found_pool is not None:
+            pool = found_pool
     priority = 0
     if "priority" in item:
         value = item["priority"]
-        if isinstance(value, bool) or not isinstance(value, int):
-            report.wrong_type((*path, "priority"), value, "an integer")
-        else:
-            priority = value
+        try:
+            # As the decorator's ``make_spec``: an integer a 64-bit column holds.
+            priority = check_int64(value, "priority")
+        except TaskrtError:
+            report.wrong_type(
+                (*path, "priority"), value, f"an integer from {INT64_MIN} to {INT64_MAX}"
+            )
 
     handler, call, hook, target = _handler(
         item,

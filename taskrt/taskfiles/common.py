@@ -34,20 +34,38 @@ MISSING: Any = _Missing()
 
 
 def integer_at(
-    report: Report, path: FieldPath, value: Any, *, minimum: int, expected: str
+    report: Report,
+    path: FieldPath,
+    value: Any,
+    *,
+    minimum: int,
+    maximum: int,
+    expected: str,
 ) -> int | None:
-    """``value`` when it is an integer >= ``minimum`` (``2.0`` counts), else a problem."""
+    """``value`` when it is an integer from ``minimum`` to ``maximum`` (``2.0`` counts),
+    else a problem."""
     if isinstance(value, float) and value.is_integer() and math.isfinite(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         report.wrong_type(path, value, expected)
         return None
+    if value > maximum:
+        report.wrong_type(path, value, f"{expected}, at most {maximum}")
+        return None
     return value
 
 
 def number_at(
-    report: Report, path: FieldPath, value: Any, *, minimum: float, expected: str
+    report: Report,
+    path: FieldPath,
+    value: Any,
+    *,
+    minimum: float,
+    maximum: float,
+    expected: str,
 ) -> float | None:
+    """``value`` as a float when it is a finite number from ``minimum`` to ``maximum``,
+    else a problem."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -55,6 +73,9 @@ def number_at(
         or value < minimum
     ):
         report.wrong_type(path, value, expected)
+        return None
+    if value > maximum:
+        report.wrong_type(path, value, f"{expected}, at most {maximum:.0f}")
         return None
     return float(value)
 

@@ -23,7 +23,10 @@ field                     meaning in taskrt                               defaul
 The task id is the file's path below the tasks folder without its extension,
 with ``/`` as ``.`` (``tasks/test.yao`` -> ``test``, ``tasks/mail/send.yao`` ->
 ``mail.send``); each task gets its own pool, named after the id.
-A number field given as ``0`` takes its default, as in Yao.
+A number field given as ``0`` takes its default, as in Yao. Numbers are bounded
+as the decorator's and the HTTP API's are: a count (``worker_nums``, ``size``,
+``attempts``) at most ``2**63 - 1``, a duration (``attempt_after``,
+``timeout``) at most a hundred years (``limits``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..definitions import Hooks, TaskSpec
+from ..limits import INT64_MAX, MAX_DURATION
 from ..retry import RetryPolicy
 from . import jsonc
 from .common import MISSING, callable_at, integer_at, number_at, string_at
@@ -95,16 +99,29 @@ def load_yao(text: str, *, task_id: str, report: Report, root: Path | None) -> T
     size = _count(report, data, "size", DEFAULT_SIZE, "a positive queue size")
     attempts = _count(report, data, "attempts", 1, "a number of attempts (0 or more)")
 
+    # Durations are bounded as everywhere else (``limits.MAX_DURATION``, a hundred years).
     attempt_after = DEFAULT_ATTEMPT_AFTER_MS / 1000
     if "attempt_after" in data:
         ms = number_at(
-            report, ("attempt_after",), data["attempt_after"], minimum=0, expected="milliseconds"
+            report,
+            ("attempt_after",),
+            data["attempt_after"],
+            minimum=0,
+            maximum=MAX_DURATION * 1000,
+            expected="milliseconds",
         )
         if ms:
             attempt_after = ms / 1000
     timeout = DEFAULT_TIMEOUT_S
     if "timeout" in data:
-        seconds = number_at(report, ("timeout",), data["timeout"], minimum=0, expected="seconds")
+        seconds = number_at(
+            report,
+            ("timeout",),
+            data["timeout"],
+            minimum=0,
+            maximum=MAX_DURATION,
+            expected="seconds",
+        )
         if seconds:
             timeout = seconds
 
@@ -153,7 +170,9 @@ def load_yao(text: str, *, task_id: str, report: Report, root: Path | None) -> T
 
 
 def _count(report: Report, data: dict[str, Any], key: str, default: int, expected: str) -> int:
+    """A count of at most ``INT64_MAX``, what a stored column (``attempts``) and the HTTP
+    pool API (``concurrency``, ``capacity``) take."""
     if key not in data:
         return default
-    value = integer_at(report, (key,), data[key], minimum=0, expected=expected)
+    value = integer_at(report, (key,), data[key], minimum=0, maximum=INT64_MAX, expected=expected)
     return value or default
