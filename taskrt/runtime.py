@@ -554,9 +554,7 @@ class Runtime:
         # Two definitions of one name are refused, never the last one taken silently; a
         # task registered again from where it came (its handler, its file: changed
         # options, a folder loaded again) replaces itself.
-        if known is not None and (
-            known.handler is not spec.handler or known.source != spec.source
-        ):
+        if known is not None and (known.handler is not spec.handler or known.source != spec.source):
             where = f" (in {known.source})" if known.source else ""
             raise InvalidOption(
                 "name",

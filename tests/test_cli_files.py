@@ -66,6 +66,23 @@ def test_validate_checks_the_executor_when_given(capsys: pytest.CaptureFixture[s
     )
 
 
+def test_validate_refuses_an_executor_class_that_needs_arguments(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A usage error naming --executor (it ended in a TypeError, exit 1)."""
+    (tmp_path / "needs_args_executor.py").write_text(
+        "class NeedsArgs:\n    def __init__(self, db):\n        self.db = db\n"
+    )
+    reference = "needs_args_executor:NeedsArgs"
+    argv = ["validate", "--root", str(tmp_path), "--executor", reference, str(ANCHOR)]
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"taskrt: error: --executor {reference}: expected a class instantiated with no "
+        "arguments (or an instance), found NeedsArgs(db)\n"
+    )
+
+
 def test_validate_prints_every_problem(capsys: pytest.CaptureFixture[str], bad: Path) -> None:
     code, out, err = run(capsys, "validate", str(bad))
     assert code == 1

@@ -14,6 +14,8 @@ from .support import (
     UNAVAILABLE,
     CommandError,
     UsageError,
+    check_server_url,
+    check_taskrt_file,
     client_runtime,
     in_event_loop,
     print_json,
@@ -29,6 +31,8 @@ def migrate_args(parser: argparse.ArgumentParser) -> None:
 async def migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the database's tables (safe while other processes run)."""
     # A new file is what migrate is for: only --app needs resolving.
+    if args.db and not args.app and is_server_url(args.db):
+        check_server_url(args.db, "--db")
     rt = Runtime(args.db, workers=False) if args.db and not args.app else client_runtime(args)
     found, now = await rt.store.migrate()
     if args.json:
@@ -59,6 +63,8 @@ async def copy(args: argparse.Namespace) -> int:
     """Jobs, attempts, schedules, history and the id sequence, in one transaction."""
     if is_server_url(args.source) or not is_server_url(args.target):
         raise UsageError("copy goes --from a SQLite file --to a postgresql:// URL")
+    check_server_url(args.target, "--to")
+    check_taskrt_file(args.source)  # as ls does: exit 4 for a file that is no database
     from ..store.postgres.copy import copy_sqlite_to_postgres
 
     def told(table: str, rows: int) -> None:

@@ -7,6 +7,7 @@ Neither opens a runtime or a database.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -27,7 +28,18 @@ def _object_at(reference: str, root: str | None) -> Any:
         found = resolve(dotted, None)
     except ResolveError as exc:
         raise UsageError(f"--executor {reference}: {exc}") from None
-    return found() if isinstance(found, type) else found
+    if not isinstance(found, type):
+        return found
+    try:
+        inspect.signature(found).bind()
+    except TypeError:
+        raise UsageError(
+            f"--executor {reference}: expected a class instantiated with no arguments "
+            f"(or an instance), found {found.__name__}{inspect.signature(found)}"
+        ) from None
+    except ValueError:
+        pass  # no signature to read (a builtin): instantiating it says
+    return found()
 
 
 # -- validate ------------------------------------------------------------------------

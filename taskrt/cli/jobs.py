@@ -25,6 +25,7 @@ from .support import (
     CommandError,
     UsageError,
     cell,
+    existing,
     in_event_loop,
     job_id,
     later,
@@ -36,6 +37,7 @@ from .support import (
     reason_note,
     seconds,
     statuses,
+    stored_id,
     table,
     target_args,
     value_of,
@@ -147,6 +149,7 @@ def get_args(parser: argparse.ArgumentParser) -> None:
 
 @in_event_loop
 async def get(args: argparse.Namespace) -> int:
+    existing(args.id)
     async with opened(args) as rt:
         job = await rt.get(args.id)
         attempts = await rt.attempts(args.id)
@@ -303,6 +306,7 @@ def id_args(parser: argparse.ArgumentParser) -> None:
 
 @in_event_loop
 async def cancel(args: argparse.Namespace) -> int:
+    existing(args.id)
     async with opened(args) as rt:
         job = await rt.cancel(args.id)
     if args.json:
@@ -317,6 +321,7 @@ async def cancel(args: argparse.Namespace) -> int:
 
 @in_event_loop
 async def retry(args: argparse.Namespace) -> int:
+    existing(args.id)
     async with opened(args) as rt:
         job = await rt.retry(args.id)
     if args.json:
@@ -420,7 +425,7 @@ def bulk_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--id",
         action="append",
-        type=job_id,
+        type=stored_id,
         default=None,
         metavar="ID",
         help="this job (repeatable)",
@@ -466,6 +471,7 @@ async def bulk(args: argparse.Namespace) -> int:
 
 @in_event_loop
 async def run_now(args: argparse.Namespace) -> int:
+    existing(args.id)
     async with opened(args) as rt:
         info = await rt.run_now(args.id)
     if args.json:

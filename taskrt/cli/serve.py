@@ -22,7 +22,9 @@ def serve_args(parser: argparse.ArgumentParser) -> None:
         "app", metavar="MODULE:ATTR", help="the Runtime (or an ASGI app) to serve, e.g. app:rt"
     )
     parser.add_argument("--host", default="127.0.0.1", help="the interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="the TCP port (default: 8000)")
+    parser.add_argument(
+        "--port", type=port, default=8000, help="the TCP port, 0-65535 (default: 8000)"
+    )
     parser.add_argument(
         "--allowed-host",
         action="append",
@@ -51,6 +53,15 @@ def serve_args(parser: argparse.ArgumentParser) -> None:
         choices=["text", "json"],
         help="json: one JSON object a line, with job_id, task and attempt (taskrt.logging)",
     )
+
+
+def port(raw: str) -> int:
+    """``--port``: 0-65535, refused at parsing (exit 2). Out of range, uvicorn would
+    fail to bind only after the app's lifespan had started the runtime."""
+    value = int(raw) if raw.isascii() and raw.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected 0-65535, found {raw!r}")
+    return value
 
 
 def asgi_app(reference: str, allowed_hosts: Sequence[str] | None = None) -> Any:
@@ -141,4 +152,12 @@ def serve(args: argparse.Namespace) -> int:
     return OK
 
 
-__all__ = ["RELOAD_FACTORY", "asgi_app", "reload_factory", "serve", "serve_args", "warn_if_open"]
+__all__ = [
+    "RELOAD_FACTORY",
+    "asgi_app",
+    "port",
+    "reload_factory",
+    "serve",
+    "serve_args",
+    "warn_if_open",
+]

@@ -10,7 +10,10 @@ Design notes (cited where they apply, here and in the command modules as
 1. **Which runtime.** ``--app MODULE:ATTR`` (or ``$TASKRT_APP``) names the
    application's ``Runtime``: its tasks, pools and task files are known, so
    ``add`` validates arguments and applies the task's defaults. ``--db PATH``
-   (or ``$TASKRT_DB``) opens a bare database: everything but ``add``.
+   (or ``$TASKRT_DB``) opens a bare database: everything but ``add``. Only
+   ``migrate`` makes one: a path that is not a taskrt database is refused before
+   the runtime opens it (``check_taskrt_file``), a malformed URL as bad usage
+   (``check_server_url``).
 2. **Always a client.** These commands open the runtime with
    ``workers=False``: they never run a job or fire a schedule, so they work
    while a server owns the database (they go through its relay; without one,
@@ -47,6 +50,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import (
     InvalidOption,
@@ -59,6 +63,7 @@ from ..errors import (
     TaskNotFound,
     TaskrtError,
 )
+from ..limits import INT64_MAX
 from ..models import JobInfo, JobStatus, percent
 from ..retry import parse_duration
 from ..runtime import Runtime
@@ -251,10 +256,89 @@ def client_runtime(args: argparse.Namespace) -> Runtime:
         rt.workers = False  # a client of the app's database (note 2)
         return rt
     if args.db:
-        if args.db != ":memory:" and not is_server_url(args.db) and not Path(args.db).is_file():
-            raise CommandError(f"no database at {args.db}", UNAVAILABLE)
+        if is_server_url(args.db):
+            check_server_url(args.db, "--db")
+        elif args.db != ":memory:":
+            if not Path(args.db).is_file():
+                raise CommandError(f"no database at {args.db}", UNAVAILABLE)
+            check_taskrt_file(args.db)
         return Runtime(args.db, workers=False)
     raise UsageError("which jobs? give --app MODULE:ATTR or --db PATH (or set $TASKRT_APP)")
+
+
+def check_server_url(url: str, option: str) -> None:
+    """Refuse a malformed ``postgresql://`` URL as bad usage naming ``option``, before
+    the driver reads it (its ``ValueError`` would be an unexpected error, exit 1).
+
+    Checked: the URL splits (an unclosed ``[`` of an IPv6 address does not), each
+    host of its host list (``host1:5432,host2``) has a port of 1-65535 or none,
+    and a ``schema`` parameter, when given, is not empty (an empty one would fall
+    back to the default schema). The URL itself is not echoed: it may hold a password.
+    """
+    expected = "expected postgresql://user@host:port/database[?schema=name]"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {expected}: {exc}") from None
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(","):
+        if host.startswith("["):
+            name, bracket, rest = host[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise UsageError(f"{option}: {expected}: malformed IPv6 host {host!r}")
+            port = rest[1:]
+        else:
+            name, _, port = host.partition(":")
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise UsageError(
+                f"{option}: {expected}: the port of host {name!r} is {port!r}, "
+                "expected a number from 1 to 65535"
+            )
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema" and not value:
+            raise UsageError(
+                f"{option}: the schema parameter is empty; expected a schema name "
+                "(without the parameter: the default schema, taskrt)"
+            )
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file (sqlite.org/fileformat.html)."""
+
+
+def check_taskrt_file(path: str) -> None:
+    """Refuse (exit 4) a file that is not a taskrt database, before any connection
+    opens it: opening it would write taskrt's tables into it (the store migrates
+    what it opens), and only ``migrate`` makes a database (docs/cli.md).
+
+    It reads the file's header, read only, as the SQLite file format lays it out:
+    not SQLite at all is "file is not a database"; a zero-byte file, or a SQLite
+    file whose schema version (``PRAGMA user_version``, offset 60) is 0, holds no
+    taskrt tables (an empty file, another application's). Every taskrt database
+    records its version, except those of the first release (``taskrt migrate``
+    upgrades them). While a write-ahead log is not empty, the header may lag behind
+    the pages committed to the log (a server running a new database): then the
+    store decides, as before.
+    """
+    log = Path(f"{path}-wal")
+    try:
+        if log.is_file() and log.stat().st_size > 0:
+            return
+        with open(path, "rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        raise CommandError(f"no database at {path}", UNAVAILABLE) from None
+    except OSError as exc:
+        raise CommandError(f"cannot open database {path!r}: {exc.strerror}", UNAVAILABLE) from exc
+    if header and (len(header) < 100 or not header.startswith(SQLITE_MAGIC)):
+        raise CommandError(f"cannot open database {path!r}: file is not a database", UNAVAILABLE)
+    if not header or int.from_bytes(header[60:64], "big") == 0:
+        what = "an empty file" if not header else "a SQLite database without taskrt's tables"
+        raise CommandError(
+            f"{path} is not a taskrt database ({what}); left untouched: only "
+            "`taskrt migrate` creates one",
+            UNAVAILABLE,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -366,10 +450,25 @@ def plural(n: int, word: str) -> str:
 # -- parsing values ------------------------------------------------------------------------
 
 
+def _not_json(raw: str) -> Any:
+    raise ValueError(f"{raw} is not JSON")
+
+
+def _finite(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"{raw} is out of range")
+    return value
+
+
 def value_of(raw: str) -> Any:
-    """A command-line value: JSON when it parses (42, true, [1,2], {"a":1}, "42"), else text."""
+    """A command-line value: JSON when it parses (42, true, [1,2], {"a":1}, "42"), else text.
+
+    Strict JSON: ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's ``json``
+    reads) are not JSON, nor a number too large for a float (``1e400``): text.
+    """
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except ValueError:
         return raw
 
@@ -394,9 +493,7 @@ def moment(raw: str | None, option: str, *, now: float | None = None) -> float |
     except ValueError:
         pass
     else:
-        if not math.isfinite(value):
-            raise UsageError(f"{option}: expected a time, found {raw!r}")
-        return value
+        return representable(value, raw, option)
     try:
         stamp = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
@@ -407,8 +504,21 @@ def moment(raw: str | None, option: str, *, now: float | None = None) -> float |
                 f"{option}: expected epoch seconds, an ISO 8601 date-time or a duration "
                 f"ago like 2h, found {raw!r}"
             ) from None
-        return (time.time() if now is None else now) - ago
-    return stamp.timestamp()  # a naive date-time is local time
+        return representable((time.time() if now is None else now) - ago, raw, option)
+    try:
+        return representable(stamp.timestamp(), raw, option)  # a naive date-time is local time
+    except (OverflowError, OSError, ValueError):
+        raise UsageError(f"{option}: expected a time from year 1 to 9999, found {raw!r}") from None
+
+
+def representable(value: float, raw: str, option: str) -> float:
+    """``value``, epoch seconds, when it is a local date-time of year 1 to 9999 (what
+    the commands print and the store counts by minute); bad usage otherwise."""
+    try:
+        datetime.fromtimestamp(value)  # NaN is a ValueError, 1e20 an OverflowError
+    except (OverflowError, OSError, ValueError):
+        raise UsageError(f"{option}: expected a time from year 1 to 9999, found {raw!r}") from None
+    return value
 
 
 def later(raw: str, option: str, *, now: float | None = None) -> float:
@@ -421,7 +531,7 @@ def later(raw: str, option: str, *, now: float | None = None) -> float:
             raise UsageError(f"{option}: expected a time, found {raw!r}") from None
         return found
     if raw.replace(".", "", 1).isdigit():
-        return float(raw)  # a bare number is epoch seconds, as for moment
+        return representable(float(raw), raw, option)  # epoch seconds, as for moment
     return (time.time() if now is None else now) + ahead
 
 
@@ -443,10 +553,32 @@ def statuses(raw: Sequence[str], option: str = "--status") -> list[JobStatus]:
 
 
 def job_id(raw: str) -> int:
-    value = int(raw) if raw.isdigit() else 0
+    """An ``ID`` argument: a positive integer. One beyond the ids a database holds
+    (64-bit) is well formed and names no job: ``existing`` says "not found", as
+    the HTTP API's 404 does."""
+    value = int(raw) if raw.isascii() and raw.isdigit() else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a job id (a positive integer), found {raw!r}")
     return value
+
+
+def stored_id(raw: str) -> int:
+    """A job id of a filter (``bulk --id``): as ``job_id``, and within the ids a
+    database holds, as the HTTP API's ``ids`` (422 beyond)."""
+    value = job_id(raw)
+    if value > INT64_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected a job id (a positive integer up to {INT64_MAX}), found {raw!r}"
+        )
+    return value
+
+
+def existing(job: int) -> int:
+    """``job``, an id a database may hold; ``JobNotFound`` (exit 3) beyond 64 bits,
+    which no database can hold (the store would fail to bind it)."""
+    if job > INT64_MAX:
+        raise JobNotFound(job)
+    return job
 
 
 __all__ = [
@@ -461,8 +593,11 @@ __all__ = [
     "StreamError",
     "UsageError",
     "cell",
+    "check_server_url",
+    "check_taskrt_file",
     "client_runtime",
     "error",
+    "existing",
     "in_event_loop",
     "job_id",
     "load_object",
@@ -474,10 +609,12 @@ __all__ = [
     "plural",
     "print_json",
     "progress",
+    "representable",
     "request_headers",
     "seconds",
     "status_of",
     "statuses",
+    "stored_id",
     "table",
     "target_args",
     "targets_from_env",

@@ -7,7 +7,15 @@ from __future__ import annotations
 import argparse
 
 from .progress import exit_status, follow, runtime_events, server_events
-from .support import UsageError, in_event_loop, job_id, opened, request_headers, target_args
+from .support import (
+    UsageError,
+    existing,
+    in_event_loop,
+    job_id,
+    opened,
+    request_headers,
+    target_args,
+)
 
 
 def watch_args(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +31,7 @@ def watch_args(parser: argparse.ArgumentParser) -> None:
 
 @in_event_loop
 async def watch(args: argparse.Namespace) -> int:
+    existing(args.id)  # as the server's 404 says for an id beyond 64 bits
     if args.url:
         if args.app or args.db:
             raise UsageError("give --url, or --app/--db, not both")

@@ -8,6 +8,7 @@ from ..models import WorkflowInfo
 from .remote import opened
 from .support import (
     OK,
+    existing,
     in_event_loop,
     job_id,
     print_json,
@@ -28,6 +29,7 @@ def workflow_args(parser: argparse.ArgumentParser) -> None:
 
 @in_event_loop
 async def workflow(args: argparse.Namespace) -> int:
+    existing(args.id)
     async with opened(args) as rt:
         if args.cancel:
             info = await rt.cancel_workflow(args.id)
