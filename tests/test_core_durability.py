@@ -912,3 +912,59 @@ async def test_sequence_jumps_after_a_crash_so_resumed_streams_never_miss_events
     rt3.pool("default").pause()
     async with rt3:
         assert (await rt3.get(job_id)).seq == 1 + 1_000_000
+
+
+CANCELLED_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from taskrt import JobContext, Runtime
+
+    rt = Runtime(sys.argv[1])
+
+    @rt.task
+    async def noop(job: JobContext) -> None: ...
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def serve() -> None:  # as an ASGI server's lifespan runs the runtime
+            async with rt:
+                started.set()
+                await asyncio.sleep(3600)
+
+        asyncio.create_task(serve())
+        await started.wait()
+        await rt.add(noop)
+        raise RuntimeError("the application failed")  # asyncio.run cancels every task
+
+    try:
+        asyncio.run(main())
+    except RuntimeError as exc:
+        print("ended:", exc, flush=True)
+    """
+)
+
+
+async def test_a_runtime_stopped_after_its_writer_was_cancelled_ends(tmp_path: Path) -> None:
+    # When asyncio.run's main task fails, every task is cancelled, the store's writer
+    # among them; the runtime's stop then waited for a flush nobody would write, and
+    # the process hung (taskrt serve with a port it could not bind stayed up for good).
+    script = tmp_path / "child.py"
+    script.write_text(CANCELLED_WRITER)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        db_file(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        async with asyncio.timeout(15):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert out.decode().strip() == "ended: the application failed"
+    assert proc.returncode == 0

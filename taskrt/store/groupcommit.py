@@ -177,6 +177,7 @@ class GroupCommit:
         self._progress: ProgressRows = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._told_stopped = False  # the loss of a stopped writer is logged once
         # Held by every write of the writer's: a batch, and whatever the backend says.
         self.lock = asyncio.Lock()
         self._progress_timer: asyncio.TimerHandle | None = None
@@ -215,6 +216,7 @@ class GroupCommit:
         self._failing = None
         self._failing_since = None
         self._retained = 0
+        self._told_stopped = False
         self._task = asyncio.create_task(self._write_loop(), name="taskrt-store-writer")
 
     async def close(self, patience: float) -> None:
@@ -222,10 +224,30 @@ class GroupCommit:
         self._closing = True
         self._close_deadline = time.monotonic() + patience
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None and not self._stopped(task):
+            await task
         self._writer = None
+
+    def _stopped(self, task: asyncio.Task[None] | None = None) -> bool:
+        """Whether the writer task ended without being closed: cancelled from outside
+        (``asyncio.run`` cancels every task when its main one fails) or by a bug.
+        Nothing will commit what is queued: waiting for it would never end."""
+        task = task or self._task
+        if task is None or not task.done():
+            return False
+        if not self._closing:
+            lost = len(self._batch.inserts) + len(self._batch.statements) + len(self._batch.starts)
+            if lost and not self._told_stopped:
+                self._told_stopped = True
+                log.error(
+                    "the writer of %s stopped (%s) with %d write(s) queued; the jobs they "
+                    "belong to run again after a restart",
+                    self.name,
+                    "cancelled" if task.cancelled() else task.exception(),
+                    lost,
+                )
+        return True
 
     def rolled_back(self, exc: BaseException) -> bool:
         """Whether ``exc`` says the database rolled a transaction back on its own
@@ -285,6 +307,8 @@ class GroupCommit:
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
+        if self._stopped():
+            raise StoreUnavailable(self.name, "its writer has stopped")
         if not self._settled():
             await self.queue(FLUSH, ())
 
@@ -311,7 +335,7 @@ class GroupCommit:
         For reads that overlay the in-memory truth of live jobs: during an
         outage they go on with what is committed instead of waiting (note 9).
         """
-        if self._failing is not None:
+        if self._failing is not None or self._stopped():
             return
         if fut is None:
             if self._settled():
