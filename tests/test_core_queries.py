@@ -283,3 +283,21 @@ async def test_cleanup_deletes_old_finished_jobs_and_their_attempts(tmp_path: Pa
         assert await rt.cleanup(older_than=0) == 1
         newer = await pool.add(work, False)
         assert newer == recent + 1
+
+
+async def test_an_id_no_64_bit_column_holds_is_no_job(tmp_path: Path) -> None:
+    # Before, the driver failed to send it: OverflowError from every call by id.
+    rt = make_rt(tmp_path)
+    async with rt:
+        for job_id in (2**64, 2**63, -(2**64)):
+            calls = (
+                rt.get(job_id),
+                rt.cancel(job_id),
+                rt.retry(job_id),
+                rt.wait(job_id, timeout=1),
+                rt.attempts(job_id),
+                rt.progress(job_id, 1, 2),
+            )
+            for call in calls:
+                with pytest.raises(JobNotFound):
+                    await call

@@ -536,6 +536,8 @@ async def test_the_http_api_serves_from_postgresql(url: str, mode: str) -> None:
 async def test_a_bad_url_or_schema_is_a_clear_error(url: str) -> None:
     with pytest.raises(InvalidOption, match="schema"):
         Runtime(url.replace("?schema=", "?schema=bad-name-"))
+    with pytest.raises(InvalidOption, match="schema"):  # not the default schema, silently
+        Runtime(url.split("?")[0] + "?schema=")
     # Logs, errors and repr name the database without its password.
     secret = Runtime("postgresql://app:s3cret@db.internal:5433/app?schema=jobs")
     assert secret.path == "postgresql://app:***@db.internal:5433/app?schema=jobs"

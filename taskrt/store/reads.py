@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..limits import INT64_MAX
 from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
 from .adds import count_by
 from .deps import (
@@ -115,6 +116,8 @@ class SharedReads:
         return [row_to_job(r) for r in rows], [(int(c), int(p)) for c, p in edges]
 
     async def get_job(self, job_id: int) -> JobInfo | None:
+        if not 0 < job_id <= INT64_MAX:  # no row has it (a driver would fail to send it)
+            return None
         row = await self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return None if row is None else row_to_job(row)
 

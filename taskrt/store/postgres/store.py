@@ -179,7 +179,8 @@ class PgStore(QueuedWrites, SharedReads):
         if parts.scheme not in SCHEMES:
             raise InvalidOption("database", f"expected a postgresql:// URL, found {url!r}")
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        chosen = schema or query.get("schema") or DEFAULT_SCHEMA
+        # An empty one (``?schema=``) is refused below, never the default taken silently.
+        chosen = schema if schema is not None else query.get("schema", DEFAULT_SCHEMA)
         if not _IDENTIFIER.fullmatch(chosen):
             raise InvalidOption(
                 "schema",
