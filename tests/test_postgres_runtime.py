@@ -704,7 +704,10 @@ def sqlite_app(path: str, **options: object) -> Runtime:
 def test_copy_moves_a_stopped_sqlite_database_over_whole(
     url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = str(tmp_path / "old.db")
+    # A folder whose name a SQLite URI would read otherwise ('?', '#', '%').
+    folder = tmp_path / "a?b#c%41"
+    folder.mkdir()
+    path = str(folder / "old.db")
 
     async def make_history() -> dict[str, Any]:
         async with sqlite_app(path) as old:
@@ -777,6 +780,12 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
     assert main(["copy", "--from", path, "--to", other]) == 4
     err = capsys.readouterr().err
     assert "already holds 1 row(s) of pool_settings:" in err, err
+
+    # From a file that is no database: the store's error, not the driver's.
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all, " * 100)
+    with pytest.raises(StoreError, match="cannot open database"):
+        asyncio.run(copy_sqlite_to_postgres(str(junk), other))
 
 
 async def test_an_add_goes_with_the_lifecycle_writes_unless_a_batch_of_them_is_in_flight(

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -185,11 +186,17 @@ def _open_source(path: str) -> sqlite3.Connection:
     if _in_use(path):
         raise StoreError(f"{path} is in use by a running process: stop it, then copy")
     # Read in worker threads one after the other (``_copy``): never two at once.
-    conn = sqlite3.connect(
-        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-    )
+    # A URI, so the path is quoted: a '?', '#' or '%' in it is part of the name.
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
     try:
-        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path!r}: {exc}") from exc
+    try:
+        try:
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:  # not a database at all ("file is not a database")
+            raise StoreError(f"cannot open database {path!r}: {exc}") from exc
         if found != SQLITE_VERSION:
             raise StoreError(
                 f"{path} has schema version {found}; this release copies version "
