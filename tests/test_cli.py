@@ -636,12 +636,6 @@ def test_commands_leave_a_file_that_is_not_a_taskrt_database_untouched(
         assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["jobs"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: needs a read-only probe in the store (taskrt/store/postgres/schema.py "
-    "version() on a connection that creates nothing); the CLI may not import a driver "
-    "(tests/test_layers.py). Remove this mark with that fix.",
-)
 def test_ls_refuses_a_postgresql_schema_that_does_not_exist_and_creates_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -344,6 +344,15 @@ def check_taskrt_file(path: str) -> None:
 @contextlib.asynccontextmanager
 async def opened(args: argparse.Namespace) -> AsyncIterator[Runtime]:
     rt = client_runtime(args)
+    probe = getattr(rt.store, "schema_version", None)
+    if args.db and is_server_url(args.db) and probe is not None and await probe() == 0:
+        # As for a file (``check_taskrt_file``): opening would create the schema.
+        schema = getattr(rt.store, "schema", "?")
+        raise CommandError(
+            f"{rt.path}: schema {schema!r} holds no taskrt tables; left untouched: "
+            "only `taskrt migrate` creates them",
+            UNAVAILABLE,
+        )
     async with rt:
         yield rt
 

@@ -38,7 +38,7 @@ from .driver import DRIVER_ERRORS
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
 from .planner import Analyzer
-from .schema import migrate
+from .schema import migrate, version
 from .sql import (
     CANCEL_ASKED_WHERE,
     CANCEL_WAITING_EXTERNAL_WHERE,
@@ -262,6 +262,20 @@ class PgStore(QueuedWrites, SharedReads):
         """The lock that says which process runs this schema's jobs (``lock``);
         ``shared``: held by every node where every process runs jobs (note 7)."""
         return AdvisoryLock(self._dsn, self.schema, shared=shared)
+
+    async def schema_version(self) -> int:
+        """The schema's version as it is, without opening the store or creating
+        anything (0: no taskrt tables, or no such schema)."""
+        try:
+            conn = await asyncpg.connect(self._dsn)
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+        try:
+            return await version(conn, self.schema)
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"cannot read {self.path!r}: {exc}") from exc
+        finally:
+            await conn.close()
 
     async def migrate(self) -> tuple[int, int]:
         """Bring the schema to this release's version without opening the store:
