@@ -1526,7 +1526,7 @@ class Runtime:
         if age is not None and (age != age or age < 0):
             raise InvalidOption("older_than", f"expected 0 seconds or more, found {older_than!r}")
         return {
-            "status": statuses,
+            "status": statuses or None,  # [] names no status: no filter, as for a listing
             "pool": pool,
             "task": task,
             "metadata": dict(metadata or {}),

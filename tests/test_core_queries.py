@@ -301,3 +301,23 @@ async def test_an_id_no_64_bit_column_holds_is_no_job(tmp_path: Path) -> None:
             for call in calls:
                 with pytest.raises(JobNotFound):
                     await call
+
+
+async def test_an_empty_status_list_is_no_filter_for_count_list_and_bulk(
+    tmp_path: Path,
+) -> None:
+    # Before, count(status=[]) said 0 while jobs(status=[]) listed every job, and a
+    # bulk action with it skipped its limit check (it counted 0 first).
+    rt = make_rt(tmp_path)
+    rt.pool("default").pause()
+
+    @rt.task
+    async def idle(job: JobContext) -> None: ...
+
+    async with rt:
+        for _ in range(3):
+            await rt.add(idle)
+        listed = (await rt.jobs(status=[])).jobs
+        assert len(listed) == 3
+        assert await rt.count(status=[]) == 3 == await rt.count()
+        assert (await rt.bulk("cancel", status=[], dry_run=True)).matched == 3
