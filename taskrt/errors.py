@@ -81,6 +81,16 @@ class PoolNotFound(TaskrtError, LookupError):
         super().__init__(f"no pool named {name!r}")
 
 
+class PoolExists(TaskrtError):
+    """A pool of that name exists where a new one was asked for (``POST /pools``)."""
+
+    code = "pool_exists"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a pool named {name!r} exists; change it instead")
+
+
 class JobNotFound(TaskrtError, LookupError):
     code = "job_not_found"
 

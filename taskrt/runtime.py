@@ -76,6 +76,7 @@ from .errors import (
     JobNotFound,
     OwnershipError,
     OwnerUnreachable,
+    PoolExists,
     PoolNotFound,
     RuntimeNotStarted,
     TaskrtError,
@@ -1889,6 +1890,7 @@ class Runtime:
         paused: bool | None = None,
         create: bool = False,
         rate: str | _Unset | None = UNSET,
+        exists_ok: bool = True,
     ) -> PoolStatistics:
         """Change a pool where its jobs run (the owner), from any process.
 
@@ -1897,16 +1899,18 @@ class Runtime:
         takeovers. In ``mode="nodes"`` all three are recorded and every node
         applies them, nodes that join later included (concurrency stays per
         node: 10 on 3 nodes runs up to 30 jobs). ``create``: declare the pool
-        if there is none.
+        if there is none; ``exists_ok=False``: ``PoolExists`` if there is one.
+        Where one owner runs the jobs, the owner says which pools exist, and its
+        limits are the ones that change (another process keeps the code's, which
+        it starts with if it takes over).
         """
-        if name not in self._pools and not create:
-            raise PoolNotFound(name)
         if not isinstance(rate, _Unset):
             parse_rate(rate)  # refused before anything changes
-        local = self.pool(name)  # every process knows its pools' names
         remote = self._forwarding()
         if remote is not None:
             args: dict[str, Any] = {"name": name, "create": create}
+            if not exists_ok:
+                args["exists_ok"] = False
             if concurrency is not None:
                 args["concurrency"] = concurrency
             if not isinstance(capacity, _Unset):
@@ -1917,8 +1921,13 @@ class Runtime:
                 args["rate"] = rate
             with contextlib.suppress(OwnerUnreachable):
                 stats = PoolStatistics(**await remote.call("change_pool", **args))
-                _apply_limits(local, concurrency, capacity, None, rate)
+                self.pool(name)  # every process knows its pools' names
                 return stats
+        if name in self._pools and not exists_ok:
+            raise PoolExists(name)
+        if name not in self._pools and not create:
+            raise PoolNotFound(name)
+        local = self.pool(name)
         _apply_limits(local, concurrency, capacity, paused, rate)
         if paused is not None and self._started:
             await self.store.set_pool_paused(name, paused)

@@ -11,6 +11,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from core_support import committed, db_file, make_rt, sqlite_only_write, until
 
@@ -20,6 +21,8 @@ from taskrt import (
     JobNotFound,
     JobStatus,
     OwnershipError,
+    PoolExists,
+    PoolNotFound,
     QueueFull,
     Runtime,
 )
@@ -29,6 +32,7 @@ from taskrt.models import EventType
 from taskrt.ownership import filesystem_of
 from taskrt.relay import RelayClient, RelayServer
 from taskrt.runtime import JobStream
+from taskrt.web import create_app
 
 
 def app(tmp_path: Path, gate: asyncio.Event | None = None, **options: object) -> Runtime:
@@ -169,6 +173,34 @@ async def test_pool_actions_on_a_standby_act_on_the_owner_and_a_pause_is_kept(
         assert (await again.get(job_id)).status is JobStatus.WAITING
         await again.change_pool("p", paused=False)
         assert (await again.wait(job_id, timeout=5)).result == "hello later"
+
+
+async def test_pools_are_the_owners_on_a_standby(tmp_path: Path) -> None:
+    """The owner says which pools exist and keeps the limits set through a standby.
+    Before: POST /pools of an existing pool through a standby changed it (201, not
+    409); a pool created through the owner was a 404 on the standby (change_pool,
+    GET /events?pool= too); and limits set through a standby were also set in the
+    standby's own pools, so a takeover started with them, not the code's."""
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        await owner.change_pool("extra", create=True, concurrency=2)
+        assert "extra" not in standby.pools
+        stats = await standby.change_pool("extra", concurrency=4)  # the owner has it
+        assert (stats.concurrency, owner.pools["extra"].concurrency) == (4, 4)
+        with pytest.raises(PoolExists):
+            await standby.change_pool("extra", create=True, exists_ok=False, concurrency=9)
+        assert owner.pools["extra"].concurrency == 4
+        with pytest.raises(PoolNotFound):
+            await standby.change_pool("nowhere", concurrency=3)
+        await standby.change_pool("p", concurrency=7)
+        assert (owner.pools["p"].concurrency, standby.pools["p"].concurrency) == (7, 2)
+        transport = httpx.ASGITransport(app=create_app(standby))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            created = await client.post("/pools", json={"name": "extra", "concurrency": 3})
+            assert (created.status_code, created.json()["error"]["code"]) == (409, "pool_exists")
+            fresh = await client.post("/pools", json={"name": "fresh", "concurrency": 3})
+            assert fresh.status_code == 201 and owner.pools["fresh"].concurrency == 3
+    assert owner.pools["extra"].concurrency == 4
 
 
 async def test_a_cancel_on_a_standby_stops_the_owners_running_job(tmp_path: Path) -> None:

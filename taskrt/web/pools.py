@@ -10,7 +10,6 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import PoolNotFound
 from ..models import PoolStatistics
-from .errors import ApiError
 from .inputs import field_of, invalid, json_object, read_json, refuse_unknown
 from .routing import Api, EndpointGroup, Param, Reply
 from .schemas import POOL_NAME_PATTERN, array_of, ref
@@ -44,7 +43,9 @@ def _limits(body: dict[str, Any]) -> tuple[int | None, int | None, bool, bool | 
     return concurrency, capacity, "capacity" in body, paused
 
 
-async def _apply(api: Api, name: str, body: dict[str, Any], *, create: bool) -> PoolStatistics:
+async def _apply(
+    api: Api, name: str, body: dict[str, Any], *, create: bool, exists_ok: bool = True
+) -> PoolStatistics:
     """Change the pool where its jobs run (the owner; ``rt.change_pool`` forwards)."""
     concurrency, capacity, capacity_given, paused = _limits(body)
     optional: dict[str, Any] = {}
@@ -53,7 +54,7 @@ async def _apply(api: Api, name: str, body: dict[str, Any], *, create: bool) -> 
     if "rate" in body:
         optional["rate"] = field_of(body, "rate", str, "a rate like '10/s', or null")
     return await api.runtime.change_pool(
-        name, concurrency=concurrency, paused=paused, create=create, **optional
+        name, concurrency=concurrency, paused=paused, create=create, exists_ok=exists_ok, **optional
     )
 
 
@@ -108,11 +109,8 @@ async def create_pool(api: Api, request: Request) -> Response:
     name = body.get("name")
     if not isinstance(name, str) or not POOL_NAME.fullmatch(name):
         raise invalid("name", "expected 1 to 100 letters, digits or _ . : -")
-    if name in api.runtime.pools:
-        raise ApiError(
-            409, "pool_exists", f"a pool named {name!r} exists; PATCH it instead", pool=name
-        )
-    stats = await _apply(api, name, body, create=True)
+    # The owner says whether it exists (a pool created through another process).
+    stats = await _apply(api, name, body, create=True, exists_ok=False)
     return JSONResponse(
         stats.to_dict(),
         status_code=201,

@@ -80,6 +80,8 @@ DURATION_PATTERN = (
 )
 #: Long enough for any real duration, short enough that it is always finite.
 DURATION_MAX_LENGTH = 64
+#: A rate limit: a positive count below 10**9 (``rates.parse_rate``) per second, minute or hour.
+RATE_PATTERN = "^(0*[1-9][0-9]{0,8}(\\.[0-9]+)?|0+\\.[0-9]*[1-9][0-9]*)/[smh]$"
 #: ``?status=``: statuses (any case) separated by commas; empty items are ignored.
 _STATUS_WORD = "(?:" + "|".join(_any_case(s) for s in STATUSES) + ")"
 STATUS_LIST_PATTERN = rf"^ *(?:{_STATUS_WORD} *)?(?:, *(?:{_STATUS_WORD} *)?)*$"
@@ -678,7 +680,7 @@ COMPONENTS: dict[str, Schema] = {
             "rate": nullable(
                 {
                     "type": "string",
-                    "pattern": "^[0-9]+(\\.[0-9]+)?/[smh]$",
+                    "pattern": RATE_PATTERN,
                     "description": "at most so many starts per second, minute or hour; null: none",
                 }
             ),
@@ -698,7 +700,7 @@ COMPONENTS: dict[str, Schema] = {
             "rate": nullable(
                 {
                     "type": "string",
-                    "pattern": "^[0-9]+(\\.[0-9]+)?/[smh]$",
+                    "pattern": RATE_PATTERN,
                     "description": "at most so many starts per second, minute or hour; null: none",
                 }
             ),

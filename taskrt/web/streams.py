@@ -259,7 +259,9 @@ async def all_events(api: Api, request: Request) -> Response:
     pool = request.query_params.get("pool") or None
     task = request.query_params.get("task") or None
     if pool is not None and pool not in rt.pools:
-        raise PoolNotFound(pool)
+        # One the owner has (created through another process) is one.
+        if not any(p.name == pool for p in await rt.pool_statistics()):
+            raise PoolNotFound(pool)
     if task is not None and task not in rt.tasks:
         raise TaskNotFound(task)
     release = api.streams.acquire(api.settings.retry_after)
