@@ -413,8 +413,11 @@ class RelayClient:
             raise OwnerUnreachable("the connection to the owner is closed")
         writer.write(encode_frame(message))
 
-    async def call(self, method: str, **args: Any) -> Any:
-        """Forward a call to the owner; raises what it raised (note 5)."""
+    async def call(self, method: str, longer: float = 0.0, **args: Any) -> Any:
+        """Forward a call to the owner; raises what it raised (note 5). Its answer is
+        awaited ``CALL_TIMEOUT`` seconds, plus ``longer`` for a call the owner itself
+        lets run longer (a cancel waits for its handler to stop)."""
+        within = CALL_TIMEOUT + longer
         if not self.connected:
             raise OwnerUnreachable("not connected")
         if not self.accepting:
@@ -429,11 +432,11 @@ class RelayClient:
             # when a cancel comes as it arrives, and the caller (a stop, a request
             # whose client went) runs on as if never cancelled.
             try:
-                async with asyncio.timeout(CALL_TIMEOUT):
+                async with asyncio.timeout(within):
                     return await future
             except TimeoutError:
                 raise OwnerUnreachable(
-                    f"no answer to {method!r} within {CALL_TIMEOUT:g} s", sent=True
+                    f"no answer to {method!r} within {within:g} s", sent=True
                 ) from None
         finally:
             self._pending.pop(call_id, None)

@@ -1271,8 +1271,10 @@ class Runtime:
         self.require_started("cancel")
         remote = self._forwarding()
         if remote is not None:
+            # The owner answers once the handler stopped (up to abandon_after + 5 s).
+            longer = self.abandon_after + 5
             with contextlib.suppress(OwnerUnreachable):
-                return JobInfo.from_dict(await remote.call("cancel", job=job_id))
+                return JobInfo.from_dict(await remote.call("cancel", longer, job=job_id))
         state = await self.adoption.pin(job_id) if self.owning else None
         if self.nodes is not None:
             state = self.live.states.get(job_id)  # running here, or none (taskrt.nodes)

@@ -27,6 +27,7 @@ from taskrt import (
     Runtime,
 )
 from taskrt import ownership as ownership_module
+from taskrt import relay as relay_module
 from taskrt.events import Broker
 from taskrt.models import EventType
 from taskrt.ownership import filesystem_of
@@ -208,6 +209,32 @@ async def test_a_cancel_on_a_standby_stops_the_owners_running_job(tmp_path: Path
     owner, standby = app(tmp_path, gate), app(tmp_path)
     async with owner, standby:
         job_id = await standby.add("steps", 1)
+        await until(lambda: owner.live.states[job_id].status is JobStatus.RUNNING)
+        info = await standby.cancel(job_id)
+        assert info.status is JobStatus.CANCELLED
+
+
+async def test_a_cancel_on_a_standby_waits_as_long_as_the_owners_cancel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner answers a cancel once the handler stopped (up to abandon_after + 5 s).
+    Before, the relay gave up after its own timeout (10 s), and the standby answered
+    the job as the database had it then: RUNNING."""
+    monkeypatch.setattr(relay_module, "CALL_TIMEOUT", 0.3)
+    owner, standby = app(tmp_path, abandon_after=3.0), app(tmp_path, abandon_after=3.0)
+
+    @owner.task(pool="p")
+    async def slow_to_stop(job: JobContext) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.sleep(1.0))  # tidying up, past the relay's timeout
+            raise
+
+    standby.register(owner.tasks["slow_to_stop"])
+    async with owner, standby:
+        job_id = await standby.add("slow_to_stop")
+        await until(lambda: job_id in owner.live.states)
         await until(lambda: owner.live.states[job_id].status is JobStatus.RUNNING)
         info = await standby.cancel(job_id)
         assert info.status is JobStatus.CANCELLED
