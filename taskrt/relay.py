@@ -11,7 +11,10 @@ Design notes (cited where they apply):
 1. **Frames.** A frame is a 4-byte big-endian length and a JSON object; one
    connection carries both directions. Values are checked before they reach a
    job (``taskrt.limits``), so they are valid JSON; a frame above
-   ``MAX_FRAME`` ends the connection.
+   ``MAX_FRAME`` ends the connection, so none is sent: a call that large is
+   not forwarded, and an answer that large is an ``OwnerUnreachable`` error
+   instead; either way the caller does it through the database (an
+   ``add_many`` of 70 one-megabyte jobs, a listing of 80 of them).
 2. **Interest, not everything.** A process tells the owner which jobs its
    subscribers follow (``watch`` / ``unwatch``) and whether it has a
    many-job subscriber (``wide``). The owner keeps, per peer, one many-job
@@ -104,8 +107,14 @@ def private_address(name: str) -> str:
     return os.path.join(folder, f"{digest}.sock")
 
 
+class FrameTooLarge(ValueError):
+    """A message whose frame would be above ``MAX_FRAME`` (note 1): never sent."""
+
+
 def encode_frame(message: dict[str, Any]) -> bytes:
     body = _dumps(message).encode("utf-8", "surrogatepass")
+    if len(body) > MAX_FRAME:
+        raise FrameTooLarge(f"{len(body)} bytes, above the relay's {MAX_FRAME}")
     return _LENGTH.pack(len(body)) + body
 
 
@@ -343,7 +352,11 @@ class RelayServer:
             log.exception("a forwarded call %r failed", message.get("m"))
             peer.send({"t": "err", "id": call_id, "e": {"type": "", "text": repr(exc)}})
         else:
-            peer.send({"t": "ret", "id": call_id, "v": value})
+            try:
+                peer.send({"t": "ret", "id": call_id, "v": value})
+            except FrameTooLarge as exc:  # note 1: the caller reads it from the database
+                error = OwnerUnreachable(f"the answer is too large to forward ({exc})", sent=True)
+                peer.send({"t": "err", "id": call_id, "e": encode_error(error)})
 
 
 # -- the other processes' side ----------------------------------------------------------
@@ -427,7 +440,10 @@ class RelayClient:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
-            self._send({"t": "call", "id": call_id, "m": method, "a": args})
+            try:
+                self._send({"t": "call", "id": call_id, "m": method, "a": args})
+            except FrameTooLarge as exc:  # note 1: not sent; done through the database
+                raise OwnerUnreachable(f"the call is too large to forward ({exc})") from None
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the answer
             # when a cancel comes as it arrives, and the caller (a stop, a request
             # whose client went) runs on as if never cancelled.

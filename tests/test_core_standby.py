@@ -240,6 +240,32 @@ async def test_a_cancel_on_a_standby_waits_as_long_as_the_owners_cancel(
         assert info.status is JobStatus.CANCELLED
 
 
+async def test_what_is_too_large_for_the_relay_goes_through_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relay note 1: a call or an answer above MAX_FRAME is never sent. Before, an
+    add_many that large through a standby broke the connection (OwnerUnreachable,
+    "the owner may have done it", though it had not, every time), and so did a
+    listing whose answer was that large, cutting every stream of the standby."""
+    monkeypatch.setattr(relay_module, "MAX_FRAME", 64 * 1024)
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        owner.pools["p"].pause()  # in memory only: the jobs wait
+        remote = standby.remote
+        assert remote is not None and remote.connected
+        big = "x" * 10_000
+        ids = await standby.pool("p").add_many("hello", [(big,)] * 10)  # ~100 KB: not sent
+        assert len(ids) == 10
+        assert remote.connected and standby.remote is remote  # the connection stayed
+        small = await standby.add("hello", "small")  # forwarded as before
+        listed = await standby.jobs(limit=20)  # the owner's answer is too large
+        assert {j.id for j in listed.jobs} >= {*ids, small}
+        assert remote.connected and standby.remote is remote
+        owner.pools["p"].resume()
+        for job_id in (*ids, small):
+            assert (await standby.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+
+
 async def test_when_the_owner_stops_a_standby_owns_at_once_and_runs_what_waits(
     tmp_path: Path,
 ) -> None:
