@@ -82,6 +82,8 @@ CONNECT_TIMEOUT = 1.0
 CALL_TIMEOUT = 10.0
 """Seconds a forwarded call waits for the owner (one whose event loop is blocked
 that long is treated as unreachable: reads fall back to the database)."""
+PROBE_EVERY = 0.5
+"""Seconds between two pings of an owner that left a call unanswered (``stalled``)."""
 _ANSWER = "taskrt-relay-call"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -374,6 +376,10 @@ class RelayClient:
         self._next = 0
         self.connected = False
         self.accepting = False
+        # An answer took longer than CALL_TIMEOUT (the owner's loop is blocked): calls
+        # go to the database until any frame of the owner's comes (pings ask for one).
+        self.stalled = False
+        self._probe: asyncio.Task[None] | None = None
         self.owner: str | None = None
         self.since: float | None = None
 
@@ -451,6 +457,7 @@ class RelayClient:
                 async with asyncio.timeout(within):
                     return await future
             except TimeoutError:
+                self._stall()
                 raise OwnerUnreachable(
                     f"no answer to {method!r} within {within:g} s", sent=True
                 ) from None
@@ -462,6 +469,7 @@ class RelayClient:
         try:
             while True:
                 message = await read_frame(reader)
+                self.stalled = False  # the owner's loop runs: it sent this
                 kind = message.get("t")
                 if kind == "ev":
                     for raw in message["e"]:
@@ -479,6 +487,20 @@ class RelayClient:
             reason = f"the connection to the owner ended ({type(exc).__name__})"
         finally:
             self._closed(reason)
+
+    def _stall(self) -> None:
+        """The owner left a call unanswered: treat it as unreachable (the runtime's
+        calls go to the database) until it answers a ping, or anything."""
+        self.stalled = True
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._ping(), name="taskrt-relay-probe")
+
+    async def _ping(self) -> None:
+        while self.stalled and self.connected:
+            self._next += 1  # answered by a frame no call waits for: it clears ``stalled``
+            with contextlib.suppress(OwnerUnreachable):
+                self._send({"t": "call", "id": self._next, "m": "ping", "a": {}})
+            await asyncio.sleep(PROBE_EVERY)
 
     def _resolve(self, call_id: Any, value: Any, error: BaseException | None) -> None:
         future = self._pending.get(call_id)
@@ -504,6 +526,8 @@ class RelayClient:
 
     async def close(self) -> None:
         self.on_closed = _ignore  # leaving on purpose: nobody needs to take over
+        if self._probe is not None:
+            self._probe.cancel()
         task = self._reader_task
         self._reader_task = None
         if self._writer is not None:

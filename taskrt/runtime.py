@@ -999,7 +999,7 @@ class Runtime:
         return OwnerStatus(
             role=self.role,
             owner=remote.owner if remote is not None and connected else None,
-            reachable=connected,
+            reachable=connected and remote is not None and not remote.stalled,
             since=remote.since if remote is not None and connected else None,
         )
 
@@ -1014,8 +1014,8 @@ class Runtime:
     def _forwarding(self) -> RelayClient | None:
         """The owner's relay, when calls go there (note 4)."""
         remote = self.remote
-        if self.role == "owner" or remote is None or not remote.connected:
-            return None
+        if self.role == "owner" or remote is None or not remote.connected or remote.stalled:
+            return None  # stalled: the owner's loop is blocked; the database answers
         return remote
 
     def _starting_node(self) -> str | None:
@@ -1078,6 +1078,8 @@ class Runtime:
         if method == "replay":
             events = self.broker.replay_after(int(args["job"]), int(args["seq"]))
             return None if events is None else [encode_event(e) for e in events]
+        if method == "ping":  # a process whose call went unanswered: the loop runs again
+            return None
         if method == "poke":  # another process wrote jobs or schedules: look now
             await self.adoption.poll_once()
             await self.schedules.look_for_changes()

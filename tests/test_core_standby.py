@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -264,6 +265,39 @@ async def test_what_is_too_large_for_the_relay_goes_through_the_database(
         owner.pools["p"].resume()
         for job_id in (*ids, small):
             assert (await standby.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_an_owner_that_leaves_a_call_unanswered_is_unreachable_until_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owner whose loop is blocked past CALL_TIMEOUT: the standby serves from the
+    database at once and says the owner is unreachable (GET /health: degraded), until
+    the owner answers again. Before, every call waited CALL_TIMEOUT anew and the
+    standby said the owner was reachable throughout."""
+    monkeypatch.setattr(relay_module, "CALL_TIMEOUT", 0.3)
+    monkeypatch.setattr(relay_module, "PROBE_EVERY", 0.05)
+    owner, standby = app(tmp_path), app(tmp_path)
+    blocked = asyncio.Event()
+    answer = owner._answer
+
+    async def slow(method: str, args: dict[str, Any]) -> Any:
+        if blocked.is_set():  # as if its loop were blocked: no answer for a second
+            await asyncio.sleep(1.0)
+        return await answer(method, args)
+
+    async with owner, standby:
+        owner.relay_server.handle = slow  # type: ignore[union-attr]
+        job_id = await standby.add("hello", "x")
+        await standby.wait(job_id, timeout=5)
+        assert standby.owner_status().reachable
+        blocked.set()
+        assert (await standby.get(job_id)).status is JobStatus.SUCCESS  # from the database
+        assert not standby.owner_status().reachable
+        started = time.monotonic()
+        assert (await standby.get(job_id)).status is JobStatus.SUCCESS
+        assert time.monotonic() - started < 0.25  # not another CALL_TIMEOUT
+        blocked.clear()
+        await until(lambda: standby.owner_status().reachable, timeout=5)  # answered again
 
 
 async def test_when_the_owner_stops_a_standby_owns_at_once_and_runs_what_waits(
