@@ -1103,6 +1103,44 @@ async def test_a_group_runs_across_two_nodes(tmp_path: Path) -> None:
         assert len(ran) == 2 and sum(ran.values()) == 200
 
 
+async def test_an_action_the_server_rolls_back_as_a_deadlock_is_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry by hand of a failed parent that a settle holds, the settle, and the
+    group commit met in a soak (PostgreSQL rolled the retry back: 'deadlock detected'
+    reached its caller as a StoreError). Every one-transaction action now runs again
+    when the server rolls it back, what it returned before dropped."""
+    import asyncpg
+
+    import taskrt.store.postgres.store as pg_store
+
+    url = f"{pg_server.require()}?schema={pg_server.fresh_schema(tmp_path)}"
+    rowcount = pg_store._rowcount
+    calls: list[int] = []
+
+    def deadlocked_once(status: str) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        return rowcount(status)
+
+    rt = Runtime(url, mode="nodes")
+
+    @rt.task
+    async def later(job: JobContext) -> None: ...
+
+    async with rt:
+        job_id = await rt.pool("default").add(later.options(delay=3600))
+        await rt.store.flush()
+        when = time.time() + 60
+        monkeypatch.setattr(pg_store, "_rowcount", deadlocked_once)
+        rescheduled = await rt.store.reschedule(job_id, when)
+        monkeypatch.setattr(pg_store, "_rowcount", rowcount)
+        info = await rt.store.get_job(job_id)
+    assert (rescheduled, len(calls)) == (True, 2)
+    assert info is not None and info.run_at == pytest.approx(when)
+
+
 async def test_a_settle_the_server_rolls_back_as_a_deadlock_is_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -693,32 +693,32 @@ class PgStore(QueuedWrites, SharedReads):
         is about to change (locked) as moving there (note 3). ``gate``: the first
         statement changing no row ends the script there. The rows of statements
         with ``RETURNING`` go into ``returned``."""
-        counted = Tally()
-        rowcounts: list[int] = []
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                for step in steps:
-                    if len(step) == 3:
-                        sql, params, to = step
-                        for pool, status, n in await conn.fetch(sql, *params):
-                            counted.move(
-                                str(pool), str(status), None if to is None else to.value, int(n)
-                            )
+        start = 0 if returned is None else len(returned)
+
+        async def body(conn: asyncpg.Connection, counted: Tally) -> list[int]:
+            rowcounts: list[int] = []
+            if returned is not None:
+                del returned[start:]  # what a rolled back run returned is gone with it
+            for step in steps:
+                if len(step) == 3:
+                    sql, params, to = step
+                    for pool, status, n in await conn.fetch(sql, *params):
+                        counted.move(
+                            str(pool), str(status), None if to is None else to.value, int(n)
+                        )
+                else:
+                    if " RETURNING " in step[0]:
+                        rows = await conn.fetch(step[0], *step[1])
+                        rowcounts.append(len(rows))
+                        if returned is not None:
+                            returned.extend(rows)
                     else:
-                        if " RETURNING " in step[0]:
-                            rows = await conn.fetch(step[0], *step[1])
-                            rowcounts.append(len(rows))
-                            if returned is not None:
-                                returned.extend(rows)
-                        else:
-                            rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
-                        if gate and rowcounts == [0]:
-                            break
-                changed = await counted.apply(conn)
-        except DRIVER_ERRORS as exc:
-            raise _error(self.path, exc) from exc
-        self._merge_counts(changed)
-        return rowcounts
+                        rowcounts.append(_rowcount(await conn.execute(step[0], *step[1])))
+                    if gate and rowcounts == [0]:
+                        break
+            return rowcounts
+
+        return await self._counted_transaction(body)
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
         try:
@@ -1028,7 +1028,7 @@ class PgStore(QueuedWrites, SharedReads):
                 await self._wake_pools(conn, [formed[1]])
             return formed
 
-        return await self._deps_transaction(body)
+        return await self._counted_transaction(body)
 
     async def _wake_pools(self, conn: asyncpg.Connection, pools: Iterable[str]) -> None:
         """Jobs of ``pools`` became due in this transaction (a dependent released, a
@@ -1051,16 +1051,17 @@ class PgStore(QueuedWrites, SharedReads):
             await self._wake_pools(conn, (pool for _, pool in settled.released))
             return settled
 
-        return await self._deps_transaction(body)
+        return await self._counted_transaction(body)
 
-    async def _deps_transaction(
+    async def _counted_transaction(
         self, body: Callable[[asyncpg.Connection, Tally], Awaitable[_T]]
     ) -> _T:
         """``body`` in one counted transaction, run again (at most twice) when the
         server rolls it back on its own: a settle, a block again, a batch's forming
         and a retry of a chain lock jobs and their dependencies in orders that can
-        meet (a deadlock, which PostgreSQL ends by rolling one back; each is safe to
-        repeat)."""
+        meet, and so can an action by hand (a retry of a failed parent a settle holds)
+        with both (a deadlock, which PostgreSQL ends by rolling one back; each is
+        safe to repeat: nothing of it stayed)."""
         for attempt in range(3):
             counted = Tally()
             try:
@@ -1083,7 +1084,7 @@ class PgStore(QueuedWrites, SharedReads):
         async def body(conn: asyncpg.Connection, counted: Tally) -> BlockedAgain | None:
             return await block_again(conn, job_id, run_at, max_attempts, counted, external)
 
-        return await self._deps_transaction(body)
+        return await self._counted_transaction(body)
 
     async def _delete(self, lock_sql: str, params: tuple[Any, ...]) -> int:
         """Delete jobs and their attempts in one transaction, counted (note 3).
