@@ -700,7 +700,9 @@ class Pool:
             if task is not None:
                 task.uncancel()
             outcome = self._interrupted(state)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A handler's SystemExit or KeyboardInterrupt fails its attempt, as in a
+            # worker process (note 7); it must not stop the runtime's event loop.
             if state.timed_out or state.cancel_requested or state.shutdown:
                 outcome = self._interrupted(state)
             else:
@@ -737,11 +739,12 @@ class Pool:
         state.task_handle = None
         if not state.abandoned and self._lingering.get(state.id) is not state:
             self._release_lock(state)  # else when its coroutine or thread returns
+        self._host.attempt_ended(state, outcome)
+        # Counted as it ended: a result that could not be stored made it an error.
         if outcome.kind == "success":
             self.processed += 1
         elif outcome.kind in ("error", "timeout"):
             self.failed += 1
-        self._host.attempt_ended(state, outcome)
 
     async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
         spec = state.spec

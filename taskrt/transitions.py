@@ -264,7 +264,9 @@ class Transitions:
                     )
                 )
             except SerializationError as exc:
-                outcome = Outcome("error", error=exc)
+                # The attempt failed after all: the caller's outcome says so too (the
+                # pool counts it as failed, not processed).
+                outcome.kind, outcome.error, outcome.result = "error", exc, None
             else:
                 self._record_attempt(state, AttemptOutcome.SUCCESS)
                 result = outcome.result
@@ -637,7 +639,10 @@ def retry_policy_of(info: JobInfo, spec: TaskSpec) -> RetryPolicy:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # a message that cannot be read still fails the job (and says so)
+        text = "(its message could not be read: str() raised)"
     if isinstance(exc, TaskrtError | Fatal | Retry):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -378,3 +378,58 @@ async def test_a_real_full_disk_costs_no_state(small_disk: Path) -> None:
         await rt.store.flush()
         stored = {j.id: j.status for j in await committed_jobs(small_disk)}
         assert stored == {i: JobStatus.SUCCESS for i in ids}
+
+
+class _Unreadable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+async def test_every_way_a_handler_can_fail_ends_its_job_and_counts_as_failed(
+    tmp_path: Path,
+) -> None:
+    """Before: an exception whose str() raised left its job RUNNING for good (the
+    runner died describing it); a handler's SystemExit or KeyboardInterrupt stopped
+    the whole event loop with the job RUNNING on disk; a result that could not be
+    stored was counted as processed, not failed."""
+    rt = Runtime(db_file(tmp_path))
+    rt.pool("default", concurrency=2)
+
+    @rt.task
+    async def unreadable(job: JobContext) -> None:
+        raise _Unreadable()
+
+    @rt.task
+    def unreadable_in_a_thread(job: JobContext) -> None:
+        raise _Unreadable()
+
+    @rt.task
+    async def exits(job: JobContext) -> None:
+        raise SystemExit(3)
+
+    @rt.task
+    def interrupted_in_a_thread(job: JobContext) -> None:
+        raise KeyboardInterrupt
+
+    @rt.task
+    async def returns_a_set(job: JobContext) -> set[int]:
+        return {1, 2}
+
+    @rt.task
+    async def fine(job: JobContext) -> str:
+        return "fine"
+
+    failing = (unreadable, unreadable_in_a_thread, exits, interrupted_in_a_thread, returns_a_set)
+    async with rt:
+        ids = [await rt.add(task) for task in failing]
+        infos = [await rt.wait(job_id, timeout=5) for job_id in ids]
+        after = await rt.wait(await rt.add(fine), timeout=5)  # the runtime runs on
+        pool = rt.pools["default"]
+        counted = (pool.processed, pool.failed)
+    assert [i.status for i in infos] == [JobStatus.FAILURE] * len(failing)
+    assert "could not be read" in (infos[0].error or "")
+    assert (infos[2].error, infos[3].error) == ("SystemExit: 3", "KeyboardInterrupt")
+    assert after.result == "fine"
+    assert counted == (1, len(failing))
+    stored = {j.id: j.status for j in await committed_jobs(tmp_path)}
+    assert [stored[i] for i in ids] == [JobStatus.FAILURE] * len(failing)
