@@ -25,7 +25,8 @@ Design notes:
    starts and released when it ends (a retry waits in line again), and by
    recovery after a crash (the new owner holds none). An attempt cut short
    whose handler runs on (an abandoned coroutine, a sync handler's thread)
-   keeps its lock until the handler returns.
+   keeps its lock until the handler returns; the lock is the attempt's, so its
+   job's retry waits for it too, and its return frees no later attempt's lock.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class Gates:
         self.clock = clock
         self.tasks = tasks
         self._mark = mark  # records why a job waits (note 3)
-        self.locks: dict[str, int] = {}  # lock key -> the job running with it
+        # Lock key -> the attempt running with it (its state: a retry is another one,
+        # which waits while an attempt cut short runs on, note 4).
+        self.locks: dict[str, JobState] = {}
         self._buckets: dict[str, Bucket] = {}  # task name -> its bucket
         self.locks_seen = False
         self._rated: bool | None = None  # whether a task has a rate (None: look)
@@ -95,7 +98,7 @@ class Gates:
         key = state.lock
         if key is not None:
             holder = self.locks.get(key)
-            if holder is not None and holder != state.id:
+            if holder is not None and holder is not state:
                 self._mark(state, "locked")
                 return 0.0
         bucket = self._bucket(state.spec, now)
@@ -110,12 +113,12 @@ class Gates:
         if bucket is not None:
             bucket.take(now)
         if state.lock is not None:
-            self.locks[state.lock] = state.id
+            self.locks[state.lock] = state
 
     def ended(self, state: JobState) -> bool:
         """Its attempt ended: True when that released a lock (others may start)."""
         key = state.lock
-        if key is not None and self.locks.get(key) == state.id:
+        if key is not None and self.locks.get(key) is state:
             del self.locks[key]
             return True
         return False

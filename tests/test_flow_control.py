@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -706,3 +707,49 @@ async def test_a_lock_is_held_until_a_timed_out_thread_returns(tmp_path: Path) -
         assert (await rt.wait(second, timeout=5)).status is JobStatus.SUCCESS
     # The second started only once the first one's thread had returned.
     assert spans["second"][0] >= spans["first"][1]
+
+
+async def test_a_lock_is_its_attempts_a_retry_waits_while_the_cut_attempt_runs_on(
+    tmp_path: Path,
+) -> None:
+    # gates note 4. Before, the lock was the job's: the retry started while the timed
+    # out attempt's thread still ran under the lock, and when that thread returned it
+    # freed the lock the retry held, so another job of the key ran beside the retry.
+    rt = Runtime(str(tmp_path / "app.db"))
+    rt.pool("p", concurrency=4)
+    running: set[str] = set()
+    overlaps: list[tuple[str, list[str]]] = []
+    guard = threading.Lock()
+
+    def enter(name: str) -> None:
+        with guard:
+            if running:
+                overlaps.append((name, sorted(running)))
+            running.add(name)
+
+    def leave(name: str) -> None:
+        with guard:
+            running.discard(name)
+
+    @rt.task(pool="p", timeout=0.2, attempts=2, retry="0.01s")
+    def first(job: JobContext) -> None:
+        name = f"first#{job.attempt}"
+        enter(name)
+        try:
+            time.sleep(0.6 if job.attempt == 1 else 0.4)  # the first ignores its timeout
+        finally:
+            leave(name)
+
+    @rt.task(pool="p")
+    def second(job: JobContext) -> None:
+        enter("second")
+        time.sleep(0.1)
+        leave("second")
+
+    async with rt:
+        a = await rt.pool("p").add(first.options(lock="k"))
+        await asyncio.sleep(0.3)  # the first attempt timed out and runs on
+        b = await rt.pool("p").add(second.options(lock="k"))
+        await rt.wait(a, timeout=10)
+        assert (await rt.wait(b, timeout=10)).status is JobStatus.SUCCESS
+    assert overlaps == []
