@@ -152,6 +152,10 @@ class Transitions:
         """Progress: state in memory, an event, a coalesced write (never waits)."""
         if state.status is not JobStatus.RUNNING or state.abandoned:
             return
+        if self.live.states.get(state.id) is not state:
+            # An attempt cut short whose handler runs on, its job retried meanwhile (a
+            # fresh state): its reports are the past's, and its numbers are not the job's.
+            return
         if step is not None and not self._step(state, step, current, total):
             return  # past MAX_STEPS: the report is ignored, whole
         state.current = current

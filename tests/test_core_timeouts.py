@@ -316,3 +316,34 @@ async def test_cancelled_slot_goes_to_the_next_job(tmp_path: Path) -> None:
         assert pool.statistics().waiting == 1
         await rt.cancel(first)
         assert (await rt.wait(second, timeout=5)).result == 1
+
+
+async def test_a_cut_attempts_thread_reporting_on_reaches_no_stream_of_the_retry(
+    tmp_path: Path,
+) -> None:
+    """A sync handler timed out runs on in its thread and keeps reporting progress
+    while its job waits for the retry. Before, each report published a RUNNING
+    progress event numbered past the job's own sequence, so the job's real next
+    event (its cancel) came with a number already seen and its stream never ended."""
+    rt = make_rt(tmp_path)
+
+    @rt.task(timeout=0.2, attempts=2, retry="30s")
+    def slow(job: JobContext) -> None:
+        for i in range(8):
+            time.sleep(0.1)
+            job.progress(i, 8, f"attempt {job.attempt}")
+
+    async with rt:
+        job_id = await rt.add(slow)
+        stream = rt.subscribe(job_id)
+        seen = asyncio.create_task(collect(stream))
+        await until(lambda: rt.live.states[job_id].status is JobStatus.WAITING)
+        await asyncio.sleep(0.5)  # the old attempt's thread reports meanwhile
+        waiting = await rt.get(job_id)
+        await rt.cancel(job_id)
+        events = await asyncio.wait_for(seen, 5)  # ends at the terminal event
+    assert waiting.status is JobStatus.WAITING
+    types = [e.type for e in events]
+    assert types[-2:] == [EventType.RETRYING, EventType.CANCELLED], types
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs))
