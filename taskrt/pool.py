@@ -787,9 +787,7 @@ class Pool:
                 # The thread runs on: its slot (and its lock) stay taken until it returns.
                 self._held += 1
                 self._lingering[state.id] = state
-                cfut.add_done_callback(
-                    lambda _: loop.call_soon_threadsafe(self._thread_returned, state)
-                )
+                cfut.add_done_callback(lambda _: _tell(loop, self._thread_returned, state))
             raise
         if inspect.isawaitable(result):
             return await result
@@ -806,13 +804,15 @@ class Pool:
         return self._executor
 
     def _release_held(self) -> None:
-        self._held -= 1
+        self._held = max(0, self._held - 1)  # 0 after a close: that pool started afresh
         self._dispatch()
 
     def _thread_returned(self, state: JobState) -> None:
-        """The thread of an attempt that was cut short returned (note 4)."""
-        if self._lingering.get(state.id) is state:
-            del self._lingering[state.id]
+        """The thread of an attempt that was cut short returned (note 4); one of a
+        run before the pool closed holds nothing of this run's."""
+        if self._lingering.get(state.id) is not state:
+            return
+        del self._lingering[state.id]
         self._release_lock(state)
         self._release_held()
 
@@ -870,6 +870,19 @@ class Pool:
             self._workers.close()  # every child killed and reaped (processes note 8)
         self.queue.close()
         self._stopping = False
+        # Threads of attempts cut short may run on past the close: a pool started
+        # again has its slots (their return is ignored, ``_thread_returned``).
+        self._held = 0
+        self._lingering.clear()
+
+
+def _tell(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[JobState], None], state: JobState
+) -> None:
+    """From a handler's thread: ``callback(state)`` on the loop, if it still runs (a
+    thread may return after the runtime stopped and its loop closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, state)
 
 
 def _check_limits(concurrency: Any, capacity: Any) -> None:

@@ -968,3 +968,63 @@ async def test_a_runtime_stopped_after_its_writer_was_cancelled_ends(tmp_path: P
             await proc.wait()
     assert out.decode().strip() == "ended: the application failed"
     assert proc.returncode == 0
+
+
+RESTARTED_AFTER_A_THREAD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from taskrt import JobContext, Runtime
+
+    rt = Runtime(sys.argv[1], abandon_after=0.2, grace=0.5)
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p", timeout=0.2, attempts=1)
+    def slow(job: JobContext) -> None:
+        time.sleep(1.0)  # runs on past its timeout, and past the runtime's stop
+
+    @rt.task(pool="p")
+    async def ok(job: JobContext) -> str:
+        return "ok"
+
+    async def first() -> None:
+        async with rt:
+            job_id = await rt.pool("p").add(slow)
+            print("first", (await rt.wait(job_id, timeout=5)).status.value, flush=True)
+
+    async def second() -> None:
+        async with rt:
+            job_id = await rt.pool("p").add(ok)
+            print("second", (await rt.wait(job_id, timeout=5)).status.value, flush=True)
+
+    asyncio.run(first())
+    time.sleep(1.2)  # the thread returns: its loop is closed
+    asyncio.run(second())
+    """
+)
+
+
+async def test_a_runtime_started_again_after_a_thread_outlived_it_has_its_slots(
+    tmp_path: Path,
+) -> None:
+    # Before: the thread's return called into the closed loop ("Event loop is
+    # closed" from a future's callback), and the pool, started again on a new loop,
+    # still counted the thread's slot as held: concurrency 1 never ran a job again.
+    script = tmp_path / "child.py"
+    script.write_text(RESTARTED_AFTER_A_THREAD)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        db_file(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert out.decode().split() == ["first", "FAILURE", "second", "SUCCESS"], err.decode()
+    assert "Event loop is closed" not in err.decode()
