@@ -125,7 +125,9 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
     (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     if size > MAX_FRAME:
         raise ConnectionError(f"a relay frame of {size} bytes is above the limit")
-    message: dict[str, Any] = json.loads(await reader.readexactly(size))
+    message = json.loads(await reader.readexactly(size))
+    if not isinstance(message, dict):
+        raise ValueError(f"a relay frame holds {type(message).__name__}, not an object")
     return message
 
 
@@ -312,8 +314,11 @@ class RelayServer:
             while True:
                 message = await read_frame(reader)
                 self._receive(peer, message)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Not what a taskrt process sends: that peer's connection ends, the rest go on.
+            log.warning("a relay peer sent a malformed frame (%s); its connection ends", exc)
         finally:
             self._peers.discard(peer)
             peer.said_bye.set()  # nothing more can come from it: a close waits no longer

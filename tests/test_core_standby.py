@@ -300,6 +300,30 @@ async def test_an_owner_that_leaves_a_call_unanswered_is_unreachable_until_it_an
         await until(lambda: standby.owner_status().reachable, timeout=5)  # answered again
 
 
+async def test_a_malformed_frame_ends_that_peers_connection_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, a frame that was JSON but not what a taskrt process sends (a list, a
+    watch without its job) was an unhandled exception in the relay's connection
+    callback (asyncio's "Unhandled exception in client_connected_cb")."""
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        assert owner.relay_server is not None and owner.relay_server.address is not None
+        for body in (b"[1, 2]", b'{"t": "watch"}', b'{"t": "watch", "job": "abc"}'):
+            reader, writer = await asyncio.open_unix_connection(owner.relay_server.address)
+            writer.write(len(body).to_bytes(4, "big") + body)
+            await writer.drain()
+            async with asyncio.timeout(5):
+                while await reader.read(65536):  # the owner hangs up
+                    pass
+            writer.close()
+        job_id = await standby.add("hello", "still")
+        assert (await standby.wait(job_id, timeout=5)).result == "hello still"
+    malformed = [r for r in caplog.records if "malformed frame" in r.getMessage()]
+    assert len(malformed) == 3
+    assert not [r for r in caplog.records if "Unhandled exception" in r.getMessage()]
+
+
 async def test_when_the_owner_stops_a_standby_owns_at_once_and_runs_what_waits(
     tmp_path: Path,
 ) -> None:
