@@ -208,14 +208,21 @@ class EventStream(EventSourceResponse):
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         """One send, given up after ``send_timeout`` seconds (note 5)."""
-        if self._timeout is None:
-            await send(message)
-            return
+        # A send that did not finish marks the response interrupted, as the base
+        # class's own does: no closing send is tried after it (a stalled client
+        # would hold a shutdown up to another send_timeout).
         try:
+            if self._timeout is None:
+                await send(message)
+                return
             async with asyncio.timeout(self._timeout):
                 await send(message)
         except TimeoutError:
+            self._send_interrupted = True
             raise SendTimeoutError() from None
+        except BaseException:
+            self._send_interrupted = True
+            raise
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         completed = False
@@ -228,7 +235,7 @@ class EventStream(EventSourceResponse):
 
         try:
             await super().__call__(scope, receive, tracking_send)
-            if not completed and self.active:
+            if not completed and self.active and not self._send_interrupted:
                 # Ended by a server shutdown (note 1): finish the body, so the
                 # client sees a clean end and reconnects, not a broken read.
                 with contextlib.suppress(TimeoutError):
