@@ -949,8 +949,16 @@ async def test_a_runtime_stopped_after_its_writer_was_cancelled_ends(tmp_path: P
     # When asyncio.run's main task fails, every task is cancelled, the store's writer
     # among them; the runtime's stop then waited for a flush nobody would write, and
     # the process hung (taskrt serve with a port it could not bind stayed up for good).
+    returncode, out, _ = await run_child(tmp_path, CANCELLED_WRITER, 15)
+    assert out.strip() == "ended: the application failed"
+    assert returncode == 0
+
+
+async def run_child(tmp_path: Path, text: str, timeout: float) -> tuple[int | None, str, str]:
+    """``text`` run as a script on this test's database: its exit code, out and err
+    (killed after ``timeout`` seconds)."""
     script = tmp_path / "child.py"
-    script.write_text(CANCELLED_WRITER)
+    script.write_text(text)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(script),
@@ -960,14 +968,13 @@ async def test_a_runtime_stopped_after_its_writer_was_cancelled_ends(tmp_path: P
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        async with asyncio.timeout(15):
-            out, _ = await proc.communicate()
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert out.decode().strip() == "ended: the application failed"
-    assert proc.returncode == 0
+    return proc.returncode, out.decode(), err.decode()
 
 
 RESTARTED_AFTER_A_THREAD = textwrap.dedent(
@@ -1009,22 +1016,6 @@ async def test_a_runtime_started_again_after_a_thread_outlived_it_has_its_slots(
     # Before: the thread's return called into the closed loop ("Event loop is
     # closed" from a future's callback), and the pool, started again on a new loop,
     # still counted the thread's slot as held: concurrency 1 never ran a job again.
-    script = tmp_path / "child.py"
-    script.write_text(RESTARTED_AFTER_A_THREAD)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script),
-        db_file(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        async with asyncio.timeout(30):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert out.decode().split() == ["first", "FAILURE", "second", "SUCCESS"], err.decode()
-    assert "Event loop is closed" not in err.decode()
+    _, out, err = await run_child(tmp_path, RESTARTED_AFTER_A_THREAD, 30)
+    assert out.split() == ["first", "FAILURE", "second", "SUCCESS"], err
+    assert "Event loop is closed" not in err
