@@ -1112,6 +1112,9 @@ async def test_a_bulk_action_needs_a_filter(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422 and error_of(r)["field"] == "older_than"
     r = await client.post("/jobs/purge", json={"ids": [1], "everything": True})
     assert r.status_code == 422
+    for metadata, field in (({"k": [1]}, "metadata.k"), ({"": 1}, "metadata")):
+        r = await client.post("/jobs/purge", json={"metadata": metadata})
+        assert r.status_code == 422 and error_of(r)["field"] == field, metadata
     for ids in ([0], [1.5], ["1"], [True], [2**63]):
         r = await client.post("/jobs/purge", json={"ids": ids})
         assert r.status_code == 422 and error_of(r)["field"] == "ids", ids

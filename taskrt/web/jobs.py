@@ -209,14 +209,7 @@ def listing_filter(request: Request) -> dict[str, Any]:
             name = key.removeprefix("metadata.")
             if not name:
                 raise invalid(key, "expected metadata.<key>=<value>")
-            metadata[name] = query_scalar(value)
-            if isinstance(metadata[name], str) and not metadata[name].isascii():
-                try:
-                    metadata[name].encode("utf-8")
-                except UnicodeEncodeError:
-                    raise invalid(
-                        key, "expected valid UTF-8 text, found a lone surrogate"
-                    ) from None
+            metadata[name] = query_scalar(value)  # checked by the runtime (its filter)
     return {
         "status": statuses or None,
         "pool": query.get("pool") or None,
