@@ -45,7 +45,10 @@ Design notes:
 5. **Limits every node shares.** A lock key is the database's: a claim skips
    jobs whose key a running job holds, takes at most one job per key, and the
    deferred exclusion constraint ``jobs_locks`` refuses the commit of a second
-   claim that raced for a key. Rate limits are rows every node draws from
+   claim that raced for a key. An attempt that ended while its handler runs on
+   (a sync handler's thread, a coroutine that ignored its cancel) holds its key
+   on in ``held_locks``, written with its end, until the handler returns or a
+   reap finds its node gone (``taskrt.gates`` note 4). Rate limits are rows every node draws from
    (``rate_buckets``): a claim first draws tokens from its pool's bucket (up to
    its free slots) and from each rate-limited task's, claims no more jobs than
    the pool got and no more of a task than it got (the claim's per-task caps),
@@ -153,6 +156,10 @@ class NodeStore(Protocol):
     async def running_on(self, node: str) -> list[int]: ...
 
     async def release_unheld(self, node: str, job_ids: list[int]) -> int: ...
+
+    def hold_lock(self, job_id: int, key: str) -> asyncio.Future[None]: ...
+
+    def unhold_lock(self, job_id: int) -> asyncio.Future[None]: ...
 
     starting_adds: int
 
@@ -384,6 +391,18 @@ class Nodes:
             self.live.changed(state.id)  # a row read before may be older (adoption.shelve)
 
     # -- notifications and the slow poll (note 4) ---------------------------------
+
+    def hold_lock(self, state: JobState, held: bool) -> None:
+        """A lock key held on by a handler that runs past its attempt's end (``held``),
+        or let go when it returns (``taskrt.gates`` note 4): a row of ``held_locks``,
+        written with the attempt's end (queued before it) and taken out by this node,
+        or by a reap once this node is gone (note 5)."""
+        if state.lock is None:
+            return
+        if held:
+            self.store.hold_lock(state.id, state.lock)
+        else:
+            self.store.unhold_lock(state.id)
 
     def lock_released(self) -> None:
         """A job holding a lock key left RUNNING here: once that is committed, every

@@ -224,6 +224,12 @@ class PoolHost(Protocol):
         """A lock was released: the pools with jobs waiting on one look again."""
         ...
 
+    def hold_lock(self, state: JobState, held: bool) -> None:
+        """An attempt with a lock key ended while its handler runs on (``held``), or
+        that handler returned: where the store's claims apply locks, the key stays
+        held there meanwhile (``taskrt.gates`` note 4)."""
+        ...
+
     def deadline_passed(self, state: JobState) -> None:
         """A job taken to start after its deadline: it ends instead (note 6)."""
         ...
@@ -718,6 +724,7 @@ class Pool:
                 state.watchdog.cancel()
                 state.watchdog = None
         if state.abandoned:
+            self._hold_lock(state, False)
             self._release_lock(state)  # its coroutine returned at last (gates note 4)
             self._release_held()
             return
@@ -787,6 +794,7 @@ class Pool:
                 # The thread runs on: its slot (and its lock) stay taken until it returns.
                 self._held += 1
                 self._lingering[state.id] = state
+                self._hold_lock(state, True)  # before the attempt's end is queued
                 cfut.add_done_callback(lambda _: _tell(loop, self._thread_returned, state))
             raise
         if inspect.isawaitable(result):
@@ -813,8 +821,16 @@ class Pool:
         if self._lingering.get(state.id) is not state:
             return
         del self._lingering[state.id]
+        self._hold_lock(state, False)
         self._release_lock(state)
         self._release_held()
+
+    def _hold_lock(self, state: JobState, held: bool) -> None:
+        """A handler runs on past its attempt's end, or returned at last: where the
+        store's claims apply locks (``Queue.gated`` false), its key is held there
+        meanwhile, as ``Gates`` holds it in memory (``taskrt.gates`` note 4)."""
+        if state.lock is not None and not self.queue.gated:
+            self._host.hold_lock(state, held)
 
     def _release_lock(self, state: JobState) -> None:
         """The attempt no longer runs: its lock key is free (``taskrt.gates`` note 4)."""
@@ -844,6 +860,7 @@ class Pool:
             return
         state.abandoned = True
         self._held += 1
+        self._hold_lock(state, True)  # before the attempt's end is queued
         self._finish(state, self._interrupted(state))
 
     # -- shutdown ----------------------------------------------------------------

@@ -2064,6 +2064,11 @@ class _PoolHost:
         for pool in list(self._rt._pools.values()):
             pool._dispatch()
 
+    def hold_lock(self, state: JobState, held: bool) -> None:
+        nodes = self._rt.nodes
+        if nodes is not None:
+            nodes.hold_lock(state, held)  # the claims of every node skip its key
+
     def counted(self, pool: str) -> int:
         nodes = self._rt.nodes
         if nodes is not None:  # every node's adds and claims: read at each look

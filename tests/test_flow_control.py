@@ -688,8 +688,8 @@ def _once(rt: Runtime, **options: Any) -> TaskCall:
     return TaskCall(rt.tasks["once"], checked_options(options))
 
 
-async def test_a_lock_is_held_until_a_timed_out_thread_returns(tmp_path: Path) -> None:
-    rt = Runtime(str(tmp_path / "app.db"), abandon_after=0.1)
+async def test_a_lock_is_held_until_a_timed_out_thread_returns(db: str) -> None:
+    rt = Runtime(db, abandon_after=0.1)
     rt.pool("q", concurrency=2)
     spans: dict[str, tuple[float, float]] = {}
 
@@ -710,12 +710,12 @@ async def test_a_lock_is_held_until_a_timed_out_thread_returns(tmp_path: Path) -
 
 
 async def test_a_lock_is_its_attempts_a_retry_waits_while_the_cut_attempt_runs_on(
-    tmp_path: Path,
+    db: str,
 ) -> None:
     # gates note 4. Before, the lock was the job's: the retry started while the timed
     # out attempt's thread still ran under the lock, and when that thread returned it
     # freed the lock the retry held, so another job of the key ran beside the retry.
-    rt = Runtime(str(tmp_path / "app.db"))
+    rt = Runtime(db)
     rt.pool("p", concurrency=4)
     running: set[str] = set()
     overlaps: list[tuple[str, list[str]]] = []

@@ -1718,3 +1718,48 @@ async def test_the_event_of_a_write_the_reap_refused_reaches_no_other_node(
     assert ("success", "x") not in events
     assert [s for s in seen if s[0] == "success"] == [("success", "z")]
     assert ran[job_id] == ["x", "z"]
+
+
+async def test_a_lock_a_cut_attempts_thread_holds_on_holds_on_every_node(url: str) -> None:
+    """taskrt.gates note 4 where every node claims: an attempt of node x that timed out
+    while its sync handler's thread runs on keeps its lock key held in the database;
+    node y starts the next job of the key only once that thread returned. A reap of
+    a node gone frees what it held."""
+    spans: dict[str, tuple[float, float]] = {}
+    started: set[str] = set()
+
+    def runtime(task: str) -> Runtime:
+        rt = Runtime(url, mode="nodes", node_ttl=2.0, abandon_after=0.1)
+        rt.pool("p", concurrency=2)
+
+        def work(job: JobContext) -> None:  # a thread: it cannot be interrupted
+            begun = time.monotonic()
+            started.add(task)
+            time.sleep(0.8 if task == "first" else 0.01)
+            spans[task] = (begun, time.monotonic())
+
+        rt.task(name=task, pool="p", timeout=0.2)(work)
+        return rt
+
+    x, y = runtime("first"), runtime("second")
+    async with x, y:
+        first = await x.enqueue("first", lock="k")
+        await until(lambda: "first" in started)
+        second = await y.enqueue("second", lock="k")
+        assert (await x.wait(first, timeout=5)).status is JobStatus.FAILURE  # timed out
+        held = await sql(url, "SELECT job_id, lock_key FROM held_locks")
+        assert [(r["job_id"], r["lock_key"]) for r in held] == [(first, "k")]
+        assert (await y.wait(second, timeout=5)).status is JobStatus.SUCCESS
+        assert spans["second"][0] >= spans["first"][1]  # after the thread returned
+        assert await sql(url, "SELECT job_id FROM held_locks") == []
+    # A node gone with a key held: the next reap frees it.
+    await sql(
+        url,
+        "INSERT INTO nodes (id, host, pid, started_at, ttl, heartbeat_at) "
+        "VALUES ('ghost', 'h', 1, 0, 1, now() - interval '10 seconds')",
+    )
+    await sql(url, "INSERT INTO held_locks (job_id, node, lock_key) VALUES (1, 'ghost', 'k')")
+    async with runtime("second") as z:
+        third = await z.enqueue("second", lock="k")
+        assert (await z.wait(third, timeout=5)).status is JobStatus.SUCCESS
+    assert await sql(url, "SELECT job_id FROM held_locks") == []

@@ -69,6 +69,10 @@ CLEAR_EXTERNAL = Op("clear_external")  # (id, seq, cancel_requested)
 RETRIED = Op("retried", 2)  # (at, job_id, job_id)
 MINUTES = Op("minutes")  # (minute, pool, task, succeeded, ..., b11): a MinuteRow
 SCHEDULE_FAILED = Op("schedule_failed")  # (name,)
+# A lock key an ended attempt's handler holds on to while it runs (mode "nodes",
+# ``taskrt.gates`` note 4), and its release; PostgreSQL's only.
+HOLD_LOCK = Op("hold_lock")  # (job_id, lock_key)
+UNHOLD_LOCK = Op("unhold_lock")  # (job_id,)
 # (channel, payload): a notification the batch's commit sends, after its writes
 # (PostgreSQL's events across nodes; a backend without notifications never gets one).
 NOTIFY = Op("notify")

@@ -22,6 +22,7 @@ from ..ops import (
     CANCEL,
     CLEAR_EXTERNAL,
     FAIL,
+    HOLD_LOCK,
     MINUTES,
     NOTIFY,
     REASON,
@@ -30,6 +31,7 @@ from ..ops import (
     SCHEDULE_FAILED,
     START,
     SUCCEED,
+    UNHOLD_LOCK,
     Op,
     source_statuses,
 )
@@ -266,6 +268,20 @@ SCHEMA_V9 = (
     "WHERE status = 'WAITING' AND lock_key IS NOT NULL",
 )
 
+# Version 10: the lock keys of attempts that ended while their handler runs on (a
+# sync handler's thread, a coroutine that ignored its cancel: ``taskrt.gates`` note
+# 4) where every node claims: a claim skips the keys held here too, until the node
+# that ran the handler sees it return, or is gone (a reap, its leave).
+SCHEMA_V10 = (
+    """CREATE TABLE held_locks (
+        job_id BIGINT NOT NULL,
+        node TEXT NOT NULL,
+        lock_key TEXT NOT NULL,
+        PRIMARY KEY (job_id, node)
+    )""",
+    "CREATE INDEX held_locks_key ON held_locks (lock_key)",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -276,6 +292,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V7,
     SCHEMA_V8,
     SCHEMA_V9,
+    SCHEMA_V10,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -528,6 +545,25 @@ MINUTES_PART = _plain(
     "{arrays}) ON CONFLICT (minute, pool, task) DO UPDATE SET "
     + ", ".join(f"{c} = job_minutes.{c} + excluded.{c}" for c in _MINUTE_NAMES),
 )
+# A lock key held on by an attempt that ended while its handler runs on (mode
+# "nodes", SCHEMA_V10): (job_id, lock_key) held, (job_id) let go; by this node.
+HOLD_PART = _plain(
+    "hold_lock",
+    "held_locks",
+    0,
+    "bigint text",
+    f"INSERT INTO held_locks (job_id, node, lock_key) SELECT {{v}}.job_id, {NODE}, "
+    "{v}.lock_key FROM unnest({arrays}) AS {v}(job_id, lock_key) "
+    f"WHERE {NODE} IS NOT NULL ON CONFLICT DO NOTHING",
+)
+UNHOLD_PART = _plain(
+    "unhold_lock",
+    "held_locks",
+    0,
+    "bigint",
+    "DELETE FROM held_locks h USING unnest({arrays}) AS {v}(job_id) "
+    f"WHERE h.job_id = {{v}}.job_id AND h.node = {NODE}",
+)
 SCHEDULE_FAILED_PART = _plain(
     "schedule_failed",
     "schedules",
@@ -630,6 +666,8 @@ PARTS: dict[Op, Part] = {
     REASON: REASON_PART,
     MINUTES: MINUTES_PART,
     SCHEDULE_FAILED: SCHEDULE_FAILED_PART,
+    HOLD_LOCK: HOLD_PART,
+    UNHOLD_LOCK: UNHOLD_PART,
     NOTIFY: NOTIFY_PART,
 }
 """Each queued write's part (``FLUSH`` has none: it writes nothing)."""
@@ -955,7 +993,8 @@ _PRIORITIES = (
     "ORDER BY j.priority DESC LIMIT 1) FROM p WHERE p.priority IS NOT NULL)"
 )
 _CLAIM_COLUMNS = ", ".join(f"g.{c}" for c in JOB_COLUMNS.split(", "))
-# A waiting job's lock key is free: no running job holds it, and no claim in flight
+# A waiting job's lock key is free: no running job holds it, nor an attempt that
+# ended while its handler runs on (``held_locks``), and no claim in flight
 # is taking it (a transaction-scoped advisory lock; the unique index jobs_locks is
 # what holds when a claim that read before another's commit tries it anyway).
 # It is also the first due job of its key in the pool ($1, at $2) that is not to be
@@ -964,7 +1003,8 @@ _CLAIM_COLUMNS = ", ".join(f"g.{c}" for c in JOB_COLUMNS.split(", "))
 # (``taskrt.gates`` note 2; the index jobs_waiting_locks).
 _LOCK_FREE = (
     "NOT EXISTS (SELECT 1 FROM jobs r WHERE r.lock_key = jobs.lock_key "
-    "AND r.status = 'RUNNING') AND jobs.id = (SELECT e.id FROM jobs e "
+    "AND r.status = 'RUNNING') "
+    "AND NOT EXISTS (SELECT 1 FROM held_locks h WHERE h.lock_key = jobs.lock_key) AND jobs.id = (SELECT e.id FROM jobs e "
     "WHERE e.lock_key = jobs.lock_key AND e.status = 'WAITING' AND e.pool = $1 "
     "AND e.run_at <= $2 AND e.cancel_requested = 0 "
     "ORDER BY e.priority DESC, e.run_at, e.id LIMIT 1) "
@@ -1069,7 +1109,8 @@ SQL_MARK_LOCKED = (
     "ORDER BY priority DESC, run_at, id LIMIT 1000) f WHERE lock_key IS NOT NULL) w "
     "WHERE j.id = w.id AND j.status = 'WAITING' "
     "AND j.waiting_reason IS DISTINCT FROM 'locked' AND (w.nth > 1 OR EXISTS (SELECT 1 "
-    "FROM jobs r WHERE r.lock_key = w.lock_key AND r.status = 'RUNNING'))"
+    "FROM jobs r WHERE r.lock_key = w.lock_key AND r.status = 'RUNNING') "
+    "OR EXISTS (SELECT 1 FROM held_locks h WHERE h.lock_key = w.lock_key))"
 )
 SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
 SQL_RUNNING_ON = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1"
@@ -1091,6 +1132,10 @@ SQL_CANCEL_ASKED = (
 # Nodes whose heartbeat is older than their TTL are gone; so are their RUNNING jobs'
 # attempts, which recovery then puts back (``recovery``, with LOST).
 SQL_REAP = "DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => ttl) RETURNING id"
+# The keys held on by handlers of nodes gone (SCHEMA_V10): free again.
+SQL_FREE_HELD_LOST = (
+    "DELETE FROM held_locks h WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = h.node)"
+)
 LOST = " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = jobs.node)"
 SQL_SEQ_GAP_LOST = (
     "UPDATE jobs SET seq = seq + $1 WHERE status = 'RUNNING'" + LOST + " RETURNING id, seq"

@@ -25,7 +25,7 @@ from asyncpg.pool import PoolConnectionProxy
 from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...models import JobInfo, JobStatus
 from ..groupcommit import GroupCommit, reason
-from ..ops import NOTIFY, failure_params
+from ..ops import HOLD_LOCK, NOTIFY, UNHOLD_LOCK, failure_params
 from ..protocol import BlockedAgain, InsertResult, MinuteRow, NewJob, Settled
 from ..queries import MINUTE_COLUMNS, SQL_OWNER, SQL_TAKEN_IN
 from ..queued import QueuedWrites
@@ -59,6 +59,7 @@ from .sql import (
     SQL_DELETE_LOCKED,
     SQL_DRAW_TOKENS,
     SQL_EVENT_LISTENERS,
+    SQL_FREE_HELD_LOST,
     SQL_JOIN,
     SQL_LEAVE,
     SQL_MARK_LOCKED,
@@ -800,6 +801,7 @@ class PgStore(QueuedWrites, SharedReads):
         RUNNING on it (a claim cut short) is put back as by ``reap``."""
         steps: list[tuple[Any, ...]] = [(SQL_LEAVE, (node,))]
         steps += _recovery_steps(LOST, now, max_recoveries)
+        steps.append((SQL_FREE_HELD_LOST, ()))
         await self._script(steps)
 
     async def notify(self, payload: str) -> None:
@@ -948,6 +950,16 @@ class PgStore(QueuedWrites, SharedReads):
         )
         return [(int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
 
+    def hold_lock(self, job_id: int, key: str) -> asyncio.Future[None]:
+        """The attempt of ``job_id`` ends while its handler runs on here: its lock key
+        stays held for every node's claims (queued before the attempt's end, so
+        committed with it or before it) until ``unhold_lock`` or this node is gone."""
+        return self._writes.queue(HOLD_LOCK, (job_id, key), job_id)
+
+    def unhold_lock(self, job_id: int) -> asyncio.Future[None]:
+        """The handler that held ``job_id``'s lock key on here returned."""
+        return self._writes.queue(UNHOLD_LOCK, (job_id,), job_id)
+
     async def reap(
         self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
     ) -> tuple[int, int, int]:
@@ -962,6 +974,7 @@ class PgStore(QueuedWrites, SharedReads):
         steps += _recovery_steps(LOST, now, max_recoveries, (SQL_SEQ_GAP_LOST, (seq_gap,)))
         # Told before they move (nodebus note 7): their late events are stale everywhere.
         steps.insert(3, (SQL_TELL_REAPED, (self.events_channel, self.node or "")))
+        steps.append((SQL_FREE_HELD_LOST, ()))  # after the counts read below
         rows: list[Any] = []
         counts = await self._script(steps, gate=not everything, returned=rows)
         if len(counts) == 1:  # no stale node: nothing else ran
