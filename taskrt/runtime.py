@@ -294,7 +294,7 @@ class Runtime:
             self.store = self._pg = store
             if mode == "nodes":
                 node = owner_name()
-                store.join_as(node)
+                store.join_as(node, ttl=float(node_ttl))
                 self._server_lock = store.ownership_lock(shared=True)
             else:
                 self._server_lock = store.ownership_lock()

@@ -1763,3 +1763,38 @@ async def test_a_lock_a_cut_attempts_thread_holds_on_holds_on_every_node(url: st
         third = await z.enqueue("second", lock="k")
         assert (await z.wait(third, timeout=5)).status is JobStatus.SUCCESS
     assert await sql(url, "SELECT job_id FROM held_locks") == []
+
+
+async def test_a_transaction_of_a_frozen_node_ends_after_the_ttl_but_the_apps_may_wait(
+    url: str,
+) -> None:
+    """PostgreSQL store note 14: a transaction of taskrt's that sits idle for the
+    node's TTL (its node frozen) is ended by the server, and its row locks with it;
+    the application's own transaction may sit idle longer."""
+    rt = Runtime(url, mode="nodes", node_ttl=1.0)
+
+    @rt.task
+    async def noop() -> None: ...
+
+    async with rt:
+        job_id = await rt.enqueue("noop", delay=600)
+        assert rt._pg is not None
+        frozen = await rt._pg.pool.acquire()
+        try:
+            tx = frozen.transaction()
+            await tx.start()
+            await frozen.fetch("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            await asyncio.sleep(1.6)  # idle, holding the row, past the TTL
+            # Another session takes the row at once: the frozen one's lock is gone.
+            rows = await sql(url, "SELECT id FROM jobs WHERE id = $1 FOR UPDATE NOWAIT", job_id)
+            assert [r["id"] for r in rows] == [job_id]
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                await frozen.fetch("SELECT 1")
+        finally:
+            await rt._pg.pool.release(frozen)
+        async with rt.transaction() as app:
+            await app.execute("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", (job_id,))
+            await asyncio.sleep(1.6)
+            assert await app.execute("SELECT 1") == [(1,)]
+        # The next of taskrt's own statements runs on a sound connection.
+        assert (await rt.get(job_id)).status is JobStatus.WAITING

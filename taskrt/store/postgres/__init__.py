@@ -161,6 +161,16 @@ Notes of this backend (cited where they apply):
     (note 12) with what the planner expects every few seconds and runs
     ``ANALYZE jobs`` when one is off by a factor of two and 1,000 rows: one
     process of the schema at a time, each at most every 30 seconds.
+14. **A frozen node lets go of its rows.** Where every node claims, each of
+    taskrt's connections is opened with ``idle_in_transaction_session_timeout``
+    at the node's TTL: a node stopped in the middle of a transaction (a
+    SIGSTOP, a paused VM) held its rows locked until the server noticed the
+    connection gone, and the reap of its jobs waited on them meanwhile. Now
+    the server ends such a transaction after the TTL (nothing of it
+    commits; a writer that wakes writes its batch again on a new
+    connection). The application's transactions (``rt.transaction()``) take
+    the server's own setting again for themselves: they may wait on the
+    application. A setting in the URL wins.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

@@ -105,6 +105,9 @@ from .writer import (
 
 _T = TypeVar("_T")
 
+IDLE_SETTING = "idle_in_transaction_session_timeout"
+SQL_SET_IDLE = f"SELECT set_config('{IDLE_SETTING}', $1, true)"  # this transaction's
+
 # Lanes of ``job_counts`` (note 12): each writer of a process adds to its own rows.
 WRITES_LANE = 0  # the group commit of starts, ends and the rest
 ADDS_LANE = 1  # the group commit of adds (note 8)
@@ -228,6 +231,8 @@ class PgStore(QueuedWrites, SharedReads):
         self._now: list[str] = []  # events to send at once (``send_events_now``)
         self._now_task: asyncio.Task[None] | None = None
         self.node: str | None = None  # the node this process writes as (note 7)
+        self._idle_limit: float | None = None  # note 14
+        self._app_idle: str | None = None  # the server's own, for the application's (note 14)
         # Told of the jobs a reap here took back and their new sequences (nodebus note 7).
         self.on_reaped: Callable[[list[tuple[int, int]]], None] | None = None
         self.starting_adds = 0  # adds in flight that may start a job here (``insert``)
@@ -245,6 +250,8 @@ class PgStore(QueuedWrites, SharedReads):
             settings["jit"] = "off"  # note 9: taskrt's statements are short
         if self.node is not None:
             settings["taskrt.node"] = self.node  # what fences its writes (note 7)
+        if self._idle_limit is not None and IDLE_SETTING not in self._url_settings:
+            settings[IDLE_SETTING] = str(max(1, round(self._idle_limit * 1000)))  # note 14
         return {"statement_cache_size": self.statement_cache_size, "server_settings": settings}
 
     def generic_options(self) -> dict[str, Any]:
@@ -300,6 +307,8 @@ class PgStore(QueuedWrites, SharedReads):
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
             await migrate(admin, self.schema, self.path)
+            if self._idle_limit is not None and IDLE_SETTING not in self._url_settings:
+                self._app_idle = str(await admin.fetchval(f"SHOW {IDLE_SETTING}"))
         except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         finally:
@@ -443,6 +452,13 @@ class PgStore(QueuedWrites, SharedReads):
                 await tx.start()
             except DRIVER_ERRORS as exc:
                 raise _error(self.path, exc) from exc
+            if self._app_idle is not None:  # the application's may wait on it (note 14)
+                try:
+                    await conn.execute(SQL_SET_IDLE, self._app_idle)
+                except DRIVER_ERRORS as exc:
+                    with contextlib.suppress(*DRIVER_ERRORS):
+                        await tx.rollback()
+                    raise _error(self.path, exc) from exc
             handle = PgTransaction(conn)
             try:
                 yield handle
@@ -787,10 +803,12 @@ class PgStore(QueuedWrites, SharedReads):
 
     # -- nodes: every process runs workers (note 7) ------------------------------------
 
-    def join_as(self, node: str) -> None:
+    def join_as(self, node: str, ttl: float | None = None) -> None:
         """Write as ``node`` (before ``open``): a write of a RUNNING job lands only
-        if that job runs on this node (fenced, note 7)."""
+        if that job runs on this node (fenced, note 7). ``ttl``: the longest a
+        transaction of taskrt's may sit idle (note 14)."""
         self.node = node
+        self._idle_limit = ttl
 
     async def join(self, node: str, host: str, pid: int, started_at: float, ttl: float) -> None:
         """Record the node as alive (its heartbeat starts now)."""
@@ -1235,11 +1253,8 @@ class PgTransaction(ScheduleWrites):
 
     async def bound_idle(self, seconds: float) -> None:
         # For this transaction only (``is_local``): the connection goes back to the
-        # pool with the server's setting.
-        await self.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', $1, true)",
-            (str(max(1, round(seconds * 1000))),),
-        )
+        # pool with its session's setting.
+        await self.execute(SQL_SET_IDLE, (str(max(1, round(seconds * 1000))),))
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A statement of ``queries`` (``?`` placeholders), numbered."""
