@@ -146,6 +146,17 @@ class TaskSpec:
         _bind_check(self, args, kwargs)
 
 
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether calling ``function`` gives a coroutine (a callable object's ``__call__``
+    counts): such a hook or handler runs on the event loop, any other in a thread."""
+    target: Any = function
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = inspect.getattr_static(type(target), "__call__", None)
+        if call is not None:
+            target = call
+    return inspect.iscoroutinefunction(target)
+
+
 def _bind_check(spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     try:
         sig = inspect.signature(spec.handler)

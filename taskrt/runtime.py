@@ -135,7 +135,7 @@ from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import JobStore, NewJob, Store, Synchronous, is_server_url
 from .stream import JobStream, snapshot_event
 from .transaction import Transaction
-from .transitions import Transitions, retry_policy_of
+from .transitions import DEFAULT_HOOK_TIMEOUT, Transitions, retry_policy_of
 from .waiting import DEFAULT_WINDOW, Waiting
 from .watchdog import LoopWatchdog
 from .workflows import (
@@ -193,7 +193,9 @@ class Runtime:
       ``executor``: task files to load at start.
     - ``grace``: seconds running jobs get to finish at stop (and that queued
       writes get while the database fails); ``abandon_after``: seconds a
-      handler may ignore its cancellation.
+      handler may ignore its cancellation; ``hook_timeout``: seconds an
+      ``on_failed`` hook may run inside the failure's transaction (on SQLite
+      every other write waits for it meanwhile).
     - ``poll_interval``: how often the owner looks for what processes without
       a connection to it wrote (note 4).
     - ``progress_interval``: how long progress writes are coalesced.
@@ -243,6 +245,7 @@ class Runtime:
         window: int = DEFAULT_WINDOW,
         mode: str | None = None,
         node_ttl: float = DEFAULT_TTL,
+        hook_timeout: float = DEFAULT_HOOK_TIMEOUT,
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise InvalidOption("window", f"expected an integer of 2 or more, found {window!r}")
@@ -266,6 +269,14 @@ class Runtime:
         ):
             raise InvalidOption(
                 "node_ttl", f"expected seconds from 0.5 to 3600, found {node_ttl!r}"
+            )
+        if (
+            isinstance(hook_timeout, bool)
+            or not isinstance(hook_timeout, int | float)
+            or not 0 < hook_timeout <= 3600
+        ):
+            raise InvalidOption(
+                "hook_timeout", f"expected seconds above 0, up to 3600, found {hook_timeout!r}"
             )
         target = str(path) if path is not None else os.environ.get(DATABASE_ENV, ":memory:")
         if mode is None:
@@ -347,6 +358,7 @@ class Runtime:
             background=self.background,
             schedule_failed=lambda metadata: self.schedules.job_failed(metadata),
         )
+        self.transitions.hook_timeout = float(hook_timeout)
         self.store.on_rejected = self.transitions.write_refused
         self._tasks: dict[str, TaskSpec] = {}
         # From ``add`` to a committed, queued job (taskrt.adding).

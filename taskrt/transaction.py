@@ -10,7 +10,8 @@ connection (or SQLAlchemy's ``AsyncConnection``) in its open transaction
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from .context import JobState
@@ -47,3 +48,50 @@ class Transaction:
 
     async def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(statement, params)
+
+
+class ThreadTransaction:
+    """The ``Transaction`` a sync ``on_failed`` hook gets in its worker thread: each
+    statement runs on the event loop, in the transaction, while the thread waits.
+
+    Usable only while the hook runs: once it returned or ran out of time, a
+    statement raises ``RuntimeError`` and touches nothing (``close``).
+    """
+
+    def __init__(self, tx: Transaction, loop: asyncio.AbstractEventLoop) -> None:
+        self._tx = tx
+        self._loop = loop
+        self._closed = False
+        self._running: set[asyncio.Task[Any]] = set()
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        result: list[Any] = self._call(lambda: self._tx.execute(statement, params))
+        return result
+
+    def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
+        rows = list(params)  # read in this thread, not on the loop
+        self._call(lambda: self._tx.executemany(statement, rows))
+
+    def _call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        if self._closed:
+            raise RuntimeError("the on_failed hook's transaction has ended")
+
+        async def run() -> Any:
+            if self._closed:  # closed while this waited for the loop
+                raise RuntimeError("the on_failed hook's transaction has ended")
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
+            try:
+                return await make()
+            finally:
+                self._running.discard(task)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    async def close(self) -> None:
+        """No statement after this; one under way ends first (the transaction's
+        connection is then the caller's alone)."""
+        self._closed = True
+        if self._running:
+            await asyncio.wait(list(self._running))

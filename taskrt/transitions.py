@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .background import Background, job_logger
 from .context import JobState
-from .definitions import TaskSpec
+from .definitions import TaskSpec, is_async
 from .errors import (
     Fatal,
     InvalidOption,
@@ -35,7 +35,7 @@ from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, Job
 from .pool import Outcome
 from .retry import RetryPolicy, parse_retry
 from .store.groupcommit import ROLLBACK_RETRIES, ROLLBACK_WAIT
-from .transaction import Transaction
+from .transaction import ThreadTransaction, Transaction
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -56,6 +56,14 @@ _LATE = 0.005  # a timer may fire this much before the clock reads its time
 class _RolledBack(Exception):
     """The database rolled an ``on_failed`` transaction back on its own (raised from
     the driver's error): it runs again, whole."""
+
+
+DEFAULT_HOOK_TIMEOUT = 10.0
+"""Seconds an ``on_failed`` hook may run (``Runtime(hook_timeout=...)``)."""
+
+
+class _HookTimedOut(Exception):
+    """An ``on_failed`` hook ran past ``hook_timeout``."""
 
 
 class _NotOurs(Exception):
@@ -89,6 +97,8 @@ class Transitions:
         self.pools = pools
         self.background = background
         self.schedule_failed = schedule_failed
+        # Seconds an ``on_failed`` hook may run in the failure's transaction.
+        self.hook_timeout = DEFAULT_HOOK_TIMEOUT
         # What finished, per minute (taskrt.history), handed to the store each second.
         self.history = MinuteCounts()
         self._history_timer: asyncio.TimerHandle | None = None
@@ -495,13 +505,40 @@ class Transitions:
             try:
                 # What the hook wrote is undone if it raises; the failure stays.
                 async with conn.savepoint():
-                    result = hook(info, Transaction(conn))
-                    if inspect.isawaitable(result):
-                        await result
+                    await self._call_failed_hook(hook, info, Transaction(conn))
+            except _HookTimedOut:
+                job_logger(info).error(
+                    "the on_failed hook of job %d ran longer than %gs (hook_timeout): what "
+                    "it wrote is undone; the failure is recorded",
+                    info.id,
+                    self.hook_timeout,
+                )
             except Exception as exc:
                 if again and self.store.rolled_back(exc):
                     raise _RolledBack from exc
                 job_logger(info).exception("the on_failed hook of job %d raised", info.id)
+
+    async def _call_failed_hook(
+        self, hook: Callable[..., Any], info: JobInfo, tx: Transaction
+    ) -> None:
+        """Run an ``on_failed`` hook for at most ``hook_timeout`` seconds: the failure's
+        transaction (on SQLite, every write of the database) waits for it. A sync
+        hook runs in a worker thread, its statements on the loop (``ThreadTransaction``);
+        a thread cannot be stopped, but after the time is up its statements are refused."""
+        try:
+            async with asyncio.timeout(self.hook_timeout):
+                if is_async(hook):
+                    await hook(info, tx)
+                    return
+                bridge = ThreadTransaction(tx, asyncio.get_running_loop())
+                try:
+                    result = await asyncio.to_thread(hook, info, bridge)
+                    if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
+                        await result
+                finally:
+                    await bridge.close()
+        except TimeoutError as exc:
+            raise _HookTimedOut from exc
 
     def finalize(
         self,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,13 @@ from core_support import (
 
 from taskrt import (
     EventType,
+    InvalidOption,
     JobContext,
     JobInfo,
     JobNotFound,
     JobStatus,
     QueueFull,
+    Runtime,
     Transaction,
 )
 
@@ -307,3 +311,108 @@ async def test_capacity_counts_jobs_added_in_the_open_transaction(tmp_path: Path
         assert pool.statistics().waiting == 2
         with pytest.raises(QueueFull):
             await pool.add(noop)
+
+
+async def test_an_on_failed_hook_that_hangs_is_cut_at_hook_timeout_and_its_writes_undone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the failure's transaction waited for the hook for ever; on SQLite every
+    # other write (an add) waited with it, and the runtime's stop never returned.
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path, hook_timeout=0.3)
+
+    async def on_failed(job: JobInfo, tx: Transaction) -> None:
+        await tx.execute("INSERT INTO audit VALUES (?, 'hanging')", (job.id,))
+        await asyncio.sleep(1000)  # a call to a service that never answers
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def doomed(job: JobContext) -> None:
+        raise RuntimeError("no luck")
+
+    @rt.task
+    async def fine(job: JobContext) -> str:
+        return "ok"
+
+    with caplog.at_level(logging.ERROR, logger="taskrt"):
+        async with rt:
+            await _make_audit(rt)
+            job_id = await rt.pool("default").add(doomed)
+            await until(lambda: rt.pool("default").failed == 1)
+            begun = time.monotonic()
+            other = await rt.pool("default").add(fine)  # waits for the hook at most
+            assert (await rt.wait(other, timeout=5)).result == "ok"
+            assert (await rt.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+            assert time.monotonic() - begun < 2
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 2
+    assert "hook_timeout" in caplog.text
+    assert sqlite_only_rows(path, "SELECT count(*) FROM audit") == [(0,)]
+    stored = await committed_job(tmp_path, job_id)
+    assert stored is not None and stored.status is JobStatus.FAILURE
+
+
+async def test_a_sync_on_failed_hook_runs_in_a_thread_and_writes_with_the_failure(
+    tmp_path: Path,
+) -> None:
+    # Before: a sync hook ran on the event loop's thread and its tx.execute returned a
+    # coroutine never awaited, so nothing was written.
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path)
+    threads: list[bool] = []
+
+    def on_failed(job: JobInfo, tx: Any) -> None:
+        threads.append(threading.current_thread() is threading.main_thread())
+        tx.execute("INSERT INTO audit VALUES (?, ?)", (job.id, f"failed: {job.error}"))
+        tx.executemany("INSERT INTO audit VALUES (?, ?)", [(job.id + 100, "more")])
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def doomed(job: JobContext) -> None:
+        raise RuntimeError("no luck")
+
+    async with rt:
+        await _make_audit(rt)
+        job_id = await rt.pool("default").add(doomed)
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+        await rt.store.flush()
+    assert threads == [False]
+    assert sqlite_only_rows(path, "SELECT * FROM audit ORDER BY job_id") == [
+        (job_id, "failed: RuntimeError: no luck"),
+        (job_id + 100, "more"),
+    ]
+
+
+async def test_a_sync_on_failed_hook_past_its_time_can_write_nothing_more(
+    tmp_path: Path,
+) -> None:
+    path = db_file(tmp_path)
+    rt = make_rt(tmp_path, hook_timeout=0.2)
+    late: list[BaseException] = []
+    returned = threading.Event()
+
+    def on_failed(job: JobInfo, tx: Any) -> None:
+        tx.execute("INSERT INTO audit VALUES (?, 'in time')", (job.id,))
+        time.sleep(0.5)  # a thread cannot be stopped: it runs past its time
+        try:
+            tx.execute("INSERT INTO audit VALUES (?, 'late')", (job.id + 1,))
+        except RuntimeError as exc:
+            late.append(exc)
+        returned.set()
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def doomed(job: JobContext) -> None:
+        raise RuntimeError("no luck")
+
+    async with rt:
+        await _make_audit(rt)
+        job_id = await rt.pool("default").add(doomed)
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+        await asyncio.to_thread(returned.wait, 5)
+    assert [str(e) for e in late] == ["the on_failed hook's transaction has ended"]
+    assert sqlite_only_rows(path, "SELECT count(*) FROM audit") == [(0,)]
+
+
+def test_hook_timeout_is_checked() -> None:
+    for bad in (0, -1, float("nan"), "10", True, 7200):
+        with pytest.raises(InvalidOption) as caught:
+            Runtime(":memory:", hook_timeout=bad)  # type: ignore[arg-type]
+        assert caught.value.field == "hook_timeout"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..definitions import is_async
 from ..errors import TaskrtError
 from ..retry import parse_duration
 from .problems import FieldPath, Report, describe
@@ -132,12 +133,3 @@ def accepts_keyword(function: Callable[..., Any], name: str) -> bool:
         or p.kind is inspect.Parameter.VAR_KEYWORD
         for p in params
     )
-
-
-def is_async(function: Callable[..., Any]) -> bool:
-    target: Any = function
-    if not (inspect.isfunction(target) or inspect.ismethod(target)):
-        call = inspect.getattr_static(type(target), "__call__", None)
-        if call is not None:
-            target = call
-    return inspect.iscoroutinefunction(target)
