@@ -1346,6 +1346,16 @@ class Runtime:
         resumed.update(await self._retry_dependents(job_id))
         return retried
 
+    async def _attempt_budget(self, info: JobInfo) -> int | None:
+        """The attempts a retry by hand gives the job again: its own budget, per call
+        or its task's as it was added (None: unlimited), which is its ``max_attempts``
+        less the attempts before its last retry by hand (the one marked ``retried``)."""
+        if info.max_attempts is None:
+            return None
+        records = await self.store.attempts(info.id)
+        before = max((a.number for a in records if a.next == "retried"), default=0)
+        return max(1, info.max_attempts - before)
+
     @contextlib.contextmanager
     def _retry_of(self, job_id: int) -> Iterator[None]:
         """One retry of a job at a time in this process: a second, while the first
@@ -1361,8 +1371,8 @@ class Runtime:
     async def _retry(self, info: JobInfo, now: float) -> JobInfo:
         job_id = info.id
         spec = self._tasks.get(info.task)
-        base = spec.attempts if spec is not None else 1
-        max_attempts = None if base is None or info.max_attempts is None else info.attempts + base
+        budget = await self._attempt_budget(info)
+        max_attempts = None if budget is None else info.attempts + budget
         await self._refuse_held_key(info)
         if info.attempts == 0 or info.batch not in (None, job_id):
             # Perhaps a dependent that never ran, or a batch's member: it waits again.

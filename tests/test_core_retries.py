@@ -557,3 +557,35 @@ async def test_per_call_retry_policy_survives_a_restart(tmp_path: Path) -> None:
         await until(lambda: rt.pool("default").statistics().running == 0)
         info = await rt.get(job_id)
         assert (info.attempts, info.run_at) == (2, t0 + 10)
+
+
+async def test_a_retry_by_hand_renews_the_jobs_own_attempts(tmp_path: Path) -> None:
+    # Before: the retry gave the task's attempts, not the job's: 1 more instead of 3
+    # (attempts=3 per call), and unlimited for a job of 2 attempts whose task is
+    # unlimited (it then retried for ever).
+    rt = make_rt(tmp_path)
+    runs: dict[int, int] = {}
+
+    @rt.task(retry="0s")
+    async def once(job: JobContext) -> None:
+        runs[job.id] = runs.get(job.id, 0) + 1
+        raise RuntimeError("no")
+
+    @rt.task(attempts=-1, retry="0s")
+    async def endless(job: JobContext) -> None:
+        runs[job.id] = runs.get(job.id, 0) + 1
+        raise RuntimeError("no")
+
+    async with rt:
+        pool = rt.pool("default")
+        a = await pool.add(once.options(attempts=3))
+        b = await pool.add(endless.options(attempts=2))
+        for job_id, budget in ((a, 3), (b, 2)):
+            assert (await rt.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+            assert runs[job_id] == budget
+            for round_ in (2, 3):  # each retry by hand gives the same budget again
+                retried = await rt.retry(job_id)
+                assert retried.max_attempts == budget * round_
+                info = await rt.wait(job_id, timeout=5)
+                assert (info.status, info.attempts) == (JobStatus.FAILURE, budget * round_)
+                assert runs[job_id] == budget * round_
