@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -243,6 +244,13 @@ class _Done:
 
 
 DONE = _Done()
+
+CURRENT_ATTEMPT: contextvars.ContextVar[JobState | None] = contextvars.ContextVar(
+    "taskrt_current_attempt", default=None
+)
+"""The attempt whose handler runs in this context (its thread, or its coroutine):
+``rt.progress(job_id, ...)`` from it reports as that attempt, so a report of an
+attempt that ended (a timed-out thread running on) never lands on the next one."""
 
 
 class JobContext:

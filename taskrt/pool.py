@@ -89,7 +89,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import Alarm
-from .context import JobContext, JobState
+from .context import CURRENT_ATTEMPT, JobContext, JobState
 from .errors import InvalidOption
 from .gates import SCAN, Gates
 from .models import JobStatus, PoolStatistics
@@ -769,7 +769,11 @@ class Pool:
         else:
             first = ()
         if is_async:
-            return await spec.handler(*first, *info.args, **info.kwargs)
+            token = CURRENT_ATTEMPT.set(state)
+            try:
+                return await spec.handler(*first, *info.args, **info.kwargs)
+            finally:
+                CURRENT_ATTEMPT.reset(token)
         return await self._call_in_thread(state, loop, first)
 
     def _process_workers(self) -> Workers:
@@ -785,6 +789,7 @@ class Pool:
     ) -> Any:
         info = state
         ctx = contextvars.copy_context()
+        ctx.run(CURRENT_ATTEMPT.set, state)
         call = functools.partial(ctx.run, state.spec.handler, *first, *info.args, **info.kwargs)
         cfut = self._thread_pool().submit(call)
         try:

@@ -66,7 +66,7 @@ from .background import Background, JobLogAdapter, job_logger, woken
 from .batches import Batcher
 from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
 from .clock import Clock, SystemClock
-from .context import DONE, JobState
+from .context import CURRENT_ATTEMPT, DONE, JobState
 from .counters import Counters
 from .deadlines import Deadlines
 from .definitions import Hooks, Signature, Task, TaskCall, TaskRef, TaskSpec, make_spec
@@ -1216,11 +1216,22 @@ class Runtime:
         ``InvalidOption`` for a value that cannot be stored.
         """
         current, total, message, step = check_progress(current, total, message, self.limits, step)
+        sender = CURRENT_ATTEMPT.get()
+        if sender is not None and sender.id != job_id:
+            sender = None  # a report for another job than the one this handler runs
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
-            loop.call_soon_threadsafe(
-                self.transitions.report_by_id, job_id, current, total, message, step
-            )
+            if sender is not None:  # as that attempt: dropped if it has ended
+                loop.call_soon_threadsafe(
+                    self.transitions.report, sender, current, total, message, step
+                )
+            else:
+                loop.call_soon_threadsafe(
+                    self.transitions.report_by_id, job_id, current, total, message, step
+                )
+            return DONE
+        if sender is not None:
+            self.transitions.report(sender, current, total, message, step)
             return DONE
         state = self.live.states.get(job_id)
         if state is None or state.status is not JobStatus.RUNNING:
