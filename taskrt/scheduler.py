@@ -30,7 +30,15 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    expression, tz, misfire); at start each is compared with its row: missing,
    it is inserted; equal, nothing changes (pause state, next slot and counters
    are kept); different, it is updated, and the next slot is recomputed only
-   when the expression or the time zone changed.
+   when the expression or the time zone changed. A declared row is marked as
+   the code's (``origin``); one created at run time (``create``, ``POST
+   /schedules``) is not. The owner, as it starts firing, deletes the rows of
+   code its own code no longer declares: a schedule removed from the code
+   stops (before, it fired for ever). Declare schedules in the code of the
+   process that runs the jobs. Where every node fires (PostgreSQL), nodes may
+   run different code, so none deletes: a schedule removed from the code is
+   deleted by hand there. A row stored before the origin was recorded counts as
+   created at run time.
 5. **Only the owner fires.** A standby or a client reads and changes
    schedules in the database (a standby that takes over starts firing:
    ``take_over``); every change of a definition bumps a
@@ -398,7 +406,7 @@ class Scheduler:
 
     async def _store_declared(self, definitions: builtins.list[ScheduleDefinition]) -> None:
         try:
-            await self._upsert(definitions, replace=True)
+            await self._upsert(definitions, replace=True, declared=True)
         except Exception:
             log.exception("storing declared schedules failed")
 
@@ -436,8 +444,10 @@ class Scheduler:
         spec.validate(definition.args, definition.kwargs)
 
     async def _upsert(
-        self, definitions: Sequence[ScheduleDefinition], *, replace: bool
+        self, definitions: Sequence[ScheduleDefinition], *, replace: bool, declared: bool = False
     ) -> builtins.list[tuple[ScheduleInfo, bool]]:
+        """Insert or change each definition (``replace``: a different one of the same
+        name is changed, else refused); ``declared``: they are the code's (note 4)."""
         now = self._rt.clock.now()
         out: builtins.list[tuple[ScheduleInfo, bool]] = []
         bumped: int | None = None
@@ -459,6 +469,8 @@ class Scheduler:
                         raise ScheduleExists(d.name)
                     if changed:
                         await conn.define_schedule(d, _next_after_change(old, d, now), now)
+                if declared:
+                    await conn.declared_schedule(d.name)
                 info = await conn.schedule(d.name) if changed else old
                 assert info is not None  # just written, in this transaction
                 if changed:
@@ -647,7 +659,7 @@ class Scheduler:
     async def start(self, rt: SchedulerHost) -> None:
         """Store the declared schedules; the owner fires due slots from now on."""
         if self._declared:
-            await self._upsert(builtins.list(self._declared.values()), replace=True)
+            await self._upsert(builtins.list(self._declared.values()), replace=True, declared=True)
         if rt.runs_jobs:
             await self.take_over()
 
@@ -656,12 +668,34 @@ class Scheduler:
         if self._running:
             return
         self._running = True
+        if self._rt.owning:
+            await self._forget_undeclared()
         await self._reload()
         self.retention.start()
         self._watcher = asyncio.create_task(self._watch(), name="taskrt-scheduler-watch")
         # Slots missed while the runtime was down are handled before start returns.
         self._firing = asyncio.create_task(self._run_due(), name="taskrt-scheduler")
         await asyncio.wait([self._firing])
+
+    async def _forget_undeclared(self) -> None:
+        """The owner deletes the schedules of code that its code no longer declares
+        (note 4): removed from the code, a schedule stops firing."""
+        bumped: int | None = None
+        gone: builtins.list[str] = []
+        async with self._rt.store.transaction() as conn:
+            for name in await conn.schedules_of_code():
+                if name in self._declared:
+                    continue
+                info = await conn.schedule(name, lock=True)
+                if info is None:
+                    continue
+                await conn.delete_schedule(name)
+                gone.append(name)
+            if gone:
+                bumped = await conn.bump_schedules()
+        for name in gone:
+            log.info("schedule %r is no longer declared in the code: deleted", name)
+        self._bumped(bumped, len(gone))
 
     async def stop(self, rt: SchedulerHost) -> None:
         """Stop firing (a slot being fired ends first, within ``grace``)."""

@@ -365,9 +365,7 @@ async def test_the_task_option_cron_declares_a_schedule(tmp_path: Path) -> None:
         await run_for(rt, clock, 2)
         assert slots_of(db_file(tmp_path), "tick") == [T0 + 2]
     rt.register(replace(tick.spec, cron=None))  # the task without its cron: no declaration
-    async with rt:
-        await rt.schedules.delete("tick")
-    async with rt:
+    async with rt:  # the owner deletes what its code no longer declares (note 4)
         assert await rt.schedules.list() == []
 
 
@@ -769,3 +767,38 @@ async def test_two_updates_at_once_from_two_processes_keep_both(tmp_path: Path) 
             )
             info = await client.schedules.get("nightly")
             assert (info.expression, info.kwargs) == (f"@every {n + 2}h", {"n": n + 1}), n
+
+
+async def test_a_schedule_removed_from_the_code_stops_and_one_created_at_run_time_stays(
+    tmp_path: Path,
+) -> None:
+    # Note 4. Before, a schedule declared in code kept firing for ever once the code
+    # no longer declared it: nothing told it from one created over the API.
+    clock = FakeClock(T0)
+
+    def runtime(*declared: str, workers: bool = True) -> Runtime:
+        rt = make_rt(tmp_path, clock=clock, workers=workers)
+
+        @rt.task
+        async def report(job: JobContext) -> None:
+            return None
+
+        for name in declared:
+            rt.schedule(name, report, "0 * * * * *")
+        return rt
+
+    async with runtime("kept", "removed", "edited") as rt:
+        await rt.schedules.create("made", "report", "0 * * * * *")
+        await rt.schedules.update("edited", expression="30 * * * * *")  # still the code's
+    # A client's start deletes nothing: only the owner's code says what is declared.
+    async with runtime(workers=False) as client:
+        names = [s.name for s in await client.schedules.list()]
+        assert names == ["edited", "kept", "made", "removed"]
+    async with runtime("kept") as rt:
+        assert [s.name for s in await rt.schedules.list()] == ["kept", "made"]
+        await run_for(rt, clock, 60)
+    assert [m for m in fired(db_file(tmp_path), "removed")] == []
+    assert len(fired(db_file(tmp_path), "kept")) == 1
+    # Declared again later, it starts afresh.
+    async with runtime("kept", "removed") as rt:
+        assert [s.name for s in await rt.schedules.list()] == ["kept", "made", "removed"]

@@ -205,7 +205,7 @@ async def test_a_version_4_file_is_counted_once_at_the_upgrade(tmp_path: Path) -
     store = Store(path)
     await store.open()
     try:
-        assert version(path) == SCHEMA_VERSION == 8
+        assert version(path) == SCHEMA_VERSION == 9
         assert sorted(counts_table(path)) == sorted(counted_jobs(path)) == sorted(V4_JOBS)
         assert store.counted("img", JobStatus.CANCELLED) == 4  # loaded at opening
         assert await store.live_counts() == {
@@ -301,14 +301,39 @@ async def test_a_version_7_file_keeps_its_blocked_jobs_at_the_upgrade(tmp_path: 
     write(path, "DROP INDEX job_waits_open")
     write(path, "DROP INDEX job_waits_cancelled")
     write(path, "ALTER TABLE job_waits DROP COLUMN outcome")
+    write(path, "ALTER TABLE schedules DROP COLUMN origin")
     write(path, "PRAGMA user_version = 7")
     store = Store(path)
     await store.open()
     await store.close()
-    assert version(path) == SCHEMA_VERSION == 8
+    assert version(path) == SCHEMA_VERSION == 9
     assert rows(path, "SELECT child, outcome FROM job_waits") == [(flow.jobs[1], None)]
     rt, first, then = runtime()
     async with rt:
         rt.pool("default").resume()
         assert (await rt.wait(flow.jobs[1], timeout=10)).result == 21
     assert rows(path, "SELECT child, outcome FROM job_waits") == [(flow.jobs[1], "released")]
+
+
+async def test_a_schedule_stored_before_version_9_is_kept_by_an_owner_that_does_not_declare_it(
+    tmp_path: Path,
+) -> None:
+    # Version 9 records where a schedule comes from; one stored before cannot say, so
+    # it counts as created at run time: only a schedule known to be the code's is
+    # deleted when the code no longer declares it (scheduler note 4).
+    path = str(tmp_path / "app.db")
+    rt = Runtime(path)
+
+    @rt.task
+    async def report() -> None: ...
+
+    rt.schedule("nightly", report, "0 3 * * *")
+    async with rt:
+        pass
+    write(path, "ALTER TABLE schedules DROP COLUMN origin")
+    write(path, "PRAGMA user_version = 8")
+    rt = Runtime(path)
+    rt.task(report.spec.handler, name="report")
+    async with rt:
+        assert [s.name for s in await rt.schedules.list()] == ["nightly"]
+    assert rows(path, "SELECT name, origin FROM schedules") == [("nightly", "api")]

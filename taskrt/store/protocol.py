@@ -220,6 +220,14 @@ class StoreTransaction(Protocol):
 
     async def delete_schedule(self, name: str) -> None: ...
 
+    async def declared_schedule(self, name: str) -> None:
+        """The schedule is declared in code (scheduler note 4)."""
+        ...
+
+    async def schedules_of_code(self) -> list[str]:
+        """The names of the schedules declared in code."""
+        ...
+
     async def schedule_fired(
         self,
         name: str,

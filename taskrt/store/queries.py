@@ -125,6 +125,9 @@ SQL_SCHEDULE_FIRED = (
 )
 SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
 SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = ?"
+# A schedule declared in code (scheduler note 4), and those the code declared.
+SQL_SCHEDULE_DECLARED = "UPDATE schedules SET origin = 'code' WHERE name = ? AND origin <> 'code'"
+SQL_SCHEDULES_OF_CODE = "SELECT name FROM schedules WHERE origin = 'code' ORDER BY name"
 # Every change of a definition (by any process) bumps this; the owner watches it.
 SQL_SCHEDULES_BUMP = (
     "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') ON CONFLICT (key) "

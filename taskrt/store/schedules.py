@@ -14,6 +14,7 @@ from typing import Any
 from ..models import ScheduleDefinition, ScheduleInfo
 from .queries import (
     SQL_SCHEDULE,
+    SQL_SCHEDULE_DECLARED,
     SQL_SCHEDULE_DEFINE,
     SQL_SCHEDULE_DELETE,
     SQL_SCHEDULE_FIRED,
@@ -22,6 +23,7 @@ from .queries import (
     SQL_SCHEDULE_RAN,
     SQL_SCHEDULE_RESUME,
     SQL_SCHEDULES_BUMP,
+    SQL_SCHEDULES_OF_CODE,
 )
 from .rows import row_to_schedule
 
@@ -76,6 +78,15 @@ class ScheduleWrites:
         await self.run(
             SQL_SCHEDULE_DEFINE, (*definition.canonical(), next_run_at, now, definition.name)
         )
+
+    async def declared_schedule(self, name: str) -> None:
+        """The schedule is declared in code (``origin`` ``code``): the owner deletes it
+        once its code no longer declares it."""
+        await self.run(SQL_SCHEDULE_DECLARED, (name,))
+
+    async def schedules_of_code(self) -> list[str]:
+        """The names of the schedules declared in code, by any process."""
+        return [str(row[0]) for row in await self.run(SQL_SCHEDULES_OF_CODE)]
 
     async def pause_schedule(self, name: str, now: float) -> None:
         await self.run(SQL_SCHEDULE_PAUSE, (now, name))

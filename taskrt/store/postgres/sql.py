@@ -282,6 +282,9 @@ SCHEMA_V10 = (
     "CREATE INDEX held_locks_key ON held_locks (lock_key)",
 )
 
+# Version 11: where a schedule comes from (``code`` or ``api``; as SQLite's version 9).
+SCHEMA_V11 = ("ALTER TABLE schedules ADD COLUMN origin TEXT NOT NULL DEFAULT 'api'",)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -293,6 +296,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V8,
     SCHEMA_V9,
     SCHEMA_V10,
+    SCHEMA_V11,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,11 +16,12 @@ from .sql import (
     SCHEMA_V6,
     SCHEMA_V7,
     SCHEMA_V8,
+    SCHEMA_V9,
 )
 
 log = logging.getLogger("taskrt.store")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 """The version of the tables this code reads and writes (``PRAGMA user_version``, note 11)."""
 
 
@@ -42,6 +43,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _statements(SCHEMA_V6),
     _statements(SCHEMA_V7),
     _statements(SCHEMA_V8),
+    _statements(SCHEMA_V9),
 )
 
 

@@ -246,6 +246,13 @@ CREATE INDEX IF NOT EXISTS job_waits_cancelled ON job_waits(failed_parent)
     WHERE outcome = 'cancelled';
 """
 
+# Version 9: where a schedule comes from: ``code`` (declared: ``rt.schedule``,
+# ``@rt.cron``, a task file's cron), else ``api`` (created at run time). The owner
+# deletes a schedule of code that its code no longer declares (scheduler note 4).
+SCHEMA_V9 = """
+ALTER TABLE schedules ADD COLUMN origin TEXT NOT NULL DEFAULT 'api';
+"""
+
 # The columns an add writes, in the order of ``adds.Row`` (status and seq are the
 # statement's own); every insert of a job below names them through this.
 _ADDED = (
