@@ -245,6 +245,8 @@ def check_schedule_name(name: Any) -> str:
     bad = next((c for c in name if c == "/" or unicodedata.category(c) == "Cc"), None)
     if bad is not None:
         raise InvalidOption("name", f"expected no '/' and no control character, found {bad!r}")
+    if name in (".", ".."):  # a URL's path drops such a segment (RFC 3986)
+        raise InvalidOption("name", f"expected a name other than '.' and '..', found {name!r}")
     return name
 
 
@@ -392,6 +394,15 @@ class Scheduler:
     def task_registered(self, spec: TaskSpec) -> None:
         """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it."""
         if spec.cron is not None:
+            try:
+                check_schedule_name(spec.name)
+            except InvalidOption as exc:
+                raise InvalidOption(
+                    "cron",
+                    f"a task's cron declares a schedule named after the task, and "
+                    f"{spec.name!r} is no schedule name ({exc}); declare it with "
+                    "rt.schedule(name, task, cron) under a name of its own",
+                ) from None
             self.declare(define(spec.name, spec.name, spec.cron, tz=spec.cron_tz))
             self._from_tasks.add(spec.name)
         elif spec.name in self._from_tasks:
@@ -821,18 +832,22 @@ class Scheduler:
             job_id: int | None = None
             added = 0
             error: str | None = None
+            last: float | None = None  # the last slot used up
             for slot in slots:
+                last = slot
                 try:
                     job_id = await self._add_job(info, tx, slot)
                 except StoreError:
                     raise
                 except TaskrtError as exc:
-                    # A refused job (unknown task, bad arguments, full pool) uses up its slot.
+                    # A refused job (unknown task, bad arguments, full pool) uses up its
+                    # slot; the due slots after it (``all``) would be refused alike: they
+                    # are dropped, as misfires.
                     error = str(exc)
                     log.warning("schedule %r added no job for a slot: %s", name, exc)
+                    missed = missed or slot != slots[-1]
                     break
                 added += 1
-            last = slots[-1] if slots else None
             await conn.schedule_fired(
                 name,
                 next_run_at=nxt,

@@ -802,3 +802,50 @@ async def test_a_schedule_removed_from_the_code_stops_and_one_created_at_run_tim
     # Declared again later, it starts afresh.
     async with runtime("kept", "removed") as rt:
         assert [s.name for s in await rt.schedules.list()] == ["kept", "made", "removed"]
+
+
+async def test_a_refused_slot_ends_a_catch_up_and_is_the_last_one_used_up(
+    tmp_path: Path,
+) -> None:
+    # Before: the row said the newest due slot ran (last_run_at) while its last job
+    # was an older slot's, and the dropped slots were no misfire.
+    clock = FakeClock(T0)
+
+    def make() -> Runtime:
+        rt = make_rt(tmp_path, clock=clock)
+        rt.pool("small", capacity=3).pause()
+
+        @rt.task(pool="small")
+        async def beat(job: JobContext) -> None:
+            return None
+
+        rt.schedule("beat", beat, "*/10 * * * * *", misfire="all")
+        return rt
+
+    async with make():
+        pass
+    await clock.advance(100)
+    async with make() as rt:
+        info = await rt.schedules.get("beat")
+        jobs = await rt.jobs(task="beat")
+        misfires = rt.counters.scheduler_misfires["beat"]
+    assert slots_of(db_file(tmp_path), "beat") == [T0 + 10, T0 + 20, T0 + 30]
+    assert info.last_run_at == T0 + 40  # refused: the pool is full
+    assert info.last_job_id == max(j.id for j in jobs.jobs)
+    assert info.last_error is not None and "full" in info.last_error
+    assert misfires == 1
+
+
+def test_a_task_whose_name_is_no_schedule_name_says_how_to_schedule_it(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+    with pytest.raises(InvalidOption) as caught:
+
+        @rt.task(name="reports/daily", cron="0 0 2 * * *")
+        async def daily(job: JobContext) -> None: ...
+
+    assert caught.value.field == "cron"
+    assert "rt.schedule(name, task, cron)" in str(caught.value)
+    for name in (".", ".."):
+        with pytest.raises(InvalidOption) as caught:
+            rt.schedule(name, "whatever", "* * * * *")
+        assert caught.value.field == "name"
