@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -589,3 +590,37 @@ async def test_a_retry_by_hand_renews_the_jobs_own_attempts(tmp_path: Path) -> N
                 info = await rt.wait(job_id, timeout=5)
                 assert (info.status, info.attempts) == (JobStatus.FAILURE, budget * round_)
                 assert runs[job_id] == budget * round_
+
+
+async def test_the_run_after_a_stop_interrupted_an_attempt_shows_its_success(
+    tmp_path: Path,
+) -> None:
+    # A stop interrupts attempt 2 without charging it: the run after the restart is
+    # attempt 2 again. Before, rt.attempts() ended with the interrupted record and
+    # never showed the success.
+    def make(block: bool) -> Any:
+        rt = make_rt(tmp_path, grace=0.1)
+
+        @rt.task(attempts=3, retry="0s")
+        async def work(job: JobContext) -> int:
+            if job.attempt == 1:
+                raise RuntimeError("first")
+            if block:
+                await asyncio.sleep(100)
+            return job.attempt
+
+        return rt, work
+
+    rt, work = make(True)
+    async with rt:
+        job_id = await rt.pool("default").add(work)
+        await until(lambda: rt.live.states[job_id].attempts == 2)
+    rt, work = make(False)
+    async with rt:
+        info = await rt.wait(job_id, timeout=5)
+        attempts = await rt.attempts(job_id)
+    assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, 2, 2)
+    assert [(a.number, a.outcome) for a in attempts] == [
+        (1, AttemptOutcome.ERROR),
+        (2, AttemptOutcome.SUCCESS),
+    ]

@@ -53,14 +53,22 @@ SQL_DELAYED = (
 # A job's attempts: its rows, and its success, which has no row (store note 7): the job's
 # own row says it (a store of an earlier release wrote one; it is not given twice).
 # Params: (job id, job id).
+# An attempt a stop interrupted is not charged: the run after the restart has its
+# number, and its success replaces the interrupted record (as its failure's row does).
+_RERUN_OF = (
+    "a.outcome = 'interrupted' AND j.status = 'SUCCESS' AND j.attempts = a.number "
+    "AND j.started_at >= a.finished_at"
+)
 SQL_ATTEMPTS = (
-    "SELECT job_id, number, started_at, finished_at, outcome, error, traceback, next, next_at "
-    "FROM attempts WHERE job_id = ? "
+    "SELECT a.job_id, a.number, a.started_at, a.finished_at, a.outcome, a.error, a.traceback, "
+    "a.next, a.next_at FROM attempts a WHERE a.job_id = ? AND NOT EXISTS "
+    f"(SELECT 1 FROM jobs j WHERE j.id = a.job_id AND {_RERUN_OF}) "
     "UNION ALL "
-    "SELECT id, attempts, started_at, finished_at, 'success', NULL, NULL, NULL, NULL "
-    "FROM jobs WHERE id = ? AND status = 'SUCCESS' AND attempts > 0 "
-    "AND started_at IS NOT NULL AND NOT EXISTS "
-    "(SELECT 1 FROM attempts WHERE attempts.job_id = jobs.id AND attempts.number = jobs.attempts) "
+    "SELECT j.id, j.attempts, j.started_at, j.finished_at, 'success', NULL, NULL, NULL, NULL "
+    "FROM jobs j WHERE j.id = ? AND j.status = 'SUCCESS' AND j.attempts > 0 "
+    "AND j.started_at IS NOT NULL AND NOT EXISTS "
+    "(SELECT 1 FROM attempts a WHERE a.job_id = j.id AND a.number = j.attempts "
+    f"AND NOT ({_RERUN_OF})) "
     "ORDER BY number"
 )
 # At an owner's start, before it reads its windows: a WAITING job it takes in from
