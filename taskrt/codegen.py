@@ -94,7 +94,7 @@ class _Field:
 @dataclass(frozen=True, slots=True)
 class _Task:
     name: str
-    snake: str
+    snake: str  # snake_case of the name, as the loader's ``executor_names``
     cls: str
     description: str
     fields: tuple[_Field, ...]
@@ -156,10 +156,12 @@ def _task(spec: TaskSpec) -> _Task | None:
             )
         )
     fields.sort(key=lambda f: not f.required)  # stable: schema order within each group
+    # Not escaped: it is only ever used after a prefix (``execute_``, ``on_``,
+    # ``add_``), and the loader looks for ``execute_import``, not ``execute_import_``.
     snake = snake_case(spec.name) or "task"
     return _Task(
         name=spec.name,
-        snake=_identifier(snake, set()),
+        snake=snake,
         cls=_pascal(snake) + "Parameters",
         description=spec.description,
         fields=tuple(fields),

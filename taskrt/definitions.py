@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
 from .errors import InvalidOption, ValidationError
@@ -50,7 +50,9 @@ class Hooks:
     """Per-task callbacks. Each may be sync or async; one that raises is logged.
 
     - ``next_id()`` -> int: supplies the job's id (Yao ``event.next``);
-    - ``on_add(id)``, ``on_success(id, result)``, ``on_error(id, error)`` (once,
+    - ``on_add(id)`` (in the process that added it, once committed; not for a job
+      added in the application's own connection, ``tx=connection``, whose commit
+      taskrt does not see), ``on_success(id, result)``, ``on_error(id, error)`` (once,
       when the job finally fails), ``on_progress(id, current, total, message)``;
     - ``on_failed(job, tx)``: runs inside the transaction that writes FAILURE;
       what it writes through ``tx`` commits atomically with the failure.
@@ -367,10 +369,12 @@ class TaskCall:
 
     def options(self, **overrides: Any) -> TaskCall:
         """The same call with more overrides (later ones win)."""
+        # A field differing from its own default was given: ``attempts=None`` is
+        # "unlimited", not "unset" (its default is "default").
         merged = {
-            name: getattr(self.opts, name)
-            for name in Options.__dataclass_fields__
-            if getattr(self.opts, name) not in (None, "default")
+            item.name: getattr(self.opts, item.name)
+            for item in fields(Options)
+            if getattr(self.opts, item.name) != item.default
         }
         merged.update(overrides)
         return TaskCall(self.spec, checked_options(merged))

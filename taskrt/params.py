@@ -51,8 +51,8 @@ from dataclasses import replace
 from typing import Any
 
 from jsonschema import FormatChecker, validators
-from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.exceptions import ValidationError as SchemaViolation
+from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 from jsonschema_specifications import REGISTRY as _SPECIFICATIONS  # type: ignore[import-untyped]
 from referencing import Registry, Resource
@@ -67,9 +67,11 @@ __all__ = [
     "attach",
     "bind_check",
     "check_schema",
+    "refusals",
     "schema_for_type",
     "schema_from_handler",
     "schema_problem",
+    "schema_problems",
     "validator_for",
 ]
 
@@ -126,21 +128,46 @@ def check_schema(schema: object) -> str | None:
     return _clip(f"invalid JSON Schema{f' at {where}' if where else ''}: {message}")
 
 
-def schema_problem(schema: object) -> tuple[list[str | int], str] | None:
-    """``None`` for a valid JSON Schema, else (where in the schema, what is wrong)."""
+SchemaProblem = tuple[list[str | int], str]
+"""Where in a schema something is wrong (a path of keys and indexes), and what."""
+
+
+def schema_problem(schema: object) -> SchemaProblem | None:
+    """``None`` for a valid JSON Schema, else its first problem (see ``schema_problems``)."""
+    found = schema_problems(schema)
+    return found[0] if found else None
+
+
+def schema_problems(schema: object) -> list[SchemaProblem]:
+    """Every problem of ``schema`` against its draft's meta-schema, by path; ``[]`` if valid.
+
+    A schema the meta-schema accepts is then checked for a ``$ref`` that does
+    not resolve (note 3).
+    """
     if not isinstance(schema, Mapping):
-        return [], f"expected a JSON Schema object, found {type(schema).__name__}"
+        return [([], f"expected a JSON Schema object, found {type(schema).__name__}")]
     declared = schema.get("$schema")
     if declared is not None and (not isinstance(declared, str) or declared not in _KNOWN_DRAFTS):
-        return ["$schema"], _clip(f"unknown $schema {declared!r}; expected a JSON Schema draft")
+        return [(["$schema"], _clip(f"unknown $schema {declared!r}; expected a JSON Schema draft"))]
     cls = validators.validator_for(schema, default=DRAFT)
+    # What ``cls.check_schema`` does, but every error rather than the first.
+    meta = validators.validator_for(cls.META_SCHEMA, default=cls)
+    checker = meta(cls.META_SCHEMA, format_checker=meta.FORMAT_CHECKER)
     try:
-        cls.check_schema(dict(schema))
-        return _reference_problem(schema)
-    except SchemaError as exc:
-        return [p for p in exc.absolute_path], _clip(exc.message)
+        errors = list(checker.iter_errors(dict(schema)))
+        reference = None if errors else _reference_problem(schema)
     except Exception as exc:  # a pathological schema the meta-schema check trips on
-        return [], _clip(f"{type(exc).__name__}: {exc}")
+        return [([], _clip(f"{type(exc).__name__}: {exc}"))]
+    if reference is not None:
+        return [reference]
+    found = {(tuple(e.absolute_path), _clip(e.message)) for e in errors}
+    return [(list(path), message) for path, message in sorted(found, key=_by_path)]
+
+
+def _by_path(problem: tuple[tuple[str | int, ...], str]) -> tuple[Any, ...]:
+    """Problems sorted by path (indexes as numbers), then by message: the same order each time."""
+    path, message = problem
+    return (tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in path), message)
 
 
 META_SCHEMAS: Registry[Any] = _SPECIFICATIONS
@@ -229,6 +256,20 @@ def validator_for(schema: Mapping[str, Any] | bool) -> Validator:
     """
     cls = validators.validator_for(schema, default=DRAFT)
     return cls(schema, format_checker=FORMAT_CHECKER, registry=Registry())
+
+
+def refusals(schema: Mapping[str, Any], instance: Any) -> list[str]:
+    """Why ``instance`` does not fit ``schema``: every error's message, sorted; ``[]`` if it fits.
+
+    For checks made before any job exists (a cron task's jobs have no
+    parameters); a ``$ref`` that does not resolve is a message, not an error.
+    """
+    try:
+        errors = list(validator_for(schema).iter_errors(instance))
+    except Unresolvable as exc:
+        ref = getattr(exc, "ref", "")
+        return [_clip(f"the schema has a $ref {ref!r} that does not resolve")]
+    return sorted({_message(e.message, list(e.absolute_path)) for e in errors})
 
 
 def _best_error(task: str, compiled: Validator, instance: Any) -> SchemaViolation | None:

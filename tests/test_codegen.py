@@ -151,29 +151,8 @@ def test_mypy_strict_accepts_the_output_and_catches_misuse(tmp_path: Path) -> No
             """
         )
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--follow-imports=silent",
-            "--no-incremental",
-            "--cache-dir",
-            str(tmp_path / ".mypy_cache"),
-            "taskgen.py",
-            "oddgen.py",
-            "good.py",
-            "bad.py",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "MYPYPATH": str(Path(taskrt.__file__).parent.parent)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
-    assert {line.split(":")[0] for line in errors} == {"bad.py"}, result.stdout
+    errors = _mypy_errors(tmp_path, "taskgen.py", "oddgen.py", "good.py", "bad.py")
+    assert {line.split(":")[0] for line in errors} == {"bad.py"}, errors
     assert any(
         'Argument "user_id" to "SendEmailParameters" has incompatible type' in e for e in errors
     )
@@ -209,6 +188,29 @@ def test_odd_names_and_descriptions_still_make_valid_python(tmp_path: Path) -> N
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def _mypy_errors(folder: Path, *files: str) -> list[str]:
+    """The errors ``mypy --strict`` reports for ``files`` in ``folder``."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--follow-imports=silent",
+            "--no-incremental",
+            "--cache-dir",
+            str(folder / ".mypy_cache"),
+            *files,
+        ],
+        cwd=folder,
+        env={**os.environ, "MYPYPATH": str(Path(taskrt.__file__).parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return [line for line in result.stdout.splitlines() if ": error:" in line]
 
 
 def test_decorated_tasks_generate_too() -> None:
@@ -281,3 +283,74 @@ async def test_generated_helpers_run_on_a_runtime(tmp_path: Path) -> None:
         assert (await rt.wait(failed, timeout=10)).status is JobStatus.FAILURE
     assert seen == [params, params, (failed, gen.ProcessOrderParameters(order_id=5))]
     assert type(seen[0]) is gen.SendEmailParameters  # built by from_dict for the executor
+
+
+KEYWORD_YAML = """
+tasks:
+  - name: Import
+    parameters:
+      type: object
+      required: [from]
+      properties:
+        from: {type: string}
+  - name: Match
+    parameters:
+      type: object
+      properties:
+        pattern: {type: string}
+    events: [onFailed]
+  - name: Data
+"""
+
+KEYWORD_EXECUTOR = """
+from taskrt import Fatal, Transaction
+from kwgen import DataParameters, Executor, ImportParameters, MatchParameters
+
+FAILED: list[tuple[int, MatchParameters]] = []
+
+
+class KeywordExecutor:
+    def execute_import(self, params: ImportParameters) -> str:
+        return f"imported {params.from_}"
+
+    def execute_match(self, params: MatchParameters) -> None:
+        raise Fatal("no match")
+
+    def on_match_failed(self, job_id: int, params: MatchParameters, tx: Transaction) -> None:
+        FAILED.append((job_id, params))
+
+    def execute_data(self, params: DataParameters) -> str:
+        return "data"
+
+
+executor: Executor = KeywordExecutor()
+"""
+
+
+async def test_tasks_named_like_keywords_get_the_methods_the_loader_calls(
+    tmp_path: Path,
+) -> None:
+    """``Import`` needs ``execute_import`` (what the loader looks for), not ``execute_import_``."""
+    tasks = _write(tmp_path / "tasks.yaml", KEYWORD_YAML)
+    code = generate(tasks)
+    assert "    def execute_import(self, params: ImportParameters) -> object: ...\n" in code
+    assert "    def on_match_failed(\n" in code
+    assert "    def execute_data(self, params: DataParameters) -> object: ...\n" in code
+    assert "async def add_import(\n" in code
+    _write(tmp_path / "kwgen.py", code)
+    _write(tmp_path / "kwimpl.py", KEYWORD_EXECUTOR)
+    # The executor written against the generated protocol satisfies it ...
+    assert _mypy_errors(tmp_path, "kwgen.py", "kwimpl.py") == []
+    gen = _import(tmp_path / "kwgen.py", "kwgen")
+    impl = _import(tmp_path / "kwimpl.py", "kwimpl")
+    # ... and the loader finds every method it needs on it.
+    rt = Runtime(str(tmp_path / "app.db"), tasks=tasks, executor=impl.executor)
+    async with rt:
+        imported = await gen.add_import(rt, gen.ImportParameters(from_="legacy.csv"))
+        info = await rt.wait(imported, timeout=10)
+        assert (info.status, info.result) == (JobStatus.SUCCESS, "imported legacy.csv")
+        matched = await gen.add_match(rt, gen.MatchParameters(pattern="x*"))
+        assert (await rt.wait(matched, timeout=10)).status is JobStatus.FAILURE
+        data = await gen.add_data(rt, gen.DataParameters())
+        assert (await rt.wait(data, timeout=10)).result == "data"
+    assert impl.FAILED == [(matched, gen.MatchParameters(pattern="x*"))]

@@ -559,3 +559,29 @@ async def test_an_unknown_option_is_refused_by_name_as_a_taskrt_error(tmp_path: 
             await rt.enqueue(send, kwargs={"to": "a"}, dleay=1)
         assert enqueue_option.value.field == "dleay"
         assert (await rt.jobs()).jobs == []  # nothing was added
+
+
+async def test_unlimited_attempts_survive_more_options(tmp_path: Path) -> None:
+    """``attempts=-1`` on a call stays unlimited when more options are added to it."""
+    rt = make_rt(tmp_path)
+    pool = rt.pool("main", concurrency=1)
+    pool.pause()
+
+    @rt.task(pool="main", attempts=3)
+    async def sync_account(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        unlimited = sync_account.options(attempts=-1)
+        chained = await pool.add(unlimited.options(priority=5))
+        enqueued = await rt.enqueue(unlimited, priority=2)
+        overridden = await pool.add(unlimited.options(attempts=2))
+        plain = await pool.add(sync_account.options(delay=0).options(priority=1))
+        assert [(await rt.get(job_id)).max_attempts for job_id in (chained, enqueued)] == [
+            None,
+            None,
+        ]
+        assert (await rt.get(chained)).priority == 5
+        assert (await rt.get(enqueued)).priority == 2
+        assert (await rt.get(overridden)).max_attempts == 2  # a later option still wins
+        assert (await rt.get(plain)).max_attempts == 3  # no attempts given: the task's

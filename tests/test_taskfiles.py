@@ -865,3 +865,70 @@ def test_a_described_retry_policy_reads_back_the_same(retry: Any) -> None:
 
     policy = parse_retry(retry)
     assert parse_retry(policy.describe()) == policy
+
+
+def test_every_problem_of_a_parameters_schema_is_reported_at_once(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: SignUp
+            process: os.path.join
+            parameters:
+              type: object
+              required: userId
+              properties:
+                userId:
+                  type: integr
+                  minimum: "3"
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == [
+        "tasks.yaml:10: tasks[0].parameters.properties.userId.minimum: invalid JSON Schema: "
+        "'3' is not of type 'number'",
+        "tasks.yaml:9: tasks[0].parameters.properties.userId.type: invalid JSON Schema: "
+        "'integr' is not valid under any of the given schemas",
+        "tasks.yaml:6: tasks[0].parameters.required: invalid JSON Schema: "
+        "'userId' is not of type 'array'",
+    ]
+
+
+def test_a_cron_task_whose_parameters_are_required_is_refused(tmp_path: Path) -> None:
+    """A cron slot adds its job without parameters: a schema requiring some would refuse
+    every slot, so the file is refused when it is loaded instead."""
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: DailyReport
+            process: os.path.join
+            cronjob: {cronExpression: "0 0 2 * * *"}
+            parameters:
+              type: object
+              required: [date, region]
+              properties:
+                date: {type: string, format: date}
+                region: {type: string}
+          - name: Cleanup
+            process: os.path.join
+            cronjob: {cronExpression: "0 0 3 * * *"}
+            parameters:
+              type: object
+              properties:
+                daysToKeep: {type: integer, default: 30}
+          - name: Report
+            process: os.path.join
+            parameters:
+              type: object
+              required: [date]
+              properties:
+                date: {type: string}
+        """,
+    )
+    (problem,) = _problems(tmp_path / "tasks.yaml")
+    assert (problem.line, problem.field) == (4, "tasks[0].cronjob")
+    assert problem.message == (
+        "a cron job is added without parameters, but the parameters schema refuses that: "
+        "'date' is a required property; 'region' is a required property"
+    )
+    assert problem.expected == "a parameters schema a job without parameters satisfies"

@@ -304,6 +304,8 @@ def _task(
     schema = _parameters(item.get("parameters", MISSING), (*path, "parameters"), report)
     attempts, retry = _retry(item.get("retryPolicy", MISSING), (*path, "retryPolicy"), report)
     cron, cron_tz = _cron(item.get("cronjob", MISSING), (*path, "cronjob"), report)
+    if cron is not None and schema is not None:
+        _cron_parameters(schema, (*path, "cronjob"), report)
     wants_failed = _events(item.get("events", MISSING), (*path, "events"), report)
 
     timeout = DEFAULT_TIMEOUT_S
@@ -384,15 +386,15 @@ def _parameters(value: Any, path: FieldPath, report: Report) -> dict[str, Any] |
             expected="JSON values only",
         )
         return None
-    problem = parameters_module.schema_problem(value)
-    if problem is not None:
-        inside, message = problem
+    problems = parameters_module.schema_problems(value)
+    for inside, message in problems:
         report.add(
             (*path, *inside),
             f"invalid JSON Schema: {message}",
             found="a schema",
             expected="a valid JSON Schema (draft 2020-12)",
         )
+    if problems:
         return None
     if value.get("type") != "object":
         report.add(
@@ -511,6 +513,22 @@ def _cron(value: Any, path: FieldPath, report: Report) -> tuple[str | None, str]
         report.add((*path, "cronExpression"), f"bad cron expression {expression!r}: {exc}")
         return None, tz
     return expression, tz
+
+
+def _cron_parameters(schema: Mapping[str, Any], path: FieldPath, report: Report) -> None:
+    """A cron slot adds its job without parameters: ``schema`` must accept ``{}``.
+
+    Otherwise every slot would be refused when it fires, long after loading.
+    """
+    reasons = parameters_module.refusals(schema, {})
+    if reasons:
+        report.add(
+            path,
+            "a cron job is added without parameters, but the parameters schema refuses "
+            f"that: {'; '.join(reasons)}",
+            found="; ".join(reasons),
+            expected="a parameters schema a job without parameters satisfies",
+        )
 
 
 def _events(value: Any, path: FieldPath, report: Report) -> bool:
