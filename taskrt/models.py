@@ -402,6 +402,16 @@ Misfire = Literal["latest", "skip", "all"]
 MISFIRE_POLICIES: tuple[Misfire, ...] = ("latest", "skip", "all")
 
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_sorted_json = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True
+).encode
+
+
+def _canonical_json(value: Any) -> str:
+    """Compact JSON with every object's keys sorted: equal values, equal text,
+    whatever order a dict was built in. Encoded once as it is first, so keys
+    are JSON's (strings) before they are sorted: ``{1: 0, "a": 0}`` sorts too."""
+    return _sorted_json(json.loads(_json(value)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,12 +428,14 @@ class ScheduleDefinition:
     misfire: Misfire = "latest"
 
     def canonical(self) -> tuple[Any, ...]:
-        """The definition as a row stores it (arguments as compact JSON text), for
-        comparison: two definitions are the same when these are equal."""
+        """The definition as a row stores it (arguments as compact JSON text, keys
+        sorted), for comparison: two definitions are the same when these are equal.
+        A row's definition is compared through this too (``ScheduleInfo.definition``),
+        so a row stored with its keys in another order compares equal."""
         return (
             self.task,
-            _json(list(self.args)),
-            _json(self.kwargs),
+            _canonical_json(list(self.args)),
+            _canonical_json(self.kwargs),
             self.pool,
             self.expression,
             self.tz,

@@ -10,13 +10,16 @@ Design notes (cited where they apply, pinned by tests/test_schedule.py):
    ``second minute hour day-of-month month day-of-week``. ``"*/30 * * * * *"``
    fires every 30 s, ``"0 0 2 * * *"`` daily at 02:00:00. croniter's own
    six-field form puts seconds last, so we pass ``second_at_beginning=True``.
-2. Cron fields are wall-clock times in the schedule's zone. Across DST:
-   a wall time that does not exist (the spring-forward gap) is SKIPPED, and a
-   wall time that happens twice (fall-back) fires ONCE, at its first
+2. Cron fields are wall-clock times in the schedule's zone. Across DST we
+   do what cron (cronie, Vixie cron) does for a job at a fixed time. A wall
+   time that does not exist (the spring-forward gap) fires ONCE, at the first
+   instant after the gap: ``30 2 * * *`` in Europe/Berlin fires at 03:00 CEST
+   on the day the clocks skip 02:00-02:59. All the slots of one gap, and a
+   slot at the gap's end, are that one instant, so they fire once, as one
+   slot. A wall time that happens twice (fall-back) fires ONCE, at its first
    occurrence; during the repeated hour's second pass nothing fires. croniter
-   does neither (it moves a missing slot to the end of the gap and fires a
-   repeated one twice), so we run croniter on naive wall times and map each
-   wall time to an instant ourselves.
+   fires a repeated wall time twice, so we run it on naive wall times and map
+   each wall time to an instant ourselves.
 3. ``"@every 30s"`` slots are multiples of the interval counted from
    1970-01-01T00:00Z, whatever the zone: a pure function of time, so a
    restart never shifts them. Arithmetic is in integer microseconds.
@@ -27,8 +30,10 @@ Design notes (cited where they apply, pinned by tests/test_schedule.py):
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -290,17 +295,39 @@ def _check_field(expression: str, field: _Field, token: str, position: int, coun
 
 
 def _zone(expression: str, tz: str) -> tzinfo:
+    """The zone named ``tz``: "UTC", or an IANA name that means the same on every host."""
     if tz == "UTC":  # no tz database needed for the default
         return UTC
-    if isinstance(tz, str) and tz:
+    if isinstance(tz, str) and tz in _iana_zones():
         try:
             return ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, OSError):
             pass
+    host = isinstance(tz, str) and (tz in _HOST_NAMES or tz.startswith(_HOST_TREES))
+    problem = "depends on the host" if host else "is unknown"
     raise CronError(
         expression,
         "timezone",
-        f"unknown time zone {tz!r}: expected an IANA name like 'Europe/Berlin' or 'UTC'",
+        f"time zone {tz!r} {problem}: expected an IANA name like 'Europe/Berlin' or 'UTC'",
+    )
+
+
+# Names a host's tz database may hold that are not IANA zones: "localtime" is
+# whatever /etc/localtime is, "Factory" a placeholder, "posixrules" the rules
+# for POSIX TZ strings, and the posix/ and right/ trees are copies of the
+# database (right/ counts leap seconds) that only some installs have. A
+# schedule must mean the same on every host that fires it.
+_HOST_NAMES = frozenset({"localtime", "Factory", "posixrules"})
+_HOST_TREES = ("posix/", "right/")
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    """The IANA zone names a schedule accepts (read once: it walks the tz database)."""
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if name not in _HOST_NAMES and not name.startswith(_HOST_TREES)
     )
 
 
@@ -333,6 +360,7 @@ def _cron_slots(spec: CronSpec, after: datetime) -> Iterator[datetime]:
         ret_type=datetime,
         second_at_beginning=spec.seconds,
     )
+    last = after  # slots are strictly after it, and each instant is yielded once
     while True:
         try:
             wall = cron.get_next(datetime)
@@ -342,11 +370,14 @@ def _cron_slots(spec: CronSpec, after: datetime) -> Iterator[datetime]:
             raise CronError(spec.expression, "expression", str(exc)) from exc
         instant = _first_instant(wall, zone)
         if instant is None:
-            # In the spring-forward gap: skipped. Resume at the gap's end
-            # rather than stepping through it slot by slot.
-            cron.set_current(_gap_end(wall, zone) - _MICROSECOND, force=True)
-        elif instant > after:  # always true past the start; it states the contract
+            # In the spring-forward gap: the slot is the gap's end (note 2).
+            # Resume at the gap's end rather than stepping through it slot by
+            # slot; a slot there is the same instant, which `last` drops.
+            instant = _gap_end(wall, zone)
+            cron.set_current(_wall(instant, zone) - _MICROSECOND, force=True)
+        if instant > last:
             yield instant
+            last = instant
 
 
 def _first_instant(wall: datetime, zone: tzinfo) -> datetime | None:
@@ -373,12 +404,18 @@ def _wall_start(after: datetime, zone: tzinfo) -> datetime:
 
 
 def _gap_end(wall: datetime, zone: tzinfo) -> datetime:
-    """The first existing wall time after ``wall``, which is in a gap."""
+    """The instant (UTC) at which the gap holding the naive ``wall`` time ends:
+    the first instant whose wall time is later than every wall time of the gap."""
     before = _offset(wall.replace(tzinfo=zone, fold=0))
     after = _offset(wall.replace(tzinfo=zone, fold=1))
     low = (wall - after).replace(tzinfo=UTC)
     high = (wall - before).replace(tzinfo=UTC)
-    return _offset_change(low, high, zone).astimezone(zone).replace(tzinfo=None)
+    return _offset_change(low, high, zone)
+
+
+def _wall(instant: datetime, zone: tzinfo) -> datetime:
+    """The naive wall time ``zone`` shows at ``instant``."""
+    return instant.astimezone(zone).replace(tzinfo=None)
 
 
 def _offset_change(low: datetime, high: datetime, zone: tzinfo) -> datetime:

@@ -6,7 +6,9 @@ the 2026 DST transitions:
 - Europe/Berlin: 2026-03-29 01:00Z (02:00 CET -> 03:00 CEST, wall 02:xx missing),
   2026-10-25 01:00Z (03:00 CEST -> 02:00 CET, wall 02:xx repeated);
 - America/New_York: 2026-03-08 07:00Z (02:00 EST -> 03:00 EDT),
-  2026-11-01 06:00Z (02:00 EDT -> 01:00 EST, wall 01:xx repeated).
+  2026-11-01 06:00Z (02:00 EDT -> 01:00 EST, wall 01:xx repeated);
+- Australia/Lord_Howe: 2026-10-03 15:30Z (02:00 LHST -> 02:30 LHDT, wall
+  02:00-02:29 missing).
 
 2026-01-01 is a Thursday.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -127,14 +129,18 @@ TIME_ZONES = [
 ]
 
 DST = [
-    # Europe/Berlin, spring forward: wall 02:00-02:59 on 2026-03-29 does not exist.
-    ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-30T00:30:00"),
-    ("0 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-30T00:00:00"),
+    # Europe/Berlin, spring forward: wall 02:00-02:59 on 2026-03-29 does not exist;
+    # its slots fire at the gap's end, 03:00 CEST (01:00Z), and only there (note 2).
+    ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-29T01:00:00"),
+    ("30 2 * * *", "Europe/Berlin", "2026-03-29T01:00:00", "2026-03-30T00:30:00"),
+    ("0 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-29T01:00:00"),
     ("0 3 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-29T01:00:00"),
     ("0 * * * *", "Europe/Berlin", "2026-03-29T00:00:00", "2026-03-29T01:00:00"),
     ("0 9 * * *", "Europe/Berlin", "2026-03-28T08:00:00", "2026-03-29T07:00:00"),
-    ("*/10 2 * * *", "Europe/Berlin", "2026-03-28T01:50:00", "2026-03-30T00:00:00"),
-    ("30 30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-30T00:30:30"),
+    ("*/10 2 * * *", "Europe/Berlin", "2026-03-28T01:50:00", "2026-03-29T01:00:00"),
+    ("*/10 2 * * *", "Europe/Berlin", "2026-03-29T01:00:00", "2026-03-30T00:00:00"),
+    ("30 30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-29T01:00:00"),
+    ("30 30 2 * * *", "Europe/Berlin", "2026-03-29T00:59:59.999999", "2026-03-29T01:00:00"),
     # Europe/Berlin, fall back: wall 02:00-02:59 on 2026-10-25 happens twice.
     ("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00", "2026-10-25T00:30:00"),
     ("30 2 * * *", "Europe/Berlin", "2026-10-25T00:30:00", "2026-10-26T01:30:00"),
@@ -146,8 +152,9 @@ DST = [
     ("* * * * * *", "Europe/Berlin", "2026-10-25T01:10:00", "2026-10-25T02:00:00"),
     ("* * * * * *", "Europe/Berlin", "2026-10-25T00:59:59", "2026-10-25T02:00:00"),
     # America/New_York, spring forward: wall 02:00-02:59 on 2026-03-08 does not exist.
-    ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00", "2026-03-09T06:30:00"),
-    ("0 2 * * *", "America/New_York", "2026-03-07T12:00:00", "2026-03-09T06:00:00"),
+    ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00", "2026-03-08T07:00:00"),
+    ("30 2 * * *", "America/New_York", "2026-03-08T07:00:00", "2026-03-09T06:30:00"),
+    ("0 2 * * *", "America/New_York", "2026-03-07T12:00:00", "2026-03-08T07:00:00"),
     ("0 * * * *", "America/New_York", "2026-03-08T06:00:00", "2026-03-08T07:00:00"),
     # America/New_York, fall back: wall 01:00-01:59 on 2026-11-01 happens twice.
     ("30 1 * * *", "America/New_York", "2026-10-31T12:00:00", "2026-11-01T05:30:00"),
@@ -155,6 +162,12 @@ DST = [
     ("0 * * * *", "America/New_York", "2026-11-01T05:00:00", "2026-11-01T07:00:00"),
     ("*/20 * * * *", "America/New_York", "2026-11-01T06:30:00", "2026-11-01T07:00:00"),
     ("0 0 1 * * *", "America/New_York", "2026-11-01T05:00:00", "2026-11-02T06:00:00"),
+    # Australia/Lord_Howe, spring forward by 30 minutes: wall 02:00-02:29 on
+    # 2026-10-04 does not exist; the gap ends at 02:30 LHDT (2026-10-03T15:30Z).
+    ("0 2 * * *", "Australia/Lord_Howe", "2026-10-03T12:00:00", "2026-10-03T15:30:00"),
+    ("15 2 * * *", "Australia/Lord_Howe", "2026-10-03T12:00:00", "2026-10-03T15:30:00"),
+    ("30 2 * * *", "Australia/Lord_Howe", "2026-10-03T12:00:00", "2026-10-03T15:30:00"),
+    ("15 2 * * *", "Australia/Lord_Howe", "2026-10-03T15:30:00", "2026-10-04T15:15:00"),
 ]
 
 
@@ -222,6 +235,69 @@ def test_fires_between_hourly_across_dst(
 ) -> None:
     slots = parse_cron("0 * * * *", tz).fires_between(z(after), z(until), limit=100)
     assert slots == [z(text) for text in expected]
+
+
+GAPS = [
+    # (expression, tz, after, until, slots): every slot of a gap fires at its end, once.
+    # Berlin 2026-03-29: 02:05 CET does not exist; 03:00 CEST is 01:00Z.
+    ("5 * * * *", "Europe/Berlin", "2026-03-28T23:00:00", "2026-03-29T03:00:00",
+     ["2026-03-28T23:05:00", "2026-03-29T00:05:00", "2026-03-29T01:00:00",
+      "2026-03-29T01:05:00", "2026-03-29T02:05:00"]),
+    # Three slots in one gap: one fire.
+    ("*/20 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00", "2026-03-30T12:00:00",
+     ["2026-03-29T01:00:00", "2026-03-30T00:00:00", "2026-03-30T00:20:00",
+      "2026-03-30T00:40:00"]),
+    # Slots in the gap and one at its end (03:00 CEST): one fire.
+    ("*/30 * * * *", "Europe/Berlin", "2026-03-29T00:00:00", "2026-03-29T02:00:00",
+     ["2026-03-29T00:30:00", "2026-03-29T01:00:00", "2026-03-29T01:30:00",
+      "2026-03-29T02:00:00"]),
+    ("*/10 * * * * *", "Europe/Berlin", "2026-03-29T00:59:30", "2026-03-29T01:00:30",
+     ["2026-03-29T00:59:40", "2026-03-29T00:59:50", "2026-03-29T01:00:00",
+      "2026-03-29T01:00:10", "2026-03-29T01:00:20", "2026-03-29T01:00:30"]),
+    ("*/15 2 * * *", "America/New_York", "2026-03-08T00:00:00", "2026-03-09T08:00:00",
+     ["2026-03-08T07:00:00", "2026-03-09T06:00:00", "2026-03-09T06:15:00",
+      "2026-03-09T06:30:00", "2026-03-09T06:45:00"]),
+    # Lord Howe: a 30-minute gap, 02:00-02:29, ending at 02:30 LHDT (15:30Z).
+    ("*/10 * * * *", "Australia/Lord_Howe", "2026-10-03T15:00:00", "2026-10-03T16:00:00",
+     ["2026-10-03T15:10:00", "2026-10-03T15:20:00", "2026-10-03T15:30:00",
+      "2026-10-03T15:40:00", "2026-10-03T15:50:00", "2026-10-03T16:00:00"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("expression", "tz", "after", "until", "expected"), GAPS)
+def test_the_slots_of_a_spring_forward_gap_fire_once_at_its_end(
+    expression: str, tz: str, after: str, until: str, expected: list[str]
+) -> None:
+    spec = parse_cron(expression, tz)
+    slots = spec.fires_between(z(after), z(until), limit=1000)
+    assert slots == [z(text) for text in expected]
+    chained = [spec.next_fire(z(after))]
+    while chained[-1] < slots[-1]:
+        chained.append(spec.next_fire(chained[-1]))
+    assert chained == slots
+    # Whatever instant the search starts from, the gap's slot is the same one.
+    for start in (z(after) + timedelta(seconds=s) for s in range(0, 3600, 97)):
+        assert spec.fires_between(start, z(until), 1000) == [t for t in slots if t > start]
+
+
+@pytest.mark.parametrize("tz", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"])
+def test_a_daily_schedule_fires_once_every_day_of_2027(tz: str) -> None:
+    zone = ZoneInfo(tz)
+    spec = parse_cron("30 2 * * *", tz)
+    start = datetime(2027, 1, 1, tzinfo=zone)
+    slots = spec.fires_between(start, datetime(2028, 1, 1, tzinfo=zone), limit=1000)
+    # Brute force: a day's slot is the first minute at which its wall clock
+    # shows 02:30 or later (the gap's end where 02:30 is skipped, the first
+    # 02:30 where it is repeated).
+    expected = []
+    for day in range(365):
+        date = start.date() + timedelta(days=day)
+        moment = datetime(date.year, date.month, date.day, tzinfo=zone).astimezone(UTC)
+        while moment.astimezone(zone).time() < time(2, 30):
+            moment += timedelta(minutes=1)
+        expected.append(moment)
+    assert slots == expected
+    assert len({slot.astimezone(zone).date() for slot in slots}) == 365
 
 
 def test_fires_between_limits_and_empty_windows() -> None:
@@ -370,6 +446,35 @@ def test_unknown_time_zone(tz: str) -> None:
     assert "IANA" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "tz",
+    [
+        "localtime",
+        "Factory",
+        "posixrules",
+        "posix/Europe/Berlin",
+        "right/Europe/Berlin",
+        "right/UTC",
+    ],
+)
+def test_time_zone_names_that_depend_on_the_host_are_refused(tz: str) -> None:
+    # localtime is whatever /etc/localtime is, right/ counts leap seconds, and
+    # some hosts have none of these: on another host the schedule would fire at
+    # other instants, or not load.
+    with pytest.raises(CronError) as info:
+        parse_cron("* * * * *", tz)
+    assert info.value.field == "timezone"
+    assert f"{tz!r} depends on the host" in str(info.value)
+    assert "expected an IANA name like 'Europe/Berlin'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "tz", ["UTC", "Etc/UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "EST5EDT"]
+)
+def test_iana_time_zone_names_are_accepted(tz: str) -> None:
+    assert parse_cron("0 0 * * *", tz).tz == tz
+
+
 def test_cron_error_is_a_taskrt_value_error_with_data() -> None:
     with pytest.raises(CronError) as info:
         validate_cron("61 * * * *")
@@ -438,12 +543,22 @@ TRANSITIONS_2026 = [
 
 
 def oracle_next(minutes: set[int], hours: set[int], zone: ZoneInfo, after: datetime) -> datetime:
-    """Walk UTC minutes; fire where the local wall matches, on its first occurrence."""
+    """Walk UTC minutes; fire where the local wall matches, on its first occurrence,
+    or where the clocks have just jumped over a wall time that matches."""
+
+    def matches(wall: datetime) -> bool:
+        return wall.minute in minutes and wall.hour in hours
+
     moment = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
     while True:
         local = moment.astimezone(zone)
-        if local.fold == 0 and local.minute in minutes and local.hour in hours:
+        wall = local.replace(tzinfo=None)
+        if local.fold == 0 and matches(wall):
             return moment
+        skipped = (moment - timedelta(minutes=1)).astimezone(zone).replace(tzinfo=None)
+        while (skipped := skipped + timedelta(minutes=1)) < wall:
+            if matches(skipped):
+                return moment
         moment += timedelta(minutes=1)
 
 

@@ -447,8 +447,13 @@ async def test_a_bad_cron_is_refused_naming_the_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("start", "days", "expected"),
     [
-        # Spring forward (29 March 2026, 02:00 -> 03:00): 02:30 does not exist that day.
-        (utc(2026, 3, 27, 12), 3, [utc(2026, 3, 28, 1, 30), utc(2026, 3, 30, 0, 30)]),
+        # Spring forward (29 March 2026, 02:00 -> 03:00): 02:30 does not exist that day;
+        # it fires once, at the gap's end, 03:00 CEST (01:00Z).
+        (
+            utc(2026, 3, 27, 12),
+            3,
+            [utc(2026, 3, 28, 1, 30), utc(2026, 3, 29, 1, 0), utc(2026, 3, 30, 0, 30)],
+        ),
         # Fall back (25 October 2026, 03:00 -> 02:00): 02:30 happens twice, fires once.
         (utc(2026, 10, 24, 12), 2, [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]),
     ],

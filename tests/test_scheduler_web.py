@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from core_support import make_rt
+from core_support import db_file, make_rt, sqlite_only_write
 
 from taskrt import FakeClock, InvalidOption, JobContext, Runtime
 from taskrt.web import create_app
@@ -151,6 +151,79 @@ async def test_a_name_a_url_or_a_header_cannot_carry_is_refused_and_nothing_stor
         )
         assert (r.status_code, r.headers["location"]) == (201, location), r.text
         assert (await client.get(location)).json()["name"] == name
+
+
+async def test_dot_segment_names_are_refused_as_no_url_reaches_them(api: Any) -> None:
+    # Clients drop "." and ".." segments: /schedules/.. is sent as /.
+    _, _, client = api
+    for name in (".", ".."):
+        r = await client.post(
+            "/schedules", json={"name": name, "task": "report", "expression": "* * * * *"}
+        )
+        assert (r.status_code, error(r)["field"]) == (422, "name"), r.text
+        assert repr(name) in error(r)["message"]
+    listed = (await client.get("/schedules")).json()["schedules"]
+    assert [s["name"] for s in listed] == ["nightly"]
+    # Dots with anything else are names like others.
+    for name, location in (("...", "/schedules/..."), (".x", "/schedules/.x")):
+        r = await client.post(
+            "/schedules", json={"name": name, "task": "report", "expression": "* * * * *"}
+        )
+        assert (r.status_code, r.headers["location"]) == (201, location), r.text
+        assert (await client.get(location)).json()["name"] == name
+
+
+async def test_a_time_zone_that_depends_on_the_host_is_422(api: Any) -> None:
+    _, _, client = api
+    for tz in ("localtime", "Factory", "posixrules", "posix/Europe/Berlin", "right/UTC"):
+        r = await client.post(
+            "/schedules",
+            json={"name": "x", "task": "report", "expression": "* * * * *", "tz": tz},
+        )
+        assert (r.status_code, error(r)["code"], error(r)["field"]) == (422, "invalid_cron", "tz")
+        assert "IANA" in error(r)["message"], r.text
+        changed = await client.put("/schedules/nightly", json={"tz": tz})
+        assert (changed.status_code, error(changed)["field"]) == (422, "tz")
+    assert (await client.get("/schedules/nightly")).json()["tz"] == "UTC"
+
+
+async def test_the_order_of_kwargs_does_not_make_another_schedule(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+
+    def runtime(kwargs: dict[str, str]) -> Runtime:
+        rt = make_rt(tmp_path, clock=clock)
+
+        @rt.task
+        async def mail(job: JobContext, to: str = "", subject: str = "") -> None:
+            return None
+
+        rt.schedule("digest", mail, "@hourly", kwargs=kwargs)
+        return rt
+
+    async with runtime({"to": "ann", "subject": "news"}) as rt:
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            new = {"name": "k", "task": "mail", "expression": "@hourly"}
+            first = await client.post(
+                "/schedules", json={**new, "kwargs": {"to": "a", "subject": "s"}}
+            )
+            again = await client.post(
+                "/schedules", json={**new, "kwargs": {"subject": "s", "to": "a"}}
+            )
+        assert (first.status_code, again.status_code) == (201, 200), again.text
+        assert again.json() == first.json()
+        declared = await rt.schedules.get("digest")
+    # A row stored before keys were sorted holds them in the order they were given.
+    sqlite_only_write(
+        db_file(tmp_path),
+        "UPDATE schedules SET kwargs = ? WHERE name = 'digest'",
+        ('{"to":"ann","subject":"news"}',),
+    )
+    await clock.advance(60)
+    # Declared again at the next start, in another order: the same schedule, not updated.
+    async with runtime({"subject": "news", "to": "ann"}) as rt:
+        info = await rt.schedules.get("digest")
+    assert (info.kwargs, info.updated_at) == (declared.kwargs, T0)
 
 
 async def test_update_pause_resume_run_and_delete(api: Any) -> None:

@@ -28,12 +28,16 @@ from .schemas import NOT_BLANK_PATTERN, SCHEDULE_NAME_PATTERN, Schema, array_of,
 
 _NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 _NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+# A URL path segment "." or ".." is a dot segment: clients remove it from a URL
+# (RFC 3986, 5.2.4), so /schedules/.. could never reach a schedule of that name.
+_DOT_SEGMENTS = (".", "..")
 _NAME: Schema = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_NAME,
     "pattern": SCHEDULE_NAME_PATTERN,
-    "description": "not only white space; no '/' and no control character",
+    "not": {"enum": list(_DOT_SEGMENTS)},
+    "description": "not only white space, not '.' or '..'; no '/' and no control character",
 }
 _TASK: Schema = {"type": "string", "minLength": 1, "description": "a registered task's name"}
 _EXPRESSION: Schema = {
@@ -173,6 +177,8 @@ async def create_schedule(api: Api, request: Request) -> Response:
     name = body.get("name")
     if not isinstance(name, str) or not _NOT_BLANK.search(name) or len(name) > MAX_NAME:
         raise invalid("name", f"expected a string of 1 to {MAX_NAME} characters, not all blank")
+    if name in _DOT_SEGMENTS:
+        raise invalid("name", f"expected a name other than '.' and '..', found {name!r}")
     fields = _definition(body)
     for required in ("task", "expression"):
         if not fields.get(required):
