@@ -108,6 +108,20 @@ async def test_hook_that_raises_is_logged_and_changes_nothing(
     assert [j.status for j in await committed_jobs(tmp_path)] == [JobStatus.SUCCESS] * 3
 
 
+def _doomed_and_fine(rt: Any, on_failed: Any) -> tuple[Any, Any]:
+    """A task that fails for good with ``on_failed``, and one that succeeds."""
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def doomed(job: JobContext) -> None:
+        raise RuntimeError("no luck")
+
+    @rt.task
+    async def fine(job: JobContext) -> str:
+        return "ok"
+
+    return doomed, fine
+
+
 async def _make_audit(rt: Any) -> None:
     async with rt.transaction() as tx:
         await tx.execute("CREATE TABLE audit (job_id INTEGER, note TEXT)")
@@ -161,13 +175,7 @@ async def test_on_failed_that_raises_rolls_back_its_writes_only(
         await tx.execute("INSERT INTO audit VALUES (?, 'half-written')", (job.id,))
         raise RuntimeError("hook crashed")
 
-    @rt.task(attempts=1, on_failed=on_failed)
-    async def doomed(job: JobContext) -> None:
-        raise RuntimeError("no luck")
-
-    @rt.task
-    async def fine(job: JobContext) -> str:
-        return "ok"
+    doomed, fine = _doomed_and_fine(rt, on_failed)
 
     with caplog.at_level(logging.ERROR, logger="taskrt"):
         async with rt:
@@ -325,13 +333,7 @@ async def test_an_on_failed_hook_that_hangs_is_cut_at_hook_timeout_and_its_write
         await tx.execute("INSERT INTO audit VALUES (?, 'hanging')", (job.id,))
         await asyncio.sleep(1000)  # a call to a service that never answers
 
-    @rt.task(attempts=1, on_failed=on_failed)
-    async def doomed(job: JobContext) -> None:
-        raise RuntimeError("no luck")
-
-    @rt.task
-    async def fine(job: JobContext) -> str:
-        return "ok"
+    doomed, fine = _doomed_and_fine(rt, on_failed)
 
     with caplog.at_level(logging.ERROR, logger="taskrt"):
         async with rt:

@@ -146,11 +146,7 @@ async def test_a_name_a_url_or_a_header_cannot_carry_is_refused_and_nothing_stor
         ("日本", "/schedules/%E6%97%A5%E6%9C%AC"),
         ("a?b#c", "/schedules/a%3Fb%23c"),
     ):
-        r = await client.post(
-            "/schedules", json={"name": name, "task": "report", "expression": "* * * * *"}
-        )
-        assert (r.status_code, r.headers["location"]) == (201, location), r.text
-        assert (await client.get(location)).json()["name"] == name
+        await _created_at(client, name, location)
 
 
 async def test_dot_segment_names_are_refused_as_no_url_reaches_them(api: Any) -> None:
@@ -166,11 +162,16 @@ async def test_dot_segment_names_are_refused_as_no_url_reaches_them(api: Any) ->
     assert [s["name"] for s in listed] == ["nightly"]
     # Dots with anything else are names like others.
     for name, location in (("...", "/schedules/..."), (".x", "/schedules/.x")):
-        r = await client.post(
-            "/schedules", json={"name": name, "task": "report", "expression": "* * * * *"}
-        )
-        assert (r.status_code, r.headers["location"]) == (201, location), r.text
-        assert (await client.get(location)).json()["name"] == name
+        await _created_at(client, name, location)
+
+
+async def _created_at(client: Any, name: str, location: str) -> None:
+    """POST a schedule named ``name``: 201 with ``location``, which reads it back."""
+    r = await client.post(
+        "/schedules", json={"name": name, "task": "report", "expression": "* * * * *"}
+    )
+    assert (r.status_code, r.headers["location"]) == (201, location), r.text
+    assert (await client.get(location)).json()["name"] == name
 
 
 async def test_a_time_zone_that_depends_on_the_host_is_422(api: Any) -> None:
