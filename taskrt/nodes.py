@@ -103,7 +103,7 @@ from .background import woken
 from .claims import Claims
 from .context import JobState
 from .errors import TaskrtError
-from .models import EventType, JobInfo, JobStatus
+from .models import JobInfo, JobStatus
 from .transitions import retry_policy_of
 
 if TYPE_CHECKING:
@@ -463,9 +463,7 @@ class Nodes:
                     pool.cancel_running(state)
         for job_id, seq, task, pool_name in await self.store.cancel_asked(self.clock.now()):
             # Note 7: its attempt failed before it heard of the cancel; its retry ends.
-            self.transitions.announce(
-                job_id, task, pool_name, EventType.CANCELLED, JobStatus.CANCELLED, seq, {}
-            )
+            self.transitions.ended_here(job_id, task, pool_name, JobStatus.CANCELLED, seq)
             if self.on_ended is not None:
                 self.on_ended(job_id)
         for pool in list(self.pools.values()):

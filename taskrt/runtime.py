@@ -1320,9 +1320,7 @@ class Runtime:
         seq = await self.store.cancel_external(job_id, self.clock.now())
         if seq is not None and self.nodes is not None:
             # No node holds a waiting job: its end is this node's to tell (nodes note 6).
-            self.transitions.announce(
-                job_id, info.task, info.pool, EventType.CANCELLED, JobStatus.CANCELLED, seq, {}
-            )
+            self.transitions.ended_here(job_id, info.task, info.pool, JobStatus.CANCELLED, seq)
         self.workflows.ended(job_id)  # its dependents, if it has any and was waiting
         if self.nodes is not None and info.status is JobStatus.RUNNING:
             # Another node runs it: it is told (NOTIFY) and ends it.

@@ -131,6 +131,14 @@ class Transitions:
                 Event(job_id, seq, kind, task, pool, status, self.clock.now(), data)
             )
 
+    def ended_here(self, job_id: int, task: str, pool: str, status: JobStatus, seq: int) -> None:
+        """A job this process ended in the store alone (no memory holds it: a waiting
+        job where every node claims, ``taskrt.nodes`` note 6): counted in the
+        history and the metrics, as an end in memory is, and its event told."""
+        self.counters.finished[task, status] += 1
+        self._count(self.clock.now(), pool, task, _OUTCOME[status], None)
+        self.announce(job_id, task, pool, STATUS_EVENT[status], status, seq, {})
+
     def started(self, state: JobState) -> asyncio.Future[None]:
         if state.status is JobStatus.RUNNING:
             # Claimed (taskrt.claims), or started by its add (taskrt.pool note 9): the

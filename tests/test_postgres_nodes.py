@@ -1798,3 +1798,21 @@ async def test_a_transaction_of_a_frozen_node_ends_after_the_ttl_but_the_apps_ma
             assert await app.execute("SELECT 1") == [(1,)]
         # The next of taskrt's own statements runs on a sound connection.
         assert (await rt.get(job_id)).status is JobStatus.WAITING
+
+
+async def test_waiting_jobs_a_node_cancels_count_in_the_history_and_the_metrics(
+    url: str,
+) -> None:
+    # No node holds a waiting job: the node that cancels it ends it in the store alone
+    # (note 6). Before, such ends were told but not counted: rt.stats(since=...) and
+    # taskrt_jobs_finished_total missed them.
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x:
+        since = time.time() - 1
+        ids = [await x.enqueue("b", delay=600) for _ in range(4)]
+        await x.cancel(ids[0])
+        result = await x.bulk("cancel", ids=ids[1:])
+        assert result.done == 3
+        stats = await x.stats(since=since)
+        assert stats.counts["CANCELLED"] == 4
+        assert x.counters.finished["b", JobStatus.CANCELLED] == 4
