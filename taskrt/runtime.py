@@ -1836,7 +1836,8 @@ class Runtime:
         first = int(start // 60) // step_minutes * step_minutes
         last = int(end // 60) + 1  # the minute holding `until` included
         if (last - first) / step_minutes > MAX_POINTS:
-            first = last - MAX_POINTS * step_minutes  # the latest steps of the window
+            # The latest steps of the window, each whole (aligned as the others).
+            first = -(-(last - MAX_POINTS * step_minutes) // step_minutes) * step_minutes
         if self.runs_jobs:
             await self.store.settle(self.transitions.flush_history())
         rows = await self.store.history(first, last, step_minutes, pool=pool, task=task)

@@ -8,6 +8,7 @@ import pytest
 from core_support import make_rt
 
 from taskrt import FakeClock, InvalidOption, JobContext, Runtime
+from taskrt.runtime import MAX_POINTS
 
 
 def app(tmp_path: Path, clock: FakeClock) -> Runtime:
@@ -58,3 +59,31 @@ async def test_history_counts_outcomes_per_minute_across_a_restart(tmp_path: Pat
         # A window of more than 10,000 steps gives its latest 10,000.
         latest = await again.history(since=0, until=clock.now(), step=60)
         assert [p.at for p in latest] == [p.at for p in points]
+
+
+async def test_a_window_of_more_than_max_points_steps_keeps_its_steps_whole(
+    tmp_path: Path,
+) -> None:
+    # Before: cut to its latest MAX_POINTS steps, the window began mid-step, so its
+    # first point held only part of its step.
+    clock = FakeClock(60 * 30_000_000.0)  # a minute the 2-minute steps begin at
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task
+    async def ok(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        first = clock.now()
+        await rt.wait(await rt.add("ok"), timeout=5)  # in this minute
+        await clock.advance(60)
+        await rt.wait(await rt.add("ok"), timeout=5)  # and the next: one step of 120 s
+        await clock.advance(60 * 20_000 - 60)  # the window's end falls on an odd minute
+        near = await rt.history(since=first, until=clock.now() - 120, step=120)
+        far = await rt.history(since=first - 86_400 * 30, until=clock.now(), step=120)
+    assert [(p.at, p.succeeded) for p in near if p.succeeded] == [(first, 2)]
+    # The latest MAX_POINTS steps, whole: the step of the two successes is just
+    # before them, not half in them (succeeded=1 at its second minute).
+    assert len(far) <= MAX_POINTS
+    assert all(p.at % 120 == 0 for p in far)
+    assert [(p.at, p.succeeded) for p in far if p.succeeded] == []
