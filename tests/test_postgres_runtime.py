@@ -23,7 +23,7 @@ from asyncpg.pool import PoolConnectionProxy
 from core_support import collect, new_job
 from store_backends import open_store
 
-from taskrt import JobContext, JobInfo, JobNotFound, JobStatus, Runtime, Transaction
+from taskrt import JobContext, JobInfo, JobNotFound, JobStatus, QueueFull, Runtime, Transaction
 from taskrt.cli import main
 from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
 from taskrt.models import EventType
@@ -1087,3 +1087,26 @@ async def test_adds_in_both_lanes_at_once_get_every_id_once_in_commit_order(url:
         assert ids == list(range(ids[0], ids[0] + 240))
         assert await rt.count(status="WAITING") == 240
         assert isinstance(rt.store, PgStore) and rt.store.health().ok
+
+
+async def test_jobs_added_in_the_applications_own_transaction_count_against_the_capacity(
+    url: str,
+) -> None:
+    # mode owner: before, the owner's counts did not see such jobs until it wrote a
+    # job of that pool itself, so a paused pool's capacity let more in.
+    async with app(url, mode="owner", poll_interval=0.05) as rt:
+        pool = rt.pool("p", capacity=3)
+        pool.pause()
+        conn = await asyncpg.connect(pg_server.require())
+        try:
+            async with conn.transaction():
+                for n in range(3):
+                    await pool.add("double", n, tx=conn)
+        finally:
+            await conn.close()
+        async with asyncio.timeout(5):
+            while pool.waiting != 3:
+                await asyncio.sleep(0.02)
+        with pytest.raises(QueueFull):
+            await pool.add("double", 9)
+        assert await rt.count(pool="p", status="WAITING") == 3

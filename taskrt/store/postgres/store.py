@@ -433,6 +433,16 @@ class PgStore(QueuedWrites, SharedReads):
         (note 12; default: the pool's connections')."""
         self._counts.merge(changed, self.lane(POOL_LANE) if lane is None else lane)
 
+    async def external_changes(self, limit: int = 1000) -> list[tuple[JobInfo, bool]]:
+        """The jobs other processes added or changed (``SharedReads``); with any, the
+        counts are read again too: an application's own transaction (``tx=conn``)
+        adds to them where this process does not see it (note 12), and a paused or
+        full pool writes nothing that would read them back."""
+        found = await super().external_changes(limit)
+        if found:
+            self._replace_counts(await self.query(SQL_COUNTS))
+        return found
+
     def _replace_counts(self, rows: Iterable[Any]) -> None:
         """The whole of ``job_counts``: (pool, status, lane, n) rows."""
         self._counts.replace(rows)
