@@ -151,6 +151,7 @@ from .workflows import read as read_workflow
 if TYPE_CHECKING:
     from .pool import Instrumentation, Queue
     from .store.postgres import PgStore
+    from .store.protocol import CancelledChild
 
 log = logging.getLogger("taskrt")
 _FAR_TIME = 1e12  # epoch seconds (the year 33658) a history window may name
@@ -360,6 +361,7 @@ class Runtime:
         )
         self.transitions.hook_timeout = float(hook_timeout)
         self.store.on_rejected = self.transitions.write_refused
+        self.store.on_recovered = self._recovered
         self._tasks: dict[str, TaskSpec] = {}
         # From ``add`` to a committed, queued job (taskrt.adding).
         self.adding = Adding(
@@ -1163,6 +1165,23 @@ class Runtime:
             yield tx
         if tx.added and not self.owning:
             await self.poke_owner()
+
+    def _recovered(self, ends: list[CancelledChild]) -> None:
+        """Jobs a recovery (or a reap of nodes gone) ended in the store: counted as
+        any end; an orphan's ``on_error`` runs, and its ``on_failed`` in a
+        transaction of its own (the failure is committed already)."""
+        for ended in ends:
+            status = self.transitions.count_ended(ended)
+            spec = self._tasks.get(ended.task)
+            if status is not JobStatus.FAILURE or spec is None:
+                continue
+            hooks = spec.hooks
+            if hooks.on_failed is not None:
+                self.background.spawn(
+                    self.transitions.failed_hook_after(hooks.on_failed, ended.job_id)
+                )
+            if hooks.on_error is not None:
+                self.background.hook(hooks.on_error, ended.job_id, ended.error)
 
     # -- the public reads and actions -----------------------------------------------------
 

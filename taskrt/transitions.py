@@ -619,10 +619,8 @@ class Transitions:
         """A job the store ended (``taskrt.workflows``: a dependent cancelled, a member
         of a batch that ended): counted, and its event published with the sequence
         the store wrote."""
-        status = JobStatus(ended.status)
+        status = self.count_ended(ended)
         task, pool = ended.task, ended.pool
-        self.counters.finished[task, status] += 1
-        self._count(ended.finished_at, pool, task, _OUTCOME[status], None)
         if self.broker.wants(ended.job_id):
             if status is JobStatus.SUCCESS:
                 data: dict[str, Any] = {
@@ -642,6 +640,32 @@ class Transitions:
                     data,
                 )
             )
+
+    def count_ended(self, ended: CancelledChild) -> JobStatus:
+        """A job the store ended, counted in the history and the metrics; its status."""
+        status = JobStatus(ended.status)
+        self.counters.finished[ended.task, status] += 1
+        self._count(ended.finished_at, ended.pool, ended.task, _OUTCOME[status], None)
+        return status
+
+    async def failed_hook_after(self, hook: Callable[..., Any], job_id: int) -> None:
+        """The ``on_failed`` hook of a job a recovery failed (orphaned): in a
+        transaction of its own, the failure being committed already."""
+        try:
+            info = await self.store.get_job(job_id)
+            if info is None or info.status is not JobStatus.FAILURE:
+                return
+            async with self.store.transaction() as conn:
+                await self._call_failed_hook(hook, info, Transaction(conn))
+        except _HookTimedOut:
+            log.error(
+                "the on_failed hook of orphaned job %d ran longer than %gs (hook_timeout): "
+                "what it wrote is undone",
+                job_id,
+                self.hook_timeout,
+            )
+        except Exception:
+            log.exception("the on_failed hook of orphaned job %d raised", job_id)
 
     def blocked_again(self, info: JobInfo, again: BlockedAgain, now: float) -> None:
         """A dependent the store blocked again on its parents (a manual retry,

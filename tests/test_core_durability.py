@@ -20,6 +20,7 @@ from core_support import (
     committed_jobs,
     db_file,
     make_rt,
+    sqlite_only_rows,
     sqlite_only_write,
     until,
     until_committed,
@@ -30,8 +31,10 @@ from taskrt import (
     FakeClock,
     InvalidTransition,
     JobContext,
+    JobInfo,
     JobStatus,
     Runtime,
+    Transaction,
 )
 from taskrt.store import JobStore
 
@@ -1019,3 +1022,50 @@ async def test_a_runtime_started_again_after_a_thread_outlived_it_has_its_slots(
     _, out, err = await run_child(tmp_path, RESTARTED_AFTER_A_THREAD, 30)
     assert out.split() == ["first", "FAILURE", "second", "SUCCESS"], err
     assert "Event loop is closed" not in err
+
+
+async def test_a_job_orphaned_at_recovery_runs_its_failure_hooks_and_counts(
+    tmp_path: Path,
+) -> None:
+    # Before: a job failed as orphaned (or cancelled as asked) by a recovery was
+    # missing from the history (rt.stats(since=...)) and the metrics, and its
+    # on_error and on_failed hooks never ran.
+    path = db_file(tmp_path)
+    errors: list[tuple[int, str]] = []
+
+    async def on_failed(job: JobInfo, tx: Transaction) -> None:
+        await tx.execute("INSERT INTO audit VALUES (?, ?)", (job.id, job.error))
+
+    def runtime() -> Runtime:
+        rt = make_rt(tmp_path, max_recoveries=0)
+        rt.pool("default").pause()
+
+        @rt.task(on_failed=on_failed, on_error=lambda i, e: errors.append((i, e)))
+        async def crashy(job: JobContext) -> None:
+            return None
+
+        return rt
+
+    rt = runtime()
+    async with rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE audit (job_id INTEGER, error TEXT)")
+        orphan = await rt.pool("default").add("crashy")
+        asked = await rt.pool("default").add("crashy")
+    since = time.time() - 1
+    # A process that died while running both; a cancel was asked of the second.
+    sqlite_only_write(path, "UPDATE jobs SET status = 'RUNNING', attempts = 1")
+    sqlite_only_write(path, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (asked,))
+    rt = runtime()
+    async with rt:
+        assert (await rt.get(orphan)).status is JobStatus.FAILURE
+        assert (await rt.get(asked)).status is JobStatus.CANCELLED
+        await until(lambda: len(errors) == 1)
+        stats = await rt.stats(since=since)
+        await rt.background.wait(5)
+        finished = dict(rt.counters.finished)
+    assert (stats.counts["FAILURE"], stats.counts["CANCELLED"]) == (1, 1)
+    assert finished[("crashy", JobStatus.FAILURE)] == 1
+    assert [i for i, _ in errors] == [orphan] and "orphaned" in errors[0][1]
+    audit = sqlite_only_rows(path, "SELECT job_id, error FROM audit")
+    assert [r[0] for r in audit] == [orphan] and "orphaned" in audit[0][1]

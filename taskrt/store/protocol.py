@@ -254,6 +254,9 @@ class JobStore(Protocol):
     on_unstarted: Callable[[list[int]], None] | None
     """Told of jobs whose queued start changed no row, before the start's future
     resolves (note 20): another process changed the job first."""
+    on_recovered: Callable[[list[CancelledChild]], None] | None
+    """Told of the jobs a recovery (``recover``, a reap of nodes gone) ended, once
+    committed: orphaned (FAILURE), or CANCELLED as a cancel asked while they ran."""
 
     @property
     def starts_in_add(self) -> bool:

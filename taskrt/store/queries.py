@@ -133,6 +133,11 @@ SQL_SCHEDULE_FIRED = (
 )
 SQL_SCHEDULE_RAN = "UPDATE schedules SET last_job_id = ?, last_error = NULL WHERE name = ?"
 SQL_SCHEDULE_DELETE = "DELETE FROM schedules WHERE name = ?"
+# What a recovery's end of a job returns (``rows.recovered_ends``): the names keep
+# these rows apart from the others a script returns.
+RETURNING_ENDED = (
+    " RETURNING id AS ended_id, seq AS ended_seq, task, pool, status, finished_at, error"
+)
 # A schedule declared in code (scheduler note 4), and those the code declared.
 SQL_SCHEDULE_DECLARED = "UPDATE schedules SET origin = 'code' WHERE name = ? AND origin <> 'code'"
 SQL_SCHEDULES_OF_CODE = "SELECT name FROM schedules WHERE origin = 'code' ORDER BY name"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..models import AttemptOutcome, JobStatus, StoreHealth
 from .groupcommit import GroupCommit
@@ -29,7 +30,8 @@ from .ops import (
     SUCCEED,
     failure_params,
 )
-from .protocol import InsertResult, MinuteRow, NewJob, Steps
+from .protocol import CancelledChild, InsertResult, MinuteRow, NewJob, Steps
+from .rows import recovered_ends
 
 
 class QueuedWrites:
@@ -37,6 +39,14 @@ class QueuedWrites:
 
     def __init__(self, name: str, *, progress_interval: float) -> None:
         self._writes = GroupCommit(name, progress_interval=progress_interval)
+        # Told of the jobs a recovery (or a reap) ended, once committed (JobStore).
+        self.on_recovered: Callable[[list[CancelledChild]], None] | None = None
+
+    def _recovered(self, rows: list[Any]) -> None:
+        """Tell ``on_recovered`` of the jobs among ``rows`` a recovery ended."""
+        ends = recovered_ends(rows)
+        if ends and self.on_recovered is not None:
+            self.on_recovered(ends)
 
     # -- the group commit (notes 1, 3, 9, 10) ---------------------------------------
 

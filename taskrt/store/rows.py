@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from ..models import JobInfo, JobStatus, ScheduleInfo
+from .protocol import CancelledChild
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -151,3 +152,21 @@ def row_to_schedule(row: sqlite3.Row) -> ScheduleInfo:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def recovered_ends(rows: list[Any]) -> list[CancelledChild]:
+    """The jobs a recovery ended (``queries.RETURNING_ENDED``), among the rows a
+    script returned: orphaned (FAILURE), or CANCELLED as a cancel asked."""
+    return [
+        CancelledChild(
+            job_id=int(r["ended_id"]),
+            task=str(r["task"]),
+            pool=str(r["pool"]),
+            seq=int(r["ended_seq"]),
+            finished_at=float(r["finished_at"]),
+            error=r["error"],
+            status=str(r["status"]),
+        )
+        for r in rows
+        if "ended_id" in r.keys()
+    ]

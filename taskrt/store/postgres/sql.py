@@ -35,7 +35,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import JOB_COLUMNS, MINUTE_COLUMNS
+from ..queries import JOB_COLUMNS, MINUTE_COLUMNS, RETURNING_ENDED
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -849,7 +849,7 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
         (cancelled, (), JobStatus.CANCELLED),
         (
             "UPDATE jobs SET status = 'CANCELLED', finished_at = $1, seq = seq + 1, "
-            f"cancel_requested = 0, external = 0 WHERE {cancelled}",
+            f"cancel_requested = 0, external = 0 WHERE {cancelled}" + RETURNING_ENDED,
             ("now",),
             None,
         ),
@@ -873,7 +873,7 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
         (
             "UPDATE jobs SET status = 'FAILURE', finished_at = $1, seq = seq + 1, "
             "error = 'orphaned: the job was running when its process died ' "
-            f"|| (recoveries + 1) || ' times' WHERE {orphan}",
+            f"|| (recoveries + 1) || ' times' WHERE {orphan}" + RETURNING_ENDED,
             ("now",),
             None,
         ),

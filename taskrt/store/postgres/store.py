@@ -830,7 +830,9 @@ class PgStore(QueuedWrites, SharedReads):
         steps: list[tuple[Any, ...]] = [(SQL_LEAVE, (node,))]
         steps += _recovery_steps(LOST, now, max_recoveries)
         steps.append((SQL_FREE_HELD_LOST, ()))
-        await self._script(steps)
+        rows: list[Any] = []
+        await self._script(steps, returned=rows)
+        self._recovered(rows)
 
     async def notify(self, payload: str) -> None:
         """A notification to every process listening on the schema's channel."""
@@ -1010,6 +1012,7 @@ class PgStore(QueuedWrites, SharedReads):
         reaped = [(int(r["id"]), int(r["seq"])) for r in rows if "seq" in r]
         if reaped and self.on_reaped is not None:
             self.on_reaped(reaped)  # its own listener may not listen yet (a start's reap)
+        self._recovered(rows)
         return counts[0], counts[6], counts[8]
 
     def heartbeat(self, node: str, interval: float) -> Heartbeat:
@@ -1019,7 +1022,9 @@ class PgStore(QueuedWrites, SharedReads):
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
         steps = _recovery_steps("", now, max_recoveries, (SQL_SEQ_GAP, (seq_gap,)))
         steps.append((SQL_TAKEN_IN, ()))
-        _, _, _, _, recovered, _, orphaned, _ = await self._script(steps)
+        rows: list[Any] = []
+        _, _, _, _, recovered, _, orphaned, _ = await self._script(steps, returned=rows)
+        self._recovered(rows)
         return recovered, orphaned
 
     async def cancel_external(self, job_id: int, now: float) -> int | None:

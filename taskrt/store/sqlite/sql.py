@@ -24,7 +24,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import MINUTE_COLUMNS
+from ..queries import MINUTE_COLUMNS, RETURNING_ENDED
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -393,7 +393,7 @@ RECOVER_CANCELLED_WHERE = (
 )
 SQL_RECOVER_CANCELLED = (
     "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = seq + 1, "
-    f"cancel_requested = 0, external = 0 WHERE {RECOVER_CANCELLED_WHERE}"
+    f"cancel_requested = 0, external = 0 WHERE {RECOVER_CANCELLED_WHERE}" + RETURNING_ENDED
 )
 RECOVER_WHERE = "status = 'RUNNING' AND recoveries < ?"
 SQL_RECOVER = (
@@ -404,7 +404,7 @@ ORPHAN_WHERE = "status = 'RUNNING'"
 SQL_ORPHAN = (
     "UPDATE jobs SET status = 'FAILURE', finished_at = ?, seq = seq + 1, "
     "error = 'orphaned: the job was running when its process died ' || (recoveries + 1) || ' times' "
-    f"WHERE {ORPHAN_WHERE}"
+    f"WHERE {ORPHAN_WHERE}" + RETURNING_ENDED
 )
 SQL_INTERRUPT_ATTEMPTS = (
     "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, error) "

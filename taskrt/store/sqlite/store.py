@@ -513,6 +513,7 @@ class Store(QueuedWrites, SharedReads):
         clears the ``external`` mark of WAITING jobs (``queries.SQL_TAKEN_IN``).
         Returns (recovered, orphaned).
         """
+        rows: list[Any] = []
         _, _, _, recovered, _, orphaned, _ = await self._script(
             [
                 (SQL_SEQ_GAP, (seq_gap, seq_gap)),
@@ -525,8 +526,10 @@ class Store(QueuedWrites, SharedReads):
                 (tally(ORPHAN_WHERE), (), JobStatus.FAILURE),
                 (SQL_ORPHAN, (now,)),
                 (SQL_TAKEN_IN, ()),
-            ]
+            ],
+            returned=rows,
         )
+        self._recovered(rows)
         return recovered, orphaned
 
     async def cancel_external(self, job_id: int, now: float) -> int | None:
