@@ -44,13 +44,18 @@ Design notes:
    holds after a crash too) until the dependent's last parent ends, then all
    are settled in one transaction. A group of 10,000 costs one settle, not
    one per member. A failure or cancel is settled at once (it cancels), and
-   anything the owner did not follow is settled as it ends.
+   counted down like a success: a dependent that runs anyway
+   (``on_parent_failure="run"``) is released as its last parent ends, with
+   the successes held for it. Anything the owner did not follow is settled as
+   it ends.
 6. **A manual retry resumes a workflow.** A dependent that was cancelled
    before its release (a parent failed, or a cancel by hand) is blocked again
    on its parents when it is retried (``JobStore.block_again``), and counted
    here like a new one (``dependents``); retrying a parent does that for the
-   dependents its end cancelled (``JobStore.cancelled_by``), and theirs. So
-   a dependent never runs without its parents' results.
+   dependents its end cancelled (``JobStore.cancelled_by``), and theirs, and
+   for those another failed parent's end cancelled, once that one was retried
+   too (``block_again`` refuses them before). So a dependent never runs
+   without its parents' results.
 """
 
 from __future__ import annotations
@@ -173,21 +178,26 @@ class Workflows:
             return
         self.parents.discard(job_id)
         children = self._children.pop(job_id, None)
-        if children is None or status is not JobStatus.SUCCESS:
-            self._due.add(job_id)
+        success = status is JobStatus.SUCCESS
+        if children is None or not success:
+            self._due.add(job_id)  # a failure or cancel is settled at once (note 5)
             self._wake.set()
-            return
+            if children is None:
+                return
         for child in children:
             left = self._left.get(child)
             if left is None:  # not followed here (any more)
                 self._due.add(job_id)
                 continue
-            self._held.setdefault(child, []).append(job_id)
+            if success:
+                self._held.setdefault(child, []).append(job_id)
+            # Counted down either way: the last parent's end settles what is held,
+            # releasing a dependent that runs anyway (note 5).
             if left > 1:
                 self._left[child] = left - 1
             else:
                 del self._left[child]
-                self._due.update(self._held.pop(child))
+                self._due.update(self._held.pop(child, ()))
         if self._due:
             self._wake.set()
 
@@ -433,7 +443,8 @@ class WorkflowStream:
         self._read = read
         self._clock = clock
         self._buffer = buffer
-        self._ids: set[int] = set()
+        # The workflow's jobs (a set fixed when it was added), known after the first read.
+        self._ids: set[int] | None = None
         self._open: set[int] = set()
         self._seq: dict[int, int] = {}
         self._sub: Subscription | None = None
@@ -454,8 +465,9 @@ class WorkflowStream:
                     return
                 assert self._sub is not None
                 async for event in self._sub:
-                    if event.seq <= self._seq.get(event.job_id, 0):
-                        continue
+                    seen = self._seq.get(event.job_id)
+                    if seen is None or event.seq <= seen:
+                        continue  # not its job (the first read named none yet), or seen already
                     self._seq[event.job_id] = event.seq
                     if event.terminal:
                         self._open.discard(event.job_id)
@@ -469,18 +481,25 @@ class WorkflowStream:
             self.close()
 
     async def _snapshot(self) -> Event:
-        self.close()
-        # Subscribed before the read: nothing between the two is lost.
-        self._sub = self._broker.subscribe(
-            None, accepts=self._ids.__contains__, matches=self._mine, maxsize=self._buffer
-        )
-        info: WorkflowInfo = await self._read()
-        self._ids.update(j.id for j in info.jobs)
-        self._open = {j.id for j in info.jobs if not j.terminal}
-        self._seq = {j.id: j.seq for j in info.jobs}
-        if not self._open:
-            self._done = True
-        return snapshot_event(info, self._clock.now())
+        while True:
+            self.close()
+            # Subscribed before the read, so nothing between the two is lost: what
+            # changes while the rows are read (a dependent the store cancels, a job
+            # that ends) is either in the snapshot or an event after its seq. Until
+            # the first read names the workflow's jobs, every job's events are taken.
+            sub = self._sub = self._broker.subscribe(
+                None, accepts=self._accepts, matches=self._mine, maxsize=self._buffer
+            )
+            info: WorkflowInfo = await self._read()
+            if self._ids is None:
+                self._ids = {j.id for j in info.jobs}
+                if sub.overflowed:
+                    continue  # others' events filled it: read again, taking only its own
+            self._open = {j.id for j in info.jobs if not j.terminal}
+            self._seq = {j.id: j.seq for j in info.jobs}
+            if not self._open:
+                self._done = True
+            return snapshot_event(info, self._clock.now())
 
     async def _polled(self) -> AsyncIterator[Event]:
         seen: tuple[tuple[int, int, str], ...] | None = None
@@ -494,8 +513,11 @@ class WorkflowStream:
                 return
             await asyncio.sleep(self._poll_interval)
 
+    def _accepts(self, job_id: int) -> bool:
+        return self._ids is None or job_id in self._ids
+
     def _mine(self, event: Event) -> bool:
-        return event.job_id in self._ids
+        return self._ids is None or event.job_id in self._ids
 
     def close(self) -> None:
         if self._sub is not None:

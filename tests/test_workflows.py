@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,45 @@ async def test_a_failed_parent_cancels_its_dependents_and_theirs(
         stats = await rt.stats()
         assert stats.counts.get(JobStatus.CANCELLED) == 2
         assert stats.counts.get(JobStatus.WAITING, 0) == 0
+
+
+async def test_a_dependent_that_runs_anyway_starts_as_its_last_parent_ends(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Workflows note 5: a failure is counted down like a success, so a dependent that
+    runs anyway is released with its last parent's end, whichever ended last (not at
+    the next sweep, 5 s on)."""
+    rt = runtime(target)
+    gates: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    @rt.task(attempts=1)
+    async def parent(name: str, fails: bool) -> str:
+        await gates[name].wait()
+        if fails:
+            raise ValueError(name)
+        return name
+
+    @rt.task
+    async def anyway(given: Any) -> Any:
+        return given
+
+    async with rt:
+        pool = rt.pool("default")
+        flow = await rt.group([parent.s("ok", False), parent.s("bad", True)]).then(
+            anyway.s().options(on_parent_failure="run")
+        )
+        a = await pool.add(parent, "bad too", True)
+        b = await pool.add(parent, "ok too", False)
+        after = await pool.add(anyway.options(after=[a, b], on_parent_failure="run"), "x")
+        # The success ends first, then the failure; then the other way round.
+        for first, second, child in (flow.jobs, (a, b, after)):
+            gates[(await rt.get(first)).args[0]].set()
+            await rt.wait(first, timeout=10)
+            gates[(await rt.get(second)).args[0]].set()
+            done = await rt.wait(child, timeout=2)
+            assert done.status is JobStatus.SUCCESS, done
+        assert (await rt.get(flow.jobs[2])).result == ["ok", None]
+        assert (await rt.get(after)).result == "x"
 
 
 async def test_unknown_parents_are_refused_at_add(target: tuple[str, dict[str, Any]]) -> None:
@@ -267,6 +307,64 @@ async def test_a_dependent_cancelled_by_hand_stays_cancelled_when_its_parent_is_
         with pytest.raises(InvalidTransition, match="retry that job first"):
             await rt.retry(by_hand)
         assert (await rt.get(by_hand)).status is JobStatus.CANCELLED
+
+
+async def test_a_callback_resumes_once_both_failed_members_are_retried_in_either_order(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Both members of a group failed: the first failure cancelled the callback. It
+    stays cancelled while the other member is still FAILURE, and waits again once
+    both were retried, whichever was first; a bulk retry of the failures too."""
+    rt = runtime(target)
+    broken = {"on": True}
+    second = asyncio.Event()
+
+    @rt.task(attempts=1)
+    async def member(n: int) -> int:
+        if n == 2:
+            await second.wait()  # fails after the first member
+        if broken["on"]:
+            raise ValueError(f"m{n}")
+        return n
+
+    @rt.task
+    async def total(results: list[int]) -> int:
+        return sum(results)
+
+    async def both_failed() -> tuple[int, int, int]:
+        broken["on"] = True
+        second.clear()
+        flow = await rt.group([member.s(1), member.s(2)]).then(total.s())
+        one, two, callback = flow.jobs
+        cancelled = await rt.wait(callback, timeout=10)
+        assert (cancelled.status, cancelled.error) == (
+            JobStatus.CANCELLED,
+            f"parent job {one} failed",
+        )
+        second.set()
+        assert (await rt.wait(two, timeout=10)).status is JobStatus.FAILURE
+        broken["on"] = False
+        return one, two, callback
+
+    async with rt:
+        for order in ("the one that cancelled it first", "the other first"):
+            one, two, callback = await both_failed()
+            first, then = (one, two) if order.startswith("the one") else (two, one)
+            await rt.retry(first)
+            if first == one:  # the other still holds it back
+                assert (await rt.wait(first, timeout=10)).status is JobStatus.SUCCESS
+                assert (await rt.get(callback)).status is JobStatus.CANCELLED, order
+            await rt.retry(then)
+            done = await rt.wait(callback, timeout=10)
+            assert (done.status, done.result) == (JobStatus.SUCCESS, 3), order
+            assert (await rt.workflow(one)).status is JobStatus.SUCCESS, order
+
+        one, two, callback = await both_failed()
+        result = await rt.bulk("retry", ids=[one, two, callback], status="FAILURE")
+        assert (result.matched, result.done) == (2, 2)  # oldest first: the one, then the other
+        done = await rt.wait(callback, timeout=10)
+        assert (done.status, done.result) == (JobStatus.SUCCESS, 3)
+        assert (await rt.workflow(one)).status is JobStatus.SUCCESS
 
 
 async def test_a_retried_dependent_cancelled_while_it_waited_waits_again(
@@ -539,6 +637,60 @@ async def test_subscribe_to_a_workflow(tmp_path: Path) -> None:
         assert (flow.jobs[0], EventType.SUCCESS) in kinds
         assert kinds[-1] == (flow.jobs[1], EventType.SUCCESS)
         assert (await rt.get(flow.jobs[1])).result == 2
+
+
+async def test_a_workflow_stream_ends_when_its_steps_are_cancelled_while_it_reads_them(
+    tmp_path: Path,
+) -> None:
+    """The first step fails while the stream reads the workflow's rows: the store
+    cancels the steps after it, which the rows read still show waiting. Their events
+    follow the snapshot, once each and in order, and the stream ends; the events of
+    other jobs meanwhile are not its own."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    gate = Gate()
+
+    @rt.task(attempts=1)
+    async def first() -> None:
+        gate.started.append(1)
+        await gate.open.wait()
+        raise ValueError("no")
+
+    @rt.task
+    async def step(given: Any) -> None: ...
+
+    @rt.task
+    async def other() -> None: ...
+
+    async with rt:
+        flow = await rt.chain(first.s(), step.s(), step.s())
+        while not gate.started:
+            await asyncio.sleep(0.01)
+        read = rt.store.workflow
+
+        async def workflow(workflow_id: int) -> Any:
+            rows = await read(workflow_id)
+            # Meanwhile: the first step fails, the store cancels the rest, and another
+            # job runs.
+            gate.open.set()
+            await rt.wait(flow.jobs[-1], timeout=10)
+            await rt.wait(await rt.pool("default").add(other), timeout=10)
+            return rows
+
+        rt.store.workflow = workflow  # type: ignore[method-assign]
+        events: list[Event] = []
+
+        async def follow() -> None:
+            async for event in rt.subscribe_workflow(flow.id):
+                events.append(event)
+
+        await asyncio.wait_for(follow(), 10)
+        snapshot = events[0].data["workflow"]
+        assert [j["status"] for j in snapshot["jobs"]] == ["FAILURE", "WAITING", "WAITING"]
+        assert [(e.job_id, e.type) for e in events[1:]] == [
+            (flow.jobs[1], EventType.CANCELLED),
+            (flow.jobs[2], EventType.CANCELLED),
+        ]
+        assert (await rt.workflow(flow.id)).status is JobStatus.FAILURE
 
 
 # -- restarts and retention --------------------------------------------------------------

@@ -139,13 +139,28 @@ SQL_BLOCK_AGAIN = (
     "cancel_requested = 0, external = CASE WHEN ? = 1 THEN 1 ELSE external END "
     "WHERE id = ? AND status IN ('FAILURE', 'CANCELLED') RETURNING pool, seq"
 )
-# (parent, parent): the dependents a parent's end cancelled, and why each is CANCELLED
-# now (a cancel by hand before that leaves another error); then the members of a
-# batch it ran that ended as it did ('followed').
+
+
+def _parent_error_sql(parent: str, status: str) -> str:
+    """``parent_error`` in SQL, of two columns."""
+    return (
+        f"('parent job ' || {parent} || CASE WHEN {status} = 'FAILURE' "
+        "THEN ' failed' ELSE ' was cancelled' END)"
+    )
+
+
+# (parent, parent): the dependents of a parent that a parent's failure or cancel
+# cancelled, still CANCELLED with that error (a cancel by hand before leaves another).
+# That parent may be another one: where two failed, the first end cancelled the
+# dependent, and a retry of that parent left it to the other (``block_again`` refuses
+# it while a parent is FAILURE or CANCELLED, and decides again now). Then the
+# members of a batch it ran that ended as it did ('followed').
 SQL_CANCELLED_BY = (
-    "SELECT w.child, j.error, w.failed_status FROM job_waits w JOIN jobs j ON j.id = w.child "
-    "WHERE w.failed_parent = ? AND w.outcome = 'cancelled' AND j.status = 'CANCELLED' "
-    "UNION ALL SELECT w.child, NULL, 'followed' FROM job_deps d "
+    "SELECT w.child FROM job_deps d JOIN job_waits w ON w.child = d.child "
+    "JOIN jobs j ON j.id = d.child "
+    "WHERE d.parent = ? AND w.outcome = 'cancelled' AND j.status = 'CANCELLED' "
+    f"AND j.error = {_parent_error_sql('w.failed_parent', 'w.failed_status')} "
+    "UNION ALL SELECT w.child FROM job_deps d "
     "JOIN job_waits w ON w.child = d.child JOIN jobs j ON j.id = d.child "
     "WHERE d.parent = ? AND w.outcome = 'followed' AND j.status IN ('FAILURE', 'CANCELLED') "
     "ORDER BY 1"

@@ -684,9 +684,10 @@ class JobStore(Protocol):
         ...
 
     async def cancelled_by(self, parent: int) -> list[int]:
-        """The dependents that ``parent``'s failure or cancel cancelled, still CANCELLED
-        (not those cancelled by hand first), and the members of a batch it ran that
-        ended as it did (FAILURE or CANCELLED), by id."""
+        """The dependents of ``parent`` that a parent's failure or cancel cancelled (its
+        own, or another's where both failed), still CANCELLED (not those cancelled by
+        hand first), and the members of a batch it ran that ended as it did (FAILURE
+        or CANCELLED), by id."""
         ...
 
     async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:

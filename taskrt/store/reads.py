@@ -19,7 +19,6 @@ from .deps import (
     SQL_CANCELLED_BY,
     SQL_OPEN_PARENTS,
     SQL_WORKFLOW_EDGES,
-    parent_error,
 )
 from .protocol import OwnerRecord
 from .queries import (
@@ -96,14 +95,11 @@ class SharedReads:
         return [int(r[0]) for r in await self.query(SQL_OPEN_PARENTS)]
 
     async def cancelled_by(self, parent: int) -> list[int]:
-        """The dependents that ``parent``'s failure or cancel cancelled, still CANCELLED,
-        and the members of a batch it ran that ended as it did."""
+        """The dependents of ``parent`` that a parent's failure or cancel cancelled (its
+        own, or another's where both failed), still CANCELLED (not those cancelled by
+        hand first), and the members of a batch it ran that ended as it did."""
         rows = await self.query(SQL_CANCELLED_BY, (parent, parent))
-        return [
-            int(c)
-            for c, error, how in rows
-            if how == "followed" or error == parent_error(parent, str(how))
-        ]
+        return [int(r[0]) for r in rows]
 
     async def workflow(self, workflow_id: int) -> tuple[list[JobInfo], list[tuple[int, int]]]:
         """A workflow's jobs (by id) and its dependencies as (child, parent)."""
