@@ -69,6 +69,15 @@ Design notes:
    ``run_at`` of the pool's due jobs from the store (``stored_oldest``)
    before it reports statistics or metrics; ``statistics`` uses a reading
    for ``STORED_OLDEST_FOR`` seconds, and what memory holds otherwise.
+11. **An instrumented attempt ends inside its instrumentation.** A result
+   that cannot be stored (not JSON, too big, too deep) fails the attempt. The
+   host finds that as it ends the attempt (``PoolHost.attempt_ended``), after
+   the handler's call; where ``rt.instrumentation`` wraps that call (a
+   tracing span), the pool encodes the result inside the wrapper, so that a
+   refused result is the attempt's error there too (the span says error, not
+   success). The outcome carries the JSON (``Outcome.result_json``): the host
+   need not encode it again. Without instrumentation nothing changes: one
+   encode, the host's.
 
 About 650 lines: the pool's contract with its host (``PoolHost``,
 ``Instrumentation``) is stated here, beside the code that relies on it.
@@ -92,6 +101,7 @@ from .clock import Alarm
 from .context import CURRENT_ATTEMPT, JobContext, JobState
 from .errors import InvalidOption
 from .gates import SCAN, Gates
+from .limits import encode
 from .models import JobStatus, PoolStatistics
 from .processes import Crossed, Workers
 from .rates import Bucket, Rate, parse_rate
@@ -123,7 +133,9 @@ class Instrumentation(Protocol):
         ...
 
     def attempt(self, state: JobState) -> contextlib.AbstractContextManager[Any]:
-        """A context manager around one call of the job's handler."""
+        """A context manager around one call of the job's handler and the check that
+        its result can be stored: an attempt that fails either way raises through it
+        (note 11)."""
         ...
 
 
@@ -270,7 +282,7 @@ _ASYNC: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 class Outcome:
     """How one attempt ended (internal)."""
 
-    __slots__ = ("error", "kind", "result", "tb")
+    __slots__ = ("error", "kind", "result", "result_json", "tb")
 
     def __init__(
         self,
@@ -278,11 +290,25 @@ class Outcome:
         result: Any = None,
         error: BaseException | None = None,
         tb: str | None = None,
+        result_json: str | None = None,
     ) -> None:
         self.kind = kind  # success | error | timeout | cancelled | shutdown
         self.result = result
         self.error = error
         self.tb = tb
+        # The result encoded (``encode_result``) where the pool did (note 11); None for
+        # a None result, or one not encoded yet.
+        self.result_json = result_json
+
+
+def encode_result(result: Any, limits: Limits) -> str | None:
+    """What the store keeps of an attempt's result: its JSON, ``None`` for ``None``.
+    Raises ``SerializationError`` when it cannot be stored (note 11)."""
+    if result is None:
+        return None
+    return encode(
+        result, "the result", max_bytes=limits.max_result_bytes, max_depth=limits.max_depth
+    )
 
 
 class Pool:
@@ -677,6 +703,8 @@ class Pool:
                 timeout = left  # the deadline cuts the attempt like a timeout (note 6)
         outcome: Outcome
         instrumentation = self._host.instrumentation
+        result_json: str | None = None
+        returned = False  # the handler returned; what raises now is the check (note 11)
         try:
             # The attempt is charged on disk before the handler runs (note 5);
             # shielded: the future is the whole write batch's, not this job's.
@@ -699,6 +727,9 @@ class Pool:
             else:  # e.g. a tracing span around the attempt (taskrt.tracing)
                 with instrumentation.attempt(state):
                     result = await self._call(state, loop)
+                    returned = True
+                    if not (state.timed_out or state.cancel_requested or state.shutdown):
+                        result_json = encode_result(result, self._host.limits)  # note 11
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not (state.cancel_requested or state.timed_out or state.shutdown):
@@ -712,13 +743,15 @@ class Pool:
             if state.timed_out or state.cancel_requested or state.shutdown:
                 outcome = self._interrupted(state)
             else:
-                outcome = Outcome("error", error=exc, tb=_format_tb(exc))
+                # A result refused (note 11) has no traceback to keep: not the handler's.
+                tb = None if returned else _format_tb(exc)
+                outcome = Outcome("error", error=exc, tb=tb)
         else:
             if state.timed_out or state.cancel_requested or state.shutdown:
                 # The handler swallowed the cancellation: it is still what we asked.
                 outcome = self._interrupted(state)
             else:
-                outcome = Outcome("success", result=result)
+                outcome = Outcome("success", result=result, result_json=result_json)
         finally:
             if state.watchdog is not None:
                 state.watchdog.cancel()

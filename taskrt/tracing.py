@@ -26,7 +26,10 @@ Design notes (cited where they apply, pinned by tests/test_tracing.py):
 4. **Outcomes, not just exceptions.** The attempt span gets
    ``taskrt.outcome`` (success, error, timeout, cancelled, interrupted) and
    status ERROR for error and timeout; a timeout or a cancel arrives as a
-   ``CancelledError``, which is not recorded as the handler's exception.
+   ``CancelledError``, which is not recorded as the handler's exception. A
+   result that cannot be stored fails the attempt: the pool encodes it inside
+   the span (``taskrt.pool`` note 11), so its ``SerializationError`` is the
+   span's error.
 """
 
 from __future__ import annotations

@@ -29,10 +29,10 @@ from .errors import (
     TaskrtError,
 )
 from .history import FLUSH_AFTER, MinuteCounts
-from .limits import MAX_STEPS, encode, safe_text
+from .limits import MAX_STEPS, safe_text
 from .live import LiveJobs
 from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, JobStatus
-from .pool import Outcome
+from .pool import Outcome, encode_result
 from .retry import RetryPolicy, parse_retry
 from .store.groupcommit import ROLLBACK_RETRIES, ROLLBACK_WAIT
 from .transaction import ThreadTransaction, Transaction
@@ -273,18 +273,10 @@ class Transitions:
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None:
         attempt = state.attempts
         if outcome.kind == "success":
-            limits = self.limits
             try:
-                result_json = (
-                    None
-                    if outcome.result is None
-                    else encode(
-                        outcome.result,
-                        "the result",
-                        max_bytes=limits.max_result_bytes,
-                        max_depth=limits.max_depth,
-                    )
-                )
+                result_json = outcome.result_json  # encoded by the pool (pool note 11)
+                if result_json is None:
+                    result_json = encode_result(outcome.result, self.limits)
             except SerializationError as exc:
                 # The attempt failed after all: the caller's outcome says so too (the
                 # pool counts it as failed, not processed).

@@ -1,14 +1,18 @@
-"""The per-minute history (``rt.history``): counts by outcome, durations, across restarts."""
+"""The per-minute history (``rt.history``, and ``rt.stats`` read from it): counts by
+outcome, durations, across restarts."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from core_support import make_rt
 
-from taskrt import FakeClock, InvalidOption, JobContext, Runtime
+from taskrt import Batch, FakeClock, InvalidOption, JobContext, JobStatus, Runtime
 from taskrt.runtime import MAX_POINTS
+from taskrt.web import create_app
 
 
 def app(tmp_path: Path, clock: FakeClock) -> Runtime:
@@ -87,3 +91,66 @@ async def test_a_window_of_more_than_max_points_steps_keeps_its_steps_whole(
     assert len(far) <= MAX_POINTS
     assert all(p.at % 120 == 0 for p in far)
     assert [(p.at, p.succeeded) for p in far if p.succeeded] == []
+
+
+async def test_the_mean_duration_of_batched_jobs_is_that_of_their_batches(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    # Before: rt.stats() divided the durations by the successes, and a batch's
+    # members succeed without a duration of their own: 8 jobs in batches of 4 that
+    # each ran 0.2 s had a mean of 0.05 s (the history said 0.2 s).
+    clock = FakeClock(start=1_800_000_000.0)
+    db, options = target
+    rt = Runtime(db, clock=clock, **options)
+
+    @rt.task(pool="one", batch=Batch(max_size=4, max_wait=60))
+    async def digest(items: list[int]) -> int:
+        await clock.advance(0.2)
+        return sum(items)
+
+    async with rt:
+        pool = rt.pool("one", concurrency=1)  # one batch at a time: 0.2 s of the clock each
+        ids = [await pool.add(digest.options(batch_key="k"), n) for n in range(8)]
+        for job_id in ids:
+            assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        everything = await rt.stats()
+        window = await rt.stats(since=clock.now() - 60, until=clock.now())
+        [point] = await rt.history(since=clock.now() - 60, until=clock.now())
+    assert point.succeeded == 8 and point.mean_duration == pytest.approx(0.2)
+    for stats in (everything, window):
+        assert stats.counts[JobStatus.SUCCESS] == 8
+        assert stats.mean_duration == pytest.approx(0.2)
+        assert stats.p95_duration == 0.5  # the bucket holding 0.2 s
+
+
+async def test_the_stats_route_counts_and_documents_what_finished_in_its_window(
+    tmp_path: Path,
+) -> None:
+    # Before: its OpenAPI document said ``since`` and ``until`` chose the jobs created
+    # in the window; they choose what finished in it, in whole minutes.
+    clock = FakeClock(start=1_800_000_000.0)  # on a minute
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task
+    async def ok(job: JobContext) -> None:
+        return None
+
+    transport = httpx.ASGITransport(app=create_app(rt))
+    async with rt, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        created = clock.now()
+        job_id = await rt.pool("default").add(ok.options(delay=150))  # finishes 2.5 min on
+        await clock.advance(150)
+        assert (await rt.wait(job_id, timeout=5)).created_at == created
+
+        async def succeeded(since: float, until: float) -> int:
+            reply = await client.get("/stats", params={"since": since, "until": until})
+            assert reply.status_code == 200
+            return int(reply.json()["counts"]["SUCCESS"])
+
+        assert await succeeded(created, created + 60) == 0  # created then, finished later
+        assert await succeeded(created + 130, created + 140) == 1  # its minute, widened
+        document = (await client.get("/openapi.json")).json()
+    params = {p["name"]: p["description"] for p in document["paths"]["/stats"]["get"]["parameters"]}
+    for bound in ("since", "until"):
+        assert "finished" in params[bound] and "minute" in params[bound]
+        assert "created" not in params[bound]

@@ -1267,7 +1267,9 @@ async def test_stats_in_a_window_read_whole_minutes_of_history(store: JobStore) 
         [
             minute_row_of(MINUTE - 1, succeeded=100, seconds=1e6, hist=buckets(b11=100)),
             minute_row_of(MINUTE, succeeded=2, failed=1, seconds=0.002, hist=buckets(b0=2)),
-            minute_row_of(MINUTE + 2, succeeded=1, cancelled=4, seconds=0.001, pool="img"),
+            minute_row_of(
+                MINUTE + 2, succeeded=1, cancelled=4, seconds=0.001, hist=buckets(b0=1), pool="img"
+            ),
             minute_row_of(MINUTE + 3, failed=50),
         ]
     )
@@ -1281,7 +1283,7 @@ async def test_stats_in_a_window_read_whole_minutes_of_history(store: JobStore) 
         "CANCELLED": 4,
     }
     assert stats["mean"] == pytest.approx(0.003 / 3)
-    # Two durations in b0: the 95th percentile is in (0, 1 ms].
+    # Three durations in b0: the 95th percentile is in (0, 1 ms].
     assert (stats["p95"], stats["p95_low"]) == (0.001, 0.0)
     # An end on a minute's boundary leaves that minute out; an open end is unbounded.
     assert (await store.stats(NOW, NOW + 120))["counts"]["SUCCESS"] == 2

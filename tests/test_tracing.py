@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from taskrt import InvalidOption, JobContext, Runtime
+from taskrt import AttemptOutcome, InvalidOption, JobContext, Runtime
 from taskrt.tracing import TRACE_KEY, Tracing, instrument, uninstrument
 
 
@@ -119,6 +119,37 @@ async def test_every_attempt_is_a_child_of_the_add_with_its_outcome(
     assert runs[0].status.description == "ValueError: first try"
     assert [e.name for e in runs[0].events] == ["exception"]
     assert runs[1].events == ()  # a timeout's CancelledError is not the handler's exception
+
+
+async def test_an_attempt_whose_result_cannot_be_stored_is_an_error_in_its_span(
+    db_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Before: the span closed when the handler returned, and the result was refused
+    # after: the attempt failed, its span said success.
+    rt = traced_runtime(db_path, provider)
+
+    @rt.task(attempts=2, retry=0)
+    async def report(job: JobContext) -> object:
+        return object() if job.attempt == 1 else {"rows": 3}
+
+    async with rt:
+        job_id = await rt.add(report)
+        info = await rt.wait(job_id, timeout=5)
+        attempts = await rt.attempts(job_id)
+    assert info.result == {"rows": 3}  # the second attempt's, stored
+
+    runs = sorted(by_name(exporter)["taskrt.run report"], key=lambda s: s.start_time or 0)
+    assert [s.attributes["taskrt.outcome"] for s in runs if s.attributes] == ["error", "success"]
+    assert [s.status.status_code for s in runs] == [StatusCode.ERROR, StatusCode.UNSET]
+    refused = "the result is not JSON-serialisable: Object of type object is not JSON serializable"
+    assert runs[0].status.description == f"SerializationError: {refused}"
+    assert [e.name for e in runs[0].events] == ["exception"]
+    # The attempt's record is what an untraced runtime keeps: the error, no traceback
+    # (the handler raised nothing).
+    assert [(a.outcome, a.error, a.traceback) for a in attempts] == [
+        (AttemptOutcome.ERROR, refused, None),
+        (AttemptOutcome.SUCCESS, None, None),
+    ]
 
 
 async def test_spans_a_handler_makes_are_children_of_its_attempt_even_in_a_thread(

@@ -336,9 +336,10 @@ async def retry(args: argparse.Namespace) -> int:
 
 def stats_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--since", help="jobs created at or after: epoch seconds, ISO 8601, or ago (24h)"
+        "--since",
+        help="what finished at or after (whole minutes): epoch seconds, ISO 8601, or ago (24h)",
     )
-    parser.add_argument("--until", help="jobs created before (same forms)")
+    parser.add_argument("--until", help="what finished before (whole minutes; same forms)")
     target_args(parser, url=True)
 
 

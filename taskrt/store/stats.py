@@ -57,8 +57,11 @@ async def stats(fetch: Fetch, since: float | None, until: float | None) -> dict[
     - SUCCESS, FAILURE, CANCELLED: with no window, the stored jobs
       (``job_counts``); with one, what finished in its minutes (``job_minutes``,
       ``minute_window``: whole minutes, so up to a minute more at each end).
-    - mean: duration sum / successes of those minutes (every minute kept when
-      there is no window); None without a success.
+    - mean: duration sum / durations counted, of those minutes (every minute
+      kept when there is no window); None without a duration. The durations
+      are those of the successes that ran (their histogram, ``b0``-``b11``):
+      the members of a batch succeed without one of their own, so dividing by
+      the successes would spread the batch's duration over its members.
     - p95, p95_low: ``p95_bucket`` of their histogram; the true p95 of the
       successes lies in (p95_low, p95].
 
@@ -71,6 +74,7 @@ async def stats(fetch: Fetch, since: float | None, until: float | None) -> dict[
     succeeded, failed, cancelled = (int(v) for v in totals[:3])
     duration_sum = float(totals[4])
     buckets = [int(v) for v in totals[5:]]
+    timed = sum(buckets)  # the durations in duration_sum (not every success has one)
     counts = {s.value: by_status.get(s.value, 0) for s in _LIVE}
     if since is None and until is None:
         counts.update({s.value: by_status.get(s.value, 0) for s in _FINISHED})
@@ -85,7 +89,7 @@ async def stats(fetch: Fetch, since: float | None, until: float | None) -> dict[
     p95, p95_low = p95_bucket(buckets)
     return {
         "counts": {status: n for status, n in counts.items() if n},
-        "mean": duration_sum / succeeded if succeeded else None,
+        "mean": duration_sum / timed if timed else None,
         "p95": p95,
         "p95_low": p95_low,
     }

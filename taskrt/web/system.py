@@ -74,13 +74,21 @@ async def health(api: Api, request: Request) -> Response:
         Param(
             "since",
             schema=TIME,
-            description="jobs created at or after (default: all)",
+            description=(
+                "the window's start: SUCCESS, FAILURE, CANCELLED and the durations are of "
+                "what finished at or after it, from the start of its minute (default: no "
+                "start; without since and until, the counts are of the jobs stored); "
+                "WAITING and RUNNING are the counts now, whatever the window"
+            ),
             allow_empty=True,
         ),
         Param(
             "until",
             schema=TIME,
-            description="jobs created before; not before `since` (422)",
+            description=(
+                "the window's end: what finished before it, to the end of its minute "
+                "(default: no end); not before `since` (422)"
+            ),
             allow_empty=True,
         ),
     ],
