@@ -703,7 +703,8 @@ async def test_a_claim_whose_answer_is_lost_gives_its_jobs_back(url: str) -> Non
 
         store.claim = answer_lost  # type: ignore[method-assign]
         job_id = await x.enqueue("b", delay=0.1)  # claimed when due, not started in its add
-        info = await x.wait(job_id, timeout=10)
+        # Put back at a look after the failed claim (2-5 s here; more on a busy machine).
+        info = await x.wait(job_id, timeout=30)
         assert lost == [job_id]
         assert (info.status, info.attempts) == (JobStatus.SUCCESS, 1)
         assert ran[job_id] == ["x"]
