@@ -245,9 +245,18 @@ def expect(target: Any) -> Any:
 
 @contextlib.asynccontextmanager
 async def dashboard(
-    browser: Any, url: str, *, cookies: list[dict[str, str]] | None = None, width: int = 1440
+    browser: Any,
+    url: str,
+    *,
+    cookies: list[dict[str, str]] | None = None,
+    width: int = 1440,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> AsyncIterator[Any]:
-    """A page on ``url``, once it is live and loaded; closed (stream and all) on exit."""
+    """A page on ``url``, once it is live and loaded; closed (stream and all) on exit.
+
+    ``prepare(page)``, awaited before the page opens, may hold some of its
+    requests back (``page.route``): then the page is only waited on to be live.
+    """
     context = await browser.new_context(viewport={"width": width, "height": 1000})
     if cookies:
         await context.add_cookies(cookies)
@@ -256,8 +265,11 @@ async def dashboard(
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     try:
+        if prepare is not None:
+            await prepare(page)
         await page.goto(url)
-        await page.locator("body[data-ready=true][data-live=true]").wait_for(timeout=10_000)
+        loaded = "[data-ready=true]" if prepare is None else ""
+        await page.locator(f"body{loaded}[data-live=true]").wait_for(timeout=10_000)
         yield page
         assert errors == []
     finally:
@@ -634,18 +646,22 @@ async def test_the_history_chart_survives_a_restart(
 
 
 @in_browser
-async def test_a_finished_job_is_deleted_from_its_page(
+async def test_a_finished_job_is_deleted_from_its_page_and_from_the_counts(
     rt: Runtime, server: Serve, browser: Any
 ) -> None:
     failed = await rt.pool("batch").add("boom")
     await rt.wait(failed, timeout=5)
     async with server(create_app(rt)) as base:
         async with dashboard(browser, f"{base}/dashboard/jobs/{failed}") as page:
+            await expect(page.locator("#count-FAILURE")).to_have_text("1")
             page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
             await page.get_by_role("button", name=f"Delete job {failed}").click()
             await expect(page.locator(".toast", has_text=f"Job #{failed} deleted")).to_be_visible()
             await expect(page).to_have_url(f"{base}/dashboard")
             assert await rt.count() == 0
+            # A purge sends no event: the page reads the counts again.
+            await expect(page.locator("#count-FAILURE")).to_have_text("0")
+            await expect(page.locator("#count-all")).to_have_text("0")
 
 
 @in_browser
@@ -1179,3 +1195,186 @@ async def test_rows_say_a_job_gathers_its_batch_or_waits_in_one_with_a_link(
                 steps.allow("digest")
                 await expect(page.locator("#job-status")).to_have_text("SUCCESS")
         assert (await rt.wait(member, timeout=5)).result == 1
+
+
+@in_browser
+async def test_the_counts_keep_the_jobs_added_while_they_are_read(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    """GET /stats does not say which events it reflects: jobs added while its answer
+    is on the way (here held back by the test) are counted, once."""
+    counted = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def slow_answer(route: Any) -> None:
+        answer = await route.fetch()  # the server counts now...
+        counted.set()
+        await gate.wait()  # ...and the page gets its answer later
+        await route.fulfill(response=answer)
+
+    async def hold_the_stats(page: Any) -> None:
+        await page.route(lambda url: url.endswith("/stats"), slow_answer)
+
+    async with (
+        server(create_app(rt)) as base,
+        dashboard(browser, f"{base}/dashboard", prepare=hold_the_stats) as page,
+    ):
+        async with asyncio.timeout(10):
+            await counted.wait()
+        added = [
+            await rt.enqueue("stepped", kwargs={"n": 1, "key": "later"}, delay=600)
+            for _ in range(3)
+        ]
+        for job_id in added:  # the page has their events
+            await expect(row(page, job_id)).to_have_count(1)
+        gate.set()
+        await page.locator("body[data-ready=true]").wait_for()
+        await expect(page.locator("#count-WAITING")).to_have_text("3")
+        await expect(page.locator("#count-all")).to_have_text("3")
+
+
+@in_browser
+async def test_the_live_first_page_fills_up_again_when_its_rows_fade_out(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    delayed = await rt.enqueue("stepped", kwargs={"n": 1, "key": "d"}, delay=600)
+    async with (
+        server(create_app(rt)) as base,
+        dashboard(browser, f"{base}/dashboard?status=WAITING") as page,
+    ):
+        await expect(row(page, delayed)).to_have_count(1)
+        await rt.pool("batch").add_many(_with(rt, "hop", delay=600), [{}] * 55)
+        await expect(page.locator("#jobs tr.job")).to_have_count(50)
+        await expect(row(page, delayed)).to_have_count(0)  # pushed to the next page
+        await rt.bulk("cancel", task="hop")  # they fade out of this view
+        await expect(row(page, delayed)).to_have_count(1, timeout=10_000)
+        await expect(page.locator("#jobs tr.job")).to_have_count(1)
+        await expect(page.locator("#next-page")).to_be_disabled()
+
+
+@in_browser
+async def test_pool_paused_is_said_while_it_holds_a_job_and_only_then(
+    db_path: Path, steps: Steps, server: Serve, browser: Any
+) -> None:
+    rt = make_runtime(db_path, steps)
+
+    @rt.task(pool="main", attempts=2, retry=600)
+    async def flaky(job: JobContext) -> None:
+        raise ConnectionError("the mail server is down")
+
+    async with rt, server(create_app(rt)) as base:
+        await rt.change_pool("main", paused=True)
+        async with dashboard(browser, f"{base}/dashboard") as page:
+            job_id = await rt.add("flaky")  # the page sees it added to a paused pool
+            await expect(row(page, job_id).locator(".held")).to_have_text("pool paused")
+            async with dashboard(browser, f"{base}/dashboard/jobs/{job_id}") as job_page:
+                facts = job_page.locator("#job-facts")
+                await expect(facts).to_contain_text("pool paused")
+                await rt.change_pool("main", paused=False)  # it runs, fails, waits to retry
+                await expect(job_page.locator("#job-timeline .kind")).to_contain_text(["retrying"])
+                await expect(facts).not_to_contain_text("Waits for")
+            await expect(row(page, job_id).locator(".when")).to_have_text(
+                re.compile(r"runs in (9|10) min")
+            )
+            await expect(row(page, job_id).locator(".held")).to_have_count(0)
+
+            # Paused and resumed from the page: a job waiting for a slot says so, then not.
+            running = [await rt.add("stepped", n=1, key=f"r{i}") for i in range(2)]
+            for one in running:
+                await expect(row(page, one).locator(".status")).to_have_text("RUNNING")
+            queued = await rt.add("stepped", n=1, key="q")
+            await expect(row(page, queued).locator(".status")).to_have_text("WAITING")
+            await page.get_by_role("button", name="Pause pool main").click()
+            await expect(row(page, queued).locator(".held")).to_have_text("pool paused")
+            await page.get_by_role("button", name="Resume pool main").click()
+            await expect(row(page, queued).locator(".held")).to_have_count(0)
+            for key in ("r0", "r1", "q"):
+                steps.allow(key)
+            await rt.wait(queued, timeout=5)
+
+
+@in_browser
+async def test_a_schedules_jobs_link_quotes_its_name_and_a_bad_search_lists_nothing(
+    db_path: Path, steps: Steps, server: Serve, browser: Any
+) -> None:
+    rt = make_runtime(db_path, steps)
+    rt.schedule("nightly report", "stepped", "0 3 * * *", kwargs={"n": 1, "key": "r"})
+    async with rt, server(create_app(rt)) as base:
+        ours = await rt.enqueue(
+            "stepped", kwargs={"n": 1}, delay=600, metadata={"schedule": "nightly report"}
+        )
+        await rt.enqueue("stepped", kwargs={"n": 1}, delay=600, metadata={"schedule": "nightly"})
+        async with dashboard(browser, f"{base}/dashboard") as page:
+            await expect(page.locator("#jobs tr.job")).to_have_count(2)
+            report = page.locator('#schedules tr[data-schedule="nightly report"]')
+            await report.get_by_role("link", name="jobs").click()
+            search = page.locator("#filters [name=q]")
+            await expect(search).to_have_value('schedule="nightly report"')
+            await expect(page.locator("#jobs tr.job")).to_have_count(1)
+            await expect(row(page, ours)).to_have_count(1)
+
+            # The link as it was: a search the page cannot read lists nothing, and says why.
+            await page.goto(f"{base}/dashboard?q=schedule%3Dnightly+report")
+            await expect(page.locator("#jobs-empty")).to_have_text(
+                'Search: expected key=value or key="a value", found "report".'
+            )
+            await expect(page.locator("#jobs tr.job")).to_have_count(0)
+
+
+@in_browser
+async def test_a_pool_with_a_slash_in_its_name_is_paused_and_resumed_from_the_page(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    rt.pool("team/mail", concurrency=1)
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+        mail = pool_row(page, "team/mail")
+        await page.get_by_role("button", name="Pause pool team/mail").click()
+        await expect(mail.locator(".badge")).to_have_text("paused")
+        assert rt.pools["team/mail"].paused
+        await page.get_by_role("button", name="Resume pool team/mail").click()
+        await expect(mail.locator(".badge")).to_have_text("active")
+        assert not rt.pools["team/mail"].paused
+
+
+@in_browser
+async def test_a_double_click_on_older_turns_one_page_and_newer_comes_back(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    ids = await rt.pool("main").add_many(_with(rt, "stepped", delay=600), [{"n": 1}] * 120)
+    async with server(create_app(rt)) as base, dashboard(browser, f"{base}/dashboard") as page:
+
+        async def slow_link(route: Any) -> None:
+            await asyncio.sleep(0.3)
+            await route.continue_()
+
+        await page.route(lambda url: "/jobs?" in url and "cursor=" in url, slow_link)
+        jobs = page.locator("#jobs tr.job")
+        await page.locator("#next-page").dblclick()
+        await expect(page.locator("#page-info")).to_have_text("page 2")
+        await expect(jobs.first).to_have_attribute("data-id", str(ids[-51]))
+        await page.locator("#prev-page").click()
+        await expect(page.locator("#page-info")).to_have_text("page 1 · live")
+        await expect(jobs.first).to_have_attribute("data-id", str(ids[-1]))
+        await expect(page.locator("#prev-page")).to_be_disabled()
+
+
+@in_browser
+async def test_shortened_text_never_cuts_an_emoji_in_half(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    # "RuntimeError: boom: the disk holding " is 37 characters: the emoji comes 47th.
+    failed = await rt.pool("batch").add("boom", path="x" * 9 + "🧨 here")
+    await rt.wait(failed, timeout=5)
+    to = "x" * 71 + "🧨" + "z" * 10  # the result, '"hello x…', has it 79th
+    done = await rt.add("greet", to=to)
+    steps.allow(to)
+    await rt.wait(done, timeout=5)
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard") as page:
+            await expect(row(page, failed).locator(".sub")).to_have_text(
+                "RuntimeError: boom: the disk holding " + "x" * 9 + "🧨…"
+            )
+        async with dashboard(browser, f"{base}/dashboard/jobs/{done}") as page:
+            await expect(page.locator("#job-timeline .detail").last).to_have_text(
+                '"hello ' + "x" * 71 + "🧨…"
+            )

@@ -19,6 +19,9 @@
 //    from; each job event moves its job's box. What it draws is bounded
 //    (WF_LIMITS: boxes per column, boxes, columns), whatever the workflow's
 //    size, and the boxes and the header are redrawn at most once a frame.
+// 7. The status counts are a snapshot (GET /stats) moved by each event. The
+//    snapshot does not say which events it reflects, so one read while events
+//    moved the counts is read again once the stream is quiet (loadCounts).
 
 const ROOT = document.documentElement.dataset.root || "";
 const STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"];
@@ -100,6 +103,21 @@ function timeEl(ts, cls) {
 // A docstring's inline literals (RST ``code``, Markdown `code`) as <code>, the rest as text.
 function richText(text) {
   return text.split(/(``[^`]+``|`[^`]+`)/).filter(Boolean).map((part) => (part.startsWith("`") ? el("code", { text: part.replace(/^`+|`+$/g, "") }) : part));
+}
+
+// At most ``max`` characters as a reader counts them, the last one "…" when cut:
+// whole graphemes where the browser can tell them apart (an emoji, a flag, a
+// letter and its accents), else whole code points; never half a surrogate pair.
+const graphemes = typeof Intl.Segmenter === "function" ? new Intl.Segmenter(undefined, { granularity: "grapheme" }) : null;
+
+function shorten(text, max) {
+  if (text.length <= max) return text; // UTF-16 units: never fewer than characters
+  const kept = [];
+  for (const piece of graphemes ? graphemes.segment(text) : text) {
+    if (kept.length === max) return `${kept.slice(0, max - 1).join("")}…`;
+    kept.push(typeof piece === "string" ? piece : piece.segment);
+  }
+  return text;
 }
 
 function json(value) {
@@ -215,6 +233,7 @@ const state = {
   buffered: [],
   loadToken: 0,
   stale: false,
+  unreadable: false, // the search cannot be read: the list is empty and says why
   counts: null,
   known: new Map(), // id -> last status seen in an event or a listing (bounded): moves the counts
   pools: new Map(),
@@ -225,14 +244,40 @@ const state = {
   flow: null, // the workflow page: see openWorkflow
 };
 
+// The search's metadata filters: ``key=value`` separated by spaces, a value
+// with spaces (or one that would read as a number, true or false) quoted as
+// a JSON string, ``key="a b"``. Each value goes to GET /jobs as written
+// (``metadata.key="a b"``), which reads a JSON scalar as such.
+const FILTER = /\s*([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s"]\S*|)(?=\s|$)/y;
+
 function metadataFilters(q) {
   const out = [];
-  for (const token of q.split(/\s+/).filter(Boolean)) {
-    const at = token.indexOf("=");
-    if (at <= 0) throw new Error(`expected key=value, found ${JSON.stringify(token)}`);
-    out.push([token.slice(0, at), token.slice(at + 1)]);
+  const text = q.trim();
+  FILTER.lastIndex = 0;
+  while (FILTER.lastIndex < text.length) {
+    const at = FILTER.lastIndex;
+    const m = FILTER.exec(text);
+    if (!m || (m[2].startsWith('"') && !isJsonString(m[2]))) {
+      const token = text.slice(at).trim().split(/\s/)[0];
+      throw new Error(`expected key=value or key="a value", found ${JSON.stringify(token)}`);
+    }
+    out.push([m[1], m[2]]);
   }
   return out;
+}
+
+function isJsonString(text) {
+  try {
+    return typeof JSON.parse(text) === "string";
+  } catch {
+    return false;
+  }
+}
+
+// ``key=value`` for the search, the value quoted when it must be (see metadataFilters).
+function filterText(key, value) {
+  const plain = value !== "" && !/[\s"]/.test(value) && jsonScalar(value) === value;
+  return `${key}=${plain ? value : JSON.stringify(value)}`;
 }
 
 function matchesFilters(job) {
@@ -482,13 +527,35 @@ async function loadOwner() {
 
 // -- status counts --------------------------------------------------------------------------
 
+// A snapshot of GET /stats does not say which events it reflects (note 7): one
+// read while events moved the counts may be off by those events, either way.
+// It is read again once the stream has been quiet for COUNTS_QUIET ms, at most
+// COUNTS_RETRIES times in a row; a read that no event crossed is exact.
+const COUNTS_QUIET = 400;
+const COUNTS_RETRIES = 5;
+const counting = { moves: 0, token: 0, retries: 0, timer: null };
+
 const resyncCounts = throttle(() => loadCounts(), 5000);
 
-async function loadCounts() {
+async function loadCounts(retry = false) {
+  if (!retry) counting.retries = 0;
+  clearTimeout(counting.timer);
+  counting.timer = null;
+  const token = ++counting.token;
+  const moves = counting.moves;
   const stats = await act("Statistics", () => call("GET", "/stats"));
-  if (!stats) return;
+  if (!stats || token !== counting.token) return; // a newer read supersedes this one
   state.counts = { ...stats.counts };
   renderCounts();
+  if (counting.moves !== moves && counting.retries < COUNTS_RETRIES) {
+    counting.retries += 1;
+    recountWhenQuiet();
+  }
+}
+
+function recountWhenQuiet() {
+  clearTimeout(counting.timer);
+  counting.timer = setTimeout(() => loadCounts(true), COUNTS_QUIET);
 }
 
 function know(id, status) {
@@ -520,7 +587,10 @@ function moveCounts(event) {
   const before = previousStatus(event);
   const after = event.status;
   know(event.job_id, after);
-  if (!state.counts || before === after) return;
+  if (before === after) return;
+  counting.moves += 1; // a read of the counts in flight now may or may not reflect it
+  if (counting.timer !== null) recountWhenQuiet(); // not quiet yet: wait on
+  if (!state.counts) return;
   if (before === undefined) {
     resyncCounts(); // we cannot tell where it came from: ask, at most every 5 s
     return;
@@ -567,7 +637,9 @@ const refreshPools = throttle(() => loadPools(), 1000);
 async function loadPools() {
   const data = await act("Pools", () => call("GET", "/pools"));
   if (!data) return;
+  const before = state.pools;
   state.pools = new Map(data.pools.map((p) => [p.name, p]));
+  for (const pool of state.pools.values()) if (before.has(pool.name) && before.get(pool.name).paused !== pool.paused) poolTurned(pool.name);
   renderPools();
   // A rate-limited row says when its pool's next slot comes: from the pools just read.
   for (const [id, job] of state.jobs) {
@@ -576,6 +648,15 @@ async function loadPools() {
   }
   fillSelect($("#filters [name=pool]"), [...state.pools.keys()], state.filters.pool);
 }
+
+// A pool paused or resumed: its waiting rows say so, or stop saying so, once re-read.
+function poolTurned(name) {
+  if ([...state.jobs.values()].some((job) => job.pool === name && job.status === "WAITING")) rereadPage();
+}
+
+const rereadPage = throttle(() => {
+  if (state.view === "list" && !turning) loadJobs(state.cursor);
+}, 1000);
 
 function countFinished(pool) {
   if (!state.throughput.has(pool)) state.throughput.set(pool, new Array(SPARK_SECONDS).fill(0));
@@ -674,6 +755,7 @@ $("#pools").addEventListener("click", async (event) => {
   button.disabled = false;
   if (!updated) return;
   row.querySelector("input[name=concurrency]").dataset.dirty = "false";
+  if (pool.paused !== updated.paused) poolTurned(name);
   state.pools.set(name, updated);
   updatePoolRow(row, updated);
   toast("concurrency" in change ? `Pool ${name}: concurrency ${updated.concurrency}` : `Pool ${name} ${updated.paused ? "paused" : "resumed"}`);
@@ -743,7 +825,7 @@ function renderSchedules() {
   $("#schedules-empty").hidden = state.schedules.length > 0;
   body.replaceChildren(
     ...state.schedules.map((s) => {
-      const jobsLink = el("a", { href: listUrl({ status: "", pool: "", task: "", q: `schedule=${s.name}` }), "data-nav": true, text: "jobs" });
+      const jobsLink = el("a", { href: listUrl({ status: "", pool: "", task: "", q: filterText("schedule", s.name) }), "data-nav": true, text: "jobs" });
       const last = s.last_job_id
         ? el("span", {}, timeEl(s.last_run_at), " · ", el("a", { href: `${ROOT}/dashboard/jobs/${s.last_job_id}`, "data-nav": true, text: `#${s.last_job_id}` }))
         : timeEl(s.last_run_at);
@@ -837,20 +919,25 @@ for (const name of ["status", "pool", "task"]) {
 }
 $("#clear-filters").addEventListener("click", () => navigate(listUrl({})));
 $("#reload").addEventListener("click", () => loadJobs(state.cursor));
-$("#first-page").addEventListener("click", () => {
-  state.stack = [];
-  loadJobs(null);
-});
-$("#prev-page").addEventListener("click", () => {
-  const cursor = state.stack.pop();
-  loadJobs(cursor || null);
-});
-$("#next-page").addEventListener("click", () => {
-  state.stack.push(state.cursor || "");
-  loadJobs(state.next);
-});
+// The pager: a click while a page turns is ignored (a double click is one
+// turn), and the stack of earlier pages changes only with the page shown. A
+// live re-read of the page waits for the turn, which reads afresh anyway.
+let turning = false;
 
-async function loadJobs(cursor = state.cursor) {
+async function turnPage(cursor, stack) {
+  if (turning) return;
+  turning = true;
+  try {
+    await loadJobs(cursor, stack);
+  } finally {
+    turning = false;
+  }
+}
+$("#first-page").addEventListener("click", () => turnPage(null, []));
+$("#prev-page").addEventListener("click", () => turnPage(state.stack.at(-1) || null, state.stack.slice(0, -1)));
+$("#next-page").addEventListener("click", () => turnPage(state.next, [...state.stack, state.cursor || ""]));
+
+async function loadJobs(cursor = state.cursor, stack = state.stack) {
   const f = state.filters;
   const params = new URLSearchParams({ limit: String(LIMIT) });
   if (f.status === "SCHEDULED") params.set("scheduled", "true");
@@ -861,11 +948,20 @@ async function loadJobs(cursor = state.cursor) {
   try {
     meta = metadataFilters(f.q);
   } catch (exc) {
+    // A search it cannot read lists nothing, and says why (never every job).
+    ++state.loadToken;
+    state.loading = false;
+    state.unreadable = true;
+    state.jobs = new Map();
+    state.next = null;
+    state.stale = false;
+    renderJobs(`Search: ${exc.message}.`);
     toast(`Search: ${exc.message}`, "error");
-    meta = [];
+    return;
   }
   for (const [key, value] of meta) params.set(`metadata.${key}`, value);
   if (cursor) params.set("cursor", cursor);
+  state.unreadable = false;
   const token = ++state.loadToken;
   state.loading = true;
   state.buffered = [];
@@ -881,6 +977,7 @@ async function loadJobs(cursor = state.cursor) {
     return;
   }
   if (token !== state.loadToken) return; // a newer load superseded this one
+  state.stack = stack;
   state.cursor = cursor;
   state.next = page.cursor;
   state.stale = false;
@@ -898,7 +995,8 @@ function firstPage() {
   return !state.cursor;
 }
 
-function renderJobs() {
+function renderJobs(empty = "No jobs match.") {
+  $("#jobs-empty").textContent = empty;
   const body = $("#jobs tbody");
   state.rows = new Map();
   const rows = [...state.jobs.values()].sort((a, b) => b.id - a.id).map((job) => {
@@ -1043,7 +1141,7 @@ function updateRow(row, job) {
     el("td", { class: "num" }, el("a", { href, "data-nav": true, text: `#${job.id}` })),
     el("td", {}, el("span", { class: "name", text: job.task })),
     el("td", { text: job.pool }),
-    el("td", {}, el("span", { class: `badge ${job.status} status`, text: job.status }), shownError(job) ? el("span", { class: "sub", title: job.error, text: job.error.length > 48 ? `${job.error.slice(0, 47)}…` : job.error }) : null, waitingFor(job)),
+    el("td", {}, el("span", { class: `badge ${job.status} status`, text: job.status }), shownError(job) ? el("span", { class: "sub", title: job.error, text: shorten(job.error, 48) }) : null, waitingFor(job)),
     el("td", { class: "message-cell" }, progressEl(job)),
     el("td", { class: "num", text: attemptsText(job) }),
     el("td", {}, timeEl(job.created_at)),
@@ -1077,6 +1175,7 @@ function applyEvent(job, event) {
       job.attempts = event.attempt;
       job.started_at = event.at;
       job.finished_at = null;
+      job.waiting_reason = null; // whatever held it back, it runs
       break;
     case "progress":
       job.current = event.current;
@@ -1092,6 +1191,7 @@ function applyEvent(job, event) {
       job.run_at = event.run_at;
       job.started_at = null;
       job.finished_at = null;
+      job.waiting_reason = null; // it waits for its run_at now
       break;
     case "success":
       job.result = event.result;
@@ -1147,20 +1247,29 @@ function applyToList(event) {
   if (!matchesFilters(candidate)) return;
   if (state.filters.q) {
     // Events do not carry metadata: we cannot tell, so offer a refresh.
-    if (event.type === "added" || event.type === "started") {
+    if (!state.unreadable && (event.type === "added" || event.type === "started")) {
       state.stale = true;
       renderPager();
     }
     return;
   }
   insert(candidate);
-  if (candidate.created_at === null && state.rows.has(candidate.id)) hydrate();
+  if (state.rows.has(candidate.id) && (candidate.created_at === null || heldUnsaid(event))) hydrate();
 }
 
-// Rows first seen in a "started" (or later) event lack their creation time:
-// re-read the first page, at most every 2 s, while such rows turn up.
+// An "added" event does not say why the job waits: its pool paused, or held for
+// its parents or its batch (GET /jobs does: ``waiting_reason``).
+function heldUnsaid(event) {
+  if (event.type !== "added") return false;
+  return Boolean(state.pools.get(event.pool)?.paused || event.after?.length || (event.batch_key ?? null) !== null);
+}
+
+// Re-read the first page, at most every 2 s, while it misses what the server
+// has: rows first seen in a "started" (or later) event lack their creation
+// time, rows added to a paused pool why they wait, and a page whose rows faded
+// out the rows that ``insert`` pushed past its end.
 const hydrate = throttle(() => {
-  if (state.view === "list" && firstPage()) loadJobs(null);
+  if (state.view === "list" && firstPage() && !turning) loadJobs(null);
 }, 2000);
 
 function insert(job) {
@@ -1199,6 +1308,8 @@ function leave(id) {
     state.rows.delete(id);
     row.remove();
     renderPager();
+    // Rows beyond the live first page (state.next) move up to fill it.
+    if (firstPage() && state.next && state.jobs.size < LIMIT) hydrate();
   }, 1500);
 }
 
@@ -1215,6 +1326,7 @@ async function jobAction(button, id, action) {
     if (!done) return;
     toast(`Job #${id} deleted`);
     navigate(`${ROOT}/dashboard`);
+    loadCounts(); // a purge sends no event: the counts are read again
     return;
   }
   button.disabled = true;
@@ -1258,9 +1370,10 @@ function bulkFilter() {
 }
 
 function jsonScalar(text) {
+  // As GET /jobs reads a metadata filter: a JSON scalar (not null), else the text.
   try {
     const value = JSON.parse(text);
-    return value === null || typeof value !== "object" ? value : text;
+    return value === null || typeof value === "object" ? text : value;
   } catch {
     return text;
   }
@@ -1361,7 +1474,7 @@ function storedTimeline(info, attempts) {
 function resultSummary(result) {
   if (result === null || result === undefined) return "";
   const text = JSON.stringify(result);
-  return text.length > 80 ? `${text.slice(0, 79)}…` : text;
+  return shorten(text, 80);
 }
 
 function liveEntry(page, event) {
@@ -1823,11 +1936,7 @@ function updateBox(box, job) {
 function applyToWorkflow(flow, event) {
   const job = flow.jobs.get(event.job_id);
   if (!job) return; // not one of its jobs: the next snapshot says what is
-  changeJob(flow, job, () => {
-    if (!applyEvent(job, event)) return false;
-    if (event.type === "started" || event.type === "retrying") job.waiting_reason = null;
-    return true;
-  });
+  changeJob(flow, job, () => applyEvent(job, event));
 }
 
 // A change to one job (``change`` says whether it changed anything), with the

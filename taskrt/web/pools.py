@@ -16,7 +16,16 @@ from .schemas import POOL_NAME_PATTERN, array_of, ref
 
 group = EndpointGroup("pools", "Worker pools: concurrency, capacity, pause and resume.")
 
-NAME = Param("name", "path", required=True)
+NAME = Param(
+    "name",
+    "path",
+    required=True,
+    description="the pool's name; one declared in code may hold `/` (sent as is, or as `%2F`)",
+)
+# ``path``, not ``str``: a pool declared in code may have a ``/`` in its name
+# (``rt.pool("team/mail")``), and the path arrives decoded, ``%2F`` as ``/``.
+# Nothing else lives under /pools/, so this shadows no route.
+POOL_PATH = "/pools/{name:path}"
 POOL_NAME = re.compile(POOL_NAME_PATTERN)
 CHANGE_FIELDS = frozenset({"concurrency", "capacity", "paused", "rate"})
 
@@ -79,7 +88,7 @@ async def list_pools(api: Api, request: Request) -> Response:
 
 
 @group.get(
-    "/pools/{name}",
+    POOL_PATH,
     summary="One pool's statistics",
     name="get_pool",
     params=[NAME],
@@ -119,7 +128,7 @@ async def create_pool(api: Api, request: Request) -> Response:
 
 
 @group.patch(
-    "/pools/{name}",
+    POOL_PATH,
     summary="Change a pool's concurrency, capacity or rate, or pause or resume it",
     params=[NAME],
     body=ref("PoolChange"),
