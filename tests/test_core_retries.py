@@ -624,3 +624,32 @@ async def test_the_run_after_a_stop_interrupted_an_attempt_shows_its_success(
         (1, AttemptOutcome.ERROR),
         (2, AttemptOutcome.SUCCESS),
     ]
+
+
+async def test_a_retry_by_hand_goes_on_with_the_backoff_from_the_total_attempt_number(
+    tmp_path: Path,
+) -> None:
+    # As documented: the attempts are renewed, the backoff is not (attempt 3 waits
+    # the third delay, not the first one again).
+    t0 = 1_800_000_000.0
+    clock = FakeClock(start=t0)
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task(attempts=2, retry="10s,20s,40s")
+    async def flaky(job: JobContext) -> None:
+        raise RuntimeError("down")
+
+    async with rt:
+        pool = rt.pool("default")
+        job_id = await pool.add(flaky)
+        await until(lambda: pool.statistics().waiting == 1 and pool.statistics().running == 0)
+        assert (await rt.get(job_id)).run_at == t0 + 10
+        await clock.advance(10)
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+        await rt.retry(job_id)
+        for _ in range(500):
+            info = await rt.get(job_id)
+            if info.attempts == 3 and info.status is JobStatus.WAITING:
+                break
+            await asyncio.sleep(0.01)
+        assert (info.attempts, info.status, info.run_at) == (3, JobStatus.WAITING, t0 + 10 + 40)
