@@ -84,7 +84,10 @@ Design notes:
    its start does: a reap recovers only the jobs of the nodes it removes, so
    a claim that committed just after its own node's reap (its statement
    held up past the TTL), by a node that then died, left its jobs RUNNING
-   under a node gone for good until the next node started.
+   under a node gone for good until the next node started. That recovery
+   does not wait for this node's claims, and a look reads its strays before
+   its pools claim: a claim the look itself set off, still in flight as the
+   read answered, put the check off at every look on a loaded machine.
 """
 
 from __future__ import annotations
@@ -466,14 +469,16 @@ class Nodes:
             self.transitions.ended_here(job_id, task, pool_name, JobStatus.CANCELLED, seq)
             if self.on_ended is not None:
                 self.on_ended(job_id)
+        if time.monotonic() >= self._check_strays_at:
+            # Before the pools claim: a claim of this look's own still in flight as
+            # the read answers would put the stray check off at every look (note 8).
+            await self._release_strays()
         for pool in list(self.pools.values()):
             pool.poke()
         now = self.clock.now()
         for name, n in self.waiting.items():
             if n and name in self.pools:
                 await self.store.mark_waiting(name, now)  # those a lock holds (note 5)
-        if time.monotonic() >= self._check_strays_at:
-            await self._release_strays()
 
     async def _release_strays(self) -> None:
         """Jobs RUNNING here in the database that memory does not hold: back to
@@ -482,12 +487,10 @@ class Nodes:
         running = await store.running_on(self.node)
         # A start that answered meanwhile is in memory now; one still on its way may
         # have committed before this read: its jobs are not in memory yet.
-        if self._claiming or store.starting_adds:
-            return
-        self._check_strays_at = time.monotonic() + STRAY_CHECK
-        stray = [job_id for job_id in running if job_id not in self.live.states]
-        if stray:
-            released = await store.release_unheld(self.node, stray)
+        if not (self._claiming or store.starting_adds):
+            self._check_strays_at = time.monotonic() + STRAY_CHECK
+            stray = [job_id for job_id in running if job_id not in self.live.states]
+            released = await store.release_unheld(self.node, stray) if stray else 0
             if released:
                 log.warning(
                     "node %s: %d job(s) were RUNNING here in the database but not in memory "
@@ -495,7 +498,9 @@ class Nodes:
                     self.node,
                     released,
                 )
-        await self._reap(everything=True)  # and those of no live node (note 8)
+        # Those of no live node (note 8), whatever this node has in flight: its
+        # claims take no part in them.
+        await self._reap(everything=True)
 
     async def apply_pauses(self) -> None:
         """The pauses and limits operators recorded, as they stand now, on this node's pools
