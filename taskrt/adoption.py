@@ -92,6 +92,18 @@ class Adoption:
                 loads.append(self.declare_pool(name).queue.load(now))
         await asyncio.gather(*loads)
 
+    def failed_hooks(self) -> list[str]:
+        """The tasks whose orphans a recovery leaves RUNNING for ``orphans``."""
+        return [name for name, spec in self.tasks.items() if spec.hooks.on_failed is not None]
+
+    def orphans(self, infos: list[JobInfo]) -> None:
+        """Orphans a recovery left RUNNING (store note 22): each fails here as any
+        failure with an ``on_failed`` hook, the hook in its failure's transaction."""
+        for info in infos:
+            state = self.hold(info)
+            if state is not None:
+                self.transitions.fail_orphan(state)
+
     def adopt(self, info: JobInfo, *, announce: bool) -> JobState | None:
         """Take responsibility for a WAITING job found in the database: queue it."""
         state = self.hold(info)
@@ -105,8 +117,8 @@ class Adoption:
         return state
 
     def hold(self, info: JobInfo) -> JobState | None:
-        """A live state for a WAITING job read from the database (not queued);
-        None when its task is unknown here."""
+        """A live state for a job read from the database, WAITING (not queued) or an
+        orphan left RUNNING (``orphans``); None when its task is unknown here."""
         spec = self.tasks.get(info.task)
         if spec is None:
             if info.task not in self._unknown:

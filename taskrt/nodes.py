@@ -80,6 +80,8 @@ Design notes:
    (``release_unheld``). Only when no claim and no starting add is in
    flight as the read answers: one that answered meanwhile has its jobs
    in memory, one still on its way may have committed before the read.
+   Nor while a reap is in flight: it may move orphans to this node for its
+   runtime to fail (store note 22), in memory only once the reap answers.
    At the same pace a node recovers the jobs RUNNING on no live node, as
    its start does: a reap recovers only the jobs of the nodes it removes, so
    a claim that committed just after its own node's reap (its statement
@@ -236,6 +238,7 @@ class Nodes:
         self._releasing: asyncio.Task[None] | None = None  # telling of released locks
         self._claiming = 0  # claims in flight (note 8)
         self._check_strays_at = 0.0  # monotonic: when a look next reads them (note 8)
+        self._reaping = 0  # reaps in flight (a stray check waits for them)
         self._released_again = False
 
     # -- start and stop ---------------------------------------------------------
@@ -487,7 +490,7 @@ class Nodes:
         running = await store.running_on(self.node)
         # A start that answered meanwhile is in memory now; one still on its way may
         # have committed before this read: its jobs are not in memory yet.
-        if not (self._claiming or store.starting_adds):
+        if not (self._claiming or store.starting_adds or self._reaping):
             self._check_strays_at = time.monotonic() + STRAY_CHECK
             stray = [job_id for job_id in running if job_id not in self.live.states]
             released = await store.release_unheld(self.node, stray) if stray else 0
@@ -544,12 +547,18 @@ class Nodes:
                 log.exception("node %s: reaping failed", self.node)
 
     async def _reap(self, *, everything: bool) -> None:
-        nodes, recovered, orphaned = await self.store.reap(
-            self.clock.now(),
-            max_recoveries=self.max_recoveries,
-            seq_gap=SEQ_GAP_AFTER_REAP,
-            everything=everything,
-        )
+        # A reap may move orphans to this node, in memory only once it answers (store
+        # note 22): a stray check reading meanwhile must not take them for strays.
+        self._reaping += 1
+        try:
+            nodes, recovered, orphaned = await self.store.reap(
+                self.clock.now(),
+                max_recoveries=self.max_recoveries,
+                seq_gap=SEQ_GAP_AFTER_REAP,
+                everything=everything,
+            )
+        finally:
+            self._reaping -= 1
         if nodes or recovered or orphaned:
             log.warning(
                 "node %s: %d node(s) stopped beating; recovered %d job(s), failed %d orphaned",

@@ -396,6 +396,8 @@ class Runtime:
             poll_interval=poll_interval,
         )
         self.store.on_unstarted = self.adoption.unstarted
+        self.store.failed_hooks = self.adoption.failed_hooks  # store note 22
+        self.store.on_orphans = self.adoption.orphans
         # Every process a node that runs jobs (taskrt.nodes), on PostgreSQL.
         self.nodes: Nodes | None = None
         if mode == "nodes":
@@ -1168,8 +1170,10 @@ class Runtime:
 
     def _recovered(self, ends: list[CancelledChild]) -> None:
         """Jobs a recovery (or a reap of nodes gone) ended in the store: counted as
-        any end; an orphan's ``on_error`` runs, and its ``on_failed`` in a
-        transaction of its own (the failure is committed already)."""
+        any end; an orphan's ``on_error`` runs. An orphan of a task with an
+        ``on_failed`` hook is not among them (``Adoption.orphans``), unless the
+        node it ran on left before its hook could run (``on_failed`` then runs in a
+        transaction of its own, the failure committed already)."""
         for ended in ends:
             status = self.transitions.count_ended(ended)
             spec = self._tasks.get(ended.task)

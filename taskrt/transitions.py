@@ -421,6 +421,12 @@ class Transitions:
         )
         return fut
 
+    def fail_orphan(self, state: JobState) -> None:
+        """A job a recovery left RUNNING after ``max_recoveries`` (store note 22):
+        FAILURE as orphaned, its ``on_failed`` hook in the failure's transaction."""
+        times = state.recoveries + 1
+        self._fail(state, f"orphaned: the job was running when its process died {times} times")
+
     def _fail(self, state: JobState, error: str) -> None:
         hook = state.spec.hooks.on_failed
         if hook is None:
@@ -641,8 +647,9 @@ class Transitions:
         return status
 
     async def failed_hook_after(self, hook: Callable[..., Any], job_id: int) -> None:
-        """The ``on_failed`` hook of a job a recovery failed (orphaned): in a
-        transaction of its own, the failure being committed already."""
+        """The ``on_failed`` hook of a job a recovery failed (orphaned) in its own
+        statements (a node's leave; store note 22 keeps the rest for ``fail_orphan``):
+        in a transaction of its own, the failure being committed already."""
         try:
             info = await self.store.get_job(job_id)
             if info is None or info.status is not JobStatus.FAILURE:

@@ -17,6 +17,7 @@ import pytest
 from core_support import (
     Gate,
     all_jobs,
+    committed,
     committed_jobs,
     db_file,
     make_rt,
@@ -1024,6 +1025,31 @@ async def test_a_runtime_started_again_after_a_thread_outlived_it_has_its_slots(
     assert "Event loop is closed" not in err
 
 
+async def _audit(job: JobInfo, tx: Transaction) -> None:
+    await tx.execute("INSERT INTO audit VALUES (?, ?)", (job.id, job.error))
+
+
+def audited_runtime(tmp_path: Path, **hooks: Any) -> Runtime:
+    """A runtime whose jobs (task ``crashy``, a paused pool) fail as orphaned at the
+    first recovery, each failure audited by its ``on_failed`` hook."""
+    rt = make_rt(tmp_path, max_recoveries=0)
+    rt.pool("default").pause()
+
+    @rt.task(on_failed=_audit, **hooks)
+    async def crashy(job: JobContext) -> None:
+        return None
+
+    return rt
+
+
+async def added_audited(rt: Runtime, n: int) -> list[int]:
+    """``n`` jobs added by ``rt`` (then stopped), with the audit table they write."""
+    async with rt:
+        async with rt.transaction() as tx:
+            await tx.execute("CREATE TABLE audit (job_id INTEGER, error TEXT)")
+        return [await rt.pool("default").add("crashy") for _ in range(n)]
+
+
 async def test_a_job_orphaned_at_recovery_runs_its_failure_hooks_and_counts(
     tmp_path: Path,
 ) -> None:
@@ -1033,25 +1059,10 @@ async def test_a_job_orphaned_at_recovery_runs_its_failure_hooks_and_counts(
     path = db_file(tmp_path)
     errors: list[tuple[int, str]] = []
 
-    async def on_failed(job: JobInfo, tx: Transaction) -> None:
-        await tx.execute("INSERT INTO audit VALUES (?, ?)", (job.id, job.error))
-
     def runtime() -> Runtime:
-        rt = make_rt(tmp_path, max_recoveries=0)
-        rt.pool("default").pause()
+        return audited_runtime(tmp_path, on_error=lambda i, e: errors.append((i, e)))
 
-        @rt.task(on_failed=on_failed, on_error=lambda i, e: errors.append((i, e)))
-        async def crashy(job: JobContext) -> None:
-            return None
-
-        return rt
-
-    rt = runtime()
-    async with rt:
-        async with rt.transaction() as tx:
-            await tx.execute("CREATE TABLE audit (job_id INTEGER, error TEXT)")
-        orphan = await rt.pool("default").add("crashy")
-        asked = await rt.pool("default").add("crashy")
+    orphan, asked = await added_audited(runtime(), 2)
     since = time.time() - 1
     # A process that died while running both; a cancel was asked of the second.
     sqlite_only_write(path, "UPDATE jobs SET status = 'RUNNING', attempts = 1")
@@ -1069,3 +1080,67 @@ async def test_a_job_orphaned_at_recovery_runs_its_failure_hooks_and_counts(
     assert [i for i, _ in errors] == [orphan] and "orphaned" in errors[0][1]
     audit = sqlite_only_rows(path, "SELECT job_id, error FROM audit")
     assert [r[0] for r in audit] == [orphan] and "orphaned" in audit[0][1]
+
+
+KILLED_IN_AN_ORPHANS_HOOK = textwrap.dedent(
+    """
+    import asyncio, sys
+    from taskrt import JobContext, Runtime
+
+    rt = Runtime(sys.argv[1], max_recoveries=0, hook_timeout=60)
+
+    async def on_failed(job, tx) -> None:
+        await tx.execute("INSERT INTO audit VALUES (?, ?)", (job.id, job.error))
+        print("in the hook", flush=True)
+        await asyncio.sleep(3600)  # killed here, its transaction open
+
+    @rt.task(on_failed=on_failed)
+    async def crashy(job: JobContext) -> None:
+        return None
+
+    async def main() -> None:
+        async with rt:
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_an_orphans_failure_commits_with_its_on_failed_hook_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    # Before: the recovery committed the orphan's FAILURE, then ran on_failed in a
+    # transaction of its own; a process killed in between left a failure whose hook
+    # never ran (the audit row below was missing for good). Now the job stays
+    # RUNNING until the failure and its hook commit together (store note 22).
+    path = db_file(tmp_path)
+    [job_id] = await added_audited(audited_runtime(tmp_path), 1)
+    sqlite_only_write(path, "UPDATE jobs SET status = 'RUNNING', attempts = 1")  # it died
+    script = tmp_path / "child.py"
+    script.write_text(KILLED_IN_AN_ORPHANS_HOOK)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        path,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(20):
+            assert (await proc.stdout.readline()).decode().strip() == "in the hook"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert sqlite_only_rows(path, "SELECT status FROM jobs") == [("RUNNING",)]
+    assert sqlite_only_rows(path, "SELECT * FROM audit") == []
+    rt = audited_runtime(tmp_path)
+    async with rt:
+        info = await rt.wait(job_id, timeout=5)
+        await rt.background.wait(5)
+    assert info.status is JobStatus.FAILURE and info.recoveries == 0
+    assert info.error == "orphaned: the job was running when its process died 1 times"
+    assert sqlite_only_rows(path, "SELECT * FROM audit") == [(job_id, info.error)]
+    async with committed(tmp_path) as store:
+        assert [a.outcome for a in await store.attempts(job_id)] == [AttemptOutcome.INTERRUPTED]

@@ -738,6 +738,50 @@ async def test_a_job_left_running_on_a_node_gone_for_good_is_recovered_by_a_live
         assert outcomes == ["interrupted", "success"]
 
 
+async def test_a_dead_nodes_orphan_fails_on_the_reaping_node_with_its_on_failed_hook(
+    url: str,
+) -> None:
+    """Store note 22: the reap leaves the orphan of a task with an ``on_failed``
+    hook RUNNING, moved to the reaping node, whose runtime writes the failure and
+    the hook's rows in one transaction. Before, the reap failed it in its own
+    statement and the hook ran after, in a transaction of its own."""
+
+    async def audit(job: JobInfo, tx: Transaction) -> None:
+        await tx.execute("INSERT INTO audit VALUES ($1, $2)", (job.id, job.error))
+
+    rt = Runtime(url, mode="nodes", node_ttl=2.0, max_recoveries=0)
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p", on_failed=audit)
+    async def b(job: JobContext) -> str:
+        return "ran"
+
+    async with rt as y:
+        await sql(url, "CREATE TABLE audit (job bigint, error text)")
+        y.pool("p").pause()  # here only: y claims nothing meanwhile
+        job_id = await y.enqueue("b")
+        ghost = PgStore(url)
+        await ghost.open()
+        try:
+            await ghost.join("ghost", "elsewhere", 1, time.time(), 2.0)
+            (claimed,) = await ghost.claim("p", ["b"], 1, time.time(), "ghost")
+            assert claimed.id == job_id
+        finally:
+            await ghost.close()
+        await sql(
+            url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = 'ghost'"
+        )
+        info = await y.wait(job_id, timeout=10)
+        await y.background.wait(5)
+        assert (info.status, info.attempts, info.recoveries) == (JobStatus.FAILURE, 1, 0)
+        assert info.error == "orphaned: the job was running when its process died 1 times"
+        audited = await sql(url, "SELECT job, error FROM audit")
+        assert [(r["job"], r["error"]) for r in audited] == [(job_id, info.error)]
+        assert [a.outcome.value for a in await y.attempts(job_id)] == ["interrupted"]
+        [row] = await sql(url, "SELECT node FROM jobs WHERE id = $1", job_id)
+        assert row["node"] == y.nodes.node  # type: ignore[union-attr]
+
+
 class Partition:
     """A TCP proxy in front of the server that can stop carrying bytes both ways
     without closing anything (a network partition: no reset, no answer)."""

@@ -902,6 +902,40 @@ async def test_a_job_recovered_max_recoveries_times_fails_as_orphaned(store: Job
     assert await store.recover(NOW + 40, max_recoveries=1, seq_gap=0) == (0, 0)
 
 
+async def test_an_orphan_of_a_task_with_a_failure_hook_is_left_running_for_the_runtime(
+    store: JobStore,
+) -> None:
+    """Store note 22: its failure must commit with its ``on_failed`` hook, so the
+    recovery leaves it RUNNING (attempt recorded) and hands it over; if nothing
+    fails it (the process died first), the next recovery hands it over again."""
+    async with store.transaction() as tx:
+        await tx.insert_schedule(define("nightly", "send", "0 3 * * *"), NOW + 60, NOW)
+    hooked = await running(store, metadata={"schedule": "nightly"})
+    plain = await running(store, task="report", metadata={"schedule": "nightly"})
+    kept: list[JobInfo] = []
+    store.failed_hooks = lambda: ["send"]
+    store.on_orphans = kept.extend
+    try:
+        assert await store.recover(NOW + 10, max_recoveries=0, seq_gap=0) == (0, 2)
+        [info] = kept
+        assert (info.id, info.status, info.task, info.recoveries) == (hooked, RUNNING, "send", 0)
+        assert info.seq == (await get(store, hooked)).seq
+        assert (await get(store, hooked)).status is RUNNING
+        assert (await get(store, plain)).status is FAILURE
+        [attempt] = await store.attempts(hooked)
+        assert attempt.outcome is AttemptOutcome.INTERRUPTED
+        schedule = await store.schedule("nightly")
+        assert schedule is not None and schedule.failures == 1  # the plain one: in SQL
+        assert await store.recover(NOW + 20, max_recoveries=0, seq_gap=0) == (0, 1)
+        assert [i.id for i in kept] == [hooked, hooked]
+        await assert_counts_exact(store)
+    finally:
+        store.failed_hooks = tuple
+        store.on_orphans = None
+    assert await store.recover(NOW + 30, max_recoveries=0, seq_gap=0) == (0, 1)
+    assert (await get(store, hooked)).status is FAILURE  # no hook held here: failed in SQL
+
+
 async def test_a_job_whose_cancel_was_asked_while_it_ran_is_cancelled_at_recovery(
     store: JobStore,
 ) -> None:

@@ -191,6 +191,18 @@ Design notes:
     FAILURE or CANCELLED, ``retry_external``, a dependent blocked again) is a
     new request made after the cancel, so those writes clear the mark: a
     mark left on a finished row never cancels a later retry.
+22. **An orphan's ``on_failed`` commits with its failure.** A recovery (or,
+    where every node claims, a reap) fails a job left RUNNING
+    ``max_recoveries`` times in its own statements, except the orphans of
+    tasks whose ``on_failed`` hook this process holds (``failed_hooks``):
+    those stay RUNNING (on PostgreSQL, moved to the recovering node, so that
+    no other node's reap takes them and the failure passes the fence), their
+    interrupted attempt recorded, and go to ``on_orphans``. The runtime
+    fails each as any failure with a hook: the FAILURE row and the hook's
+    writes in one transaction. A process that dies before that commit
+    leaves the job RUNNING, so the next recovery finds the orphan again and
+    the hook runs again: never a failure without its hook, as for a failure
+    of a running attempt.
 """
 
 from .protocol import (

@@ -25,7 +25,7 @@ job moves exactly as the transition table allows, whatever ``was`` says.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -257,6 +257,12 @@ class JobStore(Protocol):
     on_recovered: Callable[[list[CancelledChild]], None] | None
     """Told of the jobs a recovery (``recover``, a reap of nodes gone) ended, once
     committed: orphaned (FAILURE), or CANCELLED as a cancel asked while they ran."""
+    failed_hooks: Callable[[], Collection[str]]
+    """The tasks whose orphans a recovery leaves RUNNING for ``on_orphans`` (note 22):
+    those with an ``on_failed`` hook here."""
+    on_orphans: Callable[[list[JobInfo]], None] | None
+    """Told of the orphans a recovery left RUNNING (note 22), once committed, before
+    the recovery returns: the runtime fails them, each hook in its failure's transaction."""
 
     @property
     def starts_in_add(self) -> bool:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from ..models import AttemptOutcome, JobStatus, StoreHealth
+from ..models import AttemptOutcome, JobInfo, JobStatus, StoreHealth
 from .groupcommit import GroupCommit
 from .ops import (
     ATTEMPT,
@@ -31,7 +31,7 @@ from .ops import (
     failure_params,
 )
 from .protocol import CancelledChild, InsertResult, MinuteRow, NewJob, Steps
-from .rows import recovered_ends
+from .rows import kept_orphans, recovered_ends
 
 
 class QueuedWrites:
@@ -41,12 +41,19 @@ class QueuedWrites:
         self._writes = GroupCommit(name, progress_interval=progress_interval)
         # Told of the jobs a recovery (or a reap) ended, once committed (JobStore).
         self.on_recovered: Callable[[list[CancelledChild]], None] | None = None
+        # The orphans a recovery leaves RUNNING for the runtime to fail (store note 22).
+        self.failed_hooks: Callable[[], Collection[str]] = tuple
+        self.on_orphans: Callable[[list[JobInfo]], None] | None = None
 
     def _recovered(self, rows: list[Any]) -> None:
-        """Tell ``on_recovered`` of the jobs among ``rows`` a recovery ended."""
+        """Tell ``on_recovered`` of the jobs among ``rows`` a recovery ended, and
+        ``on_orphans`` of those it left RUNNING (note 22)."""
         ends = recovered_ends(rows)
         if ends and self.on_recovered is not None:
             self.on_recovered(ends)
+        kept = kept_orphans(rows)
+        if kept and self.on_orphans is not None:
+            self.on_orphans(kept)
 
     # -- the group commit (notes 1, 3, 9, 10) ---------------------------------------
 

@@ -170,3 +170,9 @@ def recovered_ends(rows: list[Any]) -> list[CancelledChild]:
         for r in rows
         if "ended_id" in r.keys()
     ]
+
+
+def kept_orphans(rows: list[Any]) -> list[JobInfo]:
+    """The orphans a recovery left RUNNING (store note 22: ``kept_orphan`` rows, which
+    start with ``JOB_COLUMNS``), among the rows a script returned."""
+    return [row_to_job(r) for r in rows if "kept_orphan" in r.keys()]

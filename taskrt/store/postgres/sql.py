@@ -826,6 +826,9 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
         )
     back = f"status = 'RUNNING' AND recoveries < $1{lost}"
     orphan = f"status = 'RUNNING'{lost}"
+    # Those of a task with an on_failed hook here stay RUNNING, moved to this node
+    # (store note 22); the rest fail here ($1 of the failing statements: the names).
+    failing = f"{orphan} AND NOT (task = ANY($1::text[]))"
     return [
         # The jobs first, in id order (note 3): an attempt's row locked before its
         # job's was a deadlock with a batch of the node being reaped (the job, then
@@ -860,21 +863,27 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
             ("max",),
             None,
         ),
+        (
+            f"UPDATE jobs SET node = $1 WHERE {orphan} AND task = ANY($2::text[]) "
+            f"RETURNING {JOB_COLUMNS}, true AS kept_orphan",
+            ("node", "hooked"),
+            None,
+        ),
         # Orphaned jobs are failures of their schedules (metadata that is not JSON
         # counts for none).
         (
             "UPDATE schedules s SET failures = s.failures + o.n FROM ("
             "SELECT taskrt_json_text(metadata, 'schedule') AS name, count(*) AS n FROM jobs "
-            f"WHERE {orphan} GROUP BY 1) AS o WHERE s.name = o.name",
-            (),
+            f"WHERE {failing} GROUP BY 1) AS o WHERE s.name = o.name",
+            ("hooked",),
             None,
         ),
-        (orphan, (), JobStatus.FAILURE),
+        (failing, ("hooked",), JobStatus.FAILURE),
         (
-            "UPDATE jobs SET status = 'FAILURE', finished_at = $1, seq = seq + 1, "
+            "UPDATE jobs SET status = 'FAILURE', finished_at = $2, seq = seq + 1, "
             "error = 'orphaned: the job was running when its process died ' "
-            f"|| (recoveries + 1) || ' times' WHERE {orphan}" + RETURNING_ENDED,
-            ("now",),
+            f"|| (recoveries + 1) || ' times' WHERE {failing}" + RETURNING_ENDED,
+            ("hooked", "now"),
             None,
         ),
     ]

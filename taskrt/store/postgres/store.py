@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -1001,7 +1001,14 @@ class PgStore(QueuedWrites, SharedReads):
         jobs and their sequences past the gap are told on the events channel at
         the commit (``taskrt.nodebus`` note 7)."""
         steps: list[tuple[Any, ...]] = [(SQL_REAP, ())]
-        steps += _recovery_steps(LOST, now, max_recoveries, (SQL_SEQ_GAP_LOST, (seq_gap,)))
+        steps += _recovery_steps(
+            LOST,
+            now,
+            max_recoveries,
+            (SQL_SEQ_GAP_LOST, (seq_gap,)),
+            node=self.node,
+            hooked=self.failed_hooks(),
+        )
         # Told before they move (nodebus note 7): their late events are stale everywhere.
         steps.insert(3, (SQL_TELL_REAPED, (self.events_channel, self.node or "")))
         steps.append((SQL_FREE_HELD_LOST, ()))  # after the counts read below
@@ -1013,19 +1020,27 @@ class PgStore(QueuedWrites, SharedReads):
         if reaped and self.on_reaped is not None:
             self.on_reaped(reaped)  # its own listener may not listen yet (a start's reap)
         self._recovered(rows)
-        return counts[0], counts[6], counts[8]
+        # Kept orphans (store note 22) are failed by this node's runtime, now.
+        return counts[0], counts[6], counts[7] + counts[9]
 
     def heartbeat(self, node: str, interval: float) -> Heartbeat:
         """A thread that keeps ``node`` alive on a connection of its own (``heartbeat``)."""
         return Heartbeat(self._dsn, self.schema, node, interval)
 
     async def recover(self, now: float, *, max_recoveries: int, seq_gap: int) -> tuple[int, int]:
-        steps = _recovery_steps("", now, max_recoveries, (SQL_SEQ_GAP, (seq_gap,)))
+        steps = _recovery_steps(
+            "",
+            now,
+            max_recoveries,
+            (SQL_SEQ_GAP, (seq_gap,)),
+            node=self.node,
+            hooked=self.failed_hooks(),
+        )
         steps.append((SQL_TAKEN_IN, ()))
         rows: list[Any] = []
-        _, _, _, _, recovered, _, orphaned, _ = await self._script(steps, returned=rows)
+        _, _, _, _, recovered, kept, _, orphaned, _ = await self._script(steps, returned=rows)
         self._recovered(rows)
-        return recovered, orphaned
+        return recovered, orphaned + kept
 
     async def cancel_external(self, job_id: int, now: float) -> int | None:
         seqs: list[Any] = []
@@ -1314,11 +1329,18 @@ class PgTransaction(ScheduleWrites):
 
 
 def _recovery_steps(
-    lost: str, now: float, max_recoveries: int, seq_gap: tuple[str, tuple[Any, ...]] | None = None
+    lost: str,
+    now: float,
+    max_recoveries: int,
+    seq_gap: tuple[str, tuple[Any, ...]] | None = None,
+    *,
+    node: str | None = None,
+    hooked: Collection[str] = (),
 ) -> list[tuple[Any, ...]]:
     """``sql.recovery`` as steps of ``_script``; ``seq_gap`` runs once its first step
-    has locked the jobs (in id order, note 3)."""
-    values = {"now": now, "max": max_recoveries}
+    has locked the jobs (in id order, note 3). Orphans of the ``hooked`` tasks stay
+    RUNNING, moved to ``node`` (store note 22)."""
+    values = {"now": now, "max": max_recoveries, "node": node, "hooked": sorted(hooked)}
     steps: list[tuple[Any, ...]] = []
     for sql, names, status in recovery(lost):
         params = tuple(values[n] for n in names)

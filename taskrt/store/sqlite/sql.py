@@ -24,7 +24,7 @@ from ..ops import (
     Op,
     source_statuses,
 )
-from ..queries import MINUTE_COLUMNS, RETURNING_ENDED
+from ..queries import JOB_COLUMNS, MINUTE_COLUMNS, RETURNING_ENDED
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -400,7 +400,14 @@ SQL_RECOVER = (
     "UPDATE jobs SET status = 'WAITING', recoveries = recoveries + 1, seq = seq + 1 "
     f"WHERE {RECOVER_WHERE}"
 )
-ORPHAN_WHERE = "status = 'RUNNING'"
+# Orphans of a task with an ``on_failed`` hook (``?``: their names, a JSON array) stay
+# RUNNING for the runtime to fail, the hook in the failure's transaction (store note 22).
+_HOOKED = "task IN (SELECT value FROM json_each(?))"
+SQL_KEEP_ORPHANS = (
+    f"UPDATE jobs SET seq = seq WHERE status = 'RUNNING' AND {_HOOKED} "
+    f"RETURNING {JOB_COLUMNS}, 1 AS kept_orphan"
+)
+ORPHAN_WHERE = f"status = 'RUNNING' AND NOT {_HOOKED}"
 SQL_ORPHAN = (
     "UPDATE jobs SET status = 'FAILURE', finished_at = ?, seq = seq + 1, "
     "error = 'orphaned: the job was running when its process died ' || (recoveries + 1) || ' times' "
@@ -468,7 +475,7 @@ SQL_SCHEDULE_FAILED = "UPDATE schedules SET failures = failures + 1 WHERE name =
 # At recovery, before SQL_ORPHAN fails them: orphaned jobs are failures of their schedules.
 # (CASE keeps json_extract away from metadata that is not JSON: it would raise.)
 _RUNNING_OF_SCHEDULE = (
-    "FROM jobs WHERE status = 'RUNNING' AND CASE WHEN json_valid(jobs.metadata) "
+    f"FROM jobs WHERE {ORPHAN_WHERE} AND CASE WHEN json_valid(jobs.metadata) "
     "THEN json_extract(jobs.metadata, '$.schedule') END = schedules.name"
 )
 SQL_SCHEDULE_ORPHANS = (

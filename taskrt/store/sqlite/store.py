@@ -35,7 +35,7 @@ from ..protocol import (
 from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
-from ..rows import json_path
+from ..rows import dumps, json_path
 from .batch import in_thread, insert_jobs, rollback, store_error, transient
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
@@ -55,6 +55,7 @@ from .sql import (
     SQL_CLEANUP_ATTEMPTS,
     SQL_CLEANUP_DEPS,
     SQL_INTERRUPT_ATTEMPTS,
+    SQL_KEEP_ORPHANS,
     SQL_ORPHAN,
     SQL_PURGE,
     SQL_PURGE_ATTEMPTS,
@@ -511,10 +512,12 @@ class Store(QueuedWrites, SharedReads):
         requested while they ran, counts orphans as failures of their
         schedules, moves every live job's sequence up by ``seq_gap``, and
         clears the ``external`` mark of WAITING jobs (``queries.SQL_TAKEN_IN``).
-        Returns (recovered, orphaned).
+        Orphans of the tasks ``failed_hooks`` names stay RUNNING and go to
+        ``on_orphans`` (store note 22). Returns (recovered, orphaned).
         """
         rows: list[Any] = []
-        _, _, _, recovered, _, orphaned, _ = await self._script(
+        hooked = dumps(sorted(self.failed_hooks()))
+        _, _, _, recovered, kept, _, orphaned, _ = await self._script(
             [
                 (SQL_SEQ_GAP, (seq_gap, seq_gap)),
                 (SQL_INTERRUPT_ATTEMPTS, (now, now)),
@@ -522,15 +525,16 @@ class Store(QueuedWrites, SharedReads):
                 (SQL_RECOVER_CANCELLED, (now,)),
                 (tally(RECOVER_WHERE), (max_recoveries,), JobStatus.WAITING),
                 (SQL_RECOVER, (max_recoveries,)),
-                (SQL_SCHEDULE_ORPHANS, ()),
-                (tally(ORPHAN_WHERE), (), JobStatus.FAILURE),
-                (SQL_ORPHAN, (now,)),
+                (SQL_KEEP_ORPHANS, (hooked,)),
+                (SQL_SCHEDULE_ORPHANS, (hooked, hooked)),
+                (tally(ORPHAN_WHERE), (hooked,), JobStatus.FAILURE),
+                (SQL_ORPHAN, (now, hooked)),
                 (SQL_TAKEN_IN, ()),
             ],
             returned=rows,
         )
         self._recovered(rows)
-        return recovered, orphaned
+        return recovered, orphaned + kept
 
     async def cancel_external(self, job_id: int, now: float) -> int | None:
         """A process that does not own the job cancels it: a WAITING row at once,
