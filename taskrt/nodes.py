@@ -77,11 +77,16 @@ Design notes:
    the node lives. So after a claim that failed, and every
    ``STRAY_CHECK`` seconds, a look reads the jobs RUNNING here and puts
    back to WAITING those memory does not hold, their attempt given back
-   (``release_unheld``). Only when no claim and no starting add is in
-   flight as the read answers: one that answered meanwhile has its jobs
-   in memory, one still on its way may have committed before the read.
-   Nor while a reap is in flight: it may move orphans to this node for its
-   runtime to fail (store note 22), in memory only once the reap answers.
+   (``release_unheld``). A claim, a starting add or a reap (which may move
+   orphans here for the runtime to fail, store note 22) still in flight as
+   the read answers may have committed before the read: its jobs are in
+   memory once it answers. So the check first waits for those (up to
+   ``STRAY_WAIT`` seconds, else it tries again at the next look); one whose
+   answer was lost leaves its jobs out of memory, and they are the strays.
+   A job goes back only as the read saw it (its sequence unchanged): one
+   that ended, or was retried and claimed here again, since, is not a stray.
+   (Before, the check was skipped while anything was in flight, which on a
+   node busy claiming was nearly always.)
    At the same pace a node recovers the jobs RUNNING on no live node, as
    its start does: a reap recovers only the jobs of the nodes it removes, so
    a claim that committed just after its own node's reap (its statement
@@ -101,7 +106,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .background import woken
@@ -125,6 +130,8 @@ DEFAULT_TTL = 5.0
 SEQ_GAP_AFTER_REAP = 1_000_000  # as after a crash (``adoption``): resumed streams get a snapshot
 STRAY_CHECK = 30.0
 """Seconds between two looks for started jobs memory does not hold (note 8)."""
+STRAY_WAIT = 5.0
+"""Seconds such a look waits for the claims, reaps and adds in flight (note 8)."""
 
 
 class NodeStore(Protocol):
@@ -158,15 +165,15 @@ class NodeStore(Protocol):
 
     async def cancels(self, node: str) -> list[int]: ...
 
-    async def running_on(self, node: str) -> list[int]: ...
+    async def running_on(self, node: str) -> list[tuple[int, int]]: ...
 
-    async def release_unheld(self, node: str, job_ids: list[int]) -> int: ...
+    async def release_unheld(self, node: str, jobs: list[tuple[int, int]]) -> int: ...
 
     def hold_lock(self, job_id: int, key: str) -> asyncio.Future[None]: ...
 
     def unhold_lock(self, job_id: int) -> asyncio.Future[None]: ...
 
-    starting_adds: int
+    starting_adds: set[asyncio.Future[Any]]
 
     async def cancel_asked(self, now: float) -> list[tuple[int, int, str, str]]: ...
 
@@ -236,9 +243,8 @@ class Nodes:
         # When a rate limit that held back a pool's last claim has a token (note 5).
         self._rate_wait: dict[str, float | None] = {}
         self._releasing: asyncio.Task[None] | None = None  # telling of released locks
-        self._claiming = 0  # claims in flight (note 8)
         self._check_strays_at = 0.0  # monotonic: when a look next reads them (note 8)
-        self._reaping = 0  # reaps in flight (a stray check waits for them)
+        self._in_flight: set[asyncio.Future[None]] = set()  # claims and reaps (note 8)
         self._released_again = False
 
     # -- start and stop ---------------------------------------------------------
@@ -290,24 +296,34 @@ class Nodes:
         now = self.clock.now()
         tasks = list(self.tasks)
         draws = self._draws(pool, limit)
-        self._claiming += 1
+        with self._flying():
+            try:
+                if not draws:
+                    rows = await self.store.claim(pool, tasks, limit, now, self.node)
+                else:
+                    rows = await self._claim_rated(pool, tasks, limit, now, draws)
+            except BaseException:
+                self._check_strays_at = 0.0  # it may have committed (note 8)
+                raise
+            states = []
+            for info in rows:
+                spec = self.tasks[info.task]  # the claim takes only the tasks registered here
+                state = JobState(info, spec, retry_policy_of(info, spec))
+                self.live.states[info.id] = state
+                states.append(state)
+            return states
+
+    @contextlib.contextmanager
+    def _flying(self) -> Iterator[None]:
+        """A claim or a reap in flight until the block ends, its jobs in memory then
+        (a stray check waits for it, note 8)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_flight.add(done)
         try:
-            if not draws:
-                rows = await self.store.claim(pool, tasks, limit, now, self.node)
-            else:
-                rows = await self._claim_rated(pool, tasks, limit, now, draws)
-        except BaseException:
-            self._check_strays_at = 0.0  # it may have committed (note 8)
-            raise
+            yield
         finally:
-            self._claiming -= 1
-        states = []
-        for info in rows:
-            spec = self.tasks[info.task]  # the claim takes only the tasks registered here
-            state = JobState(info, spec, retry_policy_of(info, spec))
-            self.live.states[info.id] = state
-            states.append(state)
-        return states
+            self._in_flight.discard(done)
+            done.set_result(None)
 
     def _draws(self, pool: str, limit: int) -> list[tuple[str, float, float, float]]:
         """The rate limits a claim of ``pool`` draws from (note 5): the pool's, and
@@ -485,14 +501,21 @@ class Nodes:
 
     async def _release_strays(self) -> None:
         """Jobs RUNNING here in the database that memory does not hold: back to
-        WAITING (note 8). Skipped while a start may be on its way (tried next look)."""
+        WAITING (note 8), once what was in flight as the read answered has answered
+        (else tried at the next look)."""
         store = self.store
         running = await store.running_on(self.node)
-        # A start that answered meanwhile is in memory now; one still on its way may
-        # have committed before this read: its jobs are not in memory yet.
-        if not (self._claiming or store.starting_adds or self._reaping):
+        # What answered before the read did is in memory now; what is still on its way
+        # may have committed before the read: its jobs enter memory as it answers.
+        pending = {*self._in_flight, *store.starting_adds}
+        late = False
+        if pending:
+            _, late_ones = await asyncio.wait(pending, timeout=STRAY_WAIT)
+            late = bool(late_ones)
+            await asyncio.sleep(0)  # the tasks those answers woke take their jobs in
+        if not late:
             self._check_strays_at = time.monotonic() + STRAY_CHECK
-            stray = [job_id for job_id in running if job_id not in self.live.states]
+            stray = [(i, seq) for i, seq in running if i not in self.live.states]
             released = await store.release_unheld(self.node, stray) if stray else 0
             if released:
                 log.warning(
@@ -549,16 +572,13 @@ class Nodes:
     async def _reap(self, *, everything: bool) -> None:
         # A reap may move orphans to this node, in memory only once it answers (store
         # note 22): a stray check reading meanwhile must not take them for strays.
-        self._reaping += 1
-        try:
+        with self._flying():
             nodes, recovered, orphaned = await self.store.reap(
                 self.clock.now(),
                 max_recoveries=self.max_recoveries,
                 seq_gap=SEQ_GAP_AFTER_REAP,
                 everything=everything,
             )
-        finally:
-            self._reaping -= 1
         if nodes or recovered or orphaned:
             log.warning(
                 "node %s: %d node(s) stopped beating; recovered %d job(s), failed %d orphaned",

@@ -710,6 +710,57 @@ async def test_a_claim_whose_answer_is_lost_gives_its_jobs_back(url: str) -> Non
         assert ran[job_id] == ["x"]
 
 
+async def test_a_stray_is_released_though_a_claim_is_in_flight_as_the_check_reads(
+    url: str,
+) -> None:
+    """A job RUNNING on node x in the database that x's memory does not hold (a claim
+    whose answer was lost) goes back even when another claim of x is in flight as
+    the check reads (nodes note 8): the check waits for that claim to answer. Before,
+    it was put off while any claim was in flight, which a node busy claiming nearly
+    always has: its strays stayed RUNNING, run by nothing, while it lived."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, concurrency=1) as x:
+        nodes = x.nodes
+        assert nodes is not None
+        x.pool("p").pause()  # here only: x claims nothing meanwhile
+        job_id = await x.enqueue("b")
+        lost = PgStore(url)  # a claim of x's whose answer never reached x
+        await lost.open()
+        try:
+            (claimed,) = await lost.claim("p", ["b"], 1, time.time(), nodes.node)
+            assert claimed.id == job_id
+        finally:
+            await lost.close()
+        store = x.store
+        claim, release = store.claim, store.release_unheld
+        answer = asyncio.Event()
+        released: list[tuple[asyncio.Task[Any] | None, list[tuple[int, int]]]] = []
+
+        async def slow_claim(*args: Any, **kwargs: Any) -> list[JobInfo]:
+            await answer.wait()
+            return await claim(*args, **kwargs)
+
+        async def spied(node_name: str, jobs: list[tuple[int, int]]) -> int:
+            released.append((asyncio.current_task(), jobs))
+            return await release(node_name, jobs)
+
+        store.claim = slow_claim  # type: ignore[method-assign]
+        store.release_unheld = spied  # type: ignore[method-assign,assignment]
+        in_flight = asyncio.create_task(nodes.claim("p", 1))
+        await until(lambda: nodes._in_flight)
+        check = asyncio.create_task(nodes._release_strays())
+        await asyncio.sleep(0.3)
+        assert not check.done()  # it waits for the claim in flight
+        answer.set()
+        assert await in_flight == []  # nothing else waits: that claim took nothing
+        await check
+        assert [[i for i, _ in jobs] for task, jobs in released if task is check] == [[job_id]]
+        x.pool("p").resume()
+        info = await x.wait(job_id, timeout=10)
+        assert (info.status, info.attempts) == (JobStatus.SUCCESS, 1)
+        assert ran[job_id] == ["x"]
+
+
 async def test_a_job_left_running_on_a_node_gone_for_good_is_recovered_by_a_live_one(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1861,3 +1912,25 @@ async def test_waiting_jobs_a_node_cancels_count_in_the_history_and_the_metrics(
         stats = await x.stats(since=since)
         assert stats.counts["CANCELLED"] == 4
         assert x.counters.finished["b", JobStatus.CANCELLED] == 4
+
+
+async def test_a_stray_goes_back_only_as_the_check_read_it(url: str) -> None:
+    """``release_unheld`` moves a job only if its sequence is still the one the stray
+    check read (nodes note 8): a job that ended, or was retried and claimed here
+    again, after the read is not a stray any more and keeps running."""
+    store = await _store_of_node(url, "n1")
+    try:
+        now = time.time()
+        (added,) = await store.insert([new_job(created_at=now, run_at=now, start=True)])
+        assert isinstance(added, InsertResult) and added.started
+        [read] = await store.running_on("n1")
+        assert read[0] == added.job_id
+        # Since the read: its attempt failed, it was put back, and claimed here again.
+        await sql(url, "UPDATE jobs SET seq = seq + 2 WHERE id = $1", added.job_id)
+        assert await store.release_unheld("n1", [read]) == 0
+        assert (await _stored(url, added.job_id))[:2] == ("RUNNING", "n1")
+        assert await store.release_unheld("n1", await store.running_on("n1")) == 1
+        assert (await _stored(url, added.job_id))[:2] == ("WAITING", None)
+        assert await store.live_counts() == {"p": {JobStatus.WAITING: 1}}
+    finally:
+        await store.close()

@@ -1126,10 +1126,14 @@ SQL_MARK_LOCKED = (
     "OR EXISTS (SELECT 1 FROM held_locks h WHERE h.lock_key = w.lock_key))"
 )
 SQL_CANCELS = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1 AND cancel_requested = 1"
-SQL_RUNNING_ON = "SELECT id FROM jobs WHERE status = 'RUNNING' AND node = $1"
+SQL_RUNNING_ON = "SELECT id, seq FROM jobs WHERE status = 'RUNNING' AND node = $1"
 # Jobs a node's claim (or add) started whose answer it never got (nodes note 8): back
 # to WAITING, the attempt the claim charged given back (no handler ran).
-UNHELD_WHERE = "id = ANY($1::bigint[]) AND status = 'RUNNING' AND node = $2"
+# $1 ids, $3 their sequences as read (a job changed since is not a stray), $2 the node.
+UNHELD_WHERE = (
+    "(id, seq) IN (SELECT * FROM unnest($1::bigint[], $3::bigint[])) "
+    "AND status = 'RUNNING' AND node = $2"
+)
 SQL_RELEASE_UNHELD = (
     "UPDATE jobs SET status = 'WAITING', attempts = greatest(attempts - 1, 0), "
     f"started_at = NULL, node = NULL, seq = seq + 1 WHERE {UNHELD_WHERE}"

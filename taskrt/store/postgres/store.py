@@ -235,7 +235,9 @@ class PgStore(QueuedWrites, SharedReads):
         self._app_idle: str | None = None  # the server's own, for the application's (note 14)
         # Told of the jobs a reap here took back and their new sequences (nodebus note 7).
         self.on_reaped: Callable[[list[tuple[int, int]]], None] | None = None
-        self.starting_adds = 0  # adds in flight that may start a job here (``insert``)
+        # Adds in flight that may start a job here (``insert``): once one answers, the
+        # task that awaits it takes the started jobs into memory before it awaits again.
+        self.starting_adds: set[asyncio.Future[Any]] = set()
         # Told of each job a claim starts that a blocked job waits for (taskrt.workflows).
         self.on_parent: Callable[[int], None] | None = None
         # The planner's picture of ``jobs``, kept current (note 13).
@@ -403,15 +405,9 @@ class PgStore(QueuedWrites, SharedReads):
         if self.node is not None and any(job.start for job in jobs):
             # It may start a job on this node (note 11): until its answer is in, a
             # RUNNING row of this node that memory does not hold may be its (nodes note 8).
-            self.starting_adds += 1
-            fut.add_done_callback(self._starting_add_done)
+            self.starting_adds.add(fut)
+            fut.add_done_callback(self.starting_adds.discard)
         return fut
-
-    def _starting_add_done(self, fut: asyncio.Future[Any]) -> None:
-        # Registered before the add awaits ``fut``, so this runs just before the add's
-        # task resumes, in the same turn of the loop, and that task takes the started
-        # jobs into memory before it awaits again: no look reads between the two.
-        self.starting_adds -= 1
 
     async def _close_pool(self) -> None:
         for pool in (self._claims, self._pool):
@@ -949,18 +945,20 @@ class PgStore(QueuedWrites, SharedReads):
         """The jobs running on ``node`` that a cancel was asked for elsewhere."""
         return [int(r[0]) for r in await self.fetch_all(SQL_CANCELS, (node,))]
 
-    async def running_on(self, node: str) -> list[int]:
-        """The jobs RUNNING on ``node``, as the database has it."""
-        return [int(r[0]) for r in await self.fetch_all(SQL_RUNNING_ON, (node,))]
+    async def running_on(self, node: str) -> list[tuple[int, int]]:
+        """The jobs RUNNING on ``node``, as the database has it: (id, seq) of each."""
+        return [(int(r[0]), int(r[1])) for r in await self.fetch_all(SQL_RUNNING_ON, (node,))]
 
-    async def release_unheld(self, node: str, job_ids: list[int]) -> int:
-        """Put back to WAITING those of ``job_ids`` still RUNNING on ``node`` that its
-        memory does not hold (a claim or an add whose answer was lost: no handler
-        ran), their attempt given back; how many."""
+    async def release_unheld(self, node: str, jobs: list[tuple[int, int]]) -> int:
+        """Put back to WAITING those of ``jobs`` (id, seq as ``running_on`` read them)
+        still RUNNING on ``node`` as read, which its memory does not hold (a claim or
+        an add whose answer was lost: no handler ran), their attempt given back; how
+        many."""
+        params = ([i for i, _ in jobs], node, [seq for _, seq in jobs])
         [moved] = await self._script(
             [
-                (tally(UNHELD_WHERE), (job_ids, node), JobStatus.WAITING),
-                (SQL_RELEASE_UNHELD, (job_ids, node)),
+                (tally(UNHELD_WHERE), params, JobStatus.WAITING),
+                (SQL_RELEASE_UNHELD, params),
             ]
         )
         if moved:
