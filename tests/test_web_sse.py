@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from core_support import reads_of
+from httpx_sse import ServerSentEvent, aconnect_sse
 from starlette.types import Message
 
 from taskrt import JobContext, Runtime
@@ -350,6 +352,46 @@ async def test_all_events_of_one_pool_with_job_scoped_ids(db_path: Path, gates: 
         job, seq = (f.id or "").split(":")
         assert f.data is not None and (int(job), int(seq)) == (f.data["job_id"], f.data["seq"])
     first = [f.event for f in frames if (f.data or {})["job_id"] == in_a[0]]
+    assert first == ["added", "started", "progress", "progress", "success"]
+
+
+@pytest.mark.server
+async def test_all_events_of_one_pool_on_a_standby(
+    db_path: Path, gates: Gates, server: Callable[..., AbstractAsyncContextManager[str]]
+) -> None:
+    """``GET /events?pool=`` served by a standby (uvicorn on 127.0.0.1) carries the
+    owner's events of the pool's jobs, whichever process added them, with the
+    owner's numbers."""
+    owner = make_runtime(db_path, gates)
+    standby = make_runtime(db_path, gates)
+    async with (
+        owner,
+        server(create_app(standby)) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        assert not standby.owning
+        async with aconnect_sse(client, "GET", "/events", params={"pool": "a"}) as source:
+            await wait_until(lambda: standby.broker.subscribers == 1)
+            in_a = [await standby.add("steps", 2), await owner.add("steps", 1)]
+            in_b = await standby.add("flaky")
+            frames: list[ServerSentEvent] = []
+            ended: set[int] = set()
+            async with asyncio.timeout(10):
+                async for frame in source.aiter_sse():
+                    if not frame.data:
+                        continue  # a keep-alive
+                    frames.append(frame)
+                    if frame.event == "success":
+                        ended.add(frame.json()["job_id"])
+                    if ended >= set(in_a):
+                        break
+        await owner.wait(in_b, timeout=5)
+    assert {f.json()["job_id"] for f in frames} == set(in_a)  # none of pool b's
+    for job_id in in_a:
+        ids = [f.id for f in frames if f.json()["job_id"] == job_id]
+        seqs = [int(i.split(":")[1]) for i in ids]
+        assert seqs == sorted(seqs) and ids == [f"{job_id}:{q}" for q in seqs]
+    first = [f.event for f in frames if f.json()["job_id"] == in_a[0]]
     assert first == ["added", "started", "progress", "progress", "success"]
 
 
