@@ -3,6 +3,14 @@
 The runtime never reads the clock or sleeps on its own: it asks its ``Clock``
 for ``now()`` (epoch seconds) and to ``call_at`` a time. ``FakeClock`` moves only
 when a test calls ``advance``.
+
+``SystemClock``'s timers keep to the wall clock. The event loop's timers follow
+the monotonic clock, which a suspended machine (a laptop's lid, a paused VM)
+or a wall clock stepped forward (NTP) leaves behind: a timer set for the wall
+time of a job delayed by a day would ring as late as the machine slept. So a
+timer further off than ``MAX_TIMER`` seconds sleeps that long, looks at the
+wall clock again, and sleeps again (``_WallTimer``); nearer ones are the loop's
+own, as cheap as before.
 """
 
 from __future__ import annotations
@@ -60,15 +68,52 @@ class Alarm:
         self._callback()
 
 
+MAX_TIMER = 60.0
+"""Seconds a ``SystemClock`` timer sleeps at most before it reads the wall clock again."""
+
+
 class SystemClock:
-    """The wall clock, with timers on the running event loop."""
+    """The wall clock, with timers on the running event loop (module docstring)."""
 
     def now(self) -> float:
         return time.time()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         loop = asyncio.get_running_loop()
-        return loop.call_later(max(0.0, when - time.time()), callback)
+        delay = when - self.now()
+        if delay <= MAX_TIMER:
+            return loop.call_later(max(0.0, delay), callback)
+        return _WallTimer(self, loop, when, callback)
+
+
+class _WallTimer:
+    """A timer further off than ``MAX_TIMER``: loop timers of at most that long,
+    until the wall clock says ``when`` is near."""
+
+    __slots__ = ("_callback", "_clock", "_handle", "_loop", "_when")
+
+    def __init__(
+        self,
+        clock: SystemClock,
+        loop: asyncio.AbstractEventLoop,
+        when: float,
+        callback: Callable[[], None],
+    ) -> None:
+        self._clock = clock
+        self._loop = loop
+        self._when = when
+        self._callback = callback
+        self._handle = loop.call_later(MAX_TIMER, self._look)
+
+    def _look(self) -> None:
+        delay = self._when - self._clock.now()
+        if delay > MAX_TIMER:
+            self._handle = self._loop.call_later(MAX_TIMER, self._look)
+        else:
+            self._handle = self._loop.call_later(max(0.0, delay), self._callback)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class _FakeTimer:

@@ -35,8 +35,10 @@ from taskrt import (
     JobInfo,
     JobStatus,
     Runtime,
+    SystemClock,
     Transaction,
 )
+from taskrt import clock as clock_module
 from taskrt.store import JobStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1144,3 +1146,57 @@ async def test_an_orphans_failure_commits_with_its_on_failed_hook_or_not_at_all(
     assert sqlite_only_rows(path, "SELECT * FROM audit") == [(job_id, info.error)]
     async with committed(tmp_path) as store:
         assert [a.outcome for a in await store.attempts(job_id)] == [AttemptOutcome.INTERRUPTED]
+
+
+# -- the wall clock ------------------------------------------------------------------------------
+
+
+class JumpingClock(SystemClock):
+    """The wall clock plus ``ahead`` seconds, the event loop's timers as they are:
+    a machine that slept (or whose clock was stepped) while its timers did not run."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.ahead
+
+
+async def test_a_timer_set_far_off_rings_when_the_wall_clock_gets_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: a loop timer for the whole delay, which follows the monotonic clock: a
+    # machine suspended for an hour rang an hour late (a job delayed by a day, the
+    # retention schedule). Now it reads the wall clock every MAX_TIMER seconds.
+    monkeypatch.setattr(clock_module, "MAX_TIMER", 0.05)
+    clock = JumpingClock()
+    rang: list[str] = []
+    clock.call_at(clock.now() + 3600, lambda: rang.append("far"))
+    clock.call_at(clock.now() + 3600, lambda: rang.append("cancelled")).cancel()
+    clock.call_at(clock.now() + 0.01, lambda: rang.append("near"))
+    await asyncio.sleep(0.2)
+    assert rang == ["near"]
+    clock.ahead = 3600  # the machine slept an hour
+    await until(lambda: rang == ["near", "far"], timeout=2)
+    await asyncio.sleep(0.2)
+    assert rang == ["near", "far"]
+
+
+async def test_a_delayed_job_starts_when_its_time_comes_though_the_machine_slept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clock_module, "MAX_TIMER", 0.05)
+    clock = JumpingClock()
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task
+    async def later(job: JobContext) -> str:
+        return "ran"
+
+    async with rt:
+        job_id = await rt.pool("default").add(later.options(delay=3600))
+        await asyncio.sleep(0.2)
+        assert (await rt.get(job_id)).status is JobStatus.WAITING
+        clock.ahead = 3601
+        info = await rt.wait(job_id, timeout=3)
+    assert info.result == "ran"
