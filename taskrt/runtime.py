@@ -1059,8 +1059,10 @@ class Runtime:
     async def _answer(self, method: str, args: dict[str, Any]) -> Any:
         """A call another process forwarded (relay): answer as for a local caller."""
         if method == "add":
-            pool = self._pools.get(args["pool"]) or self.pool(args["pool"])
             jobs = [NewJob(**job) for job in args["jobs"]]
+            if not jobs:
+                return []  # and no pool made for a name nothing was added to
+            pool = self._pools.get(args["pool"]) or self.pool(args["pool"])
             for job in jobs:
                 job.after = tuple(job.after)
                 if job.pool not in self._pools:

@@ -241,6 +241,17 @@ async def test_a_cancel_on_a_standby_waits_as_long_as_the_owners_cancel(
         assert info.status is JobStatus.CANCELLED
 
 
+async def test_an_empty_add_forwarded_to_the_owner_makes_no_pool(tmp_path: Path) -> None:
+    # Before: the owner made a pool of whatever name an add of nothing named.
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        assert await standby.pool("p").add_many("hello", []) == []
+        remote = standby.remote
+        assert remote is not None
+        assert await remote.call("add", pool="made up", jobs=[]) == []
+        assert "made up" not in owner.pools
+
+
 async def test_what_is_too_large_for_the_relay_goes_through_the_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
