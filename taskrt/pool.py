@@ -706,9 +706,11 @@ class Pool:
         result_json: str | None = None
         returned = False  # the handler returned; what raises now is the check (note 11)
         try:
-            # The attempt is charged on disk before the handler runs (note 5);
-            # shielded: the future is the whole write batch's, not this job's.
-            await asyncio.shield(charged)
+            # The attempt is charged on disk before the handler runs (note 5). The
+            # future is this start's own (``groupcommit.Batch.started``): awaited as it
+            # is, it wakes the runner in the loop's turn after the commit (a shield
+            # around a future the batch shared took a turn more, at every batch).
+            await charged
             if state.unstarted:
                 # Its start changed no row: another process changed the job first
                 # (store note 20). Not run; the store's row is taken in instead.

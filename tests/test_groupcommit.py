@@ -208,3 +208,28 @@ async def test_a_batch_rolled_back_by_a_deadlock_is_written_again_with_its_adds(
         assert later.exception() is None and writes.health().ok
     finally:
         await writes.close(1.0)
+
+
+@pytest.mark.parametrize("apart", [True, False])
+async def test_each_start_has_a_future_of_its_own_that_a_cancel_leaves_to_the_others(
+    apart: bool,
+) -> None:
+    """A runner waits for its start's commit on a future of its own (note 16), so a
+    cancel of one runner meanwhile cancels its wait alone: the others learn of the
+    commit, which carries every start. A start queued after a write of its job (it
+    commits with the batch) has its own future too."""
+    recorder = Recorder(apart)
+    writes = GroupCommit("test")
+    writes.start(recorder)
+    try:
+        ended = queue(writes, SUCCEED, 3)
+        starts = [queue(writes, START, 1), queue(writes, START, 2), queue(writes, START, 3)]
+        assert len({id(f) for f in starts}) == 3 and ended not in starts
+        starts[0].cancel()
+        await writes.flush()
+        assert starts[0].cancelled()
+        assert all(f.done() and f.exception() is None for f in (*starts[1:], ended))
+        written = [w for statements, _ in recorder.transactions for w in statements]
+        assert [w for w in written if w[0] == "start"] == [("start", 1), ("start", 2), ("start", 3)]
+    finally:
+        await writes.close(1.0)

@@ -132,7 +132,12 @@ Design notes:
     concurrency 10 drain about 30 % faster; jobs that sleep keep the thread).
     A rest waits this way once. So a
     start's commit no longer says that writes queued before it for other
-    jobs are committed (``flush`` still does). A batch kept after a failure
+    jobs are committed (``flush`` still does). Each start has a future of its
+    own, which its runner awaits as it is: resolved at the commit, it wakes
+    the runner in the next turn of the loop, and a cancel of one runner
+    cancels its own wait, never the others' (a future the batch shared had
+    to be awaited behind ``asyncio.shield``, which woke the runner a turn
+    later). A batch kept after a failure
     (note 9) keeps every write in order, starts included, in one
     transaction. PostgreSQL commits them together: a second transaction is
     a second round trip.

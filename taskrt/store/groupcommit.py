@@ -75,13 +75,16 @@ class Batch:
     inserts: list[tuple[list[NewJob], asyncio.Future[Results]]] = field(default_factory=list)
     statements: list[Statement] = field(default_factory=list)
     committed: asyncio.Future[None] | None = None
-    # Futures of earlier batches whose writes failed and ride along with this one (note 9).
+    # Futures of earlier batches whose writes failed and ride along with this one (note
+    # 9), and of the starts that commit with this batch's other writes.
     earlier: list[asyncio.Future[None]] = field(default_factory=list)
-    # Starts to commit first, in a transaction of their own (note 16), and their future;
+    # Starts to commit first, in a transaction of their own (note 16), and a future
+    # of each (its runner's alone: resolved at the commit, it wakes the runner in the
+    # next turn of the loop, and a cancel of the runner cancels nothing else);
     # ``jobs``: the jobs with a write in ``statements`` (a start of one waits its turn
     # there); None: this batch keeps every write in ``statements``.
     starts: list[Statement] = field(default_factory=list)
-    started: asyncio.Future[None] | None = None
+    started: list[asyncio.Future[None]] = field(default_factory=list)
     jobs: set[int] | None = field(default_factory=set)
     # The rest of a batch whose starts committed first: nothing waits on it as on them,
     # so a backend may write it the way that leaves the event loop free (note 16).
@@ -97,9 +100,9 @@ class Batch:
         earlier write failed (a retry taken again at once), which must commit first.
         """
         self.statements[:0] = [*failed.starts, *failed.statements, *self.starts]
-        futures = [*failed.earlier, failed.started, failed.committed, self.started]
+        futures = [*failed.earlier, *failed.started, failed.committed, *self.started]
         self.earlier[:0] = [fut for fut in futures if fut is not None]
-        self.starts, self.started, self.jobs = [], None, None
+        self.starts, self.started, self.jobs = [], [], None
 
     def join(self, rest: Batch) -> None:
         """Put ``rest`` (a batch whose starts committed apart) first, writes and adds,
@@ -113,16 +116,15 @@ class Batch:
         starts, started = self.starts, self.started
         if not starts:
             return None
-        self.starts, self.started = [], None
+        self.starts, self.started = [], []
         if apart and (self.inserts or any(op is not FLUSH for op, _, _ in self.statements)):
-            return Batch(statements=starts, committed=started)
+            return Batch(statements=starts, earlier=started)
         self.statements[:0] = starts
-        if started is not None:
-            self.earlier.append(started)
+        self.earlier += started
         return None
 
     def settle(self, error: BaseException | None) -> None:
-        futures = [*self.earlier, self.started, self.committed]
+        futures = [*self.earlier, *self.started, self.committed]
         for fut in futures:
             if fut is not None and not fut.done():
                 if error is None:
@@ -268,6 +270,9 @@ class GroupCommit:
     ) -> asyncio.Future[None]:
         """Queue one operation for the next batch; the future resolves when it is committed.
 
+        A start's future is its own (its runner awaits it, ``Batch.started``); the
+        others share the batch's.
+
         ``job_id`` names the job a lifecycle operation is about, so that runs of
         the same operation can be grouped (note 7).
         """
@@ -277,11 +282,16 @@ class GroupCommit:
         if job_id is not None and jobs is not None:
             if op is START and job_id not in jobs:
                 batch.starts.append((op, params, job_id))
-                if batch.started is None:
-                    batch.started = asyncio.get_running_loop().create_future()
-                return batch.started
+                started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                batch.started.append(started)
+                return started
             jobs.add(job_id)
         batch.statements.append((op, params, job_id))
+        if op is START:
+            # Its runner's own future here too (``Batch.started``), resolved with the batch.
+            own: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            batch.earlier.append(own)
+            return own
         if batch.committed is None:
             batch.committed = asyncio.get_running_loop().create_future()
         return batch.committed
