@@ -321,6 +321,16 @@ class Adoption:
                 # that write is committed.
                 written.add_done_callback(lambda _: self._wake.set())
                 continue
+            if (
+                state is not None
+                and info.terminal
+                and state.status is JobStatus.WAITING
+                and info.seq < state.seq
+            ):
+                # The same, its write committed while the row was read: a cancel read
+                # from before a retry here. Left marked, the next poll reads it as it is.
+                self._wake.set()
+                continue
             # Queued first, so it lands before anything this owner writes of the job
             # now (it clears only what was read: store note on clear_external).
             self.store.clear_external(info.id, info.seq, cancel_requested)

@@ -761,6 +761,38 @@ async def test_a_retry_by_hand_after_a_cancel_that_came_too_late_runs(
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_cancel_read_before_the_owners_retry_committed_leaves_the_retry(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client and the owner cancel a waiting job at once (the client's lands; the
+    # row is marked for the owner's poll); the poll reads that row, and before the
+    # read comes back the owner retries the job and the retry's write commits.
+    # Before, the poll ended the retried job in memory from the older row, and its
+    # row, WAITING, was run by nothing (a soak found it: a client that cannot reach
+    # the owner, on PostgreSQL, seed 9).
+    owner, client = owner_and_unreachable_client(backend, tmp_path)
+    once, runs = returns_its_id(owner, client)
+    async with owner, client:
+        polls_by_hand(owner)
+        pool = owner.pool("default")
+        pool.pause()  # in memory only: the job waits
+        job_id = await pool.add(once)
+        await client.cancel(job_id)
+        await owner.cancel(job_id)
+        poll, go_on = await a_poll_held_after_its_read(owner, monkeypatch)
+        retried = await owner.retry(job_id)
+        await owner.store.flush()
+        go_on.set()
+        await poll
+        assert owner.live.states[job_id].status is JobStatus.WAITING
+        await owner.adoption.poll_once()  # the row as it is now: nothing to do
+        pool.resume()
+        info = await owner.wait(job_id, timeout=5)
+        assert retried.status is JobStatus.WAITING
+        assert (info.status, runs) == (JobStatus.SUCCESS, [job_id])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("where", ["in memory", "out of the window"])
 async def test_a_run_now_from_a_client_during_the_owners_run_now_runs_the_job_once(
     backend: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
