@@ -1934,3 +1934,27 @@ async def test_a_stray_goes_back_only_as_the_check_read_it(url: str) -> None:
         assert await store.live_counts() == {"p": {JobStatus.WAITING: 1}}
     finally:
         await store.close()
+
+
+async def test_a_claim_takes_a_job_while_a_dependent_of_it_is_being_added(url: str) -> None:
+    """An add of a dependent locks its parents (``FOR KEY SHARE``) until it commits,
+    and notifies only the dependent's pool. A claim of the parent meanwhile takes it
+    (the claim locks ``FOR NO KEY UPDATE``, which a key share does not block). Before,
+    its ``FOR UPDATE SKIP LOCKED`` skipped the parent, found nothing, and the pool
+    asked again only at the next poll (30 s here): a parent added just before its
+    dependent waited that long about 1 run in 20 on a loaded machine
+    (test_workflows' parent-on-another-node test)."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, poll_interval=30) as x:
+        x.pool("p").pause()  # here only: x claims nothing meanwhile
+        job_id = await x.enqueue("b")
+        schema = url.rsplit("schema=", 1)[1]
+        adding = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            async with adding.transaction():  # the dependent's add, not committed yet
+                await adding.execute("SELECT id FROM jobs WHERE id = $1 FOR KEY SHARE", job_id)
+                x.pool("p").resume()
+                await until(lambda: ran[job_id] == ["x"], timeout=5)
+        finally:
+            await adding.close()
+        assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS

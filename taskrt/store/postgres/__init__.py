@@ -61,7 +61,7 @@ Notes of this backend (cited where they apply):
    fallback, also while the listener reconnects.
 7. **Every node runs workers** (``mode="nodes"``, ``taskrt.nodes``). A node
    claims due jobs in one statement (``SQL_CLAIM_JOBS``: each priority's
-   range of ``jobs_waiting``, ``FOR UPDATE SKIP LOCKED``, started and counted
+   range of ``jobs_waiting``, ``FOR NO KEY UPDATE SKIP LOCKED``, started and counted
    in the same statement, only while the node's heartbeat is fresh). Its
    connections carry its name as the ``taskrt.node`` setting, and every write
    of a RUNNING job compares it with the job's ``node``: a write of a node

@@ -1025,7 +1025,9 @@ _LOCK_FREE = (
 )
 # Claim up to $4 due jobs of pool $1 whose tasks ($3) this node has, at $2, for node
 # $5, if its heartbeat is fresh: highest priority, then earliest run_at, then lowest
-# id; rows another node is claiming are skipped (SKIP LOCKED). They start here: the
+# id; rows another node is claiming are skipped (SKIP LOCKED; locked FOR NO KEY UPDATE,
+# what the claim's UPDATE takes, so that an add holding a parent FOR KEY SHARE until
+# its dependent commits does not hide the parent from claims). They start here: the
 # attempt is charged in the same statement, and the counts move with them. Each
 # priority's range is read up to {bound}, a constant of the statement's text, never
 # a parameter: a claim runs with a generic plan (store note 9), and a generic plan
@@ -1039,7 +1041,7 @@ _SQL_CLAIM_JOBS = (
     "AND priority = p.priority AND run_at <= $2 AND task = ANY($3::text[]) "
     "AND cancel_requested = 0 "
     f"AND (lock_key IS NULL OR {_LOCK_FREE}) "
-    "ORDER BY run_at, id LIMIT {bound} FOR UPDATE SKIP LOCKED) y "
+    "ORDER BY run_at, id LIMIT {bound} FOR NO KEY UPDATE SKIP LOCKED) y "
     "WHERE EXISTS (SELECT 1 FROM alive)), "
     # One job per lock key in one claim (the first in run order), and no more jobs of
     # a task than the tokens its rate limit gave ($6 tasks, $7 tokens).
