@@ -1337,7 +1337,9 @@ async def test_a_claim_reads_each_priority_only_up_to_its_bound_with_a_generic_p
 
 
 def test_a_claim_statement_reads_up_to_the_power_of_two_at_or_above_its_limit() -> None:
-    bounds = {n: re.search(r"LIMIT (\d+) FOR UPDATE", claim_sql(n)) for n in (1, 2, 3, 10, 16, 17)}
+    bounds = {
+        n: re.search(r"LIMIT (\d+) FOR NO KEY UPDATE", claim_sql(n)) for n in (1, 2, 3, 10, 16, 17)
+    }
     assert {n: int(m.group(1)) for n, m in bounds.items() if m} == {
         1: 1,
         2: 2,
