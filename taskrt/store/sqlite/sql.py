@@ -404,8 +404,7 @@ SQL_RECOVER = (
 # RUNNING for the runtime to fail, the hook in the failure's transaction (store note 22).
 _HOOKED = "task IN (SELECT value FROM json_each(?))"
 SQL_KEEP_ORPHANS = (
-    f"UPDATE jobs SET seq = seq WHERE status = 'RUNNING' AND {_HOOKED} "
-    f"RETURNING {JOB_COLUMNS}, 1 AS kept_orphan"
+    f"SELECT {JOB_COLUMNS}, 1 AS kept_orphan FROM jobs WHERE status = 'RUNNING' AND {_HOOKED}"
 )
 ORPHAN_WHERE = f"status = 'RUNNING' AND NOT {_HOOKED}"
 SQL_ORPHAN = (

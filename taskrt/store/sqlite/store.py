@@ -386,8 +386,8 @@ class Store(QueuedWrites, SharedReads):
         A step of three (a tally, its params, a status) counts the rows the
         next statement is about to change, by pool and status, as moving to
         that status (None: deleted); job_counts changes in the same
-        transaction (note 12). The rows of statements with ``RETURNING`` go
-        into ``returned``.
+        transaction (note 12). The rows of a ``SELECT``, and of statements with
+        ``RETURNING``, go into ``returned`` (their count is their row count).
         """
 
         def work(conn: sqlite3.Connection, counted: Tally) -> list[int]:
@@ -396,7 +396,7 @@ class Store(QueuedWrites, SharedReads):
                 if len(step) == 3:
                     to = step[2]
                     counted.before(conn, step[0], step[1], None if to is None else STORED[to])
-                elif " RETURNING " in step[0]:
+                elif " RETURNING " in step[0] or step[0].startswith("SELECT "):
                     rows = conn.execute(step[0], step[1]).fetchall()
                     rowcounts.append(len(rows))
                     if returned is not None:
