@@ -833,6 +833,93 @@ async def test_a_dead_nodes_orphan_fails_on_the_reaping_node_with_its_on_failed_
         assert row["node"] == y.nodes.node  # type: ignore[union-attr]
 
 
+def hooked_node(url: str, audit: Callable[..., Any], **options: Any) -> Runtime:
+    """A node whose task ``b`` has the ``on_failed`` hook ``audit``; orphaned at once."""
+    rt = Runtime(url, mode="nodes", node_ttl=2.0, max_recoveries=0, **options)
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p", on_failed=audit)
+    async def b(job: JobContext) -> str:
+        return "ran"
+
+    return rt
+
+
+async def claim_unheard(url: str, node_id: str, job_id: int) -> None:
+    """A claim of ``job_id`` as ``node_id`` whose answer never reaches the node (a
+    claim cut short by its stop): RUNNING there in the database, not in memory."""
+    other = PgStore(url)
+    await other.open()
+    try:
+        (claimed,) = await other.claim("p", ["b"], 1, time.time(), node_id)
+        assert claimed.id == job_id
+    finally:
+        await other.close()
+
+
+async def test_a_node_that_stops_fails_its_cut_short_orphan_with_the_hook_in_one_transaction(
+    url: str,
+) -> None:
+    """Store note 22: a clean stop keeps the orphan of a claim cut short RUNNING and
+    fails it as any failure with a hook, before the node is gone. Before, the
+    leaving statement committed the FAILURE and the hook ran after, in a
+    transaction of its own (another connection saw FAILURE from inside the hook)."""
+    seen: list[str] = []
+
+    async def audit(job: JobInfo, tx: Transaction) -> None:
+        [row] = await sql(url, "SELECT status FROM jobs WHERE id = $1", job.id)
+        seen.append(row["status"])  # as every other connection sees it meanwhile
+        await tx.execute("INSERT INTO audit VALUES ($1, $2)", (job.id, job.error))
+
+    async with hooked_node(url, audit) as y:
+        await sql(url, "CREATE TABLE audit (job bigint, error text)")
+        y.pool("p").pause()  # here only: y claims nothing itself
+        job_id = await y.enqueue("b")
+        await claim_unheard(url, y.nodes.node, job_id)  # type: ignore[union-attr]
+    assert seen == ["RUNNING"]
+    [row] = await sql(url, "SELECT status, error, node FROM jobs WHERE id = $1", job_id)
+    assert row["status"] == "FAILURE"
+    assert row["error"] == "orphaned: the job was running when its process died 1 times"
+    audited = await sql(url, "SELECT job, error FROM audit")
+    assert [(r["job"], r["error"]) for r in audited] == [(job_id, row["error"])]
+    assert [r["outcome"] for r in await sql(url, "SELECT outcome FROM attempts")] == ["interrupted"]
+    assert await sql(url, "SELECT id FROM nodes") == []
+
+
+async def test_the_orphan_a_stopping_node_kept_is_failed_by_a_live_node_if_it_dies_first(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stopping node dies between its leave and the orphan's failure (its
+    runtime never hears of the orphan here): the orphan is RUNNING on a node no
+    row names, and a live node's look takes it over and fails it with its hook."""
+    monkeypatch.setattr(nodes_module, "STRAY_CHECK", 0.3)
+    hooked: list[str] = []
+
+    async def audit(job: JobInfo, tx: Transaction) -> None:
+        hooked.append("z")
+        await tx.execute("INSERT INTO audit VALUES ($1, $2)", (job.id, job.error))
+
+    async def never(job: JobInfo, tx: Transaction) -> None:
+        raise AssertionError("the dead node ran the hook")
+
+    async with hooked_node(url, audit, poll_interval=0.1) as z:
+        await sql(url, "CREATE TABLE audit (job bigint, error text)")
+        z.pool("p").pause()  # here only: z claims nothing meanwhile
+        async with hooked_node(url, never) as y:
+            y.pool("p").pause()
+            job_id = await y.enqueue("b")
+            await claim_unheard(url, y.nodes.node, job_id)  # type: ignore[union-attr]
+            y.store.on_orphans = lambda infos: None  # dies as its leave commits
+        [row] = await sql(url, "SELECT status, node FROM jobs WHERE id = $1", job_id)
+        assert (row["status"], row["node"]) == ("RUNNING", y.nodes.node)  # type: ignore[union-attr]
+        info = await z.wait(job_id, timeout=10)
+        await z.background.wait(5)
+        assert info.status is JobStatus.FAILURE
+        assert hooked == ["z"]
+        audited = await sql(url, "SELECT job, error FROM audit")
+        assert [(r["job"], r["error"]) for r in audited] == [(job_id, info.error)]
+
+
 class Partition:
     """A TCP proxy in front of the server that can stop carrying bytes both ways
     without closing anything (a network partition: no reset, no answer)."""

@@ -207,7 +207,10 @@ Design notes:
     writes in one transaction. A process that dies before that commit
     leaves the job RUNNING, so the next recovery finds the orphan again and
     the hook runs again: never a failure without its hook, as for a failure
-    of a running attempt.
+    of a running attempt. A node that stops cleanly (``leave``) keeps the
+    orphans of its cut-short claims the same way, on itself: its row is gone,
+    so if it dies before failing them, any node's next look for jobs of no
+    live node (``taskrt.nodes`` note 8) takes them over and fails them.
 """
 
 from .protocol import (
