@@ -2047,3 +2047,51 @@ async def test_a_claim_takes_a_job_while_a_dependent_of_it_is_being_added(url: s
         finally:
             await adding.close()
         assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_a_batch_takes_a_member_while_a_dependent_of_it_is_being_added(url: str) -> None:
+    """A batch locks its members as a claim does, ``FOR NO KEY UPDATE`` (what its
+    updates take): a member that an add of a dependent holds ``FOR KEY SHARE`` is
+    in the batch. Before, ``FOR UPDATE SKIP LOCKED`` left it out of its batch."""
+    store = await _store_of_node(url, "n1")
+    try:
+        now = time.time()
+        added = await store.insert(
+            [new_job(task="digest", created_at=now, run_at=now, batch_key="k") for _ in range(2)]
+        )
+        first, second = (r.job_id for r in added if isinstance(r, InsertResult))
+        schema = url.rsplit("schema=", 1)[1]
+        adding = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            async with adding.transaction():  # the dependent's add, not committed yet
+                await adding.execute("SELECT id FROM jobs WHERE id = $1 FOR KEY SHARE", first)
+                formed = await asyncio.wait_for(store.form_batch("digest", "k", 2, now), 5)
+        finally:
+            await adding.close()
+        assert formed == (first, "p", [second])
+    finally:
+        await store.close()
+
+
+async def test_a_job_ends_while_a_dependent_of_it_is_being_added(url: str) -> None:
+    """The batch that writes a job's end locks its row ``FOR NO KEY UPDATE`` (what
+    its update takes): an add of a dependent holding the job ``FOR KEY SHARE``
+    until it commits does not hold the end back. Before, the batch's ``FOR UPDATE``
+    waited for that add, and every write of the batch with it."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x:
+        job_id = await x.pool("p").add("a", 1, hold=True)
+        await until(lambda: ran[job_id] == ["x"])
+        schema = url.rsplit("schema=", 1)[1]
+        adding = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            async with adding.transaction():  # the dependent's add, not committed yet
+                await adding.execute("SELECT id FROM jobs WHERE id = $1 FOR KEY SHARE", job_id)
+                x.gate.set()  # type: ignore[attr-defined]
+                info = await x.wait(job_id, timeout=5)
+                assert info.status is JobStatus.SUCCESS
+                await asyncio.wait_for(x.store.flush(), 5)  # the end is committed
+                [row] = await sql(url, "SELECT status FROM jobs WHERE id = $1", job_id)
+                assert row["status"] == "SUCCESS"
+        finally:
+            await adding.close()

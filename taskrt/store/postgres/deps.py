@@ -60,7 +60,9 @@ _RESULTS_OF = numbered(SQL_RESULTS_OF)
 _RELEASE = numbered(SQL_RELEASE)
 _LEADER_END = numbered(SQL_LEADER_END)
 _FOLLOW_END = numbered(SQL_FOLLOW_END)
-_BATCH_MEMBERS = numbered(SQL_BATCH_MEMBERS) + " FOR UPDATE SKIP LOCKED"
+# What its updates take, as a claim (note 7): an add of a dependent
+# holds a member ``FOR KEY SHARE``, which ``FOR UPDATE`` would skip.
+_BATCH_MEMBERS = numbered(SQL_BATCH_MEMBERS) + " FOR NO KEY UPDATE SKIP LOCKED"
 _LEAD = numbered(SQL_LEAD)
 _FOLLOW = numbered(SQL_FOLLOW)
 _DEP = numbered(SQL_DEP)

@@ -725,13 +725,16 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
     # the other writes, then the counts. A write the main query does not read runs
     # after it: a count or an attempt locked before a job's row was a deadlock with
     # a transaction that locks them the other way, and so were two statements that
-    # locked two jobs in opposite orders (one write's jobs, then another's).
+    # locked two jobs in opposite orders (one write's jobs, then another's). The job
+    # rows are locked as their updates lock them (FOR NO KEY UPDATE: no key changes),
+    # so an add holding a parent FOR KEY SHARE (SQL_PARENTS_FOUND) does not hold
+    # back the parent's writes, nor every other write of their batch.
     if ids:
         ctes.insert(
             0,
             "k AS MATERIALIZED (SELECT id, status AS was, node FROM jobs WHERE id = ANY("
             + " || ".join(ids)
-            + ") ORDER BY id FOR UPDATE)",
+            + ") ORDER BY id FOR NO KEY UPDATE)",
         )
         first.append("SELECT NULL::text, NULL::text, NULL::bigint FROM k HAVING count(*) < 0")
     out[:0] = first
