@@ -22,7 +22,8 @@ Design notes (cited where they apply, pinned by tests/test_schedule.py):
    each wall time to an instant ourselves.
 3. ``"@every 30s"`` slots are multiples of the interval counted from
    1970-01-01T00:00Z, whatever the zone: a pure function of time, so a
-   restart never shifts them. Arithmetic is in integer microseconds.
+   restart never shifts them. Arithmetic is in integer microseconds; the
+   interval is at least ``MIN_EVERY`` (10 ms).
 4. When day-of-month and day-of-week are both restricted, either one matches
    (classic cron). Hashed and random values (``H``, ``R``) are refused: they
    would make a schedule depend on something other than time.
@@ -243,6 +244,10 @@ _FIELD_COUNT = (
 )
 
 
+MIN_EVERY = 0.01
+"""The shortest ``@every`` interval, in seconds (10 ms)."""
+
+
 def _parse_every(expression: str, rest: str) -> float:
     text = rest.strip()
     if not text:
@@ -254,6 +259,13 @@ def _parse_every(expression: str, rest: str) -> float:
     if round(seconds * 1_000_000) < 1:
         raise CronError(
             expression, "expression", f"@every needs a positive duration, found {text!r}"
+        )
+    if seconds < MIN_EVERY:
+        # A job a slot: a microsecond's interval would add a million jobs a second.
+        raise CronError(
+            expression,
+            "expression",
+            f"@every needs a duration of at least {MIN_EVERY * 1000:g} ms, found {text!r}",
         )
     return seconds
 

@@ -417,6 +417,8 @@ BAD = [
     ("@everyday", "expression", ["@everyday"]),
     ("@every soon", "expression", ["duration"]),
     ("@every 0s", "expression", ["positive"]),
+    ("@every 0.000001s", "expression", ["at least 10 ms", "'0.000001s'"]),
+    ("@every 9ms", "expression", ["at least 10 ms"]),
     ("0 0 30 2 *", "day of month", ["'30'", "'2'", "never"]),
     ("0 0 31 4,6 *", "day of month", ["never"]),
 ]
