@@ -1175,9 +1175,10 @@ class Runtime:
     def _recovered(self, ends: list[CancelledChild]) -> None:
         """Jobs a recovery (or a reap of nodes gone) ended in the store: counted as
         any end; an orphan's ``on_error`` runs. An orphan of a task with an
-        ``on_failed`` hook is not among them (``Adoption.orphans``), unless the
-        node it ran on left before its hook could run (``on_failed`` then runs in a
-        transaction of its own, the failure committed already)."""
+        ``on_failed`` hook is not among them (``Adoption.orphans``), unless its task
+        was registered here after the recovery read which tasks have one
+        (``on_failed`` then runs in a transaction of its own, the failure
+        committed already)."""
         for ended in ends:
             status = self.transitions.count_ended(ended)
             spec = self._tasks.get(ended.task)

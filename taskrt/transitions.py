@@ -648,8 +648,9 @@ class Transitions:
 
     async def failed_hook_after(self, hook: Callable[..., Any], job_id: int) -> None:
         """The ``on_failed`` hook of a job a recovery failed (orphaned) in its own
-        statements (a node's leave; store note 22 keeps the rest for ``fail_orphan``):
-        in a transaction of its own, the failure being committed already."""
+        statements (its task registered after the recovery read the hooked ones;
+        store note 22 keeps the rest for ``fail_orphan``): in a transaction of its
+        own, the failure being committed already."""
         try:
             info = await self.store.get_job(job_id)
             if info is None or info.status is not JobStatus.FAILURE:
