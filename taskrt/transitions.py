@@ -34,6 +34,7 @@ from .live import LiveJobs
 from .models import STATUS_EVENT, AttemptOutcome, Event, EventType, JobInfo, JobStatus
 from .pool import Outcome, encode_result
 from .retry import RetryPolicy, parse_retry
+from .store.deps import orphan_error
 from .store.groupcommit import ROLLBACK_RETRIES, ROLLBACK_WAIT
 from .transaction import ThreadTransaction, Transaction
 
@@ -424,8 +425,7 @@ class Transitions:
     def fail_orphan(self, state: JobState) -> None:
         """A job a recovery left RUNNING after ``max_recoveries`` (store note 22):
         FAILURE as orphaned, its ``on_failed`` hook in the failure's transaction."""
-        times = state.recoveries + 1
-        self._fail(state, f"orphaned: the job was running when its process died {times} times")
+        self._fail(state, orphan_error(state.recoveries + 1))
 
     def _fail(self, state: JobState, error: str) -> None:
         hook = state.spec.hooks.on_failed

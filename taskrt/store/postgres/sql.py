@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 from ...models import JobStatus
-from ..deps import KEEP_PARENTS
+from ..deps import KEEP_PARENTS, ORPHAN_ERROR_SQL
 from ..ops import (
     ATTEMPT,
     CANCEL,
@@ -884,8 +884,7 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
         (failing, ("hooked",), JobStatus.FAILURE),
         (
             "UPDATE jobs SET status = 'FAILURE', finished_at = $2, seq = seq + 1, "
-            "error = 'orphaned: the job was running when its process died ' "
-            f"|| (recoveries + 1) || ' times' WHERE {failing}" + RETURNING_ENDED,
+            f"error = {ORPHAN_ERROR_SQL} WHERE {failing}" + RETURNING_ENDED,
             ("hooked", "now"),
             None,
         ),

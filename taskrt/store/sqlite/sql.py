@@ -7,7 +7,7 @@ in its WHERE clause, so the database refuses any other transition (note 4).
 from __future__ import annotations
 
 from ...models import TRANSITIONS, JobStatus
-from ..deps import KEEP_PARENTS
+from ..deps import KEEP_PARENTS, ORPHAN_ERROR_SQL
 from ..ops import (
     ATTEMPT,
     CANCEL,
@@ -409,8 +409,7 @@ SQL_KEEP_ORPHANS = (
 ORPHAN_WHERE = f"status = 'RUNNING' AND NOT {_HOOKED}"
 SQL_ORPHAN = (
     "UPDATE jobs SET status = 'FAILURE', finished_at = ?, seq = seq + 1, "
-    "error = 'orphaned: the job was running when its process died ' || (recoveries + 1) || ' times' "
-    f"WHERE {ORPHAN_WHERE}" + RETURNING_ENDED
+    f"error = {ORPHAN_ERROR_SQL} WHERE {ORPHAN_WHERE}" + RETURNING_ENDED
 )
 SQL_INTERRUPT_ATTEMPTS = (
     "INSERT OR REPLACE INTO attempts (job_id, number, started_at, finished_at, outcome, error) "
