@@ -16,10 +16,11 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    fire after the job has finished.
 2. **Wake, don't poll.** One clock timer, armed at the earliest ``next_run_at``
    of the active schedules, fires what is due and re-arms. The clock is the
-   runtime's, so tests drive the scheduler with a ``FakeClock``. The timer
-   never sleeps more than ``max_sleep`` (60 s): event-loop timers follow the
-   monotonic clock, which a suspended machine or a stepped wall clock leaves
-   behind, so a long sleep wakes early to look at the wall clock again.
+   runtime's, so tests drive the scheduler with a ``FakeClock``. The system
+   clock's timers keep to the wall clock (``taskrt.clock``): one further off
+   than a minute wakes each minute to read it again, as event-loop timers
+   follow the monotonic clock, which a suspended machine or a stepped wall
+   clock leaves behind.
 3. **Misfires.** Reached late (downtime, a blocked event loop), a schedule may
    have several slots due at once. ``latest`` (the default) fires only the
    newest; ``skip`` fires the newest only if it is at most ``misfire_grace``
@@ -363,7 +364,6 @@ class Scheduler:
         self.misfire_grace = 1.0
         self.max_catch_up = MAX_CATCH_UP
         self.watch_interval = 1.0
-        self.max_sleep = 60.0
         # Seconds a fire's transaction may sit idle holding its row (note 7): the
         # runtime's node TTL.
         self.hold_limit = 5.0
@@ -748,8 +748,8 @@ class Scheduler:
         if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
             return  # it wakes in time; a wake looks again (note 2)
         self._disarm()
-        self._timer_at = min(when, self._rt.clock.now() + self.max_sleep)
-        self._timer = self._rt.clock.call_at(self._timer_at, self._on_timer)
+        self._timer_at = when
+        self._timer = self._rt.clock.call_at(when, self._on_timer)
 
     def _disarm(self) -> None:
         if self._timer is not None:
