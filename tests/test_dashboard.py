@@ -396,6 +396,31 @@ async def test_pools_pause_resume_and_change_concurrency_from_the_page(
 
 
 @in_browser
+async def test_a_pool_paused_elsewhere_shows_within_the_pools_reread(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    """A pause that sends no event (here the pool's own, as a node applies one an
+    operator recorded elsewhere) shows once the page reads the pools again, every
+    10 s while it is in view; before, only at the next event of a job."""
+
+    async def fake_timers(page: Any) -> None:
+        await page.clock.install()
+
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard", prepare=fake_timers) as page:
+            main = pool_row(page, "main")
+            await expect(main.locator(".badge")).to_have_text("active")
+            rt.pools["main"].pause()
+            await page.clock.run_for(3_000)
+            await expect(main.locator(".badge")).to_have_text("active")  # no event, no read
+            await page.clock.run_for(8_000)
+            await expect(main.locator(".badge")).to_have_text("paused")
+            rt.pools["main"].resume()
+            await page.clock.run_for(11_000)
+            await expect(main.locator(".badge")).to_have_text("active")
+
+
+@in_browser
 async def test_a_page_served_by_a_standby_is_live_and_acts_on_the_owner(
     rt: Runtime, steps: Steps, db_path: Path, server: Serve, browser: Any
 ) -> None:

@@ -5,8 +5,11 @@
 // 2. Live, not polled: job rows, status counts, throughput and the job page's
 //    timeline move with the events. Pools and schedules are re-read from their
 //    JSON routes when an event says they changed, at most once a second; a
-//    schedule is re-read once its next fire time has passed. The one-second
-//    ticker only redraws (relative times, sparklines); it never asks the server.
+//    schedule is re-read once its next fire time has passed. A pool paused,
+//    resumed or resized elsewhere (the CLI, another process or node) sends no
+//    event: pools are also re-read every POOLS_EVERY seconds while the page is
+//    in view. Otherwise the one-second ticker only redraws (relative times,
+//    sparklines); it never asks the server.
 // 3. The multiplexed stream does not resume: after every (re)connect the page
 //    re-reads what it shows. Events that arrive while a listing loads are kept
 //    and applied after it, skipping those the listing already reflects (seq).
@@ -30,6 +33,7 @@ const EVENT_TYPES = ["added", "started", "progress", "retrying", "success", "fai
 const LIMIT = 50;
 const SPARK_SECONDS = 60;
 const RATE_WINDOW = 10;
+const POOLS_EVERY = 10; // seconds between two reads of the pools without an event (note 2)
 
 const $ = (sel, scope = document) => scope.querySelector(sel);
 
@@ -2233,9 +2237,12 @@ $("#job-form").addEventListener("submit", async (event) => {
   }
 });
 
-// -- the ticker: redraws only (note 2) ------------------------------------------------------
+// -- the ticker: redraws, and the pools now and then (note 2) ---------------------------------
 
+let ticks = 0;
 setInterval(() => {
+  ticks += 1;
+  if (ticks % POOLS_EVERY === 0 && document.visibilityState === "visible") refreshPools();
   for (const buckets of state.throughput.values()) {
     buckets.shift();
     buckets.push(0);
