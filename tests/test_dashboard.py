@@ -474,6 +474,43 @@ async def test_the_form_checks_the_schema_and_renders_docstring_literals(
 
 
 @in_browser
+async def test_the_form_counts_a_strings_length_in_characters_as_the_schema_does(
+    db_path: Path, steps: Steps, server: Serve, browser: Any
+) -> None:
+    """JSON Schema's ``maxLength`` counts characters (code points); the browser's
+    ``maxlength`` counts UTF-16 units, so three emoji (six units) were cut to one
+    and refused. The form checks the schema's lengths itself."""
+    rt = make_runtime(db_path, steps)
+    label = {"type": "string", "minLength": 2, "maxLength": 3}
+    schema = {"type": "object", "properties": {"label": label}, "required": ["label"]}
+
+    @rt.task(pool="batch", parameters=schema)
+    async def tag(job: JobContext, label: str) -> str:
+        return label
+
+    async with rt, server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard") as page:
+            await page.get_by_role("button", name="New job").click()
+            dialog = page.get_by_role("dialog")
+            await dialog.get_by_label("Task").select_option("tag")
+            field = dialog.locator("#param-label")
+            add = dialog.get_by_role("button", name="Add job")
+            for text, error in (("🙂", "at least 2"), ("🙂🙂🙂🙂", "at most 3")):
+                await field.fill(text)
+                await add.click()
+                await expect(dialog.locator("#form-error")).to_have_text(
+                    f"label: {error} characters"
+                )
+            assert (await rt.jobs()).jobs == []
+            await field.fill("🙂🙂🙂")
+            await expect(field).to_have_value("🙂🙂🙂")
+            await add.click()
+            await expect(dialog).to_be_hidden()
+            [job] = (await rt.jobs()).jobs
+            assert job.kwargs == {"label": "🙂🙂🙂"}
+
+
+@in_browser
 async def test_rows_say_why_jobs_wait_and_show_only_their_own_errors(
     rt: Runtime, steps: Steps, server: Serve, browser: Any
 ) -> None:

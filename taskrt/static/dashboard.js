@@ -2094,7 +2094,8 @@ function field(name, raw, required) {
     input = el("input", { id, name, type: "number", step: kind === "integer" ? (s.multipleOf || 1) : "any", min: s.minimum ?? s.exclusiveMinimum, max: s.maximum ?? s.exclusiveMaximum, placeholder });
   } else if (kind === "string") {
     const type = { email: "email", date: "date", uri: "url" }[s.format] || "text";
-    input = el("input", { id, name, type, placeholder, maxlength: s.maxLength, minlength: s.minLength, spellcheck: "false" });
+    // No maxlength / minlength: the browser counts UTF-16 units, a schema characters.
+    input = el("input", { id, name, type, placeholder, spellcheck: "false" });
   } else {
     input = el("textarea", { id, name, rows: 3, spellcheck: "false", placeholder: hasDefault ? `default: ${JSON.stringify(s.default)}` : s.type === "array" ? "[ ]" : "{ }" });
   }
@@ -2129,8 +2130,9 @@ function field(name, raw, required) {
     }
     if (kind === "string") {
       const value = input.value;
-      if (s.minLength !== undefined && value.length < s.minLength) throw new FieldError(input, `${label}: at least ${s.minLength} characters`);
-      if (s.maxLength !== undefined && value.length > s.maxLength) throw new FieldError(input, `${label}: at most ${s.maxLength} characters`);
+      const chars = [...value].length; // code points, as JSON Schema counts them
+      if (s.minLength !== undefined && chars < s.minLength) throw new FieldError(input, `${label}: at least ${s.minLength} characters`);
+      if (s.maxLength !== undefined && chars > s.maxLength) throw new FieldError(input, `${label}: at most ${s.maxLength} characters`);
       if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(value)) throw new FieldError(input, `${label}: does not match ${s.pattern}`);
       return value;
     }
