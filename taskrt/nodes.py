@@ -139,7 +139,7 @@ class NodeStore(Protocol):
 
     async def join(self, node: str, host: str, pid: int, started_at: float, ttl: float) -> None: ...
 
-    async def leave(self, node: str, now: float, max_recoveries: int) -> None: ...
+    async def leave(self, node: str, now: float, max_recoveries: int) -> int: ...
 
     async def claim(
         self,
@@ -278,11 +278,12 @@ class Nodes:
             await asyncio.to_thread(self.heartbeat.stop)
             self.heartbeat = None
 
-    async def leave(self) -> None:
+    async def leave(self) -> int:
         """The node stops (its loops and heartbeat first, so nothing joins it again):
-        its row goes, and any job still RUNNING here goes back."""
+        its row goes, and any job still RUNNING here goes back; the orphans kept for
+        their ``on_failed`` hooks (store note 22), which the runtime fails now."""
         await self.stop()
-        await self.store.leave(self.node, self.clock.now(), self.max_recoveries)
+        return await self.store.leave(self.node, self.clock.now(), self.max_recoveries)
 
     def queue_for(self, pool: Pool) -> Claims:
         """The queue of a pool on this node (``taskrt.claims``)."""

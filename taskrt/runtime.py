@@ -956,9 +956,9 @@ class Runtime:
             if self.role == "owner":
                 await self.ownership.release()
             if self.nodes is not None and self.role == "node":
-                await self.nodes.leave()
-                # The orphans it kept (store note 22) fail with their hooks, here.
-                await self.background.wait(self.grace)
+                if await self.nodes.leave():
+                    # The orphans it kept (store note 22) fail with their hooks, here.
+                    await self.background.wait(self.grace)
         except TaskrtError as exc:
             # Not removing the record is safe: the next owner recovers as after a crash.
             log.error("releasing the ownership of %s failed: %s", self.path, exc)

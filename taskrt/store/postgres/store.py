@@ -820,18 +820,20 @@ class PgStore(QueuedWrites, SharedReads):
         """Record the node as alive (its heartbeat starts now)."""
         await self._script([(SQL_JOIN, (node, host, pid, started_at, ttl))])
 
-    async def leave(self, node: str, now: float, max_recoveries: int) -> None:
+    async def leave(self, node: str, now: float, max_recoveries: int) -> int:
         """The node stops: its row goes and, in the same transaction, any job still
         RUNNING on it (a claim cut short) is put back as by ``reap``. An orphan of a
         task with an ``on_failed`` hook stays RUNNING on the node, for its runtime to
         fail with the hook before it stops (``on_orphans``, note 22); a node that dies
-        first leaves it to the next node that looks for jobs of no live node."""
+        first leaves it to the next node that looks for jobs of no live node. Returns
+        how many it kept."""
         steps: list[tuple[Any, ...]] = [(SQL_LEAVE, (node,))]
         steps += _recovery_steps(LOST, now, max_recoveries, node=node, hooked=self.failed_hooks())
         steps.append((SQL_FREE_HELD_LOST, ()))
         rows: list[Any] = []
         await self._script(steps, returned=rows)
         self._recovered(rows)
+        return sum(1 for r in rows if "kept_orphan" in r.keys())
 
     async def notify(self, payload: str) -> None:
         """A notification to every process listening on the schema's channel."""
