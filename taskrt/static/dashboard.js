@@ -2094,7 +2094,7 @@ function field(name, raw, required) {
     input = el("input", { id, name, type: "number", step: kind === "integer" ? (s.multipleOf || 1) : "any", min: s.minimum ?? s.exclusiveMinimum, max: s.maximum ?? s.exclusiveMaximum, placeholder });
   } else if (kind === "string") {
     const type = { email: "email", date: "date", uri: "url" }[s.format] || "text";
-    // No maxlength / minlength: the browser counts UTF-16 units, a schema characters.
+    // No maxlength / minlength: the browser counts UTF-16 units, JSON Schema characters.
     input = el("input", { id, name, type, placeholder, spellcheck: "false" });
   } else {
     input = el("textarea", { id, name, rows: 3, spellcheck: "false", placeholder: hasDefault ? `default: ${JSON.stringify(s.default)}` : s.type === "array" ? "[ ]" : "{ }" });
