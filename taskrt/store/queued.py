@@ -45,15 +45,16 @@ class QueuedWrites:
         self.failed_hooks: Callable[[], Collection[str]] = tuple
         self.on_orphans: Callable[[list[JobInfo]], None] | None = None
 
-    def _recovered(self, rows: list[Any]) -> None:
+    def _recovered(self, rows: list[Any]) -> int:
         """Tell ``on_recovered`` of the jobs among ``rows`` a recovery ended, and
-        ``on_orphans`` of those it left RUNNING (note 22)."""
+        ``on_orphans`` of those it left RUNNING (note 22); how many it left."""
         ends = recovered_ends(rows)
         if ends and self.on_recovered is not None:
             self.on_recovered(ends)
         kept = kept_orphans(rows)
         if kept and self.on_orphans is not None:
             self.on_orphans(kept)
+        return len(kept)
 
     # -- the group commit (notes 1, 3, 9, 10) ---------------------------------------
 

@@ -832,8 +832,7 @@ class PgStore(QueuedWrites, SharedReads):
         steps.append((SQL_FREE_HELD_LOST, ()))
         rows: list[Any] = []
         await self._script(steps, returned=rows)
-        self._recovered(rows)
-        return sum(1 for r in rows if "kept_orphan" in r.keys())
+        return self._recovered(rows)
 
     async def notify(self, payload: str) -> None:
         """A notification to every process listening on the schema's channel."""
