@@ -1107,8 +1107,10 @@ async def test_a_schedule_row_a_frozen_fire_holds_is_free_after_the_ttl(url: str
         await wake.wait()  # the loop runs on; this fire's transaction sits idle
         return await add_job(*args)
 
-    x.schedules._add_job = stall  # type: ignore[method-assign]
     async with x:
+        # Set once x has started: a slot due while it starts is fired before the
+        # start returns, and a stall there would hold the start itself.
+        x.schedules._add_job = stall  # type: ignore[method-assign]
         await asyncio.wait_for(stalled.wait(), 5)
         held_at = time.monotonic()
         async with y:
