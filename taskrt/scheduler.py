@@ -85,7 +85,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import TimerHandle
 from .definitions import Task, TaskCall, TaskSpec
-from .errors import InvalidOption, StoreError, TaskNotFound, TaskrtError
+from .errors import InvalidOption, PoolNotFound, StoreError, TaskNotFound, TaskrtError
 from .limits import DEFAULT_LIMITS, check_text, encode
 from .models import MISFIRE_POLICIES, JobStatus, Misfire, ScheduleDefinition, ScheduleInfo
 from .retention import Retention, RetentionStatistics
@@ -123,6 +123,9 @@ class SchedulerHost(Protocol):
 
     @property
     def tasks(self) -> dict[str, TaskSpec]: ...
+
+    @property
+    def pools(self) -> dict[str, Pool]: ...
 
     def require_started(self, what: str) -> None: ...
 
@@ -438,7 +441,8 @@ class Scheduler:
 
         An equal schedule is left as it is. A different one of the same name is
         updated, or, with ``replace=False``, refused with ``ScheduleExists``.
-        The task must be registered here and the arguments must fit it.
+        The task must be registered here, the pool (if one is given) declared
+        here, and the arguments must fit the task.
         """
         self._rt.require_started("creating a schedule")
         definition = define(
@@ -449,9 +453,14 @@ class Scheduler:
         return info, changed
 
     def _check_task(self, definition: ScheduleDefinition) -> None:
+        """A schedule given at run time names a task registered here and, if any, a
+        pool declared here, as ``POST /jobs`` does: its fires would otherwise all be
+        refused, or create a pool of whatever name it gave."""
         spec = self._rt.tasks.get(definition.task)
         if spec is None:
             raise TaskNotFound(definition.task)
+        if definition.pool is not None and definition.pool not in self._rt.pools:
+            raise PoolNotFound(definition.pool)
         spec.validate(definition.args, definition.kwargs)
 
     async def _upsert(

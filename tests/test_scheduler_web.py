@@ -10,7 +10,7 @@ import httpx
 import pytest
 from core_support import db_file, make_rt, sqlite_only_write
 
-from taskrt import FakeClock, InvalidOption, JobContext, Runtime
+from taskrt import FakeClock, InvalidOption, JobContext, PoolNotFound, Runtime
 from taskrt.web import create_app
 
 T0 = 1_800_000_000.0
@@ -66,6 +66,33 @@ async def test_create_read_list_and_idempotent_post(api: Any) -> None:
     one = await client.get("/schedules/nightly")
     assert (one.status_code, one.json()["kwargs"]) == (200, {"kind": "nightly"})
     assert (await rt.schedules.get("often")).to_dict() == body
+
+
+async def test_a_schedule_names_a_declared_pool_or_is_refused(api: Any) -> None:
+    """As ``POST /jobs``: a pool declared in the serving process, else 404. Before,
+    any string was stored, and each fire created a pool of that name (a review's
+    ``"pool": "61 * * * *"`` made one, with the default concurrency, at its first
+    slot)."""
+    rt, clock, client = api
+    body = {"name": "x", "task": "report", "expression": "* * * * * *", "pool": "61 * * * *"}
+    refused = await client.post("/schedules", json=body)
+    assert (refused.status_code, error(refused)["code"]) == (404, "pool_not_found")
+    assert error(refused)["message"] == "no pool named '61 * * * *'"
+    assert (await client.get("/schedules/x")).status_code == 404  # nothing stored
+    moved = await client.put("/schedules/nightly", json={"pool": "nope"})
+    assert (moved.status_code, error(moved)["code"]) == (404, "pool_not_found")
+    assert (await rt.schedules.get("nightly")).pool is None  # unchanged
+    with pytest.raises(PoolNotFound):
+        await rt.schedules.create("y", "report", "* * * * * *", pool="nope")
+    for _ in range(3):
+        await clock.advance(1)
+        await rt.schedules.wait_idle()
+    assert set(rt.pools) == {"default"}  # no fire made one
+    rt.pool("reports")
+    made = await client.post("/schedules", json={**body, "pool": "reports"})
+    assert made.status_code == 201, made.text
+    put = await client.put("/schedules/nightly", json={"pool": "reports"})
+    assert (put.status_code, put.json()["pool"]) == (200, "reports")
 
 
 async def test_errors(api: Any) -> None:
