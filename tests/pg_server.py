@@ -294,7 +294,7 @@ def _cleanup(owner: int, base: str, name: str, cluster: _Cluster | None) -> None
         asyncio.run(_bounded(lambda: _drop_database(base, name)))
     except Exception as exc:
         print(
-            f"taskrt tests: could not drop database {name} on {_redact(base)}: {exc}",
+            f"taskrt tests: could not drop database {name} on {_redact(base)}: {exc!r}",
             file=sys.stderr,
         )
 
