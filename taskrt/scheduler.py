@@ -387,7 +387,10 @@ class Scheduler:
     # -- declaring (note 4) ---------------------------------------------------------------
 
     def declare(self, definition: ScheduleDefinition) -> ScheduleDefinition:
-        """Record a declaration; stored at start, or now in the background if started."""
+        """Record a declaration; stored at start, or now in the background if started.
+        Its pool, if it names one, is declared too, as a task's is."""
+        if definition.pool is not None:
+            self._rt.pool(definition.pool)
         self._declared[definition.name] = definition
         self._from_tasks.discard(definition.name)
         if self._rt.started:

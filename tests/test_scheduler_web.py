@@ -95,6 +95,24 @@ async def test_a_schedule_names_a_declared_pool_or_is_refused(api: Any) -> None:
     assert (put.status_code, put.json()["pool"]) == (200, "reports")
 
 
+async def test_a_schedule_declared_in_code_declares_its_pool(tmp_path: Path) -> None:
+    """``rt.schedule(..., pool=...)`` declares the pool, as ``@rt.task(pool=...)`` does,
+    so that the schedule can be changed over HTTP (which wants a declared pool)."""
+    rt = make_rt(tmp_path, clock=FakeClock(T0))
+
+    @rt.task
+    async def report(job: JobContext, kind: str = "daily") -> str:
+        return kind
+
+    rt.schedule("nightly", report, "0 0 2 * * *", pool="cron")
+    assert "cron" in rt.pools
+    async with rt:
+        transport = httpx.ASGITransport(app=create_app(rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            put = await client.put("/schedules/nightly", json={"kwargs": {"kind": "weekly"}})
+            assert (put.status_code, put.json()["pool"]) == (200, "cron"), put.text
+
+
 async def test_errors(api: Any) -> None:
     _, _, client = api
     bad = await client.post(
