@@ -84,9 +84,14 @@ async def until(done: Callable[[], object], timeout: float = 10) -> None:
         await asyncio.sleep(0.01)
 
 
-async def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+async def connect(url: str) -> asyncpg.Connection:
+    """A connection of the test's own to the test's schema."""
     schema = url.rsplit("schema=", 1)[1]
-    conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+    return await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+
+
+async def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+    conn = await connect(url)
     try:
         return list(await conn.fetch(statement, *args))
     finally:
@@ -1070,8 +1075,7 @@ async def test_a_schedule_row_held_elsewhere_holds_back_no_other_schedule(url: s
     x.schedule("held", "b", "* * * * * *", pool="p")
     x.schedule("other", "b", "* * * * * *", pool="p")
     async with x:
-        schema = url.rsplit("schema=", 1)[1]
-        frozen = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        frozen = await connect(url)
         try:
             async with frozen.transaction():
                 before = await frozen.fetchval(
@@ -1775,8 +1779,7 @@ async def test_progress_reaches_another_node_while_the_nodes_writes_wait(url: st
             async for e in stream:
                 if e.type is EventType.PROGRESS:
                     break  # started, and reporting
-        schema = url.rsplit("schema=", 1)[1]
-        lock = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        lock = await connect(url)
         try:
             async with lock.transaction():
                 await lock.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
@@ -2040,8 +2043,7 @@ async def test_a_claim_takes_a_job_while_a_dependent_of_it_is_being_added(url: s
     async with node(url, "x", ran, poll_interval=30) as x:
         x.pool("p").pause()  # here only: x claims nothing meanwhile
         job_id = await x.enqueue("b")
-        schema = url.rsplit("schema=", 1)[1]
-        adding = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        adding = await connect(url)
         try:
             async with adding.transaction():  # the dependent's add, not committed yet
                 await adding.execute("SELECT id FROM jobs WHERE id = $1 FOR KEY SHARE", job_id)
@@ -2063,8 +2065,7 @@ async def test_a_batch_takes_a_member_while_a_dependent_of_it_is_being_added(url
             [new_job(task="digest", created_at=now, run_at=now, batch_key="k") for _ in range(2)]
         )
         first, second = (r.job_id for r in added if isinstance(r, InsertResult))
-        schema = url.rsplit("schema=", 1)[1]
-        adding = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        adding = await connect(url)
         try:
             async with adding.transaction():  # the dependent's add, not committed yet
                 await adding.execute("SELECT id FROM jobs WHERE id = $1 FOR KEY SHARE", first)
@@ -2085,8 +2086,7 @@ async def test_a_job_ends_while_a_dependent_of_it_is_being_added(url: str) -> No
     async with node(url, "x", ran) as x:
         job_id = await x.pool("p").add("a", 1, hold=True)
         await until(lambda: ran[job_id] == ["x"])
-        schema = url.rsplit("schema=", 1)[1]
-        adding = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+        adding = await connect(url)
         try:
             async with adding.transaction():  # the dependent's add, not committed yet
                 await adding.execute("SELECT id FROM jobs WHERE id = $1 FOR KEY SHARE", job_id)

@@ -73,7 +73,7 @@ async def test_a_schedule_names_a_declared_pool_or_is_refused(api: Any) -> None:
     any string was stored, and each fire created a pool of that name (a review's
     ``"pool": "61 * * * *"`` made one, with the default concurrency, at its first
     slot)."""
-    rt, clock, client = api
+    rt, _, client = api
     body = {"name": "x", "task": "report", "expression": "* * * * * *", "pool": "61 * * * *"}
     refused = await client.post("/schedules", json=body)
     assert (refused.status_code, error(refused)["code"]) == (404, "pool_not_found")
@@ -84,10 +84,7 @@ async def test_a_schedule_names_a_declared_pool_or_is_refused(api: Any) -> None:
     assert (await rt.schedules.get("nightly")).pool is None  # unchanged
     with pytest.raises(PoolNotFound):
         await rt.schedules.create("y", "report", "* * * * * *", pool="nope")
-    for _ in range(3):
-        await clock.advance(1)
-        await rt.schedules.wait_idle()
-    assert set(rt.pools) == {"default"}  # no fire made one
+    assert set(rt.pools) == {"default"}  # the refusals declared none
     rt.pool("reports")
     made = await client.post("/schedules", json={**body, "pool": "reports"})
     assert made.status_code == 201, made.text

@@ -242,15 +242,16 @@ def with_inputs(args_json: str, inputs: str | None, results: Sequence[str | None
     return "[" + given + ("," + rest if rest else "") + "]"
 
 
+_ORPHANED = "orphaned: the job was running when its process died "
+
+
 def orphan_error(times: int) -> str:
     """Why a job its process died running ``times`` times failed (an orphan)."""
-    return f"orphaned: the job was running when its process died {times} times"
+    return f"{_ORPHANED}{times} times"
 
 
 # ``orphan_error`` in SQL, of the job's recoveries so far (its last one not counted).
-ORPHAN_ERROR_SQL = (
-    "'orphaned: the job was running when its process died ' || (recoveries + 1) || ' times'"
-)
+ORPHAN_ERROR_SQL = f"'{_ORPHANED}' || (recoveries + 1) || ' times'"
 
 
 def parent_error(parent: int, status: str) -> str:
