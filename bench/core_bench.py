@@ -237,6 +237,87 @@ async def bare_sleepers(n: int, concurrency: int, nap: float) -> float:
     return time.perf_counter() - t
 
 
+async def durable_sleepers(
+    path: Path, n: int, concurrency: int, nap: float, *, minimal: bool = False
+) -> float:
+    """The floor for ``sleepers`` of any runtime that writes a job's start to disk
+    before its handler runs (pool note 5): ``bare_sleepers`` whose workers, before
+    each nap, wait for their start to commit. Everything queued in one turn of the
+    loop commits in one transaction at the next turn, plain ``sqlite3`` on the
+    loop's thread, as the runtime's small batches do (store note 15). No runtime
+    code runs: what this costs above ``bare_sleepers`` is the durable start alone.
+
+    Written raw on taskrt's own schema with ``n`` waiting jobs stored: a round's
+    starts, the ends of the naps before them (not waited for) and the moves of
+    the live counts (store note 12). ``minimal``: the least any such runtime
+    writes, one integer column of a two-column table per start, and no end."""
+    if minimal:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, status INTEGER)")
+        conn.executemany("INSERT INTO jobs VALUES (?, 0)", [(i,) for i in range(n)])
+    else:
+        client = _runtime(path, workers=False)
+        async with client:
+            await client.pool("default").add_many("noop", [()] * n)
+        conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    left = [r[0] for r in conn.execute("SELECT id FROM jobs")]
+    moves = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = ?"
+    loop = asyncio.get_running_loop()
+    starts: list[int] = []
+    ends: list[int] = []
+    committed: list[asyncio.Future[None]] = []
+
+    def commit() -> None:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        if minimal:
+            conn.executemany("UPDATE jobs SET status = 1 WHERE id = ?", [(i,) for i in starts])
+        else:
+            conn.executemany(
+                SQL_SUCCESS, [(None, now, 0.0, 0.0, "", 3, i, "default") for i in ends]
+            )
+            conn.executemany(SQL_START, [(1, now, 2, i, "default") for i in starts])
+            conn.executemany(
+                moves,
+                [
+                    (len(ends), "SUCCESS"),
+                    (len(starts) - len(ends), "RUNNING"),
+                    (-len(starts), "WAITING"),
+                ],
+            )
+        conn.execute("COMMIT")
+        starts.clear()
+        ends.clear()
+        for fut in committed:
+            fut.set_result(None)
+        committed.clear()
+
+    async def worker() -> None:
+        while left:
+            job_id = left.pop()
+            if not (starts or ends):
+                loop.call_soon(commit)
+            starts.append(job_id)
+            started = loop.create_future()
+            committed.append(started)
+            await started
+            await asyncio.sleep(nap)
+            if not minimal:
+                if not (starts or ends):
+                    loop.call_soon(commit)
+                ends.append(job_id)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t
+    if ends:
+        commit()
+    conn.close()
+    return wall
+
+
 async def progress_calls(path: Path, calls: int, subscribers: int) -> tuple[float, int]:
     rt = Runtime(str(path))
     measured: dict[str, float] = {}
@@ -319,11 +400,19 @@ async def one_run(d: Path, quick: bool) -> dict[str, dict[str, float]]:
     out["add_to_start_latency_at_100_per_s"] = {"p50_ms": p50, "p99_ms": p99}
     bare = await bare_sleepers(1000, 50, 0.05)
     out["bare_asyncio_sleepers_1000x50ms_c50"] = {"wall_s": bare, "ratio_vs_ideal": bare / 1.0}
+    least = await durable_sleepers(d / "napleast.db", 1000, 50, 0.05, minimal=True)
+    out["durable_start_minimal_sleepers_1000x50ms_c50"] = {
+        "wall_s": least,
+        "ratio_vs_ideal": least / 1.0,
+    }
+    floor = await durable_sleepers(d / "napfloor.db", 1000, 50, 0.05)
+    out["durable_start_sleepers_1000x50ms_c50"] = {"wall_s": floor, "ratio_vs_ideal": floor / 1.0}
     wall = await sleepers(d / "nap.db", 1000, 50, 0.05)
     out["sleepers_1000x50ms_c50"] = {
         "wall_s": wall,
         "ratio_vs_ideal": wall / 1.0,
         "ratio_vs_bare_asyncio": wall / bare,
+        "ratio_vs_durable_start": wall / floor,
     }
     calls = 20_000 if quick else 100_000
     rate, batches = await progress_calls(d / "prog.db", calls, 10)
