@@ -35,6 +35,10 @@ read them):
   cached generic plan, without statistics, sorts every waiting job on each
   fetch: the first line measures that, the second what a table with
   statistics gives.
+- ``drain_backlog_floor`` (taskrt-pg only): the floor of its analyzed
+  ``drain_backlog``, with no runtime: the same backlog drained by taskrt's own
+  claim statement in a chain of claims of 10 jobs, each claim's jobs ended at
+  once by the least write, on a second connection (``_claim_chain``).
 
 Systems: taskrt (SQLite file, ``synchronous=normal``, and ``full`` for
 reference), taskrt-pg (taskrt on PostgreSQL, in process like taskrt, in its
@@ -136,7 +140,7 @@ POSTGRES_SYSTEMS = ("taskrt-pg", "taskrt-pg-owner", "procrastinate")
 PG_MODES = {"taskrt-pg": "nodes", "taskrt-pg-owner": "owner"}
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TASKRT_URL_PARAMS = ("schema", "statement_cache_size")  # taskrt's own, not the server's
-TASKRT_PG_PHASES = ("a", "b", "c", "d", "e")  # e: drain_backlog after ANALYZE
+TASKRT_PG_PHASES = ("a", "b", "c", "d", "e", "f")  # e: drain_backlog after ANALYZE; f: its floor
 
 PG_DURABILITY = (
     "PostgreSQL, the server's defaults (synchronous_commit=on, fsync=on): a "
@@ -1191,8 +1195,13 @@ async def taskrt_section(name: str, tmp: Path, n: int, backlog: int) -> None:
         async def analyze() -> None:
             await _analyze_pg_schema(base, _taskrt_pg_schema("e"))
 
+        async def analyze_floor() -> None:
+            await _analyze_pg_schema(base, _taskrt_pg_schema("f"))
+
         try:
             await _taskrt_phases(name, target, sync, n, backlog, analyze)
+            if name == "taskrt-pg":
+                await _claim_chain(name, target("f"), base, backlog, analyze_floor)
         finally:
             try:
                 await _drop_pg_schemas(base, schemas)
@@ -1342,6 +1351,85 @@ async def _taskrt_drain(
         )
     except Exception as exc:
         emit(name, "drain_backlog", **fields, error=f"{type(exc).__name__}: {exc}")
+
+
+async def _claim_chain(
+    name: str,
+    url: str,
+    base: str,
+    backlog: int,
+    analyze: Callable[[], Awaitable[None]],
+) -> None:
+    """The floor of taskrt-pg's analyzed ``drain_backlog``, with no runtime: the same
+    backlog, analyzed, drained by taskrt's own claim statement (``claim_sql``) in a
+    chain, 10 jobs a claim (the free slots of a pool at concurrency 10), each
+    claim's jobs ended at once by the least write (status and end time, one
+    statement on a second connection, in flight while the next claim runs, one
+    at a time, as the runtime's writer). A node of its own, a row of ``nodes``
+    with a long TTL, claims them. What a drain costs above this is the runtime's."""
+    import asyncpg
+
+    from taskrt.store.postgres.sql import claim_sql
+
+    try:
+        rt = _taskrt_runtime(url, "normal", mode=PG_MODES[name])
+        rt.pool("default").pause()
+        async with rt:
+            await rt.pool("default").add_many("noop", [()] * backlog)
+        await analyze()
+        schema = _taskrt_pg_schema("f")
+        settings = {
+            "search_path": f'"{schema}", public',
+            "jit": "off",
+            "plan_cache_mode": "force_generic_plan",
+            "taskrt.lane": "0",
+        }
+        claims = await asyncpg.connect(_pg_url(base), server_settings=settings)
+        ends = await asyncpg.connect(_pg_url(base), server_settings=settings)
+        try:
+            await claims.execute(
+                "INSERT INTO nodes (id, host, pid, started_at, ttl) "
+                "VALUES ('bench-floor', 'bench', $1, $2, 3600)",
+                os.getpid(),
+                time.time(),
+            )
+            claim = claim_sql(CONCURRENCY)
+            end = (
+                "UPDATE jobs SET status = 'SUCCESS', finished_at = $2, seq = seq + 1 "
+                "WHERE id = ANY($1::bigint[])"
+            )
+            ended: asyncio.Future[Any] | None = None
+            done = 0
+            t0 = time.monotonic()
+            while done < backlog:
+                if time.monotonic() > t0 + BACKLOG_TIMEOUT:
+                    raise TimeoutError(f"{done} of {backlog} jobs claimed")
+                rows = await claims.fetch(
+                    claim, "default", time.time(), ["noop"], CONCURRENCY, "bench-floor", [], []
+                )
+                if not rows:
+                    raise RuntimeError(f"a claim found no job after {done} of {backlog}")
+                if ended is not None:
+                    await ended
+                ended = asyncio.ensure_future(ends.execute(end, [r[0] for r in rows], time.time()))
+                done += len(rows)
+            if ended is not None:
+                await ended
+            seconds = time.monotonic() - t0
+        finally:
+            await claims.close()
+            await ends.close()
+        emit(
+            name,
+            "drain_backlog_floor",
+            after_analyze=True,
+            jobs=backlog,
+            concurrency=CONCURRENCY,
+            seconds=round(seconds, 3),
+            rate=round(backlog / seconds),
+        )
+    except Exception as exc:
+        emit(name, "drain_backlog_floor", error=f"{type(exc).__name__}: {exc}")
 
 
 def section_main(name: str, tmp: Path, n: int, backlog: int) -> None:
