@@ -118,6 +118,30 @@ async def raw_batched_schema(path: Path, n: int, batch: int = 100) -> float:
     return rate
 
 
+_MOVES = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = ?"
+
+
+def _write_lifecycle(conn: sqlite3.Connection, ended: list[int], started: list[int]) -> None:
+    """One transaction of what taskrt writes for no-op jobs of pool ``default``:
+    the ends of ``ended`` (SUCCESS), the starts of ``started`` (RUNNING, attempt 1
+    charged) and the moves of the live counts (store note 12)."""
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    if ended:
+        conn.executemany(SQL_SUCCESS, [(None, now, 0.0, 0.0, "", 3, i, "default") for i in ended])
+    if started:
+        conn.executemany(SQL_START, [(1, now, 2, i, "default") for i in started])
+    conn.executemany(
+        _MOVES,
+        [
+            (len(ended), "SUCCESS"),
+            (len(started) - len(ended), "RUNNING"),
+            (-len(started), "WAITING"),
+        ],
+    )
+    conn.execute("COMMIT")
+
+
 async def raw_lifecycle(path: Path, n: int, concurrency: int) -> float:
     """Floor of a drain at ``concurrency``: what taskrt must write for each no-op job,
     written raw, on taskrt's own schema with ``n`` waiting jobs stored. A job's
@@ -134,28 +158,11 @@ async def raw_lifecycle(path: Path, n: int, concurrency: int) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
     ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE status = 'WAITING' ORDER BY id")]
-    moves = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = ?"
-    now = time.time()
     t = time.perf_counter()
     before: list[int] = []
     for start in range(0, len(ids) + concurrency, concurrency):
         chunk = ids[start : start + concurrency]
-        conn.execute("BEGIN IMMEDIATE")
-        if before:
-            conn.executemany(
-                SQL_SUCCESS, [(None, now, 0.0, 0.0, "", 3, i, "default") for i in before]
-            )
-        if chunk:
-            conn.executemany(SQL_START, [(1, now, 2, i, "default") for i in chunk])
-        conn.executemany(
-            moves,
-            [
-                (len(before), "SUCCESS"),
-                (len(chunk) - len(before), "RUNNING"),
-                (-len(chunk), "WAITING"),
-            ],
-        )
-        conn.execute("COMMIT")
+        _write_lifecycle(conn, before, chunk)
         before = chunk
     rate = len(ids) / (time.perf_counter() - t)
     conn.close()
@@ -307,31 +314,18 @@ async def durable_sleepers(
         conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
     left = [r[0] for r in conn.execute("SELECT id FROM jobs")]
-    moves = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = ?"
     loop = asyncio.get_running_loop()
     starts: list[int] = []
     ends: list[int] = []
     committed: list[asyncio.Future[None]] = []
 
     def commit() -> None:
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
         if minimal:
+            conn.execute("BEGIN IMMEDIATE")
             conn.executemany("UPDATE jobs SET status = 1 WHERE id = ?", [(i,) for i in starts])
+            conn.execute("COMMIT")
         else:
-            conn.executemany(
-                SQL_SUCCESS, [(None, now, 0.0, 0.0, "", 3, i, "default") for i in ends]
-            )
-            conn.executemany(SQL_START, [(1, now, 2, i, "default") for i in starts])
-            conn.executemany(
-                moves,
-                [
-                    (len(ends), "SUCCESS"),
-                    (len(starts) - len(ends), "RUNNING"),
-                    (-len(starts), "WAITING"),
-                ],
-            )
-        conn.execute("COMMIT")
+            _write_lifecycle(conn, ends, starts)
         starts.clear()
         ends.clear()
         for fut in committed:
