@@ -1195,13 +1195,10 @@ async def taskrt_section(name: str, tmp: Path, n: int, backlog: int) -> None:
         async def analyze() -> None:
             await _analyze_pg_schema(base, _taskrt_pg_schema("e"))
 
-        async def analyze_floor() -> None:
-            await _analyze_pg_schema(base, _taskrt_pg_schema("f"))
-
         try:
             await _taskrt_phases(name, target, sync, n, backlog, analyze)
             if name == "taskrt-pg":
-                await _claim_chain(name, target("f"), base, backlog, analyze_floor)
+                await _claim_chain(name, base, backlog)
         finally:
             try:
                 await _drop_pg_schemas(base, schemas)
@@ -1353,31 +1350,26 @@ async def _taskrt_drain(
         emit(name, "drain_backlog", **fields, error=f"{type(exc).__name__}: {exc}")
 
 
-async def _claim_chain(
-    name: str,
-    url: str,
-    base: str,
-    backlog: int,
-    analyze: Callable[[], Awaitable[None]],
-) -> None:
+async def _claim_chain(name: str, base: str, backlog: int) -> None:
     """The floor of taskrt-pg's analyzed ``drain_backlog``, with no runtime: the same
     backlog, analyzed, drained by taskrt's own claim statement (``claim_sql``) in a
     chain, 10 jobs a claim (the free slots of a pool at concurrency 10), each
     claim's jobs ended at once by the least write (status and end time, one
     statement on a second connection, in flight while the next claim runs, one
     at a time, as the runtime's writer). A node of its own, a row of ``nodes``
-    with a long TTL, claims them. What a drain costs above this is the runtime's."""
+    with a long TTL, claims them, in the schema of phase ``f``. What a drain costs
+    above this is the runtime's."""
     import asyncpg
 
     from taskrt.store.postgres.sql import claim_sql
 
+    schema = _taskrt_pg_schema("f")
     try:
-        rt = _taskrt_runtime(url, "normal", mode=PG_MODES[name])
+        rt = _taskrt_runtime(_pg_url(base, schema=schema), "normal", mode=PG_MODES[name])
         rt.pool("default").pause()
         async with rt:
             await rt.pool("default").add_many("noop", [()] * backlog)
-        await analyze()
-        schema = _taskrt_pg_schema("f")
+        await _analyze_pg_schema(base, schema)
         settings = {
             "search_path": f'"{schema}", public',
             "jit": "off",

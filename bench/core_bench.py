@@ -74,6 +74,9 @@ async def raw_batched(path: Path, n: int, batch: int = 100) -> float:
     return rate
 
 
+_MOVES = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = ?"
+
+
 async def raw_batched_schema(path: Path, n: int, batch: int = 100) -> float:
     """``raw_batched`` on taskrt's own schema: the floor of ``add_many``. Each batch
     of 100 plain jobs is inserted by the statement taskrt uses for an ``add_many``
@@ -86,39 +89,17 @@ async def raw_batched_schema(path: Path, n: int, batch: int = 100) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
     now = time.time()
-    moves = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = 'WAITING'"
+    alike = ("noop", "default", 1, 0, "{}", None, now, now, None, None, 0, None, None)
+    calls = json.dumps([["[]", "{}"]] * batch)  # the arguments of a batch, encoded once
     t = time.perf_counter()
     for first in range(1, n + 1, batch):
-        calls = json.dumps([["[]", "{}"]] * batch)
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            INSERT_JOBS_JSON,
-            (
-                first,
-                "noop",
-                "default",
-                1,
-                0,
-                "{}",
-                None,
-                now,
-                now,
-                None,
-                None,
-                0,
-                None,
-                None,
-                calls,
-            ),
-        )
-        conn.execute(moves, (batch,))
+        conn.execute(INSERT_JOBS_JSON, (first, *alike, calls))
+        conn.execute(_MOVES, (batch, "WAITING"))
         conn.execute("COMMIT")
     rate = n / (time.perf_counter() - t)
     conn.close()
     return rate
-
-
-_MOVES = "UPDATE job_counts SET n = n + ? WHERE pool = 'default' AND status = ?"
 
 
 def _write_lifecycle(conn: sqlite3.Connection, ended: list[int], started: list[int]) -> None:
