@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sqlite3
 import statistics
@@ -170,15 +171,45 @@ async def seq_add(path: Path, n: int) -> float:
         return n / (time.perf_counter() - t)
 
 
-async def add_many(path: Path, n: int) -> float:
+class Collections:
+    """The garbage collector's passes while this is entered (``gc.callbacks``): how
+    long they took in all, and how many were full (generation 2) ones."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._began = 0.0
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._began
+        if info["generation"] == 2:
+            self.full += 1
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self._observe)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._observe)
+
+
+async def add_many(path: Path, n: int) -> tuple[float, Collections]:
+    """Rate of ``add_many`` of 100, and the collector's passes while it ran: a full
+    one in the timed loop costs about a fifth of it (the jobs in memory are
+    what it walks), and whether one falls in it is most of the spread."""
     rt = _runtime(path)
     rt.pool("default").pause()
     async with rt:
         pool = rt.pool("default")
-        t = time.perf_counter()
-        for _ in range(n // 100):
-            await pool.add_many("noop", [()] * 100)
-        return n / (time.perf_counter() - t)
+        with Collections() as collected:
+            t = time.perf_counter()
+            for _ in range(n // 100):
+                await pool.add_many("noop", [()] * 100)
+            elapsed = time.perf_counter() - t
+        return n / elapsed, collected
 
 
 async def producers(path: Path, n: int, concurrency: int, synchronous: str) -> float:
@@ -397,7 +428,7 @@ async def one_run(d: Path, quick: bool) -> dict[str, dict[str, float]]:
     out["raw_batched_100_per_tx"] = {"rate": batched}
     r = await seq_add(d / "seq.db", n // 5)
     out["sequential_add"] = {"rate": r, "ratio_vs_raw_single": r / single}
-    r = await add_many(d / "many.db", n)
+    r, collected = await add_many(d / "many.db", n)
     schema = await raw_batched_schema(d / "raw100schema.db", n)
     out["raw_batched_100_per_tx_taskrt_schema"] = {
         "rate": schema,
@@ -407,6 +438,8 @@ async def one_run(d: Path, quick: bool) -> dict[str, dict[str, float]]:
         "rate": r,
         "ratio_vs_raw_batched": r / batched,
         "ratio_vs_raw_batched_taskrt_schema": r / schema,
+        "gc_share": collected.seconds * r / n,
+        "gc_full_passes": collected.full,
     }
     out["producers_100_normal"] = {"rate": await producers(d / "prod.db", n, 100, "normal")}
     out["producers_100_full"] = {"rate": await producers(d / "prodfull.db", n, 100, "full")}
