@@ -530,6 +530,26 @@ async def test_a_poisoned_post_is_refused_and_the_next_one_works(
     assert listing.status_code == 200 and len(listing.json()["jobs"]) == 12
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-32-be"])
+async def test_a_body_in_another_encoding_than_utf8_is_refused_and_adds_nothing(
+    api: tuple[Runtime, httpx.AsyncClient], encoding: str
+) -> None:
+    # Python's parser reads UTF-16 and UTF-32 bytes on its own; the API takes UTF-8
+    # only (inputs note 3), so such a body is not read as what it did not declare.
+    rt, client = api
+    text = json.dumps({"task": "echo", "args": [1]})
+    refused = await client.post("/jobs", content=text.encode(encoding), headers=JSON_HEADERS)
+    assert refused.status_code == 400, refused.text
+    assert _error(refused)["code"] == "malformed_json"
+    assert (await client.get("/jobs")).json()["jobs"] == []
+    # A UTF-8 byte order mark is ignored, as RFC 8259 lets a parser do.
+    added = await client.post(
+        "/jobs", content=b"\xef\xbb\xbf" + text.encode(), headers=JSON_HEADERS
+    )
+    assert added.status_code == 201, added.text
+    assert (await rt.wait(added.json()["id"], timeout=10)).result == 1
+
+
 async def test_jobs_with_poisoned_results_and_progress_read_fine_over_http(
     api: tuple[Runtime, httpx.AsyncClient],
 ) -> None:

@@ -39,6 +39,8 @@ CROSS_SITE = [
     {"sec-fetch-site": "same-site", "origin": "http://a.testserver"},
     {"origin": "https://testserver"},  # another scheme is another origin
     {"origin": "http://testserver:8080"},  # and another port
+    {"origin": "http://[::1"},  # no origin at all: unbalanced brackets
+    {"origin": "https://a]b"},
 ]
 
 
@@ -182,6 +184,23 @@ async def test_same_origin_and_header_less_state_changes_still_act(
         assert r.status_code == 201, r.text
         r = await client.patch("/pools/work", json={"concurrency": 3}, headers=headers)
         assert (r.status_code, r.json()["concurrency"]) == (200, 3)
+
+
+@pytest.mark.parametrize(
+    "trusted",
+    [
+        ["app.example"],
+        ["https://app.example/app"],
+        ["http://[::1"],
+        ["https://app.example", ""],
+        "https://app.example",
+    ],
+)
+async def test_a_trusted_origin_that_is_no_origin_is_refused_when_the_app_is_made(
+    rt: Runtime, trusted: Any
+) -> None:
+    with pytest.raises(InvalidOption, match="trusted_origins"):
+        create_app(rt, trusted_origins=trusted)
 
 
 async def test_the_own_origin_is_the_scheme_host_and_port_the_request_sees(rt: Runtime) -> None:

@@ -48,7 +48,7 @@ from . import (
     system,
     workflows,
 )
-from .auth import AuthCallable, JobTokens
+from .auth import AuthCallable, JobTokens, parse_origin
 from .errors import (
     ApiError,
     CatchAll,
@@ -151,7 +151,18 @@ def create_app(
             builtin = login.TokenAuth(token, fallback=auth, now=runtime.clock.now)
         except ValueError as exc:
             raise InvalidOption(token_option, str(exc)) from None
+    if isinstance(trusted_origins, str):
+        raise InvalidOption(
+            "trusted_origins", f"expected a list of origins, found the string {trusted_origins!r}"
+        )
     trusted = frozenset(trusted_origins)
+    for origin in trusted:
+        if not isinstance(origin, str) or parse_origin(origin) is None:
+            raise InvalidOption(
+                "trusted_origins",
+                f"expected origins such as 'https://app.example' (a scheme and a host, "
+                f"no path), found {origin!r}",
+            )
     settings = Settings(
         auth=auth if builtin is None else builtin,
         max_body=max_body,

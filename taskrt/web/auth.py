@@ -142,8 +142,12 @@ def origin_of(scheme: str, netloc: str) -> Origin | None:
 
 
 def parse_origin(origin: str) -> Origin | None:
-    """An ``Origin`` header (``https://app.example:8443``) as ``origin_of`` gives it."""
-    parts = urlsplit(origin.strip())
+    """An ``Origin`` header (``https://app.example:8443``) as ``origin_of`` gives it,
+    or ``None`` when it is not one (``null``, or garbage such as ``http://[::1``)."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:  # an unbalanced bracket ("Invalid IPv6 URL")
+        return None
     if not parts.scheme or not parts.netloc or parts.path or parts.query or parts.fragment:
         return None
     return origin_of(parts.scheme, parts.netloc)

@@ -12,7 +12,11 @@ Notes:
    they are refused here rather than stored and failing later. So is a string
    with a lone UTF-16 surrogate (``"\\ud800"``): valid JSON syntax, but not
    Unicode text, and nothing could store it.
-3. Numbers in query parameters and headers are ASCII digits: Python's
+3. A body is UTF-8 (RFC 8259), as ``Content-Type`` says when it names a
+   charset at all; a leading UTF-8 byte order mark is ignored. Python's parser
+   would also read UTF-16 and UTF-32 bytes on its own, so a body in those is
+   refused here rather than read as what the client did not declare.
+4. Numbers in query parameters and headers are ASCII digits: Python's
    ``int`` and ``float`` also read ``"1_0"``, ``" 5"`` or ``"٣"``, which the
    OpenAPI document (``type: integer``) does not promise; ``str.isdigit``
    is true for ``"²"``, which ``int`` refuses; and ``int`` refuses more than
@@ -43,7 +47,7 @@ NO_JOB_IS_THAT_OLD = 1e15  # seconds: some 30 million years
 
 
 def to_int(raw: str) -> int | None:
-    """``raw`` as a non-negative integer when it is ASCII digits, else ``None`` (note 3).
+    """``raw`` as a non-negative integer when it is ASCII digits, else ``None`` (note 4).
 
     A number beyond ``MAX_INT64`` is ``MAX_INT64 + 1`` however long it is: every
     caller refuses it as out of range, and none has to read 5000 digits.
@@ -78,7 +82,7 @@ def _is_json(content_type: str) -> bool:
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The request's JSON body: 415, 413 or 400 when it is not acceptable (note 1)."""
+    """The request's JSON body: 415, 413 or 400 when it is not acceptable (notes 1-3)."""
     content_type = request.headers.get("content-type", "")
     if not _is_json(content_type):
         shown = content_type or "none"
@@ -110,7 +114,15 @@ async def read_json(request: Request, limit: int) -> Any:
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the request body is empty; expected a JSON document")
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)  # note 2
+        text = raw.decode("utf-8-sig")  # note 3
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400,
+            "malformed_json",
+            f"malformed JSON: the body is not UTF-8 (byte {exc.start}); send it as UTF-8",
+        ) from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)  # note 2
         json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate fails here
         return value
     except UnicodeEncodeError:
@@ -124,7 +136,7 @@ async def read_json(request: Request, limit: int) -> Any:
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         ) from None
     except (ValueError, RecursionError) as exc:
-        # UnicodeDecodeError is a ValueError; so is a refused NaN (note 2).
+        # A refused NaN is a ValueError (note 2).
         message = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
         raise ApiError(400, "malformed_json", f"malformed JSON: {message}") from None
 
@@ -312,7 +324,7 @@ def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> in
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    size = to_int(raw.removeprefix("-"))  # note 3
+    size = to_int(raw.removeprefix("-"))  # note 4
     if size is None:
         raise invalid(name, f"expected an integer from {lo} to {hi}, found {raw!r}")
     value = -size if raw.startswith("-") else size
@@ -326,7 +338,7 @@ def query_time(request: Request, name: str) -> float | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    if _NUMBER.fullmatch(raw) is not None:  # note 3
+    if _NUMBER.fullmatch(raw) is not None:  # note 4
         value = float(raw)
     else:
         value = parse_datetime(name, raw)
