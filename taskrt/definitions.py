@@ -65,6 +65,13 @@ class Hooks:
     on_progress: Callable[..., Any] | None = None
     on_failed: Callable[..., Any] | None = None
 
+    def __post_init__(self) -> None:
+        # Refused here, not when a job first calls it (a TypeError in the log).
+        for name in Hooks.__dataclass_fields__:
+            hook = getattr(self, name)
+            if hook is not None and not callable(hook):
+                raise InvalidOption(name, f"expected a callable or None, found {shown(hook)}")
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:

@@ -196,6 +196,26 @@ def check_duration(value: float, field: str) -> float:
     return value
 
 
+def check_seconds(value: Any, field: str, *, most: float, zero: bool = True) -> float:
+    """A setting in seconds: a finite number from 0 (above 0 unless ``zero``) to
+    ``most``."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    # NaN fails every comparison; an int of any size compares exactly.
+    if not (number and (0 <= value if zero else 0 < value) and value <= most):
+        span = f"from 0 to {most:g}" if zero else f"above 0, up to {most:g}"
+        raise InvalidOption(field, f"expected seconds {span}, found {shown(value)}")
+    return float(value)
+
+
+def check_count(value: Any, field: str, *, least: int, most: int) -> int:
+    """A setting that counts something: an integer from ``least`` to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise InvalidOption(
+            field, f"expected an integer from {least} to {most}, found {shown(value)}"
+        )
+    return value
+
+
 def check_progress(
     current: Any, total: Any, message: Any, limits: Limits, step: Any = None
 ) -> tuple[float | int, float | int | None, str | None, str | None]:
@@ -268,10 +288,12 @@ __all__ = [
     "MAX_DURATION",
     "MAX_TIME",
     "Limits",
+    "check_count",
     "check_duration",
     "check_int64",
     "check_number",
     "check_progress",
+    "check_seconds",
     "check_text",
     "check_time",
     "encode",

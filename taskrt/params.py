@@ -115,7 +115,24 @@ def attach(spec: TaskSpec) -> TaskSpec:
         problem = "expected a JSON Schema object"
     if problem is not None:
         raise InvalidOption("parameters", problem, source=spec.source)
+    _check_no_loop(spec.parameters, source=spec.source)
     return replace(spec, validator=_explicit_validator(spec, spec.parameters))
+
+
+def _check_no_loop(schema: Mapping[str, Any], *, source: str | None) -> None:
+    """Refuse a schema that loops on any value of its shape: a ``$ref`` back to
+    itself at the same place (``{"$ref": "#"}``) would otherwise fail every add
+    with a ``RecursionError``. A loop reached only through a given property is
+    the add's ``ValidationError`` instead (``_best_error``)."""
+    compiled = validator_for(schema)
+    probe: Any = {} if _shape(schema) == "object" else [] if _shape(schema) == "array" else None
+    try:
+        for _ in compiled.iter_errors(probe):
+            pass
+    except RecursionError:
+        raise InvalidOption("parameters", f"the schema {_ENDLESS}", source=source) from None
+    except Unresolvable:
+        pass  # said when a job meets it (note 3)
 
 
 def check_schema(schema: object) -> str | None:
@@ -286,7 +303,13 @@ def _best_error(task: str, compiled: Validator, instance: Any) -> SchemaViolatio
         raise ValidationError(
             task, _clip(f"the task's parameters schema has a $ref {ref!r} that does not resolve")
         ) from None
+    except RecursionError:
+        raise ValidationError(task, _LOOP) from None
     return found
+
+
+_ENDLESS = "refers to itself without end (a $ref that leads back to itself, not into the value)"
+_LOOP = f"the task's parameters schema {_ENDLESS}"
 
 
 # -- explicit schemas (note 2) ------------------------------------------------

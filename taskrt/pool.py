@@ -101,7 +101,7 @@ from .clock import Alarm
 from .context import CURRENT_ATTEMPT, JobContext, JobState
 from .errors import InvalidOption
 from .gates import SCAN, Gates
-from .limits import encode
+from .limits import INT64_MAX, encode, shown
 from .models import JobStatus, PoolStatistics
 from .processes import Crossed, Workers
 from .rates import Bucket, Rate, parse_rate
@@ -943,12 +943,20 @@ def _tell(
 
 
 def _check_limits(concurrency: Any, capacity: Any) -> None:
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise InvalidOption("concurrency", f"expected a positive integer, found {concurrency!r}")
-    if capacity is not None and (
-        isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
-    ):
-        raise InvalidOption("capacity", f"expected a positive integer or None, found {capacity!r}")
+    # Up to a 64-bit integer, as the pool's stored settings and the HTTP API take them.
+    if not _positive_int64(concurrency):
+        raise InvalidOption(
+            "concurrency", f"expected an integer from 1 to {INT64_MAX}, found {shown(concurrency)}"
+        )
+    if capacity is not None and not _positive_int64(capacity):
+        raise InvalidOption(
+            "capacity",
+            f"expected an integer from 1 to {INT64_MAX} or None, found {shown(capacity)}",
+        )
+
+
+def _positive_int64(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= INT64_MAX
 
 
 def _check_processes(processes: Any) -> None:

@@ -89,8 +89,11 @@ from .limits import (
     INT64_MAX,
     INT64_MIN,
     Limits,
+    check_count,
     check_progress,
+    check_seconds,
     check_text,
+    shown,
 )
 from .live import LiveJobs
 from .models import (
@@ -184,7 +187,9 @@ class Runtime:
     the ``postgres`` extra; docs/postgres.md). Without one, ``$TASKRT_DATABASE``
     names it, else ``":memory:"``.
 
-    Options (all keyword-only):
+    Options (all keyword-only; each is checked here, and one of the wrong type or
+    out of its range raises ``InvalidOption`` naming it: seconds are finite and
+    at most an hour, ``grace`` a day; counts are integers):
 
     - ``workers``: may run jobs here (the owner, or a standby that takes over),
       or only add and read (a client); see note 3.
@@ -253,14 +258,23 @@ class Runtime:
         self.window = window
         if limits is not None and not isinstance(limits, Limits):
             raise InvalidOption("limits", f"expected a taskrt.Limits, found {limits!r}")
-        if (
-            isinstance(max_recoveries, bool)
-            or not isinstance(max_recoveries, int)
-            or max_recoveries < 0
-        ):
-            raise InvalidOption(
-                "max_recoveries", f"expected an integer of 0 or more, found {max_recoveries!r}"
-            )
+        _check_settings(
+            workers=workers,
+            tracing=tracing,
+            clock=clock,
+            tasks=tasks,
+            root=root,
+            grace=grace,
+            abandon_after=abandon_after,
+            poll_interval=poll_interval,
+            progress_interval=progress_interval,
+            subscriber_buffer=subscriber_buffer,
+            replay=replay,
+            default_concurrency=default_concurrency,
+            max_recoveries=max_recoveries,
+            stall_threshold=stall_threshold,
+            busy_timeout=busy_timeout,
+        )
         if mode not in (None, "owner", "nodes"):
             raise InvalidOption("mode", f"expected 'owner' or 'nodes', found {mode!r}")
         if (
@@ -2162,6 +2176,57 @@ def _filter_args(
         "scheduled": scheduled,
         "older_than": _seconds(older_than),
     }
+
+
+def _check_settings(
+    *,
+    workers: Any,
+    tracing: Any,
+    clock: Any,
+    tasks: Any,
+    root: Any,
+    grace: Any,
+    abandon_after: Any,
+    poll_interval: Any,
+    progress_interval: Any,
+    subscriber_buffer: Any,
+    replay: Any,
+    default_concurrency: Any,
+    max_recoveries: Any,
+    stall_threshold: Any,
+    busy_timeout: Any,
+) -> None:
+    """``Runtime``'s settings, each refused with ``InvalidOption`` when it is not what
+    it must be: a wrong one would fail later, far from its cause (a ``grace`` of
+    ``"5"`` failed at ``stop()``, whose threads then kept the process alive)."""
+    for name, flag in (("workers", workers), ("tracing", tracing)):
+        if not isinstance(flag, bool):
+            raise InvalidOption(name, f"expected True or False, found {shown(flag)}")
+    if clock is not None and not (
+        callable(getattr(clock, "now", None)) and callable(getattr(clock, "call_at", None))
+    ):
+        raise InvalidOption(
+            "clock", f"expected a taskrt Clock (now, call_at), found {shown(clock)}"
+        )
+    for name, place in (("tasks", tasks), ("root", root)):
+        if place is not None and not isinstance(place, str | os.PathLike):
+            raise InvalidOption(name, f"expected a path, found {shown(place)}")
+    check_seconds(grace, "grace", most=DAY)
+    check_seconds(abandon_after, "abandon_after", most=HOUR)
+    check_seconds(poll_interval, "poll_interval", most=HOUR, zero=False)
+    check_seconds(progress_interval, "progress_interval", most=HOUR, zero=False)
+    check_seconds(stall_threshold, "stall_threshold", most=HOUR, zero=False)
+    check_seconds(busy_timeout, "busy_timeout", most=HOUR)
+    check_count(subscriber_buffer, "subscriber_buffer", least=1, most=MAX_BUFFER)
+    check_count(replay, "replay", least=0, most=MAX_BUFFER)
+    check_count(default_concurrency, "default_concurrency", least=1, most=INT64_MAX)
+    check_count(max_recoveries, "max_recoveries", least=0, most=INT64_MAX)
+
+
+HOUR = 3600.0
+DAY = 86400.0
+MAX_BUFFER = 1_000_000
+"""The most events a subscriber's buffer or a job's replay window may hold."""
 
 
 def _check_filter_values(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,94 @@ async def test_bad_pool_limits_raise_invalid_option(tmp_path: Path) -> None:
     with pytest.raises(InvalidOption) as err:
         rt.pool("q", capacity=-1)
     assert err.value.field == "capacity"
+
+
+@pytest.mark.parametrize("concurrency", [10**30, 2**63])
+async def test_pool_limits_beyond_64_bits_are_refused(tmp_path: Path, concurrency: int) -> None:
+    rt = make_rt(tmp_path)
+    with pytest.raises(InvalidOption) as err:
+        rt.pool("p", concurrency=concurrency)
+    assert err.value.field == "concurrency"
+    with pytest.raises(InvalidOption) as err:
+        rt.pool("q", capacity=concurrency)
+    assert err.value.field == "capacity"
+    rt.pool("r", concurrency=2**63 - 1, capacity=2**63 - 1)  # the largest is fine
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("grace", "5"),  # stop() failed on it, and its threads kept the process alive
+        ("grace", None),
+        ("grace", -1),
+        ("grace", math.nan),
+        ("abandon_after", math.inf),
+        ("poll_interval", "5"),
+        ("poll_interval", 0),
+        ("progress_interval", -0.1),
+        ("stall_threshold", None),
+        ("stall_threshold", 10**30),
+        ("busy_timeout", math.nan),
+        ("busy_timeout", None),
+        ("replay", -1),
+        ("replay", "5"),
+        ("replay", 10**30),
+        ("subscriber_buffer", 0),
+        ("default_concurrency", -1),
+        ("max_recoveries", 10**30),
+        ("workers", 1),
+        ("tracing", "yes"),
+        ("clock", 5),
+        ("tasks", 5),
+        ("root", 5),
+    ],
+)
+def test_a_bad_runtime_setting_is_refused_when_the_runtime_is_made(
+    tmp_path: Path, setting: str, value: Any
+) -> None:
+    with pytest.raises(InvalidOption) as err:
+        taskrt.Runtime(str(db_file(tmp_path)), **{setting: value})
+    assert err.value.field == setting
+    assert "expected" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "hook", ["next_id", "on_add", "on_success", "on_error", "on_progress", "on_failed"]
+)
+def test_a_hook_that_cannot_be_called_is_refused_when_the_task_is_declared(
+    tmp_path: Path, hook: str
+) -> None:
+    rt = make_rt(tmp_path)
+    with pytest.raises(InvalidOption) as err:
+
+        @rt.task(**{hook: 5})
+        async def noop(job: JobContext) -> None:
+            return None
+
+    assert err.value.field == hook
+    assert "noop" not in rt.tasks
+
+
+async def test_a_parameters_schema_that_loops_is_refused_or_fails_its_adds_clearly(
+    tmp_path: Path,
+) -> None:
+    rt = make_rt(tmp_path)
+    # Looping on every value: refused as the task is declared.
+    with pytest.raises(InvalidOption) as err:
+        rt.task(name="everywhere", parameters={"type": "object", "$ref": "#"})(_kw)
+    assert err.value.field == "parameters" and "refers to itself" in str(err.value)
+    # Looping only through a property: the adds that give it fail, clearly.
+    loop = {"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}
+    rt.task(name="through_x", parameters=loop)(_kw)
+    async with rt:
+        with pytest.raises(ValidationError, match="refers to itself"):
+            await rt.add("through_x", x=1)
+        job_id = await rt.add("through_x")  # without x, nothing loops
+        assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def _kw(job: JobContext, **kwargs: Any) -> None:
+    return None
 
 
 async def test_result_that_is_not_json_fails_the_job_clearly(tmp_path: Path) -> None:
