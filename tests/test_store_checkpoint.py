@@ -6,7 +6,10 @@ SQLite-specific by nature: the write-ahead log is a file of SQLite's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from core_support import new_job, until
@@ -42,6 +45,35 @@ async def test_the_wal_is_checkpointed_while_writes_go_on(tmp_path: Path) -> Non
         # commits, so the bound is not tighter than that.)
         assert wal.stat().st_size < 0.6 * 90 * one_round
         assert os.path.getsize(path) > 8_000_000  # the rows did reach the database
+    finally:
+        await store.close()
+
+
+async def test_a_log_the_checkpoint_caught_up_with_is_started_over_by_the_thread(
+    tmp_path: Path,
+) -> None:
+    """The first commit into a log that starts over syncs the log's header: the
+    thread makes that commit itself (a row of ``meta``), not the writer's next
+    batch. Then the log holds that commit's page alone, though the writer wrote
+    hundreds since the last time it started over; the writer's next commit
+    appends to it."""
+    path = str(tmp_path / "app.db")
+    store = Store(path)
+    await store.open()
+    try:
+        for r in range(20):
+            await store.insert([job(r * 100 + i) for i in range(100)])
+        await store.flush()
+        await until(lambda: store.logs_started_over >= 1, timeout=5)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            busy, pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert busy == 0
+            assert 0 < pages <= 3, pages  # the meta row's page (and its index's)
+            (at,) = conn.execute("SELECT value FROM meta WHERE key = 'log.started_over'").fetchone()
+            assert abs(float(at) - time.time()) < 60
+        await store.insert([job(9_999)])
+        await store.flush()
+        assert await store.count_jobs() == 2_001
     finally:
         await store.close()
 

@@ -97,7 +97,10 @@ Design notes:
     own checkpoints the WAL, PASSIVE, a few times a second while there are
     commits (``sqlite/checkpoint.py``), so no write batch pays for copying the
     pages of the others; the writer's own checkpoint stays as a bound, at ten
-    times SQLite's default (``wal_autocheckpoint = 10000`` pages).
+    times SQLite's default (``wal_autocheckpoint = 10000`` pages). After a
+    checkpoint that copied the whole log, the thread also makes the commit that
+    starts the log over (one row of ``meta``), which syncs the log's header:
+    that sync fell on the writer's next commit, the tail of add → start latency.
 15. **Small commits without a trip.** A trip to the connection's thread and
     back costs more than committing a small batch (two thread wake-ups, each
     slower than the commit on a busy machine), and the caller waits for it:

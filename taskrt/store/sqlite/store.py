@@ -119,6 +119,12 @@ class Store(QueuedWrites, SharedReads):
         return 0 if self._checkpoints is None else self._checkpoints.checkpoints
 
     @property
+    def logs_started_over(self) -> int:
+        """Caught-up logs the checkpoint thread started over with a commit of its own,
+        so that no commit of the writer's pays for it (``checkpoint``'s docstring)."""
+        return 0 if self._checkpoints is None else self._checkpoints.started_over
+
+    @property
     def inline_commits(self) -> int:
         """Write batches committed on the event loop's thread since the store opened (note 15)."""
         writer = self._batches
