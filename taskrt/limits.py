@@ -202,7 +202,8 @@ def check_seconds(value: Any, field: str, *, most: float, zero: bool = True) -> 
     number = isinstance(value, int | float) and not isinstance(value, bool)
     # NaN fails every comparison; an int of any size compares exactly.
     if not (number and (0 <= value if zero else 0 < value) and value <= most):
-        span = f"from 0 to {most:g}" if zero else f"above 0, up to {most:g}"
+        top = f"{most:.0f}" if most == int(most) else f"{most:g}"
+        span = f"from 0 to {top}" if zero else f"above 0, up to {top}"
         raise InvalidOption(field, f"expected seconds {span}, found {shown(value)}")
     return float(value)
 

@@ -88,11 +88,14 @@ from .limits import (
     DEFAULT_LIMITS,
     INT64_MAX,
     INT64_MIN,
+    MAX_DURATION,
     Limits,
     check_count,
+    check_number,
     check_progress,
     check_seconds,
     check_text,
+    check_time,
     shown,
 )
 from .live import LiveJobs
@@ -1210,6 +1213,7 @@ class Runtime:
 
     async def get(self, job_id: int) -> JobInfo:
         """The job's current state (``JobNotFound`` when there is none)."""
+        _check_id(job_id, "job_id")
         state = self.live.states.get(job_id)
         if state is not None:
             return self._told(state.info())
@@ -1295,6 +1299,7 @@ class Runtime:
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         """The record of every attempt of the job (start, end, outcome, error, traceback)."""
+        _check_id(job_id, "job_id")
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -1327,6 +1332,9 @@ class Runtime:
 
     async def wait(self, job_id: int, timeout: float | None = None) -> JobInfo:  # noqa: ASYNC109
         """Wait until the job is terminal; returns its final ``JobInfo``."""
+        _check_id(job_id, "job_id")
+        if timeout is not None:
+            check_seconds(timeout, "timeout", most=MAX_DURATION)
         async with asyncio.timeout(timeout):
             async with self.subscribe(job_id) as stream:
                 async for _ in stream:
@@ -1335,6 +1343,7 @@ class Runtime:
 
     async def cancel(self, job_id: int) -> JobInfo:
         """Cancel a waiting or running job; returns its state after the cancel."""
+        _check_id(job_id, "job_id")
         self.require_started("cancel")
         remote = self._forwarding()
         if remote is not None:
@@ -1378,6 +1387,7 @@ class Runtime:
         waited) waits for its parents again and runs with their results; refused
         while one of them has failed or was cancelled (retry that one first).
         """
+        _check_id(job_id, "job_id")
         self.require_started("retry")
         remote = self._forwarding()
         if remote is not None:
@@ -1722,6 +1732,7 @@ class Runtime:
 
     async def run_now(self, job_id: int) -> JobInfo:
         """Start a waiting job as soon as a slot is free (its delay or backoff dropped)."""
+        _check_id(job_id, "job_id")
         self.require_started("run now")
         remote = self._forwarding()
         if remote is not None:
@@ -1805,6 +1816,7 @@ class Runtime:
 
     async def workflow(self, workflow_id: int) -> WorkflowInfo:
         """A workflow's jobs, status and progress (``JobNotFound`` if it has none)."""
+        _check_id(workflow_id, "workflow_id")
         self.require_started("reading a workflow")
         here = None if self.nodes is None else self.nodes.node
         return await read_workflow(self.store, self.live, workflow_id, self._told, here)
@@ -1899,6 +1911,9 @@ class Runtime:
         widened to whole minutes. The p95 comes from the duration histogram
         (``taskrt.counters.BUCKETS``): the upper bound of the bucket holding it.
         """
+        for name, moment in (("since", since), ("until", until)):
+            if moment is not None:
+                check_time(float(check_number(moment, name)), name)
         self.require_started("statistics")
         remote = self._forwarding()
         if remote is not None:
@@ -2176,6 +2191,13 @@ def _filter_args(
         "scheduled": scheduled,
         "older_than": _seconds(older_than),
     }
+
+
+def _check_id(value: Any, field: str) -> None:
+    """A job's (or workflow's) id given to the API: an integer (``True`` is no id).
+    An integer no job has is the caller's ``JobNotFound``, as for any unknown id."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOption(field, f"expected a job id (an integer), found {shown(value)}")
 
 
 def _check_settings(

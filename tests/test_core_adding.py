@@ -407,6 +407,34 @@ async def test_a_parameters_schema_that_loops_is_refused_or_fails_its_adds_clear
         assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
 
 
+async def test_what_is_no_job_id_is_refused_naming_it(tmp_path: Path) -> None:
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def noop(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        job_id = await rt.add("noop")
+        await rt.wait(job_id, timeout=10)
+        for bad in (True, 1.0, "1", None):
+            for call in (rt.get, rt.cancel, rt.retry, rt.attempts, rt.run_now, rt.wait):
+                with pytest.raises(InvalidOption) as err:
+                    await call(bad)  # type: ignore[operator]
+                assert err.value.field == "job_id", call
+            with pytest.raises(InvalidOption, match="workflow_id"):
+                await rt.workflow(bad)  # type: ignore[arg-type]
+        with pytest.raises(JobNotFound):
+            await rt.get(2**70)  # an integer no job has: not found, as any unknown id
+        for timeout in ("1", math.nan, -1):
+            with pytest.raises(InvalidOption, match="timeout"):
+                await rt.wait(job_id, timeout=timeout)  # type: ignore[arg-type]
+        for moment in ("yesterday", math.nan, math.inf, 10**400):
+            with pytest.raises(InvalidOption, match="since"):
+                await rt.stats(since=moment)  # type: ignore[arg-type]
+        assert (await rt.stats(since=0)).counts["SUCCESS"] == 1
+
+
 async def _kw(job: JobContext, **kwargs: Any) -> None:
     return None
 
