@@ -23,7 +23,9 @@ from .errors import InvalidOption
 from .limits import INT64_MAX, MAX_DURATION, shown
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# ASCII digits only: ``\d`` and ``float`` also read "٣", "1_000" or "²".
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?")
 
 
 def parse_duration(value: Any, *, field: str = "duration", source: str | None = None) -> float:
@@ -47,12 +49,9 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
         raise InvalidOption(
             field, "expected a duration like '30s', found an empty string", source=source
         )
-    try:
+    if _SECONDS.fullmatch(text.removeprefix("-")):
         number = float(text)
-    except ValueError:
-        pass
-    else:
-        if number < 0 or number != number or number == float("inf"):
+        if number < 0 or number == float("inf"):
             raise InvalidOption(
                 field,
                 f"expected a duration of 0 or more seconds, found {shown(value)}",

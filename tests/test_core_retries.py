@@ -37,7 +37,25 @@ def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["-5", "nan", "inf", "1x", "", -1, True, None])
+@pytest.mark.parametrize(
+    "text",
+    # Unicode digits and underscores, which float() and \\d read, are not ASCII digits.
+    [
+        "-5",
+        "nan",
+        "inf",
+        "1x",
+        "",
+        -1,
+        True,
+        None,
+        "\u0663s",
+        "\u0663",
+        "1_000",
+        "\u00b2s",
+        "1e999",
+    ],
+)
 def test_parse_duration_refuses_what_is_not_a_duration(text: object) -> None:
     with pytest.raises(InvalidOption) as err:
         parse_duration(text, field="delay")
