@@ -39,7 +39,7 @@ def test_parse_duration(text: object, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    # Unicode digits and underscores, which float() and \\d read, are not ASCII digits.
+    # Unicode digits and underscores, which float() and \d read, are not ASCII digits.
     [
         "-5",
         "nan",
