@@ -582,6 +582,22 @@ class Runtime:
         A name is one task's: another handler, or a definition from another file,
         under a registered name is refused (``InvalidOption``); the same one again
         replaces it (its options changed)."""
+        spec = self._checked(spec)
+        self.schedules.task_registered(spec)
+        self._tasks[spec.name] = spec
+        self.gates.tasks_changed()
+        pool = self._pools.get(spec.pool)
+        if pool is None:
+            self.pool(spec.pool, concurrency=spec.pool_concurrency, capacity=spec.pool_capacity)
+        else:
+            if spec.pool_concurrency is not None:
+                pool.set_concurrency(spec.pool_concurrency)
+            if spec.pool_capacity is not None:
+                pool.set_capacity(spec.pool_capacity)
+        return Task(spec)
+
+    def _checked(self, spec: TaskSpec) -> TaskSpec:
+        """``spec`` with its parameters attached, once nothing refuses it; changes nothing."""
         from .params import attach
 
         known = self._tasks.get(spec.name)
@@ -597,18 +613,8 @@ class Runtime:
                 source=spec.source,
             )
         spec = attach(spec)
-        self.schedules.task_registered(spec)  # a bad cron refuses the task
-        self._tasks[spec.name] = spec
-        self.gates.tasks_changed()
-        pool = self._pools.get(spec.pool)
-        if pool is None:
-            self.pool(spec.pool, concurrency=spec.pool_concurrency, capacity=spec.pool_capacity)
-        else:
-            if spec.pool_concurrency is not None:
-                pool.set_concurrency(spec.pool_concurrency)
-            if spec.pool_capacity is not None:
-                pool.set_capacity(spec.pool_capacity)
-        return Task(spec)
+        self.schedules.check_task(spec)  # a bad cron refuses the task
+        return spec
 
     def load(
         self,
@@ -617,10 +623,12 @@ class Runtime:
         executor: Any = None,
         root: str | os.PathLike[str] | None = None,
     ) -> list[Task[Any, Any]]:
-        """Load task files (Yao JSON, Anchor YAML) from a folder or file."""
+        """Load task files (Yao JSON, Anchor YAML) from a folder or file: all of them,
+        or none (a task the runtime refuses, say a name registered already, leaves
+        every task and pool as it was)."""
         from .taskfiles import load_tasks
 
-        specs = load_tasks(path, executor=executor, root=root)
+        specs = [self._checked(s) for s in load_tasks(path, executor=executor, root=root)]
         return [self.register(s) for s in specs]
 
     def on_start(self, hook: Callable[[Runtime], Any]) -> None:

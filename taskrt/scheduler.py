@@ -397,19 +397,27 @@ class Scheduler:
             self._rt.background.spawn(self._store_declared([definition]))
         return definition
 
+    def check_task(self, spec: TaskSpec) -> ScheduleDefinition | None:
+        """The schedule a task with ``cron`` declares, refused as ``task_registered``
+        would refuse it (``InvalidOption``, ``CronError``); declares nothing."""
+        if spec.cron is None:
+            return None
+        try:
+            check_schedule_name(spec.name)
+        except InvalidOption as exc:
+            raise InvalidOption(
+                "cron",
+                f"a task's cron declares a schedule named after the task, and "
+                f"{spec.name!r} is no schedule name ({exc}); declare it with "
+                "rt.schedule(name, task, cron) under a name of its own",
+            ) from None
+        return define(spec.name, spec.name, spec.cron, tz=spec.cron_tz)
+
     def task_registered(self, spec: TaskSpec) -> None:
         """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it."""
-        if spec.cron is not None:
-            try:
-                check_schedule_name(spec.name)
-            except InvalidOption as exc:
-                raise InvalidOption(
-                    "cron",
-                    f"a task's cron declares a schedule named after the task, and "
-                    f"{spec.name!r} is no schedule name ({exc}); declare it with "
-                    "rt.schedule(name, task, cron) under a name of its own",
-                ) from None
-            self.declare(define(spec.name, spec.name, spec.cron, tz=spec.cron_tz))
+        definition = self.check_task(spec)
+        if definition is not None:
+            self.declare(definition)
             self._from_tasks.add(spec.name)
         elif spec.name in self._from_tasks:
             self._from_tasks.discard(spec.name)

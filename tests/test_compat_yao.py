@@ -237,6 +237,13 @@ def test_a_task_name_defined_twice_is_refused_never_replaced_silently(
     assert caught.value.source is not None and str(copy) in caught.value.source
     assert str(YAO_TASKS) in str(caught.value)  # where the first one is
 
+    # A load that a clash refuses registers none of its tasks (all or nothing): the
+    # copy's folder with a new task beside the clash, in a file read before it.
+    (copy / "a_new.yao").write_text('{"process": "scripts.task.Send", "worker_nums": 3}')
+    with pytest.raises(InvalidOption, match="registered already"):
+        rt.load(copy)
+    assert "a_new" not in rt.tasks and "a_new" not in rt.pools
+
     async def other() -> None: ...
 
     with pytest.raises(InvalidOption, match="registered already"):
