@@ -7,6 +7,7 @@ Most run ``cli.main([...])`` in this process; a few run the installed
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
@@ -276,6 +277,20 @@ PG = "postgresql://postgres@127.0.0.1"  # never reached: the URLs below are refu
         (["migrate", "--db", f"{PG}:notaport/postgres"], 2, "--db: expected postgresql://"),
         (["copy", "--from", "{db}", "--to", f"{PG}:x/postgres"], 2, "--to: expected postgresql"),
         (["copy", "--from", "{db}", "--to", f"{PG}:5432/p?schema="], 2, "--to: the schema"),
+        # Malformed server URLs: bad usage naming --url, before any request (they were
+        # httpx's InvalidURL, or an ExceptionGroup for the port: exit 1, as bugs).
+        (["ls", "--url", "http://127.0.0.1:99999"], 2, "--url: the port of host '127.0.0.1' is"),
+        (["ls", "--url", "http://[::1"], 2, "--url: expected http://HOST[:PORT]"),
+        (["watch", "1", "--url", "http://[zz]"], 2, "--url: expected http://HOST[:PORT]"),
+        (["ls", "--url", "http://[::1]x"], 2, "--url: expected http://HOST[:PORT]"),
+        (["get", "1", "--url", "http://u:secret@127.0.0.1:0"], 2, "is '0', expected a number"),
+        (["ls", "--url", "ftp://127.0.0.1"], 2, "found scheme 'ftp'"),
+        (["ls", "--url", "127.0.0.1:8000"], 2, "found no scheme"),
+        (["stats", "--url", "http://:8000"], 2, "found no host"),
+        # An empty status was skipped: ``--status ''`` listed every job.
+        (["ls", "--db", "{db}", "--status", ""], 2, "--status: empty status in ''"),
+        (["ls", "--db", "{db}", "--status", "waiting,,running"], 2, "empty status in 'waiting,,"),
+        (["cleanup", "--db", "{db}", "--status", "success,"], 2, "--status: empty status"),
     ],
 )
 def test_errors_are_one_line_with_a_documented_status(
@@ -288,6 +303,73 @@ def test_errors_are_one_line_with_a_documented_status(
     assert out == ""
     assert err.startswith("taskrt: error: ") and err.count("\n") == 1, err
     assert message in err
+
+
+# Each command that takes --url, with what it needs besides.
+URL_COMMANDS = {
+    "bulk": ["bulk", "cancel", "--older-than", "0"],
+    "cancel": ["cancel", "1"],
+    "get": ["get", "1"],
+    "ls": ["ls"],
+    "retry": ["retry", "1"],
+    "run-now": ["run-now", "1"],
+    "schedules": ["schedules"],
+    "stats": ["stats"],
+    "watch": ["watch", "1"],
+    "workflow": ["workflow", "1"],
+}
+
+
+def takes_url(command: cli.Command) -> bool:
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    return "--url" in parser.format_usage()
+
+
+def test_every_command_that_takes_url_refuses_a_malformed_one(
+    capsys: pytest.CaptureFixture[str], app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(URL_COMMANDS) == {c.name for c in cli.COMMANDS if takes_url(c)}
+    expected = (
+        "taskrt: error: --url: the port of host '127.0.0.1' is '99999', "
+        "expected a number from 1 to 65535\n"
+    )
+    for argv in URL_COMMANDS.values():
+        code, out, err = run(capsys, app, *argv, "--url", "http://127.0.0.1:99999")
+        assert (code, out, err) == (2, "", expected), argv
+    monkeypatch.setenv("TASKRT_URL", "http://127.0.0.1:99999")  # the variable, as the flag
+    assert run(capsys, app, "ls") == (2, "", expected)
+
+
+@pytest.mark.parametrize("option", ["--pool", "--task"])
+@pytest.mark.parametrize("command", [["ls"], ["bulk", "cancel"]])
+def test_an_empty_pool_or_task_is_refused(
+    capsys: pytest.CaptureFixture[str], app: App, command: list[str], option: str
+) -> None:
+    """Empty, it matched no job in a database and every job through a server."""
+    add_json(capsys, app, "resize")
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command, option, "", "--db", app.db])
+    assert exc.value.code == 2
+    assert f"argument {option}: expected a name, found ''" in capsys.readouterr().err
+
+
+def test_an_app_that_fails_to_import_is_bad_usage_naming_it(
+    capsys: pytest.CaptureFixture[str], app: App, tmp_path: Path
+) -> None:
+    """Exit 2 as for a missing module (it was ``RuntimeError: import boom``, exit 1)."""
+    module = f"boomapp_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text('raise RuntimeError("import boom")\n')
+    ref = f"{module}:rt"
+    expected = (
+        f"taskrt: error: cannot import {module!r} (from {ref!r}): RuntimeError: import boom\n"
+    )
+    for argv in (["add", "echo", "--app", ref], ["ls", "--app", ref], ["serve", ref]):
+        assert run(capsys, app, *argv) == (2, "", expected), argv
+    code, out, err = run(capsys, app, "--debug", "ls", "--app", ref)
+    assert (code, out) == (2, "")
+    assert 'raise RuntimeError("import boom")' in err  # the module's own traceback
+    assert err.endswith(expected)
 
 
 def test_bad_usage_exits_2_and_debug_shows_the_traceback(

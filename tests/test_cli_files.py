@@ -173,17 +173,41 @@ def test_generate_with_bad_definitions(
     assert not target.exists()
 
 
-def test_unexpected_errors_are_one_line_unless_debug(
+def test_generate_refuses_an_output_that_is_a_directory(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, _, err = run(capsys, "generate", str(ANCHOR), "-o", str(tmp_path))
-    assert code == 1
-    assert err.startswith("taskrt: error: IsADirectoryError: ")
-    assert len(err.splitlines()) == 1
-    code, _, err = run(capsys, "--debug", "generate", str(ANCHOR), "-o", str(tmp_path))
+    """A usage error naming -o (it ended in an IsADirectoryError, exit 1, as a bug)."""
+    for check in ([], ["--check"]):
+        code, out, err = run(capsys, "generate", str(ANCHOR), "-o", str(tmp_path), *check)
+        assert (code, out) == (2, "")
+        assert (
+            err
+            == f"taskrt: error: -o {tmp_path}: is a directory; expected the module's file name\n"
+        )
+    (tmp_path / "file").write_text("")
+    for target in (tmp_path / "file" / "gen.py", tmp_path / "file" / "sub" / "gen.py"):
+        code, out, err = run(capsys, "generate", str(ANCHOR), "-o", str(target))
+        assert (code, out) == (2, "")
+        assert err == (
+            f"taskrt: error: -o {target}: a part of its path is a file, not a directory\n"
+        )
+
+
+def test_unexpected_errors_are_one_line_unless_debug(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug (an error no command expects) is exit 1: one line, the traceback under --debug."""
+
+    def broken(args: argparse.Namespace) -> int:
+        raise KeyError("a bug")
+
+    bug = cli.Command("broken", "a command with a bug", lambda parser: None, broken)
+    code = cli.main(["broken"], commands=[*cli.COMMANDS, bug])
+    err = capsys.readouterr().err
+    assert (code, err) == (1, "taskrt: error: KeyError: 'a bug'\n")
+    code = cli.main(["--debug", "broken"], commands=[*cli.COMMANDS, bug])
+    err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("Traceback (most recent call last):")
-    assert "IsADirectoryError" in err
+    assert "KeyError: 'a bug'" in err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

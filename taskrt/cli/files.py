@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .support import UsageError, error
+from .support import UNAVAILABLE, CommandError, UsageError, error
 
 
 def _object_at(reference: str, root: str | None) -> Any:
@@ -141,20 +141,43 @@ def generate(args: argparse.Namespace) -> int:
     if args.check:
         if not args.output:
             raise UsageError("--check needs -o FILE")
-        target = Path(args.output)
-        current = target.read_text(encoding="utf-8") if target.exists() else None
-        if current != text:
+        target = output_file(args.output)
+        if current_text(target) != text:
             error(f"{target} is out of date; run: taskrt generate {args.path} -o {target}")
             return 1
         return 0
     if not args.output or args.output == "-":
         sys.stdout.write(text)
         return 0
-    target = Path(args.output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    target = output_file(args.output)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"-o {target}: a part of its path is a file, not a directory") from None
+    except OSError as exc:
+        raise CommandError(f"-o {target}: cannot write it: {exc.strerror}", UNAVAILABLE) from exc
     print(f"wrote {target}", file=sys.stderr)
     return 0
+
+
+def current_text(target: Path) -> str | None:
+    """What ``--check`` compares: the text of ``target``; ``None`` when there is no
+    such file or it is not UTF-8 text (either way, not what would be generated)."""
+    try:
+        return target.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+    except OSError as exc:
+        raise CommandError(f"-o {target}: cannot read it: {exc.strerror}", UNAVAILABLE) from exc
+
+
+def output_file(raw: str) -> Path:
+    """``-o FILE``: a file to write (or compare), refused when it is a folder (exit 2)."""
+    target = Path(raw)
+    if target.is_dir():
+        raise UsageError(f"-o {target}: is a directory; expected the module's file name")
+    return target
 
 
 __all__ = ["generate", "generate_args", "validate", "validate_args"]

@@ -30,6 +30,7 @@ from .support import (
     job_id,
     later,
     moment,
+    nonempty,
     pairs,
     plural,
     print_json,
@@ -66,7 +67,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a keyword argument (repeatable); the value as for --arg",
     )
-    parser.add_argument("--pool", help="another pool than the task's")
+    parser.add_argument("--pool", type=nonempty, help="another pool than the task's")
     parser.add_argument("--delay", help="run no sooner than this from now: 30, 30s, 5m, 1h30m")
     parser.add_argument("--priority", type=int, help="higher runs first (default: the task's)")
     parser.add_argument(
@@ -222,8 +223,8 @@ def filter_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="WAITING, RUNNING, SUCCESS, FAILURE or CANCELLED (repeatable or comma-separated)",
     )
-    parser.add_argument("--pool", help="only this pool's jobs")
-    parser.add_argument("--task", help="only this task's jobs")
+    parser.add_argument("--pool", type=nonempty, help="only this pool's jobs")
+    parser.add_argument("--task", type=nonempty, help="only this task's jobs")
     parser.add_argument(
         "--meta",
         action="append",

@@ -29,7 +29,7 @@ from ..models import (
     Stats,
     WorkflowInfo,
 )
-from .support import NOT_FOUND, UNAVAILABLE, USAGE, CommandError, request_headers
+from .support import NOT_FOUND, UNAVAILABLE, USAGE, CommandError, request_headers, server_url
 from .support import opened as opened_locally
 
 TIMEOUT = 30.0
@@ -233,10 +233,8 @@ def _error_of(response: httpx.Response, path: str) -> Exception:
 async def opened(args: Any) -> AsyncIterator[Any]:
     """The jobs a command works on: a running server's (``--url``), or a runtime's
     opened as a client (``--app``, ``--db``). Both answer the same calls."""
-    url = getattr(args, "url", None)
+    url = server_url(args)
     if url:
-        if args.app or args.db:
-            raise CommandError("give --url, or --app / --db, not both", USAGE)
         async with server_jobs(url, request_headers(args)) as jobs:
             yield jobs
         return

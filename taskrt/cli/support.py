@@ -13,7 +13,9 @@ Design notes (cited where they apply, here and in the command modules as
    (or ``$TASKRT_DB``) opens a bare database: everything but ``add``. Only
    ``migrate`` makes one: a path that is not a taskrt database is refused before
    the runtime opens it (``check_taskrt_file``), a malformed URL as bad usage
-   (``check_server_url``).
+   (``check_server_url``). ``--url`` (or ``$TASKRT_URL``) names a running server
+   instead; every command that takes it reads it through ``server_url``, which
+   refuses a malformed one as bad usage (``check_base_url``).
 2. **Always a client.** These commands open the runtime with
    ``workers=False``: they never run a job or fire a schedule, so they work
    while a server owns the database (they go through its relay; without one,
@@ -41,6 +43,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import ipaddress
 import json
 import math
 import os
@@ -232,6 +235,10 @@ def load_object(reference: str) -> Any:
         found: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import {module_name!r} (from {reference!r}): {exc}") from exc
+    except Exception as exc:  # the module itself failed: one line; --debug has its traceback
+        raise UsageError(
+            f"cannot import {module_name!r} (from {reference!r}): {one_line(exc)}"
+        ) from exc
     for part in attribute.split("."):
         try:
             found = getattr(found, part)
@@ -264,6 +271,61 @@ def client_runtime(args: argparse.Namespace) -> Runtime:
             check_taskrt_file(args.db)
         return Runtime(args.db, workers=False)
     raise UsageError("which jobs? give --app MODULE:ATTR or --db PATH (or set $TASKRT_APP)")
+
+
+def server_url(args: argparse.Namespace) -> str | None:
+    """The ``--url`` (or ``$TASKRT_URL``) a command goes through, checked
+    (``check_base_url``); ``None`` when the jobs are found with ``--app``/``--db``."""
+    url: str | None = getattr(args, "url", None)
+    if not url:
+        return None
+    if args.app or args.db:
+        raise UsageError("give --url, or --app / --db, not both")
+    check_base_url(url, "--url")
+    return url
+
+
+def check_base_url(url: str, option: str) -> None:
+    """Refuse a server URL httpx could not connect to as bad usage naming ``option``,
+    before any request (httpx's ``InvalidURL``, or a port beyond 65535 failing
+    inside the connection, would be an unexpected error, exit 1).
+
+    Checked: the URL splits, its scheme is http or https, it names a host (an IPv6
+    address in brackets must be one), and its port, when given, is 1-65535. As for
+    ``check_server_url``, the user and password part is never echoed.
+    """
+    expected = "expected http://HOST[:PORT] or https://HOST[:PORT], e.g. http://127.0.0.1:8000"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed ``[``, a bracketed host that is no IPv6 address
+        raise UsageError(f"{option}: {expected}: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https") or "://" not in url:
+        found = f"scheme {parts.scheme!r}" if "://" in url else "no scheme"
+        raise UsageError(f"{option}: {expected}; found {found}")
+    authority = parts.netloc.rpartition("@")[2]
+    if authority.startswith("["):
+        host, bracket, rest = authority[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")) or not is_ipv6(host):
+            raise UsageError(f"{option}: {expected}; found a malformed IPv6 host {authority!r}")
+        port = rest[1:]
+    else:
+        host, _, port = authority.partition(":")
+    if not host:
+        raise UsageError(f"{option}: {expected}; found no host")
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise UsageError(
+            f"{option}: the port of host {host!r} is {port!r}, expected a number from 1 to 65535"
+        )
+
+
+def is_ipv6(host: str) -> bool:
+    """Whether ``host`` (between the brackets of a URL) is an IPv6 address, with an
+    optional ``%zone`` (an interface)."""
+    try:
+        ipaddress.IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def check_server_url(url: str, option: str) -> None:
@@ -550,7 +612,10 @@ def statuses(raw: Sequence[str], option: str = "--status") -> list[JobStatus]:
         for name in item.split(","):
             name = name.strip().upper()
             if not name:
-                continue
+                raise UsageError(
+                    f"{option}: empty status in {item!r}; expected a status or a "
+                    f"comma-separated list of them: {', '.join(s.value for s in JobStatus)}"
+                )
             try:
                 out.append(JobStatus(name))
             except ValueError:
@@ -559,6 +624,14 @@ def statuses(raw: Sequence[str], option: str = "--status") -> list[JobStatus]:
                     f"{option}: unknown status {name!r}; expected {expected}"
                 ) from None
     return out
+
+
+def nonempty(raw: str) -> str:
+    """A name option (``--pool``, ``--task``): refused at parsing when empty (exit 2),
+    which would match no job in a database and every job through a server."""
+    if not raw.strip():
+        raise argparse.ArgumentTypeError(f"expected a name, found {raw!r}")
+    return raw
 
 
 def job_id(raw: str) -> int:
@@ -602,16 +675,19 @@ __all__ = [
     "StreamError",
     "UsageError",
     "cell",
+    "check_base_url",
     "check_server_url",
     "check_taskrt_file",
     "client_runtime",
     "error",
     "existing",
     "in_event_loop",
+    "is_ipv6",
     "job_id",
     "load_object",
     "load_runtime",
     "moment",
+    "nonempty",
     "one_line",
     "opened",
     "pairs",
@@ -621,6 +697,7 @@ __all__ = [
     "representable",
     "request_headers",
     "seconds",
+    "server_url",
     "status_of",
     "statuses",
     "stored_id",

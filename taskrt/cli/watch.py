@@ -8,12 +8,12 @@ import argparse
 
 from .progress import exit_status, follow, runtime_events, server_events
 from .support import (
-    UsageError,
     existing,
     in_event_loop,
     job_id,
     opened,
     request_headers,
+    server_url,
     target_args,
 )
 
@@ -32,11 +32,10 @@ def watch_args(parser: argparse.ArgumentParser) -> None:
 @in_event_loop
 async def watch(args: argparse.Namespace) -> int:
     existing(args.id)  # as the server's 404 says for an id beyond 64 bits
-    if args.url:
-        if args.app or args.db:
-            raise UsageError("give --url, or --app/--db, not both")
+    url = server_url(args)
+    if url:
         events = server_events(
-            args.url, args.id, headers=request_headers(args), max_reconnects=max(args.reconnects, 0)
+            url, args.id, headers=request_headers(args), max_reconnects=max(args.reconnects, 0)
         )
         view = await follow(events, args.id, json_lines=args.json)
         return exit_status(view)
