@@ -203,8 +203,12 @@ def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
         raise CronError(expression, "expression", f"{_FIELD_COUNT}, found {len(tokens)}")
     for position, (field, token) in enumerate(zip(fields, tokens, strict=True)):
         _check_field(expression, field, token, position, len(tokens))
+    # A day of month that no month of the month field has never fires, unless the
+    # day of week is restricted too: then either matches (note 4), and
+    # "0 0 30 2 mon" fires on February's Mondays.
+    any_weekday = tokens[-1] in ("*", "?")
     try:
-        croniter.expand(text, second_at_beginning=len(tokens) == 6, strict=True)
+        croniter.expand(text, second_at_beginning=len(tokens) == 6, strict=any_weekday)
     except CroniterError as exc:
         # Each field is valid on its own (checked above); what is left is how
         # they combine: a day of month that no month of the month field has.

@@ -63,6 +63,9 @@ FIVE_FIELDS = [
     ("0 0 1-10/3 * *", "2026-01-02T00:00:00", "2026-01-04T00:00:00"),
     ("5,55 8-9 * * *", "2026-01-01T08:56:00", "2026-01-01T09:05:00"),
     ("0 0 ? * MON", "2026-01-01T00:00:00", "2026-01-05T00:00:00"),
+    # A day of month no month of the field has, with a weekday: the weekday fires.
+    ("0 0 30 2 mon", "2026-01-01T00:00:00", "2026-02-02T00:00:00"),
+    ("0 0 31 4 fri", "2026-04-10T00:00:00", "2026-04-17T00:00:00"),
 ]
 
 SIX_FIELDS_SECONDS_FIRST = [
@@ -421,6 +424,7 @@ BAD = [
     ("@every 9ms", "expression", ["at least 10 ms"]),
     ("0 0 30 2 *", "day of month", ["'30'", "'2'", "never"]),
     ("0 0 31 4,6 *", "day of month", ["never"]),
+    ("0 0 31 4 ?", "day of month", ["never"]),
 ]
 
 
