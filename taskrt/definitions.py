@@ -26,6 +26,7 @@ from .errors import InvalidOption, ValidationError
 from .limits import (
     DEFAULT_LIMITS,
     INT64_MAX,
+    INT64_MIN,
     check_int64,
     check_number,
     check_text,
@@ -312,6 +313,16 @@ def make_options(
         check_text(batch_key, "batch_key", max_bytes=DEFAULT_LIMITS.max_key_bytes)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
+    for key, value in (metadata or {}).items():
+        # A listing filters on a metadata field with 64-bit integers (both stores
+        # compare them so): a larger one would be stored, and found by no filter.
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidOption(
+                    f"metadata.{key}",
+                    f"expected an integer from {INT64_MIN} to {INT64_MAX} (what a filter "
+                    f"compares), found {shown(value)}",
+                )
     if job_id is not None and (
         isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= INT64_MAX
     ):

@@ -295,6 +295,7 @@ async def test_bad_input_raises_and_stores_nothing(tmp_path: Path) -> None:
         ({"retry": {"base": 1, "factor": 0.5}}, "retry.factor"),
         ({"unique_key": ""}, "unique_key"),
         ({"metadata": [1, 2]}, "metadata"),
+        ({"metadata": {"k": 2**63}}, "metadata.k"),  # no filter could find it
         ({"run_at": "tomorrow"}, "run_at"),
     ],
 )

@@ -452,6 +452,9 @@ HTTP_POISONS = [
     ),
     pytest.param(_body('"metadata": {"k": NaN}'), 400, "malformed_json", "nan", id="meta=NaN"),
     pytest.param(
+        _body(f'"metadata": {{"k": {2**63}}}'), 422, "invalid_option", "metadata.k", id="meta=2**63"
+    ),
+    pytest.param(
         _body('"metadata": {"k": 1e999}'), 422, "not_serializable", "metadata", id="meta=1e999"
     ),
     pytest.param(
