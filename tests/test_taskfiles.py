@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ import pytest
 
 from taskrt import JobStatus, Runtime, ValidationError
 from taskrt.retry import RetryPolicy
-from taskrt.taskfiles import DefinitionError, Problem, load_tasks
+from taskrt.taskfiles import DefinitionError, Problem, load_tasks, snake_case
 from taskrt.taskfiles.jsonc import JsoncError, parse, strip
 from taskrt.web.errors import status_of
 
@@ -83,6 +84,11 @@ def test_parse_knows_lines_and_duplicates() -> None:
         ('{\n  "a": 1\n  "b": 2\n}', 3, "Expecting ',' delimiter"),
         ('{"a": NaN}', None, "NaN is not a JSON number"),
         ("[" * 100_000, None, "nested too deeply"),
+        # A trailing comma follows a value; a comma that follows nothing is a mistake.
+        ("{,}", 1, "Expecting property name enclosed in double quotes (column 2)"),
+        ("[\n  ,\n]", 2, "Expecting value (column 3)"),
+        ("[1, /* c */ ,]", 1, "Expecting value (column 13)"),
+        ('{"a": ,}', 1, "Expecting value (column 7)"),
     ],
 )
 def test_parse_errors_say_where(text: str, line: int | None, fragment: str) -> None:
@@ -350,8 +356,8 @@ def test_anchor_problems_are_all_reported_with_lines(tmp_path: Path) -> None:
         "'integr' is not valid under any of the given schemas",
         "tasks.yaml:10: tasks[0].retryPolicy.interval: bad interval '1x': expected a duration "
         "like '30s' or a list like '1m,2m,4m'",
-        "tasks.yaml:11: tasks[0].retryPolicy.maxAttempts: expected a positive number of "
-        "attempts, or -1 for unlimited, found 0",
+        "tasks.yaml:11: tasks[0].retryPolicy.maxAttempts: expected a positive integer, "
+        "or -1 for unlimited, found 0",
         "tasks.yaml:13: tasks[0].cronjob.cronExpression: cron expression '0 0 25 * * *': "
         "hour field '25': 25 is out of range; expected 0-23, with *, lists a,b, ranges a-b "
         "and steps */n",
@@ -366,7 +372,7 @@ def test_anchor_problems_are_all_reported_with_lines(tmp_path: Path) -> None:
         "tasks.yaml:24: tasks[3].parameters.properties.when.default: datetime.date(2024, 1, 1) "
         "is not a JSON value (quote it to make it a string)",
         "tasks.yaml:25: tasks[3].retryPolicy.maxAttempts: missing field 'maxAttempts': "
-        "a positive number of attempts, or -1 for unlimited",
+        "a positive integer, or -1 for unlimited",
         "tasks.yaml:26: tasks[3].cronjob.cronExpresion: unknown field 'cronExpresion'; "
         "did you mean 'cronExpression'?",
         "tasks.yaml:26: tasks[3].cronjob.cronExpression: missing field 'cronExpression' "
@@ -389,7 +395,19 @@ def test_anchor_problems_are_all_reported_with_lines(tmp_path: Path) -> None:
             "tasks.yaml:1: tasks: expected a list of task definitions, found an object",
         ),
         ("name: x\n", "tasks.yaml:1: name: unknown field 'name'; expected one of tasks"),
-        ("d: 2024-13-45\n", "tasks.yaml:1: not valid YAML: ValueError: month must be in 1..12"),
+        (
+            "d: 2024-13-45\n",
+            "tasks.yaml:1: d: invalid date '2024-13-45': month must be in 1..12 "
+            "(quote it to keep it as text)",
+        ),
+        (
+            "tasks:\n  - " + "[" * 5000 + "]" * 5000 + "\n",
+            "tasks.yaml:2: the document is nested more than 100 levels deep",
+        ),
+        (
+            "tasks:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 200)),
+            "tasks.yaml:101: the document is nested more than 100 levels deep",
+        ),
         (
             "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
             + "".join(
@@ -932,3 +950,144 @@ def test_a_cron_task_whose_parameters_are_required_is_refused(tmp_path: Path) ->
         "'date' is a required property; 'region' is a required property"
     )
     assert problem.expected == "a parameters schema a job without parameters satisfies"
+
+
+# -- hostile input: every problem named, no raw exception, no hang ---------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "snake"),
+    [
+        ("SendEmail", "send_email"),
+        ("deleteOpaqueKey", "delete_opaque_key"),
+        ("HTTPServer", "http_server"),
+        ("getHTTPResponseCode", "get_http_response_code"),
+        ("IOError", "io_error"),
+        ("ABCdEFg", "ab_cd_e_fg"),
+        ("send2Email", "send2_email"),
+        ("v2API", "v2_api"),
+        ("send-email now", "send_email_now"),
+        ("__X__", "x"),
+        ("AAAA", "aaaa"),
+        ("already_snake", "already_snake"),
+    ],
+)
+def test_snake_case(name: str, snake: str) -> None:
+    assert snake_case(name) == snake
+
+
+def test_a_long_all_caps_anchor_name_loads_at_once(tmp_path: Path) -> None:
+    # ``([A-Z]+)([A-Z][a-z])`` backtracked over every run of capitals: 73 s for this one.
+    name = "A" * 100_000
+    _write(tmp_path / "tasks.yaml", f"tasks:\n  - name: {name}\n    process: os.path.join\n")
+    started = time.perf_counter()
+    (spec,) = load_tasks(tmp_path / "tasks.yaml")
+    assert time.perf_counter() - started < 1.0
+    assert spec.name == name
+
+
+def test_numbers_past_a_float_are_problems_naming_the_field(tmp_path: Path) -> None:
+    # ``math.isfinite(10**400)`` raised OverflowError: "cannot load", the other problems lost.
+    module = _package(tmp_path, "def run(job_id):\n    pass\n")
+    nines = "9" * 400
+    found = "9" * 77 + "..."
+    _write(
+        tmp_path / "tasks" / "t.yao",
+        f"""
+        {{
+          "process": "{module}.run",
+          "timeout": {nines},
+          "attempt_after": {nines},
+          "size": "x",
+        }}
+        """,
+    )
+    _write(
+        tmp_path / "tasks" / "t.yaml",
+        f"""
+        tasks:
+          - name: A
+            process: os.path.join
+            timeout: {nines}
+            pool: ''
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks"), tmp_path) == [
+        f"tasks/t.yaml:4: tasks[0].timeout: expected a duration like '200ms', '30s', '10m' or "
+        f"'1h30m', from 0 to 3155760000 seconds (100 years), found {found}",
+        "tasks/t.yaml:5: tasks[0].pool: expected a non-empty pool name, found ''",
+        "tasks/t.yao:5: size: expected a positive queue size, found 'x'",
+        f"tasks/t.yao:4: attempt_after: expected milliseconds, at most 3155760000000, "
+        f"found {found}",
+        f"tasks/t.yao:3: timeout: expected seconds, at most 3155760000, found {found}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (
+            "{interval: , maxAttempts: }",
+            [
+                "tasks.yaml:4: tasks[0].retryPolicy.interval: bad interval null: expected a "
+                "duration like '30s' or a list like '1m,2m,4m'",
+                "tasks.yaml:4: tasks[0].retryPolicy.maxAttempts: expected a positive integer, "
+                "or -1 for unlimited, found null",
+            ],
+        ),
+        (
+            "{interval: 1s, maxAttempts: -1.0}",
+            [
+                "tasks.yaml:4: tasks[0].retryPolicy.maxAttempts: expected a positive integer, "
+                "or -1 for unlimited, found -1.0",
+            ],
+        ),
+    ],
+)
+def test_anchor_retry_policy_fields_given_empty_or_as_floats(
+    tmp_path: Path, policy: str, expected: list[str]
+) -> None:
+    # null once read as "no delay" and "unlimited attempts", and -1.0 as -1.
+    text = f"tasks:\n  - name: A\n    process: os.path.join\n    retryPolicy: {policy}\n"
+    _write(tmp_path / "tasks.yaml", text)
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == expected
+    _write(tmp_path / "ok.yaml", text.replace(policy, "{interval: 1s, maxAttempts: -1}"))
+    (spec,) = load_tasks(tmp_path / "ok.yaml")
+    assert (spec.attempts, spec.retry) == (None, RetryPolicy(delays=(1.0,)))
+
+
+def test_yaml_scalars_python_cannot_read_are_problems_at_their_field(tmp_path: Path) -> None:
+    # PyYAML raised ValueError for each: "not valid YAML: ValueError: ...", nothing else said.
+    digits = "9" * 5000
+    _write(
+        tmp_path / "tasks.yaml",
+        f"""
+        tasks:
+          - name: A
+            process: os.path.join
+            description: 2024-13-45
+            timeout: soon
+          - name: B
+            process: os.path.join
+            priority: {digits}
+            description: 2024-01-01 10:00:00 +99:00
+          - name: C
+            process: os.path.join
+            priority: 0x{"f" * 4000}
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == [
+        "tasks.yaml:4: tasks[0].description: invalid date '2024-13-45': month must be in "
+        "1..12 (quote it to keep it as text)",
+        "tasks.yaml:8: tasks[1].priority: an integer of 5000 characters is more than the "
+        "4300 one may have (quote it to keep it as text)",
+        "tasks.yaml:9: tasks[1].description: invalid date '2024-01-01 10:00:00 +99:00': "
+        "the time zone is 24 hours or more from UTC (quote it to keep it as text)",
+        "tasks.yaml:5: tasks[0].timeout: bad duration 'soon': expected a duration like "
+        "'200ms', '30s', '10m' or '1h30m'",
+        "tasks.yaml:8: tasks[1].priority: expected an integer from -9223372036854775808 to "
+        f"9223372036854775807, found '{'9' * 76}...",
+        # Python reads it (base 16), but cannot print it in base 10.
+        "tasks.yaml:12: tasks[2].priority: expected an integer from -9223372036854775808 to "
+        "9223372036854775807, found an integer of about 4816 digits",
+    ]

@@ -22,7 +22,8 @@ called as ``hook(job_id, params, tx)`` inside the transaction that records
 the failure.
 
 The module is long because it is one file format, every field of it, each
-checked with the file, the line and what was expected.
+checked with the file, the line and what was expected. The YAML itself is read
+by ``yamldoc`` (its bounds, the line of every key).
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import params as parameters_module
 from ..definitions import CallStyle, Hooks, TaskSpec, detect_call
-from ..errors import TaskrtError
+from ..errors import InvalidOption, TaskrtError
 from ..limits import INT64_MAX, INT64_MIN, check_int64
 from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
+from . import yamldoc
 from .adapters import (
     converter,
     executor_handler,
@@ -92,13 +92,6 @@ HOOK_FIELDS = frozenset({"onFailed"})
 DEFAULT_TIMEOUT_S = 3600.0
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-# Bounds on what a YAML document may expand to: aliases can make a small file
-# describe an enormous tree ("billion laughs"); we walk the tree before
-# building it and refuse past these.
-MAX_NODES = 50_000
-MAX_DEPTH = 100
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
 Located = tuple[TaskSpec, int | None]
 
 
@@ -119,7 +112,7 @@ def load_anchor(
     for gets a stand-in handler (and hook) that raise ``NotImplementedError``:
     for checking files and generating code without the application.
     """
-    data = _parse(text, report)
+    data = yamldoc.read(text, report)
     if data is MISSING:
         return []
     if not isinstance(data, Mapping):
@@ -178,96 +171,6 @@ def load_anchor(
         if spec is not None and len(report.problems) == before:
             out.append((spec, report.line_of((*path, "name"))))
     return out
-
-
-# -- parsing, with the line of every key ---------------------------------------
-
-
-def _parse(text: str, report: Report) -> Any:
-    try:
-        loader = yaml.SafeLoader(text)
-    except Exception as exc:  # the reader refuses some characters outright
-        report.add((), f"not valid YAML: {_yaml_message(exc)}", line=_yaml_line(exc))
-        return MISSING
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            report.add((), "the file is empty: expected a mapping with a 'tasks:' list", line=1)
-            return MISSING
-        lines: dict[FieldPath, int] = {}
-        duplicates: list[tuple[FieldPath, int]] = []
-        if not _walk(node, lines, duplicates):
-            report.add(
-                (),
-                f"the document is too large or too deep once its aliases are expanded "
-                f"(more than {MAX_NODES} values or {MAX_DEPTH} levels)",
-                line=1,
-            )
-            return MISSING
-        report.lines = lines
-        for path, line in duplicates:
-            report.add(path, f"field {path[-1]!r} is given twice", found=str(path[-1]), line=line)
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        report.add((), f"not valid YAML: {_yaml_message(exc)}", line=_yaml_line(exc))
-        return MISSING
-    except Exception as exc:  # PyYAML raises ValueError for dates like 2024-13-45, etc.
-        report.add((), f"not valid YAML: {type(exc).__name__}: {exc}", line=None)
-        return MISSING
-    finally:
-        loader.dispose()
-
-
-def _yaml_line(exc: BaseException) -> int | None:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    line = getattr(mark, "line", None)
-    return line + 1 if isinstance(line, int) else None
-
-
-def _yaml_message(exc: BaseException) -> str:
-    problem = getattr(exc, "problem", None)
-    context = getattr(exc, "context", None)
-    if problem:
-        return f"{context}, {problem}" if context else str(problem)
-    return " ".join(str(exc).split())[:200]
-
-
-def _walk(
-    root: yaml.Node, lines: dict[FieldPath, int], duplicates: list[tuple[FieldPath, int]]
-) -> bool:
-    """Record lines by path, and each key a mapping repeats (PyYAML would keep the
-    last silently); ``False`` when the tree is past the bounds."""
-    budget = MAX_NODES
-    lines[()] = root.start_mark.line + 1
-    stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())]
-    repeated: set[int] = set()  # key nodes reported, once even when aliased
-    while stack:
-        node, path = stack.pop()
-        budget -= 1
-        if budget < 0 or len(path) > MAX_DEPTH:
-            return False
-        if isinstance(node, yaml.MappingNode):
-            keys: set[tuple[str, str]] = set()
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode):
-                    child: FieldPath = (*path, str(key.value))
-                    lines.setdefault(child, key.start_mark.line + 1)
-                    # ``<<`` merges are overridden by design; ``1`` and ``"1"`` differ by tag.
-                    if key.tag != _MERGE_TAG and (key.tag, key.value) in keys:
-                        if id(key) not in repeated:
-                            repeated.add(id(key))
-                            duplicates.append((child, key.start_mark.line + 1))
-                    keys.add((key.tag, key.value))
-                else:
-                    child = (*path, "?")
-                    stack.append((key, child))
-                stack.append((value, child))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                child = (*path, index)
-                lines.setdefault(child, item.start_mark.line + 1)
-                stack.append((item, child))
-    return True
 
 
 # -- one task ------------------------------------------------------------------
@@ -444,8 +347,13 @@ def _retry(value: Any, path: FieldPath, report: Report) -> tuple[int | None, Ret
     if "interval" not in value:
         report.add((*path, "interval"), f"missing field 'interval': {expected_interval}")
     else:
+        # ``parse_retry`` reads null as "no delay", and ``parse_attempts`` reads null
+        # (and -1.0, equal to -1) as "unlimited": in a file, a field given empty is a
+        # mistake, and a number of attempts is an integer, -1 for unlimited.
         interval = value["interval"]
         try:
+            if interval is None:
+                raise InvalidOption("interval", "no value")
             retry = parse_retry(interval, field="interval")
         except TaskrtError:
             report.add(
@@ -454,12 +362,14 @@ def _retry(value: Any, path: FieldPath, report: Report) -> tuple[int | None, Ret
                 found=interval,
                 expected=expected_interval,
             )
-    expected_max = "a positive number of attempts, or -1 for unlimited"
+    expected_max = "a positive integer, or -1 for unlimited"
     if "maxAttempts" not in value:
         report.add((*path, "maxAttempts"), f"missing field 'maxAttempts': {expected_max}")
     else:
         found = value["maxAttempts"]
         try:
+            if isinstance(found, bool) or not isinstance(found, int):
+                raise InvalidOption("maxAttempts", "not an integer")
             attempts = parse_attempts(found, field="maxAttempts")
         except TaskrtError:
             report.wrong_type((*path, "maxAttempts"), found, expected_max)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..definitions import is_async
 from ..errors import TaskrtError
+from ..limits import MAX_DURATION
 from ..retry import parse_duration
 from .problems import FieldPath, Report, describe
 from .resolve import ResolveError, resolve
@@ -67,10 +68,11 @@ def number_at(
 ) -> float | None:
     """``value`` as a float when it is a finite number from ``minimum`` to ``maximum``,
     else a problem."""
+    # An int is compared as it is: ``float(10**400)`` (and ``math.isfinite``) overflow.
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not math.isfinite(value)
+        or (isinstance(value, float) and not math.isfinite(value))
         or value < minimum
     ):
         report.wrong_type(path, value, expected)
@@ -93,9 +95,13 @@ def string_at(
 def duration_at(report: Report, path: FieldPath, value: Any) -> float | None:
     """Seconds from a duration like ``"30s"``/``"1h30m"`` or a number of seconds."""
     expected = "a duration like '200ms', '30s', '10m' or '1h30m'"
-    if isinstance(value, int | float) and not isinstance(value, bool) and not math.isfinite(value):
-        report.wrong_type(path, value, expected)
-        return None
+    # A number is compared as it is (NaN fails too): ``float(10**400)`` overflows.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_DURATION:
+            report.wrong_type(
+                path, value, f"{expected}, from 0 to {MAX_DURATION:.0f} seconds (100 years)"
+            )
+            return None
     try:
         return parse_duration(value, field=str(path[-1]) if path else "duration")
     except TaskrtError:

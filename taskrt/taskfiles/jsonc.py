@@ -3,6 +3,8 @@
 ``parse(text)`` first blanks out ``//`` and ``/* */`` comments and trailing
 commas, *replacing them with spaces* so that every remaining character keeps
 its line and column; strings are respected (``"http://x"`` is not a comment).
+A trailing comma follows a value: in ``{,}``, ``[,]`` or ``[1,,]`` the comma
+before the bracket follows nothing, and stays for ``json`` to refuse.
 The standard ``json`` module then parses the result, and a small scanner over
 the same text records the line of each key and list item, and any key given
 twice in one object.
@@ -41,10 +43,12 @@ def strip(text: str) -> str:
     i = 0
     n = len(text)
     pending_comma: int | None = None  # a comma followed so far only by blanks/comments
+    after_value = False  # the last character outside blanks and comments ends a value
     while i < n:
         ch = text[i]
         if ch == '"':
             pending_comma = None
+            after_value = True
             i += 1
             while i < n and text[i] != '"':
                 if text[i] == "\\":
@@ -69,13 +73,16 @@ def strip(text: str) -> str:
             i = end + 2
             continue
         if ch == ",":
-            pending_comma = i
+            pending_comma = i if after_value else None
+            after_value = False
         elif ch in "}]":
             if pending_comma is not None:
                 out[pending_comma] = " "
             pending_comma = None
+            after_value = True
         elif not ch.isspace():
             pending_comma = None
+            after_value = ch not in "{[:"
         i += 1
     return "".join(out)
 

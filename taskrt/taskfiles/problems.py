@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import TaskrtError
+from ..limits import shown
 
 __all__ = [
     "DefinitionError",
@@ -26,8 +27,6 @@ __all__ = [
 
 # A position inside a parsed document: keys and list indexes from the root.
 FieldPath = tuple[str | int, ...]
-
-_MAX_FOUND = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +89,7 @@ def describe(value: Any) -> str:
         return "a list"
     if value is None:
         return "null"
-    text = repr(value)
-    if len(text) > _MAX_FOUND:
-        text = text[: _MAX_FOUND - 3] + "..."
-    return text
+    return shown(value)  # short, even for an int too long for ``repr``
 
 
 class Report:
