@@ -390,6 +390,12 @@ class Adding:
         def made_state(job: NewJob, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobState:
             return makers[id(job)](job, args, kwargs)
 
+        keys = [job.unique_key for job in jobs if job.unique_key is not None]
+        if len(keys) != len(set(keys)):
+            repeated = next(k for k in keys if keys.count(k) > 1)
+            raise InvalidOption(
+                "unique_key", f"two steps of one workflow have the unique key {repeated!r}"
+            )
         forward = None if tx is not None else self.forward()
         if forward is not None:
             try:

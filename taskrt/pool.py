@@ -959,6 +959,19 @@ def _positive_int64(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= INT64_MAX
 
 
+def check_settings(
+    concurrency: Any = None, capacity: Any = None, processes: Any = None, rate: Any = None
+) -> None:
+    """Refuse bad pool settings before any of them is applied (``None``: not given),
+    so that a call refused for one leaves the pool as it was."""
+    if concurrency is not None or capacity is not None:
+        _check_limits(1 if concurrency is None else concurrency, capacity)
+    if processes is not None:
+        _check_processes(processes)
+    if rate is not None:
+        parse_rate(rate)
+
+
 def _check_processes(processes: Any) -> None:
     if not isinstance(processes, bool):
         raise InvalidOption("processes", f"expected True or False, found {processes!r}")
@@ -970,4 +983,4 @@ def _format_tb(exc: BaseException) -> str | None:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-__all__ = ["DEFAULT_CONCURRENCY", "JobStatus", "Outcome", "Pool"]
+__all__ = ["DEFAULT_CONCURRENCY", "JobStatus", "Outcome", "Pool", "check_settings"]

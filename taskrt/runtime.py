@@ -125,7 +125,7 @@ from .ownership import (
     owner_name,
 )
 from .pool import DEFAULT_CONCURRENCY, Pool
-from .rates import parse_rate
+from .pool import check_settings as check_pool_settings
 from .relay import (
     RelayClient,
     RelayServer,
@@ -524,6 +524,9 @@ class Runtime:
         """
         if not isinstance(name, str) or not name:
             raise InvalidOption("pool", f"expected a non-empty name, found {name!r}")
+        # A name the store and the listing's filters take (valid UTF-8, no NUL).
+        check_text(name, "pool", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+        check_pool_settings(concurrency, capacity, processes, rate)  # all, before any applies
         pool = self._pools.get(name)
         if pool is None:
             pool = self._pools[name] = Pool(
@@ -1584,13 +1587,13 @@ class Runtime:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidOption("limit", f"expected an integer from 1 to 1000, found {limit!r}")
         before: int | None = None
-        if cursor:
-            try:
-                before = int(cursor)
-            except ValueError:
+        if cursor is not None and cursor != "":  # "": the first page, as None
+            # A page's cursor is the id it ends at, as ASCII digits (``Page.cursor``).
+            if not (isinstance(cursor, str) and cursor.isascii() and cursor.isdigit()):
                 raise InvalidOption(
-                    "cursor", f"expected a cursor from a previous page, found {cursor!r}"
-                ) from None
+                    "cursor", f"expected a cursor from a previous page, found {shown(cursor)}"
+                )
+            before = min(int(cursor), INT64_MAX) if len(cursor) <= 20 else INT64_MAX
         await self.store.settle()
         rows = await self.store.list_jobs(
             **self._job_filter(statuses, pool, task, metadata, scheduled, older_than),
@@ -1616,10 +1619,10 @@ class Runtime:
     ) -> dict[str, Any]:
         """The store's filter arguments (``rt.jobs``, ``rt.count``, ``rt.bulk``)."""
         _check_filter_values(pool, task, metadata)
+        if not isinstance(scheduled, bool):
+            raise InvalidOption("scheduled", f"expected True or False, found {shown(scheduled)}")
         now = self.clock.now()
         age = _seconds(older_than)
-        if age is not None and (age != age or age < 0):
-            raise InvalidOption("older_than", f"expected 0 seconds or more, found {older_than!r}")
         return {
             "status": statuses or None,  # [] names no status: no filter, as for a listing
             "pool": pool,
@@ -1676,13 +1679,17 @@ class Runtime:
         """
         self.require_started("bulk actions")
         action = check_action(action)
+        if ids is not None:
+            ids = _ids_of(ids)
+        if not isinstance(dry_run, bool):
+            raise InvalidOption("dry_run", f"expected True or False, found {shown(dry_run)}")
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
                 raw = await remote.call(
                     "bulk",
                     action=action,
-                    ids=None if ids is None else [int(i) for i in ids],
+                    ids=ids,
                     **_filter_args(status, pool, task, metadata, scheduled, older_than),
                     dry_run=dry_run,
                 )
@@ -1690,11 +1697,9 @@ class Runtime:
         where = self._job_filter(_statuses(status), pool, task, metadata, scheduled, older_than)
         await self.store.settle()
         if ids is not None:
-            if len(ids) > BULK_LIMIT:
-                raise InvalidOption("ids", f"at most {BULK_LIMIT} ids in one bulk action")
             # The same filter, in the store, on the ids given (no job can have an
             # id beyond SQLite's range).
-            chosen = [i for i in dict.fromkeys(int(i) for i in ids) if 1 <= i < 2**63]
+            chosen = [i for i in dict.fromkeys(ids) if 1 <= i < 2**63]
             matched = []
             for start in range(0, len(chosen), 500):
                 chunk = chosen[start : start + 500]
@@ -1824,6 +1829,8 @@ class Runtime:
     async def workflow(self, workflow_id: int) -> WorkflowInfo:
         """A workflow's jobs, status and progress (``JobNotFound`` if it has none)."""
         _check_id(workflow_id, "workflow_id")
+        if not 1 <= workflow_id <= INT64_MAX:
+            raise JobNotFound(workflow_id)  # no job has such an id
         self.require_started("reading a workflow")
         here = None if self.nodes is None else self.nodes.node
         return await read_workflow(self.store, self.live, workflow_id, self._told, here)
@@ -2004,8 +2011,17 @@ class Runtime:
         limits are the ones that change (another process keeps the code's, which
         it starts with if it takes over).
         """
-        if not isinstance(rate, _Unset):
-            parse_rate(rate)  # refused before anything changes
+        # Everything is refused before anything changes, here and at the owner.
+        for flag, value in (("paused", paused), ("create", create), ("exists_ok", exists_ok)):
+            if value is not None and not isinstance(value, bool):
+                raise InvalidOption(flag, f"expected True or False, found {shown(value)}")
+        check_pool_settings(
+            concurrency,
+            None if isinstance(capacity, _Unset) else capacity,
+            rate=None if isinstance(rate, _Unset) else rate,
+        )
+        if isinstance(name, str) and name:
+            check_text(name, "pool", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
         remote = self._forwarding()
         if remote is not None:
             args: dict[str, Any] = {"name": name, "create": create}
@@ -2076,7 +2092,9 @@ class Runtime:
             older_than.total_seconds() if isinstance(older_than, timedelta) else older_than,
             field="older_than",
         )
-        chosen = _statuses(list(statuses)) or []
+        if statuses is None:
+            raise InvalidOption("statuses", "expected finished statuses, found None")
+        chosen = _statuses(statuses, "statuses") or []  # type: ignore[arg-type]
         if any(s not in TERMINAL for s in chosen):
             raise InvalidOption(
                 "statuses", "only finished jobs (SUCCESS, FAILURE, CANCELLED) can be cleaned up"
@@ -2200,6 +2218,18 @@ def _filter_args(
     }
 
 
+def _ids_of(ids: Any) -> list[int]:
+    """A bulk action's ``ids``: a list (tuple, set) of job ids, at most ``BULK_LIMIT``.
+    A string is no list of ids: ``"12"`` was read as jobs 1 and 2."""
+    if not isinstance(ids, list | tuple | set | frozenset | range):
+        raise InvalidOption("ids", f"expected a list of job ids, found {shown(ids)}")
+    if len(ids) > BULK_LIMIT:
+        raise InvalidOption("ids", f"at most {BULK_LIMIT} ids in one bulk action")
+    for job_id in ids:
+        _check_id(job_id, "ids")
+    return list(ids)
+
+
 def _check_id(value: Any, field: str) -> None:
     """A job's (or workflow's) id given to the API: an integer (``True`` is no id).
     An integer no job has is the caller's ``JobNotFound``, as for any unknown id."""
@@ -2293,22 +2323,29 @@ def _seconds(value: float | timedelta | None) -> float | None:
         return None
     if isinstance(value, timedelta):
         return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidOption("older_than", f"expected seconds or a timedelta, found {value!r}")
-    return float(value)
+    return check_seconds(value, "older_than", most=MAX_DURATION)
 
 
-def _statuses(value: JobStatus | str | Sequence[JobStatus | str] | None) -> list[JobStatus] | None:
+def _statuses(
+    value: JobStatus | str | Sequence[JobStatus | str] | None, field: str = "status"
+) -> list[JobStatus] | None:
     if value is None:
         return None
-    items = [value] if isinstance(value, str | JobStatus) else list(value)
+    if isinstance(value, str | JobStatus):
+        items: list[Any] = [value]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+    else:
+        raise InvalidOption(field, f"expected a status or a list of statuses, found {shown(value)}")
     out: list[JobStatus] = []
     for item in items:
+        if not isinstance(item, str | JobStatus):
+            raise InvalidOption(field, f"expected a status name, found {shown(item)}")
         try:
-            out.append(JobStatus(str(item).upper()))
+            out.append(JobStatus(item.upper()))
         except ValueError:
             raise InvalidOption(
-                "status",
+                field,
                 f"unknown status {item!r}; expected one of {', '.join(s.value for s in JobStatus)}",
             ) from None
     return out

@@ -336,6 +336,29 @@ async def test_pool_limits_beyond_64_bits_are_refused(tmp_path: Path, concurrenc
     rt.pool("r", concurrency=2**63 - 1, capacity=2**63 - 1)  # the largest is fine
 
 
+async def test_a_refused_pool_change_changes_nothing(tmp_path: Path) -> None:
+    # Refused calls were half applied: the concurrency before the bad capacity took.
+    rt = make_rt(tmp_path)
+    rt.pool("x", concurrency=2)
+    async with rt:
+        with pytest.raises(InvalidOption, match="capacity"):
+            rt.pool("x", concurrency=7, capacity=-1)
+        with pytest.raises(InvalidOption, match="concurrency"):
+            rt.pool("x", rate="5/s", concurrency=0)
+        with pytest.raises(InvalidOption, match="capacity"):
+            await rt.change_pool("x", concurrency=9, capacity=0)
+        for flag in ("paused", "create", "exists_ok"):
+            with pytest.raises(InvalidOption) as caught:
+                await rt.change_pool("x", **{flag: 1})
+            assert caught.value.field == flag
+        pool = rt.pools["x"]
+        assert (pool.concurrency, pool.capacity, pool.rate, pool.paused) == (2, None, None, False)
+        for name in ("p\ud800", "a\x00"):
+            with pytest.raises(InvalidOption) as caught:
+                rt.pool(name)
+            assert caught.value.field == "pool"
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
     [

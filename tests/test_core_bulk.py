@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from core_support import committed_jobs, make_rt, until
 
-from taskrt import FakeClock, InvalidOption, InvalidTransition, JobContext, JobStatus, Runtime
+from taskrt import (
+    FakeClock,
+    InvalidOption,
+    InvalidTransition,
+    JobContext,
+    JobNotFound,
+    JobStatus,
+    Runtime,
+)
 from taskrt import bulk as bulk_module
 
 
@@ -158,3 +166,38 @@ async def test_retrying_a_failed_chain_in_bulk_counts_every_job_put_back(tmp_pat
         assert (result.matched, result.done, result.skipped) == (3, 3, 0)
         for job_id in (parent, child, grandchild):
             assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
+
+
+async def test_what_is_no_filter_value_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    # ids="12" was read as jobs 1 and 2, and purged them.
+    rt, _ = app(tmp_path)
+    async with rt:
+        ids = [await rt.add("quick", n) for n in range(3)]
+        for job_id in ids:
+            await rt.wait(job_id, timeout=5)
+        for bad in ("12", 5, [1.9], [True], ["x"], [None], (i for i in [1])):
+            with pytest.raises(InvalidOption) as caught:
+                await rt.bulk("purge", ids=bad)  # type: ignore[arg-type]
+            assert caught.value.field == "ids", bad
+        refused: list[tuple[str, dict[str, object]]] = [
+            ("dry_run", {"ids": [1], "dry_run": "no"}),
+            ("scheduled", {"scheduled": "no", "older_than": 0}),
+            ("status", {"status": 5}),
+            ("status", {"status": {"SUCCESS": 1}}),
+            ("older_than", {"older_than": 2**1100}),
+        ]
+        for field, kwargs in refused:
+            with pytest.raises(InvalidOption) as caught:
+                await rt.bulk("purge", **kwargs)  # type: ignore[arg-type]
+            assert caught.value.field == field, kwargs
+        assert await rt.count() == 3
+        for cursor in ([1], True, "-5", "\u0663"):
+            with pytest.raises(InvalidOption, match="cursor"):
+                await rt.jobs(cursor=cursor)  # type: ignore[arg-type]
+        assert [j.id for j in (await rt.jobs(cursor="9" * 30)).jobs] == ids[::-1]
+        for statuses in (None, 5):
+            with pytest.raises(InvalidOption, match="statuses"):
+                await rt.cleanup(statuses=statuses)  # type: ignore[arg-type]
+        assert await rt.cleanup(older_than=0, statuses="SUCCESS") == 3
+        with pytest.raises(JobNotFound):
+            await rt.workflow(2**63)

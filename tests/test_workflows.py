@@ -17,6 +17,7 @@ import pg_server
 import pytest
 
 from taskrt import (
+    DuplicateJob,
     Event,
     EventType,
     InvalidOption,
@@ -187,6 +188,36 @@ async def test_unknown_parents_are_refused_at_add(target: tuple[str, dict[str, A
         assert caught.value.job_id == 999_999
         page = await rt.jobs()
         assert [j.id for j in page.jobs] == [a]  # nothing of the refused add was stored
+
+
+async def test_a_step_whose_unique_key_is_held_fails_the_whole_workflow(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    # A step was replaced by the key's holder: the chain ran its second step on an
+    # unrelated job's result, its first never ran.
+    rt = runtime(target)
+
+    @rt.task
+    async def step(x: str = "") -> str:
+        return f"step({x})"
+
+    @rt.task
+    async def other() -> str:
+        return "other"
+
+    rt.pool("default").pause()
+    async with rt:
+        held = await rt.add(other.options(unique_key="held"))
+        with pytest.raises(DuplicateJob) as caught:
+            await rt.chain(step.s("a").options(unique_key="held"), step.s())
+        assert caught.value.existing_id == held
+        with pytest.raises(InvalidOption, match="unique_key"):
+            await rt.chain(step.s().options(unique_key="k"), step.s().options(unique_key="k"))
+        with pytest.raises(InvalidOption, match="unique_key"):
+            await rt.group([step.s().options(unique_key="g"), step.s().options(unique_key="g")])
+        assert [j.id for j in (await rt.jobs()).jobs] == [held]  # nothing else was stored
+        flow = await rt.chain(step.s("b").options(unique_key="free"), step.s())
+        assert len(flow.jobs) == 2 and held not in flow.jobs
 
 
 def test_bad_dependency_options_are_refused_naming_the_field(tmp_path: Path) -> None:

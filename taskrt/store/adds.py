@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DuplicateJobId, JobNotFound
+from ..errors import DuplicateJob, DuplicateJobId, JobNotFound
 from ..models import BLOCKED_AT
 from .protocol import InsertResult, NewJob
 
@@ -63,6 +63,11 @@ def plan(
                 if existing is None:
                     existing = holder(job.unique_key)
                 if existing is not None:
+                    if job.workflow is not None:
+                        # A workflow's step is no job on its own: it is added with the
+                        # others, all or none, never replaced by the key's holder.
+                        error = DuplicateJob(job.unique_key, existing)
+                        break
                     group_results.append(InsertResult(existing, False))
                     continue
             if job.job_id is not None:
