@@ -1271,6 +1271,7 @@ class Runtime:
         when the job is not running here (``JobNotFound`` when there is none),
         ``InvalidOption`` for a value that cannot be stored.
         """
+        _check_id(job_id, "job_id")  # here, in the caller's thread, not in the loop's
         current, total, message, step = check_progress(current, total, message, self.limits, step)
         sender = CURRENT_ATTEMPT.get()
         if sender is not None and sender.id != job_id:

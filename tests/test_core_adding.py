@@ -450,6 +450,11 @@ async def test_what_is_no_job_id_is_refused_naming_it(tmp_path: Path) -> None:
                 await rt.workflow(bad)  # type: ignore[arg-type]
         with pytest.raises(JobNotFound):
             await rt.get(2**70)  # an integer no job has: not found, as any unknown id
+        for bad in ("x", True):  # checked in the caller's thread too, not in the loop's
+            with pytest.raises(InvalidOption, match="job_id"):
+                await asyncio.to_thread(rt.progress, bad, 1)  # type: ignore[arg-type]
+            with pytest.raises(InvalidOption, match="job_id"):
+                await rt.progress(bad, 1)  # type: ignore[arg-type]
         for timeout in ("1", math.nan, -1):
             with pytest.raises(InvalidOption, match="timeout"):
                 await rt.wait(job_id, timeout=timeout)  # type: ignore[arg-type]
