@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from ..errors import InvalidOption, TaskrtError
+from ..limits import check_count, check_seconds, check_text, shown
 from ..runtime import Runtime
 from . import (
     bulk,
@@ -59,6 +61,14 @@ from .errors import (
 from .hosts import HostCheck, check_patterns
 from .routing import Api, Endpoint, EndpointGroup, Settings
 from .routing import routes as api_routes
+
+# The ranges of create_app's settings (docs/http-api.md, "create_app options").
+HOUR = 3600.0
+MAX_BODY = 1 << 30  # a request body is read into memory: a GiB at most
+MAX_STREAMS = 1_000_000
+MAX_STREAM_BUFFER = 1_000_000  # as Runtime(subscriber_buffer=)
+MAX_RETRY_AFTER = 86_400  # a day
+MAX_TITLE_BYTES = 1 << 10
 
 #: The endpoint groups every app serves, in routing order.
 GROUPS: tuple[EndpointGroup, ...] = (
@@ -109,35 +119,57 @@ def create_app(
       ``"*"`` for all). ``None``: ``$TASKRT_ALLOWED_HOSTS`` (comma-separated)
       if set, else on a loopback address only loopback names, elsewhere any
       (``hosts`` notes).
-    - ``max_body``: the largest request body, in bytes (413 beyond).
-    - ``heartbeat``: seconds between comment lines on idle streams (0: none).
-    - ``max_streams``: open event streams at once (503 + ``Retry-After`` beyond).
+    - ``max_body``: the largest request body, in bytes (413 beyond): an
+      integer from 1 to 2**30.
+    - ``heartbeat``: seconds between comment lines on idle streams (0: none),
+      at most 3600.
+    - ``max_streams``: open event streams at once (503 + ``Retry-After``
+      beyond): an integer from 1 to 1,000,000.
     - ``send_timeout``: seconds a stream waits on a client that stopped reading
-      before it disconnects it (``None``: forever).
-    - ``retry_after``: the ``Retry-After`` seconds of 503 answers.
-    - ``stream_buffer``: events buffered per stream (default: the broker's).
-    - ``token_secret``, ``token_ttl``: the HMAC key of per-job tokens (random
-      per process when not given) and their lifetime in seconds.
+      before it disconnects it, above 0 and at most 3600 (``None``: forever).
+    - ``retry_after``: the ``Retry-After`` seconds of 503 answers: an integer
+      from 0 to 86400.
+    - ``stream_buffer``: events buffered per stream, an integer from 1 to
+      1,000,000 (default: the broker's).
+    - ``token_secret``, ``token_ttl``: the HMAC key of per-job tokens (a
+      string or bytes of at least 16 bytes; random per process when not given)
+      and their lifetime in seconds (above 0, at most 86400).
     - ``trusted_origins``: other origins (``https://app.example``) allowed to
       send state changes from a browser (``auth`` note 3).
     - ``expose_tracebacks``: include handler tracebacks in ``/attempts`` in an
       app without ``auth`` (with ``auth``, the requests it lets through get them).
-    - ``endpoints``, ``routes``, ``middleware``: what an application adds.
+    - ``endpoints``, ``routes``, ``middleware``: what an application adds
+      (``Endpoint`` or ``EndpointGroup``, Starlette routes, ``Middleware``).
+    - ``title``: the OpenAPI document's title (at most 1 KiB of text).
+
+    A bad setting raises ``InvalidOption`` naming it, here, not on a request.
     """
-    _check(max_body=max_body, heartbeat=heartbeat, max_streams=max_streams, retry_after=retry_after)
-    if send_timeout is not None and send_timeout <= 0:
+    # Every setting is checked here, when the app is made: a bad one is an
+    # ``InvalidOption`` naming it, never a 500 on each request later.
+    if auth is not None and not callable(auth):
         raise InvalidOption(
-            "send_timeout", f"expected a positive number or None, found {send_timeout!r}"
+            "auth", f"expected a callable (request -> principal), found {shown(auth)}"
         )
-    if stream_buffer is not None and stream_buffer < 1:
+    max_body = check_count(max_body, "max_body", least=1, most=MAX_BODY)
+    heartbeat = check_seconds(heartbeat, "heartbeat", most=HOUR)
+    max_streams = check_count(max_streams, "max_streams", least=1, most=MAX_STREAMS)
+    if send_timeout is not None:
+        send_timeout = check_seconds(send_timeout, "send_timeout", most=HOUR, zero=False)
+    retry_after = check_count(retry_after, "retry_after", least=0, most=MAX_RETRY_AFTER)
+    if stream_buffer is not None:
+        stream_buffer = check_count(stream_buffer, "stream_buffer", least=1, most=MAX_STREAM_BUFFER)
+    if not isinstance(expose_tracebacks, bool):
         raise InvalidOption(
-            "stream_buffer", f"expected a positive integer, found {stream_buffer!r}"
+            "expose_tracebacks", f"expected True or False, found {shown(expose_tracebacks)}"
         )
+    title = check_text(title, "title", max_bytes=MAX_TITLE_BYTES)
     hosts_option = "allowed_hosts"
     if allowed_hosts is None:
         raw = os.environ.get("TASKRT_ALLOWED_HOSTS", "")
         listed = [host.strip() for host in raw.split(",") if host.strip()]
         allowed_hosts, hosts_option = (listed or None), "$TASKRT_ALLOWED_HOSTS"
+    else:
+        allowed_hosts = _listed(allowed_hosts, "allowed_hosts", "host names")
     try:
         hosts = None if allowed_hosts is None else check_patterns(allowed_hosts)
     except ValueError as exc:
@@ -145,23 +177,40 @@ def create_app(
     token_option = "token"
     if token is None:
         token, token_option = os.environ.get("TASKRT_TOKEN", ""), "$TASKRT_TOKEN"
+    if not isinstance(token, str):
+        raise InvalidOption("token", f"expected a string or None, found {shown(token)}")
     builtin: login.TokenAuth | None = None
     if token:
         try:
             builtin = login.TokenAuth(token, fallback=auth, now=runtime.clock.now)
         except ValueError as exc:
             raise InvalidOption(token_option, str(exc)) from None
-    if isinstance(trusted_origins, str):
-        raise InvalidOption(
-            "trusted_origins", f"expected a list of origins, found the string {trusted_origins!r}"
-        )
-    trusted = frozenset(trusted_origins)
-    for origin in trusted:
+    origins = _listed(trusted_origins, "trusted_origins", "origins")
+    for origin in origins:
         if not isinstance(origin, str) or parse_origin(origin) is None:
             raise InvalidOption(
                 "trusted_origins",
                 f"expected origins such as 'https://app.example' (a scheme and a host, "
-                f"no path), found {origin!r}",
+                f"no path), found {shown(origin)}",
+            )
+    trusted = frozenset(origins)
+    tokens = JobTokens(token_secret, token_ttl, runtime.clock.now)  # InvalidOption if bad
+    added = _listed(endpoints, "endpoints", "endpoints or endpoint groups")
+    for item in added:
+        if not isinstance(item, Endpoint | EndpointGroup):
+            raise InvalidOption(
+                "endpoints", f"expected an Endpoint or an EndpointGroup, found {shown(item)}"
+            )
+    extra_routes = _listed(routes, "routes", "Starlette routes")
+    for route in extra_routes:
+        if not isinstance(route, BaseRoute):
+            raise InvalidOption("routes", f"expected a Starlette route, found {shown(route)}")
+    extra_middleware = _listed(middleware, "middleware", "Middleware(...) entries")
+    for entry in extra_middleware:
+        if not isinstance(entry, Middleware):
+            raise InvalidOption(
+                "middleware",
+                f"expected starlette.middleware.Middleware(cls, ...), found {shown(entry)}",
             )
     settings = Settings(
         auth=auth if builtin is None else builtin,
@@ -171,20 +220,14 @@ def create_app(
         send_timeout=send_timeout,
         retry_after=retry_after,
         stream_buffer=stream_buffer,
-        token_ttl=token_ttl,
+        token_ttl=tokens.ttl,
         trusted_origins=trusted,
         expose_tracebacks=expose_tracebacks,
         title=title,
     )
-    try:
-        tokens = JobTokens(token_secret, token_ttl, runtime.clock.now)
-    except ValueError as exc:
-        raise InvalidOption(
-            "token_secret" if "secret" in str(exc) else "token_ttl", str(exc)
-        ) from None
     table: list[Endpoint] = []
     components = {}
-    for item in (*GROUPS, *endpoints):
+    for item in (*GROUPS, *added):
         if isinstance(item, EndpointGroup):
             table.extend(item.endpoints)
             components.update(item.components)
@@ -207,11 +250,11 @@ def create_app(
 
     login_routes = [] if builtin is None else login.routes(builtin, trusted)
     app = Starlette(
-        routes=[*api_routes(table, api), *login_routes, *routes],
+        routes=[*api_routes(table, api), *login_routes, *extra_routes],
         middleware=[
             Middleware(CatchAll),
             Middleware(HostCheck, allowed_hosts=hosts),
-            *middleware,
+            *extra_middleware,
         ],
         exception_handlers={
             HTTPException: http_exception_handler,
@@ -224,11 +267,12 @@ def create_app(
     return app
 
 
-def _check(**limits: float) -> None:
-    for name, value in limits.items():
-        low = 0 if name in ("heartbeat", "retry_after") else 1
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
-            raise InvalidOption(name, f"expected a number >= {low}, found {value!r}")
+def _listed(value: Any, field: str, what: str) -> list[Any]:
+    """``value``'s items, or ``InvalidOption`` when it is not a list of them (a
+    string is one value, not a list of its characters)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidOption(field, f"expected a list of {what}, found {shown(value)}")
+    return list(value)
 
 
 __all__ = ["GROUPS", "create_app"]

@@ -8,10 +8,11 @@ Notes:
    ``request.state.principal``. Every route goes through it except
    ``GET /health``.
 2. Browsers cannot set headers on ``EventSource``, so ``POST /jobs/{id}/token``
-   mints a short-lived token scoped to one job. Given as ``?token=``, it
-   grants that job's state (``GET /jobs/{id}``, ``/progress``, ``/result``,
-   ``/attempts`` without tracebacks) and its event stream, and nothing else;
-   the ``auth`` callable is not asked.
+   mints a short-lived token scoped to one job (``token_ttl`` seconds, a day
+   at most). Given as ``?token=``, it grants that job's state
+   (``GET /jobs/{id}``, ``/progress``, ``/result``, ``/attempts`` without
+   tracebacks) and its event stream, and nothing else; the ``auth`` callable
+   is not asked.
    A token is ``v1.<job id>.<expiry>.<HMAC-SHA256>``: stateless, checked in
    constant time, signed with the app's secret (random per process unless
    ``token_secret`` is given, so a restart or another worker process refuses
@@ -50,6 +51,8 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
+from ..errors import InvalidOption
+from ..limits import check_seconds, shown
 from .errors import ApiError
 from .hosts import split_host
 from .inputs import to_int
@@ -82,20 +85,46 @@ class JobTokenPrincipal:
     job_id: int
 
 
+MIN_SECRET_BYTES = 16
+#: The longest lifetime of a per-job token, in seconds: a day (note 2).
+MAX_TOKEN_TTL = 86_400.0
+
+
+def check_secret(secret: Any) -> bytes:
+    """The HMAC key ``token_secret`` names: random when ``None``, else a string
+    (UTF-8) or bytes of at least ``MIN_SECRET_BYTES``; ``InvalidOption`` otherwise."""
+    if secret is None:
+        return secrets.token_bytes(32)
+    if isinstance(secret, str):
+        try:
+            key = secret.encode()
+        except UnicodeEncodeError:
+            raise InvalidOption(
+                "token_secret",
+                f"expected valid UTF-8 text, found a lone surrogate in {shown(secret)}",
+            ) from None
+    elif isinstance(secret, bytes | bytearray):
+        key = bytes(secret)
+    else:
+        raise InvalidOption(
+            "token_secret", f"expected a string or bytes (or None), found {shown(secret)}"
+        )
+    if len(key) < MIN_SECRET_BYTES:
+        raise InvalidOption(
+            "token_secret", f"expected at least {MIN_SECRET_BYTES} bytes, found {len(key)}"
+        )
+    return key
+
+
 class JobTokens:
     """Mints and checks per-job tokens (note 2)."""
 
     VERSION = "v1"
 
     def __init__(self, secret: str | bytes | None, ttl: float, now: Callable[[], float]) -> None:
-        if secret is None:
-            secret = secrets.token_bytes(32)
-        self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
-        if len(self._key) < 16:
-            raise ValueError("token_secret must be at least 16 bytes")
-        if ttl <= 0:
-            raise ValueError("token_ttl must be positive")
-        self.ttl = ttl
+        """``InvalidOption`` naming ``token_secret`` or ``token_ttl`` for a bad one."""
+        self._key = check_secret(secret)
+        self.ttl = check_seconds(ttl, "token_ttl", most=MAX_TOKEN_TTL, zero=False)
         self._now = now
 
     def _sign(self, job_id: int, expires: int) -> str:
@@ -229,6 +258,7 @@ __all__ = [
     "JobTokens",
     "Unauthorized",
     "authenticate",
+    "check_secret",
     "cross_site",
     "origin_of",
     "parse_origin",

@@ -80,6 +80,8 @@ class LoginRequired(ApiError):
 
 def check_token(token: str) -> str:
     """``token``, or ``ValueError`` saying why it cannot be the app's token (note 1)."""
+    if not isinstance(token, str):
+        raise ValueError(f"expected a string, found {type(token).__name__}")
     if len(token) < MIN_TOKEN_LENGTH:
         raise ValueError(
             f"the token must be at least {MIN_TOKEN_LENGTH} characters, found {len(token)}; "

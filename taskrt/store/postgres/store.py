@@ -23,6 +23,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
+from ...limits import check_count, shown
 from ...models import JobInfo, JobStatus
 from ..groupcommit import GroupCommit, reason
 from ..ops import HOLD_LOCK, NOTIFY, UNHOLD_LOCK, failure_params
@@ -138,6 +139,21 @@ def _channel(schema: str, suffix: str) -> str:
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Query parameters of the URL that are taskrt's, not the driver's.
 _OWN_PARAMETERS = ("schema", "statement_cache_size")
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+#: The most prepared statements asyncpg caches per connection (docs/postgres.md).
+MAX_STATEMENT_CACHE = 100_000
+
+
+def url_options(query: str) -> dict[str, str]:
+    """A URL's query parameters, each given once: ``InvalidOption`` names one given
+    twice (``?schema=a&schema=b``), which would otherwise leave one of them unsaid.
+    The values are not shown: one may be a password."""
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in options:
+            raise InvalidOption(key, "given more than once in the URL; give it once")
+        options[key] = value
+    return options
 
 
 def is_postgres_url(target: str) -> bool:
@@ -182,23 +198,25 @@ class PgStore(QueuedWrites, SharedReads):
         parts = urlsplit(url)
         if parts.scheme not in SCHEMES:
             raise InvalidOption("database", f"expected a postgresql:// URL, found {url!r}")
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        query = url_options(parts.query)
         # An empty one (``?schema=``) is refused below, never the default taken silently.
         chosen = schema if schema is not None else query.get("schema", DEFAULT_SCHEMA)
-        if not _IDENTIFIER.fullmatch(chosen):
+        if not isinstance(chosen, str) or not _IDENTIFIER.fullmatch(chosen):
             raise InvalidOption(
                 "schema",
                 f"expected a PostgreSQL identifier (letters, digits, _; at most 63), found {chosen!r}",
             )
         cache = statement_cache_size
         if cache is None and "statement_cache_size" in query:
-            try:
-                cache = int(query["statement_cache_size"])
-            except ValueError:
+            raw = query["statement_cache_size"]
+            if not _INTEGER.fullmatch(raw):
                 raise InvalidOption(
                     "statement_cache_size",
-                    f"expected an integer, found {query['statement_cache_size']!r}",
-                ) from None
+                    f"expected an integer from 0 to {MAX_STATEMENT_CACHE}, found {shown(raw)}",
+                )
+            cache = int(raw)
+        if cache is not None:
+            check_count(cache, "statement_cache_size", least=0, most=MAX_STATEMENT_CACHE)
         self.url = url
         self.path = redacted(url)  # how logs and errors name the database
         self.schema = chosen
