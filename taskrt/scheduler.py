@@ -65,6 +65,17 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    A node without a schedule's task leaves its slots to those that have it
    (nodes may run different code); where one owner fires, a missing task
    uses up the slot and records why.
+8. **Arguments that fit, or no schedule.** A schedule's arguments are checked
+   against its task (``TaskSpec.validate``) as soon as the task is known, so a
+   misfit is refused by the call that gave it, never stored to fail at every
+   slot: ``create`` and ``update`` check at once (the task must be
+   registered); a declaration (``rt.schedule``, ``@rt.cron``, a task's
+   ``cron``) checks at once if its task is registered, else the task's
+   registration checks it and refuses the task (``check_task``: tasks loaded
+   at start are registered before any declaration is stored, so the start
+   fails and stores nothing). A declaration naming a task this process does
+   not register is stored unchecked (another process may run it); its slots
+   record why they added no job (``last_error``).
 
 The module is long because a schedule's whole life is here: the definition's
 checks, the Python API, and the owner's loop, which share the row and its
@@ -85,7 +96,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import TimerHandle
 from .definitions import Task, TaskCall, TaskSpec
-from .errors import InvalidOption, PoolNotFound, StoreError, TaskNotFound, TaskrtError
+from .errors import (
+    InvalidOption,
+    PoolNotFound,
+    StoreError,
+    TaskNotFound,
+    TaskrtError,
+    ValidationError,
+)
 from .limits import DEFAULT_LIMITS, check_text, encode
 from .models import MISFIRE_POLICIES, JobStatus, Misfire, ScheduleDefinition, ScheduleInfo
 from .retention import Retention, RetentionStatistics
@@ -243,8 +261,15 @@ def check_schedule_name(name: Any) -> str:
     """A schedule's name: 1 to ``MAX_NAME`` characters, not all blank, and one a URL
     path segment and an HTTP header carry as it is (``/schedules/{name}``): no
     ``/`` and no control character."""
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise InvalidOption("name", f"expected a non-empty string of at most {MAX_NAME} characters")
+    if not isinstance(name, str):
+        raise InvalidOption("name", f"expected a string, found {type(name).__name__}")
+    if not name.strip() or len(name) > MAX_NAME:
+        found = repr(name) if len(name) <= MAX_NAME else f"{len(name)} characters"
+        raise InvalidOption(
+            "name",
+            f"expected a non-empty string of at most {MAX_NAME} characters, not all "
+            f"white space; found {found}",
+        )
     check_text(name, "name", max_bytes=4 * MAX_NAME)
     bad = next((c for c in name if c == "/" or unicodedata.category(c) == "Cc"), None)
     if bad is not None:
@@ -252,6 +277,35 @@ def check_schedule_name(name: Any) -> str:
     if name in (".", ".."):  # a URL's path drops such a segment (RFC 3986)
         raise InvalidOption("name", f"expected a name other than '.' and '..', found {name!r}")
     return name
+
+
+def check_arguments(definition: ScheduleDefinition, spec: TaskSpec) -> None:
+    """``definition``'s args and kwargs fit ``spec`` (note 8), else ``ValidationError``
+    naming the task, the schedule and what the task refused."""
+    try:
+        spec.validate(definition.args, dict(definition.kwargs))
+    except ValidationError as exc:
+        where = f" parameter {exc.parameter!r}" if exc.parameter else ""
+        reason = str(exc).removeprefix(f"task {exc.task!r}{where}: ")
+        raise ValidationError(
+            spec.name,
+            f"schedule {definition.name!r} would add its jobs with arguments the task "
+            f"refuses (args {_short(definition.args)}, kwargs {_short(definition.kwargs)}): "
+            f"{reason}",
+            parameter=exc.parameter,
+        ) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def check_flag(value: Any, field: str) -> bool:
+    """A boolean option: ``True`` or ``False``, never a truthy string or number."""
+    if not isinstance(value, bool):
+        raise InvalidOption(field, f"expected true or false, found {value!r}")
+    return value
 
 
 def define(
@@ -388,36 +442,59 @@ class Scheduler:
 
     def declare(self, definition: ScheduleDefinition) -> ScheduleDefinition:
         """Record a declaration; stored at start, or now in the background if started.
-        Its pool, if it names one, is declared too, as a task's is."""
+        Its pool, if it names one, is declared too, as a task's is.
+
+        Its arguments must fit its task (``ValidationError``), checked here when
+        the task is registered already, else when it registers (``check_task``,
+        note 8)."""
+        spec = self._rt.tasks.get(definition.task)
+        if spec is not None:
+            check_arguments(definition, spec)
+        self._declare(definition)
+        return definition
+
+    def _declare(self, definition: ScheduleDefinition) -> None:
         if definition.pool is not None:
             self._rt.pool(definition.pool)
         self._declared[definition.name] = definition
         self._from_tasks.discard(definition.name)
         if self._rt.started:
             self._rt.background.spawn(self._store_declared([definition]))
-        return definition
 
     def check_task(self, spec: TaskSpec) -> ScheduleDefinition | None:
         """The schedule a task with ``cron`` declares, refused as ``task_registered``
-        would refuse it (``InvalidOption``, ``CronError``); declares nothing."""
-        if spec.cron is None:
-            return None
-        try:
-            check_schedule_name(spec.name)
-        except InvalidOption as exc:
-            raise InvalidOption(
-                "cron",
-                f"a task's cron declares a schedule named after the task, and "
-                f"{spec.name!r} is no schedule name ({exc}); declare it with "
-                "rt.schedule(name, task, cron) under a name of its own",
-            ) from None
-        return define(spec.name, spec.name, spec.cron, tz=spec.cron_tz)
+        would refuse it (``InvalidOption``, ``CronError``); declares nothing.
+
+        The schedules declared for the task (its ``cron`` one included) must have
+        arguments that fit it, else ``ValidationError`` refuses the task (note 8)."""
+        own: ScheduleDefinition | None = None
+        if spec.cron is not None:
+            try:
+                check_schedule_name(spec.name)
+            except InvalidOption as exc:
+                raise InvalidOption(
+                    "cron",
+                    f"a task's cron declares a schedule named after the task, and "
+                    f"{spec.name!r} is no schedule name ({exc}); declare it with "
+                    "rt.schedule(name, task, cron) under a name of its own",
+                ) from None
+            own = define(spec.name, spec.name, spec.cron, tz=spec.cron_tz)
+        # The declaration the task's own ``cron`` made before is replaced (or dropped).
+        replaced = own is not None or spec.name in self._from_tasks
+        for d in self._declared.values():
+            if d.task == spec.name and not (replaced and d.name == spec.name):
+                check_arguments(d, spec)
+        if own is not None:
+            check_arguments(own, spec)
+        return own
 
     def task_registered(self, spec: TaskSpec) -> None:
-        """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it."""
+        """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it.
+        Refuses the task (declaring nothing) as ``check_task`` does."""
         definition = self.check_task(spec)
         if definition is not None:
-            self.declare(definition)
+            # Checked against ``spec`` above; the registered task is still the old one.
+            self._declare(definition)
             self._from_tasks.add(spec.name)
         elif spec.name in self._from_tasks:
             self._from_tasks.discard(spec.name)
@@ -456,6 +533,7 @@ class Scheduler:
         here, and the arguments must fit the task.
         """
         self._rt.require_started("creating a schedule")
+        check_flag(replace, "replace")
         definition = define(
             name, task, cron, args=args, kwargs=kwargs, pool=pool, tz=tz, misfire=misfire
         )
@@ -529,6 +607,7 @@ class Scheduler:
     async def get(self, name: str) -> ScheduleInfo:
         """One schedule (``ScheduleNotFound`` when there is none)."""
         self._rt.require_started("reading a schedule")
+        check_schedule_name(name)  # malformed: InvalidOption; well-formed, absent: not found
         info = await self._rt.store.schedule(name)
         if info is None:
             raise ScheduleNotFound(name)
@@ -641,6 +720,7 @@ class Scheduler:
     ) -> ScheduleInfo:
         """Read the row, ``change`` it, bump, read it again; one transaction."""
         self._rt.require_started("changing a schedule")
+        check_schedule_name(name)  # malformed: InvalidOption; well-formed, absent: not found
         bumped: int | None = None
         async with self._rt.store.transaction() as conn:
             # Locked: a node firing it meanwhile (or another change) goes first, and

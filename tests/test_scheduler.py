@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from taskrt import (
     ScheduleNotFound,
     SystemClock,
     TaskNotFound,
+    ValidationError,
 )
 from taskrt.schedule import parse_cron
 from taskrt.scheduler import newest_slots, slot_key
@@ -854,3 +856,164 @@ def test_a_task_whose_name_is_no_schedule_name_says_how_to_schedule_it(tmp_path:
         with pytest.raises(InvalidOption) as caught:
             rt.schedule(name, "whatever", "* * * * *")
         assert caught.value.field == "name"
+
+
+# -- bad values are refused by the call that gave them -------------------------------------
+
+
+async def test_declared_arguments_that_do_not_fit_a_registered_task_are_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """Accepted, they were stored and every slot failed with "too many positional
+    arguments" in last_error (note 8)."""
+    clock = FakeClock(T0)
+    rt = make_rt(tmp_path, clock=clock)
+
+    @rt.task
+    async def report(job: JobContext, n: int) -> None: ...
+
+    for options in ({"args": (1, 2, 3)}, {"kwargs": {"bogus": 1}}, {}):
+        with pytest.raises(ValidationError) as caught:
+            rt.schedule("a2", report, "@every 1s", **options)
+        assert caught.value.task == "report"
+        assert "schedule 'a2'" in str(caught.value)
+    with pytest.raises(ValidationError, match="schedule 'on_report'"):
+
+        @rt.cron("@every 1s", name="on_report", args=(1, 2))
+        @rt.task
+        async def other(job: JobContext, n: int) -> None: ...
+
+    rt.schedule("fits", report, "@every 1s", args=(1,))
+    async with rt:
+        with pytest.raises(ValidationError, match="schedule 'late'"):
+            rt.schedule("late", "report", "@every 1s", kwargs={"n": 1, "bogus": 1})
+        await run_for(rt, clock, 2)
+        assert [s.name for s in await rt.schedules()] == ["fits"]
+        assert (await rt.schedules.get("fits")).last_error is None
+    assert len(slots_of(db_file(tmp_path), "fits")) == 2
+
+
+async def test_a_schedule_declared_before_its_task_is_checked_when_the_task_registers(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(T0)
+    rt = make_rt(tmp_path, clock=clock)
+    rt.schedule("early", "report", "@every 1s", args=(1,))  # the task comes later: fine
+    rt.schedule("wrong", "report", "@every 1s", args=(1, 2, 3))  # unknown yet
+    with pytest.raises(ValidationError, match=r"schedule 'wrong'.*too many positional"):
+
+        @rt.task
+        async def report(job: JobContext, n: int) -> None: ...
+
+    assert "report" not in rt.tasks  # refused, nothing registered
+    rt.schedule("wrong", "report", "@every 1s", args=(2,))  # declared again, fitting
+
+    @rt.task(name="report")
+    async def report_now(job: JobContext, n: int) -> None:
+        return None
+
+    # A task's own cron adds jobs without arguments: a required parameter refuses it.
+    with pytest.raises(ValidationError, match="schedule 'needs'"):
+
+        @rt.task(cron="@every 1s")
+        async def needs(job: JobContext, n: int) -> None: ...
+
+    assert "needs" not in rt.tasks
+    async with rt:
+        await run_for(rt, clock, 1)
+        infos = await rt.schedules()
+    assert [(i.name, i.args, i.last_error) for i in infos] == [
+        ("early", (1,), None),
+        ("wrong", (2,), None),
+    ]
+
+
+async def test_a_schedule_whose_task_file_loads_at_start_is_checked_before_storing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "tasks.yaml").write_text(
+        textwrap.dedent(
+            """
+            tasks:
+              - name: Report
+                parameters:
+                  type: object
+                  properties:
+                    kind: {type: string}
+                  additionalProperties: false
+            """
+        )
+    )
+
+    class Executor:
+        async def execute_report(self, params: dict[str, Any]) -> None: ...
+
+    def make() -> Runtime:
+        return Runtime(
+            db_file(tmp_path),
+            clock=FakeClock(T0),
+            tasks=tmp_path / "tasks.yaml",
+            executor=Executor(),
+        )
+
+    rt = make()
+    rt.schedule("r", "Report", "@every 1s", kwargs={"bogus": 1})  # not loaded yet
+    with pytest.raises(ValidationError, match="schedule 'r'"):
+        async with rt:
+            pass
+    assert not rt.started
+    rt = make()
+    rt.schedule("r", "Report", "@every 1s", kwargs={"kind": "daily"})
+    async with rt:
+        assert [s.name for s in await rt.schedules()] == ["r"]
+
+
+async def test_a_malformed_schedule_name_is_refused_by_every_operation(tmp_path: Path) -> None:
+    """Checked as at creation: a lone surrogate raised UnicodeEncodeError, a list
+    StoreError; a well-formed name of no schedule is still ScheduleNotFound."""
+    rt = make_rt(tmp_path, clock=FakeClock(T0))
+
+    @rt.task
+    async def beat(job: JobContext) -> None:
+        return None
+
+    rt.schedule("beat", beat, "@every 1s")
+    async with rt:
+        ops: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "get": rt.schedules.get,
+            "pause": rt.schedules.pause,
+            "resume": rt.schedules.resume,
+            "run_now": rt.schedules.run_now,
+            "delete": rt.schedules.delete,
+            "update": lambda name: rt.schedules.update(name, args=[]),
+        }
+        for op, call in ops.items():
+            for bad in ("x\udcff", ["x"], None, 7, "", "  ", "a/b", "a\nb", "..", "x" * 201):
+                with pytest.raises(InvalidOption) as caught:
+                    await call(bad)
+                assert caught.value.field == "name", (op, bad)
+            with pytest.raises(ScheduleNotFound):  # well-formed, absent
+                await call("ghost")
+        assert [s.name for s in await rt.schedules()] == ["beat"]
+
+
+async def test_boolean_options_of_the_schedule_api_must_be_bools(tmp_path: Path) -> None:
+    """replace="no" (truthy) replaced a different schedule."""
+    rt = make_rt(tmp_path, clock=FakeClock(T0))
+
+    @rt.task
+    async def beat(job: JobContext, n: int) -> None:
+        return None
+
+    async with rt:
+        first, _ = await rt.schedules.create("beat", beat, "@every 1s", args=[1])
+        for bad in ("no", "false", 0, 1, None, [False]):
+            with pytest.raises(InvalidOption) as caught:
+                await rt.schedules.create("beat", beat, "@every 2s", args=[2], replace=bad)
+            assert caught.value.field == "replace"
+            assert "expected true or false" in str(caught.value)
+        assert await rt.schedules.get("beat") == first
+        with pytest.raises(ScheduleExists):
+            await rt.schedules.create("beat", beat, "@every 2s", args=[2], replace=False)
+        info, changed = await rt.schedules.create("beat", beat, "@every 2s", args=[2])
+        assert changed and info.args == (2,)
