@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+from .limits import check_count
 from .models import TERMINAL_EVENTS, Event, EventType
 
 _PROGRESS = EventType.PROGRESS
@@ -31,6 +32,20 @@ _PROGRESS = EventType.PROGRESS
 DEFAULT_BUFFER = 256
 DEFAULT_REPLAY = 128
 DEFAULT_REPLAY_JOBS = 4096
+MAX_BUFFER = 1_000_000
+"""The most events a subscriber's buffer may hold (``Runtime(subscriber_buffer=...)``
+is checked against the same bound)."""
+
+
+def check_buffer(value: Any, field: str = "buffer") -> int | None:
+    """A subscriber's buffer: ``None`` (the broker's own) or 1 to ``MAX_BUFFER`` events.
+
+    Checked where it is given: a bad one would fail every publish that reaches it
+    (note 1), whoever's job the event is of.
+    """
+    if value is None:
+        return None
+    return check_count(value, field, least=1, most=MAX_BUFFER)
 
 
 class Subscription:
@@ -225,8 +240,8 @@ class Broker:
         replay: int = DEFAULT_REPLAY,
         replay_jobs: int = DEFAULT_REPLAY_JOBS,
     ) -> None:
-        self.buffer = buffer
-        self.replay = replay
+        self.buffer = check_count(buffer, "buffer", least=1, most=MAX_BUFFER)
+        self.replay = check_count(replay, "replay", least=0, most=MAX_BUFFER)
         self.replay_jobs = replay_jobs
         self._by_job: dict[int, set[Subscription]] = {}
         self._wide: set[Subscription] = set()
@@ -249,8 +264,14 @@ class Broker:
         maxsize: int | None = None,
         accepts: Callable[[int], bool] | None = None,
     ) -> Subscription:
+        # Refused before anything is registered: every caller, not only the streams.
+        size = check_buffer(maxsize, "maxsize")
         sub = Subscription(
-            self, job_id=job_id, matches=matches, maxsize=maxsize or self.buffer, accepts=accepts
+            self,
+            job_id=job_id,
+            matches=matches,
+            maxsize=self.buffer if size is None else size,
+            accepts=accepts,
         )
         if job_id is not None:
             subs = self._by_job.get(job_id)

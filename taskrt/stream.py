@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .events import Subscription
+from .errors import InvalidOption
+from .events import Subscription, check_buffer
+from .limits import shown
 from .models import STATUS_EVENT, Event, EventType, JobInfo, JobStatus
 
 if TYPE_CHECKING:
@@ -42,6 +44,13 @@ class JobStream:
         task: str | None,
         buffer: int | None,
     ) -> None:
+        # Checked before the broker knows of the stream: a bad value is the caller's
+        # error here, never a failure of every later publish.
+        if job_id is not None:
+            check_job_id(job_id, "job_id", optional=True)
+        check_name(pool, "pool")
+        check_name(task, "task")
+        check_buffer(buffer)
         self._rt = rt
         self.job_id = job_id
         matches = None
@@ -151,6 +160,25 @@ class JobStream:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_job_id(value: Any, field: str, *, optional: bool = False) -> int:
+    """A job's (or workflow's) id given to a stream: an integer (``True`` is no id).
+
+    An integer no job has, beyond 64 bits too, is an unknown job: the stream's
+    first read says so (``JobNotFound``), as for any id.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        either = " or None" if optional else ""
+        raise InvalidOption(field, f"expected a job id (an integer){either}, found {shown(value)}")
+    return value
+
+
+def check_name(value: Any, field: str) -> str | None:
+    """A pool's or task's name to filter on: ``None`` (any) or a non-empty string."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidOption(field, f"expected a non-empty string or None, found {shown(value)}")
+    return value
 
 
 def snapshot_event(info: JobInfo, now: float) -> Event:
