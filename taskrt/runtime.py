@@ -81,7 +81,7 @@ from .errors import (
     RuntimeNotStarted,
     TaskrtError,
 )
-from .events import Broker, EventBus
+from .events import MAX_BUFFER, Broker, EventBus
 from .gates import Gates
 from .history import points as history_points
 from .limits import (
@@ -2285,8 +2285,6 @@ def _check_settings(
 
 HOUR = 3600.0
 DAY = 86400.0
-MAX_BUFFER = 1_000_000
-"""The most events a subscriber's buffer or a job's replay window may hold."""
 
 
 def _check_filter_values(
