@@ -301,6 +301,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
+def _looked_up(name: Any) -> None:
+    """A name an operation looks a schedule up by: what is no string is
+    ``InvalidOption``; a string no schedule could have (a control character, a
+    lone surrogate, ``/``) names none: ``ScheduleNotFound``, as over HTTP."""
+    if not isinstance(name, str):
+        check_schedule_name(name)  # raises, naming the field
+    try:
+        check_schedule_name(name)
+    except InvalidOption:
+        raise ScheduleNotFound(name) from None
+
+
 def check_flag(value: Any, field: str) -> bool:
     """A boolean option: ``True`` or ``False``, never a truthy string or number."""
     if not isinstance(value, bool):
@@ -607,7 +619,7 @@ class Scheduler:
     async def get(self, name: str) -> ScheduleInfo:
         """One schedule (``ScheduleNotFound`` when there is none)."""
         self._rt.require_started("reading a schedule")
-        check_schedule_name(name)  # malformed: InvalidOption; well-formed, absent: not found
+        _looked_up(name)
         info = await self._rt.store.schedule(name)
         if info is None:
             raise ScheduleNotFound(name)
@@ -720,7 +732,7 @@ class Scheduler:
     ) -> ScheduleInfo:
         """Read the row, ``change`` it, bump, read it again; one transaction."""
         self._rt.require_started("changing a schedule")
-        check_schedule_name(name)  # malformed: InvalidOption; well-formed, absent: not found
+        _looked_up(name)
         bumped: int | None = None
         async with self._rt.store.transaction() as conn:
             # Locked: a node firing it meanwhile (or another change) goes first, and
