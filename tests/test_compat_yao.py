@@ -216,6 +216,17 @@ async def test_progress_and_get_refuse_what_yao_refused(app: tuple[Runtime, YaoT
         await yao.process("models.user.find", 1)
     with pytest.raises(InvalidOption):
         await yao.process("tasks.test.remove", 1)
+    # Arguments that do not fit the process: a raw AttributeError or TypeError before.
+    for call in (
+        yao.process(None),  # type: ignore[arg-type]
+        yao.process(5),  # type: ignore[arg-type]
+        yao.process("tasks.test.progress"),
+        yao.process("tasks.test.progress", job_id),
+        yao.process("tasks.test.get"),
+        yao.process("tasks.test.get", job_id, 5),
+    ):
+        with pytest.raises(InvalidOption, match="process"):
+            await call
 
 
 def test_a_task_name_defined_twice_is_refused_never_replaced_silently(

@@ -26,6 +26,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidOption, TaskrtError
+from ..limits import shown
 from ..models import JobInfo, JobStatus
 
 if TYPE_CHECKING:
@@ -67,7 +68,12 @@ class YaoTasks:
         return yao_job(await self.rt.get(job_id))
 
     async def process(self, name: str, *args: Any) -> Any:
-        """Run a Yao process by name: ``tasks.<id>.add``, ``.progress`` or ``.get``."""
+        """Run a Yao process by name: ``tasks.<id>.add``, ``.progress`` or ``.get``.
+        Arguments that do not fit the process raise ``InvalidOption``."""
+        if not isinstance(name, str):
+            raise InvalidOption(
+                "process", f"expected 'tasks.<id>.add|progress|get', found {shown(name)}"
+            )
         head, _, rest = name.partition(".")
         task_id, _, method = rest.rpartition(".")
         if head.lower() != "tasks" or not task_id:
@@ -78,9 +84,16 @@ class YaoTasks:
         if method == "add":
             return await self.add(task_id, *args)
         if method == "progress":
+            if not 3 <= len(args) <= 4:
+                raise InvalidOption(
+                    "process",
+                    f"{name} takes (id, current, total[, message]), found {len(args)} arguments",
+                )
             await self.progress(*args)
             return None
         if method == "get":
+            if len(args) != 1:
+                raise InvalidOption("process", f"{name} takes (id), found {len(args)} arguments")
             return await self.get(*args)
         raise InvalidOption(
             "process", f"unknown task process {method!r}: expected add, progress or get"
