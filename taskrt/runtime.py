@@ -1883,6 +1883,14 @@ class Runtime:
             raise InvalidOption(
                 "step", f"expected a multiple of 60 seconds up to 7 days, found {step!r}"
             )
+        for name, value in (("since", since), ("until", until)):
+            if value is not None:
+                check_number(value, name)  # a finite number: not a str, bool or datetime
+        for name, text in (("pool", pool), ("task", task)):
+            if text is not None:
+                if not isinstance(text, str):
+                    raise InvalidOption(name, f"expected a name, found {shown(text)}")
+                check_text(text, name, max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -1914,7 +1922,8 @@ class Runtime:
 
     async def prune_history(self, older_than: float) -> int:
         """Forget the history of minutes older than ``older_than`` seconds (retention)."""
-        return await self.store.prune_history(int((self.clock.now() - older_than) // 60))
+        age = check_seconds(older_than, "older_than", most=MAX_DURATION)
+        return await self.store.prune_history(int((self.clock.now() - age) // 60))
 
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
         """Counts by status, success rate, mean and p95 duration (seconds).

@@ -3,6 +3,8 @@ outcome, durations, across restarts."""
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,24 @@ async def test_history_counts_outcomes_per_minute_across_a_restart(tmp_path: Pat
         assert q.p95_duration == 0.05  # the bucket holding it: at most 0.05 s
         with pytest.raises(InvalidOption):
             await again.history(step=90)  # not a multiple of a minute
+        # Raw ValueError, TypeError, OverflowError, UnicodeEncodeError or StoreError
+        # before, or taken ("1", True).
+        refused: list[tuple[str, dict[str, Any]]] = [
+            ("since", {"since": "abc"}),
+            ("since", {"since": datetime.now()}),
+            ("since", {"since": 10**400}),
+            ("since", {"since": True}),
+            ("until", {"until": "1"}),
+            ("pool", {"pool": "\ud800"}),
+            ("pool", {"pool": ["x"]}),
+        ]
+        for field, kwargs in refused:
+            with pytest.raises(InvalidOption) as caught:
+                await again.history(**kwargs)
+            assert caught.value.field == field, kwargs
+        for age in ("x", math.nan, 1e300):
+            with pytest.raises(InvalidOption, match="older_than"):
+                await again.prune_history(age)  # type: ignore[arg-type]
         # A window of more than 10,000 steps gives its latest 10,000.
         latest = await again.history(since=0, until=clock.now(), step=60)
         assert [p.at for p in latest] == [p.at for p in points]
