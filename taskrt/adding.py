@@ -27,7 +27,7 @@ from .errors import (
     TaskNotFound,
     ValidationError,
 )
-from .limits import check_text, check_time, encode
+from .limits import INT64_MAX, check_text, check_time, encode, shown
 from .models import BLOCKED_AT, Event, EventType, JobStatus
 from .params import LATER
 from .retry import parse_retry
@@ -687,10 +687,11 @@ class Adding:
             raise InvalidOption(
                 "next_id", f"the next_id hook of {spec.name!r} failed: {exc}"
             ) from exc
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT64_MAX:
             raise InvalidOption(
                 "next_id",
-                f"the next_id hook of {spec.name!r} returned {value!r}, not a positive int",
+                f"the next_id hook of {spec.name!r} returned {shown(value)}, "
+                f"not an integer from 1 to {INT64_MAX}",
             )
         return value
 

@@ -551,10 +551,14 @@ async def test_add_many_with_a_duplicate_id_stores_nothing(tmp_path: Path) -> No
         assert await committed_jobs(tmp_path) == []
 
 
-async def test_next_id_hook_returning_garbage_is_invalid_option(tmp_path: Path) -> None:
+@pytest.mark.parametrize("returned", ["seven", 0, 2**63, 2**64])
+async def test_next_id_hook_returning_garbage_is_invalid_option(
+    tmp_path: Path, returned: object
+) -> None:
+    # 2**64 went into the write batch, which failed (the int is past SQLite's).
     rt = make_rt(tmp_path)
 
-    @rt.task(next_id=lambda: "seven")
+    @rt.task(next_id=lambda: returned)
     async def yao(job_id: int) -> None:
         return None
 
