@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import Awaitable, Generator
@@ -334,7 +335,11 @@ class JobContext:
         if threading.get_ident() == self._thread:
             self._reporter.report(self._state, current, total, message, step)
         else:
-            self._loop.call_soon_threadsafe(
-                self._reporter.report, self._state, current, total, message, step
-            )
+            # A thread may run on after the runtime stopped and its loop closed
+            # (``RuntimeError``): the report is dropped, as one for an ended attempt is
+            # (``taskrt.pool._tell``).
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(
+                    self._reporter.report, self._state, current, total, message, step
+                )
         return DONE

@@ -94,15 +94,30 @@ def encode(
     value: Any, what: str, *, max_bytes: int, max_depth: int, field: str | None = None
 ) -> str:
     """Compact JSON of ``value``, refused with ``SerializationError`` naming ``what``
-    (and the ``field`` that holds it, where there is one) (note 3)."""
-    if not value and (value == () or value == [] or value == {}):
-        return "{}" if isinstance(value, dict) else "[]"
-    if _too_deep(value, max_depth):
-        raise SerializationError(what, f"it is nested more than {max_depth} levels deep", field)
+    (and the ``field`` that holds it, where there is one) (note 3).
+
+    A value whose own code raises an ``Exception`` while it is looked at (a
+    ``__bool__`` that refuses, as a numpy array's does; a ``dict`` subclass
+    whose ``items`` raises) is one that cannot be stored: that is the
+    ``SerializationError`` too, never what its code raised.
+    """
+    kind = type(value)
+    # By exact type: the truth test of any other value runs its own code, which may raise.
+    if (kind is list or kind is tuple or kind is dict) and not value:
+        return "{}" if kind is dict else "[]"
     try:
-        text = _encoder.encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise SerializationError(what, str(exc), field) from None
+        deep = _too_deep(value, max_depth)  # isinstance and iteration may run its code too
+        text = "" if deep else _encoder.encode(value)
+    except Exception as exc:
+        try:
+            detail = str(exc)
+            if not isinstance(exc, TypeError | ValueError | RecursionError):
+                detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        except (Exception, SystemExit, KeyboardInterrupt):  # its message cannot be read
+            detail = f"{type(exc).__name__} (its message could not be read: str() raised)"
+        raise SerializationError(what, detail, field) from None
+    if deep:
+        raise SerializationError(what, f"it is nested more than {max_depth} levels deep", field)
     try:
         size = utf8_size(text)
     except UnicodeEncodeError:

@@ -78,6 +78,22 @@ Design notes:
    success). The outcome carries the JSON (``Outcome.result_json``): the host
    need not encode it again. Without instrumentation nothing changes: one
    encode, the host's.
+12. **Whatever a handler returns or raises ends its attempt**, frees its slot
+   and leaves the runtime running. A handler's SystemExit, KeyboardInterrupt
+   or any other ``BaseException`` is its attempt's error, as in a worker process
+   (note 7); a cancellation is what note 2 says. A sync handler's
+   StopIteration, which no future may carry (asyncio refuses it, and the
+   attempt would never end), becomes ``RuntimeError("the handler raised
+   StopIteration")`` raised from it, as PEP 479 does for a generator (and so
+   does its GeneratorExit, with which the task would close the runner). A result
+   is never truth-tested here or in ``limits.encode`` (a numpy array's
+   ``__bool__`` raises): one that cannot be stored is a ``SerializationError``.
+   An error whose ``str()`` raises, even SystemExit, is described as one whose
+   message could not be read (``transitions._describe``); its traceback is
+   formatted without raising. And should the host raise while it ends an
+   attempt (the job has left ``_running`` by then), it fails the job naming
+   what went wrong rather than leave it RUNNING (``Transitions.attempt_ended``);
+   a runner that dies all the same is logged.
 
 About 650 lines: the pool's contract with its host (``PoolHost``,
 ``Instrumentation``) is stated here, beside the code that relies on it.
@@ -91,6 +107,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import logging
 import time
 import traceback
 import weakref
@@ -274,6 +291,8 @@ DEFAULT_CONCURRENCY = 10
 _YIELD_EVERY = 0.002  # seconds a runner may go without yielding to the loop
 STORED_OLDEST_FOR = 1.0
 """Seconds a reading of the store's oldest due job counts in ``statistics`` (note 10)."""
+
+log = logging.getLogger("taskrt")
 
 # Whether a handler is a coroutine function, asked once per handler (hot path).
 _ASYNC: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -686,6 +705,8 @@ class Pool:
         error = None if task.cancelled() else task.exception()
         if not task.cancelled() and error is None:
             return
+        if error is not None:  # a fault of taskrt's (note 12): never silent
+            log.error("a runner of pool %r failed", self.name, exc_info=error)
         for state in [s for s in self._running.values() if s.task_handle is task]:
             if state.cancel_requested or state.timed_out or state.shutdown:
                 outcome = self._interrupted(state)
@@ -739,9 +760,10 @@ class Pool:
             if task is not None:
                 task.uncancel()
             outcome = self._interrupted(state)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            # A handler's SystemExit or KeyboardInterrupt fails its attempt, as in a
-            # worker process (note 7); it must not stop the runtime's event loop.
+        except BaseException as exc:  # CancelledError is the clause above's
+            # Whatever a handler raises fails its attempt, as in a worker process
+            # (notes 7, 12): its SystemExit or KeyboardInterrupt must not stop the
+            # runtime's event loop, nor its GeneratorExit end the runner.
             if state.timed_out or state.cancel_requested or state.shutdown:
                 outcome = self._interrupted(state)
             else:
@@ -825,7 +847,9 @@ class Pool:
         info = state
         ctx = contextvars.copy_context()
         ctx.run(CURRENT_ATTEMPT.set, state)
-        call = functools.partial(ctx.run, state.spec.handler, *first, *info.args, **info.kwargs)
+        call = functools.partial(
+            ctx.run, _no_stop_iteration, state.spec.handler, *first, *info.args, **info.kwargs
+        )
         cfut = self._thread_pool().submit(call)
         try:
             result = await asyncio.wrap_future(cfut)
@@ -933,6 +957,16 @@ class Pool:
         self._lingering.clear()
 
 
+def _no_stop_iteration(handler: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call a sync handler in its thread: a StopIteration it raises, which no future
+    may carry, or a GeneratorExit, with which the runner's task would close its
+    coroutine, becomes a ``RuntimeError`` raised from it (note 12)."""
+    try:
+        return handler(*args, **kwargs)
+    except (StopIteration, GeneratorExit) as exc:
+        raise RuntimeError(f"the handler raised {type(exc).__name__}") from exc
+
+
 def _tell(
     loop: asyncio.AbstractEventLoop, callback: Callable[[JobState], None], state: JobState
 ) -> None:
@@ -978,9 +1012,13 @@ def _check_processes(processes: Any) -> None:
 
 
 def _format_tb(exc: BaseException) -> str | None:
-    if isinstance(exc, Crossed):
-        return exc.remote_traceback  # the worker process's own, if any (note 7)
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The traceback stored with an attempt's error; never raises (note 12)."""
+    try:
+        if isinstance(exc, Crossed):
+            return exc.remote_traceback  # the worker process's own, if any (note 7)
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except (Exception, SystemExit, KeyboardInterrupt):
+        return f"{type(exc).__name__} (its traceback could not be formatted)"
 
 
 __all__ = ["DEFAULT_CONCURRENCY", "JobStatus", "Outcome", "Pool", "check_settings"]

@@ -3,7 +3,8 @@
 ``Transitions`` is what the pools call while jobs run. Every transition changes
 the in-memory ``JobState`` first, publishes its event (built only when someone
 listens) and queues its write; terminal writes are never coalesced (runtime
-note 2).
+note 2). What raises while an attempt is ended still ends its job: FAILURE,
+naming what went wrong, never RUNNING for good (``taskrt.pool`` note 12).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import inspect
 import json
 import logging
 import random
+import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -272,6 +274,38 @@ class Transitions:
         )
 
     def attempt_ended(self, state: JobState, outcome: Outcome) -> None:
+        """An attempt ended (its pool no longer counts it running): SUCCESS, a retry, or
+        a final state. Whatever raises on the way still ends the job (``_end_anyway``):
+        none is left RUNNING with no attempt under way, and the runtime goes on."""
+        try:
+            self._attempt_ended(state, outcome)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            self._end_anyway(state, outcome, exc)
+
+    def _end_anyway(self, state: JobState, outcome: Outcome, exc: BaseException) -> None:
+        """Ending an attempt raised ``exc``: a fault of taskrt's, or code of a handler's
+        value that taskrt did not expect to raise. A job still RUNNING here fails,
+        naming what went wrong (the pool counts it failed); one that reached its
+        next status before ``exc`` keeps it (pool note 12)."""
+        why = safe_text(
+            f"the attempt could not be ended: {_describe(exc)}", self.limits.max_error_bytes
+        )
+        job_log = job_logger(state)
+        job_log.error("job %d: %s", state.id, why, exc_info=exc)
+        if state.status is not JobStatus.RUNNING or self.live.states.get(state.id) is not state:
+            return
+        outcome.kind, outcome.error, outcome.result = "error", exc, None
+        try:
+            tb = safe_text(_traceback(exc), self.limits.max_error_bytes)
+            self._record_attempt(state, AttemptOutcome.ERROR, why, tb)
+            self._fail(state, why)
+        except (Exception, SystemExit, KeyboardInterrupt):
+            job_log.exception(
+                "job %d could not be failed either; it stays RUNNING until a restart recovers it",
+                state.id,
+            )
+
+    def _attempt_ended(self, state: JobState, outcome: Outcome) -> None:
         attempt = state.attempts
         if outcome.kind == "success":
             try:
@@ -712,13 +746,30 @@ def retry_policy_of(info: JobInfo, spec: TaskSpec) -> RetryPolicy:
 
 
 def _describe(exc: BaseException) -> str:
+    """An attempt's error as it is stored: ``"ValueError: bad input"``. Never raises:
+    a message that cannot be read still fails the job (and says so), even where its
+    ``__str__`` raises SystemExit or KeyboardInterrupt, which must not stop the
+    runtime (pool note 12)."""
+    name = type(exc).__name__
     try:
         text = str(exc)
-    except Exception:  # a message that cannot be read still fails the job (and says so)
+    except (Exception, SystemExit, KeyboardInterrupt):
         text = "(its message could not be read: str() raised)"
-    if isinstance(exc, TaskrtError | Fatal | Retry):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    try:
+        ours = isinstance(exc, TaskrtError | Fatal | Retry)
+    except (Exception, SystemExit, KeyboardInterrupt):  # its ``__class__`` raised
+        ours = False
+    if ours:
+        return text or name
+    return f"{name}: {text}" if text else name
+
+
+def _traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as text, or what can be said of it if even that fails."""
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except (Exception, SystemExit, KeyboardInterrupt):
+        return f"{type(exc).__name__} (its traceback could not be formatted)"
 
 
 _OUTCOME = {

@@ -13,7 +13,7 @@ import socket
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from ..context import DONE
 from ..definitions import Task
@@ -119,7 +119,9 @@ class _ChildChannel:
         return bytes(buf)
 
     def send(self, message: dict[str, Any]) -> None:
-        frame = encode_frame(message)
+        self.send_frame(encode_frame(message))
+
+    def send_frame(self, frame: bytes) -> None:
         with self._lock:
             self._sock.sendall(frame)
 
@@ -216,10 +218,15 @@ def _run_one(channel: _ChildChannel, message: dict[str, Any], cancelled: threadi
         channel.send({"op": "error", "run": run, **_error_fields(exc)})
         return
     try:
-        frame = {"op": "result", "run": run, "value": result}
-        channel.send(frame)
-    except (TypeError, ValueError, RecursionError) as exc:
-        channel.send({"op": "error", "run": run, "kind": "result", "text": str(exc)})
+        frame = encode_frame({"op": "result", "run": run, "value": result})
+    except BaseException as exc:  # the result's own code may raise anything (pool note 12)
+        if _is(exc, TypeError | ValueError | RecursionError):
+            text = _message(exc)  # json's own: "Object of type set is not JSON serializable"
+        else:
+            text = _describe(exc)
+        channel.send({"op": "error", "run": run, "kind": "result", "text": text})
+        return
+    channel.send_frame(frame)
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
@@ -228,9 +235,10 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
 
 def _error_fields(exc: BaseException) -> dict[str, Any]:
     fields: dict[str, Any] = {"text": _describe(exc), "traceback": _traceback(exc)}
-    if isinstance(exc, Retry):
-        fields.update(kind="retry", delay=exc.delay, record_error=exc.record_error)
-    elif isinstance(exc, Fatal):
+    if _is(exc, Retry):
+        retry = cast(Retry, exc)
+        fields.update(kind="retry", delay=retry.delay, record_error=retry.record_error)
+    elif _is(exc, Fatal):
         fields["kind"] = "fatal"
     else:
         fields["kind"] = "exception"
@@ -238,15 +246,35 @@ def _error_fields(exc: BaseException) -> dict[str, Any]:
 
 
 def _describe(exc: BaseException) -> str:
-    """As the parent describes an attempt's error (``transitions._describe``)."""
-    text = str(exc)
-    if isinstance(exc, TaskrtError | Fatal | Retry):
+    """As the parent describes an attempt's error (``transitions._describe``): never
+    raising, so that an error whose ``str()`` raises fails its attempt alone rather
+    than end this process (``taskrt.pool`` note 12)."""
+    text = _message(exc)
+    if _is(exc, TaskrtError | Fatal | Retry):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is(exc: BaseException, kinds: Any) -> bool:
+    """``isinstance``, False where the exception's own ``__class__`` raises."""
+    try:
+        return isinstance(exc, kinds)
+    except BaseException:
+        return False
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # even SystemExit: it is the handler's error, not a signal
+        return "(its message could not be read: str() raised)"
 
 
 def _traceback(exc: BaseException) -> str:
     tb = exc.__traceback__
     if tb is not None and tb.tb_next is not None:
         tb = tb.tb_next  # from the handler's frame on, not ours
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:
+        return f"{type(exc).__name__} (its traceback could not be formatted)"
