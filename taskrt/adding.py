@@ -24,6 +24,7 @@ from .errors import (
     InvalidOption,
     OwnerUnreachable,
     QueueFull,
+    StoreError,
     TaskNotFound,
     ValidationError,
 )
@@ -32,7 +33,7 @@ from .models import BLOCKED_AT, Event, EventType, JobStatus
 from .params import LATER
 from .retry import parse_retry
 from .store import NewJob, dumps
-from .transaction import Transaction
+from .transaction import Transaction, open_in_this_task, opened
 
 if TYPE_CHECKING:
     from .background import Background
@@ -145,6 +146,7 @@ class Adding:
         tx: Transaction | Any,
     ) -> list[int]:
         self.require_started("adding a job")
+        _check_tx(tx)
         if tx is not None and not isinstance(tx, Transaction):
             tx = await self._adopt(tx)
         spec, opts = self.resolve_parts(task)
@@ -352,6 +354,7 @@ class Adding:
         """Add a workflow's jobs in one transaction, all or nothing (``taskrt.workflows``):
         each step's parents are earlier steps; the first job's id is the workflow's."""
         self.require_started("adding a workflow")
+        _check_tx(tx)
         if tx is not None and not isinstance(tx, Transaction):
             tx = await self._adopt(tx)
         now = self.clock.now()
@@ -489,6 +492,7 @@ class Adding:
         """Insert checked jobs; once committed, queue (owner) and announce them.
         ``kept``: slots kept for those marked to start here (``taskrt.claims`` note 4),
         given back for each that did not."""
+        _check_tx(tx)  # again: the block may have ended while this add was checked
         pool.pending += len(jobs)
         results: list[sql.InsertResult | BaseException] = []
         states: list[JobState] | None = None
@@ -697,12 +701,45 @@ class Adding:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """A write transaction for the application's own SQL and ``add(..., tx=tx)``."""
+        """A write transaction for the application's own SQL and ``add(..., tx=tx)``;
+        one at a time in a task, usable only in its block (``taskrt.transaction``
+        notes 1 and 3)."""
         self.require_started("a transaction")
+        if open_in_this_task() is not None:
+            raise InvalidOption(
+                "tx",
+                "rt.transaction() inside the block of another one in this task: "
+                "transactions do not nest (on SQLite the inner one would wait for the "
+                "outer one for ever). Run the statements and adds in the open one "
+                "(tx=tx), with tx.execute('SAVEPOINT ...') for a part that may be undone",
+            )
         async with self.store.transaction() as conn:
             tx = Transaction(conn)
-            yield tx
+            with opened(tx):
+                yield tx
+                why = tx.ended
+                if why is not None:  # the store rolls back what may be left of it
+                    raise StoreError(
+                        f"the transaction ended inside its block ({why}): taskrt committed "
+                        "none of it and took in none of its jobs"
+                    )
         self._accept(tx.added)
+
+
+def _check_tx(tx: Transaction | Any) -> None:
+    """Refuse an add that would wait for ever or store a job that never runs
+    (``taskrt.transaction`` notes 1 and 3): one without ``tx=`` in the task whose
+    ``rt.transaction()`` block is open, one with ``tx=`` a transaction that ended."""
+    if tx is None:
+        if open_in_this_task() is not None:
+            raise InvalidOption(
+                "tx",
+                "an add without tx= inside this task's rt.transaction() block: pass "
+                "tx=tx to add the job in the transaction, or add it after the block "
+                "(it cannot commit on its own while the transaction holds the writes)",
+            )
+    elif isinstance(tx, Transaction) and (why := tx.ended) is not None:
+        raise InvalidOption("tx", f"this transaction has ended: {why}")
 
 
 def _same_run(step: FlowStep, first: FlowStep) -> bool:

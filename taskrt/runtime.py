@@ -1193,6 +1193,9 @@ class Runtime:
 
         Both commit or neither does; workers see the jobs after the commit (on
         a standby, the owner is told at once rather than at its next poll).
+        One at a time in a task: inside the block, adds take ``tx=tx``, and a
+        second ``transaction()`` raises; ``tx`` takes nothing once the block is
+        over (``taskrt.transaction`` notes 1-4).
         """
         async with self.adding.transaction() as tx:
             yield tx

@@ -492,6 +492,10 @@ class PgStore(QueuedWrites, SharedReads):
                 raise
             try:
                 rows = await conn.fetch(SQL_COUNTS) if handle.counts_changed else None
+                if rows is None:
+                    # A statement that failed in it left it aborted, and its COMMIT
+                    # would roll it back without a word: this says so (StoreError).
+                    await conn.execute("SELECT 1")
                 await tx.commit()
             except DRIVER_ERRORS as exc:
                 with contextlib.suppress(*DRIVER_ERRORS):
