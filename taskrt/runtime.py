@@ -1281,14 +1281,17 @@ class Runtime:
             sender = None  # a report for another job than the one this handler runs
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
-            if sender is not None:  # as that attempt: dropped if it has ended
-                loop.call_soon_threadsafe(
-                    self.transitions.report, sender, current, total, message, step
-                )
-            else:
-                loop.call_soon_threadsafe(
-                    self.transitions.report_by_id, job_id, current, total, message, step
-                )
+            # A thread that outlived the runtime (grace elapsed): its loop is closed,
+            # and the report is dropped, as one for an ended attempt is.
+            with contextlib.suppress(RuntimeError):
+                if sender is not None:  # as that attempt: dropped if it has ended
+                    loop.call_soon_threadsafe(
+                        self.transitions.report, sender, current, total, message, step
+                    )
+                else:
+                    loop.call_soon_threadsafe(
+                        self.transitions.report_by_id, job_id, current, total, message, step
+                    )
             return DONE
         if sender is not None:
             self.transitions.report(sender, current, total, message, step)

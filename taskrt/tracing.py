@@ -177,7 +177,10 @@ def _interrupted(state: JobState) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except (Exception, SystemExit, KeyboardInterrupt):  # as the job's error says (pool note 12)
+        text = "(its message could not be read: str() raised)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

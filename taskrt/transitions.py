@@ -544,8 +544,12 @@ class Transitions:
                 raise _NotOurs  # nothing of it commits, the hook's writes included
             try:
                 # What the hook wrote is undone if it raises; the failure stays.
-                async with conn.savepoint():
-                    await self._call_failed_hook(hook, info, Transaction(conn))
+                tx = Transaction(conn)
+                try:
+                    async with conn.savepoint():
+                        await self._call_failed_hook(hook, info, tx)
+                finally:
+                    tx.close()  # a tx the hook kept takes nothing after its transaction
             except _HookTimedOut:
                 job_logger(info).error(
                     "the on_failed hook of job %d ran longer than %gs (hook_timeout): what "

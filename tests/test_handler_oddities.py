@@ -363,6 +363,7 @@ def test_progress_from_a_thread_after_its_runtime_stopped_is_dropped(tmp_path: P
         release.wait(10)
         try:
             job.progress(1, 2, "after the stop")
+            rt.progress(job.id, 2, 2, "and through the runtime")  # its Yao-style twin
         except BaseException as exc:
             raised.append(exc)
         finally:
