@@ -711,7 +711,7 @@ class Adding:
                 "rt.transaction() inside the block of another one in this task: "
                 "transactions do not nest (on SQLite the inner one would wait for the "
                 "outer one for ever). Run the statements and adds in the open one "
-                "(tx=tx), with tx.execute('SAVEPOINT ...') for a part that may be undone",
+                "(tx=tx), with a savepoint for a part that may be undone",
             )
         async with self.store.transaction() as conn:
             tx = Transaction(conn)

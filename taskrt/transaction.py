@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -61,16 +60,8 @@ from typing import Any
 from .context import JobState
 from .errors import InvalidOption, StoreError, TaskrtError
 from .store import StoreTransaction
+from .store.queries import controls_transaction, existing_ids, undoes_to_savepoint
 
-# Blanks and comments before a statement's first word.
-_LEAD = r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*"
-_TO = r"\s+(?:(?:TRANSACTION|WORK)\s+)?TO\b"  # ROLLBACK [TRANSACTION | WORK] TO
-# Statements that begin or end the transaction (note 2); ROLLBACK TO ends none.
-_CONTROL = re.compile(
-    _LEAD + rf"(?:BEGIN|START|COMMIT|END|ABORT|PREPARE\s+TRANSACTION|ROLLBACK(?!{_TO}))\b",
-    re.IGNORECASE | re.DOTALL,
-)
-_UNDO = re.compile(_LEAD + "ROLLBACK" + _TO, re.IGNORECASE | re.DOTALL)
 # What a driver cannot bind raises (note 4): sqlite3's OverflowError for an int
 # beyond 64 bits, UnicodeEncodeError (a ValueError) for a lone surrogate, ...
 _BIND_ERRORS = (TypeError, ValueError, OverflowError)
@@ -116,7 +107,7 @@ class Transaction:
         """Why this transaction takes nothing more, or None while it is open (note 3)."""
         if self._ended is None and not self.foreign and not _in_transaction(self._conn.driver):
             self._ended = (
-                "the database is no longer in it: a COMMIT or ROLLBACK through tx.driver, "
+                "the database is no longer in it: a commit or rollback through tx.driver, "
                 "or an error that rolls the whole transaction back, ended it"
             )
         return self._ended
@@ -139,7 +130,7 @@ class Transaction:
         except _BIND_ERRORS as exc:
             raise StoreError(f"{exc} (in: {statement})") from exc
         self._after(statement)
-        if self.added and _UNDO.match(statement):
+        if self.added and undoes_to_savepoint(statement):
             await self._forget_undone()
         return rows
 
@@ -166,12 +157,12 @@ class Transaction:
         self._require_open()
         if not isinstance(statement, str):
             raise InvalidOption("statement", f"expected an SQL string, found {_brief(statement)}")
-        if _CONTROL.match(statement):
+        if controls_transaction(statement):
             raise InvalidOption(
                 "statement",
                 f"{statement.strip()[:40]!r}: the transaction is taskrt's to begin and "
                 "end (it commits at the end of the block, and rolls back when the block "
-                "raises); SAVEPOINT, RELEASE and ROLLBACK TO are yours",
+                "raises); savepoint, release and rollback to are yours",
             )
 
     def _after(self, statement: str) -> None:
@@ -181,8 +172,7 @@ class Transaction:
 
     async def _forget_undone(self) -> None:
         """After a ``ROLLBACK TO``: the jobs it undid are not this transaction's (note 2)."""
-        ids = ", ".join(str(int(state.id)) for state in self.added)
-        rows = await self._conn.execute(f"SELECT id FROM jobs WHERE id IN ({ids})")
+        rows = await self._conn.execute(existing_ids(state.id for state in self.added))
         kept = {int(row[0]) for row in rows}
         self.added = [state for state in self.added if state.id in kept]
 

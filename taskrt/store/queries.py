@@ -8,6 +8,9 @@ statistics (``stats``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 JOB_COLUMNS = (
     "id, task, pool, status, args, kwargs, attempts, max_attempts, current, total, message, "
     "result, error, priority, metadata, unique_key, created_at, run_at, started_at, "
@@ -146,3 +149,30 @@ SQL_SCHEDULES_BUMP = (
     "INSERT INTO meta (key, value) VALUES ('schedules.version', '1') ON CONFLICT (key) "
     "DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT) RETURNING value"
 )
+
+
+# -- the application's transactions (``taskrt.transaction`` notes 2, 3) --------------
+
+_LEAD = r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*"  # blanks and comments before the first word
+_TO = r"\s+(?:(?:TRANSACTION|WORK)\s+)?TO\b"  # ROLLBACK [TRANSACTION | WORK] TO
+# Statements that begin or end a transaction; ROLLBACK TO ends none.
+_CONTROL = re.compile(
+    _LEAD + rf"(?:BEGIN|START|COMMIT|END|ABORT|PREPARE\s+TRANSACTION|ROLLBACK(?!{_TO}))\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_UNDO = re.compile(_LEAD + "ROLLBACK" + _TO, re.IGNORECASE | re.DOTALL)
+
+
+def controls_transaction(statement: str) -> bool:
+    """Whether ``statement`` begins or ends a transaction (both dialects)."""
+    return _CONTROL.match(statement) is not None
+
+
+def undoes_to_savepoint(statement: str) -> bool:
+    """Whether ``statement`` rolls back to a savepoint (``ROLLBACK TO``)."""
+    return _UNDO.match(statement) is not None
+
+
+def existing_ids(ids: Iterable[int]) -> str:
+    """The statement that reads which of ``ids`` are jobs (integers, inlined)."""
+    return f"SELECT id FROM jobs WHERE id IN ({', '.join(str(int(i)) for i in ids)})"
