@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from ..errors import InvalidOption, TaskrtError
+from ..events import check_buffer
 from ..limits import check_count, check_seconds, check_text, shown
 from ..runtime import Runtime
 from . import (
@@ -66,7 +67,6 @@ from .routing import routes as api_routes
 HOUR = 3600.0
 MAX_BODY = 1 << 30  # a request body is read into memory: a GiB at most
 MAX_STREAMS = 1_000_000
-MAX_STREAM_BUFFER = 1_000_000  # as Runtime(subscriber_buffer=)
 MAX_RETRY_AFTER = 86_400  # a day
 MAX_TITLE_BYTES = 1 << 10
 
@@ -157,7 +157,7 @@ def create_app(
         send_timeout = check_seconds(send_timeout, "send_timeout", most=HOUR, zero=False)
     retry_after = check_count(retry_after, "retry_after", least=0, most=MAX_RETRY_AFTER)
     if stream_buffer is not None:
-        stream_buffer = check_count(stream_buffer, "stream_buffer", least=1, most=MAX_STREAM_BUFFER)
+        stream_buffer = check_buffer(stream_buffer, "stream_buffer")  # as a subscriber's
     if not isinstance(expose_tracebacks, bool):
         raise InvalidOption(
             "expose_tracebacks", f"expected True or False, found {shown(expose_tracebacks)}"
