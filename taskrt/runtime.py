@@ -1580,6 +1580,21 @@ class Runtime:
         retry's backoff); ``older_than``: only jobs created that long ago or more.
         """
         self.require_started("listing jobs")
+        # Checked here, in whichever process is asked: a value the relay cannot
+        # carry must be the owner's error, not the relay's TypeError.
+        statuses = _statuses(status)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidOption(
+                "limit", f"expected an integer from 1 to 1000, found {shown(limit)}"
+            )
+        before: int | None = None
+        if cursor is not None and cursor != "":  # "": the first page, as None
+            # A page's cursor is the id it ends at, as ASCII digits (``Page.cursor``).
+            if not (isinstance(cursor, str) and cursor.isascii() and cursor.isdigit()):
+                raise InvalidOption(
+                    "cursor", f"expected a cursor from a previous page, found {shown(cursor)}"
+                )
+            before = min(int(cursor), INT64_MAX) if len(cursor) <= 20 else INT64_MAX
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -1590,17 +1605,6 @@ class Runtime:
                     cursor=cursor,
                 )
                 return Page([JobInfo.from_dict(j) for j in raw["jobs"]], raw["cursor"])
-        statuses = _statuses(status)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise InvalidOption("limit", f"expected an integer from 1 to 1000, found {limit!r}")
-        before: int | None = None
-        if cursor is not None and cursor != "":  # "": the first page, as None
-            # A page's cursor is the id it ends at, as ASCII digits (``Page.cursor``).
-            if not (isinstance(cursor, str) and cursor.isascii() and cursor.isdigit()):
-                raise InvalidOption(
-                    "cursor", f"expected a cursor from a previous page, found {shown(cursor)}"
-                )
-            before = min(int(cursor), INT64_MAX) if len(cursor) <= 20 else INT64_MAX
         await self.store.settle()
         rows = await self.store.list_jobs(
             **self._job_filter(statuses, pool, task, metadata, scheduled, older_than),

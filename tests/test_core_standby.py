@@ -17,6 +17,7 @@ import pytest
 from core_support import committed, db_file, make_rt, sqlite_only_write, until
 
 from taskrt import (
+    InvalidOption,
     InvalidTransition,
     JobContext,
     JobNotFound,
@@ -153,6 +154,11 @@ async def test_errors_cross_from_the_owner_as_themselves(tmp_path: Path) -> None
         await standby.wait(done, timeout=5)
         with pytest.raises(InvalidTransition):
             await standby.cancel(done)
+        # A value the relay cannot carry is refused as the owner would refuse it,
+        # not by the relay's JSON encoder (a TypeError).
+        for bad in ({"limit": object()}, {"cursor": object()}):
+            with pytest.raises(InvalidOption):
+                await standby.jobs(**bad)
 
 
 async def test_pool_actions_on_a_standby_act_on_the_owner_and_a_pause_is_kept(
