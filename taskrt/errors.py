@@ -6,6 +6,8 @@ runtime; they are not errors of taskrt's own.
 
 from __future__ import annotations
 
+import traceback
+from types import TracebackType
 from typing import Any
 
 
@@ -283,3 +285,44 @@ class Retry(Exception):
         super().__init__(message)
         self.delay = delay
         self.record_error = record_error
+
+
+# -- a handler's error, described without raising (``taskrt.pool`` note 12) ----------
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, never raising: an error whose ``__str__`` raises, even
+    SystemExit, is a handler's error to record, never a signal to obey."""
+    try:
+        return str(exc)
+    except BaseException:
+        return "(its message could not be read: str() raised)"
+
+
+def is_error(exc: BaseException, kinds: Any) -> bool:
+    """``isinstance``, False where the exception's own ``__class__`` raises."""
+    try:
+        return isinstance(exc, kinds)
+    except BaseException:
+        return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """An attempt's error as it is stored: ``"ValueError: bad input"``, and a taskrt
+    error, ``Fatal`` or ``Retry`` as its message alone. Never raises."""
+    name = type(exc).__name__
+    text = message_of(exc)
+    if is_error(exc, TaskrtError | Fatal | Retry):
+        return text or name
+    return f"{name}: {text}" if text else name
+
+
+def format_traceback(exc: BaseException, tb: TracebackType | None = None) -> str:
+    """``exc``'s traceback as text (from ``tb``, by default its own), or what can be
+    said of it where even that raises."""
+    try:
+        return "".join(
+            traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__)
+        )
+    except BaseException:
+        return f"{type(exc).__name__} (its traceback could not be formatted)"

@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidOption, SerializationError
+from .errors import InvalidOption, SerializationError, describe_error, is_error, message_of
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -109,12 +109,10 @@ def encode(
         deep = _too_deep(value, max_depth)  # isinstance and iteration may run its code too
         text = "" if deep else _encoder.encode(value)
     except Exception as exc:
-        try:
-            detail = str(exc)
-            if not isinstance(exc, TypeError | ValueError | RecursionError):
-                detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-        except (Exception, SystemExit, KeyboardInterrupt):  # its message cannot be read
-            detail = f"{type(exc).__name__} (its message could not be read: str() raised)"
+        # json's own words ("Object of type set is not JSON serializable"), else the
+        # value's error named as an attempt's is.
+        json_error = is_error(exc, TypeError | ValueError | RecursionError)
+        detail = message_of(exc) if json_error else describe_error(exc)
         raise SerializationError(what, detail, field) from None
     if deep:
         raise SerializationError(what, f"it is nested more than {max_depth} levels deep", field)

@@ -89,7 +89,7 @@ Design notes:
    is never truth-tested here or in ``limits.encode`` (a numpy array's
    ``__bool__`` raises): one that cannot be stored is a ``SerializationError``.
    An error whose ``str()`` raises, even SystemExit, is described as one whose
-   message could not be read (``transitions._describe``); its traceback is
+   message could not be read (``errors.describe_error``); its traceback is
    formatted without raising. And should the host raise while it ends an
    attempt (the job has left ``_running`` by then), it fails the job naming
    what went wrong rather than leave it RUNNING (``Transitions.attempt_ended``);
@@ -109,14 +109,13 @@ import functools
 import inspect
 import logging
 import time
-import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .clock import Alarm
 from .context import CURRENT_ATTEMPT, JobContext, JobState
-from .errors import InvalidOption
+from .errors import InvalidOption, format_traceback, is_error
 from .gates import SCAN, Gates
 from .limits import INT64_MAX, encode, shown
 from .models import JobStatus, PoolStatistics
@@ -1013,12 +1012,9 @@ def _check_processes(processes: Any) -> None:
 
 def _format_tb(exc: BaseException) -> str | None:
     """The traceback stored with an attempt's error; never raises (note 12)."""
-    try:
-        if isinstance(exc, Crossed):
-            return exc.remote_traceback  # the worker process's own, if any (note 7)
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except (Exception, SystemExit, KeyboardInterrupt):
-        return f"{type(exc).__name__} (its traceback could not be formatted)"
+    if is_error(exc, Crossed):
+        return cast(Crossed, exc).remote_traceback  # the worker process's own (note 7)
+    return format_traceback(exc)
 
 
 __all__ = ["DEFAULT_CONCURRENCY", "JobStatus", "Outcome", "Pool", "check_settings"]

@@ -39,7 +39,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import InvalidOption
+from .errors import InvalidOption, message_of
 from .pool import Calls, Instrumentation
 
 if TYPE_CHECKING:
@@ -177,10 +177,7 @@ def _interrupted(state: JobState) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except (Exception, SystemExit, KeyboardInterrupt):  # as the job's error says (pool note 12)
-        text = "(its message could not be read: str() raised)"
+    text = message_of(exc)  # never raising (pool note 12)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

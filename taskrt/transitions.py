@@ -14,7 +14,6 @@ import inspect
 import json
 import logging
 import random
-import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,8 @@ from .errors import (
     SerializationError,
     StoreError,
     StoreUnavailable,
-    TaskrtError,
+    describe_error,
+    format_traceback,
 )
 from .history import FLUSH_AFTER, MinuteCounts
 from .limits import MAX_STEPS, safe_text
@@ -288,7 +288,7 @@ class Transitions:
         naming what went wrong (the pool counts it failed); one that reached its
         next status before ``exc`` keeps it (pool note 12)."""
         why = safe_text(
-            f"the attempt could not be ended: {_describe(exc)}", self.limits.max_error_bytes
+            f"the attempt could not be ended: {describe_error(exc)}", self.limits.max_error_bytes
         )
         job_log = job_logger(state)
         job_log.error("job %d: %s", state.id, why, exc_info=exc)
@@ -296,7 +296,7 @@ class Transitions:
             return
         outcome.kind, outcome.error, outcome.result = "error", exc, None
         try:
-            tb = safe_text(_traceback(exc), self.limits.max_error_bytes)
+            tb = safe_text(format_traceback(exc), self.limits.max_error_bytes)
             self._record_attempt(state, AttemptOutcome.ERROR, why, tb)
             self._fail(state, why)
         except (Exception, SystemExit, KeyboardInterrupt):
@@ -335,7 +335,7 @@ class Transitions:
             return
         failure = outcome.error
         assert failure is not None
-        error = safe_text(_describe(failure), self.limits.max_error_bytes)
+        error = safe_text(describe_error(failure), self.limits.max_error_bytes)
         tb = None if outcome.tb is None else safe_text(outcome.tb, self.limits.max_error_bytes)
         record = not (isinstance(failure, Retry) and not failure.record_error)
         if outcome.kind == "timeout":
@@ -747,33 +747,6 @@ def retry_policy_of(info: JobInfo, spec: TaskSpec) -> RetryPolicy:
     except InvalidOption:
         log.warning("job %d has an unreadable retry policy; using its task's", info.id)
         return spec.retry
-
-
-def _describe(exc: BaseException) -> str:
-    """An attempt's error as it is stored: ``"ValueError: bad input"``. Never raises:
-    a message that cannot be read still fails the job (and says so), even where its
-    ``__str__`` raises SystemExit or KeyboardInterrupt, which must not stop the
-    runtime (pool note 12)."""
-    name = type(exc).__name__
-    try:
-        text = str(exc)
-    except (Exception, SystemExit, KeyboardInterrupt):
-        text = "(its message could not be read: str() raised)"
-    try:
-        ours = isinstance(exc, TaskrtError | Fatal | Retry)
-    except (Exception, SystemExit, KeyboardInterrupt):  # its ``__class__`` raised
-        ours = False
-    if ours:
-        return text or name
-    return f"{name}: {text}" if text else name
-
-
-def _traceback(exc: BaseException) -> str:
-    """``exc``'s traceback as text, or what can be said of it if even that fails."""
-    try:
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except (Exception, SystemExit, KeyboardInterrupt):
-        return f"{type(exc).__name__} (its traceback could not be formatted)"
 
 
 _OUTCOME = {

@@ -11,13 +11,12 @@ import queue
 import signal
 import socket
 import threading
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from ..context import DONE
 from ..definitions import Task
-from ..errors import Fatal, Retry, TaskrtError
+from ..errors import Fatal, Retry, describe_error, format_traceback, is_error, message_of
 from ..limits import Limits, check_progress
 from .crossing import LENGTH, encode_frame
 
@@ -197,7 +196,7 @@ def _run_one(channel: _ChildChannel, message: dict[str, Any], cancelled: threadi
                 "run": run,
                 "kind": "load",
                 "text": f"task {job['task']!r}: cannot load its handler "
-                f"{message['module']}.{message['name']} in the worker process: {_describe(exc)}",
+                f"{message['module']}.{message['name']} in the worker process: {describe_error(exc)}",
                 "traceback": _traceback(exc),
             }
         )
@@ -220,10 +219,10 @@ def _run_one(channel: _ChildChannel, message: dict[str, Any], cancelled: threadi
     try:
         frame = encode_frame({"op": "result", "run": run, "value": result})
     except BaseException as exc:  # the result's own code may raise anything (pool note 12)
-        if _is(exc, TypeError | ValueError | RecursionError):
-            text = _message(exc)  # json's own: "Object of type set is not JSON serializable"
+        if is_error(exc, TypeError | ValueError | RecursionError):
+            text = message_of(exc)  # json's own: "Object of type set is not JSON serializable"
         else:
-            text = _describe(exc)
+            text = describe_error(exc)
         channel.send({"op": "error", "run": run, "kind": "result", "text": text})
         return
     channel.send_frame(frame)
@@ -234,47 +233,19 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
 
 
 def _error_fields(exc: BaseException) -> dict[str, Any]:
-    fields: dict[str, Any] = {"text": _describe(exc), "traceback": _traceback(exc)}
-    if _is(exc, Retry):
+    fields: dict[str, Any] = {"text": describe_error(exc), "traceback": _traceback(exc)}
+    if is_error(exc, Retry):
         retry = cast(Retry, exc)
         fields.update(kind="retry", delay=retry.delay, record_error=retry.record_error)
-    elif _is(exc, Fatal):
+    elif is_error(exc, Fatal):
         fields["kind"] = "fatal"
     else:
         fields["kind"] = "exception"
     return fields
 
 
-def _describe(exc: BaseException) -> str:
-    """As the parent describes an attempt's error (``transitions._describe``): never
-    raising, so that an error whose ``str()`` raises fails its attempt alone rather
-    than end this process (``taskrt.pool`` note 12)."""
-    text = _message(exc)
-    if _is(exc, TaskrtError | Fatal | Retry):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _is(exc: BaseException, kinds: Any) -> bool:
-    """``isinstance``, False where the exception's own ``__class__`` raises."""
-    try:
-        return isinstance(exc, kinds)
-    except BaseException:
-        return False
-
-
-def _message(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except BaseException:  # even SystemExit: it is the handler's error, not a signal
-        return "(its message could not be read: str() raised)"
-
-
 def _traceback(exc: BaseException) -> str:
     tb = exc.__traceback__
     if tb is not None and tb.tb_next is not None:
         tb = tb.tb_next  # from the handler's frame on, not ours
-    try:
-        return "".join(traceback.format_exception(type(exc), exc, tb))
-    except BaseException:
-        return f"{type(exc).__name__} (its traceback could not be formatted)"
+    return format_traceback(exc, tb)
