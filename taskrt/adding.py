@@ -492,7 +492,8 @@ class Adding:
         """Insert checked jobs; once committed, queue (owner) and announce them.
         ``kept``: slots kept for those marked to start here (``taskrt.claims`` note 4),
         given back for each that did not."""
-        _check_tx(tx)  # again: the block may have ended while this add was checked
+        if tx is not None:
+            _check_tx(tx)  # again: the block may have ended while this add was checked
         pool.pending += len(jobs)
         results: list[sql.InsertResult | BaseException] = []
         states: list[JobState] | None = None

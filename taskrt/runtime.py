@@ -522,10 +522,7 @@ class Runtime:
         ``/m``, ``/h``; a token bucket holding one second of it, ``taskrt.rates``);
         ``pool.set_rate(None)`` lifts it.
         """
-        if not isinstance(name, str) or not name:
-            raise InvalidOption("pool", f"expected a non-empty name, found {name!r}")
-        # A name the store and the listing's filters take (valid UTF-8, no NUL).
-        check_text(name, "pool", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+        _check_pool_name(name)
         check_pool_settings(concurrency, capacity, processes, rate)  # all, before any applies
         pool = self._pools.get(name)
         if pool is None:
@@ -1896,11 +1893,7 @@ class Runtime:
         for name, value in (("since", since), ("until", until)):
             if value is not None:
                 check_number(value, name)  # a finite number: not a str, bool or datetime
-        for name, text in (("pool", pool), ("task", task)):
-            if text is not None:
-                if not isinstance(text, str):
-                    raise InvalidOption(name, f"expected a name, found {shown(text)}")
-                check_text(text, name, max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+        _check_filter_values(pool, task, None)
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -2040,8 +2033,7 @@ class Runtime:
             None if isinstance(capacity, _Unset) else capacity,
             rate=None if isinstance(rate, _Unset) else rate,
         )
-        if isinstance(name, str) and name:
-            check_text(name, "pool", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+        _check_pool_name(name)
         remote = self._forwarding()
         if remote is not None:
             args: dict[str, Any] = {"name": name, "create": create}
@@ -2304,6 +2296,14 @@ def _check_settings(
 
 HOUR = 3600.0
 DAY = 86400.0
+
+
+def _check_pool_name(name: Any) -> None:
+    """A pool's name: non-empty text the store and the listing's filters take
+    (valid UTF-8, no NUL)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidOption("pool", f"expected a non-empty name, found {shown(name)}")
+    check_text(name, "pool", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
 
 
 def _check_filter_values(

@@ -59,6 +59,7 @@ from typing import Any
 
 from .context import JobState
 from .errors import InvalidOption, StoreError, TaskrtError
+from .limits import shown
 from .store import StoreTransaction
 from .store.queries import controls_transaction, existing_ids, undoes_to_savepoint
 
@@ -156,7 +157,7 @@ class Transaction:
         """Refuse what cannot run in the transaction (notes 2 to 4)."""
         self._require_open()
         if not isinstance(statement, str):
-            raise InvalidOption("statement", f"expected an SQL string, found {_brief(statement)}")
+            raise InvalidOption("statement", f"expected an SQL string, found {shown(statement)}")
         if controls_transaction(statement):
             raise InvalidOption(
                 "statement",
@@ -271,7 +272,7 @@ def _values(params: object, field: str) -> Sequence[Any]:
     """One statement's parameters: a list or tuple, as both drivers take them (note 4)."""
     if isinstance(params, str | bytes | bytearray) or not isinstance(params, Sequence):
         raise InvalidOption(
-            field, f"expected a list or tuple of the statement's values, found {_brief(params)}"
+            field, f"expected a list or tuple of the statement's values, found {shown(params)}"
         )
     return params
 
@@ -280,11 +281,6 @@ def _rows(params: object) -> list[Sequence[Any]]:
     """``executemany``'s rows, each checked as ``_values`` checks one statement's."""
     if isinstance(params, str | bytes | bytearray | Mapping) or not isinstance(params, Iterable):
         raise InvalidOption(
-            "params", f"expected an iterable of rows (lists or tuples), found {_brief(params)}"
+            "params", f"expected an iterable of rows (lists or tuples), found {shown(params)}"
         )
     return [_values(row, f"params[{i}]") for i, row in enumerate(params)]
-
-
-def _brief(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
