@@ -190,6 +190,16 @@ def check_int64(value: Any, field: str) -> int:
     return value
 
 
+def check_job_id(value: Any, field: str, *, optional: bool = False) -> int:
+    """A job's (or workflow's) id given to the API: an integer (``True`` is no id).
+    An integer no job has, beyond 64 bits too, is the caller's ``JobNotFound``, as
+    for any unknown id. ``optional``: the message says None is taken too."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        either = " or None" if optional else ""
+        raise InvalidOption(field, f"expected a job id (an integer){either}, found {shown(value)}")
+    return value
+
+
 def check_time(value: float, field: str) -> float:
     """Epoch seconds between 1970 and the year 9999 (note 1)."""
     if not (math.isfinite(value) and 0.0 <= value <= MAX_TIME):
@@ -305,6 +315,7 @@ __all__ = [
     "check_count",
     "check_duration",
     "check_int64",
+    "check_job_id",
     "check_number",
     "check_progress",
     "check_seconds",

@@ -91,6 +91,7 @@ from .limits import (
     MAX_DURATION,
     Limits,
     check_count,
+    check_job_id,
     check_number,
     check_progress,
     check_seconds,
@@ -1223,7 +1224,7 @@ class Runtime:
 
     async def get(self, job_id: int) -> JobInfo:
         """The job's current state (``JobNotFound`` when there is none)."""
-        _check_id(job_id, "job_id")
+        check_job_id(job_id, "job_id")
         state = self.live.states.get(job_id)
         if state is not None:
             return self._told(state.info())
@@ -1271,7 +1272,7 @@ class Runtime:
         when the job is not running here (``JobNotFound`` when there is none),
         ``InvalidOption`` for a value that cannot be stored.
         """
-        _check_id(job_id, "job_id")  # here, in the caller's thread, not in the loop's
+        check_job_id(job_id, "job_id")  # here, in the caller's thread, not in the loop's
         current, total, message, step = check_progress(current, total, message, self.limits, step)
         sender = CURRENT_ATTEMPT.get()
         if sender is not None and sender.id != job_id:
@@ -1313,7 +1314,7 @@ class Runtime:
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         """The record of every attempt of the job (start, end, outcome, error, traceback)."""
-        _check_id(job_id, "job_id")
+        check_job_id(job_id, "job_id")
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -1346,7 +1347,7 @@ class Runtime:
 
     async def wait(self, job_id: int, timeout: float | None = None) -> JobInfo:  # noqa: ASYNC109
         """Wait until the job is terminal; returns its final ``JobInfo``."""
-        _check_id(job_id, "job_id")
+        check_job_id(job_id, "job_id")
         if timeout is not None:
             check_seconds(timeout, "timeout", most=MAX_DURATION)
         async with asyncio.timeout(timeout):
@@ -1357,7 +1358,7 @@ class Runtime:
 
     async def cancel(self, job_id: int) -> JobInfo:
         """Cancel a waiting or running job; returns its state after the cancel."""
-        _check_id(job_id, "job_id")
+        check_job_id(job_id, "job_id")
         self.require_started("cancel")
         remote = self._forwarding()
         if remote is not None:
@@ -1401,7 +1402,7 @@ class Runtime:
         waited) waits for its parents again and runs with their results; refused
         while one of them has failed or was cancelled (retry that one first).
         """
-        _check_id(job_id, "job_id")
+        check_job_id(job_id, "job_id")
         self.require_started("retry")
         remote = self._forwarding()
         if remote is not None:
@@ -1752,7 +1753,7 @@ class Runtime:
 
     async def run_now(self, job_id: int) -> JobInfo:
         """Start a waiting job as soon as a slot is free (its delay or backoff dropped)."""
-        _check_id(job_id, "job_id")
+        check_job_id(job_id, "job_id")
         self.require_started("run now")
         remote = self._forwarding()
         if remote is not None:
@@ -1836,7 +1837,7 @@ class Runtime:
 
     async def workflow(self, workflow_id: int) -> WorkflowInfo:
         """A workflow's jobs, status and progress (``JobNotFound`` if it has none)."""
-        _check_id(workflow_id, "workflow_id")
+        check_job_id(workflow_id, "workflow_id")
         if not 1 <= workflow_id <= INT64_MAX:
             raise JobNotFound(workflow_id)  # no job has such an id
         self.require_started("reading a workflow")
@@ -2238,15 +2239,8 @@ def _ids_of(ids: Any) -> list[int]:
     if len(ids) > BULK_LIMIT:
         raise InvalidOption("ids", f"at most {BULK_LIMIT} ids in one bulk action")
     for job_id in ids:
-        _check_id(job_id, "ids")
+        check_job_id(job_id, "ids")
     return list(ids)
-
-
-def _check_id(value: Any, field: str) -> None:
-    """A job's (or workflow's) id given to the API: an integer (``True`` is no id).
-    An integer no job has is the caller's ``JobNotFound``, as for any unknown id."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidOption(field, f"expected a job id (an integer), found {shown(value)}")
 
 
 def _check_settings(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidOption
 from .events import Subscription, check_buffer
-from .limits import shown
+from .limits import check_job_id, shown
 from .models import STATUS_EVENT, Event, EventType, JobInfo, JobStatus
 
 if TYPE_CHECKING:
@@ -160,18 +160,6 @@ class JobStream:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
-
-
-def check_job_id(value: Any, field: str, *, optional: bool = False) -> int:
-    """A job's (or workflow's) id given to a stream: an integer (``True`` is no id).
-
-    An integer no job has, beyond 64 bits too, is an unknown job: the stream's
-    first read says so (``JobNotFound``), as for any id.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        either = " or None" if optional else ""
-        raise InvalidOption(field, f"expected a job id (an integer){either}, found {shown(value)}")
-    return value
 
 
 def check_name(value: Any, field: str) -> str | None:

@@ -71,9 +71,8 @@ from .background import woken
 from .definitions import Signature
 from .errors import InvalidOption, JobNotFound, TaskrtError
 from .events import check_buffer
-from .limits import INT64_MAX, INT64_MIN
+from .limits import check_job_id
 from .models import BLOCKED_AT, TERMINAL, Event, EventType, JobInfo, JobStatus, WorkflowInfo
-from .stream import check_job_id
 
 if TYPE_CHECKING:
     from .adoption import Adoption
@@ -441,11 +440,6 @@ class WorkflowStream:
         # read): a bad buffer would fail every publish that reaches it.
         check_job_id(workflow_id, "workflow_id")
         check_buffer(buffer)
-        if not INT64_MIN <= workflow_id <= INT64_MAX:
-
-            async def read() -> Any:
-                raise JobNotFound(workflow_id)  # no job has such an id (none is sent to a driver)
-
         self._broker = broker
         # A process no event reaches (a client away from the owner) reads the
         # workflow every ``poll_interval`` and sends a snapshot when it changed.
