@@ -190,6 +190,14 @@ def check_int64(value: Any, field: str) -> int:
     return value
 
 
+def check_flag(value: Any, field: str) -> bool:
+    """An option that is on or off: ``True`` or ``False``, never a truthy string or
+    number (``"no"`` is true)."""
+    if not isinstance(value, bool):
+        raise InvalidOption(field, f"expected True or False, found {shown(value)}")
+    return value
+
+
 def check_job_id(value: Any, field: str, *, optional: bool = False) -> int:
     """A job's (or workflow's) id given to the API: an integer (``True`` is no id).
     An integer no job has, beyond 64 bits too, is the caller's ``JobNotFound``, as
@@ -314,6 +322,7 @@ __all__ = [
     "Limits",
     "check_count",
     "check_duration",
+    "check_flag",
     "check_int64",
     "check_job_id",
     "check_number",

@@ -117,7 +117,7 @@ from .clock import Alarm
 from .context import CURRENT_ATTEMPT, JobContext, JobState
 from .errors import InvalidOption, format_traceback, is_error
 from .gates import SCAN, Gates
-from .limits import INT64_MAX, encode, shown
+from .limits import INT64_MAX, check_flag, encode, shown
 from .models import JobStatus, PoolStatistics
 from .processes import Crossed, Workers
 from .rates import Bucket, Rate, parse_rate
@@ -1006,8 +1006,7 @@ def check_settings(
 
 
 def _check_processes(processes: Any) -> None:
-    if not isinstance(processes, bool):
-        raise InvalidOption("processes", f"expected True or False, found {processes!r}")
+    check_flag(processes, "processes")
 
 
 def _format_tb(exc: BaseException) -> str | None:

@@ -91,6 +91,7 @@ from .limits import (
     MAX_DURATION,
     Limits,
     check_count,
+    check_flag,
     check_job_id,
     check_number,
     check_progress,
@@ -582,8 +583,8 @@ class Runtime:
         A name is one task's: another handler, or a definition from another file,
         under a registered name is refused (``InvalidOption``); the same one again
         replaces it (its options changed)."""
-        spec = self._checked(spec)
-        self.schedules.task_registered(spec)
+        spec, own = self._checked(spec)
+        self.schedules.task_registered(spec, own)
         self._tasks[spec.name] = spec
         self.gates.tasks_changed()
         pool = self._pools.get(spec.pool)
@@ -596,8 +597,9 @@ class Runtime:
                 pool.set_capacity(spec.pool_capacity)
         return Task(spec)
 
-    def _checked(self, spec: TaskSpec) -> TaskSpec:
-        """``spec`` with its parameters attached, once nothing refuses it; changes nothing."""
+    def _checked(self, spec: TaskSpec) -> tuple[TaskSpec, ScheduleDefinition | None]:
+        """``spec`` with its parameters attached, once nothing refuses it, and the
+        schedule its ``cron`` declares (``Scheduler.check_task``); changes nothing."""
         from .params import attach
 
         known = self._tasks.get(spec.name)
@@ -613,8 +615,7 @@ class Runtime:
                 source=spec.source,
             )
         spec = attach(spec)
-        self.schedules.check_task(spec)  # a bad cron refuses the task
-        return spec
+        return spec, self.schedules.check_task(spec)  # a bad cron refuses the task
 
     def load(
         self,
@@ -628,7 +629,7 @@ class Runtime:
         every task and pool as it was)."""
         from .taskfiles import load_tasks
 
-        specs = [self._checked(s) for s in load_tasks(path, executor=executor, root=root)]
+        specs = [self._checked(s)[0] for s in load_tasks(path, executor=executor, root=root)]
         return [self.register(s) for s in specs]
 
     def on_start(self, hook: Callable[[Runtime], Any]) -> None:
@@ -1628,8 +1629,7 @@ class Runtime:
     ) -> dict[str, Any]:
         """The store's filter arguments (``rt.jobs``, ``rt.count``, ``rt.bulk``)."""
         _check_filter_values(pool, task, metadata)
-        if not isinstance(scheduled, bool):
-            raise InvalidOption("scheduled", f"expected True or False, found {shown(scheduled)}")
+        check_flag(scheduled, "scheduled")
         now = self.clock.now()
         age = _seconds(older_than)
         return {
@@ -1690,8 +1690,7 @@ class Runtime:
         action = check_action(action)
         if ids is not None:
             ids = _ids_of(ids)
-        if not isinstance(dry_run, bool):
-            raise InvalidOption("dry_run", f"expected True or False, found {shown(dry_run)}")
+        check_flag(dry_run, "dry_run")
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -2027,8 +2026,8 @@ class Runtime:
         """
         # Everything is refused before anything changes, here and at the owner.
         for flag, value in (("paused", paused), ("create", create), ("exists_ok", exists_ok)):
-            if value is not None and not isinstance(value, bool):
-                raise InvalidOption(flag, f"expected True or False, found {shown(value)}")
+            if value is not None:
+                check_flag(value, flag)
         check_pool_settings(
             concurrency,
             None if isinstance(capacity, _Unset) else capacity,
@@ -2264,9 +2263,8 @@ def _check_settings(
     """``Runtime``'s settings, each refused with ``InvalidOption`` when it is not what
     it must be: a wrong one would fail later, far from its cause (a ``grace`` of
     ``"5"`` failed at ``stop()``, whose threads then kept the process alive)."""
-    for name, flag in (("workers", workers), ("tracing", tracing)):
-        if not isinstance(flag, bool):
-            raise InvalidOption(name, f"expected True or False, found {shown(flag)}")
+    check_flag(workers, "workers")
+    check_flag(tracing, "tracing")
     if clock is not None and not (
         callable(getattr(clock, "now", None)) and callable(getattr(clock, "call_at", None))
     ):

@@ -104,7 +104,7 @@ from .errors import (
     TaskrtError,
     ValidationError,
 )
-from .limits import DEFAULT_LIMITS, check_text, encode
+from .limits import DEFAULT_LIMITS, check_flag, check_text, encode, shown
 from .models import MISFIRE_POLICIES, JobStatus, Misfire, ScheduleDefinition, ScheduleInfo
 from .retention import Retention, RetentionStatistics
 from .schedule import CronError, CronSpec, next_fire_ts, parse_cron
@@ -290,15 +290,10 @@ def check_arguments(definition: ScheduleDefinition, spec: TaskSpec) -> None:
         raise ValidationError(
             spec.name,
             f"schedule {definition.name!r} would add its jobs with arguments the task "
-            f"refuses (args {_short(definition.args)}, kwargs {_short(definition.kwargs)}): "
+            f"refuses (args {shown(definition.args)}, kwargs {shown(definition.kwargs)}): "
             f"{reason}",
             parameter=exc.parameter,
         ) from None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _looked_up(name: Any) -> None:
@@ -311,13 +306,6 @@ def _looked_up(name: Any) -> None:
         check_schedule_name(name)
     except InvalidOption:
         raise ScheduleNotFound(name) from None
-
-
-def check_flag(value: Any, field: str) -> bool:
-    """A boolean option: ``True`` or ``False``, never a truthy string or number."""
-    if not isinstance(value, bool):
-        raise InvalidOption(field, f"expected true or false, found {value!r}")
-    return value
 
 
 def define(
@@ -500,10 +488,9 @@ class Scheduler:
             check_arguments(own, spec)
         return own
 
-    def task_registered(self, spec: TaskSpec) -> None:
-        """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it.
-        Refuses the task (declaring nothing) as ``check_task`` does."""
-        definition = self.check_task(spec)
+    def task_registered(self, spec: TaskSpec, definition: ScheduleDefinition | None) -> None:
+        """A task with ``cron`` (Anchor ``cronjob``) declares a schedule named after it:
+        ``definition``, what ``check_task`` gave for ``spec``."""
         if definition is not None:
             # Checked against ``spec`` above; the registered task is still the old one.
             self._declare(definition)

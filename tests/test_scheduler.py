@@ -1014,7 +1014,7 @@ async def test_boolean_options_of_the_schedule_api_must_be_bools(tmp_path: Path)
             with pytest.raises(InvalidOption) as caught:
                 await rt.schedules.create("beat", beat, "@every 2s", args=[2], replace=bad)
             assert caught.value.field == "replace"
-            assert "expected true or false" in str(caught.value)
+            assert "expected True or False" in str(caught.value)
         assert await rt.schedules.get("beat") == first
         with pytest.raises(ScheduleExists):
             await rt.schedules.create("beat", beat, "@every 2s", args=[2], replace=False)

@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute
 
 from ..errors import InvalidOption, TaskrtError
 from ..events import check_buffer
-from ..limits import check_count, check_seconds, check_text, shown
+from ..limits import check_count, check_flag, check_seconds, check_text, shown
 from ..runtime import Runtime
 from . import (
     bulk,
@@ -158,10 +158,7 @@ def create_app(
     retry_after = check_count(retry_after, "retry_after", least=0, most=MAX_RETRY_AFTER)
     if stream_buffer is not None:
         stream_buffer = check_buffer(stream_buffer, "stream_buffer")  # as a subscriber's
-    if not isinstance(expose_tracebacks, bool):
-        raise InvalidOption(
-            "expose_tracebacks", f"expected True or False, found {shown(expose_tracebacks)}"
-        )
+    check_flag(expose_tracebacks, "expose_tracebacks")
     title = check_text(title, "title", max_bytes=MAX_TITLE_BYTES)
     hosts_option = "allowed_hosts"
     if allowed_hosts is None:
