@@ -726,6 +726,12 @@ class Adding:
                     )
         self._accept(tx.added)
 
+    def take_in(self, tx: Transaction) -> None:
+        """The jobs added in a transaction taskrt opened and committed (an
+        ``on_failed`` hook's, ``taskrt.transitions``): queued and announced, as
+        an ``rt.transaction()`` block's are at its end."""
+        self._accept(tx.added)
+
 
 def _check_tx(tx: Transaction | Any) -> None:
     """Refuse an add that would wait for ever or store a job that never runs
@@ -735,9 +741,10 @@ def _check_tx(tx: Transaction | Any) -> None:
         if open_in_this_task() is not None:
             raise InvalidOption(
                 "tx",
-                "an add without tx= inside this task's rt.transaction() block: pass "
-                "tx=tx to add the job in the transaction, or add it after the block "
-                "(it cannot commit on its own while the transaction holds the writes)",
+                "an add without tx= inside this task's transaction (an rt.transaction() "
+                "block, or an on_failed hook's): pass tx=tx to add the job in the "
+                "transaction, or add it after the block (it cannot commit on its own "
+                "while the transaction holds the writes)",
             )
     elif isinstance(tx, Transaction) and (why := tx.ended) is not None:
         raise InvalidOption("tx", f"this transaction has ended: {why}")

@@ -141,7 +141,7 @@ from .retry import parse_duration
 from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import JobStore, NewJob, Store, Synchronous, is_server_url
 from .stream import JobStream, snapshot_event
-from .transaction import Transaction
+from .transaction import Transaction, refuse_in_block
 from .transitions import DEFAULT_HOOK_TIMEOUT, Transitions, retry_policy_of
 from .waiting import DEFAULT_WINDOW, Waiting
 from .watchdog import LoopWatchdog
@@ -401,6 +401,7 @@ class Runtime:
             batching=lambda task, key, at, job_id: self.batches.added(task, key, at, job_id),
             node=self._starting_node,
         )
+        self.transitions.take_in = self.adding.take_in
         # Jobs found in the database: after a crash, and those other processes add.
         self.adoption = Adoption(
             store=self.store,
@@ -924,6 +925,7 @@ class Runtime:
     async def stop(self) -> None:
         if not self._started:
             return
+        refuse_in_block("rt.stop()")  # it writes what is queued: after the block
         for hook in self._stop_hooks:
             try:
                 result = hook(self)
@@ -1361,6 +1363,7 @@ class Runtime:
         """Cancel a waiting or running job; returns its state after the cancel."""
         check_job_id(job_id, "job_id")
         self.require_started("cancel")
+        refuse_in_block("rt.cancel()")
         remote = self._forwarding()
         if remote is not None:
             # The owner answers once the handler stopped (up to abandon_after + 5 s).
@@ -1405,6 +1408,7 @@ class Runtime:
         """
         check_job_id(job_id, "job_id")
         self.require_started("retry")
+        refuse_in_block("rt.retry()")
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -1687,6 +1691,7 @@ class Runtime:
         skipped. ``dry_run``: count only. At most ``taskrt.bulk.BULK_LIMIT`` jobs.
         """
         self.require_started("bulk actions")
+        refuse_in_block("rt.bulk()")
         action = check_action(action)
         if ids is not None:
             ids = _ids_of(ids)
@@ -1754,6 +1759,7 @@ class Runtime:
         """Start a waiting job as soon as a slot is free (its delay or backoff dropped)."""
         check_job_id(job_id, "job_id")
         self.require_started("run now")
+        refuse_in_block("rt.run_now()")
         remote = self._forwarding()
         if remote is not None:
             with contextlib.suppress(OwnerUnreachable):
@@ -1859,6 +1865,7 @@ class Runtime:
     async def cancel_workflow(self, workflow_id: int) -> WorkflowInfo:
         """Cancel every job of a workflow that has not finished (its last jobs first,
         so that none starts meanwhile); running ones are told to stop."""
+        refuse_in_block("rt.cancel_workflow()")
         info = await self.workflow(workflow_id)
         for job in sorted(info.jobs, key=lambda j: -j.id):
             if job.terminal:
@@ -1926,6 +1933,7 @@ class Runtime:
     async def prune_history(self, older_than: float) -> int:
         """Forget the history of minutes older than ``older_than`` seconds (retention)."""
         age = check_seconds(older_than, "older_than", most=MAX_DURATION)
+        refuse_in_block("rt.prune_history()")
         return await self.store.prune_history(int((self.clock.now() - age) // 60))
 
     async def stats(self, since: float | None = None, until: float | None = None) -> Stats:
@@ -2034,6 +2042,7 @@ class Runtime:
             rate=None if isinstance(rate, _Unset) else rate,
         )
         _check_pool_name(name)
+        refuse_in_block("rt.change_pool()")
         remote = self._forwarding()
         if remote is not None:
             args: dict[str, Any] = {"name": name, "create": create}
@@ -2100,6 +2109,7 @@ class Runtime:
         """Delete finished jobs (and their attempts) older than ``older_than`` (seconds,
         a duration like ``"7d"``, or a ``timedelta``; 0 or more); ids are never reused."""
         self.require_started("cleanup")
+        refuse_in_block("rt.cleanup()")
         seconds = parse_duration(
             older_than.total_seconds() if isinstance(older_than, timedelta) else older_than,
             field="older_than",

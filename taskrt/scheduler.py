@@ -108,6 +108,7 @@ from .limits import DEFAULT_LIMITS, check_flag, check_text, encode, shown
 from .models import MISFIRE_POLICIES, JobStatus, Misfire, ScheduleDefinition, ScheduleInfo
 from .retention import Retention, RetentionStatistics
 from .schedule import CronError, CronSpec, next_fire_ts, parse_cron
+from .transaction import refuse_in_block
 
 if TYPE_CHECKING:
     from .background import Background
@@ -532,6 +533,7 @@ class Scheduler:
         here, and the arguments must fit the task.
         """
         self._rt.require_started("creating a schedule")
+        refuse_in_block("rt.schedules.create()")
         check_flag(replace, "replace")
         definition = define(
             name, task, cron, args=args, kwargs=kwargs, pool=pool, tz=tz, misfire=misfire
@@ -633,6 +635,7 @@ class Scheduler:
 
     async def pause(self, name: str) -> ScheduleInfo:
         """Stop firing; slots passing while paused are not fired later."""
+        refuse_in_block("rt.schedules.pause()")
         now = self._rt.clock.now()
 
         async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
@@ -645,6 +648,7 @@ class Scheduler:
 
     async def resume(self, name: str) -> ScheduleInfo:
         """Fire again, from the first slot after now."""
+        refuse_in_block("rt.schedules.resume()")
         now = self._rt.clock.now()
 
         async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
@@ -675,6 +679,8 @@ class Scheduler:
         at the next start, which undoes a change made here.
         """
 
+        refuse_in_block("rt.schedules.update()")
+
         def merged(d: ScheduleDefinition) -> ScheduleDefinition:
             return define(
                 name,
@@ -704,6 +710,7 @@ class Scheduler:
 
     async def delete(self, name: str) -> None:
         """Remove a schedule (a code declaration brings it back at the next start)."""
+        refuse_in_block("rt.schedules.delete()")
 
         async def change(conn: StoreTransaction, info: ScheduleInfo) -> bool:
             await conn.delete_schedule(name)
@@ -739,6 +746,7 @@ class Scheduler:
 
     async def run_now(self, name: str) -> int:
         """Add the schedule's job now, outside its slots; returns the job's id."""
+        refuse_in_block("rt.schedules.run_now()")
         info = await self.get(name)
         async with self._rt.transaction() as tx:
             job_id = await self._add_job(info, tx, None)

@@ -19,9 +19,14 @@ that never runs (``docs/guarantees.md``):
    both wait the same way once the block has added a job (an add locks the
    row of the last issued id), and the inner one would not be a part of the
    outer one anyway. So both are refused on both backends (``InvalidOption``
-   naming ``tx``: the open ``tx`` is what the call should use). Other tasks
-   are not refused: their writes wait their turn (the context variable is
-   copied into a task started in the block, but names its opener).
+   naming ``tx``: the open ``tx`` is what the call should use), and so is
+   every other call that commits on its own (``refuse_in_block``: a cancel,
+   a retry, a schedule's change, ``rt.stop()``, ...) before it changes
+   anything; reads answer with what is committed (``taskrt.store`` note
+   23). An ``on_failed`` hook's task holds the failure's transaction the
+   same way, and is refused the same calls. Other tasks are not refused:
+   their writes wait their turn (the context variable is copied into a
+   task started in the block, but names its opener).
 2. Transaction control is taskrt's: it commits at the block's end and rolls
    back when the block raises. A ``BEGIN``, ``COMMIT``, ``END``,
    ``ROLLBACK``, ``ABORT`` or ``PREPARE TRANSACTION`` through ``execute``
@@ -253,6 +258,18 @@ def open_in_this_task() -> Transaction | None:
     if tx.closed or task is not asyncio.current_task():
         return None  # over, or opened by the task that started this one
     return tx
+
+
+def refuse_in_block(call: str) -> None:
+    """Refuse ``call``, which commits on its own, in the task whose
+    ``rt.transaction()`` block is open (note 1)."""
+    if open_in_this_task() is not None:
+        raise InvalidOption(
+            "tx",
+            f"{call} inside this task's transaction (an rt.transaction() block, or an "
+            "on_failed hook's): it commits on its own, and on SQLite that commit waits "
+            "for the transaction to end, which this task does. Call it after the block",
+        )
 
 
 def _in_transaction(driver: Any) -> bool:

@@ -38,7 +38,7 @@ from .pool import Outcome, encode_result
 from .retry import RetryPolicy, parse_retry
 from .store.deps import orphan_error
 from .store.groupcommit import ROLLBACK_RETRIES, ROLLBACK_WAIT
-from .transaction import ThreadTransaction, Transaction
+from .transaction import ThreadTransaction, Transaction, opened
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -107,6 +107,8 @@ class Transitions:
         self._history_timer: asyncio.TimerHandle | None = None
         # Told of each job that reached a terminal status here (taskrt.workflows).
         self.on_end: Callable[[int, JobStatus], None] | None = None
+        # Takes in the jobs an ``on_failed`` hook added with ``tx=`` once they commit.
+        self.take_in: Callable[[Transaction], None] = lambda tx: None
 
     def emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
@@ -528,7 +530,9 @@ class Transitions:
     ) -> None:
         """One transaction of the failure and its hook; ``again``: a rollback of the
         database's own in the hook's SQL (a deadlock) raises ``_RolledBack``, so that
-        the whole transaction runs again, rather than undoing only the hook's writes."""
+        the whole transaction runs again, rather than undoing only the hook's writes.
+        The jobs a hook that returned added with ``tx=`` are taken in once it commits."""
+        hooked: Transaction | None = None
         async with self.store.transaction() as conn:
             moved = await conn.mark_failed(
                 state.id,
@@ -548,6 +552,7 @@ class Transitions:
                 try:
                     async with conn.savepoint():
                         await self._call_failed_hook(hook, info, tx)
+                    hooked = tx
                 finally:
                     tx.close()  # a tx the hook kept takes nothing after its transaction
             except _HookTimedOut:
@@ -561,6 +566,8 @@ class Transitions:
                 if again and self.store.rolled_back(exc):
                     raise _RolledBack from exc
                 job_logger(info).exception("the on_failed hook of job %d raised", info.id)
+        if hooked is not None:
+            self.take_in(hooked)
 
     async def _call_failed_hook(
         self, hook: Callable[..., Any], info: JobInfo, tx: Transaction
@@ -568,19 +575,23 @@ class Transitions:
         """Run an ``on_failed`` hook for at most ``hook_timeout`` seconds: the failure's
         transaction (on SQLite, every write of the database) waits for it. A sync
         hook runs in a worker thread, its statements on the loop (``ThreadTransaction``);
-        a thread cannot be stopped, but after the time is up its statements are refused."""
+        a thread cannot be stopped, but after the time is up its statements are refused.
+        The hook's task holds the transaction: a write of its own that would commit
+        apart is refused there, as in an ``rt.transaction()`` block
+        (``taskrt.transaction`` note 1)."""
         try:
-            async with asyncio.timeout(self.hook_timeout):
-                if is_async(hook):
-                    await hook(info, tx)
-                    return
-                bridge = ThreadTransaction(tx, asyncio.get_running_loop())
-                try:
-                    result = await asyncio.to_thread(hook, info, bridge)
-                    if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
-                        await result
-                finally:
-                    await bridge.close()
+            with opened(tx):
+                async with asyncio.timeout(self.hook_timeout):
+                    if is_async(hook):
+                        await hook(info, tx)
+                        return
+                    bridge = ThreadTransaction(tx, asyncio.get_running_loop())
+                    try:
+                        result = await asyncio.to_thread(hook, info, bridge)
+                        if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
+                            await result
+                    finally:
+                        await bridge.close()
         except TimeoutError as exc:
             raise _HookTimedOut from exc
 
@@ -694,7 +705,9 @@ class Transitions:
             if info is None or info.status is not JobStatus.FAILURE:
                 return
             async with self.store.transaction() as conn:
-                await self._call_failed_hook(hook, info, Transaction(conn))
+                tx = Transaction(conn)
+                await self._call_failed_hook(hook, info, tx)
+            self.take_in(tx)
         except _HookTimedOut:
             log.error(
                 "the on_failed hook of orphaned job %d ran longer than %gs (hook_timeout): "

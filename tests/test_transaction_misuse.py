@@ -289,3 +289,133 @@ async def test_a_failed_statement_the_application_caught_never_commits_silently(
         assert [r[0] for r in rows] == ([1] if sqlite(target) else [])
         await plain_add_runs(rt, 1)
     assert ran == [1]
+
+
+async def test_reads_in_the_block_answer_with_what_is_committed(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Before, on SQLite, a read that overlays memory (listings, counts, statistics,
+    attempts) waited in the block for the writes the block holds: for ever."""
+    rt, ran = make(target)
+    async with rt, asyncio.timeout(LIMIT):
+        done = await rt.add("echo", 1)
+        await rt.wait(done, timeout=LIMIT)
+        async with rt.transaction() as tx:
+            added = await rt.add("echo", 2, tx=tx)
+            assert [j.id for j in (await rt.jobs()).jobs] == [done]  # the block's: not yet
+            assert await rt.count() == 1
+            assert (await rt.stats()).counts["SUCCESS"] == 1
+            assert [a.number for a in await rt.attempts(done)] == [1]
+            assert (await rt.get(done)).result == 1
+            with pytest.raises(JobNotFound):
+                await rt.get(added)  # it exists once the block commits
+        assert (await rt.wait(added, timeout=LIMIT)).result == 2
+    assert sorted(ran) == [1, 2]
+
+
+async def test_a_write_that_commits_apart_is_refused_in_the_block_and_changes_nothing(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Before, on SQLite, each of these waited for ever in the block (its commit
+    waits for the block, which waits for it), ``rt.stop()`` too."""
+    db, base = target
+    rt = Runtime(db, **base)
+    rt.pool("slow", concurrency=1)
+    gate = asyncio.Event()
+
+    @rt.task(name="hold", pool="slow")
+    async def hold(job: JobContext) -> str:
+        await gate.wait()
+        return "held"
+
+    @rt.task(name="echo")
+    async def echo(job: JobContext, n: int) -> int:
+        return n
+
+    @rt.task(name="boom")
+    async def boom(job: JobContext) -> None:
+        raise ValueError("boom")
+
+    async with rt, asyncio.timeout(LIMIT):
+        running = await rt.add("hold")
+        waiting = await rt.add("hold")
+        while (await rt.get(running)).status is not JobStatus.RUNNING:
+            await asyncio.sleep(0.01)
+        failed = await rt.add("boom")
+        assert (await rt.wait(failed, timeout=LIMIT)).status is JobStatus.FAILURE
+        await rt.schedules.create("nightly", "echo", "0 3 * * *", args=[1])
+        before = await stored_states(rt)
+        async with rt.transaction() as tx:
+            for call, attempt in (
+                ("rt.cancel()", rt.cancel(waiting)),
+                ("rt.cancel()", rt.cancel(running)),
+                ("rt.retry()", rt.retry(failed)),
+                ("rt.run_now()", rt.run_now(waiting)),
+                ("rt.bulk()", rt.bulk("cancel", ids=[waiting])),
+                ("rt.cleanup()", rt.cleanup(older_than=0)),
+                ("rt.prune_history()", rt.prune_history(0)),
+                ("rt.change_pool()", rt.change_pool("slow", paused=True)),
+                (
+                    "rt.schedules.create()",
+                    rt.schedules.create("other", "echo", "@hourly", args=[2]),
+                ),
+                ("rt.schedules.pause()", rt.schedules.pause("nightly")),
+                ("rt.schedules.resume()", rt.schedules.resume("nightly")),
+                ("rt.schedules.update()", rt.schedules.update("nightly", args=[3])),
+                ("rt.schedules.delete()", rt.schedules.delete("nightly")),
+                ("rt.schedules.run_now()", rt.schedules.run_now("nightly")),
+                ("rt.stop()", rt.stop()),
+            ):
+                with pytest.raises(InvalidOption, match=re.escape(call)) as refused:
+                    await attempt
+                assert refused.value.field == "tx"
+            in_tx = await rt.add("echo", 4, tx=tx)  # the block goes on
+        assert rt.started
+        assert [s for s in await stored_states(rt) if s[0] != in_tx] == before
+        [nightly] = await rt.schedules.list()
+        assert (nightly.paused, nightly.definition.args) == (False, (1,))
+        assert not rt.pools["slow"].statistics().paused
+        assert (await rt.wait(in_tx, timeout=LIMIT)).result == 4
+        # Each call works after the block.
+        assert (await rt.cancel(waiting)).status is JobStatus.CANCELLED
+        gate.set()
+        assert (await rt.wait(running, timeout=LIMIT)).result == "held"
+
+
+async def stored_states(rt: Runtime) -> list[tuple[int, JobStatus]]:
+    return sorted((j.id, j.status) for j in (await rt.jobs()).jobs)
+
+
+async def test_an_on_failed_hook_refuses_a_write_that_commits_apart(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """The hook runs in the transaction that writes the failure: before, on SQLite, an
+    add without ``tx=`` in it waited until ``hook_timeout`` cut the hook short and undid
+    what it wrote. Now it is refused at once, and the hook goes on with ``tx=tx``."""
+    db, base = target
+    rt = Runtime(db, hook_timeout=LIMIT, **base)
+    seen: list[str] = []
+
+    @rt.task(name="echo")
+    async def echo(job: JobContext, n: int) -> int:
+        return n
+
+    async def on_failed(job: Any, tx: Any) -> None:
+        for attempt in (rt.add("echo", 1), rt.cancel(job.id)):
+            try:
+                await attempt
+                seen.append("ran")
+            except InvalidOption as exc:
+                seen.append(exc.field)
+        seen.append(str(await rt.add("echo", 2, tx=tx)))
+
+    @rt.task(name="bad", on_failed=on_failed)
+    async def bad(job: JobContext) -> None:
+        raise ValueError("no")
+
+    async with rt, asyncio.timeout(LIMIT):
+        job = await rt.add("bad")
+        assert (await rt.wait(job, timeout=LIMIT)).status is JobStatus.FAILURE
+        assert seen[:2] == ["tx", "tx"]
+        follow_up = int(seen[2])
+        assert (await rt.wait(follow_up, timeout=LIMIT)).result == 2

@@ -214,6 +214,16 @@ Design notes:
     orphans of its cut-short claims the same way, on itself: its row is gone,
     so if it dies before failing them, any node's next look for jobs of no
     live node (``taskrt.nodes`` note 8) takes them over and fails them.
+23. **The task of an open transaction reads what is committed.** On SQLite
+    an application transaction (``transaction``) holds the writes lock for
+    its block, and the group commit knows the task that opened it
+    (``GroupCommit.holder``). A read in that task that overlays memory
+    (``rt.jobs()``, counts, ``rt.stats()``, attempts) would settle first:
+    wait for the queued writes, which wait for the block, which waits for the
+    read. So ``settle`` returns at once there: the read sees what is
+    committed, as every other task does; the block's own writes are not
+    committed yet. A write of its own in that task would wait the same way,
+    so the runtime refuses it (``taskrt.transaction`` note 1).
 """
 
 from .protocol import (

@@ -1,4 +1,4 @@
-"""Group commit, whatever the database: one writer task per store (``taskrt.store`` notes 1, 3, 9, 10, 16, 19).
+"""Group commit, whatever the database: one writer task per store (``taskrt.store`` notes 1, 3, 9, 10, 16, 19, 23).
 
 Writes are queued as operations (``ops``); one task takes everything queued
 and hands it to the backend's ``BatchWriter`` to apply in one transaction,
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import StoreUnavailable
+from ..errors import InvalidOption, StoreUnavailable
 from ..models import StoreHealth
 from .ops import FLUSH, START, Op, Statement
 from .protocol import InsertResult, NewJob, Steps
@@ -182,6 +182,8 @@ class GroupCommit:
         self._told_stopped = False  # the loss of a stopped writer is logged once
         # Held by every write of the writer's: a batch, and whatever the backend says.
         self.lock = asyncio.Lock()
+        # The task whose application transaction holds ``lock`` (note 23).
+        self.holder: asyncio.Task[Any] | None = None
         self._progress_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._close_deadline = 0.0
@@ -210,6 +212,7 @@ class GroupCommit:
         # runtime can be started again under another event loop.
         self._wake = asyncio.Event()
         self.lock = asyncio.Lock()
+        self.holder = None
         self._batch = Batch()
         self._progress = {}
         self._progress_timer = None
@@ -320,6 +323,7 @@ class GroupCommit:
         if self._stopped():
             raise StoreUnavailable(self.name, "its writer has stopped")
         if not self._settled():
+            self.refuse_held("a flush")
             await self.queue(FLUSH, ())
 
     @property
@@ -343,16 +347,19 @@ class GroupCommit:
         """Wait for ``fut`` (default: everything queued so far) unless the database fails.
 
         For reads that overlay the in-memory truth of live jobs: during an
-        outage they go on with what is committed instead of waiting (note 9).
+        outage they go on with what is committed instead of waiting (note 9), and
+        in the task whose transaction holds the writes they read what is committed
+        (note 23).
         """
         if self._failing is not None or self._stopped():
             return
         if fut is None:
-            if self._settled():
+            if self._settled() or self._held_here():
                 return
             fut = self.queue(FLUSH, ())
         if fut.done():
             return
+        self.refuse_held("waiting for a write to commit")
         unhealthy: asyncio.Future[Any] = asyncio.ensure_future(self._unhealthy.wait())
         try:
             await asyncio.wait([fut, unhealthy], return_when=asyncio.FIRST_COMPLETED)
@@ -360,6 +367,20 @@ class GroupCommit:
             unhealthy.cancel()
         if fut.done() and not fut.cancelled() and fut.exception() is not None:
             raise fut.exception()  # type: ignore[misc]
+
+    def _held_here(self) -> bool:
+        """Whether this task's application transaction holds the writes (note 23)."""
+        return self.holder is not None and self.holder is asyncio.current_task()
+
+    def refuse_held(self, what: str) -> None:
+        """Raise instead of waiting for the writes this task's transaction holds,
+        which would wait for ever (note 23)."""
+        if self._held_here():
+            raise InvalidOption(
+                "tx",
+                f"{what} inside this task's rt.transaction() block would wait for the "
+                "block to end, which this task does: do it after the block",
+            )
 
     async def _write_loop(self) -> None:
         backoff = BACKOFF_FIRST

@@ -316,6 +316,7 @@ class Store(QueuedWrites, SharedReads):
 
         The group-commit writer waits while it is open; keep it short.
         """
+        self._writes.refuse_held("a second transaction")
         async with self._writes.lock:
             db = self.db
             try:
@@ -323,6 +324,7 @@ class Store(QueuedWrites, SharedReads):
             except sqlite3.Error as exc:
                 raise store_error(self.path, exc) from exc
             conn = self._open_tx = Connection(db)
+            self._writes.holder = asyncio.current_task()  # note 23
             try:
                 yield conn
             except BaseException:
@@ -342,6 +344,7 @@ class Store(QueuedWrites, SharedReads):
                     self._counts.replace(snapshot)
             finally:
                 self._open_tx = None
+                self._writes.holder = None
 
     async def insert_in(self, tx: StoreTransaction, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert jobs inside the open transaction ``tx`` (transactional enqueue).
@@ -447,6 +450,7 @@ class Store(QueuedWrites, SharedReads):
         then ``then`` of its result. A caller cancelled meanwhile waits for it all the
         same: the thread runs what it was given, and the group commit must not write
         beside a transaction still queued there (nor its counts go unread)."""
+        self._writes.refuse_held("a write")
         async with self._writes.lock:
             running = asyncio.ensure_future(in_thread(self.db, work))
             if then is not None:
