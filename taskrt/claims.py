@@ -209,6 +209,11 @@ class Claims:
     def stored_due(self, now: float) -> bool:
         return True  # every waiting job is in the store only
 
+    async def halt(self) -> None:
+        """Nothing to do: ``close``, which the runtime calls next, stops the claims
+        and gives back what they took (a claim cut short here would take jobs
+        that no one gives back)."""
+
     def close(self) -> None:
         """The runtime stops: no more claims; claimed jobs not started go back."""
         self._timer.cancel()

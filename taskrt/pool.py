@@ -200,6 +200,10 @@ class Queue(Protocol):
         """Whether due jobs may wait in the store only, not in memory (note 10)."""
         ...
 
+    async def halt(self) -> None:
+        """The runtime stops: nothing more is read from the store, nor being read."""
+        ...
+
     def close(self) -> None: ...
 
     def ahead(self) -> int:

@@ -959,6 +959,7 @@ class Runtime:
         pools = list(self._pools.values())
         for pool in pools:
             pool.stop_dispatching()
+            await pool.queue.halt()
         if self.nodes is not None:
             for pool in pools:
                 pool.queue.close()  # claims not started go back (taskrt.claims)

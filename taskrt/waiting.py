@@ -138,6 +138,7 @@ class _Lane:
         self.upto: Key | None = None
         self.nothing: Key = (float("-inf"),) * (width - 1) + (-1,)  # below every job
         self.reading: asyncio.Task[None] | None = None
+        self.halted = False  # the runtime stops: no refill starts (``Waiting.halt``)
         self._arrived: asyncio.Future[None] | None = None  # a chunk came in (``first_chunk``)
         self._read = read  # reads the next jobs after a key
         self._accept = accept  # places what a refill read
@@ -225,9 +226,10 @@ class _Lane:
         self.head = 0
         self.upto = None
         self.reach = 0
+        self.halted = False
 
     def refill(self) -> None:
-        if self.reading is None:
+        if self.reading is None and not self.halted:
             self.reading = asyncio.get_running_loop().create_task(
                 self._refill(), name=f"taskrt-window-{self.name}"
             )
@@ -356,6 +358,17 @@ class Waiting:
         self._ready.refill()
         self._delayed.refill()
         await asyncio.gather(self._ready.first_chunk(), self._delayed.first_chunk())
+
+    async def halt(self) -> None:
+        """The runtime stops: no refill starts from now on, and one under way is
+        cancelled and waited for, so that none reads from a store being closed
+        (it failed there, and logged a failed read or an unretrieved error)."""
+        for lane in (self._ready, self._delayed):
+            lane.halted = True
+            reading = lane.reading
+            if reading is not None:
+                reading.cancel()
+                await asyncio.wait([reading])
 
     def poke(self) -> None:
         """Jobs may have been added elsewhere: the owner learns of them from its poll

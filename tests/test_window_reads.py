@@ -7,6 +7,7 @@ thread instead, with the same jobs in the same order.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,35 @@ async def test_a_window_read_the_file_refuses_is_a_store_error(tmp_path: Path) -
     async with rt:
         with pytest.raises(StoreError, match=r"read from .* failed: no such table"):
             await rt.store.window_query("SELECT * FROM no_such_table")  # type: ignore[attr-defined]
+
+
+async def test_a_stop_while_the_first_window_is_read_waits_for_the_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, a stop closed the store under the refill still reading: the read
+    failed ("Cannot operate on a closed database", a WARNING) or its task died with
+    aiosqlite's ValueError, never retrieved."""
+    path = tmp_path / "app.db"
+    ids = await backlog(path, BACKLOG)
+    unhandled: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: unhandled.append(ctx))
+    rt = Runtime(str(path))
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p")
+    async def work(job: JobContext, i: int) -> None:
+        pass
+
+    caplog.set_level("WARNING", logger="taskrt")
+    await rt.start()
+    try:
+        waiting_jobs = rt.pool("p").queue
+        assert isinstance(waiting_jobs, waiting.Waiting) and waiting_jobs.refilling
+    finally:
+        await rt.stop()
+    await asyncio.sleep(0.2)
+    gc.collect()  # a task that died with an error nobody took says so when collected
+    assert [r.getMessage() for r in caplog.records] == []
+    assert unhandled == []
+    async with Runtime(str(path), workers=False) as client:  # every job still there
+        assert await client.count() == len(ids)
