@@ -1232,3 +1232,60 @@ async def test_a_delayed_job_starts_when_its_time_comes_though_the_machine_slept
         clock.ahead = 3601
         info = await rt.wait(job_id, timeout=3)
     assert info.result == "ran"
+
+
+POISON_PILL = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from taskrt import JobContext, Runtime
+
+    rt = Runtime(sys.argv[1], grace=0.3, max_recoveries=3)
+    rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p")
+    async def harmless(job: JobContext) -> str:
+        await asyncio.sleep(0.05)
+        print("harmless ended", job.attempt, flush=True)
+        return "ok"
+
+    @rt.task(pool="p")
+    async def pill(job: JobContext) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    async def main() -> None:
+        async with rt:
+            if not (await rt.jobs()).jobs:
+                await rt.pool("p").add(harmless)
+                await rt.pool("p").add(pill)
+            await asyncio.sleep(5)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_poison_pill_started_in_a_freed_slot_takes_only_itself_down(
+    tmp_path: Path,
+) -> None:
+    """A job ends, the pill starts in its slot and kills the process at once. Before,
+    the pill's start committed before the end of the job that freed the slot (store
+    note 16): each restart ran the harmless job again, and after ``max_recoveries``
+    both failed as orphaned, a job whose handler had succeeded four times included."""
+    for run in range(1, 6):
+        code, out, err = await run_child(tmp_path, POISON_PILL, timeout=30)
+        if run == 1:
+            assert code == -signal.SIGKILL, err
+            assert out.splitlines() == ["harmless ended 1"]
+            [harmless, pill] = await committed_jobs(tmp_path)
+            assert (harmless.status, harmless.result, harmless.recoveries) == (
+                JobStatus.SUCCESS,
+                "ok",
+                0,
+            )
+            continue
+        assert "harmless ended" not in out  # it never runs again
+        if code != -signal.SIGKILL:
+            break  # the pill failed as orphaned: this run was a clean one
+    [harmless, pill] = await committed_jobs(tmp_path)
+    assert (harmless.status, harmless.attempts) == (JobStatus.SUCCESS, 1)
+    assert pill.status is JobStatus.FAILURE and "orphaned" in (pill.error or "")

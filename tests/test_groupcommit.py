@@ -24,7 +24,7 @@ from taskrt.store.groupcommit import (
     Rejected,
     Results,
 )
-from taskrt.store.ops import REQUEUE, START, SUCCEED, Op
+from taskrt.store.ops import REASON, REQUEUE, START, SUCCEED, Op
 from taskrt.store.protocol import InsertResult
 
 
@@ -88,19 +88,43 @@ async def test_starts_commit_first_and_their_callers_learn_it_before_the_rest() 
     writes = GroupCommit("test")
     writes.start(recorder)
     try:
-        ended = queue(writes, SUCCEED, 1)
-        requeued = queue(writes, REQUEUE, 2)
-        again = queue(writes, START, 2)  # a retry taken at once: after its requeue
+        added = writes.insert([new_job()])
+        reason = queue(writes, REASON, 2)
+        again = queue(writes, START, 2)  # after its job's earlier write
         started = queue(writes, START, 3)
-        recorder.on_write = lambda: (started.done(), ended.done())
+        recorder.on_write = lambda: (started.done(), reason.done())
         await writes.flush()
         assert recorder.transactions == [
             ([("start", 3)], False),
-            ([("succeed", 1), ("requeue", 2), ("start", 2), ("flush", None)], True),
+            ([("reason", 2), ("start", 2), ("flush", None)], True),
         ]
-        # While the rest was written, the first start was known committed, the end not yet.
+        assert recorder.adds == [0, 1]  # the add went with the rest
+        # While the rest was written, the first start was known committed, the rest not yet.
         assert recorder.during == [(False, False), (True, False)]
-        assert all(f.done() and f.exception() is None for f in (ended, requeued, again, started))
+        assert all(f.done() and f.exception() is None for f in (added, reason, again, started))
+    finally:
+        await writes.close(1.0)
+
+
+async def test_starts_commit_with_the_ends_queued_before_them() -> None:
+    """A start never commits before an end queued ahead of it (store note 16): the
+    job whose slot it takes would stay RUNNING in the file if the process died
+    between the two commits (a handler that kills its process at once)."""
+    recorder = Recorder()
+    writes = GroupCommit("test")
+    writes.start(recorder)
+    try:
+        for op in (SUCCEED, REQUEUE):
+            ended = queue(writes, op, 1)
+            added = writes.insert([new_job()])
+            started = queue(writes, START, 3)
+            await writes.flush()
+            assert recorder.transactions[-1] == (
+                [("start", 3), (op.name, 1), ("flush", None)],
+                False,
+            )
+            assert all(f.done() for f in (ended, added, started))
+        assert len(recorder.transactions) == 2
     finally:
         await writes.close(1.0)
 
@@ -112,7 +136,6 @@ async def test_the_rest_waits_for_handlers_that_come_back_at_once() -> None:
     writes = GroupCommit("test")
     writes.start(recorder)
     try:
-        ended = queue(writes, SUCCEED, 1)
         added = writes.insert([new_job()])
         started = queue(writes, START, 2)
         later: list[asyncio.Future[Any]] = []
@@ -127,11 +150,11 @@ async def test_the_rest_waits_for_handlers_that_come_back_at_once() -> None:
         assert recorder.transactions == [
             ([("start", 2)], False),
             # job 3's start goes before job 2's end: their writes are of other jobs
-            ([("succeed", 1), ("flush", None), ("start", 3), ("succeed", 2)], False),
+            ([("flush", None), ("start", 3), ("succeed", 2)], False),
         ]
         assert recorder.adds == [0, 1]  # the add went with the rest
         assert (await added)[0] == InsertResult(100, True)
-        assert all(f.done() and f.exception() is None for f in (ended, started, *later))
+        assert all(f.done() and f.exception() is None for f in (started, *later))
     finally:
         await writes.close(1.0)
 

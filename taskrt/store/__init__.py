@@ -135,7 +135,16 @@ Design notes:
     concurrency 10 drain about 30 % faster; jobs that sleep keep the thread).
     A rest waits this way once. So a
     start's commit no longer says that writes queued before it for other
-    jobs are committed (``flush`` still does). Each start has a future of its
+    jobs are committed (``flush`` still does), except the ends of runs
+    (``ops.ENDING``: a success, a failure, a cancel, a requeue): a batch
+    that holds one commits its starts with the rest, in one transaction.
+    A start committed before the end of the job whose slot it took let a
+    handler that kills its process at once (a poison pill) leave that job
+    RUNNING in the file: each restart ran it again and charged it a
+    recovery, until it failed as orphaned with the pill. (The ends ride in
+    most batches of a drain that starts jobs; measured beside the split:
+    no change to drains, the sleepers or add → start latency within the
+    noise.) Each start has a future of its
     own, which its runner awaits as it is: resolved at the commit, it wakes
     the runner in the next turn of the loop, and a cancel of one runner
     cancels its own wait, never the others' (a future the batch shared had

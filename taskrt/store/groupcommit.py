@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from ..errors import InvalidOption, StoreUnavailable
 from ..models import StoreHealth
-from .ops import FLUSH, START, Op, Statement
+from .ops import ENDING, FLUSH, START, Op, Statement
 from .protocol import InsertResult, NewJob, Steps
 from .rows import dumps
 
@@ -117,7 +117,12 @@ class Batch:
         if not starts:
             return None
         self.starts, self.started = [], []
-        if apart and (self.inserts or any(op is not FLUSH for op, _, _ in self.statements)):
+        statements = self.statements
+        if (
+            apart
+            and (self.inserts or any(op is not FLUSH for op, _, _ in statements))
+            and not any(op in ENDING for op, _, _ in statements)
+        ):
             return Batch(statements=starts, earlier=started)
         self.statements[:0] = starts
         self.earlier += started

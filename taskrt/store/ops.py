@@ -65,6 +65,8 @@ CANCEL = Op("cancel", 3, JobStatus.CANCELLED)  # (finished_at, seq, error, id, p
 REQUEUE = Op(
     "requeue", 3, JobStatus.WAITING
 )  # (run_at, error, seq, attempts, max_attempts, current, total, message, id, pool, was)
+# The writes that end a job's run: a start must not commit before them (note 16).
+ENDING = frozenset({SUCCEED, FAIL, CANCEL, REQUEUE})
 CLEAR_EXTERNAL = Op("clear_external")  # (id, seq, cancel_requested)
 RETRIED = Op("retried", 2)  # (at, job_id, job_id)
 MINUTES = Op("minutes")  # (minute, pool, task, succeeded, ..., b11): a MinuteRow
