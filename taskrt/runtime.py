@@ -1582,6 +1582,9 @@ class Runtime:
 
         ``scheduled``: only jobs waiting for a time still to come (a delay, a
         retry's backoff); ``older_than``: only jobs created that long ago or more.
+        Each job is shown as it is now, and one whose status changed while the page
+        was read is left out of a listing by status (the page then holds fewer
+        than ``limit``; its cursor goes on where it ended).
         """
         self.require_started("listing jobs")
         # Checked here, in whichever process is asked: a value the relay cannot
@@ -1617,10 +1620,20 @@ class Runtime:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        jobs = [
-            self._told(self.live.states[r.id].info() if r.id in self.live.states else r)
-            for r in rows
-        ]
+        live = self.live.states
+        jobs = [self._told(live[r.id].info() if r.id in live else r) for r in rows]
+        if statuses or scheduled:
+            # The rows matched as committed; a job that moved on in memory since (it
+            # started, ended, or its write waits out an outage) is left out rather
+            # than listed under a status it no longer has.
+            wanted = set(statuses or JobStatus)
+            now = self.clock.now()
+            jobs = [
+                j
+                for j in jobs
+                if j.status in wanted
+                and (not scheduled or (j.status is JobStatus.WAITING and j.run_at > now))
+            ]
         return Page(jobs=jobs, cursor=str(rows[-1].id) if more and rows else None)
 
     def _job_filter(

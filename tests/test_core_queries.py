@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -321,3 +322,29 @@ async def test_an_empty_status_list_is_no_filter_for_count_list_and_bulk(
         assert len(listed) == 3
         assert await rt.count(status=[]) == 3 == await rt.count()
         assert (await rt.bulk("cancel", status=[], dry_run=True)).matched == 3
+
+
+async def test_a_listing_by_status_never_shows_a_job_of_another_status(tmp_path: Path) -> None:
+    """Jobs start and end while pages are read. Before, a job whose row matched the
+    filter when it was read, and which then moved on in memory, was listed under its
+    new status: about one ``status=RUNNING`` page in four held SUCCESS jobs."""
+    rt = make_rt(tmp_path)
+    rt.pool("p", concurrency=20)
+
+    @rt.task(pool="p")
+    async def short(job: JobContext) -> None:
+        await asyncio.sleep(0.001)
+
+    async with rt:
+        pool = rt.pool("p")
+        await pool.add_many(short, [() for _ in range(1000)])
+        listed = 0
+        for _ in range(60):
+            await pool.add_many(short, [() for _ in range(20)])
+            for status in (JobStatus.RUNNING, JobStatus.WAITING):
+                page = await rt.jobs(status=status, limit=1000)
+                assert {j.status for j in page.jobs} <= {status}
+                listed += len(page.jobs)
+            scheduled = await rt.jobs(scheduled=True)
+            assert scheduled.jobs == []  # none waits for a time to come
+        assert listed > 1000  # the pages were not empty
