@@ -24,7 +24,8 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
 3. **Misfires.** Reached late (downtime, a blocked event loop), a schedule may
    have several slots due at once. ``latest`` (the default) fires only the
    newest; ``skip`` fires the newest only if it is at most ``misfire_grace``
-   seconds late, else none; ``all`` fires every due slot, oldest first, but at
+   seconds late when the pass that fires it begins (one pass through many
+   schedules takes its time), else none; ``all`` fires every due slot, oldest first, but at
    most the newest ``max_catch_up`` (100). Never a flood.
 4. **Declaring is idempotent.** ``rt.schedule``, ``@rt.cron`` and a task
    file's ``cronjob`` declare a definition (task, args, kwargs, pool,
@@ -884,15 +885,21 @@ class Scheduler:
                 if not self._running:
                     return
                 try:
-                    await self._fire(name)
+                    await self._fire(name, now)
                 except Exception:
                     # Nothing was committed (note 1): the slot is still due. Try again later.
                     log.exception("firing schedule %r failed", name)
                     if name in self._due:
                         self._due[name] = self._rt.clock.now() + _RETRY_AFTER
 
-    async def _fire(self, name: str) -> None:
-        """Fire the due slots of one schedule, in one transaction with its row (note 1)."""
+    async def _fire(self, name: str, reached: float) -> None:
+        """Fire the due slots of one schedule, in one transaction with its row (note 1).
+
+        ``reached``: when the pass that found it due began. A slot's lateness is
+        counted to then (note 3): a pass through many schedules due at once takes
+        a while, and counted to each one's own turn, ``skip`` dropped the slots of
+        the last ones in line, the same ones at every slot.
+        """
         rt = self._rt
         async with rt.transaction() as tx:
             now = rt.clock.now()
@@ -933,7 +940,7 @@ class Scheduler:
                 )
                 self._due.pop(name, None)
                 return
-            slots = self._slots(spec, first, now, info.misfire)
+            slots = self._slots(spec, first, now, info.misfire, min(reached, now))
             # Due slots left unfired by the policy (note 3): one misfire, for metrics.
             missed = len(newest_slots(spec, first, now, len(slots) + 1)) > len(slots)
             job_id: int | None = None
@@ -969,13 +976,13 @@ class Scheduler:
             self._due[name] = nxt
 
     def _slots(
-        self, spec: CronSpec, first: float, now: float, misfire: str
+        self, spec: CronSpec, first: float, now: float, misfire: str, reached: float
     ) -> builtins.list[float]:
-        """Which due slots to fire (note 3)."""
+        """Which due slots to fire (note 3); ``reached``: when the scheduler got to them."""
         if misfire == "all":
             return newest_slots(spec, first, now, self.max_catch_up)
         newest = newest_slots(spec, first, now, 1)
-        if misfire == "skip" and newest and now - newest[-1] > self.misfire_grace:
+        if misfire == "skip" and newest and reached - newest[-1] > self.misfire_grace:
             return []
         return newest
 
