@@ -301,6 +301,33 @@ async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
         assert info.started_at is not None and info.started_at - sent < 0.5
 
 
+async def test_an_add_that_fails_in_the_applications_transaction_says_why(url: str) -> None:
+    """Before, taskrt put the search path back in the aborted transaction after its
+    insert failed, and that statement's "current transaction is aborted" was the
+    error raised, the cause hidden in its context."""
+    async with app(url, mode="owner") as rt:
+        conn = await asyncpg.connect(pg_server.require())
+        try:
+            async with conn.transaction(readonly=True):
+                with pytest.raises(StoreError, match="read-only transaction") as refused:
+                    await rt.pool("p").add("double", 1, tx=conn)
+            assert "aborted" not in str(refused.value)
+        finally:
+            await conn.close()
+        # A connection to another database: no taskrt tables in the runtime's schema.
+        async with pg_server.scratch_database() as elsewhere:
+            conn = await asyncpg.connect(elsewhere)
+            try:
+                async with conn.transaction():
+                    with pytest.raises(StoreError, match="has no taskrt tables") as refused:
+                        await rt.pool("p").add("double", 2, tx=conn)
+                assert "aborted" not in str(refused.value)
+            finally:
+                await conn.close()
+        assert (await rt.jobs()).jobs == []
+        assert await rt.pool("p").add("double", 3) > 0  # the runtime keeps running
+
+
 @pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_jobs_added_in_a_sqlalchemy_transaction(url: str, mode: str) -> None:
     """SQLAlchemy's ``AsyncConnection`` over asyncpg works as ``tx=`` too."""

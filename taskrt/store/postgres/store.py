@@ -532,21 +532,29 @@ class PgStore(QueuedWrites, SharedReads):
                     "SELECT set_config('search_path', $1 || current_setting('search_path'), true)",
                     f'"{tx.foreign}", ',
                 )
-            try:
-                results = await insert_jobs(conn, [list(jobs)], counted)
-                await counted.apply(conn)
-                if tx.foreign is not None:
-                    await conn.execute("SELECT pg_notify($1, 'added')", self.channel)
-                if self.node is not None:  # every node claims (note 7): sent at the commit
-                    pools = sorted({job.pool for job in jobs})
-                    notes = [(self.channel, added_payload(pool, None)) for pool in pools]
-                    await run_pack(conn, [(NOTIFY_PART, notes)])  # None: every node looks
-            finally:
-                if tx.foreign is not None and not conn.is_closed():
-                    await conn.execute(
-                        "SELECT set_config('search_path', $1, true)",
-                        path.removeprefix(f'"{tx.foreign}", '),
-                    )
+            results = await insert_jobs(conn, [list(jobs)], counted)
+            await counted.apply(conn)
+            if tx.foreign is not None:
+                await conn.execute("SELECT pg_notify($1, 'added')", self.channel)
+            if self.node is not None:  # every node claims (note 7): sent at the commit
+                pools = sorted({job.pool for job in jobs})
+                notes = [(self.channel, added_payload(pool, None)) for pool in pools]
+                await run_pack(conn, [(NOTIFY_PART, notes)])  # None: every node looks
+            if tx.foreign is not None:
+                # Put back after a success only: a failed statement aborted the
+                # transaction, whose end undoes the local setting anyway, and a
+                # statement now would hide the failure behind "transaction is aborted".
+                await conn.execute(
+                    "SELECT set_config('search_path', $1, true)",
+                    path.removeprefix(f'"{tx.foreign}", '),
+                )
+        except asyncpg.UndefinedTableError as exc:
+            if tx.foreign is None:
+                raise _error(self.path, exc) from exc
+            raise StoreError(
+                f"the connection given as tx= has no taskrt tables in schema "
+                f"{tx.foreign!r} ({exc}): is it a connection to this runtime's database?"
+            ) from exc
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
         tx.counts_changed = True
