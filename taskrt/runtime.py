@@ -1344,8 +1344,10 @@ class Runtime:
         """Events as they happen.
 
         With a ``job_id``: first a ``snapshot`` event (``data["job"]``), then the
-        job's live events; ends after the terminal one. Without: every event of
-        jobs matching ``pool`` / ``task``, until closed.
+        job's live events; ends after the terminal one. Its sequence numbers
+        only go up: after a gap (a slow consumer, the owner's death) it starts
+        again from a fresh ``snapshot``. Without: every event of jobs matching
+        ``pool`` / ``task``, until closed.
         """
         return JobStream(self, job_id, pool=pool, task=task, buffer=buffer)
 

@@ -1,4 +1,24 @@
-"""``rt.subscribe(...)``: the async iterator of a job's (or many jobs') events."""
+"""``rt.subscribe(...)``: the async iterator of a job's (or many jobs') events.
+
+Design notes (cited where they apply):
+
+1. **Never back.** A one-job stream's sequence numbers only go up. After a gap
+   (a subscription that overflowed, or the owner's events lost with its
+   connection) the stream starts again from a snapshot read from the runtime;
+   where the owner died, that read comes from the database, whose row may lag
+   what the stream already delivered (progress is written every
+   ``progress_interval``, and a dead owner never wrote its last events). Such a
+   snapshot is not sent: the stream reads again every ``poll_interval`` until
+   the job has moved past what it delivered (the next owner's recovery jumps
+   the sequence above it, guarantees) and sends that. A snapshot may carry the
+   sequence delivered last: a clean stop puts a running job back to wait
+   without an event of its own.
+2. **Polling says what it cannot follow.** A stream that reads the database
+   (a client that cannot reach the owner) sees states, not events. Between two
+   reads a job may have been started again (a retry, or a recovery after the
+   owner died) with the same status on both sides: that is sent as a fresh
+   ``snapshot``, never as progress.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +63,10 @@ class JobStream:
         pool: str | None,
         task: str | None,
         buffer: int | None,
+        after: int = 0,
     ) -> None:
+        """``after``: the sequence the consumer has seen already (an SSE resume's
+        ``Last-Event-ID``); nothing at or below it is sent (note 1)."""
         # Checked before the broker knows of the stream: a bad value is the caller's
         # error here, never a failure of every later publish.
         if job_id is not None:
@@ -64,7 +87,7 @@ class JobStream:
         self._sub: Subscription = rt.broker.subscribe(job_id, matches=matches, maxsize=buffer)
         self._snapshot_sent = job_id is None
         self._polling = False
-        self._last_seq = 0
+        self._last_seq = after
         self._done = False
 
     @property
@@ -79,13 +102,12 @@ class JobStream:
             raise StopAsyncIteration
         if not self._snapshot_sent:
             self._snapshot_sent = True
-            assert self.job_id is not None
             try:
-                info = await self._rt.get(self.job_id)
+                info = await self._fresh_state()
             except BaseException:
                 self.close()
                 raise
-            self._last_seq = info.seq
+            self._last_seq = max(self._last_seq, info.seq)
             if info.terminal:
                 self._done = True
                 self.close()
@@ -117,18 +139,35 @@ class JobStream:
                 self.close()
             return ev
 
+    async def _fresh_state(self) -> JobInfo:
+        """The job's state, once it is at or past what this stream delivered (note 1)."""
+        assert self.job_id is not None
+        while True:
+            info = await self._rt.get(self.job_id)
+            if info.seq >= self._last_seq or info.terminal:
+                return info
+            await asyncio.sleep(self._rt.poll_interval)
+
     async def _poll_next(self) -> Event:
         """Client runtimes see other processes' jobs by reading the database."""
         assert self.job_id is not None
         while True:
             await asyncio.sleep(self._rt.poll_interval)
             info = await self._rt.get(self.job_id)
+            if info.seq < self._last_seq and not info.terminal:
+                continue  # a read that lags what was sent (note 1)
             if info.seq == self._last_seq and info.status == self._poll_info.status:
                 continue
-            prev, self._poll_info, self._last_seq = self._poll_info, info, info.seq
+            prev, self._poll_info = self._poll_info, info
+            self._last_seq = max(self._last_seq, info.seq)
             if info.terminal:
                 self._done = True
                 kind = STATUS_EVENT[info.status]
+            elif info.status == prev.status and (info.attempts, info.recoveries) != (
+                prev.attempts,
+                prev.recoveries,
+            ):
+                return snapshot_event(info, self._rt.clock.now())  # started again (note 2)
             elif info.status != prev.status:
                 kind = EventType.STARTED if info.status is JobStatus.RUNNING else EventType.RETRYING
             else:

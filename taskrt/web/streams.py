@@ -236,7 +236,14 @@ async def _client_runtime_events(
     if last is not None and info.terminal and last >= info.seq:
         release()
         return Response(status_code=204)
-    stream = api.runtime.subscribe(job_id, buffer=api.settings.stream_buffer)
+    stream = JobStream(
+        api.runtime,
+        job_id,
+        pool=None,
+        task=None,
+        buffer=api.settings.stream_buffer,
+        after=last or 0,  # a state behind the client's is not sent (stream note 1)
+    )
 
     def close() -> None:
         stream.close()
