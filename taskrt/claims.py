@@ -96,6 +96,7 @@ class Claims:
         self._wake = wake  # the pool's dispatch
         self._claimed: collections.deque[JobState] = collections.deque()
         self._asking: asyncio.Task[None] | None = None
+        self._halted = False  # the runtime stops: no claim starts (``halt``)
         self._pokes = 0
         self._more = True
         self._timer = Alarm(clock, self.poke)  # the pool's next delayed job comes due
@@ -156,7 +157,7 @@ class Claims:
         """A claimed job, or None (a claim is asked for when there may be due jobs)."""
         if self._claimed:
             return self._claimed.popleft()
-        if self._more and self._asking is None and self._free() > 0:
+        if self._more and self._asking is None and not self._halted and self._free() > 0:
             self._asking = asyncio.get_running_loop().create_task(
                 self._ask(), name=f"taskrt-claim-{self.pool}"
             )
@@ -210,16 +211,25 @@ class Claims:
         return True  # every waiting job is in the store only
 
     async def halt(self) -> None:
-        """Nothing to do: ``close``, which the runtime calls next, stops the claims
-        and gives back what they took (a claim cut short here would take jobs
-        that no one gives back)."""
+        """The runtime stops: no claim starts from now on, and one under way is
+        waited for, not cancelled. Cancelled, its statement may still commit: its
+        jobs were RUNNING on this node with nothing here to give them back, and
+        the node's leave charged each a recovery (and an attempt) for a run that
+        never began; a few quick restarts failed them as orphaned. ``close``,
+        which the runtime calls next, gives back what it took."""
+        self._halted = True
+        self._timer.cancel()
+        asking = self._asking
+        if asking is not None:
+            await asyncio.wait([asking])
 
     def close(self) -> None:
         """The runtime stops: no more claims; claimed jobs not started go back."""
         self._timer.cancel()
-        if self._asking is not None:
+        if self._asking is not None:  # a stop that did not halt first (a failed start)
             self._asking.cancel()
             self._asking = None
         if self._claimed:
             self._source.give_back(list(self._claimed))
             self._claimed.clear()
+        self._halted = False

@@ -552,6 +552,38 @@ async def test_late_writes_of_a_reaped_node_are_refused(url: str) -> None:
             assert (await x.wait(again, timeout=10)).status is JobStatus.SUCCESS
 
 
+async def test_a_stop_while_a_claim_is_in_flight_gives_its_jobs_back_uncharged(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node stopped right after it started, its first claim's statement sent. The
+    statement commits whatever the caller does (here: shielded, so it commits
+    every time, not only when the server is quicker than the cancel). Before, the
+    stop cancelled the claim and left its jobs RUNNING on the node; the leave (or
+    the next node's reap) charged each a recovery and an attempt for a run that
+    never began, and a few quick restarts failed them as orphaned."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "c", ran, workers=False) as client:
+        ids = [await client.add("b") for _ in range(3)]
+    real = PgStore.claim
+    sent = asyncio.Event()
+    statements: list[asyncio.Future[list[JobInfo]]] = []
+
+    async def claim_in_flight(self: PgStore, *args: Any, **kwargs: Any) -> list[JobInfo]:
+        statements.append(asyncio.ensure_future(real(self, *args, **kwargs)))
+        sent.set()
+        return await asyncio.shield(statements[-1])
+
+    monkeypatch.setattr(PgStore, "claim", claim_in_flight)
+    x = node(url, "x", ran)
+    await x.start()
+    await asyncio.wait_for(sent.wait(), 5)
+    await x.stop()
+    await asyncio.gather(*statements)
+    rows = await sql(url, "SELECT id, status, attempts, recoveries, node FROM jobs ORDER BY id")
+    assert [tuple(r) for r in rows] == [(i, "WAITING", 0, 0, None) for i in ids]
+    assert not ran
+
+
 async def test_a_last_beat_that_finds_the_row_gone_as_the_node_stops_joins_nothing(
     url: str,
 ) -> None:
