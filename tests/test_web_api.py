@@ -625,6 +625,17 @@ async def test_numbers_int_cannot_read_are_4xx(
         error_of(r)
 
 
+@pytest.mark.parametrize("sent", ["100000000000000000000", "-100000000000000000000", "1001"])
+async def test_an_integer_out_of_range_is_named_as_sent(
+    client: httpx.AsyncClient, sent: str
+) -> None:
+    """Before, a value past the largest 64-bit integer was named capped at it (a
+    client sending 10**20 read that it had sent 9223372036854775808)."""
+    r = await client.get(f"/jobs?limit={sent}")
+    assert r.status_code == 422
+    assert error_of(r)["message"].endswith(f"found '{sent}'"), r.text
+
+
 async def test_a_huge_content_length_is_413(client: httpx.AsyncClient) -> None:
     r = await client.post("/jobs", content=b"{}", headers={**JSON, "content-length": BIG})
     assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"

@@ -36,6 +36,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from ..errors import InvalidOption, JobNotFound
+from ..limits import shown
 from ..retry import parse_duration
 from .errors import ApiError
 from .schemas import DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_INT64
@@ -329,7 +330,8 @@ def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> in
         raise invalid(name, f"expected an integer from {lo} to {hi}, found {raw!r}")
     value = -size if raw.startswith("-") else size
     if not lo <= value <= hi:
-        raise invalid(name, f"expected an integer from {lo} to {hi}, found {value}")
+        # The text as sent: the value read is capped beyond MAX_INT64 (``to_int``).
+        raise invalid(name, f"expected an integer from {lo} to {hi}, found {shown(raw)}")
     return value
 
 
