@@ -284,6 +284,9 @@ def _check_field(expression: str, field: _Field, token: str, position: int, coun
     def bad(detail: str) -> CronError:
         return CronError(expression, field.name, f"{field.name} field {token!r}: {detail}")
 
+    special = _special_form(field, token.split(","))
+    if special is not None:
+        raise bad(special)
     for part in token.lower().split(","):
         if not part:
             raise bad(f"empty list item; {field.describe()}")
@@ -308,6 +311,41 @@ def _check_field(expression: str, field: _Field, token: str, position: int, coun
         croniter.expand(" ".join(fields).lower(), second_at_beginning=count == 6)
     except CroniterError as exc:
         raise bad(field.describe()) from exc
+
+
+_NEAREST = re.compile(r"\d+w", re.ASCII)
+_NTH_DAY = re.compile(r"[a-z0-9]+#\d+", re.ASCII)
+_LAST_DAY = re.compile(r"l[0-7]", re.ASCII)
+
+
+def _special_form(field: _Field, given: list[str]) -> str | None:
+    """What is wrong with a use of L, W or # that croniter refuses, said plainly
+    (its refusal alone would only repeat what the field expects)."""
+    parts = [(raw, raw.lower()) for raw in given]
+    if field.name == "day of month":
+        for _, part in parts:
+            if part == "lw":
+                return "LW (the last weekday) is not supported; use L (the last day) or nW"
+            if "w" in part and (len(parts) > 1 or _NEAREST.fullmatch(part) is None):
+                return "nW (the weekday nearest day n) stands alone: no list, range or step"
+            if part.startswith("l") and part != "l":
+                return "L (the last day) cannot start a range or take a step"
+    elif field.name == "day of week":
+        nth = [(raw, part) for raw, part in parts if "#" in part or part.startswith("l")]
+        for raw, part in nth:
+            if "#" in part:
+                if _NTH_DAY.fullmatch(part) is None:
+                    return f"{raw!r}: d#n (the nth d of the month) takes no range or step"
+                if not 1 <= int(part.rpartition("#")[2]) <= 5:
+                    return f"{raw!r}: n in d#n must be 1-5"
+            elif _LAST_DAY.fullmatch(part) is None:
+                return f"{raw!r}: Ld (the last d of the month) takes a day number 0-7, as L5"
+        for raw, part in parts:
+            if part.endswith("l") and part[:-1].isdigit():
+                return f"{raw!r}: the last d of the month is written L{part[:-1]}, not dL"
+        if nth and len(nth) < len(parts):
+            return "d#n and Ld cannot share a list with plain days; use two schedules"
+    return None
 
 
 def _zone(expression: str, tz: str) -> tzinfo:

@@ -425,6 +425,18 @@ BAD = [
     ("0 0 30 2 *", "day of month", ["'30'", "'2'", "never"]),
     ("0 0 31 4,6 *", "day of month", ["never"]),
     ("0 0 31 4 ?", "day of month", ["never"]),
+    # L, W and # where croniter refuses them: why, not only what the field takes.
+    ("0 0 1W,15 * *", "day of month", ["'1W,15'", "nW", "stands alone"]),
+    ("0 0 15W-20 * *", "day of month", ["stands alone"]),
+    ("0 0 1W/2 * *", "day of month", ["stands alone"]),
+    ("0 0 LW * *", "day of month", ["LW", "not supported"]),
+    ("0 0 L-2 * *", "day of month", ["cannot start a range"]),
+    ("0 0 * * 5#3,1", "day of week", ["cannot share a list with plain days"]),
+    ("0 0 * * L5,1", "day of week", ["cannot share a list with plain days"]),
+    ("0 0 * * 1-5#3", "day of week", ["'1-5#3'", "no range or step"]),
+    ("0 0 * * 5#6", "day of week", ["'5#6'", "1-5"]),
+    ("0 0 * * 5L", "day of week", ["'5L'", "written L5"]),
+    ("0 0 * * Lfri", "day of week", ["'Lfri'", "day number 0-7"]),
 ]
 
 
