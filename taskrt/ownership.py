@@ -28,6 +28,15 @@ Design notes (cited where they apply):
    which it learns within seconds for a machine that vanished (TCP
    keepalives). Standbys of the owner's host reach its relay; processes of
    other hosts serve the API from the database.
+6. **A lock file removed under its owner.** Deleting ``<database>.lock``
+   (a cleaner of old files, an operator) does not release the owner's lock,
+   but the next process to look creates a new file and locks that: two
+   owners. So a process that gets the lock asks the lease row who owns the
+   database, and when that process, on this host, still holds the removed
+   file open (Linux: ``/proc/<pid>/fd``), it lets the new lock go and stays a
+   standby. The owner looks at the path every ``FOLLOW_INTERVAL``; finding it
+   gone or replaced, it locks the file now there (made anew if need be) and
+   lets the removed one go.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import time
 import uuid
 from typing import Protocol
 
-from .errors import OwnershipError
+from .errors import OwnershipError, TaskrtError
 from .store import JobStore
 
 log = logging.getLogger("taskrt")
@@ -101,6 +110,10 @@ class Ownership(Protocol):
         """Give ownership up: remove the record, then let the lock go."""
         ...
 
+    def keep(self) -> None:
+        """The owner, now and then: make sure the lock still guards the database (note 6)."""
+        ...
+
     async def close(self) -> None:
         """Let go of what asking for ownership holds (a connection), owner or not."""
         ...
@@ -120,6 +133,8 @@ class FileLockOwnership:
         self.owner = owner_name()
         self.left_behind: str | None = None
         self._fd: int | None = None
+        self._locked: tuple[int, int] | None = None  # the locked file's device and inode
+        self._replaced = False  # said once until the lock is whole again (note 6)
 
     @property
     def held(self) -> bool:
@@ -138,17 +153,97 @@ class FileLockOwnership:
     async def try_acquire(self) -> bool:
         if self._fd is not None:
             return True
+        fd = self._lock_path_file()
+        if fd is None:
+            return False
+        try:
+            holder = await self._holder_of_removed_lock()
+        except BaseException:
+            _let_go(fd)
+            raise
+        if holder is not None:
+            _let_go(fd)
+            log.error(
+                "the lock file %s was removed while its owner (pid %d) runs: not taking "
+                "over (the owner makes it again)",
+                self.lock_path,
+                holder,
+            )
+            return False
+        self._fd, self._locked = fd, _identity(os.fstat(fd))
+        return True
+
+    def _lock_path_file(self) -> int | None:
+        """The file at the lock path, opened (made if need be) and locked; ``None`` when
+        another process holds it, or it was replaced between the open and the lock."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            return False
+            return None
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
-        return True
+        try:
+            at_path = _identity(os.stat(self.lock_path))
+        except FileNotFoundError:
+            at_path = None
+        if at_path != _identity(os.fstat(fd)):
+            _let_go(fd)  # removed meanwhile: a lock nobody else can see
+            return None
+        return fd
+
+    async def _holder_of_removed_lock(self) -> int | None:
+        """The recorded owner's pid when it runs on this host and holds a removed lock
+        file of this path open (note 6), else ``None``."""
+        try:
+            record = await self.store.owner_record()
+        except TaskrtError:
+            return None  # the lock decides, as before
+        if record is None or record.owner == self.owner:
+            return None
+        host, _, rest = record.owner.partition(":")
+        pid_text = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid_text.isdigit():
+            return None  # another host's: the lock cannot guard it (note 3)
+        pid = int(pid_text)
+        return pid if _holds_removed(pid, self.lock_path) else None
+
+    def keep(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            at_path = _identity(os.stat(self.lock_path))
+        except FileNotFoundError:
+            at_path = None
+        except OSError as exc:
+            log.warning("looking at the lock file %s failed: %s", self.lock_path, exc)
+            return
+        if at_path == self._locked:
+            return
+        try:
+            fd = self._lock_path_file()
+        except OSError as exc:
+            log.error(
+                "the lock file %s was removed; making it again failed: %s", self.lock_path, exc
+            )
+            return
+        if fd is None:
+            if not self._replaced:  # once: a standby checking it lets it go at once
+                log.warning(
+                    "the lock file %s was replaced and another process holds it; looking again",
+                    self.lock_path,
+                )
+            self._replaced = True
+            return
+        old, self._fd, self._locked = self._fd, fd, _identity(os.fstat(fd))
+        _let_go(old)
+        self._replaced = False
+        log.warning(
+            "the lock file %s was removed while this process owned the database: made again",
+            self.lock_path,
+        )
 
     async def claim(self, address: str | None) -> None:
         self.left_behind = await self.store.claim_ownership(self.owner, address, time.time())
@@ -164,11 +259,34 @@ class FileLockOwnership:
         self._unlock()
 
     def _unlock(self) -> None:
-        fd, self._fd = self._fd, None
+        fd, self._fd, self._locked = self._fd, None, None
         if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            _let_go(fd)
+
+
+def _holds_removed(pid: int, path: str) -> bool:
+    """Whether process ``pid`` holds open a file once at ``path``, since removed
+    (Linux: its ``/proc/<pid>/fd`` links; a read of memory, not of a disk)."""
+    removed = f"{os.path.realpath(path)} (deleted)"
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # not running, or no /proc
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}") == removed:
+                return True
+    return False
+
+
+def _let_go(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
 
 
 class SoleOwnership:
@@ -200,6 +318,9 @@ class SoleOwnership:
 
     async def close(self) -> None:
         self._held = False
+
+    def keep(self) -> None:
+        pass  # nothing outside this process to lose
 
 
 class HeldLock(Protocol):
@@ -244,6 +365,9 @@ class ServerLockOwnership:
 
     async def close(self) -> None:
         await self.lock.let_go()
+
+    def keep(self) -> None:
+        pass  # the server holds the lock for the session (note 5)
 
 
 def filesystem_of(path: str, mountinfo: str = MOUNTINFO) -> str | None:

@@ -490,6 +490,7 @@ class Runtime:
         self._follow_task: asyncio.Task[None] | None = None
         self._follow_wake: asyncio.Event | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._keep_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -838,6 +839,15 @@ class Runtime:
         for name in await self.store.paused_pools():
             self.pool(name).pause()
 
+    async def _keep_lock(self) -> None:
+        """The owner's lock stays on the file the others try (ownership note 6)."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            try:
+                self.ownership.keep()
+            except Exception:  # a defect here must not end the looks after it
+                log.exception("looking at the ownership lock of %s failed", self.path)
+
     async def _serve_as_owner(self) -> None:
         """Run the pools; then listen for the other processes (after recovery:
         they may forward adds from the first moment)."""
@@ -845,6 +855,7 @@ class Runtime:
         self._owning_since = time.time()
         self._workers_on = True
         self._poll_task = asyncio.create_task(self.adoption.poll(), name="taskrt-poll")
+        self._keep_task = asyncio.create_task(self._keep_lock(), name="taskrt-lock")
         self.deadlines.start()
         self.workflows.start()
         self.batches.start()
@@ -951,6 +962,11 @@ class Runtime:
         await self.deadlines.stop()
         await self.workflows.stop()
         await self.batches.stop()
+        if self._keep_task is not None:
+            self._keep_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keep_task
+            self._keep_task = None
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,6 +8,7 @@ the same against real servers and real SIGKILLs.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from taskrt import (
 )
 from taskrt import ownership as ownership_module
 from taskrt import relay as relay_module
+from taskrt import runtime as runtime_module
 from taskrt.events import Broker
 from taskrt.models import EventType
 from taskrt.ownership import filesystem_of
@@ -411,6 +413,31 @@ async def test_a_resume_on_another_process_replays_from_the_owners_window(
         replayed = await standby.replay_after(job_id, last_seen)
         assert replayed is not None
         assert [e.seq for e in replayed] == [e.seq for e in events if e.seq > last_seen]
+
+
+async def test_a_lock_file_removed_under_the_owner_makes_no_second_owner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cleaner removes ``<database>.lock`` while the owner runs. Before, the
+    standby's next look (every 0.1 s) made a new file, locked it and took over:
+    two processes ran the same jobs. Now the standby sees the owner still holds the
+    removed file and stays a standby; the owner locks the file at the path again."""
+    owner, standby = app(tmp_path), app(tmp_path)
+    async with owner, standby:
+        assert (owner.role, standby.role) == ("owner", "standby")
+        lock = Path(f"{owner.path}.lock")
+        lock.unlink()
+        await asyncio.sleep(10 * runtime_module.FOLLOW_INTERVAL)  # many looks of both
+        assert (owner.role, standby.role) == ("owner", "standby")
+        assert lock.exists()
+        with lock.open("rb") as other:  # the file at the path is locked: by the owner
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert "was removed while this process owned the database: made again" in caplog.text
+        job_id = await standby.add("hello", "ann")
+        assert (await standby.wait(job_id, timeout=5)).result == "hello ann"
+        await owner.stop()  # the lock now guarding the database is the one let go
+        await until(lambda: standby.role == "owner", timeout=5)
 
 
 async def test_a_client_never_takes_over_and_falls_back_to_the_database(
