@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from taskrt.store import JobStore
 from taskrt.store.groupcommit import ROLLBACK_RETRIES
 from taskrt.store.postgres import PgStore
 from taskrt.store.postgres.conns import HeldConnections
-from taskrt.store.postgres.copy import copy_sqlite_to_postgres
+from taskrt.store.postgres.copy import NOT_COPIED, TABLES, copy_sqlite_to_postgres
 from taskrt.store.postgres.sql import (
     ATTEMPT_PART,
     CANCEL_PART,
@@ -728,6 +729,36 @@ def sqlite_app(path: str, **options: object) -> Runtime:
     return rt
 
 
+async def sql_rows(url: str, statement: str) -> list[tuple[Any, ...]]:
+    """The rows of ``statement`` in the test's schema, read by a connection of its own."""
+    base, _, schema = url.partition("?schema=")
+    conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        return [tuple(r) for r in await conn.fetch(statement)]
+    finally:
+        await conn.close()
+
+
+def test_copy_accounts_for_every_column_of_the_sqlite_schema(tmp_path: Path) -> None:
+    """A column added to SQLite and not to the copy was lost in the move (before:
+    ``schedules.origin``, so schedules declared in code became run-time ones)."""
+    path = tmp_path / "new.db"
+    assert main(["migrate", "--db", str(path)]) == 0
+    db = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            assert table in TABLES or table in NOT_COPIED, f"table {table} is not accounted for"
+            if table in TABLES:
+                accounted = {*TABLES[table], *NOT_COPIED.get(table, ())}
+                assert columns == accounted, (table, columns ^ accounted)
+            else:
+                assert NOT_COPIED[table] == (), table  # the whole table stays behind
+    finally:
+        db.close()
+
+
 def test_copy_moves_a_stopped_sqlite_database_over_whole(
     url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -790,6 +821,8 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
     after, next_id = asyncio.run(on_postgres(ids))
     assert after == before
     assert next_id == last[0] + 1
+    # Declared in code, so the owner deletes it once the code no longer declares it.
+    assert asyncio.run(sql_rows(url, "SELECT name, origin FROM schedules")) == [("nightly", "code")]
 
     # Into a schema that holds jobs: refused, nothing changed.
     assert main(["copy", "--from", path, "--to", url]) == 4
