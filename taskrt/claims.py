@@ -78,6 +78,10 @@ class ClaimSource(Protocol):
         ...
 
 
+HALT_PATIENCE = 5.0
+"""Seconds a stopping node waits for its claim in flight (``Claims.halt``)."""
+
+
 class Claims:
     """The queue of a pool whose jobs any node may run (see the module notes)."""
 
@@ -216,12 +220,14 @@ class Claims:
         jobs were RUNNING on this node with nothing here to give them back, and
         the node's leave charged each a recovery (and an attempt) for a run that
         never began; a few quick restarts failed them as orphaned. ``close``,
-        which the runtime calls next, gives back what it took."""
+        which the runtime calls next, gives back what it took. A claim that gets no
+        answer in ``HALT_PATIENCE`` seconds (the database unreachable) is cancelled
+        then: its jobs, if it committed, go back with the node's leave or reap."""
         self._halted = True
         self._timer.cancel()
         asking = self._asking
         if asking is not None:
-            await asyncio.wait([asking])
+            await asyncio.wait([asking], timeout=HALT_PATIENCE)
 
     def close(self) -> None:
         """The runtime stops: no more claims; claimed jobs not started go back."""
