@@ -608,7 +608,7 @@ class Runtime:
         # Two definitions of one name are refused, never the last one taken silently; a
         # task registered again from where it came (its handler, its file: changed
         # options, a folder loaded again) replaces itself.
-        if known is not None and (known.handler is not spec.handler or known.source != spec.source):
+        if known is not None and not _same_definition(known, spec):
             where = f" (in {known.source})" if known.source else ""
             raise InvalidOption(
                 "name",
@@ -2330,6 +2330,24 @@ def _check_settings(
 
 HOUR = 3600.0
 DAY = 86400.0
+
+
+def _same_definition(known: TaskSpec, spec: TaskSpec) -> bool:
+    """Whether ``spec`` comes from where ``known`` came from, and so may replace it.
+
+    A task in code is its handler: the same function registered again. A task
+    from a file is its file, whatever path named it: its handler is made at each
+    load (an Anchor task's wraps its process function or executor method), so
+    the same file loaded again brings new handlers for the same tasks.
+    """
+    if known.source is None or spec.source is None:
+        return known.source is spec.source and known.handler is spec.handler
+    if known.source == spec.source:
+        return True
+    try:
+        return os.path.samefile(known.source, spec.source)
+    except (OSError, ValueError):  # gone, or no file name at all
+        return False
 
 
 def _check_pool_name(name: Any) -> None:

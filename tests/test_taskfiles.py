@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import pytest
 
-from taskrt import JobStatus, Runtime, ValidationError
+from taskrt import InvalidOption, JobStatus, Runtime, ValidationError
 from taskrt.retry import RetryPolicy
 from taskrt.taskfiles import DefinitionError, Problem, load_tasks, snake_case
 from taskrt.taskfiles.jsonc import JsoncError, parse, strip
@@ -506,6 +506,51 @@ async def test_rt_load_registers_the_tasks_and_their_pools(tmp_path: Path) -> No
     assert rt.tasks["test"].validator is not None  # params.attach ran
     pool = rt.pools["test"]
     assert (pool.concurrency, pool.capacity) == (10, 1000)
+
+
+def test_loading_an_anchor_folder_again_replaces_its_own_tasks(tmp_path: Path) -> None:
+    """An Anchor handler is a wrapper made at each load, so the runtime took the second
+    load of an unchanged folder for another definition of the same names and refused it
+    (Yao files, whose handlers are the functions themselves, reloaded)."""
+    module = _package(tmp_path, "def process_order(orderId=0):\n    return orderId\n")
+
+    class Executor:
+        def execute_send_email(self, params: dict[str, Any]) -> Any:
+            return params
+
+    _write(
+        tmp_path / "app" / "tasks" / "api.yaml",
+        f"""
+        tasks:
+          - name: SendEmail
+          - name: ProcessOrder
+            process: {module}.process_order
+            cronjob: {{cronExpression: "0 0 2 * * *"}}
+        """,
+    )
+    folder = tmp_path / "app" / "tasks"
+    rt = Runtime(str(tmp_path / "app.db"))
+    first = rt.load(folder, executor=Executor(), root=tmp_path)
+    again = rt.load(folder, executor=Executor(), root=tmp_path)  # was InvalidOption
+    assert [t.name for t in again] == [t.name for t in first] == ["SendEmail", "ProcessOrder"]
+    assert rt.tasks["SendEmail"] is again[0].spec
+
+    # A copy of the file elsewhere, or a task in Python code, is another definition.
+    copy = _write(tmp_path / "copy" / "api.yaml", (folder / "api.yaml").read_text())
+    with pytest.raises(InvalidOption, match="registered already") as caught:
+        rt.load(copy, executor=Executor(), root=tmp_path)
+    assert str(folder / "api.yaml") in str(caught.value)
+    assert caught.value.source == str(copy)
+
+    def send_email() -> None: ...
+
+    with pytest.raises(InvalidOption, match="registered already"):
+        rt.task(name="SendEmail")(send_email)
+    assert rt.tasks["SendEmail"].source == str(folder / "api.yaml")
+    # The same folder by another path is the same file.
+    other = tmp_path / "app" / ".." / "app" / "tasks"
+    rt.load(other, executor=Executor(), root=tmp_path)
+    assert rt.tasks["SendEmail"].source == str(other / "api.yaml")
 
 
 async def _order_failures(rt: Runtime) -> list[Any]:
