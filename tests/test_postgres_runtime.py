@@ -302,6 +302,27 @@ async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
         assert info.started_at is not None and info.started_at - sent < 0.5
 
 
+async def test_ids_handed_out_in_the_applications_rolled_back_transaction_stay_used(
+    url: str,
+) -> None:
+    """The application's own asyncpg transaction rolls back (taskrt is not told):
+    the ids it was handed are not handed out again (``sql.SCHEMA_V12``)."""
+    async with app(url, mode="owner") as rt:
+        first = await rt.pool("p").add("double", 1)
+        conn = await asyncpg.connect(pg_server.require())
+        try:
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    handed = await rt.pool("p").add("double", 2, tx=conn)
+                    raise RuntimeError("the application's rollback")
+        finally:
+            await conn.close()
+        after = await rt.pool("p").add("double", 3)
+        assert first < handed < after
+        many = await rt.pool("p").add_many("double", [(4,), (5,)])  # the batched statement
+        assert after < many[0] < many[1]
+
+
 async def test_an_add_that_fails_in_the_applications_transaction_says_why(url: str) -> None:
     """Before, taskrt put the search path back in the aborted transaction after its
     insert failed, and that statement's "current transaction is aborted" was the

@@ -419,3 +419,39 @@ async def test_an_on_failed_hook_refuses_a_write_that_commits_apart(
         assert seen[:2] == ["tx", "tx"]
         follow_up = int(seen[2])
         assert (await rt.wait(follow_up, timeout=LIMIT)).result == 2
+
+
+async def test_an_id_handed_out_in_a_rolled_back_transaction_is_never_handed_out_again(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Before, the rollback undid the id sequence's advance with the rows, and the
+    next add was given the same id: an application that had logged or shown the
+    first found another job under it. Ids handed out stay used."""
+    rt, ran = make(target)
+    async with rt, asyncio.timeout(LIMIT):
+        first = await rt.add("echo", 1)
+        handed: list[int] = []
+        with pytest.raises(RuntimeError, match="the application changed its mind"):
+            async with rt.transaction() as tx:
+                handed += [await rt.add("echo", 2, tx=tx), await rt.add("echo", 3, tx=tx)]
+                raise RuntimeError("the application changed its mind")
+        with pytest.raises(JobNotFound):
+            await rt.get(handed[-1])
+        after = await rt.add("echo", 4)
+        assert first < handed[0] < handed[1] < after, (first, handed, after)
+        await plain_add_runs(rt, 5)
+    assert sorted(ran) == [1, 4, 5]
+
+
+async def test_ids_of_a_first_add_rolled_back_stay_used(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """The very first add of a database, rolled back (on SQLite its rollback
+    removes the sequence's row as well)."""
+    rt, _ = make(target)
+    async with rt, asyncio.timeout(LIMIT):
+        with pytest.raises(RuntimeError):
+            async with rt.transaction() as tx:
+                handed = await rt.add("echo", 1, tx=tx)
+                raise RuntimeError("rolled back")
+        assert await rt.add("echo", 2) > handed

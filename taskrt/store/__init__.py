@@ -30,7 +30,9 @@ Design notes:
    share one commit.
 2. **Ids.** Job ids come from SQLite's AUTOINCREMENT sequence, read and advanced
    inside the write transaction, so ids strictly increase across processes and
-   are never reused, even after rows are deleted. An explicit id (a task's
+   are never reused, even after rows are deleted, or after a transaction of
+   the application that was handed them rolls back (the sequence is moved past
+   them then: ``sqlite.Store._keep_issued``). An explicit id (a task's
    ``next_id`` hook) must be above the sequence.
 3. **Progress is state.** Progress updates are coalesced per job in memory and
    written with the next batch (at most ``progress_interval`` later); terminal

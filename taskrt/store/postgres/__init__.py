@@ -5,7 +5,10 @@ Notes of this backend (cited where they apply):
 1. **Ids in commit order.** The last issued id is one row (``job_ids``), read
    ``FOR UPDATE`` by each transaction that adds jobs: adds commit one after
    the other, so ids strictly increase in the order jobs become visible, are
-   never reused (deleting jobs leaves the row), and an explicit id (a
+   never reused (deleting jobs leaves the row; an add in the application's
+   transaction records its highest id in the sequence ``job_ids_issued``,
+   which a rollback does not undo, and ids are issued above both), and an
+   explicit id (a
    ``next_id`` hook) must be above it, as on SQLite. A transaction takes it
    before any row of ``job_counts`` (note 12), as the add's own statement
    does: one that counted its other writes first and then waited for the

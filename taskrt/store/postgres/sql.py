@@ -285,6 +285,11 @@ SCHEMA_V10 = (
 # Version 11: where a schedule comes from (``code`` or ``api``; as SQLite's version 9).
 SCHEMA_V11 = ("ALTER TABLE schedules ADD COLUMN origin TEXT NOT NULL DEFAULT 'api'",)
 
+# The highest id an add in the application's transaction handed out (note 1): a
+# sequence, because a rollback does not undo a sequence's change, as it undoes
+# ``job_ids``'s; ids are issued above both.
+SCHEMA_V12 = ("CREATE SEQUENCE job_ids_issued AS BIGINT MINVALUE 0 START WITH 0",)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -297,6 +302,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V9,
     SCHEMA_V10,
     SCHEMA_V11,
+    SCHEMA_V12,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -308,7 +314,9 @@ SQL_SET_VERSION = (
 
 # -- adding (notes 1, 4) -------------------------------------------------------------
 
-SQL_LAST_ID = "SELECT last FROM job_ids WHERE one = 1 FOR UPDATE"
+_ISSUED = "(SELECT last_value FROM job_ids_issued)"
+SQL_LAST_ID = f"SELECT greatest(last, {_ISSUED}) FROM job_ids WHERE one = 1 FOR UPDATE"
+SQL_KEEP_ISSUED = f"SELECT setval('job_ids_issued', $1) WHERE $1 > {_ISSUED}"
 SQL_SET_LAST_ID = "UPDATE job_ids SET last = $1 WHERE one = 1"
 SQL_HOLDERS = (
     "SELECT unique_key, id FROM jobs WHERE unique_key = ANY($1::text[]) "
@@ -613,7 +621,8 @@ def _add(i: int, base: int) -> list[str]:
     n = f"cardinality(${base + 1}::text[])"
     values = ", ".join("v." + c for c in _ADD_COLUMNS.split(", "))
     return [
-        f"l{i} AS (UPDATE job_ids SET last = last + {n} WHERE one = 1 RETURNING last)",
+        f"l{i} AS (UPDATE job_ids SET last = greatest(last, {_ISSUED}) + {n} WHERE one = 1 "
+        "RETURNING last)",
         # OFFSET 0: each row's decision is made once, not inlined into every column.
         f"s{i} AS (SELECT v.*, {_STARTS} AS run FROM unnest({_arrays(_ADD_TYPES, base)}) "
         f"WITH ORDINALITY AS v({_ADD_COLUMNS}, start, ord) OFFSET 0)",

@@ -62,6 +62,7 @@ from .sql import (
     SQL_EVENT_LISTENERS,
     SQL_FREE_HELD_LOST,
     SQL_JOIN,
+    SQL_KEEP_ISSUED,
     SQL_LEAVE,
     SQL_MARK_LOCKED,
     SQL_MARK_RATE_LIMITED,
@@ -533,6 +534,9 @@ class PgStore(QueuedWrites, SharedReads):
                     f'"{tx.foreign}", ',
                 )
             results = await insert_jobs(conn, [list(jobs)], counted)
+            made = [r.job_id for r in results if isinstance(r, InsertResult) and r.created]
+            if made:  # kept if the transaction rolls back (sql.SCHEMA_V12)
+                await conn.execute(SQL_KEEP_ISSUED, max(made))
             await counted.apply(conn)
             if tx.foreign is not None:
                 await conn.execute("SELECT pg_notify($1, 'added')", self.channel)

@@ -31,6 +31,7 @@ class Connection(ScheduleWrites):
         self._db = db
         self.jobs: list[Any] = []
         self.counts_changed = False
+        self.issued = 0  # the highest job id handed out in it (store note 2)
 
     @property
     def driver(self) -> aiosqlite.Connection:

@@ -497,3 +497,12 @@ STATEMENT: dict[Op, str] = {
     SCHEDULE_FAILED: SQL_SCHEDULE_FAILED,
 }
 """Each queued write's statement (``taskrt.store.ops``)."""
+
+# After a rolled-back ``rt.transaction()``: its ids stay used (store note 2). The
+# sequence's row exists once a job was ever inserted; a rollback of the first may
+# have undone it.
+SQL_SEQUENCE_ROW = (
+    "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', 0 "
+    "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')"
+)
+SQL_SEQUENCE_PAST = "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'"

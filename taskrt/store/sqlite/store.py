@@ -66,6 +66,8 @@ from .sql import (
     SQL_RETRY_EXTERNAL,
     SQL_SCHEDULE_ORPHANS,
     SQL_SEQ_GAP,
+    SQL_SEQUENCE_PAST,
+    SQL_SEQUENCE_ROW,
     tally,
 )
 from .writer import SqliteBatches
@@ -330,6 +332,7 @@ class Store(QueuedWrites, SharedReads):
             except BaseException:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
+                await self._keep_issued(conn.issued)
                 raise
             else:
                 snapshot: Snapshot | None = None
@@ -339,12 +342,38 @@ class Store(QueuedWrites, SharedReads):
                     await db.execute("COMMIT")
                 except sqlite3.Error as exc:
                     await in_thread(db, rollback)
+                    await self._keep_issued(conn.issued)
                     raise store_error(self.path, exc) from exc
                 if snapshot is not None:
                     self._counts.replace(snapshot)
             finally:
                 self._open_tx = None
                 self._writes.holder = None
+
+    async def _keep_issued(self, last: int) -> None:
+        """After a rollback: the ids the transaction handed out stay used (note 2).
+
+        The rollback undid the sequence's advance with the rows; the application
+        may have kept an id (logged it, shown it), and the next add would be
+        given it again, for another job. The sequence is moved past them in a
+        transaction of its own (the writer still waits: the lock is held).
+        """
+        if last <= 0:
+            return
+        db = self.db
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute(SQL_SEQUENCE_ROW)
+            await db.execute(SQL_SEQUENCE_PAST, (last,))
+            await db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                await in_thread(db, rollback)
+            log.error(
+                "keeping job ids up to %d used after a rolled-back transaction failed: %s",
+                last,
+                exc,
+            )
 
     async def insert_in(self, tx: StoreTransaction, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert jobs inside the open transaction ``tx`` (transactional enqueue).
@@ -368,6 +397,8 @@ class Store(QueuedWrites, SharedReads):
             raise store_error(self.path, exc) from exc
         if self._open_tx is not None:
             self._open_tx.counts_changed = True
+            made = [r.job_id for r in results if isinstance(r, InsertResult) and r.created]
+            self._open_tx.issued = max(self._open_tx.issued, *made, 0)
         out: list[InsertResult] = []
         for res in results:
             if isinstance(res, BaseException):
