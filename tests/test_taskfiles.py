@@ -997,6 +997,54 @@ def test_a_cron_task_whose_parameters_are_required_is_refused(tmp_path: Path) ->
     assert problem.expected == "a parameters schema a job without parameters satisfies"
 
 
+def test_a_cron_task_whose_process_needs_an_argument_is_refused(tmp_path: Path) -> None:
+    """The schema let a job without parameters through, but the process function required
+    one: the file loaded and validated, then the runtime refused to start with an error
+    naming no file. It is the file's problem at the cronjob, as a required property is."""
+    module = _package(
+        tmp_path,
+        """
+        def clean(daysToKeep):
+            return daysToKeep
+
+        def clean_job(job, daysToKeep, dryRun=False):
+            return daysToKeep
+
+        def clean_default(job, daysToKeep=30):
+            return daysToKeep
+        """,
+    )
+    _write(
+        tmp_path / "tasks" / "tasks.yaml",
+        f"""
+        tasks:
+          - name: Cleanup
+            process: {module}.clean
+            cronjob: {{cronExpression: "0 0 3 * * *"}}
+            parameters:
+              type: object
+              properties:
+                daysToKeep: {{type: integer}}
+          - name: CleanupJob
+            process: {module}.clean_job
+            cronjob: {{cronExpression: "0 0 3 * * *"}}
+          - name: CleanupDefault
+            process: {module}.clean_default
+            cronjob: {{cronExpression: "0 0 3 * * *"}}
+          - name: CleanupOnDemand
+            process: {module}.clean
+        """,
+    )
+    assert _lines(_problems(tmp_path / "tasks"), tmp_path / "tasks") == [
+        f"tasks.yaml:4: tasks[0].cronjob: a cron job is added without parameters, but "
+        f"{module}.clean cannot be called without them: missing a required argument: "
+        "'daysToKeep'",
+        f"tasks.yaml:11: tasks[1].cronjob: a cron job is added without parameters, but "
+        f"{module}.clean_job cannot be called without them: missing a required argument: "
+        "'daysToKeep'",
+    ]
+
+
 # -- hostile input: every problem named, no raw exception, no hang ---------------------
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import params as parameters_module
 from ..definitions import CallStyle, Hooks, TaskSpec, detect_call
-from ..errors import InvalidOption, TaskrtError
+from ..errors import InvalidOption, TaskrtError, ValidationError
 from ..limits import INT64_MAX, INT64_MIN, check_int64
 from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
 from . import yamldoc
@@ -207,8 +207,9 @@ def _task(
     schema = _parameters(item.get("parameters", MISSING), (*path, "parameters"), report)
     attempts, retry = _retry(item.get("retryPolicy", MISSING), (*path, "retryPolicy"), report)
     cron, cron_tz = _cron(item.get("cronjob", MISSING), (*path, "cronjob"), report)
+    cron_fits = cron is not None and schema is not None
     if cron is not None and schema is not None:
-        _cron_parameters(schema, (*path, "cronjob"), report)
+        cron_fits = _cron_parameters(schema, (*path, "cronjob"), report)
     wants_failed = _events(item.get("events", MISSING), (*path, "events"), report)
 
     timeout = DEFAULT_TIMEOUT_S
@@ -270,6 +271,8 @@ def _task(
     spec = parameters_module.attach(spec)
     if target is not None:
         spec = with_bind_check(spec, target, detect_call(target))
+        if cron_fits and not _cron_calls(spec, item["process"], (*path, "cronjob"), report):
+            return None
     return spec
 
 
@@ -425,7 +428,7 @@ def _cron(value: Any, path: FieldPath, report: Report) -> tuple[str | None, str]
     return expression, tz
 
 
-def _cron_parameters(schema: Mapping[str, Any], path: FieldPath, report: Report) -> None:
+def _cron_parameters(schema: Mapping[str, Any], path: FieldPath, report: Report) -> bool:
     """A cron slot adds its job without parameters: ``schema`` must accept ``{}``.
 
     Otherwise every slot would be refused when it fires, long after loading.
@@ -439,6 +442,31 @@ def _cron_parameters(schema: Mapping[str, Any], path: FieldPath, report: Report)
             found="; ".join(reasons),
             expected="a parameters schema a job without parameters satisfies",
         )
+    return not reasons
+
+
+def _cron_calls(spec: TaskSpec, process: str, path: FieldPath, report: Report) -> bool:
+    """The job a cron slot adds without parameters must bind to the process function too.
+
+    The schema accepts it (``_cron_parameters``), but a function parameter without a
+    default that the schema does not require would refuse it: the runtime checks a
+    task's schedules against the task when it registers them, and would refuse the
+    task there, at start, with no file to name.
+    """
+    try:
+        spec.validate((), {})
+    except ValidationError as exc:
+        where = f" parameter {exc.parameter!r}" if exc.parameter else ""
+        reason = str(exc).removeprefix(f"task {exc.task!r}{where}: ")
+        report.add(
+            path,
+            f"a cron job is added without parameters, but {process} cannot be called "
+            f"without them: {reason}",
+            found=reason,
+            expected="a process function whose parameters all have defaults",
+        )
+        return False
+    return True
 
 
 def _events(value: Any, path: FieldPath, report: Report) -> bool:
