@@ -100,6 +100,9 @@ class Adding:
         # This node's name while it may start the jobs it adds (mode "nodes",
         # ``taskrt.claims`` note 4), else None.
         self.node = node
+        # The unique keys of adds being committed here, each set once its add is
+        # over: a full pool's add of the same key waits for it (``_check_capacity``).
+        self._keys_adding: dict[str, asyncio.Event] = {}
 
     def resolve_parts(self, task: TaskRef) -> tuple[TaskSpec, Options]:
         """The registered ``TaskSpec`` and per-call ``Options`` of a task reference."""
@@ -491,7 +494,29 @@ class Adding:
     ) -> list[int]:
         """Insert checked jobs; once committed, queue (owner) and announce them.
         ``kept``: slots kept for those marked to start here (``taskrt.claims`` note 4),
-        given back for each that did not."""
+        given back for each that did not. The add of one job with a unique key is
+        known as being committed until it is over (``_check_capacity``)."""
+        key = jobs[0].unique_key if len(jobs) == 1 and tx is None else None
+        if key is None or key in self._keys_adding:
+            return await self._insert(pool, jobs, calls, new_state, tx=tx, kept=kept)
+        done = self._keys_adding[key] = asyncio.Event()
+        try:
+            return await self._insert(pool, jobs, calls, new_state, tx=tx, kept=kept)
+        finally:
+            del self._keys_adding[key]
+            done.set()
+
+    async def _insert(
+        self,
+        pool: Pool,
+        jobs: list[NewJob],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        new_state: Callable[[NewJob, tuple[Any, ...], dict[str, Any]], JobState],
+        *,
+        tx: Transaction | None,
+        kept: int,
+    ) -> list[int]:
+        """``_commit``'s work."""
         if tx is not None:
             _check_tx(tx)  # again: the block may have ended while this add was checked
         pool.pending += len(jobs)
@@ -670,11 +695,21 @@ class Adding:
         finished job's ``unique_for`` window holds, is looked up there."""
         if pool.capacity is None:
             return None
-        owning = self.owning()
-        waiting = pool.waiting if owning else await self.store.count_waiting(pool.name)
-        if waiting + pool.pending + n <= pool.capacity:
-            return None
-        if len(jobs) == 1 and (key := jobs[0].unique_key) is not None:
+        key = jobs[0].unique_key if len(jobs) == 1 else None
+        while True:
+            waiting = pool.waiting if self.owning() else await self.store.count_waiting(pool.name)
+            if waiting + pool.pending + n <= pool.capacity:
+                return None
+            if key is None or (adding := self._keys_adding.get(key)) is None:
+                break
+            # An add of the same key is being committed (a burst of retries of one
+            # request): it is the holder once committed, or it failed and the pool
+            # is counted again. Before, the holder was looked up in the store before
+            # its commit, not found, and the add refused as if the pool were full.
+            await adding.wait()
+            if (held := self.live.unique.get(key)) is not None:
+                return _conflict(jobs[0], held)
+        if key is not None:
             holder = await self.store.unique_holder(key)
             if holder is None:  # a window the key's last job opened (``unique_for``)
                 holder = await self.store.unique_window(key, jobs[0].created_at)

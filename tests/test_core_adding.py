@@ -29,6 +29,7 @@ from taskrt import (
     JobStatus,
     PoolNotFound,
     QueueFull,
+    Runtime,
     RuntimeNotStarted,
     SerializationError,
     TaskNotFound,
@@ -167,6 +168,39 @@ async def test_unique_key_returns_the_live_job(tmp_path: Path) -> None:
         later = await pool.add(report.options(unique_key="r-1"), "thu")
         assert later == other + 1
         assert (await rt.wait(later, timeout=5)).result == "thu"
+
+
+async def test_a_burst_of_adds_of_one_unique_key_into_a_bounded_pool_all_get_the_holder(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Twenty concurrent adds of one key (a client retrying one request) into a pool
+    of capacity 5 that holds nothing else. Before, the adds past the fifth found the
+    pool's pending adds (duplicates of the first, not yet committed) filling it,
+    looked the key's holder up in the store before its commit, and were refused
+    with ``QueueFull``, over HTTP a 503."""
+    db, options = target
+    rt = Runtime(db, **options)
+    rt.pool("p", concurrency=1, capacity=5)
+    gate = Gate()
+
+    @rt.task(pool="p")
+    async def order(job: JobContext, i: int) -> int:
+        await gate()
+        return i
+
+    async with rt, asyncio.timeout(10):
+        ids = await asyncio.gather(
+            *(rt.add(order.options(unique_key="order-42"), i) for i in range(20))
+        )
+        assert set(ids) == {ids[0]}, ids
+        assert (await rt.count()) == 1
+        # The pool is still bounded: 5 other jobs fit beside the holder... then no more.
+        others = [await rt.add(order, 100 + i) for i in range(5)]
+        with pytest.raises(QueueFull):
+            await rt.add(order, 200)
+        gate.open()
+        for job_id in (ids[0], *others):
+            assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
 
 
 async def test_unique_key_cannot_apply_to_add_many(tmp_path: Path) -> None:
