@@ -616,6 +616,10 @@ class Runtime:
                 "expected a name used once",
                 source=spec.source,
             )
+        # What ``register`` gives the task's pool, refused here: there it would fail
+        # with the task registered already (and a load with the tasks before it).
+        _check_pool_name(spec.pool)
+        check_pool_settings(spec.pool_concurrency, spec.pool_capacity)
         spec = attach(spec)
         return spec, self.schedules.check_task(spec)  # a bad cron refuses the task
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,23 @@ def test_validate_duplicates_across_paths(
     assert out == (
         f"{tmp_path}/a/test.yao: name: duplicate task id 'test': also defined in "
         f"{YAO_TASKS}/test.yao\n"
+    )
+
+
+def test_validate_a_yao_file_name_that_is_not_utf8(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It said ok, and the runtime then failed on the task id the name gave."""
+    bad = tmp_path / os.fsdecode(b"b\xff.yao")
+    try:
+        bad.write_text('{"process": "os.path.join"}')
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    code, out, err = run(capsys, "validate", str(tmp_path))
+    assert (code, err) == (1, "1 problem found\n")
+    assert out == (
+        f"{tmp_path}/b\\xff.yao: the file name is not valid UTF-8, and a Yao task's id is "
+        "taken from it: rename the file\n"
     )
 
 

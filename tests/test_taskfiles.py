@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import time
@@ -506,6 +507,67 @@ async def test_rt_load_registers_the_tasks_and_their_pools(tmp_path: Path) -> No
     assert rt.tasks["test"].validator is not None  # params.attach ran
     pool = rt.pools["test"]
     assert (pool.concurrency, pool.capacity) == (10, 1000)
+
+
+def _not_utf8_name(folder: Path, suffix: str) -> Path:
+    """A file whose name is the byte 0xFF, which no UTF-8 text holds (skips where the
+    file system refuses such a name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / os.fsdecode(b"b\xff" + suffix.encode())
+    try:
+        path.write_text('{"process": "os.path.join"}')
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    return path
+
+
+def test_a_yao_file_name_that_is_not_utf8_is_a_problem_and_loads_nothing(
+    tmp_path: Path,
+) -> None:
+    """The task id (and pool) a Yao file takes from its name held a lone surrogate: the
+    folder loaded and validated, then rt.load registered the tasks before it and failed
+    on that pool, breaking 'all or none'."""
+    folder = tmp_path / "tasks"
+    _write(folder / "a.yao", '{"process": "os.path.join"}')
+    bad = _not_utf8_name(folder, ".yao")
+    (problem,) = _problems(folder)
+    assert (problem.file, problem.line, problem.field) == (f"{folder}/b\\xff.yao", None, "")
+    assert str(bad) != problem.file  # the name as read holds a lone surrogate no output takes
+    assert problem.message == (
+        "the file name is not valid UTF-8, and a Yao task's id is taken from it: rename the file"
+    )
+
+    rt = Runtime(str(tmp_path / "app.db"))
+    with pytest.raises(DefinitionError):
+        rt.load(folder)
+    assert rt.tasks == {} and "a" not in rt.pools
+
+
+def test_an_anchor_pool_the_runtime_refuses_is_a_problem(tmp_path: Path) -> None:
+    """A pool name with a NUL character loaded, and rt.load then registered the task
+    before it and failed on it; a task in code under such a pool stayed registered."""
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: A
+            process: os.path.join
+          - name: B
+            process: os.path.join
+            pool: "mail\\0"
+        """,
+    )
+    (problem,) = _problems(tmp_path / "tasks.yaml")
+    assert (problem.line, problem.field) == (6, "tasks[1].pool")
+    assert problem.message == "expected text without NUL characters, found 'mail\\x00'"
+
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    def send() -> None: ...
+
+    with pytest.raises(InvalidOption, match="pool"):
+        rt.task(name="send", pool="mail\0")(send)
+    assert "send" not in rt.tasks and "mail\0" not in rt.pools
 
 
 def test_loading_an_anchor_folder_again_replaces_its_own_tasks(tmp_path: Path) -> None:

@@ -85,12 +85,12 @@ def check_tasks(
     specs: list[TaskSpec] = []
     seen: dict[str, tuple[str, int | None]] = {}
     for file in files:
-        shown = str(file)
+        shown = _printable(str(file))
         report = Report(shown)
         try:
             text = _read(file)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            report.add((), f"cannot read: {exc}")
+            report.add((), _printable(f"cannot read: {exc}"))
             problems.extend(report.problems)
             continue
         located: list[tuple[TaskSpec, int | None]] = []
@@ -99,8 +99,20 @@ def check_tasks(
             if file.suffix.lower() in YAO_SUFFIXES:
                 task_id = _task_id(file, folder)
                 declared.append((task_id, None))
+                named = _printable(task_id) == task_id
+                if not named:
+                    # The id names the task and its pool, which the runtime (and the
+                    # database) take as UTF-8 text only: it would refuse the pool when
+                    # the task is registered, after the tasks of the files before it.
+                    report.add(
+                        (),
+                        "the file name is not valid UTF-8, and a Yao task's id is taken "
+                        "from it: rename the file",
+                        found=_printable(task_id),
+                        expected="a file name in UTF-8",
+                    )
                 spec = load_yao(text, task_id=task_id, report=report, root=app_root)
-                if spec is not None:
+                if spec is not None and named:
                     located.append((spec, None))
             else:
                 located = load_anchor(
@@ -158,6 +170,16 @@ def _read(file: Path) -> str:
     return file.read_bytes().decode("utf-8-sig")
 
 
+def _printable(name: str) -> str:
+    """``name`` as text any output takes: the bytes of a file name that are not UTF-8
+    (which Python holds as lone surrogates, and an output refuses) as ``\\xff``."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
 def _task_id(file: Path, folder: Path) -> str:
     try:
         relative = file.relative_to(folder)
@@ -167,4 +189,6 @@ def _task_id(file: Path, folder: Path) -> str:
 
 
 def _file_problem(path: Path, message: str) -> Problem:
-    return Problem(file=str(path), line=None, field="", found="", expected="", message=message)
+    return Problem(
+        file=_printable(str(path)), line=None, field="", found="", expected="", message=message
+    )

@@ -36,7 +36,7 @@ from typing import Any
 from .. import params as parameters_module
 from ..definitions import CallStyle, Hooks, TaskSpec, detect_call
 from ..errors import InvalidOption, TaskrtError, ValidationError
-from ..limits import INT64_MAX, INT64_MIN, check_int64
+from ..limits import DEFAULT_LIMITS, INT64_MAX, INT64_MIN, check_int64, check_text
 from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
 from . import yamldoc
 from .adapters import (
@@ -227,7 +227,17 @@ def _task(
         if found_pool == "":
             report.wrong_type((*path, "pool"), found_pool, expected_pool)
         elif found_pool is not None:
-            pool = found_pool
+            try:
+                # As the runtime checks a pool's name, which would refuse it when the
+                # task is registered, after the tasks before it.
+                pool = check_text(found_pool, "pool", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+            except InvalidOption as exc:
+                report.add(
+                    (*path, "pool"),
+                    str(exc).removeprefix("pool: "),
+                    found=found_pool,
+                    expected=expected_pool,
+                )
     priority = 0
     if "priority" in item:
         value = item["priority"]
