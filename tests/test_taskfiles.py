@@ -838,6 +838,56 @@ def test_refs_that_resolve_inside_the_schema_load(tmp_path: Path) -> None:
     assert caught.value.parameter == "a"
 
 
+def test_every_ref_that_does_not_resolve_is_reported_with_the_other_problems(
+    tmp_path: Path,
+) -> None:
+    """Only the first $ref that did not resolve was reported, and none while the schema
+    had any other problem: fixing one showed the next, one load at a time."""
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: Refs
+            process: os.path.join
+            parameters:
+              type: object
+              $defs:
+                ok: {type: integer}
+              properties:
+                a: {type: intger}
+                b: {$ref: '#/$defs/ok'}
+                c: {$ref: '#/$defs/nope'}
+                d: {items: {$ref: '#/properties/zzz'}}
+                e: {$ref: 'https://example.com/x.json'}
+        """,
+    )
+    nowhere = "this schema has nothing at that JSON pointer"
+    assert _lines(_problems(tmp_path / "tasks.yaml"), tmp_path) == [
+        "tasks.yaml:9: tasks[0].parameters.properties.a.type: invalid JSON Schema: "
+        "'intger' is not valid under any of the given schemas",
+        "tasks.yaml:11: tasks[0].parameters.properties.c.$ref: invalid JSON Schema: "
+        f"$ref '#/$defs/nope' does not resolve: {nowhere}",
+        "tasks.yaml:12: tasks[0].parameters.properties.d.items.$ref: invalid JSON Schema: "
+        f"$ref '#/properties/zzz' does not resolve: {nowhere}",
+        "tasks.yaml:13: tasks[0].parameters.properties.e.$ref: invalid JSON Schema: "
+        "$ref 'https://example.com/x.json' does not resolve: a schema outside this one is "
+        "never fetched; point inside it, like '#/$defs/name'",
+    ]
+    # A base the walk cannot read is the meta-schema's problem, not "cannot load".
+    _write(
+        tmp_path / "id.yaml",
+        """
+        tasks:
+          - name: Ids
+            process: os.path.join
+            parameters: {type: object, $id: 5, properties: {a: {$ref: '#/x'}}}
+        """,
+    )
+    assert _lines(_problems(tmp_path / "id.yaml"), tmp_path) == [
+        "id.yaml:4: tasks[0].parameters.$id: invalid JSON Schema: 5 is not of type 'string'"
+    ]
+
+
 def test_an_unresolvable_ref_at_add_time_is_a_validation_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

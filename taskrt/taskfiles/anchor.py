@@ -38,7 +38,7 @@ from ..definitions import CallStyle, Hooks, TaskSpec, detect_call
 from ..errors import InvalidOption, TaskrtError, ValidationError
 from ..limits import DEFAULT_LIMITS, INT64_MAX, INT64_MIN, check_int64, check_text
 from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
-from . import yamldoc
+from . import refs, yamldoc
 from .adapters import (
     converter,
     executor_handler,
@@ -302,7 +302,16 @@ def _parameters(value: Any, path: FieldPath, report: Report) -> dict[str, Any] |
             expected="JSON values only",
         )
         return None
-    problems = parameters_module.schema_problems(value)
+    # ``schema_problems`` names one reference that does not resolve, and only when
+    # nothing else is wrong: every one is named here (``refs``), in its place.
+    references = refs.unresolved(value)
+    at = {where for where, _ in references}
+    problems = [
+        (tuple(inside), message)
+        for inside, message in parameters_module.schema_problems(value)
+        if tuple(inside) not in at
+    ]
+    problems = sorted([*problems, *references], key=lambda problem: _by_path(problem[0]))
     for inside, message in problems:
         report.add(
             (*path, *inside),
@@ -322,6 +331,11 @@ def _parameters(value: Any, path: FieldPath, report: Report) -> dict[str, Any] |
         )
         return None
     return dict(value)
+
+
+def _by_path(path: FieldPath) -> tuple[tuple[int, int, str], ...]:
+    """Problems in the order of their paths, indexes as numbers (as ``params`` sorts them)."""
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in path)
 
 
 def _not_json(value: Any, path: FieldPath) -> tuple[FieldPath, Any] | None:
