@@ -381,8 +381,12 @@ class Adding:
             made, new_state = self._prepare(
                 spec.pool, spec, opts, run, now, takes_input=first.inputs is not None
             )
+            inputs = first.inputs
+            if inputs == "results" and opts.after != first.after:
+                # Its own parents come after the group's and give it nothing.
+                inputs = f"results:{len(first.after)}"
             for job in made:
-                job.inputs = first.inputs
+                job.inputs = inputs
                 job.workflow = -1  # the first job's id
                 if spec.hooks.next_id is not None and opts.job_id is None:
                     job.job_id = await self._next_id(spec)

@@ -562,6 +562,41 @@ async def test_a_group_callback_gets_every_result_in_order(
         assert len(info.edges) == 1000
 
 
+async def test_a_callbacks_own_parents_outside_the_workflow_give_it_nothing(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """A group's callback that also waits for a job outside the workflow (its own
+    ``after``). Before, the outside job's result was appended to the group's list,
+    and ``edges`` held the outside dependency too. A chain step's input was right."""
+    rt = runtime(target)
+
+    @rt.task
+    async def value(v: str) -> str:
+        return v
+
+    @rt.task
+    async def album(photos: list[str], title: str) -> dict[str, Any]:
+        return {"title": title, "photos": photos}
+
+    @rt.task
+    async def parse(html: str) -> str:
+        return f"parsed({html})"
+
+    async with rt:
+        outside = await rt.add(value, "OUTSIDE")
+        await rt.wait(outside, timeout=5)
+        group = await rt.group([value.s("a"), value.s("b")]).then(
+            album.s(title="T").options(after=[outside])
+        )
+        done = await rt.wait(group.jobs[-1], timeout=5)
+        assert done.result == {"title": "T", "photos": ["a", "b"]}
+        info = await rt.workflow(group.id)
+        callback, members = group.jobs[-1], group.jobs[:-1]
+        assert sorted(info.edges) == [(callback, m) for m in members]
+        chain = await rt.chain(value.s("html"), parse.s().options(after=[outside]))
+        assert (await rt.wait(chain.jobs[-1], timeout=5)).result == "parsed(html)"
+
+
 async def test_a_group_without_callback_and_a_failing_member(
     target: tuple[str, dict[str, Any]],
 ) -> None:

@@ -113,8 +113,10 @@ SQL_OPEN_PARENTS = (
     "SELECT DISTINCT d.parent FROM job_waits w JOIN job_deps d ON d.child = w.child "
     "WHERE d.done = 0 AND w.outcome IS NULL"
 )
+# Among its jobs: a step's own ``after`` names parents outside the workflow.
 SQL_WORKFLOW_EDGES = (
     "SELECT d.child, d.parent FROM jobs j JOIN job_deps d ON d.child = j.id "
+    "JOIN jobs p ON p.id = d.parent AND p.workflow = j.workflow "
     "WHERE j.workflow = ? ORDER BY d.child, d.position"
 )
 # -- retention: a finished parent of a job still blocked stays (its result is read when
@@ -233,11 +235,15 @@ def _resolve(ref: int | None, ids: list[int | None]) -> int | None:
 
 def with_inputs(args_json: str, inputs: str | None, results: Sequence[str | None]) -> str:
     """A released job's arguments: its parents' results (JSON texts, in order) put
-    first as it asked (``inputs``), the rest as added."""
+    first as it asked (``inputs``), the rest as added. ``"results:n"``: the first
+    ``n`` parents' only (``NewJob.inputs``)."""
     if inputs is None:
         return args_json
+    kind, _, count = inputs.partition(":")
     texts = ["null" if r is None else r for r in results]
-    given = texts[0] if inputs == "result" and texts else "[" + ",".join(texts) + "]"
+    if count:
+        texts = texts[: int(count)]
+    given = texts[0] if kind == "result" and texts else "[" + ",".join(texts) + "]"
     rest = args_json.strip()[1:-1].strip()
     return "[" + given + ("," + rest if rest else "") + "]"
 

@@ -68,7 +68,9 @@ class NewJob:
     # k-th job (1-based) of the same insert. Such a job is stored ``blocked``.
     after: tuple[int, ...] = ()
     # What its parents' results give it as a first argument: None (nothing),
-    # "result" (its one parent's, a chain), "results" (the list of all, in order).
+    # "result" (its one parent's, a chain), "results" (the list of all, in order),
+    # "results:n" (of the first n: a group's callback whose own ``after`` adds
+    # parents outside the workflow, which give it nothing).
     inputs: str | None = None
     on_parent_failure: str = "cancel"  # or "run" (``models.ON_PARENT_FAILURE``)
     # Its workflow: an id, or -k for the k-th job of the same insert.
