@@ -158,8 +158,8 @@ def schema_problem(schema: object) -> SchemaProblem | None:
 def schema_problems(schema: object) -> list[SchemaProblem]:
     """Every problem of ``schema`` against its draft's meta-schema, by path; ``[]`` if valid.
 
-    A schema the meta-schema accepts is then checked for a ``$ref`` that does
-    not resolve (note 3).
+    Every ``$ref`` that does not resolve is one too (note 3), each at its own
+    path, whatever else is wrong: a report lists all that is wrong at once.
     """
     if not isinstance(schema, Mapping):
         return [([], f"expected a JSON Schema object, found {type(schema).__name__}")]
@@ -172,12 +172,13 @@ def schema_problems(schema: object) -> list[SchemaProblem]:
     checker = meta(cls.META_SCHEMA, format_checker=meta.FORMAT_CHECKER)
     try:
         errors = list(checker.iter_errors(dict(schema)))
-        reference = None if errors else _reference_problem(schema)
     except Exception as exc:  # a pathological schema the meta-schema check trips on
         return [([], _clip(f"{type(exc).__name__}: {exc}"))]
-    if reference is not None:
-        return [reference]
+    references = _reference_problems(schema)
+    at = {tuple(where) for where, _ in references}
     found = {(tuple(e.absolute_path), _clip(e.message)) for e in errors}
+    found = {problem for problem in found if problem[0] not in at}
+    found |= {(tuple(where), message) for where, message in references}
     return [(list(path), message) for path, message in sorted(found, key=_by_path)]
 
 
@@ -193,16 +194,22 @@ _REFERENCES = ("$ref", "$dynamicRef")
 _NOT_FETCHED = "a schema outside this one is never fetched; point inside it, like '#/$defs/name'"
 
 
-def _reference_problem(schema: Mapping[str, Any]) -> tuple[list[str | int], str] | None:
-    """The first ``$ref`` that does not resolve within ``schema`` (note 3), with its path.
+def _reference_problems(schema: Mapping[str, Any]) -> list[SchemaProblem]:
+    """Each ``$ref`` that does not resolve within ``schema`` (note 3), with its path.
 
     The subschemas are those the schema's draft says are schemas (so a ``const``
     or ``default`` value holding ``"$ref"`` is not one); each reference is
-    looked up as the validator would, from the base URI in force where it is.
+    looked up as the validator would, from the base URI in force where it is. A
+    part the meta-schema refuses (``properties: 5``, an ``$id`` that is no
+    string) is skipped: the meta-schema's check names it.
     """
     paths = _paths_of(schema)
-    root = Resource.from_contents(schema, default_specification=DRAFT202012)
-    stack = [(root, META_SCHEMAS.resolver_with_root(root))]
+    try:
+        root = Resource.from_contents(schema, default_specification=DRAFT202012)
+        stack = [(root, META_SCHEMAS.resolver_with_root(root))]
+    except Exception:  # an unknown $schema, an $id that is no string: named by the meta-schema
+        return []
+    found: list[SchemaProblem] = []
     seen: set[int] = set()  # a schema that holds itself (a YAML alias) is walked once
     while stack:
         resource, resolver = stack.pop()
@@ -219,10 +226,15 @@ def _reference_problem(schema: Mapping[str, Any]) -> tuple[list[str | int], str]
                     resolver.lookup(ref)
                 except Unresolvable as exc:
                     where = [*paths.get(id(contents), []), keyword]
-                    return where, _clip(f"{keyword} {ref!r} does not resolve: {_why(exc)}")
-        for sub in resource.subresources():
-            stack.append((sub, resolver.in_subresource(sub)))
-    return None
+                    found.append((where, _clip(f"{keyword} {ref!r} does not resolve: {_why(exc)}")))
+                except Exception:  # a base the meta-schema refuses: named there
+                    continue
+        try:
+            subs = [(sub, resolver.in_subresource(sub)) for sub in resource.subresources()]
+        except Exception:  # a keyword of the wrong shape: named by the meta-schema check
+            continue
+        stack.extend(subs)
+    return found
 
 
 def _why(exc: Unresolvable) -> str:

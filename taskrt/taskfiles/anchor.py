@@ -38,7 +38,7 @@ from ..definitions import CallStyle, Hooks, TaskSpec, detect_call
 from ..errors import InvalidOption, TaskrtError, ValidationError
 from ..limits import DEFAULT_LIMITS, INT64_MAX, INT64_MIN, check_int64, check_text
 from ..retry import NO_DELAY, RetryPolicy, parse_attempts, parse_retry
-from . import refs, yamldoc
+from . import yamldoc
 from .adapters import (
     converter,
     executor_handler,
@@ -302,16 +302,7 @@ def _parameters(value: Any, path: FieldPath, report: Report) -> dict[str, Any] |
             expected="JSON values only",
         )
         return None
-    # ``schema_problems`` names one reference that does not resolve, and only when
-    # nothing else is wrong: every one is named here (``refs``), in its place.
-    references = refs.unresolved(value)
-    at = {where for where, _ in references}
-    problems = [
-        (tuple(inside), message)
-        for inside, message in parameters_module.schema_problems(value)
-        if tuple(inside) not in at
-    ]
-    problems = sorted([*problems, *references], key=lambda problem: _by_path(problem[0]))
+    problems = parameters_module.schema_problems(value)  # every one, each in its place
     for inside, message in problems:
         report.add(
             (*path, *inside),
