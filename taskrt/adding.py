@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -500,84 +500,81 @@ class Adding:
         ``kept``: slots kept for those marked to start here (``taskrt.claims`` note 4),
         given back for each that did not. The add of one job with a unique key is
         known as being committed until it is over (``_check_capacity``)."""
+        with self._adding_key(jobs, tx):
+            if tx is not None:
+                _check_tx(tx)  # again: the block may have ended while this add was checked
+            pool.pending += len(jobs)
+            results: list[sql.InsertResult | BaseException] = []
+            states: list[JobState] | None = None
+            try:
+                if tx is not None:
+                    results = list(await self.store.insert_in(tx.connection, jobs))
+                else:
+                    committed = self.store.insert(jobs)
+                    if len(jobs) > 8:
+                        # Let the writer hand the batch to its thread, then build the
+                        # in-memory states while SQLite works (add_many's hot path).
+                        await asyncio.sleep(0)
+                        states = [new_state(j, a, k) for j, (a, k) in zip(jobs, calls, strict=True)]
+                    results = await committed
+            finally:
+                pool.pending -= len(jobs)
+                if kept:  # the slots of jobs stored WAITING, or not at all, go back
+                    started = sum(
+                        1 for r in results if isinstance(r, sql.InsertResult) and r.started
+                    )
+                    pool.release(kept - started)
+            ids: list[int] = []
+            failure: BaseException | None = None
+            # The ids of this insert's jobs, for those that name one of them (-k: the k-th).
+            refs = (
+                [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
+                if any(job.after or job.workflow is not None for job in jobs)
+                else []
+            )
+            accepted: list[JobState] = []
+            began: set[int] = set()  # the ids of those their add started
+            for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
+                if isinstance(res, BaseException):
+                    failure = failure or res
+                    continue
+                if not res.created:
+                    ids.append(_conflict(job, res.job_id))
+                    continue
+                ids.append(res.job_id)
+                state = states[i] if states is not None else new_state(job, args, kwargs)
+                state.id = res.job_id
+                if job.after:
+                    state.parents = tuple(p if p > 0 else refs[-p - 1] for p in job.after)
+                if job.workflow is not None:
+                    w = job.workflow
+                    state.workflow = w if w > 0 else refs[-w - 1]
+                if tx is not None:
+                    if not tx.foreign:
+                        tx.added.append(state)
+                else:
+                    accepted.append(state)
+                    if res.started:
+                        began.add(state.id)
+            self._accept(accepted, began)
+            if failure is not None:
+                raise failure
+            return ids
+
+    @contextlib.contextmanager
+    def _adding_key(self, jobs: list[NewJob], tx: Transaction | None) -> Iterator[None]:
+        """The add of one job with a unique key is known as being committed until it
+        is over (``_check_capacity``)."""
         key = jobs[0].unique_key if len(jobs) == 1 and tx is None else None
         if key is None or key in self._keys_adding:
-            return await self._insert(pool, jobs, calls, new_state, tx=tx, kept=kept)
+            yield
+            return
         done = self._keys_adding[key] = asyncio.Event()
         try:
-            return await self._insert(pool, jobs, calls, new_state, tx=tx, kept=kept)
+            yield
         finally:
             del self._keys_adding[key]
             done.set()
-
-    async def _insert(
-        self,
-        pool: Pool,
-        jobs: list[NewJob],
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        new_state: Callable[[NewJob, tuple[Any, ...], dict[str, Any]], JobState],
-        *,
-        tx: Transaction | None,
-        kept: int,
-    ) -> list[int]:
-        """``_commit``'s work."""
-        if tx is not None:
-            _check_tx(tx)  # again: the block may have ended while this add was checked
-        pool.pending += len(jobs)
-        results: list[sql.InsertResult | BaseException] = []
-        states: list[JobState] | None = None
-        try:
-            if tx is not None:
-                results = list(await self.store.insert_in(tx.connection, jobs))
-            else:
-                committed = self.store.insert(jobs)
-                if len(jobs) > 8:
-                    # Let the writer hand the batch to its thread, then build the
-                    # in-memory states while SQLite works (add_many's hot path).
-                    await asyncio.sleep(0)
-                    states = [new_state(j, a, k) for j, (a, k) in zip(jobs, calls, strict=True)]
-                results = await committed
-        finally:
-            pool.pending -= len(jobs)
-            if kept:  # the slots of jobs stored WAITING, or not at all, go back
-                started = sum(1 for r in results if isinstance(r, sql.InsertResult) and r.started)
-                pool.release(kept - started)
-        ids: list[int] = []
-        failure: BaseException | None = None
-        # The ids of this insert's jobs, for those that name one of them (-k: the k-th).
-        refs = (
-            [res.job_id if isinstance(res, sql.InsertResult) else 0 for res in results]
-            if any(job.after or job.workflow is not None for job in jobs)
-            else []
-        )
-        accepted: list[JobState] = []
-        began: set[int] = set()  # the ids of those their add started
-        for i, (job, (args, kwargs), res) in enumerate(zip(jobs, calls, results, strict=True)):
-            if isinstance(res, BaseException):
-                failure = failure or res
-                continue
-            if not res.created:
-                ids.append(_conflict(job, res.job_id))
-                continue
-            ids.append(res.job_id)
-            state = states[i] if states is not None else new_state(job, args, kwargs)
-            state.id = res.job_id
-            if job.after:
-                state.parents = tuple(p if p > 0 else refs[-p - 1] for p in job.after)
-            if job.workflow is not None:
-                w = job.workflow
-                state.workflow = w if w > 0 else refs[-w - 1]
-            if tx is not None:
-                if not tx.foreign:
-                    tx.added.append(state)
-            else:
-                accepted.append(state)
-                if res.started:
-                    began.add(state.id)
-        self._accept(accepted, began)
-        if failure is not None:
-            raise failure
-        return ids
 
     def _accept(self, states: list[JobState], started: Set[int] = frozenset()) -> None:
         """Committed jobs: take them in (owner) and tell the world. A job that waits
