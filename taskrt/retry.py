@@ -88,7 +88,8 @@ def _bounded(seconds: float, given: Any, field: str, source: str | None) -> floa
             f"found {shown(given)}",
             source=source,
         )
-    return number
+    # -0.0 is 0: kept negative, it was written back as "-0s", which no read accepts.
+    return number + 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,10 +210,19 @@ def parse_retry(value: Any, *, field: str = "retry", source: str | None = None) 
 
 
 def parse_attempts(value: Any, *, field: str = "attempts", source: str | None = None) -> int | None:
-    """``None`` for unlimited (given as ``None`` or ``-1``), else a positive int."""
-    if value is None or value == -1:
+    """``None`` for unlimited (given as ``None`` or ``-1``), else a positive int.
+    An integer only: ``-1.0`` is refused as ``3.0`` is (it equals -1, which let it in)."""
+    if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT64_MAX:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOption(
+            field,
+            f"expected a positive integer, or -1 for unlimited, found {shown(value)}",
+            source=source,
+        )
+    if value == -1:
+        return None
+    if not 1 <= value <= INT64_MAX:
         raise InvalidOption(
             field,
             f"expected a positive integer, or -1 for unlimited, found {shown(value)}",

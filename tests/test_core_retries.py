@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from taskrt import (
     parse_duration,
     parse_retry,
 )
+from taskrt.retry import parse_attempts
 
 # -- the policy itself: pure functions ---------------------------------------------------------
 
@@ -60,6 +63,25 @@ def test_parse_duration_refuses_what_is_not_a_duration(text: object) -> None:
     with pytest.raises(InvalidOption) as err:
         parse_duration(text, field="delay")
     assert err.value.field == "delay"
+
+
+@pytest.mark.parametrize("given", [-0.0, "-0", "-0.0", [0.1, -0.0]])
+def test_a_negative_zero_delay_is_zero_and_reads_back(given: object) -> None:
+    """-0.0 passed the "not negative" check and was stored as "-0s", which no read
+    accepts: after a restart the job's own policy was lost for its task's."""
+    policy = parse_retry(given)
+    assert all(math.copysign(1.0, d) == 1.0 for d in (policy.base, *(policy.delays or ())))
+    assert parse_retry(policy.describe()) == policy
+    assert "-0" not in str(policy.describe())
+
+
+@pytest.mark.parametrize("given", [-1.0, 3.0, Decimal(-1), complex(-1)])
+def test_attempts_must_be_an_integer_even_minus_one(given: object) -> None:
+    """-1.0 (and a Decimal or complex -1) equals -1 and was taken as unlimited,
+    while 3.0 was refused."""
+    with pytest.raises(InvalidOption, match="expected a positive integer") as err:
+        parse_attempts(given)
+    assert err.value.field == "attempts"
 
 
 @pytest.mark.parametrize(
