@@ -206,9 +206,11 @@ def parse_cron(expression: str, tz: str = "UTC") -> CronSpec:
     # A day of month that no month of the month field has never fires, unless the
     # day of week is restricted too: then either matches (note 4), and
     # "0 0 30 2 mon" fires on February's Mondays.
-    any_weekday = tokens[-1] in ("*", "?")
+    # An nW past a month's last day is the weekday nearest that last day, in every
+    # month: "31W 6" fires on June 30 as "31W *" does (it was refused as never).
+    strict = tokens[-1] in ("*", "?") and "w" not in tokens[-3].lower()
     try:
-        croniter.expand(text, second_at_beginning=len(tokens) == 6, strict=any_weekday)
+        croniter.expand(text, second_at_beginning=len(tokens) == 6, strict=strict)
     except CroniterError as exc:
         # Each field is valid on its own (checked above); what is left is how
         # they combine: a day of month that no month of the month field has.

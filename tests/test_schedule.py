@@ -616,3 +616,13 @@ def test_only_the_schedule_module_imports_croniter() -> None:
         if re.search(r"^\s*(import|from)\s+croniter\b", path.read_text(), re.MULTILINE)
     )
     assert importers == ["schedule.py"]
+
+
+def test_a_nearest_weekday_past_the_months_end_is_the_nearest_to_its_last_day() -> None:
+    """ "31W 6" was refused as never occurring in June, while "31W *" fired on June 30:
+    both fire on the weekday nearest June's last day."""
+    for expression in ("0 0 31W 6 *", "0 0 31W * *"):
+        first = next_fire(expression, after=z("2025-06-01T00:00:00"))
+        assert first == z("2025-06-30T00:00:00"), expression
+    # June 30 2029 is a Saturday: the Friday before.
+    assert next_fire("0 0 31W 6 *", after=z("2029-01-01T00:00:00")) == z("2029-06-29T00:00:00")
