@@ -65,8 +65,9 @@ class ClaimSource(Protocol):
         """When the pool's first delayed job comes due, or None."""
         ...
 
-    def give_back(self, states: list[JobState]) -> None:
-        """Claimed jobs this node will not run: WAITING again, attempt not charged."""
+    def give_back(self, states: list[JobState]) -> list[asyncio.Future[None]]:
+        """Claimed jobs this node will not run: WAITING again, attempt not charged;
+        the writes that say so."""
         ...
 
     def rate_wait(self, pool: str) -> float | None:
@@ -148,6 +149,19 @@ class Claims:
         return False
 
     gated = False  # the claim applies rate limits and locks, in the database
+
+    def put_back(self, state: JobState) -> None:
+        """A job just taken goes back to the head of the claimed (``taskrt.alone``)."""
+        self._claimed.appendleft(state)
+
+    def give_back_taken(self) -> list[asyncio.Future[None]]:
+        """The claimed jobs not started go back to the store (``taskrt.alone`` note 3);
+        the writes that say so."""
+        if not self._claimed:
+            return []
+        taken = list(self._claimed)
+        self._claimed.clear()
+        return self._source.give_back(taken)
 
     def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:
         return self.take()  # claimed jobs passed the database's gates already

@@ -400,10 +400,13 @@ class Nodes:
             return token  # a rate limit's next token (note 5)
         return due
 
-    def give_back(self, states: list[JobState]) -> None:
+    def give_back(self, states: list[JobState]) -> list[asyncio.Future[None]]:
+        writes = []
         for state in states:
             written = self.transitions.unstart(state)
             written.add_done_callback(functools.partial(self._forget_after, state))
+            writes.append(written)
+        return writes
 
     def _forget_after(self, state: JobState, _: asyncio.Future[None]) -> None:
         self.forget(state)

@@ -123,6 +123,7 @@ from .processes import Crossed, Workers
 from .rates import Bucket, Rate, parse_rate
 
 if TYPE_CHECKING:
+    from .alone import Alone
     from .clock import Clock
     from .definitions import TaskRef
     from .limits import Limits
@@ -175,6 +176,15 @@ class Queue(Protocol):
         ...
 
     def take(self) -> JobState | None: ...
+
+    def put_back(self, state: JobState) -> None:
+        """A job just taken goes back to the head of the line (``taskrt.alone``)."""
+        ...
+
+    def give_back_taken(self) -> list[asyncio.Future[None]]:
+        """Jobs taken from the store and not started go back to it (``taskrt.alone``
+        note 3); the writes that say so (none where memory holds the waiting jobs)."""
+        ...
 
     def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:
         """The first of the next ``scan`` jobs in line that ``eligible`` admits (it stays
@@ -250,6 +260,11 @@ class PoolHost(Protocol):
 
     def mark(self, state: JobState, reason: str | None) -> None:
         """Why a waiting job waits (``taskrt.gates`` note 3)."""
+        ...
+
+    @property
+    def alone(self) -> Alone:
+        """Who runs alone in the process (``taskrt.alone``)."""
         ...
 
     def lock_released(self) -> None:
@@ -535,8 +550,9 @@ class Pool:
         self.queue.poke()
 
     def free_slots(self) -> int:
-        """Jobs the pool could start now (0 while paused or stopping)."""
-        if self.paused or self._stopping or not self._host.running:
+        """Jobs the pool could start now (0 while paused or stopping, or while a job
+        runs alone in the process or waits to: ``taskrt.alone``)."""
+        if self.paused or self._stopping or not self._host.running or self._host.alone.blocks():
             return 0
         return max(0, self.concurrency - len(self._running) - self._held - self._kept)
 
@@ -595,9 +611,20 @@ class Pool:
             return self._take_gated()
         while (state := self.queue.take()) is not None:
             if state.deadline is None or state.deadline > self._host.clock.now():
-                return state
+                if self._host.alone.may_start(state, self):
+                    return state
+                self.queue.put_back(state)  # it runs alone, once the process is empty
+                return None
             self._host.deadline_passed(state)
         return None
+
+    def give_back_taken(self) -> list[asyncio.Future[None]]:
+        """Jobs taken from the store and not started go back (``taskrt.alone`` note 3)."""
+        return self.queue.give_back_taken()
+
+    def busy(self) -> bool:
+        """Whether anything of this pool runs, or may start in an add (``taskrt.alone``)."""
+        return bool(self._running) or self._held > 0 or self._kept > 0
 
     def _gated(self) -> bool:
         """Whether a rate limit or a lock may hold a job back here (note 8)."""
@@ -627,7 +654,7 @@ class Pool:
                 return False
             wait = gates.admit(state, now)
             if wait is None:
-                return True
+                return self._host.alone.may_start(state, self)
             if key is not None:
                 held_keys.add(key)
             if wait > 0:
@@ -735,6 +762,8 @@ class Pool:
             # is, it wakes the runner in the loop's turn after the commit (a shield
             # around a future the batch shared took a turn more, at every batch).
             await charged
+            if self._host.alone.running is state:
+                await self._host.alone.settled()  # alone note 3
             if state.unstarted:
                 # Its start changed no row: another process changed the job first
                 # (store note 20). Not run; the store's row is taken in instead.

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .adding import Adding, FlowStep
 from .adoption import Adoption
+from .alone import Alone
 from .background import Background, JobLogAdapter, job_logger, woken
 from .batches import Batcher
 from .bulk import BULK_LIMIT, act_on_each, check_action, matching_ids
@@ -126,7 +127,7 @@ from .ownership import (
     SoleOwnership,
     owner_name,
 )
-from .pool import DEFAULT_CONCURRENCY, Pool
+from .pool import DEFAULT_CONCURRENCY, Outcome, Pool
 from .pool import check_settings as check_pool_settings
 from .relay import (
     RelayClient,
@@ -463,6 +464,7 @@ class Runtime:
             self._pg.on_parent = self.workflows.parent
         # Rate limits of tasks and locks held, where this process runs the jobs.
         self.gates = Gates(self.clock, self._tasks, self.transitions.mark)
+        self.alone = Alone(lambda: self._pools.values(), max_recoveries)
         # Waiting jobs whose deadline passed end (taskrt.deadlines): where jobs run.
         self.deadlines = Deadlines(self.store, self.clock, self._end_past_deadline)
         # Optional hooks around adds and attempts (taskrt.tracing.Instrumentation).
@@ -992,6 +994,7 @@ class Runtime:
         if running:
             await asyncio.wait(running, timeout=self.abandon_after)
         self._workers_on = False
+        self.alone.reset()
         await self.background.wait(self.grace)
         self.transitions.flush_history()  # the last second of history, with the last writes
         try:
@@ -2198,11 +2201,15 @@ class _PoolHost:
         self.limits = rt.limits
         self.add_calls = rt.adding.add_calls
         self.started = rt.transitions.started
-        self.attempt_ended = rt.transitions.attempt_ended
+        self.alone = rt.alone
         self.deadline_passed = rt.transitions.deadline_passed
         self.gates = rt.gates
         self.mark = rt.transitions.mark
         self.report = rt.transitions.report
+
+    def attempt_ended(self, state: JobState, outcome: Outcome) -> None:
+        self._rt.transitions.attempt_ended(state, outcome)
+        self.alone.ended(state)
 
     def not_started(self, state: JobState) -> None:
         self._rt.background.spawn(self._rt.adoption.not_started(state))

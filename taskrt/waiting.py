@@ -467,6 +467,14 @@ class Waiting:
                 return None
         return self._ready.first()
 
+    def put_back(self, state: JobState) -> None:
+        """A job just taken goes back to its place, the head (``taskrt.alone``)."""
+        self.push(state)
+
+    def give_back_taken(self) -> list[asyncio.Future[None]]:
+        """Nothing: the jobs memory holds are WAITING in the store."""
+        return []
+
     def take_first(self, eligible: Callable[[JobState], bool], scan: int) -> JobState | None:
         """The first of the next ``scan`` ready jobs in memory that ``eligible``
         admits; the others keep their places (``taskrt.gates`` note 2)."""

@@ -1289,3 +1289,54 @@ async def test_a_poison_pill_started_in_a_freed_slot_takes_only_itself_down(
     [harmless, pill] = await committed_jobs(tmp_path)
     assert (harmless.status, harmless.attempts) == (JobStatus.SUCCESS, 1)
     assert pill.status is JobStatus.FAILURE and "orphaned" in (pill.error or "")
+
+
+PILL_BESIDE_A_NEIGHBOUR = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from taskrt import JobContext, Runtime
+
+    rt = Runtime(sys.argv[1], grace=0.3, max_recoveries=3)
+    rt.pool("p", concurrency=2)
+    rt.pool("q", concurrency=1)
+
+    @rt.task(pool="q")
+    async def neighbour(job: JobContext) -> str:
+        print("neighbour started", job.attempt, flush=True)
+        await asyncio.sleep(0.3)
+        return "ok"
+
+    @rt.task(pool="p")
+    async def pill(job: JobContext) -> None:
+        await asyncio.sleep(0.1)  # the neighbour has started: it runs beside the pill
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    async def main() -> None:
+        async with rt:
+            if not (await rt.jobs()).jobs:
+                await rt.pool("q").add(neighbour)
+                await rt.pool("p").add(pill)
+            await asyncio.sleep(3)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_job_at_its_last_recovery_runs_alone_so_only_the_pill_is_orphaned(
+    tmp_path: Path,
+) -> None:
+    """A pill kills its process while a harmless job of another pool runs beside it;
+    after each restart both start together again. Before, both reached
+    ``max_recoveries`` and both failed as orphaned, the harmless one included. A job
+    whose next interruption would fail it runs alone in its process, nothing else
+    starting beside it: the neighbour ends SUCCESS, the pill alone is orphaned."""
+    for _ in range(8):
+        code, _out, err = await run_child(tmp_path, PILL_BESIDE_A_NEIGHBOUR, timeout=30)
+        if code != -signal.SIGKILL:
+            break
+    assert code == 0, err
+    [neighbour, pill] = await committed_jobs(tmp_path)
+    assert (neighbour.status, neighbour.result) == (JobStatus.SUCCESS, "ok"), neighbour
+    assert neighbour.recoveries == 3  # it ran beside the pill until its last chance
+    assert pill.status is JobStatus.FAILURE and "orphaned" in (pill.error or ""), pill

@@ -115,6 +115,7 @@ LAYERS: dict[str, int] = {
     "adoption": 2,
     "claims": 2,
     "gates": 2,  # rate limits of tasks, locks held (owner)
+    "alone": 2,  # a job at its last recovery runs alone in its process
     "processes": 2,  # worker processes of a pool (processes=True)
     "nodes": 2,
     "workflows": 2,  # jobs that wait for jobs, chains, groups

@@ -46,9 +46,14 @@ class Cluster:
         self.http: dict[str, str] = {}  # node -> base URL of its HTTP API
 
     async def start(
-        self, *names: str, concurrency: int = 10, schedule: bool = False, http: bool = False
+        self,
+        *names: str,
+        concurrency: int = 10,
+        schedule: bool = False,
+        http: bool = False,
+        ttl: float = TTL,
     ) -> None:
-        env = {**os.environ, "NODE_TTL": str(TTL), "NODE_CONCURRENCY": str(concurrency)}
+        env = {**os.environ, "NODE_TTL": str(ttl), "NODE_CONCURRENCY": str(concurrency)}
         if schedule:
             env["NODE_SCHEDULE"] = "1"
         for name in names:
@@ -110,6 +115,10 @@ def client(url: str) -> Runtime:
 
     @rt.task(pool="p")
     async def work(job: JobContext, n: int, ms: float = 20) -> str:
+        raise AssertionError("clients run nothing")
+
+    @rt.task(pool="p")
+    async def pill(job: JobContext) -> None:
         raise AssertionError("clients run nothing")
 
     return rt
@@ -443,3 +452,32 @@ async def test_a_server_restart_mid_run_loses_no_acknowledged_job(tmp_path: Path
             assert await cluster.stop() == {"a": 0, "b": 0, "c": 0}
         finally:
             await cluster.stop()
+
+
+async def test_jobs_claimed_beside_a_poison_pill_are_not_failed_with_it(
+    url: str, cluster: Cluster
+) -> None:
+    """A pill kills its node 50 ms after it starts; dead nodes are started again. The
+    jobs a node claimed with the pill died with it each time, were charged a
+    recovery each, and (claimed with it again after each reap) were failed as
+    orphaned with it. A job at its last recovery runs alone (``taskrt.alone``), the
+    jobs claimed beside it given back first: only the pill is orphaned."""
+    await cluster.start("a", "b", concurrency=2, ttl=1.0)
+    async with client(url) as rt:
+        pill = await rt.pool("p").add("pill")
+        others = [await rt.pool("p").add("work", n, 200) for n in range(5)]
+        began, started = time.monotonic(), 2
+        while not (await rt.get(pill)).terminal:
+            assert time.monotonic() - began < 60, await rt.get(pill)
+            dead = [n for n, p in cluster.procs.items() if p.returncode is not None]
+            if len(cluster.procs) - len(dead) < 2:
+                started += 1
+                await cluster.start(f"n{started}", concurrency=2, ttl=1.0)
+            await asyncio.sleep(0.1)
+        info = await rt.get(pill)
+        assert info.status is JobStatus.FAILURE and "orphaned" in (info.error or ""), info
+        for job_id in others:
+            async with asyncio.timeout(20):
+                while not (done := await rt.get(job_id)).terminal:
+                    await asyncio.sleep(0.05)
+            assert (done.status, done.recoveries <= 3) == (JobStatus.SUCCESS, True), done
