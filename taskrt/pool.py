@@ -975,6 +975,17 @@ class Pool:
             if task is not None and not task.done():
                 task.cancel()
 
+    def abandon_stubborn(self) -> None:
+        """After the shutdown's cancel and ``abandon_after`` seconds: a handler still
+        running ignored it, and its job is written back now as a cut-short attempt
+        (WAITING, not charged), its coroutine left to end on its own (note 3). Before,
+        nothing ended it: the stop left it RUNNING on disk, the next start counted a
+        crash, and a few clean restarts failed it as orphaned."""
+        for state in list(self._running.values()):
+            task = state.task_handle
+            if task is not None and not task.done():
+                self._abandon(state, task)
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

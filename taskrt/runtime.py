@@ -993,6 +993,8 @@ class Runtime:
         running = [t for p in pools for t in p.running_tasks()]
         if running:
             await asyncio.wait(running, timeout=self.abandon_after)
+        for pool in pools:
+            pool.abandon_stubborn()
         self._workers_on = False
         self.alone.reset()
         await self.background.wait(self.grace)

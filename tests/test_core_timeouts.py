@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from core_support import Gate, collect, committed_jobs, make_rt, until
@@ -17,6 +19,7 @@ from taskrt import (
     JobContext,
     JobNotFound,
     JobStatus,
+    Runtime,
 )
 
 # -- timeouts -----------------------------------------------------------------------------------
@@ -347,3 +350,47 @@ async def test_a_cut_attempts_thread_reporting_on_reaches_no_stream_of_the_retry
     assert types[-2:] == [EventType.RETRYING, EventType.CANCELLED], types
     seqs = [e.seq for e in events]
     assert seqs == sorted(set(seqs))
+
+
+async def test_a_stop_writes_back_a_handler_that_ignores_its_cancel(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """A handler that swallows the stop's cancel, still running ``abandon_after``
+    after it. Before, the stop left its job RUNNING on disk (on PostgreSQL's nodes,
+    the leave charged it): each start counted a crash, and four clean restarts failed
+    it as orphaned. Now each stop writes it back WAITING, its attempt not charged."""
+    db, options = target
+    finish = asyncio.Event()
+
+    def make(**more: Any) -> Runtime:
+        rt = Runtime(db, **{**options, "grace": 0.2, "abandon_after": 0.1, **more})
+
+        @rt.task(attempts=5)
+        async def stubborn(job: JobContext) -> str:
+            while not finish.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await finish.wait()
+            return "done"
+
+        return rt
+
+    for stop in range(4):
+        rt = make()
+        async with asyncio.timeout(20):
+            async with rt:
+                if stop == 0:
+                    job_id = await rt.add("stubborn")
+                pool = rt.pool("default")
+                await until(pool.busy)
+            async with make(workers=False) as reader:
+                info = await reader.get(job_id)
+        assert (info.status, info.attempts, info.recoveries) == (JobStatus.WAITING, 0, 0), info
+    finish.set()
+    async with make() as rt:
+        done = await rt.wait(job_id, timeout=10)
+    assert (done.status, done.result, done.attempts, done.recoveries) == (
+        JobStatus.SUCCESS,
+        "done",
+        1,
+        0,
+    )
