@@ -282,6 +282,25 @@ async def test_a_star_allows_every_host_and_bad_patterns_are_refused(rt: Runtime
             create_app(rt, allowed_hosts=bad)
 
 
+@pytest.mark.parametrize(
+    ("pattern", "hint"),
+    [
+        ("jobs.example.com:8443", "'jobs.example.com'"),
+        ("*.example.com:80", "'*.example.com'"),
+        ("http://jobs.example.com/", None),
+        ("jobs example com", None),
+    ],
+)
+async def test_a_pattern_that_is_no_host_name_is_refused(
+    rt: Runtime, pattern: str, hint: str | None
+) -> None:
+    """Before, these were taken and matched no Host: every request was a 400."""
+    with pytest.raises(InvalidOption, match="expected a host name") as refused:
+        create_app(rt, allowed_hosts=[pattern])
+    if hint is not None:
+        assert f"a port is not part of it: {hint}" in str(refused.value)
+
+
 async def test_the_host_check_runs_on_the_raw_asgi_scope(rt: Runtime) -> None:
     app = create_app(rt)
     sent: list[dict[str, Any]] = []
