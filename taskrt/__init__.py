@@ -30,6 +30,7 @@ from .errors import (
     TaskNotFound,
     TaskrtError,
     ValidationError,
+    WorkflowNotFound,
 )
 from .limits import Limits
 from .models import (
@@ -123,6 +124,7 @@ __all__ = [
     "Transaction",
     "ValidationError",
     "WorkflowInfo",
+    "WorkflowNotFound",
     "WorkflowStream",
     "__version__",
     "parse_duration",

@@ -101,6 +101,18 @@ class JobNotFound(TaskrtError, LookupError):
         super().__init__(f"no job with id {job_id}")
 
 
+class WorkflowNotFound(JobNotFound):
+    """No workflow has that id: no job, or a job that is in no workflow. A
+    ``JobNotFound`` too (the id names no workflow's first job)."""
+
+    code = "workflow_not_found"
+
+    def __init__(self, workflow_id: int) -> None:
+        super().__init__(workflow_id)
+        self.workflow_id = workflow_id
+        self.args = (f"no workflow with id {workflow_id}",)
+
+
 class DuplicateJob(TaskrtError):
     """An add with ``on_conflict="raise"`` found its unique key taken; nothing was stored.
 

@@ -81,6 +81,7 @@ from .errors import (
     PoolNotFound,
     RuntimeNotStarted,
     TaskrtError,
+    WorkflowNotFound,
 )
 from .events import MAX_BUFFER, Broker, EventBus
 from .gates import Gates
@@ -1882,10 +1883,11 @@ class Runtime:
         return Flow(ids[0], tuple(ids))
 
     async def workflow(self, workflow_id: int) -> WorkflowInfo:
-        """A workflow's jobs, status and progress (``JobNotFound`` if it has none)."""
+        """A workflow's jobs, status and progress (``WorkflowNotFound``, a
+        ``JobNotFound``, if it has none)."""
         check_job_id(workflow_id, "workflow_id")
         if not 1 <= workflow_id <= INT64_MAX:
-            raise JobNotFound(workflow_id)  # no job has such an id
+            raise WorkflowNotFound(workflow_id)  # no job has such an id
         self.require_started("reading a workflow")
         here = None if self.nodes is None else self.nodes.node
         return await read_workflow(self.store, self.live, workflow_id, self._told, here)

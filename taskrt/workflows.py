@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 from .adding import FlowStep
 from .background import woken
 from .definitions import Signature
-from .errors import InvalidOption, JobNotFound, TaskrtError
+from .errors import InvalidOption, TaskrtError, WorkflowNotFound
 from .events import check_buffer
 from .limits import check_job_id
 from .models import BLOCKED_AT, TERMINAL, Event, EventType, JobInfo, JobStatus, WorkflowInfo
@@ -392,7 +392,7 @@ async def read(
     here any more ended while the rows were read: it is read again."""
     jobs, edges = await store.workflow(workflow_id)
     if not jobs:
-        raise JobNotFound(workflow_id)
+        raise WorkflowNotFound(workflow_id)
     states = live.states
     out: list[JobInfo] = []
     for job in jobs:

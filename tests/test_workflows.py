@@ -28,6 +28,7 @@ from taskrt import (
     JobStatus,
     Runtime,
     ValidationError,
+    WorkflowNotFound,
 )
 from taskrt.models import BLOCKED_AT
 
@@ -1387,3 +1388,20 @@ async def test_a_settle_the_server_rolls_back_as_a_deadlock_is_run_again(
     finally:
         await store.close()
     assert (settled.released, settled.cancelled, len(calls)) == ((), (), 2)
+
+
+async def test_a_job_in_no_workflow_is_no_workflow(target: tuple[str, dict[str, Any]]) -> None:
+    """``taskrt workflow 1`` said "no job with id 1" of a job that exists but is in
+    no workflow; the error now says what is missing, and is a ``JobNotFound`` still."""
+    rt = runtime(target)
+
+    @rt.task
+    async def alone() -> None:
+        return None
+
+    async with rt:
+        job_id = await rt.add(alone)
+        for missing in (job_id, job_id + 100):
+            with pytest.raises(WorkflowNotFound, match=f"no workflow with id {missing}") as err:
+                await rt.workflow(missing)
+            assert isinstance(err.value, JobNotFound) and err.value.workflow_id == missing

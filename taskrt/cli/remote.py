@@ -17,7 +17,13 @@ from typing import Any
 
 import httpx
 
-from ..errors import InvalidTransition, JobNotFound, PoolNotFound, TaskNotFound
+from ..errors import (
+    InvalidTransition,
+    JobNotFound,
+    PoolNotFound,
+    TaskNotFound,
+    WorkflowNotFound,
+)
 from ..models import (
     AttemptInfo,
     BulkResult,
@@ -207,9 +213,11 @@ def _error_of(response: httpx.Response, path: str) -> Exception:
         code, message = str(error.get("code")), str(error.get("message"))
     except (ValueError, KeyError, TypeError, AttributeError):
         code, message = "", response.text[:200] or response.reason_phrase
-    if code in ("job_not_found", "workflow_not_found"):
+    if code == "job_not_found":
         exc: Exception = JobNotFound(int(path.split("/")[2]))
         return exc
+    if code == "workflow_not_found":
+        return WorkflowNotFound(int(path.split("/")[2]))
     if code == "invalid_transition":
         exc = InvalidTransition.__new__(InvalidTransition)
         exc.args = (message,)
