@@ -262,7 +262,7 @@ class JobContext:
     ``await``; ``job.cancelled`` tells them to stop early.
     """
 
-    __slots__ = ("_loop", "_reporter", "_state", "_thread")
+    __slots__ = ("_attempt", "_loop", "_reporter", "_state", "_thread")
 
     def __init__(
         self, reporter: Reporter, state: JobState, loop: asyncio.AbstractEventLoop
@@ -271,6 +271,9 @@ class JobContext:
         self._state = state
         self._loop = loop
         self._thread = threading.get_ident()
+        # This attempt's, read once: a stop that gives the attempt back lowers the
+        # job's count while a sync handler may still run (it read 0 then).
+        self._attempt = state.attempts
 
     @property
     def id(self) -> int:
@@ -287,7 +290,7 @@ class JobContext:
     @property
     def attempt(self) -> int:
         """The 1-based number of this attempt (at-least-once: it may be > 1)."""
-        return self._state.attempts
+        return self._attempt
 
     @property
     def max_attempts(self) -> int | None:

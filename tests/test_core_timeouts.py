@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,32 @@ async def test_a_stop_writes_back_a_handler_that_ignores_its_cancel(
         1,
         0,
     )
+
+
+async def test_a_sync_handler_cut_short_by_a_stop_still_reads_its_attempt(
+    tmp_path: Path,
+) -> None:
+    """A stop gives a running attempt back (WAITING, not charged) while the thread of
+    a sync handler runs on. Before, the handler then read ``job.attempt == 0``: the
+    job's count, lowered by the give-back, not its own attempt's number."""
+    rt = Runtime(str(tmp_path / "app.db"), grace=0.05, abandon_after=0.05)
+    started, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    @rt.task
+    def slow(job: JobContext) -> None:
+        started.set()
+        release.wait(5)
+        seen.append(job.attempt)
+
+    async with rt:
+        job_id = await rt.add(slow)
+        assert await asyncio.to_thread(started.wait, 5)
+    release.set()
+    async with asyncio.timeout(5):
+        while not seen:
+            await asyncio.sleep(0.01)
+    assert seen == [1]
+    async with Runtime(str(tmp_path / "app.db"), workers=False) as reader:
+        info = await reader.get(job_id)
+    assert (info.status, info.attempts) == (JobStatus.WAITING, 0)
