@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from core_support import Gate, committed, make_rt, until
@@ -16,6 +17,7 @@ from taskrt import (
     JobNotFound,
     JobStatus,
     PoolStatistics,
+    Runtime,
 )
 from taskrt.clock import sleep as clock_sleep
 from taskrt.store import JobStore
@@ -348,3 +350,33 @@ async def test_a_listing_by_status_never_shows_a_job_of_another_status(tmp_path:
             scheduled = await rt.jobs(scheduled=True)
             assert scheduled.jobs == []  # none waits for a time to come
         assert listed > 1000  # the pages were not empty
+
+
+async def test_a_metadata_filter_names_exactly_its_key_whatever_its_characters(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """On SQLite a filter's key went into a JSON path, whose quoted label SQLite
+    compares with the key as stored, escapes included: the key ``a\\`` matched the
+    job whose key was ``a\\\\``, a key with a quote matched nothing, and a bulk
+    purge by such a filter deleted another job than the one named."""
+    db, options = target
+    rt = Runtime(db, **options)
+
+    @rt.task
+    async def echo() -> None:
+        return None
+
+    keys = ["a\\", "a\\\\", 'say "hi"', "é", "a.b", "tab\there", "plain", "[0]"]
+    async with rt:
+        pool = rt.pool("default")
+        pool.pause()  # the jobs wait: cancel finds them all
+        ids = {key: await pool.add(echo.options(metadata={key: "x", "n": 1})) for key in keys}
+        for key in keys:
+            found = [job.id for job in (await rt.jobs(metadata={key: "x"})).jobs]
+            assert found == [ids[key]], key
+            assert await rt.count(metadata={key: "x", "n": 1}) == 1, key
+            assert await rt.count(metadata={key: 1}) == 0, key  # a string is no number
+        done = await rt.bulk("cancel", metadata={"a\\\\": "x"})
+        assert done.matched == 1
+        assert (await rt.get(ids["a\\\\"])).status is JobStatus.CANCELLED
+        assert (await rt.get(ids["a\\"])).status is JobStatus.WAITING

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, TypeVar
@@ -657,6 +658,8 @@ class Store(QueuedWrites, SharedReads):
         return list(rows)
 
     def metadata_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
+        if not _PLAIN_KEY.fullmatch(key):
+            return _member_match(key, value)
         path = json_path(key)
         # A JSON true reads back from json_extract as 1: compare booleans and
         # numbers by their JSON type too, so a filter matches only its kind.
@@ -736,3 +739,23 @@ class Store(QueuedWrites, SharedReads):
     async def last_id(self) -> int:
         row = await self.fetch_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")
         return int(row["seq"]) if row else 0
+
+
+# A key a JSON path names as it is. SQLite compares a path's quoted label with
+# the key's text as stored, escapes and all, and has no way to write a quote in
+# one: a key with a backslash, a quote, a control or a non-ASCII character named
+# another key (a backslash matched the key with two), and a bulk action by that
+# filter cancelled or purged the wrong jobs. Such keys are looked up by
+# ``json_each``, which decodes the stored keys.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_ .:/@+-]+")
+
+
+def _member_match(key: str, value: Any) -> tuple[str, list[Any]]:
+    """``metadata_match`` for any key: the member of that decoded name, compared as
+    ``metadata_match`` compares (a number with numbers, a boolean with booleans)."""
+    found = "EXISTS (SELECT 1 FROM json_each(metadata) AS m WHERE m.key = ? AND "
+    if isinstance(value, bool):
+        return found + "m.type = ?)", [key, "true" if value else "false"]
+    if isinstance(value, int | float):
+        return found + "m.value = ? AND m.type IN ('integer', 'real'))", [key, value]
+    return found + "m.value = ?)", [key, value]
