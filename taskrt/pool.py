@@ -771,6 +771,7 @@ class Pool:
                 state.task_handle = None
                 self._release_lock(state)
                 self._host.not_started(state)
+                self._host.alone.ended(state)  # a lone job that did not start frees the rest
                 return
             # Counted RUNNING now: no longer starting, even if the callback above has
             # not run yet (a commit on the loop's thread resolves before it runs).

@@ -7,8 +7,10 @@ import asyncio
 import dataclasses
 import os
 import signal
+import sqlite3
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -1340,3 +1342,62 @@ async def test_a_job_at_its_last_recovery_runs_alone_so_only_the_pill_is_orphane
     assert (neighbour.status, neighbour.result) == (JobStatus.SUCCESS, "ok"), neighbour
     assert neighbour.recoveries == 3  # it ran beside the pill until its last chance
     assert pill.status is JobStatus.FAILURE and "orphaned" in (pill.error or ""), pill
+
+
+async def test_a_lone_job_whose_start_changes_no_row_lets_the_others_start(
+    tmp_path: Path,
+) -> None:
+    """A job at its last recovery is taken to run alone, and a client's cancel (a
+    process that cannot reach the owner writes the database) commits before its
+    start, which then changes no row. Before, nothing ended its turn to run alone:
+    no job of the process started again until a stop."""
+    path = str(tmp_path / "app.db")
+
+    def make() -> Runtime:
+        rt = Runtime(path, max_recoveries=1, poll_interval=5.0)
+
+        @rt.task
+        async def work() -> str:
+            return "ran"
+
+        return rt
+
+    async with make() as rt:
+        rt.pool("default").pause()
+        lone = await rt.add("work")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE jobs SET recoveries = 1 WHERE id = ?", (lone,))  # its last chance
+    db.close()
+    holding, release = threading.Event(), threading.Event()
+
+    def cancel_from_a_client() -> None:
+        con = sqlite3.connect(path, timeout=10, isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")
+        con.execute(
+            "UPDATE jobs SET status = 'CANCELLED', finished_at = ?, seq = seq + 1, "
+            "external = 1 WHERE id = ? AND status = 'WAITING'",
+            (time.time(), lone),
+        )
+        con.execute("UPDATE job_counts SET n = n - 1 WHERE pool = 'default' AND status = 'WAITING'")
+        con.execute(
+            "INSERT INTO job_counts (pool, status, n) VALUES ('default', 'CANCELLED', 1) "
+            "ON CONFLICT (pool, status) DO UPDATE SET n = n + 1"
+        )
+        holding.set()
+        release.wait(5)
+        con.execute("COMMIT")
+        con.close()
+
+    rt = make()
+    rt.pool("default").pause()  # nothing starts until the client holds the lock
+    async with rt:
+        client = threading.Thread(target=cancel_from_a_client)
+        client.start()
+        assert await asyncio.to_thread(holding.wait, 5)
+        rt.pool("default").resume()  # the lone job is taken; its start waits for the lock
+        await until(lambda: rt.alone.running is not None)
+        release.set()
+        await asyncio.to_thread(client.join)
+        after = await rt.add("work")
+        assert (await rt.wait(after, timeout=5)).result == "ran"
+        assert rt.alone.running is None
