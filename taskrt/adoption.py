@@ -365,7 +365,7 @@ class Adoption:
                 # queue it again once it runs.
                 pool = self.pools[state.pool]
                 if pool.remove(state):
-                    state.run_at = info.run_at
+                    state.update(run_at=info.run_at)
                     pool.push(state)
             elif info.status is JobStatus.CANCELLED and state is not None:
                 if state.status is JobStatus.WAITING:

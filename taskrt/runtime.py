@@ -1820,7 +1820,7 @@ class Runtime:
             pool = self.pool(state.pool)
             if state.run_at > now:
                 pool.remove(state)
-                state.run_at = now
+                state.update(run_at=now)  # and its snapshot (a row read back kept the old)
                 try:
                     await self.store.reschedule(job_id, now)
                 finally:

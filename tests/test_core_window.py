@@ -518,3 +518,36 @@ async def test_a_line_of_one_lock_keys_jobs_reads_each_job_once(
         await until(lambda: len(ran) == 300, timeout=20)
     assert ran == ids  # one at a time, in line
     assert sum(read) <= 300, sum(read)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_run_now_of_a_job_read_from_the_store_answers_its_new_run_at(
+    tmp_path: Path, restart: bool
+) -> None:
+    """A job whose state was built from its row (beyond the window, or after a
+    restart) kept that row's snapshot: ``run_now`` and ``rt.get`` answered the old
+    ``run_at`` and reason "scheduled", though the job did run now."""
+    window = 4 if not restart else 10_000
+
+    async def later() -> None:
+        return None
+
+    rt = make_rt(tmp_path, window=window)
+    task = rt.task(later)
+    rt.pool("default").pause()
+    async with rt:
+        ids = [await rt.add(task.options(delay=60)) for _ in range(30)]
+    if restart:
+        rt = make_rt(tmp_path, window=window)
+        rt.task(later)
+        rt.pool("default").pause()
+    async with rt:
+        job_id = ids[-2]
+        now = rt.clock.now()
+        answered = await rt.run_now(job_id)
+        read = await rt.get(job_id)
+        for info in (answered, read):
+            assert info.run_at <= now + 1, info
+            assert info.waiting_reason != "scheduled", info
+        rt.pool("default").resume()
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.SUCCESS
