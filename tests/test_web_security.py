@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -299,6 +300,20 @@ async def test_a_pattern_that_is_no_host_name_is_refused(
         create_app(rt, allowed_hosts=[pattern])
     if hint is not None:
         assert f"a port is not part of it: {hint}" in str(refused.value)
+
+
+@pytest.mark.parametrize("expires", ["1\u00b9\u00b3", "\u00b2", "\u0663\u0663", "-5", ""])
+async def test_a_cookie_whose_expiry_is_no_ascii_number_is_refused_not_an_error(
+    rt: Runtime, expires: str
+) -> None:
+    """``str.isdigit`` is true of "²", which ``int`` refuses: such a cookie was a 500
+    (with a traceback in the log) on every route that needs the token."""
+    auth = TokenAuth(TOKEN, fallback=None, now=time.time)
+    assert auth.cookie_is_valid(f"v1.{expires}.abc") is False
+    raw = f"{COOKIE}=v1.{expires}.abc".encode("latin-1", "replace")
+    async with client_for(create_app(rt, token=TOKEN)) as client:
+        r = await client.get("/jobs", headers=[(b"cookie", raw)])
+        assert r.status_code == 401, r.text
 
 
 async def test_the_host_check_runs_on_the_raw_asgi_scope(rt: Runtime) -> None:

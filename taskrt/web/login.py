@@ -50,6 +50,7 @@ from starlette.routing import BaseRoute, Route
 
 from .auth import AuthCallable, Unauthorized, cross_site
 from .errors import ApiError
+from .inputs import to_int
 
 COOKIE = "taskrt_session"
 #: Seconds a login lasts (note 3).
@@ -125,9 +126,10 @@ class TokenAuth:
     def cookie_is_valid(self, value: str) -> bool:
         version, _, rest = value.partition(".")
         raw_expires, _, signature = rest.partition(".")
-        if version != _VERSION or not raw_expires.isdigit() or len(raw_expires) > 12:
+        # ASCII digits only: isdigit() is true of "²", which int() refuses (inputs note 4).
+        expires = to_int(raw_expires) if len(raw_expires) <= 12 else None
+        if version != _VERSION or expires is None:
             return False
-        expires = int(raw_expires)
         if not hmac.compare_digest(signature.encode(), self._sign(expires).encode()):
             return False
         return expires > self._now()
