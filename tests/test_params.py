@@ -302,3 +302,20 @@ def test_check_schema(schema: Any, fragment: str | None) -> None:
         assert problem is None
     else:
         assert problem is not None and fragment in problem
+
+
+@pytest.mark.parametrize("pattern", ["a{4294967296}", "a{99999999999999999999}", "(" * 1000])
+def test_a_pattern_python_cannot_compile_is_not_a_regex(pattern: str) -> None:
+    """jsonschema's own ``regex`` check took only ``re.error`` for a failure: a
+    repeat count too large raised ``OverflowError`` (a 500 over HTTP), and deep
+    nesting was reported as a schema that refers to itself without end."""
+
+    async def rx(pattern: Annotated[str, {"format": "regex"}]) -> None:
+        return None
+
+    spec = attach(make_spec(rx, call="plain"))
+    spec.validate(("a+b",), {})
+    with pytest.raises(ValidationError) as refused:
+        spec.validate((pattern,), {})
+    assert refused.value.parameter == "pattern"
+    assert "refers to itself" not in str(refused.value)
