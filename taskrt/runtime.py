@@ -1203,6 +1203,12 @@ class Runtime:
         (``delay``, ``priority``, ``unique_key``, ...), ``pool`` a declared pool
         (default: the task's), ``tx`` an open ``rt.transaction()``.
         """
+        # A string is a sequence and a dict iterates its keys: "cat.jpg" ran as
+        # seven arguments, a dict as its keys; None or 5 was a bare TypeError.
+        if isinstance(args, str | bytes | Mapping) or not isinstance(args, Sequence):
+            raise InvalidOption("args", f"expected a list or tuple, found {shown(args)}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidOption("kwargs", f"expected a dict or None, found {shown(kwargs)}")
         call = self.adding.resolve(task)
         if options:
             call = call.options(**options)

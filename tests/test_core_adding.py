@@ -769,3 +769,34 @@ async def test_unlimited_attempts_survive_more_options(tmp_path: Path) -> None:
         assert (await rt.get(enqueued)).priority == 2
         assert (await rt.get(overridden)).max_attempts == 2  # a later option still wins
         assert (await rt.get(plain)).max_attempts == 3  # no attempts given: the task's
+
+
+@pytest.mark.parametrize(
+    ("given", "field"),
+    [
+        ({"args": "cat.jpg"}, "args"),
+        ({"args": {"a": 1}}, "args"),
+        ({"args": None}, "args"),
+        ({"args": 5}, "args"),
+        ({"kwargs": "ab"}, "kwargs"),
+        ({"kwargs": [("k", 1)]}, "kwargs"),
+    ],
+)
+async def test_enqueue_refuses_args_and_kwargs_of_the_wrong_kind(
+    tmp_path: Path, given: dict[str, Any], field: str
+) -> None:
+    """``args="cat.jpg"`` ran the job with seven one-letter arguments, a dict with its
+    keys; ``None`` or 5 raised a bare ``TypeError``."""
+    rt = make_rt(tmp_path)
+
+    @rt.task
+    async def resize(*names: str) -> int:
+        return len(names)
+
+    async with rt:
+        with pytest.raises(InvalidOption) as refused:
+            await rt.enqueue(resize, **given)
+        assert refused.value.field == field
+        assert await rt.count() == 0
+        job_id = await rt.enqueue(resize, args=["cat.jpg"])
+        assert (await rt.wait(job_id, timeout=5)).result == 1
