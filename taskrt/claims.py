@@ -249,7 +249,5 @@ class Claims:
         if self._asking is not None:  # a stop that did not halt first (a failed start)
             self._asking.cancel()
             self._asking = None
-        if self._claimed:
-            self._source.give_back(list(self._claimed))
-            self._claimed.clear()
+        self.give_back_taken()
         self._halted = False

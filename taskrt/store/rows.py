@@ -20,7 +20,9 @@ def dumps(value: Any) -> str:
 
 
 def json_path(key: str) -> str:
-    return "$." + '"' + key.replace('"', '\\"') + '"'
+    """SQLite's JSON path to member ``key``: only for a key with nothing to escape
+    (``sqlite.store._PLAIN_KEY``); SQLite reads no escape in a path's label."""
+    return f'$."{key}"'
 
 
 def _loads(text: str | None) -> Any:

@@ -92,9 +92,10 @@ def check_patterns(allowed_hosts: Iterable[str]) -> tuple[str, ...]:
             raise ValueError(f"a wildcard must be '*' or like '*.example.com', found {pattern!r}")
         # A pattern is compared with the Host's name alone: one with a port, a
         # scheme or a space matched nothing, and every request was refused.
-        split = split_host(pattern.removeprefix("*."))
-        if pattern != "*" and (split is None or split[0] != pattern.removeprefix("*.")):
-            bare = None if split is None else ("*." if pattern.startswith("*.") else "") + split[0]
+        name = pattern.removeprefix("*.")
+        split = split_host(name)
+        if pattern != "*" and (split is None or split[0] != name):
+            bare = None if split is None else pattern.removesuffix(name) + split[0]
             hint = f" (a port is not part of it: {bare!r})" if bare else ""
             raise ValueError(
                 f"expected a host name like 'jobs.example.com', found {pattern!r}{hint}"
