@@ -546,6 +546,8 @@ async def test_a_pool_with_a_slash_in_its_name_is_read_and_changed_at_its_path(
     [
         ("POST", "/pools", {"name": "a/b"}),
         ("POST", "/pools", {"name": ""}),
+        ("POST", "/pools", {"name": "."}),  # a URL drops the segment: /pools/.. is /
+        ("POST", "/pools", {"name": ".."}),
         ("POST", "/pools", {"name": "x", "concurrency": 0}),
         ("POST", "/pools", {"name": "x", "concurrency": "2"}),
         ("POST", "/pools", {"name": "x", "capacity": -3}),

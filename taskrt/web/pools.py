@@ -117,7 +117,9 @@ async def create_pool(api: Api, request: Request) -> Response:
     refuse_unknown(body, CHANGE_FIELDS | {"name"})
     name = body.get("name")
     if not isinstance(name, str) or not POOL_NAME.fullmatch(name):
-        raise invalid("name", "expected 1 to 100 letters, digits or _ . : -")
+        raise invalid(
+            "name", "expected 1 to 100 letters, digits or _ . : -, other than '.' and '..'"
+        )
     # The owner says whether it exists (a pool created through another process).
     stats = await _apply(api, name, body, create=True, exists_ok=False)
     return JSONResponse(

@@ -86,7 +86,9 @@ RATE_PATTERN = "^(0*[1-9][0-9]{0,8}(\\.[0-9]+)?|0+\\.[0-9]*[1-9][0-9]*)/[smh]$"
 _STATUS_WORD = "(?:" + "|".join(_any_case(s) for s in STATUSES) + ")"
 STATUS_LIST_PATTERN = rf"^ *(?:{_STATUS_WORD} *)?(?:, *(?:{_STATUS_WORD} *)?)*$"
 #: A pool created over HTTP: 1 to 100 letters, digits or ``_ . : -``.
-POOL_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+# Not "." or "..": a URL path drops such a segment (RFC 3986), so /pools/.. would
+# never reach the pool.
+POOL_NAME_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9_.:-]{1,100}$"
 
 
 def _at_most(bound: int) -> str:
