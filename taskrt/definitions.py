@@ -314,6 +314,13 @@ def make_options(
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected an object, found {type(metadata).__name__}")
     for key, value in (metadata or {}).items():
+        # A name a filter can ask for (``_check_filter_values`` in taskrt.runtime):
+        # an empty one, or one with a NUL, was stored and found by no filter. (A
+        # number is stored as JSON names it, ``3`` as ``"3"``.)
+        if isinstance(key, str):
+            if not key:
+                raise InvalidOption("metadata", "expected non-empty names, found ''")
+            check_text(key, "metadata", max_bytes=DEFAULT_LIMITS.max_key_bytes)
         # A listing filters on a metadata field with 64-bit integers (both stores
         # compare them so): a larger one would be stored, and found by no filter.
         if isinstance(value, int) and not isinstance(value, bool):

@@ -22,7 +22,10 @@ Design notes:
 3. **JSON values are bounded.** Arguments, metadata and results are encoded
    once, with ``allow_nan=False``; their nesting depth is checked before the
    encoder runs (so 10,000 nested lists are a ``SerializationError``, not a
-   ``RecursionError``) and their encoded size after, in bytes.
+   ``RecursionError``) and their encoded size after, in bytes. JSON names
+   are text: the encoder writes ``1`` as ``"1"``, so a mapping holding both
+   would come back with one of them, and such a value is refused (the walk
+   that measures the depth looks at the names, only where one is not text).
 4. **The limits are one value.** ``Limits`` is frozen; ``Runtime(limits=...)``
    sets them for the Python API and the HTTP API alike.
 """
@@ -84,10 +87,38 @@ def _too_deep(value: Any, budget: int) -> bool:
     if budget <= 0:
         return isinstance(value, dict | list | tuple)
     if isinstance(value, dict):
+        for key in value:
+            if type(key) is not str:
+                _check_names(value)
+                break
         return any(_too_deep(v, budget - 1) for v in value.values())
     if isinstance(value, list | tuple):
         return any(_too_deep(v, budget - 1) for v in value)
     return False
+
+
+def _json_name(key: Any) -> Any:
+    """The name the encoder writes for a mapping's ``key`` (itself where it writes none)."""
+    if key is True or key is False:
+        return "true" if key else "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int | float) and not isinstance(key, bool):
+        return float.__repr__(key) if isinstance(key, float) else int.__repr__(key)
+    return key
+
+
+def _check_names(mapping: dict[Any, Any]) -> None:
+    """Raises ``ValueError`` where two keys of ``mapping`` become one JSON name (note 3)."""
+    seen: dict[Any, Any] = {}
+    for key in mapping:
+        name = _json_name(key)
+        if name in seen:
+            raise ValueError(
+                f"the keys {seen[name]!r} and {key!r} are both written as the name "
+                f"{str(name)!r} in JSON, and one would be lost"
+            )
+        seen[name] = key
 
 
 def encode(

@@ -219,6 +219,7 @@ RESULT_POISONS = [
     pytest.param(lambda: {"x": NAN}, "out of range float", id="nan"),
     pytest.param(lambda: [INF], "out of range float", id="inf"),
     pytest.param(lambda: {"when": object()}, "not json serializable", id="object"),
+    pytest.param(lambda: [{1: "a", "1": "b"}], "one would be lost", id="keys=1,'1'"),
 ]
 
 
@@ -297,6 +298,11 @@ OPTION_POISONS = [
     pytest.param({"metadata": {"k": NAN}}, "metadata", id="metadata=nan"),
     pytest.param({"metadata": {"k": nested(10_000)}}, "metadata", id="metadata=nested-10000"),
     pytest.param({"metadata": ["not", "a", "dict"]}, "metadata", id="metadata=list"),
+    # Stored, and found by no filter (filters refuse such names).
+    pytest.param({"metadata": {"": 1}}, "metadata", id="metadata-key=empty"),
+    pytest.param({"metadata": {"a\x00": 1}}, "metadata", id="metadata-key=nul"),
+    # JSON writes both as "1": one would be lost.
+    pytest.param({"metadata": {1: "a", "1": "b"}}, "metadata", id="metadata-keys=1,'1'"),
 ]
 
 
@@ -347,6 +353,7 @@ ARGUMENT_POISONS = [
     pytest.param((), {"x": [1, -INF]}, "out of range float", id="kwargs=-inf"),
     pytest.param((), {"\ud800": 1}, "lone surrogate", id="kwargs-key=lone-surrogate"),
     pytest.param((object(),), {}, "not json serializable", id="args=object"),
+    pytest.param(({True: 1, "true": 2},), {}, "one would be lost", id="args=keys-True,'true'"),
 ]
 
 
@@ -456,6 +463,10 @@ HTTP_POISONS = [
     ),
     pytest.param(
         _body('"metadata": {"k": 1e999}'), 422, "not_serializable", "metadata", id="meta=1e999"
+    ),
+    pytest.param(_body('"metadata": {"": 1}'), 422, "invalid_option", "metadata", id="meta-key=''"),
+    pytest.param(
+        _body('"metadata": {"a\\u0000": 1}'), 422, "invalid_option", "metadata", id="meta-key=nul"
     ),
     pytest.param(
         '{"task": "anything", "args": ["\\ud800"]}',
