@@ -19,7 +19,7 @@ import httpx
 import pytest
 from core_support import all_jobs, committed_jobs, committed_now, db_file, new_job, until
 
-from taskrt import AttemptOutcome, JobContext, JobStatus, Runtime, StoreUnavailable
+from taskrt import AttemptOutcome, JobContext, JobStatus, Runtime, StoreError, StoreUnavailable
 from taskrt.web import create_app
 
 
@@ -433,3 +433,32 @@ async def test_every_way_a_handler_can_fail_ends_its_job_and_counts_as_failed(
     assert counted == (1, len(failing))
     stored = {j.id: j.status for j in await committed_jobs(tmp_path)}
     assert [stored[i] for i in ids] == [JobStatus.FAILURE] * len(failing)
+
+
+async def test_a_damaged_database_file_is_named_as_such_and_never_retried(tmp_path: Path) -> None:
+    """A file whose pages no longer make a database (a disk's fault, a bad copy)
+    is refused at start, saying what is wrong and what mends it: no retry does."""
+    path = db_file(tmp_path)
+    rt = Runtime(path)
+
+    @rt.task
+    async def noop(text: str) -> None:
+        return None
+
+    async with rt:
+        rt.pool("default").pause()
+        for _ in range(300):
+            await rt.pool("default").add(noop, "x" * 500)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:  # every page past the first third: garbage
+        f.seek(size // 3)
+        f.write(b"\xa5" * (size - size // 3))
+    again = Runtime(path)
+    again.task(noop.spec.handler, name="noop")
+    with pytest.raises(StoreError) as caught:
+        async with again:
+            pass
+    assert not isinstance(caught.value, StoreUnavailable)  # not "try again later"
+    message = str(caught.value)
+    assert "malformed" in message and "damaged" in message, message
+    assert f"restore {path!r} from a backup" in message, message

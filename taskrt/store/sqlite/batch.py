@@ -212,11 +212,23 @@ def transient(exc: BaseException) -> bool:
     )
 
 
+# Primary result codes that say the file itself is damaged: no retry mends it.
+_DAMAGED_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def damaged(path: str, exc: BaseException) -> str:
+    """What to do, where ``exc`` says the database file is damaged; else ``""``."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or (code & 0xFF) not in _DAMAGED_CODES:
+        return ""
+    return f"; the file is damaged, which no retry mends: restore {path!r} from a backup"
+
+
 def store_error(path: str, exc: BaseException) -> StoreError:
     """``StoreUnavailable`` when the database takes no writes now, else ``StoreError``."""
     if transient(exc):
         return StoreUnavailable(path, reason(exc))
-    return StoreError(f"write to {path!r} failed: {exc}")
+    return StoreError(f"write to {path!r} failed: {exc}{damaged(path, exc)}")
 
 
 def rollback(conn: sqlite3.Connection) -> None:

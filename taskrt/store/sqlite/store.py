@@ -37,7 +37,7 @@ from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import dumps, json_path
-from .batch import in_thread, insert_jobs, rollback, store_error, transient
+from .batch import damaged, in_thread, insert_jobs, rollback, store_error, transient
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
@@ -154,7 +154,9 @@ class Store(QueuedWrites, SharedReads):
                 self._checkpoints.start()
         except sqlite3.Error as exc:
             await self._close_connections()
-            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+            raise StoreError(
+                f"cannot open database {self.path!r}: {exc}{damaged(self.path, exc)}"
+            ) from exc
         except BaseException:  # a StoreError, or a cancel: nothing opened stays open
             await self._close_connections()
             raise
@@ -199,7 +201,9 @@ class Store(QueuedWrites, SharedReads):
         try:
             found = await asyncio.to_thread(work)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot migrate {self.path!r}: {exc}") from exc
+            raise StoreError(
+                f"cannot migrate {self.path!r}: {exc}{damaged(self.path, exc)}"
+            ) from exc
         return found, SCHEMA_VERSION
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -654,7 +658,9 @@ class Store(QueuedWrites, SharedReads):
         try:
             rows = await self.reader.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
-            raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
+            raise StoreError(
+                f"read from {self.path!r} failed: {exc}{damaged(self.path, exc)}"
+            ) from exc
         return list(rows)
 
     def metadata_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
@@ -686,7 +692,9 @@ class Store(QueuedWrites, SharedReads):
                 return conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 if not transient(exc):
-                    raise StoreError(f"read from {self.path!r} failed: {exc}") from exc
+                    raise StoreError(
+                        f"read from {self.path!r} failed: {exc}{damaged(self.path, exc)}"
+                    ) from exc
         return await self.fetch_all(sql, params)
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
