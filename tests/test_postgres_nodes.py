@@ -28,6 +28,7 @@ from test_web_sse import parse_sse
 
 from taskrt import JobContext, JobInfo, JobStatus, Runtime, Transaction, nodebus
 from taskrt import nodes as nodes_module
+from taskrt.claims import Claims
 from taskrt.errors import Fatal, InvalidOption, JobNotFound, OwnershipError, StoreUnavailable
 from taskrt.models import EventType
 from taskrt.nodebus import NodeBus
@@ -566,14 +567,26 @@ async def test_a_stop_while_a_claim_is_in_flight_gives_its_jobs_back_uncharged(
         ids = [await client.add("b") for _ in range(3)]
     real = PgStore.claim
     sent = asyncio.Event()
+    stopping = asyncio.Event()
     statements: list[asyncio.Future[list[JobInfo]]] = []
 
     async def claim_in_flight(self: PgStore, *args: Any, **kwargs: Any) -> list[JobInfo]:
         statements.append(asyncio.ensure_future(real(self, *args, **kwargs)))
         sent.set()
-        return await asyncio.shield(statements[-1])
+        claimed = await asyncio.shield(statements[-1])
+        # Its answer comes once the stop halts the claims. (Answered before, on a
+        # quick server or a slow loop, the node started its jobs, as it should.)
+        await stopping.wait()
+        return claimed
+
+    real_halt = Claims.halt
+
+    async def halt(self: Claims) -> None:
+        stopping.set()
+        await real_halt(self)
 
     monkeypatch.setattr(PgStore, "claim", claim_in_flight)
+    monkeypatch.setattr(Claims, "halt", halt)
     x = node(url, "x", ran)
     await x.start()
     await asyncio.wait_for(sent.wait(), 5)
