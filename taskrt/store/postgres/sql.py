@@ -316,8 +316,13 @@ SQL_SET_VERSION = (
 
 _ISSUED = "(SELECT last_value FROM job_ids_issued)"
 SQL_LAST_ID = f"SELECT greatest(last, {_ISSUED}) FROM job_ids WHERE one = 1 FOR UPDATE"
-SQL_KEEP_ISSUED = f"SELECT setval('job_ids_issued', $1) WHERE $1 > {_ISSUED}"
 SQL_SET_LAST_ID = "UPDATE job_ids SET last = $1 WHERE one = 1"
+# The same in a transaction that may roll back (the application's, ``rt.transaction()``):
+# the sequence is moved in the same round trip (it was a statement of its own).
+SQL_SET_LAST_ID_KEPT = (
+    "UPDATE job_ids SET last = $1 WHERE one = 1 "
+    f"RETURNING CASE WHEN $1 > {_ISSUED} THEN setval('job_ids_issued', $1) END"
+)
 SQL_HOLDERS = (
     "SELECT unique_key, id FROM jobs WHERE unique_key = ANY($1::text[]) "
     "AND status IN ('WAITING', 'RUNNING')"

@@ -62,7 +62,6 @@ from .sql import (
     SQL_EVENT_LISTENERS,
     SQL_FREE_HELD_LOST,
     SQL_JOIN,
-    SQL_KEEP_ISSUED,
     SQL_LEAVE,
     SQL_MARK_LOCKED,
     SQL_MARK_RATE_LIMITED,
@@ -533,10 +532,9 @@ class PgStore(QueuedWrites, SharedReads):
                     "SELECT set_config('search_path', $1 || current_setting('search_path'), true)",
                     f'"{tx.foreign}", ',
                 )
-            results = await insert_jobs(conn, [list(jobs)], counted)
-            made = [r.job_id for r in results if isinstance(r, InsertResult) and r.created]
-            if made:  # kept if the transaction rolls back (sql.SCHEMA_V12)
-                await conn.execute(SQL_KEEP_ISSUED, max(made))
+            # kept: the last id moves the sequence too, which a rollback does not undo
+            # (sql.SCHEMA_V12)
+            results = await insert_jobs(conn, [list(jobs)], counted, kept=True)
             await counted.apply(conn)
             if tx.foreign is not None:
                 await conn.execute("SELECT pg_notify($1, 'added')", self.channel)

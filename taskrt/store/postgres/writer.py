@@ -52,6 +52,7 @@ from .sql import (
     SQL_NOTIFY,
     SQL_PARENTS_FOUND,
     SQL_SET_LAST_ID,
+    SQL_SET_LAST_ID_KEPT,
     SQL_TAKE_WINDOWS,
     SQL_WINDOW_HOLDERS,
     SQL_WINDOW_OF,
@@ -243,7 +244,12 @@ def _summed_minutes(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 async def insert_jobs(
-    conn: asyncpg.Connection, groups: list[list[NewJob]], tally: Tally, last: int | None = None
+    conn: asyncpg.Connection,
+    groups: list[list[NewJob]],
+    tally: Tally,
+    last: int | None = None,
+    *,
+    kept: bool = False,
 ) -> Results:
     """Assign ids and insert (notes 1, 4); each group is all or nothing.
 
@@ -256,6 +262,7 @@ async def insert_jobs(
     """
     if not groups:
         return []
+    set_last = SQL_SET_LAST_ID_KEPT if kept else SQL_SET_LAST_ID
     if last is None:
         last = int(await conn.fetchval(SQL_LAST_ID))
     keys = [job.unique_key for jobs in groups for job in jobs if job.unique_key is not None]
@@ -274,11 +281,11 @@ async def insert_jobs(
     if planned.windows:
         rows = await _take_windows(conn, planned.windows, rows, results, at)
     if not rows:
-        await conn.execute(SQL_SET_LAST_ID, last)
+        await conn.execute(set_last, last)
         return results
     columns = [list(col) for col in zip(*rows, strict=True)]
     made = {int(r[0]) for r in await conn.fetch(SQL_INSERT, *columns)}
-    await conn.execute(SQL_SET_LAST_ID, last)
+    await conn.execute(set_last, last)
     pools = {row[0]: row[2] for row in rows}
     if len(made) < len(rows):
         # A key taken in between: the job is its holder's (found now, in this transaction).
