@@ -115,6 +115,39 @@ async def test_a_full_disk_keeps_every_state_and_recovers_without_a_restart(
     assert os.path.getsize(rt.path + "-wal") < 200_000 if os.path.exists(rt.path + "-wal") else True
 
 
+async def test_adds_during_an_outage_are_refused_at_once_while_kept_writes_wait(
+    tmp_path: Path,
+) -> None:
+    """The kept writes of finished jobs wait out a backoff that doubles to a
+    second; an add meanwhile is refused at once, not after the backoff (over HTTP
+    a client waited up to a second for each 503)."""
+    rt, gate = _big_runtime(tmp_path)
+    async with rt:
+        ids = [await rt.pool("work").add("big", i) for i in range(3)]
+        await until(lambda: rt.pool("work").running == 3)
+        await rt.store.flush()
+        await _fill_disk(rt)
+        gate.set()
+        for job_id in ids:
+            await rt.wait(job_id, timeout=5)
+        await until(lambda: not rt.health().ok)
+        await asyncio.sleep(1.5)  # the backoff has grown past half a second
+        took = []
+        for n in range(8):
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="database or disk is full"):
+                await rt.pool("work").add("big", 100 + n)
+            took.append(time.monotonic() - began)
+            await asyncio.sleep(0.05)
+        assert max(took) < 0.1, took
+        await _free_disk(rt)
+        await until(lambda: rt.health().ok, timeout=3)
+        new = await rt.pool("work").add("big", 200)  # and adds go in again
+        assert (await rt.wait(new, timeout=5)).status is JobStatus.SUCCESS
+    stored = {j.id: j.status for j in await committed_jobs(tmp_path)}
+    assert stored == {**{i: JobStatus.SUCCESS for i in ids}, new: JobStatus.SUCCESS}
+
+
 async def test_a_lock_held_past_the_busy_timeout_delays_writes_and_drops_none(
     tmp_path: Path,
 ) -> None:

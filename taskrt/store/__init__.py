@@ -65,7 +65,8 @@ Design notes:
    next batch, and are written again with backoff (20 ms doubling to 1 s)
    until they commit; their futures resolve only then. Adds in that batch are
    refused at once with ``StoreUnavailable`` (nothing acknowledged is lost, and
-   the caller may try again). ``health()`` says so meanwhile; the first commit
+   the caller may try again), and so are adds made while the kept writes wait
+   out their backoff (queued, they waited up to a second to be refused). ``health()`` says so meanwhile; the first commit
    after the outage logs its length and checkpoints the WAL. Terminal writes
    are idempotent (note 4), so writing one again is safe. Closing keeps trying
    for ``patience`` seconds, then logs what it gives up.

@@ -198,6 +198,7 @@ class GroupCommit:
         self.rows_written = 0
         # Health (note 9): the error of the outage in progress, and totals.
         self._failing: BaseException | None = None
+        self._backing_off = False  # kept writes wait to be written again: adds are refused
         self._failing_since: float | None = None
         self._failing_at = 0.0
         self._unhealthy = asyncio.Event()
@@ -224,6 +225,7 @@ class GroupCommit:
         self._closing = False
         self._unhealthy = asyncio.Event()
         self._failing = None
+        self._backing_off = False
         self._failing_since = None
         self._retained = 0
         self._told_stopped = False
@@ -269,6 +271,13 @@ class GroupCommit:
     def insert(self, jobs: list[NewJob]) -> asyncio.Future[Results]:
         """Queue jobs for the next batch; the future gives one result (or error) per job."""
         fut: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+        if self._backing_off and self._failing is not None:
+            # The kept writes wait out their backoff (note 9): queued, the add
+            # would wait with them (up to BACKOFF_MAX) only to be refused.
+            error = StoreUnavailable(self.name, reason(self._failing))
+            error.__cause__ = self._failing
+            fut.set_exception(error)
+            return fut
         self._batch.inserts.append((jobs, fut))
         self._wake.set()
         return fut
@@ -438,7 +447,11 @@ class GroupCommit:
                     if self._closing and time.monotonic() >= self._close_deadline:
                         self._give_up()
                         return
-                    await asyncio.sleep(backoff)
+                    self._backing_off = True
+                    try:
+                        await asyncio.sleep(backoff)
+                    finally:
+                        self._backing_off = False
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     self._wake.set()
                     continue
