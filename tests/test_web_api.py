@@ -218,6 +218,18 @@ async def test_add_refuses_bodies_that_are_not_json(
     assert error_of(r)["code"] == code
 
 
+async def test_a_number_of_too_many_digits_is_named_without_pythons_advice(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post(
+        "/jobs", content=b'{"task": "echo", "args": [' + b"7" * 5000 + b"]}", headers=JSON
+    )
+    assert r.status_code == 400 and error_of(r)["code"] == "malformed_json"
+    message = error_of(r)["message"]
+    assert "a number has more than 4300 digits" in message, message
+    assert "sys." not in message
+
+
 async def test_a_json_suffix_media_type_is_json(client: httpx.AsyncClient) -> None:
     r = await client.post(
         "/jobs",

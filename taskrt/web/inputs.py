@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -137,8 +138,14 @@ async def read_json(request: Request, limit: int) -> Any:
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         ) from None
     except (ValueError, RecursionError) as exc:
-        # A refused NaN is a ValueError (note 2).
-        message = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
+        # A refused NaN is a ValueError (note 2), as is an integer of more digits
+        # than Python converts (whose own words tell the server how to allow it).
+        if isinstance(exc, RecursionError):
+            message = "too deeply nested"
+        elif "integer string conversion" in str(exc):
+            message = f"a number has more than {sys.get_int_max_str_digits()} digits"
+        else:
+            message = str(exc)
         raise ApiError(400, "malformed_json", f"malformed JSON: {message}") from None
 
 
