@@ -696,6 +696,10 @@ class Adding:
         finished job's ``unique_for`` window holds, is looked up there."""
         if pool.capacity is None:
             return None
+        if not self.owning() and self.store.counts_capacity:
+            # The add's own transaction counts it (a read here would be a round trip
+            # of its own, and stale by the time the add commits).
+            return None
         key = jobs[0].unique_key if len(jobs) == 1 else None
         while True:
             waiting = pool.waiting if self.owning() else await self.store.count_waiting(pool.name)

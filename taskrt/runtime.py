@@ -351,6 +351,9 @@ class Runtime:
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)
         if self._pg is not None and mode == "nodes":
+            # A pool's capacity holds across the nodes adding at once: the database
+            # counts it. (One owner holds every waiting job: its check is exact.)
+            self._pg.capacity_of = self._capacity_of
             # Every node's events reach every node (taskrt.nodebus).
             self.broker = NodeBus(
                 node,
@@ -1090,6 +1093,11 @@ class Runtime:
         if self.role == "owner" or remote is None or not remote.connected or remote.stalled:
             return None  # stalled: the owner's loop is blocked; the database answers
         return remote
+
+    def _capacity_of(self, name: str) -> int | None:
+        """The capacity of pool ``name`` as this process knows it (None: none)."""
+        pool = self._pools.get(name)
+        return None if pool is None else pool.capacity
 
     def _starting_node(self) -> str | None:
         """This node's name while it runs jobs and may start those it adds in their own

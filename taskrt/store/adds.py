@@ -6,7 +6,10 @@ hook's, which must be above it), a unique key held by a live job, or within
 the window of an earlier add (``unique_for``), gives that job's id, and a key
 repeated within the batch gives its first job's id. Each group (one ``add`` or
 ``add_many`` call) is all or nothing. A job added with ``unique_for`` holds its
-key's window (``Plan.windows``) in the same transaction.
+key's window (``Plan.windows``) in the same transaction. Where the backend
+counts a pool's waiting jobs in the adds' transaction (PostgreSQL, where
+several processes add at once), ``room`` says how many more each pool with a
+capacity takes, and a group that would pass it fails with ``QueueFull``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DuplicateJob, DuplicateJobId, JobNotFound
+from ..errors import DuplicateJob, DuplicateJobId, JobNotFound, QueueFull
 from ..models import BLOCKED_AT
 from .protocol import InsertResult, NewJob
 
@@ -39,10 +42,13 @@ def plan(
     last: int,
     holder: Callable[[str], int | None],
     found: set[int] | None = None,
+    room: dict[str, tuple[int, int]] | None = None,
 ) -> Plan:
     """The rows to insert after id ``last``; ``holder(key)``: the job holding a key
     (live, or within a window); ``found``: the named parents (``NewJob.after``) that
-    exist (a group naming another fails with ``JobNotFound``)."""
+    exist (a group naming another fails with ``JobNotFound``); ``room``: (capacity,
+    free room) of each pool with a capacity, taken by the new rows that wait (not
+    those that start as they are added)."""
     out = Plan(last=last)
     keys: dict[str, int] = {}
     for jobs in groups:
@@ -104,6 +110,8 @@ def plan(
                 )
             )
             group_results.append(InsertResult(job_id, True))
+        if error is None and room is not None:
+            error = _take_room(room, jobs, group_results)
         if error is not None:
             out.results.extend([error] * len(jobs))
             continue
@@ -113,6 +121,24 @@ def plan(
         out.windows.extend(group_windows)
         out.results.extend(group_results)
     return out
+
+
+def _take_room(
+    room: dict[str, tuple[int, int]], jobs: list[NewJob], results: list[InsertResult]
+) -> QueueFull | None:
+    """Take the room of a group's new waiting jobs, or ``QueueFull`` (nothing taken)."""
+    wanted: dict[str, int] = {}
+    for job, result in zip(jobs, results, strict=True):
+        if result.created and not job.start and job.pool in room:
+            wanted[job.pool] = wanted.get(job.pool, 0) + 1
+    for pool, n in wanted.items():
+        capacity, free = room[pool]
+        if n > free:
+            return QueueFull(pool, capacity)
+    for pool, n in wanted.items():
+        capacity, free = room[pool]
+        room[pool] = (capacity, free - n)
+    return None
 
 
 class Moves:

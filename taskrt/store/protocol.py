@@ -274,6 +274,14 @@ class JobStore(Protocol):
         which the store grants by its own rule (PostgreSQL store note 11)."""
         ...
 
+    @property
+    def counts_capacity(self) -> bool:
+        """True: an add to a pool with a capacity (``capacity_of``) is counted against
+        it in the add's own transaction, and refused there with ``QueueFull``, so the
+        capacity holds across processes that add at once (PostgreSQL writer
+        ``_room``). False: the runtime's check before the add is all there is."""
+        ...
+
     # -- lifecycle and health
     async def open(self) -> None:
         """Connect, bring the schema to this release's version (or refuse a newer one)."""

@@ -323,6 +323,12 @@ SQL_SET_LAST_ID_KEPT = (
     "UPDATE job_ids SET last = $1 WHERE one = 1 "
     f"RETURNING CASE WHEN $1 > {_ISSUED} THEN setval('job_ids_issued', $1) END"
 )
+# A pool's waiting jobs, read by an add holding ``job_ids`` (writer ``_room``): in a
+# statement of its own, after the lock, its snapshot holds every add before it.
+SQL_WAITING_OF = (
+    "SELECT pool, coalesce(sum(n), 0) FROM job_counts WHERE pool = ANY($1::text[]) "
+    "AND status = 'WAITING' GROUP BY pool"
+)
 SQL_HOLDERS = (
     "SELECT unique_key, id FROM jobs WHERE unique_key = ANY($1::text[]) "
     "AND status IN ('WAITING', 'RUNNING')"

@@ -239,6 +239,9 @@ class PgStore(QueuedWrites, SharedReads):
         self._lost: Callable[[], None] | None = None
         self._listening: Callable[[], None] | None = None
         self._missed = False  # the listener was lost since it last listened
+        # The capacity of a pool, where this process knows one: the adds to it are
+        # counted in the database, so that it holds across processes (writer ``_room``).
+        self.capacity_of: Callable[[str], int | None] | None = None
         self._batches: PgBatches | None = None
         # Plain adds, group-committed on a connection of their own (note 8).
         self._adds = GroupCommit(self.path, progress_interval=progress_interval)
@@ -375,9 +378,11 @@ class PgStore(QueuedWrites, SharedReads):
         """A group commit's writer, on a connection of its own (notes 3, 8)."""
         lane = self.lane(writer)
         options = self._writer_options(lane, generic=generic)
-        return PgBatches(
+        batches = PgBatches(
             self._dsn, options, self._counts, self.channel, lane=lane, announce=self.node
         )
+        batches.capacity_of = self.capacity_of
+        return batches
 
     def lane(self, writer: int) -> int:
         """The lane of ``job_counts`` a writer of this process adds to (note 12): by
@@ -534,7 +539,9 @@ class PgStore(QueuedWrites, SharedReads):
                 )
             # kept: the last id moves the sequence too, which a rollback does not undo
             # (sql.SCHEMA_V12)
-            results = await insert_jobs(conn, [list(jobs)], counted, kept=True)
+            results = await insert_jobs(
+                conn, [list(jobs)], counted, kept=True, capacity_of=self.capacity_of
+            )
             await counted.apply(conn)
             if tx.foreign is not None:
                 await conn.execute("SELECT pg_notify($1, 'added')", self.channel)
@@ -884,6 +891,10 @@ class PgStore(QueuedWrites, SharedReads):
             }
             for r in rows
         ]
+
+    @property
+    def counts_capacity(self) -> bool:
+        return self.capacity_of is not None
 
     @property
     def starts_in_add(self) -> bool:

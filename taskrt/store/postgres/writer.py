@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -54,6 +54,7 @@ from .sql import (
     SQL_SET_LAST_ID,
     SQL_SET_LAST_ID_KEPT,
     SQL_TAKE_WINDOWS,
+    SQL_WAITING_OF,
     SQL_WINDOW_HOLDERS,
     SQL_WINDOW_OF,
     UNSTARTED,
@@ -250,6 +251,7 @@ async def insert_jobs(
     last: int | None = None,
     *,
     kept: bool = False,
+    capacity_of: Callable[[str], int | None] | None = None,
 ) -> Results:
     """Assign ids and insert (notes 1, 4); each group is all or nothing.
 
@@ -259,6 +261,8 @@ async def insert_jobs(
     keys are held by the database (``jobs_unique_live``): a key found live is
     answered with its holder's id; a key that became live in between (another
     node's add) is found by the insert's ``ON CONFLICT`` and answered the same.
+    ``capacity_of(pool)``: the capacity the adds of a pool are held to (None: none),
+    counted under the pool's lock (``_room``).
     """
     if not groups:
         return []
@@ -276,7 +280,8 @@ async def insert_jobs(
     existing = None
     if named:
         existing = {int(r[0]) for r in await conn.fetch(SQL_PARENTS_FOUND, named)}
-    planned = plan(groups, last, holders.get, existing)
+    room = await _room(conn, groups, capacity_of) if capacity_of is not None else None
+    planned = plan(groups, last, holders.get, existing, room)
     results, rows, last = planned.results, planned.rows, planned.last
     if planned.windows:
         rows = await _take_windows(conn, planned.windows, rows, results, at)
@@ -318,6 +323,32 @@ async def insert_jobs(
             if rows:
                 await conn.executemany(sql, rows)
     return results
+
+
+async def _room(
+    conn: asyncpg.Connection,
+    groups: list[list[NewJob]],
+    capacity_of: Callable[[str], int | None],
+) -> dict[str, tuple[int, int]] | None:
+    """(capacity, free room) of the pools with a capacity that ``groups`` add to.
+
+    Processes that add to one pool at once each checked it against what was
+    committed before their adds (``Adding._check_capacity``), and a burst of
+    adds spread over three nodes filled a pool of 50 with 101 jobs. Every add
+    holds the row of ``job_ids`` until it commits (note 1), so adds take turns:
+    counted after that lock, in a statement of its own, the pool's waiting jobs
+    include every add before this one. (The usual add is one statement, whose
+    snapshot is older than the lock it waits for: the adds to a pool with a
+    capacity take this transaction's path, ``PgBatches._write``.)"""
+    capacities = {
+        pool: capacity
+        for pool in {job.pool for jobs in groups for job in jobs if not job.start}
+        if (capacity := capacity_of(pool)) is not None
+    }
+    if not capacities:
+        return None
+    waiting = {str(p): int(n) for p, n in await conn.fetch(SQL_WAITING_OF, list(capacities))}
+    return {p: (c, max(0, c - waiting.get(p, 0))) for p, c in capacities.items()}
 
 
 _DEP = numbered(SQL_DEP)
@@ -372,6 +403,8 @@ class PgBatches:
         # ``taskrt.lane``, note 12).
         self.counts = counts
         self.lane = lane
+        # The capacity of a pool, where this process knows one (``_room``).
+        self.capacity_of: Callable[[str], int | None] | None = None
         # The writer's own connection: a batch goes straight to it (a pool's acquire
         # and release cost a round trip); opened again after it is lost (note 5).
         self._conn: asyncpg.Connection | None = None
@@ -412,12 +445,14 @@ class PgBatches:
     async def _write(self, batch: Batch, progress: ProgressRows) -> Results:
         planned = packs(batch, progress)
         groups = [jobs for jobs, _ in batch.inserts]
+        capacity_of = self.capacity_of
         simple = all(
             j.unique_key is None
             and j.job_id is None
             and not j.after
             and j.workflow is None
             and j.batch_key is None
+            and (capacity_of is None or j.start or capacity_of(j.pool) is None)
             for g in groups
             for j in g
         )
@@ -445,7 +480,7 @@ class PgBatches:
                     changed.extend(await run_pack(conn, pack, tally))
                 if groups and not simple:
                     # Adds last: a terminal write queued before frees its unique key.
-                    results = await insert_jobs(conn, groups, tally, last)
+                    results = await insert_jobs(conn, groups, tally, last, capacity_of=capacity_of)
                     await self._announce(conn, groups)
                 changed.extend(await tally.apply(conn))
         if any(job.external for jobs in groups for job in jobs):

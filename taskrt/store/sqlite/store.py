@@ -88,6 +88,7 @@ class Store(QueuedWrites, SharedReads):
 
     # Only the owner starts jobs: its adds may start what they add (taskrt.pool note 9).
     starts_in_add = True
+    counts_capacity = False  # one owner adds (the others forward): its check holds
 
     def __init__(
         self,
