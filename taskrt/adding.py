@@ -76,6 +76,7 @@ class Adding:
         dependents: Callable[[int, tuple[int, ...]], None],
         batching: Callable[[str, str, float, int], None],
         node: Callable[[], str | None] = lambda: None,
+        deadline_added: Callable[[float], None] = lambda deadline: None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -100,6 +101,8 @@ class Adding:
         # This node's name while it may start the jobs it adds (mode "nodes",
         # ``taskrt.claims`` note 4), else None.
         self.node = node
+        # Told of each committed job with a deadline (``taskrt.deadlines`` note 2).
+        self.deadline_added = deadline_added
         # The unique keys of adds being committed here, each set once its add is
         # over: a full pool's add of the same key waits for it (``_check_capacity``).
         self._keys_adding: dict[str, asyncio.Event] = {}
@@ -597,6 +600,7 @@ class Adding:
                 and not state.parents
                 and state.batch_key is None
                 and state.unique_key is None
+                and state.deadline is None
                 and state.spec.hooks.on_add is None
                 and not wants(state.id)
             ):
@@ -634,6 +638,8 @@ class Adding:
         parents, its batch) and announce it; whether it is not for the add to queue:
         it waits for parents or a batch, or memory holds it already."""
         self.counters.added[state.task] += 1
+        if state.deadline is not None:
+            self.deadline_added(state.deadline)
         held = bool(state.parents) or state.batch_key is not None
         taken = held
         if state.parents:

@@ -13,9 +13,11 @@ Design notes:
    pay for), so the check costs nothing where no job has a deadline and does
    not grow with the backlog: no timer per job, nothing held in memory.
 2. **On time, and polled.** The sweeper sleeps until the earliest deadline of a
-   waiting job, and at most ``interval`` (jobs added by other processes, or
-   added after it went to sleep, are found by then): a job ends within
-   ``interval`` of its deadline, usually at once.
+   waiting job, and at most ``interval`` (jobs added by other processes are
+   found by then): a job ends within ``interval`` of its deadline, usually at
+   once. A job this process adds with a deadline before the sweeper's next
+   look wakes it (``added``): before, such a job waited out the sleep begun
+   before it, and ended a whole interval (and the sweep's time) late.
 3. **The host ends it.** Ending a job is the runtime's: the owner takes it
    out of its pool's queue first; a node reads it (``taskrt.nodes``). Both go
    through ``Transitions.deadline_passed``: FAILURE ``deadline passed``, the
@@ -59,7 +61,13 @@ class Deadlines:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._wakes_at = 0.0  # when the sweeper looks next (note 2)
         self.ended = 0
+
+    def added(self, deadline: float) -> None:
+        """A job with ``deadline`` was added here: the sweeper looks then (note 2)."""
+        if self._task is not None and deadline < self._wakes_at:
+            self._wake.set()
 
     def start(self) -> None:
         if self._task is None:
@@ -104,7 +112,8 @@ class Deadlines:
     async def _sleep(self, seconds: float) -> None:
         """Until ``seconds`` have passed on the runtime's clock (a fake one in tests)."""
         self._wake.clear()
-        timer = self.clock.call_at(self.clock.now() + seconds, self._wake.set)
+        self._wakes_at = self.clock.now() + seconds
+        timer = self.clock.call_at(self._wakes_at, self._wake.set)
         try:
             await self._wake.wait()
         finally:

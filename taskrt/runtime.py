@@ -405,6 +405,7 @@ class Runtime:
             dependents=lambda child, parents: self.workflows.dependents(child, parents),
             batching=lambda task, key, at, job_id: self.batches.added(task, key, at, job_id),
             node=self._starting_node,
+            deadline_added=lambda deadline: self.deadlines.added(deadline),
         )
         self.transitions.take_in = self.adding.take_in
         # Jobs found in the database: after a crash, and those other processes add.

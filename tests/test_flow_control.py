@@ -753,3 +753,26 @@ async def test_a_lock_is_its_attempts_a_retry_waits_while_the_cut_attempt_runs_o
         await rt.wait(a, timeout=10)
         assert (await rt.wait(b, timeout=10)).status is JobStatus.SUCCESS
     assert overlaps == []
+
+
+async def test_a_job_added_here_ends_at_its_deadline_not_at_the_next_sweep(
+    tmp_path: Path,
+) -> None:
+    """The sweeper slept its whole interval (1 s) from before the add: a job added
+    with a deadline inside that sleep ended at the next tick, up to a second (and
+    the sweep's time) late. The add wakes it; each job ends at its own deadline."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    rt.pool("p", concurrency=1).pause()  # nothing takes the jobs: the sweeper ends them
+
+    @rt.task(pool="p")
+    async def late() -> None:
+        return None
+
+    async with rt:
+        await asyncio.sleep(0.1)  # the sweeper's first look is done: it sleeps now
+        now = time.time()
+        deadlines = {await rt.add(late.options(deadline=now + d)): now + d for d in (0.3, 0.5)}
+        for job_id, deadline in deadlines.items():
+            info = await rt.wait(job_id, timeout=5)
+            assert info.status is JobStatus.FAILURE and info.finished_at is not None
+            assert info.finished_at - deadline < 0.25, info.finished_at - deadline
