@@ -50,6 +50,7 @@ class JobState:
         "snapshot",
         "abandoned",
         "cancel_requested",
+        "ending",
         "parents",
         "retry",
         "shutdown",
@@ -138,6 +139,7 @@ class JobState:
         self.task_handle: asyncio.Task[None] | None = None
         self.watchdog: asyncio.TimerHandle | None = None
         self.cancel_requested = False
+        self.ending = False  # its deadline ends it, under way (``Transitions.deadline_passed``)
         self.timed_out = False
         self.shutdown = False
         self.abandoned = False
@@ -210,6 +212,7 @@ class JobState:
         state.task_handle = None
         state.watchdog = None
         state.cancel_requested = False
+        state.ending = False
         state.parents = ()
         state.timed_out = False
         state.shutdown = False

@@ -16,18 +16,37 @@ Design notes:
    waiting job, and at most ``interval`` (jobs added by other processes are
    found by then): a job ends within ``interval`` of its deadline, usually at
    once. A job this process adds with a deadline before the sweeper's next
-   look wakes it (``added``): before, such a job waited out the sleep begun
-   before it, and ended a whole interval (and the sweep's time) late.
-3. **The host ends it.** Ending a job is the runtime's: the owner takes it
-   out of its pool's queue first; a node reads it (``taskrt.nodes``). Both go
-   through ``Transitions.deadline_passed``: FAILURE ``deadline passed``, the
-   ``on_failed`` hook in its transaction, never a retry.
+   look wakes it (``added``); before, it waited out the sleep begun before it
+   and ended up to a whole interval (and the sweep's time) late. A wake that
+   comes while the sweeper looks is kept for its next sleep (cleared before
+   the look, not after), and the next look is at the earliest deadline
+   *after* now: the jobs the sweep just ended may still read WAITING (their
+   ends are queued), and taken for the next deadline they made the sweeper
+   sleep a whole interval past the next job's.
+3. **The host ends it, once.** Ending a job is the runtime's. The owner holds
+   its waiting jobs: it takes the job out of its pool's queue first and ends
+   that state through ``Transitions.deadline_passed`` (FAILURE ``deadline
+   passed``, the ``on_failed`` hook in its transaction, never a retry), which
+   ends a state once: the pool may take the same job meanwhile (pool note 6),
+   and a hooked failure stays WAITING in memory until its transaction runs.
+   No node holds a waiting job (``taskrt.nodes``): a node reads it, and any
+   node may claim it while it does. Its end (``Transitions.end_as_read``)
+   locks the row and writes FAILURE only if it is still WAITING as read (a
+   compare-and-set; the hook in the same transaction), and tells nothing
+   (event, counts, hooks) unless it landed: a claim that came first ends the
+   job as a claimed one. Before, a node ended the job from its read: its
+   FAILURE, a belief of WAITING that the store takes as a guess, landed on
+   the row its own claim had just made RUNNING (or was refused after another
+   node's end), while its event and hooks went out either way: a job ended
+   twice or three times, and a wait woken by the first end read the job
+   RUNNING (or still WAITING).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -61,7 +80,7 @@ class Deadlines:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._wakes_at = 0.0  # when the sweeper looks next (note 2)
+        self._wakes_at = 0.0  # when the sweeper looks next; inf while it looks (note 2)
         self.ended = 0
 
     def added(self, deadline: float) -> None:
@@ -96,13 +115,16 @@ class Deadlines:
     async def _run(self) -> None:
         while True:
             wait = self.interval
+            # A job added from here on wakes the next sleep (note 2).
+            self._wake.clear()
+            self._wakes_at = math.inf
             try:
                 await self.sweep()
-                upcoming = await self.store.next_deadline()
-                # One already past is a job this process cannot end (its task is
-                # not registered here): the next poll looks again.
-                if upcoming is not None and upcoming > self.clock.now():
-                    wait = min(wait, upcoming - self.clock.now())
+                # One passed and not ended is a job this process cannot end (its
+                # task is not registered here): the next poll looks again.
+                upcoming = await self.store.next_deadline(self.clock.now())
+                if upcoming is not None:
+                    wait = max(0.0, min(wait, upcoming - self.clock.now()))
             except TaskrtError as exc:
                 log.warning("ending jobs past their deadline failed: %s", exc)
             except Exception:
@@ -110,8 +132,8 @@ class Deadlines:
             await self._sleep(wait)
 
     async def _sleep(self, seconds: float) -> None:
-        """Until ``seconds`` have passed on the runtime's clock (a fake one in tests)."""
-        self._wake.clear()
+        """Until ``seconds`` have passed on the runtime's clock (a fake one in tests),
+        or a job added here wakes it (note 2)."""
         self._wakes_at = self.clock.now() + seconds
         timer = self.clock.call_at(self._wakes_at, self._wake.set)
         try:

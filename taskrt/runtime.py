@@ -825,23 +825,29 @@ class Runtime:
 
     async def _end_past_deadline(self, job_id: int) -> None:
         """A waiting job whose deadline passed ends (``taskrt.deadlines`` note 3)."""
-        if self.nodes is None:
-            state = await self.adoption.pin(job_id)
-        else:  # no node holds a waiting job: it is read, and ended from here
+        if self.nodes is not None:
+            # No node holds a waiting job, and any may claim it while it is read:
+            # it ends only if its row is still WAITING as read (deadlines note 3).
             info = await self.store.get_job(job_id)
             spec = None if info is None else self._tasks.get(info.task)
-            if info is None or spec is None:
-                return  # gone, or a task this node does not know: one that does ends it
+            if info is None or spec is None or info.status is not JobStatus.WAITING:
+                return  # gone, taken, or a task this node does not know: one that does
+            if info.deadline is None or info.deadline > self.clock.now():
+                return
             state = JobState(info, spec, retry_policy_of(info, spec))
-        if state is None or state.status is not JobStatus.WAITING:
+            if await self.transitions.end_as_read(state):
+                job_logger(state).warning(
+                    "job %d failed: its deadline passed before it started", job_id
+                )
             return
-        if state.deadline is None or state.deadline > self.clock.now():
-            if self.nodes is None:
-                self.adoption.unpin(state)
+        pinned = await self.adoption.pin(job_id)
+        if pinned is None or pinned.status is not JobStatus.WAITING or pinned.ending:
+            return  # ended, started, or ending already (the pool took it: note 3)
+        if pinned.deadline is None or pinned.deadline > self.clock.now():
+            self.adoption.unpin(pinned)
             return
-        if self.nodes is None:
-            self.pool(state.pool).remove(state)
-        self.transitions.deadline_passed(state)
+        self.pool(pinned.pool).remove(pinned)
+        self.transitions.deadline_passed(pinned)
 
     async def _own(self) -> None:
         """Holding the lock: record it, recover what a dead owner left (note 3)."""

@@ -412,7 +412,12 @@ class Transitions:
             self.store.waiting_reason(state.id, reason)
 
     def deadline_passed(self, state: JobState) -> None:
-        """A job taken to start after its deadline: FAILURE, never retried (pool note 6)."""
+        """A job taken to start after its deadline: FAILURE, never retried (pool note 6).
+        Once: the pool and the sweeper may both find the same state (an ``on_failed``
+        failure is still WAITING here until its transaction runs)."""
+        if state.ending:
+            return
+        state.ending = True
         job_logger(state).warning("job %d failed: its deadline passed before it started", state.id)
         if state.status is JobStatus.RUNNING:
             # Claimed (taskrt.claims): the claim charged an attempt; it is recorded.
@@ -463,6 +468,17 @@ class Transitions:
         FAILURE as orphaned, its ``on_failed`` hook in the failure's transaction."""
         self._fail(state, orphan_error(state.recoveries + 1))
 
+    async def end_as_read(self, state: JobState) -> bool:
+        """A waiting job past its deadline that no node holds (mode "nodes"), read
+        from the store into ``state``: FAILURE only if its row is still WAITING as
+        read, its ``on_failed`` hook in that transaction; whether it landed. Only
+        then is the end told (event, counts, hooks): a claim that took the job
+        first ends it instead (``taskrt.deadlines`` note 3)."""
+        state.ending = True
+        return await self._fail_in_transaction(
+            state, DEADLINE_PASSED, state.spec.hooks.on_failed, as_read=True
+        )
+
     def _fail(self, state: JobState, error: str) -> None:
         hook = state.spec.hooks.on_failed
         if hook is None:
@@ -471,9 +487,15 @@ class Transitions:
         self.background.spawn(self._fail_in_transaction(state, error, hook))
 
     async def _fail_in_transaction(
-        self, state: JobState, error: str, hook: Callable[..., Any]
-    ) -> None:
-        """Write FAILURE and run ``on_failed(job, tx)`` in one transaction."""
+        self,
+        state: JobState,
+        error: str,
+        hook: Callable[..., Any] | None,
+        *,
+        as_read: bool = False,
+    ) -> bool:
+        """Write FAILURE and run ``on_failed(job, tx)`` in one transaction; whether
+        it landed (``as_read``: only on the row as read, ``end_as_read``)."""
         await self.store.flush()  # earlier writes of this job first
         now = self.clock.now()
         was = state.status  # RUNNING, or WAITING (its deadline passed)
@@ -484,7 +506,9 @@ class Transitions:
         while True:
             try:
                 again = rollbacks < ROLLBACK_RETRIES
-                await self._fail_with_hook(state, error, now, info, hook, was, again=again)
+                await self._fail_with_hook(
+                    state, error, now, info, hook, was, again=again, as_read=as_read
+                )
                 break
             except _RolledBack as exc:
                 # Not the hook's fault: the failure and the hook run again, whole.
@@ -497,25 +521,32 @@ class Transitions:
                 )
                 await asyncio.sleep(ROLLBACK_WAIT * 2**rollbacks * (0.5 + random.random()))
             except _NotOurs:
+                if as_read:  # claimed, ended or changed since it was read: not ours
+                    return False
                 job_logger(info).warning(
                     "the failure of job %d was not written: the job is no longer %s here "
                     "(another process has it); its on_failed hook did not run",
                     info.id,
                     was.value,
                 )
-                break
+                return False
             except StoreUnavailable:
                 # Never drop a state (store note 9): the database will take it later.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except StoreError:
+                if as_read:
+                    # Nothing landed, nothing is told: the next sweep looks again.
+                    job_logger(info).exception("ending job %d past its deadline failed", info.id)
+                    return False
                 job_logger(info).exception(
                     "the on_failed transaction of job %d failed; stored without it",
                     info.id,
                 )
                 self.finalize(state, JobStatus.FAILURE, {"error": error}, error=error)
-                return
+                return True
         self.finalize(state, JobStatus.FAILURE, {"error": error}, error=error, write=False)
+        return True
 
     async def _fail_with_hook(
         self,
@@ -523,10 +554,11 @@ class Transitions:
         error: str,
         now: float,
         info: JobInfo,
-        hook: Callable[..., Any],
+        hook: Callable[..., Any] | None,
         was: JobStatus,
         *,
         again: bool,
+        as_read: bool = False,
     ) -> None:
         """One transaction of the failure and its hook; ``again``: a rollback of the
         database's own in the hook's SQL (a deadlock) raises ``_RolledBack``, so that
@@ -543,9 +575,12 @@ class Transitions:
                 state.attempts,
                 pool=state.pool,
                 was=was,
+                as_read=as_read,
             )
             if not moved:
                 raise _NotOurs  # nothing of it commits, the hook's writes included
+            if hook is None:
+                return
             try:
                 # What the hook wrote is undone if it raises; the failure stays.
                 tx = Transaction(conn)

@@ -2186,3 +2186,64 @@ async def test_a_pools_capacity_holds_across_nodes_adding_at_once(url: str) -> N
     finally:
         for rt in nodes:
             await rt.stop()
+
+
+# -- deadlines (taskrt.deadlines note 3) ----------------------------------------------
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["plain", "on_failed"])
+async def test_a_job_past_its_deadline_ends_once_though_every_node_races_for_it(
+    url: str, hooked: bool
+) -> None:
+    """A waiting job is in no node's memory: a node's deadline sweep read it WAITING
+    and ended it from that read while a claim (its own node's or another's) took
+    it and that pool ended it too. The sweep's FAILURE, a belief of WAITING, landed
+    on the row its own node had just claimed (or was refused after the other's
+    end), and its event and hooks went out either way: a job ended two or three
+    times, an attempt recorded that the row did not count. Each job ends once:
+    one end told, its hooks once, its attempts as recorded, nothing left RUNNING."""
+    ends: dict[int, list[str]] = collections.defaultdict(list)
+    failed: dict[int, list[str]] = collections.defaultdict(list)
+    ran: list[int] = []
+
+    def make(name: str) -> tuple[Runtime, Any]:
+        rt = Runtime(url, mode="nodes", node_ttl=2.0)
+        rt.pool("p", concurrency=4)
+
+        def on_error(job_id: int, error: str) -> None:
+            ends[job_id].append(name)
+
+        async def on_failed(job: JobInfo, tx: Transaction) -> None:
+            failed[job.id].append(name)
+
+        @rt.task(pool="p", on_error=on_error, on_failed=on_failed if hooked else None)
+        async def late(job: JobContext) -> None:
+            ran.append(job.id)
+
+        return rt, late
+
+    (x, late_x), (y, late_y) = make("x"), make("y")
+    async with x, y:
+        ids: list[int] = []
+        for n in range(60):  # each add wakes its node's sweep, and both nodes claim
+            rt, task = (x, late_x) if n % 2 else (y, late_y)
+            ids.append(await rt.pool("p").add(task.options(deadline=time.time() - 1)))
+        infos = [await x.wait(i, timeout=10) for i in ids]
+        assert {(i.status, i.error) for i in infos} == {(JobStatus.FAILURE, "deadline passed")}
+        await until(lambda: all(ends[i] for i in ids))
+        await asyncio.sleep(0.3)  # a second end, if any, is told by now
+        await asyncio.gather(x.store.flush(), y.store.flush())
+        assert {i: ends[i] for i in ids if len(ends[i]) != 1} == {}
+        if hooked:
+            assert {i: failed[i] for i in ids if len(failed[i]) != 1} == {}
+        rows = await sql(
+            url,
+            "SELECT j.id, j.status, j.attempts, (SELECT count(*) FROM attempts a "
+            "WHERE a.job_id = j.id) AS recorded FROM jobs j WHERE j.id = ANY($1::bigint[])",
+            ids,
+        )
+        assert {r["status"] for r in rows} == {"FAILURE"}
+        assert [r["id"] for r in rows if r["attempts"] != r["recorded"]] == []
+        stats = await x.stats()
+        assert (stats.counts["RUNNING"], stats.counts["WAITING"]) == (0, 0)
+    assert ran == []

@@ -186,11 +186,17 @@ class StoreTransaction(Protocol):
         *,
         pool: str,
         was: JobStatus = JobStatus.RUNNING,
+        as_read: bool = False,
     ) -> bool:
         """FAILURE in this transaction (``on_failed`` hooks commit with it), from
         WAITING or RUNNING; the count moves with it, in the transaction. False when
         no row moved: the job is not where the caller believed (another process
-        ended it, or took it back from a node that was taken for dead)."""
+        ended it, or took it back from a node that was taken for dead).
+
+        ``as_read``: ``was`` is WAITING and ``seq - 1`` the sequence the caller read;
+        the row moves only if it is still that, locked first (a compare-and-set: a
+        job no process holds, which any node may claim meanwhile,
+        ``taskrt.deadlines`` note 3). Without it a belief is a guess for the counts."""
         ...
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:
@@ -640,8 +646,9 @@ class JobStore(Protocol):
         """Up to ``limit`` WAITING jobs whose deadline is ``now`` or before, earliest first."""
         ...
 
-    async def next_deadline(self) -> float | None:
-        """The earliest deadline of a WAITING job, or None."""
+    async def next_deadline(self, after: float) -> float | None:
+        """The earliest deadline after ``after`` of a WAITING job, or None (one
+        passed is the sweep's: its end may not be committed yet)."""
         ...
 
     async def schedules(self) -> list[ScheduleInfo]: ...

@@ -96,7 +96,8 @@ SQL_DEADLINES_PASSED = (
     "ORDER BY deadline LIMIT ?"
 )
 SQL_NEXT_DEADLINE = (
-    "SELECT min(deadline) FROM jobs WHERE deadline IS NOT NULL AND status = 'WAITING'"
+    "SELECT min(deadline) FROM jobs WHERE deadline IS NOT NULL AND deadline > ? "
+    "AND status = 'WAITING'"
 )
 SQL_UNIQUE_HOLDER = "SELECT id FROM jobs WHERE unique_key = ? AND status IN ('WAITING', 'RUNNING')"
 SQL_UNIQUE_WINDOW = "SELECT job_id FROM unique_keys WHERE key = ? AND expires_at > ?"

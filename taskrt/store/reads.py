@@ -267,9 +267,9 @@ class SharedReads:
         """WAITING jobs whose deadline is ``now`` or before, earliest first (``jobs_deadline``)."""
         return [int(r[0]) for r in await self.query(SQL_DEADLINES_PASSED, (now, limit))]
 
-    async def next_deadline(self) -> float | None:
-        """The earliest deadline of a WAITING job, or None."""
-        row = await self._one(SQL_NEXT_DEADLINE)
+    async def next_deadline(self, after: float) -> float | None:
+        """The earliest deadline after ``after`` of a WAITING job, or None."""
+        row = await self._one(SQL_NEXT_DEADLINE, (after,))
         return None if row is None or row[0] is None else float(row[0])
 
     async def unique_holder(self, key: str) -> int | None:

@@ -819,6 +819,11 @@ SQL_CANCEL_WAITING_EXTERNAL = (
     "UPDATE jobs SET status = 'CANCELLED', finished_at = $2, seq = seq + 1, external = 1 "
     f"WHERE {CANCEL_WAITING_EXTERNAL_WHERE} RETURNING seq"
 )
+# A waiting job as a node read it ($2: the sequence it will write, one past the
+# read's), locked for the write that ends it (``JobStore.mark_failed``, as_read).
+SQL_LOCK_AS_READ = (
+    "SELECT id FROM jobs WHERE id = $1 AND status = 'WAITING' AND seq < $2 FOR NO KEY UPDATE"
+)
 SQL_REQUEST_CANCEL = (
     "UPDATE jobs SET cancel_requested = 1, external = 1 WHERE id = $1 AND status = 'RUNNING'"
 )

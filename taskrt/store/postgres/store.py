@@ -63,6 +63,7 @@ from .sql import (
     SQL_FREE_HELD_LOST,
     SQL_JOIN,
     SQL_LEAVE,
+    SQL_LOCK_AS_READ,
     SQL_MARK_LOCKED,
     SQL_MARK_RATE_LIMITED,
     SQL_NEW_BUCKETS,
@@ -1352,13 +1353,21 @@ class PgTransaction(ScheduleWrites):
         *,
         pool: str,
         was: JobStatus = JobStatus.RUNNING,
+        as_read: bool = False,
     ) -> bool:
         """FAILURE in this transaction (an ``on_failed`` hook commits with it); the
         count moves with the row, in the transaction. False when no row moved (the
-        job is no longer RUNNING on this node: note 7)."""
+        job is no longer RUNNING on this node: note 7; ``as_read``: no longer WAITING
+        as read, ``JobStore.mark_failed``)."""
         params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
         try:
             async with self.conn.transaction():  # the row and its count, or neither
+                if as_read:
+                    # Locked until the commit: no claim takes it between this look
+                    # and the write, whose belief of WAITING is then the truth.
+                    row = await self.conn.fetchrow(SQL_LOCK_AS_READ, job_id, seq)
+                    if row is None:
+                        return False
                 changed = await run_pack(self.conn, [(FAIL_PART, [params])])
         except DRIVER_ERRORS as exc:
             if transient(exc):

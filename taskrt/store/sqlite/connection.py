@@ -62,16 +62,28 @@ class Connection(ScheduleWrites):
         *,
         pool: str,
         was: JobStatus = JobStatus.RUNNING,
+        as_read: bool = False,
     ) -> bool:
         """FAILURE, in this transaction (an ``on_failed`` hook commits with it);
         False when no row moved.
 
         ``pool`` and ``was``: the job's pool and the status the caller believes
-        it is in; the count moves with the row (note 12).
+        it is in; the count moves with the row (note 12). ``as_read``: only if
+        the row is still WAITING as read (``JobStore.mark_failed``); the
+        transaction holds the database's one write lock, so nothing changes it
+        between this look and the write.
         """
         params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
 
         def work(conn: sqlite3.Connection) -> bool:
+            if (
+                as_read
+                and not conn.execute(
+                    "SELECT 1 FROM jobs WHERE id = ? AND status = 'WAITING' AND seq < ?",
+                    (job_id, seq),
+                ).fetchone()
+            ):
+                return False
             # The row and its count change together or not at all.
             conn.execute("SAVEPOINT taskrt_counted")
             try:
