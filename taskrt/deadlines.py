@@ -102,13 +102,19 @@ class Deadlines:
     async def sweep(self) -> int:
         """End every waiting job whose deadline passed; how many there were."""
         ended = 0
+        seen: list[int] = []
         while True:
             ids = await self.store.deadlines_passed(self.clock.now(), _BATCH)
+            if ids == seen:
+                # None of them ended (their tasks are not registered here): reading
+                # them again would spin; a process that has their tasks ends them.
+                break
             for job_id in ids:
                 await self.end(job_id)
             ended += len(ids)
             if len(ids) < _BATCH:
                 break
+            seen = ids
         self.ended += ended
         return ended
 

@@ -812,3 +812,22 @@ async def test_a_job_added_here_ends_at_its_deadline_not_at_the_next_sweep(db: s
             assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
             assert info.finished_at is not None
             assert 0 <= info.finished_at - deadline < 0.5, info.finished_at - deadline
+
+
+async def test_a_sweep_of_more_passed_jobs_than_it_can_end_returns(db: str) -> None:
+    """More than a read's worth (500) of passed jobs of a task this process does not
+    have: it cannot end them (a process that has the task does), and its sweep read
+    the same 500 again and again, for ever, where it should look again later."""
+    client = Runtime(db, workers=False)
+
+    @client.task
+    async def elsewhere(job: JobContext) -> None:
+        return None
+
+    async with client:
+        past = time.time() - 1
+        await client.pool("default").add_many(elsewhere.options(deadline=past), [()] * 501)
+    rt = Runtime(db)  # without the task
+    async with rt:
+        await asyncio.wait_for(rt.deadlines.sweep(), 10)
+        assert await rt.count(status=JobStatus.WAITING) == 501
