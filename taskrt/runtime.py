@@ -587,11 +587,15 @@ class Runtime:
         return decorate if fn is None else decorate(fn)
 
     def register(self, spec: TaskSpec) -> Task[Any, Any]:
-        """Register a ``TaskSpec`` (from any front end); declares its pool.
+        """Register a ``TaskSpec`` (from any front end); declares its pool (with the
+        concurrency and capacity the spec gives it) and, for a spec with ``cron``
+        (an Anchor ``cronjob``), the schedule named after it; registered again
+        without one, that schedule is no longer declared.
 
         A name is one task's: another handler, or a definition from another file,
         under a registered name is refused (``InvalidOption``); the same one again
-        replaces it (its options changed)."""
+        replaces it (its options changed). Its JSON Schema parameters are checked
+        here, before anything changes."""
         spec, own = self._checked(spec)
         self.schedules.task_registered(spec, own)
         self._tasks[spec.name] = spec
