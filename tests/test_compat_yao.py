@@ -263,3 +263,34 @@ def test_a_task_name_defined_twice_is_refused_never_replaced_silently(
     # The same handler registered again (changed options) replaces itself.
     again = rt.register(dataclasses.replace(first, priority=first.priority + 1))
     assert again.spec.priority == rt.tasks[name].priority == first.priority + 1
+
+
+async def test_a_sync_handler_reports_progress_as_yaos_do(tmp_path: Path) -> None:
+    """Yao's handlers are synchronous and call tasks.<id>.progress: the report was a
+    coroutine never awaited, lost with a RuntimeWarning."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    yao = YaoTasks(rt)
+
+    @rt.task(call="id")
+    def send_own(job_id: int) -> str:
+        yao.progress(job_id, 3, 10, "three")
+        return "sent"
+
+    async with rt:
+        job = await yao.add("send_own")
+        info = await rt.wait(job, timeout=10)
+        assert info.status is JobStatus.SUCCESS, info.error
+        assert (await yao.get(job))["current"] == 3
+        assert (await yao.get(job))["message"] == "three"
+
+
+async def test_get_of_a_task_finds_only_its_own_jobs(app: tuple[Runtime, YaoTasks]) -> None:
+    """Each of Yao's tasks has its own queue: tasks.<id>.get of another task's job
+    found it."""
+    rt, yao = app
+    job_id = await yao.add("plain")
+    assert job_id != 0
+    await rt.wait(job_id, timeout=10)
+    assert (await yao.process("tasks.plain.get", job_id))["id"] == job_id
+    with pytest.raises(JobNotFound, match="of task 'test'"):
+        await yao.process("tasks.test.get", job_id)

@@ -14,6 +14,10 @@ Differences from Yao, on purpose:
   unknown task, ...) where Yao returned 0 for a full queue only.
 - Ids always increase, with or without ``event.next``: the runtime's store
   hands them out (Yao's own counter could repeat ids without ``event.next``).
+- Ids are one sequence for the whole database, every task's, kept across
+  restarts: an ``event.next`` that starts again at the same number after a
+  restart, or mixes a random part into a timestamp, hands out used ids, and
+  those adds return 0.
 - ``get`` works for finished jobs too (Yao forgot a job once it ended).
   Statuses are Yao's four: a ``CANCELLED`` job reads as ``FAILURE``. The
   ``response`` is the handler's result after ``SUCCESS``, the error message
@@ -23,9 +27,10 @@ Differences from Yao, on purpose:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidOption, TaskrtError
+from ..errors import InvalidOption, JobNotFound, TaskrtError
 from ..limits import shown
 from ..models import JobInfo, JobStatus
 
@@ -59,13 +64,24 @@ class YaoTasks:
             log.warning("tasks.%s.add: not added (%s): %s", task_id, exc.code, exc)
             return 0
 
-    async def progress(self, job_id: int, current: float, total: float, message: str = "") -> None:
-        """Report the progress of a running job (calls the task's ``event.progress``)."""
-        await self.rt.progress(job_id, current, total, message)
+    def progress(
+        self, job_id: int, current: float, total: float, message: str = ""
+    ) -> Awaitable[None]:
+        """Report the progress of a running job (calls the task's ``event.progress``).
+        ``await`` it from a coroutine; a sync handler (Yao's own are) calls it as it
+        is, from its worker thread (``Runtime.progress``)."""
+        return self.rt.progress(job_id, current, total, message)
 
-    async def get(self, job_id: int) -> dict[str, Any]:
-        """The job in Yao's shape; raises ``JobNotFound`` for an unknown id."""
-        return yao_job(await self.rt.get(job_id))
+    async def get(self, job_id: int, *, task_id: str | None = None) -> dict[str, Any]:
+        """The job in Yao's shape; raises ``JobNotFound`` for an unknown id, and for
+        a job of another task than ``task_id`` (``tasks.<id>.get``: each of Yao's
+        tasks has its own queue)."""
+        info = await self.rt.get(job_id)
+        if task_id is not None and info.task != task_id:
+            error = JobNotFound(job_id)
+            error.args = (f"no job with id {job_id} of task {task_id!r}",)
+            raise error
+        return yao_job(info)
 
     async def process(self, name: str, *args: Any) -> Any:
         """Run a Yao process by name: ``tasks.<id>.add``, ``.progress`` or ``.get``.
@@ -94,7 +110,7 @@ class YaoTasks:
         if method == "get":
             if len(args) != 1:
                 raise InvalidOption("process", f"{name} takes (id), found {len(args)} arguments")
-            return await self.get(*args)
+            return await self.get(*args, task_id=task_id)
         raise InvalidOption(
             "process", f"unknown task process {method!r}: expected add, progress or get"
         )
