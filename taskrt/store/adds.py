@@ -47,8 +47,8 @@ def plan(
     """The rows to insert after id ``last``; ``holder(key)``: the job holding a key
     (live, or within a window); ``found``: the named parents (``NewJob.after``) that
     exist (a group naming another fails with ``JobNotFound``); ``room``: (capacity,
-    free room) of each pool with a capacity, taken by the new rows that wait (not
-    those that start as they are added)."""
+    free room) of each pool with a capacity, taken by the new rows (as the runtime's
+    own check counts them, those an add may start at once included)."""
     out = Plan(last=last)
     keys: dict[str, int] = {}
     for jobs in groups:
@@ -126,10 +126,10 @@ def plan(
 def _take_room(
     room: dict[str, tuple[int, int]], jobs: list[NewJob], results: list[InsertResult]
 ) -> QueueFull | None:
-    """Take the room of a group's new waiting jobs, or ``QueueFull`` (nothing taken)."""
+    """Take the room of a group's new jobs, or ``QueueFull`` (nothing taken)."""
     wanted: dict[str, int] = {}
     for job, result in zip(jobs, results, strict=True):
-        if result.created and not job.start and job.pool in room:
+        if result.created and job.pool in room:
             wanted[job.pool] = wanted.get(job.pool, 0) + 1
     for pool, n in wanted.items():
         capacity, free = room[pool]

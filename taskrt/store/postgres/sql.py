@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 
 from ...models import JobStatus
 from ..deps import KEEP_PARENTS, ORPHAN_ERROR_SQL
@@ -628,12 +628,16 @@ _STARTS = (
 )
 
 
-def _add(i: int, base: int) -> list[str]:
+def _add(i: int, base: int, gated: bool = False) -> list[str]:
     n = f"cardinality(${base + 1}::text[])"
     values = ", ".join("v." + c for c in _ADD_COLUMNS.split(", "))
+    # Gated (``ADD_GATED_PART``): only if the counts the gate read let every job in,
+    # and the last id is still the one it read, so no add committed since its
+    # snapshot (every add moves it): else nothing is added, and no last id returned.
+    gate = f" AND (SELECT ok FROM g{i - 1}) AND last = (SELECT seen FROM g{i - 1})" if gated else ""
     return [
-        f"l{i} AS (UPDATE job_ids SET last = greatest(last, {_ISSUED}) + {n} WHERE one = 1 "
-        "RETURNING last)",
+        f"l{i} AS (UPDATE job_ids SET last = greatest(last, {_ISSUED}) + {n} WHERE one = 1"
+        f"{gate} RETURNING last)",
         # OFFSET 0: each row's decision is made once, not inlined into every column.
         f"s{i} AS (SELECT v.*, {_STARTS} AS run FROM unnest({_arrays(_ADD_TYPES, base)}) "
         f"WITH ORDINALITY AS v({_ADD_COLUMNS}, start, ord) OFFSET 0)",
@@ -649,6 +653,27 @@ def _add(i: int, base: int) -> list[str]:
 ADD_PART = Part("add", len(_ADD_TYPES.split()), "", None, JobStatus.WAITING.value, _add)
 """Its rows: a job's columns (``writer._add_row``), then 1 to start it on this node if
 it may (note 11), else 0."""
+
+
+def _gate(i: int, base: int) -> list[str]:
+    return [
+        f"g{i} AS (SELECT coalesce(bool_and(coalesce((SELECT sum(c.n) FROM job_counts c "
+        "WHERE c.pool = v.pool AND c.status = 'WAITING'), 0) + v.n <= v.cap), true) AS ok, "
+        "(SELECT last FROM job_ids WHERE one = 1) AS seen "
+        f"FROM unnest(${base + 1}::text[], ${base + 2}::bigint[], ${base + 3}::bigint[]) "
+        "AS v(pool, cap, n))"
+    ]
+
+
+GATE_PART = Part("gate", 3, "", None, None, _gate)
+"""(pool, capacity, jobs added to it) of the pools with a capacity that the
+``ADD_GATED_PART`` right after it adds to: whether they all fit, as counted in the
+statement's snapshot, and the last id issued in it (writer ``_room``)."""
+ADD_GATED_PART = Part(
+    "add", len(_ADD_TYPES.split()), "", None, JobStatus.WAITING.value, partial(_add, gated=True)
+)
+"""An ``ADD_PART`` that adds only where the ``GATE_PART`` before it lets it."""
+ADDS = (ADD_PART, ADD_GATED_PART)
 
 
 def _notify(i: int, base: int) -> list[str]:
@@ -724,7 +749,7 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
         if part.table == "jobs" and part.key is not None:
             ids.append(f"${base + part.key + 1}::bigint[]")
         base += part.width
-        if part is ADD_PART:  # WAITING, or RUNNING where it started on this node (note 11)
+        if part in ADDS:  # WAITING, or RUNNING where it started on this node (note 11)
             moved.append(f"SELECT pool, was, status FROM g{i}")
             first.append(f"SELECT NULL::text, NULL::text, last FROM l{i}")
             out.append(f"SELECT NULL::text, status, id FROM g{i} WHERE status = 'RUNNING'")
@@ -735,7 +760,7 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
                 f"SELECT NULL::text, '{UNSTARTED}'::text, v.id FROM v{i} AS v "
                 f"WHERE NOT EXISTS (SELECT 1 FROM g{i} AS s WHERE s.id = v.id)"
             )
-        if part.to is None and part is not ADD_PART:
+        if part.to is None and part not in ADDS:
             # Each read to the end (a notification is sent for each row read).
             plain.append(
                 f"SELECT NULL::text, NULL::text, NULL::bigint FROM g{i} HAVING count(*) < 0"

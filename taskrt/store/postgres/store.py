@@ -419,9 +419,14 @@ class PgStore(QueuedWrites, SharedReads):
     def insert(self, jobs: list[NewJob]) -> asyncio.Future[list[InsertResult | BaseException]]:
         """Plain adds in their own lane while the lifecycle lane has a batch in flight,
         else with the lifecycle writes, as adds with unique keys or ids of their own
-        go (note 8)."""
-        if not self._writes.idle and all(
-            job.unique_key is None and job.job_id is None for job in jobs
+        go (note 8). Plain adds to a pool with a capacity always go in their own
+        lane: a batch of adds alone is one statement that counts them (writer
+        ``_room``), planned once there; beside lifecycle writes it is a transaction
+        of several."""
+        capacity_of = self.capacity_of
+        if all(job.unique_key is None and job.job_id is None for job in jobs) and (
+            not self._writes.idle
+            or (capacity_of is not None and any(capacity_of(j.pool) is not None for j in jobs))
         ):
             fut = self._adds.insert(jobs)
         else:

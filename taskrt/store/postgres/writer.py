@@ -36,8 +36,10 @@ from ..ops import MINUTES, NOTIFY, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
 from .driver import DRIVER_ERRORS, LOST
 from .sql import (
+    ADD_GATED_PART,
     ADD_PART,
     ANNOUNCE_PART,
+    GATE_PART,
     MINUTES_PART,
     NOTIFY_PART,
     PARTS,
@@ -337,18 +339,44 @@ async def _room(
     adds spread over three nodes filled a pool of 50 with 101 jobs. Every add
     holds the row of ``job_ids`` until it commits (note 1), so adds take turns:
     counted after that lock, in a statement of its own, the pool's waiting jobs
-    include every add before this one. (The usual add is one statement, whose
-    snapshot is older than the lock it waits for: the adds to a pool with a
-    capacity take this transaction's path, ``PgBatches._write``.)"""
+    include every add before this one. A batch of plain adds alone first tries
+    one statement (``sql.GATE_PART``): its snapshot may be older than the lock
+    it waits for, so it adds only if the last issued id is still the one it
+    read; else nothing is written and the adds come here (``PgBatches._write``)."""
     capacities = {
         pool: capacity
-        for pool in {job.pool for jobs in groups for job in jobs if not job.start}
+        for pool in {job.pool for jobs in groups for job in jobs}
         if (capacity := capacity_of(pool)) is not None
     }
     if not capacities:
         return None
     waiting = {str(p): int(n) for p, n in await conn.fetch(SQL_WAITING_OF, list(capacities))}
     return {p: (c, max(0, c - waiting.get(p, 0))) for p, c in capacities.items()}
+
+
+def _gate_rows(
+    groups: list[list[NewJob]], capacity_of: Callable[[str], int | None]
+) -> list[tuple[str, int, int]]:
+    """(pool, capacity, jobs added) for each pool with a capacity (``sql.GATE_PART``)."""
+    wanted: dict[str, int] = {}
+    for jobs in groups:
+        for job in jobs:
+            wanted[job.pool] = wanted.get(job.pool, 0) + 1
+    return [
+        (pool, capacity, n)
+        for pool, n in sorted(wanted.items())
+        if (capacity := capacity_of(pool)) is not None
+    ]
+
+
+def _fits(groups: list[list[NewJob]], room: dict[str, tuple[int, int]]) -> bool:
+    """Whether every job of ``groups`` fits in ``room`` (``_room``)."""
+    wanted: dict[str, int] = {}
+    for jobs in groups:
+        for job in jobs:
+            if job.pool in room:
+                wanted[job.pool] = wanted.get(job.pool, 0) + 1
+    return all(n <= room[pool][1] for pool, n in wanted.items())
 
 
 _DEP = numbered(SQL_DEP)
@@ -446,46 +474,77 @@ class PgBatches:
         planned = packs(batch, progress)
         groups = [jobs for jobs, _ in batch.inserts]
         capacity_of = self.capacity_of
-        simple = all(
+        plain = all(
             j.unique_key is None
             and j.job_id is None
             and not j.after
             and j.workflow is None
             and j.batch_key is None
-            and (capacity_of is None or j.start or capacity_of(j.pool) is None)
             for g in groups
             for j in g
         )
-        if groups and simple:
+        # Plain adds to a pool with a capacity: counted first, under the ids' lock
+        # (``_room``); when they all fit, added by the usual statement all the same.
+        counted = (
+            plain
+            and capacity_of is not None
+            and any(capacity_of(j.pool) is not None for g in groups for j in g)
+        )
+        # A batch of such adds alone: one statement still, gated (``sql.GATE_PART``).
+        gated = counted and not planned
+        simple = plain and (not counted or gated)
+        if groups and plain:
             added = [_add_row(job) for jobs in groups for job in jobs]
-            pack: list[Group] = [(ADD_PART, added)]
+            pack: list[Group] = [(ADD_GATED_PART if gated else ADD_PART, added)]
+            if gated:
+                assert capacity_of is not None
+                pack.insert(0, (GATE_PART, _gate_rows(groups, capacity_of)))
             notes = self._announcement(groups)
             if notes:  # for the pools whose new jobs did not all start here (note 11)
                 pack.append((ANNOUNCE_PART, notes))
-            if planned:
+            if planned and simple:
                 planned[-1].extend(pack)
             else:
-                planned.append(pack)
+                planned.append(pack)  # its own statement: left out if they do not fit
         changed: list[Any] = []
         results: Results = []
+        apart = bool(groups) and not plain  # the adds go through ``insert_jobs``
         conn = await self.connection()
-        if len(planned) <= 1 and not (groups and not simple):
+        if len(planned) <= 1 and not apart and (not counted or gated):
             if planned:
                 changed = await run_pack(conn, planned[0])
+            if gated and not any(pool is None and status is None for pool, status, _ in changed):
+                # Not let in (full, or another add committed since the statement's
+                # snapshot): nothing was written; counted under the lock instead.
+                apart = True
+                async with conn.transaction():
+                    locked = await _ids_first(conn)
+                    tally = Tally()
+                    results = await insert_jobs(
+                        conn, groups, tally, locked, capacity_of=capacity_of
+                    )
+                    await self._announce(conn, groups)
+                    changed.extend(await tally.apply(conn))
         else:
             async with conn.transaction():
-                last = await _ids_first(conn) if groups and not simple else None
+                last = await _ids_first(conn) if apart or counted else None
+                if counted:
+                    assert capacity_of is not None
+                    room = await _room(conn, groups, capacity_of)
+                    if room is not None and not _fits(groups, room):
+                        planned.pop()  # group by group, each all or nothing
+                        apart = True
                 tally = Tally()  # added to job_counts at the end (note 3)
                 for pack in planned:
                     changed.extend(await run_pack(conn, pack, tally))
-                if groups and not simple:
+                if apart:
                     # Adds last: a terminal write queued before frees its unique key.
                     results = await insert_jobs(conn, groups, tally, last, capacity_of=capacity_of)
                     await self._announce(conn, groups)
                 changed.extend(await tally.apply(conn))
         if any(job.external for jobs in groups for job in jobs):
             await conn.execute(SQL_NOTIFY, self.channel)  # after the commit: it is there
-        if groups and simple:
+        if groups and not apart:
             last = next(int(n) for pool, status, n in changed if pool is None and status is None)
             first = last - sum(len(g) for g in groups) + 1
             # Started on this node by the add itself (note 11).
