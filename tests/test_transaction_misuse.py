@@ -443,6 +443,34 @@ async def test_an_id_handed_out_in_a_rolled_back_transaction_is_never_handed_out
     assert sorted(ran) == [1, 4, 5]
 
 
+async def test_ids_a_rollback_to_a_savepoint_undid_stay_used(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """A ``ROLLBACK TO`` took the sequence back with the rows it undid (SQLite): the
+    next add in the block, and the first after it, were given the undone id."""
+    rt, ran = make(target)
+    async with rt, asyncio.timeout(LIMIT):
+        async with rt.transaction() as tx:
+            await tx.execute("SAVEPOINT a")
+            undone = await rt.add("echo", 1, tx=tx)
+            await tx.execute("ROLLBACK TO a")
+            await tx.execute("RELEASE a")
+            after_in_block = await rt.add("echo", 2, tx=tx)
+            await tx.execute("SAVEPOINT b")
+            undone_last = await rt.add("echo", 3, tx=tx)
+            await tx.execute("ROLLBACK TO b")
+            await tx.execute("RELEASE b")
+        after = await rt.add("echo", 4)
+        assert undone < after_in_block < undone_last < after, (
+            undone,
+            after_in_block,
+            undone_last,
+            after,
+        )
+        await plain_add_runs(rt, 5)
+    assert sorted(ran) == [2, 4, 5]
+
+
 async def test_ids_of_a_first_add_rolled_back_stay_used(
     target: tuple[str, dict[str, Any]],
 ) -> None:

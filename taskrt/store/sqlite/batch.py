@@ -87,9 +87,11 @@ def run_statements(
 
 
 def insert_jobs(
-    conn: sqlite3.Connection, groups: list[list[NewJob]]
+    conn: sqlite3.Connection, groups: list[list[NewJob]], issued: int = 0
 ) -> list[InsertResult | BaseException]:
-    """Assign ids from the AUTOINCREMENT sequence and insert (note 2, ``adds.plan``)."""
+    """Assign ids from the AUTOINCREMENT sequence and insert (note 2, ``adds.plan``);
+    ``issued``: the highest id the open transaction handed out (a ``ROLLBACK TO``
+    may have taken the sequence back below it: ids above both)."""
     if not groups:
         return []
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
@@ -110,7 +112,7 @@ def insert_jobs(
             chunk = named[start : start + 500]
             sql = SQL_PARENTS_FOUND.format(marks(len(chunk)))
             found.update(int(r[0]) for r in conn.execute(sql, chunk))
-    planned = plan(groups, int(row[0]) if row else 0, holder, found)
+    planned = plan(groups, max(int(row[0]) if row else 0, issued), holder, found)
     rows = planned.rows
     if any(job.start for jobs in groups for job in jobs):
         rows = _start_marked(groups, planned.results, rows, conn)

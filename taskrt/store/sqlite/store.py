@@ -343,6 +343,10 @@ class Store(QueuedWrites, SharedReads):
             else:
                 snapshot: Snapshot | None = None
                 try:
+                    if conn.issued > 0:
+                        # A ``ROLLBACK TO`` in the block undid the sequence's advance
+                        # with the rows it undid: the ids it handed out stay used.
+                        await db.execute(SQL_SEQUENCE_PAST, (conn.issued,))
                     if conn.counts_changed:  # read back in the transaction (note 12)
                         snapshot = await in_thread(db, read_counts)
                     await db.execute("COMMIT")
@@ -389,9 +393,10 @@ class Store(QueuedWrites, SharedReads):
         rows it makes in the transaction (note 12).
         """
         groups = [list(jobs)]
+        issued = 0 if self._open_tx is None else self._open_tx.issued
 
         def work(conn: sqlite3.Connection) -> list[InsertResult | BaseException]:
-            results = insert_jobs(conn, groups)
+            results = insert_jobs(conn, groups, issued)
             counted = Tally()
             counted.added(groups, results)
             counted.apply(conn)
