@@ -264,7 +264,7 @@ async def insert_jobs(
     answered with its holder's id; a key that became live in between (another
     node's add) is found by the insert's ``ON CONFLICT`` and answered the same.
     ``capacity_of(pool)``: the capacity the adds of a pool are held to (None: none),
-    counted under the pool's lock (``_room``).
+    counted once the ids' row is locked (``_room``).
     """
     if not groups:
         return []
@@ -483,8 +483,8 @@ class PgBatches:
             for g in groups
             for j in g
         )
-        # Plain adds to a pool with a capacity: counted first, under the ids' lock
-        # (``_room``); when they all fit, added by the usual statement all the same.
+        # Plain adds to a pool with a capacity: counted first, once the ids' row is
+        # locked (``_room``); when they all fit, added by the usual statement.
         counted = (
             plain
             and capacity_of is not None
