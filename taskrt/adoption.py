@@ -68,6 +68,8 @@ class Adoption:
         self._wake = asyncio.Event()
         self._pools_changed = False
         self._unknown: set[str] = set()  # tasks already warned about
+        # Tasks of RUNNING jobs not registered here, during the owner's recovery.
+        self._strangers: set[str] = set()
 
     async def recover(self, *, unclean: bool) -> None:
         """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned;
@@ -78,10 +80,20 @@ class Adoption:
         # keeps every later event above anything a client may have seen, so a
         # stream resuming with Last-Event-ID gets a snapshot, never a hole.
         gap = SEQ_GAP_AFTER_CRASH if unclean else 0
+        # An orphan of a task not registered here may have an on_failed hook that
+        # only a process with the task can run: it stays RUNNING for such a process,
+        # as its waiting jobs wait for one (``orphans``). Before, it was failed
+        # without its hook.
+        self._strangers = {
+            task for task in await self.store.running_tasks() if task not in self.tasks
+        }
         # Orphans count as failures of their schedules (scheduler note 6).
-        recovered, orphaned = await self.store.recover(
-            now, max_recoveries=self.max_recoveries, seq_gap=gap
-        )
+        try:
+            recovered, orphaned = await self.store.recover(
+                now, max_recoveries=self.max_recoveries, seq_gap=gap
+            )
+        finally:
+            self._strangers = set()
         if recovered or orphaned:
             log.warning("recovered %d interrupted job(s), failed %d orphaned", recovered, orphaned)
         self._unknown.clear()
@@ -93,13 +105,27 @@ class Adoption:
         await asyncio.gather(*loads)
 
     def failed_hooks(self) -> list[str]:
-        """The tasks whose orphans a recovery leaves RUNNING for ``orphans``."""
-        return [name for name, spec in self.tasks.items() if spec.hooks.on_failed is not None]
+        """The tasks whose orphans a recovery leaves RUNNING for ``orphans``: those
+        with an ``on_failed`` hook here, and, in the owner's recovery, those not
+        registered here (``recover``)."""
+        hooked = [name for name, spec in self.tasks.items() if spec.hooks.on_failed is not None]
+        return hooked + sorted(self._strangers)
 
     def orphans(self, infos: list[JobInfo]) -> None:
         """Orphans a recovery left RUNNING (store note 22): each fails here as any
-        failure with an ``on_failed`` hook, the hook in its failure's transaction."""
+        failure with an ``on_failed`` hook, the hook in its failure's transaction;
+        one of a task not registered here stays RUNNING for a process that has it."""
         for info in infos:
+            if info.task not in self.tasks:
+                job_logger(info).warning(
+                    "job %d of task %r, not registered here, was orphaned (its process "
+                    "died while running it %d times); left RUNNING, to fail with its "
+                    "on_failed hook where the task is registered",
+                    info.id,
+                    info.task,
+                    info.recoveries + 1,
+                )
+                continue
             state = self.hold(info)
             if state is not None:
                 self.transitions.fail_orphan(state)

@@ -1118,6 +1118,26 @@ async def test_a_job_orphaned_at_recovery_runs_its_failure_hooks_and_counts(
     assert [r[0] for r in audit] == [orphan] and "orphaned" in audit[0][1]
 
 
+async def test_an_orphan_of_a_task_not_registered_waits_for_a_process_that_has_it(
+    tmp_path: Path,
+) -> None:
+    """The owner restarted without the task (its code changed): the orphan was failed
+    in the recovery's SQL, its on_failed hook never run (found by a crash-restart
+    hunt). It stays RUNNING now, and fails with its hook once the task is back."""
+    path = db_file(tmp_path)
+    (orphan,) = await added_audited(audited_runtime(tmp_path), 1)
+    sqlite_only_write(path, "UPDATE jobs SET status = 'RUNNING', attempts = 1")
+    without = make_rt(tmp_path, max_recoveries=0)  # no task 'crashy'
+    async with without:
+        assert (await without.get(orphan)).status is JobStatus.RUNNING
+    assert sqlite_only_rows(path, "SELECT job_id FROM audit") == []
+    rt = audited_runtime(tmp_path)
+    async with rt:
+        info = await rt.wait(orphan, timeout=5)
+        assert info.status is JobStatus.FAILURE and "orphaned" in (info.error or "")
+    assert [r[0] for r in sqlite_only_rows(path, "SELECT job_id FROM audit")] == [orphan]
+
+
 KILLED_IN_AN_ORPHANS_HOOK = textwrap.dedent(
     """
     import asyncio, sys

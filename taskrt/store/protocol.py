@@ -606,6 +606,10 @@ class JobStore(Protocol):
         writes show only from this store's next such write on."""
         ...
 
+    async def running_tasks(self) -> list[str]:
+        """The tasks of the jobs the store holds RUNNING (a recovery's candidates)."""
+        ...
+
     async def live_counts(self) -> dict[str, dict[JobStatus, int]]:
         """pool -> status -> number of jobs, read now (pools and statuses with none left out)."""
         ...

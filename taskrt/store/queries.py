@@ -90,6 +90,8 @@ SQL_COUNTS_LIVE = (
     "HAVING sum(n) <> 0 ORDER BY pool, status"
 )
 SQL_COUNT_OF = "SELECT coalesce(sum(n), 0) FROM job_counts WHERE pool = ? AND status = ?"
+# The tasks of the jobs left RUNNING (index jobs_status): a recovery's orphans.
+SQL_RUNNING_TASKS = "SELECT DISTINCT task FROM jobs WHERE status = 'RUNNING'"
 # Waiting jobs whose deadline passed, and the next deadline (index jobs_deadline).
 SQL_DEADLINES_PASSED = (
     "SELECT id FROM jobs WHERE deadline IS NOT NULL AND deadline <= ? AND status = 'WAITING' "

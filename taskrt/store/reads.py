@@ -32,6 +32,7 @@ from .queries import (
     SQL_OWNER,
     SQL_PAUSED_POOLS,
     SQL_POOL_PAUSES,
+    SQL_RUNNING_TASKS,
     SQL_SCHEDULE,
     SQL_SCHEDULES,
     SQL_SCHEDULES_VERSION,
@@ -243,6 +244,10 @@ class SharedReads:
         for row in await self.query(SQL_COUNTS_LIVE):
             out.setdefault(str(row[0]), {})[JobStatus(row[1])] = int(row[2])
         return out
+
+    async def running_tasks(self) -> list[str]:
+        """The tasks of the jobs the store holds RUNNING."""
+        return [str(r[0]) for r in await self.query(SQL_RUNNING_TASKS)]
 
     async def count_waiting(self, pool: str) -> int:
         """WAITING jobs of ``pool``, from ``job_counts`` (a lookup, note 12)."""
