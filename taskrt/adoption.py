@@ -68,8 +68,10 @@ class Adoption:
         self._wake = asyncio.Event()
         self._pools_changed = False
         self._unknown: set[str] = set()  # tasks already warned about
-        # Tasks of RUNNING jobs not registered here, during the owner's recovery.
+        # Tasks of RUNNING jobs not registered here, during the owner's recovery, and
+        # how many of their orphans it left RUNNING.
         self._strangers: set[str] = set()
+        self._strangers_kept = 0
 
     async def recover(self, *, unclean: bool) -> None:
         """Jobs a dead process left RUNNING go back to WAITING, or fail as orphaned;
@@ -88,14 +90,21 @@ class Adoption:
             task for task in await self.store.running_tasks() if task not in self.tasks
         }
         # Orphans count as failures of their schedules (scheduler note 6).
+        self._strangers_kept = 0
         try:
             recovered, orphaned = await self.store.recover(
                 now, max_recoveries=self.max_recoveries, seq_gap=gap
             )
         finally:
             self._strangers = set()
+        kept, self._strangers_kept = self._strangers_kept, 0
         if recovered or orphaned:
-            log.warning("recovered %d interrupted job(s), failed %d orphaned", recovered, orphaned)
+            log.warning(
+                "recovered %d interrupted job(s), failed %d orphaned%s",
+                recovered,
+                orphaned - kept,
+                f" ({kept} more of tasks not registered here left RUNNING)" if kept else "",
+            )
         self._unknown.clear()
         counts = await self.store.live_counts()
         loads = []
@@ -125,6 +134,7 @@ class Adoption:
                     info.task,
                     info.recoveries + 1,
                 )
+                self._strangers_kept += 1
                 continue
             state = self.hold(info)
             if state is not None:
