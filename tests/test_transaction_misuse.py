@@ -471,6 +471,24 @@ async def test_ids_a_rollback_to_a_savepoint_undid_stay_used(
     assert sorted(ran) == [2, 4, 5]
 
 
+async def test_the_first_id_of_a_database_undone_by_a_rollback_to_stays_used(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """On SQLite a ``ROLLBACK TO`` of the database's first add removes the
+    sequence's row too: the commit moved nothing, and the next add got id 1 again."""
+    rt, ran = make(target)
+    async with rt, asyncio.timeout(LIMIT):
+        async with rt.transaction() as tx:
+            await tx.execute("SAVEPOINT a")
+            undone = await rt.add("echo", 1, tx=tx)
+            await tx.execute("ROLLBACK TO a")
+            await tx.execute("RELEASE a")
+        after = await rt.add("echo", 2)
+        assert undone < after, (undone, after)
+        await plain_add_runs(rt, 3)
+    assert sorted(ran) == [2, 3]
+
+
 async def test_ids_of_a_first_add_rolled_back_stay_used(
     target: tuple[str, dict[str, Any]],
 ) -> None:

@@ -345,7 +345,9 @@ class Store(QueuedWrites, SharedReads):
                 try:
                     if conn.issued > 0:
                         # A ``ROLLBACK TO`` in the block undid the sequence's advance
-                        # with the rows it undid: the ids it handed out stay used.
+                        # with the rows it undid (the sequence's row too, for the
+                        # database's first add): the ids it handed out stay used.
+                        await db.execute(SQL_SEQUENCE_ROW)
                         await db.execute(SQL_SEQUENCE_PAST, (conn.issued,))
                     if conn.counts_changed:  # read back in the transaction (note 12)
                         snapshot = await in_thread(db, read_counts)
