@@ -103,7 +103,7 @@ def _json_name(key: Any) -> Any:
         return "true" if key else "false"
     if key is None:
         return "null"
-    if isinstance(key, int | float) and not isinstance(key, bool):
+    if isinstance(key, int | float):  # True and False are named above
         return float.__repr__(key) if isinstance(key, float) else int.__repr__(key)
     return key
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -344,9 +345,7 @@ async def _room(
     it waits for, so it adds only if the last issued id is still the one it
     read; else nothing is written and the adds come here (``PgBatches._write``)."""
     capacities = {
-        pool: capacity
-        for pool in {job.pool for jobs in groups for job in jobs}
-        if (capacity := capacity_of(pool)) is not None
+        pool: capacity for pool in _per_pool(groups) if (capacity := capacity_of(pool)) is not None
     }
     if not capacities:
         return None
@@ -354,29 +353,25 @@ async def _room(
     return {p: (c, max(0, c - waiting.get(p, 0))) for p, c in capacities.items()}
 
 
+def _per_pool(groups: list[list[NewJob]]) -> Counter[str]:
+    """How many jobs ``groups`` add to each pool."""
+    return Counter(job.pool for jobs in groups for job in jobs)
+
+
 def _gate_rows(
     groups: list[list[NewJob]], capacity_of: Callable[[str], int | None]
 ) -> list[tuple[str, int, int]]:
     """(pool, capacity, jobs added) for each pool with a capacity (``sql.GATE_PART``)."""
-    wanted: dict[str, int] = {}
-    for jobs in groups:
-        for job in jobs:
-            wanted[job.pool] = wanted.get(job.pool, 0) + 1
     return [
         (pool, capacity, n)
-        for pool, n in sorted(wanted.items())
+        for pool, n in sorted(_per_pool(groups).items())
         if (capacity := capacity_of(pool)) is not None
     ]
 
 
 def _fits(groups: list[list[NewJob]], room: dict[str, tuple[int, int]]) -> bool:
     """Whether every job of ``groups`` fits in ``room`` (``_room``)."""
-    wanted: dict[str, int] = {}
-    for jobs in groups:
-        for job in jobs:
-            if job.pool in room:
-                wanted[job.pool] = wanted.get(job.pool, 0) + 1
-    return all(n <= room[pool][1] for pool, n in wanted.items())
+    return all(n <= room[pool][1] for pool, n in _per_pool(groups).items() if pool in room)
 
 
 _DEP = numbered(SQL_DEP)

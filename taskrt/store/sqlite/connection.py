@@ -22,6 +22,7 @@ from ..ops import FAIL, failure_params
 from ..schedules import ScheduleWrites
 from .batch import in_thread, transient
 from .counts import Tally, write_one
+from .sql import SQL_STILL_AS_READ
 
 
 class Connection(ScheduleWrites):
@@ -76,13 +77,7 @@ class Connection(ScheduleWrites):
         params = failure_params(job_id, error, finished_at, progress, seq, attempts, pool, was)
 
         def work(conn: sqlite3.Connection) -> bool:
-            if (
-                as_read
-                and not conn.execute(
-                    "SELECT 1 FROM jobs WHERE id = ? AND status = 'WAITING' AND seq < ?",
-                    (job_id, seq),
-                ).fetchone()
-            ):
+            if as_read and not conn.execute(SQL_STILL_AS_READ, (job_id, seq)).fetchone():
                 return False
             # The row and its count change together or not at all.
             conn.execute("SAVEPOINT taskrt_counted")

@@ -506,3 +506,6 @@ SQL_SEQUENCE_ROW = (
     "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')"
 )
 SQL_SEQUENCE_PAST = "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'"
+# A job still WAITING as its reader saw it (its sequence not moved since): the end of
+# a job no process holds, ``Connection.mark_failed(as_read=True)``.
+SQL_STILL_AS_READ = "SELECT 1 FROM jobs WHERE id = ? AND status = 'WAITING' AND seq < ?"
