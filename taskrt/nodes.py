@@ -179,7 +179,7 @@ class NodeStore(Protocol):
 
     async def reap(
         self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
-    ) -> tuple[int, int, int]: ...
+    ) -> tuple[int, int, int, int]: ...
 
     async def notify(self, payload: str) -> None: ...
 
@@ -577,7 +577,7 @@ class Nodes:
         # A reap may move orphans to this node, in memory only once it answers (store
         # note 22): a stray check reading meanwhile must not take them for strays.
         with self._flying():
-            nodes, recovered, orphaned = await self.store.reap(
+            nodes, recovered, orphaned, left = await self.store.reap(
                 self.clock.now(),
                 max_recoveries=self.max_recoveries,
                 seq_gap=SEQ_GAP_AFTER_REAP,
@@ -585,11 +585,15 @@ class Nodes:
             )
         if nodes or recovered or orphaned:
             log.warning(
-                "node %s: %d node(s) stopped beating; recovered %d job(s), failed %d orphaned",
+                "node %s: %d node(s) stopped beating; recovered %d job(s), failed %d orphaned%s",
                 self.node,
                 nodes,
                 recovered,
                 orphaned,
+                f" ({left} orphan(s) of tasks not registered here left RUNNING for a node "
+                "that registers them)"
+                if left
+                else "",
             )
         if recovered:
             await self.store.notify("changed")

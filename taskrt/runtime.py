@@ -441,6 +441,7 @@ class Runtime:
                 poll_interval=poll_interval,
                 workers=self._set_workers,
             )
+            self._pg.registered = self._tasks.keys  # store note 22
         # Jobs waiting for other jobs, settled where jobs run (taskrt.workflows).
         self.workflows = Workflows(
             store=self.store,

@@ -977,6 +977,71 @@ async def test_the_orphan_a_stopping_node_kept_is_failed_by_a_live_node_if_it_di
         assert [(r["job"], r["error"]) for r in audited] == [(job_id, info.error)]
 
 
+async def test_a_reaping_node_without_the_orphans_task_leaves_it_for_a_node_with_its_hook(
+    url: str,
+) -> None:
+    """Nodes running different code (a rolling deploy): the node that reaps a dead
+    node does not register the orphan's task, whose ``on_failed`` hook another
+    node's code has. The orphan stays RUNNING, its interrupted attempt recorded
+    once, and a node with the task fails it with its hook. Before, the reaping
+    node failed it in its reap's statement, without the hook."""
+    hooked: list[int] = []
+
+    async def audit(job: JobInfo, tx: Transaction) -> None:
+        hooked.append(job.id)
+        await tx.execute("INSERT INTO audit VALUES ($1, $2)", (job.id, job.error))
+
+    async with hooked_node(url, audit) as z:
+        await sql(url, "CREATE TABLE audit (job bigint, error text)")
+        z.pool("p").pause()  # here only: z claims nothing itself
+        job_id = await z.enqueue("b")
+    ghost = PgStore(url)
+    await ghost.open()
+    try:
+        await ghost.join("ghost", "elsewhere", 1, time.time(), 2.0)
+        (claimed,) = await ghost.claim("p", ["b"], 1, time.time(), "ghost")
+        assert claimed.id == job_id
+    finally:
+        await ghost.close()
+
+    other = Runtime(url, mode="nodes", node_ttl=2.0, max_recoveries=0)  # no task b
+
+    @other.task(pool="p")
+    async def c(job: JobContext) -> None:
+        pass
+
+    async with other as y:
+        await sql(
+            url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = 'ghost'"
+        )
+        deadline = time.monotonic() + 10
+        while await sql(url, "SELECT id FROM nodes WHERE id = 'ghost'"):
+            assert time.monotonic() < deadline, "the ghost was never reaped"
+            await asyncio.sleep(0.05)
+        [row] = await sql(url, "SELECT status, seq FROM jobs WHERE id = $1", job_id)
+        assert row["status"] == "RUNNING"
+        seq = row["seq"]
+        assert y.nodes is not None
+        await y.nodes._reap(everything=True)  # the look every node makes: nothing again
+        [again] = await sql(url, "SELECT status, seq FROM jobs WHERE id = $1", job_id)
+        assert (again["status"], again["seq"]) == ("RUNNING", seq)
+        attempts = await sql(url, "SELECT outcome, finished_at FROM attempts")
+        assert [r["outcome"] for r in attempts] == ["interrupted"]
+    assert await sql(url, "SELECT job FROM audit") == []
+    assert await sql(url, "SELECT outcome, finished_at FROM attempts") == attempts
+
+    async with hooked_node(url, audit) as z:  # its start looks for jobs of no live node
+        info = await z.wait(job_id, timeout=10)
+        await z.background.wait(5)
+    assert (info.status, info.error) == (
+        JobStatus.FAILURE,
+        "orphaned: the job was running when its process died 1 times",
+    )
+    assert hooked == [job_id]
+    audited = await sql(url, "SELECT job, error FROM audit")
+    assert [(r["job"], r["error"]) for r in audited] == [(job_id, info.error)]
+
+
 class Partition:
     """A TCP proxy in front of the server that can stop carrying bytes both ways
     without closing anything (a network partition: no reset, no answer)."""

@@ -1133,7 +1133,7 @@ async def test_a_reap_locks_the_jobs_it_puts_back_in_id_order(tmp_path: Path) ->
                 await asyncio.sleep(0.01)
             await held.rollback()
             await asyncio.wait_for(batch, 5)
-            assert await asyncio.wait_for(reap, 5) == (1, 0, 0)
+            assert await asyncio.wait_for(reap, 5) == (1, 0, 0, 0)
             rows = await watcher.fetch(
                 "SELECT status, node FROM jobs WHERE id = ANY($1) ORDER BY id", [a, b]
             )

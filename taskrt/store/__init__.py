@@ -225,7 +225,13 @@ Design notes:
     of a running attempt. A node that stops cleanly (``leave``) keeps the
     orphans of its cut-short claims the same way, on itself: its row is gone,
     so if it dies before failing them, any node's next look for jobs of no
-    live node (``taskrt.nodes`` note 8) takes them over and fails them.
+    live node (``taskrt.nodes`` note 8) takes them over and fails them. A
+    node's reap (or leave) fails no orphan of a task the node does not
+    register (``PgStore.registered``): it may have a hook in other nodes'
+    code. Such an orphan stays RUNNING where it is, on a node gone, its
+    attempt recorded as interrupted once (``sql.UNPARKED``: later looks
+    record nothing again and move its sequence past no gap again), for the
+    look of a node that registers the task.
 23. **The task of an open transaction reads what is committed.** On SQLite
     an application transaction (``transaction``) holds the writes lock for
     its block, and the group commit knows the task that opened it

@@ -866,11 +866,25 @@ SQL_RETRIED_ONE = (
 SQL_SEQ_GAP = "UPDATE jobs SET seq = seq + $1 WHERE status IN ('WAITING', 'RUNNING')"
 
 
-def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | None]]:
+# A RUNNING job whose attempt a recovery recorded as interrupted already: an orphan
+# a node's recovery left for a node with its task (store note 22). Later recoveries
+# record nothing again, and move its sequence past no gap again.
+UNPARKED = (
+    " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = jobs.id "
+    "AND a.number = jobs.attempts AND a.outcome = 'interrupted')"
+)
+
+
+def recovery(
+    lost: str = "", *, known: bool = False
+) -> list[tuple[str, tuple[str, ...], JobStatus | None]]:
     """The statements that put interrupted RUNNING jobs back, in one transaction
     (``lost``: a condition on which; none: every one). Each is (SQL, the names of
     its params: ``now``, ``max`` recoveries, a status): with a status, the SQL is a
-    WHERE clause whose rows the next statement moves there (``tally``)."""
+    WHERE clause whose rows the next statement moves there (``tally``). ``known``
+    (a node's recovery): ``failing`` names the tasks whose orphans fail here, and
+    an orphan of a task the node does not register stays RUNNING as it is (store
+    note 22); else ``failing`` names those that do not (the hooked ones)."""
     cancelled = f"status = 'RUNNING' AND cancel_requested = 1{lost}"
     if not lost:  # and a retry put back before the owner acted on the cancel (store note 21)
         cancelled = (
@@ -880,8 +894,9 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
     back = f"status = 'RUNNING' AND recoveries < $1{lost}"
     orphan = f"status = 'RUNNING'{lost}"
     # Those of a task with an on_failed hook here stay RUNNING, moved to this node
-    # (store note 22); the rest fail here ($1 of the failing statements: the names).
-    failing = f"{orphan} AND NOT (task = ANY($1::text[]))"
+    # (store note 22); the rest fail here, except, on a node, those of a task it does
+    # not register ($1 of the failing statements: the names).
+    failing = f"{orphan} AND {'' if known else 'NOT '}(task = ANY($1::text[]))"
     return [
         # The jobs first, in id order (note 3): an attempt's row locked before its
         # job's was a deadlock with a batch of the node being reaped (the job, then
@@ -895,7 +910,7 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
             "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error) "
             "SELECT id, attempts, COALESCE(started_at, $1), $1, 'interrupted', "
             "'the process stopped during this attempt' FROM jobs WHERE status = 'RUNNING' "
-            f"AND attempts > 0{lost} ON CONFLICT (job_id, number) DO UPDATE SET "
+            f"AND attempts > 0{lost}{UNPARKED} ON CONFLICT (job_id, number) DO UPDATE SET "
             "started_at = excluded.started_at, finished_at = excluded.finished_at, "
             "outcome = excluded.outcome, error = excluded.error, traceback = NULL, "
             "next = NULL, next_at = NULL",
@@ -928,14 +943,14 @@ def recovery(lost: str = "") -> list[tuple[str, tuple[str, ...], JobStatus | Non
             "UPDATE schedules s SET failures = s.failures + o.n FROM ("
             "SELECT taskrt_json_text(metadata, 'schedule') AS name, count(*) AS n FROM jobs "
             f"WHERE {failing} GROUP BY 1) AS o WHERE s.name = o.name",
-            ("hooked",),
+            ("failing",),
             None,
         ),
-        (failing, ("hooked",), JobStatus.FAILURE),
+        (failing, ("failing",), JobStatus.FAILURE),
         (
             "UPDATE jobs SET status = 'FAILURE', finished_at = $2, seq = seq + 1, "
             f"error = {ORPHAN_ERROR_SQL} WHERE {failing}" + RETURNING_ENDED,
-            ("hooked", "now"),
+            ("failing", "now"),
             None,
         ),
     ]
@@ -1209,7 +1224,15 @@ SQL_FREE_HELD_LOST = (
 )
 LOST = " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = jobs.node)"
 SQL_SEQ_GAP_LOST = (
-    "UPDATE jobs SET seq = seq + $1 WHERE status = 'RUNNING'" + LOST + " RETURNING id, seq"
+    "UPDATE jobs SET seq = seq + $1 WHERE status = 'RUNNING'"
+    + LOST
+    + UNPARKED
+    + " RETURNING id, seq"
+)
+# The orphans of tasks a node does not register that its recovery left RUNNING
+# (``recovery`` with ``known``; $1 the tasks it registers).
+SQL_LEFT_ORPHANS = (
+    "SELECT 1 FROM jobs WHERE status = 'RUNNING'" + LOST + " AND NOT (task = ANY($1::text[]))"
 )
 # The jobs a reap takes back, and their sequences past the gap, told on the events
 # channel in the reap's transaction (``taskrt.nodebus`` note 7): $1 the channel, $2
@@ -1219,7 +1242,7 @@ SQL_TELL_REAPED = (
     "SELECT pg_notify($1, json_build_object('n', $2::text, 'e', '[]'::json, "
     "'r', json_agg(json_build_array(id, seq) ORDER BY id))::text) "
     f"FROM (SELECT id, seq, (row_number() OVER (ORDER BY id) - 1) / {REAPED_PER_NOTIFY} "
-    "AS chunk FROM jobs WHERE status = 'RUNNING'" + LOST + ") AS r GROUP BY chunk"
+    "AS chunk FROM jobs WHERE status = 'RUNNING'" + LOST + UNPARKED + ") AS r GROUP BY chunk"
 )
 
 

@@ -63,6 +63,7 @@ from .sql import (
     SQL_FREE_HELD_LOST,
     SQL_JOIN,
     SQL_LEAVE,
+    SQL_LEFT_ORPHANS,
     SQL_LOCK_AS_READ,
     SQL_MARK_LOCKED,
     SQL_MARK_RATE_LIMITED,
@@ -257,6 +258,9 @@ class PgStore(QueuedWrites, SharedReads):
         self._app_idle: str | None = None  # the server's own, for the application's (note 14)
         # Told of the jobs a reap here took back and their new sequences (nodebus note 7).
         self.on_reaped: Callable[[list[tuple[int, int]]], None] | None = None
+        # The tasks the node registers: its reaps and its leave fail no orphan of
+        # another task, which may have an on_failed hook elsewhere (store note 22).
+        self.registered: Callable[[], Collection[str] | None] = lambda: None
         # Adds in flight that may start a job here (``insert``): once one answers, the
         # task that awaits it takes the started jobs into memory before it awaits again.
         self.starting_adds: set[asyncio.Future[Any]] = set()
@@ -873,7 +877,14 @@ class PgStore(QueuedWrites, SharedReads):
         first leaves it to the next node that looks for jobs of no live node. Returns
         how many it kept."""
         steps: list[tuple[Any, ...]] = [(SQL_LEAVE, (node,))]
-        steps += _recovery_steps(LOST, now, max_recoveries, node=node, hooked=self.failed_hooks())
+        steps += _recovery_steps(
+            LOST,
+            now,
+            max_recoveries,
+            node=node,
+            hooked=self.failed_hooks(),
+            known=self.registered(),
+        )
         steps.append((SQL_FREE_HELD_LOST, ()))
         rows: list[Any] = []
         await self._script(steps, returned=rows)
@@ -1043,14 +1054,16 @@ class PgStore(QueuedWrites, SharedReads):
 
     async def reap(
         self, now: float, *, max_recoveries: int, seq_gap: int, everything: bool = False
-    ) -> tuple[int, int, int]:
+    ) -> tuple[int, int, int, int]:
         """Forget the nodes whose heartbeat is older than their TTL and, in the same
         transaction, put their RUNNING jobs back as recovery does (attempt recorded
         as interrupted; orphaned after ``max_recoveries``): (nodes, recovered,
-        orphaned). Without a stale node nothing else runs, unless ``everything``
-        (a node starting: RUNNING jobs of no node alive, whoever left them). The
-        jobs and their sequences past the gap are told on the events channel at
-        the commit (``taskrt.nodebus`` note 7)."""
+        orphaned, left: the orphans of tasks not ``registered`` here, left RUNNING
+        for a node that registers them, store note 22). Without a stale node nothing
+        else runs, unless ``everything`` (a node starting: RUNNING jobs of no node
+        alive, whoever left them). The jobs and their sequences past the gap are
+        told on the events channel at the commit (``taskrt.nodebus`` note 7)."""
+        known = self.registered()
         steps: list[tuple[Any, ...]] = [(SQL_REAP, ())]
         steps += _recovery_steps(
             LOST,
@@ -1059,20 +1072,23 @@ class PgStore(QueuedWrites, SharedReads):
             (SQL_SEQ_GAP_LOST, (seq_gap,)),
             node=self.node,
             hooked=self.failed_hooks(),
+            known=known,
         )
         # Told before they move (nodebus note 7): their late events are stale everywhere.
         steps.insert(3, (SQL_TELL_REAPED, (self.events_channel, self.node or "")))
+        if known is not None:
+            steps.append((SQL_LEFT_ORPHANS, (sorted(known),)))
         steps.append((SQL_FREE_HELD_LOST, ()))  # after the counts read below
         rows: list[Any] = []
         counts = await self._script(steps, gate=not everything, returned=rows)
         if len(counts) == 1:  # no stale node: nothing else ran
-            return counts[0], 0, 0
+            return counts[0], 0, 0, 0
         reaped = [(int(r["id"]), int(r["seq"])) for r in rows if "seq" in r]
         if reaped and self.on_reaped is not None:
             self.on_reaped(reaped)  # its own listener may not listen yet (a start's reap)
         self._recovered(rows)
         # Kept orphans (store note 22) are failed by this node's runtime, now.
-        return counts[0], counts[6], counts[7] + counts[9]
+        return counts[0], counts[6], counts[7] + counts[9], counts[10] if known is not None else 0
 
     def heartbeat(self, node: str, interval: float) -> Heartbeat:
         """A thread that keeps ``node`` alive on a connection of its own (``heartbeat``)."""
@@ -1395,13 +1411,21 @@ def _recovery_steps(
     *,
     node: str | None = None,
     hooked: Collection[str] = (),
+    known: Collection[str] | None = None,
 ) -> list[tuple[Any, ...]]:
     """``sql.recovery`` as steps of ``_script``; ``seq_gap`` runs once its first step
     has locked the jobs (in id order, note 3). Orphans of the ``hooked`` tasks stay
-    RUNNING, moved to ``node`` (store note 22)."""
-    values = {"now": now, "max": max_recoveries, "node": node, "hooked": sorted(hooked)}
+    RUNNING, moved to ``node`` (store note 22); with ``known`` (the tasks a node
+    registers), so do those of the other tasks, where they are."""
+    values = {
+        "now": now,
+        "max": max_recoveries,
+        "node": node,
+        "hooked": sorted(hooked),
+        "failing": sorted(hooked) if known is None else sorted(set(known) - set(hooked)),
+    }
     steps: list[tuple[Any, ...]] = []
-    for sql, names, status in recovery(lost):
+    for sql, names, status in recovery(lost, known=known is not None):
         params = tuple(values[n] for n in names)
         steps.append((tally(sql), params, status) if status is not None else (sql, params))
     if seq_gap is not None:
