@@ -374,7 +374,9 @@ class Pool:
         self._starting: set[int] = set()  # jobs taken whose RUNNING row is not committed yet
         self._requeuing = 0  # jobs retried whose WAITING row is not committed yet
         self._held = 0  # slots kept by abandoned coroutines or busy threads (notes 3, 4)
-        self._lingering: dict[int, JobState] = {}  # those threads' jobs (their locks too)
+        # Those threads' attempts (their locks too): a job's retry may be cut short
+        # too while the thread of its attempt before runs on, each holding a slot.
+        self._lingering: set[JobState] = set()
         self.pending = 0  # adds in flight, counted against capacity (taskrt.adding)
         self._kept = 0  # free slots kept for jobs starting in their add (note 9)
         self._timer = Alarm(host.clock, self._dispatch)  # the first delayed job comes due
@@ -834,7 +836,7 @@ class Pool:
         """Record how the attempt ended; the runner (not this) takes the next job."""
         self._running.pop(state.id, None)
         state.task_handle = None
-        if not state.abandoned and self._lingering.get(state.id) is not state:
+        if not state.abandoned and state not in self._lingering:
             self._release_lock(state)  # else when its coroutine or thread returns
         self._host.attempt_ended(state, outcome)
         # Counted as it ended: a result that could not be stored made it an error.
@@ -890,7 +892,7 @@ class Pool:
             if not cfut.done():
                 # The thread runs on: its slot (and its lock) stay taken until it returns.
                 self._held += 1
-                self._lingering[state.id] = state
+                self._lingering.add(state)
                 self._hold_lock(state, True)  # before the attempt's end is queued
                 cfut.add_done_callback(lambda _: _tell(loop, self._thread_returned, state))
             raise
@@ -915,9 +917,9 @@ class Pool:
     def _thread_returned(self, state: JobState) -> None:
         """The thread of an attempt that was cut short returned (note 4); one of a
         run before the pool closed holds nothing of this run's."""
-        if self._lingering.get(state.id) is not state:
+        if state not in self._lingering:
             return
-        del self._lingering[state.id]
+        self._lingering.remove(state)
         self._hold_lock(state, False)
         self._release_lock(state)
         self._release_held()

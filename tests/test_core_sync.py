@@ -142,6 +142,33 @@ async def test_sync_timeout_marks_the_job_and_keeps_the_thread_slot(tmp_path: Pa
     assert counter.max_active == 1
 
 
+async def test_each_timed_out_attempts_thread_gives_its_slot_back_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    """Pool note 4: a sync handler that ignores its timeout keeps its slot until its
+    thread returns. The retry of a job timed out too while the thread of its attempt
+    before ran on: the pool kept the threads by job id, the second took the first's
+    place, and the first thread's return gave no slot back, for good (a pool of
+    concurrency 3 ran one job at a time after such a job)."""
+    rt = make_rt(tmp_path)
+    pool = rt.pool("p", concurrency=3)
+    release = threading.Event()
+
+    @rt.task(pool="p", timeout=0.05, attempts=3, retry=0)
+    def stuck(job: JobContext) -> None:
+        release.wait(10)  # never looks at job.cancelled
+
+    async with rt:
+        try:
+            job_id = await pool.add(stuck)
+            info = await rt.wait(job_id, timeout=5)
+            assert (info.status, info.attempts) == (JobStatus.FAILURE, 3)
+            assert pool.free_slots() == 0  # three threads run on
+        finally:
+            release.set()
+        await until(lambda: pool.free_slots() == 3)
+
+
 async def test_cancel_a_running_sync_job(tmp_path: Path) -> None:
     rt = make_rt(tmp_path)
     entered = threading.Event()
