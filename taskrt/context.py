@@ -51,6 +51,7 @@ class JobState:
         "abandoned",
         "cancel_requested",
         "ending",
+        "error_before",
         "parents",
         "retry",
         "shutdown",
@@ -140,6 +141,9 @@ class JobState:
         self.watchdog: asyncio.TimerHandle | None = None
         self.cancel_requested = False
         self.ending = False  # its deadline ends it, under way (``Transitions.deadline_passed``)
+        # The error it showed as its attempt started, which the start clears: the
+        # one an attempt recorded last, kept by a retry without one (``Retry``).
+        self.error_before: str | None = None
         self.timed_out = False
         self.shutdown = False
         self.abandoned = False
@@ -213,6 +217,7 @@ class JobState:
         state.watchdog = None
         state.cancel_requested = False
         state.ending = False
+        state.error_before = None
         state.parents = ()
         state.timed_out = False
         state.shutdown = False

@@ -158,6 +158,7 @@ class Transitions:
         state.attempts = attempt
         state.started_at = now
         state.finished_at = None
+        state.error_before = state.error
         state.error = None  # as the start's row says: the last error is its attempt's
         state.waiting_reason = None
         state.snapshot = None
@@ -358,10 +359,14 @@ class Transitions:
             return
         max_attempts = state.max_attempts
         spent = max_attempts is not None and attempt >= max_attempts
+        # A retry asked for without an error (``Retry(record_error=False)``) keeps the
+        # error an attempt recorded last as the job's, and so does the failure when
+        # the attempts are spent, rather than the retry's own "retry requested".
+        final = error if record else (state.error_before or error)
         if isinstance(failure, Fatal) or spent:
             self._record_attempt(state, kind, error if record else None, tb if record else None)
-            job_log.warning("job %d failed: %s", state.id, error)
-            self._fail(state, error)
+            job_log.warning("job %d failed: %s", state.id, final)
+            self._fail(state, final)
             return
         if isinstance(failure, Retry) and failure.delay is not None:
             delay = failure.delay
@@ -371,7 +376,7 @@ class Transitions:
             # The next attempt would start after the deadline: it ends now instead.
             self._record_attempt(state, kind, error if record else None, tb if record else None)
             why = safe_text(
-                f"{DEADLINE_PASSED} before the next attempt: {error}", self.limits.max_error_bytes
+                f"{DEADLINE_PASSED} before the next attempt: {final}", self.limits.max_error_bytes
             )
             job_log.warning("job %d failed: %s", state.id, why)
             self._fail(state, why)
@@ -389,7 +394,7 @@ class Transitions:
         self._record_attempt(
             state, kind, error if record else None, tb if record else None, retry_at=run_at
         )
-        keep = error if record else state.error
+        keep = error if record else state.error_before
         if state.timed_out:
             # The timed-out attempt may still run (abandoned, pool note 3): the next
             # attempt gets a fresh state so that none of this attempt's flags leak into it.

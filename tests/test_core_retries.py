@@ -352,6 +352,42 @@ async def test_retry_without_error_records_no_error_and_fires_no_hook(tmp_path: 
     assert errors == []
 
 
+async def test_a_retry_without_error_that_spends_the_attempts_keeps_the_last_error(
+    tmp_path: Path,
+) -> None:
+    """The last attempt raises ``Retry(record_error=False)``: the job fails with the
+    error an attempt recorded last, as it showed between the attempts, not with
+    the retry's own "retry requested"; with none recorded, with the retry's."""
+    failed: list[str | None] = []
+    rt = make_rt(tmp_path)
+
+    @rt.task(attempts=3, retry=0, on_failed=lambda job, tx: failed.append(job.error))
+    async def charge(job: JobContext) -> None:
+        if job.attempt == 1:
+            raise ConnectionError("card declined by bank")
+        raise Retry(record_error=False)
+
+    @rt.task(attempts=2, retry=0)
+    async def poll(job: JobContext) -> None:
+        raise Retry("not ready", record_error=False)
+
+    async with rt:
+        charged = await rt.wait(await rt.add(charge), timeout=5)
+        polled = await rt.wait(await rt.add(poll), timeout=5)
+        attempts = await rt.attempts(charged.id)
+    assert (charged.status, charged.error) == (
+        JobStatus.FAILURE,
+        "ConnectionError: card declined by bank",
+    )
+    assert failed == [charged.error]
+    assert [(a.outcome, a.error) for a in attempts] == [
+        (AttemptOutcome.ERROR, "ConnectionError: card declined by bank"),
+        (AttemptOutcome.RETRY, None),
+        (AttemptOutcome.RETRY, None),
+    ]
+    assert (polled.status, polled.error) == (JobStatus.FAILURE, "not ready")
+
+
 async def test_retry_with_a_delay_overrides_the_policy(tmp_path: Path) -> None:
     clock = FakeClock()
     rt = make_rt(tmp_path, clock=clock)
