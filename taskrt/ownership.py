@@ -37,6 +37,13 @@ Design notes (cited where they apply):
    standby. The owner looks at the path every ``FOLLOW_INTERVAL``; finding it
    gone or replaced, it locks the file now there (made anew if need be) and
    lets the removed one go.
+7. **One file, one lock, whatever name opens it.** The lock file is named
+   after the database's real path (``lock_path_of``: symbolic links
+   resolved), and so is the relay's socket. Before, a process that opened
+   the file through a symbolic link locked ``<link>.lock``: two owners ran
+   every job twice, and ``taskrt copy`` read a file another process was
+   writing. A hard link is a second real path the lock cannot see
+   (guarantees.md says not to open a database through one).
 """
 
 from __future__ import annotations
@@ -119,6 +126,11 @@ class Ownership(Protocol):
         ...
 
 
+def lock_path_of(path: str) -> str:
+    """The ownership lock's file of the SQLite database at ``path`` (note 7)."""
+    return os.path.realpath(path) + ".lock"
+
+
 def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -129,7 +141,7 @@ class FileLockOwnership:
     def __init__(self, store: JobStore, path: str) -> None:
         self.store = store
         self.path = path
-        self.lock_path = f"{path}.lock"
+        self.lock_path = lock_path_of(path)
         self.owner = owner_name()
         self.left_behind: str | None = None
         self._fd: int | None = None

@@ -94,10 +94,11 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 def relay_address(path: str) -> str:
     """Where the owner of the database at ``path`` listens: beside it, or (for a
     path too long for a Unix socket) in a private folder of the temporary directory."""
-    beside = os.path.abspath(path) + ".sock"
+    real = os.path.realpath(path)  # whatever name opened it (ownership note 7)
+    beside = real + ".sock"
     if len(beside.encode()) <= 100:
         return beside
-    return private_address(os.path.realpath(path))
+    return private_address(real)
 
 
 def private_address(name: str) -> str:

@@ -440,6 +440,34 @@ async def test_a_lock_file_removed_under_the_owner_makes_no_second_owner(
         await until(lambda: standby.role == "owner", timeout=5)
 
 
+async def test_a_database_opened_through_a_symbolic_link_has_one_owner(tmp_path: Path) -> None:
+    """Ownership note 7: the lock is the file's, whatever name opens it. Before, a
+    process that opened the database through a symbolic link locked
+    ``<link>.lock`` and owned it too: it recovered the owner's running jobs as a
+    dead owner's, and every job ran twice."""
+    owner = app(tmp_path)
+    link = tmp_path / "elsewhere" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(owner.path)
+    other = Runtime(str(link))
+    other.pool("p", concurrency=2)
+    ran: list[str] = []
+
+    @other.task(pool="p")
+    async def hello(job: JobContext, name: str) -> str:
+        ran.append("other")
+        return f"hello {name}"
+
+    async with owner, other:
+        assert (owner.role, other.role) == ("owner", "standby")
+        await until(lambda: owner.owner_status().peers == 1)  # its relay found
+        job_id = await other.add("hello", "ann")
+        assert (await other.wait(job_id, timeout=5)).result == "hello ann"
+        await owner.stop()
+        await until(lambda: other.role == "owner", timeout=5)
+    assert ran == []
+
+
 async def test_a_client_never_takes_over_and_falls_back_to_the_database(
     tmp_path: Path,
 ) -> None:

@@ -809,6 +809,10 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
             # Refused while a process runs it: a moving snapshot would lose writes.
             with pytest.raises(StoreError, match="in use by a running process"):
                 await copy_sqlite_to_postgres(path, url)
+            link = tmp_path / "link.db"  # the same file by another name (ownership note 7)
+            link.symlink_to(path)
+            with pytest.raises(StoreError, match="in use by a running process"):
+                await copy_sqlite_to_postgres(str(link), url)
             return await everything(old.store, [*finished, later, cancelled])
 
     async def everything(store: JobStore, ids: list[int]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 
 from ...errors import StoreError
+from ...ownership import lock_path_of
 from ..sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
 from .driver import DRIVER_ERRORS
 from .store import PgStore
@@ -175,7 +176,7 @@ class Copied:
 
 def _in_use(path: str) -> bool:
     """Whether a process holds the database's ownership lock (it is running)."""
-    lock = f"{path}.lock"
+    lock = lock_path_of(path)
     if not os.path.exists(lock):
         return False
     fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
