@@ -32,6 +32,11 @@ Design notes:
    given back (``Pool.release``) and the pool claims as usual. A kept slot is
    not free (``Pool.free_slots``): claims ask for the others, and a claim
    that was in flight meanwhile keeps no more jobs than the slots left (note 2).
+   The slots a claim in flight asked for count as taken by jobs ahead too: an
+   add that kept one of them made the claim give back its best job, which
+   the next claim skipped (its row still RUNNING or locked until the give
+   back committed), so a lower priority started before it. Such an add is
+   stored WAITING, pokes the pool, and the next claim takes it in its turn.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class Claims:
         self._wake = wake  # the pool's dispatch
         self._claimed: collections.deque[JobState] = collections.deque()
         self._asking: asyncio.Task[None] | None = None
+        self._asking_for = 0  # the slots the claim in flight asked for (note 4)
         self._halted = False  # the runtime stops: no claim starts (``halt``)
         self._pokes = 0
         self._more = True
@@ -139,8 +145,9 @@ class Claims:
             self._timer.set(state.run_at)
 
     def ahead(self) -> int:
-        """Claimed jobs not started yet: they take free slots first (note 4)."""
-        return len(self._claimed)
+        """Claimed jobs not started yet, and those a claim in flight may bring: they
+        take free slots first (note 4)."""
+        return len(self._claimed) + self._asking_for
 
     def remove(self, state: JobState) -> bool:
         return False  # a claimed job starts at once; nothing waits here
@@ -189,6 +196,7 @@ class Claims:
         try:
             if limit <= 0:
                 return
+            self._asking_for = limit
             states = await self._source.claim(self.pool, limit)
         except Exception as exc:  # a pool that stopped asking would never run a job again
             if isinstance(exc, TaskrtError):
@@ -200,6 +208,7 @@ class Claims:
             return
         finally:
             self._asking = None
+            self._asking_for = 0
         self._delay = _RETRY_AFTER[0]
         room = self._free()
         if len(states) > room:

@@ -977,6 +977,34 @@ async def test_the_orphan_a_stopping_node_kept_is_failed_by_a_live_node_if_it_di
         assert [(r["job"], r["error"]) for r in audited] == [(job_id, info.error)]
 
 
+async def test_adds_during_a_drain_never_start_a_lower_priority_first(url: str) -> None:
+    """Claims note 4: an add while a claim was in flight kept the pool's slot, the
+    claim gave back its job (the best one), and the next claim skipped that row,
+    still RUNNING or locked until the give back committed: a lower priority
+    started first (about one start in 40 here). Now the slots a claim in flight
+    asked for are not kept for an add."""
+    started: list[int] = []
+    rt = Runtime(url, mode="nodes", node_ttl=2.0)
+    pool = rt.pool("p", concurrency=1)
+
+    @rt.task(pool="p")
+    async def work(job: JobContext, priority: int) -> None:
+        started.append(priority)
+        await asyncio.sleep(0.001)
+
+    async with rt:
+        pool.pause()
+        for p in range(200, 0, -1):
+            await pool.add(work.options(priority=p), p)
+        pool.resume()
+        for _ in range(100):
+            await asyncio.sleep(0.003)
+            await pool.add(work.options(priority=-100), -100)
+        await until(lambda: len(started) == 300, timeout=60)
+    ranked = [p for p in started if p > 0]
+    assert ranked == sorted(ranked, reverse=True)
+
+
 async def test_a_reaping_node_without_the_orphans_task_leaves_it_for_a_node_with_its_hook(
     url: str,
 ) -> None:
