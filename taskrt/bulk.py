@@ -2,7 +2,7 @@
 
 The filter is the listing's (``rt.jobs``: status, pool, task, metadata) plus
 ``ids``, ``older_than`` (created that long ago or more) and ``scheduled``
-(waiting for a time still to come). The matching ids are read first (at most
+(waiting for a time still to come, not for other jobs). The matching ids are read first (at most
 ``BULK_LIMIT``), then each job gets the action as ``rt.cancel`` / ``rt.retry``
 would give it, skipping those in a status it does not apply to; ``purge``
 deletes finished jobs only. A dry run counts and does nothing, which is what

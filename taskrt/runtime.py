@@ -103,6 +103,7 @@ from .limits import (
 )
 from .live import LiveJobs
 from .models import (
+    BLOCKED_AT,
     TERMINAL,
     AttemptInfo,
     BulkResult,
@@ -1635,7 +1636,8 @@ class Runtime:
         """Jobs, newest first, filtered; pass ``page.cursor`` back for the next page.
 
         ``scheduled``: only jobs waiting for a time still to come (a delay, a
-        retry's backoff); ``older_than``: only jobs created that long ago or more.
+        retry's backoff), not for other jobs (their parents, their batch);
+        ``older_than``: only jobs created that long ago or more.
         Each job is shown as it is now, and one whose status changed while the page
         was read is left out of a listing by status (the page then holds fewer
         than ``limit``; its cursor goes on where it ended).
@@ -1686,7 +1688,9 @@ class Runtime:
                 j
                 for j in jobs
                 if j.status in wanted
-                and (not scheduled or (j.status is JobStatus.WAITING and j.run_at > now))
+                and (
+                    not scheduled or (j.status is JobStatus.WAITING and now < j.run_at < BLOCKED_AT)
+                )
             ]
         return Page(jobs=jobs, cursor=str(rows[-1].id) if more and rows else None)
 

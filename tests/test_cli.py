@@ -30,7 +30,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskrt import JobContext, JobInfo, JobStatus, Runtime, cli
+from taskrt import Batch, JobContext, JobInfo, JobStatus, Runtime, cli
 from taskrt.cli.progress import Bar, JobView, bar_line, summary_line
 from taskrt.cli.support import reason_note
 from taskrt.web import create_app
@@ -981,6 +981,46 @@ def test_ls_says_when_a_delayed_job_runs(capsys: pytest.CaptureFixture[str], app
     code, out, _ = run(capsys, app, "ls", "--db", app.db)
     [row] = [line for line in out.splitlines() if line.startswith(str(job["id"]))]
     assert code == 0 and "WAITING" in row and re.search(r"runs in (9|10) min", row)
+
+
+async def test_jobs_held_for_other_jobs_say_why_and_are_not_scheduled(
+    capsys: pytest.CaptureFixture[str], db_path: Path
+) -> None:
+    # Held for its parents or its batch, a job is stored at run_at BLOCKED_AT (year
+    # 9999): ls said "runs in 2912102.3 d", get "run at 9999-12-31 23:59:59", and
+    # `bulk cancel --scheduled` took them.
+    rt = Runtime(str(db_path))
+
+    @rt.task
+    async def step(job: JobContext, n: int = 0) -> int:
+        return n
+
+    @rt.task(batch=Batch(max_size=10, max_wait=3600))
+    async def digest(job: JobContext, items: list[int]) -> int:
+        return sum(items)
+
+    async with rt:
+        flow = await rt.chain(step.options(delay=3600).s(1), step.s())
+        later, child = flow.jobs
+        member = await rt.add(digest.options(batch_key="u1"), 1)
+
+    def cli_run(*argv: str) -> tuple[int, str]:
+        code = cli.main([*argv, "--db", str(db_path)])
+        return code, capsys.readouterr().out
+
+    code, out = await asyncio.to_thread(cli_run, "ls")
+    rows = {int(line.split()[0]): line for line in out.splitlines()[1:]}
+    assert rows[child].endswith("waits for its parents"), rows[child]
+    assert rows[member].endswith("batch 'u1' gathering"), rows[member]
+    assert re.search(r"runs in (59|60) min$", rows[later]), rows[later]
+    code, out = await asyncio.to_thread(cli_run, "get", str(child))
+    assert re.search(r"^  run at +waits for its parents$", out, re.M), out
+    code, out = await asyncio.to_thread(cli_run, "ls", "--scheduled", "--json")
+    assert [j["id"] for j in json.loads(out)["jobs"]] == [later]
+    code, out = await asyncio.to_thread(cli_run, "bulk", "cancel", "--scheduled", "--yes")
+    assert (code, out) == (0, "cancelled 1 of 1 job\n")
+    code, out = await asyncio.to_thread(cli_run, "get", str(member), "--json")
+    assert json.loads(out)["status"] == "WAITING"
 
 
 def test_bulk_is_a_dry_run_until_yes(capsys: pytest.CaptureFixture[str], app: App) -> None:

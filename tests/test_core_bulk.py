@@ -9,6 +9,7 @@ import pytest
 from core_support import committed_jobs, make_rt, until
 
 from taskrt import (
+    Batch,
     FakeClock,
     InvalidOption,
     InvalidTransition,
@@ -118,6 +119,38 @@ async def test_scheduled_jobs_are_listed_counted_and_run_now(tmp_path: Path) -> 
         assert await rt.count(scheduled=True) == 0
         with pytest.raises(InvalidTransition):
             await rt.run_now(later)  # finished: nothing to run
+
+
+async def test_scheduled_leaves_out_jobs_held_for_their_parents_or_their_batch(
+    tmp_path: Path,
+) -> None:
+    # Held jobs are stored at run_at BLOCKED_AT (year 9999): a time to come to a
+    # filter on run_at alone, so `bulk cancel --scheduled` cancelled them.
+    rt, control = app(tmp_path)
+
+    @rt.task(pool="other", batch=Batch(max_size=10, max_wait=3600))
+    async def digest(job: JobContext, items: list[int]) -> int:
+        return sum(items)
+
+    async with rt:
+        quick = rt.resolve("quick")
+        flow = await rt.chain(rt.resolve("held").s(1), quick.s(), quick.s())
+        children = flow.jobs[1:]
+        batch = [await rt.pool("other").add(digest.options(batch_key="k"), n) for n in range(2)]
+        later = await rt.pool("other").add(quick.options(delay=600), 3)
+        reasons = [(await rt.get(i)).waiting_reason for i in (*children, *batch, later)]
+        assert reasons == ["blocked", "blocked", "batching", "batching", "scheduled"]
+        assert [j.id for j in (await rt.jobs(scheduled=True)).jobs] == [later]
+        assert await rt.count(scheduled=True) == 1
+        done = await rt.bulk("cancel", scheduled=True)
+        assert (done.matched, done.done) == (1, 1)
+        assert (await rt.get(later)).status is JobStatus.CANCELLED
+        held = [(await rt.get(i)).status for i in (*children, *batch)]
+        assert held == [JobStatus.WAITING] * 4
+        gate = control["gate"]
+        assert isinstance(gate, asyncio.Event)
+        gate.set()
+        assert (await rt.wait(children[-1], timeout=5)).result == 1
 
 
 async def test_a_filter_too_large_or_an_unknown_action_is_refused(

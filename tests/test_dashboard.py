@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from taskrt import Batch, JobContext, Runtime
+from taskrt import Batch, JobContext, JobStatus, Runtime
 from taskrt.web import create_app
 from taskrt.web.dashboard import CSP
 
@@ -1173,6 +1173,23 @@ async def test_a_workflow_jobs_page_links_to_the_workflow_and_its_boxes_link_bac
         async with httpx.AsyncClient(base_url=base) as client:
             for impossible in ("0", str(2**63)):
                 assert (await client.get(f"/dashboard/workflows/{impossible}")).status_code == 404
+
+
+@in_browser
+async def test_a_job_held_for_its_parents_says_so_instead_of_a_time_in_year_9999(
+    rt: Runtime, steps: Steps, server: Serve, browser: Any
+) -> None:
+    # Its run_at is the placeholder BLOCKED_AT (9999-12-31T23:59:59Z), no time it runs at.
+    flow = await rt.chain(sig(rt, "hop", key="held"), sig(rt, "hop"))
+    child = flow.jobs[1]
+    async with server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard/jobs/{child}") as page:
+            runs_at = page.locator("#job-facts div", has_text="Runs at").locator("dd")
+            await expect(runs_at).to_have_text("waits for its parents")
+            await expect(page.locator("#job-timeline .kind")).to_have_text(["added"])
+            await expect(page.locator("#job-view")).not_to_contain_text("9999")
+        steps.allow("held")
+        assert (await rt.wait(child, timeout=5)).status is JobStatus.SUCCESS
 
 
 @in_browser

@@ -1918,3 +1918,31 @@ async def test_a_batch_forms_from_its_oldest_jobs_and_its_members_end_as_it_ends
         "mail",
         [],
     )
+
+
+async def test_scheduled_lists_jobs_due_later_not_those_held_for_other_jobs(
+    store: JobStore,
+) -> None:
+    # A job held for its parents or its batch is stored at the placeholder run_at
+    # BLOCKED_AT, far in the future, but it waits for other jobs, not for a time:
+    # `bulk cancel --scheduled` must not take workflow children and batch members.
+    parent = await add_one(store)
+    later = await add_one(store, run_at=NOW + 3600)
+    [child] = await add(store, dependent((parent,)))
+    members = []
+    for n in range(3):
+        new = job(task="digest", args=(n,))
+        new.batch_key = "k"
+        members.append(new)
+    leader, batched, batching = await add(store, *members)
+    assert await store.form_batch("digest", "k", 2, NOW) == (leader, "mail", [batched])
+    assert [(await get(store, i)).waiting_reason for i in (child, batched, batching)] == [
+        "blocked",
+        "batched",
+        "batching",
+    ]
+    assert await ids(store, run_after=NOW) == [later]
+    assert await ids(store, run_after=NOW, status=[WAITING], pool="mail") == [later]
+    assert await store.count_jobs(run_after=NOW) == 1
+    assert await ids(store, run_after=NOW, ids=[later, child, batched, batching]) == [later]
+    assert await ids(store, run_after=NOW + 3600) == []

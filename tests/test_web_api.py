@@ -1165,6 +1165,23 @@ async def test_a_bulk_action_needs_a_filter(client: httpx.AsyncClient) -> None:
         assert r.status_code == 422 and error_of(r)["field"] == "ids", ids
 
 
+async def test_scheduled_leaves_out_the_jobs_a_workflow_holds_for_their_parents(
+    client: httpx.AsyncClient, rt: Runtime
+) -> None:
+    # A held job's run_at is the placeholder BLOCKED_AT (year 9999), no time to come.
+    echo = rt.resolve("echo")
+    flow = await rt.chain(echo.options(delay=600).s(1), echo.s(), echo.s())
+    later = flow.jobs[0]
+    assert (await client.get("/jobs/count", params={"scheduled": "true"})).json() == {"count": 1}
+    listed = await client.get("/jobs", params={"scheduled": "true"})
+    assert [j["id"] for j in listed.json()["jobs"]] == [later]
+    cancelled = await client.post("/jobs/cancel", json={"scheduled": True, "dry_run": True})
+    assert cancelled.json()["matched"] == 1
+    for child in flow.jobs[1:]:
+        held = (await client.get(f"/jobs/{child}")).json()
+        assert (held["status"], held["waiting_reason"]) == ("WAITING", "blocked")
+
+
 async def test_run_now_cancel_and_purge_one_job(
     client: httpx.AsyncClient, rt: Runtime, gates: dict[str, asyncio.Event]
 ) -> None:

@@ -36,6 +36,7 @@ from .support import (
     print_json,
     progress,
     reason_note,
+    run_at_note,
     seconds,
     statuses,
     stored_id,
@@ -174,7 +175,7 @@ def describe(job: JobInfo, attempts: Sequence[AttemptInfo]) -> str:
         ("attempts", f"{job.attempts} of {budget}"),
         ("priority", job.priority),
         ("created", when(job.created_at)),
-        ("run at", when(job.run_at)),
+        ("run at", run_at_note(job)),
         ("started", when(job.started_at)),
         ("finished", when(job.finished_at)),
         ("duration", seconds(job.duration)),
@@ -235,7 +236,10 @@ def filter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduled",
         action="store_true",
-        help="only jobs waiting for a time still to come (a delay, a retry's backoff)",
+        help=(
+            "only jobs waiting for a time still to come (a delay, a retry's backoff), "
+            "not for other jobs (their parents, their batch)"
+        ),
     )
     parser.add_argument(
         "--older-than", help="only jobs created that long ago or more: 3600, 12h, 7d"

@@ -67,7 +67,7 @@ from ..errors import (
     TaskrtError,
 )
 from ..limits import INT64_MAX
-from ..models import JobInfo, JobStatus, percent
+from ..models import BLOCKED_AT, JobInfo, JobStatus, percent
 from ..retry import parse_duration
 from ..runtime import Runtime
 from ..store import is_server_url
@@ -448,8 +448,10 @@ def span(seconds: float) -> str:
 def waiting_note(
     status: str, run_at: float | None, error: str | None, attempts: int, now: float
 ) -> str:
-    """Why a WAITING job waits: its delay, its retry (and the error that caused it)."""
-    if status != JobStatus.WAITING:
+    """Why a WAITING job waits: its delay, its retry (and the error that caused it).
+    Nothing for one that waits for other jobs (its parents, its batch): its run_at is
+    the placeholder ``BLOCKED_AT``, no time it runs at (``reason_note`` says why)."""
+    if status != JobStatus.WAITING or (run_at is not None and run_at >= BLOCKED_AT):
         return ""
     later = run_at is not None and run_at > now + 0.05
     if error and attempts > 0:
@@ -476,6 +478,15 @@ def reason_note(job: JobInfo) -> str:
     if reason == "batched":
         return f"in the batch of job {job.batch}"
     return ""
+
+
+def run_at_note(job: JobInfo) -> str:
+    """When a job runs or ran: its ``run_at``; for one held for other jobs (its
+    parents, its batch), what holds it, as its run_at is the placeholder ``BLOCKED_AT``
+    (one they never released, as a cancelled dependent: ``-``)."""
+    if job.run_at >= BLOCKED_AT:
+        return reason_note(job) or "-"
+    return when(job.run_at)
 
 
 def seconds(value: float | None) -> str:

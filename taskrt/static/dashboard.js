@@ -34,6 +34,9 @@ const LIMIT = 50;
 const SPARK_SECONDS = 60;
 const RATE_WINDOW = 10;
 const POOLS_EVERY = 10; // seconds between two reads of the pools without an event (note 2)
+// The run_at of a job held for other jobs (its parents, its batch): a placeholder
+// (models.BLOCKED_AT, 9999-12-31T23:59:59Z), no time it runs at.
+const BLOCKED_AT = 253402300799;
 
 const $ = (sel, scope = document) => scope.querySelector(sel);
 
@@ -286,8 +289,8 @@ function filterText(key, value) {
 
 function matchesFilters(job) {
   const f = state.filters;
-  // "SCHEDULED": waiting for a time still to come (a delay, a retry's backoff).
-  const status = f.status === "SCHEDULED" ? job.status === "WAITING" && job.run_at > nowS() : !f.status || job.status === f.status;
+  // "SCHEDULED": waiting for a time still to come (a delay, a retry's backoff), not for other jobs.
+  const status = f.status === "SCHEDULED" ? job.status === "WAITING" && runsLater(job, 0) : !f.status || job.status === f.status;
   return status && (!f.pool || job.pool === f.pool) && (!f.task || job.task === f.task);
 }
 
@@ -1093,12 +1096,18 @@ function shownError(job) {
   return Boolean(job.error) && (job.status === "FAILURE" || job.status === "WAITING");
 }
 
+// Its run_at is a time to come (more than ``margin`` seconds off), not the placeholder
+// of a job held for other jobs (BLOCKED_AT).
+function runsLater(job, margin) {
+  return Boolean(job.run_at) && job.run_at > nowS() + margin && job.run_at < BLOCKED_AT;
+}
+
 // Why a waiting job has not started: it runs later (a delay, or a retry's backoff).
 function waitingFor(job) {
   if (job.status !== "WAITING") return null;
   const held = heldEl(job, "sub held");
   if (held) return held;
-  if (!job.run_at || job.run_at <= nowS() + 1) return null;
+  if (!runsLater(job, 1)) return null;
   return el("span", { class: "sub when", dataset: { until: String(job.run_at) }, title: absolute(job.run_at), text: untilText(job.run_at) });
 }
 
@@ -1459,7 +1468,7 @@ function storedTimeline(info, attempts) {
   // followed each attempt (a retry by policy, or one asked for by hand), the outcome.
   const out = [{ at: info.created_at, kind: "added", detail: `to pool ${info.pool}${info.priority ? `, priority ${info.priority}` : ""}` }];
   // Delayed at its add: it was due later than it was created (never inferred from a retry's time).
-  const due = attempts.length ? null : info.run_at;
+  const due = attempts.length || info.run_at >= BLOCKED_AT ? null : info.run_at;
   if (due !== null && due > info.created_at + 1) out.push({ at: info.created_at, kind: "delayed", detail: `until ${clock(due)}` });
   for (const a of attempts) {
     out.push({ at: a.started_at, kind: "started", detail: `attempt ${a.number}` });
@@ -1534,7 +1543,7 @@ function renderJobPage() {
     ["Attempts", attemptsText(job)],
     ["Priority", String(job.priority ?? 0)],
     ["Created", timeEl(job.created_at)],
-    ["Runs at", timeEl(job.run_at)],
+    ["Runs at", job.run_at >= BLOCKED_AT ? heldEl(job, "held") || el("span", { class: "muted", text: "—" }) : timeEl(job.run_at)],
     ["Started", timeEl(job.started_at)],
     ["Finished", timeEl(job.finished_at)],
     ["Duration", durationEl(job)],
@@ -1924,7 +1933,7 @@ function updateBox(box, job) {
   const pct = percentOf(job);
   let note = "";
   if (job.status === "RUNNING") note = pct === null ? "running" : `${Math.round(pct)} %`;
-  else if (job.status === "WAITING") note = heldText(job) || (job.run_at && job.run_at > nowS() + 1 ? untilText(job.run_at) : "");
+  else if (job.status === "WAITING") note = heldText(job) || (runsLater(job, 1) ? untilText(job.run_at) : "");
   else if (job.status !== "SUCCESS" && job.error) note = job.error;
   const noteEl = box.querySelector(".wf-note");
   noteEl.textContent = note;

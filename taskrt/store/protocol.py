@@ -551,7 +551,8 @@ class JobStore(Protocol):
         created_before: float | None = None,
         ids: Sequence[int] | None = None,
     ) -> list[JobInfo]:
-        """Newest first. ``run_after``: only WAITING jobs due after it (scheduled);
+        """Newest first. ``run_after``: only WAITING jobs due after it (scheduled), not
+        those held at ``models.BLOCKED_AT`` for other jobs (their parents, their batch);
         ``created_before``: only jobs created at or before it; ``ids``: only these."""
         ...
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..limits import INT64_MAX
-from ..models import AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
+from ..models import BLOCKED_AT, AttemptInfo, AttemptOutcome, JobInfo, JobStatus, ScheduleInfo
 from .adds import count_by
 from .deps import (
     SQL_BATCHES_WAITING,
@@ -174,9 +174,12 @@ class SharedReads:
         if ids is not None:
             where.append(f"id IN ({','.join('?' * len(ids))})" if ids else "1 = 0")
             params.extend(ids)
-        if run_after is not None:  # scheduled: waiting for a time still to come
-            where.append("status = 'WAITING' AND run_at > ?")
-            params.append(run_after)
+        if run_after is not None:
+            # Scheduled: waiting for a time still to come. Not a job that waits for
+            # other jobs (its parents, its batch): its run_at is the placeholder
+            # BLOCKED_AT, which bounds the range the index scan (jobs_waiting) reads.
+            where.append("status = 'WAITING' AND run_at > ? AND run_at < ?")
+            params.extend((run_after, BLOCKED_AT))
         if created_before is not None:
             where.append("created_at <= ?")
             params.append(created_before)

@@ -181,7 +181,10 @@ FILTER_PARAMS = (
     Param(
         "scheduled",
         schema={"type": "boolean"},
-        description="true: only jobs waiting for a time still to come (a delay, a backoff)",
+        description=(
+            "true: only jobs waiting for a time still to come (a delay, a backoff), "
+            "not for other jobs (parents, a batch)"
+        ),
         allow_empty=True,
     ),
     Param(

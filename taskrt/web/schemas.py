@@ -631,7 +631,10 @@ COMPONENTS: dict[str, Schema] = {
                 duration(description="created that long ago or more: seconds, or 7d")
             ),
             "scheduled": nullable(
-                {"type": "boolean", "description": "only jobs waiting for a time still to come"}
+                {
+                    "type": "boolean",
+                    "description": "only jobs waiting for a time still to come, not for other jobs",
+                }
             ),
             "dry_run": nullable({"type": "boolean", "description": "count only"}),
         },
