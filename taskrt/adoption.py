@@ -292,7 +292,15 @@ class Adoption:
         if fresh and info is not None and info.terminal:
             state.seq = max(state.seq, info.seq)
             data = {"result": info.result} if info.status is JobStatus.SUCCESS else {}
-            self.transitions.finalize(state, info.status, data, error=info.error, write=False)
+            # A cancel is counted by the process that wrote it (``Runtime.cancel``).
+            self.transitions.finalize(
+                state,
+                info.status,
+                data,
+                error=info.error,
+                write=False,
+                counted=info.status is JobStatus.CANCELLED,
+            )
             return
         self.shelve(state)
         if fresh and info is not None and info.status is JobStatus.WAITING:
@@ -407,7 +415,9 @@ class Adoption:
                 if state.status is JobStatus.WAITING:
                     self.pools[state.pool].remove(state)
                     state.seq = max(state.seq, info.seq)
-                    self.transitions.finalize(state, JobStatus.CANCELLED, {}, write=False)
+                    self.transitions.finalize(  # counted where it was written
+                        state, JobStatus.CANCELLED, {}, write=False, counted=True
+                    )
                 elif state.status is JobStatus.RUNNING:
                     self.pools[state.pool].cancel_running(state)
             elif cancel_requested and state is not None and state.status is JobStatus.RUNNING:

@@ -1444,8 +1444,12 @@ class Runtime:
         # Both in one transaction: the owner may start the job between our read
         # and our write, and whichever status the row has then, the cancel lands.
         seq = await self.store.cancel_external(job_id, self.clock.now())
-        if seq is not None and self.nodes is not None:
-            # No node holds a waiting job: its end is this node's to tell (nodes note 6).
+        if seq is not None:
+            # The waiting job ended here, in the store alone: this process counts it
+            # in the history and tells its end (where every node claims, no node holds
+            # a waiting job: nodes note 6). An owner that held it in memory ends it
+            # as read, uncounted (``Adoption.poll_once``). Before, nobody counted the
+            # cancel of a job no owner held (none running, or out of its window).
             self.transitions.ended_here(job_id, info.task, info.pool, JobStatus.CANCELLED, seq)
         self.workflows.ended(job_id)  # its dependents, if it has any and was waiting
         if self.nodes is not None and info.status is JobStatus.RUNNING:

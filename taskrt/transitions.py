@@ -137,9 +137,10 @@ class Transitions:
             )
 
     def ended_here(self, job_id: int, task: str, pool: str, status: JobStatus, seq: int) -> None:
-        """A job this process ended in the store alone (no memory holds it: a waiting
-        job where every node claims, ``taskrt.nodes`` note 6): counted in the
-        history and the metrics, as an end in memory is, and its event told."""
+        """A job this process ended in the store alone (no memory here holds it: a
+        waiting job where every node claims, ``taskrt.nodes`` note 6, or one a
+        process that does not own it cancelled): counted in the history and the
+        metrics, as an end in memory is, and its event told."""
         self.counters.finished[task, status] += 1
         self._count(self.clock.now(), pool, task, _OUTCOME[status], None)
         self.announce(job_id, task, pool, STATUS_EVENT[status], status, seq, {})
@@ -644,20 +645,24 @@ class Transitions:
         result_json: str | None = None,
         error: str | None = None,
         write: bool = True,
+        counted: bool = False,
     ) -> None:
-        """Reach a terminal status: write (never coalesced), publish, run hooks."""
+        """Reach a terminal status: write (never coalesced), publish, run hooks.
+        ``counted``: the process that ended it counted it in the history already
+        (a cancel another process wrote, ``Runtime.cancel``)."""
         now = self.clock.now()
         info = state
         was = state.status
-        self.counters.finished[info.task, status] += 1
-        took = now - state.started_at if state.started_at is not None else None
-        self._count(
-            now,
-            info.pool,
-            info.task,
-            _OUTCOME[status],
-            took if status is JobStatus.SUCCESS else None,
-        )
+        if not counted:
+            self.counters.finished[info.task, status] += 1
+            took = now - state.started_at if state.started_at is not None else None
+            self._count(
+                now,
+                info.pool,
+                info.task,
+                _OUTCOME[status],
+                took if status is JobStatus.SUCCESS else None,
+            )
         state.status = status
         state.finished_at = now
         if status is JobStatus.SUCCESS:

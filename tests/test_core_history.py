@@ -3,6 +3,7 @@ outcome, durations, across restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import datetime
 from pathlib import Path
@@ -83,6 +84,56 @@ async def test_history_counts_outcomes_per_minute_across_a_restart(tmp_path: Pat
         # A window of more than 10,000 steps gives its latest 10,000.
         latest = await again.history(since=0, until=clock.now(), step=60)
         assert [p.at for p in latest] == [p.at for p in points]
+
+
+async def test_a_cancel_written_by_a_process_without_the_job_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client cancels waiting jobs in the database: one while no owner runs (an
+    operator's ``taskrt cancel ID --db``), one while the owner holds it in memory
+    but cannot be reached. Before, the first was never counted in the history
+    (no process held it), and only the owner's poll counted the second. Now the
+    process that writes the cancel counts it, and the owner that reads it does not."""
+    clock = FakeClock(start=1_800_000_000.0)  # on a minute
+    later = lambda rt: rt.resolve("flaky").options(delay=3600)  # noqa: E731
+    async with app(tmp_path, clock) as rt:
+        alone = await rt.pool("p").add(later(rt), False)
+        held = await rt.pool("p").add(later(rt), False)
+    client = make_rt(tmp_path, clock=clock, workers=False)
+    async with client:
+        assert (await client.cancel(alone)).status is JobStatus.CANCELLED
+        async with app(tmp_path, clock) as owner:
+            assert held in owner.live.states
+            monkeypatch.setattr(client, "_forwarding", lambda: None)  # the owner unreachable
+            assert (await client.cancel(held)).status is JobStatus.CANCELLED
+            for _ in range(500):
+                if held not in owner.live.states:
+                    break
+                await asyncio.sleep(0.01)
+            assert held not in owner.live.states  # its poll took the cancel in
+    async with app(tmp_path, clock) as again:
+        [point] = await again.history(since=1_800_000_000.0, until=clock.now() + 1)
+        assert (point.succeeded, point.failed, point.cancelled) == (0, 0, 2)
+
+
+async def test_a_window_that_ends_on_a_minutes_start_takes_that_minute_in(
+    tmp_path: Path,
+) -> None:
+    """``until`` counts to the end of the minute it falls in, in ``rt.stats`` as in
+    ``rt.history``: an ``until`` on the minute's first instant left that minute out
+    of the statistics (ceil of until / 60), a millisecond later took it in."""
+    clock = FakeClock(start=1_800_000_000.0)  # on a minute
+    async with app(tmp_path, clock) as rt:
+        await clock.advance(30)
+        done = await rt.add("slow", 0.001)
+        await rt.wait(done, timeout=5)
+        rt.transitions.flush_history()
+        for until in (1_800_000_000.0, 1_800_000_000.001, 1_800_000_059.9):
+            stats = await rt.stats(since=1_800_000_000.0, until=until)
+            [point] = await rt.history(since=1_800_000_000.0, until=until)
+            assert (stats.counts[JobStatus.SUCCESS], point.succeeded) == (1, 1), until
+        stats = await rt.stats(since=1_800_000_000.0, until=1_799_999_999.9)
+        assert stats.counts[JobStatus.SUCCESS] == 0
 
 
 async def test_a_window_of_more_than_max_points_steps_keeps_its_steps_whole(

@@ -35,10 +35,17 @@ def _minute(at: float, rounding: Callable[[float], int]) -> float | int:
     return rounding(max(-_FAR, min(_FAR, minutes)))
 
 
+def _past(minutes: float) -> int:
+    """The minute after the one ``minutes`` falls in."""
+    return math.floor(minutes) + 1
+
+
 def minute_window(since: float | None, until: float | None) -> tuple[str, list[Any]]:
     """The history's minutes a window covers: floor(since / 60) (inclusive) to
-    ceil(until / 60) (exclusive), so a minute partly inside counts; an open
-    end is unbounded."""
+    floor(until / 60) + 1 (exclusive), so a minute partly inside counts, and so
+    does the minute ``until`` falls in when it falls on its start (as in
+    ``Runtime.history``; before, such an ``until`` left that minute out, and a
+    millisecond later took it in); an open end is unbounded."""
     where: list[str] = []
     params: list[Any] = []
     if since is not None:
@@ -46,7 +53,7 @@ def minute_window(since: float | None, until: float | None) -> tuple[str, list[A
         params.append(_minute(since, math.floor))
     if until is not None:
         where.append("minute < ?")
-        params.append(_minute(until, math.ceil))
+        params.append(_minute(until, _past))
     return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
