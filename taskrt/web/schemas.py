@@ -571,8 +571,15 @@ COMPONENTS: dict[str, Schema] = {
             "waiting": {"type": "integer"},
             "running": {"type": "integer"},
             "paused": {"type": "boolean"},
-            "processed": {"type": "integer"},
-            "failed": {"type": "integer"},
+            "processed": {
+                "type": "integer",
+                "description": "attempts that succeeded in this process since it started",
+            },
+            "failed": {
+                "type": "integer",
+                "description": "attempts that raised or timed out in this process since it "
+                "started (a job that failed twice, then succeeded, counts 2 here, 1 processed)",
+            },
             "latency": {
                 "type": "number",
                 "description": "seconds the oldest runnable job has waited past its run_at",
