@@ -59,6 +59,7 @@ from typing import Protocol
 
 from .errors import OwnershipError, TaskrtError
 from .store import JobStore
+from .store.sqlite import lock_path_of
 
 log = logging.getLogger("taskrt")
 
@@ -124,11 +125,6 @@ class Ownership(Protocol):
     async def close(self) -> None:
         """Let go of what asking for ownership holds (a connection), owner or not."""
         ...
-
-
-def lock_path_of(path: str) -> str:
-    """The ownership lock's file of the SQLite database at ``path`` (note 7)."""
-    return os.path.realpath(path) + ".lock"
 
 
 def owner_name() -> str:

@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from ...errors import StoreError
-from ...ownership import lock_path_of
+from ..sqlite.files import lock_path_of
 from ..sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
 from .driver import DRIVER_ERRORS
 from .store import PgStore

@@ -3,6 +3,7 @@
 from ..protocol import InsertResult, NewJob
 from ..rows import dumps
 from .connection import Connection
+from .files import lock_path_of
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .store import Store, Synchronous
 
@@ -15,4 +16,5 @@ __all__ = [
     "Store",
     "Synchronous",
     "dumps",
+    "lock_path_of",
 ]
