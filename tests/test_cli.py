@@ -718,6 +718,157 @@ def test_commands_leave_a_file_that_is_not_a_taskrt_database_untouched(
         assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["jobs"] == []
 
 
+def files(directory: Path) -> dict[str, bytes]:
+    """Every file of ``directory`` and its bytes, but a ``-shm`` file's (the shared
+    memory of the processes that have a database open: readers take turns in it)."""
+    return {p.name: b"" if p.name.endswith("-shm") else p.read_bytes() for p in directory.iterdir()}
+
+
+def refused(capsys: pytest.CaptureFixture[str], path: Path) -> str:
+    """What ``ls`` and ``stats`` print on stderr for ``path``: both exit 4, print nothing."""
+    errors = set()
+    for command in (["ls"], ["stats"], ["cleanup", "--older-than", "0"]):
+        code = cli.main([*command, "--db", str(path)])
+        out, err = capsys.readouterr()
+        assert (code, out) == (4, ""), (command, err)
+        errors.add(err)
+    assert len(errors) == 1, errors
+    return errors.pop()
+
+
+NOT_TASKRT = (
+    "is not a taskrt database (a SQLite database without taskrt's tables); left untouched: "
+    "only `taskrt migrate` creates one\n"
+)
+
+
+@pytest.mark.parametrize("user_version", [3, 9, 20])
+def test_another_apps_file_with_a_user_version_of_its_own_is_refused_untouched(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, user_version: int
+) -> None:
+    """An application that records its own ``PRAGMA user_version``: its file was
+    taken for taskrt's (exit 4 with "no such table: main.jobs", or "written by a
+    newer taskrt"), switched to WAL mode, and -wal and -shm files were left beside it."""
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('alice')")
+    conn.execute(f"PRAGMA user_version = {user_version}")
+    conn.commit()
+    conn.close()
+    before = files(tmp_path)
+    assert refused(capsys, path) == f"taskrt: error: {path} {NOT_TASKRT}"
+    assert files(tmp_path) == before
+
+
+def test_another_apps_file_with_commits_in_its_log_is_refused_untouched(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Another application runs a file in WAL mode, its tables still in the log:
+    the header check was skipped while the log was not empty, and the runtime
+    wrote taskrt's tables into the file (exit 0, ``no jobs``)."""
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("PRAGMA journal_mode = WAL")
+        other.execute("PRAGMA wal_autocheckpoint = 0")  # every commit stays in the log
+        other.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        other.execute("INSERT INTO customers (name) VALUES ('alice')")
+        assert Path(f"{path}-wal").stat().st_size > 0
+        before = files(tmp_path)
+        assert refused(capsys, path) == f"taskrt: error: {path} {NOT_TASKRT}"
+        assert files(tmp_path) == before
+        tables = other.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        assert tables == [("customers",)]
+
+        # The process crashed and its -shm is gone: a copy of the file and its log is read.
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        for name in ("other.db", "other.db-wal"):
+            (crashed / name).write_bytes((tmp_path / name).read_bytes())
+        before = files(crashed)
+        assert refused(capsys, crashed / "other.db") == (
+            f"taskrt: error: {crashed / 'other.db'} {NOT_TASKRT}"
+        )
+        assert files(crashed) == before
+    finally:
+        other.close()
+
+
+def test_a_taskrt_database_with_its_tables_in_the_log_opens(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A server running a new database: its tables are in the log only; the look
+    reads through the log, and the commands open it (also once its -shm is gone)."""
+    import sqlite3
+
+    from taskrt.store import MIGRATIONS, SCHEMA_VERSION
+
+    path = tmp_path / "jobs.db"
+    server = sqlite3.connect(path, isolation_level=None)
+    try:
+        server.execute("PRAGMA journal_mode = WAL")
+        server.execute("PRAGMA wal_autocheckpoint = 0")
+        for statement in (st for migration in MIGRATIONS for st in migration):
+            server.execute(statement)
+        server.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        for name in ("jobs.db", "jobs.db-wal"):
+            (crashed / name).write_bytes((tmp_path / name).read_bytes())
+        for where in (path, crashed / "jobs.db"):
+            assert cli.main(["ls", "--db", str(where)]) == 0
+            assert capsys.readouterr().err == "no jobs\n"
+    finally:
+        server.close()
+
+
+def test_a_first_release_database_points_to_migrate_and_is_left_untouched(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A taskrt database of release 0.1.0 records no schema version: it was called
+    "not a taskrt database" (another application's); it is an older one."""
+    path = tmp_path / "old.db"
+    path.write_bytes((Path(__file__).parent / "fixtures" / "release-0.1.0.db").read_bytes())
+    before = files(tmp_path)
+    assert refused(capsys, path) == (
+        f"taskrt: error: {path} is a taskrt database of an older version (the first "
+        "release's, with no schema version recorded); left untouched: "
+        f"`taskrt migrate --db {path}` upgrades it\n"
+    )
+    assert files(tmp_path) == before
+    assert cli.main(["migrate", "--db", str(path)]) == 0
+    assert capsys.readouterr().out.endswith("schema version 0 -> 9\n")
+    assert cli.main(["ls", "--db", str(path), "--status", "waiting", "--json"]) == 0
+    assert [job["id"] for job in json.loads(capsys.readouterr().out)["jobs"]] == [3]
+
+
+def test_a_newer_taskrt_database_is_refused_before_it_is_opened(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from taskrt.store import SCHEMA_VERSION
+
+    path = tmp_path / "jobs.db"
+    assert cli.main(["migrate", "--db", str(path)]) == 0
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    before = files(tmp_path)
+    assert refused(capsys, path) == (
+        f"taskrt: error: {path} has schema version {SCHEMA_VERSION + 1}, written by a newer "
+        f"taskrt; this one reads versions up to {SCHEMA_VERSION}: upgrade taskrt to open it\n"
+    )
+    assert files(tmp_path) == before
+
+
 def test_ls_refuses_a_postgresql_schema_that_does_not_exist_and_creates_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -11,8 +11,9 @@ Design notes (cited where they apply, here and in the command modules as
    application's ``Runtime``: its tasks, pools and task files are known, so
    ``add`` validates arguments and applies the task's defaults. ``--db PATH``
    (or ``$TASKRT_DB``) opens a bare database: everything but ``add``. Only
-   ``migrate`` makes one: a path that is not a taskrt database is refused before
-   the runtime opens it (``check_taskrt_file``), a malformed URL as bad usage
+   ``migrate`` makes one (or upgrades one of the first release): a path that is
+   not a taskrt database is refused before the runtime opens it, after a look
+   that writes nothing (``check_taskrt_file``), a malformed URL as bad usage
    (``check_server_url``). ``--url`` (or ``$TASKRT_URL``) names a running server
    instead; every command that takes it reads it through ``server_url``, which
    refuses a malformed one as bad usage (``check_base_url``).
@@ -47,6 +48,7 @@ import ipaddress
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -62,6 +64,7 @@ from ..errors import (
     PoolNotFound,
     QueueFull,
     RuntimeNotStarted,
+    SchemaTooNew,
     StoreError,
     TaskNotFound,
     TaskrtError,
@@ -70,7 +73,7 @@ from ..limits import INT64_MAX
 from ..models import BLOCKED_AT, JobInfo, JobStatus, percent
 from ..retry import parse_duration
 from ..runtime import Runtime
-from ..store import is_server_url
+from ..store import SCHEMA_VERSION, is_server_url, look
 
 OK, JOB_FAILED, USAGE, NOT_FOUND, UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -364,43 +367,49 @@ def check_server_url(url: str, option: str) -> None:
             )
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-"""The first 16 bytes of every SQLite database file (sqlite.org/fileformat.html)."""
-
-
 def check_taskrt_file(path: str) -> None:
-    """Refuse (exit 4) a file that is not a taskrt database, before any connection
-    opens it: opening it would write taskrt's tables into it (the store migrates
-    what it opens), and only ``migrate`` makes a database (docs/cli.md).
+    """Refuse (exit 4) a file that is not a taskrt database of a version this
+    release opens, before any connection opens it: opening it would write into
+    it (the store switches the file to WAL mode and migrates what it opens), and
+    only ``migrate`` makes or upgrades a first release's database (docs/cli.md).
 
-    It reads the file's header, read only, as the SQLite file format lays it out:
-    not SQLite at all is "file is not a database"; a zero-byte file, or a SQLite
-    file whose schema version (``PRAGMA user_version``, offset 60) is 0, holds no
-    taskrt tables (an empty file, another application's). Every taskrt database
-    records its version, except those of the first release (``taskrt migrate``
-    upgrades them). While a write-ahead log is not empty, the header may lag behind
-    the pages committed to the log (a server running a new database): then the
-    store decides, as before.
+    The store's ``look`` reads the file without writing to it, through its
+    write-ahead log when it has one (a server running a new database has its
+    tables there only): not SQLite at all is "file is not a database"; a
+    zero-byte file, or a SQLite file without taskrt's tables (an empty one,
+    another application's, whatever its ``PRAGMA user_version``), is not a taskrt
+    database. A taskrt database of the first release (no schema version
+    recorded) is left to ``taskrt migrate``, one of a newer release refused.
     """
-    log = Path(f"{path}-wal")
     try:
-        if log.is_file() and log.stat().st_size > 0:
-            return
-        with open(path, "rb") as file:
-            header = file.read(100)
+        found = look(path)
     except FileNotFoundError:
         raise CommandError(f"no database at {path}", UNAVAILABLE) from None
     except OSError as exc:
         raise CommandError(f"cannot open database {path!r}: {exc.strerror}", UNAVAILABLE) from exc
-    if header and (len(header) < 100 or not header.startswith(SQLITE_MAGIC)):
+    except StoreError as exc:
+        raise CommandError(str(exc), UNAVAILABLE) from exc
+    if found.kind == "not sqlite":
         raise CommandError(f"cannot open database {path!r}: file is not a database", UNAVAILABLE)
-    if not header or int.from_bytes(header[60:64], "big") == 0:
-        what = "an empty file" if not header else "a SQLite database without taskrt's tables"
+    if found.kind != "taskrt":
+        what = (
+            "an empty file"
+            if found.kind == "empty"
+            else "a SQLite database without taskrt's tables"
+        )
         raise CommandError(
             f"{path} is not a taskrt database ({what}); left untouched: only "
             "`taskrt migrate` creates one",
             UNAVAILABLE,
         )
+    if found.version == 0:
+        raise CommandError(
+            f"{path} is a taskrt database of an older version (the first release's, with no "
+            f"schema version recorded); left untouched: `taskrt migrate --db {shlex.quote(path)}` upgrades it",
+            UNAVAILABLE,
+        )
+    if found.version > SCHEMA_VERSION:
+        raise CommandError(str(SchemaTooNew(path, found.version, SCHEMA_VERSION)), UNAVAILABLE)
 
 
 @contextlib.asynccontextmanager

@@ -253,7 +253,16 @@ from .protocol import (
     Progress,
     StoreTransaction,
 )
-from .sqlite import MIGRATIONS, SCHEMA_VERSION, Connection, Store, Synchronous, dumps
+from .sqlite import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Connection,
+    FileLook,
+    Store,
+    Synchronous,
+    dumps,
+    look,
+)
 
 SERVER_SCHEMES = ("postgresql", "postgres")
 """URL schemes of a database server (``Runtime("postgresql://...")``): the PostgreSQL store."""
@@ -270,6 +279,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SERVER_SCHEMES",
     "Connection",
+    "FileLook",
     "InsertResult",
     "JobStore",
     "MinuteRow",
@@ -281,4 +291,5 @@ __all__ = [
     "Synchronous",
     "dumps",
     "is_server_url",
+    "look",
 ]

@@ -4,6 +4,7 @@ from ..protocol import InsertResult, NewJob
 from ..rows import dumps
 from .connection import Connection
 from .files import lock_path_of
+from .look import FileLook, look
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .store import Store, Synchronous
 
@@ -11,10 +12,12 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Connection",
+    "FileLook",
     "InsertResult",
     "NewJob",
     "Store",
     "Synchronous",
     "dumps",
     "lock_path_of",
+    "look",
 ]
