@@ -6,6 +6,7 @@ version 8's outcome of a dependent's wait."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -156,6 +157,100 @@ def test_processes_starting_at_once_on_an_old_file_all_open_it(tmp_path: Path) -
         (2, "FAILURE"),
         (3, "WAITING"),
     ]
+
+
+def migrate_all(conn: sqlite3.Connection) -> None:
+    """What another process's migration commits: every migration, then the version."""
+    for statement in (st for migration in MIGRATIONS for st in migration):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def test_a_migration_that_waited_for_the_lock_reports_the_version_found_under_it(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock and migrates while this one waits for
+    it: this one finds the current version there and says so (it upgraded nothing)."""
+    import threading
+
+    from taskrt.store.sqlite.schema import migrate
+
+    path = str(tmp_path / "new.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    waiter.execute("PRAGMA busy_timeout = 20000")
+    at_the_lock = threading.Event()
+    waiter.set_trace_callback(lambda sql: "BEGIN" in sql and at_the_lock.set())
+    found: list[int] = []
+    thread = threading.Thread(target=lambda: found.append(migrate(waiter, path)))
+    thread.start()
+    try:
+        assert at_the_lock.wait(20)  # it read version 0, and asks for the lock we hold
+        migrate_all(holder)
+        holder.execute("COMMIT")
+        thread.join(20)
+        assert found == [SCHEMA_VERSION]
+    finally:
+        holder.close()
+        thread.join(20)
+        waiter.close()
+    assert version(path) == SCHEMA_VERSION
+
+
+def test_migrate_after_another_process_migrated_first_reports_nothing_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``taskrt migrate`` read the version before it took the write lock: when
+    another process migrated in between, it too said ``schema version 0 -> 9``
+    (``found`` 0 with --json), as the one that did."""
+    from taskrt import cli
+    from taskrt.store.sqlite import store as sqlite_store
+
+    path = str(tmp_path / "new.db")
+    real = sqlite_store.migrate
+
+    def another_first(conn: sqlite3.Connection, name: str) -> int:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            migrate_all(other)
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        return real(conn, name)
+
+    monkeypatch.setattr(sqlite_store, "migrate", another_first)
+    assert cli.main(["migrate", "--db", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "database": path,
+        "found": SCHEMA_VERSION,
+        "version": SCHEMA_VERSION,
+    }
+    monkeypatch.setattr(sqlite_store, "migrate", real)
+    assert cli.main(["migrate", "--db", path]) == 0
+    assert capsys.readouterr().out == f"{path}: schema version {SCHEMA_VERSION}, nothing to do\n"
+
+
+def test_processes_migrating_a_new_file_at_once_report_one_upgrade(tmp_path: Path) -> None:
+    """Four ``taskrt migrate`` at once, a few times: exactly one says it upgraded."""
+    for round_ in range(3):
+        path = str(tmp_path / f"new{round_}.db")
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "taskrt", "migrate", "--db", path],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        outs = [child.communicate(timeout=60) for child in children]
+        assert [child.returncode for child in children] == [0] * 4, outs
+        assert sorted(out for out, _ in outs) == sorted(
+            [f"{path}: schema version 0 -> {SCHEMA_VERSION}\n"]
+            + [f"{path}: schema version {SCHEMA_VERSION}, nothing to do\n"] * 3
+        )
 
 
 # -- version 5: counts by pool and status, the waiting window's index ---------------------

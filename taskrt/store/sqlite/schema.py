@@ -47,18 +47,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def migrate(conn: sqlite3.Connection, path: str) -> None:
+def migrate(conn: sqlite3.Connection, path: str) -> int:
     """Bring the file to ``SCHEMA_VERSION`` in one transaction; refuse a newer one.
 
     Several processes may start at once: the version is read again once the
-    write lock is held, so each migration runs exactly once.
+    write lock is held, so each migration runs exactly once. Returns the version
+    found under that lock (``SCHEMA_VERSION`` when another process migrated
+    first): the one this call upgraded from.
     """
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if found == SCHEMA_VERSION:
-        return
+        return found
     conn.execute("BEGIN IMMEDIATE")
     try:
-        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if found > SCHEMA_VERSION:
             raise SchemaTooNew(path, found, SCHEMA_VERSION)
         for version in range(found + 1, SCHEMA_VERSION + 1):
@@ -69,5 +71,6 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     except BaseException:
         rollback(conn)
         raise
-    if found:
+    if 0 < found < SCHEMA_VERSION:
         log.info("upgraded %s from schema version %d to %d", path, found, SCHEMA_VERSION)
+    return found

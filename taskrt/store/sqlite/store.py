@@ -193,9 +193,9 @@ class Store(QueuedWrites, SharedReads):
             conn = sqlite3.connect(self.path, isolation_level=None)
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                migrate(conn, self.path)
-                return found
+                # The version read under the write lock: of processes migrating a
+                # file at once, only the one that upgraded it reports an upgrade.
+                return migrate(conn, self.path)
             finally:
                 conn.close()
 
