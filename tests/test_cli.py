@@ -924,6 +924,54 @@ def test_bulk_refuses_an_id_beyond_64_bits_as_the_http_api_does(
     )
 
 
+def test_bulk_takes_ids_separated_by_commas_and_from_a_file_or_stdin(
+    capsys: pytest.CaptureFixture[str], app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--id`` repeated N times took argparse time growing with N squared (20,000
+    ids: 14 s), and a command line holds fewer than the 100,000 ids a call may
+    name: ids go in one ``--id`` separated by commas, or in a file."""
+    first, second, third = (add_json(capsys, app, "resize")["id"] for _ in range(3))
+    code, out, err = run(capsys, app, "bulk", "cancel", "--id", f"{first},{second}", "--db", app.db)
+    assert (code, out, err) == (0, "would cancel 2 jobs; add --yes to do it\n", "")
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{first}\n {second},{third}\n\n")
+    code, out, err = run(capsys, app, "bulk", "cancel", "--ids-from", str(ids), "--db", app.db)
+    assert (code, out, err) == (0, "would cancel 3 jobs; add --yes to do it\n", "")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{third}"))
+    argv = ["bulk", "cancel", "--ids-from", "-", "--id", str(first), "--yes", "--db", app.db]
+    code, out, err = run(capsys, app, *argv)
+    assert (code, out, err) == (0, "cancelled 2 of 2 jobs\n", "")
+    code, out, _ = run(capsys, app, "get", str(second), "--db", app.db, "--json")
+    assert json.loads(out)["status"] == "WAITING"
+
+    # The most a call may name: 100,000 ids, in a file.
+    ids.write_text("\n".join(str(i) for i in range(1, 100_001)))
+    code, out, err = run(capsys, app, "bulk", "cancel", "--ids-from", str(ids), "--db", app.db)
+    assert (code, out, err) == (0, "would cancel 3 jobs; add --yes to do it\n", "")
+
+
+def test_bulk_names_an_id_that_is_no_id(
+    capsys: pytest.CaptureFixture[str], app: App, tmp_path: Path
+) -> None:
+    expected = "expected a job id (a positive integer up to 9223372036854775807)"
+    for given, found in (("1,x,3", "'x' in '1,x,3'"), ("1,,2", "'' in '1,,2'"), ("0", "'0'")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["bulk", "cancel", "--id", given, "--db", app.db])
+        assert exc.value.code == 2
+        assert f"argument --id: {expected}, found {found}\n" in capsys.readouterr().err
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 2,3\n4 -5\n")
+    code, out, err = run(capsys, app, "bulk", "cancel", "--ids-from", str(ids), "--db", app.db)
+    assert (code, out) == (2, "")
+    assert err == f"taskrt: error: --ids-from {ids}, line 2: {expected}, found '-5'\n"
+    missing = tmp_path / "missing.txt"
+    code, out, err = run(capsys, app, "bulk", "cancel", "--ids-from", str(missing), "--db", app.db)
+    assert (code, out) == (2, "")
+    assert (
+        err == f"taskrt: error: --ids-from {missing}: cannot read it: No such file or directory\n"
+    )
+
+
 def test_values_that_python_reads_as_json_but_json_has_not_are_text(
     capsys: pytest.CaptureFixture[str], app: App
 ) -> None:

@@ -26,6 +26,7 @@ from .support import (
     UsageError,
     cell,
     existing,
+    ids_from,
     in_event_loop,
     job_id,
     later,
@@ -39,7 +40,7 @@ from .support import (
     run_at_note,
     seconds,
     statuses,
-    stored_id,
+    stored_ids,
     table,
     target_args,
     value_of,
@@ -431,10 +432,16 @@ def bulk_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--id",
         action="append",
-        type=stored_id,
+        type=stored_ids,
         default=None,
-        metavar="ID",
-        help="this job (repeatable)",
+        metavar="ID[,ID...]",
+        help="this job, or these, separated by commas (repeatable)",
+    )
+    parser.add_argument(
+        "--ids-from",
+        metavar="FILE",
+        help="the jobs whose ids FILE holds, separated by whitespace or commas "
+        "('-': standard input)",
     )
     parser.add_argument(
         "--yes", action="store_true", help="do it; without, only say how many jobs it would touch"
@@ -447,8 +454,12 @@ DONE = {"cancel": "cancelled", "retry": "retried", "purge": "purged"}
 
 @in_event_loop
 async def bulk(args: argparse.Namespace) -> int:
+    ids = None
+    if args.id is not None or args.ids_from is not None:
+        ids = [job for given in args.id or [] for job in given]
+        ids += ids_from(args.ids_from) if args.ids_from is not None else []
     filters = {
-        "ids": args.id,
+        "ids": ids,
         "status": statuses(args.status) or None,
         "pool": args.pool,
         "task": args.task,
@@ -458,7 +469,7 @@ async def bulk(args: argparse.Namespace) -> int:
     }
     if all(v is None or v is False for v in filters.values()):
         raise UsageError(
-            "which jobs? give --id or a filter (--status, --pool, --task, --meta, "
+            "which jobs? give --id, --ids-from or a filter (--status, --pool, --task, --meta, "
             "--older-than, --scheduled); for every job say --older-than 0"
         )
     async with opened(args) as rt:
