@@ -274,6 +274,9 @@ PG = "postgresql://postgres@127.0.0.1"  # never reached: the URLs below are refu
         (["ls", "--db", "postgresql://postgres@[::1:5432/postgres"], 2, "--db: expected"),
         (["ls", "--db", f"{PG}:99999/postgres"], 2, "the port of host '127.0.0.1' is '99999'"),
         (["ls", "--db", f"{PG}:5432/postgres?schema="], 2, "--db: the schema parameter is empty"),
+        # asyncpg refused it when it connected: exit 4, as for a server that is down.
+        (["ls", "--db", f"{PG}:5432/p?sslmode=bogus"], 2, "--db: the sslmode parameter is 'bogus'"),
+        (["copy", "--from", "{db}", "--to", f"{PG}:1/p?sslmode="], 2, "--to: the sslmode"),
         (["migrate", "--db", f"{PG}:notaport/postgres"], 2, "--db: expected postgresql://"),
         (["copy", "--from", "{db}", "--to", f"{PG}:x/postgres"], 2, "--to: expected postgresql"),
         (["copy", "--from", "{db}", "--to", f"{PG}:5432/p?schema="], 2, "--to: the schema"),

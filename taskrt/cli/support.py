@@ -337,8 +337,9 @@ def check_server_url(url: str, option: str) -> None:
 
     Checked: the URL splits (an unclosed ``[`` of an IPv6 address does not), each
     host of its host list (``host1:5432,host2``) has a port of 1-65535 or none,
-    and a ``schema`` parameter, when given, is not empty (an empty one would fall
-    back to the default schema). The URL itself is not echoed: it may hold a password.
+    a ``schema`` parameter, when given, is not empty (an empty one would fall
+    back to the default schema), and an ``sslmode`` is one libpq knows (asyncpg
+    refused another only when it connected: exit 4, as if the server were down). The URL itself is not echoed: it may hold a password.
     """
     expected = "expected postgresql://user@host:port/database[?schema=name]"
     try:
@@ -365,6 +366,15 @@ def check_server_url(url: str, option: str) -> None:
                 f"{option}: the schema parameter is empty; expected a schema name "
                 "(without the parameter: the default schema, taskrt)"
             )
+        if key == "sslmode" and value not in SSL_MODES:
+            raise UsageError(
+                f"{option}: the sslmode parameter is {value!r}; expected one of "
+                f"{', '.join(SSL_MODES)}"
+            )
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+"""The ``sslmode`` values of a PostgreSQL URL (libpq's, as asyncpg reads them)."""
 
 
 def check_taskrt_file(path: str) -> None:
