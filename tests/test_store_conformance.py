@@ -1307,7 +1307,7 @@ async def test_stats_in_a_window_read_whole_minutes_of_history(store: JobStore) 
             minute_row_of(MINUTE + 3, failed=50),
         ]
     )
-    # Minutes floor(since / 60) to ceil(until / 60), exclusive: MINUTE to MINUTE + 2.
+    # Minutes floor(since / 60) to floor(until / 60), inclusive: MINUTE to MINUTE + 2.
     stats = await store.stats(NOW + 30, NOW + 121)
     assert stats["counts"] == {
         "WAITING": 1,  # live counts, whatever the window
@@ -1319,10 +1319,12 @@ async def test_stats_in_a_window_read_whole_minutes_of_history(store: JobStore) 
     assert stats["mean"] == pytest.approx(0.003 / 3)
     # Three durations in b0: the 95th percentile is in (0, 1 ms].
     assert (stats["p95"], stats["p95_low"]) == (0.001, 0.0)
-    # An end on a minute's boundary leaves that minute out; an open end is unbounded.
-    assert (await store.stats(NOW, NOW + 120))["counts"]["SUCCESS"] == 2
+    # An end takes in the minute it falls in, even on its first instant (as
+    # ``Runtime.history`` does), not the minute after; an open end is unbounded.
+    assert (await store.stats(NOW, NOW + 120))["counts"]["SUCCESS"] == 3
+    assert (await store.stats(NOW, NOW + 119.999))["counts"]["SUCCESS"] == 2
     assert (await store.stats(NOW, None))["counts"]["FAILURE"] == 51
-    before = await store.stats(None, NOW)
+    before = await store.stats(None, NOW - 0.001)
     assert before["counts"] == {"WAITING": 1, "RUNNING": 1, "SUCCESS": 100}
     assert before["mean"] == pytest.approx(1e4)
     # Above the last bound: no upper bound, at least 600 s.
