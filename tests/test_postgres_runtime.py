@@ -256,6 +256,27 @@ async def test_jobs_added_in_the_applications_transaction_exist_only_if_it_commi
         assert [j.id for j in (await rt.jobs()).jobs] == [kept]
 
 
+async def test_a_connection_back_from_an_application_transaction_has_taskrts_settings(
+    url: str,
+) -> None:
+    """``rt.transaction()`` resets what the application's SQL set for the session
+    (RESET ALL), which resets taskrt's own settings too: they are set once a
+    connection is open, not in its start-up packet (PgBouncer refuses them there),
+    so the store sets them again. Without it, the next read on that connection
+    found no taskrt table (its search_path gone)."""
+    async with app(url, mode="owner") as rt:
+        for _ in range(4):
+            async with rt.transaction() as tx:
+                await tx.execute("SET search_path = public")  # the application's own
+                await tx.execute("SET jit = on")
+        for _ in range(8):  # the pool's few connections: each one the blocks used
+            assert (await rt.jobs()).jobs == []
+            assert (await rt.stats()).counts[JobStatus.SUCCESS] == 0
+        async with rt.transaction() as tx:
+            rows = await tx.execute("SELECT current_setting('search_path'), current_setting('jit')")
+        assert list(rows[0]) == [f'"{url.rsplit("=", 1)[1]}", public', "off"]
+
+
 @pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
     url: str, mode: str, tmp_path: Path

@@ -36,7 +36,7 @@ from typing import Any
 
 import asyncpg
 
-from .driver import DRIVER_ERRORS
+from .driver import DRIVER_ERRORS, connect
 
 # The SQLSTATEs of a session the server ended or lost: a connection exception
 # (class 08: asyncpg reports a connection that vanished as 08003), terminated by an
@@ -111,7 +111,7 @@ class HeldConnections:
             if self._count < self.size:
                 self._count += 1
                 try:
-                    conn: asyncpg.Connection = await asyncpg.connect(self.dsn, **self.options)
+                    conn: asyncpg.Connection = await connect(self.dsn, **self.options)
                 except BaseException:
                     self._count -= 1
                     self._wake_one()  # a waiter may open one in its place

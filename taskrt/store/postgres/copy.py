@@ -35,7 +35,7 @@ import asyncpg
 from ...errors import StoreError
 from ..sqlite.files import lock_path_of
 from ..sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
-from .driver import DRIVER_ERRORS
+from .driver import DRIVER_ERRORS, connect
 from .store import PgStore
 
 CHUNK = 5_000
@@ -254,9 +254,7 @@ async def copy_sqlite_to_postgres(
         store = PgStore(target)
         await store.migrate()
         try:
-            pg = await asyncpg.connect(
-                store.dsn, server_settings={"search_path": f'"{store.schema}"'}
-            )
+            pg = await connect(store.dsn, server_settings={"search_path": f'"{store.schema}"'})
         except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {store.path!r}: {exc}") from exc
         try:

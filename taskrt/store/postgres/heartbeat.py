@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from .driver import DRIVER_ERRORS
+from .driver import DRIVER_ERRORS, connect
 from .lock import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from .sql import SQL_HEARTBEAT
 
@@ -92,7 +92,7 @@ class Heartbeat:
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncio.wait_for(
-                        asyncpg.connect(
+                        connect(
                             self.dsn,
                             server_settings={
                                 "application_name": "taskrt heartbeat",

@@ -15,7 +15,7 @@ import logging
 
 import asyncpg
 
-from .driver import DRIVER_ERRORS
+from .driver import DRIVER_ERRORS, connect
 
 log = logging.getLogger("taskrt.store")
 
@@ -46,7 +46,7 @@ class AdvisoryLock:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(
+            self._conn = await connect(
                 self._dsn,
                 server_settings={
                     "application_name": "taskrt owner lock",

@@ -35,7 +35,7 @@ from ..rows import row_to_job
 from ..schedules import ScheduleWrites
 from .conns import HeldConnections
 from .deps import block_again, form_batch, settle
-from .driver import DRIVER_ERRORS
+from .driver import DRIVER_ERRORS, STARTUP, apply_settings, connect
 from .heartbeat import Heartbeat
 from .lock import AdvisoryLock
 from .planner import Analyzer
@@ -184,7 +184,7 @@ class PgStore(QueuedWrites, SharedReads):
     ``url``: ``postgresql://user@host:port/database`` (or ``postgres://``),
     with optional query parameters of taskrt's: ``schema`` (where the tables
     live, default ``taskrt``; created if missing) and ``statement_cache_size``
-    (``0`` behind PgBouncer in transaction mode); the others go to the server.
+    (``0``: none, on every connection it opens); the others go to the server.
     """
 
     def __init__(
@@ -232,6 +232,7 @@ class PgStore(QueuedWrites, SharedReads):
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool | None = None
+        self._pool_settings: dict[str, str] = {}  # its connections' (driver.connect)
         self._claims: HeldConnections | None = None  # a node's claims (note 9)
         super().__init__(self.path, progress_interval=progress_interval)
         self._counts = LaneCounts()  # note 12
@@ -303,7 +304,7 @@ class PgStore(QueuedWrites, SharedReads):
         """The schema's version as it is, without opening the store or creating
         anything (0: no taskrt tables, or no such schema)."""
         try:
-            conn = await asyncpg.connect(self._dsn)
+            conn = await connect(self._dsn, statement_cache_size=self.statement_cache_size)
         except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
@@ -317,7 +318,7 @@ class PgStore(QueuedWrites, SharedReads):
         """Bring the schema to this release's version without opening the store:
         (the version found, the version now)."""
         try:
-            conn = await asyncpg.connect(self._dsn)
+            conn = await connect(self._dsn, statement_cache_size=self.statement_cache_size)
         except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
@@ -330,7 +331,7 @@ class PgStore(QueuedWrites, SharedReads):
 
     async def open(self) -> None:
         try:
-            admin = await asyncpg.connect(self._dsn)
+            admin = await connect(self._dsn, statement_cache_size=self.statement_cache_size)
         except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         try:
@@ -341,6 +342,10 @@ class PgStore(QueuedWrites, SharedReads):
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
         finally:
             await admin.close()
+        options = self._writer_options(self.lane(POOL_LANE), generic=False)
+        self._pool_settings = {
+            name: value for name, value in options["server_settings"].items() if name not in STARTUP
+        }
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
@@ -350,7 +355,8 @@ class PgStore(QueuedWrites, SharedReads):
                 # so a released connection is not reset (a round trip each time);
                 # the application's transactions reset theirs (``transaction``).
                 reset=_keep_session,
-                **self._writer_options(self.lane(POOL_LANE), generic=False),
+                connect=connect,  # the settings set once open (driver)
+                **options,
             )
             if self.node is not None:
                 self._claims_lane = self.lane(CLAIMS_LANE)
@@ -524,6 +530,8 @@ class PgStore(QueuedWrites, SharedReads):
             with contextlib.suppress(*DRIVER_ERRORS):
                 if not conn.is_closed():
                     await conn.execute(conn.get_reset_query())
+                    # RESET ALL undid taskrt's own settings too, set once open (driver).
+                    await apply_settings(conn, self._pool_settings)
             await self.pool.release(conn)
 
     async def insert_in(self, tx: Any, jobs: Sequence[NewJob]) -> list[InsertResult]:
@@ -647,7 +655,11 @@ class PgStore(QueuedWrites, SharedReads):
         name = "taskrt owner listener" if self._events is None else self.events_channel
         conn: asyncpg.Connection | None = None
         try:
-            conn = await asyncpg.connect(self._dsn, server_settings={"application_name": name})
+            conn = await connect(
+                self._dsn,
+                statement_cache_size=self.statement_cache_size,
+                server_settings={"application_name": name},
+            )
             await conn.add_listener(self.channel, self._notified)
             if self._events is not None:
                 await conn.add_listener(self.events_channel, self._events_notified)

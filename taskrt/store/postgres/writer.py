@@ -35,7 +35,7 @@ from ..deps import (
 from ..groupcommit import Batch, ProgressRows, Rejected, Results, split_progress
 from ..ops import MINUTES, NOTIFY, SCHEDULE_FAILED, segments
 from ..protocol import InsertResult, NewJob
-from .driver import DRIVER_ERRORS, LOST
+from .driver import DRIVER_ERRORS, LOST, connect
 from .sql import (
     ADD_GATED_PART,
     ADD_PART,
@@ -435,7 +435,7 @@ class PgBatches:
     async def connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = None
-            self._conn = await asyncpg.connect(self.dsn, **self.options)
+            self._conn = await connect(self.dsn, **self.options)
         return self._conn
 
     def drop(self) -> None:
