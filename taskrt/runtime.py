@@ -351,9 +351,13 @@ class Runtime:
         # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)
+        if self._pg is not None:
+            # The adds in the application's own transactions reach no memory before
+            # their commit: the database counts them against a pool's capacity.
+            self._pg.foreign_capacity_of = self._capacity_of
         if self._pg is not None and mode == "nodes":
             # A pool's capacity holds across the nodes adding at once: the database
-            # counts it. (One owner holds every waiting job: its check is exact.)
+            # counts it. (One owner holds every other waiting job: its check is exact.)
             self._pg.capacity_of = self._capacity_of
             # Every node's events reach every node (taskrt.nodebus).
             self.broker = NodeBus(

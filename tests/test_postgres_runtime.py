@@ -323,6 +323,62 @@ async def test_jobs_added_in_the_applications_own_asyncpg_transaction(
         assert info.started_at is not None and info.started_at - sent < 0.5
 
 
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_an_open_application_transaction_that_added_a_job_holds_up_no_start(
+    url: str, mode: str
+) -> None:
+    """The application's transaction added a job and stays open: jobs added before
+    it start meanwhile, in the same pool and in another. Before, in owner mode, its
+    add held the count's row of the owner's lifecycle writer (lane 0) until the
+    commit, and every start waited for it."""
+    async with app(url, mode=mode) as rt:
+        rt.pool("q", concurrency=1)
+        rt.pool("p").pause()
+        rt.pool("q").pause()
+        here = await rt.pool("p").add("double", 1)
+        there = await rt.pool("q").add("double", 2)
+        conn = await asyncpg.connect(pg_server.require())
+        try:
+            async with conn.transaction():
+                held = await rt.pool("p").add("double", 3, tx=conn)
+                rt.pool("p").resume()
+                rt.pool("q").resume()
+                for job_id in (here, there):
+                    assert (await rt.wait(job_id, timeout=3)).status is JobStatus.SUCCESS
+            assert (await rt.wait(held, timeout=5)).result == 6
+        finally:
+            await conn.close()
+
+
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_adds_in_the_applications_transactions_count_against_a_pools_capacity(
+    url: str, mode: str
+) -> None:
+    """A pool of capacity 2: the third add in one application transaction is
+    refused, and so is a later transaction's add once two have committed. Before,
+    in owner mode, the owner's check counted its memory, which such jobs reach
+    only after their commit: all three were added."""
+    async with app(url, mode=mode, poll_interval=30) as rt:
+        pool = rt.pool("c", concurrency=1, capacity=2)
+        pool.pause()
+        conn = await asyncpg.connect(pg_server.require())
+        try:
+            with pytest.raises(QueueFull):
+                async with conn.transaction():
+                    for n in range(3):
+                        await pool.add("double", n, tx=conn)
+            for n in range(2):
+                async with conn.transaction():
+                    await pool.add("double", n, tx=conn)
+            with pytest.raises(QueueFull):
+                async with conn.transaction():
+                    await pool.add("double", 9, tx=conn)
+            waiting = await rt.count(status=JobStatus.WAITING, pool="c")
+        finally:
+            await conn.close()
+    assert waiting == 2
+
+
 async def test_ids_handed_out_in_the_applications_rolled_back_transaction_stay_used(
     url: str,
 ) -> None:

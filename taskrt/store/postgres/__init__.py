@@ -144,8 +144,11 @@ Notes of this backend (cited where they apply):
     status) in rows by ``lane``: each writer adds to its connection's lane
     (``taskrt.lane``; ``PgStore.lane``: the lifecycle writer, the adds, the
     claims and the pool's connections, spread over ``NODE_SPREAD`` sets by
-    the node's name; 0 for the application's own connections), and a count
-    is the sum (``SQL_COUNTS_LIVE``). The pool's connections have a lane of
+    the node's name; ``sql.APP_LANE``, no writer's, for the application's own
+    connections), and a count is the sum (``SQL_COUNTS_LIVE``). An open
+    transaction of the application that added a job holds its lane's row
+    until it ends: in the lifecycle writer's lane (0, before), every start
+    waited for it. The pool's connections have a lane of
     their own (they used to add to the lifecycle writer's): a transaction
     of the application's counts as it goes (note 3), and one that failed a
     job (an ``on_failed`` hook) and then added one held a count while it

@@ -810,8 +810,13 @@ def combined(parts: tuple[Part, ...], count: bool = True) -> str:
 # -- counts (note 3) -------------------------------------------------------------------
 
 # The lane of ``job_counts`` a connection adds to (note 12): its ``taskrt.lane``
-# setting, 0 where it has none (the pool's connections, the application's).
-LANE = "coalesce(nullif(current_setting('taskrt.lane', true), ''), '0')::smallint"
+# setting, ``APP_LANE`` where it has none (the application's own connections, an
+# add in their transaction). Before, that was 0, the lane of the owner's lifecycle
+# writer (and of one node in NODE_SPREAD's): an open transaction of the
+# application that had added a job held the count's row, and every start waited
+# for its commit, in every pool.
+APP_LANE = 32  # past every writer's (store.NODE_SPREAD * store.LANES_PER_NODE)
+LANE = f"coalesce(nullif(current_setting('taskrt.lane', true), ''), '{APP_LANE}')::smallint"
 
 SQL_COUNTS_ADD = (
     f"INSERT INTO job_counts (pool, status, lane, n) SELECT v.pool, v.status, {LANE}, v.n "

@@ -41,6 +41,7 @@ from .lock import AdvisoryLock
 from .planner import Analyzer
 from .schema import migrate, version
 from .sql import (
+    APP_LANE,
     CANCEL_ASKED_WHERE,
     CANCEL_WAITING_EXTERNAL_WHERE,
     CLEANUP_WHERE,
@@ -119,6 +120,7 @@ POOL_LANE = 3  # the pool's connections: the store's own transactions, the appli
 CLAIM_CONNECTIONS = 4  # at most, held open (``conns``)
 LANES_PER_NODE = 4
 NODE_SPREAD = 8  # a node's lanes are one of this many sets, by its name
+assert NODE_SPREAD * LANES_PER_NODE <= APP_LANE  # the application's own, apart
 
 log = logging.getLogger("taskrt.store")
 
@@ -245,6 +247,10 @@ class PgStore(QueuedWrites, SharedReads):
         # The capacity of a pool, where this process knows one: the adds to it are
         # counted in the database, so that it holds across processes (writer ``_room``).
         self.capacity_of: Callable[[str], int | None] | None = None
+        # The same for the adds in the application's own transactions only, where one
+        # owner runs the jobs: those jobs reach its memory after their commit, so its
+        # check counted neither the transaction's earlier adds nor another's commits.
+        self.foreign_capacity_of: Callable[[str], int | None] | None = None
         self._batches: PgBatches | None = None
         # Plain adds, group-committed on a connection of their own (note 8).
         self._adds = GroupCommit(self.path, progress_interval=progress_interval)
@@ -557,8 +563,11 @@ class PgStore(QueuedWrites, SharedReads):
                 )
             # kept: the last id moves the sequence too, which a rollback does not undo
             # (sql.SCHEMA_V12)
+            capacity_of = self.capacity_of
+            if capacity_of is None and tx.foreign is not None:
+                capacity_of = self.foreign_capacity_of
             results = await insert_jobs(
-                conn, [list(jobs)], counted, kept=True, capacity_of=self.capacity_of
+                conn, [list(jobs)], counted, kept=True, capacity_of=capacity_of
             )
             await counted.apply(conn)
             if tx.foreign is not None:
