@@ -579,7 +579,7 @@ async def test_a_poll_read_before_a_job_ran_and_left_memory_does_not_bring_it_ba
 
     for rt in (owner, client):
 
-        @rt.task(attempts=2, retry="2s")
+        @rt.task(attempts=2, retry="4s")
         async def flaky(job: JobContext) -> str:
             runs.append(job.attempt)
             if job.attempt == 1:
@@ -594,20 +594,20 @@ async def test_a_poll_read_before_a_job_ran_and_left_memory_does_not_bring_it_ba
         polls_by_hand(owner)
         pool = owner.pool("default")
         for _ in range(2):  # due before the retry
-            await pool.add(later.options(delay=1))
+            await pool.add(later.options(delay=3))  # not due yet at the check, under load too
         job_id = await client.pool("default").add(flaky)
 
         poll, go_on = await a_poll_held_after_its_read(owner, monkeypatch)
         await owner.run_now(job_id)
         await until(lambda: runs == [1] and owner.live.states[job_id].status is JobStatus.WAITING)
         await owner.store.settle()  # the retry is committed: it may leave memory
-        await pool.add(later.options(delay=0.5))  # the window overflows: the retry leaves
+        await pool.add(later.options(delay=2.5))  # the window overflows: the retry leaves
         assert job_id not in owner.live.states
         stored = await owner.get(job_id)
         assert (stored.status, stored.attempts) == (JobStatus.WAITING, 1)
         go_on.set()
         await poll
-        info = await owner.wait(job_id, timeout=5)
+        info = await owner.wait(job_id, timeout=10)
         assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, "done", 2)
         assert runs == [1, 2]
 
