@@ -104,8 +104,11 @@ class Subscription:
         self._wake.set()
 
     def _conflate(self, buf: deque[Event], event: Event) -> bool:
-        """A full buffer: ``event`` takes the place of its job's latest progress, if
-        one waits (the last one usually: a reporter that outruns its readers)."""
+        """A full buffer: ``event`` replaces its job's latest progress, if one waits
+        (the last one usually: a reporter that outruns its readers). An earlier one
+        goes, and ``event`` joins the end: put in its place, it came before the
+        events published after that progress (a ``retrying``, a ``started``), and
+        a stream, which sends a job's events in sequence order, skipped those."""
         job_id = event.job_id
         last = buf[-1]
         if last.job_id == job_id and last.type is _PROGRESS:
@@ -114,7 +117,8 @@ class Subscription:
             for i in range(len(buf) - 2, -1, -1):
                 old = buf[i]
                 if old.job_id == job_id and old.type is _PROGRESS:
-                    buf[i] = event
+                    del buf[i]
+                    buf.append(event)
                     break
             else:
                 return False

@@ -9,6 +9,7 @@ import pytest
 from core_support import Gate, all_jobs, collect, committed_jobs, make_rt, until_committed
 
 from taskrt import Event, EventType, JobContext, JobNotFound, JobStatus
+from taskrt.events import Broker
 from taskrt.store import JobStore
 
 
@@ -184,6 +185,28 @@ async def test_slow_subscriber_is_bounded_conflated_and_gets_the_terminal_event(
     seqs = [e.seq for e in events]
     assert seqs == sorted(set(seqs))
     assert seqs[-1] == info.seq
+
+
+def test_a_full_buffer_keeps_a_jobs_events_in_order_when_it_conflates_its_progress() -> None:
+    """A full buffer holds an older progress of the job before its ``retrying`` and
+    ``started``: the next progress replaced that one where it stood, before them,
+    and a stream (which sends a job's events in sequence order) skipped both. The
+    older progress now goes, and the new one joins the end."""
+    broker = Broker()
+    sub = broker.subscribe(1, maxsize=4)
+    kinds = [EventType.PROGRESS] * 3 + [EventType.RETRYING, EventType.STARTED, EventType.PROGRESS]
+    for seq, kind in enumerate(kinds, start=2):
+        broker.publish(Event(1, seq, kind, "t", "p", JobStatus.RUNNING, 0.0, {}))
+    held = []
+    while (event := sub.get_nowait()) is not None:
+        held.append((event.seq, event.type))
+    assert held == [
+        (3, EventType.PROGRESS),
+        (5, EventType.RETRYING),
+        (6, EventType.STARTED),
+        (7, EventType.PROGRESS),
+    ]
+    assert sub.dropped == 2
 
 
 async def test_wide_subscriber_that_never_reads_overflows_without_slowing_workers(
