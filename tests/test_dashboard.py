@@ -1313,6 +1313,43 @@ async def test_the_counts_keep_the_jobs_added_while_they_are_read(
 
 
 @in_browser
+async def test_a_waiting_job_that_passes_its_deadline_moves_the_counts_from_waiting(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    """A job that fails at its deadline while it waits: the page took every failure
+    for an attempt's (from RUNNING) and kept counting it WAITING for good."""
+    rt.pool("batch").pause()
+    async with (
+        server(create_app(rt)) as base,
+        dashboard(browser, f"{base}/dashboard") as page,
+    ):
+        late = await rt.pool("batch").add(_with(rt, "boom", deadline=time.time() + 1.0))
+        await expect(row(page, late)).to_have_count(1)
+        await expect(page.locator("#count-WAITING")).to_have_text("1")
+        assert (await rt.wait(late, timeout=5)).status is JobStatus.FAILURE
+        await expect(page.locator("#count-FAILURE")).to_have_text("1")
+        await expect(page.locator("#count-WAITING")).to_have_text("0", timeout=2_000)
+        await expect(page.locator("#count-all")).to_have_text("1")
+
+
+@in_browser
+async def test_the_counts_follow_a_purge_made_by_another_client(
+    rt: Runtime, server: Serve, browser: Any
+) -> None:
+    """A purge sends no event: the page reads the counts every 10 s."""
+    failed = await rt.pool("batch").add("boom")
+    await rt.wait(failed, timeout=5)
+    async with (
+        server(create_app(rt)) as base,
+        dashboard(browser, f"{base}/dashboard") as page,
+    ):
+        await expect(page.locator("#count-FAILURE")).to_have_text("1")
+        assert (await rt.bulk("purge", status=JobStatus.FAILURE)).done == 1
+        await expect(page.locator("#count-FAILURE")).to_have_text("0", timeout=15_000)
+        await expect(page.locator("#count-all")).to_have_text("0")
+
+
+@in_browser
 async def test_the_live_first_page_fills_up_again_when_its_rows_fade_out(
     rt: Runtime, server: Serve, browser: Any
 ) -> None:

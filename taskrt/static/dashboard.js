@@ -25,6 +25,10 @@
 // 7. The status counts are a snapshot (GET /stats) moved by each event. The
 //    snapshot does not say which events it reflects, so one read while events
 //    moved the counts is read again once the stream is quiet (loadCounts).
+//    Deletions send no event (a purge by another client, the retention), and
+//    an end whose job the page never saw waiting or running is taken for an
+//    attempt's: the counts are also read again every COUNTS_EVERY seconds
+//    while the page is in view (constant time on the server at any size).
 
 const ROOT = document.documentElement.dataset.root || "";
 const STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"];
@@ -34,6 +38,7 @@ const LIMIT = 50;
 const SPARK_SECONDS = 60;
 const RATE_WINDOW = 10;
 const POOLS_EVERY = 10; // seconds between two reads of the pools without an event (note 2)
+const COUNTS_EVERY = 10; // seconds between two reads of the status counts (note 7)
 // The run_at of a job held for other jobs (its parents, its batch): a placeholder
 // (models.BLOCKED_AT, 9999-12-31T23:59:59Z), no time it runs at.
 const BLOCKED_AT = 253402300799;
@@ -581,8 +586,10 @@ function previousStatus(event) {
     case "progress":
       return "RUNNING";
     case "success":
-    case "failure": // only an attempt fails a job
-      return "RUNNING";
+    case "failure":
+      // An attempt's end, mostly; a job that passed its deadline while it waited,
+      // or a batch's member, ends from WAITING: what the page last saw of it says.
+      return seen === undefined ? "RUNNING" : seen;
     case "retrying":
       return event.manual ? seen : "RUNNING";
     default: // cancelled: from WAITING or RUNNING
@@ -2254,6 +2261,7 @@ let ticks = 0;
 setInterval(() => {
   ticks += 1;
   if (ticks % POOLS_EVERY === 0 && document.visibilityState === "visible") refreshPools();
+  if (ticks % COUNTS_EVERY === 0 && document.visibilityState === "visible") loadCounts();
   for (const buckets of state.throughput.values()) {
     buckets.shift();
     buckets.push(0);
