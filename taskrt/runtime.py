@@ -633,6 +633,7 @@ class Runtime:
                 "expected a name used once",
                 source=spec.source,
             )
+        _check_task_texts(spec)
         # What ``register`` gives the task's pool, refused here: there it would fail
         # with the task registered already (and a load with the tasks before it).
         _check_pool_name(spec.pool)
@@ -2401,6 +2402,50 @@ def _same_definition(known: TaskSpec, spec: TaskSpec) -> bool:
         return os.path.samefile(known.source, spec.source)
     except (OSError, ValueError):  # gone, or no file name at all
         return False
+
+
+def _check_task_texts(spec: TaskSpec) -> None:
+    """A task's name is stored with each of its jobs: text the stores take (valid
+    UTF-8, no NUL). Its description, display name and parameters' schema are served
+    as JSON (``GET /tasks``): valid UTF-8. Refused here, at registration: before, a
+    lone surrogate failed the add's write batch, and ``GET /tasks`` answered 500."""
+    try:
+        check_text(spec.name, "name", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
+    except InvalidOption as exc:
+        raise InvalidOption("name", str(exc).removeprefix("name: "), source=spec.source) from None
+    for field, value in (
+        ("description", spec.description),
+        ("display_name", spec.display_name),
+        ("parameters", spec.parameters),
+    ):
+        bad = _lone_surrogate(value)
+        if bad is not None:
+            raise InvalidOption(
+                field,
+                f"expected valid UTF-8 text, found a lone surrogate in {shown(bad)}",
+                source=spec.source,
+            )
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string of ``value`` (keys included) that is not valid UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            bad = _lone_surrogate(key) or _lone_surrogate(item)
+            if bad is not None:
+                return bad
+    elif isinstance(value, list | tuple):
+        for item in value:
+            bad = _lone_surrogate(item)
+            if bad is not None:
+                return bad
+    return None
 
 
 def _check_pool_name(name: Any) -> None:

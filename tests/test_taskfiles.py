@@ -14,7 +14,7 @@ import pytest
 
 from taskrt import InvalidOption, JobStatus, Runtime, ValidationError
 from taskrt.retry import RetryPolicy
-from taskrt.taskfiles import DefinitionError, Problem, load_tasks, snake_case
+from taskrt.taskfiles import DefinitionError, Problem, check_tasks, load_tasks, snake_case
 from taskrt.taskfiles.jsonc import JsoncError, parse, strip
 from taskrt.web.errors import status_of
 
@@ -519,6 +519,54 @@ def _not_utf8_name(folder: Path, suffix: str) -> Path:
     except (OSError, UnicodeEncodeError):
         pytest.skip("this file system takes only UTF-8 names")
     return path
+
+
+def test_text_that_is_not_utf8_in_a_task_file_is_a_problem_naming_its_field(
+    tmp_path: Path,
+) -> None:
+    """A lone surrogate (JSON's and YAML's ``\\ud800`` escape) in a description or a
+    parameter's name passed validation, and then ``GET /tasks`` answered 500 for
+    every task. It is a problem of its file and field, and nothing loads."""
+    folder = tmp_path / "tasks"
+    _write(folder / "a.yao", '{"process": "os.path.join", "description": "bad \\ud800 text"}')
+    anchor = _write(
+        tmp_path / "anchor.yaml",
+        """
+        tasks:
+          - name: AnchorKey
+            handler: os.path.join
+            parameters:
+              type: object
+              properties:
+                "k\\ud800": {type: integer}
+        """,
+    )
+    (yao,) = _problems(folder)
+    assert (yao.file, yao.line, yao.field) == (f"{folder}/a.yao", 1, "description")
+    assert yao.message == "the text is not valid UTF-8 (a lone surrogate)"
+    assert yao.found == "bad \\ud800 text"
+    specs, (key,) = check_tasks(anchor, require_handlers=False)
+    assert specs == []
+    assert (key.line, key.field) == (6, "tasks[0].parameters.properties")
+    assert key.message == "the field name 'k\\ud800' is not valid UTF-8 (a lone surrogate)"
+    rt = Runtime(str(tmp_path / "app.db"))
+    with pytest.raises(DefinitionError):
+        rt.load(folder)
+    assert rt.tasks == {}
+
+
+def test_a_task_name_the_stores_cannot_hold_is_refused_at_registration(tmp_path: Path) -> None:
+    """``rt.task(name=...)`` took a lone surrogate or a NUL, which failed the first
+    add's write batch (and ``GET /tasks``); the pool's name was checked already."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    for name, why in (("a\ud800", "lone surrogate"), ("a\x00b", "without NUL")):
+        with pytest.raises(InvalidOption, match=why) as caught:
+            rt.task(name=name)(os.path.join)
+        assert caught.value.field == "name"
+    with pytest.raises(InvalidOption, match="lone surrogate") as caught:
+        rt.task(name="ok", description="bad \udc80")(os.path.join)
+    assert caught.value.field == "description"
+    assert rt.tasks == {}
 
 
 def test_a_yao_file_name_that_is_not_utf8_is_a_problem_and_loads_nothing(

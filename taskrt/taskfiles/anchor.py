@@ -55,6 +55,7 @@ from .common import (
     MISSING,
     callable_at,
     duration_at,
+    report_lone_surrogates,
     string_at,
 )
 from .problems import FieldPath, Report, describe, suggest
@@ -113,7 +114,7 @@ def load_anchor(
     for checking files and generating code without the application.
     """
     data = yamldoc.read(text, report)
-    if data is MISSING:
+    if data is MISSING or report_lone_surrogates(report, data):
         return []
     if not isinstance(data, Mapping):
         report.wrong_type((), data, "a mapping with a 'tasks:' list")

@@ -92,6 +92,54 @@ def string_at(
     return value
 
 
+def report_lone_surrogates(report: Report, value: Any, path: FieldPath = ()) -> bool:
+    """Report each string, and each field name, of a file's document that is not
+    valid UTF-8: a lone surrogate, which JSON's ``"\\ud800"`` and YAML's
+    ``"\\ud800"`` escapes make. Such text passed the checks and broke later, where
+    it was stored or served as JSON (``GET /tasks`` answered 500 for every task).
+    True when there was one."""
+    found = False
+    if isinstance(value, str):
+        if not _utf8(value):
+            report.add(
+                path,
+                "the text is not valid UTF-8 (a lone surrogate)",
+                found=_escaped(value),
+                expected="valid UTF-8 text",
+            )
+            return True
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and not _utf8(key):
+                report.add(
+                    path,
+                    f"the field name '{_escaped(key)}' is not valid UTF-8 (a lone surrogate)",
+                    found=_escaped(key),
+                    expected="valid UTF-8 text",
+                )
+                found = True
+                continue
+            found = report_lone_surrogates(report, item, (*path, key)) or found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = report_lone_surrogates(report, item, (*path, index)) or found
+    return found
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def duration_at(report: Report, path: FieldPath, value: Any) -> float | None:
     """Seconds from a duration like ``"30s"``/``"1h30m"`` or a number of seconds."""
     expected = "a duration like '200ms', '30s', '10m' or '1h30m'"

@@ -38,7 +38,14 @@ from ..definitions import Hooks, TaskSpec
 from ..limits import INT64_MAX, MAX_DURATION
 from ..retry import RetryPolicy
 from . import jsonc
-from .common import MISSING, callable_at, integer_at, number_at, string_at
+from .common import (
+    MISSING,
+    callable_at,
+    integer_at,
+    number_at,
+    report_lone_surrogates,
+    string_at,
+)
 from .problems import Report
 
 __all__ = ["EVENT_FIELDS", "FIELDS", "load_yao"]
@@ -81,6 +88,8 @@ def load_yao(text: str, *, task_id: str, report: Report, root: Path | None) -> T
     for path, line in parsed.duplicates:
         report.add(path, f"field {path[-1]!r} is given twice", found=str(path[-1]), line=line)
     data = parsed.value
+    if report_lone_surrogates(report, data):
+        return None
     if not isinstance(data, dict):
         report.wrong_type((), data, "a JSON object with the task's fields")
         return None
