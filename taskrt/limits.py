@@ -97,6 +97,13 @@ def _too_deep(value: Any, budget: int) -> bool:
     return False
 
 
+def check_names(value: Any, max_depth: int) -> None:
+    """Raises ``ValueError`` where two keys of a mapping in ``value``, up to
+    ``max_depth`` levels deep, become one JSON name (note 3): for a worker process,
+    whose result crosses as plain JSON, which keeps one of them silently."""
+    _too_deep(value, max_depth)
+
+
 def _json_name(key: Any) -> Any:
     """The name the encoder writes for a mapping's ``key`` (itself where it writes none)."""
     if key is True or key is False:

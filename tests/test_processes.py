@@ -253,6 +253,25 @@ async def test_a_result_that_is_not_json_fails_clearly(tmp_path: Path) -> None:
     assert after.status is JobStatus.SUCCESS  # the same child goes on
 
 
+async def test_a_result_whose_keys_collide_in_json_is_refused_as_in_a_thread(
+    tmp_path: Path,
+) -> None:
+    """Keys JSON writes as one name (1 and "1"): the child's frame kept one of them
+    silently, and the job succeeded with half its result; a thread's result is
+    refused (limits note 3). The child refuses it the same way."""
+    rt = rt_for(tmp_path)
+    pool = rt.pool("cpu", concurrency=1, processes=True)
+    bad = rt.task(pool="cpu")(proc_tasks.colliding)
+
+    async with rt:
+        info = await rt.wait(await pool.add(bad), timeout=10)
+    assert info.status is JobStatus.FAILURE
+    assert info.error == (
+        "the result is not JSON-serialisable: the keys 1 and '1' are both written as the "
+        "name '1' in JSON, and one would be lost"
+    )
+
+
 async def test_an_exception_in_the_child_keeps_its_type_message_and_traceback(
     tmp_path: Path,
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Any, cast
 from ..context import DONE
 from ..definitions import Task
 from ..errors import Fatal, Retry, describe_error, format_traceback, is_error, message_of
-from ..limits import Limits, check_progress
+from ..limits import Limits, check_names, check_progress
 from .crossing import LENGTH, encode_frame
 
 # -- the child ----------------------------------------------------------------------------
@@ -217,6 +217,9 @@ def _run_one(channel: _ChildChannel, message: dict[str, Any], cancelled: threadi
         channel.send({"op": "error", "run": run, **_error_fields(exc)})
         return
     try:
+        # Keys JSON writes as one name (1 and "1") are refused as the parent refuses
+        # them in a thread's result: the frame's plain JSON kept one of them silently.
+        check_names(result, Limits(**message["limits"]).max_depth)
         frame = encode_frame({"op": "result", "run": run, "value": result})
     except BaseException as exc:  # the result's own code may raise anything (pool note 12)
         if is_error(exc, TypeError | ValueError | RecursionError):
