@@ -1435,6 +1435,8 @@ class Runtime:
         if self.nodes is not None:
             state = self.live.states.get(job_id)  # running here, or none (taskrt.nodes)
         if state is not None:
+            if state.status is JobStatus.WAITING and state.batch_key is not None:
+                return await self._cancel_member(state)
             if state.status is JobStatus.WAITING:
                 self.pool(state.pool).remove(state)
                 self.transitions.finalize(state, JobStatus.CANCELLED, {})
@@ -1461,6 +1463,36 @@ class Runtime:
             # Another node runs it: it is told (NOTIFY) and ends it.
             with contextlib.suppress(TimeoutError):
                 return await self.wait(job_id, timeout=self.abandon_after + 5)
+        return await self.get(job_id)
+
+    async def _cancel_member(self, state: JobState) -> JobInfo:
+        """A waiting member of a batch (or one gathering), cancelled where it is held:
+        in one store transaction, as a process without it cancels it, then in memory.
+        The store forms a batch and ends its members in transactions that read the
+        rows, not memory, so a cancel queued from memory could land after either:
+        the item ran in its batch though the cancel answered without one (formed
+        meanwhile), or the member ended SUCCESS after its cancel was answered (its
+        batch ended meanwhile). Now the cancel comes before the forming (the member
+        leaves the batch) or after it (it stays cancelled, its item in the batch,
+        and says so), and never ends a member that ended already."""
+        job_id = state.id
+        seq = await self.store.cancel_external(job_id, self.clock.now())
+        if seq is None:  # ended with its batch, or started as its leader, meanwhile
+            info = await self.get(job_id)
+            if info.terminal:
+                raise InvalidTransition(job_id, info.status.value, "cancel")
+            running = self.live.states.get(job_id)  # its row marked: the poll acts too
+            if running is not None and running.status is JobStatus.RUNNING:
+                self._pools[running.pool].cancel_running(running)
+                return await self.wait(job_id, timeout=self.abandon_after + 5)
+            return info
+        if self.live.states.get(job_id) is state and state.status is JobStatus.WAITING:
+            self.pool(state.pool).remove(state)
+            state.seq = seq - 1  # the event carries the row's sequence
+            self.transitions.finalize(state, JobStatus.CANCELLED, {}, write=False)
+        else:
+            self.workflows.ended(job_id)
+        await self.store.settle()
         return await self.get(job_id)
 
     async def retry(self, job_id: int) -> JobInfo:

@@ -178,6 +178,55 @@ async def test_a_member_cancelled_by_hand_stays_out_of_its_batchs_retry(
         assert (info.status, info.result) == (JobStatus.SUCCESS, 6)
 
 
+async def test_a_member_cancelled_as_its_batch_ends_is_cancelled_or_refused_never_both(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """The owner cancelled a batched member from memory and queued the write; its
+    batch's end, a transaction of the store's that reads rows, ended the member
+    SUCCESS before that write, which then changed nothing: the cancel answered
+    CANCELLED and the job was SUCCESS (a hunt: 6 of 66 cancels). Here the write is
+    held until the batch's members are settled. Now the member is cancelled in one
+    store transaction: it stays cancelled."""
+    rt = runtime(target)
+    entered, go, settled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    @rt.task(batch=Batch(max_size=3, max_wait=60))
+    async def digest(items: list[int]) -> int:
+        entered.set()
+        await go.wait()
+        return sum(items)
+
+    async with rt:
+        store = rt.store
+        cancel_write, settle_deps = store.cancel, store.settle_deps
+
+        def held_cancel(*args: Any, **kwargs: Any) -> Any:
+            async def later() -> None:
+                await settled.wait()
+                await cancel_write(*args, **kwargs)
+
+            return asyncio.ensure_future(later())
+
+        async def settle_then(*args: Any, **kwargs: Any) -> Any:
+            out = await settle_deps(*args, **kwargs)
+            settled.set()
+            return out
+
+        store.cancel = held_cancel  # type: ignore[method-assign]
+        store.settle_deps = settle_then  # type: ignore[method-assign]
+        pool = rt.pool("default")
+        leader, kept, member = [await pool.add(digest, n) for n in (1, 2, 3)]
+        await asyncio.wait_for(entered.wait(), 10)
+        answer = await rt.cancel(member)
+        assert (answer.status, answer.batch) == (JobStatus.CANCELLED, leader)
+        go.set()
+        assert (await rt.wait(leader, timeout=10)).result == 6
+        assert (await rt.wait(kept, timeout=10)).result == 6
+        await asyncio.wait_for(settled.wait(), 10)
+        await asyncio.sleep(0.2)  # a held write, if any, lands
+        assert (await rt.get(member)).status is JobStatus.CANCELLED
+
+
 async def test_gathering_batches_survive_a_restart(target: tuple[str, dict[str, Any]]) -> None:
     calls: list[list[int]] = []
 
