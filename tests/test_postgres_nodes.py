@@ -868,14 +868,7 @@ async def test_a_dead_nodes_orphan_fails_on_the_reaping_node_with_its_on_failed_
         await sql(url, "CREATE TABLE audit (job bigint, error text)")
         y.pool("p").pause()  # here only: y claims nothing meanwhile
         job_id = await y.enqueue("b")
-        ghost = PgStore(url)
-        await ghost.open()
-        try:
-            await ghost.join("ghost", "elsewhere", 1, time.time(), 2.0)
-            (claimed,) = await ghost.claim("p", ["b"], 1, time.time(), "ghost")
-            assert claimed.id == job_id
-        finally:
-            await ghost.close()
+        await ghost_claims(url, job_id)
         await sql(
             url, "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = 'ghost'"
         )
@@ -888,6 +881,19 @@ async def test_a_dead_nodes_orphan_fails_on_the_reaping_node_with_its_on_failed_
         assert [a.outcome.value for a in await y.attempts(job_id)] == ["interrupted"]
         [row] = await sql(url, "SELECT node FROM jobs WHERE id = $1", job_id)
         assert row["node"] == y.nodes.node  # type: ignore[union-attr]
+
+
+async def ghost_claims(url: str, job_id: int) -> None:
+    """A node ``ghost`` of another process joins and claims ``job_id`` of task ``b``
+    (then dies, as far as the test says: its row stays until reaped)."""
+    ghost = PgStore(url)
+    await ghost.open()
+    try:
+        await ghost.join("ghost", "elsewhere", 1, time.time(), 2.0)
+        (claimed,) = await ghost.claim("p", ["b"], 1, time.time(), "ghost")
+        assert claimed.id == job_id
+    finally:
+        await ghost.close()
 
 
 def hooked_node(url: str, audit: Callable[..., Any], **options: Any) -> Runtime:
@@ -1023,14 +1029,7 @@ async def test_a_reaping_node_without_the_orphans_task_leaves_it_for_a_node_with
         await sql(url, "CREATE TABLE audit (job bigint, error text)")
         z.pool("p").pause()  # here only: z claims nothing itself
         job_id = await z.enqueue("b")
-    ghost = PgStore(url)
-    await ghost.open()
-    try:
-        await ghost.join("ghost", "elsewhere", 1, time.time(), 2.0)
-        (claimed,) = await ghost.claim("p", ["b"], 1, time.time(), "ghost")
-        assert claimed.id == job_id
-    finally:
-        await ghost.close()
+    await ghost_claims(url, job_id)
 
     other = Runtime(url, mode="nodes", node_ttl=2.0, max_recoveries=0)  # no task b
 
