@@ -1245,6 +1245,26 @@ async def test_a_boolean_metadata_filter_matches_only_booleans(store: JobStore) 
     assert await ids(store, metadata={"flag": 1}) == [one]
 
 
+@pytest.mark.parametrize("key", ["x", "a.b"])  # a plain key, and one read by name
+async def test_a_text_or_null_metadata_filter_matches_only_its_kind(
+    store: JobStore, key: str
+) -> None:
+    """On SQLite a text filter matched an object or an array written as that text
+    (``'{"a":1}'``), and a null filter matched nothing (``= NULL``); PostgreSQL
+    compared by JSON type. Bulk actions use the same filter."""
+    null = await add_one(store, metadata={key: None})
+    obj = await add_one(store, metadata={key: {"a": 1}})
+    arr = await add_one(store, metadata={key: [1, 2]})
+    text = await add_one(store, metadata={key: "plain"})
+    await add_one(store, metadata={"other": None})
+    assert await ids(store, metadata={key: None}) == [null]
+    assert await store.count_jobs(metadata={key: None}) == 1
+    assert await ids(store, metadata={key: '{"a":1}'}) == []
+    assert await ids(store, metadata={key: "[1,2]"}) == []
+    assert await ids(store, metadata={key: "plain"}) == [text]
+    assert {obj, arr}.isdisjoint(await ids(store, metadata={key: "null"}))
+
+
 MINUTE = int(NOW // 60)  # the history's minute of NOW
 
 

@@ -684,7 +684,15 @@ class Store(QueuedWrites, SharedReads):
                 "json_extract(metadata, ?) = ? AND json_type(metadata, ?) IN ('integer', 'real')",
                 [path, value, path],
             )
-        return "json_extract(metadata, ?) = ?", [path, value]
+        if value is None:  # a JSON null (json_extract gives SQL NULL, which equals nothing)
+            return "json_type(metadata, ?) = 'null'", [path]
+        # Text only: json_extract gives an object or an array as its JSON text, which
+        # a text filter ('{"a":1}') matched.
+        return "json_extract(metadata, ?) = ? AND json_type(metadata, ?) = 'text'", [
+            path,
+            value,
+            path,
+        ]
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A read of ``queries``: SQLite's placeholders are ``?`` already."""
@@ -774,4 +782,6 @@ def _member_match(key: str, value: Any) -> tuple[str, list[Any]]:
         return found + "m.type = ?)", [key, "true" if value else "false"]
     if isinstance(value, int | float):
         return found + "m.value = ? AND m.type IN ('integer', 'real'))", [key, value]
-    return found + "m.value = ?)", [key, value]
+    if value is None:
+        return found + "m.type = 'null')", [key]
+    return found + "m.value = ? AND m.type = 'text')", [key, value]
