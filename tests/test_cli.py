@@ -1384,3 +1384,16 @@ async def test_workflow_shows_a_workflows_jobs_and_cancels_it(
         assert (await rt.workflow(flow.id)).status is JobStatus.CANCELLED
         code, _, err = await cli_main("workflow", "999", "--url", url)
         assert code == 3 and "999" in err
+
+
+def test_a_text_metadata_filter_that_reads_as_json_crosses_to_the_server_as_text() -> None:
+    """``ls --url --meta 'user="42"'`` sent ``42``, which the server reads as the
+    number: it listed the jobs whose user is 42, not "42" as ``--db`` did."""
+    from taskrt.cli.remote import _filter_params
+    from taskrt.web.inputs import query_scalar
+
+    metadata = {"user": "42", "flag": "true", "n": 42, "t": "plain", "q": '"x"'}
+    params = _filter_params(None, None, None, metadata, False, None)
+    assert {key: query_scalar(value) for key, value in params.items()} == {
+        f"metadata.{key}": value for key, value in metadata.items()
+    }

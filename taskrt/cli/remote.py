@@ -11,6 +11,7 @@ error answer becomes the error the runtime would have raised (``JobNotFound``,
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -174,6 +175,19 @@ async def server_jobs(url: str, headers: Mapping[str, str]) -> AsyncIterator[Ser
         yield ServerJobs(client, owner)
 
 
+def _metadata_param(value: Any) -> str:
+    """A metadata filter's value as the server reads it (JSON when it parses as
+    JSON, else text): text that reads as JSON (``"42"``, ``"true"``) goes quoted, so
+    it stays text, as with ``--db``; it went as it was and matched the number."""
+    if not isinstance(value, str):
+        return _json(value)
+    try:
+        json.loads(value)
+    except (ValueError, RecursionError):
+        return value
+    return _json(value)
+
+
 def _filter_params(
     status: JobStatus | str | Sequence[JobStatus | str] | None,
     pool: str | None,
@@ -191,7 +205,7 @@ def _filter_params(
     if task:
         params["task"] = task
     for key, value in (metadata or {}).items():
-        params[f"metadata.{key}"] = value if isinstance(value, str) else _json(value)
+        params[f"metadata.{key}"] = _metadata_param(value)
     if scheduled:
         params["scheduled"] = "true"
     if older_than is not None:
@@ -201,8 +215,6 @@ def _filter_params(
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value)
 
 
