@@ -1203,3 +1203,26 @@ async def test_run_now_cancel_and_purge_one_job(
     purged = await client.post(f"/jobs/{held}/purge")
     assert (purged.status_code, purged.json()["done"]) == (200, 1)
     assert (await client.get(f"/jobs/{held}")).status_code == 404
+
+
+async def test_a_listings_filter_given_twice_is_refused_except_status(
+    client: httpx.AsyncClient,
+) -> None:
+    """``pool=p&pool=q`` was read as ``pool=q``, silently (so were a metadata key,
+    the limit and the cursor); only ``status`` takes several values."""
+    for query in (
+        "pool=p&pool=q",
+        "task=t&task=u",
+        "metadata.user=42&metadata.user=7",
+        "limit=1&limit=1000",
+        "cursor=5&cursor=9",
+    ):
+        paged = query.startswith(("limit", "cursor"))
+        for route in ("/jobs",) if paged else ("/jobs", "/jobs/count"):
+            response = await client.get(f"{route}?{query}")
+            assert response.status_code == 422, (route, query)
+            error = error_of(response)
+            assert error["field"] == query.split("=", 1)[0], query
+            assert "given more than once" in error["message"]
+    response = await client.get("/jobs?status=WAITING&status=RUNNING")
+    assert response.status_code == 200

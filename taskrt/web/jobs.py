@@ -203,6 +203,11 @@ FILTER_PARAMS = (
 def listing_filter(request: Request) -> dict[str, Any]:
     """The ``rt.jobs`` / ``rt.count`` filter arguments of a query (``FILTER_PARAMS``)."""
     query = request.query_params
+    # Only status takes several values: a pool, task, metadata key, limit or cursor
+    # given twice was read as its last value, silently.
+    for key in dict.fromkeys(k for k, _ in query.multi_items()):
+        if key != "status" and len(query.getlist(key)) > 1:
+            raise invalid(key, "given more than once: expected it once (only status repeats)")
     what = "statuses separated by commas"
     raws = [matching("status", raw, _STATUS_LIST, what) for raw in query.getlist("status")]
     statuses = [s.strip() for raw in raws for s in raw.split(",") if s.strip()]
