@@ -631,7 +631,7 @@ class Adding:
             if owning:
                 self.pools[name].push_all(same)
             elif (pool := self.pools.get(name)) is not None:
-                pool.poke()  # where every node claims (taskrt.claims): look now
+                pool.poke(stored=True)  # where every node claims (taskrt.claims): look now
 
     def _take_in(self, state: JobState, owning: bool) -> bool:
         """Count a committed job, hold it where it waits (the owner's memory, its

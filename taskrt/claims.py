@@ -32,11 +32,16 @@ Design notes:
    given back (``Pool.release``) and the pool claims as usual. A kept slot is
    not free (``Pool.free_slots``): claims ask for the others, and a claim
    that was in flight meanwhile keeps no more jobs than the slots left (note 2).
-   The slots a claim in flight asked for count as taken by jobs ahead too: an
-   add that kept one of them made the claim give back its best job, which
-   the next claim skipped (its row still RUNNING or locked until the give
-   back committed), so a lower priority started before it. Such an add is
-   stored WAITING, pokes the pool, and the next claim takes it in its turn.
+   Where jobs wait (the last claim found all it asked for, adds here stored
+   some WAITING since, or the node's last look counted some), the slots a
+   claim in flight
+   asked for count as taken by jobs ahead too: an add that kept one of them
+   made the claim give back its best job, which the next claim skipped (its
+   row still RUNNING or locked until the give back committed), so a lower
+   priority started before it. Such an add is stored WAITING, pokes the
+   pool, and the next claim takes it in its turn. Where none waits, an add
+   keeps its slot whatever is in flight (the claim comes back empty-handed):
+   an idle node starts what it is given at once.
 """
 
 from __future__ import annotations
@@ -75,6 +80,10 @@ class ClaimSource(Protocol):
         the writes that say so."""
         ...
 
+    def backlog(self, pool: str) -> bool:
+        """Whether the pool had waiting jobs at the node's last look."""
+        ...
+
     def rate_wait(self, pool: str) -> float | None:
         """When a rate limit that held back the pool's last claim has a token, or None."""
         ...
@@ -107,6 +116,9 @@ class Claims:
         self._claimed: collections.deque[JobState] = collections.deque()
         self._asking: asyncio.Task[None] | None = None
         self._asking_for = 0  # the slots the claim in flight asked for (note 4)
+        # Jobs wait (note 4): the last claim found as many as it asked for, or adds
+        # here stored some WAITING since.
+        self._full = False
         self._halted = False  # the runtime stops: no claim starts (``halt``)
         self._pokes = 0
         self._more = True
@@ -119,8 +131,11 @@ class Claims:
     async def load(self, now: float) -> None:
         self.poke()
 
-    def poke(self) -> None:
-        """Jobs may be due in the store now (note 1)."""
+    def poke(self, *, stored: bool = False) -> None:
+        """Jobs may be due in the store now (note 1); ``stored``: adds here stored
+        some WAITING, so jobs wait (note 4)."""
+        if stored:
+            self._full = True
         self._pokes += 1
         self._more = True
         self._wake()
@@ -145,9 +160,10 @@ class Claims:
             self._timer.set(state.run_at)
 
     def ahead(self) -> int:
-        """Claimed jobs not started yet, and those a claim in flight may bring: they
-        take free slots first (note 4)."""
-        return len(self._claimed) + self._asking_for
+        """Claimed jobs not started yet, and those a claim in flight may bring where
+        jobs wait: they take free slots first (note 4)."""
+        waits = self._full or self._source.backlog(self.pool)
+        return len(self._claimed) + (self._asking_for if waits else 0)
 
     def remove(self, state: JobState) -> bool:
         return False  # a claimed job starts at once; nothing waits here
@@ -210,6 +226,7 @@ class Claims:
             self._asking = None
             self._asking_for = 0
         self._delay = _RETRY_AFTER[0]
+        self._full = len(states) >= limit
         room = self._free()
         if len(states) > room:
             self._source.give_back(states[room:])  # note 2

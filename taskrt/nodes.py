@@ -390,6 +390,10 @@ class Nodes:
         self._rate_wait[pool] = now + max(min(waits), 0.001) if waits else None
         return rows
 
+    def backlog(self, pool: str) -> bool:
+        """Whether ``pool`` had waiting jobs at the last look (``Claims.ahead``)."""
+        return self.waiting.get(pool, 0) > 0
+
     def rate_wait(self, pool: str) -> float | None:
         return self._rate_wait.get(pool)
 

@@ -198,7 +198,7 @@ class Queue(Protocol):
         """Seconds until a rate limit the store applies lets a job start (ungated only)."""
         ...
 
-    def poke(self) -> None: ...
+    def poke(self, *, stored: bool = False) -> None: ...
 
     def next_due(self) -> float | None: ...
 
@@ -547,9 +547,10 @@ class Pool:
         """Whether ``state`` waits in the pool's queue (in memory)."""
         return self.queue.holds(state)
 
-    def poke(self) -> None:
-        """Jobs of the pool may be due in the store (added by another process)."""
-        self.queue.poke()
+    def poke(self, *, stored: bool = False) -> None:
+        """Jobs of the pool may be due in the store (added by another process);
+        ``stored``: this process stored some WAITING (``taskrt.claims`` note 4)."""
+        self.queue.poke(stored=stored)
 
     def free_slots(self) -> int:
         """Jobs the pool could start now (0 while paused or stopping, or while a job

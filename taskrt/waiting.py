@@ -370,7 +370,7 @@ class Waiting:
                 reading.cancel()
                 await asyncio.wait([reading])
 
-    def poke(self) -> None:
+    def poke(self, *, stored: bool = False) -> None:
         """Jobs may have been added elsewhere: the owner learns of them from its poll
         (``adoption``), which queues them, so there is nothing to do here."""
 
