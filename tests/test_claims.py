@@ -33,6 +33,9 @@ class Source:
     def rate_wait(self, pool: str) -> float | None:
         return None
 
+    def backlog(self, pool: str) -> bool:
+        return False  # as if the node's last look counted none
+
     def forget(self, state: Any) -> None:
         pass
 
@@ -118,3 +121,41 @@ async def test_claimed_jobs_not_started_yet_are_ahead_of_a_job_added_here() -> N
     assert claims.take() is None
     await asyncio.sleep(0.01)
     assert source.limits == [3, 1]
+
+
+async def test_the_slots_a_claim_in_flight_asked_for_are_ahead_where_jobs_wait() -> None:
+    """Claims note 4: an add may keep a slot a claim in flight asked for only where
+    no job waits (an idle node starts what it is given at once); where jobs wait,
+    the claim's best job would be given back and a lower priority start first."""
+    source = Source(jobs=5)
+    answer = asyncio.Event()
+    claim = source.claim
+
+    async def held(pool: str, limit: int) -> list[Any]:
+        await answer.wait()
+        return await claim(pool, limit)
+
+    source.claim = held  # type: ignore[method-assign]
+    claims = Claims("p", source, SystemClock(), lambda: 2, lambda: None)
+    claims.poke(stored=True)  # an add here stored jobs WAITING
+    claims.take()  # a claim of 2 goes out
+    await asyncio.sleep(0.01)
+    assert claims.ahead() == 2
+    answer.set()
+    await asyncio.sleep(0.01)
+    while claims.take() is not None:  # 2 found of 2 asked: jobs wait
+        pass
+    await asyncio.sleep(0.01)
+    while claims.take() is not None:
+        pass
+    await asyncio.sleep(0.01)
+    claims.take()  # the last found 1 of 2: none waits any more
+    await asyncio.sleep(0.01)
+    answer.clear()
+    claims.poke()
+    claims.take()  # in flight again, after a claim that came back short
+    await asyncio.sleep(0.01)
+    assert claims.ahead() == 0
+    claims.poke(stored=True)  # an add here stored a job WAITING: jobs wait
+    assert claims.ahead() == 2
+    answer.set()
