@@ -3,7 +3,6 @@ outcome, durations, across restarts."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from core_support import make_rt
+from core_support import make_rt, until
 
 from taskrt import Batch, FakeClock, InvalidOption, JobContext, JobStatus, Runtime
 from taskrt.runtime import MAX_POINTS
@@ -106,11 +105,8 @@ async def test_a_cancel_written_by_a_process_without_the_job_is_counted_once(
             assert held in owner.live.states
             monkeypatch.setattr(client, "_forwarding", lambda: None)  # the owner unreachable
             assert (await client.cancel(held)).status is JobStatus.CANCELLED
-            for _ in range(500):
-                if held not in owner.live.states:
-                    break
-                await asyncio.sleep(0.01)
-            assert held not in owner.live.states  # its poll took the cancel in
+            await until(lambda: held not in owner.live.states)  # its poll took the cancel in
+            assert held not in owner.live.states
     async with app(tmp_path, clock) as again:
         [point] = await again.history(since=1_800_000_000.0, until=clock.now() + 1)
         assert (point.succeeded, point.failed, point.cancelled) == (0, 0, 2)

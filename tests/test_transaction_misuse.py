@@ -443,6 +443,15 @@ async def test_an_id_handed_out_in_a_rolled_back_transaction_is_never_handed_out
     assert sorted(ran) == [1, 4, 5]
 
 
+async def add_undone(rt: Runtime, tx: Any, n: int) -> int:
+    """An add in ``tx`` that a ``ROLLBACK TO`` its own savepoint undoes: its id."""
+    await tx.execute("SAVEPOINT undone")
+    job_id = await rt.add("echo", n, tx=tx)
+    await tx.execute("ROLLBACK TO undone")
+    await tx.execute("RELEASE undone")
+    return job_id
+
+
 async def test_ids_a_rollback_to_a_savepoint_undid_stay_used(
     target: tuple[str, dict[str, Any]],
 ) -> None:
@@ -451,15 +460,9 @@ async def test_ids_a_rollback_to_a_savepoint_undid_stay_used(
     rt, ran = make(target)
     async with rt, asyncio.timeout(LIMIT):
         async with rt.transaction() as tx:
-            await tx.execute("SAVEPOINT a")
-            undone = await rt.add("echo", 1, tx=tx)
-            await tx.execute("ROLLBACK TO a")
-            await tx.execute("RELEASE a")
+            undone = await add_undone(rt, tx, 1)
             after_in_block = await rt.add("echo", 2, tx=tx)
-            await tx.execute("SAVEPOINT b")
-            undone_last = await rt.add("echo", 3, tx=tx)
-            await tx.execute("ROLLBACK TO b")
-            await tx.execute("RELEASE b")
+            undone_last = await add_undone(rt, tx, 3)
         after = await rt.add("echo", 4)
         assert undone < after_in_block < undone_last < after, (
             undone,
@@ -479,10 +482,7 @@ async def test_the_first_id_of_a_database_undone_by_a_rollback_to_stays_used(
     rt, ran = make(target)
     async with rt, asyncio.timeout(LIMIT):
         async with rt.transaction() as tx:
-            await tx.execute("SAVEPOINT a")
-            undone = await rt.add("echo", 1, tx=tx)
-            await tx.execute("ROLLBACK TO a")
-            await tx.execute("RELEASE a")
+            undone = await add_undone(rt, tx, 1)
         after = await rt.add("echo", 2)
         assert undone < after, (undone, after)
         await plain_add_runs(rt, 3)
