@@ -230,6 +230,26 @@ async def test_a_number_of_too_many_digits_is_named_without_pythons_advice(
     assert "sys." not in message
 
 
+async def test_a_name_given_twice_is_refused_not_read_as_its_last_value(
+    client: httpx.AsyncClient,
+) -> None:
+    """``{"task": "echo", "task": "other"}`` would run ``other`` if the last one won."""
+    before = (await client.get("/jobs/count")).json()
+    for body in (
+        b'{"task": "echo", "args": [1], "task": "missing"}',
+        b'{"task": "echo", "metadata": {"k": 1, "k": 2}}',
+    ):
+        r = await client.post("/jobs", content=body, headers=JSON)
+        assert r.status_code == 400, r.text
+        assert error_of(r)["code"] == "malformed_json"
+        assert "is given twice" in error_of(r)["message"], r.text
+    assert (await client.get("/jobs/count")).json() == before
+    r = await client.post(
+        "/jobs", content=b'{"task": "echo", "metadata": {"k": {"k": 1}}}', headers=JSON
+    )
+    assert r.status_code == 201, r.text
+
+
 async def test_a_json_suffix_media_type_is_json(client: httpx.AsyncClient) -> None:
     r = await client.post(
         "/jobs",
