@@ -160,7 +160,7 @@ class Adding:
             raise InvalidOption("unique_key", "a unique key applies to one job, not to add_many")
         jobs, new_state = self._prepare(pool.name, spec, opts, calls, self.clock.now())
         if opts.unique_key is not None and self.owning():
-            existing = self.live.unique.get(opts.unique_key)
+            existing = self.live.holder(opts.unique_key)
             if existing is not None:
                 return [_conflict(jobs[0], existing)]
         if spec.hooks.next_id is not None and opts.job_id is None:
@@ -439,7 +439,7 @@ class Adding:
             specs.append(spec)
         first = jobs[0]
         if len(jobs) == 1 and first.unique_key is not None:
-            existing = self.live.unique.get(first.unique_key)
+            existing = self.live.holder(first.unique_key)
             if existing is not None:
                 return [_conflict(first, existing)]
         for name in dict.fromkeys(job.pool for job in jobs):
@@ -718,7 +718,7 @@ class Adding:
             # is counted again. Before, the holder was looked up in the store before
             # its commit, not found, and the add refused as if the pool were full.
             await adding.wait()
-            if (held := self.live.unique.get(key)) is not None:
+            if (held := self.live.holder(key)) is not None:
                 return _conflict(jobs[0], held)
         if key is not None:
             holder = await self.store.unique_holder(key)

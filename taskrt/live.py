@@ -63,6 +63,18 @@ class LiveJobs:
             written.add_done_callback(self._forget)
         waiting.append(state)
 
+    def holder(self, key: str) -> int | None:
+        """The live job that holds unique ``key``, by memory. A job that has ended
+        here holds it no longer, though its key goes only once its end is written:
+        a failure's ``on_failed`` hook, in the failure's own transaction, may add a
+        job with that key (the store's insert checks the key again)."""
+        job_id = self.unique.get(key)
+        if job_id is not None:
+            state = self.states.get(job_id)
+            if state is not None and state.status in TERMINAL:
+                return None
+        return job_id
+
     def release_key(self, state: JobState) -> None:
         """The job no longer holds its unique key."""
         key = state.unique_key

@@ -1586,8 +1586,8 @@ class Runtime:
             started_at=None,
         )
         self.live.states[job_id] = state
-        if info.unique_key is not None:
-            self.live.unique.setdefault(info.unique_key, job_id)
+        if info.unique_key is not None and self.live.holder(info.unique_key) is None:
+            self.live.unique[info.unique_key] = job_id
         self.transitions.emit(
             state, EventType.RETRYING, {"attempt": info.attempts, "manual": True, "run_at": now}
         )
@@ -1630,7 +1630,7 @@ class Runtime:
         key: the unique index would fail the write (here, the whole write batch)."""
         if info.unique_key is None:
             return
-        holder = self.live.unique.get(info.unique_key)
+        holder = self.live.holder(info.unique_key)
         if holder is None:
             holder = await self.store.unique_holder(info.unique_key)
         if holder is not None and holder != info.id:

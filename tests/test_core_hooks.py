@@ -193,6 +193,39 @@ async def test_on_failed_that_raises_rolls_back_its_writes_only(
     assert (stored.status, stored.error) == (JobStatus.FAILURE, "RuntimeError: no luck")
 
 
+async def test_on_failed_adds_a_job_with_the_failed_jobs_unique_key(tmp_path: Path) -> None:
+    """The key is held only while its job is WAITING or RUNNING: the hook, in the
+    failure's transaction, may add the job's replacement under the same key. The
+    key stayed in memory until the hook's transaction committed, so the add was
+    answered with the failed job's own id (or ``DuplicateJob``), and nothing stored."""
+    rt = make_rt(tmp_path)
+    replaced: list[int] = []
+
+    async def on_failed(job: JobInfo, tx: Transaction) -> None:
+        again = retry_once.options(unique_key="report:7", on_conflict="raise")
+        replaced.append(await rt.pool("default").add(again, tx=tx))
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def retry_once(job: JobContext) -> str:
+        if not replaced:
+            raise RuntimeError("first try")
+        return "second"
+
+    async with rt:
+        job_id = await rt.pool("default").add(retry_once.options(unique_key="report:7"))
+        assert (await rt.wait(job_id, timeout=5)).status is JobStatus.FAILURE
+        await until(lambda: bool(replaced))
+        assert replaced[0] != job_id
+        info = await rt.wait(replaced[0], timeout=5)
+        assert (info.status, info.result, info.unique_key) == (
+            JobStatus.SUCCESS,
+            "second",
+            "report:7",
+        )
+    stored = await committed_jobs(tmp_path)
+    assert sorted(j.id for j in stored) == sorted([job_id, replaced[0]])
+
+
 async def test_on_failed_runs_once_after_the_last_attempt(tmp_path: Path) -> None:
     rt = make_rt(tmp_path)
     failed: list[int] = []
