@@ -1309,6 +1309,51 @@ def test_anchor_retry_policy_fields_given_empty_or_as_floats(
     assert (spec.attempts, spec.retry) == (None, RetryPolicy(delays=(1.0,)))
 
 
+def test_yaml_numbers_in_base_60_or_leading_zero_octal_are_problems(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads ``1:30`` as 90 and ``010`` as 8; YAML 1.2 (Anchor's
+    reader) as text and ten. A timeout meant as an hour and a half was 90 s, silently."""
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: A
+            process: os.path.join
+            timeout: 1:30
+            priority: 010
+            description: 1:30.5
+          - name: B
+            process: os.path.join
+            timeout: 0x10
+            priority: 0
+        """,
+    )
+    lines = _lines(_problems(tmp_path / "tasks.yaml"), tmp_path)
+    assert lines[:3] == [
+        "tasks.yaml:4: tasks[0].timeout: 1:30 is read by YAML 1.1 as a base-60 number, by "
+        "YAML 1.2 as text: write the number itself, a duration like '1m30s', or quote it "
+        "for text",
+        "tasks.yaml:5: tasks[0].priority: 010 is read by YAML 1.1 as the octal number 8, by "
+        "YAML 1.2 as 10: write it without the leading zero, or quote it for text",
+        "tasks.yaml:6: tasks[0].description: 1:30.5 is read by YAML 1.1 as a base-60 number, "
+        "by YAML 1.2 as text: write the number itself, a duration like '1m30s', or quote it "
+        "for text",
+    ]
+    assert not [line for line in lines if "tasks[1]" in line], lines
+    _write(
+        tmp_path / "ok.yaml",
+        """
+        tasks:
+          - name: A
+            process: os.path.join
+            timeout: "1h30m"
+            priority: 10
+            description: "1:30"
+        """,
+    )
+    (spec,) = load_tasks(tmp_path / "ok.yaml")
+    assert (spec.timeout, spec.priority, spec.description) == (5400.0, 10, "1:30")
+
+
 def test_yaml_scalars_python_cannot_read_are_problems_at_their_field(tmp_path: Path) -> None:
     # PyYAML raised ValueError for each: "not valid YAML: ValueError: ...", nothing else said.
     digits = "9" * 5000

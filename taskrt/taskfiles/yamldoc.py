@@ -18,6 +18,12 @@ problem in ``report`` (with its line) where PyYAML would raise or hang:
    more characters than Python reads from text
    (``sys.int_info.default_max_str_digits``; a base-60 one like
    ``1:2:3:...`` took quadratic time too). Its text is kept in the document.
+4. **A number YAML 1.1 reads in a surprising base is a problem at its field**:
+   a base-60 one (``timeout: 1:30`` is 90, ``1:30.5`` is 5430.5) and an octal
+   one with a leading zero (``attempts: 010`` is 8). YAML 1.2, which Anchor's
+   own reader follows, reads neither so (``1:30`` is text, ``010`` is ten), so
+   a file that means one thing there would silently mean another here.
+   Hexadecimal (``0x10``) and ``0o`` octal read the same in both.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ MAX_INT_CHARS = sys.int_info.default_max_str_digits
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _INT_TAG = "tag:yaml.org,2002:int"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
 
 
 def read(text: str, report: Report) -> Any:
@@ -133,7 +140,31 @@ class _Loader(yaml.SafeLoader):
                 "one may have (quote it to keep it as text)",
                 f"an integer of at most {MAX_INT_CHARS} digits",
             )
+        digits = node.value.lstrip("+-").replace("_", "")
+        if ":" in digits:
+            return self._base_60(node)
+        if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXbBoO":
+            return self._unreadable(
+                node,
+                f"{node.value} is read by YAML 1.1 as the octal number "
+                f"{super().construct_yaml_int(node)}, by YAML 1.2 as "
+                f"{int(digits)}: write it without the leading zero, or quote it for text",
+                "a number without a leading zero",
+            )
         return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
+        if ":" in node.value:
+            return self._base_60(node)
+        return super().construct_yaml_float(node)
+
+    def _base_60(self, node: yaml.ScalarNode) -> str:
+        return self._unreadable(
+            node,
+            f"{node.value} is read by YAML 1.1 as a base-60 number, by YAML 1.2 as text: "
+            "write the number itself, a duration like '1m30s', or quote it for text",
+            "a plain number, or text in quotes",
+        )
 
     def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
         try:
@@ -154,6 +185,7 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_constructor(_INT_TAG, _Loader.construct_yaml_int)
+_Loader.add_constructor(_FLOAT_TAG, _Loader.construct_yaml_float)
 _Loader.add_constructor(_TIMESTAMP_TAG, _Loader.construct_yaml_timestamp)
 
 
@@ -175,7 +207,7 @@ def _yaml_message(exc: BaseException) -> str:
 class _Walked:
     lines: dict[FieldPath, int]
     duplicates: list[tuple[FieldPath, int]]
-    paths: dict[int, FieldPath]  # by ``id``: the first path of each int or date scalar
+    paths: dict[int, FieldPath]  # by ``id``: the first path of each number or date scalar
 
 
 def _walk(root: yaml.Node) -> _Walked | None:
@@ -218,5 +250,5 @@ def _walk(root: yaml.Node) -> _Walked | None:
 
 
 def _note_scalar(walked: _Walked, node: yaml.Node, path: FieldPath) -> None:
-    if node.tag in (_INT_TAG, _TIMESTAMP_TAG):
+    if node.tag in (_INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG):
         walked.paths.setdefault(id(node), path)
