@@ -862,6 +862,46 @@ async def test_retention_keeps_a_parent_a_blocked_job_waits_for(tmp_path: Path) 
         assert conn.execute("SELECT count(*) FROM job_waits").fetchone()[0] == 0
 
 
+async def test_retention_deletes_the_parents_of_a_dependent_that_ended_while_it_waited(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """A dependent cancelled while it waited, or failed at its deadline, waits no
+    more: its finished parents go by their own status and age. Its wait stayed open,
+    so they were kept until every other parent ended (a day here)."""
+    rt = runtime(target)
+
+    @rt.task
+    async def quick() -> int:
+        return 1
+
+    async with rt:
+        pool = rt.pool("default")
+        done = await pool.add(quick)
+        assert (await rt.wait(done, timeout=10)).status is JobStatus.SUCCESS
+        tomorrow = await pool.add(quick.options(delay=86_400))
+        cancelled = await pool.add(quick.options(after=[done, tomorrow]))
+        done_too = await pool.add(quick)
+        assert (await rt.wait(done_too, timeout=10)).status is JobStatus.SUCCESS
+        expired = await pool.add(
+            quick.options(after=[done_too, tomorrow], deadline=time.time() + 0.3)
+        )
+        await rt.cancel(cancelled)
+        assert (await rt.wait(expired, timeout=10)).status is JobStatus.FAILURE
+        assert await rt.store.cleanup(1e12, [JobStatus.SUCCESS]) == 2
+        for gone in (done, done_too):
+            with pytest.raises(JobNotFound):
+                await rt.get(gone)
+        # The one still waiting for a parent keeps it.
+        blocked = await pool.add(quick.options(after=[tomorrow]))
+        kept = await pool.add(quick)
+        assert (await rt.wait(kept, timeout=10)).status is JobStatus.SUCCESS
+        waits = await pool.add(quick.options(after=[kept, tomorrow]))
+        assert await rt.store.cleanup(1e12, [JobStatus.SUCCESS]) == 0
+        assert (await rt.get(kept)).status is JobStatus.SUCCESS
+        assert (await rt.get(waits)).status is JobStatus.WAITING
+        assert (await rt.get(blocked)).status is JobStatus.WAITING
+
+
 async def test_blocked_jobs_beyond_a_small_window(tmp_path: Path) -> None:
     """With 5 waiting jobs a pool in memory, 40 dependents (most only in the store)
     are each released when their parent ends, in order of their parents."""

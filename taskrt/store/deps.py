@@ -120,10 +120,12 @@ SQL_WORKFLOW_EDGES = (
     "WHERE j.workflow = ? ORDER BY d.child, d.position"
 )
 # -- retention: a finished parent of a job still blocked stays (its result is read when
-# that job is released). .format(the jobs table's alias)
+# that job is released). A child that ended while it waited (cancelled, or failed at
+# its deadline) keeps its wait open but waits no more. .format(the jobs table's alias)
 KEEP_PARENTS = (
     "NOT EXISTS (SELECT 1 FROM job_deps d JOIN job_waits w ON w.child = d.child "
-    "WHERE d.parent = {}.id AND w.outcome IS NULL)"
+    "WHERE d.parent = {}.id AND w.outcome IS NULL AND EXISTS "
+    "(SELECT 1 FROM jobs c WHERE c.id = d.child AND c.status = 'WAITING'))"
 )
 # -- a manual retry of a dependent that never ran (``block_again``)
 SQL_HOW_IT_WAITED = (
