@@ -1224,6 +1224,18 @@ async def test_run_now_cancel_and_purge_one_job(
     assert (purged.status_code, purged.json()["done"]) == (200, 1)
     assert (await client.get(f"/jobs/{held}")).status_code == 404
 
+    # A finished job that a blocked job waits for stays: 409 saying why, not 200.
+    parent = await rt.add("echo", "p")
+    await rt.wait(parent, timeout=5)
+    blocker = await rt.add("gated", "c")
+    added = await client.post("/jobs", json={"task": "echo", "after": [parent, blocker]})
+    child = added.json()["id"]
+    kept = await client.post(f"/jobs/{parent}/purge")
+    assert kept.status_code == 409, kept.text
+    assert error_of(kept)["reason"] == "a blocked job waits for it"
+    assert (await client.get(f"/jobs/{parent}")).json()["status"] == "SUCCESS"
+    assert (await client.get(f"/jobs/{child}")).json()["status"] == "WAITING"
+
 
 async def test_a_listings_filter_given_twice_is_refused_except_status(
     client: httpx.AsyncClient,
