@@ -224,6 +224,40 @@ def test_root_is_configurable(tmp_path: Path) -> None:
     assert spec.handler.__module__ == module
 
 
+def test_a_package_linked_into_the_root_is_the_roots(tmp_path: Path) -> None:
+    # app/scripts -> ../shared/scripts: the package's files live outside the root,
+    # but the root is where it was imported from (it was refused as "imported from
+    # elsewhere" when its resolved location had to be under the root)
+    name = f"scripts_{uuid.uuid4().hex[:12]}"
+    _write(tmp_path / "shared" / name / "__init__.py", "")
+    _write(tmp_path / "shared" / name / "task.py", "def Send(task_id):\n    return 'ok'\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / name).symlink_to(Path("..") / "shared" / name)
+    _write(tmp_path / "app" / "tasks" / "test.yao", f'{{"process": "{name}.task.Send"}}')
+    (spec,) = load_tasks(tmp_path / "app" / "tasks")
+    assert spec.handler.__module__ == f"{name}.task"
+    (again,) = load_tasks(tmp_path / "app" / "tasks")  # imported already, from the root
+    assert again.handler is spec.handler
+
+
+def test_a_package_imported_from_elsewhere_is_reported(tmp_path: Path) -> None:
+    name = f"scripts_{uuid.uuid4().hex[:12]}"
+    _write(tmp_path / "other" / name / "__init__.py", "def Send(task_id):\n    pass\n")
+    sys.path.insert(0, str(tmp_path / "other"))
+    try:
+        __import__(name)
+    finally:
+        sys.path.remove(str(tmp_path / "other"))
+    _write(tmp_path / "app" / name / "__init__.py", "def Send(task_id):\n    pass\n")
+    _write(tmp_path / "app" / "tasks" / "test.yao", f'{{"process": "{name}.Send"}}')
+    (problem,) = _problems(tmp_path / "app" / "tasks")
+    assert problem.message == (
+        f"module '{name}' was already imported from {tmp_path / 'other' / name}, "
+        f"not from the root {tmp_path / 'app'}; "
+        "rename one of them or load the tasks in a fresh process"
+    )
+
+
 def test_duplicate_task_ids_across_files(tmp_path: Path) -> None:
     module = _package(tmp_path, "def run(*args, **kwargs):\n    pass\n")
     _write(tmp_path / "tasks" / "SendEmail.json", f'{{"process": "{module}.run"}}')

@@ -82,23 +82,26 @@ def resolve(dotted: Any, root: Path | None) -> Callable[..., Any]:
 
 
 def _check_origin(top: str, root: Path) -> None:
-    """Refuse a package the root holds but that was already imported from elsewhere."""
-    candidates = [root / top, root / f"{top}.py"]
-    if not any(c.exists() for c in candidates):
+    """Refuse a package the root holds but that was already imported from elsewhere.
+
+    The module counts as the root's when one of its locations is the root's own
+    ``top`` package or ``top.py``, both sides with their symbolic links resolved:
+    a package linked into the root (``app/scripts -> ../shared/scripts``) is the
+    root's, though its files live outside it.
+    """
+    candidates = [c.resolve() for c in (root / top, root / f"{top}.py") if c.exists()]
+    if not candidates:
         return
     module = sys.modules.get(top)
     if module is None:
         return
     locations = [*getattr(module, "__path__", []), getattr(module, "__file__", None) or ""]
-    resolved_root = root.resolve()
     for location in locations:
         if not location:
             continue
-        try:
-            Path(location).resolve().relative_to(resolved_root)
+        resolved = Path(location).resolve()
+        if any(resolved.is_relative_to(candidate) for candidate in candidates):
             return
-        except ValueError:
-            continue
     shown = locations[0] if locations and locations[0] else "elsewhere"
     raise ResolveError(
         f"module {top!r} was already imported from {shown}, not from the root {root}; "
