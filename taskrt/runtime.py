@@ -52,6 +52,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
     Mapping,
@@ -1330,9 +1331,10 @@ class Runtime:
 
         ``await rt.progress(...)`` from a coroutine; a sync handler running in a
         worker thread may call it without ``await`` (the report is handed to
-        the event loop). Never waits on the disk. Raises ``InvalidTransition``
-        when the job is not running here (``JobNotFound`` when there is none),
-        ``InvalidOption`` for a value that cannot be stored.
+        the event loop). Never waits on the disk for a running job. Raises
+        ``InvalidTransition`` when the job is not running here (``JobNotFound``
+        when there is none), ``InvalidOption`` for a value that cannot be
+        stored; a worker thread's call raises them too, in that thread.
         """
         check_job_id(job_id, "job_id")  # here, in the caller's thread, not in the loop's
         current, total, message, step = check_progress(current, total, message, self.limits, step)
@@ -1341,6 +1343,14 @@ class Runtime:
             sender = None  # a report for another job than the one this handler runs
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
+            if sender is None and self._started:
+                state = self.live.states.get(job_id)  # a dict read: safe from any thread
+                if state is None or state.status is not JobStatus.RUNNING:
+                    # Not running here (as far as this thread sees): the loop looks
+                    # again and raises what the awaited call raises, in this thread.
+                    checked = self._report_checked(job_id, current, total, message, step)
+                    _wait_on(loop, checked)
+                    return DONE
             # A thread that outlived the runtime (grace elapsed): its loop is closed,
             # and the report is dropped, as one for an ended attempt is.
             with contextlib.suppress(RuntimeError):
@@ -1348,7 +1358,7 @@ class Runtime:
                     loop.call_soon_threadsafe(
                         self.transitions.report, sender, current, total, message, step
                     )
-                else:
+                else:  # a job that ends before the loop takes the report: logged
                     loop.call_soon_threadsafe(
                         self.transitions.report_by_id, job_id, current, total, message, step
                     )
@@ -1361,6 +1371,21 @@ class Runtime:
             return self._not_running(job_id, "report progress for")
         self.transitions.report(state, current, total, message, step)
         return DONE
+
+    async def _report_checked(
+        self,
+        job_id: int,
+        current: float,
+        total: float | None,
+        message: str | None,
+        step: str | None,
+    ) -> None:
+        """The awaited ``progress`` of a checked report, on the loop for another thread."""
+        state = self.live.states.get(job_id)
+        if state is None or state.status is not JobStatus.RUNNING:
+            await self._not_running(job_id, "report progress for")
+        else:
+            self.transitions.report(state, current, total, message, step)
 
     async def _not_running(self, job_id: int, action: str) -> None:
         info = await self.get(job_id)
@@ -2240,6 +2265,28 @@ class Runtime:
         await self.store.flush()
         deleted = await self.store.cleanup(self.clock.now() - seconds, chosen)
         return deleted
+
+
+def _wait_on(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` on ``loop`` and wait for it in this thread, another than the
+    loop's: what it raises is raised here. A loop that is closed, or stops
+    before it has run ``work``, drops it (as ``progress`` drops a report for an
+    ended attempt) instead of leaving the thread waiting for ever."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(work, loop)
+    except RuntimeError:  # the loop is closed
+        work.close()
+        return
+    while True:
+        try:
+            future.result(timeout=1.0)
+            return
+        except TimeoutError:
+            if future.done():
+                raise  # the work's own TimeoutError
+            if not loop.is_running():
+                future.cancel()
+                return
 
 
 def _ignore(_: str) -> None:

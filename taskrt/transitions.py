@@ -247,7 +247,8 @@ class Transitions:
         message: str | None,
         step: str | None = None,
     ) -> None:
-        """``report`` for a job known by id (a report handed over from another thread)."""
+        """``report`` for a job known by id (a report handed over from another thread,
+        which saw the job running: one that ended in between is logged and dropped)."""
         state = self.live.states.get(job_id)
         if state is not None and state.status is JobStatus.RUNNING:
             self.report(state, current, total, message, step)

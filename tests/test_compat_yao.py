@@ -294,3 +294,77 @@ async def test_get_of_a_task_finds_only_its_own_jobs(app: tuple[Runtime, YaoTask
     assert (await yao.process("tasks.plain.get", job_id))["id"] == job_id
     with pytest.raises(JobNotFound, match="of task 'test'"):
         await yao.process("tasks.test.get", job_id)
+
+
+async def test_a_sync_handler_gets_the_errors_an_awaited_progress_raises(tmp_path: Path) -> None:
+    """From a worker thread, progress for a job not running here was handed to the
+    loop and dropped with a log line: the handler saw nothing raised where the
+    awaited call raises JobNotFound or InvalidTransition."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    rt.pool("held", concurrency=1)
+    yao = YaoTasks(rt)
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @rt.task(pool="held")
+    async def held() -> None:
+        started.set()
+        await gate.wait()
+
+    @rt.task(call="id")
+    def report(job_id: int, other: int) -> str:
+        try:
+            yao.progress(other, 1, 2, "from a thread")
+        except (JobNotFound, InvalidTransition) as exc:
+            return type(exc).__name__
+        return "reported"
+
+    async def reported(other: int) -> Any:
+        info = await rt.wait(await yao.add("report", other), timeout=10)
+        assert info.status is JobStatus.SUCCESS, info.error
+        return info.result
+
+    async with rt:
+        running = await yao.add("held")
+        await started.wait()
+        waiting = await yao.add("held")  # behind it in a pool of one
+        ended = await yao.add("report", 999999)
+        await rt.wait(ended, timeout=10)
+        for job_id, error in (
+            (999999, JobNotFound),
+            (waiting, InvalidTransition),
+            (ended, InvalidTransition),
+        ):
+            with pytest.raises(error):
+                await yao.progress(job_id, 1, 2, "awaited")
+            assert await reported(job_id) == error.__name__
+        assert (await yao.get(waiting))["message"] == ""
+        assert await reported(running) == "reported"  # a running job, another's
+        assert (await yao.get(running))["message"] == "from a thread"
+        gate.set()
+
+
+async def test_progress_of_a_task_finds_only_its_own_jobs(tmp_path: Path) -> None:
+    """tasks.<id>.progress updated a running job of another task, where
+    tasks.<id>.get of that job raises JobNotFound."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    yao = YaoTasks(rt)
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @rt.task
+    async def held() -> None:
+        started.set()
+        await gate.wait()
+
+    @rt.task
+    async def other() -> None: ...
+
+    async with rt:
+        job_id = await yao.add("held")
+        await started.wait()
+        with pytest.raises(JobNotFound, match="of task 'other'"):
+            await yao.process("tasks.other.progress", job_id, 5, 10, "not its job")
+        assert (await yao.get(job_id))["message"] == ""
+        await yao.process("tasks.held.progress", job_id, 5, 10, "its own")
+        assert (await yao.get(job_id))["message"] == "its own"
+        gate.set()
+        assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS

@@ -69,23 +69,30 @@ class YaoTasks:
     ) -> Awaitable[None]:
         """Report the progress of a running job (calls the task's ``event.progress``).
         ``await`` it from a coroutine; a sync handler (Yao's own are) calls it as it
-        is, from its worker thread (``Runtime.progress``)."""
+        is, from its worker thread (``Runtime.progress``). Raises ``InvalidTransition``
+        for a job that is not running, ``JobNotFound`` for an unknown id, in the
+        thread that calls it too."""
         return self.rt.progress(job_id, current, total, message)
 
     async def get(self, job_id: int, *, task_id: str | None = None) -> dict[str, Any]:
         """The job in Yao's shape; raises ``JobNotFound`` for an unknown id, and for
         a job of another task than ``task_id`` (``tasks.<id>.get``: each of Yao's
         tasks has its own queue)."""
+        return yao_job(await self._job(job_id, task_id))
+
+    async def _job(self, job_id: int, task_id: str | None) -> JobInfo:
+        """The job; ``JobNotFound`` when there is none, or it is another task's."""
         info = await self.rt.get(job_id)
         if task_id is not None and info.task != task_id:
             error = JobNotFound(job_id)
             error.args = (f"no job with id {job_id} of task {task_id!r}",)
             raise error
-        return yao_job(info)
+        return info
 
     async def process(self, name: str, *args: Any) -> Any:
         """Run a Yao process by name: ``tasks.<id>.add``, ``.progress`` or ``.get``.
-        Arguments that do not fit the process raise ``InvalidOption``."""
+        Arguments that do not fit the process raise ``InvalidOption``; ``.progress``
+        and ``.get`` raise ``JobNotFound`` for a job of another task than ``<id>``."""
         if not isinstance(name, str):
             raise InvalidOption(
                 "process", f"expected 'tasks.<id>.add|progress|get', found {shown(name)}"
@@ -105,6 +112,9 @@ class YaoTasks:
                     "process",
                     f"{name} takes (id, current, total[, message]), found {len(args)} arguments",
                 )
+            # another task's job is not found, as by tasks.<id>.get (nothing awaited
+            # in between for a job running here: it is read from memory)
+            await self._job(args[0], task_id)
             await self.progress(*args)
             return None
         if method == "get":
