@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+from core_support import until
 
 from taskrt import InvalidOption, JobStatus, Runtime, ValidationError
 from taskrt.retry import RetryPolicy
@@ -118,10 +120,11 @@ def test_yao_example_app_loads_as_written() -> None:
     assert test.call == "id"
     assert test.handler is script.Send
     assert test.hooks.next_id is script.NextID
-    assert test.hooks.on_add is script.OnAdd
-    assert test.hooks.on_success is script.OnSuccess
-    assert test.hooks.on_error is script.OnError
-    assert test.hooks.on_progress is script.OnProgress
+    # the sync hooks, queued on the task's own thread (docs/task-files.md)
+    assert getattr(test.hooks.on_add, "__wrapped__", None) is script.OnAdd
+    assert getattr(test.hooks.on_success, "__wrapped__", None) is script.OnSuccess
+    assert getattr(test.hooks.on_error, "__wrapped__", None) is script.OnError
+    assert getattr(test.hooks.on_progress, "__wrapped__", None) is script.OnProgress
     assert test.hooks.on_failed is None
     assert test.source == str(YAO_APP / "tasks" / "test.yao")
 
@@ -541,6 +544,65 @@ async def test_rt_load_registers_the_tasks_and_their_pools(tmp_path: Path) -> No
     assert rt.tasks["test"].validator is not None  # params.attach ran
     pool = rt.pools["test"]
     assert (pool.concurrency, pool.capacity) == (10, 1000)
+
+
+async def test_yao_sync_hooks_run_off_the_loop_in_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task file's sync event hooks ran on the event loop: a progress hook that
+    blocks (a database write, in Yao apps) stalled every job, and the watchdog
+    blamed the handler. Here the first progress hook blocks until the loop has
+    ticked five times: on the loop, nothing could tick, and it gave up."""
+    module = _package(
+        tmp_path,
+        """
+        import threading
+
+        SEEN = []
+        BLOCKED, RELEASED = threading.Event(), threading.Event()
+
+        def Send(job_id):
+            for current in (1, 2, 3):
+                RT.progress(job_id, current, 3, f"{current}/3")
+            return "sent"
+
+        def OnAdd(job_id):
+            raise RuntimeError("no database")
+
+        def OnProgress(job_id, current, total, message):
+            if current == 1:
+                BLOCKED.set()
+                SEEN.append(("released", RELEASED.wait(timeout=2)))
+            SEEN.append(("progress", current, message))
+
+        def OnSuccess(job_id, result):
+            SEEN.append(("success", result))
+        """,
+    )
+    events = '"add": "{0}.OnAdd", "progress": "{0}.OnProgress", "success": "{0}.OnSuccess"'
+    _write(
+        tmp_path / "tasks" / "send.yao",
+        f'{{"process": "{module}.Send", "event": {{{events.format(module)}}}}}',
+    )
+    rt = Runtime(str(tmp_path / "app.db"), tasks=tmp_path / "tasks")
+    async with rt:
+        hooks = sys.modules[module]
+        hooks.RT = rt
+        job_id = await rt.add("send")
+        await until(hooks.BLOCKED.is_set)
+        for _ in range(5):
+            await asyncio.sleep(0.001)  # the loop turns while the hook blocks
+        hooks.RELEASED.set()
+        assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        await until(lambda: len(hooks.SEEN) == 5)
+    assert hooks.SEEN == [
+        ("released", True),
+        ("progress", 1, "1/3"),
+        ("progress", 2, "2/3"),
+        ("progress", 3, "3/3"),
+        ("success", "sent"),
+    ]
+    assert "hook OnAdd raised" in caplog.text  # logged; the job ran all the same
 
 
 def _not_utf8_name(folder: Path, suffix: str) -> Path:

@@ -9,11 +9,14 @@ and docstring.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import dataclasses
 import inspect
 import re
 import typing
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +31,7 @@ __all__ = [
     "failed_hook",
     "find_method",
     "identity",
+    "off_the_loop",
     "params_of",
     "process_handler",
     "snake_case",
@@ -186,6 +190,36 @@ def failed_hook(
 
         wrapper = failed_sync
     return _named(wrapper, hook)
+
+
+def off_the_loop(
+    hooks: Mapping[str, Callable[..., Any]], task: str
+) -> dict[str, Callable[..., Any]]:
+    """A task file's event hooks, the sync ones run in one thread of the task's own.
+
+    A Yao hook is ordinarily blocking code (a database write): on the event loop
+    it stalls every job. Each call of a sync hook is queued on the task's thread,
+    so the task's hook calls run in the order they are made (a job's reports 1,
+    2, 3; its add before its success), and returns an awaitable of it: the
+    runtime treats that as an async hook's result (one that raises is logged
+    and changes nothing; stop waits for it within its grace). Async hooks run on
+    the loop as before; ``next_id`` is not given here (its result is the id).
+    """
+    if all(is_async(hook) for hook in hooks.values()):
+        return dict(hooks)
+    # No thread before the first call: an executor starts its worker on a submit.
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"taskrt-hooks-{task}")
+    return {name: hook if is_async(hook) else _queued(hook, thread) for name, hook in hooks.items()}
+
+
+def _queued(hook: Callable[..., Any], thread: ThreadPoolExecutor) -> Callable[..., Any]:
+    def queued(*args: Any) -> asyncio.Future[Any]:
+        # called on the loop; the hook sees the context it would have seen there
+        context = contextvars.copy_context()
+        return asyncio.wrap_future(thread.submit(context.run, hook, *args))
+
+    queued.__wrapped__ = hook  # type: ignore[attr-defined]  # its signature, for readers
+    return _named(queued, hook)
 
 
 def _named(wrapper: Callable[..., Any], target: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,6 +23,8 @@ field                     meaning in taskrt                               defaul
 The task id is the file's path below the tasks folder without its extension,
 with ``/`` as ``.`` (``tasks/test.yao`` -> ``test``, ``tasks/mail/send.yao`` ->
 ``mail.send``); each task gets its own pool, named after the id.
+The sync ``event.*`` hooks but ``next`` run in one thread of the task's own, in
+the order they are called (``adapters.off_the_loop``), not on the event loop.
 A number field given as ``0`` takes its default, as in Yao. Numbers are bounded
 as the decorator's and the HTTP API's are: a count (``worker_nums``, ``size``,
 ``attempts``) at most ``2**63 - 1``, a duration (``attempt_after``,
@@ -38,6 +40,7 @@ from ..definitions import Hooks, TaskSpec
 from ..limits import INT64_MAX, MAX_DURATION
 from ..retry import RetryPolicy
 from . import jsonc
+from .adapters import off_the_loop
 from .common import (
     MISSING,
     callable_at,
@@ -169,13 +172,22 @@ def load_yao(text: str, *, task_id: str, report: Report, root: Path | None) -> T
         retry=RetryPolicy(delays=(attempt_after,)),
         timeout=timeout,
         call="id",
-        hooks=Hooks(**hooks),
+        hooks=Hooks(**_events(hooks, task_id)),
         description=description,
         display_name=display,
         source=report.file,
         pool_concurrency=workers,
         pool_capacity=size,
     )
+
+
+def _events(hooks: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """The hooks, those called with a job's id off the event loop (``off_the_loop``);
+    ``next_id`` as it is: the runtime needs its result, the id, at once."""
+    events = off_the_loop({k: v for k, v in hooks.items() if k != "next_id"}, task_id)
+    if "next_id" in hooks:
+        events["next_id"] = hooks["next_id"]
+    return events
 
 
 def _count(report: Report, data: dict[str, Any], key: str, default: int, expected: str) -> int:
