@@ -887,6 +887,7 @@ async def test_retention_deletes_the_parents_of_a_dependent_that_ended_while_it_
         )
         await rt.cancel(cancelled)
         assert (await rt.wait(expired, timeout=10)).status is JobStatus.FAILURE
+        await rt.store.flush()  # the ends committed (an owner announces them first)
         assert await rt.store.cleanup(1e12, [JobStatus.SUCCESS]) == 2
         for gone in (done, done_too):
             with pytest.raises(JobNotFound):
