@@ -185,6 +185,39 @@ async def test_a_lock_held_past_the_busy_timeout_delays_writes_and_drops_none(
         assert stored == {i: JobStatus.SUCCESS for i in ids}
 
 
+async def test_an_outage_that_refused_only_adds_ends_without_another_write(
+    tmp_path: Path,
+) -> None:
+    """An add refused while the database took no writes kept nothing to write again:
+    health said *failing* until some later write happened to commit, so an idle
+    instance stayed out of a readiness probe's rotation for good. A probe write
+    now ends the outage once the database takes writes, and not before."""
+    rt = Runtime(db_file(tmp_path), busy_timeout=0.1)
+
+    @rt.task
+    async def noop(job: JobContext) -> None:
+        return None
+
+    async with rt:
+        await rt.store.flush()
+        other = sqlite3.connect(rt.path, isolation_level=None, timeout=0)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(StoreUnavailable):
+                await rt.add(noop)
+            assert not rt.health().ok
+            await asyncio.sleep(0.6)  # probes meanwhile find the lock still held
+            assert not rt.health().ok
+            assert rt.health().retained == 0
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        await until(lambda: rt.health().ok, timeout=3)  # no write of the runtime's
+        assert rt.health().outages == 1
+        done = await rt.wait(await rt.add(noop), timeout=5)
+        assert done.status is JobStatus.SUCCESS
+
+
 async def test_stopping_while_the_disk_is_full_gives_up_after_grace_and_a_restart_runs_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -67,7 +67,10 @@ Design notes:
    refused at once with ``StoreUnavailable`` (nothing acknowledged is lost, and
    the caller may try again), and so are adds made while the kept writes wait
    out their backoff (queued, they waited up to a second to be refused). ``health()`` says so meanwhile; the first commit
-   after the outage logs its length and checkpoints the WAL. Terminal writes
+   after the outage logs its length and checkpoints the WAL. An outage that kept
+   nothing (it refused adds alone) is ended by a probe: with nothing queued, a
+   write of one row of ``meta`` (``BatchWriter.probe``) is tried with the same
+   backoff, so that ``health()`` does not say *failing* until the next write. Terminal writes
    are idempotent (note 4), so writing one again is safe. Closing keeps trying
    for ``patience`` seconds, then logs what it gives up.
 10. **One bad write fails alone.** Any other failure of a batch is the fault of

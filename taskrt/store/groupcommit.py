@@ -17,6 +17,7 @@ batch's job starts commit in a transaction of their own before the rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -162,6 +163,11 @@ class BatchWriter(Protocol):
         again, commits."""
         ...
 
+    async def probe(self) -> None:
+        """One small write, committed (a row of ``meta``): whether the database takes
+        writes again after an outage that kept nothing (note 9). Raises if not."""
+        ...
+
     async def resumed(self) -> None:
         """Writes commit again after an outage (a backend may tidy up)."""
         ...
@@ -203,6 +209,7 @@ class GroupCommit:
         self._failing_at = 0.0
         self._unhealthy = asyncio.Event()
         self._retained = 0
+        self._probing: asyncio.Task[None] | None = None  # an outage that kept nothing
         self.failed_writes = 0
         self.outages = 0
         self.last_outage: float | None = None
@@ -228,6 +235,7 @@ class GroupCommit:
         self._backing_off = False
         self._failing_since = None
         self._retained = 0
+        self._probing = None
         self._told_stopped = False
         self._task = asyncio.create_task(self._write_loop(), name="taskrt-store-writer")
 
@@ -236,6 +244,11 @@ class GroupCommit:
         self._closing = True
         self._close_deadline = time.monotonic() + patience
         self._wake.set()
+        probing, self._probing = self._probing, None
+        if probing is not None:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
         task, self._task = self._task, None
         if task is not None and not self._stopped(task):
             await task
@@ -439,6 +452,8 @@ class GroupCommit:
                 continue
             if written and (batch.inserts or batch.statements or progress):
                 written = await self._apply(batch, progress)
+            if not written and not (batch.inserts or batch.statements or progress):
+                self._probe_later()  # it kept nothing: no write of its own would tell
             if batch.inserts or batch.statements or progress:
                 if not written:
                     # Kept (note 9): first in the next batch, older progress under newer.
@@ -474,6 +489,38 @@ class GroupCommit:
             if queued.inserts or queued.statements or queued.starts:
                 return True
         return False
+
+    def _probe_later(self) -> None:
+        """Probe the database until it takes writes, while nothing else would (note 9)."""
+        if self._failing is not None and not self._closing and self._probing is None:
+            self._probing = asyncio.create_task(self._probe(), name="taskrt-store-probe")
+
+    async def _probe(self) -> None:
+        backoff = BACKOFF_FIRST
+        try:
+            while self._failing is not None and not self._closing:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                writer = self._writer
+                if writer is None or self._failing is None or self._closing:
+                    return
+                async with self.lock:
+                    if self._failing is None or self._retained:
+                        return  # written since, or a kept write's own backoff tells
+                    try:
+                        await writer.probe()
+                    except Exception as exc:
+                        if not writer.transient(exc):
+                            log.warning("probing %s failed: %s", self.name, exc)
+                        self.failed_writes += 1
+                        self._failing = exc
+                        continue
+                    self._recovered()
+                    await writer.resumed()
+                    return
+        finally:
+            if self._probing is asyncio.current_task():
+                self._probing = None
 
     def _give_up(self) -> None:
         """Closing with the database still failing: what is kept is lost (logged)."""

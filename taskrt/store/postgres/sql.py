@@ -1255,3 +1255,9 @@ SQL_TELL_REAPED = (
 
 
 # -- reads --------------------------------------------------------------------------------
+
+# ``BatchWriter.probe``: whether the database takes writes again (store note 9).
+SQL_PROBE = (
+    "INSERT INTO meta (key, value) VALUES ('writes.probed_at', $1) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -54,6 +55,7 @@ from .sql import (
     SQL_LAST_ID,
     SQL_NOTIFY,
     SQL_PARENTS_FOUND,
+    SQL_PROBE,
     SQL_SET_LAST_ID,
     SQL_SET_LAST_ID_KEPT,
     SQL_TAKE_WINDOWS,
@@ -620,6 +622,14 @@ class PgBatches:
 
     def rolled_back(self, exc: BaseException) -> bool:
         return isinstance(exc, asyncpg.PostgresError) and rolled_back(exc)
+
+    async def probe(self) -> None:
+        try:
+            conn = await self.connection()
+            await conn.execute(SQL_PROBE, repr(time.time()))
+        except LOST:
+            self.drop()
+            raise
 
     async def resumed(self) -> None:
         return None

@@ -509,3 +509,9 @@ SQL_SEQUENCE_PAST = "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = '
 # A job still WAITING as its reader saw it (its sequence not moved since): the end of
 # a job no process holds, ``Connection.mark_failed(as_read=True)``.
 SQL_STILL_AS_READ = "SELECT 1 FROM jobs WHERE id = ? AND status = 'WAITING' AND seq < ?"
+
+# ``BatchWriter.probe``: whether the database takes writes again (store note 9).
+SQL_PROBE = (
+    "INSERT INTO meta (key, value) VALUES ('writes.probed_at', ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)

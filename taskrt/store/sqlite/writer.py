@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from ...errors import StoreError
 from ..groupcommit import Batch, ProgressRows, Rejected, Results, split_progress
 from .batch import in_savepoint, in_thread, insert_jobs, rollback, run_statements, transient
 from .counts import STORED, Counted, CountMirror, Mismatch, Tally, write_one
-from .sql import PROGRESS, PROGRESS_STEPS, STATEMENT
+from .sql import PROGRESS, PROGRESS_STEPS, SQL_PROBE, STATEMENT
 
 log = logging.getLogger("taskrt.store")
 
@@ -122,6 +123,9 @@ class SqliteBatches:
 
     def rolled_back(self, exc: BaseException) -> bool:
         return False  # one writer: no deadlock (a lock held elsewhere waits: busy_timeout)
+
+    async def probe(self) -> None:
+        await in_thread(self.db, _probe, time.time())
 
     async def resumed(self) -> None:
         # The WAL may have grown (or failed to checkpoint) while the disk was full.
@@ -236,3 +240,14 @@ class SqliteBatches:
             raise
         batch.unstarted = tally.unstarted
         return results, rejected, snapshot
+
+
+def _probe(conn: sqlite3.Connection, now: float) -> None:
+    """``BatchWriter.probe``: one row of ``meta`` written and committed."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(SQL_PROBE, (repr(now),))
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
