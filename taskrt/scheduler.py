@@ -65,7 +65,11 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    fire fails when it wakes, and commits nothing).
    A node without a schedule's task leaves its slots to those that have it
    (nodes may run different code); where one owner fires, a missing task
-   uses up the slot and records why.
+   uses up the slot and records why. A slot still unfired ``unclaimed_after``
+   seconds after it was due says so in ``last_error`` (a node without the task
+   writes it, once, and looks again that often): no node that has the task
+   runs. The slot still waits for one, which fires it by the misfire policy
+   and clears the error.
 8. **Arguments that fit, or no schedule.** A schedule's arguments are checked
    against its task (``TaskSpec.validate``) as soon as the task is known, so a
    misfit is refused by the call that gave it, never stored to fail at every
@@ -185,6 +189,7 @@ _SCAN_LIMIT = 100_000
 # After an unexpected error firing a schedule, try it again this much later.
 _RETRY_AFTER = 1.0
 _BUSY_RETRY = 0.1  # seconds before looking again at a row another process holds
+UNCLAIMED_AFTER = 30.0  # seconds: a slot unfired that long past due says why (note 7)
 
 
 class ScheduleNotFound(TaskrtError, LookupError):
@@ -426,6 +431,8 @@ class Scheduler:
         # Seconds a fire's transaction may sit idle holding its row (note 7): the
         # runtime's node TTL.
         self.hold_limit = 5.0
+        # Seconds past due after which a slot no node has fired says why (note 7).
+        self.unclaimed_after = UNCLAIMED_AFTER
         self.retention = Retention(rt)
         self._declared: dict[str, ScheduleDefinition] = {}
         self._from_tasks: set[str] = set()
@@ -892,6 +899,30 @@ class Scheduler:
                     if name in self._due:
                         self._due[name] = self._rt.clock.now() + _RETRY_AFTER
 
+    async def _unclaimed(self, conn: Any, info: ScheduleInfo, now: float) -> None:
+        """A schedule whose task this node does not have (note 7): looked at again
+        once its slot is ``unclaimed_after`` past due, and then that often; a slot
+        no node has fired by then says why, once."""
+        first = info.next_run_at
+        if info.paused or first is None:
+            self._due.pop(info.name, None)
+            return
+        if now - first < self.unclaimed_after:
+            self._due[info.name] = first + self.unclaimed_after
+            return
+        error = f"no running node has the task {info.task!r}: its slots wait for one"
+        if info.last_error != error:
+            log.warning("schedule %r: %s", info.name, error)
+            await conn.schedule_fired(
+                info.name,
+                next_run_at=first,
+                last_run_at=None,
+                last_job_id=None,
+                error=error,
+                added=0,
+            )
+        self._due[info.name] = now + self.unclaimed_after
+
     async def _fire(self, name: str, reached: float) -> None:
         """Fire the due slots of one schedule, in one transaction with its row (note 1).
 
@@ -918,7 +949,7 @@ class Scheduler:
             info = found
             if info.task not in rt.tasks and not rt.owning:
                 # A node without the task leaves its slots to the nodes that have it.
-                self._due.pop(name, None)
+                await self._unclaimed(conn, info, now)
                 return
             first = info.next_run_at
             if info.paused or first is None or first > now:

@@ -1174,6 +1174,32 @@ async def test_every_schedule_slot_fires_once_across_nodes(url: str) -> None:
     assert fires["fires"] == len(slots)
 
 
+async def test_a_schedule_whose_task_no_node_has_says_why_and_waits_for_one(url: str) -> None:
+    """On SQLite the owner uses up such a slot and records why; here a node without
+    the task left the slots to the nodes that have it, and with none running the
+    schedule stood still, its ``last_error`` empty and ``GET /schedules`` healthy."""
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran, tasks="a")
+    x.schedule("tick", "b", "@every 1s", pool="p")  # b: a task x does not have
+    x.schedules.unclaimed_after = 0.5
+    async with x:
+        deadline = time.monotonic() + 10
+        while True:
+            info = await x.schedules.get("tick")
+            if info.last_error is not None or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert info.last_error == "no running node has the task 'b': its slots wait for one"
+        assert info.fires == 0 and info.next_run_at is not None
+        assert info.next_run_at < time.time()  # the slot waits, not used up
+        y = node(url, "y", ran, tasks="b")
+        async with y:
+            await until(lambda: len(ran) >= 1)
+    rows = await sql(url, "SELECT last_error, fires FROM schedules WHERE name = 'tick'")
+    assert rows[0]["fires"] >= 1 and rows[0]["last_error"] is None, rows
+    assert {name for names in ran.values() for name in names} == {"y"}
+
+
 async def test_edits_on_one_node_while_another_fires_never_fire_a_slot_twice(url: str) -> None:
     """scheduler note 7: y changes the schedule's arguments every few milliseconds
     while both fire it every second. Before, an edit that read the row before a fire
