@@ -1180,6 +1180,8 @@ class Runtime:
         if method == "replay":
             events = self.broker.replay_after(int(args["job"]), int(args["seq"]))
             return None if events is None else [encode_event(e) for e in events]
+        if method == "health":
+            return self.health().to_dict()
         if method == "ping":  # a process whose call went unanswered: the loop runs again
             return None
         if method == "poke":  # another process wrote jobs or schedules: look now
@@ -1396,8 +1398,20 @@ class Runtime:
         return [job for pool in list(self._pools.values()) for job in pool.running_jobs()]
 
     def health(self) -> StoreHealth:
-        """Whether the database takes writes (a snapshot; ``/health`` and the metrics read it)."""
+        """Whether the database takes this process's writes (a snapshot; the metrics
+        read it). A standby writes almost nothing itself: ``store_health`` asks the owner."""
         return self.store.health()
+
+    async def store_health(self) -> StoreHealth:
+        """Whether the database takes the writes of the process that runs the jobs
+        (``GET /health``): the owner's, asked over its relay, in a standby or a
+        client it serves; this process's own otherwise, and where the owner does
+        not answer."""
+        remote = self._forwarding()
+        if remote is not None:
+            with contextlib.suppress(TaskrtError):
+                return StoreHealth(**await remote.call("health"))
+        return self.health()
 
     async def attempts(self, job_id: int) -> list[AttemptInfo]:
         """The record of every attempt of the job (start, end, outcome, error, traceback)."""

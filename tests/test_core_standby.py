@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from taskrt import (
     PoolNotFound,
     QueueFull,
     Runtime,
+    StoreUnavailable,
 )
 from taskrt import ownership as ownership_module
 from taskrt import relay as relay_module
@@ -317,6 +319,34 @@ async def test_an_owner_that_leaves_a_call_unanswered_is_unreachable_until_it_an
         assert time.monotonic() - started < 0.25  # not another CALL_TIMEOUT
         blocked.clear()
         await until(lambda: standby.owner_status().reachable, timeout=5)  # answered again
+
+
+async def test_a_standbys_health_is_the_owners_writes(tmp_path: Path) -> None:
+    """A standby writes (almost) nothing itself, so its own store always looked
+    healthy: GET /health said ok on a standby while the owner's writes failed and
+    an add through that same standby was refused (under ``uvicorn --workers 3``,
+    two probes in three said healthy during the outage)."""
+    owner, standby = app(tmp_path, busy_timeout=0.1), app(tmp_path, busy_timeout=0.1)
+    async with owner, standby:
+        assert standby.role == "standby"
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(standby)), base_url="http://testserver"
+        ) as client:
+            assert (await client.get("/health")).status_code == 200
+            other = sqlite3.connect(owner.path, isolation_level=None, timeout=0)
+            try:
+                other.execute("BEGIN EXCLUSIVE")
+                with pytest.raises(StoreUnavailable):
+                    await standby.add("hello", "x")  # forwarded, refused by the owner
+                r = await client.get("/health")
+                assert (r.status_code, r.json()["status"]) == (503, "failing"), r.text
+                assert "locked" in r.json()["store"]["error"]
+                assert standby.health().ok  # its own store: nothing written, nothing failed
+            finally:
+                other.execute("COMMIT")
+                other.close()
+            await until(lambda: owner.health().ok, timeout=3)
+            assert (await client.get("/health")).status_code == 200
 
 
 async def test_a_malformed_frame_ends_that_peers_connection_only(

@@ -40,7 +40,7 @@ group = EndpointGroup("system", "Health, statistics and tasks.")
 async def health(api: Api, request: Request) -> Response:
     if not api.runtime.started:
         raise ApiError(503, "not_started", "the runtime is not started")
-    store = api.runtime.health()
+    store = await api.runtime.store_health()  # a standby asks the owner
     owner = api.runtime.owner_status().to_dict()
     if not store.ok:
         # No path in the answer: only the kind of failure and what waits.
