@@ -27,6 +27,15 @@ Design notes (cited where they apply, pinned by tests/test_schedule.py):
 4. When day-of-month and day-of-week are both restricted, either one matches
    (classic cron). Hashed and random values (``H``, ``R``) are refused: they
    would make a schedule depend on something other than time.
+5. croniter ORs the two day fields only when both are plain lists: with
+   ``L``, ``nW``, ``d#n`` or ``Ld`` in one of them it ANDs them, or finds no
+   date at all (``"0 0 1 * 5#3"``). So when both are restricted we split the
+   expression in two, one with day-of-week ``*`` and one with day-of-month
+   ``*``, each an AND croniter gets right, and merge their slots in time
+   order. "Restricted" is croniter's own test (the field does not expand to
+   ``*``), so plain pairs keep the slots they always had. A side that never
+   fires (``"0 0 30 2 mon"``: no February 30th) adds nothing; the other still
+   fires.
 """
 
 from __future__ import annotations
@@ -409,31 +418,70 @@ def _every_slots(every: float, after: datetime) -> tuple[datetime, timedelta]:
 def _cron_slots(spec: CronSpec, after: datetime) -> Iterator[datetime]:
     """Every slot strictly after ``after`` (UTC), in order, as UTC datetimes."""
     zone = _zone(spec.expression, spec.tz)
-    text = spec.expression.strip().lower()
-    cron = croniter(
-        _ALIASES.get(text, text),
-        _wall_start(after, zone),
-        ret_type=datetime,
-        second_at_beginning=spec.seconds,
-    )
+    walls = _wall_slots(spec, _wall_start(after, zone))
     last = after  # slots are strictly after it, and each instant is yielded once
     while True:
-        try:
-            wall = cron.get_next(datetime)
-        except CroniterBadDateError as exc:
-            raise CronError(spec.expression, "expression", f"never fires: {exc}") from exc
-        except CroniterBadCronError as exc:  # a CronSpec built by hand, not by parse_cron
-            raise CronError(spec.expression, "expression", str(exc)) from exc
+        wall = next(walls)
         instant = _first_instant(wall, zone)
         if instant is None:
             # In the spring-forward gap: the slot is the gap's end (note 2).
             # Resume at the gap's end rather than stepping through it slot by
             # slot; a slot there is the same instant, which `last` drops.
             instant = _gap_end(wall, zone)
-            cron.set_current(_wall(instant, zone) - _MICROSECOND, force=True)
+            walls = _wall_slots(spec, _wall(instant, zone) - _MICROSECOND)
         if instant > last:
             yield instant
             last = instant
+
+
+def _wall_slots(spec: CronSpec, start: datetime) -> Iterator[datetime]:
+    """The naive wall times of ``spec`` strictly after the naive ``start``, in
+    order, each once: the merge of its day-field halves (note 5)."""
+    try:
+        halves = _day_halves(spec.expression.strip().lower(), spec.seconds)
+        crons = [
+            croniter(half, start, ret_type=datetime, second_at_beginning=spec.seconds)
+            for half in halves
+        ]
+    except CroniterBadCronError as exc:  # a CronSpec built by hand, not by parse_cron
+        raise CronError(spec.expression, "expression", str(exc)) from exc
+    pending: dict[int, datetime] = {}
+    failure: CroniterError | None = None
+
+    def advance(index: int) -> None:
+        nonlocal failure
+        try:
+            pending[index] = crons[index].get_next(datetime)
+        except CroniterBadDateError as exc:  # this half never fires again
+            pending.pop(index, None)
+            failure = exc
+        except CroniterBadCronError as exc:
+            raise CronError(spec.expression, "expression", str(exc)) from exc
+
+    for index in range(len(crons)):
+        advance(index)
+    while pending:
+        wall = min(pending.values())
+        yield wall
+        for index in [i for i, value in pending.items() if value == wall]:
+            advance(index)
+    raise CronError(spec.expression, "expression", f"never fires: {failure}")
+
+
+@functools.lru_cache(maxsize=256)
+def _day_halves(text: str, seconds: bool) -> tuple[str, ...]:
+    """``text`` (an alias spelled out) as the expressions whose slots it is the
+    merge of: itself, or, when both day fields are restricted, one with
+    day-of-week ``*`` and one with day-of-month ``*`` (note 5)."""
+    text = _ALIASES.get(text, text)
+    expanded, _ = croniter.expand(text, second_at_beginning=seconds)
+    # croniter puts seconds last, so the day fields are at 2 and 4 either way.
+    if expanded[2] == ["*"] or expanded[4] == ["*"]:
+        return (text,)
+    tokens = _TOKENS.findall(text)
+    by_month = " ".join([*tokens[:-1], "*"])
+    by_week = " ".join([*tokens[:-3], "*", *tokens[-2:]])
+    return (by_month, by_week)
 
 
 def _first_instant(wall: datetime, zone: tzinfo) -> datetime | None:

@@ -626,3 +626,49 @@ def test_a_nearest_weekday_past_the_months_end_is_the_nearest_to_its_last_day() 
         assert first == z("2025-06-30T00:00:00"), expression
     # June 30 2029 is a Saturday: the Friday before.
     assert next_fire("0 0 31W 6 *", after=z("2029-01-01T00:00:00")) == z("2029-06-29T00:00:00")
+
+
+# -- both day fields restricted: either matches (notes 4 and 5) --------------------
+
+# 2024 is a leap year; 2024-01-01 is a Monday. Third Fridays: Jan 19, Feb 16,
+# Mar 15, Apr 19. Last Fridays: Jan 26, Feb 23, Mar 29. Last days: Jan 31
+# (Wed), Feb 29 (Thu), Mar 31 (Sun). Day 15: Jan Mon, Feb Thu, Mar Fri, Apr Mon.
+EITHER_DAY = [
+    # six fields, seconds first: the 15th or the third Friday (Mar 15 is both: once)
+    ("0 0 0 15 * 5#3", ["01-15", "01-19", "02-15", "02-16", "03-15", "04-15", "04-19"]),
+    # the weekday nearest the 15th (Feb 15, a Thursday) or a Monday (Jan 15 is both)
+    ("0 0 15W * 1", ["01-08", "01-15", "01-22", "01-29", "02-05", "02-12", "02-15", "02-19"]),
+    ("0 0 L * L5", ["01-26", "01-31", "02-23", "02-29", "03-29", "03-31"]),
+    # croniter found no date at all for these three
+    ("0 0 1 * 5#3", ["01-19", "02-01", "02-16", "03-01", "03-15", "04-01"]),
+    ("0 0 15 * L5", ["01-15", "01-26", "02-15", "02-23", "03-15", "03-29"]),
+    ("0 0 L * 5#3", ["01-19", "01-31", "02-16", "02-29", "03-15", "03-31"]),
+    # a plain pair, which croniter always got right: the 13th or a Friday
+    ("0 0 13 * 5", ["01-05", "01-12", "01-13", "01-19", "01-26", "02-02"]),
+    # no February 30th: only the third Fridays of February fire
+    ("0 0 30 2 5#3", ["02-16", "2025-02-21", "2026-02-20"]),
+]
+
+
+@pytest.mark.parametrize(("expression", "days"), EITHER_DAY)
+def test_either_day_field_matches_with_special_forms(expression: str, days: list[str]) -> None:
+    validate_cron(expression)
+    expected = [z(day if len(day) > 5 else f"2024-{day}") for day in days]
+    after = z("2024-01-01T00:00:00")
+    spec = parse_cron(expression)
+    assert spec.fires_between(after, expected[-1], limit=100) == expected
+    chained = [after]
+    for _ in expected:
+        chained.append(spec.next_fire(chained[-1]))
+    assert chained[1:] == expected
+
+
+def test_either_day_field_in_a_time_zone_across_dst() -> None:
+    """The last Sunday of March 2024 is also its last day, and 02:30 does not
+    exist in Berlin that day: the two halves' slot fires once, at 03:00 CEST."""
+    spec = parse_cron("30 2 L * L0", "Europe/Berlin")
+    assert spec.fires_between(z("2024-03-01T00:00:00"), z("2024-04-30T23:59:59"), 100) == [
+        z("2024-03-31T01:00:00"),  # the gap's end, once
+        z("2024-04-28T00:30:00"),  # last Sunday, CEST
+        z("2024-04-30T00:30:00"),  # last day
+    ]
