@@ -39,7 +39,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import InvalidOption, message_of
+from .errors import InvalidOption, Retry, message_of
 from .pool import Calls, Instrumentation
 
 if TYPE_CHECKING:
@@ -152,8 +152,10 @@ class Tracing:
             try:
                 yield
             except BaseException as exc:
-                outcome = _interrupted(state) or "error"
-                if outcome == "error":
+                retry = exc if isinstance(exc, Retry) else None  # the handler's own retry
+                outcome = _interrupted(state) or ("error" if retry is None else "retry")
+                # A retry is an error unless the handler said not to record one.
+                if outcome == "error" or (outcome == "retry" and retry and retry.record_error):
                     span.record_exception(exc)
                     span.set_status(self._status(self._code.ERROR, _describe(exc)))
                 raise

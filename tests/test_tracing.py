@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from taskrt import AttemptOutcome, InvalidOption, JobContext, Runtime
+from taskrt import AttemptOutcome, InvalidOption, JobContext, Retry, Runtime
 from taskrt.tracing import TRACE_KEY, Tracing, instrument, uninstrument
 
 
@@ -119,6 +119,39 @@ async def test_every_attempt_is_a_child_of_the_add_with_its_outcome(
     assert runs[0].status.description == "ValueError: first try"
     assert [e.name for e in runs[0].events] == ["exception"]
     assert runs[1].events == ()  # a timeout's CancelledError is not the handler's exception
+
+
+async def test_a_retry_the_handler_asks_for_is_outcome_retry_an_error_only_if_recorded(
+    db_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """``Retry(record_error=False)`` tries again without recording an error; its span
+    said outcome ``error`` with status ERROR and the exception recorded, where the
+    metrics say ``retry``."""
+    rt = traced_runtime(db_path, provider)
+
+    @rt.task(attempts=3)
+    async def patient(job: JobContext) -> str:
+        if job.attempt == 1:
+            raise Retry("not yet", delay=0.01, record_error=False)
+        if job.attempt == 2:
+            raise Retry("still not", delay=0.01)
+        return "now"
+
+    async with rt:
+        info = await rt.wait(await rt.add(patient), timeout=5)
+    assert info.result == "now"
+    runs = sorted(by_name(exporter)["taskrt.run patient"], key=lambda s: s.start_time or 0)
+    assert [s.attributes["taskrt.outcome"] for s in runs if s.attributes] == [
+        "retry",
+        "retry",
+        "success",
+    ]
+    assert [s.status.status_code for s in runs] == [
+        StatusCode.UNSET,
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+    ]
+    assert [len(s.events) for s in runs] == [0, 1, 0]
 
 
 async def test_an_attempt_whose_result_cannot_be_stored_is_an_error_in_its_span(
