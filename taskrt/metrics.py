@@ -168,8 +168,9 @@ class RuntimeCollector(Collector):
         owner = self.rt.owner_status()
         yield GaugeMetricFamily(
             f"{p}_owner",
-            "1 in the process that runs the jobs of the database; 0 in a standby or a client.",
-            value=1 if owner.role == "owner" else 0,
+            "1 in a process that runs the jobs of the database (the owner, or each node of "
+            'mode "nodes"); 0 in a standby or a client.',
+            value=1 if owner.role in ("owner", "node") else 0,
         )
         yield GaugeMetricFamily(
             f"{p}_owner_reachable",

@@ -12,6 +12,7 @@ import collections
 import json
 import re
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -1198,6 +1199,38 @@ async def test_a_schedule_whose_task_no_node_has_says_why_and_waits_for_one(url:
     rows = await sql(url, "SELECT last_error, fires FROM schedules WHERE name = 'tick'")
     assert rows[0]["fires"] >= 1 and rows[0]["last_error"] is None, rows
     assert {name for names in ran.values() for name in names} == {"y"}
+
+
+async def test_a_node_says_it_runs_the_jobs_in_its_metrics_and_to_taskrt_stats(
+    url: str,
+) -> None:
+    """``taskrt_owner`` was 0 on every node (only the role "owner" counted), so the
+    cluster's sum said no process ran the jobs; ``taskrt stats`` printed "owner: none
+    reachable (added jobs wait in the database)" while two nodes ran them."""
+    ran: Ran = collections.defaultdict(list)
+    x, y = node(url, "x", ran), node(url, "y", ran)
+    async with x, y:
+        for rt in (x, y):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=create_app(rt)), base_url="http://testserver"
+            ) as client:
+                text = (await client.get("/metrics")).text
+            assert "\ntaskrt_owner 1.0\n" in text, text
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskrt",
+            "stats",
+            "--db",
+            url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert "nodes          2 alive, each runs jobs" in lines, lines
+    assert not [line for line in lines if line.startswith("owner")], lines
 
 
 async def test_edits_on_one_node_while_another_fires_never_fire_a_slot_twice(url: str) -> None:

@@ -359,8 +359,11 @@ async def stats(args: argparse.Namespace) -> int:
     async with opened(args) as rt:
         result = await rt.stats(since=since, until=until)
         owner = rt.owner_status()
+        # Mode "nodes" has no owner: every node runs jobs (PostgreSQL).
+        nodes = await rt.cluster_nodes() if rt.mode == "nodes" else None
     if args.json:
-        print_json({**result.to_dict(), "ownership": owner.to_dict()})
+        extra = {} if nodes is None else {"nodes": nodes}
+        print_json({**result.to_dict(), "ownership": owner.to_dict(), **extra})
         return OK
     rate = "-" if result.success_rate is None else f"{100 * result.success_rate:.1f}%"
     rows = [(status, str(count)) for status, count in result.counts.items()]
@@ -372,15 +375,20 @@ async def stats(args: argparse.Namespace) -> int:
     ]
     if since is not None or until is not None:
         rows.append(("window", f"{when(since)} .. {when(until)}"))
-    # Who runs the jobs (the lease row), as the process this command reached says.
-    rows.append(
-        (
-            "owner",
-            f"{owner.owner} since {when(owner.since)}"
-            if owner.owner is not None
-            else "none reachable (added jobs wait in the database)",
+    # Who runs the jobs (the lease row, or the nodes alive), as the process this
+    # command reached says.
+    if nodes is not None:
+        running = f"{len(nodes)} alive, each runs jobs" if nodes else None
+        rows.append(("nodes", running or "none alive (added jobs wait in the database)"))
+    else:
+        rows.append(
+            (
+                "owner",
+                f"{owner.owner} since {when(owner.since)}"
+                if owner.owner is not None
+                else "none reachable (added jobs wait in the database)",
+            )
         )
-    )
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     return OK

@@ -45,9 +45,17 @@ TIMEOUT = 30.0
 class ServerJobs:
     """A running server's jobs, as the commands read and act on them."""
 
-    def __init__(self, client: httpx.AsyncClient, owner: OwnerStatus) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        owner: OwnerStatus,
+        nodes: list[dict[str, Any]] | None = None,
+    ) -> None:
         self._client = client
         self._owner = owner
+        self._nodes = nodes
+        # As the server's /health says: it lists the nodes in mode "nodes".
+        self.mode = "owner" if nodes is None else "nodes"
         self.schedules = _Schedules(self)
 
     async def call(self, method: str, path: str, *, json: Any = None, params: Any = None) -> Any:
@@ -93,6 +101,10 @@ class ServerJobs:
 
     def owner_status(self) -> OwnerStatus:
         return self._owner
+
+    async def cluster_nodes(self) -> list[dict[str, Any]]:
+        """The nodes alive as the server's ``/health`` listed them (mode "nodes")."""
+        return list(self._nodes or [])
 
     # -- actions -----------------------------------------------------------------
 
@@ -163,8 +175,12 @@ async def server_jobs(url: str, headers: Mapping[str, str]) -> AsyncIterator[Ser
         except httpx.HTTPError as exc:
             raise CommandError(f"{url}: {exc}", UNAVAILABLE) from None
         ownership: dict[str, Any] = {}
-        with contextlib.suppress(ValueError):
-            ownership = health.json().get("ownership") or {}
+        nodes: list[dict[str, Any]] | None = None
+        with contextlib.suppress(ValueError, AttributeError):
+            answer = health.json()
+            ownership = answer.get("ownership") or {}
+            if isinstance(answer.get("nodes"), list):
+                nodes = answer["nodes"]
         owner = OwnerStatus(
             role=str(ownership.get("role", "?")),
             owner=ownership.get("owner"),
@@ -172,7 +188,7 @@ async def server_jobs(url: str, headers: Mapping[str, str]) -> AsyncIterator[Ser
             since=ownership.get("since"),
             peers=int(ownership.get("peers", 0)),
         )
-        yield ServerJobs(client, owner)
+        yield ServerJobs(client, owner, nodes)
 
 
 def _metadata_param(value: Any) -> str:
