@@ -2067,12 +2067,18 @@ class Runtime:
                     name, f"expected epoch seconds within ±{_FAR_TIME:.0e}, found {value!r}"
                 )
         end = self.clock.now() if until is None else float(until)
-        start = end - 60 * step if since is None else float(since)
+        step_minutes = int(step // 60)
+        if since is None:
+            # The last 60 steps: the one holding `end` and the 59 before it (a window
+            # of 60 steps back from `end` began inside a 61st when `end` is not on a
+            # step's boundary).
+            start = (int(end // 60) // step_minutes - 59) * step_minutes * 60.0
+        else:
+            start = float(since)
         if end < start:
             if until is None:
                 raise InvalidOption("since", "expected a time before until (now)")
             raise InvalidOption("until", "expected a time after since")
-        step_minutes = int(step // 60)
         first = int(start // 60) // step_minutes * step_minutes
         last = int(end // 60) + 1  # the minute holding `until` included
         if (last - first) / step_minutes > MAX_POINTS:

@@ -85,6 +85,27 @@ async def test_history_counts_outcomes_per_minute_across_a_restart(tmp_path: Pat
         assert [p.at for p in latest] == [p.at for p in points]
 
 
+async def test_the_default_window_is_the_last_60_steps_the_current_one_included(
+    tmp_path: Path,
+) -> None:
+    """It was 60 steps back from now, which starts inside a 61st step when now is
+    not on a step's boundary: 61 points."""
+    clock = FakeClock(start=1_800_000_000.0)  # on a minute, and on an hour
+    rt = app(tmp_path, clock)
+    async with rt:
+        for _ in range(62):
+            await rt.wait(await rt.add("flaky", False), timeout=5)
+            await clock.advance(60)
+        await clock.advance(30)  # within the current minute
+        await rt.wait(await rt.add("flaky", False), timeout=5)
+        now_minute = (clock.now() // 60) * 60
+        points = await rt.history()
+        assert len(points) == 60
+        assert (points[0].at, points[-1].at) == (now_minute - 59 * 60, now_minute)
+        hours = await rt.history(step=3600)
+        assert [p.at for p in hours] == [1_800_000_000.0, 1_800_003_600.0]
+
+
 async def test_a_cancel_written_by_a_process_without_the_job_is_counted_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
