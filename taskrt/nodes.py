@@ -454,6 +454,13 @@ class Nodes:
                 for pool in list(self.pools.values()):
                     pool.poke()  # this node at least; the others poll
 
+    def wake_client(self, what: str) -> None:
+        """A notification on the schema's channel, in a process without workers: it
+        runs no job, but adds (capacity) and serves pools (paused, limits) as the
+        operators recorded them."""
+        if what.partition(":")[0] == "pools":
+            self._spawn(self.apply_pauses())
+
     def wake(self, what: str) -> None:
         """A notification on the schema's channel."""
         kind, _, pool = what.partition(":")

@@ -790,9 +790,13 @@ class Runtime:
             self.role = "node" if self.workers else "client"
             bus = self.broker
             assert isinstance(bus, NodeBus) and self._pg is not None
-            wake = self.nodes.wake if self.workers else _ignore
+            wake = self.nodes.wake if self.workers else self.nodes.wake_client
             await self._pg.listen(wake, bus.deliver, bus.lost, bus.listening)
             await bus.ready()  # the others that listen send to it (taskrt.nodebus note 5)
+            if not self.workers:
+                # What operators recorded (pauses, capacity, rate, concurrency) holds
+                # in a client too: its adds check the capacity, its API shows them.
+                await self.nodes.apply_pauses()
             if self.workers:
                 self._owning_since = time.time()
                 self._set_workers(True)
@@ -2307,10 +2311,6 @@ def _wait_on(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, None]) -
             if not loop.is_running():
                 future.cancel()
                 return
-
-
-def _ignore(_: str) -> None:
-    """A notification nobody here acts on (a client of ``mode="nodes"``)."""
 
 
 def _apply_limits(

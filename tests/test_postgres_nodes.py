@@ -177,6 +177,32 @@ async def test_a_cancel_reaches_the_node_running_the_job(url: str) -> None:
         assert x.pool("p").running == 0
 
 
+async def test_a_client_holds_the_pool_limits_operators_recorded(url: str) -> None:
+    """A process without workers (a web front end) kept the pools of its code: adds
+    through it passed a capacity set at run time (5 waiting in a pool of 3), and its
+    API showed a paused pool as running, whether it started before the change or after."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x, node(url, "c", ran, workers=False) as before:
+        await x.change_pool("p", paused=True, capacity=3, rate="1/s", concurrency=7)
+        async with node(url, "d", ran, workers=False) as after:
+            for client in (before, after):
+                await until(lambda c=client: c.pool("p").capacity == 3)  # type: ignore[misc]
+                pool = client.pool("p")
+                assert (pool.paused, pool.concurrency, pool.rate and pool.rate.text) == (
+                    True,
+                    7,
+                    "1/s",
+                )
+            for n in range(3):
+                await (before, after)[n % 2].enqueue("a", args=[n])
+            for client in (before, after):
+                with pytest.raises(QueueFull):
+                    await client.enqueue("a", args=[9])
+        await x.change_pool("p", capacity=None, paused=False)
+        await until(lambda: before.pool("p").capacity is None and not before.pool("p").paused)
+    assert len(await sql(url, "SELECT id FROM jobs")) == 3
+
+
 async def test_cancel_and_pool_actions_cross_nodes_in_under_100_ms(url: str) -> None:
     """Over the control channel (a NOTIFY), not the poll (a second): measured at a
     median of 3-6 ms on this project's machines; each kind's median must stay
