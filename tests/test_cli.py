@@ -1397,3 +1397,38 @@ def test_a_text_metadata_filter_that_reads_as_json_crosses_to_the_server_as_text
     assert {key: query_scalar(value) for key, value in params.items()} == {
         f"metadata.{key}": value for key, value in metadata.items()
     }
+
+
+def test_job_texts_reach_the_terminal_on_one_line_with_controls_escaped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A job's error and messages are what its input made them: ``ls``, ``get`` and
+    ``watch``'s last line printed ESC sequences (cursor up, colours) and a
+    right-to-left override as they were, which rewrite what an operator reads."""
+    db = str(tmp_path / "odd.db")
+    nasty = "boom line1\nline2\r\x1b[1Aup\u202eRTL"
+
+    async def make() -> int:
+        rt = Runtime(db)
+
+        @rt.task(attempts=1)
+        async def odd(job: JobContext) -> None:
+            await job.progress(1, 2, "hello\x1b[31mred")
+            raise RuntimeError(nasty)
+
+        async with rt:
+            job_id = await rt.add(odd)
+            await rt.wait(job_id, timeout=5)
+        return job_id
+
+    job_id = asyncio.run(make())
+    for argv in (["ls"], ["get", str(job_id)]):
+        assert cli.main([*argv, "--db", db]) == 0
+        out, _ = capsys.readouterr()
+        assert "\x1b" not in out and "\u202e" not in out and "\r" not in out, out
+        assert "\\x1b[1Aup\\u202e" in out, out
+    view = JobView(job_id)
+    view.apply({"type": "failure", "status": "FAILURE", "at": 1.0, "error": nasty})
+    assert summary_line(view) == (
+        f"job {job_id} FAILURE after 0 attempt(s): boom line1 line2 \\x1b[1Aup\\u202eRTL"
+    )

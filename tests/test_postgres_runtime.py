@@ -943,6 +943,13 @@ def test_copy_moves_a_stopped_sqlite_database_over_whole(
     err = capsys.readouterr().err
     assert "already holds 1 row(s) of pool_settings:" in err, err
 
+    # Into an empty schema, as text: what it copied on stdout, nothing on stderr.
+    third = url.replace("?schema=", "?schema=t_")
+    assert main(["copy", "--from", path, "--to", third]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "jobs: 5 row(s)" in out.splitlines(), (out, err)
+    assert out.splitlines()[-1] == f"copied 5 job(s); the next id is above {last[0]}"
+
     # From a file that is no database: the store's error, not the driver's.
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all, " * 100)

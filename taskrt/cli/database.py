@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import StoreError
 from ..runtime import Runtime
@@ -69,7 +68,7 @@ async def copy(args: argparse.Namespace) -> int:
 
     def told(table: str, rows: int) -> None:
         if not args.json:
-            print(f"{table}: {rows} row(s)", file=sys.stderr)
+            print(f"{table}: {rows} row(s)", flush=True)  # stderr only for failures
 
     try:
         done = await copy_sqlite_to_postgres(args.source, args.target, on_table=told)

@@ -54,6 +54,7 @@ from .support import (
     USAGE,
     StreamError,
     one_line,
+    printable,
     waiting_note,
 )
 
@@ -201,12 +202,16 @@ def bar_line(
             parts.append(f"[{view.step}]")
         if view.message:
             parts.append(view.message)
-    line = "  ".join(p for p in parts if p)
+    line = printable("  ".join(p for p in parts if p))
     return line if len(line) < columns else line[: max(columns - 2, 10)] + "…"
 
 
 def summary_line(view: JobView) -> str:
-    """The last line: how the job ended."""
+    """The last line: how the job ended (``printable``: one line, controls escaped)."""
+    return printable(_summary(view))
+
+
+def _summary(view: JobView) -> str:
     took = f" in {view.duration:.2f}s" if view.duration is not None else ""
     if took and view.attempt > 1 and view.last_attempt is not None:
         took += f" ({view.attempt} attempts, the last {view.last_attempt:.2f}s)"

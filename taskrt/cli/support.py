@@ -540,8 +540,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, cut: int = 4
 
 def cell(value: Any, cut: int) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())
+    text = printable(text)
     return text if len(text) <= cut else text[: cut - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` on one line of a terminal, as it is written: whitespace runs fold to
+    one space, and control and format characters (an escape sequence's ESC, a
+    right-to-left override) are shown escaped (``\\x1b``, ``\\u202e``). A job's
+    error or message is what its input made it: printed raw, it could move the
+    cursor, recolour or rewrite what an operator reads."""
+    text = " ".join(text.split())
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def plural(n: int, word: str) -> str:
