@@ -27,7 +27,8 @@ Design notes:
 3. **Pointers for big events.** An event whose encoding would not fit (a
    large result) is sent as a pointer: the job id, the sequence and the kind,
    without data. The receiver reads the job's row (once its sequence has
-   reached the pointer's) and publishes the event with the row's data.
+   reached the pointer's) and publishes the event with the row's data: the
+   event's own, but for what no row keeps (``_data_of``).
 4. **A lost listener loses nothing silently.** When the node's listening
    connection drops, and again when the store listens anew, every
    subscription here is closed as overflowed: its stream starts again from a
@@ -406,16 +407,30 @@ class NodeBus(Broker):
 
 
 def _data_of(kind: EventType, info: JobInfo) -> dict[str, Any]:
-    """An event's data as the job's row has it (a pointer's event, note 3)."""
+    """An event's data as the job's row has it (a pointer's event, note 3): what the
+    event carried, except what no row keeps (a manual retry's ``manual`` and ``after``)
+    and what a row that has moved on no longer holds (a retry's ``error`` and
+    ``run_at`` once the job started again)."""
     if kind is EventType.SUCCESS:
         return {"result": info.result}
     if kind is EventType.FAILURE:
         return {"error": info.error}
     if kind is EventType.PROGRESS:
-        return {"current": info.current, "total": info.total, "message": info.message}
+        data: dict[str, Any] = {
+            "current": info.current,
+            "total": info.total,
+            "message": info.message,
+        }
+        if info.steps:
+            data["step"] = info.step
+            data["steps"] = list(info.steps)
+        return data
     if kind is EventType.CANCELLED:
         return {}
-    data: dict[str, Any] = {"attempt": info.attempts}
-    if info.status is JobStatus.WAITING:
+    if kind is EventType.ADDED:
+        return {"run_at": info.run_at, "priority": info.priority}
+    data = {"attempt": info.attempts}
+    if kind is EventType.RETRYING and info.status is JobStatus.WAITING:
+        data["error"] = info.error  # the row keeps the last attempt's error
         data["run_at"] = info.run_at
     return data

@@ -1540,6 +1540,35 @@ async def test_a_stream_on_another_node_carries_every_event_with_the_same_ids(ur
             assert [e.seq for e in replay] == [e.seq for e in theirs if e.seq > after]
 
 
+async def test_a_retry_whose_error_is_too_big_for_a_notification_carries_it_on_every_node(
+    url: str,
+) -> None:
+    # Its event goes as a pointer (over 7,900 bytes), and the other node rebuilt it
+    # from the row without the error (a bug hunt: 9,000 characters).
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran, tasks="")
+
+    @x.task(pool="p", attempts=2, retry="200ms")  # the row waits when the other reads it
+    async def boom(job: JobContext, size: int) -> str:
+        if job.attempt == 1:
+            raise RuntimeError("E" * size)
+        return "ok"
+
+    async with x, node(url, "y", ran, tasks="") as y:
+        for size in (100, 9_000):
+            x.pool("p").pause()
+            job_id = await x.pool("p").add("boom", size=size)
+            here, there = x.subscribe(job_id), y.subscribe(job_id)
+            assert (await anext(here)).type == (await anext(there)).type == EventType.SNAPSHOT
+            x.pool("p").resume()
+            mine = [e async for e in here if e.type is EventType.RETRYING]
+            theirs = [e async for e in there if e.type is EventType.RETRYING]
+            assert len(mine) == len(theirs) == 1
+            assert theirs[0].data == mine[0].data
+            assert set(theirs[0].data) == {"attempt", "error", "run_at"}
+            assert theirs[0].data["error"] == f"RuntimeError: {'E' * size}"
+
+
 async def test_every_event_reaches_a_subscriber_of_everything_on_another_node(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with stream_node(url, "x", ran) as x, stream_node(url, "y", ran, tasks="") as y:
