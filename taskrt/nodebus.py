@@ -28,7 +28,11 @@ Design notes:
    large result) is sent as a pointer: the job id, the sequence and the kind,
    without data. The receiver reads the job's row (once its sequence has
    reached the pointer's) and publishes the event with the row's data: the
-   event's own, but for what no row keeps (``_data_of``).
+   event's own, but for what no row keeps (``_data_of``). The job's later
+   events wait meanwhile (its progress conflated to the last) and follow in
+   the order they came, so a status event that came while the row was read
+   does not make the pointer's event stale; a row that does not reach the
+   sequence holds them at most ``POINTER_PATIENCE`` seconds.
 4. **A lost listener loses nothing silently.** When the node's listening
    connection drops, and again when the store listens anew, every
    subscription here is closed as overflowed: its stream starts again from a
@@ -60,7 +64,10 @@ Design notes:
    commit, which it must not overtake; then it rides the writes behind it.
    A progress event may still arrive after a later one of its job (the
    other path was faster): a node publishes a progress event only if its
-   sequence is above the last it published for that job.
+   sequence is above the last it published for that job. So that this
+   never costs the last report before a status event (a job's final
+   progress), the status event takes that report again, just ahead of it
+   behind the writes; the copy that comes second is stale.
 7. **A late event is stale.** A job's sequence only grows, so a node
    publishes an event of another node only if its sequence is above every
    one of the job's it has published (its own included, once it sends): an
@@ -94,7 +101,12 @@ MAX_PAYLOAD = 7_900
 """Bytes of one notification (PostgreSQL refuses 8,000 or more)."""
 
 SEEN_JOBS = 10_000
-"""Jobs whose last published sequence a node remembers (note 6)."""
+"""Jobs whose last published sequence a node remembers (note 6), and whose last
+progress sent at once it remembers (note 6)."""
+
+POINTER_PATIENCE = 2.0
+"""Seconds a node reads a pointer's row for its sequence, holding the later
+events of its job meanwhile (note 3)."""
 
 JOIN_PATIENCE = 0.5
 """Seconds a node that listens waits for the others' acks (note 5): a peer that
@@ -127,6 +139,11 @@ class NodeBus(Broker):
         # Jobs with status events sent behind writes not committed yet (note 6).
         self._unsent: dict[int, int] = {}
         self._seen: dict[int, int] = {}  # job id -> the last sequence heard (note 6)
+        # Job id -> its last progress sent at once since its last status event (note 6).
+        self._went_now: dict[int, Event] = {}
+        # Job id -> its events come after a pointer being read, in order (note 3).
+        self._held: dict[int, list[list[Any]]] = {}
+        self._reading: set[asyncio.Task[None]] = set()  # the pointers being read
         self._failing = failing  # the database takes no writes now
         self._read = read  # a job's row
         self._others = others  # how many others listen (note 5)
@@ -162,6 +179,7 @@ class NodeBus(Broker):
                 return
             self._progress[event.job_id] = len(self._out)
         else:
+            self._progress.pop(event.job_id, None)  # a later progress goes after it
             self._saw(event.job_id, event.seq)  # note 7
         self._out.append(event)
         if not self._flushing:
@@ -188,8 +206,12 @@ class NodeBus(Broker):
             if event.type is EventType.PROGRESS:
                 if self._send_now is not None and job_id not in unsent:
                     now.append(event)  # note 6
+                    self._sent_now(event)
                     continue
             else:
+                went = self._went_now.pop(job_id, None)
+                if went is not None:
+                    behind.append(went)  # again, ahead of it (note 6)
                 unsent[job_id] = unsent.get(job_id, 0) + 1
                 held.append(job_id)
             behind.append(event)
@@ -202,6 +224,14 @@ class NodeBus(Broker):
                 self._committed(held)
             elif held:
                 committed.add_done_callback(lambda _: self._committed(held))
+
+    def _sent_now(self, event: Event) -> None:
+        """``event`` went at once: the job's next status event takes it again (note 6)."""
+        went = self._went_now
+        went.pop(event.job_id, None)
+        went[event.job_id] = event  # the most recent last, for the bound
+        if len(went) > SEEN_JOBS:
+            del went[next(iter(went))]
 
     def _committed(self, jobs: list[int]) -> None:
         """Status events of ``jobs`` left with their commit: their progress may go at once."""
@@ -246,34 +276,64 @@ class NodeBus(Broker):
         if not raws:
             self._told(message)
             return
+        self._take_all(raws)
+
+    def _take_all(self, raws: list[list[Any]]) -> None:
         for raw in raws:
             try:
-                if raw[-1] is None:
-                    asyncio.get_running_loop().create_task(self._pointer(raw))
-                    continue
-                event = decode_event(raw)
-                if self._newer(event):  # else stale (notes 6, 7)
-                    super().publish(event)
-                if event.type is EventType.ADDED and self.on_added is not None:
-                    self.on_added(event)  # its parents, its batch: late or not
-            except (ValueError, TypeError) as exc:
+                self._take(raw)
+            except (ValueError, TypeError, LookupError) as exc:
                 log.warning("node %s: an event it cannot read: %s", self.node, exc)
 
-    async def _pointer(self, raw: list[Any]) -> None:
-        job_id, seq = int(raw[0]), int(raw[1])
-        info = None
-        for _ in range(100):
-            info = await self._read(job_id)
-            if info is None or info.seq >= seq:
-                break
-            await asyncio.sleep(0.02)
-        if info is None:
+    def _take(self, raw: list[Any]) -> None:
+        """One event of another node: published here in its job's order (notes 3, 6)."""
+        job_id = int(raw[0])
+        held = self._held.get(job_id)
+        if held is not None:  # behind a pointer being read (note 3)
+            if held and raw[2] == held[-1][2] == EventType.PROGRESS.value:
+                held[-1] = raw  # conflated: the later report carries the state
+            else:
+                held.append(raw)
             return
-        raw = list(raw)
-        raw[-1] = _data_of(EventType(raw[2]), info)
-        event = decode_event(raw)
-        if self._newer(event):
+        if raw[-1] is None:
+            if int(raw[1]) <= self._seen.get(job_id, 0):
+                return  # stale (notes 6, 7): no need to read it
+            self._held[job_id] = []
+            task = asyncio.get_running_loop().create_task(self._pointer(raw))
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+            return
+        self._publish_theirs(decode_event(raw))
+
+    def _publish_theirs(self, event: Event) -> None:
+        if self._newer(event):  # else stale (notes 6, 7)
             super().publish(event)
+        if event.type is EventType.ADDED and self.on_added is not None:
+            self.on_added(event)  # its parents, its batch: late or not
+
+    async def _pointer(self, raw: list[Any]) -> None:
+        """Publish a pointer's event with its row's data, then the events of its job
+        held behind it (note 3)."""
+        job_id, seq = int(raw[0]), int(raw[1])
+        try:
+            info = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POINTER_PATIENCE):
+                    while True:
+                        info = await self._read(job_id)
+                        if info is None or info.seq >= seq:
+                            break
+                        await asyncio.sleep(0.02)
+            if info is not None:
+                raw = list(raw)
+                raw[-1] = _data_of(EventType(raw[2]), info)
+                self._publish_theirs(decode_event(raw))
+        except asyncio.CancelledError:
+            self._held.pop(job_id, None)  # the bus stops
+            raise
+        except Exception as exc:  # the database: the events behind it go on
+            log.warning("node %s: cannot read the event of job %d: %s", self.node, job_id, exc)
+        self._take_all(self._held.pop(job_id, []))
 
     def _newer(self, event: Event) -> bool:
         """Whether to publish another node's event: only if it is newer than every
@@ -318,7 +378,7 @@ class NodeBus(Broker):
             await asyncio.shield(self._join)
 
     async def stop(self) -> None:
-        for task in (self._join, self._check):
+        for task in (self._join, self._check, *self._reading):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -383,3 +383,119 @@ async def test_a_reap_heard_from_another_node_makes_the_reaped_events_stale() ->
     b.deliver(_payload("x", event(7, 2, EventType.FAILURE, {"error": "x"})))
     b.deliver(_payload("z", event(7, 1_000_002, EventType.STARTED)))
     assert [(e.job_id, e.seq) for e in drained(seen)] == [(7, 1_000_002)]
+
+
+# -- a job's events in order, its last progress kept (notes 3, 6) -------------------------
+
+
+def pointer(job: int, seq: int, kind: EventType) -> str:
+    raw = encode_event(event(job, seq, kind))
+    raw[-1] = None  # as a flush sends an event too big for a notification
+    return json.dumps({"n": "a", "e": [raw]})
+
+
+async def test_the_events_after_a_pointer_being_read_wait_for_it_in_order() -> None:
+    # A bug hunt: a big last progress went as a pointer, and while its row was read
+    # the job's ``success`` came and was published; the progress, read then, was
+    # stale and never reached a stream on another node (24 streams of 24).
+    row = JobInfo(1, "t", "p", JobStatus.RUNNING, seq=6, message="step 6")
+    reads = 0
+
+    async def read(job_id: int) -> JobInfo | None:
+        nonlocal reads
+        reads += 1
+        return row
+
+    b = NodeBus(
+        "b",
+        send=[].extend,
+        failing=lambda: False,
+        read=read,
+        others=one_other,
+        buffer=64,
+        replay=64,
+    )
+    seen = b.subscribe()
+    b.deliver(pointer(1, 7, EventType.PROGRESS))  # its row is at 6: read again later
+    for seq in range(8, 40):  # held meanwhile, conflated
+        b.deliver(_payload("a", event(1, seq, EventType.PROGRESS, {"message": seq})))
+    b.deliver(_payload("a", event(1, 40, EventType.SUCCESS, {"result": 1})))
+    b.deliver(_payload("a", event(2, 2, EventType.STARTED)))  # another job's: not held
+    await asyncio.sleep(0.05)
+    assert [(e.job_id, e.seq) for e in drained(seen)] == [(2, 2)]
+    # The job ended: its row holds the last report, and the end.
+    row = JobInfo(1, "t", "p", JobStatus.SUCCESS, seq=40, message="step 7", result=1)
+    async with asyncio.timeout(5):
+        while not (got := drained(seen)):
+            await asyncio.sleep(0.01)
+    assert [(e.seq, e.type) for e in got] == [
+        (7, EventType.PROGRESS),
+        (39, EventType.PROGRESS),
+        (40, EventType.SUCCESS),
+    ]
+    assert got[0].data["message"] == "step 7"
+    # A pointer older than what was published is not even read.
+    before = reads
+    b.deliver(pointer(1, 7, EventType.PROGRESS))
+    await asyncio.sleep(0.05)
+    assert reads == before and drained(seen) == []
+
+
+async def test_a_pointer_whose_row_never_comes_holds_its_jobs_events_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nodebus, "POINTER_PATIENCE", 0.05)
+
+    async def stuck(job_id: int) -> JobInfo | None:
+        await asyncio.sleep(10)
+        return None
+
+    b = NodeBus(
+        "b", send=[].extend, failing=lambda: False, read=stuck, others=one_other, buffer=8, replay=8
+    )
+    seen = b.subscribe()
+    b.deliver(pointer(1, 7, EventType.PROGRESS))
+    b.deliver(_payload("a", event(1, 8, EventType.SUCCESS, {"result": 1})))
+    async with asyncio.timeout(5):
+        while not (got := drained(seen)):
+            await asyncio.sleep(0.01)
+    assert [(e.seq, e.type) for e in got] == [(8, EventType.SUCCESS)]  # an end is never lost
+    await b.stop()
+
+
+async def test_a_status_event_takes_again_the_last_progress_sent_at_once() -> None:
+    # A bug hunt: the last progress, sent at once on another connection, came after
+    # the job's end riding its commit, and was dropped as stale (4 streams of 36).
+    behind: list[str] = []
+    now: list[str] = []
+    a = NodeBus(
+        "a",
+        send=behind.extend,
+        send_now=now.extend,
+        failing=lambda: False,
+        read=no_row,
+        others=one_other,
+        buffer=16,
+        replay=16,
+    )
+    a.publish(event(1, 2, EventType.PROGRESS, {"message": "2"}))
+    await asyncio.sleep(0)
+    a.publish(event(1, 3, EventType.PROGRESS, {"message": "3"}))
+    await asyncio.sleep(0)
+    a.publish(event(1, 4, EventType.SUCCESS, {"result": 1}))
+    await asyncio.sleep(0)
+    assert [e[1] for p in now for e in json.loads(p)["e"]] == [2, 3]
+    assert [e[1] for p in behind for e in json.loads(p)["e"]] == [3, 4]  # again, with the end
+    b = bus("b", [], [False])
+    seen = b.subscribe()
+    for payload in [now[0], *behind, now[1]]:  # the faster path came last
+        b.deliver(payload)
+    assert [e.seq for e in drained(seen)] == [2, 3, 4]
+    # A progress after a status event of the same turn goes after it.
+    behind.clear()
+    a.publish(event(5, 2, EventType.PROGRESS))
+    a.publish(event(5, 3, EventType.RETRYING))
+    a.publish(event(5, 4, EventType.PROGRESS))
+    a.publish(event(5, 5, EventType.PROGRESS))
+    await asyncio.sleep(0)
+    assert [e[1] for p in behind for e in json.loads(p)["e"]] == [2, 3, 5]

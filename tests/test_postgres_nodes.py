@@ -1569,6 +1569,37 @@ async def test_a_retry_whose_error_is_too_big_for_a_notification_carries_it_on_e
             assert theirs[0].data["error"] == f"RuntimeError: {'E' * size}"
 
 
+async def test_a_jobs_last_progress_reaches_another_nodes_stream_before_its_end(
+    url: str,
+) -> None:
+    # A bug hunt: a last progress too big for a notification (a pointer) was read
+    # back after the job's ``success`` came, and never reached a stream on another
+    # node; a small one, sent at once, at times came after the end and was dropped.
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran, tasks="")
+
+    @x.task(pool="p")
+    async def last(job: JobContext, size: int) -> str:
+        for i in range(3):
+            await job.progress(i + 1, 3, f"{i + 1} " + "m" * size)
+            await asyncio.sleep(0.01)
+        await job.progress(4, 4, "last " + "m" * size)
+        return "done"
+
+    async with x, node(url, "y", ran, tasks="") as y:
+        for size in (10, 9_000, 10, 9_000, 10, 9_000):
+            x.pool("p").pause()
+            job_id = await x.pool("p").add("last", size=size)
+            here, there = x.subscribe(job_id), y.subscribe(job_id)
+            assert (await anext(here)).type == (await anext(there)).type == EventType.SNAPSHOT
+            x.pool("p").resume()
+            mine = [e async for e in here]
+            theirs = [e async for e in there]
+            assert [(e.seq, e.type) for e in theirs[-2:]] == [(e.seq, e.type) for e in mine[-2:]]
+            assert theirs[-2].type is EventType.PROGRESS
+            assert theirs[-2].data["message"] == "last " + "m" * size
+
+
 async def test_every_event_reaches_a_subscriber_of_everything_on_another_node(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with stream_node(url, "x", ran) as x, stream_node(url, "y", ran, tasks="") as y:
