@@ -95,6 +95,19 @@ Design notes:
    does not wait for this node's claims, and a look reads its strays before
    its pools claim: a claim the look itself set off, still in flight as the
    read answered, put the check off at every look on a loaded machine.
+9. **A cancel waits for a job being started.** ``rt.cancel`` of a job this
+   node's memory does not hold reads its row, then cancels it if WAITING and marks it
+   if RUNNING (``cancel_external``, one transaction). A claim, this node's or
+   another's, or an add here that starts its job (``taskrt.claims`` note 4),
+   may hold the row between the two, or take it after the read: the write
+   finds it RUNNING and only marks it. Such a cancel then waits for the
+   claims and starting adds in flight here (``landed``), stops the job
+   itself if one of them started it here, and waits for the job's end, as
+   for a job it read RUNNING (the node running it is told by the mark's
+   notification). Before, it waited only when its read said RUNNING: it
+   answered RUNNING while the job started, and the job's unique key was
+   still held, so an add with that key just after the cancel returned the
+   cancelled job's id and its work was never stored.
 """
 
 from __future__ import annotations
@@ -514,6 +527,17 @@ class Nodes:
             if n and name in self.pools:
                 await self.store.mark_waiting(name, now)  # those a lock holds (note 5)
 
+    async def landed(self) -> bool:
+        """Wait for the claims, reaps and starting adds in flight now (up to
+        ``STRAY_WAIT`` seconds): what those started here is in memory once they
+        answered. False if some had not answered by then (notes 8, 9)."""
+        pending = {*self._in_flight, *self.store.starting_adds}
+        if not pending:
+            return True
+        _, late = await asyncio.wait(pending, timeout=STRAY_WAIT)
+        await asyncio.sleep(0)  # the tasks those answers woke take their jobs in
+        return not late
+
     async def _release_strays(self) -> None:
         """Jobs RUNNING here in the database that memory does not hold: back to
         WAITING (note 8), once what was in flight as the read answered has answered
@@ -522,13 +546,7 @@ class Nodes:
         running = await store.running_on(self.node)
         # What answered before the read did is in memory now; what is still on its way
         # may have committed before the read: its jobs enter memory as it answers.
-        pending = {*self._in_flight, *store.starting_adds}
-        late = False
-        if pending:
-            _, late_ones = await asyncio.wait(pending, timeout=STRAY_WAIT)
-            late = bool(late_ones)
-            await asyncio.sleep(0)  # the tasks those answers woke take their jobs in
-        if not late:
+        if await self.landed():
             self._check_strays_at = time.monotonic() + STRAY_CHECK
             stray = [(i, seq) for i, seq in running if i not in self.live.states]
             released = await store.release_unheld(self.node, stray) if stray else 0

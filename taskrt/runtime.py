@@ -1502,10 +1502,24 @@ class Runtime:
             # cancel of a job no owner held (none running, or out of its window).
             self.transitions.ended_here(job_id, info.task, info.pool, JobStatus.CANCELLED, seq)
         self.workflows.ended(job_id)  # its dependents, if it has any and was waiting
-        if self.nodes is not None and info.status is JobStatus.RUNNING:
-            # Another node runs it: it is told (NOTIFY) and ends it.
-            with contextlib.suppress(TimeoutError):
-                return await self.wait(job_id, timeout=self.abandon_after + 5)
+        if self.nodes is not None and seq is None:
+            # Not WAITING at the write, whatever the read said: started, here or on
+            # another node, and marked (or ended meanwhile: the wait answers at once).
+            # Its end is the cancel's answer (nodes note 9).
+            return await self._cancel_started(self.nodes, job_id)
+        return await self.get(job_id)
+
+    async def _cancel_started(self, nodes: Nodes, job_id: int) -> JobInfo:
+        """A job whose row ``cancel_external`` found started (nodes note 9): stopped here
+        once the claim or add in flight that started it here answered, else by its node
+        (told by the mark's notification); its state at its end, or after the wait for
+        a running job's end if it outlives that."""
+        await nodes.landed()
+        state = self.live.states.get(job_id)
+        if state is not None and state.status is JobStatus.RUNNING and not state.cancel_requested:
+            self._pools[state.pool].cancel_running(state)
+        with contextlib.suppress(TimeoutError):
+            return await self.wait(job_id, timeout=self.abandon_after + 5)
         return await self.get(job_id)
 
     async def _cancel_member(self, state: JobState) -> JobInfo:

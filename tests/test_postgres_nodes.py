@@ -389,6 +389,76 @@ async def test_a_cancel_asked_while_an_attempt_ran_ends_its_retry_on_every_node(
         assert (info.status, info.attempts, runs) == (JobStatus.CANCELLED, 1, [1])
 
 
+async def test_a_cancel_as_this_nodes_claim_starts_the_job_answers_with_its_end(
+    url: str,
+) -> None:
+    """The cancel reads the job WAITING; this node's claim takes it before the
+    cancel's write, which finds it RUNNING and only marks it, and the claim's
+    answer is still on its way as the write answers (nodes note 9). Before, the
+    cancel answered RUNNING (so did ``get``), the job ended CANCELLED a moment
+    later, and an add with its unique key just after the cancel got the
+    cancelled job's id: that work was never stored. Now the cancel answers
+    with the job's end, and the key is free."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran, concurrency=1) as x:
+        store = x.store
+        claim, cancel_external = store.claim, store.cancel_external
+        go, claimed, answer = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def held_claim(*args: Any, **kwargs: Any) -> list[JobInfo]:
+            await go.wait()  # none before the cancel has read the row
+            rows = await claim(*args, **kwargs)
+            if rows:
+                claimed.set()
+            await answer.wait()  # committed; its answer comes after the cancel's write
+            return rows
+
+        async def write_after_the_claim(job_id: int, now: float) -> int | None:
+            go.set()
+            await asyncio.wait_for(claimed.wait(), 5)
+            seq = await cancel_external(job_id, now)
+            answer.set()
+            return seq
+
+        store.claim = held_claim  # type: ignore[method-assign]
+        store.cancel_external = write_after_the_claim  # type: ignore[method-assign]
+        async with node(url, "c", ran, workers=False) as client:
+            job_id = await client.enqueue("a", args=[1], kwargs={"hold": True}, unique_key="k")
+        info = await asyncio.wait_for(x.cancel(job_id), 10)
+        assert (info.status, (await x.get(job_id)).status) == (JobStatus.CANCELLED,) * 2
+        assert x.pool("p").running == 0
+        again = await x.enqueue("a", args=[2], kwargs={"hold": True}, unique_key="k")
+        assert again != job_id, "the key of the cancelled job was still held"
+        x.gate.set()  # type: ignore[attr-defined]
+        assert (await x.wait(again, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_a_cancel_as_another_node_claims_the_job_answers_with_its_end(url: str) -> None:
+    """The cancel reads the job WAITING; another node claims and starts it before
+    the cancel's write, which only marks it (nodes note 9). Before, the cancel
+    answered RUNNING, as its read was not RUNNING; now it waits for the end."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "y", ran, concurrency=1) as y:
+        y.pool("p").pause()  # here only: y claims nothing until the cancel has read
+        async with node(url, "c", ran, workers=False) as client:
+            store = client.store
+            cancel_external = store.cancel_external
+
+            async def write_after_the_start(job_id: int, now: float) -> int | None:
+                y.pool("p").resume()
+                await until(lambda: ran[job_id])
+                return await cancel_external(job_id, now)
+
+            store.cancel_external = write_after_the_start  # type: ignore[method-assign]
+            job_id = await client.enqueue("a", args=[1], kwargs={"hold": True}, unique_key="k")
+            info = await asyncio.wait_for(client.cancel(job_id), 10)
+            assert info.status is JobStatus.CANCELLED
+            assert ran[job_id] == ["y"]
+            again = await client.enqueue("a", args=[2], unique_key="k")
+            assert again != job_id, "the key of the cancelled job was still held"
+            assert (await y.wait(again, timeout=10)).status is JobStatus.SUCCESS
+
+
 async def test_a_pause_on_one_node_holds_every_node(url: str) -> None:
     ran: Ran = collections.defaultdict(list)
     async with node(url, "x", ran) as x, node(url, "y", ran) as y:
