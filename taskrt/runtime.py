@@ -2569,6 +2569,9 @@ def _check_pool_name(name: Any) -> None:
     check_text(name, "pool", max_bytes=DEFAULT_LIMITS.max_metadata_bytes)
 
 
+MAX_METADATA_FILTERS = 64  # metadata keys one listing, count or bulk action may match
+
+
 def _check_filter_values(
     pool: str | None, task: str | None, metadata: Mapping[str, Any] | None
 ) -> None:
@@ -2581,6 +2584,12 @@ def _check_filter_values(
         return
     if not isinstance(metadata, Mapping):
         raise InvalidOption("metadata", f"expected a mapping, found {type(metadata).__name__}")
+    if len(metadata) > MAX_METADATA_FILTERS:
+        # Each is a condition of the statement: some 500 pass SQLite's depth limit.
+        raise InvalidOption(
+            "metadata",
+            f"expected at most {MAX_METADATA_FILTERS} keys to match, found {len(metadata)}",
+        )
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidOption("metadata", f"expected non-empty names, found {key!r}")

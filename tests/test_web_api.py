@@ -1237,6 +1237,24 @@ async def test_run_now_cancel_and_purge_one_job(
     assert (await client.get(f"/jobs/{child}")).json()["status"] == "WAITING"
 
 
+async def test_more_metadata_filters_than_a_statement_takes_are_a_422(
+    client: httpx.AsyncClient,
+) -> None:
+    """500 of them passed SQLite's expression depth: a 500 store_error."""
+    many = "&".join(f"metadata.k{n}={n}" for n in range(500))
+    for path in ("/jobs", "/jobs/count"):
+        r = await client.get(f"{path}?{many}")
+        assert r.status_code == 422, (path, r.status_code, r.text)
+        assert "at most 64 keys" in r.text
+    r = await client.post(
+        "/jobs/cancel",
+        json={"metadata": {f"k{n}": n for n in range(500)}, "dry_run": True},
+    )
+    assert r.status_code == 422, r.text
+    allowed = "&".join(f"metadata.k{n}={n}" for n in range(64))
+    assert (await client.get(f"/jobs/count?{allowed}")).json() == {"count": 0}
+
+
 async def test_a_listings_filter_given_twice_is_refused_except_status(
     client: httpx.AsyncClient,
 ) -> None:

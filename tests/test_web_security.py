@@ -345,6 +345,33 @@ async def test_the_host_check_runs_on_the_raw_asgi_scope(rt: Runtime) -> None:
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "invalid host"}]
 
 
+async def test_a_dual_stack_listeners_ipv4_loopback_is_loopback(rt: Runtime) -> None:
+    """uvicorn with --workers binds ``::``, and a connection to 127.0.0.1 arrives as
+    ``::ffff:127.0.0.1``, which Python 3.11 does not call loopback: a rebound Host
+    was served the job list there."""
+    app = create_app(rt)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    for host, status in ((b"evil.example", 400), (b"127.0.0.1:8000", 200)):
+        sent.clear()
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/jobs",
+            "query_string": b"",
+            "headers": [(b"host", host)],
+            "server": ("::ffff:127.0.0.1", 8000),
+        }
+        await app(scope, receive, send)
+        assert sent[0]["status"] == status, (host, sent)
+
+
 @pytest.mark.server
 async def test_a_real_loopback_server_refuses_a_rebound_host(rt: Runtime, server: Serve) -> None:
     async with server(create_app(rt)) as base, httpx.AsyncClient(base_url=base) as client:
@@ -377,6 +404,18 @@ async def test_the_token_is_required_as_bearer_or_basic_password_but_not_for_hea
         assert (
             await client.get("/jobs", auth=(TOKEN, "x"))
         ).status_code == 401  # a user, not a password
+
+
+async def test_a_token_of_non_ascii_text_is_taken_as_bearer_in_utf_8(rt: Runtime) -> None:
+    """The server reads header bytes as Latin-1, so the UTF-8 a client (curl with
+    ``$TASKRT_TOKEN``) sends never matched: 401 for the right token."""
+    token = "ünïcödé-tökén-1234567"
+    async with client_for(create_app(rt, token=token)) as client:
+        sent = httpx.Headers({"authorization": f"Bearer {token}"}, encoding="utf-8")
+        assert (await client.get("/jobs", headers=sent)).status_code == 200
+        wrong = httpx.Headers({"authorization": f"Bearer {token}x"}, encoding="utf-8")
+        assert (await client.get("/jobs", headers=wrong)).status_code == 401
+        assert (await client.get("/jobs", auth=("admin", token))).status_code == 200
 
 
 async def test_the_token_comes_from_the_environment_unless_turned_off(
@@ -454,6 +493,11 @@ async def test_login_refuses_cross_site_posts_and_non_form_bodies(rt: Runtime) -
         assert COOKIE not in r.cookies
         r = await client.post("/login", json={"token": TOKEN})
         assert (r.status_code, error_code(r)) == (415, "unsupported_media_type")
+        # More fields than a sign-in form has: the form again (401), not a 500.
+        for body in ("&" * 12, "&".join([f"token={TOKEN}"] + [f"f{n}=x" for n in range(11)])):
+            r = await client.post("/login", content=body, headers=FORM)
+            assert r.status_code == 401, (body, r.status_code)
+            assert COOKIE not in r.cookies
 
 
 async def test_the_login_form_and_redirects_follow_the_mount(rt: Runtime) -> None:

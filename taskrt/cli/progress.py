@@ -187,7 +187,8 @@ def bar_line(
         bar = "[" + full * filled + empty * (width - filled) + "]"
         pct = f"{share:3.0f}%"
         amount = f"{_count(view.current)}/{_count(view.total)}" if view.total else ""
-    parts = [f"job {view.id}", view.task, f"{view.status or '?':<9}", bar, pct]
+    # A job's texts (its task, message, step, error) one line each, controls escaped.
+    parts = [f"job {view.id}", printable(view.task), f"{view.status or '?':<9}", bar, pct]
     if amount:
         parts.append(amount)
     if view.attempt > 1:
@@ -196,22 +197,18 @@ def bar_line(
         view.status, view.run_at, view.error, view.attempt, time.time() if now is None else now
     )
     if note:
-        parts.append(note)  # why it waits: a delay, or a retry and its error
+        parts.append(printable(note))  # why it waits: a delay, or a retry and its error
     else:
         if view.step:
-            parts.append(f"[{view.step}]")
+            parts.append(f"[{printable(view.step)}]")
         if view.message:
-            parts.append(view.message)
-    line = printable("  ".join(p for p in parts if p))
+            parts.append(printable(view.message))
+    line = "  ".join(p for p in parts if p)
     return line if len(line) < columns else line[: max(columns - 2, 10)] + "…"
 
 
 def summary_line(view: JobView) -> str:
-    """The last line: how the job ended (``printable``: one line, controls escaped)."""
-    return printable(_summary(view))
-
-
-def _summary(view: JobView) -> str:
+    """The last line: how the job ended (its texts ``printable``: one line, controls escaped)."""
     took = f" in {view.duration:.2f}s" if view.duration is not None else ""
     if took and view.attempt > 1 and view.last_attempt is not None:
         took += f" ({view.attempt} attempts, the last {view.last_attempt:.2f}s)"
@@ -219,9 +216,10 @@ def _summary(view: JobView) -> str:
         result = json.dumps(view.result, ensure_ascii=False, default=str)
         if len(result) > 200:
             result = result[:199] + "…"
-        return f"job {view.id} SUCCESS{took}: {result}"
+        return f"job {view.id} SUCCESS{took}: {printable(result)}"
     if view.status == JobStatus.FAILURE:
-        return f"job {view.id} FAILURE after {view.attempt} attempt(s): {view.error or 'failed'}"
+        error = printable(view.error or "failed")
+        return f"job {view.id} FAILURE after {view.attempt} attempt(s): {error}"
     if view.status == JobStatus.CANCELLED:
         return f"job {view.id} CANCELLED"
     return f"job {view.id} {view.status}"
@@ -327,7 +325,8 @@ async def server_events(
             if last_id is not None:
                 request_headers["Last-Event-ID"] = last_id
             try:
-                async with aconnect_sse(client, "GET", url, headers=request_headers) as source:
+                sent = httpx.Headers(request_headers, encoding="utf-8")  # a non-ASCII token
+                async with aconnect_sse(client, "GET", url, headers=sent) as source:
                     response = source.response
                     if response.status_code == 204:  # note 2
                         yield await _final_state(client, base_url, job_id, headers)
@@ -374,8 +373,11 @@ async def server_events(
 async def _final_state(
     client: httpx.AsyncClient, base_url: str, job_id: int, headers: Mapping[str, str] | None
 ) -> dict[str, Any]:
+    import httpx
+
     response = await client.get(
-        f"{base_url.rstrip('/')}/jobs/{job_id}", headers=dict(headers or {})
+        f"{base_url.rstrip('/')}/jobs/{job_id}",
+        headers=httpx.Headers(dict(headers or {}), encoding="utf-8"),
     )
     if response.status_code != 200:
         raise StreamError(_http_error(response, str(response.url)), _status_of(response))

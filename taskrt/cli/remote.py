@@ -168,7 +168,9 @@ class _Schedules:
 async def server_jobs(url: str, headers: Mapping[str, str]) -> AsyncIterator[ServerJobs]:
     """The server at ``url`` (its ``/health`` read first: it says who owns the jobs)."""
     async with httpx.AsyncClient(
-        base_url=url.rstrip("/"), headers=dict(headers), timeout=TIMEOUT
+        base_url=url.rstrip("/"),
+        headers=httpx.Headers(dict(headers), encoding="utf-8"),  # a non-ASCII token
+        timeout=TIMEOUT,
     ) as client:
         try:
             health = await client.get("/health")

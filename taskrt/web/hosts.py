@@ -73,9 +73,13 @@ def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    # A dual-stack listener (uvicorn's with --workers binds ``::``) shows a
+    # connection to 127.0.0.1 as ``::ffff:127.0.0.1``, not loopback to Python 3.11.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def check_patterns(allowed_hosts: Iterable[str]) -> tuple[str, ...]:

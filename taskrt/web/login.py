@@ -113,6 +113,15 @@ class TokenAuth:
         """Whether ``candidate`` is the token, in constant time."""
         return hmac.compare_digest(candidate.encode(), self._token)
 
+    def matches_header(self, value: str) -> bool:
+        """Whether a header's ``value`` is the token: its bytes as sent, which the
+        server reads as Latin-1 (a token of non-ASCII text arrives as its UTF-8)."""
+        try:
+            sent = value.encode("latin-1")
+        except UnicodeEncodeError:
+            sent = value.encode()
+        return hmac.compare_digest(sent, self._token)
+
     def _sign(self, expires: int) -> str:
         message = f"taskrt-login|{_VERSION}|{expires}".encode()
         digest = hmac.new(self._token, message, hashlib.sha256).digest()
@@ -138,7 +147,7 @@ class TokenAuth:
         """How the request shows the token, or ``None`` (note 2)."""
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         scheme, credentials = scheme.lower(), credentials.strip()
-        if scheme == "bearer" and self.matches(credentials):
+        if scheme == "bearer" and self.matches_header(credentials):
             return TokenPrincipal("bearer")
         if scheme == "basic":
             password = basic_password(credentials)
@@ -261,7 +270,10 @@ async def _form_token(request: Request) -> str | None:
                 )
     except ClientDisconnect:
         raise ApiError(400, "bad_request", "the client disconnected before the body") from None
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than a sign-in form has
+        return None
     values = fields.get("token", [])
     return values[0] if len(values) == 1 else None
 
