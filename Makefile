@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check bench fmt browser-deps clean
+.PHONY: demo test check bench fmt browser-deps pgbouncer-deps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,7 +30,10 @@ check: $(STAMP)
 browser-deps:
 	@bash scripts/browser-deps.sh
 
-test: $(STAMP) check browser-deps
+pgbouncer-deps:
+	@bash scripts/pgbouncer-deps.sh
+
+test: $(STAMP) check browser-deps pgbouncer-deps
 	PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
