@@ -1279,3 +1279,22 @@ async def test_jobs_added_in_the_applications_own_transaction_count_against_the_
         with pytest.raises(QueueFull):
             await pool.add("double", 9)
         assert await rt.count(pool="p", status="WAITING") == 3
+
+
+async def test_a_pool_connection_never_given_back_holds_a_stop_only_so_long(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg's close waits for every connection to come back, warning once a minute:
+    a task that kept one held the stop for ever (a CI run's test timed out at 60 s
+    in ``Pool.close()``). Past the patience the pool's connections are cut."""
+    from taskrt.store.postgres import store as store_module
+
+    monkeypatch.setattr(store_module, "POOL_CLOSE_PATIENCE", 0.5)
+    rt = Runtime(url, mode="owner")
+    await rt.start()
+    assert isinstance(rt.store, PgStore)
+    await rt.store.pool.acquire()  # never released
+    began = time.monotonic()
+    await asyncio.wait_for(rt.stop(), 20)
+    assert time.monotonic() - began < 5
+    assert "was not given back within 0.5 s" in caplog.text

@@ -123,6 +123,7 @@ NODE_SPREAD = 8  # a node's lanes are one of this many sets, by its name
 assert NODE_SPREAD * LANES_PER_NODE <= APP_LANE  # the application's own, apart
 
 log = logging.getLogger("taskrt.store")
+POOL_CLOSE_PATIENCE = 5.0  # seconds a closing pool waits for its connections to come back
 
 SCHEMES = ("postgresql", "postgres")
 """URL schemes of a PostgreSQL database (``Runtime("postgresql://...")``)."""
@@ -458,7 +459,19 @@ class PgStore(QueuedWrites, SharedReads):
         for pool in (self._claims, self._pool):
             if pool is not None:
                 try:
-                    await pool.close()
+                    # A close waits for every connection to come back: one a task
+                    # never gives back would hold the stop for ever (asyncpg only
+                    # warns each minute). Past the patience, the rest are cut.
+                    await asyncio.wait_for(pool.close(), POOL_CLOSE_PATIENCE)
+                except TimeoutError:
+                    log.warning(
+                        "closing %s: a connection was not given back within %g s; "
+                        "the pool's connections were cut",
+                        self.path,
+                        POOL_CLOSE_PATIENCE,
+                    )
+                    if isinstance(pool, asyncpg.Pool):  # the claims' own close is bounded
+                        pool.terminate()
                 except DRIVER_ERRORS as exc:
                     log.error("closing %s failed: %s", self.path, exc)
         self._pool = self._claims = None
