@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -35,16 +36,18 @@ def bus(
     sent: list[str],
     failing: list[bool],
     others: Callable[[], Awaitable[int]] = one_other,
+    **options: Any,
 ) -> NodeBus:
-    return NodeBus(
-        node,
-        send=sent.extend,
-        failing=lambda: failing[0],
-        read=no_row,
-        others=others,
-        buffer=16,
-        replay=16,
-    )
+    """A bus sending to ``sent``; ``options`` replace the other arguments of ``NodeBus``."""
+    settings: dict[str, Any] = {
+        "send": sent.extend,
+        "failing": lambda: failing[0],
+        "read": no_row,
+        "others": others,
+        "buffer": 16,
+        "replay": 16,
+    }
+    return NodeBus(node, **{**settings, **options})
 
 
 async def test_a_flush_sends_once_per_turn_with_progress_conflated() -> None:
@@ -307,16 +310,7 @@ async def test_progress_goes_at_once_unless_a_status_event_of_its_job_awaits_its
         commits.append(asyncio.get_running_loop().create_future())
         return commits[-1]
 
-    a = NodeBus(
-        "a",
-        send=send,
-        send_now=now.extend,
-        failing=lambda: False,
-        read=no_row,
-        others=one_other,
-        buffer=16,
-        replay=16,
-    )
+    a = bus("a", [], [False], send=send, send_now=now.extend)
     a.publish(event(1, 2, EventType.STARTED))
     a.publish(event(1, 3, EventType.PROGRESS))  # behind its start, which it must not pass
     a.publish(event(2, 5, EventType.PROGRESS))  # job 2 has nothing waiting
@@ -406,15 +400,7 @@ async def test_the_events_after_a_pointer_being_read_wait_for_it_in_order() -> N
         reads += 1
         return row
 
-    b = NodeBus(
-        "b",
-        send=[].extend,
-        failing=lambda: False,
-        read=read,
-        others=one_other,
-        buffer=64,
-        replay=64,
-    )
+    b = bus("b", [], [False], read=read, buffer=64, replay=64)
     seen = b.subscribe()
     b.deliver(pointer(1, 7, EventType.PROGRESS))  # its row is at 6: read again later
     for seq in range(8, 40):  # held meanwhile, conflated
@@ -450,9 +436,7 @@ async def test_a_pointer_whose_row_never_comes_holds_its_jobs_events_only_so_lon
         await asyncio.sleep(10)
         return None
 
-    b = NodeBus(
-        "b", send=[].extend, failing=lambda: False, read=stuck, others=one_other, buffer=8, replay=8
-    )
+    b = bus("b", [], [False], read=stuck, buffer=8, replay=8)
     seen = b.subscribe()
     b.deliver(pointer(1, 7, EventType.PROGRESS))
     b.deliver(_payload("a", event(1, 8, EventType.SUCCESS, {"result": 1})))
@@ -468,16 +452,7 @@ async def test_a_status_event_takes_again_the_last_progress_sent_at_once() -> No
     # the job's end riding its commit, and was dropped as stale (4 streams of 36).
     behind: list[str] = []
     now: list[str] = []
-    a = NodeBus(
-        "a",
-        send=behind.extend,
-        send_now=now.extend,
-        failing=lambda: False,
-        read=no_row,
-        others=one_other,
-        buffer=16,
-        replay=16,
-    )
+    a = bus("a", behind, [False], send_now=now.extend)
     a.publish(event(1, 2, EventType.PROGRESS, {"message": "2"}))
     await asyncio.sleep(0)
     a.publish(event(1, 3, EventType.PROGRESS, {"message": "3"}))

@@ -318,14 +318,6 @@ async def test_a_cookie_whose_expiry_is_no_ascii_number_is_refused_not_an_error(
 
 async def test_the_host_check_runs_on_the_raw_asgi_scope(rt: Runtime) -> None:
     app = create_app(rt)
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
     scope = {
         "type": "http",
         "method": "GET",
@@ -334,22 +326,17 @@ async def test_the_host_check_runs_on_the_raw_asgi_scope(rt: Runtime) -> None:
         "headers": [(b"host", b"evil.example")],
         "server": ("::1", 8000),
     }
-    await app(scope, receive, send)
+    sent = await asgi(app, scope)
     assert sent[0]["status"] == 400
     assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_host"
-    sent.clear()
-    await app({**scope, "headers": []}, receive, send)  # no Host at all
+    sent = await asgi(app, {**scope, "headers": []})  # no Host at all
     assert sent[0]["status"] == 400
-    sent.clear()
-    await app({**scope, "type": "websocket", "path": "/ws"}, receive, send)
+    sent = await asgi(app, {**scope, "type": "websocket", "path": "/ws"})
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "invalid host"}]
 
 
-async def test_a_dual_stack_listeners_ipv4_loopback_is_loopback(rt: Runtime) -> None:
-    """uvicorn with --workers binds ``::``, and a connection to 127.0.0.1 arrives as
-    ``::ffff:127.0.0.1``, which Python 3.11 does not call loopback: a rebound Host
-    was served the job list there."""
-    app = create_app(rt)
+async def asgi(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ``app`` sends for one bodiless request of ``scope``, on the raw ASGI interface."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -358,8 +345,16 @@ async def test_a_dual_stack_listeners_ipv4_loopback_is_loopback(rt: Runtime) -> 
     async def send(message: Any) -> None:
         sent.append(message)
 
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_dual_stack_listeners_ipv4_loopback_is_loopback(rt: Runtime) -> None:
+    """uvicorn with --workers binds ``::``, and a connection to 127.0.0.1 arrives as
+    ``::ffff:127.0.0.1``, which Python 3.11 does not call loopback: a rebound Host
+    was served the job list there."""
+    app = create_app(rt)
     for host, status in ((b"evil.example", 400), (b"127.0.0.1:8000", 200)):
-        sent.clear()
         scope = {
             "type": "http",
             "method": "GET",
@@ -368,7 +363,7 @@ async def test_a_dual_stack_listeners_ipv4_loopback_is_loopback(rt: Runtime) -> 
             "headers": [(b"host", host)],
             "server": ("::ffff:127.0.0.1", 8000),
         }
-        await app(scope, receive, send)
+        sent = await asgi(app, scope)
         assert sent[0]["status"] == status, (host, sent)
 
 
