@@ -497,11 +497,12 @@ async def test_a_stalled_stream_conflates_progress_but_keeps_the_terminal_event(
     assert rt.broker.subscribers == 0
 
 
-async def test_an_overflowing_subscription_ends_the_stream_and_resume_recovers(
+async def test_an_overflowing_subscription_goes_on_from_a_snapshot_in_the_same_stream(
     rt: Runtime,
 ) -> None:
-    """Lifecycle events are never conflated: a stream whose client is too slow
-    even for those ends; its reconnect resumes with no gap, up to the terminal event."""
+    """Lifecycle events are never conflated: a client too slow even for those loses
+    its subscription, and the stream goes on from a fresh state (note 5) in the same
+    response, up to the terminal event, its ids still increasing."""
     app = create_app(rt, stream_buffer=1, send_timeout=None, heartbeat=0)
     rt.pools["b"].pause()
     job_id = await rt.add("stubborn", 6)
@@ -513,19 +514,43 @@ async def test_an_overflowing_subscription_ends_the_stream_and_resume_recovers(
     await rt.wait(job_id, timeout=5)
     fake.unblock.set()
     await asyncio.wait_for(call, 5)
-    first = parse_sse(fake.body.decode())
-    assert first[-1].event != "success"  # it ended early: the subscription overflowed
-    async with client_for(app) as client:
-        r = await client.get(
-            f"/jobs/{job_id}/events", headers={"Last-Event-ID": first[-1].id or ""}
-        )
-    rest = parse_sse(r.text)
-    seqs = [int(f.id or 0) for f in first + rest]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    assert (
-        rest[-1].event == "success" and rest[-1].data is not None and rest[-1].data["result"] == 7
-    )
+    frames = parse_sse(fake.body.decode())
+    seqs = [int(f.id or 0) for f in frames]
+    assert seqs == sorted(set(seqs))
+    assert [f.event for f in frames][:2] == ["snapshot", "started"]
+    end = frames[-1]
+    assert end.event == "success" and end.data is not None and end.data["result"] == 7
+    assert end.data["job"]["status"] == "SUCCESS"  # rebuilt from the row: it was missed
+    assert seqs[-1] == (await rt.get(job_id)).seq
     assert rt.broker.subscribers == 0
+
+
+async def test_a_stream_goes_on_after_its_events_were_interrupted(
+    rt: Runtime, gates: Gates
+) -> None:
+    """When events may have been missed here (``broker.interrupt``: a PostgreSQL
+    node's listener dropped, a standby's owner changed) an open stream subscribes
+    again and goes on live; it does not end."""
+    app = create_app(rt, heartbeat=0)
+    job_id = await rt.add("burst_then_wait", 1, "cut")
+    gate = await gate_key(gates, "cut")
+    fake = FakeClient()
+    call = asyncio.create_task(app(scope_for(f"/jobs/{job_id}/events"), fake.receive, fake.send))
+    await wait_until(lambda: b"event: snapshot" in fake.body and rt.broker.subscribers == 1)
+    rt.broker.interrupt()
+    assert rt.broker.subscribers == 0
+    await wait_until(lambda: rt.broker.subscribers == 1)  # subscribed again
+    assert not call.done()
+    gate.set()  # its last progress and its end come live
+    await asyncio.wait_for(call, 5)
+    frames = parse_sse(fake.body.decode())
+    seqs = [int(f.id or 0) for f in frames]
+    assert seqs == sorted(set(seqs))
+    assert [f.event for f in frames].count("snapshot") == 1  # nothing was missed
+    last_progress = [f for f in frames if f.event == "progress"][-1]
+    assert last_progress.data is not None and last_progress.data["message"] == "done"
+    assert frames[-1].event == "success"
+    assert rt.broker.subscribers == 0 and api_of(app).streams.active == 0
 
 
 async def test_idle_streams_carry_heartbeat_comments(rt: Runtime, gates: Gates) -> None:

@@ -22,8 +22,14 @@ Design notes (cited where they apply):
 4. **The multiplexed stream** (``GET /events``) has ids ``"<job id>:<seq>"``
    and no resume: a dashboard re-reads ``GET /jobs`` when it reconnects.
 5. **A subscription that overflows** (a client so slow that lifecycle events
-   alone fill four times its buffer) is closed by the broker; the stream then
-   ends and the client's reconnect resumes per note 2.
+   alone fill four times its buffer) is closed by the broker, and so is every
+   subscription when events may have been missed here (the listener of a
+   PostgreSQL node dropped, or a standby's owner changed). The stream goes on
+   in the same response: it subscribes again, reads the job (once its row has
+   reached what the stream sent, note 6), and sends what it missed as a fresh
+   ``snapshot`` (the job's terminal event, if it ended meanwhile), so a client
+   that does not reconnect on its own (``curl``, a script) misses nothing. A
+   process that has lost its owner goes on by polling the job's row (note 6).
 6. **Without the owner** (a process that cannot reach it serves the stream by
    polling the job's row), the row may lag what the client already saw from
    the owner (progress is written every ``progress_interval``; a dead owner
@@ -39,6 +45,7 @@ Design notes (cited where they apply):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -48,7 +55,7 @@ from starlette.responses import Response
 from ..errors import PoolNotFound, TaskNotFound
 from ..events import Subscription
 from ..models import STATUS_EVENT, Event, JobInfo
-from ..runtime import JobStream, snapshot_event
+from ..runtime import JobStream, Runtime, snapshot_event
 from .inputs import MAX_INT64, job_id_of, to_int
 from .routing import Api, EndpointGroup, Param, Reply
 from .schemas import integer, ref
@@ -132,23 +139,79 @@ def last_event_id(request: Request) -> int | None:
     return seq if seq is not None and seq <= MAX_INT64 else None
 
 
-async def _job_frames(start: Opening, sub: Subscription | None) -> AsyncIterator[bytes]:
+class _Following:
+    """A job stream's subscription, made again after it overflowed (note 5)."""
+
+    __slots__ = ("job_id", "maxsize", "polled", "rt", "sub")
+
+    def __init__(
+        self, rt: Runtime, job_id: int, sub: Subscription | None, maxsize: int | None
+    ) -> None:
+        self.rt = rt
+        self.job_id = job_id
+        self.sub = sub
+        self.maxsize = maxsize
+        self.polled: JobStream | None = None
+
+    def poll(self, cursor: int) -> JobStream:
+        """No owner is reachable: follow the job's row from ``cursor`` (note 6)."""
+        self.polled = JobStream(
+            self.rt, self.job_id, pool=None, task=None, buffer=self.maxsize, after=cursor
+        )
+        return self.polled
+
+    async def catch_up(self, cursor: int) -> Event | None:
+        """Subscribe again, then read the job (note 1): what the stream missed since
+        ``cursor`` as one event, or ``None`` when the row holds nothing newer."""
+        rt = self.rt
+        self.sub = rt.broker.subscribe(self.job_id, maxsize=self.maxsize)
+        while True:
+            info = await rt.get(self.job_id)
+            if info.terminal:
+                return final_event(info, rt.clock.now()) if info.seq > cursor else None
+            if info.seq >= cursor:
+                break
+            await asyncio.sleep(rt.poll_interval)  # the row lags what was sent (note 6)
+        return snapshot_event(info, rt.clock.now()) if info.seq > cursor else None
+
+    def close(self) -> None:
+        if self.sub is not None:
+            self.sub.close()
+        if self.polled is not None:
+            self.polled.close()
+
+
+async def _job_frames(start: Opening, following: _Following) -> AsyncIterator[bytes]:
     retry: int | None = RECONNECT_MS
     for event in start.events:
         yield frame(event, str(event.seq), retry=retry)
         retry = None
-    if start.done or sub is None:  # a finished job's opening ends with its terminal event
+    if start.done or following.sub is None:  # a finished job's opening ends with it
         return
     cursor = start.cursor
-    # The subscription ends when the runtime stops or it overflowed (note 5).
-    async for live in sub:
-        if live.seq <= cursor:
-            continue  # the opening already covered it (note 1)
-        cursor = live.seq
-        yield frame(live, str(live.seq), retry=retry)
-        retry = None
-        if live.terminal:
+    while True:
+        sub = following.sub
+        async for live in sub:
+            if live.seq <= cursor:
+                continue  # the opening already covered it (note 1)
+            cursor = live.seq
+            yield frame(live, str(live.seq), retry=retry)
+            retry = None
+            if live.terminal:
+                return
+        if not sub.overflowed or not following.rt.started:
+            return  # the runtime stops
+        if not following.rt.relayed:
+            async for polled in _polled_frames(following.poll(cursor), cursor):
+                yield polled
             return
+        missed = await following.catch_up(cursor)  # note 5
+        if missed is not None:
+            cursor = missed.seq
+            yield frame(missed, str(missed.seq), retry=retry)
+            retry = None
+            if missed.terminal:
+                return
 
 
 async def _polled_frames(stream: JobStream, last: int | None) -> AsyncIterator[bytes]:
@@ -206,9 +269,10 @@ async def job_events(api: Api, request: Request) -> Response:
         release()
         raise
 
+    following = _Following(rt, job_id, sub, api.settings.stream_buffer)
+
     def close() -> None:
-        if sub is not None:
-            sub.close()
+        following.close()
         release()
 
     try:
@@ -225,7 +289,7 @@ async def job_events(api: Api, request: Request) -> Response:
     if start is None:
         close()
         return Response(status_code=204)
-    return _respond(api, _job_frames(start, sub), close)
+    return _respond(api, _job_frames(start, following), close)
 
 
 async def _client_runtime_events(
