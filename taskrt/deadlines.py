@@ -20,9 +20,12 @@ Design notes:
    and ended up to a whole interval (and the sweep's time) late. A wake that
    comes while the sweeper looks is kept for its next sleep (cleared before
    the look, not after), and the next look is at the earliest deadline
-   *after* now: the jobs the sweep just ended may still read WAITING (their
-   ends are queued), and taken for the next deadline they made the sweeper
-   sleep a whole interval past the next job's.
+   after the sweep's last read: the jobs the sweep just ended may still read
+   WAITING (their ends are queued), and taken for the next deadline they made
+   the sweeper sleep a whole interval past the next job's. Not after *now*: a
+   deadline that passed while the sweep ended jobs (a few milliseconds on
+   PostgreSQL's nodes, each end a locked compare-and-set) was then neither
+   swept nor upcoming, and its job ended an interval late.
 3. **The host ends it, once.** Ending a job is the runtime's. The owner holds
    its waiting jobs: it takes the job out of its pool's queue first and ends
    that state through ``Transitions.deadline_passed`` (FAILURE ``deadline
@@ -81,6 +84,7 @@ class Deadlines:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._wakes_at = 0.0  # when the sweeper looks next; inf while it looks (note 2)
+        self._swept_to = 0.0  # the time of the sweep's last read (note 2)
         self.ended = 0
 
     def added(self, deadline: float) -> None:
@@ -104,7 +108,8 @@ class Deadlines:
         ended = 0
         seen: list[int] = []
         while True:
-            ids = await self.store.deadlines_passed(self.clock.now(), _BATCH)
+            self._swept_to = now = self.clock.now()
+            ids = await self.store.deadlines_passed(now, _BATCH)
             if ids == seen:
                 # None of them ended (their tasks are not registered here): reading
                 # them again would spin; a process that has their tasks ends them.
@@ -128,7 +133,7 @@ class Deadlines:
                 await self.sweep()
                 # One passed and not ended is a job this process cannot end (its
                 # task is not registered here): the next poll looks again.
-                upcoming = await self.store.next_deadline(self.clock.now())
+                upcoming = await self.store.next_deadline(self._swept_to)
                 if upcoming is not None:
                     wait = max(0.0, min(wait, upcoming - self.clock.now()))
             except TaskrtError as exc:

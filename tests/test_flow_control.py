@@ -831,3 +831,33 @@ async def test_a_sweep_of_more_passed_jobs_than_it_can_end_returns(db: str) -> N
     async with rt:
         await asyncio.wait_for(rt.deadlines.sweep(), 10)
         assert await rt.count(status=JobStatus.WAITING) == 501
+
+
+async def test_a_deadline_that_passes_while_the_sweep_ends_jobs_is_not_missed(db: str) -> None:
+    """The sweeper looked next at the earliest deadline after *now*: one that passed
+    while its sweep ended the jobs before it (each end slowed here, as a node's
+    locked compare-and-set is) was neither swept nor upcoming, and its job ended a
+    whole interval (1 s) late. The next look is after the sweep's last read."""
+    rt = Runtime(db)
+    rt.pool("p", concurrency=1).pause()  # nothing takes the jobs: the sweeper ends them
+
+    @rt.task(pool="p")
+    async def late() -> None:
+        return None
+
+    async with rt:
+        end = rt.deadlines.end
+
+        async def slow_end(job_id: int) -> None:
+            await asyncio.sleep(0.1)
+            await end(job_id)
+
+        rt.deadlines.end = slow_end
+        await asyncio.sleep(0.1)  # the sweeper's first look is done: it sleeps now
+        now = time.time()
+        deadlines = {await rt.add(late.options(deadline=now + d)): now + d for d in (0.3, 0.32)}
+        for job_id, deadline in deadlines.items():
+            info = await rt.wait(job_id, timeout=5)
+            assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
+            assert info.finished_at is not None
+            assert 0 <= info.finished_at - deadline < 0.6, info.finished_at - deadline
