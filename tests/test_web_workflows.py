@@ -474,6 +474,21 @@ STEP = {"task": "fetch", "args": ["u"]}
             "then.options.after",
         ),
         ({"group": [STEP], "then": "album"}, 422, "invalid_request", "then"),
+        (
+            {"chain": [STEP, {**STEP, "options": {"unique_key": "k"}}] * 2},
+            422,
+            "invalid_option",
+            "chain[3].options.unique_key",
+        ),
+        (
+            {
+                "group": [{**STEP, "options": {"unique_key": "k"}}],
+                "then": {"task": "album", "options": {"unique_key": "k"}},
+            },
+            422,
+            "invalid_option",
+            "then.options.unique_key",
+        ),
         # Shape first, then tasks (404), then options (note 1 of taskrt/web/workflows.py).
         (
             {"chain": [{"task": "nope"}, {"task": "fetch", "args": 1}]},

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..definitions import Signature, TaskCall
-from ..errors import JobNotFound
+from ..errors import InvalidOption, JobNotFound
 from ..models import TERMINAL, Event, EventType, JobStatus, WorkflowInfo
 from ..workflows import MAX_STEPS, Flow
 from .errors import ApiError
@@ -181,9 +181,17 @@ async def add_workflow(api: Api, request: Request) -> Response:
     every = [*steps, *([then] if then is not None else [])]
     specs = [rt.resolve(step.task).spec for step in every]  # note 1
     signatures: list[Signature] = []
+    keys: dict[str, str] = {}  # a unique key and the first step that has it
     for step, spec in zip(every, specs, strict=True):
         with within(f"{step.at}.options."):
             options = options_of(step.options)
+            key = options.unique_key
+            if key is not None:
+                if key in keys:
+                    raise InvalidOption(
+                        "unique_key", f"{keys[key]} has the unique key {key!r} already"
+                    )
+                keys[key] = step.at
         signatures.append(Signature(TaskCall(spec, options), tuple(step.args), step.kwargs))
     flow: Flow
     if kind == "chain":
