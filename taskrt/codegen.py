@@ -405,7 +405,8 @@ def _render_add(task: _Task) -> str:
     doc = _docstring(
         f"Add a ``{task.name}`` job; its id once it is stored.\n\n"
         "``overrides`` are per-job options: delay, run_at, priority, unique_key,\n"
-        "unique_for, on_conflict, deadline, attempts, retry, timeout, metadata.",
+        "unique_for, on_conflict, deadline, lock, attempts, retry, timeout,\n"
+        "metadata, after, on_parent_failure.",
         "    ",
     )
     call = (
