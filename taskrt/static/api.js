@@ -53,6 +53,38 @@ function skeleton(doc, schema, depth = 0) {
   return { string: "", integer: 0, number: 0, boolean: false }[[].concat(s.type)[0]] ?? null;
 }
 
+// A JSON text's tokens: strings (whole), brackets and punctuation, and the rest
+// (numbers, true, false, null).
+const JSON_TOKENS = /"[^"\\]*(?:\\.[^"\\]*)*"|[{}[\],:]|[^\s{}[\],:"]+/g;
+
+// An answer laid out as JSON.stringify(value, null, 2) would, from its text: a
+// number keeps every digit it was sent with (job ids run to 2^63-1, beyond
+// the integers a JavaScript number holds exactly). Throws when it is not JSON.
+function indent(text) {
+  JSON.parse(text);
+  const tokens = text.match(JSON_TOKENS) || [];
+  let depth = 0;
+  let out = "";
+  const line = () => `\n${"  ".repeat(depth)}`;
+  for (let i = 0; i < tokens.length; i += 1) {
+    const token = tokens[i];
+    if (token === "{" || token === "[") {
+      if (tokens[i + 1] === (token === "{" ? "}" : "]")) {
+        out += token + tokens[(i += 1)]; // {} and [] stay on one line
+        continue;
+      }
+      depth += 1;
+      out += token + line();
+    } else if (token === "}" || token === "]") {
+      depth -= 1;
+      out += line() + token;
+    } else if (token === ",") out += `,${line()}`;
+    else if (token === ":") out += ": ";
+    else out += token;
+  }
+  return out;
+}
+
 function operation(doc, path, method, op) {
   const params = op.parameters || [];
   const body = op.requestBody && op.requestBody.content && op.requestBody.content["application/json"];
@@ -96,7 +128,7 @@ function operation(doc, path, method, op) {
       const text = await response.text();
       let shown = text;
       try {
-        shown = JSON.stringify(JSON.parse(text), null, 2);
+        shown = indent(text);
       } catch {
         // not JSON: shown as it is
       }

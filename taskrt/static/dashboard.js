@@ -29,6 +29,13 @@
 //    an end whose job the page never saw waiting or running is taken for an
 //    attempt's: the counts are also read again every COUNTS_EVERY seconds
 //    while the page is in view (constant time on the server at any size).
+// 8. Job ids are exact. They run to 2^63-1 (docs/guarantees.md "Ids"), past the
+//    integers a JavaScript number holds (2^53-1): read as numbers, 2^60+1 and
+//    2^60+2 both become 2^60, one row whose Cancel names job 2^60 (another job,
+//    or none). Answers and events are read with readJson, which keeps such
+//    integers as their digits; every id the page holds is a string (idText),
+//    maps are keyed by it, URLs and buttons carry it, and ids are put in order
+//    by compareIds.
 
 const ROOT = document.documentElement.dataset.root || "";
 const STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"];
@@ -165,6 +172,64 @@ class ApiFailure extends Error {
   }
 }
 
+// -- ids (note 8) ---------------------------------------------------------------------------
+
+// A JSON text's strings (skipped whole, whatever digits they hold) and numbers.
+const JSON_TOKENS = /"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+
+// JSON.parse, but an integer beyond 2^53-1 comes out as the string of its digits.
+// (JSON.parse's context.source could say the same, but only from Chromium 114,
+// Firefox 135 and Safari 18.4 on; this works in every browser.)
+function readJson(text) {
+  // No integer part of 16 digits or more (fractions do not count): every number is exact.
+  if (!/(?:^|[^\d.])\d{16}/.test(text)) return JSON.parse(text);
+  const exact = (token) => (/^-?\d+$/.test(token) && !Number.isSafeInteger(Number(token)) ? `"${token}"` : token);
+  return JSON.parse(text.replace(JSON_TOKENS, exact));
+}
+
+// An id as the page holds it: the string of its digits (null when there is none).
+function idText(value) {
+  return value === null || value === undefined ? null : String(value);
+}
+
+// An id from the address: its digits without leading zeros, as the server reads them.
+function addressId(digits) {
+  return digits.replace(/^0+(?=\d)/, "");
+}
+
+// Ids in numeric order: a longer string of digits is a larger id, and among
+// ids of one length the text orders them.
+function compareIds(a, b) {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
+function oldestId(ids) {
+  let oldest = null;
+  for (const id of ids) if (oldest === null || compareIds(id, oldest) < 0) oldest = id;
+  return oldest;
+}
+
+// What the API says of a job, of an event, of a workflow: their ids made strings, in place.
+function jobIds(job) {
+  job.id = idText(job.id);
+  job.workflow = idText(job.workflow);
+  job.batch = idText(job.batch);
+  return job;
+}
+
+function eventIds(event) {
+  event.job_id = idText(event.job_id);
+  if (Array.isArray(event.after)) event.after = event.after.map(idText);
+  return event;
+}
+
+function workflowIds(info) {
+  info.id = idText(info.id);
+  info.jobs.forEach(jobIds);
+  info.edges = info.edges.map(([child, parent]) => [idText(child), idText(parent)]);
+  return info;
+}
+
 async function call(method, path, body) {
   const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
   if (body !== undefined) {
@@ -180,7 +245,7 @@ async function call(method, path, body) {
   const text = await response.text();
   let data = null;
   try {
-    data = text ? JSON.parse(text) : null;
+    data = text ? readJson(text) : null;
   } catch {
     data = null;
   }
@@ -309,9 +374,9 @@ function readLocation() {
     return readLocation();
   }
   const m = path.match(/^\/dashboard\/jobs\/(\d+)\/?$/);
-  if (m) return { view: "job", id: Number(m[1]) };
+  if (m) return { view: "job", id: addressId(m[1]) };
   const w = path.match(/^\/dashboard\/workflows\/(\d+)\/?$/);
-  if (w) return { view: "workflow", id: Number(w[1]) };
+  if (w) return { view: "workflow", id: addressId(w[1]) };
   const params = new URLSearchParams(location.search);
   return {
     view: "list",
@@ -409,7 +474,7 @@ function connect() {
     source.addEventListener(type, (message) => {
       let event;
       try {
-        event = JSON.parse(message.data);
+        event = eventIds(readJson(message.data));
       } catch {
         return;
       }
@@ -995,7 +1060,7 @@ async function loadJobs(cursor = state.cursor, stack = state.stack) {
   state.cursor = cursor;
   state.next = page.cursor;
   state.stale = false;
-  state.jobs = new Map(page.jobs.map((j) => [j.id, j]));
+  state.jobs = new Map(page.jobs.map((j) => [jobIds(j).id, j]));
   for (const job of page.jobs) if (!state.known.has(job.id)) know(job.id, job.status);
   renderJobs();
   state.loading = false;
@@ -1013,7 +1078,7 @@ function renderJobs(empty = "No jobs match.") {
   $("#jobs-empty").textContent = empty;
   const body = $("#jobs tbody");
   state.rows = new Map();
-  const rows = [...state.jobs.values()].sort((a, b) => b.id - a.id).map((job) => {
+  const rows = [...state.jobs.values()].sort((a, b) => compareIds(b.id, a.id)).map((job) => {
     const row = jobRow(job);
     state.rows.set(job.id, row);
     return row;
@@ -1293,23 +1358,22 @@ const hydrate = throttle(() => {
 }, 2000);
 
 function insert(job) {
-  const ids = [...state.jobs.keys()];
-  const oldest = ids.length ? Math.min(...ids) : 0;
-  if (state.jobs.size >= LIMIT && job.id < oldest) return; // belongs on a later page
+  // Older than every row of a full page: it belongs on a later page.
+  if (state.jobs.size >= LIMIT && compareIds(job.id, oldestId(state.jobs.keys())) < 0) return;
   state.jobs.set(job.id, job);
   const row = jobRow(job);
   row.classList.add("fresh");
   state.rows.set(job.id, row);
   const body = $("#jobs tbody");
-  const after = [...body.rows].find((r) => Number(r.dataset.id) < job.id);
+  const after = [...body.rows].find((r) => compareIds(r.dataset.id, job.id) < 0);
   body.insertBefore(row, after || null);
   while (state.jobs.size > LIMIT) {
-    const last = Math.min(...state.jobs.keys());
+    const last = oldestId(state.jobs.keys());
     state.jobs.delete(last);
     state.rows.get(last)?.remove();
     state.rows.delete(last);
     // The API's cursor is the id of a page's last job: the next page starts after ours.
-    state.next = String(Math.min(...state.jobs.keys()));
+    state.next = oldestId(state.jobs.keys());
   }
   renderPager();
 }
@@ -1336,7 +1400,7 @@ function leave(id) {
 $("#jobs").addEventListener("click", async (event) => {
   const button = event.target.closest("button[data-action]");
   if (!button) return;
-  await jobAction(button, Number(button.dataset.id), button.dataset.action);
+  await jobAction(button, button.dataset.id, button.dataset.action);
 });
 
 async function jobAction(button, id, action) {
@@ -1355,7 +1419,7 @@ async function jobAction(button, id, action) {
   button.disabled = false;
   if (!job) return;
   toast(`Job #${id} ${{ cancel: "cancelled", retry: "queued again", run: "runs now" }[action]}`);
-  adopt(job);
+  adopt(jobIds(job));
 }
 
 function adopt(job) {
@@ -1450,7 +1514,7 @@ async function openJob(id) {
   }
   $("#job-body").hidden = false;
   if (state.job !== page) return;
-  page.info = info;
+  page.info = jobIds(info);
   page.attempts = attempts.attempts;
   page.timeline = storedTimeline(info, page.attempts);
   page.loading = false;
@@ -1620,7 +1684,7 @@ function renderAttempts() {
 
 $("#job-actions").addEventListener("click", async (event) => {
   const button = event.target.closest("button[data-action]");
-  if (button) await jobAction(button, Number(button.dataset.id), button.dataset.action);
+  if (button) await jobAction(button, button.dataset.id, button.dataset.action);
 });
 
 // -- a workflow's page: its jobs as a small live graph (note 6) -------------------------------
@@ -1691,7 +1755,7 @@ function followWorkflow(flow) {
   const current = () => state.flow === flow && flow.source === source;
   const data = (message) => {
     try {
-      return JSON.parse(message.data);
+      return readJson(message.data);
     } catch {
       return null;
     }
@@ -1712,14 +1776,14 @@ function followWorkflow(flow) {
   source.addEventListener("snapshot", (message) => {
     const snapshot = data(message);
     if (!current() || !snapshot || !snapshot.workflow) return;
-    drawWorkflow(flow, snapshot.workflow);
+    drawWorkflow(flow, workflowIds(snapshot.workflow));
     ends(message);
   });
   for (const type of EVENT_TYPES) {
     source.addEventListener(type, (message) => {
       const event = data(message);
       if (!current() || !event) return;
-      applyToWorkflow(flow, event);
+      applyToWorkflow(flow, eventIds(event));
       ends(message);
     });
   }
@@ -1754,7 +1818,7 @@ async function readWorkflow(flow) {
     return;
   }
   if (state.flow !== flow) return;
-  drawWorkflow(flow, info);
+  drawWorkflow(flow, workflowIds(info));
   if (TERMINAL.has(info.status)) {
     flow.ended = true;
     wfConn(flow, "finished");
@@ -1834,7 +1898,7 @@ function layoutWorkflow(ids, edges) {
 function drawWorkflow(flow, info) {
   const began = performance.now();
   probe.workflowDraws += 1;
-  const ids = info.jobs.map((j) => j.id).sort((a, b) => a - b);
+  const ids = info.jobs.map((j) => j.id).sort(compareIds);
   flow.jobs = new Map(info.jobs.map((j) => [j.id, j]));
   flow.counts = { ...info.counts };
   flow.done = info.progress * info.jobs.length;
@@ -2033,7 +2097,7 @@ $("#wf-actions").addEventListener("click", async (event) => {
   toast(`Workflow #${flow.id} cancelled`);
   if (state.flow !== flow) return;
   // The answer, where it is newer than what the events said (by each job's seq).
-  for (const job of info.jobs) {
+  for (const job of workflowIds(info).jobs) {
     const shown = flow.jobs.get(job.id);
     if (shown && (shown.seq ?? -1) < job.seq) changeJob(flow, shown, () => Object.assign(shown, job));
   }
