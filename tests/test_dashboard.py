@@ -511,6 +511,48 @@ async def test_the_form_counts_a_strings_length_in_characters_as_the_schema_does
 
 
 @in_browser
+async def test_the_form_refuses_an_integer_it_cannot_send_exactly(
+    db_path: Path, steps: Steps, server: Serve, browser: Any
+) -> None:
+    """A browser's numbers hold integers exactly up to 2**53 - 1: the form rounded a
+    bigger one (9007199254740993 was added as ...992) without a word. It refuses
+    it, in an integer field and in JSON, and sends the largest exact one as typed."""
+    rt = make_runtime(db_path, steps)
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "extra": {"type": "object"}},
+        "required": ["n"],
+    }
+
+    @rt.task(pool="batch", parameters=schema)
+    async def count(job: JobContext, n: int, extra: dict[str, Any] | None = None) -> int:
+        return n
+
+    async with rt, server(create_app(rt)) as base:
+        async with dashboard(browser, f"{base}/dashboard") as page:
+            await page.get_by_role("button", name="New job").click()
+            dialog = page.get_by_role("dialog")
+            await dialog.get_by_label("Task").select_option("count")
+            add = dialog.get_by_role("button", name="Add job")
+            error = dialog.locator("#form-error")
+            await dialog.locator("#param-n").fill("9007199254740993")
+            await add.click()
+            await expect(error).to_have_text(re.compile(r"^n: beyond the integers a browser"))
+            await dialog.locator("#param-n").fill("9007199254740991")
+            await dialog.locator("#param-extra").fill('{"id": 9007199254740993}')
+            await add.click()
+            await expect(error).to_have_text(
+                re.compile(r"^extra: 9007199254740993 is beyond the integers")
+            )
+            assert (await rt.jobs()).jobs == []
+            await dialog.locator("#param-extra").fill('{"id": 9007199254740991}')
+            await add.click()
+            await expect(dialog).to_be_hidden()
+            [job] = (await rt.jobs()).jobs
+            assert job.kwargs == {"n": 9007199254740991, "extra": {"id": 9007199254740991}}
+
+
+@in_browser
 async def test_rows_say_why_jobs_wait_and_show_only_their_own_errors(
     rt: Runtime, steps: Steps, server: Serve, browser: Any
 ) -> None:

@@ -187,6 +187,21 @@ function readJson(text) {
   return JSON.parse(text.replace(JSON_TOKENS, exact));
 }
 
+// JSON.parse of what a user typed, refusing an integer the page cannot send exactly
+// (beyond 2^53-1: JSON.parse would round it, and the job would get another number).
+function typedJson(text, label) {
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (exc) {
+    throw new Error(`${label}: not valid JSON (${exc.message})`);
+  }
+  for (const token of text.match(JSON_TOKENS) || []) {
+    if (/^-?\d+$/.test(token) && !Number.isSafeInteger(Number(token))) throw new Error(`${label}: ${token} is beyond the integers a browser sends exactly (2^53-1); add this job with the API or the CLI`);
+  }
+  return value;
+}
+
 // An id as the page holds it: the string of its digits (null when there is none).
 function idText(value) {
   return value === null || value === undefined ? null : String(value);
@@ -2202,6 +2217,7 @@ function field(name, raw, required) {
     if (kind === "integer" || kind === "number") {
       const n = Number(text);
       if (!isFinite(n) || (kind === "integer" && !Number.isInteger(n))) throw new FieldError(input, `${label}: expected ${kind === "integer" ? "an integer" : "a number"}`);
+      if (kind === "integer" && !Number.isSafeInteger(n)) throw new FieldError(input, `${label}: beyond the integers a browser sends exactly (2^53-1); add this job with the API or the CLI`);
       if (s.minimum !== undefined && n < s.minimum) throw new FieldError(input, `${label}: at least ${s.minimum}`);
       if (s.maximum !== undefined && n > s.maximum) throw new FieldError(input, `${label}: at most ${s.maximum}`);
       if (s.exclusiveMinimum !== undefined && n <= s.exclusiveMinimum) throw new FieldError(input, `${label}: above ${s.exclusiveMinimum}`);
@@ -2216,11 +2232,7 @@ function field(name, raw, required) {
       if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(value)) throw new FieldError(input, `${label}: does not match ${s.pattern}`);
       return value;
     }
-    try {
-      return JSON.parse(text);
-    } catch (exc) {
-      throw new Error(`${label}: not valid JSON (${exc.message})`);
-    }
+    return typedJson(text, label);
   };
   return { name, wrap, read, required };
 }
@@ -2276,15 +2288,12 @@ function collect() {
     body.args = args;
   }
   const form = $("#job-form").elements;
-  if (form.priority.value.trim()) body.priority = Number(form.priority.value);
-  if (form.delay.value.trim()) body.delay = Number(form.delay.value);
-  if (form.metadata.value.trim()) {
-    try {
-      body.metadata = JSON.parse(form.metadata.value);
-    } catch (exc) {
-      throw new Error(`metadata: not valid JSON (${exc.message})`);
-    }
+  if (form.priority.value.trim()) {
+    body.priority = Number(form.priority.value);
+    if (Number.isInteger(body.priority) && !Number.isSafeInteger(body.priority)) throw new Error("priority: beyond the integers a browser sends exactly (2^53-1)");
   }
+  if (form.delay.value.trim()) body.delay = Number(form.delay.value);
+  if (form.metadata.value.trim()) body.metadata = typedJson(form.metadata.value, "metadata");
   return body;
 }
 
