@@ -374,6 +374,7 @@ class Runtime:
             self._pg.on_reaped = self.broker.reaped  # taskrt.nodebus note 7
         self.counters = Counters()
         self._pools: dict[str, Pool] = {}
+        self._changing_pools = asyncio.Lock()  # change_pool's check, write and change
         self.live = LiveJobs()
         self.background = Background()
         # What happens to a job while it runs (taskrt.transitions); the pools call it.
@@ -2237,22 +2238,26 @@ class Runtime:
                 stats = PoolStatistics(**await remote.call("change_pool", **args))
                 self.pool(name)  # every process knows its pools' names
                 return stats
-        if name in self._pools and not exists_ok:
-            raise PoolExists(name)
-        if name not in self._pools and not create:
-            raise PoolNotFound(name)
-        local = self.pool(name)
-        _apply_limits(local, concurrency, capacity, paused, rate)
-        if paused is not None and self._started:
-            await self.store.set_pool_paused(name, paused)
-        recorded = None if isinstance(capacity, _Unset) else (capacity,)
-        rated = None if isinstance(rate, _Unset) else (rate,)
-        changed = any(v is not None for v in (concurrency, recorded, rated))
-        if self.mode == "nodes" and self._started and changed:
-            # Every node applies it, and those that join later (taskrt.nodes note 4).
-            assert self._pg is not None
-            await self._pg.set_pool_limits(name, concurrency, recorded, rated)
-        return local.statistics()
+        # The write first, in one transaction, then the change here: a write that fails
+        # changes nothing, not even a pool it would have created. One change at a time,
+        # so that two creations of one pool cannot both pass the check before the write.
+        async with self._changing_pools:
+            if name in self._pools and not exists_ok:
+                raise PoolExists(name)
+            if name not in self._pools and not create:
+                raise PoolNotFound(name)
+            recorded = None if isinstance(capacity, _Unset) else (capacity,)
+            rated = None if isinstance(rate, _Unset) else (rate,)
+            changed = any(v is not None for v in (concurrency, recorded, rated))
+            if self.mode == "nodes" and self._started and changed:
+                # Every node applies it, and those that join later (taskrt.nodes note 4).
+                assert self._pg is not None
+                await self._pg.set_pool_limits(name, concurrency, recorded, rated, paused)
+            elif paused is not None and self._started:
+                await self.store.set_pool_paused(name, paused)
+            local = self.pool(name)
+            _apply_limits(local, concurrency, capacity, paused, rate)
+            return local.statistics()
 
     async def replay_after(self, job_id: int, seq: int) -> list[Event] | None:
         """The owner's replay window of a job after ``seq`` (``None``: not all known)."""

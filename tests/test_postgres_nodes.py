@@ -36,6 +36,7 @@ from taskrt.errors import (
     JobNotFound,
     OwnershipError,
     QueueFull,
+    StoreError,
     StoreUnavailable,
 )
 from taskrt.models import EventType
@@ -563,6 +564,53 @@ async def test_a_pool_change_over_http_reaches_every_node_and_later_ones(url: st
         y.gate.set()  # type: ignore[attr-defined]
         for i in ids:
             assert (await x.wait(i, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_pool_limits_up_to_2_63_reach_every_node_and_later_ones(url: str) -> None:
+    """A pool's limits are 64-bit (``sql.SCHEMA_V13``): a concurrency or capacity
+    above 2**31 - 1 was a 500 (``store_error``: the columns were INTEGER), and the
+    pool had changed on the node that answered all the same."""
+    ran: Ran = collections.defaultdict(list)
+    largest = 2**63 - 1
+    async with node(url, "x", ran) as x, node(url, "y", ran) as y:
+        transport = httpx.ASGITransport(app=create_app(x))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
+            for body in ({"concurrency": 2**31}, {"capacity": 2**31}, {"concurrency": largest}):
+                reply = await http.patch("/pools/p", json=body)
+                assert reply.status_code == 200, reply.text
+            reply = await http.post("/pools", json={"name": "q", "capacity": largest})
+            assert reply.status_code == 201, reply.text
+        await x.change_pool("p", capacity=largest)
+        await until(lambda: (y.pool("p").concurrency, y.pool("p").capacity) == (largest,) * 2)
+        async with node(url, "z", ran) as z:
+            assert (z.pool("p").concurrency, z.pool("p").capacity) == (largest, largest)
+        job_id = await y.pool("p").add("b")
+        assert (await x.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+
+
+async def test_a_pool_change_the_database_refuses_changes_nothing_here(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write comes first: a failed one left the limits (and the pause) changed on
+    this node, and a pool created, though the caller was told it failed."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x:
+        assert isinstance(x.store, PgStore)
+
+        async def refused(*args: object, **kwargs: object) -> None:
+            raise StoreError("the database refused it")
+
+        monkeypatch.setattr(x.store, "set_pool_limits", refused)
+        with pytest.raises(StoreError):
+            await x.change_pool("p", concurrency=9, capacity=5, rate="1/s", paused=True)
+        pool = x.pool("p")
+        assert (pool.concurrency, pool.capacity, pool.rate, pool.paused) == (4, None, None, False)
+        transport = httpx.ASGITransport(app=create_app(x), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
+            reply = await http.post("/pools", json={"name": "new", "concurrency": 3})
+            assert reply.status_code == 500, reply.text
+            assert (await http.get("/pools/new")).status_code == 404
+        assert "new" not in x.pools
 
 
 async def test_retention_prunes_on_one_node_at_a_time(url: str) -> None:

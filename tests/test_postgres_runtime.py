@@ -782,6 +782,39 @@ async def test_counts_of_a_version_5_schema_move_to_lane_0_and_stay_exact(url: s
         assert lanes[0]["lane"] == 0 and sum(r["n"] for r in lanes) == 13
 
 
+async def test_pool_limits_of_a_version_12_schema_are_kept_and_become_64_bit(url: str) -> None:
+    """Version 13 widens ``pool_settings``' limits to BIGINT (they were INTEGER: a
+    concurrency above 2**31 - 1 failed at the write); the limits recorded are kept."""
+    schema = url.rsplit("schema=", 1)[1]
+    conn = await asyncpg.connect(url.split("?")[0])
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
+        for statement in (st for migration in MIGRATIONS[:12] for st in migration):
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO meta (key, value) VALUES ('schema.version', '12')")
+        await conn.execute(
+            "INSERT INTO pool_settings (name, concurrency, capacity_set, capacity) "
+            "VALUES ('p', 7, 1, 50)"
+        )
+    finally:
+        await conn.close()
+    async with app(url, mode="nodes") as rt:
+        assert (rt.pool("p").concurrency, rt.pool("p").capacity) == (7, 50)
+        await rt.change_pool("p", concurrency=2**63 - 1, capacity=2**31)
+        assert isinstance(rt.store, PgStore)
+        assert await rt.store.pool_limits() == {"p": (2**63 - 1, (2**31,), None)}
+        types = await rt.store.pool.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = 'pool_settings' "
+            "AND column_name IN ('concurrency', 'capacity')",
+            schema,
+        )
+        assert {r["column_name"]: r["data_type"] for r in types} == {
+            "concurrency": "bigint",
+            "capacity": "bigint",
+        }
+
+
 def test_the_cli_migrates_and_lists_a_postgresql_database(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -554,6 +554,28 @@ async def test_pause_and_resume_a_pool_at_run_time(rt: Runtime, client: httpx.As
     assert (await rt.wait(job_id, timeout=5)).result == 1
 
 
+async def test_a_pause_the_database_refuses_changes_nothing(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write comes first: a failed one left the pool paused (or created, by
+    ``POST /pools``) though the answer was an error."""
+    from taskrt import StoreError
+
+    async def refused(name: str, paused: bool) -> None:
+        raise StoreError("write failed: disk I/O error")
+
+    monkeypatch.setattr(rt.store, "set_pool_paused", refused)
+    transport = httpx.ASGITransport(app=create_app(rt), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        r = await client.patch("/pools/main", json={"paused": True, "concurrency": 3})
+        assert r.status_code == 500 and error_of(r)["code"] == "store_error"
+        assert (rt.pools["main"].paused, rt.pools["main"].concurrency) == (False, 10)
+        r = await client.post("/pools", json={"name": "new", "paused": True})
+        assert r.status_code == 500 and error_of(r)["code"] == "store_error"
+        assert (await client.get("/pools/new")).status_code == 404
+    assert "new" not in rt.pools
+
+
 async def test_a_pool_with_a_slash_in_its_name_is_read_and_changed_at_its_path(
     rt: Runtime, client: httpx.AsyncClient
 ) -> None:

@@ -290,6 +290,14 @@ SCHEMA_V11 = ("ALTER TABLE schedules ADD COLUMN origin TEXT NOT NULL DEFAULT 'ap
 # ``job_ids``'s; ids are issued above both.
 SCHEMA_V12 = ("CREATE SEQUENCE job_ids_issued AS BIGINT MINVALUE 0 START WITH 0",)
 
+# Version 13: the limits of ``pool_settings`` are 64-bit, as a pool's limits are
+# everywhere else (``pool._check_limits``); version 3 made them INTEGER, which refused
+# a concurrency or capacity above 2**31 - 1 at the write.
+SCHEMA_V13 = (
+    "ALTER TABLE pool_settings ALTER COLUMN concurrency TYPE BIGINT, "
+    "ALTER COLUMN capacity TYPE BIGINT",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -303,6 +311,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SCHEMA_V10,
     SCHEMA_V11,
     SCHEMA_V12,
+    SCHEMA_V13,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -865,18 +865,19 @@ class PgStore(QueuedWrites, SharedReads):
         concurrency: int | None,
         capacity: tuple[int | None] | None,
         rate: tuple[str | None] | None = None,
+        paused: bool | None = None,
     ) -> None:
         """Record a pool's concurrency (``None``: unchanged), capacity and rate
-        (``None``: unchanged, ``(None,)``: no limit) for every node of mode "nodes";
-        notify them."""
+        (``None``: unchanged, ``(None,)``: no limit), and its pause (``None``:
+        unchanged), in one transaction, for every node of mode "nodes"; notify them."""
         given, value = (0, None) if capacity is None else (1, capacity[0])
         rate_given, rate_value = (0, None) if rate is None else (1, rate[0])
-        await self._script(
-            [
-                (SQL_SET_LIMITS, (name, concurrency, given, value, rate_given, rate_value)),
-                (SQL_NOTIFY_POOLS, (self.channel,)),
-            ]
-        )
+        steps: list[tuple[Any, ...]] = [
+            (SQL_SET_LIMITS, (name, concurrency, given, value, rate_given, rate_value))
+        ]
+        if paused is not None:
+            steps.append((SQL_SET_PAUSED, (name, int(paused))))
+        await self._script([*steps, (SQL_NOTIFY_POOLS, (self.channel,))])
 
     async def pool_limits(self) -> dict[str, PoolLimits]:
         """The limits recorded by ``set_pool_limits``, by pool: (concurrency, capacity, rate)."""
