@@ -20,7 +20,6 @@ Design notes:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,11 @@ from .limits import shown
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _WHOLE = 1.0 - 1e-9  # a token, give or take the rounding of the refill's arithmetic
 _SOON = 1e-3  # the shortest wait: a timer for "now" would fire at once, again and again
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
+#: A rate as text: a positive count below 10**9 in ASCII digits (decimals allowed), a
+#: "/" and a unit; no spaces, nothing around it. The HTTP API's schema publishes this
+#: very pattern (``web.schemas``): the text it lets through is the text taken here.
+RATE_PATTERN = r"^(0*[1-9][0-9]{0,8}(\.[0-9]+)?|0+\.[0-9]*[1-9][0-9]*)/[smh]$"
+_RATE = re.compile(RATE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +62,21 @@ def parse_rate(value: Any, *, field: str = "rate", source: str | None = None) ->
     """A ``Rate`` from ``"N/s"``, ``"N/m"`` or ``"N/h"`` (or a ``Rate``); None stays None."""
     if value is None or isinstance(value, Rate):
         return value
-    match = _RATE.match(value) if isinstance(value, str) else None
-    if match is None:
+    # fullmatch: "$" alone lets a final newline through, which the schema's "$" does not.
+    if not isinstance(value, str) or _RATE.fullmatch(value) is None:
         raise InvalidOption(
             field,
-            f"expected a rate like '10/s', '100/m' or '5000/h', found {shown(value)}",
+            "expected a rate like '10/s', '100/m' or '5000/h' (a positive count below "
+            f"10**9 in ASCII digits, no spaces), found {shown(value)}",
             source=source,
         )
-    count = float(match.group(1))
-    if not 0 < count < 1e9 or not math.isfinite(count):
+    count_text, unit = value.rsplit("/", 1)
+    count = float(count_text)
+    if count <= 0:  # so many zeros after the point that the float is 0
         raise InvalidOption(
             field, f"expected a positive count of starts, found {shown(value)}", source=source
         )
-    text = f"{match.group(1)}/{match.group(2)}"
-    return Rate(count, _UNITS[match.group(2)], text)
+    return Rate(count, _UNITS[unit], value)
 
 
 class Bucket:
@@ -113,4 +117,4 @@ class Bucket:
         self.tokens = min(self.tokens, rate.burst)
 
 
-__all__ = ["Bucket", "Rate", "parse_rate"]
+__all__ = ["RATE_PATTERN", "Bucket", "Rate", "parse_rate"]

@@ -8,6 +8,7 @@ checked on SQLite.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import threading
 import time
@@ -25,6 +26,7 @@ from taskrt.clock import FakeClock
 from taskrt.definitions import TaskCall, checked_options
 from taskrt.errors import InvalidOption, QueueFull
 from taskrt.models import AttemptOutcome
+from taskrt.rates import parse_rate
 from taskrt.web import create_app
 
 
@@ -502,6 +504,61 @@ async def test_steps_over_http_and_their_bounds(tmp_path: Path) -> None:
 
 
 # -- rate limits and locks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "taken"),
+    [
+        ("10/s", True),
+        ("0.5/m", True),
+        ("007/h", True),
+        ("999999999.99999999999/s", True),  # below 10**9; its float rounds to 10**9
+        ("\u0661\u0660/s", False),  # Arabic-Indic digits: \d matched them
+        ("\uff11\uff10/s", False),  # fullwidth digits
+        ("10 / s", False),
+        (" 10/s", False),
+        ("10/s ", False),
+        ("10/s\n", False),  # the schema's "$" is the end of the text, not a final newline
+        ("1e3/s", False),
+        ("0/s", False),
+        ("1000000000/s", False),
+    ],
+)
+async def test_a_rate_is_taken_exactly_when_the_published_pattern_matches_it(
+    tmp_path: Path, text: str, taken: bool
+) -> None:
+    """The Python API and the HTTP API take the rates ``/openapi.json``'s pattern
+    allows, and only those: the validator took non-ASCII digits and spaces the
+    pattern refuses, and refused a count the pattern allows."""
+    rt = Runtime(str(tmp_path / "app.db"))
+    rt.pool("q", concurrency=1)
+    async with (
+        rt,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(rt)), base_url="http://t"
+        ) as http,
+    ):
+        schema = (await http.get("/openapi.json")).json()["components"]["schemas"]
+        (pattern,) = {
+            s["properties"]["rate"]["pattern"] for s in (schema["PoolChange"], schema["NewPool"])
+        }
+        # Python's fullmatch reads these ASCII-only patterns as JSON Schema does.
+        assert (re.fullmatch(pattern, text) is not None) is taken
+        reply = await http.patch("/pools/q", json={"rate": text})
+        assert reply.status_code == (200 if taken else 422), reply.text
+        if taken:
+            assert reply.json()["rate"] == text
+            assert str(parse_rate(text)) == text
+        else:
+            assert reply.json()["error"]["field"] == "rate"
+            assert rt.pools["q"].rate is None
+            with pytest.raises(InvalidOption) as caught:
+                rt.pool("q", rate=text)
+            assert caught.value.field == "rate"
+            with pytest.raises(InvalidOption):
+
+                @rt.task(rate=text)
+                async def limited() -> None: ...
 
 
 async def settle_starts(count: Callable[[], int], quiet: float = 0.2) -> int:

@@ -2,8 +2,8 @@
 
 The request schemas say what the handlers accept, no more and no less. The
 bounds (``MAX_INT64``) and patterns (``DURATION_PATTERN``, ``STATUS_LIST_PATTERN``,
-``POOL_NAME_PATTERN``, ``NOT_BLANK_PATTERN``) are the very ones the handlers
-check; the rest is held to the code by tests/test_web_openapi_conformance.py.
+``POOL_NAME_PATTERN``, ``NOT_BLANK_PATTERN``, ``rates.RATE_PATTERN``) are the very
+ones the handlers check; the rest is held to the code by tests/test_web_openapi_conformance.py.
 Patterns use only explicit ASCII classes (or ``\\uXXXX``) and ``^...$``
 anchors, so JSON Schema (ECMA-262) and Python's ``re.fullmatch`` read them
 alike. A field whose ``null`` means "not given" is declared nullable
@@ -17,6 +17,7 @@ from typing import Any
 
 from ..definitions import MAX_PARENTS
 from ..models import ON_PARENT_FAILURE, WAITING_REASONS
+from ..rates import RATE_PATTERN
 from ..workflows import MAX_STEPS
 
 Schema = dict[str, Any]
@@ -80,8 +81,6 @@ DURATION_PATTERN = (
 )
 #: Long enough for any real duration, short enough that it is always finite.
 DURATION_MAX_LENGTH = 64
-#: A rate limit: a positive count below 10**9 (``rates.parse_rate``) per second, minute or hour.
-RATE_PATTERN = "^(0*[1-9][0-9]{0,8}(\\.[0-9]+)?|0+\\.[0-9]*[1-9][0-9]*)/[smh]$"
 #: ``?status=``: statuses (any case) separated by commas; empty items are ignored.
 _STATUS_WORD = "(?:" + "|".join(_any_case(s) for s in STATUSES) + ")"
 STATUS_LIST_PATTERN = rf"^ *(?:{_STATUS_WORD} *)?(?:, *(?:{_STATUS_WORD} *)?)*$"
