@@ -41,7 +41,9 @@ Design notes:
    /pools/{name}`` on any node: the concurrency and capacity recorded in
    ``pool_settings``, which nodes joining later apply too). Every
    ``poll_interval`` (at least a second) it does all of that anyway: a lost
-   notification costs latency, never a job.
+   notification costs latency, never a job. A recorded rate this release
+   refuses (an older one took more: ``taskrt.rates`` note 3) leaves the pool's
+   own, with one warning, and the other limits apply.
 5. **Limits every node shares.** A lock key is the database's: a claim skips
    jobs whose key a running job holds, takes at most one job per key, and the
    deferred exclusion constraint ``jobs_locks`` refuses the commit of a second
@@ -125,7 +127,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .background import woken
 from .claims import Claims
 from .context import JobState
-from .errors import TaskrtError
+from .errors import InvalidOption, TaskrtError
 from .models import JobInfo, JobStatus
 from .transitions import retry_policy_of
 
@@ -241,6 +243,7 @@ class Nodes:
         # One reading of the recorded pauses and limits at a time: each notification
         # spawns one, and a reading answered late must not undo a newer one.
         self._applying = asyncio.Lock()
+        self._refused_rates: dict[str, str] = {}  # pool: a recorded rate told once (note 4)
         # A job this node ended in the store alone: its dependents settle (workflows).
         self.on_ended: Callable[[int], None] | None = None
         self.heartbeat: Any = None
@@ -576,7 +579,12 @@ class Nodes:
                 if pool is None:
                     continue
                 if rate is not None and rate[0] != (None if pool.rate is None else pool.rate.text):
-                    pool.set_rate(rate[0])
+                    try:
+                        pool.set_rate(rate[0])
+                    except InvalidOption as exc:  # recorded by a release that took more
+                        if self._refused_rates.get(name) != rate[0]:
+                            self._refused_rates[name] = str(rate[0])
+                            log.warning("node %s: pool %r keeps its rate: %s", self.node, name, exc)
                 if capacity is not None and capacity[0] != pool.capacity:
                     pool.set_capacity(capacity[0])
                 if concurrency is not None and concurrency != pool.concurrency:

@@ -16,6 +16,12 @@ Design notes:
    jobs, the bucket is a row they all draw from (``taskrt.nodes`` note 5): a
    claim takes tokens first (the row's lock orders the nodes), starts no more
    jobs than it got, and gives back what it did not use.
+3. **Every rate has a finite wait.** A count is at least 0.000001 (at most five
+   zeros after the point before its first other digit) and below 10**9, as
+   ``RATE_PATTERN`` says: the slowest rate, ``"0.000001/h"``, has a token every
+   3.6e9 s (about 114 years), so every wait (a pool's ``next_slot``) is a finite
+   number. A count of ``0.`` and 320 zeros had a per-second rate so small that
+   the wait for its next token was infinite, which JSON cannot carry.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from .limits import shown
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _WHOLE = 1.0 - 1e-9  # a token, give or take the rounding of the refill's arithmetic
 _SOON = 1e-3  # the shortest wait: a timer for "now" would fire at once, again and again
-#: A rate as text: a positive count below 10**9 in ASCII digits (decimals allowed), a
-#: "/" and a unit; no spaces, nothing around it. The HTTP API's schema publishes this
-#: very pattern (``web.schemas``): the text it lets through is the text taken here.
-RATE_PATTERN = r"^(0*[1-9][0-9]{0,8}(\.[0-9]+)?|0+\.[0-9]*[1-9][0-9]*)/[smh]$"
+#: A rate as text: a count from 0.000001 (note 3) to below 10**9 in ASCII digits
+#: (decimals allowed), a "/" and a unit; no spaces, nothing around it. The HTTP API's
+#: schema publishes this very pattern (``web.schemas``): the text it lets through is
+#: the text taken here.
+RATE_PATTERN = r"^(0*[1-9][0-9]{0,8}(\.[0-9]+)?|0+\.0{0,5}[1-9][0-9]*)/[smh]$"
 _RATE = re.compile(RATE_PATTERN)
 
 
@@ -66,17 +73,12 @@ def parse_rate(value: Any, *, field: str = "rate", source: str | None = None) ->
     if not isinstance(value, str) or _RATE.fullmatch(value) is None:
         raise InvalidOption(
             field,
-            "expected a rate like '10/s', '100/m' or '5000/h' (a positive count below "
-            f"10**9 in ASCII digits, no spaces), found {shown(value)}",
+            "expected a rate like '10/s', '100/m' or '5000/h' (a count from 0.000001 to "
+            f"below 10**9 in ASCII digits, no spaces), found {shown(value)}",
             source=source,
         )
-    count_text, unit = value.rsplit("/", 1)
-    count = float(count_text)
-    if count <= 0:  # so many zeros after the point that the float is 0
-        raise InvalidOption(
-            field, f"expected a positive count of starts, found {shown(value)}", source=source
-        )
-    return Rate(count, _UNITS[unit], value)
+    count, unit = value.rsplit("/", 1)
+    return Rate(float(count), _UNITS[unit], value)  # finite and positive (note 3)
 
 
 class Bucket:

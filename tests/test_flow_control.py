@@ -522,6 +522,9 @@ async def test_steps_over_http_and_their_bounds(tmp_path: Path) -> None:
         ("1e3/s", False),
         ("0/s", False),
         ("1000000000/s", False),
+        ("0.000001/h", True),  # the slowest: a start in about 114 years
+        ("0.0000001/s", False),  # below it: write it as 0.00036/h
+        ("0." + "0" * 320 + "1/s", False),  # a wait for its next token of inf s
     ],
 )
 async def test_a_rate_is_taken_exactly_when_the_published_pattern_matches_it(
@@ -559,6 +562,35 @@ async def test_a_rate_is_taken_exactly_when_the_published_pattern_matches_it(
 
                 @rt.task(rate=text)
                 async def limited() -> None: ...
+
+
+async def test_the_slowest_rate_has_a_finite_next_slot(db: str) -> None:
+    """``GET /pools`` answered 500 (``inf`` is not JSON) once a job had taken the
+    token of a rate the validator took, ``0.`` and 320 zeros and 1 a second:
+    its wait was infinite. The slowest rate now is ``0.000001/h`` (rates note 3)."""
+    rt = Runtime(db)
+    rt.pool("slow", concurrency=2)
+
+    @rt.task(pool="slow")
+    async def noop() -> None: ...
+
+    app = create_app(rt)
+    async with (
+        rt,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        tiny = await http.patch("/pools/slow", json={"rate": "0." + "0" * 320 + "1/s"})
+        assert tiny.status_code == 422 and tiny.json()["error"]["field"] == "rate"
+        reply = await http.patch("/pools/slow", json={"rate": "0.000001/h"})
+        assert reply.status_code == 200, reply.text
+        first = await rt.pool("slow").add(noop)
+        assert (await rt.wait(first, timeout=10)).status is JobStatus.SUCCESS
+        await rt.pool("slow").add(noop)  # no token left for it
+        for path in ("/pools", "/pools/slow"):
+            assert (await http.get(path)).status_code == 200
+        stats = (await http.get("/pools/slow")).json()
+        assert stats["rate"] == "0.000001/h"
+        assert 3.5e9 < stats["next_slot"] <= 3.6e9  # a token every 3.6e9 s
 
 
 async def settle_starts(count: Callable[[], int], quiet: float = 0.2) -> int:

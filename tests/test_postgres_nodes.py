@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import re
 import statistics
 import sys
@@ -611,6 +612,31 @@ async def test_a_pool_change_the_database_refuses_changes_nothing_here(
             assert reply.status_code == 500, reply.text
             assert (await http.get("/pools/new")).status_code == 404
         assert "new" not in x.pools
+
+
+async def test_a_recorded_rate_this_release_refuses_leaves_the_pools_own(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rate an older release recorded that this one refuses (below the slowest,
+    ``taskrt.rates`` note 3) keeps the pool's own rate, with one warning; the other
+    recorded limits still apply."""
+    ran: Ran = collections.defaultdict(list)
+    async with node(url, "x", ran) as x:
+        await x.change_pool("p", rate="1/s")
+    await sql(
+        url,
+        "UPDATE pool_settings SET rate = '0.0000001/s', concurrency = 7 WHERE name = 'p'",
+    )
+    caplog.set_level(logging.WARNING, logger="taskrt")
+    async with node(url, "y", ran) as y:
+        assert y.nodes is not None
+        for _ in range(3):
+            await y.nodes.apply_pauses()
+        assert (y.pool("p").concurrency, y.pool("p").rate) == (7, None)
+        job_id = await y.pool("p").add("b")
+        assert (await y.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+    refused = [r for r in caplog.records if "keeps its rate" in r.getMessage()]
+    assert len(refused) == 1 and "0.0000001/s" in refused[0].getMessage()
 
 
 async def test_retention_prunes_on_one_node_at_a_time(url: str) -> None:
