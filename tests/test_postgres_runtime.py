@@ -427,6 +427,85 @@ async def test_an_add_that_fails_in_the_applications_transaction_says_why(url: s
         assert await rt.pool("p").add("double", 3) > 0  # the runtime keeps running
 
 
+@pytest.mark.parametrize(
+    ("mode", "isolation"), [("nodes", "repeatable_read"), ("owner", "serializable")]
+)
+async def test_an_add_in_a_snapshot_transaction_that_conflicts_is_the_applications_to_retry(
+    url: str, mode: str, isolation: str
+) -> None:
+    """At REPEATABLE READ or SERIALIZABLE, an add committed after the application's
+    snapshot makes its own add a serialization failure (the last issued id is one
+    row, note 1): raised as the driver's own error, as for the application's
+    statements, with a note saying to retry; retried, it commits. Before, it was
+    ``StoreUnavailable`` ("cannot be written now"), as if the database were down."""
+    async with app(url, mode=mode, poll_interval=30) as rt:
+        conn = await asyncpg.connect(pg_server.require())
+        try:
+            with pytest.raises(asyncpg.SerializationError) as refused:
+                async with conn.transaction(isolation=isolation):  # type: ignore[arg-type]
+                    await conn.execute("SELECT 1")  # its snapshot
+                    before = await rt.pool("p").add("double", 1)  # committed after it
+                    await rt.pool("p").add("double", 2, tx=conn)
+            assert "serialization failure in your transaction: retry it" in "".join(
+                refused.value.__notes__
+            )
+            async with conn.transaction(isolation=isolation):  # type: ignore[arg-type]
+                await conn.execute("SELECT 1")
+                retried = await rt.pool("p").add("double", 2, tx=conn)
+        finally:
+            await conn.close()
+        assert (await rt.wait(retried, timeout=5)).result == 4
+        assert [j.id for j in (await rt.jobs()).jobs] == [retried, before]
+        # A connection outside a transaction, its session at REPEATABLE READ: the add
+        # is taskrt's own transaction (at READ COMMITTED), nothing for the application
+        # to retry, though an add committed while it waited for the last id.
+        holder = await asyncpg.connect(pg_server.require())
+        alone = await asyncpg.connect(
+            pg_server.require(),
+            server_settings={"default_transaction_isolation": "repeatable read"},
+        )
+        try:
+            async with holder.transaction():
+                held = await rt.pool("p").add("double", 3, tx=holder)
+                waiting = asyncio.create_task(rt.pool("p").add("double", 4, tx=alone))
+                await asyncio.sleep(0.3)  # it waits for the ids' row the holder locked
+            added = await asyncio.wait_for(waiting, 5)
+        finally:
+            await holder.close()
+            await alone.close()
+        assert held < added
+        assert (await rt.wait(added, timeout=5)).result == 8
+
+
+async def test_an_add_in_a_sqlalchemy_snapshot_transaction_that_conflicts_is_sqlalchemys_error(
+    url: str,
+) -> None:
+    """The same failure in SQLAlchemy's ``AsyncConnection`` is SQLAlchemy's own
+    ``DBAPIError`` (SQLSTATE 40001), as for the application's statements there."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(
+        pg_server.require().replace("postgresql://", "postgresql+asyncpg://"),
+        isolation_level="REPEATABLE READ",
+    )
+    try:
+        async with app(url, mode="owner") as rt:
+            with pytest.raises(DBAPIError) as refused:
+                async with engine.begin() as conn:
+                    await conn.execute(text("SELECT 1"))
+                    await rt.pool("p").add("double", 1)
+                    await rt.pool("p").add("double", 2, tx=conn)
+            assert getattr(refused.value.orig, "sqlstate", None) == "40001"
+            assert "retry it" in "".join(refused.value.__notes__)
+            async with engine.begin() as conn:
+                retried = await rt.pool("p").add("double", 2, tx=conn)
+            assert (await rt.wait(retried, timeout=5)).result == 4
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.parametrize("mode", ["nodes", "owner"])
 async def test_jobs_added_in_a_sqlalchemy_transaction(url: str, mode: str) -> None:
     """SQLAlchemy's ``AsyncConnection`` over asyncpg works as ``tx=`` too."""

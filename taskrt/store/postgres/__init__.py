@@ -55,7 +55,8 @@ Notes of this backend (cited where they apply):
    system errors, transaction rollbacks (deadlock, serialization) and
    unavailable locks are the database's for now: the batch is kept and written
    again (store note 9), on a fresh connection of the pool. Any other error is
-   one part's (store note 10).
+   one part's (store note 10). In the application's own transaction a
+   rollback is the application's (note 15).
 6. **Other processes wake the owner.** What a process that is not the owner
    commits for it (an add it could not forward, a cancel, a retry, a run now,
    an add in the application's own transaction) sends ``pg_notify`` on the
@@ -177,6 +178,19 @@ Notes of this backend (cited where they apply):
     connection). The application's transactions (``rt.transaction()``) take
     the server's own setting again for themselves: they may wait on the
     application. A setting in the URL wins.
+15. **The application's transaction is its own to retry.** An add in it
+    (``add(..., tx=connection)``) locks the last issued id (note 1). At
+    REPEATABLE READ or SERIALIZABLE, an add committed after the
+    transaction's snapshot changed that row, so the lock is a serialization
+    failure (SQLSTATE 40001), as any statement of the application's on a row
+    changed since would be: it is raised as the driver's own error, with a
+    note saying to retry the transaction, never as ``StoreUnavailable`` (the
+    database is up; only that transaction is over). In SQLAlchemy's
+    ``AsyncConnection`` at those levels, the lock is taken first with a
+    statement of SQLAlchemy's (one more round trip), so the failure is
+    SQLAlchemy's ``DBAPIError``, as its statements' are. A connection given
+    outside a transaction adds in one of taskrt's own, at READ COMMITTED
+    whatever the session's default: nothing to retry.
 """
 
 from .sql import MIGRATIONS, SCHEMA_VERSION

@@ -111,6 +111,15 @@ _T = TypeVar("_T")
 
 IDLE_SETTING = "idle_in_transaction_session_timeout"
 SQL_SET_IDLE = f"SELECT set_config('{IDLE_SETTING}', $1, true)"  # this transaction's
+# The application's own transaction (``insert_in``): the store's schema ($1, quoted, a
+# comma after it) first on its search_path, for this transaction only; the path it
+# replaced, and the transaction's isolation level (note 15).
+SQL_ENTER_APP = (
+    "SELECT set_config('search_path', $1 || current_setting('search_path'), true), "
+    "current_setting('transaction_isolation')"
+)
+SQL_LEAVE_APP = "SELECT set_config('search_path', $1, true)"
+SNAPSHOT_LEVELS = ("repeatable read", "serializable")  # one snapshot for the transaction
 
 # Lanes of ``job_counts`` (note 12): each writer of a process adds to its own rows.
 WRITES_LANE = 0  # the group commit of starts, ends and the rest
@@ -563,17 +572,17 @@ class PgStore(QueuedWrites, SharedReads):
         if not isinstance(tx, PgTransaction):
             raise StoreError(f"expected a transaction of this store, found {tx!r}")
         if tx.foreign is not None and not tx.conn.is_in_transaction():
-            # No transaction of the application's: the add is one of its own.
-            async with tx.conn.transaction():
+            # No transaction of the application's: the add is one of its own, at READ
+            # COMMITTED whatever the session's default, so it has nothing to retry (note 15).
+            async with tx.conn.transaction(isolation="read_committed"):
                 return await self.insert_in(tx, jobs)
         counted = Tally()
         conn = tx.conn
         try:
             if tx.foreign is not None:
-                path = await conn.fetchval(
-                    "SELECT set_config('search_path', $1 || current_setting('search_path'), true)",
-                    f'"{tx.foreign}", ',
-                )
+                path, level = await conn.fetchrow(SQL_ENTER_APP, f'"{tx.foreign}", ')
+                if level in SNAPSHOT_LEVELS and tx.sqlalchemy is not None:
+                    await _take_ids_as(tx.sqlalchemy, tx.foreign)
             # kept: the last id moves the sequence too, which a rollback does not undo
             # (sql.SCHEMA_V12)
             capacity_of = self.capacity_of
@@ -593,10 +602,7 @@ class PgStore(QueuedWrites, SharedReads):
                 # Put back after a success only: a failed statement aborted the
                 # transaction, whose end undoes the local setting anyway, and a
                 # statement now would hide the failure behind "transaction is aborted".
-                await conn.execute(
-                    "SELECT set_config('search_path', $1, true)",
-                    path.removeprefix(f'"{tx.foreign}", '),
-                )
+                await conn.execute(SQL_LEAVE_APP, path.removeprefix(f'"{tx.foreign}", '))
         except asyncpg.UndefinedTableError as exc:
             if tx.foreign is None:
                 raise _error(self.path, exc) from exc
@@ -605,6 +611,11 @@ class PgStore(QueuedWrites, SharedReads):
                 f"{tx.foreign!r} ({exc}): is it a connection to this runtime's database?"
             ) from exc
         except DRIVER_ERRORS as exc:
+            foreign = tx.foreign is not None
+            if foreign and isinstance(exc, asyncpg.PostgresError) and rolled_back(exc):
+                # The application's to retry, as its own statements' (note 15).
+                exc.add_note(_retry_note(exc.sqlstate))
+                raise
             raise _error(self.path, exc) from exc
         tx.counts_changed = True
         out: list[InsertResult] = []
@@ -617,19 +628,19 @@ class PgStore(QueuedWrites, SharedReads):
     async def adopt_transaction(self, connection: Any) -> PgTransaction | None:
         """The application's asyncpg connection (or SQLAlchemy's ``AsyncConnection``
         over asyncpg) in its open transaction, for ``add(..., tx=connection)``."""
-        conn = connection
+        if isinstance(connection, asyncpg.Connection | PoolConnectionProxy):
+            return PgTransaction(connection, foreign=self.schema)
+        raw = getattr(connection, "get_raw_connection", None)
+        if raw is None:
+            return None
+        # SQLAlchemy begins the driver's transaction at its first statement:
+        # make it begin now, so the jobs are written in it.
+        await connection.exec_driver_sql("SELECT 1")
+        proxied = await raw()
+        conn = getattr(proxied, "driver_connection", None)
         if not isinstance(conn, asyncpg.Connection | PoolConnectionProxy):
-            raw = getattr(connection, "get_raw_connection", None)
-            if raw is None:
-                return None
-            # SQLAlchemy begins the driver's transaction at its first statement:
-            # make it begin now, so the jobs are written in it.
-            await connection.exec_driver_sql("SELECT 1")
-            proxied = await raw()
-            conn = getattr(proxied, "driver_connection", None)
-            if not isinstance(conn, asyncpg.Connection | PoolConnectionProxy):
-                return None
-        return PgTransaction(conn, foreign=self.schema)
+            return None
+        return PgTransaction(conn, foreign=self.schema, sqlalchemy=connection)
 
     # -- what other processes commit for the owner (note 6) --------------------------
 
@@ -1360,15 +1371,20 @@ class PgTransaction(ScheduleWrites):
     ``foreign``: the application's own connection and transaction
     (``adopt_transaction``), whose ``search_path`` is its own: taskrt's
     statements run with the store's schema first, and it is put back after.
+    ``sqlalchemy``: the application's SQLAlchemy ``AsyncConnection``, where it
+    gave one (``conn`` is the asyncpg connection under it; note 15).
     """
 
     ROW_LOCK = " FOR UPDATE"
     SKIP_LOCKED = " SKIP LOCKED"
 
-    def __init__(self, conn: asyncpg.Connection, *, foreign: str | None = None) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, *, foreign: str | None = None, sqlalchemy: Any = None
+    ) -> None:
         self.conn = conn
         self.counts_changed = False
         self.foreign = foreign  # the store's schema, on the application's connection
+        self.sqlalchemy = sqlalchemy
 
     @property
     def driver(self) -> asyncpg.Connection:
@@ -1476,6 +1492,34 @@ def _rowcount(status: str) -> int:
     """The row count of asyncpg's status line (``UPDATE 3``, ``INSERT 0 1``)."""
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
+
+
+def _retry_note(sqlstate: str | None) -> str:
+    """What an error that rolled the application's own transaction back tells it (note 15)."""
+    if sqlstate == "40001":
+        return (
+            "taskrt: serialization failure in your transaction: retry it (a transaction "
+            "at REPEATABLE READ or SERIALIZABLE conflicts with any add committed after "
+            "its snapshot)"
+        )
+    return f"taskrt: the server rolled your transaction back (SQLSTATE {sqlstate}): retry it"
+
+
+async def _take_ids_as(sqlalchemy: Any, schema: str) -> None:
+    """Lock the last issued id (note 1) with a statement of the application's own
+    SQLAlchemy connection: at REPEATABLE READ or SERIALIZABLE, an add committed after
+    the transaction's snapshot makes it fail, and SQLAlchemy raises its own error for
+    it, as for the application's statements (note 15). The add's own lock of that row
+    then has nothing to wait for."""
+    try:
+        await sqlalchemy.exec_driver_sql(
+            f'SELECT 1 FROM "{schema}".job_ids WHERE one = 1 FOR UPDATE'
+        )
+    except Exception as exc:
+        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("40"):
+            exc.add_note(_retry_note(sqlstate))
+        raise
 
 
 def _error(name: str, exc: BaseException) -> StoreError:
