@@ -413,14 +413,21 @@ async def test_an_add_that_fails_in_the_applications_transaction_says_why(url: s
             assert "aborted" not in str(refused.value)
         finally:
             await conn.close()
-        # A connection to another database: no taskrt tables in the runtime's schema.
+        # A connection to another database: no taskrt tables in the runtime's schema,
+        # whether or not that database has tables of the same names of its own (in
+        # public, on its search_path). Before, with them, the add ran against those:
+        # 'column "last" does not exist'. The application's transaction goes on.
         async with pg_server.scratch_database() as elsewhere:
             conn = await asyncpg.connect(elsewhere)
             try:
-                async with conn.transaction():
-                    with pytest.raises(StoreError, match="has no taskrt tables") as refused:
-                        await rt.pool("p").add("double", 2, tx=conn)
-                assert "aborted" not in str(refused.value)
+                for tables in ((), ("jobs (id serial, title text)", "job_ids (x int)")):
+                    for table in tables:
+                        await conn.execute(f"CREATE TABLE {table}")
+                    async with conn.transaction():
+                        with pytest.raises(StoreError, match="has no taskrt tables") as refused:
+                            await rt.pool("p").add("double", 2, tx=conn)
+                        assert await conn.fetchval("SELECT count(*) FROM pg_class") > 0
+                    assert "aborted" not in str(refused.value)
             finally:
                 await conn.close()
         assert (await rt.jobs()).jobs == []

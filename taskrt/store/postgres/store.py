@@ -113,9 +113,11 @@ IDLE_SETTING = "idle_in_transaction_session_timeout"
 SQL_SET_IDLE = f"SELECT set_config('{IDLE_SETTING}', $1, true)"  # this transaction's
 # The application's own transaction (``insert_in``): the store's schema ($1, quoted, a
 # comma after it) first on its search_path, for this transaction only; the path it
-# replaced, and the transaction's isolation level (note 15).
+# replaced (NULL, and nothing set, where the connection has no ``job_ids`` table $2 in
+# that schema), and the transaction's isolation level (note 15).
 SQL_ENTER_APP = (
-    "SELECT set_config('search_path', $1 || current_setting('search_path'), true), "
+    "SELECT CASE WHEN to_regclass($2) IS NOT NULL "
+    "THEN set_config('search_path', $1 || current_setting('search_path'), true) END, "
     "current_setting('transaction_isolation')"
 )
 SQL_LEAVE_APP = "SELECT set_config('search_path', $1, true)"
@@ -580,7 +582,17 @@ class PgStore(QueuedWrites, SharedReads):
         conn = tx.conn
         try:
             if tx.foreign is not None:
-                path, level = await conn.fetchrow(SQL_ENTER_APP, f'"{tx.foreign}", ')
+                schema = f'"{tx.foreign}"'
+                path, level = await conn.fetchrow(SQL_ENTER_APP, f"{schema}, ", f"{schema}.job_ids")
+                if path is None:
+                    # A schema that is not on that database is skipped in a search_path
+                    # without a word: unqualified, the statements would have found
+                    # tables of the same names elsewhere (``public``), as another
+                    # database's own "jobs" table, and failed on a missing column.
+                    raise StoreError(
+                        f"the connection given as tx= has no taskrt tables in schema "
+                        f"{tx.foreign!r}: is it a connection to this runtime's database?"
+                    )
                 if level in SNAPSHOT_LEVELS and tx.sqlalchemy is not None:
                     await _take_ids_as(tx.sqlalchemy, tx.foreign)
             # kept: the last id moves the sequence too, which a rollback does not undo
@@ -602,14 +614,7 @@ class PgStore(QueuedWrites, SharedReads):
                 # Put back after a success only: a failed statement aborted the
                 # transaction, whose end undoes the local setting anyway, and a
                 # statement now would hide the failure behind "transaction is aborted".
-                await conn.execute(SQL_LEAVE_APP, path.removeprefix(f'"{tx.foreign}", '))
-        except asyncpg.UndefinedTableError as exc:
-            if tx.foreign is None:
-                raise _error(self.path, exc) from exc
-            raise StoreError(
-                f"the connection given as tx= has no taskrt tables in schema "
-                f"{tx.foreign!r} ({exc}): is it a connection to this runtime's database?"
-            ) from exc
+                await conn.execute(SQL_LEAVE_APP, path.removeprefix(f"{schema}, "))
         except DRIVER_ERRORS as exc:
             foreign = tx.foreign is not None
             if foreign and isinstance(exc, asyncpg.PostgresError) and rolled_back(exc):
