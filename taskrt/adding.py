@@ -699,7 +699,11 @@ class Adding:
         A full pool still answers an add whose unique key is taken with the holder's
         id (``_conflict``), as where the holder is in memory: one whose holder is in
         the store only (beyond the window, or another process's), or whose key a
-        finished job's ``unique_for`` window holds, is looked up there."""
+        finished job's ``unique_for`` window holds, is looked up there. Where the
+        store counts the capacity too (``counts_capacity``), the owner's look here
+        comes first: its memory misses the jobs the application's own transactions
+        committed until their notification arrives, and the add's transaction
+        counts them."""
         if pool.capacity is None:
             return None
         if not self.owning() and self.store.counts_capacity:

@@ -353,13 +353,12 @@ class Runtime:
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)
         if self._pg is not None:
-            # The adds in the application's own transactions reach no memory before
-            # their commit: the database counts them against a pool's capacity.
-            self._pg.foreign_capacity_of = self._capacity_of
-        if self._pg is not None and mode == "nodes":
-            # A pool's capacity holds across the nodes adding at once: the database
-            # counts it. (One owner holds every other waiting job: its check is exact.)
+            # A pool's capacity holds across the processes adding at once, and the
+            # application's own transactions: the database counts it, in each add's
+            # transaction. (Where one owner runs the jobs, its memory misses what those
+            # transactions committed until their notification arrives.)
             self._pg.capacity_of = self._capacity_of
+        if self._pg is not None and mode == "nodes":
             # Every node's events reach every node (taskrt.nodebus).
             self.broker = NodeBus(
                 node,

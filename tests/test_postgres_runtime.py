@@ -379,6 +379,44 @@ async def test_adds_in_the_applications_transactions_count_against_a_pools_capac
     assert waiting == 2
 
 
+@pytest.mark.parametrize("mode", ["nodes", "owner"])
+async def test_an_add_right_after_an_applications_transaction_counts_its_jobs(
+    url: str, mode: str
+) -> None:
+    """A pool of capacity 2, one job waiting: the application's transaction adds a
+    second and commits, and the runtime's own add right after it is refused, as is
+    one made while such a transaction is open and committed after it. Before, in
+    owner mode, the owner's check counted its memory, which a committed job reaches
+    only once its notification has arrived and been read: three jobs waited."""
+    async with app(url, mode=mode, poll_interval=30) as rt:
+        pool = rt.pool("c", concurrency=1, capacity=2)
+        pool.pause()
+        first = await pool.add("double", 1)
+        conn = await asyncpg.connect(pg_server.require())
+        watch = await asyncpg.connect(pg_server.require())
+        try:
+            async with conn.transaction():
+                await pool.add("double", 2, tx=conn)
+            with pytest.raises(QueueFull):
+                await pool.add("double", 3)
+            await rt.cancel(first)
+            async with conn.transaction():
+                await pool.add("double", 4, tx=conn)
+                plain = asyncio.create_task(pool.add("double", 5))
+                async with asyncio.timeout(5):  # it waits for the last id the transaction holds
+                    while not await watch.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    ):
+                        await asyncio.sleep(0.01)
+            with pytest.raises(QueueFull):
+                await plain
+        finally:
+            await conn.close()
+            await watch.close()
+        assert await rt.count(status=JobStatus.WAITING, pool="c") == 2
+
+
 async def test_ids_handed_out_in_the_applications_rolled_back_transaction_stay_used(
     url: str,
 ) -> None:

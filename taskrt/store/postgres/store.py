@@ -257,12 +257,9 @@ class PgStore(QueuedWrites, SharedReads):
         self._listening: Callable[[], None] | None = None
         self._missed = False  # the listener was lost since it last listened
         # The capacity of a pool, where this process knows one: the adds to it are
-        # counted in the database, so that it holds across processes (writer ``_room``).
+        # counted in the database, so that it holds across processes and the
+        # application's own transactions (writer ``_room``).
         self.capacity_of: Callable[[str], int | None] | None = None
-        # The same for the adds in the application's own transactions only, where one
-        # owner runs the jobs: those jobs reach its memory after their commit, so its
-        # check counted neither the transaction's earlier adds nor another's commits.
-        self.foreign_capacity_of: Callable[[str], int | None] | None = None
         self._batches: PgBatches | None = None
         # Plain adds, group-committed on a connection of their own (note 8).
         self._adds = GroupCommit(self.path, progress_interval=progress_interval)
@@ -597,11 +594,8 @@ class PgStore(QueuedWrites, SharedReads):
                     await _take_ids_as(tx.sqlalchemy, tx.foreign)
             # kept: the last id moves the sequence too, which a rollback does not undo
             # (sql.SCHEMA_V12)
-            capacity_of = self.capacity_of
-            if capacity_of is None and tx.foreign is not None:
-                capacity_of = self.foreign_capacity_of
             results = await insert_jobs(
-                conn, [list(jobs)], counted, kept=True, capacity_of=capacity_of
+                conn, [list(jobs)], counted, kept=True, capacity_of=self.capacity_of
             )
             await counted.apply(conn)
             if tx.foreign is not None:
