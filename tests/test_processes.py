@@ -377,6 +377,35 @@ async def test_the_parent_decides_about_sigterm_and_a_job_may_start_processes(
     assert (nested_info.status, nested_info.result) == (JobStatus.SUCCESS, [0, 1, 4, 9])
 
 
+async def test_a_child_still_starting_leaves_sigint_and_sigterm_to_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C or a SIGTERM to the process group while a child still imports (the
+    parent's main script, taskrt): it used to die of it (exit code 1 with a
+    KeyboardInterrupt, or killed by SIGTERM) and the attempt failed with
+    ``worker process died``; now they wait, blocked, for the child's handlers."""
+    slow_main = types.ModuleType("__main__")  # the script the child imports as __mp_main__
+    slow_main.__file__ = str(Path(proc_tasks.__file__).with_name("slow_main.py"))
+    monkeypatch.setitem(sys.modules, "__main__", slow_main)
+    starting = tmp_path / "starting"
+    monkeypatch.setenv("TASKRT_TEST_STARTING", str(starting))
+    rt = rt_for(tmp_path)
+    pool = rt.pool("cpu", concurrency=1, processes=True)
+    naps = rt.task(pool="cpu", attempts=1)(proc_tasks.naps)
+
+    async with rt:
+        job_id = await pool.add(naps, 0)
+        await until(lambda: starting.exists() and starting.read_text() != "", timeout=20)
+        child = int(starting.read_text())
+        # Started: this thread has its own mask back.
+        assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        os.kill(child, signal.SIGINT)  # while the child is still importing
+        os.kill(child, signal.SIGTERM)
+        starting.unlink()
+        info = await rt.wait(job_id, timeout=20)
+    assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, child, 1)
+
+
 def test_a_handler_of_an_interactive_session_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     session = types.ModuleType("__main__")  # what the REPL's __main__ is: no __file__
 

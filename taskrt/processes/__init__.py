@@ -70,9 +70,14 @@ Design notes:
    closes idle children that way. Children ignore SIGINT and SIGTERM: a Ctrl-C
    or a service manager's SIGTERM reaches the whole process group, and the
    parent decides (a shutdown puts running jobs back to waiting, then kills
-   the children). They ignore them with a handler that does nothing, not
-   SIG_IGN, so that processes a job starts get the usual signals (exec resets
-   a handler; ``os.register_at_fork`` resets them in a fork). Children are not
+   the children). From their start: the thread that starts a child blocks
+   both meanwhile (the child inherits the mask across fork and exec), so one
+   that comes while the child imports stays pending until ``child_main`` has
+   set its handlers and unblocks them (``multiprocessing``'s resource
+   tracker, which unblocks them as it starts, is started before). They
+   ignore them with a handler that does nothing, not SIG_IGN, so that
+   processes a job starts get the usual signals (exec resets a handler;
+   ``os.register_at_fork`` resets them in a fork). Children are not
    daemonic, so a handler may start processes of its own (``multiprocessing``
    refuses that to a daemonic one); an interpreter that exits without
    stopping the runtime kills them at exit, before ``multiprocessing`` would

@@ -20,6 +20,9 @@ from ..errors import Fatal, Retry, describe_error, format_traceback, is_error, m
 from ..limits import Limits, check_names, check_progress
 from .crossing import LENGTH, encode_frame
 
+PARENT_DECIDES = frozenset({signal.SIGINT, signal.SIGTERM})
+"""The signals a worker process leaves to its parent (note 8)."""
+
 # -- the child ----------------------------------------------------------------------------
 
 
@@ -127,8 +130,11 @@ class _ChildChannel:
 
 def child_main(sock: socket.socket) -> None:
     """A worker process: run what the parent sends, one at a time, until end-of-file."""
-    signal.signal(signal.SIGINT, _parent_decides)  # note 8
-    signal.signal(signal.SIGTERM, _parent_decides)
+    for signum in PARENT_DECIDES:  # note 8
+        signal.signal(signum, _parent_decides)
+    # Blocked since the parent started us (workers._signals_held): one that came
+    # during the imports is pending and reaches the handler now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PARENT_DECIDES)
     os.register_at_fork(after_in_child=_usual_signals)
     channel = _ChildChannel(sock)
     runs: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()

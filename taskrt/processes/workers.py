@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing
 import multiprocessing.util  # its exit handler first: ours (registered after) runs before it
+import signal
 import socket
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from typing import TYPE_CHECKING, Any
 
 from ..limits import Limits
-from .child import child_main
+from .child import PARENT_DECIDES, child_main
 from .crossing import LENGTH, WorkerDied, encode_frame, rebuilt, reference
 
 if TYPE_CHECKING:
@@ -147,7 +150,8 @@ class _Worker:
                 # _kill_at_exit stands in for the kill daemonic children get (note 8).
                 daemon=False,
             )
-            self.process.start()
+            with _signals_held():
+                self.process.start()
         except BaseException:
             mine.close()
             raise
@@ -267,6 +271,22 @@ class _Worker:
         if code is None:
             log.error("worker process %s of pool %r did not die", self.pid, self._owner.pool)
         self._ended(code)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread while it starts a child (note 8). The
+    child inherits the mask across fork and exec, so that a Ctrl-C or a SIGTERM
+    reaching it while it imports stays pending until ``child_main`` has set its
+    handlers; this thread gets its own mask back, whatever happens."""
+    # Process.start starts multiprocessing's resource tracker with the first child,
+    # and that unblocks both signals: started first, outside our mask.
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_DECIDES)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 _LIVE: weakref.WeakSet[_Worker] = weakref.WeakSet()
