@@ -11,7 +11,10 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import socket
+import subprocess
 import sys
+import textwrap
 import time
 import types
 from pathlib import Path
@@ -22,6 +25,9 @@ from fixtures import proc_tasks
 
 from taskrt import EventType, InvalidOption, JobStatus, Runtime
 from taskrt.processes import HandlerNotImportable, reference
+from taskrt.processes.child import child_main
+
+TESTS = Path(__file__).resolve().parent
 
 
 def rt_for(tmp_path: Path) -> Runtime:
@@ -36,6 +42,16 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def running(pid: int) -> bool:
+    """Whether a process with that id runs (Linux: a zombie does not; an orphan's
+    may never be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_a_sync_handler_runs_in_another_process_with_its_args(tmp_path: Path) -> None:
@@ -404,6 +420,77 @@ async def test_a_child_still_starting_leaves_sigint_and_sigterm_to_the_parent(
         starting.unlink()
         info = await rt.wait(job_id, timeout=20)
     assert (info.status, info.result, info.attempts) == (JobStatus.SUCCESS, child, 1)
+
+
+# A parent that the test kills with SIGKILL while its child holds the GIL.
+PARENT = textwrap.dedent(
+    """\
+    import asyncio
+    import sys
+
+
+    async def main() -> None:
+        from fixtures import proc_tasks
+        from taskrt import Runtime
+
+        rt = Runtime(sys.argv[1])
+        pool = rt.pool("cpu", concurrency=1, processes=True)
+        holds = rt.task(pool="cpu")(proc_tasks.holds_the_gil)
+        async with rt:
+            job_id = await pool.add(holds)
+            while not (await rt.get(job_id)).message:
+                await asyncio.sleep(0.005)
+            print((await rt.get(job_id)).message, flush=True)
+            await asyncio.sleep(60)
+
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal is Linux's")
+async def test_a_child_holding_the_gil_dies_with_its_parent(tmp_path: Path) -> None:
+    """The parent is killed: its child goes at once, even in a long C call that
+    holds the GIL. It used to run on (its reader thread never saw the
+    end-of-file), and after a restart its job ran twice at once."""
+    script, out = tmp_path / "parent.py", tmp_path / "out"
+    script.write_text(PARENT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    with out.open("wb") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "jobs.db")], env=env, stdout=stdout
+        )
+    child = None
+    try:
+        await until(lambda: out.read_text().endswith("\n"), timeout=30)
+        child = int(out.read_text().split()[1])  # in holds_the_gil
+        proc.kill()
+        await until(lambda: not running(child), timeout=5)
+    finally:
+        proc.kill()
+        proc.wait()
+        if child is not None and running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_whose_parent_died_while_it_started_exits(tmp_path: Path) -> None:
+    """A child whose parent died before it asked the kernel to kill it with the
+    parent is another process's child by then: it exits at once, though its
+    channel is still open here."""
+    mine, theirs = socket.socketpair()
+    with mine:
+        with theirs:
+            child = multiprocessing.get_context("spawn").Process(
+                target=child_main,
+                args=(theirs, os.getppid()),  # not the child's parent
+            )
+            child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        mine.settimeout(5)
+        assert mine.recv(1) == b""  # the child closed its end, and sent nothing
 
 
 def test_a_handler_of_an_interactive_session_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,7 +67,16 @@ Design notes:
    killed process is reaped within milliseconds: the loop waits that long, at
    shutdown only). A child reads end-of-file when the parent closes its end or
    dies, and exits at once, even in the middle of a handler; shrinking the pool
-   closes idle children that way. Children ignore SIGINT and SIGTERM: a Ctrl-C
+   closes idle children that way. That reader is a thread, which needs the
+   GIL: a handler in a long C call that holds it (a regular expression) would
+   outlive a dead parent. So on Linux a child also asks the kernel to kill it
+   with SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), first thing in
+   ``child_main``, then checks that its parent is still the process that
+   started it (it may have died during the imports) and exits if not. The
+   kernel's "parent" is the thread that started the child: that is the
+   loop's (note 2), which the pool closes its children on before it ends; a
+   loop whose thread ends without closing the runtime loses its children with
+   it. Children ignore SIGINT and SIGTERM: a Ctrl-C
    or a service manager's SIGTERM reaches the whole process group, and the
    parent decides (a shutdown puts running jobs back to waiting, then kills
    the children). From their start: the thread that starts a child blocks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import inspect
 import json
@@ -10,6 +11,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -22,6 +24,8 @@ from .crossing import LENGTH, encode_frame
 
 PARENT_DECIDES = frozenset({signal.SIGINT, signal.SIGTERM})
 """The signals a worker process leaves to its parent (note 8)."""
+
+_PR_SET_PDEATHSIG = 1  # prctl's option, <linux/prctl.h>
 
 # -- the child ----------------------------------------------------------------------------
 
@@ -128,8 +132,10 @@ class _ChildChannel:
             self._sock.sendall(frame)
 
 
-def child_main(sock: socket.socket) -> None:
-    """A worker process: run what the parent sends, one at a time, until end-of-file."""
+def child_main(sock: socket.socket, parent: int) -> None:
+    """A worker process of ``parent`` (its pid): run what the parent sends, one at a
+    time, until end-of-file."""
+    _die_with(parent)
     for signum in PARENT_DECIDES:  # note 8
         signal.signal(signum, _parent_decides)
     # Blocked since the parent started us (workers._signals_held): one that came
@@ -161,6 +167,18 @@ def child_main(sock: socket.socket) -> None:
             _run_one(channel, message, flags[message["run"]])
         finally:
             flags.pop(message["run"], None)
+
+
+def _die_with(parent: int) -> None:
+    """Die as soon as the parent dies (note 8). On Linux the kernel kills us, even
+    in a long C call that holds the GIL; elsewhere the reader thread, which needs
+    the GIL, alone sees the parent's end."""
+    if sys.platform == "linux":
+        prctl = ctypes.CDLL(None).prctl
+        prctl.argtypes = (ctypes.c_int, ctypes.c_ulong)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)  # it died before we asked: we are another process's child now
 
 
 def _parent_decides(signum: int, frame: Any) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.util  # its exit handler first: ours (registered after) runs before it
+import os
 import signal
 import socket
 import weakref
@@ -144,7 +145,7 @@ class _Worker:
         try:
             self.process = _CONTEXT.Process(
                 target=child_main,
-                args=(theirs,),
+                args=(theirs, os.getpid()),
                 name=f"taskrt-{owner.pool}",
                 # Not daemonic, so that a handler may start processes of its own;
                 # _kill_at_exit stands in for the kill daemonic children get (note 8).
