@@ -477,6 +477,33 @@ async def test_progress_steps_are_kept_streamed_and_stored(db: str) -> None:
         assert (await again.get(threaded.id)).steps == threaded.steps
 
 
+async def test_progress_figures_read_back_from_the_store_as_reported(db: str) -> None:
+    """Both backends store ``current`` and ``total`` as floats: a job read from the
+    database said ``0.0`` where the job in memory said ``0`` (on PostgreSQL, every
+    job another node ran). Whole figures come back as integers, others as floats."""
+    rt = Runtime(db)
+    rt.pool("held").pause()
+
+    @rt.task
+    async def half(job: JobContext) -> None:
+        await job.progress(2.5, 10)
+
+    @rt.task(pool="held")
+    async def later() -> None:
+        return None
+
+    async with rt:
+        done = await rt.wait(await rt.pool("default").add(half), timeout=5)
+        waiting = await rt.pool("held").add(later)
+    async with Runtime(db, workers=False) as again:
+        stored = await again.get(done.id)
+        fresh = await again.get(waiting)
+    assert (stored.current, stored.total) == (2.5, 10)
+    assert type(stored.current) is float and type(stored.total) is int
+    assert (fresh.current, fresh.total) == (0, 0)
+    assert type(fresh.current) is int and type(fresh.total) is int
+
+
 async def test_steps_over_http_and_their_bounds(tmp_path: Path) -> None:
     rt = Runtime(str(tmp_path / "app.db"))
     refused: list[str] = []

@@ -466,6 +466,20 @@ async def test_list_filters_and_pages_with_a_stable_cursor(
     assert (await client.get("/jobs?metadata.user=%2242%22")).json()["jobs"] == []
 
 
+async def test_a_metadata_filter_takes_every_64_bit_integer(client: httpx.AsyncClient) -> None:
+    """-2**63 was sent on as text (``abs(-2**63)`` is beyond 2**63 - 1) and matched no
+    job, though POST /jobs stores it and the Python filter finds it."""
+    ids = {}
+    for n in (-(2**63), -(2**63) + 1, 2**63 - 1):
+        r = await client.post("/jobs", json={"task": "echo", "delay": 3600, "metadata": {"n": n}})
+        ids[n] = r.json()["id"]
+    for n, job_id in ids.items():
+        listed = (await client.get("/jobs", params={"metadata.n": str(n)})).json()["jobs"]
+        assert [j["id"] for j in listed] == [job_id], n
+        counted = (await client.get("/jobs/count", params={"metadata.n": str(n)})).json()
+        assert counted["count"] == 1, n
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -54,6 +54,12 @@ def _job_info(values: tuple[Any, ...]) -> JobInfo:
     return info
 
 
+def _number(value: float) -> float:
+    """A progress figure as reported: both backends store it as a float, so a whole
+    one (0.0, 3.0) is read back as the integer the job's state in memory holds."""
+    return int(value) if value.__class__ is float and value.is_integer() else value
+
+
 def row_to_job(row: sqlite3.Row) -> JobInfo:
     """A row that starts with ``JOB_COLUMNS``, in their order, as a ``JobInfo``.
 
@@ -105,8 +111,8 @@ def row_to_job(row: sqlite3.Row) -> JobInfo:
             _object(kwargs),
             attempts,
             max_attempts,
-            current,
-            total,
+            _number(current),
+            _number(total),
             message,
             _loads(result),
             error,

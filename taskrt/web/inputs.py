@@ -390,8 +390,12 @@ def query_scalar(raw: str) -> Any:
         return raw
     if isinstance(value, dict | list) or value is None:
         return raw
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT64:
-        return raw
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not -MAX_INT64 - 1 <= value <= MAX_INT64
+    ):
+        return raw  # no stored number is this one (-2**63 is one)
     return value
 
 
