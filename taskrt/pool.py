@@ -17,7 +17,13 @@ Design notes:
    and returns. A handler that ignores cancellation for ``abandon_after``
    seconds more is abandoned: the job is marked at once, but the slot stays
    taken until the coroutine returns, so the pool never runs more than
-   ``concurrency`` handlers.
+   ``concurrency`` handlers. A cancel asked before the attempt ends wins over
+   its timeout, whichever came first: the cancel stops the timeout's clock,
+   and a cancel that finds the handler stopping after its timeout (awaiting in
+   its cleanup) does not cut that cleanup short, but the attempt ends as
+   cancelled, its timeout kept as its error (``_interrupted``), and the job is
+   not retried. Before, the timeout won either way and the job ran again after
+   its cancel was answered, or the cancel waited in vain for an end.
 4. **Sync handlers** run in the pool's thread pool (``concurrency`` threads),
    or in worker processes in a process pool (note 7).
    A thread cannot be interrupted: at a timeout or cancel the job is marked at
@@ -824,13 +830,17 @@ class Pool:
         self._finish(state, outcome)
 
     def _interrupted(self, state: JobState) -> Outcome:
+        """What an attempt the runtime stopped ended as: a cancel wins (note 3); a
+        cancelled attempt that timed out first carries its timeout as its error."""
+        timeout = None
         if state.timed_out:
             from .errors import JobTimeout
 
-            err = JobTimeout(state.id, state.timeout or 0.0)
-            return Outcome("timeout", error=err)
+            timeout = JobTimeout(state.id, state.timeout or 0.0)
         if state.cancel_requested:
-            return Outcome("cancelled")
+            return Outcome("cancelled", error=timeout)
+        if timeout is not None:
+            return Outcome("timeout", error=timeout)
         return Outcome("shutdown")
 
     def _finish(self, state: JobState, outcome: Outcome) -> None:
@@ -840,10 +850,11 @@ class Pool:
         if not state.abandoned and state not in self._lingering:
             self._release_lock(state)  # else when its coroutine or thread returns
         self._host.attempt_ended(state, outcome)
-        # Counted as it ended: a result that could not be stored made it an error.
+        # Counted as it ended: a result that could not be stored made it an error; a
+        # cancelled attempt that timed out first (note 3) timed out.
         if outcome.kind == "success":
             self.processed += 1
-        elif outcome.kind in ("error", "timeout"):
+        elif outcome.kind in ("error", "timeout") or outcome.error is not None:
             self.failed += 1
 
     async def _call(self, state: JobState, loop: asyncio.AbstractEventLoop) -> Any:
@@ -943,8 +954,14 @@ class Pool:
         self._interrupt(state)
 
     def cancel_running(self, state: JobState) -> None:
+        told = state.timed_out or state.cancel_requested or state.shutdown
         state.cancel_requested = True
-        self._interrupt(state)
+        if state.watchdog is not None:
+            # The cancel came first: the attempt's timeout no longer applies (note 3).
+            state.watchdog.cancel()
+            state.watchdog = None
+        if not told:  # else its handler is stopping already: its cleanup is not cut short
+            self._interrupt(state)
 
     def _interrupt(self, state: JobState) -> None:
         task = state.task_handle

@@ -1464,7 +1464,8 @@ class Runtime:
         return await self.get(job_id)
 
     async def cancel(self, job_id: int) -> JobInfo:
-        """Cancel a waiting or running job; returns its state after the cancel."""
+        """Cancel a waiting or running job; returns its state after the cancel (a running
+        job's at its end: ``_stopped``)."""
         check_job_id(job_id, "job_id")
         self.require_started("cancel")
         refuse_in_block("rt.cancel()")
@@ -1487,7 +1488,7 @@ class Runtime:
                 return state.info()
             if state.status is JobStatus.RUNNING:
                 self._pools[state.pool].cancel_running(state)
-                return await self.wait(job_id, timeout=self.abandon_after + 5)
+                return await self._stopped(job_id)
         info = await self.get(job_id)
         if info.terminal:
             raise InvalidTransition(job_id, info.status.value, "cancel")
@@ -1518,6 +1519,14 @@ class Runtime:
         state = self.live.states.get(job_id)
         if state is not None and state.status is JobStatus.RUNNING and not state.cancel_requested:
             self._pools[state.pool].cancel_running(state)
+        return await self._stopped(job_id)
+
+    async def _stopped(self, job_id: int) -> JobInfo:
+        """A running job told to stop: its state at its end, or as it is if that end is
+        not known within ``abandon_after`` + 5 s (an abandoned handler's job is marked
+        at ``abandon_after``; a write the database has not taken yet may take longer).
+        Never the wait's ``TimeoutError``, which a cancel's caller (the HTTP API: a
+        500) would take for the cancel's failure: the cancel stands either way."""
         with contextlib.suppress(TimeoutError):
             return await self.wait(job_id, timeout=self.abandon_after + 5)
         return await self.get(job_id)
@@ -1541,7 +1550,7 @@ class Runtime:
             running = self.live.states.get(job_id)  # its row marked: the poll acts too
             if running is not None and running.status is JobStatus.RUNNING:
                 self._pools[running.pool].cancel_running(running)
-                return await self.wait(job_id, timeout=self.abandon_after + 5)
+                return await self._stopped(job_id)
             return info
         if self.live.states.get(job_id) is state and state.status is JobStatus.WAITING:
             self.pool(state.pool).remove(state)

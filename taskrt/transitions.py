@@ -335,7 +335,11 @@ class Transitions:
             self.live.states.pop(state.id, None)
             return
         if outcome.kind == "cancelled":
-            self._record_attempt(state, AttemptOutcome.CANCELLED, "cancelled")
+            if outcome.error is None:
+                self._record_attempt(state, AttemptOutcome.CANCELLED, "cancelled")
+            else:  # it timed out first, then its cancel came: no retry (pool note 3)
+                timed_out = safe_text(describe_error(outcome.error), self.limits.max_error_bytes)
+                self._record_attempt(state, AttemptOutcome.TIMEOUT, timed_out)
             self.finalize(state, JobStatus.CANCELLED, {})
             return
         failure = outcome.error

@@ -284,6 +284,108 @@ async def test_cancel_a_handler_that_swallows_it(tmp_path: Path) -> None:
     assert (info.status, info.result) == (JobStatus.CANCELLED, None)
 
 
+async def test_a_cancel_during_the_cleanup_after_a_timeout_ends_the_job(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Its attempt timed out and its handler is still cleaning up when the cancel comes:
+    the job ends CANCELLED, not retried, the cleanup not cut short, and the attempt
+    recorded as what it was, a timeout (pool note 3). It was retried, and rt.cancel
+    raised TimeoutError after waiting for an end that never came."""
+    db, options = target
+    rt = Runtime(db, **options, abandon_after=2)
+    cleaning, cancelled = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+
+    @rt.task(timeout=0.05, attempts=10, retry=0.05)
+    async def slow(job: JobContext) -> None:
+        seen.append(f"attempt {job.attempt}")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cleaning.set()
+            await cancelled.wait()  # the cleanup goes on past the cancel
+            seen.append("cleaned up")
+            raise
+
+    async with rt:
+        job_id = await rt.pool("default").add(slow)
+        async with asyncio.timeout(5):
+            await cleaning.wait()
+        asking = asyncio.ensure_future(rt.cancel(job_id))
+        await until(lambda: rt.live.states[job_id].cancel_requested)
+        cancelled.set()
+        async with asyncio.timeout(5):
+            info = await asking
+        stats = rt.pool("default").statistics()
+    assert (info.status, info.attempts) == (JobStatus.CANCELLED, 1)
+    assert seen == ["attempt 1", "cleaned up"]
+    assert (stats.processed, stats.failed) == (0, 1)
+    async with Runtime(db, **options) as again:  # what is stored
+        stored = await again.get(job_id)
+        attempts = await again.attempts(job_id)
+    assert (stored.status, stored.attempts) == (JobStatus.CANCELLED, 1)
+    timed_out = f"job {job_id} timed out after 0.05s"
+    assert [(a.outcome, a.error, a.next) for a in attempts] == [
+        (AttemptOutcome.TIMEOUT, timed_out, None)
+    ]
+
+
+async def test_a_timeout_during_the_cleanup_after_a_cancel_changes_nothing(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """The cancel came first; the attempt's timeout passes while the handler cleans up:
+    the job ends CANCELLED, its attempt recorded cancelled. The timeout won: the job
+    failed "timed out", or was retried after its cancel."""
+    db, options = target
+    rt = Runtime(db, **options)
+    gate = Gate()
+    timeout = 0.5
+    seen: list[str] = []
+
+    @rt.task(timeout=timeout, attempts=3, retry=0.05)
+    async def slow(job: JobContext) -> None:
+        seen.append(f"attempt {job.attempt}")
+        try:
+            await gate()
+        except asyncio.CancelledError:
+            await asyncio.sleep(timeout + 0.2)  # past the attempt's timeout
+            seen.append("cleaned up")
+            raise
+
+    async with rt:
+        job_id = await rt.pool("default").add(slow)
+        await gate.wait_entered(1)
+        info = await rt.cancel(job_id)
+        attempts = await rt.attempts(job_id)
+    assert (info.status, info.attempts, info.error) == (JobStatus.CANCELLED, 1, None)
+    assert seen == ["attempt 1", "cleaned up"]
+    assert [(a.outcome, a.error) for a in attempts] == [(AttemptOutcome.CANCELLED, "cancelled")]
+
+
+async def test_a_cancel_whose_end_is_not_known_in_time_answers_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rt.cancel never raises the TimeoutError of its wait for a running job's end (the
+    HTTP API answered it 500 internal_error): it answers the job as it is then."""
+    rt = make_rt(tmp_path)
+    gate = Gate()
+
+    @rt.task
+    async def held(job: JobContext) -> None:
+        await gate()
+
+    async def late(job_id: int, timeout: float | None = None) -> Any:
+        raise TimeoutError
+
+    async with rt:
+        job_id = await rt.pool("default").add(held)
+        await gate.wait_entered(1)
+        monkeypatch.setattr(rt, "wait", late)
+        info = await rt.cancel(job_id)
+    assert info.id == job_id
+    assert info.status in (JobStatus.RUNNING, JobStatus.CANCELLED)
+
+
 async def test_cancel_errors(tmp_path: Path) -> None:
     rt = make_rt(tmp_path)
 
