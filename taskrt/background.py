@@ -4,6 +4,11 @@ runtime's loops wait.
 A hook (``on_add``, ``on_success``, ``on_error``, ``on_progress``) that raises
 is logged with the job's fields and changes nothing; an async hook runs as a
 background task, and the runtime waits for those (within its grace) at stop.
+Whatever a hook raises is its failure, as whatever a handler raises is its
+attempt's (``taskrt.pool`` note 12): SystemExit, KeyboardInterrupt,
+GeneratorExit and a CancelledError of its own included (``hook_failed``). Only
+a cancel of the task it runs in (``hook_timeout``, the tasks cancelled once the
+runtime stopped) goes on as a cancel.
 """
 
 from __future__ import annotations
@@ -34,6 +39,18 @@ async def woken(wake: asyncio.Event, seconds: float) -> None:
     except TimeoutError:
         pass
     wake.clear()
+
+
+def hook_failed(exc: BaseException) -> bool:
+    """Whether ``exc``, raised where a user hook ran, is the hook's failure (see the
+    module notes): any ``BaseException``, but a CancelledError while the current task
+    is being cancelled, which is that cancel's and must go on. A hook's own
+    CancelledError (raised, or from a future cancelled elsewhere) finds no cancel
+    asked of its task."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is None or task.cancelling() == 0
+    return True
 
 
 class JobLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]

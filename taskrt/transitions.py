@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .background import Background, job_logger
+from .background import Background, hook_failed, job_logger
 from .context import JobState
 from .definitions import TaskSpec, is_async
 from .errors import (
@@ -25,7 +25,6 @@ from .errors import (
     InvalidOption,
     Retry,
     SerializationError,
-    StoreError,
     StoreUnavailable,
     describe_error,
     format_traceback,
@@ -67,6 +66,12 @@ DEFAULT_HOOK_TIMEOUT = 10.0
 
 class _HookTimedOut(Exception):
     """An ``on_failed`` hook ran past ``hook_timeout``."""
+
+
+class _HookRaised(Exception):
+    """An ``on_failed`` hook raised what is no ``Exception`` (SystemExit, a CancelledError
+    of its own...): its failure all the same (``background.hook_failed``), what it
+    raised the cause."""
 
 
 class _NotOurs(Exception):
@@ -545,7 +550,7 @@ class Transitions:
                 # Never drop a state (store note 9): the database will take it later.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-            except StoreError:
+            except Exception:  # StoreError, or a fault of taskrt's: the job ends all the same
                 if as_read:
                     # Nothing landed, nothing is told: the next sweep looks again.
                     job_logger(info).exception("ending job %d past its deadline failed", info.id)
@@ -628,18 +633,31 @@ class Transitions:
         try:
             with opened(tx):
                 async with asyncio.timeout(self.hook_timeout):
-                    if is_async(hook):
-                        await hook(info, tx)
-                        return
-                    bridge = ThreadTransaction(tx, asyncio.get_running_loop())
                     try:
-                        result = await asyncio.to_thread(hook, info, bridge)
-                        if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
-                            await result
-                    finally:
-                        await bridge.close()
+                        await self._run_failed_hook(hook, info, tx)
+                    except BaseException as exc:
+                        # A SystemExit, say, is not the loop's to stop, nor the task's to
+                        # end: the hook's failure, its writes undone, the failure recorded
+                        # (background notes). A cancel of this task (the timeout's) goes on.
+                        if isinstance(exc, Exception) or not hook_failed(exc):
+                            raise
+                        raise _HookRaised(describe_error(exc)) from exc
         except TimeoutError as exc:
             raise _HookTimedOut from exc
+
+    async def _run_failed_hook(
+        self, hook: Callable[..., Any], info: JobInfo, tx: Transaction
+    ) -> None:
+        if is_async(hook):
+            await hook(info, tx)
+            return
+        bridge = ThreadTransaction(tx, asyncio.get_running_loop())
+        try:
+            result = await asyncio.to_thread(_in_thread, hook, info, bridge)
+            if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
+                await result
+        finally:
+            await bridge.close()
 
     def finalize(
         self,
@@ -799,6 +817,17 @@ class Transitions:
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
+def _in_thread(hook: Callable[..., Any], info: JobInfo, tx: ThreadTransaction) -> Any:
+    """Call a sync ``on_failed`` hook in its thread: a StopIteration it raises, which no
+    future may carry, or a GeneratorExit, which would close the coroutines awaiting it
+    (its transaction's among them), becomes a ``RuntimeError`` raised from it, as a
+    sync handler's does (``taskrt.pool`` note 12)."""
+    try:
+        return hook(info, tx)
+    except (StopIteration, GeneratorExit) as exc:
+        raise RuntimeError(f"the on_failed hook raised {type(exc).__name__}") from exc
 
 
 def retry_policy_of(info: JobInfo, spec: TaskSpec) -> RetryPolicy:

@@ -193,6 +193,71 @@ async def test_on_failed_that_raises_rolls_back_its_writes_only(
     assert (stored.status, stored.error) == (JobStatus.FAILURE, "RuntimeError: no luck")
 
 
+def _raise(kind: str) -> None:
+    if kind == "SystemExit":
+        raise SystemExit(2)
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt("in a hook")
+    if kind == "GeneratorExit":
+        raise GeneratorExit
+    if kind == "CancelledError":
+        raise asyncio.CancelledError
+    raise StopIteration
+
+
+async def test_an_on_failed_hook_that_raises_what_is_no_exception_still_records_the_failure(
+    target: tuple[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever an on_failed hook raises, its writes are undone and the failure is
+    recorded. Before, a CancelledError or a GeneratorExit (async or sync) left the
+    row RUNNING (on PostgreSQL nodes, WAITING after the stop: the job ran again)
+    while reads said FAILURE; a sync hook's GeneratorExit closed the transaction's
+    coroutines under it, and a KeyboardInterrupt or SystemExit stopped the process."""
+    db, options = target
+    rt = Runtime(db, **options)
+    rt.pool("default", concurrency=1)
+    kinds = ["CancelledError", "GeneratorExit", "KeyboardInterrupt", "SystemExit"]
+    cases = [(k, False) for k in kinds] + [(k, True) for k in [*kinds, "StopIteration"]]
+    tasks = []
+    for kind, sync in cases:
+
+        def on_failed(job: JobInfo, tx: Any, kind: str = kind) -> None:
+            tx.execute("INSERT INTO audit VALUES (1, 'half-written')")
+            _raise(kind)
+
+        async def on_failed_async(job: JobInfo, tx: Transaction, kind: str = kind) -> None:
+            await tx.execute("INSERT INTO audit VALUES (1, 'half-written')")
+            _raise(kind)
+
+        async def doomed(job: JobContext) -> None:
+            raise RuntimeError("no luck")
+
+        name = f"{kind}_{'sync' if sync else 'async'}"
+        hook = on_failed if sync else on_failed_async
+        tasks.append(rt.task(name=name, attempts=1, on_failed=hook)(doomed))
+
+    @rt.task
+    async def fine(job: JobContext) -> str:
+        return "ok"
+
+    with caplog.at_level(logging.ERROR, logger="taskrt"):
+        async with rt:
+            await _make_audit(rt)
+            ids = [await rt.pool("default").add(task) for task in tasks]
+            for job_id in ids:
+                info = await rt.wait(job_id, timeout=5)
+                assert (info.status, info.error) == (JobStatus.FAILURE, "RuntimeError: no luck")
+            assert (await rt.wait(await rt.pool("default").add(fine), timeout=5)).result == "ok"
+    raised = {r.getMessage() for r in caplog.records if "on_failed hook" in r.getMessage()}
+    assert raised == {f"the on_failed hook of job {i} raised" for i in ids}
+    async with Runtime(db, **options) as again:  # what is stored, after the stop
+        stored = [await again.get(i) for i in ids]
+        async with again.transaction() as tx:
+            audit = await tx.execute("SELECT count(*) FROM audit")
+    assert {(j.status, j.error) for j in stored} == {(JobStatus.FAILURE, "RuntimeError: no luck")}
+    assert [tuple(row) for row in audit] == [(0,)]
+
+
 async def test_on_failed_adds_a_job_with_the_failed_jobs_unique_key(tmp_path: Path) -> None:
     """The key is held only while its job is WAITING or RUNNING: the hook, in the
     failure's transaction, may add the job's replacement under the same key. The
