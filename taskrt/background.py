@@ -83,7 +83,7 @@ class Background:
         logger = log if job is None else job_logger(job)
         try:
             result = hook(*args)
-        except Exception:
+        except BaseException:  # whatever a hook raises (module notes); a call awaits no cancel
             logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
             return
         if inspect.isawaitable(result):
@@ -98,5 +98,7 @@ class Background:
 async def _guard(awaitable: Any, hook: Any, logger: logging.Logger | JobLogAdapter = log) -> None:
     try:
         await awaitable
-    except Exception:
+    except BaseException as exc:  # whatever the hook raises, but a cancel of this task
+        if not hook_failed(exc):
+            raise
         logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))

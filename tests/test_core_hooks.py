@@ -32,6 +32,7 @@ from taskrt import (
     Runtime,
     Transaction,
 )
+from taskrt.background import Background
 
 
 async def test_hooks_fire_with_their_arguments(tmp_path: Path) -> None:
@@ -106,6 +107,95 @@ async def test_hook_that_raises_is_logged_and_changes_nothing(
     assert results == [0, 1, 2]
     assert len(failures("hook bug")) == 6  # on_add and on_progress, three jobs each
     assert [j.status for j in await committed_jobs(tmp_path)] == [JobStatus.SUCCESS] * 3
+
+
+def _raise(kind: str) -> None:
+    """Raise what a hook of the tests below raises, by name."""
+    if kind == "SystemExit":
+        raise SystemExit(2)
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt("in a hook")
+    if kind == "GeneratorExit":
+        raise GeneratorExit
+    if kind == "CancelledError":
+        raise asyncio.CancelledError
+    raise StopIteration
+
+
+async def test_a_hook_that_raises_what_is_no_exception_is_logged_and_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_add, on_progress, on_success and on_error, async or sync, raising SystemExit,
+    KeyboardInterrupt, GeneratorExit or a CancelledError of their own: logged, the
+    jobs end as their handlers say, the runtime goes on. Before, an async hook's
+    KeyboardInterrupt or SystemExit stopped the process; a sync on_progress's failed
+    the attempt, and a sync on_success's or on_error's was logged as a fault in
+    ending the attempt, the job's end cut short."""
+    rt = make_rt(tmp_path)
+    kinds = ["CancelledError", "GeneratorExit", "KeyboardInterrupt", "SystemExit"]
+    tasks = []
+    for kind, sync in [(k, s) for k in kinds for s in (False, True)]:
+
+        def hook(*args: Any, kind: str = kind) -> None:
+            _raise(kind)
+
+        async def hook_async(*args: Any, kind: str = kind) -> None:
+            await asyncio.sleep(0)
+            _raise(kind)
+
+        async def handler(job: JobContext, fail: bool) -> str:
+            await job.progress(1, 1)
+            if fail:
+                raise RuntimeError("no luck")
+            return "ok"
+
+        each = hook if sync else hook_async
+        name = f"{kind}_{'sync' if sync else 'async'}"
+        hooks = {"on_add": each, "on_progress": each, "on_success": each, "on_error": each}
+        tasks.append(rt.task(name=name, attempts=1, **hooks)(handler))
+
+    def raised() -> list[str]:
+        return [
+            type(r.exc_info[1]).__name__
+            for r in caplog.records
+            if r.getMessage().startswith("hook ") and r.exc_info and r.exc_info[1] is not None
+        ]
+
+    with caplog.at_level(logging.ERROR, logger="taskrt"):
+        async with rt:
+            pool = rt.pool("default")
+            ids = [(await pool.add(task, False), await pool.add(task, True)) for task in tasks]
+            ended = [
+                ((await rt.wait(ok, timeout=5)).status, (await rt.wait(bad, timeout=5)).status)
+                for ok, bad in ids
+            ]
+            await until(lambda: len(raised()) == 3 * 2 * len(tasks))  # add, progress, end
+            assert (await rt.wait(await pool.add(tasks[0], False), timeout=5)).result == "ok"
+    assert ended == [(JobStatus.SUCCESS, JobStatus.FAILURE)] * len(tasks)
+    assert sorted(set(raised())) == sorted(kinds)
+    assert "could not be ended" not in caplog.text
+
+
+async def test_a_cancel_of_a_hooks_task_is_no_failure_of_the_hook(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hook's own CancelledError is its failure (above); a cancel of the task it runs
+    in (the tasks cancelled once the loop ends) goes on, the hook not said to raise."""
+    background = Background()
+    entered = asyncio.Event()
+
+    async def on_success(job_id: int, result: Any) -> None:
+        entered.set()
+        await asyncio.sleep(30)
+
+    with caplog.at_level(logging.ERROR, logger="taskrt"):
+        background.hook(on_success, 1, None)
+        [task] = background.tasks
+        await entered.wait()
+        task.cancel()
+        await asyncio.wait([task])
+    assert task.cancelled()
+    assert "raised" not in caplog.text
 
 
 def _doomed_and_fine(rt: Any, on_failed: Any) -> tuple[Any, Any]:
@@ -191,18 +281,6 @@ async def test_on_failed_that_raises_rolls_back_its_writes_only(
     stored = await committed_job(tmp_path, job_id)
     assert stored is not None
     assert (stored.status, stored.error) == (JobStatus.FAILURE, "RuntimeError: no luck")
-
-
-def _raise(kind: str) -> None:
-    if kind == "SystemExit":
-        raise SystemExit(2)
-    if kind == "KeyboardInterrupt":
-        raise KeyboardInterrupt("in a hook")
-    if kind == "GeneratorExit":
-        raise GeneratorExit
-    if kind == "CancelledError":
-        raise asyncio.CancelledError
-    raise StopIteration
 
 
 async def test_an_on_failed_hook_that_raises_what_is_no_exception_still_records_the_failure(
