@@ -10,7 +10,8 @@ Design notes:
    are finite floats; an integer is kept as it is while it fits SQLite's
    64-bit INTEGER, otherwise it is turned into a float (``10**400`` fits
    neither and is refused). Progress is stored in REAL columns, so an integer
-   beyond 2**53 is rounded to a float at once, as a read from disk would. Times lie between 1970 and the year 9999, so
+   from 2**53 on is made a float at once, as a read from disk gives it (a
+   whole figure below 2**53 is read back as an integer). Times lie between 1970 and the year 9999, so
    every front end can show them as dates.
 2. **Strings are valid UTF-8.** A Python string may hold a lone surrogate
    (``"\\ud800"``), which SQLite cannot store and JSON cannot carry. Checked
@@ -322,16 +323,17 @@ def check_step(step: Any, limits: Limits) -> str:
 
 
 def _plain_number(value: Any) -> bool:
-    """A finite float, or an int within 2**53: stored as it is (``check_number``, ``_real``)."""
+    """A finite float, or an int below 2**53: stored as it is (``check_number``, ``_real``)."""
     kind = type(value)
     if kind is float:
         return math.isfinite(value)
-    return kind is int and -(1 << 53) <= value <= (1 << 53)
+    return kind is int and -(1 << 53) < value < (1 << 53)
 
 
 def _real(number: float | int) -> float | int:
-    """As a REAL column keeps it: an int beyond 2**53 is rounded there, so round it here."""
-    if type(number) is int and not -(1 << 53) <= number <= (1 << 53):
+    """As a REAL column keeps it: an int from 2**53 on is a float there (a read gives an
+    int only below it, ``taskrt.store.rows``), so make it one here."""
+    if type(number) is int and not -(1 << 53) < number < (1 << 53):
         return float(number)
     return number
 

@@ -769,9 +769,11 @@ async def _throw(h: Harness, target: str, value: Any, progress: tuple[Any, Any, 
 
 
 def as_stored(number: int | float, *, real: bool = False) -> int | float:
-    """limits note 1: an int that does not fit 64 bits (a REAL column: 2**53) is a float."""
-    bound = INT53 if real else INT64_MAX
-    if type(number) is int and not -bound <= number <= bound:
+    """limits note 1: an int that does not fit 64 bits (a REAL column: from 2**53 on)
+    is a float."""
+    if type(number) is int and not (
+        -INT53 < number < INT53 if real else -INT64_MAX <= number <= INT64_MAX
+    ):
         return float(number)
     return number
 
@@ -971,7 +973,7 @@ async def test_what_rt_get_says_of_a_live_job_is_what_the_database_will_say(
     assert live.metadata == {"pair": [1, 2], "3": "x"}
 
 
-@pytest.mark.parametrize("value", [2**53 + 1, 2**62 + 1, 2**63 - 1])
+@pytest.mark.parametrize("value", [2**53, 2**53 + 1, 2**62 + 1, 2**63 - 1])
 async def test_a_progress_value_beyond_2_53_reads_the_same_live_and_stored(
     tmp_path: Path, value: int
 ) -> None:

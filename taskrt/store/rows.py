@@ -56,8 +56,15 @@ def _job_info(values: tuple[Any, ...]) -> JobInfo:
 
 def _number(value: float) -> float:
     """A progress figure as reported: both backends store it as a float, so a whole
-    one (0.0, 3.0) is read back as the integer the job's state in memory holds."""
-    return int(value) if value.__class__ is float and value.is_integer() else value
+    one (0.0, 3.0) is read back as the integer the job's state in memory holds. One
+    from 2**53 on stays a float: the runtime makes such an integer a float at once
+    (``taskrt.limits`` note 1)."""
+    if value.__class__ is float and value.is_integer() and -_EXACT < value < _EXACT:
+        return int(value)
+    return value
+
+
+_EXACT = float(2**53)  # below it, every whole float is exactly one integer
 
 
 def row_to_job(row: sqlite3.Row) -> JobInfo:
