@@ -912,6 +912,14 @@ async def test_a_job_added_here_ends_at_its_deadline_not_at_the_next_sweep(db: s
     looks next at the second's deadline (the first's end, still queued, read
     WAITING and passed, had sent it to sleep a whole interval): each job ends at its
     own deadline. Late by well under the interval even in asyncio's debug mode."""
+    await check_ends_at_deadlines(db, (0.2, 0.4), late_by=0.5)
+
+
+async def check_ends_at_deadlines(
+    db: str, offsets: tuple[float, ...], *, late_by: float, end_delay: float = 0.0
+) -> None:
+    """Jobs of a paused pool, with deadlines ``offsets`` seconds away, each end at its
+    own deadline, less than ``late_by`` late; ``end_delay``: each end made slower."""
     rt = Runtime(db)
     rt.pool("p", concurrency=1).pause()  # nothing takes the jobs: the sweeper ends them
 
@@ -920,14 +928,22 @@ async def test_a_job_added_here_ends_at_its_deadline_not_at_the_next_sweep(db: s
         return None
 
     async with rt:
+        end = rt.deadlines.end
+
+        async def slow_end(job_id: int) -> None:
+            await asyncio.sleep(end_delay)
+            await end(job_id)
+
+        if end_delay:
+            rt.deadlines.end = slow_end
         await asyncio.sleep(0.1)  # the sweeper's first look is done: it sleeps now
         now = time.time()
-        deadlines = {await rt.add(late.options(deadline=now + d)): now + d for d in (0.2, 0.4)}
+        deadlines = {await rt.add(late.options(deadline=now + d)): now + d for d in offsets}
         for job_id, deadline in deadlines.items():
             info = await rt.wait(job_id, timeout=5)
             assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
             assert info.finished_at is not None
-            assert 0 <= info.finished_at - deadline < 0.5, info.finished_at - deadline
+            assert 0 <= info.finished_at - deadline < late_by, info.finished_at - deadline
 
 
 async def test_a_sweep_of_more_passed_jobs_than_it_can_end_returns(db: str) -> None:
@@ -954,26 +970,4 @@ async def test_a_deadline_that_passes_while_the_sweep_ends_jobs_is_not_missed(db
     while its sweep ended the jobs before it (each end slowed here, as a node's
     locked compare-and-set is) was neither swept nor upcoming, and its job ended a
     whole interval (1 s) late. The next look is after the sweep's last read."""
-    rt = Runtime(db)
-    rt.pool("p", concurrency=1).pause()  # nothing takes the jobs: the sweeper ends them
-
-    @rt.task(pool="p")
-    async def late() -> None:
-        return None
-
-    async with rt:
-        end = rt.deadlines.end
-
-        async def slow_end(job_id: int) -> None:
-            await asyncio.sleep(0.1)
-            await end(job_id)
-
-        rt.deadlines.end = slow_end
-        await asyncio.sleep(0.1)  # the sweeper's first look is done: it sleeps now
-        now = time.time()
-        deadlines = {await rt.add(late.options(deadline=now + d)): now + d for d in (0.3, 0.32)}
-        for job_id, deadline in deadlines.items():
-            info = await rt.wait(job_id, timeout=5)
-            assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
-            assert info.finished_at is not None
-            assert 0 <= info.finished_at - deadline < 0.6, info.finished_at - deadline
+    await check_ends_at_deadlines(db, (0.3, 0.32), late_by=0.6, end_delay=0.1)

@@ -868,27 +868,35 @@ async def test_a_schema_of_the_first_release_is_upgraded_and_keeps_its_jobs(url:
         assert [n["id"] for n in await rt.store.nodes()] == [rt.nodes.node]
 
 
-async def test_counts_of_a_version_5_schema_move_to_lane_0_and_stay_exact(url: str) -> None:
-    """Version 6 keeps each (pool, status) in lanes, one per writer (store note 12):
-    the counts of version 5 become lane 0, and what runs next adds to the others."""
+async def schema_at(url: str, version: int, *statements: str) -> None:
+    """The URL's schema made by the first ``version`` migrations, then ``statements``."""
     schema = url.rsplit("schema=", 1)[1]
     conn = await asyncpg.connect(url.split("?")[0])
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
-        for statement in (st for migration in MIGRATIONS[:5] for st in migration):
+        for statement in (st for migration in MIGRATIONS[:version] for st in migration):
             await conn.execute(statement)
-        await conn.execute("INSERT INTO meta (key, value) VALUES ('schema.version', '5')")
         await conn.execute(
-            "INSERT INTO jobs (id, task, pool, status, created_at, run_at) "
-            "SELECT g, 'double', 'p', CASE WHEN g <= 3 THEN 'SUCCESS' ELSE 'FAILURE' END, 0, 0 "
-            "FROM generate_series(1, 5) AS g"
+            "INSERT INTO meta (key, value) VALUES ('schema.version', $1)", str(version)
         )
-        await conn.execute("UPDATE job_ids SET last = 5")
-        await conn.execute(
-            "INSERT INTO job_counts (pool, status, n) VALUES ('p', 'SUCCESS', 3), ('p', 'FAILURE', 2)"
-        )
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def test_counts_of_a_version_5_schema_move_to_lane_0_and_stay_exact(url: str) -> None:
+    """Version 6 keeps each (pool, status) in lanes, one per writer (store note 12):
+    the counts of version 5 become lane 0, and what runs next adds to the others."""
+    await schema_at(
+        url,
+        5,
+        "INSERT INTO jobs (id, task, pool, status, created_at, run_at) "
+        "SELECT g, 'double', 'p', CASE WHEN g <= 3 THEN 'SUCCESS' ELSE 'FAILURE' END, 0, 0 "
+        "FROM generate_series(1, 5) AS g",
+        "UPDATE job_ids SET last = 5",
+        "INSERT INTO job_counts (pool, status, n) VALUES ('p', 'SUCCESS', 3), ('p', 'FAILURE', 2)",
+    )
     async with app(url, mode="nodes") as rt:
         store = rt.store
         assert isinstance(store, PgStore)
@@ -910,18 +918,12 @@ async def test_pool_limits_of_a_version_12_schema_are_kept_and_become_64_bit(url
     """Version 13 widens ``pool_settings``' limits to BIGINT (they were INTEGER: a
     concurrency above 2**31 - 1 failed at the write); the limits recorded are kept."""
     schema = url.rsplit("schema=", 1)[1]
-    conn = await asyncpg.connect(url.split("?")[0])
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
-        for statement in (st for migration in MIGRATIONS[:12] for st in migration):
-            await conn.execute(statement)
-        await conn.execute("INSERT INTO meta (key, value) VALUES ('schema.version', '12')")
-        await conn.execute(
-            "INSERT INTO pool_settings (name, concurrency, capacity_set, capacity) "
-            "VALUES ('p', 7, 1, 50)"
-        )
-    finally:
-        await conn.close()
+    await schema_at(
+        url,
+        12,
+        "INSERT INTO pool_settings (name, concurrency, capacity_set, capacity) "
+        "VALUES ('p', 7, 1, 50)",
+    )
     async with app(url, mode="nodes") as rt:
         assert (rt.pool("p").concurrency, rt.pool("p").capacity) == (7, 50)
         await rt.change_pool("p", concurrency=2**63 - 1, capacity=2**31)
