@@ -42,6 +42,8 @@ from .errors import InvalidOption, SerializationError, describe_error, is_error,
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
+#: Below it (in magnitude) every integer is exactly one float, and every whole float one integer.
+EXACT_FLOAT_BOUND = 1 << 53
 MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last second a date can show
 MAX_DURATION = 100 * 365.25 * 86_400.0  # a hundred years, in seconds
 
@@ -327,13 +329,13 @@ def _plain_number(value: Any) -> bool:
     kind = type(value)
     if kind is float:
         return math.isfinite(value)
-    return kind is int and -(1 << 53) < value < (1 << 53)
+    return kind is int and -EXACT_FLOAT_BOUND < value < EXACT_FLOAT_BOUND
 
 
 def _real(number: float | int) -> float | int:
     """As a REAL column keeps it: an int from 2**53 on is a float there (a read gives an
     int only below it, ``taskrt.store.rows``), so make it one here."""
-    if type(number) is int and not -(1 << 53) < number < (1 << 53):
+    if type(number) is int and not -EXACT_FLOAT_BOUND < number < EXACT_FLOAT_BOUND:
         return float(number)
     return number
 
@@ -355,6 +357,7 @@ def shown(value: Any) -> str:
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "EXACT_FLOAT_BOUND",
     "INT64_MAX",
     "INT64_MIN",
     "MAX_DURATION",

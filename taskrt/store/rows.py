@@ -6,6 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
+from ..limits import EXACT_FLOAT_BOUND
 from ..models import JobInfo, JobStatus, ScheduleInfo
 from .protocol import CancelledChild
 
@@ -64,7 +65,7 @@ def _number(value: float) -> float:
     return value
 
 
-_EXACT = float(2**53)  # below it, every whole float is exactly one integer
+_EXACT = float(EXACT_FLOAT_BOUND)  # below it, every whole float is exactly one integer
 
 
 def row_to_job(row: sqlite3.Row) -> JobInfo:

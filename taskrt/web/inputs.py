@@ -39,7 +39,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from ..errors import InvalidOption, JobNotFound
-from ..limits import shown
+from ..limits import INT64_MIN, shown
 from ..retry import parse_duration
 from .errors import ApiError
 from .schemas import DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_INT64
@@ -393,7 +393,7 @@ def query_scalar(raw: str) -> Any:
     if (
         isinstance(value, int)
         and not isinstance(value, bool)
-        and not -MAX_INT64 - 1 <= value <= MAX_INT64
+        and not INT64_MIN <= value <= MAX_INT64
     ):
         return raw  # no stored number is this one (-2**63 is one)
     return value

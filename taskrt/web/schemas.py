@@ -16,6 +16,7 @@ import unicodedata
 from typing import Any
 
 from ..definitions import MAX_PARENTS
+from ..limits import INT64_MAX
 from ..models import ON_PARENT_FAILURE, WAITING_REASONS
 from ..rates import RATE_PATTERN
 from ..workflows import MAX_STEPS
@@ -23,7 +24,7 @@ from ..workflows import MAX_STEPS
 Schema = dict[str, Any]
 
 #: The largest integer SQLite stores; integer fields beyond it are refused.
-MAX_INT64 = 2**63 - 1
+MAX_INT64 = INT64_MAX
 
 STATUSES = ["WAITING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
 EVENT_TYPES = [
