@@ -52,6 +52,16 @@ class StreamHost(Protocol):
     async def get(self, job_id: int) -> JobInfo: ...
 
 
+async def state_past(rt: StreamHost, job_id: int, seq: int) -> JobInfo:
+    """The job's state, once it is at or past ``seq``, what a stream delivered (note 1):
+    read again every ``poll_interval`` while the row lags it, unless the job ended."""
+    while True:
+        info = await rt.get(job_id)
+        if info.seq >= seq or info.terminal:
+            return info
+        await asyncio.sleep(rt.poll_interval)
+
+
 class JobStream:
     """``rt.subscribe(...)``: an async iterator of events; also an async context manager."""
 
@@ -140,13 +150,8 @@ class JobStream:
             return ev
 
     async def _fresh_state(self) -> JobInfo:
-        """The job's state, once it is at or past what this stream delivered (note 1)."""
         assert self.job_id is not None
-        while True:
-            info = await self._rt.get(self.job_id)
-            if info.seq >= self._last_seq or info.terminal:
-                return info
-            await asyncio.sleep(self._rt.poll_interval)
+        return await state_past(self._rt, self.job_id, self._last_seq)
 
     async def _poll_next(self) -> Event:
         """Client runtimes see other processes' jobs by reading the database."""

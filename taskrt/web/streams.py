@@ -45,7 +45,6 @@ Design notes (cited where they apply):
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -56,6 +55,7 @@ from ..errors import PoolNotFound, TaskNotFound
 from ..events import Subscription
 from ..models import STATUS_EVENT, Event, JobInfo
 from ..runtime import JobStream, Runtime, snapshot_event
+from ..stream import state_past
 from .inputs import MAX_INT64, job_id_of, to_int
 from .routing import Api, EndpointGroup, Param, Reply
 from .schemas import integer, ref
@@ -165,14 +165,10 @@ class _Following:
         ``cursor`` as one event, or ``None`` when the row holds nothing newer."""
         rt = self.rt
         self.sub = rt.broker.subscribe(self.job_id, maxsize=self.maxsize)
-        while True:
-            info = await rt.get(self.job_id)
-            if info.terminal:
-                return final_event(info, rt.clock.now()) if info.seq > cursor else None
-            if info.seq >= cursor:
-                break
-            await asyncio.sleep(rt.poll_interval)  # the row lags what was sent (note 6)
-        return snapshot_event(info, rt.clock.now()) if info.seq > cursor else None
+        info = await state_past(rt, self.job_id, cursor)  # the row may lag (note 6)
+        if info.seq <= cursor:
+            return None
+        return (final_event if info.terminal else snapshot_event)(info, rt.clock.now())
 
     def close(self) -> None:
         if self.sub is not None:
