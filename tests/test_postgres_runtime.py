@@ -811,6 +811,38 @@ async def test_a_schema_of_a_newer_release_is_refused(url: str) -> None:
         await PgStore(url).open()
 
 
+@pytest.mark.parametrize(
+    ("table", "why"),
+    [
+        (
+            "(key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema.version', 'v2')",
+            "its 'schema.version' is 'v2', not a version number",
+        ),
+        ("(k TEXT)", 'column "value" does not exist'),
+    ],
+)
+async def test_a_schema_holding_a_meta_table_of_another_program_is_a_clear_error(
+    url: str, table: str, why: str
+) -> None:
+    """A schema where another program keeps a ``meta`` table: the runtime and
+    ``taskrt migrate`` name the table and what is wrong with it, and change nothing
+    (it was a ValueError from int(), exit 1, for a version that is no number)."""
+    base, _, schema = url.partition("?schema=")
+    conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}; CREATE TABLE meta {table}")
+        expected = f'the table "{schema}".meta is not taskrt\'s \\({why}\\)'
+        with pytest.raises(StoreError, match=expected):
+            await Runtime(url).start()
+        assert await asyncio.to_thread(main, ["migrate", "--db", url]) == 4
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+        )
+        assert [row[0] for row in tables] == ["meta"]
+    finally:
+        await conn.close()
+
+
 async def test_an_open_cancelled_half_way_leaves_no_connection_open(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,7 @@ import logging
 
 import asyncpg
 
-from ...errors import SchemaTooNew
+from ...errors import SchemaTooNew, StoreError
 from .sql import MIGRATIONS, SCHEMA_VERSION, SQL_SET_VERSION, SQL_VERSION
 
 log = logging.getLogger("taskrt.store")
@@ -21,8 +21,22 @@ async def version(conn: asyncpg.Connection, schema: str) -> int:
     found = await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".meta')
     if found is None:
         return 0
-    value = await conn.fetchval(SQL_VERSION.replace("FROM meta", f'FROM "{schema}".meta'))
-    return 0 if value is None else int(value)
+    try:
+        value = await conn.fetchval(SQL_VERSION.replace("FROM meta", f'FROM "{schema}".meta'))
+    except (asyncpg.UndefinedColumnError, asyncpg.DatatypeMismatchError) as exc:
+        raise _not_ours(schema, str(exc)) from exc
+    if value is None:
+        return 0
+    if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+        raise _not_ours(schema, f"its 'schema.version' is {value!r}, not a version number")
+    return int(value)
+
+
+def _not_ours(schema: str, why: str) -> StoreError:
+    return StoreError(
+        f'the table "{schema}".meta is not taskrt\'s ({why}): give taskrt a schema '
+        "of its own (the URL's ?schema=) or drop that table"
+    )
 
 
 async def migrate(conn: asyncpg.Connection, schema: str, name: str) -> int:
