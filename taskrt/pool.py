@@ -119,6 +119,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from .background import in_thread
 from .clock import Alarm
 from .context import CURRENT_ATTEMPT, JobContext, JobState
 from .errors import InvalidOption, format_traceback, is_error
@@ -895,7 +896,7 @@ class Pool:
         ctx = contextvars.copy_context()
         ctx.run(CURRENT_ATTEMPT.set, state)
         call = functools.partial(
-            ctx.run, _no_stop_iteration, state.spec.handler, *first, *info.args, **info.kwargs
+            ctx.run, in_thread, "the handler", state.spec.handler, *first, *info.args, **info.kwargs
         )
         cfut = self._thread_pool().submit(call)
         try:
@@ -1019,16 +1020,6 @@ class Pool:
         # again has its slots (their return is ignored, ``_thread_returned``).
         self._held = 0
         self._lingering.clear()
-
-
-def _no_stop_iteration(handler: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Call a sync handler in its thread: a StopIteration it raises, which no future
-    may carry, or a GeneratorExit, with which the runner's task would close its
-    coroutine, becomes a ``RuntimeError`` raised from it (note 12)."""
-    try:
-        return handler(*args, **kwargs)
-    except (StopIteration, GeneratorExit) as exc:
-        raise RuntimeError(f"the handler raised {type(exc).__name__}") from exc
 
 
 def _tell(

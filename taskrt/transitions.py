@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .background import Background, hook_failed, job_logger
+from .background import Background, hook_failed, in_thread, job_logger
 from .context import JobState
 from .definitions import TaskSpec, is_async
 from .errors import (
@@ -653,7 +653,7 @@ class Transitions:
             return
         bridge = ThreadTransaction(tx, asyncio.get_running_loop())
         try:
-            result = await asyncio.to_thread(_in_thread, hook, info, bridge)
+            result = await asyncio.to_thread(in_thread, "the on_failed hook", hook, info, bridge)
             if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
                 await result
         finally:
@@ -817,17 +817,6 @@ class Transitions:
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
-
-
-def _in_thread(hook: Callable[..., Any], info: JobInfo, tx: ThreadTransaction) -> Any:
-    """Call a sync ``on_failed`` hook in its thread: a StopIteration it raises, which no
-    future may carry, or a GeneratorExit, which would close the coroutines awaiting it
-    (its transaction's among them), becomes a ``RuntimeError`` raised from it, as a
-    sync handler's does (``taskrt.pool`` note 12)."""
-    try:
-        return hook(info, tx)
-    except (StopIteration, GeneratorExit) as exc:
-        raise RuntimeError(f"the on_failed hook raised {type(exc).__name__}") from exc
 
 
 def retry_policy_of(info: JobInfo, spec: TaskSpec) -> RetryPolicy:

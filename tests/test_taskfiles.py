@@ -605,6 +605,45 @@ async def test_yao_sync_hooks_run_off_the_loop_in_order(
     assert "hook OnAdd raised" in caplog.text  # logged; the job ran all the same
 
 
+async def test_a_yao_sync_hook_raising_stop_iteration_is_logged_and_stop_does_not_wait_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync hook runs in the task's thread and the runtime awaits its future. A
+    StopIteration (or GeneratorExit) it raised could not be set on that future
+    (asyncio refuses it): the future never finished, so the hook's background task
+    was never done and the runtime's stop waited its whole grace for it."""
+    module = _package(
+        tmp_path,
+        """
+        def Send(job_id):
+            RT.progress(job_id, 1, 1, "done")
+            return "sent"
+
+        def OnSuccess(job_id, result):
+            raise StopIteration
+
+        def OnProgress(job_id, current, total, message):
+            raise GeneratorExit
+        """,
+    )
+    events = '"success": "{0}.OnSuccess", "progress": "{0}.OnProgress"'
+    _write(
+        tmp_path / "tasks" / "send.yao",
+        f'{{"process": "{module}.Send", "event": {{{events.format(module)}}}}}',
+    )
+    rt = Runtime(str(tmp_path / "app.db"), tasks=tmp_path / "tasks", grace=30)
+    async with rt:
+        sys.modules[module].RT = rt
+        job_id = await rt.add("send")
+        assert (await rt.wait(job_id, timeout=10)).status is JobStatus.SUCCESS
+        await until(lambda: "hook OnSuccess raised" in caplog.text)
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 5  # not the grace of 30 s
+    assert "RuntimeError: the hook raised StopIteration" in caplog.text
+    assert "hook OnProgress raised" in caplog.text
+    assert "RuntimeError: the hook raised GeneratorExit" in caplog.text
+
+
 def _not_utf8_name(folder: Path, suffix: str) -> Path:
     """A file whose name is the byte 0xFF, which no UTF-8 text holds (skips where the
     file system refuses such a name)."""

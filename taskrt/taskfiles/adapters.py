@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import params as parameters_module
+from ..background import in_thread
 from ..definitions import CallStyle, TaskSpec
 from .common import accepts_keyword, is_async
 
@@ -216,7 +217,7 @@ def _queued(hook: Callable[..., Any], thread: ThreadPoolExecutor) -> Callable[..
     def queued(*args: Any) -> asyncio.Future[Any]:
         # called on the loop; the hook sees the context it would have seen there
         context = contextvars.copy_context()
-        return asyncio.wrap_future(thread.submit(context.run, hook, *args))
+        return asyncio.wrap_future(thread.submit(context.run, in_thread, "the hook", hook, *args))
 
     queued.__wrapped__ = hook  # type: ignore[attr-defined]  # its signature, for readers
     return _named(queued, hook)
