@@ -1372,6 +1372,18 @@ class Runtime:
         if sender is not None:
             self.transitions.report(sender, current, total, message, step)
             return DONE
+        return self._report_if_running(job_id, current, total, message, step)
+
+    def _report_if_running(
+        self,
+        job_id: int,
+        current: float,
+        total: float | None,
+        message: str | None,
+        step: str | None,
+    ) -> Awaitable[None]:
+        """On the loop: report for ``job_id`` if it runs here, else the awaitable that
+        raises why not."""
         state = self.live.states.get(job_id)
         if state is None or state.status is not JobStatus.RUNNING:
             return self._not_running(job_id, "report progress for")
@@ -1387,11 +1399,7 @@ class Runtime:
         step: str | None,
     ) -> None:
         """The awaited ``progress`` of a checked report, on the loop for another thread."""
-        state = self.live.states.get(job_id)
-        if state is None or state.status is not JobStatus.RUNNING:
-            await self._not_running(job_id, "report progress for")
-        else:
-            self.transitions.report(state, current, total, message, step)
+        await self._report_if_running(job_id, current, total, message, step)
 
     async def _not_running(self, job_id: int, action: str) -> None:
         info = await self.get(job_id)
