@@ -25,20 +25,6 @@ from .models import JobInfo
 log = logging.getLogger("taskrt")
 
 
-def in_thread(role: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``, user code, in a worker thread whose result a future carries.
-
-    A StopIteration it raises, which no asyncio future may carry (``set_exception``
-    refuses it, and the future would never be done), or a GeneratorExit, with
-    which the awaiting task would close its coroutine, becomes
-    ``RuntimeError(f"{role} raised StopIteration")`` raised from it, as PEP 479
-    does for a generator (``taskrt.pool`` note 12)."""
-    try:
-        return fn(*args, **kwargs)
-    except (StopIteration, GeneratorExit) as exc:
-        raise RuntimeError(f"{role} raised {type(exc).__name__}") from exc
-
-
 async def woken(wake: asyncio.Event, seconds: float) -> None:
     """Wait until ``wake`` is set or ``seconds`` have passed, then clear it.
 

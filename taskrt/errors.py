@@ -7,6 +7,7 @@ runtime; they are not errors of taskrt's own.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -338,3 +339,17 @@ def format_traceback(exc: BaseException, tb: TracebackType | None = None) -> str
         )
     except BaseException:
         return f"{type(exc).__name__} (its traceback could not be formatted)"
+
+
+def in_thread(role: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``, user code, in a worker thread whose result a future carries.
+
+    A StopIteration it raises, which no asyncio future may carry (``set_exception``
+    refuses it, and the future would never be done), or a GeneratorExit, with
+    which the awaiting task would close its coroutine, becomes
+    ``RuntimeError(f"{role} raised StopIteration")`` raised from it, as PEP 479
+    does for a generator (``taskrt.pool`` note 12)."""
+    try:
+        return fn(*args, **kwargs)
+    except (StopIteration, GeneratorExit) as exc:
+        raise RuntimeError(f"{role} raised {type(exc).__name__}") from exc

@@ -119,10 +119,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from .background import in_thread
 from .clock import Alarm
 from .context import CURRENT_ATTEMPT, JobContext, JobState
-from .errors import InvalidOption, format_traceback, is_error
+from .errors import InvalidOption, format_traceback, in_thread, is_error
 from .gates import SCAN, Gates
 from .limits import INT64_MAX, check_flag, encode, shown
 from .models import JobStatus, PoolStatistics

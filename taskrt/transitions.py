@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .background import Background, hook_failed, in_thread, job_logger
+from .background import Background, hook_failed, job_logger
 from .context import JobState
 from .definitions import TaskSpec, is_async
 from .errors import (
@@ -28,6 +28,7 @@ from .errors import (
     StoreUnavailable,
     describe_error,
     format_traceback,
+    in_thread,
 )
 from .history import FLUSH_AFTER, MinuteCounts
 from .limits import MAX_STEPS, safe_text

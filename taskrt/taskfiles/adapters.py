@@ -21,8 +21,8 @@ from dataclasses import replace
 from typing import Any
 
 from .. import params as parameters_module
-from ..background import in_thread
 from ..definitions import CallStyle, TaskSpec
+from ..errors import in_thread
 from .common import accepts_keyword, is_async
 
 __all__ = [
