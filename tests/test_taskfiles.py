@@ -289,6 +289,49 @@ def test_missing_path_and_wrong_suffix(tmp_path: Path) -> None:
     assert problem.message.startswith("not a task file: expected one of .yao, .json")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_path_that_is_not_a_regular_file_is_a_problem_and_never_read(tmp_path: Path) -> None:
+    # A bug hunt: a link to /dev/zero was read until memory ran out (MemoryError), and
+    # a FIFO with no writer blocked the loader (taskrt validate, rt.load) forever.
+    tasks = tmp_path / "tasks"
+    module = _package(tmp_path, "def send(job_id): pass\n")
+    _write(tasks / "ok.yao", f'{{"process": "{module}.send"}}')
+    os.mkfifo(tasks / "fifo.yao")
+    (tasks / "zero.yaml").symlink_to("/dev/zero")
+    specs, problems = check_tasks(tasks)
+    assert [spec.name for spec in specs] == ["ok"]
+    assert _lines(problems, tmp_path) == [
+        "tasks/fifo.yao: cannot read: not a regular file but a FIFO",
+        "tasks/zero.yaml: cannot read: not a regular file but a character device",
+    ]
+    assert _lines(_problems(tasks / "fifo.yao"), tmp_path) == [
+        "tasks/fifo.yao: cannot read: not a regular file but a FIFO"
+    ]
+
+
+def test_a_file_read_past_the_limit_is_too_big_whatever_its_size_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import taskrt.taskfiles as taskfiles
+
+    big = _write(tmp_path / "tasks" / "big.yao", '{"process": "x"}' + " " * 64)
+    monkeypatch.setattr(taskfiles, "MAX_FILE_BYTES", 64)
+    assert _lines(_problems(big), tmp_path) == [
+        f"tasks/big.yao: cannot read: {big.stat().st_size} bytes is more than the 64 bytes "
+        "a task file may have"
+    ]
+    # A /proc file says it is empty (st_size 0) and is read only up to the limit.
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("no /proc here")
+    lying = tmp_path / "tasks" / "lying.json"
+    lying.symlink_to(status)
+    assert lying.stat().st_size == 0
+    assert _lines(_problems(lying), tmp_path) == [
+        "tasks/lying.json: cannot read: it has more than the 64 bytes a task file may have"
+    ]
+
+
 # -- Anchor --------------------------------------------------------------------------
 
 

@@ -14,12 +14,14 @@ file, the parent of the folder that holds it), so ``app/tasks/`` next to
 
 Every problem of every file is collected; if there is any, ``load_tasks``
 raises one ``DefinitionError`` listing them all and returns nothing. It raises
-nothing else, whatever the files contain.
+nothing else, whatever the files contain, and never blocks on one: a path that is
+not a regular file (a FIFO, a device) is a problem, not read (``_read``).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..definitions import TaskSpec
@@ -77,7 +79,7 @@ def check_tasks(
         return [], [_file_problem(base, f"cannot read: {exc.strerror or exc}")]
     if files is None:
         return [], [_file_problem(base, "no such file or folder")]
-    if not files and base.is_file():
+    if not files and not base.is_dir():
         suffixes = ", ".join((*YAO_SUFFIXES, *ANCHOR_SUFFIXES))
         return [], [_file_problem(base, f"not a task file: expected one of {suffixes}")]
     folder = base if base.is_dir() else base.parent
@@ -146,10 +148,10 @@ def check_tasks(
 
 
 def _files(base: Path) -> list[Path] | None:
-    if base.is_file():
-        return [base] if _wanted(base.name) else []
-    if not base.is_dir():
+    if not base.exists():
         return None
+    if not base.is_dir():  # a file, or something else named like one: ``_read`` says what
+        return [base] if _wanted(base.name) else []
     found: list[Path] = []
     for directory, subdirs, names in os.walk(base):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "__pycache__")
@@ -164,10 +166,44 @@ def _wanted(name: str) -> bool:
 
 
 def _read(file: Path) -> str:
-    size = file.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"{size} bytes is more than the {MAX_FILE_BYTES} a task file may have")
-    return file.read_bytes().decode("utf-8-sig")
+    """The text of ``file``, a regular file (after symlinks) of at most ``MAX_FILE_BYTES``.
+
+    Anything else named like a task file (a FIFO, a device such as ``/dev/zero``,
+    a socket) raises ``ValueError`` without being read: it is opened without
+    blocking (a FIFO with no writer would block the open forever) and checked on
+    the open descriptor, so what is checked is what would be read. At most one
+    byte past the limit is read, so a file that grows, or says it is empty as a
+    ``/proc`` file does, is still too big rather than read to the end.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(file, flags)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"not a regular file but {_kind(info.st_mode)}")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ValueError(_too_big(f"{info.st_size} bytes is"))
+        data = handle.read(MAX_FILE_BYTES + 1) or b""  # None: a read that would block
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(_too_big("it has"))
+    return data.decode("utf-8-sig")
+
+
+def _too_big(size: str) -> str:
+    return f"{size} more than the {MAX_FILE_BYTES} bytes a task file may have"
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "something else"
 
 
 def _printable(name: str) -> str:
