@@ -18,7 +18,7 @@ does not say.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
@@ -38,6 +38,8 @@ from .rates import Rate, parse_rate
 from .retry import NO_DELAY, RetryPolicy, parse_attempts, parse_duration, parse_retry
 
 CallStyle = Literal["context", "id", "plain"]
+
+DEFAULT_POOL = "default"  # the pool of every task that names none
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -121,7 +123,7 @@ class TaskSpec:
 
     name: str
     handler: Callable[..., Any]
-    pool: str = "default"
+    pool: str = DEFAULT_POOL
     attempts: int | None = 1
     retry: RetryPolicy = NO_DELAY
     timeout: float | None = None
@@ -133,7 +135,8 @@ class TaskSpec:
     description: str = ""
     display_name: str = ""
     source: str | None = None
-    # Pool settings a task file may carry (Yao: worker_nums, size).
+    # Pool settings a task file may carry (Yao: worker_nums, size); a task with them
+    # has its pool as its own (``owns_pool``).
     pool_concurrency: int | None = None
     pool_capacity: int | None = None
     # Cron declared with the task (Anchor ``cronjob``); the scheduler reads it.
@@ -148,12 +151,59 @@ class TaskSpec:
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.handler)
 
+    @property
+    def owns_pool(self) -> bool:
+        """Whether the task's pool is its own: the task sets its concurrency or capacity
+        (a Yao task's ``worker_nums`` and ``size``, for the pool named after it)."""
+        return self.pool_concurrency is not None or self.pool_capacity is not None
+
     def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``ValidationError`` when the arguments do not fit the task."""
         if self.validator is not None:
             self.validator(args, kwargs)
             return
         _bind_check(self, args, kwargs)
+
+
+def pool_clash(
+    spec: TaskSpec, tasks: Iterable[TaskSpec], declared: Container[str] = ()
+) -> str | None:
+    """Why ``spec`` may not run in its pool beside ``tasks`` (the other tasks; one named
+    as ``spec`` is ``spec`` itself, registered again), or ``None``.
+
+    A pool a task owns (``TaskSpec.owns_pool``) is that task's alone: registering the
+    task sets the pool's limits, which would silently change them for any other task
+    in it, or for a pool the application set up itself. So an owned pool may not be
+    the default pool (every task that names none runs there), a pool another task runs
+    in, or one of ``declared``, the pools whose limits the application set with
+    ``rt.pool(name, ...)``; and no other task may run in it. The task registered again
+    (a task file loaded again) still applies its changed limits: the pool is its own.
+    """
+    mine = f"task {spec.name!r} sets the limits of its pool {spec.pool!r}"
+    alone = "expected a pool no other task runs in"
+    others = [other for other in tasks if other.name != spec.name and other.pool == spec.pool]
+    if spec.owns_pool:
+        if spec.pool == DEFAULT_POOL:
+            return f"{mine}, but that is the pool of every task that names none; {alone}"
+        if others:
+            return f"{mine}, but task {others[0].name!r}{_in(others[0])} runs in it too; {alone}"
+        if spec.pool in declared:
+            return (
+                f"{mine}, but the application set that pool's limits with rt.pool(); "
+                "expected a pool the application does not set up"
+            )
+        return None
+    owner = next((other for other in others if other.owns_pool), None)
+    if owner is not None:
+        return (
+            f"pool {spec.pool!r} belongs to task {owner.name!r}{_in(owner)}, which sets its "
+            "limits; expected a pool that belongs to no task"
+        )
+    return None
+
+
+def _in(spec: TaskSpec) -> str:
+    return f" (in {spec.source})" if spec.source else ""
 
 
 def is_async(function: Callable[..., Any]) -> bool:

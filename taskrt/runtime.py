@@ -71,7 +71,16 @@ from .clock import Clock, SystemClock
 from .context import CURRENT_ATTEMPT, DONE, JobState
 from .counters import Counters
 from .deadlines import Deadlines
-from .definitions import Hooks, Signature, Task, TaskCall, TaskRef, TaskSpec, make_spec
+from .definitions import (
+    Hooks,
+    Signature,
+    Task,
+    TaskCall,
+    TaskRef,
+    TaskSpec,
+    make_spec,
+    pool_clash,
+)
 from .errors import (
     InvalidOption,
     InvalidTransition,
@@ -373,6 +382,8 @@ class Runtime:
             self._pg.on_reaped = self.broker.reaped  # taskrt.nodebus note 7
         self.counters = Counters()
         self._pools: dict[str, Pool] = {}
+        # The pools whose limits the application set (``pool()``), which no task may own.
+        self._declared_pools: set[str] = set()
         self._changing_pools = asyncio.Lock()  # change_pool's check, write and change
         self.live = LiveJobs()
         self.background = Background()
@@ -542,6 +553,11 @@ class Runtime:
         """
         _check_pool_name(name)
         check_pool_settings(concurrency, capacity, processes, rate)  # all, before any applies
+        settings = (concurrency, capacity, processes, rate)
+        if any(v is not None for v in settings) and not any(
+            t.owns_pool and t.pool == name for t in self._tasks.values()
+        ):
+            self._declared_pools.add(name)  # set up by the application (``pool_clash``)
         pool = self._pools.get(name)
         if pool is None:
             pool = self._pools[name] = Pool(
@@ -602,8 +618,15 @@ class Runtime:
         A name is one task's: another handler, or a definition from another file,
         under a registered name is refused (``InvalidOption``); the same one again
         replaces it (its options changed). Its JSON Schema parameters are checked
-        here, before anything changes."""
-        spec, own = self._checked(spec)
+        here, before anything changes.
+
+        A task that sets its pool's limits (a Yao task's ``worker_nums``, ``size``)
+        owns that pool: another task in it, or a pool whose limits the application
+        set with ``pool(name, ...)``, is refused (``definitions.pool_clash``)."""
+        return self._install(*self._checked(spec, self._tasks))
+
+    def _install(self, spec: TaskSpec, own: ScheduleDefinition | None) -> Task[Any, Any]:
+        """Register ``spec`` as ``_checked`` returned it."""
         self.schedules.task_registered(spec, own)
         self._tasks[spec.name] = spec
         self.gates.tasks_changed()
@@ -617,9 +640,14 @@ class Runtime:
                 pool.set_capacity(spec.pool_capacity)
         return Task(spec)
 
-    def _checked(self, spec: TaskSpec) -> tuple[TaskSpec, ScheduleDefinition | None]:
+    def _checked(
+        self, spec: TaskSpec, tasks: Mapping[str, TaskSpec]
+    ) -> tuple[TaskSpec, ScheduleDefinition | None]:
         """``spec`` with its parameters attached, once nothing refuses it, and the
-        schedule its ``cron`` declares (``Scheduler.check_task``); changes nothing."""
+        schedule its ``cron`` declares (``Scheduler.check_task``); changes nothing.
+
+        ``tasks`` are the tasks ``spec`` will run beside: those registered, or for a
+        load those registered with the loaded ones in place."""
         from .params import attach
 
         known = self._tasks.get(spec.name)
@@ -639,6 +667,9 @@ class Runtime:
         # with the task registered already (and a load with the tasks before it).
         _check_pool_name(spec.pool)
         check_pool_settings(spec.pool_concurrency, spec.pool_capacity)
+        clash = pool_clash(spec, tasks.values(), self._declared_pools)
+        if clash is not None:
+            raise InvalidOption("pool", clash, source=spec.source)
         spec = attach(spec)
         return spec, self.schedules.check_task(spec)  # a bad cron refuses the task
 
@@ -654,8 +685,12 @@ class Runtime:
         every task and pool as it was)."""
         from .taskfiles import load_tasks
 
-        specs = [self._checked(s)[0] for s in load_tasks(path, executor=executor, root=root)]
-        return [self.register(s) for s in specs]
+        specs = load_tasks(path, executor=executor, root=root)
+        # Checked beside one another as they will be registered (a task that left a
+        # pool in this version of a file no longer runs in it), then registered.
+        after = {**self._tasks, **{spec.name: spec for spec in specs}}
+        checked = [self._checked(spec, after) for spec in specs]
+        return [self._install(spec, own) for spec, own in checked]
 
     def on_start(self, hook: Callable[[Runtime], Any]) -> None:
         """Run ``hook(rt)`` (sync or async) when the runtime has started."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import textwrap
 import time
@@ -587,6 +588,85 @@ async def test_rt_load_registers_the_tasks_and_their_pools(tmp_path: Path) -> No
     assert rt.tasks["test"].validator is not None  # params.attach ran
     pool = rt.pools["test"]
     assert (pool.concurrency, pool.capacity) == (10, 1000)
+
+
+def test_a_yao_tasks_pool_is_its_own(tmp_path: Path) -> None:
+    """A Yao file named after a pool in use (``tasks/default.yao``, a pool the
+    application set up, another task's) set that pool's limits to the file's (Yao's
+    defaults: concurrency 1, capacity 1024) for every task in it, without a word."""
+    module = _package(tmp_path, "def send(job_id): pass\n")
+    yao = f'{{"process": "{module}.send", "worker_nums": 2, "size": 5}}'
+    rt = Runtime(str(tmp_path / "app.db"))
+
+    @rt.task()
+    async def work() -> None: ...
+
+    @rt.task(pool="mail")
+    async def letters() -> None: ...
+
+    rt.pool("reports", concurrency=4, capacity=40)
+    limits = {name: (p.concurrency, p.capacity) for name, p in rt.pools.items()}
+
+    # The default pool: refused as the file is read (taskrt validate says so too).
+    default = _write(tmp_path / "d" / "default.yao", yao)
+    (problem,) = _problems(default)
+    assert problem.file == str(default) and problem.found == "default"
+    assert "the pool of every task that names none" in problem.message
+    # Another task's pool, and one the application set up: refused by rt.load.
+    for name, who in (("mail", "task 'letters' runs in it too"), ("reports", "rt.pool()")):
+        file = _write(tmp_path / name / f"{name}.yao", yao)
+        with pytest.raises(InvalidOption, match=re.escape(who)) as caught:
+            rt.load(file)
+        assert caught.value.field == "pool" and caught.value.source == str(file)
+        assert f"its pool {name!r}" in str(caught.value)
+        assert name not in rt.tasks
+    assert {name: (p.concurrency, p.capacity) for name, p in rt.pools.items()} == limits
+
+    # A pool of its own is the task's alone: no other task may run in it.
+    own = _write(tmp_path / "tasks" / "sms.yao", yao)
+    rt.load(own)
+    with pytest.raises(InvalidOption, match="belongs to task 'sms'"):
+        rt.task(name="other", pool="sms")(work)
+    assert "other" not in rt.tasks
+    # Its limits are the file's: set by the application meanwhile, the file loaded
+    # again (changed) still sets them, as it always did.
+    rt.pool("sms", concurrency=9)
+    _write(own, yao.replace('"worker_nums": 2, "size": 5', '"worker_nums": 3, "size": 6'))
+    rt.load(own)
+    assert (rt.pools["sms"].concurrency, rt.pools["sms"].capacity) == (3, 6)
+
+
+def test_yao_pool_clashes_among_the_files_of_one_load(tmp_path: Path) -> None:
+    module = _package(tmp_path, "def send(job_id): pass\n")
+    folder = tmp_path / "tasks"
+    _write(folder / "mail.yao", f'{{"process": "{module}.send"}}')
+    anchor = _write(
+        folder / "api.yaml",
+        f"""
+        tasks:
+          - name: Notify
+            process: {module}.send
+            pool: mail
+        """,
+    )
+    specs, problems = check_tasks(folder)
+    assert [spec.name for spec in specs] == ["Notify"]
+    assert _lines(problems, tmp_path) == [
+        "tasks/mail.yao: task 'mail' sets the limits of its pool 'mail', but task 'Notify' "
+        "(in tasks/api.yaml) runs in it too (a Yao task's pool is named after its file: "
+        "rename the file)"
+    ]
+    assert problems[0].expected == "a pool no other task runs in"
+
+    # Loaded again, a task that left the pool no longer counts (checked as they will be).
+    rt = Runtime(str(tmp_path / "app.db"))
+    (folder / "mail.yao").unlink()
+    rt.load(folder)
+    assert rt.tasks["Notify"].pool == "mail"
+    _write(folder / "mail.yao", f'{{"process": "{module}.send"}}')
+    _write(anchor, anchor.read_text().replace("pool: mail", "pool: other"))
+    assert sorted(t.name for t in rt.load(folder)) == ["Notify", "mail"]
+    assert rt.tasks["Notify"].pool == "other" and rt.tasks["mail"].pool == "mail"
 
 
 async def test_yao_sync_hooks_run_off_the_loop_in_order(

@@ -24,7 +24,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..definitions import TaskSpec
+from ..definitions import TaskSpec, pool_clash
 from .adapters import executor_names, snake_case
 from .anchor import load_anchor
 from .problems import DefinitionError, Problem, Report
@@ -144,6 +144,25 @@ def check_tasks(
             )
         specs.extend(spec for spec, _ in located if spec.name not in clashes)
         problems.extend(report.problems)
+    for spec in [spec for spec in specs if spec.owns_pool]:
+        # A Yao task's pool, named after its id, is its own: what the runtime refuses
+        # where it registers the task (``definitions.pool_clash``), told here among
+        # the files loaded together, for ``taskrt validate``.
+        clash = pool_clash(spec, specs)
+        if clash is not None:
+            message, _, expected = clash.partition("; expected ")
+            problems.append(
+                Problem(
+                    file=spec.source or "",
+                    line=None,
+                    field="",
+                    found=spec.pool,
+                    expected=expected,
+                    message=f"{message} (a Yao task's pool is named after its file: "
+                    "rename the file)",
+                )
+            )
+            specs.remove(spec)
     return specs, problems
 
 
