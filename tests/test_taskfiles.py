@@ -262,6 +262,22 @@ def test_a_package_imported_from_elsewhere_is_reported(tmp_path: Path) -> None:
     )
 
 
+def test_folders_linked_in_are_read_once_each(tmp_path: Path) -> None:
+    # A bug hunt: a subfolder reached through a link was skipped without a word.
+    module = _package(tmp_path, "def send(job_id): pass\n")
+    task = f'{{"process": "{module}.send"}}'
+    tasks = tmp_path / "tasks"
+    _write(tasks / "a.yao", task)
+    _write(tmp_path / "shared" / "mail" / "send.yao", task)
+    (tasks / "mail").symlink_to(Path("..", "shared", "mail"))
+    (tasks / "post").symlink_to(Path("..", "shared", "mail"))  # the same folder again
+    (tasks / "self").symlink_to(Path("."))  # a loop
+    (tmp_path / "shared" / "mail" / "up").symlink_to(tasks)  # another, from the other side
+    assert [spec.name for spec in load_tasks(tasks)] == ["a", "mail.send"]
+    # From the other side: up/ is tasks/, whose links lead back to folders read already.
+    assert [spec.name for spec in load_tasks(tasks / "mail")] == ["send", "up.a"]
+
+
 def test_duplicate_task_ids_across_files(tmp_path: Path) -> None:
     module = _package(tmp_path, "def run(*args, **kwargs):\n    pass\n")
     _write(tmp_path / "tasks" / "SendEmail.json", f'{{"process": "{module}.run"}}')

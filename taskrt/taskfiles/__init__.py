@@ -1,7 +1,7 @@
 """Task definitions in files: Yao JSON files and Anchor YAML files, loaded into ``TaskSpec``s.
 
-``load_tasks(path)`` reads one file or a folder (recursively, in name order;
-hidden entries and ``__pycache__`` skipped):
+``load_tasks(path)`` reads one file or a folder (recursively, in name order, into
+folders linked in too, each folder once; hidden entries and ``__pycache__`` skipped):
 
 - ``*.yao``, ``*.json``, ``*.jsonc``: one Yao task per file (``yao.py``);
 - ``*.yaml``, ``*.yml``: an Anchor document with a ``tasks:`` list (``anchor.py``).
@@ -172,7 +172,16 @@ def _files(base: Path) -> list[Path] | None:
     if not base.is_dir():  # a file, or something else named like one: ``_read`` says what
         return [base] if _wanted(base.name) else []
     found: list[Path] = []
-    for directory, subdirs, names in os.walk(base):
+    # Folders linked in are read as the folders they are (``tasks/mail -> ../shared/mail``
+    # gives ``mail.send``), each once: a folder reached again by its real path, through
+    # a link that loops or a second link to it, is not read again.
+    visited: set[str] = set()
+    for directory, subdirs, names in os.walk(base, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:
+            subdirs[:] = []
+            continue
+        visited.add(real)
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "__pycache__")
         for name in sorted(names):
             if not name.startswith(".") and _wanted(name):
