@@ -1390,6 +1390,29 @@ def test_every_problem_of_a_parameters_schema_is_reported_at_once(tmp_path: Path
     ]
 
 
+def test_a_bad_cron_timezone_is_reported_as_the_timezone(tmp_path: Path) -> None:
+    # A bug hunt: the problem was at the timezone's field, but its found and expected
+    # were the cron expression's.
+    _write(
+        tmp_path / "tasks.yaml",
+        """
+        tasks:
+          - name: Nightly
+            process: os.path.join
+            cronjob:
+              cronExpression: "0 0 2 * * *"
+              timezone: Europe/Berln
+        """,
+    )
+    (problem,) = _problems(tmp_path / "tasks.yaml")
+    assert (problem.line, problem.field) == (6, "tasks[0].cronjob.timezone")
+    assert problem.found == "Europe/Berln"
+    assert problem.expected == "an IANA time zone name, like 'Europe/Berlin' or 'UTC'"
+    assert problem.message == (
+        "time zone 'Europe/Berln' is unknown: expected an IANA name like 'Europe/Berlin' or 'UTC'"
+    )
+
+
 def test_a_cron_task_whose_parameters_are_required_is_refused(tmp_path: Path) -> None:
     """A cron slot adds its job without parameters: a schema requiring some would refuse
     every slot, so the file is refused when it is loaded instead."""

@@ -403,10 +403,9 @@ def _cron(value: Any, path: FieldPath, report: Report) -> tuple[str | None, str]
         return None, "UTC"
     report.unknown_fields(path, value, CRON_FIELDS)
     tz = "UTC"
+    expected_zone = "an IANA time zone name, like 'Europe/Berlin' or 'UTC'"
     if "timezone" in value:
-        zone = string_at(
-            report, (*path, "timezone"), value["timezone"], expected="a time zone name"
-        )
+        zone = string_at(report, (*path, "timezone"), value["timezone"], expected=expected_zone)
         if zone is None:
             return None, "UTC"
         tz = zone
@@ -425,14 +424,17 @@ def _cron(value: Any, path: FieldPath, report: Report) -> tuple[str | None, str]
     try:
         parse_cron(expression, tz)
     except TaskrtError as exc:
-        field = getattr(exc, "field", "")
-        where = (
-            (*path, "timezone")
-            if field in ("tz", "timezone", "zone")
-            else (*path, "cronExpression")
-        )
+        if getattr(exc, "field", "") in ("tz", "timezone", "zone"):
+            # The zone is what is wrong, not the expression it was checked with.
+            report.add(
+                (*path, "timezone"),
+                str(exc).removeprefix(f"cron expression {expression!r}: "),
+                found=tz,
+                expected=expected_zone,
+            )
+            return None, tz
         report.add(
-            where,
+            (*path, "cronExpression"),
             str(exc),
             found=expression,
             expected="six fields, seconds first: second minute hour day month weekday",
