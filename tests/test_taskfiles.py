@@ -81,6 +81,33 @@ def test_parse_knows_lines_and_duplicates() -> None:
     assert parsed.duplicates == [(("a",), 9)]
 
 
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_lines_end_as_in_json(tmp_path: Path, end: str) -> None:
+    # A bug hunt: with "\r" line ends only, every problem was on line 1, and a // comment
+    # ran to the end of the file.
+    lines = ["{", '  "a": 1, // one', '  "b": {', '    "c": [1,', '      {"d": 2}]', "  },"]
+    parsed = parse(end.join([*lines, '  "a": 3', "}"]))
+    assert parsed.value == {"a": 3, "b": {"c": [1, {"d": 2}]}}
+    assert (parsed.lines[("b",)], parsed.lines[("b", "c", 1, "d")]) == (3, 5)
+    assert parsed.duplicates == [(("a",), 7)]
+    for text, line, fragment in [
+        (end.join(["{", '  "a": 1', '  "b": 2', "}"]), 3, "Expecting ',' delimiter (column 3)"),
+        (end.join(["{", '  "a": 1', "  /* open"]), 3, "unterminated /* comment"),
+    ]:
+        with pytest.raises(JsoncError) as caught:
+            parse(text)
+        assert (caught.value.line, fragment in caught.value.message) == (line, True)
+    module = _package(tmp_path, "def send(job_id): pass\n")
+    file = tmp_path / "tasks" / "t.yao"
+    file.parent.mkdir()
+    file.write_bytes(
+        end.join(["{", f'  "process": "{module}.send",', '  "worker_num": 2', "}"]).encode()
+    )
+    assert _lines(_problems(file), tmp_path) == [
+        "tasks/t.yao:3: worker_num: unknown field 'worker_num'; did you mean 'worker_nums'?"
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [

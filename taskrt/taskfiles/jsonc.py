@@ -8,6 +8,10 @@ before the bracket follows nothing, and stays for ``json`` to refuse.
 The standard ``json`` module then parses the result, and a small scanner over
 the same text records the line of each key and list item, and any key given
 twice in one object.
+
+A line ends at ``"\\r\\n"``, ``"\\r"`` or ``"\\n"``, as in JSON (whose whitespace
+takes all three): the ``json`` module's own error positions count ``"\\n"``
+only, and would put a whole file saved with ``"\\r"`` line ends on line 1.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class Parsed:
 
 
 def strip(text: str) -> str:
-    """``text`` with comments and trailing commas replaced by spaces (newlines kept)."""
+    """``text`` with comments and trailing commas replaced by spaces (line ends kept)."""
     out = list(text)
     i = 0
     n = len(text)
@@ -53,22 +57,22 @@ def strip(text: str) -> str:
             while i < n and text[i] != '"':
                 if text[i] == "\\":
                     i += 1
-                elif text[i] == "\n":
+                elif text[i] in _LINE_ENDS:
                     break  # an unterminated string: json reports it
                 i += 1
             i += 1
             continue
         if ch == "/" and i + 1 < n and text[i + 1] == "/":
-            while i < n and text[i] != "\n":
+            while i < n and text[i] not in _LINE_ENDS:
                 out[i] = " "
                 i += 1
             continue
         if ch == "/" and i + 1 < n and text[i + 1] == "*":
             end = text.find("*/", i + 2)
             if end < 0:
-                raise JsoncError("unterminated /* comment", text.count("\n", 0, i) + 1)
+                raise JsoncError("unterminated /* comment", _position(text, i)[0])
             for j in range(i, end + 2):
-                if out[j] != "\n":
+                if out[j] not in _LINE_ENDS:
                     out[j] = " "
             i = end + 2
             continue
@@ -87,6 +91,16 @@ def strip(text: str) -> str:
     return "".join(out)
 
 
+_LINE_ENDS = "\r\n"
+
+
+def _position(text: str, at: int) -> tuple[int, int]:
+    """The line and column (both from 1) of ``text[at]``; ``"\\r\\n"`` ends one line."""
+    line = 1 + text.count("\n", 0, at) + text.count("\r", 0, at) - text.count("\r\n", 0, at)
+    start = max(text.rfind("\n", 0, at), text.rfind("\r", 0, at)) + 1
+    return line, at - start + 1
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -97,7 +111,8 @@ def parse(text: str) -> Parsed:
     try:
         value = json.loads(clean, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise JsoncError(f"not valid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+        line, column = _position(clean, exc.pos)
+        raise JsoncError(f"not valid JSON: {exc.msg} (column {column})", line) from None
     except RecursionError:
         raise JsoncError("not valid JSON: nested too deeply", None) from None
     except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
@@ -128,9 +143,9 @@ def _scan(text: str, parsed: Parsed) -> None:
 
     while i < n:
         ch = text[i]
-        if ch == "\n":
+        if ch in _LINE_ENDS:
             line += 1
-            i += 1
+            i += 2 if text.startswith("\r\n", i) else 1
             continue
         if ch.isspace() or ch == ":":
             i += 1
