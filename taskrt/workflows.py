@@ -36,7 +36,10 @@ Design notes:
    commit and its settle, a parent that ended on another node) is found by a
    sweep at start and every ``sweep_interval`` seconds.
 4. **Retention keeps what a blocked job needs.** Cleanup and purge never
-   delete a finished job that a blocked job still waits for.
+   delete a finished job that a blocked job still waits for, nor one whose
+   dependent a retry of another parent would make wait again (note 6: the
+   dependent was cancelled by that parent's end, which has not succeeded
+   since); ``store.deps.KEEP_PARENTS``.
 5. **A success is settled when it matters.** Where one owner runs the jobs
    and a dependent's parents were all live here when it was added (a group's
    callback, a chain's step), the owner counts its parents down in memory:

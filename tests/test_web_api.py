@@ -1268,7 +1268,7 @@ async def test_run_now_cancel_and_purge_one_job(
     child = added.json()["id"]
     kept = await client.post(f"/jobs/{parent}/purge")
     assert kept.status_code == 409, kept.text
-    assert error_of(kept)["reason"] == "a blocked job waits for it"
+    assert error_of(kept)["reason"] == "a dependent job needs its result"
     assert (await client.get(f"/jobs/{parent}")).json()["status"] == "SUCCESS"
     assert (await client.get(f"/jobs/{child}")).json()["status"] == "WAITING"
 

@@ -903,6 +903,53 @@ async def test_retention_deletes_the_parents_of_a_dependent_that_ended_while_it_
         assert (await rt.get(blocked)).status is JobStatus.WAITING
 
 
+async def test_retention_keeps_the_parents_a_retry_resumes_a_cancelled_dependent_with(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """A group's callback that a member's failure cancelled waits again when that
+    member is retried, with every member's result: the members that succeeded stay
+    while the failed one is there to retry. Once it is deleted, they go too."""
+    rt = runtime(target)
+    failing: set[int] = set()
+
+    @rt.task(attempts=1)
+    async def member(n: int) -> int:
+        if n in failing:
+            failing.discard(n)
+            raise ValueError(f"m{n}")
+        return n
+
+    @rt.task
+    async def total(results: list[int]) -> int:
+        return sum(results)
+
+    async def cancelled_callback(n: int) -> tuple[int, int, int]:
+        failing.add(n)
+        flow = await rt.group([member.s(n), member.s(10)]).then(total.s())
+        failed, done, callback = flow.jobs
+        assert (await rt.wait(callback, timeout=10)).error == f"parent job {failed} failed"
+        assert (await rt.wait(done, timeout=10)).status is JobStatus.SUCCESS
+        await rt.store.flush()  # the ends committed (an owner announces them first)
+        return failed, done, callback
+
+    async with rt:
+        failed, done, callback = await cancelled_callback(1)
+        assert await rt.store.cleanup(1e12, [JobStatus.SUCCESS]) == 0
+        assert await rt.store.purge([done]) == 0
+        await rt.retry(failed)
+        resumed = await rt.wait(callback, timeout=10)
+        assert (resumed.status, resumed.result) == (JobStatus.SUCCESS, 11)
+        await rt.store.flush()
+        assert await rt.store.cleanup(1e12, [JobStatus.SUCCESS]) == 3  # free again
+
+        failed, done, callback = await cancelled_callback(2)
+        assert await rt.store.cleanup(1e12, [JobStatus.FAILURE]) == 1
+        assert await rt.store.cleanup(1e12, [JobStatus.SUCCESS]) == 1
+        with pytest.raises(JobNotFound):
+            await rt.get(done)
+        assert (await rt.get(callback)).status is JobStatus.CANCELLED
+
+
 async def test_blocked_jobs_beyond_a_small_window(tmp_path: Path) -> None:
     """With 5 waiting jobs a pool in memory, 40 dependents (most only in the store)
     are each released when their parent ends, in order of their parents."""

@@ -119,14 +119,6 @@ SQL_WORKFLOW_EDGES = (
     "JOIN jobs p ON p.id = d.parent AND p.workflow = j.workflow "
     "WHERE j.workflow = ? ORDER BY d.child, d.position"
 )
-# -- retention: a finished parent of a job still blocked stays (its result is read when
-# that job is released). A child that ended while it waited (cancelled, or failed at
-# its deadline) keeps its wait open but waits no more. .format(the jobs table's alias)
-KEEP_PARENTS = (
-    "NOT EXISTS (SELECT 1 FROM job_deps d JOIN job_waits w ON w.child = d.child "
-    "WHERE d.parent = {}.id AND w.outcome IS NULL AND EXISTS "
-    "(SELECT 1 FROM jobs c WHERE c.id = d.child AND c.status = 'WAITING'))"
-)
 # -- a manual retry of a dependent that never ran (``block_again``)
 SQL_HOW_IT_WAITED = (
     "SELECT w.on_parent_failure, w.outcome, j.status FROM job_waits w "
@@ -159,15 +151,35 @@ def _parent_error_sql(parent: str, status: str) -> str:
 # dependent, and a retry of that parent left it to the other (``block_again`` refuses
 # it while a parent is FAILURE or CANCELLED, and decides again now). Then the
 # members of a batch it ran that ended as it did ('followed').
+_CANCELLED_BY_A_PARENT = (
+    "w.outcome = 'cancelled' AND j.status = 'CANCELLED' "
+    f"AND j.error = {_parent_error_sql('w.failed_parent', 'w.failed_status')}"
+)
 SQL_CANCELLED_BY = (
     "SELECT w.child FROM job_deps d JOIN job_waits w ON w.child = d.child "
-    "JOIN jobs j ON j.id = d.child "
-    "WHERE d.parent = ? AND w.outcome = 'cancelled' AND j.status = 'CANCELLED' "
-    f"AND j.error = {_parent_error_sql('w.failed_parent', 'w.failed_status')} "
+    f"JOIN jobs j ON j.id = d.child WHERE d.parent = ? AND {_CANCELLED_BY_A_PARENT} "
     "UNION ALL SELECT w.child FROM job_deps d "
     "JOIN job_waits w ON w.child = d.child JOIN jobs j ON j.id = d.child "
     "WHERE d.parent = ? AND w.outcome = 'followed' AND j.status IN ('FAILURE', 'CANCELLED') "
     "ORDER BY 1"
+)
+# -- retention: a finished parent of a job still blocked stays (its result is read when
+# that job is released). A child that ended while it waited (cancelled, or failed at
+# its deadline) keeps its wait open but waits no more. One that a parent's failure or
+# cancel cancelled waits again when that parent is retried (``SQL_CANCELLED_BY``):
+# while another of its parents has not succeeded (it failed, was cancelled, or runs
+# again), each parent stays, since ``block_again`` refuses the child if one is gone.
+# The parent that has not succeeded is not kept for the child by itself; once the child
+# is deleted, or all its other parents succeeded, its parents go by their own status
+# and age. Each lookup is by an index (a parent's rows, a child's wait and its job, the
+# child's parents). .format(the jobs table's alias)
+KEEP_PARENTS = (
+    "NOT EXISTS (SELECT 1 FROM job_deps d JOIN job_waits w ON w.child = d.child "
+    "JOIN jobs j ON j.id = d.child WHERE d.parent = {}.id AND ("
+    "(w.outcome IS NULL AND j.status = 'WAITING') "
+    f"OR ({_CANCELLED_BY_A_PARENT} AND EXISTS (SELECT 1 FROM job_deps o "
+    "JOIN jobs p ON p.id = o.parent WHERE o.child = d.child AND o.parent <> d.parent "
+    "AND p.status <> 'SUCCESS'))))"
 )
 SQL_REOPEN = "UPDATE job_deps SET done = 0 WHERE child = ?"
 # (pending, run_at, child)

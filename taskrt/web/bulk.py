@@ -154,10 +154,11 @@ async def purge_one(api: Api, request: Request) -> Response:
         raise InvalidTransition(job.id, job.status.value, "purge")
     result = await api.runtime.bulk("purge", ids=[job.id])
     if result.done == 0:
-        # Still there: a job that waits for it needs it (retention keeps it too), or
-        # it changed meanwhile (retried, say).
+        # Still there: a job that waits for it needs it, or would when another of its
+        # parents is retried (retention keeps it too), or it changed meanwhile
+        # (retried, say).
         now = await api.runtime.get(job.id)
-        reason = "a blocked job waits for it" if now.terminal else None
+        reason = "a dependent job needs its result" if now.terminal else None
         raise InvalidTransition(job.id, now.status.value, "purge", reason)
     return JSONResponse(result.to_dict())
 

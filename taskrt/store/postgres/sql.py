@@ -970,7 +970,8 @@ def recovery(
     ]
 
 
-# A finished job that a blocked job waits for stays (taskrt.workflows note 4).
+# A finished job that a blocked job waits for, or may wait for again after a retry of
+# another parent, stays (taskrt.workflows note 4).
 CLEANUP_WHERE = "finished_at < $1 AND status = ANY($2::text[]) AND " + KEEP_PARENTS.format("jobs")
 # Cleanup and purge lock their rows first (``locking``), then delete those of them
 # that no blocked job waits for, as a later statement sees it: an add of a

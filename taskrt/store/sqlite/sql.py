@@ -416,7 +416,8 @@ SQL_INTERRUPT_ATTEMPTS = (
     "SELECT id, attempts, COALESCE(started_at, ?), ?, 'interrupted', "
     "'the process stopped during this attempt' FROM jobs WHERE status = 'RUNNING' AND attempts > 0"
 )
-# A finished job that a blocked job waits for stays (taskrt.workflows note 4).
+# A finished job that a blocked job waits for, or may wait for again after a retry of
+# another parent, stays (taskrt.workflows note 4).
 CLEANUP_WHERE = (
     "finished_at < ? AND status IN ({}) AND "  # .format(one ? per status)
     + KEEP_PARENTS.format("jobs")
