@@ -320,6 +320,8 @@ def make_options(
         delay = parse_duration(delay, field="delay")
     if run_at is not None:
         run_at = _epoch(run_at, "run_at")
+        if delay is not None:  # two answers to one question: when it may run
+            raise InvalidOption("delay", "give delay or run_at, not both")
     if deadline is not None:
         deadline = _epoch(deadline, "deadline")
     if priority is not None:
@@ -443,7 +445,8 @@ class TaskCall:
     opts: Options
 
     def options(self, **overrides: Any) -> TaskCall:
-        """The same call with more overrides (later ones win)."""
+        """The same call with more overrides (later ones win; a ``delay`` replaces
+        an earlier ``run_at`` and the other way round)."""
         # A field differing from its own default was given: ``attempts=None`` is
         # "unlimited", not "unset" (its default is "default").
         merged = {
@@ -451,6 +454,9 @@ class TaskCall:
             for item in fields(Options)
             if getattr(self.opts, item.name) != item.default
         }
+        if any(overrides.get(when) is not None for when in ("delay", "run_at")):
+            merged.pop("delay", None)  # one "when": given together, refused
+            merged.pop("run_at", None)
         merged.update(overrides)
         return TaskCall(self.spec, checked_options(merged))
 

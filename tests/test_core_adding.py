@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -743,6 +744,34 @@ async def test_an_unknown_option_is_refused_by_name_as_a_taskrt_error(tmp_path: 
             await rt.enqueue(send, kwargs={"to": "a"}, dleay=1)
         assert enqueue_option.value.field == "dleay"
         assert (await rt.jobs()).jobs == []  # nothing was added
+
+
+async def test_delay_and_run_at_together_are_refused(tmp_path: Path) -> None:
+    """Two answers to when a job may run: refused, naming ``delay``, wherever the
+    options are given at once. Before, ``delay`` was dropped without a word. A later
+    ``.options`` call replaces the earlier one's, as any later option does."""
+    rt = make_rt(tmp_path)
+    rt.pool("default").pause()
+
+    @rt.task
+    async def noop(job: JobContext) -> None:
+        return None
+
+    both = "give delay or run_at, not both"
+    with pytest.raises(InvalidOption, match=both) as err:
+        noop.options(delay=3600, run_at=1.0)
+    assert err.value.field == "delay"
+    async with rt:
+        now = time.time()
+        with pytest.raises(InvalidOption, match=both):
+            await rt.enqueue(noop, delay=3600, run_at=now + 1)
+        with pytest.raises(InvalidOption, match=both):
+            await rt.add(noop.options(delay=1).options(delay=3600, run_at=now + 1))
+        assert (await rt.jobs()).jobs == []  # nothing was added
+        later = await rt.add(noop.options(delay=3600).options(run_at=now + 60))
+        assert (await rt.get(later)).run_at == pytest.approx(now + 60)
+        sooner = await rt.enqueue(noop.options(run_at=now + 3600), delay=60)
+        assert (await rt.get(sooner)).run_at == pytest.approx(now + 60, abs=5)
 
 
 async def test_unlimited_attempts_survive_more_options(tmp_path: Path) -> None:

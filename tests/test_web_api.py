@@ -775,6 +775,13 @@ async def test_input_is_read_as_the_openapi_document_says(client: httpx.AsyncCli
         assert r.status_code == 422 and error_of(r)["field"] == "delay", (delay, r.text)
     r = await client.post("/jobs", json={"task": "echo", "timeout": "0.0s"})
     assert r.status_code == 422 and error_of(r)["field"] == "timeout"
+    # Two answers to when it may run: refused, not one of them dropped.
+    both = {"delay": 3600, "run_at": "2030-01-01T00:00:00Z"}
+    r = await client.post("/jobs", json={"task": "echo", **both})
+    assert r.status_code == 422 and error_of(r)["field"] == "delay", r.text
+    assert "give delay or run_at, not both" in error_of(r)["message"]
+    r = await client.post("/workflows", json={"chain": [{"task": "echo", "options": both}]})
+    assert r.status_code == 422 and error_of(r)["field"] == "chain[0].options.delay", r.text
     # Empty query values are parameters left out; statuses in any case.
     assert (await client.get("/stats?since=&until=")).status_code == 200
     assert (await client.get("/jobs?limit=&cursor=&pool=")).status_code == 200

@@ -160,7 +160,9 @@ TIME: Schema = {
 #: The per-call options of a job: fields of ``POST /jobs``, and of a workflow
 #: step's ``options`` (``web.jobs.OPTION_FIELDS``). Each may be null: not given.
 CALL_OPTIONS: dict[str, Schema] = {
-    "delay": nullable(duration(description="seconds, or a duration like '30s', '1h30m'")),
+    "delay": nullable(
+        duration(description="seconds, or a duration like '30s', '1h30m'; not with run_at")
+    ),
     "run_at": nullable(TIME),
     "priority": nullable(integer(description="higher runs first")),
     "unique_key": nullable(
