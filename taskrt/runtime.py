@@ -1624,10 +1624,14 @@ class Runtime:
     async def _retry_resuming(self, job_id: int, resumed: set[int]) -> JobInfo:
         """``retry`` here; the dependents it put back too go into ``resumed``."""
         with self._retry_of(job_id):
+            # Its end, if written here, committed first: a failure in its on_failed
+            # hook's transaction (which runs beside the group commit on PostgreSQL),
+            # then the group commit's writes.
+            await self.transitions.failure_written(job_id)
             info = await self.get(job_id)
             if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
                 raise InvalidTransition(job_id, info.status.value, "retry")
-            await self.store.settle()  # its end, if written here, committed first
+            await self.store.settle()
             self._forget_ended(job_id)
             retried = await self._retry(info, self.clock.now())
         resumed.update(await self._retry_dependents(job_id))

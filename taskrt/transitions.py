@@ -115,6 +115,9 @@ class Transitions:
         self.on_end: Callable[[int, JobStatus], None] | None = None
         # Takes in the jobs an ``on_failed`` hook added with ``tx=`` once they commit.
         self.take_in: Callable[[Transaction], None] = lambda tx: None
+        # The failures under way here in a transaction of their own (an ``on_failed``
+        # hook's), by job: done once it committed or gave up (``failure_written``).
+        self._failing: dict[int, asyncio.Future[None]] = {}
 
     def emit(self, state: JobState, kind: EventType, data: dict[str, Any]) -> int:
         """Advance the job's sequence and publish (only built when someone listens)."""
@@ -503,6 +506,18 @@ class Transitions:
             return
         self.background.spawn(self._fail_in_transaction(state, error, hook))
 
+    async def failure_written(self, job_id: int) -> None:
+        """Once the failure of ``job_id`` under way here in its own transaction (its
+        ``on_failed`` hook's) has committed, or given up; at once if none is.
+
+        Memory says FAILURE while that transaction runs, and the row is RUNNING
+        until it commits. On SQLite the transaction holds the one writer, so any
+        write queued meanwhile waits for it; on PostgreSQL it runs beside the
+        group commit, and a retry must wait for it here (``Runtime.retry``)."""
+        done = self._failing.get(job_id)
+        if done is not None:
+            await asyncio.shield(done)  # a cancelled caller leaves it to the others
+
     async def _fail_in_transaction(
         self,
         state: JobState,
@@ -512,7 +527,25 @@ class Transitions:
         as_read: bool = False,
     ) -> bool:
         """Write FAILURE and run ``on_failed(job, tx)`` in one transaction; whether
-        it landed (``as_read``: only on the row as read, ``end_as_read``)."""
+        it landed (``as_read``: only on the row as read, ``end_as_read``). Until it
+        is done, ``failure_written`` waits for it."""
+        done = self._failing[state.id] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._write_failure(state, error, hook, as_read=as_read)
+        finally:
+            if self._failing.get(state.id) is done:
+                del self._failing[state.id]
+            done.set_result(None)
+
+    async def _write_failure(
+        self,
+        state: JobState,
+        error: str,
+        hook: Callable[..., Any] | None,
+        *,
+        as_read: bool,
+    ) -> bool:
+        """``_fail_in_transaction``'s body."""
         await self.store.flush()  # earlier writes of this job first
         now = self.clock.now()
         was = state.status  # RUNNING, or WAITING (its deadline passed)

@@ -336,6 +336,49 @@ async def test_an_on_failed_hook_that_raises_what_is_no_exception_still_records_
     assert [tuple(row) for row in audit] == [(0,)]
 
 
+async def test_a_retry_while_the_on_failed_hook_runs_waits_for_the_failure_to_commit(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """Reads say FAILURE while the hook runs in the failure's transaction, so a retry
+    then is taken: it waits for that transaction to commit, then the job runs again.
+    Before, on PostgreSQL the retry was refused (a node: "it is RUNNING", the row
+    as it was until that commit), or put the job back WAITING in memory only (an
+    owner: it never ran again)."""
+    db, options = target
+    rt = Runtime(db, **options)
+    in_hook, release = asyncio.Event(), asyncio.Event()
+    runs: list[int] = []
+
+    async def on_failed(job: JobInfo, tx: Transaction) -> None:
+        await tx.execute("INSERT INTO audit VALUES (1, 'failed')")
+        in_hook.set()
+        await release.wait()
+
+    @rt.task(attempts=1, on_failed=on_failed)
+    async def flaky(job: JobContext) -> str:
+        runs.append(job.id)
+        if len(runs) == 1:
+            raise RuntimeError("no luck")
+        return "ok"
+
+    async with rt:
+        await _make_audit(rt)
+        job_id = await rt.add(flaky)
+        await in_hook.wait()
+        assert (await rt.get(job_id)).status is JobStatus.FAILURE
+        retry = asyncio.create_task(rt.retry(job_id))
+        await asyncio.wait([retry], timeout=0.2)
+        assert not retry.done()  # it waits for the failure's commit
+        release.set()
+        assert (await retry).status in (JobStatus.WAITING, JobStatus.RUNNING)
+        done = await rt.wait(job_id, timeout=10)
+        assert (done.status, done.result, done.attempts) == (JobStatus.SUCCESS, "ok", 2)
+        assert runs == [job_id, job_id]
+        async with rt.transaction() as tx:
+            audit = await tx.execute("SELECT count(*) FROM audit")
+        assert [tuple(row) for row in audit] == [(1,)]  # the hook's write, committed once
+
+
 async def test_on_failed_adds_a_job_with_the_failed_jobs_unique_key(tmp_path: Path) -> None:
     """The key is held only while its job is WAITING or RUNNING: the hook, in the
     failure's transaction, may add the job's replacement under the same key. The
