@@ -1605,7 +1605,8 @@ class Runtime:
         return await self.get(job_id)
 
     async def retry(self, job_id: int) -> JobInfo:
-        """Put a FAILURE or CANCELLED job back to WAITING, with its attempts renewed.
+        """Put a FAILURE or CANCELLED job back to WAITING, with its attempts renewed;
+        refused once its deadline has passed.
 
         The dependents its end cancelled wait for it again (and theirs for them). A
         dependent that never ran (a parent failed, or it was cancelled while it
@@ -1631,6 +1632,11 @@ class Runtime:
             info = await self.get(job_id)
             if info.status not in (JobStatus.FAILURE, JobStatus.CANCELLED):
                 raise InvalidTransition(job_id, info.status.value, "retry")
+            if info.deadline is not None and info.deadline <= self.clock.now():
+                # It would fail at once ("deadline passed"), never run (pool note 6).
+                raise InvalidTransition(
+                    job_id, info.status.value, "retry", "its deadline has passed"
+                )
             await self.store.settle()
             self._forget_ended(job_id)
             retried = await self._retry(info, self.clock.now())

@@ -24,7 +24,7 @@ import pytest
 from taskrt import DuplicateJob, JobContext, JobStatus, Runtime
 from taskrt.clock import FakeClock
 from taskrt.definitions import TaskCall, checked_options
-from taskrt.errors import InvalidOption, QueueFull
+from taskrt.errors import InvalidOption, InvalidTransition, QueueFull
 from taskrt.models import AttemptOutcome
 from taskrt.rates import parse_rate
 from taskrt.web import create_app
@@ -122,6 +122,50 @@ async def test_a_job_taken_after_its_deadline_never_starts(db: str) -> None:
         info = await rt.wait(past, timeout=5)
     assert (info.status, info.error) == (JobStatus.FAILURE, "deadline passed")
     assert ran == []
+
+
+async def test_a_retry_by_hand_after_the_deadline_is_refused(db: str) -> None:
+    """It would fail again at once, never run. Before, it was taken (200: FAILURE on
+    SQLite, WAITING on PostgreSQL) and the job failed again with "deadline passed"."""
+    rt = Runtime(db)
+    ran: list[int] = []
+    pool = rt.pool("default")
+
+    @rt.task(attempts=1)
+    async def work(job: JobContext, fail: bool) -> None:
+        ran.append(job.id)
+        if fail:
+            raise ValueError("no")
+
+    async with rt:
+        past = await pool.add(work.options(deadline=time.time() - 1), False)
+        assert (await rt.wait(past, timeout=5)).error == "deadline passed"
+        pool.pause()
+        deadline = time.time() + 0.2
+        cancelled = await pool.add(work.options(deadline=deadline), False)
+        await rt.cancel(cancelled)
+        await asyncio.sleep(max(0.0, deadline - time.time()))
+        for job_id in (past, cancelled):
+            with pytest.raises(InvalidTransition, match="its deadline has passed") as err:
+                await rt.retry(job_id)
+            assert err.value.reason == "its deadline has passed"
+        app = create_app(rt)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post(f"/jobs/{past}/retry")
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["reason"] == "its deadline has passed"
+            r = await client.post("/jobs/retry", json={"ids": [past, cancelled]})
+            assert (r.json()["done"], r.json()["skipped"]) == (0, 2), r.text
+        assert (await rt.get(past)).status is JobStatus.FAILURE
+        assert (await rt.get(cancelled)).status is JobStatus.CANCELLED
+        # Before its deadline, a retry is taken as any.
+        pool.resume()
+        ahead = await pool.add(work.options(deadline=time.time() + 60), True)
+        assert (await rt.wait(ahead, timeout=5)).status is JobStatus.FAILURE
+        await rt.retry(ahead)
+        assert (await rt.wait(ahead, timeout=5)).attempts == 2
+    assert ran == [ahead, ahead]
 
 
 async def test_a_waiting_job_the_pool_and_the_sweeper_both_end_ends_once(

@@ -380,7 +380,7 @@ async def cancel_job(api: Api, request: Request) -> Response:
     replies={
         200: Reply("the job, WAITING again", ref("Job")),
         404: NOT_FOUND,
-        409: Reply("the job is not FAILURE or CANCELLED", ref("Error")),
+        409: Reply("the job is not FAILURE or CANCELLED, or its deadline has passed", ref("Error")),
     },
 )
 async def retry_job(api: Api, request: Request) -> Response:
