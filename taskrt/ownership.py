@@ -115,7 +115,7 @@ class Ownership(Protocol):
         ...
 
     async def release(self) -> None:
-        """Give ownership up: remove the record, then let the lock go."""
+        """Give ownership up: remove the record this process wrote, then let the lock go."""
         ...
 
     def keep(self) -> None:
@@ -143,6 +143,7 @@ class FileLockOwnership:
         self._fd: int | None = None
         self._locked: tuple[int, int] | None = None  # the locked file's device and inode
         self._replaced = False  # said once until the lock is whole again (note 6)
+        self._recorded = False  # a start or takeover whose claim failed wrote nothing
 
     @property
     def held(self) -> bool:
@@ -255,10 +256,12 @@ class FileLockOwnership:
 
     async def claim(self, address: str | None) -> None:
         self.left_behind = await self.store.claim_ownership(self.owner, address, time.time())
+        self._recorded = True
 
     async def release(self) -> None:
+        recorded, self._recorded = self._recorded, False
         try:
-            if self._fd is not None:
+            if self._fd is not None and recorded:
                 await self.store.release_lease(self.owner)
         finally:
             self._unlock()

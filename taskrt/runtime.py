@@ -806,8 +806,12 @@ class Runtime:
             if owning:
                 await self._own()
         except BaseException:
-            await self.ownership.release()
-            await self.store.close()
+            # Nothing of a failed start stays open (the store's threads would keep
+            # the interpreter from ending), and its own error is the one raised.
+            try:
+                await self._let_ownership_go()
+            finally:
+                await self.store.close()
             raise
         self._started = True
         try:
@@ -907,6 +911,16 @@ class Runtime:
         for name in await self.store.paused_pools():
             self.pool(name).pause()
 
+    async def _let_ownership_go(self) -> None:
+        """After a start or a takeover that failed: give the lock up. Removing the
+        record writes, and a database that took no write may take none now: that
+        failure is logged, never raised over the error that got here (the lock
+        goes all the same, and the next owner recovers as after a crash)."""
+        try:
+            await self.ownership.release()
+        except Exception as exc:
+            log.error("releasing the ownership of %s failed: %s", self.path, exc)
+
     async def _keep_lock(self) -> None:
         """The owner's lock stays on the file the others try (ownership note 6)."""
         while True:
@@ -988,7 +1002,7 @@ class Runtime:
             await self._own()
         except Exception:
             log.exception("taking over %s failed; trying again", self.path)
-            await self.ownership.release()
+            await self._let_ownership_go()
             return False
         await self._serve_as_owner()
         await self.schedules.take_over()

@@ -5,6 +5,7 @@ once the fault is gone, without a restart (store notes 9 and 10, pool note 5).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +530,78 @@ async def test_a_damaged_database_file_is_named_as_such_and_never_retried(tmp_pa
     message = str(caught.value)
     assert "malformed" in message and "damaged" in message, message
     assert f"restore {path!r} from a backup" in message, message
+
+
+READ_ONLY_START = textwrap.dedent(
+    """
+    import asyncio, sys
+    from taskrt import Runtime, StoreError
+    from taskrt.store.sqlite import Store
+
+    if sys.argv[2] == "query_only":
+        opened = Store.open
+
+        async def open_read_only(self: Store) -> None:
+            # What SQLite does with a file it may not write: every write fails
+            # with SQLITE_READONLY ("attempt to write a readonly database").
+            await opened(self)
+            await self.db.execute_fetchall("PRAGMA query_only = ON")
+
+        Store.open = open_read_only  # type: ignore[method-assign]
+
+    rt = Runtime(sys.argv[1])
+
+    async def main() -> None:
+        try:
+            async with rt:
+                print("started", flush=True)
+        except StoreError as exc:
+            print(type(exc).__name__, exc, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@contextlib.contextmanager
+def read_only_file(path: str) -> Iterator[None]:
+    """``path`` made read-only for real: immutable for root (who ignores its mode)."""
+    if os.geteuid() != 0:
+        os.chmod(path, 0o444)
+        try:
+            yield
+        finally:
+            os.chmod(path, 0o644)
+        return
+    done = subprocess.run(["chattr", "+i", path], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make {path} immutable here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+@pytest.mark.parametrize("how", ["query_only", "file"])
+async def test_a_read_only_database_stops_the_start_saying_so_and_the_process_ends(
+    tmp_path: Path, how: str
+) -> None:
+    """Before: the failed start's cleanup removed the owner's record, a write, which
+    failed too; its StoreUnavailable ("cannot be written now") hid the real error,
+    and the store was never closed, so its threads kept the process from ending
+    (``taskrt serve`` printed that it stopped at start, then hung)."""
+    path = db_file(tmp_path)
+    async with Runtime(path):
+        pass  # a taskrt database, left cleanly
+    script = tmp_path / "read_only.py"
+    script.write_text(READ_ONLY_START)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with read_only_file(path) if how == "file" else contextlib.nullcontext():
+        done = subprocess.run(
+            [sys.executable, str(script), path, how], env=env, timeout=10, capture_output=True
+        )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert out.startswith("StoreError "), out  # not StoreUnavailable: no wait mends it
+    assert "the file is read-only" in out, out
+    assert "cannot be written now" not in out + err, (out, err)

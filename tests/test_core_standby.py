@@ -644,6 +644,44 @@ async def test_a_restart_right_after_a_crash_owns_at_once(tmp_path: Path) -> Non
     await owner.stop()
 
 
+async def test_a_takeover_that_fails_and_cannot_remove_its_record_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: giving the lock up after a failed takeover removes the record just
+    written, and when that write failed too, its error ended the standby's follow
+    task: the standby never took over, however soon the database recovered."""
+    owner, standby = app(tmp_path), app(tmp_path)
+    await owner.start()
+    await standby.start()
+    failing = 2  # the first two takeovers fail, each leaving its record behind
+    recover, release_lease = standby.adoption.recover, standby.store.release_lease
+
+    async def full_recover(*, unclean: bool) -> None:
+        if failing:
+            raise StoreUnavailable(standby.path, "database or disk is full")
+        await recover(unclean=unclean)
+
+    async def full_release_lease(name: str) -> None:
+        nonlocal failing
+        if failing:
+            failing -= 1
+            raise StoreUnavailable(standby.path, "database or disk is full")
+        await release_lease(name)
+
+    monkeypatch.setattr(standby.adoption, "recover", full_recover)
+    monkeypatch.setattr(standby.store, "release_lease", full_release_lease)
+    try:
+        owner.pools["p"].pause()  # in memory only: the job waits for the next owner
+        job_id = await standby.add("hello", "later")
+        await owner.stop()
+        await until(lambda: standby.role == "owner", timeout=3)
+        assert failing == 0
+        assert (await standby.wait(job_id, timeout=5)).result == "hello later"
+    finally:
+        await standby.stop()
+        await owner.stop()
+
+
 def test_the_file_system_of_a_path_comes_from_the_longest_mount(tmp_path: Path) -> None:
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(

@@ -226,6 +226,24 @@ def damaged(path: str, exc: BaseException) -> str:
     return f"; the file is damaged, which no retry mends: restore {path!r} from a backup"
 
 
+def read_only(exc: BaseException) -> str:
+    """What is wrong, where ``exc`` says the file cannot be written at all; else ``""``.
+
+    SQLite opens a file it may not write (its permissions, an immutable
+    attribute, a read-only mount) read-only, and every write then fails with
+    ``SQLITE_READONLY``. Where a running store's writes meet it, they are kept
+    and tried again as any write the database cannot take now (note 9); where
+    a start must write (the owner's record), no waiting mends it.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or (code & 0xFF) != sqlite3.SQLITE_READONLY:
+        return ""
+    return (
+        "; the file is read-only (its permissions, an immutable attribute or a read-only"
+        " mount), and the process that runs its jobs must write to it"
+    )
+
+
 def store_error(path: str, exc: BaseException) -> StoreError:
     """``StoreUnavailable`` when the database takes no writes now, else ``StoreError``."""
     if transient(exc):

@@ -37,7 +37,15 @@ from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import dumps, json_path
-from .batch import damaged, in_thread, insert_jobs, rollback, store_error, transient
+from .batch import (
+    damaged,
+    in_thread,
+    insert_jobs,
+    read_only,
+    rollback,
+    store_error,
+    transient,
+)
 from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
@@ -157,6 +165,7 @@ class Store(QueuedWrites, SharedReads):
             await self._close_connections()
             raise StoreError(
                 f"cannot open database {self.path!r}: {exc}{damaged(self.path, exc)}"
+                f"{read_only(exc)}"
             ) from exc
         except BaseException:  # a StoreError, or a cancel: nothing opened stays open
             await self._close_connections()
@@ -203,7 +212,7 @@ class Store(QueuedWrites, SharedReads):
             found = await asyncio.to_thread(work)
         except sqlite3.Error as exc:
             raise StoreError(
-                f"cannot migrate {self.path!r}: {exc}{damaged(self.path, exc)}"
+                f"cannot migrate {self.path!r}: {exc}{damaged(self.path, exc)}{read_only(exc)}"
             ) from exc
         return found, SCHEMA_VERSION
 
@@ -532,7 +541,9 @@ class Store(QueuedWrites, SharedReads):
         try:
             result: str | None = await self._locked(work)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot record the owner of {self.path!r}: {exc}") from exc
+            raise StoreError(
+                f"cannot record the owner of {self.path!r}: {exc}{read_only(exc)}"
+            ) from exc
         return result
 
     @contextlib.asynccontextmanager
