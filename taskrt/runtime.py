@@ -26,6 +26,19 @@ Design notes:
    fall back to the database: adds, cancels and retries are written there,
    marked ``external``, and the owner polls for such rows every
    ``poll_interval`` s; streams poll the job's row.
+5. **A start the database cannot record now is a standby's.** A process that
+   takes the lock at start but cannot write its record (the disk is full, a
+   lock is held past the busy timeout: ``StoreUnavailable``) lets the lock go
+   and starts as a standby, which tries to take over every
+   ``FOLLOW_INTERVAL`` until the database takes writes. A standby whose
+   takeover failed lets the lock go the same way, so a process starting
+   meanwhile finds it free: were that start fatal, a supervisor restarting a
+   killed worker would stop with it (uvicorn stops every worker, the healthy
+   standby too, when one fails to start). A process alone does the same (it
+   cannot tell that it is): it serves reads, refuses adds with
+   ``StoreUnavailable`` as an owner does during an outage, and owns once
+   writes succeed, with no restart. What no wait mends (a read-only file, a
+   damaged one, a newer schema) still stops the start.
 
 The runtime composes its parts (docs/architecture.md): ``Adding`` (from
 ``add`` to a committed, queued job), ``Transitions`` (what happens while jobs
@@ -90,6 +103,7 @@ from .errors import (
     PoolExists,
     PoolNotFound,
     RuntimeNotStarted,
+    StoreUnavailable,
     TaskrtError,
     WorkflowNotFound,
 )
@@ -804,7 +818,7 @@ class Runtime:
                 self.ownership.check()
                 owning = await self.ownership.try_acquire()
             if owning:
-                await self._own()
+                owning = await self._own_at_start()
         except BaseException:
             # Nothing of a failed start stays open (the store's threads would keep
             # the interpreter from ending), and its own error is the one raised.
@@ -920,6 +934,22 @@ class Runtime:
             await self.ownership.release()
         except Exception as exc:
             log.error("releasing the ownership of %s failed: %s", self.path, exc)
+
+    async def _own_at_start(self) -> bool:
+        """Holding the lock at start: own the database, or, when it takes no writes
+        now, give the lock up and start as a standby that takes over later (note 5)."""
+        try:
+            await self._own()
+        except StoreUnavailable as exc:
+            log.warning(
+                "this process cannot record itself as the owner of %s now (%s): it starts "
+                "as a standby and takes over once the database takes writes",
+                self.path,
+                exc.reason,
+            )
+            await self._let_ownership_go()
+            return False
+        return True
 
     async def _keep_lock(self) -> None:
         """The owner's lock stays on the file the others try (ownership note 6)."""

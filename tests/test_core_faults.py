@@ -448,6 +448,85 @@ async def test_a_real_full_disk_costs_no_state(small_disk: Path) -> None:
         assert stored == {i: JobStatus.SUCCESS for i in ids}
 
 
+def _hello_runtime(folder: Path, **options: Any) -> Runtime:
+    rt = Runtime(db_file(folder), **options)
+
+    @rt.task(pool="work")
+    async def hello(job: JobContext, name: str) -> str:
+        return f"hello {name}"
+
+    return rt
+
+
+async def _a_waiting_job(folder: Path) -> int:
+    """A job stored WAITING by a runtime that stopped cleanly."""
+    rt = _hello_runtime(folder)
+    async with rt:
+        rt.pool("work").pause()  # in memory only: the job waits for the next owner
+        return await rt.pool("work").add("hello", "later")
+
+
+async def _check_a_standby_until_writes_succeed(
+    rt: Runtime, job_id: int, writes_again: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with rt:
+        assert rt.role == "standby"
+        assert (await rt.get(job_id)).status is JobStatus.WAITING  # it serves reads
+        with pytest.raises(StoreUnavailable):
+            await rt.add("hello", "now")  # refused, as an owner's during an outage
+        writes_again()
+        # The takeover's end, not just its role: a stop cancels a takeover under way.
+        await until(lambda: any("took over" in r.getMessage() for r in caplog.records), 3)
+        assert rt.role == "owner"
+        assert (await rt.wait(job_id, timeout=5)).result == "hello later"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot record itself as the owner" in m for m in messages), messages
+    assert not any("not written" in m for m in messages), messages
+
+
+async def test_a_start_the_database_cannot_record_now_is_a_standby_that_owns_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start that took the free ownership lock but could not write its record
+    (another process held the write lock past the busy timeout) failed with
+    StoreError; a worker under a supervisor then failed its start (runtime note 5)."""
+    job_id = await _a_waiting_job(tmp_path)
+    other = sqlite3.connect(db_file(tmp_path), isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        rt = _hello_runtime(tmp_path, busy_timeout=0.05)
+        await _check_a_standby_until_writes_succeed(
+            rt, job_id, lambda: other.execute("COMMIT"), caplog
+        )
+    finally:
+        other.close()
+
+
+async def test_a_start_on_a_real_full_disk_is_a_standby_that_owns_once_there_is_room(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC at the owner's record ("database or disk is full"), as a worker that
+    uvicorn started again after a kill -9 of the owner met it: the same."""
+    job_id = await _a_waiting_job(small_disk)
+    # Another process keeps the file open, as a standby does: the log and its index
+    # stay, emptied, and the owner's record must grow the log.
+    other = sqlite3.connect(db_file(small_disk), isolation_level=None)
+    filler = small_disk / "filler"
+    try:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # take every free byte
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        rt = _hello_runtime(small_disk)
+        await _check_a_standby_until_writes_succeed(rt, job_id, filler.unlink, caplog)
+    finally:
+        other.close()
+
+
 class _Unreadable(Exception):
     def __str__(self) -> str:
         raise RuntimeError("no message for you")

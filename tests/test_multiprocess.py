@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -47,6 +48,8 @@ import httpx
 import pg_server
 import pytest
 from httpx_sse import aconnect_sse
+
+from taskrt import Runtime
 
 pytestmark = pytest.mark.server
 
@@ -77,6 +80,7 @@ APP = textwrap.dedent(
         workers=os.environ["TASKRT_TEST_ROLE"] != "client",
         mode=os.environ.get("TASKRT_TEST_MODE"),
         progress_interval=0.3,
+        busy_timeout=float(os.environ.get("TASKRT_TEST_BUSY_TIMEOUT", "5")),
     )
     rt.pool("work", concurrency=100)
 
@@ -230,8 +234,10 @@ Launch = Callable[..., Server]
 def launch(tmp_path: Path, free_port: int) -> Iterator[Launch]:
     """``launch("uvicorn")`` / ``launch("gunicorn")``: the app served by
     ``WORKERS`` processes; ``launch("single")``: by one uvicorn process
-    (``client=True``: a runtime with ``workers=False``). All on one database
-    (a SQLite file); every server's process group is killed at the end."""
+    (``client=True``: a runtime with ``workers=False``; ``busy_timeout``: the
+    runtime's; ``ready=False``: returned at once, not once it is connected).
+    All on one database (a SQLite file); every server's process group is
+    killed at the end."""
     yield from launcher(tmp_path, free_port, str(tmp_path / "jobs.db"))
 
 
@@ -253,14 +259,21 @@ def launcher(
     env["PYTHONUNBUFFERED"] = "1"
     servers: list[Server] = []
 
-    def start(kind: str, *, client: bool = False) -> Server:
+    def start(
+        kind: str, *, client: bool = False, busy_timeout: float = 5.0, ready: bool = True
+    ) -> Server:
         port = unused_port() if servers else free_port
         log = tmp_path / f"{kind}-{len(servers)}.log"
+        role = "client" if client else "worker"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 COMMANDS[kind](port),
                 cwd=tmp_path,
-                env={**env, "TASKRT_TEST_ROLE": "client" if client else "worker"},
+                env={
+                    **env,
+                    "TASKRT_TEST_ROLE": role,
+                    "TASKRT_TEST_BUSY_TIMEOUT": str(busy_timeout),
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -269,7 +282,8 @@ def launcher(
         workers = 1 if kind == "single" else WORKERS
         server = Server(kind, f"http://127.0.0.1:{port}", proc, log, workers)
         servers.append(server)
-        wait_ready(server)
+        if ready:
+            wait_ready(server)
         return server
 
     try:
@@ -739,6 +753,50 @@ async def test_gunicorn_workers_serve_and_survive_a_sigkill_of_the_owner(
 ) -> None:
     server = launch("gunicorn")
     await check_owner_killed_mid_run(server, jobs=4, streams_per_job=2)
+
+
+# -- a start while the database takes no writes ------------------------------------------
+
+
+async def test_uvicorn_workers_started_while_the_database_takes_no_writes_serve_and_own_later(
+    launch: Launch, tmp_path: Path
+) -> None:
+    """A worker that takes the free ownership lock but cannot write its record
+    (another process holds the write lock past the busy timeout here; a full disk
+    does the same) starts as a standby, and one of them owns once writes succeed.
+    Before, its start failed, and uvicorn stopped every worker ("Child process
+    failed to start, stopping the parent process"): with the disk full, a kill -9
+    of the owner took the whole server down for good, since the worker uvicorn
+    started again found the lock free while the standby waited to try its
+    takeover again."""
+    path = tmp_path / "jobs.db"
+    async with Runtime(str(path)):
+        pass  # the database, made
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        server = launch("uvicorn", busy_timeout=0.05, ready=False)
+        roles: list[str] = []
+        serving_since: float | None = None
+        async with fresh_client(server.base) as client, asyncio.timeout(20):
+            # Longer than three of uvicorn's looks at its workers (every 0.5 s).
+            while serving_since is None or time.monotonic() - serving_since < 2.0:
+                server.assert_running()
+                with contextlib.suppress(httpx.TransportError):
+                    response = await client.get("/health")
+                    assert response.status_code == 200, response.text
+                    roles.append(response.json()["ownership"]["role"])
+                    serving_since = serving_since or time.monotonic()
+                await asyncio.sleep(0.05)
+        assert set(roles) == {"standby"}, roles
+        assert "cannot record itself as the owner" in server.logs(), server.logs()[-4000:]
+    finally:
+        other.close()  # the write lock goes: the database takes writes again
+    wait_ready(server)  # an owner, the others its standbys
+    async with fresh_client(server.base) as client:
+        job_id = await add_job(client, 2, 0.01)
+    final = await wait_terminal(server.base, [job_id])
+    assert final[job_id]["status"] == "SUCCESS", final
 
 
 # -- a stream resumed where no owner is reachable ------------------------------------------

@@ -484,7 +484,10 @@ class JobStore(Protocol):
 
     # -- ownership, recovery, other processes' actions, retention (immediate)
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
-        """Record the new owner; returns the owner a row was left behind by (a crash)."""
+        """Record the new owner; returns the owner a row was left behind by (a crash).
+
+        ``StoreUnavailable`` when the database takes no writes now (the runtime
+        tries again), ``StoreError`` when no wait mends it."""
         ...
 
     async def owner_record(self) -> OwnerRecord | None: ...

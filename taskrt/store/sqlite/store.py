@@ -520,7 +520,9 @@ class Store(QueuedWrites, SharedReads):
         """Record ``owner`` (which holds the ownership lock) and where it listens.
 
         Returns the owner a row was left behind by (it died without releasing),
-        or ``None`` after a clean stop or on a new file.
+        or ``None`` after a clean stop or on a new file. Raises ``StoreUnavailable``
+        when the database takes no writes now (full, locked: the runtime tries
+        again), ``StoreError`` when no wait mends it (a read-only file).
         """
 
         def work(conn: sqlite3.Connection) -> str | None:
@@ -541,6 +543,8 @@ class Store(QueuedWrites, SharedReads):
         try:
             result: str | None = await self._locked(work)
         except sqlite3.Error as exc:
+            if transient(exc) and not read_only(exc):
+                raise store_error(self.path, exc) from exc  # StoreUnavailable
             raise StoreError(
                 f"cannot record the owner of {self.path!r}: {exc}{read_only(exc)}"
             ) from exc
