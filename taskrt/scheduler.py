@@ -63,6 +63,11 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    change's) transaction idle that long between two statements is ended by the server
    (``bound_idle``), and its slots are fired by another node (the frozen one's
    fire fails when it wakes, and commits nothing).
+   What adds a schedule's job takes the row before the add (a fire, ``run_now``):
+   an add holds the last issued id until it commits (store note 1), and a
+   ``run_now`` that added first and then waited for the row a fire held, while
+   that fire waited for the id, was a deadlock the server broke by rolling one
+   back (the ``run_now`` failed, or the fire, whose slots ``latest`` then lost).
    A node without a schedule's task leaves its slots to those that have it
    (nodes may run different code); where one owner fires, a missing task
    uses up the slot and records why. A slot still unfired ``unclaimed_after``
@@ -755,10 +760,17 @@ class Scheduler:
     async def run_now(self, name: str) -> int:
         """Add the schedule's job now, outside its slots; returns the job's id."""
         refuse_in_block("rt.schedules.run_now()")
-        info = await self.get(name)
+        self._rt.require_started("running a schedule")
+        _looked_up(name)
         async with self._rt.transaction() as tx:
+            conn = tx.connection
+            # The row first, then the job's add, as a fire takes them (note 7).
+            await conn.bound_idle(self.hold_limit)
+            info = await conn.schedule(name, lock=True)
+            if info is None:
+                raise ScheduleNotFound(name)
             job_id = await self._add_job(info, tx, None)
-            await tx.connection.schedule_ran(name, job_id)
+            await conn.schedule_ran(name, job_id)
         return job_id
 
     async def _add_job(self, info: ScheduleInfo, tx: Transaction, slot: float | None) -> int:

@@ -1502,6 +1502,52 @@ async def test_a_schedule_row_a_frozen_fire_holds_is_free_after_the_ttl(url: str
     assert len(keys) == len(set(keys)), keys  # no slot twice
 
 
+async def test_a_run_now_while_a_slot_of_the_schedule_fires_waits_its_turn(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """scheduler note 7: a ``run_now`` comes while a fire of the same schedule holds
+    its row and has not added the slot's job yet. Before, ``run_now`` added its job
+    (holding the last issued id) and then waited for the row, while the fire waited
+    for the id: the server broke the deadlock, failing the ``run_now`` with
+    StoreUnavailable or the fire (its slot lost, with ``latest``)."""
+    caplog.set_level(logging.ERROR, logger="taskrt.scheduler")
+    ran: Ran = collections.defaultdict(list)
+    x = node(url, "x", ran)
+    x.schedule("tick", "b", "* * * * * *", pool="p")
+    holding = asyncio.Event()
+    go_on = asyncio.Event()
+    add_job = x.schedules._add_job
+    fire_pid: list[int] = []
+
+    async def held(info: Any, tx: Transaction, slot: float | None) -> int:
+        if slot is not None and not fire_pid:
+            fire_pid.append(tx.connection.driver.get_server_pid())
+            holding.set()
+            await go_on.wait()  # the fire holds the row, its job not added yet
+        return await add_job(info, tx, slot)
+
+    async with x:
+        x.schedules._add_job = held  # type: ignore[method-assign]
+        await asyncio.wait_for(holding.wait(), 5)
+        run_now = asyncio.create_task(x.schedules.run_now("tick"))
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+        deadline = time.monotonic() + 5
+        while not (await sql(url, waiting, fire_pid[0]))[0][0]:  # run_now waits for the row
+            assert time.monotonic() < deadline and not run_now.done(), run_now
+            await asyncio.sleep(0.01)
+        go_on.set()
+        job_id = await asyncio.wait_for(run_now, 10)
+        await x.schedules.wait_idle()
+        x.schedules._add_job = add_job  # type: ignore[method-assign]
+        info = await x.schedules.get("tick")
+    assert not [r.getMessage() for r in caplog.records], caplog.records
+    assert info.fires >= 1 and info.last_job_id is not None, info
+    rows = await sql(url, "SELECT id, metadata FROM jobs ORDER BY id")
+    slots = [json.loads(r["metadata"])["slot"] for r in rows]
+    assert job_id in [r["id"] for r in rows] and slots.count(None) == 1, slots
+    assert len([s for s in slots if s is not None]) == info.fires, (slots, info)
+
+
 async def test_a_cleanup_racing_the_add_of_a_dependent_keeps_the_parent_or_refuses_the_add(
     url: str,
 ) -> None:
