@@ -558,13 +558,14 @@ class Scheduler:
     def _check_task(self, definition: ScheduleDefinition) -> None:
         """A schedule given at run time names a task registered here and, if any, a
         pool declared here, as ``POST /jobs`` does: its fires would otherwise all be
-        refused, or create a pool of whatever name it gave."""
+        refused, or create a pool of whatever name it gave. Its arguments must fit
+        the task, refused as a declaration's are (``check_arguments``, note 8)."""
         spec = self._rt.tasks.get(definition.task)
         if spec is None:
             raise TaskNotFound(definition.task)
         if definition.pool is not None and definition.pool not in self._rt.pools:
             raise PoolNotFound(definition.pool)
-        spec.validate(definition.args, definition.kwargs)
+        check_arguments(definition, spec)
 
     async def _upsert(
         self, definitions: Sequence[ScheduleDefinition], *, replace: bool, declared: bool = False

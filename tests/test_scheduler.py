@@ -925,6 +925,45 @@ async def test_declared_arguments_that_do_not_fit_a_registered_task_are_refused_
     assert len(slots_of(db_file(tmp_path), "fits")) == 2
 
 
+async def test_arguments_given_at_run_time_are_refused_naming_the_schedule(
+    tmp_path: Path,
+) -> None:
+    """``create`` and ``update`` refuse arguments that do not fit the task as a
+    declaration does (note 8): the task, the schedule and what the task refused.
+    Before, their ``ValidationError`` named the task only ("task 'report': too many
+    positional arguments")."""
+    rt = make_rt(tmp_path, clock=FakeClock(T0))
+
+    @rt.task
+    async def report(job: JobContext, kind: str) -> None: ...
+
+    with pytest.raises(ValidationError) as declared:
+        rt.schedule("a3", report, "@every 1h", args=(1, 2, 3))
+    async with rt:
+        with pytest.raises(ValidationError) as caught:
+            await rt.schedules.create("a3", report, "@every 1h", args=(1, 2, 3))
+        assert (
+            str(caught.value)
+            == str(declared.value)
+            == (
+                "task 'report': schedule 'a3' would add its jobs with arguments the task "
+                "refuses (args (1, 2, 3), kwargs {}): too many positional arguments"
+            )
+        )
+        assert caught.value.task == "report"
+        await rt.schedules.create("ok", report, "@every 1h", kwargs={"kind": "x"})
+        with pytest.raises(ValidationError) as caught:
+            await rt.schedules.update("ok", kwargs={"nope": 1})
+        assert str(caught.value) == (
+            "task 'report' parameter 'kind': schedule 'ok' would add its jobs with "
+            "arguments the task refuses (args (), kwargs {'nope': 1}): missing a "
+            "required argument: 'kind'"
+        )
+        assert (caught.value.task, caught.value.parameter) == ("report", "kind")
+        infos = await rt.schedules()
+    assert [(i.name, i.kwargs) for i in infos] == [("ok", {"kind": "x"})]  # nothing stored
+
+
 async def test_a_schedule_declared_before_its_task_is_checked_when_the_task_registers(
     tmp_path: Path,
 ) -> None:

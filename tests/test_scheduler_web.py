@@ -170,6 +170,34 @@ async def test_errors(api: Any) -> None:
         }
 
 
+async def test_arguments_the_task_refuses_are_a_422_naming_the_schedule(api: Any) -> None:
+    """As the Python API and a declaration say it (scheduler note 8). Before, the
+    message named the task only ("task 'report': too many positional arguments")."""
+    _, _, client = api
+    post = await client.post(
+        "/schedules",
+        json={"name": "x", "task": "report", "expression": "* * * * *", "args": [1, 2]},
+    )
+    assert (post.status_code, error(post)) == (
+        422,
+        {
+            "code": "validation_error",
+            "message": "task 'report': schedule 'x' would add its jobs with arguments the "
+            "task refuses (args (1, 2), kwargs {}): too many positional arguments",
+            "task": "report",
+            "parameter": None,
+        },
+    )
+    put = await client.put("/schedules/nightly", json={"kwargs": {"k": 1}})
+    assert (put.status_code, error(put)["code"]) == (422, "validation_error"), put.text
+    assert error(put)["message"] == (
+        "task 'report' parameter 'k': schedule 'nightly' would add its jobs with arguments "
+        "the task refuses (args (), kwargs {'k': 1}): got an unexpected keyword argument 'k'"
+    )
+    listed = (await client.get("/schedules")).json()["schedules"]
+    assert [(s["name"], s["kwargs"]) for s in listed] == [("nightly", {"kind": "nightly"})]
+
+
 async def test_a_name_a_url_or_a_header_cannot_carry_is_refused_and_nothing_stored(
     api: Any,
 ) -> None:
