@@ -28,6 +28,7 @@ from taskrt import JobContext, JobInfo, JobNotFound, JobStatus, QueueFull, Runti
 from taskrt.cli import main
 from taskrt.errors import InvalidOption, SchemaTooNew, StoreError
 from taskrt.models import EventType
+from taskrt.scheduler import define
 from taskrt.store import JobStore
 from taskrt.store.groupcommit import ROLLBACK_RETRIES
 from taskrt.store.postgres import PgStore
@@ -1235,6 +1236,45 @@ async def test_a_batch_that_adds_takes_the_ids_before_it_counts_anything(tmp_pat
         assert store.health().ok
         found = await store.get_job(waiting.job_id)
         assert found is not None and found.status is JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize("key", [None, "k"], ids=["one statement", "unique key"])
+async def test_a_batch_that_adds_takes_a_schedules_row_before_the_ids(
+    tmp_path: Path, key: str | None
+) -> None:
+    """Store note 1: a batch that adds and counts the failure of a schedule (scheduler
+    note 6) locks the schedule's row before ``job_ids``, as a fire does (the row,
+    then its add: scheduler note 7). Here the "fire" holds the row, the batch waits
+    for it holding no ids, and the fire's add goes on. The batch used to take the
+    ids first (its one statement, or its transaction) and then wait for the row
+    while the fire waited for the ids: a deadlock, which failed the fire or had the
+    batch written again a second later."""
+    base, schema = pg_server.require(), pg_server.fresh_schema(tmp_path)
+    async with open_store("postgres", tmp_path) as store:
+        assert isinstance(store, PgStore)
+        async with store.transaction() as tx:
+            await tx.insert_schedule(define("tick", "t", "@every 1h"), None, 1.0)
+        settings = {"search_path": schema, "deadlock_timeout": "100ms"}
+        fire, watcher = [await asyncpg.connect(base, server_settings=settings) for _ in range(2)]
+        try:
+            held = fire.transaction()
+            await held.start()
+            await fire.execute("SELECT 1 FROM schedules WHERE name = 'tick' FOR UPDATE")
+            # One batch: queued without a yield between them.
+            failed = store.schedule_failed("tick")
+            added = store.insert([new_job(unique_key=key)])
+            await blocked_by(watcher, fire, "the batch")
+            await fire.fetchval("SELECT last FROM job_ids WHERE one = 1 FOR UPDATE")
+            await held.commit()
+            await asyncio.wait_for(failed, 5)
+            [job] = await asyncio.wait_for(added, 5)
+            assert isinstance(job, InsertResult) and job.created
+        finally:
+            await fire.close()
+            await watcher.close()
+        assert store.health().ok
+        [info] = await store.schedules()
+        assert info.failures == 1
 
 
 async def test_a_statement_writes_every_row_before_it_counts(tmp_path: Path) -> None:

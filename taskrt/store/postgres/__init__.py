@@ -13,7 +13,11 @@ Notes of this backend (cited where they apply):
    before any row of ``job_counts`` (note 12), as the add's own statement
    does: one that counted its other writes first and then waited for the
    ids, while an add on a connection of the same lane held the ids and
-   waited for that count, was a deadlock (``writer._ids_first``).
+   waited for that count, was a deadlock (``writer._ids_first``). It takes
+   it after the row of any schedule it writes: a fire and a ``run_now`` lock
+   their schedule's row before they add (scheduler note 7), and a batch that
+   adds and counts failures of schedules locks those rows first, in name
+   order (``writer._failed_schedules``), never in its one statement.
 2. **Versioned migrations in a schema of the user's choice** (``?schema=``,
    default ``taskrt``). Opening runs them from the recorded version
    (``meta.schema.version``) in one transaction under an advisory lock, so

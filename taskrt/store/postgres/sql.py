@@ -332,6 +332,11 @@ SQL_SET_LAST_ID_KEPT = (
     "UPDATE job_ids SET last = $1 WHERE one = 1 "
     f"RETURNING CASE WHEN $1 > {_ISSUED} THEN setval('job_ids_issued', $1) END"
 )
+# The rows of the schedules whose failures a batch that adds counts, locked before
+# ``job_ids`` (note 1; writer ``_failed_schedules``), in name order.
+SQL_LOCK_SCHEDULES = (
+    "SELECT 1 FROM schedules WHERE name = ANY($1::text[]) ORDER BY name FOR NO KEY UPDATE"
+)
 # A pool's waiting jobs, read by an add holding ``job_ids`` (writer ``_room``): in a
 # statement of its own, after the lock, its snapshot holds every add before it.
 SQL_WAITING_OF = (

@@ -53,6 +53,7 @@ from .sql import (
     SQL_HOLDERS,
     SQL_INSERT,
     SQL_LAST_ID,
+    SQL_LOCK_SCHEDULES,
     SQL_NOTIFY,
     SQL_PARENTS_FOUND,
     SQL_PROBE,
@@ -459,8 +460,9 @@ class PgBatches:
 
     async def write(self, batch: Batch, progress: ProgressRows) -> Results:
         """One statement when the batch touches each row once and its adds have no
-        unique key and no chosen id (the usual batch: its own transaction, one round
-        trip); else one transaction of a statement per pack, then the adds."""
+        unique key and no chosen id, and come with no failure of a schedule (the
+        usual batch: its own transaction, one round trip); else one transaction of
+        a statement per pack, then the adds."""
         try:
             return await self._write(batch, progress)
         except LOST:
@@ -506,8 +508,11 @@ class PgBatches:
         changed: list[Any] = []
         results: Results = []
         apart = bool(groups) and not plain  # the adds go through ``insert_jobs``
+        # Adds with failures of schedules: the schedules' rows first (note 1), so
+        # never the one statement, which takes the ids first.
+        schedules = _failed_schedules(batch) if groups else []
         conn = await self.connection()
-        if len(planned) <= 1 and not apart and (not counted or gated):
+        if len(planned) <= 1 and not apart and (not counted or gated) and not schedules:
             if planned:
                 changed = await run_pack(conn, planned[0])
             if gated and not any(pool is None and status is None for pool, status, _ in changed):
@@ -524,6 +529,8 @@ class PgBatches:
                     changed.extend(await tally.apply(conn))
         else:
             async with conn.transaction():
+                if schedules:
+                    await conn.execute(SQL_LOCK_SCHEDULES, schedules)
                 last = await _ids_first(conn) if apart or counted else None
                 if counted:
                     assert capacity_of is not None
@@ -582,6 +589,9 @@ class PgBatches:
         conn = await self.connection()
         async with conn.transaction():
             if batch.inserts:
+                schedules = _failed_schedules(batch)
+                if schedules:
+                    await conn.execute(SQL_LOCK_SCHEDULES, schedules)
                 await _ids_first(conn)  # held past the savepoints: theirs would not be
             for progress_id, row in progress.items():
                 _, error = await _alone(conn, run_pack, conn, progress_groups({progress_id: row}))
@@ -668,6 +678,17 @@ async def _ids_first(conn: asyncpg.Connection) -> int:
     for that count (a shared lane, note 12), was a deadlock the server broke by
     rolling one back. The last issued id."""
     return int(await conn.fetchval(SQL_LAST_ID))
+
+
+def _failed_schedules(batch: Batch) -> list[str]:
+    """The schedules whose failures ``batch`` counts (scheduler note 6), by name.
+
+    A transaction that also adds jobs locks their rows before ``job_ids`` (note 1),
+    as a fire or a ``run_now`` locks its schedule's row before its add (scheduler
+    note 7): a batch that took the ids and then waited for the row a fire held,
+    while the fire waited for the ids, was a deadlock the server broke by rolling
+    one back (the batch written again a second later, or the fire failed)."""
+    return sorted({str(params[0]) for op, params, _ in batch.statements if op is SCHEDULE_FAILED})
 
 
 async def _alone(conn: asyncpg.Connection, fn: Any, *args: Any) -> tuple[Any, BaseException | None]:
