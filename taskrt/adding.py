@@ -158,7 +158,7 @@ class Adding:
         spec, opts = self.resolve_parts(task)
         if len(calls) > 1 and opts.unique_key is not None:
             raise InvalidOption("unique_key", "a unique key applies to one job, not to add_many")
-        jobs, new_state = self._prepare(pool.name, spec, opts, calls, self.clock.now())
+        jobs, calls, new_state = self._prepare(pool.name, spec, opts, calls, self.clock.now())
         if opts.unique_key is not None and self.owning():
             existing = self.live.holder(opts.unique_key)
             if existing is not None:
@@ -231,10 +231,11 @@ class Adding:
         now: float,
         *,
         takes_input: bool = False,
-    ) -> tuple[list[NewJob], NewState]:
-        """Check and encode ``calls`` of one task: the rows to insert, and how each
-        becomes its in-memory state once committed. ``takes_input``: its first
-        argument will be its parents' results (a workflow's step)."""
+    ) -> tuple[list[NewJob], list[tuple[tuple[Any, ...], dict[str, Any]]], NewState]:
+        """Check and encode ``calls`` of one task: the rows to insert, the calls as the
+        task takes them (``TaskSpec.validate``: ``3.0`` for an ``int`` is ``3``), and
+        how each becomes its in-memory state once committed. ``takes_input``: its
+        first argument will be its parents' results (a workflow's step)."""
         limits = self.limits
         if opts.run_at is not None:
             run_at = opts.run_at
@@ -256,6 +257,7 @@ class Adding:
         if opts.unique_key is not None:
             check_text(opts.unique_key, "unique_key", max_bytes=limits.max_key_bytes)
         jobs: list[NewJob] = []
+        checked: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         external = self.marks_external()
         what = f"the arguments of task {spec.name!r}"
         after = opts.after or ()
@@ -267,11 +269,16 @@ class Adding:
                     raise ValidationError(
                         spec.name, "a job of a batched task takes one argument: its item"
                     )
-                spec.validate(([args[0]],), {})  # the handler gets the list of items
+                # The handler gets the list of items.
+                ((items,), _) = spec.validate(([args[0]],), {})
+                args = (items[0],)
             elif takes_input:
-                spec.validate((LATER, *args), kwargs)  # its parents' results come first
+                # Its parents' results come first.
+                (_, *given), kwargs = spec.validate((LATER, *args), kwargs)
+                args = tuple(given)
             else:
-                spec.validate(args, kwargs)
+                args, kwargs = spec.validate(args, kwargs)
+            checked.append((args, kwargs))
             args_json = (
                 encode(
                     list(args),
@@ -354,7 +361,7 @@ class Adding:
                 _link(state, job)
             return state
 
-        return jobs, new_state
+        return jobs, checked, new_state
 
     async def add_flow(self, steps: list[FlowStep], *, tx: Transaction | Any = None) -> list[int]:
         """Add a workflow's jobs in one transaction, all or nothing (``taskrt.workflows``):
@@ -381,7 +388,7 @@ class Adding:
             if first.after:
                 opts = dataclasses.replace(opts, after=first.after + (opts.after or ()))
             run = [(s.signature.args, dict(s.signature.kwargs)) for s in steps[at:end]]
-            made, new_state = self._prepare(
+            made, run, new_state = self._prepare(
                 spec.pool, spec, opts, run, now, takes_input=first.inputs is not None
             )
             inputs = first.inputs

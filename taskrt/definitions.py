@@ -38,6 +38,11 @@ from .rates import Rate, parse_rate
 from .retry import NO_DELAY, RetryPolicy, parse_attempts, parse_duration, parse_retry
 
 CallStyle = Literal["context", "id", "plain"]
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]
+"""A job's positional and keyword arguments."""
+ArgsValidator = Callable[[tuple[Any, ...], dict[str, Any]], Arguments | None]
+"""A task's check of a job's arguments: ``ValidationError`` when they do not fit,
+else the arguments as the job takes them (``None``: as given)."""
 
 DEFAULT_POOL = "default"  # the pool of every task that names none
 
@@ -131,7 +136,7 @@ class TaskSpec:
     call: CallStyle = "context"
     hooks: Hooks = field(default_factory=Hooks)
     parameters: dict[str, Any] | None = None
-    validator: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None
+    validator: ArgsValidator | None = None
     description: str = ""
     display_name: str = ""
     source: str | None = None
@@ -157,12 +162,15 @@ class TaskSpec:
         (a Yao task's ``worker_nums`` and ``size``, for the pool named after it)."""
         return self.pool_concurrency is not None or self.pool_capacity is not None
 
-    def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Raise ``ValidationError`` when the arguments do not fit the task."""
+    def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments:
+        """The arguments as a job of the task takes them; ``ValidationError`` when they
+        do not fit. A whole float where the parameters want an integer is that
+        integer (``taskrt.params`` note 5); anything else is returned as given."""
         if self.validator is not None:
-            self.validator(args, kwargs)
-            return
+            fitted = self.validator(args, kwargs)
+            return (args, kwargs) if fitted is None else fitted
         _bind_check(self, args, kwargs)
+        return args, kwargs
 
 
 def pool_clash(
@@ -592,7 +600,5 @@ def make_spec(
     )
 
 
-def with_validator(
-    spec: TaskSpec, validator: Callable[[tuple[Any, ...], dict[str, Any]], None]
-) -> TaskSpec:
+def with_validator(spec: TaskSpec, validator: ArgsValidator) -> TaskSpec:
     return replace(spec, validator=validator)

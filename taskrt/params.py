@@ -32,6 +32,15 @@ Design notes (cited as "note N" where they apply):
    ``TypedDict``, dataclasses and ``Annotated[X, {...extra schema...}]``.
    Anything else (``Any``, a class, a hint that does not resolve) adds no
    constraint: the derived schema never rejects what the hint cannot describe.
+5. **A whole float is an integer where the schema wants one.** JSON does not
+   tell ``3`` from ``3.0``, and JSON Schema's ``integer`` takes both (from
+   draft 6), but a handler of ``n: int`` fails on ``3.0``. So before a value is
+   checked, each whole float the schema would refuse if ``integer`` meant an
+   ``int`` (a failing ``type`` check that names ``integer``, found by checking
+   the value that way, inside ``anyOf`` and the like too) becomes that ``int``,
+   at any depth; the job stores it and the handler gets it. A whole float the
+   schema takes anyway (a ``number``, ``int | float``, no constraint) stays a
+   float. The value is copied where it changes, never changed in place.
 
 The module is long because schema derivation from type hints (note 4) and
 validation are one concept with one set of notes.
@@ -50,7 +59,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from jsonschema import FormatChecker, validators
+from jsonschema import FormatChecker, TypeChecker, validators
 from jsonschema.exceptions import ValidationError as SchemaViolation
 from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
@@ -59,7 +68,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from .definitions import TaskSpec
+from .definitions import ArgsValidator, Arguments, TaskSpec
 from .errors import InvalidOption, ValidationError
 
 __all__ = [
@@ -103,9 +112,6 @@ def _is_int64(instance: object) -> bool:
     if isinstance(instance, bool) or not isinstance(instance, int):
         return True
     return -(2**63) <= instance < 2**63
-
-
-ArgsValidator = Callable[[tuple[Any, ...], dict[str, Any]], None]
 
 
 def attach(spec: TaskSpec) -> TaskSpec:
@@ -343,10 +349,14 @@ def _explicit_validator(spec: TaskSpec, schema: Mapping[str, Any]) -> ArgsValida
     task = spec.name
     bind = bind_check(spec)
 
-    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments | None:
+        fitted: Arguments | None = None
         if shape == "object":
             if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
                 instance: Any = dict(args[0])
+                found = _check_object(task, compiled, instance)
+                if found is not instance:
+                    fitted = (found,), kwargs
             elif args:
                 raise ValidationError(
                     task,
@@ -354,21 +364,28 @@ def _explicit_validator(spec: TaskSpec, schema: Mapping[str, Any]) -> ArgsValida
                     "argument(s)",
                 )
             else:
-                instance = kwargs
-            _check_object(task, compiled, instance)
+                found = _check_object(task, compiled, kwargs)
+                if found is not kwargs:
+                    fitted = args, found
         elif shape == "array":
             if kwargs:
                 name = sorted(kwargs)[0]
                 raise ValidationError(task, "takes positional arguments only", parameter=name)
-            _check_array(task, compiled, list(args))
+            given = list(args)
+            items = _check_array(task, compiled, given)
+            if items is not given:
+                fitted = tuple(items), kwargs
         else:
             if kwargs or len(args) != 1:
                 raise ValidationError(
                     task, f"takes exactly one argument, found {len(args) + len(kwargs)}"
                 )
-            _check_value(task, compiled, args[0], parameter=None)
+            found = _check_value(task, compiled, args[0], parameter=None)
+            if found is not args[0]:
+                fitted = (found,), kwargs
         if bind is not None:
             bind(args, kwargs)
+        return fitted
 
     return validate
 
@@ -382,10 +399,12 @@ def _shape(schema: Mapping[str, Any]) -> str:
     return "value"
 
 
-def _check_object(task: str, compiled: Validator, instance: dict[str, Any]) -> None:
+def _check_object(task: str, compiled: Validator, instance: dict[str, Any]) -> dict[str, Any]:
+    """``instance`` as it fits (note 5), else ``ValidationError`` naming the property."""
+    instance = _with_integers(compiled, instance)
     error = _best_error(task, compiled, instance)
     if error is None:
-        return
+        return instance
     path = list(error.absolute_path)
     if path:
         raise ValidationError(task, _message(error.message, path[1:]), parameter=str(path[0]))
@@ -393,10 +412,12 @@ def _check_object(task: str, compiled: Validator, instance: dict[str, Any]) -> N
     raise ValidationError(task, _clip(error.message), parameter=parameter)
 
 
-def _check_array(task: str, compiled: Validator, instance: list[Any]) -> None:
+def _check_array(task: str, compiled: Validator, instance: list[Any]) -> list[Any]:
+    """``instance`` as it fits (note 5), else ``ValidationError`` naming the argument."""
+    instance = _with_integers(compiled, instance)
     error = _best_error(task, compiled, instance)
     if error is None:
-        return
+        return instance
     path = list(error.absolute_path)
     if path:
         raise ValidationError(
@@ -405,12 +426,88 @@ def _check_array(task: str, compiled: Validator, instance: list[Any]) -> None:
     raise ValidationError(task, _clip(error.message))
 
 
-def _check_value(task: str, compiled: Validator, value: Any, *, parameter: str | None) -> None:
+def _check_value(task: str, compiled: Validator, value: Any, *, parameter: str | None) -> Any:
+    """``value`` as it fits (note 5), else ``ValidationError`` naming ``parameter``."""
+    value = _with_integers(compiled, value)
     error = _best_error(task, compiled, value)
     if error is not None:
         raise ValidationError(
             task, _message(error.message, list(error.absolute_path)), parameter=parameter
         )
+    return value
+
+
+def _strict_int(checker: TypeChecker, instance: object) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+@functools.cache
+def _strict(cls: type[Validator]) -> type[Validator]:
+    """``cls`` where ``integer`` means an ``int`` (note 5)."""
+    checker = cls.TYPE_CHECKER.redefine("integer", _strict_int)
+    strict: type[Validator] = validators.extend(cls, type_checker=checker)  # type: ignore[no-untyped-call]
+    return strict
+
+
+def _with_integers(compiled: Validator, value: Any) -> Any:
+    """``value`` with each whole float that ``compiled`` takes only as an integer made
+    that ``int`` (note 5); ``value`` itself when there is none.
+
+    Whatever else is wrong with ``value`` is left to the check that follows: a
+    schema that cannot be followed (an endless or unresolvable ``$ref``) changes
+    nothing here, and is reported there.
+    """
+    if not _has_whole_float(value):
+        return value
+    strict = _strict(type(compiled))(
+        compiled.schema, format_checker=FORMAT_CHECKER, registry=Registry()
+    )
+    paths: set[tuple[str | int, ...]] = set()
+    try:
+        errors = list(strict.iter_errors(value))
+    except (Unresolvable, RecursionError):
+        return value
+    while errors:
+        error = errors.pop()
+        errors.extend(error.context or ())
+        if error.validator == "type" and _is_whole_float(error.instance):
+            wanted = error.validator_value
+            if wanted == "integer" or (isinstance(wanted, list) and "integer" in wanted):
+                paths.add(tuple(error.absolute_path))
+    return _ints_at(value, paths) if paths else value
+
+
+def _is_whole_float(value: object) -> bool:
+    return type(value) is float and value.is_integer()
+
+
+def _has_whole_float(value: Any) -> bool:
+    """Whether a whole float is anywhere in ``value`` (a walk, not a recursion: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            if item.is_integer():
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return False
+
+
+def _ints_at(value: Any, paths: set[tuple[str | int, ...]]) -> Any:
+    """A copy of ``value`` with the whole float at each of ``paths`` an ``int``; the
+    lists and objects on no path are shared, not copied."""
+    if () in paths:
+        return int(value) if _is_whole_float(value) else value
+    below: dict[str | int, set[tuple[str | int, ...]]] = {}
+    for path in paths:
+        below.setdefault(path[0], set()).add(path[1:])
+    copy: Any = list(value) if isinstance(value, list) else dict(value)
+    for key, rest in below.items():
+        copy[key] = _ints_at(value[key], rest)
+    return copy
 
 
 def _root_parameter(
@@ -539,13 +636,14 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
     )
     simple = len(plain_names) == len(sig.parameters)
 
-    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments | None:
         if simple and not kwargs and len(args) == len(plain_names):
             if not compiled:
-                return  # bound, and nothing to check (no parameter is annotated)
+                return None  # bound, and nothing to check (no parameter is annotated)
             arguments: Mapping[str, Any] = dict(zip(plain_names, args, strict=True))
         else:
             arguments = _bind(task, sig, args, kwargs).arguments
+        fitted: dict[str, Any] = {}
         for name, value in arguments.items():
             check = compiled.get(name)
             if check is None or value is LATER:
@@ -555,15 +653,62 @@ def _from_signature(spec: TaskSpec) -> tuple[dict[str, Any], ArgsValidator]:
                 continue
             kind = kinds[name]
             if kind is inspect.Parameter.VAR_POSITIONAL:
-                for index, item in enumerate(value):
+                found: Any = tuple(
                     _check_value(task, check, item, parameter=f"{name}[{index}]")
+                    for index, item in enumerate(value)
+                )
+                changed = any(a is not b for a, b in zip(found, value, strict=True))
             elif kind is inspect.Parameter.VAR_KEYWORD:
-                for key, item in value.items():
-                    _check_value(task, check, item, parameter=key)
+                found = {
+                    key: _check_value(task, check, item, parameter=key)
+                    for key, item in value.items()
+                }
+                changed = any(found[key] is not item for key, item in value.items())
             else:
-                _check_value(task, check, value, parameter=name)
+                found = _check_value(task, check, value, parameter=name)
+                changed = found is not value
+            if changed:
+                fitted[name] = found
+        return _put_back(sig, args, kwargs, fitted) if fitted else None
 
     return schema, validate
+
+
+def _put_back(
+    sig: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any], fitted: dict[str, Any]
+) -> Arguments:
+    """``args`` and ``kwargs`` with the values of ``fitted`` (bound arguments by
+    parameter name) where they were given: each stays positional or keyword as it was."""
+    positional: list[str] = []
+    by_keyword: set[str] = set()
+    rest_args = rest_kwargs = ""
+    for param in sig.parameters.values():
+        if param.kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            positional.append(param.name)
+        if param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            by_keyword.add(param.name)
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            rest_args = param.name
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            rest_kwargs = param.name
+    new_args = list(args)
+    for index in range(len(args)):
+        if index < len(positional):
+            if positional[index] in fitted:
+                new_args[index] = fitted[positional[index]]
+        elif rest_args in fitted:
+            new_args[index] = fitted[rest_args][index - len(positional)]
+    new_kwargs = dict(kwargs)
+    for key in kwargs:
+        if key in by_keyword:
+            if key in fitted:
+                new_kwargs[key] = fitted[key]
+        elif rest_kwargs in fitted:
+            new_kwargs[key] = fitted[rest_kwargs][key]
+    return tuple(new_args), new_kwargs
 
 
 class _Later:

@@ -85,7 +85,9 @@ Design notes (cited where they apply, pinned by tests/test_scheduler.py):
    at start are registered before any declaration is stored, so the start
    fails and stores nothing). A declaration naming a task this process does
    not register is stored unchecked (another process may run it); its slots
-   record why they added no job (``last_error``).
+   record why they added no job (``last_error``). A definition checked at once
+   is stored with its arguments as the task takes them (``3.0`` for an ``int``
+   is ``3``, ``taskrt.params`` note 5); every fire's job is checked as any add.
 
 The module is long because a schedule's whole life is here: the definition's
 checks, the Python API, and the owner's loop, which share the row and its
@@ -97,6 +99,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -291,11 +294,13 @@ def check_schedule_name(name: Any) -> str:
     return name
 
 
-def check_arguments(definition: ScheduleDefinition, spec: TaskSpec) -> None:
-    """``definition``'s args and kwargs fit ``spec`` (note 8), else ``ValidationError``
-    naming the task, the schedule and what the task refused."""
+def check_arguments(definition: ScheduleDefinition, spec: TaskSpec) -> ScheduleDefinition:
+    """``definition`` with its args and kwargs as ``spec`` takes them (note 8: a
+    ``3.0`` for an ``int`` is ``3``), else ``ValidationError`` naming the task, the
+    schedule and what the task refused."""
     try:
-        spec.validate(definition.args, dict(definition.kwargs))
+        given = dict(definition.kwargs)
+        args, kwargs = spec.validate(definition.args, given)
     except ValidationError as exc:
         where = f" parameter {exc.parameter!r}" if exc.parameter else ""
         reason = str(exc).removeprefix(f"task {exc.task!r}{where}: ")
@@ -306,6 +311,9 @@ def check_arguments(definition: ScheduleDefinition, spec: TaskSpec) -> None:
             f"{reason}",
             parameter=exc.parameter,
         ) from None
+    if args is definition.args and kwargs is given:
+        return definition
+    return dataclasses.replace(definition, args=tuple(args), kwargs=kwargs)
 
 
 def _looked_up(name: Any) -> None:
@@ -463,7 +471,7 @@ class Scheduler:
         note 8)."""
         spec = self._rt.tasks.get(definition.task)
         if spec is not None:
-            check_arguments(definition, spec)
+            definition = check_arguments(definition, spec)
         self._declare(definition)
         return definition
 
@@ -551,21 +559,22 @@ class Scheduler:
         definition = define(
             name, task, cron, args=args, kwargs=kwargs, pool=pool, tz=tz, misfire=misfire
         )
-        self._check_task(definition)
+        definition = self._check_task(definition)
         [(info, changed)] = await self._upsert([definition], replace=replace)
         return info, changed
 
-    def _check_task(self, definition: ScheduleDefinition) -> None:
+    def _check_task(self, definition: ScheduleDefinition) -> ScheduleDefinition:
         """A schedule given at run time names a task registered here and, if any, a
         pool declared here, as ``POST /jobs`` does: its fires would otherwise all be
         refused, or create a pool of whatever name it gave. Its arguments must fit
-        the task, refused as a declaration's are (``check_arguments``, note 8)."""
+        the task, refused as a declaration's are, and are returned as the task takes
+        them (``check_arguments``, note 8)."""
         spec = self._rt.tasks.get(definition.task)
         if spec is None:
             raise TaskNotFound(definition.task)
         if definition.pool is not None and definition.pool not in self._rt.pools:
             raise PoolNotFound(definition.pool)
-        check_arguments(definition, spec)
+        return check_arguments(definition, spec)
 
     async def _upsert(
         self, definitions: Sequence[ScheduleDefinition], *, replace: bool, declared: bool = False
@@ -716,7 +725,9 @@ class Scheduler:
             new = merged(d)
             if new.canonical() == d.canonical():
                 return False
-            self._check_task(new)
+            new = self._check_task(new)
+            if new.canonical() == d.canonical():
+                return False  # the same once the task took its arguments
             await conn.define_schedule(new, _next_after_change(info, new, now), now)
             return True
 

@@ -319,3 +319,70 @@ def test_a_pattern_python_cannot_compile_is_not_a_regex(pattern: str) -> None:
         spec.validate((pattern,), {})
     assert refused.value.parameter == "pattern"
     assert "refers to itself" not in str(refused.value)
+
+
+# -- a whole float where an integer is wanted (note 5) -----------------------------------
+
+
+def _same(found: Any, expected: Any) -> bool:
+    """Equal and of the same types all the way down (``3 == 3.0`` is not enough)."""
+    if type(found) is not type(expected):
+        return False
+    if isinstance(expected, list | tuple):
+        return len(found) == len(expected) and all(map(_same, found, expected))
+    if isinstance(expected, dict):
+        return found.keys() == expected.keys() and all(_same(found[k], expected[k]) for k in found)
+    return bool(found == expected)
+
+
+def test_a_whole_float_for_an_int_is_that_int_at_any_depth() -> None:
+    """JSON Schema's ``integer`` takes ``3.0``, so a job stored it as it came and a
+    handler of ``n: int`` got a float (``"ab" * 3.0`` is a TypeError): the
+    arguments the job takes have the int, positional or keyword as given, in
+    lists, objects and unions too; a float where a float fits stays one."""
+
+    def handler(
+        job: Any,
+        n: int,
+        ns: list[int],
+        address: Address,
+        maybe: int | None = None,
+        either: int | float = 0,
+        x: float = 0.0,
+        anything: Any = None,
+        *rest: int,
+        **more: int,
+    ) -> None: ...
+
+    spec = attach(make_spec(handler))
+    given_args = (3.0, [1.0, 2, 2.5e1], {"city": "x", "zip": 75001.0}, 4.0, 5.0, 6.0, 7.0, 8.0)
+    given_kwargs = {"more": 9.0}
+    args, kwargs = spec.validate(given_args, given_kwargs)
+    assert _same(args, (3, [1, 2, 25], {"city": "x", "zip": 75001}, 4, 5.0, 6.0, 7.0, 8))
+    assert _same(kwargs, {"more": 9})
+    assert _same(given_args[1], [1.0, 2, 2.5e1])  # the caller's values are not changed
+    args, kwargs = spec.validate((), {"n": 3.0, "ns": [], "address": {"city": "x"}})
+    assert _same((args, kwargs), ((), {"n": 3, "ns": [], "address": {"city": "x"}}))
+    plain = (1, [2], {"city": "x"})
+    assert spec.validate(plain, {})[0] is plain  # nothing to change: the same values
+    assert "3.5 is not of type 'integer'" in str(_error(spec, 3.5, [], {"city": "x"}))
+    assert _error(spec, 1, [1.5], {"city": "x"}).parameter == "ns"
+
+
+def test_a_whole_float_for_an_explicit_integer_is_that_int() -> None:
+    spec = _anchor()
+    args, kwargs = spec.validate((), {"userId": 7.0, "templateId": "w", "variables": {"n": 1.0}})
+    assert _same(kwargs, {"userId": 7, "templateId": "w", "variables": {"n": 1.0}})
+    args, kwargs = spec.validate(({"userId": 7.0, "templateId": "w"},), {})
+    assert _same(args, ({"userId": 7, "templateId": "w"},))
+    # As the integer it is, 2**31 is no int32: the check names it as such.
+    assert "2147483648 is not a 'int32'" in str(_error(spec, userId=2.0**31, templateId="w"))
+
+    def handler(*args: Any, **kwargs: Any) -> None: ...
+
+    union = {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]}}
+    spec = attach(make_spec(handler, name="u", call="plain", parameters=union))
+    assert _same(spec.validate((1.0, "a", 2), {}), ((1, "a", 2), {}))
+    number = {"anyOf": [{"type": "integer", "maximum": 0}, {"type": "number"}]}
+    spec = attach(make_spec(handler, name="n", call="plain", parameters=number))
+    assert _same(spec.validate((3.0,), {}), ((3.0,), {}))  # a number fits: stays a float

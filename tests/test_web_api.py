@@ -155,6 +155,62 @@ async def test_a_job_argument_named_tx_reaches_the_handler(
     assert (await rt.wait(r.json()["id"], timeout=5)).result == "mine"
 
 
+async def test_a_whole_float_for_an_int_parameter_is_that_int_everywhere(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """``/tasks`` publishes ``n: int`` as ``{"type": "integer"}``, which takes ``3.0``,
+    and the body fields take ``5.0`` as ``5``: a job (over HTTP or from Python, a
+    schedule's, a workflow's step) stored ``3.0`` as it came and its handler got a
+    float (``"ab" * 3.0``: TypeError). Now the job stores the int, and the handler
+    gets it; a whole float where a float fits stays one."""
+    db, options = target
+    rt = Runtime(db, **options)
+
+    @rt.task
+    async def repeat(job: JobContext, n: int, ns: list[int] | None = None, x: float = 0) -> str:
+        kinds = [type(v).__name__ for v in (n, *(ns or ()), x)]
+        return " ".join(kinds) + " " + "ab" * n
+
+    def ints(job: dict[str, Any]) -> tuple[Any, ...]:
+        values = (*job["args"], *job["kwargs"].values())
+        return tuple((type(v).__name__, v) for v in values)
+
+    async with rt, client_for(create_app(rt)) as client, asyncio.timeout(20):
+        r = await client.post("/jobs", json={"task": "repeat", "kwargs": {"n": 3.0, "x": 2.0}})
+        assert r.status_code == 201, r.text
+        assert ints(r.json()) == (("int", 3), ("float", 2.0))
+        assert (await rt.wait(r.json()["id"], timeout=5)).result == "int float ababab"
+        r = await client.post("/jobs", json={"task": "repeat", "args": [2.0, [1.0, 2]]})
+        assert r.status_code == 201, r.text
+        assert r.json()["args"] == [2, [1, 2]] and ints(r.json())[0] == ("int", 2)
+        assert (await rt.wait(r.json()["id"], timeout=5)).result == "int int int int abab"
+        r = await client.post("/jobs", json={"task": "repeat", "kwargs": {"n": 2.5}})
+        assert r.status_code == 422 and error_of(r)["parameter"] == "n"
+
+        job_id = await rt.pool("default").add(repeat, 1.0)
+        assert (await rt.wait(job_id, timeout=5)).result == "int int ab"
+        assert ints((await client.get(f"/jobs/{job_id}")).json()) == (("int", 1),)
+
+        r = await client.post(
+            "/workflows", json={"chain": [{"task": "repeat", "kwargs": {"n": 1.0}}]}
+        )
+        assert r.status_code == 201, r.text
+        [step] = r.json()["jobs"]
+        assert (await rt.wait(step, timeout=5)).result == "int int ab"
+        assert ints((await client.get(f"/jobs/{step}")).json()) == (("int", 1),)
+
+        schedule = {"name": "s", "task": "repeat", "expression": "0 0 1 1 *"}
+        r = await client.post("/schedules", json={**schedule, "kwargs": {"n": 2.0}})
+        assert r.status_code == 201, r.text
+        assert r.json()["kwargs"] == {"n": 2} and type(r.json()["kwargs"]["n"]) is int
+        r = await client.put("/schedules/s", json={"kwargs": {"n": 1.0}})
+        assert r.status_code == 200, r.text
+        assert type(r.json()["kwargs"]["n"]) is int
+        r = await client.post("/schedules/s/run")
+        assert r.status_code == 201, r.text
+        assert (await rt.wait(r.json()["id"], timeout=5)).result == "int int ab"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import params as parameters_module
-from ..definitions import CallStyle, TaskSpec
+from ..definitions import Arguments, CallStyle, TaskSpec
 from ..errors import in_thread
 from .common import accepts_keyword, is_async
 
@@ -242,9 +242,10 @@ def with_bind_check(spec: TaskSpec, target: Callable[..., Any], call: CallStyle)
         return spec
     checked_bind = bind
 
-    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        schema_check(args, kwargs)
-        checked_bind((), params_of(args, kwargs))
+    def validate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments | None:
+        fitted = schema_check(args, kwargs)
+        checked_bind((), params_of(*(fitted or (args, kwargs))))
+        return fitted
 
     return replace(spec, validator=validate)
 
