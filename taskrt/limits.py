@@ -46,6 +46,8 @@ INT64_MAX = (1 << 63) - 1
 EXACT_FLOAT_BOUND = 1 << 53
 MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last second a date can show
 MAX_DURATION = 100 * 365.25 * 86_400.0  # a hundred years, in seconds
+#: An age no job reaches at any time (note 1: times lie between 1970 and MAX_TIME).
+AGE_OF_NO_JOB = MAX_TIME + 1.0
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
 
@@ -356,6 +358,7 @@ def shown(value: Any) -> str:
 
 
 __all__ = [
+    "AGE_OF_NO_JOB",
     "DEFAULT_LIMITS",
     "EXACT_FLOAT_BOUND",
     "INT64_MAX",

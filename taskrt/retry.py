@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from .errors import InvalidOption
-from .limits import INT64_MAX, MAX_DURATION, shown
+from .limits import AGE_OF_NO_JOB, INT64_MAX, MAX_DURATION, shown
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # ASCII digits only: ``\d`` and ``float`` also read "٣", "1_000" or "²".
@@ -30,6 +30,26 @@ _SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?")
 
 def parse_duration(value: Any, *, field: str = "duration", source: str | None = None) -> float:
     """Seconds from ``"200ms"``, ``"30s"``, ``"1h30m"``, ``"1d"`` or a number of seconds."""
+    return _bounded(_seconds_of(value, field, source), value, field, source)
+
+
+def parse_age(value: Any, *, field: str = "older_than") -> float:
+    """How long ago, for a filter of jobs by when they were created: what
+    ``parse_duration`` reads, finite and 0 or more, of any length. An age beyond
+    the hundred years a duration may have is no error: from ``AGE_OF_NO_JOB`` on
+    it matches no job, and is read as that (a number JSON carries)."""
+    seconds = _seconds_of(value, field, None)
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        raise InvalidOption(field, f"expected a finite age in seconds, found {shown(value)}")
+    try:
+        number = float(seconds)
+    except OverflowError:  # an int no float holds: older than any job all the same
+        number = AGE_OF_NO_JOB
+    return min(number, AGE_OF_NO_JOB) + 0.0
+
+
+def _seconds_of(value: Any, field: str, source: str | None) -> float:
+    """The seconds ``value`` says, 0 or more, however many (``math.inf`` too)."""
     if isinstance(value, bool):
         raise InvalidOption(
             field, f"expected a duration like '30s', found {shown(value)}", source=source
@@ -39,7 +59,7 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
             raise InvalidOption(
                 field, f"a duration cannot be negative, found {shown(value)}", source=source
             )
-        return _bounded(value, value, field, source)
+        return value
     if not isinstance(value, str):
         raise InvalidOption(
             field, f"expected a duration like '30s', found {type(value).__name__}", source=source
@@ -51,13 +71,13 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
         )
     if _SECONDS.fullmatch(text.removeprefix("-")):
         number = float(text)
-        if number < 0 or number == float("inf"):
+        if number < 0:
             raise InvalidOption(
                 field,
                 f"expected a duration of 0 or more seconds, found {shown(value)}",
                 source=source,
             )
-        return _bounded(number, value, field, source)
+        return number
     pos = 0
     total = 0.0
     for match in _PART.finditer(text):
@@ -72,7 +92,7 @@ def parse_duration(value: Any, *, field: str = "duration", source: str | None = 
             "(e.g. '200ms', '30s', '1h30m')",
             source=source,
         )
-    return _bounded(total, value, field, source)
+    return total
 
 
 def _bounded(seconds: float, given: Any, field: str, source: str | None) -> float:

@@ -164,7 +164,7 @@ from .relay import (
     relay_address,
 )
 from .retention import DEFAULT_AGES
-from .retry import parse_duration
+from .retry import parse_age
 from .scheduler import ScheduleDefinition, Scheduler, define
 from .store import JobStore, NewJob, Store, Synchronous, is_server_url
 from .stream import JobStream, snapshot_event
@@ -2394,12 +2394,12 @@ class Runtime:
         ),
     ) -> int:
         """Delete finished jobs (and their attempts) older than ``older_than`` (seconds,
-        a duration like ``"7d"``, or a ``timedelta``; 0 or more); ids are never reused."""
+        a duration like ``"7d"``, or a ``timedelta``; 0 or more, of any length: an age no
+        job reaches deletes none); ids are never reused."""
         self.require_started("cleanup")
         refuse_in_block("rt.cleanup()")
-        seconds = parse_duration(
-            older_than.total_seconds() if isinstance(older_than, timedelta) else older_than,
-            field="older_than",
+        seconds = parse_age(
+            older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
         )
         if statuses is None:
             raise InvalidOption("statuses", "expected finished statuses, found None")
@@ -2719,11 +2719,15 @@ def _check_filter_values(
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
+    """A filter's ``older_than``: seconds or a ``timedelta``, 0 or more, of any length
+    (``retry.parse_age``: an age no job reaches matches none, and is no error)."""
     if value is None:
         return None
     if isinstance(value, timedelta):
-        return value.total_seconds()
-    return check_seconds(value, "older_than", most=MAX_DURATION)
+        return parse_age(value.total_seconds())
+    if isinstance(value, str):
+        raise InvalidOption("older_than", f"expected seconds or a timedelta, found {shown(value)}")
+    return parse_age(value)
 
 
 def _statuses(

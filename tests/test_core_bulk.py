@@ -217,7 +217,7 @@ async def test_what_is_no_filter_value_is_refused_and_changes_nothing(tmp_path: 
             ("scheduled", {"scheduled": "no", "older_than": 0}),
             ("status", {"status": 5}),
             ("status", {"status": {"SUCCESS": 1}}),
-            ("older_than", {"older_than": 2**1100}),
+            ("older_than", {"older_than": -1}),
         ]
         for field, kwargs in refused:
             with pytest.raises(InvalidOption) as caught:

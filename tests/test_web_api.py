@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1299,6 +1301,54 @@ async def test_scheduled_leaves_out_the_jobs_a_workflow_holds_for_their_parents(
     for child in flow.jobs[1:]:
         held = (await client.get(f"/jobs/{child}")).json()
         assert (held["status"], held["waiting_reason"]) == ("WAITING", "blocked")
+
+
+async def test_an_age_beyond_a_hundred_years_matches_no_job_on_every_route(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """An ``older_than`` beyond the 100 years a duration may have was read by the
+    HTTP layer as "no job is that old" (1e15 seconds), which the runtime then
+    refused: a 422 naming a number the client never sent. Now every route that
+    takes it answers 200 matching nothing, and so does the Python API (ages are 0
+    or more, of any length); an age of 0 still matches every job."""
+    db, options = target
+    rt = Runtime(db, **options)
+
+    @rt.task
+    async def quick(job: JobContext) -> None:
+        return None
+
+    beyond = [3155760001, 1e308, 2**1100, "36526d", "99999999999d", "9" * 64]
+    async with rt, client_for(create_app(rt)) as client, asyncio.timeout(20):
+        job_id = await rt.add(quick)
+        await rt.wait(job_id, timeout=5)
+        r = await client.get("/jobs/count", params={"older_than": 0})
+        assert r.json() == {"count": 1}
+        for age in beyond:
+            if isinstance(age, str) or (isinstance(age, int) and age < 2**64):
+                # A query's number is ASCII digits (at most 64): no exponent.
+                for path in ("/jobs", "/jobs/count"):
+                    r = await client.get(path, params={"older_than": str(age)})
+                    assert r.status_code == 200, (path, age, r.text)
+                    assert r.json().get("count", 0) == 0 and r.json().get("jobs", []) == []
+            for action in ("cancel", "retry", "purge"):
+                r = await client.post(f"/jobs/{action}", json={"older_than": age})
+                assert r.status_code == 200, (action, age, r.text)
+                assert r.json()["matched"] == 0, (action, age)
+            if not isinstance(age, str):
+                assert await rt.count(older_than=age) == 0
+                assert (await rt.jobs(older_than=age)).jobs == []
+                assert (await rt.bulk("purge", older_than=age)).matched == 0
+            assert await rt.cleanup(older_than=age) == 0
+        assert await rt.count(older_than=timedelta.max) == 0
+        # What is no age is still refused, naming it.
+        for bad in (-1, timedelta(seconds=-1), math.nan, math.inf):
+            with pytest.raises(InvalidOption) as caught:
+                await rt.count(older_than=bad)
+            assert caught.value.field == "older_than", bad
+        r = await client.get("/jobs/count", params={"older_than": "-1"})
+        assert r.status_code == 422 and error_of(r)["field"] == "older_than"
+        assert (await rt.bulk("purge", older_than=0)).done == 1
 
 
 async def test_run_now_cancel_and_purge_one_job(

@@ -16,7 +16,7 @@ from typing import Any
 from ..definitions import TaskCall, make_options
 from ..errors import PoolNotFound
 from ..models import TERMINAL, AttemptInfo, JobInfo, JobStatus
-from ..retry import parse_duration
+from ..retry import parse_age
 from .progress import exit_status, follow, runtime_events
 from .remote import opened
 from .support import (
@@ -414,7 +414,7 @@ def cleanup_args(parser: argparse.ArgumentParser) -> None:
 
 @in_event_loop
 async def cleanup(args: argparse.Namespace) -> int:
-    age = parse_duration(args.older_than, field="--older-than")
+    age = parse_age(args.older_than, field="--older-than")
     chosen = statuses(args.status) or sorted(TERMINAL)
     async with opened(args) as rt:
         deleted = await rt.cleanup(older_than=age, statuses=chosen)
@@ -431,7 +431,7 @@ async def cleanup(args: argparse.Namespace) -> int:
 def age_of(args: argparse.Namespace) -> float | None:
     if args.older_than is None:
         return None
-    return parse_duration(args.older_than, field="--older-than")
+    return parse_age(args.older_than, field="--older-than")
 
 
 def bulk_args(parser: argparse.ArgumentParser) -> None:

@@ -40,14 +40,13 @@ from starlette.requests import ClientDisconnect, Request
 
 from ..errors import InvalidOption, JobNotFound
 from ..limits import INT64_MIN, shown
-from ..retry import parse_duration
+from ..retry import parse_age, parse_duration
 from .errors import ApiError
 from .schemas import DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_INT64
 
 _DIGITS = re.compile(r"[0-9]+")
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DURATION = re.compile(DURATION_PATTERN)
-NO_JOB_IS_THAT_OLD = 1e15  # seconds: some 30 million years
 
 
 def to_int(raw: str) -> int | None:
@@ -311,7 +310,7 @@ def duration_of(body: dict[str, Any], name: str) -> float | str | None:
 def older_than(raw: Any, name: str = "older_than") -> float | None:
     """Seconds of age: a number, or a duration as text (``DURATION_PATTERN``). An
     age beyond the 100 years a duration may have matches no job, so it is taken
-    as such rather than refused."""
+    as such rather than refused (``retry.parse_age``, as the runtime reads it)."""
     if raw is None:
         return None
     what = "seconds or a duration like '7d'"
@@ -320,10 +319,7 @@ def older_than(raw: Any, name: str = "older_than") -> float | None:
             raise invalid(name, f"expected {what}, found {raw[:80]!r}")
     elif isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 0:
         raise invalid(name, f"expected {what}, found {raw!r}")
-    try:
-        return parse_duration(raw, field=name)
-    except InvalidOption:
-        return NO_JOB_IS_THAT_OLD
+    return parse_age(raw, field=name)
 
 
 def query_bool(request: Request, name: str) -> bool:
