@@ -48,6 +48,8 @@ MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last second a date can
 MAX_DURATION = 100 * 365.25 * 86_400.0  # a hundred years, in seconds
 #: An age no job reaches at any time (note 1: times lie between 1970 and MAX_TIME).
 AGE_OF_NO_JOB = MAX_TIME + 1.0
+#: The epoch seconds a history window may name, either way (the year 33658).
+FAR_TIME = 1e12
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
 
@@ -361,6 +363,7 @@ __all__ = [
     "AGE_OF_NO_JOB",
     "DEFAULT_LIMITS",
     "EXACT_FLOAT_BOUND",
+    "FAR_TIME",
     "INT64_MAX",
     "INT64_MIN",
     "MAX_DURATION",

@@ -112,6 +112,7 @@ from .gates import Gates
 from .history import points as history_points
 from .limits import (
     DEFAULT_LIMITS,
+    FAR_TIME,
     INT64_MAX,
     INT64_MIN,
     MAX_DURATION,
@@ -188,7 +189,6 @@ if TYPE_CHECKING:
     from .store.protocol import CancelledChild
 
 log = logging.getLogger("taskrt")
-_FAR_TIME = 1e12  # epoch seconds (the year 33658) a history window may name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -2186,9 +2186,9 @@ class Runtime:
                 )
                 return [HistoryPoint(**p) for p in raw]
         for name, value in (("since", since), ("until", until)):
-            if value is not None and not -_FAR_TIME <= float(value) <= _FAR_TIME:
+            if value is not None and not -FAR_TIME <= float(value) <= FAR_TIME:
                 raise InvalidOption(
-                    name, f"expected epoch seconds within ±{_FAR_TIME:.0e}, found {value!r}"
+                    name, f"expected epoch seconds within ±{FAR_TIME:.0e}, found {value!r}"
                 )
         end = self.clock.now() if until is None else float(until)
         step_minutes = int(step // 60)

@@ -22,7 +22,9 @@ Notes:
    ``int`` and ``float`` also read ``"1_0"``, ``" 5"`` or ``"٣"``, which the
    OpenAPI document (``type: integer``) does not promise; ``str.isdigit``
    is true for ``"²"``, which ``int`` refuses; and ``int`` refuses more than
-   4300 digits. ``to_int`` reads them without raising.
+   4300 digits. ``to_int`` reads them without raising. An integer parameter
+   takes ``120.0`` as ``120``, as a body's integer field does: JSON Schema's
+   ``integer`` (the document's) holds both, and a client may write either.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .errors import ApiError
 from .schemas import DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_INT64
 
 _DIGITS = re.compile(r"[0-9]+")
+_WHOLE = re.compile(r"([0-9]+)(?:\.0*)?")
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DURATION = re.compile(DURATION_PATTERN)
 
@@ -342,7 +345,8 @@ def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> in
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    size = to_int(raw.removeprefix("-"))  # note 4
+    whole = _WHOLE.fullmatch(raw.removeprefix("-"))  # note 4
+    size = None if whole is None else to_int(whole.group(1))
     if size is None:
         raise invalid(name, f"expected an integer from {lo} to {hi}, found {raw!r}")
     value = -size if raw.startswith("-") else size

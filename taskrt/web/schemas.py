@@ -1,7 +1,8 @@
 """JSON Schemas of the API's bodies, for the OpenAPI document (components).
 
 The request schemas say what the handlers accept, no more and no less. The
-bounds (``MAX_INT64``) and patterns (``DURATION_PATTERN``, ``STATUS_LIST_PATTERN``,
+bounds (``MAX_INT64``, and ``limits``' ``MAX_DURATION``, ``MAX_TIME`` and
+``FAR_TIME``) and patterns (``DURATION_PATTERN``, ``STATUS_LIST_PATTERN``,
 ``POOL_NAME_PATTERN``, ``NOT_BLANK_PATTERN``, ``rates.RATE_PATTERN``) are the very
 ones the handlers check; the rest is held to the code by tests/test_web_openapi_conformance.py.
 Patterns use only explicit ASCII classes (or ``\\uXXXX``) and ``^...$``
@@ -16,7 +17,7 @@ import unicodedata
 from typing import Any
 
 from ..definitions import MAX_PARENTS
-from ..limits import INT64_MAX
+from ..limits import FAR_TIME, INT64_MAX, MAX_DURATION, MAX_TIME
 from ..models import ON_PARENT_FAILURE, WAITING_REASONS
 from ..rates import RATE_PATTERN
 from ..workflows import MAX_STEPS
@@ -134,8 +135,13 @@ _SHOWN_IN_NAME = _not_in(
 SCHEDULE_NAME_PATTERN = f"^{_IN_NAME}*{_SHOWN_IN_NAME}{_IN_NAME}*$"
 
 
-def duration(*, positive: bool = False, description: str = "") -> Schema:
-    """Seconds (a number), or a duration as text (``DURATION_PATTERN``)."""
+def duration(
+    *, positive: bool = False, description: str = "", longest: float | None = MAX_DURATION
+) -> Schema:
+    """Seconds (a number), or a duration as text (``DURATION_PATTERN``), at most
+    ``longest`` (a hundred years, as ``retry.parse_duration`` reads them; ``None``:
+    no bound). A pattern cannot bound the sum a text duration says: the handler
+    refuses one beyond ``longest`` all the same, which the description says."""
     text: Schema = {
         "type": "string",
         "pattern": DURATION_PATTERN,
@@ -145,16 +151,49 @@ def duration(*, positive: bool = False, description: str = "") -> Schema:
     if positive:  # a text duration is positive when it has a non-zero digit
         text = {"allOf": [text, {"type": "string", "pattern": "[1-9]"}]}
         number = {"type": "number", "exclusiveMinimum": 0}
+    if longest is not None:
+        number["maximum"] = longest
+        description = f"{description} (at most {longest:.0f} seconds)".lstrip()
     out: Schema = {"anyOf": [number, text]}
     if description:
         out["description"] = description
     return out
 
 
-#: Epoch seconds, or an RFC 3339 date-time (which always has a time zone).
+#: A date-time written in the years 1970 to 9999 (``format: date-time`` says the rest).
+_YEARS_1970_TO_9999 = "^(?:19[7-9][0-9]|[2-9][0-9]{3})-"
+
+#: A job's time (``run_at``, ``deadline``): epoch seconds, or an RFC 3339 date-time
+#: (which always has a time zone), between 1970 and the year 9999 (``limits.check_time``).
 TIME: Schema = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_TIME},
+        {"type": "string", "format": "date-time", "pattern": _YEARS_1970_TO_9999},
+    ],
+    "description": (
+        "epoch seconds, or an ISO 8601 date-time with a time zone, from "
+        "1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+    ),
+}
+
+#: A statistics window's bound (``GET /stats``): any finite time; one before 1970
+#: finds nothing.
+ANY_TIME: Schema = {
     "anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
     "description": "epoch seconds, or an ISO 8601 date-time with a time zone",
+}
+
+#: A history window's bound (``GET /stats/history``): within ``FAR_TIME`` of 1970
+#: either way, which every date-time is.
+WINDOW_TIME: Schema = {
+    "anyOf": [
+        {"type": "number", "minimum": -FAR_TIME, "maximum": FAR_TIME},
+        {"type": "string", "format": "date-time"},
+    ],
+    "description": (
+        f"epoch seconds (from {-FAR_TIME:.0f} to {FAR_TIME:.0f}), or an ISO 8601 "
+        "date-time with a time zone"
+    ),
 }
 
 #: The per-call options of a job: fields of ``POST /jobs``, and of a workflow
@@ -201,9 +240,9 @@ CALL_OPTIONS: dict[str, Schema] = {
     "retry": nullable(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": MAX_DURATION},
                 {"type": "string", "minLength": 1},
-                {"type": "array", "items": duration()},
+                {"type": "array", "items": duration(), "minItems": 1},
                 {
                     "type": "object",
                     "additionalProperties": False,
@@ -211,7 +250,7 @@ CALL_OPTIONS: dict[str, Schema] = {
                         "base": duration(),
                         "factor": {"type": "number", "minimum": 1, "maximum": 1000},
                         "cap": duration(),
-                        "jitter": {"type": "number"},
+                        "jitter": {"type": "number", "minimum": 0, "maximum": 1},
                     },
                 },
             ],
@@ -637,7 +676,13 @@ COMPONENTS: dict[str, Schema] = {
                 }
             ),
             "older_than": nullable(
-                duration(description="created that long ago or more: seconds, or 7d")
+                duration(
+                    longest=None,
+                    description=(
+                        "created that long ago or more: seconds, or 7d, of any length "
+                        "(an age no job reaches matches none)"
+                    ),
+                )
             ),
             "scheduled": nullable(
                 {
@@ -765,6 +810,7 @@ COMPONENTS: dict[str, Schema] = {
 }
 
 __all__ = [
+    "ANY_TIME",
     "CALL_OPTIONS",
     "COMPONENTS",
     "CURSOR_PATTERN",
@@ -775,6 +821,7 @@ __all__ = [
     "POOL_NAME_PATTERN",
     "STATUS_LIST_PATTERN",
     "TIME",
+    "WINDOW_TIME",
     "Schema",
     "array_of",
     "duration",

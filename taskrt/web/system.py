@@ -11,7 +11,7 @@ from ..errors import TaskrtError
 from .errors import ApiError
 from .inputs import invalid, query_int, query_time
 from .routing import Api, EndpointGroup, Param, Reply
-from .schemas import TIME, array_of, ref
+from .schemas import ANY_TIME, WINDOW_TIME, array_of, ref
 
 group = EndpointGroup("system", "Health, statistics and tasks.")
 
@@ -73,7 +73,7 @@ async def health(api: Api, request: Request) -> Response:
     params=[
         Param(
             "since",
-            schema=TIME,
+            schema=ANY_TIME,
             description=(
                 "the window's start: SUCCESS, FAILURE, CANCELLED and the durations are of "
                 "what finished at or after it, from the start of its minute (default: no "
@@ -84,7 +84,7 @@ async def health(api: Api, request: Request) -> Response:
         ),
         Param(
             "until",
-            schema=TIME,
+            schema=ANY_TIME,
             description=(
                 "the window's end: what finished before it, to the end of its minute "
                 "(default: no end); not before `since` (422)"
@@ -107,8 +107,13 @@ async def stats(api: Api, request: Request) -> Response:
     "/stats/history",
     summary="What finished per step of time: counts by outcome, durations (survives restarts)",
     params=[
-        Param("since", schema=TIME, description="from (default: 60 steps ago)", allow_empty=True),
-        Param("until", schema=TIME, description="to (default: now)", allow_empty=True),
+        Param(
+            "since",
+            schema=WINDOW_TIME,
+            description="from (default: 60 steps ago)",
+            allow_empty=True,
+        ),
+        Param("until", schema=WINDOW_TIME, description="to (default: now)", allow_empty=True),
         Param(
             "step",
             schema={"type": "integer", "minimum": 60, "maximum": 604800, "multipleOf": 60},
