@@ -216,7 +216,9 @@ class Runtime:
     The database: a SQLite file (``"app.db"``; ``":memory:"`` for tests), or a
     PostgreSQL server's URL (``"postgresql://app@db/app?schema=jobs"``, with
     the ``postgres`` extra; docs/postgres.md). Without one, ``$TASKRT_DATABASE``
-    names it, else ``":memory:"``.
+    names it, else ``":memory:"``. A file is named by its path: a SQLite URI
+    (``"file:app.db"``) or an empty name raises ``InvalidOption``
+    (``taskrt.store.sqlite.files``).
 
     Options (all keyword-only; each is checked here, and one of the wrong type or
     out of its range raises ``InvalidOption`` naming it: seconds are finite and
@@ -364,14 +366,16 @@ class Runtime:
                     "a SQLite file has one owner (mode='owner')",
                 )
             self.path = target
-            if target != ":memory:":
-                self._relay_at = relay_address(target)
+            # The store first: it refuses a name SQLite would not open as the file
+            # the lock and the relay are named after (store.sqlite.files).
             self.store = Store(
                 self.path,
                 synchronous=synchronous,
                 progress_interval=progress_interval,
                 busy_timeout=busy_timeout,
             )
+            if target != ":memory:":
+                self._relay_at = relay_address(target)
         # Logs (and counts) a handler that blocks the event loop (taskrt.watchdog).
         self.loop_watchdog = LoopWatchdog(stall_threshold, describe=self._running_jobs)
         self.broker: EventBus = Broker(buffer=subscriber_buffer, replay=replay)

@@ -850,6 +850,29 @@ def test_a_first_release_database_points_to_migrate_and_is_left_untouched(
     assert [job["id"] for job in json.loads(capsys.readouterr().out)["jobs"]] == [3]
 
 
+def test_a_sqlite_uri_as_db_is_bad_usage_and_makes_no_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``migrate --db file:x.db`` made ``x.db`` (SQLite read the name as a URI), then
+    ``ls --db file:x.db`` found no database (it looked for a file ``file:x.db``), and a
+    runtime on ``file:x.db`` took a lock of its own beside an owner of ``x.db``. Now the
+    name is refused (exit 2) before anything opens it, saying what to write."""
+    monkeypatch.chdir(tmp_path)
+    for command in (["migrate"], ["ls"], ["stats"]):
+        assert cli.main([*command, "--db", "file:x.db"]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == (
+            "taskrt: error: --db: 'file:x.db' is a SQLite URI, and taskrt opens a path as a "
+            "file name: write 'x.db', the path it names (or './file:x.db' for a file whose "
+            "name starts with 'file:')\n"
+        )
+    assert list(tmp_path.iterdir()) == []
+    assert cli.main(["migrate", "--db", "./file:x.db"]) == 0  # the file of that name
+    assert cli.main(["ls", "--db", "./file:x.db"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["file:x.db"]
+
+
 def test_a_newer_taskrt_database_is_refused_before_it_is_opened(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -498,6 +498,39 @@ async def test_a_database_opened_through_a_symbolic_link_has_one_owner(tmp_path:
     assert ran == []
 
 
+async def test_a_sqlite_uri_is_refused_so_no_second_name_owns_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``taskrt.store.sqlite.files``: SQLite opens ``file:app.db`` as ``app.db``, while
+    the lock and the relay were named after a file ``file:app.db``. Before, a
+    ``Runtime("file:app.db")`` beside an owner of ``app.db`` owned it too, recovered
+    the owner's running jobs and ran them again. Now such a name (and the empty one,
+    SQLite's temporary database of each connection) is refused where the runtime is
+    made, saying what to write; ``./file:app.db`` is the file of that name."""
+    monkeypatch.chdir(tmp_path)
+    gate = asyncio.Event()
+    owner = app(tmp_path, gate)
+    async with owner:
+        assert owner.role == "owner"
+        job_id = await owner.add("steps", 1)  # running while the others start
+        await until(lambda: owner.pool("p").statistics().running == 1)
+        for name in ("file:app.db", f"file:{owner.path}", "file:app.db?mode=rw", ""):
+            with pytest.raises(InvalidOption) as refused:
+                Runtime(name)
+            assert refused.value.field == "path"
+        with pytest.raises(InvalidOption, match=r"write 'app\.db', the path it names"):
+            Runtime("file:app.db")
+        other = Runtime("./file:app.db")  # a file of that name: a database of its own
+        async with other:
+            assert other.role == "owner"
+            assert Path("file:app.db").is_file() and Path("file:app.db.lock").is_file()
+        assert (await owner.get(job_id)).status is JobStatus.RUNNING
+        gate.set()
+        assert (await owner.wait(job_id, timeout=5)).result == 1
+    async with Runtime(":memory:") as memory:  # the one special name, as documented
+        assert memory.role == "owner"
+
+
 async def test_a_client_never_takes_over_and_falls_back_to_the_database(
     tmp_path: Path,
 ) -> None:

@@ -13,6 +13,7 @@ from .support import (
     UNAVAILABLE,
     CommandError,
     UsageError,
+    check_db,
     check_server_url,
     check_taskrt_file,
     client_runtime,
@@ -30,8 +31,8 @@ def migrate_args(parser: argparse.ArgumentParser) -> None:
 async def migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the database's tables (safe while other processes run)."""
     # A new file is what migrate is for: only --app needs resolving.
-    if args.db and not args.app and is_server_url(args.db):
-        check_server_url(args.db, "--db")
+    if args.db and not args.app:
+        check_db(args.db, "--db")
     rt = Runtime(args.db, workers=False) if args.db and not args.app else client_runtime(args)
     found, now = await rt.store.migrate()
     if args.json:

@@ -13,8 +13,9 @@ Design notes (cited where they apply, here and in the command modules as
    (or ``$TASKRT_DB``) opens a bare database: everything but ``add``. Only
    ``migrate`` makes one (or upgrades one of the first release): a path that is
    not a taskrt database is refused before the runtime opens it, after a look
-   that writes nothing (``check_taskrt_file``), a malformed URL as bad usage
-   (``check_server_url``). ``--url`` (or ``$TASKRT_URL``) names a running server
+   that writes nothing (``check_taskrt_file``), a malformed URL or a path that
+   SQLite would not open as the file it names (a ``file:`` URI) as bad usage
+   (``check_db``). ``--url`` (or ``$TASKRT_URL``) names a running server
    instead; every command that takes it reads it through ``server_url``, which
    refuses a malformed one as bad usage (``check_base_url``).
 2. **Always a client.** These commands open the runtime with
@@ -73,7 +74,7 @@ from ..limits import INT64_MAX
 from ..models import BLOCKED_AT, JobInfo, JobStatus, percent
 from ..retry import parse_duration
 from ..runtime import Runtime
-from ..store import SCHEMA_VERSION, is_server_url, look
+from ..store import SCHEMA_VERSION, is_server_url, look, path_problem
 
 OK, JOB_FAILED, USAGE, NOT_FOUND, UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -266,14 +267,23 @@ def client_runtime(args: argparse.Namespace) -> Runtime:
         rt.workers = False  # a client of the app's database (note 2)
         return rt
     if args.db:
-        if is_server_url(args.db):
-            check_server_url(args.db, "--db")
-        elif args.db != ":memory:":
+        check_db(args.db, "--db")
+        if not is_server_url(args.db) and args.db != ":memory:":
             if not Path(args.db).is_file():
                 raise CommandError(f"no database at {args.db}", UNAVAILABLE)
             check_taskrt_file(args.db)
         return Runtime(args.db, workers=False)
     raise UsageError("which jobs? give --app MODULE:ATTR or --db PATH (or set $TASKRT_APP)")
+
+
+def check_db(target: str, option: str) -> None:
+    """Refuse a database no runtime would open as bad usage naming ``option``, before
+    anything opens it: a malformed URL (``check_server_url``), or a name SQLite would
+    not open as the file it names, such as a ``file:`` URI (``path_problem``)."""
+    if is_server_url(target):
+        check_server_url(target, option)
+    elif (problem := path_problem(target)) is not None:
+        raise UsageError(f"{option}: {problem}")
 
 
 def server_url(args: argparse.Namespace) -> str | None:
@@ -751,6 +761,7 @@ __all__ = [
     "UsageError",
     "cell",
     "check_base_url",
+    "check_db",
     "check_server_url",
     "check_taskrt_file",
     "client_runtime",

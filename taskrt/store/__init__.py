@@ -263,8 +263,10 @@ from .sqlite import (
     FileLook,
     Store,
     Synchronous,
+    check_path,
     dumps,
     look,
+    path_problem,
 )
 
 SERVER_SCHEMES = ("postgresql", "postgres")
@@ -292,7 +294,9 @@ __all__ = [
     "Store",
     "StoreTransaction",
     "Synchronous",
+    "check_path",
     "dumps",
     "is_server_url",
     "look",
+    "path_problem",
 ]

@@ -3,7 +3,7 @@
 from ..protocol import InsertResult, NewJob
 from ..rows import dumps
 from .connection import Connection
-from .files import lock_path_of
+from .files import check_path, lock_path_of, path_problem
 from .look import FileLook, look
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .store import Store, Synchronous
@@ -17,7 +17,9 @@ __all__ = [
     "NewJob",
     "Store",
     "Synchronous",
+    "check_path",
     "dumps",
     "lock_path_of",
     "look",
+    "path_problem",
 ]

@@ -50,6 +50,7 @@ from .checkpoint import WRITER_CHECKPOINT_PAGES, Checkpointer
 from .connection import Connection
 from .counts import STORED, Counted, CountMirror, Snapshot, Tally, read_counts
 from .deps import block_again, form_batch, settle
+from .files import check_path
 from .schema import SCHEMA_VERSION, migrate
 from .sql import (
     CANCEL_WAITING_EXTERNAL_WHERE,
@@ -110,6 +111,7 @@ class Store(QueuedWrites, SharedReads):
             raise InvalidOption(
                 "synchronous", f"expected 'normal', 'full' or 'off', found {synchronous!r}"
             )
+        check_path(path)  # a path SQLite opens as the file it names (``files``)
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
@@ -144,7 +146,7 @@ class Store(QueuedWrites, SharedReads):
 
     @property
     def memory(self) -> bool:
-        return self.path == ":memory:" or self.path.startswith("file::memory:")
+        return self.path == ":memory:"
 
     async def open(self) -> None:
         try:
