@@ -1021,13 +1021,16 @@ def test_serve_refuses_a_port_out_of_range_before_starting(
 
 
 @pytest.mark.server
-def test_serve_on_a_port_taken_exits_4_and_ends(app: App, tmp_path: Path, free_port: int) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_port_taken_exits_4_and_ends(
+    app: App, tmp_path: Path, free_port: int, workers: str
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", free_port))
         taken.listen()
         done = subprocess.run(
-            [script(), "serve", app.ref, "--port", str(free_port)],
+            [script(), "serve", app.ref, "--port", str(free_port), "--workers", workers],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -1078,6 +1081,91 @@ def test_serve_runs_the_app_with_metrics_until_interrupted(
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(r["message"].startswith("Application startup complete") for r in records)
+
+
+def served(app: App, tmp_path: Path, port: int, *options: str) -> subprocess.Popen[str]:
+    """``taskrt serve`` in a process of its own, once its ``/health`` answers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    proc = subprocess.Popen(
+        [script(), "serve", app.ref, "--port", str(port), *options],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        assert proc.poll() is None, proc.communicate()[1]
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.05)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("options", [["--workers", "1"], ["--workers", "2"], ["--reload"]])
+def test_serve_stopped_by_sigterm_ends_killed_by_it_after_draining(
+    app: App, tmp_path: Path, free_port: int, options: list[str]
+) -> None:
+    """docs/cli.md: SIGTERM drains, then the process ends killed by SIGTERM, as a
+    supervisor expects. With --workers 2 (and --reload) the process exited 0: uvicorn's
+    supervisor stopped its children and returned normally."""
+    proc = served(app, tmp_path, free_port, *options)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "Application shutdown complete" in err  # drained first
+    if options == ["--workers", "2"]:
+        assert err.count("Application shutdown complete") == 2
+
+
+@pytest.mark.server
+def test_serve_with_workers_stopped_by_ctrl_c_exits_0(
+    app: App, tmp_path: Path, free_port: int
+) -> None:
+    proc = served(app, tmp_path, free_port, "--workers", "2")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+FAILING_START = """
+from taskrt import Runtime
+
+rt = Runtime({db!r})
+
+
+@rt.on_start
+async def boom(rt: Runtime) -> None:
+    raise RuntimeError("startup failed on purpose")
+"""
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_whose_app_fails_to_start_exits_4(
+    tmp_path: Path, db_path: Path, free_port: int, workers: str
+) -> None:
+    """docs/cli.md: the app's startup failed -> 4. With --workers 2 it was 0: uvicorn's
+    supervisor stopped when a child failed to start, and returned normally."""
+    (tmp_path / "failing.py").write_text(FAILING_START.format(db=str(db_path)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    done = subprocess.run(
+        [script(), "serve", "failing:rt", "--port", str(free_port), "--workers", workers],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 4, done.stderr
+    assert "startup failed on purpose" in done.stderr
+    assert done.stderr.endswith(
+        "taskrt: error: the server stopped at start (port taken? database owned?); "
+        "see the log above\n"
+    )
 
 
 OWNER = """

@@ -2,14 +2,31 @@
 
 The one command that runs a runtime for real (support note 2); how it exits on
 Ctrl-C and SIGTERM is support note 3.
+
+Design note: **one exit status, however many processes.** With one worker,
+uvicorn's server runs here: it exits with its startup failure's status when
+the app's startup fails, and raises a SIGTERM it drained for again. With
+``--workers N`` (and ``--reload``) a supervisor runs here instead, and
+returns normally whatever happened: a child whose startup failed stops it
+(uvicorn logs "failed to start, stopping the parent process"), and so does a
+SIGTERM. ``serve`` runs uvicorn's ``Multiprocess`` itself, so it reads the
+children's exit statuses (uvicorn's ``STARTUP_FAILURE``: exit 4, as with one
+worker), and notes the signals the supervisor received through
+``signal.set_wakeup_fd``, which Python's own handler writes every signal's
+number to, whatever handler the supervisor installed (``signals_received``):
+a SIGTERM is raised again once the children stopped. Under ``--reload`` a
+failed start waits for the next change of the code, as uvicorn's reloader does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import InvalidOption
@@ -132,24 +149,71 @@ def serve(args: argparse.Namespace) -> int:
     }
     if args.log_format == "json":
         options["log_config"] = None  # uvicorn's records go through taskrt's JSON handler
+    failed = False
     try:
         if args.reload or args.workers > 1:
             os.environ["TASKRT_SERVE_APP"] = args.app
             if args.allowed_host:
                 os.environ["TASKRT_ALLOWED_HOSTS"] = ",".join(args.allowed_host)
-            if args.reload:
-                uvicorn.run(RELOAD_FACTORY, factory=True, reload=True, **options)
-            else:
-                uvicorn.run(RELOAD_FACTORY, factory=True, workers=args.workers, **options)
+            with signals_received() as received:
+                if args.reload:
+                    uvicorn.run(RELOAD_FACTORY, factory=True, reload=True, **options)
+                else:
+                    failed = supervise(args.workers, options)
         else:
             uvicorn.run(app, **options)
     except SystemExit as exc:  # uvicorn exits when it cannot bind or start the app
-        if exc.code not in (0, None):
-            raise CommandError(
-                "the server stopped at start (port taken? database owned?); see the log above",
-                UNAVAILABLE,
-            ) from None
+        failed = exc.code not in (0, None)
+    if failed:
+        raise CommandError(
+            "the server stopped at start (port taken? database owned?); see the log above",
+            UNAVAILABLE,
+        )
+    if args.reload or args.workers > 1:
+        reraise(received)
     return OK
+
+
+def supervise(workers: int, options: dict[str, Any]) -> bool:
+    """Serve from ``workers`` processes under uvicorn's supervisor, as ``uvicorn.run``
+    does; whether it stopped because a child's startup failed (module docstring)."""
+    from uvicorn import Config
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = Config(RELOAD_FACTORY, factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return any(child.exitcode == STARTUP_FAILURE for child in supervisor.processes)
+
+
+@contextlib.contextmanager
+def signals_received() -> Iterator[list[int]]:
+    """The signals this process receives in the block, whatever handlers are
+    installed meanwhile (module docstring); the list is filled when it ends."""
+    read, write = socket.socketpair()
+    received: list[int] = []
+    try:
+        read.setblocking(False)
+        write.setblocking(False)
+        before = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+        try:
+            yield received
+        finally:
+            signal.set_wakeup_fd(before)
+            with contextlib.suppress(BlockingIOError):
+                received.extend(read.recv(4096))
+    finally:
+        read.close()
+        write.close()
+
+
+def reraise(received: Sequence[int]) -> None:
+    """End this process by a SIGTERM a supervisor received and drained for, with
+    the signal's default action, as one worker's uvicorn does (support note 3)."""
+    if signal.SIGTERM in received:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
 
 
 __all__ = [
@@ -157,7 +221,10 @@ __all__ = [
     "asgi_app",
     "port",
     "reload_factory",
+    "reraise",
     "serve",
     "serve_args",
+    "signals_received",
+    "supervise",
     "warn_if_open",
 ]

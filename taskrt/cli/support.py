@@ -32,7 +32,7 @@ Design notes (cited where they apply, here and in the command modules as
    ``serve`` stopped by Ctrl-C exits 0; stopped by SIGTERM, uvicorn drains,
    then raises the signal again with its default action, so the process ends
    killed by SIGTERM (-15 to ``subprocess``, 143 in a shell), as a
-   supervisor expects.
+   supervisor expects; with ``--workers N`` too (``taskrt.cli.serve``'s note).
 4. **Output.** Tables for people; ``--json`` prints the HTTP API's shapes
    (``JobInfo.to_dict()``, ``Stats.to_dict()`` ...) for scripts. Errors are one
    line on stderr.
