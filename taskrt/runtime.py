@@ -25,7 +25,10 @@ Design notes:
    subscribers follow come back the same way. With no owner reachable they
    fall back to the database: adds, cancels and retries are written there,
    marked ``external``, and the owner polls for such rows every
-   ``poll_interval`` s; streams poll the job's row.
+   ``poll_interval`` s; streams poll the job's row. A job they read from the
+   database is told ``paused`` from the pauses the database records, read with
+   it (``_recorded_pauses``): their pools do not follow the owner's pauses (on
+   PostgreSQL's mode "nodes" every process applies each one, ``taskrt.nodes``).
 5. **A start the database cannot record now is a standby's.** A process that
    takes the lock at start but cannot write its record (the disk is full, a
    lock is held past the busy timeout: ``StoreUnavailable``) lets the lock go
@@ -70,6 +73,7 @@ from collections.abc import (
     Iterator,
     Mapping,
     Sequence,
+    Set,
 )
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -201,6 +205,9 @@ once when its connection to the owner ends)."""
 
 
 _NEW_JOB = tuple(f.name for f in dataclasses.fields(NewJob))
+_RELEASED = ("blocked", "batching", "batched")
+"""Waiting reasons of a job that waits for others (its parents, its batch), never
+told ``scheduled`` or ``paused`` (``Runtime._told``)."""
 
 
 class _Unset:
@@ -1388,24 +1395,51 @@ class Runtime:
         info = await self.store.get_job(job_id)
         if info is None:
             raise JobNotFound(job_id)
-        return self._told(info)
+        return self._told(info, await self._recorded_pauses([info]))
 
-    def _told(self, info: JobInfo) -> JobInfo:
+    def _told(self, info: JobInfo, paused: Set[str] | None = None) -> JobInfo:
         """The job as a reader sees it: why it waits (``models.WAITING_REASONS``), with
-        ``scheduled`` (a run_at to come) and ``paused`` told now, the others as found."""
+        ``scheduled`` (a run_at to come) and ``paused`` told now, the others as found.
+        ``paused``: the pools paused, where this process's pools do not know
+        (``_recorded_pauses``)."""
         if info.status is not JobStatus.WAITING:
             reason = None
-        elif info.waiting_reason in ("blocked", "batching", "batched"):
+        elif info.waiting_reason in _RELEASED:
             return info  # its parents release it, or its batch (taskrt.workflows, batches)
         elif info.run_at > self.clock.now():
             reason = "scheduled"
-        elif (pool := self._pools.get(info.pool)) is not None and pool.paused:
+        elif self._paused(info.pool, paused):
             reason = "paused"
         else:
             return info
         if info.waiting_reason == reason:
             return info
         return dataclasses.replace(info, waiting_reason=reason)
+
+    def _paused(self, name: str, recorded: Set[str] | None) -> bool:
+        if recorded is not None:
+            return name in recorded
+        pool = self._pools.get(name)
+        return pool is not None and pool.paused
+
+    async def _recorded_pauses(self, infos: Iterable[JobInfo] | None = None) -> Set[str] | None:
+        """The pools paused as the database records them, to tell jobs read from it
+        in a process whose pools do not follow the pauses (note 4): a standby or a
+        client where one owner runs the jobs. None where they do (the owner; every
+        process of mode "nodes"), or where no job of ``infos`` waits due in its pool
+        (no query then: only a job that ``paused`` may be told of costs one)."""
+        if self.owning or self.nodes is not None:
+            return None
+        if infos is not None:
+            now = self.clock.now()
+            if not any(
+                i.status is JobStatus.WAITING
+                and i.waiting_reason not in _RELEASED
+                and i.run_at <= now
+                for i in infos
+            ):
+                return None
+        return await self.store.paused_pools()
 
     def progress(
         self,
@@ -1885,7 +1919,9 @@ class Runtime:
         more = len(rows) > limit
         rows = rows[:limit]
         live = self.live.states
-        jobs = [self._told(live[r.id].info() if r.id in live else r) for r in rows]
+        found = [live[r.id].info() if r.id in live else r for r in rows]
+        paused = await self._recorded_pauses(found)
+        jobs = [self._told(info, paused) for info in found]
         if statuses or scheduled:
             # The rows matched as committed; a job that moved on in memory since (it
             # started, ended, or its write waits out an outage) is left out rather
@@ -2128,7 +2164,10 @@ class Runtime:
             raise WorkflowNotFound(workflow_id)  # no job has such an id
         self.require_started("reading a workflow")
         here = None if self.nodes is None else self.nodes.node
-        return await read_workflow(self.store, self.live, workflow_id, self._told, here)
+        paused = await self._recorded_pauses()
+        return await read_workflow(
+            self.store, self.live, workflow_id, lambda info: self._told(info, paused), here
+        )
 
     def subscribe_workflow(self, workflow_id: int, *, buffer: int | None = None) -> WorkflowStream:
         """A snapshot of the workflow (``data["workflow"]``), then every event of its

@@ -23,7 +23,7 @@ import pytest
 
 from taskrt import DuplicateJob, JobContext, JobStatus, Runtime
 from taskrt.clock import FakeClock
-from taskrt.definitions import TaskCall, checked_options
+from taskrt.definitions import Task, TaskCall, checked_options
 from taskrt.errors import InvalidOption, InvalidTransition, QueueFull
 from taskrt.models import AttemptOutcome
 from taskrt.rates import parse_rate
@@ -847,6 +847,42 @@ async def test_waiting_reasons_scheduled_and_paused_are_told_when_read(tmp_path:
         done = await rt.wait(now, timeout=5)
         assert done.waiting_reason is None
         assert (await rt.get(later)).to_dict()["waiting_reason"] == "scheduled"
+
+
+async def test_paused_is_told_by_a_client_that_reads_the_database_with_no_owner(db: str) -> None:
+    """docs/flow-control.md: ``paused`` is told when the job is read, always current,
+    ``taskrt ls`` included. A client with no owner to ask (``taskrt ls --db`` on a
+    stopped SQLite file; PostgreSQL with one owner) told none: its pools never learnt
+    the pauses the database records. A client of PostgreSQL's mode "nodes" applies
+    them, so the test runs where one owner runs the jobs."""
+
+    def app(**options: Any) -> tuple[Runtime, Task[..., Any]]:
+        rt = Runtime(db, mode="owner", **options)
+        rt.pool("q")
+
+        @rt.task(pool="q")
+        async def noop(job: JobContext, *previous: Any) -> None: ...
+
+        return rt, noop
+
+    owner, noop = app()
+    async with owner:
+        await owner.change_pool("q", paused=True)
+        waiting = await owner.pool("q").add(noop)
+        later = await owner.pool("q").add(noop.options(delay=3600))
+        flow = await owner.chain(noop.s(), noop.s())
+    (client, _), (other, _) = app(workers=False), app(workers=False)
+    async with client, other:
+        assert not client.owner_status().reachable
+        assert (await client.get(waiting)).waiting_reason == "paused"
+        listed = {j.id: j.waiting_reason for j in (await client.jobs()).jobs}
+        first, then = flow.jobs
+        assert listed == {waiting: "paused", later: "scheduled", first: "paused", then: "blocked"}
+        steps = (await client.workflow(flow.id)).jobs
+        assert [j.waiting_reason for j in steps] == ["paused", "blocked"]
+        await other.change_pool("q", paused=False)  # another process resumes it
+        assert (await client.get(waiting)).waiting_reason is None  # current, not kept
+        assert {j.id: j.waiting_reason for j in (await client.jobs()).jobs}[waiting] is None
 
 
 async def test_unique_windows_hold_under_concurrent_adds_on_three_nodes(tmp_path: Path) -> None:
