@@ -93,10 +93,17 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 def relay_address(path: str) -> str:
     """Where the owner of the database at ``path`` listens: beside it, or (for a
-    path too long for a Unix socket) in a private folder of the temporary directory."""
+    path too long for a Unix socket, or one that is not UTF-8) in a private folder
+    of the temporary directory."""
     real = os.path.realpath(path)  # whatever name opened it (ownership note 7)
     beside = real + ".sock"
-    if len(beside.encode()) <= 100:
+    try:
+        size = len(beside.encode())
+    except UnicodeEncodeError:
+        # A file name that is not UTF-8 (b"\xff.db" comes as surrogates): the owner
+        # records its address in the database as text, which such a name is not.
+        return private_address(real)
+    if size <= 100:
         return beside
     return private_address(real)
 
@@ -106,7 +113,7 @@ def private_address(name: str) -> str:
     after ``name`` (a database that is not a file: a server's URL and schema)."""
     folder = os.path.join(tempfile.gettempdir(), f"taskrt-{os.getuid()}")
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:24]
     return os.path.join(folder, f"{digest}.sock")
 
 

@@ -764,6 +764,17 @@ def test_another_apps_file_with_a_user_version_of_its_own_is_refused_untouched(
     before = files(tmp_path)
     assert refused(capsys, path) == f"taskrt: error: {path} {NOT_TASKRT}"
     assert files(tmp_path) == before
+    # migrate trusted the version: at 9, "schema version 9, nothing to do" (exit 0);
+    # below, it ran taskrt's migrations on the other application's tables.
+    assert cli.main(["migrate", "--db", str(path)]) == 4
+    out, err = capsys.readouterr()
+    assert (out, err) == (
+        "",
+        f"taskrt: error: {path} is not a taskrt database (a SQLite database without taskrt's "
+        f"tables, whose PRAGMA user_version {user_version} is another application's); "
+        "left untouched\n",
+    )
+    assert files(tmp_path) == before
 
 
 def test_another_apps_file_with_commits_in_its_log_is_refused_untouched(
@@ -871,6 +882,22 @@ def test_a_sqlite_uri_as_db_is_bad_usage_and_makes_no_file(
     assert cli.main(["migrate", "--db", "./file:x.db"]) == 0  # the file of that name
     assert cli.main(["ls", "--db", "./file:x.db"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["file:x.db"]
+
+
+def test_a_file_name_that_is_not_utf8_is_migrated_and_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``migrate --db $'\\xff\\xfe.db'`` failed with UnicodeEncodeError (exit 1, a bug):
+    the relay's address beside the file was measured with str.encode(). The read
+    commands took the name; now migrate does, and the file is that name's."""
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"\xff\xfe.db")
+    assert cli.main(["migrate", "--db", name, "--json"]) == 0
+    migrated = json.loads(capsys.readouterr().out)
+    assert (migrated["database"], migrated["version"]) == ("\\xff\\xfe.db", 9)  # as $'...'
+    assert cli.main(["ls", "--db", name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["jobs"] == []
+    assert b"\xff\xfe.db" in os.listdir(os.fsencode(tmp_path))
 
 
 def test_a_newer_taskrt_database_is_refused_before_it_is_opened(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -529,6 +530,33 @@ async def test_a_sqlite_uri_is_refused_so_no_second_name_owns_the_file(
         assert (await owner.wait(job_id, timeout=5)).result == 1
     async with Runtime(":memory:") as memory:  # the one special name, as documented
         assert memory.role == "owner"
+
+
+async def test_a_database_whose_name_is_not_utf8_has_an_owner_its_clients_reach(
+    tmp_path: Path,
+) -> None:
+    """A file name that is not UTF-8 (b"\\xff\\xfe.db", held as surrogates): the relay's
+    address beside it was measured with str.encode(), a UnicodeEncodeError in
+    ``Runtime()``; beside the file, it could not be recorded in the database as text
+    either. Its owner listens in the private folder instead, and a client reaches it."""
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/\xff\xfe.db")
+
+    def runtime(**options: Any) -> Runtime:
+        rt = Runtime(name, **options)
+
+        @rt.task
+        async def hello(job: JobContext, who: str) -> str:
+            return f"hello {who}"
+
+        return rt
+
+    owner, client = runtime(), runtime(workers=False)
+    async with owner, client:
+        assert owner.role == "owner"
+        await until(lambda: client.owner_status().reachable)
+        job_id = await client.add("hello", "ann")
+        assert (await client.wait(job_id, timeout=5)).result == "hello ann"
+    assert b"\xff\xfe.db" in os.listdir(os.fsencode(tmp_path))
 
 
 async def test_a_client_never_takes_over_and_falls_back_to_the_database(

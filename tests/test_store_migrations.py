@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from core_support import rows, write
 
 from taskrt import JobContext, JobStatus, Runtime, Task
-from taskrt.errors import SchemaTooNew
+from taskrt.errors import SchemaTooNew, StoreError
 from taskrt.store import MIGRATIONS, SCHEMA_VERSION, Store, queries
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1.0.db"
@@ -113,6 +114,27 @@ async def test_a_file_of_a_newer_release_is_refused_untouched(tmp_path: Path) ->
     assert version(path) == SCHEMA_VERSION + 5
     assert rows(path, "SELECT id, status, seq FROM jobs ORDER BY id") == before
     assert rows(path, "SELECT count(*) FROM lease") == [(0,)]
+
+
+@pytest.mark.parametrize("user_version", [3, SCHEMA_VERSION, SCHEMA_VERSION + 1])
+async def test_another_apps_file_with_a_user_version_is_refused_not_migrated(
+    tmp_path: Path, user_version: int
+) -> None:
+    """``PRAGMA user_version`` is taskrt's only in a file with taskrt's tables. Another
+    application's file at this release's version opened as "nothing to do" (then
+    failed on a missing table), and one below it had taskrt's migrations run on its
+    tables; now the runtime and ``Store.migrate`` refuse it, its tables unchanged."""
+    path = str(tmp_path / "other.db")
+    write(path, "CREATE TABLE jobs (id INTEGER PRIMARY KEY, what TEXT)")
+    write(path, f"PRAGMA user_version = {user_version}")
+    refused = f"{path} is not a taskrt database (a SQLite database without taskrt's tables"
+    with pytest.raises(StoreError, match=re.escape(refused)):
+        async with runtime(path):
+            pass
+    with pytest.raises(StoreError, match=re.escape(refused)):
+        await Store(path).migrate()
+    assert rows(path, "SELECT name FROM sqlite_master") == [("jobs",)]
+    assert version(path) == user_version
 
 
 async def test_stores_opening_an_old_file_at_once_migrate_it_once(tmp_path: Path) -> None:

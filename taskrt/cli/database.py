@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import StoreError
 from ..runtime import Runtime
@@ -35,13 +36,21 @@ async def migrate(args: argparse.Namespace) -> int:
         check_db(args.db, "--db")
     rt = Runtime(args.db, workers=False) if args.db and not args.app else client_runtime(args)
     found, now = await rt.store.migrate()
+    database = printable(rt.path)
     if args.json:
-        print_json({"database": rt.path, "found": found, "version": now})
+        print_json({"database": database, "found": found, "version": now})
     elif found == now:
-        print(f"{rt.path}: schema version {now}, nothing to do")
+        print(f"{database}: schema version {now}, nothing to do")
     else:
-        print(f"{rt.path}: schema version {found} -> {now}")
+        print(f"{database}: schema version {found} -> {now}")
     return OK
+
+
+def printable(path: str) -> str:
+    """A file name as text: its bytes that are not UTF-8 (``b"\\xff.db"``, which Python
+    holds as surrogates that a UTF-8 stdout refuses) as ``\\xff``, as a shell's
+    ``$'...'`` writes them."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def copy_args(parser: argparse.ArgumentParser) -> None:

@@ -83,6 +83,9 @@ Design notes:
     a file runs the migrations from its version to ``SCHEMA_VERSION`` in one
     transaction (``_migrate``; a file of the first release has version 0) and
     refuses a file of a newer release with ``SchemaTooNew``, touching nothing.
+    A version is trusted only in a file with taskrt's tables (``schema.version_of``):
+    another application's file that records one is refused before anything is
+    written into its tables (``taskrt migrate`` leaves it as it was, byte for byte).
     A change of the tables is a new entry in ``MIGRATIONS``, never an edit of
     an old one.
 12. **Counts without a trigger.** ``job_counts`` (schema version 5) holds the

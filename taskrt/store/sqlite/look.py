@@ -94,10 +94,16 @@ def _read(uri: str) -> FileLook:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        for table, columns in TASKRT_TABLES.items():
-            found = {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
-            if not columns <= found:
-                return FileLook("other", version)
-        return FileLook("taskrt", version)
+        return FileLook("taskrt" if has_taskrt_tables(conn) else "other", version)
     finally:
         conn.close()
+
+
+def has_taskrt_tables(conn: sqlite3.Connection) -> bool:
+    """Whether the database of ``conn`` has the tables every taskrt database has had
+    (``TASKRT_TABLES``): without them, its ``PRAGMA user_version`` is not taskrt's."""
+    for table, columns in TASKRT_TABLES.items():
+        found = {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+        if not columns <= found:
+            return False
+    return True

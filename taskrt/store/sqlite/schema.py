@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from ...errors import SchemaTooNew
+from ...errors import SchemaTooNew, StoreError
 from .batch import rollback
+from .look import has_taskrt_tables
 from .sql import (
     SCHEMA_V1,
     SCHEMA_V2,
@@ -47,6 +48,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
+def version_of(conn: sqlite3.Connection, path: str) -> int:
+    """The file's schema version: its ``PRAGMA user_version``, trusted once its tables
+    show the file is taskrt's. Another application may record a version of its own
+    (9, like this release's, would have read as "nothing to do"): a file with a
+    version and without taskrt's tables is refused with ``StoreError`` before a
+    migration writes into it, as the CLI's look refuses it (``look``). Version 0 is a new file or a first
+    release's, which the first migration makes or completes."""
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found and not has_taskrt_tables(conn):
+        raise StoreError(
+            f"{path} is not a taskrt database (a SQLite database without taskrt's tables, "
+            f"whose PRAGMA user_version {found} is another application's); left untouched"
+        )
+    return found
+
+
 def migrate(conn: sqlite3.Connection, path: str) -> int:
     """Bring the file to ``SCHEMA_VERSION`` in one transaction; refuse a newer one.
 
@@ -55,12 +72,12 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
     found under that lock (``SCHEMA_VERSION`` when another process migrated
     first): the one this call upgraded from.
     """
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    found = version_of(conn, path)
     if found == SCHEMA_VERSION:
         return found
     conn.execute("BEGIN IMMEDIATE")
     try:
-        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        found = version_of(conn, path)
         if found > SCHEMA_VERSION:
             raise SchemaTooNew(path, found, SCHEMA_VERSION)
         for version in range(found + 1, SCHEMA_VERSION + 1):
