@@ -340,8 +340,26 @@ def test_every_command_that_takes_url_refuses_a_malformed_one(
     for argv in URL_COMMANDS.values():
         code, out, err = run(capsys, app, *argv, "--url", "http://127.0.0.1:99999")
         assert (code, out, err) == (2, "", expected), argv
-    monkeypatch.setenv("TASKRT_URL", "http://127.0.0.1:99999")  # the variable, as the flag
-    assert run(capsys, app, "ls") == (2, "", expected)
+    # The variable is refused as the flag, naming it: the message said --url.
+    monkeypatch.setenv("TASKRT_URL", "http://127.0.0.1:99999")
+    assert run(capsys, app, "ls") == (2, "", expected.replace("--url", "$TASKRT_URL"))
+
+
+def test_a_malformed_taskrt_db_is_named_in_the_error(
+    capsys: pytest.CaptureFixture[str], app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no --db flag, the value comes from $TASKRT_DB: the error said ``--db:``,
+    naming a flag the user never gave."""
+    monkeypatch.setenv("TASKRT_DB", f"{PG}:notaport/postgres")
+    for command in (["ls"], ["migrate"], ["get", "1"]):
+        code, out, err = run(capsys, app, *command)
+        assert (code, out) == (2, ""), command
+        assert err.startswith("taskrt: error: $TASKRT_DB: expected postgresql://"), command
+    monkeypatch.setenv("TASKRT_DB", "file:x.db")
+    code, _, err = run(capsys, app, "ls")
+    assert (code, err.split(" 'file:x.db' ")[0]) == (2, "taskrt: error: $TASKRT_DB:")
+    code, _, err = run(capsys, app, "ls", "--db", f"{PG}:notaport/postgres")  # the flag wins
+    assert (code, err.split(" expected")[0]) == (2, "taskrt: error: --db:")
 
 
 @pytest.mark.parametrize("option", ["--pool", "--task"])

@@ -159,7 +159,7 @@ def test_generate_writes_the_module_and_can_check_it(
 ) -> None:
     target = tmp_path / "app" / "taskgen.py"
     code, out, err = run(capsys, "generate", str(ANCHOR), "-o", str(target))
-    assert (code, out, err) == (0, "", f"wrote {target}\n")
+    assert (code, out, err) == (0, f"wrote {target}\n", "")  # stderr: for failures only
     assert target.read_text() == render(ANCHOR)
     first = target.read_bytes()
     assert run(capsys, "generate", str(ANCHOR), "-o", str(target))[0] == 0

@@ -18,6 +18,7 @@ from .support import (
     check_server_url,
     check_taskrt_file,
     client_runtime,
+    given_as,
     in_event_loop,
     print_json,
     target_args,
@@ -33,7 +34,7 @@ async def migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the database's tables (safe while other processes run)."""
     # A new file is what migrate is for: only --app needs resolving.
     if args.db and not args.app:
-        check_db(args.db, "--db")
+        check_db(args.db, given_as(args, "db"))
     rt = Runtime(args.db, workers=False) if args.db and not args.app else client_runtime(args)
     found, now = await rt.store.migrate()
     database = printable(rt.path)

@@ -157,7 +157,7 @@ def generate(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {target}: a part of its path is a file, not a directory") from None
     except OSError as exc:
         raise CommandError(f"-o {target}: cannot write it: {exc.strerror}", UNAVAILABLE) from exc
-    print(f"wrote {target}", file=sys.stderr)
+    print(f"wrote {target}")  # stderr is for failures (docs/cli.md)
     return 0
 
 

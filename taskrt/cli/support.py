@@ -173,6 +173,14 @@ def targets_from_env(args: argparse.Namespace) -> None:
         setattr(args, name, os.environ.get(TARGETS[name]) or None)
     if args.app and getattr(args, "db", None):
         args.db = None  # both variables set: the app knows its tasks and its database
+    args.from_env = {name: f"${TARGETS[name]}" for name in present if getattr(args, name)}
+
+
+def given_as(args: argparse.Namespace, name: str) -> str:
+    """How the user gave target ``name`` (``"db"``), for a message about its value:
+    its flag (``--db``), or the variable it was read from (``$TASKRT_DB``)."""
+    taken: dict[str, str] = getattr(args, "from_env", {})
+    return taken.get(name, f"--{name}")
 
 
 def target_args(parser: argparse.ArgumentParser, *, url: bool = False) -> None:
@@ -267,7 +275,7 @@ def client_runtime(args: argparse.Namespace) -> Runtime:
         rt.workers = False  # a client of the app's database (note 2)
         return rt
     if args.db:
-        check_db(args.db, "--db")
+        check_db(args.db, given_as(args, "db"))
         if not is_server_url(args.db) and args.db != ":memory:":
             if not Path(args.db).is_file():
                 raise CommandError(f"no database at {args.db}", UNAVAILABLE)
@@ -294,7 +302,7 @@ def server_url(args: argparse.Namespace) -> str | None:
         return None
     if args.app or args.db:
         raise UsageError("give --url, or --app / --db, not both")
-    check_base_url(url, "--url")
+    check_base_url(url, given_as(args, "url"))
     return url
 
 
@@ -767,6 +775,7 @@ __all__ = [
     "client_runtime",
     "error",
     "existing",
+    "given_as",
     "ids_from",
     "in_event_loop",
     "is_ipv6",
