@@ -771,16 +771,24 @@ class Adding:
                 "outer one for ever). Run the statements and adds in the open one "
                 "(tx=tx), with a savepoint for a part that may be undone",
             )
-        async with self.store.transaction() as conn:
-            tx = Transaction(conn)
-            with opened(tx):
-                yield tx
-                why = tx.ended
-                if why is not None:  # the store rolls back what may be left of it
-                    raise StoreError(
-                        f"the transaction ended inside its block ({why}): taskrt committed "
-                        "none of it and took in none of its jobs"
-                    )
+        tx: Transaction | None = None
+        try:
+            async with self.store.transaction() as conn:
+                tx = Transaction(conn)
+                with opened(tx):
+                    yield tx
+                    why = tx.ended
+                    if why is not None:  # the store rolls back what may be left of it
+                        raise StoreError(
+                            f"the transaction ended inside its block ({why}): taskrt "
+                            "committed none of it and took in none of its jobs"
+                        )
+        except asyncio.CancelledError:
+            # Cancelled as its COMMIT was on its way: its jobs are in all the same
+            # (store note 24), and run.
+            if tx is not None and tx.connection.committed:
+                self._accept(tx.added)
+            raise
         self._accept(tx.added)
 
     def take_in(self, tx: Transaction) -> None:

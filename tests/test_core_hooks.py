@@ -499,6 +499,64 @@ async def test_transactional_enqueue_rolls_back_both(tmp_path: Path) -> None:
     assert ran == [9]
 
 
+async def test_a_transaction_cancelled_anywhere_leaves_the_runtime_writing(
+    target: tuple[str, dict[str, Any]],
+) -> None:
+    """An ``rt.transaction()`` block cancelled at any point (a timeout, a client that
+    went away, a stop) raises the cancel and leaves no transaction open: the jobs
+    added after it run, and so does a job added in a block cancelled as its COMMIT
+    was on its way (committed all the same: store note 24). Before, on SQLite, a
+    BEGIN that ran after its caller was cancelled stayed open: every later write
+    failed ("cannot start a transaction within a transaction"), and the stop gave
+    up on the jobs' final states; a COMMIT under way went through, and its jobs
+    were never taken in."""
+    db, options = target
+    rt = Runtime(db, **options)
+    rt.pool("default", concurrency=2)
+
+    @rt.task
+    async def echo(job: JobContext, n: int) -> int:
+        return n
+
+    async def block(n: int, inside: asyncio.Event, added: list[int]) -> None:
+        async with rt.transaction() as tx:
+            added.append(await rt.pool("default").add(echo, n, tx=tx))
+            inside.set()
+
+    async with rt:
+        handed: list[int] = []
+        turns = 0
+        while True:  # the first cancels reach its BEGIN on its way, the later ones further on
+            task = asyncio.create_task(block(turns, asyncio.Event(), handed))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if not task.cancel():
+                break
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            turns += 1
+            assert turns < 1000, "the transaction never ended"
+        inside, at_commit = asyncio.Event(), []
+        task = asyncio.create_task(block(-1, inside, at_commit))
+        await inside.wait()
+        assert task.cancel()  # its block is over: its COMMIT is on its way
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        later = await rt.pool("default").add(echo, 1000)
+        assert (await rt.wait(later, timeout=5)).result == 1000
+        [committed] = at_commit
+        assert (await rt.wait(committed, timeout=5)).result == -1
+        for job_id in handed:  # each one that committed runs
+            try:
+                info = await rt.wait(job_id, timeout=5)
+            except JobNotFound:
+                continue
+            assert info.status is JobStatus.SUCCESS
+    async with Runtime(db, **options) as again:  # the stop wrote every end
+        assert (await again.get(later)).status is JobStatus.SUCCESS
+        assert (await again.get(committed)).status is JobStatus.SUCCESS
+
+
 async def test_jobs_added_in_a_transaction_respect_the_pool(tmp_path: Path) -> None:
     rt = make_rt(tmp_path)
     pool = rt.pool("two", concurrency=2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -821,6 +822,75 @@ async def test_a_failing_application_statement_raises_store_error(
             await tx.execute(sql.select)  # the table does not exist
     await make_notes(store, sql)
     assert await notes(store, sql) == []
+
+
+async def test_a_cancel_anywhere_in_a_transaction_leaves_none_open(
+    store: JobStore, sql: AppSQL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller cancelled at any point of its transaction (its BEGIN on its way, its
+    block, its COMMIT or ROLLBACK on their way) gets the cancel, and the store is out
+    of the transaction (note 24): later adds and a job's end commit. Before, on
+    SQLite, a BEGIN that ran after its caller was cancelled stayed open and every
+    later batch failed ("cannot start a transaction within a transaction"); on
+    PostgreSQL the connection went back to the pool in its transaction, its session
+    reset inside it, for asyncpg to roll back ("Resetting connection with an active
+    transaction"). What the block did commits whole or not at all, and the ids it
+    handed out stay used (note 2)."""
+    await make_notes(store, sql)
+    ended = await running(store)
+    handed: list[int] = []
+
+    async def block(point: str, inside: asyncio.Event) -> None:
+        async with store.transaction() as tx:
+            await tx.execute(sql.insert, (point,))
+            [res] = await store.insert_in(tx, [job(point)])
+            handed.append(res.job_id)
+            inside.set()
+            if point == "block":
+                await asyncio.Event().wait()  # until cancelled
+            if point == "rollback":
+                raise Boom
+
+    async def cancel_at(point: str, turns: int | None = None) -> bool:
+        """Cancel ``block`` after ``turns`` turns of the loop, or once it is inside
+        its block; whether the cancel reached it before it ended."""
+        inside = asyncio.Event()
+        task = asyncio.create_task(block(point, inside))
+        if turns is None:
+            await inside.wait()
+        else:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+        reached = task.cancel()
+        if reached:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            await task
+        # Out of the transaction: an add and another transaction commit.
+        async with asyncio.timeout(5):
+            [later] = await add(store, job())
+            assert later > max(handed, default=0)
+            async with store.transaction() as tx:
+                await tx.execute(sql.insert, (f"{point} after",))
+        return reached
+
+    turns = 0  # the first cancels reach its BEGIN on its way, the later ones further on
+    while await cancel_at(f"turn {turns}", turns):
+        turns += 1
+        assert turns < 1000, "the transaction never ended"
+    for point in ("block", "commit", "rollback"):
+        assert await cancel_at(point), point
+    async with asyncio.timeout(5):
+        await store.succeed(ended, None, NOW + 1, NO_PROGRESS, 3, pool="mail")
+    assert (await get(store, ended)).status is SUCCESS
+    # Each block committed whole or not at all.
+    stored = {info.task for info in await store.list_jobs(limit=10_000)} - {"send"}
+    written = {body for body in await notes(store, sql) if not body.endswith(" after")}
+    assert stored == written
+    assert f"turn {turns}" in written  # the one that ended before its cancel
+    await assert_counts_exact(store)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 # -- ownership -----------------------------------------------------------------

@@ -11,7 +11,7 @@ Shared by the backends: ``ops`` (the queued writes, named once),
 queued operations), ``adds`` (ids and unique keys of a batch of adds; moves of
 counts), ``queries`` (statements both dialects read alike), ``rows`` (rows
 in and out), ``window`` (a pool's waiting jobs in run order), ``stats``
-(statistics in constant time).
+(statistics in constant time), ``shielded`` (what a cancel must not cut short).
 
 The SQLite store (``sqlite``, the embedded default): ``store`` (the
 ``Store``), ``writer`` (its batches), ``batch`` (what one batch does, and its
@@ -248,6 +248,20 @@ Design notes:
     committed, as every other task does; the block's own writes are not
     committed yet. A write of its own in that task would wait the same way,
     so the runtime refuses it (``taskrt.transaction`` note 1).
+24. **A cancel leaves no transaction open.** A statement handed to the
+    driver runs whatever happens to the task that handed it: aiosqlite's
+    thread runs what it was given, and a statement on its way reaches the
+    server. So a task cancelled in a transaction of the store's
+    (``transaction``: an ``rt.transaction()`` block under a timeout, an HTTP
+    request, a take-over, a schedule's writes) waits for its BEGIN, COMMIT
+    or ROLLBACK under way to end (``shielded.to_the_end``), the transaction
+    is rolled back unless its block ended and its COMMIT was on its way,
+    and only then does the cancel go on, with the writes lock given back
+    (SQLite) or the connection back in the pool outside any transaction,
+    its session reset (PostgreSQL). Before, on SQLite, a BEGIN that ran
+    after its caller was cancelled stayed open: every later batch failed
+    ("cannot start a transaction within a transaction"), and a stop gave up
+    on the jobs' final states.
 """
 
 from .protocol import (

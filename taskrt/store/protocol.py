@@ -163,6 +163,11 @@ Progress = tuple[float, float, str]
 class StoreTransaction(Protocol):
     """One open write transaction: the application's SQL, and taskrt's own writes in it."""
 
+    committed: bool
+    """True once the store committed it: a caller cancelled as its COMMIT was on its
+    way gets the cancel all the same, and tells by this that its writes are in
+    (``taskrt.store`` note 24)."""
+
     @property
     def driver(self) -> Any:
         """The driver's connection the transaction is open on (``aiosqlite.Connection``,

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from asyncpg.transaction import Transaction
 
 from ...errors import InvalidOption, StoreError, StoreUnavailable
 from ...limits import check_count, shown
@@ -33,6 +34,7 @@ from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import row_to_job
 from ..schedules import ScheduleWrites
+from ..shielded import to_the_end
 from .conns import HeldConnections
 from .deps import block_again, form_batch, settle
 from .driver import DRIVER_ERRORS, STARTUP, apply_settings, connect
@@ -513,53 +515,63 @@ class PgStore(QueuedWrites, SharedReads):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTransaction]:
-        """A transaction on a connection of its own (the group commit goes on meanwhile)."""
+        """A transaction on a connection of its own (the group commit goes on meanwhile).
+
+        A cancel leaves it committed or rolled back, and the connection back in
+        the pool outside it (store note 24).
+        """
         try:
             conn = await self.pool.acquire()
         except DRIVER_ERRORS as exc:
             raise _error(self.path, exc) from exc
+        tx = conn.transaction()
         try:
-            tx = conn.transaction()
-            try:
-                await tx.start()
-            except DRIVER_ERRORS as exc:
-                raise _error(self.path, exc) from exc
-            if self._app_idle is not None:  # the application's may wait on it (note 14)
-                try:
-                    await conn.execute(SQL_SET_IDLE, self._app_idle)
-                except DRIVER_ERRORS as exc:
-                    with contextlib.suppress(*DRIVER_ERRORS):
-                        await tx.rollback()
-                    raise _error(self.path, exc) from exc
+            await to_the_end(self._begin(conn, tx))
             handle = PgTransaction(conn)
-            try:
-                yield handle
-            except BaseException:
-                with contextlib.suppress(*DRIVER_ERRORS):
-                    await tx.rollback()
-                raise
-            try:
-                rows = await conn.fetch(SQL_COUNTS) if handle.counts_changed else None
-                if rows is None:
-                    # A statement that failed in it left it aborted, and its COMMIT
-                    # would roll it back without a word: this says so (StoreError).
-                    await conn.execute("SELECT 1")
-                await tx.commit()
-            except DRIVER_ERRORS as exc:
-                with contextlib.suppress(*DRIVER_ERRORS):
-                    await tx.rollback()
-                raise _error(self.path, exc) from exc
-            if rows is not None:
-                self._replace_counts(rows)
+            yield handle
+            await to_the_end(self._commit(conn, tx, handle))
         finally:
-            # What the application's SQL set for the session (SET, advisory locks)
-            # must not outlive its transaction on a connection taskrt uses again.
-            with contextlib.suppress(*DRIVER_ERRORS):
-                if not conn.is_closed():
-                    await conn.execute(conn.get_reset_query())
-                    # RESET ALL undid taskrt's own settings too, set once open (driver).
-                    await apply_settings(conn, self._pool_settings)
-            await self.pool.release(conn)
+            await to_the_end(self._give_back(conn, tx))
+
+    async def _begin(self, conn: asyncpg.Connection, tx: Transaction) -> None:
+        try:
+            await tx.start()
+            if self._app_idle is not None:  # the application's may wait on it (note 14)
+                await conn.execute(SQL_SET_IDLE, self._app_idle)
+        except DRIVER_ERRORS as exc:
+            raise _error(self.path, exc) from exc
+
+    async def _commit(
+        self, conn: asyncpg.Connection, tx: Transaction, handle: PgTransaction
+    ) -> None:
+        """Commit the application's transaction (``_give_back`` rolls back one that fails)."""
+        try:
+            rows = await conn.fetch(SQL_COUNTS) if handle.counts_changed else None
+            if rows is None:
+                # A statement that failed in it left it aborted, and its COMMIT
+                # would roll it back without a word: this says so (StoreError).
+                await conn.execute("SELECT 1")
+            await tx.commit()
+        except DRIVER_ERRORS as exc:
+            raise _error(self.path, exc) from exc
+        handle.committed = True
+        if rows is not None:
+            self._replace_counts(rows)
+
+    async def _give_back(self, conn: asyncpg.Connection, tx: Transaction) -> None:
+        """The connection of an application's transaction back to the pool: rolled
+        back if still in it, and its session as taskrt opened it."""
+        # What the application's SQL set for the session (SET, advisory locks)
+        # must not outlive its transaction on a connection taskrt uses again;
+        # reset outside the transaction, for a rollback would undo the reset.
+        with contextlib.suppress(*DRIVER_ERRORS):
+            if not conn.is_closed():
+                if conn.is_in_transaction():
+                    await tx.rollback()
+                await conn.execute(conn.get_reset_query())
+                # RESET ALL undid taskrt's own settings too, set once open (driver).
+                await apply_settings(conn, self._pool_settings)
+        await self.pool.release(conn)
 
     async def insert_in(self, tx: Any, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert jobs inside the open transaction ``tx`` (transactional enqueue).
@@ -1382,6 +1394,7 @@ class PgTransaction(ScheduleWrites):
     ) -> None:
         self.conn = conn
         self.counts_changed = False
+        self.committed = False  # StoreTransaction.committed (never, where ``foreign``)
         self.foreign = foreign  # the store's schema, on the application's connection
         self.sqlalchemy = sqlalchemy
 

@@ -33,6 +33,7 @@ class Connection(ScheduleWrites):
         self.jobs: list[Any] = []
         self.counts_changed = False
         self.issued = 0  # the highest job id handed out in it (store note 2)
+        self.committed = False  # StoreTransaction.committed
 
     @property
     def driver(self) -> aiosqlite.Connection:

@@ -37,6 +37,7 @@ from ..queries import MINUTE_COLUMNS, SQL_TAKEN_IN
 from ..queued import QueuedWrites
 from ..reads import SharedReads
 from ..rows import dumps, json_path
+from ..shielded import to_the_end
 from .batch import (
     damaged,
     in_thread,
@@ -90,6 +91,10 @@ Synchronous = Literal["normal", "full", "off"]
 Step = tuple[str, Sequence[Any]] | tuple[str, Sequence[Any], JobStatus | None]
 """A step of ``_script``: a statement and its params, or a tally (``sql.tally``),
 its params and where the rows it counts go (None: deleted) for the next statement."""
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
 
 
 class Store(QueuedWrites, SharedReads):
@@ -333,45 +338,67 @@ class Store(QueuedWrites, SharedReads):
     async def transaction(self) -> AsyncIterator[Connection]:
         """An exclusive write transaction on the writer connection.
 
-        The group-commit writer waits while it is open; keep it short.
+        The group-commit writer waits while it is open; keep it short. A
+        cancel leaves it committed or rolled back, never open (note 24).
         """
         self._writes.refuse_held("a second transaction")
         async with self._writes.lock:
             db = self.db
             try:
-                await db.execute_fetchall("BEGIN IMMEDIATE")
+                await to_the_end(in_thread(db, _begin))
             except sqlite3.Error as exc:
                 raise store_error(self.path, exc) from exc
+            except asyncio.CancelledError:
+                # The BEGIN ran all the same, in the connection's thread (note 24).
+                await to_the_end(in_thread(db, rollback))
+                raise
             conn = self._open_tx = Connection(db)
             self._writes.holder = asyncio.current_task()  # note 23
             try:
                 yield conn
             except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                await self._keep_issued(conn.issued)
+                await to_the_end(self._roll_back(conn.issued))
                 raise
             else:
-                snapshot: Snapshot | None = None
-                try:
-                    if conn.issued > 0:
-                        # A ``ROLLBACK TO`` in the block undid the sequence's advance
-                        # with the rows it undid (the sequence's row too, for the
-                        # database's first add): the ids it handed out stay used.
-                        await db.execute(SQL_SEQUENCE_ROW)
-                        await db.execute(SQL_SEQUENCE_PAST, (conn.issued,))
-                    if conn.counts_changed:  # read back in the transaction (note 12)
-                        snapshot = await in_thread(db, read_counts)
-                    await db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    await in_thread(db, rollback)
-                    await self._keep_issued(conn.issued)
-                    raise store_error(self.path, exc) from exc
-                if snapshot is not None:
-                    self._counts.replace(snapshot)
+                await to_the_end(self._commit(conn))
             finally:
                 self._open_tx = None
                 self._writes.holder = None
+
+    async def _commit(self, tx: Connection) -> None:
+        """Commit ``tx`` in one trip to the connection's thread; rolled back if that fails."""
+        issued = tx.issued
+        counted = tx.counts_changed
+
+        def work(conn: sqlite3.Connection) -> Snapshot | None:
+            try:
+                if issued > 0:
+                    # A ``ROLLBACK TO`` in the block undid the sequence's advance
+                    # with the rows it undid (the sequence's row too, for the
+                    # database's first add): the ids it handed out stay used.
+                    conn.execute(SQL_SEQUENCE_ROW)
+                    conn.execute(SQL_SEQUENCE_PAST, (issued,))
+                # read back in the transaction (note 12)
+                snapshot = read_counts(conn) if counted else None
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+            return snapshot
+
+        try:
+            snapshot: Snapshot | None = await in_thread(self.db, work)
+        except sqlite3.Error as exc:
+            await self._keep_issued(issued)
+            raise store_error(self.path, exc) from exc
+        tx.committed = True
+        if snapshot is not None:
+            self._counts.replace(snapshot)
+
+    async def _roll_back(self, issued: int) -> None:
+        """Roll back the open transaction; the ids it handed out stay used (note 2)."""
+        await in_thread(self.db, rollback)
+        await self._keep_issued(issued)
 
     async def _keep_issued(self, last: int) -> None:
         """After a rollback: the ids the transaction handed out stay used (note 2).
@@ -383,15 +410,20 @@ class Store(QueuedWrites, SharedReads):
         """
         if last <= 0:
             return
-        db = self.db
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(SQL_SEQUENCE_ROW)
+                conn.execute(SQL_SEQUENCE_PAST, (last,))
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            await db.execute(SQL_SEQUENCE_ROW)
-            await db.execute(SQL_SEQUENCE_PAST, (last,))
-            await db.execute("COMMIT")
+            await in_thread(self.db, work)
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                await in_thread(db, rollback)
             log.error(
                 "keeping job ids up to %d used after a rolled-back transaction failed: %s",
                 last,
@@ -503,20 +535,18 @@ class Store(QueuedWrites, SharedReads):
     ) -> T:
         """``work`` in the connection's thread, the writes' lock held until it has run,
         then ``then`` of its result. A caller cancelled meanwhile waits for it all the
-        same: the thread runs what it was given, and the group commit must not write
-        beside a transaction still queued there (nor its counts go unread)."""
+        same (note 24): the thread runs what it was given, and the group commit must
+        not write beside a transaction still queued there (nor its counts go unread)."""
         self._writes.refuse_held("a write")
-        async with self._writes.lock:
-            running = asyncio.ensure_future(in_thread(self.db, work))
+
+        async def run() -> T:
+            done: T = await in_thread(self.db, work)
             if then is not None:
-                running.add_done_callback(
-                    lambda f: then(f.result()) if not f.cancelled() and not f.exception() else None
-                )
-            try:
-                return await asyncio.shield(running)
-            except asyncio.CancelledError:
-                await asyncio.wait([running])
-                raise
+                then(done)
+            return done
+
+        async with self._writes.lock:
+            return await to_the_end(run())
 
     async def claim_ownership(self, owner: str, address: str | None, now: float) -> str | None:
         """Record ``owner`` (which holds the ownership lock) and where it listens.
