@@ -41,7 +41,10 @@ Design notes:
    cannot tell that it is): it serves reads, refuses adds with
    ``StoreUnavailable`` as an owner does during an outage, and owns once
    writes succeed, with no restart. What no wait mends (a read-only file, a
-   damaged one, a newer schema) still stops the start.
+   damaged one, a newer schema) still stops the start. Its failed tries are
+   logged as an outage is, not one by one: the first with its traceback,
+   then a line every ``TAKE_OVER_TOLD_EVERY`` seconds at most while they
+   keep failing, and the takeover that succeeds says how many failed.
 
 The runtime composes its parts (docs/architecture.md): ``Adding`` (from
 ``add`` to a committed, queued job), ``Transitions`` (what happens while jobs
@@ -202,6 +205,40 @@ MAX_POINTS = 10_000
 FOLLOW_INTERVAL = 0.1
 """Seconds between a standby's looks at the ownership lock (it also looks at
 once when its connection to the owner ends)."""
+TAKE_OVER_TOLD_EVERY = 10.0
+"""Seconds between two lines of a standby whose takeovers keep failing (note 5)."""
+
+
+class _FailedTries:
+    """Failed tries in a row, and which of them to log (note 5): the first, then
+    one every ``every`` seconds at most. Time is an argument."""
+
+    __slots__ = ("every", "since", "told_at", "tries")
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.tries = 0
+        self.since = 0.0  # when the first of them failed
+        self.told_at = 0.0  # when one was last logged
+
+    def failed(self, now: float) -> bool:
+        """One more failed try, at ``now``: True when it is to be logged."""
+        self.tries += 1
+        if self.tries == 1:
+            self.since = self.told_at = now
+            return True
+        if now - self.told_at >= self.every:
+            self.told_at = now
+            return True
+        return False
+
+    def ended(self, now: float) -> tuple[int, float] | None:
+        """A try succeeded at ``now``: the failed tries before it and the seconds
+        since the first of them (None: none failed); the count starts again."""
+        if not self.tries:
+            return None
+        tries, self.tries = self.tries, 0
+        return tries, now - self.since
 
 
 _NEW_JOB = tuple(f.name for f in dataclasses.fields(NewJob))
@@ -539,6 +576,7 @@ class Runtime:
         self._owning_since: float | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._follow_wake: asyncio.Event | None = None
+        self._take_overs = _FailedTries(TAKE_OVER_TOLD_EVERY)  # a standby's (note 5)
         self._poll_task: asyncio.Task[None] | None = None
         self._keep_task: asyncio.Task[None] | None = None
         self._start_hooks: list[Callable[[Runtime], Any]] = []
@@ -872,6 +910,7 @@ class Runtime:
         else:
             self.role = "standby" if self.workers else "client"
             self._follow_wake = asyncio.Event()
+            self._take_overs = _FailedTries(TAKE_OVER_TOLD_EVERY)
             await self._connect_to_owner()
             self._follow_task = asyncio.create_task(self._follow(), name="taskrt-follow")
         for hook in self._start_hooks:
@@ -936,15 +975,17 @@ class Runtime:
         for name in await self.store.paused_pools():
             self.pool(name).pause()
 
-    async def _let_ownership_go(self) -> None:
+    async def _let_ownership_go(self, *, quiet: bool = False) -> None:
         """After a start or a takeover that failed: give the lock up. Removing the
         record writes, and a database that took no write may take none now: that
         failure is logged, never raised over the error that got here (the lock
-        goes all the same, and the next owner recovers as after a crash)."""
+        goes all the same, and the next owner recovers as after a crash).
+        ``quiet``: logged at debug level (a takeover failing again, note 5)."""
         try:
             await self.ownership.release()
         except Exception as exc:
-            log.error("releasing the ownership of %s failed: %s", self.path, exc)
+            level = logging.DEBUG if quiet else logging.ERROR
+            log.log(level, "releasing the ownership of %s failed: %s", self.path, exc)
 
     async def _own_at_start(self) -> bool:
         """Holding the lock at start: own the database, or, when it takes no writes
@@ -1041,18 +1082,37 @@ class Runtime:
         previous = remote.owner if remote is not None else None
         try:
             await self._own()
-        except Exception:
-            log.exception("taking over %s failed; trying again", self.path)
-            await self._let_ownership_go()
+        except Exception as exc:
+            tries = self._take_overs
+            told = tries.failed(started)  # note 5: not every 0.1 s while it fails
+            if told and tries.tries == 1:
+                log.exception(
+                    "taking over %s failed; trying again (a line every %g s while it fails)",
+                    self.path,
+                    tries.every,
+                )
+            elif told:
+                log.error(
+                    "taking over %s still fails after %d tries in %.1f s: %s",
+                    self.path,
+                    tries.tries,
+                    started - tries.since,
+                    exc,
+                )
+            # Its release, if it fails too, is told with the first failure only.
+            await self._let_ownership_go(quiet=tries.tries > 1)
             return False
         await self._serve_as_owner()
         await self.schedules.take_over()
+        now = time.monotonic()
+        failed = self._take_overs.ended(now)
         log.warning(
-            "this process (%s) took over %s from %s in %.3f s",
+            "this process (%s) took over %s from %s in %.3f s%s",
             self.ownership.owner,
             self.path,
             previous or "an owner this process was not connected to",
-            time.monotonic() - started,
+            now - started,
+            "" if failed is None else f", after {failed[0]} failed tries in {failed[1]:.1f} s",
         )
         return True
 

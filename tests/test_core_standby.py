@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
+import logging
 import os
 import sqlite3
 import time
@@ -741,6 +743,61 @@ async def test_a_takeover_that_fails_and_cannot_remove_its_record_tries_again(
     finally:
         await standby.stop()
         await owner.stop()
+
+
+async def test_a_takeover_that_keeps_failing_logs_its_traceback_once_then_a_line_now_and_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A standby tries to take over every FOLLOW_INTERVAL while the database takes no
+    writes (runtime note 5): its first failure is logged with its traceback (and
+    the release that failed with it), then a line every TAKE_OVER_TOLD_EVERY
+    seconds at most, and the takeover that succeeds says how many tries failed.
+    Before, every try logged a full traceback (114 of them in 8 s with two
+    workers), and each release that failed with it a line of its own."""
+    every = 0.3
+    monkeypatch.setattr(runtime_module, "TAKE_OVER_TOLD_EVERY", every, raising=False)
+    owner, standby = app(tmp_path), app(tmp_path)
+    await owner.start()
+    await standby.start()
+    failing = 15
+    recover, release_lease = standby.adoption.recover, standby.store.release_lease
+
+    async def full_recover(*, unclean: bool) -> None:
+        nonlocal failing
+        if failing:
+            failing -= 1
+            raise StoreUnavailable(standby.path, "database or disk is full")
+        await recover(unclean=unclean)
+
+    async def full_release_lease(name: str) -> None:
+        if failing:
+            raise StoreUnavailable(standby.path, "database or disk is full")
+        await release_lease(name)
+
+    monkeypatch.setattr(standby.adoption, "recover", full_recover)
+    monkeypatch.setattr(standby.store, "release_lease", full_release_lease)
+    try:
+        with caplog.at_level(logging.INFO, logger="taskrt"):
+            await owner.stop()
+            await until(lambda: any("took over" in r.getMessage() for r in caplog.records), 10)
+    finally:
+        await standby.stop()
+        await owner.stop()
+    assert failing == 0
+    records = [r for r in caplog.records if r.name == "taskrt" and standby.path in r.getMessage()]
+    tracebacks = [r for r in records if r.exc_info]
+    assert [r.getMessage() for r in tracebacks] == [
+        f"taking over {standby.path} failed; trying again (a line every {every:g} s while it fails)"
+    ]
+    told = [r for r in records if r.getMessage().startswith(f"taking over {standby.path}")]
+    assert 2 <= len(told) < 15, [r.getMessage() for r in told]  # 15 tries, 0.1 s apart
+    for before, after in itertools.pairwise(told):
+        assert after.created - before.created >= every - 0.05, (before.created, after.created)
+        assert "still fails after" in after.getMessage() and "tries in" in after.getMessage()
+    releases = [r for r in records if r.getMessage().startswith("releasing the ownership")]
+    assert len(releases) == 1
+    [took] = [r for r in records if "took over" in r.getMessage()]
+    assert ", after 15 failed tries in " in took.getMessage(), took.getMessage()
 
 
 def test_the_file_system_of_a_path_comes_from_the_longest_mount(tmp_path: Path) -> None:
