@@ -976,8 +976,8 @@ class Runtime:
             self.pool(name).pause()
 
     async def _let_ownership_go(self, *, quiet: bool = False) -> None:
-        """After a start or a takeover that failed: give the lock up. Removing the
-        record writes, and a database that took no write may take none now: that
+        """After a start or a takeover that failed, or at a stop that still holds
+        the lock: give the lock up. Removing the record writes, and a database that took no write may take none now: that
         failure is logged, never raised over the error that got here (the lock
         goes all the same, and the next owner recovers as after a crash).
         ``quiet``: logged at debug level (a takeover failing again, note 5)."""
@@ -1194,24 +1194,28 @@ class Runtime:
             # Not removing the record is safe: the next owner recovers as after a crash.
             log.error("releasing the ownership of %s failed: %s", self.path, exc)
         finally:
-            if self.relay_server is not None:
-                await self.relay_server.close(patience=0)
-                self.relay_server = None
-            if self.nodes is not None:
-                await self.nodes.stop()
-            if self.ownership.held:
-                await self.ownership.release()
-            await self.ownership.close()
-            await self.store.close(patience=self.grace)
-            for pool in pools:
-                pool.close()
-            self.broker.close_all()
-            self.live.states.clear()
-            self.live.unique.clear()
-            self.gates.clear()
-            self._started = False
-            self.role = "stopped"
-            self.loop_watchdog.stop()
+            try:
+                if self.relay_server is not None:
+                    await self.relay_server.close(patience=0)
+                    self.relay_server = None
+                if self.nodes is not None:
+                    await self.nodes.stop()
+                if self.ownership.held:  # not released above (a takeover cut short, an error)
+                    await self._let_ownership_go()
+                await self.ownership.close()
+            finally:
+                # Whatever happened above: the store's threads and connections
+                # would keep the interpreter from ending.
+                await self.store.close(patience=self.grace)
+                for pool in pools:
+                    pool.close()
+                self.broker.close_all()
+                self.live.states.clear()
+                self.live.unique.clear()
+                self.gates.clear()
+                self._started = False
+                self.role = "stopped"
+                self.loop_watchdog.stop()
 
     @property
     def owning(self) -> bool:

@@ -684,3 +684,64 @@ async def test_a_read_only_database_stops_the_start_saying_so_and_the_process_en
     assert out.startswith("StoreError "), out  # not StoreUnavailable: no wait mends it
     assert "the file is read-only" in out, out
     assert "cannot be written now" not in out + err, (out, err)
+
+
+STOP_UNWRITABLE = textwrap.dedent(
+    """
+    import asyncio, sys, threading
+    from taskrt import Runtime
+
+    async def main() -> None:
+        owner, standby = Runtime(sys.argv[1]), Runtime(sys.argv[1])
+        await owner.start()
+        await standby.start()
+        inside = asyncio.Event()
+
+        async def recover_for_ever(*, unclean: bool) -> None:
+            inside.set()
+            await asyncio.Event().wait()  # until the stop cancels the takeover
+
+        standby.adoption.recover = recover_for_ever
+        await owner.stop()
+        await inside.wait()  # the standby holds the lock and has recorded itself
+        # From now on the database takes no write (SQLITE_READONLY, as a read-only file).
+        await standby.store.db.execute_fetchall("PRAGMA query_only = ON")
+        try:
+            await standby.stop()
+        except Exception as exc:
+            print("raised", type(exc).__name__, exc, flush=True)
+        else:
+            print("stopped", flush=True)
+        # Threads that would keep the interpreter from ending (the loop's own
+        # executor, asyncio_N, ends with asyncio.run).
+        left = [
+            t.name for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon
+            and not t.name.startswith("asyncio_")
+        ]
+        print("threads", left, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_stop_whose_release_cannot_write_closes_the_store_and_the_process_ends(
+    tmp_path: Path,
+) -> None:
+    """A stop that still holds the lock at its end (here a standby stopped in the
+    middle of a takeover, its record written) removes the record, a write: when
+    the database takes none, that failure is logged and the stop goes on to close
+    the store. Before, the failed release raised out of stop() before
+    store.close(), and the two aiosqlite threads kept the process from ending."""
+    path = db_file(tmp_path)
+    script = tmp_path / "stop_unwritable.py"
+    script.write_text(STOP_UNWRITABLE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(script), path], env=env, timeout=10, capture_output=True
+    )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert out.splitlines() == ["stopped", "threads []"], (out, err)
+    assert f"releasing the ownership of {path} failed" in err, err
