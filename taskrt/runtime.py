@@ -254,6 +254,12 @@ class _Unset:
 UNSET = _Unset()
 
 
+async def _on_the_loop(call: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """``await call(*args)`` as a coroutine another thread hands to the loop: ``call``
+    itself runs there, when the loop takes the coroutine."""
+    await call(*args)
+
+
 class Runtime:
     """One per process: ``async with Runtime("app.db") as rt: ...``.
 
@@ -1535,7 +1541,9 @@ class Runtime:
                 if state is None or state.status is not JobStatus.RUNNING:
                     # Not running here (as far as this thread sees): the loop looks
                     # again and raises what the awaited call raises, in this thread.
-                    checked = self._report_checked(job_id, current, total, message, step)
+                    checked = _on_the_loop(
+                        self._report_if_running, job_id, current, total, message, step
+                    )
                     _wait_on(loop, checked)
                     return DONE
             # A thread that outlived the runtime (grace elapsed): its loop is closed,
@@ -1570,17 +1578,6 @@ class Runtime:
             return self._not_running(job_id, "report progress for")
         self.transitions.report(state, current, total, message, step)
         return DONE
-
-    async def _report_checked(
-        self,
-        job_id: int,
-        current: float,
-        total: float | None,
-        message: str | None,
-        step: str | None,
-    ) -> None:
-        """The awaited ``progress`` of a checked report, on the loop for another thread."""
-        await self._report_if_running(job_id, current, total, message, step)
 
     async def _not_running(self, job_id: int, action: str) -> None:
         info = await self.get(job_id)
