@@ -643,8 +643,20 @@ def script() -> str:
     return str(path)
 
 
+def clean_env() -> dict[str, str]:
+    """The environment without taskrt's variables (no ``$TASKRT_DB`` from outside)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+
+
+def run_script(*argv: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``taskrt *argv`` as a user runs it, in ``cwd``, its output captured."""
+    return subprocess.run(
+        [script(), *argv], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_the_console_script_adds_lists_and_reports_errors(app: App, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    env = clean_env()
     env["TASKRT_APP"] = app.ref  # the default for --app
 
     def taskrt(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -669,15 +681,7 @@ def test_a_file_that_is_not_a_database_is_an_error_and_the_cli_exits(tmp_path: P
     failed, so the process printed the error and then never exited.)"""
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
-    done = subprocess.run(
-        [script(), "ls", "--db", str(notes)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    done = run_script("ls", "--db", str(notes), cwd=tmp_path, timeout=20)
     assert done.returncode == 4, done.stderr
     assert done.stderr == (
         f"taskrt: error: cannot open database {str(notes)!r}: file is not a database\n"
@@ -1070,16 +1074,17 @@ def test_serve_refuses_a_port_out_of_range_before_starting(
 def test_serve_on_a_port_taken_exits_4_and_ends(
     app: App, tmp_path: Path, free_port: int, workers: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", free_port))
         taken.listen()
-        done = subprocess.run(
-            [script(), "serve", app.ref, "--port", str(free_port), "--workers", workers],
+        done = run_script(
+            "serve",
+            app.ref,
+            "--port",
+            str(free_port),
+            "--workers",
+            workers,
             cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
             timeout=30,
         )
     assert done.returncode == 4, done.stderr
@@ -1093,7 +1098,7 @@ def test_serve_on_a_port_taken_exits_4_and_ends(
 def test_serve_runs_the_app_with_metrics_until_interrupted(
     app: App, tmp_path: Path, free_port: int
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [script(), "serve", app.ref, "--port", str(free_port), "--log-format", "json"],
         cwd=tmp_path,
@@ -1130,7 +1135,7 @@ def test_serve_runs_the_app_with_metrics_until_interrupted(
 
 def served(app: App, tmp_path: Path, port: int, *options: str) -> subprocess.Popen[str]:
     """``taskrt serve`` in a process of its own, once its ``/health`` answers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [script(), "serve", app.ref, "--port", str(port), *options],
         cwd=tmp_path,
@@ -1196,13 +1201,14 @@ def test_serve_whose_app_fails_to_start_exits_4(
     """docs/cli.md: the app's startup failed -> 4. With --workers 2 it was 0: uvicorn's
     supervisor stopped when a child failed to start, and returned normally."""
     (tmp_path / "failing.py").write_text(FAILING_START.format(db=str(db_path)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRT_")}
-    done = subprocess.run(
-        [script(), "serve", "failing:rt", "--port", str(free_port), "--workers", workers],
+    done = run_script(
+        "serve",
+        "failing:rt",
+        "--port",
+        str(free_port),
+        "--workers",
+        workers,
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert done.returncode == 4, done.stderr
